@@ -1,0 +1,38 @@
+SUDO := $(shell [ $$(id -u) -eq 0 ] || echo sudo)
+# Two commands for a fresh machine: `make run` and `make test`. Both create .venv and install
+# what they need (Debian packages included, through apt-get, when missing).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: run test test-unit system-deps bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/iotdefender serve $(ARGS)
+
+# Test-only system packages: PostgreSQL server binaries for the storage tests and Mosquitto for
+# the broker tests. Installed only when missing, as a user's fresh machine would need.
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ; then \
+		echo "installing PostgreSQL server (apt-get)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql >/dev/null; fi
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/control_plane.py
+
+clean:
+	rm -rf $(VENV) data

@@ -1,0 +1,3 @@
+from iotdefender.cli import main
+import sys
+sys.exit(main())
