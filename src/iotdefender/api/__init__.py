@@ -1,0 +1,1 @@
+"""The AWS IoT REST API: model-driven routing, parsing, validation, SigV4, errors."""

@@ -1,0 +1,139 @@
+"""The ASGI application: ``/healthz`` and the AWS IoT REST API.
+
+One catch-all endpoint does the wire work for every operation, in the order AWS does it:
+authenticate (SigV4), route (from the model), parse and validate the input (from the model),
+run the operation's handler, serialise its output (from the model). Every failure becomes an
+AWS-shaped error; an unexpected exception is logged with its traceback and answered as
+InternalFailureException, never as a bare 500 page.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import anyio.to_thread
+import orjson
+import sqlalchemy.exc
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from iotdefender.api.credentials import CredentialStore
+from iotdefender.api.errors import ApiError, invalid_request
+from iotdefender.api.protocol import parse_request, serialize_response
+from iotdefender.api.routing import RouteNotFound, Router
+from iotdefender.api.service_model import SERVICE_MODEL
+from iotdefender.api.sigv4 import SignedRequest, verify
+from iotdefender.api.validation import validate_input
+from iotdefender.controlplane.context import ServiceContext
+from iotdefender.controlplane.operations import SELF_VALIDATING, Handler, load_all
+
+log = structlog.get_logger("iotdefender.api")
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+_CONFLICT_RETRIES = 3
+
+
+def _error_response(error: ApiError, request_id: str) -> Response:
+    return Response(
+        orjson.dumps(error.body()),
+        status_code=error.status,
+        media_type="application/json",
+        headers={"x-amzn-ErrorType": error.code, "x-amzn-RequestId": request_id},
+    )
+
+
+class ApiService:
+    """Holds what the API needs per request; one instance per running service."""
+
+    def __init__(self, context: ServiceContext, credentials: CredentialStore) -> None:
+        self.context = context
+        self.credentials = credentials
+        self.router = Router(SERVICE_MODEL)
+        self.handlers: dict[str, Handler] = load_all()
+
+    async def handle(self, request: Request) -> Response:
+        request_id = str(uuid.uuid4())
+        started = time.perf_counter()
+        operation_name = "-"
+        try:
+            body = await request.body()
+            if len(body) > MAX_BODY_BYTES:
+                raise invalid_request(f"The request body is larger than {MAX_BODY_BYTES} bytes")
+            raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+            raw_path = raw_path.split("?", 1)[0]
+            raw_query = request.scope.get("query_string", b"").decode("latin-1")
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
+            host_url = f"{request.url.scheme}://{headers.get('host', '')}"
+            verify(
+                SignedRequest(request.method, host_url, raw_path, raw_query, headers, body),
+                self.credentials,
+                self.context.region,
+                datetime.now(timezone.utc),
+            )
+            try:
+                query_keys = {p.split("=", 1)[0] for p in raw_query.split("&") if p}
+                match = self.router.match(request.method, raw_path, query_keys)
+            except RouteNotFound as missing:
+                raise ApiError("UnknownOperationException", f"No operation for {request.method} {raw_path} ({missing})")
+            except UnicodeDecodeError:
+                raise invalid_request("The request path is not valid UTF-8 percent-encoding") from None
+            operation = match.operation
+            operation_name = operation.name
+            handler = self.handlers.get(operation_name)
+            if handler is None:
+                raise ApiError("NotImplementedException", f"iotdefender does not implement {operation_name}")
+            params = parse_request(operation, match.path_params, raw_query, headers, body)
+            validate_input(operation.input_shape, params, constraints=operation_name not in SELF_VALIDATING)
+            output = await anyio.to_thread.run_sync(self._run, handler, params)
+            status, out_headers, payload = serialize_response(operation, output)
+            out_headers["x-amzn-RequestId"] = request_id
+            response = Response(payload, status_code=status, media_type="application/json", headers=out_headers)
+        except ApiError as error:
+            response = _error_response(error, request_id)
+        except Exception:  # a defect of ours: log it whole, answer as AWS does
+            log.exception("internal_failure", operation=operation_name, request_id=request_id)
+            response = _error_response(
+                ApiError("InternalFailureException", "An internal failure occurred; see the service log"),
+                request_id,
+            )
+        log.info(
+            "api_request",
+            operation=operation_name,
+            method=request.method,
+            status=response.status_code,
+            error=response.headers.get("x-amzn-ErrorType"),
+            ms=round((time.perf_counter() - started) * 1000, 2),
+            request_id=request_id,
+        )
+        return response
+
+    def _run(self, handler: Handler, params: dict[str, Any]) -> dict[str, Any]:
+        # Two writers racing on the same new name: the loser's INSERT violates a key. Running
+        # the handler again lets it see the winner's row and answer exactly as AWS would
+        # (ResourceAlreadyExists, VersionConflict …) instead of a database error.
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                return handler(self.context, params)
+            except sqlalchemy.exc.IntegrityError:
+                if attempt == _CONFLICT_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def create_app(service: ApiService) -> Starlette:
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/{path:path}", service.handle, methods=methods),
+        ]
+    )

@@ -1,0 +1,95 @@
+"""Server-side input validation from the service model.
+
+botocore validates only what a client can (required members, types, ``min``) and deliberately
+skips ``max``, ``pattern`` and ``enum`` (``botocore/validate.py``), so a server that trusted
+its clients would accept ``consecutiveDatapointsToAlarm: 100000``. We run botocore's own
+``ParamValidator`` first, then walk the shapes for the constraints it leaves to the service.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import regex
+from botocore.model import Shape
+from botocore.validate import ParamValidator
+
+from iotdefender.api.errors import invalid_request
+
+# The model's patterns are Java regexes. Java's POSIX classes are US-ASCII only
+# (java.util.regex.Pattern, "POSIX character classes (US-ASCII only)"), while the ``regex``
+# module reads them as Unicode properties; translate them so we accept exactly what AWS does.
+_JAVA_POSIX = {
+    r"\p{Graph}": r"\x21-\x7e",
+    r"\p{Print}": r"\x20-\x7e",
+    r"\p{Cntrl}": r"\x00-\x1f\x7f",
+    r"\p{Alnum}": r"a-zA-Z0-9",
+    r"\p{Alpha}": r"a-zA-Z",
+    r"\p{Digit}": r"0-9",
+    r"\p{Punct}": r"!-/:-@\[-`{-~",
+    r"\p{Space}": r" \t\n\x0b\f\r",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(pattern: str) -> regex.Pattern[str]:
+    for java, ours in _JAVA_POSIX.items():
+        pattern = pattern.replace(java, ours)
+    return regex.compile(pattern)
+
+
+def _check(shape: Shape, value: Any, where: str, problems: list[str]) -> None:
+    kind = shape.type_name
+    meta = shape.metadata
+    if value is None:
+        return
+    if kind == "string" and isinstance(value, str):
+        if "max" in meta and len(value) > meta["max"]:
+            problems.append(f"{where} must be at most {meta['max']} characters long")
+        if shape.enum and value not in shape.enum:
+            problems.append(f"{where} must be one of: {', '.join(shape.enum)}")
+        if "pattern" in meta and not _compiled(meta["pattern"]).fullmatch(value):
+            problems.append(f"{where} {value!r} does not match the pattern {meta['pattern']}")
+    elif kind in ("integer", "long") and isinstance(value, int):
+        if "max" in meta and value > meta["max"]:
+            problems.append(f"{where.rsplit('.', 1)[-1]} {value} should be in range[{meta.get('min', '')},{meta['max']}]")
+    elif kind == "list" and isinstance(value, list):
+        if "max" in meta and len(value) > meta["max"]:
+            problems.append(f"{where} must have at most {meta['max']} elements")
+        for index, item in enumerate(value):
+            _check(shape.member, item, f"{where}[{index}]", problems)
+    elif kind == "map" and isinstance(value, dict):
+        if "max" in meta and len(value) > meta["max"]:
+            problems.append(f"{where} must have at most {meta['max']} entries")
+        for key, item in value.items():
+            _check(shape.key, key, f"{where} key", problems)
+            _check(shape.value, item, f"{where}.{key}", problems)
+    elif kind == "structure" and isinstance(value, dict):
+        for name, member in shape.members.items():
+            if name in value:
+                _check(member, value[name], f"{where}.{name}" if where else name, problems)
+
+
+def constraint_problems(shape: Shape, value: Any, where: str = "") -> list[str]:
+    """The max/pattern/enum violations in ``value``, one message each."""
+    problems: list[str] = []
+    _check(shape, value, where, problems)
+    return problems
+
+
+def validate_input(shape: Shape | None, params: dict[str, Any], constraints: bool = True) -> None:
+    """Raise InvalidRequestException naming every problem of the input, or return.
+
+    ``constraints=False`` leaves max/pattern/enum to the operation, for the one operation whose
+    job is to report such problems as data (ValidateSecurityProfileBehaviors).
+    """
+    if shape is None:
+        return
+    report = ParamValidator().validate(params, shape)
+    if report.has_errors():
+        raise invalid_request(report.generate_report().replace("\n", "; "))
+    if constraints:
+        problems = constraint_problems(shape, params)
+        if problems:
+            raise invalid_request("; ".join(problems))
