@@ -1,0 +1,99 @@
+"""SQL for security profiles and their targets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from iotdefender.store.pagination import scan_rows
+from iotdefender.store.schema import security_profile_targets as targets
+from iotdefender.store.schema import security_profiles
+
+
+def get(conn: Connection, name: str) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(security_profiles).where(security_profiles.c.name == name)).mappings().first()
+    return dict(row) if row else None
+
+
+def insert(conn: Connection, **values: Any) -> None:
+    conn.execute(security_profiles.insert().values(**values))
+
+
+def update(conn: Connection, name: str, expected_version: int, **values: Any) -> bool:
+    """Compare-and-set on ``version``; False if the profile changed since it was read."""
+    result = conn.execute(
+        security_profiles.update()
+        .where(security_profiles.c.name == name, security_profiles.c.version == expected_version)
+        .values(version=expected_version + 1, **values)
+    )
+    return result.rowcount == 1
+
+
+def delete(conn: Connection, name: str) -> None:
+    conn.execute(targets.delete().where(targets.c.profile_name == name))
+    conn.execute(security_profiles.delete().where(security_profiles.c.name == name))
+
+
+def scan(conn: Connection, after: str | None) -> Iterator[Any]:
+    return scan_rows(conn, sa.select(security_profiles), security_profiles.c.name, after)
+
+
+def scan_names_and_arns(conn: Connection, after: str | None) -> Iterator[Any]:
+    query = sa.select(security_profiles.c.name, security_profiles.c.arn)
+    return scan_rows(conn, query, security_profiles.c.name, after)
+
+
+def all_profiles(conn: Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(sa.select(security_profiles)).mappings()]
+
+
+def lock_target(conn: Connection, target_arn: str) -> None:
+    """Serialise attachments to one target so the 5-profile limit holds under concurrency.
+
+    SQLite already serialises writers (transactions start with BEGIN IMMEDIATE); on PostgreSQL
+    a transaction-scoped advisory lock on the target's hash does the same for that target only.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:arn))"), {"arn": target_arn})
+
+
+def targets_of(conn: Connection, profile_name: str) -> list[str]:
+    return list(
+        conn.execute(
+            sa.select(targets.c.target_arn).where(targets.c.profile_name == profile_name).order_by(targets.c.target_arn)
+        ).scalars()
+    )
+
+
+def profiles_on(conn: Connection, target_arns: list[str]) -> list[tuple[str, str]]:
+    """(profile name, target ARN) pairs attached to any of the targets."""
+    rows = conn.execute(
+        sa.select(targets.c.profile_name, targets.c.target_arn)
+        .where(targets.c.target_arn.in_(target_arns))
+        .order_by(targets.c.target_arn, targets.c.profile_name)
+    )
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def count_on(conn: Connection, target_arn: str) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).where(targets.c.target_arn == target_arn)).scalar_one())
+
+
+def is_attached(conn: Connection, profile_name: str, target_arn: str) -> bool:
+    query = sa.select(sa.literal(1)).where(targets.c.profile_name == profile_name, targets.c.target_arn == target_arn)
+    return conn.execute(query).first() is not None
+
+
+def attach(conn: Connection, profile_name: str, target_arn: str, now: float) -> None:
+    conn.execute(targets.insert().values(profile_name=profile_name, target_arn=target_arn, attached_at=now))
+
+
+def detach(conn: Connection, profile_name: str, target_arn: str) -> None:
+    conn.execute(targets.delete().where(targets.c.profile_name == profile_name, targets.c.target_arn == target_arn))
+
+
+def detach_target(conn: Connection, target_arn: str) -> None:
+    conn.execute(targets.delete().where(targets.c.target_arn == target_arn))

@@ -1,0 +1,132 @@
+"""SQL for the thing registry: things, thing groups and their membership."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from iotdefender.store.pagination import scan_rows
+from iotdefender.store.schema import thing_group_members, thing_groups, things
+
+
+def get_thing(conn: Connection, name: str) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(things).where(things.c.name == name)).mappings().first()
+    return dict(row) if row else None
+
+
+def insert_thing(conn: Connection, **values: Any) -> None:
+    conn.execute(things.insert().values(**values))
+
+
+def update_thing(conn: Connection, name: str, expected_version: int, **values: Any) -> bool:
+    """Compare-and-set on ``version``: False when another writer got there first."""
+    result = conn.execute(
+        things.update()
+        .where(things.c.name == name, things.c.version == expected_version)
+        .values(version=expected_version + 1, **values)
+    )
+    return result.rowcount == 1
+
+
+def delete_thing(conn: Connection, name: str) -> None:
+    conn.execute(thing_group_members.delete().where(thing_group_members.c.thing_name == name))
+    conn.execute(things.delete().where(things.c.name == name))
+
+
+def scan_things(conn: Connection, after: str | None, thing_type_name: str | None) -> Iterator[Any]:
+    query = sa.select(things)
+    if thing_type_name is not None:
+        query = query.where(things.c.thing_type_name == thing_type_name)
+    return scan_rows(conn, query, things.c.name, after)
+
+
+def get_group(conn: Connection, name: str) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(thing_groups).where(thing_groups.c.name == name)).mappings().first()
+    return dict(row) if row else None
+
+
+def get_group_by_arn(conn: Connection, arn: str) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(thing_groups).where(thing_groups.c.arn == arn)).mappings().first()
+    return dict(row) if row else None
+
+
+def insert_group(conn: Connection, **values: Any) -> None:
+    conn.execute(thing_groups.insert().values(**values))
+
+
+def update_group(conn: Connection, name: str, expected_version: int, **values: Any) -> bool:
+    result = conn.execute(
+        thing_groups.update()
+        .where(thing_groups.c.name == name, thing_groups.c.version == expected_version)
+        .values(version=expected_version + 1, **values)
+    )
+    return result.rowcount == 1
+
+
+def delete_group(conn: Connection, name: str) -> None:
+    conn.execute(thing_group_members.delete().where(thing_group_members.c.group_name == name))
+    conn.execute(thing_groups.delete().where(thing_groups.c.name == name))
+
+
+def child_group_names(conn: Connection, parent: str) -> list[str]:
+    return list(
+        conn.execute(sa.select(thing_groups.c.name).where(thing_groups.c.parent_name == parent)).scalars()
+    )
+
+
+def all_group_parents(conn: Connection) -> dict[str, str | None]:
+    """The whole hierarchy as child -> parent; groups are few (AWS: hierarchies of depth <= 7)."""
+    return dict(conn.execute(sa.select(thing_groups.c.name, thing_groups.c.parent_name)).tuples().all())
+
+
+def scan_groups(conn: Connection, after: str | None) -> Iterator[Any]:
+    return scan_rows(conn, sa.select(thing_groups), thing_groups.c.name, after)
+
+
+def groups_of_thing(conn: Connection, thing_name: str) -> list[str]:
+    return list(
+        conn.execute(
+            sa.select(thing_group_members.c.group_name)
+            .where(thing_group_members.c.thing_name == thing_name)
+            .order_by(thing_group_members.c.group_name)
+        ).scalars()
+    )
+
+
+def is_member(conn: Connection, group_name: str, thing_name: str) -> bool:
+    return (
+        conn.execute(
+            sa.select(sa.literal(1)).where(
+                thing_group_members.c.group_name == group_name,
+                thing_group_members.c.thing_name == thing_name,
+            )
+        ).first()
+        is not None
+    )
+
+
+def add_member(conn: Connection, group_name: str, thing_name: str) -> None:
+    conn.execute(thing_group_members.insert().values(group_name=group_name, thing_name=thing_name))
+
+
+def remove_member(conn: Connection, group_name: str, thing_name: str) -> None:
+    conn.execute(
+        thing_group_members.delete().where(
+            thing_group_members.c.group_name == group_name,
+            thing_group_members.c.thing_name == thing_name,
+        )
+    )
+
+
+def scan_members(conn: Connection, group_names: list[str], after: str | None) -> Iterator[str]:
+    """Distinct thing names that are direct members of any of ``group_names``, in name order."""
+    query = (
+        sa.select(thing_group_members.c.thing_name)
+        .where(thing_group_members.c.group_name.in_(group_names))
+        .distinct()
+    )
+    for row in scan_rows(conn, query, thing_group_members.c.thing_name, after):
+        yield row.thing_name
