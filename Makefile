@@ -26,6 +26,7 @@ system-deps:
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql >/dev/null; fi
 
 test: $(STAMP) system-deps
+	$(BIN)/ruff check --select F,E9 src tests bench
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
 
 test-unit: $(STAMP)

@@ -1,3 +1,5 @@
-from iotdefender.cli import main
 import sys
+
+from iotdefender.cli import main
+
 sys.exit(main())

@@ -19,11 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "serve":
-        from iotdefender.service import run
+        from iotdefender.service import ConfigurationError, run
 
         settings = settings_from(args)
         configure_logging(settings.log_format)
-        run(settings)
+        try:
+            run(settings)
+        except (ConfigurationError, FileNotFoundError) as error:
+            parser.exit(2, f"iotdefender: error: {error}\n")
+        except KeyboardInterrupt:
+            pass
     return 0
 
 

@@ -1,0 +1,1 @@
+"""The AWS IoT control plane: one module per resource, each operation a plain function."""

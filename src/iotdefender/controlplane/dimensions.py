@@ -1,0 +1,54 @@
+"""Dimensions (TOPIC_FILTER): Create, Describe, Update (values only), Delete, List."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iotdefender.controlplane import catalog_entries
+from iotdefender.controlplane.context import ServiceContext
+from iotdefender.controlplane.operations import Params, operation
+
+KIND = "dimension"
+MAX_DIMENSIONS = 10  # AWS quota "Metric dimensions: 10" (not adjustable)
+
+
+def _describe(row: dict[str, Any]) -> Params:
+    return {
+        "name": row["name"],
+        "arn": row["arn"],
+        "type": row["type"],
+        "stringValues": row["string_values"],
+        "creationDate": row["creation_date"],
+        "lastModifiedDate": row["last_modified_date"],
+    }
+
+
+@operation("CreateDimension")
+def create_dimension(ctx: ServiceContext, params: Params) -> Params:
+    values = {"type": params["type"], "string_values": params["stringValues"]}
+    row = catalog_entries.create(ctx, KIND, params["name"], params.get("clientRequestToken"), MAX_DIMENSIONS,
+                                 values, params.get("tags") or [])
+    return {"name": row["name"], "arn": row["arn"]}
+
+
+@operation("DescribeDimension")
+def describe_dimension(ctx: ServiceContext, params: Params) -> Params:
+    with ctx.engine.connect() as conn:
+        return _describe(catalog_entries.require(conn, KIND, params["name"]))
+
+
+@operation("UpdateDimension")
+def update_dimension(ctx: ServiceContext, params: Params) -> Params:
+    return _describe(catalog_entries.update(ctx, KIND, params["name"], {"string_values": params["stringValues"]}))
+
+
+@operation("DeleteDimension")
+def delete_dimension(ctx: ServiceContext, params: Params) -> Params:
+    catalog_entries.delete(ctx, KIND, params["name"])
+    return {}
+
+
+@operation("ListDimensions")
+def list_dimensions(ctx: ServiceContext, params: Params) -> Params:
+    names, token = catalog_entries.list_names(ctx, KIND, params)
+    return {"dimensionNames": names, "nextToken": token}

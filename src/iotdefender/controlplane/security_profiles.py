@@ -1,0 +1,174 @@
+"""Security profiles: Create, Describe, Update (versioned), Delete, List, ValidateBehaviors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iotdefender.api.errors import already_exists, invalid_request, not_found, version_conflict
+from iotdefender.api.service_model import SERVICE_MODEL
+from iotdefender.api.validation import constraint_problems
+from iotdefender.controlplane import behavior_rules
+from iotdefender.controlplane.context import ServiceContext
+from iotdefender.controlplane.operations import Params, operation
+from iotdefender.controlplane.versioning import check_expected_version
+from iotdefender.store import catalog, profiles, tags
+from iotdefender.store.pagination import decode_token, page_size, take_page
+
+MAX_TAGS = 50  # CloudFormation AWS::IoT::SecurityProfile: at most 50 tags
+
+# API member -> column, for the members Update replaces whole and the delete* flags clear.
+_REPLACEABLE = {
+    "securityProfileDescription": "description",
+    "behaviors": "behaviors",
+    "alertTargets": "alert_targets",
+    "additionalMetricsToRetain": "additional_metrics_to_retain",
+    "additionalMetricsToRetainV2": "additional_metrics_to_retain_v2",
+    "metricsExportConfig": "metrics_export_config",
+}
+_DELETE_FLAGS = {
+    "deleteBehaviors": "behaviors",
+    "deleteAlertTargets": "alertTargets",
+    "deleteAdditionalMetricsToRetain": "additionalMetricsToRetain",
+    "deleteMetricsExportConfig": "metricsExportConfig",
+}
+
+
+def require_profile(conn: Any, name: str) -> dict[str, Any]:
+    row = profiles.get(conn, name)
+    if row is None:
+        raise not_found(f"Security profile {name} does not exist")
+    return row
+
+
+def _check_behaviors(conn: Any, behaviors: list[Any], v1: list[Any], v2: list[Any]) -> None:
+    """InvalidRequestException naming each behavior and the rule it breaks."""
+    problems = behavior_rules.validate_profile_behaviors(
+        behaviors, catalog.custom_metric_types(conn), catalog.dimension_names(conn), v1, v2)
+    if problems:
+        raise invalid_request(" ".join(problems))
+
+
+def describe_row(row: dict[str, Any]) -> Params:
+    return {
+        "securityProfileName": row["name"],
+        "securityProfileArn": row["arn"],
+        "securityProfileDescription": row["description"],
+        "behaviors": row["behaviors"],
+        "alertTargets": row["alert_targets"],
+        "additionalMetricsToRetain": row["additional_metrics_to_retain"],
+        "additionalMetricsToRetainV2": row["additional_metrics_to_retain_v2"],
+        "version": row["version"],
+        "creationDate": row["creation_date"],
+        "lastModifiedDate": row["last_modified_date"],
+        "metricsExportConfig": row["metrics_export_config"],
+    }
+
+
+@operation("CreateSecurityProfile")
+def create_security_profile(ctx: ServiceContext, params: Params) -> Params:
+    name = params["securityProfileName"]
+    tag_list = params.get("tags") or []
+    if len(tag_list) > MAX_TAGS:
+        raise invalid_request(f"A security profile can have at most {MAX_TAGS} tags")
+    with ctx.engine.begin() as conn:
+        existing = profiles.get(conn, name)
+        if existing is not None:
+            raise already_exists(f"Security profile {name} already exists", name, existing["arn"])
+        behaviors = params.get("behaviors") or []
+        _check_behaviors(conn, behaviors, params.get("additionalMetricsToRetain") or [],
+                         params.get("additionalMetricsToRetainV2") or [])
+        now = ctx.now()
+        row = dict(name=name, arn=ctx.arn(f"securityprofile/{name}"), behaviors=behaviors, version=1,
+                   creation_date=now, last_modified_date=now)
+        for member, column in _REPLACEABLE.items():
+            if member != "behaviors":
+                row[column] = params.get(member)
+        profiles.insert(conn, **row)
+        tags.replace(conn, row["arn"], tag_list)
+    return {"securityProfileName": name, "securityProfileArn": row["arn"]}
+
+
+@operation("DescribeSecurityProfile")
+def describe_security_profile(ctx: ServiceContext, params: Params) -> Params:
+    with ctx.engine.connect() as conn:
+        return describe_row(require_profile(conn, params["securityProfileName"]))
+
+
+@operation("UpdateSecurityProfile")
+def update_security_profile(ctx: ServiceContext, params: Params) -> Params:
+    """Top-level partial update: given members replace the old value whole; flags clear one."""
+    name = params["securityProfileName"]
+    for flag, member in _DELETE_FLAGS.items():
+        if params.get(flag) and params.get(member) is not None:
+            raise invalid_request(f"{flag} cannot be true when {member} is given in the same request")
+    with ctx.engine.begin() as conn:
+        row = require_profile(conn, name)
+        check_expected_version(params, row, f"Security profile {name}")
+        changes: dict[str, Any] = {}
+        for member, column in _REPLACEABLE.items():
+            if params.get(member) is not None:
+                changes[column] = params[member]
+        for flag, member in _DELETE_FLAGS.items():
+            if params.get(flag):
+                changes[_REPLACEABLE[member]] = [] if member == "behaviors" else None
+        merged = {**row, **changes}
+        _check_behaviors(conn, merged["behaviors"] or [], merged["additional_metrics_to_retain"] or [],
+                         merged["additional_metrics_to_retain_v2"] or [])
+        changes["last_modified_date"] = max(ctx.now(), row["last_modified_date"])
+        if not profiles.update(conn, name, row["version"], **changes):
+            raise version_conflict(f"Security profile {name} was modified concurrently; retry the update")
+        merged.update(changes, version=row["version"] + 1)
+    return describe_row(merged)
+
+
+@operation("DeleteSecurityProfile")
+def delete_security_profile(ctx: ServiceContext, params: Params) -> Params:
+    name = params["securityProfileName"]
+    with ctx.engine.begin() as conn:
+        row = profiles.get(conn, name)
+        if row is None:
+            return {}  # DeleteSecurityProfile has no ResourceNotFoundException in the model
+        check_expected_version(params, row, f"Security profile {name}")
+        profiles.delete(conn, name)
+        tags.replace(conn, row["arn"], [])
+    return {}
+
+
+@operation("ListSecurityProfiles")
+def list_security_profiles(ctx: ServiceContext, params: Params) -> Params:
+    dimension = params.get("dimensionName")
+    metric = params.get("metricName")
+    if dimension is not None and metric is not None:
+        raise invalid_request("dimensionName and metricName cannot be used in the same request")
+    with ctx.engine.connect() as conn:
+        after = decode_token(params.get("nextToken"))
+        if dimension is None and metric is None:
+            rows = profiles.scan_names_and_arns(conn, after)
+        else:
+            def uses(row: Any) -> bool:
+                v1 = row.additional_metrics_to_retain or []
+                v2 = row.additional_metrics_to_retain_v2 or []
+                if dimension is not None:
+                    return dimension in behavior_rules.dimension_names_used(row.behaviors, v2)
+                return metric in behavior_rules.metric_names_used(row.behaviors, v1, v2)
+
+            rows = (r for r in profiles.scan(conn, after) if uses(r))
+        page, token = take_page(rows, page_size(params.get("maxResults")), lambda r: r.name)
+    return {
+        "securityProfileIdentifiers": [{"name": r.name, "arn": r.arn} for r in page],
+        "nextToken": token,
+    }
+
+
+@operation("ValidateSecurityProfileBehaviors")
+def validate_security_profile_behaviors(ctx: ServiceContext, params: Params) -> Params:
+    behavior_shape = SERVICE_MODEL.shape_for("Behavior")
+    problems = []
+    for behavior in params["behaviors"]:
+        for problem in constraint_problems(behavior_shape, behavior):
+            problems.append(f"Behavior {behavior.get('name')} is malformed. {problem}")
+    if not problems:
+        with ctx.engine.connect() as conn:
+            problems = behavior_rules.validate_profile_behaviors(
+                params["behaviors"], catalog.custom_metric_types(conn), catalog.dimension_names(conn))
+    return {"valid": not problems, "validationErrors": [{"errorMessage": p} for p in problems]}

@@ -1,0 +1,56 @@
+"""TagResource, UntagResource, ListTagsForResource for the taggable resources of this service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iotdefender.api.errors import invalid_request, not_found
+from iotdefender.controlplane.context import ServiceContext
+from iotdefender.controlplane.operations import Params, operation
+from iotdefender.store import catalog, profiles, registry, tags
+from iotdefender.store.pagination import decode_token
+
+MAX_TAGS = 50
+
+
+def _require_resource(ctx: ServiceContext, conn: Any, arn: str) -> None:
+    prefix = ctx.arn("")
+    kind, _, name = arn[len(prefix):].partition("/") if arn.startswith(prefix) else ("", "", "")
+    exists = {
+        "securityprofile": lambda: profiles.get(conn, name) is not None,
+        "custommetric": lambda: catalog.get(conn, "custom_metric", name) is not None,
+        "dimension": lambda: catalog.get(conn, "dimension", name) is not None,
+        "thinggroup": lambda: registry.get_group(conn, name) is not None,
+    }.get(kind)
+    if exists is None or not name or not exists():
+        raise not_found(f"Resource {arn} does not exist or is not taggable")
+
+
+@operation("TagResource")
+def tag_resource(ctx: ServiceContext, params: Params) -> Params:
+    arn = params["resourceArn"]
+    with ctx.engine.begin() as conn:
+        _require_resource(ctx, conn, arn)
+        tags.put(conn, arn, params["tags"])
+        if len(tags.list_for(conn, arn)) > MAX_TAGS:
+            raise invalid_request(f"A resource can have at most {MAX_TAGS} tags")
+    return {}
+
+
+@operation("UntagResource")
+def untag_resource(ctx: ServiceContext, params: Params) -> Params:
+    arn = params["resourceArn"]
+    with ctx.engine.begin() as conn:
+        _require_resource(ctx, conn, arn)
+        tags.remove(conn, arn, params["tagKeys"])
+    return {}
+
+
+@operation("ListTagsForResource")
+def list_tags_for_resource(ctx: ServiceContext, params: Params) -> Params:
+    arn = params["resourceArn"]
+    with ctx.engine.connect() as conn:
+        _require_resource(ctx, conn, arn)
+        if params.get("nextToken") is not None:
+            decode_token(params["nextToken"])
+        return {"tags": tags.list_for(conn, arn)}

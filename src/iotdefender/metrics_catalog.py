@@ -1,0 +1,87 @@
+"""Every Device Defender Detect metric and what a behavior may do with it (reference §3.1).
+
+Data, not code: the API's validation and the engine both read this table, so a metric's rules
+are written once. Where AWS's documentation is unsure, the choice is noted beside the entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+NUMERIC_OPERATORS = frozenset({"less-than", "less-than-equals", "greater-than", "greater-than-equals"})
+CIDR_OPERATORS = frozenset({"in-cidr-set", "not-in-cidr-set"})
+PORT_OPERATORS = frozenset({"in-port-set", "not-in-port-set"})
+SET_OPERATORS = frozenset({"in-set", "not-in-set"})
+
+DURATION_SECONDS = frozenset({300, 600, 900, 1800, 3600})
+STATISTICS = frozenset({"p0", "p0.1", "p0.01", "p1", "p10", "p50", "p90", "p99", "p99.9", "p99.99", "p100"})
+CONFIDENCE_LEVELS = frozenset({"LOW", "MEDIUM", "HIGH"})
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    side: str  # "cloud" | "device" | "custom"
+    value_member: str  # the MetricValue member: count | cidrs | ports | number | numbers | strings
+    operators: frozenset[str]
+    duration: bool  # durationSeconds allowed
+    statistical: bool  # statisticalThreshold allowed
+    ml: bool  # mlDetectionConfig allowed
+    dimension: bool  # a TOPIC_FILTER metricDimension allowed
+
+    @property
+    def is_list(self) -> bool:
+        return self.value_member in ("cidrs", "ports", "numbers", "strings")
+
+
+def _count(name: str, side: str, *, dimension: bool = False, ml: bool = True) -> MetricSpec:
+    return MetricSpec(name, side, "count", NUMERIC_OPERATORS, True, True, ml, dimension)
+
+
+BUILTIN_METRICS: Mapping[str, MetricSpec] = MappingProxyType({spec.name: spec for spec in (
+    # cloud-side
+    # message-byte-size: the docs list no duration for static behaviors but their statistical
+    # example uses 300, so durationSeconds is allowed.
+    _count("aws:message-byte-size", "cloud", dimension=True),
+    _count("aws:num-messages-sent", "cloud", dimension=True),
+    _count("aws:num-messages-received", "cloud", dimension=True),
+    _count("aws:num-authorization-failures", "cloud", dimension=True),
+    MetricSpec("aws:source-ip-address", "cloud", "cidrs", CIDR_OPERATORS, False, False, False, True),
+    _count("aws:num-connection-attempts", "cloud"),
+    _count("aws:num-disconnects", "cloud"),
+    # disconnect-duration (2023): unit and operators unverified (reference §10); we follow the
+    # third-party evidence: count, less-than(-equals) only, no duration, statistics, ML or dimension.
+    MetricSpec("aws:disconnect-duration", "cloud", "count", frozenset({"less-than", "less-than-equals"}),
+               False, False, False, False),
+    # device-side
+    _count("aws:all-bytes-out", "device"),
+    _count("aws:all-bytes-in", "device"),
+    _count("aws:all-packets-out", "device"),
+    _count("aws:all-packets-in", "device"),
+    _count("aws:num-listening-tcp-ports", "device"),
+    _count("aws:num-listening-udp-ports", "device"),
+    # num-established-tcp-connections: statistical example uses durationSeconds 900, so allowed.
+    _count("aws:num-established-tcp-connections", "device"),
+    MetricSpec("aws:destination-ip-addresses", "device", "cidrs", CIDR_OPERATORS, False, False, False, False),
+    MetricSpec("aws:listening-tcp-ports", "device", "ports", PORT_OPERATORS, False, False, False, False),
+    MetricSpec("aws:listening-udp-ports", "device", "ports", PORT_OPERATORS, False, False, False, False),
+)})
+
+# Custom metric types. `number` allows durations (only list types are excluded by the model's
+# "Cannot be used with list-based metric datatypes"), statistics (not with negative values) and ML.
+CUSTOM_METRIC_TYPES: Mapping[str, MetricSpec] = MappingProxyType({
+    "number": MetricSpec("number", "custom", "number", NUMERIC_OPERATORS, True, True, True, False),
+    "number-list": MetricSpec("number-list", "custom", "numbers", SET_OPERATORS, False, False, False, False),
+    "string-list": MetricSpec("string-list", "custom", "strings", SET_OPERATORS, False, False, False, False),
+    "ip-address-list": MetricSpec("ip-address-list", "custom", "cidrs", CIDR_OPERATORS, False, False, False, False),
+})
+
+
+def spec_for(metric: str, custom_metric_types: Mapping[str, str]) -> MetricSpec | None:
+    """The rules of a built-in metric or of a defined custom metric; None when unknown."""
+    if metric in BUILTIN_METRICS:
+        return BUILTIN_METRICS[metric]
+    metric_type = custom_metric_types.get(metric)
+    return CUSTOM_METRIC_TYPES.get(metric_type) if metric_type is not None else None

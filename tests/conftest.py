@@ -1,0 +1,54 @@
+"""Fixtures shared by the suite: real PostgreSQL, a live service on SQLite or on PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import PostgresCluster, ServiceProcess
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    cluster = PostgresCluster()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def _service_for(backend: str, request) -> ServiceProcess:  # type: ignore[no-untyped-def]
+    data_dir = Path(tempfile.mkdtemp(prefix="iotdefender-svc-"))
+    url = None
+    if backend == "postgresql":
+        url = request.getfixturevalue("postgres").create_database(f"svc{next(_db_counter)}")
+    # A test module may set SERVICE_ARGS, e.g. ["--report-min-interval", "0"].
+    extra = list(getattr(request.module, "SERVICE_ARGS", []))
+    return ServiceProcess(data_dir=data_dir, database_url=url, extra_args=extra)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def service(request):
+    """One live service per test module and storage backend; tests use distinct names."""
+    svc = _service_for(request.param, request)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_service(request):
+    """A live service of its own, for tests that restart it or count everything in it."""
+    svc = _service_for(request.param, request)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def iot(service):
+    return service.client()
