@@ -1,0 +1,31 @@
+"""ListMetricValues: the retained datapoints of one thing and metric over a time range."""
+
+from __future__ import annotations
+
+from iotdefender.api.errors import invalid_request
+from iotdefender.controlplane.context import ServiceContext
+from iotdefender.controlplane.operations import Params, operation
+from iotdefender.store import metric_values
+from iotdefender.store.pagination import decode_token, encode_token, page_size
+
+
+@operation("ListMetricValues")
+def list_metric_values(ctx: ServiceContext, params: Params) -> Params:
+    start, end = params["startTime"], params["endTime"]
+    if end < start:
+        raise invalid_request("endTime must not be earlier than startTime")
+    if params.get("dimensionValueOperator") is not None and params.get("dimensionName") is None:
+        raise invalid_request("dimensionValueOperator requires dimensionName")
+    after = decode_token(params.get("nextToken"))
+    if after is not None and not (isinstance(after, list) and len(after) == 2):
+        raise invalid_request("The nextToken is invalid")
+    limit = page_size(params.get("maxResults"))
+    dimension = metric_values.dimension_key(params.get("dimensionName"), params.get("dimensionValueOperator"))
+    with ctx.engine.connect() as conn:
+        rows = metric_values.series_page(conn, params["thingName"], params["metricName"], dimension, start, end,
+                                         tuple(after) if after else None, limit + 1)
+    token = encode_token([rows[limit - 1].ts, rows[limit - 1].id]) if len(rows) > limit else None
+    return {
+        "metricDatumList": [{"timestamp": r.ts, "value": r.value} for r in rows[:limit]],
+        "nextToken": token,
+    }

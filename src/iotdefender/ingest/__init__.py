@@ -1,0 +1,1 @@
+"""Device metrics ingestion: reports in, datapoints and accepted/rejected replies out."""

@@ -1,0 +1,25 @@
+"""The ``/accepted`` and ``/rejected`` replies, in the encoding of the report (reference §4.4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbor2
+import orjson
+
+
+def reply_topic(thing_name: str, encoding: str, accepted: bool) -> str:
+    return f"$aws/things/{thing_name}/defender/metrics/{encoding}/{'accepted' if accepted else 'rejected'}"
+
+
+def reply_payload(thing_name: str, encoding: str, report_id: int | None, now_ms: int,
+                  error: tuple[str, str] | None = None) -> bytes:
+    """``{thingName, reportId, status, [statusDetails{ErrorCode, ErrorMessage}], timestamp(ms)}``."""
+    document: dict[str, Any] = {"thingName": thing_name}
+    if report_id is not None:
+        document["reportId"] = report_id
+    document["status"] = "ACCEPTED" if error is None else "REJECTED"
+    if error is not None:
+        document["statusDetails"] = {"ErrorCode": error[0], "ErrorMessage": error[1]}
+    document["timestamp"] = now_ms
+    return orjson.dumps(document) if encoding == "json" else cbor2.dumps(document)

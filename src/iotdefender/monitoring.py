@@ -1,0 +1,104 @@
+"""Which security profiles monitor a thing: the control plane as seen by ingest and the engine.
+
+A thing is monitored by the profiles attached to ``all/things``, to ``all/registered-things`` or
+``all/unregistered-things`` (whether it is in the registry), and to each of its thing groups and
+their ancestors (a profile on a parent group covers its child groups). The snapshot is read once
+and dropped whenever the control plane changes (``invalidate``); per-thing registry facts are
+read on first use and cached until then.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from iotdefender.controlplane import hierarchy
+from iotdefender.controlplane.behavior_rules import metric_names_used
+from iotdefender.store import catalog, profiles, registry
+from iotdefender.store.schema import security_profile_targets
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    profiles: dict[str, dict[str, Any]]
+    attachments: dict[str, list[str]]  # target ARN -> profile names
+    parents: dict[str, str | None]
+    custom_metric_types: dict[str, str]
+    things: dict[str, tuple[bool, tuple[str, ...]]] = field(default_factory=dict)  # name -> (registered, groups)
+
+
+class MonitoringIndex:
+    def __init__(self, engine: Engine, arn_prefix: str) -> None:
+        self._engine = engine
+        self._arn_prefix = arn_prefix  # "arn:aws:iot:{region}:{account}:"
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._snapshot = None
+
+    def _current(self) -> Snapshot:
+        snapshot = self._snapshot
+        if snapshot is not None:
+            return snapshot
+        with self._engine.connect() as conn:
+            rows = {p["name"]: p for p in profiles.all_profiles(conn)}
+            attachments: dict[str, list[str]] = {}
+            for name, arn in conn.execute(sa.select(security_profile_targets.c.profile_name,
+                                                    security_profile_targets.c.target_arn)):
+                attachments.setdefault(arn, []).append(name)
+            snapshot = Snapshot(rows, attachments, registry.all_group_parents(conn), catalog.custom_metric_types(conn))
+        with self._lock:
+            if self._snapshot is None:
+                self._snapshot = snapshot
+            return self._snapshot
+
+    def custom_metric_types(self) -> dict[str, str]:
+        return self._current().custom_metric_types
+
+    def _thing_facts(self, snapshot: Snapshot, thing: str) -> tuple[bool, tuple[str, ...]]:
+        facts = snapshot.things.get(thing)
+        if facts is None:
+            with self._engine.connect() as conn:
+                registered = registry.get_thing(conn, thing) is not None
+                groups = tuple(registry.groups_of_thing(conn, thing)) if registered else ()
+            facts = (registered, groups)
+            snapshot.things[thing] = facts
+        return facts
+
+    def targets_of(self, thing: str) -> list[str]:
+        """Every target ARN that covers the thing."""
+        snapshot = self._current()
+        registered, groups = self._thing_facts(snapshot, thing)
+        arns = [self._arn_prefix + "all/things",
+                self._arn_prefix + ("all/registered-things" if registered else "all/unregistered-things")]
+        seen: set[str] = set()
+        for group in groups:
+            for name in (group, *hierarchy.ancestors(group, snapshot.parents)):
+                if name not in seen:
+                    seen.add(name)
+                    arns.append(self._arn_prefix + f"thinggroup/{name}")
+        return arns
+
+    def profiles_for(self, thing: str) -> list[dict[str, Any]]:
+        """The profiles monitoring the thing, each once, by name."""
+        snapshot = self._current()
+        names = {n for arn in self.targets_of(thing) for n in snapshot.attachments.get(arn, ())}
+        return [snapshot.profiles[n] for n in sorted(names) if n in snapshot.profiles]
+
+    def profile(self, name: str) -> dict[str, Any] | None:
+        return self._current().profiles.get(name)
+
+    def retained_metrics(self, thing: str) -> set[str]:
+        """Metrics whose datapoints are kept for ListMetricValues: used by behaviors or listed
+        in additionalMetricsToRetain(V2) of a monitoring profile (model documentation)."""
+        metrics: set[str] = set()
+        for profile in self.profiles_for(thing):
+            metrics |= metric_names_used(profile["behaviors"] or [], profile["additional_metrics_to_retain"] or [],
+                                         profile["additional_metrics_to_retain_v2"] or [])
+        return metrics

@@ -1,0 +1,190 @@
+"""Device metrics over MQTT end to end: a real paho client, the embedded broker, boto3 for reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+
+import cbor2
+import httpx
+import pytest
+
+from tests.support.mqtt import Device, report
+
+SERVICE_ARGS = ["--report-min-interval", "0"]
+ACCOUNT_ARN = "arn:aws:iot:us-east-1:123456789012:"
+
+
+@pytest.fixture(scope="module")
+def monitored(service):
+    """A profile on all things that retains every device-side metric the tests send."""
+    iot = service.client()
+    iot.create_custom_metric(metricName="battery", metricType="number")
+    iot.create_custom_metric(metricName="users", metricType="string-list")
+    iot.create_security_profile(
+        securityProfileName="ingest-all",
+        behaviors=[{"name": "ports", "metric": "aws:listening-tcp-ports",
+                    "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22, 443, 8883]}}}],
+        additionalMetricsToRetainV2=[{"metric": m} for m in (
+            "aws:all-bytes-out", "aws:num-listening-tcp-ports", "aws:destination-ip-addresses", "battery", "users")])
+    iot.attach_security_profile(securityProfileName="ingest-all", securityProfileTargetArn=ACCOUNT_ARN + "all/things")
+    return iot
+
+
+def device(service, name: str | None = None) -> Device:
+    return Device(service.mqtt_port, name or f"dev-{uuid.uuid4().hex[:8]}")
+
+
+def values(iot, thing: str, metric: str) -> list:
+    now = dt.datetime.now(dt.timezone.utc)
+    pages = iot.get_paginator("list_metric_values").paginate(
+        thingName=thing, metricName=metric, startTime=now - dt.timedelta(hours=1), endTime=now + dt.timedelta(minutes=5))
+    return [d["value"] for page in pages for d in page["metricDatumList"]]
+
+
+def test_json_long_keys_accepted_and_retained(service, monitored):
+    dev = device(service)
+    before = time.time() * 1000
+    topic, reply = dev.report(report(1530304554, [22, 443], network_stats={"bytes_out": 2048},
+                                     tcp_connections={"established_connections": {
+                                         "connections": [{"remote_addr": "10.0.0.5:8883", "local_port": 5000}],
+                                         "total": 1}},
+                                     custom_metrics={"battery": [{"number": 87.5}], "users": [{"string_list": ["op"]}]}))
+    assert topic == "json/accepted"
+    assert reply["thingName"] == dev.thing and reply["reportId"] == 1530304554 and reply["status"] == "ACCEPTED"
+    assert before - 1000 <= reply["timestamp"] <= time.time() * 1000 + 1000  # epoch milliseconds
+    assert values(monitored, dev.thing, "aws:listening-tcp-ports") == [{"ports": [22, 443]}]
+    assert values(monitored, dev.thing, "aws:num-listening-tcp-ports") == [{"count": 2}]
+    assert values(monitored, dev.thing, "aws:all-bytes-out") == [{"count": 2048}]
+    assert values(monitored, dev.thing, "aws:destination-ip-addresses") == [{"cidrs": ["10.0.0.5"]}]
+    assert values(monitored, dev.thing, "battery") == [{"number": 87.5}]
+    assert values(monitored, dev.thing, "users") == [{"strings": ["op"]}]
+    dev.close()
+
+
+def test_short_keys_and_cbor(service, monitored):
+    dev = device(service)
+    short = {"hed": {"rid": 7, "v": "1.0"}, "met": {"tp": {"pts": [{"pt": 443, "if": "eth0"}], "t": 1},
+                                                   "ns": {"bi": 1, "bo": 99, "pi": 1, "po": 1}}}
+    assert dev.report(short) [0] == "json/accepted"
+    topic, reply = dev.report({**short, "hed": {"rid": 8, "v": "1.0"}}, encoding="cbor")
+    assert topic == "cbor/accepted" and reply["reportId"] == 8 and reply["status"] == "ACCEPTED"
+    topic, reply = dev.report(report(9, [8883]), encoding="cbor")
+    assert topic == "cbor/accepted"
+    assert values(monitored, dev.thing, "aws:listening-tcp-ports") == [{"ports": [443]}, {"ports": [443]},
+                                                                        {"ports": [8883]}]
+    assert values(monitored, dev.thing, "aws:all-bytes-out") == [{"count": 99}, {"count": 99}]
+    dev.close()
+
+
+@pytest.mark.parametrize(
+    "payload, code, fragment, report_id",
+    [
+        (b"{not json", "InvalidPayload", "Malformed metrics report", None),
+        (json.dumps({"metrics": {}}).encode(), "InvalidPayload", "header", None),
+        (json.dumps({"header": {"report_id": 5}, "metrics": {}}).encode(), "InvalidPayload", "version", 5),
+        (json.dumps({"header": {"report_id": 5, "version": "1.0"}}).encode(), "InvalidPayload",
+         "metrics or a custom_metrics", 5),
+        (json.dumps({"header": {"report_id": 5, "version": "1.0"},
+                     "custom_metrics": {"battery": {"number": 0}}}).encode(), "InvalidPayload", "one-element array", 5),
+        (json.dumps({"header": {"report_id": 5, "version": "1.0"},
+                     "custom_metrics": {"nosuch": [{"number": 0}]}}).encode(), "UnknownCustomMetric", "nosuch", 5),
+        (json.dumps({"header": {"report_id": 5, "version": "1.0"},
+                     "custom_metrics": {"battery": [{"string_list": ["x"]}]}}).encode(),
+         "CustomMetricTypeMismatch", "battery", 5),
+        (json.dumps(report(5, network_stats={"bytes_in": -1})).encode(), "InvalidPayload", "bytes_in", 5),
+        (json.dumps(report(5, [70000])).encode(), "InvalidPayload", "port", 5),
+        (json.dumps(report(5, tcp_connections={"established_connections": {"connections": [
+            {"remote_addr": "not-an-address"}]}})).encode(), "InvalidPayload", "remote_addr", 5),
+        (json.dumps({"header": {"report_id": -3, "version": "1.0"}, "metrics": {}}).encode(), "InvalidPayload",
+         "report_id", -3),
+        (b"{" + b" " * (130 * 1024) + b"}", "PayloadTooLarge", "131", None),
+    ],
+)
+def test_malformed_reports_are_rejected_with_a_reason(service, monitored, payload, code, fragment, report_id):
+    dev = device(service)
+    dev.publish(payload)
+    topic, reply = dev.reply()
+    assert topic == "json/rejected"
+    assert reply["status"] == "REJECTED" and reply["thingName"] == dev.thing
+    assert reply["statusDetails"]["ErrorCode"] == code
+    assert fragment in reply["statusDetails"]["ErrorMessage"]
+    assert reply.get("reportId") == report_id
+    dev.close()
+
+
+def test_cbor_rejections_answer_in_cbor(service, monitored):
+    dev = device(service)
+    dev.publish(b"\xff\x00garbage", encoding="cbor")
+    topic, reply = dev.reply()
+    assert topic == "cbor/rejected" and reply["statusDetails"]["ErrorCode"] == "InvalidPayload"
+    dev.publish(cbor2.dumps([1, 2, 3]), encoding="cbor")
+    assert dev.reply()[1]["statusDetails"]["ErrorCode"] == "InvalidPayload"
+    dev.close()
+
+
+def test_repeated_and_stale_report_ids(service, monitored):
+    dev = device(service)
+    assert dev.report(report(100, [22]))[0] == "json/accepted"
+    topic, reply = dev.report(report(100, [22]))
+    assert topic == "json/rejected" and reply["statusDetails"]["ErrorCode"] == "DuplicateReportId"
+    topic, reply = dev.report(report(99, [22]))
+    assert reply["statusDetails"]["ErrorCode"] == "StaleReportId" and reply["reportId"] == 99
+    assert dev.report(report(1_700_000_000_000, [22]))[0] == "json/accepted"  # milliseconds are ids too
+    dev.close()
+
+
+def test_empty_lists_are_accepted(service, monitored):
+    dev = device(service)
+    topic, _ = dev.report(report(1, [], tcp_connections={"established_connections": {"connections": [], "total": 0}}))
+    assert topic == "json/accepted"
+    assert values(monitored, dev.thing, "aws:listening-tcp-ports") == [{"ports": []}]
+    dev.close()
+
+
+def test_registered_and_unregistered_devices(service, monitored):
+    registered = f"thing-{uuid.uuid4().hex[:8]}"
+    monitored.create_thing(thingName=registered)
+    for name in (registered, f"loose-{uuid.uuid4().hex[:8]}"):
+        dev = device(service, name)
+        assert dev.report(report(1, [443]))[0] == "json/accepted"
+        assert values(monitored, name, "aws:listening-tcp-ports") == [{"ports": [443]}]
+        dev.close()
+
+
+def test_publishing_for_another_thing_disconnects(service, monitored):
+    dev = device(service)
+    dev.publish(json.dumps(report(1, [22])).encode(), thing="someone-else")
+    deadline = time.time() + 5
+    while not dev.disconnected and time.time() < deadline:
+        time.sleep(0.05)
+    assert dev.disconnected
+    assert values(monitored, "someone-else", "aws:listening-tcp-ports") == []
+
+
+def test_rejections_are_counted_for_the_operator(service, monitored):
+    metrics = httpx.get(service.endpoint + "/metrics").text
+    assert 'iotdefender_report_rejections_total{reason="InvalidPayload"}' in metrics
+    assert 'iotdefender_reports_total{outcome="accepted"}' in metrics
+    log = service.log_path.read_text()
+    assert '"event": "report_rejected"' in log and '"code": "DuplicateReportId"' in log
+
+
+def test_throttling_one_report_per_interval(tmp_path):
+    from tests.support.processes import ServiceProcess
+
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--time-scale", "100"])  # 300 s -> 3 s
+    svc.start()
+    try:
+        dev = device(svc)
+        assert dev.report(report(1, [22]))[0] == "json/accepted"
+        topic, reply = dev.report(report(2, [22]))
+        assert topic == "json/rejected" and reply["statusDetails"]["ErrorCode"] == "Throttled"
+        assert "3 s" in reply["statusDetails"]["ErrorMessage"]
+        time.sleep(3.1)
+        assert dev.report(report(3, [22]))[0] == "json/accepted"
+        dev.close()
+    finally:
+        svc.stop()

@@ -1,0 +1,60 @@
+"""A device as the tests see it: a real paho-mqtt client speaking Device Defender's topics."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from typing import Any
+
+import cbor2
+import paho.mqtt.client as mqtt
+
+
+class Device:
+    def __init__(self, port: int, client_id: str, thing: str | None = None, **connect: Any) -> None:
+        self.thing = thing or client_id
+        self.replies: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        if connect.get("username"):
+            self.client.username_pw_set(connect["username"], connect.get("password"))
+        self.client.on_message = self._on_message
+        self.disconnected = False
+        self.client.on_disconnect = lambda *a: setattr(self, "disconnected", True)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        for encoding in ("json", "cbor"):
+            info = self.client.subscribe(f"$aws/things/{self.thing}/defender/metrics/{encoding}/+", qos=1)
+            assert info[0] == mqtt.MQTT_ERR_SUCCESS
+        time.sleep(0.2)
+
+    def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        encoding, outcome = message.topic.split("/")[-2:]
+        body = json.loads(message.payload) if encoding == "json" else cbor2.loads(message.payload)
+        self.replies.put((f"{encoding}/{outcome}", body))
+
+    def publish(self, payload: bytes, encoding: str = "json", thing: str | None = None) -> None:
+        info = self.client.publish(f"$aws/things/{thing or self.thing}/defender/metrics/{encoding}", payload, qos=1)
+        info.wait_for_publish(5)
+
+    def report(self, document: dict[str, Any], encoding: str = "json") -> tuple[str, dict[str, Any]]:
+        payload = json.dumps(document).encode() if encoding == "json" else cbor2.dumps(document)
+        self.publish(payload, encoding)
+        return self.reply()
+
+    def reply(self, timeout: float = 10) -> tuple[str, dict[str, Any]]:
+        return self.replies.get(timeout=timeout)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def report(report_id: int, ports: list[int] | None = None, **blocks: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {"header": {"report_id": report_id, "version": "1.0"}, "metrics": {}}
+    if ports is not None:
+        document["metrics"]["listening_tcp_ports"] = {"ports": [{"port": p} for p in ports], "total": len(ports)}
+    for key, value in blocks.items():
+        target = document if key == "custom_metrics" else document["metrics"]
+        target[key] = value
+    return document
