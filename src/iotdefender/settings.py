@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+
+DAY = 86400.0
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,60 @@ class Settings:
     account_id: str = "123456789012"
     credentials_file: Path | None = None
     log_format: str = "json"
+    mqtt_port: int = 1883
+    mqtt_tls_port: int | None = None
+    mqtt_ca: str | None = None
+    mqtt_cert: str | None = None
+    mqtt_key: str | None = None
+    mqtt_auth: str | None = None
+    mqtt_password_file: Path | None = None
+    mqtt_acl: str = "own"
+    time_scale: float = 1.0
+    report_min_interval: float | None = None
+    metric_retention: float | None = None
+    invalidation_period: float | None = None
+    violation_retention: float | None = None
+    sns_endpoint_url: str | None = None
+    alert_subscriptions: Path | None = None
+
+    def scaled(self, explicit: float | None, default_seconds: float) -> float:
+        """A time constant: its own flag if given, else the AWS default divided by --time-scale."""
+        return explicit if explicit is not None else default_seconds / self.time_scale
+
+    @property
+    def effective_report_min_interval(self) -> float:
+        return self.scaled(self.report_min_interval, 300.0)  # AWS: one report per 5 minutes per device
+
+    @property
+    def effective_metric_retention(self) -> float:
+        return self.scaled(self.metric_retention, 14 * DAY)  # AWS: detect metrics kept 14 days
+
+    @property
+    def effective_invalidation_period(self) -> float:
+        return self.scaled(self.invalidation_period, 2 * DAY)  # AWS: silent > 2 days -> alarm-invalidated
+
+    @property
+    def effective_violation_retention(self) -> float:
+        return self.scaled(self.violation_retention, 30 * DAY)  # AWS: violations kept 30 days
+
+    @property
+    def effective_mqtt_auth(self) -> str:
+        """``none`` is only a default while every listener is bound to loopback."""
+        if self.mqtt_auth is not None:
+            return self.mqtt_auth
+        if is_loopback(self.host):
+            return "none"
+        raise ValueError(f"--host {self.host} is not loopback: choose --mqtt-auth password or cert "
+                         "(or --mqtt-auth none explicitly)")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +90,34 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="AWS-style credentials file with the access keys the API accepts")
     parser.add_argument("--log-format", choices=("json", "console"), default=d.log_format,
                         help="structured log lines as JSON (default) or for a terminal")
+    mqtt = parser.add_argument_group("MQTT (embedded broker)")
+    mqtt.add_argument("--mqtt-port", type=int, default=d.mqtt_port, help="plain MQTT listener (default %(default)s)")
+    mqtt.add_argument("--mqtt-tls-port", type=int, default=None, help="MQTT over TLS listener (e.g. 8883)")
+    mqtt.add_argument("--mqtt-ca", default=None, help="CA certificate file that signs device certificates")
+    mqtt.add_argument("--mqtt-cert", default=None, help="server certificate file for the TLS listener")
+    mqtt.add_argument("--mqtt-key", default=None, help="server private key file for the TLS listener")
+    mqtt.add_argument("--mqtt-auth", choices=("none", "password", "cert"), default=None,
+                      help="device authentication; 'none' (identity = client id) is the default only on loopback")
+    mqtt.add_argument("--mqtt-password-file", type=Path, default=None,
+                      help="username:password lines for --mqtt-auth password ($argon2 hashes accepted)")
+    mqtt.add_argument("--mqtt-acl", choices=("own", "any"), default=d.mqtt_acl,
+                      help="'own': a device reports only under its own thing name (default); 'any': for any thing")
+    timing = parser.add_argument_group("time constants")
+    timing.add_argument("--time-scale", type=float, default=d.time_scale,
+                        help="divide every time constant by this factor, for demos and tests (default 1)")
+    timing.add_argument("--report-min-interval", type=float, default=None,
+                        help="seconds between two accepted reports of a thing (default 300 / time-scale)")
+    timing.add_argument("--metric-retention", type=float, default=None,
+                        help="seconds datapoints are kept for ListMetricValues (default 14 days / time-scale)")
+    timing.add_argument("--invalidation-period", type=float, default=None,
+                        help="seconds of silence after which an alarm is invalidated (default 2 days / time-scale)")
+    timing.add_argument("--violation-retention", type=float, default=None,
+                        help="seconds violation events are kept (default 30 days / time-scale)")
+    alerts = parser.add_argument_group("alerts")
+    alerts.add_argument("--sns-endpoint-url", default=None,
+                        help="publish alerts to the profiles' SNS topics at this SNS-compatible endpoint")
+    alerts.add_argument("--alert-subscriptions", type=Path, default=None,
+                        help="JSON file: SNS topic ARN -> webhooks signed with HMAC (docs/alerts.md)")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

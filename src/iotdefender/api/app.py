@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import unquote
 
 import anyio.to_thread
 import orjson
 import sqlalchemy.exc
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -32,10 +35,12 @@ from iotdefender.api.sigv4 import SignedRequest, verify
 from iotdefender.api.validation import validate_input
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import SELF_VALIDATING, Handler, load_all
+from iotdefender.controlplane.violations import violation_evidence
 
 log = structlog.get_logger("iotdefender.api")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+EXTENSION_PREFIX = "/_iotdefender/"
 _CONFLICT_RETRIES = 3
 
 
@@ -56,6 +61,9 @@ class ApiService:
         self.credentials = credentials
         self.router = Router(SERVICE_MODEL)
         self.handlers: dict[str, Handler] = load_all()
+        # Called after every successful write, so caches of the control plane stay exact.
+        self.on_change: list[Callable[[], None]] = []
+        self.dead_letters: Callable[[], list[dict[str, Any]]] | None = None
 
     async def handle(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
@@ -76,6 +84,12 @@ class ApiService:
                 self.context.region,
                 datetime.now(timezone.utc),
             )
+            if raw_path.startswith(EXTENSION_PREFIX):
+                operation_name = raw_path
+                output = await anyio.to_thread.run_sync(self._extension, request.method, raw_path)
+                response = Response(orjson.dumps(output), media_type="application/json",
+                                    headers={"x-amzn-RequestId": request_id})
+                return self._logged(response, request, operation_name, started, request_id)
             try:
                 query_keys = {p.split("=", 1)[0] for p in raw_query.split("&") if p}
                 match = self.router.match(request.method, raw_path, query_keys)
@@ -91,6 +105,9 @@ class ApiService:
             params = parse_request(operation, match.path_params, raw_query, headers, body)
             validate_input(operation.input_shape, params, constraints=operation_name not in SELF_VALIDATING)
             output = await anyio.to_thread.run_sync(self._run, handler, params)
+            if request.method != "GET":
+                for listener in self.on_change:
+                    listener()
             status, out_headers, payload = serialize_response(operation, output)
             out_headers["x-amzn-RequestId"] = request_id
             response = Response(payload, status_code=status, media_type="application/json", headers=out_headers)
@@ -102,6 +119,10 @@ class ApiService:
                 ApiError("InternalFailureException", "An internal failure occurred; see the service log"),
                 request_id,
             )
+        return self._logged(response, request, operation_name, started, request_id)
+
+    def _logged(self, response: Response, request: Request, operation_name: str, started: float,
+                request_id: str) -> Response:
         log.info(
             "api_request",
             operation=operation_name,
@@ -112,6 +133,15 @@ class ApiService:
             request_id=request_id,
         )
         return response
+
+    def _extension(self, method: str, raw_path: str) -> Any:
+        """Signed endpoints beyond the AWS model (documented in docs/api-behaviour.md)."""
+        parts = [unquote(p) for p in raw_path[len(EXTENSION_PREFIX):].split("/")]
+        if method == "GET" and len(parts) == 3 and parts[0] == "violations" and parts[2] == "evidence":
+            return violation_evidence(self.context, parts[1])
+        if method == "GET" and parts == ["alerts", "dead"] and self.dead_letters is not None:
+            return {"deadLetters": self.dead_letters()}
+        raise ApiError("UnknownOperationException", f"No extension operation {method} {raw_path}")
 
     def _run(self, handler: Handler, params: dict[str, Any]) -> dict[str, Any]:
         # Two writers racing on the same new name: the loser's INSERT violates a key. Running
@@ -130,10 +160,14 @@ def create_app(service: ApiService) -> Starlette:
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/{path:path}", service.handle, methods=methods),
         ]
     )

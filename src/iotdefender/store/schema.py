@@ -108,3 +108,101 @@ thing_group_members = sa.Table(
     sa.Column("thing_name", NAME, sa.ForeignKey("things.name", ondelete="CASCADE"), primary_key=True),
     sa.Index("ix_thing_group_members_thing", "thing_name"),
 )
+
+# Surrogate key: two datapoints of one series may share a timestamp when throttling is off.
+_ROW_ID = sa.BigInteger().with_variant(sa.Integer, "sqlite")
+
+metric_values = sa.Table(
+    "metric_values",
+    metadata,
+    sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    sa.Column("thing_name", NAME, nullable=False),
+    sa.Column("metric_name", NAME, nullable=False),
+    # "" for no dimension, else "<dimensionName>|<IN|NOT_IN>" (cloud-side metrics only)
+    sa.Column("dimension", sa.String(140), nullable=False, server_default=""),
+    sa.Column("ts", EPOCH, nullable=False),
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Index("ix_metric_values_series", "thing_name", "metric_name", "dimension", "ts"),
+    sa.Index("ix_metric_values_ts", "ts"),
+)
+
+thing_report_state = sa.Table(
+    "thing_report_state",
+    metadata,
+    sa.Column("thing_name", NAME, primary_key=True),
+    sa.Column("last_report_id", sa.BigInteger, nullable=False),
+    sa.Column("last_report_at", EPOCH, nullable=False),
+)
+
+# Alarm state per (thing, profile, behavior, dimension): only non-idle states are stored, so a
+# fleet that behaves costs no writes. Written in the same transaction as the events it causes.
+alarm_states = sa.Table(
+    "alarm_states",
+    metadata,
+    sa.Column("thing_name", NAME, primary_key=True),
+    sa.Column("profile_name", NAME, primary_key=True),
+    sa.Column("behavior_name", NAME, primary_key=True),
+    sa.Column("dimension", sa.String(140), primary_key=True),
+    sa.Column("state", sa.JSON, nullable=False),
+)
+
+active_violations = sa.Table(
+    "active_violations",
+    metadata,
+    sa.Column("violation_id", sa.String(128), primary_key=True),
+    sa.Column("thing_name", NAME, nullable=False),
+    sa.Column("profile_name", NAME, nullable=False),
+    sa.Column("behavior_name", NAME, nullable=False),
+    sa.Column("behavior", sa.JSON, nullable=False),
+    sa.Column("criteria_type", sa.String(20), nullable=False),
+    sa.Column("suppressed", sa.Boolean, nullable=False),
+    sa.Column("last_violation_value", sa.JSON),
+    sa.Column("last_violation_time", EPOCH),
+    sa.Column("violation_start_time", EPOCH, nullable=False),
+    sa.Index("ix_active_violations_thing", "thing_name"),
+    sa.Index("ix_active_violations_profile", "profile_name"),
+)
+
+violation_events = sa.Table(
+    "violation_events",
+    metadata,
+    sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    sa.Column("violation_id", sa.String(128), nullable=False),
+    sa.Column("event_type", sa.String(20), nullable=False),
+    sa.Column("thing_name", NAME, nullable=False),
+    sa.Column("profile_name", NAME, nullable=False),
+    sa.Column("behavior", sa.JSON, nullable=False),
+    sa.Column("criteria_type", sa.String(20), nullable=False),
+    sa.Column("suppressed", sa.Boolean, nullable=False),
+    sa.Column("metric_value", sa.JSON),
+    sa.Column("event_time", EPOCH, nullable=False),
+    sa.Column("evidence", sa.JSON, nullable=False),
+    sa.Index("ix_violation_events_time", "event_time"),
+    sa.Index("ix_violation_events_violation", "violation_id"),
+)
+
+# The verification state belongs to the violation (all its events share it).
+violation_verification = sa.Table(
+    "violation_verification",
+    metadata,
+    sa.Column("violation_id", sa.String(128), primary_key=True),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("description", sa.String(1000)),
+)
+
+# Durable alert outbox: written with the event, delivered later with retries; a row that
+# exhausts its attempts stays, marked dead, for operators to list.
+alert_outbox = sa.Table(
+    "alert_outbox",
+    metadata,
+    sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    sa.Column("target_arn", ARN, nullable=False),
+    sa.Column("destination", sa.String(2048), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("created_at", EPOCH, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", EPOCH, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),  # pending|delivered|dead
+    sa.Column("last_error", sa.Text),
+    sa.Index("ix_alert_outbox_due", "status", "next_attempt_at"),
+)

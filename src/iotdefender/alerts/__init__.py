@@ -1,0 +1,1 @@
+"""Alert delivery: a durable outbox, SNS-compatible topics and signed webhooks."""

@@ -1,0 +1,189 @@
+"""Alert routing into the durable outbox, and delivery out of it.
+
+Routing happens in the evaluation's transaction: an event that is stored always has its alert
+rows, and no alert exists for an event that was not stored. Delivery runs in its own task and
+never blocks evaluation: due rows are sent, failures retried with exponential backoff, and a row
+that exhausts its attempts is kept as a dead letter (listed by ``GET /_iotdefender/alerts/dead``).
+A burst is rate-limited per destination (token bucket), never dropped: what waits stays pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+import httpx
+import sqlalchemy as sa
+import structlog
+from prometheus_client import Counter
+from sqlalchemy.engine import Connection, Engine
+
+from iotdefender.alerts.message import alert_message
+from iotdefender.alerts.subscriptions import Webhook
+from iotdefender.engine.evaluator import ViolationEvent
+from iotdefender.store.schema import alert_outbox
+
+if TYPE_CHECKING:
+    from iotdefender.monitoring import MonitoringIndex
+
+log = structlog.get_logger("iotdefender.alerts")
+
+DELIVERIES = Counter("iotdefender_alert_deliveries", "Alert delivery attempts by outcome", ["kind", "outcome"])
+MAX_ATTEMPTS = 8
+_SNS_PREFIX = "sns:"
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+@dataclass
+class TokenBucket:
+    rate: float
+    burst: float
+    tokens: float = 0.0
+    updated: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class AlertRouter:
+    """Decides destinations of an event and runs the delivery loop."""
+
+    def __init__(self, engine: Engine, subscriptions: dict[str, list[Webhook]], sns_endpoint_url: str | None,
+                 region: str, rate_per_destination: float = 20.0, retry_base_s: float = 1.0) -> None:
+        self._engine = engine
+        self._subscriptions = subscriptions
+        self._sns_endpoint_url = sns_endpoint_url
+        self._region = region
+        self._rate = rate_per_destination
+        self._retry_base = retry_base_s
+        self._buckets: dict[str, TokenBucket] = {}
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._sns: Any = None
+
+    # -- routing (inside the evaluation transaction) ---------------------------------------------
+    def destinations(self, topic_arn: str) -> list[str]:
+        out = [f"webhook:{hook.url}" for hook in self._subscriptions.get(topic_arn, [])]
+        if self._sns_endpoint_url:
+            out.append(_SNS_PREFIX + topic_arn)
+        return out
+
+    def enqueue(self, conn: Connection, events: Iterable[ViolationEvent], monitoring: MonitoringIndex) -> None:
+        rows = []
+        for event in events:
+            if event.suppressed:
+                continue  # suppressAlerts: recorded and counted, never notified (reference §5.4)
+            profile = monitoring.profile(event.profile_name)
+            target = ((profile or {}).get("alert_targets") or {}).get("SNS")
+            if not target:
+                continue
+            message = alert_message(event).decode()
+            for destination in self.destinations(target["alertTargetArn"]):
+                rows.append({"target_arn": target["alertTargetArn"], "destination": destination, "message": message,
+                             "created_at": event.at, "attempts": 0, "next_attempt_at": 0.0, "status": "pending"})
+        if rows:
+            conn.execute(alert_outbox.insert(), rows)
+
+    # -- delivery ---------------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Thread-safe nudge: new rows are waiting."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._http = httpx.AsyncClient(timeout=10)
+        try:
+            while True:
+                delivered = await self._deliver_due()
+                if not delivered:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+                    except TimeoutError:
+                        pass
+                    self._wake.clear()
+        finally:
+            await self._http.aclose()
+
+    def _due(self, limit: int = 200) -> list[Any]:
+        with self._engine.connect() as conn:
+            return conn.execute(sa.select(alert_outbox).where(alert_outbox.c.status == "pending",
+                                                              alert_outbox.c.next_attempt_at <= time.time())
+                                .order_by(alert_outbox.c.id).limit(limit)).all()
+
+    def _mark(self, row_id: int, **values: Any) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(alert_outbox.update().where(alert_outbox.c.id == row_id).values(**values))
+
+    async def _deliver_due(self) -> int:
+        rows = await anyio.to_thread.run_sync(self._due)
+        sent = 0
+        for row in rows:
+            bucket = self._buckets.setdefault(row.destination, TokenBucket(self._rate, self._rate))
+            if not bucket.take():
+                continue  # rate-limited: stays pending, goes in a later round
+            kind = "sns" if row.destination.startswith(_SNS_PREFIX) else "webhook"
+            try:
+                await self._send(row)
+            except Exception as error:  # any failure of the destination: retry later
+                attempts, reason = row.attempts + 1, str(error)[:2000]
+                dead = attempts >= MAX_ATTEMPTS
+                await anyio.to_thread.run_sync(lambda: self._mark(
+                    row.id, attempts=attempts, status="dead" if dead else "pending", last_error=reason,
+                    next_attempt_at=time.time() + self._retry_base * 2 ** (attempts - 1)))
+                DELIVERIES.labels(kind, "dead" if dead else "retry").inc()
+                log.warning("alert_delivery_failed", destination=row.destination, attempts=attempts, dead=dead,
+                            error=reason[:300])
+                continue
+            await anyio.to_thread.run_sync(lambda: self._mark(row.id, attempts=row.attempts + 1, status="delivered"))
+            DELIVERIES.labels(kind, "delivered").inc()
+            sent += 1
+        return sent
+
+    async def _send(self, row: Any) -> None:
+        body = row.message.encode()
+        if row.destination.startswith(_SNS_PREFIX):
+            await anyio.to_thread.run_sync(self._publish_sns, row.destination[len(_SNS_PREFIX):], row.message)
+            return
+        url = row.destination[len("webhook:"):]
+        hook = next(h for h in self._subscriptions.get(row.target_arn, []) if h.url == url)
+        timestamp = str(int(time.time()))
+        assert self._http is not None
+        response = await self._http.post(url, content=body, headers={
+            "Content-Type": "application/json", "X-Iotdefender-Timestamp": timestamp,
+            "X-Iotdefender-Signature": sign(hook.secret, timestamp, body)})
+        response.raise_for_status()
+
+    def _publish_sns(self, topic_arn: str, message: str) -> None:
+        if self._sns is None:
+            import botocore.session
+
+            self._sns = botocore.session.get_session().create_client(
+                "sns", region_name=self._region, endpoint_url=self._sns_endpoint_url)
+        self._sns.publish(TopicArn=topic_arn, Message=message)
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(alert_outbox).where(alert_outbox.c.status == "dead")
+                                .order_by(alert_outbox.c.id.desc()).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]

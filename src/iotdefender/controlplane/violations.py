@@ -1,0 +1,102 @@
+"""ListActiveViolations, ListViolationEvents, PutVerificationStateOnViolation.
+
+``listSuppressedAlerts`` is documented only as "A list of all suppressed alerts": true lists only
+violations of behaviors with suppressAlerts, false only the others, absent lists both.
+``verificationState`` is returned only once set (AWS's examples omit it before), and the filter
+UNKNOWN matches violations never verified, the documented default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iotdefender.api.errors import invalid_request, not_found
+from iotdefender.controlplane.context import ServiceContext
+from iotdefender.controlplane.operations import Params, operation
+from iotdefender.store import violations
+from iotdefender.store.pagination import decode_token, encode_token, page_size
+
+_FILTERS = ("thingName", "securityProfileName", "behaviorCriteriaType", "listSuppressedAlerts", "verificationState")
+
+
+def _verification(row: Any) -> Params:
+    out: Params = {}
+    if row.verification_state_value is not None:
+        out["verificationState"] = row.verification_state_value
+        if row.verification_description_value:
+            out["verificationStateDescription"] = row.verification_description_value
+    return out
+
+
+@operation("ListActiveViolations")
+def list_active_violations(ctx: ServiceContext, params: Params) -> Params:
+    filters = {k: params.get(k) for k in _FILTERS}
+    after = decode_token(params.get("nextToken"))
+    if after is not None and not isinstance(after, str):
+        raise invalid_request("The nextToken is invalid")
+    limit = page_size(params.get("maxResults"))
+    with ctx.engine.connect() as conn:
+        rows = violations.active_page(conn, filters, after, limit + 1)
+    token = encode_token(rows[limit - 1].violation_id) if len(rows) > limit else None
+    return {
+        "activeViolations": [
+            {"violationId": r.violation_id, "thingName": r.thing_name, "securityProfileName": r.profile_name,
+             "behavior": r.behavior, "lastViolationValue": r.last_violation_value,
+             "lastViolationTime": r.last_violation_time, "violationStartTime": r.violation_start_time,
+             **_verification(r)}
+            for r in rows[:limit]
+        ],
+        "nextToken": token,
+    }
+
+
+@operation("ListViolationEvents")
+def list_violation_events(ctx: ServiceContext, params: Params) -> Params:
+    start, end = params["startTime"], params["endTime"]
+    if end < start:
+        raise invalid_request("endTime must not be earlier than startTime")
+    filters = {k: params.get(k) for k in _FILTERS}
+    after = decode_token(params.get("nextToken"))
+    if after is not None and not (isinstance(after, list) and len(after) == 2):
+        raise invalid_request("The nextToken is invalid")
+    limit = page_size(params.get("maxResults"))
+    with ctx.engine.connect() as conn:
+        rows = violations.events_page(conn, filters, start, end, tuple(after) if after else None, limit + 1)
+    token = encode_token([rows[limit - 1].event_time, rows[limit - 1].id]) if len(rows) > limit else None
+    return {
+        "violationEvents": [
+            {"violationId": r.violation_id, "thingName": r.thing_name, "securityProfileName": r.profile_name,
+             "behavior": r.behavior, "metricValue": r.metric_value, "violationEventType": r.event_type,
+             "violationEventTime": r.event_time, **_verification(r)}
+            for r in rows[:limit]
+        ],
+        "nextToken": token,
+    }
+
+
+@operation("PutVerificationStateOnViolation")
+def put_verification_state_on_violation(ctx: ServiceContext, params: Params) -> Params:
+    violation_id = params["violationId"]
+    with ctx.engine.begin() as conn:
+        if not violations.violation_exists(conn, violation_id):
+            # The model lists no ResourceNotFoundException here; an unknown id is a bad request.
+            raise invalid_request(f"Violation {violation_id} does not exist")
+        violations.set_verification(conn, violation_id, params["verificationState"],
+                                    params.get("verificationStateDescription"))
+    return {}
+
+
+def violation_evidence(ctx: ServiceContext, violation_id: str) -> Params:
+    """Extension: every event of a violation with the datapoints and threshold that caused it."""
+    with ctx.engine.connect() as conn:
+        rows = violations.events_of(conn, violation_id)
+    if not rows:
+        raise not_found(f"Violation {violation_id} does not exist")
+    return {
+        "violationId": violation_id,
+        "thingName": rows[0].thing_name,
+        "securityProfileName": rows[0].profile_name,
+        "behavior": rows[0].behavior,
+        "events": [{"violationEventType": r.event_type, "violationEventTime": r.event_time,
+                    "metricValue": r.metric_value, "evidence": r.evidence} for r in rows],
+    }

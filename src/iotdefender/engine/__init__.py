@@ -1,0 +1,1 @@
+"""The detection engine: pure functions from (profiles, state, datapoint, time) to (state, events)."""

@@ -1,0 +1,92 @@
+"""The alarm state machine of one (thing, security profile, behavior, dimension).
+
+Named states and one function that advances them, as Prometheus' alerting rules do:
+
+    NORMAL --violating x consecutiveDatapointsToAlarm--> IN_ALARM   (event in-alarm, new violationId)
+    IN_ALARM --compliant x consecutiveDatapointsToClear--> NORMAL   (event alarm-cleared)
+    IN_ALARM --invalidate()--> NORMAL                               (event alarm-invalidated)
+
+Counters reset whenever the other kind of datapoint arrives, so "consecutive" means consecutive.
+While in alarm, further violating datapoints only refresh lastViolationValue/lastViolationTime:
+one event per transition (reference §5.3).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any
+
+
+class AlarmStatus(str, Enum):
+    NORMAL = "normal"
+    IN_ALARM = "in-alarm"
+
+
+class EventType(str, Enum):
+    IN_ALARM = "in-alarm"
+    CLEARED = "alarm-cleared"
+    INVALIDATED = "alarm-invalidated"
+
+
+@dataclass(frozen=True)
+class AlarmState:
+    status: AlarmStatus = AlarmStatus.NORMAL
+    violating_streak: int = 0
+    compliant_streak: int = 0
+    violation_id: str | None = None
+    violation_start: float | None = None
+    last_violation_value: dict[str, Any] | None = None
+    last_violation_time: float | None = None
+    last_datapoint_at: float | None = None
+
+    @property
+    def is_idle(self) -> bool:
+        """Nothing worth remembering: the state of a thing that never violated."""
+        return self.status is AlarmStatus.NORMAL and self.violating_streak == 0
+
+
+@dataclass(frozen=True)
+class Transition:
+    event: EventType
+    state: AlarmState  # the state after the transition
+    violation_id: str
+    value: dict[str, Any] | None
+    at: float
+
+
+def new_violation_id() -> str:
+    """32 lower-case hex characters, the form AWS's violationIds take."""
+    return uuid.uuid4().hex
+
+
+def advance(state: AlarmState, violating: bool, value: dict[str, Any], at: float,
+            to_alarm: int = 1, to_clear: int = 1) -> tuple[AlarmState, Transition | None]:
+    """Apply one datapoint; returns the new state and the transition it caused, if any."""
+    if violating:
+        streak = state.violating_streak + 1
+        if state.status is AlarmStatus.IN_ALARM:
+            return replace(state, violating_streak=streak, compliant_streak=0, last_violation_value=value,
+                           last_violation_time=at, last_datapoint_at=at), None
+        if streak >= to_alarm:
+            violation_id = new_violation_id()
+            after = AlarmState(AlarmStatus.IN_ALARM, streak, 0, violation_id, at, value, at, at)
+            return after, Transition(EventType.IN_ALARM, after, violation_id, value, at)
+        return replace(state, violating_streak=streak, compliant_streak=0, last_datapoint_at=at), None
+    if state.status is AlarmStatus.IN_ALARM:
+        streak = state.compliant_streak + 1
+        if streak >= to_clear:
+            assert state.violation_id is not None
+            after = AlarmState(last_datapoint_at=at)
+            return after, Transition(EventType.CLEARED, after, state.violation_id, value, at)
+        return replace(state, compliant_streak=streak, violating_streak=0, last_datapoint_at=at), None
+    return replace(state, violating_streak=0, compliant_streak=0, last_datapoint_at=at), None
+
+
+def invalidate(state: AlarmState, at: float) -> tuple[AlarmState, Transition | None]:
+    """End an alarm whose information is gone (device silent, behavior or target removed)."""
+    if state.status is not AlarmStatus.IN_ALARM or state.violation_id is None:
+        return AlarmState(), None
+    return AlarmState(), Transition(EventType.INVALIDATED, AlarmState(), state.violation_id,
+                                    state.last_violation_value, at)

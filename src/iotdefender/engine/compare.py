@@ -1,0 +1,90 @@
+"""Is a datapoint compliant with a behavior's criteria?
+
+Behaviors describe NORMAL behavior (reference §5.1): a datapoint is compliant iff
+``observed <operator> threshold`` holds, and violates otherwise. Set operators apply element-wise:
+``in-*-set`` is compliant iff every observed element is in the set, ``not-in-*-set`` iff none is;
+an empty observed list is always compliant ("An empty list of ports or IP addresses is always
+considered in conformity", reference §4.5).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_NUMERIC = {
+    "less-than": lambda a, b: a < b,
+    "less-than-equals": lambda a, b: a <= b,
+    "greater-than": lambda a, b: a > b,
+    "greater-than-equals": lambda a, b: a >= b,
+}
+
+
+def scalar_of(value: Mapping[str, Any]) -> float | None:
+    """The number of a ``count`` or ``number`` MetricValue."""
+    for key in ("count", "number"):
+        if value.get(key) is not None:
+            return float(value[key])
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs)
+
+
+def _in_networks(address: str, networks: Iterable[Network]) -> bool:
+    ip = ipaddress.ip_address(address.strip())
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+def _elements(value: Mapping[str, Any]) -> tuple[str, list[Any]] | None:
+    for key in ("ports", "cidrs", "numbers", "strings"):
+        if value.get(key) is not None:
+            return key, list(value[key])
+    return None
+
+
+def compliant(operator: str, threshold: Mapping[str, Any], observed: Mapping[str, Any]) -> bool:
+    """True when ``observed`` satisfies the criteria; raises ValueError when they cannot compare."""
+    if operator in _NUMERIC:
+        left, right = scalar_of(observed), scalar_of(threshold)
+        if left is None or right is None or math.isnan(left) or math.isnan(right):
+            raise ValueError(f"{operator} needs numeric values, got {dict(observed)} and {dict(threshold)}")
+        return _NUMERIC[operator](left, right)
+    got = _elements(observed)
+    allowed = _elements(threshold)
+    if got is None or allowed is None:
+        raise ValueError(f"{operator} needs list values, got {dict(observed)} and {dict(threshold)}")
+    elements = got[1]
+    if not elements:
+        return True
+    if operator in ("in-cidr-set", "not-in-cidr-set"):
+        networks = _networks(tuple(allowed[1]))
+        inside = [_in_networks(e, networks) for e in elements]
+    elif operator in ("in-port-set", "not-in-port-set", "in-set", "not-in-set"):
+        members = set(allowed[1])
+        inside = [e in members for e in elements]
+    else:
+        raise ValueError(f"unknown comparison operator {operator}")
+    return all(inside) if operator.startswith("in-") else not any(inside)
+
+
+def offending(operator: str, threshold: Mapping[str, Any], observed: Mapping[str, Any]) -> list[Any]:
+    """The observed elements that break a set criterion (the evidence of a violation)."""
+    got, allowed = _elements(observed), _elements(threshold)
+    if got is None or allowed is None:
+        return []
+    if operator in ("in-cidr-set", "not-in-cidr-set"):
+        networks = _networks(tuple(allowed[1]))
+        test = lambda e: _in_networks(e, networks)  # noqa: E731
+    else:
+        members = set(allowed[1])
+        test = lambda e: e in members  # noqa: E731
+    want_inside = operator.startswith("in-")
+    return [e for e in got[1] if test(e) != want_inside]

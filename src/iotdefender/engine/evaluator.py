@@ -1,0 +1,174 @@
+"""Evaluate a thing's datapoints against every behavior of every profile that monitors it.
+
+Pure: the caller passes the profiles, the time and the datapoints, and receives the events and the
+changed alarm states; it persists both in one transaction and only then calls ``commit`` so the
+in-memory state never runs ahead of the durable one.
+
+Device-side datapoints and ``durationSeconds`` (AWS leaves the construction undocumented,
+reference §10): the delta metrics of ``network_stats`` (bytes and packets in/out) are summed over
+the trailing ``durationSeconds``; every other metric is evaluated on its latest value.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from iotdefender.engine.alarm import AlarmState, EventType, Transition, advance, invalidate
+from iotdefender.engine.compare import compliant, offending, scalar_of
+from iotdefender.engine.statistics import FleetStatistics
+
+DELTA_METRICS = frozenset({"aws:all-bytes-in", "aws:all-bytes-out", "aws:all-packets-in", "aws:all-packets-out"})
+DEFAULT_WINDOW_S = 300.0
+
+StateKey = tuple[str, str, str, str]  # (thing, profile, behavior, dimension)
+
+
+def criteria_type(behavior: Mapping[str, Any]) -> str:
+    criteria = behavior.get("criteria") or {}
+    if criteria.get("mlDetectionConfig"):
+        return "MACHINE_LEARNING"
+    if criteria.get("statisticalThreshold"):
+        return "STATISTICAL"
+    return "STATIC"
+
+
+@dataclass(frozen=True)
+class ViolationEvent:
+    """One transition, with everything the API, alerts and metrics need, and its evidence."""
+
+    violation_id: str
+    event_type: EventType
+    thing_name: str
+    profile_name: str
+    behavior: dict[str, Any]
+    metric_value: dict[str, Any] | None
+    at: float
+    criteria_type: str
+    suppressed: bool
+    evidence: dict[str, Any]
+    state: AlarmState
+
+
+@dataclass
+class Evaluation:
+    events: list[ViolationEvent] = field(default_factory=list)
+    states: dict[StateKey, AlarmState] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluator:
+    time_scale: float = 1.0
+    states: dict[StateKey, AlarmState] = field(default_factory=dict)
+    statistics: FleetStatistics = field(default_factory=FleetStatistics)
+    _history: dict[tuple[str, str], deque[tuple[float, float]]] = field(default_factory=dict)
+
+    def window_of(self, behavior: Mapping[str, Any]) -> float:
+        seconds = (behavior.get("criteria") or {}).get("durationSeconds") or DEFAULT_WINDOW_S
+        return float(seconds) / self.time_scale
+
+    def _measure(self, thing: str, metric: str, value: dict[str, Any], window_s: float | None,
+                 now: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The value a behavior compares, and the datapoints it was built from."""
+        if metric not in DELTA_METRICS or window_s is None:
+            return value, [{"timestamp": now, "value": value}]
+        history = self._history.setdefault((thing, metric), deque())
+        if not history or history[-1][0] != now:
+            history.append((now, scalar_of(value) or 0.0))
+        horizon = 3600.0 / self.time_scale  # the longest durationSeconds
+        while history and history[0][0] <= now - horizon:
+            history.popleft()
+        inside = [(t, v) for t, v in history if t > now - window_s]
+        total = sum(v for _, v in inside)
+        return {"count": int(total)}, [{"timestamp": t, "value": {"count": int(v)}} for t, v in inside]
+
+    def evaluate(self, thing: str, profiles: Iterable[Mapping[str, Any]], datapoints: Mapping[str, dict[str, Any]],
+                 now: float, pending: Mapping[StateKey, AlarmState] | None = None) -> Evaluation:
+        """Apply one report's datapoints (metric -> MetricValue) received at ``now``."""
+        result = Evaluation()
+        pending = pending or {}
+        for profile in profiles:
+            for behavior in profile.get("behaviors") or []:
+                metric = behavior.get("metric")
+                if metric not in datapoints:
+                    continue
+                criteria = behavior.get("criteria") or {}
+                if criteria.get("mlDetectionConfig"):
+                    continue  # ML Detect needs trained models: not evaluated (documented gap)
+                key = (thing, profile["name"], behavior["name"], "")
+                has_window = criteria.get("durationSeconds") is not None or criteria.get("statisticalThreshold")
+                measured, evidence_points = self._measure(thing, metric, datapoints[metric],
+                                                          self.window_of(behavior) if has_window else None, now)
+                threshold, evidence = self._threshold(thing, profile["name"], behavior, measured, now)
+                if threshold is None:
+                    continue  # statistical warm-up: no verdict either way
+                try:
+                    ok = compliant(criteria["comparisonOperator"], threshold, measured)
+                except (ValueError, KeyError):
+                    continue  # a datapoint of another type than the behavior's metric: not comparable
+                evidence["datapoints"] = evidence_points
+                if not ok and "comparisonOperator" in criteria:
+                    bad = offending(criteria["comparisonOperator"], threshold, measured)
+                    if bad:
+                        evidence["offendingValues"] = bad
+                state = pending.get(key) or result.states.get(key) or self.states.get(key) or AlarmState()
+                after, transition = advance(state, not ok, measured, now,
+                                            criteria.get("consecutiveDatapointsToAlarm") or 1,
+                                            criteria.get("consecutiveDatapointsToClear") or 1)
+                if after != state:
+                    result.states[key] = after
+                if transition is not None:
+                    result.events.append(self._event(key, behavior, transition, evidence))
+        return result
+
+    def _threshold(self, thing: str, profile: str, behavior: Mapping[str, Any], measured: dict[str, Any],
+                   now: float) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        criteria = behavior.get("criteria") or {}
+        statistical = criteria.get("statisticalThreshold")
+        if not statistical:
+            return criteria.get("value"), {"threshold": criteria.get("value")}
+        statistic = statistical.get("statistic")
+        key = (profile, behavior["name"])
+        window_s = self.window_of(behavior)
+        number = scalar_of(measured)
+        resolved = self.statistics.threshold(key, statistic, window_s, now)
+        if number is not None:
+            self.statistics.observe(key, statistic, window_s, thing, number, now)
+        if resolved is None:
+            return None, {}
+        value, population = resolved
+        return {"count": value}, {"threshold": {"count": value}, "statistic": statistic, "devices": population}
+
+    def _event(self, key: StateKey, behavior: Mapping[str, Any], transition: Transition,
+               evidence: dict[str, Any]) -> ViolationEvent:
+        thing, profile, _, _ = key
+        return ViolationEvent(
+            violation_id=transition.violation_id, event_type=transition.event, thing_name=thing,
+            profile_name=profile, behavior=dict(behavior), metric_value=transition.value, at=transition.at,
+            criteria_type=criteria_type(behavior), suppressed=bool(behavior.get("suppressAlerts")),
+            evidence=evidence, state=transition.state)
+
+    def invalidate(self, keys: Iterable[StateKey], behaviors: Mapping[StateKey, Mapping[str, Any]], now: float,
+                   reason: str) -> Evaluation:
+        """alarm-invalidated for every alarm among ``keys``; their state is dropped."""
+        result = Evaluation()
+        for key in keys:
+            state = self.states.get(key)
+            if state is None:
+                continue
+            after, transition = invalidate(state, now)
+            result.states[key] = after
+            if transition is not None:
+                result.events.append(self._event(key, behaviors.get(key) or {"name": key[2]}, transition,
+                                                 {"reason": reason}))
+        return result
+
+    def commit(self, states: Mapping[StateKey, AlarmState]) -> None:
+        """Make durable state changes current (call after the transaction committed)."""
+        for key, state in states.items():
+            if state.is_idle:
+                self.states.pop(key, None)
+            else:
+                self.states[key] = state

@@ -1,0 +1,179 @@
+"""``iotdefender serve``: assemble storage, the API, the broker and ingest, then run until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio.to_thread
+import structlog
+import uvicorn
+from sqlalchemy.engine import Connection, Engine
+
+from iotdefender.alerts.outbox import AlertRouter
+from iotdefender.alerts.subscriptions import load_subscriptions
+from iotdefender.api.app import ApiService, create_app
+from iotdefender.api.credentials import load_credentials
+from iotdefender.brokers.embedded import EmbeddedBroker, ListenerSettings, check_tls_files
+from iotdefender.brokers.gatekeeper import Gatekeeper, PasswordBook
+from iotdefender.controlplane.context import ServiceContext
+from iotdefender.detection import DetectionService
+from iotdefender.ingest.service import IngestService
+from iotdefender.monitoring import MonitoringIndex
+from iotdefender.settings import Settings
+from iotdefender.store import metric_values, violations
+from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head
+
+log = structlog.get_logger("iotdefender")
+
+
+class ConfigurationError(Exception):
+    """A setting that cannot work; reported to the operator without a traceback."""
+
+
+def build_api(settings: Settings) -> ApiService:
+    """Open (and migrate) the database and load the access keys."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.database_url or sqlite_url(settings.data_dir)
+    engine = create_engine(url)
+    upgrade_to_head(engine)
+    credentials, generated = load_credentials(settings.credentials_file, settings.data_dir, dict(os.environ))
+    if generated is not None:
+        log.info("credentials", file=str(generated.resolve()),
+                 hint=f"AWS_SHARED_CREDENTIALS_FILE={generated.resolve()} aws iot ... "
+                      f"--endpoint-url http://{settings.host}:{settings.api_port}")
+    context = ServiceContext(engine=engine, region=settings.region, account_id=settings.account_id)
+    log.info("storage", dialect=engine.dialect.name,
+             database=str(engine.url.render_as_string(hide_password=True)))
+    return ApiService(context, credentials)
+
+
+def build_gatekeeper(settings: Settings) -> Gatekeeper:
+    try:
+        auth = settings.effective_mqtt_auth
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+    passwords = None
+    if auth == "password":
+        if settings.mqtt_password_file is None:
+            raise ConfigurationError("--mqtt-auth password needs --mqtt-password-file")
+        passwords = PasswordBook.from_file(settings.mqtt_password_file)
+    if auth == "cert" and (settings.mqtt_tls_port is None or not settings.mqtt_ca):
+        raise ConfigurationError("--mqtt-auth cert needs --mqtt-tls-port and --mqtt-ca")
+    return Gatekeeper(auth=auth, acl=settings.mqtt_acl, passwords=passwords)
+
+
+def validate(settings: Settings) -> None:
+    if settings.time_scale <= 0:
+        raise ConfigurationError("--time-scale must be a positive number")
+    if settings.mqtt_tls_port is not None:
+        try:
+            check_tls_files(settings.mqtt_ca, settings.mqtt_cert, settings.mqtt_key)
+        except (ValueError, OSError) as error:
+            raise ConfigurationError(f"MQTT TLS listener: {error}") from None
+
+
+def _purge(engine: Engine, delete_batch: Callable[[Connection, float], int], cutoff: float) -> int:
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            deleted = delete_batch(conn, cutoff)
+        total += deleted
+        if deleted == 0:
+            return total
+
+
+async def retention_loop(engine: Engine, metrics_s: float, violations_s: float) -> None:
+    """Delete expired datapoints and violation events, in small batches, a few times per period."""
+    while True:
+        await asyncio.sleep(min(max(min(metrics_s, violations_s) / 10, 1.0), 3600.0))
+        now = time.time()
+        metrics = await anyio.to_thread.run_sync(_purge, engine, metric_values.delete_older_than, now - metrics_s)
+        events = await anyio.to_thread.run_sync(_purge, engine, violations.delete_events_older_than,
+                                                now - violations_s)
+        if metrics or events:
+            log.info("retention", metric_values_deleted=metrics, violation_events_deleted=events)
+
+
+async def sweep_loop(detection: DetectionService, invalidation_s: float) -> None:
+    """Invalidate silent or unmonitored alarms; often enough to be prompt, rarely enough to be cheap."""
+    while True:
+        await asyncio.sleep(min(max(invalidation_s / 20, 0.5), 60.0))
+        try:
+            await anyio.to_thread.run_sync(detection.sweep, time.time())
+        except Exception:
+            log.exception("invalidation_sweep_failed")
+
+
+@dataclass
+class Service:
+    settings: Settings
+    api: ApiService
+    broker: EmbeddedBroker
+    ingest: IngestService
+
+
+async def serve(settings: Settings) -> None:
+    validate(settings)
+    gatekeeper = build_gatekeeper(settings)
+    api = build_api(settings)
+    engine = api.context.engine
+    monitoring = MonitoringIndex(engine, api.context.arn(""))
+    api.on_change.append(monitoring.invalidate)
+
+    broker: EmbeddedBroker | None = None
+
+    async def publish(topic: str, payload: bytes) -> None:
+        assert broker is not None
+        await broker.publish(topic, payload, qos=1)
+
+    try:
+        subscriptions = load_subscriptions(settings.alert_subscriptions)
+    except (OSError, ValueError) as error:
+        raise ConfigurationError(f"--alert-subscriptions: {error}") from None
+    alerts = AlertRouter(engine, subscriptions, settings.sns_endpoint_url, settings.region)
+    api.dead_letters = alerts.dead_letters
+    detection = DetectionService(engine, monitoring, alerts, settings.effective_invalidation_period,
+                                 settings.time_scale)
+    await anyio.to_thread.run_sync(detection.load)
+    ingest = IngestService(engine, monitoring, publish, settings.effective_report_min_interval)
+    ingest.detector = detection
+    broker = EmbeddedBroker(
+        ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
+                         settings.mqtt_cert, settings.mqtt_key),
+        gatekeeper, ingest.submit)
+    await ingest.start()
+    await broker.start()
+    background = [
+        asyncio.create_task(retention_loop(engine, settings.effective_metric_retention,
+                                           settings.effective_violation_retention), name="retention"),
+        asyncio.create_task(sweep_loop(detection, settings.effective_invalidation_period), name="invalidation"),
+        asyncio.create_task(alerts.run(), name="alerts"),
+    ]
+
+    config = uvicorn.Config(create_app(api), host=settings.host, port=settings.api_port, loop="none",
+                            http="httptools", log_config=None, access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    log.info("ready", api=f"http://{settings.host}:{settings.api_port}",
+             mqtt=f"mqtt://{settings.host}:{settings.mqtt_port}",
+             mqtt_tls=settings.mqtt_tls_port, mqtt_auth=gatekeeper.auth, region=settings.region,
+             account_id=settings.account_id, data_dir=str(Path(settings.data_dir).resolve()),
+             report_min_interval_s=settings.effective_report_min_interval, time_scale=settings.time_scale)
+    try:
+        await server.serve()
+    finally:
+        for task in background:
+            task.cancel()
+        await broker.stop()
+        await ingest.stop()
+        engine.dispose()
+
+
+def run(settings: Settings) -> None:
+    import uvloop
+
+    uvloop.run(serve(settings))

@@ -1,0 +1,133 @@
+"""SQL for alarm states, active violations, the violation event history and verification states."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType
+from iotdefender.engine.evaluator import StateKey, ViolationEvent
+from iotdefender.store.schema import active_violations, alarm_states, violation_events, violation_verification
+
+
+def _state_json(state: AlarmState) -> dict[str, Any]:
+    document = dataclasses.asdict(state)
+    document["status"] = state.status.value
+    return document
+
+
+def _state_of(document: Mapping[str, Any]) -> AlarmState:
+    return AlarmState(**{**document, "status": AlarmStatus(document["status"])})
+
+
+def load_alarm_states(conn: Connection) -> dict[StateKey, AlarmState]:
+    rows = conn.execute(sa.select(alarm_states))
+    return {(r.thing_name, r.profile_name, r.behavior_name, r.dimension): _state_of(r.state) for r in rows}
+
+
+def save_alarm_states(conn: Connection, states: Mapping[StateKey, AlarmState]) -> None:
+    """Persist changed states: idle ones are deleted, others replaced; open violations follow."""
+    for (thing, profile, behavior, dimension), state in states.items():
+        key = dict(thing_name=thing, profile_name=profile, behavior_name=behavior, dimension=dimension)
+        conn.execute(alarm_states.delete().where(*(alarm_states.c[k] == v for k, v in key.items())))
+        if not state.is_idle:
+            conn.execute(alarm_states.insert().values(**key, state=_state_json(state)))
+        if state.status is AlarmStatus.IN_ALARM and state.violation_id is not None:
+            conn.execute(active_violations.update().where(active_violations.c.violation_id == state.violation_id)
+                         .values(last_violation_value=state.last_violation_value,
+                                 last_violation_time=state.last_violation_time))
+
+
+def record_events(conn: Connection, events: Iterable[ViolationEvent]) -> None:
+    for event in events:
+        conn.execute(violation_events.insert().values(
+            violation_id=event.violation_id, event_type=event.event_type.value, thing_name=event.thing_name,
+            profile_name=event.profile_name, behavior=event.behavior, criteria_type=event.criteria_type,
+            suppressed=event.suppressed, metric_value=event.metric_value, event_time=event.at,
+            evidence=event.evidence))
+        if event.event_type is EventType.IN_ALARM:
+            conn.execute(active_violations.insert().values(
+                violation_id=event.violation_id, thing_name=event.thing_name, profile_name=event.profile_name,
+                behavior_name=event.behavior.get("name", ""), behavior=event.behavior,
+                criteria_type=event.criteria_type, suppressed=event.suppressed,
+                last_violation_value=event.metric_value, last_violation_time=event.at,
+                violation_start_time=event.at))
+        else:
+            conn.execute(active_violations.delete().where(active_violations.c.violation_id == event.violation_id))
+
+
+def _filters(table: sa.Table, filters: Mapping[str, Any]) -> list[sa.ColumnElement[bool]]:
+    clauses = []
+    if filters.get("thingName") is not None:
+        clauses.append(table.c.thing_name == filters["thingName"])
+    if filters.get("securityProfileName") is not None:
+        clauses.append(table.c.profile_name == filters["securityProfileName"])
+    if filters.get("behaviorCriteriaType") is not None:
+        clauses.append(table.c.criteria_type == filters["behaviorCriteriaType"])
+    if filters.get("listSuppressedAlerts") is not None:
+        clauses.append(table.c.suppressed == bool(filters["listSuppressedAlerts"]))
+    state = filters.get("verificationState")
+    if state is not None:
+        verified = sa.select(violation_verification.c.violation_id).where(violation_verification.c.state == state)
+        if state == "UNKNOWN":  # never set means UNKNOWN, the documented default
+            set_at_all = sa.select(violation_verification.c.violation_id)
+            clauses.append(sa.or_(table.c.violation_id.in_(verified), table.c.violation_id.not_in(set_at_all)))
+        else:
+            clauses.append(table.c.violation_id.in_(verified))
+    return clauses
+
+
+def _with_verification(table: sa.Table) -> sa.Select:
+    return sa.select(table, violation_verification.c.state.label("verification_state_value"),
+                     violation_verification.c.description.label("verification_description_value")).select_from(
+        table.outerjoin(violation_verification, violation_verification.c.violation_id == table.c.violation_id))
+
+
+def active_page(conn: Connection, filters: Mapping[str, Any], after: str | None, limit: int) -> list[Any]:
+    query = _with_verification(active_violations).where(*_filters(active_violations, filters))
+    if after is not None:
+        query = query.where(active_violations.c.violation_id > after)
+    return conn.execute(query.order_by(active_violations.c.violation_id).limit(limit)).all()
+
+
+def events_page(conn: Connection, filters: Mapping[str, Any], start: float, end: float,
+                after: tuple[float, int] | None, limit: int) -> list[Any]:
+    query = _with_verification(violation_events).where(
+        violation_events.c.event_time >= start, violation_events.c.event_time <= end,
+        *_filters(violation_events, filters))
+    if after is not None:
+        ts, row_id = after
+        query = query.where(sa.or_(violation_events.c.event_time > ts,
+                                   sa.and_(violation_events.c.event_time == ts, violation_events.c.id > row_id)))
+    return conn.execute(query.order_by(violation_events.c.event_time, violation_events.c.id).limit(limit)).all()
+
+
+def events_of(conn: Connection, violation_id: str) -> list[Any]:
+    query = sa.select(violation_events).where(violation_events.c.violation_id == violation_id)
+    return conn.execute(query.order_by(violation_events.c.event_time, violation_events.c.id)).all()
+
+
+def set_verification(conn: Connection, violation_id: str, state: str, description: str | None) -> None:
+    conn.execute(violation_verification.delete().where(violation_verification.c.violation_id == violation_id))
+    conn.execute(violation_verification.insert().values(violation_id=violation_id, state=state,
+                                                        description=description))
+
+
+def verification_of(conn: Connection, violation_id: str) -> tuple[str, str | None] | None:
+    row = conn.execute(sa.select(violation_verification.c.state, violation_verification.c.description)
+                       .where(violation_verification.c.violation_id == violation_id)).first()
+    return (row[0], row[1]) if row else None
+
+
+def violation_exists(conn: Connection, violation_id: str) -> bool:
+    query = sa.select(sa.literal(1)).where(violation_events.c.violation_id == violation_id).limit(1)
+    return conn.execute(query).first() is not None
+
+
+def delete_events_older_than(conn: Connection, cutoff: float, batch: int = 5000) -> int:
+    ids = sa.select(violation_events.c.id).where(violation_events.c.event_time < cutoff).limit(batch).scalar_subquery()
+    return conn.execute(violation_events.delete().where(violation_events.c.id.in_(ids))).rowcount

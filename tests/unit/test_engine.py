@@ -1,0 +1,176 @@
+"""The pure engine: operators and value types, the alarm state machine, windows, fleet percentiles."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType, advance, invalidate
+from iotdefender.engine.compare import compliant, offending
+from iotdefender.engine.evaluator import Evaluator
+from iotdefender.engine.statistics import FleetStatistics
+
+
+@pytest.mark.parametrize(
+    "operator, threshold, observed, expected",
+    [
+        ("less-than", {"count": 10}, {"count": 9}, True),
+        ("less-than", {"count": 10}, {"count": 10}, False),
+        ("less-than-equals", {"count": 10}, {"count": 10}, True),
+        ("less-than-equals", {"count": 10}, {"count": 11}, False),
+        ("greater-than", {"count": 10}, {"count": 0}, False),  # AWS: count 0 vs greater-than 10 -> in-alarm
+        ("greater-than", {"count": 10}, {"count": 11}, True),
+        ("greater-than-equals", {"count": 10}, {"count": 10}, True),
+        ("greater-than-equals", {"count": 10}, {"count": 9}, False),
+        ("greater-than", {"number": 75.5}, {"number": 75.6}, True),
+        ("less-than", {"number": -1.5}, {"number": -2}, True),
+        ("in-port-set", {"ports": [443, 8883]}, {"ports": [443]}, True),
+        ("in-port-set", {"ports": [443, 8883]}, {"ports": [443, 22]}, False),
+        ("in-port-set", {"ports": [443]}, {"ports": []}, True),  # empty list is always compliant
+        ("not-in-port-set", {"ports": [23]}, {"ports": [22, 443]}, True),
+        ("not-in-port-set", {"ports": [23]}, {"ports": [23]}, False),
+        ("in-cidr-set", {"cidrs": ["10.0.0.0/8"]}, {"cidrs": ["10.1.2.3"]}, True),
+        ("in-cidr-set", {"cidrs": ["10.0.0.0/8"]}, {"cidrs": ["10.1.2.3", "192.168.1.1"]}, False),
+        ("in-cidr-set", {"cidrs": ["2001:db8::/32"]}, {"cidrs": ["2001:db8::1"]}, True),
+        ("in-cidr-set", {"cidrs": ["2001:db8::/32", "10.0.0.0/8"]}, {"cidrs": ["2001:db9::1"]}, False),
+        ("in-cidr-set", {"cidrs": ["192.168.0.1"]}, {"cidrs": ["192.168.0.1"]}, True),  # bare IP = /32
+        ("not-in-cidr-set", {"cidrs": ["12.8.0.0/16"]}, {"cidrs": ["12.8.1.1"]}, False),
+        ("not-in-cidr-set", {"cidrs": ["12.8.0.0/16"]}, {"cidrs": ["13.0.0.1", "::1"]}, True),
+        ("in-set", {"strings": ["a", "b"]}, {"strings": ["a"]}, True),
+        ("in-set", {"strings": ["a", "b"]}, {"strings": ["c"]}, False),
+        ("not-in-set", {"strings": ["root"]}, {"strings": ["admin"]}, True),
+        ("in-set", {"numbers": [1.0, 2.0]}, {"numbers": [2]}, True),
+        ("not-in-set", {"numbers": [1.0]}, {"numbers": [1.0, 5.0]}, False),
+    ],
+)
+def test_every_operator_and_value_type(operator, threshold, observed, expected):
+    assert compliant(operator, threshold, observed) is expected
+
+
+def test_incomparable_values_raise():
+    with pytest.raises(ValueError):
+        compliant("less-than", {"count": 1}, {"ports": [1]})
+    with pytest.raises(ValueError):
+        compliant("in-port-set", {"ports": [1]}, {"count": 1})
+
+
+def test_offending_values_are_the_evidence():
+    assert offending("in-port-set", {"ports": [443]}, {"ports": [22, 443, 8080]}) == [22, 8080]
+    assert offending("not-in-cidr-set", {"cidrs": ["10.0.0.0/8"]}, {"cidrs": ["10.0.0.1", "8.8.8.8"]}) == ["10.0.0.1"]
+
+
+def run(sequence, to_alarm=1, to_clear=1):
+    state, events = AlarmState(), []
+    for i, violating in enumerate(sequence):
+        state, transition = advance(state, violating, {"count": i}, float(i), to_alarm, to_clear)
+        if transition:
+            events.append(transition)
+    return state, events
+
+
+def test_consecutive_datapoints_to_alarm_and_clear():
+    state, events = run([True, True, False, True, True, True, False, False, True, False, False, False], 3, 2)
+    kinds = [(e.event, e.at) for e in events]
+    assert kinds == [(EventType.IN_ALARM, 5.0), (EventType.CLEARED, 7.0)]
+    assert events[0].violation_id == events[1].violation_id and len(events[0].violation_id) == 32
+    assert state.status is AlarmStatus.NORMAL
+
+
+def test_in_alarm_refreshes_last_violation_without_new_events():
+    state, events = run([True, True, True])
+    assert [e.event for e in events] == [EventType.IN_ALARM]
+    assert state.last_violation_value == {"count": 2} and state.violation_start == 0.0
+    assert state.last_violation_time == 2.0
+
+
+def test_invalidation_ends_an_alarm_once():
+    state, _ = run([True])
+    state, transition = invalidate(state, 100.0)
+    assert transition.event is EventType.INVALIDATED and state.status is AlarmStatus.NORMAL
+    assert invalidate(state, 101.0)[1] is None
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(st.booleans(), st.just("invalidate")), max_size=60),
+       st.integers(1, 10), st.integers(1, 10))
+def test_never_two_in_alarm_without_an_end_between(steps, to_alarm, to_clear):
+    state, open_violation = AlarmState(), None
+    for i, step in enumerate(steps):
+        if step == "invalidate":
+            state, transition = invalidate(state, float(i))
+        else:
+            state, transition = advance(state, step, {"count": 1}, float(i), to_alarm, to_clear)
+        if transition is None:
+            continue
+        if transition.event is EventType.IN_ALARM:
+            assert open_violation is None, "in-alarm while an alarm is open"
+            open_violation = transition.violation_id
+        else:
+            assert open_violation == transition.violation_id, "an end without its in-alarm"
+            open_violation = None
+        assert (state.status is AlarmStatus.IN_ALARM) == (open_violation is not None)
+
+
+PROFILE = {"name": "p", "behaviors": [
+    {"name": "ports", "metric": "aws:listening-tcp-ports",
+     "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [443]}}},
+    {"name": "bytes", "metric": "aws:all-bytes-out",
+     "criteria": {"comparisonOperator": "less-than", "value": {"count": 1000}, "durationSeconds": 300}},
+    {"name": "ml", "metric": "aws:all-bytes-in", "criteria": {"mlDetectionConfig": {"confidenceLevel": "HIGH"}}},
+]}
+
+
+def commit(evaluator, evaluation):
+    evaluator.commit(evaluation.states)
+    return [(e.event_type.value, e.behavior["name"]) for e in evaluation.events]
+
+
+def test_evaluator_raises_and_clears_with_evidence():
+    evaluator = Evaluator()
+    first = evaluator.evaluate("t1", [PROFILE], {"aws:listening-tcp-ports": {"ports": [22, 443]}}, 1000.0)
+    assert commit(evaluator, first) == [("in-alarm", "ports")]
+    event = first.events[0]
+    assert event.evidence["offendingValues"] == [22] and event.evidence["threshold"] == {"ports": [443]}
+    assert event.criteria_type == "STATIC" and event.metric_value == {"ports": [22, 443]}
+    again = evaluator.evaluate("t1", [PROFILE], {"aws:listening-tcp-ports": {"ports": [22]}}, 1300.0)
+    assert commit(evaluator, again) == []
+    cleared = evaluator.evaluate("t1", [PROFILE], {"aws:listening-tcp-ports": {"ports": []}}, 1600.0)
+    assert commit(evaluator, cleared) == [("alarm-cleared", "ports")]
+    assert cleared.events[0].violation_id == event.violation_id
+    assert evaluator.states == {}  # idle states are not kept
+
+
+def test_delta_metrics_sum_over_duration_seconds():
+    evaluator = Evaluator(time_scale=10.0)  # 300 s window -> 30 s
+    assert commit(evaluator, evaluator.evaluate("t", [PROFILE], {"aws:all-bytes-out": {"count": 600}}, 100.0)) == []
+    raised = evaluator.evaluate("t", [PROFILE], {"aws:all-bytes-out": {"count": 600}}, 110.0)
+    assert commit(evaluator, raised) == [("in-alarm", "bytes")]
+    assert raised.events[0].metric_value == {"count": 1200}
+    assert len(raised.events[0].evidence["datapoints"]) == 2
+    # 35 s later the first two datapoints left the 30 s window.
+    cleared = evaluator.evaluate("t", [PROFILE], {"aws:all-bytes-out": {"count": 100}}, 145.0)
+    assert commit(evaluator, cleared) == [("alarm-cleared", "bytes")]
+
+
+def test_statistical_threshold_warm_up_then_percentile():
+    profile = {"name": "s", "behaviors": [{"name": "big", "metric": "aws:all-bytes-out", "criteria": {
+        "comparisonOperator": "less-than-equals", "statisticalThreshold": {"statistic": "p90"},
+        "durationSeconds": 300}}]}
+    evaluator = Evaluator()
+    for i in range(10):  # window 0: no threshold yet, no verdicts
+        assert evaluator.evaluate(f"d{i}", [profile], {"aws:all-bytes-out": {"count": (i + 1) * 10}}, 10.0 + i).events == []
+    # window 1: threshold = p90 of window 0's values (10..100) = 91
+    quiet = evaluator.evaluate("d0", [profile], {"aws:all-bytes-out": {"count": 50}}, 310.0)
+    loud = evaluator.evaluate("d1", [profile], {"aws:all-bytes-out": {"count": 95}}, 311.0)
+    assert quiet.events == []
+    assert [e.event_type.value for e in loud.events] == ["in-alarm"]
+    assert loud.events[0].evidence["threshold"] == {"count": pytest.approx(91.0)}
+    assert loud.events[0].evidence["devices"] == 10 and loud.events[0].criteria_type == "STATISTICAL"
+
+
+def test_too_few_devices_means_no_threshold():
+    stats = FleetStatistics(min_devices=5)
+    for i in range(4):
+        stats.observe(("p", "b"), "p50", 300, f"d{i}", float(i), 10.0)
+    assert stats.threshold(("p", "b"), "p50", 300, 310.0) is None
