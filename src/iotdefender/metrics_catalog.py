@@ -81,6 +81,8 @@ CUSTOM_METRIC_TYPES: Mapping[str, MetricSpec] = MappingProxyType({
 
 def spec_for(metric: str, custom_metric_types: Mapping[str, str]) -> MetricSpec | None:
     """The rules of a built-in metric or of a defined custom metric; None when unknown."""
+    if not isinstance(metric, str):
+        return None
     if metric in BUILTIN_METRICS:
         return BUILTIN_METRICS[metric]
     metric_type = custom_metric_types.get(metric)

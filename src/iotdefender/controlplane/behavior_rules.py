@@ -152,9 +152,10 @@ def validate_profile_behaviors(
     for behavior in behaviors:
         name = behavior.get("name")
         own: list[str] = []
-        if name in seen:
+        key = name if isinstance(name, str) else repr(name)
+        if key in seen:
             own.append(f"behavior name {name} is used more than once in the profile")
-        seen.add(name)
+        seen.add(key)
         metric = behavior.get("metric")
         criteria = behavior.get("criteria")
         spec = spec_for(metric, custom_metric_types) if isinstance(metric, str) else None
