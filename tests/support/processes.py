@@ -95,6 +95,7 @@ class ServiceProcess:
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(
         default_factory=lambda: {"IOTDEFENDER_ACCESS_KEY_ID": ACCESS_KEY, "IOTDEFENDER_SECRET_ACCESS_KEY": SECRET_KEY})
+    host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     mqtt_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
@@ -102,10 +103,10 @@ class ServiceProcess:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
-        args = [sys.executable, "-m", "iotdefender", "serve", "--api-port", str(self.port),
+        args = [sys.executable, "-m", "iotdefender", "serve", "--host", self.host, "--api-port", str(self.port),
                 "--mqtt-port", str(self.mqtt_port), "--data-dir", str(self.data_dir), *self.extra_args]
         if self.database_url:
             args += ["--database-url", self.database_url]
@@ -155,3 +156,35 @@ class ServiceProcess:
             aws_session_token=overrides.get("token"),
             config=Config(retries={"max_attempts": 1, "mode": "standard"}),
         )
+
+
+class Mosquitto:
+    """A real Mosquitto broker (Debian's package) on a free loopback port, anonymous clients allowed."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="iotdefender-mosquitto-"))
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        config = self.root / "mosquitto.conf"
+        config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                          "max_queued_messages 100000\n")
+        log = open(self.root / "mosquitto.log", "wb")
+        self.process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+        def listening() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError((self.root / "mosquitto.log").read_text())
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(listening, 15, "mosquitto")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        shutil.rmtree(self.root, ignore_errors=True)
