@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import PostgresCluster, ServiceProcess
+from tests.support.processes import Mosquitto, PostgresCluster, ServiceProcess
 
 _db_counter = itertools.count()
 
@@ -52,3 +52,11 @@ def fresh_service(request):
 @pytest.fixture
 def iot(service):
     return service.client()
+
+
+@pytest.fixture(scope="session")
+def mosquitto():
+    broker = Mosquitto()
+    broker.start()
+    yield broker
+    broker.stop()

@@ -19,6 +19,7 @@ from iotdefender.alerts.subscriptions import load_subscriptions
 from iotdefender.api.app import ApiService, create_app
 from iotdefender.api.credentials import load_credentials
 from iotdefender.brokers.embedded import EmbeddedBroker, ListenerSettings, check_tls_files
+from iotdefender.brokers.external import ExternalBroker, parse_broker_url
 from iotdefender.brokers.gatekeeper import Gatekeeper, PasswordBook
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.detection import DetectionService
@@ -70,6 +71,11 @@ def build_gatekeeper(settings: Settings) -> Gatekeeper:
 def validate(settings: Settings) -> None:
     if settings.time_scale <= 0:
         raise ConfigurationError("--time-scale must be a positive number")
+    if settings.mqtt_url is not None:
+        try:
+            parse_broker_url(settings.mqtt_url)
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
     if settings.mqtt_tls_port is not None:
         try:
             check_tls_files(settings.mqtt_ca, settings.mqtt_cert, settings.mqtt_key)
@@ -125,7 +131,7 @@ async def serve(settings: Settings) -> None:
     monitoring = MonitoringIndex(engine, api.context.arn(""))
     api.on_change.append(monitoring.invalidate)
 
-    broker: EmbeddedBroker | None = None
+    broker: EmbeddedBroker | ExternalBroker | None = None
 
     async def publish(topic: str, payload: bytes) -> None:
         assert broker is not None
@@ -142,12 +148,21 @@ async def serve(settings: Settings) -> None:
     await anyio.to_thread.run_sync(detection.load)
     ingest = IngestService(engine, monitoring, publish, settings.effective_report_min_interval)
     ingest.detector = detection
-    broker = EmbeddedBroker(
-        ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
-                         settings.mqtt_cert, settings.mqtt_key),
-        gatekeeper, ingest.submit)
+    if settings.mqtt_url is not None:
+        broker = ExternalBroker(parse_broker_url(settings.mqtt_url), ingest.submit, settings.mqtt_ca)
+        mqtt_endpoint = settings.mqtt_url.split("@")[-1]
+    else:
+        broker = EmbeddedBroker(
+            ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
+                             settings.mqtt_cert, settings.mqtt_key),
+            gatekeeper, ingest.submit)
+        mqtt_endpoint = f"mqtt://{settings.host}:{settings.mqtt_port}"
     await ingest.start()
-    await broker.start()
+    try:
+        await broker.start()
+    except (OSError, TimeoutError) as error:
+        await ingest.stop()
+        raise ConfigurationError(f"MQTT: cannot start ({error})") from None
     background = [
         asyncio.create_task(retention_loop(engine, settings.effective_metric_retention,
                                            settings.effective_violation_retention), name="retention"),
@@ -159,7 +174,7 @@ async def serve(settings: Settings) -> None:
                             http="httptools", log_config=None, access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     log.info("ready", api=f"http://{settings.host}:{settings.api_port}",
-             mqtt=f"mqtt://{settings.host}:{settings.mqtt_port}",
+             mqtt=mqtt_endpoint,
              mqtt_tls=settings.mqtt_tls_port, mqtt_auth=gatekeeper.auth, region=settings.region,
              account_id=settings.account_id, data_dir=str(Path(settings.data_dir).resolve()),
              report_min_interval_s=settings.effective_report_min_interval, time_scale=settings.time_scale)

@@ -28,6 +28,7 @@ class Settings:
     mqtt_auth: str | None = None
     mqtt_password_file: Path | None = None
     mqtt_acl: str = "own"
+    mqtt_url: str | None = None
     time_scale: float = 1.0
     report_min_interval: float | None = None
     metric_retention: float | None = None
@@ -90,7 +91,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="AWS-style credentials file with the access keys the API accepts")
     parser.add_argument("--log-format", choices=("json", "console"), default=d.log_format,
                         help="structured log lines as JSON (default) or for a terminal")
-    mqtt = parser.add_argument_group("MQTT (embedded broker)")
+    mqtt = parser.add_argument_group("MQTT")
+    mqtt.add_argument("--mqtt-url", default=None,
+                      help="join this broker as a client instead of embedding one: mqtt[s]://user:pass@host:port "
+                           "(--mqtt-ca verifies an mqtts broker)")
     mqtt.add_argument("--mqtt-port", type=int, default=d.mqtt_port, help="plain MQTT listener (default %(default)s)")
     mqtt.add_argument("--mqtt-tls-port", type=int, default=None, help="MQTT over TLS listener (e.g. 8883)")
     mqtt.add_argument("--mqtt-ca", default=None, help="CA certificate file that signs device certificates")
