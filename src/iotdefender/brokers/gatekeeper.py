@@ -21,7 +21,7 @@ from pathlib import Path
 from prometheus_client import Counter as PromCounter
 
 REPORT_TOPIC = re.compile(r"^\$aws/things/([^/]+)/defender/metrics/(json|cbor)$")
-REPLY_FILTER = re.compile(r"^\$aws/things/([^/+#]+)/defender/metrics/(json|cbor|\+)(/(accepted|rejected|\+))?$")
+REPLY_FILTER = re.compile(r"^\$aws/things/([^/#]+)/defender/metrics/(json|cbor|\+)(/(accepted|rejected|\+))?$")
 
 MQTT_DENIALS = PromCounter("iotdefender_mqtt_denials", "MQTT requests refused by the gatekeeper", ["reason"])
 

@@ -20,12 +20,16 @@ def list_metric_values(ctx: ServiceContext, params: Params) -> Params:
     if after is not None and not (isinstance(after, list) and len(after) == 2):
         raise invalid_request("The nextToken is invalid")
     limit = page_size(params.get("maxResults"))
-    dimension = metric_values.dimension_key(params.get("dimensionName"), params.get("dimensionValueOperator"))
+    key = metric_values.series_key(params["metricName"], params.get("dimensionName"),
+                                   params.get("dimensionValueOperator"))
     with ctx.engine.connect() as conn:
-        rows = metric_values.series_page(conn, params["thingName"], params["metricName"], dimension, start, end,
+        rows = metric_values.series_page(conn, params["thingName"], key, start, end,
                                          tuple(after) if after else None, limit + 1)
-    token = encode_token([rows[limit - 1].ts, rows[limit - 1].id]) if len(rows) > limit else None
+    token = None
+    if len(rows) > limit:
+        row_id, ts, _ = rows[limit - 1]
+        token = encode_token([ts, row_id])
     return {
-        "metricDatumList": [{"timestamp": r.ts, "value": r.value} for r in rows[:limit]],
+        "metricDatumList": [{"timestamp": ts, "value": value} for _, ts, value in rows[:limit]],
         "nextToken": token,
     }

@@ -64,6 +64,8 @@ def new_violation_id() -> str:
 def advance(state: AlarmState, violating: bool, value: dict[str, Any], at: float,
             to_alarm: int = 1, to_clear: int = 1) -> tuple[AlarmState, Transition | None]:
     """Apply one datapoint; returns the new state and the transition it caused, if any."""
+    if not violating and state.is_idle:
+        return state, None  # the common case (a compliant device): nothing to remember
     if violating:
         streak = state.violating_streak + 1
         if state.status is AlarmStatus.IN_ALARM:
@@ -81,7 +83,7 @@ def advance(state: AlarmState, violating: bool, value: dict[str, Any], at: float
             after = AlarmState(last_datapoint_at=at)
             return after, Transition(EventType.CLEARED, after, state.violation_id, value, at)
         return replace(state, compliant_streak=streak, violating_streak=0, last_datapoint_at=at), None
-    return replace(state, violating_streak=0, compliant_streak=0, last_datapoint_at=at), None
+    return AlarmState(), None  # a violating streak broken before it raised an alarm
 
 
 def invalidate(state: AlarmState, at: float) -> tuple[AlarmState, Transition | None]:

@@ -117,7 +117,9 @@ class Evaluator:
                 after, transition = advance(state, not ok, measured, now,
                                             criteria.get("consecutiveDatapointsToAlarm") or 1,
                                             criteria.get("consecutiveDatapointsToClear") or 1)
-                if after != state:
+                # Idle stays idle (the common case: a compliant fleet) is not a change worth
+                # storing; everything else is, so an alarm's streaks and timestamps survive restarts.
+                if after != state and not (after.is_idle and state.is_idle):
                     result.states[key] = after
                 if transition is not None:
                     result.events.append(self._event(key, behavior, transition, evidence))

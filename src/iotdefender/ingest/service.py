@@ -40,7 +40,6 @@ REPORTS = Counter("iotdefender_reports", "Device metrics reports by outcome", ["
 REJECTIONS = Counter("iotdefender_report_rejections", "Rejected device metrics reports by reason", ["reason"])
 
 Publisher = Callable[[str, bytes], Awaitable[None]]
-DatapointListener = Callable[[list[metric_values.Datapoint]], None]
 
 _BATCH_MAX = 1000
 _BATCH_WAIT_S = 0.002
@@ -65,7 +64,6 @@ class IngestService:
         self._last: dict[str, tuple[int, float]] = {}
         self._queue: asyncio.Queue[_Accepted] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self.listeners: list[DatapointListener] = []
         self.detector: Any = None  # DetectionService, evaluated inside each batch's transaction
 
     async def start(self) -> None:
@@ -140,35 +138,33 @@ class IngestService:
                         break
                     await asyncio.sleep(min(remaining, 0.0005))
             try:
-                points = await anyio.to_thread.run_sync(self._commit, batch)
+                await anyio.to_thread.run_sync(self._commit, batch)
             except Exception:
                 log.exception("report_batch_failed", reports=len(batch))
                 for item in batch:  # not durable: say nothing; the device retries next interval
                     self._last.pop(item.thing, None)
                     self._queue.task_done()
                 continue
-            for listener in self.listeners:
-                listener(points)
             for item in batch:
                 REPORTS.labels("accepted").inc()
                 body = reply_payload(item.thing, item.encoding, item.report.report_id, int(self._clock() * 1000))
                 await self._publish(reply_topic(item.thing, item.encoding, accepted=True), body)
                 self._queue.task_done()
 
-    def _commit(self, batch: list[_Accepted]) -> list[metric_values.Datapoint]:
+    def _commit(self, batch: list[_Accepted]) -> None:
         """One transaction: retained datapoints, report states and (if wired) detection results."""
-        points: list[metric_values.Datapoint] = []
+        reports: list[metric_values.RetainedReport] = []
         states: dict[str, tuple[str, int, float]] = {}
         for item in batch:
             retained = self._monitoring.retained_metrics(item.thing)
-            for metric, value in item.report.datapoints.items():
-                if metric in retained:
-                    points.append(metric_values.Datapoint(item.thing, metric, "", item.received_at, value))
+            kept = {m: v for m, v in item.report.datapoints.items() if m in retained}
+            if kept:
+                reports.append(metric_values.RetainedReport(item.thing, item.received_at, kept))
             states[item.thing] = (item.thing, item.report.report_id, item.received_at)
         detector, pending = self.detector, None
         try:
             with self._engine.begin() as conn:
-                metric_values.insert_datapoints(conn, points)
+                metric_values.insert_reports(conn, reports)
                 metric_values.upsert_report_states(conn, states.values())
                 if detector is not None:
                     pending = detector.evaluate_in(
@@ -179,6 +175,5 @@ class IngestService:
             raise
         if detector is not None:
             detector.committed(pending, ok=True)
-        return points
 
 

@@ -112,17 +112,17 @@ thing_group_members = sa.Table(
 # Surrogate key: two datapoints of one series may share a timestamp when throttling is off.
 _ROW_ID = sa.BigInteger().with_variant(sa.Integer, "sqlite")
 
+# One row per accepted report (or per cloud-side window): its retained datapoints keyed by metric
+# ("metric" or "metric|dimension|IN"). One row instead of one per metric keeps the hot path to a
+# single index update per report; ListMetricValues reads a thing's rows in a time range.
 metric_values = sa.Table(
     "metric_values",
     metadata,
     sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
     sa.Column("thing_name", NAME, nullable=False),
-    sa.Column("metric_name", NAME, nullable=False),
-    # "" for no dimension, else "<dimensionName>|<IN|NOT_IN>" (cloud-side metrics only)
-    sa.Column("dimension", sa.String(140), nullable=False, server_default=""),
     sa.Column("ts", EPOCH, nullable=False),
-    sa.Column("value", sa.JSON, nullable=False),
-    sa.Index("ix_metric_values_series", "thing_name", "metric_name", "dimension", "ts"),
+    sa.Column("datapoints", sa.JSON, nullable=False),
+    sa.Index("ix_metric_values_thing_ts", "thing_name", "ts"),
     sa.Index("ix_metric_values_ts", "ts"),
 )
 

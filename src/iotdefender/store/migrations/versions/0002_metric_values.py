@@ -1,11 +1,12 @@
-"""device metrics: retained metric values and report state per thing
+"""device metrics: retained datapoints per report and report state per thing
 
 Revision ID: 0002
 Revises: 0001
 """
 
-import sqlalchemy as sa
 from alembic import op
+import sqlalchemy as sa
+
 
 revision = '0002'
 down_revision = '0001'
@@ -17,14 +18,13 @@ def upgrade() -> None:
     op.create_table('metric_values',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('thing_name', sa.String(length=128), nullable=False),
-    sa.Column('metric_name', sa.String(length=128), nullable=False),
-    sa.Column('dimension', sa.String(length=140), server_default='', nullable=False),
     sa.Column('ts', sa.Float(precision=53), nullable=False),
-    sa.Column('value', sa.JSON(), nullable=False),
+    sa.Column('datapoints', sa.JSON(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
+
     with op.batch_alter_table('metric_values', schema=None) as batch_op:
-        batch_op.create_index('ix_metric_values_series', ['thing_name', 'metric_name', 'dimension', 'ts'], unique=False)
+        batch_op.create_index('ix_metric_values_thing_ts', ['thing_name', 'ts'], unique=False)
         batch_op.create_index('ix_metric_values_ts', ['ts'], unique=False)
 
     op.create_table('thing_report_state',
@@ -37,8 +37,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('thing_report_state')
-    with op.batch_alter_table('metric_values', schema=None) as batch_op:
-        batch_op.drop_index('ix_metric_values_ts')
-        batch_op.drop_index('ix_metric_values_series')
-
     op.drop_table('metric_values')

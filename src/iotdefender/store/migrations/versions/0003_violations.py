@@ -4,8 +4,9 @@ Revision ID: 0003
 Revises: 0002
 """
 
-import sqlalchemy as sa
 from alembic import op
+import sqlalchemy as sa
+
 
 revision = '0003'
 down_revision = '0002'
@@ -27,6 +28,7 @@ def upgrade() -> None:
     sa.Column('violation_start_time', sa.Float(precision=53), nullable=False),
     sa.PrimaryKeyConstraint('violation_id')
     )
+
     with op.batch_alter_table('active_violations', schema=None) as batch_op:
         batch_op.create_index('ix_active_violations_profile', ['profile_name'], unique=False)
         batch_op.create_index('ix_active_violations_thing', ['thing_name'], unique=False)
@@ -39,6 +41,7 @@ def upgrade() -> None:
     sa.Column('state', sa.JSON(), nullable=False),
     sa.PrimaryKeyConstraint('thing_name', 'profile_name', 'behavior_name', 'dimension')
     )
+
     op.create_table('alert_outbox',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('target_arn', sa.String(length=2048), nullable=False),
@@ -51,6 +54,7 @@ def upgrade() -> None:
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
+
     with op.batch_alter_table('alert_outbox', schema=None) as batch_op:
         batch_op.create_index('ix_alert_outbox_due', ['status', 'next_attempt_at'], unique=False)
 
@@ -68,6 +72,7 @@ def upgrade() -> None:
     sa.Column('evidence', sa.JSON(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
+
     with op.batch_alter_table('violation_events', schema=None) as batch_op:
         batch_op.create_index('ix_violation_events_time', ['event_time'], unique=False)
         batch_op.create_index('ix_violation_events_violation', ['violation_id'], unique=False)
@@ -82,18 +87,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('violation_verification')
-    with op.batch_alter_table('violation_events', schema=None) as batch_op:
-        batch_op.drop_index('ix_violation_events_violation')
-        batch_op.drop_index('ix_violation_events_time')
-
     op.drop_table('violation_events')
-    with op.batch_alter_table('alert_outbox', schema=None) as batch_op:
-        batch_op.drop_index('ix_alert_outbox_due')
-
     op.drop_table('alert_outbox')
     op.drop_table('alarm_states')
-    with op.batch_alter_table('active_violations', schema=None) as batch_op:
-        batch_op.drop_index('ix_active_violations_thing')
-        batch_op.drop_index('ix_active_violations_profile')
-
     op.drop_table('active_violations')
