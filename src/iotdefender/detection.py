@@ -28,6 +28,7 @@ from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType
 from iotdefender.engine.evaluator import Evaluation, Evaluator, StateKey, ViolationEvent
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.store import violations
+from iotdefender.store.database import writing
 
 log = structlog.get_logger("iotdefender.detection")
 
@@ -141,7 +142,7 @@ class DetectionService:
                 keys = [k for k, r in stale.items() if r == reason]
                 self._collect(pending, self.evaluator.invalidate(keys, behaviors, now, reason))
             self._fill_behaviors(pending)
-            with self._engine.begin() as conn:
+            with writing(self._engine) as conn:
                 self._persist(conn, pending)
             self._after_commit(pending)
             return len(pending.events)

@@ -27,7 +27,7 @@ from iotdefender.ingest.service import IngestService
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.settings import Settings
 from iotdefender.store import metric_values, violations
-from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head
+from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head, writing
 
 log = structlog.get_logger("iotdefender")
 
@@ -86,7 +86,7 @@ def validate(settings: Settings) -> None:
 def _purge(engine: Engine, delete_batch: Callable[[Connection, float], int], cutoff: float) -> int:
     total = 0
     while True:
-        with engine.begin() as conn:
+        with writing(engine) as conn:
             deleted = delete_batch(conn, cutoff)
         total += deleted
         if deleted == 0:

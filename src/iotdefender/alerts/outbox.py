@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from iotdefender.alerts.message import alert_message
 from iotdefender.alerts.subscriptions import Webhook
 from iotdefender.engine.evaluator import ViolationEvent
+from iotdefender.store.database import writing
 from iotdefender.store.schema import alert_outbox
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ class AlertRouter:
                                 .order_by(alert_outbox.c.id).limit(limit)).all()
 
     def _mark(self, row_id: int, **values: Any) -> None:
-        with self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             conn.execute(alert_outbox.update().where(alert_outbox.c.id == row_id).values(**values))
 
     async def _deliver_due(self) -> int:

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote
 
+import anyio
 import anyio.to_thread
 import orjson
 import sqlalchemy.exc
@@ -41,6 +42,7 @@ log = structlog.get_logger("iotdefender.api")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 EXTENSION_PREFIX = "/_iotdefender/"
+API_WORKER_THREADS = 8
 _CONFLICT_RETRIES = 3
 
 
@@ -64,6 +66,9 @@ class ApiService:
         # Called after every successful write, so caches of the control plane stay exact.
         self.on_change: list[Callable[[], None]] = []
         self.dead_letters: Callable[[], list[dict[str, Any]]] | None = None
+        # Handlers run in worker threads; more than a few at once only contend for the GIL and
+        # the database (SQLite has a handful of WAL reader slots). Requests beyond wait here.
+        self._limiter = anyio.CapacityLimiter(API_WORKER_THREADS)
 
     async def handle(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
@@ -86,7 +91,8 @@ class ApiService:
             )
             if raw_path.startswith(EXTENSION_PREFIX):
                 operation_name = raw_path
-                output = await anyio.to_thread.run_sync(self._extension, request.method, raw_path)
+                output = await anyio.to_thread.run_sync(self._extension, request.method, raw_path,
+                                                        limiter=self._limiter)
                 response = Response(orjson.dumps(output), media_type="application/json",
                                     headers={"x-amzn-RequestId": request_id})
                 return self._logged(response, request, operation_name, started, request_id)
@@ -104,7 +110,7 @@ class ApiService:
                 raise ApiError("NotImplementedException", f"iotdefender does not implement {operation_name}")
             params = parse_request(operation, match.path_params, raw_query, headers, body)
             validate_input(operation.input_shape, params, constraints=operation_name not in SELF_VALIDATING)
-            output = await anyio.to_thread.run_sync(self._run, handler, params)
+            output = await anyio.to_thread.run_sync(self._run, handler, params, limiter=self._limiter)
             if request.method != "GET":
                 for listener in self.on_change:
                     listener()

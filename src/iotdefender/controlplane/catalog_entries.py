@@ -9,6 +9,7 @@ from iotdefender.controlplane import behavior_rules
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params
 from iotdefender.store import catalog, profiles, tags
+from iotdefender.store.database import writing
 from iotdefender.store.pagination import decode_token, page_size, take_page
 
 LABEL = {"custom_metric": "Custom metric", "dimension": "Dimension"}
@@ -29,7 +30,7 @@ def create(ctx: ServiceContext, kind: str, name: str, token: str | None, quota: 
     The model's clientRequestToken makes creation idempotent: the same name with the same token
     (boto3 reuses the token on retries) returns the original; a different token is a conflict.
     """
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         existing = catalog.get(conn, kind, name)
         if existing is not None:
             if token is not None and existing["client_request_token"] == token:
@@ -47,7 +48,7 @@ def create(ctx: ServiceContext, kind: str, name: str, token: str | None, quota: 
 
 def update(ctx: ServiceContext, kind: str, name: str, values: dict[str, Any]) -> dict[str, Any]:
     """Change the mutable members of an entry; returns the updated row."""
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         row = require(conn, kind, name)
         row.update(values, last_modified_date=ctx.now())
         catalog.update(conn, kind, name, **values, last_modified_date=row["last_modified_date"])
@@ -56,7 +57,7 @@ def update(ctx: ServiceContext, kind: str, name: str, values: dict[str, Any]) ->
 
 def delete(ctx: ServiceContext, kind: str, name: str) -> None:
     """Refuse while a security profile uses the entry (AWS: remove it from profiles first)."""
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         row = catalog.get(conn, kind, name)
         if row is None:
             return  # neither Delete operation has ResourceNotFoundException: deleting nothing succeeds

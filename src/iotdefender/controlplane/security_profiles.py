@@ -12,6 +12,7 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation
 from iotdefender.controlplane.versioning import check_expected_version
 from iotdefender.store import catalog, profiles, tags
+from iotdefender.store.database import writing
 from iotdefender.store.pagination import decode_token, page_size, take_page
 
 MAX_TAGS = 50  # CloudFormation AWS::IoT::SecurityProfile: at most 50 tags
@@ -70,7 +71,7 @@ def create_security_profile(ctx: ServiceContext, params: Params) -> Params:
     tag_list = params.get("tags") or []
     if len(tag_list) > MAX_TAGS:
         raise invalid_request(f"A security profile can have at most {MAX_TAGS} tags")
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         existing = profiles.get(conn, name)
         if existing is not None:
             raise already_exists(f"Security profile {name} already exists", name, existing["arn"])
@@ -101,7 +102,7 @@ def update_security_profile(ctx: ServiceContext, params: Params) -> Params:
     for flag, member in _DELETE_FLAGS.items():
         if params.get(flag) and params.get(member) is not None:
             raise invalid_request(f"{flag} cannot be true when {member} is given in the same request")
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         row = require_profile(conn, name)
         check_expected_version(params, row, f"Security profile {name}")
         changes: dict[str, Any] = {}
@@ -124,7 +125,7 @@ def update_security_profile(ctx: ServiceContext, params: Params) -> Params:
 @operation("DeleteSecurityProfile")
 def delete_security_profile(ctx: ServiceContext, params: Params) -> Params:
     name = params["securityProfileName"]
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         row = profiles.get(conn, name)
         if row is None:
             return {}  # DeleteSecurityProfile has no ResourceNotFoundException in the model

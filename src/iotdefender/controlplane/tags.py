@@ -8,6 +8,7 @@ from iotdefender.api.errors import invalid_request, not_found
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation
 from iotdefender.store import catalog, profiles, registry, tags
+from iotdefender.store.database import writing
 from iotdefender.store.pagination import decode_token
 
 MAX_TAGS = 50
@@ -29,7 +30,7 @@ def _require_resource(ctx: ServiceContext, conn: Any, arn: str) -> None:
 @operation("TagResource")
 def tag_resource(ctx: ServiceContext, params: Params) -> Params:
     arn = params["resourceArn"]
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         _require_resource(ctx, conn, arn)
         tags.put(conn, arn, params["tags"])
         if len(tags.list_for(conn, arn)) > MAX_TAGS:
@@ -40,7 +41,7 @@ def tag_resource(ctx: ServiceContext, params: Params) -> Params:
 @operation("UntagResource")
 def untag_resource(ctx: ServiceContext, params: Params) -> Params:
     arn = params["resourceArn"]
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         _require_resource(ctx, conn, arn)
         tags.remove(conn, arn, params["tagKeys"])
     return {}

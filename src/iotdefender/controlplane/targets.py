@@ -16,6 +16,7 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation
 from iotdefender.controlplane.security_profiles import require_profile
 from iotdefender.store import profiles, registry
+from iotdefender.store.database import writing
 from iotdefender.store.pagination import decode_token, page_size, take_page
 
 MAX_PROFILES_PER_TARGET = 5  # AWS quota "Security profiles for each target": 5, not adjustable
@@ -48,7 +49,7 @@ def parse_target(ctx: ServiceContext, conn: Any, arn: str) -> Target:
 @operation("AttachSecurityProfile")
 def attach_security_profile(ctx: ServiceContext, params: Params) -> Params:
     name = params["securityProfileName"]
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         require_profile(conn, name)
         target = parse_target(ctx, conn, params["securityProfileTargetArn"])
         profiles.lock_target(conn, target.arn)
@@ -66,7 +67,7 @@ def attach_security_profile(ctx: ServiceContext, params: Params) -> Params:
 def detach_security_profile(ctx: ServiceContext, params: Params) -> Params:
     name = params["securityProfileName"]
     arn = params["securityProfileTargetArn"]
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         require_profile(conn, name)
         if not profiles.is_attached(conn, name, arn):
             raise not_found(f"Security profile {name} is not attached to target {arn}")

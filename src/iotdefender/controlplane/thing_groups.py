@@ -16,6 +16,7 @@ from iotdefender.controlplane.operations import Params, operation
 from iotdefender.controlplane.things import require_thing
 from iotdefender.controlplane.versioning import check_expected_version, merge_attributes
 from iotdefender.store import profiles, registry, tags
+from iotdefender.store.database import writing
 from iotdefender.store.pagination import decode_token, page_size, take_page
 
 MAX_GROUPS_PER_THING = 10  # AWS IoT quota: a thing belongs directly to at most 10 thing groups
@@ -42,7 +43,7 @@ def create_thing_group(ctx: ServiceContext, params: Params) -> Params:
     props = params.get("thingGroupProperties") or {}
     description = props.get("thingGroupDescription")
     attributes = (props.get("attributePayload") or {}).get("attributes") or {}
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         existing = registry.get_group(conn, name)
         if existing is not None:
             same = (existing["parent_name"] == parent and existing["description"] == description
@@ -102,7 +103,7 @@ def describe_thing_group(ctx: ServiceContext, params: Params) -> Params:
 def update_thing_group(ctx: ServiceContext, params: Params) -> Params:
     name = params["thingGroupName"]
     props = params["thingGroupProperties"]
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         row = require_group(conn, name)
         check_expected_version(params, row, f"Thing group {name}")
         values: Params = {}
@@ -118,7 +119,7 @@ def update_thing_group(ctx: ServiceContext, params: Params) -> Params:
 @operation("DeleteThingGroup")
 def delete_thing_group(ctx: ServiceContext, params: Params) -> Params:
     name = params["thingGroupName"]
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         row = registry.get_group(conn, name)
         if row is None:
             return {}  # DeleteThingGroup has no ResourceNotFoundException: deleting nothing succeeds
@@ -181,7 +182,7 @@ def _resolve_names(ctx: ServiceContext, conn: Any, params: Params) -> tuple[dict
 
 @operation("AddThingToThingGroup")
 def add_thing_to_thing_group(ctx: ServiceContext, params: Params) -> Params:
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         group, thing = _resolve_names(ctx, conn, params)
         if registry.is_member(conn, group["name"], thing["name"]):
             return {}
@@ -204,7 +205,7 @@ def add_thing_to_thing_group(ctx: ServiceContext, params: Params) -> Params:
 
 @operation("RemoveThingFromThingGroup")
 def remove_thing_from_thing_group(ctx: ServiceContext, params: Params) -> Params:
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         group, thing = _resolve_names(ctx, conn, params)
         registry.remove_member(conn, group["name"], thing["name"])
     return {}

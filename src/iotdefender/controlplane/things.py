@@ -10,6 +10,7 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation
 from iotdefender.controlplane.versioning import check_expected_version, merge_attributes
 from iotdefender.store import registry
+from iotdefender.store.database import writing
 from iotdefender.store.pagination import decode_token, page_size, take_page
 
 
@@ -28,7 +29,7 @@ def create_thing(ctx: ServiceContext, params: Params) -> Params:
         raise not_found(f"Billing group {params['billingGroupName']} does not exist")
     attributes = (params.get("attributePayload") or {}).get("attributes") or {}
     attributes = {k: v for k, v in attributes.items() if v != ""}
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         existing = registry.get_thing(conn, name)
         if existing is not None:
             # Idempotent when nothing differs (AWS: "If this call is made multiple times using
@@ -83,7 +84,7 @@ def describe_thing(ctx: ServiceContext, params: Params) -> Params:
 def update_thing(ctx: ServiceContext, params: Params) -> Params:
     name = params["thingName"]
     _require_no_thing_type(params.get("thingTypeName"))
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         row = require_thing(conn, name)
         check_expected_version(params, row, f"Thing {name}")
         payload = params.get("attributePayload")
@@ -96,7 +97,7 @@ def update_thing(ctx: ServiceContext, params: Params) -> Params:
 @operation("DeleteThing")
 def delete_thing(ctx: ServiceContext, params: Params) -> Params:
     name = params["thingName"]
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         row = registry.get_thing(conn, name)
         if row is None:
             return {}  # AWS: deleting a thing that does not exist succeeds

@@ -14,6 +14,7 @@ from iotdefender.api.errors import invalid_request, not_found
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation
 from iotdefender.store import violations
+from iotdefender.store.database import writing
 from iotdefender.store.pagination import decode_token, encode_token, page_size
 
 _FILTERS = ("thingName", "securityProfileName", "behaviorCriteriaType", "listSuppressedAlerts", "verificationState")
@@ -77,7 +78,7 @@ def list_violation_events(ctx: ServiceContext, params: Params) -> Params:
 @operation("PutVerificationStateOnViolation")
 def put_verification_state_on_violation(ctx: ServiceContext, params: Params) -> Params:
     violation_id = params["violationId"]
-    with ctx.engine.begin() as conn:
+    with writing(ctx.engine) as conn:
         if not violations.violation_exists(conn, violation_id):
             # The model lists no ResourceNotFoundException here; an unknown id is a bad request.
             raise invalid_request(f"Violation {violation_id} does not exist")

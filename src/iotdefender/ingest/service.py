@@ -33,6 +33,7 @@ from iotdefender.ingest.report import (
 )
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.store import metric_values
+from iotdefender.store.database import writing
 
 log = structlog.get_logger("iotdefender.ingest")
 
@@ -163,7 +164,7 @@ class IngestService:
             states[item.thing] = (item.thing, item.report.report_id, item.received_at)
         detector, pending = self.detector, None
         try:
-            with self._engine.begin() as conn:
+            with writing(self._engine) as conn:
                 metric_values.insert_reports(conn, reports)
                 metric_values.upsert_report_states(conn, states.values())
                 if detector is not None:

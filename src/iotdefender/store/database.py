@@ -6,13 +6,15 @@ databases, so a user's existing data directory is carried forward by every relea
 
 from __future__ import annotations
 
+import functools
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -53,23 +55,41 @@ _JSON = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 def create_engine(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
+        # A fixed pool: opening SQLite connections (and their PRAGMAs) per request showed up in
+        # profiles as pool churn; callers bound their own concurrency (the API uses 8 threads).
         engine = sa.create_engine(
-            url, connect_args={"check_same_thread": False}, pool_size=8, max_overflow=8, **_JSON
+            url, connect_args={"check_same_thread": False}, pool_size=16, max_overflow=0, pool_timeout=60,
+            **_JSON
         )
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite's own transaction handling defers BEGIN; emit it ourselves so every
-        # transaction that writes takes the lock up front (BEGIN IMMEDIATE) and sees a
-        # consistent snapshot for read-modify-write operations such as version checks.
+        # pysqlite's own transaction handling defers BEGIN; emit it ourselves. Write
+        # transactions (``writing``) take the write lock up front with BEGIN IMMEDIATE, so a
+        # read-modify-write (version checks, quotas) never fails upgrading its lock; reads use a
+        # deferred BEGIN, a WAL snapshot that neither blocks nor waits for writers.
         @sa.event.listens_for(engine, "connect")
         def _no_autobegin(dbapi_connection, _record):  # type: ignore[no-untyped-def]
             dbapi_connection.isolation_level = None
 
         @sa.event.listens_for(engine, "begin")
-        def _begin_immediate(connection):  # type: ignore[no-untyped-def]
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        def _begin(connection):  # type: ignore[no-untyped-def]
+            immediate = connection.get_execution_options().get(_WRITE_OPTION, False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     return sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True, **_JSON)
+
+
+_WRITE_OPTION = "iotdefender_write"
+
+
+@functools.lru_cache(maxsize=None)
+def _writer(engine: Engine) -> Engine:
+    return engine.execution_options(**{_WRITE_OPTION: True})
+
+
+def writing(engine: Engine) -> AbstractContextManager[Connection]:
+    """A write transaction (commits on success, rolls back on error); see ``create_engine``."""
+    return _writer(engine).begin()
 
 
 def alembic_config(engine: Engine) -> Config:
