@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test test-unit system-deps bench clean
+.PHONY: run test test-unit system-deps bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,15 @@ test: $(STAMP) system-deps
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit $(ARGS)
 
-bench: $(STAMP)
+# Benchmarks write JSON with the machine and the command to bench/results/ (bench/README.md).
+bench: $(STAMP) system-deps
 	$(BIN)/python bench/control_plane.py
+	$(BIN)/python bench/pipeline.py --broker embedded
+	$(BIN)/python bench/pipeline.py --broker mosquitto
+
+# A reduced end-to-end run (< 60 s) printing one JSON line.
+bench-quick: $(STAMP) system-deps
+	@$(BIN)/python bench/pipeline.py --broker embedded --quick
 
 clean:
 	rm -rf $(VENV) data

@@ -8,6 +8,9 @@ sends) so the load generator measures the server, not the client's signing; sign
 valid for the 5 minutes SigV4 allows. Results go to ``bench/results/control_plane-<backend>.json``.
 
     .venv/bin/python bench/control_plane.py [--profiles 10000] [--seconds 10] [--concurrency 16]
+
+wrk (Debian package) replays the pre-signed requests when it is installed; otherwise an asyncio
+httpx client does, which is itself CPU-bound on a small machine and understates the server.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,6 +82,46 @@ async def drive(requests: list[tuple[str, str, dict[str, str]]], seconds: float,
     }
 
 
+_WRK_SCRIPT = """
+local requests = {%s}
+local index = 0
+request = function()
+  index = index %% #requests + 1
+  local r = requests[index]
+  return wrk.format(r[1], r[2], r[3])
+end
+done = function(summary, latency, _)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+                 + summary.errors.status + summary.errors.timeout
+  io.write(string.format('WRK {"requests": %%d, "errors": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d}\\n',
+    summary.requests, errors, summary.duration, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def _lua(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def drive_wrk(requests: list[tuple[str, str, dict[str, str]]], seconds: float, concurrency: int) -> dict:
+    """Replay pre-signed requests with wrk (C, event-driven): the server, not the client, is measured."""
+    entries = []
+    for method, url, headers in requests:
+        path = url.split("//", 1)[1].split("/", 1)[1]
+        header_table = ", ".join(f"[{_lua(k)}] = {_lua(v)}" for k, v in headers.items())
+        entries.append(f"{{{_lua(method)}, {_lua('/' + path)}, {{{header_table}}}}}")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_WRK_SCRIPT % ",\n".join(entries))
+    base = requests[0][1].split("/", 3)
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "-s", script.name,
+                          f"{base[0]}//{base[2]}"], capture_output=True, text=True, timeout=seconds + 60).stdout
+    line = next(line for line in out.splitlines() if line.startswith("WRK "))
+    figures = json.loads(line[4:])
+    return {"requests": figures["requests"], "errors": figures["errors"],
+            "requests_per_s": round(figures["requests"] / (figures["duration_us"] / 1e6), 1),
+            "p50_ms": round(figures["p50_us"] / 1000, 2), "p99_ms": round(figures["p99_us"] / 1000, 2)}
+
+
 def machine() -> dict:
     return {
         "python": platform.python_version(),
@@ -114,8 +159,11 @@ def main() -> None:
         names = [f"profile-{random.randrange(args.profiles):06d}" for _ in range(2000)]
         describe = [r for n in names for r in presign("GET", f"{service.endpoint}/security-profiles/{n}", 1)]
         listing = presign("GET", f"{service.endpoint}/security-profiles?maxResults=250", 2000)
+        use_wrk = shutil.which("wrk") is not None
+        run_load = drive_wrk if use_wrk else (lambda r, s_, c: asyncio.run(drive(r, s_, c)))
         results = {
             "benchmark": "control_plane",
+            "load_generator": "wrk (pre-signed requests)" if use_wrk else "httpx asyncio (pre-signed requests)",
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "backend": args.backend,
             "machine": machine(),
@@ -123,8 +171,8 @@ def main() -> None:
             "concurrency": args.concurrency,
             "seconds_per_operation": args.seconds,
             "create_security_profile_per_s": round(args.profiles / create_s, 1),
-            "DescribeSecurityProfile": asyncio.run(drive(describe, args.seconds, args.concurrency)),
-            "ListSecurityProfiles_maxResults_250": asyncio.run(drive(listing, args.seconds, args.concurrency)),
+            "DescribeSecurityProfile": run_load(describe, args.seconds, args.concurrency),
+            "ListSecurityProfiles_maxResults_250": run_load(listing, args.seconds, args.concurrency),
             "note": "load generator, service and database share the same machine; compare runs, not absolutes",
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
