@@ -141,7 +141,8 @@ async def serve(settings: Settings) -> None:
         subscriptions = load_subscriptions(settings.alert_subscriptions)
     except (OSError, ValueError) as error:
         raise ConfigurationError(f"--alert-subscriptions: {error}") from None
-    alerts = AlertRouter(engine, subscriptions, settings.sns_endpoint_url, settings.region)
+    alerts = AlertRouter(engine, subscriptions, settings.sns_endpoint_url, settings.region,
+                         retry_base_s=1.0 / settings.time_scale)
     api.dead_letters = alerts.dead_letters
     detection = DetectionService(engine, monitoring, alerts, settings.effective_invalidation_period,
                                  settings.time_scale)

@@ -187,4 +187,5 @@ class AlertRouter:
         with self._engine.connect() as conn:
             rows = conn.execute(sa.select(alert_outbox).where(alert_outbox.c.status == "dead")
                                 .order_by(alert_outbox.c.id.desc()).limit(limit)).mappings().all()
-        return [dict(r) for r in rows]
+        # Row keys are SQLAlchemy quoted_name (a str subclass), which orjson refuses as keys.
+        return [{str(k): v for k, v in r.items()} for r in rows]

@@ -1,0 +1,136 @@
+"""Detection across target kinds, silence, pagination and alert delivery failures."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import httpx
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from tests.support.mqtt import Device, report
+from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess
+from tests.support.webhook import WebhookReceiver
+
+ARN = "arn:aws:iot:us-east-1:123456789012:"
+PORTS = {"name": "ports", "metric": "aws:listening-tcp-ports",
+         "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [443]}}}
+
+
+def violating_things(iot) -> set[str]:
+    pages = iot.get_paginator("list_active_violations").paginate()
+    return {v["thingName"] for page in pages for v in page["activeViolations"]}
+
+
+@pytest.fixture
+def quick(tmp_path):
+    """A service whose alarms are invalidated after 6 s of silence."""
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--report-min-interval", "0", "--invalidation-period", "6"])
+    svc.start()
+    yield svc, svc.client()
+    svc.stop()
+
+
+def test_every_target_kind_monitors_the_right_things(quick):
+    svc, iot = quick
+    iot.create_thing_group(thingGroupName="plant")
+    iot.create_thing_group(thingGroupName="line-1", parentGroupName="plant")
+    for name in ("in-child-group", "registered-elsewhere"):
+        iot.create_thing(thingName=name)
+    iot.add_thing_to_thing_group(thingGroupName="line-1", thingName="in-child-group")
+    profiles = {"on-parent-group": ARN + "thinggroup/plant", "on-registered": ARN + "all/registered-things",
+                "on-unregistered": ARN + "all/unregistered-things"}
+    for name, target in profiles.items():
+        iot.create_security_profile(securityProfileName=name, behaviors=[PORTS])
+        iot.attach_security_profile(securityProfileName=name, securityProfileTargetArn=target)
+    for thing in ("in-child-group", "registered-elsewhere", "not-registered"):
+        dev = Device(svc.mqtt_port, thing)
+        assert dev.report(report(1, [22]))[0] == "json/accepted"
+        dev.close()
+    by_profile: dict[str, set[str]] = {}
+    for v in iot.list_active_violations(maxResults=100)["activeViolations"]:
+        by_profile.setdefault(v["securityProfileName"], set()).add(v["thingName"])
+    assert by_profile == {"on-parent-group": {"in-child-group"},
+                          "on-registered": {"in-child-group", "registered-elsewhere"},
+                          "on-unregistered": {"not-registered"}}
+    # A thing leaving the group leaves the profile: its violation is invalidated.
+    iot.remove_thing_from_thing_group(thingGroupName="line-1", thingName="in-child-group")
+    deadline = time.time() + 15
+    while time.time() < deadline and any(
+            v["securityProfileName"] == "on-parent-group" for v in iot.list_active_violations()["activeViolations"]):
+        time.sleep(0.2)
+    now = dt.datetime.now(dt.timezone.utc)
+    events = iot.list_violation_events(securityProfileName="on-parent-group", startTime=now - dt.timedelta(hours=1),
+                                       endTime=now)["violationEvents"]
+    assert [e["violationEventType"] for e in events] == ["in-alarm", "alarm-invalidated"]
+
+
+def test_silent_device_is_invalidated_and_pagination_covers_all(quick):
+    svc, iot = quick
+    iot.create_security_profile(securityProfileName="fleet", behaviors=[PORTS])
+    iot.attach_security_profile(securityProfileName="fleet", securityProfileTargetArn=ARN + "all/things")
+    things = [f"quiet-{i}" for i in range(5)]
+    for thing in things:
+        dev = Device(svc.mqtt_port, thing)
+        assert dev.report(report(1, [22]))[0] == "json/accepted"
+        dev.close()
+    pages = list(iot.get_paginator("list_active_violations").paginate(PaginationConfig={"PageSize": 2}))
+    assert len(pages) == 3 and sorted(v["thingName"] for p in pages for v in p["activeViolations"]) == things
+    deadline = time.time() + 30  # 6 s of silence, swept every 0.5 s
+    while time.time() < deadline and violating_things(iot):
+        time.sleep(0.2)
+    assert violating_things(iot) == set()
+    now = dt.datetime.now(dt.timezone.utc)
+    events = [e for page in iot.get_paginator("list_violation_events").paginate(
+        startTime=now - dt.timedelta(hours=1), endTime=now, PaginationConfig={"PageSize": 3})
+        for e in page["violationEvents"]]
+    assert sorted(e["violationEventType"] for e in events) == ["alarm-invalidated"] * 5 + ["in-alarm"] * 5
+    for thing in things:
+        kinds = [e["violationEventType"] for e in events if e["thingName"] == thing]
+        assert kinds == ["in-alarm", "alarm-invalidated"]
+
+
+def test_failing_webhook_is_retried_then_dead_lettered(tmp_path):
+    flaky, dead = WebhookReceiver("s", fail_first=2), "http://127.0.0.1:9/unreachable"
+    subscriptions = tmp_path / "subs.json"
+    topic = "arn:aws:sns:us-east-1:123456789012:alerts"
+    subscriptions.write_text(json.dumps({topic: [{"webhook": flaky.url, "secret": "s"},
+                                                 {"webhook": dead, "secret": "s"}]}))
+    svc = ServiceProcess(data_dir=tmp_path / "data", extra_args=[  # retries back off from 1 s / 20
+        "--report-min-interval", "0", "--time-scale", "20", "--alert-subscriptions", str(subscriptions)])
+    svc.start()
+    try:
+        iot = svc.client()
+        iot.create_security_profile(securityProfileName="p", behaviors=[PORTS], alertTargets={
+            "SNS": {"alertTargetArn": topic, "roleArn": "arn:aws:iam::123456789012:role/r"}})
+        iot.attach_security_profile(securityProfileName="p", securityProfileTargetArn=ARN + "all/things")
+        dev = Device(svc.mqtt_port, "cam")
+        assert dev.report(report(1, [22]))[0] == "json/accepted"
+        dev.close()
+        message = flaky.next(timeout=30)["message"]  # two 503s, then delivered
+        assert message["violationEventType"] == "in-alarm" and message["thingName"] == "cam"
+        metrics = httpx.get(svc.endpoint + "/metrics").text
+        assert 'iotdefender_alert_deliveries_total{kind="webhook",outcome="retry"}' in metrics
+        assert 'iotdefender_alert_deliveries_total{kind="webhook",outcome="delivered"} 1.0' in metrics
+        # The unreachable hook: 8 attempts backing off 0.05 s .. 6.4 s, then a dead letter.
+        deadline, letters = time.time() + 30, []
+        while time.time() < deadline and not letters:
+            time.sleep(0.5)
+            fresh = AWSRequest(method="GET", url=svc.endpoint + "/_iotdefender/alerts/dead")
+            SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "iot", REGION).add_auth(fresh)
+            answer = httpx.get(fresh.url, headers=dict(fresh.headers))
+            assert answer.status_code == 200, answer.text
+            letters = answer.json()["deadLetters"]
+        assert len(letters) == 1 and letters[0]["destination"] == f"webhook:{dead}"
+        assert letters[0]["attempts"] == 8 and json.loads(letters[0]["message"])["thingName"] == "cam"
+        assert 'iotdefender_alert_deliveries_total{kind="webhook",outcome="dead"} 1.0' in httpx.get(
+            svc.endpoint + "/metrics").text
+        log = svc.log_path.read_text()
+        assert '"event": "alert_delivery_failed"' in log and "unreachable" in log
+    finally:
+        svc.stop()
+        flaky.close()
