@@ -188,3 +188,37 @@ class Mosquitto:
             self.process.terminate()
             self.process.wait(10)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class MotoServer:
+    """moto's standalone server: an SNS-compatible endpoint (with SQS) for alert delivery tests."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = str(Path(sys.executable).with_name("moto_server"))
+        self.process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def up() -> bool:
+            try:
+                return httpx.get(self.endpoint + "/moto-api/", timeout=1).status_code < 500
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, 30, "moto_server")
+
+    def client(self, service: str):  # type: ignore[no-untyped-def]
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION,
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)

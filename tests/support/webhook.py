@@ -29,11 +29,11 @@ class WebhookReceiver:
                     self.send_response(503)
                     self.end_headers()
                     return
-                expected = "sha256=" + hmac.new(receiver.secret.encode(),
-                                                self.headers["X-Iotdefender-Timestamp"].encode() + b"." + body,
+                timestamp = self.headers.get("X-Iotdefender-Timestamp", "")
+                expected = "sha256=" + hmac.new(receiver.secret.encode(), timestamp.encode() + b"." + body,
                                                 hashlib.sha256).hexdigest()
-                receiver.received.put({"signature_ok": hmac.compare_digest(expected,
-                                                                           self.headers["X-Iotdefender-Signature"]),
+                given = self.headers.get("X-Iotdefender-Signature", "")
+                receiver.received.put({"signature_ok": hmac.compare_digest(expected, given),
                                        "message": json.loads(body)})
                 self.send_response(200)
                 self.end_headers()

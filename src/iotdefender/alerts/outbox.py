@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from prometheus_client import Counter
 from sqlalchemy.engine import Connection, Engine
 
 from iotdefender.alerts.message import alert_message
-from iotdefender.alerts.subscriptions import Webhook
+from iotdefender.alerts.subscriptions import Subscription, Webhook
 from iotdefender.engine.evaluator import ViolationEvent
 from iotdefender.store.database import writing
 from iotdefender.store.schema import alert_outbox
@@ -68,7 +69,7 @@ class TokenBucket:
 class AlertRouter:
     """Decides destinations of an event and runs the delivery loop."""
 
-    def __init__(self, engine: Engine, subscriptions: dict[str, list[Webhook]], sns_endpoint_url: str | None,
+    def __init__(self, engine: Engine, subscriptions: dict[str, list[Subscription]], sns_endpoint_url: str | None,
                  region: str, rate_per_destination: float = 20.0, retry_base_s: float = 1.0) -> None:
         self._engine = engine
         self._subscriptions = subscriptions
@@ -84,7 +85,8 @@ class AlertRouter:
 
     # -- routing (inside the evaluation transaction) ---------------------------------------------
     def destinations(self, topic_arn: str) -> list[str]:
-        out = [f"webhook:{hook.url}" for hook in self._subscriptions.get(topic_arn, [])]
+        out = [f"webhook:{s.url}" if isinstance(s, Webhook) else f"apprise:{s.url}"
+               for s in self._subscriptions.get(topic_arn, [])]
         if self._sns_endpoint_url:
             out.append(_SNS_PREFIX + topic_arn)
         return out
@@ -143,7 +145,7 @@ class AlertRouter:
             bucket = self._buckets.setdefault(row.destination, TokenBucket(self._rate, self._rate))
             if not bucket.take():
                 continue  # rate-limited: stays pending, goes in a later round
-            kind = "sns" if row.destination.startswith(_SNS_PREFIX) else "webhook"
+            kind = row.destination.split(":", 1)[0]
             try:
                 await self._send(row)
             except Exception as error:  # any failure of the destination: retry later
@@ -166,14 +168,31 @@ class AlertRouter:
         if row.destination.startswith(_SNS_PREFIX):
             await anyio.to_thread.run_sync(self._publish_sns, row.destination[len(_SNS_PREFIX):], row.message)
             return
+        if row.destination.startswith("apprise:"):
+            await anyio.to_thread.run_sync(self._notify_apprise, row.destination[len("apprise:"):], row.message)
+            return
         url = row.destination[len("webhook:"):]
-        hook = next(h for h in self._subscriptions.get(row.target_arn, []) if h.url == url)
+        hook = next(h for h in self._subscriptions.get(row.target_arn, [])
+                    if isinstance(h, Webhook) and h.url == url)
         timestamp = str(int(time.time()))
         assert self._http is not None
         response = await self._http.post(url, content=body, headers={
             "Content-Type": "application/json", "X-Iotdefender-Timestamp": timestamp,
             "X-Iotdefender-Signature": sign(hook.secret, timestamp, body)})
         response.raise_for_status()
+
+    @staticmethod
+    def _notify_apprise(url: str, message: str) -> None:
+        import apprise
+
+        event = json.loads(message)
+        notifier = apprise.Apprise()
+        if not notifier.add(url):
+            raise ValueError(f"Apprise cannot use this URL: {url}")
+        title = (f"Device Defender {event['violationEventType']}: {event['thingName']} / "
+                 f"{event['securityProfileName']} / {event['behavior'].get('name')}")
+        if not notifier.notify(title=title, body=message):
+            raise RuntimeError("Apprise could not deliver the notification")
 
     def _publish_sns(self, topic_arn: str, message: str) -> None:
         if self._sns is None:

@@ -9,6 +9,11 @@ profile's ``alertTargets.SNS``) to webhooks::
 
 Each POST carries ``X-Iotdefender-Signature: sha256=<hex HMAC-SHA256 of timestamp + "." + body>``
 and ``X-Iotdefender-Timestamp`` so receivers can verify origin and freshness.
+
+For people rather than programs, ``{"apprise": "<Apprise URL>"}`` entries (mail, Slack, Teams, …)
+send a readable notification through Apprise, an optional dependency (``pip install
+iotdefender[apprise]``). Apprise wraps the body in its own envelope and cannot reach a
+self-hosted SNS, so it is a human channel only (stack-measurements §7).
 """
 
 from __future__ import annotations
@@ -25,18 +30,34 @@ class Webhook:
     secret: str
 
 
-def load_subscriptions(path: Path | None) -> dict[str, list[Webhook]]:
+@dataclass(frozen=True)
+class AppriseTarget:
+    url: str
+
+
+Subscription = Webhook | AppriseTarget
+
+
+def load_subscriptions(path: Path | None) -> dict[str, list[Subscription]]:
     if path is None:
         return {}
     document = orjson.loads(path.read_bytes())
     if not isinstance(document, dict):
         raise ValueError(f"{path}: expected an object mapping topic ARNs to lists of subscriptions")
-    result: dict[str, list[Webhook]] = {}
+    result: dict[str, list[Subscription]] = {}
     for topic, entries in document.items():
-        hooks = []
+        subscriptions: list[Subscription] = []
         for entry in entries:
-            if not isinstance(entry, dict) or "webhook" not in entry or "secret" not in entry:
-                raise ValueError(f"{path}: each subscription of {topic} needs 'webhook' and 'secret'")
-            hooks.append(Webhook(str(entry["webhook"]), str(entry["secret"])))
-        result[topic] = hooks
+            if isinstance(entry, dict) and "apprise" in entry:
+                try:
+                    import apprise  # noqa: F401
+                except ImportError:
+                    raise ValueError("apprise subscriptions need the optional dependency: "
+                                     "pip install 'iotdefender[apprise]'") from None
+                subscriptions.append(AppriseTarget(str(entry["apprise"])))
+            elif isinstance(entry, dict) and "webhook" in entry and "secret" in entry:
+                subscriptions.append(Webhook(str(entry["webhook"]), str(entry["secret"])))
+            else:
+                raise ValueError(f"{path}: each subscription of {topic} needs 'webhook' and 'secret', or 'apprise'")
+        result[topic] = subscriptions
     return result
