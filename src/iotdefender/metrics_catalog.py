@@ -87,3 +87,8 @@ def spec_for(metric: str, custom_metric_types: Mapping[str, str]) -> MetricSpec 
         return BUILTIN_METRICS[metric]
     metric_type = custom_metric_types.get(metric)
     return CUSTOM_METRIC_TYPES.get(metric_type) if metric_type is not None else None
+
+
+def series_key(metric: str, dimension_name: str | None = None, operator: str | None = None) -> str:
+    """The name of one series of datapoints: the metric, or ``metric|dimension|IN|NOT_IN``."""
+    return metric if dimension_name is None else f"{metric}|{dimension_name}|{operator or 'IN'}"

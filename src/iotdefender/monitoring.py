@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from iotdefender.controlplane import hierarchy
 from iotdefender.controlplane.behavior_rules import metric_names_used
+from iotdefender.metrics_catalog import series_key
 from iotdefender.store import catalog, profiles, registry
 from iotdefender.store.schema import security_profile_targets
 
@@ -28,6 +29,7 @@ class Snapshot:
     attachments: dict[str, list[str]]  # target ARN -> profile names
     parents: dict[str, str | None]
     custom_metric_types: dict[str, str]
+    dimensions: dict[str, list[str]]  # TOPIC_FILTER dimension name -> topic filters
     things: dict[str, tuple[bool, tuple[str, ...]]] = field(default_factory=dict)  # name -> (registered, groups)
 
 
@@ -52,7 +54,8 @@ class MonitoringIndex:
             for name, arn in conn.execute(sa.select(security_profile_targets.c.profile_name,
                                                     security_profile_targets.c.target_arn)):
                 attachments.setdefault(arn, []).append(name)
-            snapshot = Snapshot(rows, attachments, registry.all_group_parents(conn), catalog.custom_metric_types(conn))
+            snapshot = Snapshot(rows, attachments, registry.all_group_parents(conn), catalog.custom_metric_types(conn),
+                                catalog.dimension_values(conn))
         with self._lock:
             if self._snapshot is None:
                 self._snapshot = snapshot
@@ -94,11 +97,19 @@ class MonitoringIndex:
     def profile(self, name: str) -> dict[str, Any] | None:
         return self._current().profiles.get(name)
 
+    def dimensions(self) -> dict[str, list[str]]:
+        return self._current().dimensions
+
     def retained_metrics(self, thing: str) -> set[str]:
-        """Metrics whose datapoints are kept for ListMetricValues: used by behaviors or listed
-        in additionalMetricsToRetain(V2) of a monitoring profile (model documentation)."""
-        metrics: set[str] = set()
+        """Series whose datapoints are kept for ListMetricValues: used by behaviors or listed in
+        additionalMetricsToRetain(V2) of a monitoring profile (model documentation); a series with a
+        dimension is ``metric|dimension|operator``."""
+        series: set[str] = set()
         for profile in self.profiles_for(thing):
-            metrics |= metric_names_used(profile["behaviors"] or [], profile["additional_metrics_to_retain"] or [],
-                                         profile["additional_metrics_to_retain_v2"] or [])
-        return metrics
+            series |= metric_names_used(profile["behaviors"] or [], profile["additional_metrics_to_retain"] or [],
+                                        profile["additional_metrics_to_retain_v2"] or [])
+            for item in list(profile["behaviors"] or []) + list(profile["additional_metrics_to_retain_v2"] or []):
+                dimension = item.get("metricDimension")
+                if dimension and isinstance(item.get("metric"), str):
+                    series.add(series_key(item["metric"], dimension.get("dimensionName"), dimension.get("operator")))
+        return series

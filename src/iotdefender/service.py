@@ -21,6 +21,7 @@ from iotdefender.api.credentials import load_credentials
 from iotdefender.brokers.embedded import EmbeddedBroker, ListenerSettings, check_tls_files
 from iotdefender.brokers.external import ExternalBroker, parse_broker_url
 from iotdefender.brokers.gatekeeper import Gatekeeper, PasswordBook
+from iotdefender.cloud.service import CloudMetricsService
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.detection import DetectionService
 from iotdefender.ingest.service import IngestService
@@ -149,6 +150,9 @@ async def serve(settings: Settings) -> None:
     await anyio.to_thread.run_sync(detection.load)
     ingest = IngestService(engine, monitoring, publish, settings.effective_report_min_interval)
     ingest.detector = detection
+    cloud = CloudMetricsService(engine, monitoring, detection, settings.effective_metrics_window)
+    gatekeeper.observer = cloud
+    api.broker_events = cloud.ingest_events
     if settings.mqtt_url is not None:
         broker = ExternalBroker(parse_broker_url(settings.mqtt_url), ingest.submit, settings.mqtt_ca)
         mqtt_endpoint = settings.mqtt_url.split("@")[-1]
@@ -169,6 +173,7 @@ async def serve(settings: Settings) -> None:
                                            settings.effective_violation_retention), name="retention"),
         asyncio.create_task(sweep_loop(detection, settings.effective_invalidation_period), name="invalidation"),
         asyncio.create_task(alerts.run(), name="alerts"),
+        asyncio.create_task(cloud.run(), name="cloud-metrics"),
     ]
 
     config = uvicorn.Config(create_app(api), host=settings.host, port=settings.api_port, loop="none",

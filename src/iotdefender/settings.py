@@ -33,6 +33,7 @@ class Settings:
     report_min_interval: float | None = None
     metric_retention: float | None = None
     invalidation_period: float | None = None
+    metrics_window: float | None = None
     violation_retention: float | None = None
     sns_endpoint_url: str | None = None
     alert_subscriptions: Path | None = None
@@ -48,6 +49,10 @@ class Settings:
     @property
     def effective_metric_retention(self) -> float:
         return self.scaled(self.metric_retention, 14 * DAY)  # AWS: detect metrics kept 14 days
+
+    @property
+    def effective_metrics_window(self) -> float:
+        return self.scaled(self.metrics_window, 300.0)  # AWS: cloud-side metrics on a 5-minute grid
 
     @property
     def effective_invalidation_period(self) -> float:
@@ -113,6 +118,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between two accepted reports of a thing (default 300 / time-scale)")
     timing.add_argument("--metric-retention", type=float, default=None,
                         help="seconds datapoints are kept for ListMetricValues (default 14 days / time-scale)")
+    timing.add_argument("--metrics-window", type=float, default=None,
+                        help="seconds of the cloud-side metrics window grid (default 300 / time-scale)")
     timing.add_argument("--invalidation-period", type=float, default=None,
                         help="seconds of silence after which an alarm is invalidated (default 2 days / time-scale)")
     timing.add_argument("--violation-retention", type=float, default=None,

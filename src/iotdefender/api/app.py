@@ -66,6 +66,7 @@ class ApiService:
         # Called after every successful write, so caches of the control plane stay exact.
         self.on_change: list[Callable[[], None]] = []
         self.dead_letters: Callable[[], list[dict[str, Any]]] | None = None
+        self.broker_events: Callable[[Any], dict[str, Any]] | None = None
         # Handlers run in worker threads; more than a few at once only contend for the GIL and
         # the database (SQLite has a handful of WAL reader slots). Requests beyond wait here.
         self._limiter = anyio.CapacityLimiter(API_WORKER_THREADS)
@@ -91,7 +92,7 @@ class ApiService:
             )
             if raw_path.startswith(EXTENSION_PREFIX):
                 operation_name = raw_path
-                output = await anyio.to_thread.run_sync(self._extension, request.method, raw_path,
+                output = await anyio.to_thread.run_sync(self._extension, request.method, raw_path, body,
                                                         limiter=self._limiter)
                 response = Response(orjson.dumps(output), media_type="application/json",
                                     headers={"x-amzn-RequestId": request_id})
@@ -140,9 +141,14 @@ class ApiService:
         )
         return response
 
-    def _extension(self, method: str, raw_path: str) -> Any:
+    def _extension(self, method: str, raw_path: str, body: bytes) -> Any:
         """Signed endpoints beyond the AWS model (documented in docs/api-behaviour.md)."""
         parts = [unquote(p) for p in raw_path[len(EXTENSION_PREFIX):].split("/")]
+        if method == "POST" and parts == ["broker-events"] and self.broker_events is not None:
+            try:
+                return self.broker_events(orjson.loads(body or b"{}"))
+            except (orjson.JSONDecodeError, ValueError) as error:
+                raise invalid_request(f"broker-events: {error}") from None
         if method == "GET" and len(parts) == 3 and parts[0] == "violations" and parts[2] == "evidence":
             return violation_evidence(self.context, parts[1])
         if method == "GET" and parts == ["alerts", "dead"] and self.dead_letters is not None:

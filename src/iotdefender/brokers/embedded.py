@@ -38,12 +38,19 @@ class GatekeeperAuthPlugin(BaseAuthPlugin):
         gatekeeper: Any
 
     async def authenticate(self, *, session: Session) -> bool | None:
-        identity = self.config.gatekeeper.authenticate(
-            session.client_id, session.username, session.password, session.ssl_object)
+        gatekeeper = self.config.gatekeeper
+        identity = gatekeeper.authenticate(session.client_id, session.username, session.password, session.ssl_object)
         session.defender_identity = identity  # type: ignore[attr-defined]
+        if gatekeeper.observer is not None:
+            gatekeeper.observer.connect_attempt(session.client_id, session.remote_address, identity is not None)
         if identity is None:
             log.info("mqtt_auth_refused", client_id=session.client_id, address=session.remote_address)
         return identity is not None
+
+    async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
+        observer = self.config.gatekeeper.observer
+        if observer is not None and getattr(client_session, "defender_identity", None) is not None:
+            observer.disconnect(client_id)
 
 
 class GatekeeperTopicPlugin(BaseTopicPlugin):
@@ -60,7 +67,10 @@ class GatekeeperTopicPlugin(BaseTopicPlugin):
             return self.config.gatekeeper.may_subscribe(identity, topic)
         if action == Action.PUBLISH:
             return self.config.gatekeeper.may_publish(identity, topic)
-        return True  # RECEIVE: whoever may subscribe may receive
+        observer = self.config.gatekeeper.observer  # RECEIVE: whoever may subscribe may receive
+        if observer is not None:
+            observer.message_received(session.client_id, topic)
+        return True
 
 
 class DefenderBroker(Broker):
@@ -73,11 +83,16 @@ class DefenderBroker(Broker):
                                        wait_deliver: asyncio.Future[Any]) -> bool:
         message = wait_deliver.result()
         topic = getattr(message, "topic", None)
+        observer = self._gatekeeper.observer
         if not topic or not topic.startswith("$"):
+            if topic and observer is not None:
+                observer.message_sent(client_session.client_id, topic, len(message.data or b""))
             return await super()._handle_message_delivery(client_session, handler, wait_deliver)
         identity = getattr(client_session, "defender_identity", None)
         match = REPORT_TOPIC.match(topic)
         if match is not None and self._gatekeeper.may_publish(identity, topic):
+            if observer is not None:
+                observer.message_sent(client_session.client_id, topic, len(message.data or b""))
             await self._sink(match.group(1), match.group(2), bytes(message.data or b""))
             return True
         if match is None:

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import Counter as PromCounter
 
@@ -84,10 +85,13 @@ class Gatekeeper:
     acl: str = "own"  # own | any
     passwords: PasswordBook | None = None
     denials: Counter[tuple[str, str]] = field(default_factory=Counter)
+    observer: Any = None  # cloud-side metrics: told of every refused PUBLISH or SUBSCRIBE
 
-    def _deny(self, client_id: str | None, reason: str) -> None:
+    def _deny(self, client_id: str | None, reason: str, topic: str | None = None) -> None:
         self.denials[(client_id or "", reason)] += 1
         MQTT_DENIALS.labels(reason).inc()
+        if topic is not None and self.observer is not None:
+            self.observer.authorization_failure(client_id, topic)
 
     def authenticate(self, client_id: str | None, username: str | None, password: str | bytes | None,
                      ssl_object: ssl.SSLObject | None) -> Identity | None:
@@ -126,7 +130,7 @@ class Gatekeeper:
         match = REPORT_TOPIC.match(topic)
         allowed = identity is not None and match is not None and (self.acl == "any" or match.group(1) == identity.name)
         if not allowed:
-            self._deny(identity.name if identity else None, "publish_denied")
+            self._deny(identity.name if identity else None, "publish_denied", topic)
         return allowed
 
     def may_subscribe(self, identity: Identity | None, topic_filter: str) -> bool:
@@ -135,7 +139,7 @@ class Gatekeeper:
         match = REPLY_FILTER.match(topic_filter)
         allowed = identity is not None and match is not None and (self.acl == "any" or match.group(1) == identity.name)
         if not allowed:
-            self._deny(identity.name if identity else None, "subscribe_denied")
+            self._deny(identity.name if identity else None, "subscribe_denied", topic_filter)
         return allowed
 
     def denials_of(self, client_id: str) -> dict[str, int]:

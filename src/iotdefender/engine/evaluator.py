@@ -20,7 +20,12 @@ from iotdefender.engine.alarm import AlarmState, EventType, Transition, advance,
 from iotdefender.engine.compare import compliant, offending, scalar_of
 from iotdefender.engine.statistics import FleetStatistics
 
-DELTA_METRICS = frozenset({"aws:all-bytes-in", "aws:all-bytes-out", "aws:all-packets-in", "aws:all-packets-out"})
+# Counts per report (device side) or per window (cloud side): summed over durationSeconds.
+DELTA_METRICS = frozenset({"aws:all-bytes-in", "aws:all-bytes-out", "aws:all-packets-in", "aws:all-packets-out",
+                           "aws:num-connection-attempts", "aws:num-disconnects", "aws:num-authorization-failures",
+                           "aws:num-messages-sent", "aws:num-messages-received"})
+# The largest message of the windows inside durationSeconds.
+MAX_METRICS = frozenset({"aws:message-byte-size"})
 DEFAULT_WINDOW_S = 300.0
 
 StateKey = tuple[str, str, str, str]  # (thing, profile, behavior, dimension)
@@ -69,20 +74,20 @@ class Evaluator:
         seconds = (behavior.get("criteria") or {}).get("durationSeconds") or DEFAULT_WINDOW_S
         return float(seconds) / self.time_scale
 
-    def _measure(self, thing: str, metric: str, value: dict[str, Any], window_s: float | None,
+    def _measure(self, thing: str, metric: str, series: str, value: dict[str, Any], window_s: float | None,
                  now: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The value a behavior compares, and the datapoints it was built from."""
-        if metric not in DELTA_METRICS or window_s is None:
+        if (metric not in DELTA_METRICS and metric not in MAX_METRICS) or window_s is None:
             return value, [{"timestamp": now, "value": value}]
-        history = self._history.setdefault((thing, metric), deque())
+        history = self._history.setdefault((thing, series), deque())
         if not history or history[-1][0] != now:
             history.append((now, scalar_of(value) or 0.0))
         horizon = 3600.0 / self.time_scale  # the longest durationSeconds
         while history and history[0][0] <= now - horizon:
             history.popleft()
         inside = [(t, v) for t, v in history if t > now - window_s]
-        total = sum(v for _, v in inside)
-        return {"count": int(total)}, [{"timestamp": t, "value": {"count": int(v)}} for t, v in inside]
+        combined = max(v for _, v in inside) if metric in MAX_METRICS else sum(v for _, v in inside)
+        return {"count": int(combined)}, [{"timestamp": t, "value": {"count": int(v)}} for t, v in inside]
 
     def evaluate(self, thing: str, profiles: Iterable[Mapping[str, Any]], datapoints: Mapping[str, dict[str, Any]],
                  now: float, pending: Mapping[StateKey, AlarmState] | None = None) -> Evaluation:
@@ -92,14 +97,18 @@ class Evaluator:
         for profile in profiles:
             for behavior in profile.get("behaviors") or []:
                 metric = behavior.get("metric")
-                if metric not in datapoints:
+                dimension = behavior.get("metricDimension") or {}
+                dimension_key = (f"{dimension.get('dimensionName')}|{dimension.get('operator') or 'IN'}"
+                                 if dimension else "")
+                series = f"{metric}|{dimension_key}" if dimension_key else metric
+                if series not in datapoints:
                     continue
                 criteria = behavior.get("criteria") or {}
                 if criteria.get("mlDetectionConfig"):
                     continue  # ML Detect needs trained models: not evaluated (documented gap)
-                key = (thing, profile["name"], behavior["name"], "")
+                key = (thing, profile["name"], behavior["name"], dimension_key)
                 has_window = criteria.get("durationSeconds") is not None or criteria.get("statisticalThreshold")
-                measured, evidence_points = self._measure(thing, metric, datapoints[metric],
+                measured, evidence_points = self._measure(thing, metric, series, datapoints[series],
                                                           self.window_of(behavior) if has_window else None, now)
                 threshold, evidence = self._threshold(thing, profile["name"], behavior, measured, now)
                 if threshold is None:

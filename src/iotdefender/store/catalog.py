@@ -49,3 +49,7 @@ def custom_metric_types(conn: Connection) -> dict[str, str]:
 
 def dimension_names(conn: Connection) -> set[str]:
     return set(conn.execute(sa.select(dimensions.c.name)).scalars())
+
+
+def dimension_values(conn: Connection) -> dict[str, list[str]]:
+    return dict(conn.execute(sa.select(dimensions.c.name, dimensions.c.string_values)).tuples().all())

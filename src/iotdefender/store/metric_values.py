@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from iotdefender.metrics_catalog import series_key  # noqa: F401  (re-exported for ListMetricValues)
 from iotdefender.store.schema import metric_values, thing_report_state
 
 
@@ -22,11 +23,6 @@ class RetainedReport:
     thing_name: str
     ts: float
     datapoints: dict[str, dict[str, Any]]  # series key -> MetricValue
-
-
-def series_key(metric: str, dimension_name: str | None = None, operator: str | None = None) -> str:
-    """``metric`` alone, or ``metric|dimensionName|IN|NOT_IN`` for a dimensioned cloud-side series."""
-    return metric if dimension_name is None else f"{metric}|{dimension_name}|{operator or 'IN'}"
 
 
 def insert_reports(conn: Connection, reports: Sequence[RetainedReport]) -> None:

@@ -1,0 +1,1 @@
+"""Cloud-side metrics: what the broker sees of each device, aggregated on a window grid."""

@@ -1,0 +1,158 @@
+"""The cloud-side metrics pipeline: broker events in, one datapoint per device per window out.
+
+Events come from the embedded broker's hooks (``observer``) or from an operator's broker through
+``POST /_iotdefender/broker-events`` (``ingest_events``). At each window boundary the closed
+window becomes datapoints for every monitored device — those seen by the broker since the service
+started and every registered thing — 0 for the idle ones. They are stored (retained series) and
+evaluated in one transaction, exactly like a device report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio.to_thread
+import structlog
+from sqlalchemy.engine import Engine
+
+from iotdefender.cloud.aggregator import CLOUD_METRICS, Aggregator, dimension_specs
+from iotdefender.monitoring import MonitoringIndex
+from iotdefender.store import metric_values, registry
+from iotdefender.store.database import writing
+
+log = structlog.get_logger("iotdefender.cloud")
+
+_EVENT_TYPES = ("connect", "authorization-failure", "disconnect", "publish", "deliver")
+MAX_INTAKE_EVENTS = 10_000
+
+
+class CloudMetricsService:
+    def __init__(self, engine: Engine, monitoring: MonitoringIndex, detection: Any, window_s: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._engine = engine
+        self._monitoring = monitoring
+        self._detection = detection
+        self._clock = clock
+        self.aggregator = Aggregator(window_s)
+
+    # -- event intake (event loop) ----------------------------------------------------------------
+    def connect_attempt(self, client_id: str | None, address: str | None, ok: bool) -> None:
+        if client_id:
+            self.aggregator.connect_attempt(client_id, address, ok, self._clock())
+
+    def authorization_failure(self, client_id: str | None, topic: str | None) -> None:
+        if client_id:
+            self.aggregator.authorization_failure(client_id, topic, self._clock())
+
+    def disconnect(self, client_id: str | None) -> None:
+        if client_id:
+            self.aggregator.disconnect(client_id, self._clock())
+
+    def message_sent(self, client_id: str | None, topic: str, size: int) -> None:
+        if client_id:
+            self.aggregator.message_sent(client_id, topic, size, self._clock())
+
+    def message_received(self, client_id: str | None, topic: str) -> None:
+        if client_id:
+            self.aggregator.message_received(client_id, topic, self._clock())
+
+    def ingest_events(self, document: Any) -> dict[str, Any]:
+        """The broker-event intake: ``{"events": [{"type": ..., "clientId": ..., ...}]}``.
+
+        Types: connect {clientId, ip, success}, authorization-failure {clientId, topic?},
+        disconnect {clientId}, publish {clientId, topic, bytes} (device -> broker),
+        deliver {clientId, topic} (broker -> device). Events count in the window they arrive in.
+        Returns how many were accepted and, per position, why any was refused.
+        """
+        events = document.get("events") if isinstance(document, dict) else None
+        if not isinstance(events, list):
+            raise ValueError('expected {"events": [...]}')
+        if len(events) > MAX_INTAKE_EVENTS:
+            raise ValueError(f"at most {MAX_INTAKE_EVENTS} events per request")
+        refused = []
+        for index, event in enumerate(events):
+            problem = self._apply(event)
+            if problem:
+                refused.append({"index": index, "reason": problem})
+        return {"accepted": len(events) - len(refused), "refused": refused}
+
+    def _apply(self, event: Any) -> str | None:
+        if not isinstance(event, dict) or event.get("type") not in _EVENT_TYPES:
+            return f"type must be one of {', '.join(_EVENT_TYPES)}"
+        client = event.get("clientId")
+        if not isinstance(client, str) or not client or len(client.encode()) > 128:
+            return "clientId must be a non-empty string of at most 128 bytes"
+        kind, topic = event["type"], event.get("topic")
+        if kind in ("publish", "deliver") and not isinstance(topic, str):
+            return f"{kind} needs a topic"
+        if kind == "connect":
+            self.connect_attempt(client, event.get("ip") if isinstance(event.get("ip"), str) else None,
+                                 bool(event.get("success", True)))
+        elif kind == "authorization-failure":
+            self.authorization_failure(client, topic if isinstance(topic, str) else None)
+        elif kind == "disconnect":
+            self.disconnect(client)
+        elif kind == "publish":
+            size = event.get("bytes", 0)
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                return "bytes must be a non-negative integer"
+            self.message_sent(client, topic, size)
+        else:
+            self.message_received(client, topic)
+        return None
+
+    # -- window closing (worker thread) ----------------------------------------------------------
+    async def run(self) -> None:
+        """Close each window shortly after its end, forever."""
+        while True:
+            window_s = self.aggregator.window_s
+            now = self._clock()
+            await asyncio.sleep(max(0.05, (self.aggregator.index(now) + 1) * window_s - now + min(0.2, window_s / 20)))
+            try:
+                await anyio.to_thread.run_sync(self.close_due)
+            except Exception:
+                log.exception("cloud_window_failed")
+
+    def _monitored(self) -> set[str]:
+        with self._engine.connect() as conn:
+            registered = {row.name for row in registry.scan_things(conn, None, None)}
+        return registered | self.aggregator.seen
+
+    def close_due(self) -> int:
+        """Turn every closed window into datapoints, store and evaluate them; returns devices done."""
+        done = 0
+        for window in self.aggregator.closed_windows(self._clock()):
+            done += self._close(window, self.aggregator.take(window))
+        return done
+
+    def _close(self, window: int, clients: Mapping[str, Any]) -> int:
+        end = (window + 1) * self.aggregator.window_s
+        dimensions = self._monitoring.dimensions()
+        reports: list[metric_values.RetainedReport] = []
+        evaluations: list[tuple[str, dict[str, dict[str, Any]], float]] = []
+        for thing in sorted(self._monitored()):
+            profiles = self._monitoring.profiles_for(thing)
+            retained = self._monitoring.retained_metrics(thing)
+            uses_cloud = any(b.get("metric") in CLOUD_METRICS for p in profiles for b in p.get("behaviors") or [])
+            if not uses_cloud and not any(s.split("|")[0] in CLOUD_METRICS for s in retained):
+                continue
+            points = self.aggregator.datapoints(thing, clients.get(thing), end, dimension_specs(profiles, dimensions))
+            kept = {k: v for k, v in points.items() if k in retained}
+            if kept:
+                reports.append(metric_values.RetainedReport(thing, end, kept))
+            evaluations.append((thing, points, end))
+        if not evaluations:
+            return 0
+        pending = None
+        try:
+            with writing(self._engine) as conn:
+                metric_values.insert_reports(conn, reports)
+                pending = self._detection.evaluate_in(conn, evaluations)
+        except BaseException:
+            self._detection.committed(pending, ok=False)
+            raise
+        self._detection.committed(pending, ok=True)
+        return len(evaluations)

@@ -1,0 +1,167 @@
+"""Cloud-side metrics end to end: real MQTT clients misbehave on the embedded broker, the window
+closes, and the right datapoints, violations and events appear; the same through the intake."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess
+
+WINDOW = 2.0
+ALL = "arn:aws:iot:us-east-1:123456789012:all/things"
+BEHAVIORS = [
+    {"name": "auth", "metric": "aws:num-authorization-failures",
+     "criteria": {"comparisonOperator": "less-than", "value": {"count": 1}}},
+    {"name": "flood", "metric": "aws:num-messages-sent",
+     "criteria": {"comparisonOperator": "less-than", "value": {"count": 50}}},
+    {"name": "telemetry", "metric": "aws:num-messages-sent", "metricDimension": {"dimensionName": "telemetry"},
+     "criteria": {"comparisonOperator": "less-than-equals", "value": {"count": 3}}},
+    {"name": "reconnects", "metric": "aws:num-connection-attempts",
+     "criteria": {"comparisonOperator": "less-than", "value": {"count": 5}}},
+    {"name": "network", "metric": "aws:source-ip-address",
+     "criteria": {"comparisonOperator": "in-cidr-set", "value": {"cidrs": ["10.0.0.0/8"]}}},
+]
+
+
+def client(port: int, client_id: str, **kwargs) -> mqtt.Client:  # type: ignore[no-untyped-def]
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    if kwargs.get("username"):
+        c.username_pw_set(kwargs["username"], kwargs.get("password"))
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    time.sleep(0.2)
+    return c
+
+
+def setup_profile(iot) -> None:  # type: ignore[no-untyped-def]
+    iot.create_dimension(name="telemetry", type="TOPIC_FILTER", stringValues=["telemetry/#"])
+    iot.create_security_profile(securityProfileName="broker-view", behaviors=BEHAVIORS)
+    iot.attach_security_profile(securityProfileName="broker-view", securityProfileTargetArn=ALL)
+    iot.create_thing(thingName="idle-sensor")
+
+
+def wait_for_window(iot, thing: str, metric: str, timeout: float = 20.0) -> list:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        now = dt.datetime.now(dt.timezone.utc)
+        values = iot.list_metric_values(thingName=thing, metricName=metric, startTime=now - dt.timedelta(minutes=5),
+                                        endTime=now + dt.timedelta(minutes=1))["metricDatumList"]
+        if values:
+            return [v["value"] for v in values]
+        time.sleep(0.3)
+    return []
+
+
+def active(iot) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return {(v["thingName"], v["behavior"]["name"]) for v in iot.list_active_violations(maxResults=250)["activeViolations"]}
+
+
+@pytest.fixture
+def cloud(tmp_path):
+    passwords = tmp_path / "passwords"
+    passwords.write_text("".join(f"{n}:pw-{n}\n" for n in ("flooder", "bouncer", "quiet", "intruder")))
+    svc = ServiceProcess(data_dir=tmp_path / "data", extra_args=[
+        "--metrics-window", str(WINDOW), "--mqtt-auth", "password", "--mqtt-password-file", str(passwords)])
+    svc.start()
+    iot = svc.client()
+    setup_profile(iot)
+    yield svc, iot
+    svc.stop()
+
+
+def test_misbehaving_clients_produce_datapoints_and_violations(cloud):
+    svc, iot = cloud
+    port = svc.mqtt_port
+    time.sleep(WINDOW - time.time() % WINDOW + 0.1)  # start at the beginning of a window
+    # 1. fails authentication; 2. publishes to a forbidden topic; 3. floods; 4. reconnects in a loop
+    bad = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="intruder")
+    bad.username_pw_set("intruder", "wrong")
+    try:
+        bad.connect("127.0.0.1", port)
+        bad.loop(timeout=1)
+    finally:
+        bad.disconnect()
+    forbidden = client(port, "quiet", username="quiet", password="pw-quiet")
+    forbidden.publish("$aws/things/someone-else/shadow/update", b"{}", qos=1)
+    flooder = client(port, "flooder", username="flooder", password="pw-flooder")
+    for i in range(80):
+        flooder.publish("telemetry/temp" if i < 10 else "other/data", b"x" * 200, qos=0)
+    for _ in range(6):
+        bouncer = client(port, "bouncer", username="bouncer", password="pw-bouncer")
+        bouncer.disconnect()
+        bouncer.loop_stop()
+
+    assert wait_for_window(iot, "flooder", "aws:num-messages-sent")[0] == {"count": 80}
+    assert wait_for_window(iot, "intruder", "aws:num-authorization-failures")[0] == {"count": 1}
+    assert wait_for_window(iot, "quiet", "aws:num-authorization-failures")[0] == {"count": 1}
+    assert wait_for_window(iot, "bouncer", "aws:num-connection-attempts")[0] == {"count": 6}
+    assert wait_for_window(iot, "flooder", "aws:source-ip-address")[0] == {"cidrs": ["127.0.0.1"]}
+    now = dt.datetime.now(dt.timezone.utc)
+    dimensioned = iot.list_metric_values(thingName="flooder", metricName="aws:num-messages-sent",
+                                         dimensionName="telemetry", startTime=now - dt.timedelta(minutes=5),
+                                         endTime=now + dt.timedelta(minutes=1))["metricDatumList"]
+    assert dimensioned[0]["value"] == {"count": 10}
+    idle = wait_for_window(iot, "idle-sensor", "aws:num-messages-sent")
+    assert idle and idle[0] == {"count": 0}  # a monitored device that did nothing gets 0
+
+    violations = active(iot)
+    assert {("intruder", "auth"), ("quiet", "auth"), ("flooder", "flood"), ("flooder", "telemetry"),
+            ("bouncer", "reconnects"), ("flooder", "network")} <= violations
+    assert ("idle-sensor", "flood") not in violations
+    # The flood stops: the next window clears it.
+    deadline = time.time() + 15
+    while time.time() < deadline and ("flooder", "flood") in active(iot):
+        time.sleep(0.3)
+    assert ("flooder", "flood") not in active(iot)
+    events = iot.list_violation_events(thingName="flooder", startTime=now - dt.timedelta(minutes=5),
+                                       endTime=now + dt.timedelta(minutes=5))["violationEvents"]
+    flood = [e["violationEventType"] for e in events if e["behavior"]["name"] == "flood"]
+    assert flood[:2] == ["in-alarm", "alarm-cleared"]
+    flooder.loop_stop()
+    forbidden.loop_stop()
+
+
+def test_broker_event_intake_gives_the_same_violations(tmp_path):
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--metrics-window", str(WINDOW)])
+    svc.start()
+    try:
+        iot = svc.client()
+        setup_profile(iot)
+        time.sleep(WINDOW - time.time() % WINDOW + 0.1)
+        events = ([{"type": "connect", "clientId": "intruder", "ip": "203.0.113.9", "success": False}]
+                  + [{"type": "connect", "clientId": "flooder", "ip": "10.1.2.3", "success": True}]
+                  + [{"type": "publish", "clientId": "flooder", "topic": "telemetry/t" if i < 10 else "x",
+                      "bytes": 200} for i in range(80)]
+                  + [{"type": "authorization-failure", "clientId": "quiet", "topic": "$aws/things/x/shadow"}]
+                  + [{"type": "connect", "clientId": "bouncer", "ip": "10.0.0.7", "success": True}] * 6
+                  + [{"type": "disconnect", "clientId": "bouncer"}] * 6
+                  + [{"type": "nonsense", "clientId": "x"}])
+        request = AWSRequest(method="POST", url=svc.endpoint + "/_iotdefender/broker-events",
+                             data=__import__("json").dumps({"events": events}).encode(),
+                             headers={"Content-Type": "application/json"})
+        SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "iot", REGION).add_auth(request)
+        answer = httpx.post(request.url, content=request.body, headers=dict(request.headers.items()))
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"accepted": len(events) - 1, "refused": [
+            {"index": len(events) - 1, "reason": "type must be one of connect, authorization-failure, disconnect, "
+                                                 "publish, deliver"}]}
+        assert wait_for_window(iot, "flooder", "aws:num-messages-sent")[0] == {"count": 80}
+        deadline = time.time() + 10
+        expected = {("intruder", "auth"), ("quiet", "auth"), ("flooder", "flood"), ("flooder", "telemetry"),
+                    ("bouncer", "reconnects"), ("intruder", "network")}
+        while time.time() < deadline and not expected <= active(iot):
+            time.sleep(0.3)
+        assert expected <= active(iot)
+        assert ("flooder", "network") not in active(iot)  # 10.1.2.3 is in 10.0.0.0/8
+        unsigned = httpx.post(svc.endpoint + "/_iotdefender/broker-events", json={"events": []})
+        assert unsigned.status_code == 403
+    finally:
+        svc.stop()

@@ -1,0 +1,59 @@
+"""Cloud-side aggregation on the window grid, and MQTT topic filters."""
+
+from __future__ import annotations
+
+import pytest
+
+from iotdefender.cloud.aggregator import Aggregator, DimensionSpec, dimension_specs
+from iotdefender.cloud.topic_filter import matches
+
+
+@pytest.mark.parametrize("topic_filter, topic, expected", [
+    ("a/b", "a/b", True), ("a/+", "a/b", True), ("a/+", "a/b/c", False), ("a/#", "a/b/c", True),
+    ("a/#", "a", True), ("#", "anything/at/all", True), ("+/b", "a/b", True), ("a/b", "a/c", False),
+    ("things/${iot:ClientId}/#", "things/dev1/x", True), ("things/${iot:ClientId}/#", "things/dev2/x", False),
+])
+def test_topic_filters(topic_filter, topic, expected):
+    assert matches(topic_filter, topic, "dev1") is expected
+
+
+def test_every_window_closes_and_idle_devices_get_zero():
+    agg = Aggregator(window_s=10)
+    agg.message_sent("d1", "telemetry/t", 100, at=5)
+    agg.message_sent("d1", "other", 700, at=6)
+    agg.connect_attempt("d1", "10.0.0.1", True, at=1)
+    agg.connect_attempt("d2", "10.0.0.2", False, at=2)
+    assert agg.closed_windows(9) == []
+    assert agg.closed_windows(35) == [0, 1, 2]  # the empty windows 1 and 2 close too
+    first = agg.take(0)
+    d1 = agg.datapoints("d1", first.get("d1"), 10, [DimensionSpec("aws:num-messages-sent", "t", "IN", ("telemetry/#",)),
+                                                     DimensionSpec("aws:message-byte-size", "t", "NOT_IN",
+                                                                   ("telemetry/#",))])
+    assert d1["aws:num-messages-sent"] == {"count": 2} and d1["aws:message-byte-size"] == {"count": 700}
+    assert d1["aws:num-messages-sent|t|IN"] == {"count": 1} and d1["aws:message-byte-size|t|NOT_IN"] == {"count": 700}
+    assert d1["aws:source-ip-address"] == {"cidrs": ["10.0.0.1"]}
+    d2 = agg.datapoints("d2", first.get("d2"), 10)
+    assert d2["aws:num-authorization-failures"] == {"count": 1} and d2["aws:num-connection-attempts"] == {"count": 1}
+    idle = agg.datapoints("d1", agg.take(1).get("d1"), 20)
+    assert all(v in ({"count": 0}, {"cidrs": []}) for v in idle.values())
+    assert agg.closed_windows(36) == []  # nothing closes twice
+
+
+def test_disconnect_duration_and_catch_up_limit():
+    agg = Aggregator(window_s=60, max_catch_up=3)
+    agg.disconnect("d1", at=0)
+    assert agg.datapoints("d1", None, end=300)["aws:disconnect-duration"] == {"count": 5}
+    agg.connect_attempt("d1", None, True, at=301)
+    assert agg.datapoints("d1", None, end=360)["aws:disconnect-duration"] == {"count": 0}
+    assert agg.closed_windows(60 * 100) == [97, 98, 99]  # events long ago: at most 3 windows back
+    assert agg.closed_windows(60 * 110) == [107, 108, 109]  # a long pause: only the last 3
+
+
+def test_dimension_specs_from_profiles():
+    profiles = [{"behaviors": [{"metric": "aws:num-messages-sent", "metricDimension": {"dimensionName": "t"}},
+                               {"metric": "aws:listening-tcp-ports"}],
+                 "additional_metrics_to_retain_v2": [{"metric": "aws:num-authorization-failures",
+                                                      "metricDimension": {"dimensionName": "t", "operator": "NOT_IN"}}]}]
+    assert dimension_specs(profiles, {"t": ["a/#"]}) == [
+        DimensionSpec("aws:num-authorization-failures", "t", "NOT_IN", ("a/#",)),
+        DimensionSpec("aws:num-messages-sent", "t", "IN", ("a/#",))]
