@@ -41,6 +41,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/control_plane.py
 	$(BIN)/python bench/pipeline.py --broker embedded
 	$(BIN)/python bench/pipeline.py --broker mosquitto
+	$(BIN)/python bench/cloud_accounting.py
 
 # A reduced end-to-end run (< 60 s) printing one JSON line.
 bench-quick: $(STAMP) system-deps

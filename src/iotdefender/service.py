@@ -151,7 +151,8 @@ async def serve(settings: Settings) -> None:
     ingest = IngestService(engine, monitoring, publish, settings.effective_report_min_interval)
     ingest.detector = detection
     cloud = CloudMetricsService(engine, monitoring, detection, settings.effective_metrics_window)
-    gatekeeper.observer = cloud
+    if settings.cloud_metrics:
+        gatekeeper.observer = cloud
     api.broker_events = cloud.ingest_events
     if settings.mqtt_url is not None:
         broker = ExternalBroker(parse_broker_url(settings.mqtt_url), ingest.submit, settings.mqtt_ca)

@@ -34,6 +34,7 @@ class Settings:
     metric_retention: float | None = None
     invalidation_period: float | None = None
     metrics_window: float | None = None
+    cloud_metrics: bool = True
     violation_retention: float | None = None
     sns_endpoint_url: str | None = None
     alert_subscriptions: Path | None = None
@@ -111,6 +112,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                       help="username:password lines for --mqtt-auth password ($argon2 hashes accepted)")
     mqtt.add_argument("--mqtt-acl", choices=("own", "any"), default=d.mqtt_acl,
                       help="'own': a device reports only under its own thing name (default); 'any': for any thing")
+    mqtt.add_argument("--no-cloud-metrics", dest="cloud_metrics", action="store_false",
+                      help="do not account broker events (cloud-side metrics) on the embedded broker")
     timing = parser.add_argument_group("time constants")
     timing.add_argument("--time-scale", type=float, default=d.time_scale,
                         help="divide every time constant by this factor, for demos and tests (default 1)")
