@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test test-unit system-deps bench bench-quick clean
+.PHONY: run test test-unit system-deps demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: $(STAMP) system-deps
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit $(ARGS)
 
+# The service, a sample profile and a simulated fleet with misbehaving devices (about 90 s).
+demo: $(STAMP)
+	$(BIN)/iotdefender demo
+
 # Benchmarks write JSON with the machine and the command to bench/results/ (bench/README.md).
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/control_plane.py
@@ -48,4 +52,4 @@ bench-quick: $(STAMP) system-deps
 	@$(BIN)/python bench/pipeline.py --broker embedded --quick
 
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV) data demo-data demo-data.log

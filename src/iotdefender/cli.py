@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from iotdefender import __version__
 from iotdefender.logging_setup import configure_logging
@@ -16,7 +17,33 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the service (API, storage) with embedded defaults")
     add_serve_arguments(serve)
+    simulate = commands.add_parser("simulate", help="run a simulated fleet of Device Defender devices")
+    simulate.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883", help="broker (default %(default)s)")
+    simulate.add_argument("--devices", type=int, default=10, help="number of devices (default %(default)s)")
+    simulate.add_argument("--interval", type=float, default=300.0,
+                          help="seconds between reports of a device (AWS: 300; match --report-min-interval)")
+    simulate.add_argument("--duration", type=float, default=600.0, help="seconds to run (default %(default)s)")
+    simulate.add_argument("--format", choices=("json", "cbor"), default="json")
+    simulate.add_argument("--short-keys", action="store_true", help="AWS's short key names (hed, met, ...)")
+    simulate.add_argument("--no-custom-metrics", dest="custom_metrics", action="store_false",
+                          help="omit cpu_usage, temperature and firmware (which must exist as custom metrics)")
+    simulate.add_argument("--prefix", default="device-", help="thing names are PREFIX0000, PREFIX0001, ...")
+    simulate.add_argument("--anomaly", action="append", default=[], metavar="KIND:THING",
+                          help="e.g. new-port:device-0003; kinds: new-port, unknown-network, traffic-burst, "
+                               "auth-storm, reconnect-loop, message-flood")
+    simulate.add_argument("--anomaly-start", type=float, default=60.0, help="seconds after start (default 60)")
+    simulate.add_argument("--anomaly-stop", type=float, default=180.0, help="seconds after start (default 180)")
+    demo = commands.add_parser("demo", help="serve + a sample profile + a misbehaving simulated fleet")
+    demo.add_argument("--data-dir", type=Path, default=Path("./demo-data"))
+    demo.add_argument("--duration", type=float, default=90.0)
     args = parser.parse_args(argv)
+
+    if args.command == "simulate":
+        return _simulate(parser, args)
+    if args.command == "demo":
+        from iotdefender.simulator.demo import run_demo
+
+        return run_demo(args.data_dir, duration=args.duration)
 
     if args.command == "serve":
         from iotdefender.service import ConfigurationError, run
@@ -29,6 +56,26 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(2, f"iotdefender: error: {error}\n")
         except KeyboardInterrupt:
             pass
+    return 0
+
+
+def _simulate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from iotdefender.brokers.external import parse_broker_url
+    from iotdefender.simulator.devices import parse_anomaly
+    from iotdefender.simulator.runner import Fleet, SimulationSettings
+
+    try:
+        broker = parse_broker_url(args.mqtt_url)
+        anomalies = [parse_anomaly(a, args.anomaly_start, args.anomaly_stop) for a in args.anomaly]
+    except ValueError as error:
+        parser.exit(2, f"iotdefender: error: {error}\n")
+    settings = SimulationSettings(broker, args.devices, args.interval, args.duration, args.format, args.short_keys,
+                                  args.custom_metrics, args.prefix, anomalies)
+    summary = asyncio.run(Fleet(settings).run())
+    print(json.dumps(summary))
     return 0
 
 

@@ -1,0 +1,1 @@
+"""A simulated fleet of Device Defender devices, for demos, tests and benchmarks."""

@@ -1,0 +1,109 @@
+"""``iotdefender demo``: the service, a sample profile and a fleet with misbehaving devices.
+
+Starts ``iotdefender serve`` at time scale 30 (reports every 10 s, 10 s cloud-side windows) on
+the default ports, creates a security profile through the AWS API, runs 20 simulated devices,
+switches anomalies on for half a minute and prints every violation event as it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import botocore.session
+import httpx
+
+from iotdefender.brokers.external import BrokerUrl
+from iotdefender.simulator.devices import parse_anomaly
+from iotdefender.simulator.runner import Fleet, SimulationSettings
+
+PROFILE = [
+    {"name": "ListeningPorts", "metric": "aws:listening-tcp-ports",
+     "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22, 443, 8883]}}},
+    {"name": "BackendOnly", "metric": "aws:destination-ip-addresses",
+     "criteria": {"comparisonOperator": "in-cidr-set", "value": {"cidrs": ["10.20.0.0/16"]}}},
+    {"name": "BytesOut", "metric": "aws:all-bytes-out",
+     "criteria": {"comparisonOperator": "less-than", "value": {"count": 1_000_000}}},
+    {"name": "Cpu", "metric": "cpu_usage", "criteria": {"comparisonOperator": "less-than", "value": {"number": 90}}},
+    {"name": "MessagesSent", "metric": "aws:num-messages-sent",
+     "criteria": {"comparisonOperator": "less-than", "value": {"count": 100}}},
+    {"name": "AuthorizationFailures", "metric": "aws:num-authorization-failures",
+     "criteria": {"comparisonOperator": "less-than", "value": {"count": 1}}},
+]
+ANOMALIES = ["new-port:device-0003", "unknown-network:device-0007", "traffic-burst:device-0011",
+             "message-flood:device-0015", "auth-storm:device-0018"]
+
+
+def run_demo(data_dir: Path, api_port: int = 8080, mqtt_port: int = 1883, duration: float = 90.0) -> int:
+    shutil.rmtree(data_dir, ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDEFENDER_")}
+    serve = subprocess.Popen([sys.executable, "-m", "iotdefender", "serve", "--data-dir", str(data_dir),
+                              "--api-port", str(api_port), "--mqtt-port", str(mqtt_port), "--time-scale", "30",
+                              "--report-min-interval", "9", "--log-format", "json"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=open(data_dir.parent / f"{data_dir.name}.log", "wb"))
+    endpoint = f"http://127.0.0.1:{api_port}"
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(endpoint + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if serve.poll() is not None:
+                    print("iotdefender serve did not start; see", data_dir.parent / f"{data_dir.name}.log")
+                    return 1
+            time.sleep(0.1)
+        os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str((data_dir / "credentials").resolve())
+        session = botocore.session.Session()
+        session.set_config_variable("profile", "default")
+        iot = session.create_client("iot", region_name="us-east-1", endpoint_url=endpoint)
+        for name, kind in (("cpu_usage", "number"), ("temperature", "number"), ("firmware", "string-list")):
+            iot.create_custom_metric(metricName=name, metricType=kind)
+        iot.create_security_profile(securityProfileName="demo-fleet", behaviors=PROFILE)
+        iot.attach_security_profile(securityProfileName="demo-fleet",
+                                    securityProfileTargetArn="arn:aws:iot:us-east-1:123456789012:all/things")
+        print(f"iotdefender is running: API {endpoint}, MQTT 127.0.0.1:{mqtt_port}, time scale 30 "
+              f"(reports every 10 s). Profile demo-fleet watches every device.")
+        print("Anomalies from 20 s to 50 s: " + ", ".join(ANOMALIES))
+        anomalies = [parse_anomaly(a, 20.0, 50.0) for a in ANOMALIES]
+        fleet = Fleet(SimulationSettings(BrokerUrl("127.0.0.1", mqtt_port, False, None, None), devices=20,
+                                         interval=10.0, duration=duration, anomalies=anomalies))
+        start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+
+        async def main() -> dict:
+            seen: set[tuple[str, str]] = set()
+
+            async def watch() -> None:
+                while True:
+                    await asyncio.sleep(2)
+                    events = await asyncio.to_thread(
+                        iot.list_violation_events, startTime=start,
+                        endTime=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1), maxResults=250)
+                    for event in events["violationEvents"]:
+                        key = (event["violationId"], event["violationEventType"])
+                        if key not in seen:
+                            seen.add(key)
+                            print(f"\n  {event['violationEventType']:<17} {event['thingName']:<12} "
+                                  f"{event['behavior']['name']:<22} value {event.get('metricValue')}")
+
+            watcher = asyncio.create_task(watch())
+            summary = await fleet.run()
+            await asyncio.sleep(3)
+            watcher.cancel()
+            return summary
+
+        summary = asyncio.run(main())
+        active = iot.list_active_violations(maxResults=250)["activeViolations"]
+        print(f"\nFleet: {summary}")
+        print(f"Active violations now: {len(active)}. Explore with: AWS_SHARED_CREDENTIALS_FILE="
+              f"{data_dir.resolve()}/credentials aws iot list-violation-events --endpoint-url {endpoint} "
+              f"--region us-east-1 --start-time 2020-01-01 --end-time 2100-01-01")
+        return 0
+    finally:
+        serve.terminate()
+        serve.wait(15)

@@ -1,0 +1,41 @@
+"""`iotdefender simulate` against a live service: reports accepted, an anomaly raises a violation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.support.processes import ServiceProcess
+
+
+def test_simulated_fleet_with_an_anomaly(tmp_path):
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--report-min-interval", "0.5"])
+    svc.start()
+    try:
+        iot = svc.client()
+        for name, kind in (("cpu_usage", "number"), ("temperature", "number"), ("firmware", "string-list")):
+            iot.create_custom_metric(metricName=name, metricType=kind)
+        iot.create_security_profile(securityProfileName="sim", behaviors=[
+            {"name": "ports", "metric": "aws:listening-tcp-ports",
+             "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22, 443, 8883]}}}])
+        iot.attach_security_profile(securityProfileName="sim",
+                                    securityProfileTargetArn="arn:aws:iot:us-east-1:123456789012:all/things")
+        for extra in ([], ["--format", "cbor", "--short-keys"]):
+            result = subprocess.run(
+                [sys.executable, "-m", "iotdefender", "simulate", "--mqtt-url", f"mqtt://127.0.0.1:{svc.mqtt_port}",
+                 "--devices", "4", "--interval", "1", "--duration", "5", "--prefix", f"sim{len(extra)}-",
+                 "--anomaly", f"new-port:sim{len(extra)}-0002", "--anomaly-start", "0", "--anomaly-stop", "60",
+                 *extra], capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, result.stderr
+            summary = json.loads(result.stdout.strip().splitlines()[-1])
+            assert summary["reports_sent"] >= 12 and summary["accepted"] == summary["reports_sent"], summary
+            assert summary["rejected"] == {} and summary["unanswered"] == 0
+            active = {(v["thingName"], v["behavior"]["name"]) for v in iot.list_active_violations()["activeViolations"]}
+            assert (f"sim{len(extra)}-0002", "ports") in active
+            assert (f"sim{len(extra)}-0001", "ports") not in active
+        bad = subprocess.run([sys.executable, "-m", "iotdefender", "simulate", "--anomaly", "explode:x"],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "KIND:THING" in bad.stderr
+    finally:
+        svc.stop()
