@@ -38,8 +38,13 @@ def _networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs)
 
 
+@functools.lru_cache(maxsize=65536)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text.strip())
+
+
 def _in_networks(address: str, networks: Iterable[Network]) -> bool:
-    ip = ipaddress.ip_address(address.strip())
+    ip = _address(address)
     return any(ip.version == net.version and ip in net for net in networks)
 
 

@@ -11,7 +11,6 @@ the trailing ``durationSeconds``; every other metric is evaluated on its latest 
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +67,9 @@ class Evaluator:
     time_scale: float = 1.0
     states: dict[StateKey, AlarmState] = field(default_factory=dict)
     statistics: FleetStatistics = field(default_factory=FleetStatistics)
-    _history: dict[tuple[str, str], deque[tuple[float, float]]] = field(default_factory=dict)
+    # thing -> series -> [(time, value)] inside the longest duration: one small dict per thing
+    # keeps the per-device footprint low (bench/engine_state.py).
+    _history: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)
 
     def window_of(self, behavior: Mapping[str, Any]) -> float:
         seconds = (behavior.get("criteria") or {}).get("durationSeconds") or DEFAULT_WINDOW_S
@@ -79,12 +80,17 @@ class Evaluator:
         """The value a behavior compares, and the datapoints it was built from."""
         if (metric not in DELTA_METRICS and metric not in MAX_METRICS) or window_s is None:
             return value, [{"timestamp": now, "value": value}]
-        history = self._history.setdefault((thing, series), deque())
+        by_series = self._history.get(thing)
+        if by_series is None:
+            by_series = self._history[thing] = {}
+        history = by_series.get(series)
+        if history is None:
+            history = by_series[series] = []
         if not history or history[-1][0] != now:
             history.append((now, scalar_of(value) or 0.0))
         horizon = 3600.0 / self.time_scale  # the longest durationSeconds
-        while history and history[0][0] <= now - horizon:
-            history.popleft()
+        if history[0][0] <= now - horizon:
+            history[:] = [(t, v) for t, v in history if t > now - horizon]
         inside = [(t, v) for t, v in history if t > now - window_s]
         combined = max(v for _, v in inside) if metric in MAX_METRICS else sum(v for _, v in inside)
         return {"count": int(combined)}, [{"timestamp": t, "value": {"count": int(v)}} for t, v in inside]

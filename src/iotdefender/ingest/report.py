@@ -13,6 +13,7 @@ colon says exactly what is wrong. Cases AWS leaves undocumented get the codes of
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections.abc import Mapping
@@ -176,8 +177,12 @@ def _report_id_of(document: Any) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=65536)
 def _ip_of(remote_addr: str) -> str:
-    """``ip:port``, ``[v6]:port`` or a bare address (some agents truncate IPv6) -> the IP."""
+    """``ip:port``, ``[v6]:port`` or a bare address (some agents truncate IPv6) -> the IP.
+
+    Cached: devices talk to the same few peers, and ``ipaddress`` parsing was most of the parse
+    time of a report with a dozen connections (bench/parse.py)."""
     text = remote_addr.strip()
     if text.startswith("["):
         host = text[1:].split("]", 1)[0]
