@@ -9,15 +9,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from iotdefender.store.pagination import scan_rows
+from iotdefender.store.rows import get_by_name
 from iotdefender.store.schema import custom_metrics, dimensions
 
 TABLES = {"custom_metric": custom_metrics, "dimension": dimensions}
 
 
 def get(conn: Connection, kind: str, name: str) -> dict[str, Any] | None:
-    table = TABLES[kind]
-    row = conn.execute(sa.select(table).where(table.c.name == name)).mappings().first()
-    return dict(row) if row else None
+    return get_by_name(conn, TABLES[kind], name)
 
 
 def insert(conn: Connection, kind: str, **values: Any) -> None:

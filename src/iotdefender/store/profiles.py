@@ -9,13 +9,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from iotdefender.store.pagination import scan_rows
+from iotdefender.store.rows import get_by_name, update_versioned
 from iotdefender.store.schema import security_profile_targets as targets
 from iotdefender.store.schema import security_profiles
 
 
 def get(conn: Connection, name: str) -> dict[str, Any] | None:
-    row = conn.execute(sa.select(security_profiles).where(security_profiles.c.name == name)).mappings().first()
-    return dict(row) if row else None
+    return get_by_name(conn, security_profiles, name)
 
 
 def insert(conn: Connection, **values: Any) -> None:
@@ -23,13 +23,7 @@ def insert(conn: Connection, **values: Any) -> None:
 
 
 def update(conn: Connection, name: str, expected_version: int, **values: Any) -> bool:
-    """Compare-and-set on ``version``; False if the profile changed since it was read."""
-    result = conn.execute(
-        security_profiles.update()
-        .where(security_profiles.c.name == name, security_profiles.c.version == expected_version)
-        .values(version=expected_version + 1, **values)
-    )
-    return result.rowcount == 1
+    return update_versioned(conn, security_profiles, name, expected_version, **values)
 
 
 def delete(conn: Connection, name: str) -> None:

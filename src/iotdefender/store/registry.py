@@ -9,12 +9,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from iotdefender.store.pagination import scan_rows
+from iotdefender.store.rows import get_by_name, update_versioned
 from iotdefender.store.schema import thing_group_members, thing_groups, things
 
 
 def get_thing(conn: Connection, name: str) -> dict[str, Any] | None:
-    row = conn.execute(sa.select(things).where(things.c.name == name)).mappings().first()
-    return dict(row) if row else None
+    return get_by_name(conn, things, name)
 
 
 def insert_thing(conn: Connection, **values: Any) -> None:
@@ -22,13 +22,7 @@ def insert_thing(conn: Connection, **values: Any) -> None:
 
 
 def update_thing(conn: Connection, name: str, expected_version: int, **values: Any) -> bool:
-    """Compare-and-set on ``version``: False when another writer got there first."""
-    result = conn.execute(
-        things.update()
-        .where(things.c.name == name, things.c.version == expected_version)
-        .values(version=expected_version + 1, **values)
-    )
-    return result.rowcount == 1
+    return update_versioned(conn, things, name, expected_version, **values)
 
 
 def delete_thing(conn: Connection, name: str) -> None:
@@ -44,8 +38,7 @@ def scan_things(conn: Connection, after: str | None, thing_type_name: str | None
 
 
 def get_group(conn: Connection, name: str) -> dict[str, Any] | None:
-    row = conn.execute(sa.select(thing_groups).where(thing_groups.c.name == name)).mappings().first()
-    return dict(row) if row else None
+    return get_by_name(conn, thing_groups, name)
 
 
 def get_group_by_arn(conn: Connection, arn: str) -> dict[str, Any] | None:
@@ -58,12 +51,7 @@ def insert_group(conn: Connection, **values: Any) -> None:
 
 
 def update_group(conn: Connection, name: str, expected_version: int, **values: Any) -> bool:
-    result = conn.execute(
-        thing_groups.update()
-        .where(thing_groups.c.name == name, thing_groups.c.version == expected_version)
-        .values(version=expected_version + 1, **values)
-    )
-    return result.rowcount == 1
+    return update_versioned(conn, thing_groups, name, expected_version, **values)
 
 
 def delete_group(conn: Connection, name: str) -> None:
