@@ -21,6 +21,7 @@ from iotdefender.api.credentials import load_credentials
 from iotdefender.brokers.embedded import EmbeddedBroker, ListenerSettings, check_tls_files
 from iotdefender.brokers.external import ExternalBroker, parse_broker_url
 from iotdefender.brokers.gatekeeper import Gatekeeper, PasswordBook
+from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cloud.service import CloudMetricsService
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.detection import DetectionService
@@ -163,9 +164,21 @@ async def serve(settings: Settings) -> None:
                              settings.mqtt_cert, settings.mqtt_key),
             gatekeeper, ingest.submit)
         mqtt_endpoint = f"mqtt://{settings.host}:{settings.mqtt_port}"
+    nats_reader = None
+    if settings.nats_events_url is not None:
+        if settings.nats_monitor_url is None:
+            raise ConfigurationError("--nats-events-url needs --nats-monitor-url (the client ids come from /connz)")
+        ignore = frozenset({broker.client_id}) if isinstance(broker, ExternalBroker) else frozenset()
+        nats_reader = NatsEventReader(settings.nats_events_url, settings.nats_monitor_url, cloud,
+                                      poll_s=min(1.0, settings.effective_metrics_window / 4), ignore=ignore)
     await ingest.start()
     try:
         await broker.start()
+        if nats_reader is not None:
+            try:
+                await nats_reader.start()
+            except Exception as error:  # nats-py raises its own error types for unreachable servers
+                raise OSError(f"NATS system events: {error}") from None
     except (OSError, TimeoutError) as error:
         await ingest.stop()
         raise ConfigurationError(f"MQTT: cannot start ({error})") from None
@@ -190,6 +203,8 @@ async def serve(settings: Settings) -> None:
     finally:
         for task in background:
             task.cancel()
+        if nats_reader is not None:
+            await nats_reader.stop()
         await broker.stop()
         await ingest.stop()
         engine.dispose()

@@ -35,6 +35,8 @@ class Settings:
     invalidation_period: float | None = None
     metrics_window: float | None = None
     cloud_metrics: bool = True
+    nats_events_url: str | None = None
+    nats_monitor_url: str | None = None
     violation_retention: float | None = None
     sns_endpoint_url: str | None = None
     alert_subscriptions: Path | None = None
@@ -114,6 +116,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                       help="'own': a device reports only under its own thing name (default); 'any': for any thing")
     mqtt.add_argument("--no-cloud-metrics", dest="cloud_metrics", action="store_false",
                       help="do not account broker events (cloud-side metrics) on the embedded broker")
+    mqtt.add_argument("--nats-events-url", default=None,
+                      help="cloud-side metrics from a NATS server: its system account, nats://user:pass@host:4222")
+    mqtt.add_argument("--nats-monitor-url", default=None,
+                      help="that NATS server's monitoring endpoint, e.g. http://host:8222")
     timing = parser.add_argument_group("time constants")
     timing.add_argument("--time-scale", type=float, default=d.time_scale,
                         help="divide every time constant by this factor, for demos and tests (default 1)")

@@ -21,6 +21,7 @@ class Device:
         self.client.on_message = self._on_message
         self.disconnected = False
         self.client.on_disconnect = lambda *a: setattr(self, "disconnected", True)
+        # Every subscription must be acknowledged before the first report (as AWS's agents wait).
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         for encoding in ("json", "cbor"):

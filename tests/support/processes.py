@@ -222,3 +222,39 @@ class MotoServer:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+class NatsServer:
+    """A real NATS server (Debian's package) with JetStream, its MQTT listener and a system account."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="iotdefender-nats-"))
+        self.port, self.http_port, self.mqtt_port = free_port(), free_port(), free_port()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        config = self.root / "nats.conf"
+        config.write_text(
+            f"port: {self.port}\nhttp: {self.http_port}\nserver_name: test\n"
+            f'jetstream {{ store_dir: "{self.root / "js"}" }}\n'
+            "accounts {\n  SYS: { users: [ {user: sys, password: sys} ] }\n"
+            "  APP: { jetstream: enabled, users: [ {user: dev, password: dev} ] }\n}\n"
+            f"system_account: SYS\nmqtt {{ port: {self.mqtt_port} }}\n")
+        log = open(self.root / "nats.log", "wb")
+        self.process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+        def listening() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError((self.root / "nats.log").read_text())
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.mqtt_port)) == 0
+
+        wait_for(listening, 20, "nats-server")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        shutil.rmtree(self.root, ignore_errors=True)

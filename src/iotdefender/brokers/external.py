@@ -60,7 +60,8 @@ class ExternalBroker:
         self._url = url
         self._sink = sink
         self._ca_file = ca_file
-        self._client = Client(client_id or f"iotdefender-{uuid.uuid4().hex[:12]}", clean_session=True)
+        self.client_id = client_id or f"iotdefender-{uuid.uuid4().hex[:12]}"
+        self._client = Client(self.client_id, clean_session=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message

@@ -35,8 +35,8 @@ class ClientWindow:
     connection_attempts: int = 0
     disconnects: int = 0
     auth_failures: dict[str | None, int] = field(default_factory=dict)  # topic (None: CONNECT) -> count
-    sent: dict[str, list[int]] = field(default_factory=dict)  # topic -> [count, max bytes]
-    received: dict[str, int] = field(default_factory=dict)
+    sent: dict[str | None, list[int]] = field(default_factory=dict)  # topic (None: unknown) -> [count, max bytes]
+    received: dict[str | None, int] = field(default_factory=dict)
     source_ips: set[str] = field(default_factory=set)
 
 
@@ -96,6 +96,17 @@ class Aggregator:
         else:
             entry[0] += 1
             entry[1] = max(entry[1], size)
+
+    def message_counts(self, client_id: str, sent: int, sent_bytes: int, received: int, at: float) -> None:
+        """Counts without topics (a broker that reports counters, like NATS): they count in no
+        topic dimension, and the size is the average of the messages counted together."""
+        window = self._client(client_id, at)
+        if sent:
+            entry = window.sent.setdefault(None, [0, 0])  # type: ignore[index]
+            entry[0] += sent
+            entry[1] = max(entry[1], sent_bytes // sent)
+        if received:
+            window.received[None] = window.received.get(None, 0) + received  # type: ignore[index]
 
     def message_received(self, client_id: str, topic: str, at: float) -> None:
         received = self._client(client_id, at).received

@@ -55,6 +55,10 @@ class CloudMetricsService:
         if client_id:
             self.aggregator.message_sent(client_id, topic, size, self._clock())
 
+    def message_counts(self, client_id: str | None, sent: int, sent_bytes: int, received: int) -> None:
+        if client_id:
+            self.aggregator.message_counts(client_id, sent, sent_bytes, received, self._clock())
+
     def message_received(self, client_id: str | None, topic: str) -> None:
         if client_id:
             self.aggregator.message_received(client_id, topic, self._clock())

@@ -1,0 +1,121 @@
+"""Cloud-side metrics from a NATS server with its MQTT listener: system events and /connz.
+
+NATS publishes, to its system account, ``$SYS.ACCOUNT.<acc>.CONNECT`` / ``.DISCONNECT`` and
+``$SYS.SERVER.<id>.CLIENT.AUTH.ERR`` for every client, MQTT ones included (client_type "mqtt").
+The events name the connection (cid) and its address; the MQTT client id is read from the
+monitoring endpoint (``/connz?cid=N&state=all``, field ``mqtt_client``), which also gives each
+connection's message and byte counters: polling it turns counters into per-window message counts.
+
+What NATS does not give, and therefore counts in no topic dimension: the topic of each message, and
+the size of each message (``aws:message-byte-size`` is the average size over the poll interval).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import nats
+import orjson
+import structlog
+
+log = structlog.get_logger("iotdefender.cloud.nats")
+
+SUBJECTS = ("$SYS.ACCOUNT.*.CONNECT", "$SYS.ACCOUNT.*.DISCONNECT", "$SYS.SERVER.*.CLIENT.AUTH.ERR")
+
+
+@dataclass
+class _Connection:
+    client_id: str
+    in_msgs: int = 0
+    in_bytes: int = 0
+    out_msgs: int = 0
+
+
+class NatsEventReader:
+    def __init__(self, events_url: str, monitor_url: str, sink: Any, poll_s: float = 1.0,
+                 ignore: frozenset[str] = frozenset()) -> None:
+        self._events_url = events_url
+        self._monitor = monitor_url.rstrip("/")
+        self._sink = sink
+        self._poll_s = poll_s
+        self._ignore = ignore
+        self._connections: dict[int, _Connection] = {}
+        self._nc: Any = None
+        self._http: httpx.AsyncClient | None = None
+        self._poller: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._http = httpx.AsyncClient(timeout=5)
+        self._nc = await nats.connect(self._events_url, max_reconnect_attempts=-1, reconnect_time_wait=2)
+        for subject in SUBJECTS:
+            await self._nc.subscribe(subject, cb=self._on_event)
+        self._poller = asyncio.create_task(self._poll_forever(), name="nats-connz")
+        log.info("nats_events_started", monitor=self._monitor)
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        if self._nc is not None:
+            await self._nc.close()
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def _client_id(self, cid: int) -> str | None:
+        """The MQTT client id of a connection. NATS 2.9's ``/connz?cid=N&state=all`` searches only
+        closed connections (probed), so ask for the open ones first, then the closed ones."""
+        assert self._http is not None
+        for state in ("open", "closed"):
+            response = await self._http.get(f"{self._monitor}/connz", params={"cid": cid, "state": state})
+            connections = response.json().get("connections") or []
+            if connections:
+                return connections[0].get("mqtt_client")
+        return None
+
+    async def _on_event(self, msg: Any) -> None:
+        try:
+            event = orjson.loads(msg.data)
+            client = event.get("client") or {}
+            if client.get("client_type") != "mqtt":
+                return
+            cid = client.get("id")
+            name = client.get("name") or client.get("mqtt_client") or await self._client_id(cid)
+            if not name or name in self._ignore:
+                return
+            if msg.subject.endswith(".CONNECT"):
+                self._connections[cid] = _Connection(name)
+                self._sink.connect_attempt(name, client.get("host"), True)
+            elif msg.subject.endswith(".AUTH.ERR"):
+                self._sink.connect_attempt(name, client.get("host"), False)
+            elif msg.subject.endswith(".DISCONNECT"):
+                known = self._connections.pop(cid, None) or _Connection(name)
+                sent, received = event.get("sent") or {}, event.get("received") or {}
+                # From the server's side: "sent" is what the client sent it (connz in_msgs).
+                self._count(known, sent.get("msgs", 0), sent.get("bytes", 0), received.get("msgs", 0))
+                self._sink.disconnect(name)
+        except Exception:
+            log.exception("nats_event_failed", subject=msg.subject)
+
+    def _count(self, connection: _Connection, in_msgs: int, in_bytes: int, out_msgs: int) -> None:
+        sent = max(0, in_msgs - connection.in_msgs)
+        sent_bytes = max(0, in_bytes - connection.in_bytes)
+        received = max(0, out_msgs - connection.out_msgs)
+        connection.in_msgs, connection.in_bytes, connection.out_msgs = in_msgs, in_bytes, out_msgs
+        if sent or received:
+            self._sink.message_counts(connection.client_id, sent, sent_bytes, received)
+
+    async def _poll_forever(self) -> None:
+        assert self._http is not None
+        while True:
+            await asyncio.sleep(self._poll_s)
+            try:
+                response = await self._http.get(f"{self._monitor}/connz", params={"state": "open", "limit": 100000})
+                for connection in response.json().get("connections") or []:
+                    known = self._connections.get(connection.get("cid"))
+                    if known is not None:
+                        self._count(known, connection.get("in_msgs", 0), connection.get("in_bytes", 0),
+                                    connection.get("out_msgs", 0))
+            except Exception:
+                log.warning("nats_connz_poll_failed", exc_info=True)

@@ -1,0 +1,71 @@
+"""Cloud-side metrics from a real NATS server: its MQTT listener carries the devices and the
+service's reports; its system events and /connz give connections, refusals and message counts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import paho.mqtt.client as mqtt
+
+from tests.support.mqtt import Device, report
+from tests.support.processes import NatsServer, ServiceProcess
+
+WINDOW = 2.0
+
+
+def test_nats_events_produce_cloud_side_violations(tmp_path):
+    server = NatsServer()
+    server.start()
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=[
+        "--mqtt-url", f"mqtt://dev:dev@127.0.0.1:{server.mqtt_port}", "--report-min-interval", "0",
+        "--nats-events-url", f"nats://sys:sys@127.0.0.1:{server.port}",
+        "--nats-monitor-url", f"http://127.0.0.1:{server.http_port}", "--metrics-window", str(WINDOW)])
+    svc.start()
+    try:
+        iot = svc.client()
+        iot.create_security_profile(securityProfileName="nats", behaviors=[
+            {"name": "flood", "metric": "aws:num-messages-sent",
+             "criteria": {"comparisonOperator": "less-than", "value": {"count": 50}}},
+            {"name": "bounces", "metric": "aws:num-connection-attempts",
+             "criteria": {"comparisonOperator": "less-than", "value": {"count": 4}}},
+            {"name": "auth", "metric": "aws:num-authorization-failures",
+             "criteria": {"comparisonOperator": "less-than", "value": {"count": 1}}}])
+        iot.attach_security_profile(securityProfileName="nats",
+                                    securityProfileTargetArn="arn:aws:iot:us-east-1:123456789012:all/things")
+        # Reports flow through NATS's MQTT listener too.
+        dev = Device(server.mqtt_port, "nats-dev", username="dev", password="dev")
+        assert dev.report(report(1, [443]))[0] == "json/accepted"
+        for _ in range(80):
+            dev.client.publish("telemetry/x", b"y" * 50, qos=0)
+        for _ in range(5):
+            bouncer = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bouncer")
+            bouncer.username_pw_set("dev", "dev")
+            bouncer.connect("127.0.0.1", server.mqtt_port)
+            bouncer.loop(0.5)
+            bouncer.disconnect()
+        intruder = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="intruder")
+        intruder.username_pw_set("dev", "wrong")
+        intruder.connect("127.0.0.1", server.mqtt_port)
+        intruder.loop(1.0)
+
+        # Cloud-side alarms last as long as their windows: look for the in-alarm events.
+        expected = {("nats-dev", "flood"), ("bouncer", "bounces"), ("intruder", "auth")}
+        start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+        deadline = time.time() + 30
+        raised: set = set()
+        while time.time() < deadline and not expected <= raised:
+            time.sleep(0.5)
+            events = iot.list_violation_events(startTime=start, endTime=dt.datetime.now(dt.timezone.utc),
+                                               maxResults=250)["violationEvents"]
+            raised = {(e["thingName"], e["behavior"]["name"]) for e in events if e["violationEventType"] == "in-alarm"}
+        now = dt.datetime.now(dt.timezone.utc)
+        assert expected <= raised, raised
+        assert not any(thing.startswith("iotdefender-") for thing, _ in raised)  # our own connection is no device
+        sent = iot.list_metric_values(thingName="nats-dev", metricName="aws:num-messages-sent",
+                                      startTime=now - dt.timedelta(minutes=5), endTime=now)["metricDatumList"]
+        assert sum(d["value"]["count"] for d in sent) >= 81  # the report and the 80 telemetry messages
+        dev.close()
+    finally:
+        svc.stop()
+        server.stop()
