@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--anomaly", action="append", default=[], metavar="KIND:THING",
                           help="e.g. new-port:device-0003; kinds: new-port, unknown-network, traffic-burst, "
                                "auth-storm, reconnect-loop, message-flood")
+    simulate.add_argument("--register-endpoint", default=None, metavar="URL",
+                          help="create each device as a thing through the API at URL first (AWS credentials "
+                               "from the usual chain, e.g. AWS_SHARED_CREDENTIALS_FILE)")
+    simulate.add_argument("--region", default="us-east-1", help="region for --register-endpoint")
     simulate.add_argument("--anomaly-start", type=float, default=60.0, help="seconds after start (default 60)")
     simulate.add_argument("--anomaly-stop", type=float, default=180.0, help="seconds after start (default 180)")
     demo = commands.add_parser("demo", help="serve + a sample profile + a misbehaving simulated fleet")
@@ -74,7 +78,12 @@ def _simulate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.exit(2, f"iotdefender: error: {error}\n")
     settings = SimulationSettings(broker, args.devices, args.interval, args.duration, args.format, args.short_keys,
                                   args.custom_metrics, args.prefix, anomalies)
-    summary = asyncio.run(Fleet(settings).run())
+    fleet = Fleet(settings)
+    if args.register_endpoint:
+        from iotdefender.simulator.registration import register_things
+
+        register_things(args.register_endpoint, args.region, fleet.things)
+    summary = asyncio.run(fleet.run())
     print(json.dumps(summary))
     return 0
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
+import time
 
 from tests.support.processes import ServiceProcess
 
 
 def test_simulated_fleet_with_an_anomaly(tmp_path):
-    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--report-min-interval", "0.5"])
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--report-min-interval", "0.5", "--metrics-window", "1"])
     svc.start()
     try:
         iot = svc.client()
@@ -18,7 +20,8 @@ def test_simulated_fleet_with_an_anomaly(tmp_path):
             iot.create_custom_metric(metricName=name, metricType=kind)
         iot.create_security_profile(securityProfileName="sim", behaviors=[
             {"name": "ports", "metric": "aws:listening-tcp-ports",
-             "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22, 443, 8883]}}}])
+             "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22, 443, 8883]}}}],
+            additionalMetricsToRetainV2=[{"metric": "aws:num-connection-attempts"}])
         iot.attach_security_profile(securityProfileName="sim",
                                     securityProfileTargetArn="arn:aws:iot:us-east-1:123456789012:all/things")
         for extra in ([], ["--format", "cbor", "--short-keys"]):
@@ -34,6 +37,26 @@ def test_simulated_fleet_with_an_anomaly(tmp_path):
             active = {(v["thingName"], v["behavior"]["name"]) for v in iot.list_active_violations()["activeViolations"]}
             assert (f"sim{len(extra)}-0002", "ports") in active
             assert (f"sim{len(extra)}-0001", "ports") not in active
+        # Registration through the API, and a reconnect loop the broker sees (cloud-side metrics).
+        env = {**__import__("os").environ, "AWS_ACCESS_KEY_ID": "AKIDIOTDEFENDERTEST1",
+               "AWS_SECRET_ACCESS_KEY": "test-secret-key-0123456789abcdefghijklmn"}
+        result = subprocess.run(
+            [sys.executable, "-m", "iotdefender", "simulate", "--mqtt-url", f"mqtt://127.0.0.1:{svc.mqtt_port}",
+             "--devices", "2", "--interval", "1", "--duration", "4", "--prefix", "reg-",
+             "--register-endpoint", svc.endpoint, "--anomaly", "reconnect-loop:reg-0001",
+             "--anomaly-start", "0"], capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 0, result.stderr
+        things = {t["thingName"] for t in iot.list_things(attributeName="simulated", attributeValue="true")["things"]}
+        assert things == {"reg-0000", "reg-0001"}
+        time.sleep(2.5)  # the last windows close
+
+        def attempts(thing: str) -> int:
+            now = dt.datetime.now(dt.timezone.utc)
+            datums = iot.list_metric_values(thingName=thing, metricName="aws:num-connection-attempts",
+                                            startTime=now - dt.timedelta(minutes=5), endTime=now)["metricDatumList"]
+            return sum(d["value"]["count"] for d in datums)
+
+        assert attempts("reg-0000") == 1 and attempts("reg-0001") >= 4
         bad = subprocess.run([sys.executable, "-m", "iotdefender", "simulate", "--anomaly", "explode:x"],
                              capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and "KIND:THING" in bad.stderr
