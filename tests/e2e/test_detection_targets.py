@@ -134,3 +134,30 @@ def test_failing_webhook_is_retried_then_dead_lettered(tmp_path):
     finally:
         svc.stop()
         flaky.close()
+
+
+def test_a_burst_of_alerts_is_delivered_whole(tmp_path):
+    """30 devices violate at once: every alert reaches the webhook (rate-limited, not dropped)."""
+    hook = WebhookReceiver("s")
+    topic = "arn:aws:sns:us-east-1:123456789012:burst"
+    subscriptions = tmp_path / "subs.json"
+    subscriptions.write_text(json.dumps({topic: [{"webhook": hook.url, "secret": "s"}]}))
+    svc = ServiceProcess(data_dir=tmp_path / "data", extra_args=["--report-min-interval", "0",
+                                                                 "--alert-subscriptions", str(subscriptions)])
+    svc.start()
+    try:
+        iot = svc.client()
+        iot.create_security_profile(securityProfileName="p", behaviors=[PORTS], alertTargets={
+            "SNS": {"alertTargetArn": topic, "roleArn": "arn:aws:iam::123456789012:role/r"}})
+        iot.attach_security_profile(securityProfileName="p", securityProfileTargetArn=ARN + "all/things")
+        devices = [Device(svc.mqtt_port, f"burst-{i:02d}") for i in range(30)]
+        for dev in devices:
+            dev.publish(json.dumps(report(1, [22])).encode())
+        assert all(dev.reply()[0] == "json/accepted" for dev in devices)
+        things = sorted(hook.next(timeout=30)["message"]["thingName"] for _ in range(30))
+        assert things == [f"burst-{i:02d}" for i in range(30)]
+        for dev in devices:
+            dev.close()
+    finally:
+        svc.stop()
+        hook.close()

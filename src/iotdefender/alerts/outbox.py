@@ -51,14 +51,14 @@ class TokenBucket:
     rate: float
     burst: float
     tokens: float = 0.0
-    updated: float = field(default_factory=time.monotonic)
+    updated: float = field(default_factory=lambda: time.monotonic())
 
     def __post_init__(self) -> None:
         self.tokens = self.burst
 
     def take(self) -> bool:
         now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1:
             self.tokens -= 1
