@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import environment  # noqa: E402
 from bench.pipeline import Counter, _settle, connect  # noqa: E402
 from iotdefender.cloud.aggregator import Aggregator  # noqa: E402
 from tests.support.processes import ServiceProcess  # noqa: E402
@@ -79,7 +78,7 @@ def main() -> None:
     result = {
         "benchmark": "cloud_accounting",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": environment(),
         "aggregator_events_per_s": round(events_per_s, 1),
         "embedded_broker_msgs_per_s_accounting_off": round(off, 1),
         "embedded_broker_msgs_per_s_accounting_on": round(on, 1),

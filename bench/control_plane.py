@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import shutil
 import statistics
@@ -35,6 +33,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import environment  # noqa: E402
 from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, PostgresCluster, ServiceProcess  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
@@ -122,14 +121,6 @@ def drive_wrk(requests: list[tuple[str, str, dict[str, str]]], seconds: float, c
             "p50_ms": round(figures["p50_us"] / 1000, 2), "p99_ms": round(figures["p99_us"] / 1000, 2)}
 
 
-def machine() -> dict:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-    }
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -166,7 +157,7 @@ def main() -> None:
             "load_generator": "wrk (pre-signed requests)" if use_wrk else "httpx asyncio (pre-signed requests)",
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "backend": args.backend,
-            "machine": machine(),
+            "machine": environment(),
             "profiles": args.profiles,
             "concurrency": args.concurrency,
             "seconds_per_operation": args.seconds,

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import environment  # noqa: E402
 from iotdefender.engine.evaluator import Evaluator  # noqa: E402
 from iotdefender.engine.statistics import FleetStatistics  # noqa: E402
 
@@ -98,8 +97,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1_000_000)
     args = parser.parse_args()
     result = {"benchmark": "engine_state", "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                          "cpus": os.cpu_count()},
+              "machine": environment(),
               "behaviors_per_thing": len(PROFILE["behaviors"]),
               "memory": [memory_per_thing(n) for n in args.things],
               "percentiles": percentile_recompute(args.devices),

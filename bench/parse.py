@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ import cbor2
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import environment  # noqa: E402
 from bench.pipeline import payload  # noqa: E402
 from iotdefender.ingest.report import parse_report  # noqa: E402
 from iotdefender.simulator.devices import shorten  # noqa: E402
@@ -60,7 +59,7 @@ def main() -> None:
         results[name] = {"bytes": len(data), "parse_validate_per_s": round(ours), "bare_decode_per_s": round(bare),
                          "ratio_time_ours_over_bare": round(bare / ours, 2)}
     result = {"benchmark": "parse", "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
+              "machine": environment(),
               "bare_decoders": {"json": "msgspec.json.Decoder() untyped", "cbor": "cbor2.loads"},
               "cases": results, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     RESULTS.mkdir(exist_ok=True)

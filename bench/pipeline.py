@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ from gmqtt import Client
 from gmqtt.mqtt.constants import MQTTv311
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import environment  # noqa: E402
 from tests.support.processes import Mosquitto, ServiceProcess  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
@@ -199,7 +198,7 @@ async def run(args: argparse.Namespace) -> dict:
         "benchmark": "pipeline",
         "broker": args.broker,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": environment(),
         "profiles_x_behaviors": "3 x 10",
         "report_bytes": len(sample),
         "reports": args.reports,
