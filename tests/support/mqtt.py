@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import queue
-import time
 from typing import Any
 
 import cbor2
@@ -21,13 +20,16 @@ class Device:
         self.client.on_message = self._on_message
         self.disconnected = False
         self.client.on_disconnect = lambda *a: setattr(self, "disconnected", True)
-        # Every subscription must be acknowledged before the first report (as AWS's agents wait).
+        acknowledged: queue.Queue[int] = queue.Queue()
+        self.client.on_subscribe = lambda c, u, mid, reasons, p: acknowledged.put(mid)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+        # Both subscriptions are acknowledged before the first report, as AWS's agents wait.
         for encoding in ("json", "cbor"):
             info = self.client.subscribe(f"$aws/things/{self.thing}/defender/metrics/{encoding}/+", qos=1)
             assert info[0] == mqtt.MQTT_ERR_SUCCESS
-        time.sleep(0.2)
+        for _ in range(2):
+            acknowledged.get(timeout=10)
 
     def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         encoding, outcome = message.topic.split("/")[-2:]
