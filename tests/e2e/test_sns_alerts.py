@@ -9,6 +9,18 @@ from tests.support.mqtt import Device, report
 from tests.support.processes import MotoServer, ServiceProcess
 
 
+def fleet_profile(svc: ServiceProcess, topic: str):  # type: ignore[no-untyped-def]
+    """Profile "fleet" on all things, allowing port 443 only, alerting to ``topic``."""
+    iot = svc.client()
+    iot.create_security_profile(securityProfileName="fleet", behaviors=[
+        {"name": "ports", "metric": "aws:listening-tcp-ports",
+         "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [443]}}}],
+        alertTargets={"SNS": {"alertTargetArn": topic, "roleArn": "arn:aws:iam::123456789012:role/dd"}})
+    iot.attach_security_profile(securityProfileName="fleet",
+                                securityProfileTargetArn="arn:aws:iot:us-east-1:123456789012:all/things")
+    return iot
+
+
 def test_alert_is_published_to_the_profiles_sns_topic(tmp_path):
     sns_server = MotoServer()
     sns_server.start()
@@ -24,13 +36,7 @@ def test_alert_is_published_to_the_profiles_sns_topic(tmp_path):
         svc.env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
         svc.start()
         try:
-            iot = svc.client()
-            iot.create_security_profile(securityProfileName="fleet", behaviors=[
-                {"name": "ports", "metric": "aws:listening-tcp-ports",
-                 "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [443]}}}],
-                alertTargets={"SNS": {"alertTargetArn": topic, "roleArn": "arn:aws:iam::123456789012:role/dd"}})
-            iot.attach_security_profile(securityProfileName="fleet",
-                                        securityProfileTargetArn="arn:aws:iot:us-east-1:123456789012:all/things")
+            fleet_profile(svc, topic)
             dev = Device(svc.mqtt_port, "cam-9")
             assert dev.report(report(1, [22, 443]))[0] == "json/accepted"
             dev.close()
@@ -60,13 +66,7 @@ def test_apprise_subscription_notifies_people(tmp_path):
                                                                  "--alert-subscriptions", str(subscriptions)])
     svc.start()
     try:
-        iot = svc.client()
-        iot.create_security_profile(securityProfileName="fleet", behaviors=[
-            {"name": "ports", "metric": "aws:listening-tcp-ports",
-             "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [443]}}}],
-            alertTargets={"SNS": {"alertTargetArn": topic, "roleArn": "arn:aws:iam::123456789012:role/dd"}})
-        iot.attach_security_profile(securityProfileName="fleet",
-                                    securityProfileTargetArn="arn:aws:iot:us-east-1:123456789012:all/things")
+        fleet_profile(svc, topic)
         dev = Device(svc.mqtt_port, "cam-10")
         assert dev.report(report(1, [22]))[0] == "json/accepted"
         dev.close()
