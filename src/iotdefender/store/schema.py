@@ -206,3 +206,30 @@ alert_outbox = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Index("ix_alert_outbox_due", "status", "next_attempt_at"),
 )
+
+# Columnar copies of the numeric datapoints of metric_values, for backtests and fleet statistics:
+# one row per (series, compaction run) holding three packed arrays (thing index into ``things``,
+# time, value). Reading a week of one metric for 10k devices is then a few hundred blobs instead of
+# millions of JSON documents (bench/backtest.py). ``history_compaction`` remembers the last
+# metric_values id copied, so a reader takes the segments plus the rows after it.
+metric_segments = sa.Table(
+    "metric_segments",
+    metadata,
+    sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    sa.Column("series", sa.String(400), nullable=False),
+    sa.Column("min_ts", EPOCH, nullable=False),
+    sa.Column("max_ts", EPOCH, nullable=False),
+    sa.Column("points", sa.Integer, nullable=False),
+    sa.Column("things", sa.LargeBinary, nullable=False),  # orjson list of thing names
+    sa.Column("thing_index", sa.LargeBinary, nullable=False),  # int32, little endian
+    sa.Column("times", sa.LargeBinary, nullable=False),  # float64
+    sa.Column("vals", sa.LargeBinary, nullable=False),  # float64
+    sa.Index("ix_metric_segments_series_time", "series", "min_ts", "max_ts"),
+)
+
+history_compaction = sa.Table(
+    "history_compaction",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("last_row_id", sa.BigInteger, nullable=False),
+)

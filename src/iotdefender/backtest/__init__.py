@@ -1,0 +1,1 @@
+"""Backtests: replay retained history through the engine before a behavior goes live."""
