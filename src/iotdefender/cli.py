@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--region", default="us-east-1", help="region for --register-endpoint")
     simulate.add_argument("--anomaly-start", type=float, default=60.0, help="seconds after start (default 60)")
     simulate.add_argument("--anomaly-stop", type=float, default=180.0, help="seconds after start (default 180)")
+    backtest = commands.add_parser("backtest", help="replay retained history through behaviors before saving them")
+    from iotdefender.backtest.command import add_arguments as add_backtest_arguments
+
+    add_backtest_arguments(backtest)
     demo = commands.add_parser("demo", help="serve + a sample profile + a misbehaving simulated fleet")
     demo.add_argument("--data-dir", type=Path, default=Path("./demo-data"))
     demo.add_argument("--duration", type=float, default=90.0)
@@ -44,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "simulate":
         return _simulate(parser, args)
+    if args.command == "backtest":
+        from iotdefender.backtest.command import run as run_backtest
+
+        return run_backtest(args)
     if args.command == "demo":
         from iotdefender.simulator.demo import run_demo
 

@@ -28,7 +28,8 @@ from iotdefender.detection import DetectionService
 from iotdefender.ingest.service import IngestService
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.settings import Settings
-from iotdefender.store import metric_values, violations
+from iotdefender.backtest.jobs import BacktestJobs
+from iotdefender.store import history, metric_values, violations
 from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head, writing
 
 log = structlog.get_logger("iotdefender")
@@ -103,8 +104,35 @@ async def retention_loop(engine: Engine, metrics_s: float, violations_s: float) 
         metrics = await anyio.to_thread.run_sync(_purge, engine, metric_values.delete_older_than, now - metrics_s)
         events = await anyio.to_thread.run_sync(_purge, engine, violations.delete_events_older_than,
                                                 now - violations_s)
-        if metrics or events:
-            log.info("retention", metric_values_deleted=metrics, violation_events_deleted=events)
+        segments = await anyio.to_thread.run_sync(_purge, engine, history.delete_segments_older_than,
+                                                  now - metrics_s)
+        if metrics or events or segments:
+            log.info("retention", metric_values_deleted=metrics, violation_events_deleted=events,
+                     metric_segments_deleted=segments)
+
+
+def _compact(engine: Engine, up_to_id: int) -> int:
+    total = 0
+    while True:
+        with writing(engine) as conn:
+            copied = history.compact(conn, up_to_id)
+        total += copied
+        if copied == 0:
+            return total
+
+
+async def history_loop(engine: Engine, interval_s: float) -> None:
+    """Copy new numeric datapoints into columnar segments (store/history.py), up to the last id
+    seen one run earlier, so rows of transactions still open then are never skipped."""
+    horizon = 0
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await anyio.to_thread.run_sync(_compact, engine, horizon)
+            with engine.connect() as conn:
+                horizon = history.max_row_id(conn)
+        except Exception:
+            log.exception("history_compaction_failed")
 
 
 async def sweep_loop(detection: DetectionService, invalidation_s: float) -> None:
@@ -155,6 +183,8 @@ async def serve(settings: Settings) -> None:
     if settings.cloud_metrics:
         gatekeeper.observer = cloud
     api.broker_events = cloud.ingest_events
+    api.backtests = BacktestJobs(api.context, monitoring, settings.time_scale,
+                                 settings.effective_invalidation_period)
     if settings.mqtt_url is not None:
         broker = ExternalBroker(parse_broker_url(settings.mqtt_url), ingest.submit, settings.mqtt_ca)
         mqtt_endpoint = settings.mqtt_url.split("@")[-1]
@@ -187,6 +217,8 @@ async def serve(settings: Settings) -> None:
                                            settings.effective_violation_retention), name="retention"),
         asyncio.create_task(sweep_loop(detection, settings.effective_invalidation_period), name="invalidation"),
         asyncio.create_task(alerts.run(), name="alerts"),
+        asyncio.create_task(history_loop(engine, min(max(settings.effective_metrics_window / 4, 1.0), 30.0)),
+                            name="history"),
         asyncio.create_task(cloud.run(), name="cloud-metrics"),
     ]
 

@@ -51,7 +51,7 @@ def _points(reports: list[tuple[str, float, dict]], metric: str) -> SeriesPoints
 @given(scenarios())
 def test_vectorised_path_matches_the_engine(scenario: tuple) -> None:
     behavior, reports, end = scenario
-    request = BacktestRequest([behavior], 0.0, end, covers=lambda t: True, sweep=[], invalidation_period=3000.0)
+    request = BacktestRequest([behavior], 0.0, end, covers=lambda t: True, sweeps={"b": []}, invalidation_period=3000.0)
     threshold = fast_path_threshold(behavior)
     assert threshold is not None
     fast = _vectorised(request, behavior, _points(reports, behavior["metric"]), threshold)
@@ -69,7 +69,7 @@ def test_sweep_counts_devices_per_threshold() -> None:
     behavior = {"name": "ports", "metric": "aws:num-listening-tcp-ports",
                 "criteria": {"comparisonOperator": "less-than-equals", "value": {"count": 3}}}
     reports = [(f"t{i}", 100.0 + j, {"aws:num-listening-tcp-ports": {"count": i}}) for j in range(3) for i in range(10)]
-    request = BacktestRequest([behavior], 0.0, 1000.0, covers=lambda t: t != "t9", sweep=[5.0, 8.0],
+    request = BacktestRequest([behavior], 0.0, 1000.0, covers=lambda t: t != "t9", sweeps={"ports": [5.0, 8.0]},
                               invalidation_period=1e9)
     outcome = _vectorised(request, behavior, _points(reports, behavior["metric"]), 3.0)
     by_threshold = {s["threshold"]["count"]: s["devicesInAlarm"] for s in outcome.sweep}

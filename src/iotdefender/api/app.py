@@ -67,6 +67,7 @@ class ApiService:
         self.on_change: list[Callable[[], None]] = []
         self.dead_letters: Callable[[], list[dict[str, Any]]] | None = None
         self.broker_events: Callable[[Any], dict[str, Any]] | None = None
+        self.backtests: Any = None  # backtest.jobs.BacktestJobs, set by the service
         # Handlers run in worker threads; more than a few at once only contend for the GIL and
         # the database (SQLite has a handful of WAL reader slots). Requests beyond wait here.
         self._limiter = anyio.CapacityLimiter(API_WORKER_THREADS)
@@ -153,7 +154,32 @@ class ApiService:
             return violation_evidence(self.context, parts[1])
         if method == "GET" and parts == ["alerts", "dead"] and self.dead_letters is not None:
             return {"deadLetters": self.dead_letters()}
+        if parts[0] == "backtests" and self.backtests is not None:
+            return self._backtests(method, parts[1:], body)
         raise ApiError("UnknownOperationException", f"No extension operation {method} {raw_path}")
+
+    def _backtests(self, method: str, parts: list[str], body: bytes) -> Any:
+        if method == "POST" and parts == []:
+            try:
+                spec = orjson.loads(body or b"{}")
+            except orjson.JSONDecodeError as error:
+                raise invalid_request(f"backtests: the body is not JSON ({error})") from None
+            return self.backtests.submit(spec).document()
+        if method == "GET" and parts == []:
+            return {"backtests": [job.document(with_result=False) for job in self.backtests.list()]}
+        if method == "GET" and len(parts) == 1:
+            return self.backtests.get(parts[0]).document()
+        raise ApiError("UnknownOperationException", f"No extension operation {method} backtests/{'/'.join(parts)}")
+
+    def invoke(self, operation_name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Run an AWS operation from inside the service (the console): validated as a request is."""
+        operation = SERVICE_MODEL.operation_model(operation_name)
+        validate_input(operation.input_shape, params, constraints=operation_name not in SELF_VALIDATING)
+        output = self._run(self.handlers[operation_name], params)
+        if operation.http.get("method") != "GET":
+            for listener in self.on_change:
+                listener()
+        return output
 
     def _run(self, handler: Handler, params: dict[str, Any]) -> dict[str, Any]:
         # Two writers racing on the same new name: the loser's INSERT violates a key. Running

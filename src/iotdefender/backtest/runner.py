@@ -46,7 +46,8 @@ class BacktestRequest:
     end: float
     covers: Callable[[str], bool]  # is this thing monitored by the profile's targets?
     profile_name: str = BACKTEST_PROFILE
-    sweep: list[float] | None = None  # thresholds to try; None: percentiles of the replayed values
+    # Thresholds to try per behavior name; a behavior without an entry tries percentiles of its values.
+    sweeps: Mapping[str, list[float]] = field(default_factory=dict)
     time_scale: float = 1.0
     invalidation_period: float = 2 * 86400.0
 
@@ -156,7 +157,7 @@ def _vectorised(request: BacktestRequest, behavior: dict[str, Any], points: hist
                       for t, at, k, v in zip(result.thing_index.tolist(), result.times.tolist(), result.kinds,
                                              result.values.tolist())]
     outcome.active_at_end = {points.things[t] for t in result.still_in_alarm.tolist()}
-    candidates = request.sweep
+    candidates = request.sweeps.get(behavior["name"])
     if candidates is None and len(measured):
         candidates = np.percentile(measured, SWEEP_PERCENTILES).tolist()
     for limit in sorted(set([threshold, *(candidates or [])])):

@@ -111,6 +111,7 @@ def alarm_transitions(thing_index: np.ndarray, times: np.ndarray, measured: np.n
     in_alarm, violating_streak, compliant_streak = False, 0, 0
     last_bad_value = 0.0
     current = -1
+    start_prev_end = 0
     for k, start in enumerate(run_starts):
         length = run_lengths[k]
         if run_new[k]:

@@ -1,0 +1,119 @@
+"""``iotdefender backtest``: run a backtest on a running service and print what it found.
+
+It talks to the service's signed API (``POST /_iotdefender/backtests``), so it works against a
+remote server as well as a local one, uses the credentials an AWS CLI user already has, and sees
+the same history, registry and profiles as the console.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from iotdefender.backtest.client import ExtensionClient, ExtensionError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(text: str, now: float) -> float:
+    """Epoch seconds, ISO-8601, or an age such as ``7d``, ``12h``, ``30m`` before now."""
+    if text and text[-1] in _UNITS and text[:-1].replace(".", "", 1).isdigit():
+        return now - float(text[:-1]) * _UNITS[text[-1]]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (epoch seconds, ISO-8601 or an age like 7d)")
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint-url", default="http://127.0.0.1:8080", help="the service's API (default %(default)s)")
+    parser.add_argument("--region", default="us-east-1")
+    parser.add_argument("--profile", dest="aws_profile", default=None, help="AWS credentials profile to sign with")
+    parser.add_argument("--security-profile-name", help="backtest this profile (its behaviors and targets)")
+    parser.add_argument("--behaviors", type=Path, metavar="FILE",
+                        help="JSON: a list of behaviors, or an object with 'behaviors' (as for create-security-profile)")
+    parser.add_argument("--target", action="append", dest="targets", metavar="ARN",
+                        help="security profile target ARN (repeatable; default: the profile's, or all things)")
+    parser.add_argument("--start", default="1d", help="epoch seconds, ISO-8601 or an age like 7d (default 1d)")
+    parser.add_argument("--end", default=None, help="default: now")
+    parser.add_argument("--threshold", action="append", default=[], metavar="BEHAVIOR=V1,V2,...",
+                        help="thresholds to sweep for a behavior (default: percentiles of its values)")
+    parser.add_argument("--json", action="store_true", help="print the whole result document")
+
+
+def _request(args: argparse.Namespace, now: float) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if args.security_profile_name:
+        spec["securityProfileName"] = args.security_profile_name
+    if args.behaviors:
+        document = json.loads(args.behaviors.read_text())
+        spec["behaviors"] = document.get("behaviors") if isinstance(document, dict) else document
+    if args.targets:
+        spec["targets"] = args.targets
+    spec["endTime"] = parse_time(args.end, now) if args.end else now
+    spec["startTime"] = parse_time(args.start, now)
+    thresholds: dict[str, list[float]] = {}
+    for item in args.threshold:
+        name, _, values = item.partition("=")
+        thresholds[name] = [float(v) for v in values.split(",") if v]
+    if thresholds:
+        spec["thresholds"] = thresholds
+    return spec
+
+
+def _when(epoch: float | None) -> str:
+    return "-" if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_summary(result: dict[str, Any], out: TextIO) -> None:
+    out.write(f"backtest {_when(result['startTime'])} .. {_when(result['endTime'])} UTC, "
+              f"{result['devicesEvaluated']} devices, {result.get('elapsedSeconds', '?')} s\n")
+    for b in result["behaviors"]:
+        out.write(f"\n{b['behaviorName']} ({b['method']}): {b['datapoints']} datapoints, "
+                  f"{b['devicesInAlarm']} of {b['devicesEvaluated']} devices would alarm, {b['alarms']} alarms, "
+                  f"{b['cleared']} cleared, {b['invalidated']} invalidated, {b['activeAtEnd']} active at the end; "
+                  f"first alarm {_when(b['firstAlarm'])}\n")
+        if b.get("note"):
+            out.write(f"  note: {b['note']}\n")
+        for row in b["sweep"]:
+            mark = "  <- current" if row["current"] else ""
+            out.write(f"  threshold {json.dumps(row['threshold'])}: {row['devicesInAlarm']} devices, "
+                      f"{row['alarms']} alarms{mark}\n")
+        for t in b["topThings"][:5]:
+            out.write(f"  {t['thingName']}: {t['alarms']} alarms, first {_when(t['firstAlarm'])}\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        client = ExtensionClient(args.endpoint_url, args.region, args.aws_profile)
+        job = client.call("POST", "backtests", _request(args, time.time()))
+        interactive = sys.stderr.isatty()
+        while job["status"] in ("QUEUED", "RUNNING"):
+            line = f"\r{job['progress'] * 100:5.1f}% {job['message'][:60]:<60}"
+            sys.stderr.write(line if interactive else line.strip() + "\n")
+            sys.stderr.flush()
+            time.sleep(0.5 if interactive else 2.0)
+            job = client.call("GET", f"backtests/{job['backtestId']}")
+        if interactive:
+            sys.stderr.write("\r" + " " * 70 + "\r")
+    except (ExtensionError, OSError) as error:
+        sys.stderr.write(f"iotdefender backtest: {error}\n")
+        return 2
+    if job["status"] != "SUCCEEDED":
+        sys.stderr.write(f"iotdefender backtest: {job['status']}: {job['message']}\n")
+        return 1
+    if args.json:
+        print(json.dumps(job["result"], indent=2))
+    else:
+        print_summary(job["result"], sys.stdout)
+    return 0
