@@ -18,14 +18,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/iotdefender serve $(ARGS)
 
-# Test-only system packages: PostgreSQL server binaries for the storage tests and Mosquitto for
-# the broker tests. Installed only when missing, as a user's fresh machine would need.
+# Test-only system packages: PostgreSQL server binaries for the storage tests, Mosquitto and
+# nats-server for the broker tests, Chromium for the console's browser tests (Playwright drives
+# Debian's build; it never downloads a browser). Installed only when missing, as a user's fresh machine would need.
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing with apt-get:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi

@@ -29,6 +29,7 @@ from iotdefender.ingest.service import IngestService
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.settings import Settings
 from iotdefender.backtest.jobs import BacktestJobs
+from iotdefender.console.app import create_console
 from iotdefender.store import history, metric_values, violations
 from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head, writing
 
@@ -222,10 +223,14 @@ async def serve(settings: Settings) -> None:
         asyncio.create_task(cloud.run(), name="cloud-metrics"),
     ]
 
-    config = uvicorn.Config(create_app(api), host=settings.host, port=settings.api_port, loop="none",
-                            http="httptools", log_config=None, access_log=False, lifespan="off")
+    console = create_console(api, monitoring, settings.time_scale)
+    # Open console pages keep a live event stream: shutting down does not wait for them for long.
+    config = uvicorn.Config(create_app(api, console), host=settings.host, port=settings.api_port, loop="none",
+                            http="httptools", log_config=None, access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     log.info("ready", api=f"http://{settings.host}:{settings.api_port}",
+             console=f"http://{settings.host}:{settings.api_port}/console/",
              mqtt=mqtt_endpoint,
              mqtt_tls=settings.mqtt_tls_port, mqtt_auth=gatekeeper.auth, region=settings.region,
              account_id=settings.account_id, data_dir=str(Path(settings.data_dir).resolve()),

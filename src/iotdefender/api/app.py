@@ -24,8 +24,8 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
 
 from iotdefender.api.credentials import CredentialStore
 from iotdefender.api.errors import ApiError, invalid_request
@@ -194,18 +194,23 @@ class ApiService:
         raise AssertionError("unreachable")
 
 
-def create_app(service: ApiService) -> Starlette:
+def create_app(service: ApiService, console: Starlette | None = None) -> Starlette:
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    async def to_console(_: Request) -> Response:
+        return RedirectResponse("/console/", status_code=307)
+
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
+    console_routes = [Route("/console", to_console, methods=["GET"]), Mount("/console", console)] if console else []
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *console_routes,
             Route("/{path:path}", service.handle, methods=methods),
         ]
     )

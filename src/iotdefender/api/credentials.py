@@ -9,6 +9,8 @@ with ``AWS_SHARED_CREDENTIALS_FILE`` for boto3 and the AWS CLI.
 from __future__ import annotations
 
 import configparser
+import hashlib
+import hmac
 import os
 import secrets
 import string
@@ -32,6 +34,16 @@ class CredentialStore:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def check_secret(self, access_key_id: str, secret_access_key: str) -> bool:
+        """The console's login: the same key pair a boto3 user signs with, compared in constant time."""
+        key = self._keys.get(access_key_id)
+        return key is not None and hmac.compare_digest(key.secret_access_key.encode(), secret_access_key.encode())
+
+    def derive_secret(self, purpose: str) -> str:
+        """A secret that changes when the access keys change (rotating keys ends console sessions)."""
+        material = "\n".join(f"{k}:{v.secret_access_key}" for k, v in sorted(self._keys.items()))
+        return hmac.new(material.encode(), purpose.encode(), hashlib.sha256).hexdigest()
 
 
 def read_credentials_file(path: Path) -> list[AccessKey]:

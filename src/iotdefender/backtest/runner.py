@@ -159,7 +159,9 @@ def _vectorised(request: BacktestRequest, behavior: dict[str, Any], points: hist
     outcome.active_at_end = {points.things[t] for t in result.still_in_alarm.tolist()}
     candidates = request.sweeps.get(behavior["name"])
     if candidates is None and len(measured):
-        candidates = np.percentile(measured, SWEEP_PERCENTILES).tolist()
+        # Percentiles of what the devices did, rounded as an operator would write a threshold.
+        found = np.percentile(measured, SWEEP_PERCENTILES).tolist()
+        candidates = [round(v) if kind == "count" else float(f"{v:.4g}") for v in found]
     for limit in sorted(set([threshold, *(candidates or [])])):
         tried = result if limit == threshold else run(limit)
         alarms = [t for t, k in zip(tried.thing_index.tolist(), tried.kinds) if k is EventType.IN_ALARM]

@@ -1,0 +1,48 @@
+"""Assemble the console: its routes, the session middleware, the static files."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from iotdefender.api.app import ApiService
+from iotdefender.console import auth, forms, live, pages
+from iotdefender.console.context import STATIC_DIR, ConsoleContext
+from iotdefender.monitoring import MonitoringIndex
+
+SESSION_MAX_AGE_S = 12 * 3600
+
+
+def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: float = 1.0) -> Starlette:
+    console = ConsoleContext(api, monitoring, time_scale)
+    a, p, f, lv = auth.routes(console), pages.routes(console), forms.routes(console), live.routes(console)
+
+    return Starlette(
+        routes=[
+            Route("/", p["overview"]),
+            Route("/login", a["login_form"], methods=["GET"]),
+            Route("/login", a["login"], methods=["POST"]),
+            Route("/logout", a["logout"], methods=["POST"]),
+            Route("/metrics", p["metrics"]),
+            Route("/things", p["things"]),
+            Route("/things/{name:path}", p["thing"]),
+            Route("/profiles", p["profiles"]),
+            Route("/profiles/new", f["new_profile"], methods=["GET", "POST"]),
+            Route("/profiles/{name}/delete", f["delete_profile"], methods=["POST"]),
+            Route("/profiles/{name}", f["edit_profile"], methods=["GET", "POST"]),
+            Route("/violations", p["violations"]),
+            Route("/violations/{violation_id}/verification", f["set_verification"], methods=["POST"]),
+            Route("/backtest", p["backtest"]),
+            Route("/api/events", lv["events"]),
+            Route("/api/violations/{violation_id}/evidence", p["evidence"]),
+            Route("/api/backtests", lv["start_backtest"], methods=["POST"]),
+            Route("/api/backtests/{backtest_id}", lv["backtest_status"]),
+            Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
+        ],
+        middleware=[Middleware(SessionMiddleware, secret_key=api.credentials.derive_secret("console-session"),
+                               session_cookie="iotdefender_console", max_age=SESSION_MAX_AGE_S,
+                               same_site="strict", path="/console")],
+    )

@@ -1,0 +1,69 @@
+"""What every console page needs: the API service (to run AWS operations), the monitoring view,
+the templates, and the time settings that decide default ranges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.templating import Jinja2Templates
+
+from iotdefender.api.app import ApiService
+from iotdefender.monitoring import MonitoringIndex
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def when(epoch: Any) -> str:
+    """UTC, to the second: the same instant for every operator whatever their browser's zone."""
+    if epoch is None or epoch == "":
+        return "-"
+    if isinstance(epoch, datetime):
+        moment = epoch.astimezone(timezone.utc)
+    else:
+        moment = datetime.fromtimestamp(float(epoch), timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def metric_value(value: Any) -> str:
+    """A MetricValue as an operator reads it: 5, 0.5, 22 80 443, 10.0.0.0/8."""
+    if not isinstance(value, dict):
+        return "-" if value is None else str(value)
+    for key in ("count", "number"):
+        if value.get(key) is not None:
+            return str(value[key])
+    for key in ("ports", "cidrs", "numbers", "strings"):
+        if value.get(key) is not None:
+            return " ".join(str(v) for v in value[key]) or "(empty)"
+    return str(value)
+
+
+@dataclass
+class ConsoleContext:
+    api: ApiService
+    monitoring: MonitoringIndex
+    time_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+        self.templates.env.filters["when"] = when
+        self.templates.env.filters["metric_value"] = metric_value
+        self.templates.env.globals["time_scale"] = self.time_scale
+
+    @property
+    def engine(self) -> Any:
+        return self.api.context.engine
+
+    def arn(self, resource: str) -> str:
+        return self.api.context.arn(resource)
+
+    def render(self, request: Request, template: str, status_code: int = 200, **values: Any) -> Response:
+        values.setdefault("page", template.removesuffix(".html"))
+        values["csrf_token"] = request.session.get("csrf", "")
+        values["user"] = request.session.get("user")
+        return self.templates.TemplateResponse(request, template, values, status_code=status_code)

@@ -1,0 +1,182 @@
+"""The console's writes: create and edit security profiles, attach targets, set verification states.
+
+Each form runs the same AWS operations as the API (CreateSecurityProfile, UpdateSecurityProfile,
+AttachSecurityProfile, ...) with the same validation, so the console can never store a profile the
+API would refuse; a refusal is shown next to the field it concerns, with the form as it was typed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio.to_thread
+import orjson
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from iotdefender.api.errors import ApiError
+from iotdefender.console.auth import Page, login_required, safe_next
+from iotdefender.console.context import ConsoleContext
+from iotdefender.store import insights
+
+FLEET_TARGETS = ("all/things", "all/registered-things", "all/unregistered-things")
+
+
+class FormProblem(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+def _behaviors(text: str) -> list[Any]:
+    try:
+        document = orjson.loads(text or "[]")
+    except orjson.JSONDecodeError as error:
+        raise FormProblem("behaviors", f"Behaviors are not valid JSON: {error}") from None
+    if isinstance(document, dict) and "behaviors" in document:
+        document = document["behaviors"]
+    if not isinstance(document, list):
+        raise FormProblem("behaviors", "Behaviors must be a JSON list of behaviors (as in create-security-profile)")
+    return document
+
+
+def _field_of(error: ApiError) -> str:
+    """Which form field a refusal of Create/UpdateSecurityProfile concerns."""
+    text = error.message.lower()
+    if error.code == "VersionConflictException":
+        return "version"
+    if error.code == "ResourceAlreadyExistsException" or "securityprofilename" in text:
+        return "name"
+    if "alerttarget" in text or "rolearn" in text:
+        return "alert"
+    return "behaviors"
+
+
+def routes(console: ConsoleContext) -> dict[str, Page]:
+    api = console.api
+
+    def target_choices() -> list[tuple[str, str]]:
+        with console.engine.connect() as conn:
+            groups = insights.group_names(conn)
+        return [(console.arn(t), t) for t in FLEET_TARGETS] + [(console.arn(f"thinggroup/{g}"), f"group {g}")
+                                                               for g in groups]
+
+    def load(name: str) -> dict[str, Any]:
+        described = api.invoke("DescribeSecurityProfile", {"securityProfileName": name})
+        targets = api.invoke("ListTargetsForSecurityProfile", {"securityProfileName": name})
+        sns = (described.get("alertTargets") or {}).get("SNS") or {}
+        return {"name": name, "description": described.get("securityProfileDescription") or "",
+                "behaviors": orjson.dumps(described.get("behaviors") or [], option=orjson.OPT_INDENT_2).decode(),
+                "targets": [t["arn"] for t in targets["securityProfileTargets"]],
+                "alert_topic": sns.get("alertTargetArn", ""), "alert_role": sns.get("roleArn", ""),
+                "version": described.get("version")}
+
+    def from_form(form: FormData, name: str | None) -> dict[str, Any]:
+        return {"name": name if name is not None else str(form.get("name", "")).strip(),
+                "description": str(form.get("description", "")), "behaviors": str(form.get("behaviors", "")),
+                "targets": [str(t) for t in form.getlist("targets")],
+                "alert_topic": str(form.get("alert_topic", "")).strip(),
+                "alert_role": str(form.get("alert_role", "")).strip(),
+                "version": int(str(form.get("version"))) if str(form.get("version", "")).isdigit() else None}
+
+    def save(values: dict[str, Any], creating: bool) -> None:
+        behaviors = _behaviors(values["behaviors"])
+        params: dict[str, Any] = {"securityProfileName": values["name"], "behaviors": behaviors}
+        if values["description"]:
+            params["securityProfileDescription"] = values["description"]
+        if values["alert_topic"] or values["alert_role"]:
+            params["alertTargets"] = {"SNS": {"alertTargetArn": values["alert_topic"],
+                                              "roleArn": values["alert_role"]}}
+        try:
+            if creating:
+                api.invoke("CreateSecurityProfile", params)
+            else:
+                if values["version"] is not None:
+                    params["expectedVersion"] = values["version"]
+                if not values["alert_topic"] and not values["alert_role"]:
+                    params["deleteAlertTargets"] = True
+                if not behaviors:
+                    params.pop("behaviors")
+                    params["deleteBehaviors"] = True
+                api.invoke("UpdateSecurityProfile", params)
+        except ApiError as error:
+            raise FormProblem(_field_of(error), f"{error.code}: {error.message}") from None
+        listed = api.invoke("ListTargetsForSecurityProfile", {"securityProfileName": values["name"]})
+        current = {t["arn"] for t in listed["securityProfileTargets"]}
+        wanted = set(values["targets"])
+        try:
+            for arn in sorted(wanted - current):
+                api.invoke("AttachSecurityProfile", {"securityProfileName": values["name"],
+                                                     "securityProfileTargetArn": arn})
+            for arn in sorted(current - wanted):
+                api.invoke("DetachSecurityProfile", {"securityProfileName": values["name"],
+                                                     "securityProfileTargetArn": arn})
+        except ApiError as error:
+            raise FormProblem("targets", f"{error.code}: {error.message}") from None
+
+    async def run(function: Any, *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(function, *args, limiter=api._limiter)
+
+    async def show(request: Request, values: dict[str, Any], creating: bool, problem: FormProblem | None = None
+                   ) -> Response:
+        return console.render(request, "profile_edit.html", status_code=400 if problem else 200, values=values,
+                              creating=creating, problem=problem, choices=await run(target_choices))
+
+    async def submit(request: Request, name: str | None) -> Response:
+        """Save the posted form; on a refusal show it again as typed, with the reason by its field."""
+        creating = name is None
+        values = from_form(await request.form(), name)
+        try:
+            await run(save, values, creating)
+        except FormProblem as problem:
+            return await show(request, values, creating, problem)
+        return RedirectResponse(f"/console/profiles/{values['name']}" + ("" if creating else "?saved=1"),
+                                status_code=303)
+
+    @login_required
+    async def new_profile(request: Request) -> Response:
+        if request.method == "POST":
+            return await submit(request, None)
+        values = {"name": "", "description": "", "behaviors": "[]", "targets": [console.arn("all/things")],
+                  "alert_topic": "", "alert_role": "", "version": None}
+        return await show(request, values, True)
+
+    @login_required
+    async def edit_profile(request: Request) -> Response:
+        name = request.path_params["name"]
+        if request.method == "POST":
+            return await submit(request, name)
+        try:
+            values = await run(load, name)
+        except ApiError as error:
+            return console.render(request, "message.html", status_code=error.status, title="Security profile",
+                                  message=error.message)
+        return await show(request, values, False)
+
+    @login_required
+    async def delete_profile(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            await run(api.invoke, "DeleteSecurityProfile", {"securityProfileName": name})
+        except ApiError as error:
+            return console.render(request, "message.html", status_code=error.status, title="Security profile",
+                                  message=error.message)
+        return RedirectResponse("/console/profiles", status_code=303)
+
+    @login_required
+    async def set_verification(request: Request) -> Response:
+        form = await request.form()
+        params: dict[str, Any] = {"violationId": request.path_params["violation_id"],
+                                  "verificationState": str(form.get("state", ""))}
+        if form.get("description"):
+            params["verificationStateDescription"] = str(form["description"])
+        try:
+            await run(api.invoke, "PutVerificationStateOnViolation", params)
+        except ApiError as error:
+            return console.render(request, "message.html", status_code=error.status, title="Verification state",
+                                  message=f"{error.code}: {error.message}")
+        return RedirectResponse(safe_next(str(form.get("next", ""))), status_code=303)
+
+    return {"new_profile": new_profile, "edit_profile": edit_profile, "delete_profile": delete_profile,
+            "set_verification": set_verification}

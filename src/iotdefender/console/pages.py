@@ -1,0 +1,224 @@
+"""The console's read pages: overview, fleet metrics, device, profiles, violations, backtest.
+
+Every page reads through the AWS operations the API runs (ListActiveViolations,
+DescribeSecurityProfile, ...) or through ``store.insights`` aggregates, on a worker thread: the
+event loop also carries the embedded broker, and a page must never stall device traffic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from iotdefender.api.errors import ApiError
+from iotdefender.console import fleet
+from iotdefender.console.auth import Page, login_required
+from iotdefender.console.context import ConsoleContext
+from iotdefender.controlplane import hierarchy
+from iotdefender.store import history, insights, metric_values, registry
+
+T = TypeVar("T")
+PAGE_SIZE = 50
+RANGES = {"1h": 3600.0, "6h": 6 * 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "14d": 14 * 86400.0}
+VERIFICATION_STATES = ["UNKNOWN", "BENIGN_POSITIVE", "FALSE_POSITIVE", "TRUE_POSITIVE"]
+CRITERIA_TYPES = ["STATIC", "STATISTICAL", "MACHINE_LEARNING"]
+
+
+def span(console: ConsoleContext, request: Request, default: str = "24h") -> tuple[str, float, float]:
+    """The chosen range (1h .. 14d of AWS time, i.e. divided by --time-scale) ending now."""
+    name = request.query_params.get("range", default)
+    seconds = RANGES.get(name, RANGES[default]) / console.time_scale
+    now = time.time()
+    return (name if name in RANGES else default), now - seconds, now
+
+
+def routes(console: ConsoleContext) -> dict[str, Page]:
+    api = console.api
+
+    async def sync(function: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(function, *args, limiter=api._limiter)
+
+    @login_required
+    async def overview(request: Request) -> Response:
+        range_name, start, end = span(console, request)
+
+        def read() -> dict[str, Any]:
+            with console.engine.connect() as conn:
+                return {"counts": insights.fleet_counts(conn, end - 2 * 300.0 / console.time_scale),
+                        "by_behavior": insights.active_by_behavior(conn),
+                        "rate": insights.event_rate(conn, start, end, 48),
+                        "recent": insights.recent_events(conn, None, 15)}
+
+        data = await sync(read)
+        return console.render(request, "overview.html", range_name=range_name, ranges=list(RANGES),
+                              rate_json=orjson.dumps(data["rate"]).decode(), **data)
+
+    @login_required
+    async def metrics(request: Request) -> Response:
+        range_name, start, end = span(console, request, "1h")
+        metric = request.query_params.get("metric", "")
+        group = request.query_params.get("group", "")
+        chosen = [t for t in request.query_params.get("things", "").replace(",", " ").split() if t][:10]
+
+        def read() -> dict[str, Any]:
+            with console.engine.connect() as conn:
+                available = sorted(history.series_present(conn, start - 86400.0 / console.time_scale, end)
+                                   | _recent_series(conn))
+                groups = insights.group_names(conn)
+                out: dict[str, Any] = {"available": available, "groups": groups, "distribution": None, "series": {}}
+                if metric:
+                    points = history.read_series(conn, metric, start, end)
+                    only = None
+                    if group:  # the group with its child groups, as a profile attached to it covers
+                        parents = registry.all_group_parents(conn)
+                        only = insights.members_of(conn, [group, *hierarchy.descendants(group, parents)])
+                    names, values = fleet.latest_per_thing(points, only)
+                    out["distribution"] = fleet.distribution(names, values)
+                    wanted = chosen or [e["thingName"] for e in out["distribution"]["highest"][:3]]
+                    out["series"] = fleet.series_of_things(points, wanted)
+                return out
+
+        data = await sync(read)
+        return console.render(request, "metrics.html", range_name=range_name, ranges=list(RANGES), metric=metric,
+                              group=group, chosen=" ".join(chosen), chart_json=orjson.dumps(
+                                  {"distribution": data["distribution"], "series": data["series"]}).decode(),
+                              **data)
+
+    def _recent_series(conn: Any) -> set[str]:
+        latest = next(iter(history.iter_reports(conn, time.time() - 900.0 / console.time_scale, time.time(),
+                                                batch=200)), [])
+        return {key for _, _, datapoints in latest for key, v in datapoints.items()
+                if isinstance(v, dict) and ("count" in v or "number" in v)}
+
+    @login_required
+    async def things(request: Request) -> Response:
+        prefix = request.query_params.get("prefix", "")
+        after = request.query_params.get("after") or None
+
+        def read() -> list[Any]:
+            with console.engine.connect() as conn:
+                return insights.reporting_things_page(conn, prefix, after, PAGE_SIZE + 1)
+
+        rows = await sync(read)
+        more = rows[PAGE_SIZE - 1].thing_name if len(rows) > PAGE_SIZE else None
+        return console.render(request, "things.html", rows=rows[:PAGE_SIZE], prefix=prefix, more=more)
+
+    @login_required
+    async def thing(request: Request) -> Response:
+        name = request.path_params["name"]
+        range_name, start, end = span(console, request)
+
+        def read() -> dict[str, Any]:
+            profiles = console.monitoring.profiles_for(name)
+            active = api.invoke("ListActiveViolations", {"thingName": name, "maxResults": 100})["activeViolations"]
+            events = api.invoke("ListViolationEvents", {"thingName": name, "startTime": end - 30 * 86400.0 /
+                                                        console.time_scale, "endTime": end + 1,
+                                                        "maxResults": 100})["violationEvents"]
+            series: dict[str, list[list[float]]] = {}
+            other: dict[str, Any] = {}
+            with console.engine.connect() as conn:
+                for key in sorted(console.monitoring.retained_metrics(name)):
+                    rows = metric_values.series_page(conn, name, key, start, end, None, 2000)
+                    for _, ts, value in rows:
+                        number = value.get("count", value.get("number")) if isinstance(value, dict) else None
+                        if isinstance(number, (int, float)):
+                            series.setdefault(key, []).append([ts, number])
+                        else:
+                            other[key] = (ts, value)
+            try:
+                described = api.invoke("DescribeThing", {"thingName": name})
+            except ApiError:
+                described = None
+            return {"profiles": profiles, "active": active, "events": list(reversed(events)), "series": series,
+                    "other": other, "described": described, "targets": console.monitoring.targets_of(name)}
+
+        data = await sync(read)
+        return console.render(request, "thing.html", name=name, range_name=range_name, ranges=list(RANGES),
+                              series_json=orjson.dumps(data["series"]).decode(), **data)
+
+    @login_required
+    async def evidence(request: Request) -> Response:
+        from iotdefender.controlplane.violations import violation_evidence
+
+        try:
+            document = await sync(violation_evidence, api.context, request.path_params["violation_id"])
+        except ApiError as error:
+            return Response(orjson.dumps(error.body()), status_code=error.status, media_type="application/json")
+        return Response(orjson.dumps(document), media_type="application/json")
+
+    @login_required
+    async def profiles(request: Request) -> Response:
+        def read() -> list[dict[str, Any]]:
+            with console.engine.connect() as conn:
+                counts = insights.active_by_profile(conn)
+            listed = api.invoke("ListSecurityProfiles", {"maxResults": 250})["securityProfileIdentifiers"]
+            out = []
+            for item in listed:
+                described = api.invoke("DescribeSecurityProfile", {"securityProfileName": item["name"]})
+                targets = api.invoke("ListTargetsForSecurityProfile", {"securityProfileName": item["name"]})
+                out.append({"name": item["name"], "description": described.get("securityProfileDescription"),
+                            "behaviors": described.get("behaviors") or [],
+                            "targets": [t["arn"] for t in targets["securityProfileTargets"]],
+                            "active": counts.get(item["name"], 0), "version": described.get("version")})
+            return out
+
+        return console.render(request, "profiles.html", profiles=await sync(read))
+
+    @login_required
+    async def violations(request: Request) -> Response:
+        q = request.query_params
+        view = q.get("view", "active")
+        filters: dict[str, Any] = {"maxResults": PAGE_SIZE}
+        for param, field in (("thing", "thingName"), ("profile", "securityProfileName"),
+                             ("verification", "verificationState"), ("criteria", "behaviorCriteriaType")):
+            if q.get(param):
+                filters[field] = q[param]
+        if q.get("token"):
+            filters["nextToken"] = q["token"]
+        behavior = q.get("behavior", "")
+        range_name, start, end = span(console, request, "7d")
+
+        def read() -> dict[str, Any]:
+            if view == "history":
+                page = api.invoke("ListViolationEvents", {**filters, "startTime": start, "endTime": end + 1})
+                rows = page["violationEvents"]
+            else:
+                page = api.invoke("ListActiveViolations", filters)
+                rows = page["activeViolations"]
+            if behavior:
+                rows = [r for r in rows if (r.get("behavior") or {}).get("name") == behavior]
+            names = [p["name"] for p in api.invoke("ListSecurityProfiles", {"maxResults": 250})
+                     ["securityProfileIdentifiers"]]
+            return {"rows": rows, "next_token": page.get("nextToken"), "profile_names": names}
+
+        try:
+            data = await sync(read)
+            error = None
+        except ApiError as failure:
+            data, error = {"rows": [], "next_token": None, "profile_names": []}, failure.message
+        args = {k: v for k, v in q.items() if k != "token"}
+        return console.render(request, "violations.html", view=view, query=args, behavior=behavior,
+                              range_name=range_name, ranges=list(RANGES), states=VERIFICATION_STATES,
+                              criteria_types=CRITERIA_TYPES, error=error, **data)
+
+    @login_required
+    async def backtest(request: Request) -> Response:
+        def read() -> list[dict[str, Any]]:
+            listed = api.invoke("ListSecurityProfiles", {"maxResults": 250})["securityProfileIdentifiers"]
+            return [api.invoke("DescribeSecurityProfile", {"securityProfileName": p["name"]}) for p in listed]
+
+        described = await sync(read)
+        chosen = request.query_params.get("profile", "")
+        behaviors = next((p.get("behaviors") for p in described if p["securityProfileName"] == chosen), None)
+        return console.render(request, "backtest.html", profiles=[p["securityProfileName"] for p in described],
+                              chosen=chosen, ranges=list(RANGES),
+                              behaviors_json=orjson.dumps(behaviors or [], option=orjson.OPT_INDENT_2).decode())
+
+    return {"overview": overview, "metrics": metrics, "things": things, "thing": thing, "evidence": evidence,
+            "profiles": profiles, "violations": violations, "backtest": backtest}

@@ -1,0 +1,207 @@
+// iotdefender console: charts (uPlot), live violation events (Server-Sent Events), evidence, backtests.
+// Plain browser JavaScript, no build step.
+"use strict";
+
+const RANGES = { "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800, "14d": 1209600 };
+const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
+const timeScale = () => parseFloat(document.body.dataset.timeScale || "1");
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const utc = (epoch) => (epoch == null ? "-" : new Date(epoch * 1000).toISOString().replace("T", " ").slice(0, 19));
+function metricValue(v) {
+  if (!v || typeof v !== "object") return v == null ? "-" : String(v);
+  for (const k of ["count", "number"]) if (v[k] != null) return String(v[k]);
+  for (const k of ["ports", "cidrs", "numbers", "strings"]) if (v[k] != null) return v[k].join(" ") || "(empty)";
+  return JSON.stringify(v);
+}
+const jsonOf = (id) => { const el = document.getElementById(id); return el ? JSON.parse(el.textContent) : null; };
+const width = (el) => Math.max(320, el.clientWidth || 800);
+// Charts in UTC, like every time the console prints; y axes wide enough for byte counts.
+const utcDate = (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC");
+const AXES = [{}, { size: 80 }];
+
+function lineChart(el, title, series) {
+  // series: {label: [[t, v], ...]} -> one aligned uPlot data set
+  const labels = Object.keys(series);
+  if (!labels.length || !window.uPlot) return;
+  const times = [...new Set(labels.flatMap((l) => series[l].map((p) => p[0])))].sort((a, b) => a - b);
+  const index = new Map(times.map((t, i) => [t, i]));
+  const data = [times, ...labels.map((l) => { const col = new Array(times.length).fill(null); series[l].forEach(([t, v]) => { col[index.get(t)] = v; }); return col; })];
+  const colors = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d", "#475569", "#a16207"];
+  new uPlot({ title, width: width(el), height: 220, tzDate: utcDate, axes: AXES, series: [{}, ...labels.map((l, i) => ({ label: l, stroke: colors[i % colors.length], spanGaps: true, points: { show: times.length < 200 } }))] }, data, el);
+}
+
+function barChart(el, title, xs, columns) {
+  if (!window.uPlot || !xs.length) return;
+  const bars = uPlot.paths.bars({ size: [0.9, 60] });
+  const colors = { "in-alarm": "#dc2626", "alarm-cleared": "#16a34a", "alarm-invalidated": "#94a3b8", devices: "#2563eb", alarms: "#dc2626" };
+  new uPlot({ title, width: width(el), height: 200, tzDate: utcDate, axes: AXES, series: [{}, ...Object.keys(columns).map((k) => ({ label: k, fill: colors[k] || "#2563eb", stroke: colors[k] || "#2563eb", paths: bars, points: { show: false } }))] },
+    [xs, ...Object.values(columns)], el);
+}
+
+function drawPageCharts() {
+  const rate = jsonOf("rate-data");
+  if (rate) {
+    const kinds = ["in-alarm", "alarm-cleared", "alarm-invalidated"];
+    barChart(document.getElementById("rate-chart"), "events per slice", rate.map((r) => r.start), Object.fromEntries(kinds.map((k) => [k, rate.map((r) => r[k])])));
+  }
+  const metrics = jsonOf("metrics-data");
+  if (metrics && metrics.distribution && metrics.distribution.devices) {
+    const h = metrics.distribution.histogram;
+    const el = document.getElementById("histogram-chart");
+    new uPlot({ title: "devices per value", width: width(el), height: 200, scales: { x: { time: false } },
+      series: [{ label: "value from" }, { label: "devices", fill: "#2563eb", stroke: "#2563eb", paths: uPlot.paths.bars({ size: [0.95, 80] }), points: { show: false } }],
+      axes: AXES }, [h.map((b) => b.from), h.map((b) => b.devices)], el);
+    lineChart(document.getElementById("series-chart"), "chosen devices", metrics.series);
+  }
+  const thingSeries = jsonOf("thing-series");
+  if (thingSeries) {
+    const box = document.getElementById("thing-charts");
+    for (const [metric, points] of Object.entries(thingSeries)) {
+      const el = document.createElement("div"); el.className = "chart"; box.appendChild(el);
+      lineChart(el, metric, { [metric]: points });
+    }
+  }
+}
+
+// -- live violation events ---------------------------------------------------------------------
+function toast(text, kind) {
+  const box = document.getElementById("toasts"); if (!box) return;
+  const el = document.createElement("div"); el.className = `toast ${kind}`; el.textContent = text; box.appendChild(el);
+  setTimeout(() => el.remove(), 6000);
+}
+
+function verificationCell(id) {
+  const states = ["UNKNOWN", "BENIGN_POSITIVE", "FALSE_POSITIVE", "TRUE_POSITIVE"];
+  const next = esc(location.pathname + location.search);
+  return `<form method="post" action="/console/violations/${esc(id)}/verification" class="verify"><input type="hidden" name="csrf" value="${esc(csrf())}"><input type="hidden" name="next" value="${next}">` +
+    `<select name="state" aria-label="verification state">${states.map((s) => `<option>${s}</option>`).join("")}</select> ` +
+    `<input name="description" placeholder="note" size="12" maxlength="1000"> <button type="submit">Set</button></form>`;
+}
+
+function onViolation(e) {
+  const ev = JSON.parse(e.data);
+  const type = ev.violationEventType;
+  toast(`${type}: ${ev.thingName} · ${ev.securityProfileName}/${ev.behaviorName}`, type);
+  const recent = document.querySelector("#live-events tbody");
+  if (recent) {
+    recent.insertAdjacentHTML("afterbegin", `<tr class="fresh"><td>${utc(ev.violationEventTime)}</td><td><span class="tag ${esc(type)}">${esc(type)}</span></td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(metricValue(ev.metricValue))}</td></tr>`);
+  }
+  const count = document.getElementById("active-count");
+  if (count) count.textContent = String(Math.max(0, parseInt(count.textContent, 10) + (type === "in-alarm" ? 1 : -1)));
+  const table = document.getElementById("violations-table");
+  if (!table) return;
+  const f = table.dataset;
+  if ((f.filterProfile && f.filterProfile !== ev.securityProfileName) || (f.filterThing && f.filterThing !== ev.thingName) || (f.filterBehavior && f.filterBehavior !== ev.behaviorName)) return;
+  const body = table.querySelector("tbody");
+  if (f.view === "active") {
+    if (type === "in-alarm") {
+      body.querySelector("tr.empty")?.remove();
+      body.insertAdjacentHTML("afterbegin", `<tr class="fresh" data-violation="${esc(ev.violationId)}"><td>${utc(ev.violationEventTime)}</td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(metricValue(ev.metricValue))}</td><td>${verificationCell(ev.violationId)}</td><td><button type="button" class="link" data-evidence="${esc(ev.violationId)}">evidence</button></td></tr>`);
+    } else {
+      const row = body.querySelector(`tr[data-violation="${CSS.escape(ev.violationId)}"]`);
+      if (row) { row.classList.add("ended"); row.title = `${type} at ${utc(ev.violationEventTime)}`; }
+    }
+  } else {
+    body.querySelector("tr.empty")?.remove();
+    body.insertAdjacentHTML("afterbegin", `<tr class="fresh" data-violation="${esc(ev.violationId)}"><td>${utc(ev.violationEventTime)}</td><td><span class="tag ${esc(type)}">${esc(type)}</span></td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(metricValue(ev.metricValue))}</td><td>${verificationCell(ev.violationId)}</td><td><button type="button" class="link" data-evidence="${esc(ev.violationId)}">evidence</button></td></tr>`);
+  }
+}
+
+function startLive() {
+  const status = document.getElementById("live-status");
+  if (!status || !window.EventSource) return;
+  const source = new EventSource("/console/api/events");
+  source.addEventListener("open", () => { status.classList.add("on"); status.classList.remove("off"); });
+  source.addEventListener("error", () => { status.classList.add("off"); status.classList.remove("on"); });
+  source.addEventListener("violation", onViolation);
+}
+
+// -- evidence ----------------------------------------------------------------------------------
+document.addEventListener("click", async (event) => {
+  const button = event.target.closest("[data-evidence]");
+  if (!button) return;
+  const dialog = document.getElementById("evidence");
+  const body = document.getElementById("evidence-body");
+  const response = await fetch(`/console/api/violations/${encodeURIComponent(button.dataset.evidence)}/evidence`);
+  const doc = await response.json();
+  body.innerHTML = response.ok
+    ? `<p>${esc(doc.thingName)} · ${esc(doc.securityProfileName)} / ${esc(doc.behavior.name)}</p>` + doc.events.map((e) =>
+        `<h3>${esc(e.violationEventType)} at ${utc(e.violationEventTime)} UTC</h3><p>value ${esc(metricValue(e.metricValue))}; threshold ${esc(metricValue((e.evidence || {}).threshold))}${e.evidence && e.evidence.statistic ? ` (${esc(e.evidence.statistic)} of ${esc(e.evidence.devices)} devices)` : ""}</p><pre>${esc(JSON.stringify(e.evidence, null, 2))}</pre>`).join("")
+    : `<p class="error">${esc(doc.message)}</p>`;
+  if (dialog.showModal) dialog.showModal(); else dialog.setAttribute("open", "");
+});
+
+// -- backtests ---------------------------------------------------------------------------------
+function parseThresholds(text) {
+  const out = {};
+  for (const part of (text || "").split(";")) {
+    const [name, values] = part.split("=");
+    if (!name || !values) continue;
+    out[name.trim()] = values.split(",").map((v) => parseFloat(v)).filter((v) => !Number.isNaN(v));
+  }
+  return out;
+}
+
+function renderBacktest(result) {
+  const box = document.getElementById("bt-results");
+  box.hidden = false;
+  box.innerHTML = `<h2>Result: ${result.devicesEvaluated} devices, ${utc(result.startTime)} – ${utc(result.endTime)} UTC, ${result.elapsedSeconds} s</h2>` +
+    result.behaviors.map((b, i) => `<article class="bt-behavior"><h3>${esc(b.behaviorName)} <small>${esc(b.method)}</small></h3>` +
+      (b.note ? `<p class="hint">${esc(b.note)}</p>` : "") +
+      `<p><strong class="bt-devices">${b.devicesInAlarm}</strong> of ${b.devicesEvaluated} devices would have alarmed (${b.alarms} alarms, ${b.cleared} cleared, ${b.invalidated} invalidated, ${b.activeAtEnd} still active); first alarm ${utc(b.firstAlarm)} UTC; ${b.datapoints} datapoints.</p>` +
+      `<div class="chart" id="bt-timeline-${i}"></div>` +
+      (b.sweep.length ? `<table class="sweep"><thead><tr><th>Threshold</th><th>Devices in alarm</th><th>Alarms</th></tr></thead><tbody>${b.sweep.map((s) => `<tr class="${s.current ? "current" : ""}"><td>${esc(metricValue(s.threshold))}${s.current ? " (current)" : ""}</td><td>${s.devicesInAlarm}</td><td>${s.alarms}</td></tr>`).join("")}</tbody></table>` : "") +
+      (b.topThings.length ? `<details><summary>Devices that would alarm</summary><table><tbody>${b.topThings.map((t) => `<tr><td><a href="/console/things/${encodeURIComponent(t.thingName)}">${esc(t.thingName)}</a></td><td>${t.alarms} alarms</td><td>first ${utc(t.firstAlarm)}</td></tr>`).join("")}</tbody></table></details>` : "") +
+      `</article>`).join("");
+  result.behaviors.forEach((b, i) => barChart(document.getElementById(`bt-timeline-${i}`), "alarms over time", b.timeline.map((t) => t[0]), { alarms: b.timeline.map((t) => t[1]) }));
+}
+
+async function runBacktest(event) {
+  event.preventDefault();
+  const error = document.getElementById("bt-error");
+  const progress = document.getElementById("bt-progress");
+  error.hidden = true;
+  const spec = {};
+  const profile = document.getElementById("bt-profile").value;
+  if (profile) spec.securityProfileName = profile;
+  const text = document.getElementById("bt-behaviors").value.trim();
+  if (text && text !== "[]") {
+    try { const doc = JSON.parse(text); spec.behaviors = Array.isArray(doc) ? doc : doc.behaviors; }
+    catch (e) { error.textContent = `Behaviors are not valid JSON: ${e.message}`; error.hidden = false; return; }
+  }
+  const now = Date.now() / 1000;
+  spec.endTime = now;
+  spec.startTime = now - RANGES[document.getElementById("bt-range").value] / timeScale();
+  const thresholds = parseThresholds(document.getElementById("bt-thresholds").value);
+  if (Object.keys(thresholds).length) spec.thresholds = thresholds;
+  const post = await fetch("/console/api/backtests", { method: "POST", headers: { "content-type": "application/json", "x-csrf-token": csrf() }, body: JSON.stringify(spec) });
+  let job = await post.json();
+  if (!post.ok) { error.textContent = job.message || JSON.stringify(job); error.hidden = false; return; }
+  progress.hidden = false;
+  while (job.status === "QUEUED" || job.status === "RUNNING") {
+    progress.querySelector("progress").value = job.progress;
+    progress.querySelector("span").textContent = `${(job.progress * 100).toFixed(0)}% ${job.message}`;
+    await new Promise((r) => setTimeout(r, 300));
+    job = await (await fetch(`/console/api/backtests/${job.backtestId}`)).json();
+  }
+  progress.querySelector("progress").value = 1;
+  progress.querySelector("span").textContent = job.status === "SUCCEEDED" ? "done" : `${job.status}: ${job.message}`;
+  if (job.status === "SUCCEEDED") renderBacktest(job.result);
+}
+
+function wireBacktest() {
+  const form = document.getElementById("backtest-form");
+  if (form) {
+    form.addEventListener("submit", runBacktest);
+    const pending = sessionStorage.getItem("iotdefender-backtest");
+    if (pending) { document.getElementById("bt-behaviors").value = pending; sessionStorage.removeItem("iotdefender-backtest"); document.getElementById("bt-profile").value = ""; }
+    document.getElementById("bt-profile").addEventListener("change", (e) => { location.search = e.target.value ? `?profile=${encodeURIComponent(e.target.value)}` : ""; });
+  }
+  const fromEditor = document.getElementById("backtest-these");
+  if (fromEditor) fromEditor.addEventListener("click", () => {
+    sessionStorage.setItem("iotdefender-backtest", document.querySelector('#profile-form textarea[name="behaviors"]').value);
+    location.href = "/console/backtest";
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => { drawPageCharts(); startLive(); wireBacktest(); });
