@@ -1,0 +1,128 @@
+"""The console over plain HTTP, on SQLite and PostgreSQL: login, sessions, CSRF, bad input.
+
+Every page must answer (no 500s) whatever the query string, refuse to show anything without a
+session, refuse writes without the session's CSRF token, and escape what it prints.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import pytest
+
+from tests.support.mqtt import Device, report
+from tests.support.processes import ACCESS_KEY, SECRET_KEY
+
+SERVICE_ARGS = ["--report-min-interval", "0", "--time-scale", "100"]
+PAGES = ["/console/", "/console/metrics", "/console/things", "/console/things/x", "/console/profiles",
+         "/console/profiles/new", "/console/violations", "/console/backtest", "/console/api/events",
+         "/console/api/backtests/x", "/console/api/violations/x/evidence"]
+FEW_PORTS = {"name": "few-ports", "metric": "aws:num-listening-tcp-ports",
+             "criteria": {"comparisonOperator": "less-than-equals", "value": {"count": 2}}}
+
+
+def logged_in(svc) -> tuple[httpx.Client, str]:
+    client = httpx.Client(base_url=svc.endpoint, follow_redirects=False, timeout=30)
+    answer = client.post("/console/login", data={"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY})
+    assert answer.status_code == 303
+    page = client.get("/console/")
+    token = re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
+    return client, token
+
+
+def test_nothing_is_readable_without_a_session(service):
+    client = httpx.Client(base_url=service.endpoint, follow_redirects=False)
+    for path in PAGES:
+        answer = client.get(path)
+        if path.startswith("/console/api/"):
+            assert answer.status_code == 401, path
+        else:
+            assert answer.status_code == 303 and answer.headers["location"].startswith("/console/login"), path
+    assert client.post("/console/api/backtests", json={}).status_code == 401
+    assert client.get("/console").headers["location"] == "/console/"
+    assert client.get("/console/static/vendor/uPlot.iife.min.js").status_code == 200  # the only public files
+
+
+def test_login_cookie_and_redirects(service):
+    client = httpx.Client(base_url=service.endpoint, follow_redirects=False)
+    refused = client.post("/console/login", data={"access_key_id": ACCESS_KEY, "secret_access_key": "nope"})
+    assert refused.status_code == 401 and "wrong secret" in refused.text
+    unknown = client.post("/console/login", data={"access_key_id": "AKIDNOBODY", "secret_access_key": SECRET_KEY})
+    assert unknown.status_code == 401
+    answer = client.post("/console/login", data={"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY,
+                                                 "next": "https://elsewhere.example/steal"})
+    assert answer.headers["location"] == "/console/"  # never redirected off the console
+    cookie = answer.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
+    assert client.get("/console/").status_code == 200
+    tampered = httpx.Client(base_url=service.endpoint, follow_redirects=False,
+                            cookies={"iotdefender_console": client.cookies["iotdefender_console"][:-4] + "AAAA"})
+    assert tampered.get("/console/").status_code == 303
+
+
+def test_writes_need_the_csrf_token(service):
+    client, token = logged_in(service)
+    form = {"name": "csrf-check", "behaviors": "[]"}
+    assert client.post("/console/profiles/new", data=form).status_code == 403
+    assert client.post("/console/profiles/new", data={**form, "csrf": "forged"}).status_code == 403
+    assert client.post("/console/api/backtests", json={"behaviors": [FEW_PORTS]}).status_code == 403
+    assert all(p["name"] != "csrf-check" for p in service.client().list_security_profiles()["securityProfileIdentifiers"])
+    created = client.post("/console/profiles/new", data={**form, "csrf": token})
+    assert created.status_code == 303 and created.headers["location"] == "/console/profiles/csrf-check"
+    again = client.post("/console/profiles/new", data={**form, "csrf": token})
+    assert again.status_code == 400 and "ResourceAlreadyExistsException" in again.text
+    broken = client.post("/console/profiles/csrf-check", data={"behaviors": "[{", "csrf": token})
+    assert broken.status_code == 400 and "not valid JSON" in broken.text and "[{" in broken.text
+    assert client.post("/console/profiles/csrf-check/delete", data={"csrf": token}).status_code == 303
+
+
+@pytest.mark.parametrize("path", [
+    "/console/violations?verification=BOGUS", "/console/violations?token=not-a-token",
+    "/console/violations?view=history&range=99y&criteria=NOPE", "/console/metrics?metric=no-such-metric&group=none",
+    "/console/metrics?metric=aws:num-listening-tcp-ports&range=7d", "/console/things?prefix=%25_&after=zzz",
+    "/console/things/%3Cscript%3Ealert(1)%3C%2Fscript%3E", "/console/profiles/no-such-profile",
+    "/console/api/backtests/nope", "/console/api/violations/nope/evidence", "/console/backtest?profile=missing",
+])
+def test_odd_queries_get_answers_not_failures(service, path):
+    client, _ = logged_in(service)
+    answer = client.get(path)
+    assert answer.status_code in (200, 400, 404), (path, answer.status_code)
+    assert "<script>alert(1)" not in answer.text
+
+
+def test_live_stream_and_console_backtest(service):
+    client, token = logged_in(service)
+    iot = service.client()
+    iot.create_security_profile(securityProfileName="http-live", behaviors=[FEW_PORTS])
+    iot.create_thing_group(thingGroupName="http-g")
+    iot.attach_security_profile(securityProfileName="http-live",
+                                securityProfileTargetArn="arn:aws:iot:us-east-1:123456789012:thinggroup/http-g")
+    iot.create_thing(thingName="http-dev")
+    iot.add_thing_to_thing_group(thingGroupName="http-g", thingName="http-dev")
+    events: list[str] = []
+    with client.stream("GET", "/console/api/events") as stream:
+        device = Device(service.mqtt_port, "http-dev")
+        assert device.report(report(1, [1, 2, 3]))[0] == "json/accepted"
+        device.close()
+        for line in stream.iter_lines():
+            events.append(line)
+            if line.startswith("data:") and "http-dev" in line:
+                break
+    assert any(line.startswith("event: violation") for line in events)
+    started = client.post("/console/api/backtests", headers={"x-csrf-token": token},
+                          json={"securityProfileName": "http-live", "startTime": time.time() - 60,
+                                "endTime": time.time() + 1})
+    assert started.status_code == 200, started.text
+    job = started.json()
+    for _ in range(100):
+        if job["status"] in ("SUCCEEDED", "FAILED"):
+            break
+        time.sleep(0.1)
+        job = client.get(f"/console/api/backtests/{job['backtestId']}").json()
+    assert job["status"] == "SUCCEEDED"
+    (behavior,) = job["result"]["behaviors"]
+    assert behavior["devicesInAlarm"] == 1 and behavior["topThings"][0]["thingName"] == "http-dev"
+    refused = client.post("/console/api/backtests", headers={"x-csrf-token": token}, json={"behaviors": "x"})
+    assert refused.status_code == 400 and refused.json()["message"]
