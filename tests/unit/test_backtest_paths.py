@@ -51,7 +51,10 @@ def _points(reports: list[tuple[str, float, dict]], metric: str) -> SeriesPoints
 @given(scenarios())
 def test_vectorised_path_matches_the_engine(scenario: tuple) -> None:
     behavior, reports, end = scenario
-    request = BacktestRequest([behavior], 0.0, end, covers=lambda t: True, sweeps={"b": []}, invalidation_period=3000.0)
+    other = behavior["criteria"]["value"]
+    other = (next(iter(other.values())) + 2) % 7  # a second threshold, counted by the sweep
+    request = BacktestRequest([behavior], 0.0, end, covers=lambda t: True, sweeps={"b": [float(other)]},
+                              invalidation_period=3000.0)
     threshold = fast_path_threshold(behavior)
     assert threshold is not None
     fast = _vectorised(request, behavior, _points(reports, behavior["metric"]), threshold)
@@ -63,6 +66,13 @@ def test_vectorised_path_matches_the_engine(scenario: tuple) -> None:
     assert canonical(fast.events) == canonical(slow.events)
     assert fast.active_at_end == slow.active_at_end
     assert fast.datapoints == slow.datapoints == len(reports)
+    # The sweep's counts are what the engine gives with that threshold.
+    for row in fast.sweep:
+        value = next(iter(row["threshold"].values()))
+        tried = dict(behavior, criteria=dict(behavior["criteria"], value={k: value for k in behavior["criteria"]["value"]}))
+        engine = _replayed(request, [tried], [reports], len(reports), lambda f, m: None)[0]
+        alarms = [e[0] for e in engine.events if e[2] == EventType.IN_ALARM.value]
+        assert (row["alarms"], row["devicesInAlarm"]) == (len(alarms), len(set(alarms))), row
 
 
 def test_sweep_counts_devices_per_threshold() -> None:

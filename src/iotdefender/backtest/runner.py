@@ -27,8 +27,8 @@ from sqlalchemy.engine import Engine
 from iotdefender.engine.alarm import AlarmStatus, EventType
 from iotdefender.engine.compare import scalar_of
 from iotdefender.engine.evaluator import DELTA_METRICS, Evaluator, criteria_type
-from iotdefender.engine.vectorised import (alarm_transitions, order_by_thing_and_time, supports, violating,
-                                           windowed_sums)
+from iotdefender.engine.vectorised import (alarm_transitions, alarms_raised, order_by_thing_and_time, supports,
+                                           violating, windowed_sums)
 from iotdefender.metrics_catalog import series_key
 from iotdefender.store import history
 
@@ -146,13 +146,10 @@ def _vectorised(request: BacktestRequest, behavior: dict[str, Any], points: hist
     outcome.devices = {points.things[i] for i in np.unique(things)}
     kind = "count" if "count" in criteria["value"] else "number"
 
-    def run(limit: float) -> Any:
-        return alarm_transitions(things, times, measured, violating(operator, measured, limit),
-                                 criteria.get("consecutiveDatapointsToAlarm") or 1,
-                                 criteria.get("consecutiveDatapointsToClear") or 1,
-                                 request.invalidation_period, request.end)
-
-    result = run(threshold)
+    to_alarm = criteria.get("consecutiveDatapointsToAlarm") or 1
+    to_clear = criteria.get("consecutiveDatapointsToClear") or 1
+    result = alarm_transitions(things, times, measured, violating(operator, measured, threshold), to_alarm, to_clear,
+                               request.invalidation_period, request.end)
     outcome.events = [(points.things[t], at, k.value, {kind: _plain(v)})
                       for t, at, k, v in zip(result.thing_index.tolist(), result.times.tolist(), result.kinds,
                                              result.values.tolist())]
@@ -163,10 +160,14 @@ def _vectorised(request: BacktestRequest, behavior: dict[str, Any], points: hist
         found = np.percentile(measured, SWEEP_PERCENTILES).tolist()
         candidates = [round(v) if kind == "count" else float(f"{v:.4g}") for v in found]
     for limit in sorted(set([threshold, *(candidates or [])])):
-        tried = result if limit == threshold else run(limit)
-        alarms = [t for t, k in zip(tried.thing_index.tolist(), tried.kinds) if k is EventType.IN_ALARM]
+        if limit == threshold:
+            raised = result.thing_index[[k is EventType.IN_ALARM for k in result.kinds]] if len(result) else \
+                result.thing_index
+        else:
+            raised = alarms_raised(things, times, measured, violating(operator, measured, limit), to_alarm, to_clear,
+                                   request.invalidation_period, request.end)
         outcome.sweep.append({"threshold": {kind: _plain(limit)}, "current": limit == threshold,
-                              "devicesInAlarm": len(set(alarms)), "alarms": len(alarms)})
+                              "devicesInAlarm": int(len(np.unique(raised))), "alarms": int(len(raised))})
     return outcome
 
 

@@ -137,10 +137,16 @@ def compact(conn: Connection, up_to_id: int) -> int:
 def _merge(parts: list[SeriesPoints]) -> SeriesPoints:
     names: dict[str, int] = {}
     indexes, times, values = [], [], []
+    previous: list[str] | None = None
+    remap = np.empty(0, dtype=np.int32)
+    identity = False
     for part in parts:
-        remap = np.fromiter((names.setdefault(n, len(names)) for n in part.things), dtype=np.int32,
-                            count=len(part.things))
-        indexes.append(remap[part.thing_index] if len(part.things) else part.thing_index)
+        if part.things is not previous and part.things != previous:  # a stable fleet: the same list
+            remap = np.fromiter((names.setdefault(n, len(names)) for n in part.things), dtype=np.int32,
+                                count=len(part.things))
+            identity = bool(np.array_equal(remap, np.arange(len(remap))))
+            previous = part.things
+        indexes.append(part.thing_index if identity or not len(part.things) else remap[part.thing_index])
         times.append(part.times)
         values.append(part.values)
     if not parts:
@@ -155,8 +161,12 @@ def read_series(conn: Connection, series: str, start: float, end: float) -> Seri
     query = sa.select(metric_segments.c.things, metric_segments.c.thing_index, metric_segments.c.times,
                       metric_segments.c.vals).where(
         metric_segments.c.series == series, metric_segments.c.max_ts >= start, metric_segments.c.min_ts <= end)
-    for things, thing_index, times, vals in conn.execute(query):
-        part = SeriesPoints(orjson.loads(things), np.frombuffer(thing_index, dtype="<i4"),
+    names_blob, names = b"", []
+    for things, thing_index, times, vals in conn.execute(query.order_by(metric_segments.c.min_ts,
+                                                                        metric_segments.c.id)):
+        if things != names_blob:  # most segments of a stable fleet list the same devices: decode once
+            names_blob, names = things, orjson.loads(things)
+        part = SeriesPoints(names, np.frombuffer(thing_index, dtype="<i4"),
                             np.frombuffer(times, dtype="<f8"), np.frombuffer(vals, dtype="<f8"))
         keep = (part.times >= start) & (part.times <= end)
         if not keep.all():
