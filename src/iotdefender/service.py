@@ -31,7 +31,7 @@ from iotdefender.settings import Settings
 from iotdefender.backtest.jobs import BacktestJobs
 from iotdefender.console.app import create_console
 from iotdefender.store import history, metric_values, violations
-from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head, writing
+from iotdefender.store.database import create_engine, in_batches, sqlite_url, upgrade_to_head
 
 log = structlog.get_logger("iotdefender")
 
@@ -88,13 +88,7 @@ def validate(settings: Settings) -> None:
 
 
 def _purge(engine: Engine, delete_batch: Callable[[Connection, float], int], cutoff: float) -> int:
-    total = 0
-    while True:
-        with writing(engine) as conn:
-            deleted = delete_batch(conn, cutoff)
-        total += deleted
-        if deleted == 0:
-            return total
+    return in_batches(engine, lambda conn: delete_batch(conn, cutoff))
 
 
 async def retention_loop(engine: Engine, metrics_s: float, violations_s: float) -> None:
@@ -112,16 +106,6 @@ async def retention_loop(engine: Engine, metrics_s: float, violations_s: float) 
                      metric_segments_deleted=segments)
 
 
-def _compact(engine: Engine, up_to_id: int) -> int:
-    total = 0
-    while True:
-        with writing(engine) as conn:
-            copied = history.compact(conn, up_to_id)
-        total += copied
-        if copied == 0:
-            return total
-
-
 async def history_loop(engine: Engine, interval_s: float) -> None:
     """Copy new numeric datapoints into columnar segments (store/history.py), up to the last id
     seen one run earlier, so rows of transactions still open then are never skipped."""
@@ -129,7 +113,7 @@ async def history_loop(engine: Engine, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
-            await anyio.to_thread.run_sync(_compact, engine, horizon)
+            await anyio.to_thread.run_sync(history.compact_until, engine, horizon)
             with engine.connect() as conn:
                 horizon = history.max_row_id(conn)
         except Exception:

@@ -55,24 +55,13 @@ def expected(rows: list[RetainedReport], series: str, start: float, end: float) 
     return out
 
 
-def compact_all(engine, up_to: int) -> int:
-    """As the service's loop does: batches of ROWS_PER_SEGMENT rows until nothing is left."""
-    copied = 0
-    while True:
-        with writing(engine) as conn:
-            step = history.compact(conn, up_to)
-        copied += step
-        if step == 0:
-            return copied
-
-
 def test_segments_plus_tail_equal_the_rows(engine, monkeypatch):
     monkeypatch.setattr(history, "ROWS_PER_SEGMENT", 7)
     rows = reports(0, 30)
     with writing(engine) as conn:
         insert_reports(conn, rows)
         horizon = history.max_row_id(conn)
-    assert compact_all(engine, horizon - 5) == 25  # the last rows stay in the tail
+    assert history.compact_until(engine, horizon - 5) == 25  # the last rows stay in the tail
     more = reports(30, 10)
     with writing(engine) as conn:
         insert_reports(conn, more)
@@ -85,7 +74,7 @@ def test_segments_plus_tail_equal_the_rows(engine, monkeypatch):
                 assert as_set(got) == expected(everything, series, start, end), (series, start, end)
         assert history.read_series(conn, "aws:listening-tcp-ports", 0, 1e9).thing_index.size == 0  # lists: no
         assert history.series_present(conn, 0, 1e9) == {"aws:num-listening-tcp-ports", "cpu"}
-    assert compact_all(engine, horizon + 10) == 15
+    assert history.compact_until(engine, horizon + 10) == 15
     with engine.connect() as conn:
         got = history.read_series(conn, "cpu", 0, 1e9)
         assert as_set(got) == expected(everything, "cpu", 0, 1e9)

@@ -7,6 +7,7 @@ databases, so a user's existing data directory is carried forward by every relea
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -90,6 +91,21 @@ def _writer(engine: Engine) -> Engine:
 def writing(engine: Engine) -> AbstractContextManager[Connection]:
     """A write transaction (commits on success, rolls back on error); see ``create_engine``."""
     return _writer(engine).begin()
+
+
+def in_batches(engine: Engine, step: Callable[[Connection], int]) -> int:
+    """Run ``step`` in one short write transaction after another until it does nothing (returns 0).
+
+    Retention deletes and history compaction work this way so that no transaction holds the
+    single writer for long; returns the total of what the steps did.
+    """
+    total = 0
+    while True:
+        with writing(engine) as conn:
+            done = step(conn)
+        total += done
+        if done == 0:
+            return total
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
+from iotdefender.store.database import in_batches
 from iotdefender.store.schema import history_compaction, metric_segments, metric_values
 
 _COMPACTOR = "metric_segments"
@@ -132,6 +133,11 @@ def compact(conn: Connection, up_to_id: int) -> int:
         write_segment(conn, series, points)
     _set_compacted(conn, rows[-1][0] if len(rows) == ROWS_PER_SEGMENT else up_to_id)
     return len(rows)
+
+
+def compact_until(engine: Engine, up_to_id: int) -> int:
+    """Compact in short write transactions until every row up to ``up_to_id`` is in a segment."""
+    return in_batches(engine, lambda conn: compact(conn, up_to_id))
 
 
 def _merge(parts: list[SeriesPoints]) -> SeriesPoints:
