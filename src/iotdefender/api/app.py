@@ -9,6 +9,7 @@ InternalFailureException, never as a bare 500 page.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable
@@ -171,11 +172,15 @@ class ApiService:
             return self.backtests.get(parts[0]).document()
         raise ApiError("UnknownOperationException", f"No extension operation {method} backtests/{'/'.join(parts)}")
 
-    def invoke(self, operation_name: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Run an AWS operation from inside the service (the console): validated as a request is."""
+    def invoke(self, operation_name: str, params: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """Run an AWS operation from inside the service (the console): validated as a request is.
+
+        ``extra`` reaches handlers that take console-only keywords (e.g. ``behavior_name``).
+        """
         operation = SERVICE_MODEL.operation_model(operation_name)
         validate_input(operation.input_shape, params, constraints=operation_name not in SELF_VALIDATING)
-        output = self._run(self.handlers[operation_name], params)
+        handler = self.handlers[operation_name]
+        output = self._run(functools.partial(handler, **extra) if extra else handler, params)
         if operation.http.get("method") != "GET":
             for listener in self.on_change:
                 listener()

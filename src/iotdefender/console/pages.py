@@ -119,7 +119,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             active = api.invoke("ListActiveViolations", {"thingName": name, "maxResults": 100})["activeViolations"]
             events = api.invoke("ListViolationEvents", {"thingName": name, "startTime": end - 30 * 86400.0 /
                                                         console.time_scale, "endTime": end + 1,
-                                                        "maxResults": 100})["violationEvents"]
+                                                        "maxResults": 100}, newest_first=True)["violationEvents"]
             series: dict[str, list[list[float]]] = {}
             other: dict[str, Any] = {}
             with console.engine.connect() as conn:
@@ -135,7 +135,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                 described = api.invoke("DescribeThing", {"thingName": name})
             except ApiError:
                 described = None
-            return {"profiles": profiles, "active": active, "events": list(reversed(events)), "series": series,
+            return {"profiles": profiles, "active": active, "events": events, "series": series,
                     "other": other, "described": described, "targets": console.monitoring.targets_of(name)}
 
         data = await sync(read)
@@ -185,14 +185,14 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         range_name, start, end = span(console, request, "7d")
 
         def read() -> dict[str, Any]:
+            by_behavior = {"behavior_name": behavior} if behavior else {}
             if view == "history":
-                page = api.invoke("ListViolationEvents", {**filters, "startTime": start, "endTime": end + 1})
+                page = api.invoke("ListViolationEvents", {**filters, "startTime": start, "endTime": end + 1},
+                                  newest_first=True, **by_behavior)
                 rows = page["violationEvents"]
             else:
-                page = api.invoke("ListActiveViolations", filters)
+                page = api.invoke("ListActiveViolations", filters, **by_behavior)
                 rows = page["activeViolations"]
-            if behavior:
-                rows = [r for r in rows if (r.get("behavior") or {}).get("name") == behavior]
             names = [p["name"] for p in api.invoke("ListSecurityProfiles", {"maxResults": 250})
                      ["securityProfileIdentifiers"]]
             return {"rows": rows, "next_token": page.get("nextToken"), "profile_names": names}

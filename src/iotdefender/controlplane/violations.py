@@ -30,8 +30,9 @@ def _verification(row: Any) -> Params:
 
 
 @operation("ListActiveViolations")
-def list_active_violations(ctx: ServiceContext, params: Params) -> Params:
-    filters = {k: params.get(k) for k in _FILTERS}
+def list_active_violations(ctx: ServiceContext, params: Params, behavior_name: str | None = None) -> Params:
+    """``behavior_name`` is the console's extra filter (AWS's model has none)."""
+    filters = {k: params.get(k) for k in _FILTERS} | {"behaviorName": behavior_name}
     after = decode_token(params.get("nextToken"))
     if after is not None and not isinstance(after, str):
         raise invalid_request("The nextToken is invalid")
@@ -52,17 +53,20 @@ def list_active_violations(ctx: ServiceContext, params: Params) -> Params:
 
 
 @operation("ListViolationEvents")
-def list_violation_events(ctx: ServiceContext, params: Params) -> Params:
+def list_violation_events(ctx: ServiceContext, params: Params, behavior_name: str | None = None,
+                          newest_first: bool = False) -> Params:
+    """AWS lists oldest first; the console asks for ``newest_first`` (and may filter by behavior)."""
     start, end = params["startTime"], params["endTime"]
     if end < start:
         raise invalid_request("endTime must not be earlier than startTime")
-    filters = {k: params.get(k) for k in _FILTERS}
+    filters = {k: params.get(k) for k in _FILTERS} | {"behaviorName": behavior_name}
     after = decode_token(params.get("nextToken"))
     if after is not None and not (isinstance(after, list) and len(after) == 2):
         raise invalid_request("The nextToken is invalid")
     limit = page_size(params.get("maxResults"))
     with ctx.engine.connect() as conn:
-        rows = violations.events_page(conn, filters, start, end, tuple(after) if after else None, limit + 1)
+        rows = violations.events_page(conn, filters, start, end, tuple(after) if after else None, limit + 1,
+                                      descending=newest_first)
     token = encode_token([rows[limit - 1].event_time, rows[limit - 1].id]) if len(rows) > limit else None
     return {
         "violationEvents": [

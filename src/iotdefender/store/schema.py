@@ -177,8 +177,12 @@ violation_events = sa.Table(
     sa.Column("metric_value", sa.JSON),
     sa.Column("event_time", EPOCH, nullable=False),
     sa.Column("evidence", sa.JSON, nullable=False),
+    # A copy of behavior["name"]: the console filters and groups by it (migration 0005).
+    sa.Column("behavior_name", NAME),
     sa.Index("ix_violation_events_time", "event_time"),
     sa.Index("ix_violation_events_violation", "violation_id"),
+    # A device's history (ListViolationEvents thingName, the console's device page) without a scan.
+    sa.Index("ix_violation_events_thing_time", "thing_name", "event_time"),
 )
 
 # The verification state belongs to the violation (all its events share it).

@@ -48,7 +48,7 @@ def record_events(conn: Connection, events: Iterable[ViolationEvent]) -> None:
             violation_id=event.violation_id, event_type=event.event_type.value, thing_name=event.thing_name,
             profile_name=event.profile_name, behavior=event.behavior, criteria_type=event.criteria_type,
             suppressed=event.suppressed, metric_value=event.metric_value, event_time=event.at,
-            evidence=event.evidence))
+            evidence=event.evidence, behavior_name=event.behavior.get("name")))
         if event.event_type is EventType.IN_ALARM:
             conn.execute(active_violations.insert().values(
                 violation_id=event.violation_id, thing_name=event.thing_name, profile_name=event.profile_name,
@@ -66,6 +66,8 @@ def _filters(table: sa.Table, filters: Mapping[str, Any]) -> list[sa.ColumnEleme
         clauses.append(table.c.thing_name == filters["thingName"])
     if filters.get("securityProfileName") is not None:
         clauses.append(table.c.profile_name == filters["securityProfileName"])
+    if filters.get("behaviorName") is not None:  # the console's filter; not in AWS's model
+        clauses.append(table.c.behavior_name == filters["behaviorName"])
     if filters.get("behaviorCriteriaType") is not None:
         clauses.append(table.c.criteria_type == filters["behaviorCriteriaType"])
     if filters.get("listSuppressedAlerts") is not None:
@@ -95,15 +97,19 @@ def active_page(conn: Connection, filters: Mapping[str, Any], after: str | None,
 
 
 def events_page(conn: Connection, filters: Mapping[str, Any], start: float, end: float,
-                after: tuple[float, int] | None, limit: int) -> list[Any]:
+                after: tuple[float, int] | None, limit: int, descending: bool = False) -> list[Any]:
+    """Events in [start, end] by (time, id), after the key ``after`` in that order (newest first if
+    ``descending``)."""
     query = _with_verification(violation_events).where(
         violation_events.c.event_time >= start, violation_events.c.event_time <= end,
         *_filters(violation_events, filters))
+    time_, id_ = violation_events.c.event_time, violation_events.c.id
     if after is not None:
         ts, row_id = after
-        query = query.where(sa.or_(violation_events.c.event_time > ts,
-                                   sa.and_(violation_events.c.event_time == ts, violation_events.c.id > row_id)))
-    return conn.execute(query.order_by(violation_events.c.event_time, violation_events.c.id).limit(limit)).all()
+        query = query.where(sa.or_(time_ < ts, sa.and_(time_ == ts, id_ < row_id)) if descending else
+                            sa.or_(time_ > ts, sa.and_(time_ == ts, id_ > row_id)))
+    order = (time_.desc(), id_.desc()) if descending else (time_, id_)
+    return conn.execute(query.order_by(*order).limit(limit)).all()
 
 
 def events_of(conn: Connection, violation_id: str) -> list[Any]:
