@@ -50,6 +50,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/pipeline.py --broker mosquitto
 	$(BIN)/python bench/cloud_accounting.py
 	$(BIN)/python bench/backtest.py
+	$(BIN)/python bench/console.py
 
 # A reduced end-to-end run (< 60 s) printing one JSON line.
 bench-quick: $(STAMP) system-deps
