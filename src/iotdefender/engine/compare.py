@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -93,3 +93,51 @@ def offending(operator: str, threshold: Mapping[str, Any], observed: Mapping[str
         test = lambda e: e in members  # noqa: E731
     want_inside = operator.startswith("in-")
     return [e for e in got[1] if test(e) != want_inside]
+
+
+Check = Callable[[Mapping[str, Any]], bool]
+
+
+def compile_check(operator: str, threshold: Mapping[str, Any]) -> Check:
+    """``compliant`` with the threshold's side prepared once (number, member set, networks).
+
+    Live evaluation compares the same fixed threshold with every datapoint of a fleet; building the
+    port set or parsing the CIDRs per datapoint was most of the comparison's cost. The returned
+    function answers exactly as ``compliant(operator, threshold, observed)`` would, raising the
+    same ValueError for values that cannot compare.
+    """
+    if operator in _NUMERIC:
+        right = scalar_of(threshold)
+        test = _NUMERIC[operator]
+        if right is None or math.isnan(right):
+            return lambda observed: compliant(operator, threshold, observed)
+
+        def numeric(observed: Mapping[str, Any]) -> bool:
+            left = scalar_of(observed)
+            if left is None or math.isnan(left):
+                return compliant(operator, threshold, observed)  # raises the same ValueError
+            return test(left, right)
+
+        return numeric
+    allowed = _elements(threshold)
+    if allowed is None or operator not in ("in-cidr-set", "not-in-cidr-set", "in-port-set", "not-in-port-set",
+                                           "in-set", "not-in-set"):
+        return lambda observed: compliant(operator, threshold, observed)
+    want_inside = operator.startswith("in-")
+    if operator in ("in-cidr-set", "not-in-cidr-set"):
+        networks = _networks(tuple(allowed[1]))
+        inside: Callable[[Any], bool] = lambda e: _in_networks(e, networks)  # noqa: E731
+    else:
+        members = set(allowed[1])
+        inside = members.__contains__
+
+    def membership(observed: Mapping[str, Any]) -> bool:
+        got = _elements(observed)
+        if got is None:
+            return compliant(operator, threshold, observed)  # raises the same ValueError
+        if not got[1]:
+            return True
+        results = [inside(e) for e in got[1]]  # every element, as compliant does: a bad address raises
+        return all(results) if want_inside else not any(results)
+
+    return membership

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iotdefender.engine.alarm import AlarmState, EventType, Transition, advance, invalidate
-from iotdefender.engine.compare import compliant, offending, scalar_of
+from iotdefender.engine.compare import Check, compile_check, compliant, offending, scalar_of
 from iotdefender.engine.statistics import FleetStatistics
 
 # Counts per report (device side) or per window (cloud side): summed over durationSeconds.
@@ -56,6 +56,51 @@ class ViolationEvent:
     state: AlarmState
 
 
+_IDLE = AlarmState()
+_COMPILED_PROFILES_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """One behavior, with what evaluating it needs worked out once."""
+
+    behavior: dict[str, Any]
+    name: str
+    metric: str
+    series: str | None  # the datapoint key: "metric" or "metric|dimension|operator"
+    dimension_key: str
+    operator: str | None
+    threshold: Any
+    check: Check | None
+    to_alarm: int
+    to_clear: int
+    window_s: float | None  # set when durationSeconds or a statistical threshold applies
+    statistical: bool
+    ml: bool
+
+    @staticmethod
+    def of(behavior: Mapping[str, Any], time_scale: float) -> _Rule:
+        criteria = behavior.get("criteria") or {}
+        metric = behavior.get("metric")
+        dimension = behavior.get("metricDimension") or {}
+        dimension_key = (f"{dimension.get('dimensionName')}|{dimension.get('operator') or 'IN'}"
+                         if dimension else "")
+        series = None if not isinstance(metric, str) else (f"{metric}|{dimension_key}" if dimension_key else metric)
+        statistical = bool(criteria.get("statisticalThreshold"))
+        has_window = criteria.get("durationSeconds") is not None or statistical
+        operator = criteria.get("comparisonOperator")
+        threshold = criteria.get("value")
+        check = None
+        if not statistical and operator is not None and isinstance(threshold, Mapping):
+            check = compile_check(operator, threshold)
+        seconds = criteria.get("durationSeconds") or DEFAULT_WINDOW_S
+        return _Rule(dict(behavior), behavior.get("name", ""), metric or "", series, dimension_key, operator,
+                     threshold, check, criteria.get("consecutiveDatapointsToAlarm") or 1,
+                     criteria.get("consecutiveDatapointsToClear") or 1,
+                     float(seconds) / time_scale if has_window else None, statistical,
+                     bool(criteria.get("mlDetectionConfig")))
+
+
 @dataclass
 class Evaluation:
     events: list[ViolationEvent] = field(default_factory=list)
@@ -70,16 +115,18 @@ class Evaluator:
     # thing -> series -> [(time, value)] inside the longest duration: one small dict per thing
     # keeps the per-device footprint low (bench/engine_state.py).
     _history: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)
+    _compiled: dict[int, tuple[Mapping[str, Any], list[_Rule]]] = field(default_factory=dict)
 
     def window_of(self, behavior: Mapping[str, Any]) -> float:
         seconds = (behavior.get("criteria") or {}).get("durationSeconds") or DEFAULT_WINDOW_S
         return float(seconds) / self.time_scale
 
     def _measure(self, thing: str, metric: str, series: str, value: dict[str, Any], window_s: float | None,
-                 now: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The value a behavior compares, and the datapoints it was built from."""
-        if (metric not in DELTA_METRICS and metric not in MAX_METRICS) or window_s is None:
-            return value, [{"timestamp": now, "value": value}]
+                 now: float) -> tuple[dict[str, Any], list[tuple[float, float]] | None]:
+        """The value a behavior compares, and the (time, value) datapoints of its window (None:
+        the datapoint itself)."""
+        if window_s is None or (metric not in DELTA_METRICS and metric not in MAX_METRICS):
+            return value, None
         by_series = self._history.get(thing)
         if by_series is None:
             by_series = self._history[thing] = {}
@@ -93,7 +140,23 @@ class Evaluator:
             history[:] = [(t, v) for t, v in history if t > now - horizon]
         inside = [(t, v) for t, v in history if t > now - window_s]
         combined = max(v for _, v in inside) if metric in MAX_METRICS else sum(v for _, v in inside)
-        return {"count": int(combined)}, [{"timestamp": t, "value": {"count": int(v)}} for t, v in inside]
+        return {"count": int(combined)}, inside
+
+    def _rules_of(self, profile: Mapping[str, Any]) -> list[_Rule]:
+        """The profile's behaviors prepared for evaluation, cached while the profile object lives.
+
+        Profiles come from the monitoring snapshot, which is replaced (never mutated) when the
+        control plane changes, so the object identity is a safe key; the entry keeps the object
+        alive, so its id cannot be reused while cached.
+        """
+        cached = self._compiled.get(id(profile))
+        if cached is not None and cached[0] is profile:
+            return cached[1]
+        if len(self._compiled) > _COMPILED_PROFILES_MAX:
+            self._compiled.clear()
+        rules = [_Rule.of(b, self.time_scale) for b in profile.get("behaviors") or []]
+        self._compiled[id(profile)] = (profile, rules)
+        return rules
 
     def evaluate(self, thing: str, profiles: Iterable[Mapping[str, Any]], datapoints: Mapping[str, dict[str, Any]],
                  now: float, pending: Mapping[StateKey, AlarmState] | None = None) -> Evaluation:
@@ -101,43 +164,44 @@ class Evaluator:
         result = Evaluation()
         pending = pending or {}
         for profile in profiles:
-            for behavior in profile.get("behaviors") or []:
-                metric = behavior.get("metric")
-                dimension = behavior.get("metricDimension") or {}
-                dimension_key = (f"{dimension.get('dimensionName')}|{dimension.get('operator') or 'IN'}"
-                                 if dimension else "")
-                series = f"{metric}|{dimension_key}" if dimension_key else metric
-                if series not in datapoints:
-                    continue
-                criteria = behavior.get("criteria") or {}
-                if criteria.get("mlDetectionConfig"):
-                    continue  # ML Detect needs trained models: not evaluated (documented gap)
-                key = (thing, profile["name"], behavior["name"], dimension_key)
-                has_window = criteria.get("durationSeconds") is not None or criteria.get("statisticalThreshold")
-                measured, evidence_points = self._measure(thing, metric, series, datapoints[series],
-                                                          self.window_of(behavior) if has_window else None, now)
-                threshold, evidence = self._threshold(thing, profile["name"], behavior, measured, now)
-                if threshold is None:
-                    continue  # statistical warm-up: no verdict either way
+            profile_name = profile["name"]
+            for rule in self._rules_of(profile):
+                value = datapoints.get(rule.series) if rule.series is not None else None
+                if value is None or rule.ml:
+                    continue  # no datapoint; ML Detect needs trained models: not evaluated (documented gap)
+                key = (thing, profile_name, rule.name, rule.dimension_key)
+                measured, window_points = self._measure(thing, rule.metric, rule.series, value, rule.window_s, now)
+                if rule.statistical:
+                    threshold, statistics = self._threshold(thing, profile_name, rule.behavior, measured, now)
+                    if threshold is None:
+                        continue  # statistical warm-up: no verdict either way
+                    check = None
+                else:
+                    threshold, statistics, check = rule.threshold, None, rule.check
                 try:
-                    ok = compliant(criteria["comparisonOperator"], threshold, measured)
-                except (ValueError, KeyError):
+                    ok = check(measured) if check is not None else compliant(rule.operator, threshold, measured)
+                except (ValueError, KeyError, TypeError):
                     continue  # a datapoint of another type than the behavior's metric: not comparable
-                evidence["datapoints"] = evidence_points
-                if not ok and "comparisonOperator" in criteria:
-                    bad = offending(criteria["comparisonOperator"], threshold, measured)
-                    if bad:
-                        evidence["offendingValues"] = bad
-                state = pending.get(key) or result.states.get(key) or self.states.get(key) or AlarmState()
-                after, transition = advance(state, not ok, measured, now,
-                                            criteria.get("consecutiveDatapointsToAlarm") or 1,
-                                            criteria.get("consecutiveDatapointsToClear") or 1)
+                state = pending.get(key) or result.states.get(key) or self.states.get(key)
+                if state is None:
+                    if ok:
+                        continue  # the common case: a compliant device stays NORMAL, nothing to record
+                    state = _IDLE
+                after, transition = advance(state, not ok, measured, now, rule.to_alarm, rule.to_clear)
                 # Idle stays idle (the common case: a compliant fleet) is not a change worth
                 # storing; everything else is, so an alarm's streaks and timestamps survive restarts.
-                if after != state and not (after.is_idle and state.is_idle):
+                if after is not state and after != state and not (after.is_idle and state.is_idle):
                     result.states[key] = after
                 if transition is not None:
-                    result.events.append(self._event(key, behavior, transition, evidence))
+                    evidence: dict[str, Any] = statistics if statistics is not None else {"threshold": threshold}
+                    evidence["datapoints"] = (
+                        [{"timestamp": now, "value": value}] if window_points is None else
+                        [{"timestamp": t, "value": {"count": int(v)}} for t, v in window_points])
+                    if not ok:
+                        bad = offending(rule.operator, threshold, measured)
+                        if bad:
+                            evidence["offendingValues"] = bad
+                    result.events.append(self._event(key, rule.behavior, transition, evidence))
         return result
 
     def _threshold(self, thing: str, profile: str, behavior: Mapping[str, Any], measured: dict[str, Any],

@@ -29,35 +29,54 @@ def load_alarm_states(conn: Connection) -> dict[StateKey, AlarmState]:
     return {(r.thing_name, r.profile_name, r.behavior_name, r.dimension): _state_of(r.state) for r in rows}
 
 
+_KEY = ("thing_name", "profile_name", "behavior_name", "dimension")
+# Statements built once with bind parameters and run with executemany: constructing a statement
+# per row cost SQLAlchemy ~100 µs each (cache-key generation, coercions), which made a burst of
+# violations the slowest part of ingest (py-spy / cProfile on bench/pipeline.py).
+_DELETE_STATE = alarm_states.delete().where(*(alarm_states.c[k] == sa.bindparam(f"k_{k}") for k in _KEY))
+_TOUCH_ACTIVE = active_violations.update().where(
+    active_violations.c.violation_id == sa.bindparam("k_violation_id")).values(
+    last_violation_value=sa.bindparam("k_value"), last_violation_time=sa.bindparam("k_time"))
+_END_ACTIVE = active_violations.delete().where(active_violations.c.violation_id == sa.bindparam("k_violation_id"))
+
+
 def save_alarm_states(conn: Connection, states: Mapping[StateKey, AlarmState]) -> None:
     """Persist changed states: idle ones are deleted, others replaced; open violations follow."""
-    for (thing, profile, behavior, dimension), state in states.items():
-        key = dict(thing_name=thing, profile_name=profile, behavior_name=behavior, dimension=dimension)
-        conn.execute(alarm_states.delete().where(*(alarm_states.c[k] == v for k, v in key.items())))
-        if not state.is_idle:
-            conn.execute(alarm_states.insert().values(**key, state=_state_json(state)))
-        if state.status is AlarmStatus.IN_ALARM and state.violation_id is not None:
-            conn.execute(active_violations.update().where(active_violations.c.violation_id == state.violation_id)
-                         .values(last_violation_value=state.last_violation_value,
-                                 last_violation_time=state.last_violation_time))
+    if not states:
+        return
+    keys = [dict(zip(_KEY, key)) for key in states]
+    conn.execute(_DELETE_STATE, [{f"k_{k}": v for k, v in key.items()} for key in keys])
+    kept = [{**key, "state": _state_json(state)} for key, state in zip(keys, states.values()) if not state.is_idle]
+    if kept:
+        conn.execute(alarm_states.insert(), kept)
+    touched = [{"k_violation_id": s.violation_id, "k_value": s.last_violation_value, "k_time": s.last_violation_time}
+               for s in states.values() if s.status is AlarmStatus.IN_ALARM and s.violation_id is not None]
+    if touched:
+        conn.execute(_TOUCH_ACTIVE, touched)
 
 
 def record_events(conn: Connection, events: Iterable[ViolationEvent]) -> None:
-    for event in events:
-        conn.execute(violation_events.insert().values(
-            violation_id=event.violation_id, event_type=event.event_type.value, thing_name=event.thing_name,
-            profile_name=event.profile_name, behavior=event.behavior, criteria_type=event.criteria_type,
-            suppressed=event.suppressed, metric_value=event.metric_value, event_time=event.at,
-            evidence=event.evidence, behavior_name=event.behavior.get("name")))
-        if event.event_type is EventType.IN_ALARM:
-            conn.execute(active_violations.insert().values(
-                violation_id=event.violation_id, thing_name=event.thing_name, profile_name=event.profile_name,
-                behavior_name=event.behavior.get("name", ""), behavior=event.behavior,
-                criteria_type=event.criteria_type, suppressed=event.suppressed,
-                last_violation_value=event.metric_value, last_violation_time=event.at,
-                violation_start_time=event.at))
-        else:
-            conn.execute(active_violations.delete().where(active_violations.c.violation_id == event.violation_id))
+    """The events, and the active violations they open and end, in a few executemany statements."""
+    events = list(events)
+    if not events:
+        return
+    conn.execute(violation_events.insert(), [
+        {"violation_id": e.violation_id, "event_type": e.event_type.value, "thing_name": e.thing_name,
+         "profile_name": e.profile_name, "behavior": e.behavior, "criteria_type": e.criteria_type,
+         "suppressed": e.suppressed, "metric_value": e.metric_value, "event_time": e.at, "evidence": e.evidence,
+         "behavior_name": e.behavior.get("name")} for e in events])
+    opened = {e.violation_id: e for e in events if e.event_type is EventType.IN_ALARM}
+    ended = [e.violation_id for e in events if e.event_type is not EventType.IN_ALARM]
+    for violation_id in ended:  # opened and ended within this batch: never active
+        opened.pop(violation_id, None)
+    if opened:
+        conn.execute(active_violations.insert(), [
+            {"violation_id": e.violation_id, "thing_name": e.thing_name, "profile_name": e.profile_name,
+             "behavior_name": e.behavior.get("name", ""), "behavior": e.behavior, "criteria_type": e.criteria_type,
+             "suppressed": e.suppressed, "last_violation_value": e.metric_value, "last_violation_time": e.at,
+             "violation_start_time": e.at} for e in opened.values()])
+    if ended:
+        conn.execute(_END_ACTIVE, [{"k_violation_id": v} for v in ended])
 
 
 def _filters(table: sa.Table, filters: Mapping[str, Any]) -> list[sa.ColumnElement[bool]]:
