@@ -31,6 +31,9 @@ class Snapshot:
     custom_metric_types: dict[str, str]
     dimensions: dict[str, list[str]]  # TOPIC_FILTER dimension name -> topic filters
     things: dict[str, tuple[bool, tuple[str, ...]]] = field(default_factory=dict)  # name -> (registered, groups)
+    retained: dict[tuple[str, ...], frozenset[str]] = field(default_factory=dict)  # profile names -> series
+    # (registered, groups) -> monitoring profiles: shared by every thing with the same facts.
+    monitors: dict[tuple[bool, tuple[str, ...]], list[dict[str, Any]]] = field(default_factory=dict)
 
 
 class MonitoringIndex:
@@ -76,7 +79,9 @@ class MonitoringIndex:
 
     def targets_of(self, thing: str) -> list[str]:
         """Every target ARN that covers the thing."""
-        snapshot = self._current()
+        return self._targets_in(self._current(), thing)
+
+    def _targets_in(self, snapshot: Snapshot, thing: str) -> list[str]:
         registered, groups = self._thing_facts(snapshot, thing)
         arns = [self._arn_prefix + "all/things",
                 self._arn_prefix + ("all/registered-things" if registered else "all/unregistered-things")]
@@ -90,9 +95,15 @@ class MonitoringIndex:
 
     def profiles_for(self, thing: str) -> list[dict[str, Any]]:
         """The profiles monitoring the thing, each once, by name."""
-        snapshot = self._current()
-        names = {n for arn in self.targets_of(thing) for n in snapshot.attachments.get(arn, ())}
-        return [snapshot.profiles[n] for n in sorted(names) if n in snapshot.profiles]
+        return self._profiles_in(self._current(), thing)
+
+    def _profiles_in(self, snapshot: Snapshot, thing: str) -> list[dict[str, Any]]:
+        facts = self._thing_facts(snapshot, thing)
+        known = snapshot.monitors.get(facts)
+        if known is None:
+            names = {n for arn in self._targets_in(snapshot, thing) for n in snapshot.attachments.get(arn, ())}
+            known = snapshot.monitors[facts] = [snapshot.profiles[n] for n in sorted(names) if n in snapshot.profiles]
+        return known
 
     def profile(self, name: str) -> dict[str, Any] | None:
         return self._current().profiles.get(name)
@@ -100,16 +111,23 @@ class MonitoringIndex:
     def dimensions(self) -> dict[str, list[str]]:
         return self._current().dimensions
 
-    def retained_metrics(self, thing: str) -> set[str]:
+    def retained_metrics(self, thing: str) -> frozenset[str]:
         """Series whose datapoints are kept for ListMetricValues: used by behaviors or listed in
         additionalMetricsToRetain(V2) of a monitoring profile (model documentation); a series with a
         dimension is ``metric|dimension|operator``."""
+        snapshot = self._current()  # one snapshot throughout: the cache entry matches what it was built from
+        monitoring = self._profiles_in(snapshot, thing)
+        names = tuple(p["name"] for p in monitoring)
+        known = snapshot.retained.get(names)
+        if known is not None:
+            return known
         series: set[str] = set()
-        for profile in self.profiles_for(thing):
+        for profile in monitoring:
             series |= metric_names_used(profile["behaviors"] or [], profile["additional_metrics_to_retain"] or [],
                                         profile["additional_metrics_to_retain_v2"] or [])
             for item in list(profile["behaviors"] or []) + list(profile["additional_metrics_to_retain_v2"] or []):
                 dimension = item.get("metricDimension")
                 if dimension and isinstance(item.get("metric"), str):
                     series.add(series_key(item["metric"], dimension.get("dimensionName"), dimension.get("operator")))
-        return series
+        snapshot.retained[names] = frozenset(series)
+        return snapshot.retained[names]

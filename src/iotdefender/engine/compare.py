@@ -96,6 +96,7 @@ def offending(operator: str, threshold: Mapping[str, Any], observed: Mapping[str
 
 
 Check = Callable[[Mapping[str, Any]], bool]
+_MEMO_MAX = 65536
 
 
 def compile_check(operator: str, threshold: Mapping[str, Any]) -> Check:
@@ -126,7 +127,17 @@ def compile_check(operator: str, threshold: Mapping[str, Any]) -> Check:
     want_inside = operator.startswith("in-")
     if operator in ("in-cidr-set", "not-in-cidr-set"):
         networks = _networks(tuple(allowed[1]))
-        inside: Callable[[Any], bool] = lambda e: _in_networks(e, networks)  # noqa: E731
+        # A fleet talks to the same few addresses: remember each one's answer for this set.
+        memo: dict[str, bool] = {}
+
+        def inside(address: Any) -> bool:
+            known = memo.get(address)
+            if known is None:
+                known = _in_networks(address, networks)  # raises for a bad address, never memoised
+                if len(memo) >= _MEMO_MAX:
+                    memo.clear()
+                memo[address] = known
+            return known
     else:
         members = set(allowed[1])
         inside = members.__contains__
