@@ -72,7 +72,7 @@ def _dimension_problems(spec: MetricSpec | None, dimension: Any, dimension_names
         problems.append(f"metricDimension can't be used with metric {spec.name}")
     elif spec is not None and spec.name == "aws:source-ip-address" and ml_or_statistical:
         problems.append("metricDimension on aws:source-ip-address is only available for static (Rules Detect) behaviors")
-    if name not in dimension_names:
+    if not isinstance(name, str) or name not in dimension_names:
         problems.append(f"dimension {name} does not exist")
     if dimension.get("operator") not in (None, "IN", "NOT_IN"):
         problems.append(f"dimension operator {dimension.get('operator')!r} must be IN or NOT_IN")

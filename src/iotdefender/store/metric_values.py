@@ -13,6 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from iotdefender.metrics_catalog import series_key  # noqa: F401  (re-exported for ListMetricValues)
+from iotdefender.store.rows import insert_many
 from iotdefender.store.schema import metric_values, thing_report_state
 
 
@@ -32,11 +33,8 @@ def insert_reports(conn: Connection, reports: Sequence[RetainedReport]) -> None:
     bench/pipeline.py); the driver's executemany with ready tuples is several times cheaper, and
     the statement is the same plain INSERT on SQLite and PostgreSQL.
     """
-    if not reports:
-        return
-    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = f"INSERT INTO metric_values (thing_name, ts, datapoints) VALUES ({marker}, {marker}, {marker})"
-    conn.exec_driver_sql(sql, [(r.thing_name, r.ts, orjson.dumps(r.datapoints).decode()) for r in reports])
+    insert_many(conn, metric_values, ("thing_name", "ts", "datapoints"),
+                [(r.thing_name, r.ts, orjson.dumps(r.datapoints).decode()) for r in reports])
 
 
 def upsert_report_states(conn: Connection, states: Iterable[tuple[str, int, float]]) -> None:

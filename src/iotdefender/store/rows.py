@@ -1,9 +1,12 @@
-"""What the named, versioned tables share: read by name, compare-and-set update on ``version``."""
+"""Row helpers: named, versioned tables (read by name, compare-and-set on ``version``) and the
+driver-level bulk insert of the hot paths."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -21,3 +24,22 @@ def update_versioned(conn: Connection, table: sa.Table, name: str, expected_vers
         .values(version=expected_version + 1, **values)
     )
     return result.rowcount == 1
+
+
+def insert_many(conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """One plain INSERT run by the driver's executemany, for hot paths.
+
+    SQLAlchemy's per-row parameter processing (type coercion, JSON serialisation through the
+    dialect) cost tens of µs a row in bench/pipeline.py; callers pass ready values instead — JSON
+    columns already encoded with orjson — and the statement is the same on SQLite and PostgreSQL.
+    """
+    if not rows:
+        return
+    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
+    conn.exec_driver_sql(sql, list(rows))
+
+
+def json_text(value: Any) -> str | None:
+    """A JSON column's value as insert_many wants it (NULL stays NULL)."""
+    return None if value is None else orjson.dumps(value).decode()

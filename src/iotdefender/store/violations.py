@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType
 from iotdefender.engine.evaluator import StateKey, ViolationEvent
+from iotdefender.store.rows import insert_many, json_text
 from iotdefender.store.schema import active_violations, alarm_states, violation_events, violation_verification
 
 
@@ -42,6 +43,10 @@ _DELETE_STATE = alarm_states.delete().where(*(alarm_states.c[k] == sa.bindparam(
 _TOUCH_ACTIVE = active_violations.update().where(
     active_violations.c.violation_id == sa.bindparam("k_violation_id")).values(
     last_violation_value=sa.bindparam("k_value"), last_violation_time=sa.bindparam("k_time"))
+_EVENT_COLUMNS = ("violation_id", "event_type", "thing_name", "profile_name", "behavior", "criteria_type",
+                  "suppressed", "metric_value", "event_time", "evidence", "behavior_name")
+_ACTIVE_COLUMNS = ("violation_id", "thing_name", "profile_name", "behavior_name", "behavior", "criteria_type",
+                   "suppressed", "last_violation_value", "last_violation_time", "violation_start_time")
 _END_ACTIVE = active_violations.delete().where(active_violations.c.violation_id == sa.bindparam("k_violation_id"))
 
 
@@ -51,9 +56,8 @@ def save_alarm_states(conn: Connection, states: Mapping[StateKey, AlarmState]) -
         return
     keys = [dict(zip(_KEY, key)) for key in states]
     conn.execute(_DELETE_STATE, [{f"k_{k}": v for k, v in key.items()} for key in keys])
-    kept = [{**key, "state": _state_json(state)} for key, state in zip(keys, states.values()) if not state.is_idle]
-    if kept:
-        conn.execute(alarm_states.insert(), kept)
+    insert_many(conn, alarm_states, (*_KEY, "state"),
+                [(*key, json_text(_state_json(state))) for key, state in states.items() if not state.is_idle])
     touched = [{"k_violation_id": s.violation_id, "k_value": s.last_violation_value, "k_time": s.last_violation_time}
                for s in states.values() if s.status is AlarmStatus.IN_ALARM and s.violation_id is not None]
     if touched:
@@ -65,21 +69,17 @@ def record_events(conn: Connection, events: Iterable[ViolationEvent]) -> None:
     events = list(events)
     if not events:
         return
-    conn.execute(violation_events.insert(), [
-        {"violation_id": e.violation_id, "event_type": e.event_type.value, "thing_name": e.thing_name,
-         "profile_name": e.profile_name, "behavior": e.behavior, "criteria_type": e.criteria_type,
-         "suppressed": e.suppressed, "metric_value": e.metric_value, "event_time": e.at, "evidence": e.evidence,
-         "behavior_name": e.behavior.get("name")} for e in events])
+    insert_many(conn, violation_events, _EVENT_COLUMNS, [
+        (e.violation_id, e.event_type.value, e.thing_name, e.profile_name, json_text(e.behavior), e.criteria_type,
+         e.suppressed, json_text(e.metric_value), e.at, json_text(e.evidence), e.behavior.get("name"))
+        for e in events])
     opened = {e.violation_id: e for e in events if e.event_type is EventType.IN_ALARM}
     ended = [e.violation_id for e in events if e.event_type is not EventType.IN_ALARM]
     for violation_id in ended:  # opened and ended within this batch: never active
         opened.pop(violation_id, None)
-    if opened:
-        conn.execute(active_violations.insert(), [
-            {"violation_id": e.violation_id, "thing_name": e.thing_name, "profile_name": e.profile_name,
-             "behavior_name": e.behavior.get("name", ""), "behavior": e.behavior, "criteria_type": e.criteria_type,
-             "suppressed": e.suppressed, "last_violation_value": e.metric_value, "last_violation_time": e.at,
-             "violation_start_time": e.at} for e in opened.values()])
+    insert_many(conn, active_violations, _ACTIVE_COLUMNS, [
+        (e.violation_id, e.thing_name, e.profile_name, e.behavior.get("name", ""), json_text(e.behavior),
+         e.criteria_type, e.suppressed, json_text(e.metric_value), e.at, e.at) for e in opened.values()])
     if ended:
         conn.execute(_END_ACTIVE, [{"k_violation_id": v} for v in ended])
 
