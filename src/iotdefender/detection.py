@@ -116,6 +116,11 @@ class DetectionService:
     # -- invalidation sweeps ----------------------------------------------------------------------
     def sweep(self, now: float) -> int:
         """Invalidate alarms whose device went silent or that nothing monitors any more."""
+        pending = self.sweep_pending(now)
+        return len(pending.events) if pending is not None else 0
+
+    def sweep_pending(self, now: float) -> PendingDetection | None:
+        """``sweep``, returning what it stored (None when nothing was due)."""
         with self._lock:
             stale: dict[StateKey, str] = {}
             behaviors: dict[StateKey, Mapping[str, Any]] = {}
@@ -136,7 +141,7 @@ class DetectionService:
                 if behavior is not None:
                     behaviors[key] = behavior
             if not stale:
-                return 0
+                return None
             pending = PendingDetection()
             for reason in set(stale.values()):
                 keys = [k for k, r in stale.items() if r == reason]
@@ -145,7 +150,7 @@ class DetectionService:
             with writing(self._engine) as conn:
                 self._persist(conn, pending)
             self._after_commit(pending)
-            return len(pending.events)
+            return pending
 
     def _fill_behaviors(self, pending: PendingDetection) -> None:
         """Events of removed behaviors carry the behavior as it was when the alarm was raised."""

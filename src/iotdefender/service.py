@@ -29,6 +29,7 @@ from iotdefender.ingest.service import IngestService
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.settings import Settings
 from iotdefender.backtest.jobs import BacktestJobs
+from iotdefender.batch_store import BatchStore, LocalBatchStore, WorkerBatchStore, WorkerConfig
 from iotdefender.console.app import create_console
 from iotdefender.store import history, metric_values, violations
 from iotdefender.store.database import create_engine, in_batches, sqlite_url, upgrade_to_head
@@ -120,14 +121,32 @@ async def history_loop(engine: Engine, interval_s: float) -> None:
             log.exception("history_compaction_failed")
 
 
-async def sweep_loop(detection: DetectionService, invalidation_s: float) -> None:
+async def sweep_loop(store: BatchStore, invalidation_s: float) -> None:
     """Invalidate silent or unmonitored alarms; often enough to be prompt, rarely enough to be cheap."""
     while True:
         await asyncio.sleep(min(max(invalidation_s / 20, 0.5), 60.0))
         try:
-            await anyio.to_thread.run_sync(detection.sweep, time.time())
+            await anyio.to_thread.run_sync(store.sweep, time.time())
         except Exception:
             log.exception("invalidation_sweep_failed")
+
+
+async def open_batch_store(settings: Settings, engine: Engine, monitoring: MonitoringIndex, alerts: AlertRouter,
+                           arn_prefix: str) -> BatchStore:
+    """Storage and detection of batches: in a child process (default) or in this one."""
+    if not settings.detection_worker:
+        detection = DetectionService(engine, monitoring, alerts, settings.effective_invalidation_period,
+                                     settings.time_scale)
+        await anyio.to_thread.run_sync(detection.load)
+        return LocalBatchStore(engine, monitoring, detection)
+    config = WorkerConfig(
+        database_url=engine.url.render_as_string(hide_password=False), arn_prefix=arn_prefix,
+        invalidation_period=settings.effective_invalidation_period, time_scale=settings.time_scale,
+        alert_subscriptions=settings.alert_subscriptions, sns_endpoint_url=settings.sns_endpoint_url,
+        region=settings.region, log_format=settings.log_format)
+    store = WorkerBatchStore(config, on_events=lambda _: alerts.wake())
+    await anyio.to_thread.run_sync(store.start)
+    return store
 
 
 @dataclass
@@ -159,12 +178,11 @@ async def serve(settings: Settings) -> None:
     alerts = AlertRouter(engine, subscriptions, settings.sns_endpoint_url, settings.region,
                          retry_base_s=1.0 / settings.time_scale)
     api.dead_letters = alerts.dead_letters
-    detection = DetectionService(engine, monitoring, alerts, settings.effective_invalidation_period,
-                                 settings.time_scale)
-    await anyio.to_thread.run_sync(detection.load)
+    store = await open_batch_store(settings, engine, monitoring, alerts, api.context.arn(""))
+    api.on_change.append(store.invalidate)
     ingest = IngestService(engine, monitoring, publish, settings.effective_report_min_interval)
-    ingest.detector = detection
-    cloud = CloudMetricsService(engine, monitoring, detection, settings.effective_metrics_window)
+    ingest.store = store
+    cloud = CloudMetricsService(engine, monitoring, store, settings.effective_metrics_window)
     if settings.cloud_metrics:
         gatekeeper.observer = cloud
     api.broker_events = cloud.ingest_events
@@ -200,7 +218,7 @@ async def serve(settings: Settings) -> None:
     background = [
         asyncio.create_task(retention_loop(engine, settings.effective_metric_retention,
                                            settings.effective_violation_retention), name="retention"),
-        asyncio.create_task(sweep_loop(detection, settings.effective_invalidation_period), name="invalidation"),
+        asyncio.create_task(sweep_loop(store, settings.effective_invalidation_period), name="invalidation"),
         asyncio.create_task(alerts.run(), name="alerts"),
         asyncio.create_task(history_loop(engine, min(max(settings.effective_metrics_window / 4, 1.0), 30.0)),
                             name="history"),
@@ -228,6 +246,7 @@ async def serve(settings: Settings) -> None:
             await nats_reader.stop()
         await broker.stop()
         await ingest.stop()
+        await anyio.to_thread.run_sync(store.close)
         engine.dispose()
 
 

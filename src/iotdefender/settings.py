@@ -20,6 +20,7 @@ class Settings:
     account_id: str = "123456789012"
     credentials_file: Path | None = None
     log_format: str = "json"
+    detection_worker: bool = True
     mqtt_port: int = 1883
     mqtt_tls_port: int | None = None
     mqtt_ca: str | None = None
@@ -99,6 +100,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="AWS-style credentials file with the access keys the API accepts")
     parser.add_argument("--log-format", choices=("json", "console"), default=d.log_format,
                         help="structured log lines as JSON (default) or for a terminal")
+    parser.add_argument("--detection-worker", choices=("on", "off"), default="on" if d.detection_worker else "off",
+                        help="store and evaluate batches in a child process, on a core of its own (default on)")
     mqtt = parser.add_argument_group("MQTT")
     mqtt.add_argument("--mqtt-url", default=None,
                       help="join this broker as a client instead of embedding one: mqtt[s]://user:pass@host:port "
@@ -142,4 +145,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     names = Settings.__dataclass_fields__
-    return Settings(**{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if isinstance(values.get("detection_worker"), str):
+        values["detection_worker"] = values["detection_worker"] == "on"
+    return Settings(**values)

@@ -20,8 +20,7 @@ from sqlalchemy.engine import Engine
 
 from iotdefender.cloud.aggregator import CLOUD_METRICS, Aggregator, dimension_specs
 from iotdefender.monitoring import MonitoringIndex
-from iotdefender.store import metric_values, registry
-from iotdefender.store.database import writing
+from iotdefender.store import registry
 
 log = structlog.get_logger("iotdefender.cloud")
 
@@ -30,11 +29,11 @@ MAX_INTAKE_EVENTS = 10_000
 
 
 class CloudMetricsService:
-    def __init__(self, engine: Engine, monitoring: MonitoringIndex, detection: Any, window_s: float,
+    def __init__(self, engine: Engine, monitoring: MonitoringIndex, store: Any, window_s: float,
                  clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
         self._monitoring = monitoring
-        self._detection = detection
+        self._store = store
         self._clock = clock
         self.aggregator = Aggregator(window_s)
 
@@ -135,8 +134,7 @@ class CloudMetricsService:
     def _close(self, window: int, clients: Mapping[str, Any]) -> int:
         end = (window + 1) * self.aggregator.window_s
         dimensions = self._monitoring.dimensions()
-        reports: list[metric_values.RetainedReport] = []
-        evaluations: list[tuple[str, dict[str, dict[str, Any]], float]] = []
+        items: list[tuple[str, dict[str, dict[str, Any]], float, None]] = []
         for thing in sorted(self._monitored()):
             profiles = self._monitoring.profiles_for(thing)
             retained = self._monitoring.retained_metrics(thing)
@@ -144,19 +142,8 @@ class CloudMetricsService:
             if not uses_cloud and not any(s.split("|")[0] in CLOUD_METRICS for s in retained):
                 continue
             points = self.aggregator.datapoints(thing, clients.get(thing), end, dimension_specs(profiles, dimensions))
-            kept = {k: v for k, v in points.items() if k in retained}
-            if kept:
-                reports.append(metric_values.RetainedReport(thing, end, kept))
-            evaluations.append((thing, points, end))
-        if not evaluations:
+            items.append((thing, points, end, None))  # the store keeps the retained series of it
+        if not items:
             return 0
-        pending = None
-        try:
-            with writing(self._engine) as conn:
-                metric_values.insert_reports(conn, reports)
-                pending = self._detection.evaluate_in(conn, evaluations)
-        except BaseException:
-            self._detection.committed(pending, ok=False)
-            raise
-        self._detection.committed(pending, ok=True)
-        return len(evaluations)
+        self._store.store_batch(items)
+        return len(items)

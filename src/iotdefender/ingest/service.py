@@ -33,7 +33,6 @@ from iotdefender.ingest.report import (
 )
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.store import metric_values
-from iotdefender.store.database import writing
 
 log = structlog.get_logger("iotdefender.ingest")
 
@@ -65,7 +64,7 @@ class IngestService:
         self._last: dict[str, tuple[int, float]] = {}
         self._queue: asyncio.Queue[_Accepted] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self.detector: Any = None  # DetectionService, evaluated inside each batch's transaction
+        self.store: Any = None  # batch_store.BatchStore: storage and detection of each batch
 
     async def start(self) -> None:
         def load() -> dict[str, tuple[int, float]]:
@@ -153,28 +152,5 @@ class IngestService:
                 self._queue.task_done()
 
     def _commit(self, batch: list[_Accepted]) -> None:
-        """One transaction: retained datapoints, report states and (if wired) detection results."""
-        reports: list[metric_values.RetainedReport] = []
-        states: dict[str, tuple[str, int, float]] = {}
-        for item in batch:
-            retained = self._monitoring.retained_metrics(item.thing)
-            kept = {m: v for m, v in item.report.datapoints.items() if m in retained}
-            if kept:
-                reports.append(metric_values.RetainedReport(item.thing, item.received_at, kept))
-            states[item.thing] = (item.thing, item.report.report_id, item.received_at)
-        detector, pending = self.detector, None
-        try:
-            with writing(self._engine) as conn:
-                metric_values.insert_reports(conn, reports)
-                metric_values.upsert_report_states(conn, states.values())
-                if detector is not None:
-                    pending = detector.evaluate_in(
-                        conn, [(i.thing, i.report.datapoints, i.received_at) for i in batch])
-        except BaseException:
-            if detector is not None:
-                detector.committed(pending, ok=False)
-            raise
-        if detector is not None:
-            detector.committed(pending, ok=True)
-
-
+        """One transaction (BatchStore): retained datapoints, report states, detection results."""
+        self.store.store_batch([(i.thing, i.report.datapoints, i.received_at, i.report.report_id) for i in batch])
