@@ -21,6 +21,7 @@ so a ``kill -9`` of the service never leaves a writer behind that could commit a
 from __future__ import annotations
 
 import ctypes
+import gc
 import itertools
 import multiprocessing
 import signal
@@ -147,6 +148,7 @@ def worker_main(pipe: Pipe, config: WorkerConfig) -> None:
     detection = DetectionService(engine, monitoring, alerts, config.invalidation_period, config.time_scale)
     detection.load()
     store = LocalBatchStore(engine, monitoring, detection)
+    gc.freeze()  # as the service does: long-lived startup objects stay out of every collection
     pipe.send(("ready", 0, None))
     while True:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from collections.abc import Callable
@@ -231,6 +232,10 @@ async def serve(settings: Settings) -> None:
                             http="httptools", log_config=None, access_log=False, lifespan="off",
                             timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
+    # Everything built so far (botocore's service model, the broker, caches) lives as long as the
+    # service: move it out of the collector's reach, so that collections triggered by per-report
+    # allocations do not walk it every time (measured: parsing took twice as long with a large heap).
+    gc.freeze()
     log.info("ready", api=f"http://{settings.host}:{settings.api_port}",
              console=f"http://{settings.host}:{settings.api_port}/console/",
              mqtt=mqtt_endpoint,

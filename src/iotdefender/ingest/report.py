@@ -63,7 +63,7 @@ def _list(item: Any) -> Any:
     return Annotated[list[item], msgspec.Meta(max_length=MAX_LIST_ELEMENTS)]
 
 
-class CustomMetricValue(msgspec.Struct, forbid_unknown_fields=True):
+class CustomMetricValue(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """One custom metric value; custom-metric keys have no short form (reference §4.2)."""
 
     number: float | None = None
@@ -97,12 +97,16 @@ _FIELDS: dict[str, list[tuple[str, str, str, Any]]] = {
                 ("tcp_connections", "tcp_connections", "tc", lambda s: s["TcpConnections"] | None)],
     "Report": [("header", "header", "hed", lambda s: s["Header"]),
                ("metrics", "metrics", "met", lambda s: s["Metrics"] | None),
-               ("custom_metrics", "custom_metrics", "cmet", lambda s: dict[str, Any] | None)],
+               ("custom_metrics", "custom_metrics", "cmet", lambda s: s["CustomMetrics"] | None)],
 }
 
 
-def _family(short: bool) -> dict[str, type[msgspec.Struct]]:
-    structs: dict[str, type[msgspec.Struct]] = {}
+def _family(short: bool, typed_custom: bool) -> dict[str, type[msgspec.Struct]]:
+    """The report's Structs. ``typed_custom`` decodes custom metrics as lists of CustomMetricValue in
+    the same pass (fast); the untyped family keeps them raw so that a malformed one gets its own
+    message (``_custom_datapoint``) — it decodes only reports the typed family refused."""
+    structs: dict[str, Any] = {
+        "CustomMetrics": dict[str, list[CustomMetricValue]] if typed_custom else dict[str, Any]}
     for name, fields in _FIELDS.items():  # dict order builds dependencies first
         spec = []
         for attr, _long, _short, kind in fields:
@@ -110,13 +114,15 @@ def _family(short: bool) -> dict[str, type[msgspec.Struct]]:
             optional = typ is not ReportId and typ is not str and not (name == "Report" and attr == "header")
             spec.append((attr, typ, None) if optional else (attr, typ))
         rename = {attr: (s if short else lng) for attr, lng, s, _ in fields}
-        structs[name] = msgspec.defstruct(f"{'Short' if short else 'Long'}{name}", spec, rename=rename)
+        # gc=False: a decoded report is a tree of these with no cycles, and tracking thousands
+        # of them per second made the collector a visible cost of ingest (py-spy --gil).
+        structs[name] = msgspec.defstruct(f"{'Short' if short else 'Long'}{name}", spec, rename=rename, gc=False)
     return structs
 
 
-_LONG = _family(short=False)["Report"]
-_SHORT = _family(short=True)["Report"]
-_JSON_DECODERS = {False: msgspec.json.Decoder(_LONG), True: msgspec.json.Decoder(_SHORT)}
+# (short keys, typed custom metrics) -> Report struct
+_REPORTS = {(short, typed): _family(short, typed)["Report"] for short in (False, True) for typed in (False, True)}
+_JSON_DECODERS = {key: msgspec.json.Decoder(struct) for key, struct in _REPORTS.items()}
 
 
 @dataclass
@@ -149,11 +155,15 @@ def _decode(payload: bytes, encoding: str) -> Any:
     if encoding == "json":
         short = b'"hed"' in payload and b'"header"' not in payload
         try:
-            return _JSON_DECODERS[short].decode(payload)
-        except msgspec.ValidationError as error:
-            raise malformed(str(error), report_id_hint(payload, "json")) from None
+            return _JSON_DECODERS[short, True].decode(payload)
+        except msgspec.ValidationError:
+            pass  # decode again without typing custom metrics: their errors have messages of their own
         except msgspec.DecodeError as error:
             raise malformed(f"not valid JSON ({error})") from None
+        try:
+            return _JSON_DECODERS[short, False].decode(payload)
+        except msgspec.ValidationError as error:
+            raise malformed(str(error), report_id_hint(payload, "json")) from None
     try:
         document = cbor2.loads(payload)
     except Exception as error:  # cbor2 raises several unrelated types for bad input
@@ -162,7 +172,11 @@ def _decode(payload: bytes, encoding: str) -> Any:
         raise malformed("the report must be a map")
     short = "hed" in document and "header" not in document
     try:
-        return msgspec.convert(document, _SHORT if short else _LONG)
+        return msgspec.convert(document, _REPORTS[short, True])
+    except msgspec.ValidationError:
+        pass
+    try:
+        return msgspec.convert(document, _REPORTS[short, False])
     except msgspec.ValidationError as error:
         raise malformed(str(error), _report_id_of(document)) from None
 
@@ -204,10 +218,12 @@ def _custom_datapoint(name: str, raw: Any, metric_type: str | None, report_id: i
     # AWS rejects an unwrapped value ({"m": {"number": 0}}) as malformed: one-element array only.
     if not isinstance(raw, list) or len(raw) != 1:
         raise malformed(f"custom metric {name} must be a one-element array", report_id)
-    try:
-        value = msgspec.convert(raw[0], CustomMetricValue)
-    except msgspec.ValidationError as error:
-        raise malformed(f"custom metric {name}: {error}", report_id) from None
+    value = raw[0]
+    if not isinstance(value, CustomMetricValue):  # the untyped decode (a report with a bad custom metric)
+        try:
+            value = msgspec.convert(value, CustomMetricValue)
+        except msgspec.ValidationError as error:
+            raise malformed(f"custom metric {name}: {error}", report_id) from None
     given = {k: getattr(value, k) for k in ("number", "number_list", "string_list", "ip_list")
              if getattr(value, k) is not None}
     if len(given) != 1:
