@@ -46,8 +46,9 @@ demo: $(STAMP)
 # Benchmarks write JSON with the machine and the command to bench/results/ (bench/README.md).
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/control_plane.py
-	$(BIN)/python bench/pipeline.py --broker embedded
-	$(BIN)/python bench/pipeline.py --broker mosquitto
+	$(BIN)/python bench/pipeline.py --broker embedded --rate 5000
+	$(BIN)/python bench/pipeline.py --broker mosquitto --rate 5000
+	$(BIN)/python bench/parse.py
 	$(BIN)/python bench/cloud_accounting.py
 	$(BIN)/python bench/backtest.py
 	$(BIN)/python bench/console.py
