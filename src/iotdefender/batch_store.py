@@ -27,6 +27,7 @@ import multiprocessing
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
@@ -78,6 +79,7 @@ class LocalBatchStore:
         id of each thing, and every datapoint evaluated — in one transaction."""
         reports: list[metric_values.RetainedReport] = []
         states: dict[str, tuple[str, int, float]] = {}
+        self.monitoring.prime([item[0] for item in items])
         for thing, datapoints, at, report_id in items:
             retained = self.monitoring.retained_metrics(thing)
             kept = {m: v for m, v in datapoints.items() if m in retained}
@@ -120,6 +122,7 @@ class WorkerConfig:
     sns_endpoint_url: str | None
     region: str
     log_format: str
+    history_interval: float = 30.0
 
 
 def _die_with_parent() -> None:
@@ -129,6 +132,24 @@ def _die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):
             pass
+
+
+def _compact_in_background(engine: Engine, interval_s: float) -> None:
+    """History compaction (store/history.py) on a thread of the worker: decoding the new rows is
+    CPU work that would otherwise compete with the broker in the service process."""
+    from iotdefender.store.history import Compactor
+
+    compactor = Compactor(engine)
+
+    def run() -> None:
+        while True:
+            time.sleep(interval_s)
+            try:
+                compactor.run_once()
+            except Exception:
+                log.exception("history_compaction_failed")
+
+    threading.Thread(target=run, name="history-compaction", daemon=True).start()
 
 
 def worker_main(pipe: Pipe, config: WorkerConfig) -> None:
@@ -148,6 +169,7 @@ def worker_main(pipe: Pipe, config: WorkerConfig) -> None:
     detection = DetectionService(engine, monitoring, alerts, config.invalidation_period, config.time_scale)
     detection.load()
     store = LocalBatchStore(engine, monitoring, detection)
+    _compact_in_background(engine, config.history_interval)
     gc.freeze()  # as the service does: long-lived startup objects stay out of every collection
     pipe.send(("ready", 0, None))
     while True:

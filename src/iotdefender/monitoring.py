@@ -77,6 +77,15 @@ class MonitoringIndex:
             snapshot.things[thing] = facts
         return facts
 
+    def prime(self, things: list[str]) -> None:
+        """Look up the registry facts of the things not seen yet in one go: a fleet reconnecting
+        after a restart would otherwise cost two queries per device on its first report."""
+        snapshot = self._current()
+        unknown = [t for t in dict.fromkeys(things) if t not in snapshot.things]
+        if len(unknown) > 1:
+            with self._engine.connect() as conn:
+                snapshot.things.update(registry.registry_facts(conn, unknown))
+
     def targets_of(self, thing: str) -> list[str]:
         """Every target ARN that covers the thing."""
         return self._targets_in(self._current(), thing)

@@ -108,16 +108,18 @@ async def retention_loop(engine: Engine, metrics_s: float, violations_s: float) 
                      metric_segments_deleted=segments)
 
 
+def history_interval(settings: Settings) -> float:
+    return min(max(settings.effective_metrics_window / 4, 1.0), 30.0)
+
+
 async def history_loop(engine: Engine, interval_s: float) -> None:
-    """Copy new numeric datapoints into columnar segments (store/history.py), up to the last id
-    seen one run earlier, so rows of transactions still open then are never skipped."""
-    horizon = 0
+    """Copy new numeric datapoints into columnar segments (store/history.py). With the detection
+    worker on, the worker does this instead (its CPU, not the broker's)."""
+    compactor = history.Compactor(engine)
     while True:
         await asyncio.sleep(interval_s)
         try:
-            await anyio.to_thread.run_sync(history.compact_until, engine, horizon)
-            with engine.connect() as conn:
-                horizon = history.max_row_id(conn)
+            await anyio.to_thread.run_sync(compactor.run_once)
         except Exception:
             log.exception("history_compaction_failed")
 
@@ -144,7 +146,7 @@ async def open_batch_store(settings: Settings, engine: Engine, monitoring: Monit
         database_url=engine.url.render_as_string(hide_password=False), arn_prefix=arn_prefix,
         invalidation_period=settings.effective_invalidation_period, time_scale=settings.time_scale,
         alert_subscriptions=settings.alert_subscriptions, sns_endpoint_url=settings.sns_endpoint_url,
-        region=settings.region, log_format=settings.log_format)
+        region=settings.region, log_format=settings.log_format, history_interval=history_interval(settings))
     store = WorkerBatchStore(config, on_events=lambda _: alerts.wake())
     await anyio.to_thread.run_sync(store.start)
     return store
@@ -216,13 +218,13 @@ async def serve(settings: Settings) -> None:
     except (OSError, TimeoutError) as error:
         await ingest.stop()
         raise ConfigurationError(f"MQTT: cannot start ({error})") from None
-    background = [
+    background = [] if settings.detection_worker else [
+        asyncio.create_task(history_loop(engine, history_interval(settings)), name="history")]
+    background += [
         asyncio.create_task(retention_loop(engine, settings.effective_metric_retention,
                                            settings.effective_violation_retention), name="retention"),
         asyncio.create_task(sweep_loop(store, settings.effective_invalidation_period), name="invalidation"),
         asyncio.create_task(alerts.run(), name="alerts"),
-        asyncio.create_task(history_loop(engine, min(max(settings.effective_metrics_window / 4, 1.0), 30.0)),
-                            name="history"),
         asyncio.create_task(cloud.run(), name="cloud-metrics"),
     ]
 

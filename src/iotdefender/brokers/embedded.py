@@ -71,10 +71,16 @@ class GatekeeperTopicPlugin(BaseTopicPlugin):
             return self.config.gatekeeper.may_subscribe(identity, topic)
         if action == Action.PUBLISH:
             return self.config.gatekeeper.may_publish(identity, topic)
-        observer = self.config.gatekeeper.observer  # RECEIVE: whoever may subscribe may receive
-        if observer is not None:
-            observer.message_received(session.client_id, topic)
-        return True
+        return may_receive(self.config.gatekeeper, session, topic)
+
+
+def may_receive(gatekeeper: Gatekeeper, session: Session, topic: str) -> bool:
+    """RECEIVE: whoever was allowed to subscribe may receive; the delivery is counted (cloud-side
+    ``aws:num-messages-received``)."""
+    observer = gatekeeper.observer
+    if observer is not None:
+        observer.message_received(session.client_id, topic)
+    return True
 
 
 class FilterTable(dict[str, list[tuple[Session, int]]]):
@@ -135,7 +141,8 @@ class DefenderBroker(Broker):
     async def _run_broadcast(self, running_tasks: deque[asyncio.Task[Any]]) -> None:
         """amqtt 0.12.1's ``Broker._run_broadcast`` (hence the exact pin), visiting only the filters
         that can match (``FilterTable.candidates``), capping the QoS of a forced-QoS message (our
-        replies) at the subscriber's, and without its per-message debug formatting."""
+        replies) at the subscriber's, checking RECEIVE with the gatekeeper directly, and without
+        its per-message debug formatting."""
         broadcast = await self._broadcast_queue.get()
         topic = broadcast["topic"]
         for topic_filter, subscriptions in self._subscriptions.candidates(topic):
@@ -146,7 +153,9 @@ class DefenderBroker(Broker):
                 # (amqtt sends a forced QoS even above what the subscriber was granted).
                 requested = broadcast.get("qos")
                 qos = sub_qos if requested is None else min(requested, sub_qos)
-                if not await self._topic_filtering(target_session, topic=topic, action=Action.RECEIVE):
+                # Our topic plugin is the only one configured (broker_config): ask it directly
+                # rather than through amqtt's plugin manager, which schedules a task per call.
+                if not may_receive(self._gatekeeper, target_session, topic):
                     self.logger.info(f"{target_session.client_id} not allowed to receive messages from TOPIC {topic}.")
                     continue
                 # Retained for sessions that are away but persistent (clean session false, QoS 1/2,

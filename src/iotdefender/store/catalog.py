@@ -43,7 +43,7 @@ def scan_names(conn: Connection, kind: str, after: str | None) -> Iterator[Any]:
 
 
 def custom_metric_types(conn: Connection) -> dict[str, str]:
-    return dict(conn.execute(sa.select(custom_metrics.c.name, custom_metrics.c.metric_type)).tuples().all())
+    return dict(conn.execute(sa.select(custom_metrics.c.name, custom_metrics.c.metric_type)).all())
 
 
 def dimension_names(conn: Connection) -> set[str]:
@@ -51,4 +51,4 @@ def dimension_names(conn: Connection) -> set[str]:
 
 
 def dimension_values(conn: Connection) -> dict[str, list[str]]:
-    return dict(conn.execute(sa.select(dimensions.c.name, dimensions.c.string_values)).tuples().all())
+    return dict(conn.execute(sa.select(dimensions.c.name, dimensions.c.string_values)).all())

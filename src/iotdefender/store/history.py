@@ -22,11 +22,12 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from iotdefender.store.database import in_batches
+from iotdefender.store.database import writing
 from iotdefender.store.schema import history_compaction, metric_segments, metric_values
 
 _COMPACTOR = "metric_segments"
-ROWS_PER_SEGMENT = 200_000
+# Rows per segment: a chunk's decoding happens outside the write lock, its insert inside it.
+ROWS_PER_SEGMENT = 50_000
 
 
 @dataclass
@@ -116,28 +117,45 @@ def _raw_rows(conn: Connection, after_id: int, up_to_id: int | None, limit: int 
     return [tuple(r) for r in conn.execute(query)]
 
 
-def compact(conn: Connection, up_to_id: int) -> int:
+def compact_until(engine: Engine, up_to_id: int) -> int:
     """Copy the numeric datapoints of rows up to ``up_to_id`` into segments; returns rows copied.
 
-    Call inside a write transaction; each call copies at most ROWS_PER_SEGMENT rows, so callers
-    loop until it returns 0 and no transaction holds the writer for long.
+    Rows are read and decoded outside any write transaction (the decoding is most of the work);
+    each chunk then takes the writer only to insert its segments and advance the cursor, so
+    compaction never holds up ingest's transactions for more than a few milliseconds. If another
+    compactor moved the cursor meanwhile, the chunk is dropped and read again.
     """
-    after = last_compacted_id(conn)
-    if up_to_id <= after:
-        return 0
-    rows = _raw_rows(conn, after, up_to_id, ROWS_PER_SEGMENT)
-    if not rows:
-        _set_compacted(conn, up_to_id)
-        return 0
-    for series, points in _columns([(t, ts, d) for _, t, ts, d in rows]).items():
-        write_segment(conn, series, points)
-    _set_compacted(conn, rows[-1][0] if len(rows) == ROWS_PER_SEGMENT else up_to_id)
-    return len(rows)
+    total = 0
+    while True:
+        with engine.connect() as conn:
+            after = last_compacted_id(conn)
+            if up_to_id <= after:
+                return total
+            rows = _raw_rows(conn, after, up_to_id, ROWS_PER_SEGMENT)
+        columns = _columns([(t, ts, d) for _, t, ts, d in rows])
+        reached = rows[-1][0] if len(rows) == ROWS_PER_SEGMENT else up_to_id
+        with writing(engine) as conn:
+            if last_compacted_id(conn) != after:
+                continue
+            for series, points in columns.items():
+                write_segment(conn, series, points)
+            _set_compacted(conn, reached)
+        total += len(rows)
 
 
-def compact_until(engine: Engine, up_to_id: int) -> int:
-    """Compact in short write transactions until every row up to ``up_to_id`` is in a segment."""
-    return in_batches(engine, lambda conn: compact(conn, up_to_id))
+class Compactor:
+    """Compaction on a schedule: each run compacts up to the last row id seen by the run before,
+    so rows of a transaction that had taken its id but not committed are never skipped."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._horizon = 0
+
+    def run_once(self) -> int:
+        copied = compact_until(self._engine, self._horizon)
+        with self._engine.connect() as conn:
+            self._horizon = max_row_id(conn)
+        return copied
 
 
 def _merge(parts: list[SeriesPoints]) -> SeriesPoints:

@@ -67,7 +67,7 @@ def child_group_names(conn: Connection, parent: str) -> list[str]:
 
 def all_group_parents(conn: Connection) -> dict[str, str | None]:
     """The whole hierarchy as child -> parent; groups are few (AWS: hierarchies of depth <= 7)."""
-    return dict(conn.execute(sa.select(thing_groups.c.name, thing_groups.c.parent_name)).tuples().all())
+    return dict(conn.execute(sa.select(thing_groups.c.name, thing_groups.c.parent_name)).all())
 
 
 def scan_groups(conn: Connection, after: str | None) -> Iterator[Any]:
@@ -82,6 +82,24 @@ def groups_of_thing(conn: Connection, thing_name: str) -> list[str]:
             .order_by(thing_group_members.c.group_name)
         ).scalars()
     )
+
+
+def registry_facts(conn: Connection, thing_names: list[str]) -> dict[str, tuple[bool, tuple[str, ...]]]:
+    """(registered, groups in name order) of many things in two queries (chunks of 500 names)."""
+    facts: dict[str, tuple[bool, tuple[str, ...]]] = {}
+    for start in range(0, len(thing_names), 500):
+        chunk = thing_names[start:start + 500]
+        registered = set(conn.execute(sa.select(things.c.name).where(things.c.name.in_(chunk))).scalars())
+        groups: dict[str, list[str]] = {}
+        if registered:
+            rows = conn.execute(sa.select(thing_group_members.c.thing_name, thing_group_members.c.group_name)
+                                .where(thing_group_members.c.thing_name.in_(registered))
+                                .order_by(thing_group_members.c.group_name))
+            for thing, group in rows:
+                groups.setdefault(thing, []).append(group)
+        for name in chunk:
+            facts[name] = (name in registered, tuple(groups.get(name, ())))
+    return facts
 
 
 def is_member(conn: Connection, group_name: str, thing_name: str) -> bool:
