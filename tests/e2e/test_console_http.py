@@ -126,3 +126,15 @@ def test_live_stream_and_console_backtest(service):
     assert behavior["devicesInAlarm"] == 1 and behavior["topThings"][0]["thingName"] == "http-dev"
     refused = client.post("/console/api/backtests", headers={"x-csrf-token": token}, json={"behaviors": "x"})
     assert refused.status_code == 400 and refused.json()["message"]
+
+
+def test_links_to_devices_with_unusual_names(service):
+    client, _ = logged_in(service)
+    name = "odd?name %25 ü"
+    device = Device(service.mqtt_port, name)
+    assert device.report(report(1, [22]))[0] == "json/accepted"
+    device.close()
+    listing = client.get("/console/things", params={"prefix": "odd"})
+    link = re.search(r'href="(/console/things/odd[^"]*)"', listing.text).group(1)
+    page = client.get(link.replace("&amp;", "&"))
+    assert page.status_code == 200 and "Device odd?name %25 ü" in page.text

@@ -98,3 +98,12 @@ def test_thing_names(name, ok):
         with pytest.raises(ReportRejected) as exc:
             check_thing_name(name)
         assert exc.value.code is RejectCode.INVALID_THING_NAME
+
+
+def test_a_type_error_before_invalid_json_is_still_a_verdict():
+    """The typed decode stops at the wrong type first; the second decode meets the bad JSON."""
+    document = json.loads(json.dumps(VALID))
+    document["custom_metrics"]["n"] = [[float("inf")]]
+    result = verdict(json.dumps(document).encode(), "json")  # Python writes Infinity: not JSON
+    assert isinstance(result, ReportRejected) and result.code is RejectCode.INVALID_PAYLOAD
+    assert "not valid JSON" in result.message

@@ -164,6 +164,8 @@ def _decode(payload: bytes, encoding: str) -> Any:
             return _JSON_DECODERS[short, False].decode(payload)
         except msgspec.ValidationError as error:
             raise malformed(str(error), report_id_hint(payload, "json")) from None
+        except msgspec.DecodeError as error:  # the typed pass stopped at a type error before reaching it
+            raise malformed(f"not valid JSON ({error})") from None
     try:
         document = cbor2.loads(payload)
     except Exception as error:  # cbor2 raises several unrelated types for bad input
