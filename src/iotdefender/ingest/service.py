@@ -64,6 +64,7 @@ class IngestService:
         self._last: dict[str, tuple[int, float]] = {}
         self._queue: asyncio.Queue[_Accepted] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._replying: set[asyncio.Task[None]] = set()  # reply tasks of committed batches
         self.store: Any = None  # batch_store.BatchStore: storage and detection of each batch
 
     async def start(self) -> None:
@@ -145,10 +146,22 @@ class IngestService:
                     self._last.pop(item.thing, None)
                     self._queue.task_done()
                 continue
-            for item in batch:
-                REPORTS.labels("accepted").inc()
+            # The next batch goes to the store while this one's replies are being sent: the store
+            # (a separate process by default) does not sit idle during the replies.
+            replies = asyncio.create_task(self._accept(batch))
+            self._replying.add(replies)
+            replies.add_done_callback(self._replying.discard)
+
+    async def _accept(self, batch: list[_Accepted]) -> None:
+        accepted = REPORTS.labels("accepted")
+        for item in batch:
+            accepted.inc()
+            try:
                 body = reply_payload(item.thing, item.encoding, item.report.report_id, int(self._clock() * 1000))
                 await self._publish(reply_topic(item.thing, item.encoding, accepted=True), body)
+            except Exception:  # a reply that cannot be sent is lost like any QoS 0/1 message in flight
+                log.exception("reply_failed", thing=item.thing)
+            finally:
                 self._queue.task_done()
 
     def _commit(self, batch: list[_Accepted]) -> None:
