@@ -1,7 +1,7 @@
 """End-to-end pipeline benchmark: reports accepted and evaluated per second, beside a bare subscriber.
 
 One run, one broker (the embedded one, or a Mosquitto the script starts and the service joins with
---mqtt-url), three phases on the same machine:
+--mqtt-url), four phases on the same machine:
 
 1. bare:     the same payloads published on a plain topic to a bare gmqtt subscriber (transport ceiling);
 2. pipeline: reports for --things devices published as fast as the broker takes them; the service
@@ -9,6 +9,9 @@ One run, one broker (the embedded one, or a Mosquitto the script starts and the 
 3. latency:  a fixed offered load (--rate reports/s); publish -> `accepted` latency per report.
              `accepted` is sent only after the transaction that stores the report's datapoints
              *and its violation events* has committed, so this is publish -> stored event.
+4. alerts:   --alerts registered devices in a group with a fourth profile that has an SNS alert
+             target, each violating once at --alert-rate; publish -> the alert received by a
+             webhook the script runs (the local subscription of that topic).
 
 ratio = pipeline rate / bare rate. Results: bench/results/pipeline-<broker>.json.
 
@@ -22,6 +25,7 @@ import asyncio
 import json
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from gmqtt.mqtt.constants import MQTTv311
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import environment  # noqa: E402
+from tests.support.webhook import WebhookReceiver  # noqa: E402
 from tests.support.processes import Mosquitto, ServiceProcess  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
@@ -101,9 +106,40 @@ class Counter:
         return self.count / (self.last - self.first) if self.count > 1 else 0.0
 
 
+ALERT_TOPIC = "arn:aws:sns:us-east-1:123456789012:bench-alerts"
+ALERT_GROUP = "arn:aws:iot:us-east-1:123456789012:thinggroup/bench-alerting"
+
+
+def _alerting_setup(iot, count: int) -> None:  # type: ignore[no-untyped-def]
+    """A fourth profile, with an SNS alert target, on a group of `count` registered things only."""
+    iot.create_thing_group(thingGroupName="bench-alerting")
+    for i in range(count):
+        iot.create_thing(thingName=f"alert{i}")
+        iot.add_thing_to_thing_group(thingGroupName="bench-alerting", thingName=f"alert{i}")
+    known = [22, 80, 443, 8883] + list(range(9000, 9010))
+    iot.create_security_profile(
+        securityProfileName="bench-alerts",
+        behaviors=[{"name": "alert-ports", "metric": "aws:listening-tcp-ports",
+                    "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": known}}}],
+        alertTargets={"SNS": {"alertTargetArn": ALERT_TOPIC, "roleArn": "arn:aws:iam::123456789012:role/bench"}})
+    iot.attach_security_profile(securityProfileName="bench-alerts", securityProfileTargetArn=ALERT_GROUP)
+
+
+def _collect_alerts(hook: WebhookReceiver, arrivals: dict[str, float]) -> None:
+    """Arrival time of each in-alarm alert, by thing (a thread reading the receiver's queue)."""
+    while True:
+        item = hook.received.get()
+        message = item["message"]
+        if message.get("violationEventType") == "in-alarm":
+            arrivals.setdefault(message["thingName"], time.perf_counter())
+
+
 async def run(args: argparse.Namespace) -> dict:
     broker = None
-    extra = ["--report-min-interval", "0", "--mqtt-acl", "any"]
+    hook = WebhookReceiver("bench-secret")
+    subscriptions = Path(tempfile.mkdtemp(prefix="iotdefender-bench-hook-")) / "subscriptions.json"
+    subscriptions.write_text(json.dumps({ALERT_TOPIC: [{"webhook": hook.url, "secret": "bench-secret"}]}))
+    extra = ["--report-min-interval", "0", "--mqtt-acl", "any", "--alert-subscriptions", str(subscriptions)]
     if args.broker == "mosquitto":
         broker = Mosquitto()
         broker.start()
@@ -119,6 +155,7 @@ async def run(args: argparse.Namespace) -> dict:
         for p in range(3):
             iot.create_security_profile(securityProfileName=f"bench{p}", behaviors=behaviors(p))
             iot.attach_security_profile(securityProfileName=f"bench{p}", securityProfileTargetArn=ALL_THINGS)
+        _alerting_setup(iot, args.alerts)
 
         sample = payload(0, 1, False)
         publisher = await connect(port, "bench-publisher")
@@ -183,15 +220,33 @@ async def run(args: argparse.Namespace) -> dict:
         offered = total / (time.perf_counter() - t0)
         await _settle(lambda: latency_replies.count, total, 60)
         latencies = sorted((latency_replies.arrivals[k] - sent[k]) * 1000 for k in sent if k in latency_replies.arrivals)
+
+        # Phase 4: publish -> alert delivered to a webhook, one violation per device of the alerting
+        # group, at --alert-rate (below the per-destination rate limit of 20 alerts/s, which spaces a
+        # burst out by design: docs/alerts.md).
+        alert_arrivals: dict[str, float] = {}
+        threading.Thread(target=_collect_alerts, args=(hook, alert_arrivals), daemon=True).start()
+        alert_sent: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for i in range(args.alerts):
+            delay = t0 + i / args.alert_rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            alert_sent[f"alert{i}"] = time.perf_counter()
+            publisher.publish(f"$aws/things/alert{i}/defender/metrics/json", payload(i, 1, True), qos=0)
+        await _settle(lambda: len(alert_arrivals), args.alerts, 60)
+        alert_latencies = sorted((alert_arrivals[t] - alert_sent[t]) * 1000 for t in alert_sent if t in alert_arrivals)
         for client in (publisher, bare_sub, reply_sub):
             await client.disconnect()
     finally:
         service.stop()
+        hook.close()
         if broker:
             broker.stop()
 
-    def pct(q: float) -> float | None:
-        return round(latencies[min(len(latencies) - 1, int(len(latencies) * q))], 2) if latencies else None
+    def pct(q: float, values: list[float] | None = None) -> float | None:
+        values = latencies if values is None else values
+        return round(values[min(len(values) - 1, int(len(values) * q))], 2) if values else None
 
     bare_rate = bare.rate()
     return {
@@ -215,7 +270,11 @@ async def run(args: argparse.Namespace) -> dict:
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "max_ms": round(latencies[-1], 2) if latencies else None,
+        "alert_latency": {"alerts": args.alerts, "offered_per_s": args.alert_rate, "delivered": len(alert_latencies),
+                          "p50_ms": pct(0.50, alert_latencies), "p99_ms": pct(0.99, alert_latencies),
+                          "max_ms": round(alert_latencies[-1], 2) if alert_latencies else None},
         "note": "publish -> accepted; accepted follows the commit of the report's datapoints and events. "
+                "alert_latency: publish -> the in-alarm alert received by a webhook (HMAC-signed POST). "
                 "Client, broker and service share the machine's cores.",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -239,10 +298,12 @@ def main() -> None:
     parser.add_argument("--things", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=1000.0, help="offered load of the latency phase")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--alerts", type=int, default=100, help="devices that violate once in the alert phase")
+    parser.add_argument("--alert-rate", type=float, default=10.0, help="violations per second in the alert phase")
     parser.add_argument("--quick", action="store_true", help="reduced run (< 60 s), one JSON line")
     args = parser.parse_args()
     if args.quick:
-        args.reports, args.things, args.rate, args.latency_seconds = 4000, 500, 500.0, 4.0
+        args.reports, args.things, args.rate, args.latency_seconds, args.alerts = 4000, 500, 500.0, 4.0, 20
     result = asyncio.run(run(args))
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)

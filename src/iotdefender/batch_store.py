@@ -24,6 +24,7 @@ import ctypes
 import gc
 import itertools
 import multiprocessing
+import queue
 import signal
 import sys
 import threading
@@ -222,17 +223,39 @@ class WorkerBatchStore:
         self._pipe: Pipe | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._closing = False
+        self._spawn_requests: queue.Queue[queue.Queue[Any] | None] = queue.Queue()
+        self._spawner = threading.Thread(target=self._spawn_loop, name="detection-spawner", daemon=True)
 
     def start(self) -> None:
+        self._spawner.start()
         with self._lock:
             self._start_locked()
 
+    def _spawn_loop(self) -> None:
+        """Starts every child, and lives as long as the store. PR_SET_PDEATHSIG fires when the
+        *thread* that started the child ends, not the process: a child started from a short-lived
+        pool thread (anyio retires idle ones after 10 s) was killed with it."""
+        while True:
+            done = self._spawn_requests.get()
+            if done is None:
+                return
+            try:
+                parent, child = self._context.Pipe(duplex=True)
+                process = self._context.Process(target=worker_main, args=(child, self._config),
+                                                name="iotdefender-detection", daemon=True)
+                process.start()
+                child.close()
+                done.put((parent, process))
+            except BaseException as error:
+                done.put(error)
+
     def _start_locked(self) -> None:
-        parent, child = self._context.Pipe(duplex=True)
-        process = self._context.Process(target=worker_main, args=(child, self._config), name="iotdefender-detection",
-                                        daemon=True)
-        process.start()
-        child.close()
+        done: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._spawn_requests.put(done)
+        outcome = done.get()
+        if isinstance(outcome, BaseException):
+            raise WorkerFailed(f"the detection worker could not start ({outcome})")
+        parent, process = outcome
         if not parent.poll(self.START_TIMEOUT_S):
             process.kill()
             raise WorkerFailed("the detection worker did not start")
@@ -327,3 +350,4 @@ class WorkerBatchStore:
             process.join(10)
             if process.is_alive():
                 process.kill()
+        self._spawn_requests.put(None)

@@ -122,3 +122,4 @@ def test_single_process_mode():
         device.close()
     finally:
         svc.stop()
+

@@ -1,0 +1,38 @@
+"""The detection worker process outlives the thread that asked for it.
+
+PR_SET_PDEATHSIG (the worker dies with the service) fires when the *thread* that started the child
+ends. The service starts and restarts workers from pool threads that end when idle, so the store
+starts children from a thread of its own; a child started on behalf of a short-lived thread must
+keep working after that thread is gone.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from iotdefender.batch_store import WorkerBatchStore, WorkerConfig
+from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head
+
+
+def test_worker_survives_the_thread_that_started_it():
+    url = sqlite_url(Path(tempfile.mkdtemp()))
+    upgrade_to_head(create_engine(url))
+    store = WorkerBatchStore(WorkerConfig(database_url=url, arn_prefix="arn:aws:iot:us-east-1:123456789012:",
+                                          invalidation_period=172800.0, time_scale=1.0, alert_subscriptions=None,
+                                          sns_endpoint_url=None, region="us-east-1", log_format="json"),
+                             on_events=lambda events: None)
+    starter = threading.Thread(target=store.start)
+    starter.start()
+    starter.join()  # the thread that asked for the child is gone
+    first = store._process
+    time.sleep(1.0)
+    try:
+        assert first is not None and first.is_alive()
+        assert store.store_batch([("t-1", {"aws:num-listening-tcp-ports": {"count": 1}}, time.time(), 1)]) == []
+        assert store._process is first  # the same child answered: it was never restarted
+    finally:
+        store.close()
+    assert not first.is_alive()
