@@ -101,7 +101,7 @@ class LocalBatchStore:
         return _summaries(pending)
 
     def sweep(self, now: float) -> list[EventSummary]:
-        return _summaries(self.detection.sweep_pending(now))
+        return _summaries(self.detection.sweep(now))
 
     def invalidate(self) -> None:
         self.monitoring.invalidate()
@@ -135,9 +135,9 @@ def _die_with_parent() -> None:
             pass
 
 
-def _compact_in_background(engine: Engine, interval_s: float) -> None:
-    """History compaction (store/history.py) on a thread of the worker: decoding the new rows is
-    CPU work that would otherwise compete with the broker in the service process."""
+def start_compaction(engine: Engine, interval_s: float) -> None:
+    """History compaction (store/history.py) on a thread of whichever process stores the batches:
+    with the detection worker on, that keeps the decoding of new rows off the broker's process."""
     from iotdefender.store.history import Compactor
 
     compactor = Compactor(engine)
@@ -170,7 +170,7 @@ def worker_main(pipe: Pipe, config: WorkerConfig) -> None:
     detection = DetectionService(engine, monitoring, alerts, config.invalidation_period, config.time_scale)
     detection.load()
     store = LocalBatchStore(engine, monitoring, detection)
-    _compact_in_background(engine, config.history_interval)
+    start_compaction(engine, config.history_interval)
     gc.freeze()  # as the service does: long-lived startup objects stay out of every collection
     pipe.send(("ready", 0, None))
     while True:

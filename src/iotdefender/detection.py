@@ -114,13 +114,9 @@ class DetectionService:
             self._alerts.wake()
 
     # -- invalidation sweeps ----------------------------------------------------------------------
-    def sweep(self, now: float) -> int:
-        """Invalidate alarms whose device went silent or that nothing monitors any more."""
-        pending = self.sweep_pending(now)
-        return len(pending.events) if pending is not None else 0
-
-    def sweep_pending(self, now: float) -> PendingDetection | None:
-        """``sweep``, returning what it stored (None when nothing was due)."""
+    def sweep(self, now: float) -> PendingDetection | None:
+        """Invalidate alarms whose device went silent or that nothing monitors any more; returns
+        what was stored (None when nothing was due)."""
         with self._lock:
             stale: dict[StateKey, str] = {}
             behaviors: dict[StateKey, Mapping[str, Any]] = {}

@@ -71,10 +71,7 @@ class MonitoringIndex:
         facts = snapshot.things.get(thing)
         if facts is None:
             with self._engine.connect() as conn:
-                registered = registry.get_thing(conn, thing) is not None
-                groups = tuple(registry.groups_of_thing(conn, thing)) if registered else ()
-            facts = (registered, groups)
-            snapshot.things[thing] = facts
+                facts = snapshot.things[thing] = registry.registry_facts(conn, [thing])[thing]
         return facts
 
     def prime(self, things: list[str]) -> None:
@@ -82,7 +79,7 @@ class MonitoringIndex:
         after a restart would otherwise cost two queries per device on its first report."""
         snapshot = self._current()
         unknown = [t for t in dict.fromkeys(things) if t not in snapshot.things]
-        if len(unknown) > 1:
+        if unknown:
             with self._engine.connect() as conn:
                 snapshot.things.update(registry.registry_facts(conn, unknown))
 

@@ -30,7 +30,7 @@ from iotdefender.ingest.service import IngestService
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.settings import Settings
 from iotdefender.backtest.jobs import BacktestJobs
-from iotdefender.batch_store import BatchStore, LocalBatchStore, WorkerBatchStore, WorkerConfig
+from iotdefender.batch_store import BatchStore, LocalBatchStore, WorkerBatchStore, WorkerConfig, start_compaction
 from iotdefender.console.app import create_console
 from iotdefender.store import history, metric_values, violations
 from iotdefender.store.database import create_engine, in_batches, sqlite_url, upgrade_to_head
@@ -112,18 +112,6 @@ def history_interval(settings: Settings) -> float:
     return min(max(settings.effective_metrics_window / 4, 1.0), 30.0)
 
 
-async def history_loop(engine: Engine, interval_s: float) -> None:
-    """Copy new numeric datapoints into columnar segments (store/history.py). With the detection
-    worker on, the worker does this instead (its CPU, not the broker's)."""
-    compactor = history.Compactor(engine)
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await anyio.to_thread.run_sync(compactor.run_once)
-        except Exception:
-            log.exception("history_compaction_failed")
-
-
 async def sweep_loop(store: BatchStore, invalidation_s: float) -> None:
     """Invalidate silent or unmonitored alarms; often enough to be prompt, rarely enough to be cheap."""
     while True:
@@ -141,6 +129,7 @@ async def open_batch_store(settings: Settings, engine: Engine, monitoring: Monit
         detection = DetectionService(engine, monitoring, alerts, settings.effective_invalidation_period,
                                      settings.time_scale)
         await anyio.to_thread.run_sync(detection.load)
+        start_compaction(engine, history_interval(settings))
         return LocalBatchStore(engine, monitoring, detection)
     config = WorkerConfig(
         database_url=engine.url.render_as_string(hide_password=False), arn_prefix=arn_prefix,
@@ -218,9 +207,7 @@ async def serve(settings: Settings) -> None:
     except (OSError, TimeoutError) as error:
         await ingest.stop()
         raise ConfigurationError(f"MQTT: cannot start ({error})") from None
-    background = [] if settings.detection_worker else [
-        asyncio.create_task(history_loop(engine, history_interval(settings)), name="history")]
-    background += [
+    background = [
         asyncio.create_task(retention_loop(engine, settings.effective_metric_retention,
                                            settings.effective_violation_retention), name="retention"),
         asyncio.create_task(sweep_loop(store, settings.effective_invalidation_period), name="invalidation"),

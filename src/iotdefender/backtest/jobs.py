@@ -19,7 +19,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,7 +132,6 @@ class BacktestJobs:
         self._queue: list[Job] = []
         self._wake = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
-        self.listeners: list[Callable[[Job], None]] = []
 
     def submit(self, spec: Any) -> Job:
         request = resolve_request(self._ctx, self._monitoring, spec, time.time(), self._time_scale,
@@ -190,5 +188,3 @@ class BacktestJobs:
             job.finished = time.time()
             log.info("backtest", backtest_id=job.backtest_id, status=job.status,
                      seconds=round(time.perf_counter() - started, 3))
-            for listener in self.listeners:
-                listener(job)

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 
 from iotdefender.engine.alarm import AlarmStatus, EventType
 from iotdefender.engine.compare import scalar_of
-from iotdefender.engine.evaluator import DELTA_METRICS, Evaluator, criteria_type
+from iotdefender.engine.evaluator import DELTA_METRICS, MAX_METRICS, Evaluator, criteria_type
 from iotdefender.engine.vectorised import (alarm_transitions, alarms_raised, order_by_thing_and_time, supports,
                                            violating, windowed_sums)
 from iotdefender.metrics_catalog import series_key
@@ -115,8 +115,7 @@ def fast_path_threshold(behavior: Mapping[str, Any]) -> float | None:
     if not supports(criteria.get("comparisonOperator")) or not isinstance(criteria.get("value"), dict):
         return None
     metric = behavior.get("metric")
-    if criteria.get("durationSeconds") is not None and metric not in DELTA_METRICS and metric in {
-            "aws:message-byte-size"}:
+    if criteria.get("durationSeconds") is not None and metric in MAX_METRICS:
         return None  # the maximum over a window: the per-datapoint engine
     return scalar_of(criteria["value"])
 

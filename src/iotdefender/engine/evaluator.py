@@ -18,6 +18,7 @@ from typing import Any
 from iotdefender.engine.alarm import AlarmState, EventType, Transition, advance, invalidate
 from iotdefender.engine.compare import Check, compile_check, compliant, offending, scalar_of
 from iotdefender.engine.statistics import FleetStatistics
+from iotdefender.metrics_catalog import series_key
 
 # Counts per report (device side) or per window (cloud side): summed over durationSeconds.
 DELTA_METRICS = frozenset({"aws:all-bytes-in", "aws:all-bytes-out", "aws:all-packets-in", "aws:all-packets-out",
@@ -85,7 +86,8 @@ class _Rule:
         dimension = behavior.get("metricDimension") or {}
         dimension_key = (f"{dimension.get('dimensionName')}|{dimension.get('operator') or 'IN'}"
                          if dimension else "")
-        series = None if not isinstance(metric, str) else (f"{metric}|{dimension_key}" if dimension_key else metric)
+        series = (series_key(metric, dimension.get("dimensionName"), dimension.get("operator"))
+                  if isinstance(metric, str) else None)
         statistical = bool(criteria.get("statisticalThreshold"))
         has_window = criteria.get("durationSeconds") is not None or statistical
         operator = criteria.get("comparisonOperator")
@@ -116,10 +118,6 @@ class Evaluator:
     # keeps the per-device footprint low (bench/engine_state.py).
     _history: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)
     _compiled: dict[int, tuple[Mapping[str, Any], list[_Rule]]] = field(default_factory=dict)
-
-    def window_of(self, behavior: Mapping[str, Any]) -> float:
-        seconds = (behavior.get("criteria") or {}).get("durationSeconds") or DEFAULT_WINDOW_S
-        return float(seconds) / self.time_scale
 
     def _measure(self, thing: str, metric: str, series: str, value: dict[str, Any], window_s: float | None,
                  now: float) -> tuple[dict[str, Any], list[tuple[float, float]] | None]:
@@ -172,7 +170,7 @@ class Evaluator:
                 key = (thing, profile_name, rule.name, rule.dimension_key)
                 measured, window_points = self._measure(thing, rule.metric, rule.series, value, rule.window_s, now)
                 if rule.statistical:
-                    threshold, statistics = self._threshold(thing, profile_name, rule.behavior, measured, now)
+                    threshold, statistics = self._threshold(thing, profile_name, rule, measured, now)
                     if threshold is None:
                         continue  # statistical warm-up: no verdict either way
                     check = None
@@ -204,15 +202,13 @@ class Evaluator:
                     result.events.append(self._event(key, rule.behavior, transition, evidence))
         return result
 
-    def _threshold(self, thing: str, profile: str, behavior: Mapping[str, Any], measured: dict[str, Any],
+    def _threshold(self, thing: str, profile: str, rule: _Rule, measured: dict[str, Any],
                    now: float) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        criteria = behavior.get("criteria") or {}
-        statistical = criteria.get("statisticalThreshold")
-        if not statistical:
-            return criteria.get("value"), {"threshold": criteria.get("value")}
-        statistic = statistical.get("statistic")
-        key = (profile, behavior["name"])
-        window_s = self.window_of(behavior)
+        """A statistical behavior's threshold in force now (None in warm-up), and its evidence."""
+        statistic = rule.behavior["criteria"]["statisticalThreshold"].get("statistic")
+        key = (profile, rule.name)
+        window_s = rule.window_s
+        assert window_s is not None  # statistical rules always have a window
         number = scalar_of(measured)
         resolved = self.statistics.threshold(key, statistic, window_s, now)
         if number is not None:

@@ -96,8 +96,8 @@ def writing(engine: Engine) -> AbstractContextManager[Connection]:
 def in_batches(engine: Engine, step: Callable[[Connection], int]) -> int:
     """Run ``step`` in one short write transaction after another until it does nothing (returns 0).
 
-    Retention deletes and history compaction work this way so that no transaction holds the
-    single writer for long; returns the total of what the steps did.
+    Retention deletes work this way so that no transaction holds the single writer for long;
+    returns the total of what the steps did.
     """
     total = 0
     while True:

@@ -2,7 +2,7 @@
 
 metric_values keeps one JSON document per report, which is right for ingest (one index update per
 report) and for ListMetricValues (one thing, one range), and wrong for a backtest that wants one
-metric of every device for a week: decoding 20 million documents takes minutes. ``compact`` copies
+metric of every device for a week: decoding 20 million documents takes minutes. ``compact_until`` copies
 the numeric datapoints (``count`` and ``number``) of new rows into ``metric_segments``, packed
 arrays per series; ``read_series`` returns the segments plus the rows not compacted yet, so a
 reader never misses a datapoint and never waits for the compactor.

@@ -54,8 +54,7 @@ def save_alarm_states(conn: Connection, states: Mapping[StateKey, AlarmState]) -
     """Persist changed states: idle ones are deleted, others replaced; open violations follow."""
     if not states:
         return
-    keys = [dict(zip(_KEY, key)) for key in states]
-    conn.execute(_DELETE_STATE, [{f"k_{k}": v for k, v in key.items()} for key in keys])
+    conn.execute(_DELETE_STATE, [{f"k_{k}": v for k, v in zip(_KEY, key)} for key in states])
     insert_many(conn, alarm_states, (*_KEY, "state"),
                 [(*key, json_text(_state_json(state))) for key, state in states.items() if not state.is_idle])
     touched = [{"k_violation_id": s.violation_id, "k_value": s.last_violation_value, "k_time": s.last_violation_time}
