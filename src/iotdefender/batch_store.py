@@ -42,6 +42,7 @@ from iotdefender.detection import COUNTERS, DetectionService, PendingDetection
 from iotdefender.engine.alarm import EventType
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.store import metric_values
+from iotdefender.store.availability import StoreUnavailable, is_unavailable, log_unless_outage
 from iotdefender.store.database import writing
 
 log = structlog.get_logger("iotdefender.batch_store")
@@ -94,8 +95,10 @@ class LocalBatchStore:
                 metric_values.insert_reports(conn, reports)
                 metric_values.upsert_report_states(conn, states.values())
                 pending = self.detection.evaluate_in(conn, [(t, d, at) for t, d, at, _ in items])
-        except BaseException:
+        except BaseException as error:
             self.detection.committed(pending, ok=False)
+            if isinstance(error, Exception) and is_unavailable(error):
+                raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
             raise
         self.detection.committed(pending, ok=True)
         return _summaries(pending)
@@ -147,8 +150,8 @@ def start_compaction(engine: Engine, interval_s: float) -> None:
             time.sleep(interval_s)
             try:
                 compactor.run_once()
-            except Exception:
-                log.exception("history_compaction_failed")
+            except Exception as error:
+                log_unless_outage(log, "history_compaction_failed", error)
 
     threading.Thread(target=run, name="history-compaction", daemon=True).start()
 
@@ -191,7 +194,13 @@ def worker_main(pipe: Pipe, config: WorkerConfig) -> None:
             else:
                 raise ValueError(f"unknown request {kind!r}")
         except Exception as error:
-            log.exception("batch_failed", request=kind)
+            if is_unavailable(error):  # an outage: the parent logs the change of state, once
+                pipe.send(("unavailable", request_id, f"{type(error).__name__}: {error}"))
+                continue
+            if kind == "store" and len(body) > 1:  # the parent isolates the culprit; its traceback follows
+                log.warning("batch_failed", request=kind, items=len(body), error=f"{type(error).__name__}: {error}")
+            else:
+                log.exception("batch_failed", request=kind)
             pipe.send(("error", request_id, f"{type(error).__name__}: {error}"))
             continue
         pipe.send(("ok", request_id, result))
@@ -311,6 +320,8 @@ class WorkerBatchStore:
         call.done.wait()
         assert call.outcome is not None
         status, result = call.outcome
+        if status == "unavailable":
+            raise StoreUnavailable(str(result))
         if status != "ok":
             raise WorkerFailed(str(result))
         return result
