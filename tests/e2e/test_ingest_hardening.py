@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import time
 import uuid
+from collections import Counter
 
 import cbor2
 import httpx
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.figures import publish_figures
 from tests.support.mqtt import Device
 
 SERVICE_ARGS = ["--report-min-interval", "0"]
@@ -134,11 +136,17 @@ payloads = st.one_of(
 @given(payload=payloads)
 def test_live_fuzz_every_report_gets_exactly_one_reply(service, iot, fuzz_device, payload):
     encoding, body = payload
+    FUZZ["tried"] += 1
     fuzz_device.publish(body, encoding)
     topic, reply = fuzz_device.reply(timeout=10)
     assert topic.startswith(encoding + "/") and reply["status"] in ("ACCEPTED", "REJECTED")
     assert reply["thingName"] == fuzz_device.thing
     assert fuzz_device.replies.empty() and not fuzz_device.disconnected
+    FUZZ["answered_once"] += 1
+    FUZZ[reply["status"].lower()] += 1
+
+
+FUZZ: Counter[str] = Counter()
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +157,5 @@ def fuzz_device(service):
     assert device.replies.empty(), "a report was answered twice"
     device.close()
     assert httpx.get(service.endpoint + "/healthz").status_code == 200
+    publish_figures(f"live-fuzz-{'postgresql' if service.database_url else 'sqlite'}", dict(FUZZ))
+    FUZZ.clear()
