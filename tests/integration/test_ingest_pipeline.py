@@ -172,3 +172,17 @@ def test_one_report_the_store_refuses_costs_the_others_nothing(pipeline):
         assert store.calls <= 1 + 2 * 6  # bisected, not retried one by one
 
     run(pipeline, scenario)
+
+
+def test_an_outage_met_before_the_queue_is_answered_too(pipeline, tmp_path):
+    """The monitoring snapshot is read from the database when the control plane changed; if the
+    database is gone at that moment, the report is answered ServiceUnavailable, not dropped."""
+    store, engine, _ = pipeline
+    gone = MonitoringIndex(create_engine(sqlite_url(tmp_path / "missing" / "dir")), ARN)
+
+    async def scenario(ingest, replies):
+        await ingest.submit("dev-1", "json", payload(9))
+        await until(lambda: len(replies) == 1)
+        assert outcome(replies[0][1]) == "ServiceUnavailable" and replies[0][1]["reportId"] == 9
+
+    run((store, engine, gone), scenario)

@@ -45,7 +45,7 @@ from iotdefender.ingest.report import (
 )
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.store import metric_values
-from iotdefender.store.availability import DatabaseHealth
+from iotdefender.store.availability import DatabaseHealth, is_unavailable
 
 log = structlog.get_logger("iotdefender.ingest")
 
@@ -108,10 +108,16 @@ class IngestService:
         now = self._clock()
         try:
             await self._submit(thing_raw, encoding, payload, now)
-        except Exception as error:  # a defect of ours: this report is rejected, nothing else is hurt
-            log.exception("report_failed", thing=thing_raw, encoding=encoding)
-            await self._reject(thing_raw, encoding, payload, ReportRejected(
-                RejectCode.INTERNAL_ERROR, f"The report could not be processed ({type(error).__name__})"), now)
+        except Exception as error:
+            if is_unavailable(error):  # e.g. the monitoring snapshot could not be read: retryable
+                self._health.failed(error)
+                rejection = ReportRejected(RejectCode.SERVICE_UNAVAILABLE,
+                                           "The report was not processed: the database is unavailable; retry later")
+            else:  # a defect of ours: this report is rejected, nothing else is hurt
+                log.exception("report_failed", thing=thing_raw, encoding=encoding)
+                rejection = ReportRejected(RejectCode.INTERNAL_ERROR,
+                                           f"The report could not be processed ({type(error).__name__})")
+            await self._reject(thing_raw, encoding, payload, rejection, now)
 
     async def _submit(self, thing_raw: str, encoding: str, payload: bytes, now: float) -> None:
         thing = thing_raw
