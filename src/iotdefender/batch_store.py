@@ -211,6 +211,12 @@ class WorkerFailed(RuntimeError):
     """The child failed the request, or died with it in flight."""
 
 
+class WorkerStartFailed(WorkerFailed, StoreUnavailable):
+    """No child could be started (e.g. it cannot load the alarm states from an unreachable
+    database): no item of the batch is at fault, so the batch is answered as an outage
+    (retryable) rather than bisected into one failing restart per item."""
+
+
 @dataclass
 class _Call:
     done: threading.Event
@@ -263,15 +269,15 @@ class WorkerBatchStore:
         self._spawn_requests.put(done)
         outcome = done.get()
         if isinstance(outcome, BaseException):
-            raise WorkerFailed(f"the detection worker could not start ({outcome})")
+            raise WorkerStartFailed(f"the detection worker could not start ({outcome})")
         parent, process = outcome
         if not parent.poll(self.START_TIMEOUT_S):
             process.kill()
-            raise WorkerFailed("the detection worker did not start")
+            raise WorkerStartFailed("the detection worker did not start")
         try:
             parent.recv()  # ("ready", 0, None)
         except EOFError:
-            raise WorkerFailed("the detection worker exited while starting") from None
+            raise WorkerStartFailed("the detection worker exited while starting") from None
         self._pipe, self._process = parent, process
         threading.Thread(target=self._read, args=(parent,), name="detection-replies", daemon=True).start()
         log.info("detection_worker", pid=process.pid)
