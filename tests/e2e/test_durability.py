@@ -24,8 +24,10 @@ import pytest
 from tests.support.figures import publish_figures
 from tests.support.fleet import Fleet, stored_report_ids
 from tests.support.processes import PostgresCluster, ServiceProcess, wait_for
+from tests.support.webhook import WebhookReceiver
 
 ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
+TOPIC = "arn:aws:sns:us-east-1:123456789012:durability-alerts"
 DEVICES = 20
 
 
@@ -35,7 +37,8 @@ def prepare(svc: ServiceProcess):  # type: ignore[no-untyped-def]
         securityProfileName="durability",
         behaviors=[{"name": "ports", "metric": "aws:listening-tcp-ports",
                     "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [443]}}}],
-        additionalMetricsToRetainV2=[{"metric": "aws:all-bytes-out"}])
+        additionalMetricsToRetainV2=[{"metric": "aws:all-bytes-out"}],
+        alertTargets={"SNS": {"alertTargetArn": TOPIC, "roleArn": "arn:aws:iam::123456789012:role/dd"}})
     iot.attach_security_profile(securityProfileName="durability", securityProfileTargetArn=ALL_THINGS)
     return iot
 
@@ -67,9 +70,17 @@ def audit(iot, fleet: Fleet) -> dict[str, int]:  # type: ignore[no-untyped-def]
 
 
 @contextlib.contextmanager
-def under_load(database_url: str | None, data_dir: Path, prefix: str):  # type: ignore[no-untyped-def]
-    """A service with the durability profile and a fleet of DEVICES reporting to it."""
-    svc = ServiceProcess(data_dir=data_dir, database_url=database_url, extra_args=["--report-min-interval", "0"])
+def under_load(database_url: str | None, data_dir: Path, prefix: str,
+               hook: WebhookReceiver | None = None):  # type: ignore[no-untyped-def]
+    """A service with the durability profile and a fleet of DEVICES reporting to it; its alerts go
+    to ``hook`` if given."""
+    args = ["--report-min-interval", "0"]
+    if hook is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        subscriptions = data_dir / "subscriptions.json"
+        subscriptions.write_text(json.dumps({TOPIC: [{"webhook": hook.url, "secret": hook.secret}]}))
+        args += ["--alert-subscriptions", str(subscriptions)]
+    svc = ServiceProcess(data_dir=data_dir, database_url=database_url, extra_args=args)
     svc.start()
     fleet = None
     try:
@@ -114,14 +125,17 @@ def healthz(svc: ServiceProcess) -> int:
 def test_postgresql_stopped_under_load(tmp_path):
     cluster = PostgresCluster()
     cluster.start()
+    hook = WebhookReceiver("outage-secret")
     try:
-        with under_load(cluster.create_database("outage"), tmp_path / "svc", "outage") as (svc, iot, fleet):
-            outage(cluster, svc, iot, fleet)
+        with under_load(cluster.create_database("outage"), tmp_path / "svc", "outage", hook) as (svc, iot, fleet):
+            outage(cluster, svc, iot, fleet, hook)
     finally:
         cluster.stop()
+        hook.close()
 
 
-def outage(cluster: PostgresCluster, svc: ServiceProcess, iot, fleet: Fleet) -> None:  # type: ignore[no-untyped-def]
+def outage(cluster: PostgresCluster, svc: ServiceProcess, iot, fleet: Fleet,  # type: ignore[no-untyped-def]
+           hook: WebhookReceiver) -> None:
     """PostgreSQL stopped for 10 s under load, then started again."""
     time.sleep(3)
     cluster.halt()
@@ -133,6 +147,9 @@ def outage(cluster: PostgresCluster, svc: ServiceProcess, iot, fleet: Fleet) -> 
     during = fleet.book.outcomes()
     cluster.resume()
     wait_for(lambda: healthz(svc) == 200, 30, "/healthz 200 after the outage")
+    while not hook.received.empty():  # alerts from before the outage
+        hook.received.get()
+    hook.next(timeout=20)  # alert delivery resumed by itself (its loop used to die with the outage)
     time.sleep(3)
     fleet.drain()
     outcomes = fleet.book.outcomes()
