@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test test-unit system-deps demo bench bench-quick clean
+.PHONY: run test test-unit system-deps demo bench bench-quick clean durability
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ test: $(STAMP) system-deps
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit $(ARGS)
 
+# The durability and hostile-input tests on their own, with their figures (docs/durability.md):
+# kill -9 under load and PostgreSQL stopped under load, the live MQTT fuzz and the parser fuzz.
+durability: $(STAMP) system-deps
+	rm -f durability.jsonl
+	IOTDEFENDER_DURABILITY_OUT=durability.jsonl $(BIN)/python -m pytest -q -s -p no:cacheprovider \
+		tests/e2e/test_durability.py tests/e2e/test_ingest_hardening.py tests/unit/test_report_parser.py \
+		tests/unit/test_batch_isolation.py tests/integration/test_ingest_pipeline.py $(ARGS)
+	@cat durability.jsonl
+
 # The service, a sample profile and a simulated fleet with misbehaving devices (about 90 s).
 demo: $(STAMP)
 	$(BIN)/iotdefender demo
@@ -58,4 +67,4 @@ bench-quick: $(STAMP) system-deps
 	@$(BIN)/python bench/pipeline.py --broker embedded --quick
 
 clean:
-	rm -rf $(VENV) data demo-data demo-data.log
+	rm -rf $(VENV) data demo-data demo-data.log durability.jsonl

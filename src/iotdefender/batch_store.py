@@ -42,6 +42,7 @@ from iotdefender.detection import COUNTERS, DetectionService, PendingDetection
 from iotdefender.engine.alarm import EventType
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.store import metric_values
+from iotdefender.store.availability import StoreUnavailable, is_unavailable, log_unless_outage
 from iotdefender.store.database import writing
 
 log = structlog.get_logger("iotdefender.batch_store")
@@ -94,8 +95,10 @@ class LocalBatchStore:
                 metric_values.insert_reports(conn, reports)
                 metric_values.upsert_report_states(conn, states.values())
                 pending = self.detection.evaluate_in(conn, [(t, d, at) for t, d, at, _ in items])
-        except BaseException:
+        except BaseException as error:
             self.detection.committed(pending, ok=False)
+            if isinstance(error, Exception) and is_unavailable(error):
+                raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
             raise
         self.detection.committed(pending, ok=True)
         return _summaries(pending)
@@ -147,8 +150,8 @@ def start_compaction(engine: Engine, interval_s: float) -> None:
             time.sleep(interval_s)
             try:
                 compactor.run_once()
-            except Exception:
-                log.exception("history_compaction_failed")
+            except Exception as error:
+                log_unless_outage(log, "history_compaction_failed", error)
 
     threading.Thread(target=run, name="history-compaction", daemon=True).start()
 
@@ -191,7 +194,13 @@ def worker_main(pipe: Pipe, config: WorkerConfig) -> None:
             else:
                 raise ValueError(f"unknown request {kind!r}")
         except Exception as error:
-            log.exception("batch_failed", request=kind)
+            if is_unavailable(error):  # an outage: the parent logs the change of state, once
+                pipe.send(("unavailable", request_id, f"{type(error).__name__}: {error}"))
+                continue
+            if kind == "store" and len(body) > 1:  # the parent isolates the culprit; its traceback follows
+                log.warning("batch_failed", request=kind, items=len(body), error=f"{type(error).__name__}: {error}")
+            else:
+                log.exception("batch_failed", request=kind)
             pipe.send(("error", request_id, f"{type(error).__name__}: {error}"))
             continue
         pipe.send(("ok", request_id, result))
@@ -200,6 +209,12 @@ def worker_main(pipe: Pipe, config: WorkerConfig) -> None:
 # -- the parent's side ----------------------------------------------------------------------------
 class WorkerFailed(RuntimeError):
     """The child failed the request, or died with it in flight."""
+
+
+class WorkerStartFailed(WorkerFailed, StoreUnavailable):
+    """No child could be started (e.g. it cannot load the alarm states from an unreachable
+    database): no item of the batch is at fault, so the batch is answered as an outage
+    (retryable) rather than bisected into one failing restart per item."""
 
 
 @dataclass
@@ -254,15 +269,15 @@ class WorkerBatchStore:
         self._spawn_requests.put(done)
         outcome = done.get()
         if isinstance(outcome, BaseException):
-            raise WorkerFailed(f"the detection worker could not start ({outcome})")
+            raise WorkerStartFailed(f"the detection worker could not start ({outcome})")
         parent, process = outcome
         if not parent.poll(self.START_TIMEOUT_S):
             process.kill()
-            raise WorkerFailed("the detection worker did not start")
+            raise WorkerStartFailed("the detection worker did not start")
         try:
             parent.recv()  # ("ready", 0, None)
         except EOFError:
-            raise WorkerFailed("the detection worker exited while starting") from None
+            raise WorkerStartFailed("the detection worker exited while starting") from None
         self._pipe, self._process = parent, process
         threading.Thread(target=self._read, args=(parent,), name="detection-replies", daemon=True).start()
         log.info("detection_worker", pid=process.pid)
@@ -311,6 +326,8 @@ class WorkerBatchStore:
         call.done.wait()
         assert call.outcome is not None
         status, result = call.outcome
+        if status == "unavailable":
+            raise StoreUnavailable(str(result))
         if status != "ok":
             raise WorkerFailed(str(result))
         return result

@@ -15,6 +15,10 @@ CIDR_OPERATORS = frozenset({"in-cidr-set", "not-in-cidr-set"})
 PORT_OPERATORS = frozenset({"in-port-set", "not-in-port-set"})
 SET_OPERATORS = frozenset({"in-set", "not-in-set"})
 
+# MetricValue.count is an AWS ``long`` >= 0 (reference §3.5): the largest count a report may carry,
+# and the value at which a window's sum saturates (a 64-bit column or encoder cannot hold more).
+COUNT_MAX = 2**63 - 1
+
 DURATION_SECONDS = frozenset({300, 600, 900, 1800, 3600})
 STATISTICS = frozenset({"p0", "p0.1", "p0.01", "p1", "p10", "p50", "p90", "p99", "p99.9", "p99.99", "p100"})
 CONFIDENCE_LEVELS = frozenset({"LOW", "MEDIUM", "HIGH"})

@@ -33,6 +33,7 @@ from iotdefender.backtest.jobs import BacktestJobs
 from iotdefender.batch_store import BatchStore, LocalBatchStore, WorkerBatchStore, WorkerConfig, start_compaction
 from iotdefender.console.app import create_console
 from iotdefender.store import history, metric_values, violations
+from iotdefender.store.availability import log_unless_outage
 from iotdefender.store.database import create_engine, in_batches, sqlite_url, upgrade_to_head
 
 log = structlog.get_logger("iotdefender")
@@ -98,11 +99,15 @@ async def retention_loop(engine: Engine, metrics_s: float, violations_s: float) 
     while True:
         await asyncio.sleep(min(max(min(metrics_s, violations_s) / 10, 1.0), 3600.0))
         now = time.time()
-        metrics = await anyio.to_thread.run_sync(_purge, engine, metric_values.delete_older_than, now - metrics_s)
-        events = await anyio.to_thread.run_sync(_purge, engine, violations.delete_events_older_than,
-                                                now - violations_s)
-        segments = await anyio.to_thread.run_sync(_purge, engine, history.delete_segments_older_than,
-                                                  now - metrics_s)
+        try:
+            metrics = await anyio.to_thread.run_sync(_purge, engine, metric_values.delete_older_than, now - metrics_s)
+            events = await anyio.to_thread.run_sync(_purge, engine, violations.delete_events_older_than,
+                                                    now - violations_s)
+            segments = await anyio.to_thread.run_sync(_purge, engine, history.delete_segments_older_than,
+                                                      now - metrics_s)
+        except Exception as error:  # the next round retries; the loop must outlive a database outage
+            log_unless_outage(log, "retention_failed", error)
+            continue
         if metrics or events or segments:
             log.info("retention", metric_values_deleted=metrics, violation_events_deleted=events,
                      metric_segments_deleted=segments)
@@ -118,8 +123,8 @@ async def sweep_loop(store: BatchStore, invalidation_s: float) -> None:
         await asyncio.sleep(min(max(invalidation_s / 20, 0.5), 60.0))
         try:
             await anyio.to_thread.run_sync(store.sweep, time.time())
-        except Exception:
-            log.exception("invalidation_sweep_failed")
+        except Exception as error:
+            log_unless_outage(log, "invalidation_sweep_failed", error)
 
 
 async def open_batch_store(settings: Settings, engine: Engine, monitoring: MonitoringIndex, alerts: AlertRouter,
@@ -172,7 +177,8 @@ async def serve(settings: Settings) -> None:
     api.dead_letters = alerts.dead_letters
     store = await open_batch_store(settings, engine, monitoring, alerts, api.context.arn(""))
     api.on_change.append(store.invalidate)
-    ingest = IngestService(engine, monitoring, publish, settings.effective_report_min_interval)
+    ingest = IngestService(engine, monitoring, publish, settings.effective_report_min_interval,
+                           queue_limit=settings.ingest_queue_limit, health=api.database_health())
     ingest.store = store
     cloud = CloudMetricsService(engine, monitoring, store, settings.effective_metrics_window)
     if settings.cloud_metrics:

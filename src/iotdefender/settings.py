@@ -21,6 +21,7 @@ class Settings:
     credentials_file: Path | None = None
     log_format: str = "json"
     detection_worker: bool = True
+    ingest_queue_limit: int = 10_000
     mqtt_port: int = 1883
     mqtt_tls_port: int | None = None
     mqtt_ca: str | None = None
@@ -102,6 +103,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="structured log lines as JSON (default) or for a terminal")
     parser.add_argument("--detection-worker", choices=("on", "off"), default="on" if d.detection_worker else "off",
                         help="store and evaluate batches in a child process, on a core of its own (default on)")
+    parser.add_argument("--ingest-queue-limit", type=int, default=d.ingest_queue_limit,
+                        help="reports that may wait to be stored and answered; beyond it new reports are rejected "
+                             "ServiceOverloaded (default %(default)s: about 2 s of the measured ingest ceiling, "
+                             "a few tens of MB)")
     mqtt = parser.add_argument_group("MQTT")
     mqtt.add_argument("--mqtt-url", default=None,
                       help="join this broker as a client instead of embedding one: mqtt[s]://user:pass@host:port "

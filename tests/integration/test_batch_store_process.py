@@ -36,3 +36,26 @@ def test_worker_survives_the_thread_that_started_it():
     finally:
         store.close()
     assert not first.is_alive()
+
+
+def test_a_worker_that_cannot_start_is_an_outage_not_a_culprit(tmp_path):
+    """A child that dies while loading the alarm states (its database is gone) fails no item of the
+    batch: the batch is answered as an outage at once, not bisected into one restart per item."""
+    import pytest
+
+    from iotdefender.batch_isolation import store_isolating
+    from iotdefender.store.availability import StoreUnavailable
+
+    gone = sqlite_url(tmp_path / "missing" / "dir")
+    store = WorkerBatchStore(WorkerConfig(database_url=gone, arn_prefix="arn:aws:iot:us-east-1:123456789012:",
+                                          invalidation_period=172800.0, time_scale=1.0, alert_subscriptions=None,
+                                          sns_endpoint_url=None, region="us-east-1", log_format="json"),
+                             on_events=lambda events: None)
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.start()
+        items = [(f"t-{n}", {"aws:num-listening-tcp-ports": {"count": 1}}, time.time(), 1) for n in range(8)]
+        outcome = store_isolating(store.store_batch, items)
+        assert outcome.failed == {} and sorted(outcome.unavailable) == list(range(8))
+    finally:
+        store.close()

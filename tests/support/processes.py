@@ -68,9 +68,17 @@ class PostgresCluster:
     def start(self) -> None:
         self._run(str(self.bin / "initdb"), "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
                   "--locale=C", "--encoding=UTF8")
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server on the existing data directory (after ``start`` or ``halt``)."""
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=on"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-o", options, "-l",
                   str(self.root / "log"), "-w", "start")
+
+    def halt(self) -> None:
+        """An outage: stop the server at once (``-m immediate``, like a crash), keeping its data."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
 
     def create_database(self, name: str) -> str:
         import psycopg

@@ -174,3 +174,20 @@ def test_too_few_devices_means_no_threshold():
     for i in range(4):
         stats.observe(("p", "b"), "p50", 300, f"d{i}", float(i), 10.0)
     assert stats.threshold(("p", "b"), "p50", 300, 310.0) is None
+
+
+def test_window_sums_saturate_at_the_largest_count():
+    """Two counts of 2**63-1 summed over durationSeconds exceeded what the store encodes, and
+    (issue #11) failed the whole write batch with every other device's report in it."""
+    from iotdefender.metrics_catalog import COUNT_MAX
+
+    evaluator = Evaluator()
+    profile = {"name": "p", "behaviors": [
+        {"name": "in", "metric": "aws:all-bytes-in",
+         "criteria": {"comparisonOperator": "less-than", "value": {"count": 1000000}, "durationSeconds": 300}}]}
+    values = []
+    for at in (1000.0, 1001.0):
+        evaluation = evaluator.evaluate("t", [profile], {"aws:all-bytes-in": {"count": COUNT_MAX}}, at)
+        commit(evaluator, evaluation)
+        values += [e.metric_value for e in evaluation.events]
+    assert values == [{"count": COUNT_MAX}]  # one in-alarm, its value a 64-bit count

@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotdefender.ingest.replies import reply_payload
-from iotdefender.ingest.report import ParsedReport, RejectCode, ReportRejected, check_thing_name, parse_report
+from iotdefender.ingest.report import (
+    ParsedReport,
+    RejectCode,
+    ReportRejected,
+    check_thing_name,
+    parse_report,
+    report_id_hint,
+)
 
 TYPES = {"n": "number", "nl": "number-list", "sl": "string-list", "ip": "ip-address-list"}
 VALID = {"header": {"report_id": 1530304554, "version": "1.0"},
@@ -29,11 +36,65 @@ json_values = st.recursive(
 
 
 def verdict(payload: bytes, encoding: str) -> ParsedReport | ReportRejected:
+    """A parsed report or a rejection whose reply can be built, as the service builds it."""
     try:
         return parse_report(payload, encoding, TYPES)
     except ReportRejected as rejection:
         assert isinstance(rejection.code, RejectCode) and rejection.message
+        report_id = rejection.report_id if rejection.report_id is not None else report_id_hint(payload, encoding)
+        assert reply_payload("t", encoding, report_id, 0, (rejection.code.value, rejection.message))
         return rejection
+
+
+def encode(document, encoding: str) -> bytes:
+    return json.dumps(document).encode() if encoding == "json" else cbor2.dumps(document)
+
+
+def with_bytes_in(value: int) -> dict:
+    return {"header": {"report_id": 1, "version": "1.0"},
+            "metrics": {"network_stats": {"bytes_in": value, "bytes_out": 1, "packets_in": 1, "packets_out": 1}}}
+
+
+@pytest.mark.parametrize("encoding", ["json", "cbor"])
+@pytest.mark.parametrize("value, ok", [(10**30, False), (2**63, False), (-1, False), (2**63 - 1, True), (0, True)])
+def test_counts_are_aws_longs(value, ok, encoding):
+    """MetricValue.count is a long >= 0; a wider count failed the store's whole batch (issue #11)."""
+    result = verdict(encode(with_bytes_in(value), encoding), encoding)
+    if ok:
+        assert isinstance(result, ParsedReport) and result.datapoints["aws:all-bytes-in"] == {"count": value}
+    else:
+        assert isinstance(result, ReportRejected) and result.code is RejectCode.INVALID_PAYLOAD
+        assert "bytes_in" in result.message and result.report_id == 1
+
+
+DEEP = 20_000
+
+
+@pytest.mark.parametrize("payload, encoding, says", [
+    (b'{"header":{"report_id":1,"version":"1.0"},"metrics":{"listening_tcp_ports":{"ports":'
+     b'[{"port":22,"interface":"' + bytes([0xFF, 0xFE]) + b'"}]}}}', "json", "UTF-8"),
+    (b'{"header":{"report_id":1,"version":"1.0"},"metrics":{},"custom_metrics":{"n":'
+     + b"[" * DEEP + b"]" * DEEP + b"}}", "json", "nested"),
+    (b'{"header":{"report_id":1,"version":"1.0"},"metrics":{},"x":' + b'{"a":' * DEEP + b"1" + b"}" * DEEP + b"}",
+     "json", "nested"),
+    (b"\xa2" + cbor2.dumps("header") + cbor2.dumps({"report_id": 1, "version": "1.0"}) + cbor2.dumps("metrics")
+     + b"\x81" * DEEP + b"\x80", "cbor", ""),
+])
+def test_hostile_payloads_are_malformed_reports(payload, encoding, says):
+    """Each of these crashed the MQTT session (UnicodeDecodeError, RecursionError) before."""
+    result = verdict(payload, encoding)
+    assert isinstance(result, ReportRejected) and result.code is RejectCode.INVALID_PAYLOAD
+    assert says in result.message
+
+
+@pytest.mark.parametrize("report_id", [2**64, 2**70, -(2**64)])
+def test_a_report_id_past_64_bits_is_rejected_and_the_reply_still_built(report_id):
+    for encoding in ("json", "cbor"):
+        document = {"header": {"report_id": report_id, "version": "1.0"}, "metrics": {}}
+        result = verdict(encode(document, encoding), encoding)
+        assert isinstance(result, ReportRejected) and result.code is RejectCode.INVALID_PAYLOAD
+        body = json.loads(reply_payload("t", "json", report_id, 0, (result.code.value, result.message)))
+        assert "reportId" not in body and body["status"] == "REJECTED"
 
 
 def test_the_documented_report_is_valid_in_every_form():
@@ -107,3 +168,52 @@ def test_a_type_error_before_invalid_json_is_still_a_verdict():
     result = verdict(json.dumps(document).encode(), "json")  # Python writes Infinity: not JSON
     assert isinstance(result, ReportRejected) and result.code is RejectCode.INVALID_PAYLOAD
     assert "not valid JSON" in result.message
+
+
+# -- adversarial structures (issue #11): what the random documents above never reach ------------
+def _value_at(document, path):
+    for step in path:
+        document = document[step]
+    return document
+
+
+NUMBER_PATHS = [p for p in PATHS if isinstance(_value_at(VALID, p), (int, float)) and not isinstance(
+    _value_at(VALID, p), bool)]
+
+
+def _nested(depth: int, opener: str, encoding: str) -> bytes:
+    """A report with ``depth`` nested arrays or maps where a metric block belongs."""
+    if encoding == "json":
+        inner = ("[" * depth + "]" * depth) if opener == "list" else ('{"a":' * depth + "0" + "}" * depth)
+        return ('{"header":{"report_id":7,"version":"1.0"},"metrics":' + inner + "}").encode()
+    head = cbor2.dumps("header") + cbor2.dumps({"report_id": 7, "version": "1.0"}) + cbor2.dumps("metrics")
+    inner = (b"\x81" * depth + b"\x80") if opener == "list" else ((b"\xa1" + cbor2.dumps("a")) * depth + b"\x00")
+    return b"\xa2" + head + inner
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40_000), st.sampled_from(["list", "map"]), st.sampled_from(["json", "cbor"]))
+def test_any_nesting_depth_gets_a_verdict(depth, opener, encoding):
+    verdict(_nested(depth, opener, encoding), encoding)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(NUMBER_PATHS), st.integers(-(2**200), 2**200) | st.integers(2**63 - 3, 2**64 + 3),
+       st.sampled_from(["json", "cbor"]))
+def test_any_integer_at_any_number_gets_a_verdict(path, number, encoding):
+    document = json.loads(json.dumps(VALID))
+    parent = _value_at(document, path[:-1])
+    parent[path[-1]] = number
+    result = verdict(encode(document, encoding), encoding)
+    if isinstance(result, ParsedReport):  # nothing accepted is wider than what the store holds
+        for value in result.datapoints.values():
+            assert all(-(2**63) <= v < 2**63 for v in value.get("ports", []) + [value.get("count", 0)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10_000), st.binary(min_size=1, max_size=4))
+def test_bytes_spliced_into_a_valid_json_report_get_a_verdict(position, junk):
+    """Invalid UTF-8 inside strings, NUL bytes, broken escapes, cut tokens."""
+    payload = json.dumps(VALID).encode()
+    position %= len(payload)
+    verdict(payload[:position] + junk + payload[position:], "json")

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from iotdefender.alerts.message import alert_message
 from iotdefender.alerts.subscriptions import Subscription, Webhook
 from iotdefender.engine.evaluator import ViolationEvent
+from iotdefender.store.availability import log_unless_outage
 from iotdefender.store.database import writing
 from iotdefender.store.schema import alert_outbox
 
@@ -118,7 +119,11 @@ class AlertRouter:
         self._http = httpx.AsyncClient(timeout=10)
         try:
             while True:
-                delivered = await self._deliver_due()
+                try:
+                    delivered = await self._deliver_due()
+                except Exception as error:  # the outbox is durable: delivery resumes when the database is back
+                    log_unless_outage(log, "alert_delivery_failed", error)
+                    delivered = 0
                 if not delivered:
                     try:
                         await asyncio.wait_for(self._wake.wait(), timeout=0.5)

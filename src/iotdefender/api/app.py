@@ -38,6 +38,7 @@ from iotdefender.api.validation import validate_input
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import SELF_VALIDATING, Handler, load_all
 from iotdefender.controlplane.violations import violation_evidence
+from iotdefender.store.availability import DatabaseHealth, is_unavailable
 
 log = structlog.get_logger("iotdefender.api")
 
@@ -69,6 +70,8 @@ class ApiService:
         self.dead_letters: Callable[[], list[dict[str, Any]]] | None = None
         self.broker_events: Callable[[Any], dict[str, Any]] | None = None
         self.backtests: Any = None  # backtest.jobs.BacktestJobs, set by the service
+        # Readiness (/healthz) and the one log line per database outage; created on first use.
+        self.health: DatabaseHealth | None = None
         # Handlers run in worker threads; more than a few at once only contend for the GIL and
         # the database (SQLite has a handful of WAL reader slots). Requests beyond wait here.
         self._limiter = anyio.CapacityLimiter(API_WORKER_THREADS)
@@ -122,13 +125,24 @@ class ApiService:
             response = Response(payload, status_code=status, media_type="application/json", headers=out_headers)
         except ApiError as error:
             response = _error_response(error, request_id)
-        except Exception:  # a defect of ours: log it whole, answer as AWS does
+        except Exception as error:
+            if is_unavailable(error):  # an outage, not a defect: 503 as AWS does, logged once per outage
+                self.database_health().failed(error)
+                return self._logged(_error_response(ApiError(
+                    "ServiceUnavailableException", "The service's database is unavailable; retry later"),
+                    request_id), request, operation_name, started, request_id)
+            # a defect of ours: log it whole, answer as AWS does
             log.exception("internal_failure", operation=operation_name, request_id=request_id)
             response = _error_response(
                 ApiError("InternalFailureException", "An internal failure occurred; see the service log"),
                 request_id,
             )
         return self._logged(response, request, operation_name, started, request_id)
+
+    def database_health(self) -> DatabaseHealth:
+        if self.health is None:
+            self.health = DatabaseHealth.of(self.context.engine)
+        return self.health
 
     def _logged(self, response: Response, request: Request, operation_name: str, started: float,
                 request_id: str) -> Response:
@@ -201,6 +215,9 @@ class ApiService:
 
 def create_app(service: ApiService, console: Starlette | None = None) -> Starlette:
     async def healthz(_: Request) -> Response:
+        """Readiness: 503 while the database is unreachable (a probe, at most one a second)."""
+        if not await anyio.to_thread.run_sync(service.database_health().check):
+            return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def metrics(_: Request) -> Response:

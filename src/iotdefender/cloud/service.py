@@ -18,9 +18,11 @@ import anyio.to_thread
 import structlog
 from sqlalchemy.engine import Engine
 
+from iotdefender.batch_isolation import store_isolating
 from iotdefender.cloud.aggregator import CLOUD_METRICS, Aggregator, dimension_specs
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.store import registry
+from iotdefender.store.availability import log_unless_outage
 
 log = structlog.get_logger("iotdefender.cloud")
 
@@ -116,8 +118,8 @@ class CloudMetricsService:
             await asyncio.sleep(max(0.05, (self.aggregator.index(now) + 1) * window_s - now + min(0.2, window_s / 20)))
             try:
                 await anyio.to_thread.run_sync(self.close_due)
-            except Exception:
-                log.exception("cloud_window_failed")
+            except Exception as error:
+                log_unless_outage(log, "cloud_window_failed", error)
 
     def _monitored(self) -> set[str]:
         with self._engine.connect() as conn:
@@ -145,5 +147,10 @@ class CloudMetricsService:
             items.append((thing, points, end, None))  # the store keeps the retained series of it
         if not items:
             return 0
-        self._store.store_batch(items)
-        return len(items)
+        # One device's window that the store cannot take must not cost the others theirs.
+        outcome = store_isolating(self._store.store_batch, items, source="cloud")
+        for index, error in outcome.failed.items():
+            log.error("cloud_window_not_stored", thing=items[index][0], error=f"{type(error).__name__}: {error}")
+        if outcome.outage is not None:
+            raise outcome.outage
+        return len(outcome.stored)

@@ -18,7 +18,7 @@ from typing import Any
 from iotdefender.engine.alarm import AlarmState, EventType, Transition, advance, invalidate
 from iotdefender.engine.compare import Check, compile_check, compliant, offending, scalar_of
 from iotdefender.engine.statistics import FleetStatistics
-from iotdefender.metrics_catalog import series_key
+from iotdefender.metrics_catalog import COUNT_MAX, series_key
 
 # Counts per report (device side) or per window (cloud side): summed over durationSeconds.
 DELTA_METRICS = frozenset({"aws:all-bytes-in", "aws:all-bytes-out", "aws:all-packets-in", "aws:all-packets-out",
@@ -138,7 +138,9 @@ class Evaluator:
             history[:] = [(t, v) for t, v in history if t > now - horizon]
         inside = [(t, v) for t, v in history if t > now - window_s]
         combined = max(v for _, v in inside) if metric in MAX_METRICS else sum(v for _, v in inside)
-        return {"count": int(combined)}, inside
+        # Saturate: two counts near COUNT_MAX sum past it, and (as floats) COUNT_MAX itself rounds
+        # up to 2**63; a count the store cannot encode failed the whole batch it was in.
+        return {"count": min(int(combined), COUNT_MAX)}, inside
 
     def _rules_of(self, profile: Mapping[str, Any]) -> list[_Rule]:
         """The profile's behaviors prepared for evaluation, cached while the profile object lives.

@@ -16,7 +16,9 @@ def reply_payload(thing_name: str, encoding: str, report_id: int | None, now_ms:
                   error: tuple[str, str] | None = None) -> bytes:
     """``{thingName, reportId, status, [statusDetails{ErrorCode, ErrorMessage}], timestamp(ms)}``."""
     document: dict[str, Any] = {"thingName": thing_name}
-    if report_id is not None:
+    # Echo the id only if a 64-bit integer holds it: a rejected report may carry any integer,
+    # and orjson refuses wider ones (the reply to such a report failed and killed the session).
+    if report_id is not None and -(2**63) <= report_id < 2**64:
         document["reportId"] = report_id
     document["status"] = "ACCEPTED" if error is None else "REJECTED"
     if error is not None:

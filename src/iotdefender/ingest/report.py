@@ -24,6 +24,8 @@ from typing import Annotated, Any
 import cbor2
 import msgspec
 
+from iotdefender.metrics_catalog import COUNT_MAX
+
 MAX_REPORT_BYTES = 128 * 1024  # AWS IoT Core's MQTT payload limit; Detect documents no other
 MAX_THING_NAME_BYTES = 128  # "rejected … if the thing name is longer than 128 bytes of UTF-8"
 MAX_LIST_ELEMENTS = 1000  # per list in a report; far above the agents' 50, bounds evaluation cost
@@ -40,6 +42,10 @@ class RejectCode(str, Enum):
     THROTTLED = "Throttled"
     DUPLICATE_REPORT_ID = "DuplicateReportId"
     STALE_REPORT_ID = "StaleReportId"
+    # Retryable: the report was not stored because of the service's state, not its content.
+    SERVICE_UNAVAILABLE = "ServiceUnavailable"  # the database is unreachable
+    SERVICE_OVERLOADED = "ServiceOverloaded"  # the ingest queue is full (backpressure)
+    INTERNAL_ERROR = "InternalError"  # a defect met while handling this one report
 
 
 class ReportRejected(Exception):
@@ -54,9 +60,9 @@ def malformed(detail: str, report_id: int | None = None) -> ReportRejected:
     return ReportRejected(RejectCode.INVALID_PAYLOAD, f"Malformed metrics report: {detail}", report_id)
 
 
-Count = Annotated[int, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=COUNT_MAX)]  # AWS's MetricValue.count: a long >= 0
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-ReportId = Annotated[int, msgspec.Meta(gt=0, le=2**63 - 1)]
+ReportId = Annotated[int, msgspec.Meta(gt=0, le=COUNT_MAX)]
 
 
 def _list(item: Any) -> Any:
@@ -152,6 +158,18 @@ def check_thing_name(raw: bytes | str) -> str:
 
 
 def _decode(payload: bytes, encoding: str) -> Any:
+    """The typed report, or ReportRejected. Invalid UTF-8 inside a JSON string and structures
+    nested too deep for the decoders (~1,000 levels; RecursionError) are malformed reports too,
+    not exceptions out of the transport's callback."""
+    try:
+        return _decode_typed(payload, encoding)
+    except RecursionError:
+        raise malformed("the document is nested too deeply") from None
+    except UnicodeError as error:
+        raise malformed(f"not valid UTF-8 ({error})") from None
+
+
+def _decode_typed(payload: bytes, encoding: str) -> Any:
     if encoding == "json":
         short = b'"hed"' in payload and b'"header"' not in payload
         try:

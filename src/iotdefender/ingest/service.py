@@ -4,9 +4,19 @@ A report is answered ``accepted`` only after the transaction holding its datapoi
 thing's new report state has committed, so an acknowledged report survives ``kill -9``.
 Rejections are answered at once, counted per reason (Prometheus) and logged with the thing.
 
-Ordering and idempotence per thing: the first valid report starts the throttle window
-(``report_min_interval``); a report id equal to the last accepted one is a duplicate (a QoS 1
-redelivery), a lower one is stale (report ids are "monotonically increasing", reference §4.5).
+Every report gets exactly one answer, whatever happens (docs/ingest-rejections.md):
+- a report that one batch's transaction cannot take is isolated (batch_isolation) and rejected
+  ``InternalError`` with the store's error; the other reports of its batch are stored;
+- while the database is unreachable, reports are rejected ``ServiceUnavailable`` (retryable) and
+  the outage is logged once (store/availability);
+- when more than ``queue_limit`` reports wait to be stored and answered, new ones are rejected
+  ``ServiceOverloaded`` (retryable) instead of the queue, and the memory, growing without bound;
+- any other exception met while handling one report becomes an ``InternalError`` rejection
+  logged with its traceback: ``submit`` never raises into the broker adapter, whose MQTT session
+  (or the service's own client, with an external broker) an exception would end.
+
+Ordering and idempotence per thing: see ingest/order.py; a report that was not stored never
+advances its thing's order.
 """
 
 from __future__ import annotations
@@ -19,9 +29,11 @@ from typing import Any
 
 import anyio.to_thread
 import structlog
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from sqlalchemy.engine import Engine
 
+from iotdefender.batch_isolation import Isolated, store_isolating
+from iotdefender.ingest.order import ReportOrder
 from iotdefender.ingest.replies import reply_payload, reply_topic
 from iotdefender.ingest.report import (
     ParsedReport,
@@ -33,16 +45,20 @@ from iotdefender.ingest.report import (
 )
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.store import metric_values
+from iotdefender.store.availability import DatabaseHealth, is_unavailable
 
 log = structlog.get_logger("iotdefender.ingest")
 
 REPORTS = Counter("iotdefender_reports", "Device metrics reports by outcome", ["outcome"])
 REJECTIONS = Counter("iotdefender_report_rejections", "Rejected device metrics reports by reason", ["reason"])
+QUEUED = Gauge("iotdefender_ingest_queue_reports", "Reports accepted for storage and not yet answered")
+QUEUE_LIMIT = Gauge("iotdefender_ingest_queue_limit", "Reports that may wait; beyond it: ServiceOverloaded")
 
 Publisher = Callable[[str, bytes], Awaitable[None]]
 
 _BATCH_MAX = 1000
 _BATCH_WAIT_S = 0.002
+DEFAULT_QUEUE_LIMIT = 10 * _BATCH_MAX
 
 
 @dataclass
@@ -55,24 +71,29 @@ class _Accepted:
 
 class IngestService:
     def __init__(self, engine: Engine, monitoring: MonitoringIndex, publish: Publisher,
-                 report_min_interval: float, clock: Callable[[], float] = time.time) -> None:
+                 report_min_interval: float, clock: Callable[[], float] = time.time,
+                 queue_limit: int = DEFAULT_QUEUE_LIMIT, health: DatabaseHealth | None = None) -> None:
         self._engine = engine
         self._monitoring = monitoring
         self._publish = publish
         self._min_interval = report_min_interval
         self._clock = clock
-        self._last: dict[str, tuple[int, float]] = {}
+        self._order = ReportOrder(report_min_interval)
         self._queue: asyncio.Queue[_Accepted] = asyncio.Queue()
+        self._queue_limit = queue_limit
+        self._outstanding = 0  # queued, being stored, or waiting for their replies
+        self._health = health if health is not None else DatabaseHealth.of(engine)
         self._writer: asyncio.Task[None] | None = None
         self._replying: set[asyncio.Task[None]] = set()  # reply tasks of committed batches
         self.store: Any = None  # batch_store.BatchStore: storage and detection of each batch
+        QUEUE_LIMIT.set(queue_limit)
 
     async def start(self) -> None:
         def load() -> dict[str, tuple[int, float]]:
             with self._engine.connect() as conn:
                 return metric_values.load_report_states(conn)
 
-        self._last = await anyio.to_thread.run_sync(load)
+        self._order = ReportOrder(self._min_interval, await anyio.to_thread.run_sync(load))
         self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
 
     async def stop(self) -> None:
@@ -83,48 +104,55 @@ class IngestService:
             await asyncio.gather(self._writer, return_exceptions=True)
 
     async def submit(self, thing_raw: str, encoding: str, payload: bytes) -> None:
-        """Take one report from the transport; the reply follows asynchronously."""
+        """Take one report from the transport; the reply follows asynchronously. Never raises."""
         now = self._clock()
+        try:
+            await self._submit(thing_raw, encoding, payload, now)
+        except Exception as error:
+            if is_unavailable(error):  # e.g. the monitoring snapshot could not be read: retryable
+                self._health.failed(error)
+                rejection = ReportRejected(RejectCode.SERVICE_UNAVAILABLE,
+                                           "The report was not processed: the database is unavailable; retry later")
+            else:  # a defect of ours: this report is rejected, nothing else is hurt
+                log.exception("report_failed", thing=thing_raw, encoding=encoding)
+                rejection = ReportRejected(RejectCode.INTERNAL_ERROR,
+                                           f"The report could not be processed ({type(error).__name__})")
+            await self._reject(thing_raw, encoding, payload, rejection, now)
+
+    async def _submit(self, thing_raw: str, encoding: str, payload: bytes, now: float) -> None:
         thing = thing_raw
         try:
             thing = check_thing_name(thing_raw)
             report = parse_report(payload, encoding, self._monitoring.custom_metric_types())
-            self._check_order(thing, report.report_id, now)
+            self._order.check(thing, report.report_id, now)
+            if self._outstanding >= self._queue_limit:
+                raise ReportRejected(RejectCode.SERVICE_OVERLOADED,
+                                     f"The service has {self._outstanding} reports waiting to be stored; "
+                                     "retry later", report.report_id)
         except ReportRejected as rejection:
             await self._reject(thing, encoding, payload, rejection, now)
             return
-        self._last[thing] = (report.report_id, now)
-        await self._queue.put(_Accepted(thing, encoding, report, now))
-
-    def _check_order(self, thing: str, report_id: int, now: float) -> None:
-        last = self._last.get(thing)
-        if last is None:
-            return
-        last_id, last_at = last
-        if report_id == last_id:
-            raise ReportRejected(RejectCode.DUPLICATE_REPORT_ID,
-                                 f"Report id {report_id} was already accepted for thing {thing}", report_id)
-        if report_id < last_id:
-            raise ReportRejected(RejectCode.STALE_REPORT_ID,
-                                 f"Report id {report_id} is lower than the last accepted id {last_id}; "
-                                 "report ids must increase", report_id)
-        wait = last_at + self._min_interval - now
-        if wait > 0:
-            raise ReportRejected(RejectCode.THROTTLED,
-                                 f"Thing {thing} may report once every {self._min_interval:g} s; "
-                                 f"retry in {wait:.1f} s", report_id)
+        self._order.queued(thing, report.report_id, now)
+        self._outstanding += 1
+        QUEUED.set(self._outstanding)
+        self._queue.put_nowait(_Accepted(thing, encoding, report, now))
 
     async def _reject(self, thing: str, encoding: str, payload: bytes, rejection: ReportRejected,
                       now: float) -> None:
-        report_id = rejection.report_id if rejection.report_id is not None else report_id_hint(payload, encoding)
-        REPORTS.labels("rejected").inc()
-        REJECTIONS.labels(rejection.code.value).inc()
-        log.info("report_rejected", thing=thing, code=rejection.code.value, reason=rejection.message,
-                 report_id=report_id)
-        if rejection.code is RejectCode.INVALID_THING_NAME:
-            return  # there is no valid thing topic to answer on
-        body = reply_payload(thing, encoding, report_id, int(now * 1000), (rejection.code.value, rejection.message))
-        await self._publish(reply_topic(thing, encoding, accepted=False), body)
+        """Count, log and answer one rejection; a reply that cannot be built or sent is logged."""
+        try:
+            report_id = rejection.report_id if rejection.report_id is not None else report_id_hint(payload, encoding)
+            REPORTS.labels("rejected").inc()
+            REJECTIONS.labels(rejection.code.value).inc()
+            log.info("report_rejected", thing=thing, code=rejection.code.value, reason=rejection.message,
+                     report_id=report_id)
+            if rejection.code is RejectCode.INVALID_THING_NAME:
+                return  # there is no valid thing topic to answer on
+            body = reply_payload(thing, encoding, report_id, int(now * 1000),
+                                 (rejection.code.value, rejection.message))
+            await self._publish(reply_topic(thing, encoding, accepted=False), body)
+        except Exception:
+            log.exception("reply_failed", thing=thing)
 
     async def _write_loop(self) -> None:
         while True:
@@ -139,31 +167,56 @@ class IngestService:
                         break
                     await asyncio.sleep(min(remaining, 0.0005))
             try:
-                await anyio.to_thread.run_sync(self._commit, batch)
-            except Exception:
+                outcome = await anyio.to_thread.run_sync(self._commit, batch)
+            except Exception as error:  # isolation itself failed: answer everyone, lose nothing silently
                 log.exception("report_batch_failed", reports=len(batch))
-                for item in batch:  # not durable: say nothing; the device retries next interval
-                    self._last.pop(item.thing, None)
-                    self._queue.task_done()
-                continue
+                outcome = Isolated(failed={i: error for i in range(len(batch))})
             # The next batch goes to the store while this one's replies are being sent: the store
             # (a separate process by default) does not sit idle during the replies.
-            replies = asyncio.create_task(self._accept(batch))
+            replies = asyncio.create_task(self._answer(batch, outcome))
             self._replying.add(replies)
             replies.add_done_callback(self._replying.discard)
 
-    async def _accept(self, batch: list[_Accepted]) -> None:
-        accepted = REPORTS.labels("accepted")
-        for item in batch:
-            accepted.inc()
+    def _commit(self, batch: list[_Accepted]) -> Isolated[Any]:
+        """The batch in as few transactions (BatchStore) as its failures allow."""
+        outcome = store_isolating(
+            self.store.store_batch,
+            [(i.thing, i.report.datapoints, i.received_at, i.report.report_id) for i in batch])
+        if outcome.outage is not None:
+            self._health.failed(outcome.outage)
+        elif outcome.stored:
+            self._health.succeeded()
+        return outcome
+
+    async def _answer(self, batch: list[_Accepted], outcome: Isolated[Any]) -> None:
+        stored = set(outcome.stored)
+        for index, item in enumerate(batch):
             try:
-                body = reply_payload(item.thing, item.encoding, item.report.report_id, int(self._clock() * 1000))
-                await self._publish(reply_topic(item.thing, item.encoding, accepted=True), body)
+                self._order.finished(item.thing, item.report.report_id, index in stored)
+                if index in stored:
+                    REPORTS.labels("accepted").inc()
+                    body = reply_payload(item.thing, item.encoding, item.report.report_id,
+                                         int(self._clock() * 1000))
+                    await self._publish(reply_topic(item.thing, item.encoding, accepted=True), body)
+                else:
+                    await self._reject(item.thing, item.encoding, b"", self._not_stored(item, index, outcome),
+                                       self._clock())
             except Exception:  # a reply that cannot be sent is lost like any QoS 0/1 message in flight
                 log.exception("reply_failed", thing=item.thing)
             finally:
+                self._outstanding -= 1
+                QUEUED.set(self._outstanding)
                 self._queue.task_done()
 
-    def _commit(self, batch: list[_Accepted]) -> None:
-        """One transaction (BatchStore): retained datapoints, report states, detection results."""
-        self.store.store_batch([(i.thing, i.report.datapoints, i.received_at, i.report.report_id) for i in batch])
+    @staticmethod
+    def _not_stored(item: _Accepted, index: int, outcome: Isolated[Any]) -> ReportRejected:
+        error = outcome.failed.get(index)
+        if error is None:
+            return ReportRejected(RejectCode.SERVICE_UNAVAILABLE,
+                                  "The report was not stored: the database is unavailable; retry later",
+                                  item.report.report_id)
+        log.error("report_not_stored", thing=item.thing, report_id=item.report.report_id,
+                  error=f"{type(error).__name__}: {error}")
+        return ReportRejected(RejectCode.INTERNAL_ERROR,
+                              f"The report could not be stored ({error}); the other reports were",
+                              item.report.report_id)

@@ -77,7 +77,10 @@ def create_engine(url: str) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True, **_JSON)
+    # connect_timeout: an unreachable server fails a batch (ServiceUnavailable) in seconds,
+    # instead of holding the writer for the operating system's TCP timeout.
+    return sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True,
+                            connect_args={"connect_timeout": 5}, **_JSON)
 
 
 _WRITE_OPTION = "iotdefender_write"

@@ -1,0 +1,72 @@
+"""Store a batch so that one bad item cannot fail the others.
+
+A batch is one transaction; before this, a single item the store could not take (a count past
+64 bits that the driver refused, say) rolled back the whole batch and every other device's
+report in it went unanswered and unstored. When a batch fails for a reason other than an outage,
+it is split in halves and each half is retried, recursively, until the failing items stand
+alone: they are set aside with their error and everything else is stored. A batch of n items
+with k culprits costs O(k log n) extra transactions; a clean batch costs nothing extra.
+
+An outage (``is_unavailable``) is not an item's fault: bisecting it would only repeat the
+failure 2n times, so the items not yet stored are reported as unavailable at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from prometheus_client import Counter
+
+from iotdefender.store.availability import is_unavailable
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+ISOLATED = Counter("iotdefender_batch_items_isolated",
+                   "Batch items set aside because storing them failed their batch", ["source"])
+RETRIES = Counter("iotdefender_batch_isolation_retries",
+                  "Extra transactions run to isolate the items that failed a batch", ["source"])
+
+
+@dataclass
+class Isolated(Generic[Result]):
+    """What became of each item, by its index in the batch."""
+
+    stored: list[int] = field(default_factory=list)
+    failed: dict[int, BaseException] = field(default_factory=dict)  # the culprits
+    unavailable: list[int] = field(default_factory=list)  # not stored: the database is unreachable
+    outage: BaseException | None = None
+    results: list[Result] = field(default_factory=list)  # one per successful transaction
+
+
+def store_isolating(store: Callable[[Sequence[Item]], Result], items: Sequence[Item],
+                    source: str = "ingest") -> Isolated[Result]:
+    """Store ``items`` in as few transactions as the failures allow (see the module docstring)."""
+    outcome: Isolated[Result] = Isolated()
+    pending: list[list[int]] = [list(range(len(items)))]  # a stack of index ranges, first half on top
+    first = True
+    while pending:
+        indices = pending.pop()
+        if outcome.outage is not None:
+            outcome.unavailable.extend(indices)
+            continue
+        if not first:
+            RETRIES.labels(source).inc()
+        first = False
+        try:
+            outcome.results.append(store([items[i] for i in indices]))
+        except Exception as error:
+            if is_unavailable(error):
+                outcome.outage = error
+                outcome.unavailable.extend(indices)
+            elif len(indices) == 1:
+                outcome.failed[indices[0]] = error
+                ISOLATED.labels(source).inc()
+            else:
+                middle = len(indices) // 2
+                pending += [indices[middle:], indices[:middle]]
+            continue
+        outcome.stored.extend(indices)
+    return outcome

@@ -1,0 +1,64 @@
+"""Report-id order and throttling per thing, advanced only by reports that were stored.
+
+Report ids are "monotonically increasing" (reference §4.5): a report id equal to the last one is
+a duplicate (a QoS 1 redelivery), a lower one is stale, and a thing's next report must wait
+``min_interval`` after its previous one. Reports waiting to be stored count too (a redelivery of
+a report still in the queue is a duplicate), but only until their batch ends: a report whose
+batch failed — the database was down, the queue was full — is forgotten, so the device's resend
+of it is taken as new. (Before, a failed report could leave the thing's order advanced, and the
+resends after a PostgreSQL outage were refused as StaleReportId: lost for good.)
+"""
+
+from __future__ import annotations
+
+from iotdefender.ingest.report import RejectCode, ReportRejected
+
+# (report id, time received)
+Mark = tuple[int, float]
+
+
+class ReportOrder:
+    """Not thread-safe: used from the event loop only."""
+
+    def __init__(self, min_interval: float, committed: dict[str, Mark] | None = None) -> None:
+        self._min_interval = min_interval
+        self._committed: dict[str, Mark] = dict(committed or {})
+        self._pending: dict[str, list[Mark]] = {}  # in id order: each was checked against the last
+
+    def check(self, thing: str, report_id: int, now: float) -> None:
+        """Raise ReportRejected unless this report may follow the thing's last stored or pending one."""
+        queued = self._pending.get(thing)
+        last = queued[-1] if queued else self._committed.get(thing)
+        if last is None:
+            return
+        last_id, last_at = last
+        if report_id == last_id:
+            raise ReportRejected(RejectCode.DUPLICATE_REPORT_ID,
+                                 f"Report id {report_id} was already accepted for thing {thing}", report_id)
+        if report_id < last_id:
+            raise ReportRejected(RejectCode.STALE_REPORT_ID,
+                                 f"Report id {report_id} is lower than the last accepted id {last_id}; "
+                                 "report ids must increase", report_id)
+        wait = last_at + self._min_interval - now
+        if wait > 0:
+            raise ReportRejected(RejectCode.THROTTLED,
+                                 f"Thing {thing} may report once every {self._min_interval:g} s; "
+                                 f"retry in {wait:.1f} s", report_id)
+
+    def queued(self, thing: str, report_id: int, now: float) -> None:
+        """The report passed ``check`` and waits to be stored."""
+        self._pending.setdefault(thing, []).append((report_id, now))
+
+    def finished(self, thing: str, report_id: int, stored: bool) -> None:
+        """The report's batch ended: stored (the order advances) or not (it is forgotten)."""
+        queued = self._pending.get(thing)
+        if queued:
+            mark = next((m for m in queued if m[0] == report_id), None)
+            if mark is not None:
+                queued.remove(mark)
+                if stored:
+                    committed = self._committed.get(thing)
+                    if committed is None or committed[0] < mark[0]:
+                        self._committed[thing] = mark
+            if not queued:
+                del self._pending[thing]

@@ -1,0 +1,129 @@
+"""Whether the database is reachable: readiness for ``/healthz`` and one log line per change.
+
+A PostgreSQL outage used to show as thousands of tracebacks (one per failed batch and per API
+call) while ``/healthz`` kept answering 200. Every component that meets a database error asks
+``is_unavailable`` whether it is an outage (connection refused or lost, server shutting down,
+SQLite unable to open or write its file) rather than a defect or a bad input; outages go to one
+``DatabaseHealth``, which logs ``database_unavailable`` when the state flips to down and
+``database_available`` (with the outage's length) when it flips back, and which ``/healthz``
+consults — probing the database itself, at most once per ``probe_interval`` — so that a load
+balancer or an orchestrator stops sending traffic while the service cannot store anything.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+import sqlalchemy.exc
+import structlog
+from prometheus_client import Gauge
+from sqlalchemy.engine import Engine
+
+log = structlog.get_logger("iotdefender.database")
+
+AVAILABLE = Gauge("iotdefender_database_available", "1 while the database is reachable, 0 during an outage")
+
+
+def _driver_outage_types() -> tuple[type[BaseException], ...]:
+    """The drivers' own connection-level errors: the hot path writes through driver cursors
+    (store/rows.py), whose exceptions SQLAlchemy does not wrap."""
+    types: list[type[BaseException]] = [sqlite3.OperationalError, sqlalchemy.exc.OperationalError,
+                                         sqlalchemy.exc.InterfaceError]
+    try:
+        import psycopg
+
+        types += [psycopg.OperationalError, psycopg.InterfaceError]
+    except ImportError:  # pragma: no cover - psycopg is a dependency; SQLite-only installs still work
+        pass
+    return tuple(types)
+
+
+_OUTAGE_TYPES = _driver_outage_types()
+
+
+class StoreUnavailable(RuntimeError):
+    """The database could not be used for this batch: nothing of it was stored; retry later."""
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True for errors that say the database cannot be used right now (retry later), as opposed
+    to an error caused by what was being written (which retrying the same data repeats)."""
+    if isinstance(error, StoreUnavailable):
+        return True
+    if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, _OUTAGE_TYPES)
+
+
+def log_unless_outage(logger: structlog.stdlib.BoundLogger, event: str, error: BaseException) -> None:
+    """For background loops: a defect is logged with its traceback; an outage is not (it is
+    reported once, by ``DatabaseHealth``), so a stopped database does not flood the log."""
+    if not is_unavailable(error):
+        logger.error(event, exc_info=error)
+
+
+class DatabaseHealth:
+    """The database's state as last seen by this process; thread-safe."""
+
+    def __init__(self, probe: Callable[[], None], probe_interval: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._probe = probe
+        self._probe_interval = probe_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._probed_at: float | None = None
+        AVAILABLE.set(1)
+
+    @classmethod
+    def of(cls, engine: Engine, probe_interval: float = 1.0) -> DatabaseHealth:
+        def probe() -> None:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+
+        return cls(probe, probe_interval)
+
+    @property
+    def available(self) -> bool:
+        return self._down_since is None
+
+    def failed(self, error: BaseException | str) -> None:
+        """An outage was observed (logged only if the database was up until now)."""
+        with self._lock:
+            if self._down_since is not None:
+                return
+            self._down_since = self._clock()
+        AVAILABLE.set(0)
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        log.error("database_unavailable", error=first_line)
+
+    def succeeded(self) -> None:
+        """A database operation worked (logged only if the database was down until now)."""
+        with self._lock:
+            if self._down_since is None:
+                return
+            down_for = self._clock() - self._down_since
+            self._down_since = None
+        AVAILABLE.set(1)
+        log.warning("database_available", outage_seconds=round(down_for, 1))
+
+    def check(self) -> bool:
+        """Readiness: probe the database (at most once per interval) and return whether it is up.
+        Blocking: call it from a worker thread."""
+        now = self._clock()
+        if self._probed_at is not None and now - self._probed_at < self._probe_interval:
+            return self.available
+        self._probed_at = now
+        try:
+            self._probe()
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            self.failed(error)
+            return False
+        self.succeeded()
+        return True

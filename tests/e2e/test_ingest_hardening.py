@@ -1,0 +1,161 @@
+"""Issue #11 through real MQTT clients: one device's bad report never costs another device its
+report, and hostile payloads are answered ``rejected`` with the session intact (SQLite, PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from collections import Counter
+
+import cbor2
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.figures import publish_figures
+from tests.support.mqtt import Device
+
+SERVICE_ARGS = ["--report-min-interval", "0"]
+ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
+COUNT_MAX = 2**63 - 1
+BYTES_IN = {"name": "BytesIn", "metric": "aws:all-bytes-in",
+            "criteria": {"comparisonOperator": "less-than", "value": {"count": 1000000}, "durationSeconds": 300}}
+
+
+@pytest.fixture(scope="module")
+def iot(service):
+    client = service.client()
+    client.create_custom_metric(metricName="labels", metricType="string-list")
+    client.create_security_profile(securityProfileName="hardening", behaviors=[BYTES_IN],
+                                   additionalMetricsToRetainV2=[{"metric": "labels"}])
+    client.attach_security_profile(securityProfileName="hardening", securityProfileTargetArn=ALL_THINGS)
+    return client
+
+
+def network(report_id: int, bytes_in: int) -> bytes:
+    """The issue's reproduction, with the counter under test."""
+    return json.dumps({"header": {"report_id": report_id, "version": "1.0"},
+                       "metrics": {"network_stats": {"bytes_in": bytes_in, "bytes_out": 1, "packets_in": 1,
+                                                     "packets_out": 1}}}).encode()
+
+
+def stored(iot, thing: str, metric: str = "aws:all-bytes-in") -> list:
+    now = dt.datetime.now(dt.timezone.utc)
+    pages = iot.get_paginator("list_metric_values").paginate(
+        thingName=thing, metricName=metric, startTime=now - dt.timedelta(hours=1), endTime=now + dt.timedelta(minutes=5))
+    return [d["value"] for page in pages for d in page["metricDatumList"]]
+
+
+def fleet(service, prefix: str, size: int) -> list[Device]:
+    return [Device(service.mqtt_port, f"{prefix}-{uuid.uuid4().hex[:6]}-{n}") for n in range(size)]
+
+
+def burst(bad: Device, bad_payloads: list[bytes], others: list[Device]) -> None:
+    """Everyone publishes at once, so the bad reports share write batches with the others'."""
+    for n, device in enumerate(others):
+        device.client.publish(f"$aws/things/{device.thing}/defender/metrics/json", network(1, 1000 + n), qos=1)
+        if n < len(bad_payloads):
+            bad.client.publish(f"$aws/things/{bad.thing}/defender/metrics/json", bad_payloads[n], qos=1)
+
+
+def test_a_count_past_64_bits_costs_no_other_device_its_report(service, iot):
+    bad = Device(service.mqtt_port, f"wide-{uuid.uuid4().hex[:6]}")
+    others = fleet(service, "peer", 15)
+    burst(bad, [network(1, 10**30)], others)
+    topic, reply = bad.reply()
+    assert topic == "json/rejected" and reply["statusDetails"]["ErrorCode"] == "InvalidPayload"
+    assert "bytes_in" in reply["statusDetails"]["ErrorMessage"] and reply["reportId"] == 1
+    for n, device in enumerate(others):
+        assert device.reply()[0] == "json/accepted"
+        assert stored(iot, device.thing) == [{"count": 1000 + n}]
+    assert not bad.disconnected
+    for device in [bad, *others]:
+        device.close()
+
+
+def test_window_sums_past_64_bits_saturate(service, iot):
+    """Two reports of 2^63-1 inside durationSeconds: their sum used to fail the whole batch."""
+    bad = Device(service.mqtt_port, f"sum-{uuid.uuid4().hex[:6]}")
+    others = fleet(service, "near", 15)
+    burst(bad, [network(1, COUNT_MAX), network(2, COUNT_MAX)], others)
+    assert [bad.reply()[0], bad.reply()[0]] == ["json/accepted", "json/accepted"]
+    for device in others:
+        assert device.reply()[0] == "json/accepted"
+    assert stored(iot, bad.thing) == [{"count": COUNT_MAX}, {"count": COUNT_MAX}]
+    for device in [bad, *others]:
+        device.close()
+
+
+HOSTILE = {
+    "invalid UTF-8": b'{"header":{"report_id":5,"version":"1.0"},"metrics":{"listening_tcp_ports":'
+                     b'{"ports":[{"port":22,"interface":"\xff\xfe"}]}}}',
+    "report id past 64 bits": b'{"header":{"report_id":18446744073709551616,"version":"1.0"},"metrics":{}}',
+    "nested 20k deep": b'{"header":{"report_id":5,"version":"1.0"},"metrics":' + b"[" * 20000 + b"]" * 20000 + b"}",
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_payloads_are_rejected_and_the_session_survives(service, iot, case):
+    device = Device(service.mqtt_port, f"hostile-{uuid.uuid4().hex[:6]}")
+    device.publish(HOSTILE[case])
+    topic, reply = device.reply()
+    assert topic == "json/rejected" and reply["statusDetails"]["ErrorCode"] == "InvalidPayload"
+    assert not device.disconnected
+    device.publish(network(6, 1))  # the same session goes on
+    assert device.reply()[0] == "json/accepted"
+    device.close()
+
+
+# -- a live fuzz: every report gets exactly one reply and the service survives -------------------
+documents = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=6),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=12)
+report_like = st.fixed_dictionaries({
+    "header": st.fixed_dictionaries({"report_id": st.integers(-5, 2**65), "version": st.just("1.0")}),
+    "metrics": st.fixed_dictionaries({}, optional={
+        "network_stats": st.dictionaries(st.sampled_from(["bytes_in", "bytes_out", "packets_in"]),
+                                         st.integers(-1, 2**70) | documents, max_size=3),
+        "listening_tcp_ports": st.fixed_dictionaries({"ports": st.lists(
+            st.fixed_dictionaries({"port": st.integers(-1, 70000) | documents}), max_size=3)})}),
+    "custom_metrics": st.dictionaries(st.sampled_from(["labels", "unknown"]), documents, max_size=2)})
+payloads = st.one_of(
+    st.binary(max_size=200).map(lambda b: ("json", b)),
+    st.tuples(st.sampled_from(["json", "cbor"]), documents | report_like).map(
+        lambda t: (t[0], json.dumps(t[1]).encode() if t[0] == "json" else cbor2.dumps(t[1]))),
+    st.tuples(st.integers(1, 30000), st.sampled_from([b"[", b"{\"a\":"])).map(
+        lambda t: ("json", b'{"header":{"report_id":3,"version":"1.0"},"metrics":' + t[1] * t[0])),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(payload=payloads)
+def test_live_fuzz_every_report_gets_exactly_one_reply(service, iot, fuzz_device, payload):
+    encoding, body = payload
+    FUZZ["tried"] += 1
+    fuzz_device.publish(body, encoding)
+    topic, reply = fuzz_device.reply(timeout=10)
+    assert topic.startswith(encoding + "/") and reply["status"] in ("ACCEPTED", "REJECTED")
+    assert reply["thingName"] == fuzz_device.thing
+    assert fuzz_device.replies.empty() and not fuzz_device.disconnected
+    FUZZ["answered_once"] += 1
+    FUZZ[reply["status"].lower()] += 1
+
+
+FUZZ: Counter[str] = Counter()
+
+
+@pytest.fixture(scope="module")
+def fuzz_device(service):
+    device = Device(service.mqtt_port, f"fuzz-{uuid.uuid4().hex[:6]}")
+    yield device
+    time.sleep(0.5)
+    assert device.replies.empty(), "a report was answered twice"
+    device.close()
+    assert httpx.get(service.endpoint + "/healthz").status_code == 200
+    publish_figures(f"live-fuzz-{'postgresql' if service.database_url else 'sqlite'}", dict(FUZZ))
+    FUZZ.clear()

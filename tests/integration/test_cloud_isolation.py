@@ -1,0 +1,55 @@
+"""Cloud-side windows: one device's window that the store refuses costs the others nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from iotdefender.alerts.outbox import AlertRouter
+from iotdefender.batch_store import BatchItem, LocalBatchStore
+from iotdefender.cloud.service import CloudMetricsService
+from iotdefender.detection import DetectionService
+from iotdefender.monitoring import MonitoringIndex
+from iotdefender.service import build_api
+from iotdefender.settings import Settings
+
+ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
+
+
+class Refusing:
+    """The real store, refusing any batch that holds ``thing`` (as a driver refuses a bad value)."""
+
+    def __init__(self, store: LocalBatchStore, thing: str) -> None:
+        self.store = store
+        self.thing = thing
+
+    def store_batch(self, items: Sequence[BatchItem]) -> Any:
+        if any(item[0] == self.thing for item in items):
+            raise TypeError("Integer exceeds 64-bit range")
+        return self.store.store_batch(items)
+
+
+def test_a_refused_window_is_isolated(tmp_path):
+    api = build_api(Settings(data_dir=tmp_path))
+    engine = api.context.engine
+    api.invoke("CreateSecurityProfile", {"securityProfileName": "cloud", "behaviors": [
+        {"name": "attempts", "metric": "aws:num-connection-attempts",
+         "criteria": {"comparisonOperator": "greater-than", "value": {"count": 100}}}]})
+    api.invoke("AttachSecurityProfile", {"securityProfileName": "cloud", "securityProfileTargetArn": ALL_THINGS})
+    monitoring = MonitoringIndex(engine, api.context.arn(""))
+    detection = DetectionService(engine, monitoring, AlertRouter(engine, {}, None, "us-east-1"), 172800.0)
+    detection.load()
+    now = [1000.2]
+    cloud = CloudMetricsService(engine, monitoring, Refusing(LocalBatchStore(engine, monitoring, detection), "c-2"),
+                                window_s=1.0, clock=lambda: now[0])
+    for client in ("c-1", "c-2", "c-3"):
+        cloud.connect_attempt(client, "10.0.0.1", True)
+    now[0] = 1001.5  # the window [1000, 1001) has closed
+    assert cloud.close_due() == 2  # c-1 and c-3 stored; c-2 set aside, not everyone
+
+    def stored(thing: str) -> list[Any]:
+        out = api.invoke("ListMetricValues", {"thingName": thing, "metricName": "aws:num-connection-attempts",
+                                              "startTime": 0, "endTime": 10**10})
+        return [d["value"] for d in out["metricDatumList"]]
+
+    assert stored("c-1") == [{"count": 1}] and stored("c-3") == [{"count": 1}] and stored("c-2") == []

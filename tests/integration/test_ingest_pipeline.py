@@ -1,0 +1,188 @@
+"""IngestService on a real store (SQLite): every report gets exactly one answer, whatever happens.
+
+The store is the real LocalBatchStore; what a test needs to happen to it (a slow disk, an outage)
+is done by a thin wrapper around it, and the replies are collected from the service's publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from iotdefender.alerts.outbox import AlertRouter
+from iotdefender.batch_store import BatchItem, LocalBatchStore
+from iotdefender.detection import DetectionService
+from iotdefender.ingest.service import IngestService
+from iotdefender.monitoring import MonitoringIndex
+from iotdefender.store.availability import StoreUnavailable
+from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head
+
+ARN = "arn:aws:iot:us-east-1:123456789012:"
+
+
+class Gated:
+    """The real store behind a gate the test opens, or an outage the test switches on."""
+
+    def __init__(self, store: LocalBatchStore) -> None:
+        self.store = store
+        self.gate = threading.Event()
+        self.gate.set()
+        self.down = False
+        self.poison: str | None = None  # a thing whose datapoints the database refuses
+        self.calls = 0
+
+    def store_batch(self, items: Sequence[BatchItem]) -> Any:
+        self.gate.wait(30)
+        self.calls += 1
+        if self.down:
+            raise StoreUnavailable("OperationalError: connection refused")
+        if any(item[0] == self.poison for item in items):
+            raise TypeError("Integer exceeds 64-bit range")  # what the driver raised in issue #11
+        return self.store.store_batch(items)
+
+
+@pytest.fixture
+def pipeline():
+    engine = create_engine(sqlite_url(Path(tempfile.mkdtemp())))
+    upgrade_to_head(engine)
+    monitoring = MonitoringIndex(engine, ARN)
+    detection = DetectionService(engine, monitoring, AlertRouter(engine, {}, None, "us-east-1"), 172800.0)
+    detection.load()
+    return Gated(LocalBatchStore(engine, monitoring, detection)), engine, monitoring
+
+
+def run(pipeline, scenario, queue_limit: int = 10_000) -> list[tuple[str, dict[str, Any]]]:
+    """Run ``scenario(ingest, replies)`` on a fresh IngestService; returns every reply sent."""
+    store, engine, monitoring = pipeline
+    replies: list[tuple[str, dict[str, Any]]] = []
+
+    async def publish(topic: str, payload: bytes) -> None:
+        if "+" in topic or "#" in topic:  # as MQTT clients and brokers do
+            raise ValueError(f"publish topic {topic!r} contains a wildcard")
+        replies.append((topic.split("/", 2)[2], orjson.loads(payload)))
+
+    async def main() -> None:
+        ingest = IngestService(engine, monitoring, publish, report_min_interval=0.0, queue_limit=queue_limit)
+        ingest.store = store
+        await ingest.start()
+        try:
+            await scenario(ingest, replies)
+        finally:
+            store.gate.set()
+            await ingest.stop()
+
+    asyncio.run(main())
+    return replies
+
+
+def payload(report_id: int) -> bytes:
+    return orjson.dumps({"header": {"report_id": report_id, "version": "1.0"},
+                         "metrics": {"listening_tcp_ports": {"ports": [{"port": 22}], "total": 1}}})
+
+
+async def until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def outcome(reply: dict[str, Any]) -> str:
+    return reply["status"] if reply["status"] == "ACCEPTED" else reply["statusDetails"]["ErrorCode"]
+
+
+def test_a_full_queue_answers_service_overloaded_and_recovers(pipeline):
+    store = pipeline[0]
+
+    async def scenario(ingest, replies):
+        store.gate.clear()  # the store stalls: reports pile up
+        for n in range(20):
+            await ingest.submit(f"dev-{n}", "json", payload(1))
+        await until(lambda: len(replies) >= 15)
+        assert {outcome(r) for _, r in replies} == {"ServiceOverloaded"}
+        assert sorted(r["thingName"] for _, r in replies) == sorted(f"dev-{n}" for n in range(5, 20))
+        assert all(r["reportId"] == 1 for _, r in replies)
+        store.gate.set()
+        await until(lambda: len(replies) == 20)
+        assert [outcome(r) for _, r in replies[15:]] == ["ACCEPTED"] * 5
+        # The refused reports did not advance their thing's order: the resend is stored.
+        await ingest.submit("dev-7", "json", payload(1))
+        await until(lambda: len(replies) == 21)
+        assert outcome(replies[-1][1]) == "ACCEPTED"
+
+    run(pipeline, scenario, queue_limit=5)
+
+
+def test_an_outage_answers_service_unavailable_and_the_resend_is_taken(pipeline):
+    store = pipeline[0]
+
+    async def scenario(ingest, replies):
+        store.down = True
+        await ingest.submit("dev-1", "json", payload(100))
+        await until(lambda: len(replies) == 1)
+        assert outcome(replies[0][1]) == "ServiceUnavailable" and replies[0][1]["reportId"] == 100
+        assert replies[0][0] == "dev-1/defender/metrics/json/rejected"
+        store.down = False
+        await ingest.submit("dev-1", "json", payload(100))  # the device's retry: not stale, not a duplicate
+        await until(lambda: len(replies) == 2)
+        assert outcome(replies[1][1]) == "ACCEPTED"
+        await ingest.submit("dev-1", "json", payload(100))  # now it is stored: a duplicate
+        await until(lambda: len(replies) == 3)
+        assert outcome(replies[2][1]) == "DuplicateReportId"
+
+    run(pipeline, scenario)
+
+
+def test_submit_never_raises_into_the_broker(pipeline):
+    """A reply that cannot be published (a wildcard in the thing name) is logged, not raised."""
+
+    async def scenario(ingest, replies):
+        await ingest.submit("bad+name", "json", payload(1))
+        await ingest.submit("bad#name", "json", b"not json")
+        await ingest.submit("good", "json", payload(1))
+        await until(lambda: len(replies) == 1)
+        assert replies[0][1]["thingName"] == "good"
+
+    run(pipeline, scenario)
+
+
+def test_one_report_the_store_refuses_costs_the_others_nothing(pipeline):
+    store = pipeline[0]
+
+    async def scenario(ingest, replies):
+        store.poison = "dev-13"
+        store.gate.clear()  # all 40 reports wait for the same batch
+        for n in range(40):
+            await ingest.submit(f"dev-{n}", "json", payload(1))
+        store.gate.set()
+        await until(lambda: len(replies) == 40)
+        answers = {r["thingName"]: r for _, r in replies}
+        refused = answers.pop("dev-13")
+        assert refused["statusDetails"]["ErrorCode"] == "InternalError"
+        assert "64-bit" in refused["statusDetails"]["ErrorMessage"] and refused["reportId"] == 1
+        assert {outcome(r) for r in answers.values()} == {"ACCEPTED"} and len(answers) == 39
+        assert store.calls <= 1 + 2 * 6  # bisected, not retried one by one
+
+    run(pipeline, scenario)
+
+
+def test_an_outage_met_before_the_queue_is_answered_too(pipeline, tmp_path):
+    """The monitoring snapshot is read from the database when the control plane changed; if the
+    database is gone at that moment, the report is answered ServiceUnavailable, not dropped."""
+    store, engine, _ = pipeline
+    gone = MonitoringIndex(create_engine(sqlite_url(tmp_path / "missing" / "dir")), ARN)
+
+    async def scenario(ingest, replies):
+        await ingest.submit("dev-1", "json", payload(9))
+        await until(lambda: len(replies) == 1)
+        assert outcome(replies[0][1]) == "ServiceUnavailable" and replies[0][1]["reportId"] == 9
+
+    run((store, engine, gone), scenario)

@@ -1,0 +1,152 @@
+"""A small fleet of real MQTT devices that report under load and keep books on every answer.
+
+Each device behaves like AWS's agents: one report in flight at a time, report ids increasing, a
+report answered with a retryable code (``Throttled``, ``ServiceUnavailable``,
+``ServiceOverloaded``) or not answered at all sent again with the same id. The books say, per
+report, how often it was sent and every answer it got, so a test can count what was accepted
+and later lost, answered twice, or never answered.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from tests.support.mqtt import Device
+
+RETRYABLE = frozenset({"Throttled", "ServiceUnavailable", "ServiceOverloaded"})
+
+
+@dataclass
+class Book:
+    sent: Counter[tuple[str, int]] = field(default_factory=Counter)
+    answers: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+    unanswered: int = 0  # reports given up on after ``reply_timeout`` (then sent again)
+
+    def answer(self, thing: str, report_id: int, outcome: str) -> None:
+        self.answers.setdefault((thing, report_id), []).append(outcome)
+
+    def accepted(self) -> set[tuple[str, int]]:
+        return {key for key, outcomes in self.answers.items() if "ACCEPTED" in outcomes}
+
+    def outcomes(self) -> Counter[str]:
+        return Counter(o for outcomes in self.answers.values() for o in outcomes)
+
+
+def document(report_id: int) -> bytes:
+    """``bytes_out`` carries the report id (retained, so ListMetricValues shows what was stored);
+    the listening port alternates, so every second report of a thing raises or clears an alarm."""
+    port = 22 if report_id % 2 else 443
+    return orjson.dumps({"header": {"report_id": report_id, "version": "1.0"},
+                         "metrics": {"listening_tcp_ports": {"ports": [{"port": port}], "total": 1},
+                                     "network_stats": {"bytes_out": report_id}}})
+
+
+class Fleet:
+    def __init__(self, mqtt_port: int, things: list[str], interval: float = 0.05,
+                 reply_timeout: float = 15.0) -> None:
+        self.things = things
+        self.book = Book()
+        self._interval = interval
+        self._reply_timeout = reply_timeout
+        self._next = {t: 1 for t in things}
+        self._in_flight: dict[str, tuple[int, float]] = {}
+        self._retry: dict[str, tuple[int, float]] = {}  # (report id, when): answered retryable
+        self._devices: dict[str, Device] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connect(mqtt_port)
+
+    def connect(self, mqtt_port: int) -> None:
+        """(Re)connect every device, e.g. after the service restarted; reports in flight are resent."""
+        for device in self._devices.values():
+            device.close()
+        self._devices = {t: Device(mqtt_port, t) for t in self.things}
+        for thing, (report_id, _) in list(self._in_flight.items()):
+            self._send(thing, report_id)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
+        self._thread.start()
+
+    def pause(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Stop sending new reports; wait until every report in flight is answered for good."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        deadline = time.monotonic() + timeout
+        while (self._in_flight or self._retry) and time.monotonic() < deadline:
+            self._step(new_reports=False)
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        for device in self._devices.values():
+            device.close()
+
+    def _send(self, thing: str, report_id: int) -> None:
+        self._in_flight[thing] = (report_id, time.monotonic())
+        self.book.sent[(thing, report_id)] += 1
+        self._devices[thing].client.publish(f"$aws/things/{thing}/defender/metrics/json", document(report_id), qos=1)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._step(new_reports=True)
+            time.sleep(self._interval)
+
+    def _step(self, new_reports: bool) -> None:
+        now = time.monotonic()
+        for thing, device in self._devices.items():
+            self._collect(thing, device)
+            flight = self._in_flight.get(thing)
+            retry = self._retry.get(thing)
+            if retry is not None:
+                if now >= retry[1]:
+                    del self._retry[thing]
+                    self._send(thing, retry[0])
+            elif flight is None:
+                if new_reports:
+                    self._send(thing, self._next[thing])
+            elif now - flight[1] > self._reply_timeout:
+                self.book.unanswered += 1
+                self._send(thing, flight[0])
+
+    def _collect(self, thing: str, device: Device) -> None:
+        while True:
+            try:
+                _, reply = device.replies.get_nowait()
+            except queue.Empty:
+                return
+            outcome = reply["status"] if reply["status"] == "ACCEPTED" else reply["statusDetails"]["ErrorCode"]
+            report_id = reply.get("reportId")
+            self.book.answer(thing, report_id, outcome)
+            flight = self._in_flight.get(thing)
+            if flight is None or flight[0] != report_id:
+                continue  # an answer to an earlier send of a report (counted above)
+            del self._in_flight[thing]
+            if outcome in RETRYABLE:  # as agents do: the same report again, a little later
+                self._retry[thing] = (report_id, time.monotonic() + 0.2)
+            else:
+                self._next[thing] = report_id + 1
+
+
+def stored_report_ids(iot: Any, thing: str) -> set[int]:
+    """The report ids whose datapoints the service stored (``bytes_out`` = report id)."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    pages = iot.get_paginator("list_metric_values").paginate(
+        thingName=thing, metricName="aws:all-bytes-out", startTime=now - dt.timedelta(hours=1),
+        endTime=now + dt.timedelta(minutes=5))
+    return {d["value"]["count"] for page in pages for d in page["metricDatumList"]}
