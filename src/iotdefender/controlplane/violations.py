@@ -34,8 +34,6 @@ def list_active_violations(ctx: ServiceContext, params: Params, behavior_name: s
     """``behavior_name`` is the console's extra filter (AWS's model has none)."""
     filters = {k: params.get(k) for k in _FILTERS} | {"behaviorName": behavior_name}
     after = decode_token(params.get("nextToken"))
-    if after is not None and not isinstance(after, str):
-        raise invalid_request("The nextToken is invalid")
     limit = page_size(params.get("maxResults"))
     with ctx.engine.connect() as conn:
         rows = violations.active_page(conn, filters, after, limit + 1)
@@ -60,9 +58,7 @@ def list_violation_events(ctx: ServiceContext, params: Params, behavior_name: st
     if end < start:
         raise invalid_request("endTime must not be earlier than startTime")
     filters = {k: params.get(k) for k in _FILTERS} | {"behaviorName": behavior_name}
-    after = decode_token(params.get("nextToken"))
-    if after is not None and not (isinstance(after, list) and len(after) == 2):
-        raise invalid_request("The nextToken is invalid")
+    after = decode_token(params.get("nextToken"), (float, int))
     limit = page_size(params.get("maxResults"))
     with ctx.engine.connect() as conn:
         rows = violations.events_page(conn, filters, start, end, tuple(after) if after else None, limit + 1,
