@@ -86,6 +86,18 @@ def test_non_ascii_bytes_in_the_signature_are_a_403(service):
         assert answer.headers["x-amzn-ErrorType"] == "InvalidSignatureException"
 
 
+def test_extension_endpoints_check_names_too(service):
+    evidence = send_signed("GET", service.endpoint + "/_iotdefender/violations/a%00b/evidence")
+    assert evidence.status_code == 400 and evidence.headers["x-amzn-ErrorType"] == "InvalidRequestException"
+    for spec in ({"securityProfileName": "sp\x00"},
+                 {"behaviors": [{"name": "b", "metric": "aws:num-listening-tcp-ports", "criteria": {
+                     "comparisonOperator": "less-than", "value": {"count": 1}}}], "targets": ["arn:x\x00"]}):
+        answer = send_signed("POST", service.endpoint + "/_iotdefender/backtests", orjson.dumps(spec),
+                             {"Content-Type": "application/json"})
+        assert answer.status_code == 400, answer.text
+        assert "control characters" in answer.json()["message"] or "pattern" in answer.json()["message"]
+
+
 def _raw_exchange(endpoint: str, head: bytes, filler: bytes, total: int) -> tuple[bytes, int]:
     """Send ``head`` then ``filler`` until ``total`` bytes or until the server answers; return
     the answer and how many filler bytes went out. Stops sending as soon as there is something

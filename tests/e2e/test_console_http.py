@@ -84,6 +84,7 @@ def test_writes_need_the_csrf_token(service):
     "/console/metrics?metric=aws:num-listening-tcp-ports&range=7d", "/console/things?prefix=%25_&after=zzz",
     "/console/things/%3Cscript%3Ealert(1)%3C%2Fscript%3E", "/console/profiles/no-such-profile",
     "/console/api/backtests/nope", "/console/api/violations/nope/evidence", "/console/backtest?profile=missing",
+    "/console/things/" + "x" * 200,
 ])
 def test_odd_queries_get_answers_not_failures(service, path):
     client, _ = logged_in(service)

@@ -101,6 +101,14 @@ def constraint_problems(shape: Shape, value: Any, where: str = "") -> list[str]:
     return problems
 
 
+def validate_value(shape: Shape, value: Any, where: str) -> None:
+    """Raise InvalidRequestException unless ``value`` obeys ``shape``'s constraints: for the
+    extension endpoints, whose inputs are not an operation's but are the model's names."""
+    problems = constraint_problems(shape, value, where)
+    if problems:
+        raise invalid_request("; ".join(problems))
+
+
 def validate_input(shape: Shape | None, params: dict[str, Any], constraints: bool = True) -> None:
     """Raise InvalidRequestException naming every problem of the input, or return.
 
