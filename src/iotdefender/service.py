@@ -19,6 +19,7 @@ from iotdefender.alerts.outbox import AlertRouter
 from iotdefender.alerts.subscriptions import load_subscriptions
 from iotdefender.api.app import ApiService, create_app
 from iotdefender.api.credentials import load_credentials
+from iotdefender.api.http_limits import BoundedHttpToolsProtocol
 from iotdefender.brokers.embedded import EmbeddedBroker, ListenerSettings, check_tls_files
 from iotdefender.brokers.external import ExternalBroker, parse_broker_url
 from iotdefender.brokers.gatekeeper import Gatekeeper, PasswordBook
@@ -224,7 +225,7 @@ async def serve(settings: Settings) -> None:
     console = create_console(api, monitoring, settings.time_scale)
     # Open console pages keep a live event stream: shutting down does not wait for them for long.
     config = uvicorn.Config(create_app(api, console), host=settings.host, port=settings.api_port, loop="none",
-                            http="httptools", log_config=None, access_log=False, lifespan="off",
+                            http=BoundedHttpToolsProtocol, log_config=None, access_log=False, lifespan="off",
                             timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     # Everything built so far (botocore's service model, the broker, caches) lives as long as the

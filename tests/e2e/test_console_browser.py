@@ -52,6 +52,9 @@ def page(browser) -> Page:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    # The console's Content-Security-Policy must not block anything the pages use.
+    page.on("console", lambda message: errors.append(message.text)
+            if "Content Security Policy" in message.text else None)
     yield page
     context.close()
     assert errors == [], f"JavaScript errors: {errors}"
@@ -156,6 +159,19 @@ def test_console_end_to_end(console_service, page: Page):
     expect(result.locator("table.sweep tr.current")).to_contain_text("2 (current)")
     expect(result.locator("table.sweep")).to_contain_text("3")
     shot(page, "11-backtest")
+
+    # Deleting asks first (a listener, since the policy allows no inline script): no keeps it.
+    iot.create_security_profile(securityProfileName="pw-delete-me")
+    page.goto(f"{base}/console/profiles/pw-delete-me")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("form.danger button.danger")
+    expect(page).to_have_url(f"{base}/console/profiles/pw-delete-me")
+    assert iot.describe_security_profile(securityProfileName="pw-delete-me")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("form.danger button.danger")
+    expect(page).to_have_url(f"{base}/console/profiles")
+    names = [p["name"] for p in iot.list_security_profiles()["securityProfileIdentifiers"]]
+    assert "pw-delete-me" not in names
 
     # Logging out ends the session.
     page.click("header form.logout button")

@@ -84,6 +84,7 @@ def test_writes_need_the_csrf_token(service):
     "/console/metrics?metric=aws:num-listening-tcp-ports&range=7d", "/console/things?prefix=%25_&after=zzz",
     "/console/things/%3Cscript%3Ealert(1)%3C%2Fscript%3E", "/console/profiles/no-such-profile",
     "/console/api/backtests/nope", "/console/api/violations/nope/evidence", "/console/backtest?profile=missing",
+    "/console/things/" + "x" * 200,
 ])
 def test_odd_queries_get_answers_not_failures(service, path):
     client, _ = logged_in(service)
@@ -138,3 +139,71 @@ def test_links_to_devices_with_unusual_names(service):
     link = re.search(r'href="(/console/things/odd[^"]*)"', listing.text).group(1)
     page = client.get(link.replace("&amp;", "&"))
     assert page.status_code == 200 and "Device odd?name %25 ü" in page.text
+
+
+def test_logout_revokes_the_session_server_side(service):
+    client, token = logged_in(service)
+    service.client().create_security_profile(securityProfileName="kept-after-logout")
+    saved = client.cookies["iotdefender_console"]
+    assert client.post("/console/logout", data={"csrf": token}).status_code == 303
+    replay = httpx.Client(base_url=service.endpoint, follow_redirects=False, cookies={"iotdefender_console": saved})
+    assert replay.get("/console/profiles").status_code == 303  # back to the login page
+    deleted = replay.post("/console/profiles/kept-after-logout/delete", data={"csrf": token})
+    assert deleted.status_code == 303 and deleted.headers["location"].startswith("/console/login")
+    assert service.client().describe_security_profile(securityProfileName="kept-after-logout")
+    assert replay.get("/console/api/events").status_code == 401
+
+
+def test_security_headers_on_every_console_response(service):
+    client, _ = logged_in(service)
+    for answer in (client.get("/console/"), client.get("/console/login"), client.get("/console/profiles/new"),
+                   client.get("/console/static/console.js"), client.get("/console/api/backtests/x"),
+                   httpx.get(service.endpoint + "/console/violations", follow_redirects=False)):
+        policy = answer.headers.get("content-security-policy", "")
+        assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy, answer.url
+        assert "unsafe-inline" not in policy
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["referrer-policy"] == "same-origin"
+    assert "onsubmit=" not in client.get("/console/profiles/new").text  # no inline script left to block
+
+
+@pytest.mark.parametrize("path", ["/console/things?prefix=a%00b", "/console/metrics?metric=aws%00x",
+                                  "/console/things/a%00b", "/console/violations?thing=a%00b",
+                                  "/console/api/violations/a%00b/evidence", "/console/metrics?group=%01"])
+def test_control_characters_in_console_urls_are_a_400(service, path):
+    client, _ = logged_in(service)
+    assert client.get(path).status_code == 400, path
+
+
+def test_failed_logins_are_throttled_per_address_and_per_key(fresh_service):
+    svc = fresh_service
+
+    def login(key: str, secret: str, source: str = "127.0.0.1") -> httpx.Response:
+        transport = httpx.HTTPTransport(local_address=source)
+        with httpx.Client(base_url=svc.endpoint, transport=transport, follow_redirects=False) as client:
+            return client.post("/console/login", data={"access_key_id": key, "secret_access_key": secret})
+
+    for _ in range(10):
+        assert login(ACCESS_KEY, "wrong").status_code == 401
+    throttled = login(ACCESS_KEY, SECRET_KEY)  # even the right secret waits now
+    assert throttled.status_code == 429 and 1 <= int(throttled.headers["retry-after"]) <= 600
+    assert "Too many failed logins" in throttled.text
+    assert login("AKIDSOMEONEELSE00000", "x").status_code == 429  # the address is throttled
+    assert login(ACCESS_KEY, SECRET_KEY, source="127.0.0.2").status_code == 429  # and so is the key
+    assert login("AKIDSOMEONEELSE00000", "x", source="127.0.0.2").status_code == 401  # others are not
+    log = svc.log_path.read_text()
+    assert log.count("console_login_failed") == 11 and "console_login_throttled" in log
+
+
+def test_failed_logins_and_console_writes_are_logged(service):
+    client, token = logged_in(service)
+    client.post("/console/profiles/new", data={"name": "logged-write", "behaviors": "[]", "csrf": token})
+    client.post("/console/profiles/new", data={"name": "logged-write-2", "behaviors": "[]", "csrf": "forged"})
+    httpx.post(service.endpoint + "/console/login", data={"access_key_id": "AKIDLOGGED0000000000",
+                                                          "secret_access_key": "nope"})
+    lines = service.log_path.read_text().splitlines()
+    assert any("console_write" in line and "/console/profiles/new" in line and ACCESS_KEY in line
+               and "303" in line for line in lines)
+    assert any("console_write_refused" in line and "csrf" in line for line in lines)
+    assert any("console_login_failed" in line and "AKIDLOGGED0000000000" in line for line in lines)

@@ -80,7 +80,8 @@ def verify(request: SignedRequest, store: CredentialStore, region: str, now: dat
     if key is None:
         raise ApiError("UnrecognizedClientException", "The security token included in the request is invalid.")
     token = request.headers.get("x-amz-security-token")
-    if token is not None and (key.session_token is None or not hmac.compare_digest(token, key.session_token)):
+    if token is not None and (key.session_token is None or not hmac.compare_digest(
+            token.encode("latin-1", "replace"), key.session_token.encode())):
         raise ApiError("UnrecognizedClientException", "The security token included in the request is invalid.")
     if key.session_token is not None and token is None:
         raise ApiError("UnrecognizedClientException", "The security token included in the request is invalid.")
@@ -137,6 +138,8 @@ def verify(request: SignedRequest, store: CredentialStore, region: str, now: dat
                        scope_service, scope_region)
     canonical = signer.canonical_request(aws_request)
     expected = signer.signature(signer.string_to_sign(aws_request, canonical), aws_request)
-    if not hmac.compare_digest(expected, fields["Signature"]):
+    # compare_digest refuses str with non-ASCII characters (TypeError); headers arrive decoded as
+    # latin-1, so their bytes are recovered exactly and a non-ASCII signature is just a mismatch.
+    if not hmac.compare_digest(expected.encode("ascii"), fields["Signature"].encode("latin-1", "replace")):
         raise _signature_mismatch()
     return key

@@ -32,6 +32,24 @@ _JAVA_POSIX = {
 }
 
 
+# Strings the model gives no pattern still never hold control characters: AWS refuses them
+# (reference §3.3), and PostgreSQL cannot store NUL in text or jsonb at all, so letting one through
+# would make the answer depend on the database. Thing names as Device Defender sees them
+# (DeviceDefenderThingName: client IDs of unregistered devices too) follow the rule MQTT ingest
+# applies to the thing of a report topic: no C0/C1 control character, tab and newline included.
+_THING_NAME_SHAPES = frozenset({"DeviceDefenderThingName"})
+_NO_CONTROL = regex.compile(r"[\p{Cc}]")
+_NO_CONTROL_EXCEPT_SPACING = regex.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _unpatterned_problem(shape: Shape, value: str, where: str) -> str | None:
+    forbidden = _NO_CONTROL if shape.name in _THING_NAME_SHAPES else _NO_CONTROL_EXCEPT_SPACING
+    found = forbidden.search(value)
+    if found is None:
+        return None
+    return f"{where} must not contain control characters (found U+{ord(found.group()):04X})"
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled(pattern: str) -> regex.Pattern[str]:
     for java, ours in _JAVA_POSIX.items():
@@ -49,8 +67,13 @@ def _check(shape: Shape, value: Any, where: str, problems: list[str]) -> None:
             problems.append(f"{where} must be at most {meta['max']} characters long")
         if shape.enum and value not in shape.enum:
             problems.append(f"{where} must be one of: {', '.join(shape.enum)}")
-        if "pattern" in meta and not _compiled(meta["pattern"]).fullmatch(value):
-            problems.append(f"{where} {value!r} does not match the pattern {meta['pattern']}")
+        if "pattern" in meta:
+            if not _compiled(meta["pattern"]).fullmatch(value):
+                problems.append(f"{where} {value!r} does not match the pattern {meta['pattern']}")
+        elif not shape.enum:
+            problem = _unpatterned_problem(shape, value, where)
+            if problem:
+                problems.append(problem)
     elif kind in ("integer", "long") and isinstance(value, int):
         if "max" in meta and value > meta["max"]:
             problems.append(f"{where.rsplit('.', 1)[-1]} {value} should be in range[{meta.get('min', '')},{meta['max']}]")
@@ -76,6 +99,14 @@ def constraint_problems(shape: Shape, value: Any, where: str = "") -> list[str]:
     problems: list[str] = []
     _check(shape, value, where, problems)
     return problems
+
+
+def validate_value(shape: Shape, value: Any, where: str) -> None:
+    """Raise InvalidRequestException unless ``value`` obeys ``shape``'s constraints: for the
+    extension endpoints, whose inputs are not an operation's but are the model's names."""
+    problems = constraint_problems(shape, value, where)
+    if problems:
+        raise invalid_request("; ".join(problems))
 
 
 def validate_input(shape: Shape | None, params: dict[str, Any], constraints: bool = True) -> None:

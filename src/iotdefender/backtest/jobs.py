@@ -26,7 +26,7 @@ import structlog
 
 from iotdefender.api.errors import invalid_request, not_found
 from iotdefender.api.service_model import SERVICE_MODEL
-from iotdefender.api.validation import validate_input
+from iotdefender.api.validation import validate_input, validate_value
 from iotdefender.backtest.runner import BACKTEST_PROFILE, BacktestRequest, run_backtest
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.security_profiles import validate_security_profile_behaviors
@@ -75,6 +75,8 @@ def resolve_request(ctx: ServiceContext, monitoring: MonitoringIndex, spec: Any,
     targets = spec.get("targets")
     if name is not None and not isinstance(name, str):
         raise invalid_request("securityProfileName must be a string")
+    if name is not None:
+        validate_value(SERVICE_MODEL.shape_for("SecurityProfileName"), name, "securityProfileName")
     stored = None
     if name is not None:
         with ctx.engine.connect() as conn:
@@ -97,6 +99,8 @@ def resolve_request(ctx: ServiceContext, monitoring: MonitoringIndex, spec: Any,
         targets = [ctx.arn("all/things")]
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
         raise invalid_request("targets must be a list of security profile target ARNs")
+    for index, target in enumerate(targets):
+        validate_value(SERVICE_MODEL.shape_for("SecurityProfileTargetArn"), target, f"targets[{index}]")
     end = _number(spec, "endTime", now)
     start = _number(spec, "startTime", end - DEFAULT_RANGE_S / time_scale)
     if end <= start:

@@ -20,7 +20,9 @@ from sqlalchemy.engine import Engine
 
 from iotdefender.batch_isolation import store_isolating
 from iotdefender.cloud.aggregator import CLOUD_METRICS, Aggregator, dimension_specs
+from iotdefender.ingest.report import ReportRejected, check_thing_name
 from iotdefender.monitoring import MonitoringIndex
+from iotdefender.net_address import ip_of_endpoint
 from iotdefender.store import registry
 from iotdefender.store.availability import log_unless_outage
 
@@ -88,14 +90,27 @@ class CloudMetricsService:
         if not isinstance(event, dict) or event.get("type") not in _EVENT_TYPES:
             return f"type must be one of {', '.join(_EVENT_TYPES)}"
         client = event.get("clientId")
-        if not isinstance(client, str) or not client or len(client.encode()) > 128:
+        if not isinstance(client, str):
             return "clientId must be a non-empty string of at most 128 bytes"
+        try:
+            # It becomes the thing name of stored datapoints, so it obeys the rule of report topics:
+            # one NUL would otherwise fail the whole window's write on PostgreSQL.
+            check_thing_name(client)
+        except ReportRejected as refused:
+            return f"clientId: {refused.message}"
         kind, topic = event["type"], event.get("topic")
         if kind in ("publish", "deliver") and not isinstance(topic, str):
             return f"{kind} needs a topic"
         if kind == "connect":
-            self.connect_attempt(client, event.get("ip") if isinstance(event.get("ip"), str) else None,
-                                 bool(event.get("success", True)))
+            address = event.get("ip")
+            if address is not None:
+                if not isinstance(address, str):
+                    return "ip must be a string: an IP address, ip:port or [IPv6]:port"
+                try:
+                    address = ip_of_endpoint(address)
+                except ValueError as error:
+                    return f"ip is not an IP address, ip:port or [IPv6]:port ({error})"
+            self.connect_attempt(client, address, bool(event.get("success", True)))
         elif kind == "authorization-failure":
             self.authorization_failure(client, topic if isinstance(topic, str) else None)
         elif kind == "disconnect":

@@ -11,16 +11,18 @@ from starlette.staticfiles import StaticFiles
 from iotdefender.api.app import ApiService
 from iotdefender.console import auth, forms, live, pages
 from iotdefender.console.context import STATIC_DIR, ConsoleContext
+from iotdefender.console.security import SecurityHeaders
+from iotdefender.console.sessions import SessionRegistry
 from iotdefender.monitoring import MonitoringIndex
 
 SESSION_MAX_AGE_S = 12 * 3600
 
 
 def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: float = 1.0) -> Starlette:
-    console = ConsoleContext(api, monitoring, time_scale)
+    console = ConsoleContext(api, monitoring, SessionRegistry(SESSION_MAX_AGE_S), time_scale)
     a, p, f, lv = auth.routes(console), pages.routes(console), forms.routes(console), live.routes(console)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", p["overview"]),
             Route("/login", a["login_form"], methods=["GET"]),
@@ -42,7 +44,10 @@ def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: flo
             Route("/api/backtests/{backtest_id}", lv["backtest_status"]),
             Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
         ],
-        middleware=[Middleware(SessionMiddleware, secret_key=api.credentials.derive_secret("console-session"),
+        middleware=[Middleware(SecurityHeaders),
+                    Middleware(SessionMiddleware, secret_key=api.credentials.derive_secret("console-session"),
                                session_cookie="iotdefender_console", max_age=SESSION_MAX_AGE_S,
                                same_site="strict", path="/console")],
     )
+    app.state.console = console  # for login_required, which guards the pages of every module
+    return app

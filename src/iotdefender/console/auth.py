@@ -3,7 +3,9 @@
 No page, stream or JSON endpoint under /console is readable without a session (the static files
 are the exception: a chart library and a stylesheet). The session cookie is signed with a secret
 derived from the configured access keys (``CredentialStore.derive_secret``), is HttpOnly and
-SameSite=Strict; every form and fetch that changes something also carries the session's CSRF token.
+SameSite=Strict, and names a session the server can revoke (``sessions.SessionRegistry``: logout
+ends it for good); every form and fetch that changes something also carries the session's CSRF
+token. Failed logins are throttled (``throttle.LoginThrottle``) and logged, as is every write.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import secrets
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from iotdefender.console.context import ConsoleContext
 
 Page = Callable[[Request], Awaitable[Response]]
+log = structlog.get_logger("iotdefender.console")
 
 
 def safe_next(target: str | None) -> str:
@@ -27,21 +31,42 @@ def safe_next(target: str | None) -> str:
     return "/console/"
 
 
+def _has_control_characters(request: Request) -> bool:
+    """NUL and other control characters have no use in a console URL, and PostgreSQL cannot even
+    bind a NUL: refuse them before any page puts one in a query."""
+    text = request.url.path + "".join(k + v for k, v in request.query_params.multi_items())
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
 def login_required(page: Page) -> Page:
     async def guarded(request: Request) -> Response:
-        if not request.session.get("user"):
+        console: ConsoleContext = request.app.state.console
+        if not request.session.get("user") or not console.sessions.is_live(request.session.get("sid")):
+            request.session.clear()
             if request.url.path.startswith("/console/api/") or request.headers.get("accept") == "text/event-stream":
                 return Response('{"message": "log in first"}', status_code=401, media_type="application/json")
             wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/console/login?next={quote(wanted)}", status_code=303)
-        if request.method != "GET":
-            token = request.headers.get("x-csrf-token")
-            if token is None:
-                form = await request.form()
-                token = str(form.get("csrf", ""))
-            if not secrets.compare_digest(token, request.session.get("csrf", "")):
-                return Response("The form expired or came from another site; reload the page.", status_code=403)
-        return await page(request)
+        if _has_control_characters(request):
+            return Response("The address contains control characters.", status_code=400, media_type="text/plain")
+        if request.method == "GET":
+            return await page(request)
+        token = request.headers.get("x-csrf-token")
+        if token is None:
+            form = await request.form()
+            token = str(form.get("csrf", ""))
+        if not secrets.compare_digest(token.encode(), str(request.session.get("csrf", "")).encode()):
+            log.warning("console_write_refused", reason="csrf", user=request.session.get("user"),
+                        path=request.url.path, address=client_address(request))
+            return Response("The form expired or came from another site; reload the page.", status_code=403)
+        response = await page(request)
+        log.info("console_write", user=request.session.get("user"), method=request.method, path=request.url.path,
+                 status=response.status_code, address=client_address(request))
+        return response
 
     guarded.__name__ = page.__name__
     return guarded
@@ -55,15 +80,30 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         form = await request.form()
         key_id, secret = str(form.get("access_key_id", "")).strip(), str(form.get("secret_access_key", "")).strip()
         target = safe_next(str(form.get("next", "")))
+        address = client_address(request)
+        subjects = [f"address:{address}", f"key:{key_id}"]
+        wait = console.throttle.retry_after(subjects)
+        if wait is not None:
+            log.warning("console_login_throttled", access_key_id=key_id, address=address, retry_after_s=wait)
+            response = console.render(request, "login.html", status_code=429, next=target,
+                                      error=f"Too many failed logins; try again in {wait} s.")
+            response.headers["Retry-After"] = str(wait)
+            return response
         if not console.api.credentials.check_secret(key_id, secret):
+            console.throttle.failed(subjects)
+            log.warning("console_login_failed", access_key_id=key_id, address=address)
             return console.render(request, "login.html", status_code=401, next=target,
                                   error="Unknown access key ID or wrong secret access key.")
+        console.throttle.succeeded(subjects[0])
+        console.sessions.end(request.session.get("sid"))
         request.session.clear()
-        request.session.update({"user": key_id, "csrf": secrets.token_urlsafe(24)})
+        request.session.update({"user": key_id, "csrf": secrets.token_urlsafe(24), "sid": console.sessions.start()})
+        log.info("console_login", access_key_id=key_id, address=address)
         return RedirectResponse(target, status_code=303)
 
     @login_required
     async def logout(request: Request) -> Response:
+        console.sessions.end(request.session.get("sid"))
         request.session.clear()
         return RedirectResponse("/console/login", status_code=303)
 

@@ -3,7 +3,7 @@ the templates, and the time settings that decide default ranges."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,8 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from iotdefender.api.app import ApiService
+from iotdefender.console.sessions import SessionRegistry
+from iotdefender.console.throttle import LoginThrottle
 from iotdefender.monitoring import MonitoringIndex
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -47,7 +49,9 @@ def metric_value(value: Any) -> str:
 class ConsoleContext:
     api: ApiService
     monitoring: MonitoringIndex
+    sessions: SessionRegistry
     time_scale: float = 1.0
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
     def __post_init__(self) -> None:
         self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))

@@ -138,7 +138,11 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             return {"profiles": profiles, "active": active, "events": events, "series": series,
                     "other": other, "described": described, "targets": console.monitoring.targets_of(name)}
 
-        data = await sync(read)
+        try:
+            data = await sync(read)
+        except ApiError as error:  # a name no device can have (too long, ...): say so, do not fail
+            return console.render(request, "message.html", status_code=error.status, title="Device",
+                                  message=f"{error.code}: {error.message}")
         return console.render(request, "thing.html", name=name, range_name=range_name, ranges=list(RANGES),
                               series_json=orjson.dumps(data["series"]).decode(), **data)
 

@@ -16,9 +16,7 @@ def list_metric_values(ctx: ServiceContext, params: Params) -> Params:
         raise invalid_request("endTime must not be earlier than startTime")
     if params.get("dimensionValueOperator") is not None and params.get("dimensionName") is None:
         raise invalid_request("dimensionValueOperator requires dimensionName")
-    after = decode_token(params.get("nextToken"))
-    if after is not None and not (isinstance(after, list) and len(after) == 2):
-        raise invalid_request("The nextToken is invalid")
+    after = decode_token(params.get("nextToken"), (float, int))
     limit = page_size(params.get("maxResults"))
     key = metric_values.series_key(params["metricName"], params.get("dimensionName"),
                                    params.get("dimensionValueOperator"))

@@ -97,7 +97,7 @@ def list_security_profiles_for_target(ctx: ServiceContext, params: Params) -> Pa
                      for g in hierarchy.descendants(target.group_name, registry.all_group_parents(conn))]
         pairs = profiles.profiles_on(conn, arns)
         profile_arns = {name: ctx.arn(f"securityprofile/{name}") for name, _ in pairs}
-    after = decode_token(params.get("nextToken"))
+    after = decode_token(params.get("nextToken"), (str, str))
     keyed = sorted(((t, p) for p, t in pairs))
     keyed = [k for k in keyed if after is None or list(k) > list(after)]
     page, token = take_page(keyed, page_size(params.get("maxResults")), lambda k: list(k))

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from iotdefender.api.errors import invalid_request, not_found
+from iotdefender.api.service_model import SERVICE_MODEL
+from iotdefender.api.validation import validate_value
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation
 from iotdefender.store import violations
@@ -34,8 +36,6 @@ def list_active_violations(ctx: ServiceContext, params: Params, behavior_name: s
     """``behavior_name`` is the console's extra filter (AWS's model has none)."""
     filters = {k: params.get(k) for k in _FILTERS} | {"behaviorName": behavior_name}
     after = decode_token(params.get("nextToken"))
-    if after is not None and not isinstance(after, str):
-        raise invalid_request("The nextToken is invalid")
     limit = page_size(params.get("maxResults"))
     with ctx.engine.connect() as conn:
         rows = violations.active_page(conn, filters, after, limit + 1)
@@ -60,9 +60,7 @@ def list_violation_events(ctx: ServiceContext, params: Params, behavior_name: st
     if end < start:
         raise invalid_request("endTime must not be earlier than startTime")
     filters = {k: params.get(k) for k in _FILTERS} | {"behaviorName": behavior_name}
-    after = decode_token(params.get("nextToken"))
-    if after is not None and not (isinstance(after, list) and len(after) == 2):
-        raise invalid_request("The nextToken is invalid")
+    after = decode_token(params.get("nextToken"), (float, int))
     limit = page_size(params.get("maxResults"))
     with ctx.engine.connect() as conn:
         rows = violations.events_page(conn, filters, start, end, tuple(after) if after else None, limit + 1,
@@ -93,6 +91,7 @@ def put_verification_state_on_violation(ctx: ServiceContext, params: Params) -> 
 
 def violation_evidence(ctx: ServiceContext, violation_id: str) -> Params:
     """Extension: every event of a violation with the datapoints and threshold that caused it."""
+    validate_value(SERVICE_MODEL.shape_for("ViolationId"), violation_id, "violationId")
     with ctx.engine.connect() as conn:
         rows = violations.events_of(conn, violation_id)
     if not rows:

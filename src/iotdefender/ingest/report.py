@@ -25,6 +25,7 @@ import cbor2
 import msgspec
 
 from iotdefender.metrics_catalog import COUNT_MAX
+from iotdefender.net_address import ip_of_endpoint
 
 MAX_REPORT_BYTES = 128 * 1024  # AWS IoT Core's MQTT payload limit; Detect documents no other
 MAX_THING_NAME_BYTES = 128  # "rejected … if the thing name is longer than 128 bytes of UTF-8"
@@ -217,18 +218,7 @@ def _ip_of(remote_addr: str) -> str:
 
     Cached: devices talk to the same few peers, and ``ipaddress`` parsing was most of the parse
     time of a report with a dozen connections (bench/parse.py)."""
-    text = remote_addr.strip()
-    if text.startswith("["):
-        host = text[1:].split("]", 1)[0]
-    elif text.count(":") == 1:
-        host = text.split(":", 1)[0]
-    else:
-        host = text
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            host = text.rsplit(":", 1)[0]
-    return str(ipaddress.ip_address(host))
+    return ip_of_endpoint(remote_addr)
 
 
 def _custom_datapoint(name: str, raw: Any, metric_type: str | None, report_id: int) -> dict[str, Any]:

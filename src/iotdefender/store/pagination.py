@@ -28,16 +28,45 @@ def encode_token(after: Any) -> str:
     return base64.urlsafe_b64encode(orjson.dumps({"after": after})).decode().rstrip("=")
 
 
-def decode_token(token: str | None) -> Any:
-    """The key to continue after, or None for the first page."""
+_INT64 = range(-(2**63), 2**63)
+# What a key is made of: a type (str, int, float) or a tuple of them for a composite key, which
+# travels as a JSON list. Names are str, ids int, timestamps float.
+KeyShape = type | tuple[type, ...]
+
+
+def _is_key(value: Any, shape: KeyShape) -> bool:
+    """Whether ``value`` is a key of this shape: a forged token's key reaches SQL and comparisons.
+
+    A key of another type would be a database error or a TypeError instead of a 400; a NUL in a
+    name cannot even be bound by PostgreSQL; an integer beyond 64 bits overflows its column.
+    """
+    if isinstance(shape, tuple):
+        return (isinstance(value, list) and len(value) == len(shape)
+                and all(_is_key(v, s) for v, s in zip(value, shape)))
+    if isinstance(value, bool):
+        return False
+    if shape is str:
+        return isinstance(value, str) and "\x00" not in value
+    if shape is int:
+        return isinstance(value, int) and value in _INT64
+    if shape is float:  # orjson never decodes NaN or infinities
+        return isinstance(value, float) or (isinstance(value, int) and value in _INT64)
+    return False
+
+
+def decode_token(token: str | None, shape: KeyShape = str) -> Any:
+    """The key to continue after (of the shape the operation encodes), or None for the first page."""
     if token is None:
         return None
     try:
         padded = token + "=" * (-len(token) % 4)
         document = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        return document["after"]
+        after = document["after"]
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeEncodeError, orjson.JSONDecodeError):
         raise invalid_request("The nextToken is invalid") from None
+    if not _is_key(after, shape):
+        raise invalid_request("The nextToken is invalid")
+    return after
 
 
 def page_size(max_results: int | None) -> int:

@@ -204,4 +204,12 @@ function wireBacktest() {
   });
 }
 
-document.addEventListener("DOMContentLoaded", () => { drawPageCharts(); startLive(); wireBacktest(); });
+// Forms that destroy something ask first. A listener, not an inline onsubmit: the console's
+// Content-Security-Policy allows no inline script.
+function wireConfirmations() {
+  document.querySelectorAll("form[data-confirm]").forEach((form) => {
+    form.addEventListener("submit", (event) => { if (!confirm(form.dataset.confirm)) event.preventDefault(); });
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => { drawPageCharts(); startLive(); wireBacktest(); wireConfirmations(); });

@@ -1,0 +1,163 @@
+"""Reproductions of bad input that once answered 500 or was accepted, on SQLite and PostgreSQL.
+
+Each answer must be the same AWS-shaped refusal on both databases: a NUL byte in a name or a
+tag value (PostgreSQL cannot bind it, so it used to be a 500 there and a 200 on SQLite), a forged
+pagination token, non-ASCII bytes in SigV4 headers, an endless request header, an out-of-range
+port in the broker-event intake.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import select
+import socket
+import time
+
+import httpx
+import orjson
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.support.signing import send_signed, signed_headers
+
+NUL = "dev\x00ice"
+DAY = 86400
+
+
+def refused(call, code: str = "InvalidRequestException", status: int = 400) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(ClientError) as caught:
+        call()
+    error = caught.value.response
+    assert (error["Error"]["Code"], error["ResponseMetadata"]["HTTPStatusCode"]) == (code, status), error
+    return error["Error"]["Message"]
+
+
+def test_nul_in_thing_names_is_an_invalid_request(iot):
+    now = time.time()
+    message = refused(lambda: iot.list_metric_values(thingName=NUL, metricName="aws:all-bytes-in",
+                                                     startTime=now - DAY, endTime=now))
+    assert "thingName" in message and "control characters" in message
+    refused(lambda: iot.list_violation_events(thingName=NUL, startTime=now - DAY, endTime=now))
+    refused(lambda: iot.list_active_violations(thingName=NUL))
+    refused(lambda: iot.list_metric_values(thingName="ok", metricName="aws:all\x00", startTime=now - DAY,
+                                           endTime=now))
+    refused(lambda: iot.describe_thing(thingName=NUL))
+    refused(lambda: iot.list_security_profiles_for_target(securityProfileTargetArn="arn:aws:iot:x\x00"))
+    # The same names without the NUL are fine: the refusal is about the byte, not the call.
+    assert iot.list_active_violations(thingName="dev.ice 1")["activeViolations"] == []
+
+
+def test_nul_in_tag_values_and_strings_is_an_invalid_request(iot):
+    arn = iot.create_dimension(name="hardening-dim", type="TOPIC_FILTER", stringValues=["a/#"])["arn"]
+    refused(lambda: iot.tag_resource(resourceArn=arn, tags=[{"Key": "k", "Value": NUL}]))
+    refused(lambda: iot.create_dimension(name="hardening-dim2", type="TOPIC_FILTER", stringValues=["a/\x00"]))
+    refused(lambda: iot.create_custom_metric(metricName="hardening-cm", metricType="number",
+                                             tags=[{"Key": "k", "Value": NUL}]))
+    refused(lambda: iot.create_security_profile(securityProfileName="hardening-sp", tags=[{"Key": "k", "Value": NUL}]))
+    refused(lambda: iot.create_security_profile(securityProfileName="hardening-sp", behaviors=[
+        {"name": "b", "metric": "aws:all-bytes-in\x00",
+         "criteria": {"comparisonOperator": "less-than", "value": {"count": 1}, "durationSeconds": 300}}]))
+    refused(lambda: iot.untag_resource(resourceArn=arn + "\x00", tagKeys=["k"]))
+    refused(lambda: iot.list_tags_for_resource(resourceArn=arn + "\x00"))
+    assert iot.list_tags_for_resource(resourceArn=arn)["tags"] == []  # nothing half-written
+    with pytest.raises(ClientError):
+        iot.describe_custom_metric(metricName="hardening-cm")
+
+
+@pytest.mark.parametrize("after", ["v\x00", ["x\x00", 1], 2**70, 2**64 - 1, 1.5, ["a", "b"], [1.0, "x"], {"a": 1}, True])
+def test_forged_next_tokens_are_an_invalid_request(iot, after):
+    token = base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
+    now = time.time()
+    refused(lambda: iot.list_active_violations(nextToken=token))
+    refused(lambda: iot.list_violation_events(startTime=now - DAY, endTime=now, nextToken=token))
+    refused(lambda: iot.list_things(nextToken=token))
+    refused(lambda: iot.list_metric_values(thingName="t", metricName="aws:all-bytes-in", startTime=now - DAY,
+                                           endTime=now, nextToken=token))
+
+
+def test_non_ascii_bytes_in_the_signature_are_a_403(service):
+    url = service.endpoint + "/security-profiles"
+    headers = signed_headers("GET", url)
+    authorization = headers["Authorization"].rsplit("Signature=", 1)[0] + "Signature=\u00e9t\u00e9"
+    for encoding in ("latin-1", "utf-8"):
+        answer = httpx.get(url, headers={**headers, "Authorization": authorization.encode(encoding)}, timeout=30)
+        assert answer.status_code == 403, answer.text
+        assert answer.headers["x-amzn-ErrorType"] == "InvalidSignatureException"
+
+
+def test_extension_endpoints_check_names_too(service):
+    evidence = send_signed("GET", service.endpoint + "/_iotdefender/violations/a%00b/evidence")
+    assert evidence.status_code == 400 and evidence.headers["x-amzn-ErrorType"] == "InvalidRequestException"
+    for spec in ({"securityProfileName": "sp\x00"},
+                 {"behaviors": [{"name": "b", "metric": "aws:num-listening-tcp-ports", "criteria": {
+                     "comparisonOperator": "less-than", "value": {"count": 1}}}], "targets": ["arn:x\x00"]}):
+        answer = send_signed("POST", service.endpoint + "/_iotdefender/backtests", orjson.dumps(spec),
+                             {"Content-Type": "application/json"})
+        assert answer.status_code == 400, answer.text
+        assert "control characters" in answer.json()["message"] or "pattern" in answer.json()["message"]
+
+
+def _raw_exchange(endpoint: str, head: bytes, filler: bytes, total: int) -> tuple[bytes, int]:
+    """Send ``head`` then ``filler`` until ``total`` bytes or until the server answers; return
+    the answer and how many filler bytes went out. Stops sending as soon as there is something
+    to read, so the answer is read before the server's close can reset the connection."""
+    host, port = endpoint.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head)
+        sent = 0
+        while sent < total and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(filler)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(filler)
+        answer = b""
+        sock.settimeout(10)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            answer += chunk
+        return answer, sent
+
+
+def test_an_endless_header_is_refused_with_431_early(service):
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
+    answer, sent = _raw_exchange(service.endpoint, head, b"a" * 65536, 64 * 1024 * 1024)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"must not exceed 16384 bytes" in answer
+    assert sent <= 4 * 1024 * 1024  # refused long before the 64 MB were sent
+    assert httpx.get(service.endpoint + "/healthz").status_code == 200
+
+
+def test_header_limit_applies_to_heads_read_in_one_piece(service):
+    url = service.endpoint + "/security-profiles"
+    big = httpx.get(url, headers={**signed_headers("GET", url), "X-Pad": "p" * 17000}, timeout=30)
+    assert big.status_code == 431
+    many = httpx.get(service.endpoint + "/healthz", headers={f"X-Pad-{i}": "p" * 100 for i in range(200)})
+    assert many.status_code == 431
+    # Heads below the limit, signed ones included, are served as before.
+    assert httpx.get(url, headers={**signed_headers("GET", url), "X-Pad": "p" * 12000}, timeout=30).status_code == 200
+    with httpx.Client(base_url=service.endpoint) as keep_alive:  # several requests on one connection
+        for _ in range(3):
+            assert keep_alive.get("/healthz", headers={"X-Pad": "p" * 8000}).status_code == 200
+
+
+def test_broker_event_addresses_and_client_ids_are_checked(service):
+    events = [{"type": "connect", "clientId": "port-ok", "ip": "192.0.2.7:8883"},
+              {"type": "connect", "clientId": "port-bad", "ip": "192.0.2.7:999999"},
+              {"type": "connect", "clientId": "not-ip", "ip": "example.com"},
+              {"type": "connect", "clientId": "ip-number", "ip": 7},
+              {"type": "connect", "clientId": "dev\x00ice", "ip": "192.0.2.8"},
+              {"type": "disconnect", "clientId": "tab\there"}]
+    answer = send_signed("POST", service.endpoint + "/_iotdefender/broker-events", orjson.dumps({"events": events}),
+                         {"Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    reasons = {r["index"]: r["reason"] for r in answer.json()["refused"]}
+    assert answer.json()["accepted"] == 1 and sorted(reasons) == [1, 2, 3, 4, 5]
+    assert "port 999999 is out of range 0-65535" in reasons[1]
+    assert "control characters" in reasons[4] and "control characters" in reasons[5]
