@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import anyio.to_thread
 import structlog
@@ -19,9 +21,11 @@ from iotdefender.alerts.outbox import AlertRouter
 from iotdefender.alerts.subscriptions import load_subscriptions
 from iotdefender.api.app import ApiService, create_app
 from iotdefender.api.credentials import load_credentials
-from iotdefender.brokers.embedded import EmbeddedBroker, ListenerSettings, check_tls_files
 from iotdefender.brokers.external import ExternalBroker, parse_broker_url
 from iotdefender.brokers.gatekeeper import Gatekeeper, PasswordBook
+from iotdefender.brokers.listeners import ListenerSettings, check_tls_files
+from iotdefender.brokers.mosquitto.broker import MosquittoBroker
+from iotdefender.brokers.mosquitto.build import BrokerUnavailable
 from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cloud.service import CloudMetricsService
 from iotdefender.controlplane.context import ServiceContext
@@ -35,7 +39,13 @@ from iotdefender.console.app import create_console
 from iotdefender.store import history, metric_values, violations
 from iotdefender.store.database import create_engine, in_batches, sqlite_url, upgrade_to_head
 
+if TYPE_CHECKING:
+    from iotdefender.brokers.embedded import EmbeddedBroker
+
 log = structlog.get_logger("iotdefender")
+
+
+Broker = Union["EmbeddedBroker", ExternalBroker, MosquittoBroker]
 
 
 class ConfigurationError(Exception):
@@ -145,7 +155,7 @@ async def open_batch_store(settings: Settings, engine: Engine, monitoring: Monit
 class Service:
     settings: Settings
     api: ApiService
-    broker: EmbeddedBroker
+    broker: Broker
     ingest: IngestService
 
 
@@ -157,7 +167,7 @@ async def serve(settings: Settings) -> None:
     monitoring = MonitoringIndex(engine, api.context.arn(""))
     api.on_change.append(monitoring.invalidate)
 
-    broker: EmbeddedBroker | ExternalBroker | None = None
+    broker: Broker | None = None
 
     async def publish(topic: str, payload: bytes) -> None:
         assert broker is not None
@@ -184,10 +194,14 @@ async def serve(settings: Settings) -> None:
         broker = ExternalBroker(parse_broker_url(settings.mqtt_url), ingest.submit, settings.mqtt_ca)
         mqtt_endpoint = settings.mqtt_url.split("@")[-1]
     else:
-        broker = EmbeddedBroker(
-            ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
-                             settings.mqtt_cert, settings.mqtt_key),
-            gatekeeper, ingest.submit)
+        listeners = ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
+                                     settings.mqtt_cert, settings.mqtt_key)
+        if settings.mqtt_broker == "amqtt":
+            from iotdefender.brokers.embedded import EmbeddedBroker
+
+            broker = EmbeddedBroker(listeners, gatekeeper, ingest.submit)
+        else:
+            broker = MosquittoBroker(listeners, gatekeeper, ingest.submit, settings.mqtt_password_file)
         mqtt_endpoint = f"mqtt://{settings.host}:{settings.mqtt_port}"
     nats_reader = None
     if settings.nats_events_url is not None:
@@ -204,7 +218,9 @@ async def serve(settings: Settings) -> None:
                 await nats_reader.start()
             except Exception as error:  # nats-py raises its own error types for unreachable servers
                 raise OSError(f"NATS system events: {error}") from None
-    except (OSError, TimeoutError) as error:
+    except (OSError, TimeoutError, BrokerUnavailable) as error:
+        with contextlib.suppress(Exception):  # a half-started broker: end its child process if any
+            await broker.stop()
         await ingest.stop()
         raise ConfigurationError(f"MQTT: cannot start ({error})") from None
     background = [

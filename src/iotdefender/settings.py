@@ -30,6 +30,7 @@ class Settings:
     mqtt_password_file: Path | None = None
     mqtt_acl: str = "own"
     mqtt_url: str | None = None
+    mqtt_broker: str = "mosquitto"
     time_scale: float = 1.0
     report_min_interval: float | None = None
     metric_retention: float | None = None
@@ -106,6 +107,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     mqtt.add_argument("--mqtt-url", default=None,
                       help="join this broker as a client instead of embedding one: mqtt[s]://user:pass@host:port "
                            "(--mqtt-ca verifies an mqtts broker)")
+    mqtt.add_argument("--mqtt-broker", choices=("mosquitto", "amqtt"), default=d.mqtt_broker,
+                      help="the broker the service runs: 'mosquitto' (default; a child process with iotdefender's "
+                           "plugin, holds large fleets) or 'amqtt' (in-process Python, a few thousand devices)")
     mqtt.add_argument("--mqtt-port", type=int, default=d.mqtt_port, help="plain MQTT listener (default %(default)s)")
     mqtt.add_argument("--mqtt-tls-port", type=int, default=None, help="MQTT over TLS listener (e.g. 8883)")
     mqtt.add_argument("--mqtt-ca", default=None, help="CA certificate file that signs device certificates")

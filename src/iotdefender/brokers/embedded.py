@@ -17,9 +17,7 @@ AWS IoT does on an unauthorised publish; other topics go through amqtt unchanged
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +28,9 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from iotdefender.brokers.gatekeeper import REPORT_TOPIC, Gatekeeper
+from iotdefender.brokers.listeners import ListenerSettings, ReportSink
 
 log = structlog.get_logger("iotdefender.broker")
-
-ReportSink = Callable[[str, str, bytes], Awaitable[None]]  # (thing name, "json"|"cbor", payload)
-
 
 class GatekeeperAuthPlugin(BaseAuthPlugin):
     @dataclass
@@ -197,16 +193,6 @@ class DefenderBroker(Broker):
         return False
 
 
-@dataclass(frozen=True)
-class ListenerSettings:
-    host: str
-    port: int
-    tls_port: int | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-
 def broker_config(listeners: ListenerSettings, gatekeeper: Gatekeeper) -> dict[str, Any]:
     config: dict[str, Any] = {
         "listeners": {"default": {"type": "tcp", "bind": f"{listeners.host}:{listeners.port}"}},
@@ -239,13 +225,3 @@ class EmbeddedBroker:
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         await self._broker.internal_message_broadcast(topic, payload, qos)
-
-
-def check_tls_files(ca_file: str | None, cert_file: str | None, key_file: str | None) -> None:
-    """Fail at start-up, with a clear message, rather than at the first TLS handshake."""
-    if not (cert_file and key_file):
-        raise ValueError("--mqtt-tls-port needs --mqtt-cert and --mqtt-key (and --mqtt-ca to verify clients)")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
-    if ca_file:
-        context.load_verify_locations(ca_file)

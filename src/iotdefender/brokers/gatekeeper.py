@@ -87,7 +87,9 @@ class Gatekeeper:
     denials: Counter[tuple[str, str]] = field(default_factory=Counter)
     observer: Any = None  # cloud-side metrics: told of every refused PUBLISH or SUBSCRIBE
 
-    def _deny(self, client_id: str | None, reason: str, topic: str | None = None) -> None:
+    def record_denial(self, client_id: str | None, reason: str, topic: str | None = None) -> None:
+        """Count a refusal by reason; a refused PUBLISH or SUBSCRIBE (with its topic) is also an
+        authorization failure for the cloud-side metrics."""
         self.denials[(client_id or "", reason)] += 1
         MQTT_DENIALS.labels(reason).inc()
         if topic is not None and self.observer is not None:
@@ -101,27 +103,24 @@ class Gatekeeper:
         taking over a session, under another device's client id.
         """
         if not client_id:
-            self._deny(client_id, "auth_no_client_id")
+            self.record_denial(client_id, "auth_no_client_id")
             return None
         if self.auth == "none":
             return Identity(client_id)
         if self.auth == "password":
             if self.passwords is None or not self.passwords.check(username, password):
-                self._deny(client_id, "auth_bad_password")
+                self.record_denial(client_id, "auth_bad_password")
                 return None
             name = username
         else:
             name = certificate_identity(ssl_object)
             if name is None:
-                self._deny(client_id, "auth_no_certificate")
+                self.record_denial(client_id, "auth_no_certificate")
                 return None
         if name != client_id:
-            self._deny(client_id, "auth_client_id_mismatch")
+            self.record_denial(client_id, "auth_client_id_mismatch")
             return None
         return Identity(client_id)
-
-    def record_auth_failure(self, client_id: str | None, reason: str) -> None:
-        self._deny(client_id, reason)
 
     def may_publish(self, identity: Identity | None, topic: str) -> bool:
         """Reserved ``$`` topics: only Device Defender reports, under the ACL. Others: allowed."""
@@ -130,7 +129,7 @@ class Gatekeeper:
         match = REPORT_TOPIC.match(topic)
         allowed = identity is not None and match is not None and (self.acl == "any" or match.group(1) == identity.name)
         if not allowed:
-            self._deny(identity.name if identity else None, "publish_denied", topic)
+            self.record_denial(identity.name if identity else None, "publish_denied", topic)
         return allowed
 
     def may_subscribe(self, identity: Identity | None, topic_filter: str) -> bool:
@@ -139,7 +138,7 @@ class Gatekeeper:
         match = REPLY_FILTER.match(topic_filter)
         allowed = identity is not None and match is not None and (self.acl == "any" or match.group(1) == identity.name)
         if not allowed:
-            self._deny(identity.name if identity else None, "subscribe_denied", topic_filter)
+            self.record_denial(identity.name if identity else None, "subscribe_denied", topic_filter)
         return allowed
 
     def denials_of(self, client_id: str) -> dict[str, int]:
