@@ -8,7 +8,7 @@ alert outbox rows commit together or not at all.
 Two implementations of the same contract:
 - ``LocalBatchStore`` does it in the calling process (tests, tools, ``--detection-worker off``);
 - ``WorkerBatchStore`` does it in a child process (the default for ``serve``). One Python process
-  shares one core's worth of the GIL between the embedded broker, parsing, evaluation and SQLite;
+  shares one core's worth of the GIL between the MQTT client, parsing, evaluation and SQLite;
   the child gives evaluation and storage the second core (bench/pipeline.py measures the
   difference). The child owns the alarm states; the parent keeps the broker, the API, the console
   and alert delivery, and applies the Prometheus counters from the events each batch reports back.

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
 
 import anyio.to_thread
 import structlog
@@ -22,7 +21,7 @@ from iotdefender.alerts.subscriptions import load_subscriptions
 from iotdefender.api.app import ApiService, create_app
 from iotdefender.api.credentials import load_credentials
 from iotdefender.brokers.external import ExternalBroker, parse_broker_url
-from iotdefender.brokers.gatekeeper import Gatekeeper, PasswordBook
+from iotdefender.brokers.gatekeeper import Gatekeeper, check_password_file
 from iotdefender.brokers.listeners import ListenerSettings, check_tls_files
 from iotdefender.brokers.mosquitto.broker import MosquittoBroker
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable
@@ -39,13 +38,10 @@ from iotdefender.console.app import create_console
 from iotdefender.store import history, metric_values, violations
 from iotdefender.store.database import create_engine, in_batches, sqlite_url, upgrade_to_head
 
-if TYPE_CHECKING:
-    from iotdefender.brokers.embedded import EmbeddedBroker
-
 log = structlog.get_logger("iotdefender")
 
 
-Broker = Union["EmbeddedBroker", ExternalBroker, MosquittoBroker]
+Broker = ExternalBroker | MosquittoBroker
 
 
 class ConfigurationError(Exception):
@@ -74,14 +70,16 @@ def build_gatekeeper(settings: Settings) -> Gatekeeper:
         auth = settings.effective_mqtt_auth
     except ValueError as error:
         raise ConfigurationError(str(error)) from None
-    passwords = None
     if auth == "password":
         if settings.mqtt_password_file is None:
             raise ConfigurationError("--mqtt-auth password needs --mqtt-password-file")
-        passwords = PasswordBook.from_file(settings.mqtt_password_file)
+        try:
+            check_password_file(settings.mqtt_password_file)
+        except (OSError, ValueError) as error:
+            raise ConfigurationError(f"--mqtt-password-file: {error}") from None
     if auth == "cert" and (settings.mqtt_tls_port is None or not settings.mqtt_ca):
         raise ConfigurationError("--mqtt-auth cert needs --mqtt-tls-port and --mqtt-ca")
-    return Gatekeeper(auth=auth, acl=settings.mqtt_acl, passwords=passwords)
+    return Gatekeeper(auth=auth, acl=settings.mqtt_acl)
 
 
 def validate(settings: Settings) -> None:
@@ -196,12 +194,7 @@ async def serve(settings: Settings) -> None:
     else:
         listeners = ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
                                      settings.mqtt_cert, settings.mqtt_key)
-        if settings.mqtt_broker == "amqtt":
-            from iotdefender.brokers.embedded import EmbeddedBroker
-
-            broker = EmbeddedBroker(listeners, gatekeeper, ingest.submit)
-        else:
-            broker = MosquittoBroker(listeners, gatekeeper, ingest.submit, settings.mqtt_password_file)
+        broker = MosquittoBroker(listeners, gatekeeper, ingest.submit, settings.mqtt_password_file)
         mqtt_endpoint = f"mqtt://{settings.host}:{settings.mqtt_port}"
     nats_reader = None
     if settings.nats_events_url is not None:

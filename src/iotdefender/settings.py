@@ -30,7 +30,6 @@ class Settings:
     mqtt_password_file: Path | None = None
     mqtt_acl: str = "own"
     mqtt_url: str | None = None
-    mqtt_broker: str = "mosquitto"
     time_scale: float = 1.0
     report_min_interval: float | None = None
     metric_retention: float | None = None
@@ -105,12 +104,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="store and evaluate batches in a child process, on a core of its own (default on)")
     mqtt = parser.add_argument_group("MQTT")
     mqtt.add_argument("--mqtt-url", default=None,
-                      help="join this broker as a client instead of embedding one: mqtt[s]://user:pass@host:port "
+                      help="join this broker as a client instead of running Mosquitto: mqtt[s]://user:pass@host:port "
                            "(--mqtt-ca verifies an mqtts broker)")
-    mqtt.add_argument("--mqtt-broker", choices=("mosquitto", "amqtt"), default=d.mqtt_broker,
-                      help="the broker the service runs: 'mosquitto' (default; a child process with iotdefender's "
-                           "plugin, holds large fleets) or 'amqtt' (in-process Python, a few thousand devices)")
-    mqtt.add_argument("--mqtt-port", type=int, default=d.mqtt_port, help="plain MQTT listener (default %(default)s)")
+    mqtt.add_argument("--mqtt-port", type=int, default=d.mqtt_port, help="plain MQTT listener of the service's Mosquitto (default %(default)s)")
     mqtt.add_argument("--mqtt-tls-port", type=int, default=None, help="MQTT over TLS listener (e.g. 8883)")
     mqtt.add_argument("--mqtt-ca", default=None, help="CA certificate file that signs device certificates")
     mqtt.add_argument("--mqtt-cert", default=None, help="server certificate file for the TLS listener")
@@ -122,7 +118,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     mqtt.add_argument("--mqtt-acl", choices=("own", "any"), default=d.mqtt_acl,
                       help="'own': a device reports only under its own thing name (default); 'any': for any thing")
     mqtt.add_argument("--no-cloud-metrics", dest="cloud_metrics", action="store_false",
-                      help="do not account broker events (cloud-side metrics) on the embedded broker")
+                      help="do not account broker events (cloud-side metrics) on the service's broker")
     mqtt.add_argument("--nats-events-url", default=None,
                       help="cloud-side metrics from a NATS server: its system account, nats://user:pass@host:4222")
     mqtt.add_argument("--nats-monitor-url", default=None,

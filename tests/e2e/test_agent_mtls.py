@@ -1,4 +1,4 @@
-"""AWS's own Python Device Defender agent, unmodified, over mutual TLS against the embedded broker.
+"""AWS's own Python Device Defender agent, unmodified, over mutual TLS against the service's broker.
 
 The agent (PyPI AWSIoTDeviceDefenderAgentSDK) connects with awscrt's mtls_from_path, which dials
 port 443 with ALPN "x-amzn-mqtt-ca" (8883 only where ALPN is unavailable), as devices reach AWS IoT;

@@ -1,6 +1,6 @@
 """A fleet at once on the default broker: thousands of devices, one connection each, each subscribed
 at QoS 1 to its own replies under the ``own`` ACL, all connected together; every one reports and
-every one gets its ``accepted`` reply (the embedded amqtt broker fell behind from ~1,000 devices).
+every one gets its ``accepted`` reply (the amqtt broker this replaced fell behind from ~1,000 devices).
 
 IOTDEFENDER_FLEET_DEVICES overrides the size (2,000 by default, to stay quick on two cores).
 """

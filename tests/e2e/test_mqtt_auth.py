@@ -1,4 +1,4 @@
-"""Device authentication on the embedded broker: passwords, the loopback-only default, the ACL."""
+"""Device authentication on the service's broker: passwords, the loopback-only default, the ACL."""
 
 from __future__ import annotations
 

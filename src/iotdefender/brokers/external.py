@@ -54,7 +54,7 @@ def parse_broker_url(url: str) -> BrokerUrl:
 
 
 class ExternalBroker:
-    """Broker adapter over a client connection: same interface as ``EmbeddedBroker``."""
+    """Broker adapter over a client connection (start, stop, publish), also used by ``MosquittoBroker``."""
 
     def __init__(self, url: BrokerUrl, sink: ReportSink, ca_file: str | None = None,
                  client_id: str | None = None, other_filters: tuple[str, ...] = (),

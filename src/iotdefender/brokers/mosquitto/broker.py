@@ -1,4 +1,4 @@
-"""``MosquittoBroker``: the default broker adapter (same interface as ``EmbeddedBroker``).
+"""``MosquittoBroker``: the broker the service runs (same interface as ``ExternalBroker``).
 
 Mosquitto runs as a supervised child of the service, configured by config.py and governed by
 defender_plugin.c (identity, ACL, refusals, broker events). The service is one more MQTT client of

@@ -59,7 +59,7 @@ def plugin_library(cache_dir: Path) -> Path:
     lacking = missing_requirement()
     if lacking is not None:
         raise BrokerUnavailable(f"the default MQTT broker needs {lacking} (Debian: apt-get install {PACKAGES}; "
-                                "`make run` installs them), or use --mqtt-url / --mqtt-broker amqtt")
+                                "`make run` installs them), or use --mqtt-url")
     cache_dir.mkdir(parents=True, exist_ok=True)
     compiler = os.environ.get("CC") or shutil.which("cc") or "gcc"
     fd, partial = tempfile.mkstemp(prefix=target.stem, suffix=".so.part", dir=cache_dir)
