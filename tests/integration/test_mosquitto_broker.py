@@ -152,8 +152,9 @@ def test_a_port_in_use_is_one_clear_error(tmp_path):
     asyncio.run(main())
 
 
-def test_mosquitto_dies_with_the_service_and_comes_back_if_it_dies_alone(tmp_path):
+def test_mosquitto_comes_back_if_it_dies_alone_and_still_refuses_who_was_refused(tmp_path):
     async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
+        await broker.refuse("rogue")
         process = broker._process
         assert process is not None
         process.kill()
@@ -162,10 +163,23 @@ def test_mosquitto_dies_with_the_service_and_comes_back_if_it_dies_alone(tmp_pat
             if broker._process is not process and broker._process is not None and broker._process.poll() is None:
                 break
             await asyncio.sleep(0.1)
-        client, codes, _ = connect(port, "after-restart") if await in_thread(_listening, port, 10) else (None, None, None)
-        assert client is not None and await in_thread(codes.get, True, 5) == 0
+        assert await in_thread(_listening, port, 10), "Mosquitto was not restarted"
+        client, codes, _ = connect(port, "after-restart")
+        assert await in_thread(codes.get, True, 5) == 0
         client.loop_stop()
         client.disconnect()
+        # The restarted plugin learns the deny list again when the service's client reconnects.
+        deadline = time.monotonic() + 15
+        code = None
+        while time.monotonic() < deadline:
+            rogue, codes, _ = connect(port, "rogue")
+            code = await in_thread(codes.get, True, 5)
+            rogue.loop_stop()
+            rogue.disconnect()
+            if code == 135:
+                break
+            await asyncio.sleep(0.3)
+        assert code == 135
 
     run_with_broker(body, tmp_path)
 
