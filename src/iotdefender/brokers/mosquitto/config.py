@@ -8,7 +8,7 @@ a deep queue for the service's own connection, which receives every report.
 
 from __future__ import annotations
 
-import getpass
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +37,12 @@ def _value(text: str) -> str:
 
 
 def render_config(listeners: ListenerSettings, plugin: PluginOptions) -> str:
-    lines = [
-        "# Written by iotdefender serve at each start; edits are lost.",
-        f"user {_value(getpass.getuser())}",  # the service's own user: no privilege change
+    lines = ["# Written by iotdefender serve at each start; edits are lost."]
+    if os.geteuid() == 0:
+        # Mosquitto started as root switches to the user "mosquitto" unless told otherwise, and
+        # could then not read this file's directory; as any other user it stays who it is.
+        lines.append("user root")
+    lines += [
         "per_listener_settings false",
         "allow_anonymous true",  # the plugin decides who connects
         "allow_zero_length_clientid false",  # identity is the client id: it must be given
