@@ -14,11 +14,10 @@ import socket
 import struct
 import time
 
-import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.support.mqtt import Device, report
+from tests.support.mqtt import Device, mqtt_denials, report
 from tests.support.processes import ServiceProcess
 
 
@@ -28,13 +27,6 @@ def service(tmp_path_factory):
     svc.start()
     yield svc
     svc.stop()
-
-
-def denials(svc: ServiceProcess, reason: str) -> float:
-    for line in httpx.get(svc.endpoint + "/metrics").text.splitlines():
-        if line.startswith(f'iotdefender_mqtt_denials_total{{reason="{reason}"}}'):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def wait_until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
@@ -87,7 +79,7 @@ def test_a_will_on_another_things_reply_topic_is_never_delivered(service):
     port = service.mqtt_port
     forged = "$aws/things/victim/defender/metrics/json/accepted"
     victim, received = listener(port, "victim", "$aws/things/victim/defender/metrics/json/+")
-    before = denials(service, "publish_denied")
+    before = mqtt_denials(service.endpoint, "publish_denied")
     attacker = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="attacker", reconnect_on_failure=False)
     attacker.will_set(forged, b'{"thingName":"victim","reportId":1}', qos=1, retain=True)
     attacker.connect("127.0.0.1", port)
@@ -95,7 +87,7 @@ def test_a_will_on_another_things_reply_topic_is_never_delivered(service):
     time.sleep(0.3)
     attacker.loop_stop()
     attacker.socket().close()  # dropped without DISCONNECT: the broker sends the Will if allowed
-    assert wait_until(lambda: denials(service, "publish_denied") > before), "the Will was not checked"
+    assert wait_until(lambda: mqtt_denials(service.endpoint, "publish_denied") > before), "the Will was not checked"
     time.sleep(0.5)
     assert received.empty()
     victim.loop_stop()
@@ -127,11 +119,11 @@ def test_a_will_where_a_publish_is_allowed_is_delivered(service):
 def test_retained_reports_are_refused_and_never_retained(service):
     port = service.mqtt_port
     dev = Device(port, "retainer")
-    before = denials(service, "publish_denied")
+    before = mqtt_denials(service.endpoint, "publish_denied")
     dev.client.publish("$aws/things/retainer/defender/metrics/json", json.dumps(report(1, [22])).encode(),
                        qos=1, retain=True)
     assert wait_until(lambda: dev.disconnected), "a retained $aws/ publish must close the connection"
-    assert wait_until(lambda: denials(service, "publish_denied") == before + 1)  # the next event batch
+    assert wait_until(lambda: mqtt_denials(service.endpoint, "publish_denied") == before + 1)  # the next event batch
     with pytest.raises(queue.Empty):
         dev.replies.get(timeout=1)  # not accepted as a report
     dev.close()

@@ -6,11 +6,11 @@ import subprocess
 import sys
 import time
 
-import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from pwdlib import PasswordHash
 
+from tests.support.mqtt import mqtt_denials
 from tests.support.processes import ServiceProcess
 
 
@@ -48,13 +48,6 @@ def test_plain_and_argon2_passwords(password_service):
     assert connect_code(port, "sensor-2", "sensor-2", "s3cret-hashed") == 0
 
 
-def denials(service: ServiceProcess, reason: str) -> float:
-    for line in httpx.get(service.endpoint + "/metrics").text.splitlines():
-        if line.startswith(f'iotdefender_mqtt_denials_total{{reason="{reason}"}}'):
-            return float(line.split()[-1])
-    return 0.0
-
-
 @pytest.mark.parametrize("client_id, username, password, reason", [
     ("sensor-1", "sensor-1", "wrong", "auth_bad_password"),                  # bad password
     ("sensor-1", None, None, "auth_bad_password"),                           # no credentials
@@ -62,13 +55,13 @@ def denials(service: ServiceProcess, reason: str) -> float:
     ("stranger", "stranger", "x", "auth_bad_password"),                      # unknown user
 ])
 def test_refused_connections_are_counted(password_service, client_id, username, password, reason):
-    before = denials(password_service, reason)
+    before = mqtt_denials(password_service.endpoint, reason)
     assert connect_code(password_service.mqtt_port, client_id, username, password) != 0
     # The broker reports its events in batches (every 50 ms): the count follows shortly.
     deadline = time.time() + 5
-    while denials(password_service, reason) <= before and time.time() < deadline:
+    while mqtt_denials(password_service.endpoint, reason) <= before and time.time() < deadline:
         time.sleep(0.05)
-    assert denials(password_service, reason) == before + 1
+    assert mqtt_denials(password_service.endpoint, reason) == before + 1
 
 
 def test_no_auth_mode_is_refused_off_loopback(tmp_path):
