@@ -3,13 +3,15 @@
  * events the service needs, applied inside the broker so that no message has to cross into Python
  * to be authorised or counted.
  *
- * It is the C twin of brokers/gatekeeper.py; the two must agree:
+ * It is the whole MQTT policy (brokers/gatekeeper.py holds its settings and counts the refusals
+ * this plugin reports):
  *  - identity: the client id must be non-empty and equal the identity (username for
  *    auth=password, certificate common name for auth=cert, nothing else for auth=none);
  *  - ACL: a `$` topic may be published only if it is a Device Defender report topic, subscribed
  *    only if it is a reply filter, under the client's own thing unless acl=any; retained messages
- *    on `$` topics are refused; other topics are free for authenticated clients. A refused
- *    PUBLISH closes the connection (as AWS IoT does); a refused SUBSCRIBE gets a failure code.
+ *    on `$` topics are refused; a Last Will is checked like a PUBLISH when it is about to be sent;
+ *    other topics are free for authenticated clients. A refused PUBLISH closes the connection
+ *    (as AWS IoT does, once the PUBACK is out); a refused SUBSCRIBE gets a failure code.
  *  - the service's own connection (service_id + a per-start secret) may do anything; it alone
  *    may publish on the control topic and it receives the event batches.
  *
@@ -22,7 +24,8 @@
  *   D client                disconnect of an authenticated client
  *   S client bytes topic    PUBLISH from a client (message sent)
  *   R client topic          delivery to a client (message received)
- * No field can contain NUL: MQTT forbids U+0000 in client ids and topics, and Mosquitto checks.
+ * No field can contain NUL: MQTT forbids U+0000 in client ids and topics, and Mosquitto checks
+ * (packet__read_string validates UTF-8 and refuses control characters).
  *
  * Control commands from the service on CONTROL_TOPIC, payload "verb\0client":
  *   kick    disconnect the client now;
@@ -269,7 +272,7 @@ static const char *defender_topic(const char *topic, char *thing, size_t thing_s
 	return slash + sizeof(middle) - 1;
 }
 
-/* `$aws/things/T/defender/metrics/(json|cbor)`: gatekeeper.REPORT_TOPIC. */
+/* `$aws/things/T/defender/metrics/(json|cbor)` (gatekeeper.REPORT_TOPIC in Python). */
 static bool report_topic(const char *topic, char *thing, size_t thing_size)
 {
 	const char *rest = defender_topic(topic, thing, thing_size);
@@ -277,7 +280,7 @@ static bool report_topic(const char *topic, char *thing, size_t thing_size)
 }
 
 /* `$aws/things/T/defender/metrics/(json|cbor|+)[/(accepted|rejected|+)]` with no `#` in T:
- * gatekeeper.REPLY_FILTER. */
+ * the filters AWS IoT agents subscribe to. */
 static bool reply_filter(const char *topic, char *thing, size_t thing_size)
 {
 	const char *rest = defender_topic(topic, thing, thing_size);
