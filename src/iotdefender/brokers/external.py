@@ -77,6 +77,7 @@ class ExternalBroker:
         if url.username is not None:
             self._client.set_auth_credentials(url.username, url.password)
         self._connected = asyncio.Event()
+        self._stopping = False
 
     def _on_connect(self, client: Client, flags: Any, rc: int, properties: Any) -> None:
         client.reconnect_delay = 1
@@ -91,6 +92,8 @@ class ExternalBroker:
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
         self._connected.clear()
+        if self._stopping:
+            return
         client.reconnect_delay = min(max(client.reconnect_delay, 1) * 2, _MAX_DELAY_S)
         log.warning("external_broker_disconnected", retry_in_s=client.reconnect_delay)
 
@@ -110,6 +113,7 @@ class ExternalBroker:
         await asyncio.wait_for(self._connected.wait(), timeout=30)
 
     async def stop(self) -> None:
+        self._stopping = True  # our own DISCONNECT is not worth a warning
         self._client.stop_reconnect()
         await self._client.disconnect()
 

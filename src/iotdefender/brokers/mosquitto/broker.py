@@ -143,10 +143,12 @@ class MosquittoBroker:
 
     def _spawn(self, executable: str, config: Path) -> None:
         """Started from the event loop's thread, which lives as long as the service: PR_SET_PDEATHSIG
-        follows the forking thread (child_process.die_with_parent)."""
+        follows the forking thread (child_process.die_with_parent). In a session of its own, so that
+        Ctrl-C in a terminal stops the service, which then stops Mosquitto after the last replies."""
         self._process = subprocess.Popen([executable, "-c", str(config)], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         preexec_fn=die_with_parent, cwd=str(self._runtime))
+                                         preexec_fn=die_with_parent, start_new_session=True,
+                                         cwd=str(self._runtime))
         assert self._process.stdout is not None
         threading.Thread(target=self._relay_output, args=(self._process.stdout,), name="mosquitto-log",
                          daemon=True).start()
