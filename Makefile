@@ -7,7 +7,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test test-unit system-deps demo bench bench-quick clean durability
+.PHONY: run test test-unit system-deps broker-deps demo bench bench-quick clean durability
+
+# The default MQTT broker: Mosquitto and what its plugin is compiled with (headers, libargon2 for
+# $argon2 passwords, OpenSSL for certificate names, a C compiler). Installed only when missing.
+broker-deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	[ -f /usr/include/mosquitto_broker.h ] || missing="$$missing mosquitto-dev"; \
+	[ -f /usr/include/mosquitto.h ] || missing="$$missing libmosquitto-dev"; \
+	[ -f /usr/include/argon2.h ] || missing="$$missing libargon2-dev"; \
+	[ -f /usr/include/openssl/x509.h ] || missing="$$missing libssl-dev"; \
+	command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing with apt-get:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +29,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) broker-deps
 	$(BIN)/iotdefender serve $(ARGS)
 
 # Test-only system packages: PostgreSQL server binaries for the storage tests, Mosquitto and
@@ -32,7 +46,7 @@ system-deps:
 		echo "installing with apt-get:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps broker-deps
 	$(BIN)/ruff check --select F,E9 src tests bench
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
 
@@ -41,7 +55,7 @@ test-unit: $(STAMP)
 
 # The durability and hostile-input tests on their own, with their figures (docs/durability.md):
 # kill -9 under load and PostgreSQL stopped under load, the live MQTT fuzz and the parser fuzz.
-durability: $(STAMP) system-deps
+durability: $(STAMP) system-deps broker-deps
 	rm -f durability.jsonl
 	IOTDEFENDER_DURABILITY_OUT=durability.jsonl $(BIN)/python -m pytest -q -s -p no:cacheprovider \
 		tests/e2e/test_durability.py tests/e2e/test_ingest_hardening.py tests/unit/test_report_parser.py \
@@ -49,11 +63,11 @@ durability: $(STAMP) system-deps
 	@cat durability.jsonl
 
 # The service, a sample profile and a simulated fleet with misbehaving devices (about 90 s).
-demo: $(STAMP)
+demo: $(STAMP) broker-deps
 	$(BIN)/iotdefender demo
 
 # Benchmarks write JSON with the machine and the command to bench/results/ (bench/README.md).
-bench: $(STAMP) system-deps
+bench: $(STAMP) system-deps broker-deps
 	$(BIN)/python bench/control_plane.py
 	$(BIN)/python bench/pipeline.py --broker embedded --rate 5000
 	$(BIN)/python bench/pipeline.py --broker mosquitto --rate 5000
@@ -63,7 +77,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/console.py
 
 # A reduced end-to-end run (< 60 s) printing one JSON line.
-bench-quick: $(STAMP) system-deps
+bench-quick: $(STAMP) system-deps broker-deps
 	@$(BIN)/python bench/pipeline.py --broker embedded --quick
 
 clean:

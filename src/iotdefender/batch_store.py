@@ -8,7 +8,7 @@ alert outbox rows commit together or not at all.
 Two implementations of the same contract:
 - ``LocalBatchStore`` does it in the calling process (tests, tools, ``--detection-worker off``);
 - ``WorkerBatchStore`` does it in a child process (the default for ``serve``). One Python process
-  shares one core's worth of the GIL between the embedded broker, parsing, evaluation and SQLite;
+  shares one core's worth of the GIL between the MQTT client, parsing, evaluation and SQLite;
   the child gives evaluation and storage the second core (bench/pipeline.py measures the
   difference). The child owns the alarm states; the parent keeps the broker, the API, the console
   and alert delivery, and applies the Prometheus counters from the events each batch reports back.
@@ -20,13 +20,11 @@ so a ``kill -9`` of the service never leaves a writer behind that could commit a
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import itertools
 import multiprocessing
 import queue
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +36,7 @@ from typing import Any, Protocol
 import structlog
 from sqlalchemy.engine import Engine
 
+from iotdefender.child_process import die_with_parent
 from iotdefender.detection import COUNTERS, DetectionService, PendingDetection
 from iotdefender.engine.alarm import EventType
 from iotdefender.monitoring import MonitoringIndex
@@ -129,15 +128,6 @@ class WorkerConfig:
     history_interval: float = 30.0
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG = 1)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-
-
 def start_compaction(engine: Engine, interval_s: float) -> None:
     """History compaction (store/history.py) on a thread of whichever process stores the batches:
     with the detection worker on, that keeps the decoding of new rows off the broker's process."""
@@ -158,7 +148,7 @@ def start_compaction(engine: Engine, interval_s: float) -> None:
 
 def worker_main(pipe: Pipe, config: WorkerConfig) -> None:
     """The child: requests in, replies out, one at a time, until the pipe closes."""
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     from iotdefender.alerts.outbox import AlertRouter
     from iotdefender.alerts.subscriptions import load_subscriptions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import time
@@ -20,9 +21,11 @@ from iotdefender.alerts.subscriptions import load_subscriptions
 from iotdefender.api.app import ApiService, create_app
 from iotdefender.api.credentials import load_credentials
 from iotdefender.api.http_limits import BoundedHttpToolsProtocol
-from iotdefender.brokers.embedded import EmbeddedBroker, ListenerSettings, check_tls_files
 from iotdefender.brokers.external import ExternalBroker, parse_broker_url
-from iotdefender.brokers.gatekeeper import Gatekeeper, PasswordBook
+from iotdefender.brokers.gatekeeper import Gatekeeper, check_password_file
+from iotdefender.brokers.listeners import ListenerSettings, check_tls_files
+from iotdefender.brokers.mosquitto.broker import MosquittoBroker
+from iotdefender.brokers.mosquitto.build import BrokerUnavailable
 from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cloud.service import CloudMetricsService
 from iotdefender.controlplane.context import ServiceContext
@@ -38,6 +41,9 @@ from iotdefender.store.availability import log_unless_outage
 from iotdefender.store.database import create_engine, in_batches, sqlite_url, upgrade_to_head
 
 log = structlog.get_logger("iotdefender")
+
+
+Broker = ExternalBroker | MosquittoBroker
 
 
 class ConfigurationError(Exception):
@@ -66,14 +72,16 @@ def build_gatekeeper(settings: Settings) -> Gatekeeper:
         auth = settings.effective_mqtt_auth
     except ValueError as error:
         raise ConfigurationError(str(error)) from None
-    passwords = None
     if auth == "password":
         if settings.mqtt_password_file is None:
             raise ConfigurationError("--mqtt-auth password needs --mqtt-password-file")
-        passwords = PasswordBook.from_file(settings.mqtt_password_file)
+        try:
+            check_password_file(settings.mqtt_password_file)
+        except (OSError, ValueError) as error:
+            raise ConfigurationError(f"--mqtt-password-file: {error}") from None
     if auth == "cert" and (settings.mqtt_tls_port is None or not settings.mqtt_ca):
         raise ConfigurationError("--mqtt-auth cert needs --mqtt-tls-port and --mqtt-ca")
-    return Gatekeeper(auth=auth, acl=settings.mqtt_acl, passwords=passwords)
+    return Gatekeeper(auth=auth, acl=settings.mqtt_acl)
 
 
 def validate(settings: Settings) -> None:
@@ -151,7 +159,7 @@ async def open_batch_store(settings: Settings, engine: Engine, monitoring: Monit
 class Service:
     settings: Settings
     api: ApiService
-    broker: EmbeddedBroker
+    broker: Broker
     ingest: IngestService
 
 
@@ -163,7 +171,7 @@ async def serve(settings: Settings) -> None:
     monitoring = MonitoringIndex(engine, api.context.arn(""))
     api.on_change.append(monitoring.invalidate)
 
-    broker: EmbeddedBroker | ExternalBroker | None = None
+    broker: Broker | None = None
 
     async def publish(topic: str, payload: bytes) -> None:
         assert broker is not None
@@ -191,10 +199,9 @@ async def serve(settings: Settings) -> None:
         broker = ExternalBroker(parse_broker_url(settings.mqtt_url), ingest.submit, settings.mqtt_ca)
         mqtt_endpoint = settings.mqtt_url.split("@")[-1]
     else:
-        broker = EmbeddedBroker(
-            ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
-                             settings.mqtt_cert, settings.mqtt_key),
-            gatekeeper, ingest.submit)
+        listeners = ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
+                                     settings.mqtt_cert, settings.mqtt_key)
+        broker = MosquittoBroker(listeners, gatekeeper, ingest.submit, settings.mqtt_password_file)
         mqtt_endpoint = f"mqtt://{settings.host}:{settings.mqtt_port}"
     nats_reader = None
     if settings.nats_events_url is not None:
@@ -211,7 +218,9 @@ async def serve(settings: Settings) -> None:
                 await nats_reader.start()
             except Exception as error:  # nats-py raises its own error types for unreachable servers
                 raise OSError(f"NATS system events: {error}") from None
-    except (OSError, TimeoutError) as error:
+    except (OSError, TimeoutError, BrokerUnavailable) as error:
+        with contextlib.suppress(Exception):  # a half-started broker: end its child process if any
+            await broker.stop()
         await ingest.stop()
         raise ConfigurationError(f"MQTT: cannot start ({error})") from None
     background = [

@@ -109,9 +109,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "a few tens of MB)")
     mqtt = parser.add_argument_group("MQTT")
     mqtt.add_argument("--mqtt-url", default=None,
-                      help="join this broker as a client instead of embedding one: mqtt[s]://user:pass@host:port "
+                      help="join this broker as a client instead of running Mosquitto: mqtt[s]://user:pass@host:port "
                            "(--mqtt-ca verifies an mqtts broker)")
-    mqtt.add_argument("--mqtt-port", type=int, default=d.mqtt_port, help="plain MQTT listener (default %(default)s)")
+    mqtt.add_argument("--mqtt-port", type=int, default=d.mqtt_port, help="plain MQTT listener of the service's Mosquitto (default %(default)s)")
     mqtt.add_argument("--mqtt-tls-port", type=int, default=None, help="MQTT over TLS listener (e.g. 8883)")
     mqtt.add_argument("--mqtt-ca", default=None, help="CA certificate file that signs device certificates")
     mqtt.add_argument("--mqtt-cert", default=None, help="server certificate file for the TLS listener")
@@ -123,7 +123,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     mqtt.add_argument("--mqtt-acl", choices=("own", "any"), default=d.mqtt_acl,
                       help="'own': a device reports only under its own thing name (default); 'any': for any thing")
     mqtt.add_argument("--no-cloud-metrics", dest="cloud_metrics", action="store_false",
-                      help="do not account broker events (cloud-side metrics) on the embedded broker")
+                      help="do not account broker events (cloud-side metrics) on the service's broker")
     mqtt.add_argument("--nats-events-url", default=None,
                       help="cloud-side metrics from a NATS server: its system account, nats://user:pass@host:4222")
     mqtt.add_argument("--nats-monitor-url", default=None,

@@ -1,4 +1,4 @@
-"""AWS's own Python Device Defender agent, unmodified, over mutual TLS against the embedded broker.
+"""AWS's own Python Device Defender agent, unmodified, over mutual TLS against the service's broker.
 
 The agent (PyPI AWSIoTDeviceDefenderAgentSDK) connects with awscrt's mtls_from_path, which dials
 port 443 with ALPN "x-amzn-mqtt-ca" (8883 only where ALPN is unavailable), as devices reach AWS IoT;
@@ -79,6 +79,9 @@ def _tls_client(pki: Pki, client_id: str, cert=None) -> tuple[mqtt.Client, list[
     codes: list[int] = []
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
     client.on_connect = lambda c, u, f, reason, p: codes.append(reason.value)
+    # With TLS 1.3 the client finishes its handshake before the server checks the certificate:
+    # a connection closed before any CONNACK was refused during the handshake.
+    client.on_disconnect = lambda c, u, f, reason, p: codes.append(-1) if not codes else None
     context = ssl.create_default_context(cafile=str(pki.ca_cert))
     if cert is not None:
         context.load_cert_chain(*map(str, cert))

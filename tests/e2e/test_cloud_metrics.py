@@ -1,4 +1,4 @@
-"""Cloud-side metrics end to end: real MQTT clients misbehave on the embedded broker, the window
+"""Cloud-side metrics end to end: real MQTT clients misbehave on the service's broker, the window
 closes, and the right datapoints, violations and events appear; the same through the intake."""
 
 from __future__ import annotations

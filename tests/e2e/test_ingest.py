@@ -1,4 +1,4 @@
-"""Device metrics over MQTT end to end: a real paho client, the embedded broker, boto3 for reads."""
+"""Device metrics over MQTT end to end: a real paho client, the service's broker, boto3 for reads."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ ACCOUNT_ARN = "arn:aws:iot:us-east-1:123456789012:"
 
 @pytest.fixture(scope="module", params=["embedded-sqlite", "embedded-postgresql", "mosquitto-sqlite"])
 def service(request, tmp_path_factory):
-    """The service on each storage backend with its embedded broker, and joined to a real Mosquitto."""
+    """The service on each storage backend with its own broker (Mosquitto), and joined to a real Mosquitto."""
     from tests.support.processes import ServiceProcess
 
     broker, backend = request.param.split("-")

@@ -7,6 +7,7 @@ import queue
 from typing import Any
 
 import cbor2
+import httpx
 import paho.mqtt.client as mqtt
 
 
@@ -61,3 +62,11 @@ def report(report_id: int, ports: list[int] | None = None, **blocks: Any) -> dic
         target = document if key == "custom_metrics" else document["metrics"]
         target[key] = value
     return document
+
+
+def mqtt_denials(endpoint: str, reason: str) -> float:
+    """``iotdefender_mqtt_denials_total{reason}`` from the service's ``/metrics``."""
+    for line in httpx.get(endpoint + "/metrics").text.splitlines():
+        if line.startswith(f'iotdefender_mqtt_denials_total{{reason="{reason}"}}'):
+            return float(line.split()[-1])
+    return 0.0

@@ -1,1 +1,1 @@
-"""MQTT transports behind one interface: the embedded broker, or an external broker joined as a client."""
+"""MQTT transports behind one interface: Mosquitto run by the service (default), or an external broker joined as a client."""

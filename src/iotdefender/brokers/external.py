@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -23,8 +24,8 @@ import structlog
 from gmqtt import Client
 from gmqtt.mqtt.constants import MQTTv311
 
-from iotdefender.brokers.embedded import ReportSink
 from iotdefender.brokers.gatekeeper import REPORT_TOPIC
+from iotdefender.brokers.listeners import ReportSink
 
 log = structlog.get_logger("iotdefender.broker.external")
 
@@ -53,12 +54,19 @@ def parse_broker_url(url: str) -> BrokerUrl:
 
 
 class ExternalBroker:
-    """Broker adapter over a client connection: same interface as ``EmbeddedBroker``."""
+    """Broker adapter over a client connection (start, stop, publish), also used by ``MosquittoBroker``."""
 
     def __init__(self, url: BrokerUrl, sink: ReportSink, ca_file: str | None = None,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, other_filters: tuple[str, ...] = (),
+                 on_other: Callable[[str, bytes], None] | None = None,
+                 on_connected: Callable[[], None] | None = None) -> None:
+        """``other_filters`` are subscribed too, their messages go to ``on_other``; ``on_connected``
+        runs on every (re)connection (the default broker uses both for its plugin's channel)."""
         self._url = url
         self._sink = sink
+        self._other_filters = other_filters
+        self._on_other = on_other
+        self._on_connected = on_connected
         self._ca_file = ca_file
         self.client_id = client_id or f"iotdefender-{uuid.uuid4().hex[:12]}"
         self._client = Client(self.client_id, clean_session=True)
@@ -69,16 +77,23 @@ class ExternalBroker:
         if url.username is not None:
             self._client.set_auth_credentials(url.username, url.password)
         self._connected = asyncio.Event()
+        self._stopping = False
 
     def _on_connect(self, client: Client, flags: Any, rc: int, properties: Any) -> None:
         client.reconnect_delay = 1
         for topic_filter in REPORT_FILTERS:
             client.subscribe(topic_filter, qos=1)
+        for topic_filter in self._other_filters:
+            client.subscribe(topic_filter, qos=0)
         self._connected.set()
+        if self._on_connected is not None:
+            self._on_connected()
         log.info("external_broker_connected", host=self._url.host, port=self._url.port)
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
         self._connected.clear()
+        if self._stopping:
+            return
         client.reconnect_delay = min(max(client.reconnect_delay, 1) * 2, _MAX_DELAY_S)
         log.warning("external_broker_disconnected", retry_in_s=client.reconnect_delay)
 
@@ -86,6 +101,8 @@ class ExternalBroker:
         match = REPORT_TOPIC.match(topic)
         if match is not None:
             await self._sink(match.group(1), match.group(2), bytes(payload))
+        elif self._on_other is not None:
+            self._on_other(topic, bytes(payload))
         return 0
 
     async def start(self) -> None:
@@ -96,8 +113,13 @@ class ExternalBroker:
         await asyncio.wait_for(self._connected.wait(), timeout=30)
 
     async def stop(self) -> None:
+        self._stopping = True  # our own DISCONNECT is not worth a warning
         self._client.stop_reconnect()
         await self._client.disconnect()
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        self.publish_now(topic, payload, qos)
+
+    def publish_now(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Queue a PUBLISH on the connection (gmqtt does not wait for the acknowledgement)."""
         self._client.publish(topic, payload, qos=qos)

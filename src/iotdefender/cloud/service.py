@@ -1,6 +1,6 @@
 """The cloud-side metrics pipeline: broker events in, one datapoint per device per window out.
 
-Events come from the embedded broker's hooks (``observer``) or from an operator's broker through
+Events come from the service's Mosquitto plugin (``observer``) or from an operator's broker through
 ``POST /_iotdefender/broker-events`` (``ingest_events``). At each window boundary the closed
 window becomes datapoints for every monitored device — those seen by the broker since the service
 started and every registered thing — 0 for the idle ones. They are stored (retained series) and

@@ -2,7 +2,7 @@
 
 Every page reads through the AWS operations the API runs (ListActiveViolations,
 DescribeSecurityProfile, ...) or through ``store.insights`` aggregates, on a worker thread: the
-event loop also carries the embedded broker, and a page must never stall device traffic.
+event loop also carries the MQTT client of the broker, and a page must never stall device traffic.
 """
 
 from __future__ import annotations

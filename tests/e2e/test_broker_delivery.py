@@ -1,8 +1,6 @@
-"""The embedded broker's own delivery: exact and wildcard filters, ordinary pub/sub, unsubscribe.
-
-Replies and ordinary messages are routed through ``FilterTable.candidates`` (brokers/embedded.py)
-instead of amqtt's scan of every filter; these tests pin the MQTT semantics that must not change.
-"""
+"""The service's broker delivers as MQTT says: exact and wildcard filters, ordinary pub/sub,
+unsubscribe, replies only to those subscribed (pinned when amqtt's filter matching was replaced,
+kept for the Mosquitto broker and its plugin's delivery check)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,236 @@
+"""``MosquittoBroker``: the broker the service runs (same interface as ``ExternalBroker``).
+
+Mosquitto runs as a supervised child of the service, configured by config.py and governed by
+defender_plugin.c (identity, ACL, refusals, broker events). The service is one more MQTT client of
+it (``ExternalBroker``, gmqtt), logged in with a random secret made at each start: it subscribes to
+the report topics, publishes the replies, receives the plugin's event batches on a topic only it
+can read, and sends control commands (disconnect, refuse, allow a device) on one only it can write.
+
+Why a child process and not a system service: ``make run`` and the tests need a broker with this
+plugin and these listeners and nothing else; the child dies with the service (PR_SET_PDEATHSIG) and
+is restarted if it dies alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import resource
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import anyio.to_thread
+import structlog
+
+from iotdefender.brokers.external import BrokerUrl, ExternalBroker
+from iotdefender.brokers.gatekeeper import Gatekeeper
+from iotdefender.brokers.listeners import ListenerSettings, ReportSink
+from iotdefender.brokers.mosquitto.build import BrokerUnavailable, default_cache_dir, mosquitto_executable, plugin_library
+from iotdefender.brokers.mosquitto.config import PluginOptions, render_config
+from iotdefender.brokers.mosquitto.events import apply_events
+from iotdefender.child_process import die_with_parent
+
+log = structlog.get_logger("iotdefender.broker.mosquitto")
+
+EVENTS_TOPIC = "$iotdefender/events"
+CONTROL_TOPIC = "$iotdefender/control"
+_READY_TIMEOUT_S = 15.0
+_WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (inherited by Mosquitto: one file per device);
+    returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def check_port_free(host: str, port: int) -> None:
+    """One clear line instead of Mosquitto's exit when another process holds the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise OSError(f"port {port} on {host} is already in use") from None
+            raise
+
+
+class MosquittoBroker:
+    """Start/stop Mosquitto with the plugin, publish replies, disconnect or refuse a device."""
+
+    def __init__(self, listeners: ListenerSettings, gatekeeper: Gatekeeper, sink: ReportSink,
+                 password_file: Path | None = None, cache_dir: Path | None = None) -> None:
+        self._listeners = listeners
+        self._gatekeeper = gatekeeper
+        self._sink = sink
+        self._password_file = password_file
+        self._cache_dir = cache_dir or default_cache_dir()
+        self.client_id = f"iotdefender-{secrets.token_hex(6)}"
+        self._secret = secrets.token_urlsafe(32)
+        self._refused: set[str] = set()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._runtime: Path | None = None
+        self._client: ExternalBroker | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._output: collections.deque[str] = collections.deque(maxlen=20)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        executable = mosquitto_executable()
+        if executable is None:
+            raise BrokerUnavailable("the default MQTT broker needs mosquitto (Debian: apt-get install mosquitto "
+                                    "mosquitto-dev; `make run` installs it), or use --mqtt-url")
+        for port in (self._listeners.port, self._listeners.tls_port):
+            if port is not None:
+                check_port_free(self._listeners.host, port)
+        library = await anyio.to_thread.run_sync(plugin_library, self._cache_dir)
+        limit = raise_open_file_limit()
+        self._runtime = Path(tempfile.mkdtemp(prefix="iotdefender-mosquitto-"))  # mode 0700: holds the secret
+        config = self._runtime / "mosquitto.conf"
+        config.write_text(render_config(self._listeners, PluginOptions(
+            library=library, service_id=self.client_id, service_secret=self._secret, auth=self._gatekeeper.auth,
+            acl=self._gatekeeper.acl, password_file=self._password_file,
+            report_traffic=self._gatekeeper.observer is not None)))
+        config.chmod(0o600)
+        self._spawn(executable, config)
+        await self._wait_until_listening()
+        host = _WILDCARD_HOSTS.get(self._listeners.host, self._listeners.host)
+        self._client = ExternalBroker(
+            BrokerUrl(host, self._listeners.port, False, self.client_id, self._secret), self._sink,
+            client_id=self.client_id, other_filters=(EVENTS_TOPIC,), on_other=self._on_plugin_message,
+            on_connected=self._resend_refusals)
+        await self._client.start()
+        self._watcher = asyncio.create_task(self._supervise(executable, config), name="mosquitto-supervisor")
+        log.info("mosquitto_started", pid=self._process.pid if self._process else None, open_file_limit=limit,
+                 plugin=str(library))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if self._client is not None:
+            try:
+                await asyncio.wait_for(self._client.stop(), timeout=3)
+            except (TimeoutError, OSError):
+                pass
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                await anyio.to_thread.run_sync(process.wait, 5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self._runtime is not None:
+            shutil.rmtree(self._runtime, ignore_errors=True)
+
+    def _spawn(self, executable: str, config: Path) -> None:
+        """Started from the event loop's thread, which lives as long as the service: PR_SET_PDEATHSIG
+        follows the forking thread (child_process.die_with_parent). In a session of its own, so that
+        Ctrl-C in a terminal stops the service, which then stops Mosquitto after the last replies."""
+        self._process = subprocess.Popen([executable, "-c", str(config)], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         preexec_fn=die_with_parent, start_new_session=True,
+                                         cwd=str(self._runtime))
+        assert self._process.stdout is not None
+        threading.Thread(target=self._relay_output, args=(self._process.stdout,), name="mosquitto-log",
+                         daemon=True).start()
+
+    def _relay_output(self, stream: IO[bytes]) -> None:
+        """Mosquitto logs only errors and warnings (config.py): each line becomes one of ours."""
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self._output.append(line)
+                if "should not be run as root" in line:  # the service's own choice: not news
+                    log.debug("mosquitto", line=line)
+                else:
+                    log.warning("mosquitto", line=line)
+
+    async def _wait_until_listening(self) -> None:
+        host = _WILDCARD_HOSTS.get(self._listeners.host, self._listeners.host)
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while True:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                await asyncio.sleep(0.1)  # let the relay thread read the last lines
+                detail = self._output[-1] if self._output else f"exit status {self._process.returncode}"
+                raise OSError(f"mosquitto exited at start: {detail}")
+            try:
+                _, writer = await asyncio.open_connection(host, self._listeners.port)
+                writer.close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise OSError(f"mosquitto did not listen on {host}:{self._listeners.port} "
+                                  f"within {_READY_TIMEOUT_S:.0f} s") from None
+                await asyncio.sleep(0.05)
+
+    async def _supervise(self, executable: str, config: Path) -> None:
+        """Restart Mosquitto if it dies on its own (devices and the service's client reconnect)."""
+        delay = 1.0
+        while not self._stopping:
+            await asyncio.sleep(0.5)
+            process = self._process
+            if process is None or process.poll() is None:
+                continue
+            log.error("mosquitto_exited", status=process.returncode, last_line=self._output[-1] if self._output else None,
+                      restart_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            if not self._stopping:
+                self._spawn(executable, config)
+
+    # -- the plugin's channel -------------------------------------------------------------------
+    def _on_plugin_message(self, topic: str, payload: bytes) -> None:
+        if topic == EVENTS_TOPIC:
+            apply_events(payload, self._gatekeeper.observer, self._gatekeeper)
+
+    def _control(self, verb: str, client_id: str) -> None:
+        if self._client is None:
+            raise RuntimeError("the broker is not started")
+        self._client.publish_now(CONTROL_TOPIC, verb.encode() + b"\0" + client_id.encode(), qos=1)
+
+    def _resend_refusals(self) -> None:
+        """A restarted Mosquitto forgets its deny list: give it again on every (re)connection."""
+        for client_id in sorted(self._refused):
+            self._control("refuse", client_id)
+
+    # -- the adapter's interface ----------------------------------------------------------------
+    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        assert self._client is not None
+        await self._client.publish(topic, payload, qos=qos)
+
+    async def disconnect(self, client_id: str) -> None:
+        """Close the device's connection now; it may reconnect."""
+        self._control("kick", client_id)
+
+    async def refuse(self, client_id: str) -> None:
+        """Close the device's connection and refuse its CONNECTs until ``allow``."""
+        self._refused.add(client_id)
+        self._control("refuse", client_id)
+
+    async def allow(self, client_id: str) -> None:
+        self._refused.discard(client_id)
+        self._control("allow", client_id)
+
+    @property
+    def refused(self) -> frozenset[str]:
+        return frozenset(self._refused)

@@ -1,0 +1,589 @@
+/*
+ * iotdefender's Mosquitto plugin (plugin API v5, Mosquitto 2.0): the device policy and the broker
+ * events the service needs, applied inside the broker so that no message has to cross into Python
+ * to be authorised or counted.
+ *
+ * It is the whole MQTT policy (brokers/gatekeeper.py holds its settings and counts the refusals
+ * this plugin reports):
+ *  - identity: the client id must be non-empty and equal the identity (username for
+ *    auth=password, certificate common name for auth=cert, nothing else for auth=none);
+ *  - ACL: a `$` topic may be published only if it is a Device Defender report topic, subscribed
+ *    only if it is a reply filter, under the client's own thing unless acl=any; retained messages
+ *    on `$` topics are refused; a Last Will is checked like a PUBLISH when it is about to be sent;
+ *    other topics are free for authenticated clients. A refused PUBLISH closes the connection
+ *    (as AWS IoT does, once the PUBACK is out); a refused SUBSCRIBE gets a failure code.
+ *  - the service's own connection (service_id + a per-start secret) may do anything; it alone
+ *    may publish on the control topic and it receives the event batches.
+ *
+ * Events (cloud-side metrics, refusals) are appended to a buffer as NUL-separated fields and sent
+ * to the service every flush_ms (or when the buffer is large) with mosquitto_broker_publish: at
+ * 5,000 reports/s there are more than 10,000 events/s and one message per event would double the
+ * broker's work. Record layouts (first field is the type):
+ *   C client ip ok reason   connection attempt (ok "1"/"0"; reason when refused)
+ *   A client topic reason   refused PUBLISH/SUBSCRIBE (authorization failure)
+ *   D client                disconnect of an authenticated client
+ *   S client bytes topic    PUBLISH from a client (message sent)
+ *   R client topic          delivery to a client (message received)
+ * No field can contain NUL: MQTT forbids U+0000 in client ids and topics, and Mosquitto checks
+ * (packet__read_string validates UTF-8 and refuses control characters).
+ *
+ * Control commands from the service on CONTROL_TOPIC, payload "verb\0client":
+ *   kick    disconnect the client now;
+ *   refuse  disconnect it and refuse its CONNECTs until "allow";
+ *   allow   accept it again.
+ */
+#include <argon2.h>
+#include <openssl/x509.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+
+#define EVENTS_TOPIC "$iotdefender/events"
+#define CONTROL_TOPIC "$iotdefender/control"
+#define FLUSH_BYTES (256 * 1024)
+
+/* ---- a small string-keyed hash table (Mosquitto exports no map to plugins) ------------------ */
+
+struct entry {
+	char *key;
+	void *value;
+	struct entry *next;
+};
+
+struct table {
+	struct entry **buckets;
+	size_t size;
+	size_t count;
+};
+
+static uint64_t hash_key(const char *key)
+{
+	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+	for(; *key; key++){
+		h = (h ^ (unsigned char)*key) * 1099511628211ULL;
+	}
+	return h;
+}
+
+static struct entry **table_slot(struct table *t, const char *key)
+{
+	struct entry **slot = &t->buckets[hash_key(key) & (t->size - 1)];
+	while(*slot && strcmp((*slot)->key, key)){
+		slot = &(*slot)->next;
+	}
+	return slot;
+}
+
+static void table_grow(struct table *t)
+{
+	size_t old_size = t->size, i;
+	struct entry **old = t->buckets;
+	struct entry **fresh = calloc(old_size ? old_size * 2 : 1024, sizeof(*fresh));
+	if(!fresh) return;
+	t->buckets = fresh;
+	t->size = old_size ? old_size * 2 : 1024;
+	for(i = 0; i < old_size; i++){
+		struct entry *e = old[i], *next;
+		for(; e; e = next){
+			next = e->next;
+			struct entry **slot = &t->buckets[hash_key(e->key) & (t->size - 1)];
+			e->next = *slot;
+			*slot = e;
+		}
+	}
+	free(old);
+}
+
+static void *table_get(struct table *t, const char *key)
+{
+	if(!t->size) return NULL;
+	struct entry *e = *table_slot(t, key);
+	return e ? e->value : NULL;
+}
+
+static void table_put(struct table *t, const char *key, void *value)
+{
+	if(t->count >= t->size) table_grow(t);
+	if(!t->size) return;
+	struct entry **slot = table_slot(t, key);
+	if(*slot){
+		(*slot)->value = value;
+		return;
+	}
+	struct entry *e = malloc(sizeof(*e));
+	if(!e) return;
+	e->key = strdup(key);
+	if(!e->key){ free(e); return; }
+	e->value = value;
+	e->next = NULL;
+	*slot = e;
+	t->count++;
+}
+
+static void table_del(struct table *t, const char *key)
+{
+	if(!t->size) return;
+	struct entry **slot = table_slot(t, key);
+	struct entry *e = *slot;
+	if(!e) return;
+	*slot = e->next;
+	free(e->key);
+	free(e);
+	t->count--;
+}
+
+static void table_clear(struct table *t)
+{
+	size_t i;
+	for(i = 0; i < t->size; i++){
+		struct entry *e = t->buckets[i], *next;
+		for(; e; e = next){
+			next = e->next;
+			free(e->key);
+			free(e->value == (void *)1 ? NULL : e->value);
+			free(e);
+		}
+	}
+	free(t->buckets);
+	memset(t, 0, sizeof(*t));
+}
+
+/* ---- state ---------------------------------------------------------------------------------- */
+
+enum auth_mode { AUTH_NONE, AUTH_PASSWORD, AUTH_CERT };
+
+static mosquitto_plugin_id_t *plugin_id;
+static char *service_id;
+static char *service_secret;
+static enum auth_mode auth_mode = AUTH_NONE;
+static bool acl_any = false;
+static bool report_traffic = true; /* S and R events (off with --no-cloud-metrics) */
+static long flush_ns = 50L * 1000 * 1000;
+
+static struct table passwords;     /* username -> secret (plain or $argon2 PHC string) */
+static struct table authenticated; /* client id -> its current authenticated connection */
+static struct table refused;       /* client id -> (void *)1 while refused */
+
+/* Connections to close at the next flush, after a refused PUBLISH (see on_acl_check). */
+struct kick {
+	char *client_id;
+	struct mosquitto *client;
+};
+static struct kick *kicks;
+static size_t kicks_len, kicks_cap;
+
+static char *events;
+static size_t events_len, events_cap;
+static long last_flush_s, last_flush_ns;
+
+/* ---- events --------------------------------------------------------------------------------- */
+
+static void flush_events(void)
+{
+	if(!events_len) return;
+	/* mosquitto_broker_publish takes ownership of a payload allocated with mosquitto_malloc. */
+	void *payload = mosquitto_malloc(events_len);
+	if(!payload) return;
+	memcpy(payload, events, events_len);
+	mosquitto_broker_publish(service_id, EVENTS_TOPIC, (int)events_len, payload, 0, false, NULL);
+	events_len = 0;
+}
+
+static void append_field(const char *field)
+{
+	size_t n = strlen(field) + 1;
+	if(events_len + n > events_cap){
+		size_t cap = events_cap ? events_cap * 2 : 64 * 1024;
+		while(cap < events_len + n) cap *= 2;
+		char *grown = realloc(events, cap);
+		if(!grown) return;
+		events = grown;
+		events_cap = cap;
+	}
+	memcpy(events + events_len, field, n);
+	events_len += n;
+}
+
+static void record(const char *type, const char *a, const char *b, const char *c, const char *d)
+{
+	append_field(type);
+	append_field(a);
+	if(b) append_field(b);
+	if(c) append_field(c);
+	if(d) append_field(d);
+	if(events_len >= FLUSH_BYTES) flush_events();
+}
+
+static void schedule_kick(const char *client_id, struct mosquitto *client)
+{
+	if(kicks_len == kicks_cap){
+		size_t cap = kicks_cap ? kicks_cap * 2 : 64;
+		struct kick *grown = realloc(kicks, cap * sizeof(*grown));
+		if(!grown) return;
+		kicks = grown;
+		kicks_cap = cap;
+	}
+	kicks[kicks_len].client_id = strdup(client_id);
+	if(!kicks[kicks_len].client_id) return;
+	kicks[kicks_len].client = client;
+	kicks_len++;
+}
+
+/* Close each scheduled connection that still owns its client id (not one that took it over). */
+static void run_kicks(void)
+{
+	size_t i;
+	for(i = 0; i < kicks_len; i++){
+		if(table_get(&authenticated, kicks[i].client_id) == kicks[i].client){
+			mosquitto_kick_client_by_clientid(kicks[i].client_id, false);
+		}
+		free(kicks[i].client_id);
+	}
+	kicks_len = 0;
+}
+
+static bool is_service(const char *client_id)
+{
+	return client_id && !strcmp(client_id, service_id);
+}
+
+/* ---- policy --------------------------------------------------------------------------------- */
+
+/* The thing name of `$aws/things/<thing>/defender/metrics/<rest>` (copied into thing), and rest;
+ * NULL when the topic has another shape. */
+static const char *defender_topic(const char *topic, char *thing, size_t thing_size)
+{
+	static const char prefix[] = "$aws/things/";
+	static const char middle[] = "/defender/metrics/";
+	if(strncmp(topic, prefix, sizeof(prefix) - 1)) return NULL;
+	const char *name = topic + sizeof(prefix) - 1;
+	const char *slash = strchr(name, '/');
+	if(!slash || slash == name || (size_t)(slash - name) >= thing_size) return NULL;
+	if(strncmp(slash, middle, sizeof(middle) - 1)) return NULL;
+	memcpy(thing, name, (size_t)(slash - name));
+	thing[slash - name] = '\0';
+	return slash + sizeof(middle) - 1;
+}
+
+/* `$aws/things/T/defender/metrics/(json|cbor)` (gatekeeper.REPORT_TOPIC in Python). */
+static bool report_topic(const char *topic, char *thing, size_t thing_size)
+{
+	const char *rest = defender_topic(topic, thing, thing_size);
+	return rest && (!strcmp(rest, "json") || !strcmp(rest, "cbor"));
+}
+
+/* `$aws/things/T/defender/metrics/(json|cbor|+)[/(accepted|rejected|+)]` with no `#` in T:
+ * the filters AWS IoT agents subscribe to. */
+static bool reply_filter(const char *topic, char *thing, size_t thing_size)
+{
+	const char *rest = defender_topic(topic, thing, thing_size);
+	if(!rest || strchr(thing, '#')) return false;
+	const char *slash = strchr(rest, '/');
+	size_t format_len = slash ? (size_t)(slash - rest) : strlen(rest);
+	bool format = (format_len == 4 && (!strncmp(rest, "json", 4) || !strncmp(rest, "cbor", 4)))
+		|| (format_len == 1 && rest[0] == '+');
+	if(!format) return false;
+	if(!slash) return true;
+	const char *outcome = slash + 1;
+	return !strcmp(outcome, "accepted") || !strcmp(outcome, "rejected") || !strcmp(outcome, "+");
+}
+
+static bool own_or_any(const char *thing, const char *client_id)
+{
+	return acl_any || !strcmp(thing, client_id);
+}
+
+static bool password_ok(const char *username, const char *password)
+{
+	if(!username || !password) return false;
+	const char *stored = table_get(&passwords, username);
+	if(!stored) return false;
+	size_t given_len = strlen(password);
+	if(!strncmp(stored, "$argon2", 7)){
+		argon2_type type = !strncmp(stored, "$argon2id$", 10) ? Argon2_id
+			: !strncmp(stored, "$argon2i$", 9) ? Argon2_i : Argon2_d;
+		return argon2_verify(stored, password, given_len, type) == ARGON2_OK;
+	}
+	/* Constant time over the stored secret's length (gatekeeper uses hmac.compare_digest). */
+	size_t stored_len = strlen(stored), i;
+	unsigned char diff = (unsigned char)(stored_len != given_len);
+	for(i = 0; i < stored_len; i++){
+		diff |= (unsigned char)(stored[i] ^ (i < given_len ? password[i] : 0));
+	}
+	return diff == 0;
+}
+
+/* The subject common name of the client's verified certificate (malloc'd), or NULL. */
+static char *certificate_name(struct mosquitto *client)
+{
+	X509 *cert = mosquitto_client_certificate(client);
+	char *name = NULL;
+	if(!cert) return NULL;
+	X509_NAME *subject = X509_get_subject_name(cert);
+	int index = subject ? X509_NAME_get_index_by_NID(subject, NID_commonName, -1) : -1;
+	if(index >= 0){
+		unsigned char *utf8 = NULL;
+		ASN1_STRING *data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, index));
+		int len = ASN1_STRING_to_UTF8(&utf8, data);
+		if(len >= 0 && memchr(utf8, '\0', (size_t)len) == NULL){
+			name = strndup((const char *)utf8, (size_t)len);
+		}
+		OPENSSL_free(utf8);
+	}
+	X509_free(cert);
+	return name;
+}
+
+/* ---- callbacks ------------------------------------------------------------------------------ */
+
+/* BASIC_AUTH: every CONNECT (the plugin is the only authority; allow_anonymous is irrelevant).
+ * Counted as a connection attempt with the source address, refused or not. */
+static int on_basic_auth(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_basic_auth *ed = event_data;
+	const char *client_id = mosquitto_client_id(ed->client);
+	const char *address = mosquitto_client_address(ed->client);
+	const char *reason = NULL;
+	char *cert_name = NULL;
+	(void)event; (void)userdata;
+
+	if(!client_id || !client_id[0]){
+		return MOSQ_ERR_AUTH; /* not reachable: allow_zero_length_clientid is false */
+	}
+	if(is_service(client_id)){
+		bool ok = ed->username && ed->password && !strcmp(ed->username, service_id)
+			&& !strcmp(ed->password, service_secret);
+		if(ok) return MOSQ_ERR_SUCCESS;
+		reason = "auth_bad_password";
+	}else if(table_get(&refused, client_id)){
+		reason = "auth_refused_client";
+	}else if(auth_mode == AUTH_PASSWORD){
+		if(!password_ok(ed->username, ed->password)) reason = "auth_bad_password";
+		else if(strcmp(ed->username, client_id)) reason = "auth_client_id_mismatch";
+	}else if(auth_mode == AUTH_CERT){
+		cert_name = certificate_name(ed->client);
+		if(!cert_name) reason = "auth_no_certificate";
+		else if(strcmp(cert_name, client_id)) reason = "auth_client_id_mismatch";
+	}
+	free(cert_name);
+	record("C", client_id, address ? address : "", reason ? "0" : "1", reason ? reason : "");
+	if(reason) return MOSQ_ERR_AUTH;
+	/* The connection that now owns this client id: a DISCONNECT is reported only for it, so a
+	 * refused CONNECT, or the older connection closed by a takeover, is not a disconnect. */
+	table_put(&authenticated, client_id, ed->client);
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* ACL_CHECK: every PUBLISH from a client (and its Will when it is about to be sent), every
+ * SUBSCRIBE, and every delivery to a client (READ). */
+static int on_acl_check(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_acl_check *ed = event_data;
+	const char *client_id = mosquitto_client_id(ed->client);
+	char thing[256];
+	(void)event; (void)userdata;
+
+	if(!client_id) return MOSQ_ERR_ACL_DENIED;
+	if(is_service(client_id)) return MOSQ_ERR_SUCCESS;
+
+	switch(ed->access){
+		case MOSQ_ACL_READ:
+			/* A `+` reply filter also matches the report topic, and nobody but the service may
+			 * read the service's topics: such deliveries are dropped without counting them. */
+			if(ed->topic[0] == '$' && (report_topic(ed->topic, thing, sizeof(thing))
+					|| !strncmp(ed->topic, "$iotdefender/", 13))){
+				return MOSQ_ERR_ACL_DENIED;
+			}
+			if(report_traffic) record("R", client_id, ed->topic, NULL, NULL);
+			return MOSQ_ERR_SUCCESS;
+		case MOSQ_ACL_WRITE:
+			if(ed->topic[0] != '$') return MOSQ_ERR_SUCCESS;
+			if(!ed->retain && report_topic(ed->topic, thing, sizeof(thing)) && own_or_any(thing, client_id)){
+				return MOSQ_ERR_SUCCESS;
+			}
+			record("A", client_id, ed->topic, "publish_denied", NULL);
+			/* Dropped (a QoS 1 PUBLISH is still acknowledged, so the client does not send it again
+			 * after reconnecting), and the connection is closed at the next flush, once the PUBACK
+			 * is out, as AWS IoT closes it on an unauthorised publish. A refused Will is not sent;
+			 * its connection is already gone. */
+			schedule_kick(client_id, ed->client);
+			return MOSQ_ERR_ACL_DENIED;
+		case MOSQ_ACL_SUBSCRIBE:
+			if(ed->topic[0] != '$') return MOSQ_ERR_SUCCESS;
+			if(reply_filter(ed->topic, thing, sizeof(thing)) && own_or_any(thing, client_id)){
+				return MOSQ_ERR_SUCCESS;
+			}
+			record("A", client_id, ed->topic, "subscribe_denied", NULL);
+			return MOSQ_ERR_ACL_DENIED;
+		default: /* UNSUBSCRIBE */
+			return MOSQ_ERR_SUCCESS;
+	}
+}
+
+/* MESSAGE: an authorised PUBLISH from a client (message sent, with its size); the service's
+ * commands arrive here too. */
+static int on_message(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_message *ed = event_data;
+	const char *client_id = mosquitto_client_id(ed->client);
+	(void)event; (void)userdata;
+
+	if(!client_id) return MOSQ_ERR_SUCCESS;
+	if(is_service(client_id)){
+		if(!strcmp(ed->topic, CONTROL_TOPIC) && ed->payloadlen > 0){
+			const char *verb = ed->payload;
+			const char *nul = memchr(verb, '\0', ed->payloadlen);
+			if(nul && nul + 1 < verb + ed->payloadlen){
+				char *target = strndup(nul + 1, (size_t)(verb + ed->payloadlen - nul - 1));
+				if(target){
+					if(!strcmp(verb, "refuse")) table_put(&refused, target, (void *)1);
+					if(!strcmp(verb, "allow")) table_del(&refused, target);
+					if(!strcmp(verb, "kick") || !strcmp(verb, "refuse")){
+						mosquitto_kick_client_by_clientid(target, false);
+					}
+					free(target);
+				}
+			}
+		}
+		return MOSQ_ERR_SUCCESS;
+	}
+	if(report_traffic){
+		char size[16];
+		snprintf(size, sizeof(size), "%u", ed->payloadlen);
+		record("S", client_id, size, ed->topic, NULL);
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* DISCONNECT: reported for the connection that owns its client id (see on_basic_auth). */
+static int on_disconnect(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_disconnect *ed = event_data;
+	const char *client_id = mosquitto_client_id(ed->client);
+	(void)event; (void)userdata;
+
+	if(!client_id || table_get(&authenticated, client_id) != ed->client) return MOSQ_ERR_SUCCESS;
+	table_del(&authenticated, client_id);
+	record("D", client_id, NULL, NULL, NULL);
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* TICK: every pass of Mosquitto's main loop (at least every 100 ms): send the batch when due.
+ * Mosquitto 2.0.11 leaves the event's time fields at 0, hence our own monotonic clock. */
+static int on_tick(int event, void *event_data, void *userdata)
+{
+	struct timespec now;
+	(void)event; (void)event_data; (void)userdata;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	long elapsed = (long)(now.tv_sec - last_flush_s) * 1000000000L + (now.tv_nsec - last_flush_ns);
+	if(elapsed >= flush_ns){
+		flush_events();
+		run_kicks();
+		last_flush_s = (long)now.tv_sec;
+		last_flush_ns = now.tv_nsec;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* ---- loading -------------------------------------------------------------------------------- */
+
+static int load_passwords(const char *path)
+{
+	FILE *file = fopen(path, "r");
+	char line[4096];
+	if(!file){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "iotdefender: cannot open password file %s", path);
+		return MOSQ_ERR_INVAL;
+	}
+	while(fgets(line, sizeof(line), file)){
+		char *start = line, *end, *colon;
+		while(*start == ' ' || *start == '\t') start++;
+		if(*start == '#' || *start == '\n' || *start == '\r' || !*start) continue;
+		colon = strchr(start, ':');
+		if(!colon) continue; /* the service validated the file's format before starting us */
+		*colon = '\0';
+		char *secret = colon + 1;
+		for(end = colon - 1; end >= start && (*end == ' ' || *end == '\t'); end--) *end = '\0';
+		while(*secret == ' ' || *secret == '\t') secret++;
+		for(end = secret + strlen(secret) - 1; end >= secret && strchr(" \t\r\n", *end); end--) *end = '\0';
+		table_put(&passwords, start, strdup(secret));
+	}
+	fclose(file);
+	return MOSQ_ERR_SUCCESS;
+}
+
+int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
+{
+	int i;
+	for(i = 0; i < supported_version_count; i++){
+		if(supported_versions[i] == 5) return 5;
+	}
+	return -1;
+}
+
+int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data,
+		struct mosquitto_opt *options, int option_count)
+{
+	int i, rc;
+	(void)user_data;
+	plugin_id = identifier;
+	for(i = 0; i < option_count; i++){
+		const char *key = options[i].key, *value = options[i].value;
+		if(!strcmp(key, "service_id")) service_id = strdup(value);
+		else if(!strcmp(key, "service_secret")) service_secret = strdup(value);
+		else if(!strcmp(key, "auth")) auth_mode = !strcmp(value, "password") ? AUTH_PASSWORD
+			: !strcmp(value, "cert") ? AUTH_CERT : AUTH_NONE;
+		else if(!strcmp(key, "acl")) acl_any = !strcmp(value, "any");
+		else if(!strcmp(key, "report_traffic")) report_traffic = strcmp(value, "0") != 0;
+		else if(!strcmp(key, "flush_ms")) flush_ns = atol(value) * 1000000L;
+		else if(!strcmp(key, "password_file")){
+			rc = load_passwords(value);
+			if(rc) return rc;
+		}
+	}
+	if(!service_id || !service_secret){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "iotdefender: plugin_opt_service_id and _service_secret are required");
+		return MOSQ_ERR_INVAL;
+	}
+	mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL);
+	mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);
+	mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
+	mosquitto_callback_register(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, NULL);
+	mosquitto_callback_register(plugin_id, MOSQ_EVT_TICK, on_tick, NULL, NULL);
+	return MOSQ_ERR_SUCCESS;
+}
+
+int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *options, int option_count)
+{
+	(void)user_data; (void)options; (void)option_count;
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, on_tick, NULL);
+	table_clear(&passwords);
+	table_clear(&refused);
+	/* authenticated holds Mosquitto's pointers: drop the entries, not what they point to. */
+	{
+		size_t k;
+		for(k = 0; k < authenticated.size; k++){
+			struct entry *e = authenticated.buckets[k], *next;
+			for(; e; e = next){ next = e->next; free(e->key); free(e); }
+		}
+		free(authenticated.buckets);
+		memset(&authenticated, 0, sizeof(authenticated));
+	}
+	for(size_t k = 0; k < kicks_len; k++) free(kicks[k].client_id);
+	free(kicks);
+	free(events);
+	free(service_id);
+	free(service_secret);
+	return MOSQ_ERR_SUCCESS;
+}

@@ -1,0 +1,56 @@
+"""The plugin's event batches, decoded and applied to the cloud-side metrics and refusal counters.
+
+A batch is NUL-separated fields; each record starts with its type (defender_plugin.c documents the
+layouts). Decoding is one ``split`` per batch and a few dictionary updates per event, which keeps
+more than 10,000 events/s a small share of the event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import structlog
+
+log = structlog.get_logger("iotdefender.broker")
+
+# Fields per record type, the type included.
+_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3}
+
+
+class DenialCounter(Protocol):
+    def record_denial(self, client_id: str | None, reason: str, topic: str | None = None) -> None: ...
+
+
+def apply_events(payload: bytes, observer: Any, denials: DenialCounter) -> int:
+    """Apply one batch; returns the number of events applied. A malformed tail is ignored."""
+    fields = payload.decode("utf-8", "replace").split("\0")
+    end = len(fields) - 1  # the batch ends with a NUL
+    index = applied = 0
+    while index < end:
+        kind = fields[index]
+        size = _SIZES.get(kind)
+        if size is None or index + size > end:
+            break
+        record = fields[index + 1:index + size]
+        index += size
+        applied += 1
+        if kind == "C":
+            client, address, ok, reason = record
+            if ok != "1":
+                denials.record_denial(client, reason)  # a refused CONNECT has no topic
+                log.info("mqtt_auth_refused", client_id=client, address=address, reason=reason)
+            if observer is not None:
+                observer.connect_attempt(client, address or None, ok == "1")
+        elif kind == "A":
+            denials.record_denial(record[0], record[2], record[1])
+            if record[2] == "publish_denied":
+                log.info("mqtt_publish_refused", client_id=record[0], topic=record[1])
+        elif observer is None:
+            continue
+        elif kind == "S":
+            observer.message_sent(record[0], record[2], int(record[1]))
+        elif kind == "R":
+            observer.message_received(record[0], record[1])
+        else:
+            observer.disconnect(record[0])
+    return applied

@@ -1,0 +1,20 @@
+"""Children that must not outlive the service (the detection worker, the Mosquitto broker)."""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import sys
+
+
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG = 1).
+
+    Caveat: "parent" is the *thread* that forked the child; start children from a thread that
+    lives as long as the service (the event loop's, or a dedicated one), never from a pool thread.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass

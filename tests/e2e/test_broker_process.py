@@ -1,0 +1,63 @@
+"""The service's Mosquitto as a process: it dies with the service, even on ``kill -9``, and a busy
+MQTT port is one clear line, not a traceback or a hang."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.processes import ServiceProcess, free_port
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{pid}\n" in status and status.startswith("Name:\tmosquitto\n"):
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_mosquitto_dies_with_the_service_on_kill_9(tmp_path):
+    svc = ServiceProcess(data_dir=tmp_path)
+    svc.start()
+    try:
+        assert svc.process is not None
+        brokers = children(svc.process.pid)
+        assert len(brokers) == 1
+    finally:
+        svc.kill9()
+    deadline = time.time() + 5
+    while alive(brokers[0]) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not alive(brokers[0]), "Mosquitto outlived the service"
+
+
+def test_a_busy_mqtt_port_is_one_clear_line(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDEFENDER_")}
+        result = subprocess.run(
+            [sys.executable, "-m", "iotdefender", "serve", "--data-dir", str(tmp_path), "--api-port",
+             str(free_port()), "--mqtt-port", str(port)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"iotdefender: error: MQTT: cannot start (port {port} on 127.0.0.1 is already in use)" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

@@ -1,0 +1,195 @@
+"""The default broker's adapter against a real Mosquitto and real paho devices: disconnect, refuse
+and allow a device (what mitigation needs), reports reaching the sink, and start-up failures told
+in one line."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from iotdefender.brokers.gatekeeper import Gatekeeper
+from iotdefender.brokers.listeners import ListenerSettings
+from iotdefender.brokers.mosquitto.broker import MosquittoBroker
+from tests.support.processes import free_port
+
+
+class Recorder:
+    """Stands in for the cloud-side metrics service: keeps what the broker tells it."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def connect_attempt(self, client_id: str, address: str | None, ok: bool) -> None:
+        self.events.append(("connect", client_id, str(address), str(ok)))
+
+    def disconnect(self, client_id: str) -> None:
+        self.events.append(("disconnect", client_id))
+
+    def authorization_failure(self, client_id: str, topic: str | None) -> None:
+        self.events.append(("authorization_failure", client_id, str(topic)))
+
+    def message_sent(self, client_id: str, topic: str, size: int) -> None:
+        self.events.append(("sent", client_id, topic, str(size)))
+
+    def message_received(self, client_id: str, topic: str) -> None:
+        self.events.append(("received", client_id, topic))
+
+
+def connect(port: int, client_id: str) -> tuple[mqtt.Client, queue.Queue[int], queue.Queue[bool]]:
+    codes: queue.Queue[int] = queue.Queue()
+    gone: queue.Queue[bool] = queue.Queue()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, reconnect_on_failure=False)
+    client.on_connect = lambda c, u, f, reason, p: codes.put(reason.value)
+    client.on_disconnect = lambda *a: gone.put(True)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client, codes, gone
+
+
+async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+def run_with_broker(body: Callable[[MosquittoBroker, int, Recorder, list], Awaitable[None]],
+                    tmp_path: Any) -> None:
+    async def main() -> None:
+        port = free_port()
+        recorder = Recorder()
+        reports: list = []
+
+        async def sink(thing: str, encoding: str, payload: bytes) -> None:
+            reports.append((thing, encoding, payload))
+
+        gatekeeper = Gatekeeper(observer=recorder)
+        broker = MosquittoBroker(ListenerSettings("127.0.0.1", port), gatekeeper, sink, cache_dir=tmp_path / "cache")
+        await broker.start()
+        try:
+            await body(broker, port, recorder, reports)
+        finally:
+            await broker.stop()
+
+    asyncio.run(main())
+
+
+def test_reports_reach_the_sink_and_events_the_observer(tmp_path):
+    async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
+        client, codes, _ = connect(port, "sensor-1")
+        assert await in_thread(codes.get, True, 5) == 0
+        client.publish("$aws/things/sensor-1/defender/metrics/json", b"{}", qos=1).wait_for_publish(5)
+        for _ in range(100):
+            if reports and ("sent", "sensor-1", "$aws/things/sensor-1/defender/metrics/json", "2") in recorder.events:
+                break
+            await asyncio.sleep(0.05)
+        assert reports == [("sensor-1", "json", b"{}")]
+        assert ("connect", "sensor-1", "127.0.0.1", "True") in recorder.events
+        client.loop_stop()
+        client.disconnect()
+        for _ in range(100):
+            if ("disconnect", "sensor-1") in recorder.events:
+                break
+            await asyncio.sleep(0.05)
+        assert ("disconnect", "sensor-1") in recorder.events
+
+    run_with_broker(body, tmp_path)
+
+
+def test_disconnect_refuse_and_allow_a_device(tmp_path):
+    async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
+        first, codes, gone = connect(port, "rogue")
+        assert await in_thread(codes.get, True, 5) == 0
+        await broker.disconnect("rogue")
+        assert await in_thread(gone.get, True, 5)
+        first.loop_stop()
+
+        second, codes, gone = connect(port, "rogue")
+        assert await in_thread(codes.get, True, 5) == 0, "after a disconnect the device may come back"
+        await broker.refuse("rogue")
+        assert await in_thread(gone.get, True, 5)
+        second.loop_stop()
+
+        third, codes, _ = connect(port, "rogue")
+        assert await in_thread(codes.get, True, 5) == 135, "a refused device is not authorised to connect"
+        third.loop_stop()
+        neighbour, codes, _ = connect(port, "neighbour")
+        assert await in_thread(codes.get, True, 5) == 0, "refusing one device leaves the others alone"
+        neighbour.loop_stop()
+        neighbour.disconnect()
+
+        await broker.allow("rogue")
+        await asyncio.sleep(0.2)
+        fourth, codes, _ = connect(port, "rogue")
+        assert await in_thread(codes.get, True, 5) == 0
+        fourth.loop_stop()
+        fourth.disconnect()
+        assert ("connect", "rogue", "127.0.0.1", "False") in recorder.events
+
+    run_with_broker(body, tmp_path)
+
+
+def test_a_port_in_use_is_one_clear_error(tmp_path):
+    async def main() -> None:
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            port = holder.getsockname()[1]
+
+            async def sink(thing: str, encoding: str, payload: bytes) -> None:
+                pass
+
+            broker = MosquittoBroker(ListenerSettings("127.0.0.1", port), Gatekeeper(), sink,
+                                     cache_dir=tmp_path / "cache")
+            with pytest.raises(OSError, match=f"port {port} on 127.0.0.1 is already in use"):
+                await broker.start()
+            await broker.stop()
+
+    asyncio.run(main())
+
+
+def test_mosquitto_comes_back_if_it_dies_alone_and_still_refuses_who_was_refused(tmp_path):
+    async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
+        await broker.refuse("rogue")
+        process = broker._process
+        assert process is not None
+        process.kill()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if broker._process is not process and broker._process is not None and broker._process.poll() is None:
+                break
+            await asyncio.sleep(0.1)
+        assert await in_thread(_listening, port, 10), "Mosquitto was not restarted"
+        client, codes, _ = connect(port, "after-restart")
+        assert await in_thread(codes.get, True, 5) == 0
+        client.loop_stop()
+        client.disconnect()
+        # The restarted plugin learns the deny list again when the service's client reconnects.
+        deadline = time.monotonic() + 15
+        code = None
+        while time.monotonic() < deadline:
+            rogue, codes, _ = connect(port, "rogue")
+            code = await in_thread(codes.get, True, 5)
+            rogue.loop_stop()
+            rogue.disconnect()
+            if code == 135:
+                break
+            await asyncio.sleep(0.3)
+        assert code == 135
+
+    run_with_broker(body, tmp_path)
+
+
+def _listening(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False

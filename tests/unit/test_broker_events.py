@@ -1,0 +1,56 @@
+"""The plugin's event batches (NUL-separated records) decoded into cloud-side events and refusals."""
+
+from __future__ import annotations
+
+from iotdefender.brokers.mosquitto.events import apply_events
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def connect_attempt(self, *args) -> None:  # type: ignore[no-untyped-def]
+        self.calls.append(("connect", *args))
+
+    def disconnect(self, *args) -> None:  # type: ignore[no-untyped-def]
+        self.calls.append(("disconnect", *args))
+
+    def message_sent(self, *args) -> None:  # type: ignore[no-untyped-def]
+        self.calls.append(("sent", *args))
+
+    def message_received(self, *args) -> None:  # type: ignore[no-untyped-def]
+        self.calls.append(("received", *args))
+
+    def record_denial(self, *args) -> None:  # type: ignore[no-untyped-def]
+        self.calls.append(("denial", *args))
+
+
+def batch(*records: tuple[str, ...]) -> bytes:
+    return b"".join("\0".join(r).encode() + b"\0" for r in records)
+
+
+def test_every_record_type_in_one_batch():
+    observer, denials = Recorder(), Recorder()
+    payload = batch(("C", "cam-1", "10.0.0.7", "1", ""), ("C", "cam-2", "10.0.0.8", "0", "auth_bad_password"),
+                    ("A", "cam-1", "$aws/things/x/shadow", "publish_denied"), ("S", "cam-1", "212", "t/é"),
+                    ("R", "cam-1", "cmd/cam-1"), ("D", "cam-1"))
+    assert apply_events(payload, observer, denials) == 6
+    assert observer.calls == [("connect", "cam-1", "10.0.0.7", True), ("connect", "cam-2", "10.0.0.8", False),
+                              ("sent", "cam-1", "t/é", 212), ("received", "cam-1", "cmd/cam-1"),
+                              ("disconnect", "cam-1")]
+    assert denials.calls == [("denial", "cam-2", "auth_bad_password"),
+                             ("denial", "cam-1", "publish_denied", "$aws/things/x/shadow")]
+
+
+def test_without_cloud_metrics_only_refusals_are_counted():
+    denials = Recorder()
+    payload = batch(("C", "cam-2", "", "0", "auth_client_id_mismatch"), ("S", "cam-1", "3", "t"), ("D", "cam-1"))
+    assert apply_events(payload, None, denials) == 3
+    assert denials.calls == [("denial", "cam-2", "auth_client_id_mismatch")]
+
+
+def test_an_unknown_or_truncated_record_ends_the_batch():
+    observer, denials = Recorder(), Recorder()
+    assert apply_events(batch(("R", "a", "t")) + b"S\0b\0", observer, denials) == 1
+    assert apply_events(batch(("X", "a"), ("R", "a", "t")), observer, denials) == 0
+    assert observer.calls == [("received", "a", "t")]

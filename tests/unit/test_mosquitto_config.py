@@ -1,0 +1,38 @@
+"""mosquitto.conf as the service writes it: listeners, client certificates only as identity, no
+injected lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from iotdefender.brokers.listeners import ListenerSettings
+from iotdefender.brokers.mosquitto.config import PluginOptions, render_config
+
+
+def options(auth: str = "none", **kwargs) -> PluginOptions:  # type: ignore[no-untyped-def]
+    return PluginOptions(library=Path("/cache/p.so"), service_id="svc", service_secret="s3", auth=auth, acl="own",
+                         **kwargs)
+
+
+def test_plain_listener_and_plugin_options():
+    text = render_config(ListenerSettings("127.0.0.1", 1883), options(report_traffic=False))
+    lines = text.splitlines()
+    assert "listener 1883 127.0.0.1" in lines
+    assert "allow_zero_length_clientid false" in lines and "persistence false" in lines
+    assert "plugin /cache/p.so" in lines and "plugin_opt_report_traffic 0" in lines
+    assert not any(line.startswith(("certfile", "cafile", "require_certificate")) for line in lines)
+
+
+@pytest.mark.parametrize("auth, required", [("cert", "true"), ("password", "false")])
+def test_client_certificates_are_required_only_when_they_are_the_identity(auth, required):
+    listeners = ListenerSettings("0.0.0.0", 1883, 8883, "/pki/ca.pem", "/pki/server.pem", "/pki/server.key")
+    lines = render_config(listeners, options(auth)).splitlines()
+    tls = lines[lines.index("listener 8883 0.0.0.0"):]
+    assert "cafile /pki/ca.pem" in tls and f"require_certificate {required}" in tls
+
+
+def test_a_value_cannot_add_a_line():
+    with pytest.raises(ValueError):
+        render_config(ListenerSettings("127.0.0.1\nplugin /tmp/evil.so", 1883), options())
