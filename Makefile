@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test test-unit system-deps demo bench bench-quick clean
+.PHONY: run test test-unit system-deps demo bench bench-pipeline bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,14 +46,20 @@ demo: $(STAMP)
 # Benchmarks write JSON with the machine and the command to bench/results/ (bench/README.md).
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/control_plane.py
-	$(BIN)/python bench/pipeline.py --broker embedded --rate 5000
-	$(BIN)/python bench/pipeline.py --broker mosquitto --rate 5000
+	$(MAKE) bench-pipeline
+	$(BIN)/python bench/pipeline.py --broker mosquitto --devices 5000
+	$(BIN)/python bench/pipeline.py --broker mosquitto --devices 15000
 	$(BIN)/python bench/parse.py
 	$(BIN)/python bench/cloud_accounting.py
 	$(BIN)/python bench/backtest.py
 	$(BIN)/python bench/console.py
 
-# A reduced end-to-end run (< 60 s) printing one JSON line.
+# The fleet pipeline on the default broker of `iotdefender serve`, at 5,000 and 15,000 devices.
+bench-pipeline: $(STAMP) system-deps
+	$(BIN)/python bench/pipeline.py --broker embedded --devices 5000
+	$(BIN)/python bench/pipeline.py --broker embedded --devices 15000
+
+# A reduced fleet run (1,500 devices, < 90 s) printing one JSON line.
 bench-quick: $(STAMP) system-deps
 	@$(BIN)/python bench/pipeline.py --broker embedded --quick
 
