@@ -41,6 +41,10 @@ class Fleet:
     def processes(self) -> int:
         return len(self._processes)
 
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self._processes]
+
     def ask(self, command: str, *args: Any, timeout: float) -> list[dict[str, Any]]:
         """Send one command to every process and collect the answers (bounded by `timeout`)."""
         for pipe in self._pipes:

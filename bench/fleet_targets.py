@@ -3,7 +3,7 @@
 Both confine devices to their own topics (the service with ``--mqtt-acl own``, or Mosquitto with
 a ``pattern`` ACL on ``%c``, the client id) and both can be restarted on the same port for the
 reconnect storm. ``pids`` are the roots of the process trees whose memory is measured (split
-into broker and service by bench/process_memory.py).
+into broker and service by bench/process_usage.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from importlib.metadata import version
 
-from bench import fleet_workload, process_memory
+from bench import fleet_workload, process_usage
 from tests.support.processes import Mosquitto, ServiceProcess, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ class ServiceTarget:
     def versions(self) -> dict[str, str]:
         if self.broker:
             return {"broker": mosquitto_version() + " (separate, --mqtt-url)"}
-        if any(process_memory.name(pid) == "mosquitto" for pid in process_memory.tree(self.service.process.pid)):
+        if any(process_usage.name(pid) == "mosquitto" for pid in process_usage.tree(self.service.process.pid)):
             return {"broker": mosquitto_version() + " (child of the service)"}
         return {"broker": f"amqtt {version('amqtt')} (in the service process)"}
 

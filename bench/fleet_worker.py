@@ -12,6 +12,7 @@ which is one clock for every process on the machine.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import time
@@ -117,6 +118,7 @@ class Fleet:
         self.storm_done = asyncio.Event()
         self.storm_first_drop: float | None = None
         self.attempts_at_arm = 0
+        self.storm_done_at: float | None = None
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -160,6 +162,7 @@ class Fleet:
         if self.storm is not None and device.thing in self.storm_dropped:
             self.storm.add(device.thing)
             if len(self.storm) == len(self.devices):
+                self.storm_done_at = time.monotonic()
                 self.storm_done.set()
 
     def on_lost(self, device: Device, was_up: bool) -> None:
@@ -266,7 +269,7 @@ class Fleet:
     async def wait_storm(self, timeout: float) -> dict[str, Any]:
         try:
             await asyncio.wait_for(self.storm_done.wait(), timeout)
-            done = time.monotonic()
+            done = self.storm_done_at
         except asyncio.TimeoutError:
             done = None
         figures = {"done": done, "resubscribed": len(self.storm or ()), "dropped": len(self.storm_dropped),
@@ -312,6 +315,7 @@ async def _serve(conn: Connection, spec: WorkerSpec, payloads: tuple[bytes, byte
             reply = {"up": fleet.up_count}
         else:
             reply = {"error": f"unknown command {command}"}
+        os.set_blocking(conn.fileno(), True)  # the event loop made it non-blocking; replies can be large
         conn.send(reply)
 
 

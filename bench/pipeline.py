@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -49,7 +50,7 @@ from bench import fleet_workload  # noqa: E402
 from bench.common import environment  # noqa: E402
 from bench.fleet import Fleet  # noqa: E402
 from bench.fleet_targets import BareTarget, ServiceTarget  # noqa: E402
-from bench.process_memory import split_rss  # noqa: E402
+from bench.process_usage import cpu_seconds, split_cpu, split_rss  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 OPEN_LOOP_IDS, CLOSED_LOOP_IDS = 1_000_000_000, 2_000_000_000
@@ -58,6 +59,7 @@ OPEN_LOOP_IDS, CLOSED_LOOP_IDS = 1_000_000_000, 2_000_000_000
 def measure(target: BareTarget | ServiceTarget, args: argparse.Namespace) -> dict[str, Any]:
     """All phases against one target; the target and the fleet are gone when this returns."""
     fleet = None
+    load_average = {"before": os.getloadavg()[0]}  # other work on the machine shows here
     target.start()
     try:
         time.sleep(1)
@@ -72,7 +74,15 @@ def measure(target: BareTarget | ServiceTarget, args: argparse.Namespace) -> dic
                   "idle_rss_mb": {k: round(v / 2**20, 1) for k, v in idle.items()},
                   "per_connected_device_kb": {k: round((idle[k] - baseline[k]) / connected / 1024, 2)
                                               for k in idle} if connected else None}
+        cpu_before, generator_before = split_cpu(target.pids()), sum(map(cpu_seconds, fleet.pids))
+        started = time.monotonic()
         load = fleet.open_loop(args.rate, args.seconds, OPEN_LOOP_IDS, args.drain_seconds)
+        elapsed = time.monotonic() - started
+        cpu_after = split_cpu(target.pids())
+        # Share of one core each side used during the offered load (2 cores = 2.0 in all).
+        load["cores_used"] = {**{k: round((cpu_after[k] - cpu_before[k]) / elapsed, 2) for k in cpu_after},
+                              "load_generator": round((sum(map(cpu_seconds, fleet.pids)) - generator_before)
+                                                      / elapsed, 2)}
         ceiling = fleet.closed_loop(args.ceiling_seconds, CLOSED_LOOP_IDS)
         storm = None
         if not args.no_storm:
@@ -80,8 +90,10 @@ def measure(target: BareTarget | ServiceTarget, args: argparse.Namespace) -> dic
             restarted = time.monotonic()
             target.restart()
             storm = fleet.wait_storm(restarted, time.monotonic(), args.storm_timeout)
+        load_average["after"] = os.getloadavg()[0]
         return {"target": target.label, **target.versions(), "connect": connect, "memory": memory,
-                "offered_load": load, "ceiling": ceiling, "reconnect_storm": storm}
+                "offered_load": load, "ceiling": ceiling, "reconnect_storm": storm,
+                "load_average_1min": load_average}
     finally:
         if fleet:
             fleet.close()

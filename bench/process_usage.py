@@ -1,4 +1,4 @@
-"""Resident memory of a process tree, split into broker processes and the rest (read from /proc).
+"""Resident memory and CPU time of process trees, split into broker processes and the rest (/proc).
 
 The service's broker may live in its own process (a Mosquitto child) or inside the service
 (amqtt); splitting by executable name reports either honestly without knowing which one runs.
@@ -6,6 +6,7 @@ The service's broker may live in its own process (a Mosquitto child) or inside t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 BROKER_NAMES = frozenset({"mosquitto"})
@@ -48,4 +49,22 @@ def split_rss(pids: list[int]) -> dict[str, int]:
     for root in pids:
         for pid in tree(root):
             totals["broker" if name(pid) in BROKER_NAMES else "service"] += rss_bytes(pid)
+    return totals
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def split_cpu(pids: list[int]) -> dict[str, float]:
+    """{'broker': s, 'service': s} of CPU time over the trees of `pids` (children still alive only)."""
+    totals = {"broker": 0.0, "service": 0.0}
+    for root in pids:
+        for pid in tree(root):
+            totals["broker" if name(pid) in BROKER_NAMES else "service"] += cpu_seconds(pid)
     return totals
