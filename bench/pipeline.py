@@ -50,7 +50,7 @@ from bench import fleet_workload  # noqa: E402
 from bench.common import environment  # noqa: E402
 from bench.fleet import Fleet  # noqa: E402
 from bench.fleet_targets import BareTarget, ServiceTarget  # noqa: E402
-from bench.process_usage import cpu_seconds, split_cpu, split_rss  # noqa: E402
+from bench.process_usage import cpu_seconds, rss_bytes, split  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 OPEN_LOOP_IDS, CLOSED_LOOP_IDS = 1_000_000_000, 2_000_000_000
@@ -63,22 +63,22 @@ def measure(target: BareTarget | ServiceTarget, args: argparse.Namespace) -> dic
     target.start()
     try:
         time.sleep(1)
-        baseline = split_rss(target.pids())
+        baseline = split(target.pids(), rss_bytes)
         fleet = Fleet("127.0.0.1", target.port, args.devices, fleet_workload.report_template(),
                       per_process=args.per_process)
         connect = fleet.connect(args.connect_timeout)
         time.sleep(args.idle_seconds)
-        idle = split_rss(target.pids())
+        idle = split(target.pids(), rss_bytes)
         connected = connect["connected"]
         memory = {"baseline_rss_mb": {k: round(v / 2**20, 1) for k, v in baseline.items()},
                   "idle_rss_mb": {k: round(v / 2**20, 1) for k, v in idle.items()},
                   "per_connected_device_kb": {k: round((idle[k] - baseline[k]) / connected / 1024, 2)
                                               for k in idle} if connected else None}
-        cpu_before, generator_before = split_cpu(target.pids()), sum(map(cpu_seconds, fleet.pids))
+        cpu_before, generator_before = split(target.pids(), cpu_seconds), sum(map(cpu_seconds, fleet.pids))
         started = time.monotonic()
         load = fleet.open_loop(args.rate, args.seconds, OPEN_LOOP_IDS, args.drain_seconds)
         elapsed = time.monotonic() - started
-        cpu_after = split_cpu(target.pids())
+        cpu_after = split(target.pids(), cpu_seconds)
         # Share of one core each side used during the offered load (2 cores = 2.0 in all).
         load["cores_used"] = {**{k: round((cpu_after[k] - cpu_before[k]) / elapsed, 2) for k in cpu_after},
                               "load_generator": round((sum(map(cpu_seconds, fleet.pids)) - generator_before)

@@ -7,6 +7,7 @@ The service's broker may live in its own process (a Mosquitto child) or inside t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 BROKER_NAMES = frozenset({"mosquitto"})
@@ -43,12 +44,12 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def split_rss(pids: list[int]) -> dict[str, int]:
-    """{'broker': bytes, 'service': bytes} over the trees of `pids`."""
-    totals = {"broker": 0, "service": 0}
+def split(pids: list[int], measure: Callable[[int], float]) -> dict[str, float]:
+    """{'broker': total, 'service': total} of `measure` (rss_bytes, cpu_seconds) over the trees of `pids`."""
+    totals = {"broker": 0.0, "service": 0.0}
     for root in pids:
         for pid in tree(root):
-            totals["broker" if name(pid) in BROKER_NAMES else "service"] += rss_bytes(pid)
+            totals["broker" if name(pid) in BROKER_NAMES else "service"] += measure(pid)
     return totals
 
 
@@ -60,11 +61,3 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-
-def split_cpu(pids: list[int]) -> dict[str, float]:
-    """{'broker': s, 'service': s} of CPU time over the trees of `pids` (children still alive only)."""
-    totals = {"broker": 0.0, "service": 0.0}
-    for root in pids:
-        for pid in tree(root):
-            totals["broker" if name(pid) in BROKER_NAMES else "service"] += cpu_seconds(pid)
-    return totals
