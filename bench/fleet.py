@@ -115,6 +115,7 @@ class Fleet:
                 "all_back_after_service_up_s": round(max(done) - up_at, 2) if complete else None,
                 "restart_took_s": round(up_at - restarted_at, 2),
                 "connect_attempts": sum(a["attempts"] for a in answers),
+                "refused_connacks": sum(a["refused"] for a in answers),
                 "gave_up_after_s": None if complete else timeout}
 
     def close(self) -> None:

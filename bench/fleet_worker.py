@@ -24,6 +24,7 @@ from bench import mqtt_wire
 
 REPORT_ID = re.compile(rb'"reportId":\s*(\d+)')
 HANDSHAKE_TIMEOUT_S = 15.0
+BACKOFF_CAP_S = 2.0
 KEEPALIVE_S = 1200  # AWS IoT Device SDK's default; the benchmark's phases are far shorter
 
 
@@ -118,6 +119,7 @@ class Fleet:
         self.storm_done = asyncio.Event()
         self.storm_first_drop: float | None = None
         self.attempts_at_arm = 0
+        self.refused_at_arm = 0
         self.storm_done_at: float | None = None
 
     # -- connections ---------------------------------------------------------------------------
@@ -145,8 +147,9 @@ class Fleet:
                 failures_in_row += 1
             if not self.running:
                 return
-            # Jittered exponential backoff, first retry within a second (AWS SDK style).
-            await asyncio.sleep(min(8.0, 0.5 * 2 ** min(failures_in_row, 5)) * random.uniform(0.1, 1.0))
+            # Jittered exponential backoff (AWS SDK style), capped at BACKOFF_CAP_S so that the storm
+            # measures how fast the broker takes the fleet back rather than how long devices wait.
+            await asyncio.sleep(min(BACKOFF_CAP_S, 0.25 * 2 ** min(failures_in_row, 5)) * random.uniform(0.2, 1.0))
 
     @staticmethod
     async def wait_up_or_lost(device: Device) -> None:
@@ -180,7 +183,11 @@ class Fleet:
         while self.up_count < len(self.devices) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         return {"started": started, "done": time.monotonic(), "up": self.up_count, "attempts": self.attempts,
-                "failures": self.failures, "refused": sum(d.refused for d in self.devices)}
+                "failures": self.failures, "refused": self.refused()}
+
+    def refused(self) -> int:
+        """CONNACKs with a non-zero return code so far."""
+        return sum(d.refused for d in self.devices)
 
     # -- reports -------------------------------------------------------------------------------
 
@@ -265,6 +272,7 @@ class Fleet:
         self.storm, self.storm_dropped, self.storm_first_drop = set(), set(), None
         self.storm_done.clear()
         self.attempts_at_arm = self.attempts
+        self.refused_at_arm = self.refused()
 
     async def wait_storm(self, timeout: float) -> dict[str, Any]:
         try:
@@ -273,7 +281,8 @@ class Fleet:
         except asyncio.TimeoutError:
             done = None
         figures = {"done": done, "resubscribed": len(self.storm or ()), "dropped": len(self.storm_dropped),
-                   "first_drop": self.storm_first_drop, "attempts": self.attempts - self.attempts_at_arm}
+                   "first_drop": self.storm_first_drop, "attempts": self.attempts - self.attempts_at_arm,
+                   "refused": self.refused() - self.refused_at_arm}
         self.storm = None
         return figures
 
