@@ -43,7 +43,7 @@ class WorkerSpec:
 class Device(asyncio.Protocol):
     """One device's connection; the same object is reused for each reconnection."""
 
-    def __init__(self, fleet: "Fleet", thing: str) -> None:
+    def __init__(self, fleet: "LocalFleet", thing: str) -> None:
         self.fleet, self.thing = fleet, thing
         self.connect_packet = mqtt_wire.connect(thing, KEEPALIVE_S)
         self.subscribe_packet = mqtt_wire.subscribe(1, f"$aws/things/{thing}/defender/metrics/json/+")
@@ -98,7 +98,7 @@ class Device(asyncio.Protocol):
         return self.transport is not None and self.subscribed.is_set()
 
 
-class Fleet:
+class LocalFleet:
     """The devices of this process, their connection loops, and the figures the parent asks for."""
 
     def __init__(self, spec: WorkerSpec, payloads: tuple[bytes, bytes]) -> None:
@@ -289,7 +289,7 @@ class Fleet:
 
 async def _serve(conn: Connection, spec: WorkerSpec, payloads: tuple[bytes, bytes]) -> None:
     loop = asyncio.get_running_loop()
-    fleet = Fleet(spec, payloads)
+    fleet = LocalFleet(spec, payloads)
     commands: asyncio.Queue[tuple] = asyncio.Queue()
 
     def readable() -> None:
