@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test test-unit system-deps broker-deps demo bench bench-quick clean durability
+.PHONY: run test test-unit system-deps broker-deps demo bench bench-pipeline bench-quick clean durability
 
 # The default MQTT broker: Mosquitto and what its plugin is compiled with (headers, libargon2 for
 # $argon2 passwords, OpenSSL for certificate names, a C compiler). Installed only when missing.
@@ -69,14 +69,20 @@ demo: $(STAMP) broker-deps
 # Benchmarks write JSON with the machine and the command to bench/results/ (bench/README.md).
 bench: $(STAMP) system-deps broker-deps
 	$(BIN)/python bench/control_plane.py
-	$(BIN)/python bench/pipeline.py --broker embedded --rate 5000
-	$(BIN)/python bench/pipeline.py --broker mosquitto --rate 5000
+	$(MAKE) bench-pipeline
+	$(BIN)/python bench/pipeline.py --broker mosquitto --devices 5000
+	$(BIN)/python bench/pipeline.py --broker mosquitto --devices 15000
 	$(BIN)/python bench/parse.py
 	$(BIN)/python bench/cloud_accounting.py
 	$(BIN)/python bench/backtest.py
 	$(BIN)/python bench/console.py
 
-# A reduced end-to-end run (< 60 s) printing one JSON line.
+# The fleet pipeline on the default broker of `iotdefender serve`, at 5,000 and 15,000 devices.
+bench-pipeline: $(STAMP) system-deps broker-deps
+	$(BIN)/python bench/pipeline.py --broker embedded --devices 5000
+	$(BIN)/python bench/pipeline.py --broker embedded --devices 15000
+
+# A reduced fleet run (1,500 devices, < 90 s) printing one JSON line.
 bench-quick: $(STAMP) system-deps broker-deps
 	@$(BIN)/python bench/pipeline.py --broker embedded --quick
 

@@ -18,13 +18,49 @@ import tempfile
 import time
 from pathlib import Path
 
+from gmqtt import Client
+from gmqtt.mqtt.constants import MQTTv311
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import environment  # noqa: E402
-from bench.pipeline import Counter, _settle, connect  # noqa: E402
 from iotdefender.cloud.aggregator import Aggregator  # noqa: E402
 from tests.support.processes import ServiceProcess  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
+
+
+class Counter:
+    """Messages received, and the rate between the first and the last."""
+
+    def __init__(self) -> None:
+        self.count, self.first, self.last = 0, 0.0, 0.0
+
+    def hit(self) -> None:
+        now = time.perf_counter()
+        self.first = self.first or now
+        self.last = now
+        self.count += 1
+
+    def rate(self) -> float:
+        return self.count / (self.last - self.first) if self.count > 1 else 0.0
+
+
+async def connect(port: int, name: str) -> Client:
+    client = Client(name, clean_session=True)
+    await client.connect("127.0.0.1", port, version=MQTTv311, keepalive=60)
+    return client
+
+
+async def _settle(count, expected: int, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    """Until `expected` arrived, nothing arrived for 5 s (QoS 0 drops), or `timeout` passed."""
+    deadline = time.perf_counter() + timeout
+    last, stable_since = -1, time.perf_counter()
+    while time.perf_counter() < deadline and count() < expected:
+        await asyncio.sleep(0.1)
+        if count() != last:
+            last, stable_since = count(), time.perf_counter()
+        elif time.perf_counter() - stable_since > 5:
+            return
 
 
 def aggregator_rate(events: int) -> float:

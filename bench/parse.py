@@ -1,6 +1,6 @@
 """Parse-only benchmark: our parse + validate per report, beside the bare decoder on the same bytes.
 
-Report: the 1.8 KB report of bench/pipeline.py (10 TCP, 5 UDP ports, 12 connections, network
+Report: the 1.8 KB report of bench/pipeline.py (bench/fleet_workload.py) (10 TCP, 5 UDP ports, 12 connections, network
 stats, 3 custom metrics), as JSON with long keys, JSON with short keys and CBOR. Bare decoders:
 msgspec's untyped JSON decoder (as fast as orjson, stack-measurements §8) and cbor2. Ratio =
 our time / bare time (target <= 2). Results: bench/results/parse.json.
@@ -21,7 +21,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import environment  # noqa: E402
-from bench.pipeline import payload  # noqa: E402
+from bench.fleet_workload import report  # noqa: E402
 from iotdefender.ingest.report import parse_report  # noqa: E402
 from iotdefender.simulator.devices import shorten  # noqa: E402
 
@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args()
-    document = json.loads(payload(7, 1530304554, False))
+    document = json.loads(report(1530304554, device=7))
     cases = {
         "json_long": (json.dumps(document).encode(), "json"),
         "json_short": (json.dumps(shorten(document)).encode(), "json"),

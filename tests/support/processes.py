@@ -167,19 +167,30 @@ class ServiceProcess:
 
 
 class Mosquitto:
-    """A real Mosquitto broker (Debian's package) on a free loopback port, anonymous clients allowed."""
+    """A real Mosquitto broker (Debian's package) on a free loopback port, anonymous clients allowed.
 
-    def __init__(self) -> None:
+    ``acl`` is the text of an ACL file (``pattern`` and ``user`` lines), for tests and benchmarks
+    that confine devices to their own topics; ``settings`` are more mosquitto.conf lines.
+    """
+
+    def __init__(self, acl: str | None = None, settings: str = "") -> None:
         self.root = Path(tempfile.mkdtemp(prefix="iotdefender-mosquitto-"))
         self.port = free_port()
+        self.acl = acl
+        self.settings = settings
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         config = self.root / "mosquitto.conf"
-        config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                          "max_queued_messages 100000\n")
-        log = open(self.root / "mosquitto.log", "wb")
+        text = (f"listener {self.port} 127.0.0.1\nset_tcp_nodelay true\nallow_anonymous true\npersistence false\n"
+                "max_queued_messages 100000\n" + self.settings)
+        if self.acl is not None:
+            (self.root / "acl").write_text(self.acl)
+            self.root.chmod(0o755)  # started as root, Mosquitto reads the ACL file as user mosquitto
+            text += f"acl_file {self.root / 'acl'}\n"
+        config.write_text(text)
+        log = open(self.root / "mosquitto.log", "ab")
         self.process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
@@ -190,6 +201,13 @@ class Mosquitto:
                 return s.connect_ex(("127.0.0.1", self.port)) == 0
 
         wait_for(listening, 15, "mosquitto")
+
+    def restart(self) -> None:
+        """Stop and start again on the same port with the same configuration."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.start()
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

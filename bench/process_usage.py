@@ -1,0 +1,63 @@
+"""Resident memory and CPU time of process trees, split into broker processes and the rest (/proc).
+
+The service's broker may live in its own process (a Mosquitto child) or inside the service
+(amqtt); splitting by executable name reports either honestly without knowing which one runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+BROKER_NAMES = frozenset({"mosquitto"})
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants that are alive now."""
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                stack += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def split(pids: list[int], measure: Callable[[int], float]) -> dict[str, float]:
+    """{'broker': total, 'service': total} of `measure` (rss_bytes, cpu_seconds) over the trees of `pids`."""
+    totals = {"broker": 0.0, "service": 0.0}
+    for root in pids:
+        for pid in tree(root):
+            totals["broker" if name(pid) in BROKER_NAMES else "service"] += measure(pid)
+    return totals
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
