@@ -6,7 +6,7 @@ import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
-PACKAGES = ("iotdefender", "amqtt", "gmqtt", "msgspec", "cbor2", "SQLAlchemy", "botocore", "starlette", "uvicorn",
+PACKAGES = ("iotdefender", "gmqtt", "msgspec", "cbor2", "SQLAlchemy", "botocore", "starlette", "uvicorn",
             "numpy", "paho-mqtt")
 
 

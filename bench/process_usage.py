@@ -1,7 +1,7 @@
 """Resident memory and CPU time of process trees, split into broker processes and the rest (/proc).
 
-The service's broker may live in its own process (a Mosquitto child) or inside the service
-(amqtt); splitting by executable name reports either honestly without knowing which one runs.
+The service's broker is a Mosquitto child of the service (or a separate Mosquitto with
+``--mqtt-url``); splitting by executable name counts it as broker either way.
 """
 
 from __future__ import annotations
