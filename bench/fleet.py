@@ -74,6 +74,10 @@ class Fleet:
             pipe.send(("open_loop", share * devices, seconds, start_at, self.first_id(base, index), drain_s))
         answers = self._collect("open_loop", seconds + drain_s + 30)
         latencies = sorted(x for a in answers for x in a["latencies_ms"])
+        by_second: dict[int, list[float]] = {}
+        for a in answers:
+            for sent_at, latency in zip(a["sent_at"], a["latencies_ms"]):
+                by_second.setdefault(int(sent_at - start_at), []).append(latency)
         sent = sum(a["sent"] for a in answers)
         answered = sum(a["answered"] for a in answers)
         last = max((a["last_answer"] for a in answers if a["last_answer"]), default=None)
@@ -82,7 +86,9 @@ class Fleet:
                 "answered": answered, "rejected": sum(a["rejected"] for a in answers), "lost": sent - answered,
                 "answered_per_s": round(answered / (last - start_at), 1) if last else 0.0,
                 "p50_ms": percentile(latencies, 0.50), "p99_ms": percentile(latencies, 0.99),
-                "max_ms": round(latencies[-1], 1) if latencies else None}
+                "max_ms": round(latencies[-1], 1) if latencies else None,
+                # A stall shows as one bad second; steady queueing as every second high.
+                "p99_ms_by_second": [percentile(sorted(by_second[s]), 0.99) for s in sorted(by_second)]}
 
     def closed_loop(self, seconds: float, base: int) -> dict[str, Any]:
         start_at = time.monotonic() + 0.5

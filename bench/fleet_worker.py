@@ -262,8 +262,10 @@ class LocalFleet:
                 return
 
     def figures(self) -> dict[str, Any]:
-        latencies = [(self.answered[r] - t) * 1000 for r, t in self.sent.items() if r in self.answered]
-        return {"answered": len(self.answered), "rejected": self.rejected, "latencies_ms": latencies,
+        answered = [(t, (self.answered[r] - t) * 1000) for r, t in self.sent.items() if r in self.answered]
+        return {"answered": len(self.answered), "rejected": self.rejected,
+                "latencies_ms": [latency for _, latency in answered],
+                "sent_at": [sent_at for sent_at, _ in answered],  # CLOCK_MONOTONIC: one clock for all processes
                 "last_answer": max(self.answered.values(), default=None)}
 
     # -- reconnect storm -----------------------------------------------------------------------
