@@ -261,6 +261,14 @@ async def serve(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
+    import sys
+
     import uvloop
 
+    # A stored batch crosses four threads of this process (event loop -> anyio thread -> the
+    # worker pipe's reader -> back), and a thread waiting for the GIL behind a busy event loop
+    # waits a whole switch interval (5 ms by default) at each hop. Measured with
+    # bench/pipeline.py at 15,000 devices and 5,000 reports/s: 0.5 ms took the most the service
+    # answers from ~4,500 to ~6,200 reports/s and p99 from ~600 ms to ~110 ms.
+    sys.setswitchinterval(0.0005)
     uvloop.run(serve(settings))
