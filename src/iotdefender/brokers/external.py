@@ -24,6 +24,7 @@ import structlog
 from gmqtt import Client
 from gmqtt.mqtt.constants import MQTTv311
 
+from iotdefender.brokers import coalescing
 from iotdefender.brokers.gatekeeper import REPORT_TOPIC
 from iotdefender.brokers.listeners import ReportSink
 
@@ -80,6 +81,7 @@ class ExternalBroker:
         self._stopping = False
 
     def _on_connect(self, client: Client, flags: Any, rc: int, properties: Any) -> None:
+        coalescing.install(client)
         client.reconnect_delay = 1
         for topic_filter in REPORT_FILTERS:
             client.subscribe(topic_filter, qos=1)
