@@ -173,9 +173,9 @@ async def serve(settings: Settings) -> None:
 
     broker: Broker | None = None
 
-    async def publish(topic: str, payload: bytes) -> None:
+    def publish(topic: str, payload: bytes) -> None:
         assert broker is not None
-        await broker.publish(topic, payload, qos=1)
+        broker.publish_now(topic, payload, qos=1)
 
     try:
         subscriptions = load_subscriptions(settings.alert_subscriptions)

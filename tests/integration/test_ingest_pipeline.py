@@ -64,7 +64,7 @@ def run(pipeline, scenario, queue_limit: int = 10_000) -> list[tuple[str, dict[s
     store, engine, monitoring = pipeline
     replies: list[tuple[str, dict[str, Any]]] = []
 
-    async def publish(topic: str, payload: bytes) -> None:
+    def publish(topic: str, payload: bytes) -> None:
         if "+" in topic or "#" in topic:  # as MQTT clients and brokers do
             raise ValueError(f"publish topic {topic!r} contains a wildcard")
         replies.append((topic.split("/", 2)[2], orjson.loads(payload)))
@@ -105,7 +105,7 @@ def test_a_full_queue_answers_service_overloaded_and_recovers(pipeline):
     async def scenario(ingest, replies):
         store.gate.clear()  # the store stalls: reports pile up
         for n in range(20):
-            await ingest.submit(f"dev-{n}", "json", payload(1))
+            ingest.submit(f"dev-{n}", "json", payload(1))
         await until(lambda: len(replies) >= 15)
         assert {outcome(r) for _, r in replies} == {"ServiceOverloaded"}
         assert sorted(r["thingName"] for _, r in replies) == sorted(f"dev-{n}" for n in range(5, 20))
@@ -114,7 +114,7 @@ def test_a_full_queue_answers_service_overloaded_and_recovers(pipeline):
         await until(lambda: len(replies) == 20)
         assert [outcome(r) for _, r in replies[15:]] == ["ACCEPTED"] * 5
         # The refused reports did not advance their thing's order: the resend is stored.
-        await ingest.submit("dev-7", "json", payload(1))
+        ingest.submit("dev-7", "json", payload(1))
         await until(lambda: len(replies) == 21)
         assert outcome(replies[-1][1]) == "ACCEPTED"
 
@@ -126,15 +126,15 @@ def test_an_outage_answers_service_unavailable_and_the_resend_is_taken(pipeline)
 
     async def scenario(ingest, replies):
         store.down = True
-        await ingest.submit("dev-1", "json", payload(100))
+        ingest.submit("dev-1", "json", payload(100))
         await until(lambda: len(replies) == 1)
         assert outcome(replies[0][1]) == "ServiceUnavailable" and replies[0][1]["reportId"] == 100
         assert replies[0][0] == "dev-1/defender/metrics/json/rejected"
         store.down = False
-        await ingest.submit("dev-1", "json", payload(100))  # the device's retry: not stale, not a duplicate
+        ingest.submit("dev-1", "json", payload(100))  # the device's retry: not stale, not a duplicate
         await until(lambda: len(replies) == 2)
         assert outcome(replies[1][1]) == "ACCEPTED"
-        await ingest.submit("dev-1", "json", payload(100))  # now it is stored: a duplicate
+        ingest.submit("dev-1", "json", payload(100))  # now it is stored: a duplicate
         await until(lambda: len(replies) == 3)
         assert outcome(replies[2][1]) == "DuplicateReportId"
 
@@ -145,9 +145,9 @@ def test_submit_never_raises_into_the_broker(pipeline):
     """A reply that cannot be published (a wildcard in the thing name) is logged, not raised."""
 
     async def scenario(ingest, replies):
-        await ingest.submit("bad+name", "json", payload(1))
-        await ingest.submit("bad#name", "json", b"not json")
-        await ingest.submit("good", "json", payload(1))
+        ingest.submit("bad+name", "json", payload(1))
+        ingest.submit("bad#name", "json", b"not json")
+        ingest.submit("good", "json", payload(1))
         await until(lambda: len(replies) == 1)
         assert replies[0][1]["thingName"] == "good"
 
@@ -161,7 +161,7 @@ def test_one_report_the_store_refuses_costs_the_others_nothing(pipeline):
         store.poison = "dev-13"
         store.gate.clear()  # all 40 reports wait for the same batch
         for n in range(40):
-            await ingest.submit(f"dev-{n}", "json", payload(1))
+            ingest.submit(f"dev-{n}", "json", payload(1))
         store.gate.set()
         await until(lambda: len(replies) == 40)
         answers = {r["thingName"]: r for _, r in replies}
@@ -181,7 +181,7 @@ def test_an_outage_met_before_the_queue_is_answered_too(pipeline, tmp_path):
     gone = MonitoringIndex(create_engine(sqlite_url(tmp_path / "missing" / "dir")), ARN)
 
     async def scenario(ingest, replies):
-        await ingest.submit("dev-1", "json", payload(9))
+        ingest.submit("dev-1", "json", payload(9))
         await until(lambda: len(replies) == 1)
         assert outcome(replies[0][1]) == "ServiceUnavailable" and replies[0][1]["reportId"] == 9
 

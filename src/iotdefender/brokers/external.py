@@ -99,10 +99,12 @@ class ExternalBroker:
         client.reconnect_delay = min(max(client.reconnect_delay, 1) * 2, _MAX_DELAY_S)
         log.warning("external_broker_disconnected", retry_in_s=client.reconnect_delay)
 
-    async def _on_message(self, client: Client, topic: str, payload: bytes, qos: int, properties: Any) -> int:
+    def _on_message(self, client: Client, topic: str, payload: bytes, qos: int, properties: Any) -> int:
+        """Synchronous: gmqtt runs a coroutine callback as one task per message (measured: a few
+        per cent of the event loop at 5,000 reports/s), a plain function in place."""
         match = REPORT_TOPIC.match(topic)
         if match is not None:
-            await self._sink(match.group(1), match.group(2), bytes(payload))
+            self._sink(match.group(1), match.group(2), bytes(payload))
         elif self._on_other is not None:
             self._on_other(topic, bytes(payload))
         return 0

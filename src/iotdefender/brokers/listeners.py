@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
-ReportSink = Callable[[str, str, bytes], Awaitable[None]]  # (thing name, "json"|"cbor", payload)
+# (thing name, "json"|"cbor", payload): takes the report and never raises; the reply follows later.
+# Synchronous, so that the MQTT client hands each message over without a task of its own.
+ReportSink = Callable[[str, str, bytes], None]
 
 
 @dataclass(frozen=True)

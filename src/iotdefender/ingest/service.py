@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,7 @@ REJECTIONS = Counter("iotdefender_report_rejections", "Rejected device metrics r
 QUEUED = Gauge("iotdefender_ingest_queue_reports", "Reports accepted for storage and not yet answered")
 QUEUE_LIMIT = Gauge("iotdefender_ingest_queue_limit", "Reports that may wait; beyond it: ServiceOverloaded")
 
-Publisher = Callable[[str, bytes], Awaitable[None]]
+Publisher = Callable[[str, bytes], None]  # queues a PUBLISH; does not wait for it
 
 _BATCH_MAX = 1000
 _BATCH_WAIT_S = 0.002
@@ -84,7 +84,6 @@ class IngestService:
         self._outstanding = 0  # queued, being stored, or waiting for their replies
         self._health = health if health is not None else DatabaseHealth.of(engine)
         self._writer: asyncio.Task[None] | None = None
-        self._replying: set[asyncio.Task[None]] = set()  # reply tasks of committed batches
         self.store: Any = None  # batch_store.BatchStore: storage and detection of each batch
         QUEUE_LIMIT.set(queue_limit)
 
@@ -103,11 +102,11 @@ class IngestService:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
 
-    async def submit(self, thing_raw: str, encoding: str, payload: bytes) -> None:
+    def submit(self, thing_raw: str, encoding: str, payload: bytes) -> None:
         """Take one report from the transport; the reply follows asynchronously. Never raises."""
         now = self._clock()
         try:
-            await self._submit(thing_raw, encoding, payload, now)
+            self._submit(thing_raw, encoding, payload, now)
         except Exception as error:
             if is_unavailable(error):  # e.g. the monitoring snapshot could not be read: retryable
                 self._health.failed(error)
@@ -117,9 +116,9 @@ class IngestService:
                 log.exception("report_failed", thing=thing_raw, encoding=encoding)
                 rejection = ReportRejected(RejectCode.INTERNAL_ERROR,
                                            f"The report could not be processed ({type(error).__name__})")
-            await self._reject(thing_raw, encoding, payload, rejection, now)
+            self._reject(thing_raw, encoding, payload, rejection, now)
 
-    async def _submit(self, thing_raw: str, encoding: str, payload: bytes, now: float) -> None:
+    def _submit(self, thing_raw: str, encoding: str, payload: bytes, now: float) -> None:
         thing = thing_raw
         try:
             thing = check_thing_name(thing_raw)
@@ -130,14 +129,14 @@ class IngestService:
                                      f"The service has {self._outstanding} reports waiting to be stored; "
                                      "retry later", report.report_id)
         except ReportRejected as rejection:
-            await self._reject(thing, encoding, payload, rejection, now)
+            self._reject(thing, encoding, payload, rejection, now)
             return
         self._order.queued(thing, report.report_id, now)
         self._outstanding += 1
         QUEUED.set(self._outstanding)
         self._queue.put_nowait(_Accepted(thing, encoding, report, now))
 
-    async def _reject(self, thing: str, encoding: str, payload: bytes, rejection: ReportRejected,
+    def _reject(self, thing: str, encoding: str, payload: bytes, rejection: ReportRejected,
                       now: float) -> None:
         """Count, log and answer one rejection; a reply that cannot be built or sent is logged."""
         try:
@@ -150,7 +149,7 @@ class IngestService:
                 return  # there is no valid thing topic to answer on
             body = reply_payload(thing, encoding, report_id, int(now * 1000),
                                  (rejection.code.value, rejection.message))
-            await self._publish(reply_topic(thing, encoding, accepted=False), body)
+            self._publish(reply_topic(thing, encoding, accepted=False), body)
         except Exception:
             log.exception("reply_failed", thing=thing)
 
@@ -171,11 +170,9 @@ class IngestService:
             except Exception as error:  # isolation itself failed: answer everyone, lose nothing silently
                 log.exception("report_batch_failed", reports=len(batch))
                 outcome = Isolated(failed={i: error for i in range(len(batch))})
-            # The next batch goes to the store while this one's replies are being sent: the store
-            # (a separate process by default) does not sit idle during the replies.
-            replies = asyncio.create_task(self._answer(batch, outcome))
-            self._replying.add(replies)
-            replies.add_done_callback(self._replying.discard)
+            # The replies go out in the next loop iteration, once the next batch is on its way to
+            # the store: the store (a separate process by default) does not sit idle during them.
+            asyncio.get_running_loop().call_soon(self._answer, batch, outcome)
 
     def _commit(self, batch: list[_Accepted]) -> Isolated[Any]:
         """The batch in as few transactions (BatchStore) as its failures allow."""
@@ -188,7 +185,7 @@ class IngestService:
             self._health.succeeded()
         return outcome
 
-    async def _answer(self, batch: list[_Accepted], outcome: Isolated[Any]) -> None:
+    def _answer(self, batch: list[_Accepted], outcome: Isolated[Any]) -> None:
         stored = set(outcome.stored)
         for index, item in enumerate(batch):
             try:
@@ -197,9 +194,9 @@ class IngestService:
                     REPORTS.labels("accepted").inc()
                     body = reply_payload(item.thing, item.encoding, item.report.report_id,
                                          int(self._clock() * 1000))
-                    await self._publish(reply_topic(item.thing, item.encoding, accepted=True), body)
+                    self._publish(reply_topic(item.thing, item.encoding, accepted=True), body)
                 else:
-                    await self._reject(item.thing, item.encoding, b"", self._not_stored(item, index, outcome),
+                    self._reject(item.thing, item.encoding, b"", self._not_stored(item, index, outcome),
                                        self._clock())
             except Exception:  # a reply that cannot be sent is lost like any QoS 0/1 message in flight
                 log.exception("reply_failed", thing=item.thing)

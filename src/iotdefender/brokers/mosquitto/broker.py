@@ -215,8 +215,12 @@ class MosquittoBroker:
 
     # -- the adapter's interface ----------------------------------------------------------------
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        self.publish_now(topic, payload, qos)
+
+    def publish_now(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Queue a PUBLISH on the service's connection (does not wait for its acknowledgement)."""
         assert self._client is not None
-        await self._client.publish(topic, payload, qos=qos)
+        self._client.publish_now(topic, payload, qos=qos)
 
     async def disconnect(self, client_id: str) -> None:
         """Close the device's connection now; it may reconnect."""
