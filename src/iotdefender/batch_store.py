@@ -52,6 +52,9 @@ EventSummary = tuple[str, str, str]  # (event type, profile, behavior): what the
 
 
 class BatchStore(Protocol):
+    # How many batches ingest may have in flight at once (calls from as many threads).
+    pipeline_depth: int
+
     def store_batch(self, items: Sequence[BatchItem]) -> list[EventSummary]: ...
 
     def sweep(self, now: float) -> list[EventSummary]: ...
@@ -69,6 +72,8 @@ def _summaries(pending: PendingDetection | None) -> list[EventSummary]:
 
 class LocalBatchStore:
     """The transaction in this process; detection's after-commit effects happen here too."""
+
+    pipeline_depth = 1  # one transaction at a time: the engine's state is this process's
 
     def __init__(self, engine: Engine, monitoring: MonitoringIndex, detection: DetectionService) -> None:
         self.engine = engine
@@ -215,6 +220,10 @@ class _Call:
 
 class WorkerBatchStore:
     """Runs LocalBatchStore in a child process; thread-safe; blocks the calling thread per call."""
+
+    # The child takes requests one after another from its pipe: a second batch sent while the
+    # first is being stored waits there, so the child never idles between batches.
+    pipeline_depth = 2
 
     START_TIMEOUT_S = 60.0
 

@@ -31,6 +31,8 @@ ARN = "arn:aws:iot:us-east-1:123456789012:"
 class Gated:
     """The real store behind a gate the test opens, or an outage the test switches on."""
 
+    pipeline_depth = 1
+
     def __init__(self, store: LocalBatchStore) -> None:
         self.store = store
         self.gate = threading.Event()
@@ -186,3 +188,58 @@ def test_an_outage_met_before_the_queue_is_answered_too(pipeline, tmp_path):
         assert outcome(replies[0][1]) == "ServiceUnavailable" and replies[0][1]["reportId"] == 9
 
     run((store, engine, gone), scenario)
+
+
+class Pipelined:
+    """A store that takes two batches at once (as the detection worker does) and records, for each
+    batch, which things were in the other batch in flight at the same time."""
+
+    pipeline_depth = 2
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_flight: list[set[str]] = []
+        self.stored: list[tuple[str, int]] = []  # (thing, report id) in commit order
+        self.overlaps: list[set[str]] = []
+        self.most_in_flight = 0
+
+    def store_batch(self, items: Sequence[BatchItem]) -> Any:
+        things = {item[0] for item in items}
+        with self.lock:
+            for other in self.in_flight:
+                self.overlaps.append(things & other)
+            self.in_flight.append(things)
+            self.most_in_flight = max(self.most_in_flight, len(self.in_flight))
+        time.sleep(0.02)
+        with self.lock:
+            self.in_flight.remove(things)
+            self.stored += [(item[0], item[3]) for item in items]
+        return []
+
+
+def test_two_batches_in_flight_never_share_a_thing_and_keep_its_order(pipeline):
+    _, engine, monitoring = pipeline
+    store = Pipelined()
+    replies: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        ingest = IngestService(engine, monitoring, lambda topic, body: replies.append(orjson.loads(body)),
+                               report_min_interval=0.0)
+        ingest.store = store
+        await ingest.start()
+        sent = {n: 0 for n in range(20)}
+        for wave in range(40):  # 6 of 20 things per wave, a window that slides: some in flight, some not
+            for n in ((wave * 3 + k) % 20 for k in range(6)):
+                sent[n] += 1
+                ingest.submit(f"dev-{n}", "json", payload(sent[n]))
+            await asyncio.sleep(0.004)
+        await until(lambda: len(replies) == 240)
+        await ingest.stop()
+
+    asyncio.run(main())
+    assert store.most_in_flight == 2  # the store was given a second batch while storing one
+    assert all(not shared for shared in store.overlaps)
+    for n in range(20):
+        ids = [rid for thing, rid in store.stored if thing == f"dev-{n}"]
+        assert ids == list(range(1, len(ids) + 1)) and len(ids) == 12
+    assert {outcome(r) for r in replies} == {"ACCEPTED"}

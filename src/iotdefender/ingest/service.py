@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,7 @@ class IngestService:
         self._outstanding = 0  # queued, being stored, or waiting for their replies
         self._health = health if health is not None else DatabaseHealth.of(engine)
         self._writer: asyncio.Task[None] | None = None
+        self._in_flight_things: set[str] = set()  # things with a report in a batch being stored
         self.store: Any = None  # batch_store.BatchStore: storage and detection of each batch
         QUEUE_LIMIT.set(queue_limit)
 
@@ -154,25 +156,73 @@ class IngestService:
             log.exception("reply_failed", thing=thing)
 
     async def _write_loop(self) -> None:
+        """Batches to the store, up to the store's ``pipeline_depth`` at a time.
+
+        The detection worker stores one batch after another; with only one batch in flight it
+        sat idle while the previous batch's result travelled back and the next was formed
+        (measured: busy about 40% of the time at 5,000 reports/s). With two in flight, the next
+        batch waits in the pipe. Per-thing order is kept by never letting a thing be in two
+        batches in flight: a report whose thing is in flight is held, with every later report
+        of that thing, until that batch is answered.
+        """
+        depth = max(1, self.store.pipeline_depth)
+        in_flight: deque[asyncio.Task[None]] = deque()
+        held: list[_Accepted] = []
+        loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            deadline = asyncio.get_running_loop().time() + _BATCH_WAIT_S
+            while in_flight and in_flight[0].done():
+                in_flight.popleft()
+            if len(in_flight) >= depth:
+                await in_flight.popleft()
+                continue
+            batch: list[_Accepted] = []
+            blocked: set[str] = set()
+            waiting, held = held, []
+            for item in waiting:
+                self._admit(item, batch, held, blocked)
+            if not batch:
+                getter = asyncio.ensure_future(self._queue.get())
+                if held and in_flight:  # what is held waits for its batch: or a new report comes first
+                    done, _ = await asyncio.wait((getter, in_flight[0]), return_when=asyncio.FIRST_COMPLETED)
+                    if getter not in done:
+                        getter.cancel()  # asyncio.Queue.get leaves its item in the queue when cancelled
+                        await asyncio.gather(getter, return_exceptions=True)
+                        if not getter.cancelled():  # it had taken an item after all: the newest one
+                            held.append(getter.result())
+                        continue
+                self._admit(await getter, batch, held, blocked)
+                if not batch:
+                    continue
+            deadline = loop.time() + _BATCH_WAIT_S
             while len(batch) < _BATCH_MAX:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    self._admit(self._queue.get_nowait(), batch, held, blocked)
                 except asyncio.QueueEmpty:
-                    remaining = deadline - asyncio.get_running_loop().time()
+                    remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
                     await asyncio.sleep(min(remaining, 0.0005))
-            try:
-                outcome = await anyio.to_thread.run_sync(self._commit, batch)
-            except Exception as error:  # isolation itself failed: answer everyone, lose nothing silently
-                log.exception("report_batch_failed", reports=len(batch))
-                outcome = Isolated(failed={i: error for i in range(len(batch))})
-            # The replies go out in the next loop iteration, once the next batch is on its way to
-            # the store: the store (a separate process by default) does not sit idle during them.
-            asyncio.get_running_loop().call_soon(self._answer, batch, outcome)
+            things = {item.thing for item in batch}
+            self._in_flight_things |= things
+            in_flight.append(asyncio.create_task(self._store(batch, things)))
+
+    def _admit(self, item: _Accepted, batch: list[_Accepted], held: list[_Accepted], blocked: set[str]) -> None:
+        """Into the batch, or held behind its thing's batch in flight (or its thing's held report)."""
+        if item.thing in self._in_flight_things or item.thing in blocked:
+            held.append(item)
+            blocked.add(item.thing)
+        else:
+            batch.append(item)
+
+    async def _store(self, batch: list[_Accepted], things: set[str]) -> None:
+        try:
+            outcome = await anyio.to_thread.run_sync(self._commit, batch)
+        except Exception as error:  # isolation itself failed: answer everyone, lose nothing silently
+            log.exception("report_batch_failed", reports=len(batch))
+            outcome = Isolated(failed={i: error for i in range(len(batch))})
+        finally:
+            self._in_flight_things -= things
+        self._answer(batch, outcome)
 
     def _commit(self, batch: list[_Accepted]) -> Isolated[Any]:
         """The batch in as few transactions (BatchStore) as its failures allow."""
