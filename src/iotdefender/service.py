@@ -201,7 +201,8 @@ async def serve(settings: Settings) -> None:
     else:
         listeners = ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
                                      settings.mqtt_cert, settings.mqtt_key)
-        broker = MosquittoBroker(listeners, gatekeeper, ingest.submit, settings.mqtt_password_file)
+        broker = MosquittoBroker(listeners, gatekeeper, ingest.submit, settings.mqtt_password_file,
+                                 runtime_dir=Path(settings.data_dir) / "mosquitto")
         mqtt_endpoint = f"mqtt://{settings.host}:{settings.mqtt_port}"
     nats_reader = None
     if settings.nats_events_url is not None:

@@ -41,6 +41,11 @@ def test_mosquitto_dies_with_the_service_on_kill_9(tmp_path):
         assert svc.process is not None
         brokers = children(svc.process.pid)
         assert len(brokers) == 1
+        # Its configuration (which holds the service's secret) lives in the data directory, 0700:
+        # a killed service leaves nothing behind elsewhere, and the next start rewrites it.
+        runtime = tmp_path / "mosquitto"
+        assert (runtime / "mosquitto.conf").exists() and runtime.stat().st_mode & 0o777 == 0o700
+        assert f"{runtime}/mosquitto.conf" in Path(f"/proc/{brokers[0]}/cmdline").read_bytes().decode()
     finally:
         svc.kill9()
     deadline = time.time() + 5

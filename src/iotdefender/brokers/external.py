@@ -90,7 +90,7 @@ class ExternalBroker:
         self._connected.set()
         if self._on_connected is not None:
             self._on_connected()
-        log.info("external_broker_connected", host=self._url.host, port=self._url.port)
+        log.info("mqtt_client_connected", host=self._url.host, port=self._url.port, client_id=self.client_id)
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
         self._connected.clear()

@@ -76,7 +76,11 @@ class MosquittoBroker:
     """Start/stop Mosquitto with the plugin, publish replies, disconnect or refuse a device."""
 
     def __init__(self, listeners: ListenerSettings, gatekeeper: Gatekeeper, sink: ReportSink,
-                 password_file: Path | None = None, cache_dir: Path | None = None) -> None:
+                 password_file: Path | None = None, cache_dir: Path | None = None,
+                 runtime_dir: Path | None = None) -> None:
+        """``runtime_dir`` holds mosquitto.conf (with the service's secret, so mode 0700): the data
+        directory's ``mosquitto/`` for the service, rewritten at each start, so that a killed
+        service leaves nothing behind in /tmp; a temporary directory when not given."""
         self._listeners = listeners
         self._gatekeeper = gatekeeper
         self._sink = sink
@@ -86,7 +90,8 @@ class MosquittoBroker:
         self._secret = secrets.token_urlsafe(32)
         self._refused: set[str] = set()
         self._process: subprocess.Popen[bytes] | None = None
-        self._runtime: Path | None = None
+        self._runtime: Path | None = runtime_dir
+        self._temporary_runtime = runtime_dir is None
         self._client: ExternalBroker | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
@@ -103,7 +108,11 @@ class MosquittoBroker:
                 check_port_free(self._listeners.host, port)
         library = await anyio.to_thread.run_sync(plugin_library, self._cache_dir)
         limit = raise_open_file_limit()
-        self._runtime = Path(tempfile.mkdtemp(prefix="iotdefender-mosquitto-"))  # mode 0700: holds the secret
+        if self._runtime is None:
+            self._runtime = Path(tempfile.mkdtemp(prefix="iotdefender-mosquitto-"))  # mode 0700: holds the secret
+        else:
+            self._runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._runtime.chmod(0o700)
         config = self._runtime / "mosquitto.conf"
         config.write_text(render_config(self._listeners, PluginOptions(
             library=library, service_id=self.client_id, service_secret=self._secret, auth=self._gatekeeper.auth,
@@ -139,7 +148,10 @@ class MosquittoBroker:
             except subprocess.TimeoutExpired:
                 process.kill()
         if self._runtime is not None:
-            shutil.rmtree(self._runtime, ignore_errors=True)
+            if self._temporary_runtime:
+                shutil.rmtree(self._runtime, ignore_errors=True)
+            else:
+                (self._runtime / "mosquitto.conf").unlink(missing_ok=True)
 
     def _spawn(self, executable: str, config: Path) -> None:
         """Started from the event loop's thread, which lives as long as the service: PR_SET_PDEATHSIG
