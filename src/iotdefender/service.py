@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -262,8 +263,6 @@ async def serve(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
-    import sys
-
     import uvloop
 
     # A stored batch crosses four threads of this process (event loop -> anyio thread -> the

@@ -55,7 +55,7 @@ def parse_broker_url(url: str) -> BrokerUrl:
 
 
 class ExternalBroker:
-    """Broker adapter over a client connection (start, stop, publish), also used by ``MosquittoBroker``."""
+    """Broker adapter over a client connection (start, stop, publish_now), also used by ``MosquittoBroker``."""
 
     def __init__(self, url: BrokerUrl, sink: ReportSink, ca_file: str | None = None,
                  client_id: str | None = None, other_filters: tuple[str, ...] = (),
@@ -120,9 +120,6 @@ class ExternalBroker:
         self._stopping = True  # our own DISCONNECT is not worth a warning
         self._client.stop_reconnect()
         await self._client.disconnect()
-
-    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        self.publish_now(topic, payload, qos)
 
     def publish_now(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Queue a PUBLISH on the connection (gmqtt does not wait for the acknowledgement)."""

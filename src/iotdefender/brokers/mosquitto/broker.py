@@ -226,9 +226,6 @@ class MosquittoBroker:
             self._control("refuse", client_id)
 
     # -- the adapter's interface ----------------------------------------------------------------
-    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        self.publish_now(topic, payload, qos)
-
     def publish_now(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Queue a PUBLISH on the service's connection (does not wait for its acknowledgement)."""
         assert self._client is not None
