@@ -58,12 +58,15 @@ class ExternalBroker:
     """Broker adapter over a client connection (start, stop, publish_now), also used by ``MosquittoBroker``."""
 
     def __init__(self, url: BrokerUrl, sink: ReportSink, ca_file: str | None = None,
-                 client_id: str | None = None, other_filters: tuple[str, ...] = (),
+                 client_id: str | None = None, report_filters: tuple[str, ...] = REPORT_FILTERS,
+                 other_filters: tuple[str, ...] = (),
                  on_other: Callable[[str, bytes], None] | None = None,
                  on_connected: Callable[[], None] | None = None) -> None:
         """``other_filters`` are subscribed too, their messages go to ``on_other``; ``on_connected``
-        runs on every (re)connection (the default broker uses both for its plugin's channel)."""
+        runs on every (re)connection (the default broker uses both for its plugin's channel, which
+        also carries the reports, so it subscribes to no ``report_filters``)."""
         self._url = url
+        self._report_filters = report_filters
         self._sink = sink
         self._other_filters = other_filters
         self._on_other = on_other
@@ -83,7 +86,7 @@ class ExternalBroker:
     def _on_connect(self, client: Client, flags: Any, rc: int, properties: Any) -> None:
         coalescing.install(client)
         client.reconnect_delay = 1
-        for topic_filter in REPORT_FILTERS:
+        for topic_filter in self._report_filters:
             client.subscribe(topic_filter, qos=1)
         for topic_filter in self._other_filters:
             client.subscribe(topic_filter, qos=0)

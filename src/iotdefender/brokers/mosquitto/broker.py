@@ -2,9 +2,10 @@
 
 Mosquitto runs as a supervised child of the service, configured by config.py and governed by
 defender_plugin.c (identity, ACL, refusals, broker events). The service is one more MQTT client of
-it (``ExternalBroker``, gmqtt), logged in with a random secret made at each start: it subscribes to
-the report topics, publishes the replies, receives the plugin's event batches on a topic only it
-can read, and sends control commands (disconnect, refuse, allow a device) on one only it can write.
+it (``ExternalBroker``, gmqtt), logged in with a random secret made at each start: it receives the
+reports and the plugin's event batches on topics only it can read, sends the replies as batches the
+plugin publishes (frames.py), and sends control commands (disconnect, refuse, allow a device) on a
+topic only it can write.
 
 Why a child process and not a system service: ``make run`` and the tests need a broker with this
 plugin and these listeners and nothing else; the child dies with the service (PR_SET_PDEATHSIG) and
@@ -36,12 +37,15 @@ from iotdefender.brokers.listeners import ListenerSettings, ReportSink
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable, default_cache_dir, mosquitto_executable, plugin_library
 from iotdefender.brokers.mosquitto.config import PluginOptions, render_config
 from iotdefender.brokers.mosquitto.events import apply_events
+from iotdefender.brokers.mosquitto.frames import ReplyBatcher, decode_reports
 from iotdefender.child_process import die_with_parent
 
 log = structlog.get_logger("iotdefender.broker.mosquitto")
 
 EVENTS_TOPIC = "$iotdefender/events"
 CONTROL_TOPIC = "$iotdefender/control"
+REPORTS_TOPIC = "$iotdefender/reports"
+REPLIES_TOPIC = "$iotdefender/replies"
 _READY_TIMEOUT_S = 15.0
 _WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
@@ -93,6 +97,7 @@ class MosquittoBroker:
         self._runtime: Path | None = runtime_dir
         self._temporary_runtime = runtime_dir is None
         self._client: ExternalBroker | None = None
+        self._replies: ReplyBatcher | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
         self._output: collections.deque[str] = collections.deque(maxlen=20)
@@ -124,8 +129,11 @@ class MosquittoBroker:
         host = _WILDCARD_HOSTS.get(self._listeners.host, self._listeners.host)
         self._client = ExternalBroker(
             BrokerUrl(host, self._listeners.port, False, self.client_id, self._secret), self._sink,
-            client_id=self.client_id, other_filters=(EVENTS_TOPIC,), on_other=self._on_plugin_message,
-            on_connected=self._resend_refusals)
+            client_id=self.client_id, report_filters=(), other_filters=(EVENTS_TOPIC, REPORTS_TOPIC),
+            on_other=self._on_plugin_message, on_connected=self._resend_refusals)
+        client = self._client
+        self._replies = ReplyBatcher(asyncio.get_running_loop(),
+                                     lambda batch: client.publish_now(REPLIES_TOPIC, batch, qos=0))
         await self._client.start()
         self._watcher = asyncio.create_task(self._supervise(executable, config), name="mosquitto-supervisor")
         log.info("mosquitto_started", pid=self._process.pid if self._process else None, open_file_limit=limit,
@@ -212,7 +220,10 @@ class MosquittoBroker:
 
     # -- the plugin's channel -------------------------------------------------------------------
     def _on_plugin_message(self, topic: str, payload: bytes) -> None:
-        if topic == EVENTS_TOPIC:
+        if topic == REPORTS_TOPIC:
+            for thing, encoding, report in decode_reports(payload):
+                self._sink(thing, encoding, report)
+        elif topic == EVENTS_TOPIC:
             apply_events(payload, self._gatekeeper.observer, self._gatekeeper)
 
     def _control(self, verb: str, client_id: str) -> None:
@@ -227,9 +238,10 @@ class MosquittoBroker:
 
     # -- the adapter's interface ----------------------------------------------------------------
     def publish_now(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Queue a PUBLISH on the service's connection (does not wait for its acknowledgement)."""
-        assert self._client is not None
-        self._client.publish_now(topic, payload, qos=qos)
+        """Queue a PUBLISH; the plugin publishes it with the others of this event-loop iteration."""
+        if self._replies is None:
+            raise RuntimeError("the broker is not started")
+        self._replies.add(topic, payload, qos)
 
     async def disconnect(self, client_id: str) -> None:
         """Close the device's connection now; it may reconnect."""

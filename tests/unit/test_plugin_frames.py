@@ -1,0 +1,68 @@
+"""The report and reply batches exchanged with the Mosquitto plugin (length-prefixed frames)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import threading
+
+from iotdefender.brokers.mosquitto.frames import ReplyBatcher, decode_reports, encode_reply
+
+
+def report_frame(encoding: bytes, thing: str, payload: bytes) -> bytes:
+    name = thing.encode()
+    return struct.pack(">cHI", encoding, len(name), len(payload)) + name + payload
+
+
+def test_reports_keep_every_byte_and_their_encoding():
+    cbor = bytes([0xA1, 0x00, 0x00, 0xFF, 0x0A])  # NULs and newlines are payload, not separators
+    batch = report_frame(b"j", "cam-1", b'{"hed":{}}') + report_frame(b"c", "thermostat-é", cbor)
+    assert list(decode_reports(batch)) == [("cam-1", "json", b'{"hed":{}}'), ("thermostat-é", "cbor", cbor)]
+
+
+def test_a_truncated_last_frame_is_dropped_and_the_others_kept():
+    whole = report_frame(b"j", "a", b"{}")
+    cut = report_frame(b"j", "b", b'{"x":1}')[:-2]
+    assert list(decode_reports(whole + cut)) == [("a", "json", b"{}")]
+    assert list(decode_reports(b"")) == []
+
+
+def test_reply_frame_layout():
+    frame = encode_reply("$aws/things/é/defender/metrics/json/accepted", b"{}", 1)
+    topic = "$aws/things/é/defender/metrics/json/accepted".encode()
+    assert frame == struct.pack(">BHI", 1, len(topic), 2) + topic + b"{}"
+
+
+def test_replies_of_one_loop_iteration_leave_as_one_message():
+    sent: list[bytes] = []
+
+    async def scenario() -> None:
+        batcher = ReplyBatcher(asyncio.get_running_loop(), sent.append)
+        batcher.add("t/1", b"a", 1)
+        batcher.add("t/2", b"b", 1)
+        assert sent == []  # nothing leaves before the iteration ends
+        await asyncio.sleep(0)
+        assert sent == [encode_reply("t/1", b"a", 1) + encode_reply("t/2", b"b", 1)]
+        batcher.add("t/3", b"c", 0)
+        await asyncio.sleep(0)
+        assert sent[1:] == [encode_reply("t/3", b"c", 0)]
+
+    asyncio.run(scenario())
+
+
+def test_a_reply_from_another_thread_wakes_the_loop():
+    sent: list[bytes] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        batcher = ReplyBatcher(loop, sent.append)
+        thread = threading.Thread(target=batcher.add, args=("t/x", b"z", 1))
+        thread.start()
+        thread.join()
+        for _ in range(100):
+            if sent:
+                break
+            await asyncio.sleep(0.01)
+        assert sent == [encode_reply("t/x", b"z", 1)]
+
+    asyncio.run(scenario())
