@@ -6,12 +6,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
+.DEFAULT_GOAL := help
 
-.PHONY: run test test-unit system-deps broker-deps demo bench bench-pipeline bench-quick clean durability
+help: ## list the targets
+	@awk -F':.*## ' '/^[a-z][a-z.-]*:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+.PHONY: help run test test-unit system-deps broker-deps demo bench bench-pipeline bench-quick clean durability
 
 # The default MQTT broker: Mosquitto and what its plugin is compiled with (headers, libargon2 for
 # $argon2 passwords, OpenSSL for certificate names, a C compiler). Installed only when missing.
-broker-deps:
+broker-deps: ## install Mosquitto and what its plugin is compiled with (apt-get, when missing)
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	[ -f /usr/include/mosquitto_broker.h ] || missing="$$missing mosquitto-dev"; \
@@ -29,13 +33,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP) broker-deps
+run: $(STAMP) broker-deps ## set up .venv and start the service on its defaults (ARGS='...' for flags)
 	$(BIN)/iotdefender serve $(ARGS)
 
 # Test-only system packages: PostgreSQL server binaries for the storage tests, Mosquitto and
 # nats-server for the broker tests, Chromium for the console's browser tests (Playwright drives
 # Debian's build; it never downloads a browser). Installed only when missing, as a user's fresh machine would need.
-system-deps:
+system-deps: ## install the test-only Debian packages (PostgreSQL, Mosquitto, nats-server, Chromium)
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -46,16 +50,16 @@ system-deps:
 		echo "installing with apt-get:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 
-test: $(STAMP) system-deps broker-deps
+test: $(STAMP) system-deps broker-deps ## set up and run the whole test suite (ARGS='tests/unit' for a part)
 	$(BIN)/ruff check --select F,E9 src tests bench
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) ## run the unit tests only
 	$(BIN)/python -m pytest -q tests/unit $(ARGS)
 
 # The durability and hostile-input tests on their own, with their figures (docs/durability.md):
 # kill -9 under load and PostgreSQL stopped under load, the live MQTT fuzz and the parser fuzz.
-durability: $(STAMP) system-deps broker-deps
+durability: $(STAMP) system-deps broker-deps ## kill -9 and PostgreSQL outages under load, the MQTT and parser fuzz, with their figures
 	rm -f durability.jsonl
 	IOTDEFENDER_DURABILITY_OUT=durability.jsonl $(BIN)/python -m pytest -q -s -p no:cacheprovider \
 		tests/e2e/test_durability.py tests/e2e/test_ingest_hardening.py tests/unit/test_report_parser.py \
@@ -63,11 +67,11 @@ durability: $(STAMP) system-deps broker-deps
 	@cat durability.jsonl
 
 # The service, a sample profile and a simulated fleet with misbehaving devices (about 90 s).
-demo: $(STAMP) broker-deps
+demo: $(STAMP) broker-deps ## the service, a sample profile and a simulated fleet with misbehaving devices
 	$(BIN)/iotdefender demo
 
 # Benchmarks write JSON with the machine and the command to bench/results/ (bench/README.md).
-bench: $(STAMP) system-deps broker-deps
+bench: $(STAMP) system-deps broker-deps ## every benchmark (results in bench/results/)
 	$(BIN)/python bench/control_plane.py
 	$(MAKE) bench-pipeline
 	$(BIN)/python bench/pipeline.py --broker mosquitto --devices 5000
@@ -78,13 +82,13 @@ bench: $(STAMP) system-deps broker-deps
 	$(BIN)/python bench/console.py
 
 # The fleet pipeline on the default broker of `iotdefender serve`, at 5,000 and 15,000 devices.
-bench-pipeline: $(STAMP) system-deps broker-deps
+bench-pipeline: $(STAMP) system-deps broker-deps ## the fleet pipeline benchmark at 5,000 and 15,000 devices
 	$(BIN)/python bench/pipeline.py --broker embedded --devices 5000
 	$(BIN)/python bench/pipeline.py --broker embedded --devices 15000
 
 # A reduced fleet run (1,500 devices, < 90 s) printing one JSON line.
-bench-quick: $(STAMP) system-deps broker-deps
+bench-quick: $(STAMP) system-deps broker-deps ## a reduced fleet run (1,500 devices, < 90 s), one JSON line
 	@$(BIN)/python bench/pipeline.py --broker embedded --quick
 
-clean:
+clean: ## remove .venv and the data directories
 	rm -rf $(VENV) data demo-data demo-data.log durability.jsonl

@@ -128,6 +128,11 @@ def test_backtest_command_line(replayed):
     assert text.returncode == 0, text.stderr
     assert "few-ports (vectorised)" in text.stdout and "<- current" in text.stdout
     assert "threshold {\"count\": 5}: 0 devices" in text.stdout
+    mistyped = subprocess.run([sys.executable, "-m", "iotdefender", "backtest", "--endpoint-url", svc.endpoint,
+                               "--security-profile-name", "live", "--start", str(start), "--end", str(end),
+                               "--threshold", "Nope=1,2"], env={**os.environ, **env}, capture_output=True,
+                              text=True, timeout=120)
+    assert mistyped.returncode == 2 and "Nope" in mistyped.stderr and "few-ports" in mistyped.stderr, mistyped.stderr
 
 
 def test_bad_backtest_requests_get_aws_shaped_errors(replayed):

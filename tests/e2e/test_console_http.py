@@ -84,7 +84,7 @@ def test_writes_need_the_csrf_token(service):
     "/console/metrics?metric=aws:num-listening-tcp-ports&range=7d", "/console/things?prefix=%25_&after=zzz",
     "/console/things/%3Cscript%3Ealert(1)%3C%2Fscript%3E", "/console/profiles/no-such-profile",
     "/console/api/backtests/nope", "/console/api/violations/nope/evidence", "/console/backtest?profile=missing",
-    "/console/things/" + "x" * 200,
+    "/console/things/" + "x" * 200, "/console/violations?view=bogus",
 ])
 def test_odd_queries_get_answers_not_failures(service, path):
     client, _ = logged_in(service)
@@ -207,3 +207,30 @@ def test_failed_logins_and_console_writes_are_logged(service):
                and "303" in line for line in lines)
     assert any("console_write_refused" in line and "csrf" in line for line in lines)
     assert any("console_login_failed" in line and "AKIDLOGGED0000000000" in line for line in lines)
+
+
+def test_rough_edges_over_http(service):
+    """A cleared description is cleared; an unknown view is a 400; a mistyped device is a 404;
+    thresholds for a behavior the backtest does not have are refused (console and API alike)."""
+    client, token = logged_in(service)
+    iot = service.client()
+    iot.create_security_profile(securityProfileName="described", securityProfileDescription="to be cleared")
+    version = iot.describe_security_profile(securityProfileName="described")["version"]
+    saved = client.post("/console/profiles/described", data={"description": "", "behaviors": "[]",
+                                                             "version": str(version), "csrf": token})
+    assert saved.status_code == 303
+    assert iot.describe_security_profile(securityProfileName="described").get("securityProfileDescription", "") == ""
+
+    bogus = client.get("/console/violations?view=bogus")
+    assert bogus.status_code == 400 and "Unknown view" in bogus.text
+    missing = client.get("/console/things/no-such-devicee")
+    assert missing.status_code == 404 and "no-such-devicee" in missing.text
+    device = Device(service.mqtt_port, "edge-http-device")  # unregistered, but it reports: it exists
+    assert device.report(report(1, [22]))[0] == "json/accepted"
+    device.close()
+    assert client.get("/console/things/edge-http-device").status_code == 200
+
+    refused = client.post("/console/api/backtests", headers={"x-csrf-token": token},
+                          json={"behaviors": [FEW_PORTS], "thresholds": {"Nope": [1, 2]}})
+    assert refused.status_code == 400
+    assert "Nope" in refused.json()["message"] and "few-ports" in refused.json()["message"]

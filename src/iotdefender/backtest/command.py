@@ -82,7 +82,7 @@ def print_summary(result: dict[str, Any], out: TextIO) -> None:
         out.write(f"\n{b['behaviorName']} ({b['method']}): {b['datapoints']} datapoints, "
                   f"{b['devicesInAlarm']} of {b['devicesEvaluated']} devices would alarm, {b['alarms']} alarms, "
                   f"{b['cleared']} cleared, {b['invalidated']} invalidated, {b['activeAtEnd']} active at the end; "
-                  f"first alarm {_when(b['firstAlarm'])}\n")
+                  + ("no alarm\n" if b["firstAlarm"] is None else f"first alarm {_when(b['firstAlarm'])} UTC\n"))
         if b.get("note"):
             out.write(f"  note: {b['note']}\n")
         for row in b["sweep"]:

@@ -110,6 +110,11 @@ def resolve_request(ctx: ServiceContext, monitoring: MonitoringIndex, spec: Any,
             isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
             for v in thresholds.values()):
         raise invalid_request("thresholds must map behavior names to lists of numbers")
+    names = [str(b.get("name")) for b in behaviors]
+    unknown = sorted(set(thresholds) - set(names))
+    if unknown:  # a mistyped name would otherwise sweep nothing, silently
+        raise invalid_request(f"thresholds name behaviors that are not in this backtest: {', '.join(unknown)} "
+                              f"(its behaviors: {', '.join(names) or 'none'})")
     wanted = set(targets)
     everything = ctx.arn("all/things") in wanted
 

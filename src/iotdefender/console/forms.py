@@ -83,7 +83,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
     def save(values: dict[str, Any], creating: bool) -> None:
         behaviors = _behaviors(values["behaviors"])
         params: dict[str, Any] = {"securityProfileName": values["name"], "behaviors": behaviors}
-        if values["description"]:
+        if values["description"] or not creating:  # an emptied description is cleared, not kept
             params["securityProfileDescription"] = values["description"]
         if values["alert_topic"] or values["alert_role"]:
             params["alertTargets"] = {"SNS": {"alertTargetArn": values["alert_topic"],

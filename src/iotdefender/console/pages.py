@@ -123,6 +123,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             series: dict[str, list[list[float]]] = {}
             other: dict[str, Any] = {}
             with console.engine.connect() as conn:
+                last_report = insights.last_report_at(conn, name)
                 for key in sorted(console.monitoring.retained_metrics(name)):
                     rows = metric_values.series_page(conn, name, key, start, end, None, 2000)
                     for _, ts, value in rows:
@@ -136,13 +137,17 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             except ApiError:
                 described = None
             return {"profiles": profiles, "active": active, "events": events, "series": series,
-                    "other": other, "described": described, "targets": console.monitoring.targets_of(name)}
+                    "other": other, "described": described, "targets": console.monitoring.targets_of(name),
+                    "last_report": last_report}
 
         try:
             data = await sync(read)
         except ApiError as error:  # a name no device can have (too long, ...): say so, do not fail
             return console.render(request, "message.html", status_code=error.status, title="Device",
                                   message=f"{error.code}: {error.message}")
+        if data["described"] is None and data["last_report"] is None and not (data["active"] or data["events"]):
+            return console.render(request, "message.html", status_code=404, title="Device",
+                                  message=f"No device named {name!r}: it is not registered and never reported.")
         return console.render(request, "thing.html", name=name, range_name=range_name, ranges=list(RANGES),
                               series_json=orjson.dumps(data["series"]).decode(), **data)
 
@@ -178,6 +183,9 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
     async def violations(request: Request) -> Response:
         q = request.query_params
         view = q.get("view", "active")
+        if view not in ("active", "history"):
+            return console.render(request, "message.html", status_code=400, title="Violations",
+                                  message=f"Unknown view {view!r}: use active or history.")
         filters: dict[str, Any] = {"maxResults": PAGE_SIZE}
         for param, field in (("thing", "thingName"), ("profile", "securityProfileName"),
                              ("verification", "verificationState"), ("criteria", "behaviorCriteriaType")):

@@ -16,12 +16,20 @@ from iotdefender.ingest.report import RejectCode, ReportRejected
 # (report id, time received)
 Mark = tuple[int, float]
 
+# A report may arrive this share of the interval early and still be accepted: a device that reports
+# every 300 s on its own clock (AWS's agents sleep the interval between reports) reaches us a little
+# early whenever its previous report was delayed on the way (network, broker, a QoS 1 resend), and
+# refusing it with "retry in 0.0 s" makes it lose a whole interval. 10% keeps the limit's purpose
+# (at most ~1.1 reports per interval sustained) and covers any jitter a healthy device has.
+JITTER_TOLERANCE = 0.1
+
 
 class ReportOrder:
     """Not thread-safe: used from the event loop only."""
 
     def __init__(self, min_interval: float, committed: dict[str, Mark] | None = None) -> None:
         self._min_interval = min_interval
+        self._min_gap = min_interval * (1.0 - JITTER_TOLERANCE)
         self._committed: dict[str, Mark] = dict(committed or {})
         self._pending: dict[str, list[Mark]] = {}  # in id order: each was checked against the last
 
@@ -39,11 +47,12 @@ class ReportOrder:
             raise ReportRejected(RejectCode.STALE_REPORT_ID,
                                  f"Report id {report_id} is lower than the last accepted id {last_id}; "
                                  "report ids must increase", report_id)
-        wait = last_at + self._min_interval - now
+        wait = last_at + self._min_gap - now
         if wait > 0:
             raise ReportRejected(RejectCode.THROTTLED,
-                                 f"Thing {thing} may report once every {self._min_interval:g} s; "
-                                 f"retry in {wait:.1f} s", report_id)
+                                 f"Thing {thing} may report once every {self._min_interval:g} s "
+                                 f"(up to {self._min_interval - self._min_gap:g} s early); "
+                                 f"retry in {max(wait, 0.1):.1f} s", report_id)
 
     def queued(self, thing: str, report_id: int, now: float) -> None:
         """The report passed ``check`` and waits to be stored."""

@@ -89,3 +89,9 @@ def reporting_things_page(conn: Connection, prefix: str, after: str | None, limi
     if after:
         query = query.where(thing_report_state.c.thing_name > after)
     return conn.execute(query.order_by(thing_report_state.c.thing_name).limit(limit)).all()
+
+
+def last_report_at(conn: Connection, thing: str) -> float | None:
+    """When the thing's last report was stored; None if it never reported."""
+    return conn.execute(sa.select(thing_report_state.c.last_report_at)
+                        .where(thing_report_state.c.thing_name == thing)).scalar()

@@ -18,6 +18,15 @@ const width = (el) => Math.max(320, el.clientWidth || 800);
 // Charts in UTC, like every time the console prints; y axes wide enough for byte counts.
 const utcDate = (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC");
 const AXES = [{}, { size: 80 }];
+// Counts (devices, events, ports) get whole-number ticks only.
+const WHOLE = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12];
+const axesFor = (whole) => (whole ? [{}, { size: 80, incrs: WHOLE }] : AXES);
+const wholeNumbers = (columns) => columns.every((col) => col.every((v) => v == null || Number.isInteger(v)));
+// The x series of a time chart: labelled UTC, with the time in the console's format.
+const TIME_SERIES = { label: "UTC", value: (u, v) => utc(v) };
+// uPlot's legend reads "--" until the cursor is over the chart: show the latest values instead.
+const showLatest = (u) => { if (u.legend.idx == null && u.data[0].length) u.setLegend({ idx: u.data[0].length - 1 }); };
+const LATEST_IN_LEGEND = { ready: [showLatest], setLegend: [showLatest] };
 
 function lineChart(el, title, series) {
   // series: {label: [[t, v], ...]} -> one aligned uPlot data set
@@ -27,14 +36,14 @@ function lineChart(el, title, series) {
   const index = new Map(times.map((t, i) => [t, i]));
   const data = [times, ...labels.map((l) => { const col = new Array(times.length).fill(null); series[l].forEach(([t, v]) => { col[index.get(t)] = v; }); return col; })];
   const colors = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d", "#475569", "#a16207"];
-  new uPlot({ title, width: width(el), height: 220, tzDate: utcDate, axes: AXES, series: [{}, ...labels.map((l, i) => ({ label: l, stroke: colors[i % colors.length], spanGaps: true, points: { show: times.length < 200 } }))] }, data, el);
+  el.chart = new uPlot({ title, width: width(el), height: 220, tzDate: utcDate, axes: axesFor(wholeNumbers(data.slice(1))), hooks: LATEST_IN_LEGEND, series: [TIME_SERIES, ...labels.map((l, i) => ({ label: l, stroke: colors[i % colors.length], spanGaps: true, points: { show: times.length < 200 } }))] }, data, el);
 }
 
 function barChart(el, title, xs, columns) {
   if (!window.uPlot || !xs.length) return;
   const bars = uPlot.paths.bars({ size: [0.9, 60] });
   const colors = { "in-alarm": "#dc2626", "alarm-cleared": "#16a34a", "alarm-invalidated": "#94a3b8", devices: "#2563eb", alarms: "#dc2626" };
-  new uPlot({ title, width: width(el), height: 200, tzDate: utcDate, axes: AXES, series: [{}, ...Object.keys(columns).map((k) => ({ label: k, fill: colors[k] || "#2563eb", stroke: colors[k] || "#2563eb", paths: bars, points: { show: false } }))] },
+  el.chart = new uPlot({ title, width: width(el), height: 200, tzDate: utcDate, axes: axesFor(wholeNumbers(Object.values(columns))), hooks: LATEST_IN_LEGEND, series: [TIME_SERIES, ...Object.keys(columns).map((k) => ({ label: k, fill: colors[k] || "#2563eb", stroke: colors[k] || "#2563eb", paths: bars, points: { show: false } }))] },
     [xs, ...Object.values(columns)], el);
 }
 
@@ -50,7 +59,7 @@ function drawPageCharts() {
     const el = document.getElementById("histogram-chart");
     new uPlot({ title: "devices per value", width: width(el), height: 200, scales: { x: { time: false } },
       series: [{ label: "value from" }, { label: "devices", fill: "#2563eb", stroke: "#2563eb", paths: uPlot.paths.bars({ size: [0.95, 80] }), points: { show: false } }],
-      axes: AXES }, [h.map((b) => b.from), h.map((b) => b.devices)], el);
+      axes: axesFor(true) }, [h.map((b) => b.from), h.map((b) => b.devices)], el);
     lineChart(document.getElementById("series-chart"), "chosen devices", metrics.series);
   }
   const thingSeries = jsonOf("thing-series");
@@ -87,7 +96,11 @@ function onViolation(e) {
     recent.insertAdjacentHTML("afterbegin", `<tr class="fresh"><td>${utc(ev.violationEventTime)}</td><td><span class="tag ${esc(type)}">${esc(type)}</span></td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(metricValue(ev.metricValue))}</td></tr>`);
   }
   const count = document.getElementById("active-count");
-  if (count) count.textContent = String(Math.max(0, parseInt(count.textContent, 10) + (type === "in-alarm" ? 1 : -1)));
+  if (count) {
+    const active = Math.max(0, parseInt(count.textContent, 10) + (type === "in-alarm" ? 1 : -1));
+    count.textContent = String(active);
+    count.closest(".card").classList.toggle("in-violation", active > 0);  // red only when there are some
+  }
   const table = document.getElementById("violations-table");
   if (!table) return;
   const f = table.dataset;
@@ -148,7 +161,7 @@ function renderBacktest(result) {
   box.innerHTML = `<h2>Result: ${result.devicesEvaluated} devices, ${utc(result.startTime)} – ${utc(result.endTime)} UTC, ${result.elapsedSeconds} s</h2>` +
     result.behaviors.map((b, i) => `<article class="bt-behavior"><h3>${esc(b.behaviorName)} <small>${esc(b.method)}</small></h3>` +
       (b.note ? `<p class="hint">${esc(b.note)}</p>` : "") +
-      `<p><strong class="bt-devices">${b.devicesInAlarm}</strong> of ${b.devicesEvaluated} devices would have alarmed (${b.alarms} alarms, ${b.cleared} cleared, ${b.invalidated} invalidated, ${b.activeAtEnd} still active); first alarm ${utc(b.firstAlarm)} UTC; ${b.datapoints} datapoints.</p>` +
+      `<p><strong class="bt-devices">${b.devicesInAlarm}</strong> of ${b.devicesEvaluated} devices would have alarmed (${b.alarms} alarms, ${b.cleared} cleared, ${b.invalidated} invalidated, ${b.activeAtEnd} still active); ${b.firstAlarm == null ? "no alarm" : `first alarm ${utc(b.firstAlarm)} UTC`}; ${b.datapoints} datapoints.</p>` +
       `<div class="chart" id="bt-timeline-${i}"></div>` +
       (b.sweep.length ? `<table class="sweep"><thead><tr><th>Threshold</th><th>Devices in alarm</th><th>Alarms</th></tr></thead><tbody>${b.sweep.map((s) => `<tr class="${s.current ? "current" : ""}"><td>${esc(metricValue(s.threshold))}${s.current ? " (current)" : ""}</td><td>${s.devicesInAlarm}</td><td>${s.alarms}</td></tr>`).join("")}</tbody></table>` : "") +
       (b.topThings.length ? `<details><summary>Devices that would alarm</summary><table><tbody>${b.topThings.map((t) => `<tr><td><a href="/console/things/${encodeURIComponent(t.thingName)}">${esc(t.thingName)}</a></td><td>${t.alarms} alarms</td><td>first ${utc(t.firstAlarm)}</td></tr>`).join("")}</tbody></table></details>` : "") +
@@ -160,7 +173,10 @@ async function runBacktest(event) {
   event.preventDefault();
   const error = document.getElementById("bt-error");
   const progress = document.getElementById("bt-progress");
+  const results = document.getElementById("bt-results");
   error.hidden = true;
+  results.hidden = true;  // a new run never shows the previous one's result under its own error
+  results.innerHTML = "";
   const spec = {};
   const profile = document.getElementById("bt-profile").value;
   if (profile) spec.securityProfileName = profile;
@@ -187,6 +203,7 @@ async function runBacktest(event) {
   progress.querySelector("progress").value = 1;
   progress.querySelector("span").textContent = job.status === "SUCCEEDED" ? "done" : `${job.status}: ${job.message}`;
   if (job.status === "SUCCEEDED") renderBacktest(job.result);
+  else { error.textContent = `${job.status}: ${job.message}`; error.hidden = false; }
 }
 
 function wireBacktest() {

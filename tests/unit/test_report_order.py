@@ -1,0 +1,42 @@
+"""Report-id order and the per-thing throttle, with the jitter a device on the interval has."""
+
+from __future__ import annotations
+
+import pytest
+
+from iotdefender.ingest.order import ReportOrder
+from iotdefender.ingest.report import RejectCode, ReportRejected
+
+
+def stored(order: ReportOrder, thing: str, report_id: int, now: float) -> None:
+    order.check(thing, report_id, now)
+    order.queued(thing, report_id, now)
+    order.finished(thing, report_id, True)
+
+
+def test_a_report_slightly_early_on_the_interval_is_accepted():
+    order = ReportOrder(300.0)
+    stored(order, "cam", 1, 1000.0)
+    stored(order, "cam", 2, 1000.0 + 299.97)  # the "retry in 0.0 s" case
+    stored(order, "cam", 3, 1299.97 + 275.0)  # 25 s early: within 10%
+
+
+def test_a_report_well_inside_the_interval_is_throttled_with_a_useful_wait():
+    order = ReportOrder(300.0)
+    stored(order, "cam", 1, 1000.0)
+    with pytest.raises(ReportRejected) as refused:
+        order.check("cam", 2, 1000.0 + 260.0)
+    assert refused.value.code == RejectCode.THROTTLED
+    assert "retry in 10.0 s" in str(refused.value) and "30 s early" in str(refused.value)
+    with pytest.raises(ReportRejected) as barely:
+        order.check("cam", 2, 1000.0 + 269.99)
+    assert "retry in 0.1 s" in str(barely.value)  # never "retry in 0.0 s"
+
+
+def test_ids_must_increase():
+    order = ReportOrder(0.0)
+    stored(order, "cam", 5, 1.0)
+    for report_id, code in ((5, RejectCode.DUPLICATE_REPORT_ID), (4, RejectCode.STALE_REPORT_ID)):
+        with pytest.raises(ReportRejected) as refused:
+            order.check("cam", report_id, 2.0)
+        assert refused.value.code == code
