@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="serve + a sample profile + a misbehaving simulated fleet")
     demo.add_argument("--data-dir", type=Path, default=Path("./demo-data"))
     demo.add_argument("--duration", type=float, default=90.0)
+    demo.add_argument("--api-port", type=int, default=8080)
+    demo.add_argument("--mqtt-port", type=int, default=1883)
+    demo.add_argument("--exit", action="store_true", help="stop the service when the simulation ends "
+                      "(default: keep it running for the console and the AWS CLI until Ctrl-C)")
     args = parser.parse_args(argv)
 
     if args.command == "simulate":
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from iotdefender.simulator.demo import run_demo
 
-        return run_demo(args.data_dir, duration=args.duration)
+        return run_demo(args.data_dir, args.api_port, args.mqtt_port, args.duration, keep_running=not args.exit)
 
     if args.command == "serve":
         from iotdefender.service import ConfigurationError, run

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 
+def resolved_format(log_format: str, stream: TextIO = sys.stderr) -> str:
+    """``auto`` is ``console`` on a terminal (a person reads it) and ``json`` anywhere else."""
+    if log_format != "auto":
+        return log_format
+    return "console" if stream.isatty() else "json"
+
+
 def configure_logging(log_format: str) -> None:
-    renderer = structlog.processors.JSONRenderer() if log_format == "json" else structlog.dev.ConsoleRenderer()
+    renderer = (structlog.processors.JSONRenderer() if resolved_format(log_format) == "json"
+                else structlog.dev.ConsoleRenderer())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -7,7 +7,9 @@ broker-event intake's ``ip``), so they accept and refuse exactly the same texts;
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 
 MAX_PORT = 65535
 
@@ -41,3 +43,17 @@ def ip_of_endpoint(endpoint: str) -> str:
                 raise ValueError(f"{endpoint!r} is not an IP address") from None
             _port(port)
     return str(ipaddress.ip_address(host))
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise OSError with one clear line when another process holds the port (before a server fails
+    on it with a traceback of its own, or, for Mosquitto, an exit)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise OSError(f"port {port} on {host} is already in use") from None
+            raise

@@ -19,7 +19,7 @@ class Settings:
     region: str = "us-east-1"
     account_id: str = "123456789012"
     credentials_file: Path | None = None
-    log_format: str = "json"
+    log_format: str = "auto"
     detection_worker: bool = True
     ingest_queue_limit: int = 10_000
     mqtt_port: int = 1883
@@ -99,8 +99,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--account-id", default=d.account_id, help="account id in every ARN (default %(default)s)")
     parser.add_argument("--credentials", dest="credentials_file", type=Path, default=None,
                         help="AWS-style credentials file with the access keys the API accepts")
-    parser.add_argument("--log-format", choices=("json", "console"), default=d.log_format,
-                        help="structured log lines as JSON (default) or for a terminal")
+    parser.add_argument("--log-format", choices=("auto", "json", "console"), default=d.log_format,
+                        help="log lines as JSON or readable for a terminal; auto (default): readable when "
+                             "stderr is a terminal, JSON otherwise (files, journald, log shippers)")
     parser.add_argument("--detection-worker", choices=("on", "off"), default="on" if d.detection_worker else "off",
                         help="store and evaluate batches in a child process, on a core of its own (default on)")
     parser.add_argument("--ingest-queue-limit", type=int, default=d.ingest_queue_limit,

@@ -62,3 +62,53 @@ def test_simulated_fleet_with_an_anomaly(tmp_path):
         assert bad.returncode == 2 and "KIND:THING" in bad.stderr
     finally:
         svc.stop()
+
+
+def test_demo_keeps_running_for_the_console_until_ctrl_c(tmp_path):
+    """`make demo` used to stop the service and then print a command that could not connect; and
+    with `make run` up on its ports it wiped demo-data and crashed with a traceback."""
+    import os
+    import re
+    import signal
+    import socket
+
+    import httpx
+
+    from tests.support.processes import free_port
+
+    api_port, mqtt_port = free_port(), free_port()
+    data_dir = tmp_path / "demo-data"
+    with socket.socket() as busy:  # another service on the API port
+        busy.bind(("127.0.0.1", api_port))
+        busy.listen()
+        data_dir.mkdir()
+        (data_dir / "keep").write_text("mine")
+        refused = subprocess.run([sys.executable, "-m", "iotdefender", "demo", "--data-dir", str(data_dir),
+                                  "--api-port", str(api_port), "--mqtt-port", str(mqtt_port)],
+                                 capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and f"port {api_port}" in refused.stdout and "Traceback" not in refused.stderr
+    assert (data_dir / "keep").read_text() == "mine"  # nothing wiped
+
+    demo = subprocess.Popen([sys.executable, "-m", "iotdefender", "demo", "--data-dir", str(data_dir),
+                             "--api-port", str(api_port), "--mqtt-port", str(mqtt_port), "--duration", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    lines = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            lines.append(line)
+            if "AWS CLI:" in line or not line:
+                break
+        text = "".join(lines)
+        assert "keeps running until Ctrl-C" in text, text
+        key, secret = re.search(r"access key (\S+), secret (\S+)\)", text).groups()
+        console = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
+        login = console.post("/console/login", data={"access_key_id": key, "secret_access_key": secret})
+        assert login.status_code == 303 and console.get("/console/").status_code == 200  # still serving
+    finally:
+        demo.send_signal(signal.SIGINT)
+        out, err = demo.communicate(timeout=30)
+    assert demo.returncode == 0, err
+    assert "Traceback" not in out + err
+    assert os.path.exists(data_dir / "credentials")

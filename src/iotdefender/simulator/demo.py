@@ -2,7 +2,9 @@
 
 Starts ``iotdefender serve`` at time scale 30 (reports every 10 s, 10 s cloud-side windows) on
 the default ports, creates a security profile through the AWS API, runs 20 simulated devices,
-switches anomalies on for half a minute and prints every violation event as it is stored.
+switches anomalies on for half a minute and prints every violation event as it is stored. Then it
+keeps the service running, with the console's address and login and an AWS CLI command that works,
+until Ctrl-C (``--exit`` stops at once instead, for scripts).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from pathlib import Path
 import botocore.session
 import httpx
 
+from iotdefender.api.credentials import read_credentials_file
+
 from iotdefender.brokers.external import BrokerUrl
+from iotdefender.net_address import check_port_free
 from iotdefender.simulator.devices import parse_anomaly
 from iotdefender.simulator.runner import Fleet, SimulationSettings
 
@@ -40,7 +45,14 @@ ANOMALIES = ["new-port:device-0003", "unknown-network:device-0007", "traffic-bur
              "message-flood:device-0015", "auth-storm:device-0018"]
 
 
-def run_demo(data_dir: Path, api_port: int = 8080, mqtt_port: int = 1883, duration: float = 90.0) -> int:
+def run_demo(data_dir: Path, api_port: int = 8080, mqtt_port: int = 1883, duration: float = 90.0,
+             keep_running: bool = True) -> int:
+    for port in (api_port, mqtt_port):  # before anything is wiped or started: `make run` may be up
+        try:
+            check_port_free("127.0.0.1", port)
+        except OSError as error:
+            print(f"iotdefender demo: {error} (is `make run` or another demo running? stop it first)")
+            return 1
     shutil.rmtree(data_dir, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDEFENDER_")}
     serve = subprocess.Popen([sys.executable, "-m", "iotdefender", "serve", "--data-dir", str(data_dir),
@@ -100,10 +112,30 @@ def run_demo(data_dir: Path, api_port: int = 8080, mqtt_port: int = 1883, durati
         summary = asyncio.run(main())
         active = iot.list_active_violations(maxResults=250)["activeViolations"]
         print(f"\nFleet: {summary}")
-        print(f"Active violations now: {len(active)}. Explore with: AWS_SHARED_CREDENTIALS_FILE="
-              f"{data_dir.resolve()}/credentials aws iot list-violation-events --endpoint-url {endpoint} "
-              f"--region us-east-1 --start-time 2020-01-01 --end-time 2100-01-01")
+        print(f"Active violations now: {len(active)}.")
+        if keep_running:
+            _explore(data_dir, endpoint, serve)
+        return 0
+    except KeyboardInterrupt:
+        print("\nStopping.")
         return 0
     finally:
         serve.terminate()
-        serve.wait(15)
+        try:
+            serve.wait(15)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+
+
+def _explore(data_dir: Path, endpoint: str, serve: subprocess.Popen[bytes]) -> None:
+    """Leave the service up for the console and the AWS CLI until Ctrl-C (or until it stops)."""
+    credentials = (data_dir / "credentials").resolve()
+    key = read_credentials_file(credentials)[0]
+    print(f"\nThe service keeps running until Ctrl-C.\n"
+          f"  Console:  {endpoint}/console/  (access key {key.access_key_id}, secret {key.secret_access_key})\n"
+          f"  AWS CLI:  AWS_SHARED_CREDENTIALS_FILE={credentials} aws iot list-active-violations "
+          f"--endpoint-url {endpoint} --region us-east-1\n"
+          f"  Log:      {data_dir.parent / (data_dir.name + '.log')}", flush=True)
+    while serve.poll() is None:
+        time.sleep(0.5)
+    print(f"iotdefender serve stopped (exit code {serve.returncode})")

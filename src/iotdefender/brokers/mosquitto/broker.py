@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import resource
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -39,6 +37,7 @@ from iotdefender.brokers.mosquitto.config import PluginOptions, render_config
 from iotdefender.brokers.mosquitto.events import apply_events
 from iotdefender.brokers.mosquitto.frames import ReplyBatcher, decode_reports
 from iotdefender.child_process import die_with_parent
+from iotdefender.net_address import check_port_free
 
 log = structlog.get_logger("iotdefender.broker.mosquitto")
 
@@ -61,19 +60,6 @@ def raise_open_file_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
-
-
-def check_port_free(host: str, port: int) -> None:
-    """One clear line instead of Mosquitto's exit when another process holds the port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                raise OSError(f"port {port} on {host} is already in use") from None
-            raise
 
 
 class MosquittoBroker:
