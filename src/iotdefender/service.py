@@ -37,6 +37,7 @@ from iotdefender.settings import Settings
 from iotdefender.backtest.jobs import BacktestJobs
 from iotdefender.batch_store import BatchStore, LocalBatchStore, WorkerBatchStore, WorkerConfig, start_compaction
 from iotdefender.console.app import create_console
+from iotdefender.net_address import check_port_free
 from iotdefender.store import history, metric_values, violations
 from iotdefender.store.availability import log_unless_outage
 from iotdefender.store.database import create_engine, in_batches, sqlite_url, upgrade_to_head
@@ -166,6 +167,10 @@ class Service:
 
 async def serve(settings: Settings) -> None:
     validate(settings)
+    try:  # before anything starts: uvicorn would fail on it after `ready`, with a traceback
+        check_port_free(settings.host, settings.api_port)
+    except OSError as error:
+        raise ConfigurationError(f"--api-port: {error}") from None
     gatekeeper = build_gatekeeper(settings)
     api = build_api(settings)
     engine = api.context.engine

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support.processes import ServiceProcess, free_port
 
 
@@ -54,15 +56,21 @@ def test_mosquitto_dies_with_the_service_on_kill_9(tmp_path):
     assert not alive(brokers[0]), "Mosquitto outlived the service"
 
 
-def test_a_busy_mqtt_port_is_one_clear_line(tmp_path):
+@pytest.mark.parametrize("busy", ["mqtt", "api"])
+def test_a_busy_port_is_one_clear_line(tmp_path, busy):
+    """The API port used to fail after `ready` was logged, with a 59-line traceback."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
+        ports = {"mqtt": free_port(), "api": free_port(), busy: port}
         env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDEFENDER_")}
         result = subprocess.run(
             [sys.executable, "-m", "iotdefender", "serve", "--data-dir", str(tmp_path), "--api-port",
-             str(free_port()), "--mqtt-port", str(port)], env=env, capture_output=True, text=True, timeout=60)
+             str(ports["api"]), "--mqtt-port", str(ports["mqtt"])], env=env, capture_output=True, text=True,
+            timeout=60)
     assert result.returncode == 2
-    assert f"iotdefender: error: MQTT: cannot start (port {port} on 127.0.0.1 is already in use)" in result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
+    expected = {"mqtt": f"iotdefender: error: MQTT: cannot start (port {port} on 127.0.0.1 is already in use)",
+                "api": f"iotdefender: error: --api-port: port {port} on 127.0.0.1 is already in use"}
+    assert expected[busy] in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout and '"ready"' not in result.stderr
