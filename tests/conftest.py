@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,19 +35,23 @@ def _service_for(backend: str, request) -> ServiceProcess:  # type: ignore[no-un
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def service(request):
     """One live service per test module and storage backend; tests use distinct names."""
-    svc = _service_for(request.param, request)
-    svc.start()
-    yield svc
-    svc.stop()
+    yield from _running(_service_for(request.param, request))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def fresh_service(request):
     """A live service of its own, for tests that restart it or count everything in it."""
-    svc = _service_for(request.param, request)
+    yield from _running(_service_for(request.param, request))
+
+
+def _running(svc: ServiceProcess):  # type: ignore[no-untyped-def]
+    """Start, hand out, stop, and remove the service's data directory (each run left one in /tmp)."""
     svc.start()
-    yield svc
-    svc.stop()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+        shutil.rmtree(svc.data_dir, ignore_errors=True)
 
 
 @pytest.fixture
