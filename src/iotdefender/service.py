@@ -30,12 +30,12 @@ from iotdefender.brokers.mosquitto.build import BrokerUnavailable
 from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cloud.service import CloudMetricsService
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.detection import DetectionService
+from iotdefender.pipeline.detection import DetectionService
 from iotdefender.ingest.service import IngestService
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.settings import Settings
 from iotdefender.backtest.jobs import BacktestJobs
-from iotdefender.batch_store import BatchStore, LocalBatchStore, WorkerBatchStore, WorkerConfig, start_compaction
+from iotdefender.pipeline.batch_store import BatchStore, LocalBatchStore, WorkerBatchStore, WorkerConfig, start_compaction
 from iotdefender.console.app import create_console
 from iotdefender.store import history, metric_values, violations
 from iotdefender.store.availability import log_unless_outage

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from iotdefender.batch_store import WorkerBatchStore, WorkerConfig
+from iotdefender.pipeline.batch_store import WorkerBatchStore, WorkerConfig
 from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head
 
 
@@ -43,7 +43,7 @@ def test_a_worker_that_cannot_start_is_an_outage_not_a_culprit(tmp_path):
     batch: the batch is answered as an outage at once, not bisected into one restart per item."""
     import pytest
 
-    from iotdefender.batch_isolation import store_isolating
+    from iotdefender.pipeline.batch_isolation import store_isolating
     from iotdefender.store.availability import StoreUnavailable
 
     gone = sqlite_url(tmp_path / "missing" / "dir")

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from iotdefender.alerts.outbox import AlertRouter
-from iotdefender.batch_store import BatchItem, LocalBatchStore
+from iotdefender.pipeline.batch_store import BatchItem, LocalBatchStore
 from iotdefender.cloud.service import CloudMetricsService
-from iotdefender.detection import DetectionService
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.detection import DetectionService
+from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
 

@@ -18,10 +18,10 @@ import orjson
 import pytest
 
 from iotdefender.alerts.outbox import AlertRouter
-from iotdefender.batch_store import BatchItem, LocalBatchStore
-from iotdefender.detection import DetectionService
+from iotdefender.pipeline.batch_store import BatchItem, LocalBatchStore
+from iotdefender.pipeline.detection import DetectionService
 from iotdefender.ingest.service import IngestService
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store.availability import StoreUnavailable
 from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head
 

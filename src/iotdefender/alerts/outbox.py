@@ -33,7 +33,7 @@ from iotdefender.store.database import writing
 from iotdefender.store.schema import alert_outbox
 
 if TYPE_CHECKING:
-    from iotdefender.monitoring import MonitoringIndex
+    from iotdefender.pipeline.monitoring import MonitoringIndex
 
 log = structlog.get_logger("iotdefender.alerts")
 

@@ -18,10 +18,10 @@ import anyio.to_thread
 import structlog
 from sqlalchemy.engine import Engine
 
-from iotdefender.batch_isolation import store_isolating
+from iotdefender.pipeline.batch_isolation import store_isolating
 from iotdefender.cloud.aggregator import CLOUD_METRICS, Aggregator, dimension_specs
 from iotdefender.ingest.report import ReportRejected, check_thing_name
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.net_address import ip_of_endpoint
 from iotdefender.store import registry
 from iotdefender.store.availability import log_unless_outage

@@ -33,7 +33,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 from sqlalchemy.engine import Engine
 
-from iotdefender.batch_isolation import Isolated, store_isolating
+from iotdefender.pipeline.batch_isolation import Isolated, store_isolating
 from iotdefender.ingest.order import ReportOrder
 from iotdefender.ingest.replies import reply_payload, reply_topic
 from iotdefender.ingest.report import (
@@ -44,7 +44,7 @@ from iotdefender.ingest.report import (
     parse_report,
     report_id_hint,
 )
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import metric_values
 from iotdefender.store.availability import DatabaseHealth, is_unavailable
 

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from iotdefender.alerts.outbox import AlertRouter
 from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType
 from iotdefender.engine.evaluator import Evaluation, Evaluator, StateKey, ViolationEvent
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import violations
 from iotdefender.store.database import writing
 

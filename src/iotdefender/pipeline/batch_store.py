@@ -37,9 +37,9 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from iotdefender.child_process import die_with_parent
-from iotdefender.detection import COUNTERS, DetectionService, PendingDetection
+from iotdefender.pipeline.detection import COUNTERS, DetectionService, PendingDetection
 from iotdefender.engine.alarm import EventType
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import metric_values
 from iotdefender.store.availability import StoreUnavailable, is_unavailable, log_unless_outage
 from iotdefender.store.database import writing
