@@ -13,16 +13,20 @@ import threading
 import time
 from pathlib import Path
 
-from iotdefender.pipeline.batch_store import WorkerBatchStore, WorkerConfig
+from iotdefender.alerts.routes import AlertRoutes
+from iotdefender.pipeline.local_store import PipelineConfig
+from iotdefender.pipeline.worker import WorkerConfig
+from iotdefender.pipeline.worker_client import WorkerBatchStore
 from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head
+
+PIPELINE = PipelineConfig(arn_prefix="arn:aws:iot:us-east-1:123456789012:", invalidation_period=172800.0,
+                          time_scale=1.0, alert_routes=AlertRoutes())
 
 
 def test_worker_survives_the_thread_that_started_it():
     url = sqlite_url(Path(tempfile.mkdtemp()))
     upgrade_to_head(create_engine(url))
-    store = WorkerBatchStore(WorkerConfig(database_url=url, arn_prefix="arn:aws:iot:us-east-1:123456789012:",
-                                          invalidation_period=172800.0, time_scale=1.0, alert_subscriptions=None,
-                                          sns_endpoint_url=None, region="us-east-1", log_format="json"),
+    store = WorkerBatchStore(WorkerConfig(database_url=url, log_format="json", pipeline=PIPELINE),
                              on_events=lambda events: None)
     starter = threading.Thread(target=store.start)
     starter.start()
@@ -47,9 +51,7 @@ def test_a_worker_that_cannot_start_is_an_outage_not_a_culprit(tmp_path):
     from iotdefender.store.availability import StoreUnavailable
 
     gone = sqlite_url(tmp_path / "missing" / "dir")
-    store = WorkerBatchStore(WorkerConfig(database_url=gone, arn_prefix="arn:aws:iot:us-east-1:123456789012:",
-                                          invalidation_period=172800.0, time_scale=1.0, alert_subscriptions=None,
-                                          sns_endpoint_url=None, region="us-east-1", log_format="json"),
+    store = WorkerBatchStore(WorkerConfig(database_url=gone, log_format="json", pipeline=PIPELINE),
                              on_events=lambda events: None)
     try:
         with pytest.raises(StoreUnavailable):
