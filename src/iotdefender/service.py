@@ -17,29 +17,35 @@ import structlog
 import uvicorn
 from sqlalchemy.engine import Connection, Engine
 
-from iotdefender.alerts.outbox import AlertRouter
+from iotdefender.alerts.outbox import AlertDelivery
+from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.alerts.subscriptions import load_subscriptions
 from iotdefender.api.app import ApiService, create_app
-from iotdefender.api.credentials import load_credentials
+from iotdefender.api.credentials import CredentialStore, load_credentials
+from iotdefender.api.extensions import Extensions
 from iotdefender.api.http_limits import BoundedHttpToolsProtocol
+from iotdefender.backtest.jobs import BacktestJobs
 from iotdefender.brokers.external import ExternalBroker, parse_broker_url
 from iotdefender.brokers.gatekeeper import Gatekeeper, check_password_file
 from iotdefender.brokers.listeners import ListenerSettings, check_tls_files
 from iotdefender.brokers.mosquitto.broker import MosquittoBroker
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable
+from iotdefender.brokers.observer import NULL_OBSERVER
 from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cloud.service import CloudMetricsService
-from iotdefender.controlplane.context import ServiceContext
-from iotdefender.detection import DetectionService
-from iotdefender.ingest.service import IngestService
-from iotdefender.monitoring import MonitoringIndex
-from iotdefender.settings import Settings
-from iotdefender.backtest.jobs import BacktestJobs
-from iotdefender.batch_store import BatchStore, LocalBatchStore, WorkerBatchStore, WorkerConfig, start_compaction
 from iotdefender.console.app import create_console
+from iotdefender.controlplane.context import ServiceContext
+from iotdefender.ingest.service import IngestService
+from iotdefender.pipeline.batch_store import BatchStore, EventListener
+from iotdefender.pipeline.counters import counting
+from iotdefender.pipeline.local_store import PipelineConfig, open_local_store
+from iotdefender.pipeline.monitoring import MonitoringIndex
+from iotdefender.pipeline.worker import WorkerConfig
+from iotdefender.pipeline.worker_client import WorkerBatchStore
 from iotdefender.net_address import check_port_free
+from iotdefender.settings import Settings
 from iotdefender.store import history, metric_values, violations
-from iotdefender.store.availability import log_unless_outage
+from iotdefender.store.availability import DatabaseHealth, log_unless_outage
 from iotdefender.store.database import create_engine, in_batches, sqlite_url, upgrade_to_head
 
 log = structlog.get_logger("iotdefender")
@@ -52,7 +58,7 @@ class ConfigurationError(Exception):
     """A setting that cannot work; reported to the operator without a traceback."""
 
 
-def build_api(settings: Settings) -> ApiService:
+def open_context(settings: Settings) -> tuple[ServiceContext, CredentialStore]:
     """Open (and migrate) the database and load the access keys."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.database_url or sqlite_url(settings.data_dir)
@@ -66,10 +72,16 @@ def build_api(settings: Settings) -> ApiService:
     context = ServiceContext(engine=engine, region=settings.region, account_id=settings.account_id)
     log.info("storage", dialect=engine.dialect.name,
              database=str(engine.url.render_as_string(hide_password=True)))
-    return ApiService(context, credentials)
+    return context, credentials
 
 
-def build_gatekeeper(settings: Settings) -> Gatekeeper:
+def build_api(settings: Settings) -> ApiService:
+    """The API alone over the settings' database (tools and tests that need no pipeline)."""
+    return ApiService(*open_context(settings))
+
+
+def mqtt_auth(settings: Settings) -> str:
+    """The MQTT authentication mode, checked against the files it needs (ConfigurationError)."""
     try:
         auth = settings.effective_mqtt_auth
     except ValueError as error:
@@ -83,7 +95,7 @@ def build_gatekeeper(settings: Settings) -> Gatekeeper:
             raise ConfigurationError(f"--mqtt-password-file: {error}") from None
     if auth == "cert" and (settings.mqtt_tls_port is None or not settings.mqtt_ca):
         raise ConfigurationError("--mqtt-auth cert needs --mqtt-tls-port and --mqtt-ca")
-    return Gatekeeper(auth=auth, acl=settings.mqtt_acl)
+    return auth
 
 
 def validate(settings: Settings) -> None:
@@ -138,21 +150,27 @@ async def sweep_loop(store: BatchStore, invalidation_s: float) -> None:
             log_unless_outage(log, "invalidation_sweep_failed", error)
 
 
-async def open_batch_store(settings: Settings, engine: Engine, monitoring: MonitoringIndex, alerts: AlertRouter,
-                           arn_prefix: str) -> BatchStore:
+def load_alert_routes(settings: Settings) -> AlertRoutes:
+    try:
+        subscriptions = load_subscriptions(settings.alert_subscriptions)
+    except (OSError, ValueError) as error:
+        raise ConfigurationError(f"--alert-subscriptions: {error}") from None
+    return AlertRoutes(subscriptions, settings.sns_endpoint_url)
+
+
+def pipeline_config(settings: Settings, context: ServiceContext, routes: AlertRoutes) -> PipelineConfig:
+    return PipelineConfig(arn_prefix=context.arn(""), invalidation_period=settings.effective_invalidation_period,
+                          time_scale=settings.time_scale, alert_routes=routes,
+                          history_interval=history_interval(settings))
+
+
+async def open_batch_store(settings: Settings, engine: Engine, config: PipelineConfig, monitoring: MonitoringIndex,
+                           on_events: EventListener) -> BatchStore:
     """Storage and detection of batches: in a child process (default) or in this one."""
     if not settings.detection_worker:
-        detection = DetectionService(engine, monitoring, alerts, settings.effective_invalidation_period,
-                                     settings.time_scale)
-        await anyio.to_thread.run_sync(detection.load)
-        start_compaction(engine, history_interval(settings))
-        return LocalBatchStore(engine, monitoring, detection)
-    config = WorkerConfig(
-        database_url=engine.url.render_as_string(hide_password=False), arn_prefix=arn_prefix,
-        invalidation_period=settings.effective_invalidation_period, time_scale=settings.time_scale,
-        alert_subscriptions=settings.alert_subscriptions, sns_endpoint_url=settings.sns_endpoint_url,
-        region=settings.region, log_format=settings.log_format, history_interval=history_interval(settings))
-    store = WorkerBatchStore(config, on_events=lambda _: alerts.wake())
+        return await anyio.to_thread.run_sync(open_local_store, engine, config, monitoring, on_events)
+    store = WorkerBatchStore(WorkerConfig(database_url=engine.url.render_as_string(hide_password=False),
+                                          log_format=settings.log_format, pipeline=config), on_events)
     await anyio.to_thread.run_sync(store.start)
     return store
 
@@ -171,36 +189,32 @@ async def serve(settings: Settings) -> None:
         check_port_free(settings.host, settings.api_port)
     except OSError as error:
         raise ConfigurationError(f"--api-port: {error}") from None
-    gatekeeper = build_gatekeeper(settings)
-    api = build_api(settings)
-    engine = api.context.engine
-    monitoring = MonitoringIndex(engine, api.context.arn(""))
-    api.on_change.append(monitoring.invalidate)
+    auth = mqtt_auth(settings)
+    routes = load_alert_routes(settings)
+    context, credentials = open_context(settings)
+    engine = context.engine
+    health = DatabaseHealth.of(engine)
+    monitoring = MonitoringIndex(engine, context.arn(""))
+    alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale)
+    store = await open_batch_store(settings, engine, pipeline_config(settings, context, routes), monitoring,
+                                   on_events=counting(alerts.wake))
 
     broker: Broker | None = None
 
     def publish(topic: str, payload: bytes) -> None:
+        """Replies go out through the broker, which is built after ingest (it delivers to ingest)."""
         assert broker is not None
         broker.publish_now(topic, payload, qos=1)
 
-    try:
-        subscriptions = load_subscriptions(settings.alert_subscriptions)
-    except (OSError, ValueError) as error:
-        raise ConfigurationError(f"--alert-subscriptions: {error}") from None
-    alerts = AlertRouter(engine, subscriptions, settings.sns_endpoint_url, settings.region,
-                         retry_base_s=1.0 / settings.time_scale)
-    api.dead_letters = alerts.dead_letters
-    store = await open_batch_store(settings, engine, monitoring, alerts, api.context.arn(""))
-    api.on_change.append(store.invalidate)
-    ingest = IngestService(engine, monitoring, publish, settings.effective_report_min_interval,
-                           queue_limit=settings.ingest_queue_limit, health=api.database_health())
-    ingest.store = store
+    ingest = IngestService(engine, monitoring, store, publish, settings.effective_report_min_interval,
+                           queue_limit=settings.ingest_queue_limit, health=health)
     cloud = CloudMetricsService(engine, monitoring, store, settings.effective_metrics_window)
-    if settings.cloud_metrics:
-        gatekeeper.observer = cloud
-    api.broker_events = cloud.ingest_events
-    api.backtests = BacktestJobs(api.context, monitoring, settings.time_scale,
-                                 settings.effective_invalidation_period)
+    gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl,
+                            observer=cloud if settings.cloud_metrics else NULL_OBSERVER)
+    backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)
+    api = ApiService(context, credentials, on_change=(monitoring.invalidate, store.invalidate), health=health,
+                     extensions=Extensions(broker_events=cloud.ingest_events, dead_letters=alerts.dead_letters,
+                                           backtests=backtests))
     if settings.mqtt_url is not None:
         broker = ExternalBroker(parse_broker_url(settings.mqtt_url), ingest.submit, settings.mqtt_ca)
         mqtt_endpoint = settings.mqtt_url.split("@")[-1]

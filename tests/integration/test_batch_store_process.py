@@ -13,16 +13,20 @@ import threading
 import time
 from pathlib import Path
 
-from iotdefender.batch_store import WorkerBatchStore, WorkerConfig
+from iotdefender.alerts.routes import AlertRoutes
+from iotdefender.pipeline.local_store import PipelineConfig
+from iotdefender.pipeline.worker import WorkerConfig
+from iotdefender.pipeline.worker_client import WorkerBatchStore
 from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head
+
+PIPELINE = PipelineConfig(arn_prefix="arn:aws:iot:us-east-1:123456789012:", invalidation_period=172800.0,
+                          time_scale=1.0, alert_routes=AlertRoutes())
 
 
 def test_worker_survives_the_thread_that_started_it():
     url = sqlite_url(Path(tempfile.mkdtemp()))
     upgrade_to_head(create_engine(url))
-    store = WorkerBatchStore(WorkerConfig(database_url=url, arn_prefix="arn:aws:iot:us-east-1:123456789012:",
-                                          invalidation_period=172800.0, time_scale=1.0, alert_subscriptions=None,
-                                          sns_endpoint_url=None, region="us-east-1", log_format="json"),
+    store = WorkerBatchStore(WorkerConfig(database_url=url, log_format="json", pipeline=PIPELINE),
                              on_events=lambda events: None)
     starter = threading.Thread(target=store.start)
     starter.start()
@@ -43,13 +47,11 @@ def test_a_worker_that_cannot_start_is_an_outage_not_a_culprit(tmp_path):
     batch: the batch is answered as an outage at once, not bisected into one restart per item."""
     import pytest
 
-    from iotdefender.batch_isolation import store_isolating
+    from iotdefender.pipeline.batch_isolation import store_isolating
     from iotdefender.store.availability import StoreUnavailable
 
     gone = sqlite_url(tmp_path / "missing" / "dir")
-    store = WorkerBatchStore(WorkerConfig(database_url=gone, arn_prefix="arn:aws:iot:us-east-1:123456789012:",
-                                          invalidation_period=172800.0, time_scale=1.0, alert_subscriptions=None,
-                                          sns_endpoint_url=None, region="us-east-1", log_format="json"),
+    store = WorkerBatchStore(WorkerConfig(database_url=gone, log_format="json", pipeline=PIPELINE),
                              on_events=lambda events: None)
     try:
         with pytest.raises(StoreUnavailable):
@@ -59,3 +61,33 @@ def test_a_worker_that_cannot_start_is_an_outage_not_a_culprit(tmp_path):
         assert outcome.failed == {} and sorted(outcome.unavailable) == list(range(8))
     finally:
         store.close()
+
+
+def test_the_service_counts_the_events_the_worker_reports_back(tmp_path):
+    """Evaluation happens in the child, but the violation counters that /metrics serves are the
+    service's: the worker's store hands each batch's events to the service's listener."""
+    from iotdefender.engine.alarm import EventType
+    from iotdefender.pipeline.counters import COUNTERS, counting
+    from iotdefender.service import build_api
+    from iotdefender.settings import Settings
+
+    api = build_api(Settings(data_dir=tmp_path))
+    api.invoke("CreateSecurityProfile", {"securityProfileName": "in-worker", "behaviors": [
+        {"name": "few-ports", "metric": "aws:num-listening-tcp-ports",
+         "criteria": {"comparisonOperator": "less-than", "value": {"count": 3}, "consecutiveDatapointsToAlarm": 1}}]})
+    api.invoke("AttachSecurityProfile", {"securityProfileName": "in-worker",
+                                         "securityProfileTargetArn": PIPELINE.arn_prefix + "all/things"})
+    url = api.context.engine.url.render_as_string(hide_password=False)
+    woken: list[int] = []
+    counter = COUNTERS[EventType.IN_ALARM].labels("in-worker", "few-ports")
+    before = counter._value.get()
+    store = WorkerBatchStore(WorkerConfig(database_url=url, log_format="json", pipeline=PIPELINE),
+                             on_events=counting(lambda: woken.append(1)))
+    store.start()
+    try:
+        events = store.store_batch([(f"t-{n}", {"aws:num-listening-tcp-ports": {"count": 7}}, time.time(), 1)
+                                    for n in range(3)])
+    finally:
+        store.close()
+    assert events == [("in-alarm", "in-worker", "few-ports")] * 3
+    assert counter._value.get() - before == 3 and woken == [1]

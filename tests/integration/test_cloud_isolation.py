@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from iotdefender.alerts.outbox import AlertRouter
-from iotdefender.batch_store import BatchItem, LocalBatchStore
+from iotdefender.alerts.routes import AlertRoutes
+from iotdefender.pipeline.batch_store import BatchItem, ignore_events
 from iotdefender.cloud.service import CloudMetricsService
-from iotdefender.detection import DetectionService
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.detection import DetectionService
+from iotdefender.pipeline.local_store import LocalBatchStore
+from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
 
@@ -37,10 +38,10 @@ def test_a_refused_window_is_isolated(tmp_path):
          "criteria": {"comparisonOperator": "greater-than", "value": {"count": 100}}}]})
     api.invoke("AttachSecurityProfile", {"securityProfileName": "cloud", "securityProfileTargetArn": ALL_THINGS})
     monitoring = MonitoringIndex(engine, api.context.arn(""))
-    detection = DetectionService(engine, monitoring, AlertRouter(engine, {}, None, "us-east-1"), 172800.0)
+    detection = DetectionService(engine, monitoring, AlertRoutes(), 172800.0)
     detection.load()
     now = [1000.2]
-    cloud = CloudMetricsService(engine, monitoring, Refusing(LocalBatchStore(engine, monitoring, detection), "c-2"),
+    cloud = CloudMetricsService(engine, monitoring, Refusing(LocalBatchStore(engine, monitoring, detection, ignore_events), "c-2"),
                                 window_s=1.0, clock=lambda: now[0])
     for client in ("c-1", "c-2", "c-3"):
         cloud.connect_attempt(client, "10.0.0.1", True)

@@ -17,11 +17,12 @@ from typing import Any
 import orjson
 import pytest
 
-from iotdefender.alerts.outbox import AlertRouter
-from iotdefender.batch_store import BatchItem, LocalBatchStore
-from iotdefender.detection import DetectionService
+from iotdefender.alerts.routes import AlertRoutes
+from iotdefender.pipeline.batch_store import BatchItem, ignore_events
+from iotdefender.pipeline.detection import DetectionService
+from iotdefender.pipeline.local_store import LocalBatchStore
 from iotdefender.ingest.service import IngestService
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store.availability import StoreUnavailable
 from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head
 
@@ -56,9 +57,9 @@ def pipeline():
     engine = create_engine(sqlite_url(Path(tempfile.mkdtemp())))
     upgrade_to_head(engine)
     monitoring = MonitoringIndex(engine, ARN)
-    detection = DetectionService(engine, monitoring, AlertRouter(engine, {}, None, "us-east-1"), 172800.0)
+    detection = DetectionService(engine, monitoring, AlertRoutes(), 172800.0)
     detection.load()
-    return Gated(LocalBatchStore(engine, monitoring, detection)), engine, monitoring
+    return Gated(LocalBatchStore(engine, monitoring, detection, ignore_events)), engine, monitoring
 
 
 def run(pipeline, scenario, queue_limit: int = 10_000) -> list[tuple[str, dict[str, Any]]]:
@@ -72,8 +73,7 @@ def run(pipeline, scenario, queue_limit: int = 10_000) -> list[tuple[str, dict[s
         replies.append((topic.split("/", 2)[2], orjson.loads(payload)))
 
     async def main() -> None:
-        ingest = IngestService(engine, monitoring, publish, report_min_interval=0.0, queue_limit=queue_limit)
-        ingest.store = store
+        ingest = IngestService(engine, monitoring, store, publish, report_min_interval=0.0, queue_limit=queue_limit)
         await ingest.start()
         try:
             await scenario(ingest, replies)
@@ -223,9 +223,8 @@ def test_two_batches_in_flight_never_share_a_thing_and_keep_its_order(pipeline):
     replies: list[dict[str, Any]] = []
 
     async def main() -> None:
-        ingest = IngestService(engine, monitoring, lambda topic, body: replies.append(orjson.loads(body)),
+        ingest = IngestService(engine, monitoring, store, lambda topic, body: replies.append(orjson.loads(body)),
                                report_min_interval=0.0)
-        ingest.store = store
         await ingest.start()
         sent = {n: 0 for n in range(20)}
         for wave in range(40):  # 6 of 20 things per wave, a window that slides: some in flight, some not

@@ -8,7 +8,7 @@ from pathlib import Path
 from iotdefender.api.app import ApiService
 from iotdefender.api.credentials import CredentialStore
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head
 
 

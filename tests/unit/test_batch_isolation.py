@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iotdefender.batch_isolation import store_isolating
+from iotdefender.pipeline.batch_isolation import store_isolating
 from iotdefender.store.availability import StoreUnavailable
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.mosquitto.events import apply_events
+from iotdefender.brokers.observer import NULL_OBSERVER
 
 
 class Recorder:
@@ -11,6 +13,9 @@ class Recorder:
 
     def connect_attempt(self, *args) -> None:  # type: ignore[no-untyped-def]
         self.calls.append(("connect", *args))
+
+    def authorization_failure(self, *args) -> None:  # type: ignore[no-untyped-def]
+        self.calls.append(("authorization-failure", *args))
 
     def disconnect(self, *args) -> None:  # type: ignore[no-untyped-def]
         self.calls.append(("disconnect", *args))
@@ -45,7 +50,7 @@ def test_every_record_type_in_one_batch():
 def test_without_cloud_metrics_only_refusals_are_counted():
     denials = Recorder()
     payload = batch(("C", "cam-2", "", "0", "auth_client_id_mismatch"), ("S", "cam-1", "3", "t"), ("D", "cam-1"))
-    assert apply_events(payload, None, denials) == 3
+    assert apply_events(payload, NULL_OBSERVER, denials) == 3
     assert denials.calls == [("denial", "cam-2", "auth_client_id_mismatch")]
 
 
@@ -54,3 +59,17 @@ def test_an_unknown_or_truncated_record_ends_the_batch():
     assert apply_events(batch(("R", "a", "t")) + b"S\0b\0", observer, denials) == 1
     assert apply_events(batch(("X", "a"), ("R", "a", "t")), observer, denials) == 0
     assert observer.calls == [("received", "a", "t")]
+
+
+def test_the_gatekeeper_asks_for_traffic_events_only_when_someone_observes_them():
+    """Without cloud-side metrics the gatekeeper holds the null observer: refusals are still
+    counted, nothing else is told, and the plugin is not asked for per-message events."""
+    alone = Gatekeeper()
+    alone.record_denial("cam-1", "publish_denied", "$aws/things/x/shadow")
+    assert not alone.observes_traffic
+    observer = Recorder()
+    watched = Gatekeeper(observer=observer)
+    watched.record_denial("cam-1", "publish_denied", "$aws/things/x/shadow")
+    watched.record_denial("cam-2", "auth_bad_password")  # a refused CONNECT: no topic, no authorization failure
+    assert watched.observes_traffic
+    assert observer.calls == [("authorization-failure", "cam-1", "$aws/things/x/shadow")]

@@ -1,9 +1,8 @@
-"""Alert routing into the durable outbox, and delivery out of it.
+"""Alert delivery out of the durable outbox (routing into it: alerts/routes.py).
 
-Routing happens in the evaluation's transaction: an event that is stored always has its alert
-rows, and no alert exists for an event that was not stored. Delivery runs in its own task and
-never blocks evaluation: due rows are sent, failures retried with exponential backoff, and a row
-that exhausts its attempts is kept as a dead letter (listed by ``GET /_iotdefender/alerts/dead``).
+Delivery runs in its own task and never blocks evaluation: due rows are sent, failures retried
+with exponential backoff, and a row that exhausts its attempts is kept as a dead letter (listed by
+``GET /_iotdefender/alerts/dead``).
 A burst is rate-limited per destination (token bucket), never dropped: what waits stays pending.
 """
 
@@ -14,32 +13,26 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio.to_thread
 import httpx
-import sqlalchemy as sa
 import structlog
 from prometheus_client import Counter
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
-from iotdefender.alerts.message import alert_message
-from iotdefender.alerts.subscriptions import Subscription, Webhook
-from iotdefender.engine.evaluator import ViolationEvent
+from iotdefender.alerts.routes import SNS_PREFIX, AlertRoutes
+from iotdefender.alerts.subscriptions import Webhook
+from iotdefender.store import alert_outbox
 from iotdefender.store.availability import log_unless_outage
 from iotdefender.store.database import writing
-from iotdefender.store.schema import alert_outbox
-
-if TYPE_CHECKING:
-    from iotdefender.monitoring import MonitoringIndex
 
 log = structlog.get_logger("iotdefender.alerts")
 
 DELIVERIES = Counter("iotdefender_alert_deliveries", "Alert delivery attempts by outcome", ["kind", "outcome"])
 MAX_ATTEMPTS = 8
-_SNS_PREFIX = "sns:"
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -67,14 +60,13 @@ class TokenBucket:
         return False
 
 
-class AlertRouter:
-    """Decides destinations of an event and runs the delivery loop."""
+class AlertDelivery:
+    """Runs the delivery loop over the outbox; ``routes`` gives the webhooks' secrets."""
 
-    def __init__(self, engine: Engine, subscriptions: dict[str, list[Subscription]], sns_endpoint_url: str | None,
-                 region: str, rate_per_destination: float = 20.0, retry_base_s: float = 1.0) -> None:
+    def __init__(self, engine: Engine, routes: AlertRoutes, region: str, rate_per_destination: float = 20.0,
+                 retry_base_s: float = 1.0) -> None:
         self._engine = engine
-        self._subscriptions = subscriptions
-        self._sns_endpoint_url = sns_endpoint_url
+        self._routes = routes
         self._region = region
         self._rate = rate_per_destination
         self._retry_base = retry_base_s
@@ -83,30 +75,6 @@ class AlertRouter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: httpx.AsyncClient | None = None
         self._sns: Any = None
-
-    # -- routing (inside the evaluation transaction) ---------------------------------------------
-    def destinations(self, topic_arn: str) -> list[str]:
-        out = [f"webhook:{s.url}" if isinstance(s, Webhook) else f"apprise:{s.url}"
-               for s in self._subscriptions.get(topic_arn, [])]
-        if self._sns_endpoint_url:
-            out.append(_SNS_PREFIX + topic_arn)
-        return out
-
-    def enqueue(self, conn: Connection, events: Iterable[ViolationEvent], monitoring: MonitoringIndex) -> None:
-        rows = []
-        for event in events:
-            if event.suppressed:
-                continue  # suppressAlerts: recorded and counted, never notified (reference §5.4)
-            profile = monitoring.profile(event.profile_name)
-            target = ((profile or {}).get("alert_targets") or {}).get("SNS")
-            if not target:
-                continue
-            message = alert_message(event).decode()
-            for destination in self.destinations(target["alertTargetArn"]):
-                rows.append({"target_arn": target["alertTargetArn"], "destination": destination, "message": message,
-                             "created_at": event.at, "attempts": 0, "next_attempt_at": 0.0, "status": "pending"})
-        if rows:
-            conn.execute(alert_outbox.insert(), rows)
 
     # -- delivery ---------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -133,15 +101,13 @@ class AlertRouter:
         finally:
             await self._http.aclose()
 
-    def _due(self, limit: int = 200) -> list[Any]:
+    def _due(self, limit: int = 200) -> Sequence[Any]:
         with self._engine.connect() as conn:
-            return conn.execute(sa.select(alert_outbox).where(alert_outbox.c.status == "pending",
-                                                              alert_outbox.c.next_attempt_at <= time.time())
-                                .order_by(alert_outbox.c.id).limit(limit)).all()
+            return alert_outbox.due(conn, time.time(), limit)
 
     def _mark(self, row_id: int, **values: Any) -> None:
         with writing(self._engine) as conn:
-            conn.execute(alert_outbox.update().where(alert_outbox.c.id == row_id).values(**values))
+            alert_outbox.mark(conn, row_id, **values)
 
     async def _deliver_due(self) -> int:
         rows = await anyio.to_thread.run_sync(self._due)
@@ -170,14 +136,14 @@ class AlertRouter:
 
     async def _send(self, row: Any) -> None:
         body = row.message.encode()
-        if row.destination.startswith(_SNS_PREFIX):
-            await anyio.to_thread.run_sync(self._publish_sns, row.destination[len(_SNS_PREFIX):], row.message)
+        if row.destination.startswith(SNS_PREFIX):
+            await anyio.to_thread.run_sync(self._publish_sns, row.destination[len(SNS_PREFIX):], row.message)
             return
         if row.destination.startswith("apprise:"):
             await anyio.to_thread.run_sync(self._notify_apprise, row.destination[len("apprise:"):], row.message)
             return
         url = row.destination[len("webhook:"):]
-        hook = next(h for h in self._subscriptions.get(row.target_arn, [])
+        hook = next(h for h in self._routes.subscriptions.get(row.target_arn, [])
                     if isinstance(h, Webhook) and h.url == url)
         timestamp = str(int(time.time()))
         assert self._http is not None
@@ -204,12 +170,9 @@ class AlertRouter:
             import botocore.session
 
             self._sns = botocore.session.get_session().create_client(
-                "sns", region_name=self._region, endpoint_url=self._sns_endpoint_url)
+                "sns", region_name=self._region, endpoint_url=self._routes.sns_endpoint_url)
         self._sns.publish(TopicArn=topic_arn, Message=message)
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         with self._engine.connect() as conn:
-            rows = conn.execute(sa.select(alert_outbox).where(alert_outbox.c.status == "dead")
-                                .order_by(alert_outbox.c.id.desc()).limit(limit)).mappings().all()
-        # Row keys are SQLAlchemy quoted_name (a str subclass), which orjson refuses as keys.
-        return [{str(k): v for k, v in r.items()} for r in rows]
+            return alert_outbox.dead_letters(conn, limit)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote
@@ -30,6 +30,7 @@ from starlette.routing import Mount, Route
 
 from iotdefender.api.credentials import CredentialStore
 from iotdefender.api.errors import ApiError, invalid_request
+from iotdefender.api.extensions import BacktestJobs, Extensions
 from iotdefender.api.protocol import parse_request, serialize_response
 from iotdefender.api.routing import RouteNotFound, Router
 from iotdefender.api.service_model import SERVICE_MODEL
@@ -60,18 +61,20 @@ def _error_response(error: ApiError, request_id: str) -> Response:
 class ApiService:
     """Holds what the API needs per request; one instance per running service."""
 
-    def __init__(self, context: ServiceContext, credentials: CredentialStore) -> None:
+    def __init__(self, context: ServiceContext, credentials: CredentialStore,
+                 on_change: Sequence[Callable[[], None]] = (), extensions: Extensions = Extensions(),
+                 health: DatabaseHealth | None = None) -> None:
         self.context = context
         self.credentials = credentials
         self.router = Router(SERVICE_MODEL)
         self.handlers: dict[str, Handler] = load_all()
         # Called after every successful write, so caches of the control plane stay exact.
-        self.on_change: list[Callable[[], None]] = []
-        self.dead_letters: Callable[[], list[dict[str, Any]]] | None = None
-        self.broker_events: Callable[[Any], dict[str, Any]] | None = None
-        self.backtests: Any = None  # backtest.jobs.BacktestJobs, set by the service
-        # Readiness (/healthz) and the one log line per database outage; created on first use.
-        self.health: DatabaseHealth | None = None
+        self.on_change = tuple(on_change)
+        self.dead_letters = extensions.dead_letters
+        self.broker_events = extensions.broker_events
+        self.backtests = extensions.backtests
+        # Readiness (/healthz) and the one log line per database outage (shared with ingest).
+        self.health = health if health is not None else DatabaseHealth.of(context.engine)
         # Handlers run in worker threads; more than a few at once only contend for the GIL and
         # the database (SQLite has a handful of WAL reader slots). Requests beyond wait here.
         self._limiter = anyio.CapacityLimiter(API_WORKER_THREADS)
@@ -140,8 +143,6 @@ class ApiService:
         return self._logged(response, request, operation_name, started, request_id)
 
     def database_health(self) -> DatabaseHealth:
-        if self.health is None:
-            self.health = DatabaseHealth.of(self.context.engine)
         return self.health
 
     def _logged(self, response: Response, request: Request, operation_name: str, started: float,
@@ -170,20 +171,21 @@ class ApiService:
         if method == "GET" and parts == ["alerts", "dead"] and self.dead_letters is not None:
             return {"deadLetters": self.dead_letters()}
         if parts[0] == "backtests" and self.backtests is not None:
-            return self._backtests(method, parts[1:], body)
+            return self._backtests(self.backtests, method, parts[1:], body)
         raise ApiError("UnknownOperationException", f"No extension operation {method} {raw_path}")
 
-    def _backtests(self, method: str, parts: list[str], body: bytes) -> Any:
+    @staticmethod
+    def _backtests(jobs: BacktestJobs, method: str, parts: list[str], body: bytes) -> Any:
         if method == "POST" and parts == []:
             try:
                 spec = orjson.loads(body or b"{}")
             except orjson.JSONDecodeError as error:
                 raise invalid_request(f"backtests: the body is not JSON ({error})") from None
-            return self.backtests.submit(spec).document()
+            return jobs.submit(spec).document()
         if method == "GET" and parts == []:
-            return {"backtests": [job.document(with_result=False) for job in self.backtests.list()]}
+            return {"backtests": [job.document(with_result=False) for job in jobs.list()]}
         if method == "GET" and len(parts) == 1:
-            return self.backtests.get(parts[0]).document()
+            return jobs.get(parts[0]).document()
         raise ApiError("UnknownOperationException", f"No extension operation {method} backtests/{'/'.join(parts)}")
 
     def invoke(self, operation_name: str, params: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from iotdefender.api.validation import validate_input, validate_value
 from iotdefender.backtest.runner import BACKTEST_PROFILE, BacktestRequest, run_backtest
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.security_profiles import validate_security_profile_behaviors
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import profiles
 
 log = structlog.get_logger("iotdefender.backtest")

@@ -15,9 +15,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import Counter as PromCounter
+
+from iotdefender.brokers.observer import NULL_OBSERVER, BrokerObserver, observes_traffic
 
 REPORT_TOPIC = re.compile(r"^\$aws/things/([^/]+)/defender/metrics/(json|cbor)$")
 
@@ -42,11 +43,15 @@ def check_password_file(path: Path) -> int:
 class Gatekeeper:
     auth: str = "none"  # none | password | cert
     acl: str = "own"  # own | any
-    observer: Any = None  # cloud-side metrics: told of every refused PUBLISH or SUBSCRIBE
+    observer: BrokerObserver = NULL_OBSERVER  # cloud-side metrics: told of every refused PUBLISH or SUBSCRIBE
+
+    @property
+    def observes_traffic(self) -> bool:
+        return observes_traffic(self.observer)
 
     def record_denial(self, client_id: str | None, reason: str, topic: str | None = None) -> None:
         """Count a refusal by reason; a refused PUBLISH or SUBSCRIBE (with its topic) is also an
         authorization failure for the cloud-side metrics."""
         MQTT_DENIALS.labels(reason).inc()
-        if topic is not None and self.observer is not None:
+        if topic is not None:
             self.observer.authorization_failure(client_id, topic)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-# (thing name, "json"|"cbor", payload): takes the report and never raises; the reply follows later.
-# Synchronous, so that the MQTT client hands each message over without a task of its own.
-ReportSink = Callable[[str, str, bytes], None]
+
+class ReportSink(Protocol):
+    """Where an adapter hands each report (ingest's ``submit``)."""
+
+    def __call__(self, thing: str, encoding: str, payload: bytes, /) -> None:
+        """(thing name, "json"|"cbor", payload): takes the report and never raises; the reply
+        follows later. Synchronous, so that the MQTT client hands each message over without a
+        task of its own."""
 
 
 @dataclass(frozen=True)

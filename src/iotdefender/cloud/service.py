@@ -1,10 +1,10 @@
 """The cloud-side metrics pipeline: broker events in, one datapoint per device per window out.
 
-Events come from the service's Mosquitto plugin (``observer``) or from an operator's broker through
-``POST /_iotdefender/broker-events`` (``ingest_events``). At each window boundary the closed
-window becomes datapoints for every monitored device — those seen by the broker since the service
-started and every registered thing — 0 for the idle ones. They are stored (retained series) and
-evaluated in one transaction, exactly like a device report.
+Events come from the service's Mosquitto plugin (this service is the broker's ``BrokerObserver``)
+or from an operator's broker through ``POST /_iotdefender/broker-events`` (``ingest_events``). At
+each window boundary the closed window becomes datapoints for every monitored device — those seen
+by the broker since the service started and every registered thing — 0 for the idle ones. They are
+stored (retained series) and evaluated in one transaction, exactly like a device report.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import anyio.to_thread
 import structlog
 from sqlalchemy.engine import Engine
 
-from iotdefender.batch_isolation import store_isolating
 from iotdefender.cloud.aggregator import CLOUD_METRICS, Aggregator, dimension_specs
 from iotdefender.ingest.report import ReportRejected, check_thing_name
-from iotdefender.monitoring import MonitoringIndex
 from iotdefender.net_address import ip_of_endpoint
+from iotdefender.pipeline.batch_isolation import store_isolating
+from iotdefender.pipeline.batch_store import BatchStore
+from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import registry
 from iotdefender.store.availability import log_unless_outage
 
@@ -33,7 +34,7 @@ MAX_INTAKE_EVENTS = 10_000
 
 
 class CloudMetricsService:
-    def __init__(self, engine: Engine, monitoring: MonitoringIndex, store: Any, window_s: float,
+    def __init__(self, engine: Engine, monitoring: MonitoringIndex, store: BatchStore, window_s: float,
                  clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
         self._monitoring = monitoring

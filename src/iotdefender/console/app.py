@@ -13,7 +13,7 @@ from iotdefender.console import auth, forms, live, pages
 from iotdefender.console.context import STATIC_DIR, ConsoleContext
 from iotdefender.console.security import SecurityHeaders
 from iotdefender.console.sessions import SessionRegistry
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.monitoring import MonitoringIndex
 
 SESSION_MAX_AGE_S = 12 * 3600
 

@@ -15,7 +15,7 @@ from starlette.templating import Jinja2Templates
 from iotdefender.api.app import ApiService
 from iotdefender.console.sessions import SessionRegistry
 from iotdefender.console.throttle import LoginThrottle
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.monitoring import MonitoringIndex
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"

@@ -33,7 +33,6 @@ import structlog
 from prometheus_client import Counter, Gauge
 from sqlalchemy.engine import Engine
 
-from iotdefender.batch_isolation import Isolated, store_isolating
 from iotdefender.ingest.order import ReportOrder
 from iotdefender.ingest.replies import reply_payload, reply_topic
 from iotdefender.ingest.report import (
@@ -44,7 +43,9 @@ from iotdefender.ingest.report import (
     parse_report,
     report_id_hint,
 )
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.batch_isolation import Isolated, store_isolating
+from iotdefender.pipeline.batch_store import BatchStore
+from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import metric_values
 from iotdefender.store.availability import DatabaseHealth, is_unavailable
 
@@ -71,11 +72,12 @@ class _Accepted:
 
 
 class IngestService:
-    def __init__(self, engine: Engine, monitoring: MonitoringIndex, publish: Publisher,
+    def __init__(self, engine: Engine, monitoring: MonitoringIndex, store: BatchStore, publish: Publisher,
                  report_min_interval: float, clock: Callable[[], float] = time.time,
                  queue_limit: int = DEFAULT_QUEUE_LIMIT, health: DatabaseHealth | None = None) -> None:
         self._engine = engine
         self._monitoring = monitoring
+        self._batches = store  # storage and detection of each batch
         self._publish = publish
         self._min_interval = report_min_interval
         self._clock = clock
@@ -86,7 +88,6 @@ class IngestService:
         self._health = health if health is not None else DatabaseHealth.of(engine)
         self._writer: asyncio.Task[None] | None = None
         self._in_flight_things: set[str] = set()  # things with a report in a batch being stored
-        self.store: Any = None  # batch_store.BatchStore: storage and detection of each batch
         QUEUE_LIMIT.set(queue_limit)
 
     async def start(self) -> None:
@@ -165,7 +166,7 @@ class IngestService:
         batches in flight: a report whose thing is in flight is held, with every later report
         of that thing, until that batch is answered.
         """
-        depth = max(1, self.store.pipeline_depth)
+        depth = max(1, self._batches.pipeline_depth)
         in_flight: deque[asyncio.Task[None]] = deque()
         held: list[_Accepted] = []
         loop = asyncio.get_running_loop()
@@ -227,7 +228,7 @@ class IngestService:
     def _commit(self, batch: list[_Accepted]) -> Isolated[Any]:
         """The batch in as few transactions (BatchStore) as its failures allow."""
         outcome = store_isolating(
-            self.store.store_batch,
+            self._batches.store_batch,
             [(i.thing, i.report.datapoints, i.received_at, i.report.report_id) for i in batch])
         if outcome.outage is not None:
             self._health.failed(outcome.outage)

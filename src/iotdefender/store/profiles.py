@@ -91,3 +91,11 @@ def detach(conn: Connection, profile_name: str, target_arn: str) -> None:
 
 def detach_target(conn: Connection, target_arn: str) -> None:
     conn.execute(targets.delete().where(targets.c.target_arn == target_arn))
+
+
+def attachments(conn: Connection) -> dict[str, list[str]]:
+    """Every attachment, as target ARN -> names of the profiles attached to it."""
+    out: dict[str, list[str]] = {}
+    for name, arn in conn.execute(sa.select(targets.c.profile_name, targets.c.target_arn)):
+        out.setdefault(arn, []).append(name)
+    return out

@@ -108,7 +108,7 @@ class MosquittoBroker:
         config.write_text(render_config(self._listeners, PluginOptions(
             library=library, service_id=self.client_id, service_secret=self._secret, auth=self._gatekeeper.auth,
             acl=self._gatekeeper.acl, password_file=self._password_file,
-            report_traffic=self._gatekeeper.observer is not None)))
+            report_traffic=self._gatekeeper.observes_traffic)))
         config.chmod(0o600)
         self._spawn(executable, config)
         await self._wait_until_listening()

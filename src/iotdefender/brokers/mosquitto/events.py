@@ -7,9 +7,11 @@ more than 10,000 events/s a small share of the event loop.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
+
+from iotdefender.brokers.observer import BrokerObserver
 
 log = structlog.get_logger("iotdefender.broker")
 
@@ -21,7 +23,7 @@ class DenialCounter(Protocol):
     def record_denial(self, client_id: str | None, reason: str, topic: str | None = None) -> None: ...
 
 
-def apply_events(payload: bytes, observer: Any, denials: DenialCounter) -> int:
+def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounter) -> int:
     """Apply one batch; returns the number of events applied. A malformed tail is ignored."""
     fields = payload.decode("utf-8", "replace").split("\0")
     end = len(fields) - 1  # the batch ends with a NUL
@@ -39,14 +41,11 @@ def apply_events(payload: bytes, observer: Any, denials: DenialCounter) -> int:
             if ok != "1":
                 denials.record_denial(client, reason)  # a refused CONNECT has no topic
                 log.info("mqtt_auth_refused", client_id=client, address=address, reason=reason)
-            if observer is not None:
-                observer.connect_attempt(client, address or None, ok == "1")
+            observer.connect_attempt(client, address or None, ok == "1")
         elif kind == "A":
             denials.record_denial(record[0], record[2], record[1])
             if record[2] == "publish_denied":
                 log.info("mqtt_publish_refused", client_id=record[0], topic=record[1])
-        elif observer is None:
-            continue
         elif kind == "S":
             observer.message_sent(record[0], record[2], int(record[1]))
         elif kind == "R":

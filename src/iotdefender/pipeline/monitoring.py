@@ -13,14 +13,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from iotdefender.controlplane import hierarchy
 from iotdefender.controlplane.behavior_rules import metric_names_used
 from iotdefender.metrics_catalog import series_key
 from iotdefender.store import catalog, profiles, registry
-from iotdefender.store.schema import security_profile_targets
 
 
 @dataclass(frozen=True)
@@ -53,11 +51,8 @@ class MonitoringIndex:
             return snapshot
         with self._engine.connect() as conn:
             rows = {p["name"]: p for p in profiles.all_profiles(conn)}
-            attachments: dict[str, list[str]] = {}
-            for name, arn in conn.execute(sa.select(security_profile_targets.c.profile_name,
-                                                    security_profile_targets.c.target_arn)):
-                attachments.setdefault(arn, []).append(name)
-            snapshot = Snapshot(rows, attachments, registry.all_group_parents(conn), catalog.custom_metric_types(conn),
+            snapshot = Snapshot(rows, profiles.attachments(conn), registry.all_group_parents(conn),
+                                catalog.custom_metric_types(conn),
                                 catalog.dimension_values(conn))
         with self._lock:
             if self._snapshot is None:

@@ -2,7 +2,7 @@
 
 Exactly-once transitions: evaluation happens inside the ingest batch's transaction, so the
 datapoints, the events, the alarm states and the alert outbox rows of a batch commit together or
-not at all. The in-memory alarm states advance only after that commit (``committed``); after a
+not at all. The in-memory alarm states advance only after that commit (``transaction``); after a
 ``kill -9`` they are reloaded from the database and no transition is lost or repeated.
 
 Invalidation (alarm-invalidated) — the choices, since AWS documents only the first:
@@ -15,42 +15,61 @@ Invalidation (alarm-invalidated) — the choices, since AWS documents only the f
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from prometheus_client import Counter
 from sqlalchemy.engine import Connection, Engine
 
-from iotdefender.alerts.outbox import AlertRouter
-from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType
+from iotdefender.alerts.routes import Alert, AlertRoutes, alert_target
+from iotdefender.engine.alarm import AlarmState, AlarmStatus
 from iotdefender.engine.evaluator import Evaluation, Evaluator, StateKey, ViolationEvent
-from iotdefender.monitoring import MonitoringIndex
+from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import violations
 from iotdefender.store.database import writing
 
 log = structlog.get_logger("iotdefender.detection")
-
-# CloudWatch's AWS/IoT metric names (reference §6.2); profile- and account-level series are
-# sum by (SecurityProfileName) and sum(). Never labelled by thing: that would be millions of series.
-_LABELS = ["SecurityProfileName", "BehaviorName"]
-COUNTERS = {
-    EventType.IN_ALARM: Counter("Violations", "New violations of security profile behaviors", _LABELS),
-    EventType.CLEARED: Counter("ViolationsCleared", "Violations that were resolved", _LABELS),
-    EventType.INVALIDATED: Counter("ViolationsInvalidated",
-                                   "Violations whose information is no longer available", _LABELS),
-}
 
 
 @dataclass
 class PendingDetection:
     events: list[ViolationEvent] = field(default_factory=list)
     states: dict[StateKey, AlarmState] = field(default_factory=dict)
+    # profile name -> its SNS alert target, from the profile the events were evaluated with
+    alert_targets: dict[str, str | None] = field(default_factory=dict)
+
+    def note_targets(self, events: Iterable[ViolationEvent],
+                     profile_of: Callable[[str], Mapping[str, Any] | None]) -> None:
+        for event in events:
+            if event.profile_name not in self.alert_targets:
+                self.alert_targets[event.profile_name] = alert_target(profile_of(event.profile_name))
+
+    def alerts(self) -> list[Alert]:
+        return [Alert(event, target) for event in self.events
+                if (target := self.alert_targets.get(event.profile_name)) is not None]
+
+
+class DetectionTransaction:
+    """Detection's share of one batch transaction; exists only while the detection lock is held."""
+
+    def __init__(self, service: DetectionService) -> None:
+        self._service = service
+        self.pending = PendingDetection()
+
+    def evaluate_in(self, conn: Connection, reports: Iterable[tuple[str, Mapping[str, dict[str, Any]], float]]
+                    ) -> None:
+        """Evaluate the reports; their events, alarm states and alert rows join ``conn``'s transaction."""
+        self._service._evaluate_in(conn, reports, self.pending)
+
+    @property
+    def events(self) -> list[ViolationEvent]:
+        return self.pending.events
 
 
 class DetectionService:
-    def __init__(self, engine: Engine, monitoring: MonitoringIndex, alerts: AlertRouter,
+    def __init__(self, engine: Engine, monitoring: MonitoringIndex, alerts: AlertRoutes,
                  invalidation_period: float, time_scale: float = 1.0) -> None:
         self._engine = engine
         self._monitoring = monitoring
@@ -58,39 +77,43 @@ class DetectionService:
         self._invalidation_period = invalidation_period
         self._lock = threading.Lock()  # one evaluation at a time: ingest batches and sweeps
         self.evaluator = Evaluator(time_scale=time_scale)
-        self.listeners: list[Callable[[list[ViolationEvent]], None]] = []
 
     def load(self) -> None:
         with self._engine.connect() as conn:
             self.evaluator.states = violations.load_alarm_states(conn)
 
-    # -- live evaluation, called from the ingest writer inside its transaction -----------------
-    def evaluate_in(self, conn: Connection, reports: Iterable[tuple[str, Mapping[str, dict[str, Any]], float]]
-                    ) -> PendingDetection:
-        self._lock.acquire()
-        pending = PendingDetection()
-        try:
-            for thing, datapoints, at in reports:
-                evaluation = self.evaluator.evaluate(thing, self._monitoring.profiles_for(thing), datapoints, at,
-                                                     pending.states)
-                self._collect(pending, evaluation)
-            self._persist(conn, pending)
-        except BaseException:
-            self._lock.release()
-            raise
-        return pending
+    # -- live evaluation, inside the caller's transaction -----------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[DetectionTransaction]:
+        """Holds the detection lock from evaluation until the caller's transaction has committed::
 
-    def committed(self, pending: PendingDetection | None, ok: bool) -> None:
-        """After the ingest transaction: advance memory on success, release the lock always."""
-        try:
-            if ok and pending is not None:
-                self._after_commit(pending)
-        except Exception:
-            # The transaction is durable: a failure here must not make the batch look failed.
-            log.exception("after_commit_failed")
-        finally:
-            if pending is not None:
-                self._lock.release()
+            with detection.transaction() as run:
+                with writing(engine) as conn:
+                    ...  # the batch's own rows
+                    run.evaluate_in(conn, reports)
+
+        Memory (the alarm states) advances only when the block ends without an exception, that
+        is after the commit; the lock is released either way.
+        """
+        with self._lock:
+            run = DetectionTransaction(self)
+            yield run
+            try:
+                self._after_commit(run.pending)
+            except Exception:
+                # The transaction is durable: a failure here must not make the batch look failed.
+                log.exception("after_commit_failed")
+
+    def _evaluate_in(self, conn: Connection, reports: Iterable[tuple[str, Mapping[str, dict[str, Any]], float]],
+                     pending: PendingDetection) -> None:
+        for thing, datapoints, at in reports:
+            profiles = self._monitoring.profiles_for(thing)
+            evaluation = self.evaluator.evaluate(thing, profiles, datapoints, at, pending.states)
+            self._collect(pending, evaluation)
+            if evaluation.events:
+                by_name = {p["name"]: p for p in profiles}
+                pending.note_targets(evaluation.events, by_name.get)
+        self._persist(conn, pending)
 
     @staticmethod
     def _collect(pending: PendingDetection, evaluation: Evaluation) -> None:
@@ -100,18 +123,13 @@ class DetectionService:
     def _persist(self, conn: Connection, pending: PendingDetection) -> None:
         violations.record_events(conn, pending.events)
         violations.save_alarm_states(conn, pending.states)
-        self._alerts.enqueue(conn, pending.events, self._monitoring)
+        self._alerts.enqueue(conn, pending.alerts())
 
     def _after_commit(self, pending: PendingDetection) -> None:
         self.evaluator.commit(pending.states)
         for event in pending.events:
-            COUNTERS[event.event_type].labels(event.profile_name, event.behavior.get("name", "")).inc()
             log.info("violation_event", event_type=event.event_type.value, violation_id=event.violation_id,
                      thing=event.thing_name, profile=event.profile_name, behavior=event.behavior.get("name"))
-        if pending.events:
-            for listener in self.listeners:
-                listener(pending.events)
-            self._alerts.wake()
 
     # -- invalidation sweeps ----------------------------------------------------------------------
     def sweep(self, now: float) -> PendingDetection | None:
@@ -143,6 +161,7 @@ class DetectionService:
                 keys = [k for k, r in stale.items() if r == reason]
                 self._collect(pending, self.evaluator.invalidate(keys, behaviors, now, reason))
             self._fill_behaviors(pending)
+            pending.note_targets(pending.events, self._monitoring.profile)
             with writing(self._engine) as conn:
                 self._persist(conn, pending)
             self._after_commit(pending)

@@ -1,0 +1,118 @@
+"""The batch unit of work in this process, and the one function that assembles it.
+
+``open_local_store`` is used by both composition roots: the service with ``--detection-worker
+off``, and the detection worker (worker.py), which runs exactly this store in a child process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy.engine import Engine
+
+from iotdefender.alerts.routes import AlertRoutes
+from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSummary, summaries
+from iotdefender.pipeline.detection import DetectionService
+from iotdefender.pipeline.monitoring import MonitoringIndex
+from iotdefender.store import metric_values
+from iotdefender.store.availability import StoreUnavailable, is_unavailable, log_unless_outage
+from iotdefender.store.database import writing
+
+log = structlog.get_logger("iotdefender.batch_store")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What the pipeline needs besides its database, built once from the settings; picklable, so
+    the detection worker receives the very same object."""
+
+    arn_prefix: str  # "arn:aws:iot:{region}:{account}:"
+    invalidation_period: float
+    time_scale: float
+    alert_routes: AlertRoutes
+    history_interval: float = 30.0
+
+
+class LocalBatchStore:
+    """The transaction in this process; detection's after-commit effects happen here too."""
+
+    pipeline_depth = 1  # one transaction at a time: the engine's state is this process's
+
+    def __init__(self, engine: Engine, monitoring: MonitoringIndex, detection: DetectionService,
+                 on_events: EventListener) -> None:
+        self.engine = engine
+        self.monitoring = monitoring
+        self.detection = detection
+        self._on_events = on_events
+
+    def store_batch(self, items: Sequence[BatchItem]) -> list[EventSummary]:
+        """Retained datapoints (the series a monitoring profile uses or retains), the last report
+        id of each thing, and every datapoint evaluated — in one transaction."""
+        reports: list[metric_values.RetainedReport] = []
+        states: dict[str, tuple[str, int, float]] = {}
+        self.monitoring.prime([item[0] for item in items])
+        for thing, datapoints, at, report_id in items:
+            retained = self.monitoring.retained_metrics(thing)
+            kept = {m: v for m, v in datapoints.items() if m in retained}
+            if kept:
+                reports.append(metric_values.RetainedReport(thing, at, kept))
+            if report_id is not None:
+                states[thing] = (thing, report_id, at)
+        try:
+            with self.detection.transaction() as detection:
+                with writing(self.engine) as conn:
+                    metric_values.insert_reports(conn, reports)
+                    metric_values.upsert_report_states(conn, states.values())
+                    detection.evaluate_in(conn, [(t, d, at) for t, d, at, _ in items])
+        except Exception as error:
+            if is_unavailable(error):
+                raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+            raise
+        events = summaries(detection.events)
+        self._on_events(events)
+        return events
+
+    def sweep(self, now: float) -> list[EventSummary]:
+        pending = self.detection.sweep(now)
+        events = summaries(pending.events) if pending is not None else []
+        self._on_events(events)
+        return events
+
+    def invalidate(self) -> None:
+        self.monitoring.invalidate()
+
+    def close(self) -> None:
+        pass
+
+
+def start_compaction(engine: Engine, interval_s: float) -> None:
+    """History compaction (store/history.py) on a thread of whichever process stores the batches:
+    with the detection worker on, that keeps the decoding of new rows off the broker's process."""
+    from iotdefender.store.history import Compactor
+
+    compactor = Compactor(engine)
+
+    def run() -> None:
+        while True:
+            time.sleep(interval_s)
+            try:
+                compactor.run_once()
+            except Exception as error:
+                log_unless_outage(log, "history_compaction_failed", error)
+
+    threading.Thread(target=run, name="history-compaction", daemon=True).start()
+
+
+def open_local_store(engine: Engine, config: PipelineConfig, monitoring: MonitoringIndex,
+                     on_events: EventListener) -> LocalBatchStore:
+    """Detection with the alarm states loaded from the database, history compaction running, and
+    the store over them (blocking: call it from a thread, not the event loop)."""
+    detection = DetectionService(engine, monitoring, config.alert_routes, config.invalidation_period,
+                                 config.time_scale)
+    detection.load()
+    start_compaction(engine, config.history_interval)
+    return LocalBatchStore(engine, monitoring, detection, on_events)
