@@ -31,9 +31,11 @@ from botocore.credentials import Credentials
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iotdefender.api.service_model import SERVICE_MODEL
+from iotdefender.contract.service_model import service_model
 from iotdefender.controlplane.operations import load_all
 from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY
+
+SERVICE_MODEL = service_model()
 
 SCALE = float(os.environ.get("IOTDEFENDER_FUZZ_EXAMPLES", "1"))
 ARTIFACTS = Path(os.environ.get("IOTDEFENDER_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))

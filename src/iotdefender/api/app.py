@@ -29,12 +29,12 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 
 from iotdefender.api.credentials import CredentialStore
-from iotdefender.api.errors import ApiError, invalid_request
+from iotdefender.contract.errors import ApiError, invalid_request
 from iotdefender.api.protocol import parse_request, serialize_response
 from iotdefender.api.routing import RouteNotFound, Router
-from iotdefender.api.service_model import SERVICE_MODEL
+from iotdefender.contract.service_model import service_model
 from iotdefender.api.sigv4 import SignedRequest, verify
-from iotdefender.api.validation import validate_input
+from iotdefender.contract.validation import validate_input
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import SELF_VALIDATING, Handler, load_all
 from iotdefender.controlplane.violations import violation_evidence
@@ -63,7 +63,7 @@ class ApiService:
     def __init__(self, context: ServiceContext, credentials: CredentialStore) -> None:
         self.context = context
         self.credentials = credentials
-        self.router = Router(SERVICE_MODEL)
+        self.router = Router(service_model())
         self.handlers: dict[str, Handler] = load_all()
         # Called after every successful write, so caches of the control plane stay exact.
         self.on_change: list[Callable[[], None]] = []
@@ -191,7 +191,7 @@ class ApiService:
 
         ``extra`` reaches handlers that take console-only keywords (e.g. ``behavior_name``).
         """
-        operation = SERVICE_MODEL.operation_model(operation_name)
+        operation = service_model().operation_model(operation_name)
         validate_input(operation.input_shape, params, constraints=operation_name not in SELF_VALIDATING)
         handler = self.handlers[operation_name]
         output = self._run(functools.partial(handler, **extra) if extra else handler, params)

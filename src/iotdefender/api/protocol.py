@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 import orjson
 from botocore.model import OperationModel, Shape
 
-from iotdefender.api.errors import invalid_request
+from iotdefender.contract.errors import invalid_request
 
 
 def parse_timestamp(value: Any) -> float:

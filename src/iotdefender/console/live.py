@@ -17,7 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from iotdefender.api.errors import ApiError
+from iotdefender.contract.errors import ApiError
 from iotdefender.console.auth import Page, login_required
 from iotdefender.console.context import ConsoleContext
 from iotdefender.store import insights

@@ -16,7 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from iotdefender.api.errors import ApiError
+from iotdefender.contract.errors import ApiError
 from iotdefender.console import fleet
 from iotdefender.console.auth import Page, login_required
 from iotdefender.console.context import ConsoleContext

@@ -15,7 +15,7 @@ import regex
 from botocore.model import Shape
 from botocore.validate import ParamValidator
 
-from iotdefender.api.errors import invalid_request
+from iotdefender.contract.errors import invalid_request
 
 # The model's patterns are Java regexes. Java's POSIX classes are US-ASCII only
 # (java.util.regex.Pattern, "POSIX character classes (US-ASCII only)"), while the ``regex``

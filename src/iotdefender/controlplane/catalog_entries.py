@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotdefender.api.errors import already_exists, invalid_request, limit_exceeded, not_found
+from iotdefender.contract.errors import already_exists, invalid_request, limit_exceeded, not_found
 from iotdefender.controlplane import behavior_rules
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params

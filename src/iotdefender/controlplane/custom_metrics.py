@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotdefender.api.errors import invalid_request
+from iotdefender.contract.errors import invalid_request
 from iotdefender.controlplane import catalog_entries
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iotdefender.api.errors import invalid_request
+from iotdefender.contract.errors import invalid_request
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation
 from iotdefender.store import metric_values

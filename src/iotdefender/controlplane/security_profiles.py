@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotdefender.api.errors import already_exists, invalid_request, not_found, version_conflict
-from iotdefender.api.service_model import SERVICE_MODEL
-from iotdefender.api.validation import constraint_problems
+from iotdefender.contract.errors import already_exists, invalid_request, not_found, version_conflict
+from iotdefender.contract.service_model import service_model
+from iotdefender.contract.validation import constraint_problems
 from iotdefender.controlplane import behavior_rules
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation
@@ -163,7 +163,7 @@ def list_security_profiles(ctx: ServiceContext, params: Params) -> Params:
 
 @operation("ValidateSecurityProfileBehaviors")
 def validate_security_profile_behaviors(ctx: ServiceContext, params: Params) -> Params:
-    behavior_shape = SERVICE_MODEL.shape_for("Behavior")
+    behavior_shape = service_model().shape_for("Behavior")
     problems = []
     for behavior in params["behaviors"]:
         for problem in constraint_problems(behavior_shape, behavior):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotdefender.api.errors import invalid_request, not_found
+from iotdefender.contract.errors import invalid_request, not_found
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation
 from iotdefender.store import catalog, profiles, registry, tags

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from iotdefender.api.errors import invalid_request, limit_exceeded, not_found
+from iotdefender.contract.errors import invalid_request, limit_exceeded, not_found
 from iotdefender.controlplane import hierarchy
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation

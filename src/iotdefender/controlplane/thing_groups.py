@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from iotdefender.api.errors import already_exists, invalid_request, not_found, version_conflict
+from iotdefender.contract.errors import already_exists, invalid_request, not_found, version_conflict
 from iotdefender.controlplane import hierarchy
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotdefender.api.errors import invalid_request, not_found
-from iotdefender.api.service_model import SERVICE_MODEL
-from iotdefender.api.validation import validate_value
+from iotdefender.contract.errors import invalid_request, not_found
+from iotdefender.contract.service_model import service_model
+from iotdefender.contract.validation import validate_value
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation
 from iotdefender.store import violations
@@ -91,7 +91,7 @@ def put_verification_state_on_violation(ctx: ServiceContext, params: Params) -> 
 
 def violation_evidence(ctx: ServiceContext, violation_id: str) -> Params:
     """Extension: every event of a violation with the datapoints and threshold that caused it."""
-    validate_value(SERVICE_MODEL.shape_for("ViolationId"), violation_id, "violationId")
+    validate_value(service_model().shape_for("ViolationId"), violation_id, "violationId")
     with ctx.engine.connect() as conn:
         rows = violations.events_of(conn, violation_id)
     if not rows:

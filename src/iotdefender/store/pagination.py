@@ -17,7 +17,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from iotdefender.api.errors import invalid_request
+from iotdefender.contract.errors import invalid_request
 
 T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 25
