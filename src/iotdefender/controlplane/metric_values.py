@@ -6,7 +6,7 @@ from iotdefender.contract.errors import invalid_request
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation
 from iotdefender.store import metric_values
-from iotdefender.store.pagination import decode_token, encode_token, page_size
+from iotdefender.controlplane.pagination import decode_token, encode_token, page_size
 
 
 @operation("ListMetricValues")

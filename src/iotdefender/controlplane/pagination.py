@@ -4,24 +4,24 @@ Tokens encode the last key returned, not an offset, so a page never skips or rep
 others are created or deleted between calls (boto3 paginators resend every original parameter
 plus ``nextToken``). Tokens are base64url JSON; a forged or corrupt one is an
 InvalidRequestException, never a 500.
+
+The token is the wire form of a key, so it lives with the operations; storage only scans rows in
+key order (``store.pagination.scan_rows``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import orjson
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
 from iotdefender.contract.errors import invalid_request
 
 T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 25
-_SCAN_BATCH = 500
 
 
 def encode_token(after: Any) -> str:
@@ -71,19 +71,6 @@ def decode_token(token: str | None, shape: KeyShape = str) -> Any:
 
 def page_size(max_results: int | None) -> int:
     return max_results if max_results is not None else DEFAULT_PAGE_SIZE
-
-
-def scan_rows(conn: Connection, query: sa.Select, key: sa.ColumnElement, after: Any) -> Iterator[Any]:
-    """All rows of ``query`` ordered by ``key`` after ``after``, fetched in batches."""
-    while True:
-        stmt = query.order_by(key).limit(_SCAN_BATCH)
-        if after is not None:
-            stmt = stmt.where(key > after)
-        rows = conn.execute(stmt).all()
-        yield from rows
-        if len(rows) < _SCAN_BATCH:
-            return
-        after = getattr(rows[-1], key.key)
 
 
 def take_page(items: Iterable[T], limit: int, key_of: Callable[[T], Any]) -> tuple[list[T], str | None]:

@@ -13,7 +13,7 @@ from iotdefender.controlplane.operations import Params, operation
 from iotdefender.controlplane.versioning import check_expected_version
 from iotdefender.store import catalog, profiles, tags
 from iotdefender.store.database import writing
-from iotdefender.store.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.pagination import decode_token, page_size, take_page
 
 MAX_TAGS = 50  # CloudFormation AWS::IoT::SecurityProfile: at most 50 tags
 

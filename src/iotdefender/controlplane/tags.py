@@ -9,7 +9,7 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params, operation
 from iotdefender.store import catalog, profiles, registry, tags
 from iotdefender.store.database import writing
-from iotdefender.store.pagination import decode_token
+from iotdefender.controlplane.pagination import decode_token
 
 MAX_TAGS = 50
 

@@ -17,7 +17,7 @@ from iotdefender.controlplane.operations import Params, operation
 from iotdefender.controlplane.security_profiles import require_profile
 from iotdefender.store import profiles, registry
 from iotdefender.store.database import writing
-from iotdefender.store.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.pagination import decode_token, page_size, take_page
 
 MAX_PROFILES_PER_TARGET = 5  # AWS quota "Security profiles for each target": 5, not adjustable
 ACCOUNT_WIDE = ("all/registered-things", "all/unregistered-things", "all/things")

@@ -17,7 +17,7 @@ from iotdefender.controlplane.things import require_thing
 from iotdefender.controlplane.versioning import check_expected_version, merge_attributes
 from iotdefender.store import profiles, registry, tags
 from iotdefender.store.database import writing
-from iotdefender.store.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.pagination import decode_token, page_size, take_page
 
 MAX_GROUPS_PER_THING = 10  # AWS IoT quota: a thing belongs directly to at most 10 thing groups
 

@@ -11,7 +11,7 @@ from iotdefender.controlplane.operations import Params, operation
 from iotdefender.controlplane.versioning import check_expected_version, merge_attributes
 from iotdefender.store import registry
 from iotdefender.store.database import writing
-from iotdefender.store.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.pagination import decode_token, page_size, take_page
 
 
 def _require_no_thing_type(name: str | None) -> None:
