@@ -9,11 +9,13 @@ from iotdefender.contract.service_model import service_model
 from iotdefender.contract.validation import constraint_problems
 from iotdefender.controlplane import behavior_rules
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.operations import Params, operation
+from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.versioning import check_expected_version
 from iotdefender.store import catalog, profiles, tags
 from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, page_size, take_page
+
+operation = OperationTable()
 
 MAX_TAGS = 50  # CloudFormation AWS::IoT::SecurityProfile: at most 50 tags
 
@@ -161,7 +163,7 @@ def list_security_profiles(ctx: ServiceContext, params: Params) -> Params:
     }
 
 
-@operation("ValidateSecurityProfileBehaviors")
+@operation("ValidateSecurityProfileBehaviors", checks_constraints=True)
 def validate_security_profile_behaviors(ctx: ServiceContext, params: Params) -> Params:
     behavior_shape = service_model().shape_for("Behavior")
     problems = []

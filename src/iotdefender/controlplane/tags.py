@@ -6,10 +6,12 @@ from typing import Any
 
 from iotdefender.contract.errors import invalid_request, not_found
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.operations import Params, operation
+from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.store import catalog, profiles, registry, tags
 from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token
+
+operation = OperationTable()
 
 MAX_TAGS = 50
 

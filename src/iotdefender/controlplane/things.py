@@ -7,11 +7,13 @@ from typing import Any
 
 from iotdefender.contract.errors import already_exists, invalid_request, not_found, version_conflict
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.operations import Params, operation
+from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.versioning import check_expected_version, merge_attributes
 from iotdefender.store import registry
 from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, page_size, take_page
+
+operation = OperationTable()
 
 
 def _require_no_thing_type(name: str | None) -> None:

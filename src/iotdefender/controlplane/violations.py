@@ -14,10 +14,12 @@ from iotdefender.contract.errors import invalid_request, not_found
 from iotdefender.contract.service_model import service_model
 from iotdefender.contract.validation import validate_value
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.operations import Params, operation
+from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.store import violations
 from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, encode_token, page_size
+
+operation = OperationTable()
 
 
 def _filter(params: Params, behavior_name: str | None) -> violations.ViolationFilter:
