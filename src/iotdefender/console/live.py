@@ -9,7 +9,7 @@ that reconnects (EventSource does that by itself) resumes from the last id it sa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio.to_thread
@@ -41,7 +41,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
     async def read(function: Any, *args: Any) -> Any:
         return await anyio.to_thread.run_sync(function, *args, limiter=console.api._limiter)
 
-    def newer(after: int) -> list[Any]:
+    def newer(after: int) -> Sequence[Any]:
         with console.engine.connect() as conn:
             return insights.recent_events(conn, after, 200)
 

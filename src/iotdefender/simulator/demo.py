@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import botocore.session
 import httpx
@@ -61,7 +62,8 @@ def run_demo(data_dir: Path, api_port: int = 8080, mqtt_port: int = 1883, durati
         os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str((data_dir / "credentials").resolve())
         session = botocore.session.Session()
         session.set_config_variable("profile", "default")
-        iot = session.create_client("iot", region_name="us-east-1", endpoint_url=endpoint)
+        # botocore builds the operations from the model at run time: no static type to check against.
+        iot: Any = session.create_client("iot", region_name="us-east-1", endpoint_url=endpoint)
         for name, kind in (("cpu_usage", "number"), ("temperature", "number"), ("firmware", "string-list")):
             iot.create_custom_metric(metricName=name, metricType=kind)
         iot.create_security_profile(securityProfileName="demo-fleet", behaviors=PROFILE)

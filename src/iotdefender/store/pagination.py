@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 _SCAN_BATCH = 500
 
 
-def scan_rows(conn: Connection, query: sa.Select, key: sa.ColumnElement, after: Any) -> Iterator[Any]:
+def scan_rows(conn: Connection, query: sa.Select[Any], key: sa.Column[Any], after: Any) -> Iterator[Any]:
     """All rows of ``query`` ordered by ``key`` after ``after``, fetched in batches."""
     while True:
         stmt = query.order_by(key).limit(_SCAN_BATCH)

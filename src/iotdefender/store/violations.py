@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -128,7 +128,7 @@ def _with_verification(table: sa.Table) -> sa.Select:
         table.outerjoin(violation_verification, violation_verification.c.violation_id == table.c.violation_id))
 
 
-def active_page(conn: Connection, filters: ViolationFilter, after: str | None, limit: int) -> list[Any]:
+def active_page(conn: Connection, filters: ViolationFilter, after: str | None, limit: int) -> Sequence[Any]:
     query = _with_verification(active_violations).where(*_filters(active_violations, filters))
     if after is not None:
         query = query.where(active_violations.c.violation_id > after)
@@ -136,7 +136,7 @@ def active_page(conn: Connection, filters: ViolationFilter, after: str | None, l
 
 
 def events_page(conn: Connection, filters: ViolationFilter, start: float, end: float,
-                after: tuple[float, int] | None, limit: int, descending: bool = False) -> list[Any]:
+                after: tuple[float, int] | None, limit: int, descending: bool = False) -> Sequence[Any]:
     """Events in [start, end] by (time, id), after the key ``after`` in that order (newest first if
     ``descending``)."""
     query = _with_verification(violation_events).where(
@@ -151,7 +151,7 @@ def events_page(conn: Connection, filters: ViolationFilter, start: float, end: f
     return conn.execute(query.order_by(*order).limit(limit)).all()
 
 
-def events_of(conn: Connection, violation_id: str) -> list[Any]:
+def events_of(conn: Connection, violation_id: str) -> Sequence[Any]:
     query = sa.select(violation_events).where(violation_events.c.violation_id == violation_id)
     return conn.execute(query.order_by(violation_events.c.event_time, violation_events.c.id)).all()
 
