@@ -11,7 +11,7 @@ ARGS ?=
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z][a-z.-]*:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-.PHONY: help run test test-unit system-deps broker-deps demo bench bench-pipeline bench-quick clean durability
+.PHONY: help run test guards test-unit system-deps broker-deps demo bench bench-pipeline bench-quick clean durability
 
 # The default MQTT broker: Mosquitto and what its plugin is compiled with (headers, libargon2 for
 # $argon2 passwords, OpenSSL for certificate names, a C compiler). Installed only when missing.
@@ -50,8 +50,18 @@ system-deps: ## install the test-only Debian packages (PostgreSQL, Mosquitto, na
 		echo "installing with apt-get:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 
-test: $(STAMP) system-deps broker-deps ## set up and run the whole test suite (ARGS='tests/unit' for a part)
+# Cheap guards that keep the structure as docs/architecture.md describes it (a few seconds each):
+# the layer contract and no import cycles (import-linter), every imported package declared in
+# pyproject.toml (deptry: the service's code against its dependencies, the tests and benchmarks
+# against those and the test extra), and the type checker (strict on the engine and the contract).
+guards: $(STAMP) ## the layer contract, declared dependencies and the type checker (make test runs them)
 	$(BIN)/ruff check --select F,E9 src tests bench
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/deptry src
+	$(BIN)/deptry tests bench --exclude '\.git' --ignore DEP002,DEP004
+	$(BIN)/mypy
+
+test: $(STAMP) system-deps broker-deps guards ## set up and run the whole test suite (ARGS='tests/unit' for a part)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
 
 test-unit: $(STAMP) ## run the unit tests only

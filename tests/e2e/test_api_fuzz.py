@@ -31,9 +31,11 @@ from botocore.credentials import Credentials
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iotdefender.api.service_model import SERVICE_MODEL
-from iotdefender.controlplane.operations import load_all
+from iotdefender.contract.service_model import service_model
+from iotdefender.controlplane.registry import IMPLEMENTED
 from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY
+
+SERVICE_MODEL = service_model()
 
 SCALE = float(os.environ.get("IOTDEFENDER_FUZZ_EXAMPLES", "1"))
 ARTIFACTS = Path(os.environ.get("IOTDEFENDER_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
@@ -182,7 +184,7 @@ KNOWN = ["fuzz-sp", "fuzz-thing", "fuzz-group", "fuzz-dim", "fuzz-cm", "aws:all-
          ACCOUNT_ARN + "thinggroup/fuzz-group", ACCOUNT_ARN + "thing/fuzz-thing", ACCOUNT_ARN + "dimension/fuzz-dim"]
 name_like = st.one_of(st.sampled_from(KNOWN), nasty, st.text(max_size=12),
                       st.tuples(st.sampled_from(KNOWN), hostile_char).map("".join))
-OPERATIONS = sorted(load_all())
+OPERATIONS = sorted(IMPLEMENTED)
 
 
 def shape_strategy(shape: Shape, depth: int = 0) -> st.SearchStrategy[Any]:

@@ -10,12 +10,14 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from iotdefender.api.credentials import AccessKey, CredentialStore
-from iotdefender.api.errors import ApiError
+from iotdefender.contract.errors import ApiError
 from iotdefender.api.protocol import parse_request, parse_timestamp, serialize_response
 from iotdefender.api.routing import RouteNotFound, Router
-from iotdefender.api.service_model import SERVICE_MODEL
+from iotdefender.contract.service_model import service_model
 from iotdefender.api.sigv4 import SignedRequest, verify
-from iotdefender.api.validation import validate_input
+from iotdefender.contract.validation import validate_input
+
+SERVICE_MODEL = service_model()
 
 ROUTER = Router(SERVICE_MODEL)
 

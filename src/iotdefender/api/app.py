@@ -9,7 +9,6 @@ InternalFailureException, never as a bare 500 page.
 
 from __future__ import annotations
 
-import functools
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -20,7 +19,6 @@ from urllib.parse import unquote
 import anyio
 import anyio.to_thread
 import orjson
-import sqlalchemy.exc
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -29,15 +27,15 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 
 from iotdefender.api.credentials import CredentialStore
-from iotdefender.api.errors import ApiError, invalid_request
 from iotdefender.api.extensions import BacktestJobs, Extensions
+from iotdefender.contract.errors import ApiError, invalid_request
 from iotdefender.api.protocol import parse_request, serialize_response
 from iotdefender.api.routing import RouteNotFound, Router
-from iotdefender.api.service_model import SERVICE_MODEL
+from iotdefender.contract.service_model import service_model
 from iotdefender.api.sigv4 import SignedRequest, verify
-from iotdefender.api.validation import validate_input
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.operations import SELF_VALIDATING, Handler, load_all
+from iotdefender.controlplane.dispatch import Dispatcher
+from iotdefender.controlplane.registry import IMPLEMENTED
 from iotdefender.controlplane.violations import violation_evidence
 from iotdefender.store.availability import DatabaseHealth, is_unavailable
 
@@ -46,7 +44,6 @@ log = structlog.get_logger("iotdefender.api")
 MAX_BODY_BYTES = 4 * 1024 * 1024
 EXTENSION_PREFIX = "/_iotdefender/"
 API_WORKER_THREADS = 8
-_CONFLICT_RETRIES = 3
 
 
 def _error_response(error: ApiError, request_id: str) -> Response:
@@ -66,10 +63,11 @@ class ApiService:
                  health: DatabaseHealth | None = None) -> None:
         self.context = context
         self.credentials = credentials
-        self.router = Router(SERVICE_MODEL)
-        self.handlers: dict[str, Handler] = load_all()
+        self.router = Router(service_model())
         # Called after every successful write, so caches of the control plane stay exact.
         self.on_change = tuple(on_change)
+        # The one dispatch path (validate -> run -> after-change) of the API and the console.
+        self.dispatcher = Dispatcher(context, IMPLEMENTED, after_change=self._changed)
         self.dead_letters = extensions.dead_letters
         self.broker_events = extensions.broker_events
         self.backtests = extensions.backtests
@@ -114,15 +112,9 @@ class ApiService:
                 raise invalid_request("The request path is not valid UTF-8 percent-encoding") from None
             operation = match.operation
             operation_name = operation.name
-            handler = self.handlers.get(operation_name)
-            if handler is None:
-                raise ApiError("NotImplementedException", f"iotdefender does not implement {operation_name}")
+            self.dispatcher.implementation(operation_name)  # 501 before any input error, as before
             params = parse_request(operation, match.path_params, raw_query, headers, body)
-            validate_input(operation.input_shape, params, constraints=operation_name not in SELF_VALIDATING)
-            output = await anyio.to_thread.run_sync(self._run, handler, params, limiter=self._limiter)
-            if request.method != "GET":
-                for listener in self.on_change:
-                    listener()
+            output = await anyio.to_thread.run_sync(self.dispatcher.call, operation, params, limiter=self._limiter)
             status, out_headers, payload = serialize_response(operation, output)
             out_headers["x-amzn-RequestId"] = request_id
             response = Response(payload, status_code=status, media_type="application/json", headers=out_headers)
@@ -189,30 +181,13 @@ class ApiService:
         raise ApiError("UnknownOperationException", f"No extension operation {method} backtests/{'/'.join(parts)}")
 
     def invoke(self, operation_name: str, params: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        """Run an AWS operation from inside the service (the console): validated as a request is.
+        """Run an AWS operation from inside the service (the console): the same dispatch path as a
+        request, so it is validated and followed by the after-change listeners exactly as one."""
+        return self.dispatcher.call_by_name(operation_name, params, **extra)
 
-        ``extra`` reaches handlers that take console-only keywords (e.g. ``behavior_name``).
-        """
-        operation = SERVICE_MODEL.operation_model(operation_name)
-        validate_input(operation.input_shape, params, constraints=operation_name not in SELF_VALIDATING)
-        handler = self.handlers[operation_name]
-        output = self._run(functools.partial(handler, **extra) if extra else handler, params)
-        if operation.http.get("method") != "GET":
-            for listener in self.on_change:
-                listener()
-        return output
-
-    def _run(self, handler: Handler, params: dict[str, Any]) -> dict[str, Any]:
-        # Two writers racing on the same new name: the loser's INSERT violates a key. Running
-        # the handler again lets it see the winner's row and answer exactly as AWS would
-        # (ResourceAlreadyExists, VersionConflict …) instead of a database error.
-        for attempt in range(_CONFLICT_RETRIES):
-            try:
-                return handler(self.context, params)
-            except sqlalchemy.exc.IntegrityError:
-                if attempt == _CONFLICT_RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+    def _changed(self) -> None:
+        for listener in self.on_change:
+            listener()
 
 
 def create_app(service: ApiService, console: Starlette | None = None) -> Starlette:

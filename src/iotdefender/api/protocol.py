@@ -16,9 +16,9 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from botocore.model import OperationModel, Shape
+from botocore.model import ListShape, MapShape, OperationModel, Shape, StructureShape
 
-from iotdefender.api.errors import invalid_request
+from iotdefender.contract.errors import invalid_request
 
 
 def parse_timestamp(value: Any) -> float:
@@ -80,15 +80,15 @@ def _body_value(shape: Shape, value: Any, where: str) -> Any:
             return base64.b64decode(value, validate=True)
         except ValueError:
             raise invalid_request(f"Invalid base64 for {where}") from None
-    if kind == "structure" and isinstance(value, dict):
+    if isinstance(shape, StructureShape) and isinstance(value, dict):
         out = {}
         for name, member in shape.members.items():
             if name in value and value[name] is not None:
                 out[name] = _body_value(member, value[name], f"{where}.{name}")
         return out
-    if kind == "list" and isinstance(value, list):
+    if isinstance(shape, ListShape) and isinstance(value, list):
         return [_body_value(shape.member, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if kind == "map" and isinstance(value, dict):
+    if isinstance(shape, MapShape) and isinstance(value, dict):
         return {k: _body_value(shape.value, v, f"{where}.{k}") for k, v in value.items()}
     return value
 
@@ -116,12 +116,12 @@ def parse_request(
     body_members = {}
     for name, member in shape.members.items():
         location = member.serialization.get("location")
-        wire = member.serialization.get("name", name)
+        wire: str = member.serialization.get("name") or name
         if location == "uri":
             if wire in path_params:
                 params[name] = _scalar_from_text(member, path_params[wire], name)
         elif location == "querystring":
-            if member.type_name == "list":
+            if isinstance(member, ListShape):
                 if wire in query_multi:
                     params[name] = [
                         _scalar_from_text(member.member, v, name) for v in query_multi[wire]
@@ -131,9 +131,9 @@ def parse_request(
             elif wire in query_multi:
                 params[name] = _scalar_from_text(member, query_multi[wire][-1], name)
         elif location == "header":
-            value = headers.get(wire.lower())
-            if value is not None:
-                params[name] = _scalar_from_text(member, value, name)
+            header = headers.get(wire.lower())
+            if header is not None:
+                params[name] = _scalar_from_text(member, header, name)
         elif location is None:
             body_members[name] = member
 
@@ -156,13 +156,13 @@ def _render(shape: Shape, value: Any) -> Any:
         return None
     if kind == "timestamp":
         return round(float(value), 3)
-    if kind == "structure":
+    if isinstance(shape, StructureShape):
         return {
             k: _render(m, value[k]) for k, m in shape.members.items() if value.get(k) is not None
         }
-    if kind == "list":
+    if isinstance(shape, ListShape):
         return [_render(shape.member, v) for v in value]
-    if kind == "map":
+    if isinstance(shape, MapShape):
         return {k: _render(shape.value, v) for k, v in value.items()}
     if kind == "blob":
         return base64.b64encode(value).decode()

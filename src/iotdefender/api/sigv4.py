@@ -18,7 +18,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from iotdefender.api.credentials import AccessKey, CredentialStore
-from iotdefender.api.errors import ApiError
+from iotdefender.contract.errors import ApiError
 
 ACCEPTED_SERVICES = ("iot", "execute-api")  # current botocore signs "iot"; older SDKs "execute-api"
 MAX_SKEW = timedelta(minutes=5)

@@ -36,10 +36,11 @@ class ExtensionClient:
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = orjson.dumps(body) if body is not None else b""
-        request = AWSRequest(method=method, url=f"{self._endpoint}/_iotdefender/{path}", data=data,
+        url = f"{self._endpoint}/_iotdefender/{path}"
+        request = AWSRequest(method=method, url=url, data=data,
                              headers={"content-type": "application/json"} if data else {})
-        SigV4Auth(self._credentials, "iot", self._region).add_auth(request)
-        response = self._http.request(method, request.url, content=data, headers=dict(request.headers))
+        SigV4Auth(self._credentials, "iot", self._region).add_auth(request)  # signs headers; the URL stays
+        response = self._http.request(method, url, content=data, headers=dict(request.headers))
         document = response.json() if response.content else {}
         if response.status_code >= 400:
             code = response.headers.get("x-amzn-ErrorType", str(response.status_code))

@@ -24,9 +24,9 @@ from typing import Any
 
 import structlog
 
-from iotdefender.api.errors import invalid_request, not_found
-from iotdefender.api.service_model import SERVICE_MODEL
-from iotdefender.api.validation import validate_input, validate_value
+from iotdefender.contract.errors import invalid_request, not_found
+from iotdefender.contract.service_model import service_model
+from iotdefender.contract.validation import validate_input, validate_value
 from iotdefender.backtest.runner import BACKTEST_PROFILE, BacktestRequest, run_backtest
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.security_profiles import validate_security_profile_behaviors
@@ -76,7 +76,7 @@ def resolve_request(ctx: ServiceContext, monitoring: MonitoringIndex, spec: Any,
     if name is not None and not isinstance(name, str):
         raise invalid_request("securityProfileName must be a string")
     if name is not None:
-        validate_value(SERVICE_MODEL.shape_for("SecurityProfileName"), name, "securityProfileName")
+        validate_value(service_model().shape_for("SecurityProfileName"), name, "securityProfileName")
     stored = None
     if name is not None:
         with ctx.engine.connect() as conn:
@@ -90,7 +90,7 @@ def resolve_request(ctx: ServiceContext, monitoring: MonitoringIndex, spec: Any,
             targets = stored_targets
     if not isinstance(behaviors, list) or not behaviors:
         raise invalid_request("Give behaviors, or the securityProfileName of a profile that has some")
-    validate_input(SERVICE_MODEL.operation_model("ValidateSecurityProfileBehaviors").input_shape,
+    validate_input(service_model().operation_model("ValidateSecurityProfileBehaviors").input_shape,
                    {"behaviors": behaviors})
     verdict = validate_security_profile_behaviors(ctx, {"behaviors": behaviors})
     if not verdict["valid"]:
@@ -100,7 +100,7 @@ def resolve_request(ctx: ServiceContext, monitoring: MonitoringIndex, spec: Any,
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
         raise invalid_request("targets must be a list of security profile target ARNs")
     for index, target in enumerate(targets):
-        validate_value(SERVICE_MODEL.shape_for("SecurityProfileTargetArn"), target, f"targets[{index}]")
+        validate_value(service_model().shape_for("SecurityProfileTargetArn"), target, f"targets[{index}]")
     end = _number(spec, "endTime", now)
     start = _number(spec, "startTime", end - DEFAULT_RANGE_S / time_scale)
     if end <= start:

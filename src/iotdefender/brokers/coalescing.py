@@ -15,7 +15,7 @@ nothing is changed and packets are written one by one as before.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 
 class CoalescingTransport:
@@ -49,12 +49,13 @@ class CoalescingTransport:
 
 def install(client: Any) -> bool:
     """Coalesce the writes of a connected gmqtt ``Client``; True if installed (idempotent)."""
-    connection = getattr(client, "_connection", None)
-    protocol = getattr(connection, "_protocol", None)
-    transport = getattr(connection, "_transport", None)
+    # gmqtt's private, untyped internals: checked at run time here, not by the type checker.
+    connection: Any = getattr(client, "_connection", None)
+    protocol: Any = getattr(connection, "_protocol", None)
+    transport: Any = getattr(connection, "_transport", None)
     if protocol is None or transport is None or getattr(protocol, "_transport", None) is not transport:
         return isinstance(transport, CoalescingTransport)
-    coalescing = CoalescingTransport(transport)
+    coalescing = CoalescingTransport(cast(asyncio.Transport, transport))  # not None: checked above
     connection._transport = coalescing
     protocol._transport = coalescing
     return True

@@ -81,6 +81,8 @@ class NatsEventReader:
             if client.get("client_type") != "mqtt":
                 return
             cid = client.get("id")
+            if not isinstance(cid, int):
+                return  # every NATS client event carries its connection id; without one it cannot be followed
             name = client.get("name") or client.get("mqtt_client") or await self._client_id(cid)
             if not name or name in self._ignore:
                 return

@@ -120,8 +120,10 @@ class CloudMetricsService:
             size = event.get("bytes", 0)
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 return "bytes must be a non-negative integer"
+            assert isinstance(topic, str)  # checked above for publish and deliver
             self.message_sent(client, topic, size)
         else:
+            assert isinstance(topic, str)
             self.message_received(client, topic)
         return None
 

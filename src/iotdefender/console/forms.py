@@ -15,7 +15,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from iotdefender.api.errors import ApiError
+from iotdefender.contract.errors import ApiError
 from iotdefender.console.auth import Page, login_required, safe_next
 from iotdefender.console.context import ConsoleContext
 from iotdefender.store import insights

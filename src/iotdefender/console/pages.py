@@ -8,7 +8,7 @@ event loop also carries the MQTT client of the broker, and a page must never sta
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -16,7 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from iotdefender.api.errors import ApiError
+from iotdefender.contract.errors import ApiError
 from iotdefender.console import fleet
 from iotdefender.console.auth import Page, login_required
 from iotdefender.console.context import ConsoleContext
@@ -101,7 +101,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         prefix = request.query_params.get("prefix", "")
         after = request.query_params.get("after") or None
 
-        def read() -> list[Any]:
+        def read() -> Sequence[Any]:
             with console.engine.connect() as conn:
                 return insights.reporting_things_page(conn, prefix, after, PAGE_SIZE + 1)
 

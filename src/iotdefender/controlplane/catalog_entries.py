@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotdefender.api.errors import already_exists, invalid_request, limit_exceeded, not_found
+from iotdefender.contract.errors import already_exists, invalid_request, limit_exceeded, not_found
 from iotdefender.controlplane import behavior_rules
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params
 from iotdefender.store import catalog, profiles, tags
 from iotdefender.store.database import writing
-from iotdefender.store.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.pagination import decode_token, page_size, take_page
 
 LABEL = {"custom_metric": "Custom metric", "dimension": "Dimension"}
 ARN_KIND = {"custom_metric": "custommetric", "dimension": "dimension"}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotdefender.api.errors import invalid_request
+from iotdefender.contract.errors import invalid_request
 from iotdefender.controlplane import catalog_entries
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.operations import Params, operation
+from iotdefender.controlplane.operations import OperationTable, Params
+
+operation = OperationTable()
 
 KIND = "custom_metric"
 MAX_CUSTOM_METRICS = 100  # AWS quota "Custom metrics: 100"

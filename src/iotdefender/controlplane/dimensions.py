@@ -6,7 +6,9 @@ from typing import Any
 
 from iotdefender.controlplane import catalog_entries
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.operations import Params, operation
+from iotdefender.controlplane.operations import OperationTable, Params
+
+operation = OperationTable()
 
 KIND = "dimension"
 MAX_DIMENSIONS = 10  # AWS quota "Metric dimensions: 10" (not adjustable)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from iotdefender.api.errors import invalid_request
+from iotdefender.contract.errors import invalid_request
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.operations import Params, operation
+from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.store import metric_values
-from iotdefender.store.pagination import decode_token, encode_token, page_size
+from iotdefender.controlplane.pagination import decode_token, encode_token, page_size
+
+operation = OperationTable()
 
 
 @operation("ListMetricValues")

@@ -1,50 +1,49 @@
-"""The table from model operation names to the functions that implement them.
+"""How a handler module declares the model operations it implements.
 
 Handlers take the validated input (botocore member names) and return the output members; the
 API layer does all wire work, so a handler reads like the AWS documentation of its operation.
+Each handler module keeps its own ``OperationTable`` (``operation = OperationTable()``) and
+decorates its functions with it; ``controlplane.registry`` gathers the tables. This module imports
+no handler module, and no handler module imports the registry, so there is no import cycle.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-from iotdefender.controlplane.context import ServiceContext
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 Params = dict[str, Any]
-Handler = Callable[[ServiceContext, Params], Params]
-
-OPERATIONS: dict[str, Handler] = {}
-
-# Operations that check the model's max/pattern/enum constraints themselves, to report them as
-# data rather than as an InvalidRequestException.
-SELF_VALIDATING: set[str] = {"ValidateSecurityProfileBehaviors"}
+# (context, validated input, console-only keywords such as behavior_name) -> output members
+Handler = Callable[..., Params]
+H = TypeVar("H", bound=Handler)
 
 
-def operation(name: str) -> Callable[[Handler], Handler]:
-    """Register ``fn`` as the implementation of the model operation ``name``."""
+@dataclass(frozen=True)
+class Implementation:
+    """A model operation's handler, and whether it checks the model's max/pattern/enum itself.
 
-    def register(fn: Handler) -> Handler:
-        if name in OPERATIONS:
-            raise RuntimeError(f"operation {name} registered twice")
-        OPERATIONS[name] = fn
-        return fn
+    ``checks_constraints`` is for the operation whose job is to report such problems as data
+    rather than as an InvalidRequestException (ValidateSecurityProfileBehaviors).
+    """
 
-    return register
+    handler: Handler
+    checks_constraints: bool = False
 
 
-def load_all() -> dict[str, Handler]:
-    """Import every module that registers operations and return the table."""
-    from iotdefender.controlplane import (  # noqa: F401  (imported for registration)
-        custom_metrics,
-        dimensions,
-        metric_values,
-        security_profiles,
-        tags,
-        targets,
-        thing_groups,
-        things,
-        violations,
-    )
+class OperationTable:
+    """The operations one handler module implements: model operation name -> implementation."""
 
-    return OPERATIONS
+    def __init__(self) -> None:
+        self.implementations: dict[str, Implementation] = {}
+
+    def __call__(self, name: str, *, checks_constraints: bool = False) -> Callable[[H], H]:
+        """Declare the decorated function as the implementation of the model operation ``name``."""
+
+        def register(fn: H) -> H:
+            if name in self.implementations:
+                raise RuntimeError(f"operation {name} declared twice")
+            self.implementations[name] = Implementation(fn, checks_constraints)
+            return fn
+
+        return register

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotdefender.api.errors import already_exists, invalid_request, not_found, version_conflict
-from iotdefender.api.service_model import SERVICE_MODEL
-from iotdefender.api.validation import constraint_problems
+from iotdefender.contract.errors import already_exists, invalid_request, not_found, version_conflict
+from iotdefender.contract.service_model import service_model
+from iotdefender.contract.validation import constraint_problems
 from iotdefender.controlplane import behavior_rules
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.operations import Params, operation
+from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.versioning import check_expected_version
 from iotdefender.store import catalog, profiles, tags
 from iotdefender.store.database import writing
-from iotdefender.store.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.pagination import decode_token, page_size, take_page
+
+operation = OperationTable()
 
 MAX_TAGS = 50  # CloudFormation AWS::IoT::SecurityProfile: at most 50 tags
 
@@ -161,9 +163,9 @@ def list_security_profiles(ctx: ServiceContext, params: Params) -> Params:
     }
 
 
-@operation("ValidateSecurityProfileBehaviors")
+@operation("ValidateSecurityProfileBehaviors", checks_constraints=True)
 def validate_security_profile_behaviors(ctx: ServiceContext, params: Params) -> Params:
-    behavior_shape = SERVICE_MODEL.shape_for("Behavior")
+    behavior_shape = service_model().shape_for("Behavior")
     problems = []
     for behavior in params["behaviors"]:
         for problem in constraint_problems(behavior_shape, behavior):

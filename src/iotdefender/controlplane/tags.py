@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotdefender.api.errors import invalid_request, not_found
+from iotdefender.contract.errors import invalid_request, not_found
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.operations import Params, operation
+from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.store import catalog, profiles, registry, tags
 from iotdefender.store.database import writing
-from iotdefender.store.pagination import decode_token
+from iotdefender.controlplane.pagination import decode_token
+
+operation = OperationTable()
 
 MAX_TAGS = 50
 

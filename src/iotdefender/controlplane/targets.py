@@ -10,14 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from iotdefender.api.errors import invalid_request, limit_exceeded, not_found
+from iotdefender.contract.errors import invalid_request, limit_exceeded, not_found
 from iotdefender.controlplane import hierarchy
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.operations import Params, operation
+from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.security_profiles import require_profile
 from iotdefender.store import profiles, registry
 from iotdefender.store.database import writing
-from iotdefender.store.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.pagination import decode_token, page_size, take_page
+
+operation = OperationTable()
 
 MAX_PROFILES_PER_TARGET = 5  # AWS quota "Security profiles for each target": 5, not adjustable
 ACCOUNT_WIDE = ("all/registered-things", "all/unregistered-things", "all/things")

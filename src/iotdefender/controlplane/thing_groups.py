@@ -9,15 +9,17 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from iotdefender.api.errors import already_exists, invalid_request, not_found, version_conflict
+from iotdefender.contract.errors import already_exists, invalid_request, not_found, version_conflict
 from iotdefender.controlplane import hierarchy
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.operations import Params, operation
+from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.things import require_thing
 from iotdefender.controlplane.versioning import check_expected_version, merge_attributes
 from iotdefender.store import profiles, registry, tags
 from iotdefender.store.database import writing
-from iotdefender.store.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.pagination import decode_token, page_size, take_page
+
+operation = OperationTable()
 
 MAX_GROUPS_PER_THING = 10  # AWS IoT quota: a thing belongs directly to at most 10 thing groups
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from iotdefender.api.errors import already_exists, invalid_request, not_found, version_conflict
+from iotdefender.contract.errors import already_exists, invalid_request, not_found, version_conflict
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.operations import Params, operation
+from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.versioning import check_expected_version, merge_attributes
 from iotdefender.store import registry
 from iotdefender.store.database import writing
-from iotdefender.store.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.pagination import decode_token, page_size, take_page
+
+operation = OperationTable()
 
 
 def _require_no_thing_type(name: str | None) -> None:

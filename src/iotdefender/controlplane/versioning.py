@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from iotdefender.api.errors import version_conflict
+from iotdefender.contract.errors import version_conflict
 
 
 def check_expected_version(params: Mapping[str, Any], row: Mapping[str, Any], what: str) -> None:

@@ -10,16 +10,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotdefender.api.errors import invalid_request, not_found
-from iotdefender.api.service_model import SERVICE_MODEL
-from iotdefender.api.validation import validate_value
+from iotdefender.contract.errors import invalid_request, not_found
+from iotdefender.contract.service_model import service_model
+from iotdefender.contract.validation import validate_value
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.operations import Params, operation
+from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.store import violations
 from iotdefender.store.database import writing
-from iotdefender.store.pagination import decode_token, encode_token, page_size
+from iotdefender.controlplane.pagination import decode_token, encode_token, page_size
 
-_FILTERS = ("thingName", "securityProfileName", "behaviorCriteriaType", "listSuppressedAlerts", "verificationState")
+operation = OperationTable()
+
+
+def _filter(params: Params, behavior_name: str | None) -> violations.ViolationFilter:
+    """The request's filter members in storage's terms (``behavior_name`` is the console's)."""
+    suppressed = params.get("listSuppressedAlerts")
+    return violations.ViolationFilter(
+        thing_name=params.get("thingName"), profile_name=params.get("securityProfileName"),
+        behavior_name=behavior_name, criteria_type=params.get("behaviorCriteriaType"),
+        suppressed=None if suppressed is None else bool(suppressed),
+        verification_state=params.get("verificationState"))
 
 
 def _verification(row: Any) -> Params:
@@ -34,7 +44,7 @@ def _verification(row: Any) -> Params:
 @operation("ListActiveViolations")
 def list_active_violations(ctx: ServiceContext, params: Params, behavior_name: str | None = None) -> Params:
     """``behavior_name`` is the console's extra filter (AWS's model has none)."""
-    filters = {k: params.get(k) for k in _FILTERS} | {"behaviorName": behavior_name}
+    filters = _filter(params, behavior_name)
     after = decode_token(params.get("nextToken"))
     limit = page_size(params.get("maxResults"))
     with ctx.engine.connect() as conn:
@@ -59,7 +69,7 @@ def list_violation_events(ctx: ServiceContext, params: Params, behavior_name: st
     start, end = params["startTime"], params["endTime"]
     if end < start:
         raise invalid_request("endTime must not be earlier than startTime")
-    filters = {k: params.get(k) for k in _FILTERS} | {"behaviorName": behavior_name}
+    filters = _filter(params, behavior_name)
     after = decode_token(params.get("nextToken"), (float, int))
     limit = page_size(params.get("maxResults"))
     with ctx.engine.connect() as conn:
@@ -91,7 +101,7 @@ def put_verification_state_on_violation(ctx: ServiceContext, params: Params) -> 
 
 def violation_evidence(ctx: ServiceContext, violation_id: str) -> Params:
     """Extension: every event of a violation with the datapoints and threshold that caused it."""
-    validate_value(SERVICE_MODEL.shape_for("ViolationId"), violation_id, "violationId")
+    validate_value(service_model().shape_for("ViolationId"), violation_id, "violationId")
     with ctx.engine.connect() as conn:
         rows = violations.events_of(conn, violation_id)
     if not rows:

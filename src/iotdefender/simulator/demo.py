@@ -17,11 +17,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import botocore.session
 import httpx
 
-from iotdefender.api.credentials import read_credentials_file
 
 from iotdefender.brokers.external import BrokerUrl
 from iotdefender.net_address import check_port_free
@@ -73,7 +73,8 @@ def run_demo(data_dir: Path, api_port: int = 8080, mqtt_port: int = 1883, durati
         os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str((data_dir / "credentials").resolve())
         session = botocore.session.Session()
         session.set_config_variable("profile", "default")
-        iot = session.create_client("iot", region_name="us-east-1", endpoint_url=endpoint)
+        # botocore builds the operations from the model at run time: no static type to check against.
+        iot: Any = session.create_client("iot", region_name="us-east-1", endpoint_url=endpoint)
         for name, kind in (("cpu_usage", "number"), ("temperature", "number"), ("firmware", "string-list")):
             iot.create_custom_metric(metricName=name, metricType=kind)
         iot.create_security_profile(securityProfileName="demo-fleet", behaviors=PROFILE)
@@ -114,7 +115,7 @@ def run_demo(data_dir: Path, api_port: int = 8080, mqtt_port: int = 1883, durati
         print(f"\nFleet: {summary}")
         print(f"Active violations now: {len(active)}.")
         if keep_running:
-            _explore(data_dir, endpoint, serve)
+            _explore(data_dir, endpoint, serve, session.get_credentials())
         return 0
     except KeyboardInterrupt:
         print("\nStopping.")
@@ -127,12 +128,12 @@ def run_demo(data_dir: Path, api_port: int = 8080, mqtt_port: int = 1883, durati
             serve.kill()
 
 
-def _explore(data_dir: Path, endpoint: str, serve: subprocess.Popen[bytes]) -> None:
-    """Leave the service up for the console and the AWS CLI until Ctrl-C (or until it stops)."""
+def _explore(data_dir: Path, endpoint: str, serve: subprocess.Popen[bytes], key: Any) -> None:
+    """Leave the service up for the console and the AWS CLI until Ctrl-C (or until it stops); ``key``
+    is botocore's view of the service's generated credentials file."""
     credentials = (data_dir / "credentials").resolve()
-    key = read_credentials_file(credentials)[0]
     print(f"\nThe service keeps running until Ctrl-C.\n"
-          f"  Console:  {endpoint}/console/  (access key {key.access_key_id}, secret {key.secret_access_key})\n"
+          f"  Console:  {endpoint}/console/  (access key {key.access_key}, secret {key.secret_key})\n"
           f"  AWS CLI:  AWS_SHARED_CREDENTIALS_FILE={credentials} aws iot list-active-violations "
           f"--endpoint-url {endpoint} --region us-east-1\n"
           f"  Log:      {data_dir.parent / (data_dir.name + '.log')}", flush=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -79,8 +80,9 @@ def write_segment(conn: Connection, series: str, points: SeriesPoints) -> None:
         times=points.times.astype("<f8").tobytes(), vals=points.values.astype("<f8").tobytes()))
 
 
-def _columns(rows: list[tuple[str, float, object]]) -> dict[str, SeriesPoints]:
-    """Explode report rows into per-series arrays of their numeric datapoints."""
+def _columns(rows: list[tuple[str, float, Any]]) -> dict[str, SeriesPoints]:
+    """Explode report rows into per-series arrays of their numeric datapoints (the document is JSON
+    text on SQLite, already decoded on PostgreSQL)."""
     names: dict[str, int] = {}
     builders: dict[str, tuple[list[int], list[float], list[float]]] = {}
     for thing, ts, document in rows:

@@ -6,6 +6,7 @@ number of devices, so the console's pages cost the same for 100 or 100,000 thing
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -58,7 +59,7 @@ def event_rate(conn: Connection, start: float, end: float, buckets: int) -> list
             for i in range(buckets)]
 
 
-def recent_events(conn: Connection, after_id: int | None, limit: int) -> list[Any]:
+def recent_events(conn: Connection, after_id: int | None, limit: int) -> Sequence[Any]:
     """The newest events (or those after ``after_id``, oldest first, for the live stream)."""
     query = sa.select(violation_events.c.id, violation_events.c.violation_id, violation_events.c.event_type,
                       violation_events.c.thing_name, violation_events.c.profile_name, violation_events.c.behavior,
@@ -82,7 +83,7 @@ def members_of(conn: Connection, groups: list[str]) -> set[str]:
     return {n for (n,) in conn.execute(query)}
 
 
-def reporting_things_page(conn: Connection, prefix: str, after: str | None, limit: int) -> list[Any]:
+def reporting_things_page(conn: Connection, prefix: str, after: str | None, limit: int) -> Sequence[Any]:
     query = sa.select(thing_report_state.c.thing_name, thing_report_state.c.last_report_at)
     if prefix:
         query = query.where(thing_report_state.c.thing_name.startswith(prefix, autoescape=True))

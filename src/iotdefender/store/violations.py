@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -83,19 +83,35 @@ def record_events(conn: Connection, events: Iterable[ViolationEvent]) -> None:
         conn.execute(_END_ACTIVE, [{"k_violation_id": v} for v in ended])
 
 
-def _filters(table: sa.Table, filters: Mapping[str, Any]) -> list[sa.ColumnElement[bool]]:
+@dataclasses.dataclass(frozen=True)
+class ViolationFilter:
+    """What a list of violations is narrowed to, in storage's terms (None: no condition).
+
+    ``suppressed`` True keeps only violations of behaviors with suppressAlerts, False only the
+    others; ``verification_state`` "UNKNOWN" also matches violations never verified.
+    """
+
+    thing_name: str | None = None
+    profile_name: str | None = None
+    behavior_name: str | None = None
+    criteria_type: str | None = None
+    suppressed: bool | None = None
+    verification_state: str | None = None
+
+
+def _filters(table: sa.Table, filters: ViolationFilter) -> list[sa.ColumnElement[bool]]:
     clauses = []
-    if filters.get("thingName") is not None:
-        clauses.append(table.c.thing_name == filters["thingName"])
-    if filters.get("securityProfileName") is not None:
-        clauses.append(table.c.profile_name == filters["securityProfileName"])
-    if filters.get("behaviorName") is not None:  # the console's filter; not in AWS's model
-        clauses.append(table.c.behavior_name == filters["behaviorName"])
-    if filters.get("behaviorCriteriaType") is not None:
-        clauses.append(table.c.criteria_type == filters["behaviorCriteriaType"])
-    if filters.get("listSuppressedAlerts") is not None:
-        clauses.append(table.c.suppressed == bool(filters["listSuppressedAlerts"]))
-    state = filters.get("verificationState")
+    if filters.thing_name is not None:
+        clauses.append(table.c.thing_name == filters.thing_name)
+    if filters.profile_name is not None:
+        clauses.append(table.c.profile_name == filters.profile_name)
+    if filters.behavior_name is not None:
+        clauses.append(table.c.behavior_name == filters.behavior_name)
+    if filters.criteria_type is not None:
+        clauses.append(table.c.criteria_type == filters.criteria_type)
+    if filters.suppressed is not None:
+        clauses.append(table.c.suppressed == filters.suppressed)
+    state = filters.verification_state
     if state is not None:
         verified = sa.select(violation_verification.c.violation_id).where(violation_verification.c.state == state)
         if state == "UNKNOWN":  # never set means UNKNOWN, the documented default
@@ -112,15 +128,15 @@ def _with_verification(table: sa.Table) -> sa.Select:
         table.outerjoin(violation_verification, violation_verification.c.violation_id == table.c.violation_id))
 
 
-def active_page(conn: Connection, filters: Mapping[str, Any], after: str | None, limit: int) -> list[Any]:
+def active_page(conn: Connection, filters: ViolationFilter, after: str | None, limit: int) -> Sequence[Any]:
     query = _with_verification(active_violations).where(*_filters(active_violations, filters))
     if after is not None:
         query = query.where(active_violations.c.violation_id > after)
     return conn.execute(query.order_by(active_violations.c.violation_id).limit(limit)).all()
 
 
-def events_page(conn: Connection, filters: Mapping[str, Any], start: float, end: float,
-                after: tuple[float, int] | None, limit: int, descending: bool = False) -> list[Any]:
+def events_page(conn: Connection, filters: ViolationFilter, start: float, end: float,
+                after: tuple[float, int] | None, limit: int, descending: bool = False) -> Sequence[Any]:
     """Events in [start, end] by (time, id), after the key ``after`` in that order (newest first if
     ``descending``)."""
     query = _with_verification(violation_events).where(
@@ -135,7 +151,7 @@ def events_page(conn: Connection, filters: Mapping[str, Any], start: float, end:
     return conn.execute(query.order_by(*order).limit(limit)).all()
 
 
-def events_of(conn: Connection, violation_id: str) -> list[Any]:
+def events_of(conn: Connection, violation_id: str) -> Sequence[Any]:
     query = sa.select(violation_events).where(violation_events.c.violation_id == violation_id)
     return conn.execute(query.order_by(violation_events.c.event_time, violation_events.c.id)).all()
 

@@ -2,16 +2,21 @@
 
 Routes, input locations, shapes, error codes and HTTP statuses are all read from here, so the
 server answers exactly what boto3 and the AWS CLI of the pinned botocore version expect.
+
+Loaded on first use, not at import: storage, the engine and the detection worker import this
+package's errors without paying for (or holding) the parsed model, which only the API and the
+control plane's validation read.
 """
 
 from __future__ import annotations
+
+import functools
 
 import botocore.session
 from botocore.model import ServiceModel
 
 
-def _load() -> ServiceModel:
+@functools.cache
+def service_model() -> ServiceModel:
+    """The pinned botocore's ``iot`` model, parsed on the first call and shared afterwards."""
     return botocore.session.get_session().get_service_model("iot")
-
-
-SERVICE_MODEL: ServiceModel = _load()

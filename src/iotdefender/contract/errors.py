@@ -4,13 +4,16 @@ Every failure the API returns is an ``ApiError``: an error code that botocore ma
 exception class (``client.exceptions.VersionConflictException`` …), the HTTP status the service
 model gives that code, and a human message. Statuses are looked up in the model so a code can
 never be sent with a status botocore would not expect.
+
+The status is looked up when an error is raised, not at import, so importing this module does not
+load the model.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from iotdefender.api.service_model import SERVICE_MODEL
+from iotdefender.contract.service_model import service_model
 
 # Errors that are not shapes of the iot model but that every AWS REST endpoint answers with
 # (authentication happens before any operation is known).
@@ -28,7 +31,7 @@ def status_for(code: str) -> int:
     """HTTP status of an error code, as the service model declares it."""
     if code in _UNMODELED_STATUS:
         return _UNMODELED_STATUS[code]
-    shape = SERVICE_MODEL.shape_for(code)
+    shape = service_model().shape_for(code)
     return int(shape.metadata.get("error", {}).get("httpStatusCode", 400))
 
 

@@ -12,10 +12,10 @@ import functools
 from typing import Any
 
 import regex
-from botocore.model import Shape
+from botocore.model import ListShape, MapShape, Shape, StringShape, StructureShape
 from botocore.validate import ParamValidator
 
-from iotdefender.api.errors import invalid_request
+from iotdefender.contract.errors import invalid_request
 
 # The model's patterns are Java regexes. Java's POSIX classes are US-ASCII only
 # (java.util.regex.Pattern, "POSIX character classes (US-ASCII only)"), while the ``regex``
@@ -58,11 +58,10 @@ def _compiled(pattern: str) -> regex.Pattern[str]:
 
 
 def _check(shape: Shape, value: Any, where: str, problems: list[str]) -> None:
-    kind = shape.type_name
     meta = shape.metadata
     if value is None:
         return
-    if kind == "string" and isinstance(value, str):
+    if isinstance(shape, StringShape) and isinstance(value, str):
         if "max" in meta and len(value) > meta["max"]:
             problems.append(f"{where} must be at most {meta['max']} characters long")
         if shape.enum and value not in shape.enum:
@@ -74,21 +73,21 @@ def _check(shape: Shape, value: Any, where: str, problems: list[str]) -> None:
             problem = _unpatterned_problem(shape, value, where)
             if problem:
                 problems.append(problem)
-    elif kind in ("integer", "long") and isinstance(value, int):
+    elif shape.type_name in ("integer", "long") and isinstance(value, int):
         if "max" in meta and value > meta["max"]:
             problems.append(f"{where.rsplit('.', 1)[-1]} {value} should be in range[{meta.get('min', '')},{meta['max']}]")
-    elif kind == "list" and isinstance(value, list):
+    elif isinstance(shape, ListShape) and isinstance(value, list):
         if "max" in meta and len(value) > meta["max"]:
             problems.append(f"{where} must have at most {meta['max']} elements")
         for index, item in enumerate(value):
             _check(shape.member, item, f"{where}[{index}]", problems)
-    elif kind == "map" and isinstance(value, dict):
+    elif isinstance(shape, MapShape) and isinstance(value, dict):
         if "max" in meta and len(value) > meta["max"]:
             problems.append(f"{where} must have at most {meta['max']} entries")
         for key, item in value.items():
             _check(shape.key, key, f"{where} key", problems)
             _check(shape.value, item, f"{where}.{key}", problems)
-    elif kind == "structure" and isinstance(value, dict):
+    elif isinstance(shape, StructureShape) and isinstance(value, dict):
         for name, member in shape.members.items():
             if name in value:
                 _check(member, value[name], f"{where}.{name}" if where else name, problems)

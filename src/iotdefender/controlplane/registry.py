@@ -1,0 +1,38 @@
+"""Every implemented model operation, gathered from the handler modules' own tables.
+
+The top of the control plane: it imports the handler modules, which never import it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from iotdefender.controlplane import (
+    custom_metrics,
+    dimensions,
+    metric_values,
+    security_profiles,
+    tags,
+    targets,
+    thing_groups,
+    things,
+    violations,
+)
+from iotdefender.controlplane.operations import Implementation
+
+HANDLER_MODULES = (custom_metrics, dimensions, metric_values, security_profiles, tags, targets, thing_groups,
+                   things, violations)
+
+
+def _gather() -> Mapping[str, Implementation]:
+    table: dict[str, Implementation] = {}
+    for module in HANDLER_MODULES:
+        for name, implementation in module.operation.implementations.items():
+            if name in table:
+                raise RuntimeError(f"operation {name} implemented twice ({module.__name__})")
+            table[name] = implementation
+    return MappingProxyType(table)
+
+
+IMPLEMENTED: Mapping[str, Implementation] = _gather()
