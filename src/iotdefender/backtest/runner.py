@@ -27,9 +27,9 @@ from sqlalchemy.engine import Engine
 from iotdefender.engine.alarm import AlarmStatus, EventType
 from iotdefender.engine.compare import scalar_of
 from iotdefender.engine.evaluator import DELTA_METRICS, MAX_METRICS, Evaluator, criteria_type
+from iotdefender.engine.series import behavior_series
 from iotdefender.engine.vectorised import (alarm_transitions, alarms_raised, order_by_thing_and_time, supports,
                                            violating, windowed_sums)
-from iotdefender.metrics_catalog import series_key
 from iotdefender.store import history
 
 Progress = Callable[[float, str], None]
@@ -102,9 +102,9 @@ class BehaviorOutcome:
 
 
 def _series_of(behavior: Mapping[str, Any]) -> str:
-    dimension = behavior.get("metricDimension") or {}
-    return series_key(behavior["metric"], dimension.get("dimensionName"), dimension.get("operator")) \
-        if dimension else behavior["metric"]
+    series = behavior_series(behavior)
+    assert series is not None  # behaviors without a metric are skipped before
+    return series
 
 
 def fast_path_threshold(behavior: Mapping[str, Any]) -> float | None:

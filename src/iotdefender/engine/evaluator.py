@@ -17,8 +17,9 @@ from typing import Any
 
 from iotdefender.engine.alarm import AlarmState, EventType, Transition, advance, invalidate
 from iotdefender.engine.compare import Check, compile_check, compliant, offending, scalar_of
+from iotdefender.engine.series import behavior_series
 from iotdefender.engine.statistics import FleetStatistics
-from iotdefender.metrics_catalog import COUNT_MAX, series_key
+from iotdefender.metrics_catalog import COUNT_MAX
 
 # Counts per report (device side) or per window (cloud side): summed over durationSeconds.
 DELTA_METRICS = frozenset({"aws:all-bytes-in", "aws:all-bytes-out", "aws:all-packets-in", "aws:all-packets-out",
@@ -86,8 +87,7 @@ class _Rule:
         dimension = behavior.get("metricDimension") or {}
         dimension_key = (f"{dimension.get('dimensionName')}|{dimension.get('operator') or 'IN'}"
                          if dimension else "")
-        series = (series_key(metric, dimension.get("dimensionName"), dimension.get("operator"))
-                  if isinstance(metric, str) else None)
+        series = behavior_series(behavior)
         statistical = bool(criteria.get("statisticalThreshold"))
         has_window = criteria.get("durationSeconds") is not None or statistical
         operator = criteria.get("comparisonOperator")
