@@ -24,7 +24,7 @@ from prometheus_client import Counter
 from sqlalchemy.engine import Connection, Engine
 
 from iotdefender.alerts.outbox import AlertRouter
-from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType
+from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType, due_for_invalidation
 from iotdefender.engine.evaluator import Evaluation, Evaluator, StateKey, ViolationEvent
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.store import violations
@@ -132,7 +132,7 @@ class DetectionService:
                     stale[key] = "the security profile no longer monitors this thing"
                 elif behavior is None:
                     stale[key] = "the behavior was removed from the security profile"
-                elif (state.last_datapoint_at or 0) < now - self._invalidation_period:
+                elif due_for_invalidation(state, now, self._invalidation_period):
                     stale[key] = "no datapoint for the invalidation period"
                 if behavior is not None:
                     behaviors[key] = behavior

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from iotdefender.engine.alarm import AlarmStatus, EventType
+from iotdefender.engine.alarm import AlarmStatus, EventType, due_for_invalidation
 from iotdefender.engine.compare import scalar_of
 from iotdefender.engine.evaluator import DELTA_METRICS, MAX_METRICS, Evaluator, criteria_type
 from iotdefender.engine.series import behavior_series
@@ -191,8 +191,7 @@ def _replayed(request: BacktestRequest, behaviors: list[dict[str, Any]], reports
                 ok = covered[thing] = request.covers(thing)
             if not ok:
                 continue
-            _invalidate_silent(evaluator, in_alarm.get(thing), at - request.invalidation_period, outcomes,
-                               request.invalidation_period)
+            _invalidate_silent(evaluator, in_alarm.get(thing), at, outcomes, request.invalidation_period)
             for name, key in series.items():
                 if key in datapoints:
                     outcomes[name].datapoints += 1
@@ -208,18 +207,19 @@ def _replayed(request: BacktestRequest, behaviors: list[dict[str, Any]], reports
         done += len(batch)
         progress(done / total if total else 1.0, f"{done} of {total} reports")
     for thing, keys in in_alarm.items():
-        _invalidate_silent(evaluator, keys, request.end - request.invalidation_period, outcomes,
-                           request.invalidation_period)
+        _invalidate_silent(evaluator, keys, request.end, outcomes, request.invalidation_period)
         for key in keys:
             outcomes[key[2]].active_at_end.add(thing)
     return list(outcomes.values())
 
 
-def _invalidate_silent(evaluator: Evaluator, keys: set[tuple] | None, silent_before: float,
+def _invalidate_silent(evaluator: Evaluator, keys: set[tuple] | None, now: float,
                        outcomes: Mapping[str, BehaviorOutcome], period: float) -> None:
+    """What the live sweep would have done by ``now`` to these alarms: invalidated those whose device
+    went silent, one period after its last datapoint."""
     for key in list(keys or ()):
         state = evaluator.states.get(key)
-        if state is None or (state.last_datapoint_at or 0.0) >= silent_before:
+        if state is None or not due_for_invalidation(state, now, period):
             continue
         at = (state.last_datapoint_at or 0.0) + period
         result = evaluator.invalidate([key], {}, at, "backtest")

@@ -9,6 +9,9 @@ Named states and one function that advances them, as Prometheus' alerting rules 
 Counters reset whenever the other kind of datapoint arrives, so "consecutive" means consecutive.
 While in alarm, further violating datapoints only refresh lastViolationValue/lastViolationTime:
 one event per transition (reference §5.3).
+
+``silent`` is the one rule for "the device went silent, its alarm is invalidated": the live sweep,
+the backtest's per-datapoint replay and its vectorised path all ask it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 
 class AlarmStatus(str, Enum):
@@ -92,3 +99,28 @@ def invalidate(state: AlarmState, at: float) -> tuple[AlarmState, Transition | N
         return AlarmState(), None
     return AlarmState(), Transition(EventType.INVALIDATED, AlarmState(), state.violation_id,
                                     state.last_violation_value, at)
+
+
+@overload
+def silent(last_datapoint_at: float, now: float, period: float) -> bool: ...
+
+
+@overload
+def silent(last_datapoint_at: NDArray[np.float64], now: NDArray[np.float64] | float,
+           period: float) -> NDArray[np.bool_]: ...
+
+
+def silent(last_datapoint_at: Any, now: Any, period: float) -> Any:
+    """Did the device send nothing for longer than the invalidation period before ``now``?
+
+    The one rule for "device silent -> alarm-invalidated" (AWS documents the rule, not its
+    boundary: exactly one period of silence is not yet silent). Written once as a difference so
+    that scalars (the live sweep, the backtest's replay) and numpy arrays (the vectorised
+    backtest) get the same answer to the last bit of a float.
+    """
+    return now - last_datapoint_at > period
+
+
+def due_for_invalidation(state: AlarmState, now: float, period: float) -> bool:
+    """An alarm whose device went ``silent``; a state saved without a datapoint time counts as silent."""
+    return state.status is AlarmStatus.IN_ALARM and silent(state.last_datapoint_at or 0.0, now, period)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iotdefender.engine.alarm import EventType
+from iotdefender.engine.alarm import EventType, silent
 
 _OPERATORS = {
     "less-than": np.less,
@@ -123,7 +123,7 @@ def _state_machine(thing_index: np.ndarray, times: np.ndarray, measured: np.ndar
     new_thing = np.ones(n, dtype=bool)
     new_thing[1:] = thing_index[1:] != thing_index[:-1]
     gap = np.zeros(n, dtype=bool)
-    gap[1:] = ~new_thing[1:] & (times[1:] - times[:-1] > invalidation_s)
+    gap[1:] = ~new_thing[1:] & silent(times[:-1], times[1:], invalidation_s)
     silent_things = np.unique(thing_index[gap])
     events, active = _transitions_by_jumps(thing_index, times, measured, bad, to_alarm, to_clear, invalidation_s,
                                            end, silent_things) if len(silent_things) else (([], [], [], []), [])
@@ -154,7 +154,7 @@ def _state_machine(thing_index: np.ndarray, times: np.ndarray, measured: np.ndar
     thing_last = np.append(np.flatnonzero(new_thing)[1:], n) - 1
     ending = q_thing[last & q_bad]
     ending_at = thing_last[np.searchsorted(thing_index[thing_last], ending)]
-    stale = times[ending_at] + invalidation_s <= end
+    stale = silent(times[ending_at], end, invalidation_s)
     # Its last violating datapoint (a short compliant run may follow it) is the value it had.
     last_bad = np.maximum.accumulate(np.where(bad, np.arange(n), -1))[ending_at]
     for kind, index, at, value in (
@@ -192,7 +192,7 @@ def _transitions_by_jumps(thing_index: np.ndarray, times: np.ndarray, measured: 
     run_bad = bad[starts]
     alarm_runs = starts[run_bad & (lengths >= to_alarm)]  # each raises at start + to_alarm - 1
     clear_runs = starts[~run_bad & (lengths >= to_clear)]  # each clears at start + to_clear - 1
-    gaps = np.flatnonzero(~new_thing[1:] & (times[1:] - times[:-1] > invalidation_s)) + 1
+    gaps = np.flatnonzero(~new_thing[1:] & silent(times[:-1], times[1:], invalidation_s)) + 1
     run_end = (starts + lengths - 1)[np.cumsum(boundary) - 1]
     last_bad = np.maximum.accumulate(np.where(bad, np.arange(n), -1))
     thing_starts = np.flatnonzero(new_thing)
@@ -227,7 +227,7 @@ def _transitions_by_jumps(thing_index: np.ndarray, times: np.ndarray, measured: 
                 position = fresh_at = gap
                 continue
             if clear_at is None:
-                if float(times[last]) + invalidation_s <= end:
+                if silent(float(times[last]), end, invalidation_s):
                     _emit(events, thing, float(times[last]) + invalidation_s, EventType.INVALIDATED,
                           float(measured[last_bad[last]]))
                 else:
