@@ -71,7 +71,7 @@ class _Rule:
     metric: str
     series: str | None  # the datapoint key: "metric" or "metric|dimension|operator"
     dimension_key: str
-    operator: str | None
+    operator: str  # "" when the criteria have none
     threshold: Any
     check: Check | None
     to_alarm: int
@@ -90,10 +90,10 @@ class _Rule:
         series = behavior_series(behavior)
         statistical = bool(criteria.get("statisticalThreshold"))
         has_window = criteria.get("durationSeconds") is not None or statistical
-        operator = criteria.get("comparisonOperator")
+        operator = criteria.get("comparisonOperator") or ""
         threshold = criteria.get("value")
         check = None
-        if not statistical and operator is not None and isinstance(threshold, Mapping):
+        if not statistical and operator and isinstance(threshold, Mapping):
             check = compile_check(operator, threshold)
         seconds = criteria.get("durationSeconds") or DEFAULT_WINDOW_S
         return _Rule(dict(behavior), behavior.get("name", ""), metric or "", series, dimension_key, operator,
@@ -166,9 +166,11 @@ class Evaluator:
         for profile in profiles:
             profile_name = profile["name"]
             for rule in self._rules_of(profile):
-                value = datapoints.get(rule.series) if rule.series is not None else None
-                if value is None or rule.ml:
-                    continue  # no datapoint; ML Detect needs trained models: not evaluated (documented gap)
+                if rule.series is None or rule.ml:
+                    continue  # no metric; ML Detect needs trained models: not evaluated (documented gap)
+                value = datapoints.get(rule.series)
+                if value is None:
+                    continue  # no datapoint
                 key = (thing, profile_name, rule.name, rule.dimension_key)
                 measured, window_points = self._measure(thing, rule.metric, rule.series, value, rule.window_s, now)
                 if rule.statistical:

@@ -60,7 +60,7 @@ def order_by_thing_and_time(thing_index: np.ndarray, times: np.ndarray) -> np.nd
     order = low if not high_keys.any() else low[np.argsort(high_keys, kind="stable")]
     things, ordered_times = thing_index[order], times[order]
     if np.any((things[1:] == things[:-1]) & (ordered_times[1:] < ordered_times[:-1])):
-        return np.lexsort((times, thing_index))
+        order = np.lexsort((times, thing_index))
     return order
 
 
@@ -80,12 +80,14 @@ def windowed_sums(thing_index: np.ndarray, times: np.ndarray, values: np.ndarray
     span = float(times.max()) - origin + 2 * window_s + 1.0
     keys = thing_index.astype(np.float64) * span + (times - origin)
     first_inside = np.searchsorted(keys, keys - window_s, side="right")
-    return np.trunc(cumulative[1:] - cumulative[first_inside])
+    sums: np.ndarray = np.trunc(cumulative[1:] - cumulative[first_inside])
+    return sums
 
 
 def violating(operator: str, measured: np.ndarray, threshold: float) -> np.ndarray:
     """Behaviors describe normal behavior: a datapoint violates when the comparison fails."""
-    return ~_OPERATORS[operator](measured, threshold)
+    compliant: np.ndarray = _OPERATORS[operator](measured, threshold)
+    return ~compliant
 
 
 def alarm_transitions(thing_index: np.ndarray, times: np.ndarray, measured: np.ndarray, bad: np.ndarray,
@@ -146,7 +148,8 @@ def _state_machine(thing_index: np.ndarray, times: np.ndarray, measured: np.ndar
     raised = q_start[q_bad & ~was_bad] + to_alarm - 1
     if raised_only:
         jumped = [t for t, kind in zip(events[0], events[2]) if kind is EventType.IN_ALARM]
-        return np.concatenate((thing_index[raised], np.asarray(jumped, dtype=np.int32)))
+        every: np.ndarray = np.concatenate((thing_index[raised], np.asarray(jumped, dtype=np.int32)))
+        return every
     cleared = q_start[~q_bad & was_bad] + to_clear - 1
     # Devices whose last qualifying run violates are still in alarm after their last datapoint.
     last = np.ones(len(q_start), dtype=bool)
