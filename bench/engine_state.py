@@ -23,6 +23,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import environment  # noqa: E402
+from iotdefender.engine.alarm import counting_ids  # noqa: E402
 from iotdefender.engine.evaluator import Evaluator  # noqa: E402
 from iotdefender.engine.statistics import FleetStatistics  # noqa: E402
 
@@ -62,7 +63,7 @@ def memory_per_thing(things: int) -> dict:
     gc.collect()
     process = psutil.Process()
     before = process.memory_info().rss
-    evaluator = Evaluator()
+    evaluator = Evaluator(counting_ids())
     last_reports: dict[str, tuple[int, float]] = {}
     started = time.perf_counter()
     for report in range(2):  # two reports each, so duration windows hold history

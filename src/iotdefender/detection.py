@@ -15,6 +15,7 @@ Invalidation (alarm-invalidated) — the choices, since AWS documents only the f
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ from prometheus_client import Counter
 from sqlalchemy.engine import Connection, Engine
 
 from iotdefender.alerts.outbox import AlertRouter
-from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType, due_for_invalidation
+from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType, IdFactory, due_for_invalidation
 from iotdefender.engine.evaluator import Evaluation, Evaluator, StateKey, ViolationEvent
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.store import violations
@@ -43,6 +44,11 @@ COUNTERS = {
 }
 
 
+def new_violation_id() -> str:
+    """32 lower-case hex characters, the form AWS's violationIds take; random, so unique across restarts."""
+    return uuid.uuid4().hex
+
+
 @dataclass
 class PendingDetection:
     events: list[ViolationEvent] = field(default_factory=list)
@@ -51,13 +57,13 @@ class PendingDetection:
 
 class DetectionService:
     def __init__(self, engine: Engine, monitoring: MonitoringIndex, alerts: AlertRouter,
-                 invalidation_period: float, time_scale: float = 1.0) -> None:
+                 invalidation_period: float, time_scale: float = 1.0, new_id: IdFactory = new_violation_id) -> None:
         self._engine = engine
         self._monitoring = monitoring
         self._alerts = alerts
         self._invalidation_period = invalidation_period
         self._lock = threading.Lock()  # one evaluation at a time: ingest batches and sweeps
-        self.evaluator = Evaluator(time_scale=time_scale)
+        self.evaluator = Evaluator(new_id, time_scale)
         self.listeners: list[Callable[[list[ViolationEvent]], None]] = []
 
     def load(self) -> None:

@@ -61,12 +61,13 @@ def test_dimension_specs_from_profiles():
 
 def test_statistical_threshold_on_a_cloud_side_metric():
     """A fleet percentile of messages sent per window, as for device-side metrics."""
+    from iotdefender.engine.alarm import counting_ids
     from iotdefender.engine.evaluator import Evaluator
 
     profile = {"name": "p", "behaviors": [{"name": "chatty", "metric": "aws:num-messages-sent", "criteria": {
         "comparisonOperator": "less-than-equals", "statisticalThreshold": {"statistic": "p90"},
         "durationSeconds": 300}}]}
-    agg, evaluator = Aggregator(window_s=300), Evaluator()
+    agg, evaluator = Aggregator(window_s=300), Evaluator(counting_ids())
     for i in range(10):  # window 0: devices send 1..10 messages
         for _ in range(i + 1):
             agg.message_sent(f"d{i}", "telemetry", 10, at=100)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType, advance, invalidate
+from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType, advance, counting_ids, invalidate
 from iotdefender.engine.compare import compliant, offending
 from iotdefender.engine.evaluator import Evaluator
 from iotdefender.engine.statistics import FleetStatistics
@@ -61,9 +61,9 @@ def test_offending_values_are_the_evidence():
 
 
 def run(sequence, to_alarm=1, to_clear=1):
-    state, events = AlarmState(), []
+    state, events, ids = AlarmState(), [], counting_ids()
     for i, violating in enumerate(sequence):
-        state, transition = advance(state, violating, {"count": i}, float(i), to_alarm, to_clear)
+        state, transition = advance(state, violating, {"count": i}, float(i), to_alarm, to_clear, ids)
         if transition:
             events.append(transition)
     return state, events
@@ -95,12 +95,12 @@ def test_invalidation_ends_an_alarm_once():
 @given(st.lists(st.one_of(st.booleans(), st.just("invalidate")), max_size=60),
        st.integers(1, 10), st.integers(1, 10))
 def test_never_two_in_alarm_without_an_end_between(steps, to_alarm, to_clear):
-    state, open_violation = AlarmState(), None
+    state, open_violation, ids = AlarmState(), None, counting_ids()
     for i, step in enumerate(steps):
         if step == "invalidate":
             state, transition = invalidate(state, float(i))
         else:
-            state, transition = advance(state, step, {"count": 1}, float(i), to_alarm, to_clear)
+            state, transition = advance(state, step, {"count": 1}, float(i), to_alarm, to_clear, ids)
         if transition is None:
             continue
         if transition.event is EventType.IN_ALARM:
@@ -127,7 +127,7 @@ def commit(evaluator, evaluation):
 
 
 def test_evaluator_raises_and_clears_with_evidence():
-    evaluator = Evaluator()
+    evaluator = Evaluator(counting_ids())
     first = evaluator.evaluate("t1", [PROFILE], {"aws:listening-tcp-ports": {"ports": [22, 443]}}, 1000.0)
     assert commit(evaluator, first) == [("in-alarm", "ports")]
     event = first.events[0]
@@ -142,7 +142,7 @@ def test_evaluator_raises_and_clears_with_evidence():
 
 
 def test_delta_metrics_sum_over_duration_seconds():
-    evaluator = Evaluator(time_scale=10.0)  # 300 s window -> 30 s
+    evaluator = Evaluator(counting_ids(), time_scale=10.0)  # 300 s window -> 30 s
     assert commit(evaluator, evaluator.evaluate("t", [PROFILE], {"aws:all-bytes-out": {"count": 600}}, 100.0)) == []
     raised = evaluator.evaluate("t", [PROFILE], {"aws:all-bytes-out": {"count": 600}}, 110.0)
     assert commit(evaluator, raised) == [("in-alarm", "bytes")]
@@ -157,7 +157,7 @@ def test_statistical_threshold_warm_up_then_percentile():
     profile = {"name": "s", "behaviors": [{"name": "big", "metric": "aws:all-bytes-out", "criteria": {
         "comparisonOperator": "less-than-equals", "statisticalThreshold": {"statistic": "p90"},
         "durationSeconds": 300}}]}
-    evaluator = Evaluator()
+    evaluator = Evaluator(counting_ids())
     for i in range(10):  # window 0: no threshold yet, no verdicts
         assert evaluator.evaluate(f"d{i}", [profile], {"aws:all-bytes-out": {"count": (i + 1) * 10}}, 10.0 + i).events == []
     # window 1: threshold = p90 of window 0's values (10..100) = 91
@@ -181,7 +181,7 @@ def test_window_sums_saturate_at_the_largest_count():
     (issue #11) failed the whole write batch with every other device's report in it."""
     from iotdefender.metrics_catalog import COUNT_MAX
 
-    evaluator = Evaluator()
+    evaluator = Evaluator(counting_ids())
     profile = {"name": "p", "behaviors": [
         {"name": "in", "metric": "aws:all-bytes-in",
          "criteria": {"comparisonOperator": "less-than", "value": {"count": 1000000}, "durationSeconds": 300}}]}

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from iotdefender.engine.alarm import AlarmStatus, EventType, due_for_invalidation
+from iotdefender.engine.alarm import AlarmStatus, EventType, counting_ids, due_for_invalidation
 from iotdefender.engine.compare import scalar_of
 from iotdefender.engine.evaluator import DELTA_METRICS, MAX_METRICS, Evaluator, criteria_type
 from iotdefender.engine.series import behavior_series
@@ -177,7 +177,7 @@ def _plain(number: float) -> int | float:
 def _replayed(request: BacktestRequest, behaviors: list[dict[str, Any]], reports: Iterable[list[tuple]],
               total: int, progress: Progress) -> list[BehaviorOutcome]:
     """The per-datapoint engine over reports in time order, with the live sweep's invalidation."""
-    evaluator = Evaluator(time_scale=request.time_scale)
+    evaluator = Evaluator(counting_ids(), request.time_scale)  # a backtest's violation ids are never shown
     profile = {"name": request.profile_name, "behaviors": behaviors}
     outcomes = {b["name"]: BehaviorOutcome(b, "engine") for b in behaviors}
     series = {b["name"]: _series_of(b) for b in behaviors}

@@ -1,8 +1,8 @@
 """Evaluate a thing's datapoints against every behavior of every profile that monitors it.
 
-Pure: the caller passes the profiles, the time and the datapoints, and receives the events and the
-changed alarm states; it persists both in one transaction and only then calls ``commit`` so the
-in-memory state never runs ahead of the durable one.
+Pure: the caller passes the profiles, the time, the datapoints and the violation ids (``new_id``),
+and receives the events and the changed alarm states; it persists both in one transaction and only
+then calls ``commit`` so the in-memory state never runs ahead of the durable one.
 
 Device-side datapoints and ``durationSeconds`` (AWS leaves the construction undocumented,
 reference §10): the delta metrics of ``network_stats`` (bytes and packets in/out) are summed over
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from iotdefender.engine.alarm import AlarmState, EventType, Transition, advance, invalidate
+from iotdefender.engine.alarm import AlarmState, EventType, IdFactory, Transition, advance, invalidate
 from iotdefender.engine.compare import Check, compile_check, compliant, offending, scalar_of
 from iotdefender.engine.series import behavior_series
 from iotdefender.engine.statistics import FleetStatistics
@@ -111,6 +111,7 @@ class Evaluation:
 
 @dataclass
 class Evaluator:
+    new_id: IdFactory = field(compare=False)  # the violationId of each new alarm
     time_scale: float = 1.0
     states: dict[StateKey, AlarmState] = field(default_factory=dict)
     statistics: FleetStatistics = field(default_factory=FleetStatistics)
@@ -189,7 +190,7 @@ class Evaluator:
                     if ok:
                         continue  # the common case: a compliant device stays NORMAL, nothing to record
                     state = _IDLE
-                after, transition = advance(state, not ok, measured, now, rule.to_alarm, rule.to_clear)
+                after, transition = advance(state, not ok, measured, now, rule.to_alarm, rule.to_clear, self.new_id)
                 # Idle stays idle (the common case: a compliant fleet) is not a change worth
                 # storing; everything else is, so an alarm's streaks and timestamps survive restarts.
                 if after is not state and after != state and not (after.is_idle and state.is_idle):
