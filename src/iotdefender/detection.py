@@ -2,8 +2,9 @@
 
 Exactly-once transitions: evaluation happens inside the ingest batch's transaction, so the
 datapoints, the events, the alarm states and the alert outbox rows of a batch commit together or
-not at all. The in-memory alarm states advance only after that commit (``committed``); after a
-``kill -9`` they are reloaded from the database and no transition is lost or repeated.
+not at all. The engine's state (alarm states, windows, fleet statistics) advances only after that
+commit (``committed`` applies the batch's change set; a failed batch's is dropped); after a
+``kill -9`` the alarm states are reloaded from the database and no transition is lost or repeated.
 
 Invalidation (alarm-invalidated) — the choices, since AWS documents only the first:
 - the device sent no datapoint for the invalidation period (2 days / time scale);
@@ -25,8 +26,8 @@ from prometheus_client import Counter
 from sqlalchemy.engine import Connection, Engine
 
 from iotdefender.alerts.outbox import AlertRouter
-from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType, IdFactory, due_for_invalidation
-from iotdefender.engine.evaluator import Evaluation, Evaluator, StateKey, ViolationEvent
+from iotdefender.engine.alarm import EventType, IdFactory, due_for_invalidation
+from iotdefender.engine.evaluator import ChangeSet, Evaluation, Evaluator, StateKey, ViolationEvent
 from iotdefender.monitoring import MonitoringIndex
 from iotdefender.store import violations
 from iotdefender.store.database import writing
@@ -51,8 +52,8 @@ def new_violation_id() -> str:
 
 @dataclass
 class PendingDetection:
+    changes: ChangeSet  # applied to the evaluator once the transaction committed
     events: list[ViolationEvent] = field(default_factory=list)
-    states: dict[StateKey, AlarmState] = field(default_factory=dict)
 
 
 class DetectionService:
@@ -68,17 +69,17 @@ class DetectionService:
 
     def load(self) -> None:
         with self._engine.connect() as conn:
-            self.evaluator.states = violations.load_alarm_states(conn)
+            self.evaluator.load(violations.load_alarm_states(conn))
 
     # -- live evaluation, called from the ingest writer inside its transaction -----------------
     def evaluate_in(self, conn: Connection, reports: Iterable[tuple[str, Mapping[str, dict[str, Any]], float]]
                     ) -> PendingDetection:
         self._lock.acquire()
-        pending = PendingDetection()
+        pending = PendingDetection(self.evaluator.changes())
         try:
             for thing, datapoints, at in reports:
                 evaluation = self.evaluator.evaluate(thing, self._monitoring.profiles_for(thing), datapoints, at,
-                                                     pending.states)
+                                                     pending.changes)
                 self._collect(pending, evaluation)
             self._persist(conn, pending)
         except BaseException:
@@ -101,15 +102,14 @@ class DetectionService:
     @staticmethod
     def _collect(pending: PendingDetection, evaluation: Evaluation) -> None:
         pending.events.extend(evaluation.events)
-        pending.states.update(evaluation.states)
 
     def _persist(self, conn: Connection, pending: PendingDetection) -> None:
         violations.record_events(conn, pending.events)
-        violations.save_alarm_states(conn, pending.states)
+        violations.save_alarm_states(conn, pending.changes.states)
         self._alerts.enqueue(conn, pending.events, self._monitoring)
 
     def _after_commit(self, pending: PendingDetection) -> None:
-        self.evaluator.commit(pending.states)
+        self.evaluator.apply(pending.changes)
         for event in pending.events:
             COUNTERS[event.event_type].labels(event.profile_name, event.behavior.get("name", "")).inc()
             log.info("violation_event", event_type=event.event_type.value, violation_id=event.violation_id,
@@ -126,9 +126,7 @@ class DetectionService:
         with self._lock:
             stale: dict[StateKey, str] = {}
             behaviors: dict[StateKey, Mapping[str, Any]] = {}
-            for key, state in list(self.evaluator.states.items()):
-                if state.status is not AlarmStatus.IN_ALARM:
-                    continue
+            for key, state in self.evaluator.alarms():
                 thing, profile_name, behavior_name, _ = key
                 current = {p["name"]: p for p in self._monitoring.profiles_for(thing)}
                 profile = current.get(profile_name)
@@ -144,10 +142,10 @@ class DetectionService:
                     behaviors[key] = behavior
             if not stale:
                 return None
-            pending = PendingDetection()
+            pending = PendingDetection(self.evaluator.changes())
             for reason in set(stale.values()):
                 keys = [k for k, r in stale.items() if r == reason]
-                self._collect(pending, self.evaluator.invalidate(keys, behaviors, now, reason))
+                self._collect(pending, self.evaluator.invalidate(keys, behaviors, now, reason, pending.changes))
             self._fill_behaviors(pending)
             with writing(self._engine) as conn:
                 self._persist(conn, pending)

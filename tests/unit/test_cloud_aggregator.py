@@ -76,7 +76,7 @@ def test_statistical_threshold_on_a_cloud_side_metric():
         for i in range(10):
             evaluation = evaluator.evaluate(f"d{i}", [profile], agg.datapoints(f"d{i}", data.get(f"d{i}"), 300), 300)
             assert evaluation.events == []  # warm-up: no threshold yet
-            evaluator.commit(evaluation.states)
+            evaluator.apply(evaluation.changes)
     for _ in range(40):  # window 1: d3 floods
         agg.message_sent("d3", "telemetry", 10, at=400)
     agg.message_sent("d4", "telemetry", 10, at=400)
@@ -85,6 +85,7 @@ def test_statistical_threshold_on_a_cloud_side_metric():
     raised = {}
     for thing in ("d3", "d4"):
         evaluation = evaluator.evaluate(thing, [profile], agg.datapoints(thing, data.get(thing), 600), 600)
+        evaluator.apply(evaluation.changes)
         raised[thing] = [(e.event_type.value, e.evidence.get("threshold")) for e in evaluation.events]
     assert raised["d4"] == []
     assert raised["d3"] == [("in-alarm", {"count": pytest.approx(9.1)})]  # p90 of 1..10

@@ -122,7 +122,7 @@ PROFILE = {"name": "p", "behaviors": [
 
 
 def commit(evaluator, evaluation):
-    evaluator.commit(evaluation.states)
+    evaluator.apply(evaluation.changes)
     return [(e.event_type.value, e.behavior["name"]) for e in evaluation.events]
 
 
@@ -138,7 +138,7 @@ def test_evaluator_raises_and_clears_with_evidence():
     cleared = evaluator.evaluate("t1", [PROFILE], {"aws:listening-tcp-ports": {"ports": []}}, 1600.0)
     assert commit(evaluator, cleared) == [("alarm-cleared", "ports")]
     assert cleared.events[0].violation_id == event.violation_id
-    assert evaluator.states == {}  # idle states are not kept
+    assert evaluator.remembered() == 0  # idle states are not kept
 
 
 def test_delta_metrics_sum_over_duration_seconds():
@@ -159,9 +159,11 @@ def test_statistical_threshold_warm_up_then_percentile():
         "durationSeconds": 300}}]}
     evaluator = Evaluator(counting_ids())
     for i in range(10):  # window 0: no threshold yet, no verdicts
-        assert evaluator.evaluate(f"d{i}", [profile], {"aws:all-bytes-out": {"count": (i + 1) * 10}}, 10.0 + i).events == []
+        assert commit(evaluator, evaluator.evaluate(f"d{i}", [profile], {"aws:all-bytes-out": {"count": (i + 1) * 10}},
+                                                    10.0 + i)) == []
     # window 1: threshold = p90 of window 0's values (10..100) = 91
     quiet = evaluator.evaluate("d0", [profile], {"aws:all-bytes-out": {"count": 50}}, 310.0)
+    commit(evaluator, quiet)
     loud = evaluator.evaluate("d1", [profile], {"aws:all-bytes-out": {"count": 95}}, 311.0)
     assert quiet.events == []
     assert [e.event_type.value for e in loud.events] == ["in-alarm"]
@@ -170,10 +172,11 @@ def test_statistical_threshold_warm_up_then_percentile():
 
 
 def test_too_few_devices_means_no_threshold():
-    stats = FleetStatistics(min_devices=5)
+    stats, changes = FleetStatistics(min_devices=5), {}
     for i in range(4):
-        stats.observe(("p", "b"), "p50", 300, f"d{i}", float(i), 10.0)
-    assert stats.threshold(("p", "b"), "p50", 300, 310.0) is None
+        stats.observe(("p", "b"), "p50", 300, f"d{i}", float(i), 10.0, changes)
+    stats.apply(changes)
+    assert stats.threshold(("p", "b"), "p50", 300, 310.0, {}) is None
 
 
 def test_window_sums_saturate_at_the_largest_count():

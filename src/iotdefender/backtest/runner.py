@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 
 from iotdefender.engine.alarm import AlarmStatus, EventType, counting_ids, due_for_invalidation
 from iotdefender.engine.compare import scalar_of
-from iotdefender.engine.evaluator import DELTA_METRICS, MAX_METRICS, Evaluator, criteria_type
+from iotdefender.engine.evaluator import DELTA_METRICS, MAX_METRICS, Evaluator, StateKey, criteria_type
 from iotdefender.engine.series import behavior_series
 from iotdefender.engine.vectorised import (alarm_transitions, alarms_raised, order_by_thing_and_time, supports,
                                            violating, windowed_sums)
@@ -181,7 +181,7 @@ def _replayed(request: BacktestRequest, behaviors: list[dict[str, Any]], reports
     profile = {"name": request.profile_name, "behaviors": behaviors}
     outcomes = {b["name"]: BehaviorOutcome(b, "engine") for b in behaviors}
     series = {b["name"]: _series_of(b) for b in behaviors}
-    in_alarm: dict[str, set[tuple]] = {}
+    in_alarm: dict[str, set[StateKey]] = {}
     covered: dict[str, bool] = {}
     done = 0
     for batch in reports:
@@ -197,8 +197,8 @@ def _replayed(request: BacktestRequest, behaviors: list[dict[str, Any]], reports
                     outcomes[name].datapoints += 1
                     outcomes[name].devices.add(thing)
             evaluation = evaluator.evaluate(thing, (profile,), datapoints, at)
-            evaluator.commit(evaluation.states)
-            for key, state in evaluation.states.items():
+            evaluator.apply(evaluation.changes)
+            for key, state in evaluation.changes.states.items():
                 alarms = in_alarm.setdefault(thing, set())
                 (alarms.add if state.status is AlarmStatus.IN_ALARM else alarms.discard)(key)
             for event in evaluation.events:
@@ -213,17 +213,18 @@ def _replayed(request: BacktestRequest, behaviors: list[dict[str, Any]], reports
     return list(outcomes.values())
 
 
-def _invalidate_silent(evaluator: Evaluator, keys: set[tuple] | None, now: float,
+def _invalidate_silent(evaluator: Evaluator, keys: set[StateKey] | None, now: float,
                        outcomes: Mapping[str, BehaviorOutcome], period: float) -> None:
     """What the live sweep would have done by ``now`` to these alarms: invalidated those whose device
     went silent, one period after its last datapoint."""
-    for key in list(keys or ()):
-        state = evaluator.states.get(key)
-        if state is None or not due_for_invalidation(state, now, period):
+    if not keys:
+        return
+    for key, state in evaluator.alarms(list(keys)):
+        if not due_for_invalidation(state, now, period):
             continue
         at = (state.last_datapoint_at or 0.0) + period
         result = evaluator.invalidate([key], {}, at, "backtest")
-        evaluator.commit(result.states)
+        evaluator.apply(result.changes)
         keys.discard(key)
         for event in result.events:
             outcomes[key[2]].events.append((key[0], at, event.event_type.value, event.metric_value))
