@@ -232,6 +232,7 @@ class Evaluator:
         it changes recorded in ``changes`` (the batch's, or a new one) on top of what is there."""
         changes = self.changes() if changes is None else changes
         result = Evaluation([], changes)
+        changed, committed = changes.states, self._states  # the batch's states read first
         for profile in profiles:
             profile_name = profile["name"]
             for rule in self._rules_of(profile):
@@ -254,7 +255,9 @@ class Evaluator:
                     ok = check(measured) if check is not None else compliant(rule.operator, threshold, measured)
                 except (ValueError, KeyError, TypeError):
                     continue  # a datapoint of another type than the behavior's metric: not comparable
-                state = self._state(key, changes)
+                state = changed.get(key)
+                if state is None:
+                    state = committed.get(key)
                 if state is None:
                     if ok:
                         continue  # the common case: a compliant device stays NORMAL, nothing to record
@@ -263,7 +266,7 @@ class Evaluator:
                 # Idle stays idle (the common case: a compliant fleet) is not a change worth
                 # storing; everything else is, so an alarm's streaks and timestamps survive restarts.
                 if after is not state and after != state and not (after.is_idle and state.is_idle):
-                    changes.states[key] = after
+                    changed[key] = after
                 if transition is not None:
                     evidence: dict[str, Any] = statistics if statistics is not None else {"threshold": threshold}
                     evidence["datapoints"] = (
