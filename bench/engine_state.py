@@ -23,6 +23,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import environment  # noqa: E402
+from iotdefender.engine.alarm import counting_ids  # noqa: E402
 from iotdefender.engine.evaluator import Evaluator  # noqa: E402
 from iotdefender.engine.statistics import FleetStatistics  # noqa: E402
 
@@ -62,7 +63,7 @@ def memory_per_thing(things: int) -> dict:
     gc.collect()
     process = psutil.Process()
     before = process.memory_info().rss
-    evaluator = Evaluator()
+    evaluator = Evaluator(counting_ids())
     last_reports: dict[str, tuple[int, float]] = {}
     started = time.perf_counter()
     for report in range(2):  # two reports each, so duration windows hold history
@@ -70,23 +71,24 @@ def memory_per_thing(things: int) -> dict:
             thing = f"device-{i:07d}"
             at = 1000.0 + report * 300 + i * 1e-6
             evaluation = evaluator.evaluate(thing, [PROFILE], datapoints(i % 20 == 0), at)
-            evaluator.commit(evaluation.states)
+            evaluator.apply(evaluation.changes)
             last_reports[thing] = (report + 1, at)
     elapsed = time.perf_counter() - started
     gc.collect()
     grown = process.memory_info().rss - before
-    alarms = sum(1 for s in evaluator.states.values() if s.status.value == "in-alarm")
+    alarms = len(evaluator.alarms())
     return {"things": things, "rss_growth_mb": round(grown / 2**20, 1), "bytes_per_thing": round(grown / things),
             "alarm_states": alarms, "evaluations_per_s": round(2 * things * 10 / elapsed)}
 
 
 def percentile_recompute(devices: int) -> dict:
-    stats = FleetStatistics()
+    stats, changes = FleetStatistics(), {}
     key, window = ("p", "b"), 300.0
     for i in range(devices):
-        stats.observe(key, "p90", window, f"d{i}", float(i % 1000), 10.0)
+        stats.observe(key, "p90", window, f"d{i}", float(i % 1000), 10.0, changes)
+    stats.apply(changes)
     started = time.perf_counter()
-    threshold = stats.threshold(key, "p90", window, 310.0)  # closes the window: percentile of all devices
+    threshold = stats.threshold(key, "p90", window, 310.0, {})  # closes the window: percentile of all devices
     return {"devices": devices, "recompute_s": round(time.perf_counter() - started, 3),
             "threshold": threshold[0] if threshold else None}
 

@@ -2,7 +2,9 @@
 
 Random fleets, random verdict sequences, random consecutive counts, windows and silences: the
 numpy path (engine/vectorised.py) and the live engine (Evaluator + alarm.advance) replayed report
-by report must produce the same events at the same times with the same values.
+by report must produce the same events at the same times with the same values. Silences of
+exactly the invalidation period, and replays that end exactly one period after a device's last
+datapoint, check that both ask the one rule (``alarm.silent``) for "device silent -> invalidated".
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from iotdefender.engine.alarm import EventType
 from iotdefender.store.history import SeriesPoints
 
 OPERATORS = ["less-than", "less-than-equals", "greater-than", "greater-than-equals"]
+INVALIDATION_S = 3000.0
 
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[dict, list[tuple[str, float, dict]], float]:
+    """A behavior, the reports of a few devices, and the end of the replay (INVALIDATION_S is the period)."""
     metric = draw(st.sampled_from(["aws:num-listening-tcp-ports", "aws:all-bytes-out", "cpu_usage"]))
     kind = "number" if metric == "cpu_usage" else "count"
     criteria: dict = {"comparisonOperator": draw(st.sampled_from(OPERATORS)),
@@ -33,10 +37,15 @@ def scenarios(draw: st.DrawFn) -> tuple[dict, list[tuple[str, float, dict]], flo
     for thing in range(draw(st.integers(1, 4))):
         at = 1_000_000.0
         for _ in range(draw(st.integers(0, 25))):
-            at += draw(st.sampled_from([0.0, 30.0, 300.0, 301.0, 5000.0]))  # repeats, gaps past invalidation
+            # repeats, gaps of exactly the invalidation period and past it
+            at += draw(st.sampled_from([0.0, 30.0, 300.0, 301.0, INVALIDATION_S, 5000.0]))
             reports.append((f"t{thing}", at, {metric: {kind: draw(st.integers(0, 8))}}))
     reports.sort(key=lambda r: r[1])  # arrival order: by time, ties in thing order
-    return behavior, reports, 1_000_000.0 + 30_000
+    end = 1_000_000.0 + 30_000
+    if reports and draw(st.booleans()):  # the replay ends one period after some device's last datapoint
+        last = {thing: at for thing, at, _ in reports}
+        end = draw(st.sampled_from(sorted(last.values()))) + INVALIDATION_S + draw(st.sampled_from([-1.0, 0.0, 0.0, 1.0]))
+    return behavior, reports, end
 
 
 def _points(reports: list[tuple[str, float, dict]], metric: str) -> SeriesPoints:
@@ -54,7 +63,7 @@ def test_vectorised_path_matches_the_engine(scenario: tuple) -> None:
     other = behavior["criteria"]["value"]
     other = (next(iter(other.values())) + 2) % 7  # a second threshold, counted by the sweep
     request = BacktestRequest([behavior], 0.0, end, covers=lambda t: True, sweeps={"b": [float(other)]},
-                              invalidation_period=3000.0)
+                              invalidation_period=INVALIDATION_S)
     threshold = fast_path_threshold(behavior)
     assert threshold is not None
     fast = _vectorised(request, behavior, _points(reports, behavior["metric"]), threshold)

@@ -61,12 +61,13 @@ def test_dimension_specs_from_profiles():
 
 def test_statistical_threshold_on_a_cloud_side_metric():
     """A fleet percentile of messages sent per window, as for device-side metrics."""
+    from iotdefender.engine.alarm import counting_ids
     from iotdefender.engine.evaluator import Evaluator
 
     profile = {"name": "p", "behaviors": [{"name": "chatty", "metric": "aws:num-messages-sent", "criteria": {
         "comparisonOperator": "less-than-equals", "statisticalThreshold": {"statistic": "p90"},
         "durationSeconds": 300}}]}
-    agg, evaluator = Aggregator(window_s=300), Evaluator()
+    agg, evaluator = Aggregator(window_s=300), Evaluator(counting_ids())
     for i in range(10):  # window 0: devices send 1..10 messages
         for _ in range(i + 1):
             agg.message_sent(f"d{i}", "telemetry", 10, at=100)
@@ -75,7 +76,7 @@ def test_statistical_threshold_on_a_cloud_side_metric():
         for i in range(10):
             evaluation = evaluator.evaluate(f"d{i}", [profile], agg.datapoints(f"d{i}", data.get(f"d{i}"), 300), 300)
             assert evaluation.events == []  # warm-up: no threshold yet
-            evaluator.commit(evaluation.states)
+            evaluator.apply(evaluation.changes)
     for _ in range(40):  # window 1: d3 floods
         agg.message_sent("d3", "telemetry", 10, at=400)
     agg.message_sent("d4", "telemetry", 10, at=400)
@@ -84,6 +85,7 @@ def test_statistical_threshold_on_a_cloud_side_metric():
     raised = {}
     for thing in ("d3", "d4"):
         evaluation = evaluator.evaluate(thing, [profile], agg.datapoints(thing, data.get(thing), 600), 600)
+        evaluator.apply(evaluation.changes)
         raised[thing] = [(e.event_type.value, e.evidence.get("threshold")) for e in evaluation.events]
     assert raised["d4"] == []
     assert raised["d3"] == [("in-alarm", {"count": pytest.approx(9.1)})]  # p90 of 1..10

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType, advance, invalidate
+from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType, advance, counting_ids, invalidate
 from iotdefender.engine.compare import compliant, offending
 from iotdefender.engine.evaluator import Evaluator
 from iotdefender.engine.statistics import FleetStatistics
@@ -61,9 +61,9 @@ def test_offending_values_are_the_evidence():
 
 
 def run(sequence, to_alarm=1, to_clear=1):
-    state, events = AlarmState(), []
+    state, events, ids = AlarmState(), [], counting_ids()
     for i, violating in enumerate(sequence):
-        state, transition = advance(state, violating, {"count": i}, float(i), to_alarm, to_clear)
+        state, transition = advance(state, violating, {"count": i}, float(i), to_alarm, to_clear, ids)
         if transition:
             events.append(transition)
     return state, events
@@ -95,12 +95,12 @@ def test_invalidation_ends_an_alarm_once():
 @given(st.lists(st.one_of(st.booleans(), st.just("invalidate")), max_size=60),
        st.integers(1, 10), st.integers(1, 10))
 def test_never_two_in_alarm_without_an_end_between(steps, to_alarm, to_clear):
-    state, open_violation = AlarmState(), None
+    state, open_violation, ids = AlarmState(), None, counting_ids()
     for i, step in enumerate(steps):
         if step == "invalidate":
             state, transition = invalidate(state, float(i))
         else:
-            state, transition = advance(state, step, {"count": 1}, float(i), to_alarm, to_clear)
+            state, transition = advance(state, step, {"count": 1}, float(i), to_alarm, to_clear, ids)
         if transition is None:
             continue
         if transition.event is EventType.IN_ALARM:
@@ -122,12 +122,12 @@ PROFILE = {"name": "p", "behaviors": [
 
 
 def commit(evaluator, evaluation):
-    evaluator.commit(evaluation.states)
+    evaluator.apply(evaluation.changes)
     return [(e.event_type.value, e.behavior["name"]) for e in evaluation.events]
 
 
 def test_evaluator_raises_and_clears_with_evidence():
-    evaluator = Evaluator()
+    evaluator = Evaluator(counting_ids())
     first = evaluator.evaluate("t1", [PROFILE], {"aws:listening-tcp-ports": {"ports": [22, 443]}}, 1000.0)
     assert commit(evaluator, first) == [("in-alarm", "ports")]
     event = first.events[0]
@@ -138,11 +138,11 @@ def test_evaluator_raises_and_clears_with_evidence():
     cleared = evaluator.evaluate("t1", [PROFILE], {"aws:listening-tcp-ports": {"ports": []}}, 1600.0)
     assert commit(evaluator, cleared) == [("alarm-cleared", "ports")]
     assert cleared.events[0].violation_id == event.violation_id
-    assert evaluator.states == {}  # idle states are not kept
+    assert evaluator.remembered() == 0  # idle states are not kept
 
 
 def test_delta_metrics_sum_over_duration_seconds():
-    evaluator = Evaluator(time_scale=10.0)  # 300 s window -> 30 s
+    evaluator = Evaluator(counting_ids(), time_scale=10.0)  # 300 s window -> 30 s
     assert commit(evaluator, evaluator.evaluate("t", [PROFILE], {"aws:all-bytes-out": {"count": 600}}, 100.0)) == []
     raised = evaluator.evaluate("t", [PROFILE], {"aws:all-bytes-out": {"count": 600}}, 110.0)
     assert commit(evaluator, raised) == [("in-alarm", "bytes")]
@@ -157,11 +157,13 @@ def test_statistical_threshold_warm_up_then_percentile():
     profile = {"name": "s", "behaviors": [{"name": "big", "metric": "aws:all-bytes-out", "criteria": {
         "comparisonOperator": "less-than-equals", "statisticalThreshold": {"statistic": "p90"},
         "durationSeconds": 300}}]}
-    evaluator = Evaluator()
+    evaluator = Evaluator(counting_ids())
     for i in range(10):  # window 0: no threshold yet, no verdicts
-        assert evaluator.evaluate(f"d{i}", [profile], {"aws:all-bytes-out": {"count": (i + 1) * 10}}, 10.0 + i).events == []
+        assert commit(evaluator, evaluator.evaluate(f"d{i}", [profile], {"aws:all-bytes-out": {"count": (i + 1) * 10}},
+                                                    10.0 + i)) == []
     # window 1: threshold = p90 of window 0's values (10..100) = 91
     quiet = evaluator.evaluate("d0", [profile], {"aws:all-bytes-out": {"count": 50}}, 310.0)
+    commit(evaluator, quiet)
     loud = evaluator.evaluate("d1", [profile], {"aws:all-bytes-out": {"count": 95}}, 311.0)
     assert quiet.events == []
     assert [e.event_type.value for e in loud.events] == ["in-alarm"]
@@ -170,10 +172,11 @@ def test_statistical_threshold_warm_up_then_percentile():
 
 
 def test_too_few_devices_means_no_threshold():
-    stats = FleetStatistics(min_devices=5)
+    stats, changes = FleetStatistics(min_devices=5), {}
     for i in range(4):
-        stats.observe(("p", "b"), "p50", 300, f"d{i}", float(i), 10.0)
-    assert stats.threshold(("p", "b"), "p50", 300, 310.0) is None
+        stats.observe(("p", "b"), "p50", 300, f"d{i}", float(i), 10.0, changes)
+    stats.apply(changes)
+    assert stats.threshold(("p", "b"), "p50", 300, 310.0, {}) is None
 
 
 def test_window_sums_saturate_at_the_largest_count():
@@ -181,7 +184,7 @@ def test_window_sums_saturate_at_the_largest_count():
     (issue #11) failed the whole write batch with every other device's report in it."""
     from iotdefender.metrics_catalog import COUNT_MAX
 
-    evaluator = Evaluator()
+    evaluator = Evaluator(counting_ids())
     profile = {"name": "p", "behaviors": [
         {"name": "in", "metric": "aws:all-bytes-in",
          "criteria": {"comparisonOperator": "less-than", "value": {"count": 1000000}, "durationSeconds": 300}}]}

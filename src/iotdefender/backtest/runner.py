@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from iotdefender.engine.alarm import AlarmStatus, EventType
+from iotdefender.engine.alarm import AlarmStatus, EventType, counting_ids, due_for_invalidation
 from iotdefender.engine.compare import scalar_of
-from iotdefender.engine.evaluator import DELTA_METRICS, MAX_METRICS, Evaluator, criteria_type
+from iotdefender.engine.evaluator import DELTA_METRICS, MAX_METRICS, Evaluator, StateKey, criteria_type
+from iotdefender.engine.series import behavior_series
 from iotdefender.engine.vectorised import (alarm_transitions, alarms_raised, order_by_thing_and_time, supports,
                                            violating, windowed_sums)
-from iotdefender.metrics_catalog import series_key
 from iotdefender.store import history
 
 Progress = Callable[[float, str], None]
@@ -102,9 +102,9 @@ class BehaviorOutcome:
 
 
 def _series_of(behavior: Mapping[str, Any]) -> str:
-    dimension = behavior.get("metricDimension") or {}
-    return series_key(behavior["metric"], dimension.get("dimensionName"), dimension.get("operator")) \
-        if dimension else behavior["metric"]
+    series = behavior_series(behavior)
+    assert series is not None  # behaviors without a metric are skipped before
+    return series
 
 
 def fast_path_threshold(behavior: Mapping[str, Any]) -> float | None:
@@ -177,11 +177,11 @@ def _plain(number: float) -> int | float:
 def _replayed(request: BacktestRequest, behaviors: list[dict[str, Any]], reports: Iterable[list[tuple]],
               total: int, progress: Progress) -> list[BehaviorOutcome]:
     """The per-datapoint engine over reports in time order, with the live sweep's invalidation."""
-    evaluator = Evaluator(time_scale=request.time_scale)
+    evaluator = Evaluator(counting_ids(), request.time_scale)  # a backtest's violation ids are never shown
     profile = {"name": request.profile_name, "behaviors": behaviors}
     outcomes = {b["name"]: BehaviorOutcome(b, "engine") for b in behaviors}
     series = {b["name"]: _series_of(b) for b in behaviors}
-    in_alarm: dict[str, set[tuple]] = {}
+    in_alarm: dict[str, set[StateKey]] = {}
     covered: dict[str, bool] = {}
     done = 0
     for batch in reports:
@@ -191,39 +191,40 @@ def _replayed(request: BacktestRequest, behaviors: list[dict[str, Any]], reports
                 ok = covered[thing] = request.covers(thing)
             if not ok:
                 continue
-            _invalidate_silent(evaluator, in_alarm.get(thing), at - request.invalidation_period, outcomes,
-                               request.invalidation_period)
-            for name, key in series.items():
-                if key in datapoints:
+            _invalidate_silent(evaluator, in_alarm.get(thing), at, outcomes, request.invalidation_period)
+            for name, series_key in series.items():
+                if series_key in datapoints:
                     outcomes[name].datapoints += 1
                     outcomes[name].devices.add(thing)
             evaluation = evaluator.evaluate(thing, (profile,), datapoints, at)
-            evaluator.commit(evaluation.states)
-            for key, state in evaluation.states.items():
+            evaluator.apply(evaluation.changes)
+            for state_key, state in evaluation.changes.states.items():
                 alarms = in_alarm.setdefault(thing, set())
-                (alarms.add if state.status is AlarmStatus.IN_ALARM else alarms.discard)(key)
+                (alarms.add if state.status is AlarmStatus.IN_ALARM else alarms.discard)(state_key)
             for event in evaluation.events:
                 outcomes[event.behavior["name"]].events.append(
                     (thing, event.at, event.event_type.value, event.metric_value))
         done += len(batch)
         progress(done / total if total else 1.0, f"{done} of {total} reports")
     for thing, keys in in_alarm.items():
-        _invalidate_silent(evaluator, keys, request.end - request.invalidation_period, outcomes,
-                           request.invalidation_period)
-        for key in keys:
-            outcomes[key[2]].active_at_end.add(thing)
+        _invalidate_silent(evaluator, keys, request.end, outcomes, request.invalidation_period)
+        for state_key in keys:
+            outcomes[state_key[2]].active_at_end.add(thing)
     return list(outcomes.values())
 
 
-def _invalidate_silent(evaluator: Evaluator, keys: set[tuple] | None, silent_before: float,
+def _invalidate_silent(evaluator: Evaluator, keys: set[StateKey] | None, now: float,
                        outcomes: Mapping[str, BehaviorOutcome], period: float) -> None:
-    for key in list(keys or ()):
-        state = evaluator.states.get(key)
-        if state is None or (state.last_datapoint_at or 0.0) >= silent_before:
+    """What the live sweep would have done by ``now`` to these alarms: invalidated those whose device
+    went silent, one period after its last datapoint."""
+    if not keys:
+        return
+    for key, state in evaluator.alarms(list(keys)):
+        if not due_for_invalidation(state, now, period):
             continue
         at = (state.last_datapoint_at or 0.0) + period
         result = evaluator.invalidate([key], {}, at, "backtest")
-        evaluator.commit(result.states)
+        evaluator.apply(result.changes)
         keys.discard(key)
         for event in result.events:
             outcomes[key[2]].events.append((key[0], at, event.event_type.value, event.metric_value))

@@ -9,14 +9,28 @@ Named states and one function that advances them, as Prometheus' alerting rules 
 Counters reset whenever the other kind of datapoint arrives, so "consecutive" means consecutive.
 While in alarm, further violating datapoints only refresh lastViolationValue/lastViolationTime:
 one event per transition (reference §5.3).
+
+Pure: the time of a datapoint and the id of a new violation are passed in (``new_id``), so the
+same inputs give the same transitions — which is what lets a backtest be replayed and a test
+compare two runs event for event.
+
+``silent`` is the one rule for "the device went silent, its alarm is invalidated": the live sweep,
+the backtest's per-datapoint replay and its vectorised path all ask it.
 """
 
 from __future__ import annotations
 
-import uuid
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+IdFactory = Callable[[], str]  # a new violationId each call
 
 
 class AlarmStatus(str, Enum):
@@ -56,14 +70,20 @@ class Transition:
     at: float
 
 
-def new_violation_id() -> str:
-    """32 lower-case hex characters, the form AWS's violationIds take."""
-    return uuid.uuid4().hex
+def counting_ids(start: int = 1) -> IdFactory:
+    """Ids 1, 2, 3... written as AWS writes violationIds (32 lower-case hex characters).
+
+    For replays whose ids are never shown (backtests) and for tests that compare runs; the live
+    service passes random ids, which stay unique across restarts.
+    """
+    counter = itertools.count(start)
+    return lambda: f"{next(counter):032x}"
 
 
 def advance(state: AlarmState, violating: bool, value: dict[str, Any], at: float,
-            to_alarm: int = 1, to_clear: int = 1) -> tuple[AlarmState, Transition | None]:
-    """Apply one datapoint; returns the new state and the transition it caused, if any."""
+            to_alarm: int, to_clear: int, new_id: IdFactory) -> tuple[AlarmState, Transition | None]:
+    """Apply one datapoint; returns the new state and the transition it caused, if any
+    (``new_id`` is called once per in-alarm transition)."""
     if not violating and state.is_idle:
         return state, None  # the common case (a compliant device): nothing to remember
     if violating:
@@ -72,7 +92,7 @@ def advance(state: AlarmState, violating: bool, value: dict[str, Any], at: float
             return replace(state, violating_streak=streak, compliant_streak=0, last_violation_value=value,
                            last_violation_time=at, last_datapoint_at=at), None
         if streak >= to_alarm:
-            violation_id = new_violation_id()
+            violation_id = new_id()
             after = AlarmState(AlarmStatus.IN_ALARM, streak, 0, violation_id, at, value, at, at)
             return after, Transition(EventType.IN_ALARM, after, violation_id, value, at)
         return replace(state, violating_streak=streak, compliant_streak=0, last_datapoint_at=at), None
@@ -92,3 +112,28 @@ def invalidate(state: AlarmState, at: float) -> tuple[AlarmState, Transition | N
         return AlarmState(), None
     return AlarmState(), Transition(EventType.INVALIDATED, AlarmState(), state.violation_id,
                                     state.last_violation_value, at)
+
+
+@overload
+def silent(last_datapoint_at: float, now: float, period: float) -> bool: ...
+
+
+@overload
+def silent(last_datapoint_at: NDArray[np.float64], now: NDArray[np.float64] | float,
+           period: float) -> NDArray[np.bool_]: ...
+
+
+def silent(last_datapoint_at: Any, now: Any, period: float) -> Any:
+    """Did the device send nothing for longer than the invalidation period before ``now``?
+
+    The one rule for "device silent -> alarm-invalidated" (AWS documents the rule, not its
+    boundary: exactly one period of silence is not yet silent). Written once as a difference so
+    that scalars (the live sweep, the backtest's replay) and numpy arrays (the vectorised
+    backtest) get the same answer to the last bit of a float.
+    """
+    return now - last_datapoint_at > period
+
+
+def due_for_invalidation(state: AlarmState, now: float, period: float) -> bool:
+    """An alarm whose device went ``silent``; a state saved without a datapoint time counts as silent."""
+    return state.status is AlarmStatus.IN_ALARM and silent(state.last_datapoint_at or 0.0, now, period)

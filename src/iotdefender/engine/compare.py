@@ -17,7 +17,7 @@ from typing import Any
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_NUMERIC = {
+_NUMERIC: dict[str, Callable[[float, float], bool]] = {
     "less-than": lambda a, b: a < b,
     "less-than-equals": lambda a, b: a <= b,
     "greater-than": lambda a, b: a > b,
@@ -85,6 +85,7 @@ def offending(operator: str, threshold: Mapping[str, Any], observed: Mapping[str
     got, allowed = _elements(observed), _elements(threshold)
     if got is None or allowed is None:
         return []
+    test: Callable[[Any], bool]
     if operator in ("in-cidr-set", "not-in-cidr-set"):
         networks = _networks(tuple(allowed[1]))
         test = lambda e: _in_networks(e, networks)  # noqa: E731
@@ -125,12 +126,13 @@ def compile_check(operator: str, threshold: Mapping[str, Any]) -> Check:
                                            "in-set", "not-in-set"):
         return lambda observed: compliant(operator, threshold, observed)
     want_inside = operator.startswith("in-")
+    inside: Callable[[Any], bool]
     if operator in ("in-cidr-set", "not-in-cidr-set"):
         networks = _networks(tuple(allowed[1]))
         # A fleet talks to the same few addresses: remember each one's answer for this set.
         memo: dict[str, bool] = {}
 
-        def inside(address: Any) -> bool:
+        def cidr_inside(address: Any) -> bool:
             known = memo.get(address)
             if known is None:
                 known = _in_networks(address, networks)  # raises for a bad address, never memoised
@@ -138,6 +140,8 @@ def compile_check(operator: str, threshold: Mapping[str, Any]) -> Check:
                     memo.clear()
                 memo[address] = known
             return known
+
+        inside = cidr_inside
     else:
         members = set(allowed[1])
         inside = members.__contains__

@@ -1,8 +1,12 @@
 """Evaluate a thing's datapoints against every behavior of every profile that monitors it.
 
-Pure: the caller passes the profiles, the time and the datapoints, and receives the events and the
-changed alarm states; it persists both in one transaction and only then calls ``commit`` so the
-in-memory state never runs ahead of the durable one.
+The evaluator owns the engine's state — alarm states, the windows of ``durationSeconds`` and the
+fleet statistics — and evaluation never changes it: it records what it would change in a
+``ChangeSet`` (later reports of the same batch read through it, so they see the earlier ones'
+effects) and returns the events. The caller persists the events and ``changes.states`` in one
+transaction and calls ``apply`` only once that committed, so the in-memory state never runs ahead
+of the durable one; a batch that fails is simply dropped with its change set. The profiles, the
+time and the violation ids (``new_id``) are passed in.
 
 Device-side datapoints and ``durationSeconds`` (AWS leaves the construction undocumented,
 reference §10): the delta metrics of ``network_stats`` (bytes and packets in/out) are summed over
@@ -15,10 +19,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from iotdefender.engine.alarm import AlarmState, EventType, Transition, advance, invalidate
+from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType, IdFactory, Transition, advance, invalidate
 from iotdefender.engine.compare import Check, compile_check, compliant, offending, scalar_of
-from iotdefender.engine.statistics import FleetStatistics
-from iotdefender.metrics_catalog import COUNT_MAX, series_key
+from iotdefender.engine.series import behavior_series
+from iotdefender.engine.statistics import FleetStatistics, StatisticsChanges
+from iotdefender.metrics_catalog import COUNT_MAX
 
 # Counts per report (device side) or per window (cloud side): summed over durationSeconds.
 DELTA_METRICS = frozenset({"aws:all-bytes-in", "aws:all-bytes-out", "aws:all-packets-in", "aws:all-packets-out",
@@ -70,7 +75,7 @@ class _Rule:
     metric: str
     series: str | None  # the datapoint key: "metric" or "metric|dimension|operator"
     dimension_key: str
-    operator: str | None
+    operator: str  # "" when the criteria have none
     threshold: Any
     check: Check | None
     to_alarm: int
@@ -86,14 +91,13 @@ class _Rule:
         dimension = behavior.get("metricDimension") or {}
         dimension_key = (f"{dimension.get('dimensionName')}|{dimension.get('operator') or 'IN'}"
                          if dimension else "")
-        series = (series_key(metric, dimension.get("dimensionName"), dimension.get("operator"))
-                  if isinstance(metric, str) else None)
+        series = behavior_series(behavior)
         statistical = bool(criteria.get("statisticalThreshold"))
         has_window = criteria.get("durationSeconds") is not None or statistical
-        operator = criteria.get("comparisonOperator")
+        operator = criteria.get("comparisonOperator") or ""
         threshold = criteria.get("value")
         check = None
-        if not statistical and operator is not None and isinstance(threshold, Mapping):
+        if not statistical and operator and isinstance(threshold, Mapping):
             check = compile_check(operator, threshold)
         seconds = criteria.get("durationSeconds") or DEFAULT_WINDOW_S
         return _Rule(dict(behavior), behavior.get("name", ""), metric or "", series, dimension_key, operator,
@@ -103,34 +107,98 @@ class _Rule:
                      bool(criteria.get("mlDetectionConfig")))
 
 
+class StaleChanges(RuntimeError):
+    """A change set built on a state that has changed since: applying it would lose updates."""
+
+
+@dataclass
+class ChangeSet:
+    """What evaluations would change in the evaluator's state, made current by ``Evaluator.apply``.
+
+    ``states`` holds every alarm state the evaluations changed (idle ones included: they are
+    deleted), which is what the caller persists; ``windows`` the new contents of the
+    ``durationSeconds`` windows they touched; ``statistics`` the fleet statistics they observed.
+    """
+
+    generation: int  # the evaluator state it was built on
+    states: dict[StateKey, AlarmState] = field(default_factory=dict)
+    windows: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=dict)  # (thing, series)
+    statistics: StatisticsChanges = field(default_factory=dict)
+
+
 @dataclass
 class Evaluation:
-    events: list[ViolationEvent] = field(default_factory=list)
-    states: dict[StateKey, AlarmState] = field(default_factory=dict)
+    events: list[ViolationEvent]
+    changes: ChangeSet
 
 
 @dataclass
 class Evaluator:
+    new_id: IdFactory = field(compare=False)  # the violationId of each new alarm
     time_scale: float = 1.0
-    states: dict[StateKey, AlarmState] = field(default_factory=dict)
-    statistics: FleetStatistics = field(default_factory=FleetStatistics)
+    _states: dict[StateKey, AlarmState] = field(default_factory=dict, init=False)
+    _statistics: FleetStatistics = field(default_factory=FleetStatistics, init=False)
     # thing -> series -> [(time, value)] inside the longest duration: one small dict per thing
     # keeps the per-device footprint low (bench/engine_state.py).
-    _history: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)
-    _compiled: dict[int, tuple[Mapping[str, Any], list[_Rule]]] = field(default_factory=dict)
+    _history: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict, init=False)
+    _generation: int = field(default=0, init=False, compare=False)  # how many change sets were applied
+    _compiled: dict[int, tuple[Mapping[str, Any], list[_Rule]]] = field(default_factory=dict, init=False,
+                                                                          compare=False)
 
+    # -- the state: loaded, asked about, changed only by apply -----------------------------------
+    def load(self, states: Mapping[StateKey, AlarmState]) -> None:
+        """Start from durable alarm states (after a restart); windows and statistics start empty."""
+        self._states = {key: state for key, state in states.items() if not state.is_idle}
+        self._generation += 1
+
+    def alarms(self, keys: Iterable[StateKey] | None = None) -> list[tuple[StateKey, AlarmState]]:
+        """The committed alarms in alarm, all of them or those among ``keys``."""
+        if keys is None:
+            items: Iterable[tuple[StateKey, AlarmState]] = self._states.items()
+        else:
+            items = ((key, state) for key in keys if (state := self._states.get(key)) is not None)
+        return [(key, state) for key, state in items if state.status is AlarmStatus.IN_ALARM]
+
+    def remembered(self) -> int:
+        """How many alarm states are held: idle ones (a compliant device) cost nothing."""
+        return len(self._states)
+
+    def changes(self) -> ChangeSet:
+        """An empty change set on the current state, for one batch of evaluations."""
+        return ChangeSet(self._generation)
+
+    def apply(self, changes: ChangeSet) -> None:
+        """Make a change set current: call once its events and states are durable, never otherwise."""
+        if changes.generation != self._generation:
+            raise StaleChanges(f"change set of state {changes.generation}, the state is {self._generation}")
+        for key, state in changes.states.items():
+            if state.is_idle:
+                self._states.pop(key, None)
+            else:
+                self._states[key] = state
+        for (thing, series), window in changes.windows.items():
+            by_series = self._history.get(thing)
+            if by_series is None:
+                by_series = self._history[thing] = {}
+            by_series[series] = window
+        self._statistics.apply(changes.statistics)
+        self._generation += 1
+
+    def _state(self, key: StateKey, changes: ChangeSet) -> AlarmState | None:
+        state = changes.states.get(key)
+        return state if state is not None else self._states.get(key)
+
+    # -- evaluation ------------------------------------------------------------------------------
     def _measure(self, thing: str, metric: str, series: str, value: dict[str, Any], window_s: float | None,
-                 now: float) -> tuple[dict[str, Any], list[tuple[float, float]] | None]:
+                 now: float, changes: ChangeSet) -> tuple[dict[str, Any], list[tuple[float, float]] | None]:
         """The value a behavior compares, and the (time, value) datapoints of its window (None:
         the datapoint itself)."""
         if window_s is None or (metric not in DELTA_METRICS and metric not in MAX_METRICS):
             return value, None
-        by_series = self._history.get(thing)
-        if by_series is None:
-            by_series = self._history[thing] = {}
-        history = by_series.get(series)
-        if history is None:
-            history = by_series[series] = []
+        history = changes.windows.get((thing, series))
+        if history is None:  # first touch in this batch: a copy of the committed window
+            committed = self._history.get(thing)
+            history = changes.windows[(thing, series)] = list((committed or {}).get(series) or ())
         if not history or history[-1][0] != now:
             history.append((now, scalar_of(value) or 0.0))
         horizon = 3600.0 / self.time_scale  # the longest durationSeconds
@@ -159,20 +227,25 @@ class Evaluator:
         return rules
 
     def evaluate(self, thing: str, profiles: Iterable[Mapping[str, Any]], datapoints: Mapping[str, dict[str, Any]],
-                 now: float, pending: Mapping[StateKey, AlarmState] | None = None) -> Evaluation:
-        """Apply one report's datapoints (metric -> MetricValue) received at ``now``."""
-        result = Evaluation()
-        pending = pending or {}
+                 now: float, changes: ChangeSet | None = None) -> Evaluation:
+        """One report's datapoints (metric -> MetricValue) received at ``now``: its events, and what
+        it changes recorded in ``changes`` (the batch's, or a new one) on top of what is there."""
+        changes = self.changes() if changes is None else changes
+        result = Evaluation([], changes)
+        changed, committed = changes.states, self._states  # the batch's states read first
         for profile in profiles:
             profile_name = profile["name"]
             for rule in self._rules_of(profile):
-                value = datapoints.get(rule.series) if rule.series is not None else None
-                if value is None or rule.ml:
-                    continue  # no datapoint; ML Detect needs trained models: not evaluated (documented gap)
+                if rule.series is None or rule.ml:
+                    continue  # no metric; ML Detect needs trained models: not evaluated (documented gap)
+                value = datapoints.get(rule.series)
+                if value is None:
+                    continue  # no datapoint
                 key = (thing, profile_name, rule.name, rule.dimension_key)
-                measured, window_points = self._measure(thing, rule.metric, rule.series, value, rule.window_s, now)
+                measured, window_points = self._measure(thing, rule.metric, rule.series, value, rule.window_s, now,
+                                                        changes)
                 if rule.statistical:
-                    threshold, statistics = self._threshold(thing, profile_name, rule, measured, now)
+                    threshold, statistics = self._threshold(thing, profile_name, rule, measured, now, changes)
                     if threshold is None:
                         continue  # statistical warm-up: no verdict either way
                     check = None
@@ -182,16 +255,18 @@ class Evaluator:
                     ok = check(measured) if check is not None else compliant(rule.operator, threshold, measured)
                 except (ValueError, KeyError, TypeError):
                     continue  # a datapoint of another type than the behavior's metric: not comparable
-                state = pending.get(key) or result.states.get(key) or self.states.get(key)
+                state = changed.get(key)
+                if state is None:
+                    state = committed.get(key)
                 if state is None:
                     if ok:
                         continue  # the common case: a compliant device stays NORMAL, nothing to record
                     state = _IDLE
-                after, transition = advance(state, not ok, measured, now, rule.to_alarm, rule.to_clear)
+                after, transition = advance(state, not ok, measured, now, rule.to_alarm, rule.to_clear, self.new_id)
                 # Idle stays idle (the common case: a compliant fleet) is not a change worth
                 # storing; everything else is, so an alarm's streaks and timestamps survive restarts.
                 if after is not state and after != state and not (after.is_idle and state.is_idle):
-                    result.states[key] = after
+                    changed[key] = after
                 if transition is not None:
                     evidence: dict[str, Any] = statistics if statistics is not None else {"threshold": threshold}
                     evidence["datapoints"] = (
@@ -204,17 +279,17 @@ class Evaluator:
                     result.events.append(self._event(key, rule.behavior, transition, evidence))
         return result
 
-    def _threshold(self, thing: str, profile: str, rule: _Rule, measured: dict[str, Any],
-                   now: float) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    def _threshold(self, thing: str, profile: str, rule: _Rule, measured: dict[str, Any], now: float,
+                   changes: ChangeSet) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """A statistical behavior's threshold in force now (None in warm-up), and its evidence."""
         statistic = rule.behavior["criteria"]["statisticalThreshold"].get("statistic")
         key = (profile, rule.name)
         window_s = rule.window_s
         assert window_s is not None  # statistical rules always have a window
         number = scalar_of(measured)
-        resolved = self.statistics.threshold(key, statistic, window_s, now)
+        resolved = self._statistics.threshold(key, statistic, window_s, now, changes.statistics)
         if number is not None:
-            self.statistics.observe(key, statistic, window_s, thing, number, now)
+            self._statistics.observe(key, statistic, window_s, thing, number, now, changes.statistics)
         if resolved is None:
             return None, {}
         value, population = resolved
@@ -230,24 +305,17 @@ class Evaluator:
             evidence=evidence, state=transition.state)
 
     def invalidate(self, keys: Iterable[StateKey], behaviors: Mapping[StateKey, Mapping[str, Any]], now: float,
-                   reason: str) -> Evaluation:
-        """alarm-invalidated for every alarm among ``keys``; their state is dropped."""
-        result = Evaluation()
+                   reason: str, changes: ChangeSet | None = None) -> Evaluation:
+        """alarm-invalidated for every alarm among ``keys``; their state is dropped (in ``changes``)."""
+        changes = self.changes() if changes is None else changes
+        result = Evaluation([], changes)
         for key in keys:
-            state = self.states.get(key)
+            state = self._state(key, changes)
             if state is None:
                 continue
             after, transition = invalidate(state, now)
-            result.states[key] = after
+            changes.states[key] = after
             if transition is not None:
                 result.events.append(self._event(key, behaviors.get(key) or {"name": key[2]}, transition,
                                                  {"reason": reason}))
         return result
-
-    def commit(self, states: Mapping[StateKey, AlarmState]) -> None:
-        """Make durable state changes current (call after the transaction committed)."""
-        for key, state in states.items():
-            if state.is_idle:
-                self.states.pop(key, None)
-            else:
-                self.states[key] = state

@@ -8,6 +8,11 @@ Warm-up (AWS documents none): until a completed window holds measurements from a
 ``min_devices`` devices there is no threshold, and the behavior is not evaluated — its devices
 neither raise nor clear alarms. Percentiles use linear interpolation between closest ranks
 (numpy's default), over all devices the profile monitors.
+
+The series a batch changes are changed in that batch's ``StatisticsChanges`` (later reports of
+the batch see them), and become the committed series only through ``apply``, after the batch's
+transaction committed: a batch that fails leaves the statistics as they were. A change records
+only the devices the batch observed, so a batch costs what it observes, not the fleet's size.
 """
 
 from __future__ import annotations
@@ -24,51 +29,106 @@ def statistic_to_percent(statistic: str) -> float:
     return float(statistic[1:])
 
 
+SeriesKey = tuple[str, str]  # (profile, behavior)
+
+
 @dataclass
 class _Series:
     window: int | None = None
-    values: dict[str, float] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)  # each device's latest value in the window
     threshold: float | None = None
     threshold_window: int | None = None
     population: int = 0
 
 
 @dataclass
-class FleetStatistics:
-    min_devices: int = MIN_DEVICES
-    _series: dict[tuple[str, str], _Series] = field(default_factory=dict)
+class _Pending:
+    """A series as a batch would leave it, without copying the fleet's values.
 
-    def _roll(self, series: _Series, window: int, statistic: str) -> None:
+    ``series`` carries the window, threshold and population after any window the batch closed,
+    and in ``values`` only the devices the batch observed; ``base`` is the committed values still
+    in the window (the committed dict itself, read only), or empty once the batch closed it.
+    """
+
+    series: _Series
+    base: dict[str, float]
+
+    def values(self) -> dict[str, float]:
+        return {**self.base, **self.series.values}
+
+
+StatisticsChanges = dict[SeriesKey, _Pending]
+
+
+@dataclass
+class FleetStatistics:
+    """The committed series; ``observe`` and ``threshold`` record what they change in ``changes``
+    (one batch's), and ``apply`` makes that current once the batch is durable."""
+
+    min_devices: int = MIN_DEVICES
+    _series: dict[SeriesKey, _Series] = field(default_factory=dict)
+
+    def _pending(self, key: SeriesKey, changes: StatisticsChanges) -> _Pending:
+        pending = changes.get(key)
+        if pending is None:
+            committed = self._series.get(key)
+            if committed is None:
+                pending = _Pending(_Series(), {})
+            else:
+                pending = _Pending(_Series(committed.window, {}, committed.threshold, committed.threshold_window,
+                                           committed.population), committed.values)
+            changes[key] = pending
+        return pending
+
+    def _roll(self, pending: _Pending, window: int, statistic: str) -> None:
+        series = pending.series
         if series.window is None:
             series.window = window
             return
         if window == series.window:
             return
+        values = pending.values()
         # A window closed: its percentile holds for the window that follows it only.
-        if window == series.window + 1 and len(series.values) >= self.min_devices:
-            series.threshold = float(np.percentile(np.fromiter(series.values.values(), float),
+        if window == series.window + 1 and len(values) >= self.min_devices:
+            series.threshold = float(np.percentile(np.fromiter(values.values(), float),
                                                    statistic_to_percent(statistic)))
-            series.population = len(series.values)
+            series.population = len(values)
         else:
             series.threshold = None
             series.population = 0
         series.threshold_window = window
         series.window = window
         series.values = {}
+        pending.base = {}
 
-    def observe(self, key: tuple[str, str], statistic: str, window_s: float, thing: str, value: float,
-                now: float) -> None:
-        series = self._series.setdefault(key, _Series())
-        self._roll(series, int(now // window_s), statistic)
-        series.values[thing] = value
+    def observe(self, key: SeriesKey, statistic: str, window_s: float, thing: str, value: float,
+                now: float, changes: StatisticsChanges) -> None:
+        pending = self._pending(key, changes)
+        self._roll(pending, int(now // window_s), statistic)
+        pending.series.values[thing] = value
 
-    def threshold(self, key: tuple[str, str], statistic: str, window_s: float,
-                  now: float) -> tuple[float, int] | None:
+    def threshold(self, key: SeriesKey, statistic: str, window_s: float, now: float,
+                  changes: StatisticsChanges) -> tuple[float, int] | None:
         """(threshold, devices it was computed from) in force at ``now``, or None in warm-up."""
-        series = self._series.get(key)
+        window = int(now // window_s)
+        pending = changes.get(key)
+        series = pending.series if pending is not None else self._series.get(key)
         if series is None:
             return None
-        self._roll(series, int(now // window_s), statistic)
+        if series.window != window:  # a window closed: that changes the series
+            pending = self._pending(key, changes)
+            self._roll(pending, window, statistic)
+            series = pending.series
         if series.threshold is None:
             return None
         return series.threshold, series.population
+
+    def apply(self, changes: StatisticsChanges) -> None:
+        """Make a durable batch's observations and closed windows current."""
+        for key, pending in changes.items():
+            committed = self._series.get(key)
+            if committed is not None and pending.base is committed.values:
+                committed.values.update(pending.series.values)  # the same window: the batch's devices join it
+            else:
+                self._series[key] = _Series(pending.series.window, pending.values(), pending.series.threshold,
+                                            pending.series.threshold_window, pending.series.population)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iotdefender.engine.alarm import EventType
+from iotdefender.engine.alarm import EventType, silent
 
 _OPERATORS = {
     "less-than": np.less,
@@ -60,7 +60,7 @@ def order_by_thing_and_time(thing_index: np.ndarray, times: np.ndarray) -> np.nd
     order = low if not high_keys.any() else low[np.argsort(high_keys, kind="stable")]
     things, ordered_times = thing_index[order], times[order]
     if np.any((things[1:] == things[:-1]) & (ordered_times[1:] < ordered_times[:-1])):
-        return np.lexsort((times, thing_index))
+        order = np.lexsort((times, thing_index))
     return order
 
 
@@ -80,12 +80,14 @@ def windowed_sums(thing_index: np.ndarray, times: np.ndarray, values: np.ndarray
     span = float(times.max()) - origin + 2 * window_s + 1.0
     keys = thing_index.astype(np.float64) * span + (times - origin)
     first_inside = np.searchsorted(keys, keys - window_s, side="right")
-    return np.trunc(cumulative[1:] - cumulative[first_inside])
+    sums: np.ndarray = np.trunc(cumulative[1:] - cumulative[first_inside])
+    return sums
 
 
 def violating(operator: str, measured: np.ndarray, threshold: float) -> np.ndarray:
     """Behaviors describe normal behavior: a datapoint violates when the comparison fails."""
-    return ~_OPERATORS[operator](measured, threshold)
+    compliant: np.ndarray = _OPERATORS[operator](measured, threshold)
+    return ~compliant
 
 
 def alarm_transitions(thing_index: np.ndarray, times: np.ndarray, measured: np.ndarray, bad: np.ndarray,
@@ -123,7 +125,7 @@ def _state_machine(thing_index: np.ndarray, times: np.ndarray, measured: np.ndar
     new_thing = np.ones(n, dtype=bool)
     new_thing[1:] = thing_index[1:] != thing_index[:-1]
     gap = np.zeros(n, dtype=bool)
-    gap[1:] = ~new_thing[1:] & (times[1:] - times[:-1] > invalidation_s)
+    gap[1:] = ~new_thing[1:] & silent(times[:-1], times[1:], invalidation_s)
     silent_things = np.unique(thing_index[gap])
     events, active = _transitions_by_jumps(thing_index, times, measured, bad, to_alarm, to_clear, invalidation_s,
                                            end, silent_things) if len(silent_things) else (([], [], [], []), [])
@@ -146,7 +148,8 @@ def _state_machine(thing_index: np.ndarray, times: np.ndarray, measured: np.ndar
     raised = q_start[q_bad & ~was_bad] + to_alarm - 1
     if raised_only:
         jumped = [t for t, kind in zip(events[0], events[2]) if kind is EventType.IN_ALARM]
-        return np.concatenate((thing_index[raised], np.asarray(jumped, dtype=np.int32)))
+        every: np.ndarray = np.concatenate((thing_index[raised], np.asarray(jumped, dtype=np.int32)))
+        return every
     cleared = q_start[~q_bad & was_bad] + to_clear - 1
     # Devices whose last qualifying run violates are still in alarm after their last datapoint.
     last = np.ones(len(q_start), dtype=bool)
@@ -154,7 +157,7 @@ def _state_machine(thing_index: np.ndarray, times: np.ndarray, measured: np.ndar
     thing_last = np.append(np.flatnonzero(new_thing)[1:], n) - 1
     ending = q_thing[last & q_bad]
     ending_at = thing_last[np.searchsorted(thing_index[thing_last], ending)]
-    stale = times[ending_at] + invalidation_s <= end
+    stale = silent(times[ending_at], end, invalidation_s)
     # Its last violating datapoint (a short compliant run may follow it) is the value it had.
     last_bad = np.maximum.accumulate(np.where(bad, np.arange(n), -1))[ending_at]
     for kind, index, at, value in (
@@ -192,7 +195,7 @@ def _transitions_by_jumps(thing_index: np.ndarray, times: np.ndarray, measured: 
     run_bad = bad[starts]
     alarm_runs = starts[run_bad & (lengths >= to_alarm)]  # each raises at start + to_alarm - 1
     clear_runs = starts[~run_bad & (lengths >= to_clear)]  # each clears at start + to_clear - 1
-    gaps = np.flatnonzero(~new_thing[1:] & (times[1:] - times[:-1] > invalidation_s)) + 1
+    gaps = np.flatnonzero(~new_thing[1:] & silent(times[:-1], times[1:], invalidation_s)) + 1
     run_end = (starts + lengths - 1)[np.cumsum(boundary) - 1]
     last_bad = np.maximum.accumulate(np.where(bad, np.arange(n), -1))
     thing_starts = np.flatnonzero(new_thing)
@@ -227,7 +230,7 @@ def _transitions_by_jumps(thing_index: np.ndarray, times: np.ndarray, measured: 
                 position = fresh_at = gap
                 continue
             if clear_at is None:
-                if float(times[last]) + invalidation_s <= end:
+                if silent(float(times[last]), end, invalidation_s):
                     _emit(events, thing, float(times[last]) + invalidation_s, EventType.INVALIDATED,
                           float(measured[last_bad[last]]))
                 else:

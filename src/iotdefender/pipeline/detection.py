@@ -2,8 +2,9 @@
 
 Exactly-once transitions: evaluation happens inside the ingest batch's transaction, so the
 datapoints, the events, the alarm states and the alert outbox rows of a batch commit together or
-not at all. The in-memory alarm states advance only after that commit (``transaction``); after a
-``kill -9`` they are reloaded from the database and no transition is lost or repeated.
+not at all. The engine's state (alarm states, windows, fleet statistics) advances only after that
+commit (``transaction`` applies the batch's change set; a failed batch's is dropped); after a
+``kill -9`` the alarm states are reloaded from the database and no transition is lost or repeated.
 
 Invalidation (alarm-invalidated) — the choices, since AWS documents only the first:
 - the device sent no datapoint for the invalidation period (2 days / time scale);
@@ -15,6 +16,7 @@ Invalidation (alarm-invalidated) — the choices, since AWS documents only the f
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,8 +26,8 @@ import structlog
 from sqlalchemy.engine import Connection, Engine
 
 from iotdefender.alerts.routes import Alert, AlertRoutes, alert_target
-from iotdefender.engine.alarm import AlarmState, AlarmStatus
-from iotdefender.engine.evaluator import Evaluation, Evaluator, StateKey, ViolationEvent
+from iotdefender.engine.alarm import IdFactory, due_for_invalidation
+from iotdefender.engine.evaluator import ChangeSet, Evaluation, Evaluator, StateKey, ViolationEvent
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import violations
 from iotdefender.store.database import writing
@@ -33,10 +35,15 @@ from iotdefender.store.database import writing
 log = structlog.get_logger("iotdefender.detection")
 
 
+def new_violation_id() -> str:
+    """32 lower-case hex characters, the form AWS's violationIds take; random, so unique across restarts."""
+    return uuid.uuid4().hex
+
+
 @dataclass
 class PendingDetection:
+    changes: ChangeSet  # applied to the evaluator once the transaction committed
     events: list[ViolationEvent] = field(default_factory=list)
-    states: dict[StateKey, AlarmState] = field(default_factory=dict)
     # profile name -> its SNS alert target, from the profile the events were evaluated with
     alert_targets: dict[str, str | None] = field(default_factory=dict)
 
@@ -56,7 +63,7 @@ class DetectionTransaction:
 
     def __init__(self, service: DetectionService) -> None:
         self._service = service
-        self.pending = PendingDetection()
+        self.pending = PendingDetection(service.evaluator.changes())
 
     def evaluate_in(self, conn: Connection, reports: Iterable[tuple[str, Mapping[str, dict[str, Any]], float]]
                     ) -> None:
@@ -70,17 +77,17 @@ class DetectionTransaction:
 
 class DetectionService:
     def __init__(self, engine: Engine, monitoring: MonitoringIndex, alerts: AlertRoutes,
-                 invalidation_period: float, time_scale: float = 1.0) -> None:
+                 invalidation_period: float, time_scale: float = 1.0, new_id: IdFactory = new_violation_id) -> None:
         self._engine = engine
         self._monitoring = monitoring
         self._alerts = alerts
         self._invalidation_period = invalidation_period
         self._lock = threading.Lock()  # one evaluation at a time: ingest batches and sweeps
-        self.evaluator = Evaluator(time_scale=time_scale)
+        self.evaluator = Evaluator(new_id, time_scale)
 
     def load(self) -> None:
         with self._engine.connect() as conn:
-            self.evaluator.states = violations.load_alarm_states(conn)
+            self.evaluator.load(violations.load_alarm_states(conn))
 
     # -- live evaluation, inside the caller's transaction -----------------------------------------
     @contextmanager
@@ -108,7 +115,7 @@ class DetectionService:
                      pending: PendingDetection) -> None:
         for thing, datapoints, at in reports:
             profiles = self._monitoring.profiles_for(thing)
-            evaluation = self.evaluator.evaluate(thing, profiles, datapoints, at, pending.states)
+            evaluation = self.evaluator.evaluate(thing, profiles, datapoints, at, pending.changes)
             self._collect(pending, evaluation)
             if evaluation.events:
                 by_name = {p["name"]: p for p in profiles}
@@ -118,15 +125,14 @@ class DetectionService:
     @staticmethod
     def _collect(pending: PendingDetection, evaluation: Evaluation) -> None:
         pending.events.extend(evaluation.events)
-        pending.states.update(evaluation.states)
 
     def _persist(self, conn: Connection, pending: PendingDetection) -> None:
         violations.record_events(conn, pending.events)
-        violations.save_alarm_states(conn, pending.states)
+        violations.save_alarm_states(conn, pending.changes.states)
         self._alerts.enqueue(conn, pending.alerts())
 
     def _after_commit(self, pending: PendingDetection) -> None:
-        self.evaluator.commit(pending.states)
+        self.evaluator.apply(pending.changes)
         for event in pending.events:
             log.info("violation_event", event_type=event.event_type.value, violation_id=event.violation_id,
                      thing=event.thing_name, profile=event.profile_name, behavior=event.behavior.get("name"))
@@ -138,9 +144,7 @@ class DetectionService:
         with self._lock:
             stale: dict[StateKey, str] = {}
             behaviors: dict[StateKey, Mapping[str, Any]] = {}
-            for key, state in list(self.evaluator.states.items()):
-                if state.status is not AlarmStatus.IN_ALARM:
-                    continue
+            for key, state in self.evaluator.alarms():
                 thing, profile_name, behavior_name, _ = key
                 current = {p["name"]: p for p in self._monitoring.profiles_for(thing)}
                 profile = current.get(profile_name)
@@ -150,16 +154,16 @@ class DetectionService:
                     stale[key] = "the security profile no longer monitors this thing"
                 elif behavior is None:
                     stale[key] = "the behavior was removed from the security profile"
-                elif (state.last_datapoint_at or 0) < now - self._invalidation_period:
+                elif due_for_invalidation(state, now, self._invalidation_period):
                     stale[key] = "no datapoint for the invalidation period"
                 if behavior is not None:
                     behaviors[key] = behavior
             if not stale:
                 return None
-            pending = PendingDetection()
+            pending = PendingDetection(self.evaluator.changes())
             for reason in set(stale.values()):
                 keys = [k for k, r in stale.items() if r == reason]
-                self._collect(pending, self.evaluator.invalidate(keys, behaviors, now, reason))
+                self._collect(pending, self.evaluator.invalidate(keys, behaviors, now, reason, pending.changes))
             self._fill_behaviors(pending)
             pending.note_targets(pending.events, self._monitoring.profile)
             with writing(self._engine) as conn:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from iotdefender.controlplane import hierarchy
 from iotdefender.controlplane.behavior_rules import metric_names_used
-from iotdefender.metrics_catalog import series_key
+from iotdefender.engine.series import behavior_series
 from iotdefender.store import catalog, profiles, registry
 
 
@@ -127,8 +127,8 @@ class MonitoringIndex:
             series |= metric_names_used(profile["behaviors"] or [], profile["additional_metrics_to_retain"] or [],
                                         profile["additional_metrics_to_retain_v2"] or [])
             for item in list(profile["behaviors"] or []) + list(profile["additional_metrics_to_retain_v2"] or []):
-                dimension = item.get("metricDimension")
-                if dimension and isinstance(item.get("metric"), str):
-                    series.add(series_key(item["metric"], dimension.get("dimensionName"), dimension.get("operator")))
+                name = behavior_series(item)
+                if item.get("metricDimension") and name is not None:
+                    series.add(name)
         snapshot.retained[names] = frozenset(series)
         return snapshot.retained[names]
