@@ -114,7 +114,7 @@ def test_a_failed_transaction_releases_the_detection_lock_and_leaves_memory_alon
                 detection.evaluate_in(conn, [("dev-1", violating(), time.time())])
                 assert detection.events  # evaluated: an in-alarm event is pending
                 raise RuntimeError("the commit failed")
-    assert pipeline.detection.evaluator.states == {}
+    assert pipeline.detection.evaluator.remembered() == 0 and pipeline.detection.evaluator.alarms() == []
     assert pipeline.outbox() == []  # rolled back with the transaction
 
     stored: list[Any] = []  # from another thread, so that a lock still held fails instead of hanging
