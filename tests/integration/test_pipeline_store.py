@@ -123,4 +123,4 @@ def test_a_failed_transaction_releases_the_detection_lock_and_leaves_memory_alon
     worker.start()
     worker.join(10)
     assert stored == [[("in-alarm", "failing", "few-ports")]]
-    assert len(pipeline.detection.evaluator.states) == 1
+    assert len(pipeline.detection.evaluator.alarms()) == 1
