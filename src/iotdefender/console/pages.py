@@ -92,7 +92,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         return console.render(request, "metrics.html", range_name=range_name, ranges=list(RANGES), metric=metric,
                               group=group, chosen=" ".join(chosen), chart_json=orjson.dumps(
                                   {"distribution": data["distribution"], "series": data["series"],
-                                   "marks": data.get("marks")}).decode(),
+                                   "marks": data.get("marks"), "span": [start, end]}).decode(),
                               **data)
 
     def _numeric_metrics(present: set[str]) -> list[str]:
@@ -160,7 +160,8 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             return console.render(request, "message.html", status_code=404, title="Device",
                                   message=f"No device named {name!r}: it is not registered and never reported.")
         return console.render(request, "thing.html", name=name, range_name=range_name, ranges=list(RANGES),
-                              series_json=orjson.dumps({"series": data["series"], "marks": data["marks"]}).decode(),
+                              series_json=orjson.dumps({"series": data["series"], "marks": data["marks"],
+                                                        "span": [start, end]}).decode(),
                               now=end, **data)
 
     @login_required

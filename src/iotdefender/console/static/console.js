@@ -49,7 +49,8 @@ function marksOptions(marks) {
       const y = u.valToPos(t.value, "y", true);
       if (y < top || y > top + height) continue;
       ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + width, y); ctx.stroke();
-      ctx.fillText(`${t.label}: ${t.value}`, left + 4, y - 4);
+      ctx.textAlign = "right";
+      ctx.fillText(`${t.label}: ${t.value}`, left + width - 4, y - 4);
     }
     ctx.restore();
   };
@@ -80,7 +81,7 @@ function durationText(seconds) {
   return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
 }
 
-function lineChart(el, title, series, marks) {
+function lineChart(el, title, series, marks, span) {
   // series: {label: [[t, v], ...]} -> one aligned uPlot data set
   const labels = Object.keys(series);
   if (!labels.length || !window.uPlot) return;
@@ -91,7 +92,7 @@ function lineChart(el, title, series, marks) {
   const index = new Map(times.map((t, i) => [t, i]));
   const data = [times, ...labels.map((l) => { const col = new Array(times.length).fill(null); series[l].forEach(([t, v]) => { col[index.get(t)] = v; }); return col; })];
   const colors = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d", "#475569", "#a16207"];
-  el.chart = new uPlot({ title, width: width(el), height: 220, tzDate: utcDate, axes: axesFor(wholeNumbers(data.slice(1))), hooks: { ...LATEST_IN_LEGEND, draw: [m.draw] }, scales: { y: { range: m.range } }, series: [TIME_SERIES, ...labels.map((l, i) => ({ label: l, stroke: colors[i % colors.length], spanGaps: true, points: { show: times.length < 200 } }))] }, data, el);
+  el.chart = new uPlot({ title, width: width(el), height: 220, tzDate: utcDate, axes: axesFor(wholeNumbers(data.slice(1))), hooks: { ...LATEST_IN_LEGEND, draw: [m.draw] }, scales: { x: span ? { time: true, range: () => span } : { time: true }, y: { range: m.range } }, series: [TIME_SERIES, ...labels.map((l, i) => ({ label: l, stroke: colors[i % colors.length], spanGaps: true, points: { show: times.length < 200 } }))] }, data, el);
 }
 
 function barChart(el, title, xs, columns) {
@@ -115,14 +116,14 @@ function drawPageCharts() {
     new uPlot({ title: "devices per value", width: width(el), height: 200, scales: { x: { time: false } },
       series: [{ label: "value from" }, { label: "devices", fill: "#2563eb", stroke: "#2563eb", paths: uPlot.paths.bars({ size: [0.95, 80] }), points: { show: false } }],
       axes: axesFor(true) }, [h.map((b) => b.from), h.map((b) => b.devices)], el);
-    lineChart(document.getElementById("series-chart"), "chosen devices", metrics.series, metrics.marks);
+    lineChart(document.getElementById("series-chart"), "chosen devices", metrics.series, metrics.marks, metrics.span);
   }
   const thing = jsonOf("thing-series");
   if (thing) {
     const box = document.getElementById("thing-charts");
     for (const [metric, points] of Object.entries(thing.series)) {
       const el = document.createElement("div"); el.className = "chart"; el.dataset.metric = metric; box.appendChild(el);
-      lineChart(el, metric, { [metric]: points }, thing.marks[metric]);
+      lineChart(el, metric, { [metric]: points }, thing.marks[metric], thing.span);
     }
   }
 }
