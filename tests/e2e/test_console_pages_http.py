@@ -218,3 +218,25 @@ def test_evidence_devices_list_and_bulk_verification(service):
         assert states == {("BENIGN_POSITIVE", "lab devices")}
     finally:
         iot.delete_security_profile(securityProfileName="bv-prof")
+
+
+NEW_PAGES = ["/console/profiles/x/detail", "/console/custom-metrics", "/console/dimensions", "/console/thing-groups",
+             "/console/thing-groups/x", "/console/violations/x/evidence"]
+NEW_FORMS = ["/console/profiles/x/retained", "/console/tags", "/console/custom-metrics", "/console/custom-metrics/x/delete",
+             "/console/dimensions", "/console/dimensions/x/delete", "/console/thing-groups",
+             "/console/thing-groups/x/attach", "/console/violations/verification"]
+
+
+def test_new_pages_need_a_session_and_new_forms_the_csrf_token(service):
+    anonymous = httpx.Client(base_url=service.endpoint, follow_redirects=False)
+    for path in NEW_PAGES:
+        answer = anonymous.get(path)
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/console/login"), path
+    client, _ = logged_in(service)
+    for path in NEW_FORMS:
+        answer = client.post(path, data={"csrf": "forged", "metricName": "csrf-x", "metricType": "number",
+                                         "thingGroupName": "csrf-x"})
+        assert answer.status_code == 403, path
+    iot = service.client()
+    assert "csrf-x" not in iot.list_custom_metrics()["metricNames"]
+    assert "csrf-x" not in [g["groupName"] for g in iot.list_thing_groups()["thingGroups"]]
