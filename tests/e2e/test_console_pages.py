@@ -154,6 +154,13 @@ def test_evidence_charts_devices_and_bulk_verification(console_service, page: Pa
     expect(page.locator("p.chart-marks").first).to_contain_text("threshold pv-prof/few-ports: 2")
     shot(page, "27-device-chart-marks")
 
+    # The fleet-metrics charts too: the threshold on the histogram, the alarm period on the series.
+    page.goto(f"{base}/console/metrics?metric=aws:num-listening-tcp-ports&range=1h&things=pv-dev-1")
+    expect(page.locator("#histogram-chart")).to_have_attribute("data-thresholds", "1")
+    expect(page.locator("#series-chart")).to_have_attribute("data-thresholds", "1")
+    expect(page.locator("#series-chart")).to_have_attribute("data-alarm-periods", "1")
+    shot(page, "29-fleet-metric-marks")
+
     # Devices: alarm state, counts, search and sorting by alarms.
     page.goto(f"{base}/console/things")
     page.fill("input[name=q]", "pv-")

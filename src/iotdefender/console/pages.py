@@ -105,10 +105,9 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         return sorted(set(names) - present)
 
     def _fleet_marks(metric: str, things: list[str], start: float, end: float) -> dict[str, Any]:
-        """Every profile's threshold on the metric and the alarm periods of the plotted devices."""
-        listed = api.invoke("ListSecurityProfiles", {"maxResults": 250})["securityProfileIdentifiers"]
-        profiles = [{"name": p["name"], "behaviors": api.invoke("DescribeSecurityProfile", {
-            "securityProfileName": p["name"]}).get("behaviors") or []} for p in listed]
+        """The thresholds on the metric of the profiles monitoring the plotted devices, and those
+        devices' alarm periods."""
+        profiles = list({p["name"]: p for thing in things for p in console.monitoring.profiles_for(thing)}.values())
         events = [e for thing in things for e in api.invoke("ListViolationEvents", {
             "thingName": thing, "startTime": start, "endTime": end + 1, "maxResults": 100})["violationEvents"]]
         return chart_marks(profiles, events, end).get(metric, {})

@@ -128,10 +128,11 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             described = api.invoke("DescribeThingGroup", {"thingGroupName": name})
             arn = described["thingGroupArn"]
             attached = api.invoke("ListSecurityProfilesForTarget", {"securityProfileTargetArn": arn})
+            members = api.invoke("ListThingsInThingGroup", {"thingGroupName": name, "maxResults": MAX})
             return {"group": described,
                     "children": [g["groupName"] for g in list_all("ListThingGroups", "thingGroups",
                                                                   {"parentGroup": name})],
-                    "members": list_all("ListThingsInThingGroup", "things", {"thingGroupName": name}),
+                    "members": members["things"], "more_members": bool(members.get("nextToken")),
                     "attached": [m["securityProfileIdentifier"]["name"]
                                  for m in attached["securityProfileTargetMappings"]],
                     "profile_names": [p["name"] for p in list_all("ListSecurityProfiles",

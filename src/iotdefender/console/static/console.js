@@ -64,6 +64,31 @@ function marksOptions(marks) {
   return { draw, range, count: { thresholds: thresholds.length, alarms: alarms.length } };
 }
 
+// The histogram's x axis is the metric's value: a threshold is a vertical line, and the axis reaches it.
+function valueRange(histogram, thresholds) {
+  return (u, min, max) => {
+    const last = histogram.length ? histogram[histogram.length - 1].to : max;
+    const lo = Math.min(min, ...thresholds.map((t) => t.value)), hi = Math.max(last, ...thresholds.map((t) => t.value));
+    const pad = (hi - lo) * 0.04 || 1;
+    return [lo - pad, hi + pad];
+  };
+}
+
+function drawVerticalThresholds(u, thresholds) {
+  const { ctx } = u;
+  const { top, height } = u.bbox;
+  ctx.save();
+  ctx.strokeStyle = "#dc2626"; ctx.fillStyle = "#991b1b"; ctx.lineWidth = 1.5 * devicePixelRatio;
+  ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+  ctx.font = `${11 * devicePixelRatio}px system-ui, sans-serif`;
+  for (const t of thresholds) {
+    const x = u.valToPos(t.value, "x", true);
+    ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
+    ctx.fillText(`${t.label}: ${t.value}`, x + 4, top + 12 * devicePixelRatio);
+  }
+  ctx.restore();
+}
+
 function describeMarks(el, marks) {
   if (!marks || (!(marks.thresholds || []).length && !(marks.alarms || []).length)) return;
   const note = document.createElement("p"); note.className = "chart-marks hint";
@@ -113,7 +138,10 @@ function drawPageCharts() {
   if (metrics && metrics.distribution && metrics.distribution.devices) {
     const h = metrics.distribution.histogram;
     const el = document.getElementById("histogram-chart");
-    new uPlot({ title: "devices per value", width: width(el), height: 200, scales: { x: { time: false } },
+    const thresholds = (metrics.marks && metrics.marks.thresholds) || [];
+    el.dataset.thresholds = thresholds.length;
+    new uPlot({ title: "devices per value", width: width(el), height: 200, scales: { x: { time: false, range: valueRange(h, thresholds) } },
+      hooks: { draw: [(u) => drawVerticalThresholds(u, thresholds)] },
       series: [{ label: "value from" }, { label: "devices", fill: "#2563eb", stroke: "#2563eb", paths: uPlot.paths.bars({ size: [0.95, 80] }), points: { show: false } }],
       axes: axesFor(true) }, [h.map((b) => b.from), h.map((b) => b.devices)], el);
     lineChart(document.getElementById("series-chart"), "chosen devices", metrics.series, metrics.marks, metrics.span);
