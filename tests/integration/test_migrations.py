@@ -24,3 +24,30 @@ def test_migrated_database_matches_schema(backend, request):
         differences = compare_metadata(MigrationContext.configure(conn), metadata)
     engine.dispose()
     assert differences == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_profiles_that_predate_version_history_start_it_at_their_version(backend, request):
+    """Migration 0006 gives every existing profile one kept version: the one it is at."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from iotdefender.store import profiles
+    from iotdefender.store.database import alembic_config
+
+    url = (request.getfixturevalue("postgres").create_database(f"mig{time.time_ns()}") if backend == "postgresql"
+           else sqlite_url(Path(tempfile.mkdtemp())))
+    engine = create_engine(url)
+    command.upgrade(alembic_config(engine), "0005")
+    behaviors = [{"name": "b", "metric": "aws:num-disconnects"}]
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO security_profiles (name, arn, description, behaviors, version, creation_date, "
+            "last_modified_date) VALUES ('old', 'arn:old', 'before', :behaviors, 4, 1.0, 2.0)"),
+            {"behaviors": '[{"name": "b", "metric": "aws:num-disconnects"}]'})
+    upgrade_to_head(engine)
+    with engine.connect() as conn:
+        (kept,) = profiles.version_history(conn, "old")
+    engine.dispose()
+    assert kept["version"] == 4 and kept["modified_at"] == 2.0
+    assert kept["document"]["description"] == "before" and kept["document"]["behaviors"] == behaviors

@@ -9,7 +9,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from iotdefender.api.app import ApiService
-from iotdefender.console import auth, forms, live, pages
+from iotdefender.console import (auth, bulk_verification, devices, evidence, forms, live, pages, profile_detail,
+                                 resources)
 from iotdefender.console.context import STATIC_DIR, ConsoleContext
 from iotdefender.console.security import SecurityHeaders
 from iotdefender.console.sessions import SessionRegistry
@@ -21,6 +22,8 @@ SESSION_MAX_AGE_S = 12 * 3600
 def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: float = 1.0) -> Starlette:
     console = ConsoleContext(api, monitoring, SessionRegistry(SESSION_MAX_AGE_S), time_scale)
     a, p, f, lv = auth.routes(console), pages.routes(console), forms.routes(console), live.routes(console)
+    d, r, dv = profile_detail.routes(console), resources.routes(console), devices.routes(console)
+    ev, bv = evidence.routes(console), bulk_verification.routes(console)
 
     app = Starlette(
         routes=[
@@ -29,14 +32,26 @@ def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: flo
             Route("/login", a["login"], methods=["POST"]),
             Route("/logout", a["logout"], methods=["POST"]),
             Route("/metrics", p["metrics"]),
-            Route("/things", p["things"]),
+            Route("/things", dv["devices"]),
             Route("/things/{name:path}", p["thing"]),
             Route("/profiles", p["profiles"]),
             Route("/profiles/new", f["new_profile"], methods=["GET", "POST"]),
             Route("/profiles/{name}/delete", f["delete_profile"], methods=["POST"]),
+            Route("/profiles/{name}/detail", d["detail"]),
+            Route("/profiles/{name}/retained", d["save_retained"], methods=["POST"]),
+            Route("/tags", d["tag"], methods=["POST"]),
+            Route("/custom-metrics", r["custom_metrics"], methods=["GET", "POST"]),
+            Route("/custom-metrics/{name}/delete", r["delete_custom_metric"], methods=["POST"]),
+            Route("/dimensions", r["dimensions"], methods=["GET", "POST"]),
+            Route("/dimensions/{name}/delete", r["delete_dimension"], methods=["POST"]),
+            Route("/thing-groups", r["thing_groups"], methods=["GET", "POST"]),
+            Route("/thing-groups/{name}", r["thing_group"]),
+            Route("/thing-groups/{name}/{action}", r["thing_group_action"], methods=["POST"]),
             Route("/profiles/{name}", f["edit_profile"], methods=["GET", "POST"]),
             Route("/violations", p["violations"]),
+            Route("/violations/verification", bv["bulk_verify"], methods=["POST"]),
             Route("/violations/{violation_id}/verification", f["set_verification"], methods=["POST"]),
+            Route("/violations/{violation_id}/evidence", ev["evidence_fragment"]),
             Route("/backtest", p["backtest"]),
             Route("/api/events", lv["events"]),
             Route("/api/violations/{violation_id}/evidence", p["evidence"]),

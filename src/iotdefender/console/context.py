@@ -32,6 +32,20 @@ def when(epoch: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def duration(seconds: Any) -> str:
+    """A span as an operator says it: 45 s, 12 min, 3 h 05 min, 2 d 4 h."""
+    if seconds is None or seconds == "":
+        return "-"
+    s = max(0, int(float(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
 def metric_value(value: Any) -> str:
     """A MetricValue as an operator reads it: 5, 0.5, 22 80 443, 10.0.0.0/8."""
     if not isinstance(value, dict):
@@ -57,6 +71,7 @@ class ConsoleContext:
         self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
         self.templates.env.filters["when"] = when
         self.templates.env.filters["metric_value"] = metric_value
+        self.templates.env.filters["duration"] = duration
         self.templates.env.globals["time_scale"] = self.time_scale
 
     @property

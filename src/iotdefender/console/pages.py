@@ -8,7 +8,7 @@ event loop also carries the MQTT client of the broker, and a page must never sta
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -19,8 +19,10 @@ from starlette.responses import Response
 from iotdefender.contract.errors import ApiError
 from iotdefender.console import fleet
 from iotdefender.console.auth import Page, login_required
+from iotdefender.console.chart_marks import chart_marks
 from iotdefender.console.context import ConsoleContext
 from iotdefender.controlplane import hierarchy
+from iotdefender.metrics_catalog import BUILTIN_METRICS
 from iotdefender.store import history, insights, metric_values, registry
 
 T = TypeVar("T")
@@ -71,7 +73,8 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                 available = sorted(history.series_present(conn, start - 86400.0 / console.time_scale, end)
                                    | _recent_series(conn))
                 groups = insights.group_names(conn)
-                out: dict[str, Any] = {"available": available, "groups": groups, "distribution": None, "series": {}}
+                out: dict[str, Any] = {"available": available, "groups": groups, "distribution": None, "series": {},
+                                       "unretained": _numeric_metrics(set(available))}
                 if metric:
                     points = history.read_series(conn, metric, start, end)
                     only = None
@@ -82,32 +85,38 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                     out["distribution"] = fleet.distribution(names, values)
                     wanted = chosen or [e["thingName"] for e in out["distribution"]["highest"][:3]]
                     out["series"] = fleet.series_of_things(points, wanted)
+                    out["marks"] = _fleet_marks(metric, list(out["series"]), start, end)
                 return out
 
         data = await sync(read)
         return console.render(request, "metrics.html", range_name=range_name, ranges=list(RANGES), metric=metric,
                               group=group, chosen=" ".join(chosen), chart_json=orjson.dumps(
-                                  {"distribution": data["distribution"], "series": data["series"]}).decode(),
+                                  {"distribution": data["distribution"], "series": data["series"],
+                                   "marks": data.get("marks"), "span": [start, end]}).decode(),
                               **data)
+
+    def _numeric_metrics(present: set[str]) -> list[str]:
+        """Numeric metrics (built-in and custom) with no history yet: offered so an operator sees
+        they exist, with the way to give them history (retain them on a profile)."""
+        custom = [api.invoke("DescribeCustomMetric", {"metricName": n}) for n in
+                  api.invoke("ListCustomMetrics", {"maxResults": 100})["metricNames"]]
+        names = [m for m, spec in BUILTIN_METRICS.items() if spec.value_member == "count"]
+        names += [c["metricName"] for c in custom if c["metricType"] == "number"]
+        return sorted(set(names) - present)
+
+    def _fleet_marks(metric: str, things: list[str], start: float, end: float) -> dict[str, Any]:
+        """The thresholds on the metric of the profiles monitoring the plotted devices, and those
+        devices' alarm periods."""
+        profiles = list({p["name"]: p for thing in things for p in console.monitoring.profiles_for(thing)}.values())
+        events = [e for thing in things for e in api.invoke("ListViolationEvents", {
+            "thingName": thing, "startTime": start, "endTime": end + 1, "maxResults": 100})["violationEvents"]]
+        return chart_marks(profiles, events, end).get(metric, {})
 
     def _recent_series(conn: Any) -> set[str]:
         latest = next(iter(history.iter_reports(conn, time.time() - 900.0 / console.time_scale, time.time(),
                                                 batch=200)), [])
         return {key for _, _, datapoints in latest for key, v in datapoints.items()
                 if isinstance(v, dict) and ("count" in v or "number" in v)}
-
-    @login_required
-    async def things(request: Request) -> Response:
-        prefix = request.query_params.get("prefix", "")
-        after = request.query_params.get("after") or None
-
-        def read() -> Sequence[Any]:
-            with console.engine.connect() as conn:
-                return insights.reporting_things_page(conn, prefix, after, PAGE_SIZE + 1)
-
-        rows = await sync(read)
-        more = rows[PAGE_SIZE - 1].thing_name if len(rows) > PAGE_SIZE else None
-        return console.render(request, "things.html", rows=rows[:PAGE_SIZE], prefix=prefix, more=more)
 
     @login_required
     async def thing(request: Request) -> Response:
@@ -136,7 +145,8 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                 described = api.invoke("DescribeThing", {"thingName": name})
             except ApiError:
                 described = None
-            return {"profiles": profiles, "active": active, "events": events, "series": series,
+            marks = chart_marks(profiles, events, end)
+            return {"profiles": profiles, "active": active, "events": events, "series": series, "marks": marks,
                     "other": other, "described": described, "targets": console.monitoring.targets_of(name),
                     "last_report": last_report}
 
@@ -149,7 +159,9 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             return console.render(request, "message.html", status_code=404, title="Device",
                                   message=f"No device named {name!r}: it is not registered and never reported.")
         return console.render(request, "thing.html", name=name, range_name=range_name, ranges=list(RANGES),
-                              series_json=orjson.dumps(data["series"]).decode(), **data)
+                              series_json=orjson.dumps({"series": data["series"], "marks": data["marks"],
+                                                        "span": [start, end]}).decode(),
+                              now=end, **data)
 
     @login_required
     async def evidence(request: Request) -> Response:
@@ -215,7 +227,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         except ApiError as failure:
             data, error = {"rows": [], "next_token": None, "profile_names": []}, failure.message
         args = {k: v for k, v in q.items() if k != "token"}
-        return console.render(request, "violations.html", view=view, query=args, behavior=behavior,
+        return console.render(request, "violations.html", view=view, query=args, behavior=behavior, now=time.time(),
                               range_name=range_name, ranges=list(RANGES), states=VERIFICATION_STATES,
                               criteria_types=CRITERIA_TYPES, error=error, **data)
 
@@ -232,5 +244,5 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                               chosen=chosen, ranges=list(RANGES),
                               behaviors_json=orjson.dumps(behaviors or [], option=orjson.OPT_INDENT_2).decode())
 
-    return {"overview": overview, "metrics": metrics, "things": things, "thing": thing, "evidence": evidence,
+    return {"overview": overview, "metrics": metrics, "thing": thing, "evidence": evidence,
             "profiles": profiles, "violations": violations, "backtest": backtest}

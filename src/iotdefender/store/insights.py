@@ -83,16 +83,31 @@ def members_of(conn: Connection, groups: list[str]) -> set[str]:
     return {n for (n,) in conn.execute(query)}
 
 
-def reporting_things_page(conn: Connection, prefix: str, after: str | None, limit: int) -> Sequence[Any]:
-    query = sa.select(thing_report_state.c.thing_name, thing_report_state.c.last_report_at)
-    if prefix:
-        query = query.where(thing_report_state.c.thing_name.startswith(prefix, autoescape=True))
-    if after:
-        query = query.where(thing_report_state.c.thing_name > after)
-    return conn.execute(query.order_by(thing_report_state.c.thing_name).limit(limit)).all()
-
-
 def last_report_at(conn: Connection, thing: str) -> float | None:
     """When the thing's last report was stored; None if it never reported."""
     return conn.execute(sa.select(thing_report_state.c.last_report_at)
                         .where(thing_report_state.c.thing_name == thing)).scalar()
+
+
+DEVICE_SORTS = {"name": "thing_name", "last_report": "last_report_at", "alarms": "active"}
+
+
+def devices_page(conn: Connection, search: str, sort: str, descending: bool, offset: int, limit: int
+                 ) -> tuple[Sequence[Any], dict[str, int]]:
+    """Reporting devices with their number of active violations, filtered by a name substring and
+    sorted by name, last report or alarms; and the counts of the whole filtered list."""
+    alarms = (sa.select(active_violations.c.thing_name, sa.func.count().label("active"))
+              .group_by(active_violations.c.thing_name).subquery())
+    active = sa.func.coalesce(alarms.c.active, 0).label("active")
+    query = (sa.select(thing_report_state.c.thing_name, thing_report_state.c.last_report_at, active)
+             .select_from(thing_report_state.outerjoin(alarms, alarms.c.thing_name == thing_report_state.c.thing_name)))
+    if search:
+        query = query.where(thing_report_state.c.thing_name.contains(search, autoescape=True))
+    column = {"thing_name": thing_report_state.c.thing_name, "last_report_at": thing_report_state.c.last_report_at,
+              "active": active}[DEVICE_SORTS[sort]]
+    order = [column.desc() if descending else column.asc(), thing_report_state.c.thing_name]
+    rows = conn.execute(query.order_by(*order).offset(offset).limit(limit)).all()
+    counted = query.subquery()
+    totals = conn.execute(sa.select(sa.func.count(), sa.func.count().filter(counted.c.active > 0))
+                          .select_from(counted)).one()
+    return rows, {"devices": int(totals[0]), "inAlarm": int(totals[1] or 0)}

@@ -11,7 +11,12 @@ from sqlalchemy.engine import Connection
 from iotdefender.store.pagination import scan_rows
 from iotdefender.store.rows import get_by_name, update_versioned
 from iotdefender.store.schema import security_profile_targets as targets
+from iotdefender.store.schema import security_profile_versions as versions
 from iotdefender.store.schema import security_profiles
+
+# What a version records: the members an UpdateSecurityProfile can change.
+VERSIONED_COLUMNS = ("description", "behaviors", "alert_targets", "additional_metrics_to_retain",
+                     "additional_metrics_to_retain_v2", "metrics_export_config")
 
 
 def get(conn: Connection, name: str) -> dict[str, Any] | None:
@@ -20,14 +25,36 @@ def get(conn: Connection, name: str) -> dict[str, Any] | None:
 
 def insert(conn: Connection, **values: Any) -> None:
     conn.execute(security_profiles.insert().values(**values))
+    _record_version(conn, name=values["name"])
 
 
 def update(conn: Connection, name: str, expected_version: int, **values: Any) -> bool:
-    return update_versioned(conn, security_profiles, name, expected_version, **values)
+    """Compare-and-set update; the new version is also kept in the profile's history."""
+    if not update_versioned(conn, security_profiles, name, expected_version, **values):
+        return False
+    _record_version(conn, name=name)
+    return True
+
+
+def _record_version(conn: Connection, name: str) -> None:
+    """Copy the profile as it now is into its history, in the same transaction as the write."""
+    row = get(conn, name)
+    assert row is not None, "recorded right after the write, in its transaction"
+    conn.execute(versions.insert().values(profile_name=name, version=row["version"],
+                                          modified_at=row["last_modified_date"],
+                                          document={c: row[c] for c in VERSIONED_COLUMNS}))
+
+
+def version_history(conn: Connection, name: str) -> list[dict[str, Any]]:
+    """Every kept version of a profile, newest first: version, modified_at and the document."""
+    query = sa.select(versions.c.version, versions.c.modified_at, versions.c.document).where(
+        versions.c.profile_name == name).order_by(versions.c.version.desc())
+    return [dict(r) for r in conn.execute(query).mappings()]
 
 
 def delete(conn: Connection, name: str) -> None:
     conn.execute(targets.delete().where(targets.c.profile_name == name))
+    conn.execute(versions.delete().where(versions.c.profile_name == name))
     conn.execute(security_profiles.delete().where(security_profiles.c.name == name))
 
 

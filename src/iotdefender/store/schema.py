@@ -42,6 +42,18 @@ security_profile_targets = sa.Table(
     sa.Index("ix_security_profile_targets_target", "target_arn"),
 )
 
+# Every version a security profile has had (the row above is the newest), so the console can show
+# its history and a diff between two versions; AWS keeps none, so nothing in the API reads it.
+security_profile_versions = sa.Table(
+    "security_profile_versions",
+    metadata,
+    sa.Column("profile_name", NAME, sa.ForeignKey("security_profiles.name", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("version", sa.BigInteger, primary_key=True),
+    sa.Column("modified_at", EPOCH, nullable=False),
+    sa.Column("document", sa.JSON, nullable=False),
+)
+
 custom_metrics = sa.Table(
     "custom_metrics",
     metadata,

@@ -28,15 +28,96 @@ const TIME_SERIES = { label: "UTC", value: (u, v) => utc(v) };
 const showLatest = (u) => { if (u.legend.idx == null && u.data[0].length) u.setLegend({ idx: u.data[0].length - 1 }); };
 const LATEST_IN_LEGEND = { ready: [showLatest], setLegend: [showLatest] };
 
-function lineChart(el, title, series) {
+// A behavior's threshold as a dashed line, its alarm periods as red bands: why a device alarmed.
+function marksOptions(marks) {
+  const thresholds = (marks && marks.thresholds) || [];
+  const alarms = (marks && marks.alarms) || [];
+  const draw = (u) => {
+    const { ctx } = u;
+    const { left, top, width, height } = u.bbox;
+    ctx.save();
+    ctx.fillStyle = "rgba(220, 38, 38, 0.13)";
+    for (const a of alarms) {
+      const x0 = Math.max(left, u.valToPos(a.start, "x", true));
+      const x1 = Math.min(left + width, u.valToPos(a.end, "x", true));
+      if (x1 > x0) ctx.fillRect(x0, top, Math.max(x1 - x0, 2), height);
+    }
+    ctx.strokeStyle = "#dc2626"; ctx.fillStyle = "#991b1b"; ctx.lineWidth = 1.5 * devicePixelRatio;
+    ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+    ctx.font = `${11 * devicePixelRatio}px system-ui, sans-serif`;
+    for (const t of thresholds) {
+      const y = u.valToPos(t.value, "y", true);
+      if (y < top || y > top + height) continue;
+      ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + width, y); ctx.stroke();
+      ctx.textAlign = "right";
+      ctx.fillText(`${t.label}: ${t.value}`, left + width - 4, y - 4);
+    }
+    ctx.restore();
+  };
+  // The y axis always reaches the thresholds, so a line far above the data is still drawn.
+  const values = thresholds.map((t) => t.value);
+  const range = (u, min, max) => {
+    const lo = Math.min(min ?? 0, ...values), hi = Math.max(max ?? 1, ...values);
+    const pad = (hi - lo) * 0.08 || Math.abs(hi) * 0.1 || 1;
+    return [lo - pad, hi + pad];
+  };
+  return { draw, range, count: { thresholds: thresholds.length, alarms: alarms.length } };
+}
+
+// The histogram's x axis is the metric's value: a threshold is a vertical line, and the axis reaches it.
+function valueRange(histogram, thresholds) {
+  return (u, min, max) => {
+    const last = histogram.length ? histogram[histogram.length - 1].to : max;
+    const lo = Math.min(min, ...thresholds.map((t) => t.value)), hi = Math.max(last, ...thresholds.map((t) => t.value));
+    const pad = (hi - lo) * 0.04 || 1;
+    return [lo - pad, hi + pad];
+  };
+}
+
+function drawVerticalThresholds(u, thresholds) {
+  const { ctx } = u;
+  const { top, height } = u.bbox;
+  ctx.save();
+  ctx.strokeStyle = "#dc2626"; ctx.fillStyle = "#991b1b"; ctx.lineWidth = 1.5 * devicePixelRatio;
+  ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+  ctx.font = `${11 * devicePixelRatio}px system-ui, sans-serif`;
+  for (const t of thresholds) {
+    const x = u.valToPos(t.value, "x", true);
+    ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
+    ctx.fillText(`${t.label}: ${t.value}`, x + 4, top + 12 * devicePixelRatio);
+  }
+  ctx.restore();
+}
+
+function describeMarks(el, marks) {
+  if (!marks || (!(marks.thresholds || []).length && !(marks.alarms || []).length)) return;
+  const note = document.createElement("p"); note.className = "chart-marks hint";
+  const parts = (marks.thresholds || []).map((t) => `threshold ${esc(t.label)}: ${esc(t.value)}`).concat(
+    (marks.alarms || []).map((a) => `<span class="state-alarm">in alarm</span> ${esc(a.label)} ${utc(a.start)} – ${utc(a.end)} UTC (${esc(durationText(a.end - a.start))})`));
+  note.innerHTML = parts.join(" · ");
+  el.after(note);
+}
+
+function durationText(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+function lineChart(el, title, series, marks, span) {
   // series: {label: [[t, v], ...]} -> one aligned uPlot data set
   const labels = Object.keys(series);
   if (!labels.length || !window.uPlot) return;
+  const m = marksOptions(marks);
+  el.dataset.thresholds = m.count.thresholds; el.dataset.alarmPeriods = m.count.alarms;
+  describeMarks(el, marks);
   const times = [...new Set(labels.flatMap((l) => series[l].map((p) => p[0])))].sort((a, b) => a - b);
   const index = new Map(times.map((t, i) => [t, i]));
   const data = [times, ...labels.map((l) => { const col = new Array(times.length).fill(null); series[l].forEach(([t, v]) => { col[index.get(t)] = v; }); return col; })];
   const colors = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d", "#475569", "#a16207"];
-  el.chart = new uPlot({ title, width: width(el), height: 220, tzDate: utcDate, axes: axesFor(wholeNumbers(data.slice(1))), hooks: LATEST_IN_LEGEND, series: [TIME_SERIES, ...labels.map((l, i) => ({ label: l, stroke: colors[i % colors.length], spanGaps: true, points: { show: times.length < 200 } }))] }, data, el);
+  el.chart = new uPlot({ title, width: width(el), height: 220, tzDate: utcDate, axes: axesFor(wholeNumbers(data.slice(1))), hooks: { ...LATEST_IN_LEGEND, draw: [m.draw] }, scales: { x: span ? { time: true, range: () => span } : { time: true }, y: { range: m.range } }, series: [TIME_SERIES, ...labels.map((l, i) => ({ label: l, stroke: colors[i % colors.length], spanGaps: true, points: { show: times.length < 200 } }))] }, data, el);
 }
 
 function barChart(el, title, xs, columns) {
@@ -57,17 +138,20 @@ function drawPageCharts() {
   if (metrics && metrics.distribution && metrics.distribution.devices) {
     const h = metrics.distribution.histogram;
     const el = document.getElementById("histogram-chart");
-    new uPlot({ title: "devices per value", width: width(el), height: 200, scales: { x: { time: false } },
+    const thresholds = (metrics.marks && metrics.marks.thresholds) || [];
+    el.dataset.thresholds = thresholds.length;
+    new uPlot({ title: "devices per value", width: width(el), height: 200, scales: { x: { time: false, range: valueRange(h, thresholds) } },
+      hooks: { draw: [(u) => drawVerticalThresholds(u, thresholds)] },
       series: [{ label: "value from" }, { label: "devices", fill: "#2563eb", stroke: "#2563eb", paths: uPlot.paths.bars({ size: [0.95, 80] }), points: { show: false } }],
       axes: axesFor(true) }, [h.map((b) => b.from), h.map((b) => b.devices)], el);
-    lineChart(document.getElementById("series-chart"), "chosen devices", metrics.series);
+    lineChart(document.getElementById("series-chart"), "chosen devices", metrics.series, metrics.marks, metrics.span);
   }
-  const thingSeries = jsonOf("thing-series");
-  if (thingSeries) {
+  const thing = jsonOf("thing-series");
+  if (thing) {
     const box = document.getElementById("thing-charts");
-    for (const [metric, points] of Object.entries(thingSeries)) {
-      const el = document.createElement("div"); el.className = "chart"; box.appendChild(el);
-      lineChart(el, metric, { [metric]: points });
+    for (const [metric, points] of Object.entries(thing.series)) {
+      const el = document.createElement("div"); el.className = "chart"; el.dataset.metric = metric; box.appendChild(el);
+      lineChart(el, metric, { [metric]: points }, thing.marks[metric], thing.span);
     }
   }
 }
@@ -109,7 +193,7 @@ function onViolation(e) {
   if (f.view === "active") {
     if (type === "in-alarm") {
       body.querySelector("tr.empty")?.remove();
-      body.insertAdjacentHTML("afterbegin", `<tr class="fresh" data-violation="${esc(ev.violationId)}"><td>${utc(ev.violationEventTime)}</td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(metricValue(ev.metricValue))}</td><td>${verificationCell(ev.violationId)}</td><td><button type="button" class="link" data-evidence="${esc(ev.violationId)}">evidence</button></td></tr>`);
+      body.insertAdjacentHTML("afterbegin", `<tr class="fresh" data-violation="${esc(ev.violationId)}"><td>${document.getElementById("bulk-verify") ? `<input type="checkbox" name="violationId" value="${esc(ev.violationId)}" form="bulk-verify" class="pick" aria-label="select">` : ""}</td><td>${utc(ev.violationEventTime)}</td><td class="duration">0 s</td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(metricValue(ev.metricValue))}</td><td>${verificationCell(ev.violationId)}</td><td><button type="button" class="link" data-evidence="${esc(ev.violationId)}">evidence</button></td></tr>`);
     } else {
       const row = body.querySelector(`tr[data-violation="${CSS.escape(ev.violationId)}"]`);
       if (row) { row.classList.add("ended"); row.title = `${type} at ${utc(ev.violationEventTime)}`; }
@@ -135,12 +219,9 @@ document.addEventListener("click", async (event) => {
   if (!button) return;
   const dialog = document.getElementById("evidence");
   const body = document.getElementById("evidence-body");
-  const response = await fetch(`/console/api/violations/${encodeURIComponent(button.dataset.evidence)}/evidence`);
-  const doc = await response.json();
-  body.innerHTML = response.ok
-    ? `<p>${esc(doc.thingName)} · ${esc(doc.securityProfileName)} / ${esc(doc.behavior.name)}</p>` + doc.events.map((e) =>
-        `<h3>${esc(e.violationEventType)} at ${utc(e.violationEventTime)} UTC</h3><p>value ${esc(metricValue(e.metricValue))}; threshold ${esc(metricValue((e.evidence || {}).threshold))}${e.evidence && e.evidence.statistic ? ` (${esc(e.evidence.statistic)} of ${esc(e.evidence.devices)} devices)` : ""}</p><pre>${esc(JSON.stringify(e.evidence, null, 2))}</pre>`).join("")
-    : `<p class="error">${esc(doc.message)}</p>`;
+  // The server renders the explanation (escaped by Jinja): offending values marked, times in UTC.
+  const response = await fetch(`/console/violations/${encodeURIComponent(button.dataset.evidence)}/evidence`);
+  body.innerHTML = await response.text();
   if (dialog.showModal) dialog.showModal(); else dialog.setAttribute("open", "");
 });
 
@@ -229,4 +310,21 @@ function wireConfirmations() {
   });
 }
 
-document.addEventListener("DOMContentLoaded", () => { drawPageCharts(); startLive(); wireBacktest(); wireConfirmations(); });
+// Bulk verification: the row checkboxes belong to the #bulk-verify form (form= attribute).
+function wireBulkVerification() {
+  const form = document.getElementById("bulk-verify");
+  if (!form) return;
+  const picks = () => [...document.querySelectorAll('input.pick[form="bulk-verify"]')];
+  const update = () => {
+    const chosen = picks().filter((p) => p.checked).length;
+    document.getElementById("bulk-count").textContent = String(chosen);
+    document.getElementById("bulk-submit").disabled = chosen === 0;
+  };
+  document.addEventListener("change", (event) => {
+    if (event.target.id === "select-all") picks().forEach((p) => { p.checked = event.target.checked; });
+    if (event.target.id === "select-all" || event.target.classList.contains("pick")) update();
+  });
+  update();
+}
+
+document.addEventListener("DOMContentLoaded", () => { drawPageCharts(); startLive(); wireBacktest(); wireConfirmations(); wireBulkVerification(); });

@@ -1,0 +1,242 @@
+"""The console's profile detail, resource pages, devices list, evidence and bulk verification
+over plain HTTP, on SQLite and PostgreSQL: every write lands as the AWS operation would (checked
+through boto3), and bad input on every new page gets an AWS-shaped refusal, never a 500.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.test_console_http import logged_in
+from tests.support.mqtt import Device, report
+
+SERVICE_ARGS = ["--report-min-interval", "0", "--time-scale", "100"]
+ARN = "arn:aws:iot:us-east-1:123456789012"
+FEW_PORTS = {"name": "few-ports", "metric": "aws:num-listening-tcp-ports",
+             "criteria": {"comparisonOperator": "less-than-equals", "value": {"count": 2}}}
+KNOWN_PORTS = {"name": "known-ports", "metric": "aws:listening-tcp-ports",
+               "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22, 80, 443]}}}
+
+
+def post(client: httpx.Client, token: str, path: str, **data) -> httpx.Response:
+    return client.post(path, data={"csrf": token, **data})
+
+
+def wait_for(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def test_profile_detail_sentences_retained_metrics_tags_and_version_diff(service):
+    client, token = logged_in(service)
+    iot = service.client()
+    iot.create_security_profile(securityProfileName="pd-prof", securityProfileDescription="detail",
+                                behaviors=[FEW_PORTS])
+    iot.update_security_profile(securityProfileName="pd-prof", behaviors=[
+        dict(FEW_PORTS, criteria={"comparisonOperator": "less-than-equals", "value": {"count": 5}})])
+    saved = post(client, token, "/console/profiles/pd-prof/retained", version="2",
+                 retained="aws:num-messages-sent\naws:all-bytes-out")
+    assert saved.status_code == 303, saved.text
+    described = iot.describe_security_profile(securityProfileName="pd-prof")
+    assert described["version"] == 3
+    assert [m["metric"] for m in described["additionalMetricsToRetainV2"]] == ["aws:num-messages-sent",
+                                                                              "aws:all-bytes-out"]
+    stale = post(client, token, "/console/profiles/pd-prof/retained", version="2", retained="aws:all-bytes-in")
+    assert stale.status_code == 409 and "VersionConflictException" in stale.text
+    unknown_metric = post(client, token, "/console/profiles/pd-prof/retained", retained="no-such-metric")
+    assert unknown_metric.status_code == 400 and "InvalidRequestException" in unknown_metric.text
+
+    page = client.get("/console/profiles/pd-prof/detail")
+    assert page.status_code == 200
+    assert "alarms when aws:num-listening-tcp-ports is above 5" in page.text
+    assert re.findall(r"<tr><td>(\d+)</td><td>\d{4}-", page.text) == ["3", "2", "1"]
+    assert "aws:num-messages-sent\naws:all-bytes-out</textarea>" in page.text
+
+    diff = html.unescape(client.get("/console/profiles/pd-prof/detail?from=1&to=2").text)
+    assert re.search(r'<span class="ddel">-\s+"count": 2', diff) and re.search(r'<span class="dadd">\+\s+"count": 5',
+                                                                               diff)
+    retained_diff = html.unescape(client.get("/console/profiles/pd-prof/detail?from=2&to=3").text)
+    assert re.search(r'<span class="dadd">\+\s+"metric": "aws:all-bytes-out"', retained_diff)
+
+    arn = described["securityProfileArn"]
+    assert post(client, token, "/console/tags", resourceArn=arn, key="team", value="ops",
+                next="/console/profiles/pd-prof/detail").headers["location"] == "/console/profiles/pd-prof/detail"
+    assert iot.list_tags_for_resource(resourceArn=arn)["tags"] == [{"Key": "team", "Value": "ops"}]
+    assert "<td>team</td><td>ops</td>" in client.get("/console/profiles/pd-prof/detail").text
+    assert post(client, token, "/console/tags", resourceArn=arn, remove="team").status_code == 303
+    assert iot.list_tags_for_resource(resourceArn=arn)["tags"] == []
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/console/profiles/pd-none/detail", 404),
+    ("/console/profiles/pd-bad/detail?from=x&to=1", 400),
+    ("/console/profiles/pd-bad/detail?from=1&to=99", 400),
+    ("/console/thing-groups/no-such-group", 404),
+    ("/console/things?sort=bogus", 400),
+    ("/console/things?offset=-1&q=%25_%00", 400),
+    ("/console/things?offset=abc&q=%25_", 200),
+    ("/console/violations/nope/evidence", 404),
+    ("/console/violations/" + "x" * 200 + "/evidence", 400),
+    ("/console/metrics?metric=aws:all-bytes-in", 200),
+    ("/console/custom-metrics?x=1", 200),
+    ("/console/dimensions", 200),
+    ("/console/thing-groups", 200),
+])
+def test_new_pages_answer_bad_queries(service, path, status):
+    client, _ = logged_in(service)
+    service.client().create_security_profile(securityProfileName="pd-bad") if "pd-bad" in path and not \
+        any(p["name"] == "pd-bad" for p in service.client().list_security_profiles()["securityProfileIdentifiers"]) \
+        else None
+    answer = client.get(path)
+    assert answer.status_code == status, (path, answer.status_code, answer.text[:300])
+
+
+@pytest.mark.parametrize(("path", "data", "status", "code"), [
+    ("/console/custom-metrics", {"metricName": "cm-bad", "metricType": "nonsense"}, 400, "InvalidRequestException"),
+    ("/console/custom-metrics", {"metricName": "", "metricType": "number"}, 400, "InvalidRequestException"),
+    ("/console/custom-metrics/none-such/delete", {}, 200, None),
+    ("/console/dimensions", {"name": "dim-bad", "stringValues": ""}, 400, "InvalidRequestException"),
+    ("/console/dimensions", {"name": "bad name!", "stringValues": "a/#"}, 400, "InvalidRequestException"),
+    ("/console/thing-groups", {"thingGroupName": "tg-orphan", "parentGroupName": "tg-none"}, 400,
+     "InvalidRequestException"),
+    ("/console/thing-groups/tg-none/add-thing", {"thingName": "x"}, 404, "ResourceNotFoundException"),
+    ("/console/thing-groups/tg-none/attach", {"securityProfileName": "x"}, 404, "ResourceNotFoundException"),
+    ("/console/thing-groups/tg-none/fly", {}, 404, None),
+    ("/console/tags", {"resourceArn": "not-an-arn", "key": "k", "value": "v"}, 404, "ResourceNotFoundException"),
+    ("/console/tags", {"resourceArn": f"{ARN}:securityprofile/none", "key": "", "value": "v"}, 400,
+     "InvalidRequestException"),
+    ("/console/violations/verification", {}, 400, "InvalidRequestException"),
+    ("/console/violations/verification", {"violationId": "nope", "state": "MAYBE"}, 400, "InvalidRequestException"),
+    ("/console/violations/verification", {"violationId": "nope", "state": "TRUE_POSITIVE"}, 400,
+     "Violation nope does not exist"),
+    ("/console/profiles/none-such/retained", {"retained": "aws:all-bytes-in"}, 404, "ResourceNotFoundException"),
+])
+def test_new_forms_refuse_bad_input_as_aws_would(service, path, data, status, code):
+    client, token = logged_in(service)
+    answer = post(client, token, path, **data)
+    expected = 303 if status == 200 else status
+    assert answer.status_code == expected, (path, answer.status_code, answer.text[:300])
+    if code:
+        assert code in answer.text
+
+
+def test_custom_metrics_dimensions_and_thing_groups_through_the_console(service):
+    client, token = logged_in(service)
+    iot = service.client()
+    assert post(client, token, "/console/custom-metrics", metricName="cm-temp", metricType="number",
+                displayName="Temperature").status_code == 303
+    assert iot.describe_custom_metric(metricName="cm-temp")["displayName"] == "Temperature"
+    again = post(client, token, "/console/custom-metrics", metricName="cm-temp", metricType="string-list")
+    assert again.status_code == 409 and "ResourceAlreadyExistsException" in again.text
+    assert "<td>cm-temp</td><td>number</td>" in client.get("/console/custom-metrics").text
+    assert "cm-temp" in client.get("/console/metrics").text  # offered even before it has history
+
+    assert post(client, token, "/console/dimensions", name="dim-topics",
+                stringValues="telemetry/#\ncommands/+").status_code == 303
+    assert iot.describe_dimension(name="dim-topics")["stringValues"] == ["telemetry/#", "commands/+"]
+    assert post(client, token, "/console/dimensions/dim-topics/delete").status_code == 303
+    assert "dim-topics" not in iot.list_dimensions()["dimensionNames"]
+    assert post(client, token, "/console/custom-metrics/cm-temp/delete").status_code == 303
+    assert "cm-temp" not in iot.list_custom_metrics()["metricNames"]
+
+    assert post(client, token, "/console/thing-groups", thingGroupName="tg-site").status_code == 303
+    assert post(client, token, "/console/thing-groups", thingGroupName="tg-floor",
+                parentGroupName="tg-site", description="first floor").status_code == 303
+    assert iot.describe_thing_group(thingGroupName="tg-floor")["thingGroupMetadata"]["parentGroupName"] == "tg-site"
+    tree = client.get("/console/thing-groups").text
+    assert re.search(r'class="depth-0">.*tg-site.*\n.*class="depth-1">└ .*tg-floor', tree)
+    iot.create_thing(thingName="tg-dev")
+    iot.create_security_profile(securityProfileName="tg-prof", behaviors=[FEW_PORTS])
+    assert post(client, token, "/console/thing-groups/tg-floor/add-thing", thingName="tg-dev").status_code == 303
+    assert iot.list_things_in_thing_group(thingGroupName="tg-floor")["things"] == ["tg-dev"]
+    assert post(client, token, "/console/thing-groups/tg-floor/attach",
+                securityProfileName="tg-prof").status_code == 303
+    targets = iot.list_targets_for_security_profile(securityProfileName="tg-prof")["securityProfileTargets"]
+    assert [t["arn"] for t in targets] == [f"{ARN}:thinggroup/tg-floor"]
+    group_page = client.get("/console/thing-groups/tg-floor").text
+    assert "tg-site</a> › <strong>tg-floor" in group_page and "/console/profiles/tg-prof/detail" in group_page
+    assert "thing group tg-floor" in client.get("/console/profiles/tg-prof/detail").text
+    busy = post(client, token, "/console/thing-groups/tg-site/delete")
+    assert busy.status_code == 400 and "child groups" in busy.text
+    assert post(client, token, "/console/thing-groups/tg-floor/detach", securityProfileName="tg-prof").status_code == 303
+    assert iot.list_targets_for_security_profile(securityProfileName="tg-prof")["securityProfileTargets"] == []
+    assert post(client, token, "/console/thing-groups/tg-floor/remove-thing", thingName="tg-dev").status_code == 303
+    assert post(client, token, "/console/thing-groups/tg-floor/delete").status_code == 303
+    assert "tg-floor" not in [g["groupName"] for g in iot.list_thing_groups()["thingGroups"]]
+
+
+def test_evidence_devices_list_and_bulk_verification(service):
+    client, token = logged_in(service)
+    iot = service.client()
+    iot.create_security_profile(securityProfileName="bv-prof", behaviors=[KNOWN_PORTS])
+    iot.attach_security_profile(securityProfileName="bv-prof", securityProfileTargetArn=f"{ARN}:all/things")
+    try:
+        for name, ports in (("bv-dev-1", [22, 23, 4444]), ("bv-dev-2", [22, 23]), ("bv-quiet", [22])):
+            device = Device(service.mqtt_port, name)
+            assert device.report(report(1, ports))[0] == "json/accepted"
+            device.close()
+
+        def active() -> list[dict]:
+            found = iot.list_active_violations(securityProfileName="bv-prof")["activeViolations"]
+            return found if len(found) == 2 else []
+
+        violations = wait_for(active)
+        assert {v["thingName"] for v in violations} == {"bv-dev-1", "bv-dev-2"}
+        first = next(v for v in violations if v["thingName"] == "bv-dev-1")
+
+        evidence = client.get(f"/console/violations/{first['violationId']}/evidence").text
+        assert "alarms when aws:listening-tcp-ports includes a port outside 22 80 443" in evidence
+        assert "reported value 22 <mark class=\"offending\">23</mark> <mark class=\"offending\">4444</mark>" in evidence
+        assert re.search(r"<strong>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</strong>: it went into alarm", evidence)
+
+        devices = client.get("/console/things?q=bv-&sort=alarms").text
+        assert re.search(r"<strong>3</strong> devices matching “bv-”,\s+<strong class=\"state-alarm\">2</strong> in alarm",
+                         devices)
+        order = re.findall(r'<a href="/console/things/(bv-[a-z0-9-]+)">', devices)
+        assert order[-1] == "bv-quiet" and "in alarm (1 active violation)" in devices
+        by_name = re.findall(r'<a href="/console/things/(bv-[a-z0-9-]+)">', client.get(
+            "/console/things?q=bv-&sort=name&order=desc").text)
+        assert by_name == ["bv-quiet", "bv-dev-2", "bv-dev-1"]
+
+        listing = client.get("/console/violations?profile=bv-prof").text
+        assert listing.count('class="pick"') == 2 and re.search(r'<td class="duration">\d+ (s|min)</td>', listing)
+        done = client.post("/console/violations/verification", data={
+            "csrf": token, "violationId": [v["violationId"] for v in violations], "state": "BENIGN_POSITIVE",
+            "description": "lab devices", "next": "/console/violations?profile=bv-prof"})
+        assert done.status_code == 303 and done.headers["location"] == "/console/violations?profile=bv-prof"
+        states = {(v["verificationState"], v.get("verificationStateDescription"))
+                  for v in iot.list_active_violations(securityProfileName="bv-prof")["activeViolations"]}
+        assert states == {("BENIGN_POSITIVE", "lab devices")}
+    finally:
+        iot.delete_security_profile(securityProfileName="bv-prof")
+
+
+NEW_PAGES = ["/console/profiles/x/detail", "/console/custom-metrics", "/console/dimensions", "/console/thing-groups",
+             "/console/thing-groups/x", "/console/violations/x/evidence"]
+NEW_FORMS = ["/console/profiles/x/retained", "/console/tags", "/console/custom-metrics", "/console/custom-metrics/x/delete",
+             "/console/dimensions", "/console/dimensions/x/delete", "/console/thing-groups",
+             "/console/thing-groups/x/attach", "/console/violations/verification"]
+
+
+def test_new_pages_need_a_session_and_new_forms_the_csrf_token(service):
+    anonymous = httpx.Client(base_url=service.endpoint, follow_redirects=False)
+    for path in NEW_PAGES:
+        answer = anonymous.get(path)
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/console/login"), path
+    client, _ = logged_in(service)
+    for path in NEW_FORMS:
+        answer = client.post(path, data={"csrf": "forged", "metricName": "csrf-x", "metricType": "number",
+                                         "thingGroupName": "csrf-x"})
+        assert answer.status_code == 403, path
+    iot = service.client()
+    assert "csrf-x" not in iot.list_custom_metrics()["metricNames"]
+    assert "csrf-x" not in [g["groupName"] for g in iot.list_thing_groups()["thingGroups"]]

@@ -1,0 +1,32 @@
+"""The behavior sentences say when a device alarms: the opposite of the criterion's 'normal'."""
+
+from __future__ import annotations
+
+import pytest
+
+from iotdefender.console.wording import alarm_sentence
+
+
+@pytest.mark.parametrize(("behavior", "expected"), [
+    ({"name": "t", "metric": "temperature", "criteria": {"comparisonOperator": "less-than-equals",
+                                                         "value": {"number": 70},
+                                                         "consecutiveDatapointsToAlarm": 2}},
+     "alarms when temperature is above 70 for 2 consecutive datapoints"),
+    ({"name": "p", "metric": "aws:listening-tcp-ports", "criteria": {"comparisonOperator": "in-port-set",
+                                                                     "value": {"ports": [22, 443]}}},
+     "alarms when aws:listening-tcp-ports includes a port outside 22 443"),
+    ({"name": "b", "metric": "aws:all-bytes-out", "criteria": {
+        "comparisonOperator": "less-than", "durationSeconds": 300, "statisticalThreshold": {"statistic": "p90"},
+        "consecutiveDatapointsToClear": 3}},
+     "alarms when aws:all-bytes-out summed over 300 s is the fleet's p90 or more; it clears after 3 normal datapoints"),
+    ({"name": "m", "metric": "aws:num-messages-sent", "criteria": {"mlDetectionConfig": {"confidenceLevel": "HIGH"}},
+      "suppressAlerts": True},
+     "alarms when the ML model finds aws:num-messages-sent anomalous with HIGH confidence (alerts suppressed)"),
+    ({"name": "r", "metric": "aws:num-authorization-failures"},
+     "retains aws:num-authorization-failures without alarming (no criteria)"),
+    ({"name": "d", "metric": "aws:num-messages-received", "metricDimension": {"dimensionName": "topics"},
+      "criteria": {"comparisonOperator": "greater-than-equals", "value": {"count": 1}}},
+     "alarms when aws:num-messages-received (in dimension topics) is below 1"),
+])
+def test_alarm_sentence(behavior, expected):
+    assert alarm_sentence(behavior) == expected
