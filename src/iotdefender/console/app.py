@@ -9,7 +9,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from iotdefender.api.app import ApiService
-from iotdefender.console import auth, forms, live, pages
+from iotdefender.console import auth, builder, forms, live, pages
 from iotdefender.console.context import STATIC_DIR, ConsoleContext
 from iotdefender.console.security import SecurityHeaders
 from iotdefender.console.sessions import SessionRegistry
@@ -21,6 +21,7 @@ SESSION_MAX_AGE_S = 12 * 3600
 def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: float = 1.0) -> Starlette:
     console = ConsoleContext(api, monitoring, SessionRegistry(SESSION_MAX_AGE_S), time_scale)
     a, p, f, lv = auth.routes(console), pages.routes(console), forms.routes(console), live.routes(console)
+    b = builder.routes(console)
 
     app = Starlette(
         routes=[
@@ -42,6 +43,9 @@ def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: flo
             Route("/api/violations/{violation_id}/evidence", p["evidence"]),
             Route("/api/backtests", lv["start_backtest"], methods=["POST"]),
             Route("/api/backtests/{backtest_id}", lv["backtest_status"]),
+            Route("/api/builder/catalog", b["catalog"]),
+            Route("/api/builder/validate", b["validate"], methods=["POST"]),
+            Route("/api/builder/preview", b["preview"], methods=["POST"]),
             Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
         ],
         middleware=[Middleware(SecurityHeaders),
