@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -31,8 +32,9 @@ from iotdefender.backtest.preview import BacktestPreview  # noqa: E402
 from iotdefender.backtest.runner import BacktestRequest, run_backtest  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
-# Thresholds an operator might try in turn, per behavior (bytes-out: around the fleet's 600 s sums).
-TRIES = {"ports": [3, 4, 5, 2, 6, 3], "bytes-out": [400_000, 300_000, 200_000, 150_000, 120_000, 500_000]}
+# Thresholds an operator might try in turn, per behavior (bytes-out: around the fleet's 600 s sums);
+# none is the starting one or repeats, so every change is counted afresh (none answers from memory).
+TRIES = {"ports": [4, 2, 5, 1, 6], "bytes-out": [300_000, 200_000, 150_000, 120_000, 500_000]}
 
 
 def with_threshold(behaviors: list[dict], name: str, value: int) -> list[dict]:
@@ -88,6 +90,7 @@ def main() -> None:
         "datapointsPerMetric": points,
         "history": {"laidDownSeconds": round(laid_down_s, 2)},
         "firstPreviewSeconds": round(first_s, 3),
+        "loadAverageAtEnd": [round(x, 2) for x in os.getloadavg()],  # the machine is shared: how busy it was
         "thresholdChange": {"count": len(times), "medianSeconds": round(statistics.median(times), 3),
                             "maxSeconds": round(max(times), 3)},
         "target": {"seconds": 1.0, "met": max(times) < 1.0},

@@ -5,6 +5,7 @@ sorting it by device and summing windows (bench/README.md, "Backtests"); none of
 the threshold. So the preview keeps those prepared arrays (per series, range and window) and a
 threshold change costs one comparison and one pass of the vectorised alarm state machine — the
 same functions ``runner._vectorised`` uses, so a preview and a full run agree by construction.
+Counts are remembered too, per criteria and coverage: editing one behavior of six re-counts one.
 
 Only what the vectorised path computes exactly is previewed (numeric static behaviors); the other
 kinds answer ``supported: false`` with the reason, and the full backtest replays them.
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 from sqlalchemy.engine import Engine
 
 from iotdefender.backtest.runner import BacktestRequest, _measured, _series_of, fast_path_threshold
@@ -29,6 +31,7 @@ from iotdefender.engine.vectorised import alarms_raised, violating
 from iotdefender.store import history
 
 MAX_PREPARED = 2
+MAX_COUNTED = 256
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Prepared:
     thing_index: np.ndarray
     times: np.ndarray
     measured: np.ndarray
+    present: np.ndarray  # per name: has datapoints in the range (counted once: np.unique of 20M costs ~1 s)
 
 
 class BacktestPreview:
@@ -50,6 +54,7 @@ class BacktestPreview:
         self._max = max_prepared
         self._clock = clock
         self._prepared: OrderedDict[tuple, Prepared] = OrderedDict()
+        self._counted: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()  # one preparation at a time: a second would only share the cores
 
     def preview(self, request: BacktestRequest) -> dict[str, Any]:
@@ -66,9 +71,25 @@ class BacktestPreview:
             return {"behaviorName": name, "supported": False,
                     "reason": "previewed only for static numeric behaviors; run the backtest for this one"}
         started = self._clock()
-        prepared, cached = self._prepare(request, behavior)
-        things, times, measured = prepared.thing_index, prepared.times, prepared.measured
+        key, prepared, cached = self._prepare(request, behavior)
         covered = np.fromiter((request.covers(t) for t in prepared.things), dtype=bool, count=len(prepared.things))
+        # Only the behavior being edited changed: the others answer from the last count.
+        counted_key = (key, orjson.dumps(behavior["criteria"], option=orjson.OPT_SORT_KEYS), covered.tobytes(),
+                       request.invalidation_period, request.end)
+        with self._lock:
+            counted = self._counted.get(counted_key)
+        if counted is None:
+            counted = self._count(request, behavior, threshold, prepared, covered)
+            with self._lock:
+                self._counted[counted_key] = counted
+                while len(self._counted) > MAX_COUNTED:
+                    self._counted.popitem(last=False)
+        return {"behaviorName": name, "supported": True, "threshold": threshold, **counted, "cached": cached,
+                "seconds": round(self._clock() - started, 4)}
+
+    def _count(self, request: BacktestRequest, behavior: dict[str, Any], threshold: float, prepared: Prepared,
+               covered: np.ndarray) -> dict[str, Any]:
+        things, times, measured = prepared.thing_index, prepared.times, prepared.measured
         if len(things) and not covered.all():
             keep = covered[things]
             things, times, measured = things[keep], times[keep], measured[keep]
@@ -78,16 +99,14 @@ class BacktestPreview:
                                criteria.get("consecutiveDatapointsToClear") or 1,
                                request.invalidation_period, request.end)
         result: dict[str, Any] = {
-            "behaviorName": name, "supported": True, "threshold": threshold,
             "devicesInAlarm": int(len(np.unique(raised))), "alarms": int(len(raised)),
-            "devicesEvaluated": int(len(np.unique(things))), "datapoints": int(len(times)),
-            "cached": cached, "seconds": round(self._clock() - started, 4)}
+            "devicesEvaluated": int(np.count_nonzero(prepared.present & covered)), "datapoints": int(len(times))}
         if not len(times):
             result["note"] = ("no retained datapoints of this metric in the range: only metrics used by a "
                               "behavior or listed in additionalMetricsToRetainV2 of a monitoring profile are kept")
         return result
 
-    def _prepare(self, request: BacktestRequest, behavior: dict[str, Any]) -> tuple[Prepared, bool]:
+    def _prepare(self, request: BacktestRequest, behavior: dict[str, Any]) -> tuple[tuple, Prepared, bool]:
         duration = (behavior.get("criteria") or {}).get("durationSeconds")
         window = duration if duration is not None and behavior.get("metric") in DELTA_METRICS else None
         key = (_series_of(behavior), request.start, request.end, window, request.time_scale)
@@ -95,12 +114,15 @@ class BacktestPreview:
             found = self._prepared.get(key)
             if found is not None:
                 self._prepared.move_to_end(key)
-                return found, True
+                return key, found, True
             with self._engine.connect() as conn:
                 points = history.read_series(conn, key[0], request.start, request.end)
             things, times, measured = _measured(points, behavior, request.time_scale)
-            prepared = Prepared(list(points.things), things, times, measured)
+            present = np.bincount(things, minlength=len(points.things)).astype(bool) if len(things) else \
+                np.zeros(len(points.things), dtype=bool)
+            prepared = Prepared(list(points.things), things, times, measured, present)
             self._prepared[key] = prepared
             while len(self._prepared) > self._max:
                 self._prepared.popitem(last=False)
-            return prepared, False
+                self._counted.clear()  # counts of a dropped history would never be asked again
+            return key, prepared, False
