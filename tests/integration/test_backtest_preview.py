@@ -93,3 +93,14 @@ def test_unsupported_and_empty_behaviors_say_so(engine):
     stat, silent = BacktestPreview(engine).preview(request)["behaviors"]
     assert stat["supported"] is False and "run the backtest" in stat["reason"]
     assert silent["supported"] is True and silent["datapoints"] == 0 and "no retained datapoints" in silent["note"]
+
+
+def test_history_larger_than_the_budget_is_answered_but_not_kept(engine):
+    request = BacktestRequest([behavior("ports", PORTS, 3)], START, START + 3600.0, covers=lambda t: True)
+    roomy = BacktestPreview(engine)
+    tight = BacktestPreview(engine, max_bytes=1000)  # an hour of 40 devices is ~10 KB prepared
+    assert roomy.preview(request)["behaviors"][0]["cached"] is False
+    assert roomy.preview(request)["behaviors"][0]["cached"] is True
+    first, again = tight.preview(request)["behaviors"][0], tight.preview(request)["behaviors"][0]
+    assert first["cached"] is False and again["cached"] is False
+    assert again["devicesInAlarm"] == first["devicesInAlarm"] == roomy.preview(request)["behaviors"][0]["devicesInAlarm"]

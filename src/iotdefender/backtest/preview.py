@@ -9,7 +9,8 @@ Counts are remembered too, per criteria and coverage: editing one behavior of si
 
 Only what the vectorised path computes exactly is previewed (numeric static behaviors); the other
 kinds answer ``supported: false`` with the reason, and the full backtest replays them.
-A prepared week of one metric is ~20 bytes a datapoint (400 MB at 10k devices), so few are kept.
+A prepared week of one metric is ~20 bytes a datapoint (400 MB at 10k devices), so few are kept,
+within a byte budget.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from iotdefender.engine.vectorised import alarms_raised, violating
 from iotdefender.store import history
 
 MAX_PREPARED = 2
+# The service keeps at most this much prepared history (a week of 10k devices is ~400 MB a series;
+# of 100k devices, ~4 GB: answered, then dropped, rather than held).
+MAX_PREPARED_BYTES = 1 << 30
 MAX_COUNTED = 256
 
 
@@ -44,14 +48,19 @@ class Prepared:
     measured: np.ndarray
     present: np.ndarray  # per name: has datapoints in the range (counted once: np.unique of 20M costs ~1 s)
 
+    @property
+    def nbytes(self) -> int:
+        return self.thing_index.nbytes + self.times.nbytes + self.measured.nbytes + self.present.nbytes
+
 
 class BacktestPreview:
     """Counts of devices in alarm per behavior, from prepared arrays kept between calls."""
 
-    def __init__(self, engine: Engine, max_prepared: int = MAX_PREPARED,
+    def __init__(self, engine: Engine, max_prepared: int = MAX_PREPARED, max_bytes: int = MAX_PREPARED_BYTES,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self._engine = engine
         self._max = max_prepared
+        self._max_bytes = max_bytes
         self._clock = clock
         self._prepared: OrderedDict[tuple, Prepared] = OrderedDict()
         self._counted: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
@@ -121,8 +130,9 @@ class BacktestPreview:
             present = np.bincount(things, minlength=len(points.things)).astype(bool) if len(things) else \
                 np.zeros(len(points.things), dtype=bool)
             prepared = Prepared(list(points.things), things, times, measured, present)
-            self._prepared[key] = prepared
-            while len(self._prepared) > self._max:
+            if prepared.nbytes <= self._max_bytes:  # larger: answered, not kept (each change re-reads)
+                self._prepared[key] = prepared
+            while len(self._prepared) > self._max or sum(p.nbytes for p in self._prepared.values()) > self._max_bytes:
                 self._prepared.popitem(last=False)
                 self._counted.clear()  # counts of a dropped history would never be asked again
             return key, prepared, False
