@@ -195,6 +195,8 @@ def test_builder_creates_edits_validates_and_previews(service, page: Page):
     expect(card(page, 2).locator(".preview")).to_contain_text("No live preview")
     card(page, 0).locator("[data-field=value]").fill("3")
     expect(preview).to_contain_text("1 of 1 devices would have alarmed")
+    # Four reports within a second of a 36 s range (1h at --time-scale 100): the count says so.
+    expect(preview).to_contain_text("of the range has history")
     expect(page.locator("#bt-preview-status")).to_contain_text(re.compile(r"Preview in \d+\.\d\d s"))
     assert float(page.locator("#bt-preview-status").get_attribute("data-seconds")) < 1.0
     shot(page, "23-builder-backtest-preview")

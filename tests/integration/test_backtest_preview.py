@@ -72,6 +72,12 @@ def test_a_threshold_change_reuses_the_prepared_history(engine):
     assert preview.preview(first)["behaviors"][0]["cached"] is False
     moved = preview.preview(second)["behaviors"][0]
     assert moved["cached"] is True
+    # The history there is: the first report at START, the last at the range's end (it includes its end).
+    assert (moved["historyStart"], moved["historyEnd"]) == (START, START + 3600.0)
+    late = BacktestRequest([behavior("ports", PORTS, 5)], START + HOURS * 3600.0 - 400, START + HOURS * 3600.0 + 9e4,
+                           covers=lambda t: True)
+    tail = preview.preview(late)["behaviors"][0]  # the range runs a day past the last report
+    assert tail["historyEnd"] == START + (HOURS - 1) * 3600.0 + 11 * 300.0 + DEVICES - 1
     assert moved["devicesInAlarm"] < preview.preview(first)["behaviors"][0]["devicesInAlarm"]
     other_range = BacktestRequest([behavior("ports", PORTS, 5)], START, START + 7200.0, covers=lambda t: True)
     assert preview.preview(other_range)["behaviors"][0]["cached"] is False

@@ -47,6 +47,8 @@ class Prepared:
     times: np.ndarray
     measured: np.ndarray
     present: np.ndarray  # per name: has datapoints in the range (counted once: np.unique of 20M costs ~1 s)
+    first_at: float | None  # the first and last datapoint: a range with little history must say so
+    last_at: float | None
 
     @property
     def nbytes(self) -> int:
@@ -110,6 +112,7 @@ class BacktestPreview:
         result: dict[str, Any] = {
             "devicesInAlarm": int(len(np.unique(raised))), "alarms": int(len(raised)),
             "devicesEvaluated": int(np.count_nonzero(prepared.present & covered)), "datapoints": int(len(times))}
+        result["historyStart"], result["historyEnd"] = prepared.first_at, prepared.last_at
         if not len(times):
             result["note"] = ("no retained datapoints of this metric in the range: only metrics used by a "
                               "behavior or listed in additionalMetricsToRetainV2 of a monitoring profile are kept")
@@ -129,7 +132,8 @@ class BacktestPreview:
             things, times, measured = _measured(points, behavior, request.time_scale)
             present = np.bincount(things, minlength=len(points.things)).astype(bool) if len(things) else \
                 np.zeros(len(points.things), dtype=bool)
-            prepared = Prepared(list(points.things), things, times, measured, present)
+            prepared = Prepared(list(points.things), things, times, measured, present,
+                                float(times.min()) if len(times) else None, float(times.max()) if len(times) else None)
             if prepared.nbytes <= self._max_bytes:  # larger: answered, not kept (each change re-reads)
                 self._prepared[key] = prepared
             while len(self._prepared) > self._max or sum(p.nbytes for p in self._prepared.values()) > self._max_bytes:

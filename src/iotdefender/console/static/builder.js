@@ -1,6 +1,6 @@
 // iotdefender console: the behavior builder, and the live backtest preview it drives.
 // Plain browser JavaScript, no build step. Loaded after console.js, whose helpers it uses
-// (esc, csrf, RANGES, timeScale). The form's <textarea name="behaviors"> stays the one source the
+// (esc, csrf, utc, RANGES, timeScale). The form's <textarea name="behaviors"> stays the one source the
 // form submits; the builder writes AWS-shaped behaviors into it and reads them back from it, so the
 // JSON view and the builder can never disagree. Every rule (which operators a metric takes, what a
 // duration may be ...) comes from /console/api/builder/catalog and the API's own
@@ -286,7 +286,12 @@
     const status = document.getElementById("bt-preview-status");
     let span = null;
     let inflight = null;
-    const fix = () => { const end = Date.now() / 1000; span = { startTime: end - RANGES[range.value] / timeScale(), endTime: end }; };
+    let warm = false;  // the server has this range's history prepared
+    const fix = () => {
+      const end = Date.now() / 1000;
+      span = { startTime: end - RANGES[range.value] / timeScale(), endTime: end };
+      warm = false;
+    };
     const run = debounce(async (behaviors) => {
       if (inflight) inflight.abort();
       if (!behaviors.length) { status.textContent = ""; return; }
@@ -294,7 +299,7 @@
       const spec = { ...span, behaviors };
       const profile = document.getElementById("bt-profile").value;
       if (profile) spec.securityProfileName = profile;
-      status.textContent = "previewing…";
+      status.textContent = warm ? "previewing…" : "reading this range's history (the first preview of a range takes longest)…";
       const asked = performance.now();
       let answer;
       try {
@@ -310,8 +315,14 @@
         box.classList.toggle("alarming", Boolean(b.supported && b.devicesInAlarm));
         if (!b.supported) box.textContent = `No live preview: ${b.reason}.`;
         else if (!b.datapoints) box.textContent = `Nothing to preview: ${b.note}.`;
-        else box.textContent = `Over the range: ${b.devicesInAlarm} of ${b.devicesEvaluated} devices would have alarmed (${b.alarms} alarms, ${b.datapoints} datapoints).`;
+        else {
+          box.textContent = `Over the range: ${b.devicesInAlarm} of ${b.devicesEvaluated} devices would have alarmed (${b.alarms} alarms, ${b.datapoints} datapoints).`;
+          // A count over a few minutes of history is not a count over the range: say how much there was.
+          const covered = (b.historyEnd - b.historyStart) / (answer.endTime - answer.startTime);
+          if (covered < 0.5) box.textContent += ` Only ${Math.max(1, Math.round(covered * 100))}% of the range has history (${utc(b.historyStart)} – ${utc(b.historyEnd)} UTC): the count may say little.`;
+        }
       });
+      warm = true;
       status.textContent = `Preview in ${((performance.now() - asked) / 1000).toFixed(2)} s (server ${answer.seconds} s).`;
       status.dataset.seconds = String(answer.seconds);
     }, 250);
