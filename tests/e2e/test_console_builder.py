@@ -160,6 +160,12 @@ def test_builder_creates_edits_validates_and_previews(service, page: Page):
     page.fill("textarea[name=behaviors]", json.dumps(edited))
     page.click("[data-view=builder]")
     expect(card(page, 4).locator("[data-field=value]")).to_have_value("72.5")
+    page.click("[data-view=json]")  # JSON that does not parse is said to be so, and changes nothing
+    page.fill("textarea[name=behaviors]", "[{")
+    expect(page.locator(".builder-errors")).to_contain_text("not a list of behaviors")
+    page.fill("textarea[name=behaviors]", json.dumps(edited))
+    page.click("[data-view=builder]")
+    expect(page.locator("fieldset.behavior")).to_have_count(len(EXPECTED))
     expect(card(page, 4).locator(".sentence")).to_contain_text("temperature is above 72.5 for 2")
     card(page, 4).locator("[data-field=value]").fill("70")
     assert behaviors_json(page) == EXPECTED
@@ -182,6 +188,12 @@ def test_builder_creates_edits_validates_and_previews(service, page: Page):
     assert by_name(saved["behaviors"])["few-ports"]["criteria"]["value"] == {"count": 5}
     assert {k: v for k, v in by_name(saved["behaviors"]).items() if k != "few-ports"} == {
         k: v for k, v in by_name(EXPECTED).items() if k != "few-ports"}
+
+    # "Backtest these behaviors" carries what the builder holds to the backtest page's builder.
+    page.click("#backtest-these")
+    expect(page).to_have_url(f"{base}/console/backtest")
+    expect(page.locator("fieldset.behavior")).to_have_count(len(EXPECTED))
+    expect(card(page, 0).locator("[data-field=value]")).to_have_value("5")
 
     # Live preview on the backtest page: a device with 4 open ports, thresholds moved in the builder.
     device = Device(service.mqtt_port, "preview-device")
