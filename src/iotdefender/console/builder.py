@@ -66,6 +66,7 @@ def catalog(console: ConsoleContext) -> dict[str, Any]:
 def routes(console: ConsoleContext) -> dict[str, Page]:
     api = console.api
     previews = BacktestPreview(console.engine)
+    preview_turn = anyio.CapacityLimiter(1)
 
     async def run(function: Any, *args: Any) -> Any:
         return await anyio.to_thread.run_sync(function, *args, limiter=api._limiter)
@@ -96,8 +97,19 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
 
     @login_required
     async def preview(request: Request) -> Response:
+        """One preview at a time, waiting without holding a worker thread.
+
+        The first preview of a range can take seconds (bench/README.md); the builder asks again
+        after each edit and abandons the previous request. Waiting on the API's thread limiter
+        here would let a quick typist hold every API worker, so previews queue on their own
+        limiter, and one whose page has gone away is not computed at all.
+        """
         try:
-            result = await run(preview_of, await body(request))
+            spec = await body(request)
+            async with preview_turn:
+                if await request.is_disconnected():
+                    return Response(status_code=204)
+                result = await anyio.to_thread.run_sync(preview_of, spec)
         except ApiError as error:
             return JSONResponse(error.body(), status_code=error.status)
         return Response(orjson.dumps(result), media_type="application/json")
