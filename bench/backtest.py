@@ -36,6 +36,7 @@ from iotdefender.store.history import SeriesPoints, read_series, write_segment  
 
 RESULTS = Path(__file__).with_name("results")
 INTERVAL = 300.0
+START = 1_700_000_000.0
 PORTS = "aws:num-listening-tcp-ports"
 BYTES = "aws:all-bytes-out"
 BEHAVIORS = [
@@ -94,16 +95,27 @@ def canonical(events: list, things: set[str]) -> list:
     return sorted((t, at, k, float(next(iter(v.values())))) for t, at, k, v in events if t in things)
 
 
-def main() -> None:
+def fleet_arguments(option: str, default: int) -> argparse.Namespace:
+    """--devices and --days of the laid-down fleet, and one option of the benchmark itself."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--days", type=int, default=7)
-    parser.add_argument("--sample", type=int, default=200)
-    args = parser.parse_args()
-    data_dir = Path(tempfile.mkdtemp(prefix="bench-backtest-"))
+    parser.add_argument(option, type=int, default=default)
+    return parser.parse_args()
+
+
+def empty_history(prefix: str):
+    """A fresh SQLite database at the current schema, in a temp directory."""
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
     engine = create_engine(sqlite_url(data_dir))
     upgrade_to_head(engine)
-    start = 1_700_000_000.0
+    return data_dir, engine
+
+
+def main() -> None:
+    args = fleet_arguments("--sample", 200)
+    data_dir, engine = empty_history("bench-backtest-")
+    start = START
     end = start + args.days * 86400.0
     sample = np.random.default_rng(11).choice(args.devices, min(args.sample, args.devices), replace=False)
     began = time.perf_counter()

@@ -96,3 +96,26 @@ def spec_for(metric: str, custom_metric_types: Mapping[str, str]) -> MetricSpec 
 def series_key(metric: str, dimension_name: str | None = None, operator: str | None = None) -> str:
     """The name of one series of datapoints: the metric, or ``metric|dimension|IN|NOT_IN``."""
     return metric if dimension_name is None else f"{metric}|{dimension_name}|{operator or 'IN'}"
+
+
+# What a built-in metric's value counts (reference §3.1), for people reading or writing behaviors.
+METRIC_UNITS: Mapping[str, str] = MappingProxyType({
+    "aws:message-byte-size": "bytes",
+    "aws:num-messages-sent": "messages",
+    "aws:num-messages-received": "messages",
+    "aws:num-authorization-failures": "failures",
+    "aws:source-ip-address": "IP addresses",
+    "aws:num-connection-attempts": "connection attempts",
+    "aws:num-disconnects": "disconnects",
+    "aws:disconnect-duration": "minutes (unverified)",
+    "aws:all-bytes-out": "bytes",
+    "aws:all-bytes-in": "bytes",
+    "aws:all-packets-out": "packets",
+    "aws:all-packets-in": "packets",
+    "aws:num-listening-tcp-ports": "ports",
+    "aws:num-listening-udp-ports": "ports",
+    "aws:num-established-tcp-connections": "connections",
+    "aws:destination-ip-addresses": "IP addresses",
+    "aws:listening-tcp-ports": "ports",
+    "aws:listening-udp-ports": "ports",
+})

@@ -9,21 +9,16 @@ at evidence, fleet metrics and the device page, run a backtest. Every page is sc
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
+from tests.support.browser import shot
 from tests.support.mqtt import Device, report
 from tests.support.processes import ACCESS_KEY, SECRET_KEY, ServiceProcess
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("IOTDEFENDER_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts")) / "console"
-# Flags a headless Chromium needs on a closed network as root (see the machine notes in README).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
 FEW_PORTS = {"name": "few-ports", "metric": "aws:num-listening-tcp-ports",
              "criteria": {"comparisonOperator": "less-than-equals", "value": {"count": 2}}}
 
@@ -35,38 +30,6 @@ def console_service():
     svc.start()
     yield svc
     svc.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert Path(CHROMIUM).exists(), "make test installs Debian's chromium package"
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser) -> Page:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    # Any console error fails the run: a CSP block, an invalid `pattern` attribute, a failed fetch.
-    # Expected refusals (the 400 of a rejected form, the 401 of a wrong login) are logged by
-    # Chromium as "Failed to load resource"; they are answers the test asks for, not faults.
-    page.on("console", lambda message: errors.append(message.text)
-            if message.type == "error" and "Failed to load resource" not in message.text else None)
-    page.on("response", lambda response: errors.append(f"HTTP {response.status} {response.url}")
-            if response.status >= 500 else None)
-    yield page
-    context.close()
-    assert errors == [], f"JavaScript errors or server errors: {errors}"
-
-
-def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def test_console_end_to_end(console_service, page: Page):
@@ -90,11 +53,13 @@ def test_console_end_to_end(console_service, page: Page):
     # A refused profile shows the reason inline and keeps what was typed.
     bad = [dict(FEW_PORTS, criteria={"comparisonOperator": "in-port-set", "value": {"count": 2}})]
     page.fill("input[name=name]", "console-made")
+    page.click("[data-view=json]")  # the raw JSON, for those who prefer it (the builder has its own test)
     page.fill("textarea[name=behaviors]", json.dumps(bad))
     page.click("form#profile-form button[type=submit]")
     expect(page.locator(".error.field")).to_contain_text("InvalidRequestException")
     assert json.loads(page.input_value("textarea[name=behaviors]")) == bad
     shot(page, "02-profile-refused")
+    page.click("[data-view=json]")
     page.fill("textarea[name=behaviors]", json.dumps([FEW_PORTS]))
     page.click("form#profile-form button[type=submit]")
     expect(page).to_have_url(f"{base}/console/profiles/console-made")
@@ -219,6 +184,7 @@ def test_console_rough_edges(console_service, page: Page):
     page.goto(f"{base}/console/backtest")
     never = [{"name": "never", "metric": "aws:num-listening-tcp-ports",
               "criteria": {"comparisonOperator": "less-than-equals", "value": {"count": 1000}}}]
+    page.click("[data-view=json]")
     page.fill("#bt-behaviors", json.dumps(never))
     page.select_option("#bt-range", "1h")
     page.click("#backtest-form button[type=submit]")

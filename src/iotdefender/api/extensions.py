@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from iotdefender.backtest.runner import BacktestRequest
 
 # POST /_iotdefender/broker-events: the document in, {"accepted", "refused"} out (ValueError if malformed).
 BrokerEventIntake = Callable[[Any], dict[str, Any]]
@@ -29,6 +32,10 @@ class BacktestJobs(Protocol):
     def get(self, backtest_id: str) -> BacktestJob: ...
 
     def list(self) -> Sequence[BacktestJob]: ...
+
+    def resolve(self, spec: Any) -> BacktestRequest:
+        """Check a request document as ``submit`` does, without queueing it (the builder's preview)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -142,10 +142,13 @@ class BacktestJobs:
         self._wake = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
 
+    def resolve(self, spec: Any) -> BacktestRequest:
+        """Check a request document as ``submit`` does, without queueing it (the console's preview)."""
+        return resolve_request(self._ctx, self._monitoring, spec, time.time(), self._time_scale,
+                               self._invalidation_period)
+
     def submit(self, spec: Any) -> Job:
-        request = resolve_request(self._ctx, self._monitoring, spec, time.time(), self._time_scale,
-                                  self._invalidation_period)
-        job = Job(uuid.uuid4().hex, request)
+        job = Job(uuid.uuid4().hex, self.resolve(spec))
         with self._lock:
             self._forget_old()
             self._jobs[job.backtest_id] = job

@@ -9,8 +9,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from iotdefender.api.app import ApiService
-from iotdefender.console import (auth, bulk_verification, devices, evidence, forms, live, pages, profile_detail,
-                                 resources)
+from iotdefender.console import (auth, builder, bulk_verification, devices, evidence, forms, live, pages,
+                                 profile_detail, resources)
 from iotdefender.console.context import STATIC_DIR, ConsoleContext
 from iotdefender.console.security import SecurityHeaders
 from iotdefender.console.sessions import SessionRegistry
@@ -24,6 +24,7 @@ def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: flo
     a, p, f, lv = auth.routes(console), pages.routes(console), forms.routes(console), live.routes(console)
     d, r, dv = profile_detail.routes(console), resources.routes(console), devices.routes(console)
     ev, bv = evidence.routes(console), bulk_verification.routes(console)
+    b = builder.routes(console)
 
     app = Starlette(
         routes=[
@@ -57,6 +58,9 @@ def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: flo
             Route("/api/violations/{violation_id}/evidence", p["evidence"]),
             Route("/api/backtests", lv["start_backtest"], methods=["POST"]),
             Route("/api/backtests/{backtest_id}", lv["backtest_status"]),
+            Route("/api/builder/catalog", b["catalog"]),
+            Route("/api/builder/validate", b["validate"], methods=["POST"]),
+            Route("/api/builder/preview", b["preview"], methods=["POST"]),
             Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
         ],
         middleware=[Middleware(SecurityHeaders),
