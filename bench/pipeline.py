@@ -21,12 +21,15 @@ Phases, each bounded in time:
    what was reached after --connect-timeout);
 2. idle memory: RSS of the broker process(es) and of the service process(es), fleet connected
    and idle, minus the same before the fleet connected, per connected device;
-3. offered load: --rate reports/s spread evenly over the devices for --seconds; accepted/s,
+3. first reports: every device sends one report (at --rate, spread evenly), the first the
+   service sees from it: its registry facts, monitoring and alarm state are looked up or created
+   here, as after a first connection or a restart of the service. Reported apart (p50/p99) from
+4. the offered load: --rate reports/s spread evenly over the devices for --seconds; accepted/s,
    p50/p99 publish -> accepted, lost (no reply within the drain). ``accepted`` follows the
    commit of the report's datapoints and violation events, so this is publish -> stored event;
-4. ceiling: every device keeps one report in flight for --ceiling-seconds; replies/s is the
+5. ceiling: every device keeps one report in flight for --ceiling-seconds; replies/s is the
    most the set-up answers, and ratio = service / bare;
-5. reconnect storm: the service (and its broker) restart; time until every device has
+6. reconnect storm: the service (and its broker) restart; time until every device has
    reconnected and been granted its subscription again (devices retry with jittered backoff).
 
 Results: bench/results/pipeline-<broker>-<devices>.json (not with --quick, which prints one line).
@@ -53,7 +56,7 @@ from bench.fleet_targets import BareTarget, ServiceTarget  # noqa: E402
 from bench.process_usage import cpu_seconds, rss_bytes, split  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
-OPEN_LOOP_IDS, CLOSED_LOOP_IDS = 1_000_000_000, 2_000_000_000
+FIRST_IDS, OPEN_LOOP_IDS, CLOSED_LOOP_IDS = 500_000_000, 1_000_000_000, 2_000_000_000
 
 
 def measure(target: BareTarget | ServiceTarget, args: argparse.Namespace) -> dict[str, Any]:
@@ -74,6 +77,7 @@ def measure(target: BareTarget | ServiceTarget, args: argparse.Namespace) -> dic
                   "idle_rss_mb": {k: round(v / 2**20, 1) for k, v in idle.items()},
                   "per_connected_device_kb": {k: round((idle[k] - baseline[k]) / connected / 1024, 2)
                                               for k in idle} if connected else None}
+        first = fleet.open_loop(args.rate, max(1.0, args.devices / args.rate), FIRST_IDS, args.drain_seconds)
         cpu_before, generator_before = split(target.pids(), cpu_seconds), sum(map(cpu_seconds, fleet.pids))
         started = time.monotonic()
         load = fleet.open_loop(args.rate, args.seconds, OPEN_LOOP_IDS, args.drain_seconds)
@@ -92,7 +96,7 @@ def measure(target: BareTarget | ServiceTarget, args: argparse.Namespace) -> dic
             storm = fleet.wait_storm(restarted, time.monotonic(), args.storm_timeout)
         load_average["after"] = os.getloadavg()[0]
         return {"target": target.label, **target.versions(), "connect": connect, "memory": memory,
-                "offered_load": load, "ceiling": ceiling, "reconnect_storm": storm,
+                "first_reports": first, "offered_load": load, "ceiling": ceiling, "reconnect_storm": storm,
                 "load_average_1min": load_average}
     finally:
         if fleet:

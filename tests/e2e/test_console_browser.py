@@ -105,6 +105,7 @@ def test_console_end_to_end(console_service, page: Page):
     page.goto(f"{base}/console/metrics?metric=aws:num-listening-tcp-ports&range=1h")
     expect(page.locator("table.percentiles")).to_be_visible()
     expect(page.locator("#histogram-chart canvas")).to_be_visible()
+    assert "--" not in page.locator("#histogram-chart .u-legend").inner_text()  # no value-less "--"
     shot(page, "07-fleet-metrics")
     page.goto(f"{base}/console/things/pw-device?range=1h")
     expect(page.locator("#thing-charts canvas").first).to_be_visible()

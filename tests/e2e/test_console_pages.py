@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from playwright.sync_api import Page, expect
 
-from tests.e2e.test_console_browser import browser, console_service, page, shot  # noqa: F401  (fixtures)
+from tests.e2e.test_console_browser import console_service  # noqa: F401  (a fixture)
+from tests.support.browser import shot
 from tests.support.mqtt import Device, report
 from tests.support.processes import ACCESS_KEY, SECRET_KEY
 

@@ -140,7 +140,8 @@ function drawPageCharts() {
     const el = document.getElementById("histogram-chart");
     const thresholds = (metrics.marks && metrics.marks.thresholds) || [];
     el.dataset.thresholds = thresholds.length;
-    new uPlot({ title: "devices per value", width: width(el), height: 200, scales: { x: { time: false, range: valueRange(h, thresholds) } },
+    // Its legend names the series only: a bucket is not a moment, so there is no "latest" value to show.
+    new uPlot({ title: "devices per value", width: width(el), height: 200, legend: { live: false }, scales: { x: { time: false, range: valueRange(h, thresholds) } },
       hooks: { draw: [(u) => drawVerticalThresholds(u, thresholds)] },
       series: [{ label: "value from" }, { label: "devices", fill: "#2563eb", stroke: "#2563eb", paths: uPlot.paths.bars({ size: [0.95, 80] }), points: { show: false } }],
       axes: axesFor(true) }, [h.map((b) => b.from), h.map((b) => b.devices)], el);
