@@ -2,7 +2,7 @@
 
 On acquiring a partition the node first calls ``on_acquired`` (where the pipeline will claim the
 fence in PostgreSQL and reload the partition's alarm states), then starts a reader that resets the
-consumer (the previous owner's unacked reports come first). On losing one it stops the reader
+consumer if the previous owner left reports unacked (they come first). On losing one it stops the reader
 (the batch in hand finishes and is acked) before the lease is freed for the next owner.
 """
 
@@ -42,7 +42,7 @@ class DetectConsumer:
         reader = PartitionReader(self._js, self._topology, partition, self._handler, token,
                                  lambda: self.ownership.holds(partition, token), batch=self._batch)
         self.readers[partition] = reader
-        await reader.start(reset=True)
+        await reader.start()
 
     async def _released(self, partition: int) -> None:
         reader = self.readers.pop(partition, None)

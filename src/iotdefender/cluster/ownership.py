@@ -69,7 +69,9 @@ class Ownership:
         self._members_kv: KeyValue | None = None
         self._leases_kv: KeyValue | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._kv_lock = asyncio.Lock()
+        # One lock per lease key: a renewal and a release of the same lease never cross.
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._leaving = False
         self.members: list[str] = []
         self.rebalances = 0
 
@@ -89,22 +91,30 @@ class Ownership:
         await self._keepalive()
         await self.rebalance()
         # Two loops: renewals never wait behind a slow acquisition or a reader finishing its batch.
-        self._tasks = [asyncio.create_task(self._every(self._keepalive), name="ownership-keepalive"),
-                       asyncio.create_task(self._every(self.rebalance), name="ownership-rebalance")]
+        self._tasks = [asyncio.create_task(self._every(self.rebalance), name="ownership-rebalance"),
+                       asyncio.create_task(self._every(self._keepalive), name="ownership-keepalive")]
 
     async def stop(self) -> None:
-        """Leave cleanly: stop every partition, release the leases and the membership at once."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        for partition in sorted(self._leases):
-            await self._release(partition)
+        """Leave cleanly: leave the membership, hand every partition over, then stop renewing.
+
+        Renewals go on while the readers finish their batches, so no lease runs out mid-handover.
+        """
+        self._leaving = True
+        rebalancing, keepalive = self._tasks or [None, None]
+        for task in (rebalancing,):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._members_kv is not None:
             try:
                 await self._members_kv.delete(self.node_id)
             except nats.errors.Error:
                 pass
+        await asyncio.gather(*(self._release(p) for p in sorted(self._leases)))
+        if keepalive is not None:
+            keepalive.cancel()
+            await asyncio.gather(keepalive, return_exceptions=True)
+        self._tasks = []
 
     async def _every(self, step: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -119,9 +129,10 @@ class Ownership:
     async def _keepalive(self) -> None:
         """Heartbeat the membership and renew every lease (compare-and-set on its last revision)."""
         assert self._members_kv is not None and self._leases_kv is not None
-        await self._members_kv.put(self.node_id, b"")
+        if not self._leaving:
+            await self._members_kv.put(self.node_id, b"")
         for partition, lease in list(self._leases.items()):
-            async with self._kv_lock:
+            async with self._lock(partition):
                 if self._leases.get(partition) is not lease or lease.valid_until <= self._clock():
                     continue  # released meanwhile, or already counted lost: never resurrect it
                 sent = self._clock()
@@ -148,14 +159,16 @@ class Ownership:
         except nats.js.errors.NoKeysError:
             self.members = []
         share = assignment(self.members, self._topology.partitions).get(self.node_id, set())
-        for partition in sorted(set(self._leases) - share):
-            await self._release(partition)
-        for partition in sorted(share - set(self._leases)):
-            await self._acquire(partition)
+        # Concurrently: a release waits for its reader's batch, an acquisition for its consumer.
+        await asyncio.gather(*(self._release(p) for p in sorted(set(self._leases) - share)))
+        await asyncio.gather(*(self._acquire(p) for p in sorted(share - set(self._leases))))
+
+    def _lock(self, partition: int) -> asyncio.Lock:
+        return self._locks.setdefault(partition, asyncio.Lock())
 
     async def _acquire(self, partition: int) -> None:
         assert self._leases_kv is not None
-        async with self._kv_lock:
+        async with self._lock(partition):
             sent = self._clock()
             try:
                 revision = await self._leases_kv.create(lease_key(partition), self.node_id.encode())
@@ -165,7 +178,12 @@ class Ownership:
                                         valid_until=sent + self._topology.lease_ttl_s - self._margin_s)
         self.rebalances += 1
         log.info("cluster.partition_acquired", node=self.node_id, partition=partition, token=revision)
-        await self._acquired(partition, revision)
+        try:
+            await self._acquired(partition, revision)
+        except Exception:
+            # Not started (NATS or the database failed): give the lease back for the next round.
+            log.exception("cluster.partition_start_failed", node=self.node_id, partition=partition)
+            await self._release(partition)
 
     async def _release(self, partition: int) -> None:
         assert self._leases_kv is not None
@@ -174,8 +192,11 @@ class Ownership:
         del self._leases[partition]
         self.rebalances += 1
         log.info("cluster.partition_released", node=self.node_id, partition=partition)
-        async with self._kv_lock:
+        async with self._lock(partition):
             try:
                 await self._leases_kv.delete(lease_key(partition), last=lease.revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                pass  # already expired and taken: nothing of ours to free
+            except nats.js.errors.APIError as err:
+                if err.err_code != 10071:  # wrong last sequence: it expired and was taken; nothing to free
+                    log.warning("cluster.release_failed", node=self.node_id, partition=partition, error=str(err))
+            except (nats.errors.Error, asyncio.TimeoutError) as err:
+                log.warning("cluster.release_failed", node=self.node_id, partition=partition, error=str(err))

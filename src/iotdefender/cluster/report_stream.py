@@ -12,7 +12,7 @@ Reading (``PartitionReader``): one pull consumer per partition, read by one node
 is the order the handler sees. A batch is acked only after the handler returns (where the
 transaction will commit); if the handler raises, the batch is nakked and comes back first, in
 order. A process that dies before acking leaves its batch unacked; the next owner resets the
-consumer (``reset``) and, the stream being a work queue that removes acked messages only, reads
+consumer (``PartitionReader.start``) and, the stream being a work queue that removes acked messages only, reads
 again from the first report not acknowledged. Delivery is therefore at least once, in order;
 storage makes it exactly-once in effect by being idempotent on ``Delivery.stream_sequence``.
 """
@@ -100,19 +100,25 @@ class PartitionReader:
         self.handled = 0
         self.redelivered = 0
 
-    async def start(self, reset: bool = True) -> None:
+    async def start(self) -> None:
         """Bind to the partition's consumer and start reading.
 
-        ``reset`` recreates the consumer first, so a previous owner's unacknowledged batch is read
-        again at once and first (not after ``ack_wait``, and not after newer reports of the same
-        thing): in a work-queue stream the recreated consumer starts at the oldest unacked report.
+        If the consumer has reports delivered but not acknowledged (a previous owner died with a
+        batch in hand), it is recreated first, so that batch is read again at once and before any
+        newer report of the same things, not after ``ack_wait`` and out of order: in a work-queue
+        stream the recreated consumer starts at the oldest report not yet acknowledged. (A previous
+        owner's pull requests expire within ``fetch_wait_s``, far shorter than a lease, so none is
+        left to take reports after this check.)
         """
         name = self._topology.consumer_of(self._partition)
-        if reset:
-            try:
-                await self._js.delete_consumer(self._topology.stream, name)
-            except nats.js.errors.NotFoundError:
-                pass
+        try:
+            pending = (await self._js.consumer_info(self._topology.stream, name)).num_ack_pending
+        except nats.js.errors.NotFoundError:
+            pending = None
+        if pending:
+            log.info("cluster.consumer_reset", partition=self._partition, unacked=pending)
+            await self._js.delete_consumer(self._topology.stream, name)
+        if pending is None or pending:
             await ensure_consumer(self._js, self._topology, self._partition)
         sub = await self._js.pull_subscribe_bind(durable=name, stream=self._topology.stream)
         self._task = asyncio.create_task(self._run(sub), name=f"partition-{self._partition}")
@@ -128,10 +134,14 @@ class PartitionReader:
             while not self._stopping.is_set():
                 try:
                     msgs = await sub.fetch(self._batch, timeout=self._fetch_wait_s)
-                except nats.errors.TimeoutError:
+                except asyncio.TimeoutError:  # nats.errors.TimeoutError is one too: nothing to read
                     continue
-                except (nats.errors.ConnectionClosedError, nats.js.errors.NotFoundError):
+                except nats.errors.ConnectionClosedError:
                     return
+                except nats.errors.Error as err:  # a cluster election, a consumer being recreated
+                    log.warning("cluster.fetch_failed", partition=self._partition, error=repr(err))
+                    await asyncio.sleep(self._retry_pause_s)
+                    continue
                 await self._handle(msgs)
         finally:
             try:
