@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nats
 import pytest
+import sqlalchemy as sa
 
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.partitions import PARTITION_COUNT, assignment
@@ -42,12 +43,12 @@ async def _wait(predicate, timeout: float, what: str) -> float:  # type: ignore[
     return time.monotonic() - start
 
 
-def _start_node(urls: list[str], node_id: str, out: Path, ttl: float, hold: float = 0.0,
+def _start_node(urls: list[str], node_id: str, database_url: str, logs: Path, ttl: float, hold: float = 0.0,
                 batch: int = 256) -> subprocess.Popen:
-    log_path = out.parent / f"{node_id}.log"
+    log_path = logs / f"{node_id}.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.cluster_node", ",".join(urls), node_id, str(out), "--ttl",
+            [sys.executable, "-m", "tests.support.cluster_node", ",".join(urls), node_id, database_url, "--ttl",
              str(ttl), "--hold", str(hold), "--batch", str(batch)],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
@@ -136,8 +137,11 @@ def test_a_node_cut_off_from_nats_stops_owning_before_another_node_takes_over(cl
     asyncio.run(asyncio.wait_for(go(), 90))
 
 
-def test_kill_9_of_a_node_redelivers_its_batch_and_the_survivor_takes_over_within_10_s(cluster, tmp_path):
-    out = tmp_path / "handled.log"
+@pytest.mark.postgres
+def test_kill_9_of_a_node_redelivers_its_batch_the_survivor_stores_each_report_once_within_10_s(
+        cluster, postgres, tmp_path):
+    database_url = postgres.create_database(f"kill9{time.monotonic_ns()}")
+    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
     things = [f"dev-{i}" for i in range(40)]
 
     async def publish(report_ids: range) -> None:
@@ -151,48 +155,46 @@ def test_kill_9_of_a_node_redelivers_its_batch_and_the_survivor_takes_over_withi
                 await publisher.publish(thing, str(report_id).encode(), report_message_id(thing, report_id))
         await nc.close()
 
+    def query(sql: str) -> list[tuple]:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.text(sql))]
+
     asyncio.run(publish(range(5)))  # 200 reports waiting before any node runs
-    # The victim keeps each handled batch 3 s before acking (a slow commit): when it is killed, it
-    # has batches stored but not acknowledged, which must come back to the survivor.
-    victim = _start_node(cluster.urls, "victim", out, ttl=5.0, hold=3.0, batch=2)
+    # The victim keeps each committed batch 3 s before acking (a slow ack): when it is killed it has
+    # batches stored but not acknowledged, which must come back to the survivor and not be stored twice.
+    victim = _start_node(cluster.urls, "victim", database_url, tmp_path, ttl=5.0, hold=3.0, batch=2)
     survivor = None
     try:
         deadline = time.monotonic() + 30
-        while len(out.read_text().splitlines()) < 20 if out.exists() else True:
+        while query("SELECT count(*) FROM handled")[0][0] < 20:
             assert time.monotonic() < deadline, "victim handled nothing"
             time.sleep(0.05)
-        survivor = _start_node(cluster.urls, "survivor", out, ttl=5.0, batch=2)
+        survivor = _start_node(cluster.urls, "survivor", database_url, tmp_path, ttl=5.0, batch=2)
         time.sleep(1.0)
-        victim.kill()  # SIGKILL: no release, no ack of the batch in hand
+        victim.kill()  # SIGKILL: no release, no ack of the batches in hand
         victim.wait()
         killed = time.monotonic()
         asyncio.run(publish(range(5, 10)))  # reports keep coming while the victim's leases run out
         total = len(things) * 10
-
-        def handled() -> list[list[str]]:
-            return [line.split() for line in out.read_text().splitlines()]
-
-        while len({int(row[1]) for row in handled()}) < total:
-            assert time.monotonic() - killed < 10.0, "not all reports handled 10 s after kill -9"
+        while query("SELECT count(*) FROM handled")[0][0] < total:
+            assert time.monotonic() - killed < 10.0, "not all reports stored 10 s after kill -9"
             time.sleep(0.05)
         takeover = time.monotonic() - killed
-        rows = handled()
-        by_victim = {int(r[1]) for r in rows if r[0] == "victim"}
-        again = {int(r[1]) for r in rows if r[0] == "survivor"} & by_victim
-        print(f"kill -9 -> every report handled {takeover:.2f}s later; {len(again)} handled by the victim "
-              "and again by the survivor")
-        # The victim's stored-but-unacked batches came back (a recreated consumer counts them as
+        again = query("SELECT count(DISTINCT stream_seq) FROM handlings WHERE node = 'survivor' AND stream_seq IN "
+                      "(SELECT stream_seq FROM handlings WHERE node = 'victim')")[0][0]
+        print(f"kill -9 -> every report stored {takeover:.2f}s later; {again} reports committed by the victim "
+              "were delivered again to the survivor and stored once")
+        # The victim's committed-but-unacked batches came back (a recreated consumer counts them as
         # first deliveries: the stream sequence, not the delivery count, is the idempotency key).
-        assert again
+        assert again > 0
         assert "cluster.consumer_reset" in (tmp_path / "survivor.log").read_text()
-        for thing in things:  # per thing: first deliveries in report order
-            firsts: dict[int, int] = {}
-            for row in rows:
-                if row[3] == thing:
-                    firsts.setdefault(int(row[1]), len(firsts))
-            assert list(firsts) == sorted(firsts)
+        assert query("SELECT count(*), count(DISTINCT (thing, report)) FROM handled") == [(total, total)]
+        for thing in things:  # each thing's reports were stored in report order
+            stored = [r for (r,) in query(f"SELECT report FROM handled WHERE thing = '{thing}' ORDER BY stored")]
+            assert stored == list(range(10))
     finally:
         victim.kill()
         if survivor is not None:
             survivor.terminate()
             survivor.wait(15)
+        engine.dispose()

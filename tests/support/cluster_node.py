@@ -1,41 +1,73 @@
 """A detect node's consuming side as its own process, so tests can kill it with -9.
 
-``python -m tests.support.cluster_node NATS_URLS NODE_ID OUT_FILE [--ttl S] [--hold S]``: owns its
-share of the partitions and appends one line per handled report to OUT_FILE (``node seq delivered
-thing``), flushed and fsynced before the handler returns (standing in for the commit), then sleeps
-``--hold`` seconds before the ack (the window a crash between commit and ack falls into).
+``python -m tests.support.cluster_node NATS_URLS NODE_ID DATABASE_URL [--ttl S] [--hold S]``: owns
+its share of the partitions; on acquiring one it claims the partition's fence; each batch is one
+PostgreSQL transaction that checks the fence, stores every report once (``handled``, keyed on the
+stream sequence) and logs each handling (``handlings``, append-only, to count redeliveries). After
+the commit it sleeps ``--hold`` seconds before returning (and so before the ack): the window a crash
+between commit and ack falls into.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 from collections.abc import Sequence
 
 import nats
+import sqlalchemy as sa
 
+from iotdefender.cluster import fencing
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.report_stream import Delivery
 from iotdefender.cluster.topology import Topology, count_servers, ensure, replicas_for
 
+SCHEMA = [
+    fencing.FENCES_DDL,
+    "CREATE TABLE IF NOT EXISTS handled (stream_seq bigint PRIMARY KEY, thing text NOT NULL, "
+    "report integer NOT NULL, node text NOT NULL, stored bigserial)",
+    "CREATE TABLE IF NOT EXISTS handlings (node text NOT NULL, stream_seq bigint NOT NULL)",
+]
 
-async def main(urls: list[str], node_id: str, out: str, ttl: float, hold: float, batch: int) -> None:
+
+def create_schema(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(14)"))  # two nodes starting together
+        for statement in SCHEMA:
+            conn.execute(sa.text(statement))
+
+
+async def main(urls: list[str], node_id: str, database_url: str, ttl: float, hold: float, batch: int) -> None:
+    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    create_schema(engine)
     nc = await nats.connect(servers=urls, max_reconnect_attempts=-1)
     js = nc.jetstream()
     topology = Topology(replicas=replicas_for(count_servers(nc)), lease_ttl_s=ttl)
     await ensure(js, topology)
-    log = open(out, "a", buffering=1)
+
+    def claim(partition: int, token: int) -> None:
+        with engine.begin() as conn:
+            if not fencing.claim(conn, partition, token):
+                raise fencing.Fenced(f"partition {partition} already claimed past {token}")
+
+    def commit(partition: int, token: int, deliveries: Sequence[Delivery]) -> None:
+        with engine.begin() as conn:
+            fencing.check(conn, partition, token)
+            rows = [{"s": d.stream_sequence, "t": d.thing_name, "r": int(d.payload), "n": node_id}
+                    for d in deliveries]
+            conn.execute(sa.text("INSERT INTO handled (stream_seq, thing, report, node) VALUES (:s, :t, :r, :n) "
+                                 "ON CONFLICT (stream_seq) DO NOTHING"), rows)
+            conn.execute(sa.text("INSERT INTO handlings (node, stream_seq) VALUES (:n, :s)"), rows)
+
+    async def on_acquired(partition: int, token: int) -> None:
+        await asyncio.to_thread(claim, partition, token)
 
     async def handle(partition: int, token: int, deliveries: Sequence[Delivery]) -> None:
-        for d in deliveries:
-            log.write(f"{node_id} {d.stream_sequence} {d.delivered} {d.thing_name}\n")
-        log.flush()
-        os.fsync(log.fileno())
+        await asyncio.to_thread(commit, partition, token, deliveries)
         await asyncio.sleep(hold)
 
-    node = DetectConsumer(js, topology, node_id, handle, batch=batch)
+    node = DetectConsumer(js, topology, node_id, handle, on_acquired=on_acquired, batch=batch)
     await node.start()
     print(f"started {node_id}", flush=True)
     stop = asyncio.Event()
@@ -49,9 +81,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("urls")
     parser.add_argument("node_id")
-    parser.add_argument("out")
+    parser.add_argument("database_url")
     parser.add_argument("--ttl", type=float, default=5.0)
     parser.add_argument("--hold", type=float, default=0.0)
     parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args()
-    asyncio.run(main(args.urls.split(","), args.node_id, args.out, args.ttl, args.hold, args.batch))
+    asyncio.run(main(args.urls.split(","), args.node_id, args.database_url, args.ttl, args.hold, args.batch))
