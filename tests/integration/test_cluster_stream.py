@@ -128,3 +128,58 @@ def test_reader_hands_batches_in_order_acks_after_the_handler_and_redelivers_a_f
         assert (await js.stream_info(topology.stream)).state.messages == 0  # acked reports leave the queue
         await nc.close()
     run(go())
+
+
+def test_losing_one_server_of_three_loses_no_stored_report_and_retries_are_stored_once():
+    servers = JetStreamCluster()
+    servers.start()
+    try:
+        async def go() -> None:
+            # Connected to the server that will be killed: the client must reconnect to another one.
+            nc = await nats.connect(servers=servers.urls, dont_randomize=True, reconnect_time_wait=0.2)
+            js = nc.jetstream()
+            topology = Topology(replicas=3, partitions=4)
+            await ensure(js, topology)
+            publisher = ReportPublisher(js, topology, timeout_s=1.0)
+            retries = 0
+
+            async def publish_all(report_ids: range) -> None:
+                nonlocal retries
+                for report_id in report_ids:
+                    for thing in ("a", "b", "c", "d"):
+                        while True:  # what a broker node does before answering the device
+                            try:
+                                await publisher.publish(thing, b"{}", report_message_id(thing, report_id))
+                                break
+                            except (nats.errors.Error, asyncio.TimeoutError):
+                                retries += 1
+                                await asyncio.sleep(0.2)
+
+            await publish_all(range(50))
+            servers.servers[0].process.kill()  # kill -9 one server of three (maybe a leader)
+            await publish_all(range(50, 100))
+            info = await js.stream_info(topology.stream)
+            print(f"one NATS server killed: {retries} publish retries, {info.state.messages} reports stored")
+            assert info.state.messages == 400 and info.config.num_replicas == 3
+            seen: set[int] = set()
+
+            async def store(p: int, token: int, batch: Sequence[Delivery]) -> None:
+                seen.update(d.stream_sequence for d in batch)
+
+            readers = [PartitionReader(js, topology, p, store, token=1, still_owner=lambda: True) for p in range(4)]
+            for reader in readers:
+                while True:  # a consumer whose leader was on the dead server needs an election first
+                    try:
+                        await reader.start()
+                        break
+                    except (nats.errors.Error, asyncio.TimeoutError):
+                        await asyncio.sleep(0.2)
+            while len(seen) < 400:
+                await asyncio.sleep(0.05)
+            for reader in readers:
+                await reader.stop()
+            assert sum(r.handled for r in readers) == 400
+            await nc.close()
+        run(go())
+    finally:
+        servers.stop()
