@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import nats
 import pytest
 
+from iotdefender.cluster.ownership import Ownership, lease_key
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import Delivery, PartitionReader, ReportPublisher, report_message_id
 from iotdefender.cluster.topology import Topology, TopologyMismatch, count_servers, ensure, replicas_for
@@ -183,3 +184,34 @@ def test_losing_one_server_of_three_loses_no_stored_report_and_retries_are_store
         run(go())
     finally:
         servers.stop()
+
+
+def test_a_lost_renewal_reply_keeps_the_lease_and_a_foreign_write_loses_it(single):
+    """A renewal stored by the server whose reply never arrived must not cost the partition (no one
+    else writes this node's id); a write by anyone else means the lease was taken."""
+    async def go() -> None:
+        nc, js = await _connect(single.urls)
+        topology = Topology(partitions=2, lease_ttl_s=2.0)
+        await ensure(js, topology)
+        acquired: dict[int, int] = {}
+
+        async def on_acquired(p: int, token: int) -> None:
+            acquired[p] = token
+
+        async def on_released(p: int) -> None:
+            acquired.pop(p, None)
+
+        ownership = Ownership(js, topology, "me", on_acquired, on_released)
+        await ownership.start()
+        assert set(ownership.owned()) == {0, 1}
+        kv = await js.key_value(topology.leases_bucket)
+        own = await kv.get(lease_key(0))
+        await kv.update(lease_key(0), b"me", last=own.revision)  # "our" renewal, reply lost
+        other = await kv.get(lease_key(1))
+        await kv.update(lease_key(1), b"someone-else", last=other.revision)  # taken by another node
+        await asyncio.sleep(topology.lease_ttl_s / 5 * 2.5)  # two keepalive rounds
+        assert ownership.holds(0, acquired[0])
+        assert 1 not in ownership.owned()
+        await ownership.stop()
+        await nc.close()
+    run(go())

@@ -125,25 +125,44 @@ class Ownership:
                 # NATS unreachable: leases run out on the local clock (``holds`` turns false, the
                 # readers stop committing) and the other nodes take the partitions over.
                 log.warning("cluster.step_failed", node=self.node_id, step=step.__name__, error=repr(err))
+            except Exception:  # a loop that dies would silently stop renewing or rebalancing
+                log.exception("cluster.step_failed", node=self.node_id, step=step.__name__)
 
     async def _keepalive(self) -> None:
         """Heartbeat the membership and renew every lease (compare-and-set on its last revision)."""
-        assert self._members_kv is not None and self._leases_kv is not None
+        assert self._members_kv is not None
         if not self._leaving:
             await self._members_kv.put(self.node_id, b"")
         for partition, lease in list(self._leases.items()):
-            async with self._lock(partition):
-                if self._leases.get(partition) is not lease or lease.valid_until <= self._clock():
-                    continue  # released meanwhile, or already counted lost: never resurrect it
-                sent = self._clock()
+            try:
+                await self._renew(partition, lease)
+            except (nats.errors.Error, asyncio.TimeoutError) as err:  # the others are still worth renewing
+                log.warning("cluster.renew_failed", node=self.node_id, partition=partition, error=repr(err))
+
+    async def _renew(self, partition: int, lease: Lease) -> None:
+        assert self._leases_kv is not None
+        key, me = lease_key(partition), self.node_id.encode()
+        async with self._lock(partition):
+            if self._leases.get(partition) is not lease or lease.valid_until <= self._clock():
+                return  # released meanwhile, or already counted lost: never resurrect it
+            sent = self._clock()
+            try:
+                lease.revision = await self._leases_kv.update(key, me, last=lease.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
                 try:
-                    lease.revision = await self._leases_kv.update(lease_key(partition), self.node_id.encode(),
-                                                                  last=lease.revision)
-                    lease.valid_until = sent + self._topology.lease_ttl_s - self._margin_s
-                except nats.js.errors.KeyWrongLastSequenceError:
+                    entry = await self._leases_kv.get(key)
+                except nats.js.errors.NotFoundError:  # expired (or deleted) on the server
+                    entry = None
+                if entry is None or entry.value != me or (entry.revision or 0) < lease.revision:
                     # Someone else wrote the key: the lease expired on the server and was taken.
                     log.warning("cluster.lease_lost", node=self.node_id, partition=partition)
                     lease.valid_until = 0.0
+                    return
+                # Our own earlier renewal was stored but its reply was lost: no one else writes our
+                # id, so the key is still ours; renew from that revision (validity counts from now).
+                sent = self._clock()
+                lease.revision = await self._leases_kv.update(key, me, last=entry.revision)
+            lease.valid_until = sent + self._topology.lease_ttl_s - self._margin_s
 
     async def rebalance(self) -> None:
         """Drop leases that ran out, then move towards this node's share of the live members."""
