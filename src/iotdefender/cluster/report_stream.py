@@ -109,6 +109,13 @@ class PartitionReader:
         stream the recreated consumer starts at the oldest report not yet acknowledged. (A previous
         owner's pull requests expire within ``fetch_wait_s``, far shorter than a lease, so none is
         left to take reports after this check.)
+
+        Why not simply wait for ``ack_wait``: redelivered reports then interleave with new ones out
+        of stream order (nats-io/nats-server#6114, "Inconsistent stream messages consumption
+        ordering": a batch fetched by a consumer that died comes back after newer messages). And a
+        work-queue stream keeps a report "until consumed [...] and explicitly acknowledged"
+        (docs.nats.io, JetStream model deep dive, WorkQueuePolicy), which is what makes the
+        recreated consumer start at the first unacked one.
         """
         name = self._topology.consumer_of(self._partition)
         try:
