@@ -89,10 +89,11 @@ class Ownership:
         self._members_kv = await self._js.key_value(self._topology.members_bucket)
         self._leases_kv = await self._js.key_value(self._topology.leases_bucket)
         await self._keepalive()
+        # Two loops: renewals never wait behind a slow acquisition or a reader finishing its batch
+        # (not even the first round, which may start many readers).
+        keepalive = asyncio.create_task(self._every(self._keepalive), name="ownership-keepalive")
         await self.rebalance()
-        # Two loops: renewals never wait behind a slow acquisition or a reader finishing its batch.
-        self._tasks = [asyncio.create_task(self._every(self.rebalance), name="ownership-rebalance"),
-                       asyncio.create_task(self._every(self._keepalive), name="ownership-keepalive")]
+        self._tasks = [asyncio.create_task(self._every(self.rebalance), name="ownership-rebalance"), keepalive]
 
     async def stop(self) -> None:
         """Leave cleanly: leave the membership, hand every partition over, then stop renewing.
@@ -101,10 +102,9 @@ class Ownership:
         """
         self._leaving = True
         rebalancing, keepalive = self._tasks or [None, None]
-        for task in (rebalancing,):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if rebalancing is not None:
+            rebalancing.cancel()
+            await asyncio.gather(rebalancing, return_exceptions=True)
         if self._members_kv is not None:
             try:
                 await self._members_kv.delete(self.node_id)
