@@ -215,3 +215,14 @@ def test_a_lost_renewal_reply_keeps_the_lease_and_a_foreign_write_loses_it(singl
         await ownership.stop()
         await nc.close()
     run(go())
+
+
+def test_two_nodes_racing_to_create_different_topologies_one_is_refused(single):
+    async def go() -> None:
+        nc, js = await _connect(single.urls)
+        outcomes = await asyncio.gather(ensure(js, Topology(partitions=8)), ensure(js, Topology(partitions=16)),
+                                        return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, TopologyMismatch)]
+        assert len(refused) == 1 and outcomes.count(None) == 1, outcomes
+        await nc.close()
+    run(go())
