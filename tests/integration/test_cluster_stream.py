@@ -226,3 +226,15 @@ def test_two_nodes_racing_to_create_different_topologies_one_is_refused(single):
         assert len(refused) == 1 and outcomes.count(None) == 1, outcomes
         await nc.close()
     run(go())
+
+
+def test_server_count_comes_from_the_cluster_when_the_node_is_given_one_url(cluster):
+    async def go() -> None:
+        for url in cluster.urls:
+            nc = await nats.connect(servers=[url])
+            deadline = asyncio.get_running_loop().time() + 5
+            while count_servers(nc) < 3:  # routes gossip every member's URL within moments
+                assert asyncio.get_running_loop().time() < deadline, nc._server_info.get("connect_urls")
+                await asyncio.sleep(0.1)
+            await nc.close()
+    run(go())

@@ -78,12 +78,19 @@ def replicas_for(servers: int) -> int:
 
 
 def count_servers(nc: Client) -> int:
-    """Servers of the cluster this connection is on: the one it is connected to plus the others it
-    advertises (``connect_urls`` in the server's INFO lists every member's client URL)."""
+    """Servers of the cluster this connection is on.
+
+    A clustered server's INFO lists every member's client URL, itself included, in ``connect_urls``
+    (a standalone server sends none), but the list fills in as routes gossip: right after a cluster
+    forms it can be short. The servers the node was configured with (``--cluster-url``) are counted
+    too, taking the larger of the two counts, not their union, since the same server may be named by
+    a host name in one and an address in the other.
+    """
     info = nc._server_info or {}  # nats-py keeps the INFO it received; there is no public accessor
-    urls = set(info.get("connect_urls") or [])
-    own = f"{info.get('host')}:{info.get('port')}"
-    return max(1, len(urls | {own}))
+    advertised = len(set(info.get("connect_urls") or []))
+    discovered = {(u.hostname, u.port) for u in nc.discovered_servers}
+    configured = len({(u.hostname, u.port) for u in nc.servers} - discovered)
+    return max(1, advertised, configured)
 
 
 def _consumer_config(topology: Topology, partition: int) -> ConsumerConfig:
