@@ -16,8 +16,10 @@ what to do, instead of silently reading partitions that mean something else.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -101,8 +103,24 @@ def _consumer_config(topology: Topology, partition: int) -> ConsumerConfig:
         max_deliver=-1, max_ack_pending=topology.max_ack_pending, num_replicas=topology.replicas)
 
 
-async def ensure(js: JetStreamContext, topology: Topology) -> None:
-    """Create the stream, consumers and buckets if missing; refuse if they exist with other settings."""
+async def ensure(js: JetStreamContext, topology: Topology, patience_s: float = 30.0) -> None:
+    """Create the stream, consumers and buckets if missing; refuse if they exist with other settings.
+
+    A cluster that has just formed, or is electing a leader, answers JetStream API requests with
+    timeouts or 503s for a few seconds (seen in the tests on a fresh 3-server cluster): every step
+    is idempotent, so the whole is retried for up to ``patience_s``. A mismatch is never retried.
+    """
+    deadline = asyncio.get_running_loop().time() + patience_s
+    while True:
+        try:
+            return await _ensure_all(js, topology)
+        except (asyncio.TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _ensure_all(js: JetStreamContext, topology: Topology) -> None:
     await _ensure_stream(js, topology)
     for partition in range(topology.partitions):
         await ensure_consumer(js, topology, partition)
