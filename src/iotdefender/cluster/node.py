@@ -1,0 +1,50 @@
+"""A detect node's consuming side: ownership decides the partitions, one reader runs per partition.
+
+On acquiring a partition the node first calls ``on_acquired`` (where the pipeline will claim the
+fence in PostgreSQL and reload the partition's alarm states), then starts a reader that resets the
+consumer if the previous owner left reports unacked (they come first). On losing one it stops the reader
+(the batch in hand finishes and is acked) before the lease is freed for the next owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from nats.js import JetStreamContext
+
+from iotdefender.cluster.ownership import Ownership
+from iotdefender.cluster.report_stream import BatchHandler, PartitionReader
+from iotdefender.cluster.topology import Topology
+
+
+async def _nothing(partition: int, token: int) -> None:
+    return None
+
+
+class DetectConsumer:
+    """Runs a ``PartitionReader`` for every partition this node owns."""
+
+    def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, handler: BatchHandler,
+                 on_acquired: Callable[[int, int], Awaitable[None]] = _nothing, batch: int = 256) -> None:
+        self._js, self._topology, self._handler = js, topology, handler
+        self._on_acquired, self._batch = on_acquired, batch
+        self.readers: dict[int, PartitionReader] = {}
+        self.ownership = Ownership(js, topology, node_id, self._acquired, self._released)
+
+    async def start(self) -> None:
+        await self.ownership.start()
+
+    async def stop(self) -> None:
+        await self.ownership.stop()
+
+    async def _acquired(self, partition: int, token: int) -> None:
+        await self._on_acquired(partition, token)
+        reader = PartitionReader(self._js, self._topology, partition, self._handler, token,
+                                 lambda: self.ownership.holds(partition, token), batch=self._batch)
+        self.readers[partition] = reader
+        await reader.start()
+
+    async def _released(self, partition: int) -> None:
+        reader = self.readers.pop(partition, None)
+        if reader is not None:
+            await reader.stop()

@@ -1,0 +1,178 @@
+"""Reports between nodes: a broker node publishes to its thing's partition, a detect node reads it.
+
+Publishing (``ReportPublisher``): a report the parser accepted goes to ``iotdefender.reports.<p>``
+with a ``Nats-Msg-Id`` made from the thing and its report id, and the call returns only when
+JetStream's PubAck says it is stored (replicated, on an R3 stream). A broker node that retries after
+a lost PubAck, or two broker nodes that both got the same QoS 1 retransmission, store it once:
+JetStream drops a message whose id it has seen within the stream's duplicate window and answers
+with ``duplicate: true`` (docs.nats.io, "JetStream model deep dive: message deduplication").
+
+Reading (``PartitionReader``): one pull consumer per partition, read by one node at a time
+(ownership.py), so the stream order of a partition, and with it the order of each thing's reports,
+is the order the handler sees. A batch is acked only after the handler returns (where the
+transaction will commit); if the handler raises, the batch is nakked and comes back first, in
+order. A process that dies before acking leaves its batch unacked; the next owner resets the
+consumer (``PartitionReader.start``) and, the stream being a work queue that removes acked messages only, reads
+again from the first report not acknowledged. Delivery is therefore at least once, in order;
+storage makes it exactly-once in effect by being idempotent on ``Delivery.stream_sequence``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from iotdefender.cluster.partitions import partition_of
+from iotdefender.cluster.topology import Topology, ensure_consumer
+
+log = structlog.get_logger("iotdefender.cluster")
+
+THING_HEADER = "Iotdefender-Thing"
+
+
+def report_message_id(thing_name: str, report_id: int) -> str:
+    """The dedup id of a report: a thing's report id is unique per thing (AWS: "monotonically
+    increasing"), so the pair is unique fleet-wide and the same on every broker node."""
+    return f"{thing_name}/{report_id}"
+
+
+class ReportPublisher:
+    """A broker node's side: store an accepted report in its thing's partition, exactly once."""
+
+    def __init__(self, js: JetStreamContext, topology: Topology, timeout_s: float = 5.0) -> None:
+        self._js, self._topology, self._timeout_s = js, topology, timeout_s
+
+    async def publish(self, thing_name: str, payload: bytes, message_id: str) -> PubAck:
+        """Store ``payload``; returns the PubAck (``duplicate`` set when JetStream already had it).
+
+        Raises on a timeout or a JetStream error: the report is then NOT stored and the device must
+        not be told ``accepted``.
+        """
+        partition = partition_of(thing_name, self._topology.partitions)
+        headers = {"Nats-Msg-Id": message_id, THING_HEADER: thing_name}
+        return await self._js.publish(self._topology.subject_of(partition), payload, timeout=self._timeout_s,
+                                      stream=self._topology.stream, headers=headers)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One report as a detect node receives it."""
+
+    partition: int
+    thing_name: str
+    payload: bytes
+    #: The report's position in the stream: unique and stable across redeliveries (the idempotency key).
+    stream_sequence: int
+    #: 1 on first delivery, more when JetStream redelivers (after a crash or a failed batch).
+    delivered: int
+
+
+#: The detect node's work: called with (partition, fencing token, batch); returns once committed.
+BatchHandler = Callable[[int, int, Sequence[Delivery]], Awaitable[None]]
+
+
+def _delivery(partition: int, msg: Msg) -> Delivery:
+    meta = msg.metadata
+    thing = (msg.headers or {}).get(THING_HEADER, "")
+    return Delivery(partition=partition, thing_name=thing, payload=msg.data, stream_sequence=meta.sequence.stream,
+                    delivered=meta.num_delivered)
+
+
+class PartitionReader:
+    """Reads one partition in order and hands each batch to the handler; acks after it returns."""
+
+    def __init__(self, js: JetStreamContext, topology: Topology, partition: int, handler: BatchHandler,
+                 token: int, still_owner: Callable[[], bool], batch: int = 256, fetch_wait_s: float = 0.5,
+                 retry_pause_s: float = 0.2) -> None:
+        self._js, self._topology, self._partition = js, topology, partition
+        self._handler, self._token, self._still_owner = handler, token, still_owner
+        self._batch, self._fetch_wait_s, self._retry_pause_s = batch, fetch_wait_s, retry_pause_s
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.handled = 0
+        self.redelivered = 0
+
+    async def start(self) -> None:
+        """Bind to the partition's consumer and start reading.
+
+        If the consumer has reports delivered but not acknowledged (a previous owner died with a
+        batch in hand), it is recreated first, so that batch is read again at once and before any
+        newer report of the same things, not after ``ack_wait`` and out of order: in a work-queue
+        stream the recreated consumer starts at the oldest report not yet acknowledged. (A previous
+        owner's pull requests expire within ``fetch_wait_s``, far shorter than a lease, so none is
+        left to take reports after this check.)
+
+        Why not simply wait for ``ack_wait``: redelivered reports then interleave with new ones out
+        of stream order (nats-io/nats-server#6114, "Inconsistent stream messages consumption
+        ordering": a batch fetched by a consumer that died comes back after newer messages). And a
+        work-queue stream keeps a report "until consumed [...] and explicitly acknowledged"
+        (docs.nats.io, JetStream model deep dive, WorkQueuePolicy), which is what makes the
+        recreated consumer start at the first unacked one.
+        """
+        name = self._topology.consumer_of(self._partition)
+        try:
+            pending = (await self._js.consumer_info(self._topology.stream, name)).num_ack_pending
+        except nats.js.errors.NotFoundError:
+            pending = None
+        if pending:
+            log.info("cluster.consumer_reset", partition=self._partition, unacked=pending)
+            await self._js.delete_consumer(self._topology.stream, name)
+        if pending is None or pending:
+            await ensure_consumer(self._js, self._topology, self._partition)
+        sub = await self._js.pull_subscribe_bind(durable=name, stream=self._topology.stream)
+        self._task = asyncio.create_task(self._run(sub), name=f"partition-{self._partition}")
+
+    async def stop(self) -> None:
+        """Finish the batch in hand (handled and acked, or nakked), then stop reading."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    msgs = await sub.fetch(self._batch, timeout=self._fetch_wait_s)
+                except asyncio.TimeoutError:  # nats.errors.TimeoutError is one too: nothing to read
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    return
+                except nats.errors.Error as err:  # a cluster election, a consumer being recreated
+                    log.warning("cluster.fetch_failed", partition=self._partition, error=repr(err))
+                    await asyncio.sleep(self._retry_pause_s)
+                    continue
+                await self._handle(msgs)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+
+    async def _handle(self, msgs: list[Msg]) -> None:
+        if not self._still_owner():
+            # The lease ran out while fetching: hand the batch back rather than commit as a stale owner.
+            for msg in msgs:
+                await msg.nak()
+            self._stopping.set()
+            return
+        deliveries = [_delivery(self._partition, msg) for msg in msgs]
+        try:
+            await self._handler(self._partition, self._token, deliveries)
+        except Exception:
+            log.exception("cluster.batch_failed", partition=self._partition, reports=len(msgs))
+            for msg in msgs:
+                await msg.nak()
+            await asyncio.sleep(self._retry_pause_s)
+            return
+        for msg in msgs:
+            await msg.ack()
+        self.handled += len(deliveries)
+        self.redelivered += sum(1 for d in deliveries if d.delivered > 1)

@@ -1,0 +1,240 @@
+"""Cluster mode's JetStream layer against real nats-server 2.15 processes (one, or three routed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import nats
+import pytest
+
+from iotdefender.cluster.ownership import Ownership, lease_key
+from iotdefender.cluster.partitions import partition_of
+from iotdefender.cluster.report_stream import Delivery, PartitionReader, ReportPublisher, report_message_id
+from iotdefender.cluster.topology import Topology, TopologyMismatch, count_servers, ensure, replicas_for
+from tests.support.jetstream import JetStreamCluster, SingleJetStream
+
+
+@pytest.fixture
+def single():
+    server = SingleJetStream()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    servers = JetStreamCluster()
+    servers.start()
+    yield servers
+    servers.stop()
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def _connect(urls: list[str]):  # type: ignore[no-untyped-def]
+    nc = await nats.connect(servers=urls)
+    return nc, nc.jetstream()
+
+
+def test_topology_is_r1_on_one_server_idempotent_and_refuses_another_partition_count(single):
+    async def go() -> None:
+        nc, js = await _connect(single.urls)
+        assert count_servers(nc) == 1
+        topology = Topology(replicas=replicas_for(count_servers(nc)), partitions=8)
+        await ensure(js, topology)
+        await ensure(js, topology)  # a second node starting: no error, nothing changed
+        info = await js.stream_info(topology.stream)
+        assert info.config.num_replicas == 1 and info.config.metadata["iotdefender.partitions"] == "8"
+        assert len(await js.consumers_info(topology.stream)) == 8
+        with pytest.raises(TopologyMismatch, match="8 partitions, this node is configured for 16"):
+            await ensure(js, Topology(replicas=1, partitions=16))
+        with pytest.raises(TopologyMismatch, match="lease"):
+            await ensure(js, Topology(replicas=1, partitions=8, lease_ttl_s=9))
+        await nc.close()
+    run(go())
+
+
+def test_topology_is_r3_on_three_servers_and_refuses_r1(cluster):
+    async def go() -> None:
+        nc, js = await _connect(cluster.urls)
+        assert count_servers(nc) == 3
+        topology = Topology(replicas=replicas_for(count_servers(nc)), partitions=4, stream="R3TEST",
+                            subject_prefix="r3test", members_bucket="r3-members", leases_bucket="r3-leases")
+        await ensure(js, topology)
+        assert (await js.stream_info("R3TEST")).config.num_replicas == 3
+        assert (await js.stream_info("KV_r3-leases")).config.num_replicas == 3
+        assert (await js.consumer_info("R3TEST", topology.consumer_of(0))).config.num_replicas == 3
+        with pytest.raises(TopologyMismatch, match="R3, this node expects R1"):
+            await ensure(js, Topology(replicas=1, partitions=4, stream="R3TEST", subject_prefix="r3test",
+                                      members_bucket="r3-members", leases_bucket="r3-leases"))
+        await nc.close()
+    run(go())
+
+
+def test_a_retried_publish_is_stored_once(single):
+    async def go() -> None:
+        nc, js = await _connect(single.urls)
+        topology = Topology(partitions=4)
+        await ensure(js, topology)
+        publisher = ReportPublisher(js, topology)
+        first = await publisher.publish("dev-1", b"{}", report_message_id("dev-1", 7))
+        again = await publisher.publish("dev-1", b"{}", report_message_id("dev-1", 7))
+        other = await publisher.publish("dev-1", b"{}", report_message_id("dev-1", 8))
+        assert not first.duplicate and again.duplicate and again.seq == first.seq and other.seq == first.seq + 1
+        assert (await js.stream_info(topology.stream)).state.messages == 2
+        await nc.close()
+    run(go())
+
+
+def test_reader_hands_batches_in_order_acks_after_the_handler_and_redelivers_a_failed_batch(single):
+    async def go() -> None:
+        nc, js = await _connect(single.urls)
+        topology = Topology(partitions=2)
+        await ensure(js, topology)
+        publisher = ReportPublisher(js, topology)
+        things = [f"t{i}" for i in range(20)]
+        partition = partition_of(things[0], 2)
+        mine = [t for t in things if partition_of(t, 2) == partition]
+        for report_id in range(30):
+            for thing in mine:
+                await publisher.publish(thing, str(report_id).encode(), report_message_id(thing, report_id))
+        seen: list[Delivery] = []
+        calls = 0
+
+        async def handler(p: int, token: int, batch: Sequence[Delivery]) -> None:
+            nonlocal calls
+            calls += 1
+            info = await js.consumer_info(topology.stream, topology.consumer_of(p))
+            assert info.num_ack_pending == len(batch)  # nothing acked before the handler returns
+            if calls == 2:
+                raise RuntimeError("the transaction failed")
+            seen.extend(batch)
+
+        reader = PartitionReader(js, topology, partition, handler, token=1, still_owner=lambda: True, batch=7,
+                                 retry_pause_s=0.05)
+        await reader.start()
+        total = 30 * len(mine)
+        while reader.handled < total:
+            await asyncio.sleep(0.05)
+        await reader.stop()
+        sequences = [d.stream_sequence for d in seen]
+        assert sequences == sorted(sequences) and len(set(sequences)) == total  # in order, none twice
+        for thing in mine:
+            assert [int(d.payload) for d in seen if d.thing_name == thing] == list(range(30))
+        assert reader.redelivered == 7  # the failed batch came back, first
+        assert (await js.stream_info(topology.stream)).state.messages == 0  # acked reports leave the queue
+        await nc.close()
+    run(go())
+
+
+def test_losing_one_server_of_three_loses_no_stored_report_and_retries_are_stored_once():
+    servers = JetStreamCluster()
+    servers.start()
+    try:
+        async def go() -> None:
+            # Connected to the server that will be killed: the client must reconnect to another one.
+            nc = await nats.connect(servers=servers.urls, dont_randomize=True, reconnect_time_wait=0.2)
+            js = nc.jetstream()
+            topology = Topology(replicas=3, partitions=4)
+            await ensure(js, topology)
+            publisher = ReportPublisher(js, topology, timeout_s=1.0)
+            retries = 0
+
+            async def publish_all(report_ids: range) -> None:
+                nonlocal retries
+                for report_id in report_ids:
+                    for thing in ("a", "b", "c", "d"):
+                        while True:  # what a broker node does before answering the device
+                            try:
+                                await publisher.publish(thing, b"{}", report_message_id(thing, report_id))
+                                break
+                            except (nats.errors.Error, asyncio.TimeoutError):
+                                retries += 1
+                                await asyncio.sleep(0.2)
+
+            await publish_all(range(50))
+            servers.servers[0].process.kill()  # kill -9 one server of three (maybe a leader)
+            await publish_all(range(50, 100))
+            info = await js.stream_info(topology.stream)
+            print(f"one NATS server killed: {retries} publish retries, {info.state.messages} reports stored")
+            assert info.state.messages == 400 and info.config.num_replicas == 3
+            seen: set[int] = set()
+
+            async def store(p: int, token: int, batch: Sequence[Delivery]) -> None:
+                seen.update(d.stream_sequence for d in batch)
+
+            readers = [PartitionReader(js, topology, p, store, token=1, still_owner=lambda: True) for p in range(4)]
+            for reader in readers:
+                while True:  # a consumer whose leader was on the dead server needs an election first
+                    try:
+                        await reader.start()
+                        break
+                    except (nats.errors.Error, asyncio.TimeoutError):
+                        await asyncio.sleep(0.2)
+            while len(seen) < 400:
+                await asyncio.sleep(0.05)
+            for reader in readers:
+                await reader.stop()
+            assert sum(r.handled for r in readers) == 400
+            await nc.close()
+        run(go())
+    finally:
+        servers.stop()
+
+
+def test_a_lost_renewal_reply_keeps_the_lease_and_a_foreign_write_loses_it(single):
+    """A renewal stored by the server whose reply never arrived must not cost the partition (no one
+    else writes this node's id); a write by anyone else means the lease was taken."""
+    async def go() -> None:
+        nc, js = await _connect(single.urls)
+        topology = Topology(partitions=2, lease_ttl_s=2.0)
+        await ensure(js, topology)
+        acquired: dict[int, int] = {}
+
+        async def on_acquired(p: int, token: int) -> None:
+            acquired[p] = token
+
+        async def on_released(p: int) -> None:
+            acquired.pop(p, None)
+
+        ownership = Ownership(js, topology, "me", on_acquired, on_released)
+        await ownership.start()
+        assert set(ownership.owned()) == {0, 1}
+        kv = await js.key_value(topology.leases_bucket)
+        own = await kv.get(lease_key(0))
+        await kv.update(lease_key(0), b"me", last=own.revision)  # "our" renewal, reply lost
+        other = await kv.get(lease_key(1))
+        await kv.update(lease_key(1), b"someone-else", last=other.revision)  # taken by another node
+        await asyncio.sleep(topology.lease_ttl_s / 5 * 2.5)  # two keepalive rounds
+        assert ownership.holds(0, acquired[0])
+        assert 1 not in ownership.owned()
+        await ownership.stop()
+        await nc.close()
+    run(go())
+
+
+def test_two_nodes_racing_to_create_different_topologies_one_is_refused(single):
+    async def go() -> None:
+        nc, js = await _connect(single.urls)
+        outcomes = await asyncio.gather(ensure(js, Topology(partitions=8)), ensure(js, Topology(partitions=16)),
+                                        return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, TopologyMismatch)]
+        assert len(refused) == 1 and outcomes.count(None) == 1, outcomes
+        await nc.close()
+    run(go())
+
+
+def test_server_count_comes_from_the_cluster_when_the_node_is_given_one_url(cluster):
+    async def go() -> None:
+        for url in cluster.urls:
+            nc = await nats.connect(servers=[url])
+            deadline = asyncio.get_running_loop().time() + 5
+            while count_servers(nc) < 3:  # routes gossip every member's URL within moments
+                assert asyncio.get_running_loop().time() < deadline, nc._server_info.get("connect_urls")
+                await asyncio.sleep(0.1)
+            await nc.close()
+    run(go())
