@@ -101,7 +101,8 @@ class Ownership:
         Renewals go on while the readers finish their batches, so no lease runs out mid-handover.
         """
         self._leaving = True
-        rebalancing, keepalive = self._tasks or [None, None]
+        tasks: list[asyncio.Task[None] | None] = [*self._tasks] if self._tasks else [None, None]
+        rebalancing, keepalive = tasks
         if rebalancing is not None:
             rebalancing.cancel()
             await asyncio.gather(rebalancing, return_exceptions=True)
