@@ -74,3 +74,36 @@ def test_a_busy_port_is_one_clear_line(tmp_path, busy):
                 "api": f"iotdefender: error: --api-port: port {port} on 127.0.0.1 is already in use"}
     assert expected[busy] in result.stderr, result.stderr
     assert "Traceback" not in result.stderr + result.stdout and '"ready"' not in result.stderr
+
+
+def test_ctrl_c_stops_everything_without_a_traceback(tmp_path):
+    """Ctrl-C in a terminal signals the whole foreground process group: the service, its detection
+    worker and Mosquitto. All end, with exit code 0 and no traceback (it once printed a
+    CancelledError traceback)."""
+    import httpx
+
+    api_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDEFENDER_")}
+    serve = subprocess.Popen([sys.executable, "-m", "iotdefender", "serve", "--data-dir", str(tmp_path),
+                              "--api-port", str(api_port), "--mqtt-port", str(free_port())],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        brokers = children(serve.pid)
+        assert brokers, "the service runs Mosquitto"
+        os.killpg(serve.pid, 2)  # SIGINT to the group, as a terminal's Ctrl-C
+        out, err = serve.communicate(timeout=30)
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, 9)
+    assert serve.returncode == 0, err[-2000:]
+    assert "Traceback" not in out + err
+    time.sleep(0.5)
+    assert not any(alive(pid) for pid in brokers)
