@@ -20,7 +20,7 @@ import pytest
 
 from iotdefender.backtest.client import ExtensionClient, ExtensionError
 from tests.support.mqtt import Device, report
-from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess
+from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess, free_port
 
 ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
 COUNT = {"name": "few-ports", "metric": "aws:num-listening-tcp-ports",
@@ -133,6 +133,10 @@ def test_backtest_command_line(replayed):
                                "--threshold", "Nope=1,2"], env={**os.environ, **env}, capture_output=True,
                               text=True, timeout=120)
     assert mistyped.returncode == 2 and "Nope" in mistyped.stderr and "few-ports" in mistyped.stderr, mistyped.stderr
+    nobody = subprocess.run([sys.executable, "-m", "iotdefender", "backtest", "--endpoint-url",
+                             f"http://127.0.0.1:{free_port()}", "--security-profile-name", "live"],
+                            env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert nobody.returncode == 2 and "Traceback" not in nobody.stderr, nobody.stderr  # one line, not a traceback
 
 
 def test_bad_backtest_requests_get_aws_shaped_errors(replayed):

@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
+
 from iotdefender.backtest.client import ExtensionClient, ExtensionError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             job = client.call("GET", f"backtests/{job['backtestId']}")
         if interactive:
             sys.stderr.write("\r" + " " * 70 + "\r")
-    except (ExtensionError, OSError) as error:
+    except (ExtensionError, OSError, httpx.HTTPError) as error:  # e.g. nothing listening on the endpoint
         sys.stderr.write(f"iotdefender backtest: {error}\n")
         return 2
     if job["status"] != "SUCCEEDED":
