@@ -9,7 +9,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
@@ -173,14 +172,6 @@ async def open_batch_store(settings: Settings, engine: Engine, config: PipelineC
                                           log_format=settings.log_format, pipeline=config), on_events)
     await anyio.to_thread.run_sync(store.start)
     return store
-
-
-@dataclass
-class Service:
-    settings: Settings
-    api: ApiService
-    broker: Broker
-    ingest: IngestService
 
 
 async def serve(settings: Settings) -> None:

@@ -42,7 +42,8 @@ class ReplyBatcher:
     """Collects the replies published during one event-loop iteration and sends them as one message.
 
     ``send`` runs on the loop once per iteration that published anything; ``add`` may be called from
-    any thread (off the loop it costs a wake-up of the loop, on it nothing but an append).
+    any thread (off the loop it costs a wake-up of the loop, on it nothing but an append). Built on
+    the loop's thread.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, send: Callable[[bytes], None]) -> None:
@@ -50,7 +51,7 @@ class ReplyBatcher:
         self._send = send
         self._frames: list[bytes] = []
         self._lock = threading.Lock()
-        self._loop_thread: int | None = None
+        self._loop_thread = threading.get_ident()
 
     def add(self, topic: str, payload: bytes, qos: int) -> None:
         frame = encode_reply(topic, payload, qos)
@@ -59,18 +60,10 @@ class ReplyBatcher:
             self._frames.append(frame)
         if not first:
             return
-        if self._loop_thread is None and self._on_loop():
-            self._loop_thread = threading.get_ident()
         if threading.get_ident() == self._loop_thread:
             self._loop.call_soon(self._flush)
         else:
             self._loop.call_soon_threadsafe(self._flush)
-
-    def _on_loop(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            return False
 
     def _flush(self) -> None:
         with self._lock:
