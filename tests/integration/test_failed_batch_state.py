@@ -8,7 +8,11 @@ the next batch must give what it gives in a service that never saw the failed on
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
+import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,13 +22,14 @@ import sqlalchemy as sa
 
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.api.app import ApiService
-from iotdefender.engine.alarm import counting_ids
+from iotdefender.engine.alarm import AlarmState, counting_ids
 from iotdefender.pipeline.batch_store import BatchItem, ignore_events
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import LocalBatchStore
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
+from iotdefender.store.availability import StoreUnavailable
 from iotdefender.store.database import writing
 
 BEHAVIORS = [
@@ -104,3 +109,65 @@ def test_a_failed_batch_leaves_windows_statistics_and_alarms_as_they_were(tmp_pa
     assert expected == [("in-alarm", "p", "fleet")]  # d2; d0 is still in alarm, d1's window holds 600 bytes
     assert failing.store.store_batch(NEXT) == expected
     assert events(failing) == events(control)
+
+
+@contextlib.contextmanager
+def commit_answer_lost(pipeline: Pipeline, committed: bool) -> Iterator[None]:
+    """The next COMMIT's answer never arrives, as when the connection to PostgreSQL drops while
+    COMMIT is on its way: the server did (``committed``) or did not commit, and the caller cannot
+    tell which. (The one fault SQLite cannot produce on its own; injected at the dialect.)"""
+    dialect = pipeline.api.context.engine.dialect
+
+    def lost(dbapi_connection: Any) -> None:
+        del dialect.do_commit  # once
+        if committed:
+            dialect.do_commit(dbapi_connection)
+        raise sqlite3.OperationalError("server closed the connection unexpectedly")
+
+    dialect.do_commit = lost  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        vars(dialect).pop("do_commit", None)
+
+
+def datapoints(pipeline: Pipeline) -> int:
+    with pipeline.api.context.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM metric_values")).scalar_one()
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["committed", "not-committed"])
+def test_a_batch_whose_commit_answer_was_lost_is_neither_repeated_nor_lost(tmp_path: Path, committed: bool) -> None:
+    """The device was answered ServiceUnavailable and resends the same reports: whether or not the
+    lost commit happened, the events, alarm states and datapoints end as if it had happened once."""
+    failing, control = pipeline(tmp_path / "failing"), pipeline(tmp_path / "control")
+    for each in (failing, control):
+        assert each.store.store_batch(WARM_UP) == [("in-alarm", "p", "ports")]
+    with commit_answer_lost(failing, committed), pytest.raises(StoreUnavailable):
+        failing.store.store_batch(FAILED)
+
+    expected = control.store.store_batch(FAILED)
+    assert expected  # the batch changes alarms: a resend judged from stale memory would repeat them
+    assert failing.store.store_batch(FAILED) == expected  # the resend: stored, or found stored
+    assert failing.store.store_batch(NEXT) == control.store.store_batch(NEXT)
+    assert events(failing) == events(control)
+    assert datapoints(failing) == datapoints(control)
+    assert alarm_states(failing) == alarm_states(control)
+    if committed:  # windows and fleet statistics too: the lost commit's change set was applied
+        assert failing.detection.evaluator == control.detection.evaluator
+
+
+def alarm_states(pipeline: Pipeline) -> dict[Any, AlarmState]:
+    """Without the violation ids, which the failing pipeline's discarded evaluation used up."""
+    return {key: dataclasses.replace(state, violation_id=None)
+            for key, state in pipeline.detection.evaluator.alarms()}
+
+
+def test_a_sweep_whose_commit_answer_was_lost_does_not_invalidate_twice(tmp_path: Path) -> None:
+    failing = pipeline(tmp_path)
+    failing.store.store_batch(WARM_UP)  # d0 in alarm
+    later = 900.0 + 172800.0 + 60  # d0 silent for the invalidation period
+    with commit_answer_lost(failing, committed=True), pytest.raises(sa.exc.OperationalError):
+        failing.detection.sweep(later)
+    assert failing.detection.sweep(later + 1) is None  # the alarm states were reloaded: nothing due
+    assert [e[2] for e in events(failing)] == ["in-alarm", "alarm-invalidated"]

@@ -20,7 +20,6 @@ from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.engine.alarm import EventType
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
-from iotdefender.store.database import writing
 from iotdefender.store.schema import alert_outbox
 
 ACCOUNT = "123456789012"
@@ -110,10 +109,9 @@ def test_a_failed_transaction_releases_the_detection_lock_and_leaves_memory_alon
     pipeline = Pipeline(tmp_path, "failing")
     with pytest.raises(RuntimeError):
         with pipeline.detection.transaction() as detection:
-            with writing(pipeline.engine) as conn:
-                detection.evaluate_in(conn, [("dev-1", violating(), time.time())])
-                assert detection.events  # evaluated: an in-alarm event is pending
-                raise RuntimeError("the commit failed")
+            detection.evaluate_in([("dev-1", violating(), time.time())])
+            assert detection.events  # evaluated: an in-alarm event is pending
+            raise RuntimeError("the batch failed before its commit")
     assert pipeline.detection.evaluator.remembered() == 0 and pipeline.detection.evaluator.alarms() == []
     assert pipeline.outbox() == []  # rolled back with the transaction
 

@@ -6,6 +6,15 @@ not at all. The engine's state (alarm states, windows, fleet statistics) advance
 commit (``transaction`` applies the batch's change set; a failed batch's is dropped); after a
 ``kill -9`` the alarm states are reloaded from the database and no transition is lost or repeated.
 
+A commit whose answer never comes back (the connection to PostgreSQL drops while COMMIT is on
+its way: the server may or may not have committed) is *unconfirmed*. Its change set is kept, and
+before the next transaction or sweep the database is asked which it was: the transaction's own
+check (``CommitCheck``: the batch store asks whether its report states are there) decides between
+applying the change set and dropping it; without a check the alarm states are reloaded. Either
+way memory matches the database again before anything else is evaluated, so the device's resend
+of a report answered ``ServiceUnavailable`` is never judged from an alarm state that is behind
+the stored events (which duplicated its transition once under load).
+
 Invalidation (alarm-invalidated) — the choices, since AWS documents only the first:
 - the device sent no datapoint for the invalidation period (2 days / time scale);
 - the behavior was removed from its profile (a behavior edited in place keeps its alarm, judged
@@ -30,9 +39,13 @@ from iotdefender.engine.alarm import IdFactory, due_for_invalidation
 from iotdefender.engine.evaluator import ChangeSet, Evaluation, Evaluator, StateKey, ViolationEvent
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import violations
-from iotdefender.store.database import writing
+from iotdefender.store.database import write_connection
 
 log = structlog.get_logger("iotdefender.detection")
+
+
+# Asked, in a later transaction, whether an unconfirmed transaction's writes are in the database.
+CommitCheck = Callable[[Connection], bool]
 
 
 def new_violation_id() -> str:
@@ -61,18 +74,30 @@ class PendingDetection:
 class DetectionTransaction:
     """Detection's share of one batch transaction; exists only while the detection lock is held."""
 
-    def __init__(self, service: DetectionService) -> None:
+    def __init__(self, service: DetectionService, conn: Connection, settled: list[ViolationEvent]) -> None:
         self._service = service
+        self.conn = conn  # the write transaction: the caller's rows join it
         self.pending = PendingDetection(service.evaluator.changes())
+        self.settled = settled  # events of an unconfirmed earlier transaction found committed
+        # How to tell, should this transaction's commit go unanswered, whether it happened.
+        self.commit_check: CommitCheck | None = None
+        self.commit_unconfirmed = False  # set when the commit was sent and its answer lost
 
-    def evaluate_in(self, conn: Connection, reports: Iterable[tuple[str, Mapping[str, dict[str, Any]], float]]
-                    ) -> None:
-        """Evaluate the reports; their events, alarm states and alert rows join ``conn``'s transaction."""
-        self._service._evaluate_in(conn, reports, self.pending)
+    def evaluate_in(self, reports: Iterable[tuple[str, Mapping[str, dict[str, Any]], float]]) -> None:
+        """Evaluate the reports; their events, alarm states and alert rows join the transaction."""
+        self._service._evaluate_in(self.conn, reports, self.pending)
 
     @property
     def events(self) -> list[ViolationEvent]:
         return self.pending.events
+
+
+@dataclass
+class _Unconfirmed:
+    """A transaction whose COMMIT was sent and never answered."""
+
+    pending: PendingDetection
+    check: CommitCheck | None
 
 
 class DetectionService:
@@ -84,6 +109,7 @@ class DetectionService:
         self._invalidation_period = invalidation_period
         self._lock = threading.Lock()  # one evaluation at a time: ingest batches and sweeps
         self.evaluator = Evaluator(new_id, time_scale)
+        self._unconfirmed: _Unconfirmed | None = None
 
     def load(self) -> None:
         with self._engine.connect() as conn:
@@ -92,24 +118,57 @@ class DetectionService:
     # -- live evaluation, inside the caller's transaction -----------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[DetectionTransaction]:
-        """Holds the detection lock from evaluation until the caller's transaction has committed::
+        """A write transaction that detection takes part in, under the detection lock::
 
             with detection.transaction() as run:
-                with writing(engine) as conn:
-                    ...  # the batch's own rows
-                    run.evaluate_in(conn, reports)
+                ...  # the batch's own rows, on run.conn
+                run.evaluate_in(reports)
 
-        Memory (the alarm states) advances only when the block ends without an exception, that
-        is after the commit; the lock is released either way.
+        The block's end commits. Memory (the alarm states) advances only after the commit; an
+        exception in the block rolls back and leaves memory alone; a commit that fails leaves
+        the transaction unconfirmed (module docstring), settled at the start of the next one.
         """
-        with self._lock:
-            run = DetectionTransaction(self)
+        with self._lock, self._transaction() as run:
             yield run
-            try:
-                self._after_commit(run.pending)
-            except Exception:
-                # The transaction is durable: a failure here must not make the batch look failed.
-                log.exception("after_commit_failed")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[DetectionTransaction]:
+        """``transaction`` for a caller that holds the lock already."""
+        committing = False
+        try:
+            with write_connection(self._engine) as conn, conn.begin():
+                settled = self._settle(conn)
+                run = DetectionTransaction(self, conn, settled)
+                yield run
+                committing = True  # what raises from here on is the COMMIT
+        except BaseException:
+            if committing:
+                run.commit_unconfirmed = True
+                self._unconfirmed = _Unconfirmed(run.pending, run.commit_check)
+            raise
+        self._after_commit(run.pending)
+
+    def _settle(self, conn: Connection) -> list[ViolationEvent]:
+        """Make memory match the database after an unconfirmed commit; the events it turns out
+        to have stored (their alerts are in the outbox with them)."""
+        unconfirmed, self._unconfirmed = self._unconfirmed, None
+        if unconfirmed is None:
+            return []
+        try:
+            if unconfirmed.check is None:
+                self.evaluator.load(violations.load_alarm_states(conn))
+                log.warning("unconfirmed_commit_settled", outcome="alarm states reloaded")
+                return []
+            if unconfirmed.check(conn):
+                self._after_commit(unconfirmed.pending)
+                log.warning("unconfirmed_commit_settled", outcome="committed",
+                            events=len(unconfirmed.pending.events))
+                return unconfirmed.pending.events
+            log.warning("unconfirmed_commit_settled", outcome="not committed")
+            return []
+        except BaseException:
+            self._unconfirmed = unconfirmed  # still unknown: the database is still away
+            raise
 
     def _evaluate_in(self, conn: Connection, reports: Iterable[tuple[str, Mapping[str, dict[str, Any]], float]],
                      pending: PendingDetection) -> None:
@@ -132,6 +191,14 @@ class DetectionService:
         self._alerts.enqueue(conn, pending.alerts())
 
     def _after_commit(self, pending: PendingDetection) -> None:
+        """Memory catches up with a committed transaction; a failure here must not make the
+        durable batch look failed (it is logged)."""
+        try:
+            self._apply(pending)
+        except Exception:
+            log.exception("after_commit_failed")
+
+    def _apply(self, pending: PendingDetection) -> None:
         self.evaluator.apply(pending.changes)
         for event in pending.events:
             log.info("violation_event", event_type=event.event_type.value, violation_id=event.violation_id,
@@ -142,45 +209,49 @@ class DetectionService:
         """Invalidate alarms whose device went silent or that nothing monitors any more; returns
         what was stored (None when nothing was due)."""
         with self._lock:
-            stale: dict[StateKey, str] = {}
-            behaviors: dict[StateKey, Mapping[str, Any]] = {}
-            for key, state in self.evaluator.alarms():
-                thing, profile_name, behavior_name, _ = key
-                current = {p["name"]: p for p in self._monitoring.profiles_for(thing)}
-                profile = current.get(profile_name)
-                behavior = next((b for b in (profile or {}).get("behaviors") or []
-                                 if b.get("name") == behavior_name), None)
-                if profile is None:
-                    stale[key] = "the security profile no longer monitors this thing"
-                elif behavior is None:
-                    stale[key] = "the behavior was removed from the security profile"
-                elif due_for_invalidation(state, now, self._invalidation_period):
-                    stale[key] = "no datapoint for the invalidation period"
-                if behavior is not None:
-                    behaviors[key] = behavior
-            if not stale:
-                return None
-            pending = PendingDetection(self.evaluator.changes())
-            for reason in set(stale.values()):
-                keys = [k for k, r in stale.items() if r == reason]
-                self._collect(pending, self.evaluator.invalidate(keys, behaviors, now, reason, pending.changes))
-            self._fill_behaviors(pending)
-            pending.note_targets(pending.events, self._monitoring.profile)
-            with writing(self._engine) as conn:
-                self._persist(conn, pending)
-            self._after_commit(pending)
-            return pending
+            if self._unconfirmed is None and not self._stale(now)[0]:
+                return None  # the usual case: no write transaction at all
+            with self._transaction() as run:
+                stale, behaviors = self._stale(now)  # again: settling may have changed the alarms
+                for reason in set(stale.values()):
+                    keys = [k for k, r in stale.items() if r == reason]
+                    self._collect(run.pending, self.evaluator.invalidate(keys, behaviors, now, reason,
+                                                                         run.pending.changes))
+                self._fill_behaviors(run.conn, run.pending)
+                run.pending.note_targets(run.pending.events, self._monitoring.profile)
+                self._persist(run.conn, run.pending)
+            return run.pending if stale else None
 
-    def _fill_behaviors(self, pending: PendingDetection) -> None:
+    def _stale(self, now: float) -> tuple[dict[StateKey, str], dict[StateKey, Mapping[str, Any]]]:
+        """The alarms to invalidate, with why, and the current behavior of each alarm."""
+        stale: dict[StateKey, str] = {}
+        behaviors: dict[StateKey, Mapping[str, Any]] = {}
+        for key, state in self.evaluator.alarms():
+            thing, profile_name, behavior_name, _ = key
+            current = {p["name"]: p for p in self._monitoring.profiles_for(thing)}
+            profile = current.get(profile_name)
+            behavior = next((b for b in (profile or {}).get("behaviors") or []
+                             if b.get("name") == behavior_name), None)
+            if profile is None:
+                stale[key] = "the security profile no longer monitors this thing"
+            elif behavior is None:
+                stale[key] = "the behavior was removed from the security profile"
+            elif due_for_invalidation(state, now, self._invalidation_period):
+                stale[key] = "no datapoint for the invalidation period"
+            if behavior is not None:
+                behaviors[key] = behavior
+        return stale, behaviors
+
+    @staticmethod
+    def _fill_behaviors(conn: Connection, pending: PendingDetection) -> None:
         """Events of removed behaviors carry the behavior as it was when the alarm was raised."""
-        with self._engine.connect() as conn:
-            filled = []
-            for event in pending.events:
-                if "metric" not in event.behavior:
-                    original = violations.events_of(conn, event.violation_id)
-                    if original:
-                        event = ViolationEvent(**{**event.__dict__, "behavior": original[0].behavior,
-                                                  "criteria_type": original[0].criteria_type,
-                                                  "suppressed": original[0].suppressed})
-                filled.append(event)
-            pending.events[:] = filled
+        filled = []
+        for event in pending.events:
+            if "metric" not in event.behavior:
+                original = violations.events_of(conn, event.violation_id)
+                if original:
+                    event = ViolationEvent(**{**event.__dict__, "behavior": original[0].behavior,
+                                              "criteria_type": original[0].criteria_type,
+                                              "suppressed": original[0].suppressed})
+            filled.append(event)
+        pending.events[:] = filled

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSummary, summaries
@@ -20,7 +20,6 @@ from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import metric_values
 from iotdefender.store.availability import StoreUnavailable, is_unavailable, log_unless_outage
-from iotdefender.store.database import writing
 
 log = structlog.get_logger("iotdefender.batch_store")
 
@@ -48,13 +47,54 @@ class LocalBatchStore:
         self.monitoring = monitoring
         self.detection = detection
         self._on_events = on_events
+        # thing -> the highest report id of an unconfirmed transaction: perhaps stored, perhaps not
+        self._maybe_stored: dict[str, int] = {}
 
     def store_batch(self, items: Sequence[BatchItem]) -> list[EventSummary]:
         """Retained datapoints (the series a monitoring profile uses or retains), the last report
-        id of each thing, and every datapoint evaluated — in one transaction."""
+        id of each thing, and every datapoint evaluated — in one transaction.
+
+        A report that an unconfirmed transaction (detection.py) may have stored is looked up in
+        this transaction: found, it is not stored or evaluated again, and counts as stored (its
+        device was answered ``ServiceUnavailable`` and resent it; now it hears ``accepted``).
+        """
+        self.monitoring.prime([item[0] for item in items])
+        run = None
+        try:
+            with self.detection.transaction() as run:
+                fresh = self._not_yet_stored(run.conn, items)
+                reports, states = self._rows(fresh)
+                metric_values.insert_reports(run.conn, reports)
+                metric_values.upsert_report_states(run.conn, states.values())
+                run.evaluate_in([(t, d, at) for t, d, at, _ in fresh])
+                marks = {thing: report_id for thing, report_id, _ in states.values()}
+                run.commit_check = (lambda conn: metric_values.reports_stored(conn, marks)) if marks else None
+        except Exception as error:
+            if run is not None and run.commit_unconfirmed:
+                for thing, _, _, report_id in items:
+                    if report_id is not None:
+                        self._maybe_stored[thing] = max(report_id, self._maybe_stored.get(thing, report_id))
+            if is_unavailable(error):
+                raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+            raise
+        for thing, _, _, _ in items:
+            self._maybe_stored.pop(thing, None)  # committed: this thing's stored report id was read or advanced
+        events = summaries(run.settled + run.events)
+        self._on_events(events)
+        return events
+
+    def _not_yet_stored(self, conn: Connection, items: Sequence[BatchItem]) -> Sequence[BatchItem]:
+        suspects = {item[0] for item in items if item[0] in self._maybe_stored}
+        if not suspects:
+            return items
+        stored = metric_values.report_states_of(conn, suspects)
+        return [item for item in items
+                if item[3] is None or item[0] not in stored or item[3] > stored[item[0]][0]]
+
+    def _rows(self, items: Sequence[BatchItem]
+              ) -> tuple[list[metric_values.RetainedReport], dict[str, tuple[str, int, float]]]:
         reports: list[metric_values.RetainedReport] = []
         states: dict[str, tuple[str, int, float]] = {}
-        self.monitoring.prime([item[0] for item in items])
         for thing, datapoints, at, report_id in items:
             retained = self.monitoring.retained_metrics(thing)
             kept = {m: v for m, v in datapoints.items() if m in retained}
@@ -62,19 +102,7 @@ class LocalBatchStore:
                 reports.append(metric_values.RetainedReport(thing, at, kept))
             if report_id is not None:
                 states[thing] = (thing, report_id, at)
-        try:
-            with self.detection.transaction() as detection:
-                with writing(self.engine) as conn:
-                    metric_values.insert_reports(conn, reports)
-                    metric_values.upsert_report_states(conn, states.values())
-                    detection.evaluate_in(conn, [(t, d, at) for t, d, at, _ in items])
-        except Exception as error:
-            if is_unavailable(error):
-                raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
-            raise
-        events = summaries(detection.events)
-        self._on_events(events)
-        return events
+        return reports, states
 
     def sweep(self, now: float) -> list[EventSummary]:
         pending = self.detection.sweep(now)

@@ -96,6 +96,12 @@ def writing(engine: Engine) -> AbstractContextManager[Connection]:
     return _writer(engine).begin()
 
 
+def write_connection(engine: Engine) -> Connection:
+    """A connection for write transactions whose caller must tell a failed commit from a failure
+    before it (``conn.begin()`` then ``commit()``): ``writing`` raises the same way for both."""
+    return _writer(engine).connect()
+
+
 def in_batches(engine: Engine, step: Callable[[Connection], int]) -> int:
     """Run ``step`` in one short write transaction after another until it does nothing (returns 0).
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,21 @@ def load_report_states(conn: Connection) -> dict[str, tuple[int, float]]:
     rows = conn.execute(sa.select(thing_report_state.c.thing_name, thing_report_state.c.last_report_id,
                                   thing_report_state.c.last_report_at))
     return {t: (r, a) for t, r, a in rows}
+
+
+def report_states_of(conn: Connection, things: Iterable[str]) -> dict[str, tuple[int, float]]:
+    """The last stored report id and time of each of ``things`` that has one."""
+    rows = conn.execute(sa.select(thing_report_state.c.thing_name, thing_report_state.c.last_report_id,
+                                  thing_report_state.c.last_report_at)
+                        .where(thing_report_state.c.thing_name.in_(list(things))))
+    return {t: (r, a) for t, r, a in rows}
+
+
+def reports_stored(conn: Connection, marks: Mapping[str, int]) -> bool:
+    """Whether a transaction that stored these report ids (thing -> id) committed: report ids only
+    increase, so it did if a thing's stored id has reached its mark."""
+    stored = report_states_of(conn, marks)
+    return any(stored[thing][0] >= mark for thing, mark in marks.items() if thing in stored)
 
 
 def series_page(conn: Connection, thing: str, key: str, start: float, end: float,
