@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+import msgspec
 from typing import Any
 
 from iotdefender.cloud.topic_filter import counted
@@ -30,14 +32,24 @@ CLOUD_METRICS = ("aws:num-connection-attempts", "aws:num-disconnects", "aws:num-
                  "aws:source-ip-address", "aws:disconnect-duration")
 
 
-@dataclass
-class ClientWindow:
+class ClientWindow(msgspec.Struct, gc=False):
+    """One device's events in one window.
+
+    One of these lives per connected device per window, so at fleet size they were most of what
+    the service's garbage collector traversed (15,000 devices: about 90,000 of its 180,000
+    tracked objects, full collections of 45-100 ms): the struct is untracked (``gc=False``), and
+    every field is an int or a dict holding only strings, ``None`` and ints, which CPython leaves
+    untracked too. Hence two dicts for the messages sent instead of ``[count, max bytes]`` lists,
+    and a dict for the source addresses (sets are always tracked; the values are unused).
+    """
+
     connection_attempts: int = 0
     disconnects: int = 0
-    auth_failures: dict[str | None, int] = field(default_factory=dict)  # topic (None: CONNECT) -> count
-    sent: dict[str | None, list[int]] = field(default_factory=dict)  # topic (None: unknown) -> [count, max bytes]
-    received: dict[str | None, int] = field(default_factory=dict)
-    source_ips: set[str] = field(default_factory=set)
+    auth_failures: dict[str | None, int] = {}  # topic (None: CONNECT) -> count
+    sent: dict[str | None, int] = {}  # topic (None: unknown) -> messages
+    sent_max_bytes: dict[str | None, int] = {}  # topic -> the largest payload
+    received: dict[str | None, int] = {}
+    source_ips: dict[str, None] = {}  # an insertion-ordered set
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,7 @@ class Aggregator:
         window = self._client(client_id, at)
         window.connection_attempts += 1
         if address:
-            window.source_ips.add(address)
+            window.source_ips[address] = None
         if ok:
             self.disconnected_at.pop(client_id, None)
         else:
@@ -90,23 +102,22 @@ class Aggregator:
         self.disconnected_at[client_id] = at
 
     def message_sent(self, client_id: str, topic: str, size: int, at: float) -> None:
-        entry = self._client(client_id, at).sent.get(topic)
-        if entry is None:
-            self.windows[self.index(at)][client_id].sent[topic] = [1, size]
-        else:
-            entry[0] += 1
-            entry[1] = max(entry[1], size)
+        self._sent(self._client(client_id, at), topic, 1, size)
 
     def message_counts(self, client_id: str, sent: int, sent_bytes: int, received: int, at: float) -> None:
         """Counts without topics (a broker that reports counters, like NATS): they count in no
         topic dimension, and the size is the average of the messages counted together."""
         window = self._client(client_id, at)
         if sent:
-            entry = window.sent.setdefault(None, [0, 0])  # type: ignore[index]
-            entry[0] += sent
-            entry[1] = max(entry[1], sent_bytes // sent)
+            self._sent(window, None, sent, sent_bytes // sent)
         if received:
-            window.received[None] = window.received.get(None, 0) + received  # type: ignore[index]
+            window.received[None] = window.received.get(None, 0) + received
+
+    @staticmethod
+    def _sent(window: ClientWindow, topic: str | None, count: int, size: int) -> None:
+        window.sent[topic] = window.sent.get(topic, 0) + count
+        if size > window.sent_max_bytes.get(topic, -1):
+            window.sent_max_bytes[topic] = size
 
     def message_received(self, client_id: str, topic: str, at: float) -> None:
         received = self._client(client_id, at).received
@@ -139,9 +150,9 @@ class Aggregator:
             "aws:num-connection-attempts": {"count": w.connection_attempts},
             "aws:num-disconnects": {"count": w.disconnects},
             "aws:num-authorization-failures": {"count": sum(w.auth_failures.values())},
-            "aws:num-messages-sent": {"count": sum(c for c, _ in w.sent.values())},
+            "aws:num-messages-sent": {"count": sum(w.sent.values())},
             "aws:num-messages-received": {"count": sum(w.received.values())},
-            "aws:message-byte-size": {"count": max((m for _, m in w.sent.values()), default=0)},
+            "aws:message-byte-size": {"count": max(w.sent_max_bytes.values(), default=0)},
             "aws:source-ip-address": {"cidrs": sorted(w.source_ips)},
             "aws:disconnect-duration": {"count": int((end - since) // 60) if since is not None else 0},
         }
@@ -151,11 +162,11 @@ class Aggregator:
             if spec.metric == "aws:num-authorization-failures":
                 points[key] = {"count": sum(n for t, n in w.auth_failures.items() if keep(t))}
             elif spec.metric == "aws:num-messages-sent":
-                points[key] = {"count": sum(c for t, (c, _) in w.sent.items() if keep(t))}
+                points[key] = {"count": sum(c for t, c in w.sent.items() if keep(t))}
             elif spec.metric == "aws:num-messages-received":
                 points[key] = {"count": sum(c for t, c in w.received.items() if keep(t))}
             elif spec.metric == "aws:message-byte-size":
-                points[key] = {"count": max((m for t, (_, m) in w.sent.items() if keep(t)), default=0)}
+                points[key] = {"count": max((m for t, m in w.sent_max_bytes.items() if keep(t)), default=0)}
             elif spec.metric == "aws:source-ip-address":
                 # Addresses of connections that published on matching topics: the broker knows
                 # one address per connection, so a matching message keeps the window's addresses.
