@@ -138,9 +138,12 @@ class Evaluator:
     time_scale: float = 1.0
     _states: dict[StateKey, AlarmState] = field(default_factory=dict, init=False)
     _statistics: FleetStatistics = field(default_factory=FleetStatistics, init=False)
-    # thing -> series -> [(time, value)] inside the longest duration: one small dict per thing
-    # keeps the per-device footprint low (bench/engine_state.py).
-    _history: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict, init=False)
+    # thing -> series -> ((time, value), ...) inside the longest duration: one small dict per thing
+    # keeps the per-device footprint low (bench/engine_state.py). Tuples of floats, in a dict of
+    # them, are untracked by the garbage collector once it has seen them (CPython untracks tuples
+    # and dicts holding only untracked objects): a list per thing kept 15,000 dicts and lists in
+    # every full collection of the detection worker at 15,000 devices.
+    _history: dict[str, dict[str, tuple[tuple[float, float], ...]]] = field(default_factory=dict, init=False)
     _generation: int = field(default=0, init=False, compare=False)  # how many change sets were applied
     _compiled: dict[int, tuple[Mapping[str, Any], list[_Rule]]] = field(default_factory=dict, init=False,
                                                                           compare=False)
@@ -180,7 +183,7 @@ class Evaluator:
             by_series = self._history.get(thing)
             if by_series is None:
                 by_series = self._history[thing] = {}
-            by_series[series] = window
+            by_series[series] = tuple(window)
         self._statistics.apply(changes.statistics)
         self._generation += 1
 
