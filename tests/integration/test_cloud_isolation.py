@@ -54,3 +54,40 @@ def test_a_refused_window_is_isolated(tmp_path):
         return [d["value"] for d in out["metricDatumList"]]
 
     assert stored("c-1") == [{"count": 1}] and stored("c-3") == [{"count": 1}] and stored("c-2") == []
+
+
+class Counting:
+    """The real store, recording the size of every batch it is given."""
+
+    def __init__(self, store: LocalBatchStore) -> None:
+        self.store = store
+        self.sizes: list[int] = []
+
+    def store_batch(self, items: Sequence[BatchItem]) -> Any:
+        self.sizes.append(len(items))
+        return self.store.store_batch(items)
+
+
+def test_a_fleet_window_is_stored_in_transactions_of_at_most_the_batch_limit(tmp_path):
+    """One transaction for the whole fleet's window held the detection worker, and every device
+    report waiting behind it, for seconds at fleet size."""
+    from iotdefender.pipeline.batch_store import BATCH_MAX
+
+    api = build_api(Settings(data_dir=tmp_path))
+    engine = api.context.engine
+    api.invoke("CreateSecurityProfile", {"securityProfileName": "cloud", "behaviors": [
+        {"name": "attempts", "metric": "aws:num-connection-attempts",
+         "criteria": {"comparisonOperator": "greater-than", "value": {"count": 100}}}]})
+    api.invoke("AttachSecurityProfile", {"securityProfileName": "cloud", "securityProfileTargetArn": ALL_THINGS})
+    monitoring = MonitoringIndex(engine, api.context.arn(""))
+    detection = DetectionService(engine, monitoring, AlertRoutes(), 172800.0)
+    detection.load()
+    now = [1000.2]
+    store = Counting(LocalBatchStore(engine, monitoring, detection, ignore_events))
+    cloud = CloudMetricsService(engine, monitoring, store, window_s=1.0, clock=lambda: now[0])
+    devices = 2 * BATCH_MAX + 5
+    for n in range(devices):
+        cloud.connect_attempt(f"c-{n}", "10.0.0.1", True)
+    now[0] = 1001.5
+    assert cloud.close_due() == devices
+    assert store.sizes == [BATCH_MAX, BATCH_MAX, 5]

@@ -22,7 +22,7 @@ from iotdefender.cloud.aggregator import CLOUD_METRICS, Aggregator, dimension_sp
 from iotdefender.ingest.report import ReportRejected, check_thing_name
 from iotdefender.net_address import ip_of_endpoint
 from iotdefender.pipeline.batch_isolation import store_isolating
-from iotdefender.pipeline.batch_store import BatchStore
+from iotdefender.pipeline.batch_store import BATCH_MAX, BatchStore
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import registry
 from iotdefender.store.availability import log_unless_outage
@@ -163,12 +163,16 @@ class CloudMetricsService:
                 continue
             points = self.aggregator.datapoints(thing, clients.get(thing), end, dimension_specs(profiles, dimensions))
             items.append((thing, points, end, None))  # the store keeps the retained series of it
-        if not items:
-            return 0
-        # One device's window that the store cannot take must not cost the others theirs.
-        outcome = store_isolating(self._store.store_batch, items, source="cloud")
-        for index, error in outcome.failed.items():
-            log.error("cloud_window_not_stored", thing=items[index][0], error=f"{type(error).__name__}: {error}")
-        if outcome.outage is not None:
-            raise outcome.outage
-        return len(outcome.stored)
+        stored = 0
+        # In transactions of at most BATCH_MAX devices: the whole fleet's window in one would hold
+        # the detection worker for seconds at fleet size, and every device report behind it.
+        for start in range(0, len(items), BATCH_MAX):
+            chunk = items[start:start + BATCH_MAX]
+            # One device's window that the store cannot take must not cost the others theirs.
+            outcome = store_isolating(self._store.store_batch, chunk, source="cloud")
+            for index, error in outcome.failed.items():
+                log.error("cloud_window_not_stored", thing=chunk[index][0], error=f"{type(error).__name__}: {error}")
+            if outcome.outage is not None:
+                raise outcome.outage
+            stored += len(outcome.stored)
+        return stored

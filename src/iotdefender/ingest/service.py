@@ -44,7 +44,7 @@ from iotdefender.ingest.report import (
     report_id_hint,
 )
 from iotdefender.pipeline.batch_isolation import Isolated, store_isolating
-from iotdefender.pipeline.batch_store import BatchStore
+from iotdefender.pipeline.batch_store import BATCH_MAX, BatchStore
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import metric_values
 from iotdefender.store.availability import DatabaseHealth, is_unavailable
@@ -58,9 +58,8 @@ QUEUE_LIMIT = Gauge("iotdefender_ingest_queue_limit", "Reports that may wait; be
 
 Publisher = Callable[[str, bytes], None]  # queues a PUBLISH; does not wait for it
 
-_BATCH_MAX = 1000
 _BATCH_WAIT_S = 0.002
-DEFAULT_QUEUE_LIMIT = 10 * _BATCH_MAX
+DEFAULT_QUEUE_LIMIT = 10 * BATCH_MAX
 
 
 @dataclass
@@ -195,7 +194,7 @@ class IngestService:
                 if not batch:
                     continue
             deadline = loop.time() + _BATCH_WAIT_S
-            while len(batch) < _BATCH_MAX:
+            while len(batch) < BATCH_MAX:
                 try:
                     self._admit(self._queue.get_nowait(), batch, held, blocked)
                 except asyncio.QueueEmpty:

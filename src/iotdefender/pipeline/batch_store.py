@@ -21,6 +21,10 @@ from typing import Any, Protocol
 
 from iotdefender.engine.evaluator import ViolationEvent
 
+# The most items one ``store_batch`` is given: one transaction holds the detection worker for
+# this long at most, so that device reports waiting behind it are answered promptly.
+BATCH_MAX = 1000
+
 # (thing, datapoints, time, report id): a device report, or a cloud-side window (report id None).
 BatchItem = tuple[str, dict[str, dict[str, Any]], float, int | None]
 EventSummary = tuple[str, str, str]  # (event type, profile, behavior): what the counters need
