@@ -27,7 +27,10 @@ _STATE_FIELDS = dataclasses.fields(AlarmState)
 
 
 def _state_of(document: Mapping[str, Any]) -> AlarmState:
-    return AlarmState(**{**document, "status": AlarmStatus(document["status"])})
+    # JSON gives the streak's (time, value) pairs back as lists; states saved before the streak
+    # was kept have none.
+    points = tuple((at, value) for at, value in document.get("streak_points") or ())
+    return AlarmState(**{**document, "status": AlarmStatus(document["status"]), "streak_points": points})
 
 
 def load_alarm_states(conn: Connection) -> dict[StateKey, AlarmState]:
