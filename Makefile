@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 ARGS ?=
 .DEFAULT_GOAL := help
 
@@ -27,11 +28,17 @@ broker-deps: ## install Mosquitto and what its plugin is compiled with (apt-get,
 		echo "installing with apt-get:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 
+# `make run` installs the service and the AWS clients the README uses (the `clients` extra); the
+# tests, guards and benchmarks add the test tooling (the `test` extra).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[clients]'
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
 
 run: $(STAMP) broker-deps ## set up .venv and start the service on its defaults (ARGS='...' for flags)
 	$(BIN)/iotdefender serve $(ARGS)
@@ -54,22 +61,22 @@ system-deps: ## install the test-only Debian packages (PostgreSQL, Mosquitto, na
 # the layer contract and no import cycles (import-linter), every imported package declared in
 # pyproject.toml (deptry: the service's code against its dependencies, the tests and benchmarks
 # against those and the test extra), and the type checker (strict on the engine and the contract).
-guards: $(STAMP) ## the layer contract, declared dependencies and the type checker (make test runs them)
+guards: $(TEST_STAMP) ## the layer contract, declared dependencies and the type checker (make test runs them)
 	$(BIN)/ruff check --select F,E9 src tests bench
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/deptry src
 	$(BIN)/deptry tests bench --exclude '\.git' --ignore DEP002,DEP004
 	$(BIN)/mypy
 
-test: $(STAMP) system-deps broker-deps guards ## set up and run the whole test suite (ARGS='tests/unit' for a part)
+test: $(TEST_STAMP) system-deps broker-deps guards ## set up and run the whole test suite (ARGS='tests/unit' for a part)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
 
-test-unit: $(STAMP) ## run the unit tests only
+test-unit: $(TEST_STAMP) ## run the unit tests only
 	$(BIN)/python -m pytest -q tests/unit $(ARGS)
 
 # The durability and hostile-input tests on their own, with their figures (docs/durability.md):
 # kill -9 under load and PostgreSQL stopped under load, the live MQTT fuzz and the parser fuzz.
-durability: $(STAMP) system-deps broker-deps ## kill -9 and PostgreSQL outages under load, the MQTT and parser fuzz, with their figures
+durability: $(TEST_STAMP) system-deps broker-deps ## kill -9 and PostgreSQL outages under load, the MQTT and parser fuzz, with their figures
 	rm -f durability.jsonl
 	IOTDEFENDER_DURABILITY_OUT=durability.jsonl $(BIN)/python -m pytest -q -s -p no:cacheprovider \
 		tests/e2e/test_durability.py tests/e2e/test_ingest_hardening.py tests/unit/test_report_parser.py \
@@ -81,7 +88,7 @@ demo: $(STAMP) broker-deps ## the service, a sample profile and a simulated flee
 	$(BIN)/iotdefender demo
 
 # Benchmarks write JSON with the machine and the command to bench/results/ (bench/README.md).
-bench: $(STAMP) system-deps broker-deps ## every benchmark (results in bench/results/)
+bench: $(TEST_STAMP) system-deps broker-deps ## every benchmark (results in bench/results/)
 	$(BIN)/python bench/control_plane.py
 	$(MAKE) bench-pipeline
 	$(BIN)/python bench/pipeline.py --broker mosquitto --devices 5000
@@ -92,12 +99,12 @@ bench: $(STAMP) system-deps broker-deps ## every benchmark (results in bench/res
 	$(BIN)/python bench/console.py
 
 # The fleet pipeline on the default broker of `iotdefender serve`, at 5,000 and 15,000 devices.
-bench-pipeline: $(STAMP) system-deps broker-deps ## the fleet pipeline benchmark at 5,000 and 15,000 devices
+bench-pipeline: $(TEST_STAMP) system-deps broker-deps ## the fleet pipeline benchmark at 5,000 and 15,000 devices
 	$(BIN)/python bench/pipeline.py --broker embedded --devices 5000
 	$(BIN)/python bench/pipeline.py --broker embedded --devices 15000
 
 # A reduced fleet run (1,500 devices, < 90 s) printing one JSON line.
-bench-quick: $(STAMP) system-deps broker-deps ## a reduced fleet run (1,500 devices, < 90 s), one JSON line
+bench-quick: $(TEST_STAMP) system-deps broker-deps ## a reduced fleet run (1,500 devices, < 90 s), one JSON line
 	@$(BIN)/python bench/pipeline.py --broker embedded --quick
 
 clean: ## remove .venv and the data directories

@@ -107,3 +107,33 @@ def test_ctrl_c_stops_everything_without_a_traceback(tmp_path):
     assert "Traceback" not in out + err
     time.sleep(0.5)
     assert not any(alive(pid) for pid in brokers)
+
+
+def test_the_default_relative_data_directory_starts_the_broker(tmp_path):
+    """`make run` starts `iotdefender serve` with the default --data-dir, ./data: Mosquitto, which
+    runs in its runtime directory, was handed a relative config path and refused to start."""
+    import httpx
+    import paho.mqtt.client as mqtt
+
+    api_port, mqtt_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDEFENDER_")}
+    serve = subprocess.Popen([sys.executable, "-m", "iotdefender", "serve", "--api-port", str(api_port),
+                              "--mqtt-port", str(mqtt_port)], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        healthy = False
+        while time.monotonic() < deadline and serve.poll() is None and not healthy:
+            try:
+                healthy = httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert healthy, serve.stdout.read()[-3000:] if serve.poll() is not None else "no /healthz within 60 s"
+        assert (tmp_path / "data" / "mosquitto").is_dir()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="relative-1")
+        assert client.connect("127.0.0.1", mqtt_port) == 0  # the broker listens
+        client.disconnect()
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, 2)
+            serve.wait(timeout=30)

@@ -146,6 +146,10 @@ def test_builder_creates_edits_validates_and_previews(service, page: Page):
     expect(error).to_contain_text("70000")
     expect(page.locator("#behavior-builder")).to_have_attribute("data-valid", "false")
     shot(page, "21-builder-inline-error")
+    card(page, 2).locator("[data-field=value]").fill("22, abc")  # not a number: said in words
+    expect(error).to_contain_text('Ports are whole numbers from 0 to 65535: "abc" is not.')
+    expect(error).not_to_contain_text("class")  # not botocore's Python-type message
+    expect(page.locator("#behavior-builder")).to_have_attribute("data-valid", "false")
     card(page, 2).locator("[data-field=value]").fill("22, 443")
     expect(error).to_be_hidden()
     card(page, 5).locator("[data-field=name]").fill("few-ports")  # a name used twice

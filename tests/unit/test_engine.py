@@ -77,6 +77,26 @@ def test_consecutive_datapoints_to_alarm_and_clear():
     assert state.status is AlarmStatus.NORMAL
 
 
+def test_a_transition_carries_every_datapoint_of_its_streak():
+    # datapoint i has the value {"count": i}; a compliant datapoint breaks a violating streak
+    _, events = run([True, True, False, True, True, True, False, True, False, False], 3, 2)
+    raised, cleared = events
+    assert [at for at, _ in raised.datapoints] == [3.0, 4.0, 5.0]  # not the broken streak 0, 1
+    assert [v["count"] for _, v in raised.datapoints] == [3, 4, 5]
+    assert [at for at, _ in cleared.datapoints] == [8.0, 9.0]  # not 6, broken by the violating 7
+    _, single = run([True, False], 1, 1)
+    assert [at for at, _ in single[0].datapoints] == [0.0] and [at for at, _ in single[1].datapoints] == [1.0]
+
+
+def test_an_alarm_state_keeps_no_more_points_than_its_transition_needs():
+    state, _ = run([True] * 2, 5, 1)
+    assert len(state.streak_points) == 2
+    state, _ = run([True] * 9, 5, 3)  # in alarm since datapoint 4: violating points are not kept
+    assert state.streak_points == ()
+    state, _ = run([True] * 5 + [False] * 2, 5, 3)
+    assert [at for at, _ in state.streak_points] == [5.0, 6.0]
+
+
 def test_in_alarm_refreshes_last_violation_without_new_events():
     state, events = run([True, True, True])
     assert [e.event for e in events] == [EventType.IN_ALARM]
@@ -139,6 +159,24 @@ def test_evaluator_raises_and_clears_with_evidence():
     assert commit(evaluator, cleared) == [("alarm-cleared", "ports")]
     assert cleared.events[0].violation_id == event.violation_id
     assert evaluator.remembered() == 0  # idle states are not kept
+
+
+def test_the_evidence_of_a_consecutive_datapoints_alarm_holds_each_datapoint():
+    profile = {"name": "p", "behaviors": [
+        {"name": "ports", "metric": "aws:listening-tcp-ports",
+         "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [443]},
+                      "consecutiveDatapointsToAlarm": 2, "consecutiveDatapointsToClear": 2}}]}
+    evaluator = Evaluator(counting_ids())
+    reports = [(1000.0, [22]), (1300.0, [23]), (1600.0, [443]), (1900.0, [443])]
+    events = []
+    for at, ports in reports:
+        evaluation = evaluator.evaluate("t1", [profile], {"aws:listening-tcp-ports": {"ports": ports}}, at)
+        evaluator.apply(evaluation.changes)
+        events += evaluation.events
+    assert [e.event_type.value for e in events] == ["in-alarm", "alarm-cleared"]
+    assert events[0].evidence["datapoints"] == [{"timestamp": 1000.0, "value": {"ports": [22]}},
+                                                {"timestamp": 1300.0, "value": {"ports": [23]}}]
+    assert [d["timestamp"] for d in events[1].evidence["datapoints"]] == [1600.0, 1900.0]
 
 
 def test_delta_metrics_sum_over_duration_seconds():

@@ -32,6 +32,11 @@ def when(epoch: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def count_of(n: Any, noun: str) -> str:
+    """``1 device``, ``2 devices``: counts in sentences read as English ("1 devices" did not)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def duration(seconds: Any) -> str:
     """A span as an operator says it: 45 s, 12 min, 3 h 05 min, 2 d 4 h."""
     if seconds is None or seconds == "":
@@ -72,6 +77,7 @@ class ConsoleContext:
         self.templates.env.filters["when"] = when
         self.templates.env.filters["metric_value"] = metric_value
         self.templates.env.filters["duration"] = duration
+        self.templates.env.filters["count_of"] = count_of
         self.templates.env.globals["time_scale"] = self.time_scale
 
     @property

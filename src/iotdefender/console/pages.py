@@ -215,7 +215,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                                   newest_first=True, **by_behavior)
                 rows = page["violationEvents"]
             else:
-                page = api.invoke("ListActiveViolations", filters, **by_behavior)
+                page = api.invoke("ListActiveViolations", filters, newest_first=True, **by_behavior)
                 rows = page["activeViolations"]
             names = [p["name"] for p in api.invoke("ListSecurityProfiles", {"maxResults": 250})
                      ["securityProfileIdentifiers"]]

@@ -42,14 +42,18 @@ def _verification(row: Any) -> Params:
 
 
 @operation("ListActiveViolations")
-def list_active_violations(ctx: ServiceContext, params: Params, behavior_name: str | None = None) -> Params:
-    """``behavior_name`` is the console's extra filter (AWS's model has none)."""
+def list_active_violations(ctx: ServiceContext, params: Params, behavior_name: str | None = None,
+                           newest_first: bool = False) -> Params:
+    """Oldest start first (AWS does not document an order); the console asks for ``newest_first``
+    and may filter by ``behavior_name`` (AWS's model has no such filter)."""
     filters = _filter(params, behavior_name)
-    after = decode_token(params.get("nextToken"))
+    after = decode_token(params.get("nextToken"), (float, str))
     limit = page_size(params.get("maxResults"))
     with ctx.engine.connect() as conn:
-        rows = violations.active_page(conn, filters, after, limit + 1)
-    token = encode_token(rows[limit - 1].violation_id) if len(rows) > limit else None
+        rows = violations.active_page(conn, filters, tuple(after) if after else None, limit + 1,
+                                      descending=newest_first)
+    last = rows[limit - 1] if len(rows) > limit else None
+    token = encode_token([last.violation_start_time, last.violation_id]) if last is not None else None
     return {
         "activeViolations": [
             {"violationId": r.violation_id, "thingName": r.thing_name, "securityProfileName": r.profile_name,

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 IdFactory = Callable[[], str]  # a new violationId each call
+Point = tuple[float, dict[str, Any]]  # (time, MetricValue) of one datapoint
 
 
 class AlarmStatus(str, Enum):
@@ -54,6 +55,12 @@ class AlarmState:
     last_violation_value: dict[str, Any] | None = None
     last_violation_time: float | None = None
     last_datapoint_at: float | None = None
+    # The datapoints (time, value) of the streak under way that did not yet cause a transition:
+    # violating ones while NORMAL, compliant ones while IN_ALARM, at most one fewer than the
+    # transition needs. With consecutiveDatapointsToAlarm/ToClear above 1 the event's evidence is
+    # then every datapoint it was judged on, not only the last; saved with the state, so a
+    # restart in the middle of a streak keeps them.
+    streak_points: tuple[Point, ...] = ()
 
     @property
     def is_idle(self) -> bool:
@@ -68,6 +75,8 @@ class Transition:
     violation_id: str
     value: dict[str, Any] | None
     at: float
+    # The consecutive datapoints that caused it, oldest first (the last one is ``value`` at ``at``).
+    datapoints: tuple[Point, ...] = ()
 
 
 def counting_ids(start: int = 1) -> IdFactory:
@@ -86,24 +95,38 @@ def advance(state: AlarmState, violating: bool, value: dict[str, Any], at: float
     (``new_id`` is called once per in-alarm transition)."""
     if not violating and state.is_idle:
         return state, None  # the common case (a compliant device): nothing to remember
+    point = (at, value)
     if violating:
         streak = state.violating_streak + 1
         if state.status is AlarmStatus.IN_ALARM:
             return replace(state, violating_streak=streak, compliant_streak=0, last_violation_value=value,
-                           last_violation_time=at, last_datapoint_at=at), None
+                           last_violation_time=at, last_datapoint_at=at, streak_points=()), None
         if streak >= to_alarm:
             violation_id = new_id()
             after = AlarmState(AlarmStatus.IN_ALARM, streak, 0, violation_id, at, value, at, at)
-            return after, Transition(EventType.IN_ALARM, after, violation_id, value, at)
-        return replace(state, violating_streak=streak, compliant_streak=0, last_datapoint_at=at), None
+            return after, Transition(EventType.IN_ALARM, after, violation_id, value, at,
+                                     _judged_on(state.streak_points, point, to_alarm))
+        return replace(state, violating_streak=streak, compliant_streak=0, last_datapoint_at=at,
+                       streak_points=_kept(state.streak_points, point, to_alarm)), None
     if state.status is AlarmStatus.IN_ALARM:
         streak = state.compliant_streak + 1
         if streak >= to_clear:
             assert state.violation_id is not None
             after = AlarmState(last_datapoint_at=at)
-            return after, Transition(EventType.CLEARED, after, state.violation_id, value, at)
-        return replace(state, compliant_streak=streak, violating_streak=0, last_datapoint_at=at), None
+            return after, Transition(EventType.CLEARED, after, state.violation_id, value, at,
+                                     _judged_on(state.streak_points, point, to_clear))
+        return replace(state, compliant_streak=streak, violating_streak=0, last_datapoint_at=at,
+                       streak_points=_kept(state.streak_points, point, to_clear)), None
     return AlarmState(), None  # a violating streak broken before it raised an alarm
+
+
+def _kept(points: tuple[Point, ...], point: Point, needed: int) -> tuple[Point, ...]:
+    """The streak's points once ``point`` joined it, without more than a transition needs."""
+    return (*points, point)[-(needed - 1):] if needed > 1 else ()
+
+
+def _judged_on(points: tuple[Point, ...], point: Point, needed: int) -> tuple[Point, ...]:
+    return (*points, point)[-needed:] if needed > 1 else (point,)
 
 
 def invalidate(state: AlarmState, at: float) -> tuple[AlarmState, Transition | None]:

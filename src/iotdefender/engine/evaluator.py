@@ -273,7 +273,7 @@ class Evaluator:
                 if transition is not None:
                     evidence: dict[str, Any] = statistics if statistics is not None else {"threshold": threshold}
                     evidence["datapoints"] = (
-                        [{"timestamp": now, "value": value}] if window_points is None else
+                        [{"timestamp": t, "value": v} for t, v in transition.datapoints] if window_points is None else
                         [{"timestamp": t, "value": {"count": int(v)}} for t, v in window_points])
                     if not ok:
                         bad = offending(rule.operator, threshold, measured)

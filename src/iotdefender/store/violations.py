@@ -27,7 +27,10 @@ _STATE_FIELDS = dataclasses.fields(AlarmState)
 
 
 def _state_of(document: Mapping[str, Any]) -> AlarmState:
-    return AlarmState(**{**document, "status": AlarmStatus(document["status"])})
+    # JSON gives the streak's (time, value) pairs back as lists; states saved before the streak
+    # was kept have none.
+    points = tuple((at, value) for at, value in document.get("streak_points") or ())
+    return AlarmState(**{**document, "status": AlarmStatus(document["status"]), "streak_points": points})
 
 
 def load_alarm_states(conn: Connection) -> dict[StateKey, AlarmState]:
@@ -128,11 +131,23 @@ def _with_verification(table: sa.Table) -> sa.Select:
         table.outerjoin(violation_verification, violation_verification.c.violation_id == table.c.violation_id))
 
 
-def active_page(conn: Connection, filters: ViolationFilter, after: str | None, limit: int) -> Sequence[Any]:
+def active_page(conn: Connection, filters: ViolationFilter, after: tuple[float, str] | None, limit: int,
+                descending: bool = False) -> Sequence[Any]:
+    """Active violations by (start time, id), after the key ``after`` in that order (the most
+    recent first if ``descending``): listed by id, they looked shuffled."""
     query = _with_verification(active_violations).where(*_filters(active_violations, filters))
+    return conn.execute(_keyset(query, active_violations.c.violation_start_time, active_violations.c.violation_id,
+                                after, descending).limit(limit)).all()
+
+
+def _keyset(query: sa.Select, time_: sa.Column, id_: sa.Column, after: tuple[Any, Any] | None,
+            descending: bool) -> sa.Select:
+    """``query`` ordered by (time, id), continuing after the key ``after`` in that order."""
     if after is not None:
-        query = query.where(active_violations.c.violation_id > after)
-    return conn.execute(query.order_by(active_violations.c.violation_id).limit(limit)).all()
+        ts, key = after
+        query = query.where(sa.or_(time_ < ts, sa.and_(time_ == ts, id_ < key)) if descending else
+                            sa.or_(time_ > ts, sa.and_(time_ == ts, id_ > key)))
+    return query.order_by(*((time_.desc(), id_.desc()) if descending else (time_, id_)))
 
 
 def events_page(conn: Connection, filters: ViolationFilter, start: float, end: float,
@@ -142,13 +157,8 @@ def events_page(conn: Connection, filters: ViolationFilter, start: float, end: f
     query = _with_verification(violation_events).where(
         violation_events.c.event_time >= start, violation_events.c.event_time <= end,
         *_filters(violation_events, filters))
-    time_, id_ = violation_events.c.event_time, violation_events.c.id
-    if after is not None:
-        ts, row_id = after
-        query = query.where(sa.or_(time_ < ts, sa.and_(time_ == ts, id_ < row_id)) if descending else
-                            sa.or_(time_ > ts, sa.and_(time_ == ts, id_ > row_id)))
-    order = (time_.desc(), id_.desc()) if descending else (time_, id_)
-    return conn.execute(query.order_by(*order).limit(limit)).all()
+    return conn.execute(_keyset(query, violation_events.c.event_time, violation_events.c.id, after, descending)
+                        .limit(limit)).all()
 
 
 def events_of(conn: Connection, violation_id: str) -> Sequence[Any]:

@@ -74,13 +74,15 @@ class MosquittoBroker:
         self._listeners = listeners
         self._gatekeeper = gatekeeper
         self._sink = sink
-        self._password_file = password_file
-        self._cache_dir = cache_dir or default_cache_dir()
+        # Absolute: Mosquitto runs in the runtime directory, where a relative path (the default
+        # --data-dir is ./data) would name something else.
+        self._password_file = password_file.resolve() if password_file is not None else None
+        self._cache_dir = (cache_dir or default_cache_dir()).resolve()
         self.client_id = f"iotdefender-{secrets.token_hex(6)}"
         self._secret = secrets.token_urlsafe(32)
         self._refused: set[str] = set()
         self._process: subprocess.Popen[bytes] | None = None
-        self._runtime: Path | None = runtime_dir
+        self._runtime: Path | None = runtime_dir.resolve() if runtime_dir is not None else None
         self._temporary_runtime = runtime_dir is None
         self._client: ExternalBroker | None = None
         self._replies: ReplyBatcher | None = None

@@ -258,9 +258,29 @@
       });
     }
 
+    // What the form itself can tell: a value that is not a number where the metric takes
+    // numbers. Sent to the API, it got botocore's Python-type message ("type: <class 'str'>,
+    // valid types: <class 'int'>"), which also hid any other problem of the behavior.
+    localErrors() {
+      const per = new Map();
+      this.behaviors.forEach((b, i) => {
+        const value = (b.criteria || {}).value || {};
+        const wrong = [];
+        if (typeof value.count === "string" || typeof value.number === "string") wrong.push(`"${value.count ?? value.number}" is not a number.`);
+        const whole = (value.ports || []).filter((p) => !Number.isInteger(p));
+        if (whole.length) wrong.push(`Ports are whole numbers from 0 to 65535: ${whole.map((p) => `"${p}"`).join(", ")} ${whole.length === 1 ? "is" : "are"} not.`);
+        const numbers = (value.numbers || []).filter((n) => typeof n !== "number");
+        if (numbers.length) wrong.push(`Numbers only: ${numbers.map((n) => `"${n}"`).join(", ")} ${numbers.length === 1 ? "is" : "are"} not.`);
+        if (wrong.length) per.set(i, wrong);
+      });
+      return per;
+    }
+
     // The API's verdict, each message by the behavior it names (the rest above the list).
     async validate() {
       if (!this.behaviors.length) { this.setErrors([]); this.root.dataset.valid = "true"; return; }
+      const local = this.localErrors();
+      if (local.size) { this.setErrors([], local); this.root.dataset.valid = "false"; return; }
       const sent = JSON.stringify(this.behaviors);
       const response = await post("/console/api/builder/validate", { behaviors: this.behaviors });
       if (JSON.stringify(this.behaviors) !== sent) return;  // changed meanwhile: a newer check follows

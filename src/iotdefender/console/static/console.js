@@ -6,6 +6,7 @@ const RANGES = { "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800, "14d": 120
 const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
 const timeScale = () => parseFloat(document.body.dataset.timeScale || "1");
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const countOf = (n, noun) => `${n} ${noun}${n === 1 ? "" : "s"}`;  // "1 alarm", "2 alarms"
 const utc = (epoch) => (epoch == null ? "-" : new Date(epoch * 1000).toISOString().replace("T", " ").slice(0, 19));
 function metricValue(v) {
   if (!v || typeof v !== "object") return v == null ? "-" : String(v);
@@ -246,7 +247,7 @@ function renderBacktest(result) {
       `<p><strong class="bt-devices">${b.devicesInAlarm}</strong> of ${b.devicesEvaluated} devices would have alarmed (${b.alarms} alarms, ${b.cleared} cleared, ${b.invalidated} invalidated, ${b.activeAtEnd} still active); ${b.firstAlarm == null ? "no alarm" : `first alarm ${utc(b.firstAlarm)} UTC`}; ${b.datapoints} datapoints.</p>` +
       `<div class="chart" id="bt-timeline-${i}"></div>` +
       (b.sweep.length ? `<table class="sweep"><thead><tr><th>Threshold</th><th>Devices in alarm</th><th>Alarms</th></tr></thead><tbody>${b.sweep.map((s) => `<tr class="${s.current ? "current" : ""}"><td>${esc(metricValue(s.threshold))}${s.current ? " (current)" : ""}</td><td>${s.devicesInAlarm}</td><td>${s.alarms}</td></tr>`).join("")}</tbody></table>` : "") +
-      (b.topThings.length ? `<details><summary>Devices that would alarm</summary><table><tbody>${b.topThings.map((t) => `<tr><td><a href="/console/things/${encodeURIComponent(t.thingName)}">${esc(t.thingName)}</a></td><td>${t.alarms} alarms</td><td>first ${utc(t.firstAlarm)}</td></tr>`).join("")}</tbody></table></details>` : "") +
+      (b.topThings.length ? `<details><summary>Devices that would alarm</summary><table><tbody>${b.topThings.map((t) => `<tr><td><a href="/console/things/${encodeURIComponent(t.thingName)}">${esc(t.thingName)}</a></td><td>${countOf(t.alarms, "alarm")}</td><td>first ${utc(t.firstAlarm)}</td></tr>`).join("")}</tbody></table></details>` : "") +
       `</article>`).join("");
   result.behaviors.forEach((b, i) => barChart(document.getElementById(`bt-timeline-${i}`), "alarms over time", b.timeline.map((t) => t[0]), { alarms: b.timeline.map((t) => t[1]) }));
 }
