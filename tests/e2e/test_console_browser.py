@@ -9,6 +9,7 @@ at evidence, fleet metrics and the device page, run a backtest. Every page is sc
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -181,6 +182,11 @@ def test_console_rough_edges(console_service, page: Page):
     assert "--" not in legend and "UTC" in legend, legend
     ticks = page.evaluate("document.querySelector('#thing-charts .chart').chart.axes[1]._splits")
     assert ticks and all(float(t).is_integer() for t in ticks), ticks  # a port count has no 1.5
+    # The time axis on a 24-hour clock with ISO dates, like every other time on the console.
+    times = page.evaluate("document.querySelector('#thing-charts .chart').chart.axes[0]._values")
+    assert times and all(re.fullmatch(r"\d\d:\d\d(:\d\d)?(\n(\d{4}-)?\d\d-\d\d)?", t) for t in times), times
+    case = page.evaluate("getComputedStyle(document.querySelector('#thing-charts .u-legend th')).textTransform")
+    assert case == "none", case  # series names keep their case
 
     page.goto(f"{base}/console/backtest")
     never = [{"name": "never", "metric": "aws:num-listening-tcp-ports",

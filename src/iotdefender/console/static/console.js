@@ -18,10 +18,20 @@ const jsonOf = (id) => { const el = document.getElementById(id); return el ? JSO
 const width = (el) => Math.max(320, el.clientWidth || 800);
 // Charts in UTC, like every time the console prints; y axes wide enough for byte counts.
 const utcDate = (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC");
-const AXES = [{}, { size: 80 }];
+// Time axes with a 24-hour clock and ISO dates, as every time the console prints (uPlot's default
+// is the 12-hour US form). Rows: smallest tick step (s), its format, the formats when the year,
+// month, day, hour, minute or second rolls over, and 1 = append the rollover to the format.
+const TIME_TICKS = [
+  [3600 * 24 * 365, "{YYYY}", null, null, null, null, null, null, 1],
+  [3600 * 24 * 28, "{YYYY}-{MM}", null, null, null, null, null, null, 1],
+  [3600 * 24, "{MM}-{DD}", "\n{YYYY}", null, null, null, null, null, 1],
+  [3600, "{HH}:{mm}", "\n{YYYY}-{MM}-{DD}", null, "\n{MM}-{DD}", null, null, null, 1],
+  [60, "{HH}:{mm}", "\n{YYYY}-{MM}-{DD}", null, "\n{MM}-{DD}", null, null, null, 1],
+  [1, "{HH}:{mm}:{ss}", "\n{YYYY}-{MM}-{DD}", null, "\n{MM}-{DD}", null, null, null, 1],
+];
 // Counts (devices, events, ports) get whole-number ticks only.
 const WHOLE = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12];
-const axesFor = (whole) => (whole ? [{}, { size: 80, incrs: WHOLE }] : AXES);
+const axesFor = (whole, time = true) => [time ? { values: TIME_TICKS } : {}, whole ? { size: 80, incrs: WHOLE } : { size: 80 }];
 const wholeNumbers = (columns) => columns.every((col) => col.every((v) => v == null || Number.isInteger(v)));
 // The x series of a time chart: labelled UTC, with the time in the console's format.
 const TIME_SERIES = { label: "UTC", value: (u, v) => utc(v) };
@@ -145,7 +155,7 @@ function drawPageCharts() {
     new uPlot({ title: "devices per value", width: width(el), height: 200, legend: { live: false }, scales: { x: { time: false, range: valueRange(h, thresholds) } },
       hooks: { draw: [(u) => drawVerticalThresholds(u, thresholds)] },
       series: [{ label: "value from" }, { label: "devices", fill: "#2563eb", stroke: "#2563eb", paths: uPlot.paths.bars({ size: [0.95, 80] }), points: { show: false } }],
-      axes: axesFor(true) }, [h.map((b) => b.from), h.map((b) => b.devices)], el);
+      axes: axesFor(true, false) }, [h.map((b) => b.from), h.map((b) => b.devices)], el);
     lineChart(document.getElementById("series-chart"), "chosen devices", metrics.series, metrics.marks, metrics.span);
   }
   const thing = jsonOf("thing-series");
