@@ -79,6 +79,8 @@ def test_console_end_to_end(console_service, page: Page):
     expect(row).to_be_visible(timeout=10_000)
     assert page.evaluate("window.__notReloaded") is True
     expect(page.locator("#toasts .toast")).to_contain_text("in-alarm: pw-device")
+    # Its duration counts up on the open page (it read "0 s" for as long as the page stayed open).
+    expect(row.locator("td.duration")).not_to_have_text("0 s", timeout=5_000)
     shot(page, "04-violation-live")
 
     # Set its verification state from that row.

@@ -208,7 +208,7 @@ def test_evidence_devices_list_and_bulk_verification(service):
         assert by_name == ["bv-quiet", "bv-dev-2", "bv-dev-1"]
 
         listing = client.get("/console/violations?profile=bv-prof").text
-        assert listing.count('class="pick"') == 2 and re.search(r'<td class="duration">\d+ (s|min)</td>', listing)
+        assert listing.count('class="pick"') == 2 and re.search(r'<td class="duration" data-age="[0-9.]+">\d+ (s|min)</td>', listing)
         done = client.post("/console/violations/verification", data={
             "csrf": token, "violationId": [v["violationId"] for v in violations], "state": "BENIGN_POSITIVE",
             "description": "lab devices", "next": "/console/violations?profile=bv-prof"})

@@ -117,6 +117,17 @@ function durationText(seconds) {
   return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
 }
 
+// Open violations' durations keep counting on an open page: each cell holds its age when it was
+// drawn (data-age, from the server's clock, so a skewed browser clock does not matter) and since
+// when (data-from, performance.now(); page load when absent).
+function tickDurations() {
+  const now = performance.now();
+  document.querySelectorAll("td.duration[data-age]").forEach((td) => {
+    td.textContent = durationText(Number(td.dataset.age) + (now - Number(td.dataset.from || 0)) / 1000);
+  });
+}
+setInterval(tickDurations, 1000);
+
 function lineChart(el, title, series, marks, span) {
   // series: {label: [[t, v], ...]} -> one aligned uPlot data set
   const labels = Object.keys(series);
@@ -205,7 +216,7 @@ function onViolation(e) {
   if (f.view === "active") {
     if (type === "in-alarm") {
       body.querySelector("tr.empty")?.remove();
-      body.insertAdjacentHTML("afterbegin", `<tr class="fresh" data-violation="${esc(ev.violationId)}"><td>${document.getElementById("bulk-verify") ? `<input type="checkbox" name="violationId" value="${esc(ev.violationId)}" form="bulk-verify" class="pick" aria-label="select">` : ""}</td><td>${utc(ev.violationEventTime)}</td><td class="duration">0 s</td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(metricValue(ev.metricValue))}</td><td>${verificationCell(ev.violationId)}</td><td><button type="button" class="link" data-evidence="${esc(ev.violationId)}">evidence</button></td></tr>`);
+      body.insertAdjacentHTML("afterbegin", `<tr class="fresh" data-violation="${esc(ev.violationId)}"><td>${document.getElementById("bulk-verify") ? `<input type="checkbox" name="violationId" value="${esc(ev.violationId)}" form="bulk-verify" class="pick" aria-label="select">` : ""}</td><td>${utc(ev.violationEventTime)}</td><td class="duration" data-age="0" data-from="${performance.now()}">0 s</td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(metricValue(ev.metricValue))}</td><td>${verificationCell(ev.violationId)}</td><td><button type="button" class="link" data-evidence="${esc(ev.violationId)}">evidence</button></td></tr>`);
     } else {
       const row = body.querySelector(`tr[data-violation="${CSS.escape(ev.violationId)}"]`);
       if (row) { row.classList.add("ended"); row.title = `${type} at ${utc(ev.violationEventTime)}`; }
