@@ -158,6 +158,15 @@ def test_custom_metrics_dimensions_and_thing_groups_through_the_console(service)
     iot.create_security_profile(securityProfileName="tg-prof", behaviors=[FEW_PORTS])
     assert post(client, token, "/console/thing-groups/tg-floor/add-thing", thingName="tg-dev").status_code == 303
     assert iot.list_things_in_thing_group(thingGroupName="tg-floor")["things"] == ["tg-dev"]
+    # A device that reports but was never registered: refused with what to do, then registered and added.
+    refused = post(client, token, "/console/thing-groups/tg-floor/add-thing", thingName="tg-new")
+    assert refused.status_code == 404 and "register it first" in refused.text
+    assert post(client, token, "/console/thing-groups/tg-floor/add-thing", thingName="tg-new",
+                register="1").status_code == 303
+    assert sorted(iot.list_things_in_thing_group(thingGroupName="tg-floor")["things"]) == ["tg-dev", "tg-new"]
+    assert post(client, token, "/console/thing-groups/tg-floor/add-thing", thingName="tg-dev",
+                register="1").status_code == 303  # registered already: added, not refused
+    assert post(client, token, "/console/thing-groups/tg-floor/remove-thing", thingName="tg-new").status_code == 303
     assert post(client, token, "/console/thing-groups/tg-floor/attach",
                 securityProfileName="tg-prof").status_code == 303
     targets = iot.list_targets_for_security_profile(securityProfileName="tg-prof")["securityProfileTargets"]

@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from iotdefender.contract.errors import ApiError
 from iotdefender.console.auth import Page, login_required
@@ -164,8 +164,32 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         if action not in calls:
             return console.render(request, "message.html", status_code=404, title="Thing group",
                                   message=f"No action {action!r}: use one of {', '.join(calls)}.")
+        if action == "add-thing":
+            return await add_thing(request, name, text(form, "thingName"), bool(form.get("register")), back)
         return await perform(console, request, "Thing group", [calls[action]],
                              "/console/thing-groups" if action == "delete" else back)
+
+    async def add_thing(request: Request, group: str, thing: str, register: bool, back: str) -> Response:
+        """AWS groups hold registered things only, and a device that reports is not registered
+        until someone does it: with ``register`` the thing is registered first when it is not."""
+        def add() -> None:
+            if register:
+                try:
+                    api.invoke("DescribeThing", {"thingName": thing})
+                except ApiError as error:
+                    if error.code != "ResourceNotFoundException":
+                        raise
+                    api.invoke("CreateThing", {"thingName": thing})
+            api.invoke("AddThingToThingGroup", {"thingGroupName": group, "thingName": thing})
+
+        try:
+            await run(console, add)
+        except ApiError as error:
+            if error.code == "ResourceNotFoundException" and not register and "Thing " in error.message:
+                error = ApiError(error.code, f"{error.message}. Groups hold registered things only: tick "
+                                             f"'register it first' to register {thing} and add it.")
+            return refusal(console, request, "Thing group", error)
+        return RedirectResponse(back, status_code=303)
 
     return {"custom_metrics": custom_metrics, "delete_custom_metric": delete_custom_metric,
             "dimensions": dimensions, "delete_dimension": delete_dimension, "thing_groups": thing_groups,
