@@ -180,6 +180,13 @@ class ApiService:
             return jobs.get(parts[0]).document()
         raise ApiError("UnknownOperationException", f"No extension operation {method} backtests/{'/'.join(parts)}")
 
+    def backtest_jobs(self) -> BacktestJobs:
+        """The backtest jobs, or the one answer of a service assembled without them (tests of
+        other parts): the console's backtests and its builder's preview both ask here."""
+        if self.backtests is None:
+            raise ApiError("UnknownOperationException", "Backtests are not enabled in this service")
+        return self.backtests
+
     def invoke(self, operation_name: str, params: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """Run an AWS operation from inside the service (the console): the same dispatch path as a
         request, so it is validated and followed by the after-change listeners exactly as one."""

@@ -93,9 +93,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         return JSONResponse(verdict)
 
     def preview_of(spec: Any) -> dict[str, Any]:
-        if api.backtests is None:  # a service assembled without backtests (tests of other parts)
-            raise invalid_request("Backtests are not available in this service")
-        return previews.preview(api.backtests.resolve(spec))
+        return previews.preview(api.backtest_jobs().resolve(spec))
 
     @login_required
     async def preview(request: Request) -> Response:

@@ -17,7 +17,6 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from iotdefender.api.extensions import BacktestJobs
 from iotdefender.contract.errors import ApiError
 from iotdefender.console.auth import Page, login_required
 from iotdefender.console.context import ConsoleContext
@@ -73,11 +72,6 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
-    def backtest_jobs() -> BacktestJobs:
-        if console.api.backtests is None:  # a service assembled without them (some tests)
-            raise ApiError("UnknownOperationException", "backtests are not enabled in this service")
-        return console.api.backtests
-
     @login_required
     async def start_backtest(request: Request) -> Response:
         try:
@@ -85,7 +79,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         except orjson.JSONDecodeError as error:
             return JSONResponse({"message": f"not JSON: {error}"}, status_code=400)
         try:
-            job = await read(backtest_jobs().submit, spec)
+            job = await read(console.api.backtest_jobs().submit, spec)
         except ApiError as error:
             return _error(error)
         return JSONResponse(job.document())
@@ -93,7 +87,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
     @login_required
     async def backtest_status(request: Request) -> Response:
         try:
-            job = backtest_jobs().get(request.path_params["backtest_id"])
+            job = console.api.backtest_jobs().get(request.path_params["backtest_id"])
         except ApiError as error:
             return _error(error)
         return Response(orjson.dumps(job.document()), media_type="application/json")
