@@ -175,7 +175,8 @@ def test_builder_creates_edits_validates_and_previews(service, page: Page):
     assert behaviors_json(page) == EXPECTED
 
     page.click("form#profile-form button[type=submit]")
-    expect(page).to_have_url(f"{base}/console/profiles/built")
+    expect(page.get_by_role("status")).to_have_text("Created.")  # said on creation too, not only on edit
+    expect(page).to_have_url(f"{base}/console/profiles/built?created=1")
     saved = iot.describe_security_profile(securityProfileName="built")
     assert saved["behaviors"] == EXPECTED
     version = saved["version"]

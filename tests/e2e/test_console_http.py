@@ -70,7 +70,7 @@ def test_writes_need_the_csrf_token(service):
     assert client.post("/console/api/backtests", json={"behaviors": [FEW_PORTS]}).status_code == 403
     assert all(p["name"] != "csrf-check" for p in service.client().list_security_profiles()["securityProfileIdentifiers"])
     created = client.post("/console/profiles/new", data={**form, "csrf": token})
-    assert created.status_code == 303 and created.headers["location"] == "/console/profiles/csrf-check"
+    assert created.status_code == 303 and created.headers["location"] == "/console/profiles/csrf-check?created=1"
     again = client.post("/console/profiles/new", data={**form, "csrf": token})
     assert again.status_code == 400 and "ResourceAlreadyExistsException" in again.text
     broken = client.post("/console/profiles/csrf-check", data={"behaviors": "[{", "csrf": token})

@@ -131,7 +131,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             await run(save, values, creating)
         except FormProblem as problem:
             return await show(request, values, creating, problem)
-        return RedirectResponse(f"/console/profiles/{values['name']}" + ("" if creating else "?saved=1"),
+        return RedirectResponse(f"/console/profiles/{values['name']}" + ("?created=1" if creating else "?saved=1"),
                                 status_code=303)
 
     @login_required
