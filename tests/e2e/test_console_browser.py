@@ -63,7 +63,7 @@ def test_console_end_to_end(console_service, page: Page):
     page.click("[data-view=json]")
     page.fill("textarea[name=behaviors]", json.dumps([FEW_PORTS]))
     page.click("form#profile-form button[type=submit]")
-    expect(page).to_have_url(f"{base}/console/profiles/console-made")
+    expect(page).to_have_url(f"{base}/console/profiles/console-made?created=1")
     assert iot.describe_security_profile(securityProfileName="console-made")["behaviors"] == [FEW_PORTS]
     targets = iot.list_targets_for_security_profile(securityProfileName="console-made")["securityProfileTargets"]
     assert [t["arn"] for t in targets] == ["arn:aws:iot:us-east-1:123456789012:all/things"]
