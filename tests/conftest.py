@@ -59,6 +59,17 @@ def iot(service):
     return service.client()
 
 
+@pytest.fixture
+def jetstream():
+    """A plain single nats-server with JetStream, of the test's own (cluster-mode tests)."""
+    from tests.support.jetstream import SingleJetStream
+
+    server = SingleJetStream()
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def mosquitto():
     broker = Mosquitto()

@@ -6,19 +6,17 @@ import threading
 import time
 
 import pytest
-import sqlalchemy as sa
 
-from iotdefender.cluster.fencing import FENCES_DDL, Fenced, check, claim
+from iotdefender.cluster.fencing import Fenced, check, claim
+from iotdefender.store.database import create_engine, upgrade_to_head
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 def engine(postgres):  # type: ignore[no-untyped-def]
-    url = postgres.create_database(f"fence{time.monotonic_ns()}").replace("postgresql://", "postgresql+psycopg://")
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text(FENCES_DDL))
+    engine = create_engine(postgres.create_database(f"fence{time.monotonic_ns()}"))
+    upgrade_to_head(engine)  # the fences table comes with the store's migrations
     yield engine
     engine.dispose()
 

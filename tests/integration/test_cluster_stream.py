@@ -12,15 +12,12 @@ from iotdefender.cluster.ownership import Ownership, lease_key
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import Delivery, PartitionReader, ReportPublisher, report_message_id
 from iotdefender.cluster.topology import Topology, TopologyMismatch, count_servers, ensure, replicas_for
-from tests.support.jetstream import JetStreamCluster, SingleJetStream
+from tests.support.jetstream import JetStreamCluster
 
 
 @pytest.fixture
-def single():
-    server = SingleJetStream()
-    server.start()
-    yield server
-    server.stop()
+def single(jetstream):  # type: ignore[no-untyped-def]
+    return jetstream
 
 
 @pytest.fixture(scope="module")

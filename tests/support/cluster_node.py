@@ -22,9 +22,10 @@ from iotdefender.cluster import fencing
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.report_stream import Delivery
 from iotdefender.cluster.topology import Topology, count_servers, ensure, replicas_for
+from iotdefender.store.schema import cluster_partition_fences
 
+# The fences come from the store's schema (migration 0007); the rest are this test node's own.
 SCHEMA = [
-    fencing.FENCES_DDL,
     "CREATE TABLE IF NOT EXISTS handled (stream_seq bigint PRIMARY KEY, thing text NOT NULL, "
     "report integer NOT NULL, node text NOT NULL, stored bigserial)",
     "CREATE TABLE IF NOT EXISTS handlings (node text NOT NULL, stream_seq bigint NOT NULL)",
@@ -34,6 +35,7 @@ SCHEMA = [
 def create_schema(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(14)"))  # two nodes starting together
+        cluster_partition_fences.create(conn, checkfirst=True)
         for statement in SCHEMA:
             conn.execute(sa.text(statement))
 

@@ -72,3 +72,20 @@ def test_what_counts_as_an_outage(error, outage):
     from iotdefender.store.availability import is_unavailable
 
     assert is_unavailable(error) is outage
+
+
+def test_a_fatal_error_is_raised_at_once_not_bisected():
+    """Cluster mode's Fenced: nobody's fault, and nothing more may be stored."""
+
+    class Fenced(RuntimeError):
+        pass
+
+    calls = []
+
+    def store(items: Sequence[int]) -> int:
+        calls.append(list(items))
+        raise Fenced("superseded")
+
+    with pytest.raises(Fenced):
+        store_isolating(store, list(range(8)), fatal=(Fenced,))
+    assert calls == [list(range(8))]

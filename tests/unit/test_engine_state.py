@@ -132,3 +132,31 @@ def test_batching_changes_no_result(batches: list[list[tuple[str, dict, float]]]
         batched.apply(changes)
     assert got == expected
     assert batched == one_by_one
+
+
+def test_loading_some_things_replaces_exactly_their_states_and_windows():
+    """A cluster node taking over a partition: the chosen things start from the durable states
+    given (windows empty), every other thing keeps what it had, change sets from before are stale."""
+    evaluator = warmed_up()
+    stale = evaluator.changes()
+    in_alarm = dict(evaluator.alarms())[("d0", "p", "ports", "")]
+    durable = {("d1", "p", "ports", ""): in_alarm,  # d1 is chosen: loaded
+               ("d0", "p", "bytes", ""): in_alarm}  # d0 is not: ignored, its memory kept
+    evaluator.load_things(lambda thing: thing == "d1", durable)
+    assert sorted(key[:3] for key, _ in evaluator.alarms()) == [("d0", "p", "ports"), ("d1", "p", "ports")]
+    assert evaluator.remembered() == 2  # d1's streak on bytes (not in the durable states) is gone
+    with pytest.raises(StaleChanges):
+        evaluator.apply(stale)
+    windows = evaluator.evaluate("d1", [PROFILE], report([443], 500, 10), 330.0).changes.windows
+    assert windows[("d1", "aws:all-bytes-out")] == [(330.0, 500.0)]  # started empty
+    windows = evaluator.evaluate("d0", [PROFILE], report([22], 900, 10), 330.0).changes.windows
+    assert windows[("d0", "aws:all-bytes-out")] == [(10.0, 100.0), (320.0, 100.0), (330.0, 900.0)]  # kept
+
+
+def test_forgetting_some_things_drops_only_their_states_and_windows():
+    evaluator = warmed_up()
+    evaluator.forget_things(lambda thing: thing == "d0")
+    assert evaluator.alarms() == []
+    assert evaluator.evaluate("d0", [PROFILE], report([443], 100, 10), 330.0).events == []  # nothing to clear
+    changes = evaluator.evaluate("d1", [PROFILE], report([443], 100, 10), 331.0).changes
+    assert [v for _, v in changes.windows[("d1", "aws:all-bytes-out")]] == [100.0, 1200.0, 100.0]  # kept

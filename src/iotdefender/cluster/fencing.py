@@ -11,16 +11,19 @@ revisions of a bucket only grow, so a later owner always holds a larger token.
   fails with ``Fenced`` unless the fence still equals the node's token. A claim by a newer owner
   either commits first (the stale commit sees the higher token and rolls back) or waits on the row
   lock until the stale transaction ends (the new owner then loads states that include it).
+
+The fences live in ``cluster_partition_fences`` (store/schema.py, migration 0007). The row lock
+is PostgreSQL's (``FOR UPDATE``); SQLite, which has one writer at a time anyway, ignores it, so the
+functions run there too (cluster mode itself requires PostgreSQL).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import text
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-#: Created by the cluster's migration when this is wired into the store (docs/cluster.md).
-FENCES_DDL = ("CREATE TABLE IF NOT EXISTS cluster_partition_fences "
-              "(partition integer PRIMARY KEY, token bigint NOT NULL)")
+from iotdefender.store.rows import upsert
+from iotdefender.store.schema import cluster_partition_fences as fences
 
 
 class Fenced(RuntimeError):
@@ -29,16 +32,14 @@ class Fenced(RuntimeError):
 
 def claim(conn: Connection, partition: int, token: int) -> bool:
     """Raise the fence of ``partition`` to ``token``; False if a newer owner already claimed it."""
-    row = conn.execute(text(
-        "INSERT INTO cluster_partition_fences (partition, token) VALUES (:p, :t) "
-        "ON CONFLICT (partition) DO UPDATE SET token = excluded.token "
-        "WHERE cluster_partition_fences.token <= excluded.token RETURNING token"), {"p": partition, "t": token})
-    return row.first() is not None
+    stmt = upsert(conn, fences).values(partition=partition, token=token)
+    stmt = stmt.on_conflict_do_update(index_elements=[fences.c.partition], set_={"token": stmt.excluded.token},
+                                      where=fences.c.token <= stmt.excluded.token).returning(fences.c.token)
+    return conn.execute(stmt).first() is not None
 
 
 def check(conn: Connection, partition: int, token: int) -> None:
     """In the batch's transaction: lock the fence row and raise ``Fenced`` unless it is ``token``."""
-    held = conn.execute(text("SELECT token FROM cluster_partition_fences WHERE partition = :p FOR UPDATE"),
-                        {"p": partition}).scalar()
+    held = conn.execute(sa.select(fences.c.token).where(fences.c.partition == partition).with_for_update()).scalar()
     if held != token:
         raise Fenced(f"partition {partition}: lease token {token} superseded by {held}")

@@ -1,9 +1,11 @@
 """A detect node's consuming side: ownership decides the partitions, one reader runs per partition.
 
-On acquiring a partition the node first calls ``on_acquired`` (where the pipeline will claim the
-fence in PostgreSQL and reload the partition's alarm states), then starts a reader that resets the
-consumer if the previous owner left reports unacked (they come first). On losing one it stops the reader
-(the batch in hand finishes and is acked) before the lease is freed for the next owner.
+On acquiring a partition the node first calls ``on_acquired`` (the pipeline's
+``PartitionBatchStore`` claims the fence in PostgreSQL and loads the partition's alarm states), then
+starts a reader that resets the consumer if the previous owner left reports unacked (they come
+first). On losing one it stops the reader (the batch in hand finishes and is acked), then calls
+``on_released`` (the pipeline forgets the partition's states), before the lease is freed for the
+next owner.
 """
 
 from __future__ import annotations
@@ -21,13 +23,18 @@ async def _nothing(partition: int, token: int) -> None:
     return None
 
 
+async def _forget_nothing(partition: int) -> None:
+    return None
+
+
 class DetectConsumer:
     """Runs a ``PartitionReader`` for every partition this node owns."""
 
     def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, handler: BatchHandler,
-                 on_acquired: Callable[[int, int], Awaitable[None]] = _nothing, batch: int = 256) -> None:
+                 on_acquired: Callable[[int, int], Awaitable[None]] = _nothing,
+                 on_released: Callable[[int], Awaitable[None]] = _forget_nothing, batch: int = 256) -> None:
         self._js, self._topology, self._handler = js, topology, handler
-        self._on_acquired, self._batch = on_acquired, batch
+        self._on_acquired, self._on_released, self._batch = on_acquired, on_released, batch
         self.readers: dict[int, PartitionReader] = {}
         self.ownership = Ownership(js, topology, node_id, self._acquired, self._released)
 
@@ -46,5 +53,8 @@ class DetectConsumer:
 
     async def _released(self, partition: int) -> None:
         reader = self.readers.pop(partition, None)
-        if reader is not None:
-            await reader.stop()
+        try:
+            if reader is not None:
+                await reader.stop()  # re-raises what ended a reader (a connection that closed under it)
+        finally:
+            await self._on_released(partition)  # the partition is not this node's either way

@@ -15,7 +15,7 @@ the trailing ``durationSeconds``; every other metric is evaluated on its latest 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +153,31 @@ class Evaluator:
         """Start from durable alarm states (after a restart); windows and statistics start empty."""
         self._states = {key: state for key, state in states.items() if not state.is_idle}
         self._generation += 1
+
+    def load_things(self, owns: Callable[[str], bool], states: Mapping[StateKey, AlarmState]) -> None:
+        """Start the things ``owns`` selects (a cluster partition a node took over) from durable
+        alarm states, leaving every other thing's state alone.
+
+        Their windows start empty, as after a restart; the fleet statistics are this evaluator's
+        own observations and are not reloaded (docs/cluster.md). ``states`` may hold other things'
+        states too (only the selected things' are taken). Change sets built before this one are
+        stale: the caller holds the lock that excludes a batch in flight and has settled any
+        unconfirmed one first.
+        """
+        self._drop(owns)
+        self._states.update({key: state for key, state in states.items() if owns(key[0]) and not state.is_idle})
+        self._generation += 1
+
+    def forget_things(self, owns: Callable[[str], bool]) -> None:
+        """Drop the alarm states and windows of the things ``owns`` selects (a partition this
+        node gave up: their next owner evaluates them, from the database)."""
+        self._drop(owns)
+
+    def _drop(self, owns: Callable[[str], bool]) -> None:
+        for key in [key for key in self._states if owns(key[0])]:
+            del self._states[key]
+        for thing in [thing for thing in self._history if owns(thing)]:
+            del self._history[thing]
 
     def alarms(self, keys: Iterable[StateKey] | None = None) -> list[tuple[StateKey, AlarmState]]:
         """The committed alarms in alarm, all of them or those among ``keys``."""

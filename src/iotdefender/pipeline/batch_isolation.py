@@ -9,6 +9,10 @@ with k culprits costs O(k log n) extra transactions; a clean batch costs nothing
 
 An outage (``is_unavailable``) is not an item's fault: bisecting it would only repeat the
 failure 2n times, so the items not yet stored are reported as unavailable at once.
+
+A ``fatal`` error (cluster mode's ``Fenced``: this node may no longer store anything for the
+batch) is no item's fault either, and not a reason to answer anyone: it is raised to the caller
+as it happens, with what was stored before it committed (the caller knows how to recognise that).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ class Isolated(Generic[Result]):
 
 
 def store_isolating(store: Callable[[Sequence[Item]], Result], items: Sequence[Item],
-                    source: str = "ingest") -> Isolated[Result]:
+                    source: str = "ingest", fatal: tuple[type[BaseException], ...] = ()) -> Isolated[Result]:
     """Store ``items`` in as few transactions as the failures allow (see the module docstring)."""
     outcome: Isolated[Result] = Isolated()
     pending: list[list[int]] = [list(range(len(items)))]  # a stack of index ranges, first half on top
@@ -57,6 +61,8 @@ def store_isolating(store: Callable[[Sequence[Item]], Result], items: Sequence[I
         first = False
         try:
             outcome.results.append(store([items[i] for i in indices]))
+        except fatal:
+            raise
         except Exception as error:
             if is_unavailable(error):
                 outcome.outage = error

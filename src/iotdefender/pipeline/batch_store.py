@@ -10,6 +10,10 @@ Implementations (cluster mode will add a third, a transport to the partition's o
 - ``worker_client.WorkerBatchStore`` does it in a child process (``worker.worker_main``), the
   default for ``serve``.
 
+Cluster mode's detect node runs the same transaction (``local_store.store_reports``) for one
+partition's deliveries in ``partition_store.PartitionBatchStore``; that is not a ``BatchStore``:
+``cluster.node.DetectConsumer`` drives it, not ingest.
+
 Either way, the events of a committed batch are handed to the ``EventListener`` it was built with,
 in the process that serves ``/metrics`` (so counters are counted once, where they are scraped).
 """

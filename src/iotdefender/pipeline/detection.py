@@ -39,7 +39,7 @@ from iotdefender.engine.alarm import IdFactory, due_for_invalidation
 from iotdefender.engine.evaluator import ChangeSet, Evaluation, Evaluator, StateKey, ViolationEvent
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import violations
-from iotdefender.store.database import write_connection
+from iotdefender.store.database import write_connection, writing
 
 log = structlog.get_logger("iotdefender.detection")
 
@@ -114,6 +114,31 @@ class DetectionService:
     def load(self) -> None:
         with self._engine.connect() as conn:
             self.evaluator.load(violations.load_alarm_states(conn))
+
+    # -- a share of the things (cluster mode: a partition), taken over and given up ---------------
+    def take_over(self, owns: Callable[[str], bool], first: Callable[[Connection], None]) -> list[ViolationEvent]:
+        """Run ``first`` in a write transaction of its own (cluster mode: claim the partition's
+        fence), then load the alarm states of the things ``owns`` selects, leaving the others'.
+
+        Under the detection lock, so no batch is evaluated in between; an unconfirmed commit is
+        settled before the load (its change set could not be applied after it). Returns the events
+        that settling found committed, for the caller's listener. The load comes after ``first``
+        committed, so it sees whatever a previous owner committed before the claim fenced it.
+        """
+        with self._lock:
+            with writing(self._engine) as conn:
+                first(conn)
+            with self._engine.connect() as conn, conn.begin():
+                settled = self._settle(conn)
+                self.evaluator.load_things(owns, violations.load_alarm_states(conn))
+            log.info("things_taken_over", alarm_states=self.evaluator.remembered())
+            return settled
+
+    def give_up(self, owns: Callable[[str], bool]) -> None:
+        """Forget the alarm states and windows of the things ``owns`` selects (their next owner
+        loads them from the database); under the detection lock, between two batches."""
+        with self._lock:
+            self.evaluator.forget_things(owns)
 
     # -- live evaluation, inside the caller's transaction -----------------------------------------
     @contextmanager

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSummary, summaries
-from iotdefender.pipeline.detection import DetectionService
+from iotdefender.pipeline.detection import DetectionService, DetectionTransaction
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import metric_values
 from iotdefender.store.availability import StoreUnavailable, is_unavailable, log_unless_outage
@@ -34,6 +34,27 @@ class PipelineConfig:
     time_scale: float
     alert_routes: AlertRoutes
     history_interval: float = 30.0
+
+
+def store_reports(run: DetectionTransaction, monitoring: MonitoringIndex, items: Sequence[BatchItem]
+                  ) -> dict[str, int]:
+    """The rows of a batch and its evaluation, in the transaction ``run``: the retained datapoints
+    (the series a monitoring profile uses or retains), the last report id of each thing, and every
+    datapoint evaluated. Returns the report id stored last for each thing (what a ``CommitCheck``
+    of report states looks for). Shared by every batch store that runs the transaction here."""
+    reports: list[metric_values.RetainedReport] = []
+    states: dict[str, tuple[str, int, float]] = {}
+    for thing, datapoints, at, report_id in items:
+        retained = monitoring.retained_metrics(thing)
+        kept = {m: v for m, v in datapoints.items() if m in retained}
+        if kept:
+            reports.append(metric_values.RetainedReport(thing, at, kept))
+        if report_id is not None:
+            states[thing] = (thing, report_id, at)
+    metric_values.insert_reports(run.conn, reports)
+    metric_values.upsert_report_states(run.conn, states.values())
+    run.evaluate_in([(t, d, at) for t, d, at, _ in items])
+    return {thing: report_id for thing, report_id, _ in states.values()}
 
 
 class LocalBatchStore:
@@ -62,12 +83,7 @@ class LocalBatchStore:
         run = None
         try:
             with self.detection.transaction() as run:
-                fresh = self._not_yet_stored(run.conn, items)
-                reports, states = self._rows(fresh)
-                metric_values.insert_reports(run.conn, reports)
-                metric_values.upsert_report_states(run.conn, states.values())
-                run.evaluate_in([(t, d, at) for t, d, at, _ in fresh])
-                marks = {thing: report_id for thing, report_id, _ in states.values()}
+                marks = store_reports(run, self.monitoring, self._not_yet_stored(run.conn, items))
                 run.commit_check = (lambda conn: metric_values.reports_stored(conn, marks)) if marks else None
         except Exception as error:
             if run is not None and run.commit_unconfirmed:
@@ -90,19 +106,6 @@ class LocalBatchStore:
         stored = metric_values.report_states_of(conn, suspects)
         return [item for item in items
                 if item[3] is None or item[0] not in stored or item[3] > stored[item[0]][0]]
-
-    def _rows(self, items: Sequence[BatchItem]
-              ) -> tuple[list[metric_values.RetainedReport], dict[str, tuple[str, int, float]]]:
-        reports: list[metric_values.RetainedReport] = []
-        states: dict[str, tuple[str, int, float]] = {}
-        for thing, datapoints, at, report_id in items:
-            retained = self.monitoring.retained_metrics(thing)
-            kept = {m: v for m, v in datapoints.items() if m in retained}
-            if kept:
-                reports.append(metric_values.RetainedReport(thing, at, kept))
-            if report_id is not None:
-                states[thing] = (thing, report_id, at)
-        return reports, states
 
     def sweep(self, now: float) -> list[EventSummary]:
         pending = self.detection.sweep(now)

@@ -8,12 +8,10 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from iotdefender.metrics_catalog import series_key  # noqa: F401  (re-exported for ListMetricValues)
-from iotdefender.store.rows import insert_many
+from iotdefender.store.rows import insert_many, upsert
 from iotdefender.store.schema import metric_values, thing_report_state
 
 
@@ -41,8 +39,7 @@ def upsert_report_states(conn: Connection, states: Iterable[tuple[str, int, floa
     rows = [{"thing_name": t, "last_report_id": r, "last_report_at": a} for t, r, a in states]
     if not rows:
         return
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(thing_report_state)
+    stmt = upsert(conn, thing_report_state)
     stmt = stmt.on_conflict_do_update(  # one cached statement, executed for many rows
         index_elements=[thing_report_state.c.thing_name],
         set_={"last_report_id": stmt.excluded.last_report_id, "last_report_at": stmt.excluded.last_report_at},

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 
@@ -43,3 +45,9 @@ def insert_many(conn: Connection, table: sa.Table, columns: Sequence[str], rows:
 def json_text(value: Any) -> str | None:
     """A JSON column's value as insert_many wants it (NULL stays NULL)."""
     return None if value is None else orjson.dumps(value).decode()
+
+
+def upsert(conn: Connection, table: sa.Table) -> Any:
+    """An INSERT that can take ``on_conflict_do_update``/``do_nothing``: both dialects have one,
+    with the same interface, but SQLAlchemy's generic ``insert`` has neither."""
+    return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)

@@ -1,0 +1,187 @@
+"""A detect node's batch unit of work in cluster mode: one partition's deliveries, fenced and idempotent.
+
+``DetectConsumer`` (cluster/node.py) hands each batch a partition's reader fetched to ``handle``
+and acks it once that returns; ``on_acquired``/``on_released`` follow the node's partitions. The
+transaction is the single box's (``local_store.store_reports`` inside ``detection.transaction()``)
+with two things added, both in the same transaction:
+
+- ``fencing.check``: a node whose lease was superseded (paused, cut off) commits nothing; ``Fenced``
+  propagates, the batch is nakked (not acked) and its next owner reads it;
+- the partition's progress (``cluster/progress.py``): deliveries whose stream sequence a committed
+  batch already covered are not stored again and count as stored (``DUPLICATE``). That is the crash
+  between commit and ack: the next owner gets the batch again, with the same sequences.
+
+Batch isolation (``batch_isolation.store_isolating``) still applies: a report the database refuses
+is set aside (answered ``InternalError``) and the others are stored, in index order, each
+transaction advancing the progress to its own highest sequence. How sequences and isolation meet:
+
+- sub-batches are contiguous and committed in stream order, so the progress only grows; a report
+  set aside is passed by the progress of the ones after it and is not tried again on redelivery
+  (a redelivery after a crash then counts it ``DUPLICATE``: the one case where a refused report is
+  later answered as stored; docs/cluster.md);
+- ``Fenced`` is *fatal*, not bisected: nothing more may be stored; what committed before it is in
+  the progress, so the next owner skips it;
+- a database outage is not answered at all: ``StoreUnavailable`` is raised, so the batch is nakked
+  and stays in the stream (it is stored once the database is back; what committed before the
+  outage is skipped then). Acking with ``ServiceUnavailable`` would lose the report for good: the
+  device's resend carries the same ``Nats-Msg-Id`` and JetStream drops it within its duplicate
+  window.
+
+A message that does not decode (``report_message.UndecodableReport``) or whose thing belongs to
+another partition is answered ``InternalError`` and acked: a poison message must not wedge its
+partition. Per-thing order holds because a partition's deliveries come in stream order and one
+node at a time reads a partition.
+
+Taking over a partition (``acquire``): the fence is claimed in its own transaction, then the alarm
+states of exactly that partition's things are loaded from the database, leaving the other
+partitions' states alone; their windows start empty, and fleet statistics stay this node's own
+observations (docs/cluster.md). Giving one up (``release``) forgets those things' states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy.engine import Connection
+
+from iotdefender.cluster import fencing, progress
+from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of
+from iotdefender.cluster.report_stream import Delivery
+from iotdefender.pipeline.batch_isolation import store_isolating
+from iotdefender.pipeline.batch_store import EventListener, summaries
+from iotdefender.pipeline.detection import DetectionService
+from iotdefender.pipeline.local_store import store_reports
+from iotdefender.pipeline.monitoring import MonitoringIndex
+from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, Status, UndecodableReport, decode
+from iotdefender.store.availability import StoreUnavailable
+
+log = structlog.get_logger("iotdefender.partition_store")
+
+INTERNAL_ERROR = "InternalError"  # ingest.report.RejectCode.INTERNAL_ERROR (ingest sits above this layer)
+
+#: Told the outcomes of every batch handled, in delivery order (the broker nodes' replies).
+OutcomeListener = Callable[[int, list[ReportOutcome]], Awaitable[None]]
+
+
+async def ignore_outcomes(partition: int, outcomes: list[ReportOutcome]) -> None:
+    """The listener of a node that answers no broker node (tests, tools)."""
+
+
+@dataclass(frozen=True)
+class _Report:
+    sequence: int
+    message: ReportMessage
+
+
+@dataclass(frozen=True)
+class _Committed:
+    stored: frozenset[int]  # the sequences this transaction stored (the others were already committed)
+
+
+class PartitionBatchStore:
+    """Stores and evaluates the partitions this node owns; one transaction at a time (the
+    detection lock), as the engine's state is this process's."""
+
+    def __init__(self, monitoring: MonitoringIndex, detection: DetectionService, on_events: EventListener,
+                 on_outcomes: OutcomeListener = ignore_outcomes, partitions: int = PARTITION_COUNT) -> None:
+        self._monitoring = monitoring
+        self._detection = detection
+        self._on_events = on_events
+        self._on_outcomes = on_outcomes
+        self._partitions = partitions
+
+    # -- for DetectConsumer ----------------------------------------------------------------------
+    async def handle(self, partition: int, token: int, deliveries: Sequence[Delivery]) -> None:
+        """The ``BatchHandler``: store in a worker thread, then tell the outcomes; raises (the
+        batch is nakked) when fenced or when the database is unavailable."""
+        outcomes = await asyncio.to_thread(self.store, partition, token, deliveries)
+        await self._on_outcomes(partition, outcomes)
+
+    async def on_acquired(self, partition: int, token: int) -> None:
+        await asyncio.to_thread(self.acquire, partition, token)
+
+    async def on_released(self, partition: int) -> None:
+        await asyncio.to_thread(self.release, partition)
+
+    # -- the work --------------------------------------------------------------------------------
+    def acquire(self, partition: int, token: int) -> None:
+        """Claim the partition's fence with ``token``, then load its things' alarm states."""
+        def claim(conn: Connection) -> None:
+            if not fencing.claim(conn, partition, token):
+                raise fencing.Fenced(f"partition {partition}: claimed past token {token} by a newer owner")
+
+        settled = self._detection.take_over(self._owns(partition), claim)
+        if settled:
+            self._on_events(summaries(settled))
+
+    def release(self, partition: int) -> None:
+        """Forget the partition's things: their next owner loads them from the database."""
+        self._detection.give_up(self._owns(partition))
+
+    def store(self, partition: int, token: int, deliveries: Sequence[Delivery]) -> list[ReportOutcome]:
+        """One outcome per delivery, in order (module docstring)."""
+        outcomes: dict[int, ReportOutcome] = {}
+        reports: list[_Report] = []
+        for delivery in deliveries:
+            try:
+                reports.append(_Report(delivery.stream_sequence, self._decode(partition, delivery)))
+            except UndecodableReport as error:
+                log.error("report_message_undecodable", partition=partition, sequence=delivery.stream_sequence,
+                          thing=delivery.thing_name, error=str(error))
+                outcomes[delivery.stream_sequence] = ReportOutcome(
+                    delivery.stream_sequence, delivery.thing_name, Status.REJECTED, error_code=INTERNAL_ERROR,
+                    error_message=f"The report could not be read by the detect node ({error})")
+        if reports:
+            isolated = store_isolating(lambda part: self._commit(partition, token, part), reports,
+                                       source="cluster", fatal=(fencing.Fenced,))
+            if isolated.outage is not None:
+                raise StoreUnavailable(f"{type(isolated.outage).__name__}: {isolated.outage}") from isolated.outage
+            stored: set[int] = set()
+            for result in isolated.results:
+                stored |= result.stored
+            for index in isolated.stored:
+                report = reports[index]
+                outcomes[report.sequence] = _outcome(report, Status.STORED if report.sequence in stored
+                                                     else Status.DUPLICATE)
+            for index, failure in isolated.failed.items():
+                report = reports[index]
+                log.error("report_not_stored", partition=partition, thing=report.message.thing,
+                          report_id=report.message.report_id, error=f"{type(failure).__name__}: {failure}")
+                outcomes[report.sequence] = _outcome(
+                    report, Status.REJECTED, f"The report could not be stored ({failure}); the other reports were")
+        return [outcomes[delivery.stream_sequence] for delivery in deliveries]
+
+    def _decode(self, partition: int, delivery: Delivery) -> ReportMessage:
+        message = decode(delivery.payload)
+        if partition_of(message.thing, self._partitions) != partition:
+            # Evaluating it here would give its thing two evaluators (its own partition's owner too).
+            raise UndecodableReport(f"thing {message.thing!r} does not belong to partition {partition}")
+        return message
+
+    def _commit(self, partition: int, token: int, reports: Sequence[_Report]) -> _Committed:
+        """One transaction: fence, skip what is committed, store and evaluate the rest, progress."""
+        self._monitoring.prime([report.message.thing for report in reports])
+        highest = max(report.sequence for report in reports)
+        with self._detection.transaction() as run:
+            fencing.check(run.conn, partition, token)
+            done = progress.last_sequence(run.conn, partition)
+            fresh = [report for report in reports if report.sequence > done]
+            store_reports(run, self._monitoring, [(r.message.thing, r.message.datapoints, r.message.received_at,
+                                                   r.message.report_id) for r in fresh])
+            progress.advance(run.conn, partition, highest)
+            # Should the COMMIT go unanswered: it happened if the progress reached this batch.
+            run.commit_check = lambda conn: progress.last_sequence(conn, partition) >= highest
+        self._on_events(summaries(run.settled + run.events))
+        return _Committed(frozenset(report.sequence for report in fresh))
+
+    def _owns(self, partition: int) -> Callable[[str], bool]:
+        return lambda thing: partition_of(thing, self._partitions) == partition
+
+
+def _outcome(report: _Report, status: Status, error: str | None = None) -> ReportOutcome:
+    message = report.message
+    return ReportOutcome(report.sequence, message.thing, status, message.report_id, message.encoding,
+                         message.reply_to, INTERNAL_ERROR if error is not None else None, error)

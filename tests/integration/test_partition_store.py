@@ -1,0 +1,218 @@
+"""A detect node's partition batches against real PostgreSQL: fenced, idempotent on the stream
+sequence, alarm states taken over and given up per partition, poison messages answered.
+
+Each node is what a detect process holds (its own engine, monitoring index, detection service and
+``PartitionBatchStore``) over one shared database; deliveries are built as ``PartitionReader``
+builds them, with the stream sequences a redelivery would repeat.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from iotdefender.alerts.routes import AlertRoutes
+from iotdefender.alerts.subscriptions import Webhook
+from iotdefender.cluster.fencing import Fenced
+from iotdefender.cluster.partitions import partition_of
+from iotdefender.cluster.report_stream import Delivery
+from iotdefender.pipeline.batch_store import EventSummary
+from iotdefender.pipeline.detection import DetectionService
+from iotdefender.pipeline.monitoring import MonitoringIndex
+from iotdefender.pipeline.partition_store import PartitionBatchStore
+from iotdefender.pipeline.report_message import ReportMessage, Status, encode
+from iotdefender.service import build_api
+from iotdefender.settings import Settings
+from iotdefender.store.database import create_engine
+
+pytestmark = pytest.mark.postgres
+
+ACCOUNT = "123456789012"
+TOPIC = f"arn:aws:sns:us-east-1:{ACCOUNT}:ops"
+PORTS = "aws:num-listening-tcp-ports"
+P, Q = 3, 5  # two partitions of the default 64
+
+
+def things_in(partition: int, count: int, prefix: str = "dev") -> list[str]:
+    names = (f"{prefix}-{i}" for i in itertools.count())
+    return list(itertools.islice((name for name in names if partition_of(name) == partition), count))
+
+
+@dataclass
+class Node:
+    detection: DetectionService
+    store: PartitionBatchStore
+    events: list[EventSummary]
+
+    def alarmed(self) -> set[str]:
+        return {key[0] for key, _ in self.detection.evaluator.alarms()}
+
+
+@pytest.fixture
+def database(postgres, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    url = postgres.create_database(f"part{time.monotonic_ns()}")
+    api = build_api(Settings(data_dir=tmp_path, database_url=url))  # migrated, with one profile on every thing
+    api.invoke("CreateSecurityProfile", {
+        "securityProfileName": "p",
+        "behaviors": [{"name": "few-ports", "metric": PORTS,
+                       "criteria": {"comparisonOperator": "less-than", "value": {"count": 3}}}],
+        "alertTargets": {"SNS": {"alertTargetArn": TOPIC, "roleArn": f"arn:aws:iam::{ACCOUNT}:role/r"}}})
+    api.invoke("AttachSecurityProfile", {"securityProfileName": "p",
+                                         "securityProfileTargetArn": api.context.arn("all/things")})
+    api.context.engine.dispose()
+    yield url
+
+
+@pytest.fixture
+def node(database: str) -> Iterator[Any]:
+    engines: list[sa.Engine] = []
+
+    def make() -> Node:
+        engine = create_engine(database)
+        engines.append(engine)
+        monitoring = MonitoringIndex(engine, f"arn:aws:iot:us-east-1:{ACCOUNT}:")
+        detection = DetectionService(engine, monitoring, AlertRoutes({TOPIC: [Webhook("http://127.0.0.1:9/h", "s")]}),
+                                     172800.0)
+        events: list[EventSummary] = []
+        return Node(detection, PartitionBatchStore(monitoring, detection, events.extend), events)
+
+    yield make
+    for engine in engines:
+        engine.dispose()
+
+
+def delivery(thing: str, sequence: int, ports: int, report_id: int | None = None) -> Delivery:
+    message = ReportMessage(thing, {PORTS: {"count": ports}}, 1000.0 + sequence, report_id or sequence, "json",
+                            "iotdefender.replies.b1")
+    return Delivery(partition_of(thing), thing, encode(message), sequence, 1)
+
+
+def counts(database: str) -> dict[str, int]:
+    engine = create_engine(database)
+    with engine.connect() as conn:
+        found = {table: conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+                 for table in ("metric_values", "violation_events", "alert_outbox")}
+    engine.dispose()
+    return found
+
+
+def event_types(database: str, thing: str) -> list[str]:
+    engine = create_engine(database)
+    with engine.connect() as conn:
+        found = [row[0] for row in conn.execute(sa.text(
+            "SELECT event_type FROM violation_events WHERE thing_name = :t ORDER BY id"), {"t": thing})]
+    engine.dispose()
+    return found
+
+
+def test_a_batch_redelivered_with_the_same_sequences_stores_nothing_twice(database, node):
+    a, b = node(), node()
+    things = things_in(P, 4)
+    batch = [delivery(thing, i + 1, ports=5) for i, thing in enumerate(things)]  # each raises an alarm
+    a.store.acquire(P, 10)
+    assert {o.status for o in a.store.store(P, 10, batch)} == {Status.STORED}
+    stored = counts(database)
+    assert stored == {"metric_values": 4, "violation_events": 4, "alert_outbox": 4}
+
+    again = a.store.store(P, 10, batch)  # the reader's ack was lost: the same node reads it again
+    assert [(o.status, o.thing, o.report_id, o.reply_to) for o in again] == [
+        (Status.DUPLICATE, d.thing_name, d.stream_sequence, "iotdefender.replies.b1") for d in batch]
+    b.store.acquire(P, 20)  # the node died between commit and ack: the next owner gets the batch
+    assert {o.status for o in b.store.store(P, 20, batch)} == {Status.DUPLICATE}
+    later = delivery(things[0], 5, ports=5)  # the stream goes on: a new report is stored
+    assert b.store.store(P, 20, batch + [later])[-1].status is Status.STORED
+    assert counts(database) == {**stored, "metric_values": 5}
+
+
+def test_a_stale_token_is_fenced_and_stores_nothing(database, node):
+    a, b = node(), node()
+    thing = things_in(P, 1)[0]
+    a.store.acquire(P, 10)
+    b.store.acquire(P, 20)  # a newer owner claimed the partition
+    with pytest.raises(Fenced):
+        a.store.store(P, 10, [delivery(thing, 1, ports=5), delivery(thing, 2, ports=1)])
+    assert counts(database) == {"metric_values": 0, "violation_events": 0, "alert_outbox": 0}
+    assert a.alarmed() == set() and a.events == []
+    with pytest.raises(Fenced):
+        a.store.acquire(P, 10)  # re-acquiring with the old token is refused too
+    assert [o.status for o in b.store.store(P, 20, [delivery(thing, 1, ports=5)])] == [Status.STORED]
+
+
+def test_the_next_owner_takes_over_the_alarms_of_exactly_that_partition(database, node):
+    a, b = node(), node()
+    thing, other = things_in(P, 1)[0], things_in(Q, 1)[0]
+    a.store.acquire(P, 10)
+    a.store.acquire(Q, 11)
+    a.store.store(P, 10, [delivery(thing, 1, ports=5)])
+    a.store.store(Q, 11, [delivery(other, 1, ports=5)])
+    assert a.alarmed() == {thing, other}
+
+    b.store.acquire(P, 20)
+    assert b.alarmed() == {thing}  # the partition's alarm, not the other partition's
+    b.store.store(P, 20, [delivery(thing, 2, ports=6)])  # still violating: no second in-alarm
+    b.store.store(P, 20, [delivery(thing, 3, ports=1)])  # compliant: cleared
+    assert event_types(database, thing) == ["in-alarm", "alarm-cleared"]
+    assert b.events == [("alarm-cleared", "p", "few-ports")]
+    assert b.alarmed() == set()
+
+    a.store.release(P)  # a gives up P: forgets its things, keeps Q's
+    assert a.alarmed() == {other}
+    a.store.release(Q)
+    assert a.alarmed() == set()
+
+
+def test_taking_a_partition_over_keeps_the_other_partitions_states_in_memory(database, node):
+    b = node()
+    other = things_in(Q, 1)[0]
+    b.store.acquire(Q, 11)
+    b.store.store(Q, 11, [delivery(other, 1, ports=5)])
+    with create_engine(database).begin() as conn:  # what memory holds is not read back for Q
+        conn.execute(sa.text("DELETE FROM alarm_states"))
+    b.store.acquire(P, 20)
+    assert b.alarmed() == {other}
+
+
+def test_a_report_the_database_refuses_is_set_aside_and_the_rest_stored_once(database, node):
+    a = node()
+    good, bad = things_in(P, 2)
+    engine = create_engine(database)
+    with engine.begin() as conn:  # the database refuses one thing's datapoints (as a full disk or a constraint)
+        conn.execute(sa.text(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF NEW.thing_name = '{bad}' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$"))
+        conn.execute(sa.text("CREATE TRIGGER refuse BEFORE INSERT ON metric_values FOR EACH ROW EXECUTE FUNCTION refuse()"))
+    engine.dispose()
+    batch = [delivery(good, 1, ports=5), delivery(bad, 2, ports=5), delivery(good, 3, ports=1, report_id=3)]
+    a.store.acquire(P, 10)
+    outcomes = a.store.store(P, 10, batch)
+    assert [o.status for o in outcomes] == [Status.STORED, Status.REJECTED, Status.STORED]
+    assert outcomes[1].error_code == "InternalError" and "refused" in (outcomes[1].error_message or "")
+    assert event_types(database, good) == ["in-alarm", "alarm-cleared"] and event_types(database, bad) == []
+    assert counts(database)["metric_values"] == 2
+    # Redelivered: the stored ones are recognised, nothing is stored or evaluated twice.
+    again = a.store.store(P, 10, batch)
+    assert [again[0].status, again[2].status] == [Status.DUPLICATE, Status.DUPLICATE]
+    assert counts(database)["metric_values"] == 2 and event_types(database, good) == ["in-alarm", "alarm-cleared"]
+
+
+def test_a_poison_message_is_answered_and_the_partition_keeps_flowing(database, node):
+    a = node()
+    thing = things_in(P, 1)[0]
+    a.store.acquire(P, 10)
+    poison = [Delivery(P, thing, b"\xc1 not msgpack", 2, 1),
+              Delivery(P, thing, encode(ReportMessage(thing, {}, 1.0, 9, "json", "r", version=2)), 3, 1),
+              Delivery(P, thing, encode(ReportMessage(things_in(Q, 1)[0], {}, 1.0, 9, "json", "r")), 4, 1)]
+    outcomes = a.store.store(P, 10, [delivery(thing, 1, ports=5), *poison, delivery(thing, 5, ports=1)])
+    assert [o.status for o in outcomes] == [Status.STORED, Status.REJECTED, Status.REJECTED, Status.REJECTED,
+                                            Status.STORED]
+    assert {o.error_code for o in outcomes[1:4]} == {"InternalError"}
+    assert "version 2" in (outcomes[2].error_message or "")
+    assert "does not belong to partition" in (outcomes[3].error_message or "")
+    assert event_types(database, thing) == ["in-alarm", "alarm-cleared"]
