@@ -173,6 +173,7 @@ active_violations = sa.Table(
     sa.Column("violation_start_time", EPOCH, nullable=False),
     sa.Index("ix_active_violations_thing", "thing_name"),
     sa.Index("ix_active_violations_profile", "profile_name"),
+    sa.Index("ix_active_violations_start", "violation_start_time", "violation_id"),  # the listing's order
 )
 
 violation_events = sa.Table(
