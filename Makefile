@@ -28,7 +28,7 @@ broker-deps: ## install Mosquitto and what its plugin is compiled with (apt-get,
 		echo "installing with apt-get:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 
-# `make run` installs the service and the AWS clients the README uses (the `clients` extra); the
+# `make run` installs the service and the clients the README uses (the `clients` extra); the
 # tests, guards and benchmarks add the test tooling (the `test` extra).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -83,9 +83,10 @@ durability: $(TEST_STAMP) system-deps broker-deps ## kill -9 and PostgreSQL outa
 		tests/unit/test_batch_isolation.py tests/integration/test_ingest_pipeline.py $(ARGS)
 	@cat durability.jsonl
 
-# The service, a sample profile and a simulated fleet with misbehaving devices (about 90 s).
+# The service, a sample profile and a simulated fleet with misbehaving devices (about 90 s;
+# ARGS='--api-port 9000 --mqtt-port 1884' where 8080 or 1883 are taken).
 demo: $(STAMP) broker-deps ## the service, a sample profile and a simulated fleet with misbehaving devices
-	$(BIN)/iotdefender demo
+	$(BIN)/iotdefender demo $(ARGS)
 
 # Benchmarks write JSON with the machine and the command to bench/results/ (bench/README.md).
 bench: $(TEST_STAMP) system-deps broker-deps ## every benchmark (results in bench/results/)

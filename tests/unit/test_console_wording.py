@@ -18,7 +18,15 @@ from iotdefender.console.wording import alarm_sentence
     ({"name": "b", "metric": "aws:all-bytes-out", "criteria": {
         "comparisonOperator": "less-than", "durationSeconds": 300, "statisticalThreshold": {"statistic": "p90"},
         "consecutiveDatapointsToClear": 3}},
-     "alarms when aws:all-bytes-out summed over 300 s is the fleet's p90 or more; it clears after 3 normal datapoints"),
+     "alarms when aws:all-bytes-out summed over 300 s is the fleet's p90 of the previous 300 s or more; "
+     "it clears after 3 normal datapoints"),
+    # Not a count of bytes or packets: judged on its latest value, durationSeconds is the percentile's window.
+    ({"name": "c", "metric": "aws:num-established-tcp-connections", "criteria": {
+        "comparisonOperator": "less-than-equals", "durationSeconds": 300, "statisticalThreshold": {"statistic": "p90"}}},
+     "alarms when aws:num-established-tcp-connections is above the fleet's p90 of the previous 300 s"),
+    ({"name": "s", "metric": "aws:message-byte-size", "criteria": {
+        "comparisonOperator": "less-than", "durationSeconds": 600, "value": {"count": 1024}}},
+     "alarms when aws:message-byte-size (the largest in 600 s) is 1024 or more"),
     ({"name": "m", "metric": "aws:num-messages-sent", "criteria": {"mlDetectionConfig": {"confidenceLevel": "HIGH"}},
       "suppressAlerts": True},
      "alarms when the ML model finds aws:num-messages-sent anomalous with HIGH confidence (alerts suppressed)"),

@@ -186,8 +186,8 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             await run(console, add)
         except ApiError as error:
             if error.code == "ResourceNotFoundException" and not register and "Thing " in error.message:
-                error = ApiError(error.code, f"{error.message}. Groups hold registered things only: tick "
-                                             f"'register it first' to register {thing} and add it.")
+                error = ApiError(error.code, f"{error.message.rstrip('.')}. Groups hold registered things only: "
+                                             f"tick 'register it first' to register {thing} and add it.")
             return refusal(console, request, "Thing group", error)
         return RedirectResponse(back, status_code=303)
 

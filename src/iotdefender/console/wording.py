@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from iotdefender.console.context import metric_value
+from iotdefender.engine.evaluator import DELTA_METRICS, MAX_METRICS
 
 # The operator states what is normal; the phrase says what alarms.
 ALARM_PHRASES = {
@@ -46,20 +47,34 @@ def _datapoints(criteria: dict[str, Any]) -> str:
     return text
 
 
+def _window(metric: str, seconds: Any) -> str:
+    """What durationSeconds does to the value judged (docs/detection.md): counts of bytes and
+    packets are summed over it, the message size is its largest; any other metric is judged on
+    its latest value (for a statistical behavior durationSeconds is the percentile's window)."""
+    if not seconds:
+        return ""
+    if metric in DELTA_METRICS:
+        return f" summed over {seconds} s"
+    if metric in MAX_METRICS:
+        return f" (the largest in {seconds} s)"
+    return ""
+
+
 def alarm_sentence(behavior: dict[str, Any]) -> str:
     """"alarms when temperature is above 70 for 2 consecutive datapoints", and the like."""
     criteria = behavior.get("criteria")
     metric = metric_label(behavior)
     if not criteria:
         return f"retains {metric} without alarming (no criteria)"
-    over = f" summed over {criteria['durationSeconds']} s" if criteria.get("durationSeconds") else ""
+    seconds = criteria.get("durationSeconds")
+    over = _window(behavior.get("metric", ""), seconds)
     operator = criteria.get("comparisonOperator", "")
     statistical = criteria.get("statisticalThreshold") or {}
     if criteria.get("mlDetectionConfig") is not None:
         level = (criteria.get("mlDetectionConfig") or {}).get("confidenceLevel", "?")
         sentence = f"alarms when the ML model finds {metric} anomalous with {level} confidence"
     elif statistical.get("statistic"):
-        threshold = f"the fleet's {statistical['statistic']}"
+        threshold = f"the fleet's {statistical['statistic']}" + (f" of the previous {seconds} s" if seconds else "")
         sentence = f"alarms when {metric}{over} " + ALARM_PHRASES.get(operator, f"breaks {operator} {{v}}").format(
             v=threshold)
     else:

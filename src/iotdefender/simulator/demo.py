@@ -134,7 +134,7 @@ def _explore(data_dir: Path, endpoint: str, serve: subprocess.Popen[bytes], key:
     credentials = (data_dir / "credentials").resolve()
     print(f"\nThe service keeps running until Ctrl-C.\n"
           f"  Console:  {endpoint}/console/  (access key {key.access_key}, secret {key.secret_key})\n"
-          f"  AWS CLI:  AWS_SHARED_CREDENTIALS_FILE={credentials} aws iot list-active-violations "
+          f"  AWS CLI:  AWS_SHARED_CREDENTIALS_FILE={credentials} .venv/bin/aws iot list-active-violations "
           f"--endpoint-url {endpoint} --region us-east-1\n"
           f"  Log:      {data_dir.parent / (data_dir.name + '.log')}", flush=True)
     while serve.poll() is None:
