@@ -78,6 +78,7 @@ def test_profile_detail_sentences_retained_metrics_tags_and_version_diff(service
 
 @pytest.mark.parametrize(("path", "status"), [
     ("/console/profiles/pd-none/detail", 404),
+    ("/console/profiles/pd-none", 404),
     ("/console/profiles/pd-bad/detail?from=x&to=1", 400),
     ("/console/profiles/pd-bad/detail?from=1&to=99", 400),
     ("/console/thing-groups/no-such-group", 404),
@@ -98,6 +99,10 @@ def test_new_pages_answer_bad_queries(service, path, status):
         else None
     answer = client.get(path)
     assert answer.status_code == status, (path, answer.status_code, answer.text[:300])
+    if status == 404:  # said like the API says it: with the exception's name
+        assert "ResourceNotFoundException" in answer.text, (path, answer.text[-800:])
+    if "</html>" in answer.text:  # a whole page (not a fragment or a plain-text refusal)
+        assert "Time scale 100: ranges are AWS time divided by 100." in answer.text  # not "100.0"
 
 
 @pytest.mark.parametrize(("path", "data", "status", "code"), [

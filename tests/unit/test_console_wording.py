@@ -41,6 +41,6 @@ def test_alarm_sentence(behavior, expected):
 
 
 def test_counts_in_sentences_agree_with_their_number() -> None:
-    from iotdefender.console.context import count_of
+    from iotdefender.english import count_of
 
     assert [count_of(n, "device") for n in (0, 1, 2)] == ["0 devices", "1 device", "2 devices"]

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from iotdefender.english import count_of
 from iotdefender.backtest.client import ExtensionClient, ExtensionError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -79,20 +80,21 @@ def _when(epoch: float | None) -> str:
 
 def print_summary(result: dict[str, Any], out: TextIO) -> None:
     out.write(f"backtest {_when(result['startTime'])} .. {_when(result['endTime'])} UTC, "
-              f"{result['devicesEvaluated']} devices, {result.get('elapsedSeconds', '?')} s\n")
+              f"{count_of(result['devicesEvaluated'], 'device')}, {result.get('elapsedSeconds', '?')} s\n")
     for b in result["behaviors"]:
         out.write(f"\n{b['behaviorName']} ({b['method']}): {b['datapoints']} datapoints, "
-                  f"{b['devicesInAlarm']} of {b['devicesEvaluated']} devices would alarm, {b['alarms']} alarms, "
+                  f"{b['devicesInAlarm']} of {count_of(b['devicesEvaluated'], 'device')} would alarm, "
+                  f"{count_of(b['alarms'], 'alarm')}, "
                   f"{b['cleared']} cleared, {b['invalidated']} invalidated, {b['activeAtEnd']} active at the end; "
                   + ("no alarm\n" if b["firstAlarm"] is None else f"first alarm {_when(b['firstAlarm'])} UTC\n"))
         if b.get("note"):
             out.write(f"  note: {b['note']}\n")
         for row in b["sweep"]:
             mark = "  <- current" if row["current"] else ""
-            out.write(f"  threshold {json.dumps(row['threshold'])}: {row['devicesInAlarm']} devices, "
-                      f"{row['alarms']} alarms{mark}\n")
+            out.write(f"  threshold {json.dumps(row['threshold'])}: {count_of(row['devicesInAlarm'], 'device')}, "
+                      f"{count_of(row['alarms'], 'alarm')}{mark}\n")
         for t in b["topThings"][:5]:
-            out.write(f"  {t['thingName']}: {t['alarms']} alarms, first {_when(t['firstAlarm'])}\n")
+            out.write(f"  {t['thingName']}: {count_of(t['alarms'], 'alarm')}, first {_when(t['firstAlarm'])}\n")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
+from iotdefender.english import count_of
 from iotdefender.api.app import ApiService
 from iotdefender.console.sessions import SessionRegistry
 from iotdefender.console.throttle import LoginThrottle
@@ -30,11 +31,6 @@ def when(epoch: Any) -> str:
     else:
         moment = datetime.fromtimestamp(float(epoch), timezone.utc)
     return moment.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def count_of(n: Any, noun: str) -> str:
-    """``1 device``, ``2 devices``: counts in sentences read as English ("1 devices" did not)."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def duration(seconds: Any) -> str:

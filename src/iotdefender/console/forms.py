@@ -18,6 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from iotdefender.contract.errors import ApiError
 from iotdefender.console.auth import Page, login_required, safe_next
 from iotdefender.console.context import ConsoleContext
+from iotdefender.console.writes import refusal
 from iotdefender.store import insights
 
 FLEET_TARGETS = ("all/things", "all/registered-things", "all/unregistered-things")
@@ -150,8 +151,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         try:
             values = await run(load, name)
         except ApiError as error:
-            return console.render(request, "message.html", status_code=error.status, title="Security profile",
-                                  message=error.message)
+            return refusal(console, request, "Security profile", error)
         return await show(request, values, False)
 
     @login_required
@@ -160,8 +160,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         try:
             await run(api.invoke, "DeleteSecurityProfile", {"securityProfileName": name})
         except ApiError as error:
-            return console.render(request, "message.html", status_code=error.status, title="Security profile",
-                                  message=error.message)
+            return refusal(console, request, "Security profile", error)
         return RedirectResponse("/console/profiles", status_code=303)
 
     @login_required
