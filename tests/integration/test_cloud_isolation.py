@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from iotdefender.alerts.routes import AlertRoutes
@@ -30,7 +30,10 @@ class Refusing:
         return self.store.store_batch(items)
 
 
-def test_a_refused_window_is_isolated(tmp_path):
+def cloud_metrics(tmp_path: Any, wrap: Callable[[LocalBatchStore], Any], clock: Callable[[], float]
+                  ) -> tuple[Any, Any, CloudMetricsService]:
+    """A service with one cloud-side profile on every thing, the real store wrapped by ``wrap``, and
+    a cloud-side closer over it with windows of 1 s."""
     api = build_api(Settings(data_dir=tmp_path))
     engine = api.context.engine
     api.invoke("CreateSecurityProfile", {"securityProfileName": "cloud", "behaviors": [
@@ -40,9 +43,13 @@ def test_a_refused_window_is_isolated(tmp_path):
     monitoring = MonitoringIndex(engine, api.context.arn(""))
     detection = DetectionService(engine, monitoring, AlertRoutes(), 172800.0)
     detection.load()
+    store = wrap(LocalBatchStore(engine, monitoring, detection, ignore_events))
+    return api, store, CloudMetricsService(engine, monitoring, store, window_s=1.0, clock=clock)
+
+
+def test_a_refused_window_is_isolated(tmp_path):
     now = [1000.2]
-    cloud = CloudMetricsService(engine, monitoring, Refusing(LocalBatchStore(engine, monitoring, detection, ignore_events), "c-2"),
-                                window_s=1.0, clock=lambda: now[0])
+    api, _, cloud = cloud_metrics(tmp_path, lambda store: Refusing(store, "c-2"), lambda: now[0])
     for client in ("c-1", "c-2", "c-3"):
         cloud.connect_attempt(client, "10.0.0.1", True)
     now[0] = 1001.5  # the window [1000, 1001) has closed
@@ -73,18 +80,8 @@ def test_a_fleet_window_is_stored_in_transactions_of_at_most_the_batch_limit(tmp
     report waiting behind it, for seconds at fleet size."""
     from iotdefender.pipeline.batch_store import BATCH_MAX
 
-    api = build_api(Settings(data_dir=tmp_path))
-    engine = api.context.engine
-    api.invoke("CreateSecurityProfile", {"securityProfileName": "cloud", "behaviors": [
-        {"name": "attempts", "metric": "aws:num-connection-attempts",
-         "criteria": {"comparisonOperator": "greater-than", "value": {"count": 100}}}]})
-    api.invoke("AttachSecurityProfile", {"securityProfileName": "cloud", "securityProfileTargetArn": ALL_THINGS})
-    monitoring = MonitoringIndex(engine, api.context.arn(""))
-    detection = DetectionService(engine, monitoring, AlertRoutes(), 172800.0)
-    detection.load()
     now = [1000.2]
-    store = Counting(LocalBatchStore(engine, monitoring, detection, ignore_events))
-    cloud = CloudMetricsService(engine, monitoring, store, window_s=1.0, clock=lambda: now[0])
+    _, store, cloud = cloud_metrics(tmp_path, Counting, lambda: now[0])
     devices = 2 * BATCH_MAX + 5
     for n in range(devices):
         cloud.connect_attempt(f"c-{n}", "10.0.0.1", True)
