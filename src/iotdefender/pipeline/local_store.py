@@ -103,7 +103,7 @@ class LocalBatchStore:
         suspects = {item[0] for item in items if item[0] in self._maybe_stored}
         if not suspects:
             return items
-        stored = metric_values.report_states_of(conn, suspects)
+        stored = metric_values.load_report_states(conn, suspects)
         return [item for item in items
                 if item[3] is None or item[0] not in stored or item[3] > stored[item[0]][0]]
 

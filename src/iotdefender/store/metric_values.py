@@ -47,24 +47,19 @@ def upsert_report_states(conn: Connection, states: Iterable[tuple[str, int, floa
     conn.execute(stmt, rows)
 
 
-def load_report_states(conn: Connection) -> dict[str, tuple[int, float]]:
-    rows = conn.execute(sa.select(thing_report_state.c.thing_name, thing_report_state.c.last_report_id,
-                                  thing_report_state.c.last_report_at))
-    return {t: (r, a) for t, r, a in rows}
-
-
-def report_states_of(conn: Connection, things: Iterable[str]) -> dict[str, tuple[int, float]]:
-    """The last stored report id and time of each of ``things`` that has one."""
-    rows = conn.execute(sa.select(thing_report_state.c.thing_name, thing_report_state.c.last_report_id,
-                                  thing_report_state.c.last_report_at)
-                        .where(thing_report_state.c.thing_name.in_(list(things))))
-    return {t: (r, a) for t, r, a in rows}
+def load_report_states(conn: Connection, things: Iterable[str] | None = None) -> dict[str, tuple[int, float]]:
+    """The last stored report id and time of every thing, or of each of ``things`` that has one."""
+    query = sa.select(thing_report_state.c.thing_name, thing_report_state.c.last_report_id,
+                      thing_report_state.c.last_report_at)
+    if things is not None:
+        query = query.where(thing_report_state.c.thing_name.in_(list(things)))
+    return {t: (r, a) for t, r, a in conn.execute(query)}
 
 
 def reports_stored(conn: Connection, marks: Mapping[str, int]) -> bool:
     """Whether a transaction that stored these report ids (thing -> id) committed: report ids only
     increase, so it did if a thing's stored id has reached its mark."""
-    stored = report_states_of(conn, marks)
+    stored = load_report_states(conn, marks)
     return any(stored[thing][0] >= mark for thing, mark in marks.items() if thing in stored)
 
 
