@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,8 +66,7 @@ class Fleet:
 
     def connect(self, mqtt_port: int) -> None:
         """(Re)connect every device, e.g. after the service restarted; reports in flight are resent."""
-        for device in self._devices.values():
-            device.close()
+        self.close()
         self._devices = {t: Device(mqtt_port, t) for t in self.things}
         for thing, (report_id, _) in list(self._in_flight.items()):
             self._send(thing, report_id)
@@ -92,8 +92,11 @@ class Fleet:
             time.sleep(0.01)
 
     def close(self) -> None:
-        for device in self._devices.values():
-            device.close()
+        """All devices at once: a client whose broker died is waiting out a reconnect delay, which
+        its ``loop_stop`` waits for (measured: 13 s for 20 devices one after another)."""
+        if self._devices:
+            with ThreadPoolExecutor(max_workers=len(self._devices)) as pool:
+                list(pool.map(Device.close, self._devices.values()))
 
     def _send(self, thing: str, report_id: int) -> None:
         self._in_flight[thing] = (report_id, time.monotonic())

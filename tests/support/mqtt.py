@@ -50,8 +50,10 @@ class Device:
         return self.replies.get(timeout=timeout)
 
     def close(self) -> None:
-        self.client.loop_stop()
+        """DISCONNECT first: it wakes the network loop, which then ends at once; stopping the loop
+        first waits out its select timeout (about 1 s per device)."""
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 def report(report_id: int, ports: list[int] | None = None, **blocks: Any) -> dict[str, Any]:
