@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio.to_thread
 import orjson
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -18,7 +17,7 @@ from starlette.responses import RedirectResponse, Response
 from iotdefender.contract.errors import ApiError
 from iotdefender.console.auth import Page, login_required, safe_next
 from iotdefender.console.context import ConsoleContext
-from iotdefender.console.writes import refusal
+from iotdefender.console.writes import refusal, run
 from iotdefender.store import insights
 
 FLEET_TARGETS = ("all/things", "all/registered-things", "all/unregistered-things")
@@ -116,20 +115,17 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         except ApiError as error:
             raise FormProblem("targets", f"{error.code}: {error.message}") from None
 
-    async def run(function: Any, *args: Any) -> Any:
-        return await anyio.to_thread.run_sync(function, *args, limiter=api._limiter)
-
     async def show(request: Request, values: dict[str, Any], creating: bool, problem: FormProblem | None = None
                    ) -> Response:
         return console.render(request, "profile_edit.html", status_code=400 if problem else 200, values=values,
-                              creating=creating, problem=problem, choices=await run(target_choices))
+                              creating=creating, problem=problem, choices=await run(console, target_choices))
 
     async def submit(request: Request, name: str | None) -> Response:
         """Save the posted form; on a refusal show it again as typed, with the reason by its field."""
         creating = name is None
         values = from_form(await request.form(), name)
         try:
-            await run(save, values, creating)
+            await run(console, save, values, creating)
         except FormProblem as problem:
             return await show(request, values, creating, problem)
         return RedirectResponse(f"/console/profiles/{values['name']}" + ("?created=1" if creating else "?saved=1"),
@@ -149,7 +145,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         if request.method == "POST":
             return await submit(request, name)
         try:
-            values = await run(load, name)
+            values = await run(console, load, name)
         except ApiError as error:
             return refusal(console, request, "Security profile", error)
         return await show(request, values, False)
@@ -158,7 +154,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
     async def delete_profile(request: Request) -> Response:
         name = request.path_params["name"]
         try:
-            await run(api.invoke, "DeleteSecurityProfile", {"securityProfileName": name})
+            await run(console, api.invoke, "DeleteSecurityProfile", {"securityProfileName": name})
         except ApiError as error:
             return refusal(console, request, "Security profile", error)
         return RedirectResponse("/console/profiles", status_code=303)
@@ -171,7 +167,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         if form.get("description"):
             params["verificationStateDescription"] = str(form["description"])
         try:
-            await run(api.invoke, "PutVerificationStateOnViolation", params)
+            await run(console, api.invoke, "PutVerificationStateOnViolation", params)
         except ApiError as error:
             return console.render(request, "message.html", status_code=error.status, title="Verification state",
                                   message=f"{error.code}: {error.message}")
