@@ -74,8 +74,10 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                                    | _recent_series(conn))
                 groups = insights.group_names(conn)
                 out: dict[str, Any] = {"available": available, "groups": groups, "distribution": None, "series": {},
-                                       "unretained": _numeric_metrics(set(available))}
-                if metric:
+                                       "unretained": _numeric_metrics(set(available)), "error": None}
+                if group and group not in groups:  # a stale link: say so rather than show an empty fleet
+                    out["error"] = f"ResourceNotFoundException: Thing group {group} does not exist"
+                elif metric:
                     points = history.read_series(conn, metric, start, end)
                     only = None
                     if group:  # the group with its child groups, as a profile attached to it covers
@@ -89,7 +91,8 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                 return out
 
         data = await sync(read)
-        return console.render(request, "metrics.html", range_name=range_name, ranges=list(RANGES), metric=metric,
+        return console.render(request, "metrics.html", status_code=404 if data["error"] else 200,
+                              range_name=range_name, ranges=list(RANGES), metric=metric,
                               group=group, chosen=" ".join(chosen), chart_json=orjson.dumps(
                                   {"distribution": data["distribution"], "series": data["series"],
                                    "marks": data.get("marks"), "span": [start, end]}).decode(),
@@ -240,8 +243,11 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         described = await sync(read)
         chosen = request.query_params.get("profile", "")
         behaviors = next((p.get("behaviors") for p in described if p["securityProfileName"] == chosen), None)
-        return console.render(request, "backtest.html", profiles=[p["securityProfileName"] for p in described],
-                              chosen=chosen, ranges=list(RANGES),
+        missing = bool(chosen) and not any(p["securityProfileName"] == chosen for p in described)
+        return console.render(request, "backtest.html", status_code=404 if missing else 200,
+                              profiles=[p["securityProfileName"] for p in described], chosen=chosen,
+                              ranges=list(RANGES), error=(f"ResourceNotFoundException: Security profile {chosen} "
+                                                          "does not exist") if missing else None,
                               behaviors_json=orjson.dumps(behaviors or [], option=orjson.OPT_INDENT_2).decode())
 
     return {"overview": overview, "metrics": metrics, "thing": thing, "evidence": evidence,
