@@ -131,6 +131,26 @@ def test_a_batch_redelivered_with_the_same_sequences_stores_nothing_twice(databa
     assert counts(database) == {**stored, "metric_values": 5}
 
 
+def test_a_resend_after_the_duplicate_window_is_not_stored_twice(database, node):
+    """JetStream forgets message ids after its duplicate window: a device's resend then arrives as a
+    new message (a new sequence) and must be recognised by its thing's stored report id."""
+    a = node()
+    thing, other = things_in(P, 2)
+    a.store.acquire(P, 10)
+    assert [o.status for o in a.store.store(P, 10, [delivery(thing, 1, ports=5, report_id=7)])] == [Status.STORED]
+    resent = [delivery(thing, 2, ports=5, report_id=7),  # the same report, past the window
+              delivery(thing, 3, ports=5, report_id=6),  # an older one: stale
+              delivery(other, 4, ports=5, report_id=6),  # another thing's: stored
+              delivery(thing, 5, ports=1, report_id=9),  # the thing's next report: stored
+              delivery(thing, 6, ports=1, report_id=9)]  # ... and its copy in the same batch
+    outcomes = a.store.store(P, 10, resent)
+    assert [(o.status, o.error_code) for o in outcomes] == [
+        (Status.DUPLICATE, None), (Status.REJECTED, "StaleReportId"), (Status.STORED, None),
+        (Status.STORED, None), (Status.DUPLICATE, None)]
+    assert counts(database) == {"metric_values": 3, "violation_events": 3, "alert_outbox": 3}
+    assert event_types(database, thing) == ["in-alarm", "alarm-cleared"]
+
+
 def test_a_stale_token_is_fenced_and_stores_nothing(database, node):
     a, b = node(), node()
     thing = things_in(P, 1)[0]

@@ -56,11 +56,13 @@ from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import store_reports
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, Status, UndecodableReport, decode
+from iotdefender.store import metric_values
 from iotdefender.store.availability import StoreUnavailable
 
 log = structlog.get_logger("iotdefender.partition_store")
 
 INTERNAL_ERROR = "InternalError"  # ingest.report.RejectCode.INTERNAL_ERROR (ingest sits above this layer)
+STALE_REPORT_ID = "StaleReportId"  # ingest.report.RejectCode.STALE_REPORT_ID
 
 #: Told the outcomes of every batch handled, in delivery order (the broker nodes' replies).
 OutcomeListener = Callable[[int, list[ReportOutcome]], Awaitable[None]]
@@ -79,6 +81,7 @@ class _Report:
 @dataclass(frozen=True)
 class _Committed:
     stored: frozenset[int]  # the sequences this transaction stored (the others were already committed)
+    stale: frozenset[int] = frozenset()  # report ids below their thing's stored one: refused, not stored
 
 
 class PartitionBatchStore:
@@ -140,10 +143,17 @@ class PartitionBatchStore:
             if isolated.outage is not None:
                 raise StoreUnavailable(f"{type(isolated.outage).__name__}: {isolated.outage}") from isolated.outage
             stored: set[int] = set()
+            stale: set[int] = set()
             for result in isolated.results:
                 stored |= result.stored
+                stale |= result.stale
             for index in isolated.stored:
                 report = reports[index]
+                if report.sequence in stale:
+                    outcomes[report.sequence] = _outcome(
+                        report, Status.REJECTED, f"Report id {report.message.report_id} is lower than the last "
+                        f"accepted id of thing {report.message.thing}; report ids must increase", STALE_REPORT_ID)
+                    continue
                 outcomes[report.sequence] = _outcome(report, Status.STORED if report.sequence in stored
                                                      else Status.DUPLICATE)
             for index, failure in isolated.failed.items():
@@ -168,20 +178,47 @@ class PartitionBatchStore:
         with self._detection.transaction() as run:
             fencing.check(run.conn, partition, token)
             done = progress.last_sequence(run.conn, partition)
-            fresh = [report for report in reports if report.sequence > done]
+            fresh, stale = _in_report_order(run.conn, [report for report in reports if report.sequence > done])
             store_reports(run, self._monitoring, [(r.message.thing, r.message.datapoints, r.message.received_at,
                                                    r.message.report_id) for r in fresh])
             progress.advance(run.conn, partition, highest)
             # Should the COMMIT go unanswered: it happened if the progress reached this batch.
             run.commit_check = lambda conn: progress.last_sequence(conn, partition) >= highest
         self._on_events(summaries(run.settled + run.events))
-        return _Committed(frozenset(report.sequence for report in fresh))
+        return _Committed(frozenset(report.sequence for report in fresh), stale)
 
     def _owns(self, partition: int) -> Callable[[str], bool]:
         return lambda thing: partition_of(thing, self._partitions) == partition
 
 
-def _outcome(report: _Report, status: Status, error: str | None = None) -> ReportOutcome:
+def _in_report_order(conn: Connection, reports: list[_Report]) -> tuple[list[_Report], frozenset[int]]:
+    """The reports to store, and the sequences of those to refuse as stale.
+
+    JetStream drops a resent report only within its duplicate window (120 s); a resend after it
+    (a device retrying for long, or one that moved to a broker node that had not seen its reports)
+    reaches this node as a new message. Report ids only grow per thing, so one at or below the
+    thing's stored id (``thing_report_state``, as ``LocalBatchStore`` settles an unconfirmed commit)
+    was stored already: the same id is not stored again and counts as stored (``DUPLICATE``), a
+    lower one is refused ``StaleReportId`` as on the single box. Also within the batch."""
+    if not reports:
+        return reports, frozenset()
+    last = {thing: state[0] for thing, state in
+            metric_values.load_report_states(conn, {r.message.thing for r in reports}).items()}
+    kept: list[_Report] = []
+    stale: set[int] = set()
+    for report in reports:
+        thing, report_id = report.message.thing, report.message.report_id
+        before = last.get(thing)
+        if before is not None and report_id <= before:
+            if report_id < before:
+                stale.add(report.sequence)
+            continue
+        last[thing] = report_id
+        kept.append(report)
+    return kept, frozenset(stale)
+
+
+def _outcome(report: _Report, status: Status, error: str | None = None, code: str = INTERNAL_ERROR) -> ReportOutcome:
     message = report.message
     return ReportOutcome(report.sequence, message.thing, status, message.report_id, message.encoding,
-                         message.reply_to, INTERNAL_ERROR if error is not None else None, error)
+                         message.reply_to, code if error is not None else None, error)
