@@ -33,6 +33,8 @@ log = structlog.get_logger("iotdefender.alerts")
 
 DELIVERIES = Counter("iotdefender_alert_deliveries", "Alert delivery attempts by outcome", ["kind", "outcome"])
 MAX_ATTEMPTS = 8
+# How long a claimed row is this node's to send (alert_outbox.claim): longer than one round of sends.
+CLAIM_HOLD_S = 120.0
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -102,8 +104,12 @@ class AlertDelivery:
             await self._http.aclose()
 
     def _due(self, limit: int = 200) -> Sequence[Any]:
-        with self._engine.connect() as conn:
-            return alert_outbox.due(conn, time.time(), limit)
+        with writing(self._engine) as conn:
+            return alert_outbox.claim(conn, time.time(), limit, CLAIM_HOLD_S)
+
+    def _release(self, row_ids: list[int]) -> None:
+        with writing(self._engine) as conn:
+            alert_outbox.release(conn, row_ids, time.time())
 
     def _mark(self, row_id: int, **values: Any) -> None:
         with writing(self._engine) as conn:
@@ -112,10 +118,12 @@ class AlertDelivery:
     async def _deliver_due(self) -> int:
         rows = await anyio.to_thread.run_sync(self._due)
         sent = 0
+        limited: list[int] = []
         for row in rows:
             bucket = self._buckets.setdefault(row.destination, TokenBucket(self._rate, self._rate))
             if not bucket.take():
-                continue  # rate-limited: stays pending, goes in a later round
+                limited.append(row.id)  # rate-limited: stays pending, goes in a later round
+                continue
             kind = row.destination.split(":", 1)[0]
             try:
                 await self._send(row)
@@ -132,6 +140,8 @@ class AlertDelivery:
             await anyio.to_thread.run_sync(lambda: self._mark(row.id, attempts=row.attempts + 1, status="delivered"))
             DELIVERIES.labels(kind, "delivered").inc()
             sent += 1
+        if limited:
+            await anyio.to_thread.run_sync(self._release, limited)
         return sent
 
     async def _send(self, row: Any) -> None:
