@@ -236,3 +236,23 @@ def test_a_poison_message_is_answered_and_the_partition_keeps_flowing(database, 
     assert "version 2" in (outcomes[2].error_message or "")
     assert "does not belong to partition" in (outcomes[3].error_message or "")
     assert event_types(database, thing) == ["in-alarm", "alarm-cleared"]
+
+
+def test_the_invalidation_sweep_touches_only_owned_partitions_and_is_fenced(database, node):
+    a, b = node(), node()
+    thing, other = things_in(P, 1)[0], things_in(Q, 1)[0]
+    a.store.acquire(P, 10)
+    a.store.acquire(Q, 11)
+    a.store.store(P, 10, [delivery(thing, 1, ports=5)])
+    a.store.store(Q, 11, [delivery(other, 1, ports=5)])
+    silent = 1000.0 + 3 * 172800.0  # both devices silent past the invalidation period
+
+    assert a.store.sweep(silent, {Q: 11}) == [("alarm-invalidated", "p", "few-ports")]
+    assert event_types(database, other) == ["in-alarm", "alarm-invalidated"]
+    assert event_types(database, thing) == ["in-alarm"]  # P is not in the owned map: left to its owner
+
+    b.store.acquire(P, 20)  # P moved on while a still remembers it
+    with pytest.raises(Fenced):
+        a.store.sweep(silent, {P: 10})
+    assert event_types(database, thing) == ["in-alarm"]
+    assert b.store.sweep(silent, {P: 20}) == [("alarm-invalidated", "p", "few-ports")]

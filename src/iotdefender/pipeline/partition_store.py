@@ -41,7 +41,7 @@ observations (docs/cluster.md). Giving one up (``release``) forgets those things
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -51,7 +51,7 @@ from iotdefender.cluster import fencing, progress
 from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of
 from iotdefender.cluster.report_stream import Delivery
 from iotdefender.pipeline.batch_isolation import store_isolating
-from iotdefender.pipeline.batch_store import EventListener, summaries
+from iotdefender.pipeline.batch_store import EventListener, EventSummary, summaries
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import store_reports
 from iotdefender.pipeline.monitoring import MonitoringIndex
@@ -123,6 +123,23 @@ class PartitionBatchStore:
     def release(self, partition: int) -> None:
         """Forget the partition's things: their next owner loads them from the database."""
         self._detection.give_up(self._owns(partition))
+
+    def sweep(self, now: float, owned: Mapping[int, int]) -> list[EventSummary]:
+        """The invalidation sweep over the things of the partitions this node owns ({partition:
+        token}), their fences checked in the sweep's transaction: alarm states live in the owner's
+        memory, and a node that lost a partition meanwhile must not invalidate its alarms
+        (``Fenced``: nothing is stored, the next sweep goes on with what is still owned)."""
+        if not owned:
+            return []
+
+        def fenced(conn: Connection) -> None:
+            for partition, token in sorted(owned.items()):
+                fencing.check(conn, partition, token)
+
+        pending = self._detection.sweep(now, lambda thing: partition_of(thing, self._partitions) in owned, fenced)
+        events = summaries(pending.events) if pending is not None else []
+        self._on_events(events)
+        return events
 
     def store(self, partition: int, token: int, deliveries: Sequence[Delivery]) -> list[ReportOutcome]:
         """One outcome per delivery, in order (module docstring)."""
