@@ -112,6 +112,16 @@ def event_types(database: str, thing: str) -> list[str]:
     return found
 
 
+def alarms_in_p_and_q(a: Node) -> tuple[str, str]:
+    """Node ``a`` owns P (token 10) and Q (11), with one thing in alarm in each."""
+    thing, other = things_in(P, 1)[0], things_in(Q, 1)[0]
+    a.store.acquire(P, 10)
+    a.store.acquire(Q, 11)
+    a.store.store(P, 10, [delivery(thing, 1, ports=5)])
+    a.store.store(Q, 11, [delivery(other, 1, ports=5)])
+    return thing, other
+
+
 def test_a_batch_redelivered_with_the_same_sequences_stores_nothing_twice(database, node):
     a, b = node(), node()
     things = things_in(P, 4)
@@ -167,11 +177,7 @@ def test_a_stale_token_is_fenced_and_stores_nothing(database, node):
 
 def test_the_next_owner_takes_over_the_alarms_of_exactly_that_partition(database, node):
     a, b = node(), node()
-    thing, other = things_in(P, 1)[0], things_in(Q, 1)[0]
-    a.store.acquire(P, 10)
-    a.store.acquire(Q, 11)
-    a.store.store(P, 10, [delivery(thing, 1, ports=5)])
-    a.store.store(Q, 11, [delivery(other, 1, ports=5)])
+    thing, other = alarms_in_p_and_q(a)
     assert a.alarmed() == {thing, other}
 
     b.store.acquire(P, 20)
@@ -240,11 +246,7 @@ def test_a_poison_message_is_answered_and_the_partition_keeps_flowing(database, 
 
 def test_the_invalidation_sweep_touches_only_owned_partitions_and_is_fenced(database, node):
     a, b = node(), node()
-    thing, other = things_in(P, 1)[0], things_in(Q, 1)[0]
-    a.store.acquire(P, 10)
-    a.store.acquire(Q, 11)
-    a.store.store(P, 10, [delivery(thing, 1, ports=5)])
-    a.store.store(Q, 11, [delivery(other, 1, ports=5)])
+    thing, other = alarms_in_p_and_q(a)
     silent = 1000.0 + 3 * 172800.0  # both devices silent past the invalidation period
 
     assert a.store.sweep(silent, {Q: 11}) == [("alarm-invalidated", "p", "few-ports")]
