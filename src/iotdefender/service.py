@@ -15,6 +15,7 @@ import anyio.to_thread
 import structlog
 import uvicorn
 from sqlalchemy.engine import Connection, Engine
+from starlette.applications import Starlette
 
 from iotdefender.alerts.outbox import AlertDelivery
 from iotdefender.alerts.routes import AlertRoutes
@@ -139,12 +140,15 @@ def history_interval(settings: Settings) -> float:
     return min(max(settings.effective_metrics_window / 4, 1.0), 30.0)
 
 
-async def sweep_loop(store: BatchStore, invalidation_s: float) -> None:
-    """Invalidate silent or unmonitored alarms; often enough to be prompt, rarely enough to be cheap."""
+async def sweep_loop(sweep: Callable[..., object], invalidation_s: float, *taken: Callable[[], object]) -> None:
+    """Invalidate silent or unmonitored alarms; often enough to be prompt, rarely enough to be cheap.
+
+    ``sweep(now, *values)`` runs in a worker thread; ``taken`` are read on the event loop before
+    each round (cluster mode: the partitions this node owns, which the event loop changes)."""
     while True:
         await asyncio.sleep(min(max(invalidation_s / 20, 0.5), 60.0))
         try:
-            await anyio.to_thread.run_sync(store.sweep, time.time())
+            await anyio.to_thread.run_sync(sweep, time.time(), *(take() for take in taken))
         except Exception as error:
             log_unless_outage(log, "invalidation_sweep_failed", error)
 
@@ -176,10 +180,11 @@ async def open_batch_store(settings: Settings, engine: Engine, config: PipelineC
 
 async def serve(settings: Settings) -> None:
     validate(settings)
-    try:  # before anything starts: uvicorn would fail on it after `ready`, with a traceback
-        check_port_free(settings.host, settings.api_port)
-    except OSError as error:
-        raise ConfigurationError(f"--api-port: {error}") from None
+    if settings.cluster_url is not None:
+        from iotdefender.cluster_serve import serve_cluster
+
+        return await serve_cluster(settings)
+    check_api_port(settings)
     auth = mqtt_auth(settings)
     routes = load_alert_routes(settings)
     context, credentials = open_context(settings)
@@ -206,15 +211,7 @@ async def serve(settings: Settings) -> None:
     api = ApiService(context, credentials, on_change=(monitoring.invalidate, store.invalidate), health=health,
                      extensions=Extensions(broker_events=cloud.ingest_events, dead_letters=alerts.dead_letters,
                                            backtests=backtests))
-    if settings.mqtt_url is not None:
-        broker = ExternalBroker(parse_broker_url(settings.mqtt_url), ingest.submit, settings.mqtt_ca)
-        mqtt_endpoint = settings.mqtt_url.split("@")[-1]
-    else:
-        listeners = ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
-                                     settings.mqtt_cert, settings.mqtt_key)
-        broker = MosquittoBroker(listeners, gatekeeper, ingest.submit, settings.mqtt_password_file,
-                                 runtime_dir=Path(settings.data_dir) / "mosquitto")
-        mqtt_endpoint = f"mqtt://{settings.host}:{settings.mqtt_port}"
+    broker, mqtt_endpoint = build_broker(settings, gatekeeper, ingest.submit)
     nats_reader = None
     if settings.nats_events_url is not None:
         if settings.nats_monitor_url is None:
@@ -238,17 +235,12 @@ async def serve(settings: Settings) -> None:
     background = [
         asyncio.create_task(retention_loop(engine, settings.effective_metric_retention,
                                            settings.effective_violation_retention), name="retention"),
-        asyncio.create_task(sweep_loop(store, settings.effective_invalidation_period), name="invalidation"),
+        asyncio.create_task(sweep_loop(store.sweep, settings.effective_invalidation_period), name="invalidation"),
         asyncio.create_task(alerts.run(), name="alerts"),
         asyncio.create_task(cloud.run(), name="cloud-metrics"),
     ]
 
-    console = create_console(api, monitoring, settings.time_scale)
-    # Open console pages keep a live event stream: shutting down does not wait for them for long.
-    config = uvicorn.Config(create_app(api, console), host=settings.host, port=settings.api_port, loop="none",
-                            http=BoundedHttpToolsProtocol, log_config=None, access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=3)
-    server = uvicorn.Server(config)
+    server = http_server(settings, create_app(api, create_console(api, monitoring, settings.time_scale)))
     # Everything built so far (botocore's service model, the broker, caches) lives as long as the
     # service: move it out of the collector's reach, so that collections triggered by per-report
     # allocations do not walk it every time (measured: parsing took twice as long with a large heap).
@@ -270,6 +262,33 @@ async def serve(settings: Settings) -> None:
         await ingest.stop()
         await anyio.to_thread.run_sync(store.close)
         engine.dispose()
+
+
+def build_broker(settings: Settings, gatekeeper: Gatekeeper, submit: Callable[[str, str, bytes], None]
+                 ) -> tuple[Broker, str]:
+    """The device-facing broker (Mosquitto of our own, or an external one we join) and its endpoint."""
+    if settings.mqtt_url is not None:
+        return (ExternalBroker(parse_broker_url(settings.mqtt_url), submit, settings.mqtt_ca),
+                settings.mqtt_url.split("@")[-1])
+    listeners = ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
+                                 settings.mqtt_cert, settings.mqtt_key)
+    return (MosquittoBroker(listeners, gatekeeper, submit, settings.mqtt_password_file,
+                            runtime_dir=Path(settings.data_dir) / "mosquitto"),
+            f"mqtt://{settings.host}:{settings.mqtt_port}")
+
+
+def http_server(settings: Settings, app: Starlette) -> uvicorn.Server:
+    # Open console pages keep a live event stream: shutting down does not wait for them for long.
+    return uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.api_port, loop="none",
+                                         http=BoundedHttpToolsProtocol, log_config=None, access_log=False,
+                                         lifespan="off", timeout_graceful_shutdown=3))
+
+
+def check_api_port(settings: Settings) -> None:
+    try:  # before anything starts: uvicorn would fail on it after `ready`, with a traceback
+        check_port_free(settings.host, settings.api_port)
+    except OSError as error:
+        raise ConfigurationError(f"--api-port: {error}") from None
 
 
 def run(settings: Settings) -> None:
