@@ -43,6 +43,14 @@ def ready(svc: ServiceProcess) -> bool:
     return httpx.get(svc.endpoint + "/healthz", timeout=2).status_code == 200
 
 
+def gauge(svc: ServiceProcess, name: str) -> float:
+    import httpx
+
+    values = [float(line.split()[-1]) for line in httpx.get(svc.endpoint + "/metrics", timeout=2).text.splitlines()
+              if line.startswith(name + " ") or line.startswith(name + "{")]
+    return sum(values)
+
+
 def owned_by(owner: str, members: list[str], count: int, prefix: str) -> list[str]:
     share = assignment(members)[owner]
     names = (f"{prefix}-{i}" for i in range(10_000))
@@ -66,6 +74,12 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(jetstream, postgr
         b.start()  # ready once it owns its share, which a hands over
         wait_for(lambda: ready(a) and ready(b), 20, "both nodes ready")
         members = sorted([node_id(a), node_id(b)])
+        # Each node's /metrics: its partitions (the two shares make the 64), lag per owned partition.
+        wait_for(lambda: gauge(a, "iotdefender_cluster_owned_partitions") == len(assignment(members)[node_id(a)])
+                 and gauge(b, "iotdefender_cluster_owned_partitions") == len(assignment(members)[node_id(b)]),
+                 10, "the gauges of both shares")
+        assert gauge(a, "iotdefender_cluster_owned_partitions") + gauge(b, "iotdefender_cluster_owned_partitions") == 64
+        assert gauge(a, "iotdefender_cluster_consumer_lag") == 0
         iot_a, iot_b = a.client(), b.client()
         iot_b.create_security_profile(securityProfileName="fleet", behaviors=[PORTS])
         iot_b.attach_security_profile(securityProfileName="fleet", securityProfileTargetArn=ALL_THINGS)
