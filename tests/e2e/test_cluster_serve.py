@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from iotdefender.cluster.partitions import assignment, partition_of
@@ -41,14 +42,10 @@ def node_id(svc: ServiceProcess) -> str:
 
 
 def ready(svc: ServiceProcess) -> bool:
-    import httpx
-
     return httpx.get(svc.endpoint + "/healthz", timeout=2).status_code == 200
 
 
 def gauge(svc: ServiceProcess, name: str) -> float:
-    import httpx
-
     values = [float(line.split()[-1]) for line in httpx.get(svc.endpoint + "/metrics", timeout=2).text.splitlines()
               if line.startswith(name + " ") or line.startswith(name + "{")]
     return sum(values)
@@ -140,6 +137,21 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
             data = iot_b.list_metric_values(thingName=victim, metricName="aws:listening-tcp-ports",
                                             **window())["metricDatumList"]
             assert data and all(23 not in d["value"]["ports"] for d in data)
+
+        # A third node with the broker role only: it takes devices, detects nothing, serves no API.
+        c = ServiceProcess(data_dir=a.data_dir.parent / "c", database_url=a.database_url,
+                           extra_args=[*a.extra_args, "--roles", "broker"])
+        try:
+            c.start()
+            device = Device(c.mqtt_port, on_a[1])
+            devices.append(device)
+            assert device.report(report(2, [443]))[0] == "json/accepted"
+            assert iot_b.list_active_violations(thingName=on_a[1])["activeViolations"] == []  # cleared
+            assert httpx.get(c.endpoint + "/metrics").status_code == 200
+            assert httpx.get(c.endpoint + "/2017-05-01/security-profiles").status_code == 404  # no API here
+            assert gauge(a, "iotdefender_cluster_members") == 2  # not a detect member
+        finally:
+            c.stop()
         print(f"cluster e2e: {time.monotonic() - started:.1f}s; report -> accepted through node A: "
               f"{', '.join(f'{1000 * t:.0f}' for t in answered)} ms")
     finally:
