@@ -83,6 +83,9 @@ def cluster_roles(settings: Settings) -> frozenset[str]:
     if not urls or any(not url.startswith(("nats://", "tls://")) for url in urls):
         raise ConfigurationError(f"--cluster-url: expected nats://host:port[,nats://host:port], got "
                                  f"{settings.cluster_url!r}")
+    if settings.nats_events_url is not None:
+        raise ConfigurationError("--nats-events-url: cloud-side metrics are not available in cluster mode yet "
+                                 "(docs/cluster.md)")
     if not (settings.database_url or "").startswith("postgresql"):
         raise ConfigurationError("--cluster-url needs --database-url postgresql://...: every node shares one "
                                  "database (SQLite is one machine's file)")
@@ -164,6 +167,8 @@ async def serve_cluster(settings: Settings) -> None:
         ingest = IngestService(engine, monitoring, committer, publish, settings.effective_report_min_interval,
                                queue_limit=settings.ingest_queue_limit, health=health)
         # Cloud-side metrics are not wired in cluster mode yet (docs/cluster.md): no broker events observed.
+        if settings.cloud_metrics:
+            log.warning("cloud_metrics_off", reason="cloud-side metrics are not computed in cluster mode yet")
         gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=NULL_OBSERVER)
         broker, mqtt_endpoint = build_broker(settings, gatekeeper, ingest.submit)
 

@@ -37,6 +37,8 @@ def test_all_three_roles_by_default_and_a_subset_when_given():
     (("--cluster-url", "nats://h:4222", "--database-url", PG, "--roles", "broker,ingest"), "unknown role(s) ingest"),
     (("--cluster-url", "nats://h:4222", "--database-url", PG, "--roles", ","), "at least one"),
     (("--cluster-url", "h:4222", "--database-url", PG), "expected nats://"),
+    (("--cluster-url", "nats://h:4222", "--database-url", PG, "--nats-events-url", "nats://s@h:4222"),
+     "not available in cluster mode"),
 ])
 def test_what_cluster_mode_refuses(argv, says):
     with pytest.raises(ConfigurationError, match=re.escape(says)):
