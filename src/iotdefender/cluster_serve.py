@@ -40,8 +40,8 @@ from iotdefender.cluster.control import ControlNotices
 from iotdefender.cluster.health import ClusterHealth
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.node_id import new_node_id
-from iotdefender.cluster.replies import OutcomeSender, OutcomeWaiters, reply_subject
-from iotdefender.cluster.report_committer import JetStreamCommitter
+from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
+from iotdefender.ingest.cluster_commit import JetStreamCommitter
 from iotdefender.cluster.report_stream import ReportPublisher
 from iotdefender.cluster.topology import Topology, TopologyMismatch, count_servers, ensure, replicas_for
 from iotdefender.console.app import create_console
@@ -61,6 +61,7 @@ from iotdefender.service import (
     open_context,
     retention_loop,
     sweep_loop,
+    validate,
 )
 from iotdefender.settings import Settings
 from iotdefender.store.availability import DatabaseHealth
@@ -112,6 +113,7 @@ async def connect(urls: list[str], node_id: str, reconnected: Callable[[], None]
 
 
 async def serve_cluster(settings: Settings) -> None:
+    validate(settings)
     roles = cluster_roles(settings)
     check_api_port(settings)
     auth = mqtt_auth(settings) if "broker" in roles else "none"
@@ -122,7 +124,12 @@ async def serve_cluster(settings: Settings) -> None:
     monitoring = MonitoringIndex(engine, context.arn(""))
     node_id = new_node_id()
     notices: list[ControlNotices] = []  # the notices need the connection, the connection their reconnect hook
-    nc = await connect(settings.cluster_urls, node_id, lambda: [n.apply() for n in notices])
+
+    def reconnected() -> None:
+        for notice in notices:
+            notice.apply()
+
+    nc = await connect(settings.cluster_urls, node_id, reconnected)
     js = nc.jetstream()
     topology = Topology(replicas=replicas_for(count_servers(nc)))
     try:

@@ -8,8 +8,9 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import structlog
@@ -180,10 +181,6 @@ async def open_batch_store(settings: Settings, engine: Engine, config: PipelineC
 
 async def serve(settings: Settings) -> None:
     validate(settings)
-    if settings.cluster_url is not None:
-        from iotdefender.cluster_serve import serve_cluster
-
-        return await serve_cluster(settings)
     check_api_port(settings)
     auth = mqtt_auth(settings)
     routes = load_alert_routes(settings)
@@ -291,7 +288,8 @@ def check_api_port(settings: Settings) -> None:
         raise ConfigurationError(f"--api-port: {error}") from None
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, main: Callable[[Settings], Coroutine[Any, Any, None]] = serve) -> None:
+    """Run ``main`` (the single box's ``serve``, or cluster_serve's ``serve_cluster``) until stopped."""
     import uvloop
 
     # A stored batch crosses four threads of this process (event loop -> anyio thread -> the
@@ -300,4 +298,4 @@ def run(settings: Settings) -> None:
     # bench/pipeline.py at 15,000 devices and 5,000 reports/s: 0.5 ms took the most the service
     # answers from ~4,500 to ~6,200 reports/s and p99 from ~600 ms to ~110 ms.
     sys.setswitchinterval(0.0005)
-    uvloop.run(serve(settings))
+    uvloop.run(main(settings))

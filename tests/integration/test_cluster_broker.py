@@ -16,8 +16,8 @@ import pytest
 
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.cluster.node import DetectConsumer
-from iotdefender.cluster.replies import OutcomeSender, OutcomeWaiters, reply_subject
-from iotdefender.cluster.report_committer import JetStreamCommitter
+from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
+from iotdefender.ingest.cluster_commit import JetStreamCommitter
 from iotdefender.cluster.report_stream import ReportPublisher
 from iotdefender.cluster.topology import Topology, ensure
 from iotdefender.ingest.service import IngestService

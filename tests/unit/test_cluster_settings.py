@@ -8,7 +8,7 @@ import re
 import pytest
 
 from iotdefender.cluster.node_id import new_node_id
-from iotdefender.cluster.replies import reply_subject
+from iotdefender.pipeline.report_replies import reply_subject
 from iotdefender.cluster_serve import cluster_roles
 from iotdefender.service import ConfigurationError
 from iotdefender.settings import add_serve_arguments, settings_from

@@ -5,7 +5,7 @@ Ingest parses, orders and throttles; what "committed" means depends on where det
 - on one box (``LocalCommitter``), the batch is a transaction of the ``BatchStore`` (in this
   process or the detection worker), split by ``store_isolating`` so one bad report cannot fail the
   others;
-- in cluster mode (``cluster.report_committer.JetStreamCommitter``), each report is published to
+- in cluster mode (``cluster_commit.JetStreamCommitter``), each report is published to
   its thing's partition and counts as committed once the partition's detect node says so.
 
 Either way the answer is an ``Isolated`` by index in the batch: ``stored`` are answered

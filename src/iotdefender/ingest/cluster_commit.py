@@ -2,7 +2,7 @@
 
 Each accepted report is published to its thing's partition (``ReportPublisher``, ``Nats-Msg-Id =
 thing/report id``) carrying this node's reply subject; the device is answered from the detect
-node's ``ReportOutcome`` for it (replies.py): ``stored``/``duplicate`` -> accepted, ``rejected`` ->
+node's ``ReportOutcome`` for it (pipeline/report_replies.py): ``stored``/``duplicate`` -> accepted, ``rejected`` ->
 rejected with the detect node's code. Never ``accepted`` without that outcome:
 
 - no PubAck (NATS unreachable, no quorum, a timeout): ``ServiceUnavailable`` (retryable); the
@@ -29,7 +29,7 @@ import structlog
 from prometheus_client import Counter
 from sqlalchemy.engine import Engine
 
-from iotdefender.cluster.replies import OutcomeKey, OutcomeWaiters
+from iotdefender.pipeline.report_replies import OutcomeKey, OutcomeWaiters
 from iotdefender.cluster.report_stream import ReportPublisher, report_message_id
 from iotdefender.ingest.commit import AcceptedReport
 from iotdefender.ingest.report import RejectCode, ReportRejected

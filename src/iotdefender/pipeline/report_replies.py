@@ -6,7 +6,7 @@ sends the batch's ``ReportOutcome``s grouped by that subject (msgpack, a list). 
 JetStream: an outcome is only useful to the node the device is connected to, while it waits; one
 that is lost (the broker node restarted, the connection dropped) leaves that node to time out and
 answer ``ServiceUnavailable``, and the device's resend is settled from PostgreSQL
-(report_committer.py). Nothing accepted depends on this message arriving.
+(ingest/cluster_commit.py). Nothing accepted depends on this message arriving.
 """
 
 from __future__ import annotations
