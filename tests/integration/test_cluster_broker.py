@@ -101,6 +101,12 @@ def test_a_broker_node_answers_from_the_detect_nodes_commit(jetstream, postgres,
         for thing in ("dev-2", "dev-3", "dev-4"):  # accepted only once committed
             assert await answer(ingest, thing, 7) == ("ACCEPTED", 7)
         assert await answer(ingest, "dev-2", 8) == ("ACCEPTED", 8)
+        count = len(replies)  # two reports of one thing in one batch: both stored, in report order
+        ingest.submit("dev-6", "json", payload(1))
+        ingest.submit("dev-6", "json", payload(2))
+        await until(lambda: len(replies) == count + 2)
+        assert [(outcome(r), r["reportId"]) for _, r, _ in replies[-2:]] == [("ACCEPTED", 1), ("ACCEPTED", 2)]
+        assert stored_id("dev-6") == 2
 
         await broker_nc.close()  # NATS gone for the broker node: no PubAck -> retryable, not accepted
         assert await answer(ingest, "dev-5", 1) == ("ServiceUnavailable", None)

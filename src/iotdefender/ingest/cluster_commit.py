@@ -57,9 +57,21 @@ class JetStreamCommitter:
         self.pipeline_depth = pipeline_depth
 
     async def commit(self, batch: Sequence[AcceptedReport]) -> Isolated[Any]:
-        answers = await asyncio.gather(*(self._one(item) for item in batch))
+        """Things concurrently; one thing's reports one after the other, so they enter its
+        partition in report order (concurrent publishes need not reach JetStream in call order)."""
+        by_thing: dict[str, list[int]] = {}
+        for index, item in enumerate(batch):
+            by_thing.setdefault(item.thing, []).append(index)
+        answers: dict[int, ReportRejected | None] = {}
+
+        async def in_order(indices: list[int]) -> None:
+            for index in indices:
+                answers[index] = await self._one(batch[index])
+
+        await asyncio.gather(*(in_order(indices) for indices in by_thing.values()))
         outcome: Isolated[Any] = Isolated()
-        for index, rejection in enumerate(answers):
+        for index in range(len(batch)):
+            rejection = answers[index]
             if rejection is None:
                 outcome.stored.append(index)
             else:
