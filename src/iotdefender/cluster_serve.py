@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nats
 import nats.errors
 import structlog
 from nats.aio.client import Client
@@ -93,7 +92,8 @@ def cluster_roles(settings: Settings) -> frozenset[str]:
     return roles
 
 
-async def connect(urls: list[str], node_id: str, reconnected: Callable[[], None]) -> Client:
+async def connect(urls: list[str], node_id: str, reconnected: Callable[[], None],
+                  first_connect_s: float = 10.0) -> Client:
     async def on_reconnect() -> None:
         log.warning("cluster.nats_reconnected", node=node_id)
         reconnected()
@@ -102,14 +102,22 @@ async def connect(urls: list[str], node_id: str, reconnected: Callable[[], None]
         log.warning("cluster.nats_disconnected", node=node_id)
 
     async def on_error(error: Exception) -> None:
-        log.warning("cluster.nats_error", node=node_id, error=repr(error))
+        if not isinstance(error, OSError):  # refused connections repeat every reconnect attempt: see disconnected
+            log.warning("cluster.nats_error", node=node_id, error=repr(error))
 
+    # Reconnect forever once connected; but nats-py retries the *first* connection forever too with
+    # that setting, so the first one gets a budget: a node started without NATS says so and exits.
+    nc = Client()
     try:
-        return await nats.connect(servers=urls, name=node_id, connect_timeout=5, max_reconnect_attempts=-1,
-                                  reconnect_time_wait=0.5, reconnected_cb=on_reconnect,
-                                  disconnected_cb=on_disconnect, error_cb=on_error)
+        await asyncio.wait_for(nc.connect(servers=urls, name=node_id, connect_timeout=2, max_reconnect_attempts=-1,
+                                          reconnect_time_wait=1, reconnected_cb=on_reconnect,
+                                          disconnected_cb=on_disconnect, error_cb=on_error), first_connect_s)
     except (nats.errors.Error, OSError, TimeoutError) as error:
-        raise ConfigurationError(f"--cluster-url: cannot connect to NATS at {', '.join(urls)} ({error!r})") from None
+        with contextlib.suppress(Exception):
+            await nc.close()
+        why = f"no server answered within {first_connect_s:g} s" if isinstance(error, TimeoutError) else repr(error)
+        raise ConfigurationError(f"--cluster-url: cannot connect to NATS at {', '.join(urls)} ({why})") from None
+    return nc
 
 
 async def serve_cluster(settings: Settings) -> None:

@@ -45,6 +45,17 @@ def test_what_cluster_mode_refuses(argv, says):
         cluster_roles(settings(*argv))
 
 
+def test_a_node_started_without_nats_says_so_instead_of_waiting_forever():
+    import asyncio
+
+    from iotdefender.cluster_serve import connect
+    from tests.support.processes import free_port
+
+    url = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(ConfigurationError, match=re.escape(f"cannot connect to NATS at {url} (no server answered")):
+        asyncio.run(connect([url], "n1", lambda: None, first_connect_s=1.0))
+
+
 def test_node_ids_are_unique_per_process_and_valid_subject_tokens():
     first, second = new_node_id("web.example.com", 41), new_node_id("web.example.com", 41)
     assert first != second and first.startswith("web-example-com-41-")
