@@ -20,15 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nats.errors
 import structlog
 from nats.aio.client import Client
+from sqlalchemy.engine import Engine
 
 from iotdefender.alerts.outbox import AlertDelivery
+from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.api.app import ApiService, create_app, create_operations_app
 from iotdefender.api.extensions import Extensions
 from iotdefender.backtest.jobs import BacktestJobs
@@ -120,11 +123,73 @@ async def connect(urls: list[str], node_id: str, reconnected: Callable[[], None]
     return nc
 
 
+@dataclass
+class BrokerRole:
+    """The device side of a node: ingest committing through JetStream, and the broker feeding it."""
+
+    ingest: IngestService
+    broker: Broker
+    gatekeeper: Gatekeeper
+    endpoint: str
+
+    async def start(self) -> None:
+        await self.ingest.start()
+        try:
+            await self.broker.start()
+        except (OSError, TimeoutError, BrokerUnavailable) as error:
+            with contextlib.suppress(Exception):  # a half-started broker: end its child process if any
+                await self.broker.stop()
+            await self.ingest.stop()
+            raise ConfigurationError(f"MQTT: cannot start ({error})") from None
+
+    async def stop(self) -> None:
+        await self.broker.stop()  # no new reports; those in flight are answered
+        await self.ingest.stop()
+
+
+async def broker_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
+                      monitoring: MonitoringIndex, health: DatabaseHealth) -> BrokerRole:
+    auth = mqtt_auth(settings)
+    waiters = OutcomeWaiters()
+    await waiters.subscribe(nc, reply_subject(node_id))
+    committer = JetStreamCommitter(ReportPublisher(nc.jetstream(), topology), waiters, reply_subject(node_id), engine)
+    broker: Broker | None = None
+
+    def publish(topic: str, payload: bytes) -> None:
+        """Replies go out through the broker, which is built after ingest (it delivers to ingest)."""
+        assert broker is not None
+        broker.publish_now(topic, payload, qos=1)
+
+    ingest = IngestService(engine, monitoring, committer, publish, settings.effective_report_min_interval,
+                           queue_limit=settings.ingest_queue_limit, health=health)
+    if settings.cloud_metrics:  # not wired in cluster mode yet (docs/cluster.md): no broker events observed
+        log.warning("cloud_metrics_off", reason="cloud-side metrics are not computed in cluster mode yet")
+    gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=NULL_OBSERVER)
+    broker, endpoint = build_broker(settings, gatekeeper, ingest.submit)
+    return BrokerRole(ingest, broker, gatekeeper, endpoint)
+
+
+def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
+                monitoring: MonitoringIndex, routes: AlertRoutes, alerts: AlertDelivery
+                ) -> tuple[DetectConsumer, list[Coroutine[Any, Any, None]]]:
+    """The consumer of this node's partitions, and the loops a detect node runs (not yet started)."""
+    detection = DetectionService(engine, monitoring, routes, settings.effective_invalidation_period,
+                                 settings.time_scale)
+    store = PartitionBatchStore(monitoring, detection, counting(alerts.wake), OutcomeSender(nc))
+    consumer = DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
+                              on_released=store.on_released)
+    loops = [alerts.run(),
+             sweep_loop(store.sweep, settings.effective_invalidation_period, consumer.ownership.owned),
+             retention_loop(engine, settings.effective_metric_retention, settings.effective_violation_retention)]
+    return consumer, loops
+
+
 async def serve_cluster(settings: Settings) -> None:
     validate(settings)
     roles = cluster_roles(settings)
     check_api_port(settings)
-    auth = mqtt_auth(settings) if "broker" in roles else "none"
+    if "broker" in roles:
+        mqtt_auth(settings)  # refused before anything starts
     routes = load_alert_routes(settings)
     context, credentials = open_context(settings)
     engine = context.engine
@@ -138,55 +203,20 @@ async def serve_cluster(settings: Settings) -> None:
             notice.apply()
 
     nc = await connect(settings.cluster_urls, node_id, reconnected)
-    js = nc.jetstream()
     topology = Topology(replicas=replicas_for(count_servers(nc)))
     try:
-        await ensure(js, topology)
+        await ensure(nc.jetstream(), topology)
     except TopologyMismatch as error:
         await nc.close()
         raise ConfigurationError(f"cluster: {error}") from None
     notices.append(ControlNotices(nc, node_id, [monitoring.invalidate]))
     await notices[0].start()
     alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale)
-    background: list[asyncio.Task[Any]] = []
 
-    consumer: DetectConsumer | None = None
-    if "detect" in roles:
-        detection = DetectionService(engine, monitoring, routes, settings.effective_invalidation_period,
-                                     settings.time_scale)
-        store = PartitionBatchStore(monitoring, detection, counting(alerts.wake), OutcomeSender(nc))
-        consumer = DetectConsumer(js, topology, node_id, store.handle, on_acquired=store.on_acquired,
-                                  on_released=store.on_released)
-        ownership = consumer.ownership
-        background += [
-            asyncio.create_task(alerts.run(), name="alerts"),
-            asyncio.create_task(sweep_loop(store.sweep, settings.effective_invalidation_period, ownership.owned),
-                                name="invalidation"),
-            asyncio.create_task(retention_loop(engine, settings.effective_metric_retention,
-                                               settings.effective_violation_retention), name="retention"),
-        ]
-
-    broker: Broker | None = None
-    ingest: IngestService | None = None
-    gatekeeper: Gatekeeper | None = None
-    mqtt_endpoint = None
-    if "broker" in roles:
-        waiters = OutcomeWaiters()
-        await waiters.subscribe(nc, reply_subject(node_id))
-        committer = JetStreamCommitter(ReportPublisher(js, topology), waiters, reply_subject(node_id), engine)
-
-        def publish(topic: str, payload: bytes) -> None:
-            assert broker is not None
-            broker.publish_now(topic, payload, qos=1)
-
-        ingest = IngestService(engine, monitoring, committer, publish, settings.effective_report_min_interval,
-                               queue_limit=settings.ingest_queue_limit, health=health)
-        # Cloud-side metrics are not wired in cluster mode yet (docs/cluster.md): no broker events observed.
-        if settings.cloud_metrics:
-            log.warning("cloud_metrics_off", reason="cloud-side metrics are not computed in cluster mode yet")
-        gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=NULL_OBSERVER)
-        broker, mqtt_endpoint = build_broker(settings, gatekeeper, ingest.submit)
-
+    consumer, loops = (detect_role(settings, nc, topology, node_id, engine, monitoring, routes, alerts)
+                       if "detect" in roles else (None, []))
+    devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health)
+               if "broker" in roles else None)
     cluster_health = ClusterHealth(nc, node_id, topology, consumer)
     if "api" in roles:
         backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)
@@ -197,33 +227,27 @@ async def serve_cluster(settings: Settings) -> None:
         app = create_operations_app(health, cluster_health.readiness)
     server = http_server(settings, app)
 
-    if ingest is not None and broker is not None:
-        await ingest.start()
+    if devices is not None:
         try:
-            await broker.start()
-        except (OSError, TimeoutError, BrokerUnavailable) as error:
-            with contextlib.suppress(Exception):
-                await broker.stop()
-            await ingest.stop()
+            await devices.start()
+        except ConfigurationError:
             await nc.close()
-            raise ConfigurationError(f"MQTT: cannot start ({error})") from None
+            raise
     if consumer is not None:
         await consumer.start()
-    background.append(asyncio.create_task(cluster_health.run(), name="cluster-health"))
+    background = [asyncio.create_task(loop) for loop in [*loops, cluster_health.run()]]
     gc.freeze()
     log.info("ready", node=node_id, roles=",".join(sorted(roles)), cluster=settings.cluster_url,
              replicas=topology.replicas, partitions=topology.partitions,
-             api=f"http://{settings.host}:{settings.api_port}", mqtt=mqtt_endpoint,
-             mqtt_auth=gatekeeper.auth if gatekeeper is not None else None, region=settings.region,
+             api=f"http://{settings.host}:{settings.api_port}", mqtt=devices.endpoint if devices else None,
+             mqtt_auth=devices.gatekeeper.auth if devices else None, region=settings.region,
              account_id=settings.account_id, data_dir=str(Path(settings.data_dir).resolve()),
              report_min_interval_s=settings.effective_report_min_interval, time_scale=settings.time_scale)
     try:
         await server.serve()
     finally:
-        if broker is not None:
-            await broker.stop()  # no new reports; those in flight are answered below
-        if ingest is not None:
-            await ingest.stop()
+        if devices is not None:
+            await devices.stop()
         if consumer is not None:
             await consumer.stop()  # a clean leave: partitions handed over at once, not after the lease
         for task in background:
