@@ -56,6 +56,7 @@ from iotdefender.service import (
     Broker,
     ConfigurationError,
     build_broker,
+    build_ingest,
     check_api_port,
     http_server,
     load_alert_routes,
@@ -153,19 +154,12 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
     waiters = OutcomeWaiters()
     await waiters.subscribe(nc, reply_subject(node_id))
     committer = JetStreamCommitter(ReportPublisher(nc.jetstream(), topology), waiters, reply_subject(node_id), engine)
-    broker: Broker | None = None
-
-    def publish(topic: str, payload: bytes) -> None:
-        """Replies go out through the broker, which is built after ingest (it delivers to ingest)."""
-        assert broker is not None
-        broker.publish_now(topic, payload, qos=1)
-
-    ingest = IngestService(engine, monitoring, committer, publish, settings.effective_report_min_interval,
-                           queue_limit=settings.ingest_queue_limit, health=health)
+    ingest, replies = build_ingest(settings, engine, monitoring, committer, health)
     if settings.cloud_metrics:  # not wired in cluster mode yet (docs/cluster.md): no broker events observed
         log.warning("cloud_metrics_off", reason="cloud-side metrics are not computed in cluster mode yet")
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=NULL_OBSERVER)
     broker, endpoint = build_broker(settings, gatekeeper, ingest.submit)
+    replies.broker = broker
     return BrokerRole(ingest, broker, gatekeeper, endpoint)
 
 

@@ -36,6 +36,7 @@ from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cloud.service import CloudMetricsService
 from iotdefender.console.app import create_console
 from iotdefender.controlplane.context import ServiceContext
+from iotdefender.ingest.commit import ReportCommitter
 from iotdefender.ingest.service import IngestService
 from iotdefender.pipeline.batch_store import BatchStore, EventListener
 from iotdefender.pipeline.counters import counting
@@ -192,15 +193,7 @@ async def serve(settings: Settings) -> None:
     store = await open_batch_store(settings, engine, pipeline_config(settings, context, routes), monitoring,
                                    on_events=counting(alerts.wake))
 
-    broker: Broker | None = None
-
-    def publish(topic: str, payload: bytes) -> None:
-        """Replies go out through the broker, which is built after ingest (it delivers to ingest)."""
-        assert broker is not None
-        broker.publish_now(topic, payload, qos=1)
-
-    ingest = IngestService(engine, monitoring, store, publish, settings.effective_report_min_interval,
-                           queue_limit=settings.ingest_queue_limit, health=health)
+    ingest, replies = build_ingest(settings, engine, monitoring, store, health)
     cloud = CloudMetricsService(engine, monitoring, store, settings.effective_metrics_window)
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl,
                             observer=cloud if settings.cloud_metrics else NULL_OBSERVER)
@@ -209,6 +202,7 @@ async def serve(settings: Settings) -> None:
                      extensions=Extensions(broker_events=cloud.ingest_events, dead_letters=alerts.dead_letters,
                                            backtests=backtests))
     broker, mqtt_endpoint = build_broker(settings, gatekeeper, ingest.submit)
+    replies.broker = broker
     nats_reader = None
     if settings.nats_events_url is not None:
         if settings.nats_monitor_url is None:
@@ -259,6 +253,26 @@ async def serve(settings: Settings) -> None:
         await ingest.stop()
         await anyio.to_thread.run_sync(store.close)
         engine.dispose()
+
+
+class BrokerReplies:
+    """Ingest's reply publisher: replies go out through the broker, which is built after ingest
+    (it delivers to ingest), so the broker is set once built."""
+
+    def __init__(self) -> None:
+        self.broker: Broker | None = None
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        assert self.broker is not None
+        self.broker.publish_now(topic, payload, qos=1)
+
+
+def build_ingest(settings: Settings, engine: Engine, monitoring: MonitoringIndex, reports: BatchStore | ReportCommitter,
+                 health: DatabaseHealth) -> tuple[IngestService, BrokerReplies]:
+    """Ingest with the settings' throttle and queue limit; set the returned replies' broker once built."""
+    replies = BrokerReplies()
+    return IngestService(engine, monitoring, reports, replies, settings.effective_report_min_interval,
+                         queue_limit=settings.ingest_queue_limit, health=health), replies
 
 
 def build_broker(settings: Settings, gatekeeper: Gatekeeper, submit: Callable[[str, str, bytes], None]
