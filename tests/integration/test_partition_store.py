@@ -8,9 +8,10 @@ builds them, with the stream sequences a redelivery would repeat.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,14 +75,14 @@ def database(postgres, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-unty
 def node(database: str) -> Iterator[Any]:
     engines: list[sa.Engine] = []
 
-    def make() -> Node:
+    def make(listener: Callable[[list[EventSummary]], None] | None = None) -> Node:
         engine = create_engine(database)
         engines.append(engine)
         monitoring = MonitoringIndex(engine, f"arn:aws:iot:us-east-1:{ACCOUNT}:")
         detection = DetectionService(engine, monitoring, AlertRoutes({TOPIC: [Webhook("http://127.0.0.1:9/h", "s")]}),
                                      172800.0)
         events: list[EventSummary] = []
-        return Node(detection, PartitionBatchStore(monitoring, detection, events.extend), events)
+        return Node(detection, PartitionBatchStore(monitoring, detection, listener or events.extend), events)
 
     yield make
     for engine in engines:
@@ -258,3 +259,38 @@ def test_the_invalidation_sweep_touches_only_owned_partitions_and_is_fenced(data
         a.store.sweep(silent, {P: 10})
     assert event_types(database, thing) == ["in-alarm"]
     assert b.store.sweep(silent, {P: 20}) == [("alarm-invalidated", "p", "few-ports")]
+
+
+def test_batches_of_several_partitions_waiting_together_commit_in_one_transaction(database, node):
+    """One commit for every partition batch waiting (32 partitions' small batches used to wait for
+    one transaction each); a partition fenced among them fails alone, the others are stored."""
+    transactions: list[list[EventSummary]] = []  # one listener call per committed transaction
+    a, b = node(transactions.append), node()
+    R = 7
+    things = {p: things_in(p, 2, prefix=f"x{p}") for p in (P, Q, R)}
+    tokens = {P: 10, Q: 11, R: 12}
+    for partition, token in tokens.items():
+        a.store.acquire(partition, token)
+    sequences = itertools.count(1)
+
+    def batch(partition: int, ports: int) -> tuple[int, int, list[Delivery]]:
+        return partition, tokens[partition], [delivery(thing, next(sequences), ports=ports)
+                                              for thing in things[partition]]
+
+    async def handled_together() -> None:  # three readers hand their batches over at once
+        await asyncio.gather(*(a.store.handle(*batch(p, ports=5)) for p in (P, Q, R)))
+
+    asyncio.run(handled_together())
+    assert len(transactions) == 1 and len(transactions[0]) == 6  # six things in alarm, one commit
+    assert counts(database)["metric_values"] == 6
+
+    transactions.clear()
+    b.store.acquire(Q, 21)  # Q moved on to b
+    results = a.store.store_many([batch(P, ports=1), batch(Q, ports=1), batch(R, ports=1)])
+    assert isinstance(results[1], Fenced)
+    assert [[o.status for o in r] for r in (results[0], results[2])] == [[Status.STORED] * 2] * 2  # type: ignore[union-attr]
+    assert len(transactions) == 2  # P and R each on its own, after the shared transaction failed
+    assert counts(database)["metric_values"] == 10
+    for thing in things[P] + things[R]:
+        assert event_types(database, thing) == ["in-alarm", "alarm-cleared"]
+    assert [event_types(database, thing) for thing in things[Q]] == [["in-alarm"], ["in-alarm"]]
