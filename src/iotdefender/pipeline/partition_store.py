@@ -32,6 +32,11 @@ another partition is answered ``InternalError`` and acked: a poison message must
 partition. Per-thing order holds because a partition's deliveries come in stream order and one
 node at a time reads a partition.
 
+Batches of several partitions that wait at the same time (each partition's reader hands one over
+and waits) are committed together in one transaction (``store_many``): one commit instead of one
+per partition, each partition still fenced and its progress advanced; when that transaction fails
+for any reason, each batch is stored on its own as described above.
+
 Taking over a partition (``acquire``): the fence is claimed in its own transaction, then the alarm
 states of exactly that partition's things are loaded from the database, leaving the other
 partitions' states alone; their windows start empty, and fleet statistics stay this node's own
