@@ -67,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from(args)
         configure_logging(settings.log_format)
         try:
-            run(settings)
+            if settings.cluster_url is not None:
+                from iotdefender.cluster_serve import serve_cluster
+
+                run(settings, serve_cluster)
+            else:
+                run(settings)
         except (ConfigurationError, FileNotFoundError) as error:
             parser.exit(2, f"iotdefender: error: {error}\n")
         except KeyboardInterrupt:

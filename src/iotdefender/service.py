@@ -8,13 +8,15 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import structlog
 import uvicorn
 from sqlalchemy.engine import Connection, Engine
+from starlette.applications import Starlette
 
 from iotdefender.alerts.outbox import AlertDelivery
 from iotdefender.alerts.routes import AlertRoutes
@@ -34,6 +36,7 @@ from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cloud.service import CloudMetricsService
 from iotdefender.console.app import create_console
 from iotdefender.controlplane.context import ServiceContext
+from iotdefender.ingest.commit import ReportCommitter
 from iotdefender.ingest.service import IngestService
 from iotdefender.pipeline.batch_store import BatchStore, EventListener
 from iotdefender.pipeline.counters import counting
@@ -139,12 +142,15 @@ def history_interval(settings: Settings) -> float:
     return min(max(settings.effective_metrics_window / 4, 1.0), 30.0)
 
 
-async def sweep_loop(store: BatchStore, invalidation_s: float) -> None:
-    """Invalidate silent or unmonitored alarms; often enough to be prompt, rarely enough to be cheap."""
+async def sweep_loop(sweep: Callable[..., object], invalidation_s: float, *taken: Callable[[], object]) -> None:
+    """Invalidate silent or unmonitored alarms; often enough to be prompt, rarely enough to be cheap.
+
+    ``sweep(now, *values)`` runs in a worker thread; ``taken`` are read on the event loop before
+    each round (cluster mode: the partitions this node owns, which the event loop changes)."""
     while True:
         await asyncio.sleep(min(max(invalidation_s / 20, 0.5), 60.0))
         try:
-            await anyio.to_thread.run_sync(store.sweep, time.time())
+            await anyio.to_thread.run_sync(sweep, time.time(), *(take() for take in taken))
         except Exception as error:
             log_unless_outage(log, "invalidation_sweep_failed", error)
 
@@ -176,10 +182,7 @@ async def open_batch_store(settings: Settings, engine: Engine, config: PipelineC
 
 async def serve(settings: Settings) -> None:
     validate(settings)
-    try:  # before anything starts: uvicorn would fail on it after `ready`, with a traceback
-        check_port_free(settings.host, settings.api_port)
-    except OSError as error:
-        raise ConfigurationError(f"--api-port: {error}") from None
+    check_api_port(settings)
     auth = mqtt_auth(settings)
     routes = load_alert_routes(settings)
     context, credentials = open_context(settings)
@@ -190,15 +193,7 @@ async def serve(settings: Settings) -> None:
     store = await open_batch_store(settings, engine, pipeline_config(settings, context, routes), monitoring,
                                    on_events=counting(alerts.wake))
 
-    broker: Broker | None = None
-
-    def publish(topic: str, payload: bytes) -> None:
-        """Replies go out through the broker, which is built after ingest (it delivers to ingest)."""
-        assert broker is not None
-        broker.publish_now(topic, payload, qos=1)
-
-    ingest = IngestService(engine, monitoring, store, publish, settings.effective_report_min_interval,
-                           queue_limit=settings.ingest_queue_limit, health=health)
+    ingest, replies = build_ingest(settings, engine, monitoring, store, health)
     cloud = CloudMetricsService(engine, monitoring, store, settings.effective_metrics_window)
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl,
                             observer=cloud if settings.cloud_metrics else NULL_OBSERVER)
@@ -206,15 +201,8 @@ async def serve(settings: Settings) -> None:
     api = ApiService(context, credentials, on_change=(monitoring.invalidate, store.invalidate), health=health,
                      extensions=Extensions(broker_events=cloud.ingest_events, dead_letters=alerts.dead_letters,
                                            backtests=backtests))
-    if settings.mqtt_url is not None:
-        broker = ExternalBroker(parse_broker_url(settings.mqtt_url), ingest.submit, settings.mqtt_ca)
-        mqtt_endpoint = settings.mqtt_url.split("@")[-1]
-    else:
-        listeners = ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
-                                     settings.mqtt_cert, settings.mqtt_key)
-        broker = MosquittoBroker(listeners, gatekeeper, ingest.submit, settings.mqtt_password_file,
-                                 runtime_dir=Path(settings.data_dir) / "mosquitto")
-        mqtt_endpoint = f"mqtt://{settings.host}:{settings.mqtt_port}"
+    broker, mqtt_endpoint = build_broker(settings, gatekeeper, ingest.submit)
+    replies.broker = broker
     nats_reader = None
     if settings.nats_events_url is not None:
         if settings.nats_monitor_url is None:
@@ -238,17 +226,12 @@ async def serve(settings: Settings) -> None:
     background = [
         asyncio.create_task(retention_loop(engine, settings.effective_metric_retention,
                                            settings.effective_violation_retention), name="retention"),
-        asyncio.create_task(sweep_loop(store, settings.effective_invalidation_period), name="invalidation"),
+        asyncio.create_task(sweep_loop(store.sweep, settings.effective_invalidation_period), name="invalidation"),
         asyncio.create_task(alerts.run(), name="alerts"),
         asyncio.create_task(cloud.run(), name="cloud-metrics"),
     ]
 
-    console = create_console(api, monitoring, settings.time_scale)
-    # Open console pages keep a live event stream: shutting down does not wait for them for long.
-    config = uvicorn.Config(create_app(api, console), host=settings.host, port=settings.api_port, loop="none",
-                            http=BoundedHttpToolsProtocol, log_config=None, access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=3)
-    server = uvicorn.Server(config)
+    server = http_server(settings, create_app(api, create_console(api, monitoring, settings.time_scale)))
     # Everything built so far (botocore's service model, the broker, caches) lives as long as the
     # service: move it out of the collector's reach, so that collections triggered by per-report
     # allocations do not walk it every time (measured: parsing took twice as long with a large heap).
@@ -272,7 +255,55 @@ async def serve(settings: Settings) -> None:
         engine.dispose()
 
 
-def run(settings: Settings) -> None:
+class BrokerReplies:
+    """Ingest's reply publisher: replies go out through the broker, which is built after ingest
+    (it delivers to ingest), so the broker is set once built."""
+
+    def __init__(self) -> None:
+        self.broker: Broker | None = None
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        assert self.broker is not None
+        self.broker.publish_now(topic, payload, qos=1)
+
+
+def build_ingest(settings: Settings, engine: Engine, monitoring: MonitoringIndex, reports: BatchStore | ReportCommitter,
+                 health: DatabaseHealth) -> tuple[IngestService, BrokerReplies]:
+    """Ingest with the settings' throttle and queue limit; set the returned replies' broker once built."""
+    replies = BrokerReplies()
+    return IngestService(engine, monitoring, reports, replies, settings.effective_report_min_interval,
+                         queue_limit=settings.ingest_queue_limit, health=health), replies
+
+
+def build_broker(settings: Settings, gatekeeper: Gatekeeper, submit: Callable[[str, str, bytes], None]
+                 ) -> tuple[Broker, str]:
+    """The device-facing broker (Mosquitto of our own, or an external one we join) and its endpoint."""
+    if settings.mqtt_url is not None:
+        return (ExternalBroker(parse_broker_url(settings.mqtt_url), submit, settings.mqtt_ca),
+                settings.mqtt_url.split("@")[-1])
+    listeners = ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
+                                 settings.mqtt_cert, settings.mqtt_key)
+    return (MosquittoBroker(listeners, gatekeeper, submit, settings.mqtt_password_file,
+                            runtime_dir=Path(settings.data_dir) / "mosquitto"),
+            f"mqtt://{settings.host}:{settings.mqtt_port}")
+
+
+def http_server(settings: Settings, app: Starlette) -> uvicorn.Server:
+    # Open console pages keep a live event stream: shutting down does not wait for them for long.
+    return uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.api_port, loop="none",
+                                         http=BoundedHttpToolsProtocol, log_config=None, access_log=False,
+                                         lifespan="off", timeout_graceful_shutdown=3))
+
+
+def check_api_port(settings: Settings) -> None:
+    try:  # before anything starts: uvicorn would fail on it after `ready`, with a traceback
+        check_port_free(settings.host, settings.api_port)
+    except OSError as error:
+        raise ConfigurationError(f"--api-port: {error}") from None
+
+
+def run(settings: Settings, main: Callable[[Settings], Coroutine[Any, Any, None]] = serve) -> None:
+    """Run ``main`` (the single box's ``serve``, or cluster_serve's ``serve_cluster``) until stopped."""
     import uvloop
 
     # A stored batch crosses four threads of this process (event loop -> anyio thread -> the
@@ -281,4 +312,4 @@ def run(settings: Settings) -> None:
     # bench/pipeline.py at 15,000 devices and 5,000 reports/s: 0.5 ms took the most the service
     # answers from ~4,500 to ~6,200 reports/s and p99 from ~600 ms to ~110 ms.
     sys.setswitchinterval(0.0005)
-    uvloop.run(serve(settings))
+    uvloop.run(main(settings))

@@ -42,6 +42,17 @@ class Settings:
     violation_retention: float | None = None
     sns_endpoint_url: str | None = None
     alert_subscriptions: Path | None = None
+    cluster_url: str | None = None  # nats://H1:P1[,nats://H2:P2]: cluster mode (docs/cluster.md)
+    roles: str = "broker,api,detect"
+
+    @property
+    def cluster_urls(self) -> list[str]:
+        return [u.strip() for u in (self.cluster_url or "").split(",") if u.strip()]
+
+    @property
+    def role_set(self) -> frozenset[str]:
+        """The roles of this node (cluster mode; a single box is all three)."""
+        return frozenset(r.strip() for r in self.roles.split(",") if r.strip())
 
     def scaled(self, explicit: float | None, default_seconds: float) -> float:
         """A time constant: its own flag if given, else the AWS default divided by --time-scale."""
@@ -147,6 +158,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="publish alerts to the profiles' SNS topics at this SNS-compatible endpoint")
     alerts.add_argument("--alert-subscriptions", type=Path, default=None,
                         help="JSON file: SNS topic ARN -> webhooks signed with HMAC (docs/alerts.md)")
+
+
+    cluster = parser.add_argument_group("cluster mode (docs/cluster.md)")
+    cluster.add_argument("--cluster-url", default=None,
+                         help="NATS JetStream servers, nats://H1:P1[,nats://H2:P2]: run as one node of a cluster "
+                              "(needs --database-url postgresql://...)")
+    cluster.add_argument("--roles", default=d.roles,
+                         help="what this cluster node does, any of broker, api, detect (default %(default)s)")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

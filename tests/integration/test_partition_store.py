@@ -8,9 +8,10 @@ builds them, with the stream sequences a redelivery would repeat.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,14 +75,14 @@ def database(postgres, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-unty
 def node(database: str) -> Iterator[Any]:
     engines: list[sa.Engine] = []
 
-    def make() -> Node:
+    def make(listener: Callable[[list[EventSummary]], None] | None = None) -> Node:
         engine = create_engine(database)
         engines.append(engine)
         monitoring = MonitoringIndex(engine, f"arn:aws:iot:us-east-1:{ACCOUNT}:")
         detection = DetectionService(engine, monitoring, AlertRoutes({TOPIC: [Webhook("http://127.0.0.1:9/h", "s")]}),
                                      172800.0)
         events: list[EventSummary] = []
-        return Node(detection, PartitionBatchStore(monitoring, detection, events.extend), events)
+        return Node(detection, PartitionBatchStore(monitoring, detection, listener or events.extend), events)
 
     yield make
     for engine in engines:
@@ -112,6 +113,16 @@ def event_types(database: str, thing: str) -> list[str]:
     return found
 
 
+def alarms_in_p_and_q(a: Node) -> tuple[str, str]:
+    """Node ``a`` owns P (token 10) and Q (11), with one thing in alarm in each."""
+    thing, other = things_in(P, 1)[0], things_in(Q, 1)[0]
+    a.store.acquire(P, 10)
+    a.store.acquire(Q, 11)
+    a.store.store(P, 10, [delivery(thing, 1, ports=5)])
+    a.store.store(Q, 11, [delivery(other, 1, ports=5)])
+    return thing, other
+
+
 def test_a_batch_redelivered_with_the_same_sequences_stores_nothing_twice(database, node):
     a, b = node(), node()
     things = things_in(P, 4)
@@ -131,6 +142,26 @@ def test_a_batch_redelivered_with_the_same_sequences_stores_nothing_twice(databa
     assert counts(database) == {**stored, "metric_values": 5}
 
 
+def test_a_resend_after_the_duplicate_window_is_not_stored_twice(database, node):
+    """JetStream forgets message ids after its duplicate window: a device's resend then arrives as a
+    new message (a new sequence) and must be recognised by its thing's stored report id."""
+    a = node()
+    thing, other = things_in(P, 2)
+    a.store.acquire(P, 10)
+    assert [o.status for o in a.store.store(P, 10, [delivery(thing, 1, ports=5, report_id=7)])] == [Status.STORED]
+    resent = [delivery(thing, 2, ports=5, report_id=7),  # the same report, past the window
+              delivery(thing, 3, ports=5, report_id=6),  # an older one: stale
+              delivery(other, 4, ports=5, report_id=6),  # another thing's: stored
+              delivery(thing, 5, ports=1, report_id=9),  # the thing's next report: stored
+              delivery(thing, 6, ports=1, report_id=9)]  # ... and its copy in the same batch
+    outcomes = a.store.store(P, 10, resent)
+    assert [(o.status, o.error_code) for o in outcomes] == [
+        (Status.DUPLICATE, None), (Status.REJECTED, "StaleReportId"), (Status.STORED, None),
+        (Status.STORED, None), (Status.DUPLICATE, None)]
+    assert counts(database) == {"metric_values": 3, "violation_events": 3, "alert_outbox": 3}
+    assert event_types(database, thing) == ["in-alarm", "alarm-cleared"]
+
+
 def test_a_stale_token_is_fenced_and_stores_nothing(database, node):
     a, b = node(), node()
     thing = things_in(P, 1)[0]
@@ -147,11 +178,7 @@ def test_a_stale_token_is_fenced_and_stores_nothing(database, node):
 
 def test_the_next_owner_takes_over_the_alarms_of_exactly_that_partition(database, node):
     a, b = node(), node()
-    thing, other = things_in(P, 1)[0], things_in(Q, 1)[0]
-    a.store.acquire(P, 10)
-    a.store.acquire(Q, 11)
-    a.store.store(P, 10, [delivery(thing, 1, ports=5)])
-    a.store.store(Q, 11, [delivery(other, 1, ports=5)])
+    thing, other = alarms_in_p_and_q(a)
     assert a.alarmed() == {thing, other}
 
     b.store.acquire(P, 20)
@@ -216,3 +243,54 @@ def test_a_poison_message_is_answered_and_the_partition_keeps_flowing(database, 
     assert "version 2" in (outcomes[2].error_message or "")
     assert "does not belong to partition" in (outcomes[3].error_message or "")
     assert event_types(database, thing) == ["in-alarm", "alarm-cleared"]
+
+
+def test_the_invalidation_sweep_touches_only_owned_partitions_and_is_fenced(database, node):
+    a, b = node(), node()
+    thing, other = alarms_in_p_and_q(a)
+    silent = 1000.0 + 3 * 172800.0  # both devices silent past the invalidation period
+
+    assert a.store.sweep(silent, {Q: 11}) == [("alarm-invalidated", "p", "few-ports")]
+    assert event_types(database, other) == ["in-alarm", "alarm-invalidated"]
+    assert event_types(database, thing) == ["in-alarm"]  # P is not in the owned map: left to its owner
+
+    b.store.acquire(P, 20)  # P moved on while a still remembers it
+    with pytest.raises(Fenced):
+        a.store.sweep(silent, {P: 10})
+    assert event_types(database, thing) == ["in-alarm"]
+    assert b.store.sweep(silent, {P: 20}) == [("alarm-invalidated", "p", "few-ports")]
+
+
+def test_batches_of_several_partitions_waiting_together_commit_in_one_transaction(database, node):
+    """One commit for every partition batch waiting (32 partitions' small batches used to wait for
+    one transaction each); a partition fenced among them fails alone, the others are stored."""
+    transactions: list[list[EventSummary]] = []  # one listener call per committed transaction
+    a, b = node(transactions.append), node()
+    R = 7
+    things = {p: things_in(p, 2, prefix=f"x{p}") for p in (P, Q, R)}
+    tokens = {P: 10, Q: 11, R: 12}
+    for partition, token in tokens.items():
+        a.store.acquire(partition, token)
+    sequences = itertools.count(1)
+
+    def batch(partition: int, ports: int) -> tuple[int, int, list[Delivery]]:
+        return partition, tokens[partition], [delivery(thing, next(sequences), ports=ports)
+                                              for thing in things[partition]]
+
+    async def handled_together() -> None:  # three readers hand their batches over at once
+        await asyncio.gather(*(a.store.handle(*batch(p, ports=5)) for p in (P, Q, R)))
+
+    asyncio.run(handled_together())
+    assert len(transactions) == 1 and len(transactions[0]) == 6  # six things in alarm, one commit
+    assert counts(database)["metric_values"] == 6
+
+    transactions.clear()
+    b.store.acquire(Q, 21)  # Q moved on to b
+    results = a.store.store_many([batch(P, ports=1), batch(Q, ports=1), batch(R, ports=1)])
+    assert isinstance(results[1], Fenced)
+    assert [[o.status for o in r] for r in (results[0], results[2])] == [[Status.STORED] * 2] * 2  # type: ignore[union-attr]
+    assert len(transactions) == 2  # P and R each on its own, after the shared transaction failed
+    assert counts(database)["metric_values"] == 10
+    for thing in things[P] + things[R]:
+        assert event_types(database, thing) == ["in-alarm", "alarm-cleared"]
+    assert [event_types(database, thing) for thing in things[Q]] == [["in-alarm"], ["in-alarm"]]

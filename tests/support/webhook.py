@@ -8,13 +8,14 @@ import http.server
 import json
 import queue
 import threading
+import time
 from typing import Any
 
 from tests.support.processes import free_port
 
 
 class WebhookReceiver:
-    def __init__(self, secret: str, fail_first: int = 0) -> None:
+    def __init__(self, secret: str, fail_first: int = 0, delay_s: float = 0.0) -> None:
         self.secret = secret
         self.received: queue.Queue[dict[str, Any]] = queue.Queue()
         self.fail_remaining = fail_first
@@ -24,6 +25,7 @@ class WebhookReceiver:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                time.sleep(delay_s)  # a slow destination
                 if receiver.fail_remaining > 0:
                     receiver.fail_remaining -= 1
                     self.send_response(503)

@@ -33,6 +33,11 @@ log = structlog.get_logger("iotdefender.alerts")
 
 DELIVERIES = Counter("iotdefender_alert_deliveries", "Alert delivery attempts by outcome", ["kind", "outcome"])
 MAX_ATTEMPTS = 8
+SEND_TIMEOUT_S = 10.0  # a webhook's HTTP timeout
+# How long a claimed row is this node's to send (alert_outbox.claim). A round stops starting sends
+# once less than 1.5 send timeouts are left of its hold, and gives the rest back, so no row is
+# still being sent here when another node may claim it.
+CLAIM_HOLD_S = 120.0
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -64,12 +69,14 @@ class AlertDelivery:
     """Runs the delivery loop over the outbox; ``routes`` gives the webhooks' secrets."""
 
     def __init__(self, engine: Engine, routes: AlertRoutes, region: str, rate_per_destination: float = 20.0,
-                 retry_base_s: float = 1.0) -> None:
+                 retry_base_s: float = 1.0, claim_hold_s: float = CLAIM_HOLD_S,
+                 send_timeout_s: float = SEND_TIMEOUT_S) -> None:
         self._engine = engine
         self._routes = routes
         self._region = region
         self._rate = rate_per_destination
         self._retry_base = retry_base_s
+        self._hold_s, self._send_timeout_s = claim_hold_s, send_timeout_s
         self._buckets: dict[str, TokenBucket] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -84,7 +91,7 @@ class AlertDelivery:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._http = httpx.AsyncClient(timeout=10)
+        self._http = httpx.AsyncClient(timeout=self._send_timeout_s)
         try:
             while True:
                 try:
@@ -102,20 +109,31 @@ class AlertDelivery:
             await self._http.aclose()
 
     def _due(self, limit: int = 200) -> Sequence[Any]:
-        with self._engine.connect() as conn:
-            return alert_outbox.due(conn, time.time(), limit)
+        with writing(self._engine) as conn:
+            return alert_outbox.claim(conn, time.time(), limit, self._hold_s)
+
+    def _release(self, row_ids: list[int]) -> None:
+        with writing(self._engine) as conn:
+            alert_outbox.release(conn, row_ids, time.time())
 
     def _mark(self, row_id: int, **values: Any) -> None:
         with writing(self._engine) as conn:
             alert_outbox.mark(conn, row_id, **values)
 
     async def _deliver_due(self) -> int:
+        claimed = time.monotonic()
         rows = await anyio.to_thread.run_sync(self._due)
         sent = 0
-        for row in rows:
+        limited: list[int] = []  # claimed and not attempted: released for the next round
+        for index, row in enumerate(rows):
+            if time.monotonic() - claimed > self._hold_s - 1.5 * self._send_timeout_s:
+                # The hold is running out: give the rest back rather than send what another node may take.
+                limited += [r.id for r in rows[index:]]
+                break
             bucket = self._buckets.setdefault(row.destination, TokenBucket(self._rate, self._rate))
             if not bucket.take():
-                continue  # rate-limited: stays pending, goes in a later round
+                limited.append(row.id)  # rate-limited: stays pending, goes in a later round
+                continue
             kind = row.destination.split(":", 1)[0]
             try:
                 await self._send(row)
@@ -132,6 +150,8 @@ class AlertDelivery:
             await anyio.to_thread.run_sync(lambda: self._mark(row.id, attempts=row.attempts + 1, status="delivered"))
             DELIVERIES.labels(kind, "delivered").inc()
             sent += 1
+        if limited:
+            await anyio.to_thread.run_sync(self._release, limited)
         return sent
 
     async def _send(self, row: Any) -> None:

@@ -197,16 +197,34 @@ class ApiService:
             listener()
 
 
-def create_app(service: ApiService, console: Starlette | None = None) -> Starlette:
+#: Cluster mode's readiness beyond the database: None when ready, else what is not (for the probe's body).
+Readiness = Callable[[], dict[str, Any] | None]
+
+
+def operations_routes(health: DatabaseHealth, readiness: Readiness | None = None) -> list[Route]:
+    """``/healthz`` and ``/metrics``: what every node serves, with or without the API."""
     async def healthz(_: Request) -> Response:
-        """Readiness: 503 while the database is unreachable (a probe, at most one a second)."""
-        if not await anyio.to_thread.run_sync(service.database_health().check):
+        """Readiness: 503 while the database is unreachable (a probe, at most one a second), or
+        while a cluster node does not hold what it should (``readiness``)."""
+        if not await anyio.to_thread.run_sync(health.check):
             return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+        missing = readiness() if readiness is not None else None
+        if missing is not None:
+            return JSONResponse({"status": "unavailable", **missing}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    return [Route("/healthz", healthz, methods=["GET"]), Route("/metrics", metrics, methods=["GET"])]
+
+
+def create_operations_app(health: DatabaseHealth, readiness: Readiness | None = None) -> Starlette:
+    """A cluster node without the ``api`` role: only the probes."""
+    return Starlette(routes=operations_routes(health, readiness))
+
+
+def create_app(service: ApiService, console: Starlette | None = None, readiness: Readiness | None = None) -> Starlette:
     async def to_console(_: Request) -> Response:
         return RedirectResponse("/console/", status_code=307)
 
@@ -214,8 +232,7 @@ def create_app(service: ApiService, console: Starlette | None = None) -> Starlet
     console_routes = [Route("/console", to_console, methods=["GET"]), Mount("/console", console)] if console else []
     return Starlette(
         routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
+            *operations_routes(service.database_health(), readiness),
             *console_routes,
             Route("/{path:path}", service.handle, methods=methods),
         ]

@@ -1,5 +1,5 @@
-"""Cluster mode's foundation: reports carried between nodes on NATS JetStream, partitioned by thing.
+"""Cluster mode on NATS JetStream: reports carried between nodes, partitioned by thing, and the
+ownership, fencing and notices that keep one owner per partition and every node's caches current.
 
-Not yet wired into ``iotdefender serve`` (docs/cluster.md says what is left): this package stands on
-its own, tested against real ``nats-server`` processes.
+Assembled into ``iotdefender serve --cluster-url`` by ``cluster_serve.py`` (docs/cluster.md).
 """

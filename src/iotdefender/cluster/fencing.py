@@ -19,6 +19,8 @@ functions run there too (cluster mode itself requires PostgreSQL).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -36,6 +38,19 @@ def claim(conn: Connection, partition: int, token: int) -> bool:
     stmt = stmt.on_conflict_do_update(index_elements=[fences.c.partition], set_={"token": stmt.excluded.token},
                                       where=fences.c.token <= stmt.excluded.token).returning(fences.c.token)
     return conn.execute(stmt).first() is not None
+
+
+def check_all(conn: Connection, tokens: Mapping[int, int]) -> None:
+    """``check`` for several partitions ({partition: token}) in one statement, the rows locked in
+    partition order (two transactions never wait on each other in a cycle)."""
+    if not tokens:
+        return
+    held = dict(conn.execute(sa.select(fences.c.partition, fences.c.token)
+                             .where(fences.c.partition.in_(sorted(tokens))).order_by(fences.c.partition)
+                             .with_for_update()).all())
+    for partition, token in sorted(tokens.items()):
+        if held.get(partition) != token:
+            raise Fenced(f"partition {partition}: lease token {token} superseded by {held.get(partition)}")
 
 
 def check(conn: Connection, partition: int, token: int) -> None:

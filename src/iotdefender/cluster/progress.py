@@ -9,6 +9,8 @@ a second time. One row per partition, written by its owner only (the fence seria
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -28,3 +30,22 @@ def advance(conn: Connection, partition: int, sequence: int) -> None:
     conn.execute(stmt.on_conflict_do_update(index_elements=[progress.c.partition],
                                             set_={"last_sequence": stmt.excluded.last_sequence},
                                             where=progress.c.last_sequence < stmt.excluded.last_sequence))
+
+
+def last_sequences(conn: Connection, partitions: Iterable[int]) -> dict[int, int]:
+    """``last_sequence`` of several partitions in one statement."""
+    wanted = sorted(set(partitions))
+    found = dict(conn.execute(sa.select(progress.c.partition, progress.c.last_sequence)
+                              .where(progress.c.partition.in_(wanted))).all())
+    return {partition: int(found.get(partition, 0)) for partition in wanted}
+
+
+def advance_all(conn: Connection, marks: Mapping[int, int]) -> None:
+    """``advance`` of several partitions ({partition: sequence}) in one statement."""
+    if not marks:
+        return
+    stmt = upsert(conn, progress)
+    conn.execute(stmt.on_conflict_do_update(index_elements=[progress.c.partition],
+                                            set_={"last_sequence": stmt.excluded.last_sequence},
+                                            where=progress.c.last_sequence < stmt.excluded.last_sequence),
+                 [{"partition": partition, "last_sequence": sequence} for partition, sequence in sorted(marks.items())])

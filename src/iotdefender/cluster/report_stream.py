@@ -29,6 +29,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
+from prometheus_client import Counter
 
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.topology import Topology, ensure_consumer
@@ -36,6 +37,8 @@ from iotdefender.cluster.topology import Topology, ensure_consumer
 log = structlog.get_logger("iotdefender.cluster")
 
 THING_HEADER = "Iotdefender-Thing"
+
+REDELIVERED = Counter("iotdefender_cluster_redeliveries", "Reports a detect node received more than once")
 
 
 def report_message_id(thing_name: str, report_id: int) -> str:
@@ -175,4 +178,6 @@ class PartitionReader:
         for msg in msgs:
             await msg.ack()
         self.handled += len(deliveries)
-        self.redelivered += sum(1 for d in deliveries if d.delivered > 1)
+        again = sum(1 for d in deliveries if d.delivered > 1)
+        self.redelivered += again
+        REDELIVERED.inc(again)

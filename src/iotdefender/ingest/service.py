@@ -25,7 +25,6 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
@@ -33,17 +32,17 @@ import structlog
 from prometheus_client import Counter, Gauge
 from sqlalchemy.engine import Engine
 
+from iotdefender.ingest.commit import AcceptedReport, ReportCommitter, committer_of
 from iotdefender.ingest.order import ReportOrder
 from iotdefender.ingest.replies import reply_payload, reply_topic
 from iotdefender.ingest.report import (
-    ParsedReport,
     RejectCode,
     ReportRejected,
     check_thing_name,
     parse_report,
     report_id_hint,
 )
-from iotdefender.pipeline.batch_isolation import Isolated, store_isolating
+from iotdefender.pipeline.batch_isolation import Isolated
 from iotdefender.pipeline.batch_store import BATCH_MAX, BatchStore
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import metric_values
@@ -62,26 +61,19 @@ _BATCH_WAIT_S = 0.002
 DEFAULT_QUEUE_LIMIT = 10 * BATCH_MAX
 
 
-@dataclass
-class _Accepted:
-    thing: str
-    encoding: str
-    report: ParsedReport
-    received_at: float
-
-
 class IngestService:
-    def __init__(self, engine: Engine, monitoring: MonitoringIndex, store: BatchStore, publish: Publisher,
+    def __init__(self, engine: Engine, monitoring: MonitoringIndex, reports: BatchStore | ReportCommitter,
+                 publish: Publisher,
                  report_min_interval: float, clock: Callable[[], float] = time.time,
                  queue_limit: int = DEFAULT_QUEUE_LIMIT, health: DatabaseHealth | None = None) -> None:
         self._engine = engine
         self._monitoring = monitoring
-        self._batches = store  # storage and detection of each batch
+        self._batches = committer_of(reports)  # storage and detection of each batch (ingest/commit.py)
         self._publish = publish
         self._min_interval = report_min_interval
         self._clock = clock
         self._order = ReportOrder(report_min_interval)
-        self._queue: asyncio.Queue[_Accepted] = asyncio.Queue()
+        self._queue: asyncio.Queue[AcceptedReport] = asyncio.Queue()
         self._queue_limit = queue_limit
         self._outstanding = 0  # queued, being stored, or waiting for their replies
         self._health = health if health is not None else DatabaseHealth.of(engine)
@@ -136,7 +128,7 @@ class IngestService:
         self._order.queued(thing, report.report_id, now)
         self._outstanding += 1
         QUEUED.set(self._outstanding)
-        self._queue.put_nowait(_Accepted(thing, encoding, report, now))
+        self._queue.put_nowait(AcceptedReport(thing, encoding, report, now))
 
     def _reject(self, thing: str, encoding: str, payload: bytes, rejection: ReportRejected,
                       now: float) -> None:
@@ -167,7 +159,7 @@ class IngestService:
         """
         depth = max(1, self._batches.pipeline_depth)
         in_flight: deque[asyncio.Task[None]] = deque()
-        held: list[_Accepted] = []
+        held: list[AcceptedReport] = []
         loop = asyncio.get_running_loop()
         while True:
             while in_flight and in_flight[0].done():
@@ -175,7 +167,7 @@ class IngestService:
             if len(in_flight) >= depth:
                 await in_flight.popleft()
                 continue
-            batch: list[_Accepted] = []
+            batch: list[AcceptedReport] = []
             blocked: set[str] = set()
             waiting, held = held, []
             for item in waiting:
@@ -206,7 +198,7 @@ class IngestService:
             self._in_flight_things |= things
             in_flight.append(asyncio.create_task(self._store(batch, things)))
 
-    def _admit(self, item: _Accepted, batch: list[_Accepted], held: list[_Accepted], blocked: set[str]) -> None:
+    def _admit(self, item: AcceptedReport, batch: list[AcceptedReport], held: list[AcceptedReport], blocked: set[str]) -> None:
         """Into the batch, or held behind its thing's batch in flight (or its thing's held report)."""
         if item.thing in self._in_flight_things or item.thing in blocked:
             held.append(item)
@@ -214,28 +206,21 @@ class IngestService:
         else:
             batch.append(item)
 
-    async def _store(self, batch: list[_Accepted], things: set[str]) -> None:
+    async def _store(self, batch: list[AcceptedReport], things: set[str]) -> None:
         try:
-            outcome = await anyio.to_thread.run_sync(self._commit, batch)
+            outcome = await self._batches.commit(batch)
         except Exception as error:  # isolation itself failed: answer everyone, lose nothing silently
             log.exception("report_batch_failed", reports=len(batch))
             outcome = Isolated(failed={i: error for i in range(len(batch))})
         finally:
             self._in_flight_things -= things
-        self._answer(batch, outcome)
-
-    def _commit(self, batch: list[_Accepted]) -> Isolated[Any]:
-        """The batch in as few transactions (BatchStore) as its failures allow."""
-        outcome = store_isolating(
-            self._batches.store_batch,
-            [(i.thing, i.report.datapoints, i.received_at, i.report.report_id) for i in batch])
         if outcome.outage is not None:
             self._health.failed(outcome.outage)
         elif outcome.stored:
             self._health.succeeded()
-        return outcome
+        self._answer(batch, outcome)
 
-    def _answer(self, batch: list[_Accepted], outcome: Isolated[Any]) -> None:
+    def _answer(self, batch: list[AcceptedReport], outcome: Isolated[Any]) -> None:
         stored = set(outcome.stored)
         for index, item in enumerate(batch):
             try:
@@ -256,8 +241,10 @@ class IngestService:
                 self._queue.task_done()
 
     @staticmethod
-    def _not_stored(item: _Accepted, index: int, outcome: Isolated[Any]) -> ReportRejected:
+    def _not_stored(item: AcceptedReport, index: int, outcome: Isolated[Any]) -> ReportRejected:
         error = outcome.failed.get(index)
+        if isinstance(error, ReportRejected):  # the committer's own answer (cluster mode: the detect node's)
+            return error
         if error is None:
             return ReportRejected(RejectCode.SERVICE_UNAVAILABLE,
                                   "The report was not stored: the database is unavailable; retry later",

@@ -230,14 +230,21 @@ class DetectionService:
                      thing=event.thing_name, profile=event.profile_name, behavior=event.behavior.get("name"))
 
     # -- invalidation sweeps ----------------------------------------------------------------------
-    def sweep(self, now: float) -> PendingDetection | None:
+    def sweep(self, now: float, owns: Callable[[str], bool] | None = None,
+              first: Callable[[Connection], None] | None = None) -> PendingDetection | None:
         """Invalidate alarms whose device went silent or that nothing monitors any more; returns
-        what was stored (None when nothing was due)."""
+        what was stored (None when nothing was due).
+
+        Cluster mode sweeps only the things ``owns`` selects (its partitions) and runs ``first``
+        (the fence checks of those partitions) at the start of the transaction: a node that lost a
+        partition meanwhile stores nothing for it."""
         with self._lock:
-            if self._unconfirmed is None and not self._stale(now)[0]:
+            if self._unconfirmed is None and not self._stale(now, owns)[0]:
                 return None  # the usual case: no write transaction at all
             with self._transaction() as run:
-                stale, behaviors = self._stale(now)  # again: settling may have changed the alarms
+                if first is not None:
+                    first(run.conn)
+                stale, behaviors = self._stale(now, owns)  # again: settling may have changed the alarms
                 for reason in set(stale.values()):
                     keys = [k for k, r in stale.items() if r == reason]
                     self._collect(run.pending, self.evaluator.invalidate(keys, behaviors, now, reason,
@@ -247,12 +254,15 @@ class DetectionService:
                 self._persist(run.conn, run.pending)
             return run.pending if stale else None
 
-    def _stale(self, now: float) -> tuple[dict[StateKey, str], dict[StateKey, Mapping[str, Any]]]:
+    def _stale(self, now: float, owns: Callable[[str], bool] | None = None
+               ) -> tuple[dict[StateKey, str], dict[StateKey, Mapping[str, Any]]]:
         """The alarms to invalidate, with why, and the current behavior of each alarm."""
         stale: dict[StateKey, str] = {}
         behaviors: dict[StateKey, Mapping[str, Any]] = {}
         for key, state in self.evaluator.alarms():
             thing, profile_name, behavior_name, _ = key
+            if owns is not None and not owns(thing):
+                continue
             current = {p["name"]: p for p in self._monitoring.profiles_for(thing)}
             profile = current.get(profile_name)
             behavior = next((b for b in (profile or {}).get("behaviors") or []

@@ -32,6 +32,11 @@ another partition is answered ``InternalError`` and acked: a poison message must
 partition. Per-thing order holds because a partition's deliveries come in stream order and one
 node at a time reads a partition.
 
+Batches of several partitions that wait at the same time (each partition's reader hands one over
+and waits) are committed together in one transaction (``store_many``): one commit instead of one
+per partition, each partition still fenced and its progress advanced; when that transaction fails
+for any reason, each batch is stored on its own as described above.
+
 Taking over a partition (``acquire``): the fence is claimed in its own transaction, then the alarm
 states of exactly that partition's things are loaded from the database, leaving the other
 partitions' states alone; their windows start empty, and fleet statistics stay this node's own
@@ -41,7 +46,7 @@ observations (docs/cluster.md). Giving one up (``release``) forgets those things
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -51,16 +56,21 @@ from iotdefender.cluster import fencing, progress
 from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of
 from iotdefender.cluster.report_stream import Delivery
 from iotdefender.pipeline.batch_isolation import store_isolating
-from iotdefender.pipeline.batch_store import EventListener, summaries
+from iotdefender.pipeline.batch_store import EventListener, EventSummary, summaries
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import store_reports
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, Status, UndecodableReport, decode
+from iotdefender.store import metric_values
 from iotdefender.store.availability import StoreUnavailable
 
 log = structlog.get_logger("iotdefender.partition_store")
 
 INTERNAL_ERROR = "InternalError"  # ingest.report.RejectCode.INTERNAL_ERROR (ingest sits above this layer)
+STALE_REPORT_ID = "StaleReportId"  # ingest.report.RejectCode.STALE_REPORT_ID
+
+#: (partition, fencing token, deliveries): one reader's batch.
+PartitionBatch = tuple[int, int, Sequence[Delivery]]
 
 #: Told the outcomes of every batch handled, in delivery order (the broker nodes' replies).
 OutcomeListener = Callable[[int, list[ReportOutcome]], Awaitable[None]]
@@ -79,6 +89,7 @@ class _Report:
 @dataclass(frozen=True)
 class _Committed:
     stored: frozenset[int]  # the sequences this transaction stored (the others were already committed)
+    stale: frozenset[int] = frozenset()  # report ids below their thing's stored one: refused, not stored
 
 
 class PartitionBatchStore:
@@ -92,13 +103,47 @@ class PartitionBatchStore:
         self._on_events = on_events
         self._on_outcomes = on_outcomes
         self._partitions = partitions
+        # Batches handed over by the partitions' readers and not yet taken by the writer (handle).
+        self._waiting: list[tuple[PartitionBatch, asyncio.Future[list[ReportOutcome]]]] = []
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     # -- for DetectConsumer ----------------------------------------------------------------------
     async def handle(self, partition: int, token: int, deliveries: Sequence[Delivery]) -> None:
-        """The ``BatchHandler``: store in a worker thread, then tell the outcomes; raises (the
-        batch is nakked) when fenced or when the database is unavailable."""
-        outcomes = await asyncio.to_thread(self.store, partition, token, deliveries)
+        """The ``BatchHandler``: store (with the other partitions' batches waiting now), then tell
+        the outcomes; raises (the batch is nakked) when fenced or when the database is unavailable."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[ReportOutcome]] = loop.create_future()
+        self._waiting.append(((partition, token, deliveries), future))
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        self._wake.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_loop(), name="partition-writer")
+        outcomes = await future
         await self._on_outcomes(partition, outcomes)
+
+    async def _write_loop(self) -> None:
+        """One ``store_many`` at a time, of every partition batch waiting when it starts."""
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            taken, self._waiting = self._waiting, []
+            if not taken:
+                continue
+            try:
+                results = await asyncio.to_thread(self.store_many, [batch for batch, _ in taken])
+            except Exception as error:  # store_many answers each batch; this would be a defect of ours
+                log.exception("partition_writer_failed", batches=len(taken))
+                results = [error] * len(taken)
+            for (_, future), result in zip(taken, results):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
     async def on_acquired(self, partition: int, token: int) -> None:
         await asyncio.to_thread(self.acquire, partition, token)
@@ -121,9 +166,67 @@ class PartitionBatchStore:
         """Forget the partition's things: their next owner loads them from the database."""
         self._detection.give_up(self._owns(partition))
 
+    def sweep(self, now: float, owned: Mapping[int, int]) -> list[EventSummary]:
+        """The invalidation sweep over the things of the partitions this node owns ({partition:
+        token}), their fences checked in the sweep's transaction: alarm states live in the owner's
+        memory, and a node that lost a partition meanwhile must not invalidate its alarms
+        (``Fenced``: nothing is stored, the next sweep goes on with what is still owned)."""
+        if not owned:
+            return []
+
+        def fenced(conn: Connection) -> None:
+            fencing.check_all(conn, owned)
+
+        pending = self._detection.sweep(now, lambda thing: partition_of(thing, self._partitions) in owned, fenced)
+        events = summaries(pending.events) if pending is not None else []
+        self._on_events(events)
+        return events
+
+    def store_many(self, batches: Sequence[PartitionBatch]) -> list[list[ReportOutcome] | Exception]:
+        """Several partitions' batches in one transaction; each batch's outcomes, or what it raises.
+
+        A transaction per partition batch serialised 32 partitions' small batches behind one
+        detection lock and one commit each (measured: p50 about 0.4 s from report to answer at 200
+        reports/s over two nodes); one transaction for all that are waiting pays one commit. If
+        that transaction fails for any reason (a partition fenced, a report the database refuses,
+        an outage), each batch is stored on its own as before, so one partition's failure is
+        only its own."""
+        if len(batches) > 1:
+            try:
+                return list(self._store_together(batches))
+            except Exception as error:
+                log.info("partition_batches_apart", batches=len(batches), error=f"{type(error).__name__}: {error}")
+        results: list[list[ReportOutcome] | Exception] = []
+        for partition, token, deliveries in batches:
+            try:
+                results.append(self.store(partition, token, deliveries))
+            except Exception as error:
+                results.append(error)
+        return results
+
+    def _store_together(self, batches: Sequence[PartitionBatch]) -> list[list[ReportOutcome]]:
+        read = [(partition, token, deliveries, *self._read(partition, deliveries))
+                for partition, token, deliveries in batches]
+        parts = [(partition, token, reports) for partition, token, _, _, reports in read if reports]
+        committed = self._commit(parts) if parts else _Committed(frozenset())
+        return [self._answers(partition, deliveries, unread, reports, [committed], range(len(reports)), {})
+                for partition, _, deliveries, unread, reports in read]
+
     def store(self, partition: int, token: int, deliveries: Sequence[Delivery]) -> list[ReportOutcome]:
         """One outcome per delivery, in order (module docstring)."""
-        outcomes: dict[int, ReportOutcome] = {}
+        unread, reports = self._read(partition, deliveries)
+        if not reports:
+            return self._answers(partition, deliveries, unread, reports, [], [], {})
+        isolated = store_isolating(lambda part: self._commit([(partition, token, part)]), reports,
+                                   source="cluster", fatal=(fencing.Fenced,))
+        if isolated.outage is not None:
+            raise StoreUnavailable(f"{type(isolated.outage).__name__}: {isolated.outage}") from isolated.outage
+        return self._answers(partition, deliveries, unread, reports, isolated.results, isolated.stored,
+                             isolated.failed)
+
+    def _read(self, partition: int, deliveries: Sequence[Delivery]) -> tuple[dict[int, ReportOutcome], list[_Report]]:
+        """The reports of the deliveries, and the outcomes of those that are not reports (poison)."""
+        unread: dict[int, ReportOutcome] = {}
         reports: list[_Report] = []
         for delivery in deliveries:
             try:
@@ -131,27 +234,37 @@ class PartitionBatchStore:
             except UndecodableReport as error:
                 log.error("report_message_undecodable", partition=partition, sequence=delivery.stream_sequence,
                           thing=delivery.thing_name, error=str(error))
-                outcomes[delivery.stream_sequence] = ReportOutcome(
+                unread[delivery.stream_sequence] = ReportOutcome(
                     delivery.stream_sequence, delivery.thing_name, Status.REJECTED, error_code=INTERNAL_ERROR,
                     error_message=f"The report could not be read by the detect node ({error})")
-        if reports:
-            isolated = store_isolating(lambda part: self._commit(partition, token, part), reports,
-                                       source="cluster", fatal=(fencing.Fenced,))
-            if isolated.outage is not None:
-                raise StoreUnavailable(f"{type(isolated.outage).__name__}: {isolated.outage}") from isolated.outage
-            stored: set[int] = set()
-            for result in isolated.results:
-                stored |= result.stored
-            for index in isolated.stored:
-                report = reports[index]
-                outcomes[report.sequence] = _outcome(report, Status.STORED if report.sequence in stored
-                                                     else Status.DUPLICATE)
-            for index, failure in isolated.failed.items():
-                report = reports[index]
-                log.error("report_not_stored", partition=partition, thing=report.message.thing,
-                          report_id=report.message.report_id, error=f"{type(failure).__name__}: {failure}")
+        return unread, reports
+
+    @staticmethod
+    def _answers(partition: int, deliveries: Sequence[Delivery], unread: dict[int, ReportOutcome],
+                 reports: Sequence[_Report], results: Sequence[_Committed], stored_indices: Iterable[int],
+                 failed: Mapping[int, BaseException]) -> list[ReportOutcome]:
+        """One outcome per delivery, in delivery order, from what the transactions did."""
+        outcomes = dict(unread)
+        stored: set[int] = set()
+        stale: set[int] = set()
+        for result in results:
+            stored |= result.stored
+            stale |= result.stale
+        for index in stored_indices:
+            report = reports[index]
+            if report.sequence in stale:
                 outcomes[report.sequence] = _outcome(
-                    report, Status.REJECTED, f"The report could not be stored ({failure}); the other reports were")
+                    report, Status.REJECTED, f"Report id {report.message.report_id} is lower than the last "
+                    f"accepted id of thing {report.message.thing}; report ids must increase", STALE_REPORT_ID)
+                continue
+            outcomes[report.sequence] = _outcome(report, Status.STORED if report.sequence in stored
+                                                 else Status.DUPLICATE)
+        for index, failure in failed.items():
+            report = reports[index]
+            log.error("report_not_stored", partition=partition, thing=report.message.thing,
+                      report_id=report.message.report_id, error=f"{type(failure).__name__}: {failure}")
+            outcomes[report.sequence] = _outcome(
+                report, Status.REJECTED, f"The report could not be stored ({failure}); the other reports were")
         return [outcomes[delivery.stream_sequence] for delivery in deliveries]
 
     def _decode(self, partition: int, delivery: Delivery) -> ReportMessage:
@@ -161,27 +274,64 @@ class PartitionBatchStore:
             raise UndecodableReport(f"thing {message.thing!r} does not belong to partition {partition}")
         return message
 
-    def _commit(self, partition: int, token: int, reports: Sequence[_Report]) -> _Committed:
-        """One transaction: fence, skip what is committed, store and evaluate the rest, progress."""
-        self._monitoring.prime([report.message.thing for report in reports])
-        highest = max(report.sequence for report in reports)
+    def _commit(self, parts: Sequence[tuple[int, int, Sequence[_Report]]]) -> _Committed:
+        """One transaction over one or more partitions' reports ((partition, token, reports)): each
+        partition fenced, what is committed skipped, the rest stored and evaluated, each partition's
+        progress advanced. Fences are locked in partition order (two nodes never wait on each other
+        in a cycle)."""
+        parts = sorted(parts, key=lambda part: part[0])
+        self._monitoring.prime([report.message.thing for _, _, reports in parts for report in reports])
+        highest = {partition: max(report.sequence for report in reports) for partition, _, reports in parts}
         with self._detection.transaction() as run:
-            fencing.check(run.conn, partition, token)
-            done = progress.last_sequence(run.conn, partition)
-            fresh = [report for report in reports if report.sequence > done]
+            fencing.check_all(run.conn, {partition: token for partition, token, _ in parts})
+            done = progress.last_sequences(run.conn, highest)
+            fresh, stale = _in_report_order(run.conn, [report for partition, _, reports in parts
+                                                       for report in reports if report.sequence > done[partition]])
             store_reports(run, self._monitoring, [(r.message.thing, r.message.datapoints, r.message.received_at,
                                                    r.message.report_id) for r in fresh])
-            progress.advance(run.conn, partition, highest)
-            # Should the COMMIT go unanswered: it happened if the progress reached this batch.
-            run.commit_check = lambda conn: progress.last_sequence(conn, partition) >= highest
+            progress.advance_all(run.conn, highest)
+            run.commit_check = lambda conn: _reached(conn, highest)
         self._on_events(summaries(run.settled + run.events))
-        return _Committed(frozenset(report.sequence for report in fresh))
+        return _Committed(frozenset(report.sequence for report in fresh), stale)
 
     def _owns(self, partition: int) -> Callable[[str], bool]:
         return lambda thing: partition_of(thing, self._partitions) == partition
 
 
-def _outcome(report: _Report, status: Status, error: str | None = None) -> ReportOutcome:
+def _reached(conn: Connection, highest: Mapping[int, int]) -> bool:
+    """Should a COMMIT go unanswered: it happened if every partition's progress reached its batch."""
+    now = progress.last_sequences(conn, highest)
+    return all(now[partition] >= top for partition, top in highest.items())
+
+
+def _in_report_order(conn: Connection, reports: list[_Report]) -> tuple[list[_Report], frozenset[int]]:
+    """The reports to store, and the sequences of those to refuse as stale.
+
+    JetStream drops a resent report only within its duplicate window (120 s); a resend after it
+    (a device retrying for long, or one that moved to a broker node that had not seen its reports)
+    reaches this node as a new message. Report ids only grow per thing, so one at or below the
+    thing's stored id (``thing_report_state``, as ``LocalBatchStore`` settles an unconfirmed commit)
+    was stored already: the same id is not stored again and counts as stored (``DUPLICATE``), a
+    lower one is refused ``StaleReportId`` as on the single box. Also within the batch."""
+    if not reports:
+        return reports, frozenset()
+    last = {thing: state[0] for thing, state in
+            metric_values.load_report_states(conn, {r.message.thing for r in reports}).items()}
+    kept: list[_Report] = []
+    stale: set[int] = set()
+    for report in reports:
+        thing, report_id = report.message.thing, report.message.report_id
+        before = last.get(thing)
+        if before is not None and report_id <= before:
+            if report_id < before:
+                stale.add(report.sequence)
+            continue
+        last[thing] = report_id
+        kept.append(report)
+    return kept, frozenset(stale)
+
+
+def _outcome(report: _Report, status: Status, error: str | None = None, code: str = INTERNAL_ERROR) -> ReportOutcome:
     message = report.message
     return ReportOutcome(report.sequence, message.thing, status, message.report_id, message.encoding,
-                         message.reply_to, INTERNAL_ERROR if error is not None else None, error)
+                         message.reply_to, code if error is not None else None, error)

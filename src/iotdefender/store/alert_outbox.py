@@ -18,11 +18,28 @@ def insert_pending(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
                                              for row in rows])
 
 
-def due(conn: Connection, now: float, limit: int) -> Sequence[Row[Any]]:
-    """Pending rows whose next attempt is due, oldest first."""
-    return conn.execute(sa.select(alert_outbox).where(alert_outbox.c.status == "pending",
+def claim(conn: Connection, now: float, limit: int, hold_s: float) -> Sequence[Row[Any]]:
+    """Pending rows whose next attempt is due, oldest first, claimed for ``hold_s`` seconds.
+
+    Several nodes deliver from one outbox in cluster mode: the rows are read ``FOR UPDATE SKIP
+    LOCKED`` (PostgreSQL; SQLite has one writer and ignores it) and their next attempt moved past
+    the hold in the same transaction, so another node's claim neither waits for them nor takes
+    them, and no alert is sent twice. A node that dies while sending leaves its rows due again
+    after the hold (at least once, as any delivery that cannot know whether its request arrived)."""
+    rows = conn.execute(sa.select(alert_outbox).where(alert_outbox.c.status == "pending",
                                                       alert_outbox.c.next_attempt_at <= now)
-                        .order_by(alert_outbox.c.id).limit(limit)).all()
+                        .order_by(alert_outbox.c.id).limit(limit).with_for_update(skip_locked=True)).all()
+    if rows:
+        conn.execute(alert_outbox.update().where(alert_outbox.c.id.in_([row.id for row in rows]))
+                     .values(next_attempt_at=now + hold_s))
+    return rows
+
+
+def release(conn: Connection, row_ids: Sequence[int], due_at: float) -> None:
+    """Claimed rows not attempted (rate-limited): due again at ``due_at``."""
+    if row_ids:
+        conn.execute(alert_outbox.update().where(alert_outbox.c.id.in_(list(row_ids)),
+                                                 alert_outbox.c.status == "pending").values(next_attempt_at=due_at))
 
 
 def mark(conn: Connection, row_id: int, **values: Any) -> None:

@@ -1,0 +1,81 @@
+"""A cluster node's readiness (``/healthz``) and its gauges (``/metrics``).
+
+Ready means: connected to NATS (a broker node without it cannot store a report; a detect node
+cannot renew its leases), and, for a detect node, holding exactly the partitions the live member
+list assigns it (``Ownership.owned()`` against ``assignment``) — not while it is still taking its
+share over after a start or a rebalance, nor while it holds partitions it should have handed over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from prometheus_client import Gauge
+
+from iotdefender.cluster.node import DetectConsumer
+from iotdefender.cluster.partitions import assignment
+from iotdefender.cluster.topology import Topology
+
+log = structlog.get_logger("iotdefender.cluster")
+
+OWNED = Gauge("iotdefender_cluster_owned_partitions", "Partitions this detect node holds a valid lease on")
+ASSIGNED = Gauge("iotdefender_cluster_assigned_partitions", "Partitions the live members assign this detect node")
+MEMBERS = Gauge("iotdefender_cluster_members", "Live detect nodes this node sees")
+CONNECTED = Gauge("iotdefender_cluster_nats_connected", "1 while this node is connected to NATS")
+LAG = Gauge("iotdefender_cluster_consumer_lag", "Reports not yet delivered in an owned partition (num_pending)",
+            ["partition"])
+
+
+class ClusterHealth:
+    def __init__(self, nc: Client, node_id: str, topology: Topology, consumer: DetectConsumer | None) -> None:
+        self._nc, self._node_id, self._topology, self._consumer = nc, node_id, topology, consumer
+        self._lagging: set[int] = set()
+
+    def _shares(self) -> tuple[set[int], set[int]]:
+        assert self._consumer is not None
+        ownership = self._consumer.ownership
+        share = assignment(ownership.members, self._topology.partitions).get(self._node_id, set())
+        return set(ownership.owned()), share
+
+    def readiness(self) -> dict[str, Any] | None:
+        """None when ready; else what is missing (the probe's body)."""
+        missing: dict[str, Any] = {}
+        if not self._nc.is_connected:
+            missing["nats"] = "disconnected"
+        if self._consumer is not None:
+            owned, share = self._shares()
+            if not share:
+                missing["partitions"] = "not yet a member of the detect nodes"
+            elif owned != share:
+                missing["partitions"] = {"owned": len(owned), "assigned": len(share),
+                                         "missing": len(share - owned), "extra": len(owned - share)}
+        return missing or None
+
+    async def run(self, period_s: float = 2.0) -> None:
+        """Refresh the gauges; the consumer lag is one ``consumer_info`` per owned partition."""
+        while True:
+            try:
+                await self._refresh()
+            except (nats.errors.Error, asyncio.TimeoutError) as error:
+                log.warning("cluster.metrics_failed", error=repr(error))
+            await asyncio.sleep(period_s)
+
+    async def _refresh(self) -> None:
+        CONNECTED.set(1 if self._nc.is_connected else 0)
+        if self._consumer is None:
+            return
+        owned, share = self._shares()
+        OWNED.set(len(owned))
+        ASSIGNED.set(len(share))
+        MEMBERS.set(len(self._consumer.ownership.members))
+        js = self._nc.jetstream()
+        for partition in sorted(owned):
+            info = await js.consumer_info(self._topology.stream, self._topology.consumer_of(partition))
+            LAG.labels(f"{partition:04d}").set(info.num_pending)
+        for partition in self._lagging - owned:
+            LAG.remove(f"{partition:04d}")
+        self._lagging = owned

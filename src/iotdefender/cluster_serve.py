@@ -1,0 +1,252 @@
+"""``iotdefender serve --cluster-url ...``: one node of a cluster, assembled from its roles.
+
+The single box (service.py) is one process with everything; a cluster node builds only what its
+roles need, over the shared PostgreSQL and NATS JetStream (docs/cluster.md):
+
+- ``broker``: the device-facing broker and ingest as on one box (parser, throttle, report order,
+  ACL, replies), committing through ``JetStreamCommitter``: a report is published to its thing's
+  partition and the device answered from the partition owner's outcome;
+- ``detect``: a ``DetectConsumer`` over a ``PartitionBatchStore`` in this process (the single
+  box's detection child process is not used), the outcomes sent back to each report's broker
+  node, the invalidation sweep over the owned partitions, alert delivery (outbox rows claimed, so
+  two nodes never send one alert twice), retention;
+- ``api``: the AWS API and the console; every control-plane write is announced on NATS so every
+  node drops its caches (cluster/control.py). A node without ``api`` serves only ``/healthz``
+  and ``/metrics`` on ``--api-port``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from sqlalchemy.engine import Engine
+
+from iotdefender.alerts.outbox import AlertDelivery
+from iotdefender.alerts.routes import AlertRoutes
+from iotdefender.api.app import ApiService, create_app, create_operations_app
+from iotdefender.api.extensions import Extensions
+from iotdefender.backtest.jobs import BacktestJobs
+from iotdefender.brokers.gatekeeper import Gatekeeper
+from iotdefender.brokers.mosquitto.build import BrokerUnavailable
+from iotdefender.brokers.observer import NULL_OBSERVER
+from iotdefender.cluster.control import ControlNotices
+from iotdefender.cluster.health import ClusterHealth
+from iotdefender.cluster.node import DetectConsumer
+from iotdefender.cluster.node_id import new_node_id
+from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
+from iotdefender.ingest.cluster_commit import JetStreamCommitter
+from iotdefender.cluster.report_stream import ReportPublisher
+from iotdefender.cluster.topology import Topology, TopologyMismatch, count_servers, ensure, replicas_for
+from iotdefender.console.app import create_console
+from iotdefender.ingest.service import IngestService
+from iotdefender.pipeline.counters import counting
+from iotdefender.pipeline.detection import DetectionService
+from iotdefender.pipeline.monitoring import MonitoringIndex
+from iotdefender.pipeline.partition_store import PartitionBatchStore
+from iotdefender.service import (
+    Broker,
+    ConfigurationError,
+    build_broker,
+    build_ingest,
+    check_api_port,
+    http_server,
+    load_alert_routes,
+    mqtt_auth,
+    open_context,
+    retention_loop,
+    sweep_loop,
+    validate,
+)
+from iotdefender.settings import Settings
+from iotdefender.store.availability import DatabaseHealth
+
+log = structlog.get_logger("iotdefender")
+
+ROLES = frozenset({"broker", "api", "detect"})
+
+
+def cluster_roles(settings: Settings) -> frozenset[str]:
+    """The node's roles, checked with what cluster mode needs (ConfigurationError otherwise)."""
+    roles = settings.role_set
+    unknown = roles - ROLES
+    if unknown:
+        raise ConfigurationError(f"--roles: unknown role(s) {', '.join(sorted(unknown))}; "
+                                 f"choose among {', '.join(sorted(ROLES))}")
+    if not roles:
+        raise ConfigurationError("--roles: give at least one of broker, api, detect")
+    urls = settings.cluster_urls
+    if not urls or any(not url.startswith(("nats://", "tls://")) for url in urls):
+        raise ConfigurationError(f"--cluster-url: expected nats://host:port[,nats://host:port], got "
+                                 f"{settings.cluster_url!r}")
+    if settings.nats_events_url is not None:
+        raise ConfigurationError("--nats-events-url: cloud-side metrics are not available in cluster mode yet "
+                                 "(docs/cluster.md)")
+    if not (settings.database_url or "").startswith("postgresql"):
+        raise ConfigurationError("--cluster-url needs --database-url postgresql://...: every node shares one "
+                                 "database (SQLite is one machine's file)")
+    return roles
+
+
+async def connect(urls: list[str], node_id: str, reconnected: Callable[[], None],
+                  first_connect_s: float = 10.0) -> Client:
+    async def on_reconnect() -> None:
+        log.warning("cluster.nats_reconnected", node=node_id)
+        reconnected()
+
+    async def on_disconnect() -> None:
+        log.warning("cluster.nats_disconnected", node=node_id)
+
+    async def on_error(error: Exception) -> None:
+        if not isinstance(error, OSError):  # refused connections repeat every reconnect attempt: see disconnected
+            log.warning("cluster.nats_error", node=node_id, error=repr(error))
+
+    # Reconnect forever once connected; but nats-py retries the *first* connection forever too with
+    # that setting, so the first one gets a budget: a node started without NATS says so and exits.
+    nc = Client()
+    try:
+        await asyncio.wait_for(nc.connect(servers=urls, name=node_id, connect_timeout=2, max_reconnect_attempts=-1,
+                                          reconnect_time_wait=1, reconnected_cb=on_reconnect,
+                                          disconnected_cb=on_disconnect, error_cb=on_error), first_connect_s)
+    except (nats.errors.Error, OSError, TimeoutError) as error:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        why = f"no server answered within {first_connect_s:g} s" if isinstance(error, TimeoutError) else repr(error)
+        raise ConfigurationError(f"--cluster-url: cannot connect to NATS at {', '.join(urls)} ({why})") from None
+    return nc
+
+
+@dataclass
+class BrokerRole:
+    """The device side of a node: ingest committing through JetStream, and the broker feeding it."""
+
+    ingest: IngestService
+    broker: Broker
+    gatekeeper: Gatekeeper
+    endpoint: str
+
+    async def start(self) -> None:
+        await self.ingest.start()
+        try:
+            await self.broker.start()
+        except (OSError, TimeoutError, BrokerUnavailable) as error:
+            with contextlib.suppress(Exception):  # a half-started broker: end its child process if any
+                await self.broker.stop()
+            await self.ingest.stop()
+            raise ConfigurationError(f"MQTT: cannot start ({error})") from None
+
+    async def stop(self) -> None:
+        await self.broker.stop()  # no new reports; those in flight are answered
+        await self.ingest.stop()
+
+
+async def broker_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
+                      monitoring: MonitoringIndex, health: DatabaseHealth) -> BrokerRole:
+    auth = mqtt_auth(settings)
+    waiters = OutcomeWaiters()
+    await waiters.subscribe(nc, reply_subject(node_id))
+    committer = JetStreamCommitter(ReportPublisher(nc.jetstream(), topology), waiters, reply_subject(node_id), engine)
+    ingest, replies = build_ingest(settings, engine, monitoring, committer, health)
+    if settings.cloud_metrics:  # not wired in cluster mode yet (docs/cluster.md): no broker events observed
+        log.warning("cloud_metrics_off", reason="cloud-side metrics are not computed in cluster mode yet")
+    gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=NULL_OBSERVER)
+    broker, endpoint = build_broker(settings, gatekeeper, ingest.submit)
+    replies.broker = broker
+    return BrokerRole(ingest, broker, gatekeeper, endpoint)
+
+
+def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
+                monitoring: MonitoringIndex, routes: AlertRoutes, alerts: AlertDelivery
+                ) -> tuple[DetectConsumer, list[Coroutine[Any, Any, None]]]:
+    """The consumer of this node's partitions, and the loops a detect node runs (not yet started)."""
+    detection = DetectionService(engine, monitoring, routes, settings.effective_invalidation_period,
+                                 settings.time_scale)
+    store = PartitionBatchStore(monitoring, detection, counting(alerts.wake), OutcomeSender(nc))
+    consumer = DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
+                              on_released=store.on_released)
+    loops = [alerts.run(),
+             sweep_loop(store.sweep, settings.effective_invalidation_period, consumer.ownership.owned),
+             retention_loop(engine, settings.effective_metric_retention, settings.effective_violation_retention)]
+    return consumer, loops
+
+
+async def serve_cluster(settings: Settings) -> None:
+    validate(settings)
+    roles = cluster_roles(settings)
+    check_api_port(settings)
+    if "broker" in roles:
+        mqtt_auth(settings)  # refused before anything starts
+    routes = load_alert_routes(settings)
+    context, credentials = open_context(settings)
+    engine = context.engine
+    health = DatabaseHealth.of(engine)
+    monitoring = MonitoringIndex(engine, context.arn(""))
+    node_id = new_node_id()
+    notices: list[ControlNotices] = []  # the notices need the connection, the connection their reconnect hook
+
+    def reconnected() -> None:
+        for notice in notices:
+            notice.apply()
+
+    nc = await connect(settings.cluster_urls, node_id, reconnected)
+    topology = Topology(replicas=replicas_for(count_servers(nc)))
+    try:
+        await ensure(nc.jetstream(), topology)
+    except TopologyMismatch as error:
+        await nc.close()
+        raise ConfigurationError(f"cluster: {error}") from None
+    notices.append(ControlNotices(nc, node_id, [monitoring.invalidate]))
+    await notices[0].start()
+    alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale)
+
+    consumer, loops = (detect_role(settings, nc, topology, node_id, engine, monitoring, routes, alerts)
+                       if "detect" in roles else (None, []))
+    devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health)
+               if "broker" in roles else None)
+    cluster_health = ClusterHealth(nc, node_id, topology, consumer)
+    if "api" in roles:
+        backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)
+        api = ApiService(context, credentials, on_change=(monitoring.invalidate, notices[0].changed), health=health,
+                         extensions=Extensions(dead_letters=alerts.dead_letters, backtests=backtests))
+        app = create_app(api, create_console(api, monitoring, settings.time_scale), cluster_health.readiness)
+    else:
+        app = create_operations_app(health, cluster_health.readiness)
+    server = http_server(settings, app)
+
+    if devices is not None:
+        try:
+            await devices.start()
+        except ConfigurationError:
+            await nc.close()
+            raise
+    if consumer is not None:
+        await consumer.start()
+    background = [asyncio.create_task(loop) for loop in [*loops, cluster_health.run()]]
+    gc.freeze()
+    log.info("ready", node=node_id, roles=",".join(sorted(roles)), cluster=settings.cluster_url,
+             replicas=topology.replicas, partitions=topology.partitions,
+             api=f"http://{settings.host}:{settings.api_port}", mqtt=devices.endpoint if devices else None,
+             mqtt_auth=devices.gatekeeper.auth if devices else None, region=settings.region,
+             account_id=settings.account_id, data_dir=str(Path(settings.data_dir).resolve()),
+             report_min_interval_s=settings.effective_report_min_interval, time_scale=settings.time_scale)
+    try:
+        await server.serve()
+    finally:
+        if devices is not None:
+            await devices.stop()
+        if consumer is not None:
+            await consumer.stop()  # a clean leave: partitions handed over at once, not after the lease
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await nc.close()
+        engine.dispose()

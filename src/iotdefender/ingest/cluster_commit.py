@@ -1,0 +1,143 @@
+"""A broker node's ``ReportCommitter`` (ingest/commit.py): a report is committed when its detect node says so.
+
+Each accepted report is published to its thing's partition (``ReportPublisher``, ``Nats-Msg-Id =
+thing/report id``) carrying this node's reply subject; the device is answered from the detect
+node's ``ReportOutcome`` for it (pipeline/report_replies.py): ``stored``/``duplicate`` -> accepted, ``rejected`` ->
+rejected with the detect node's code. Never ``accepted`` without that outcome:
+
+- no PubAck (NATS unreachable, no quorum, a timeout): ``ServiceUnavailable`` (retryable); the
+  report may or may not be in the stream, and the device's resend carries the same message id;
+- no outcome within ``outcome_timeout_s`` (its partition is being taken over, the database is
+  down so the detect node naks and retries): ``ServiceUnavailable`` as well;
+- a resend whose publish JetStream answers ``duplicate: true`` (the first publish's answer was
+  lost or timed out, on this node or on the node the device was connected to before): the first
+  publish's outcome, if it reaches this node (its waiter is keyed by thing and report id, so a late
+  outcome of this node's earlier publish is caught), else PostgreSQL's ``thing_report_state`` is
+  polled: a stored report id at or past this one means the report was committed (report ids
+  only grow per thing, as ``LocalBatchStore`` settles an unconfirmed commit). Neither within the
+  bound: ``ServiceUnavailable`` again, and the device retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import anyio.to_thread
+import structlog
+from prometheus_client import Counter
+from sqlalchemy.engine import Engine
+
+from iotdefender.pipeline.report_replies import OutcomeKey, OutcomeWaiters
+from iotdefender.cluster.report_stream import ReportPublisher, report_message_id
+from iotdefender.ingest.commit import AcceptedReport
+from iotdefender.ingest.report import RejectCode, ReportRejected
+from iotdefender.pipeline.batch_isolation import Isolated
+from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, encode
+from iotdefender.store import metric_values
+
+log = structlog.get_logger("iotdefender.cluster")
+
+UNANSWERED = Counter("iotdefender_cluster_reports_unconfirmed",
+                     "Reports answered ServiceUnavailable: no PubAck, or no outcome in time", ["reason"])
+SETTLED = Counter("iotdefender_cluster_duplicates_settled",
+                  "Resends JetStream had already stored, by how their answer was found", ["how"])
+
+
+class JetStreamCommitter:
+    """Publishes each report and waits for its outcome; reports of one batch go concurrently."""
+
+    def __init__(self, publisher: ReportPublisher, waiters: OutcomeWaiters, reply_to: str, engine: Engine,
+                 outcome_timeout_s: float = 10.0, settle_poll_s: float = 0.2, pipeline_depth: int = 8) -> None:
+        self._publisher, self._waiters, self._reply_to = publisher, waiters, reply_to
+        self._engine = engine
+        self._timeout_s, self._poll_s = outcome_timeout_s, settle_poll_s
+        # A thing is in one batch in flight at a time (ingest), so depth only adds concurrency.
+        self.pipeline_depth = pipeline_depth
+
+    async def commit(self, batch: Sequence[AcceptedReport]) -> Isolated[Any]:
+        """Things concurrently; one thing's reports one after the other, so they enter its
+        partition in report order (concurrent publishes need not reach JetStream in call order)."""
+        by_thing: dict[str, list[int]] = {}
+        for index, item in enumerate(batch):
+            by_thing.setdefault(item.thing, []).append(index)
+        answers: dict[int, ReportRejected | None] = {}
+
+        async def in_order(indices: list[int]) -> None:
+            for index in indices:
+                answers[index] = await self._one(batch[index])
+
+        await asyncio.gather(*(in_order(indices) for indices in by_thing.values()))
+        outcome: Isolated[Any] = Isolated()
+        for index in range(len(batch)):
+            rejection = answers[index]
+            if rejection is None:
+                outcome.stored.append(index)
+            else:
+                outcome.failed[index] = rejection
+        return outcome
+
+    async def _one(self, item: AcceptedReport) -> ReportRejected | None:
+        """None when committed, else the device's rejection."""
+        report_id = item.report.report_id
+        key = (item.thing, report_id)
+        future, earlier = self._waiters.expect(key)
+        try:
+            message = ReportMessage(item.thing, item.report.datapoints, item.received_at, report_id,
+                                    item.encoding, self._reply_to)  # type: ignore[arg-type]
+            try:
+                ack = await self._publisher.publish(item.thing, encode(message), report_message_id(*key))
+            except Exception as error:  # nats-py's timeouts and JetStream errors: not stored (as far as we know)
+                UNANSWERED.labels("no-puback").inc()
+                log.warning("cluster.publish_failed", thing=item.thing, report_id=report_id, error=repr(error))
+                return _unavailable(report_id, "the cluster did not confirm storing it")
+            if ack.duplicate and not earlier:
+                return await self._settle(key, future)
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
+            except TimeoutError:
+                UNANSWERED.labels("no-outcome").inc()
+                return _unavailable(report_id, f"its detect node did not commit it within {self._timeout_s:g} s")
+            return _answer(outcome)
+        finally:
+            if not earlier:
+                self._waiters.forget(key, future)
+
+    async def _settle(self, key: OutcomeKey, future: asyncio.Future[ReportOutcome]) -> ReportRejected | None:
+        """A resend JetStream already holds: its first outcome if it comes here, else the database."""
+        thing, report_id = key
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        while True:
+            if future.done():
+                SETTLED.labels("outcome").inc()
+                return _answer(future.result())
+            stored = await anyio.to_thread.run_sync(self._stored_report_id, thing)
+            if stored is not None and stored >= report_id:
+                SETTLED.labels("database").inc()
+                return None
+            if loop.time() >= deadline:
+                UNANSWERED.labels("duplicate-unsettled").inc()
+                return _unavailable(report_id, "an earlier copy of it is not committed yet")
+            await asyncio.wait([future], timeout=self._poll_s)
+
+    def _stored_report_id(self, thing: str) -> int | None:
+        with self._engine.connect() as conn:
+            found = metric_values.load_report_states(conn, [thing]).get(thing)
+        return found[0] if found is not None else None
+
+
+def _answer(outcome: ReportOutcome) -> ReportRejected | None:
+    if outcome.accepted:
+        return None
+    try:
+        code = RejectCode(outcome.error_code)
+    except ValueError:
+        code = RejectCode.INTERNAL_ERROR
+    return ReportRejected(code, outcome.error_message or "The report was not stored", outcome.report_id)
+
+
+def _unavailable(report_id: int, why: str) -> ReportRejected:
+    return ReportRejected(RejectCode.SERVICE_UNAVAILABLE, f"The report was not stored: {why}; retry later",
+                          report_id)

@@ -1,0 +1,120 @@
+"""A broker node's ingest in cluster mode against real nats-server (JetStream) and PostgreSQL:
+``accepted`` only once the partition's detect node committed the report; ``ServiceUnavailable``
+(never ``accepted``) without a PubAck or without an outcome in time; a resend that JetStream
+already holds is settled from PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+import orjson
+import pytest
+
+from iotdefender.alerts.routes import AlertRoutes
+from iotdefender.cluster.node import DetectConsumer
+from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
+from iotdefender.ingest.cluster_commit import JetStreamCommitter
+from iotdefender.cluster.report_stream import ReportPublisher
+from iotdefender.cluster.topology import Topology, ensure
+from iotdefender.ingest.service import IngestService
+from iotdefender.pipeline.detection import DetectionService
+from iotdefender.pipeline.monitoring import MonitoringIndex
+from iotdefender.pipeline.partition_store import PartitionBatchStore
+from iotdefender.service import build_api
+from iotdefender.settings import Settings
+from iotdefender.store import metric_values
+
+pytestmark = pytest.mark.postgres
+
+PARTITIONS = 4
+
+
+def payload(report_id: int) -> bytes:
+    return orjson.dumps({"header": {"report_id": report_id, "version": "1.0"},
+                         "metrics": {"listening_tcp_ports": {"ports": [{"port": 22}], "total": 1}}})
+
+
+def outcome(reply: dict[str, Any]) -> str:
+    return reply["status"] if reply["status"] == "ACCEPTED" else reply["statusDetails"]["ErrorCode"]
+
+
+async def until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def test_a_broker_node_answers_from_the_detect_nodes_commit(jetstream, postgres, tmp_path: Path):
+    url = postgres.create_database(f"broker{time.monotonic_ns()}")
+    api = build_api(Settings(data_dir=tmp_path, database_url=url))
+    engine = api.context.engine
+    monitoring = MonitoringIndex(engine, api.context.arn(""))
+    replies: list[tuple[str, dict[str, Any], int | None]] = []
+
+    def stored_id(thing: str) -> int | None:
+        with engine.connect() as conn:
+            found = metric_values.load_report_states(conn, [thing]).get(thing)
+        return found[0] if found else None
+
+    def publish(topic: str, body: bytes) -> None:  # what the device hears, and what was committed then
+        reply = orjson.loads(body)
+        replies.append((topic.split("/", 2)[2], reply, stored_id(reply["thingName"])))
+
+    async def answer(ingest: IngestService, thing: str, report_id: int) -> tuple[str, int | None]:
+        count = len(replies)
+        ingest.submit(thing, "json", payload(report_id))
+        await until(lambda: len(replies) > count)
+        _, reply, committed = replies[-1]
+        return outcome(reply), committed
+
+    async def go() -> None:
+        topology = Topology(replicas=1, partitions=PARTITIONS, lease_ttl_s=2.0)
+        broker_nc = await nats.connect(servers=jetstream.urls)
+        detect_nc = await nats.connect(servers=jetstream.urls)
+        await ensure(broker_nc.jetstream(), topology)
+        waiters = OutcomeWaiters()
+        await waiters.subscribe(broker_nc, reply_subject("broker-1"))
+        committer = JetStreamCommitter(ReportPublisher(broker_nc.jetstream(), topology, timeout_s=1.0), waiters,
+                                       reply_subject("broker-1"), engine, outcome_timeout_s=1.0)
+        ingest = IngestService(engine, monitoring, committer, publish, report_min_interval=0.0)
+        await ingest.start()
+
+        # No detect node: the report is in the stream but not committed -> never `accepted`.
+        assert await answer(ingest, "dev-1", 1) == ("ServiceUnavailable", None)
+
+        detection = DetectionService(engine, MonitoringIndex(engine, api.context.arn("")), AlertRoutes(), 172800.0)
+        store = PartitionBatchStore(monitoring, detection, lambda events: None, OutcomeSender(detect_nc),
+                                    partitions=PARTITIONS)
+        detect = DetectConsumer(detect_nc.jetstream(), topology, "detect-1", store.handle,
+                                on_acquired=store.on_acquired, on_released=store.on_released)
+        await detect.start()
+        await until(lambda: stored_id("dev-1") == 1)  # the detect node committed the first copy
+
+        # The device's resend: JetStream holds it already (duplicate), PostgreSQL says it is committed.
+        assert await answer(ingest, "dev-1", 1) == ("ACCEPTED", 1)
+        assert await answer(ingest, "dev-1", 1) == ("DuplicateReportId", 1)  # now this node knows it
+        for thing in ("dev-2", "dev-3", "dev-4"):  # accepted only once committed
+            assert await answer(ingest, thing, 7) == ("ACCEPTED", 7)
+        assert await answer(ingest, "dev-2", 8) == ("ACCEPTED", 8)
+        count = len(replies)  # two reports of one thing in one batch: both stored, in report order
+        ingest.submit("dev-6", "json", payload(1))
+        ingest.submit("dev-6", "json", payload(2))
+        await until(lambda: len(replies) == count + 2)
+        assert [(outcome(r), r["reportId"]) for _, r, _ in replies[-2:]] == [("ACCEPTED", 1), ("ACCEPTED", 2)]
+        assert stored_id("dev-6") == 2
+
+        await broker_nc.close()  # NATS gone for the broker node: no PubAck -> retryable, not accepted
+        assert await answer(ingest, "dev-5", 1) == ("ServiceUnavailable", None)
+        await ingest.stop()
+        await detect.stop()
+        await detect_nc.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 60))
+    finally:
+        engine.dispose()

@@ -1,0 +1,63 @@
+"""Cluster mode's flags: what `serve --cluster-url` refuses before starting anything, and node ids."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from iotdefender.cluster.node_id import new_node_id
+from iotdefender.pipeline.report_replies import reply_subject
+from iotdefender.cluster_serve import cluster_roles
+from iotdefender.service import ConfigurationError
+from iotdefender.settings import add_serve_arguments, settings_from
+
+PG = "postgresql://u@h/db"
+
+
+def settings(*argv: str):  # type: ignore[no-untyped-def]
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return settings_from(parser.parse_args(list(argv)))
+
+
+def test_all_three_roles_by_default_and_a_subset_when_given():
+    assert settings().cluster_url is None  # without the flag: the single box, unchanged
+    assert cluster_roles(settings("--cluster-url", "nats://h:4222", "--database-url", PG)) == {
+        "broker", "api", "detect"}
+    assert cluster_roles(settings("--cluster-url", "nats://h1:4222,nats://h2:4222", "--database-url", PG,
+                                  "--roles", "detect, api")) == {"detect", "api"}
+    assert settings("--cluster-url", "nats://h1:1, nats://h2:2").cluster_urls == ["nats://h1:1", "nats://h2:2"]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (("--cluster-url", "nats://h:4222"), "needs --database-url postgresql"),
+    (("--cluster-url", "nats://h:4222", "--database-url", "sqlite:///x.db"), "needs --database-url postgresql"),
+    (("--cluster-url", "nats://h:4222", "--database-url", PG, "--roles", "broker,ingest"), "unknown role(s) ingest"),
+    (("--cluster-url", "nats://h:4222", "--database-url", PG, "--roles", ","), "at least one"),
+    (("--cluster-url", "h:4222", "--database-url", PG), "expected nats://"),
+    (("--cluster-url", "nats://h:4222", "--database-url", PG, "--nats-events-url", "nats://s@h:4222"),
+     "not available in cluster mode"),
+])
+def test_what_cluster_mode_refuses(argv, says):
+    with pytest.raises(ConfigurationError, match=re.escape(says)):
+        cluster_roles(settings(*argv))
+
+
+def test_a_node_started_without_nats_says_so_instead_of_waiting_forever():
+    import asyncio
+
+    from iotdefender.cluster_serve import connect
+    from tests.support.processes import free_port
+
+    url = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(ConfigurationError, match=re.escape(f"cannot connect to NATS at {url} (no server answered")):
+        asyncio.run(connect([url], "n1", lambda: None, first_connect_s=1.0))
+
+
+def test_node_ids_are_unique_per_process_and_valid_subject_tokens():
+    first, second = new_node_id("web.example.com", 41), new_node_id("web.example.com", 41)
+    assert first != second and first.startswith("web-example-com-41-")
+    assert re.fullmatch(r"[A-Za-z0-9-]+", new_node_id("höst_name.local"))
+    assert reply_subject(first).count(".") == 2  # one token: no dot of the host name leaks into the subject
