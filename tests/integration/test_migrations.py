@@ -51,3 +51,26 @@ def test_profiles_that_predate_version_history_start_it_at_their_version(backend
     engine.dispose()
     assert kept["version"] == 4 and kept["modified_at"] == 2.0
     assert kept["document"]["description"] == "before" and kept["document"]["behaviors"] == behaviors
+
+
+
+def test_nodes_migrating_one_postgresql_database_at_once_all_start(postgres):
+    """Cluster nodes share one database and may all start together: the upgrade is serialised
+    (an advisory lock), so a later node finds the schema at head instead of failing half-way.
+    Separate processes, as nodes are (Alembic's environment is per process, not per thread)."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import text
+
+    url = postgres.create_database(f"mig{time.time_ns()}")
+    code = ("import sys; from iotdefender.store.database import create_engine, upgrade_to_head; "
+            "upgrade_to_head(create_engine(sys.argv[1]))")
+    nodes = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    failures = [(node.wait(timeout=120), node.stderr.read()[-600:]) for node in nodes if node.stderr]
+    assert [f for f in failures if f[0] != 0] == []
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from alembic_version")).scalar() == 1
+    engine.dispose()
