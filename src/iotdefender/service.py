@@ -100,6 +100,8 @@ def mqtt_auth(settings: Settings) -> str:
 def validate(settings: Settings) -> None:
     if settings.time_scale <= 0:
         raise ConfigurationError("--time-scale must be a positive number")
+    if (ml_problem := settings.ml_problem()) is not None:
+        raise ConfigurationError(ml_problem)
     if settings.mqtt_url is not None:
         try:
             parse_broker_url(settings.mqtt_url)
