@@ -1,0 +1,204 @@
+"""The ML Detect model (iotdefender.engine.ml): what it learns, how it judges, how it is stored."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from iotdefender.engine.ml import BehaviorModel, ConfidenceLevel, SeasonalClock, TrainingData, TrainingSettings, train
+from iotdefender.engine.ml.model import from_log, to_log
+
+START = 1_800_000_000.0  # a Friday, 08:00 UTC
+DAY = 86_400.0
+STEP = 300.0
+
+
+def fleet(devices: int = 60, days: int = 14, seed: int = 1, *, sigma: float = 0.1,
+          amplitude: float = 0.5) -> tuple[TrainingData, np.ndarray]:
+    """Devices at their own level (log scale) with a daily rhythm and lognormal noise of ``sigma``."""
+    rng = np.random.default_rng(seed)
+    times = START + np.arange(int(days * DAY / STEP)) * STEP
+    device = np.repeat(np.arange(devices, dtype=np.int32), len(times))
+    t = np.tile(times, devices)
+    level = rng.normal(8.0, 1.0, devices)
+    y = level[device] + amplitude * daily(t) + rng.normal(0.0, sigma, len(t))
+    return TrainingData(device, [f"thing-{i}" for i in range(devices)], t, np.expm1(y)), level
+
+
+def daily(t: np.ndarray | float) -> np.ndarray | float:
+    return np.sin((np.asarray(t) % DAY) / DAY * 2 * np.pi)
+
+
+def expected(level: float, at: float, k: float, sigma: float = 0.1, amplitude: float = 0.5) -> float:
+    """The value ``k`` standard deviations (of the device's noise) away from its normal at ``at``."""
+    return float(np.expm1(level + amplitude * float(daily(at)) + k * sigma))
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[BehaviorModel, np.ndarray, TrainingData]:
+    data, level = fleet()
+    return train(data, trained_at=START + 14 * DAY, settings=TrainingSettings()), level, data
+
+
+def test_training_is_deterministic_even_when_sampled() -> None:
+    data, _ = fleet(devices=20, days=3)
+    settings = TrainingSettings(max_datapoints=5_000, fleet_sample=2_000)
+    first = train(data, trained_at=1.0, settings=settings)
+    second = train(data, trained_at=1.0, settings=settings)
+    assert first.to_bytes() == second.to_bytes()
+    assert first.summary().datapoints_used < len(data)
+
+
+def test_normal_values_are_not_judged(trained: tuple[BehaviorModel, np.ndarray, TrainingData]) -> None:
+    model, level, _ = trained
+    later = START + 15 * DAY
+    for i in range(0, 60, 7):
+        for hour in range(0, 24, 3):
+            at = later + hour * 3600 + 150
+            for k in (-2.0, 0.0, 2.0):
+                assert model.judge(f"thing-{i}", expected(level[i], at, k), at) is None
+
+
+def test_a_spike_of_ten_mads_is_high_and_levels_are_ordered(
+        trained: tuple[BehaviorModel, np.ndarray, TrainingData]) -> None:
+    model, level, _ = trained
+    at = START + 15 * DAY + 7 * 3600 + 150
+    assert model.judge("thing-3", expected(level[3], at, 10.0), at) is ConfidenceLevel.HIGH
+    assert model.judge("thing-3", expected(level[3], at, -10.0), at) is ConfidenceLevel.HIGH
+    thresholds = model.thresholds
+    assert thresholds[ConfidenceLevel.LOW] <= thresholds[ConfidenceLevel.MEDIUM] <= thresholds[ConfidenceLevel.HIGH]
+    between = (thresholds[ConfidenceLevel.LOW] + thresholds[ConfidenceLevel.MEDIUM]) / 2
+    assert model.judge("thing-3", expected(level[3], at, between), at) is ConfidenceLevel.LOW
+
+
+def test_the_device_level_is_learned_not_the_fleets(trained: tuple[BehaviorModel, np.ndarray, TrainingData]) -> None:
+    """A value normal for the fleet but 10 deviations above this device's own level is HIGH for it."""
+    model, level, _ = trained
+    low_device = int(np.argmin(level))
+    at = START + 15 * DAY + 150
+    assert model.judge(f"thing-{low_device}", expected(level[low_device], at, 10.0), at) is ConfidenceLevel.HIGH
+    # An unknown device is judged against the fleet, whose band spans every device's level.
+    assert model.judge("never-seen", expected(level[low_device], at, 10.0), at) is None
+    assert model.summary().devices_with_own_band == 60
+
+
+def test_round_trip_through_bytes(trained: tuple[BehaviorModel, np.ndarray, TrainingData]) -> None:
+    model, level, _ = trained
+    copy = BehaviorModel.from_bytes(model.to_bytes())
+    assert copy.summary() == model.summary()
+    assert copy.to_bytes() == model.to_bytes()
+    at = START + 16 * DAY + 11 * 3600
+    for k in (0.0, 3.5, 4.5, 6.0, 12.0):
+        value = expected(level[5], at, k)
+        assert copy.judge("thing-5", value, at) == model.judge("thing-5", value, at)
+        assert copy.band("thing-5", at, ConfidenceLevel.MEDIUM) == pytest.approx(
+            model.band("thing-5", at, ConfidenceLevel.MEDIUM), rel=1e-6)
+
+
+def test_bytes_of_another_version_or_garbage_are_refused(trained: tuple[BehaviorModel, np.ndarray, TrainingData]) -> None:
+    import msgspec
+
+    model, _, _ = trained
+    raw = msgspec.msgpack.decode(model.to_bytes())
+    raw["version"] = 99
+    with pytest.raises(ValueError, match="format 99"):
+        BehaviorModel.from_bytes(msgspec.msgpack.encode(raw))
+    with pytest.raises(ValueError, match="not a stored ML model"):
+        BehaviorModel.from_bytes(b"\x00garbage")
+
+
+def test_band_is_in_the_metrics_units_and_explained(trained: tuple[BehaviorModel, np.ndarray, TrainingData]) -> None:
+    model, level, _ = trained
+    at = START + 15 * DAY + 3 * 3600 + 150  # a Saturday, 11:00 UTC
+    low, high = model.band("thing-2", at, ConfidenceLevel.HIGH)
+    normal = expected(level[2], at, 0.0)
+    assert low < normal < high
+    threshold = model.thresholds[ConfidenceLevel.HIGH]
+    # The band's edges are the threshold's number of the device's deviations (0.1 on the log scale) away.
+    assert math.log1p(high) - math.log1p(normal) == pytest.approx(threshold * 0.1, rel=0.15)
+    assert model.judge("thing-2", high * 1.01, at) is ConfidenceLevel.HIGH
+    assert model.judge("thing-2", high * 0.99, at) is not ConfidenceLevel.HIGH
+    low_m, high_m = model.band("thing-2", at, ConfidenceLevel.LOW)
+    assert low < low_m < high_m < high
+    text = model.explain("thing-2", high * 1.5, at, what="bytes out")
+    assert text.startswith(f"bytes out above {high:,.0f} on Saturdays 11:00 is HIGH for thing-2")
+    assert "normal" in model.explain("thing-2", normal, at)
+
+
+def test_thin_hours_fall_back_to_the_hour_of_day_then_the_whole_period() -> None:
+    """Two days of data fill 48 of the 168 hour-of-week buckets; a third day reported only at noon."""
+    data, _ = fleet(devices=30, days=2, amplitude=2.0)
+    model = train(data, trained_at=START + 2 * DAY, settings=TrainingSettings())
+    clock = model.clock
+    seen = {clock.hour_of_week(float(t)) for t in data.time[::12]}
+    assert len(seen) == 48
+    unseen = next(h for h in range(168) if h not in seen and (h - 24) % 168 in seen)
+    at_unseen = clock.origin + unseen * 3600 + 1800 + 52 * 7 * 86_400
+    at_seen = at_unseen - DAY
+    other_unseen = next(h for h in range(unseen + 24, 168, 24) if h not in seen)
+    # An unseen bucket uses its hour of the day over both days: the same band as every unseen
+    # bucket at that hour, close to (not exactly) the band of the seen day at that hour.
+    assert model.band("thing-1", at_unseen, ConfidenceLevel.LOW) == model.band(
+        "thing-1", at_unseen + (other_unseen - unseen) * 3600, ConfidenceLevel.LOW)
+    assert model.band("thing-1", at_unseen, ConfidenceLevel.LOW) == pytest.approx(
+        model.band("thing-1", at_seen, ConfidenceLevel.LOW), rel=0.05)
+    # With every hour of the day thin, the whole period's median: one band whatever the hour.
+    sparse = train(data, trained_at=START + 2 * DAY, settings=TrainingSettings(min_bucket_datapoints=10**9))
+    bands = {sparse.band("thing-1", START + h * 3600, ConfidenceLevel.LOW) for h in range(0, 48, 5)}
+    assert len(bands) == 1
+    # and the daily rhythm (4 deviations each way) is then inside the band, not an anomaly.
+    assert len({model.band("thing-1", START + h * 3600, ConfidenceLevel.LOW) for h in range(0, 24, 5)}) > 1
+
+
+def test_a_new_device_without_history_uses_the_fleet() -> None:
+    data, _ = fleet(devices=10, days=3)
+    keep = ~((data.device == 0) & (data.time > START + 3600))  # thing-0 reported for one hour only
+    model = train(TrainingData(data.device[keep], data.devices, data.time[keep], data.value[keep]),
+                  trained_at=START + 3 * DAY, settings=TrainingSettings())
+    at = START + 3 * DAY + 100
+    assert model.band("thing-0", at, ConfidenceLevel.LOW) == model.band("unknown", at, ConfidenceLevel.LOW)
+    assert model.band("thing-1", at, ConfidenceLevel.LOW) != model.band("unknown", at, ConfidenceLevel.LOW)
+    assert model.summary().devices_with_own_band == 9
+
+
+def test_a_constant_metric_still_has_a_band() -> None:
+    """Three listening ports for two weeks: four is a change of 22 % on the log scale, five is more."""
+    times = START + np.arange(4032) * STEP
+    data = TrainingData(np.zeros(4032, dtype=np.int32), ["thing-0"], times, np.full(4032, 3.0))
+    model = train(data, trained_at=START + 14 * DAY, settings=TrainingSettings())
+    at = START + 14 * DAY
+    assert model.judge("thing-0", 3.0, at) is None
+    assert model.judge("thing-0", 4.0, at) is ConfidenceLevel.MEDIUM  # (log 5 - log 4) / 0.05 = 4.46
+    assert model.judge("thing-0", 10.0, at) is ConfidenceLevel.HIGH
+    low, _ = model.band("thing-0", at, ConfidenceLevel.HIGH)
+    assert low >= 0
+
+
+def test_the_clock_scales_and_names_hours() -> None:
+    clock = SeasonalClock(hour_seconds=36.0, origin=1000.0)  # --time-scale 100
+    assert clock.hour_of_week(1000.0) == 0
+    assert clock.hour_of_week(1000.0 + 38 * 36 + 5) == 38
+    assert clock.hour_of_week(1000.0 + 168 * 36) == 0
+    assert clock.hours_of_week(np.array([1000.0 + 38 * 36 + 5, 999.0])).tolist() == [38, 167]
+    assert SeasonalClock.label(38) == "Tuesday 14:00"
+    assert SeasonalClock.label(38, every=True) == "Tuesdays 14:00"
+    assert SeasonalClock().label(SeasonalClock().hour_of_week(START)) == "Friday 08:00"
+
+
+def test_the_log_scale_round_trips_negative_values() -> None:
+    for v in (-1000.0, -1.0, 0.0, 0.5, 1e9):
+        assert from_log(to_log(v)) == pytest.approx(v)
+
+
+def test_bad_training_input_is_refused() -> None:
+    with pytest.raises(ValueError):
+        TrainingData(np.zeros(2, dtype=np.int32), ["a"], np.zeros(3), np.zeros(2))
+    with pytest.raises(ValueError):
+        TrainingData(np.array([0, 1], dtype=np.int32), ["a"], np.zeros(2), np.zeros(2))
+    with pytest.raises(ValueError):
+        train(TrainingData(np.zeros(0, dtype=np.int32), [], np.zeros(0), np.zeros(0)), trained_at=0.0,
+              settings=TrainingSettings())
+    with pytest.raises(ValueError):
+        SeasonalClock(hour_seconds=0)
