@@ -8,7 +8,8 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from pathlib import Path
 
 import anyio.to_thread
@@ -38,6 +39,7 @@ from iotdefender.ingest.service import IngestService
 from iotdefender.pipeline.batch_store import BatchStore, EventListener
 from iotdefender.pipeline.counters import counting
 from iotdefender.pipeline.local_store import PipelineConfig, open_local_store
+from iotdefender.pipeline.ml_training import MlTrainer, TrainingSchedule, training_loop
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.worker import WorkerConfig
 from iotdefender.pipeline.worker_client import WorkerBatchStore
@@ -151,6 +153,17 @@ async def sweep_loop(store: BatchStore, invalidation_s: float) -> None:
             log_unless_outage(log, "invalidation_sweep_failed", error)
 
 
+def ml_training(settings: Settings, engine: Engine, monitoring: MonitoringIndex, store: BatchStore
+                ) -> Coroutine[Any, Any, None]:
+    """ML Detect's trainer (pipeline/ml_training.py); detection hears of new models through the
+    batch store's ``invalidate``, the way it hears of control-plane changes."""
+    schedule = TrainingSchedule(settings.effective_ml_training_period, settings.ml_min_datapoints,
+                                settings.effective_ml_refresh_period, settings.effective_ml_expiry,
+                                settings.time_scale)
+    return training_loop(MlTrainer(engine, monitoring, schedule, on_published=store.invalidate),
+                         schedule.loop_interval)
+
+
 def load_alert_routes(settings: Settings) -> AlertRoutes:
     try:
         subscriptions = load_subscriptions(settings.alert_subscriptions)
@@ -243,6 +256,7 @@ async def serve(settings: Settings) -> None:
         asyncio.create_task(sweep_loop(store, settings.effective_invalidation_period), name="invalidation"),
         asyncio.create_task(alerts.run(), name="alerts"),
         asyncio.create_task(cloud.run(), name="cloud-metrics"),
+        asyncio.create_task(ml_training(settings, engine, monitoring, store), name="ml-training"),
     ]
 
     console = create_console(api, monitoring, settings.time_scale)

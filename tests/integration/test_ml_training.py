@@ -11,7 +11,7 @@ from typing import Any
 
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.controlplane.violations import violation_evidence
-from iotdefender.engine.ml import ConfidenceLevel
+from iotdefender.engine.ml import BehaviorModel, ConfidenceLevel
 from iotdefender.pipeline.batch_store import ignore_events
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import LocalBatchStore
@@ -157,14 +157,16 @@ def test_a_device_that_breaks_its_pattern_alarms_with_evidence_and_clears(tmp_pa
 
 def test_the_confidence_level_sets_the_sensitivity_and_editing_it_does_not_retrain(tmp_path):
     service = trained(tmp_path, level="LOW")
-    model = service.detection.evaluator.model_for("p", ml_behavior())
-    assert model is not None
+    with service.engine.connect() as conn:
+        stored = ml_models.load_model(conn, ("p", "bytes-ml"), 1)
+    assert stored is not None
+    model = BehaviorModel.from_bytes(stored.model)
     now = T0 + 201.5
     # A value the model judges LOW (outside the LOW band, inside MEDIUM's): LOW alarms, HIGH does not.
-    _, low_high = model.model.band("dev-2", now, ConfidenceLevel.LOW)
-    _, medium_high = model.model.band("dev-2", now, ConfidenceLevel.MEDIUM)
+    _, low_high = model.band("dev-2", now, ConfidenceLevel.LOW)
+    _, medium_high = model.band("dev-2", now, ConfidenceLevel.MEDIUM)
     odd = int((low_high + medium_high) / 2)
-    assert model.model.judge("dev-2", odd, now) is ConfidenceLevel.LOW
+    assert model.judge("dev-2", odd, now) is ConfidenceLevel.LOW
     events = service.store.store_batch([("dev-2", {METRIC: {"count": odd}}, now, 10**6),
                                         ("dev-2", {METRIC: {"count": odd}}, now + 0.1, 10**6 + 1)])
     assert events == [("in-alarm", "p", "bytes-ml")]

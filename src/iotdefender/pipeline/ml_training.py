@@ -120,7 +120,7 @@ class MlTrainer:
             behaviors = ml_behaviors(profiles.all_profiles(conn), profiles.attachments(conn))
             stored = ml_models.load_trainings(conn)
         wanted = {b.key: b for b in behaviors}
-        changed = self._reconcile(stored, wanted, now)
+        changed, dropped = self._reconcile(stored, wanted, now)
         if changed:
             with self._engine.connect() as conn:
                 stored = ml_models.load_trainings(conn)
@@ -132,17 +132,18 @@ class MlTrainer:
                 continue  # the profile went away meanwhile
             result.append(self._advance(behavior, training, now))
         after = {t.key: (t.status, t.active_version) for t in result}
-        if changed or any(before.get(k) != v for k, v in after.items()):
+        if dropped or any(before.get(k) != v for k, v in after.items()):
             self._on_published()
         return result
 
     def _reconcile(self, stored: Mapping[BehaviorKey, Training], wanted: Mapping[BehaviorKey, MlBehavior],
-                   now: float) -> bool:
-        """Start collection for new behaviors, start over for changed ones, forget removed ones."""
+                   now: float) -> tuple[bool, bool]:
+        """Start collection for new behaviors, start over for changed ones, forget removed ones.
+        Returns whether anything changed, and whether a behavior with a model lost it."""
         gone = [key for key, t in stored.items() if key not in wanted or t.fingerprint != wanted[key].fingerprint]
         new = [b for key, b in wanted.items() if key not in stored or stored[key].fingerprint != b.fingerprint]
         if not gone and not new:
-            return False
+            return False, False
         with writing(self._engine) as conn:
             ml_models.delete_trainings(conn, gone)
             live = {p["name"] for p in profiles.all_profiles(conn)}
@@ -155,7 +156,7 @@ class MlTrainer:
         for behavior in new:
             log.info("ml_collection_started", profile=behavior.key[0], behavior=behavior.key[1],
                      series=behavior.series)
-        return True
+        return True, any(stored[key].active_version is not None for key in gone)
 
     def _due(self, training: Training, now: float) -> bool:
         if training.status == PENDING_BUILD or training.last_attempt_at is None:
