@@ -1,0 +1,157 @@
+"""ML Detect end to end, driven only by boto3 and MQTT devices, at a high time scale: a profile
+with ML behaviors on a device-side metric and a custom ``number`` metric goes PENDING_BUILD ->
+ACTIVE with the collection percentage climbing; a device that breaks its pattern gets an in-alarm
+event with a confidence level and clears when it returns; the MACHINE_LEARNING filter works; the
+model and its collection start survive a restart; the extension shows the learned bands."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.mqtt import Device, report
+from tests.support.processes import ServiceProcess
+from tests.support.signing import send_signed
+
+ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
+# An hour lasts 0.1 s; the training period, the refresh and the minimum are the test's own.
+ARGS = ["--report-min-interval", "0", "--time-scale", "36000", "--ml-training-period", "6",
+        "--ml-min-datapoints", "240", "--ml-refresh-period", "3", "--ml-expiry", "60"]
+DEVICES = [f"ml-dev-{i}" for i in range(6)]
+
+
+def behavior(name: str, metric: str) -> dict:
+    return {"name": name, "metric": metric, "criteria": {
+        "mlDetectionConfig": {"confidenceLevel": "HIGH"},
+        "consecutiveDatapointsToAlarm": 2, "consecutiveDatapointsToClear": 2}}
+
+
+BEHAVIORS = [behavior("ports-ml", "aws:num-listening-tcp-ports"), behavior("load-ml", "load")]
+
+
+@pytest.fixture
+def ml_service():
+    svc = ServiceProcess(data_dir=Path(tempfile.mkdtemp(prefix="iotdefender-ml-")), extra_args=ARGS)
+    svc.start()
+    yield svc
+    svc.stop()
+    shutil.rmtree(svc.data_dir, ignore_errors=True)
+
+
+class Fleet:
+    """Devices with a steady pattern: 3 to 5 listening ports, a load around 50."""
+
+    def __init__(self, port: int, ids: itertools.count) -> None:
+        self.devices = [Device(port, name) for name in DEVICES]
+        self.ids = ids  # report ids only increase per thing, across restarts too
+        self.round = 0
+
+    def normal(self, device: Device, index: int) -> None:
+        k = self.round + index
+        ports = [443, 80, 22, 8080, 8443][: 3 + k % 3]
+        load = 50.0 + (k * 7) % 11 - 5
+        self.send(device, ports, load)
+
+    def send(self, device: Device, ports: list[int], load: float) -> None:
+        assert device.report(report(next(self.ids), ports, custom_metrics={"load": [{"number": load}]}))[0] == \
+            "json/accepted"
+
+    def rounds(self, seconds: float, each: float = 0.05) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for index, device in enumerate(self.devices):
+                self.normal(device, index)
+            self.round += 1
+            time.sleep(each)
+
+    def close(self) -> None:
+        for device in self.devices:
+            device.close()
+
+
+def summaries(iot) -> dict[str, dict]:
+    pages = iot.get_paginator("get_behavior_model_training_summaries").paginate(
+        securityProfileName="ml", PaginationConfig={"PageSize": 1})
+    return {s["behaviorName"]: s for page in pages for s in page["summaries"]}
+
+
+def events(iot, **filters) -> list[dict]:
+    now = dt.datetime.now(dt.timezone.utc)
+    pages = iot.get_paginator("list_violation_events").paginate(
+        startTime=now - dt.timedelta(hours=1), endTime=now + dt.timedelta(hours=1), **filters)
+    return [e for page in pages for e in page["violationEvents"]]
+
+
+def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service):
+    svc = ml_service
+    iot = svc.client()
+    iot.create_custom_metric(metricName="load", metricType="number", clientRequestToken="load-1")
+    iot.create_security_profile(securityProfileName="ml", behaviors=BEHAVIORS)
+    iot.attach_security_profile(securityProfileName="ml", securityProfileTargetArn=ALL_THINGS)
+    first = summaries(iot)
+    assert {s["modelStatus"] for s in first.values()} == {"PENDING_BUILD"} and set(first) == {"ports-ml", "load-ml"}
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.get_behavior_model_training_summaries(securityProfileName="nope")
+
+    ids = itertools.count(1)
+    fleet = Fleet(svc.mqtt_port, ids)
+    percentages: list[float] = []
+    deadline = time.monotonic() + 25
+    while time.monotonic() < deadline:
+        fleet.rounds(1.0)
+        current = summaries(iot)
+        percentages.append(current["ports-ml"]["datapointsCollectionPercentage"])
+        if all(s["modelStatus"] == "ACTIVE" for s in current.values()):
+            break
+    assert all(s["modelStatus"] == "ACTIVE" for s in current.values()), current
+    climbing = [p for p in percentages if p < 100]
+    assert climbing and climbing == sorted(climbing) and percentages[-1] == 100.0, percentages
+    collection_start = current["ports-ml"]["trainingDataCollectionStartDate"]
+    assert current["ports-ml"]["lastModelRefreshDate"] > collection_start
+
+    # A device breaks its pattern on both metrics: two datapoints to alarm, two to clear.
+    odd = fleet.devices[0]
+    for _ in range(2):
+        fleet.send(odd, list(range(1000, 1060)), 5000.0)
+    active = iot.list_active_violations(behaviorCriteriaType="MACHINE_LEARNING")["activeViolations"]
+    assert {(v["thingName"], v["behavior"]["name"]) for v in active} == {(DEVICES[0], "ports-ml"),
+                                                                         (DEVICES[0], "load-ml")}
+    assert all(v["violationEventAdditionalInfo"] == {"confidenceLevel": "HIGH"} for v in active)
+    assert iot.list_active_violations(behaviorCriteriaType="STATIC")["activeViolations"] == []
+    (opened,) = [e for e in events(iot, behaviorCriteriaType="MACHINE_LEARNING", thingName=DEVICES[0])
+                 if e["behavior"]["name"] == "ports-ml"]
+    assert opened["violationEventType"] == "in-alarm"
+    assert opened["violationEventAdditionalInfo"] == {"confidenceLevel": "HIGH"}
+    evidence = send_signed("GET", f"{svc.endpoint}/_iotdefender/violations/{opened['violationId']}/evidence").json()
+    band = evidence["events"][0]["evidence"]["band"]
+    assert band["low"] <= 3 and 5 <= band["high"] < 60
+    for _ in range(2):
+        fleet.normal(odd, 0)
+    assert iot.list_active_violations(behaviorCriteriaType="MACHINE_LEARNING")["activeViolations"] == []
+    assert sorted(e["violationEventType"] for e in events(iot, thingName=DEVICES[0])) == [
+        "alarm-cleared", "alarm-cleared", "in-alarm", "in-alarm"]
+
+    # The extension: the learned band of each level for every hour of the week, in ports.
+    model = send_signed("GET", f"{svc.endpoint}/_iotdefender/behavior-models/ml/ports-ml").json()
+    assert model["modelStatus"] == "ACTIVE" and len(model["model"]["bands"]) == 168
+    hour = model["model"]["bands"][0]
+    assert hour["LOW"][1] <= hour["MEDIUM"][1] <= hour["HIGH"][1] and hour["HIGH"][0] <= 3
+    fleet.close()
+
+    svc.restart()
+    after = summaries(iot)
+    assert after["ports-ml"]["modelStatus"] == "ACTIVE"
+    assert after["ports-ml"]["trainingDataCollectionStartDate"] == collection_start
+    fleet = Fleet(svc.mqtt_port, ids)
+    for _ in range(2):
+        fleet.send(fleet.devices[1], list(range(2000, 2060)), 50.0)
+    (again,) = iot.list_active_violations(thingName=DEVICES[1])["activeViolations"]
+    assert again["behavior"]["name"] == "ports-ml"
+    assert again["violationEventAdditionalInfo"] == {"confidenceLevel": "HIGH"}
+    fleet.close()
