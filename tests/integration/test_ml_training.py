@@ -9,7 +9,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
+
 from iotdefender.alerts.routes import AlertRoutes
+from iotdefender.contract.errors import ApiError
+from iotdefender.controlplane.behavior_models import behavior_model_document
 from iotdefender.controlplane.violations import violation_evidence
 from iotdefender.engine.ml import BehaviorModel, ConfidenceLevel
 from iotdefender.pipeline.batch_store import ignore_events
@@ -240,3 +244,60 @@ def test_a_restart_resumes_collection_and_keeps_the_active_model(tmp_path):
     spike = {METRIC: {"count": int(normal(5, now) * 30)}}
     assert service.store.store_batch([("dev-5", spike, now, 10**6), ("dev-5", spike, now + 0.5, 10**6 + 1)]) == [
         ("in-alarm", "p", "bytes-ml")]
+
+
+def test_a_pending_behavior_is_counted_every_hundredth_of_the_period(tmp_path):
+    service = make_service(tmp_path)
+    service.trainer.run_once(T0)
+    service.report(T0, T0 + 50)
+    service.trainer.run_once(T0 + 50)
+    assert service.training().datapoints == 500
+    service.report(T0 + 50, T0 + 51)
+    service.trainer.run_once(T0 + 51)  # 1 s after the last count: the period is 200 s, counted every 2 s
+    assert service.training().datapoints == 500
+    service.trainer.run_once(T0 + 52)
+    assert service.training().datapoints == 510
+
+
+def test_summaries_page_by_profile_and_behavior_and_refuse_bad_input(tmp_path):
+    service = make_service(tmp_path)
+    static = {"name": "static", "metric": METRIC, "criteria": {"comparisonOperator": "less-than",
+                                                               "value": {"count": 10}}}
+    service.api.invoke("CreateSecurityProfile", {"securityProfileName": "a",
+                                                 "behaviors": [ml_behavior(), static,
+                                                               {**ml_behavior(), "name": "another"}]})
+    listed, token = [], None
+    while True:
+        page = service.api.invoke("GetBehaviorModelTrainingSummaries",
+                                  {"maxResults": 2, **({"nextToken": token} if token else {})})
+        listed += [(s["securityProfileName"], s["behaviorName"]) for s in page["summaries"]]
+        token = page.get("nextToken")
+        if not token:
+            break
+    assert listed == [("a", "another"), ("a", "bytes-ml"), ("p", "bytes-ml")]  # never the static behavior
+    for bad in ({"maxResults": 11}, {"maxResults": 0}, {"nextToken": "garbage"}):
+        with pytest.raises(ApiError) as refused:
+            service.api.invoke("GetBehaviorModelTrainingSummaries", bad)
+        assert (refused.value.code, refused.value.status) == ("InvalidRequestException", 400)
+    with pytest.raises(ApiError) as missing:
+        service.api.invoke("GetBehaviorModelTrainingSummaries", {"securityProfileName": "missing"})
+    assert (missing.value.code, missing.value.status) == ("ResourceNotFoundException", 404)
+
+
+def test_the_model_document_shows_every_hour_and_level_in_the_metrics_units(tmp_path):
+    service = trained(tmp_path)
+    fleet = behavior_model_document(service.api.context, "p", "bytes-ml")
+    device = behavior_model_document(service.api.context, "p", "bytes-ml", "dev-9")
+    assert fleet["modelStatus"] == "ACTIVE" and fleet["model"]["version"] == 1
+    assert len(fleet["model"]["bands"]) == 168 and fleet["model"]["bands"][38]["label"] == "Tuesday 14:00"
+    own = device["model"]["bands"][0]
+    assert own["LOW"][0] >= own["HIGH"][0] and own["LOW"][1] <= own["HIGH"][1]
+    assert own["LOW"][0] > fleet["model"]["bands"][0]["LOW"][0]  # dev-9 reports the most: its own band is higher
+    pending = make_service(tmp_path / "other")
+    assert behavior_model_document(pending.api.context, "p", "bytes-ml")["model"] is None
+    for args, code in ((("p", "nope"), "ResourceNotFoundException"), (("missing", "bytes-ml"),
+                                                                      "ResourceNotFoundException"),
+                       (("p", "bad name!"), "InvalidRequestException")):
+        with pytest.raises(ApiError) as refused:
+            behavior_model_document(service.api.context, *args)
+        assert refused.value.code == code

@@ -159,9 +159,16 @@ class MlTrainer:
         return True, any(stored[key].active_version is not None for key in gone)
 
     def _due(self, training: Training, now: float) -> bool:
-        if training.status == PENDING_BUILD or training.last_attempt_at is None:
+        """Whether to read the behavior's datapoints again. A pending behavior is counted every
+        hundredth of the training period (the percentage climbs by about 1 % a step; reading 14
+        days of a large fleet every minute would cost more than the percentage is worth), an
+        active or expired one attempts a build every refresh period."""
+        if training.last_attempt_at is None:
             return True
-        return now - training.last_attempt_at >= self._schedule.refresh_period
+        schedule = self._schedule
+        every = (min(schedule.refresh_period, schedule.training_period / 100) if training.status == PENDING_BUILD
+                 else schedule.refresh_period)
+        return now - training.last_attempt_at >= every
 
     def _advance(self, behavior: MlBehavior, training: Training, now: float) -> Training:
         schedule = self._schedule
