@@ -60,9 +60,10 @@ class TrainingSchedule:
 
     @property
     def loop_interval(self) -> float:
-        """How often the trainer looks: often enough that the percentage climbs visibly and a due
-        refresh is not late by much, rarely enough to cost nothing (a minute at most)."""
-        return min(max(self.refresh_period / 24, 0.2), 60.0)
+        """How often the trainer looks: often enough that a pending behavior's percentage climbs
+        in steps of about 1 % and a due refresh is not late by much, rarely enough to cost nothing
+        (a minute at most)."""
+        return min(max(min(self.refresh_period / 24, self.training_period / 100), 0.2), 60.0)
 
 
 @dataclass(frozen=True)
