@@ -8,6 +8,7 @@ model and its collection start survive a restart; the extension shows the learne
 from __future__ import annotations
 
 import datetime as dt
+import html
 import itertools
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_console_http import logged_in
 from tests.support.mqtt import Device, report
 from tests.support.processes import ServiceProcess
 from tests.support.signing import send_signed
@@ -160,6 +162,13 @@ def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service):
     assert model["modelStatus"] == "ACTIVE" and len(model["model"]["bands"]) == 168
     hour = model["model"]["bands"][0]
     assert hour["LOW"][1] <= hour["MEDIUM"][1] <= hour["HIGH"][1] and hour["HIGH"][0] <= 3
+
+    # The console: each ML behavior's model in words, and an ML violation's band and sentence.
+    console, _ = logged_in(svc)
+    detail = html.unescape(console.get("/console/profiles/ml/detail").text)
+    assert detail.count("ML model: learned; the model was last rebuilt") == 3
+    explained = html.unescape(console.get(f"/console/violations/{opened['violationId']}/evidence").text)
+    assert "normal at HIGH confidence" in explained and "is HIGH for ml-dev-0" in explained
     fleet.close()
 
     svc.restart()
