@@ -169,6 +169,8 @@ def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service):
     assert detail.count("ML model: learned; the model was last rebuilt") == 3
     explained = html.unescape(console.get(f"/console/violations/{opened['violationId']}/evidence").text)
     assert "normal at HIGH confidence" in explained and "is HIGH for ml-dev-0" in explained
+    device_page = html.unescape(console.get(f"/console/things/{DEVICES[0]}?range=1h").text)
+    assert '"bands":[{"label":"ml/ports-ml","level":"HIGH","points":[[' in device_page
     fleet.close()
 
     svc.restart()

@@ -1,11 +1,13 @@
-"""What a device's metric charts draw over the data: each behavior's threshold as a line and the
-periods its violations were in alarm as shaded bands, so a chart shows why a device alarmed.
+"""What a device's metric charts draw over the data: each behavior's threshold as a line, the
+periods its violations were in alarm as shaded bands, and an ML behavior's learned normal band,
+so a chart shows why a device alarmed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from iotdefender.engine.ml import BehaviorModel, ConfidenceLevel
 from iotdefender.metrics_catalog import series_key
 
 Marks = dict[str, dict[str, list[Any]]]
@@ -55,4 +57,39 @@ def chart_marks(profiles: list[dict[str, Any]], events: list[dict[str, Any]], en
             entry(period.pop("series"))["alarms"].append(period)
     for period in started.values():
         entry(period.pop("series"))["alarms"].append(period)
+    return marks
+
+
+# At most this many steps of an ML band on one chart (a band changes once an hour of the week).
+BAND_STEPS_MAX = 500
+
+
+def model_band(model: BehaviorModel, thing: str, level: ConfidenceLevel, start: float, end: float
+               ) -> list[list[float]]:
+    """[[time, low, high], ...]: the device's normal band at ``level`` over [start, end], one step
+    per hour of the (possibly scaled) week, or coarser on a long range; the last step repeats at
+    ``end`` so the band reaches the chart's edge."""
+    hour = model.clock.hour_seconds
+    step = hour * max(1, int((end - start) / hour / BAND_STEPS_MAX) + 1)
+    at = start - (start - model.clock.origin) % hour  # the start of the hour ``start`` falls in
+    points = []
+    while at < end:
+        low, high = model.band(thing, max(at, start), level)
+        points.append([max(at, start), low, high])
+        at += step
+    if points:
+        points.append([end, points[-1][1], points[-1][2]])
+    return points
+
+
+def add_model_bands(marks: Marks, models: list[tuple[str, dict[str, Any], BehaviorModel]], thing: str,
+                    start: float, end: float) -> Marks:
+    """Each ML behavior's band at its confidence level, on the chart of its series: ``models`` are
+    (profile name, behavior, its active model)."""
+    for profile, behavior, model in models:
+        level = ConfidenceLevel(((behavior.get("criteria") or {}).get("mlDetectionConfig") or {})
+                                .get("confidenceLevel", "HIGH"))
+        entry = marks.setdefault(behavior_series(behavior), {"thresholds": [], "alarms": []})
+        entry.setdefault("bands", []).append({"label": f"{profile}/{behavior['name']}", "level": level.value,
+                                              "points": model_band(model, thing, level, start, end)})
     return marks

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from sqlalchemy.engine import Connection
+
 from iotdefender.contract.errors import not_found
 from iotdefender.contract.service_model import service_model
 from iotdefender.contract.validation import validate_value
@@ -27,7 +29,7 @@ from iotdefender.engine.ml.clock import HOURS_PER_WEEK, SeasonalClock
 from iotdefender.engine.ml_behavior import confidence_of
 from iotdefender.engine.series import behavior_series
 from iotdefender.store import ml_models, profiles
-from iotdefender.store.ml_models import PENDING_BUILD, Training
+from iotdefender.store.ml_models import ACTIVE, PENDING_BUILD, Training
 
 operation = OperationTable()
 
@@ -120,3 +122,24 @@ def _hour_bands(model: BehaviorModel, device: str, clock: SeasonalClock, hour: i
     at = clock.origin + (hour + 0.5) * clock.hour_seconds
     return {"hourOfWeek": hour, "label": SeasonalClock.label(hour),
             **{level.value: list(model.band(device, at, level)) for level in LEVELS}}
+
+
+def active_models_of(conn: Connection, monitoring: Iterable[Mapping[str, Any]]
+                     ) -> list[tuple[str, dict[str, Any], BehaviorModel]]:
+    """(profile name, ML behavior, its active model) for the ML behaviors of these profiles that
+    have one (the console's device charts draw their bands)."""
+    found = []
+    for profile in monitoring:
+        trainings = None
+        for behavior in profile.get("behaviors") or []:
+            if confidence_of(behavior) is None:
+                continue
+            if trainings is None:
+                trainings = ml_models.load_trainings(conn, profile["name"])
+            training = _training_of(trainings, profile["name"], behavior)
+            if training is None or training.status != ACTIVE or training.active_version is None:
+                continue
+            stored = ml_models.load_model(conn, training.key, training.active_version)
+            if stored is not None:
+                found.append((profile["name"], dict(behavior), BehaviorModel.from_bytes(stored.model)))
+    return found
