@@ -17,7 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from playwright.sync_api import Page, expect
+
 from tests.e2e.test_console_http import logged_in
+from tests.e2e.test_console_pages import log_in
+from tests.support.browser import shot
 from tests.support.mqtt import Device, report
 from tests.support.processes import ServiceProcess
 from tests.support.signing import send_signed
@@ -101,7 +105,7 @@ def events(iot, **filters) -> list[dict]:
     return [e for page in pages for e in page["violationEvents"]]
 
 
-def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service):
+def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service, page: Page):
     svc = ml_service
     iot = svc.client()
     iot.create_custom_metric(metricName="load", metricType="number", clientRequestToken="load-1")
@@ -169,8 +173,15 @@ def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service):
     assert detail.count("ML model: learned; the model was last rebuilt") == 3
     explained = html.unescape(console.get(f"/console/violations/{opened['violationId']}/evidence").text)
     assert "normal at HIGH confidence" in explained and "is HIGH for ml-dev-0" in explained
-    device_page = html.unescape(console.get(f"/console/things/{DEVICES[0]}?range=1h").text)
+    device_page = html.unescape(console.get(f"/console/things/{DEVICES[0]}?range=14d").text)
     assert '"bands":[{"label":"ml/ports-ml","level":"HIGH","points":[[' in device_page
+    log_in(page, svc.endpoint)  # in Chromium (the fixture fails the test on a JavaScript error): the band is drawn
+    page.goto(f"{svc.endpoint}/console/things/{DEVICES[0]}?range=14d")
+    chart = page.locator('#thing-charts .chart[data-metric="aws:num-listening-tcp-ports"]')
+    expect(chart.locator("canvas")).to_be_visible()
+    expect(chart).to_have_attribute("data-bands", "1")
+    expect(page.locator("p.chart-marks").first).to_contain_text("learned normal ml/ports-ml at HIGH confidence")
+    shot(page, "40-ml-band")
     fleet.close()
 
     svc.restart()
