@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from iotdefender.alerts.routes import AlertRoutes
+from iotdefender.backtest.runner import BacktestRequest, run_backtest
 from iotdefender.contract.errors import ApiError
 from iotdefender.controlplane.behavior_models import behavior_model_document
 from iotdefender.controlplane.violations import violation_evidence
@@ -301,3 +302,20 @@ def test_the_model_document_shows_every_hour_and_level_in_the_metrics_units(tmp_
         with pytest.raises(ApiError) as refused:
             behavior_model_document(service.api.context, *args)
         assert refused.value.code == code
+
+
+def test_a_backtest_replays_each_moment_with_the_model_active_then(tmp_path):
+    service = trained(tmp_path)  # version 1 built at T0 + 200 on [T0, T0 + 200]
+    spike = {METRIC: {"count": int(normal(7, T0 + 100) * 30)}}
+    # The same spike twice before any model was built and twice after: only the second pair alarms.
+    service.store.store_batch([("dev-7", spike, T0 + 100.2, 10**6), ("dev-7", spike, T0 + 100.4, 10**6 + 1)])
+    service.store.store_batch([("dev-7", spike, T0 + 210.2, 10**6 + 2), ("dev-7", spike, T0 + 210.4, 10**6 + 3)])
+    request = BacktestRequest([ml_behavior()], T0, T0 + 220, covers=lambda thing: True, profile_name="p",
+                              time_scale=3600.0, invalidation_period=10_000.0)
+    (outcome,) = run_backtest(service.engine, request)["behaviors"]
+    assert outcome["method"] == "engine" and "model versions 1 to 1" in outcome["note"]
+    assert [(e["thingName"], e["violationEventType"], e["violationEventTime"]) for e in outcome["events"]] == [
+        ("dev-7", "in-alarm", T0 + 210.4)]
+    unsaved = BacktestRequest([ml_behavior()], T0, T0 + 220, covers=lambda thing: True, time_scale=3600.0)
+    (nothing,) = run_backtest(service.engine, unsaved)["behaviors"]
+    assert nothing["alarms"] == 0 and "no model of this behavior" in nothing["note"]

@@ -44,8 +44,9 @@ from iotdefender.store.ml_models import ACTIVE, EXPIRED, PENDING_BUILD, Behavior
 
 log = structlog.get_logger("iotdefender.ml")
 
-# Versions kept per behavior besides the active one (for the console and backtests).
-VERSIONS_KEPT = 5
+# Versions kept per behavior besides the active one: a backtest replays each moment with the
+# version active then, and 14 daily refreshes cover AWS's 14 days of retained metrics.
+VERSIONS_KEPT = 14
 
 
 @dataclass(frozen=True)

@@ -111,3 +111,12 @@ def delete_versions_before(conn: Connection, key: BehaviorKey, keep_from: int) -
     return conn.execute(ml_models.delete().where(
         ml_models.c.profile_name == key[0], ml_models.c.behavior_name == key[1],
         ml_models.c.version < keep_from)).rowcount
+
+
+def versions_of(conn: Connection, key: BehaviorKey, trained_before: float) -> list[ModelVersion]:
+    """Every kept version of a behavior built before ``trained_before``, oldest first (a backtest
+    replays each moment with the version that was active then)."""
+    query = sa.select(ml_models).where(
+        ml_models.c.profile_name == key[0], ml_models.c.behavior_name == key[1],
+        ml_models.c.trained_at <= trained_before).order_by(ml_models.c.trained_at, ml_models.c.version)
+    return [ModelVersion(**row) for row in conn.execute(query).mappings()]
