@@ -5,7 +5,7 @@ One run:
 
 1. *Detection.* ``--devices`` devices report bytes out every 5 minutes (288 datapoints per
    device-day) for ``--train-days`` (14) days of normal behaviour, then ``--test-days`` (7) days in
-   which ``--share`` of them misbehave (spikes, level shifts, drifts, new behaviour, a group shifting
+   which ``--share`` (20 %) of them misbehave (spikes, level shifts, drifts, new behaviour, a group shifting
    together). Each detector is trained on the first period and judges every datapoint of the
    second, once per confidence level, as a behavior with one consecutive datapoint to alarm and to
    clear: a run of flagged datapoints of a device is one alarm.
@@ -113,7 +113,7 @@ def detect_forest(train_data: TrainingData, test: TrainingData, quantiles: list[
 # -- scoring a detector against the labels -------------------------------------------------------
 
 def evaluate(flagged: np.ndarray, anomalies: list[ml_fleet.Anomaly], n_devices: int, per_device: int,
-             days: float) -> dict:
+             days: float, heavy: np.ndarray) -> dict:
     grid = flagged.reshape(n_devices, per_device)
     event = np.full((n_devices, per_device), -1, dtype=np.int32)
     for i, a in enumerate(anomalies):
@@ -125,12 +125,15 @@ def evaluate(flagged: np.ndarray, anomalies: list[ml_fleet.Anomaly], n_devices: 
     detected: dict[str, list[bool]] = {}
     delays: dict[str, list[float]] = {}
     big_spikes: list[bool] = []
+    big_spikes_normal_noise: list[bool] = []
     for a in anomalies:
         hits = np.flatnonzero(grid[a.device, a.start:a.stop])
         found = len(hits) > 0
         detected.setdefault(a.kind, []).append(found)
         if a.kind == "spike" and a.magnitude >= 5:
             big_spikes.append(found)
+            if not heavy[a.device]:
+                big_spikes_normal_noise.append(found)
         if found:
             delays.setdefault(a.kind, []).append(float(hits[0]) * ml_fleet.STEP / 60)
     all_found = [f for v in detected.values() for f in v]
@@ -143,6 +146,8 @@ def evaluate(flagged: np.ndarray, anomalies: list[ml_fleet.Anomaly], n_devices: 
         "false_alarms_per_1000_device_days": round(false_alarms / (n_devices * days) * 1000, 3),
         "alarms": true_alarms + false_alarms, "false_alarms": false_alarms,
         "recall_spikes_5_sigma_or_more": round(sum(big_spikes) / len(big_spikes), 4) if big_spikes else None,
+        "recall_spikes_5_sigma_or_more_normal_noise": (round(sum(big_spikes_normal_noise) / len(big_spikes_normal_noise), 4)
+                                                       if big_spikes_normal_noise else None),
         "recall_by_kind": {k: round(sum(v) / len(v), 4) for k, v in sorted(detected.items())},
         "delay_minutes_median": _quantile(all_delays, 0.5), "delay_minutes_p90": _quantile(all_delays, 0.9),
         "delay_minutes_median_by_kind": {k: _quantile(v, 0.5) for k, v in sorted(delays.items())},
@@ -187,7 +192,8 @@ def detection(devices: int, train_days: int, test_days: int, share: float, fores
     detectors = {"ml": ml_flags, "ml-sampled-as-at-100k": detect_ml(sampled_model, test), "static": detect_static(bands, test), "isolation-forest": forest_flags}
     per = test_period.per_device
     results = {
-        name: {level.value: evaluate(f, anomalies, devices, per, test_days) for level, f in zip(LEVELS, flags)}
+        name: {level.value: evaluate(f, anomalies, devices, per, test_days, fleet.heavy)
+               for level, f in zip(LEVELS, flags)}
         for name, flags in detectors.items()}
     spikes = {name: {level.value: spike_recall_by_magnitude(f, anomalies, per) for level, f in zip(LEVELS, flags)}
               for name, flags in detectors.items()}
@@ -224,6 +230,8 @@ def targets(results: dict) -> dict:
     return {
         "high_false_alarms_per_1000_device_days_at_most_1": ml["HIGH"]["false_alarms_per_1000_device_days"] <= 1,
         "high_recall_spikes_5_sigma_at_least_0.9": (ml["HIGH"]["recall_spikes_5_sigma_or_more"] or 0) >= 0.9,
+        "high_recall_spikes_5_sigma_at_least_0.9_on_devices_with_normal_noise":
+            (ml["HIGH"]["recall_spikes_5_sigma_or_more_normal_noise"] or 0) >= 0.9,
         "f1_above_static_at_every_level": all(ml[level.value]["f1"] > static[level.value]["f1"] for level in LEVELS),
     }
 
@@ -289,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--devices", type=int, default=2_000)
     parser.add_argument("--train-days", type=int, default=14)
     parser.add_argument("--test-days", type=int, default=7)
-    parser.add_argument("--share", type=float, default=0.1, help="share of devices with an anomaly")
+    parser.add_argument("--share", type=float, default=0.2, help="share of devices with an anomaly")
     parser.add_argument("--forest-sample", type=int, default=200_000)
     parser.add_argument("--timing-devices", type=int, default=100_000, help="0 skips the training-time run")
     parser.add_argument("--timing-days", type=int, default=14)
@@ -331,7 +339,7 @@ def _headline(output: dict) -> dict:
     d = output["detection"]
     lines = {name: {level: f"P {r['precision']:.3f} R {r['recall']:.3f} F1 {r['f1']:.3f} "
                            f"FA/1000dd {r['false_alarms_per_1000_device_days']:g} "
-                           f"spikes>=5 {r['recall_spikes_5_sigma_or_more']} delay {r['delay_minutes_median']}"
+                           f"spikes>=5 {r['recall_spikes_5_sigma_or_more']} (normal noise {r['recall_spikes_5_sigma_or_more_normal_noise']}) delay {r['delay_minutes_median']}"
                     for level, r in per_level.items()}
              for name, per_level in d["results"].items()}
     headline = {"detection": lines, "targets": d["targets"], "ml_thresholds": d["ml_thresholds_median_over_tail_cohorts"],

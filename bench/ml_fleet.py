@@ -153,7 +153,7 @@ def inject(devices: Devices, period: Period, share: float, seed: int) -> list[An
     rng = np.random.default_rng(seed)
     n = len(devices.names)
     per = period.per_device
-    chosen = rng.permutation(n)[: max(len(ANOMALY_KINDS) * 2, int(n * share))]
+    chosen = rng.permutation(n)[: max(12, int(n * share))]
     anomalies: list[Anomaly] = []
     # One (kind, zone) cohort shifts together: the group-shift devices.
     cohort_kind, cohort_zone = int(rng.integers(len(KINDS))), int(rng.integers(len(ZONES)))
@@ -162,12 +162,14 @@ def inject(devices: Devices, period: Period, share: float, seed: int) -> list[An
     cohort_start = int(rng.integers(per // 4, per // 2))
     for d in cohort:
         anomalies.append(Anomaly("group-shift", int(d), cohort_start, per, 5.0))
-    other_kinds = ANOMALY_KINDS[:-1]
+    # Half the chosen devices get a spike (spikes are the figure the targets name, so they need
+    # numbers), the other half one of the three kinds that last.
+    other_kinds = ("spike", "level-shift", "spike", "drift", "spike", "new-behaviour")
     for i, d in enumerate(chosen):
         kind = other_kinds[i % len(other_kinds)]
         start = int(rng.integers(per // 8, per - per // 4))
         if kind == "spike":
-            magnitude = SPIKES[(i // len(other_kinds)) % len(SPIKES)]
+            magnitude = SPIKES[(i // 2) % len(SPIKES)]
             anomalies.append(Anomaly(kind, int(d), start, start + 1, magnitude))
         elif kind == "level-shift":
             anomalies.append(Anomaly(kind, int(d), start, per, float(rng.uniform(4, 10) * rng.choice([-1, 1]))))

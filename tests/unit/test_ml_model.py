@@ -176,15 +176,24 @@ def test_a_constant_metric_still_has_a_band() -> None:
     assert low >= 0
 
 
-def test_the_clock_scales_and_names_hours() -> None:
-    clock = SeasonalClock(hour_seconds=36.0, origin=1000.0)  # --time-scale 100
-    assert clock.hour_of_week(1000.0) == 0
-    assert clock.hour_of_week(1000.0 + 38 * 36 + 5) == 38
-    assert clock.hour_of_week(1000.0 + 168 * 36) == 0
-    assert clock.hours_of_week(np.array([1000.0 + 38 * 36 + 5, 999.0])).tolist() == [38, 167]
-    assert SeasonalClock.label(38) == "Tuesday 14:00"
-    assert SeasonalClock.label(38, every=True) == "Tuesdays 14:00"
-    assert SeasonalClock().label(SeasonalClock().hour_of_week(START)) == "Friday 08:00"
+def test_the_clock_scales_and_names_slots() -> None:
+    clock = SeasonalClock(hour_seconds=36.0, origin=1000.0)  # --time-scale 100, two slots an hour
+    assert clock.slots == 336 and clock.slot_seconds == 18.0
+    assert clock.slot(1000.0) == 0
+    assert clock.slot(1000.0 + 38 * 36 + 20) == 77 and clock.hour_of_week(1000.0 + 38 * 36 + 20) == 38
+    assert clock.slot(1000.0 + 168 * 36) == 0
+    assert clock.slots_of(np.array([1000.0 + 38 * 36 + 20, 999.0])).tolist() == [77, 335]
+    assert clock.label(77) == "Tuesday 14:30"
+    assert clock.label(76, every=True) == "Tuesdays 14:00"
+    # A time between two slot centres: a quarter of the way from slot 76's centre to 77's.
+    first, second, fraction = clock.between(1000.0 + 76 * 18 + 9 + 4.5)
+    assert (first, second) == (76, 77) and fraction == pytest.approx(0.25)
+    assert clock.between(1000.0 + 1.0)[:2] == (335, 0)  # the week wraps around
+    arrays = clock.between_all(np.array([1000.0 + 76 * 18 + 9 + 4.5, 1001.0]))
+    assert arrays[0].tolist() == [76, 335] and arrays[1].tolist() == [77, 0]
+    assert SeasonalClock().label(SeasonalClock().slot(START)) == "Friday 08:00"
+    with pytest.raises(ValueError):
+        SeasonalClock(slots_per_hour=0)
 
 
 def test_the_log_scale_round_trips_negative_values() -> None:

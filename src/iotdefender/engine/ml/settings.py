@@ -35,13 +35,13 @@ class TrainingSettings:
     # does not alarm on noise the training period happened not to show.
     min_scores: tuple[tuple[ConfidenceLevel, float], ...] = (
         (ConfidenceLevel.LOW, 3.0),
-        (ConfidenceLevel.MEDIUM, 4.0),
-        (ConfidenceLevel.HIGH, 5.0),
+        (ConfidenceLevel.MEDIUM, 3.5),
+        (ConfidenceLevel.HIGH, 4.5),
     )
     # How many shared rhythms a device's own rhythm is made of (seasonal.py); 0 = the fleet's only.
     rank: int = 16
     # Devices are grouped by how heavy their tail is into this many cohorts, each with its own thresholds.
-    tail_cohorts: int = 8
+    tail_cohorts: int = 16
     # Training statistics come from at most this many datapoints, drawn uniformly (seeded, so
     # training is deterministic): 100k devices x 14 days is 403M datapoints, and ~300 per device
     # estimate a level and a spread to a few percent (bench/README.md measures what it costs).

@@ -4,13 +4,13 @@ Deterministic (the only randomness, the sample of a very large training set, is 
 (time and data are arguments), so the service can train in a worker and a test can train twice
 and compare bytes. The steps, on the log scale (model.py says why log):
 
-1. the fleet's median and spread per hour of the week — falling back to the hour of the day, then
-   to the whole period, where an hour of the week has too few datapoints;
+1. the fleet's median and spread per slot of the week (clock.py) — falling back to the slot of the
+   day, then to the whole period, where a slot of the week has too few datapoints;
 2. per device with enough history, its level relative to the fleet and its spread, as clipped
    moments, so that anomalies inside the training window barely move them;
 3. its own rhythm, as weights on the fleet's main rhythms (seasonal.py), then level and spread again
    around level + rhythm;
-4. the fleet's per-hour multiplier of those spreads (quiet nights, busy mornings);
+4. the fleet's per-slot multiplier of those spreads (quiet nights, busy mornings);
 5. the thresholds: per cohort of devices with alike tails, the score that the level's share of
    training datapoints reaches, never below a floor (calibration.py).
 """
@@ -21,7 +21,6 @@ import numpy as np
 import numpy.typing as npt
 
 from iotdefender.engine.ml import calibration, seasonal
-from iotdefender.engine.ml.clock import HOURS_PER_WEEK
 from iotdefender.engine.ml.data import TrainingData
 from iotdefender.engine.ml.model import BehaviorModel, DeviceBands, ModelSummary
 from iotdefender.engine.ml.robust import MAD_TO_STD, Segments, clipped_location_and_std
@@ -49,22 +48,22 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
     nonnegative = bool(np.min(values) >= 0)  # of the sample: one pass less over the full set
     y = _log32(values, nonnegative)
     del values
-    hour = settings.clock.hours_of_week(data.time if picked is None else data.time[picked])
+    clock = settings.clock
+    first, second, fraction = clock.between_all(data.time if picked is None else data.time[picked])
+    slot = np.where(fraction < 0.5, first, second)  # the slot each datapoint falls in
     del picked
     sampled = np.bincount(device, minlength=n_devices)
     segments = Segments(sampled)
     scale_up = len(data) / len(y)
 
-    # 1. The fleet's rhythm and spread per hour of the week.
-    use_week, use_day = seasonal.fallbacks(np.bincount(hour, minlength=HOURS_PER_WEEK) * scale_up,
-                                           settings.min_bucket_datapoints)
+    # 1. The fleet's rhythm and spread per slot of the week (a line between slot centres).
+    fallbacks = seasonal.Fallbacks(np.bincount(slot, minlength=clock.slots) * scale_up, settings.min_bucket_datapoints)
     fleet = _sample(len(y), settings.fleet_sample, rng)
     fleet = np.arange(len(y)) if fleet is None else fleet
-    center = seasonal.per_hour_median(hour[fleet], y[fleet], use_week, use_day)
-    residual = y - center.astype(f32)[hour]
+    center = fallbacks.median(slot[fleet], y[fleet])
+    residual = y - _between(center.astype(f32), first, second, fraction)
     del y
-    fleet_scale = np.maximum(MAD_TO_STD * seasonal.per_hour_median(
-        hour[fleet], np.abs(residual[fleet]), use_week, use_day), settings.min_scale)
+    fleet_scale = np.maximum(MAD_TO_STD * fallbacks.median(slot[fleet], np.abs(residual[fleet])), settings.min_scale)
 
     # 2. Each device's level and spread.
     location, spread = clipped_location_and_std(segments, residual)
@@ -75,23 +74,32 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
     own_point = segments.spread(own)
     all_own = bool(own_point.all())
     fleet_scores = np.zeros(0, f32) if all_own else \
-        (np.abs(residual[~own_point]) / fleet_scale.astype(f32)[hour[~own_point]]).astype(f32)
+        (np.abs(residual[~own_point]) / fleet_scale.astype(f32)[slot[~own_point]]).astype(f32)
 
     # 3. Each device's rhythm, then its level and spread around it.
     residual -= segments.spread(location)
-    basis = np.zeros((HOURS_PER_WEEK, 0), f32)
+    basis = np.zeros((clock.slots, 0), f32)
     weights = np.zeros((n_devices, 0), f32)
     if settings.rank and own.any():
-        cell = segments.spread(np.arange(n_devices, dtype=np.int32) * HOURS_PER_WEEK) + hour
-        keep = np.abs(residual) <= segments.spread(_RHYTHM_CLIP * spread)
-        if not all_own:
-            keep &= own_point
-        means = seasonal.device_hour_means(cell, residual, keep, n_devices, use_week, use_day)
+        row = segments.spread(np.arange(n_devices, dtype=np.int32) * clock.slots)
+        first_cell, second_cell = row + first, row + second
+        del row
+        keep = own_point
+        basis64 = seasonal.shared_basis(segments, slot, residual, keep, own, fallbacks, settings.rank)
+        weights64 = seasonal.fit_weights(segments, slot, residual, keep, fallbacks, basis64)
+        # Refit without the datapoints far from the first fit (anomalies inside the training window).
+        fitted = residual - _between((weights64 @ basis64.T).astype(f32).ravel(), first_cell, second_cell, fraction)
+        _, first_spread = clipped_location_and_std(segments, fitted, rounds=1,
+                                                   start=(np.zeros(n_devices), spread.astype(np.float64)))
+        keep = own_point & (np.abs(fitted) <= segments.spread(
+            (_RHYTHM_CLIP * np.nan_to_num(first_spread, nan=1.0)).astype(f32)))
+        del fitted
+        weights64 = seasonal.fit_weights(segments, slot, residual, keep, fallbacks, basis64)
+        weights64[~own] = 0.0
         del keep
-        basis, weights = seasonal.shared_rhythms(means, own, settings.rank)
-        weights[~own] = 0
-        residual -= (weights @ basis.T).ravel()[cell]  # [devices, 168] rhythms, read per datapoint
-        del cell, means
+        basis, weights = basis64.astype(f32), weights64.astype(f32)
+        residual -= _between((weights @ basis.T).ravel(), first_cell, second_cell, fraction)  # [devices, slots]
+        del first_cell, second_cell
         shift, spread2 = clipped_location_and_std(segments, residual, rounds=1,
                                                   start=(np.zeros(n_devices), spread.astype(np.float64)))
         shift = np.where(own, np.nan_to_num(shift), 0.0).astype(f32)
@@ -100,21 +108,21 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
         spread = np.where(own, np.maximum(np.nan_to_num(spread2, nan=settings.min_scale), settings.min_scale),
                           spread).astype(f32)
 
-    # 4. The hour-of-week multiplier of a device's spread.
+    # 4. The slot-of-week multiplier of a device's spread.
     standardised = np.abs(residual)
     standardised /= segments.spread(spread)
     del residual
-    shape = np.ones(HOURS_PER_WEEK)
+    shape = np.ones(clock.slots)
     if own.any():
         some = _sample(len(standardised), settings.fleet_sample, rng)
         some = np.arange(len(standardised)) if some is None else some
         if not all_own:
             some = some[own_point[some]]
-        shape = np.clip(MAD_TO_STD * seasonal.per_hour_median(hour[some], standardised[some], use_week, use_day,
-                                                              default=1 / MAD_TO_STD), 0.25, 4.0)
+        shape = np.clip(MAD_TO_STD * fallbacks.median(slot[some], standardised[some], default=1 / MAD_TO_STD),
+                        0.25, 4.0)
     scores = standardised
-    scores /= shape.astype(f32)[hour]
-    del standardised, hour
+    scores /= shape.astype(f32)[slot]
+    del standardised, slot, first, second, fraction
 
     # 5. Thresholds per tail cohort (0: devices judged against the fleet).
     shares = [share for _, share in settings.exceedance]
@@ -132,6 +140,13 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
     for c in range(1, settings.tail_cohorts + 1):
         members = grouped[bounds[c]:bounds[c + 1]]
         per_cohort.append(calibration.thresholds(members, shares, floors) if len(members) else per_cohort[0])
+
+    # The scores above are in-sample: a fit of (1 + rank) numbers to a device's n datapoints leaves
+    # residuals smaller than a new datapoint's by about sqrt((n - p) / (n + p)). Their shape sets the
+    # thresholds; new datapoints are judged with the spread widened by that factor (6 % at 300
+    # datapoints and rank 16, under 1 % at 4,000).
+    parameters = 1 + basis.shape[1]
+    spread = (spread * np.sqrt((sampled + parameters) / np.maximum(sampled - parameters, 1))).astype(f32)
 
     bands = DeviceBands(
         center=center, fleet_scale=fleet_scale, shape=shape, basis=basis,
@@ -158,6 +173,14 @@ def _sample(n: int, limit: int, rng: np.random.Generator) -> npt.NDArray[np.int6
     picked += rng.integers(0, block, len(picked), dtype=np.int64)
     np.minimum(picked, n - 1, out=picked)
     return picked
+
+
+def _between(table: npt.NDArray[np.float32], first: npt.NDArray[np.integer], second: npt.NDArray[np.integer],
+             fraction: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The line between ``table[first]`` and ``table[second]``, ``fraction`` of the way."""
+    low = table[first]
+    result: npt.NDArray[np.float32] = low + fraction * (table[second] - low)
+    return result
 
 
 def _log32(values: npt.NDArray[np.floating], nonnegative: bool) -> npt.NDArray[np.float32]:
