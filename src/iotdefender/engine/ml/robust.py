@@ -10,6 +10,7 @@ precise estimates with ``np.bincount`` — one pass each, no sort. For the few g
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +18,7 @@ import numpy.typing as npt
 MAD_TO_STD = 1.4826  # a normal distribution's standard deviation is 1.4826 times its median absolute deviation
 IQR_TO_STD = 1 / 1.349
 _BINS = 64
+_T = TypeVar("_T", bound=np.generic)
 
 
 def median_by_group(groups: npt.NDArray[np.int16], values: npt.NDArray[np.floating],
@@ -33,37 +35,77 @@ def median_by_group(groups: npt.NDArray[np.int16], values: npt.NDArray[np.floati
     return medians, counts
 
 
-def clipped_location_and_std(groups: npt.NDArray[np.int32], values: npt.NDArray[np.float32], n_groups: int,
-                             *, clip: float = 3.5, rounds: int = 2) -> tuple[npt.NDArray[np.float64],
-                                                                              npt.NDArray[np.float64]]:
+class Segments:
+    """Datapoints grouped by device, each device's contiguous: per-device sums are ``np.add.reduceat``.
+
+    ``np.bincount`` with weights costs ~10x a sequential reduction on large arrays (random access,
+    conversion to float64), and training runs a dozen per-device reductions over tens of millions
+    of datapoints, so training sorts its sample by device once (``order``) and reduces segments.
+    """
+
+    def __init__(self, counts: npt.NDArray[np.int64]) -> None:
+        self.counts = counts
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+        self._present = counts > 0
+        self._starts = starts[self._present]
+
+    @staticmethod
+    def order(groups: npt.NDArray[np.int32]) -> npt.NDArray[np.intp] | None:
+        """The stable permutation that groups ``groups``; None when they already are (non-decreasing)."""
+        if len(groups) < 2 or bool(np.all(groups[1:] >= groups[:-1])):
+            return None
+        low = np.argsort((groups & 0xFFFF).astype(np.uint16), kind="stable")  # radix sorts: linear time
+        high = (groups[low] >> 16).astype(np.uint16)
+        return low if not high.any() else low[np.argsort(high, kind="stable")]
+
+    def sum(self, values: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
+        """Per group, the sum of its ``values`` (0 for an empty group)."""
+        result = np.zeros(len(self.counts))
+        if len(self._starts):
+            result[self._present] = np.add.reduceat(values, self._starts, dtype=np.float64)
+        return result
+
+    def spread(self, per_group: npt.NDArray[_T]) -> npt.NDArray[_T]:
+        """``per_group[group of each datapoint]`` without a gather."""
+        result: npt.NDArray[_T] = np.repeat(per_group, self.counts)
+        return result
+
+
+def clipped_location_and_std(segments: Segments, values: npt.NDArray[np.float32], *, clip: float = 3.5,
+                             rounds: int = 2,
+                             start: tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]] | None = None,
+                             ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Per group: a location and a standard deviation that outliers (anomalies in training) barely move.
 
-    Starts from each group's histogram median and interquartile range, then ``rounds`` times keeps
-    the values within ``clip`` standard deviations and takes their mean and standard deviation
-    (the latter corrected for the clipping, as for a normal distribution). Empty groups get NaN.
+    Starts from ``start`` (location, std) or else each group's histogram median and interquartile
+    range, then ``rounds`` times keeps the values within ``clip`` standard deviations and takes
+    their mean and standard deviation (the latter corrected for the clipping, as for a normal
+    distribution). Empty groups get NaN.
     """
-    location, std = _histogram_median_and_std(groups, values, n_groups)
+    location, std = _histogram_median_and_std(segments, values) if start is None else (
+        np.asarray(start[0], dtype=np.float64), np.asarray(start[1], dtype=np.float64))
     correction = _clipped_std_factor(clip)
     for _ in range(rounds):
-        low = (location - clip * std).astype(np.float32)
-        high = (location + clip * std).astype(np.float32)
-        keep = (values >= low[groups]) & (values <= high[groups])
-        kept_groups = groups[keep]
-        kept = values[keep].astype(np.float64)
-        n = np.bincount(kept_groups, minlength=n_groups).astype(np.float64)
-        total = np.bincount(kept_groups, weights=kept, minlength=n_groups)
-        squares = np.bincount(kept_groups, weights=kept * kept, minlength=n_groups)
+        base = np.nan_to_num(location).astype(np.float32)
+        centered = values - segments.spread(base)
+        keep = np.abs(centered) <= segments.spread(np.nan_to_num(clip * std).astype(np.float32))
+        centered *= keep
+        n = segments.sum(keep)
+        total = segments.sum(centered)
+        centered *= centered
+        squares = segments.sum(centered)
+        del centered, keep
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = total / n
             variance = np.maximum(squares / n - mean * mean, 0.0)
         usable = n > 1
-        location = np.where(usable, mean, location)
+        location = np.where(usable, base + mean, location)
         std = np.where(usable, np.sqrt(variance) / correction, std)
     return location, std
 
 
-def _histogram_median_and_std(groups: npt.NDArray[np.int32], values: npt.NDArray[np.float32],
-                              n_groups: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+def _histogram_median_and_std(segments: Segments,
+                              values: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Median and IQR-based standard deviation per group from a shared ``_BINS``-bin histogram.
 
     The bins span the values' 0.1-99.9 % range (values outside land in the edge bins); within a
@@ -73,8 +115,10 @@ def _histogram_median_and_std(groups: npt.NDArray[np.int32], values: npt.NDArray
     if not hi > lo:
         lo, hi = lo - 0.5, hi + 0.5
     width = (hi - lo) / _BINS
-    bins = np.clip(((values - lo) / width).astype(np.int64), 0, _BINS - 1)
-    histogram = np.bincount(groups.astype(np.int64) * _BINS + bins, minlength=n_groups * _BINS)
+    n_groups = len(segments.counts)
+    bins = np.clip((values - np.float32(lo)) * np.float32(1 / width), 0, _BINS - 1).astype(np.int32)
+    bins += segments.spread(np.arange(n_groups, dtype=np.int32) * _BINS)
+    histogram = np.bincount(bins, minlength=n_groups * _BINS)
     cumulative = np.cumsum(histogram.reshape(n_groups, _BINS), axis=1).astype(np.float64)
     totals = cumulative[:, -1]
 
