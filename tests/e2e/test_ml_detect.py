@@ -161,9 +161,9 @@ def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service, page: 
         per_behavior.setdefault(event["behavior"]["name"], []).append(event["violationEventType"])
     assert per_behavior == {name: ["in-alarm", "alarm-cleared"] for name in ("ports-ml", "load-ml", "sent-ml")}
 
-    # The extension: the learned band of each level for every hour of the week, in ports.
+    # The extension: the learned band of each level for every half hour of the week, in ports.
     model = send_signed("GET", f"{svc.endpoint}/_iotdefender/behavior-models/ml/ports-ml").json()
-    assert model["modelStatus"] == "ACTIVE" and len(model["model"]["bands"]) == 168
+    assert model["modelStatus"] == "ACTIVE" and len(model["model"]["bands"]) == 336  # half-hour slots
     hour = model["model"]["bands"][0]
     assert hour["LOW"][1] <= hour["MEDIUM"][1] <= hour["HIGH"][1] and hour["HIGH"][0] <= 3
 

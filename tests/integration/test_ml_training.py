@@ -285,12 +285,12 @@ def test_summaries_page_by_profile_and_behavior_and_refuse_bad_input(tmp_path):
     assert (missing.value.code, missing.value.status) == ("ResourceNotFoundException", 404)
 
 
-def test_the_model_document_shows_every_hour_and_level_in_the_metrics_units(tmp_path):
+def test_the_model_document_shows_every_slot_and_level_in_the_metrics_units(tmp_path):
     service = trained(tmp_path)
     fleet = behavior_model_document(service.api.context, "p", "bytes-ml")
     device = behavior_model_document(service.api.context, "p", "bytes-ml", "dev-9")
     assert fleet["modelStatus"] == "ACTIVE" and fleet["model"]["version"] == 1
-    assert len(fleet["model"]["bands"]) == 168 and fleet["model"]["bands"][38]["label"] == "Tuesday 14:00"
+    assert len(fleet["model"]["bands"]) == 336 and fleet["model"]["bands"][77]["label"] == "Tuesday 14:30"
     own = device["model"]["bands"][0]
     assert own["LOW"][0] >= own["HIGH"][0] and own["LOW"][1] <= own["HIGH"][1]
     assert own["LOW"][0] > fleet["model"]["bands"][0]["LOW"][0]  # dev-9 reports the most: its own band is higher

@@ -28,7 +28,7 @@ def test_numeric_thresholds_and_closed_and_open_alarm_periods():
     assert "aws:listening-tcp-ports" not in marks  # a set of ports has no line to draw
 
 
-def test_an_ml_band_steps_once_an_hour_and_reaches_the_charts_edges():
+def test_an_ml_band_is_drawn_through_each_slot_centre_and_reaches_the_charts_edges():
     import numpy as np
 
     from iotdefender.console.chart_marks import add_model_bands
@@ -45,7 +45,6 @@ def test_an_ml_band_steps_once_an_hour_and_reaches_the_charts_edges():
     (band,) = marks["m"]["bands"]
     assert band["label"] == "p/b" and band["level"] == "LOW"
     times_drawn = [p[0] for p in band["points"]]
-    assert times_drawn[0] == 1005.0 and times_drawn[1] == 1010.0 and times_drawn[-1] == 1300.0
-    assert band["points"][1][1:] == list(model.band("d", 1010.0, ConfidenceLevel.LOW))
-    assert all(p[1:] == list(model.band("d", p[0], ConfidenceLevel.LOW)) for p in band["points"][:-1])
-    assert len(band["points"]) == 31  # the partial first hour, 29 whole ones, the edge
+    # Two 5 s slots an hour, centres at 2.5 + 5k: the edges and every centre between them.
+    assert times_drawn == [1005.0, *[1007.5 + 5 * k for k in range(59)], 1300.0]
+    assert all(p[1:] == list(model.band("d", p[0], ConfidenceLevel.LOW)) for p in band["points"])

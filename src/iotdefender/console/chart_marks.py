@@ -60,26 +60,30 @@ def chart_marks(profiles: list[dict[str, Any]], events: list[dict[str, Any]], en
     return marks
 
 
-# At most this many steps of an ML band on one chart (a band changes once an hour of the week).
-BAND_STEPS_MAX = 500
+# At most this many points of an ML band on one chart (the model's band is a line between the
+# centres of the week's slots, half an hour each).
+BAND_POINTS_MAX = 500
 
 
 def model_band(model: BehaviorModel, thing: str, level: ConfidenceLevel, start: float, end: float
                ) -> list[list[float]]:
-    """[[time, low, high], ...]: the device's normal band at ``level`` over [start, end], one step
-    per hour of the (possibly scaled) week, or coarser on a long range; the last step repeats at
-    ``end`` so the band reaches the chart's edge."""
-    hour = model.clock.hour_seconds
-    step = hour * max(1, int((end - start) / hour / BAND_STEPS_MAX) + 1)
-    at = start - (start - model.clock.origin) % hour  # the start of the hour ``start`` falls in
-    points = []
+    """[[time, low, high], ...]: the device's normal band at ``level`` at ``start``, at each slot
+    centre inside the range (every few slots on a long range) and at ``end``; the model's band is
+    a straight line between slot centres, so joining the points draws it exactly."""
+    clock = model.clock
+    slot = clock.slot_seconds
+    step = slot * max(1, int((end - start) / slot / BAND_POINTS_MAX) + 1)
+    first_centre = start - (start - clock.origin - slot / 2) % slot + slot
+    times = [start, *_range(first_centre, end, step), end] if end > start else [start]
+    return [[t, *model.band(thing, t, level)] for t in times]
+
+
+def _range(first: float, end: float, step: float) -> list[float]:
+    out, at = [], first
     while at < end:
-        low, high = model.band(thing, max(at, start), level)
-        points.append([max(at, start), low, high])
+        out.append(at)
         at += step
-    if points:
-        points.append([end, points[-1][1], points[-1][2]])
-    return points
+    return out
 
 
 def add_model_bands(marks: Marks, models: list[tuple[str, dict[str, Any], BehaviorModel]], thing: str,

@@ -8,7 +8,7 @@ collecting data"), ``lastModelRefreshDate`` once a model was built.
 
 The extension (``GET /_iotdefender/behavior-models/{profile}/{behavior}[/things/{thing}]``,
 docs/api-behaviour.md) answers what AWS never shows: the band of every confidence level for each
-hour of the week, in the metric's units, for the fleet or for one device.
+slot of the week (half an hour), in the metric's units, for the fleet or for one device.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.pagination import decode_token, encode_token
 from iotdefender.engine.ml import LEVELS, BehaviorModel
-from iotdefender.engine.ml.clock import HOURS_PER_WEEK, SeasonalClock
+from iotdefender.engine.ml.clock import SeasonalClock
 from iotdefender.engine.ml_behavior import confidence_of
 from iotdefender.engine.series import behavior_series
 from iotdefender.store import ml_models, profiles
@@ -82,9 +82,9 @@ def get_behavior_model_training_summaries(ctx: ServiceContext, params: Params) -
 
 def behavior_model_document(ctx: ServiceContext, profile_name: str, behavior_name: str,
                             thing_name: str | None = None) -> Params:
-    """Extension: a behavior's training summary and its active model, readable: per hour of the week
-    and confidence level the normal band [low, high] in the metric's units (for ``thing_name``, or
-    for a device judged against the fleet)."""
+    """Extension: a behavior's training summary and its active model, readable: per slot of the week
+    (half an hour) and confidence level the normal band [low, high] at the slot's centre in the
+    metric's units (for ``thing_name``, or for a device judged against the fleet)."""
     model_shapes = service_model()
     validate_value(model_shapes.shape_for("SecurityProfileName"), profile_name, "securityProfileName")
     validate_value(model_shapes.shape_for("BehaviorName"), behavior_name, "behaviorName")
@@ -112,15 +112,17 @@ def behavior_model_document(ctx: ServiceContext, profile_name: str, behavior_nam
         "trainingWindow": {"start": stored.window_start, "end": stored.window_end},
         "datapoints": stored.datapoints, "devices": stored.devices,
         "devicesWithOwnBand": summary.devices_with_own_band, "hourSeconds": clock.hour_seconds,
-        "thresholds": {level.value: score for level, score in model.thresholds.items()},
-        "bands": [_hour_bands(model, device, clock, hour) for hour in range(HOURS_PER_WEEK)],
+        "slotSeconds": clock.slot_seconds,
+        "thresholds": {level.value: score for level, score in model.thresholds(device).items()},
+        "bands": [_slot_bands(model, device, clock, slot) for slot in range(clock.slots)],
     }
     return document
 
 
-def _hour_bands(model: BehaviorModel, device: str, clock: SeasonalClock, hour: int) -> Params:
-    at = clock.origin + (hour + 0.5) * clock.hour_seconds
-    return {"hourOfWeek": hour, "label": SeasonalClock.label(hour),
+def _slot_bands(model: BehaviorModel, device: str, clock: SeasonalClock, slot: int) -> Params:
+    """The bands at the centre of one slot of the week (the model draws a line between centres)."""
+    at = clock.origin + (slot + 0.5) * clock.slot_seconds
+    return {"slot": slot, "label": clock.label(slot),
             **{level.value: list(model.band(device, at, level)) for level in LEVELS}}
 
 

@@ -57,9 +57,8 @@ function marksOptions(marks) {
       const x = (t) => u.valToPos(t, "x", true), y = (v) => u.valToPos(v, "y", true);
       ctx.beginPath();
       ctx.moveTo(x(pts[0][0]), y(pts[0][2]));
-      for (let i = 1; i < pts.length; i++) { ctx.lineTo(x(pts[i][0]), y(pts[i - 1][2])); ctx.lineTo(x(pts[i][0]), y(pts[i][2])); }
-      for (let i = pts.length - 1; i > 0; i--) { ctx.lineTo(x(pts[i][0]), y(pts[i][1])); ctx.lineTo(x(pts[i][0]), y(pts[i - 1][1])); }
-      ctx.lineTo(x(pts[0][0]), y(pts[0][1]));
+      for (let i = 1; i < pts.length; i++) ctx.lineTo(x(pts[i][0]), y(pts[i][2]));  // the upper edge, then back along the lower
+      for (let i = pts.length - 1; i >= 0; i--) ctx.lineTo(x(pts[i][0]), y(pts[i][1]));
       ctx.closePath(); ctx.fill();
     }
     ctx.fillStyle = "rgba(220, 38, 38, 0.13)";
