@@ -7,6 +7,9 @@ whose model stopped."""
 from __future__ import annotations
 
 import math
+import itertools
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,7 +19,7 @@ from iotdefender.backtest.runner import BacktestRequest, run_backtest
 from iotdefender.contract.errors import ApiError
 from iotdefender.controlplane.behavior_models import behavior_model_document
 from iotdefender.controlplane.violations import violation_evidence
-from iotdefender.engine.ml import BehaviorModel, ConfidenceLevel
+from iotdefender.engine.ml import BehaviorModel, ConfidenceLevel, train
 from iotdefender.pipeline.batch_store import ignore_events
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import LocalBatchStore
@@ -49,11 +52,25 @@ def ml_behavior(level: str = "HIGH", metric: str = METRIC) -> dict[str, Any]:
                          "consecutiveDatapointsToAlarm": 2, "consecutiveDatapointsToClear": 2}}
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def place(request, tmp_path) -> Callable[[], Settings]:
+    """A new database for each service a test opens, on SQLite or PostgreSQL."""
+    count = itertools.count()
+
+    def settings() -> Settings:
+        n = next(count)
+        url = (request.getfixturevalue("postgres").create_database(f"mlt{time.time_ns()}")
+               if request.param == "postgresql" else None)
+        return Settings(data_dir=tmp_path / str(n), database_url=url, time_scale=3600.0)
+
+    return settings
+
+
 class Service:
     """The API, the batch store and the trainer over one database, as serve assembles them."""
 
-    def __init__(self, tmp_path: Any) -> None:
-        self.api = build_api(Settings(data_dir=tmp_path, time_scale=3600.0))
+    def __init__(self, place: Callable[[], Settings]) -> None:
+        self.api = build_api(place())
         self.engine = self.api.context.engine
         self.published = 0
         self.start()
@@ -87,24 +104,24 @@ class Service:
         return self.api.invoke("GetBehaviorModelTrainingSummaries", {"securityProfileName": "p"})["summaries"]
 
 
-def make_service(tmp_path: Any, level: str = "HIGH") -> Service:
-    service = Service(tmp_path)
+def make_service(place: Any, level: str = "HIGH") -> Service:
+    service = Service(place)
     service.api.invoke("CreateSecurityProfile", {"securityProfileName": "p", "behaviors": [ml_behavior(level)]})
     service.api.invoke("AttachSecurityProfile", {"securityProfileName": "p", "securityProfileTargetArn": ALL_THINGS})
     service.monitoring.invalidate()
     return service
 
 
-def trained(tmp_path: Any, level: str = "HIGH") -> Service:
-    service = make_service(tmp_path, level)
+def trained(place: Any, level: str = "HIGH") -> Service:
+    service = make_service(place, level)
     service.trainer.run_once(T0)
     service.report(T0, T0 + 200)
     service.trainer.run_once(T0 + 200)
     return service
 
 
-def test_pending_then_active_with_the_percentage_climbing(tmp_path):
-    service = make_service(tmp_path)
+def test_pending_then_active_with_the_percentage_climbing(place):
+    service = make_service(place)
     assert service.summaries() == [{"securityProfileName": "p", "behaviorName": "bytes-ml",
                                     "modelStatus": "PENDING_BUILD", "datapointsCollectionPercentage": 0.0}]
     service.trainer.run_once(T0)
@@ -125,16 +142,16 @@ def test_pending_then_active_with_the_percentage_climbing(tmp_path):
     assert (stored.window_start, stored.window_end) == (T0, T0 + 200)
 
 
-def test_enough_time_without_enough_datapoints_stays_pending(tmp_path):
-    service = make_service(tmp_path)
+def test_enough_time_without_enough_datapoints_stays_pending(place):
+    service = make_service(place)
     service.trainer.run_once(T0)
     service.report(T0, T0 + 200, step=2.0)  # 1,000 datapoints of the 2,000 needed
     service.trainer.run_once(T0 + 200)
     assert service.training().status == "PENDING_BUILD" and service.training().datapoints_percentage == 50.0
 
 
-def test_a_device_that_breaks_its_pattern_alarms_with_evidence_and_clears(tmp_path):
-    service = trained(tmp_path)
+def test_a_device_that_breaks_its_pattern_alarms_with_evidence_and_clears(place):
+    service = trained(place)
     now = T0 + 201
     spike = normal(3, now) * 20
     assert service.store.store_batch([("dev-3", {METRIC: {"count": int(spike)}}, now, 10**6)]) == []  # 1 of 2
@@ -160,8 +177,8 @@ def test_a_device_that_breaks_its_pattern_alarms_with_evidence_and_clears(tmp_pa
     assert cleared == [("alarm-cleared", "p", "bytes-ml")]
 
 
-def test_the_confidence_level_sets_the_sensitivity_and_editing_it_does_not_retrain(tmp_path):
-    service = trained(tmp_path, level="LOW")
+def test_the_confidence_level_sets_the_sensitivity_and_editing_it_does_not_retrain(place):
+    service = trained(place, level="LOW")
     with service.engine.connect() as conn:
         stored = ml_models.load_model(conn, ("p", "bytes-ml"), 1)
     assert stored is not None
@@ -187,8 +204,8 @@ def test_the_confidence_level_sets_the_sensitivity_and_editing_it_does_not_retra
     assert events == [("alarm-cleared", "p", "bytes-ml")]
 
 
-def test_changing_the_metric_or_the_targets_starts_over(tmp_path):
-    service = trained(tmp_path)
+def test_changing_the_metric_or_the_targets_starts_over(place):
+    service = trained(place)
     version = service.api.invoke("DescribeSecurityProfile", {"securityProfileName": "p"})["version"]
     service.api.invoke("UpdateSecurityProfile", {"securityProfileName": "p",
                                                  "behaviors": [ml_behavior(metric="aws:all-bytes-in")],
@@ -208,8 +225,8 @@ def test_changing_the_metric_or_the_targets_starts_over(tmp_path):
     assert service.training().collection_start == T0 + 230
 
 
-def test_refreshed_then_expired_and_its_alarms_invalidated(tmp_path):
-    service = trained(tmp_path)
+def test_refreshed_then_expired_and_its_alarms_invalidated(place):
+    service = trained(place)
     service.report(T0 + 200, T0 + 250)
     service.trainer.run_once(T0 + 240)  # not due: refreshes every 50 s
     assert service.training().active_version == 1
@@ -230,8 +247,8 @@ def test_refreshed_then_expired_and_its_alarms_invalidated(tmp_path):
     assert service.store.store_batch([("dev-4", spike, T0 + 401, 10**6), ("dev-4", spike, T0 + 402, 10**6 + 1)]) == []
 
 
-def test_a_restart_resumes_collection_and_keeps_the_active_model(tmp_path):
-    service = make_service(tmp_path)
+def test_a_restart_resumes_collection_and_keeps_the_active_model(place):
+    service = make_service(place)
     service.trainer.run_once(T0)
     service.report(T0, T0 + 120)
     service.trainer.run_once(T0 + 120)
@@ -247,8 +264,8 @@ def test_a_restart_resumes_collection_and_keeps_the_active_model(tmp_path):
         ("in-alarm", "p", "bytes-ml")]
 
 
-def test_a_pending_behavior_is_counted_every_hundredth_of_the_period(tmp_path):
-    service = make_service(tmp_path)
+def test_a_pending_behavior_is_counted_every_hundredth_of_the_period(place):
+    service = make_service(place)
     service.trainer.run_once(T0)
     service.report(T0, T0 + 50)
     service.trainer.run_once(T0 + 50)
@@ -260,8 +277,8 @@ def test_a_pending_behavior_is_counted_every_hundredth_of_the_period(tmp_path):
     assert service.training().datapoints == 510
 
 
-def test_summaries_page_by_profile_and_behavior_and_refuse_bad_input(tmp_path):
-    service = make_service(tmp_path)
+def test_summaries_page_by_profile_and_behavior_and_refuse_bad_input(place):
+    service = make_service(place)
     static = {"name": "static", "metric": METRIC, "criteria": {"comparisonOperator": "less-than",
                                                                "value": {"count": 10}}}
     service.api.invoke("CreateSecurityProfile", {"securityProfileName": "a",
@@ -285,8 +302,8 @@ def test_summaries_page_by_profile_and_behavior_and_refuse_bad_input(tmp_path):
     assert (missing.value.code, missing.value.status) == ("ResourceNotFoundException", 404)
 
 
-def test_the_model_document_shows_every_slot_and_level_in_the_metrics_units(tmp_path):
-    service = trained(tmp_path)
+def test_the_model_document_shows_every_slot_and_level_in_the_metrics_units(place):
+    service = trained(place)
     fleet = behavior_model_document(service.api.context, "p", "bytes-ml")
     device = behavior_model_document(service.api.context, "p", "bytes-ml", "dev-9")
     assert fleet["modelStatus"] == "ACTIVE" and fleet["model"]["version"] == 1
@@ -294,7 +311,7 @@ def test_the_model_document_shows_every_slot_and_level_in_the_metrics_units(tmp_
     own = device["model"]["bands"][0]
     assert own["LOW"][0] >= own["HIGH"][0] and own["LOW"][1] <= own["HIGH"][1]
     assert own["LOW"][0] > fleet["model"]["bands"][0]["LOW"][0]  # dev-9 reports the most: its own band is higher
-    pending = make_service(tmp_path / "other")
+    pending = make_service(place)
     assert behavior_model_document(pending.api.context, "p", "bytes-ml")["model"] is None
     for args, code in ((("p", "nope"), "ResourceNotFoundException"), (("missing", "bytes-ml"),
                                                                       "ResourceNotFoundException"),
@@ -304,8 +321,8 @@ def test_the_model_document_shows_every_slot_and_level_in_the_metrics_units(tmp_
         assert refused.value.code == code
 
 
-def test_a_backtest_replays_each_moment_with_the_model_active_then(tmp_path):
-    service = trained(tmp_path)  # version 1 built at T0 + 200 on [T0, T0 + 200]
+def test_a_backtest_replays_each_moment_with_the_model_active_then(place):
+    service = trained(place)  # version 1 built at T0 + 200 on [T0, T0 + 200]
     spike = {METRIC: {"count": int(normal(7, T0 + 100) * 30)}}
     # The same spike twice before any model was built and twice after: only the second pair alarms.
     service.store.store_batch([("dev-7", spike, T0 + 100.2, 10**6), ("dev-7", spike, T0 + 100.4, 10**6 + 1)])
@@ -319,3 +336,25 @@ def test_a_backtest_replays_each_moment_with_the_model_active_then(tmp_path):
     unsaved = BacktestRequest([ml_behavior()], T0, T0 + 220, covers=lambda thing: True, time_scale=3600.0)
     (nothing,) = run_backtest(service.engine, unsaved)["behaviors"]
     assert nothing["alarms"] == 0 and "no model of this behavior" in nothing["note"]
+
+
+def test_a_behavior_whose_training_fails_does_not_stop_the_others(place):
+    service = make_service(place)
+    version = service.api.invoke("DescribeSecurityProfile", {"securityProfileName": "p"})["version"]
+    service.api.invoke("UpdateSecurityProfile", {"securityProfileName": "p", "expectedVersion": version,
+                                                 "behaviors": [ml_behavior(), {**ml_behavior(), "name": "second"}]})
+    calls = []
+
+    def failing_once(data, **settings):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a defect in training")
+        return train(data, **settings)
+
+    service.trainer = MlTrainer(service.engine, service.monitoring, SCHEDULE, on_published=lambda: None,
+                                train=failing_once)
+    service.trainer.run_once(T0)
+    service.report(T0, T0 + 200)
+    statuses = sorted(t.status for t in service.trainer.run_once(T0 + 200))
+    assert statuses == ["ACTIVE", "PENDING_BUILD"]
+    assert sorted(t.status for t in service.trainer.run_once(T0 + 200)) == ["ACTIVE", "ACTIVE"]  # tried again

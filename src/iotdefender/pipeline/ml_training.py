@@ -39,6 +39,7 @@ from iotdefender.engine import ml
 from iotdefender.engine.series import behavior_series
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import history, ml_models, profiles
+from iotdefender.store.availability import is_unavailable
 from iotdefender.store.database import writing
 from iotdefender.store.ml_models import ACTIVE, EXPIRED, PENDING_BUILD, BehaviorKey, ModelVersion, Training
 
@@ -132,7 +133,13 @@ class MlTrainer:
             training = stored.get(key)
             if training is None:
                 continue  # the profile went away meanwhile
-            result.append(self._advance(behavior, training, now))
+            try:
+                result.append(self._advance(behavior, training, now))
+            except Exception as error:  # one behavior's failure must not stop the others' training
+                if is_unavailable(error):
+                    raise
+                log.exception("ml_training_failed", profile=key[0], behavior=key[1])
+                result.append(training)
         after = {t.key: (t.status, t.active_version) for t in result}
         if dropped or any(before.get(k) != v for k, v in after.items()):
             self._on_published()
