@@ -96,6 +96,9 @@ class Settings:
                 return f"{flag} must be a positive number of seconds"
         if self.ml_min_datapoints < 1:
             return "--ml-min-datapoints must be at least 1"
+        if self.effective_ml_expiry <= self.effective_ml_refresh_period:
+            return (f"--ml-expiry ({self.effective_ml_expiry:g} s) must be longer than --ml-refresh-period "
+                    f"({self.effective_ml_refresh_period:g} s): a model is expired when it was not rebuilt for that long")
         if self.effective_metric_retention < self.effective_ml_training_period:
             return (f"--metric-retention ({self.effective_metric_retention:g} s) is shorter than --ml-training-period "
                     f"({self.effective_ml_training_period:g} s): ML Detect models are built on the retained datapoints "

@@ -31,7 +31,7 @@ ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
 # refresh during the test: a model rebuilt on the few seconds around the anomaly would learn it).
 # Cloud-side windows of 0.25 s: 24 per training period per device.
 ARGS = ["--report-min-interval", "0", "--time-scale", "36000", "--ml-training-period", "6",
-        "--ml-min-datapoints", "120", "--ml-refresh-period", "60", "--ml-expiry", "60", "--metrics-window", "0.25"]
+        "--ml-min-datapoints", "120", "--ml-refresh-period", "60", "--ml-expiry", "600", "--metrics-window", "0.25"]
 DEVICES = [f"ml-dev-{i}" for i in range(6)]
 
 
@@ -196,3 +196,32 @@ def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service, page: 
                 if v["behavior"]["name"] == "ports-ml"]
     assert again["violationEventAdditionalInfo"] == {"confidenceLevel": "HIGH"}
     fleet.close()
+
+
+def test_a_model_whose_devices_stop_reporting_expires_and_its_alarms_are_invalidated():
+    svc = ServiceProcess(data_dir=Path(tempfile.mkdtemp(prefix="iotdefender-ml-")), extra_args=[
+        "--report-min-interval", "0", "--time-scale", "36000", "--ml-training-period", "2",
+        "--ml-min-datapoints", "60", "--ml-refresh-period", "1", "--ml-expiry", "3", "--no-cloud-metrics"])
+    svc.start()
+    try:
+        iot = svc.client()
+        iot.create_custom_metric(metricName="load", metricType="number", clientRequestToken="load-1")
+        iot.create_security_profile(securityProfileName="ml",
+                                    behaviors=[behavior("ports-ml", "aws:num-listening-tcp-ports")])
+        iot.attach_security_profile(securityProfileName="ml", securityProfileTargetArn=ALL_THINGS)
+        fleet = Fleet(svc.mqtt_port, itertools.count(1))
+        deadline = time.monotonic() + 20
+        while summaries(iot)["ports-ml"]["modelStatus"] != "ACTIVE":
+            assert time.monotonic() < deadline, summaries(iot)
+            fleet.rounds(0.5)
+        for _ in range(2):
+            fleet.send(fleet.devices[0], list(range(1000, 1060)), 50.0)
+        assert iot.list_active_violations(behaviorCriteriaType="MACHINE_LEARNING")["activeViolations"]
+        fleet.close()  # every device goes quiet: no rebuild finds its minimum, the model expires after 3 s
+        wait_until(lambda: summaries(iot)["ports-ml"]["modelStatus"] == "EXPIRED", 15)
+        wait_until(lambda: not iot.list_active_violations()["activeViolations"], 10)
+        assert [e["violationEventType"] for e in events(iot, thingName=DEVICES[0])] == ["in-alarm",
+                                                                                      "alarm-invalidated"]
+    finally:
+        svc.stop()
+        shutil.rmtree(svc.data_dir, ignore_errors=True)

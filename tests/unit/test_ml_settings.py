@@ -39,3 +39,4 @@ def test_metric_retention_shorter_than_the_training_period_is_refused():
 def test_non_positive_periods_and_counts_are_refused():
     assert "--ml-refresh-period" in (parse("--ml-refresh-period", "0").ml_problem() or "")
     assert "--ml-min-datapoints" in (parse("--ml-min-datapoints", "0").ml_problem() or "")
+    assert "--ml-expiry" in (parse("--ml-refresh-period", "60", "--ml-expiry", "60").ml_problem() or "")
