@@ -35,14 +35,14 @@ ARGS = ["--report-min-interval", "0", "--time-scale", "36000", "--ml-training-pe
 DEVICES = [f"ml-dev-{i}" for i in range(6)]
 
 
-def behavior(name: str, metric: str, consecutive: int = 2) -> dict:
+def behavior(name: str, metric: str) -> dict:
     return {"name": name, "metric": metric, "criteria": {
         "mlDetectionConfig": {"confidenceLevel": "HIGH"},
-        "consecutiveDatapointsToAlarm": consecutive, "consecutiveDatapointsToClear": consecutive}}
+        "consecutiveDatapointsToAlarm": 2, "consecutiveDatapointsToClear": 2}}
 
 
 BEHAVIORS = [behavior("ports-ml", "aws:num-listening-tcp-ports"), behavior("load-ml", "load"),
-             behavior("sent-ml", "aws:num-messages-sent", consecutive=1)]
+             behavior("sent-ml", "aws:num-messages-sent")]
 
 
 @pytest.fixture
@@ -69,8 +69,8 @@ class Fleet:
         self.send(device, ports, load)
 
     def send(self, device: Device, ports: list[int], load: float) -> None:
-        assert device.report(report(next(self.ids), ports, custom_metrics={"load": [{"number": load}]}))[0] == \
-            "json/accepted"
+        outcome, reply = device.report(report(next(self.ids), ports, custom_metrics={"load": [{"number": load}]}))
+        assert outcome == "json/accepted", reply
 
     def rounds(self, seconds: float, each: float = 0.05) -> None:
         deadline = time.monotonic() + seconds
@@ -137,12 +137,17 @@ def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service, page: 
     odd = fleet.devices[0]
     for _ in range(2):
         fleet.send(odd, list(range(1000, 1060)), 5000.0)
-    for _ in range(400):  # a burst of messages: a few a window is its normal
-        odd.client.publish(f"telemetry/{DEVICES[0]}", b"x", qos=0)
+    # A burst of messages in two windows at least: a few a window is its normal. Trained on ~140
+    # windows of 0 to 4 messages, all judged against the fleet, the model's HIGH band reaches about a
+    # thousand: far beyond it.
+    for _ in range(2):
+        for _ in range(5_000):
+            odd.client.publish(f"telemetry/{DEVICES[0]}", b"x", qos=0)
+        time.sleep(0.3)
     wait_until(lambda: any(e["behavior"]["name"] == "sent-ml" for e in events(iot, thingName=DEVICES[0])), 10)
-    active = iot.list_active_violations(behaviorCriteriaType="MACHINE_LEARNING")["activeViolations"]
-    assert {(v["thingName"], v["behavior"]["name"]) for v in active} >= {(DEVICES[0], "ports-ml"),
-                                                                         (DEVICES[0], "load-ml")}
+    active = iot.list_active_violations(behaviorCriteriaType="MACHINE_LEARNING",
+                                        thingName=DEVICES[0])["activeViolations"]
+    assert {v["behavior"]["name"] for v in active} >= {"ports-ml", "load-ml"}
     assert all(v["violationEventAdditionalInfo"] == {"confidenceLevel": "HIGH"} for v in active)
     assert iot.list_active_violations(behaviorCriteriaType="STATIC")["activeViolations"] == []
     (opened,) = [e for e in events(iot, behaviorCriteriaType="MACHINE_LEARNING", thingName=DEVICES[0])
@@ -154,12 +159,17 @@ def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service, page: 
     assert band["low"] <= 3 and 5 <= band["high"] < 60
     for _ in range(2):
         fleet.normal(odd, 0)
-    fleet.rounds(1.0)  # the cloud-side window of the burst closes and a quiet one follows
-    assert iot.list_active_violations(behaviorCriteriaType="MACHINE_LEARNING")["activeViolations"] == []
+    fleet.rounds(1.0)  # the cloud-side windows of the burst close and quiet ones follow
+    # (other devices are not checked: stalled behind the burst, a device's empty window is unusual too)
+    assert iot.list_active_violations(behaviorCriteriaType="MACHINE_LEARNING",
+                                      thingName=DEVICES[0])["activeViolations"] == []
     per_behavior = {}
     for event in events(iot, thingName=DEVICES[0]):
         per_behavior.setdefault(event["behavior"]["name"], []).append(event["violationEventType"])
-    assert per_behavior == {name: ["in-alarm", "alarm-cleared"] for name in ("ports-ml", "load-ml", "sent-ml")}
+    assert per_behavior["ports-ml"] == per_behavior["load-ml"] == ["in-alarm", "alarm-cleared"]
+    # The burst may straddle windows unevenly (a thinner one between two full ones clears and alarms again).
+    sent = per_behavior["sent-ml"]
+    assert len(sent) % 2 == 0 and sent == ["in-alarm", "alarm-cleared"] * (len(sent) // 2), sent
 
     # The extension: the learned band of each level for every half hour of the week, in ports.
     model = send_signed("GET", f"{svc.endpoint}/_iotdefender/behavior-models/ml/ports-ml").json()
@@ -173,6 +183,8 @@ def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service, page: 
     assert detail.count("ML model: learned; the model was last rebuilt") == 3
     explained = html.unescape(console.get(f"/console/violations/{opened['violationId']}/evidence").text)
     assert "normal at HIGH confidence" in explained and "is HIGH for ml-dev-0" in explained
+    history = console.get("/console/violations", params={"view": "history", "thing": DEVICES[0]}).text
+    assert history.count('title="ML Detect confidence level">ML HIGH</small>') >= 6  # 3 behaviors x 2 events
     device_page = html.unescape(console.get(f"/console/things/{DEVICES[0]}?range=14d").text)
     assert '"bands":[{"label":"ml/ports-ml","level":"HIGH","points":[[' in device_page
     log_in(page, svc.endpoint)  # in Chromium (the fixture fails the test on a JavaScript error): the band is drawn
