@@ -124,13 +124,20 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
     scores /= shape.astype(f32)[slot]
     del standardised, slot, first, second, fraction
 
-    # 5. Thresholds per tail cohort (0: devices judged against the fleet).
+    # 5. Thresholds per tail cohort (0: devices judged against the fleet). Cross-fitted: every other
+    # datapoint of a device says how heavy its tail is, the others set its cohort's thresholds —
+    # sorting devices by the same scores that calibrate them would make the light cohorts look
+    # lighter than their devices' next datapoints will be.
     shares = [share for _, share in settings.exceedance]
     floors = [floor for _, floor in settings.min_scores]
+    sorting = np.zeros(len(scores), dtype=bool)
+    sorting[::2] = True
     with np.errstate(invalid="ignore", divide="ignore"):
-        heaviness = np.nan_to_num(segments.sum(scores > _HEAVY_SCORE) / sampled)
+        heaviness = np.nan_to_num(segments.sum((scores > _HEAVY_SCORE) & sorting) / segments.sum(sorting))
     cohort = calibration.cohorts(heaviness, own, settings.tail_cohorts)
-    point_cohort = segments.spread(cohort)
+    point_cohort = segments.spread(cohort)[~sorting]
+    scores = scores[~sorting]
+    del sorting
     by_cohort = np.argsort(point_cohort, kind="stable")  # a radix sort of bytes
     bounds = np.concatenate(([0], np.cumsum(np.bincount(point_cohort, minlength=settings.tail_cohorts + 1))))
     grouped = scores[by_cohort]
