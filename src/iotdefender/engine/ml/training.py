@@ -28,7 +28,7 @@ from iotdefender.engine.ml.settings import TrainingSettings
 
 _MIN_SAMPLED_PER_DEVICE = 20
 _RHYTHM_CLIP = 4.0
-_HEAVY_SCORE = 3.0  # the share of a device's scores above this tells how heavy its tail is (normal: 0.27 %)  # datapoints further than this many spreads from a device's level do not shape its rhythm
+_HEAVY_CAP = 8.0  # scores are capped here for a device's kurtosis, so one anomaly in training does not decide it
 
 
 def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) -> BehaviorModel:
@@ -132,8 +132,19 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
     floors = [floor for _, floor in settings.min_scores]
     sorting = np.zeros(len(scores), dtype=bool)
     sorting[::2] = True
+    # How heavy a tail is: the kurtosis of the scores (3 for a normal distribution), which tells a
+    # spiky device from a smooth one on a few hundred datapoints, where counting rare large scores
+    # cannot.
+    squares = np.minimum(scores, np.float32(_HEAVY_CAP))
+    squares *= squares
+    squares *= sorting
+    n_sorting = segments.sum(sorting)
+    moment2 = segments.sum(squares)
+    squares *= squares
+    moment4 = segments.sum(squares)
+    del squares
     with np.errstate(invalid="ignore", divide="ignore"):
-        heaviness = np.nan_to_num(segments.sum((scores > _HEAVY_SCORE) & sorting) / segments.sum(sorting))
+        heaviness = np.nan_to_num(moment4 * n_sorting / (moment2 * moment2))
     cohort = calibration.cohorts(heaviness, own, settings.tail_cohorts)
     point_cohort = segments.spread(cohort)[~sorting]
     scores = scores[~sorting]
