@@ -94,7 +94,9 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
         keep = own_point & (np.abs(fitted) <= segments.spread(
             (_RHYTHM_CLIP * np.nan_to_num(first_spread, nan=1.0)).astype(f32)))
         del fitted
-        weights64 = seasonal.fit_weights(segments, slot, residual, keep, fallbacks, basis64)
+        prior = seasonal.cohort_prior(weights64, np.nan_to_num(first_spread, nan=1.0), segments.sum(keep), own,
+                                      clock.slots)
+        weights64 = seasonal.fit_weights(segments, slot, residual, keep, fallbacks, basis64, prior)
         weights64[~own] = 0.0
         del keep
         basis, weights = basis64.astype(f32), weights64.astype(f32)
