@@ -88,6 +88,12 @@ def make_devices(n: int, seed: int) -> Devices:
     )
 
 
+def first(devices: Devices, n: int) -> Devices:
+    """The first ``n`` devices (to evaluate a model trained on a large fleet on part of it)."""
+    return Devices(devices.names[:n], *(getattr(devices, f)[:n] for f in
+                                        ("level", "kind", "zone", "amplitude", "sigma", "heavy", "phase")))
+
+
 def rhythm(kind: np.ndarray, local: np.ndarray) -> np.ndarray:
     """Each kind's shape at local time ``local`` (seconds since a Monday 00:00), between about -0.5 and 1."""
     hour = (local % DAY) / 3600.0

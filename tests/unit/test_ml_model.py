@@ -262,3 +262,34 @@ def test_whole_array_levels_agree_with_judge(trained: tuple[BehaviorModel, np.nd
     for i in rng.choice(len(data), 3_000, replace=False):
         judged = model.judge(data.devices[data.device[i]], float(data.value[i]), float(data.time[i]))
         assert (-1 if judged is None else judged.rank) == ranks[i]
+
+
+def test_a_rhythm_that_rises_within_the_hour_is_followed() -> None:
+    """A daily job: the level climbs by 1.0 (ten deviations) between 02:00 and 03:00 and falls back
+    by 04:00. Normal values along the climb are normal; a spike of ten deviations on it is HIGH."""
+    devices, days = 20, 14
+    times = START + np.arange(int(days * DAY / STEP)) * STEP
+    hour = (times % DAY) / 3600
+    job = np.clip(1 - np.abs(hour - 3.0), 0.0, 1.0)  # a tent: 0 at 02:00, 1 at 03:00, 0 at 04:00
+    rng = np.random.default_rng(5)
+    device = np.repeat(np.arange(devices, dtype=np.int32), len(times))
+    y = 8.0 + np.tile(job, devices) + rng.normal(0.0, 0.1, len(device))
+    model = train(TrainingData(device, [f"thing-{i}" for i in range(devices)], np.tile(times, devices), np.expm1(y)),
+                  trained_at=START + days * DAY, settings=TrainingSettings())
+    day = START + days * DAY - START % DAY  # a midnight UTC
+    for minute in range(120, 240, 5):
+        at = day + minute * 60 + 1
+        normal = float(np.expm1(8.0 + max(0.0, 1 - abs(minute / 60 - 3.0))))
+        assert model.judge("thing-4", normal, at) is None, minute
+        assert model.judge("thing-4", normal * math.exp(10 * 0.1), at) is ConfidenceLevel.HIGH, minute
+
+
+def test_no_threshold_is_below_the_normal_distributions_quantile() -> None:
+    from iotdefender.engine.ml import calibration
+
+    scores = np.abs(np.random.default_rng(1).normal(size=20_000)).astype(np.float32) * 0.5  # too light a tail
+    low, medium, high = calibration.thresholds(scores, [1e-3, 1e-4, 2e-6], [0.0, 0.0, 0.0])
+    assert low == pytest.approx(calibration.normal_quantile(1e-3)) == pytest.approx(3.2905, abs=1e-3)
+    assert high == pytest.approx(4.7534, abs=1e-3)
+    heavy = (np.random.default_rng(2).standard_t(3, size=200_000)).astype(np.float32)
+    assert calibration.thresholds(np.abs(heavy), [2e-6], [0.0])[0] > 10

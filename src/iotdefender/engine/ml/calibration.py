@@ -14,6 +14,8 @@ method of extreme value theory) and the threshold read from the fit.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
@@ -37,8 +39,21 @@ def thresholds(scores: npt.NDArray[np.float32], exceedance: list[float], floors:
     n = len(scores)
     for share, floor in zip(exceedance, floors):
         value = _tail_quantile(scores, share) if n else floor
-        result.append(max(value, floor, result[-1] if result else floor))
+        result.append(max(value, floor, normal_quantile(share), result[-1] if result else floor))
     return result
+
+
+def normal_quantile(share: float) -> float:
+    """The score a standard normal's |z| exceeds with probability ``share``: no cohort is taken to
+    have a lighter tail than that (a tail fit on few scores can come out lighter than it is)."""
+    low, high = 0.0, 40.0
+    for _ in range(100):
+        middle = (low + high) / 2
+        if math.erfc(middle / math.sqrt(2)) > share:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
 
 
 def _tail_quantile(scores: npt.NDArray[np.float32], share: float) -> float:

@@ -25,6 +25,7 @@ from iotdefender.engine.ml.robust import Segments, median_by_group
 
 _BASIS_DEVICES = 20_000
 _CHUNK_DATAPOINTS = 4_000_000  # device-slot tables are built this many datapoints at a time
+_RHYTHM_COHORTS = 32
 _RIDGE = 0.05  # a weight's pull towards 0, in datapoints per slot (a device's Gram matrix is ~ datapoints per slot x I)
 
 
@@ -84,17 +85,67 @@ def shared_basis(segments: Segments, slot: npt.NDArray[np.int16], residual: npt.
 
 
 def fit_weights(segments: Segments, slot: npt.NDArray[np.int16], residual: npt.NDArray[np.float32],
-                keep: npt.NDArray[np.bool_], fallbacks: Fallbacks,
-                basis: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """[devices, rank]: each device's weights, ridge least squares on its kept datapoints."""
+                keep: npt.NDArray[np.bool_], fallbacks: Fallbacks, basis: npt.NDArray[np.float64],
+                prior: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
+                ) -> npt.NDArray[np.float64]:
+    """[devices, rank]: each device's weights, least squares on its kept datapoints.
+
+    With ``prior`` (mean, ridge), both [devices, rank], the fit is pulled towards the mean by the
+    ridge (``cohort_prior``); without, by a small ridge towards 0 that only keeps a device with
+    empty slots solvable.
+    """
     slots, rank = basis.shape
     outer = np.einsum("sk,sl->skl", basis, basis).reshape(slots, rank * rank)
     weights = np.zeros((len(segments.counts), rank))
-    ridge = _RIDGE * np.eye(rank)
+    diagonal = np.arange(rank)
     for a, b, sums, counts in _tables(segments, slot, residual, keep, fallbacks):
-        gram = (counts @ outer).reshape(b - a, rank, rank) + ridge
-        weights[a:b] = np.linalg.solve(gram, (sums @ basis)[:, :, None])[:, :, 0]
+        gram = (counts @ outer).reshape(b - a, rank, rank)
+        right = sums @ basis
+        if prior is None:
+            gram[:, diagonal, diagonal] += _RIDGE
+        else:
+            mean, ridge = prior[0][a:b], prior[1][a:b]
+            gram[:, diagonal, diagonal] += ridge
+            right += ridge * mean
+        weights[a:b] = np.linalg.solve(gram, right[:, :, None])[:, :, 0]
     return weights
+
+
+def cohort_prior(weights: npt.NDArray[np.float64], spread: npt.NDArray[np.floating],
+                 datapoints: npt.NDArray[np.floating], eligible: npt.NDArray[np.bool_],
+                 slots: int, cohorts: int = _RHYTHM_COHORTS) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(mean, ridge) per device and weight: what its rhythm cohort says its weights are.
+
+    Devices come in cohorts that share a rhythm (a firmware, a site, a time zone), so the first-fit
+    weights are grouped (k-means, deterministic start) and each device's fit is then pulled towards
+    its cohort's mean weights, as much as the cohort's real spread along that weight (its spread
+    less what noise alone gives: a weight fitted on n datapoints of spread s varies by about
+    s^2 * slots / n) allows: a posterior mean. A device with 300 datapoints in a flat cohort no
+    longer fits a rhythm to its noise (its center wandered by 0.3 of its spread).
+    """
+    n, rank = weights.shape
+    rows = np.flatnonzero(eligible)
+    mean = np.zeros((n, rank))
+    ridge = np.full((n, rank), _RIDGE)
+    if len(rows) < 2 * cohorts or rank == 0:
+        return mean, ridge
+    points = weights[rows]
+    noise = spread[rows].astype(np.float64) ** 2 * slots / np.maximum(datapoints[rows], 1)
+    centers = points[np.linspace(0, len(rows) - 1, cohorts).astype(np.int64)]
+    for _ in range(12):
+        distances = (points ** 2).sum(axis=1)[:, None] - 2 * points @ centers.T + (centers ** 2).sum(axis=1)[None, :]
+        label = distances.argmin(axis=1)
+        counts = np.bincount(label, minlength=cohorts)
+        sums = np.zeros((cohorts, rank))
+        np.add.at(sums, label, points)
+        centers = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centers)
+    squares = np.zeros((cohorts, rank))
+    np.add.at(squares, label, (points - centers[label]) ** 2)
+    noise_per_cohort = np.bincount(label, weights=noise, minlength=cohorts) / np.maximum(counts, 1)
+    signal = np.maximum(squares / np.maximum(counts, 1)[:, None] - noise_per_cohort[:, None], 1e-6)
+    mean[rows] = centers[label]
+    ridge[rows] = np.maximum(spread[rows].astype(np.float64)[:, None] ** 2 / signal[label], _RIDGE)
+    return mean, ridge
 
 
 def _tables(segments: Segments, slot: npt.NDArray[np.int16], residual: npt.NDArray[np.float32],

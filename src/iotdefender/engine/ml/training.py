@@ -28,7 +28,7 @@ from iotdefender.engine.ml.settings import TrainingSettings
 
 _MIN_SAMPLED_PER_DEVICE = 20
 _RHYTHM_CLIP = 4.0
-_HEAVY_SCORE = 3.0  # the share of a device's scores above this tells how heavy its tail is (normal: 0.27 %)  # datapoints further than this many spreads from a device's level do not shape its rhythm
+_HEAVY_CAP = 8.0  # scores are capped here for a device's kurtosis, so one anomaly in training does not decide it
 
 
 def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) -> BehaviorModel:
@@ -94,7 +94,9 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
         keep = own_point & (np.abs(fitted) <= segments.spread(
             (_RHYTHM_CLIP * np.nan_to_num(first_spread, nan=1.0)).astype(f32)))
         del fitted
-        weights64 = seasonal.fit_weights(segments, slot, residual, keep, fallbacks, basis64)
+        prior = seasonal.cohort_prior(weights64, np.nan_to_num(first_spread, nan=1.0), segments.sum(keep), own,
+                                      clock.slots)
+        weights64 = seasonal.fit_weights(segments, slot, residual, keep, fallbacks, basis64, prior)
         weights64[~own] = 0.0
         del keep
         basis, weights = basis64.astype(f32), weights64.astype(f32)
@@ -124,13 +126,31 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
     scores /= shape.astype(f32)[slot]
     del standardised, slot, first, second, fraction
 
-    # 5. Thresholds per tail cohort (0: devices judged against the fleet).
+    # 5. Thresholds per tail cohort (0: devices judged against the fleet). Cross-fitted: every other
+    # datapoint of a device says how heavy its tail is, the others set its cohort's thresholds —
+    # sorting devices by the same scores that calibrate them would make the light cohorts look
+    # lighter than their devices' next datapoints will be.
     shares = [share for _, share in settings.exceedance]
     floors = [floor for _, floor in settings.min_scores]
+    sorting = np.zeros(len(scores), dtype=bool)
+    sorting[::2] = True
+    # How heavy a tail is: the kurtosis of the scores (3 for a normal distribution), which tells a
+    # spiky device from a smooth one on a few hundred datapoints, where counting rare large scores
+    # cannot.
+    squares = np.minimum(scores, np.float32(_HEAVY_CAP))
+    squares *= squares
+    squares *= sorting
+    n_sorting = segments.sum(sorting)
+    moment2 = segments.sum(squares)
+    squares *= squares
+    moment4 = segments.sum(squares)
+    del squares
     with np.errstate(invalid="ignore", divide="ignore"):
-        heaviness = np.nan_to_num(segments.sum(scores > _HEAVY_SCORE) / sampled)
+        heaviness = np.nan_to_num(moment4 * n_sorting / (moment2 * moment2))
     cohort = calibration.cohorts(heaviness, own, settings.tail_cohorts)
-    point_cohort = segments.spread(cohort)
+    point_cohort = segments.spread(cohort)[~sorting]
+    scores = scores[~sorting]
+    del sorting
     by_cohort = np.argsort(point_cohort, kind="stable")  # a radix sort of bytes
     bounds = np.concatenate(([0], np.cumsum(np.bincount(point_cohort, minlength=settings.tail_cohorts + 1))))
     grouped = scores[by_cohort]
