@@ -242,6 +242,8 @@ def test_refreshed_then_expired_and_its_alarms_invalidated(place):
     assert service.store.sweep(T0 + 390) == []
     service.trainer.run_once(T0 + 400)
     assert service.training().status == "EXPIRED" and service.summaries()[0]["modelStatus"] == "EXPIRED"
+    # What the last attempt (T0 + 390) found in [T0 + 190, T0 + 390]: 100 + 500 reports and the 2 spikes.
+    assert service.summaries()[0]["datapointsCollectionPercentage"] == 30.1
     assert service.store.sweep(T0 + 400) == [("alarm-invalidated", "p", "bytes-ml")]
     # No model, no verdict: a spike does nothing.
     assert service.store.store_batch([("dev-4", spike, T0 + 401, 10**6), ("dev-4", spike, T0 + 402, 10**6 + 1)]) == []

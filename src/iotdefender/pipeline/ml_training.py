@@ -190,7 +190,7 @@ class MlTrainer:
         if elapsed >= schedule.training_period and count >= schedule.min_datapoints:
             return self._build(behavior, training, data, now)
         updated = replace(training, datapoints=count, last_attempt_at=now,
-                          datapoints_percentage=percentage if training.status == PENDING_BUILD else 100.0)
+                          datapoints_percentage=percentage)
         return self._expire_if_stale(updated, now, store=True)
 
     def _expire_if_stale(self, training: Training, now: float, store: bool = False) -> Training:
