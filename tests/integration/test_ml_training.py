@@ -360,3 +360,26 @@ def test_a_behavior_whose_training_fails_does_not_stop_the_others(place):
     statuses = sorted(t.status for t in service.trainer.run_once(T0 + 200))
     assert statuses == ["ACTIVE", "PENDING_BUILD"]
     assert sorted(t.status for t in service.trainer.run_once(T0 + 200)) == ["ACTIVE", "ACTIVE"]  # tried again
+
+
+def test_a_behavior_with_a_dimension_trains_on_its_dimensions_series(place):
+    service = Service(place)
+    service.api.invoke("CreateDimension", {"name": "telemetry", "type": "TOPIC_FILTER",
+                                           "stringValues": ["telemetry/#"], "clientRequestToken": "d1"})
+    behavior = {"name": "sent-ml", "metric": "aws:num-messages-sent",
+                "metricDimension": {"dimensionName": "telemetry"},
+                "criteria": {"mlDetectionConfig": {"confidenceLevel": "HIGH"}}}
+    service.api.invoke("CreateSecurityProfile", {"securityProfileName": "p", "behaviors": [behavior]})
+    service.api.invoke("AttachSecurityProfile", {"securityProfileName": "p", "securityProfileTargetArn": ALL_THINGS})
+    service.monitoring.invalidate()
+    series = "aws:num-messages-sent|telemetry|IN"
+    service.trainer.run_once(T0)
+    for k in range(200):  # the dimension's series only: the plain metric's datapoints are not its model's
+        service.store.store_batch([(name, {series: {"count": 10 + (i + k) % 5},
+                                           "aws:num-messages-sent": {"count": 1000}}, T0 + k, None)
+                                   for i, name in enumerate(DEVICES)])
+    (training,) = service.trainer.run_once(T0 + 200)
+    assert (training.status, training.series, training.dimension) == ("ACTIVE", series, "telemetry|IN")
+    burst = {series: {"count": 5000}}
+    assert service.store.store_batch([("dev-0", burst, T0 + 201, None)]) == [("in-alarm", "p", "sent-ml")]
+    assert service.store.store_batch([("dev-1", {"aws:num-messages-sent": {"count": 5000}}, T0 + 201, None)]) == []
