@@ -41,6 +41,7 @@ from iotdefender.ingest.service import IngestService
 from iotdefender.pipeline.batch_store import BatchStore, EventListener
 from iotdefender.pipeline.counters import counting
 from iotdefender.pipeline.local_store import PipelineConfig, open_local_store
+from iotdefender.pipeline.ml_training import MlTrainer, TrainingSchedule, training_loop
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.worker import WorkerConfig
 from iotdefender.pipeline.worker_client import WorkerBatchStore
@@ -103,6 +104,8 @@ def mqtt_auth(settings: Settings) -> str:
 def validate(settings: Settings) -> None:
     if settings.time_scale <= 0:
         raise ConfigurationError("--time-scale must be a positive number")
+    if (ml_problem := settings.ml_problem()) is not None:
+        raise ConfigurationError(ml_problem)
     if settings.mqtt_url is not None:
         try:
             parse_broker_url(settings.mqtt_url)
@@ -153,6 +156,17 @@ async def sweep_loop(sweep: Callable[..., object], invalidation_s: float, *taken
             await anyio.to_thread.run_sync(sweep, time.time(), *(take() for take in taken))
         except Exception as error:
             log_unless_outage(log, "invalidation_sweep_failed", error)
+
+
+def ml_training(settings: Settings, engine: Engine, monitoring: MonitoringIndex, store: BatchStore
+                ) -> Coroutine[Any, Any, None]:
+    """ML Detect's trainer (pipeline/ml_training.py); detection hears of new models through the
+    batch store's ``invalidate``, the way it hears of control-plane changes."""
+    schedule = TrainingSchedule(settings.effective_ml_training_period, settings.ml_min_datapoints,
+                                settings.effective_ml_refresh_period, settings.effective_ml_expiry,
+                                settings.time_scale)
+    return training_loop(MlTrainer(engine, monitoring, schedule, on_published=store.invalidate),
+                         schedule.loop_interval)
 
 
 def load_alert_routes(settings: Settings) -> AlertRoutes:
@@ -229,6 +243,7 @@ async def serve(settings: Settings) -> None:
         asyncio.create_task(sweep_loop(store.sweep, settings.effective_invalidation_period), name="invalidation"),
         asyncio.create_task(alerts.run(), name="alerts"),
         asyncio.create_task(cloud.run(), name="cloud-metrics"),
+        asyncio.create_task(ml_training(settings, engine, monitoring, store), name="ml-training"),
     ]
 
     server = http_server(settings, create_app(api, create_console(api, monitoring, settings.time_scale)))

@@ -42,6 +42,10 @@ class Settings:
     violation_retention: float | None = None
     sns_endpoint_url: str | None = None
     alert_subscriptions: Path | None = None
+    ml_training_period: float | None = None
+    ml_min_datapoints: int = 25_000
+    ml_refresh_period: float | None = None
+    ml_expiry: float | None = None
     cluster_url: str | None = None  # nats://H1:P1[,nats://H2:P2]: cluster mode (docs/cluster.md)
     roles: str = "broker,api,detect"
 
@@ -77,6 +81,40 @@ class Settings:
     @property
     def effective_violation_retention(self) -> float:
         return self.scaled(self.violation_retention, 30 * DAY)  # AWS: violations kept 30 days
+
+    @property
+    def effective_ml_training_period(self) -> float:
+        return self.scaled(self.ml_training_period, 14 * DAY)  # AWS: 14 days before the first model
+
+    @property
+    def effective_ml_refresh_period(self) -> float:
+        return self.scaled(self.ml_refresh_period, DAY)  # AWS: the model is rebuilt daily
+
+    @property
+    def effective_ml_expiry(self) -> float:
+        return self.scaled(self.ml_expiry, 30 * DAY)  # AWS: not refreshed for 30 days -> no evaluation
+
+    def ml_problem(self) -> str | None:
+        """Why the ML Detect settings cannot work, or None.
+
+        A model is built on the trailing training period of *retained* datapoints: metric
+        retention shorter than that period would starve every model of its oldest days, silently.
+        """
+        periods = {"--ml-training-period": self.effective_ml_training_period,
+                   "--ml-refresh-period": self.effective_ml_refresh_period, "--ml-expiry": self.effective_ml_expiry}
+        for flag, seconds in periods.items():
+            if not seconds > 0:
+                return f"{flag} must be a positive number of seconds"
+        if self.ml_min_datapoints < 1:
+            return "--ml-min-datapoints must be at least 1"
+        if self.effective_ml_expiry <= self.effective_ml_refresh_period:
+            return (f"--ml-expiry ({self.effective_ml_expiry:g} s) must be longer than --ml-refresh-period "
+                    f"({self.effective_ml_refresh_period:g} s): a model is expired when it was not rebuilt for that long")
+        if self.effective_metric_retention < self.effective_ml_training_period:
+            return (f"--metric-retention ({self.effective_metric_retention:g} s) is shorter than --ml-training-period "
+                    f"({self.effective_ml_training_period:g} s): ML Detect models are built on the retained datapoints "
+                    "of the whole training period")
+        return None
 
     @property
     def effective_mqtt_auth(self) -> str:
@@ -153,6 +191,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of silence after which an alarm is invalidated (default 2 days / time-scale)")
     timing.add_argument("--violation-retention", type=float, default=None,
                         help="seconds violation events are kept (default 30 days / time-scale)")
+    ml = parser.add_argument_group("ML Detect (docs/detection.md)")
+    ml.add_argument("--ml-training-period", type=float, default=None,
+                    help="seconds of datapoints a model is built on, and before its first build "
+                         "(default 14 days / time-scale)")
+    ml.add_argument("--ml-min-datapoints", type=int, default=d.ml_min_datapoints,
+                    help="datapoints over the training period a model needs (default %(default)s, as AWS)")
+    ml.add_argument("--ml-refresh-period", type=float, default=None,
+                    help="seconds between two builds of an active model (default 1 day / time-scale)")
+    ml.add_argument("--ml-expiry", type=float, default=None,
+                    help="seconds a model may go without a successful build before it stops evaluating "
+                         "(default 30 days / time-scale)")
     alerts = parser.add_argument_group("alerts")
     alerts.add_argument("--sns-endpoint-url", default=None,
                         help="publish alerts to the profiles' SNS topics at this SNS-compatible endpoint")

@@ -43,6 +43,8 @@ EXPECTED = [
      "metricDimension": {"dimensionName": "telemetry", "operator": "NOT_IN"},
      "criteria": {"comparisonOperator": "less-than", "value": {"count": 100}, "durationSeconds": 600},
      "suppressAlerts": True, "exportMetric": True},
+    {"name": "received-ml", "metric": "aws:num-messages-received",
+     "criteria": {"mlDetectionConfig": {"confidenceLevel": "MEDIUM"}, "consecutiveDatapointsToAlarm": 3}},
 ]
 
 
@@ -71,7 +73,8 @@ def build(page: Page, behavior: dict, kind: str = "static", value: str | None = 
     last.locator("[data-field=metric]").select_option(behavior["metric"])
     if kind != "static":
         last.locator("[data-field=kind]").select_option(kind)
-    last.locator("[data-field=operator]").select_option(behavior["criteria"]["comparisonOperator"])
+    if kind != "ml":
+        last.locator("[data-field=operator]").select_option(behavior["criteria"]["comparisonOperator"])
     if value is not None:
         last.locator("[data-field=value]").fill(value)
     for field, chosen in fields.items():
@@ -109,8 +112,9 @@ def test_builder_creates_edits_validates_and_previews(service, page: Page):
     build(page, EXPECTED[5], value="admin, guest")
     build(page, EXPECTED[6], value="100", duration="600", dimension="telemetry", suppress="", export="")
     card(page, 6).locator("[data-field=dimension-operator]").select_option("NOT_IN")
+    build(page, EXPECTED[7], kind="ml", confidence="MEDIUM", **{"to-alarm": "3"})
 
-    # Only the operators valid for each metric are offered; ML Detect is not (it does not exist here).
+    # Only the operators valid for each metric are offered; ML Detect where AWS allows it.
     operators = card(page, 2).locator("[data-field=operator] option")
     expect(operators).to_have_count(2)
     assert sorted(operators.evaluate_all("os => os.map(o => o.value)")) == ["in-port-set", "not-in-port-set"]
@@ -118,7 +122,7 @@ def test_builder_creates_edits_validates_and_previews(service, page: Page):
         "os => os.map(o => o.value)") == ["in-set", "not-in-set"]
     assert card(page, 2).locator("[data-field=kind] option").count() == 1  # a port set has no statistics
     kinds = card(page, 0).locator("[data-field=kind] option").evaluate_all("os => os.map(o => o.value)")
-    assert kinds == ["static", "statistical"]
+    assert kinds == ["static", "statistical", "ml"]
     # Units and value types in the metric picker.
     picker = card(page, 0).locator("[data-field=metric]").inner_text()
     assert "aws:all-bytes-out (bytes) · count" in picker and "temperature · number" in picker
@@ -133,6 +137,10 @@ def test_builder_creates_edits_validates_and_previews(service, page: Page):
         "all bytes out over 5 minutes is at or above the p99 of all devices' values")
     expect(card(page, 2).locator(".sentence")).to_contain_text("include a port outside {22, 443}")
     expect(card(page, 6).locator(".sentence")).to_contain_text("No alerts are sent")
+    expect(card(page, 7).locator(".sentence")).to_contain_text(
+        "leaves the normal band its model learned for the device at that hour of the week "
+        "(MEDIUM confidence: fewer alarms) for 3 consecutive datapoints")
+    expect(card(page, 7).locator("[data-field=duration]")).to_have_count(0)  # ML criteria take no duration
 
     # The JSON view holds exactly what was built.
     expect(page.locator("#behavior-builder")).to_have_attribute("data-valid", "true")

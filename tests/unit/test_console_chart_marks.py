@@ -26,3 +26,25 @@ def test_numeric_thresholds_and_closed_and_open_alarm_periods():
                                               {"label": "p/hot", "start": 30.0, "end": 50.0}]
     assert marks["aws:num-messages-sent|t|IN"]["thresholds"] == [{"label": "p/msgs", "value": 5.0}]
     assert "aws:listening-tcp-ports" not in marks  # a set of ports has no line to draw
+
+
+def test_an_ml_band_is_drawn_through_each_slot_centre_and_reaches_the_charts_edges():
+    import numpy as np
+
+    from iotdefender.console.chart_marks import add_model_bands
+    from iotdefender.engine.ml import ConfidenceLevel, SeasonalClock, TrainingData, TrainingSettings, train
+
+    rng = np.random.default_rng(0)
+    times = np.sort(rng.uniform(0, 1000, 5000))
+    hours = np.floor(times / 10) % 24  # a 10 s hour: busier in the day's second half
+    values = np.where(hours >= 12, 100.0, 10.0) * rng.uniform(0.9, 1.1, 5000)
+    model = train(TrainingData(np.zeros(5000, np.int32), ["d"], times, values), trained_at=1000.0,
+                  settings=TrainingSettings(clock=SeasonalClock(hour_seconds=10.0, origin=0.0)))
+    behavior = {"name": "b", "metric": "m", "criteria": {"mlDetectionConfig": {"confidenceLevel": "LOW"}}}
+    marks = add_model_bands({}, [("p", behavior, model)], "d", 1005.0, 1300.0)
+    (band,) = marks["m"]["bands"]
+    assert band["label"] == "p/b" and band["level"] == "LOW"
+    times_drawn = [p[0] for p in band["points"]]
+    # Two 5 s slots an hour, centres at 2.5 + 5k: the edges and every centre between them.
+    assert times_drawn == [1005.0, *[1007.5 + 5 * k for k in range(59)], 1300.0]
+    assert all(p[1:] == list(model.band("d", p[0], ConfidenceLevel.LOW)) for p in band["points"])

@@ -44,3 +44,14 @@ def test_counts_in_sentences_agree_with_their_number() -> None:
     from iotdefender.english import count_of
 
     assert [count_of(n, "device") for n in (0, 1, 2)] == ["0 devices", "1 device", "2 devices"]
+
+
+def test_an_ml_models_status_in_words():
+    from iotdefender.console.wording import model_status
+
+    assert model_status({"modelStatus": "PENDING_BUILD", "datapointsCollectionPercentage": 0.0}) == \
+        "learning: 0 % collected; it alarms once built"
+    assert model_status({"modelStatus": "PENDING_BUILD", "datapointsCollectionPercentage": 42.5,
+                         "trainingDataCollectionStartDate": 0.0}) == \
+        "learning: 42.5 % collected since 1970-01-01 00:00:00 UTC; it alarms once built"
+    assert "no longer alarms" in model_status({"modelStatus": "EXPIRED", "lastModelRefreshDate": 60.0})

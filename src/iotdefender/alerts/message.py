@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from iotdefender.engine.evaluator import ViolationEvent
+from iotdefender.engine.ml_behavior import additional_info
 
 
 def alert_message(event: ViolationEvent) -> bytes:
@@ -21,4 +22,7 @@ def alert_message(event: ViolationEvent) -> bytes:
     }
     if event.metric_value is not None:
         document["metricValue"] = event.metric_value
+    info = additional_info(event.behavior)
+    if info is not None:  # as ListViolationEvents carries it (reference §6.1: presumed for ML alarms)
+        document["violationEventAdditionalInfo"] = info
     return orjson.dumps(document)

@@ -36,6 +36,7 @@ from iotdefender.api.sigv4 import SignedRequest, verify
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.dispatch import Dispatcher
 from iotdefender.controlplane.registry import IMPLEMENTED
+from iotdefender.controlplane.behavior_models import behavior_model_document
 from iotdefender.controlplane.violations import violation_evidence
 from iotdefender.store.availability import DatabaseHealth, is_unavailable
 
@@ -160,6 +161,9 @@ class ApiService:
                 raise invalid_request(f"broker-events: {error}") from None
         if method == "GET" and len(parts) == 3 and parts[0] == "violations" and parts[2] == "evidence":
             return violation_evidence(self.context, parts[1])
+        if method == "GET" and parts[0] == "behavior-models" and len(parts) in (3, 5) and \
+                (len(parts) == 3 or parts[3] == "things"):
+            return behavior_model_document(self.context, parts[1], parts[2], parts[4] if len(parts) == 5 else None)
         if method == "GET" and parts == ["alerts", "dead"] and self.dead_letters is not None:
             return {"deadLetters": self.dead_letters()}
         if parts[0] == "backtests" and self.backtests is not None:

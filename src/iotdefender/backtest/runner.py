@@ -5,8 +5,10 @@ Two paths, one semantics (the alarm state machine of ``engine.alarm``, the windo
 - numeric static behaviors (a count or number compared with a fixed value, optionally summed over
   ``durationSeconds``) run over the columnar segments with ``engine.vectorised``: a week of a 10k
   fleet in seconds, and a threshold sweep costs one more comparison per threshold;
-- every other behavior (statistical thresholds, port/CIDR/string/number sets, window maxima) is
-  replayed report by report through ``engine.evaluator.Evaluator``, the code live evaluation runs.
+- every other behavior (statistical thresholds, port/CIDR/string/number sets, window maxima, ML
+  Detect) is replayed report by report through ``engine.evaluator.Evaluator``, the code live
+  evaluation runs. An ML behavior of a saved profile is replayed with the stored model version that
+  was active at each moment (``ModelTimeline``): no verdict before its first model was built.
 
 What a backtest assumes, stated in every result: every replayed alarm starts NORMAL at ``start``;
 things are covered by the targets as they are now (the registry keeps no membership history); an
@@ -27,10 +29,12 @@ from sqlalchemy.engine import Engine
 from iotdefender.engine.alarm import AlarmStatus, EventType, counting_ids, due_for_invalidation
 from iotdefender.engine.compare import scalar_of
 from iotdefender.engine.evaluator import DELTA_METRICS, MAX_METRICS, Evaluator, StateKey, criteria_type
+from iotdefender.engine.ml import BehaviorModel
+from iotdefender.engine.ml_behavior import ActiveModel, MlModels, confidence_of
 from iotdefender.engine.series import behavior_series
 from iotdefender.engine.vectorised import (alarm_transitions, alarms_raised, order_by_thing_and_time, supports,
                                            violating, windowed_sums)
-from iotdefender.store import history
+from iotdefender.store import history, ml_models
 
 Progress = Callable[[float, str], None]
 BACKTEST_PROFILE = "backtest"
@@ -174,9 +178,44 @@ def _plain(number: float) -> int | float:
     return int(number) if float(number).is_integer() else float(number)
 
 
+class ModelTimeline:
+    """The ML models of a replay as time advances: for each behavior, its stored versions by the
+    time they were built; ``advance(t)`` gives the models active at ``t`` when they changed."""
+
+    def __init__(self, versions: Mapping[tuple[str, str], list[tuple[float, ActiveModel]]]) -> None:
+        self._versions = {key: sorted(found, key=lambda v: v[0]) for key, found in versions.items() if found}
+        self._next = {key: 0 for key in self._versions}
+        self._current: dict[tuple[str, str], ActiveModel] = {}
+
+    def advance(self, at: float) -> MlModels | None:
+        changed = False
+        for key, found in self._versions.items():
+            i = self._next[key]
+            while i < len(found) and found[i][0] <= at:
+                self._current[key] = found[i][1]
+                i += 1
+                changed = True
+            self._next[key] = i
+        return dict(self._current) if changed else None
+
+    @staticmethod
+    def load(engine: Engine, profile: str, behaviors: Iterable[Mapping[str, Any]], end: float) -> ModelTimeline:
+        found: dict[tuple[str, str], list[tuple[float, ActiveModel]]] = {}
+        with engine.connect() as conn:
+            for behavior in behaviors:
+                key = (profile, behavior.get("name", ""))
+                found[key] = [(v.trained_at, ActiveModel(v.series, v.version, BehaviorModel.from_bytes(v.model)))
+                              for v in ml_models.versions_of(conn, key, end) if v.series == behavior_series(behavior)]
+        return ModelTimeline(found)
+
+    def versions(self, key: tuple[str, str]) -> list[tuple[float, ActiveModel]]:
+        return self._versions.get(key, [])
+
+
 def _replayed(request: BacktestRequest, behaviors: list[dict[str, Any]], reports: Iterable[list[tuple]],
-              total: int, progress: Progress) -> list[BehaviorOutcome]:
-    """The per-datapoint engine over reports in time order, with the live sweep's invalidation."""
+              total: int, progress: Progress, models: ModelTimeline | None = None) -> list[BehaviorOutcome]:
+    """The per-datapoint engine over reports in time order, with the live sweep's invalidation
+    (and the ML models active at each moment)."""
     evaluator = Evaluator(counting_ids(), request.time_scale)  # a backtest's violation ids are never shown
     profile = {"name": request.profile_name, "behaviors": behaviors}
     outcomes = {b["name"]: BehaviorOutcome(b, "engine") for b in behaviors}
@@ -192,6 +231,8 @@ def _replayed(request: BacktestRequest, behaviors: list[dict[str, Any]], reports
             if not ok:
                 continue
             _invalidate_silent(evaluator, in_alarm.get(thing), at, outcomes, request.invalidation_period)
+            if models is not None and (current := models.advance(at)) is not None:
+                evaluator.use_models(current)
             for name, series_key in series.items():
                 if series_key in datapoints:
                     outcomes[name].datapoints += 1
@@ -230,6 +271,14 @@ def _invalidate_silent(evaluator: Evaluator, keys: set[StateKey] | None, now: fl
             outcomes[key[2]].events.append((key[0], at, event.event_type.value, event.metric_value))
 
 
+def _model_note(versions: list[tuple[float, ActiveModel]]) -> str:
+    if not versions:
+        return ("no model of this behavior was built before the end of the range: ML Detect behaviors are "
+                "replayed with the models their saved profile's training built, so nothing was judged")
+    return (f"replayed with model versions {versions[0][1].version} to {versions[-1][1].version}, each from the "
+            f"time it was built; no verdict before {versions[0][0]:.3f} (the first model)")
+
+
 def run_backtest(engine: Engine, request: BacktestRequest, progress: Progress = lambda f, m: None
                  ) -> dict[str, Any]:
     """Replay [start, end] for every behavior of the request; returns the result document."""
@@ -237,14 +286,16 @@ def run_backtest(engine: Engine, request: BacktestRequest, progress: Progress = 
     slow: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for behavior in request.behaviors:
-        if not behavior.get("metric") or (behavior.get("criteria") or {}).get("mlDetectionConfig"):
-            skipped.append(behavior)  # ML Detect needs trained models; metric-less behaviors have nothing to replay
+        if not behavior.get("metric"):
+            skipped.append(behavior)  # metric-less behaviors have nothing to replay
             continue
         threshold = fast_path_threshold(behavior)
         if threshold is None:
             slow.append(behavior)
         else:
             fast.append((behavior, threshold))
+    ml = [b for b in slow if confidence_of(b) is not None]
+    timeline = ModelTimeline.load(engine, request.profile_name, ml, request.end) if ml else None
     steps = len(fast) + (1 if slow else 0)
     outcomes: list[BehaviorOutcome] = []
     with engine.connect() as conn:
@@ -257,14 +308,16 @@ def run_backtest(engine: Engine, request: BacktestRequest, progress: Progress = 
             total = history.count_reports(conn, request.start, request.end)
             base = len(fast) / max(steps, 1)
             outcomes.extend(_replayed(request, slow, history.iter_reports(conn, request.start, request.end),
-                                      total, lambda f, m: progress(base + f / max(steps, 1), m)))
+                                      total, lambda f, m: progress(base + f / max(steps, 1), m), timeline))
     by_name = {o.behavior["name"]: o for o in outcomes}
     results = []
     for behavior in request.behaviors:
         outcome = by_name.get(behavior.get("name"))
         if outcome is None:
-            outcome = BehaviorOutcome(behavior, "none", note="ML Detect behaviors are not evaluated")
-        elif outcome.datapoints == 0:
+            outcome = BehaviorOutcome(behavior, "none", note="a behavior without a metric has nothing to replay")
+        elif timeline is not None and confidence_of(behavior) is not None:
+            outcome.note = _model_note(timeline.versions((request.profile_name, behavior.get("name", ""))))
+        if outcome.datapoints == 0:
             outcome.note = ("no retained datapoints of this metric in the range: only metrics used by a "
                             "behavior or listed in additionalMetricsToRetainV2 of a monitoring profile are kept")
         results.append(outcome.summary(request.start, request.end))

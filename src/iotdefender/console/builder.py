@@ -59,8 +59,8 @@ def catalog(console: ConsoleContext) -> dict[str, Any]:
         token = listed.get("nextToken")
         if not token:
             break
-    # ML Detect is not implemented: the builder hides its criteria until it is.
-    return {"metrics": metrics, "dimensions": dimensions, "mlDetect": False}
+    # ML Detect: offered for the metrics AWS allows it on (metrics_catalog), with a confidence level.
+    return {"metrics": metrics, "dimensions": dimensions, "mlDetect": True}
 
 
 def routes(console: ConsoleContext) -> dict[str, Page]:

@@ -1,11 +1,13 @@
-"""What a device's metric charts draw over the data: each behavior's threshold as a line and the
-periods its violations were in alarm as shaded bands, so a chart shows why a device alarmed.
+"""What a device's metric charts draw over the data: each behavior's threshold as a line, the
+periods its violations were in alarm as shaded bands, and an ML behavior's learned normal band,
+so a chart shows why a device alarmed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from iotdefender.engine.ml import BehaviorModel, ConfidenceLevel
 from iotdefender.metrics_catalog import series_key
 
 Marks = dict[str, dict[str, list[Any]]]
@@ -55,4 +57,43 @@ def chart_marks(profiles: list[dict[str, Any]], events: list[dict[str, Any]], en
             entry(period.pop("series"))["alarms"].append(period)
     for period in started.values():
         entry(period.pop("series"))["alarms"].append(period)
+    return marks
+
+
+# At most this many points of an ML band on one chart (the model's band is a line between the
+# centres of the week's slots, half an hour each).
+BAND_POINTS_MAX = 500
+
+
+def model_band(model: BehaviorModel, thing: str, level: ConfidenceLevel, start: float, end: float
+               ) -> list[list[float]]:
+    """[[time, low, high], ...]: the device's normal band at ``level`` at ``start``, at each slot
+    centre inside the range (every few slots on a long range) and at ``end``; the model's band is
+    a straight line between slot centres, so joining the points draws it exactly."""
+    clock = model.clock
+    slot = clock.slot_seconds
+    step = slot * max(1, int((end - start) / slot / BAND_POINTS_MAX) + 1)
+    first_centre = start - (start - clock.origin - slot / 2) % slot + slot
+    times = [start, *_range(first_centre, end, step), end] if end > start else [start]
+    return [[t, *model.band(thing, t, level)] for t in times]
+
+
+def _range(first: float, end: float, step: float) -> list[float]:
+    out, at = [], first
+    while at < end:
+        out.append(at)
+        at += step
+    return out
+
+
+def add_model_bands(marks: Marks, models: list[tuple[str, dict[str, Any], BehaviorModel]], thing: str,
+                    start: float, end: float) -> Marks:
+    """Each ML behavior's band at its confidence level, on the chart of its series: ``models`` are
+    (profile name, behavior, its active model)."""
+    for profile, behavior, model in models:
+        level = ConfidenceLevel(((behavior.get("criteria") or {}).get("mlDetectionConfig") or {})
+                                .get("confidenceLevel", "HIGH"))
+        entry = marks.setdefault(behavior_series(behavior), {"thresholds": [], "alarms": []})
+        entry.setdefault("bands", []).append({"label": f"{profile}/{behavior['name']}", "level": level.value,
+                                              "points": model_band(model, thing, level, start, end)})
     return marks

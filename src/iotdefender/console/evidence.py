@@ -32,6 +32,24 @@ def value_parts(value: Any, offending: list[Any]) -> list[tuple[str, bool]]:
     return [(metric_value(value), bool(offending))]
 
 
+def readable(number: Any) -> str:
+    """A band's edge in the metric's units, rounded as an operator reads it: 640, 12.5, 0.031."""
+    if not isinstance(number, (int, float)):
+        return "-"
+    return f"{number:,.0f}" if abs(number) >= 100 else f"{number:.3g}"
+
+
+def _ml(evidence: dict[str, Any]) -> dict[str, Any] | None:
+    """An ML behavior's evidence: the band of its confidence level for this device at that hour
+    (in the metric's units), the level the value reached, the model's own sentence."""
+    band = evidence.get("band")
+    if not isinstance(band, dict):
+        return None
+    return {"level": evidence.get("confidenceLevel"), "judged": evidence.get("judgedConfidenceLevel"),
+            "low": readable(band.get("low")), "high": readable(band.get("high")),
+            "explanation": evidence.get("explanation"), "version": evidence.get("modelVersion")}
+
+
 def explain(document: dict[str, Any]) -> dict[str, Any]:
     """The template's view of an evidence document: one entry per event, oldest first."""
     events = []
@@ -47,6 +65,7 @@ def explain(document: dict[str, Any]) -> dict[str, Any]:
             "offending": [str(v) for v in offending],
             "threshold": None if threshold is None else metric_value(threshold),
             "statistic": statistic, "devices": evidence.get("devices"),
+            "ml": _ml(evidence),
             "datapoints": [(d.get("timestamp"), value_parts(d.get("value"), offending))
                            for d in evidence.get("datapoints") or []],
         })

@@ -19,7 +19,8 @@ from starlette.responses import Response
 from iotdefender.contract.errors import ApiError
 from iotdefender.console import fleet
 from iotdefender.console.auth import Page, login_required
-from iotdefender.console.chart_marks import chart_marks
+from iotdefender.console.chart_marks import add_model_bands, chart_marks
+from iotdefender.controlplane.behavior_models import active_models_of
 from iotdefender.console.context import ConsoleContext
 from iotdefender.controlplane import hierarchy
 from iotdefender.metrics_catalog import BUILTIN_METRICS
@@ -148,7 +149,9 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                 described = api.invoke("DescribeThing", {"thingName": name})
             except ApiError:
                 described = None
-            marks = chart_marks(profiles, events, end)
+            with console.engine.connect() as conn:
+                models = active_models_of(conn, profiles)
+            marks = add_model_bands(chart_marks(profiles, events, end), models, name, start, end)
             return {"profiles": profiles, "active": active, "events": events, "series": series, "marks": marks,
                     "other": other, "described": described, "targets": console.monitoring.targets_of(name),
                     "last_report": last_report}

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from iotdefender.contract.errors import ApiError, invalid_request
 from iotdefender.console.auth import Page, login_required
 from iotdefender.console.context import ConsoleContext
-from iotdefender.console.wording import alarm_sentence
+from iotdefender.console.wording import alarm_sentence, model_status
 from iotdefender.console.writes import perform, refusal, run, text
 from iotdefender.store import profiles as profile_store
 
@@ -79,7 +79,16 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                 raise invalid_request(f"Version {diff_from if diff_from not in by_version else diff_to} of {name} is not kept; "
                                       f"kept versions: {', '.join(str(v) for v in sorted(by_version)) or 'none'}")
             diff = version_diff(by_version[diff_from]["document"], by_version[diff_to]["document"])
-        return {"profile": described, "targets": [target_label(t["arn"]) for t in targets["securityProfileTargets"]],
+        models = {}
+        token: str | None = None
+        while True:  # every ML behavior's training summary (10 a page at most)
+            page = api.invoke("GetBehaviorModelTrainingSummaries",
+                              {"securityProfileName": name, **({"nextToken": token} if token else {})})
+            models.update({s["behaviorName"]: model_status(s) for s in page["summaries"]})
+            token = page.get("nextToken")
+            if not token:
+                break
+        return {"profile": described, "models": models, "targets": [target_label(t["arn"]) for t in targets["securityProfileTargets"]],
                 "tags": tags, "history": history, "diff": diff,
                 "sentences": [alarm_sentence(b) for b in described.get("behaviors") or []],
                 "retained_text": retained_as_text(described.get("additionalMetricsToRetainV2") or [])}

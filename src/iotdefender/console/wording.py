@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotdefender.console.context import metric_value
+from iotdefender.console.context import metric_value, when
 from iotdefender.engine.evaluator import DELTA_METRICS, MAX_METRICS
 
 # The operator states what is normal; the phrase says what alarms.
@@ -85,3 +85,18 @@ def alarm_sentence(behavior: dict[str, Any]) -> str:
     if behavior.get("suppressAlerts"):
         sentence += " (alerts suppressed)"
     return sentence
+
+
+def model_status(summary: dict[str, Any] | None) -> str:
+    """An ML behavior's model as GetBehaviorModelTrainingSummaries reports it, in words."""
+    if summary is None:
+        return "no model yet"
+    status = summary.get("modelStatus")
+    started = summary.get("trainingDataCollectionStartDate")
+    refreshed = summary.get("lastModelRefreshDate")
+    if status == "ACTIVE":
+        return f"learned; the model was last rebuilt {when(refreshed)} UTC"
+    if status == "EXPIRED":
+        return (f"expired: not rebuilt since {when(refreshed)} UTC (too few datapoints), so it no longer alarms")
+    collected = f"{summary.get('datapointsCollectionPercentage', 0.0):g} % collected"
+    return f"learning: {collected}" + (f" since {when(started)} UTC" if started is not None else "") + "; it alarms once built"

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from iotdefender.controlplane import (
+    behavior_models,
     custom_metrics,
     dimensions,
     metric_values,
@@ -21,7 +22,7 @@ from iotdefender.controlplane import (
 )
 from iotdefender.controlplane.operations import Implementation
 
-HANDLER_MODULES = (custom_metrics, dimensions, metric_values, security_profiles, tags, targets, thing_groups,
+HANDLER_MODULES = (behavior_models, custom_metrics, dimensions, metric_values, security_profiles, tags, targets, thing_groups,
                    things, violations)
 
 

@@ -15,6 +15,7 @@ from iotdefender.contract.service_model import service_model
 from iotdefender.contract.validation import validate_value
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
+from iotdefender.engine.ml_behavior import additional_info
 from iotdefender.store import violations
 from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, encode_token, page_size
@@ -33,7 +34,12 @@ def _filter(params: Params, behavior_name: str | None) -> violations.ViolationFi
 
 
 def _verification(row: Any) -> Params:
+    """The verification members, and ML Detect's confidence level (from the stored behavior, the
+    one the violation was evaluated with)."""
     out: Params = {}
+    info = additional_info(row.behavior)
+    if info is not None:
+        out["violationEventAdditionalInfo"] = info
     if row.verification_state_value is not None:
         out["verificationState"] = row.verification_state_value
         if row.verification_description_value:

@@ -21,6 +21,10 @@ from typing import Any
 
 from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType, IdFactory, Transition, advance, invalidate
 from iotdefender.engine.compare import Check, compile_check, compliant, offending, scalar_of
+from iotdefender.engine.ml import ConfidenceLevel
+from iotdefender.engine.ml_behavior import ActiveModel, MlModels
+from iotdefender.engine.ml_behavior import evidence as ml_evidence
+from iotdefender.engine.ml_behavior import violates as ml_violates
 from iotdefender.engine.series import behavior_series
 from iotdefender.engine.statistics import FleetStatistics, StatisticsChanges
 from iotdefender.metrics_catalog import COUNT_MAX
@@ -82,7 +86,7 @@ class _Rule:
     to_clear: int
     window_s: float | None  # set when durationSeconds or a statistical threshold applies
     statistical: bool
-    ml: bool
+    confidence: ConfidenceLevel | None  # set for an ML behavior
 
     @staticmethod
     def of(behavior: Mapping[str, Any], time_scale: float) -> _Rule:
@@ -100,11 +104,12 @@ class _Rule:
         if not statistical and operator and isinstance(threshold, Mapping):
             check = compile_check(operator, threshold)
         seconds = criteria.get("durationSeconds") or DEFAULT_WINDOW_S
+        ml = criteria.get("mlDetectionConfig") or {}
+        confidence = ConfidenceLevel(ml.get("confidenceLevel") or "HIGH") if ml else None
         return _Rule(dict(behavior), behavior.get("name", ""), metric or "", series, dimension_key, operator,
                      threshold, check, criteria.get("consecutiveDatapointsToAlarm") or 1,
                      criteria.get("consecutiveDatapointsToClear") or 1,
-                     float(seconds) / time_scale if has_window else None, statistical,
-                     bool(criteria.get("mlDetectionConfig")))
+                     float(seconds) / time_scale if has_window and not ml else None, statistical, confidence)
 
 
 class StaleChanges(RuntimeError):
@@ -147,6 +152,18 @@ class Evaluator:
     _generation: int = field(default=0, init=False, compare=False)  # how many change sets were applied
     _compiled: dict[int, tuple[Mapping[str, Any], list[_Rule]]] = field(default_factory=dict, init=False,
                                                                           compare=False)
+    _models: MlModels = field(default_factory=dict, init=False, compare=False)
+
+    # -- ML Detect's models: data, swapped whole when training publishes -------------------------
+    def use_models(self, models: MlModels) -> None:
+        """Evaluate ML behaviors with these models from now on (a behavior without one is not
+        evaluated: its model is pending, expired, or of a metric it no longer has)."""
+        self._models = models
+
+    def model_for(self, profile: str, behavior: Mapping[str, Any]) -> ActiveModel | None:
+        """The model an ML behavior is evaluated with now, if any."""
+        active = self._models.get((profile, behavior.get("name", "")))
+        return active if active is not None and active.series == behavior_series(behavior) else None
 
     # -- the state: loaded, asked about, changed only by apply -----------------------------------
     def load(self, states: Mapping[StateKey, AlarmState]) -> None:
@@ -264,25 +281,34 @@ class Evaluator:
         for profile in profiles:
             profile_name = profile["name"]
             for rule in self._rules_of(profile):
-                if rule.series is None or rule.ml:
-                    continue  # no metric; ML Detect needs trained models: not evaluated (documented gap)
+                if rule.series is None:
+                    continue  # no metric
                 value = datapoints.get(rule.series)
                 if value is None:
                     continue  # no datapoint
                 key = (thing, profile_name, rule.name, rule.dimension_key)
-                measured, window_points = self._measure(thing, rule.metric, rule.series, value, rule.window_s, now,
-                                                        changes)
-                if rule.statistical:
-                    threshold, statistics = self._threshold(thing, profile_name, rule, measured, now, changes)
-                    if threshold is None:
-                        continue  # statistical warm-up: no verdict either way
-                    check = None
+                active: ActiveModel | None = None
+                if rule.confidence is not None:
+                    active = self._models.get((profile_name, rule.name))
+                    number = scalar_of(value)
+                    if active is None or active.series != rule.series or number is None:
+                        continue  # no model in force (pending, expired, retraining): no verdict either way
+                    ok = not ml_violates(active, rule.confidence, thing, number, now)
+                    measured, window_points, threshold, statistics = value, None, rule.threshold, None
                 else:
-                    threshold, statistics, check = rule.threshold, None, rule.check
-                try:
-                    ok = check(measured) if check is not None else compliant(rule.operator, threshold, measured)
-                except (ValueError, KeyError, TypeError):
-                    continue  # a datapoint of another type than the behavior's metric: not comparable
+                    measured, window_points = self._measure(thing, rule.metric, rule.series, value, rule.window_s,
+                                                            now, changes)
+                    if rule.statistical:
+                        threshold, statistics = self._threshold(thing, profile_name, rule, measured, now, changes)
+                        if threshold is None:
+                            continue  # statistical warm-up: no verdict either way
+                        check = None
+                    else:
+                        threshold, statistics, check = rule.threshold, None, rule.check
+                    try:
+                        ok = check(measured) if check is not None else compliant(rule.operator, threshold, measured)
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a datapoint of another type than the behavior's metric: not comparable
                 state = changed.get(key)
                 if state is None:
                     state = committed.get(key)
@@ -296,11 +322,16 @@ class Evaluator:
                 if after is not state and after != state and not (after.is_idle and state.is_idle):
                     changed[key] = after
                 if transition is not None:
-                    evidence: dict[str, Any] = statistics if statistics is not None else {"threshold": threshold}
+                    evidence: dict[str, Any]
+                    if active is not None and rule.confidence is not None:
+                        evidence = ml_evidence(active, rule.confidence, rule.metric, thing, scalar_of(value) or 0.0,
+                                               now)
+                    else:
+                        evidence = statistics if statistics is not None else {"threshold": threshold}
                     evidence["datapoints"] = (
                         [{"timestamp": t, "value": v} for t, v in transition.datapoints] if window_points is None else
                         [{"timestamp": t, "value": {"count": int(v)}} for t, v in window_points])
-                    if not ok:
+                    if not ok and active is None:
                         bad = offending(rule.operator, threshold, measured)
                         if bad:
                             evidence["offendingValues"] = bad

@@ -19,7 +19,9 @@ Invalidation (alarm-invalidated) — the choices, since AWS documents only the f
 - the device sent no datapoint for the invalidation period (2 days / time scale);
 - the behavior was removed from its profile (a behavior edited in place keeps its alarm, judged
   by the new criteria from the next datapoint on);
-- the profile was deleted or detached, or the thing no longer belongs to any of its targets.
+- the profile was deleted or detached, or the thing no longer belongs to any of its targets;
+- an ML behavior's model is no longer active (expired, or training started over because the
+  behavior's metric or the profile's targets changed): its alarms cannot clear any more.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from sqlalchemy.engine import Connection, Engine
 from iotdefender.alerts.routes import Alert, AlertRoutes, alert_target
 from iotdefender.engine.alarm import IdFactory, due_for_invalidation
 from iotdefender.engine.evaluator import ChangeSet, Evaluation, Evaluator, StateKey, ViolationEvent
+from iotdefender.engine.ml_behavior import confidence_of
+from iotdefender.pipeline.ml_registry import ModelRegistry
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import violations
 from iotdefender.store.database import write_connection, writing
@@ -102,8 +106,11 @@ class _Unconfirmed:
 
 class DetectionService:
     def __init__(self, engine: Engine, monitoring: MonitoringIndex, alerts: AlertRoutes,
-                 invalidation_period: float, time_scale: float = 1.0, new_id: IdFactory = new_violation_id) -> None:
+                 invalidation_period: float, time_scale: float = 1.0, new_id: IdFactory = new_violation_id,
+                 models: ModelRegistry | None = None) -> None:
         self._engine = engine
+        self._models = models if models is not None else ModelRegistry()
+        self._models_stale = True  # the ML models are (re)loaded before the next evaluation
         self._monitoring = monitoring
         self._alerts = alerts
         self._invalidation_period = invalidation_period
@@ -114,6 +121,26 @@ class DetectionService:
     def load(self) -> None:
         with self._engine.connect() as conn:
             self.evaluator.load(violations.load_alarm_states(conn))
+        with self._lock:
+            self._refresh_models()
+
+    # -- ML Detect's models -----------------------------------------------------------------------
+    def invalidate_models(self) -> None:
+        """Training published (or the control plane changed): reload the active models before
+        the next batch or sweep."""
+        self._models_stale = True
+
+    def _refresh_models(self) -> None:
+        """Under the detection lock: a batch is evaluated with one set of models throughout."""
+        if not self._models_stale:
+            return
+        self._models_stale = False  # first: an invalidation during the read marks it stale again
+        try:
+            with self._engine.connect() as conn:
+                self.evaluator.use_models(self._models.load(conn))
+        except BaseException:
+            self._models_stale = True
+            raise
 
     # -- a share of the things (cluster mode: a partition), taken over and given up ---------------
     def take_over(self, owns: Callable[[str], bool], first: Callable[[Connection], None]) -> list[ViolationEvent]:
@@ -153,8 +180,10 @@ class DetectionService:
         exception in the block rolls back and leaves memory alone; a commit that fails leaves
         the transaction unconfirmed (module docstring), settled at the start of the next one.
         """
-        with self._lock, self._transaction() as run:
-            yield run
+        with self._lock:
+            self._refresh_models()
+            with self._transaction() as run:
+                yield run
 
     @contextmanager
     def _transaction(self) -> Iterator[DetectionTransaction]:
@@ -239,6 +268,7 @@ class DetectionService:
         (the fence checks of those partitions) at the start of the transaction: a node that lost a
         partition meanwhile stores nothing for it."""
         with self._lock:
+            self._refresh_models()
             if self._unconfirmed is None and not self._stale(now, owns)[0]:
                 return None  # the usual case: no write transaction at all
             with self._transaction() as run:
@@ -271,6 +301,8 @@ class DetectionService:
                 stale[key] = "the security profile no longer monitors this thing"
             elif behavior is None:
                 stale[key] = "the behavior was removed from the security profile"
+            elif confidence_of(behavior) is not None and self.evaluator.model_for(profile_name, behavior) is None:
+                stale[key] = "the behavior's ML model is not active"
             elif due_for_invalidation(state, now, self._invalidation_period):
                 stale[key] = "no datapoint for the invalidation period"
             if behavior is not None:

@@ -115,6 +115,7 @@ class LocalBatchStore:
 
     def invalidate(self) -> None:
         self.monitoring.invalidate()
+        self.detection.invalidate_models()
 
     def close(self) -> None:
         pass

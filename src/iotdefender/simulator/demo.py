@@ -2,7 +2,10 @@
 
 Starts ``iotdefender serve`` at time scale 30 (reports every 10 s, 10 s cloud-side windows) on
 the default ports, creates a security profile through the AWS API, runs 20 simulated devices,
-switches anomalies on for half a minute and prints every violation event as it is stored. Then it
+switches anomalies on for half a minute and prints every violation event as it is stored. One
+behavior is ML Detect: its model learns the fleet's bytes out in the first 20 s (the training
+period, shortened for the demo), the demo prints its training status as it climbs, and the
+traffic burst later fires it. Then it
 keeps the service running, with the console's address and login and an AWS CLI command that works,
 until Ctrl-C (``--exit`` stops at once instead, for scripts).
 """
@@ -40,7 +43,13 @@ PROFILE = [
      "criteria": {"comparisonOperator": "less-than", "value": {"count": 100}}},
     {"name": "AuthorizationFailures", "metric": "aws:num-authorization-failures",
      "criteria": {"comparisonOperator": "less-than", "value": {"count": 1}}},
+    {"name": "BytesOutLearned", "metric": "aws:all-bytes-out",
+     "criteria": {"mlDetectionConfig": {"confidenceLevel": "MEDIUM"}}},
 ]
+# ML Detect in seconds: a 20 s training period on at least 30 datapoints, no rebuild during the demo
+# (a model rebuilt over the anomalies would learn them).
+ML_ARGS = ["--ml-training-period", "20", "--ml-min-datapoints", "30", "--ml-refresh-period", "3600"]
+ANOMALY_START, ANOMALY_STOP = 30.0, 60.0
 ANOMALIES = ["new-port:device-0003", "unknown-network:device-0007", "traffic-burst:device-0011",
              "message-flood:device-0015", "auth-storm:device-0018"]
 
@@ -57,7 +66,7 @@ def run_demo(data_dir: Path, api_port: int = 8080, mqtt_port: int = 1883, durati
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDEFENDER_")}
     serve = subprocess.Popen([sys.executable, "-m", "iotdefender", "serve", "--data-dir", str(data_dir),
                               "--api-port", str(api_port), "--mqtt-port", str(mqtt_port), "--time-scale", "30",
-                              "--report-min-interval", "9", "--log-format", "json"], env=env, stdout=subprocess.DEVNULL,
+                              "--report-min-interval", "9", "--log-format", "json", *ML_ARGS], env=env, stdout=subprocess.DEVNULL,
                              stderr=open(data_dir.parent / f"{data_dir.name}.log", "wb"))
     endpoint = f"http://127.0.0.1:{api_port}"
     try:
@@ -82,18 +91,28 @@ def run_demo(data_dir: Path, api_port: int = 8080, mqtt_port: int = 1883, durati
                                     securityProfileTargetArn="arn:aws:iot:us-east-1:123456789012:all/things")
         print(f"iotdefender is running: API {endpoint}, MQTT 127.0.0.1:{mqtt_port}, time scale 30 "
               f"(reports every 10 s). Profile demo-fleet watches every device.")
-        print("Anomalies from 20 s to 50 s: " + ", ".join(ANOMALIES))
-        anomalies = [parse_anomaly(a, 20.0, 50.0) for a in ANOMALIES]
+        print(f"Anomalies from {ANOMALY_START:g} s to {ANOMALY_STOP:g} s: " + ", ".join(ANOMALIES))
+        print("BytesOutLearned is ML Detect: it learns what normal bytes out are for 20 s, then alarms on what is not.")
+        anomalies = [parse_anomaly(a, ANOMALY_START, ANOMALY_STOP) for a in ANOMALIES]
         fleet = Fleet(SimulationSettings(BrokerUrl("127.0.0.1", mqtt_port, False, None, None), devices=20,
                                          interval=10.0, duration=duration, anomalies=anomalies))
         start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
 
         async def main() -> dict:
             seen: set[tuple[str, str]] = set()
+            statuses: dict[str, tuple[str, float]] = {}
 
             async def watch() -> None:
                 while True:
                     await asyncio.sleep(2)
+                    summaries = await asyncio.to_thread(iot.get_behavior_model_training_summaries,
+                                                        securityProfileName="demo-fleet")
+                    for s in summaries["summaries"]:
+                        status = (s["modelStatus"], s.get("datapointsCollectionPercentage", 0.0))
+                        if statuses.get(s["behaviorName"]) != status:
+                            statuses[s["behaviorName"]] = status
+                            print(f"\n  ML model of {s['behaviorName']}: {status[0]}, "
+                                  f"{status[1]:g} % of its training data collected")
                     events = await asyncio.to_thread(
                         iot.list_violation_events, startTime=start,
                         endTime=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1), maxResults=250)
@@ -102,7 +121,9 @@ def run_demo(data_dir: Path, api_port: int = 8080, mqtt_port: int = 1883, durati
                         if key not in seen:
                             seen.add(key)
                             print(f"\n  {event['violationEventType']:<17} {event['thingName']:<12} "
-                                  f"{event['behavior']['name']:<22} value {event.get('metricValue')}")
+                                  f"{event['behavior']['name']:<22} value {event.get('metricValue')}"
+                                  + (f" ({info['confidenceLevel']} confidence)"
+                                     if (info := event.get("violationEventAdditionalInfo")) else ""))
 
             watcher = asyncio.create_task(watch())
             summary = await fleet.run()

@@ -269,3 +269,45 @@ cluster_partition_progress = sa.Table(
     sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("last_sequence", sa.BigInteger, nullable=False),
 )
+
+# ML Detect (docs/detection.md). ``ml_training`` is the progress of one ML behavior of a profile
+# (one model per (profile, behavior); a behavior has at most one dimension): when its data
+# collection started (kept across restarts, so a restart resumes instead of starting the training
+# period over), the status AWS reports, and which stored version is active. ``fingerprint`` is
+# what a model depends on (metric, dimension, the profile's targets): when it changes, training
+# starts over. ``ml_models`` keeps every version built, with its training window, so a version can
+# be shown and a backtest can replay with the version active at each moment.
+ml_training = sa.Table(
+    "ml_training",
+    metadata,
+    sa.Column("profile_name", NAME, sa.ForeignKey("security_profiles.name", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("behavior_name", NAME, primary_key=True),
+    sa.Column("series", sa.String(400), nullable=False),
+    sa.Column("dimension", sa.String(140), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("collection_start", EPOCH, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # PENDING_BUILD | ACTIVE | EXPIRED
+    sa.Column("datapoints", sa.BigInteger, nullable=False),  # in the trailing period, at the last attempt
+    sa.Column("datapoints_percentage", sa.Float, nullable=False),
+    sa.Column("last_attempt_at", EPOCH),
+    sa.Column("last_refresh_at", EPOCH),  # the last successful build
+    sa.Column("active_version", sa.Integer),
+)
+
+ml_models = sa.Table(
+    "ml_models",
+    metadata,
+    sa.Column("profile_name", NAME, sa.ForeignKey("security_profiles.name", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("behavior_name", NAME, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("series", sa.String(400), nullable=False),
+    sa.Column("dimension", sa.String(140), nullable=False),
+    sa.Column("window_start", EPOCH, nullable=False),
+    sa.Column("window_end", EPOCH, nullable=False),
+    sa.Column("datapoints", sa.BigInteger, nullable=False),
+    sa.Column("devices", sa.Integer, nullable=False),
+    sa.Column("trained_at", EPOCH, nullable=False),
+    sa.Column("model", sa.LargeBinary, nullable=False),
+)

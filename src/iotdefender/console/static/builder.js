@@ -45,11 +45,13 @@
     let what = metric.side === "custom" ? metric.label : words(metric.name);
     const dim = b.metricDimension;
     if (dim && dim.dimensionName) what += ` on topics ${dim.operator === "NOT_IN" ? "outside" : "matching"} dimension ${dim.dimensionName}`;
-    if (c.durationSeconds) what += ` over ${durationWords(c.durationSeconds)}`;
+    if (c.durationSeconds && !c.mlDetectionConfig) what += ` over ${durationWords(c.durationSeconds)}`;
     const unit = metric.unit && !/IP addresses/.test(metric.unit) ? ` ${metric.unit.replace(" (unverified)", "")}` : "";
     let when;
-    if (c.mlDetectionConfig) return "Machine-learning behaviors are not evaluated by this service.";
-    if (c.statisticalThreshold) {
+    if (c.mlDetectionConfig) {
+      const level = c.mlDetectionConfig.confidenceLevel || "HIGH";
+      when = `${what} leaves the normal band its model learned for the device at that hour of the week (${level} confidence: ${ML_LEVEL_WORDS[level] || ""})`;
+    } else if (c.statisticalThreshold) {
       if (!ALARMS_WHEN[c.comparisonOperator]) return "Choose a comparison.";
       when = `${what} is ${ALARMS_WHEN[c.comparisonOperator]} the ${c.statisticalThreshold.statistic || "?"} of all devices' values`;
     } else if (ALARMS_WHEN[c.comparisonOperator]) {
@@ -72,6 +74,7 @@
     return out;
   }
 
+  const ML_LEVEL_WORDS = { LOW: "the most alarms", MEDIUM: "fewer alarms", HIGH: "the fewest alarms" };
   const option = (value, label, selected) => `<option value="${esc(value)}"${selected ? " selected" : ""}>${esc(label)}</option>`;
 
   class Builder {
@@ -170,13 +173,13 @@
       const kind = val("kind") || "static";
       const operators = metric ? metric.operators : [];
       const operator = operators.includes(val("operator")) ? val("operator") : operators[0];
-      if (kind === "ml") criteria.mlDetectionConfig = (before.criteria || {}).mlDetectionConfig || { confidenceLevel: "HIGH" };
+      if (kind === "ml") criteria.mlDetectionConfig = { confidenceLevel: val("confidence") || ((before.criteria || {}).mlDetectionConfig || {}).confidenceLevel || "HIGH" };
       else {
         criteria.comparisonOperator = operator;
         if (kind === "statistical") criteria.statisticalThreshold = { statistic: val("statistic") || "p90" };
         else if (metric && get("value")) criteria.value = valueOf(metric.valueType, get("value").value.trim());
       }
-      if (metric && metric.duration && val("duration")) criteria.durationSeconds = Number(val("duration"));
+      if (metric && metric.duration && val("duration") && kind !== "ml") criteria.durationSeconds = Number(val("duration"));
       for (const [f, key] of [["to-alarm", "consecutiveDatapointsToAlarm"], ["to-clear", "consecutiveDatapointsToClear"]]) {
         if (val(f) !== "") criteria[key] = numberOr(val(f));
       }
@@ -218,7 +221,10 @@
       if (metric.statistical) kinds.push(["statistical", "Statistical (percentile of the fleet)"]);
       if (metric.ml && this.catalog.mlDetect) kinds.push(["ml", "Machine learning"]);
       let criteria = `<label>Criteria <select data-field="kind">${kinds.map(([k, l]) => option(k, l, k === kind)).join("")}</select></label>`;
-      if (kind !== "ml") {
+      if (kind === "ml") {
+        const level = (c.mlDetectionConfig || {}).confidenceLevel || "HIGH";
+        criteria += `<label>Confidence <select data-field="confidence">${["LOW", "MEDIUM", "HIGH"].map((l) => option(l, `${l} (${ML_LEVEL_WORDS[l]})`, l === level)).join("")}</select></label>`;
+      } else {
         criteria += `<label>Normal when the value is <select data-field="operator">${metric.operators.map((o) => option(o, OPERATOR_WORDS[o] || o, o === c.comparisonOperator)).join("")}</select></label>`;
         if (kind === "statistical") {
           criteria += `<label>Statistic <select data-field="statistic">${STATISTICS.map((s) => option(s, s, s === (c.statisticalThreshold.statistic || "p90"))).join("")}</select></label>`;
@@ -228,7 +234,7 @@
           criteria += `<label>${{ ports: "Ports", cidrs: "CIDRs", numbers: "Numbers", strings: "Strings" }[metric.valueType]} <input data-field="value" value="${esc(textOf(c.value))}" placeholder="${LIST_TYPES[metric.valueType]}" size="32"></label>`;
         }
       }
-      if (metric.duration) {
+      if (metric.duration && kind !== "ml") {
         criteria += `<label>Over <select data-field="duration">${option("", "each datapoint", !c.durationSeconds)}${DURATIONS.map((d) => option(d, durationWords(d), d === c.durationSeconds)).join("")}</select></label>`;
       }
       criteria += `<label>Datapoints to alarm <input data-field="to-alarm" type="number" min="1" max="10" placeholder="1" value="${esc(c.consecutiveDatapointsToAlarm ?? "")}"></label>` +

@@ -39,14 +39,28 @@ const TIME_SERIES = { label: "UTC", value: (u, v) => utc(v) };
 const showLatest = (u) => { if (u.legend.idx == null && u.data[0].length) u.setLegend({ idx: u.data[0].length - 1 }); };
 const LATEST_IN_LEGEND = { ready: [showLatest], setLegend: [showLatest] };
 
-// A behavior's threshold as a dashed line, its alarm periods as red bands: why a device alarmed.
+// A behavior's threshold as a dashed line, its alarm periods as red bands, an ML behavior's learned
+// normal band (at its confidence level) as a green area: why a device alarmed.
 function marksOptions(marks) {
   const thresholds = (marks && marks.thresholds) || [];
   const alarms = (marks && marks.alarms) || [];
+  const bands = (marks && marks.bands) || [];
   const draw = (u) => {
     const { ctx } = u;
     const { left, top, width, height } = u.bbox;
     ctx.save();
+    ctx.beginPath(); ctx.rect(left, top, width, height); ctx.clip();
+    ctx.fillStyle = "rgba(22, 163, 74, 0.14)";
+    for (const b of bands) {
+      const pts = b.points;
+      if (pts.length < 2) continue;
+      const x = (t) => u.valToPos(t, "x", true), y = (v) => u.valToPos(v, "y", true);
+      ctx.beginPath();
+      ctx.moveTo(x(pts[0][0]), y(pts[0][2]));
+      for (let i = 1; i < pts.length; i++) ctx.lineTo(x(pts[i][0]), y(pts[i][2]));  // the upper edge, then back along the lower
+      for (let i = pts.length - 1; i >= 0; i--) ctx.lineTo(x(pts[i][0]), y(pts[i][1]));
+      ctx.closePath(); ctx.fill();
+    }
     ctx.fillStyle = "rgba(220, 38, 38, 0.13)";
     for (const a of alarms) {
       const x0 = Math.max(left, u.valToPos(a.start, "x", true));
@@ -72,7 +86,7 @@ function marksOptions(marks) {
     const pad = (hi - lo) * 0.08 || Math.abs(hi) * 0.1 || 1;
     return [lo - pad, hi + pad];
   };
-  return { draw, range, count: { thresholds: thresholds.length, alarms: alarms.length } };
+  return { draw, range, count: { thresholds: thresholds.length, alarms: alarms.length, bands: bands.length } };
 }
 
 // The histogram's x axis is the metric's value: a threshold is a vertical line, and the axis reaches it.
@@ -101,9 +115,10 @@ function drawVerticalThresholds(u, thresholds) {
 }
 
 function describeMarks(el, marks) {
-  if (!marks || (!(marks.thresholds || []).length && !(marks.alarms || []).length)) return;
+  if (!marks || (!(marks.thresholds || []).length && !(marks.alarms || []).length && !(marks.bands || []).length)) return;
   const note = document.createElement("p"); note.className = "chart-marks hint";
   const parts = (marks.thresholds || []).map((t) => `threshold ${esc(t.label)}: ${esc(t.value)}`).concat(
+    (marks.bands || []).map((b) => `<span class="ml-band">learned normal</span> ${esc(b.label)} at ${esc(b.level)} confidence (green)`),
     (marks.alarms || []).map((a) => `<span class="state-alarm">in alarm</span> ${esc(a.label)} ${utc(a.start)} – ${utc(a.end)} UTC (${esc(durationText(a.end - a.start))})`));
   note.innerHTML = parts.join(" · ");
   el.after(note);
@@ -133,7 +148,7 @@ function lineChart(el, title, series, marks, span) {
   const labels = Object.keys(series);
   if (!labels.length || !window.uPlot) return;
   const m = marksOptions(marks);
-  el.dataset.thresholds = m.count.thresholds; el.dataset.alarmPeriods = m.count.alarms;
+  el.dataset.thresholds = m.count.thresholds; el.dataset.alarmPeriods = m.count.alarms; el.dataset.bands = m.count.bands;
   describeMarks(el, marks);
   const times = [...new Set(labels.flatMap((l) => series[l].map((p) => p[0])))].sort((a, b) => a - b);
   const index = new Map(times.map((t, i) => [t, i]));

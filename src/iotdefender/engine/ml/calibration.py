@@ -1,0 +1,79 @@
+"""From training scores to each device's thresholds per confidence level.
+
+A level is a share of normal datapoints allowed to reach it (``TrainingSettings.exceedance``: HIGH
+about 2 per million, one false alarm per 1,000 device-days at 288 reports a day). One threshold for
+the fleet does not work: some devices are spiky by nature (heavy tails), and a threshold that keeps
+them quiet is blind on the smooth ones, while one that fits the smooth ones alarms on the spiky all
+day. So devices are put into ``cohorts`` by how heavy their tail is (the share of their training
+scores above 3) and each cohort gets its own thresholds from the pooled scores of its devices.
+
+Where a cohort has too few scores to read a quantile that far out, the tail above a high quantile
+is fitted with a generalised Pareto distribution (method of moments — the peaks-over-threshold
+method of extreme value theory) and the threshold read from the fit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+_TAIL_POINTS = 50  # read a quantile directly when at least this many scores lie beyond it
+_FIT_POINTS = 2_000  # else fit the tail on this many of the largest scores (at most 5 % of them)
+
+
+def cohorts(rate: npt.NDArray[np.float64], members: npt.NDArray[np.bool_], n_cohorts: int) -> npt.NDArray[np.uint8]:
+    """Cohort per device (equal-sized by rank of ``rate``, 1 = lightest tail); 0 for non-members."""
+    result = np.zeros(len(rate), dtype=np.uint8)
+    rows = np.flatnonzero(members)
+    if len(rows):
+        order = rows[np.argsort(rate[rows], kind="stable")]
+        result[order] = 1 + (np.arange(len(order)) * n_cohorts // len(order)).astype(np.uint8)
+    return result
+
+
+def thresholds(scores: npt.NDArray[np.float32], exceedance: list[float], floors: list[float]) -> list[float]:
+    """Per level the score that ``exceedance`` of ``scores`` reach, at least ``floors``, non-decreasing."""
+    result: list[float] = []
+    n = len(scores)
+    for share, floor in zip(exceedance, floors):
+        value = _tail_quantile(scores, share) if n else floor
+        result.append(max(value, floor, normal_quantile(share), result[-1] if result else floor))
+    return result
+
+
+def normal_quantile(share: float) -> float:
+    """The score a standard normal's |z| exceeds with probability ``share``: no cohort is taken to
+    have a lighter tail than that (a tail fit on few scores can come out lighter than it is)."""
+    low, high = 0.0, 40.0
+    for _ in range(100):
+        middle = (low + high) / 2
+        if math.erfc(middle / math.sqrt(2)) > share:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+def _tail_quantile(scores: npt.NDArray[np.float32], share: float) -> float:
+    n = len(scores)
+    if n * share >= _TAIL_POINTS:
+        return float(np.quantile(scores, 1 - share))
+    k = max(10, min(_FIT_POINTS, n // 20))
+    if k >= n:
+        return float(scores.max())
+    top = np.partition(scores, n - k - 1)[n - k - 1:].astype(np.float64)
+    u = top[0]
+    excess = top[1:] - u
+    mean, var = float(excess.mean()), float(excess.var())
+    if mean <= 0:
+        return float(u)
+    # Generalised Pareto by moments: shape xi, scale sigma; P(S > u + x) = (k/n) (1 + xi x / sigma)^(-1/xi).
+    xi = 0.5 * (1 - mean * mean / var) if var > 0 else 0.0
+    xi = min(max(xi, -0.5), 0.5)
+    sigma = 0.5 * mean * (mean * mean / var + 1) if var > 0 else mean
+    ratio = (k / n) / share
+    if abs(xi) < 1e-6:
+        return float(u + sigma * np.log(ratio))
+    return float(u + sigma / xi * (ratio ** xi - 1))

@@ -1,0 +1,171 @@
+"""The daily and weekly rhythm: the fleet's per slot of the week, and each device's own as a few
+weights on rhythms the fleet shares.
+
+Devices do not share one rhythm (an office gateway is busy on weekday afternoons in its own time
+zone, a backup box at 02:00), so a fleet median alone leaves most of a device's rhythm in its
+residuals and widens its band by its whole daily swing. Storing a level per slot and device would
+cost 336 numbers per (behavior, device) and needs weeks of data per device; instead the device-slot
+means of the fleet are reduced to their ``rank`` main components (an SVD, deterministic), and each
+device keeps ``rank`` weights, fitted by ridge least squares on its own datapoints: its rhythm is
+``weights @ basis[slot]``. Training fits the weights twice: on all of a device's datapoints, then
+on those within a few spreads of that first fit (clipping before any fit would cut the peaks of a
+strong rhythm and flatten it). With a rank of 16 the benchmark's 13 distinct rhythms are represented;
+a real fleet's cohorts (firmware, site, time zone) behave alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import numpy.typing as npt
+
+from iotdefender.engine.ml.clock import DAYS_PER_WEEK
+from iotdefender.engine.ml.robust import Segments, median_by_group
+
+_BASIS_DEVICES = 20_000
+_CHUNK_DATAPOINTS = 4_000_000  # device-slot tables are built this many datapoints at a time
+_RHYTHM_COHORTS = 32
+_RIDGE = 0.05  # a weight's pull towards 0, in datapoints per slot (a device's Gram matrix is ~ datapoints per slot x I)
+
+
+class Fallbacks:
+    """Per slot of the week: its own statistics, else its slot of the day's, else the whole period's.
+
+    ``counts`` are datapoints per slot of the week in the full training set; a slot with fewer than
+    ``enough`` is thin.
+    """
+
+    def __init__(self, counts: npt.NDArray[np.floating], enough: float) -> None:
+        self.slots = len(counts)
+        self.per_day = self.slots // DAYS_PER_WEEK
+        day_counts = counts.reshape(DAYS_PER_WEEK, self.per_day).sum(axis=0)
+        self.week = counts >= enough
+        self.day = ~self.week & (np.tile(day_counts, DAYS_PER_WEEK) >= enough)
+
+    def median(self, slot: npt.NDArray[np.int16], values: npt.NDArray[np.floating],
+               default: float | None = None) -> npt.NDArray[np.float64]:
+        """Median of ``values`` per slot of the week, with the fallbacks."""
+        week, _ = median_by_group(slot, values, self.slots)
+        day, _ = median_by_group((slot % self.per_day).astype(np.int16), values, self.per_day)
+        whole = float(np.median(values)) if default is None else default
+        result: npt.NDArray[np.float64] = np.where(self.week, week, np.where(self.day, np.tile(day, DAYS_PER_WEEK),
+                                                                             whole))
+        return np.nan_to_num(result, nan=whole)
+
+    def table(self, sums: npt.NDArray[np.float64], counts: npt.NDArray[np.float64]) -> tuple[
+            npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Per-device [devices, slots] sums and counts with thin slots replaced by their slot of the day's (or 0)."""
+        n = len(sums)
+        day_sums = np.tile(sums.reshape(n, DAYS_PER_WEEK, self.per_day).sum(axis=1), DAYS_PER_WEEK)
+        day_counts = np.tile(counts.reshape(n, DAYS_PER_WEEK, self.per_day).sum(axis=1), DAYS_PER_WEEK)
+        return (np.where(self.week, sums, np.where(self.day, day_sums, 0.0)),
+                np.where(self.week, counts, np.where(self.day, day_counts, 0.0)))
+
+
+def shared_basis(segments: Segments, slot: npt.NDArray[np.int16], residual: npt.NDArray[np.float32],
+                 keep: npt.NDArray[np.bool_], eligible: npt.NDArray[np.bool_], fallbacks: Fallbacks,
+                 rank: int) -> npt.NDArray[np.float64]:
+    """[slots, rank]: the fleet's main rhythms, from the slot means of the ``eligible`` devices (at
+    most 20,000, evenly spread, so it is deterministic and quick)."""
+    rows = np.flatnonzero(eligible)
+    rank = min(rank, len(rows), fallbacks.slots)
+    if rank == 0:
+        return np.zeros((fallbacks.slots, 0))
+    rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), _BASIS_DEVICES)).astype(np.int64)]
+    chosen = np.zeros(len(segments.counts), dtype=bool)
+    chosen[rows] = True
+    means = [np.where(c > 0, s / np.maximum(c, 1), 0.0)[chosen[a:b]]
+             for a, b, s, c in _tables(segments, slot, residual, keep, fallbacks)]
+    _, _, vt = np.linalg.svd(np.concatenate(means), full_matrices=False)
+    basis: npt.NDArray[np.float64] = vt[:rank].T
+    # An SVD's signs are arbitrary; fix them so the same data always gives the same bytes.
+    basis *= np.where(basis[np.abs(basis).argmax(axis=0), np.arange(rank)] < 0, -1.0, 1.0)
+    return basis
+
+
+def fit_weights(segments: Segments, slot: npt.NDArray[np.int16], residual: npt.NDArray[np.float32],
+                keep: npt.NDArray[np.bool_], fallbacks: Fallbacks, basis: npt.NDArray[np.float64],
+                prior: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
+                ) -> npt.NDArray[np.float64]:
+    """[devices, rank]: each device's weights, least squares on its kept datapoints.
+
+    With ``prior`` (mean, ridge), both [devices, rank], the fit is pulled towards the mean by the
+    ridge (``cohort_prior``); without, by a small ridge towards 0 that only keeps a device with
+    empty slots solvable.
+    """
+    slots, rank = basis.shape
+    outer = np.einsum("sk,sl->skl", basis, basis).reshape(slots, rank * rank)
+    weights = np.zeros((len(segments.counts), rank))
+    diagonal = np.arange(rank)
+    for a, b, sums, counts in _tables(segments, slot, residual, keep, fallbacks):
+        gram = (counts @ outer).reshape(b - a, rank, rank)
+        right = sums @ basis
+        if prior is None:
+            gram[:, diagonal, diagonal] += _RIDGE
+        else:
+            mean, ridge = prior[0][a:b], prior[1][a:b]
+            gram[:, diagonal, diagonal] += ridge
+            right += ridge * mean
+        weights[a:b] = np.linalg.solve(gram, right[:, :, None])[:, :, 0]
+    return weights
+
+
+def cohort_prior(weights: npt.NDArray[np.float64], spread: npt.NDArray[np.floating],
+                 datapoints: npt.NDArray[np.floating], eligible: npt.NDArray[np.bool_],
+                 slots: int, cohorts: int = _RHYTHM_COHORTS) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(mean, ridge) per device and weight: what its rhythm cohort says its weights are.
+
+    Devices come in cohorts that share a rhythm (a firmware, a site, a time zone), so the first-fit
+    weights are grouped (k-means, deterministic start) and each device's fit is then pulled towards
+    its cohort's mean weights, as much as the cohort's real spread along that weight (its spread
+    less what noise alone gives: a weight fitted on n datapoints of spread s varies by about
+    s^2 * slots / n) allows: a posterior mean. A device with 300 datapoints in a flat cohort no
+    longer fits a rhythm to its noise (its center wandered by 0.3 of its spread).
+    """
+    n, rank = weights.shape
+    rows = np.flatnonzero(eligible)
+    mean = np.zeros((n, rank))
+    ridge = np.full((n, rank), _RIDGE)
+    if len(rows) < 2 * cohorts or rank == 0:
+        return mean, ridge
+    points = weights[rows]
+    noise = spread[rows].astype(np.float64) ** 2 * slots / np.maximum(datapoints[rows], 1)
+    centers = points[np.linspace(0, len(rows) - 1, cohorts).astype(np.int64)]
+    for _ in range(12):
+        distances = (points ** 2).sum(axis=1)[:, None] - 2 * points @ centers.T + (centers ** 2).sum(axis=1)[None, :]
+        label = distances.argmin(axis=1)
+        counts = np.bincount(label, minlength=cohorts)
+        sums = np.zeros((cohorts, rank))
+        np.add.at(sums, label, points)
+        centers = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centers)
+    squares = np.zeros((cohorts, rank))
+    np.add.at(squares, label, (points - centers[label]) ** 2)
+    noise_per_cohort = np.bincount(label, weights=noise, minlength=cohorts) / np.maximum(counts, 1)
+    signal = np.maximum(squares / np.maximum(counts, 1)[:, None] - noise_per_cohort[:, None], 1e-6)
+    mean[rows] = centers[label]
+    ridge[rows] = np.maximum(spread[rows].astype(np.float64)[:, None] ** 2 / signal[label], _RIDGE)
+    return mean, ridge
+
+
+def _tables(segments: Segments, slot: npt.NDArray[np.int16], residual: npt.NDArray[np.float32],
+            keep: npt.NDArray[np.bool_], fallbacks: Fallbacks) -> Iterator[
+                tuple[int, int, npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
+    """Per chunk of devices (a, b): their [b - a, slots] residual sums and counts (with the fallbacks)."""
+    slots = fallbacks.slots
+    ends = np.cumsum(segments.counts)
+    a = 0
+    while a < len(ends):
+        start = int(ends[a - 1]) if a else 0
+        b = int(np.searchsorted(ends, start + _CHUNK_DATAPOINTS, side="right"))
+        b = max(b, a + 1)
+        stop = int(ends[b - 1])
+        local = np.repeat(np.arange(b - a, dtype=np.int32) * slots, segments.counts[a:b]) + slot[start:stop]
+        mask = keep[start:stop]
+        cells = local[mask]
+        sums = np.asarray(np.bincount(cells, weights=residual[start:stop][mask], minlength=(b - a) * slots),
+                          dtype=np.float64)
+        counts = np.bincount(cells, minlength=(b - a) * slots).astype(np.float64)
+        table_sums, table_counts = fallbacks.table(sums.reshape(b - a, slots), counts.reshape(b - a, slots))
+        yield a, b, table_sums, table_counts
+        a = b

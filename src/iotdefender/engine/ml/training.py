@@ -1,0 +1,212 @@
+"""Training: from one behavior's datapoints over the trailing period to a ``BehaviorModel``.
+
+Deterministic (the only randomness, the sample of a very large training set, is seeded) and pure
+(time and data are arguments), so the service can train in a worker and a test can train twice
+and compare bytes. The steps, on the log scale (model.py says why log):
+
+1. the fleet's median and spread per slot of the week (clock.py) — falling back to the slot of the
+   day, then to the whole period, where a slot of the week has too few datapoints;
+2. per device with enough history, its level relative to the fleet and its spread, as clipped
+   moments, so that anomalies inside the training window barely move them;
+3. its own rhythm, as weights on the fleet's main rhythms (seasonal.py), then level and spread again
+   around level + rhythm;
+4. the fleet's per-slot multiplier of those spreads (quiet nights, busy mornings);
+5. the thresholds: per cohort of devices with alike tails, the score that the level's share of
+   training datapoints reaches, never below a floor (calibration.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from iotdefender.engine.ml import calibration, seasonal
+from iotdefender.engine.ml.data import TrainingData
+from iotdefender.engine.ml.model import BehaviorModel, DeviceBands, ModelSummary
+from iotdefender.engine.ml.robust import MAD_TO_STD, Segments, clipped_location_and_std
+from iotdefender.engine.ml.settings import TrainingSettings
+
+_MIN_SAMPLED_PER_DEVICE = 20
+_RHYTHM_CLIP = 4.0
+_HEAVY_CAP = 8.0  # scores are capped here for a device's kurtosis, so one anomaly in training does not decide it
+
+
+def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) -> BehaviorModel:
+    """Raises ``ValueError`` without datapoints (the service waits for its minimum before training)."""
+    if len(data) == 0:
+        raise ValueError("no datapoints to train on")
+    rng = np.random.default_rng(settings.seed)
+    n_devices = len(data.devices)
+    f32 = np.float32
+    picked = _sample(len(data), settings.max_datapoints, rng)
+    device = data.device if picked is None else data.device[picked]
+    order = Segments.order(device)
+    if order is not None:
+        picked = order if picked is None else picked[order]
+        device = device[order]
+    values = data.value if picked is None else data.value[picked]
+    nonnegative = bool(np.min(values) >= 0)  # of the sample: one pass less over the full set
+    y = _log32(values, nonnegative)
+    del values
+    clock = settings.clock
+    first, second, fraction = clock.between_all(data.time if picked is None else data.time[picked])
+    slot = np.where(fraction < 0.5, first, second)  # the slot each datapoint falls in
+    del picked
+    sampled = np.bincount(device, minlength=n_devices)
+    segments = Segments(sampled)
+    scale_up = len(data) / len(y)
+
+    # 1. The fleet's rhythm and spread per slot of the week (a line between slot centres).
+    fallbacks = seasonal.Fallbacks(np.bincount(slot, minlength=clock.slots) * scale_up, settings.min_bucket_datapoints)
+    fleet = _sample(len(y), settings.fleet_sample, rng)
+    fleet = np.arange(len(y)) if fleet is None else fleet
+    center = fallbacks.median(slot[fleet], y[fleet])
+    residual = y - _between(center.astype(f32), first, second, fraction)
+    del y
+    fleet_scale = np.maximum(MAD_TO_STD * fallbacks.median(slot[fleet], np.abs(residual[fleet])), settings.min_scale)
+
+    # 2. Each device's level and spread.
+    location, spread = clipped_location_and_std(segments, residual)
+    full = sampled * scale_up  # the sample is stratified: a device's share of it is its share of the whole
+    own = (full >= settings.min_device_datapoints) & (sampled >= _MIN_SAMPLED_PER_DEVICE) & np.isfinite(spread)
+    location = np.where(own, np.nan_to_num(location), 0.0).astype(f32)
+    spread = np.maximum(np.nan_to_num(spread, nan=settings.min_scale), settings.min_scale).astype(f32)
+    own_point = segments.spread(own)
+    all_own = bool(own_point.all())
+    fleet_scores = np.zeros(0, f32) if all_own else \
+        (np.abs(residual[~own_point]) / fleet_scale.astype(f32)[slot[~own_point]]).astype(f32)
+
+    # 3. Each device's rhythm, then its level and spread around it.
+    residual -= segments.spread(location)
+    basis = np.zeros((clock.slots, 0), f32)
+    weights = np.zeros((n_devices, 0), f32)
+    if settings.rank and own.any():
+        row = segments.spread(np.arange(n_devices, dtype=np.int32) * clock.slots)
+        first_cell, second_cell = row + first, row + second
+        del row
+        keep = own_point
+        basis64 = seasonal.shared_basis(segments, slot, residual, keep, own, fallbacks, settings.rank)
+        weights64 = seasonal.fit_weights(segments, slot, residual, keep, fallbacks, basis64)
+        # Refit without the datapoints far from the first fit (anomalies inside the training window).
+        fitted = residual - _between((weights64 @ basis64.T).astype(f32).ravel(), first_cell, second_cell, fraction)
+        _, first_spread = clipped_location_and_std(segments, fitted, rounds=1,
+                                                   start=(np.zeros(n_devices), spread.astype(np.float64)))
+        keep = own_point & (np.abs(fitted) <= segments.spread(
+            (_RHYTHM_CLIP * np.nan_to_num(first_spread, nan=1.0)).astype(f32)))
+        del fitted
+        prior = seasonal.cohort_prior(weights64, np.nan_to_num(first_spread, nan=1.0), segments.sum(keep), own,
+                                      clock.slots)
+        weights64 = seasonal.fit_weights(segments, slot, residual, keep, fallbacks, basis64, prior)
+        weights64[~own] = 0.0
+        del keep
+        basis, weights = basis64.astype(f32), weights64.astype(f32)
+        residual -= _between((weights @ basis.T).ravel(), first_cell, second_cell, fraction)  # [devices, slots]
+        del first_cell, second_cell
+        shift, spread2 = clipped_location_and_std(segments, residual, rounds=1,
+                                                  start=(np.zeros(n_devices), spread.astype(np.float64)))
+        shift = np.where(own, np.nan_to_num(shift), 0.0).astype(f32)
+        residual -= segments.spread(shift)
+        location += shift
+        spread = np.where(own, np.maximum(np.nan_to_num(spread2, nan=settings.min_scale), settings.min_scale),
+                          spread).astype(f32)
+
+    # 4. The slot-of-week multiplier of a device's spread.
+    standardised = np.abs(residual)
+    standardised /= segments.spread(spread)
+    del residual
+    shape = np.ones(clock.slots)
+    if own.any():
+        some = _sample(len(standardised), settings.fleet_sample, rng)
+        some = np.arange(len(standardised)) if some is None else some
+        if not all_own:
+            some = some[own_point[some]]
+        shape = np.clip(MAD_TO_STD * fallbacks.median(slot[some], standardised[some], default=1 / MAD_TO_STD),
+                        0.25, 4.0)
+    scores = standardised
+    scores /= shape.astype(f32)[slot]
+    del standardised, slot, first, second, fraction
+
+    # 5. Thresholds per tail cohort (0: devices judged against the fleet). Cross-fitted: every other
+    # datapoint of a device says how heavy its tail is, the others set its cohort's thresholds —
+    # sorting devices by the same scores that calibrate them would make the light cohorts look
+    # lighter than their devices' next datapoints will be.
+    shares = [share for _, share in settings.exceedance]
+    floors = [floor for _, floor in settings.min_scores]
+    sorting = np.zeros(len(scores), dtype=bool)
+    sorting[::2] = True
+    # How heavy a tail is: the kurtosis of the scores (3 for a normal distribution), which tells a
+    # spiky device from a smooth one on a few hundred datapoints, where counting rare large scores
+    # cannot.
+    squares = np.minimum(scores, np.float32(_HEAVY_CAP))
+    squares *= squares
+    squares *= sorting
+    n_sorting = segments.sum(sorting)
+    moment2 = segments.sum(squares)
+    squares *= squares
+    moment4 = segments.sum(squares)
+    del squares
+    with np.errstate(invalid="ignore", divide="ignore"):
+        heaviness = np.nan_to_num(moment4 * n_sorting / (moment2 * moment2))
+    cohort = calibration.cohorts(heaviness, own, settings.tail_cohorts)
+    point_cohort = segments.spread(cohort)[~sorting]
+    scores = scores[~sorting]
+    del sorting
+    by_cohort = np.argsort(point_cohort, kind="stable")  # a radix sort of bytes
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(point_cohort, minlength=settings.tail_cohorts + 1))))
+    grouped = scores[by_cohort]
+    own_scores = grouped[bounds[1]:]
+    fleet_basis = fleet_scores if len(fleet_scores) >= 1_000 or not len(own_scores) else own_scores
+    per_cohort = [calibration.thresholds(fleet_basis, shares, floors)]
+    for c in range(1, settings.tail_cohorts + 1):
+        members = grouped[bounds[c]:bounds[c + 1]]
+        per_cohort.append(calibration.thresholds(members, shares, floors) if len(members) else per_cohort[0])
+
+    # The scores above are in-sample: a fit of (1 + rank) numbers to a device's n datapoints leaves
+    # residuals smaller than a new datapoint's by about sqrt((n - p) / (n + p)). Their shape sets the
+    # thresholds; new datapoints are judged with the spread widened by that factor (6 % at 300
+    # datapoints and rank 16, under 1 % at 4,000).
+    parameters = 1 + basis.shape[1]
+    spread = (spread * np.sqrt((sampled + parameters) / np.maximum(sampled - parameters, 1))).astype(f32)
+
+    bands = DeviceBands(
+        center=center, fleet_scale=fleet_scale, shape=shape, basis=basis,
+        cohort_thresholds=np.array(per_cohort, dtype=np.float64),
+        devices=[name for name, keep in zip(data.devices, own.tolist()) if keep],
+        offset=location[own], scale=spread[own], weights=np.ascontiguousarray(weights[own]),
+        cohort=cohort[own], nonnegative=nonnegative)
+    start, end = data.window
+    summary = ModelSummary(
+        datapoints=len(data), datapoints_used=len(device), devices=int(np.count_nonzero(full)),
+        devices_with_own_band=int(own.sum()), window_start=start, window_end=end, trained_at=trained_at,
+        thresholds={level.value: round(float(np.median([t[i] for t in per_cohort[1:]] or [per_cohort[0][i]])), 4)
+                    for i, (level, _) in enumerate(settings.exceedance)})
+    return BehaviorModel(settings.clock, bands, summary)
+
+
+def _sample(n: int, limit: int, rng: np.random.Generator) -> npt.NDArray[np.int64] | None:
+    """At most ``limit`` of ``range(n)`` in increasing order, one at random from each block of
+    ``ceil(n / limit)`` (stratified: uniform whatever the order of the datapoints); None for all."""
+    if n <= limit:
+        return None
+    block = -(-n // limit)
+    picked = np.arange(0, n, block, dtype=np.int64)
+    picked += rng.integers(0, block, len(picked), dtype=np.int64)
+    np.minimum(picked, n - 1, out=picked)
+    return picked
+
+
+def _between(table: npt.NDArray[np.float32], first: npt.NDArray[np.integer], second: npt.NDArray[np.integer],
+             fraction: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The line between ``table[first]`` and ``table[second]``, ``fraction`` of the way."""
+    low = table[first]
+    result: npt.NDArray[np.float32] = low + fraction * (table[second] - low)
+    return result
+
+
+def _log32(values: npt.NDArray[np.floating], nonnegative: bool) -> npt.NDArray[np.float32]:
+    """``model.to_log`` over an array, in float32 (half the memory and time of float64)."""
+    v = values.astype(np.float32, copy=False)
+    if nonnegative:
+        return np.log1p(v)
+    result: npt.NDArray[np.float32] = np.copysign(np.log1p(np.abs(v)), v)
+    return result

@@ -1,0 +1,58 @@
+"""The pure engine judges ML behaviors with the models it is given, and with nothing else."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from iotdefender.engine.evaluator import Evaluator
+from iotdefender.engine.ml import ConfidenceLevel, SeasonalClock, TrainingData, TrainingSettings, train
+from iotdefender.engine.ml_behavior import ActiveModel, additional_info
+
+METRIC = "aws:num-established-tcp-connections"
+HOUR = 1.0  # --time-scale 3600
+
+
+def model() -> ActiveModel:
+    rng = np.random.default_rng(1)
+    n, devices = 20_000, [f"d{i}" for i in range(20)]
+    device = rng.integers(0, len(devices), n).astype(np.int32)
+    times = np.sort(rng.uniform(0, 400, n))
+    values = 50.0 + 5 * device + rng.normal(0, 2, n)
+    trained = train(TrainingData(device, devices, times, values), trained_at=400.0,
+                    settings=TrainingSettings(clock=SeasonalClock(hour_seconds=HOUR)))
+    return ActiveModel(METRIC, 3, trained)
+
+
+def profile(level: str, metric: str = METRIC) -> dict:
+    return {"name": "p", "behaviors": [{"name": "ml", "metric": metric, "criteria": {
+        "mlDetectionConfig": {"confidenceLevel": level}, "consecutiveDatapointsToAlarm": 1}}]}
+
+
+def events(evaluator: Evaluator, level: str, value: float, metric: str = METRIC) -> list:
+    evaluation = evaluator.evaluate("d4", [profile(level, metric)], {metric: {"count": value}}, 401.0)
+    return evaluation.events
+
+
+def test_without_a_model_there_is_no_verdict():
+    assert events(Evaluator(lambda: "v"), "LOW", 10_000) == []
+
+
+def test_a_model_of_another_series_is_not_used():
+    evaluator = Evaluator(lambda: "v")
+    evaluator.use_models({("p", "ml"): model()})
+    assert events(evaluator, "LOW", 10_000, metric="aws:num-listening-tcp-ports") == []
+
+
+def test_the_behaviors_level_decides_and_the_evidence_explains():
+    active = model()
+    evaluator = Evaluator(lambda: "v")
+    evaluator.use_models({("p", "ml"): active})
+    assert events(evaluator, "HIGH", 70) == []  # d4's normal
+    _, low_edge = active.model.band("d4", 401.0, ConfidenceLevel.LOW)
+    _, medium_edge = active.model.band("d4", 401.0, ConfidenceLevel.MEDIUM)
+    judged_low = (low_edge + medium_edge) / 2
+    assert events(evaluator, "HIGH", judged_low) == [] and events(evaluator, "MEDIUM", judged_low) == []
+    (event,) = events(evaluator, "LOW", judged_low)
+    assert event.criteria_type == "MACHINE_LEARNING" and additional_info(event.behavior) == {"confidenceLevel": "LOW"}
+    assert event.evidence["judgedConfidenceLevel"] == "LOW" and event.evidence["modelVersion"] == 3
+    assert event.evidence["band"]["high"] == low_edge and "d4" in event.evidence["explanation"]
