@@ -60,6 +60,7 @@ from iotdefender.service import (
     check_api_port,
     http_server,
     load_alert_routes,
+    ml_training,
     mqtt_auth,
     open_context,
     retention_loop,
@@ -165,8 +166,9 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
 
 def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
                 monitoring: MonitoringIndex, routes: AlertRoutes, alerts: AlertDelivery
-                ) -> tuple[DetectConsumer, list[Coroutine[Any, Any, None]]]:
-    """The consumer of this node's partitions, and the loops a detect node runs (not yet started)."""
+                ) -> tuple[DetectConsumer, DetectionService, list[Coroutine[Any, Any, None]]]:
+    """The consumer of this node's partitions, its detection (control notices reach its ML
+    models) and the loops a detect node runs (not yet started)."""
     detection = DetectionService(engine, monitoring, routes, settings.effective_invalidation_period,
                                  settings.time_scale)
     store = PartitionBatchStore(monitoring, detection, counting(alerts.wake), OutcomeSender(nc))
@@ -175,7 +177,16 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     loops = [alerts.run(),
              sweep_loop(store.sweep, settings.effective_invalidation_period, consumer.ownership.owned),
              retention_loop(engine, settings.effective_metric_retention, settings.effective_violation_retention)]
-    return consumer, loops
+    return consumer, detection, loops
+
+
+def published_models(detection: DetectionService, notices: ControlNotices) -> Callable[[], None]:
+    """Training published a model: this node's detection reloads at once, every other detect node
+    on the control notice (the trainer runs on one detect node at a time)."""
+    def published() -> None:
+        detection.invalidate_models()
+        notices.changed()
+    return published
 
 
 async def serve_cluster(settings: Settings) -> None:
@@ -203,12 +214,15 @@ async def serve_cluster(settings: Settings) -> None:
     except TopologyMismatch as error:
         await nc.close()
         raise ConfigurationError(f"cluster: {error}") from None
-    notices.append(ControlNotices(nc, node_id, [monitoring.invalidate]))
-    await notices[0].start()
     alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale)
-
-    consumer, loops = (detect_role(settings, nc, topology, node_id, engine, monitoring, routes, alerts)
-                       if "detect" in roles else (None, []))
+    consumer, detection, loops = (detect_role(settings, nc, topology, node_id, engine, monitoring, routes, alerts)
+                                  if "detect" in roles else (None, None, []))
+    notices.append(ControlNotices(nc, node_id, [monitoring.invalidate] +
+                                  ([detection.invalidate_models] if detection is not None else [])))
+    await notices[0].start()
+    if detection is not None:
+        loops.append(ml_training(settings, engine, monitoring, on_published=published_models(detection, notices[0]),
+                                 alone=True))
     devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health)
                if "broker" in roles else None)
     cluster_health = ClusterHealth(nc, node_id, topology, consumer)

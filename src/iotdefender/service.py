@@ -48,6 +48,7 @@ from iotdefender.pipeline.worker_client import WorkerBatchStore
 from iotdefender.net_address import check_port_free
 from iotdefender.settings import Settings
 from iotdefender.store import history, metric_values, violations
+from iotdefender.store.advisory import ML_TRAINING, run_alone
 from iotdefender.store.availability import DatabaseHealth, log_unless_outage
 from iotdefender.store.database import create_engine, in_batches, sqlite_url, upgrade_to_head
 
@@ -158,15 +159,21 @@ async def sweep_loop(sweep: Callable[..., object], invalidation_s: float, *taken
             log_unless_outage(log, "invalidation_sweep_failed", error)
 
 
-def ml_training(settings: Settings, engine: Engine, monitoring: MonitoringIndex, store: BatchStore
-                ) -> Coroutine[Any, Any, None]:
-    """ML Detect's trainer (pipeline/ml_training.py); detection hears of new models through the
-    batch store's ``invalidate``, the way it hears of control-plane changes."""
+def ml_training(settings: Settings, engine: Engine, monitoring: MonitoringIndex, on_published: Callable[[], None],
+                alone: bool = False) -> Coroutine[Any, Any, None]:
+    """ML Detect's trainer (pipeline/ml_training.py); detection hears of new models through
+    ``on_published`` (the batch store's ``invalidate``, the way it hears of control-plane changes;
+    in cluster mode a control notice to every node). ``alone``: cluster nodes share the database,
+    and each look runs under an advisory lock, so one node at a time trains (store/advisory.py)."""
     schedule = TrainingSchedule(settings.effective_ml_training_period, settings.ml_min_datapoints,
                                 settings.effective_ml_refresh_period, settings.effective_ml_expiry,
                                 settings.time_scale)
-    return training_loop(MlTrainer(engine, monitoring, schedule, on_published=store.invalidate),
-                         schedule.loop_interval)
+    trainer = MlTrainer(engine, monitoring, schedule, on_published=on_published)
+
+    def look_alone(now: float) -> object:
+        return run_alone(engine, ML_TRAINING, lambda: trainer.run_once(now))
+
+    return training_loop(look_alone if alone else trainer.run_once, schedule.loop_interval)
 
 
 def load_alert_routes(settings: Settings) -> AlertRoutes:
@@ -243,7 +250,7 @@ async def serve(settings: Settings) -> None:
         asyncio.create_task(sweep_loop(store.sweep, settings.effective_invalidation_period), name="invalidation"),
         asyncio.create_task(alerts.run(), name="alerts"),
         asyncio.create_task(cloud.run(), name="cloud-metrics"),
-        asyncio.create_task(ml_training(settings, engine, monitoring, store), name="ml-training"),
+        asyncio.create_task(ml_training(settings, engine, monitoring, store.invalidate), name="ml-training"),
     ]
 
     server = http_server(settings, create_app(api, create_console(api, monitoring, settings.time_scale)))

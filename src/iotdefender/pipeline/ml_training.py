@@ -249,9 +249,10 @@ def ml_settings(time_scale: float) -> ml.TrainingSettings:
     return ml.TrainingSettings(clock=ml.SeasonalClock(hour_seconds=3600.0 / time_scale))
 
 
-async def training_loop(trainer: MlTrainer, interval_s: float) -> None:
-    """The trainer's schedule in ``serve``: each look runs on a thread (reading and training are
-    blocking and may take seconds at scale); the loop outlives failures and database outages."""
+async def training_loop(look: Callable[[float], object], interval_s: float) -> None:
+    """The trainer's schedule in ``serve``: each ``look(now)`` (``MlTrainer.run_once``, or in
+    cluster mode that under a lock) runs on a thread (reading and training are blocking and may
+    take seconds at scale); the loop outlives failures and database outages."""
     import asyncio
     import time
 
@@ -261,7 +262,7 @@ async def training_loop(trainer: MlTrainer, interval_s: float) -> None:
 
     while True:
         try:
-            await anyio.to_thread.run_sync(trainer.run_once, time.time())
+            await anyio.to_thread.run_sync(look, time.time())
         except Exception as error:
             log_unless_outage(log, "ml_training_failed", error)
         await asyncio.sleep(interval_s)

@@ -1,0 +1,81 @@
+"""ML Detect in cluster mode, end to end: two ``serve`` nodes on one nats-server and PostgreSQL at a
+high time scale. One node at a time trains (an advisory lock): the behavior's collection starts once
+and its model is built once; every detect node evaluates with it, whichever node built it, so a
+device whose partition the other node owns alarms with a confidence level."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cluster_serve import node_id, owned_by, ready
+from tests.e2e.test_ml_detect import behavior, events, wait_until
+from tests.support.mqtt import Device, report
+from tests.support.processes import ServiceProcess, wait_for
+
+pytestmark = pytest.mark.postgres
+
+ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
+ML_ARGS = ["--report-min-interval", "0", "--time-scale", "36000", "--ml-training-period", "4",
+           "--ml-min-datapoints", "80", "--ml-refresh-period", "60", "--ml-expiry", "600"]
+
+
+def log_events(svc: ServiceProcess, name: str) -> list[dict]:
+    assert svc.log_path is not None
+    return [json.loads(line) for line in svc.log_path.read_text().splitlines()
+            if line.startswith("{") and f'"{name}"' in line]
+
+
+def test_one_node_trains_and_every_node_judges_with_the_model(jetstream, postgres, tmp_path: Path):
+    url = postgres.create_database(f"clml{time.time_ns()}")
+    args = ["--cluster-url", jetstream.urls[0], *ML_ARGS]
+    a = ServiceProcess(data_dir=tmp_path / "a", database_url=url, extra_args=args)
+    b = ServiceProcess(data_dir=tmp_path / "b", database_url=url, extra_args=args)
+    devices: list[Device] = []
+    try:
+        a.start()
+        b.start()
+        wait_for(lambda: ready(a) and ready(b), 20, "both nodes ready")
+        members = sorted([node_id(a), node_id(b)])
+        iot_a, iot_b = a.client(), b.client()
+        iot_a.create_security_profile(securityProfileName="ml", behaviors=[
+            behavior("ports-ml", "aws:num-listening-tcp-ports")])
+        iot_a.attach_security_profile(securityProfileName="ml", securityProfileTargetArn=ALL_THINGS)
+        things = owned_by(node_id(a), members, 3, "mla") + owned_by(node_id(b), members, 3, "mlb")
+        devices = [Device(a.mqtt_port, thing) for thing in things]  # all on node A
+        ids = itertools.count(1)
+
+        def status() -> str:
+            (summary,) = iot_b.get_behavior_model_training_summaries(securityProfileName="ml")["summaries"]
+            return summary["modelStatus"]
+
+        deadline = time.monotonic() + 25
+        k = 0
+        while status() != "ACTIVE" and time.monotonic() < deadline:
+            for device in devices:
+                k += 1
+                ports = [443, 80, 22, 8080, 8443][: 3 + k % 3]
+                assert device.report(report(next(ids), ports))[0] == "json/accepted"
+            time.sleep(0.05)
+        assert status() == "ACTIVE"
+        started = log_events(a, "ml_collection_started") + log_events(b, "ml_collection_started")
+        built = log_events(a, "ml_model_built") + log_events(b, "ml_model_built")
+        assert len(started) == 1 and len(built) == 1, (started, built)
+
+        odd = devices[-1]  # its partition is node B's: B evaluates it with the model, whoever built it
+        for _ in range(2):
+            assert odd.report(report(next(ids), list(range(1000, 1060))))[0] == "json/accepted"
+        active = iot_a.list_active_violations(behaviorCriteriaType="MACHINE_LEARNING",
+                                              thingName=odd.thing)["activeViolations"]
+        assert [(v["behavior"]["name"], v["violationEventAdditionalInfo"]) for v in active] == [
+            ("ports-ml", {"confidenceLevel": "HIGH"})]
+        wait_until(lambda: [e["violationEventType"] for e in events(iot_b, thingName=odd.thing)] == ["in-alarm"], 5)
+    finally:
+        for device in devices:
+            device.close()
+        b.stop()
+        a.stop()
