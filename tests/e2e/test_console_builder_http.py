@@ -31,7 +31,7 @@ def test_catalog_offers_every_metric_with_its_rules(service):
         "duration": True, "statistical": True, "ml": True, "dimension": False}
     assert by_name["aws:listening-tcp-ports"]["operators"] == ["in-port-set", "not-in-port-set"]
     assert by_name["builder-cpu"]["label"] == "CPU load" and by_name["builder-cpu"]["valueType"] == "number"
-    assert catalog["mlDetect"] is False
+    assert catalog["mlDetect"] is True  # ML Detect is evaluated: the builder offers it
     assert len([m for m in catalog["metrics"] if m["side"] != "custom"]) == 18
     anonymous = httpx.Client(base_url=service.endpoint, timeout=30)
     assert anonymous.get("/console/api/builder/catalog").status_code == 401

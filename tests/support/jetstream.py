@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -76,17 +77,40 @@ class JetStreamServer:
                 self.process.wait()
 
 
+def start_with_free_ports(servers: list[JetStreamServer], choose_ports: Callable[[], None],
+                          current: Callable[[], list[JetStreamServer]], timeout: float) -> None:
+    """Start the servers; should a port chosen free have been taken meanwhile (by any process's
+    outgoing connection: ephemeral ports come from the same range), choose new ones and start again."""
+    for attempt in range(3):
+        for server in servers:
+            server.start()
+        try:
+            wait_for(lambda: all(s.healthy() for s in servers), timeout, "nats-server")
+            return
+        except RuntimeError as error:
+            for server in servers:
+                server.stop()
+            if "address already in use" not in str(error) or attempt == 2:
+                raise
+            for server in servers:
+                shutil.rmtree(server.root, ignore_errors=True)
+            choose_ports()
+            servers = current()
+
+
 class SingleJetStream:
     """A plain ``nats-server -js`` (what a one-machine cluster-mode user runs)."""
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="iotdefender-js-"))
+        self._choose_ports()
+
+    def _choose_ports(self) -> None:
         self.server = JetStreamServer(self.root / "n1", "n1")
         self.urls = [self.server.url]
 
     def start(self) -> None:
-        self.server.start()
-        wait_for(self.server.healthy, 20, "nats-server")
+        start_with_free_ports([self.server], self._choose_ports, lambda: [self.server], 20)
 
     def stop(self) -> None:
         self.server.stop()
@@ -98,15 +122,17 @@ class JetStreamCluster:
 
     def __init__(self, size: int = 3) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="iotdefender-jsc-"))
-        ports = [free_port() for _ in range(size)]
+        self.size = size
+        self._choose_ports()
+
+    def _choose_ports(self) -> None:
+        ports = [free_port() for _ in range(self.size)]
         self.servers = [JetStreamServer(self.root / f"n{i + 1}", f"n{i + 1}", ports[i], ports)
-                        for i in range(size)]
+                        for i in range(self.size)]
         self.urls = [s.url for s in self.servers]
 
     def start(self) -> None:
-        for server in self.servers:
-            server.start()
-        wait_for(lambda: all(s.healthy() for s in self.servers), 30, "nats cluster")
+        start_with_free_ports(self.servers, self._choose_ports, lambda: self.servers, 30)
 
     def stop(self) -> None:
         for server in self.servers:
