@@ -39,8 +39,9 @@ from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable
 from iotdefender.brokers.observer import NULL_OBSERVER
 from iotdefender.cloud.service import CloudEventIntake
-from iotdefender.cluster.cloud_windows import WindowCollector, WindowPublisher
+from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher
 from iotdefender.cluster.control import ControlNotices
+from iotdefender.cluster.fleet_statistics import KvSharedWindows
 from iotdefender.cluster.health import ClusterHealth
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.node_id import new_node_id
@@ -171,7 +172,7 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
 
 def cloud_publisher(settings: Settings, publisher: ReportPublisher, node_id: str) -> WindowPublisher | None:
     """A broker node's cloud-side metrics: its broker's events into windows, each device's part
-    published to the thing's partition when the window ends (cluster/cloud_windows.py)."""
+    published to the thing's partition when the window ends (cloud/cluster_windows.py)."""
     if not settings.cloud_metrics:
         return None
     return WindowPublisher(CloudEventIntake(settings.effective_metrics_window), publisher.publish, node_id)
@@ -180,7 +181,7 @@ def cloud_publisher(settings: Settings, publisher: ReportPublisher, node_id: str
 def cloud_collector(settings: Settings, engine: Engine, monitoring: MonitoringIndex, detection: DetectionService,
                     on_events: EventListener, owned: Callable[[], Mapping[int, int]]) -> WindowCollector | None:
     """A detect node's cloud-side metrics: the broker nodes' parts of its partitions' windows,
-    merged, closed and evaluated (cluster/cloud_windows.py)."""
+    merged, closed and evaluated (cloud/cluster_windows.py)."""
     if not settings.cloud_metrics:
         return None
     return WindowCollector(detection, monitoring, on_events, owned, settings.effective_metrics_window, engine)
@@ -203,10 +204,29 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
                 DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
                                on_released=store.on_released))
     owned.append(consumer)
-    loops = [*([cloud.run()] if cloud is not None else []), alerts.run(),
+    shared = KvSharedWindows(node_id)
+    detection.evaluator.share_statistics(shared)
+    loops = [share_statistics(shared, nc, topology, detection), *([cloud.run()] if cloud is not None else []), alerts.run(),
              sweep_loop(store.sweep, settings.effective_invalidation_period, consumer.ownership.owned),
              retention_loop(engine, settings.effective_metric_retention, settings.effective_violation_retention)]
     return consumer, loops
+
+
+async def share_statistics(shared: KvSharedWindows, nc: Client, topology: Topology,
+                           detection: DetectionService) -> None:
+    """Fleet-wide statistical thresholds: this node's ended windows to the other detect nodes and
+    theirs to this node's engine (cluster/fleet_statistics.py)."""
+    while True:
+        try:
+            await shared.start(nc.jetstream(), topology.replicas)
+            break
+        except (nats.errors.Error, OSError, TimeoutError) as error:
+            log.warning("fleet_statistics_unavailable", error=repr(error))
+            await asyncio.sleep(1.0)
+    try:
+        await shared.run(detection.ended_statistics)
+    finally:
+        await shared.stop()
 
 
 def cloud_acquired(cloud: WindowCollector, then: Callable[[int, int], Awaitable[None]]

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.cloud.service import CloudEventIntake
-from iotdefender.cluster.cloud_windows import WindowCollector, WindowPublisher, decode
+from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher, decode
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import Delivery
 from iotdefender.pipeline.batch_store import EventSummary

@@ -37,7 +37,7 @@ class CloudEventIntake:
     """The broker's events into per-device windows (the ``BrokerObserver`` and the HTTP intake).
 
     On one box the ``CloudMetricsService`` below closes those windows itself; a cluster's broker
-    node hands each closed window to the thing's detect node instead (cluster/cloud_windows.py).
+    node hands each closed window to the thing's detect node instead (cloud/cluster_windows.py).
     """
 
     def __init__(self, window_s: float, clock: Callable[[], float] = time.time) -> None:
