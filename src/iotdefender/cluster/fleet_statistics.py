@@ -83,6 +83,9 @@ class KvSharedWindows:
                 merged.update(values)
         return self._versions.get((key, window), 0), merged
 
+    def version(self, key: SeriesKey, window: int) -> int:
+        return self._versions.get((key, window), 0)
+
     def received(self, message: WindowValues) -> None:
         """Another node's (or this node's, ignored by ``others``) values of one window."""
         slot = ((message.profile, message.behavior), message.window)

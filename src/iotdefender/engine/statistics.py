@@ -42,6 +42,10 @@ class SharedWindows(Protocol):
         """(a version that changes whenever more values arrive, the other nodes' values by device)."""
         ...
 
+    def version(self, key: SeriesKey, window: int) -> int:
+        """The version ``others`` would give, without merging the values (asked at every evaluation)."""
+        ...
+
 
 @dataclass
 class _Series:
@@ -152,7 +156,7 @@ class FleetStatistics:
             self._roll(key, pending, window, statistic)
             series = pending.series
         elif self.shared is not None and series.threshold_window == window \
-                and self.shared.others(key, window - 1)[0] != series.shared_version:
+                and self.shared.version(key, window - 1) != series.shared_version:
             pending = self._pending(key, changes)  # more of the other nodes' values arrived
             self._compute(key, pending.series, statistic)
             series = pending.series
