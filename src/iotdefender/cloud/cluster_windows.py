@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 import structlog
 from prometheus_client import Counter
+from sqlalchemy.engine import Engine
 
 from iotdefender.cloud.aggregator import ClientWindow, merge_windows
 from iotdefender.cloud.service import CloudEventIntake, CloudMetricsService
@@ -197,7 +198,7 @@ class WindowCollector:
     after each window's end (the broker nodes publish theirs 0.2 s after it)."""
 
     def __init__(self, detection: DetectionService, monitoring: MonitoringIndex, on_events: EventListener,
-                 owned: Callable[[], Mapping[int, int]], window_s: float, engine: Any, grace_s: float | None = None,
+                 owned: Callable[[], Mapping[int, int]], window_s: float, engine: Engine, grace_s: float | None = None,
                  clock: Callable[[], float] = time.time, partitions: int = PARTITION_COUNT) -> None:
         self.grace_s = grace_s if grace_s is not None else min(2.0, window_s / 2)
         self._clock = clock
