@@ -3,8 +3,11 @@ with its None topic keys, and merged from several broker nodes' parts."""
 
 from __future__ import annotations
 
+import asyncio
+
 from iotdefender.cloud.aggregator import Aggregator, ClientWindow, merge_windows
-from iotdefender.cloud.cluster_windows import CloudWindowMessage, decode, encode
+from iotdefender.cloud.cluster_windows import CloudWindowMessage, WindowPublisher, decode, encode
+from iotdefender.cloud.service import CloudEventIntake
 from iotdefender.pipeline.report_message import ReportMessage, encode as encode_report
 
 
@@ -31,3 +34,20 @@ def test_parts_merge_into_one_window_and_the_later_of_connect_and_disconnect_win
     assert aggregator.datapoints("dev", aggregator.take(0)["dev"], 300.0)["aws:disconnect-duration"] == {"count": 0}
     aggregator.add_window(1, "dev", merge_windows([on_a]))  # it left and did not come back
     assert aggregator.datapoints("dev", aggregator.take(1)["dev"], 290.0)["aws:disconnect-duration"] == {"count": 3}
+
+
+def test_a_broker_node_publishes_one_part_per_device_seen_and_none_for_a_client_id_no_thing_can_have():
+    now = [1000.0]
+    sent: list[tuple[str, str]] = []
+
+    async def publish(thing: str, payload: bytes, message_id: str) -> None:
+        sent.append((thing, message_id))
+
+    intake = CloudEventIntake(300.0, lambda: now[0])
+    publisher = WindowPublisher(intake, publish, "node-a", clock=lambda: now[0])
+    intake.message_sent("dev-1", "t", 3)
+    intake.message_sent("bad\nid", "t", 3)
+    intake.connect_attempt("dev-2", "10.0.0.1", True)
+    now[0] = 1200.0 + 0.2  # the window [900, 1200) ended
+    assert asyncio.run(publisher.publish_due()) == 2
+    assert sorted(sent) == [("dev-1", "cloud/node-a/dev-1/3"), ("dev-2", "cloud/node-a/dev-2/3")]

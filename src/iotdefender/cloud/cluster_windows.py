@@ -40,6 +40,7 @@ from sqlalchemy.engine import Engine
 from iotdefender.cloud.aggregator import ClientWindow, merge_windows
 from iotdefender.cloud.service import CloudEventIntake, CloudMetricsService
 from iotdefender.cluster import fencing
+from iotdefender.ingest.report import ReportRejected, check_thing_name
 from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of
 from iotdefender.cluster.report_stream import BatchHandler, Delivery
 from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSummary, summaries
@@ -102,6 +103,17 @@ def message_id(node: str, thing: str, window: int) -> str:
     return f"cloud/{node}/{thing}/{window}"
 
 
+def _thing_name(client_id: str) -> bool:
+    """Whether a client id can be a thing's name (and so a NATS header and message id): one with a
+    control character could not, and is not counted, as ``ingest_events`` refuses it on one box."""
+    try:
+        check_thing_name(client_id)
+    except ReportRejected:
+        log.info("cloud_window_client_id_refused", client_id=repr(client_id)[:140])
+        return False
+    return True
+
+
 #: (thing, payload, Nats-Msg-Id) -> stored: ``ReportPublisher.publish``.
 Publish = Callable[[str, bytes, str], Awaitable[Any]]
 
@@ -127,7 +139,7 @@ class WindowPublisher:
         aggregator = self.intake.aggregator
         messages = [CloudWindowMessage(thing, window, aggregator.window_s, self._node, part)
                     for window in aggregator.closed_windows(self._clock())
-                    for thing, part in aggregator.take(window).items()]
+                    for thing, part in aggregator.take(window).items() if _thing_name(thing)]
         done = 0
         for start in range(0, len(messages), self._concurrency):
             results = await asyncio.gather(*(self._send(m) for m in messages[start:start + self._concurrency]))
