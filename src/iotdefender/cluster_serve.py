@@ -39,7 +39,7 @@ from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable
 from iotdefender.brokers.observer import NULL_OBSERVER
 from iotdefender.cloud.service import CloudEventIntake
-from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher
+from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher, hand_over
 from iotdefender.cluster.control import ControlNotices
 from iotdefender.cluster.fleet_statistics import KvSharedWindows
 from iotdefender.cluster.health import ClusterHealth
@@ -199,7 +199,8 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
                             lambda: owned[0].ownership.owned() if owned else {})
     consumer = (DetectConsumer(nc.jetstream(), topology, node_id, cloud.handler(store.handle),
                                on_acquired=cloud_acquired(cloud, store.on_acquired),
-                               on_released=cloud_released(cloud, store.on_released))
+                               on_released=cloud_released(cloud, store.on_released,
+                                                          ReportPublisher(nc.jetstream(), topology), node_id))
                 if cloud is not None else
                 DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
                                on_released=store.on_released))
@@ -237,9 +238,11 @@ def cloud_acquired(cloud: WindowCollector, then: Callable[[int, int], Awaitable[
     return acquired
 
 
-def cloud_released(cloud: WindowCollector, then: Callable[[int], Awaitable[None]]) -> Callable[[int], Awaitable[None]]:
+def cloud_released(cloud: WindowCollector, then: Callable[[int], Awaitable[None]], publisher: ReportPublisher,
+                   node_id: str) -> Callable[[int], Awaitable[None]]:
+    """Give the partition's held cloud window parts to its next owner, then release it."""
     async def released(partition: int) -> None:
-        cloud.released(partition)
+        await hand_over(cloud.released(partition), publisher.publish, node_id)
         await then(partition)
     return released
 

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.cloud.service import CloudEventIntake
-from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher, decode
+from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher, decode, hand_over
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import Delivery
 from iotdefender.pipeline.batch_store import EventSummary
@@ -199,3 +199,38 @@ def test_a_superseded_owner_stores_no_window_and_a_new_owner_closes_only_windows
     assert len(datapoints(database, thing)) == 1
     for node in (old, new, third):
         node.engine.dispose()
+
+
+def test_a_clean_hand_over_gives_the_next_owner_the_parts_of_the_open_window(database):
+    clock = Clock(W * WINDOW_S + 10)
+    old, new = Detect(database, clock), Detect(database, clock)
+    old.acquire(P, 7)
+    [thing] = things_in(P, 1, "ch")
+    sent: list[Delivery] = []
+    a, b = broker("node-a", clock, sent), broker("node-b", clock, sent)
+    for _ in range(4):
+        a.intake.message_sent(thing, "t/x", 10)
+    for _ in range(3):
+        b.intake.message_sent(thing, "t/x", 10)
+    clock.now = (W + 1) * WINDOW_S + 0.2
+    asyncio.run(a.publish_due())
+    asyncio.run(b.publish_due())
+    asyncio.run(old.handle(P, 7, sent))  # acked: the parts are in the old owner's memory only
+
+    handed: list[Delivery] = []  # a rebalance: the old owner gives P up before the window is due
+
+    async def publish(thing: str, payload: bytes, message_id: str) -> None:
+        assert message_id.startswith("cloud-handover/old/")
+        handed.append(Delivery(partition_of(thing), thing, payload, 100 + len(handed), 1))
+    assert asyncio.run(hand_over(old.collector.released(P), publish, "old")) == 2
+    del old.owned[P]
+    new.acquire(P, 8)
+    asyncio.run(new.handle(P, 8, handed))
+    asyncio.run(new.handle(P, 8, handed))  # redelivered: replaces, adds nothing
+    clock.now += new.collector.grace_s + 0.1
+    assert old.collector.close_due() == 0
+    new.collector.close_due()
+    assert [(ts, p["aws:num-messages-sent"]) for ts, p in datapoints(database, thing)] == [
+        ((W + 1) * WINDOW_S, {"count": 7})]
+    old.engine.dispose()
+    new.engine.dispose()

@@ -13,8 +13,10 @@ idle) and stores and evaluates them in one transaction, fenced like a report bat
 Idempotent on redelivery: a part is keyed by (window, thing, broker node), so a redelivered part
 replaces itself; a part of a window already closed here is late and dropped (counted in
 ``iotdefender_cluster_cloud_parts_late_total``). What is NOT kept across a move of the partition
-(docs/cluster.md): parts are held in the detect node's memory once acked, so the window open when
-a partition changes owner holds only the parts its new owner received; windows the new owner did
+(docs/cluster.md): parts are held in the detect node's memory once acked; a node that gives a
+partition up cleanly publishes the parts it holds back to the partition for the next owner
+(``hand_over``), but one that dies loses them, so after a crash the window open at the takeover
+holds only the parts its new owner received; windows the new owner did
 not see start (earlier than the one open at its acquisition) are never closed by it (no second
 datapoint for a window the previous owner may have closed).
 
@@ -103,6 +105,13 @@ def message_id(node: str, thing: str, window: int) -> str:
     return f"cloud/{node}/{thing}/{window}"
 
 
+def handover_id(holder: str, message: CloudWindowMessage) -> str:
+    """A part a detect node hands to the partition's next owner: not the broker node's id, which
+    JetStream would drop as a duplicate within its window; the part itself still names its broker
+    node, so at the next owner it replaces (never adds to) a copy of itself."""
+    return f"cloud-handover/{holder}/{message.node}/{message.thing}/{message.window}"
+
+
 def _thing_name(client_id: str) -> bool:
     """Whether a client id can be a thing's name (and so a NATS header and message id): one with a
     control character could not, and is not counted, as ``ingest_events`` refuses it on one box."""
@@ -116,6 +125,26 @@ def _thing_name(client_id: str) -> bool:
 
 #: (thing, payload, Nats-Msg-Id) -> stored: ``ReportPublisher.publish``.
 Publish = Callable[[str, bytes, str], Awaitable[Any]]
+
+
+async def hand_over(parts: Sequence[CloudWindowMessage], publish: Publish, holder: str,
+                    concurrency: int = 256) -> int:
+    """Publish the parts a released partition held back to its stream, for its next owner; stops
+    at the first failure (a node cut off from NATS must not hold its release for a timeout per
+    part): the rest are lost, counted."""
+    done = 0
+    for start in range(0, len(parts), concurrency):
+        chunk = parts[start:start + concurrency]
+        results = await asyncio.gather(*(publish(m.thing, encode(m), handover_id(holder, m)) for m in chunk),
+                                       return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        done += len(chunk) - len(failed)
+        if failed:
+            PARTS_LOST.inc(len(parts) - done)
+            log.warning("cloud_window_not_handed_over", parts=len(parts) - done,
+                        error=f"{type(failed[0]).__name__}: {failed[0]}")
+            break
+    return done
 
 
 class WindowPublisher:
@@ -243,10 +272,16 @@ class WindowCollector:
     def acquired(self, partition: int) -> None:
         self._first_window[partition] = self.cloud.aggregator.index(self._lagged())
 
-    def released(self, partition: int) -> None:
+    def released(self, partition: int) -> list[CloudWindowMessage]:
+        """Forget the partition; returns the parts held of its windows not closed yet, for the
+        next owner (``handover_id``: a clean hand-over loses nothing of the open window)."""
         self._first_window.pop(partition, None)
+        handed = []
         for key in [key for key in self._parts if partition_of(key[1], self._partitions) == partition]:
-            del self._parts[key]
+            window, thing = key
+            for node, part in self._parts.pop(key).items():
+                handed.append(CloudWindowMessage(thing, window, self._window_s, node, part))
+        return handed
 
     def handler(self, reports: BatchHandler) -> BatchHandler:
         """The partitions' handler: cloud windows kept here, the rest handed to ``reports``."""
