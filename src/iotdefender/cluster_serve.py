@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,10 @@ from iotdefender.backtest.jobs import BacktestJobs
 from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable
 from iotdefender.brokers.observer import NULL_OBSERVER
+from iotdefender.cloud.service import CloudEventIntake
+from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher, hand_over
 from iotdefender.cluster.control import ControlNotices
+from iotdefender.cluster.fleet_statistics import KvSharedWindows
 from iotdefender.cluster.health import ClusterHealth
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.node_id import new_node_id
@@ -48,6 +51,7 @@ from iotdefender.cluster.report_stream import ReportPublisher
 from iotdefender.cluster.topology import Topology, TopologyMismatch, count_servers, ensure, replicas_for
 from iotdefender.console.app import create_console
 from iotdefender.ingest.service import IngestService
+from iotdefender.pipeline.batch_store import EventListener
 from iotdefender.pipeline.counters import counting
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.monitoring import MonitoringIndex
@@ -89,7 +93,9 @@ def cluster_roles(settings: Settings) -> frozenset[str]:
         raise ConfigurationError(f"--cluster-url: expected nats://host:port[,nats://host:port], got "
                                  f"{settings.cluster_url!r}")
     if settings.nats_events_url is not None:
-        raise ConfigurationError("--nats-events-url: cloud-side metrics are not available in cluster mode yet "
+        # Every broker node would read the same NATS system events and count each device once per node.
+        raise ConfigurationError("--nats-events-url: not available in cluster mode (every node would count the "
+                                 "same NATS events); cloud-side metrics come from each node's own broker "
                                  "(docs/cluster.md)")
     if not (settings.database_url or "").startswith("postgresql"):
         raise ConfigurationError("--cluster-url needs --database-url postgresql://...: every node shares one "
@@ -133,6 +139,7 @@ class BrokerRole:
     broker: Broker
     gatekeeper: Gatekeeper
     endpoint: str
+    cloud: WindowPublisher | None = None  # cloud-side metrics: this node's windows, to their detect nodes
 
     async def start(self) -> None:
         await self.ingest.start()
@@ -154,14 +161,31 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
     auth = mqtt_auth(settings)
     waiters = OutcomeWaiters()
     await waiters.subscribe(nc, reply_subject(node_id))
-    committer = JetStreamCommitter(ReportPublisher(nc.jetstream(), topology), waiters, reply_subject(node_id), engine)
+    publisher = ReportPublisher(nc.jetstream(), topology)
+    committer = JetStreamCommitter(publisher, waiters, reply_subject(node_id), engine)
     ingest, replies = build_ingest(settings, engine, monitoring, committer, health)
-    if settings.cloud_metrics:  # not wired in cluster mode yet (docs/cluster.md): no broker events observed
-        log.warning("cloud_metrics_off", reason="cloud-side metrics are not computed in cluster mode yet")
-    gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=NULL_OBSERVER)
+    cloud = cloud_publisher(settings, publisher, node_id)
+    gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=cloud.intake if cloud else NULL_OBSERVER)
     broker, endpoint = build_broker(settings, gatekeeper, ingest.submit)
     replies.broker = broker
-    return BrokerRole(ingest, broker, gatekeeper, endpoint)
+    return BrokerRole(ingest, broker, gatekeeper, endpoint, cloud)
+
+
+def cloud_publisher(settings: Settings, publisher: ReportPublisher, node_id: str) -> WindowPublisher | None:
+    """A broker node's cloud-side metrics: its broker's events into windows, each device's part
+    published to the thing's partition when the window ends (cloud/cluster_windows.py)."""
+    if not settings.cloud_metrics:
+        return None
+    return WindowPublisher(CloudEventIntake(settings.effective_metrics_window), publisher.publish, node_id)
+
+
+def cloud_collector(settings: Settings, engine: Engine, monitoring: MonitoringIndex, detection: DetectionService,
+                    on_events: EventListener, owned: Callable[[], Mapping[int, int]]) -> WindowCollector | None:
+    """A detect node's cloud-side metrics: the broker nodes' parts of its partitions' windows,
+    merged, closed and evaluated (cloud/cluster_windows.py)."""
+    if not settings.cloud_metrics:
+        return None
+    return WindowCollector(detection, monitoring, on_events, owned, settings.effective_metrics_window, engine)
 
 
 def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
@@ -172,9 +196,20 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     detection = DetectionService(engine, monitoring, routes, settings.effective_invalidation_period,
                                  settings.time_scale)
     store = PartitionBatchStore(monitoring, detection, counting(alerts.wake), OutcomeSender(nc))
-    consumer = DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
-                              on_released=store.on_released)
-    loops = [alerts.run(),
+    owned: list[DetectConsumer] = []  # the collector reads the consumer's partitions, built after it
+    cloud = cloud_collector(settings, engine, monitoring, detection, counting(alerts.wake),
+                            lambda: owned[0].ownership.owned() if owned else {})
+    consumer = (DetectConsumer(nc.jetstream(), topology, node_id, cloud.handler(store.handle),
+                               on_acquired=cloud_acquired(cloud, store.on_acquired),
+                               on_released=cloud_released(cloud, store.on_released,
+                                                          ReportPublisher(nc.jetstream(), topology), node_id))
+                if cloud is not None else
+                DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
+                               on_released=store.on_released))
+    owned.append(consumer)
+    shared = KvSharedWindows(node_id)
+    detection.evaluator.share_statistics(shared)
+    loops = [share_statistics(shared, nc, topology, detection), *([cloud.run()] if cloud is not None else []), alerts.run(),
              sweep_loop(store.sweep, settings.effective_invalidation_period, consumer.ownership.owned),
              retention_loop(engine, settings.effective_metric_retention, settings.effective_violation_retention)]
     return consumer, detection, loops
@@ -187,6 +222,40 @@ def published_models(detection: DetectionService, notices: ControlNotices) -> Ca
         detection.invalidate_models()
         notices.changed()
     return published
+
+
+async def share_statistics(shared: KvSharedWindows, nc: Client, topology: Topology,
+                           detection: DetectionService) -> None:
+    """Fleet-wide statistical thresholds: this node's ended windows to the other detect nodes and
+    theirs to this node's engine (cluster/fleet_statistics.py)."""
+    while True:
+        try:
+            await shared.start(nc.jetstream(), topology.replicas)
+            break
+        except (nats.errors.Error, OSError, TimeoutError) as error:
+            log.warning("fleet_statistics_unavailable", error=repr(error))
+            await asyncio.sleep(1.0)
+    try:
+        await shared.run(detection.ended_statistics)
+    finally:
+        await shared.stop()
+
+
+def cloud_acquired(cloud: WindowCollector, then: Callable[[int, int], Awaitable[None]]
+                   ) -> Callable[[int, int], Awaitable[None]]:
+    async def acquired(partition: int, token: int) -> None:
+        await then(partition, token)
+        cloud.acquired(partition)
+    return acquired
+
+
+def cloud_released(cloud: WindowCollector, then: Callable[[int], Awaitable[None]], publisher: ReportPublisher,
+                   node_id: str) -> Callable[[int], Awaitable[None]]:
+    """Give the partition's held cloud window parts to its next owner, then release it."""
+    async def released(partition: int) -> None:
+        await hand_over(cloud.released(partition), publisher.publish, node_id)
+        await then(partition)
+    return released
 
 
 async def serve_cluster(settings: Settings) -> None:
@@ -243,6 +312,8 @@ async def serve_cluster(settings: Settings) -> None:
             raise
     if consumer is not None:
         await consumer.start()
+    if devices is not None and devices.cloud is not None:
+        loops.append(devices.cloud.run())
     background = [asyncio.create_task(loop) for loop in [*loops, cluster_health.run()]]
     gc.freeze()
     log.info("ready", node=node_id, roles=",".join(sorted(roles)), cluster=settings.cluster_url,

@@ -31,6 +31,9 @@ ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
 TOPIC = "arn:aws:sns:us-east-1:123456789012:dd-alerts"
 PORTS = {"name": "ports", "metric": "aws:listening-tcp-ports",
          "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [443]}}}
+CLOUD_WINDOW_S = 4.0  # cloud-side metrics' window on both nodes (AWS: 300 s)
+CHATTY = {"name": "chatty", "metric": "aws:num-messages-sent",
+          "criteria": {"comparisonOperator": "less-than-equals", "value": {"count": 5}}}
 ALLOW_22 = {**PORTS, "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [443, 22]}}}
 
 
@@ -79,7 +82,7 @@ def pair(jetstream, postgres, hook, tmp_path: Path):  # type: ignore[no-untyped-
     subscriptions = tmp_path / "subscriptions.json"
     subscriptions.write_text(json.dumps({TOPIC: [{"webhook": hook.url, "secret": "hook-secret"}]}))
     args = ["--cluster-url", jetstream.urls[0], "--report-min-interval", "0", "--alert-subscriptions",
-            str(subscriptions)]
+            str(subscriptions), "--metrics-window", str(CLOUD_WINDOW_S)]
     a = ServiceProcess(data_dir=tmp_path / "a", database_url=url, extra_args=args)
     b = ServiceProcess(data_dir=tmp_path / "b", database_url=url, extra_args=args)
     try:
@@ -165,11 +168,48 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
             assert gauge(a, "iotdefender_cluster_members") == 2  # not a detect member
         finally:
             c.stop()
+        cloud_started = time.monotonic()
+        roamer_sent = roam_between_nodes(a, b, iot_a, owned_by(node_id(b), members, 1, "roamer")[0], devices)
+        print(f"cluster e2e: cloud-side metrics {time.monotonic() - cloud_started:.1f}s, the roamer's 7 "
+              f"messages sent in {roamer_sent:.2f}s")
         print(f"cluster e2e: {time.monotonic() - started:.1f}s; report -> accepted through node A: "
               f"{', '.join(f'{1000 * t:.0f}' for t in answered)} ms")
     finally:
         for device in devices:
             device.close()
+
+
+def roam_between_nodes(a: ServiceProcess, b: ServiceProcess, iot: Any, roamer: str, devices: list[Device]) -> float:
+    """Cloud-side metrics across broker nodes: a device sends 4 messages through node A, moves to
+    node B and sends 3 more, all in one window: its detect node merges both nodes' parts into one
+    datapoint of 7 messages (more than 5: in alarm; neither node saw more than 5), none counted
+    twice. Returns how long the 7 messages took (they must fit in the window)."""
+    iot.create_security_profile(securityProfileName="cloudy", behaviors=[CHATTY])
+    iot.attach_security_profile(securityProfileName="cloudy", securityProfileTargetArn=ALL_THINGS)
+    time.sleep(1.0)  # the attachment reaches every node (control notices)
+    now = time.time()
+    time.sleep(CLOUD_WINDOW_S - now % CLOUD_WINDOW_S + 0.05)  # at the start of a window
+    began = time.monotonic()
+    first = Device(a.mqtt_port, roamer)
+    devices.append(first)
+    for report_id in (1, 2, 3, 4):
+        assert first.report(report(report_id, [443]))[0] == "json/accepted"
+    first.close()
+    second = Device(b.mqtt_port, roamer)
+    devices.append(second)
+    for report_id in (5, 6, 7):
+        assert second.report(report(report_id, [443]))[0] == "json/accepted"
+    took = time.monotonic() - began
+    assert took < CLOUD_WINDOW_S - 0.3, f"the 7 messages took {took:.2f}s: not in one window"
+
+    def sent() -> list[int]:
+        return [int(d["value"]["count"]) for d in iot.list_metric_values(
+            thingName=roamer, metricName="aws:num-messages-sent", **window())["metricDatumList"]]
+    wait_for(lambda: 7 in sent(), 3 * CLOUD_WINDOW_S, "the roamer's window merged from both nodes")
+    assert sum(sent()) == 7, sent()  # nothing counted twice (the parts reach the detect node together)
+    events = iot.list_violation_events(**window(), thingName=roamer)["violationEvents"]
+    assert [(e["behavior"]["name"], e["violationEventType"]) for e in events][:1] == [("chatty", "in-alarm")]
+    return took
 
 
 class Reporter:

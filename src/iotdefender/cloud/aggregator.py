@@ -50,6 +50,31 @@ class ClientWindow(msgspec.Struct, gc=False):
     sent_max_bytes: dict[str | None, int] = {}  # topic -> the largest payload
     received: dict[str | None, int] = {}
     source_ips: dict[str, None] = {}  # an insertion-ordered set
+    # When the device last connected successfully / disconnected in the window (0: not in it).
+    # Cluster mode merges one device's windows from several broker nodes: the later of the two
+    # says whether it ended the window disconnected (aws:disconnect-duration).
+    last_connect_ok: float = 0.0
+    last_disconnect: float = 0.0
+
+
+def merge_windows(parts: Iterable[ClientWindow]) -> ClientWindow:
+    """One device's window from its parts, observed by several broker nodes: counts add up, the
+    largest payload is the largest of the parts, the addresses are the union."""
+    merged = ClientWindow()
+    for part in parts:
+        merged.connection_attempts += part.connection_attempts
+        merged.disconnects += part.disconnects
+        for target, source in ((merged.auth_failures, part.auth_failures), (merged.sent, part.sent),
+                               (merged.received, part.received)):
+            for topic, count in source.items():
+                target[topic] = target.get(topic, 0) + count
+        for topic, size in part.sent_max_bytes.items():
+            if size > merged.sent_max_bytes.get(topic, -1):
+                merged.sent_max_bytes[topic] = size
+        merged.source_ips.update(part.source_ips)
+        merged.last_connect_ok = max(merged.last_connect_ok, part.last_connect_ok)
+        merged.last_disconnect = max(merged.last_disconnect, part.last_disconnect)
+    return merged
 
 
 @dataclass(frozen=True)
@@ -90,6 +115,7 @@ class Aggregator:
             window.source_ips[address] = None
         if ok:
             self.disconnected_at.pop(client_id, None)
+            window.last_connect_ok = at
         else:
             window.auth_failures[None] = window.auth_failures.get(None, 0) + 1
 
@@ -98,8 +124,20 @@ class Aggregator:
         window.auth_failures[topic] = window.auth_failures.get(topic, 0) + 1
 
     def disconnect(self, client_id: str, at: float) -> None:
-        self._client(client_id, at).disconnects += 1
+        window = self._client(client_id, at)
+        window.disconnects += 1
+        window.last_disconnect = at
         self.disconnected_at[client_id] = at
+
+    def add_window(self, window: int, client_id: str, part: ClientWindow) -> None:
+        """A window of this device observed elsewhere (cluster mode: merged from the broker nodes'
+        parts), with what it says of the device's connection at the window's end."""
+        self.seen.add(client_id)
+        self.windows.setdefault(window, {})[client_id] = part
+        if part.last_disconnect > part.last_connect_ok:
+            self.disconnected_at[client_id] = part.last_disconnect
+        elif part.last_connect_ok:
+            self.disconnected_at.pop(client_id, None)
 
     def message_sent(self, client_id: str, topic: str, size: int, at: float) -> None:
         self._sent(self._client(client_id, at), topic, 1, size)

@@ -33,12 +33,14 @@ _EVENT_TYPES = ("connect", "authorization-failure", "disconnect", "publish", "de
 MAX_INTAKE_EVENTS = 10_000
 
 
-class CloudMetricsService:
-    def __init__(self, engine: Engine, monitoring: MonitoringIndex, store: BatchStore, window_s: float,
-                 clock: Callable[[], float] = time.time) -> None:
-        self._engine = engine
-        self._monitoring = monitoring
-        self._store = store
+class CloudEventIntake:
+    """The broker's events into per-device windows (the ``BrokerObserver`` and the HTTP intake).
+
+    On one box the ``CloudMetricsService`` below closes those windows itself; a cluster's broker
+    node hands each closed window to the thing's detect node instead (cloud/cluster_windows.py).
+    """
+
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self.aggregator = Aggregator(window_s)
 
@@ -127,6 +129,23 @@ class CloudMetricsService:
             self.message_received(client, topic)
         return None
 
+
+
+class CloudMetricsService(CloudEventIntake):
+    """Closes the windows: one datapoint per monitored device per window, stored and evaluated.
+
+    ``owns`` narrows the devices to those this process evaluates (cluster mode: the things of the
+    partitions a detect node owns); on one box it is every device.
+    """
+
+    def __init__(self, engine: Engine, monitoring: MonitoringIndex, store: BatchStore, window_s: float,
+                 clock: Callable[[], float] = time.time, owns: Callable[[str], bool] | None = None) -> None:
+        super().__init__(window_s, clock)
+        self._engine = engine
+        self._monitoring = monitoring
+        self._store = store
+        self._owns = owns
+
     # -- window closing (worker thread) ----------------------------------------------------------
     async def run(self) -> None:
         """Close each window shortly after its end, forever."""
@@ -142,7 +161,8 @@ class CloudMetricsService:
     def _monitored(self) -> set[str]:
         with self._engine.connect() as conn:
             registered = {row.name for row in registry.scan_things(conn, None, None)}
-        return registered | self.aggregator.seen
+        monitored = registered | self.aggregator.seen
+        return monitored if self._owns is None else {thing for thing in monitored if self._owns(thing)}
 
     def close_due(self) -> int:
         """Turn every closed window into datapoints, store and evaluate them; returns devices done."""

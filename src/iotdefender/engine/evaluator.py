@@ -26,7 +26,7 @@ from iotdefender.engine.ml_behavior import ActiveModel, MlModels
 from iotdefender.engine.ml_behavior import evidence as ml_evidence
 from iotdefender.engine.ml_behavior import violates as ml_violates
 from iotdefender.engine.series import behavior_series
-from iotdefender.engine.statistics import FleetStatistics, StatisticsChanges
+from iotdefender.engine.statistics import FleetStatistics, SeriesKey, SharedWindows, StatisticsChanges
 from iotdefender.metrics_catalog import COUNT_MAX
 
 # Counts per report (device side) or per window (cloud side): summed over durationSeconds.
@@ -203,6 +203,14 @@ class Evaluator:
         else:
             items = ((key, state) for key in keys if (state := self._states.get(key)) is not None)
         return [(key, state) for key, state in items if state.status is AlarmStatus.IN_ALARM]
+
+    def share_statistics(self, shared: SharedWindows) -> None:
+        """Cluster mode: statistical thresholds over every detect node's devices, not only this node's."""
+        self._statistics.shared = shared
+
+    def ended_statistics(self, now: float) -> list[tuple[SeriesKey, int, dict[str, float]]]:
+        """This node's values of the statistical windows ended before ``now``, each handed out once."""
+        return self._statistics.ended(now)
 
     def remembered(self) -> int:
         """How many alarm states are held: idle ones (a compliant device) cost nothing."""

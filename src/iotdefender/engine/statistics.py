@@ -18,6 +18,7 @@ only the devices the batch observed, so a batch costs what it observes, not the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -32,6 +33,20 @@ def statistic_to_percent(statistic: str) -> float:
 SeriesKey = tuple[str, str]  # (profile, behavior)
 
 
+class SharedWindows(Protocol):
+    """Cluster mode: the other detect nodes' values of a series' ended window (each node holds its
+    own partitions' devices). Chosen over a sketch: the fleet's percentile is then exactly the one
+    box's, at the cost of sending each device's value once per window (cluster/fleet_statistics.py)."""
+
+    def others(self, key: SeriesKey, window: int) -> tuple[int, dict[str, float]]:
+        """(a version that changes whenever more values arrive, the other nodes' values by device)."""
+        ...
+
+    def version(self, key: SeriesKey, window: int) -> int:
+        """The version ``others`` would give, without merging the values (asked at every evaluation)."""
+        ...
+
+
 @dataclass
 class _Series:
     window: int | None = None
@@ -39,6 +54,10 @@ class _Series:
     threshold: float | None = None
     threshold_window: int | None = None
     population: int = 0
+    window_s: float = 0.0
+    closed: dict[str, float] = field(default_factory=dict)  # this node's values of threshold_window - 1
+    shared_version: int = -1  # of the other nodes' values the threshold was computed with
+    published: int | None = None  # the last ended window whose values were handed to ``ended``
 
 
 @dataclass
@@ -66,6 +85,7 @@ class FleetStatistics:
     (one batch's), and ``apply`` makes that current once the batch is durable."""
 
     min_devices: int = MIN_DEVICES
+    shared: SharedWindows | None = None  # cluster mode: the other detect nodes' devices
     _series: dict[SeriesKey, _Series] = field(default_factory=dict)
 
     def _pending(self, key: SeriesKey, changes: StatisticsChanges) -> _Pending:
@@ -76,35 +96,51 @@ class FleetStatistics:
                 pending = _Pending(_Series(), {})
             else:
                 pending = _Pending(_Series(committed.window, {}, committed.threshold, committed.threshold_window,
-                                           committed.population), committed.values)
+                                           committed.population, committed.window_s, committed.closed,
+                                           committed.shared_version, committed.published), committed.values)
             changes[key] = pending
         return pending
 
-    def _roll(self, pending: _Pending, window: int, statistic: str) -> None:
+    def _roll(self, key: SeriesKey, pending: _Pending, window: int, statistic: str) -> None:
         series = pending.series
         if series.window is None:
             series.window = window
+            if self.shared is None:
+                return
+            series.threshold_window = window  # the other nodes may have the window before this one
+            series.closed = {}
+            self._compute(key, series, statistic)
             return
         if window == series.window:
             return
-        values = pending.values()
         # A window closed: its percentile holds for the window that follows it only.
-        if window == series.window + 1 and len(values) >= self.min_devices:
+        series.closed = pending.values() if window == series.window + 1 else {}
+        series.threshold_window = window
+        series.window = window
+        series.values = {}
+        pending.base = {}
+        self._compute(key, series, statistic)
+
+    def _compute(self, key: SeriesKey, series: _Series, statistic: str) -> None:
+        """The threshold of ``series.threshold_window``: the percentile of the window before it,
+        over this node's devices and (cluster mode) the other nodes' known so far."""
+        values = series.closed
+        if self.shared is not None and series.threshold_window is not None:
+            series.shared_version, others = self.shared.others(key, series.threshold_window - 1)
+            values = {**others, **values}
+        if len(values) >= self.min_devices:
             series.threshold = float(np.percentile(np.fromiter(values.values(), float),
                                                    statistic_to_percent(statistic)))
             series.population = len(values)
         else:
             series.threshold = None
             series.population = 0
-        series.threshold_window = window
-        series.window = window
-        series.values = {}
-        pending.base = {}
 
     def observe(self, key: SeriesKey, statistic: str, window_s: float, thing: str, value: float,
                 now: float, changes: StatisticsChanges) -> None:
         pending = self._pending(key, changes)
-        self._roll(pending, int(now // window_s), statistic)
+        self._roll(key, pending, int(now // window_s), statistic)
+        pending.series.window_s = window_s
         pending.series.values[thing] = value
 
     def threshold(self, key: SeriesKey, statistic: str, window_s: float, now: float,
@@ -117,7 +153,12 @@ class FleetStatistics:
             return None
         if series.window != window:  # a window closed: that changes the series
             pending = self._pending(key, changes)
-            self._roll(pending, window, statistic)
+            self._roll(key, pending, window, statistic)
+            series = pending.series
+        elif self.shared is not None and series.threshold_window == window \
+                and self.shared.version(key, window - 1) != series.shared_version:
+            pending = self._pending(key, changes)  # more of the other nodes' values arrived
+            self._compute(key, pending.series, statistic)
             series = pending.series
         if series.threshold is None:
             return None
@@ -129,6 +170,28 @@ class FleetStatistics:
             committed = self._series.get(key)
             if committed is not None and pending.base is committed.values:
                 committed.values.update(pending.series.values)  # the same window: the batch's devices join it
+                committed.threshold, committed.population = pending.series.threshold, pending.series.population
+                committed.shared_version, committed.window_s = pending.series.shared_version, pending.series.window_s
             else:
-                self._series[key] = _Series(pending.series.window, pending.values(), pending.series.threshold,
-                                            pending.series.threshold_window, pending.series.population)
+                series = pending.series
+                self._series[key] = _Series(series.window, pending.values(), series.threshold, series.threshold_window,
+                                            series.population, series.window_s, series.closed, series.shared_version,
+                                            series.published)
+
+    def ended(self, now: float) -> list[tuple[SeriesKey, int, dict[str, float]]]:
+        """Cluster mode: this node's values of every series' window that ended before ``now`` and
+        was not handed out yet, (series, window, {device: value}), for the other detect nodes.
+        Called on a timer, since a node rolls a window only when its next datapoint comes."""
+        out = []
+        for key, series in self._series.items():
+            if series.window is None or not series.window_s:
+                continue
+            current = int(now // series.window_s)
+            if series.window < current and series.published != series.window:
+                out.append((key, series.window, dict(series.values)))
+                series.published = series.window
+            elif series.window == current and series.threshold_window == current \
+                    and series.published != current - 1 and series.closed:
+                out.append((key, current - 1, dict(series.closed)))
+                series.published = current - 1
+        return out

@@ -161,6 +161,12 @@ class DetectionService:
             log.info("things_taken_over", alarm_states=self.evaluator.remembered())
             return settled
 
+    def ended_statistics(self, now: float) -> list[tuple[tuple[str, str], int, dict[str, float]]]:
+        """This node's values of the statistical windows that ended (cluster mode shares them with
+        the other detect nodes); under the detection lock, between two batches."""
+        with self._lock:
+            return self.evaluator.ended_statistics(now)
+
     def give_up(self, owns: Callable[[str], bool]) -> None:
         """Forget the alarm states and windows of the things ``owns`` selects (their next owner
         loads them from the database); under the detection lock, between two batches."""

@@ -1,0 +1,153 @@
+"""Fleet-wide statistical thresholds in cluster mode: every detect node's window values, shared.
+
+A ``statisticalThreshold`` behavior's threshold is a percentile of the previous window's latest
+value of every device the profile monitors (engine/statistics.py). In a cluster each detect node
+holds its own partitions' devices, so each node publishes, once a window of a series has ended,
+its devices' values of that window to the NATS KV bucket ``iotdefender_stats`` (key
+``s.<series digest>.<window>.<node>``), and watches the bucket: ``others`` gives the engine the
+other nodes' values, and the engine recomputes the threshold whenever more arrive (a version).
+
+Exact, not approximated: the union of the nodes' values is the one box's population (a device is
+in one partition), so once every node has published, every node computes the single box's
+percentile. Until then (the first moments of a window: a node publishes within ``period_s`` of
+the window's end, on a timer) a node's threshold is over the values it has; a device evaluated in
+that interval is judged against it. The price is one value per device per window on the wire;
+a KV entry is at most 1 MB (NATS' default max payload): about 40,000 devices per node per series.
+A device that moved between nodes within a window may be in two nodes' values: one is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from collections.abc import Callable
+
+import anyio.to_thread
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+
+from iotdefender.engine.statistics import SeriesKey
+
+log = structlog.get_logger("iotdefender.cluster")
+
+BUCKET = "iotdefender_stats"
+TTL_S = 7200.0  # the longest statistical window AWS allows is far shorter; entries only need one window
+
+
+class WindowValues(msgspec.Struct, frozen=True):
+    profile: str
+    behavior: str
+    window: int
+    node: str
+    values: dict[str, float]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(WindowValues)
+
+
+def _digest(key: SeriesKey) -> str:
+    return hashlib.sha1(f"{key[0]}\0{key[1]}".encode()).hexdigest()[:20]
+
+
+def _token(node: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", node)
+
+
+class KvSharedWindows:
+    """The engine's ``SharedWindows`` over a NATS KV bucket, and this node's publisher to it."""
+
+    def __init__(self, node: str) -> None:
+        self._node = node
+        # (series, window) -> node -> values; and a version per (series, window) for the engine.
+        self._values: dict[tuple[SeriesKey, int], dict[str, dict[str, float]]] = {}
+        self._versions: dict[tuple[SeriesKey, int], int] = {}
+        self._kv: object | None = None
+        self._watcher: object | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the engine's side (detection thread) ------------------------------------------------------
+    def others(self, key: SeriesKey, window: int) -> tuple[int, dict[str, float]]:
+        by_node = self._values.get((key, window))
+        if not by_node:
+            return 0, {}
+        merged: dict[str, float] = {}
+        for node, values in list(by_node.items()):
+            if node != self._node:
+                merged.update(values)
+        return self._versions.get((key, window), 0), merged
+
+    def version(self, key: SeriesKey, window: int) -> int:
+        return self._versions.get((key, window), 0)
+
+    def received(self, message: WindowValues) -> None:
+        """Another node's (or this node's, ignored by ``others``) values of one window."""
+        slot = ((message.profile, message.behavior), message.window)
+        self._values.setdefault(slot, {})[message.node] = message.values
+        self._versions[slot] = self._versions.get(slot, 0) + 1
+        newest = message.window
+        for old in [s for s in self._values if s[0] == slot[0] and s[1] < newest - 2]:
+            self._values.pop(old, None)
+            self._versions.pop(old, None)
+
+    # -- NATS -------------------------------------------------------------------------------------
+    async def start(self, js: JetStreamContext, replicas: int) -> None:
+        try:
+            self._kv = await js.key_value(BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                self._kv = await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=TTL_S,
+                                                                    replicas=replicas, storage=StorageType.FILE))
+            except nats.js.errors.APIError:  # another node created it meanwhile
+                self._kv = await js.key_value(BUCKET)
+        self._watcher = await self._kv.watchall(ignore_deletes=True)  # type: ignore[attr-defined]
+        self._task = asyncio.create_task(self._watch(), name="fleet-statistics-watch")
+
+    async def _watch(self) -> None:
+        assert self._watcher is not None
+        while True:
+            try:
+                entry = await self._watcher.updates(timeout=5)  # type: ignore[attr-defined]
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            if entry is None or not entry.value:  # the end of the initial values
+                continue
+            try:
+                self.received(_decoder.decode(entry.value))
+            except msgspec.DecodeError as error:
+                log.error("fleet_statistics_undecodable", key=entry.key, error=str(error))
+
+    async def publish(self, key: SeriesKey, window: int, values: dict[str, float]) -> None:
+        assert self._kv is not None
+        payload = _encoder.encode(WindowValues(key[0], key[1], window, self._node, values))
+        await self._kv.put(f"s.{_digest(key)}.{window}.{_token(self._node)}", payload)  # type: ignore[attr-defined]
+
+    async def run(self, ended_windows: Callable[[float], list[tuple[SeriesKey, int, dict[str, float]]]],
+                  period_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+        """Hand this node's ended windows (``DetectionService.ended_statistics``) to the others,
+        every ``period_s``, forever."""
+        while True:
+            await asyncio.sleep(period_s)
+            ended = await anyio.to_thread.run_sync(ended_windows, clock())
+            for key, window, values in ended:
+                try:
+                    await self.publish(key, window, values)
+                except (nats.errors.Error, OSError, TimeoutError) as error:
+                    log.warning("fleet_statistics_unpublished", profile=key[0], behavior=key[1], window=window,
+                                error=repr(error))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()  # type: ignore[attr-defined]
+            except nats.errors.Error:
+                pass

@@ -1,0 +1,236 @@
+"""Cloud-side metrics in cluster mode against real PostgreSQL: two broker nodes' parts of one
+device's window merged by the partition's detect node into one datapoint, stored and evaluated
+once, redelivery and late parts harmless, a superseded owner storing nothing.
+
+The broker nodes are ``WindowPublisher``s over their own event intake (as ``serve`` builds them)
+whose publish puts each message in a list, read back as the partition's deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from iotdefender.alerts.routes import AlertRoutes
+from iotdefender.cloud.service import CloudEventIntake
+from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher, decode, hand_over
+from iotdefender.cluster.partitions import partition_of
+from iotdefender.cluster.report_stream import Delivery
+from iotdefender.pipeline.batch_store import EventSummary
+from iotdefender.pipeline.detection import DetectionService
+from iotdefender.pipeline.monitoring import MonitoringIndex
+from iotdefender.pipeline.partition_store import PartitionBatchStore
+from iotdefender.service import build_api
+from iotdefender.settings import Settings
+from iotdefender.store.database import create_engine
+
+pytestmark = pytest.mark.postgres
+
+ACCOUNT = "123456789012"
+WINDOW_S = 300.0
+W = 10  # the window [3000, 3300)
+P = 3
+
+
+def things_in(partition: int, count: int, prefix: str) -> list[str]:
+    names = (f"{prefix}-{i}" for i in itertools.count())
+    return list(itertools.islice((name for name in names if partition_of(name) == partition), count))
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def database(postgres, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    url = postgres.create_database(f"cloudw{time.monotonic_ns()}")
+    api = build_api(Settings(data_dir=tmp_path, database_url=url))
+    api.invoke("CreateSecurityProfile", {
+        "securityProfileName": "chatty",
+        "behaviors": [{"name": "sent", "metric": "aws:num-messages-sent",
+                       "criteria": {"comparisonOperator": "less-than-equals", "value": {"count": 5}}},
+                      {"name": "away", "metric": "aws:disconnect-duration",
+                       "criteria": {"comparisonOperator": "less-than", "value": {"count": 60}}}]})
+    api.invoke("AttachSecurityProfile", {"securityProfileName": "chatty",
+                                         "securityProfileTargetArn": api.context.arn("all/things")})
+    api.context.engine.dispose()
+    yield url
+
+
+class Detect:
+    """One detect node: its detection, partition store and cloud window collector."""
+
+    def __init__(self, url: str, clock: Clock) -> None:
+        self.engine = create_engine(url)
+        monitoring = MonitoringIndex(self.engine, f"arn:aws:iot:us-east-1:{ACCOUNT}:")
+        self.detection = DetectionService(self.engine, monitoring, AlertRoutes({}), 172800.0)
+        self.events: list[EventSummary] = []
+        self.store = PartitionBatchStore(monitoring, self.detection, self.events.extend)
+        self.owned: dict[int, int] = {}
+        self.collector = WindowCollector(self.detection, monitoring, self.events.extend, lambda: self.owned,
+                                         WINDOW_S, self.engine, clock=clock)
+        self.handle = self.collector.handler(self.store.handle)
+
+    def acquire(self, partition: int, token: int) -> None:
+        self.store.acquire(partition, token)
+        self.owned[partition] = token
+        self.collector.acquired(partition)
+
+
+def datapoints(url: str, thing: str) -> list[tuple[float, dict[str, Any]]]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT ts, datapoints FROM metric_values WHERE thing_name = :t ORDER BY ts"),
+                            {"t": thing}).all()
+    engine.dispose()
+    return [(float(ts), points if isinstance(points, dict) else json.loads(points)) for ts, points in rows]
+
+
+def event_types(url: str, thing: str) -> list[str]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        found = [f"{row[0]}:{row[1]}" for row in conn.execute(sa.text(
+            "SELECT event_type, behavior_name FROM violation_events WHERE thing_name = :t ORDER BY id"), {"t": thing})]
+    engine.dispose()
+    return found
+
+
+def broker(node: str, clock: Clock, sent: list[Delivery]) -> WindowPublisher:
+    async def publish(thing: str, payload: bytes, message_id: str) -> None:
+        sent.append(Delivery(partition_of(thing), thing, payload, len(sent) + 1, 1))
+    return WindowPublisher(CloudEventIntake(WINDOW_S, clock), publish, node, clock=clock)
+
+
+def test_a_device_that_moves_between_broker_nodes_keeps_one_series(database):
+    clock = Clock(W * WINDOW_S + 10)
+    detect = Detect(database, clock)
+    detect.acquire(P, 7)
+    mover, leaver = things_in(P, 2, "cw")
+    sent: list[Delivery] = []
+    a, b = broker("node-a", clock, sent), broker("node-b", clock, sent)
+    # The mover: 4 messages on A, reconnects to B, 3 more (7 > 5 in all; neither node saw more than 5).
+    a.intake.connect_attempt(mover, "10.0.0.1", True)
+    for _ in range(4):
+        a.intake.message_sent(mover, "t/x", 10)
+    a.intake.disconnect(mover)
+    clock.now += 30
+    b.intake.connect_attempt(mover, "10.0.0.2", True)
+    for _ in range(3):
+        b.intake.message_sent(mover, "t/x", 20)
+    # The leaver: connects to B and leaves, 4 minutes before the window's end.
+    b.intake.connect_attempt(leaver, "10.0.0.3", True)
+    b.intake.message_sent(leaver, "t/y", 5)
+    clock.now = W * WINDOW_S + 60
+    b.intake.disconnect(leaver)
+
+    clock.now = (W + 1) * WINDOW_S + 0.2  # the window ended; each broker node publishes its parts
+    assert asyncio.run(a.publish_due()) == 1 and asyncio.run(b.publish_due()) == 2
+    asyncio.run(detect.handle(P, 7, sent))
+    asyncio.run(detect.handle(P, 7, sent))  # redelivered (a lost ack): each part replaces itself
+    assert detect.collector.close_due() == 0  # within the grace: not closed yet
+    clock.now = (W + 1) * WINDOW_S + detect.collector.grace_s + 0.1
+    assert detect.collector.close_due() == 2
+
+    end = (W + 1) * WINDOW_S
+    [(ts, points)] = datapoints(database, mover)
+    assert ts == end
+    assert points["aws:num-messages-sent"] == {"count": 7}
+    assert points["aws:disconnect-duration"] == {"count": 0}  # it ended the window connected, on B
+    assert event_types(database, mover) == ["in-alarm:sent"]
+    [(_, left)] = datapoints(database, leaver)
+    assert left["aws:num-messages-sent"] == {"count": 1}
+    assert left["aws:disconnect-duration"] == {"count": 4}  # minutes since it left B
+    assert event_types(database, leaver) == []
+
+    # A part of the closed window arriving again (JetStream redelivery after the close) counts nothing.
+    asyncio.run(detect.handle(P, 7, sent))
+    clock.now += WINDOW_S
+    detect.collector.close_due()  # the next window: idle for both, 0 messages; the mover's alarm clears
+    assert [p["aws:num-messages-sent"]["count"] for _, p in datapoints(database, mover)] == [7, 0]
+    assert event_types(database, mover) == ["in-alarm:sent", "alarm-cleared:sent"]
+    assert [p["aws:disconnect-duration"]["count"] for _, p in datapoints(database, leaver)] == [4, 9]
+    detect.engine.dispose()
+
+
+def test_a_superseded_owner_stores_no_window_and_a_new_owner_closes_only_windows_not_due_before_it(database):
+    clock = Clock(W * WINDOW_S + 10)
+    old, new, third = Detect(database, clock), Detect(database, clock), Detect(database, clock)
+    old.acquire(P, 7)
+    [thing] = things_in(P, 1, "cx")
+    sent: list[Delivery] = []
+    a = broker("node-a", clock, sent)
+    for _ in range(6):
+        a.intake.message_sent(thing, "t/x", 10)
+    clock.now = (W + 1) * WINDOW_S + 0.2
+    asyncio.run(a.publish_due())
+    asyncio.run(old.handle(P, 7, sent))
+
+    new.acquire(P, 8)  # the old owner's lease ran out within the window's grace (a pause)
+    asyncio.run(new.handle(P, 8, sent))  # the old owner did not ack: the new owner reads the part again
+    clock.now += new.collector.grace_s + 0.1
+    old.collector.close_due()  # fenced: nothing stored
+    assert datapoints(database, thing) == []
+    new.collector.close_due()  # W was not due before the new owner acquired P: it is its to close
+    assert [(ts, p["aws:num-messages-sent"]) for ts, p in datapoints(database, thing)] == [
+        ((W + 1) * WINDOW_S, {"count": 6})]
+
+    a.intake.message_sent(thing, "t/x", 10)  # window W+1; its owner stops before closing it
+    clock.now = (W + 2) * WINDOW_S + 0.2
+    del sent[:]
+    asyncio.run(a.publish_due())
+    asyncio.run(new.handle(P, 8, sent))
+    clock.now += new.collector.grace_s + 1
+    third.acquire(P, 9)  # after W+1 was due: the previous owner may have closed it, so the third does not
+    assert not third.collector.add(P, decode(sent[0].payload))  # type: ignore[arg-type]
+    asyncio.run(third.handle(P, 9, sent))
+    third.collector.close_due()
+    assert len(datapoints(database, thing)) == 1
+    for node in (old, new, third):
+        node.engine.dispose()
+
+
+def test_a_clean_hand_over_gives_the_next_owner_the_parts_of_the_open_window(database):
+    clock = Clock(W * WINDOW_S + 10)
+    old, new = Detect(database, clock), Detect(database, clock)
+    old.acquire(P, 7)
+    [thing] = things_in(P, 1, "ch")
+    sent: list[Delivery] = []
+    a, b = broker("node-a", clock, sent), broker("node-b", clock, sent)
+    for _ in range(4):
+        a.intake.message_sent(thing, "t/x", 10)
+    for _ in range(3):
+        b.intake.message_sent(thing, "t/x", 10)
+    clock.now = (W + 1) * WINDOW_S + 0.2
+    asyncio.run(a.publish_due())
+    asyncio.run(b.publish_due())
+    asyncio.run(old.handle(P, 7, sent))  # acked: the parts are in the old owner's memory only
+
+    handed: list[Delivery] = []  # a rebalance: the old owner gives P up before the window is due
+
+    async def publish(thing: str, payload: bytes, message_id: str) -> None:
+        assert message_id.startswith("cloud-handover/old/")
+        handed.append(Delivery(partition_of(thing), thing, payload, 100 + len(handed), 1))
+    assert asyncio.run(hand_over(old.collector.released(P), publish, "old")) == 2
+    del old.owned[P]
+    new.acquire(P, 8)
+    asyncio.run(new.handle(P, 8, handed))
+    asyncio.run(new.handle(P, 8, handed))  # redelivered: replaces, adds nothing
+    clock.now += new.collector.grace_s + 0.1
+    assert old.collector.close_due() == 0
+    new.collector.close_due()
+    assert [(ts, p["aws:num-messages-sent"]) for ts, p in datapoints(database, thing)] == [
+        ((W + 1) * WINDOW_S, {"count": 7})]
+    old.engine.dispose()
+    new.engine.dispose()

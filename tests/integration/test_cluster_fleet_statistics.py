@@ -1,0 +1,49 @@
+"""Fleet statistics shared through a real nats-server's KV bucket: what one node publishes,
+the other receives (and a node that starts later gets what was published before it)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats
+
+from iotdefender.cluster.fleet_statistics import KvSharedWindows
+
+KEY = ("fleet profile", "bytes:out")  # names the KV key cannot carry as they are
+
+
+async def _until(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("not received")
+        await asyncio.sleep(0.02)
+
+
+def test_window_values_published_by_one_node_reach_the_others(jetstream):
+    async def go() -> None:
+        nc_a, nc_b = await nats.connect(servers=jetstream.urls), await nats.connect(servers=jetstream.urls)
+        a, b = KvSharedWindows("host.a-1-x"), KvSharedWindows("host.b-2-y")
+        await a.start(nc_a.jetstream(), 1)
+        await b.start(nc_b.jetstream(), 1)
+        await a.publish(KEY, 41, {"dev-1": 1.5, "dev-2": 3.0})
+        await b.publish(KEY, 41, {"dev-3": 7.0})
+        await _until(lambda: b.others(KEY, 41)[1] == {"dev-1": 1.5, "dev-2": 3.0}, 5)
+        await _until(lambda: a.others(KEY, 41)[1] == {"dev-3": 7.0}, 5)
+        version = b.others(KEY, 41)[0]
+        await a.publish(KEY, 41, {"dev-1": 2.5, "dev-2": 3.0})  # republished: replaces, version moves
+        await _until(lambda: b.others(KEY, 41)[1]["dev-1"] == 2.5, 5)
+        assert b.others(KEY, 41)[0] > version
+        late = KvSharedWindows("c")  # a node that starts now reads the bucket's current values
+        nc_c = await nats.connect(servers=jetstream.urls)
+        await late.start(nc_c.jetstream(), 1)
+        await _until(lambda: late.others(KEY, 41)[1] == {"dev-1": 2.5, "dev-2": 3.0, "dev-3": 7.0}, 5)
+        for shared in (a, b, late):
+            await shared.stop()
+        for nc in (nc_a, nc_b, nc_c):
+            await nc.close()
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+

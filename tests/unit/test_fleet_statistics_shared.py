@@ -1,0 +1,84 @@
+"""Fleet-wide statistical thresholds across detect nodes: two nodes, each holding half the
+devices and sharing their ended windows (``KvSharedWindows`` fed as its KV watcher feeds it),
+compute the very threshold one box computes from all the devices."""
+
+from __future__ import annotations
+
+import random
+
+from iotdefender.cluster.fleet_statistics import KvSharedWindows, WindowValues
+from iotdefender.engine.statistics import FleetStatistics, StatisticsChanges
+
+KEY = ("fleet", "bytes")
+STAT = "p90"
+WINDOW_S = 300.0
+
+
+def observe(stats: FleetStatistics, thing: str, value: float, now: float) -> None:
+    changes: StatisticsChanges = {}
+    stats.observe(KEY, STAT, WINDOW_S, thing, value, now, changes)
+    stats.apply(changes)
+
+
+def threshold(stats: FleetStatistics, now: float) -> tuple[float, int] | None:
+    changes: StatisticsChanges = {}
+    found = stats.threshold(KEY, STAT, WINDOW_S, now, changes)
+    stats.apply(changes)
+    return found
+
+
+def share(now: float, nodes: dict[str, tuple[FleetStatistics, KvSharedWindows]]) -> None:
+    """What each node's timer publishes and every node's watcher receives."""
+    for name, (stats, _) in nodes.items():
+        for key, window, values in stats.ended(now):
+            for _, shared in nodes.values():
+                shared.received(WindowValues(key[0], key[1], window, name, values))
+
+
+def test_two_nodes_with_the_devices_split_compute_the_one_box_threshold():
+    rng = random.Random(7)
+    one_box = FleetStatistics()
+    nodes = {}
+    for name in ("a", "b"):
+        shared = KvSharedWindows(name)
+        nodes[name] = (FleetStatistics(shared=shared), shared)
+    things = [f"dev-{i}" for i in range(40)]
+    home = {thing: "a" if i % 3 else "b" for i, thing in enumerate(things)}  # 27 on a, 13 on b
+    base = 10 * WINDOW_S
+    for window in range(4):
+        start = base + window * WINDOW_S
+        for thing in things:
+            value = rng.uniform(0, 100) + (50 if window == 2 else 0)
+            observe(one_box, thing, value, start + rng.uniform(1, 200))
+            observe(nodes[home[thing]][0], thing, value, start + rng.uniform(1, 200))
+        share(start + WINDOW_S + 1, nodes)  # the window ended; each node's timer published it
+        expected = threshold(one_box, start + WINDOW_S + 2)
+        assert expected is not None and expected[1] == 40
+        for name, (stats, _) in nodes.items():
+            assert threshold(stats, start + WINDOW_S + 2) == expected, (window, name)
+
+
+def test_a_threshold_is_recomputed_as_the_other_nodes_values_arrive():
+    a, b = KvSharedWindows("a"), KvSharedWindows("b")
+    stats_a, stats_b = FleetStatistics(shared=a), FleetStatistics(shared=b)
+    base = 10 * WINDOW_S
+    for i in range(3):
+        observe(stats_a, f"a-{i}", float(i), base + 5)
+    for i in range(3):
+        observe(stats_b, f"b-{i}", 100.0 + i, base + 5)
+    after = base + WINDOW_S + 1
+    assert threshold(stats_a, after) is None  # 3 devices known to a: warm-up
+    published = [WindowValues(key[0], key[1], window, name, values)
+                 for stats, name in ((stats_a, "a"), (stats_b, "b")) for key, window, values in stats.ended(after)]
+    assert len(published) == 2 and not stats_a.ended(after)  # each window handed out once
+    for message in published:
+        a.received(message)
+    found = threshold(stats_a, after)
+    assert found is not None and found[1] == 6
+    # a node whose own devices sent nothing in the window still gets the fleet's threshold
+    c = KvSharedWindows("c")
+    stats_c = FleetStatistics(shared=c)
+    for message in published:
+        c.received(message)
+    observe(stats_c, "c-0", 1.0, after)
+    assert threshold(stats_c, after) == found
