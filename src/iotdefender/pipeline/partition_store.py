@@ -39,8 +39,9 @@ for any reason, each batch is stored on its own as described above.
 
 Taking over a partition (``acquire``): the fence is claimed in its own transaction, then the alarm
 states of exactly that partition's things are loaded from the database, leaving the other
-partitions' states alone; their windows start empty, and fleet statistics stay this node's own
-observations (docs/cluster.md). Giving one up (``release``) forgets those things' states.
+partitions' states alone; their windows start empty (fleet statistics are fleet-wide: every
+detect node's ended windows are shared, cluster/fleet_statistics.py). Giving one up
+(``release``) forgets those things' states.
 """
 
 from __future__ import annotations
