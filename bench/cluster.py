@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -75,7 +76,7 @@ class Cluster:
 
     def __init__(self, nats_url: str, database_url: str, detect: int) -> None:
         cluster = ["--cluster-url", nats_url, *DEVICE_ARGS]
-        root = Path(tempfile.mkdtemp(prefix="iotdefender-cluster-bench-"))
+        self.root = root = Path(tempfile.mkdtemp(prefix="iotdefender-cluster-bench-"))
         self.detect = [ServiceProcess(data_dir=root / f"detect{i}", database_url=database_url,
                                       extra_args=[*cluster, "--roles", "detect"]) for i in range(detect)]
         self.brokers = [ServiceProcess(data_dir=root / f"broker{i}", database_url=database_url,
@@ -97,6 +98,7 @@ class Cluster:
     def stop(self) -> None:
         for node in [*self.brokers, *self.detect]:
             node.stop()
+        shutil.rmtree(self.root, ignore_errors=True)  # the nodes' data dirs and logs
 
 
 def loaded(fleet: Fleet, args: argparse.Namespace, base: int, pids: dict[str, int]) -> dict[str, Any]:
@@ -210,6 +212,7 @@ def measure_single_box(postgres: PostgresCluster, args: argparse.Namespace) -> d
         if fleet:
             fleet.close()
         node.stop()
+        shutil.rmtree(node.data_dir, ignore_errors=True)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
