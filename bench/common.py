@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 from importlib.metadata import PackageNotFoundError, version
 
 PACKAGES = ("iotdefender", "gmqtt", "msgspec", "cbor2", "SQLAlchemy", "botocore", "starlette", "uvicorn",
@@ -19,3 +20,13 @@ def environment() -> dict:
             versions[package] = None
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(), "versions": versions}
+
+
+def bounded(seconds: int) -> None:
+    """The whole run is bounded; SIGALRM/SIGTERM unwind through the `finally`s that stop everything."""
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"benchmark stopped by signal {signum} (limit {seconds} s)")
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.signal(signal.SIGTERM, expire)
+    signal.alarm(seconds)

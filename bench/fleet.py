@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -19,16 +20,20 @@ from bench.fleet_worker import WorkerSpec, worker_main
 
 
 class Fleet:
-    def __init__(self, host: str, port: int, devices: int, payloads: tuple[bytes, bytes],
+    def __init__(self, host: str, port: int | Sequence[int], devices: int, payloads: tuple[bytes, bytes],
                  per_process: int = 4000, min_processes: int = 2) -> None:
+        """``port`` may list several brokers (a cluster's broker nodes): process ``i`` connects to
+        ``ports[i % len(ports)]``, so devices and load are spread evenly over them."""
         self.size = devices
-        count = max(min_processes, math.ceil(devices / per_process))
+        ports = [port] if isinstance(port, int) else list(port)
+        count = max(min_processes, len(ports), math.ceil(devices / per_process))
         context = multiprocessing.get_context("spawn")
         self._pipes: list[Connection] = []
         self._processes: list[multiprocessing.process.BaseProcess] = []
         for index in range(count):
             things = [f"dev{n}" for n in range(index, devices, count)]
-            spec = WorkerSpec(index=index, things=things, source=f"127.0.0.{2 + index}", host=host, port=port)
+            spec = WorkerSpec(index=index, things=things, source=f"127.0.0.{2 + index}", host=host,
+                              port=ports[index % len(ports)])
             parent, child = context.Pipe()
             process = context.Process(target=worker_main, args=(child, spec, payloads), daemon=True,
                                       name=f"fleet-{index}")

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import fleet_workload  # noqa: E402
-from bench.common import environment  # noqa: E402
+from bench.common import bounded, environment  # noqa: E402
 from bench.fleet import Fleet  # noqa: E402
 from bench.fleet_targets import BareTarget, ServiceTarget  # noqa: E402
 from bench.process_usage import cpu_seconds, rss_bytes, split  # noqa: E402
@@ -145,16 +144,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _bounded(seconds: int) -> None:
-    """The whole run is bounded; SIGALRM/SIGTERM unwind through the `finally`s that stop everything."""
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"benchmark stopped by signal {signum} (limit {seconds} s)")
-
-    signal.signal(signal.SIGALRM, expire)
-    signal.signal(signal.SIGTERM, expire)
-    signal.alarm(seconds)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--broker", choices=("embedded", "mosquitto"), default="embedded")
@@ -176,7 +165,7 @@ def main() -> None:
         args.devices, args.rate, args.seconds, args.ceiling_seconds = 1500, 1500.0, 4.0, 3.0
         args.drain_seconds, args.connect_timeout, args.idle_seconds, args.storm_timeout = 8.0, 20.0, 1.0, 15.0
         args.max_seconds = 85
-    _bounded(args.max_seconds)
+    bounded(args.max_seconds)
     result = run(args)
     if args.quick:
         print(json.dumps(summary(result)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,16 @@ import pytest
 
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.cluster.node import DetectConsumer
+from iotdefender.cluster.partitions import partition_of
 from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
 from iotdefender.ingest.cluster_commit import JetStreamCommitter
-from iotdefender.cluster.report_stream import ReportPublisher
+from iotdefender.cluster.report_stream import Delivery, ReportPublisher
 from iotdefender.cluster.topology import Topology, ensure
 from iotdefender.ingest.service import IngestService
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.partition_store import PartitionBatchStore
+from iotdefender.pipeline.report_message import ReportOutcome, Status, decode
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
 from iotdefender.store import metric_values
@@ -112,6 +115,70 @@ def test_a_broker_node_answers_from_the_detect_nodes_commit(jetstream, postgres,
         assert await answer(ingest, "dev-5", 1) == ("ServiceUnavailable", None)
         await ingest.stop()
         await detect.stop()
+        await detect_nc.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 60))
+    finally:
+        engine.dispose()
+
+
+def test_a_report_is_answered_on_its_own_outcome_not_the_slowest_of_its_batch(jetstream, postgres, tmp_path: Path):
+    """Two devices report at the same instant; one's detect node takes 1.5 s to commit. The other
+    device is answered as soon as its own report is committed (batched together, it waited for the
+    slow one: measured at 500 reports/s, every answer waited for the slowest report of its batch),
+    and so is its next report, sent at once and held until the first is answered (it waited for
+    the oldest report in flight, the slow one)."""
+    url = postgres.create_database(f"broker{time.monotonic_ns()}")
+    api = build_api(Settings(data_dir=tmp_path, database_url=url))
+    engine = api.context.engine
+    monitoring = MonitoringIndex(engine, api.context.arn(""))
+    topology = Topology(replicas=1, partitions=PARTITIONS, lease_ttl_s=2.0)
+    fast, slow = (next(f"{name}-{i}" for i in range(100) if partition_of(f"{name}-{i}", PARTITIONS) == partition)
+                  for name, partition in (("fast", 0), ("slow", 1)))
+    heard: dict[tuple[str, int], float] = {}
+
+    def publish(topic: str, body: bytes) -> None:
+        reply = orjson.loads(body)
+        assert reply["status"] == "ACCEPTED", reply
+        heard[reply["thingName"], reply["reportId"]] = time.monotonic()
+
+    async def go() -> None:
+        broker_nc = await nats.connect(servers=jetstream.urls)
+        detect_nc = await nats.connect(servers=jetstream.urls)
+        await ensure(broker_nc.jetstream(), topology)
+        send = OutcomeSender(detect_nc)
+
+        async def commit(partition: int, token: int, deliveries: Sequence[Delivery]) -> None:
+            # A detect node whose commit of the slow thing's partition takes 1.5 s.
+            messages = [(d, decode(d.payload)) for d in deliveries]
+            if any(m.thing == slow for _, m in messages):
+                await asyncio.sleep(1.5)
+            await send(partition, [ReportOutcome(d.stream_sequence, m.thing, Status.STORED, m.report_id, m.encoding,
+                                                 m.reply_to) for d, m in messages])
+
+        detect = DetectConsumer(detect_nc.jetstream(), topology, "detect-1", commit)
+        await detect.start()
+        await until(lambda: len(detect.readers) == PARTITIONS)
+        waiters = OutcomeWaiters()
+        await waiters.subscribe(broker_nc, reply_subject("broker-1"))
+        committer = JetStreamCommitter(ReportPublisher(broker_nc.jetstream(), topology, timeout_s=1.0), waiters,
+                                       reply_subject("broker-1"), engine, outcome_timeout_s=5.0)
+        ingest = IngestService(engine, monitoring, committer, publish, report_min_interval=0.0)
+        await ingest.start()
+        sent = time.monotonic()
+        ingest.submit(slow, "json", payload(1))
+        ingest.submit(fast, "json", payload(1))
+        ingest.submit(fast, "json", payload(2))
+        await until(lambda: len(heard) == 3)
+        assert heard[slow, 1] - sent >= 1.5
+        for report_id in (1, 2):
+            waited = heard[fast, report_id] - sent
+            assert waited < 1.0, f"the fast device's report {report_id} waited {waited:.2f} s"
+        assert heard[fast, 1] < heard[fast, 2]
+        await ingest.stop()
+        await detect.stop()
+        await broker_nc.close()
         await detect_nc.close()
 
     try:

@@ -46,15 +46,27 @@ SETTLED = Counter("iotdefender_cluster_duplicates_settled",
 
 
 class JetStreamCommitter:
-    """Publishes each report and waits for its outcome; reports of one batch go concurrently."""
+    """Publishes each report and waits for its outcome; reports of one batch go concurrently.
+
+    Ingest answers a batch once every report of it is settled, and each report here settles on its
+    own (its partition's detect node, its own transaction), so ingest is asked for batches of one
+    report and many of them in flight: a report is answered when *its* outcome arrives, not when the
+    slowest of the reports batched with it does, and a new report never waits for a free batch
+    slot behind slow ones. (Measured with batches of up to 1,000 and 8 in flight: at 500 reports/s
+    the reports waited 33 ms (p50) / 325 ms (p99) in ingest before being published, and the
+    answer of each waited for the slowest outcome of its batch; bench/README.md, cluster.)
+    The depth is bounded by ingest's queue limit in any case: it only adds concurrency.
+    """
 
     def __init__(self, publisher: ReportPublisher, waiters: OutcomeWaiters, reply_to: str, engine: Engine,
-                 outcome_timeout_s: float = 10.0, settle_poll_s: float = 0.2, pipeline_depth: int = 8) -> None:
+                 outcome_timeout_s: float = 10.0, settle_poll_s: float = 0.2, pipeline_depth: int = 4096,
+                 batch_max: int = 1) -> None:
         self._publisher, self._waiters, self._reply_to = publisher, waiters, reply_to
         self._engine = engine
         self._timeout_s, self._poll_s = outcome_timeout_s, settle_poll_s
         # A thing is in one batch in flight at a time (ingest), so depth only adds concurrency.
         self.pipeline_depth = pipeline_depth
+        self.batch_max = batch_max
 
     async def commit(self, batch: Sequence[AcceptedReport]) -> Isolated[Any]:
         """Things concurrently; one thing's reports one after the other, so they enter its

@@ -23,7 +23,7 @@ import anyio.to_thread
 
 from iotdefender.ingest.report import ParsedReport
 from iotdefender.pipeline.batch_isolation import Isolated, store_isolating
-from iotdefender.pipeline.batch_store import BatchStore
+from iotdefender.pipeline.batch_store import BATCH_MAX, BatchStore
 
 
 @dataclass
@@ -39,6 +39,9 @@ class AcceptedReport:
 class ReportCommitter(Protocol):
     # How many batches ingest may have in flight at once (a thing is never in two of them).
     pipeline_depth: int
+    # The most reports ingest puts in one batch. A batch is answered when all of its reports are
+    # settled, so a committer whose reports settle one by one (cluster mode) wants small batches.
+    batch_max: int
 
     async def commit(self, batch: Sequence[AcceptedReport]) -> Isolated[Any]:
         """Commit the batch; what became of each report, by index. Raises only on a defect."""
@@ -52,6 +55,7 @@ class LocalCommitter:
     def __init__(self, store: BatchStore) -> None:
         self._store = store
         self.pipeline_depth = store.pipeline_depth
+        self.batch_max = BATCH_MAX  # one transaction per batch: the bigger, the fewer commits
 
     async def commit(self, batch: Sequence[AcceptedReport]) -> Isolated[Any]:
         return await anyio.to_thread.run_sync(self._commit, batch)

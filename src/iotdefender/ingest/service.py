@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -158,25 +157,36 @@ class IngestService:
         of that thing, until that batch is answered.
         """
         depth = max(1, self._batches.pipeline_depth)
-        in_flight: deque[asyncio.Task[None]] = deque()
+        batch_max = max(1, getattr(self._batches, "batch_max", BATCH_MAX))
+        # Batches finish in any order (in cluster mode each report is its own batch, answered when
+        # its own outcome comes): a slow one must neither hold a slot once others are done nor
+        # keep a held report waiting whose own thing's batch has finished.
+        in_flight: set[asyncio.Task[None]] = set()
+        finished = asyncio.Event()  # some batch finished since the held reports were last looked at
         held: list[AcceptedReport] = []
         loop = asyncio.get_running_loop()
+
+        def done(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            finished.set()
+
         while True:
-            while in_flight and in_flight[0].done():
-                in_flight.popleft()
             if len(in_flight) >= depth:
-                await in_flight.popleft()
+                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
             batch: list[AcceptedReport] = []
             blocked: set[str] = set()
+            finished.clear()
             waiting, held = held, []
             for item in waiting:
                 self._admit(item, batch, held, blocked)
             if not batch:
                 getter = asyncio.ensure_future(self._queue.get())
                 if held and in_flight:  # what is held waits for its batch: or a new report comes first
-                    done, _ = await asyncio.wait((getter, in_flight[0]), return_when=asyncio.FIRST_COMPLETED)
-                    if getter not in done:
+                    any_done = asyncio.ensure_future(finished.wait())
+                    done_now, _ = await asyncio.wait((getter, any_done), return_when=asyncio.FIRST_COMPLETED)
+                    any_done.cancel()
+                    if getter not in done_now:
                         getter.cancel()  # asyncio.Queue.get leaves its item in the queue when cancelled
                         await asyncio.gather(getter, return_exceptions=True)
                         if not getter.cancelled():  # it had taken an item after all: the newest one
@@ -186,7 +196,7 @@ class IngestService:
                 if not batch:
                     continue
             deadline = loop.time() + _BATCH_WAIT_S
-            while len(batch) < BATCH_MAX:
+            while len(batch) < batch_max:
                 try:
                     self._admit(self._queue.get_nowait(), batch, held, blocked)
                 except asyncio.QueueEmpty:
@@ -196,7 +206,9 @@ class IngestService:
                     await asyncio.sleep(min(remaining, 0.0005))
             things = {item.thing for item in batch}
             self._in_flight_things |= things
-            in_flight.append(asyncio.create_task(self._store(batch, things)))
+            task = asyncio.create_task(self._store(batch, things))
+            in_flight.add(task)
+            task.add_done_callback(done)
 
     def _admit(self, item: AcceptedReport, batch: list[AcceptedReport], held: list[AcceptedReport], blocked: set[str]) -> None:
         """Into the batch, or held behind its thing's batch in flight (or its thing's held report)."""
