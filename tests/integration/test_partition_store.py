@@ -294,3 +294,18 @@ def test_batches_of_several_partitions_waiting_together_commit_in_one_transactio
     for thing in things[P] + things[R]:
         assert event_types(database, thing) == ["in-alarm", "alarm-cleared"]
     assert [event_types(database, thing) for thing in things[Q]] == [["in-alarm"], ["in-alarm"]]
+
+
+def test_one_partition_twice_among_the_waiting_batches_is_stored_once_under_its_own_tokens(database, node):
+    """A partition re-acquired by the same node while its old reader's batch still waits: both
+    readers hand over the same deliveries (the new consumer starts at the oldest unacked). Stored
+    together, the old token was checked as the new one and each report stored twice."""
+    a = node()
+    things = things_in(P, 3)
+    batch = [delivery(thing, i + 1, ports=5) for i, thing in enumerate(things)]
+    a.store.acquire(P, 10)
+    a.store.acquire(P, 11)  # the lease was lost and taken again: a newer token
+    results = a.store.store_many([(P, 10, batch), (P, 11, batch)])
+    assert isinstance(results[0], Fenced)  # the old reader's batch: not stored, nakked
+    assert [o.status for o in results[1]] == [Status.STORED] * 3  # type: ignore[union-attr]
+    assert counts(database) == {"metric_values": 3, "violation_events": 3, "alert_outbox": 3}

@@ -192,7 +192,10 @@ class PartitionBatchStore:
         that transaction fails for any reason (a partition fenced, a report the database refuses,
         an outage), each batch is stored on its own as before, so one partition's failure is
         only its own."""
-        if len(batches) > 1:
+        # One partition twice (re-acquired while its old reader's batch waited: the same
+        # deliveries under two tokens) is stored apart, each batch under its own token: together,
+        # one fence check would stand for both and the shared deliveries be stored twice.
+        if len(batches) > 1 and len({partition for partition, _, _ in batches}) == len(batches):
             try:
                 return list(self._store_together(batches))
             except Exception as error:
