@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from iotdefender.engine.ml import calibration, seasonal
+from iotdefender.engine.ml import calibration, discrete, seasonal
 from iotdefender.engine.ml.data import TrainingData
 from iotdefender.engine.ml.model import BehaviorModel, DeviceBands, ModelSummary
 from iotdefender.engine.ml.robust import MAD_TO_STD, Segments, clipped_location_and_std
@@ -46,6 +46,7 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
         device = device[order]
     values = data.value if picked is None else data.value[picked]
     nonnegative = bool(np.min(values) >= 0)  # of the sample: one pass less over the full set
+    counts = discrete.is_count(values)  # spreads get a Poisson floor (discrete.py)
     y = _log32(values, nonnegative)
     del values
     clock = settings.clock
@@ -64,6 +65,8 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
     residual = y - _between(center.astype(f32), first, second, fraction)
     del y
     fleet_scale = np.maximum(MAD_TO_STD * fallbacks.median(slot[fleet], np.abs(residual[fleet])), settings.min_scale)
+    if counts:
+        fleet_scale = discrete.floor(fleet_scale, center, float(np.std(residual[fleet])))
 
     # 2. Each device's level and spread.
     location, spread = clipped_location_and_std(segments, residual)
@@ -110,6 +113,12 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
         spread = np.where(own, np.maximum(np.nan_to_num(spread2, nan=settings.min_scale), settings.min_scale),
                           spread).astype(f32)
 
+    if counts:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = segments.sum(residual) / sampled
+            plain = np.sqrt(np.maximum(segments.sum(np.square(residual, dtype=np.float64)) / sampled - mean * mean, 0.0))
+        spread = discrete.floor(spread, float(np.median(center)) + location, np.nan_to_num(plain)).astype(f32)
+
     # 4. The slot-of-week multiplier of a device's spread.
     standardised = np.abs(residual)
     standardised /= segments.spread(spread)
@@ -120,8 +129,10 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
         some = np.arange(len(standardised)) if some is None else some
         if not all_own:
             some = some[own_point[some]]
-        shape = np.clip(MAD_TO_STD * fallbacks.median(slot[some], standardised[some], default=1 / MAD_TO_STD),
-                        0.25, 4.0)
+        typical = fallbacks.median(slot[some], standardised[some], default=1 / MAD_TO_STD)
+        # A slot where most datapoints sit exactly on the fit (a constant metric, a step-shaped
+        # rhythm's flat parts) has no spread of its own to scale by: it keeps the device's.
+        shape = np.where(typical > 0, np.clip(MAD_TO_STD * typical, 0.25, 4.0), 1.0)
     scores = standardised
     scores /= shape.astype(f32)[slot]
     del standardised, slot, first, second, fraction
