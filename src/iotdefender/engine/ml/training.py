@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from iotdefender.engine.ml import calibration, discrete, seasonal
+from iotdefender.engine.ml import calibration, discrete, seasonal, tails
 from iotdefender.engine.ml.data import TrainingData
 from iotdefender.engine.ml.model import BehaviorModel, DeviceBands, ModelSummary
 from iotdefender.engine.ml.robust import MAD_TO_STD, Segments, clipped_location_and_std
@@ -29,6 +29,7 @@ from iotdefender.engine.ml.settings import TrainingSettings
 _MIN_SAMPLED_PER_DEVICE = 20
 _RHYTHM_CLIP = 4.0
 _HEAVY_CAP = 8.0  # scores are capped here for a device's kurtosis, so one anomaly in training does not decide it
+_DIFFERENCE_CAP = 5.0  # the same for successive differences (tails.py): one capped pair adds 0.3 to 4,000's kurtosis
 
 
 def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) -> BehaviorModel:
@@ -39,6 +40,8 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
     n_devices = len(data.devices)
     f32 = np.float32
     picked = _sample(len(data), settings.max_datapoints, rng)
+    # Sampled, every datapoint can still tell a device's tail (tails.py) if they come grouped by device.
+    all_tails = picked is not None and tails.grouped(data.device)
     device = data.device if picked is None else data.device[picked]
     order = Segments.order(device)
     if order is not None:
@@ -158,6 +161,9 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
     del squares
     with np.errstate(invalid="ignore", divide="ignore"):
         heaviness = np.nan_to_num(moment4 * n_sorting / (moment2 * moment2))
+    if all_tails:
+        heaviness = tails.difference_kurtosis(data.device, data.value, n_devices, spread, cap=_DIFFERENCE_CAP,
+                                              nonnegative=nonnegative)[0]
     cohort = calibration.cohorts(heaviness, own, settings.tail_cohorts)
     point_cohort = segments.spread(cohort)[~sorting]
     scores = scores[~sorting]
