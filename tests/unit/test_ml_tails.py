@@ -52,16 +52,22 @@ def test_difference_kurtosis_is_normal_for_normal_noise_and_ignores_an_anomaly()
     assert kurtosis[0] < 3.8  # uncapped: 2,000
 
 
-def test_difference_kurtosis_matches_a_plain_computation_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("signed", [False, True])
+def test_difference_kurtosis_matches_a_plain_computation_across_chunks(monkeypatch: pytest.MonkeyPatch,
+                                                                       signed: bool) -> None:
     rng = np.random.default_rng(2)
     sizes = np.array([0, 1, 5, 0, 300, 2, 1, 1_000, 0, 37, 1])
     device = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
     values = np.expm1(rng.normal(5.0, 0.3, len(device)) + rng.standard_t(3, len(device)) * 0.05)
+    if signed:  # a custom metric below zero: the model's log scale is mirrored
+        values *= np.where(rng.random(len(device)) < 0.3, -1.0, 1.0)
     spread = rng.uniform(0.05, 0.5, len(sizes))
     monkeypatch.setattr(tails, "_CHUNK", 64)  # devices split over many chunks
-    kurtosis, count = tails.difference_kurtosis(device, values, len(sizes), spread, cap=5.0, nonnegative=True)
+    kurtosis, count = tails.difference_kurtosis(device, values, len(sizes), spread, cap=5.0,
+                                                nonnegative=not signed)
     for i, n in enumerate(sizes):
-        y = np.log1p(values[device == i])
+        v = values[device == i]
+        y = np.copysign(np.log1p(np.abs(v)), v)
         d = np.minimum(np.abs(np.diff(y)) / (np.sqrt(2) * spread[i]), 5.0)
         assert count[i] == max(n - 1, 0)
         expected = (d ** 4).sum() * len(d) / (d ** 2).sum() ** 2 if len(d) and (d ** 2).sum() > 0 else 0.0
