@@ -45,9 +45,11 @@ class TrainingSettings:
     # Devices are grouped by how heavy their tail is into this many cohorts, each with its own thresholds.
     tail_cohorts: int = 16
     # Training statistics come from at most this many datapoints, drawn uniformly (seeded, so
-    # training is deterministic): 100k devices x 14 days is 403M datapoints, and ~300 per device
+    # training is deterministic): 100k devices x 14 days is 403M datapoints, and ~235 per device
     # estimate a level and a spread to a few percent (bench/README.md measures what it costs).
-    max_datapoints: int = 30_000_000
+    # How heavy each device's tail is still comes from all its datapoints (tails.py), a pass that
+    # takes ~8 s of the 30 s at 100k devices: 30M (~290 a device) left it over 30 s.
+    max_datapoints: int = 25_000_000
     # The fleet's per-bucket medians come from at most this many (they are 168 numbers).
     fleet_sample: int = 1_000_000
     seed: int = 0
