@@ -12,7 +12,12 @@ and compare bytes. The steps, on the log scale (model.py says why log):
    around level + rhythm;
 4. the fleet's per-slot multiplier of those spreads (quiet nights, busy mornings);
 5. the thresholds: per cohort of devices with alike tails, the score that the level's share of
-   training datapoints reaches, never below a floor (calibration.py).
+   training datapoints reaches, never below a floor (calibration.py). How heavy a device's tail is
+   comes from all its datapoints when the statistics had to be sampled and the datapoints come
+   grouped by device (tails.py), else from the sample's scores.
+
+Integer data (counts) get a floor on every spread from a Poisson count's (discrete.py), so a
+metric that is 0 most of the time does not get a spread of ``min_scale`` and thresholds of 100.
 """
 
 from __future__ import annotations
