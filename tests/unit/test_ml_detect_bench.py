@@ -11,7 +11,9 @@ def test_the_smallest_benchmark_runs_and_the_model_beats_the_static_threshold() 
     assert detection["judge_matches_vectorised_scoring"]
     assert detection["training_datapoints"] == 60 * 7 * 288
     results = detection["results"]
-    assert set(results) == {"ml", "ml-sampled-as-at-100k", "static", "isolation-forest"}
+    assert set(results) == {"ml", "ml-sampled-as-at-100k", "static", "isolation-forest", "ml-trained-with-anomalies",
+                            "static-trained-with-anomalies"}
+    assert sum(detection["anomalies_in_training_of_the_with_anomalies_rows"].values()) >= 12
     for per_level in results.values():
         assert set(per_level) == {"LOW", "MEDIUM", "HIGH"}
         for figures in per_level.values():

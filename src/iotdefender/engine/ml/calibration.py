@@ -71,8 +71,14 @@ def _tail_quantile(scores: npt.NDArray[np.float32], share: float) -> float:
         return float(u)
     # Generalised Pareto by moments: shape xi, scale sigma; P(S > u + x) = (k/n) (1 + xi x / sigma)^(-1/xi).
     xi = 0.5 * (1 - mean * mean / var) if var > 0 else 0.0
-    xi = min(max(xi, -0.5), 0.5)
-    sigma = 0.5 * mean * (mean * mean / var + 1) if var > 0 else mean
+    # On fewer than _TAIL_POINTS tail scores (a model trained on a few hundred datapoints) a shape
+    # is noise, and a positive one read from 10 tied scores of a small count reached 150 standard
+    # deviations at HIGH: a tail that short is taken to be at most exponential.
+    xi = min(max(xi, -0.5), 0.5 if k >= _TAIL_POINTS else 0.0)
+    # The moments' scale for the shape as clamped (mean excess = sigma / (1 - xi)); the unclamped
+    # formula, 0.5 mean (mean^2 / var + 1), is the same before clamping but grows without bound as
+    # tied scores make var small, which put a threshold 10 standard deviations above the largest score.
+    sigma = mean * (1 - xi)
     ratio = (k / n) / share
     if abs(xi) < 1e-6:
         return float(u + sigma * np.log(ratio))

@@ -17,9 +17,11 @@ class TrainingSettings:
     # A device gets its own level and spread once it has this many datapoints in the trailing period
     # (about 8 hours at one report per 5 minutes); until then it is judged against the fleet.
     min_device_datapoints: int = 100
-    # An hour-of-week bucket with fewer datapoints than this (over the fleet) borrows the statistics
-    # of its hour of the day, and an hour of the day below it the whole period's.
-    min_bucket_datapoints: int = 200
+    # A slot of the week with fewer datapoints than this (over the fleet) borrows the statistics
+    # of its slot of the day, and a slot of the day below it the whole period's. 20 datapoints
+    # give a median to a quarter of a spread; at 200, one device with 5,000 datapoints (17 days)
+    # had only the whole period's and its daily rhythm was lost in a flat band.
+    min_bucket_datapoints: int = 20
     # The spread never goes below this, in natural-log units (5 %): a metric that never moved
     # (3 listening ports) still has a band, and moving by one is judged by how far it moved.
     min_scale: float = 0.05
@@ -43,9 +45,11 @@ class TrainingSettings:
     # Devices are grouped by how heavy their tail is into this many cohorts, each with its own thresholds.
     tail_cohorts: int = 16
     # Training statistics come from at most this many datapoints, drawn uniformly (seeded, so
-    # training is deterministic): 100k devices x 14 days is 403M datapoints, and ~300 per device
+    # training is deterministic): 100k devices x 14 days is 403M datapoints, and ~235 per device
     # estimate a level and a spread to a few percent (bench/README.md measures what it costs).
-    max_datapoints: int = 30_000_000
+    # How heavy each device's tail is still comes from all its datapoints (tails.py), a pass that
+    # takes ~8 s of the 30 s at 100k devices: 30M (~290 a device) left it over 30 s.
+    max_datapoints: int = 25_000_000
     # The fleet's per-bucket medians come from at most this many (they are 168 numbers).
     fleet_sample: int = 1_000_000
     seed: int = 0

@@ -12,7 +12,12 @@ and compare bytes. The steps, on the log scale (model.py says why log):
    around level + rhythm;
 4. the fleet's per-slot multiplier of those spreads (quiet nights, busy mornings);
 5. the thresholds: per cohort of devices with alike tails, the score that the level's share of
-   training datapoints reaches, never below a floor (calibration.py).
+   training datapoints reaches, never below a floor (calibration.py). How heavy a device's tail is
+   comes from all its datapoints when the statistics had to be sampled and the datapoints come
+   grouped by device (tails.py), else from the sample's scores.
+
+Integer data (counts) get a floor on every spread from a Poisson count's (discrete.py), so a
+metric that is 0 most of the time does not get a spread of ``min_scale`` and thresholds of 100.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from iotdefender.engine.ml import calibration, seasonal
+from iotdefender.engine.ml import calibration, discrete, seasonal, tails
 from iotdefender.engine.ml.data import TrainingData
 from iotdefender.engine.ml.model import BehaviorModel, DeviceBands, ModelSummary
 from iotdefender.engine.ml.robust import MAD_TO_STD, Segments, clipped_location_and_std
@@ -29,6 +34,7 @@ from iotdefender.engine.ml.settings import TrainingSettings
 _MIN_SAMPLED_PER_DEVICE = 20
 _RHYTHM_CLIP = 4.0
 _HEAVY_CAP = 8.0  # scores are capped here for a device's kurtosis, so one anomaly in training does not decide it
+_DIFFERENCE_CAP = 5.0  # the same for successive differences (tails.py): one capped pair adds 0.3 to 4,000's kurtosis
 
 
 def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) -> BehaviorModel:
@@ -39,6 +45,8 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
     n_devices = len(data.devices)
     f32 = np.float32
     picked = _sample(len(data), settings.max_datapoints, rng)
+    # Sampled, every datapoint can still tell a device's tail (tails.py) if they come grouped by device.
+    all_tails = picked is not None and tails.grouped(data.device)
     device = data.device if picked is None else data.device[picked]
     order = Segments.order(device)
     if order is not None:
@@ -46,6 +54,7 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
         device = device[order]
     values = data.value if picked is None else data.value[picked]
     nonnegative = bool(np.min(values) >= 0)  # of the sample: one pass less over the full set
+    counts = discrete.is_count(values)  # spreads get a Poisson floor (discrete.py)
     y = _log32(values, nonnegative)
     del values
     clock = settings.clock
@@ -64,6 +73,8 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
     residual = y - _between(center.astype(f32), first, second, fraction)
     del y
     fleet_scale = np.maximum(MAD_TO_STD * fallbacks.median(slot[fleet], np.abs(residual[fleet])), settings.min_scale)
+    if counts:
+        fleet_scale = discrete.floor(fleet_scale, center, float(np.std(residual[fleet])))
 
     # 2. Each device's level and spread.
     location, spread = clipped_location_and_std(segments, residual)
@@ -110,6 +121,12 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
         spread = np.where(own, np.maximum(np.nan_to_num(spread2, nan=settings.min_scale), settings.min_scale),
                           spread).astype(f32)
 
+    if counts:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = segments.sum(residual) / sampled
+            plain = np.sqrt(np.maximum(segments.sum(np.square(residual, dtype=np.float64)) / sampled - mean * mean, 0.0))
+        spread = discrete.floor(spread, float(np.median(center)) + location, np.nan_to_num(plain)).astype(f32)
+
     # 4. The slot-of-week multiplier of a device's spread.
     standardised = np.abs(residual)
     standardised /= segments.spread(spread)
@@ -120,8 +137,10 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
         some = np.arange(len(standardised)) if some is None else some
         if not all_own:
             some = some[own_point[some]]
-        shape = np.clip(MAD_TO_STD * fallbacks.median(slot[some], standardised[some], default=1 / MAD_TO_STD),
-                        0.25, 4.0)
+        typical = fallbacks.median(slot[some], standardised[some], default=1 / MAD_TO_STD)
+        # A slot where most datapoints sit exactly on the fit (a constant metric, a step-shaped
+        # rhythm's flat parts) has no spread of its own to scale by: it keeps the device's.
+        shape = np.where(typical > 0, np.clip(MAD_TO_STD * typical, 0.25, 4.0), 1.0)
     scores = standardised
     scores /= shape.astype(f32)[slot]
     del standardised, slot, first, second, fraction
@@ -147,6 +166,9 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
     del squares
     with np.errstate(invalid="ignore", divide="ignore"):
         heaviness = np.nan_to_num(moment4 * n_sorting / (moment2 * moment2))
+    if all_tails:
+        heaviness = tails.difference_kurtosis(data.device, data.value, n_devices, spread, cap=_DIFFERENCE_CAP,
+                                              nonnegative=nonnegative)[0]
     cohort = calibration.cohorts(heaviness, own, settings.tail_cohorts)
     point_cohort = segments.spread(cohort)[~sorting]
     scores = scores[~sorting]
