@@ -242,8 +242,9 @@ def test_refreshed_then_expired_and_its_alarms_invalidated(place):
     assert service.store.sweep(T0 + 390) == []
     service.trainer.run_once(T0 + 400)
     assert service.training().status == "EXPIRED" and service.summaries()[0]["modelStatus"] == "EXPIRED"
-    # What the last attempt (T0 + 390) found in [T0 + 190, T0 + 390]: 100 + 500 reports and the 2 spikes.
-    assert service.summaries()[0]["datapointsCollectionPercentage"] == 30.1
+    # What the last attempt (T0 + 390) found in [T0 + 190, T0 + 390]: 100 + 500 reports; the 2 spikes
+    # were judged anomalous by version 2 and are left out.
+    assert service.summaries()[0]["datapointsCollectionPercentage"] == 30.0
     assert service.store.sweep(T0 + 400) == [("alarm-invalidated", "p", "bytes-ml")]
     # No model, no verdict: a spike does nothing.
     assert service.store.store_batch([("dev-4", spike, T0 + 401, 10**6), ("dev-4", spike, T0 + 402, 10**6 + 1)]) == []
@@ -383,3 +384,28 @@ def test_a_behavior_with_a_dimension_trains_on_its_dimensions_series(place):
     burst = {series: {"count": 5000}}
     assert service.store.store_batch([("dev-0", burst, T0 + 201, None)]) == [("in-alarm", "p", "sent-ml")]
     assert service.store.store_batch([("dev-1", {"aws:num-messages-sent": {"count": 5000}}, T0 + 201, None)]) == []
+
+
+def test_a_refresh_does_not_learn_an_ongoing_anomaly(place):
+    """dev-3 sends 20 times its normal from just after version 1 through the refresh at T0 + 250:
+    version 2 is trained without those datapoints, so dev-3 stays in alarm and its band is not
+    widened (with them, a quarter of its window is the anomaly and the band takes it in)."""
+    service = trained(place)
+    before = behavior_model_document(service.api.context, "p", "bytes-ml", "dev-3")["model"]["bands"]
+    events = []
+    at, report_id = T0 + 200.0, 10**6
+    while at < T0 + 300:
+        events += service.store.store_batch(
+            [(name, {METRIC: {"count": int(normal(i, at) * (20 if name == "dev-3" and at > T0 + 200 else 1))}},
+              at, report_id) for i, name in enumerate(DEVICES)])
+        if at == T0 + 250:
+            service.trainer.run_once(at)
+            assert service.training().active_version == 2
+        at += 0.5  # twice as often: the window still holds the 2,000 datapoints a build needs without dev-3's
+        report_id += 1
+    assert events == [("in-alarm", "p", "bytes-ml")]  # and never cleared across the refresh
+    after = behavior_model_document(service.api.context, "p", "bytes-ml", "dev-3")["model"]
+    assert after["version"] == 2
+    for old, new in zip(before, after["bands"]):
+        assert new["HIGH"][1] < 1.5 * old["HIGH"][1] and new["LOW"][1] < 1.5 * old["LOW"][1]
+        assert new["HIGH"][1] < normal(3, T0) * 20 / 3
