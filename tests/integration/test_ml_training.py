@@ -334,8 +334,10 @@ def test_a_backtest_replays_each_moment_with_the_model_active_then(place):
                               time_scale=3600.0, invalidation_period=10_000.0)
     (outcome,) = run_backtest(service.engine, request)["behaviors"]
     assert outcome["method"] == "engine" and "model versions 1 to 1" in outcome["note"]
+    assert "no verdict before 1970-01-12T13:50:00.000Z" in outcome["note"]  # T0 + 200, as people read time
     assert [(e["thingName"], e["violationEventType"], e["violationEventTime"]) for e in outcome["events"]] == [
         ("dev-7", "in-alarm", T0 + 210.4)]
+    assert outcome["events"][0]["violationEventAdditionalInfo"] == {"confidenceLevel": "HIGH"}
     unsaved = BacktestRequest([ml_behavior()], T0, T0 + 220, covers=lambda thing: True, time_scale=3600.0)
     (nothing,) = run_backtest(service.engine, unsaved)["behaviors"]
     assert nothing["alarms"] == 0 and "no model of this behavior" in nothing["note"]
