@@ -411,3 +411,28 @@ def test_a_refresh_does_not_learn_an_ongoing_anomaly(place):
     for old, new in zip(before, after["bands"]):
         assert new["HIGH"][1] < 1.5 * old["HIGH"][1] and new["LOW"][1] < 1.5 * old["LOW"][1]
         assert new["HIGH"][1] < normal(3, T0) * 20 / 3
+
+
+def test_a_fleet_wide_silence_across_a_refresh_is_not_learned(place):
+    """Every device reports 0 (connected, nothing sent) from T0 + 200 through the refresh at
+    T0 + 250: the zeros were judged anomalous by version 1 and are left out, which leaves fewer
+    than the 2,000 datapoints a build needs, so there is no refresh on a window of silence (the
+    model stays version 1, as after any build that lacked its datapoints), and when the fleet
+    resumes its normal nothing alarms (it clears instead)."""
+    service = trained(place)
+    at, report_id, silent = T0 + 200.0, 10**6, []
+    while at < T0 + 260:
+        silent += service.store.store_batch([(name, {METRIC: {"count": 0}}, at, report_id) for name in DEVICES])
+        if at == T0 + 250:
+            service.trainer.run_once(at)
+            assert (service.training().active_version, service.training().datapoints) == (1, 1500)
+        at += 0.5
+        report_id += 1
+    assert sorted(silent) == [("in-alarm", "p", "bytes-ml")] * len(DEVICES)  # the silence is an anomaly
+    resumed = []
+    while at < T0 + 270:
+        resumed += service.store.store_batch([(name, {METRIC: {"count": int(normal(i, at))}}, at, report_id)
+                                              for i, name in enumerate(DEVICES)])
+        at += 0.5
+        report_id += 1
+    assert sorted(resumed) == [("alarm-cleared", "p", "bytes-ml")] * len(DEVICES)
