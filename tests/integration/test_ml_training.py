@@ -411,6 +411,19 @@ def test_a_refresh_does_not_learn_an_ongoing_anomaly(place):
     for old, new in zip(before, after["bands"]):
         assert new["HIGH"][1] < 1.5 * old["HIGH"][1] and new["LOW"][1] < 1.5 * old["LOW"][1]
         assert new["HIGH"][1] < normal(3, T0) * 20 / 3
+    # dev-3 goes back to its normal: the alarm raised under version 1 clears under version 2, and says so.
+    cleared = []
+    for k in range(3):
+        cleared += service.store.store_batch([("dev-3", {METRIC: {"count": int(normal(3, at + k))}}, at + k,
+                                               report_id + k)])
+    assert cleared == [("alarm-cleared", "p", "bytes-ml")]
+    (violation,) = [e for e in service.api.invoke("ListViolationEvents", {"startTime": T0, "endTime": at + 10})[
+        "violationEvents"] if e["violationEventType"] == "alarm-cleared"]
+    raised, clearing = violation_evidence(service.api.context, violation["violationId"])["events"]
+    assert raised["evidence"]["modelVersion"] == 1 and "alarmModelVersion" not in raised["evidence"]
+    assert clearing["evidence"]["modelVersion"] == 2 and clearing["evidence"]["alarmModelVersion"] == 1
+    assert "is within the HIGH band of model version 2" in clearing["evidence"]["explanation"]
+    assert "raised under model version 1" in clearing["evidence"]["explanation"]
 
 
 def test_a_fleet_wide_silence_across_a_refresh_is_not_learned(place):
