@@ -182,17 +182,20 @@ def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service, page: 
     detail = html.unescape(console.get("/console/profiles/ml/detail").text)
     assert detail.count("ML model: learned; the model was last rebuilt") == 3
     explained = html.unescape(console.get(f"/console/violations/{opened['violationId']}/evidence").text)
-    assert "normal at HIGH confidence" in explained and "is HIGH for ml-dev-0" in explained
+    assert "normal at HIGH confidence" in explained and "the upper edge of the HIGH band of model version" in explained
+    assert "for ml-dev-0" in explained and "judged HIGH" in explained
     history = console.get("/console/violations", params={"view": "history", "thing": DEVICES[0]}).text
     assert history.count('title="ML Detect confidence level">ML HIGH</small>') >= 6  # 3 behaviors x 2 events
     device_page = html.unescape(console.get(f"/console/things/{DEVICES[0]}?range=14d").text)
-    assert '"bands":[{"label":"ml/ports-ml","level":"HIGH","points":[[' in device_page
+    assert '"bands":[{"label":"ml/ports-ml","level":"HIGH","version":' in device_page
+    assert ',"points":[[' in device_page  # drawn from the version's training time, inside the 14 days
     log_in(page, svc.endpoint)  # in Chromium (the fixture fails the test on a JavaScript error): the band is drawn
     page.goto(f"{svc.endpoint}/console/things/{DEVICES[0]}?range=14d")
     chart = page.locator('#thing-charts .chart[data-metric="aws:num-listening-tcp-ports"]')
     expect(chart.locator("canvas")).to_be_visible()
     expect(chart).to_have_attribute("data-bands", "1")
     expect(page.locator("p.chart-marks").first).to_contain_text("learned normal ml/ports-ml at HIGH confidence")
+    expect(page.locator("p.chart-marks").first).to_contain_text("model version ")  # and when it was trained
     shot(page, "40-ml-band")
     fleet.close()
 

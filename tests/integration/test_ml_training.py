@@ -242,8 +242,9 @@ def test_refreshed_then_expired_and_its_alarms_invalidated(place):
     assert service.store.sweep(T0 + 390) == []
     service.trainer.run_once(T0 + 400)
     assert service.training().status == "EXPIRED" and service.summaries()[0]["modelStatus"] == "EXPIRED"
-    # What the last attempt (T0 + 390) found in [T0 + 190, T0 + 390]: 100 + 500 reports and the 2 spikes.
-    assert service.summaries()[0]["datapointsCollectionPercentage"] == 30.1
+    # What the last attempt (T0 + 390) found in [T0 + 190, T0 + 390]: 100 + 500 reports; the 2 spikes
+    # were judged anomalous by version 2 and are left out.
+    assert service.summaries()[0]["datapointsCollectionPercentage"] == 30.0
     assert service.store.sweep(T0 + 400) == [("alarm-invalidated", "p", "bytes-ml")]
     # No model, no verdict: a spike does nothing.
     assert service.store.store_batch([("dev-4", spike, T0 + 401, 10**6), ("dev-4", spike, T0 + 402, 10**6 + 1)]) == []
@@ -333,8 +334,10 @@ def test_a_backtest_replays_each_moment_with_the_model_active_then(place):
                               time_scale=3600.0, invalidation_period=10_000.0)
     (outcome,) = run_backtest(service.engine, request)["behaviors"]
     assert outcome["method"] == "engine" and "model versions 1 to 1" in outcome["note"]
+    assert "no verdict before 1970-01-12T13:50:00.000Z" in outcome["note"]  # T0 + 200, as people read time
     assert [(e["thingName"], e["violationEventType"], e["violationEventTime"]) for e in outcome["events"]] == [
         ("dev-7", "in-alarm", T0 + 210.4)]
+    assert outcome["events"][0]["violationEventAdditionalInfo"] == {"confidenceLevel": "HIGH"}
     unsaved = BacktestRequest([ml_behavior()], T0, T0 + 220, covers=lambda thing: True, time_scale=3600.0)
     (nothing,) = run_backtest(service.engine, unsaved)["behaviors"]
     assert nothing["alarms"] == 0 and "no model of this behavior" in nothing["note"]
@@ -383,3 +386,66 @@ def test_a_behavior_with_a_dimension_trains_on_its_dimensions_series(place):
     burst = {series: {"count": 5000}}
     assert service.store.store_batch([("dev-0", burst, T0 + 201, None)]) == [("in-alarm", "p", "sent-ml")]
     assert service.store.store_batch([("dev-1", {"aws:num-messages-sent": {"count": 5000}}, T0 + 201, None)]) == []
+
+
+def test_a_refresh_does_not_learn_an_ongoing_anomaly(place):
+    """dev-3 sends 20 times its normal from just after version 1 through the refresh at T0 + 250:
+    version 2 is trained without those datapoints, so dev-3 stays in alarm and its band is not
+    widened (with them, a quarter of its window is the anomaly and the band takes it in)."""
+    service = trained(place)
+    before = behavior_model_document(service.api.context, "p", "bytes-ml", "dev-3")["model"]["bands"]
+    events = []
+    at, report_id = T0 + 200.0, 10**6
+    while at < T0 + 300:
+        events += service.store.store_batch(
+            [(name, {METRIC: {"count": int(normal(i, at) * (20 if name == "dev-3" and at > T0 + 200 else 1))}},
+              at, report_id) for i, name in enumerate(DEVICES)])
+        if at == T0 + 250:
+            service.trainer.run_once(at)
+            assert service.training().active_version == 2
+        at += 0.5  # twice as often: the window still holds the 2,000 datapoints a build needs without dev-3's
+        report_id += 1
+    assert events == [("in-alarm", "p", "bytes-ml")]  # and never cleared across the refresh
+    after = behavior_model_document(service.api.context, "p", "bytes-ml", "dev-3")["model"]
+    assert after["version"] == 2
+    for old, new in zip(before, after["bands"]):
+        assert new["HIGH"][1] < 1.5 * old["HIGH"][1] and new["LOW"][1] < 1.5 * old["LOW"][1]
+        assert new["HIGH"][1] < normal(3, T0) * 20 / 3
+    # dev-3 goes back to its normal: the alarm raised under version 1 clears under version 2, and says so.
+    cleared = []
+    for k in range(3):
+        cleared += service.store.store_batch([("dev-3", {METRIC: {"count": int(normal(3, at + k))}}, at + k,
+                                               report_id + k)])
+    assert cleared == [("alarm-cleared", "p", "bytes-ml")]
+    (violation,) = [e for e in service.api.invoke("ListViolationEvents", {"startTime": T0, "endTime": at + 10})[
+        "violationEvents"] if e["violationEventType"] == "alarm-cleared"]
+    raised, clearing = violation_evidence(service.api.context, violation["violationId"])["events"]
+    assert raised["evidence"]["modelVersion"] == 1 and "alarmModelVersion" not in raised["evidence"]
+    assert clearing["evidence"]["modelVersion"] == 2 and clearing["evidence"]["alarmModelVersion"] == 1
+    assert "is within the HIGH band of model version 2" in clearing["evidence"]["explanation"]
+    assert "raised under model version 1" in clearing["evidence"]["explanation"]
+
+
+def test_a_fleet_wide_silence_across_a_refresh_is_not_learned(place):
+    """Every device reports 0 (connected, nothing sent) from T0 + 200 through the refresh at
+    T0 + 250: the zeros were judged anomalous by version 1 and are left out, which leaves fewer
+    than the 2,000 datapoints a build needs, so there is no refresh on a window of silence (the
+    model stays version 1, as after any build that lacked its datapoints), and when the fleet
+    resumes its normal nothing alarms (it clears instead)."""
+    service = trained(place)
+    at, report_id, silent = T0 + 200.0, 10**6, []
+    while at < T0 + 260:
+        silent += service.store.store_batch([(name, {METRIC: {"count": 0}}, at, report_id) for name in DEVICES])
+        if at == T0 + 250:
+            service.trainer.run_once(at)
+            assert (service.training().active_version, service.training().datapoints) == (1, 1500)
+        at += 0.5
+        report_id += 1
+    assert sorted(silent) == [("in-alarm", "p", "bytes-ml")] * len(DEVICES)  # the silence is an anomaly
+    resumed = []
+    while at < T0 + 270:
+        resumed += service.store.store_batch([(name, {METRIC: {"count": int(normal(i, at))}}, at, report_id)
+                                              for i, name in enumerate(DEVICES)])
+        at += 0.5
+        report_id += 1
+    assert sorted(resumed) == [("alarm-cleared", "p", "bytes-ml")] * len(DEVICES)

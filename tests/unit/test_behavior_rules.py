@@ -100,13 +100,15 @@ def rule(behavior_patch=None, criteria_patch=None, base=DOCUMENTED[3]):
         behavior_patch={"metricDimension": {"dimensionName": "TopicFilterForAuthMessages"}}), "only available for static"),
     (rule(base={"name": "users", "metric": "users", "criteria": {"comparisonOperator": "in-set",
                                                                   "value": {"strings": ["a"]}}},
-          criteria_patch={"durationSeconds": 300}), "durationSeconds can't be used with metric string-list"),
+          criteria_patch={"durationSeconds": 300}), "durationSeconds can't be used with metric users (a custom metric of type string-list)"),
+    (rule(base={"name": "users-ml", "metric": "users", "criteria": {"mlDetectionConfig": {"confidenceLevel": "LOW"}}}),
+     "mlDetectionConfig can't be used with metric users (a custom metric of type string-list)"),
     (rule(base={"name": "temps", "metric": "temps", "criteria": {"comparisonOperator": "in-set",
                                                                   "value": {"numbers": [1, "x"]}}}),
      "numbers must all be finite"),
     (rule(base={"name": "peers", "metric": "peers", "criteria": {"comparisonOperator": "in-set",
                                                                   "value": {"cidrs": ["10.0.0.0/8"]}}}),
-     "in-set can't be used with metric ip-address-list"),
+     "in-set can't be used with metric peers (a custom metric of type ip-address-list)"),
 ])
 def test_each_rule_names_the_behavior_and_the_problem(behavior, fragment):
     found = problems(behavior)

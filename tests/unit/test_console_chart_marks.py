@@ -41,10 +41,30 @@ def test_an_ml_band_is_drawn_through_each_slot_centre_and_reaches_the_charts_edg
     model = train(TrainingData(np.zeros(5000, np.int32), ["d"], times, values), trained_at=1000.0,
                   settings=TrainingSettings(clock=SeasonalClock(hour_seconds=10.0, origin=0.0)))
     behavior = {"name": "b", "metric": "m", "criteria": {"mlDetectionConfig": {"confidenceLevel": "LOW"}}}
-    marks = add_model_bands({}, [("p", behavior, model)], "d", 1005.0, 1300.0)
+    marks = add_model_bands({}, [("p", behavior, model, 4)], "d", 1005.0, 1300.0)
     (band,) = marks["m"]["bands"]
     assert band["label"] == "p/b" and band["level"] == "LOW"
+    assert band["version"] == 4 and band["trainedAt"] == 1000.0
     times_drawn = [p[0] for p in band["points"]]
     # Two 5 s slots an hour, centres at 2.5 + 5k: the edges and every centre between them.
     assert times_drawn == [1005.0, *[1007.5 + 5 * k for k in range(59)], 1300.0]
     assert all(p[1:] == list(model.band("d", p[0], ConfidenceLevel.LOW)) for p in band["points"])
+
+
+def test_an_ml_band_starts_when_its_version_was_trained():
+    """Before the active version was trained another version (or none) judged the datapoints: its
+    band is not drawn there, so older alarms are not shaded over values inside today's band."""
+    import numpy as np
+
+    from iotdefender.console.chart_marks import add_model_bands
+    from iotdefender.engine.ml import SeasonalClock, TrainingData, TrainingSettings, train
+
+    rng = np.random.default_rng(0)
+    times = np.sort(rng.uniform(0, 1000, 5000))
+    model = train(TrainingData(np.zeros(5000, np.int32), ["d"], times, rng.uniform(90, 110, 5000)),
+                  trained_at=1000.0, settings=TrainingSettings(clock=SeasonalClock(hour_seconds=10.0, origin=0.0)))
+    behavior = {"name": "b", "metric": "m", "criteria": {"mlDetectionConfig": {"confidenceLevel": "LOW"}}}
+    (band,) = add_model_bands({}, [("p", behavior, model, 2)], "d", 500.0, 1300.0)["m"]["bands"]
+    assert band["points"][0][0] == 1000.0 and min(p[0] for p in band["points"]) == 1000.0
+    (before,) = add_model_bands({}, [("p", behavior, model, 2)], "d", 500.0, 900.0)["m"]["bands"]
+    assert before["points"] == [] and before["version"] == 2

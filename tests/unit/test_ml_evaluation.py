@@ -56,3 +56,29 @@ def test_the_behaviors_level_decides_and_the_evidence_explains():
     assert event.criteria_type == "MACHINE_LEARNING" and additional_info(event.behavior) == {"confidenceLevel": "LOW"}
     assert event.evidence["judgedConfidenceLevel"] == "LOW" and event.evidence["modelVersion"] == 3
     assert event.evidence["band"]["high"] == low_edge and "d4" in event.evidence["explanation"]
+
+
+def test_the_sentence_quotes_the_evidence_band_and_a_clearing_says_it_is_within_it():
+    """The sentence and the ``band`` are the behavior's level's band of the same version; an
+    alarm-cleared whose value still reaches a lower level says it is within the band, not that it
+    is anomalous (the in-alarm event's words)."""
+    active = model()
+    evaluator = Evaluator(lambda: "v")
+    evaluator.use_models({("p", "ml"): active})
+    _, low_edge = active.model.band("d4", 401.0, ConfidenceLevel.LOW)
+    _, medium_edge = active.model.band("d4", 401.0, ConfidenceLevel.MEDIUM)
+    _, high_edge = active.model.band("d4", 401.0, ConfidenceLevel.HIGH)
+    raised = evaluator.evaluate("d4", [profile("HIGH")], {METRIC: {"count": high_edge * 3}}, 401.0)
+    evaluator.apply(raised.changes)
+    (alarm,) = raised.events
+    band = alarm.evidence["band"]
+    assert band["high"] == high_edge and alarm.evidence["judgedConfidenceLevel"] == "HIGH"
+    text = alarm.evidence["explanation"]
+    assert f"above {band['high']:.3g} connections, the upper edge of the HIGH band of model version 3 for d4" in text
+    assert f"({band['low']:.3g} connections to {band['high']:.3g} connections)" in text
+    cleared = evaluator.evaluate("d4", [profile("HIGH")], {METRIC: {"count": (low_edge + medium_edge) / 2}}, 401.5)
+    (event,) = cleared.events
+    assert event.event_type.value == "alarm-cleared" and event.evidence["judgedConfidenceLevel"] == "LOW"
+    text = event.evidence["explanation"]
+    assert "is within the HIGH band of model version 3 for d4" in text and "normal at HIGH" in text
+    assert "robust standard deviations" not in text and "is LOW" not in text

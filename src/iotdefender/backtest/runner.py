@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from iotdefender.engine.alarm import AlarmStatus, EventType, counting_ids, due_f
 from iotdefender.engine.compare import scalar_of
 from iotdefender.engine.evaluator import DELTA_METRICS, MAX_METRICS, Evaluator, StateKey, criteria_type
 from iotdefender.engine.ml import BehaviorModel
-from iotdefender.engine.ml_behavior import ActiveModel, MlModels, confidence_of
+from iotdefender.engine.ml_behavior import ActiveModel, MlModels, additional_info, confidence_of
 from iotdefender.engine.series import behavior_series
 from iotdefender.engine.vectorised import (alarm_transitions, alarms_raised, order_by_thing_and_time, supports,
                                            violating, windowed_sums)
@@ -96,13 +97,22 @@ class BehaviorOutcome:
             "timeline": [[start + i * width, int(c)] for i, c in enumerate(timeline)],
             "topThings": [{"thingName": t, "alarms": c, "firstAlarm": first[t]}
                           for t, c in per_thing.most_common(TOP_THINGS)],
-            "events": [{"thingName": t, "violationEventType": k, "violationEventTime": at, "metricValue": v}
+            "events": [self._event(t, at, k, v)
                        for t, at, k, v in sorted(self.events, key=lambda e: (e[1], e[0]))[:SAMPLE_EVENTS]],
             "sweep": self.sweep,
         }
         if self.note:
             out["note"] = self.note
         return out
+
+
+    def _event(self, thing: str, at: float, kind: str, value: Any) -> dict[str, Any]:
+        """One replayed event with ListViolationEvents' fields for it, the ML confidence level included."""
+        event = {"thingName": thing, "violationEventType": kind, "violationEventTime": at, "metricValue": value}
+        info = additional_info(self.behavior)
+        if info is not None:
+            event["violationEventAdditionalInfo"] = info
+        return event
 
 
 def _series_of(behavior: Mapping[str, Any]) -> str:
@@ -276,7 +286,12 @@ def _model_note(versions: list[tuple[float, ActiveModel]]) -> str:
         return ("no model of this behavior was built before the end of the range: ML Detect behaviors are "
                 "replayed with the models their saved profile's training built, so nothing was judged")
     return (f"replayed with model versions {versions[0][1].version} to {versions[-1][1].version}, each from the "
-            f"time it was built; no verdict before {versions[0][0]:.3f} (the first model)")
+            f"time it was built; no verdict before {_utc(versions[0][0])} (the first model)")
+
+
+def _utc(epoch: float) -> str:
+    """An instant as people read it in a note: ISO 8601 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def run_backtest(engine: Engine, request: BacktestRequest, progress: Progress = lambda f, m: None

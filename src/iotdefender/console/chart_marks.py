@@ -86,14 +86,22 @@ def _range(first: float, end: float, step: float) -> list[float]:
     return out
 
 
-def add_model_bands(marks: Marks, models: list[tuple[str, dict[str, Any], BehaviorModel]], thing: str,
+def add_model_bands(marks: Marks, models: list[tuple[str, dict[str, Any], BehaviorModel, int]], thing: str,
                     start: float, end: float) -> Marks:
     """Each ML behavior's band at its confidence level, on the chart of its series: ``models`` are
-    (profile name, behavior, its active model)."""
-    for profile, behavior, model in models:
+    (profile name, behavior, its active model, that model's version).
+
+    The band is drawn only from the time the active version was trained: before it, another
+    version (or none) judged the datapoints, and this version's band drawn over them would make
+    older alarms look like alarms on values inside the band. The entry says which version and
+    when it was trained, for the note under the chart."""
+    for profile, behavior, model, version in models:
         level = ConfidenceLevel(((behavior.get("criteria") or {}).get("mlDetectionConfig") or {})
                                 .get("confidenceLevel", "HIGH"))
+        trained_at = model.summary().trained_at
+        since = max(start, trained_at)
         entry = marks.setdefault(behavior_series(behavior), {"thresholds": [], "alarms": []})
-        entry.setdefault("bands", []).append({"label": f"{profile}/{behavior['name']}", "level": level.value,
-                                              "points": model_band(model, thing, level, start, end)})
+        entry.setdefault("bands", []).append({
+            "label": f"{profile}/{behavior['name']}", "level": level.value, "version": version,
+            "trainedAt": trained_at, "points": model_band(model, thing, level, since, end) if since < end else []})
     return marks

@@ -127,8 +127,8 @@ def _slot_bands(model: BehaviorModel, device: str, clock: SeasonalClock, slot: i
 
 
 def active_models_of(conn: Connection, monitoring: Iterable[Mapping[str, Any]]
-                     ) -> list[tuple[str, dict[str, Any], BehaviorModel]]:
-    """(profile name, ML behavior, its active model) for the ML behaviors of these profiles that
+                     ) -> list[tuple[str, dict[str, Any], BehaviorModel, int]]:
+    """(profile name, ML behavior, its active model, the model's version) for the ML behaviors of these profiles that
     have one (the console's device charts draw their bands)."""
     found = []
     for profile in monitoring:
@@ -143,5 +143,5 @@ def active_models_of(conn: Connection, monitoring: Iterable[Mapping[str, Any]]
                 continue
             stored = ml_models.load_model(conn, training.key, training.active_version)
             if stored is not None:
-                found.append((profile["name"], dict(behavior), BehaviorModel.from_bytes(stored.model)))
+                found.append((profile["name"], dict(behavior), BehaviorModel.from_bytes(stored.model), stored.version))
     return found

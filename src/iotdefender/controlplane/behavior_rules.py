@@ -79,8 +79,12 @@ def _dimension_problems(spec: MetricSpec | None, dimension: Any, dimension_names
     return problems
 
 
-def _criteria_problems(spec: MetricSpec, criteria: Mapping[str, Any]) -> list[str]:
+def _criteria_problems(spec: MetricSpec, criteria: Mapping[str, Any], metric: str) -> list[str]:
+    """What is wrong with the criteria for this metric; messages name the behavior's metric (for a
+    custom metric its name and its type, e.g. "firmware (a custom metric of type string-list)"), which is
+    what the user wrote, not the type only."""
     problems: list[str] = []
+    what = metric if metric == spec.name else f"{metric} (a custom metric of type {spec.name})"
     for member in ("consecutiveDatapointsToAlarm", "consecutiveDatapointsToClear"):
         count = criteria.get(member)
         if count is not None and (not isinstance(count, int) or not 1 <= count <= 10):
@@ -92,7 +96,7 @@ def _criteria_problems(spec: MetricSpec, criteria: Mapping[str, Any]) -> list[st
     duration = criteria.get("durationSeconds")
     if ml is not None:
         if not spec.ml:
-            problems.append(f"mlDetectionConfig can't be used with metric {spec.name}")
+            problems.append(f"mlDetectionConfig can't be used with metric {what}")
         if _as_dict(ml).get("confidenceLevel") not in CONFIDENCE_LEVELS:
             problems.append("mlDetectionConfig.confidenceLevel must be LOW, MEDIUM or HIGH")
         for member in ("comparisonOperator", "value", "durationSeconds", "statisticalThreshold"):
@@ -102,11 +106,11 @@ def _criteria_problems(spec: MetricSpec, criteria: Mapping[str, Any]) -> list[st
     if operator is None:
         problems.append("comparisonOperator is required (or mlDetectionConfig)")
     elif operator not in spec.operators:
-        problems.append(f"comparisonOperator {operator} can't be used with metric {spec.name}; "
+        problems.append(f"comparisonOperator {operator} can't be used with metric {what}; "
                         f"use {', '.join(sorted(spec.operators))}")
     if statistical is not None:
         if not spec.statistical:
-            problems.append(f"statisticalThreshold can't be used with metric {spec.name}")
+            problems.append(f"statisticalThreshold can't be used with metric {what}")
         statistic = _as_dict(statistical).get("statistic")
         if statistic not in STATISTICS:
             problems.append(f"statisticalThreshold.statistic {statistic!r} must be one of {', '.join(sorted(STATISTICS))}")
@@ -118,7 +122,7 @@ def _criteria_problems(spec: MetricSpec, criteria: Mapping[str, Any]) -> list[st
         problems += _value_problems(spec, _as_dict(value))
     if duration is not None:
         if not spec.duration:
-            problems.append(f"durationSeconds can't be used with metric {spec.name}")
+            problems.append(f"durationSeconds can't be used with metric {what}")
         elif duration not in DURATION_SECONDS:
             problems.append(f"durationSeconds {duration} must be one of 300, 600, 900, 1800, 3600")
     return problems
@@ -167,7 +171,7 @@ def validate_profile_behaviors(
         if criteria is None:
             own.append("criteria is required")
         elif spec is not None:
-            own += _criteria_problems(spec, _as_dict(criteria))
+            own += _criteria_problems(spec, _as_dict(criteria), metric)
         crit = _as_dict(criteria)
         own += _dimension_problems(spec, behavior.get("metricDimension"), dimension_names,
                                    bool(crit.get("mlDetectionConfig") or crit.get("statisticalThreshold")))

@@ -121,6 +121,26 @@ def violation_evidence(ctx: ServiceContext, violation_id: str) -> Params:
         "thingName": rows[0].thing_name,
         "securityProfileName": rows[0].profile_name,
         "behavior": rows[0].behavior,
-        "events": [{"violationEventType": r.event_type, "violationEventTime": r.event_time,
-                    "metricValue": r.metric_value, "evidence": r.evidence} for r in rows],
+        "events": noting_model_changes([{"violationEventType": r.event_type, "violationEventTime": r.event_time,
+                                         "metricValue": r.metric_value, "evidence": r.evidence} for r in rows]),
     }
+
+
+def noting_model_changes(events: list[Params]) -> list[Params]:
+    """An ML violation's events (in time order) with each ``alarm-cleared`` that was judged by
+    another model version than its ``in-alarm`` saying so (``alarmModelVersion`` and a clause in
+    the sentence): the alarm cleared under a rebuilt model, which is a different reason than the
+    device going back to its old normal, and the reader should not have to compare versions."""
+    raised: Any = None
+    for event in events:
+        evidence = event.get("evidence")
+        if not isinstance(evidence, dict) or "modelVersion" not in evidence:
+            continue
+        if event["violationEventType"] == "in-alarm":
+            raised = evidence["modelVersion"]
+        elif event["violationEventType"] == "alarm-cleared" and raised is not None \
+                and evidence["modelVersion"] != raised:
+            event["evidence"] = {**evidence, "alarmModelVersion": raised,
+                                 "explanation": f"{evidence.get('explanation', '')}; the alarm was raised under "
+                                                f"model version {raised}: the behavior's model was rebuilt since"}
+    return events

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iotdefender.engine.ml import BehaviorModel, ConfidenceLevel
+from iotdefender.metrics_catalog import METRIC_UNITS
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,40 @@ def violates(active: ActiveModel, level: ConfidenceLevel, thing: str, value: flo
 def evidence(active: ActiveModel, level: ConfidenceLevel, metric: str, thing: str, value: float,
              at: float) -> dict[str, Any]:
     """Why a transition happened, in the metric's units: the band of the behavior's level at that
-    hour of the week for this device, the level the value reached, and one sentence."""
+    hour of the week for this device, the level the value reached, and one sentence.
+
+    The sentence quotes that same band (same level, same model version) — never the band of the
+    level the value happened to reach, which a reader would take for the behavior's — and says
+    which side of it the value is: outside (the behavior violates: in-alarm) or inside (it does
+    not: alarm-cleared, even when the value reaches a lower level than the behavior's)."""
     low, high = active.model.band(thing, at, level)
     judged = active.model.judge(thing, value, at)
     return {"confidenceLevel": level.value, "judgedConfidenceLevel": judged.value if judged is not None else None,
             "band": {"low": low, "high": high}, "modelVersion": active.version,
-            "explanation": active.model.explain(thing, value, at, what=metric)}
+            "explanation": sentence(active, level, metric, thing, value, at)}
+
+
+def sentence(active: ActiveModel, level: ConfidenceLevel, metric: str, thing: str, value: float, at: float) -> str:
+    """E.g. "aws:all-bytes-out 20,112 bytes on Tuesdays 14:30 is above 2,640 bytes, the upper edge
+    of the HIGH band of model version 2 for dev-3 (1,470 bytes to 2,640 bytes): 16.9 robust standard
+    deviations from normal, judged HIGH"."""
+    model = active.model
+    low, high = model.band(thing, at, level)
+    judged = model.judge(thing, value, at)
+    unit = METRIC_UNITS.get(metric, "").removesuffix(" (unverified)")
+    when = model.clock.label(model.clock.slot(at), every=True)
+    band = f"the {level.value} band of model version {active.version} for {thing}"
+    measured = f"{metric} {quantity(value, unit)} on {when}"
+    if not level.reached_by(judged):
+        return (f"{measured} is within {band} ({quantity(low, unit)} to {quantity(high, unit)}): normal at "
+                f"{level.value}" + (f" (it reaches {judged.value} only)" if judged is not None else ""))
+    side = f"above {quantity(high, unit)}, the upper" if value > high else f"below {quantity(low, unit)}, the lower"
+    return (f"{measured} is {side} edge of {band} ({quantity(low, unit)} to {quantity(high, unit)}): "
+            f"{model.score(thing, value, at):.1f} robust standard deviations from normal, judged "
+            f"{judged.value if judged is not None else level.value}")
+
+
+def quantity(x: float, unit: str) -> str:
+    """A value as people read it, with its unit when the metric has one: 640 bytes, 12.5, 0.031."""
+    number = f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+    return f"{number} {unit}" if unit else number

@@ -13,8 +13,10 @@ AWS's rules (reference §5.7) and what this service decided where AWS is silent 
   minimum of datapoints over the trailing period; until then ``PENDING_BUILD`` with
   ``datapointsCollectionPercentage`` = the lesser of the two fractions (time, datapoints), so 100
   means "builds at the next attempt";
-- an active model is rebuilt every refresh period on the trailing period; a build that lacks the
-  datapoints keeps the previous model, and a model not rebuilt for the expiry period is
+- an active model is rebuilt every refresh period on the trailing period **minus the datapoints
+  the model in use judged anomalous** (ml_exclusion.py: an anomaly never teaches the next model
+  that it is normal; the first build trains on everything); a build that lacks the datapoints
+  (counted after that exclusion) keeps the previous model, and a model not rebuilt for the expiry period is
   ``EXPIRED`` (no longer evaluated; later builds that succeed make it ``ACTIVE`` again);
 - collection starts when the trainer first sees the behavior, and is stored, so a restart resumes;
 - the *fingerprint* (metric, dimension, the profile's targets) is what a model depends on: when it
@@ -37,6 +39,7 @@ from sqlalchemy.engine import Engine
 
 from iotdefender.engine import ml
 from iotdefender.engine.series import behavior_series
+from iotdefender.pipeline.ml_exclusion import without_anomalies
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import history, ml_models, profiles
 from iotdefender.store.availability import is_unavailable
@@ -183,7 +186,10 @@ class MlTrainer:
         schedule = self._schedule
         if not self._due(training, now):
             return self._expire_if_stale(training, now)
-        data = self._training_data(behavior, now)
+        data, left_out = without_anomalies(self._model_in_use(training), self._training_data(behavior, now))
+        if left_out:
+            log.info("ml_training_left_out_anomalies", profile=behavior.key[0], behavior=behavior.key[1],
+                     datapoints=left_out, version=training.active_version)
         elapsed = now - training.collection_start
         count = len(data.value)
         percentage = collection_percentage(elapsed, count, schedule)
@@ -192,6 +198,20 @@ class MlTrainer:
         updated = replace(training, datapoints=count, last_attempt_at=now,
                           datapoints_percentage=percentage)
         return self._expire_if_stale(updated, now, store=True)
+
+    def _model_in_use(self, training: Training) -> ml.BehaviorModel | None:
+        """The behavior's latest model (active, or expired: still the best judge of what was
+        anomalous), or None before the first build or when it cannot be read."""
+        if training.active_version is None:
+            return None
+        with self._engine.connect() as conn:
+            row = ml_models.load_model(conn, training.key, training.active_version)
+        if row is None:
+            return None
+        try:
+            return ml.BehaviorModel.from_bytes(row.model)
+        except ValueError:
+            return None  # a model of another format: the refresh trains on everything, as a first build
 
     def _expire_if_stale(self, training: Training, now: float, store: bool = False) -> Training:
         if (training.status == ACTIVE and training.last_refresh_at is not None

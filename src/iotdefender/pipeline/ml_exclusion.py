@@ -1,0 +1,58 @@
+"""What a refresh must not learn from: the datapoints the active model judged anomalous.
+
+A model trained on a window that holds an anomaly learns the anomaly as normal: the device's own
+spread and its cohort's tail thresholds widen, so it never alarms again, and with few datapoints
+per model a handful of anomalous reports widen the whole fleet's bands and clear open alarms while
+the anomaly goes on. Production detectors train a refresh on the window minus what the current
+model flagged; so does this service (``MlTrainer``). The first build has no model to ask and
+trains on everything.
+
+Which datapoints: a datapoint is left out when the active model judged it at least LOW (the most
+sensitive level, so a behavior at any level is protected) **and** it is either HIGH or next to
+another such datapoint of the same device (a run of two or more). Leaving out every LOW datapoint
+would not do: LOW is reached by 1 in 1,000 *normal* datapoints, and the MEDIUM and HIGH thresholds
+are read from exactly that tail (calibration.py); cutting it at every refresh would pull the
+thresholds in, refresh after refresh, until the model alarms on noise. Isolated LOW or MEDIUM
+datapoints are that normal tail and stay; a sustained anomaly (a run) and a single extreme value
+(HIGH: 2 in a million normal datapoints) go.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from iotdefender.engine.ml import BehaviorModel, TrainingData
+
+_HIGH = 2  # BehaviorModel.levels' rank of HIGH (-1 normal, 0 LOW, 1 MEDIUM)
+
+
+def anomalous(model: BehaviorModel, data: TrainingData) -> npt.NDArray[np.bool_]:
+    """Per datapoint of ``data``, whether a refresh leaves it out (see the module's docstring)."""
+    ranks = model.levels(data)
+    flagged = ranks >= 0
+    result = ranks >= _HIGH
+    if not flagged.any():
+        return result
+    order = np.lexsort((data.time, data.device))  # each device's datapoints in time order
+    device, hit = data.device[order], flagged[order]
+    same_as_next = device[:-1] == device[1:]
+    run = np.zeros(len(order), dtype=bool)
+    pair = hit[:-1] & hit[1:] & same_as_next
+    run[:-1] |= pair
+    run[1:] |= pair
+    result[order] |= run
+    return result
+
+
+def without_anomalies(model: BehaviorModel | None, data: TrainingData) -> tuple[TrainingData, int]:
+    """``data`` minus what ``model`` judged anomalous, and how many datapoints that left out;
+    ``data`` whole when there is no model yet (the first build)."""
+    if model is None or not len(data):
+        return data, 0
+    keep = ~anomalous(model, data)
+    left_out = int(len(keep) - keep.sum())
+    if not left_out:
+        return data, 0
+    return TrainingData(device=data.device[keep], devices=data.devices, time=data.time[keep],
+                        value=data.value[keep]), left_out
