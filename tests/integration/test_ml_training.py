@@ -449,3 +449,27 @@ def test_a_fleet_wide_silence_across_a_refresh_is_not_learned(place):
         at += 0.5
         report_id += 1
     assert sorted(resumed) == [("alarm-cleared", "p", "bytes-ml")] * len(DEVICES)
+
+
+def test_the_model_is_trained_on_datapoints_grouped_by_device_in_time_order(place):
+    """The model reads each device's tail from all its datapoints only when they come grouped by
+    device (engine/ml/tails.py); history is read in time order, across devices."""
+    from iotdefender.engine.ml.tails import grouped
+
+    service = make_service(place)
+    seen = []
+
+    def recording(data, **settings):  # type: ignore[no-untyped-def]
+        seen.append(data)
+        return train(data, **settings)
+
+    service.trainer = MlTrainer(service.engine, service.monitoring, SCHEDULE, on_published=lambda: None,
+                                train=recording)
+    service.trainer.run_once(T0)
+    service.report(T0, T0 + 200)
+    service.trainer.run_once(T0 + 200)
+    (data,) = seen
+    assert len(set(data.device.tolist())) == len(DEVICES) and grouped(data.device)
+    for code in set(data.device.tolist()):
+        times = data.time[data.device == code]
+        assert (times[1:] >= times[:-1]).all()

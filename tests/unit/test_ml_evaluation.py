@@ -65,8 +65,6 @@ def test_the_sentence_quotes_the_evidence_band_and_a_clearing_says_it_is_within_
     active = model()
     evaluator = Evaluator(lambda: "v")
     evaluator.use_models({("p", "ml"): active})
-    _, low_edge = active.model.band("d4", 401.0, ConfidenceLevel.LOW)
-    _, medium_edge = active.model.band("d4", 401.0, ConfidenceLevel.MEDIUM)
     _, high_edge = active.model.band("d4", 401.0, ConfidenceLevel.HIGH)
     raised = evaluator.evaluate("d4", [profile("HIGH")], {METRIC: {"count": high_edge * 3}}, 401.0)
     evaluator.apply(raised.changes)
@@ -76,6 +74,9 @@ def test_the_sentence_quotes_the_evidence_band_and_a_clearing_says_it_is_within_
     text = alarm.evidence["explanation"]
     assert f"above {band['high']:.3g} connections, the upper edge of the HIGH band of model version 3 for d4" in text
     assert f"({band['low']:.3g} connections to {band['high']:.3g} connections)" in text
+    # The bands at the clearing's own moment: the model interpolates between slot centres.
+    _, low_edge = active.model.band("d4", 401.5, ConfidenceLevel.LOW)
+    _, medium_edge = active.model.band("d4", 401.5, ConfidenceLevel.MEDIUM)
     cleared = evaluator.evaluate("d4", [profile("HIGH")], {METRIC: {"count": (low_edge + medium_edge) / 2}}, 401.5)
     (event,) = cleared.events
     assert event.event_type.value == "alarm-cleared" and event.evidence["judgedConfidenceLevel"] == "LOW"

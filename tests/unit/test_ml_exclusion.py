@@ -56,7 +56,9 @@ def test_refreshing_on_normal_data_leaves_out_almost_nothing_and_keeps_the_thres
     for seed in range(3, 6):
         window = fleet(3, seed)
         data, left_out = without_anomalies(model, window)
-        assert left_out <= len(window) * 2e-4
+        # 'Almost nothing': at most 5 in 10,000 (with slots that need 20 datapoints, not 200, to
+        # stand alone, 5 of 17,280 were left out here, where it had been 3 at most).
+        assert left_out <= len(window) * 5e-4
         plain = train(window, trained_at=START, settings=TrainingSettings())
         model = train(data, trained_at=START, settings=TrainingSettings())
         for level in ConfidenceLevel:

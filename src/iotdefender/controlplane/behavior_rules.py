@@ -171,7 +171,7 @@ def validate_profile_behaviors(
         if criteria is None:
             own.append("criteria is required")
         elif spec is not None:
-            own += _criteria_problems(spec, _as_dict(criteria), metric)
+            own += _criteria_problems(spec, _as_dict(criteria), str(metric))
         crit = _as_dict(criteria)
         own += _dimension_problems(spec, behavior.get("metricDimension"), dimension_names,
                                    bool(crit.get("mlDetectionConfig") or crit.get("statisticalThreshold")))

@@ -234,8 +234,12 @@ class MlTrainer:
         monitored = np.fromiter((any(p["name"] == profile for p in self._monitoring.profiles_for(thing))
                                  for thing in points.things), dtype=bool, count=len(points.things))
         keep = monitored[points.thing_index] if len(points) else np.zeros(0, dtype=bool)
-        return ml.TrainingData(device=points.thing_index[keep].astype(np.int32), devices=list(points.things),
-                               time=points.times[keep], value=points.values[keep])
+        device, times, values = points.thing_index[keep].astype(np.int32), points.times[keep], points.values[keep]
+        # Grouped by device, in time order within each: the model then reads every device's tail
+        # from all its datapoints, not from its sample (engine/ml/tails.py).
+        order = np.lexsort((times, device))
+        return ml.TrainingData(device=device[order], devices=list(points.things), time=times[order],
+                               value=values[order])
 
     def _build(self, behavior: MlBehavior, training: Training, data: ml.TrainingData, now: float) -> Training:
         model = self._train(data, trained_at=now, settings=ml_settings(self._schedule.time_scale))
