@@ -50,5 +50,5 @@ def test_a_first_model_trained_with_spikes_in_its_window_keeps_clean_high_thresh
     spiky = train(_fleet(60), trained_at=START + 14 * DAY, settings=settings)  # 7.4e-5 of the datapoints
     high = ConfidenceLevel.HIGH.value
     assert clean.summary().thresholds[high] < 5.5
-    # Before the quantile fit of the tail: 4.75 -> 8.29 (the median over tail cohorts).
+    # Before outliers were left out of the tail fit: 4.75 -> 8.29 (the median over tail cohorts).
     assert spiky.summary().thresholds[high] == pytest.approx(clean.summary().thresholds[high], abs=0.5)

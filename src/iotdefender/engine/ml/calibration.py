@@ -21,7 +21,8 @@ import numpy.typing as npt
 
 _TAIL_POINTS = 50  # read a quantile directly when at least this many scores lie beyond it
 _FIT_POINTS = 2_000  # else fit the tail on this many of the largest scores (at most 5 % of them)
-_UPPER = 0.95  # the tail fit's shape comes from this quantile of the excesses and their median
+_UPPER = 0.95  # the robust tail fit's shape comes from this quantile of the excesses and their median
+_OUTLIER = 0.01  # an excess with less than this chance in a tail of its size under the robust fit is left out
 
 
 def cohorts(rate: npt.NDArray[np.float64], members: npt.NDArray[np.bool_], n_cohorts: int) -> npt.NDArray[np.uint8]:
@@ -67,15 +68,12 @@ def _tail_quantile(scores: npt.NDArray[np.float32], share: float) -> float:
     top = np.partition(scores, n - k - 1)[n - k - 1:].astype(np.float64)
     u = top[0]
     excess = top[1:] - u
+    if k >= _TAIL_POINTS:
+        excess = _without_outliers(excess)
     mean, var = float(excess.mean()), float(excess.var())
     if mean <= 0:
         return float(u)
     ratio = (k / n) / share
-    if k >= _TAIL_POINTS:
-        robust = _quantile_fit(excess)
-        if robust is not None:
-            xi, sigma = robust
-            return _pareto_quantile(float(u), xi, sigma, ratio)
     # Generalised Pareto by moments: shape xi, scale sigma; P(S > u + x) = (k/n) (1 + xi x / sigma)^(-1/xi).
     xi = 0.5 * (1 - mean * mean / var) if var > 0 else 0.0
     # On fewer than _TAIL_POINTS tail scores (a model trained on a few hundred datapoints) a shape
@@ -97,11 +95,27 @@ def _pareto_quantile(u: float, xi: float, sigma: float, ratio: float) -> float:
     return float(u + sigma / xi * (ratio ** xi - 1))
 
 
+def _without_outliers(excess: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The excesses without those a tail fitted robustly (``_quantile_fit``) gives less than
+    ``_OUTLIER`` / len(excess) of a chance: anomalies inside the training window.
+
+    The moments' fit below stays the estimate (it uses every excess, so on a clean tail it is the
+    more precise of the two, and a clean tail loses an excess here once in 1 / ``_OUTLIER`` fits);
+    the quantiles only say which excesses no tail of that shape holds.
+    """
+    fit = _quantile_fit(excess)
+    if fit is None:
+        return excess
+    limit = _pareto_quantile(0.0, fit[0], fit[1], len(excess) / _OUTLIER)
+    kept: npt.NDArray[np.float64] = excess[excess <= limit]
+    return kept
+
+
 def _quantile_fit(excess: npt.NDArray[np.float64]) -> tuple[float, float] | None:
     """Shape and scale of a generalised Pareto from the median and the ``_UPPER`` quantile of the
     excesses; None when they cannot tell (ties at the threshold).
 
-    The method of moments reads the shape from the excesses' variance, and a training window with
+    The method of moments reads the shape from the excesses' variance, and a first model's training window with
     anomalies in it (200 one-datapoint spikes among 8M datapoints, 2.5e-5 of them: more than HIGH's
     2e-6) puts a dozen excesses of 5-10 spreads among 2,000 of about 0.3: the variance triples, the
     shape hits its clamp of 0.5 and HIGH's threshold doubled (4.8 -> 9.6 robust standard deviations),
