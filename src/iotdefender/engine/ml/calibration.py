@@ -9,7 +9,9 @@ scores above 3) and each cohort gets its own thresholds from the pooled scores o
 
 Where a cohort has too few scores to read a quantile that far out, the tail above a high quantile
 is fitted with a generalised Pareto distribution (method of moments — the peaks-over-threshold
-method of extreme value theory) and the threshold read from the fit.
+method of extreme value theory) and the threshold read from the fit. A first model has no previous
+model to leave the anomalies of its training window out, and a few of them outnumber HIGH's share:
+the fit leaves out the excesses a robust (quantile) fit of the same tail says it cannot hold.
 """
 
 from __future__ import annotations
