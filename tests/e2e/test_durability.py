@@ -22,51 +22,13 @@ import httpx
 import pytest
 
 from tests.support.figures import publish_figures
-from tests.support.fleet import Fleet, stored_report_ids
+from tests.support.fleet import Fleet, audit, prepare
 from tests.support.processes import PostgresCluster, ServiceProcess, wait_for
 from tests.support.webhook import WebhookReceiver
 
 ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
 TOPIC = "arn:aws:sns:us-east-1:123456789012:durability-alerts"
 DEVICES = 20
-
-
-def prepare(svc: ServiceProcess):  # type: ignore[no-untyped-def]
-    iot = svc.client()
-    iot.create_security_profile(
-        securityProfileName="durability",
-        behaviors=[{"name": "ports", "metric": "aws:listening-tcp-ports",
-                    "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [443]}}}],
-        additionalMetricsToRetainV2=[{"metric": "aws:all-bytes-out"}],
-        alertTargets={"SNS": {"alertTargetArn": TOPIC, "roleArn": "arn:aws:iam::123456789012:role/dd"}})
-    iot.attach_security_profile(securityProfileName="durability", securityProfileTargetArn=ALL_THINGS)
-    return iot
-
-
-def audit(iot, fleet: Fleet) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    """Lost and duplicated, from the service's own answers and records (via boto3 only)."""
-    accepted = fleet.book.accepted()
-    lost = duplicated = missing = stored_total = 0
-    for thing in fleet.things:
-        stored = stored_report_ids(iot, thing)
-        stored_total += len(stored)
-        lost += len({rid for t, rid in accepted if t == thing} - stored)
-        # Odd report ids listen on port 22 (in alarm), even ones on 443: the transitions that the
-        # stored reports imply, in order, are the events that must exist — each exactly once.
-        expected = {"in-alarm": 0, "alarm-cleared": 0}
-        alarm = False
-        for rid in sorted(stored):
-            if (rid % 2 == 1) != alarm:
-                alarm = not alarm
-                expected["in-alarm" if alarm else "alarm-cleared"] += 1
-        pages = iot.get_paginator("list_violation_events").paginate(
-            thingName=thing, startTime=time.time() - 3600, endTime=time.time() + 60)
-        events = [e["violationEventType"] for p in pages for e in p["violationEvents"]]
-        for kind, count in expected.items():
-            duplicated += max(0, events.count(kind) - count)
-            missing += max(0, count - events.count(kind))
-    return {"accepted": len(accepted), "stored": stored_total, "lost": lost, "duplicated_events": duplicated,
-            "missing_events": missing}
 
 
 @contextlib.contextmanager
@@ -84,7 +46,7 @@ def under_load(database_url: str | None, data_dir: Path, prefix: str,
     svc.start()
     fleet = None
     try:
-        iot = prepare(svc)
+        iot = prepare(svc.client(), TOPIC)
         fleet = Fleet(svc.mqtt_port, [f"{prefix}-{n}" for n in range(DEVICES)])
         fleet.start()
         yield svc, iot, fleet

@@ -67,6 +67,16 @@ class JetStreamServer:
         except httpx.HTTPError:
             return False
 
+    def kill9(self) -> None:
+        """SIGKILL: the server's connections drop at once, nothing is flushed or handed over."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def connections(self) -> int:
+        """Client connections open on this server (its monitoring ``/connz``)."""
+        return int(httpx.get(f"http://127.0.0.1:{self.http_port}/connz", timeout=2).json()["num_connections"])
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

@@ -1,0 +1,154 @@
+"""Cluster mode on a 3-server NATS cluster, end to end: PostgreSQL, three routed nats-servers and
+two ``iotdefender serve`` nodes with every role, each given all three server URLs (so both choose
+R3), and a fleet of real MQTT devices split over both nodes that reports continuously
+(tests/support/fleet.py). Under that load one NATS server — the one holding most client connections —
+is killed with SIGKILL; then both serve nodes are restarted one after the other (a rolling restart:
+A's devices move to B while A restarts, then B's to A).
+
+Afterwards the fleet's books are audited as in test_durability.py (the same code): no report
+answered ``accepted`` is missing from storage, none stored twice, the violation events are exactly
+the transitions of the stored reports, and every report got a final answer (``ServiceUnavailable``
+is retried with the same report id, as agents do).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.fleet import RETRYABLE, Fleet, audit, prepare
+from tests.support.jetstream import JetStreamCluster
+from tests.support.processes import ServiceProcess, wait_for
+
+pytestmark = pytest.mark.postgres
+
+DEVICES_PER_NODE = 6
+INTERVAL_S = 0.1  # between a device's answer and its next report: ~100 reports/s in all, on 2 cores
+
+
+@pytest.fixture
+def nats3():  # type: ignore[no-untyped-def]
+    cluster = JetStreamCluster(3)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def ready_line(svc: ServiceProcess) -> dict[str, Any]:
+    """The node's last `ready` log line (JSON lines: its log is a file; a restart appends)."""
+    assert svc.log_path is not None
+    lines = [json.loads(line) for line in svc.log_path.read_text().splitlines()
+             if line.startswith("{") and '"ready"' in line]
+    assert lines, "no ready line"
+    return lines[-1]
+
+
+def accepted_count(fleets: list[Fleet]) -> int:
+    return sum(len(f.book.accepted()) for f in fleets)
+
+
+def every_device_accepted_since(fleets: list[Fleet], before: dict[str, int], more: int) -> bool:
+    """Each device has ``more`` reports accepted beyond ``before`` (its count at some moment)."""
+    counts = per_device(fleets)
+    return all(counts[thing] >= before[thing] + more for thing in counts)
+
+
+def per_device(fleets: list[Fleet]) -> dict[str, int]:
+    counts = {thing: 0 for f in fleets for thing in f.things}
+    for f in fleets:
+        for thing, _ in f.book.accepted():
+            counts[thing] += 1
+    return counts
+
+
+def move(fleet: Fleet, port: int) -> None:
+    """The fleet's devices reconnect to another node (what a load balancer gives them); reports
+    in flight are sent again with the same id."""
+    fleet.pause()
+    fleet.connect(port)
+    fleet.start()
+
+
+def not_answered_for_good(fleet: Fleet) -> list[tuple[str, int]]:
+    """Reports whose last answer is not a final one (accepted or a non-retryable rejection)."""
+    return [key for key in fleet.book.sent if not fleet.book.answers.get(key)
+            or fleet.book.answers[key][-1] in RETRYABLE]
+
+
+def test_one_nats_server_killed_then_rolling_restart_under_load(nats3, postgres, tmp_path: Path):
+    started = time.monotonic()
+    url = postgres.create_database(f"nats3{time.time_ns()}")
+    args = ["--cluster-url", ",".join(nats3.urls), "--report-min-interval", "0"]
+    a = ServiceProcess(data_dir=tmp_path / "a", database_url=url, extra_args=args)
+    b = ServiceProcess(data_dir=tmp_path / "b", database_url=url, extra_args=args)
+    fleets: list[Fleet] = []
+    try:
+        with ThreadPoolExecutor(2) as pool:  # together, as the docs allow (migrations under a lock)
+            list(pool.map(ServiceProcess.start, (a, b)))
+        print(f"nats3: both nodes ready {time.monotonic() - started:.1f}s after the start")
+        assert ready_line(a)["replicas"] == 3 and ready_line(b)["replicas"] == 3
+        iot = prepare(a.client())
+        fleet_a = Fleet(a.mqtt_port, [f"n3a-{n}" for n in range(DEVICES_PER_NODE)], INTERVAL_S)
+        fleet_b = Fleet(b.mqtt_port, [f"n3b-{n}" for n in range(DEVICES_PER_NODE)], INTERVAL_S)
+        fleets = [fleet_a, fleet_b]
+        for fleet in fleets:
+            fleet.start()
+        loaded = time.monotonic()
+        wait_for(lambda: min(per_device(fleets).values()) >= 5, 20, "every device accepted under load")
+
+        # One NATS server of three killed: the one most clients (both nodes') are connected to.
+        victim = max(nats3.servers, key=lambda s: s.connections())
+        before = per_device(fleets)
+        victim.kill9()
+        killed = time.monotonic()
+        wait_for(lambda: every_device_accepted_since(fleets, before, 3), 30,
+                 "every device accepted again after the NATS server's death")
+        recovered = time.monotonic() - killed
+        for fleet in fleets:
+            fleet.drain()
+        sends = sum(sum(f.book.sent.values()) for f in fleets)
+        answers = sum(sum(len(a) for a in f.book.answers.values()) for f in fleets)
+        unavailable = sum(f.book.outcomes()["ServiceUnavailable"] for f in fleets)
+        assert [f.book.unanswered for f in fleets] == [0, 0]
+        assert answers == sends, f"{sends} reports sent, {answers} answers"
+        assert [not_answered_for_good(f) for f in fleets] == [[], []]
+        nats_accepted = accepted_count(fleets)
+        print(f"nats3: {nats_accepted} reports accepted ({unavailable} ServiceUnavailable, retried), "
+              f"every device accepted 3 more {recovered:.1f}s after the kill of {victim.name}; "
+              f"load ran {killed - loaded:.1f}s before it")
+
+        # Rolling restart under load: A's devices move to B while A restarts and come back, then B's.
+        for fleet in fleets:
+            fleet.start()
+        rolled = time.monotonic()
+        for node, fleet, other in ((a, fleet_a, b), (b, fleet_b, a)):
+            move(fleet, other.mqtt_port)
+            stopping = time.monotonic()
+            node.stop()
+            node.start()  # returns once the node is ready
+            print(f"nats3: node restarted (stop + start to ready) in {time.monotonic() - stopping:.1f}s")
+            assert ready_line(node)["replicas"] == 3
+            move(fleet, node.mqtt_port)
+        before = per_device(fleets)
+        wait_for(lambda: every_device_accepted_since(fleets, before, 3), 20, "every device accepted after the restarts")
+        restart_s = time.monotonic() - rolled
+        for fleet in fleets:
+            fleet.drain()
+        assert [f.book.unanswered for f in fleets] == [0, 0]
+        assert [not_answered_for_good(f) for f in fleets] == [[], []]
+        figures = [audit(iot, f) for f in fleets]
+        for f in figures:
+            assert f["lost"] == 0 and f["duplicated_events"] == 0 and f["missing_events"] == 0, figures
+        print(f"nats3: rolling restart {restart_s:.1f}s, {accepted_count(fleets) - nats_accepted} more accepted; "
+              f"books {figures}; test {time.monotonic() - started:.1f}s")
+    finally:
+        for fleet in fleets:
+            fleet.pause()
+            fleet.close()
+        b.stop()
+        a.stop()
