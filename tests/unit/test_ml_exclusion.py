@@ -38,14 +38,37 @@ def test_runs_and_high_values_are_left_out_but_an_isolated_low_one_stays() -> No
             (1, at, low["thing-1"]), (1, at + STEP, between(model, "thing-1", at + STEP, ConfidenceLevel.LOW,
                                                             ConfidenceLevel.MEDIUM)),
             (2, at, far), (3, at, model.band("thing-3", at, ConfidenceLevel.LOW)[1] * 0.99)]
+    # Each device's window is mostly normal (the flagged ones a minority: not yet its new normal).
+    rows += [(d, at - k * STEP, float(np.sqrt(np.prod(model.band(DEVICES[d], at - k * STEP, ConfidenceLevel.LOW)))))
+             for d in range(4) for k in range(1, 6)]
     data = TrainingData(np.array([r[0] for r in rows], dtype=np.int32), DEVICES,
                         np.array([r[1] for r in rows]), np.array([r[2] for r in rows]))
     assert [level.rank if level else -1 for level in
-            (model.judge(DEVICES[d], v, t) for d, t, v in rows)] == [0, -1, 0, 0, 2, -1]
-    assert anomalous(model, data).tolist() == [False, False, True, True, True, False]
+            (model.judge(DEVICES[d], v, t) for d, t, v in rows[:6])] == [0, -1, 0, 0, 2, -1]
+    assert anomalous(model, data).tolist() == [False, False, True, True, True, False] + [False] * 20
     kept, left_out = without_anomalies(model, data)
-    assert left_out == 3 and len(kept) == 3
+    assert left_out == 3 and len(kept) == len(rows) - 3
     assert without_anomalies(None, data) == (data, 0)  # the first build trains on everything
+
+
+def test_an_anomaly_that_fills_half_a_devices_window_is_its_new_normal_and_kept() -> None:
+    """A wrong normal must be unlearnable: a device (or the whole fleet) flagged for half its window
+    or more keeps its datapoints, so the next model learns the change instead of leaving out every
+    new datapoint until the behavior expires for good."""
+    model = train(fleet(3, 1), trained_at=START + 3 * 86_400, settings=TrainingSettings())
+    window = fleet(3, 7)
+    shifted = window.value * np.where(window.device == 0, 50.0, 1.0)  # thing-0's normal moved far up
+    recent = window.time >= np.median(window.time)
+    half = TrainingData(window.device, DEVICES, window.time,
+                        np.where(recent & (window.device == 1), window.value * 50.0, shifted))
+    flags = anomalous(model, half)
+    assert not flags[half.device == 0].any()  # all its window shifted: its new normal, kept
+    assert not flags[half.device == 1].any()  # shifted for the last half: kept too
+    most = TrainingData(window.device, DEVICES, window.time,
+                        np.where((window.time >= np.quantile(window.time, 0.8)) & (window.device == 2),
+                                 window.value * 50.0, window.value))
+    flags = anomalous(model, most)
+    assert flags[(most.device == 2) & (most.time >= np.quantile(window.time, 0.8))].all()  # a fifth: left out
 
 
 def test_refreshing_on_normal_data_leaves_out_almost_nothing_and_keeps_the_thresholds() -> None:

@@ -15,6 +15,15 @@ are read from exactly that tail (calibration.py); cutting it at every refresh wo
 thresholds in, refresh after refresh, until the model alarms on noise. Isolated LOW or MEDIUM
 datapoints are that normal tail and stay; a sustained anomaly (a run) and a single extreme value
 (HIGH: 2 in a million normal datapoints) go.
+
+**Until it is the device's normal.** A device whose flagged datapoints are half or more of its
+datapoints in the window has had the "anomaly" for half the training period: that is its new
+normal (a changed workload, a fleet-wide shift, a return after a silence), and its datapoints are
+all kept, so the next model learns it. Without this, a model that had learned a wrong normal could
+never unlearn it: every new datapoint was judged against it and left out, the builds ran short of
+datapoints, and the behavior expired for good (found end to end: a fleet-wide shift of bytes out
+left every new datapoint out, and a count model trained on a silence kept judging every message
+HIGH). The price: an anomaly that lasts half the training period (7 days by default) is learned.
 """
 
 from __future__ import annotations
@@ -42,7 +51,17 @@ def anomalous(model: BehaviorModel, data: TrainingData) -> npt.NDArray[np.bool_]
     run[:-1] |= pair
     run[1:] |= pair
     result[order] |= run
-    return result
+    return result & ~_new_normal(data.device, result)
+
+
+def _new_normal(device: npt.NDArray[np.int32], flagged: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Per datapoint: its device's flagged datapoints are half or more of its datapoints."""
+    if not len(device):
+        return np.zeros(0, dtype=bool)
+    size = int(device.max()) + 1
+    total = np.bincount(device, minlength=size)
+    hits = np.bincount(device, weights=flagged.astype(np.float64), minlength=size)
+    return (2 * hits >= total)[device]
 
 
 def without_anomalies(model: BehaviorModel | None, data: TrainingData) -> tuple[TrainingData, int]:
