@@ -43,7 +43,7 @@ def anomalous(model: BehaviorModel, data: TrainingData) -> npt.NDArray[np.bool_]
     result = ranks >= _HIGH
     if not flagged.any():
         return result
-    order = np.lexsort((data.time, data.device))  # each device's datapoints in time order
+    order = _device_time_order(data)
     device, hit = data.device[order], flagged[order]
     same_as_next = device[:-1] == device[1:]
     run = np.zeros(len(order), dtype=bool)
@@ -52,6 +52,18 @@ def anomalous(model: BehaviorModel, data: TrainingData) -> npt.NDArray[np.bool_]
     run[1:] |= pair
     result[order] |= run
     return result & ~_new_normal(data.device, result)
+
+
+def _device_time_order(data: TrainingData) -> npt.NDArray[np.intp]:
+    """The permutation that puts each device's datapoints together, in time order: the identity,
+    without sorting, when they come so already (the trainer hands them over so; a sort of a
+    fleet's 14 days costs tens of seconds)."""
+    device, times = data.device, data.time
+    same = device[1:] == device[:-1]
+    if bool((device[1:] >= device[:-1]).all()) and bool((times[1:] >= times[:-1])[same].all()):
+        return np.arange(len(device))
+    order: npt.NDArray[np.intp] = np.lexsort((times, device))
+    return order
 
 
 def _new_normal(device: npt.NDArray[np.int32], flagged: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
