@@ -63,8 +63,11 @@ def test_one_node_trains_and_every_node_judges_with_the_model(jetstream, postgre
             time.sleep(0.05)
         assert status() == "ACTIVE"
         started = log_events(a, "ml_collection_started") + log_events(b, "ml_collection_started")
+        # Attaching the profile after creating it changes the behavior's targets: if a trainer looked
+        # in between, collection starts over once (a reset), which is not a second trainer.
+        resets = log_events(a, "ml_training_reset") + log_events(b, "ml_training_reset")
         built = log_events(a, "ml_model_built") + log_events(b, "ml_model_built")
-        assert len(started) == 1 and len(built) == 1, (started, built)
+        assert len(started) == 1 + len(resets) and len(resets) <= 1 and len(built) == 1, (started, resets, built)
 
         odd = devices[-1]  # its partition is node B's: B evaluates it with the model, whoever built it
         for _ in range(2):
