@@ -54,6 +54,7 @@ from iotdefender.ingest.service import IngestService
 from iotdefender.pipeline.batch_store import EventListener
 from iotdefender.pipeline.counters import counting
 from iotdefender.pipeline.detection import DetectionService
+from iotdefender.pipeline.local_store import start_compaction
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.partition_store import PartitionBatchStore
 from iotdefender.service import (
@@ -62,6 +63,7 @@ from iotdefender.service import (
     build_broker,
     build_ingest,
     check_api_port,
+    history_interval,
     http_server,
     load_alert_routes,
     ml_training,
@@ -73,6 +75,7 @@ from iotdefender.service import (
 )
 from iotdefender.settings import Settings
 from iotdefender.store.availability import DatabaseHealth
+from iotdefender.store.history import ClusterCompactor
 
 log = structlog.get_logger("iotdefender")
 
@@ -207,6 +210,8 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
                 DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
                                on_released=store.on_released))
     owned.append(consumer)
+    # History compaction on every detect node, one at a time across the cluster (store/history.py).
+    start_compaction(engine, history_interval(settings), ClusterCompactor(engine))
     shared = KvSharedWindows(node_id)
     detection.evaluator.share_statistics(shared)
     loops = [share_statistics(shared, nc, topology, detection), *([cloud.run()] if cloud is not None else []), alerts.run(),

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy.engine import Connection, Engine
@@ -20,6 +21,9 @@ from iotdefender.pipeline.detection import DetectionService, DetectionTransactio
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import metric_values
 from iotdefender.store.availability import StoreUnavailable, is_unavailable, log_unless_outage
+
+if TYPE_CHECKING:
+    from iotdefender.store.history import Compactor
 
 log = structlog.get_logger("iotdefender.batch_store")
 
@@ -121,12 +125,13 @@ class LocalBatchStore:
         pass
 
 
-def start_compaction(engine: Engine, interval_s: float) -> None:
+def start_compaction(engine: Engine, interval_s: float, compactor: Compactor | None = None) -> None:
     """History compaction (store/history.py) on a thread of whichever process stores the batches:
-    with the detection worker on, that keeps the decoding of new rows off the broker's process."""
-    from iotdefender.store.history import Compactor
+    with the detection worker on, that keeps the decoding of new rows off the broker's process. A
+    cluster's detect node passes a ``ClusterCompactor`` (one compactor at a time across nodes)."""
+    from iotdefender.store.history import Compactor as SingleCompactor
 
-    compactor = Compactor(engine)
+    compactor = compactor if compactor is not None else SingleCompactor(engine)
 
     def run() -> None:
         while True:

@@ -19,6 +19,7 @@ T = TypeVar("T")
 
 # Keys of the work done alone (any 64-bit constants no other advisory lock of the database uses).
 ML_TRAINING = 0x696F7464_6D6C7472  # 'iotd' 'mltr'
+HISTORY_COMPACTION = 0x696F7464_68636D70  # 'iotd' 'hcmp'
 
 
 def run_alone(engine: Engine, key: int, work: Callable[[], T]) -> T | None:

@@ -7,9 +7,20 @@ the numeric datapoints (``count`` and ``number``) of new rows into ``metric_segm
 arrays per series; ``read_series`` returns the segments plus the rows not compacted yet, so a
 reader never misses a datapoint and never waits for the compactor.
 
-Rows are compacted by id, up to an id seen one compaction run earlier: a transaction that took an
-id but had not committed when the previous run looked (PostgreSQL sequences hand out ids before
-commit) has committed by the next run. Anything after that id is read from metric_values.
+Rows are compacted by id, up to an id seen one compaction run earlier (a ``Horizon``): a transaction
+that took an id but had not committed when the previous run looked (PostgreSQL sequences hand out
+ids before commit) has committed by the next run. Anything after that id is read from metric_values.
+On PostgreSQL that is not left to time: the horizon also records the transactions of the database
+that held a transaction id when it was read (``pg_stat_activity.backend_xid``), and is used only
+once all of them have ended. A cluster's writers of metric_values (a partition batch, a cloud
+window) hold their transaction id before they take a row id: they lock their partitions' fence
+rows (``FOR UPDATE``) first. So a row id at or below the horizon belongs to a transaction that had
+an id then, and once those have ended no row below the horizon can still appear. (Every node must
+see the others' sessions in ``pg_stat_activity``: the same database role, or ``pg_read_all_stats``.) (The single box has one
+writer at a time, whose uncommitted ids are all above what was committed.)
+A paused detect node (a cluster's stall, a long commit) therefore delays compaction instead of
+having its rows skipped for good. In a cluster one compactor runs at a time (``ClusterCompactor``:
+a PostgreSQL advisory lock), and the cursor row is locked while a chunk is written.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from iotdefender.store.advisory import HISTORY_COMPACTION, run_alone
 from iotdefender.store.database import writing
 from iotdefender.store.schema import history_compaction, metric_segments, metric_values
 
@@ -53,10 +65,40 @@ def _scalar(value: object) -> float | None:
     return None
 
 
-def last_compacted_id(conn: Connection) -> int:
-    found = conn.execute(sa.select(history_compaction.c.last_row_id)
-                         .where(history_compaction.c.name == _COMPACTOR)).scalar()
+def last_compacted_id(conn: Connection, lock: bool = False) -> int:
+    query = sa.select(history_compaction.c.last_row_id).where(history_compaction.c.name == _COMPACTOR)
+    found = conn.execute(query.with_for_update() if lock else query).scalar()
     return int(found or 0)
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """The highest row id seen by a compaction run and, on PostgreSQL, the transactions of this
+    database that had a transaction id and had not ended when it was read (None on SQLite: one
+    writer, which commits before the read)."""
+
+    row_id: int
+    running: frozenset[str] | None = None
+
+
+_RUNNING = sa.text("SELECT backend_xid::text FROM pg_stat_activity "
+                   "WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()")
+
+
+def observe_horizon(conn: Connection) -> Horizon:
+    if conn.dialect.name != "postgresql":
+        return Horizon(max_row_id(conn))
+    row_id = max_row_id(conn)
+    # Read after the row id: a transaction holding an id at or below it is running still, or has
+    # committed (its rows are then visible to the next run).
+    return Horizon(row_id, frozenset(conn.execute(_RUNNING).scalars()))
+
+
+def horizon_settled(conn: Connection, horizon: Horizon) -> bool:
+    """Whether every transaction that could hold a row id at or below the horizon has ended."""
+    if not horizon.running:
+        return True
+    return not horizon.running & set(conn.execute(_RUNNING).scalars())
 
 
 def max_row_id(conn: Connection) -> int:
@@ -137,7 +179,7 @@ def compact_until(engine: Engine, up_to_id: int) -> int:
         columns = _columns([(t, ts, d) for _, t, ts, d in rows])
         reached = rows[-1][0] if len(rows) == ROWS_PER_SEGMENT else up_to_id
         with writing(engine) as conn:
-            if last_compacted_id(conn) != after:
+            if last_compacted_id(conn, lock=True) != after:
                 continue
             for series, points in columns.items():
                 write_segment(conn, series, points)
@@ -146,18 +188,31 @@ def compact_until(engine: Engine, up_to_id: int) -> int:
 
 
 class Compactor:
-    """Compaction on a schedule: each run compacts up to the last row id seen by the run before,
-    so rows of a transaction that had taken its id but not committed are never skipped."""
+    """Compaction on a schedule: each run compacts up to the horizon seen by the run before, so rows
+    of a transaction that had taken its id but not committed are never skipped; on PostgreSQL a
+    horizon whose transactions have not all ended waits for a later run (module docstring)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._horizon = 0
+        self._horizon = Horizon(0)
 
     def run_once(self) -> int:
-        copied = compact_until(self._engine, self._horizon)
         with self._engine.connect() as conn:
-            self._horizon = max_row_id(conn)
+            if not horizon_settled(conn, self._horizon):
+                return 0  # kept: a newer horizon would wait for newer transactions too, and could starve
+        copied = compact_until(self._engine, self._horizon.row_id)
+        with self._engine.connect() as conn:
+            self._horizon = observe_horizon(conn)
         return copied
+
+
+class ClusterCompactor(Compactor):
+    """A cluster's compaction: every detect node runs one, one at a time across the cluster (a
+    PostgreSQL advisory lock; a node killed mid-run frees it), so each row range is compacted once.
+    A node that finds the lock held skips the run (its horizon stays, still a safe one)."""
+
+    def run_once(self) -> int:
+        return run_alone(self._engine, HISTORY_COMPACTION, super().run_once) or 0
 
 
 def _merge(parts: list[SeriesPoints]) -> SeriesPoints:
