@@ -39,7 +39,7 @@ from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable
 from iotdefender.brokers.observer import NULL_OBSERVER
 from iotdefender.cloud.service import CloudEventIntake
-from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher, hand_over
+from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher
 from iotdefender.cluster.control import ControlNotices
 from iotdefender.cluster.fleet_statistics import KvSharedWindows
 from iotdefender.cluster.health import ClusterHealth
@@ -204,8 +204,7 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
                             lambda: owned[0].ownership.owned() if owned else {})
     consumer = (DetectConsumer(nc.jetstream(), topology, node_id, cloud.handler(store.handle),
                                on_acquired=cloud_acquired(cloud, store.on_acquired),
-                               on_released=cloud_released(cloud, store.on_released,
-                                                          ReportPublisher(nc.jetstream(), topology), node_id))
+                               on_released=cloud_released(cloud, store.on_released))
                 if cloud is not None else
                 DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
                                on_released=store.on_released))
@@ -248,17 +247,17 @@ async def share_statistics(shared: KvSharedWindows, nc: Client, topology: Topolo
 
 def cloud_acquired(cloud: WindowCollector, then: Callable[[int, int], Awaitable[None]]
                    ) -> Callable[[int, int], Awaitable[None]]:
+    """Claim the partition (its fence), then load the cloud window parts its previous owner kept."""
     async def acquired(partition: int, token: int) -> None:
         await then(partition, token)
-        cloud.acquired(partition)
+        await cloud.acquired(partition)
     return acquired
 
 
-def cloud_released(cloud: WindowCollector, then: Callable[[int], Awaitable[None]], publisher: ReportPublisher,
-                   node_id: str) -> Callable[[int], Awaitable[None]]:
-    """Give the partition's held cloud window parts to its next owner, then release it."""
+def cloud_released(cloud: WindowCollector, then: Callable[[int], Awaitable[None]]) -> Callable[[int], Awaitable[None]]:
+    """Forget the partition's cloud window parts (they stay in PostgreSQL for its next owner), then release it."""
     async def released(partition: int) -> None:
-        await hand_over(cloud.released(partition), publisher.publish, node_id)
+        cloud.released(partition)
         await then(partition)
     return released
 

@@ -184,16 +184,16 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
             device.close()
 
 
-def roam_between_nodes(a: ServiceProcess, b: ServiceProcess, iot: Any, roamer: str, devices: list[Device]) -> float:
-    """Cloud-side metrics across broker nodes: a device sends 4 messages through node A, moves to
-    node B and sends 3 more, all in one window: its detect node merges both nodes' parts into one
-    datapoint of 7 messages (more than 5: in alarm; neither node saw more than 5), none counted
-    twice. Returns how long the 7 messages took (they must fit in the window)."""
+def roam(a: ServiceProcess, b: ServiceProcess, iot: Any, roamer: str, devices: list[Device]) -> tuple[float, float]:
+    """A device sends 4 messages through node A, moves to node B and sends 3 more, all in one
+    cloud-side window. Returns how long the 7 messages took (they must fit in the window) and the
+    window's end (epoch seconds)."""
     iot.create_security_profile(securityProfileName="cloudy", behaviors=[CHATTY])
     iot.attach_security_profile(securityProfileName="cloudy", securityProfileTargetArn=ALL_THINGS)
     time.sleep(1.0)  # the attachment reaches every node (control notices)
     now = time.time()
     time.sleep(CLOUD_WINDOW_S - now % CLOUD_WINDOW_S + 0.05)  # at the start of a window
+    end = (time.time() // CLOUD_WINDOW_S + 1) * CLOUD_WINDOW_S
     began = time.monotonic()
     first = Device(a.mqtt_port, roamer)
     devices.append(first)
@@ -206,15 +206,47 @@ def roam_between_nodes(a: ServiceProcess, b: ServiceProcess, iot: Any, roamer: s
         assert second.report(report(report_id, [443]))[0] == "json/accepted"
     took = time.monotonic() - began
     assert took < CLOUD_WINDOW_S - 0.3, f"the 7 messages took {took:.2f}s: not in one window"
+    return took, end
 
+
+def assert_one_window_of_seven(iot: Any, roamer: str, within_s: float) -> None:
+    """The roamer's detect node merged both nodes' parts into one datapoint of 7 messages (more
+    than 5: in alarm; neither node saw more than 5), none counted twice."""
     def sent() -> list[int]:
         return [int(d["value"]["count"]) for d in iot.list_metric_values(
             thingName=roamer, metricName="aws:num-messages-sent", **window())["metricDatumList"]]
-    wait_for(lambda: 7 in sent(), 3 * CLOUD_WINDOW_S, "the roamer's window merged from both nodes")
-    assert sum(sent()) == 7, sent()  # nothing counted twice (the parts reach the detect node together)
+    wait_for(lambda: 7 in sent(), within_s, "the roamer's window merged from both nodes")
+    assert sum(sent()) == 7, sent()  # nothing counted twice
     events = iot.list_violation_events(**window(), thingName=roamer)["violationEvents"]
     assert [(e["behavior"]["name"], e["violationEventType"]) for e in events][:1] == [("chatty", "in-alarm")]
+
+
+def roam_between_nodes(a: ServiceProcess, b: ServiceProcess, iot: Any, roamer: str, devices: list[Device]) -> float:
+    """Cloud-side metrics across broker nodes: ``roam``, then one datapoint of 7."""
+    took, _ = roam(a, b, iot, roamer, devices)
+    assert_one_window_of_seven(iot, roamer, 3 * CLOUD_WINDOW_S)
     return took
+
+
+def test_kill9_of_the_detect_node_holding_a_window_s_parts_loses_none_of_them(pair):
+    """The roamer's detect node (B) has received both broker nodes' parts of the window (and acked
+    them) when it is killed, before the window's grace ends: the survivor takes the partition over
+    and closes the window from the parts B kept in PostgreSQL: one datapoint of 7, as without the kill."""
+    a, b = pair
+    members = sorted([node_id(a), node_id(b)])
+    iot = a.client()
+    roamer = owned_by(node_id(b), members, 1, "crash-roamer")[0]
+    devices: list[Device] = []
+    try:
+        _, end = roam(a, b, iot, roamer, devices)
+        time.sleep(max(0.0, end + 1.0 - time.time()))  # parts published (end + 0.2 s), not closed (end + 2 s)
+        b.kill9()
+        killed = time.monotonic()
+        assert_one_window_of_seven(iot, roamer, 30)
+        print(f"kill -9 of the detect node: the roamer's window of 7 stored {time.monotonic() - killed:.1f}s after")
+    finally:
+        for device in devices:
+            device.close()
 
 
 class Reporter:

@@ -1,6 +1,9 @@
 """Cloud-side metrics in cluster mode against real PostgreSQL: two broker nodes' parts of one
 device's window merged by the partition's detect node into one datapoint, stored and evaluated
-once, redelivery and late parts harmless, a superseded owner storing nothing.
+once, redelivery and late parts harmless, a superseded owner storing nothing; the parts kept in
+PostgreSQL until their window is closed, so the next owner after a crash (or a clean hand-over)
+closes the window open at the crash from every part, and a window (or a thing's share of one)
+closed before the crash is not closed again.
 
 The broker nodes are ``WindowPublisher``s over their own event intake (as ``serve`` builds them)
 whose publish puts each message in a list, read back as the partition's deliveries.
@@ -21,7 +24,9 @@ import sqlalchemy as sa
 
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.cloud.service import CloudEventIntake
-from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher, decode, hand_over
+from iotdefender.cloud import service as cloud_service
+from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher
+from iotdefender.cluster.fencing import Fenced
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import Delivery
 from iotdefender.pipeline.batch_store import EventSummary
@@ -86,7 +91,7 @@ class Detect:
     def acquire(self, partition: int, token: int) -> None:
         self.store.acquire(partition, token)
         self.owned[partition] = token
-        self.collector.acquired(partition)
+        self.collector.acquire(partition)
 
 
 def datapoints(url: str, thing: str) -> list[tuple[float, dict[str, Any]]]:
@@ -164,40 +169,90 @@ def test_a_device_that_moves_between_broker_nodes_keeps_one_series(database):
     detect.engine.dispose()
 
 
-def test_a_superseded_owner_stores_no_window_and_a_new_owner_closes_only_windows_not_due_before_it(database):
+def test_a_superseded_owner_stores_nothing_and_the_next_owner_closes_the_window_from_every_part_kept(database):
     clock = Clock(W * WINDOW_S + 10)
     old, new, third = Detect(database, clock), Detect(database, clock), Detect(database, clock)
     old.acquire(P, 7)
     [thing] = things_in(P, 1, "cx")
     sent: list[Delivery] = []
-    a = broker("node-a", clock, sent)
-    for _ in range(6):
+    a, b = broker("node-a", clock, sent), broker("node-b", clock, sent)
+    for _ in range(4):
         a.intake.message_sent(thing, "t/x", 10)
+    for _ in range(3):
+        b.intake.message_sent(thing, "t/x", 10)
     clock.now = (W + 1) * WINDOW_S + 0.2
     asyncio.run(a.publish_due())
-    asyncio.run(old.handle(P, 7, sent))
+    asyncio.run(b.publish_due())
+    asyncio.run(old.handle(P, 7, sent))  # acked: kept in PostgreSQL, not only in the old owner's memory
 
-    new.acquire(P, 8)  # the old owner's lease ran out within the window's grace (a pause)
-    asyncio.run(new.handle(P, 8, sent))  # the old owner did not ack: the new owner reads the part again
+    new.acquire(P, 8)  # the old owner died (kill -9) within the window's grace: its memory is gone
+    with pytest.raises(Fenced):  # a superseded owner cannot keep parts any more: not acked, read again
+        asyncio.run(old.handle(P, 7, sent))
     clock.now += new.collector.grace_s + 0.1
     old.collector.close_due()  # fenced: nothing stored
     assert datapoints(database, thing) == []
-    new.collector.close_due()  # W was not due before the new owner acquired P: it is its to close
+    assert new.collector.close_due() == 1  # from the parts the old owner kept: 4 + 3, once
     assert [(ts, p["aws:num-messages-sent"]) for ts, p in datapoints(database, thing)] == [
-        ((W + 1) * WINDOW_S, {"count": 6})]
+        ((W + 1) * WINDOW_S, {"count": 7})]
+    asyncio.run(new.handle(P, 8, sent))  # redelivered after the close: late, counts nothing
 
-    a.intake.message_sent(thing, "t/x", 10)  # window W+1; its owner stops before closing it
+    a.intake.message_sent(thing, "t/x", 10)  # window W+1; its owner dies before closing it
     clock.now = (W + 2) * WINDOW_S + 0.2
     del sent[:]
     asyncio.run(a.publish_due())
     asyncio.run(new.handle(P, 8, sent))
-    clock.now += new.collector.grace_s + 1
-    third.acquire(P, 9)  # after W+1 was due: the previous owner may have closed it, so the third does not
-    assert not third.collector.add(P, decode(sent[0].payload))  # type: ignore[arg-type]
-    asyncio.run(third.handle(P, 9, sent))
-    third.collector.close_due()
-    assert len(datapoints(database, thing)) == 1
+    clock.now += new.collector.grace_s + 5  # the lease ran out after W+1 was due
+    third.acquire(P, 9)
+    assert third.collector.close_due() == 0  # not before the grace after its acquisition (redeliveries first)
+    asyncio.run(third.handle(P, 9, sent))  # the dead owner's unacked copy: replaces, adds nothing
+    clock.now += third.collector.grace_s
+    third.collector.close_due()  # W was closed by `new` (its mark): only W+1, from the kept part
+    assert [(ts, p["aws:num-messages-sent"]["count"]) for ts, p in datapoints(database, thing)] == [
+        ((W + 1) * WINDOW_S, 7), ((W + 2) * WINDOW_S, 1)]
+    with third.engine.connect() as conn:  # closed windows' parts are deleted
+        assert conn.execute(sa.text("SELECT count(*) FROM cluster_cloud_parts")).scalar() == 0
     for node in (old, new, third):
+        node.engine.dispose()
+
+
+class Crash(BaseException):
+    """The detect node's process ends here (kill -9): nothing after it runs."""
+
+
+def test_a_window_closed_in_part_before_a_crash_is_closed_for_the_other_things_only(database, monkeypatch):
+    monkeypatch.setattr(cloud_service, "BATCH_MAX", 2)  # a window closed in transactions of two things
+    clock = Clock(W * WINDOW_S + 10)
+    old, new = Detect(database, clock), Detect(database, clock)
+    old.acquire(P, 7)
+    things = sorted(things_in(P, 5, "cz"))
+    sent: list[Delivery] = []
+    a = broker("node-a", clock, sent)
+    for count, thing in enumerate(things, start=1):
+        for _ in range(count):
+            a.intake.message_sent(thing, "t/x", 10)
+    clock.now = (W + 1) * WINDOW_S + 0.2
+    asyncio.run(a.publish_due())
+    asyncio.run(old.handle(P, 7, sent))
+    clock.now += old.collector.grace_s + 0.1
+    store = old.collector.cloud._store
+    chunks = []
+
+    def dies_after_the_first_chunk(items):  # type: ignore[no-untyped-def]
+        if chunks:
+            raise Crash()
+        chunks.append(items)
+        return type(store).store_batch(store, items)
+    monkeypatch.setattr(store, "store_batch", dies_after_the_first_chunk)
+    with pytest.raises(Crash):
+        old.collector.close_due()
+    assert [len(datapoints(database, thing)) for thing in things] == [1, 1, 0, 0, 0]
+
+    new.acquire(P, 8)
+    clock.now += new.collector.grace_s
+    new.collector.close_due()
+    assert [[p["aws:num-messages-sent"]["count"] for _, p in datapoints(database, thing)] for thing in things] == [
+        [1], [2], [3], [4], [5]]  # each thing's window once: the first two by the old owner, the rest by the new
+    for node in (old, new):
         node.engine.dispose()
 
 
@@ -215,18 +270,11 @@ def test_a_clean_hand_over_gives_the_next_owner_the_parts_of_the_open_window(dat
     clock.now = (W + 1) * WINDOW_S + 0.2
     asyncio.run(a.publish_due())
     asyncio.run(b.publish_due())
-    asyncio.run(old.handle(P, 7, sent))  # acked: the parts are in the old owner's memory only
+    asyncio.run(old.handle(P, 7, sent))  # acked and kept
 
-    handed: list[Delivery] = []  # a rebalance: the old owner gives P up before the window is due
-
-    async def publish(thing: str, payload: bytes, message_id: str) -> None:
-        assert message_id.startswith("cloud-handover/old/")
-        handed.append(Delivery(partition_of(thing), thing, payload, 100 + len(handed), 1))
-    assert asyncio.run(hand_over(old.collector.released(P), publish, "old")) == 2
+    old.collector.released(P)  # a rebalance: the old owner gives P up before the window is due
     del old.owned[P]
     new.acquire(P, 8)
-    asyncio.run(new.handle(P, 8, handed))
-    asyncio.run(new.handle(P, 8, handed))  # redelivered: replaces, adds nothing
     clock.now += new.collector.grace_s + 0.1
     assert old.collector.close_due() == 0
     new.collector.close_due()

@@ -10,15 +10,15 @@ device that moved keeps one series and nothing is counted twice), makes the data
 the single box does (``CloudMetricsService``: every monitored thing of its partitions, 0 when
 idle) and stores and evaluates them in one transaction, fenced like a report batch.
 
-Idempotent on redelivery: a part is keyed by (window, thing, broker node), so a redelivered part
-replaces itself; a part of a window already closed here is late and dropped (counted in
-``iotdefender_cluster_cloud_parts_late_total``). What is NOT kept across a move of the partition
-(docs/cluster.md): parts are held in the detect node's memory once acked; a node that gives a
-partition up cleanly publishes the parts it holds back to the partition for the next owner
-(``hand_over``), but one that dies loses them, so after a crash the window open at the takeover
-holds only the parts its new owner received; windows the new owner did
-not see start (earlier than the one open at its acquisition) are never closed by it (no second
-datapoint for a window the previous owner may have closed).
+Durable until closed (cloud/cluster_parts.py): a part is stored in PostgreSQL, in a transaction
+with its partition's fence checked, before its delivery is acked, and deleted when its window is
+closed; closing records how far each partition's windows are closed. A node that takes a partition
+over (after a clean release or a crash) loads the parts and the mark, and closes every window after
+the mark, from ``grace_s`` after its acquisition (the parts its predecessor had not acked are
+redelivered to it first): the window open at a crash gets every part received before it, and no
+window is closed twice. Idempotent on redelivery: a part is keyed by (window, thing, broker node),
+so a redelivered part replaces itself; a part of a window already closed is late and dropped
+(``iotdefender_cluster_cloud_parts_late_total``).
 
 Why on the report stream: it is already partitioned by thing, read in order by one owner, with
 JetStream's de-duplication (``Nats-Msg-Id = cloud/<node>/<thing>/<window>``) and the fence; a
@@ -40,6 +40,8 @@ from prometheus_client import Counter
 from sqlalchemy.engine import Engine
 
 from iotdefender.cloud.aggregator import ClientWindow, merge_windows
+from iotdefender.cloud import cluster_parts
+from iotdefender.cloud.cluster_parts import Mark, StoredPart
 from iotdefender.cloud.service import CloudEventIntake, CloudMetricsService
 from iotdefender.cluster import fencing
 from iotdefender.ingest.report import ReportRejected, check_thing_name
@@ -50,6 +52,7 @@ from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import store_reports
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store.availability import log_unless_outage
+from iotdefender.store.database import writing
 
 log = structlog.get_logger("iotdefender.cloud")
 
@@ -105,13 +108,6 @@ def message_id(node: str, thing: str, window: int) -> str:
     return f"cloud/{node}/{thing}/{window}"
 
 
-def handover_id(holder: str, message: CloudWindowMessage) -> str:
-    """A part a detect node hands to the partition's next owner: not the broker node's id, which
-    JetStream would drop as a duplicate within its window; the part itself still names its broker
-    node, so at the next owner it replaces (never adds to) a copy of itself."""
-    return f"cloud-handover/{holder}/{message.node}/{message.thing}/{message.window}"
-
-
 def _thing_name(client_id: str) -> bool:
     """Whether a client id can be a thing's name (and so a NATS header and message id): one with a
     control character could not, and is not counted, as ``ingest_events`` refuses it on one box."""
@@ -125,26 +121,6 @@ def _thing_name(client_id: str) -> bool:
 
 #: (thing, payload, Nats-Msg-Id) -> stored: ``ReportPublisher.publish``.
 Publish = Callable[[str, bytes, str], Awaitable[Any]]
-
-
-async def hand_over(parts: Sequence[CloudWindowMessage], publish: Publish, holder: str,
-                    concurrency: int = 256) -> int:
-    """Publish the parts a released partition held back to its stream, for its next owner; stops
-    at the first failure (a node cut off from NATS must not hold its release for a timeout per
-    part): the rest are lost, counted."""
-    done = 0
-    for start in range(0, len(parts), concurrency):
-        chunk = parts[start:start + concurrency]
-        results = await asyncio.gather(*(publish(m.thing, encode(m), handover_id(holder, m)) for m in chunk),
-                                       return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        done += len(chunk) - len(failed)
-        if failed:
-            PARTS_LOST.inc(len(parts) - done)
-            log.warning("cloud_window_not_handed_over", parts=len(parts) - done,
-                        error=f"{type(failed[0]).__name__}: {failed[0]}")
-            break
-    return done
 
 
 class WindowPublisher:
@@ -190,36 +166,48 @@ class WindowPublisher:
         return False
 
 
+#: A window to close for some partitions: (window, partitions, each device's merged part).
+Closing = tuple[int, frozenset[int], dict[str, ClientWindow]]
+
+
 class FencedCloudStore:
     """The ``BatchStore`` a detect node's ``CloudMetricsService`` closes windows into: only the
-    things of partitions this node owns and whose window started at or after it acquired them,
-    stored and evaluated in one transaction with those partitions' fences checked."""
+    things of partitions this node owns, not closed already by a previous owner (its ``Mark``
+    within a window), stored and evaluated in one transaction with those partitions' fences checked
+    and their closing marks advanced (cloud/cluster_parts.py)."""
 
     pipeline_depth = 1
 
     def __init__(self, detection: DetectionService, monitoring: MonitoringIndex, on_events: EventListener,
-                 owned: Callable[[], Mapping[int, int]], first_window: Mapping[int, int], window_s: float,
+                 owned: Callable[[], Mapping[int, int]], floors: Mapping[int, Mark], window_s: float,
                  partitions: int = PARTITION_COUNT) -> None:
         self._detection, self._monitoring, self._on_events = detection, monitoring, on_events
-        self._owned, self._first_window, self._window_s = owned, first_window, window_s
+        self._owned, self._floors, self._window_s = owned, floors, window_s
         self._partitions = partitions
 
     def store_batch(self, items: Sequence[BatchItem]) -> list[EventSummary]:
+        if not items:
+            return []
         owned = dict(self._owned())
         kept: list[BatchItem] = []
         fences: dict[int, int] = {}
+        window = round(items[0][2] / self._window_s) - 1  # an item's time is its window's end
         for item in items:
             partition = partition_of(item[0], self._partitions)
-            window = round(item[2] / self._window_s) - 1  # the item's time is its window's end
-            if partition in owned and window >= self._first_window.get(partition, window + 1):
+            floor = self._floors.get(partition)
+            if partition in owned and not (floor is not None and floor.closed(window, item[0])):
                 kept.append(item)
                 fences[partition] = owned[partition]
         if not kept:
             return []
+        # A chunk holds the things in name order (CloudMetricsService.close_window): its partitions'
+        # window is closed up to its last thing.
+        through = max(item[0] for item in items)
         self._monitoring.prime([item[0] for item in kept])
         with self._detection.transaction() as run:
             fencing.check_all(run.conn, fences)
             store_reports(run, self._monitoring, kept)
+            cluster_parts.advance(run.conn, {partition: Mark(window, through) for partition in fences})
         events = summaries(run.settled + run.events)
         self._on_events(events)
         return events
@@ -235,89 +223,199 @@ class FencedCloudStore:
 
 
 class WindowCollector:
-    """A detect node's side: the parts of its partitions' windows, merged and closed ``grace_s``
-    after each window's end (the broker nodes publish theirs 0.2 s after it)."""
+    """A detect node's side: the parts of its partitions' windows, kept in PostgreSQL before they
+    are acked, merged and closed ``grace_s`` after each window's end (the broker nodes publish
+    theirs 0.2 s after it), each partition's windows in order from where its previous owner left.
+
+    A partition acquired late in (or after) a window is closed from ``grace_s`` after its
+    acquisition at the earliest: the parts its previous owner had not acked are redelivered to
+    this node first."""
 
     def __init__(self, detection: DetectionService, monitoring: MonitoringIndex, on_events: EventListener,
                  owned: Callable[[], Mapping[int, int]], window_s: float, engine: Engine, grace_s: float | None = None,
                  clock: Callable[[], float] = time.time, partitions: int = PARTITION_COUNT) -> None:
         self.grace_s = grace_s if grace_s is not None else min(2.0, window_s / 2)
         self._clock = clock
+        self._engine = engine
+        self._owned = owned
         self._partitions = partitions
         self._window_s = window_s
         self._parts: dict[tuple[int, str], dict[str, ClientWindow]] = {}
-        self._first_window: dict[int, int] = {}  # partition -> the first window this node closes for it
-        self._closed_through = -1
-        store = FencedCloudStore(detection, monitoring, on_events, owned, self._first_window, window_s, partitions)
+        self._next: dict[int, int] = {}  # partition -> the first window this node has not closed for it
+        self._ready: dict[int, float] = {}  # partition -> when this node acquired it
+        self._floors: dict[int, Mark] = {}  # partition -> its previous owner's mark within a window
+        store = FencedCloudStore(detection, monitoring, on_events, owned, self._floors, window_s, partitions)
         self.cloud = CloudMetricsService(engine, monitoring, store, window_s, clock=self._lagged,
                                          owns=lambda thing: partition_of(thing, partitions) in owned())
 
     def _lagged(self) -> float:
         return self._clock() - self.grace_s
 
+    def _partition(self, thing: str) -> int:
+        return partition_of(thing, self._partitions)
+
+    def _closed(self, partition: int, window: int, thing: str) -> bool:
+        """Whether this (window, thing) of the partition was closed already, here or before."""
+        first = self._next.get(partition)
+        if first is None or window < first:
+            return True
+        floor = self._floors.get(partition)
+        return floor is not None and floor.closed(window, thing)
+
     # -- on the event loop: the partitions' deliveries --------------------------------------------
-    def add(self, partition: int, message: CloudWindowMessage) -> bool:
-        """Keep one part (replacing an earlier copy of it); False if it came too late or is not
-        this partition's (a broker node of another configuration)."""
-        if partition_of(message.thing, self._partitions) != partition or message.window_s != self._window_s:
+    def accept(self, partition: int, message: CloudWindowMessage) -> bool:
+        """Whether to keep a part: False if it is not this partition's (a broker node of another
+        configuration) or came too late (its window is closed)."""
+        if self._partition(message.thing) != partition or message.window_s != self._window_s:
             log.error("cloud_window_refused", thing=message.thing, partition=partition, window_s=message.window_s)
             return False
-        if message.window <= max(self._closed_through, self._first_window.get(partition, 0) - 1):
+        if self._closed(partition, message.window, message.thing):
             PARTS_LATE.inc()
             log.info("cloud_window_late", thing=message.thing, window=message.window, node=message.node)
+            return False
+        return True
+
+    def add(self, partition: int, message: CloudWindowMessage) -> bool:
+        """Hold one part in memory (replacing an earlier copy of it); False if not ``accept``-ed."""
+        if not self.accept(partition, message):
             return False
         self._parts.setdefault((message.window, message.thing), {})[message.node] = message.part
         return True
 
-    def acquired(self, partition: int) -> None:
-        self._first_window[partition] = self.cloud.aggregator.index(self._lagged())
-
-    def released(self, partition: int) -> list[CloudWindowMessage]:
-        """Forget the partition; returns the parts held of its windows not closed yet, for the
-        next owner (``handover_id``: a clean hand-over loses nothing of the open window)."""
-        self._first_window.pop(partition, None)
-        handed = []
-        for key in [key for key in self._parts if partition_of(key[1], self._partitions) == partition]:
-            window, thing = key
-            for node, part in self._parts.pop(key).items():
-                handed.append(CloudWindowMessage(thing, window, self._window_s, node, part))
-        return handed
+    def keep(self, partition: int, token: int, messages: Sequence[CloudWindowMessage]) -> None:
+        """Store parts in PostgreSQL, fenced (a superseded owner raises ``Fenced``: not acked, its
+        successor reads them again); in a worker thread, before the deliveries are acked."""
+        with writing(self._engine) as conn:
+            fencing.check(conn, partition, token)
+            cluster_parts.keep(conn, partition, [StoredPart(m.window, m.thing, m.node, m.part) for m in messages])
 
     def handler(self, reports: BatchHandler) -> BatchHandler:
-        """The partitions' handler: cloud windows kept here, the rest handed to ``reports``."""
+        """The partitions' handler: cloud window parts stored and held here, the rest handed to
+        ``reports``; raises (the batch is nakked) if the parts cannot be stored."""
         async def handle(partition: int, token: int, deliveries: Sequence[Delivery]) -> None:
-            rest = []
+            rest, parts = [], []
             for delivery in deliveries:
                 message = decode(delivery.payload)
                 if message is None:
                     rest.append(delivery)
-                else:
-                    self.add(partition, message)
+                elif self.accept(partition, message):
+                    parts.append(message)
+            if parts:
+                await asyncio.to_thread(self.keep, partition, token, parts)
+                for message in parts:
+                    self.add(partition, message)  # unless its window was closed meanwhile (late)
             if rest:
                 await reports(partition, token, rest)
         return handle
 
-    # -- closing -------------------------------------------------------------------------------------
-    def merge_due(self) -> None:
-        """Move the parts of every ended window (lagged by the grace) into the aggregator, merged."""
+    def load(self, partition: int) -> tuple[Mark | None, list[StoredPart]]:
+        """What the partition's previous owners left (blocking: a worker thread)."""
+        with self._engine.connect() as conn:
+            return cluster_parts.load(conn, partition)
+
+    def resume(self, partition: int, mark: Mark | None, parts: Sequence[StoredPart]) -> None:
+        """Take the partition over from its mark: the windows after it (the one it stops in, for
+        the things after it) are this node's to close, with the parts kept of them. Never
+        closed before: from the oldest part kept, or the window open now."""
         current = self.cloud.aggregator.index(self._lagged())
-        for key in [key for key in self._parts if key[0] < current]:
-            window, thing = key
-            self.cloud.aggregator.add_window(window, thing, merge_windows(self._parts.pop(key).values()))
-        self._closed_through = max(self._closed_through, current - 1)
+        self._floors.pop(partition, None)
+        if mark is None:
+            first = min([current, *(part.window for part in parts)])
+        elif mark.through is None:
+            first = mark.window + 1
+        else:
+            first = mark.window
+            self._floors[partition] = mark
+        self._next[partition] = max(first, current - self.cloud.aggregator.max_catch_up)
+        self._ready[partition] = self._clock()
+        for part in parts:
+            if not self._closed(partition, part.window, part.thing):
+                self._parts.setdefault((part.window, part.thing), {})[part.node] = part.part
+
+    def acquire(self, partition: int) -> None:
+        """``load`` and ``resume`` in the calling thread (tests)."""
+        self.resume(partition, *self.load(partition))
+
+    async def acquired(self, partition: int) -> None:
+        self.resume(partition, *await asyncio.to_thread(self.load, partition))
+
+    def released(self, partition: int) -> None:
+        """Forget the partition; its parts stay in PostgreSQL for its next owner."""
+        for state in (self._next, self._ready, self._floors):
+            state.pop(partition, None)
+        for key in [key for key in self._parts if self._partition(key[1]) == partition]:
+            del self._parts[key]
+
+    # -- closing -------------------------------------------------------------------------------------
+    def merge_due(self) -> list[Closing]:
+        """Take the parts of every window now due, merged, grouped by window (on the loop, where
+        parts are added): a partition's windows are due ``grace_s`` after their end and after its
+        acquisition."""
+        lagged = self._lagged()
+        current = self.cloud.aggregator.index(lagged)
+        owned = self._owned()
+        due: dict[int, set[int]] = {}
+        for partition, first in list(self._next.items()):
+            if partition not in owned or lagged < self._ready[partition]:
+                continue
+            for window in range(first, current):
+                due.setdefault(window, set()).add(partition)
+            self._next[partition] = max(first, current)
+        closings: list[Closing] = []
+        for window in sorted(due):
+            partitions = frozenset(due[window])
+            clients = {thing: merge_windows(self._parts.pop((w, thing)).values())
+                       for w, thing in [key for key in self._parts
+                                        if key[0] == window and self._partition(key[1]) in partitions]}
+            closings.append((window, partitions, clients))
+        return closings
+
+    def close(self, closings: Sequence[Closing]) -> int:
+        """Close the windows ``merge_due`` took, in order (in a worker thread); returns devices stored."""
+        done = 0
+        aggregator = self.cloud.aggregator
+        for window, partitions, clients in closings:
+            for thing, part in clients.items():
+                aggregator.add_window(window, thing, part)  # what it says of the device's connection
+            done += self.cloud.close_window(window, aggregator.take(window),
+                                            owns=lambda thing, among=partitions: self._partition(thing) in among)
+            self._complete(window, partitions)
+        return done
+
+    def _complete(self, window: int, partitions: frozenset[int]) -> None:
+        """Mark the window closed for every thing of the partitions still owned, its parts deleted."""
+        owned = self._owned()
+        held = {partition: owned[partition] for partition in partitions if partition in owned}
+        try:
+            with writing(self._engine) as conn:
+                fencing.check_all(conn, held)
+                cluster_parts.advance(conn, {partition: Mark(window, None) for partition in held})
+        except fencing.Fenced as error:
+            log.info("cloud_window_mark_fenced", window=window, error=str(error))
+        for partition in partitions:
+            floor = self._floors.get(partition)
+            if floor is not None and floor.window <= window:
+                del self._floors[partition]
 
     def close_due(self) -> int:
         """Merge, then close (in the calling thread; tests call it directly)."""
-        self.merge_due()
-        return self.cloud.close_due()
+        return self.close(self.merge_due())
+
+    def _next_due(self) -> float:
+        """When the next window of a held partition is due (clock time), at most 1 s from now so a
+        partition acquired meanwhile is seen."""
+        now = self._clock()
+        due = [max((first + 1) * self._window_s, self._ready[partition]) + self.grace_s
+               for partition, first in self._next.items()]
+        return min([now + 1.0, *due])
 
     async def run(self) -> None:
-        aggregator = self.cloud.aggregator
         while True:
-            now = self._lagged()
-            await asyncio.sleep(max(0.05, (aggregator.index(now) + 1) * aggregator.window_s - now + 0.05))
-            self.merge_due()  # on the loop, where parts are added
+            await asyncio.sleep(max(0.05, self._next_due() - self._clock() + 0.05))
+            closings = self.merge_due()  # on the loop, where parts are added
+            if not closings:
+                continue
             try:
-                await asyncio.to_thread(self.cloud.close_due)
+                await asyncio.to_thread(self.close, closings)
             except Exception as error:
                 log_unless_outage(log, "cloud_window_failed", error)

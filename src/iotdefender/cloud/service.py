@@ -158,24 +158,27 @@ class CloudMetricsService(CloudEventIntake):
             except Exception as error:
                 log_unless_outage(log, "cloud_window_failed", error)
 
-    def _monitored(self) -> set[str]:
+    def _monitored(self, owns: Callable[[str], bool] | None) -> set[str]:
         with self._engine.connect() as conn:
             registered = {row.name for row in registry.scan_things(conn, None, None)}
         monitored = registered | self.aggregator.seen
-        return monitored if self._owns is None else {thing for thing in monitored if self._owns(thing)}
+        return monitored if owns is None else {thing for thing in monitored if owns(thing)}
 
     def close_due(self) -> int:
         """Turn every closed window into datapoints, store and evaluate them; returns devices done."""
         done = 0
         for window in self.aggregator.closed_windows(self._clock()):
-            done += self._close(window, self.aggregator.take(window))
+            done += self.close_window(window, self.aggregator.take(window))
         return done
 
-    def _close(self, window: int, clients: Mapping[str, Any]) -> int:
+    def close_window(self, window: int, clients: Mapping[str, Any], owns: Callable[[str], bool] | None = None) -> int:
+        """One window's datapoints for every monitored device (``owns``, if given, narrows them
+        further: a cluster's detect node closes a window for some of its partitions at a time),
+        handed to the store in chunks of things in name order; returns devices stored."""
         end = (window + 1) * self.aggregator.window_s
         dimensions = self._monitoring.dimensions()
         items: list[tuple[str, dict[str, dict[str, Any]], float, None]] = []
-        for thing in sorted(self._monitored()):
+        for thing in sorted(self._monitored(owns if owns is not None else self._owns)):
             profiles = self._monitoring.profiles_for(thing)
             retained = self._monitoring.retained_metrics(thing)
             uses_cloud = any(b.get("metric") in CLOUD_METRICS for p in profiles for b in p.get("behaviors") or [])

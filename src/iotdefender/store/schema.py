@@ -270,6 +270,29 @@ cluster_partition_progress = sa.Table(
     sa.Column("last_sequence", sa.BigInteger, nullable=False),
 )
 
+# Cloud-side metrics in cluster mode (cloud/cluster_parts.py): the broker nodes' parts of each
+# device's window, kept from their delivery (before the ack) until their window is closed, and how
+# far each partition's windows are closed (``through_thing``: the window is closed for the things
+# named up to it; NULL: closed for all), so a detect node's successor after a crash closes the
+# window open at the crash from every part, and never closes a window, or a thing's share of one, twice.
+cluster_cloud_parts = sa.Table(
+    "cluster_cloud_parts",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("window_index", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("thing", sa.String(128), primary_key=True),
+    sa.Column("node", sa.String(200), primary_key=True),
+    sa.Column("part", sa.LargeBinary, nullable=False),
+)
+
+cluster_cloud_progress = sa.Table(
+    "cluster_cloud_progress",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("window_index", sa.BigInteger, nullable=False),
+    sa.Column("through_thing", sa.String(128), nullable=True),
+)
+
 # ML Detect (docs/detection.md). ``ml_training`` is the progress of one ML behavior of a profile
 # (one model per (profile, behavior); a behavior has at most one dimension): when its data
 # collection started (kept across restarts, so a restart resumes instead of starting the training

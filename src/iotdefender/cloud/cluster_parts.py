@@ -1,0 +1,98 @@
+"""Cloud window parts kept in PostgreSQL until their window is closed (cluster mode).
+
+A detect node acks a broker node's part of a device's window when it receives it, but closes the
+window only ``grace`` after its end. Held in memory alone, the parts of the window open at a crash
+died with the node: its successor closed that window without them (a partial or missing
+datapoint). So every part is written here, in a transaction with its partition's fence checked,
+before it is acked; closing a window deletes its parts. A successor loads what is left with the
+partition.
+
+Closing is recorded too (``cluster_cloud_progress``): a window is closed in several transactions
+(chunks of things in name order, cloud/service.py), each advancing its partitions' mark to
+(window, last thing of the chunk) with the datapoints it stores; a last transaction marks the
+window closed for every thing (``through_thing`` NULL) and deletes its parts. A successor resumes
+right after the mark: no window, nor a thing's share of one, is stored twice, and every window
+after it is closed, with every part received before the ack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from iotdefender.cloud.aggregator import ClientWindow
+from iotdefender.store.rows import upsert
+from iotdefender.store.schema import cluster_cloud_parts as parts_table
+from iotdefender.store.schema import cluster_cloud_progress as progress_table
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(ClientWindow)
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    """One broker node's part of one device's window, as kept."""
+
+    window: int
+    thing: str
+    node: str
+    part: ClientWindow
+
+
+@dataclass(frozen=True)
+class Mark:
+    """How far a partition's windows are closed: every window before ``window``, and ``window``
+    itself for the things named up to ``through`` (None: for every thing)."""
+
+    window: int
+    through: str | None
+
+    def closed(self, window: int, thing: str) -> bool:
+        if window != self.window:
+            return window < self.window
+        return self.through is None or thing <= self.through
+
+
+def keep(conn: Connection, partition: int, parts: Iterable[StoredPart]) -> None:
+    """Store parts (a redelivered one replaces its copy: same window, thing and broker node)."""
+    rows = [{"partition": partition, "window_index": p.window, "thing": p.thing, "node": p.node,
+             "part": _encoder.encode(p.part)} for p in parts]
+    if not rows:
+        return
+    stmt = upsert(conn, parts_table)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[parts_table.c.partition, parts_table.c.window_index, parts_table.c.thing, parts_table.c.node],
+        set_={"part": stmt.excluded.part}), rows)
+
+
+def load(conn: Connection, partition: int) -> tuple[Mark | None, list[StoredPart]]:
+    """The partition's mark (None: no window of it was ever closed) and its parts not closed yet."""
+    found = conn.execute(sa.select(progress_table.c.window_index, progress_table.c.through_thing)
+                         .where(progress_table.c.partition == partition)).first()
+    mark = Mark(int(found[0]), found[1]) if found is not None else None
+    kept = [StoredPart(int(window), thing, node, _decoder.decode(part)) for window, thing, node, part in conn.execute(
+        sa.select(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node, parts_table.c.part)
+        .where(parts_table.c.partition == partition)
+        .order_by(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node))]
+    return mark, [p for p in kept if mark is None or not mark.closed(p.window, p.thing)]
+
+
+def advance(conn: Connection, marks: Mapping[int, Mark]) -> None:
+    """Record how far partitions' windows are closed ({partition: mark}), in the closing transaction;
+    a mark for a whole window also deletes the partition's parts of it and of earlier windows."""
+    if not marks:
+        return
+    stmt = upsert(conn, progress_table)
+    conn.execute(stmt.on_conflict_do_update(index_elements=[progress_table.c.partition],
+                                            set_={"window_index": stmt.excluded.window_index,
+                                                  "through_thing": stmt.excluded.through_thing}),
+                 [{"partition": p, "window_index": m.window, "through_thing": m.through}
+                  for p, m in sorted(marks.items())])
+    whole = [(p, m.window) for p, m in sorted(marks.items()) if m.through is None]
+    for partition, window in whole:
+        conn.execute(parts_table.delete().where(parts_table.c.partition == partition,
+                                                parts_table.c.window_index <= window))
