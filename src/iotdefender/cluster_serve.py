@@ -182,6 +182,20 @@ def cloud_publisher(settings: Settings, publisher: ReportPublisher, node_id: str
     return WindowPublisher(CloudEventIntake(settings.effective_metrics_window), publisher.publish, node_id)
 
 
+def broker_events(settings: Settings, roles: frozenset[str], devices: BrokerRole | None, nc: Client,
+                  topology: Topology, node_id: str) -> WindowPublisher | None:
+    """Where this node's cloud-side events go: its broker's, and on an ``api`` node those posted to
+    ``POST /_iotdefender/broker-events`` (an external broker's events; the same intake, so a
+    device's events posted to several nodes are parts of its window that its detect node sums,
+    like a device that moved between broker nodes). An ``api`` node without a broker gets a
+    publisher of its own for them."""
+    if devices is not None:
+        return devices.cloud
+    if "api" in roles:
+        return cloud_publisher(settings, ReportPublisher(nc.jetstream(), topology), node_id)
+    return None
+
+
 def cloud_collector(settings: Settings, engine: Engine, monitoring: MonitoringIndex, detection: DetectionService,
                     on_events: EventListener, owned: Callable[[], Mapping[int, int]]) -> WindowCollector | None:
     """A detect node's cloud-side metrics: the broker nodes' parts of its partitions' windows,
@@ -299,10 +313,12 @@ async def serve_cluster(settings: Settings) -> None:
     devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health)
                if "broker" in roles else None)
     cluster_health = ClusterHealth(nc, node_id, topology, consumer)
+    events = broker_events(settings, roles, devices, nc, topology, node_id)
     if "api" in roles:
         backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)
         api = ApiService(context, credentials, on_change=(monitoring.invalidate, notices[0].changed), health=health,
-                         extensions=Extensions(dead_letters=alerts.dead_letters, backtests=backtests))
+                         extensions=Extensions(broker_events=events.intake.ingest_events if events else None,
+                                               dead_letters=alerts.dead_letters, backtests=backtests))
         app = create_app(api, create_console(api, monitoring, settings.time_scale), cluster_health.readiness)
     else:
         app = create_operations_app(health, cluster_health.readiness)
@@ -316,8 +332,8 @@ async def serve_cluster(settings: Settings) -> None:
             raise
     if consumer is not None:
         await consumer.start()
-    if devices is not None and devices.cloud is not None:
-        loops.append(devices.cloud.run())
+    if events is not None:
+        loops.append(events.run())
     background = [asyncio.create_task(loop) for loop in [*loops, cluster_health.run()]]
     gc.freeze()
     log.info("ready", node=node_id, roles=",".join(sorted(roles)), cluster=settings.cluster_url,

@@ -20,6 +20,9 @@ from typing import Any
 
 import httpx
 import numpy as np
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 import pytest
 import sqlalchemy as sa
 
@@ -27,7 +30,7 @@ from iotdefender.cluster.partitions import assignment, partition_of
 from iotdefender.store import history
 from iotdefender.store.database import create_engine
 from tests.support.mqtt import Device, report
-from tests.support.processes import ServiceProcess, wait_for
+from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess, wait_for
 from tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.postgres
@@ -210,7 +213,7 @@ def roam(a: ServiceProcess, b: ServiceProcess, iot: Any, roamer: str, devices: l
 
 
 def assert_one_window_of_seven(iot: Any, roamer: str, within_s: float) -> None:
-    """The roamer's detect node merged both nodes' parts into one datapoint of 7 messages (more
+    """The device's detect node merged both nodes' parts into one datapoint of 7 messages (more
     than 5: in alarm; neither node saw more than 5), none counted twice."""
     def sent() -> list[int]:
         return [int(d["value"]["count"]) for d in iot.list_metric_values(
@@ -247,6 +250,34 @@ def test_kill9_of_the_detect_node_holding_a_window_s_parts_loses_none_of_them(pa
     finally:
         for device in devices:
             device.close()
+
+
+def post_broker_events(svc: ServiceProcess, events: list[dict[str, Any]]) -> dict[str, Any]:
+    request = AWSRequest(method="POST", url=svc.endpoint + "/_iotdefender/broker-events",
+                         data=json.dumps({"events": events}).encode(), headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "iot", REGION).add_auth(request)
+    answer = httpx.post(request.url, content=request.body, headers=dict(request.headers.items()))
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_broker_events_posted_to_two_nodes_are_one_window_of_the_device(pair):
+    """An external broker's events through the HTTP intake of any node: a device's 4 messages
+    posted to node A and 3 to node B in one window are one datapoint of 7 (in alarm over 5)."""
+    a, b = pair
+    iot = a.client()
+    iot.create_security_profile(securityProfileName="cloudy", behaviors=[CHATTY])
+    iot.attach_security_profile(securityProfileName="cloudy", securityProfileTargetArn=ALL_THINGS)
+    time.sleep(1.0)  # the attachment reaches every node (control notices)
+    thing = "external-device"
+    time.sleep(CLOUD_WINDOW_S - time.time() % CLOUD_WINDOW_S + 0.05)  # at the start of a window
+    began = time.monotonic()
+    connect = {"type": "connect", "clientId": thing, "ip": "198.51.100.7", "success": True}
+    publish = {"type": "publish", "clientId": thing, "topic": "telemetry", "bytes": 30}
+    assert post_broker_events(a, [connect] + [publish] * 4) == {"accepted": 5, "refused": []}
+    assert post_broker_events(b, [publish] * 3) == {"accepted": 3, "refused": []}
+    assert time.monotonic() - began < CLOUD_WINDOW_S - 0.3, "not in one window"
+    assert_one_window_of_seven(iot, thing, 3 * CLOUD_WINDOW_S)
 
 
 class Reporter:
