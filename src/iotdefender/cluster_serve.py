@@ -40,6 +40,8 @@ from iotdefender.brokers.mosquitto.build import BrokerUnavailable
 from iotdefender.brokers.observer import NULL_OBSERVER
 from iotdefender.cloud.service import CloudEventIntake
 from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher
+from iotdefender.cloud.nats_events import NatsEventReader
+from iotdefender.cluster.alone import run_while_held
 from iotdefender.cluster.control import ControlNotices
 from iotdefender.cluster.fleet_statistics import KvSharedWindows
 from iotdefender.cluster.health import ClusterHealth
@@ -74,6 +76,7 @@ from iotdefender.service import (
     validate,
 )
 from iotdefender.settings import Settings
+from iotdefender.store.advisory import NATS_EVENTS
 from iotdefender.store.availability import DatabaseHealth
 from iotdefender.store.history import ClusterCompactor
 
@@ -96,10 +99,11 @@ def cluster_roles(settings: Settings) -> frozenset[str]:
         raise ConfigurationError(f"--cluster-url: expected nats://host:port[,nats://host:port], got "
                                  f"{settings.cluster_url!r}")
     if settings.nats_events_url is not None:
-        # Every broker node would read the same NATS system events and count each device once per node.
-        raise ConfigurationError("--nats-events-url: not available in cluster mode (every node would count the "
-                                 "same NATS events); cloud-side metrics come from each node's own broker "
-                                 "(docs/cluster.md)")
+        if settings.nats_monitor_url is None:
+            raise ConfigurationError("--nats-events-url needs --nats-monitor-url (the client ids come from /connz)")
+        if not roles & {"broker", "api"}:
+            raise ConfigurationError("--nats-events-url: give it to broker or api nodes (they publish the "
+                                     "events' windows); a detect node does not read events")
     if not (settings.database_url or "").startswith("postgresql"):
         raise ConfigurationError("--cluster-url needs --database-url postgresql://...: every node shares one "
                                  "database (SQLite is one machine's file)")
@@ -194,6 +198,34 @@ def broker_events(settings: Settings, roles: frozenset[str], devices: BrokerRole
     if "api" in roles:
         return cloud_publisher(settings, ReportPublisher(nc.jetstream(), topology), node_id)
     return None
+
+
+class _ServiceClients:
+    """The MQTT connections of the cluster's own broker nodes to an external broker (``--mqtt-url``:
+    ``iotdefender-<random>``, one per node): not devices, whichever node reads the events."""
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.startswith("iotdefender-")
+
+
+def nats_events(settings: Settings, engine: Engine, intake: CloudEventIntake) -> Coroutine[Any, Any, None]:
+    """An external NATS broker's system events and /connz counters, read by one node at a time
+    (cluster/alone.py: two readers would count every device once per node); the node reading them
+    publishes the devices' windows like a broker node."""
+    assert settings.nats_events_url is not None and settings.nats_monitor_url is not None
+    readers: list[NatsEventReader] = []
+
+    async def start() -> None:
+        reader = NatsEventReader(settings.nats_events_url or "", settings.nats_monitor_url or "", intake,
+                                 poll_s=min(1.0, settings.effective_metrics_window / 4), ignore=_ServiceClients())
+        readers.append(reader)
+        await reader.start()
+
+    async def stop() -> None:
+        while readers:
+            with contextlib.suppress(Exception):
+                await readers.pop().stop()
+    return run_while_held(engine, NATS_EVENTS, "nats-events", start, stop)
 
 
 def cloud_collector(settings: Settings, engine: Engine, monitoring: MonitoringIndex, detection: DetectionService,
@@ -334,6 +366,8 @@ async def serve_cluster(settings: Settings) -> None:
         await consumer.start()
     if events is not None:
         loops.append(events.run())
+        if settings.nats_events_url is not None:
+            loops.append(nats_events(settings, engine, events.intake))
     background = [asyncio.create_task(loop) for loop in [*loops, cluster_health.run()]]
     gc.freeze()
     log.info("ready", node=node_id, roles=",".join(sorted(roles)), cluster=settings.cluster_url,

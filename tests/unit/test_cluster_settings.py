@@ -29,6 +29,9 @@ def test_all_three_roles_by_default_and_a_subset_when_given():
     assert cluster_roles(settings("--cluster-url", "nats://h1:4222,nats://h2:4222", "--database-url", PG,
                                   "--roles", "detect, api")) == {"detect", "api"}
     assert settings("--cluster-url", "nats://h1:1, nats://h2:2").cluster_urls == ["nats://h1:1", "nats://h2:2"]
+    assert cluster_roles(settings("--cluster-url", "nats://h:4222", "--database-url", PG, "--roles", "api",
+                                  "--nats-events-url", "nats://s@h:4222", "--nats-monitor-url", "http://h:8222")) == {
+        "api"}  # an external NATS broker's events: read by one node at a time (docs/cluster.md)
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -38,7 +41,9 @@ def test_all_three_roles_by_default_and_a_subset_when_given():
     (("--cluster-url", "nats://h:4222", "--database-url", PG, "--roles", ","), "at least one"),
     (("--cluster-url", "h:4222", "--database-url", PG), "expected nats://"),
     (("--cluster-url", "nats://h:4222", "--database-url", PG, "--nats-events-url", "nats://s@h:4222"),
-     "not available in cluster mode"),
+     "needs --nats-monitor-url"),
+    (("--cluster-url", "nats://h:4222", "--database-url", PG, "--nats-events-url", "nats://s@h:4222",
+      "--nats-monitor-url", "http://h:8222", "--roles", "detect"), "give it to broker or api nodes"),
 ])
 def test_what_cluster_mode_refuses(argv, says):
     with pytest.raises(ConfigurationError, match=re.escape(says)):

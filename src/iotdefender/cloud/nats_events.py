@@ -13,6 +13,7 @@ the size of each message (``aws:message-byte-size`` is the average size over the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,7 @@ class _Connection:
 
 class NatsEventReader:
     def __init__(self, events_url: str, monitor_url: str, sink: Any, poll_s: float = 1.0,
-                 ignore: frozenset[str] = frozenset()) -> None:
+                 ignore: Container[str] = frozenset()) -> None:
         self._events_url = events_url
         self._monitor = monitor_url.rstrip("/")
         self._sink = sink

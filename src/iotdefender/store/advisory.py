@@ -13,13 +13,14 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 T = TypeVar("T")
 
 # Keys of the work done alone (any 64-bit constants no other advisory lock of the database uses).
 ML_TRAINING = 0x696F7464_6D6C7472  # 'iotd' 'mltr'
 HISTORY_COMPACTION = 0x696F7464_68636D70  # 'iotd' 'hcmp'
+NATS_EVENTS = 0x696F7464_6E617473  # 'iotd' 'nats'
 
 
 def run_alone(engine: Engine, key: int, work: Callable[[], T]) -> T | None:
@@ -36,3 +37,41 @@ def run_alone(engine: Engine, key: int, work: Callable[[], T]) -> T | None:
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
             conn.commit()
+
+
+def hold(engine: Engine, key: int) -> Connection | None:
+    """Take ``key`` for as long as the returned connection lives (work that lasts: a reader of
+    events that must run on one node), or None if another session holds it. PostgreSQL only."""
+    conn = engine.connect()
+    try:
+        held = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
+        conn.commit()
+    except Exception:
+        conn.invalidate()
+        conn.close()
+        raise
+    if not held:
+        conn.close()
+        return None
+    return conn
+
+
+def still_held(conn: Connection) -> bool:
+    """Whether the connection holding a lock still answers (if it broke, PostgreSQL freed the lock)."""
+    try:
+        conn.execute(text("SELECT 1"))
+        conn.commit()
+        return True
+    except Exception:
+        return False
+
+
+def let_go(conn: Connection, key: int) -> None:
+    """Free a lock taken with ``hold``; a connection that cannot is discarded (which frees it too),
+    never returned to the pool with the lock."""
+    try:
+        conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        conn.commit()
+    except Exception:
+        conn.invalidate()
+    conn.close()
