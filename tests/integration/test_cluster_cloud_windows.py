@@ -35,6 +35,7 @@ from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.partition_store import PartitionBatchStore
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
+from iotdefender.store.availability import StoreUnavailable
 from iotdefender.store.database import create_engine
 
 pytestmark = pytest.mark.postgres
@@ -282,3 +283,42 @@ def test_a_clean_hand_over_gives_the_next_owner_the_parts_of_the_open_window(dat
         ((W + 1) * WINDOW_S, {"count": 7})]
     old.engine.dispose()
     new.engine.dispose()
+
+
+def test_a_window_whose_close_failed_in_an_outage_is_closed_once_the_database_is_back(database, monkeypatch):
+    clock = Clock(W * WINDOW_S + 10)
+    detect = Detect(database, clock)
+    detect.acquire(P, 7)
+    [thing] = things_in(P, 1, "co")
+    sent: list[Delivery] = []
+    a = broker("node-a", clock, sent)
+    for _ in range(6):
+        a.intake.message_sent(thing, "t/x", 10)
+    clock.now = (W + 1) * WINDOW_S + 0.2
+    asyncio.run(a.publish_due())
+    asyncio.run(detect.handle(P, 7, sent))
+    clock.now += detect.collector.grace_s + 0.1
+    store = detect.collector.cloud._store
+
+    def down(items):  # type: ignore[no-untyped-def]
+        raise StoreUnavailable("the database is down")
+    monkeypatch.setattr(store, "store_batch", down)
+    closings = detect.collector.merge_due()
+    with pytest.raises(StoreUnavailable):
+        detect.collector.close(closings)
+    detect.collector.failed(closings)  # what run() does when a close raises
+    monkeypatch.undo()
+
+    a.intake.message_sent(thing, "t/x", 10)  # window W+1
+    clock.now = (W + 2) * WINDOW_S + 0.2
+    del sent[:]
+    asyncio.run(a.publish_due())
+    asyncio.run(detect.handle(P, 7, sent))
+    clock.now += detect.collector.grace_s + 0.1
+    assert detect.collector.close_due() == 0  # W must come first: W+1 waits for the partition's recovery
+    asyncio.run(detect.collector.recover())  # the database is back: resumed from its mark and kept parts
+    clock.now += detect.collector.grace_s
+    detect.collector.close_due()
+    assert [(ts, p["aws:num-messages-sent"]["count"]) for ts, p in datapoints(database, thing)] == [
+        ((W + 1) * WINDOW_S, 6), ((W + 2) * WINDOW_S, 1)]
+    detect.engine.dispose()

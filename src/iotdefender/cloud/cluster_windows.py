@@ -244,6 +244,7 @@ class WindowCollector:
         self._next: dict[int, int] = {}  # partition -> the first window this node has not closed for it
         self._ready: dict[int, float] = {}  # partition -> when this node acquired it
         self._floors: dict[int, Mark] = {}  # partition -> its previous owner's mark within a window
+        self._stale: set[int] = set()  # partitions whose closing failed: resumed from the database
         store = FencedCloudStore(detection, monitoring, on_events, owned, self._floors, window_s, partitions)
         self.cloud = CloudMetricsService(engine, monitoring, store, window_s, clock=self._lagged,
                                          owns=lambda thing: partition_of(thing, partitions) in owned())
@@ -356,8 +357,8 @@ class WindowCollector:
         owned = self._owned()
         due: dict[int, set[int]] = {}
         for partition, first in list(self._next.items()):
-            if partition not in owned or lagged < self._ready[partition]:
-                continue
+            if partition not in owned or lagged < self._ready[partition] or partition in self._stale:
+                continue  # a stale partition's later windows wait: its mark must not pass the failed one
             for window in range(first, current):
                 due.setdefault(window, set()).add(partition)
             self._next[partition] = max(first, current)
@@ -406,12 +407,37 @@ class WindowCollector:
         partition acquired meanwhile is seen."""
         now = self._clock()
         due = [max((first + 1) * self._window_s, self._ready[partition]) + self.grace_s
-               for partition, first in self._next.items()]
+               for partition, first in self._next.items() if partition not in self._stale]  # those: each 1 s
         return min([now + 1.0, *due])
+
+    def failed(self, closings: Sequence[Closing]) -> None:
+        """A close raised (the database is down): what it did not commit is still in the database
+        (the parts, the marks), so its partitions are resumed from there by ``recover``."""
+        for _, partitions, _ in closings:
+            self._stale |= partitions
+
+    async def recover(self) -> None:
+        """Resume the partitions whose closing failed from their mark and kept parts, as a new
+        owner would (on the loop; the reads in a worker thread); those the database cannot give
+        yet stay for the next round."""
+        for partition in sorted(self._stale):
+            if partition not in self._next:  # released meanwhile: its next owner resumes it
+                self._stale.discard(partition)
+                continue
+            try:
+                loaded = await asyncio.to_thread(self.load, partition)
+            except Exception as error:
+                log_unless_outage(log, "cloud_window_resume_failed", error)
+                return
+            if partition in self._next:
+                self.resume(partition, *loaded)
+            self._stale.discard(partition)
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(max(0.05, self._next_due() - self._clock() + 0.05))
+            if self._stale:
+                await self.recover()
             closings = self.merge_due()  # on the loop, where parts are added
             if not closings:
                 continue
@@ -419,3 +445,4 @@ class WindowCollector:
                 await asyncio.to_thread(self.close, closings)
             except Exception as error:
                 log_unless_outage(log, "cloud_window_failed", error)
+                self.failed(closings)
