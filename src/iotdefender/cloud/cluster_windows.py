@@ -378,10 +378,12 @@ class WindowCollector:
         for window, partitions, clients in closings:
             for thing, part in clients.items():
                 aggregator.add_window(window, thing, part)  # what it says of the device's connection
-            done += self.cloud.close_window(window, aggregator.take(window),
-                                            owns=lambda thing, among=partitions: self._partition(thing) in among)
+            done += self.cloud.close_window(window, aggregator.take(window), owns=self._among(partitions))
             self._complete(window, partitions)
         return done
+
+    def _among(self, partitions: frozenset[int]) -> Callable[[str], bool]:
+        return lambda thing: self._partition(thing) in partitions
 
     def _complete(self, window: int, partitions: frozenset[int]) -> None:
         """Mark the window closed for every thing of the partitions still owned, its parts deleted."""
