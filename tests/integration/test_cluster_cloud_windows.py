@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.cloud.service import CloudEventIntake
+from iotdefender.cloud import cluster_parts
 from iotdefender.cloud import service as cloud_service
 from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher
 from iotdefender.cluster.fencing import Fenced
@@ -322,3 +323,16 @@ def test_a_window_whose_close_failed_in_an_outage_is_closed_once_the_database_is
     assert [(ts, p["aws:num-messages-sent"]["count"]) for ts, p in datapoints(database, thing)] == [
         ((W + 1) * WINDOW_S, 6), ((W + 2) * WINDOW_S, 1)]
     detect.engine.dispose()
+
+
+def test_a_closing_mark_never_goes_back_to_an_earlier_window(database):
+    """A close that failed inside window 5 (its first things stored and marked) still marks the
+    windows before it closed: that mark must not take the partition back before window 5's things."""
+    engine = create_engine(database)
+    with engine.begin() as conn:
+        cluster_parts.advance(conn, {P: cluster_parts.Mark(5, "m")})
+        cluster_parts.advance(conn, {P: cluster_parts.Mark(4, None)})
+        assert cluster_parts.load(conn, P)[0] == cluster_parts.Mark(5, "m")
+        cluster_parts.advance(conn, {P: cluster_parts.Mark(5, None)})
+        assert cluster_parts.load(conn, P)[0] == cluster_parts.Mark(5, None)
+    engine.dispose()

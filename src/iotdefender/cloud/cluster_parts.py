@@ -82,14 +82,17 @@ def load(conn: Connection, partition: int) -> tuple[Mark | None, list[StoredPart
 
 
 def advance(conn: Connection, marks: Mapping[int, Mark]) -> None:
-    """Record how far partitions' windows are closed ({partition: mark}), in the closing transaction;
-    a mark for a whole window also deletes the partition's parts of it and of earlier windows."""
+    """Record how far partitions' windows are closed ({partition: mark}), in the closing transaction
+    (a mark of an earlier window than the one recorded changes nothing); a mark for a whole window
+    also deletes the partition's parts of it and of earlier windows."""
     if not marks:
         return
     stmt = upsert(conn, progress_table)
+    # Never back to an earlier window (a window closed in part, then the mark of the ones before it).
     conn.execute(stmt.on_conflict_do_update(index_elements=[progress_table.c.partition],
                                             set_={"window_index": stmt.excluded.window_index,
-                                                  "through_thing": stmt.excluded.through_thing}),
+                                                  "through_thing": stmt.excluded.through_thing},
+                                            where=progress_table.c.window_index <= stmt.excluded.window_index),
                  [{"partition": p, "window_index": m.window, "through_thing": m.through}
                   for p, m in sorted(marks.items())])
     whole = [(p, m.window) for p, m in sorted(marks.items()) if m.through is None]

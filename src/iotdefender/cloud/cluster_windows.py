@@ -359,7 +359,7 @@ class WindowCollector:
         for partition, first in list(self._next.items()):
             if partition not in owned or lagged < self._ready[partition] or partition in self._stale:
                 continue  # a stale partition's later windows wait: its mark must not pass the failed one
-            for window in range(first, current):
+            for window in range(max(first, current - self.cloud.aggregator.max_catch_up), current):
                 due.setdefault(window, set()).add(partition)
             self._next[partition] = max(first, current)
         closings: list[Closing] = []
@@ -375,27 +375,35 @@ class WindowCollector:
         """Close the windows ``merge_due`` took, in order (in a worker thread); returns devices stored."""
         done = 0
         aggregator = self.cloud.aggregator
-        for window, partitions, clients in closings:
-            for thing, part in clients.items():
-                aggregator.add_window(window, thing, part)  # what it says of the device's connection
-            done += self.cloud.close_window(window, aggregator.take(window), owns=self._among(partitions))
-            self._complete(window, partitions)
+        closed: dict[int, int] = {}  # partition -> the last window closed for it here
+        try:
+            for window, partitions, clients in closings:
+                for thing, part in clients.items():
+                    aggregator.add_window(window, thing, part)  # what it says of the device's connection
+                done += self.cloud.close_window(window, aggregator.take(window), owns=self._among(partitions))
+                closed.update(dict.fromkeys(partitions, window))
+        finally:
+            # One mark per partition for all the windows closed here (short windows close several
+            # at a time: a transaction per window was measurable); not past one that failed.
+            self._complete(closed)
         return done
 
     def _among(self, partitions: frozenset[int]) -> Callable[[str], bool]:
         return lambda thing: self._partition(thing) in partitions
 
-    def _complete(self, window: int, partitions: frozenset[int]) -> None:
-        """Mark the window closed for every thing of the partitions still owned, its parts deleted."""
+    def _complete(self, closed: Mapping[int, int]) -> None:
+        """Mark each partition's windows closed through the given one ({partition: window}) for
+        every thing, for the partitions still owned, their parts deleted."""
         owned = self._owned()
-        held = {partition: owned[partition] for partition in partitions if partition in owned}
-        try:
-            with writing(self._engine) as conn:
-                fencing.check_all(conn, held)
-                cluster_parts.advance(conn, {partition: Mark(window, None) for partition in held})
-        except fencing.Fenced as error:
-            log.info("cloud_window_mark_fenced", window=window, error=str(error))
-        for partition in partitions:
+        held = {partition: owned[partition] for partition in closed if partition in owned}
+        if held:
+            try:
+                with writing(self._engine) as conn:
+                    fencing.check_all(conn, held)
+                    cluster_parts.advance(conn, {partition: Mark(closed[partition], None) for partition in held})
+            except fencing.Fenced as error:
+                log.info("cloud_window_mark_fenced", error=str(error))
+        for partition, window in closed.items():
             floor = self._floors.get(partition)
             if floor is not None and floor.window <= window:
                 del self._floors[partition]
