@@ -90,8 +90,8 @@ def cluster_roles(settings: Settings) -> frozenset[str]:
         raise ConfigurationError("--roles: give at least one of broker, api, detect")
     urls = settings.cluster_urls
     if not urls or any(not url.startswith(("nats://", "tls://")) for url in urls):
-        raise ConfigurationError(f"--cluster-url: expected nats://host:port[,nats://host:port], got "
-                                 f"{settings.cluster_url!r}")
+        raise ConfigurationError(f"--cluster-url: expected nats://host:port[,nats://host:port] (or tls://), "
+                                 f"got {settings.cluster_url_for_logs!r}")
     if settings.nats_events_url is not None:
         # Every broker node would read the same NATS system events and count each device once per node.
         raise ConfigurationError("--nats-events-url: not available in cluster mode (every node would count the "
@@ -316,7 +316,7 @@ async def serve_cluster(settings: Settings) -> None:
         loops.append(devices.cloud.run())
     background = [asyncio.create_task(loop) for loop in [*loops, cluster_health.run()]]
     gc.freeze()
-    log.info("ready", node=node_id, roles=",".join(sorted(roles)), cluster=settings.cluster_url,
+    log.info("ready", node=node_id, roles=",".join(sorted(roles)), cluster=settings.cluster_url_for_logs,
              replicas=topology.replicas, partitions=topology.partitions,
              api=f"http://{settings.host}:{settings.api_port}", mqtt=devices.endpoint if devices else None,
              mqtt_auth=devices.gatekeeper.auth if devices else None, region=settings.region,
