@@ -152,8 +152,8 @@ class BrokerRole:
             raise ConfigurationError(f"MQTT: cannot start ({error})") from None
 
     async def stop(self) -> None:
-        await self.broker.stop()  # no new reports; those in flight are answered
-        await self.ingest.stop()
+        await self.ingest.stop()  # those in flight answered while the broker can still deliver the answers
+        await self.broker.stop()
 
 
 async def broker_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,

@@ -272,8 +272,8 @@ async def serve(settings: Settings) -> None:
             task.cancel()
         if nats_reader is not None:
             await nats_reader.stop()
+        await ingest.stop()  # those in flight answered while the broker can still deliver the answers
         await broker.stop()
-        await ingest.stop()
         await anyio.to_thread.run_sync(store.close)
         engine.dispose()
 
