@@ -96,8 +96,8 @@ def cluster_roles(settings: Settings) -> frozenset[str]:
         raise ConfigurationError("--roles: give at least one of broker, api, detect")
     urls = settings.cluster_urls
     if not urls or any(not url.startswith(("nats://", "tls://")) for url in urls):
-        raise ConfigurationError(f"--cluster-url: expected nats://host:port[,nats://host:port], got "
-                                 f"{settings.cluster_url!r}")
+        raise ConfigurationError(f"--cluster-url: expected nats://host:port[,nats://host:port] (or tls://), "
+                                 f"got {settings.cluster_url_for_logs!r}")
     if settings.nats_events_url is not None:
         if settings.nats_monitor_url is None:
             raise ConfigurationError("--nats-events-url needs --nats-monitor-url (the client ids come from /connz)")
@@ -159,8 +159,8 @@ class BrokerRole:
             raise ConfigurationError(f"MQTT: cannot start ({error})") from None
 
     async def stop(self) -> None:
-        await self.broker.stop()  # no new reports; those in flight are answered
-        await self.ingest.stop()
+        await self.ingest.stop()  # those in flight answered while the broker can still deliver the answers
+        await self.broker.stop()
 
 
 async def broker_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
@@ -370,7 +370,7 @@ async def serve_cluster(settings: Settings) -> None:
             loops.append(nats_events(settings, engine, events.intake))
     background = [asyncio.create_task(loop) for loop in [*loops, cluster_health.run()]]
     gc.freeze()
-    log.info("ready", node=node_id, roles=",".join(sorted(roles)), cluster=settings.cluster_url,
+    log.info("ready", node=node_id, roles=",".join(sorted(roles)), cluster=settings.cluster_url_for_logs,
              replicas=topology.replicas, partitions=topology.partitions,
              api=f"http://{settings.host}:{settings.api_port}", mqtt=devices.endpoint if devices else None,
              mqtt_auth=devices.gatekeeper.auth if devices else None, region=settings.region,

@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 DAY = 86400.0
 
@@ -52,6 +53,13 @@ class Settings:
     @property
     def cluster_urls(self) -> list[str]:
         return [u.strip() for u in (self.cluster_url or "").split(",") if u.strip()]
+
+    @property
+    def cluster_url_for_logs(self) -> str | None:
+        """``--cluster-url`` with each URL's password replaced by ``***`` (logs and error messages)."""
+        if self.cluster_url is None:
+            return None
+        return ",".join(_without_password(url) for url in self.cluster_url.split(","))
 
     @property
     def role_set(self) -> frozenset[str]:
@@ -223,3 +231,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if isinstance(values.get("detection_worker"), str):
         values["detection_worker"] = values["detection_worker"] == "on"
     return Settings(**values)
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url.strip())
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url.strip()
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{host}"))

@@ -4,6 +4,7 @@ MQTT port is one clear line, not a traceback or a hang."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -76,10 +77,13 @@ def test_a_busy_port_is_one_clear_line(tmp_path, busy):
     assert "Traceback" not in result.stderr + result.stdout and '"ready"' not in result.stderr
 
 
-def test_ctrl_c_stops_everything_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_stop_signal_stops_everything_cleanly(tmp_path, how):
     """Ctrl-C in a terminal signals the whole foreground process group: the service, its detection
-    worker and Mosquitto. All end, with exit code 0 and no traceback (it once printed a
-    CancelledError traceback)."""
+    worker and Mosquitto. `docker stop`, Kubernetes and systemd send SIGTERM to the service's
+    process. Either way the service's own shutdown runs to its end ("stopped" logged), every child
+    ends, with exit code 0 and no traceback (Ctrl-C once printed a CancelledError traceback; SIGTERM
+    ended the process before its shutdown ran: exit code -15)."""
     import httpx
 
     api_port = free_port()
@@ -98,13 +102,17 @@ def test_ctrl_c_stops_everything_without_a_traceback(tmp_path):
                 time.sleep(0.2)
         brokers = children(serve.pid)
         assert brokers, "the service runs Mosquitto"
-        os.killpg(serve.pid, 2)  # SIGINT to the group, as a terminal's Ctrl-C
+        if how == "ctrl-c":
+            os.killpg(serve.pid, signal.SIGINT)  # to the group, as a terminal's Ctrl-C
+        else:
+            serve.send_signal(signal.SIGTERM)  # to the service only, as `docker stop`
         out, err = serve.communicate(timeout=30)
     finally:
         if serve.poll() is None:
             os.killpg(serve.pid, 9)
     assert serve.returncode == 0, err[-2000:]
     assert "Traceback" not in out + err
+    assert "stopped" in err, err[-2000:]
     time.sleep(0.5)
     assert not any(alive(pid) for pid in brokers)
 

@@ -26,7 +26,7 @@ from botocore.credentials import Credentials
 import pytest
 import sqlalchemy as sa
 
-from iotdefender.cluster.partitions import assignment, partition_of
+from iotdefender.cluster.partitions import PARTITION_COUNT, assignment, partition_of
 from iotdefender.store import history
 from iotdefender.store.database import create_engine
 from tests.support.mqtt import Device, report
@@ -182,6 +182,19 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
               f"messages sent in {roamer_sent:.2f}s")
         print(f"cluster e2e: {time.monotonic() - started:.1f}s; report -> accepted through node A: "
               f"{', '.join(f'{1000 * t:.0f}' for t in answered)} ms")
+
+        # `docker stop`, Kubernetes and systemd stop a node with SIGTERM: it leaves cleanly, handing
+        # its partitions over at once (it used to exit at once, its partitions waiting for the lease
+        # to expire): B's log shows every partition of its share released, and A then owns them all.
+        b_share = assignment(members)[node_id(b)]
+        stopping = time.monotonic()
+        b.stop()
+        wait_for(lambda: gauge(a, "iotdefender_cluster_owned_partitions") == PARTITION_COUNT, 10, "A owns all")
+        assert b.log_path is not None
+        b_log = b.log_path.read_text()
+        assert b_log.count('"cluster.partition_released"') == len(b_share) and '"stopped"' in b_log, b_log[-3000:]
+        print(f"cluster e2e: SIGTERM of B -> A owns all {PARTITION_COUNT} partitions in "
+              f"{time.monotonic() - stopping:.1f}s")
     finally:
         for device in devices:
             device.close()

@@ -242,3 +242,27 @@ def test_two_batches_in_flight_never_share_a_thing_and_keep_its_order(pipeline):
         ids = [rid for thing, rid in store.stored if thing == f"dev-{n}"]
         assert ids == list(range(1, len(ids) + 1)) and len(ids) == 12
     assert {outcome(r) for r in replies} == {"ACCEPTED"}
+
+
+def test_stopping_answers_what_was_accepted_and_refuses_what_comes_after(pipeline):
+    """A clean stop (SIGTERM, Ctrl-C) stores and answers every report already queued before the
+    broker goes, and answers reports that arrive meanwhile ``ServiceUnavailable`` (retryable)
+    rather than queueing them behind the shutdown, where they were never answered."""
+    store = pipeline[0]
+
+    async def scenario(ingest, replies):
+        store.gate.clear()  # the store is slow: three reports wait in ingest
+        for n in range(3):
+            ingest.submit(f"early-{n}", "json", payload(1))
+        stopping = asyncio.create_task(ingest.stop())
+        await asyncio.sleep(0.05)
+        assert not stopping.done()  # it waits for the three
+        ingest.submit("late", "json", payload(1))
+        await until(lambda: len(replies) == 1)
+        assert replies[0][1]["thingName"] == "late" and outcome(replies[0][1]) == "ServiceUnavailable"
+        store.gate.set()
+        await asyncio.wait_for(stopping, 10)
+        assert sorted((r["thingName"], outcome(r)) for _, r in replies[1:]) == [
+            (f"early-{n}", "ACCEPTED") for n in range(3)]
+
+    run(pipeline, scenario)

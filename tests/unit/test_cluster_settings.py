@@ -66,3 +66,14 @@ def test_node_ids_are_unique_per_process_and_valid_subject_tokens():
     assert first != second and first.startswith("web-example-com-41-")
     assert re.fullmatch(r"[A-Za-z0-9-]+", new_node_id("höst_name.local"))
     assert reply_subject(first).count(".") == 2  # one token: no dot of the host name leaks into the subject
+
+
+def test_nats_passwords_stay_out_of_logs_and_error_messages():
+    """The `ready` line printed --cluster-url as given, password and all (the database URL's
+    password was already masked)."""
+    given = settings("--cluster-url", "nats://ops:s3cret@h1:4222, tls://h2:4222,nats://u:p%40ss@[::1]:5",
+                     "--database-url", PG)
+    assert given.cluster_url_for_logs == "nats://ops:***@h1:4222,tls://h2:4222,nats://u:***@[::1]:5"
+    with pytest.raises(ConfigurationError) as refused:
+        cluster_roles(settings("--cluster-url", "http://ops:s3cret@h1:4222", "--database-url", PG))
+    assert "s3cret" not in str(refused.value) and "http://ops:***@h1:4222" in str(refused.value)

@@ -78,6 +78,7 @@ class IngestService:
         self._health = health if health is not None else DatabaseHealth.of(engine)
         self._writer: asyncio.Task[None] | None = None
         self._in_flight_things: set[str] = set()  # things with a report in a batch being stored
+        self._stopping = False
         QUEUE_LIMIT.set(queue_limit)
 
     async def start(self) -> None:
@@ -89,7 +90,12 @@ class IngestService:
         self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
 
     async def stop(self) -> None:
-        """Write what was accepted into the queue, then stop."""
+        """Store and answer every report accepted into the queue, then stop.
+
+        Call it while the broker still runs, so those answers reach their devices; reports that
+        arrive meanwhile are answered ``ServiceUnavailable`` (retryable: the device resends to
+        another node or after the restart) instead of queueing behind the shutdown."""
+        self._stopping = True
         if self._writer is not None:
             await self._queue.join()
             self._writer.cancel()
@@ -117,6 +123,9 @@ class IngestService:
             thing = check_thing_name(thing_raw)
             report = parse_report(payload, encoding, self._monitoring.custom_metric_types())
             self._order.check(thing, report.report_id, now)
+            if self._stopping:
+                raise ReportRejected(RejectCode.SERVICE_UNAVAILABLE,
+                                     "The service is stopping; retry later", report.report_id)
             if self._outstanding >= self._queue_limit:
                 raise ReportRejected(RejectCode.SERVICE_OVERLOADED,
                                      f"The service has {self._outstanding} reports waiting to be stored; "
