@@ -167,7 +167,8 @@ def _refuse_if_different(topology: Topology, existing: StreamConfig) -> None:
         raise TopologyMismatch(
             f"stream {topology.stream} holds reports in {recorded} partitions, this node is configured for "
             f"{topology.partitions}: partitions map things to nodes and cannot change under running nodes; "
-            "start every node with the same count, or drain and delete the stream to repartition")
+            "the count is fixed by the release (cluster/partitions.py): run the same release on every node, or "
+            "drain the stream and delete it to repartition")
     if existing.num_replicas != topology.replicas:
         raise TopologyMismatch(
             f"stream {topology.stream} is replicated R{existing.num_replicas}, this node expects "
