@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from iotdefender.engine.evaluator import Evaluator
 from iotdefender.engine.ml import ConfidenceLevel, SeasonalClock, TrainingData, TrainingSettings, train
 from iotdefender.engine.ml_behavior import ActiveModel, additional_info
+from iotdefender.engine.ml_behavior import evidence as ml_evidence
 
 METRIC = "aws:num-established-tcp-connections"
 HOUR = 1.0  # --time-scale 3600
@@ -83,3 +86,22 @@ def test_the_sentence_quotes_the_evidence_band_and_a_clearing_says_it_is_within_
     text = event.evidence["explanation"]
     assert "is within the HIGH band of model version 3 for d4" in text and "normal at HIGH" in text
     assert "robust standard deviations" not in text and "is LOW" not in text
+
+
+def test_the_evidence_sentence_tells_a_value_from_the_edge_it_crossed():
+    """A value just above the band's upper edge: with both rounded to 3 digits the sentence read
+    "36.2 ... is above 36.2"; the numbers it writes must compare as the numbers do."""
+    active = model()
+    _, high = active.model.band("d4", 401.0, ConfidenceLevel.LOW)
+    value = high * (1 + 1e-5)
+    evidence = ml_evidence(active, ConfidenceLevel.LOW, METRIC, "d4", value, 401.0)
+    found = re.search(r"(\S+) connections on .* is above (\S+) connections, the upper edge", evidence["explanation"])
+    assert found, evidence["explanation"]
+    shown_value, shown_edge = (float(t.replace(",", "")) for t in found.groups())
+    assert shown_value > shown_edge
+
+
+def test_the_evidence_sentence_writes_one_unit_in_the_singular():
+    active = model()
+    sentence = ml_evidence(active, ConfidenceLevel.LOW, METRIC, "d4", 1.0, 401.0)["explanation"]
+    assert f"{METRIC} 1 connection on" in sentence and "1 connections" not in sentence

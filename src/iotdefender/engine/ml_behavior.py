@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iotdefender.engine.ml import BehaviorModel, ConfidenceLevel
+from iotdefender.english import numbers_apart, quantity
 from iotdefender.metrics_catalog import METRIC_UNITS
 
 
@@ -67,24 +68,23 @@ def evidence(active: ActiveModel, level: ConfidenceLevel, metric: str, thing: st
 def sentence(active: ActiveModel, level: ConfidenceLevel, metric: str, thing: str, value: float, at: float) -> str:
     """E.g. "aws:all-bytes-out 20,112 bytes on Tuesdays 14:30 is above 2,640 bytes, the upper edge
     of the HIGH band of model version 2 for dev-3 (1,470 bytes to 2,640 bytes): 16.9 robust standard
-    deviations from normal, judged HIGH"."""
+    deviations from normal, judged HIGH".
+
+    The value and the band's edges are written with one number of digits at which they compare as
+    they are ("36.21 is above 36.19", never "36.2 is above 36.2"), and units agree with their number
+    ("1 message")."""
     model = active.model
     low, high = model.band(thing, at, level)
     judged = model.judge(thing, value, at)
-    unit = METRIC_UNITS.get(metric, "").removesuffix(" (unverified)")
+    unit = METRIC_UNITS.get(metric, "")
+    shown, shown_low, shown_high = (quantity(text, unit) for text in numbers_apart(value, low, high))
     when = model.clock.label(model.clock.slot(at), every=True)
     band = f"the {level.value} band of model version {active.version} for {thing}"
-    measured = f"{metric} {quantity(value, unit)} on {when}"
+    measured = f"{metric} {shown} on {when}"
     if not level.reached_by(judged):
-        return (f"{measured} is within {band} ({quantity(low, unit)} to {quantity(high, unit)}): normal at "
+        return (f"{measured} is within {band} ({shown_low} to {shown_high}): normal at "
                 f"{level.value}" + (f" (it reaches {judged.value} only)" if judged is not None else ""))
-    side = f"above {quantity(high, unit)}, the upper" if value > high else f"below {quantity(low, unit)}, the lower"
-    return (f"{measured} is {side} edge of {band} ({quantity(low, unit)} to {quantity(high, unit)}): "
+    side = f"above {shown_high}, the upper" if value > high else f"below {shown_low}, the lower"
+    return (f"{measured} is {side} edge of {band} ({shown_low} to {shown_high}): "
             f"{model.score(thing, value, at):.1f} robust standard deviations from normal, judged "
             f"{judged.value if judged is not None else level.value}")
-
-
-def quantity(x: float, unit: str) -> str:
-    """A value as people read it, with its unit when the metric has one: 640 bytes, 12.5, 0.031."""
-    number = f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
-    return f"{number} {unit}" if unit else number
