@@ -88,24 +88,25 @@ def _range(first: float, end: float, step: float) -> list[float]:
     return out
 
 
-def add_model_bands(marks: Marks, models: list[tuple[str, dict[str, Any], BehaviorModel, int]], thing: str,
-                    start: float, end: float) -> Marks:
+def add_model_bands(marks: Marks, models: list[tuple[str, dict[str, Any], BehaviorModel, int, float | None]],
+                    thing: str, start: float, end: float) -> Marks:
     """Each ML behavior's band at its confidence level, on the chart of its series: ``models`` are
-    (profile name, behavior, its active model, that model's version).
+    (profile name, behavior, a model version, its number, when the next version replaced it or
+    None for the one in force), as ``behavior_models.model_history_of`` lists them.
 
-    The band is drawn only from the time the active version was trained: before it, another
-    version (or none) judged the datapoints, and this version's band drawn over them would make
-    older alarms look like alarms on values inside the band. The entry says which version and
-    when it was trained, for the note under the chart."""
-    for profile, behavior, model, version in models:
+    Each version's band is drawn over the time it judged the datapoints: from when it was trained
+    until the next version replaced it. Before it, another version (or none) judged them, and its
+    band drawn there would make older alarms look like alarms on values inside the band. The entry
+    says which version, when it was trained and until when, for the note under the chart."""
+    for profile, behavior, model, version, until in models:
         level = ConfidenceLevel(((behavior.get("criteria") or {}).get("mlDetectionConfig") or {})
                                 .get("confidenceLevel", "HIGH"))
         trained_at = model.summary().trained_at
-        since = max(start, trained_at)
+        since, to = max(start, trained_at), end if until is None else min(end, until)
         entry = marks.setdefault(behavior_series(behavior), {"thresholds": [], "alarms": []})
         entry.setdefault("bands", []).append({
             "label": f"{profile}/{behavior['name']}", "level": level.value, "version": version,
-            "trainedAt": trained_at,
-            "points": model_band(ActiveModel(behavior_series(behavior), version, model), thing, level, since, end)
-            if since < end else []})
+            "trainedAt": trained_at, "until": until,
+            "points": model_band(ActiveModel(behavior_series(behavior), version, model), thing, level, since, to)
+            if since < to else []})
     return marks

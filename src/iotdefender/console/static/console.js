@@ -118,7 +118,7 @@ function describeMarks(el, marks) {
   if (!marks || (!(marks.thresholds || []).length && !(marks.alarms || []).length && !(marks.bands || []).length)) return;
   const note = document.createElement("p"); note.className = "chart-marks hint";
   const parts = (marks.thresholds || []).map((t) => `threshold ${esc(t.label)}: ${esc(t.value)}`).concat(
-    (marks.bands || []).map((b) => `<span class="ml-band">learned normal</span> ${esc(b.label)} at ${esc(b.level)} confidence (green): model version ${esc(b.version)}, trained ${utc(b.trainedAt)} UTC, drawn from then on`),
+    (marks.bands || []).map((b) => `<span class="ml-band">learned normal</span> ${esc(b.label)} at ${esc(b.level)} confidence (green): model version ${esc(b.version)}, trained ${utc(b.trainedAt)} UTC, drawn ${b.until == null ? "from then on" : `until ${utc(b.until)} UTC, when the next version replaced it`}`),
     (marks.alarms || []).map((a) => `<span class="state-alarm">in alarm</span> ${esc(a.label)} ${utc(a.start)} – ${utc(a.end)} UTC (${esc(durationText(a.end - a.start))})`));
   note.innerHTML = parts.join(" · ");
   el.after(note);
