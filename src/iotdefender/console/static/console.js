@@ -215,7 +215,7 @@ function onViolation(e) {
   toast(`${type}: ${ev.thingName} · ${ev.securityProfileName}/${ev.behaviorName}`, type);
   const recent = document.querySelector("#live-events tbody");
   if (recent) {
-    recent.insertAdjacentHTML("afterbegin", `<tr class="fresh"><td>${utc(ev.violationEventTime)}</td><td><span class="tag ${esc(type)}">${esc(type)}</span></td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(metricValue(ev.metricValue))}</td></tr>`);
+    recent.insertAdjacentHTML("afterbegin", `<tr class="fresh"><td>${utc(ev.violationEventTime)}</td><td><span class="tag ${esc(type)}">${esc(type)}</span></td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(ev.metricText ?? metricValue(ev.metricValue))}</td></tr>`);
   }
   const count = document.getElementById("active-count");
   if (count) {
@@ -231,14 +231,14 @@ function onViolation(e) {
   if (f.view === "active") {
     if (type === "in-alarm") {
       body.querySelector("tr.empty")?.remove();
-      body.insertAdjacentHTML("afterbegin", `<tr class="fresh" data-violation="${esc(ev.violationId)}"><td>${document.getElementById("bulk-verify") ? `<input type="checkbox" name="violationId" value="${esc(ev.violationId)}" form="bulk-verify" class="pick" aria-label="select">` : ""}</td><td>${utc(ev.violationEventTime)}</td><td class="duration" data-age="0" data-from="${performance.now()}">0 s</td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(metricValue(ev.metricValue))}</td><td>${verificationCell(ev.violationId)}</td><td><button type="button" class="link" data-evidence="${esc(ev.violationId)}">evidence</button></td></tr>`);
+      body.insertAdjacentHTML("afterbegin", `<tr class="fresh" data-violation="${esc(ev.violationId)}"><td>${document.getElementById("bulk-verify") ? `<input type="checkbox" name="violationId" value="${esc(ev.violationId)}" form="bulk-verify" class="pick" aria-label="select">` : ""}</td><td>${utc(ev.violationEventTime)}</td><td class="duration" data-age="0" data-from="${performance.now()}">0 s</td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(ev.metricText ?? metricValue(ev.metricValue))}</td><td>${verificationCell(ev.violationId)}</td><td><button type="button" class="link" data-evidence="${esc(ev.violationId)}">evidence</button></td></tr>`);
     } else {
       const row = body.querySelector(`tr[data-violation="${CSS.escape(ev.violationId)}"]`);
       if (row) { row.classList.add("ended"); row.title = `${type} at ${utc(ev.violationEventTime)}`; }
     }
   } else {
     body.querySelector("tr.empty")?.remove();
-    body.insertAdjacentHTML("afterbegin", `<tr class="fresh" data-violation="${esc(ev.violationId)}"><td>${utc(ev.violationEventTime)}</td><td><span class="tag ${esc(type)}">${esc(type)}</span></td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(metricValue(ev.metricValue))}</td><td>${verificationCell(ev.violationId)}</td><td><button type="button" class="link" data-evidence="${esc(ev.violationId)}">evidence</button></td></tr>`);
+    body.insertAdjacentHTML("afterbegin", `<tr class="fresh" data-violation="${esc(ev.violationId)}"><td>${utc(ev.violationEventTime)}</td><td><span class="tag ${esc(type)}">${esc(type)}</span></td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(ev.metricText ?? metricValue(ev.metricValue))}</td><td>${verificationCell(ev.violationId)}</td><td><button type="button" class="link" data-evidence="${esc(ev.violationId)}">evidence</button></td></tr>`);
   }
 }
 
