@@ -28,7 +28,7 @@ from iotdefender.api.http_limits import BoundedHttpToolsProtocol
 from iotdefender.backtest.jobs import BacktestJobs
 from iotdefender.brokers.external import ExternalBroker, parse_broker_url
 from iotdefender.brokers.gatekeeper import Gatekeeper, check_password_file
-from iotdefender.brokers.listeners import ListenerSettings, check_tls_files
+from iotdefender.brokers.listeners import ListenerSettings, ReportSink, check_tls_files
 from iotdefender.brokers.mosquitto.broker import MosquittoBroker
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable
 from iotdefender.brokers.observer import NULL_OBSERVER
@@ -298,7 +298,7 @@ def build_ingest(settings: Settings, engine: Engine, monitoring: MonitoringIndex
                          queue_limit=settings.ingest_queue_limit, health=health), replies
 
 
-def build_broker(settings: Settings, gatekeeper: Gatekeeper, submit: Callable[[str, str, bytes], None]
+def build_broker(settings: Settings, gatekeeper: Gatekeeper, submit: ReportSink
                  ) -> tuple[Broker, str]:
     """The device-facing broker (Mosquitto of our own, or an external one we join) and its endpoint."""
     if settings.mqtt_url is not None:

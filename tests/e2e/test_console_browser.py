@@ -77,6 +77,7 @@ def test_console_end_to_end(console_service, page: Page):
     assert device.report(report(1, [22, 80, 443]))[0] == "json/accepted"
     row = page.locator("#violations-table tr.fresh", has_text="pw-device")
     expect(row).to_be_visible(timeout=10_000)
+    expect(row).to_contain_text("3 ports")  # the live row writes the value with its unit
     assert page.evaluate("window.__notReloaded") is True
     expect(page.locator("#toasts .toast")).to_contain_text("in-alarm: pw-device")
     # Its duration counts up on the open page (it read "0 s" for as long as the page stayed open).
@@ -94,7 +95,8 @@ def test_console_end_to_end(console_service, page: Page):
 
     # Its evidence: the datapoint and the threshold it broke.
     page.click("#violations-table button[data-evidence]")
-    expect(page.locator("#evidence-body")).to_contain_text("threshold 2")
+    expect(page.locator("#evidence-body")).to_contain_text("reported value 3 ports")  # units, as the sentence
+    expect(page.locator("#evidence-body")).to_contain_text("threshold 2 ports")
     shot(page, "05-evidence")
     page.click("#evidence button.close")
 

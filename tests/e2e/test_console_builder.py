@@ -133,6 +133,10 @@ def test_builder_creates_edits_validates_and_previews(service, page: Page):
         "clears after 3 consecutive compliant datapoints.")
     expect(card(page, 0).locator(".sentence")).to_contain_text(
         "Alarms when number of listening TCP ports is above 3 ports for 2 consecutive datapoints")
+    card(page, 0).locator("[data-field=value]").fill("1")  # the unit agrees with its number
+    expect(card(page, 0).locator(".sentence")).to_contain_text("is above 1 port for 2 consecutive datapoints")
+    card(page, 0).locator("[data-field=value]").fill("3")
+    expect(card(page, 0).locator(".sentence")).to_contain_text("is above 3 ports for")
     expect(card(page, 1).locator(".sentence")).to_contain_text(
         "all bytes out over 5 minutes is at or above the p99 of all devices' values")
     expect(card(page, 2).locator(".sentence")).to_contain_text("include a port outside {22, 443}")

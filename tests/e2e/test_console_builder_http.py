@@ -27,9 +27,11 @@ def test_catalog_offers_every_metric_with_its_rules(service):
     by_name = {m["name"]: m for m in catalog["metrics"]}
     assert by_name["aws:all-bytes-out"] == {
         "name": "aws:all-bytes-out", "label": "aws:all-bytes-out", "side": "device", "unit": "bytes",
-        "valueType": "count", "operators": ["greater-than", "greater-than-equals", "less-than", "less-than-equals"],
+        "unitWords": {"one": "byte", "other": "bytes"}, "valueType": "count", "operators": ["greater-than", "greater-than-equals", "less-than", "less-than-equals"],
         "duration": True, "statistical": True, "ml": True, "dimension": False}
     assert by_name["aws:listening-tcp-ports"]["operators"] == ["in-port-set", "not-in-port-set"]
+    assert by_name["aws:disconnect-duration"]["unitWords"] == {"one": "minute", "other": "minutes"}
+    assert by_name["builder-cpu"]["unitWords"] is None
     assert by_name["builder-cpu"]["label"] == "CPU load" and by_name["builder-cpu"]["valueType"] == "number"
     assert catalog["mlDetect"] is True  # ML Detect is evaluated: the builder offers it
     assert len([m for m in catalog["metrics"] if m["side"] != "custom"]) == 18

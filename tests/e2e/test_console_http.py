@@ -6,6 +6,7 @@ session, refuse writes without the session's CSRF token, and escape what it prin
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -112,6 +113,8 @@ def test_live_stream_and_console_backtest(service):
             if line.startswith("data:") and "http-dev" in line:
                 break
     assert any(line.startswith("event: violation") for line in events)
+    live = json.loads(events[-1].removeprefix("data:"))  # written as the page's tables write values
+    assert live["metricValue"] == {"count": 3} and live["metricText"] == "3 ports", live
     started = client.post("/console/api/backtests", headers={"x-csrf-token": token},
                           json={"securityProfileName": "http-live", "startTime": time.time() - 60,
                                 "endTime": time.time() + 1})

@@ -112,3 +112,23 @@ def test_demo_keeps_running_for_the_console_until_ctrl_c(tmp_path):
     assert demo.returncode == 0, err
     assert "Traceback" not in out + err
     assert os.path.exists(data_dir / "credentials")
+
+
+def test_a_short_interval_is_kept_and_never_throttled(tmp_path):
+    """The README's ML recipe reports every 0.1 s against a throttle of 300 s / 3600 = 0.083 s: the
+    simulator sent every 0.5 s whatever the interval (a fixed sleep), and a device that woke late
+    sent a catch-up report at once (the schedule counted from the plan, not from the last report)."""
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--time-scale", "3600"])  # throttle 0.083 s
+    svc.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "iotdefender", "simulate", "--mqtt-url", f"mqtt://127.0.0.1:{svc.mqtt_port}",
+             "--devices", "3", "--interval", "0.1", "--duration", "4", "--no-custom-metrics", "--prefix", "fast-"],
+            capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        # 3 devices x (4 s minus a start offset of up to 0.1 s) / 0.1 s, less what a busy machine delays.
+        assert summary["reports_sent"] >= 3 * 25, summary
+        assert summary["rejected"] == {} and summary["accepted"] == summary["reports_sent"], summary
+    finally:
+        svc.stop()

@@ -41,7 +41,7 @@ def test_an_ml_band_is_drawn_through_each_slot_centre_and_reaches_the_charts_edg
     model = train(TrainingData(np.zeros(5000, np.int32), ["d"], times, values), trained_at=1000.0,
                   settings=TrainingSettings(clock=SeasonalClock(hour_seconds=10.0, origin=0.0)))
     behavior = {"name": "b", "metric": "m", "criteria": {"mlDetectionConfig": {"confidenceLevel": "LOW"}}}
-    marks = add_model_bands({}, [("p", behavior, model, 4)], "d", 1005.0, 1300.0)
+    marks = add_model_bands({}, [("p", behavior, model, 4, None)], "d", 1005.0, 1300.0)
     (band,) = marks["m"]["bands"]
     assert band["label"] == "p/b" and band["level"] == "LOW"
     assert band["version"] == 4 and band["trainedAt"] == 1000.0
@@ -64,7 +64,25 @@ def test_an_ml_band_starts_when_its_version_was_trained():
     model = train(TrainingData(np.zeros(5000, np.int32), ["d"], times, rng.uniform(90, 110, 5000)),
                   trained_at=1000.0, settings=TrainingSettings(clock=SeasonalClock(hour_seconds=10.0, origin=0.0)))
     behavior = {"name": "b", "metric": "m", "criteria": {"mlDetectionConfig": {"confidenceLevel": "LOW"}}}
-    (band,) = add_model_bands({}, [("p", behavior, model, 2)], "d", 500.0, 1300.0)["m"]["bands"]
+    (band,) = add_model_bands({}, [("p", behavior, model, 2, None)], "d", 500.0, 1300.0)["m"]["bands"]
     assert band["points"][0][0] == 1000.0 and min(p[0] for p in band["points"]) == 1000.0
-    (before,) = add_model_bands({}, [("p", behavior, model, 2)], "d", 500.0, 900.0)["m"]["bands"]
+    (before,) = add_model_bands({}, [("p", behavior, model, 2, None)], "d", 500.0, 900.0)["m"]["bands"]
     assert before["points"] == [] and before["version"] == 2
+
+
+def test_a_counts_band_is_drawn_as_detection_applies_it():
+    """A count metric's band has whole-count edges on the chart, as in the evidence (ml_behavior.band)."""
+    import numpy as np
+
+    from iotdefender.console.chart_marks import add_model_bands
+    from iotdefender.engine.ml import SeasonalClock, TrainingData, TrainingSettings, train
+
+    rng = np.random.default_rng(0)
+    times = np.sort(rng.uniform(0, 1000, 5000))
+    model = train(TrainingData(np.zeros(5000, np.int32), ["d"], times, rng.integers(2, 6, 5000).astype(float)),
+                  trained_at=1000.0, settings=TrainingSettings(clock=SeasonalClock(hour_seconds=10.0, origin=0.0)))
+    behavior = {"name": "b", "metric": "aws:num-established-tcp-connections",
+                "criteria": {"mlDetectionConfig": {"confidenceLevel": "LOW"}}}
+    (band,) = add_model_bands({}, [("p", behavior, model, 1, None)], "d", 1000.0, 1300.0)[
+        "aws:num-established-tcp-connections"]["bands"]
+    assert band["points"] and all(p[1] == int(p[1]) and p[2] == int(p[2]) for p in band["points"])

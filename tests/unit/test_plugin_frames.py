@@ -9,21 +9,25 @@ import threading
 from iotdefender.brokers.mosquitto.frames import ReplyBatcher, decode_reports, encode_reply
 
 
-def report_frame(encoding: bytes, thing: str, payload: bytes) -> bytes:
+RECEIVED_US = 1_796_000_000_123_456  # when the broker received it, microseconds since the epoch
+
+
+def report_frame(encoding: bytes, thing: str, payload: bytes, received_us: int = RECEIVED_US) -> bytes:
     name = thing.encode()
-    return struct.pack(">cHI", encoding, len(name), len(payload)) + name + payload
+    return struct.pack(">cHIQ", encoding, len(name), len(payload), received_us) + name + payload
 
 
 def test_reports_keep_every_byte_and_their_encoding():
     cbor = bytes([0xA1, 0x00, 0x00, 0xFF, 0x0A])  # NULs and newlines are payload, not separators
-    batch = report_frame(b"j", "cam-1", b'{"hed":{}}') + report_frame(b"c", "thermostat-é", cbor)
-    assert list(decode_reports(batch)) == [("cam-1", "json", b'{"hed":{}}'), ("thermostat-é", "cbor", cbor)]
+    batch = report_frame(b"j", "cam-1", b'{"hed":{}}') + report_frame(b"c", "thermostat-é", cbor, RECEIVED_US + 1)
+    assert list(decode_reports(batch)) == [("cam-1", "json", b'{"hed":{}}', 1_796_000_000.123456),
+                                           ("thermostat-é", "cbor", cbor, 1_796_000_000.123457)]
 
 
 def test_a_truncated_last_frame_is_dropped_and_the_others_kept():
     whole = report_frame(b"j", "a", b"{}")
     cut = report_frame(b"j", "b", b'{"x":1}')[:-2]
-    assert list(decode_reports(whole + cut)) == [("a", "json", b"{}")]
+    assert list(decode_reports(whole + cut)) == [("a", "json", b"{}", RECEIVED_US / 1e6)]
     assert list(decode_reports(b"")) == []
 
 

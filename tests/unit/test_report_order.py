@@ -40,3 +40,19 @@ def test_ids_must_increase():
         with pytest.raises(ReportRejected) as refused:
             order.check("cam", report_id, 2.0)
         assert refused.value.code == code
+
+
+def test_a_short_interval_tolerates_a_busy_machines_jitter_but_not_a_burst():
+    """At 300 s / 3600 the 10% rule tolerated 8 ms: reports a 0.1 s device sent that a loaded box
+    delivered 70 ms apart were refused. The tolerance is at least 50 ms, at most half the interval."""
+    order = ReportOrder(300.0 / 3600)
+    stored(order, "cam", 1, 10.0)
+    stored(order, "cam", 2, 10.0 + 0.07)
+    with pytest.raises(ReportRejected) as burst:
+        order.check("cam", 3, 10.07 + 0.03)
+    assert burst.value.code == RejectCode.THROTTLED
+    tiny = ReportOrder(0.02)  # half of 20 ms, not 50 ms: a device still waits 10 ms
+    stored(tiny, "cam", 1, 10.0)
+    with pytest.raises(ReportRejected):
+        tiny.check("cam", 2, 10.009)
+    stored(tiny, "cam", 2, 10.0101)

@@ -10,10 +10,10 @@ from typing import Protocol
 class ReportSink(Protocol):
     """Where an adapter hands each report (ingest's ``submit``)."""
 
-    def __call__(self, thing: str, encoding: str, payload: bytes, /) -> None:
-        """(thing name, "json"|"cbor", payload): takes the report and never raises; the reply
-        follows later. Synchronous, so that the MQTT client hands each message over without a
-        task of its own."""
+    def __call__(self, thing: str, encoding: str, payload: bytes, received: float | None = None, /) -> None:
+        """(thing name, "json"|"cbor", payload, when the broker received it if it says): takes the
+        report and never raises; the reply follows later. Synchronous, so that the MQTT client
+        hands each message over without a task of its own."""
 
 
 @dataclass(frozen=True)

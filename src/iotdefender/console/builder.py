@@ -24,14 +24,19 @@ from iotdefender.contract.errors import ApiError, invalid_request
 from iotdefender.backtest.preview import BacktestPreview
 from iotdefender.console.auth import Page, login_required
 from iotdefender.console.context import ConsoleContext
+from iotdefender.english import unit_words
 from iotdefender.metrics_catalog import BUILTIN_METRICS, CUSTOM_METRIC_TYPES, METRIC_UNITS, MetricSpec
 
 PAGE = 250
 
 
 def metric_entry(name: str, spec: MetricSpec, unit: str | None, label: str | None = None) -> dict[str, Any]:
-    """One metric as the builder offers it."""
-    return {"name": name, "label": label or name, "side": spec.side, "unit": unit, "valueType": spec.value_member,
+    """One metric as the builder offers it; ``unitWords`` are the unit's singular and plural as the
+    server writes them (english.unit_words), so the builder's sentences say "1 port" as the
+    evidence does, from one table."""
+    one, other = unit_words(unit) if unit else (None, None)
+    return {"name": name, "label": label or name, "side": spec.side, "unit": unit,
+            "unitWords": {"one": one, "other": other} if unit else None, "valueType": spec.value_member,
             "operators": sorted(spec.operators), "duration": spec.duration, "statistical": spec.statistical,
             "ml": spec.ml, "dimension": spec.dimension}
 

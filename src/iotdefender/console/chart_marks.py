@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from iotdefender.engine.ml import BehaviorModel, ConfidenceLevel
+from iotdefender.engine.ml_behavior import ActiveModel, band
 from iotdefender.metrics_catalog import series_key
 
 Marks = dict[str, dict[str, list[Any]]]
@@ -65,17 +66,18 @@ def chart_marks(profiles: list[dict[str, Any]], events: list[dict[str, Any]], en
 BAND_POINTS_MAX = 500
 
 
-def model_band(model: BehaviorModel, thing: str, level: ConfidenceLevel, start: float, end: float
+def model_band(active: ActiveModel, thing: str, level: ConfidenceLevel, start: float, end: float
                ) -> list[list[float]]:
     """[[time, low, high], ...]: the device's normal band at ``level`` at ``start``, at each slot
     centre inside the range (every few slots on a long range) and at ``end``; the model's band is
-    a straight line between slot centres, so joining the points draws it exactly."""
-    clock = model.clock
+    a straight line between slot centres, so joining the points draws it exactly. A count's band
+    is drawn as detection applies it (ml_behavior.band: edges rounded to whole counts)."""
+    clock = active.model.clock
     slot = clock.slot_seconds
     step = slot * max(1, int((end - start) / slot / BAND_POINTS_MAX) + 1)
     first_centre = start - (start - clock.origin - slot / 2) % slot + slot
     times = [start, *_range(first_centre, end, step), end] if end > start else [start]
-    return [[t, *model.band(thing, t, level)] for t in times]
+    return [[t, *band(active, thing, t, level)] for t in times]
 
 
 def _range(first: float, end: float, step: float) -> list[float]:
@@ -86,22 +88,25 @@ def _range(first: float, end: float, step: float) -> list[float]:
     return out
 
 
-def add_model_bands(marks: Marks, models: list[tuple[str, dict[str, Any], BehaviorModel, int]], thing: str,
-                    start: float, end: float) -> Marks:
+def add_model_bands(marks: Marks, models: list[tuple[str, dict[str, Any], BehaviorModel, int, float | None]],
+                    thing: str, start: float, end: float) -> Marks:
     """Each ML behavior's band at its confidence level, on the chart of its series: ``models`` are
-    (profile name, behavior, its active model, that model's version).
+    (profile name, behavior, a model version, its number, when the next version replaced it or
+    None for the one in force), as ``behavior_models.model_history_of`` lists them.
 
-    The band is drawn only from the time the active version was trained: before it, another
-    version (or none) judged the datapoints, and this version's band drawn over them would make
-    older alarms look like alarms on values inside the band. The entry says which version and
-    when it was trained, for the note under the chart."""
-    for profile, behavior, model, version in models:
+    Each version's band is drawn over the time it judged the datapoints: from when it was trained
+    until the next version replaced it. Before it, another version (or none) judged them, and its
+    band drawn there would make older alarms look like alarms on values inside the band. The entry
+    says which version, when it was trained and until when, for the note under the chart."""
+    for profile, behavior, model, version, until in models:
         level = ConfidenceLevel(((behavior.get("criteria") or {}).get("mlDetectionConfig") or {})
                                 .get("confidenceLevel", "HIGH"))
         trained_at = model.summary().trained_at
-        since = max(start, trained_at)
+        since, to = max(start, trained_at), end if until is None else min(end, until)
         entry = marks.setdefault(behavior_series(behavior), {"thresholds": [], "alarms": []})
         entry.setdefault("bands", []).append({
             "label": f"{profile}/{behavior['name']}", "level": level.value, "version": version,
-            "trainedAt": trained_at, "points": model_band(model, thing, level, since, end) if since < end else []})
+            "trainedAt": trained_at, "until": until,
+            "points": model_band(ActiveModel(behavior_series(behavior), version, model), thing, level, since, to)
+            if since < to else []})
     return marks

@@ -12,7 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
-from iotdefender.english import count_of
+from iotdefender.english import count_of, quantity
+from iotdefender.metrics_catalog import METRIC_UNITS
 from iotdefender.api.app import ApiService
 from iotdefender.console.sessions import SessionRegistry
 from iotdefender.console.throttle import LoginThrottle
@@ -60,6 +61,15 @@ def metric_value(value: Any) -> str:
     return str(value)
 
 
+def measured(value: Any, metric: str | None = None) -> str:
+    """A reported MetricValue in a table, as the evidence writes it: 2,048 bytes, 1 message, 36.2;
+    lists as ``metric_value`` writes them."""
+    number = value.get("count", value.get("number")) if isinstance(value, dict) else value
+    if isinstance(number, (int, float)) and not isinstance(number, bool):
+        return quantity(number, METRIC_UNITS.get((metric or "").split("|", 1)[0], ""))
+    return metric_value(value)
+
+
 @dataclass
 class ConsoleContext:
     api: ApiService
@@ -72,6 +82,7 @@ class ConsoleContext:
         self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
         self.templates.env.filters["when"] = when
         self.templates.env.filters["metric_value"] = metric_value
+        self.templates.env.filters["measured"] = measured
         self.templates.env.filters["duration"] = duration
         self.templates.env.filters["count_of"] = count_of
         self.templates.env.globals["time_scale"] = self.time_scale

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from iotdefender.contract.errors import ApiError
 from iotdefender.console.auth import Page, login_required
-from iotdefender.console.context import ConsoleContext
+from iotdefender.console.context import ConsoleContext, measured
 from iotdefender.store import insights
 
 POLL_S = 1.0
@@ -27,10 +27,13 @@ HEARTBEAT_S = 15.0
 
 
 def event_document(row: Any) -> dict[str, Any]:
+    """One live event; ``metricText`` is its value as the pages' tables write it (units, separators),
+    so the rows the stream adds read like the rows the page was served with."""
+    behavior = row.behavior or {}
     return {"id": row.id, "violationId": row.violation_id, "violationEventType": row.event_type,
             "thingName": row.thing_name, "securityProfileName": row.profile_name,
-            "behaviorName": (row.behavior or {}).get("name"), "metricValue": row.metric_value,
-            "violationEventTime": row.event_time}
+            "behaviorName": behavior.get("name"), "metricValue": row.metric_value,
+            "metricText": measured(row.metric_value, behavior.get("metric")), "violationEventTime": row.event_time}
 
 
 def _error(error: ApiError) -> Response:

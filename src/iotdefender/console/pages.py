@@ -20,7 +20,7 @@ from iotdefender.contract.errors import ApiError
 from iotdefender.console import fleet
 from iotdefender.console.auth import Page, login_required
 from iotdefender.console.chart_marks import add_model_bands, chart_marks
-from iotdefender.controlplane.behavior_models import active_models_of
+from iotdefender.controlplane.behavior_models import model_history_of
 from iotdefender.console.context import ConsoleContext
 from iotdefender.controlplane import hierarchy
 from iotdefender.metrics_catalog import BUILTIN_METRICS
@@ -150,7 +150,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             except ApiError:
                 described = None
             with console.engine.connect() as conn:
-                models = active_models_of(conn, profiles)
+                models = model_history_of(conn, profiles, start, end)
             marks = add_model_bands(chart_marks(profiles, events, end), models, name, start, end)
             return {"profiles": profiles, "active": active, "events": events, "series": series, "marks": marks,
                     "other": other, "described": described, "targets": console.monitoring.targets_of(name),

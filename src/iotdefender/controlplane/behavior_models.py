@@ -126,10 +126,13 @@ def _slot_bands(model: BehaviorModel, device: str, clock: SeasonalClock, slot: i
             **{level.value: list(model.band(device, at, level)) for level in LEVELS}}
 
 
-def active_models_of(conn: Connection, monitoring: Iterable[Mapping[str, Any]]
-                     ) -> list[tuple[str, dict[str, Any], BehaviorModel, int]]:
-    """(profile name, ML behavior, its active model, the model's version) for the ML behaviors of these profiles that
-    have one (the console's device charts draw their bands)."""
+def model_history_of(conn: Connection, monitoring: Iterable[Mapping[str, Any]], start: float, end: float
+                     ) -> list[tuple[str, dict[str, Any], BehaviorModel, int, float | None]]:
+    """(profile name, ML behavior, a model version, its number, when the next version replaced it)
+    for every kept version of the ML behaviors of these profiles that judged datapoints between
+    ``start`` and ``end`` (the console's device charts draw each version's band over the time it
+    was in force). The newest version counts only while it is the active one of an ACTIVE model
+    (``until`` None): an expired model no longer judges, and when it expired is not kept."""
     found = []
     for profile in monitoring:
         trainings = None
@@ -139,9 +142,16 @@ def active_models_of(conn: Connection, monitoring: Iterable[Mapping[str, Any]]
             if trainings is None:
                 trainings = ml_models.load_trainings(conn, profile["name"])
             training = _training_of(trainings, profile["name"], behavior)
-            if training is None or training.status != ACTIVE or training.active_version is None:
+            if training is None:
                 continue
-            stored = ml_models.load_model(conn, training.key, training.active_version)
-            if stored is not None:
-                found.append((profile["name"], dict(behavior), BehaviorModel.from_bytes(stored.model), stored.version))
+            versions = [v for v in ml_models.versions_of(conn, (profile["name"], behavior["name"]), end)
+                        if v.series == training.series]
+            for i, stored in enumerate(versions):
+                until = versions[i + 1].trained_at if i + 1 < len(versions) else None
+                if until is None and (training.status != ACTIVE or training.active_version != stored.version):
+                    continue
+                if until is not None and until <= start:
+                    continue  # replaced before the chart's range: nothing of it to draw
+                found.append((profile["name"], dict(behavior), BehaviorModel.from_bytes(stored.model), stored.version,
+                              until))
     return found

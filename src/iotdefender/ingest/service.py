@@ -101,11 +101,17 @@ class IngestService:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
 
-    def submit(self, thing_raw: str, encoding: str, payload: bytes) -> None:
-        """Take one report from the transport; the reply follows asynchronously. Never raises."""
+    def submit(self, thing_raw: str, encoding: str, payload: bytes, received: float | None = None) -> None:
+        """Take one report from the transport; the reply follows asynchronously. Never raises.
+
+        ``received``: when the broker received it, if the broker says (the Mosquitto plugin does).
+        The throttle measures the gap between a thing's reports there: measured here, a report
+        that waited for this event loop (a busy loop or machine: 125 ms and more seen under load)
+        came within the limit of the next one, sent a whole interval later, and the device was
+        refused Throttled (5 of 47,000 reports at 0.2 s against a limit of 0.083 s)."""
         now = self._clock()
         try:
-            self._submit(thing_raw, encoding, payload, now)
+            self._submit(thing_raw, encoding, payload, now, now if received is None else received)
         except Exception as error:
             if is_unavailable(error):  # e.g. the monitoring snapshot could not be read: retryable
                 self._health.failed(error)
@@ -117,12 +123,12 @@ class IngestService:
                                            f"The report could not be processed ({type(error).__name__})")
             self._reject(thing_raw, encoding, payload, rejection, now)
 
-    def _submit(self, thing_raw: str, encoding: str, payload: bytes, now: float) -> None:
+    def _submit(self, thing_raw: str, encoding: str, payload: bytes, now: float, received: float) -> None:
         thing = thing_raw
         try:
             thing = check_thing_name(thing_raw)
             report = parse_report(payload, encoding, self._monitoring.custom_metric_types())
-            self._order.check(thing, report.report_id, now)
+            self._order.check(thing, report.report_id, received)
             if self._stopping:
                 raise ReportRejected(RejectCode.SERVICE_UNAVAILABLE,
                                      "The service is stopping; retry later", report.report_id)
@@ -133,7 +139,7 @@ class IngestService:
         except ReportRejected as rejection:
             self._reject(thing, encoding, payload, rejection, now)
             return
-        self._order.queued(thing, report.report_id, now)
+        self._order.queued(thing, report.report_id, received)
         self._outstanding += 1
         QUEUED.set(self._outstanding)
         self._queue.put_nowait(AcceptedReport(thing, encoding, report, now))

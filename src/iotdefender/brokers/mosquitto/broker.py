@@ -209,8 +209,8 @@ class MosquittoBroker:
     # -- the plugin's channel -------------------------------------------------------------------
     def _on_plugin_message(self, topic: str, payload: bytes) -> None:
         if topic == REPORTS_TOPIC:
-            for thing, encoding, report in decode_reports(payload):
-                self._sink(thing, encoding, report)
+            for thing, encoding, report, received in decode_reports(payload):
+                self._sink(thing, encoding, report, received)
         elif topic == EVENTS_TOPIC:
             apply_events(payload, self._gatekeeper.observer, self._gatekeeper)
 

@@ -31,7 +31,11 @@
  * a second buffer, sent to the service as one message on REPORTS_TOPIC at the end of each pass of
  * Mosquitto's main loop (TICK), or at once when the buffer is large. Nothing subscribes to the
  * report topics themselves. Frames, integers big-endian:
- *   u8 encoding ('j' json, 'c' cbor)  u16 thing length  u32 payload length  thing  payload
+ *   u8 encoding ('j' json, 'c' cbor)  u16 thing length  u32 payload length
+ *   u64 received (microseconds since the epoch, CLOCK_REALTIME)  thing  payload
+ * The receive time is the one the service's throttle measures the gap between a thing's reports
+ * with: measured at the service instead, a report that waited there (a busy event loop, a busy
+ * machine) was followed within the limit by the next one, sent a whole interval later.
  * Replies: the service sends the replies of one event-loop iteration as one message on
  * REPLIES_TOPIC, frames
  *   u8 qos  u16 topic length  u32 payload length  topic  payload
@@ -486,13 +490,19 @@ static size_t get_u32(const unsigned char *at)
 /* One report frame (layout at the top of this file). */
 static void append_report(const char *topic, const char *thing, const void *payload, uint32_t payloadlen)
 {
-	unsigned char head[7];
+	unsigned char head[15];
 	size_t thing_len = strlen(thing);
 	const char *encoding = strrchr(topic, '/') + 1;
+	struct timespec now;
+	uint64_t micros;
 	if(!buffer_reserve(&reports, sizeof(head) + thing_len + payloadlen)) return;
+	clock_gettime(CLOCK_REALTIME, &now);
+	micros = (uint64_t)now.tv_sec * 1000000u + (uint64_t)(now.tv_nsec / 1000);
 	head[0] = encoding[0] == 'c' ? 'c' : 'j';
 	put_u16(head + 1, thing_len);
 	put_u32(head + 3, payloadlen);
+	put_u32(head + 7, (size_t)(micros >> 32));
+	put_u32(head + 11, (size_t)(micros & 0xffffffffu));
 	buffer_append(&reports, head, sizeof(head));
 	buffer_append(&reports, thing, thing_len);
 	buffer_append(&reports, payload, payloadlen);

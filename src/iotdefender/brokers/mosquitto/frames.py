@@ -13,24 +13,25 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 
-_REPORT_HEAD = struct.Struct(">cHI")  # encoding, thing length, payload length
+_REPORT_HEAD = struct.Struct(">cHIQ")  # encoding, thing length, payload length, received (µs since the epoch)
 _REPLY_HEAD = struct.Struct(">BHI")  # qos, topic length, payload length
 _ENCODINGS = {b"j": "json", b"c": "cbor"}
 
 
-def decode_reports(batch: bytes) -> Iterator[tuple[str, str, bytes]]:
-    """(thing, encoding, payload) for each frame; a truncated tail is ignored."""
+def decode_reports(batch: bytes) -> Iterator[tuple[str, str, bytes, float]]:
+    """(thing, encoding, payload, received) for each frame, ``received`` the epoch second the broker
+    received the report at (what the throttle measures); a truncated tail is ignored."""
     view = memoryview(batch)
     offset, end = 0, len(batch)
     head = _REPORT_HEAD.size
     while offset + head <= end:
-        encoding, thing_len, payload_len = _REPORT_HEAD.unpack_from(batch, offset)
+        encoding, thing_len, payload_len, micros = _REPORT_HEAD.unpack_from(batch, offset)
         start = offset + head
         offset = start + thing_len + payload_len
         if offset > end:
             return
         yield (str(view[start:start + thing_len], "utf-8"), _ENCODINGS.get(encoding, "json"),
-               bytes(view[start + thing_len:offset]))
+               bytes(view[start + thing_len:offset]), micros / 1e6)
 
 
 def encode_reply(topic: str, payload: bytes, qos: int) -> bytes:

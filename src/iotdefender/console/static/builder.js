@@ -46,7 +46,8 @@
     const dim = b.metricDimension;
     if (dim && dim.dimensionName) what += ` on topics ${dim.operator === "NOT_IN" ? "outside" : "matching"} dimension ${dim.dimensionName}`;
     if (c.durationSeconds && !c.mlDetectionConfig) what += ` over ${durationWords(c.durationSeconds)}`;
-    const unit = metric.unit && !/IP addresses/.test(metric.unit) ? ` ${metric.unit.replace(" (unverified)", "")}` : "";
+    // The unit's singular and plural come from the server (english.unit_words): "1 port", "3 ports".
+    const unit = (v) => (metric.unitWords ? ` ${Number(v) === 1 ? metric.unitWords.one : metric.unitWords.other}` : "");
     let when;
     if (c.mlDetectionConfig) {
       const level = c.mlDetectionConfig.confidenceLevel || "HIGH";
@@ -57,7 +58,7 @@
     } else if (ALARMS_WHEN[c.comparisonOperator]) {
       const v = textOf(c.value);
       if (v === "") return "Enter a threshold.";
-      when = `${what} is ${ALARMS_WHEN[c.comparisonOperator]} ${v}${unit}`;
+      when = `${what} is ${ALARMS_WHEN[c.comparisonOperator]} ${v}${unit(v)}`;
     } else {
       const items = textOf(c.value) || "(none)";
       const noun = { "in-port-set": "a port", "not-in-port-set": "a port", "in-cidr-set": "an address", "not-in-cidr-set": "an address" }[c.comparisonOperator] || "a value";

@@ -118,7 +118,7 @@ function describeMarks(el, marks) {
   if (!marks || (!(marks.thresholds || []).length && !(marks.alarms || []).length && !(marks.bands || []).length)) return;
   const note = document.createElement("p"); note.className = "chart-marks hint";
   const parts = (marks.thresholds || []).map((t) => `threshold ${esc(t.label)}: ${esc(t.value)}`).concat(
-    (marks.bands || []).map((b) => `<span class="ml-band">learned normal</span> ${esc(b.label)} at ${esc(b.level)} confidence (green): model version ${esc(b.version)}, trained ${utc(b.trainedAt)} UTC, drawn from then on`),
+    (marks.bands || []).map((b) => `<span class="ml-band">learned normal</span> ${esc(b.label)} at ${esc(b.level)} confidence (green): model version ${esc(b.version)}, trained ${utc(b.trainedAt)} UTC, drawn ${b.until == null ? "from then on" : `until ${utc(b.until)} UTC, when the next version replaced it`}`),
     (marks.alarms || []).map((a) => `<span class="state-alarm">in alarm</span> ${esc(a.label)} ${utc(a.start)} – ${utc(a.end)} UTC (${esc(durationText(a.end - a.start))})`));
   note.innerHTML = parts.join(" · ");
   el.after(note);
@@ -215,7 +215,7 @@ function onViolation(e) {
   toast(`${type}: ${ev.thingName} · ${ev.securityProfileName}/${ev.behaviorName}`, type);
   const recent = document.querySelector("#live-events tbody");
   if (recent) {
-    recent.insertAdjacentHTML("afterbegin", `<tr class="fresh"><td>${utc(ev.violationEventTime)}</td><td><span class="tag ${esc(type)}">${esc(type)}</span></td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(metricValue(ev.metricValue))}</td></tr>`);
+    recent.insertAdjacentHTML("afterbegin", `<tr class="fresh"><td>${utc(ev.violationEventTime)}</td><td><span class="tag ${esc(type)}">${esc(type)}</span></td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(ev.metricText ?? metricValue(ev.metricValue))}</td></tr>`);
   }
   const count = document.getElementById("active-count");
   if (count) {
@@ -231,14 +231,14 @@ function onViolation(e) {
   if (f.view === "active") {
     if (type === "in-alarm") {
       body.querySelector("tr.empty")?.remove();
-      body.insertAdjacentHTML("afterbegin", `<tr class="fresh" data-violation="${esc(ev.violationId)}"><td>${document.getElementById("bulk-verify") ? `<input type="checkbox" name="violationId" value="${esc(ev.violationId)}" form="bulk-verify" class="pick" aria-label="select">` : ""}</td><td>${utc(ev.violationEventTime)}</td><td class="duration" data-age="0" data-from="${performance.now()}">0 s</td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(metricValue(ev.metricValue))}</td><td>${verificationCell(ev.violationId)}</td><td><button type="button" class="link" data-evidence="${esc(ev.violationId)}">evidence</button></td></tr>`);
+      body.insertAdjacentHTML("afterbegin", `<tr class="fresh" data-violation="${esc(ev.violationId)}"><td>${document.getElementById("bulk-verify") ? `<input type="checkbox" name="violationId" value="${esc(ev.violationId)}" form="bulk-verify" class="pick" aria-label="select">` : ""}</td><td>${utc(ev.violationEventTime)}</td><td class="duration" data-age="0" data-from="${performance.now()}">0 s</td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(ev.metricText ?? metricValue(ev.metricValue))}</td><td>${verificationCell(ev.violationId)}</td><td><button type="button" class="link" data-evidence="${esc(ev.violationId)}">evidence</button></td></tr>`);
     } else {
       const row = body.querySelector(`tr[data-violation="${CSS.escape(ev.violationId)}"]`);
       if (row) { row.classList.add("ended"); row.title = `${type} at ${utc(ev.violationEventTime)}`; }
     }
   } else {
     body.querySelector("tr.empty")?.remove();
-    body.insertAdjacentHTML("afterbegin", `<tr class="fresh" data-violation="${esc(ev.violationId)}"><td>${utc(ev.violationEventTime)}</td><td><span class="tag ${esc(type)}">${esc(type)}</span></td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(metricValue(ev.metricValue))}</td><td>${verificationCell(ev.violationId)}</td><td><button type="button" class="link" data-evidence="${esc(ev.violationId)}">evidence</button></td></tr>`);
+    body.insertAdjacentHTML("afterbegin", `<tr class="fresh" data-violation="${esc(ev.violationId)}"><td>${utc(ev.violationEventTime)}</td><td><span class="tag ${esc(type)}">${esc(type)}</span></td><td><a href="/console/things/${encodeURIComponent(ev.thingName)}">${esc(ev.thingName)}</a></td><td>${esc(ev.securityProfileName)}</td><td>${esc(ev.behaviorName)}</td><td>${esc(ev.metricText ?? metricValue(ev.metricValue))}</td><td>${verificationCell(ev.violationId)}</td><td><button type="button" class="link" data-evidence="${esc(ev.violationId)}">evidence</button></td></tr>`);
   }
 }
 

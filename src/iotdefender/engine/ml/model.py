@@ -37,6 +37,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from iotdefender.english import number as _number
 from iotdefender.engine.ml.clock import SeasonalClock
 from iotdefender.engine.ml.data import TrainingData
 from iotdefender.engine.ml.levels import LEVELS, ConfidenceLevel
@@ -314,10 +315,3 @@ class BehaviorModel:
         r0 = sum(map(mul, weights, self._basis[first]))
         r1 = sum(map(mul, weights, self._basis[second]))
         return center + self._offset[i] + r0 + fraction * (r1 - r0), self._scale[i] * self._shape[nearest]
-
-
-def _number(x: float) -> str:
-    """Readable in the metric's units: 640, 12.5, 0.031."""
-    if abs(x) >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.3g}"
