@@ -52,9 +52,9 @@ def _ml(evidence: dict[str, Any], value: float | None, unit: str) -> dict[str, A
     band = evidence.get("band")
     if not isinstance(band, dict):
         return None
-    edges = [band.get("low"), band.get("high")]
-    if all(isinstance(e, (int, float)) for e in edges):
-        written = numbers_apart(*([] if value is None else [value]), *edges)[-2:]
+    low_edge, high_edge = band.get("low"), band.get("high")
+    if isinstance(low_edge, (int, float)) and isinstance(high_edge, (int, float)):
+        written = numbers_apart(*([] if value is None else [value]), low_edge, high_edge)[-2:]
         low, high = (quantity(text, unit) for text in written)
     else:
         low = high = "-"
