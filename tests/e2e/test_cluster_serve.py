@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import queue
+import re
 import threading
 import time
 from collections import Counter
@@ -182,6 +183,19 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
               f"messages sent in {roamer_sent:.2f}s")
         print(f"cluster e2e: {time.monotonic() - started:.1f}s; report -> accepted through node A: "
               f"{', '.join(f'{1000 * t:.0f}' for t in answered)} ms")
+
+        # The console behind a load balancer without sticky sessions: a login on A is a session on
+        # B (it was unknown there: sessions lived in A's memory), and a logout on B ends it on A.
+        console_a = httpx.Client(base_url=a.endpoint, follow_redirects=False, timeout=30)
+        assert console_a.post("/console/login", data={"access_key_id": ACCESS_KEY,
+                                                      "secret_access_key": SECRET_KEY}).status_code == 303
+        console_b = httpx.Client(base_url=b.endpoint, follow_redirects=False, timeout=30, cookies=console_a.cookies)
+        page_b = console_b.get("/console/")
+        assert page_b.status_code == 200, page_b.headers.get("location")
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page_b.text)
+        assert csrf is not None
+        assert console_b.post("/console/logout", data={"csrf": csrf.group(1)}).status_code == 303
+        assert console_a.get("/console/").status_code == 303  # to the login page
 
         # `docker stop`, Kubernetes and systemd stop a node with SIGTERM: it leaves cleanly, handing
         # its partitions over at once (it used to exit at once, its partitions waiting for the lease

@@ -20,7 +20,7 @@ SESSION_MAX_AGE_S = 12 * 3600
 
 
 def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: float = 1.0) -> Starlette:
-    console = ConsoleContext(api, monitoring, SessionRegistry(SESSION_MAX_AGE_S), time_scale)
+    console = ConsoleContext(api, monitoring, SessionRegistry(api.context.engine, SESSION_MAX_AGE_S), time_scale)
     a, p, f, lv = auth.routes(console), pages.routes(console), forms.routes(console), live.routes(console)
     d, r, dv = profile_detail.routes(console), resources.routes(console), devices.routes(console)
     ev, bv = evidence.routes(console), bulk_verification.routes(console)

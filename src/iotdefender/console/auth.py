@@ -45,7 +45,7 @@ def client_address(request: Request) -> str:
 def login_required(page: Page) -> Page:
     async def guarded(request: Request) -> Response:
         console: ConsoleContext = request.app.state.console
-        if not request.session.get("user") or not console.sessions.is_live(request.session.get("sid")):
+        if not request.session.get("user") or not await console.sessions.is_live(request.session.get("sid")):
             request.session.clear()
             if request.url.path.startswith("/console/api/") or request.headers.get("accept") == "text/event-stream":
                 return Response('{"message": "log in first"}', status_code=401, media_type="application/json")
@@ -95,15 +95,15 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             return console.render(request, "login.html", status_code=401, next=target,
                                   error="Unknown access key ID or wrong secret access key.")
         console.throttle.succeeded(subjects[0])
-        console.sessions.end(request.session.get("sid"))
+        await console.sessions.end(request.session.get("sid"))
         request.session.clear()
-        request.session.update({"user": key_id, "csrf": secrets.token_urlsafe(24), "sid": console.sessions.start()})
+        request.session.update({"user": key_id, "csrf": secrets.token_urlsafe(24), "sid": await console.sessions.start()})
         log.info("console_login", access_key_id=key_id, address=address)
         return RedirectResponse(target, status_code=303)
 
     @login_required
     async def logout(request: Request) -> Response:
-        console.sessions.end(request.session.get("sid"))
+        await console.sessions.end(request.session.get("sid"))
         request.session.clear()
         return RedirectResponse("/console/login", status_code=303)
 

@@ -251,6 +251,15 @@ history_compaction = sa.Table(
     sa.Column("last_row_id", sa.BigInteger, nullable=False),
 )
 
+# Console sessions that logout ends (console/sessions.py): in the database so that a session
+# started on one api node is known to every other (a load balancer without sticky sessions).
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("session_id", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.Float, nullable=False),  # epoch seconds
+)
+
 # Cluster mode (docs/cluster.md). The fence of a partition is the fencing token (the NATS lease
 # revision) of its newest owner: a batch transaction commits only while the fence still equals its
 # node's token (cluster/fencing.py). The progress of a partition is the highest stream sequence a
