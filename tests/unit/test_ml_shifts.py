@@ -57,7 +57,10 @@ def test_a_shift_that_filled_half_the_window_is_kept() -> None:
 
 
 def test_clean_devices_are_not_taken_for_changed_ones() -> None:
-    rms = np.array([1.0, 0.93, 0.6, 0.3, 0.3])
-    count = np.array([4_000, 4_000, 4_000, 4_000, 10])
-    own = np.array([True, True, True, False, True])
-    assert shifts.changed(rms, count, own).tolist() == [False, False, True, False, False]
+    """Sampled as at 100k devices, a strong rhythm over a small noise is fitted less well than the
+    noise: 0.675 was the lowest ratio over 20,000 clean devices, a hair above a cut at 1.5 (0.667);
+    planted shifts and drifts were 0.17-0.56 (a cut at 2 misses those above 0.5)."""
+    rms = np.array([1.0, 0.93, 0.675, 0.45, 0.17, 0.3, 0.3])
+    count = np.array([4_000, 4_000, 4_000, 4_000, 4_000, 4_000, 10])
+    own = np.array([True, True, True, True, True, False, True])
+    assert shifts.changed(rms, count, own).tolist() == [False, False, False, True, True, False, False]
