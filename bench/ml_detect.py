@@ -206,6 +206,8 @@ def detection(devices: int, train_days: int, test_days: int, share: float, fores
     detectors["static-trained-with-anomalies"] = detect_static(static_bands(dirty, quantiles), test)
     del contaminated, dirty
     per = test_period.per_device
+    dirty_by_kind = false_alarms_by_planted_kind(detectors["ml-trained-with-anomalies"], anomalies, planted,
+                                                 devices, per, test_days)
     results = {
         name: {level.value: evaluate(f, anomalies, devices, per, test_days, fleet.heavy)
                for level, f in zip(LEVELS, flags)}
@@ -224,12 +226,37 @@ def detection(devices: int, train_days: int, test_days: int, share: float, fores
         "evaluation_datapoints": len(test), "anomalies": kinds,
         "anomalies_in_training_of_the_with_anomalies_rows": training_kinds,
         "ml_thresholds_median_over_tail_cohorts": model.summary().thresholds,
+        "ml_trained_with_anomalies_thresholds_median_over_tail_cohorts": dirty_model.summary().thresholds,
         "static_bands": {level.value: [round(lo), round(hi)] for level, (lo, hi) in zip(LEVELS, bands)},
         "ml_training_seconds": round(ml_seconds, 2), "forest_training_seconds": round(forest_seconds, 2),
         "judge_matches_vectorised_scoring": agreement,
         "results": results, "spike_recall_by_sigma": spikes,
+        "ml_trained_with_anomalies_false_alarms_per_1000_device_days_by_planted_kind": dirty_by_kind,
         "targets": targets(results),
     }
+
+
+def false_alarms_by_planted_kind(flags: list[np.ndarray], anomalies: list[ml_fleet.Anomaly],
+                                 planted: list[ml_fleet.Anomaly], n_devices: int, per_device: int,
+                                 days: float) -> dict:
+    """Per level and kind of anomaly planted in a device's training window ("none": clean
+    window), the evaluation's false alarms per 1,000 device-days of such devices: which
+    contamination the model learned as normal."""
+    kind = np.full(n_devices, "none", dtype=object)
+    for a in planted:
+        kind[a.device] = a.kind
+    event = np.zeros((n_devices, per_device), dtype=bool)
+    for a in anomalies:
+        event[a.device, a.start:a.stop] = True
+    result = {}
+    for level, flagged in zip(LEVELS, flags):
+        grid = flagged.reshape(n_devices, per_device)
+        starts = grid.copy()
+        starts[:, 1:] &= ~grid[:, :-1]
+        false = np.count_nonzero(starts & ~event, axis=1)
+        result[level.value] = {k: round(float(false[kind == k].sum()) / (np.count_nonzero(kind == k) * days) * 1000, 2)
+                               for k in sorted(set(kind.tolist()))}
+    return result
 
 
 def judge_agrees(model: BehaviorModel, test: TrainingData, flags: list[np.ndarray], n: int = 20_000) -> bool:

@@ -15,11 +15,16 @@ are capped at ``cap`` (5 in training) of the device's (sampled) spread x sqrt(2)
 window does not decide its device's cohort.
 
 It needs the datapoints grouped by device, in time order within a device (what the benchmark's
-fleet is, and what a store read ordered by thing and time gives); otherwise training keeps the
-kurtosis of the sample's scores. One pass in chunks of whole devices that fit the cache.
+fleet is, and what the trainer's read, ordered by thing and time, gives); otherwise training keeps
+the kurtosis of the sample's scores. One pass in chunks of whole devices that fit the cache; the
+same pass gives each device's noise against its fitted spread, which tells a level that changed
+inside the window (shifts.py), so training runs it whenever the datapoints come grouped, sampled
+or not.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -32,10 +37,28 @@ def grouped(device: npt.NDArray[np.int32]) -> bool:
     return len(device) < 2 or bool(np.all(device[1:] >= device[:-1]))
 
 
+@dataclass(frozen=True)
+class Differences:
+    """Per device, from its successive log-scale differences divided by sqrt(2) x its spread, capped."""
+
+    kurtosis: npt.NDArray[np.float64]  # 3 for normal noise; 0 for a device with fewer than two datapoints
+    count: npt.NDArray[np.int64]  # how many differences
+    # Their root mean square: about 1 when the spread is the device's noise; well below 1 when the
+    # spread is wider than its noise (a level that changed inside the window: shifts.py).
+    rms: npt.NDArray[np.float64]
+
+
 def difference_kurtosis(device: npt.NDArray[np.int32], value: npt.NDArray[np.floating], n_devices: int,
                         spread: npt.NDArray[np.floating], *, cap: float, nonnegative: bool,
                         ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    """Per device: the kurtosis of its successive log-scale differences (capped) and how many there were.
+    """Per device: the kurtosis of its successive log-scale differences (capped) and how many there were."""
+    result = differences(device, value, n_devices, spread, cap=cap, nonnegative=nonnegative)
+    return result.kurtosis, result.count
+
+
+def differences(device: npt.NDArray[np.int32], value: npt.NDArray[np.floating], n_devices: int,
+                spread: npt.NDArray[np.floating], *, cap: float, nonnegative: bool) -> Differences:
+    """One pass over every datapoint: each device's ``Differences``.
 
     ``device`` must be grouped (``grouped``); a device with fewer than two datapoints gets 0.
     """
@@ -79,4 +102,5 @@ def difference_kurtosis(device: npt.NDArray[np.int32], value: npt.NDArray[np.flo
         a = b
     with np.errstate(invalid="ignore", divide="ignore"):
         kurtosis = np.nan_to_num(m4 * count / (m2 * m2))
-    return kurtosis, count
+        rms = np.nan_to_num(np.sqrt(m2 / count))
+    return Differences(kurtosis, count, rms)
