@@ -77,6 +77,12 @@ from iotdefender.store.availability import DatabaseHealth
 log = structlog.get_logger("iotdefender")
 
 ROLES = frozenset({"broker", "api", "detect"})
+#: --cluster-lease-ttl bounds: renewals go every TTL/5 with a 0.5 s safety margin, so below 1 s a
+#: lease would be counted lost before its first renewal; above 5 minutes a crash leaves partitions
+#: unread for longer than a device's report interval.
+MIN_LEASE_TTL_S, MAX_LEASE_TTL_S = 1.0, 300.0
+#: --cluster-outcome-timeout bound: a device waits this long for its answer (AWS's agents retry).
+MAX_OUTCOME_TIMEOUT_S = 300.0
 
 
 def cluster_roles(settings: Settings) -> frozenset[str]:
@@ -97,6 +103,14 @@ def cluster_roles(settings: Settings) -> frozenset[str]:
         raise ConfigurationError("--nats-events-url: not available in cluster mode (every node would count the "
                                  "same NATS events); cloud-side metrics come from each node's own broker "
                                  "(docs/cluster.md)")
+    if not MIN_LEASE_TTL_S <= settings.cluster_lease_ttl <= MAX_LEASE_TTL_S:
+        raise ConfigurationError(f"--cluster-lease-ttl: expected seconds from {MIN_LEASE_TTL_S:g} to "
+                                 f"{MAX_LEASE_TTL_S:g}, got {settings.cluster_lease_ttl:g} (leases are renewed "
+                                 "every fifth of it and counted lost 0.5 s early; it bounds a takeover after a "
+                                 "node's crash)")
+    if not 0 < settings.cluster_outcome_timeout <= MAX_OUTCOME_TIMEOUT_S:
+        raise ConfigurationError(f"--cluster-outcome-timeout: expected seconds above 0 and at most "
+                                 f"{MAX_OUTCOME_TIMEOUT_S:g}, got {settings.cluster_outcome_timeout:g}")
     if not (settings.database_url or "").startswith("postgresql"):
         raise ConfigurationError("--cluster-url needs --database-url postgresql://...: every node shares one "
                                  "database (SQLite is one machine's file)")
@@ -162,7 +176,8 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
     waiters = OutcomeWaiters()
     await waiters.subscribe(nc, reply_subject(node_id))
     publisher = ReportPublisher(nc.jetstream(), topology)
-    committer = JetStreamCommitter(publisher, waiters, reply_subject(node_id), engine)
+    committer = JetStreamCommitter(publisher, waiters, reply_subject(node_id), engine,
+                                   outcome_timeout_s=settings.cluster_outcome_timeout)
     ingest, replies = build_ingest(settings, engine, monitoring, committer, health)
     cloud = cloud_publisher(settings, publisher, node_id)
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=cloud.intake if cloud else NULL_OBSERVER)
@@ -202,10 +217,11 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     consumer = (DetectConsumer(nc.jetstream(), topology, node_id, cloud.handler(store.handle),
                                on_acquired=cloud_acquired(cloud, store.on_acquired),
                                on_released=cloud_released(cloud, store.on_released,
-                                                          ReportPublisher(nc.jetstream(), topology), node_id))
+                                                          ReportPublisher(nc.jetstream(), topology), node_id),
+                               on_retoken=store.on_retoken)
                 if cloud is not None else
                 DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
-                               on_released=store.on_released))
+                               on_released=store.on_released, on_retoken=store.on_retoken))
     owned.append(consumer)
     shared = KvSharedWindows(node_id)
     detection.evaluator.share_statistics(shared)
@@ -277,7 +293,7 @@ async def serve_cluster(settings: Settings) -> None:
             notice.apply()
 
     nc = await connect(settings.cluster_urls, node_id, reconnected)
-    topology = Topology(replicas=replicas_for(count_servers(nc)))
+    topology = Topology(replicas=replicas_for(count_servers(nc)), lease_ttl_s=settings.cluster_lease_ttl)
     try:
         await ensure(nc.jetstream(), topology)
     except TopologyMismatch as error:

@@ -96,7 +96,8 @@ class PartitionReader:
                  token: int, still_owner: Callable[[], bool], batch: int = 256, fetch_wait_s: float = 0.5,
                  retry_pause_s: float = 0.2) -> None:
         self._js, self._topology, self._partition = js, topology, partition
-        self._handler, self._token, self._still_owner = handler, token, still_owner
+        self._handler, self._still_owner = handler, still_owner
+        self.token = token  # the fencing token its batches carry (moved when the lease is re-created)
         self._batch, self._fetch_wait_s, self._retry_pause_s = batch, fetch_wait_s, retry_pause_s
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -133,6 +134,11 @@ class PartitionReader:
         sub = await self._js.pull_subscribe_bind(durable=name, stream=self._topology.stream)
         self._task = asyncio.create_task(self._run(sub), name=f"partition-{self._partition}")
 
+    @property
+    def reading(self) -> bool:
+        """Started (bound to its consumer) and not ended."""
+        return self._task is not None and not self._task.done()
+
     async def stop(self) -> None:
         """Finish the batch in hand (handled and acked, or nakked), then stop reading."""
         self._stopping.set()
@@ -168,7 +174,7 @@ class PartitionReader:
             return
         deliveries = [_delivery(self._partition, msg) for msg in msgs]
         try:
-            await self._handler(self._partition, self._token, deliveries)
+            await self._handler(self._partition, self.token, deliveries)
         except Exception:
             log.exception("cluster.batch_failed", partition=self._partition, reports=len(msgs))
             for msg in msgs:

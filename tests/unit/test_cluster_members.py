@@ -1,0 +1,21 @@
+"""The member view across a key-value outage: no member dropped on a list read just after it."""
+
+from __future__ import annotations
+
+from iotdefender.cluster.members import MemberView
+
+
+def test_a_list_is_taken_as_read_outside_an_outage_and_always_holds_the_node_itself():
+    view = MemberView("a", settle_s=5.0)
+    assert view.read(["a", "b", "c"], now=0.0) == ["a", "b", "c"]
+    assert view.read(["b"], now=1.0) == ["a", "b"]  # c expired (killed): dropped at once; a is alive
+    assert view.read(["a", "b"], now=2.0, leaving=True) == ["b"]
+
+
+def test_after_an_outage_members_whose_entries_expired_are_kept_until_the_list_settles():
+    view = MemberView("a", settle_s=5.0)
+    view.read(["a", "b", "c"], now=0.0)
+    view.failed(now=8.5)  # the bucket answered nothing until now; every entry expired meanwhile
+    assert view.read([], now=9.0) == ["a", "b", "c"]  # not yet: the others re-put first
+    assert view.read(["b", "d"], now=9.5) == ["a", "b", "c", "d"]  # a newcomer is added at once
+    assert view.read(["a", "b", "d"], now=8.5 + 5.0) == ["a", "b", "d"]  # c never came back: dropped
