@@ -213,7 +213,7 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     store = PartitionBatchStore(monitoring, detection, counting(alerts.wake), OutcomeSender(nc))
     owned: list[DetectConsumer] = []  # the collector reads the consumer's partitions, built after it
     cloud = cloud_collector(settings, engine, monitoring, detection, counting(alerts.wake),
-                            lambda: owned[0].ownership.owned() if owned else {})
+                            lambda: owned[0].ownership.kept() if owned else {})
     consumer = (DetectConsumer(nc.jetstream(), topology, node_id, cloud.handler(store.handle),
                                on_acquired=cloud_acquired(cloud, store.on_acquired),
                                on_released=cloud_released(cloud, store.on_released,

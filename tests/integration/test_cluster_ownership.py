@@ -279,7 +279,7 @@ def test_killing_the_leases_leader_moves_no_partition_and_keeps_the_fences_with_
         async def sample() -> None:  # every 20 ms: any partition with no owner, or two?
             nonlocal doubted
             while sampling:
-                owned = [set(n.ownership.owned()) for n in nodes]
+                owned = [set(n.ownership.kept()) for n in nodes]
                 gaps.extend(set(range(PARTITION_COUNT)) - owned[0] - owned[1])
                 if owned[0] & owned[1]:
                     overlaps.append(owned[0] & owned[1])
@@ -308,8 +308,9 @@ def test_killing_the_leases_leader_moves_no_partition_and_keeps_the_fences_with_
         with engine.connect() as conn:
             held = dict(conn.execute(sa.select(cluster_partition_fences.c.partition,
                                                cluster_partition_fences.c.token)).all())
-        for node in nodes:  # every fence is the token its owner holds: its next commit is accepted
+        for node in nodes:  # every fence is the token its owner and its reader hold: the next commit is accepted
             assert {p: held[p] for p in node.ownership.owned()} == node.ownership.owned()
+            assert {p: node.readers[p].token for p in node.ownership.owned()} == node.ownership.owned()
         for node in nodes:
             await node.stop()
         for nc in connections:

@@ -23,15 +23,17 @@ is why the acquisition revision is also a fencing token checked in the commit (f
 Losing the bucket's leader is not losing the lease. On R3, when the NATS server leading the bucket
 dies, its Raft group answers nothing for 4-9 s (nats-server's election timeouts) — longer than the
 lease. A renewal that fails because the bucket is *unavailable* (a timeout, no responders, 503) puts
-the lease *in doubt* instead of letting it run out: the node keeps working, since while the bucket
-has no quorum nobody can ``create`` the key either, and if the node is really cut off (the others
-took the partition on the majority side) their ``claim`` raises the PostgreSQL fence and this
-node's commits are refused. When the bucket answers again: our revision is still there (renewed as
+the lease *in doubt* instead of letting it run out: the node keeps the partition — its reader
+object, its alarm states in memory — since while the bucket has no quorum nobody can ``create`` the
+key either. Its reader still pauses once the local validity runs out (``holds``), exactly when it
+stopped before, so a node that is really cut off (the others take the partition on the majority
+side) reads nothing the new owner reads; what it still writes outside the stream (a closing cloud
+window) is refused by the PostgreSQL fence the new owner claimed. When the bucket answers again: our revision is still there (renewed as
 usual), or someone else wrote the key (lost: the partition is released), or the entry expired
 meanwhile — then, if this node is still the partition's assigned owner, it creates the key again
 and moves the fence from the old token to the new one with a compare-and-set (``retoken``): if
-that succeeds nobody committed for the partition in between, so the reader and the states in
-memory stay as they are; if not, the partition is released as usual. A closed connection is not
+that succeeds nobody committed for the partition in between, so the reader resumes and the states
+in memory stay as they are; if not, the partition is released as usual. A closed connection is not
 "unavailable": the lease runs out on the local clock as before.
 """
 
@@ -80,8 +82,13 @@ class Lease:
     vanished: bool = False  # seen expired on the server after an outage: any entry of ours is re-created
     lost: bool = False  # re-created but the fence could not move: release it (and its key)
 
-    def counts(self, now: float) -> bool:
-        """Whether this node may still act on the lease at ``now``."""
+    def valid(self, now: float) -> bool:
+        """Whether this node may read and commit under the lease at ``now`` (its local validity)."""
+        return not self.lost and self.valid_until > now
+
+    def kept(self, now: float) -> bool:
+        """Whether the lease is still this node's to keep: valid, or in doubt while the bucket is
+        unavailable (its reader pauses and its states stay in memory until it is confirmed)."""
         return not self.lost and (self.in_doubt or self.valid_until > now)
 
 
@@ -118,12 +125,18 @@ class Ownership:
     def owned(self) -> dict[int, int]:
         """{partition: fencing token} of the leases this node holds and still counts valid."""
         now = self._clock()
-        return {p: lease.token for p, lease in self._leases.items() if lease.counts(now)}
+        return {p: lease.token for p, lease in self._leases.items() if lease.valid(now)}
+
+    def kept(self) -> dict[int, int]:
+        """{partition: fencing token} of the leases this node keeps: those it holds and those in
+        doubt while the bucket is unavailable (work on them is fenced in PostgreSQL)."""
+        now = self._clock()
+        return {p: lease.token for p, lease in self._leases.items() if lease.kept(now)}
 
     def holds(self, partition: int, token: int) -> bool:
-        """Whether this node may still commit for ``partition`` under ``token``."""
+        """Whether this node may still read and commit for ``partition`` under ``token``."""
         lease = self._leases.get(partition)
-        return lease is not None and lease.token == token and lease.counts(self._clock())
+        return lease is not None and lease.token == token and lease.valid(self._clock())
 
     def in_doubt(self) -> list[int]:
         """Partitions whose last renewal got no answer (kept while the bucket is unavailable)."""
@@ -193,7 +206,7 @@ class Ownership:
 
     async def _renew(self, partition: int, lease: Lease) -> None:
         async with self._lock(partition):
-            if self._leases.get(partition) is not lease or not lease.counts(self._clock()):
+            if self._leases.get(partition) is not lease or not lease.kept(self._clock()):
                 return  # released meanwhile, or already counted lost: never resurrect it
             try:
                 sent = await self._renew_once(partition, lease)
@@ -280,7 +293,7 @@ class Ownership:
         now = self._clock()
         for partition in [p for p, lease in self._leases.items() if lease.lost]:
             await self._release(partition)  # re-created, but someone committed meanwhile: free our key
-        for partition in [p for p, lease in self._leases.items() if not lease.counts(now)]:
+        for partition in [p for p, lease in self._leases.items() if not lease.kept(now)]:
             del self._leases[partition]
             self.rebalances += 1
             log.warning("cluster.partition_expired", node=self.node_id, partition=partition)

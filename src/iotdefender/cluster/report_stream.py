@@ -148,6 +148,11 @@ class PartitionReader:
     async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
         try:
             while not self._stopping.is_set():
+                if not self._still_owner():
+                    # The lease is not valid now: in doubt while NATS elects a leader (it resumes once
+                    # confirmed), or lost (its owner stops this reader). Read nothing meanwhile.
+                    await asyncio.sleep(self._retry_pause_s)
+                    continue
                 try:
                     msgs = await sub.fetch(self._batch, timeout=self._fetch_wait_s)
                 except asyncio.TimeoutError:  # nats.errors.TimeoutError is one too: nothing to read
@@ -167,10 +172,10 @@ class PartitionReader:
 
     async def _handle(self, msgs: list[Msg]) -> None:
         if not self._still_owner():
-            # The lease ran out while fetching: hand the batch back rather than commit as a stale owner.
+            # The lease ran out while fetching: hand the batch back rather than commit as a stale owner
+            # (and wait, reading nothing, until it is confirmed or this reader is stopped).
             for msg in msgs:
                 await msg.nak()
-            self._stopping.set()
             return
         deliveries = [_delivery(self._partition, msg) for msg in msgs]
         try:
