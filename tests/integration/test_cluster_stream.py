@@ -12,7 +12,7 @@ from iotdefender.cluster.ownership import Ownership, lease_key
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import Delivery, PartitionReader, ReportPublisher, report_message_id
 from iotdefender.cluster.topology import Topology, TopologyMismatch, count_servers, ensure, replicas_for
-from tests.support.jetstream import JetStreamCluster
+from tests.support.jetstream import JetStreamCluster, SingleJetStream
 
 
 @pytest.fixture
@@ -215,6 +215,60 @@ def test_a_lost_renewal_reply_keeps_the_lease_and_a_foreign_write_loses_it(singl
         await ownership.stop()
         await nc.close()
     run(go())
+
+
+def test_leases_outlive_a_nats_outage_longer_than_the_ttl_and_are_kept_only_if_their_fence_moves():
+    """NATS down for longer than the lease (kill -9, then started again on its store): the leases
+    stay in doubt — nothing released — and expire on the server meanwhile. When it answers, the node
+    creates each again and asks to move its fence: where the fence moved the partition goes on
+    under the new token; where it did not (another owner claimed it meanwhile) it is released (its
+    new key deleted) and, being still this node's share, acquired afresh (claim, reload)."""
+    server = SingleJetStream()
+    server.start()
+
+    async def go() -> None:
+        nc = await nats.connect(servers=server.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        js = nc.jetstream()
+        topology = Topology(partitions=2, lease_ttl_s=2.0)
+        await ensure(js, topology)
+        released: list[int] = []
+        moves: list[tuple[int, int, int]] = []
+        taken: list[tuple[int, int]] = []
+
+        async def acquired(p: int, token: int) -> None:
+            taken.append((p, token))
+
+        async def on_released(p: int) -> None:
+            released.append(p)
+
+        async def retoken(p: int, old: int, new: int) -> bool:
+            moves.append((p, old, new))
+            return p == 0  # partition 1's fence was claimed by another owner meanwhile
+
+        ownership = Ownership(js, topology, "me", acquired, on_released, retoken=retoken)
+        await ownership.start()
+        before = ownership.owned()
+        assert set(before) == {0, 1}
+        taken.clear()
+        server.server.kill9()
+        await asyncio.sleep(topology.lease_ttl_s * 1.5)
+        assert ownership.in_doubt() == [0, 1] and ownership.kept() == before and released == []
+        assert ownership.owned() == {}  # not valid: their readers read nothing meanwhile
+        server.server.start()  # the same port and store: the entries are older than the TTL now
+        for _ in range(200):
+            if taken:
+                break
+            await asyncio.sleep(0.05)
+        assert [(p, old) for p, old, _ in moves] == [(0, before[0]), (1, before[1])]
+        assert released == [1] and [p for p, _ in taken] == [1]  # 0 went on; 1 was given up, then taken anew
+        assert moves[0][2] > before[0] and taken[0][1] > moves[1][2]  # its key deleted, then created again
+        assert ownership.owned() == {0: moves[0][2], 1: taken[0][1]}
+        await ownership.stop()
+        await nc.close()
+    try:
+        run(go())
+    finally:
+        server.stop()
 
 
 def test_two_nodes_racing_to_create_different_topologies_one_is_refused(single):

@@ -65,8 +65,10 @@ Retokened = Callable[[int, int, int], Awaitable[bool]]
 
 #: A key-value request that got no answer: the bucket is electing a leader, or the server routing
 #: to it died. Not a compare-and-set conflict (an answer) and not a closed connection.
+#: (While the client reconnects, requests are buffered and time out, or are refused at once.)
 UNAVAILABLE = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
-               nats.js.errors.ServiceUnavailableError, nats.js.errors.NoStreamResponseError)
+               nats.js.errors.ServiceUnavailableError, nats.js.errors.NoStreamResponseError,
+               nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError)
 
 
 async def _no_fence(partition: int, old: int, new: int) -> bool:
