@@ -27,15 +27,17 @@ from typing import Any
 import pytest
 
 from tests.support.fleet import RETRYABLE, Fleet, audit, prepare
-from tests.support.jetstream import JetStreamCluster
+from tests.support.jetstream import JetStreamCluster, lead_from
 from tests.support.processes import ServiceProcess, wait_for
 
 pytestmark = pytest.mark.postgres
 
 DEVICES_PER_NODE = 6
-#: Every device accepted again within this after the NATS server's kill: the buckets' and streams'
-#: Raft groups elect new leaders in 4-9 s (nats-server's election timeouts), then each device's retry.
-RECOVERY_BOUND_S = 15.0
+#: Every device accepted again within this after the NATS server's kill: the report stream's and the
+#: consumers' Raft groups elect new leaders in 4-9 s (nats-server's election timeouts), and a report
+#: whose outcome was lost with the server is answered ServiceUnavailable after the 10 s outcome wait,
+#: then resent. Measured 6.9-10.4 s on this shared machine; the bound leaves room for its load.
+RECOVERY_BOUND_S = 20.0
 MOVES = ("cluster.partition_acquired", "cluster.partition_released", "cluster.partition_expired")
 INTERVAL_S = 0.1  # between a device's answer and its next report: ~100 reports/s in all, on 2 cores
 
@@ -122,8 +124,12 @@ def test_one_nats_server_killed_then_rolling_restart_under_load(nats3, postgres,
         loaded = time.monotonic()
         wait_for(lambda: min(per_device(fleets).values()) >= 5, 20, "every device accepted under load")
 
-        # One NATS server of three killed: the one most clients (both nodes') are connected to.
+        # One NATS server of three killed: the one most clients (both nodes') are connected to, made
+        # the leader of the members' and the leases' buckets first, so their Raft groups must elect.
         victim = max(nats3.servers, key=lambda s: s.connections())
+        for bucket in ("iotdefender-members", "iotdefender-leases"):
+            lead_from(nats3.urls, f"KV_{bucket}", victim.name)
+        time.sleep(1.0)  # a renewal round under the new leaders
         before = per_device(fleets)
         marks = [log_length(a), log_length(b)]
         victim.kill9()

@@ -182,8 +182,8 @@ class Ownership:
             try:
                 await step()
             except (nats.errors.Error, asyncio.TimeoutError) as err:
-                # NATS unreachable: leases run out on the local clock (``holds`` turns false, the
-                # readers stop committing) and the other nodes take the partitions over.
+                # NATS unreachable or a bucket without a leader: the readers pause once the local
+                # validity runs out (``holds``); leases in doubt are kept until the bucket answers.
                 log.warning("cluster.step_failed", node=self.node_id, step=step.__name__, error=repr(err))
             except Exception:  # a loop that dies would silently stop renewing or rebalancing
                 log.exception("cluster.step_failed", node=self.node_id, step=step.__name__)
