@@ -15,7 +15,17 @@ def test_a_list_is_taken_as_read_outside_an_outage_and_always_holds_the_node_its
 def test_after_an_outage_members_whose_entries_expired_are_kept_until_the_list_settles():
     view = MemberView("a", settle_s=5.0)
     view.read(["a", "b", "c"], now=0.0)
-    view.failed(now=8.5)  # the bucket answered nothing until now; every entry expired meanwhile
+    for tick in (3.0, 4.0, 5.0, 6.0, 7.0, 8.0):  # the bucket answered nothing; every entry expired meanwhile
+        view.failed(now=tick)
     assert view.read([], now=9.0) == ["a", "b", "c"]  # not yet: the others re-put first
     assert view.read(["b", "d"], now=9.5) == ["a", "b", "c", "d"]  # a newcomer is added at once
-    assert view.read(["a", "b", "d"], now=8.5 + 5.0) == ["a", "b", "d"]  # c never came back: dropped
+    assert view.read(["a", "b", "d"], now=13.9) == ["a", "b", "c", "d"]
+    assert view.read(["a", "b", "d"], now=14.0) == ["a", "b", "d"]  # c never came back: dropped
+
+
+def test_one_slow_request_is_not_an_outage_and_does_not_delay_dropping_a_dead_node():
+    view = MemberView("a", settle_s=5.0)
+    view.read(["a", "b", "c"], now=0.0)
+    view.failed(now=1.0)  # a put that timed out once on a loaded machine
+    view.answered(now=2.0)
+    assert view.read(["a", "b"], now=6.0) == ["a", "b"]  # c was killed: dropped one TTL after its last put

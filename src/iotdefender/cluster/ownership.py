@@ -194,6 +194,7 @@ class Ownership:
         if not self._leaving:
             try:
                 await asyncio.wait_for(self._members_kv.put(self.node_id, b""), self._request_s)
+                self._view.answered(self._clock())
             except (nats.errors.Error, asyncio.TimeoutError) as err:  # the leases are still worth renewing
                 self._view.failed(self._clock())
                 log.warning("cluster.heartbeat_failed", node=self.node_id, error=repr(err))
