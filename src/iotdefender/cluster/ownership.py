@@ -13,7 +13,7 @@ reads ``Nats-Pin-Id``. So ownership uses what nats-py does support, the key-valu
   gives it up with ``delete(last=revision)`` after its reader stopped and acked. The bucket's max
   age expires a lease that is not renewed, so a dead node's partitions are free after the TTL.
 
-Safety (two nodes never both believe they own a partition): a node counts its lease valid only
+Safety (two nodes never both read a partition): a node counts its lease valid only
 until ``time sent + TTL - margin`` of its last successful renewal, measured on its own monotonic
 clock from *before* the request left; the server keeps the entry until ``time stored + TTL``, which
 is later. So the old owner stops before anyone else can ``create`` the key. Clocks that run at
@@ -28,8 +28,9 @@ object, its alarm states in memory — since while the bucket has no quorum nobo
 key either. Its reader still pauses once the local validity runs out (``holds``), exactly when it
 stopped before, so a node that is really cut off (the others take the partition on the majority
 side) reads nothing the new owner reads; what it still writes outside the stream (a closing cloud
-window) is refused by the PostgreSQL fence the new owner claimed. When the bucket answers again: our revision is still there (renewed as
-usual), or someone else wrote the key (lost: the partition is released), or the entry expired
+window) is refused by the PostgreSQL fence the new owner claimed. When the bucket answers again:
+our revision is still there (renewed as usual), or someone else wrote the key (lost: the partition
+is released), or the entry expired
 meanwhile — then, if this node is still the partition's assigned owner, it creates the key again
 and moves the fence from the old token to the new one with a compare-and-set (``retoken``): if
 that succeeds nobody committed for the partition in between, so the reader resumes and the states

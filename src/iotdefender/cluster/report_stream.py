@@ -163,7 +163,8 @@ class PartitionReader:
                     log.warning("cluster.fetch_failed", partition=self._partition, error=repr(err))
                     await asyncio.sleep(self._retry_pause_s)
                     continue
-                await self._handle(msgs)
+                if msgs:  # nats-py's fetch can end with no message (only status replies): nothing to hand
+                    await self._handle(msgs)
         finally:
             try:
                 await sub.unsubscribe()
