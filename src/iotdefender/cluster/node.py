@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 
-from iotdefender.cluster.ownership import Ownership
+from iotdefender.cluster.ownership import Ownership, no_fence
 from iotdefender.cluster.report_stream import BatchHandler, PartitionReader
 from iotdefender.cluster.topology import Topology
 
@@ -29,17 +29,13 @@ async def _forget_nothing(partition: int) -> None:
     return None
 
 
-async def _no_fence(partition: int, old: int, new: int) -> bool:
-    return True
-
-
 class DetectConsumer:
     """Runs a ``PartitionReader`` for every partition this node owns."""
 
     def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, handler: BatchHandler,
                  on_acquired: Callable[[int, int], Awaitable[None]] = _nothing,
                  on_released: Callable[[int], Awaitable[None]] = _forget_nothing, batch: int = 256,
-                 on_retoken: Callable[[int, int, int], Awaitable[bool]] = _no_fence) -> None:
+                 on_retoken: Callable[[int, int, int], Awaitable[bool]] = no_fence) -> None:
         self._js, self._topology, self._handler = js, topology, handler
         self._on_acquired, self._on_released, self._batch = on_acquired, on_released, batch
         self._on_retoken = on_retoken
@@ -54,7 +50,9 @@ class DetectConsumer:
 
     async def _acquired(self, partition: int, token: int) -> None:
         await self._on_acquired(partition, token)
-        reader = PartitionReader(self._js, self._topology, partition, self._handler, token,
+        # The lease may have been created again (a new token, the fence moved) while the claim ran.
+        current = self.ownership.token_of(partition) or token
+        reader = PartitionReader(self._js, self._topology, partition, self._handler, current,
                                  lambda: self.ownership.holds(partition, reader.token), batch=self._batch)
         self.readers[partition] = reader
         await reader.start()

@@ -72,8 +72,9 @@ UNAVAILABLE = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRes
                nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError)
 
 
-async def _no_fence(partition: int, old: int, new: int) -> bool:
-    return True  # no storage to fence (tests, tools)
+async def no_fence(partition: int, old: int, new: int) -> bool:
+    """The ``Retokened`` of a node with no storage to fence (tests, tools): always moved."""
+    return True
 
 
 @dataclass
@@ -105,7 +106,7 @@ class Ownership:
     def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, acquired: Acquired,
                  released: Released, clock: Callable[[], float] = time.monotonic,
                  tick_s: float | None = None, safety_margin_s: float = 0.5,
-                 retoken: Retokened = _no_fence) -> None:
+                 retoken: Retokened = no_fence) -> None:
         self._js, self._topology, self.node_id = js, topology, node_id
         self._acquired, self._released, self._clock = acquired, released, clock
         self._retoken = retoken
@@ -140,6 +141,12 @@ class Ownership:
         """Whether this node may still read and commit for ``partition`` under ``token``."""
         lease = self._leases.get(partition)
         return lease is not None and lease.token == token and lease.valid(self._clock())
+
+    def token_of(self, partition: int) -> int | None:
+        """The fencing token of this node's lease on ``partition`` now (it changes when the lease is
+        created again after an election), or None if it holds none."""
+        lease = self._leases.get(partition)
+        return lease.token if lease is not None else None
 
     def in_doubt(self) -> list[int]:
         """Partitions whose last renewal got no answer (kept while the bucket is unavailable)."""
