@@ -72,9 +72,11 @@ UNAVAILABLE = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRes
                nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError)
 
 
-async def no_fence(partition: int, old: int, new: int) -> bool:
-    """The ``Retokened`` of a node with no storage to fence (tests, tools): always moved."""
-    return True
+async def give_up(partition: int, old: int, new: int) -> bool:
+    """The default ``Retokened``: a node that does not say how to move its fence releases a lease
+    that had to be created again, and takes it afresh (claim, reload), as before leases were kept
+    through elections. Never wrong; only slower."""
+    return False
 
 
 @dataclass
@@ -106,7 +108,7 @@ class Ownership:
     def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, acquired: Acquired,
                  released: Released, clock: Callable[[], float] = time.monotonic,
                  tick_s: float | None = None, safety_margin_s: float = 0.5,
-                 retoken: Retokened = no_fence) -> None:
+                 retoken: Retokened = give_up) -> None:
         self._js, self._topology, self.node_id = js, topology, node_id
         self._acquired, self._released, self._clock = acquired, released, clock
         self._retoken = retoken
