@@ -30,10 +30,12 @@ class MemberView:
         self._settle_until = float("-inf")
         self.members: list[str] = []
 
-    def failed(self, now: float) -> None:
-        """The members bucket did not answer (a put or a read)."""
-        if self._failing_since is None:
-            self._failing_since = now
+    def failed(self, sent: float) -> None:
+        """The members bucket did not answer a request (a put or a read) sent at ``sent``: the send
+        time, not the time the timeout fired, so an outage is measured from its start (a read
+        that waits seconds before failing does not shorten it)."""
+        if self._failing_since is None or sent < self._failing_since:
+            self._failing_since = sent
 
     def answered(self, now: float) -> None:
         """The members bucket answered (a put or a read): an outage, if long enough, ends here."""
