@@ -131,6 +131,41 @@ def test_reader_hands_batches_in_order_acks_after_the_handler_and_redelivers_a_f
     run(go())
 
 
+def test_a_delivery_lost_while_the_reader_paused_comes_back_at_once_not_after_ack_wait(single):
+    """A report delivered but never acked by anyone (in flight when a NATS server died, here taken
+    by another binding of the consumer that drops it) while the reader's lease was in doubt: when
+    the lease is valid again the reader finds it unacknowledged and resets the consumer, so it is
+    handled within seconds, not after the 30 s ``ack_wait``; the reader is never restarted."""
+    async def go() -> None:
+        nc, js = await _connect(single.urls)
+        topology = Topology(partitions=2)
+        await ensure(js, topology)
+        thing = "lost-1"
+        partition = partition_of(thing, 2)
+        valid = False
+        handled: list[Delivery] = []
+
+        async def handler(p: int, token: int, batch: Sequence[Delivery]) -> None:
+            handled.extend(batch)
+
+        reader = PartitionReader(js, topology, partition, handler, token=1, still_owner=lambda: valid,
+                                 retry_pause_s=0.05)
+        await reader.start()  # paused: its lease is in doubt
+        await ReportPublisher(js, topology).publish(thing, b"7", report_message_id(thing, 7))
+        thief = await js.pull_subscribe_bind(durable=topology.consumer_of(partition), stream=topology.stream)
+        [lost] = await thief.fetch(1, timeout=5)  # delivered, never acked
+        assert (await js.consumer_info(topology.stream, topology.consumer_of(partition))).num_ack_pending == 1
+        valid = True  # the lease is confirmed
+        resumed = asyncio.get_running_loop().time()
+        while not handled:
+            assert asyncio.get_running_loop().time() - resumed < 10, "not handled within 10 s"
+            await asyncio.sleep(0.05)
+        assert [(d.thing_name, d.payload) for d in handled] == [(thing, b"7")] and reader.reading
+        await reader.stop()
+        await nc.close()
+    run(go())
+
+
 def test_losing_one_server_of_three_loses_no_stored_report_and_retries_are_stored_once():
     servers = JetStreamCluster()
     servers.start()
