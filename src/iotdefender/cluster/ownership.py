@@ -202,12 +202,11 @@ class Ownership:
         """Heartbeat the membership and renew every lease (compare-and-set on its last revision)."""
         assert self._members_kv is not None
         if not self._leaving:
-            sent = self._clock()
             try:
                 await asyncio.wait_for(self._members_kv.put(self.node_id, b""), self._request_s)
                 self._view.answered(self._clock())
             except (nats.errors.Error, asyncio.TimeoutError) as err:  # the leases are still worth renewing
-                self._view.failed(sent)
+                self._view.failed()
                 log.warning("cluster.heartbeat_failed", node=self.node_id, error=repr(err))
         # Concurrently: a bucket that answers nothing costs one request timeout, not one per lease.
         await asyncio.gather(*(self._renew_logged(p, lease) for p, lease in list(self._leases.items())))
@@ -312,13 +311,12 @@ class Ownership:
             self.rebalances += 1
             log.warning("cluster.partition_expired", node=self.node_id, partition=partition)
             await self._released(partition)
-        asked = self._clock()
         try:
             keys = await asyncio.wait_for(self._members_kv.keys(), self._topology.lease_ttl_s / 2)
         except nats.js.errors.NoKeysError:
             keys = []
         except (nats.errors.Error, asyncio.TimeoutError):
-            self._view.failed(asked)  # no rebalance on a list we cannot read
+            self._view.failed()  # no rebalance on a list we cannot read
             raise
         self.members = self._view.read(keys, self._clock(), leaving=self._leaving)
         share = assignment(self.members, self._topology.partitions).get(self.node_id, set())
