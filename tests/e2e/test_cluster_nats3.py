@@ -36,8 +36,8 @@ DEVICES_PER_NODE = 6
 #: Every device accepted again within this after the NATS server's kill: the report stream's and the
 #: consumers' Raft groups elect new leaders in 4-9 s (nats-server's election timeouts), and a report
 #: whose outcome was lost with the server is answered ServiceUnavailable after the 10 s outcome wait,
-#: then resent. Measured 6.9-10.4 s on this shared machine; the bound leaves room for its load.
-RECOVERY_BOUND_S = 20.0
+#: then resent. Measured 6.7-18.3 s on this shared machine; the bound leaves room for its load.
+RECOVERY_BOUND_S = 25.0
 MOVES = ("cluster.partition_acquired", "cluster.partition_released", "cluster.partition_expired")
 INTERVAL_S = 0.1  # between a device's answer and its next report: ~100 reports/s in all, on 2 cores
 
