@@ -83,6 +83,12 @@ from iotdefender.store.history import ClusterCompactor
 log = structlog.get_logger("iotdefender")
 
 ROLES = frozenset({"broker", "api", "detect"})
+#: --cluster-lease-ttl bounds: renewals go every TTL/5 with a 0.5 s safety margin, so below 1 s a
+#: lease would be counted lost before its first renewal; above 5 minutes a crash leaves partitions
+#: unread for longer than a device's report interval.
+MIN_LEASE_TTL_S, MAX_LEASE_TTL_S = 1.0, 300.0
+#: --cluster-outcome-timeout bound: a device waits this long for its answer (AWS's agents retry).
+MAX_OUTCOME_TIMEOUT_S = 300.0
 
 
 def cluster_roles(settings: Settings) -> frozenset[str]:
@@ -104,6 +110,14 @@ def cluster_roles(settings: Settings) -> frozenset[str]:
         if not roles & {"broker", "api"}:
             raise ConfigurationError("--nats-events-url: give it to broker or api nodes (they publish the "
                                      "events' windows); a detect node does not read events")
+    if not MIN_LEASE_TTL_S <= settings.cluster_lease_ttl <= MAX_LEASE_TTL_S:
+        raise ConfigurationError(f"--cluster-lease-ttl: expected seconds from {MIN_LEASE_TTL_S:g} to "
+                                 f"{MAX_LEASE_TTL_S:g}, got {settings.cluster_lease_ttl:g} (leases are renewed "
+                                 "every fifth of it and counted lost 0.5 s early; it bounds a takeover after a "
+                                 "node's crash)")
+    if not 0 < settings.cluster_outcome_timeout <= MAX_OUTCOME_TIMEOUT_S:
+        raise ConfigurationError(f"--cluster-outcome-timeout: expected seconds above 0 and at most "
+                                 f"{MAX_OUTCOME_TIMEOUT_S:g}, got {settings.cluster_outcome_timeout:g}")
     if not (settings.database_url or "").startswith("postgresql"):
         raise ConfigurationError("--cluster-url needs --database-url postgresql://...: every node shares one "
                                  "database (SQLite is one machine's file)")
@@ -169,7 +183,8 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
     waiters = OutcomeWaiters()
     await waiters.subscribe(nc, reply_subject(node_id))
     publisher = ReportPublisher(nc.jetstream(), topology)
-    committer = JetStreamCommitter(publisher, waiters, reply_subject(node_id), engine)
+    committer = JetStreamCommitter(publisher, waiters, reply_subject(node_id), engine,
+                                   outcome_timeout_s=settings.cluster_outcome_timeout)
     ingest, replies = build_ingest(settings, engine, monitoring, committer, health)
     cloud = cloud_publisher(settings, publisher, node_id)
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=cloud.intake if cloud else NULL_OBSERVER)
@@ -247,13 +262,14 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     store = PartitionBatchStore(monitoring, detection, counting(alerts.wake), OutcomeSender(nc))
     owned: list[DetectConsumer] = []  # the collector reads the consumer's partitions, built after it
     cloud = cloud_collector(settings, engine, monitoring, detection, counting(alerts.wake),
-                            lambda: owned[0].ownership.owned() if owned else {})
+                            lambda: owned[0].ownership.kept() if owned else {})
     consumer = (DetectConsumer(nc.jetstream(), topology, node_id, cloud.handler(store.handle),
                                on_acquired=cloud_acquired(cloud, store.on_acquired),
-                               on_released=cloud_released(cloud, store.on_released))
+                               on_released=cloud_released(cloud, store.on_released),
+                               on_retoken=store.on_retoken)
                 if cloud is not None else
                 DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
-                               on_released=store.on_released))
+                               on_released=store.on_released, on_retoken=store.on_retoken))
     owned.append(consumer)
     # History compaction on every detect node, one at a time across the cluster (store/history.py).
     start_compaction(engine, history_interval(settings), ClusterCompactor(engine))
@@ -327,7 +343,7 @@ async def serve_cluster(settings: Settings) -> None:
             notice.apply()
 
     nc = await connect(settings.cluster_urls, node_id, reconnected)
-    topology = Topology(replicas=replicas_for(count_servers(nc)))
+    topology = Topology(replicas=replicas_for(count_servers(nc)), lease_ttl_s=settings.cluster_lease_ttl)
     try:
         await ensure(nc.jetstream(), topology)
     except TopologyMismatch as error:

@@ -49,6 +49,8 @@ class Settings:
     ml_expiry: float | None = None
     cluster_url: str | None = None  # nats://H1:P1[,nats://H2:P2]: cluster mode (docs/cluster.md)
     roles: str = "broker,api,detect"
+    cluster_lease_ttl: float = 5.0  # a partition lease / member entry without renewal expires (takeover bound)
+    cluster_outcome_timeout: float = 10.0  # a broker node waits this long for a report's commit outcome
 
     @property
     def cluster_urls(self) -> list[str]:
@@ -223,6 +225,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                               "(needs --database-url postgresql://...)")
     cluster.add_argument("--roles", default=d.roles,
                          help="what this cluster node does, any of broker, api, detect (default %(default)s)")
+    cluster.add_argument("--cluster-lease-ttl", type=float, default=d.cluster_lease_ttl,
+                         help="seconds a partition lease lives without renewal: the takeover after a detect "
+                              "node's crash (default %(default)s; every node must use the same, 1 to 300)")
+    cluster.add_argument("--cluster-outcome-timeout", type=float, default=d.cluster_outcome_timeout,
+                         help="seconds a broker node waits for a report's commit before answering "
+                              "ServiceUnavailable (default %(default)s)")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

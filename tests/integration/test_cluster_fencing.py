@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from iotdefender.cluster.fencing import Fenced, check, claim
+from iotdefender.cluster.fencing import Fenced, check, claim, move
 from iotdefender.store.database import create_engine, upgrade_to_head
 
 pytestmark = pytest.mark.postgres
@@ -56,3 +56,19 @@ def test_a_claim_waits_for_the_stale_owners_transaction_then_fences_it(engine):
     assert claimed.is_set()  # ...and claims as soon as that transaction ends, so it loads what it wrote
     with pytest.raises(Fenced), engine.begin() as conn:
         check(conn, 1, 10)
+
+
+def test_a_fence_moves_to_a_recreated_leases_token_only_if_nobody_claimed_it_meanwhile(engine):
+    with engine.begin() as conn:
+        claim(conn, 5, 10)
+    with engine.begin() as conn:
+        assert move(conn, 5, 10, 30)  # the lease expired during an election and was created again
+    with engine.begin() as conn:
+        check(conn, 5, 30)
+        assert not move(conn, 5, 10, 40)  # the old token is gone: no second move from it
+    with engine.begin() as conn:
+        assert claim(conn, 5, 50)  # another owner took it in between...
+    with engine.begin() as conn:
+        assert not move(conn, 5, 30, 60)  # ...so the previous owner's state is stale: it must release
+        assert not move(conn, 6, 30, 60)  # never claimed
+        check(conn, 5, 50)

@@ -8,6 +8,8 @@ ready when its monitoring ``/healthz`` answers 200, which for JetStream means a 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 import signal
 import subprocess
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import nats
 
 from tests.support.processes import free_port, wait_for
 
@@ -148,3 +151,27 @@ class JetStreamCluster:
         for server in self.servers:
             server.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def lead_from(urls: list[str], stream: str, server: str, patience_s: float = 30.0) -> None:
+    """Make ``server`` (its name) the leader of ``stream``'s Raft group: a leader step-down with a
+    preferred placement (``$JS.API.STREAM.LEADER.STEPDOWN``, nats-server 2.11+), repeated until the
+    stream info names it. A test kills that server next to make the group elect a new leader."""
+    async def go() -> None:
+        nc = await nats.connect(servers=urls)
+        js = nc.jetstream()
+        deadline = asyncio.get_running_loop().time() + patience_s
+        try:
+            while (await js.stream_info(stream)).cluster.leader != server:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"{server} did not become the leader of {stream}")
+                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
+                                 json.dumps({"placement": {"preferred": server}}).encode(), timeout=5)
+                for _ in range(20):
+                    await asyncio.sleep(0.25)
+                    info = await js.stream_info(stream)
+                    if info.cluster.leader is not None:
+                        break
+        finally:
+            await nc.close()
+    asyncio.run(go())

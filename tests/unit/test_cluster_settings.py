@@ -44,10 +44,25 @@ def test_all_three_roles_by_default_and_a_subset_when_given():
      "needs --nats-monitor-url"),
     (("--cluster-url", "nats://h:4222", "--database-url", PG, "--nats-events-url", "nats://s@h:4222",
       "--nats-monitor-url", "http://h:8222", "--roles", "detect"), "give it to broker or api nodes"),
+    (("--cluster-url", "nats://h:4222", "--database-url", PG, "--cluster-lease-ttl", "0.5"),
+     "--cluster-lease-ttl: expected seconds from 1 to 300, got 0.5"),
+    (("--cluster-url", "nats://h:4222", "--database-url", PG, "--cluster-lease-ttl", "nan"),
+     "--cluster-lease-ttl: expected seconds from 1 to 300, got nan"),
+    (("--cluster-url", "nats://h:4222", "--database-url", PG, "--cluster-outcome-timeout", "0"),
+     "--cluster-outcome-timeout: expected seconds above 0 and at most 300, got 0"),
+    (("--cluster-url", "nats://h:4222", "--database-url", PG, "--cluster-outcome-timeout", "-3"),
+     "--cluster-outcome-timeout: expected seconds above 0 and at most 300, got -3"),
 ])
 def test_what_cluster_mode_refuses(argv, says):
     with pytest.raises(ConfigurationError, match=re.escape(says)):
         cluster_roles(settings(*argv))
+
+
+def test_the_lease_ttl_and_the_outcome_wait_are_flags():
+    assert (settings().cluster_lease_ttl, settings().cluster_outcome_timeout) == (5.0, 10.0)
+    given = settings("--cluster-url", "nats://h:4222", "--database-url", PG, "--cluster-lease-ttl", "8",
+                     "--cluster-outcome-timeout", "15")
+    assert cluster_roles(given) and (given.cluster_lease_ttl, given.cluster_outcome_timeout) == (8.0, 15.0)
 
 
 def test_a_node_started_without_nats_says_so_instead_of_waiting_forever():

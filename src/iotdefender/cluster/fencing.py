@@ -7,6 +7,10 @@ revisions of a bucket only grow, so a later owner always holds a larger token.
 
 - ``claim`` runs when a node acquires a partition, before it loads the partition's alarm states:
   it raises the partition's fence to the new token (never lowers it).
+- ``move`` runs when a node had to create its own lease again (it expired while the key-value
+  bucket had no leader, ownership.py): a compare-and-set from the old token to the new one. It
+  succeeds only if nobody claimed the partition in between, i.e. nobody committed for it, so the
+  node's reader and in-memory alarm states are still the partition's truth and are kept.
 - ``check`` runs inside every batch transaction, before its commit: it locks the fence row and
   fails with ``Fenced`` unless the fence still equals the node's token. A claim by a newer owner
   either commits first (the stale commit sees the higher token and rolls back) or waits on the row
@@ -38,6 +42,17 @@ def claim(conn: Connection, partition: int, token: int) -> bool:
     stmt = stmt.on_conflict_do_update(index_elements=[fences.c.partition], set_={"token": stmt.excluded.token},
                                       where=fences.c.token <= stmt.excluded.token).returning(fences.c.token)
     return conn.execute(stmt).first() is not None
+
+
+def move(conn: Connection, partition: int, old: int, new: int) -> bool:
+    """Move the fence of ``partition`` from ``old`` to ``new`` (a larger token) only if it still is
+    ``old``; False if another owner claimed it meanwhile (then the caller's state is stale).
+
+    Waits on the row lock of a batch transaction in progress (which, checked with ``old``, commits
+    first: it was this node's, legitimately)."""
+    result = conn.execute(sa.update(fences).where(fences.c.partition == partition, fences.c.token == old,
+                                                  fences.c.token < new).values(token=new))
+    return result.rowcount == 1
 
 
 def check_all(conn: Connection, tokens: Mapping[int, int]) -> None:

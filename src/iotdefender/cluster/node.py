@@ -5,7 +5,9 @@ On acquiring a partition the node first calls ``on_acquired`` (the pipeline's
 starts a reader that resets the consumer if the previous owner left reports unacked (they come
 first). On losing one it stops the reader (the batch in hand finishes and is acked), then calls
 ``on_released`` (the pipeline forgets the partition's states), before the lease is freed for the
-next owner.
+next owner. When the lease had to be created again after a NATS election (ownership.py), the
+node moves the fence to the new token (``on_retoken``) and the reader goes on under it: nothing is
+stopped or reloaded.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 
-from iotdefender.cluster.ownership import Ownership
+from iotdefender.cluster.ownership import Ownership, give_up
 from iotdefender.cluster.report_stream import BatchHandler, PartitionReader
 from iotdefender.cluster.topology import Topology
 
@@ -32,11 +34,13 @@ class DetectConsumer:
 
     def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, handler: BatchHandler,
                  on_acquired: Callable[[int, int], Awaitable[None]] = _nothing,
-                 on_released: Callable[[int], Awaitable[None]] = _forget_nothing, batch: int = 256) -> None:
+                 on_released: Callable[[int], Awaitable[None]] = _forget_nothing, batch: int = 256,
+                 on_retoken: Callable[[int, int, int], Awaitable[bool]] = give_up) -> None:
         self._js, self._topology, self._handler = js, topology, handler
         self._on_acquired, self._on_released, self._batch = on_acquired, on_released, batch
+        self._on_retoken = on_retoken
         self.readers: dict[int, PartitionReader] = {}
-        self.ownership = Ownership(js, topology, node_id, self._acquired, self._released)
+        self.ownership = Ownership(js, topology, node_id, self._acquired, self._released, retoken=self._retoken)
 
     async def start(self) -> None:
         await self.ownership.start()
@@ -46,10 +50,20 @@ class DetectConsumer:
 
     async def _acquired(self, partition: int, token: int) -> None:
         await self._on_acquired(partition, token)
-        reader = PartitionReader(self._js, self._topology, partition, self._handler, token,
-                                 lambda: self.ownership.holds(partition, token), batch=self._batch)
+        # The lease may have been created again (a new token, the fence moved) while the claim ran.
+        current = self.ownership.token_of(partition) or token
+        reader = PartitionReader(self._js, self._topology, partition, self._handler, current,
+                                 lambda: self.ownership.holds(partition, reader.token), batch=self._batch)
         self.readers[partition] = reader
         await reader.start()
+
+    async def _retoken(self, partition: int, old: int, new: int) -> bool:
+        if not await self._on_retoken(partition, old, new):
+            return False
+        reader = self.readers.get(partition)
+        if reader is not None:
+            reader.token = new  # its next batch is checked against the moved fence
+        return True
 
     async def _released(self, partition: int) -> None:
         reader = self.readers.pop(partition, None)

@@ -13,12 +13,29 @@ reads ``Nats-Pin-Id``. So ownership uses what nats-py does support, the key-valu
   gives it up with ``delete(last=revision)`` after its reader stopped and acked. The bucket's max
   age expires a lease that is not renewed, so a dead node's partitions are free after the TTL.
 
-Safety (two nodes never both believe they own a partition): a node counts its lease valid only
+Safety (two nodes never both read a partition): a node counts its lease valid only
 until ``time sent + TTL - margin`` of its last successful renewal, measured on its own monotonic
 clock from *before* the request left; the server keeps the entry until ``time stored + TTL``, which
 is later. So the old owner stops before anyone else can ``create`` the key. Clocks that run at
 wildly different rates or a process paused between check and commit could still break this, which
 is why the acquisition revision is also a fencing token checked in the commit (fencing.py).
+
+Losing the bucket's leader is not losing the lease. On R3, when the NATS server leading the bucket
+dies, its Raft group answers nothing for 4-9 s (nats-server's election timeouts) — longer than the
+lease. A renewal that fails because the bucket is *unavailable* (a timeout, no responders, 503) puts
+the lease *in doubt* instead of letting it run out: the node keeps the partition — its reader
+object, its alarm states in memory — since while the bucket has no quorum nobody can ``create`` the
+key either. Its reader still pauses once the local validity runs out (``holds``), exactly when it
+stopped before, so a node that is really cut off (the others take the partition on the majority
+side) reads nothing the new owner reads; what it still writes outside the stream (a closing cloud
+window) is refused by the PostgreSQL fence the new owner claimed. When the bucket answers again:
+our revision is still there (renewed as usual), or someone else wrote the key (lost: the partition
+is released), or the entry expired
+meanwhile — then, if this node is still the partition's assigned owner, it creates the key again
+and moves the fence from the old token to the new one with a compare-and-set (``retoken``): if
+that succeeds nobody committed for the partition in between, so the reader resumes and the states
+in memory stay as they are; if not, the partition is released as usual. A closed connection is not
+"unavailable": the lease runs out on the local clock as before.
 """
 
 from __future__ import annotations
@@ -34,6 +51,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from iotdefender.cluster.members import MemberView
 from iotdefender.cluster.partitions import assignment
 from iotdefender.cluster.topology import Topology
 
@@ -42,6 +60,23 @@ log = structlog.get_logger("iotdefender.cluster")
 #: Called when this node gains a partition (partition, fencing token) and when it must stop one.
 Acquired = Callable[[int, int], Awaitable[None]]
 Released = Callable[[int], Awaitable[None]]
+#: Called when this node re-created its expired lease (partition, old token, new token): True if the
+#: fence moved from old to new (nobody committed in between), False if the partition must be released.
+Retokened = Callable[[int, int, int], Awaitable[bool]]
+
+#: A key-value request that got no answer: the bucket is electing a leader, or the server routing
+#: to it died. Not a compare-and-set conflict (an answer) and not a closed connection.
+#: (While the client reconnects, requests are buffered and time out, or are refused at once.)
+UNAVAILABLE = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
+               nats.js.errors.ServiceUnavailableError, nats.js.errors.NoStreamResponseError,
+               nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError)
+
+
+async def give_up(partition: int, old: int, new: int) -> bool:
+    """The default ``Retokened``: a node that does not say how to move its fence releases a lease
+    that had to be created again, and takes it afresh (claim, reload), as before leases were kept
+    through elections. Never wrong; only slower."""
+    return False
 
 
 @dataclass
@@ -49,6 +84,18 @@ class Lease:
     token: int  # the revision of the create that acquired it: the fencing token for the tenure
     revision: int  # the latest revision (each renewal writes a new one)
     valid_until: float  # local monotonic time after which this node must consider it lost
+    in_doubt: bool = False  # the last renewal got no answer: the bucket is unavailable (kept, not lost)
+    vanished: bool = False  # seen expired on the server after an outage: any entry of ours is re-created
+    lost: bool = False  # re-created but the fence could not move: release it (and its key)
+
+    def valid(self, now: float) -> bool:
+        """Whether this node may read and commit under the lease at ``now`` (its local validity)."""
+        return not self.lost and self.valid_until > now
+
+    def kept(self, now: float) -> bool:
+        """Whether the lease is still this node's to keep: valid, or in doubt while the bucket is
+        unavailable (its reader pauses and its states stay in memory until it is confirmed)."""
+        return not self.lost and (self.in_doubt or self.valid_until > now)
 
 
 def lease_key(partition: int) -> str:
@@ -60,11 +107,17 @@ class Ownership:
 
     def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, acquired: Acquired,
                  released: Released, clock: Callable[[], float] = time.monotonic,
-                 tick_s: float | None = None, safety_margin_s: float = 0.5) -> None:
+                 tick_s: float | None = None, safety_margin_s: float = 0.5,
+                 retoken: Retokened = give_up) -> None:
         self._js, self._topology, self.node_id = js, topology, node_id
         self._acquired, self._released, self._clock = acquired, released, clock
+        self._retoken = retoken
         self._tick_s = tick_s if tick_s is not None else topology.lease_ttl_s / 5
+        # A renewal unanswered within a tick is in doubt; renewals run concurrently, so one round
+        # of 64 takes at most this long even when the bucket answers nothing.
+        self._request_s = self._tick_s
         self._margin_s = safety_margin_s
+        self._view = MemberView(node_id, settle_s=topology.lease_ttl_s)
         self._leases: dict[int, Lease] = {}
         self._members_kv: KeyValue | None = None
         self._leases_kv: KeyValue | None = None
@@ -78,12 +131,28 @@ class Ownership:
     def owned(self) -> dict[int, int]:
         """{partition: fencing token} of the leases this node holds and still counts valid."""
         now = self._clock()
-        return {p: lease.token for p, lease in self._leases.items() if lease.valid_until > now}
+        return {p: lease.token for p, lease in self._leases.items() if lease.valid(now)}
+
+    def kept(self) -> dict[int, int]:
+        """{partition: fencing token} of the leases this node keeps: those it holds and those in
+        doubt while the bucket is unavailable (work on them is fenced in PostgreSQL)."""
+        now = self._clock()
+        return {p: lease.token for p, lease in self._leases.items() if lease.kept(now)}
 
     def holds(self, partition: int, token: int) -> bool:
-        """Whether this node may still commit for ``partition`` under ``token``."""
+        """Whether this node may still read and commit for ``partition`` under ``token``."""
         lease = self._leases.get(partition)
-        return lease is not None and lease.token == token and lease.valid_until > self._clock()
+        return lease is not None and lease.token == token and lease.valid(self._clock())
+
+    def token_of(self, partition: int) -> int | None:
+        """The fencing token of this node's lease on ``partition`` now (it changes when the lease is
+        created again after an election), or None if it holds none."""
+        lease = self._leases.get(partition)
+        return lease.token if lease is not None else None
+
+    def in_doubt(self) -> list[int]:
+        """Partitions whose last renewal got no answer (kept while the bucket is unavailable)."""
+        return sorted(p for p, lease in self._leases.items() if lease.in_doubt)
 
     async def start(self) -> None:
         self._members_kv = await self._js.key_value(self._topology.members_bucket)
@@ -123,8 +192,8 @@ class Ownership:
             try:
                 await step()
             except (nats.errors.Error, asyncio.TimeoutError) as err:
-                # NATS unreachable: leases run out on the local clock (``holds`` turns false, the
-                # readers stop committing) and the other nodes take the partitions over.
+                # NATS unreachable or a bucket without a leader: the readers pause once the local
+                # validity runs out (``holds``); leases in doubt are kept until the bucket answers.
                 log.warning("cluster.step_failed", node=self.node_id, step=step.__name__, error=repr(err))
             except Exception:  # a loop that dies would silently stop renewing or rebalancing
                 log.exception("cluster.step_failed", node=self.node_id, step=step.__name__)
@@ -133,51 +202,124 @@ class Ownership:
         """Heartbeat the membership and renew every lease (compare-and-set on its last revision)."""
         assert self._members_kv is not None
         if not self._leaving:
-            await self._members_kv.put(self.node_id, b"")
-        for partition, lease in list(self._leases.items()):
             try:
-                await self._renew(partition, lease)
-            except (nats.errors.Error, asyncio.TimeoutError) as err:  # the others are still worth renewing
-                log.warning("cluster.renew_failed", node=self.node_id, partition=partition, error=repr(err))
+                await asyncio.wait_for(self._members_kv.put(self.node_id, b""), self._request_s)
+                self._view.answered(self._clock())
+            except (nats.errors.Error, asyncio.TimeoutError) as err:  # the leases are still worth renewing
+                self._view.failed()
+                log.warning("cluster.heartbeat_failed", node=self.node_id, error=repr(err))
+        # Concurrently: a bucket that answers nothing costs one request timeout, not one per lease.
+        await asyncio.gather(*(self._renew_logged(p, lease) for p, lease in list(self._leases.items())))
+
+    async def _renew_logged(self, partition: int, lease: Lease) -> None:
+        try:
+            await self._renew(partition, lease)
+        except (nats.errors.Error, asyncio.TimeoutError) as err:  # the others are still worth renewing
+            log.warning("cluster.renew_failed", node=self.node_id, partition=partition, error=repr(err))
 
     async def _renew(self, partition: int, lease: Lease) -> None:
+        async with self._lock(partition):
+            if self._leases.get(partition) is not lease or not lease.kept(self._clock()):
+                return  # released meanwhile, or already counted lost: never resurrect it
+            try:
+                sent = await self._renew_once(partition, lease)
+            except UNAVAILABLE as err:
+                if not lease.in_doubt:
+                    log.warning("cluster.lease_in_doubt", node=self.node_id, partition=partition, error=repr(err))
+                lease.in_doubt = True  # kept: nobody can create the key while the bucket has no quorum
+                return
+            if sent is None:
+                lease.in_doubt = False
+                return
+            lease.valid_until = sent + self._topology.lease_ttl_s - self._margin_s
+            if lease.in_doubt:
+                log.info("cluster.lease_confirmed", node=self.node_id, partition=partition, token=lease.token)
+                lease.in_doubt = False
+
+    async def _renew_once(self, partition: int, lease: Lease) -> float | None:
+        """One renewal; the time it was sent (the lease counts from there), or None if it is lost."""
         assert self._leases_kv is not None
         key, me = lease_key(partition), self.node_id.encode()
-        async with self._lock(partition):
-            if self._leases.get(partition) is not lease or lease.valid_until <= self._clock():
-                return  # released meanwhile, or already counted lost: never resurrect it
+        sent = self._clock()
+        try:
+            lease.revision = await asyncio.wait_for(self._leases_kv.update(key, me, last=lease.revision),
+                                                    self._request_s)
+            return sent
+        except nats.js.errors.KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await asyncio.wait_for(self._leases_kv.get(key), self._request_s)
+        except nats.js.errors.NotFoundError:  # expired (or deleted) on the server
+            entry = None
+        if entry is None and (lease.in_doubt or lease.vanished) and self._assigned(partition):
+            # It expired while the bucket was electing a leader, and the partition is still ours.
+            lease.vanished = True
             sent = self._clock()
             try:
-                lease.revision = await self._leases_kv.update(key, me, last=lease.revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                try:
-                    entry = await self._leases_kv.get(key)
-                except nats.js.errors.NotFoundError:  # expired (or deleted) on the server
-                    entry = None
-                if entry is None or entry.value != me or (entry.revision or 0) < lease.revision:
-                    # Someone else wrote the key: the lease expired on the server and was taken.
-                    log.warning("cluster.lease_lost", node=self.node_id, partition=partition)
-                    lease.valid_until = 0.0
-                    return
-                # Our own earlier renewal was stored but its reply was lost: no one else writes our
-                # id, so the key is still ours; renew from that revision (validity counts from now).
-                sent = self._clock()
-                lease.revision = await self._leases_kv.update(key, me, last=entry.revision)
-            lease.valid_until = sent + self._topology.lease_ttl_s - self._margin_s
+                revision = await asyncio.wait_for(self._leases_kv.create(key, me), self._request_s)
+            except nats.js.errors.KeyWrongLastSequenceError:  # someone else created it first
+                self._lose(partition, lease)
+                return None
+            return sent if await self._adopt(partition, lease, revision) else None
+        if entry is None or entry.value != me or (entry.revision or 0) < lease.revision:
+            # Someone else wrote the key: the lease expired on the server and was taken.
+            self._lose(partition, lease)
+            return None
+        sent = self._clock()
+        if lease.vanished:
+            # Our re-creation was stored although its answer was lost: adopt that revision.
+            if not await self._adopt(partition, lease, entry.revision or 0):
+                return None
+        # Our own earlier renewal was stored but its reply was lost: no one else writes our id, so the
+        # key is still ours; renew from that revision (validity counts from now).
+        lease.revision = await asyncio.wait_for(self._leases_kv.update(key, me, last=entry.revision),
+                                                self._request_s)
+        return sent
+
+    def _lose(self, partition: int, lease: Lease) -> None:
+        log.warning("cluster.lease_lost", node=self.node_id, partition=partition)
+        lease.valid_until, lease.in_doubt = 0.0, False
+
+    async def _adopt(self, partition: int, lease: Lease, revision: int) -> bool:
+        """Continue the tenure under the re-created key's ``revision`` if the fence moves to it."""
+        old = lease.token
+        try:
+            moved = await self._retoken(partition, old, revision)
+        except Exception:  # the database is down: release it (safe), the next round acquires it again
+            log.exception("cluster.retoken_failed", node=self.node_id, partition=partition)
+            moved = False
+        lease.revision = revision  # the key is ours at this revision either way (a release deletes it)
+        if not moved:
+            log.warning("cluster.lease_superseded", node=self.node_id, partition=partition, token=old)
+            lease.lost, lease.in_doubt = True, False
+            return False
+        lease.token, lease.vanished = revision, False
+        log.info("cluster.lease_recreated", node=self.node_id, partition=partition, token=revision, previous=old)
+        return True
+
+    def _assigned(self, partition: int) -> bool:
+        share = assignment(self.members, self._topology.partitions).get(self.node_id, set())
+        return partition in share
 
     async def rebalance(self) -> None:
         """Drop leases that ran out, then move towards this node's share of the live members."""
         assert self._members_kv is not None
         now = self._clock()
-        for partition in [p for p, lease in self._leases.items() if lease.valid_until <= now]:
+        for partition in [p for p, lease in self._leases.items() if lease.lost]:
+            await self._release(partition)  # re-created, but someone committed meanwhile: free our key
+        for partition in [p for p, lease in self._leases.items() if not lease.kept(now)]:
             del self._leases[partition]
             self.rebalances += 1
             log.warning("cluster.partition_expired", node=self.node_id, partition=partition)
             await self._released(partition)
         try:
-            self.members = sorted(await self._members_kv.keys())
+            keys = await asyncio.wait_for(self._members_kv.keys(), self._topology.lease_ttl_s / 2)
         except nats.js.errors.NoKeysError:
-            self.members = []
+            keys = []
+        except (nats.errors.Error, asyncio.TimeoutError):
+            self._view.failed()  # no rebalance on a list we cannot read
+            raise
+        self.members = self._view.read(keys, self._clock(), leaving=self._leaving)
         share = assignment(self.members, self._topology.partitions).get(self.node_id, set())
         # Concurrently: a release waits for its reader's batch, an acquisition for its consumer.
         await asyncio.gather(*(self._release(p) for p in sorted(set(self._leases) - share)))

@@ -20,6 +20,7 @@ storage makes it exactly-once in effect by being idempotent on ``Delivery.stream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -94,10 +95,12 @@ class PartitionReader:
 
     def __init__(self, js: JetStreamContext, topology: Topology, partition: int, handler: BatchHandler,
                  token: int, still_owner: Callable[[], bool], batch: int = 256, fetch_wait_s: float = 0.5,
-                 retry_pause_s: float = 0.2) -> None:
+                 retry_pause_s: float = 0.2, idle_check_s: float = 10.0) -> None:
         self._js, self._topology, self._partition = js, topology, partition
-        self._handler, self._token, self._still_owner = handler, token, still_owner
+        self._handler, self._still_owner = handler, still_owner
+        self.token = token  # the fencing token its batches carry (moved when the lease is re-created)
         self._batch, self._fetch_wait_s, self._retry_pause_s = batch, fetch_wait_s, retry_pause_s
+        self._idle_check_s = idle_check_s
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.handled = 0
@@ -120,18 +123,35 @@ class PartitionReader:
         (docs.nats.io, JetStream model deep dive, WorkQueuePolicy), which is what makes the
         recreated consumer start at the first unacked one.
         """
+        sub = await self._bind(None)
+        self._task = asyncio.create_task(self._run(sub), name=f"partition-{self._partition}")
+
+    async def _bind(self, sub: JetStreamContext.PullSubscription | None) -> JetStreamContext.PullSubscription:
+        """``sub`` if the consumer has nothing delivered and unacknowledged, else a new binding to
+        the consumer recreated (see ``start``). Called only when this reader holds no batch, so
+        what the consumer counts unacknowledged was lost on its way (a previous owner's, or a
+        delivery in flight when a NATS server died: it would come back only after ``ack_wait``)."""
         name = self._topology.consumer_of(self._partition)
         try:
             pending = (await self._js.consumer_info(self._topology.stream, name)).num_ack_pending
         except nats.js.errors.NotFoundError:
             pending = None
+        if sub is not None and pending == 0:
+            return sub
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
         if pending:
             log.info("cluster.consumer_reset", partition=self._partition, unacked=pending)
             await self._js.delete_consumer(self._topology.stream, name)
         if pending is None or pending:
             await ensure_consumer(self._js, self._topology, self._partition)
-        sub = await self._js.pull_subscribe_bind(durable=name, stream=self._topology.stream)
-        self._task = asyncio.create_task(self._run(sub), name=f"partition-{self._partition}")
+        return await self._js.pull_subscribe_bind(durable=name, stream=self._topology.stream)
+
+    @property
+    def reading(self) -> bool:
+        """Started (bound to its consumer) and not ended."""
+        return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
         """Finish the batch in hand (handled and acked, or nakked), then stop reading."""
@@ -139,36 +159,60 @@ class PartitionReader:
         if self._task is not None:
             await self._task
 
-    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _run(self, sub: JetStreamContext.PullSubscription | None) -> None:
+        # After a disturbance (a failed fetch, a pause) and, when idle, every ``idle_check_s``, the
+        # consumer is checked for deliveries lost on their way (``_bind``): when a NATS server dies,
+        # a batch it was delivering is counted delivered and would otherwise wait for ``ack_wait``.
+        loop = asyncio.get_running_loop()
+        disturbed, next_check = False, loop.time() + self._idle_check_s
         try:
             while not self._stopping.is_set():
+                if not self._still_owner():
+                    # The lease is not valid now: in doubt while NATS elects a leader (it resumes once
+                    # confirmed), or lost (its owner stops this reader). Read nothing meanwhile.
+                    disturbed = True
+                    await asyncio.sleep(self._retry_pause_s)
+                    continue
+                if sub is None or disturbed:
+                    try:
+                        sub = await self._bind(sub)
+                    except nats.errors.ConnectionClosedError:
+                        return
+                    except (nats.errors.Error, asyncio.TimeoutError) as err:
+                        log.warning("cluster.consumer_check_failed", partition=self._partition, error=repr(err))
+                        sub = None  # bind again next round (its old binding may be gone)
+                        await asyncio.sleep(self._retry_pause_s)
+                        continue
+                    disturbed, next_check = False, loop.time() + self._idle_check_s
                 try:
                     msgs = await sub.fetch(self._batch, timeout=self._fetch_wait_s)
                 except asyncio.TimeoutError:  # nats.errors.TimeoutError is one too: nothing to read
+                    disturbed = loop.time() >= next_check
                     continue
                 except nats.errors.ConnectionClosedError:
                     return
                 except nats.errors.Error as err:  # a cluster election, a consumer being recreated
                     log.warning("cluster.fetch_failed", partition=self._partition, error=repr(err))
+                    disturbed = True
                     await asyncio.sleep(self._retry_pause_s)
                     continue
-                await self._handle(msgs)
+                if msgs:  # nats-py's fetch can end with no message (only status replies): nothing to hand
+                    await self._handle(msgs)
         finally:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error:
-                pass
+            if sub is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
 
     async def _handle(self, msgs: list[Msg]) -> None:
         if not self._still_owner():
-            # The lease ran out while fetching: hand the batch back rather than commit as a stale owner.
+            # The lease ran out while fetching: hand the batch back rather than commit as a stale owner
+            # (and wait, reading nothing, until it is confirmed or this reader is stopped).
             for msg in msgs:
                 await msg.nak()
-            self._stopping.set()
             return
         deliveries = [_delivery(self._partition, msg) for msg in msgs]
         try:
-            await self._handler(self._partition, self._token, deliveries)
+            await self._handler(self._partition, self.token, deliveries)
         except Exception:
             log.exception("cluster.batch_failed", partition=self._partition, reports=len(msgs))
             for msg in msgs:

@@ -197,4 +197,4 @@ async def _ensure_bucket(js: JetStreamContext, topology: Topology, bucket: str) 
     if existing.max_age is None or abs(existing.max_age - topology.lease_ttl_s) > 1e-3:
         raise TopologyMismatch(
             f"bucket {bucket} expires entries after {existing.max_age}s, this node's lease is "
-            f"{topology.lease_ttl_s}s: every node must use the same lease")
+            f"{topology.lease_ttl_s}s: every node must use the same lease (--cluster-lease-ttl)")

@@ -161,6 +161,14 @@ class DetectionService:
             log.info("things_taken_over", alarm_states=self.evaluator.remembered())
             return settled
 
+    def rewrite(self, step: Callable[[Connection], bool]) -> bool:
+        """Run ``step`` in a write transaction of its own, between two batches (the detection lock),
+        keeping every state in memory (cluster mode: move a partition's fence to the token of a
+        lease re-created after a NATS election, when nobody else committed for it meanwhile)."""
+        with self._lock:
+            with writing(self._engine) as conn:
+                return step(conn)
+
     def ended_statistics(self, now: float) -> list[tuple[tuple[str, str], int, dict[str, float]]]:
         """This node's values of the statistical windows that ended (cluster mode shares them with
         the other detect nodes); under the detection lock, between two batches."""

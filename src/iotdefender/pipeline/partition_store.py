@@ -152,6 +152,9 @@ class PartitionBatchStore:
     async def on_released(self, partition: int) -> None:
         await asyncio.to_thread(self.release, partition)
 
+    async def on_retoken(self, partition: int, old: int, new: int) -> bool:
+        return await asyncio.to_thread(self.retoken, partition, old, new)
+
     # -- the work --------------------------------------------------------------------------------
     def acquire(self, partition: int, token: int) -> None:
         """Claim the partition's fence with ``token``, then load its things' alarm states."""
@@ -162,6 +165,12 @@ class PartitionBatchStore:
         settled = self._detection.take_over(self._owns(partition), claim)
         if settled:
             self._on_events(summaries(settled))
+
+    def retoken(self, partition: int, old: int, new: int) -> bool:
+        """The lease expired while NATS elected a leader and this node created it again: move the
+        fence from ``old`` to ``new`` if nobody claimed it meanwhile (then nobody committed for the
+        partition and its states in memory are current: nothing is reloaded). False: release it."""
+        return self._detection.rewrite(lambda conn: fencing.move(conn, partition, old, new))
 
     def release(self, partition: int) -> None:
         """Forget the partition's things: their next owner loads them from the database."""
