@@ -20,7 +20,8 @@ and compare bytes. The steps, on the log scale (model.py says why log):
 
 Integer data (counts) get a floor on every spread from a Poisson count's (discrete.py), so a
 metric that is 0 most of the time does not get a spread of ``min_scale`` and thresholds of 100,
-and their step 4 is a mean shrunk by its sampling noise instead of a median (discrete.py).
+and small ones a step 4 that is a mean shrunk by its sampling noise instead of a median
+(discrete.py).
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         some = np.arange(len(standardised)) if some is None else some
         if not all_own:
             some = some[own_point[some]]
-        if counts:
+        if counts and discrete.small(center):
             shape = discrete.slot_shape(fallbacks, slot[some], standardised[some])
         else:
             typical = fallbacks.median(slot[some], standardised[some], default=1 / MAD_TO_STD)
