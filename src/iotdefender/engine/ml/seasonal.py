@@ -49,9 +49,31 @@ class Fallbacks:
         week, _ = median_by_group(slot, values, self.slots)
         day, _ = median_by_group((slot % self.per_day).astype(np.int16), values, self.per_day)
         whole = float(np.median(values)) if default is None else default
-        result: npt.NDArray[np.float64] = np.where(self.week, week, np.where(self.day, np.tile(day, DAYS_PER_WEEK),
-                                                                             whole))
-        return np.nan_to_num(result, nan=whole)
+        return np.nan_to_num(self._choose(week, day, whole), nan=whole)
+
+    def mean(self, slot: npt.NDArray[np.int16], values: npt.NDArray[np.floating]) -> tuple[
+            npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Mean of ``values`` per slot of the week, with the fallbacks (the whole period's for the
+        rest), and how many values each mean is of.
+
+        For values with a few distinct levels (a count's standardised residuals), where a median
+        sits on one level or jumps to the next as the mix of a slot moves by one datapoint.
+        """
+        weights = np.asarray(values, dtype=np.float64)
+        week_n = np.bincount(slot, minlength=self.slots).astype(np.float64)
+        week = np.bincount(slot, weights=weights, minlength=self.slots) / np.maximum(week_n, 1)
+        day_slot = slot % self.per_day
+        day_n = np.bincount(day_slot, minlength=self.per_day).astype(np.float64)
+        day = np.bincount(day_slot, weights=weights, minlength=self.per_day) / np.maximum(day_n, 1)
+        whole = float(weights.mean()) if len(weights) else 0.0
+        return self._choose(week, day, whole), self._choose(week_n, day_n, float(len(weights)))
+
+    def _choose(self, week: npt.NDArray[np.float64], day: npt.NDArray[np.float64],
+                whole: float) -> npt.NDArray[np.float64]:
+        """Per slot of the week: its own ``week`` value, else its slot of the day's, else ``whole``."""
+        result: npt.NDArray[np.float64] = np.where(self.week, week,
+                                                   np.where(self.day, np.tile(day, DAYS_PER_WEEK), whole))
+        return result
 
     def table(self, sums: npt.NDArray[np.float64], counts: npt.NDArray[np.float64]) -> tuple[
             npt.NDArray[np.float64], npt.NDArray[np.float64]]:

@@ -19,7 +19,9 @@ and compare bytes. The steps, on the log scale (model.py says why log):
    grouped by device (tails.py), else from the sample's scores.
 
 Integer data (counts) get a floor on every spread from a Poisson count's (discrete.py), so a
-metric that is 0 most of the time does not get a spread of ``min_scale`` and thresholds of 100.
+metric that is 0 most of the time does not get a spread of ``min_scale`` and thresholds of 100,
+and small ones a step 4 that is a mean shrunk by its sampling noise instead of a median
+(discrete.py).
 """
 
 from __future__ import annotations
@@ -176,10 +178,13 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         some = np.arange(len(standardised)) if some is None else some
         if not all_own:
             some = some[own_point[some]]
-        typical = fallbacks.median(slot[some], standardised[some], default=1 / MAD_TO_STD)
-        # A slot where most datapoints sit exactly on the fit (a constant metric, a step-shaped
-        # rhythm's flat parts) has no spread of its own to scale by: it keeps the device's.
-        shape = np.where(typical > 0, np.clip(MAD_TO_STD * typical, 0.25, 4.0), 1.0)
+        if counts and discrete.small(center):
+            shape = discrete.slot_shape(fallbacks, slot[some], standardised[some])
+        else:
+            typical = fallbacks.median(slot[some], standardised[some], default=1 / MAD_TO_STD)
+            # A slot where most datapoints sit exactly on the fit (a constant metric, a step-shaped
+            # rhythm's flat parts) has no spread of its own to scale by: it keeps the device's.
+            shape = np.where(typical > 0, np.clip(MAD_TO_STD * typical, 0.25, 4.0), 1.0)
     scores = standardised
     scores /= shape.astype(f32)[slot]
     del standardised, slot, first, second, fraction
