@@ -98,6 +98,31 @@ class Lease:
         return not self.lost and (self.in_doubt or self.valid_until > now)
 
 
+#: Seconds the server keeps a key listing's consumer once its reader stopped (see ``bucket_keys``).
+LISTING_CONSUMER_LINGER_S = 1.0
+
+
+async def bucket_keys(kv: KeyValue) -> list[str]:
+    """The keys of ``kv`` (none: an empty list), read without leaving a consumer behind.
+
+    Each listing reads through an ephemeral ordered consumer. nats-py's ``KeyValue.keys()`` creates
+    it with an inactivity threshold of 5 minutes, so a detect node listing the members every tick
+    kept ~300 idle consumers on the members' stream, and nats-server refused more than 1,000
+    ("maximum consumers limit reached", 10026): from four detect nodes on, rebalance rounds failed.
+    Here the server removes the consumer a second after the listing stopped reading.
+    """
+    watcher = await kv.watchall(ignore_deletes=True, meta_only=True, inactive_threshold=LISTING_CONSUMER_LINGER_S)
+    keys: list[str] = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # the end of what the bucket holds now
+                break
+            keys.append(entry.key)
+    finally:
+        await watcher.stop()
+    return keys
+
+
 def lease_key(partition: int) -> str:
     return f"p.{partition:04d}"
 
@@ -313,9 +338,7 @@ class Ownership:
             log.warning("cluster.partition_expired", node=self.node_id, partition=partition)
             await self._released(partition)
         try:
-            keys = await asyncio.wait_for(self._members_kv.keys(), self._topology.lease_ttl_s / 2)
-        except nats.js.errors.NoKeysError:
-            keys = []
+            keys = await asyncio.wait_for(bucket_keys(self._members_kv), self._topology.lease_ttl_s / 2)
         except (nats.errors.Error, asyncio.TimeoutError):
             self._view.failed()  # no rebalance on a list we cannot read
             raise
