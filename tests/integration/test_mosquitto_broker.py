@@ -64,7 +64,7 @@ def run_with_broker(body: Callable[[MosquittoBroker, int, Recorder, list], Await
         recorder = Recorder()
         reports: list = []
 
-        def sink(thing: str, encoding: str, payload: bytes) -> None:
+        def sink(thing: str, encoding: str, payload: bytes, received: float | None = None) -> None:
             reports.append((thing, encoding, payload))
 
         gatekeeper = Gatekeeper(observer=recorder)
@@ -140,7 +140,7 @@ def test_a_port_in_use_is_one_clear_error(tmp_path):
             holder.listen()
             port = holder.getsockname()[1]
 
-            def sink(thing: str, encoding: str, payload: bytes) -> None:
+            def sink(thing: str, encoding: str, payload: bytes, received: float | None = None) -> None:
                 pass
 
             broker = MosquittoBroker(ListenerSettings("127.0.0.1", port), Gatekeeper(), sink,
