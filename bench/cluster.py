@@ -258,6 +258,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
                          "p99_ms": c["offered_load"]["p99_ms"], "lost": c["offered_load"]["lost"],
                          "rejected": c["offered_load"]["rejected"],
                          "detect_cpu_s_per_1000": c["detect_cpu_s_per_1000_reports"],
+                         "all_cpu_s_per_1000": c["all_cpu_s_per_1000_reports"],
+                         "cpu_s": c["offered_load"]["cpu_s"],
                          "scaling_efficiency": c["scaling_efficiency"],
                          "takeover_s": (c.get("takeover") or {}).get("takeover_s")}
                         for c in result["cluster"]],
@@ -277,6 +279,7 @@ def main() -> None:
     parser.add_argument("--no-takeover", action="store_true")
     parser.add_argument("--max-seconds", type=int, default=600, help="the whole run is stopped after this")
     parser.add_argument("--quick", action="store_true", help="1,000 devices at 500/s, 4 s phases, no takeover")
+    parser.add_argument("--output", type=Path, help="the results file (default bench/results/cluster-<date>.json)")
     args = parser.parse_args()
     if args.quick:
         args.devices, args.rate, args.seconds, args.drain_seconds = 1000, 500.0, 4.0, 8.0
@@ -287,8 +290,8 @@ def main() -> None:
         print(json.dumps(summary(result)))
         return
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"cluster-{time.strftime('%Y-%m-%d', time.gmtime())}.json").write_text(
-        json.dumps(result, indent=2) + "\n")
+    output = args.output or RESULTS / f"cluster-{time.strftime('%Y-%m-%d', time.gmtime())}.json"
+    output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(summary(result)))
 
 
