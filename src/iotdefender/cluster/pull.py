@@ -11,8 +11,9 @@ what it delivered meanwhile: a partition that gets reports steadily costs one re
 
 Reports still arrive in stream order (one consumer, one inbox, one request open, delivered in
 order) and are acked by the reader after its batch committed, exactly as before. A request lives
-at most ``expires_s`` on the server, as nats-py's did, so a reader that stopped leaves no request
-able to take reports for longer than that (report_stream.PartitionReader.start relies on it).
+at most until the deadline of the fetch that sent it (``expires_s`` at most), as nats-py's did, so
+a reader that stopped, or whose lease is in doubt, leaves no request able to take reports for
+longer than that (report_stream.PartitionReader.start relies on it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ class PullStream:
                  expires_s: float) -> None:
         self._nc, self._batch, self._expires_s = nc, batch, expires_s
         self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
-        self._request = json.dumps({"batch": batch, "expires": int(expires_s * 1e9)}).encode()
         self._inbox = nc.new_inbox()
         self._queue: collections.deque[Msg] = collections.deque()
         self._arrived = asyncio.Event()
@@ -73,8 +73,14 @@ class PullStream:
             if now >= deadline:
                 raise asyncio.TimeoutError
             if self._left <= 0 or now >= self._expires_at:
-                self._left, self._requested_at, self._expires_at = self._batch, now, now + self._expires_s
-                await self._nc.publish(self._next_subject, self._request, reply=self._inbox)
+                # The request ends by this fetch's deadline, so none outlives the ownership check the
+                # reader made before calling fetch by more than ``timeout`` (as nats-py's did).
+                expires = min(self._expires_s, deadline - now)
+                if expires < 0.01:
+                    raise asyncio.TimeoutError
+                self._left, self._requested_at, self._expires_at = self._batch, now, now + expires
+                request = json.dumps({"batch": self._batch, "expires": int(expires * 1e9)}).encode()
+                await self._nc.publish(self._next_subject, request, reply=self._inbox)
             self._arrived.clear()
             if self._queue:
                 continue
@@ -98,7 +104,7 @@ class PullStream:
                 self._queue.popleft()
                 # A 408 well before the open request's end is the previous request's (clocks
                 # differ by a little): the open one is still delivering.
-                if status != REQUEST_TIMEOUT or now >= self._requested_at + 0.8 * self._expires_s:
+                if status != REQUEST_TIMEOUT or now >= self._requested_at + 0.8 * (self._expires_at - self._requested_at):
                     self._left = 0
                 continue
             if msgs:  # hand over what came before it first; raise on the next fetch
