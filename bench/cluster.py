@@ -13,7 +13,8 @@ Per configuration (N = 1, 2, ... detect nodes, each on a fresh database):
    CPU-seconds each detect node and each broker node used (bench/process_usage.py: /proc, whole
    process trees, as bench/pipeline.py measures);
    CPU-seconds per 1,000 reports (all detect nodes; and each node over its partitions' share of
-   the reports), and reports per CPU-second of all detect nodes;
+   the reports), and reports per CPU-second of all detect nodes; nats-server's messages in and
+   out per report (its monitoring ``/varz``);
 3. with N >= 2: the same load again, and one detect node killed with SIGKILL 1 s into it: the
    takeover time (kill -> the survivors own all 64 partitions, read from their ``/metrics``), and
    what the devices saw (answered, rejected ``ServiceUnavailable``, lost).
