@@ -13,7 +13,8 @@ Per configuration (N = 1, 2, ... detect nodes, each on a fresh database):
    CPU-seconds each detect node and each broker node used (bench/process_usage.py: /proc, whole
    process trees, as bench/pipeline.py measures);
    CPU-seconds per 1,000 reports (all detect nodes; and each node over its partitions' share of
-   the reports), and reports per CPU-second of all detect nodes;
+   the reports), and reports per CPU-second of all detect nodes; nats-server's messages in and
+   out per report (its monitoring ``/varz``);
 3. with N >= 2: the same load again, and one detect node killed with SIGKILL 1 s into it: the
    takeover time (kill -> the survivors own all 64 partitions, read from their ``/metrics``), and
    what the devices saw (answered, rejected ``ServiceUnavailable``, lost).
@@ -111,6 +112,13 @@ def loaded(fleet: Fleet, args: argparse.Namespace, base: int, pids: dict[str, in
     return load
 
 
+def nats_messages(nats: SingleJetStream) -> dict[str, int]:
+    """nats-server's message counters (monitoring ``/varz``): every publish, PubAck, pull request,
+    delivery, ack and outcome message is one in and (when someone receives it) one out."""
+    varz = httpx.get(f"http://127.0.0.1:{nats.server.http_port}/varz", timeout=5).json()
+    return {"in": int(varz["in_msgs"]), "out": int(varz["out_msgs"])}
+
+
 def postmaster_pid(postgres: PostgresCluster) -> int:
     """PostgreSQL's postmaster: its process tree holds every backend the nodes use."""
     return int((postgres.datadir / "postmaster.pid").read_text().split()[0])
@@ -130,7 +138,9 @@ def measure_cluster(nats: SingleJetStream, postgres: PostgresCluster, detect: in
                 **{f"broker{i}": n.process.pid for i, n in enumerate(cluster.brokers)},
                 "nats_server": nats.server.process.pid, "postgresql": postmaster_pid(postgres)}
         shares = [int(gauge(n, "iotdefender_cluster_owned_partitions")) for n in cluster.detect]
+        messages_before = nats_messages(nats)
         load = loaded(fleet, args, LOAD_IDS, pids)
+        messages = {k: v - messages_before[k] for k, v in nats_messages(nats).items()}
         detect_cpu = sum(load["cpu_s"][f"detect{i}"] for i in range(detect))
         answered = load["answered"]
         figures: dict[str, Any] = {
@@ -147,6 +157,8 @@ def measure_cluster(nats: SingleJetStream, postgres: PostgresCluster, detect: in
             "reports_per_detect_cpu_s": round(answered / detect_cpu, 1) if detect_cpu else None,
             # Everything the cluster ran on (not the load generators), against the single box's figure.
             "all_cpu_s_per_1000_reports": round(1000 * sum(load["cpu_s"].values()) / answered, 3) if answered else None,
+            # What nats-server handled during the load (its /varz): messages in and out per report.
+            "nats_messages_per_report": {k: round(v / answered, 2) for k, v in messages.items()} if answered else None,
         }
         if detect >= 2 and not args.no_takeover:
             figures["takeover"] = takeover(cluster, fleet, args)
@@ -258,6 +270,9 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
                          "p99_ms": c["offered_load"]["p99_ms"], "lost": c["offered_load"]["lost"],
                          "rejected": c["offered_load"]["rejected"],
                          "detect_cpu_s_per_1000": c["detect_cpu_s_per_1000_reports"],
+                         "all_cpu_s_per_1000": c["all_cpu_s_per_1000_reports"],
+                         "cpu_s": c["offered_load"]["cpu_s"],
+                         "nats_messages_per_report": c["nats_messages_per_report"],
                          "scaling_efficiency": c["scaling_efficiency"],
                          "takeover_s": (c.get("takeover") or {}).get("takeover_s")}
                         for c in result["cluster"]],
@@ -277,6 +292,7 @@ def main() -> None:
     parser.add_argument("--no-takeover", action="store_true")
     parser.add_argument("--max-seconds", type=int, default=600, help="the whole run is stopped after this")
     parser.add_argument("--quick", action="store_true", help="1,000 devices at 500/s, 4 s phases, no takeover")
+    parser.add_argument("--output", type=Path, help="the results file (default bench/results/cluster-<date>.json)")
     args = parser.parse_args()
     if args.quick:
         args.devices, args.rate, args.seconds, args.drain_seconds = 1000, 500.0, 4.0, 8.0
@@ -287,8 +303,8 @@ def main() -> None:
         print(json.dumps(summary(result)))
         return
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"cluster-{time.strftime('%Y-%m-%d', time.gmtime())}.json").write_text(
-        json.dumps(result, indent=2) + "\n")
+    output = args.output or RESULTS / f"cluster-{time.strftime('%Y-%m-%d', time.gmtime())}.json"
+    output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(summary(result)))
 
 

@@ -154,7 +154,7 @@ def test_a_report_is_answered_on_its_own_outcome_not_the_slowest_of_its_batch(je
             messages = [(d, decode(d.payload)) for d in deliveries]
             if any(m.thing == slow for _, m in messages):
                 await asyncio.sleep(1.5)
-            await send(partition, [ReportOutcome(d.stream_sequence, m.thing, Status.STORED, m.report_id, m.encoding,
+            await send([ReportOutcome(d.stream_sequence, m.thing, Status.STORED, m.report_id, m.encoding,
                                                  m.reply_to) for d, m in messages])
 
         detect = DetectConsumer(detect_nc.jetstream(), topology, "detect-1", commit)

@@ -71,7 +71,7 @@ def test_a_node_cut_off_mid_stream_is_taken_over_and_every_report_is_stored_once
         detection = DetectionService(node_engine, monitoring, AlertRoutes(), 172800.0)
         detections.append(detection)
 
-        async def told(partition: int, batch: list[ReportOutcome]) -> None:
+        async def told(batch: list[ReportOutcome]) -> None:
             outcomes.extend(batch)
 
         return PartitionBatchStore(monitoring, detection, lambda events: None, told, partitions=PARTITIONS)

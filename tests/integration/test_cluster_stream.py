@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import httpx
 import nats
 import pytest
 
@@ -329,4 +330,44 @@ def test_server_count_comes_from_the_cluster_when_the_node_is_given_one_url(clus
                 assert asyncio.get_running_loop().time() < deadline, nc._server_info.get("connect_urls")
                 await asyncio.sleep(0.1)
             await nc.close()
+    run(go())
+
+
+def test_a_reader_sends_one_pull_request_per_expiry_not_one_or_two_per_batch(single):
+    """Reports arriving one by one (as at 500 reports/s over 64 partitions): the reader keeps one
+    pull request open and takes what it delivered, in order. nats-py's fetch sent a ``no_wait``
+    probe and then a lingering request after nearly every batch: 1.7 pull requests per report in
+    bench/cluster.py (nats-server's ``/varz``); here at most one per ``fetch_wait_s``, counted the
+    same way: messages into the server less the reports' publishes and acks."""
+    async def go() -> None:
+        nc, js = await _connect(single.urls)
+        topology = Topology(replicas=1, partitions=4)
+        await ensure(js, topology)
+        publisher = ReportPublisher(js, topology)
+        thing = next(f"t-{i}" for i in range(100) if partition_of(f"t-{i}", 4) == 2)
+        seen: list[int] = []
+
+        async def handler(p: int, token: int, batch: Sequence[Delivery]) -> None:
+            seen.extend(int(d.payload) for d in batch)
+
+        def received() -> int:
+            return int(httpx.get(f"http://127.0.0.1:{single.server.http_port}/varz", timeout=5).json()["in_msgs"])
+
+        reader = PartitionReader(js, topology, 2, handler, token=1, still_owner=lambda: True, fetch_wait_s=0.5)
+        await reader.start()
+        await asyncio.sleep(0.3)
+        before, started = received(), asyncio.get_running_loop().time()
+        reports = 60
+        for report_id in range(reports):
+            await publisher.publish(thing, str(report_id).encode(), report_message_id(thing, report_id))
+            await asyncio.sleep(0.02)
+        while len(seen) < reports:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)  # the last ack in
+        elapsed = asyncio.get_running_loop().time() - started
+        requests = received() - before - 2 * reports  # every report: its publish and its ack
+        await reader.stop()
+        assert seen == list(range(reports))
+        assert requests <= elapsed / 0.5 + 2, f"{requests} pull requests for {reports} reports in {elapsed:.1f} s"
+        await nc.close()
     run(go())

@@ -27,8 +27,8 @@ from iotdefender.cluster.report_stream import Delivery
 from iotdefender.pipeline.batch_store import EventSummary
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.monitoring import MonitoringIndex
-from iotdefender.pipeline.partition_store import PartitionBatchStore
-from iotdefender.pipeline.report_message import ReportMessage, Status, encode
+from iotdefender.pipeline.partition_store import OutcomeListener, PartitionBatchStore, ignore_outcomes
+from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, Status, encode
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
 from iotdefender.store.database import create_engine
@@ -75,14 +75,15 @@ def database(postgres, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-unty
 def node(database: str) -> Iterator[Any]:
     engines: list[sa.Engine] = []
 
-    def make(listener: Callable[[list[EventSummary]], None] | None = None) -> Node:
+    def make(listener: Callable[[list[EventSummary]], None] | None = None,
+             outcomes: OutcomeListener = ignore_outcomes) -> Node:
         engine = create_engine(database)
         engines.append(engine)
         monitoring = MonitoringIndex(engine, f"arn:aws:iot:us-east-1:{ACCOUNT}:")
         detection = DetectionService(engine, monitoring, AlertRoutes({TOPIC: [Webhook("http://127.0.0.1:9/h", "s")]}),
                                      172800.0)
         events: list[EventSummary] = []
-        return Node(detection, PartitionBatchStore(monitoring, detection, listener or events.extend), events)
+        return Node(detection, PartitionBatchStore(monitoring, detection, listener or events.extend, outcomes), events)
 
     yield make
     for engine in engines:
@@ -294,6 +295,47 @@ def test_batches_of_several_partitions_waiting_together_commit_in_one_transactio
     for thing in things[P] + things[R]:
         assert event_types(database, thing) == ["in-alarm", "alarm-cleared"]
     assert [event_types(database, thing) for thing in things[Q]] == [["in-alarm"], ["in-alarm"]]
+
+
+def test_the_outcomes_of_one_transaction_are_told_once_before_any_batch_is_acked(database, node):
+    """Three partitions' batches committed together: their outcomes are told in one call (one
+    message per broker node; it was one per partition batch), before any reader returns to ack;
+    a fenced batch's reports are not among them (nakked, their next owner answers)."""
+    told: list[list[ReportOutcome]] = []
+    returned: list[int] = []
+
+    async def tell(outcomes: list[ReportOutcome]) -> None:
+        assert not returned, "a reader returned (and would ack) before its outcomes were told"
+        told.append(outcomes)
+
+    a, b = node(outcomes=tell), node()
+    R = 7
+    things = {p: things_in(p, 2, prefix=f"o{p}") for p in (P, Q, R)}
+    tokens = {P: 10, Q: 11, R: 12}
+    for partition, token in tokens.items():
+        a.store.acquire(partition, token)
+    sequences = itertools.count(1)
+
+    async def handled(partition: int) -> None:
+        await a.store.handle(partition, tokens[partition],
+                             [delivery(thing, next(sequences), ports=1) for thing in things[partition]])
+        returned.append(partition)
+
+    async def together() -> list[Any]:
+        return await asyncio.gather(*(handled(p) for p in (P, Q, R)), return_exceptions=True)
+
+    assert asyncio.run(together()) == [None, None, None]
+    assert len(told) == 1
+    assert sorted((o.thing, o.status) for o in told[0]) == sorted(
+        (thing, Status.STORED) for p in (P, Q, R) for thing in things[p])
+
+    told.clear()
+    returned.clear()
+    b.store.acquire(Q, 21)  # Q moved on to b: its batch fails, P's and R's are stored apart
+    results = asyncio.run(together())
+    assert isinstance(results[1], Fenced) and results[0] is None and results[2] is None
+    assert len(told) == 1
+    assert sorted(o.thing for o in told[0]) == sorted(things[P] + things[R])
 
 
 def test_one_partition_twice_among_the_waiting_batches_is_stored_once_under_its_own_tokens(database, node):

@@ -33,6 +33,7 @@ from nats.js.api import PubAck
 from prometheus_client import Counter
 
 from iotdefender.cluster.partitions import partition_of
+from iotdefender.cluster.pull import PullStream
 from iotdefender.cluster.topology import Topology, ensure_consumer
 
 log = structlog.get_logger("iotdefender.cluster")
@@ -126,7 +127,7 @@ class PartitionReader:
         sub = await self._bind(None)
         self._task = asyncio.create_task(self._run(sub), name=f"partition-{self._partition}")
 
-    async def _bind(self, sub: JetStreamContext.PullSubscription | None) -> JetStreamContext.PullSubscription:
+    async def _bind(self, sub: PullStream | None) -> PullStream:
         """``sub`` if the consumer has nothing delivered and unacknowledged, else a new binding to
         the consumer recreated (see ``start``). Called only when this reader holds no batch, so
         what the consumer counts unacknowledged was lost on its way (a previous owner's, or a
@@ -146,7 +147,11 @@ class PartitionReader:
             await self._js.delete_consumer(self._topology.stream, name)
         if pending is None or pending:
             await ensure_consumer(self._js, self._topology, self._partition)
-        return await self._js.pull_subscribe_bind(durable=name, stream=self._topology.stream)
+        # nats-py 2.16.0 (pinned) keeps the context's connection and API prefix in these attributes.
+        stream = PullStream(self._js._nc, self._js._prefix, self._topology.stream, name, self._batch,
+                            self._fetch_wait_s)
+        await stream.start()
+        return stream
 
     @property
     def reading(self) -> bool:
@@ -159,7 +164,7 @@ class PartitionReader:
         if self._task is not None:
             await self._task
 
-    async def _run(self, sub: JetStreamContext.PullSubscription | None) -> None:
+    async def _run(self, sub: PullStream | None) -> None:
         # After a disturbance (a failed fetch, a pause) and, when idle, every ``idle_check_s``, the
         # consumer is checked for deliveries lost on their way (``_bind``): when a NATS server dies,
         # a batch it was delivering is counted delivered and would otherwise wait for ``ack_wait``.

@@ -73,11 +73,12 @@ STALE_REPORT_ID = "StaleReportId"  # ingest.report.RejectCode.STALE_REPORT_ID
 #: (partition, fencing token, deliveries): one reader's batch.
 PartitionBatch = tuple[int, int, Sequence[Delivery]]
 
-#: Told the outcomes of every batch handled, in delivery order (the broker nodes' replies).
-OutcomeListener = Callable[[int, list[ReportOutcome]], Awaitable[None]]
+#: Told, once per transaction, the outcomes of every batch it answered (each batch's in delivery
+#: order): the broker nodes' replies, so that they can go out as one message per broker node.
+OutcomeListener = Callable[[list[ReportOutcome]], Awaitable[None]]
 
 
-async def ignore_outcomes(partition: int, outcomes: list[ReportOutcome]) -> None:
+async def ignore_outcomes(outcomes: list[ReportOutcome]) -> None:
     """The listener of a node that answers no broker node (tests, tools)."""
 
 
@@ -121,11 +122,13 @@ class PartitionBatchStore:
         self._wake.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_loop(), name="partition-writer")
-        outcomes = await future
-        await self._on_outcomes(partition, outcomes)
+        await future
 
     async def _write_loop(self) -> None:
-        """One ``store_many`` at a time, of every partition batch waiting when it starts."""
+        """One ``store_many`` at a time, of every partition batch waiting when it starts; then the
+        outcomes of all the batches it answered are told at once (before their readers ack), so a
+        transaction over 40 partitions sends one message per broker node, not one per partition
+        and broker node (core-NATS messages were a share of the cluster's CPU per report)."""
         assert self._wake is not None
         while True:
             await self._wake.wait()
@@ -138,6 +141,12 @@ class PartitionBatchStore:
             except Exception as error:  # store_many answers each batch; this would be a defect of ours
                 log.exception("partition_writer_failed", batches=len(taken))
                 results = [error] * len(taken)
+            answered = [outcome for result in results if not isinstance(result, BaseException) for outcome in result]
+            if answered:
+                try:
+                    await self._on_outcomes(answered)
+                except Exception:  # committed already: an answer lost costs the device a retry, not the ack
+                    log.exception("partition_outcomes_not_told", outcomes=len(answered))
             for (_, future), result in zip(taken, results):
                 if future.done():
                     continue

@@ -1,9 +1,9 @@
-"""The detect node's answers back to the broker nodes: one core-NATS message per reply subject per batch.
+"""The detect node's answers back to the broker nodes: one core-NATS message per reply subject per transaction.
 
 A broker node publishes each report with its own reply subject (``iotdefender.replies.<node id>``,
 ``report_message.ReportMessage.reply_to``); the partition's detect node, once the batch committed,
-sends the batch's ``ReportOutcome``s grouped by that subject (msgpack, a list). Core NATS, not
-JetStream: an outcome is only useful to the node the device is connected to, while it waits; one
+sends the ``ReportOutcome``s of every batch the transaction answered, grouped by that subject
+(msgpack, a list). Core NATS, not JetStream: an outcome is only useful to the node the device is connected to, while it waits; one
 that is lost (the broker node restarted, the connection dropped) leaves that node to time out and
 answer ``ServiceUnavailable``, and the device's resend is settled from PostgreSQL
 (ingest/cluster_commit.py). Nothing accepted depends on this message arriving.
@@ -44,12 +44,13 @@ def decode_outcomes(payload: bytes) -> list[ReportOutcome]:
 
 
 class OutcomeSender:
-    """The detect node's ``OutcomeListener`` (partition_store.py): a batch's outcomes to their broker nodes."""
+    """The detect node's ``OutcomeListener`` (partition_store.py): a transaction's outcomes to their
+    broker nodes, one message per broker node (reply subject)."""
 
     def __init__(self, nc: Client) -> None:
         self._nc = nc
 
-    async def __call__(self, partition: int, outcomes: list[ReportOutcome]) -> None:
+    async def __call__(self, outcomes: list[ReportOutcome]) -> None:
         by_subject: dict[str, list[ReportOutcome]] = defaultdict(list)
         for outcome in outcomes:
             if outcome.reply_to:  # a poison message's is unknown: no one can be told
@@ -58,7 +59,7 @@ class OutcomeSender:
             try:
                 await self._nc.publish(subject, encode_outcomes(batch))
             except Exception as error:  # the batch is committed: a lost answer only costs the device a retry
-                log.warning("cluster.outcomes_not_sent", partition=partition, subject=subject, error=repr(error))
+                log.warning("cluster.outcomes_not_sent", subject=subject, outcomes=len(batch), error=repr(error))
 
 
 class OutcomeWaiters:
