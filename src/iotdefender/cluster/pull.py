@@ -111,4 +111,4 @@ class PullStream:
                 return
             self._queue.popleft()
             self._left = 0
-            raise nats.errors.Error(f"pull request answered {status} {msg.headers.get(DESCRIPTION, '')}".strip())
+            raise nats.errors.Error(f"pull request answered {status} {(msg.headers or {}).get(DESCRIPTION, '')}".strip())
