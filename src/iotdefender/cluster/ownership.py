@@ -100,6 +100,8 @@ class Lease:
 
 #: Seconds the server keeps a key listing's consumer once its reader stopped (see ``bucket_keys``).
 LISTING_CONSUMER_LINGER_S = 1.0
+#: Seconds a listing waits for entries that arrive after nats-py said the bucket had none.
+LATE_ENTRIES_WAIT_S = 0.25
 
 
 async def bucket_keys(kv: KeyValue) -> list[str]:
@@ -110,17 +112,41 @@ async def bucket_keys(kv: KeyValue) -> list[str]:
     kept ~300 idle consumers on the members' stream, and nats-server refused more than 1,000
     ("maximum consumers limit reached", 10026): from four detect nodes on, rebalance rounds failed.
     Here the server removes the consumer a second after the listing stopped reading.
+
+    nats-py 2.16 also ends a listing before its first entry when the consumer's info says nothing
+    is pending and nothing was delivered yet, which is what it says too when the server had
+    already pushed every entry and none was read yet: an empty list while two members had put
+    their keys (seen in the test of this function, and as nodes giving up all their partitions
+    for a second). An end before any entry is therefore followed by a short wait for late entries.
     """
     watcher = await kv.watchall(ignore_deletes=True, meta_only=True, inactive_threshold=LISTING_CONSUMER_LINGER_S)
     keys: list[str] = []
     try:
         async for entry in watcher:
-            if entry is None:  # the end of what the bucket holds now
-                break
-            keys.append(entry.key)
+            if entry is not None:
+                keys.append(entry.key)
+                continue
+            if not keys:
+                keys = await _late_entries(watcher)
+            break
     finally:
         await watcher.stop()
     return keys
+
+
+async def _late_entries(watcher: KeyValue.KeyWatcher) -> list[str]:
+    """Entries that come after an early end: until the one with nothing pending after it, or a pause."""
+    keys: list[str] = []
+    while True:
+        try:
+            entry = await watcher.updates(timeout=LATE_ENTRIES_WAIT_S)
+        except nats.errors.TimeoutError:
+            return keys
+        if entry is None:
+            continue
+        keys.append(entry.key)
+        if entry.delta == 0:
+            return keys
 
 
 def lease_key(partition: int) -> str:
