@@ -77,7 +77,7 @@ guards: $(TEST_STAMP) ## the layer contract, declared dependencies and the type 
 	$(BIN)/mypy
 
 test: $(TEST_STAMP) system-deps broker-deps guards ## set up and run the whole test suite (ARGS='tests/unit' for a part)
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 $(ARGS)
 
 test-unit: $(TEST_STAMP) ## run the unit tests only
 	$(BIN)/python -m pytest -q tests/unit $(ARGS)
