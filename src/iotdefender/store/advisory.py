@@ -27,16 +27,13 @@ def run_alone(engine: Engine, key: int, work: Callable[[], T]) -> T | None:
     """``work()`` if no other session holds ``key``, else None at once (the holder is doing it)."""
     if engine.dialect.name != "postgresql":
         return work()
-    with engine.connect() as conn:
-        held = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
-        conn.commit()
-        if not held:
-            return None
-        try:
-            return work()
-        finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            conn.commit()
+    conn = hold(engine, key)
+    if conn is None:
+        return None
+    try:
+        return work()
+    finally:
+        let_go(conn, key)
 
 
 def hold(engine: Engine, key: int) -> Connection | None:
