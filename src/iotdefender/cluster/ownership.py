@@ -176,7 +176,6 @@ class Ownership:
         # One lock per lease key: a renewal and a release of the same lease never cross.
         self._locks: dict[int, asyncio.Lock] = {}
         self._leaving = False
-        self.members: list[str] = []
         self.rebalances = 0
 
     def owned(self) -> dict[int, int]:
@@ -348,9 +347,16 @@ class Ownership:
         log.info("cluster.lease_recreated", node=self.node_id, partition=partition, token=revision, previous=old)
         return True
 
+    @property
+    def members(self) -> list[str]:
+        """The live detect nodes as last read (``MemberView``: steadied across a bucket outage)."""
+        return self._view.members
+
+    def _share(self) -> set[int]:
+        return assignment(self.members, self._topology.partitions).get(self.node_id, set())
+
     def _assigned(self, partition: int) -> bool:
-        share = assignment(self.members, self._topology.partitions).get(self.node_id, set())
-        return partition in share
+        return partition in self._share()
 
     async def rebalance(self) -> None:
         """Drop leases that ran out, then move towards this node's share of the live members."""
@@ -368,8 +374,8 @@ class Ownership:
         except (nats.errors.Error, asyncio.TimeoutError):
             self._view.failed()  # no rebalance on a list we cannot read
             raise
-        self.members = self._view.read(keys, self._clock(), leaving=self._leaving)
-        share = assignment(self.members, self._topology.partitions).get(self.node_id, set())
+        self._view.read(keys, self._clock(), leaving=self._leaving)
+        share = self._share()
         # Concurrently: a release waits for its reader's batch, an acquisition for its consumer.
         await asyncio.gather(*(self._release(p) for p in sorted(set(self._leases) - share)))
         await asyncio.gather(*(self._acquire(p) for p in sorted(share - set(self._leases))))
