@@ -29,9 +29,12 @@ class Book:
     sent: Counter[tuple[str, int]] = field(default_factory=Counter)
     answers: dict[tuple[str, int], list[str]] = field(default_factory=dict)
     unanswered: int = 0  # reports given up on after ``reply_timeout`` (then sent again)
+    #: Wall-clock time of each answer, in the order of ``answers`` (to find a lost report in the logs).
+    answered_at: dict[tuple[str, int], list[float]] = field(default_factory=dict)
 
     def answer(self, thing: str, report_id: int, outcome: str) -> None:
         self.answers.setdefault((thing, report_id), []).append(outcome)
+        self.answered_at.setdefault((thing, report_id), []).append(time.time())
 
     def accepted(self) -> set[tuple[str, int]]:
         return {key for key, outcomes in self.answers.copy().items() if "ACCEPTED" in outcomes}
@@ -159,14 +162,18 @@ def prepare(iot: Any, alert_topic: str | None = None) -> Any:
     return iot
 
 
-def audit(iot: Any, fleet: Fleet) -> dict[str, int]:
+def audit(iot: Any, fleet: Fleet) -> dict[str, Any]:
     """Lost and duplicated, from the service's own answers and records (via boto3 only)."""
     accepted = fleet.book.accepted()
     lost = duplicated = missing = stored_total = 0
+    lost_reports: list[str] = []
     for thing in fleet.things:
         stored = stored_report_ids(iot, thing)
         stored_total += len(stored)
-        lost += len({rid for t, rid in accepted if t == thing} - stored)
+        missing_ids = sorted({rid for t, rid in accepted if t == thing} - stored)
+        lost += len(missing_ids)
+        lost_reports += [f"{thing}/{rid} answered {fleet.book.answers[(thing, rid)]} at "
+                         f"{fleet.book.answered_at[(thing, rid)]}" for rid in missing_ids]
         # Odd report ids listen on port 22 (in alarm), even ones on 443: the transitions that the
         # stored reports imply, in order, are the events that must exist — each exactly once.
         expected = {"in-alarm": 0, "alarm-cleared": 0}
@@ -181,8 +188,11 @@ def audit(iot: Any, fleet: Fleet) -> dict[str, int]:
         for kind, count in expected.items():
             duplicated += max(0, events.count(kind) - count)
             missing += max(0, count - events.count(kind))
-    return {"accepted": len(accepted), "stored": stored_total, "lost": lost, "duplicated_events": duplicated,
-            "missing_events": missing}
+    figures: dict[str, Any] = {"accepted": len(accepted), "stored": stored_total, "lost": lost,
+                               "duplicated_events": duplicated, "missing_events": missing}
+    if lost_reports:  # which, and when they were answered: to find them in the nodes' logs
+        figures["lost_reports"] = lost_reports[:10]
+    return figures
 
 
 def stored_report_ids(iot: Any, thing: str) -> set[int]:
