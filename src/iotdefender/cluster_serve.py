@@ -31,6 +31,7 @@ from nats.aio.client import Client
 from sqlalchemy.engine import Engine
 
 from iotdefender.alerts.outbox import AlertDelivery
+from iotdefender.cancellation import cancel_and_wait
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.api.app import ApiService, create_app, create_operations_app
 from iotdefender.api.extensions import Extensions
@@ -399,9 +400,7 @@ async def serve_cluster(settings: Settings) -> None:
             await devices.stop()
         if consumer is not None:
             await consumer.stop()  # a clean leave: partitions handed over at once, not after the lease
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await cancel_and_wait(background)
         with contextlib.suppress(Exception):
             await nc.close()
         engine.dispose()

@@ -22,6 +22,8 @@ import nats
 import orjson
 import structlog
 
+from iotdefender.cancellation import cancel_and_wait
+
 log = structlog.get_logger("iotdefender.cloud.nats")
 
 SUBJECTS = ("$SYS.ACCOUNT.*.CONNECT", "$SYS.ACCOUNT.*.DISCONNECT", "$SYS.SERVER.*.CLIENT.AUTH.ERR")
@@ -57,8 +59,7 @@ class NatsEventReader:
         log.info("nats_events_started", monitor=self._monitor)
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        await cancel_and_wait([self._poller])
         if self._nc is not None:
             await self._nc.close()
         if self._http is not None:

@@ -32,6 +32,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 
+from iotdefender.cancellation import cancel_and_wait
 from iotdefender.engine.statistics import SeriesKey
 
 log = structlog.get_logger("iotdefender.cluster")
@@ -143,9 +144,7 @@ class KvSharedWindows:
                                 error=repr(error))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])
         if self._watcher is not None:
             try:
                 await self._watcher.stop()  # type: ignore[attr-defined]

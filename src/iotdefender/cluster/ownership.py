@@ -51,6 +51,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from iotdefender.cancellation import cancel_and_wait
 from iotdefender.cluster.members import MemberView
 from iotdefender.cluster.partitions import assignment
 from iotdefender.cluster.topology import Topology
@@ -222,18 +223,14 @@ class Ownership:
         self._leaving = True
         tasks: list[asyncio.Task[None] | None] = [*self._tasks] if self._tasks else [None, None]
         rebalancing, keepalive = tasks
-        if rebalancing is not None:
-            rebalancing.cancel()
-            await asyncio.gather(rebalancing, return_exceptions=True)
+        await cancel_and_wait([rebalancing])
         if self._members_kv is not None:
             try:
                 await self._members_kv.delete(self.node_id)
             except nats.errors.Error:
                 pass
         await asyncio.gather(*(self._release(p) for p in sorted(self._leases)))
-        if keepalive is not None:
-            keepalive.cancel()
-            await asyncio.gather(keepalive, return_exceptions=True)
+        await cancel_and_wait([keepalive])
         self._tasks = []
 
     async def _every(self, step: Callable[[], Awaitable[None]]) -> None:
