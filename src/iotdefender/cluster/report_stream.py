@@ -10,11 +10,15 @@ with ``duplicate: true`` (docs.nats.io, "JetStream model deep dive: message dedu
 Reading (``PartitionReader``): one pull consumer per partition, read by one node at a time
 (ownership.py), so the stream order of a partition, and with it the order of each thing's reports,
 is the order the handler sees. A batch is acked only after the handler returns (where the
-transaction will commit); if the handler raises, the batch is nakked and comes back first, in
-order. A process that dies before acking leaves its batch unacked; the next owner resets the
+transaction will commit); if the handler raises, the reader keeps the batch and hands it over
+again (below). A process that dies before acking leaves its batch unacked; the next owner resets the
 consumer (``PartitionReader.start``) and, the stream being a work queue that removes acked messages only, reads
-again from the first report not acknowledged. Delivery is therefore at least once, in order;
-storage makes it exactly-once in effect by being idempotent on ``Delivery.stream_sequence``.
+again from the first report not acknowledged. A batch whose handler fails is kept and handed over
+again, never passed; and a reader never reads past a delivery it did not get (a gap in the
+consumer's delivery sequence: lost with a NATS server, or taken by the previous owner's last pull
+request) or a batch it handed back: it resets the consumer first, so they come back before
+anything newer. Delivery is therefore at least once, in order; storage makes it
+exactly-once in effect by being idempotent on each thing's report id (pipeline/partition_store.py).
 """
 
 from __future__ import annotations
@@ -74,9 +78,9 @@ class Delivery:
     partition: int
     thing_name: str
     payload: bytes
-    #: The report's position in the stream: unique and stable across redeliveries (the idempotency key).
+    #: The report's position in the stream: unique and stable across redeliveries (its outcome's key).
     stream_sequence: int
-    #: 1 on first delivery, more when JetStream redelivers (after a crash or a failed batch).
+    #: 1 on first delivery, more when JetStream redelivers (after a crash, or a batch handed back).
     delivered: int
 
 
@@ -104,6 +108,9 @@ class PartitionReader:
         self._idle_check_s = idle_check_s
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The consumer sequence the next delivery must carry (None: not known yet). JetStream numbers
+        # a consumer's deliveries 1, 2, 3... (redeliveries too); a jump means one went elsewhere.
+        self._next_delivery: int | None = None
         self.handled = 0
         self.redelivered = 0
 
@@ -134,9 +141,11 @@ class PartitionReader:
         delivery in flight when a NATS server died: it would come back only after ``ack_wait``)."""
         name = self._topology.consumer_of(self._partition)
         try:
-            pending = (await self._js.consumer_info(self._topology.stream, name)).num_ack_pending
+            info = await self._js.consumer_info(self._topology.stream, name)
+            pending = info.num_ack_pending
+            delivered = (info.delivered.consumer_seq or 0) if info.delivered is not None else 0
         except nats.js.errors.NotFoundError:
-            pending = None
+            pending, delivered = None, 0
         if sub is not None and pending == 0:
             return sub
         if sub is not None:
@@ -147,6 +156,8 @@ class PartitionReader:
             await self._js.delete_consumer(self._topology.stream, name)
         if pending is None or pending:
             await ensure_consumer(self._js, self._topology, self._partition)
+            delivered = 0  # a new consumer numbers its deliveries from 1
+        self._next_delivery = delivered + 1
         # nats-py 2.16.0 (pinned) keeps the context's connection and API prefix in these attributes.
         stream = PullStream(self._js._nc, self._js._prefix, self._topology.stream, name, self._batch,
                             self._fetch_wait_s)
@@ -201,32 +212,71 @@ class PartitionReader:
                     disturbed = True
                     await asyncio.sleep(self._retry_pause_s)
                     continue
-                if msgs:  # nats-py's fetch can end with no message (only status replies): nothing to hand
-                    await self._handle(msgs)
+                in_order = self._in_order(msgs)
+                if in_order:  # nats-py's fetch can end with no message (only status replies): nothing to hand
+                    disturbed = not await self._handle(in_order)
+                if len(in_order) < len(msgs):
+                    disturbed = True  # a delivery went missing before msgs[len(in_order)]: reset first
         finally:
             if sub is not None:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
 
-    async def _handle(self, msgs: list[Msg]) -> None:
-        if not self._still_owner():
-            # The lease ran out while fetching: hand the batch back rather than commit as a stale owner
-            # (and wait, reading nothing, until it is confirmed or this reader is stopped).
-            for msg in msgs:
-                await msg.nak()
-            return
+    def _in_order(self, msgs: list[Msg]) -> list[Msg]:
+        """The leading ``msgs`` that follow the last delivery without a gap in consumer sequence.
+
+        A gap is a delivery that never reached this reader: sent on a connection to a NATS server
+        that died, or taken by a pull request of the partition's previous owner, which lingers for
+        up to ``fetch_wait_s`` after the lease moved. Handling what came after it would commit
+        newer reports first and leave the missing one to come back only after ``ack_wait``, after
+        reports that followed it; the reader stops at the gap and resets the consumer instead
+        (``_bind``), so the missing delivery comes first."""
+        for index, msg in enumerate(msgs):
+            sequence = msg.metadata.sequence.consumer
+            if self._next_delivery is not None and sequence != self._next_delivery:
+                log.warning("cluster.delivery_missing", partition=self._partition, expected=self._next_delivery,
+                            received=sequence)
+                return msgs[:index]
+            self._next_delivery = sequence + 1
+        return msgs
+
+    async def _handle(self, msgs: list[Msg]) -> bool:
+        """Hand the batch over and ack it once the handler returns; False if it was handed back
+        (nakked) instead, and the reader must check its consumer before reading on (``_bind``).
+
+        A batch whose handler fails (the database is away) stays in hand and is handed over again
+        after ``retry_pause_s``, its ack deadline extended each time (``in_progress``): nakking it
+        let the reports the open pull request had already brought be handled before it came back
+        (per-thing order broken), and resetting the consumer after every nak would churn
+        JetStream for as long as the database is away. It is handed back only when this reader
+        must stop or its lease is no longer valid."""
         deliveries = [_delivery(self._partition, msg) for msg in msgs]
-        try:
-            await self._handler(self._partition, self.token, deliveries)
-        except Exception:
-            log.exception("cluster.batch_failed", partition=self._partition, reports=len(msgs))
-            for msg in msgs:
-                await msg.nak()
+        attempt = 0
+        while True:
+            if self._stopping.is_set() or not self._still_owner():
+                # Stopping, or the lease ran out (in doubt, or lost): hand the batch back rather than
+                # commit as a stale owner (and read nothing until it is confirmed or this reader stops).
+                for msg in msgs:
+                    await msg.nak()
+                return False
+            attempt += 1
+            try:
+                await self._handler(self._partition, self.token, deliveries)
+                break
+            except Exception as error:
+                if attempt == 1:
+                    log.exception("cluster.batch_failed", partition=self._partition, reports=len(msgs))
+                elif attempt & (attempt - 1) == 0:  # 2, 4, 8...: an outage is logged, not flooded
+                    log.warning("cluster.batch_failed_again", partition=self._partition, attempts=attempt,
+                                error=f"{type(error).__name__}: {error}")
+            with contextlib.suppress(nats.errors.Error):  # NATS away too: the ack wait runs on
+                for msg in msgs:
+                    await msg.in_progress()
             await asyncio.sleep(self._retry_pause_s)
-            return
         for msg in msgs:
             await msg.ack()
         self.handled += len(deliveries)
         again = sum(1 for d in deliveries if d.delivered > 1)
         self.redelivered += again
         REDELIVERED.inc(again)
+        return True

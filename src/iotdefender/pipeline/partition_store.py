@@ -6,24 +6,29 @@ transaction is the single box's (``local_store.store_reports`` inside ``detectio
 with two things added, both in the same transaction:
 
 - ``fencing.check``: a node whose lease was superseded (paused, cut off) commits nothing; ``Fenced``
-  propagates, the batch is nakked (not acked) and its next owner reads it;
-- the partition's progress (``cluster/progress.py``): deliveries whose stream sequence a committed
-  batch already covered are not stored again and count as stored (``DUPLICATE``). That is the crash
-  between commit and ack: the next owner gets the batch again, with the same sequences.
+  propagates, the batch is not acked and its next owner reads it;
+- each thing's stored report id (``thing_report_state``, written by the same transactions): a
+  delivery whose report id a committed transaction already stored is not stored again and counts
+  as stored (``DUPLICATE``); one below it is refused ``StaleReportId`` (``_in_report_order``). That
+  covers the crash between commit and ack (the next owner gets the batch again) and a device's
+  resend that JetStream no longer recognises.
+
+Why not a per-partition "highest stream sequence committed" mark (the first design): it is exact
+only if a partition's deliveries are committed in stream order with no gap, and they are not always
+— a delivery lost with a NATS server, or nakked while its reader already held newer ones, comes
+back after reports that followed it were committed, and such a mark counted it as stored although
+it never was (one accepted report in ~1,500 lost in test_cluster_nats3). The reader now keeps
+stream order across those cases too (report_stream.py); the report id per thing does not depend on it.
 
 Batch isolation (``batch_isolation.store_isolating``) still applies: a report the database refuses
-is set aside (answered ``InternalError``) and the others are stored, in index order, each
-transaction advancing the progress to its own highest sequence. How sequences and isolation meet:
+is set aside (answered ``InternalError``) and the others are stored, in index order:
 
-- sub-batches are contiguous and committed in stream order, so the progress only grows; a report
-  set aside is passed by the progress of the ones after it and is not tried again on redelivery
-  (a redelivery after a crash then counts it ``DUPLICATE``: the one case where a refused report is
-  later answered as stored; docs/cluster.md);
-- ``Fenced`` is *fatal*, not bisected: nothing more may be stored; what committed before it is in
-  the progress, so the next owner skips it;
-- a database outage is not answered at all: ``StoreUnavailable`` is raised, so the batch is nakked
-  and stays in the stream (it is stored once the database is back; what committed before the
-  outage is skipped then). Acking with ``ServiceUnavailable`` would lose the report for good: the
+- a report set aside is tried again if its batch is redelivered (its thing's report id did not advance);
+- ``Fenced`` is *fatal*, not bisected: nothing more may be stored; what committed before it
+  advanced its things' report ids, so the next owner counts it ``DUPLICATE``;
+- a database outage is not answered at all: ``StoreUnavailable`` is raised, so the batch is not
+  acked and stays in the stream (its reader hands it over again; it is stored once the database is back; what committed before the
+  outage is recognised then). Acking with ``ServiceUnavailable`` would lose the report for good: the
   device's resend carries the same ``Nats-Msg-Id`` and JetStream drops it within its duplicate
   window.
 
@@ -53,7 +58,7 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy.engine import Connection
 
-from iotdefender.cluster import fencing, progress
+from iotdefender.cluster import fencing
 from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of
 from iotdefender.cluster.report_stream import Delivery
 from iotdefender.pipeline.batch_isolation import store_isolating
@@ -113,7 +118,7 @@ class PartitionBatchStore:
     # -- for DetectConsumer ----------------------------------------------------------------------
     async def handle(self, partition: int, token: int, deliveries: Sequence[Delivery]) -> None:
         """The ``BatchHandler``: store (with the other partitions' batches waiting now), then tell
-        the outcomes; raises (the batch is nakked) when fenced or when the database is unavailable."""
+        the outcomes; raises (the batch is not acked) when fenced or when the database is unavailable."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[ReportOutcome]] = loop.create_future()
         self._waiting.append(((partition, token, deliveries), future))
@@ -298,32 +303,24 @@ class PartitionBatchStore:
 
     def _commit(self, parts: Sequence[tuple[int, int, Sequence[_Report]]]) -> _Committed:
         """One transaction over one or more partitions' reports ((partition, token, reports)): each
-        partition fenced, what is committed skipped, the rest stored and evaluated, each partition's
-        progress advanced. Fences are locked in partition order (two nodes never wait on each other
-        in a cycle)."""
+        partition fenced, what is committed skipped, the rest stored and evaluated. Fences are
+        locked in partition order (two nodes never wait on each other in a cycle)."""
         parts = sorted(parts, key=lambda part: part[0])
         self._monitoring.prime([report.message.thing for _, _, reports in parts for report in reports])
-        highest = {partition: max(report.sequence for report in reports) for partition, _, reports in parts}
         with self._detection.transaction() as run:
             fencing.check_all(run.conn, {partition: token for partition, token, _ in parts})
-            done = progress.last_sequences(run.conn, highest)
-            fresh, stale = _in_report_order(run.conn, [report for partition, _, reports in parts
-                                                       for report in reports if report.sequence > done[partition]])
-            store_reports(run, self._monitoring, [(r.message.thing, r.message.datapoints, r.message.received_at,
-                                                   r.message.report_id) for r in fresh])
-            progress.advance_all(run.conn, highest)
-            run.commit_check = lambda conn: _reached(conn, highest)
+            fresh, stale = _in_report_order(run.conn, [report for _, _, reports in parts for report in reports])
+            marks = store_reports(run, self._monitoring, [(r.message.thing, r.message.datapoints,
+                                                           r.message.received_at, r.message.report_id)
+                                                          for r in fresh])
+            # Should the COMMIT go unanswered: it happened if a thing's stored report id reached its
+            # mark (no other node writes these things: their partitions are fenced to this one).
+            run.commit_check = lambda conn: metric_values.reports_stored(conn, marks) if marks else True
         self._on_events(summaries(run.settled + run.events))
         return _Committed(frozenset(report.sequence for report in fresh), stale)
 
     def _owns(self, partition: int) -> Callable[[str], bool]:
         return lambda thing: partition_of(thing, self._partitions) == partition
-
-
-def _reached(conn: Connection, highest: Mapping[int, int]) -> bool:
-    """Should a COMMIT go unanswered: it happened if every partition's progress reached its batch."""
-    now = progress.last_sequences(conn, highest)
-    return all(now[partition] >= top for partition, top in highest.items())
 
 
 def _in_report_order(conn: Connection, reports: list[_Report]) -> tuple[list[_Report], frozenset[int]]:

@@ -262,21 +262,13 @@ console_sessions = sa.Table(
 
 # Cluster mode (docs/cluster.md). The fence of a partition is the fencing token (the NATS lease
 # revision) of its newest owner: a batch transaction commits only while the fence still equals its
-# node's token (cluster/fencing.py). The progress of a partition is the highest stream sequence a
-# committed batch covered, so a batch redelivered after a crash between commit and ack is
-# recognised and not stored twice (cluster/progress.py). Plain integers, no sequence behind them.
+# node's token (cluster/fencing.py). A plain integer, no sequence behind it. (A batch redelivered
+# after a crash between commit and ack is recognised by ``thing_report_state``.)
 cluster_partition_fences = sa.Table(
     "cluster_partition_fences",
     metadata,
     sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("token", sa.BigInteger, nullable=False),
-)
-
-cluster_partition_progress = sa.Table(
-    "cluster_partition_progress",
-    metadata,
-    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("last_sequence", sa.BigInteger, nullable=False),
 )
 
 # Cloud-side metrics in cluster mode (cloud/cluster_parts.py): the broker nodes' parts of each
