@@ -251,9 +251,9 @@ class Ownership:
         if not self._leaving:
             try:
                 await asyncio.wait_for(self._members_kv.put(self.node_id, b""), self._request_s)
-                self._view.answered(self._clock())
+                self._view.put_answered(self._clock())
             except (nats.errors.Error, asyncio.TimeoutError) as err:  # the leases are still worth renewing
-                self._view.failed()
+                self._view.put_failed()
                 log.warning("cluster.heartbeat_failed", node=self.node_id, error=repr(err))
         # Concurrently: a bucket that answers nothing costs one request timeout, not one per lease.
         await asyncio.gather(*(self._renew_logged(p, lease) for p, lease in list(self._leases.items())))
@@ -366,11 +366,8 @@ class Ownership:
             self.rebalances += 1
             log.warning("cluster.partition_expired", node=self.node_id, partition=partition)
             await self._released(partition)
-        try:
-            keys = await asyncio.wait_for(bucket_keys(self._members_kv), self._topology.lease_ttl_s / 2)
-        except (nats.errors.Error, asyncio.TimeoutError):
-            self._view.failed()  # no rebalance on a list we cannot read
-            raise
+        # No rebalance on a list that cannot be read (it raises): the view keeps the last one.
+        keys = await asyncio.wait_for(bucket_keys(self._members_kv), self._topology.lease_ttl_s / 2)
         self._view.read(keys, self._clock(), leaving=self._leaving)
         share = self._share()
         # Concurrently: a release waits for its reader's batch, an acquisition for its consumer.
