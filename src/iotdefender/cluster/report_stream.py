@@ -253,9 +253,11 @@ class PartitionReader:
         deliveries = [_delivery(self._partition, msg) for msg in msgs]
         attempt = 0
         while True:
-            if self._stopping.is_set() or not self._still_owner():
-                # Stopping, or the lease ran out (in doubt, or lost): hand the batch back rather than
-                # commit as a stale owner (and read nothing until it is confirmed or this reader stops).
+            if not self._still_owner() or (attempt and self._stopping.is_set()):
+                # The lease ran out (in doubt, or lost): hand the batch back rather than commit as a
+                # stale owner (and read nothing until it is confirmed or this reader stops). Or a
+                # retry while stopping: the next owner takes the batch. (A batch just fetched is
+                # still handled when the reader is asked to stop: a handover acks what it holds.)
                 for msg in msgs:
                     await msg.nak()
                 return False
