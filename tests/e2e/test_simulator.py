@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,28 +25,32 @@ def test_simulated_fleet_with_an_anomaly(tmp_path):
             additionalMetricsToRetainV2=[{"metric": "aws:num-connection-attempts"}])
         iot.attach_security_profile(securityProfileName="sim",
                                     securityProfileTargetArn="arn:aws:iot:us-east-1:123456789012:all/things")
-        for extra in ([], ["--format", "cbor", "--short-keys"]):
-            result = subprocess.run(
-                [sys.executable, "-m", "iotdefender", "simulate", "--mqtt-url", f"mqtt://127.0.0.1:{svc.mqtt_port}",
-                 "--devices", "4", "--interval", "1", "--duration", "5", "--prefix", f"sim{len(extra)}-",
-                 "--anomaly", f"new-port:sim{len(extra)}-0002", "--anomaly-start", "0", "--anomaly-stop", "60",
-                 *extra], capture_output=True, text=True, timeout=120)
-            assert result.returncode == 0, result.stderr
-            summary = json.loads(result.stdout.strip().splitlines()[-1])
-            assert summary["reports_sent"] >= 12 and summary["accepted"] == summary["reports_sent"], summary
-            assert summary["rejected"] == {} and summary["unanswered"] == 0
-            active = {(v["thingName"], v["behavior"]["name"]) for v in iot.list_active_violations()["activeViolations"]}
-            assert (f"sim{len(extra)}-0002", "ports") in active
-            assert (f"sim{len(extra)}-0001", "ports") not in active
-        # Registration through the API, and a reconnect loop the broker sees (cloud-side metrics).
-        env = {**__import__("os").environ, "AWS_ACCESS_KEY_ID": "AKIDIOTDEFENDERTEST1",
+        # The three runs together (each lasts seconds of simulated reporting): JSON, CBOR with short
+        # keys, and one that registers its things through the API with a reconnect loop the broker
+        # sees (cloud-side metrics).
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIDIOTDEFENDERTEST1",
                "AWS_SECRET_ACCESS_KEY": "test-secret-key-0123456789abcdefghijklmn"}
-        result = subprocess.run(
+        formats = ([], ["--format", "cbor", "--short-keys"])
+        runs = [subprocess.Popen(
+            [sys.executable, "-m", "iotdefender", "simulate", "--mqtt-url", f"mqtt://127.0.0.1:{svc.mqtt_port}",
+             "--devices", "4", "--interval", "1", "--duration", "5", "--prefix", f"sim{len(extra)}-",
+             "--anomaly", f"new-port:sim{len(extra)}-0002", "--anomaly-start", "0", "--anomaly-stop", "60",
+             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for extra in formats]
+        runs.append(subprocess.Popen(
             [sys.executable, "-m", "iotdefender", "simulate", "--mqtt-url", f"mqtt://127.0.0.1:{svc.mqtt_port}",
              "--devices", "2", "--interval", "1", "--duration", "4", "--prefix", "reg-",
              "--register-endpoint", svc.endpoint, "--anomaly", "reconnect-loop:reg-0001",
-             "--anomaly-start", "0"], capture_output=True, text=True, timeout=120, env=env)
-        assert result.returncode == 0, result.stderr
+             "--anomaly-start", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        outputs = [run.communicate(timeout=120) for run in runs]
+        for run, (_, stderr) in zip(runs, outputs):
+            assert run.returncode == 0, stderr
+        active = {(v["thingName"], v["behavior"]["name"]) for v in iot.list_active_violations()["activeViolations"]}
+        for extra, (stdout, _) in zip(formats, outputs):
+            summary = json.loads(stdout.strip().splitlines()[-1])
+            assert summary["reports_sent"] >= 12 and summary["accepted"] == summary["reports_sent"], summary
+            assert summary["rejected"] == {} and summary["unanswered"] == 0
+            assert (f"sim{len(extra)}-0002", "ports") in active
+            assert (f"sim{len(extra)}-0001", "ports") not in active
         things = {t["thingName"] for t in iot.list_things(attributeName="simulated", attributeValue="true")["things"]}
         assert things == {"reg-0000", "reg-0001"}
         time.sleep(2.5)  # the last windows close
