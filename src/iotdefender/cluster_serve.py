@@ -45,7 +45,7 @@ from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cluster.alone import run_while_held
 from iotdefender.cluster.control import ControlNotices
 from iotdefender.cluster.fleet_statistics import KvSharedWindows
-from iotdefender.cluster.health import ClusterHealth
+from iotdefender.cluster.health import ClusterHealth, without_detect_gauges
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.node_id import new_node_id
 from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
@@ -362,6 +362,8 @@ async def serve_cluster(settings: Settings) -> None:
     devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health)
                if "broker" in roles else None)
     cluster_health = ClusterHealth(nc, node_id, topology, consumer)
+    if "detect" not in roles:
+        without_detect_gauges()
     events = broker_events(settings, roles, devices, nc, topology, node_id)
     if "api" in roles:
         backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)

@@ -172,7 +172,9 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
             devices.append(device)
             assert device.report(report(2, [443]))[0] == "json/accepted"
             assert iot_b.list_active_violations(thingName=on_a[1])["activeViolations"] == []  # cleared
-            assert httpx.get(c.endpoint + "/metrics").status_code == 200
+            metrics = httpx.get(c.endpoint + "/metrics")
+            assert metrics.status_code == 200 and "iotdefender_cluster_nats_connected 1.0" in metrics.text
+            assert "iotdefender_cluster_members" not in metrics.text  # the detect role's gauges: not here
             assert httpx.get(c.endpoint + "/2017-05-01/security-profiles").status_code == 404  # no API here
             assert gauge(a, "iotdefender_cluster_members") == 2  # not a detect member
         finally:

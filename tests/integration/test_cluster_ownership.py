@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from iotdefender.cluster import fencing
+from iotdefender.cluster.health import ClusterHealth
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.partitions import PARTITION_COUNT, assignment
 from iotdefender.cluster.report_stream import Delivery, ReportPublisher, report_message_id
@@ -277,6 +278,10 @@ def test_killing_the_leases_leader_moves_no_partition_and_keeps_the_fences_with_
         counts = [(len(f.acquired), len(f.released)) for f in fences]
         gaps: list[int] = []
         overlaps: list[set[int]] = []
+        # /healthz of each node: ready all along (a lease in doubt is still held; 503 from every
+        # node at once made a load balancer drop the whole cluster during the election).
+        healths = [ClusterHealth(nc, n.ownership.node_id, topology, n) for nc, n in zip(connections, nodes)]
+        unready: list[dict[str, object]] = []
         doubted = 0.0
         sampling = True
 
@@ -289,6 +294,7 @@ def test_killing_the_leases_leader_moves_no_partition_and_keeps_the_fences_with_
                     overlaps.append(owned[0] & owned[1])
                 if any(n.ownership.in_doubt() for n in nodes):
                     doubted = time.monotonic() - killed
+                unready.extend(answer for health in healths if (answer := health.readiness()) is not None)
                 await asyncio.sleep(0.02)
 
         victim.kill9()
@@ -308,6 +314,7 @@ def test_killing_the_leases_leader_moves_no_partition_and_keeps_the_fences_with_
         assert moved == [(0, 0), (0, 0)]
         assert [set(n.ownership.owned()) for n in nodes] == before
         assert gaps == [] and overlaps == []
+        assert unready == [], unready[:3]
         assert readers == [True, True]  # no reader stopped
         with engine.connect() as conn:
             held = dict(conn.execute(sa.select(cluster_partition_fences.c.partition,

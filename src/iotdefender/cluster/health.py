@@ -2,19 +2,27 @@
 
 Ready means: connected to NATS (a broker node without it cannot store a report; a detect node
 cannot renew its leases), and, for a detect node, holding exactly the partitions the live member
-list assigns it (``Ownership.owned()`` against ``assignment``) — not while it is still taking its
+list assigns it (``Ownership.kept()`` against ``assignment``) — not while it is still taking its
 share over after a start or a rebalance, nor while it holds partitions it should have handed over.
+A lease *in doubt* (its bucket electing a leader after a NATS server died) is still held: the
+partition has not moved, and counting it missing made every node of a default ``--roles`` (all
+three) answer 503 at once during the election, so a load balancer in front of them dropped the API
+and the MQTT port of the whole cluster for seconds. ``iotdefender_cluster_leases_in_doubt`` shows it.
+
+The gauges of the detect role are not exported by a node without it (``without_detect_gauges``):
+they said 0 partitions and 0 members there, which read as an outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import nats.errors
 import structlog
 from nats.aio.client import Client
-from prometheus_client import Gauge
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.partitions import assignment
@@ -28,6 +36,16 @@ MEMBERS = Gauge("iotdefender_cluster_members", "Live detect nodes this node sees
 CONNECTED = Gauge("iotdefender_cluster_nats_connected", "1 while this node is connected to NATS")
 LAG = Gauge("iotdefender_cluster_consumer_lag", "Reports not yet delivered in an owned partition (num_pending)",
             ["partition"])
+IN_DOUBT = Gauge("iotdefender_cluster_leases_in_doubt",
+                 "Leases this detect node keeps while their bucket does not answer (a NATS election)")
+DETECT_GAUGES = (OWNED, ASSIGNED, MEMBERS, LAG, IN_DOUBT)
+
+
+def without_detect_gauges(registry: CollectorRegistry = REGISTRY) -> None:
+    """Stop exporting the detect role's gauges (a process without that role)."""
+    for gauge in DETECT_GAUGES:
+        with contextlib.suppress(KeyError):  # already removed
+            registry.unregister(gauge)
 
 
 class ClusterHealth:
@@ -39,7 +57,7 @@ class ClusterHealth:
         assert self._consumer is not None
         ownership = self._consumer.ownership
         share = assignment(ownership.members, self._topology.partitions).get(self._node_id, set())
-        return set(ownership.owned()), share
+        return set(ownership.kept()), share
 
     def readiness(self) -> dict[str, Any] | None:
         """None when ready; else what is missing (the probe's body)."""
@@ -68,10 +86,13 @@ class ClusterHealth:
         CONNECTED.set(1 if self._nc.is_connected else 0)
         if self._consumer is None:
             return
-        owned, share = self._shares()
+        ownership = self._consumer.ownership
+        kept, share = self._shares()
+        owned = set(ownership.owned())
         OWNED.set(len(owned))
         ASSIGNED.set(len(share))
-        MEMBERS.set(len(self._consumer.ownership.members))
+        MEMBERS.set(len(ownership.members))
+        IN_DOUBT.set(len(ownership.in_doubt()))
         js = self._nc.jetstream()
         for partition in sorted(owned):
             info = await js.consumer_info(self._topology.stream, self._topology.consumer_of(partition))
