@@ -77,7 +77,7 @@ from iotdefender.service import (
     validate,
 )
 from iotdefender.settings import Settings
-from iotdefender.store.advisory import NATS_EVENTS
+from iotdefender.store.advisory import EXTERNAL_INTAKE, NATS_EVENTS
 from iotdefender.store.availability import DatabaseHealth
 from iotdefender.store.history import ClusterCompactor
 
@@ -162,6 +162,7 @@ class BrokerRole:
     gatekeeper: Gatekeeper
     endpoint: str
     cloud: WindowPublisher | None = None  # cloud-side metrics: this node's windows, to their detect nodes
+    running: bool = False
 
     async def start(self) -> None:
         await self.ingest.start()
@@ -172,10 +173,29 @@ class BrokerRole:
                 await self.broker.stop()
             await self.ingest.stop()
             raise ConfigurationError(f"MQTT: cannot start ({error})") from None
+        self.running = True
 
     async def stop(self) -> None:
+        if not self.running:  # a standby intake (below), or stopped already
+            return
+        self.running = False
         await self.ingest.stop()  # those in flight answered while the broker can still deliver the answers
         await self.broker.stop()
+
+
+def external_intake(engine: Engine, devices: BrokerRole) -> Coroutine[Any, Any, None]:
+    """The reports of an external broker (``--mqtt-url``), read by one broker node at a time.
+
+    Every node joining the operator's broker as a client subscribes to every device's report
+    topic, so each report was ingested, stored once (JetStream's duplicate check) but answered by
+    every such node. MQTT 5 shared subscriptions (``$share/<group>/...``) would spread the reports
+    instead, but Debian's Mosquitto 2.0.11 delivers no ``$``-topic, such as ``$aws/things/...``,
+    to a shared subscription (tried: plain topics were shared, ``$aws`` ones reached nobody). So
+    the intake is a singleton under a PostgreSQL advisory lock (cluster/alone.py), as the NATS
+    events reader is: the other broker nodes stand by and one takes over within seconds when the
+    reading node dies (reports published meanwhile reach no subscriber; their devices resend).
+    One node's intake is the capacity for an external broker's reports."""
+    return run_while_held(engine, EXTERNAL_INTAKE, "external-broker", devices.start, devices.stop)
 
 
 async def broker_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
@@ -375,7 +395,9 @@ async def serve_cluster(settings: Settings) -> None:
         app = create_operations_app(health, cluster_health.readiness)
     server = http_server(settings, app)
 
-    if devices is not None:
+    if devices is not None and settings.mqtt_url is not None:
+        loops.append(external_intake(engine, devices))
+    elif devices is not None:
         try:
             await devices.start()
         except ConfigurationError:

@@ -465,3 +465,65 @@ def test_kill9_of_a_node_under_load_loses_and_repeats_nothing(pair, hook):
           f"{sum(len(r.accepted) for r in reporters)} reports accepted in all; on the survivor, "
           f"{gauge(a, 'iotdefender_cluster_duplicates_settled_total'):.0f} resends settled as already stored, "
           f"{gauge(a, 'iotdefender_cluster_reports_unconfirmed_total'):.0f} answered ServiceUnavailable")
+
+
+def intake_started(svc: ServiceProcess) -> bool:
+    """Whether this node took the external broker's intake (its log says so)."""
+    return svc.log_path is not None and '"service": "external-broker", "event": "singleton_started"' in svc.log_path.read_text()
+
+
+def test_two_broker_nodes_on_one_external_broker_answer_each_report_once_and_take_over(jetstream, postgres,
+                                                                                       tmp_path: Path):
+    """Two nodes given ``--mqtt-url`` of the same (operator's) Mosquitto: one reads the reports at a
+    time (cluster_serve.external_intake), so each report is answered once — both used to subscribe
+    to every report and answer it twice. When the reading node is killed, the other takes over and
+    the devices, still connected to their broker, are answered again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.processes import Mosquitto
+
+    external = Mosquitto()
+    external.start()
+    url = postgres.create_database(f"shared{time.time_ns()}")
+    args = ["--cluster-url", jetstream.urls[0], "--report-min-interval", "0",
+            "--mqtt-url", f"mqtt://127.0.0.1:{external.port}"]
+    nodes = [ServiceProcess(data_dir=tmp_path / name, database_url=url, extra_args=args) for name in "ab"]
+    devices: list[Device] = []
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(ServiceProcess.start, nodes))
+        wait_for(lambda: any(intake_started(node) for node in nodes), 20, "one node reading the reports")
+        reader = next(node for node in nodes if intake_started(node))
+        standby = next(node for node in nodes if node is not reader)
+        iot = standby.client()
+        iot.create_security_profile(securityProfileName="ports", behaviors=[
+            {"name": "ports", "metric": "aws:listening-tcp-ports",
+             "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [443]}}}])
+        iot.attach_security_profile(securityProfileName="ports", securityProfileTargetArn=ALL_THINGS)
+        time.sleep(1.0)  # the attachment reaches both nodes (control notices)
+        devices = [Device(external.port, f"shared-{n}") for n in range(4)]
+        for report_id in range(1, 4):
+            for device in devices:
+                assert device.report(report(report_id, [443]))[0] == "json/accepted"
+        time.sleep(1.0)  # a second answer would be here by now
+        assert [device.replies.qsize() for device in devices] == [0, 0, 0, 0]
+        assert not intake_started(standby)
+
+        reader.kill9()
+        killed = time.monotonic()
+        wait_for(lambda: intake_started(standby), 15, "the standby reading the reports")
+        took_over = time.monotonic() - killed
+        for device in devices:  # still connected to the operator's broker: answered by the standby now
+            device.publish(json.dumps(report(4, [443])).encode())
+            assert device.reply(timeout=15)[0] == "json/accepted"
+        for device in devices:
+            stored = iot.list_metric_values(thingName=device.thing, metricName="aws:listening-tcp-ports",
+                                            **window())["metricDatumList"]
+            assert len(stored) == 4
+        print(f"external broker: the standby node reads the reports {took_over:.1f}s after the reader's kill -9")
+    finally:
+        for device in devices:
+            device.close()
+        for node in nodes:
+            node.stop()
+        external.stop()

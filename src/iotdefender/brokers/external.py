@@ -73,15 +73,22 @@ class ExternalBroker:
         self._on_connected = on_connected
         self._ca_file = ca_file
         self.client_id = client_id or f"iotdefender-{uuid.uuid4().hex[:12]}"
-        self._client = Client(self.client_id, clean_session=True)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
-        self._client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
-        if url.username is not None:
-            self._client.set_auth_credentials(url.username, url.password)
+        self._client = self._new_client()
         self._connected = asyncio.Event()
         self._stopping = False
+
+    def _new_client(self) -> Client:
+        """A gmqtt client of its own per start: one that was disconnected and told to stop
+        reconnecting is not reused (cluster mode stops and starts the intake of an external broker
+        as a node takes and loses the intake lock)."""
+        client = Client(self.client_id, clean_session=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
+        if self._url.username is not None:
+            client.set_auth_credentials(self._url.username, self._url.password)
+        return client
 
     def _on_connect(self, client: Client, flags: Any, rc: int, properties: Any) -> None:
         coalescing.install(client)
@@ -113,6 +120,9 @@ class ExternalBroker:
         return 0
 
     async def start(self) -> None:
+        if self._stopping:  # started again after a stop
+            self._client, self._stopping = self._new_client(), False
+            self._connected.clear()
         context: ssl.SSLContext | bool = False
         if self._url.tls:
             context = ssl.create_default_context(cafile=self._ca_file)

@@ -87,6 +87,7 @@ class IngestService:
                 return metric_values.load_report_states(conn)
 
         self._order = ReportOrder(self._min_interval, await anyio.to_thread.run_sync(load))
+        self._stopping = False  # started again after a stop (cluster mode's external-broker intake)
         self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
 
     async def stop(self) -> None:
