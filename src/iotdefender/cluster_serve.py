@@ -46,6 +46,7 @@ from iotdefender.cluster.alone import run_while_held
 from iotdefender.cluster.control import ControlNotices
 from iotdefender.cluster.fleet_statistics import KvSharedWindows
 from iotdefender.cluster.health import ClusterHealth, without_detect_gauges
+from iotdefender.cluster.shared_settings import SettingsMismatch, SharedSettings, shared_values
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.node_id import new_node_id
 from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
@@ -365,9 +366,11 @@ async def serve_cluster(settings: Settings) -> None:
 
     nc = await connect(settings.cluster_urls, node_id, reconnected)
     topology = Topology(replicas=replicas_for(count_servers(nc)), lease_ttl_s=settings.cluster_lease_ttl)
+    shared = SharedSettings(nc.jetstream(), topology, node_id, shared_values(settings))
     try:
         await ensure(nc.jetstream(), topology)
-    except TopologyMismatch as error:
+        await shared.check()
+    except (TopologyMismatch, SettingsMismatch) as error:
         await nc.close()
         raise ConfigurationError(f"cluster: {error}") from None
     alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale)
@@ -409,7 +412,8 @@ async def serve_cluster(settings: Settings) -> None:
         loops.append(events.run())
         if settings.nats_events_url is not None:
             loops.append(nats_events(settings, engine, events.intake))
-    background = [asyncio.create_task(loop) for loop in [*loops, cluster_health.run()]]
+    background = [asyncio.create_task(loop) for loop in
+                  [*loops, cluster_health.run(), shared.run(topology.lease_ttl_s / 5)]]
     gc.freeze()
     log.info("ready", node=node_id, roles=",".join(sorted(roles)), cluster=settings.cluster_url_for_logs,
              replicas=topology.replicas, partitions=topology.partitions,

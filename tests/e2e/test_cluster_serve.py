@@ -13,6 +13,8 @@ import datetime as dt
 import json
 import queue
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -179,6 +181,16 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
             assert gauge(a, "iotdefender_cluster_members") == 2  # not a detect member
         finally:
             c.stop()
+
+        # A node started with another value of a flag every node computes with is refused, naming it.
+        other = [*a.extra_args[:a.extra_args.index("--metrics-window")], "--metrics-window", "7"]
+        odd = ServiceProcess(data_dir=a.data_dir.parent / "odd", database_url=a.database_url, extra_args=other)
+        refused = subprocess.run(
+            [sys.executable, "-m", "iotdefender", "serve", "--host", odd.host, "--api-port", str(odd.port),
+             "--mqtt-port", str(odd.mqtt_port), "--data-dir", str(odd.data_dir), "--database-url",
+             str(a.database_url), *other], capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert f"--metrics-window is 7.0 on this node but {float(CLOUD_WINDOW_S)!r} on node" in refused.stderr
         cloud_started = time.monotonic()
         roamer_sent = roam_between_nodes(a, b, iot_a, owned_by(node_id(b), members, 1, "roamer")[0], devices)
         print(f"cluster e2e: cloud-side metrics {time.monotonic() - cloud_started:.1f}s, the roamer's 7 "

@@ -5,8 +5,9 @@
   a duplicate window for ``Nats-Msg-Id`` so a broker node's retried publish is stored once;
 - one durable pull consumer per partition (``detect-<partition>``), filtered to its subject, so a
   partition is read by one node at a time in stream order;
-- two key-value buckets whose entries expire unless refreshed: ``iotdefender-members`` (live
-  detect nodes) and ``iotdefender-leases`` (which node owns which partition; see ownership.py).
+- three key-value buckets whose entries expire unless refreshed: ``iotdefender-members`` (live
+  detect nodes), ``iotdefender-leases`` (which node owns which partition; see ownership.py) and
+  ``iotdefender-nodes`` (every live node's values of the flags that must match; shared_settings.py).
 
 Replication is R3 when the node is connected to a cluster of three or more servers, R1 otherwise.
 The partition count is recorded in the stream's metadata; a node that starts with another count or
@@ -56,6 +57,8 @@ class Topology:
     subject_prefix: str = SUBJECT_PREFIX
     members_bucket: str = "iotdefender-members"
     leases_bucket: str = "iotdefender-leases"
+    #: Every live node's values of the flags that must match (shared_settings.py).
+    nodes_bucket: str = "iotdefender-nodes"
     #: How long a member entry or a partition lease lives without a refresh (the takeover bound).
     lease_ttl_s: float = 5.0
     #: How long JetStream keeps Nats-Msg-Id values to drop a retried publish.
@@ -124,7 +127,7 @@ async def _ensure_all(js: JetStreamContext, topology: Topology) -> None:
     await _ensure_stream(js, topology)
     for partition in range(topology.partitions):
         await ensure_consumer(js, topology, partition)
-    for bucket in (topology.members_bucket, topology.leases_bucket):
+    for bucket in (topology.members_bucket, topology.leases_bucket, topology.nodes_bucket):
         await _ensure_bucket(js, topology, bucket)
 
 

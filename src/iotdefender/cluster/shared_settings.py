@@ -1,0 +1,130 @@
+"""The settings every node of a cluster computes with, compared between the live nodes.
+
+Every node closes cloud-side windows, throttles reports, invalidates silent devices, trains and
+expires ML models and answers in one region and account: a node started with another
+``--metrics-window`` closes windows of another length; another ``--time-scale`` makes every period
+another. Nothing said so (the outside-in trial: "flags not checked to match between nodes").
+
+Each node puts its values under its node id in the ``iotdefender-nodes`` bucket every tick (the
+entries expire with the lease TTL, like the members'), so the bucket holds the live nodes'. A node
+that starts reads them first and is refused (exit 2) if any live node differs, naming the flag,
+both values and the node. Two nodes started at the same moment with different values may both
+pass that check: every node also compares every ``COMPARE_EVERY`` ticks and logs
+``cluster.settings_differ`` (an error, once per node and difference) so it shows in the logs and
+alerts. To change one of these flags, stop every node, or wait one lease TTL after the last node
+with the old value stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import nats.errors
+import nats.js.errors
+import orjson
+import structlog
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from iotdefender.cluster.ownership import bucket_keys
+from iotdefender.cluster.topology import Topology
+from iotdefender.settings import Settings
+
+log = structlog.get_logger("iotdefender.cluster")
+
+#: Ticks between two comparisons while running (a put every tick keeps this node's entry alive).
+COMPARE_EVERY = 10
+
+Values = Mapping[str, str | float | int]
+
+
+def shared_values(settings: Settings) -> dict[str, str | float | int]:
+    """The flags that must be the same on every node, as they are in effect (scaled periods)."""
+    return {
+        "--region": settings.region,
+        "--account-id": settings.account_id,
+        "--time-scale": settings.time_scale,
+        "--report-min-interval": settings.effective_report_min_interval,
+        "--metrics-window": settings.effective_metrics_window,
+        "--metric-retention": settings.effective_metric_retention,
+        "--invalidation-period": settings.effective_invalidation_period,
+        "--violation-retention": settings.effective_violation_retention,
+        "--ml-training-period": settings.effective_ml_training_period,
+        "--ml-min-datapoints": settings.ml_min_datapoints,
+        "--ml-refresh-period": settings.effective_ml_refresh_period,
+        "--ml-expiry": settings.effective_ml_expiry,
+        "--cloud-metrics": "on" if settings.cloud_metrics else "off",
+    }
+
+
+def differences(mine: Values, theirs: Values, node: str) -> list[str]:
+    """What differs between this node's values and ``node``'s, one sentence per flag. A flag the
+    other node does not publish is not compared: a node of another version may not know it, and a
+    rolling upgrade must not be refused for that."""
+    return [f"{flag} is {mine[flag]!r} on this node but {theirs[flag]!r} on node {node}"
+            for flag in sorted(mine) if flag in theirs and theirs[flag] != mine[flag]]
+
+
+class SettingsMismatch(RuntimeError):
+    """A live node of the cluster computes with other values of the flags that must match."""
+
+
+class SharedSettings:
+    """Publishes this node's values and compares them with the live nodes' (``check`` at start)."""
+
+    def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, values: Values) -> None:
+        self._js, self._topology, self._node_id = js, topology, node_id
+        self._values = dict(values)
+        self._encoded = orjson.dumps(self._values)
+        self._kv: KeyValue | None = None
+        self._reported: set[tuple[str, str]] = set()
+
+    async def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self._js.key_value(self._topology.nodes_bucket)
+        return self._kv
+
+    async def others(self) -> dict[str, list[str]]:
+        """{node: what differs} for every live node whose values differ from this node's."""
+        kv = await self._bucket()
+        found: dict[str, list[str]] = {}
+        for node in await bucket_keys(kv):
+            if node == self._node_id:
+                continue
+            try:
+                entry = await kv.get(node)
+            except nats.js.errors.NotFoundError:  # expired (or deleted) between the listing and the read
+                continue
+            differ = differences(self._values, orjson.loads(entry.value or b"{}"), node)
+            if differ:
+                found[node] = differ
+        return found
+
+    async def check(self) -> None:
+        """Refuse (``SettingsMismatch``) if a live node differs; else publish this node's values."""
+        found = await self.others()
+        if found:
+            raise SettingsMismatch("; ".join(sentence for differ in found.values() for sentence in differ) +
+                                   " (these flags must be the same on every node: docs/cluster.md)")
+        await self.publish()
+
+    async def publish(self) -> None:
+        await (await self._bucket()).put(self._node_id, self._encoded)
+
+    async def run(self, tick_s: float) -> None:
+        """Keep this node's entry alive; compare with the others every ``COMPARE_EVERY`` ticks."""
+        ticks = 0
+        while True:
+            await asyncio.sleep(tick_s)
+            ticks += 1
+            try:
+                await self.publish()
+                if ticks % COMPARE_EVERY == 0:
+                    for node, differ in (await self.others()).items():
+                        for sentence in differ:
+                            if (node, sentence) not in self._reported:
+                                self._reported.add((node, sentence))
+                                log.error("cluster.settings_differ", node=self._node_id, other=node, detail=sentence)
+            except (nats.errors.Error, asyncio.TimeoutError) as error:
+                log.warning("cluster.settings_publish_failed", node=self._node_id, error=repr(error))

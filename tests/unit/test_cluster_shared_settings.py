@@ -1,0 +1,25 @@
+"""The flags every cluster node must share: what is compared, and how a difference is told."""
+
+from __future__ import annotations
+
+from iotdefender.cluster.shared_settings import differences, shared_values
+from iotdefender.settings import Settings
+
+
+def test_periods_are_compared_as_they_are_in_effect():
+    scaled = shared_values(Settings(time_scale=60.0))
+    assert scaled["--metrics-window"] == 5.0 and scaled["--time-scale"] == 60.0  # 300 s / 60
+    # The same window given directly is still another time scale: every other period differs.
+    direct = shared_values(Settings(metrics_window=5.0))
+    assert differences(direct, scaled, "n2")[:2] == [
+        "--invalidation-period is 172800.0 on this node but 2880.0 on node n2",
+        "--metric-retention is 1209600.0 on this node but 20160.0 on node n2"]
+
+
+def test_equal_values_differ_in_nothing_and_a_flag_the_other_node_lacks_is_not_compared():
+    values = shared_values(Settings())
+    assert differences(values, dict(values), "n2") == []
+    older = {flag: value for flag, value in values.items() if flag != "--cloud-metrics"}  # another version
+    assert differences(values, older, "n2") == []
+    assert differences(values, {**older, "--region": "eu-west-1"}, "n2") == [
+        "--region is 'us-east-1' on this node but 'eu-west-1' on node n2"]
