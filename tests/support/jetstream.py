@@ -98,10 +98,12 @@ def start_with_free_ports(servers: list[JetStreamServer], choose_ports: Callable
         for server in servers:
             server.start()
         try:
-            wait_for(lambda: all(s.healthy() for s in servers), timeout, "nats-server")
+            # Every server asked each round (no short-circuit): one that exited at start (its port
+            # taken) raises at once, instead of the others waiting for it until the timeout.
+            wait_for(lambda: all([s.healthy() for s in servers]), timeout, "nats-server")
             return
-        except RuntimeError as error:
-            for server in servers:
+        except (RuntimeError, TimeoutError) as error:
+            for server in servers:  # none left running (a fixture that fails does not stop them)
                 server.stop()
             if "address already in use" not in str(error) or attempt == 2:
                 raise
