@@ -303,7 +303,7 @@ def build_broker(settings: Settings, gatekeeper: Gatekeeper, submit: ReportSink
     """The device-facing broker (Mosquitto of our own, or an external one we join) and its endpoint."""
     if settings.mqtt_url is not None:
         return (ExternalBroker(parse_broker_url(settings.mqtt_url), submit, settings.mqtt_ca),
-                settings.mqtt_url.split("@")[-1])
+                settings.mqtt_url_for_logs or settings.mqtt_url)
     listeners = ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
                                  settings.mqtt_cert, settings.mqtt_key)
     return (MosquittoBroker(listeners, gatekeeper, submit, settings.mqtt_password_file,

@@ -64,6 +64,11 @@ class Settings:
         return ",".join(_without_password(url) for url in self.cluster_url.split(","))
 
     @property
+    def mqtt_url_for_logs(self) -> str | None:
+        """``--mqtt-url`` with its password replaced by ``***`` (the ``ready`` line's endpoint)."""
+        return _without_password(self.mqtt_url) if self.mqtt_url is not None else None
+
+    @property
     def role_set(self) -> frozenset[str]:
         """The roles of this node (cluster mode; a single box is all three)."""
         return frozenset(r.strip() for r in self.roles.split(",") if r.strip())

@@ -92,3 +92,10 @@ def test_nats_passwords_stay_out_of_logs_and_error_messages():
     with pytest.raises(ConfigurationError) as refused:
         cluster_roles(settings("--cluster-url", "http://ops:s3cret@h1:4222", "--database-url", PG))
     assert "s3cret" not in str(refused.value) and "http://ops:***@h1:4222" in str(refused.value)
+
+
+def test_an_external_brokers_password_stays_out_of_the_ready_line():
+    """The `ready` line's endpoint was the part of --mqtt-url after its last '@' (the scheme dropped
+    when it had credentials, kept when it had none); now the URL with its password masked."""
+    assert settings("--mqtt-url", "mqtts://svc:pa@ss@broker:8883").mqtt_url_for_logs == "mqtts://svc:***@broker:8883"
+    assert settings("--mqtt-url", "mqtt://broker:1883").mqtt_url_for_logs == "mqtt://broker:1883"
