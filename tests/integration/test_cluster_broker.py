@@ -52,6 +52,21 @@ async def until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-un
         await asyncio.sleep(0.02)
 
 
+async def stop_all(ingest: IngestService, detect: DetectConsumer, *connections: Any) -> None:
+    """The end of every test here: ingest, then the detect node, then the NATS connections."""
+    await ingest.stop()
+    await detect.stop()
+    for nc in connections:
+        await nc.close()
+
+
+def run(go: Any, engine: Any) -> None:
+    try:
+        asyncio.run(asyncio.wait_for(go(), 60))
+    finally:
+        engine.dispose()
+
+
 def test_a_broker_node_answers_from_the_detect_nodes_commit(jetstream, postgres, tmp_path: Path):
     url = postgres.create_database(f"broker{time.monotonic_ns()}")
     api = build_api(Settings(data_dir=tmp_path, database_url=url))
@@ -113,14 +128,9 @@ def test_a_broker_node_answers_from_the_detect_nodes_commit(jetstream, postgres,
 
         await broker_nc.close()  # NATS gone for the broker node: no PubAck -> retryable, not accepted
         assert await answer(ingest, "dev-5", 1) == ("ServiceUnavailable", None)
-        await ingest.stop()
-        await detect.stop()
-        await detect_nc.close()
+        await stop_all(ingest, detect, detect_nc)
 
-    try:
-        asyncio.run(asyncio.wait_for(go(), 60))
-    finally:
-        engine.dispose()
+    run(go, engine)
 
 
 def test_a_report_is_answered_on_its_own_outcome_not_the_slowest_of_its_batch(jetstream, postgres, tmp_path: Path):
@@ -176,12 +186,49 @@ def test_a_report_is_answered_on_its_own_outcome_not_the_slowest_of_its_batch(je
             waited = heard[fast, report_id] - sent
             assert waited < 1.0, f"the fast device's report {report_id} waited {waited:.2f} s"
         assert heard[fast, 1] < heard[fast, 2]
-        await ingest.stop()
-        await detect.stop()
-        await broker_nc.close()
-        await detect_nc.close()
+        await stop_all(ingest, detect, broker_nc, detect_nc)
 
-    try:
-        asyncio.run(asyncio.wait_for(go(), 60))
-    finally:
-        engine.dispose()
+    run(go, engine)
+
+
+def test_a_committed_report_whose_outcome_is_lost_is_accepted_from_postgresql(jetstream, postgres, tmp_path: Path):
+    """The detect node commits but its outcome never reaches the broker node (core NATS is at most
+    once: lost with a server that died). After the usual wait the broker node reads PostgreSQL and
+    answers ``accepted`` — not ``ServiceUnavailable`` after the whole outcome timeout (10 s here),
+    which made every device of a NATS server's death wait that long and resend."""
+    url = postgres.create_database(f"broker{time.monotonic_ns()}")
+    api = build_api(Settings(data_dir=tmp_path, database_url=url))
+    engine = api.context.engine
+    monitoring = MonitoringIndex(engine, api.context.arn(""))
+    heard: list[tuple[str, float]] = []
+
+    def publish(topic: str, body: bytes) -> None:
+        heard.append((outcome(orjson.loads(body)), time.monotonic()))
+
+    async def go() -> None:
+        topology = Topology(replicas=1, partitions=PARTITIONS, lease_ttl_s=2.0)
+        broker_nc = await nats.connect(servers=jetstream.urls)
+        detect_nc = await nats.connect(servers=jetstream.urls)
+        await ensure(broker_nc.jetstream(), topology)
+        detection = DetectionService(engine, MonitoringIndex(engine, api.context.arn("")), AlertRoutes(), 172800.0)
+        store = PartitionBatchStore(monitoring, detection, lambda events: None, partitions=PARTITIONS)  # tells no one
+        detect = DetectConsumer(detect_nc.jetstream(), topology, "detect-1", store.handle,
+                                on_acquired=store.on_acquired, on_released=store.on_released)
+        await detect.start()
+        await until(lambda: len(detect.readers) == PARTITIONS)
+        waiters = OutcomeWaiters()
+        await waiters.subscribe(broker_nc, reply_subject("broker-1"))
+        committer = JetStreamCommitter(ReportPublisher(broker_nc.jetstream(), topology, timeout_s=1.0), waiters,
+                                       reply_subject("broker-1"), engine, outcome_timeout_s=10.0,
+                                       outcome_patience_s=0.5)
+        ingest = IngestService(engine, monitoring, committer, publish, report_min_interval=0.0)
+        await ingest.start()
+        sent = time.monotonic()
+        for thing in ("lost-1", "lost-2", "lost-3"):
+            ingest.submit(thing, "json", payload(1))
+        await until(lambda: len(heard) == 3)
+        assert [answer for answer, _ in heard] == ["ACCEPTED"] * 3
+        assert max(at for _, at in heard) - sent < 5.0  # not the 10 s outcome timeout
+        await stop_all(ingest, detect, broker_nc, detect_nc)
+
+    run(go, engine)

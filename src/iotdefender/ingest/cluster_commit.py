@@ -7,8 +7,14 @@ rejected with the detect node's code. Never ``accepted`` without that outcome:
 
 - no PubAck (NATS unreachable, no quorum, a timeout): ``ServiceUnavailable`` (retryable); the
   report may or may not be in the stream, and the device's resend carries the same message id;
-- no outcome within ``outcome_timeout_s`` (its partition is being taken over, the database is
-  down so the detect node naks and retries): ``ServiceUnavailable`` as well;
+- no outcome within ``outcome_patience_s`` (2 s; normally it takes milliseconds): the outcome
+  may have been lost on its way (core NATS, at most once: the detect node's or this node's server
+  died), so PostgreSQL's ``thing_report_state`` is polled as well, as for a resend below; a stored
+  report id at or past this one answers ``accepted``. Before, such a device waited the whole
+  outcome timeout, was told ``ServiceUnavailable`` and resent (in test_cluster_nats3, most of the
+  6-16 s until every device was accepted again after a NATS server's death);
+- no outcome and nothing stored within ``outcome_timeout_s`` (its partition is being taken over,
+  the database is down so the detect node retries): ``ServiceUnavailable`` as well;
 - a resend whose publish JetStream answers ``duplicate: true`` (the first publish's answer was
   lost or timed out, on this node or on the node the device was connected to before): the first
   publish's outcome, if it reaches this node (its waiter is keyed by thing and report id, so a late
@@ -24,25 +30,25 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import anyio.to_thread
 import structlog
 from prometheus_client import Counter
 from sqlalchemy.engine import Engine
 
+from iotdefender.ingest.committed_watch import CommittedWatch, stored_report_ids
 from iotdefender.pipeline.report_replies import OutcomeKey, OutcomeWaiters
 from iotdefender.cluster.report_stream import ReportPublisher, report_message_id
 from iotdefender.ingest.commit import AcceptedReport
 from iotdefender.ingest.report import RejectCode, ReportRejected
 from iotdefender.pipeline.batch_isolation import Isolated
 from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, encode
-from iotdefender.store import metric_values
 
 log = structlog.get_logger("iotdefender.cluster")
 
 UNANSWERED = Counter("iotdefender_cluster_reports_unconfirmed",
                      "Reports answered ServiceUnavailable: no PubAck, or no outcome in time", ["reason"])
 SETTLED = Counter("iotdefender_cluster_duplicates_settled",
-                  "Resends JetStream had already stored, by how their answer was found", ["how"])
+                  "Reports answered after the usual wait (a resend JetStream already held, or an outcome "
+                  "that did not come in time), by how their answer was found", ["how"])
 
 
 class JetStreamCommitter:
@@ -60,10 +66,11 @@ class JetStreamCommitter:
 
     def __init__(self, publisher: ReportPublisher, waiters: OutcomeWaiters, reply_to: str, engine: Engine,
                  outcome_timeout_s: float = 10.0, settle_poll_s: float = 0.2, pipeline_depth: int = 4096,
-                 batch_max: int = 1) -> None:
+                 batch_max: int = 1, outcome_patience_s: float = 2.0) -> None:
         self._publisher, self._waiters, self._reply_to = publisher, waiters, reply_to
-        self._engine = engine
-        self._timeout_s, self._poll_s = outcome_timeout_s, settle_poll_s
+        self._timeout_s = outcome_timeout_s
+        self._patience_s = min(outcome_patience_s, outcome_timeout_s)
+        self._committed = CommittedWatch(stored_report_ids(engine), settle_poll_s)
         # A thing is in one batch in flight at a time (ingest), so depth only adds concurrency.
         self.pipeline_depth = pipeline_depth
         self.batch_max = batch_max
@@ -104,40 +111,39 @@ class JetStreamCommitter:
                 UNANSWERED.labels("no-puback").inc()
                 log.warning("cluster.publish_failed", thing=item.thing, report_id=report_id, error=repr(error))
                 return _unavailable(report_id, "the cluster did not confirm storing it")
+            deadline = asyncio.get_running_loop().time() + self._timeout_s
             if ack.duplicate and not earlier:
-                return await self._settle(key, future)
+                return await self._settle(key, future, deadline, "duplicate-unsettled",
+                                          "an earlier copy of it is not committed yet")
             try:
-                outcome = await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
-            except TimeoutError:
-                UNANSWERED.labels("no-outcome").inc()
-                return _unavailable(report_id, f"its detect node did not commit it within {self._timeout_s:g} s")
-            return _answer(outcome)
+                return _answer(await asyncio.wait_for(asyncio.shield(future), self._patience_s))
+            except TimeoutError:  # its outcome may be lost: PostgreSQL knows whether it was committed
+                return await self._settle(key, future, deadline, "no-outcome",
+                                          f"its detect node did not commit it within {self._timeout_s:g} s")
         finally:
             if not earlier:
                 self._waiters.forget(key, future)
 
-    async def _settle(self, key: OutcomeKey, future: asyncio.Future[ReportOutcome]) -> ReportRejected | None:
-        """A resend JetStream already holds: its first outcome if it comes here, else the database."""
-        thing, report_id = key
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_s
-        while True:
-            if future.done():
-                SETTLED.labels("outcome").inc()
-                return _answer(future.result())
-            stored = await anyio.to_thread.run_sync(self._stored_report_id, thing)
-            if stored is not None and stored >= report_id:
-                SETTLED.labels("database").inc()
-                return None
-            if loop.time() >= deadline:
-                UNANSWERED.labels("duplicate-unsettled").inc()
-                return _unavailable(report_id, "an earlier copy of it is not committed yet")
-            await asyncio.wait([future], timeout=self._poll_s)
-
-    def _stored_report_id(self, thing: str) -> int | None:
-        with self._engine.connect() as conn:
-            found = metric_values.load_report_states(conn, [thing]).get(thing)
-        return found[0] if found is not None else None
+    async def _settle(self, key: OutcomeKey, future: asyncio.Future[ReportOutcome], deadline: float,
+                      unsettled: str, why: str) -> ReportRejected | None:
+        """A report whose outcome has not come (a resend JetStream already holds, or one waited
+        for longer than usual): its outcome if it comes here, else PostgreSQL's word that it was
+        committed (``CommittedWatch``), until ``deadline``."""
+        committed = self._committed.watch(key)
+        try:
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            either: list[asyncio.Future[Any]] = [future, committed]
+            await asyncio.wait(either, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._committed.forget(key, committed)
+        if future.done():
+            SETTLED.labels("outcome").inc()
+            return _answer(future.result())
+        if committed.done():
+            SETTLED.labels("database").inc()
+            return None
+        UNANSWERED.labels(unsettled).inc()
+        return _unavailable(key[1], why)
 
 
 def _answer(outcome: ReportOutcome) -> ReportRejected | None:
