@@ -225,11 +225,13 @@ class Fences:
         self.acquired: list[int] = []
         self.released: list[int] = []
         self.retokened: list[tuple[int, int, int]] = []
+        self.refused: list[int] = []  # claims refused: the fence held a larger token
 
     async def on_acquired(self, partition: int, token: int) -> None:
         def claim() -> None:
             with self._engine.begin() as conn:
                 if not fencing.claim(conn, partition, token):
+                    self.refused.append(partition)
                     raise fencing.Fenced(f"partition {partition} claimed past {token}")
         await asyncio.to_thread(claim)
         self.acquired.append(partition)
@@ -328,5 +330,50 @@ def test_killing_the_leases_leader_moves_no_partition_and_keeps_the_fences_with_
             await nc.close()
     try:
         asyncio.run(asyncio.wait_for(go(), 120))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_after_the_lease_buckets_are_created_again_a_node_takes_every_partition_at_once(jetstream, postgres):
+    """What docs/cluster.md says to do to change --cluster-lease-ttl: stop every node, delete the
+    buckets, start again. The new bucket's revisions restart at 1 while the fences in PostgreSQL
+    keep the old tokens; with bare revisions as tokens every claim was refused as stale (an
+    operator's trial: 161 s without detection for fences near 28,000). Tokens carry the bucket's
+    creation time, so the new owner's are above every old one."""
+    engine = create_engine(postgres.create_database(f"rebucket{time.monotonic_ns()}"))
+    upgrade_to_head(engine)
+
+    async def go() -> None:
+        nc = await nats.connect(servers=jetstream.urls)
+        js = nc.jetstream()
+        topology = Topology(partitions=8, lease_ttl_s=2.0)
+        await ensure(js, topology)
+        leases = await js.key_value(topology.leases_bucket)
+        for n in range(100):  # a bucket that has lived: its revisions are far past what a new one starts with
+            await leases.put(f"filler-{n % 5}", b"")
+        first = Fences(engine)
+        node = DetectConsumer(js, topology, "node-1", _nothing, on_acquired=first.on_acquired,
+                              on_released=first.on_released)
+        await node.start()
+        await _wait(lambda: len(node.ownership.owned()) == 8, 20, "the first node owns every partition")
+        await node.stop()
+        for bucket in (topology.members_bucket, topology.leases_bucket, topology.nodes_bucket):
+            await js.delete_key_value(bucket)
+        await asyncio.sleep(1.1)  # a later second: the new bucket's creation time
+        await ensure(js, topology)
+        again = Fences(engine)
+        node = DetectConsumer(js, topology, "node-2", _nothing, on_acquired=again.on_acquired,
+                              on_released=again.on_released)
+        await node.start()
+        took = await _wait(lambda: len(node.ownership.owned()) == 8 and len(again.acquired) == 8, 20,
+                           "the new node owns every partition")
+        print(f"every partition taken {took:.1f}s after the start on new buckets")
+        assert again.refused == [] and sorted(again.acquired) == list(range(8))  # each claimed at once
+        await node.stop()
+        await nc.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 90))
     finally:
         engine.dispose()

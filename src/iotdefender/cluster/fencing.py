@@ -2,8 +2,10 @@
 
 A lease in NATS says who *should* own a partition; it cannot stop a paused or partitioned process
 that still believes it owns one (Kleppmann, "How to do distributed locking": a lock needs a fencing
-token checked by the storage). The token is the KV revision at which the node acquired the lease;
-revisions of a bucket only grow, so a later owner always holds a larger token.
+token checked by the storage). The token is the KV revision at which the node acquired the lease,
+above the leases bucket's creation time (``ownership.token_epoch``): revisions of a bucket only
+grow, and a bucket created again (revisions from 1) has a later creation time, so a later owner
+always holds a larger token.
 
 - ``claim`` runs when a node acquires a partition, before it loads the partition's alarm states:
   it raises the partition's fence to the new token (never lowers it).

@@ -18,7 +18,8 @@ until ``time sent + TTL - margin`` of its last successful renewal, measured on i
 clock from *before* the request left; the server keeps the entry until ``time stored + TTL``, which
 is later. So the old owner stops before anyone else can ``create`` the key. Clocks that run at
 wildly different rates or a process paused between check and commit could still break this, which
-is why the acquisition revision is also a fencing token checked in the commit (fencing.py).
+is why the acquisition revision (with the bucket's epoch, ``token_epoch``) is also a fencing token
+checked in the commit (fencing.py).
 
 Losing the bucket's leader is not losing the lease. On R3, when the NATS server leading the bucket
 dies, its Raft group answers nothing for 4-9 s (nats-server's election timeouts) — longer than the
@@ -41,6 +42,7 @@ in memory stay as they are; if not, the partition is released as usual. A closed
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -82,7 +84,7 @@ async def give_up(partition: int, old: int, new: int) -> bool:
 
 @dataclass
 class Lease:
-    token: int  # the revision of the create that acquired it: the fencing token for the tenure
+    token: int  # the fencing token for the tenure: the bucket's epoch + the revision of the create
     revision: int  # the latest revision (each renewal writes a new one)
     valid_until: float  # local monotonic time after which this node must consider it lost
     in_doubt: bool = False  # the last renewal got no answer: the bucket is unavailable (kept, not lost)
@@ -154,6 +156,22 @@ def lease_key(partition: int) -> str:
     return f"p.{partition:04d}"
 
 
+#: A fencing token is (the leases bucket's creation second << TOKEN_EPOCH_BITS) + the lease's
+#: revision. Revisions restart at 1 when the bucket is created again (to change the lease TTL, or
+#: after the JetStream store was lost), while the fences in PostgreSQL keep the old tokens: with
+#: bare revisions every claim was refused as stale until the new revisions caught up (161 s of no
+#: detection for tokens near 28,000 in a trial; after months, much longer). The creation time
+#: puts every token of a newer bucket above every token of an older one as long as a bucket takes
+#: fewer than 2**24 revisions a second (it takes about 100: 64 renewals and the members' puts per
+#: tick), and stays below 2**63 (PostgreSQL's BIGINT) until far past the year 2100.
+TOKEN_EPOCH_BITS = 24
+
+
+def token_epoch(created: datetime.datetime | None) -> int:
+    """The high part of the tokens of a leases bucket created at ``created`` (0 if unknown)."""
+    return int(created.timestamp()) << TOKEN_EPOCH_BITS if created is not None else 0
+
+
 class Ownership:
     """Keeps this node's share of the partitions, calling ``acquired``/``released`` as it changes."""
 
@@ -177,6 +195,7 @@ class Ownership:
         # One lock per lease key: a renewal and a release of the same lease never cross.
         self._locks: dict[int, asyncio.Lock] = {}
         self._leaving = False
+        self._epoch = 0  # token_epoch of the leases bucket (start)
         self.rebalances = 0
 
     def owned(self) -> dict[int, int]:
@@ -208,6 +227,7 @@ class Ownership:
     async def start(self) -> None:
         self._members_kv = await self._js.key_value(self._topology.members_bucket)
         self._leases_kv = await self._js.key_value(self._topology.leases_bucket)
+        self._epoch = token_epoch((await self._js.stream_info(f"KV_{self._topology.leases_bucket}")).created)
         await self._keepalive()
         # Two loops: renewals never wait behind a slow acquisition or a reader finishing its batch
         # (not even the first round, which may start many readers).
@@ -329,9 +349,9 @@ class Ownership:
 
     async def _adopt(self, partition: int, lease: Lease, revision: int) -> bool:
         """Continue the tenure under the re-created key's ``revision`` if the fence moves to it."""
-        old = lease.token
+        old, new = lease.token, self._epoch + revision
         try:
-            moved = await self._retoken(partition, old, revision)
+            moved = await self._retoken(partition, old, new)
         except Exception:  # the database is down: release it (safe), the next round acquires it again
             log.exception("cluster.retoken_failed", node=self.node_id, partition=partition)
             moved = False
@@ -340,8 +360,8 @@ class Ownership:
             log.warning("cluster.lease_superseded", node=self.node_id, partition=partition, token=old)
             lease.lost, lease.in_doubt = True, False
             return False
-        lease.token, lease.vanished = revision, False
-        log.info("cluster.lease_recreated", node=self.node_id, partition=partition, token=revision, previous=old)
+        lease.token, lease.vanished = new, False
+        log.info("cluster.lease_recreated", node=self.node_id, partition=partition, token=new, previous=old)
         return True
 
     @property
@@ -385,12 +405,13 @@ class Ownership:
                 revision = await self._leases_kv.create(lease_key(partition), self.node_id.encode())
             except nats.js.errors.KeyWrongLastSequenceError:
                 return  # still held (its owner is handing it over, or its lease has not run out yet)
-        self._leases[partition] = Lease(token=revision, revision=revision,
+        token = self._epoch + revision
+        self._leases[partition] = Lease(token=token, revision=revision,
                                         valid_until=sent + self._topology.lease_ttl_s - self._margin_s)
         self.rebalances += 1
-        log.info("cluster.partition_acquired", node=self.node_id, partition=partition, token=revision)
+        log.info("cluster.partition_acquired", node=self.node_id, partition=partition, token=token)
         try:
-            await self._acquired(partition, revision)
+            await self._acquired(partition, token)
         except Exception:
             # Not started (NATS or the database failed): give the lease back for the next round.
             log.exception("cluster.partition_start_failed", node=self.node_id, partition=partition)
