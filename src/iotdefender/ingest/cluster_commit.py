@@ -114,12 +114,12 @@ class JetStreamCommitter:
             deadline = asyncio.get_running_loop().time() + self._timeout_s
             if ack.duplicate and not earlier:
                 return await self._settle(key, future, deadline, "duplicate-unsettled",
-                                          "an earlier copy of it is not committed yet")
+                                          "an earlier copy of it is not confirmed committed yet")
             try:
                 return _answer(await asyncio.wait_for(asyncio.shield(future), self._patience_s))
             except TimeoutError:  # its outcome may be lost: PostgreSQL knows whether it was committed
                 return await self._settle(key, future, deadline, "no-outcome",
-                                          f"its detect node did not commit it within {self._timeout_s:g} s")
+                                          f"its commit was not confirmed within {self._timeout_s:g} s")
         finally:
             if not earlier:
                 self._waiters.forget(key, future)
@@ -157,5 +157,8 @@ def _answer(outcome: ReportOutcome) -> ReportRejected | None:
 
 
 def _unavailable(report_id: int, why: str) -> ReportRejected:
-    return ReportRejected(RejectCode.SERVICE_UNAVAILABLE, f"The report was not stored: {why}; retry later",
+    # "Not confirmed", not "not stored": the node cannot know (the report may be committed and its
+    # outcome lost); a resend with the same report id is recognised and answered accepted.
+    return ReportRejected(RejectCode.SERVICE_UNAVAILABLE, f"The report is not confirmed stored: {why}; "
+                          "send it again with the same report id",
                           report_id)
