@@ -11,8 +11,8 @@ that starts reads them first and is refused (exit 2) if any live node differs, n
 both values and the node. Two nodes started at the same moment with different values may both
 pass that check: every node also compares every ``COMPARE_EVERY`` ticks and logs
 ``cluster.settings_differ`` (an error, once per node and difference) so it shows in the logs and
-alerts. To change one of these flags, stop every node, or wait one lease TTL after the last node
-with the old value stopped.
+alerts. To change one of these flags, stop every node (a clean stop removes its entry; a node
+killed leaves it for one lease TTL).
 """
 
 from __future__ import annotations
@@ -111,6 +111,11 @@ class SharedSettings:
 
     async def publish(self) -> None:
         await (await self._bucket()).put(self._node_id, self._encoded)
+
+    async def leave(self) -> None:
+        """Remove this node's values (a clean stop): once every node has left, a node with other
+        values starts at once instead of one lease TTL later."""
+        await (await self._bucket()).delete(self._node_id)
 
     async def run(self, tick_s: float) -> None:
         """Keep this node's entry alive; compare with the others every ``COMPARE_EVERY`` ticks."""
