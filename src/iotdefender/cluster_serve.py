@@ -184,7 +184,13 @@ class BrokerRole:
         await self.broker.stop()
 
 
-def external_intake(engine: Engine, devices: BrokerRole) -> Coroutine[Any, Any, None]:
+#: How often a standby broker node tries the external intake's lock: reports published between the
+#: reader's stop and the takeover reach nobody (a clean stop frees the lock at once; the standby
+#: notices on its next try).
+EXTERNAL_INTAKE_CHECK_S = 0.5
+
+
+def external_intake(engine: Engine, devices: BrokerRole, node_id: str) -> Coroutine[Any, Any, None]:
     """The reports of an external broker (``--mqtt-url``), read by one broker node at a time.
 
     Every node joining the operator's broker as a client subscribes to every device's report
@@ -196,7 +202,8 @@ def external_intake(engine: Engine, devices: BrokerRole) -> Coroutine[Any, Any, 
     events reader is: the other broker nodes stand by and one takes over within seconds when the
     reading node dies (reports published meanwhile reach no subscriber; their devices resend).
     One node's intake is the capacity for an external broker's reports."""
-    return run_while_held(engine, EXTERNAL_INTAKE, "external-broker", devices.start, devices.stop)
+    return run_while_held(engine, EXTERNAL_INTAKE, "external-broker", devices.start, devices.stop,
+                          check_s=EXTERNAL_INTAKE_CHECK_S, node=node_id)
 
 
 async def broker_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
@@ -245,7 +252,8 @@ class _ServiceClients:
         return isinstance(name, str) and name.startswith("iotdefender-")
 
 
-def nats_events(settings: Settings, engine: Engine, intake: CloudEventIntake) -> Coroutine[Any, Any, None]:
+def nats_events(settings: Settings, engine: Engine, intake: CloudEventIntake, node_id: str
+                ) -> Coroutine[Any, Any, None]:
     """An external NATS broker's system events and /connz counters, read by one node at a time
     (cluster/alone.py: two readers would count every device once per node); the node reading them
     publishes the devices' windows like a broker node."""
@@ -262,7 +270,7 @@ def nats_events(settings: Settings, engine: Engine, intake: CloudEventIntake) ->
         while readers:
             with contextlib.suppress(Exception):
                 await readers.pop().stop()
-    return run_while_held(engine, NATS_EVENTS, "nats-events", start, stop)
+    return run_while_held(engine, NATS_EVENTS, "nats-events", start, stop, node=node_id)
 
 
 def cloud_collector(settings: Settings, engine: Engine, monitoring: MonitoringIndex, detection: DetectionService,
@@ -366,10 +374,10 @@ async def serve_cluster(settings: Settings) -> None:
 
     nc = await connect(settings.cluster_urls, node_id, reconnected)
     topology = Topology(replicas=replicas_for(count_servers(nc)), lease_ttl_s=settings.cluster_lease_ttl)
-    shared = SharedSettings(nc.jetstream(), topology, node_id, shared_values(settings))
+    flags = SharedSettings(nc.jetstream(), topology, node_id, shared_values(settings))
     try:
         await ensure(nc.jetstream(), topology)
-        await shared.check()
+        await flags.check()
     except (TopologyMismatch, SettingsMismatch) as error:
         await nc.close()
         raise ConfigurationError(f"cluster: {error}") from None
@@ -399,7 +407,7 @@ async def serve_cluster(settings: Settings) -> None:
     server = http_server(settings, app)
 
     if devices is not None and settings.mqtt_url is not None:
-        loops.append(external_intake(engine, devices))
+        loops.append(external_intake(engine, devices, node_id))
     elif devices is not None:
         try:
             await devices.start()
@@ -411,9 +419,9 @@ async def serve_cluster(settings: Settings) -> None:
     if events is not None:
         loops.append(events.run())
         if settings.nats_events_url is not None:
-            loops.append(nats_events(settings, engine, events.intake))
+            loops.append(nats_events(settings, engine, events.intake, node_id))
     background = [asyncio.create_task(loop) for loop in
-                  [*loops, cluster_health.run(), shared.run(topology.lease_ttl_s / 5)]]
+                  [*loops, cluster_health.run(), flags.run(topology.lease_ttl_s / 5)]]
     gc.freeze()
     log.info("ready", node=node_id, roles=",".join(sorted(roles)), cluster=settings.cluster_url_for_logs,
              replicas=topology.replicas, partitions=topology.partitions,
@@ -430,5 +438,6 @@ async def serve_cluster(settings: Settings) -> None:
             await consumer.stop()  # a clean leave: partitions handed over at once, not after the lease
         await cancel_and_wait(background)
         with contextlib.suppress(Exception):
+            await flags.leave()  # another value may start at once once every node has left
             await nc.close()
         engine.dispose()

@@ -481,7 +481,11 @@ def test_kill9_of_a_node_under_load_loses_and_repeats_nothing(pair, hook):
 
 def intake_started(svc: ServiceProcess) -> bool:
     """Whether this node took the external broker's intake (its log says so)."""
-    return svc.log_path is not None and '"service": "external-broker", "event": "singleton_started"' in svc.log_path.read_text()
+    if svc.log_path is None:
+        return False
+    lines = [json.loads(line) for line in svc.log_path.read_text().splitlines() if line.startswith("{")]
+    return any(line.get("event") == "singleton_started" and line.get("service") == "external-broker"
+               for line in lines)
 
 
 def test_two_broker_nodes_on_one_external_broker_answer_each_report_once_and_take_over(jetstream, postgres,

@@ -25,8 +25,9 @@ log = structlog.get_logger("iotdefender.cluster")
 
 
 async def run_while_held(engine: Engine, key: int, name: str, start: Callable[[], Awaitable[None]],
-                         stop: Callable[[], Awaitable[None]], check_s: float = 2.0) -> None:
-    """Forever: take the lock, run the service while it is held, stop it when it is not."""
+                         stop: Callable[[], Awaitable[None]], check_s: float = 2.0, node: str = "") -> None:
+    """Forever: take the lock, run the service while it is held, stop it when it is not. ``node``
+    names this node in the log lines (an aggregated log must tell which node took over)."""
     while True:
         try:
             conn = await asyncio.to_thread(hold, engine, key)
@@ -38,12 +39,12 @@ async def run_while_held(engine: Engine, key: int, name: str, start: Callable[[]
             continue
         try:
             await start()
-            log.info("singleton_started", service=name)
+            log.info("singleton_started", service=name, node=node)
             while await asyncio.to_thread(still_held, conn):
                 await asyncio.sleep(check_s)
-            log.warning("singleton_lock_lost", service=name)
+            log.warning("singleton_lock_lost", service=name, node=node)
         except Exception as error:
-            log.warning("singleton_failed", service=name, error=f"{type(error).__name__}: {error}")
+            log.warning("singleton_failed", service=name, node=node, error=f"{type(error).__name__}: {error}")
         finally:
             try:
                 await stop()
