@@ -53,6 +53,24 @@ def test_ready_only_when_connected_and_holding_exactly_the_assigned_share(jetstr
         assert REGISTRY.get_sample_value("iotdefender_cluster_owned_partitions") == len(share["n2"])
         assert REGISTRY.get_sample_value("iotdefender_cluster_consumer_lag", {"partition": f"{min(share['n2']):04d}"}) == 0
 
+        # n3 joins: n1 and n2 hand it partitions over. They stay ready meanwhile (a hand-over is
+        # not a fault; every node answering 503 at once dropped a cluster from its load balancer).
+        nc3 = await nats.connect(servers=jetstream.urls)
+        three = DetectConsumer(nc3.jetstream(), topology, "n3", nothing)
+        health3 = ClusterHealth(nc3, "n3", topology, three)
+        await three.start()
+        unready: list[object] = []
+        deadline = time.monotonic() + 15
+        while health3.readiness() is not None:
+            assert time.monotonic() < deadline, "n3 ready"
+            unready.extend(answer for answer in (health1.readiness(), health2.readiness()) if answer is not None)
+            await asyncio.sleep(0.02)
+        await until(lambda: set(one.ownership.owned()) == assignment(["n1", "n2", "n3"], PARTITIONS)["n1"],
+                    10, "n1 handed over")
+        assert unready == [], unready[:3]
+        await three.stop()
+        await nc3.close()
+
         await nc2.close()  # n2 cut off from NATS: not ready, whatever it still believes it holds
         assert health2.readiness() is not None and health2.readiness()["nats"] == "disconnected"
         broker_only = ClusterHealth(nc1, "b1", topology, None)
