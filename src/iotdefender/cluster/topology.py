@@ -175,8 +175,9 @@ def _refuse_if_different(topology: Topology, existing: StreamConfig) -> None:
     if existing.num_replicas != topology.replicas:
         raise TopologyMismatch(
             f"stream {topology.stream} is replicated R{existing.num_replicas}, this node expects "
-            f"R{topology.replicas} (from the number of NATS servers): change it deliberately with "
-            "`nats stream edit --replicas`, or connect to the cluster the stream was made on")
+            f"R{topology.replicas} (from the number of NATS servers it was given and sees): give "
+            "--cluster-url every server's URL (one that is down counts too), change it deliberately "
+            "with `nats stream edit --replicas`, or connect to the cluster the stream was made on")
 
 
 async def _ensure_bucket(js: JetStreamContext, topology: Topology, bucket: str) -> None:
