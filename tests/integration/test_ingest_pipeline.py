@@ -266,3 +266,19 @@ def test_stopping_answers_what_was_accepted_and_refuses_what_comes_after(pipelin
             (f"early-{n}", "ACCEPTED") for n in range(3)]
 
     run(pipeline, scenario)
+
+
+def test_started_again_after_a_stop_it_takes_reports_again(pipeline):
+    """Cluster mode stops a broker node's intake of an external broker when the node loses the
+    intake lock, and starts it again when it takes the lock back (cluster_serve.external_intake):
+    the service stopped once used to answer every later report ``ServiceUnavailable``."""
+    async def scenario(ingest, replies):
+        ingest.submit("before", "json", payload(1))
+        await until(lambda: len(replies) == 1)
+        await ingest.stop()
+        await ingest.start()
+        ingest.submit("after", "json", payload(1))
+        await until(lambda: len(replies) == 2)
+        assert [(r["thingName"], outcome(r)) for _, r in replies] == [("before", "ACCEPTED"), ("after", "ACCEPTED")]
+
+    run(pipeline, scenario)
