@@ -392,7 +392,7 @@ async def serve_cluster(settings: Settings) -> None:
                                  alone=True))
     devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health)
                if "broker" in roles else None)
-    cluster_health = ClusterHealth(nc, node_id, topology, consumer)
+    cluster_health = ClusterHealth(nc, topology, consumer)
     if "detect" not in roles:
         without_detect_gauges()
     events = broker_events(settings, roles, devices, nc, topology, node_id)

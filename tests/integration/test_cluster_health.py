@@ -37,7 +37,7 @@ def test_ready_only_when_connected_and_holding_exactly_the_assigned_share(jetstr
         await ensure(nc1.jetstream(), topology)
         one = DetectConsumer(nc1.jetstream(), topology, "n1", nothing)
         two = DetectConsumer(nc2.jetstream(), topology, "n2", nothing)
-        health1, health2 = ClusterHealth(nc1, "n1", topology, one), ClusterHealth(nc2, "n2", topology, two)
+        health1, health2 = ClusterHealth(nc1, topology, one), ClusterHealth(nc2, topology, two)
 
         assert health1.readiness() == {"partitions": "not yet a member of the detect nodes"}
         await one.start()
@@ -57,7 +57,7 @@ def test_ready_only_when_connected_and_holding_exactly_the_assigned_share(jetstr
         # not a fault; every node answering 503 at once dropped a cluster from its load balancer).
         nc3 = await nats.connect(servers=jetstream.urls)
         three = DetectConsumer(nc3.jetstream(), topology, "n3", nothing)
-        health3 = ClusterHealth(nc3, "n3", topology, three)
+        health3 = ClusterHealth(nc3, topology, three)
         await three.start()
         unready: list[object] = []
         deadline = time.monotonic() + 15
@@ -73,7 +73,7 @@ def test_ready_only_when_connected_and_holding_exactly_the_assigned_share(jetstr
 
         await nc2.close()  # n2 cut off from NATS: not ready, whatever it still believes it holds
         assert health2.readiness() is not None and health2.readiness()["nats"] == "disconnected"
-        broker_only = ClusterHealth(nc1, "b1", topology, None)
+        broker_only = ClusterHealth(nc1, topology, None)
         assert broker_only.readiness() is None
         await one.stop()
         await nc1.close()

@@ -282,7 +282,7 @@ def test_killing_the_leases_leader_moves_no_partition_and_keeps_the_fences_with_
         overlaps: list[set[int]] = []
         # /healthz of each node: ready all along (a lease in doubt is still held; 503 from every
         # node at once made a load balancer drop the whole cluster during the election).
-        healths = [ClusterHealth(nc, n.ownership.node_id, topology, n) for nc, n in zip(connections, nodes)]
+        healths = [ClusterHealth(nc, topology, n) for nc, n in zip(connections, nodes)]
         unready: list[dict[str, object]] = []
         doubted = 0.0
         sampling = True

@@ -2,7 +2,7 @@
 
 Ready means: connected to NATS (a broker node without it cannot store a report; a detect node
 cannot renew its leases), and, for a detect node, holding exactly the partitions the live member
-list assigns it (``Ownership.kept()`` against ``assignment``) — not while it is still taking its
+list assigns it (``Ownership.kept()`` against ``Ownership.share()``) — not while it is still taking its
 share over after a start or a rebalance, nor while it holds partitions it should have handed over.
 Once it has held its share, a difference counts only after it has lasted two lease TTLs: a
 hand-over (a node joining or leaving) takes a second or two on both sides, and counting it made
@@ -30,7 +30,6 @@ from nats.aio.client import Client
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
 from iotdefender.cluster.node import DetectConsumer
-from iotdefender.cluster.partitions import assignment
 from iotdefender.cluster.topology import Topology
 
 log = structlog.get_logger("iotdefender.cluster")
@@ -54,9 +53,9 @@ def without_detect_gauges(registry: CollectorRegistry = REGISTRY) -> None:
 
 
 class ClusterHealth:
-    def __init__(self, nc: Client, node_id: str, topology: Topology, consumer: DetectConsumer | None,
+    def __init__(self, nc: Client, topology: Topology, consumer: DetectConsumer | None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._nc, self._node_id, self._topology, self._consumer = nc, node_id, topology, consumer
+        self._nc, self._topology, self._consumer = nc, topology, consumer
         self._clock = clock
         self._lagging: set[int] = set()
         # Once the node held its share, a difference counts only when it lasts this long: a
@@ -67,10 +66,10 @@ class ClusterHealth:
         self._differs_since: float | None = None
 
     def _shares(self) -> tuple[set[int], set[int]]:
+        """(the partitions held, the partitions assigned) of this detect node."""
         assert self._consumer is not None
         ownership = self._consumer.ownership
-        share = assignment(ownership.members, self._topology.partitions).get(self._node_id, set())
-        return set(ownership.kept()), share
+        return set(ownership.kept()), ownership.share()
 
     def readiness(self) -> dict[str, Any] | None:
         """None when ready; else what is missing (the probe's body)."""
@@ -126,9 +125,8 @@ class ClusterHealth:
         if self._consumer is None:
             return
         ownership = self._consumer.ownership
-        _, share = self._shares()
         OWNED.set(len(ownership.owned()))
-        ASSIGNED.set(len(share))
+        ASSIGNED.set(len(ownership.share()))
         MEMBERS.set(len(ownership.members))
         IN_DOUBT.set(len(ownership.in_doubt()))
 

@@ -369,11 +369,12 @@ class Ownership:
         """The live detect nodes as last read (``MemberView``: steadied across a bucket outage)."""
         return self._view.members
 
-    def _share(self) -> set[int]:
+    def share(self) -> set[int]:
+        """The partitions the live member list assigns this node (what it should hold)."""
         return assignment(self.members, self._topology.partitions).get(self.node_id, set())
 
     def _assigned(self, partition: int) -> bool:
-        return partition in self._share()
+        return partition in self.share()
 
     async def rebalance(self) -> None:
         """Drop leases that ran out, then move towards this node's share of the live members."""
@@ -389,7 +390,7 @@ class Ownership:
         # No rebalance on a list that cannot be read (it raises): the view keeps the last one.
         keys = await asyncio.wait_for(bucket_keys(self._members_kv), self._topology.lease_ttl_s / 2)
         self._view.read(keys, self._clock(), leaving=self._leaving)
-        share = self._share()
+        share = self.share()
         # Concurrently: a release waits for its reader's batch, an acquisition for its consumer.
         await asyncio.gather(*(self._release(p) for p in sorted(set(self._leases) - share)))
         await asyncio.gather(*(self._acquire(p) for p in sorted(share - set(self._leases))))
