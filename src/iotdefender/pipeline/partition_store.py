@@ -27,8 +27,8 @@ is set aside (answered ``InternalError``) and the others are stored, in index or
 - ``Fenced`` is *fatal*, not bisected: nothing more may be stored; what committed before it
   advanced its things' report ids, so the next owner counts it ``DUPLICATE``;
 - a database outage is not answered at all: ``StoreUnavailable`` is raised, so the batch is not
-  acked and stays in the stream (its reader hands it over again; it is stored once the database is back; what committed before the
-  outage is recognised then). Acking with ``ServiceUnavailable`` would lose the report for good: the
+  acked and stays in the stream (its reader hands it over again; it is stored once the database
+  is back; what committed before the outage is recognised then). Acking with ``ServiceUnavailable`` would lose the report for good: the
   device's resend carries the same ``Nats-Msg-Id`` and JetStream drops it within its duplicate
   window.
 
