@@ -45,7 +45,7 @@ from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cluster.alone import run_while_held
 from iotdefender.cluster.control import ControlNotices
 from iotdefender.cluster.fleet_statistics import KvSharedWindows
-from iotdefender.cluster.health import ClusterHealth, without_detect_gauges
+from iotdefender.cluster.health import ClusterHealth
 from iotdefender.cluster.shared_settings import SettingsMismatch, SharedSettings, shared_values
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.node_id import new_node_id
@@ -61,6 +61,7 @@ from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import start_compaction
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.partition_store import PartitionBatchStore
+from iotdefender.role_metrics import export_only
 from iotdefender.service import (
     Broker,
     ConfigurationError,
@@ -393,8 +394,7 @@ async def serve_cluster(settings: Settings) -> None:
     devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health)
                if "broker" in roles else None)
     cluster_health = ClusterHealth(nc, topology, consumer)
-    if "detect" not in roles:
-        without_detect_gauges()
+    export_only(roles)
     events = broker_events(settings, roles, devices, nc, topology, node_id)
     if "api" in roles:
         backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)

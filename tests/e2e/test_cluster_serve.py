@@ -177,6 +177,8 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
             metrics = httpx.get(c.endpoint + "/metrics")
             assert metrics.status_code == 200 and "iotdefender_cluster_nats_connected 1.0" in metrics.text
             assert "iotdefender_cluster_members" not in metrics.text  # the detect role's gauges: not here
+            assert "iotdefender_cluster_redeliveries_total" not in metrics.text  # nor its counters
+            assert 'iotdefender_reports_total{outcome="accepted"} 1.0' in metrics.text  # the broker's are
             assert httpx.get(c.endpoint + "/2017-05-01/security-profiles").status_code == 404  # no API here
             assert gauge(a, "iotdefender_cluster_members") == 2  # not a detect member
         finally:

@@ -12,14 +12,13 @@ partition has not moved, and counting it missing made every node of a default ``
 three) answer 503 at once during the election, so a load balancer in front of them dropped the API
 and the MQTT port of the whole cluster for seconds. ``iotdefender_cluster_leases_in_doubt`` shows it.
 
-The gauges of the detect role are not exported by a node without it (``without_detect_gauges``):
-they said 0 partitions and 0 members there, which read as an outage.
+The gauges of the detect role are not exported by a node without it (``role_metrics.py``): they
+said 0 partitions and 0 members there, which read as an outage.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import nats.errors
 import structlog
 from nats.aio.client import Client
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge
+from prometheus_client import Gauge
 
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.topology import Topology
@@ -43,13 +42,6 @@ LAG = Gauge("iotdefender_cluster_consumer_lag", "Reports not yet delivered in an
 IN_DOUBT = Gauge("iotdefender_cluster_leases_in_doubt",
                  "Leases this detect node keeps while their bucket does not answer (a NATS election)")
 DETECT_GAUGES = (OWNED, ASSIGNED, MEMBERS, LAG, IN_DOUBT)
-
-
-def without_detect_gauges(registry: CollectorRegistry = REGISTRY) -> None:
-    """Stop exporting the detect role's gauges (a process without that role)."""
-    for gauge in DETECT_GAUGES:
-        with contextlib.suppress(KeyError):  # already removed
-            registry.unregister(gauge)
 
 
 class ClusterHealth:

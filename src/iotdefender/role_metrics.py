@@ -1,0 +1,52 @@
+"""Which of the process's counters and gauges a cluster node exports: those of its own roles.
+
+Every metric is created when its module is imported, and a cluster node imports the code of every
+role, so a node without a role would export that role's series, always 0: a broker-only node
+saying 0 redeliveries and 0 late cloud windows, a detect-only node 0 reports accepted and 0 MQTT
+denials. A 0 reads as "nothing happened" and sums over nodes hide the node that does the work, so
+a node drops the metrics of the roles it does not hold (the single box holds them all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Collection, Iterable
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.registry import Collector
+
+from iotdefender.alerts.outbox import DELIVERIES
+from iotdefender.brokers.gatekeeper import MQTT_DENIALS
+from iotdefender.cloud.cluster_windows import PARTS_LATE, PARTS_LOST, PARTS_PUBLISHED
+from iotdefender.cluster.health import DETECT_GAUGES
+from iotdefender.cluster.report_stream import REDELIVERED
+from iotdefender.ingest.cluster_commit import SETTLED, UNANSWERED
+from iotdefender.ingest.service import QUEUE_LIMIT, QUEUED, REJECTIONS, REPORTS
+from iotdefender.pipeline.counters import COUNTERS
+
+# The metrics only a role's code moves; a metric every node moves (NATS connection, database
+# availability, batch isolation) is in none of them.
+ROLE_METRICS: dict[str, tuple[Collector, ...]] = {
+    "broker": (REPORTS, REJECTIONS, QUEUED, QUEUE_LIMIT, UNANSWERED, SETTLED, PARTS_PUBLISHED, PARTS_LOST,
+               MQTT_DENIALS),
+    # A detect node evaluates (the violation counters), sends the alerts and closes cloud windows.
+    "detect": (*DETECT_GAUGES, REDELIVERED, PARTS_LATE, *COUNTERS.values(), DELIVERIES),
+}
+
+
+def not_exported(roles: Collection[str]) -> list[Collector]:
+    """The metrics of the roles not in ``roles`` that no role in it moves."""
+    kept = {id(metric) for role in roles for metric in ROLE_METRICS.get(role, ())}
+    return [metric for role, metrics in ROLE_METRICS.items() if role not in roles
+            for metric in metrics if id(metric) not in kept]
+
+
+def export_only(roles: Collection[str], registry: CollectorRegistry = REGISTRY) -> None:
+    """Stop exporting the metrics of the roles this node does not hold."""
+    _unregister(not_exported(roles), registry)
+
+
+def _unregister(metrics: Iterable[Collector], registry: CollectorRegistry) -> None:
+    for metric in metrics:
+        with contextlib.suppress(KeyError):  # already removed (a second node in one test process)
+            registry.unregister(metric)
