@@ -134,7 +134,9 @@ async def connect(urls: list[str], node_id: str, reconnected: Callable[[], None]
         reconnected()
 
     async def on_disconnect() -> None:
-        log.warning("cluster.nats_disconnected", node=node_id)
+        # nats-py calls this on our own close() too (a refused start, a clean stop): not an outage.
+        if not nc.is_closed:
+            log.warning("cluster.nats_disconnected", node=node_id)
 
     async def on_error(error: Exception) -> None:
         if not isinstance(error, OSError):  # refused connections repeat every reconnect attempt: see disconnected

@@ -1,12 +1,15 @@
 """Control-plane notices on a real nats-server: a change announced by one node (from an API worker
 thread, as ``on_change`` is called) drops every node's caches, its own included; a node whose NATS
-connection comes back drops them too, for whatever notice it missed meanwhile."""
+connection comes back drops them too, for whatever notice it missed meanwhile. Losing NATS is
+logged; closing the connection on purpose (a refused start, a clean stop) is not."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+
+from structlog.testing import capture_logs
 
 from iotdefender.cluster.control import ControlNotices
 from iotdefender.cluster_serve import connect
@@ -43,7 +46,14 @@ def test_a_change_reaches_every_node_and_a_reconnection_drops_the_caches(jetstre
         while not (dropped["n1"] >= 2 and dropped["n2"] >= 2):
             assert time.monotonic() < deadline, f"caches not dropped on reconnection: {dropped}"
             await asyncio.sleep(0.05)
+        lost = disconnections()
+        assert sorted(lost) == ["n1", "n2"], lost  # the outage, once per node
         await nc1.close()
         await nc2.close()
+        assert disconnections() == lost, "a deliberate close was logged as losing NATS"
 
-    asyncio.run(asyncio.wait_for(go(), 60))
+    def disconnections() -> list[str]:
+        return [e["node"] for e in logs if e["event"] == "cluster.nats_disconnected"]
+
+    with capture_logs() as logs:
+        asyncio.run(asyncio.wait_for(go(), 60))
