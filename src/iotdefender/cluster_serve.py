@@ -188,8 +188,8 @@ class BrokerRole:
 
 
 #: How often a standby broker node tries the external intake's lock: reports published between the
-#: reader's stop and the takeover reach nobody (a clean stop frees the lock at once; the standby
-#: notices on its next try).
+#: reader's stop and the takeover wait in the operator's broker for the intake's session (a clean
+#: stop frees the lock at once; the standby notices on its next try).
 EXTERNAL_INTAKE_CHECK_S = 0.5
 
 
@@ -203,8 +203,10 @@ def external_intake(engine: Engine, devices: BrokerRole, node_id: str) -> Corout
     to a shared subscription (tried: plain topics were shared, ``$aws`` ones reached nobody). So
     the intake is a singleton under a PostgreSQL advisory lock (cluster/alone.py), as the NATS
     events reader is: the other broker nodes stand by and one takes over within seconds when the
-    reading node dies (reports published meanwhile reach no subscriber; their devices resend).
-    One node's intake is the capacity for an external broker's reports."""
+    reading node dies. The reader's session is persistent and the same on every node
+    (brokers/external.py), so the operator's broker queues the reports published while no node
+    reads and hands them to the next reader. One node's intake is the capacity for an external
+    broker's reports."""
     return run_while_held(engine, EXTERNAL_INTAKE, "external-broker", devices.start, devices.stop,
                           check_s=EXTERNAL_INTAKE_CHECK_S, node=node_id)
 
@@ -248,8 +250,8 @@ def broker_events(settings: Settings, roles: frozenset[str], devices: BrokerRole
 
 
 class _ServiceClients:
-    """The MQTT connections of the cluster's own broker nodes to an external broker (``--mqtt-url``:
-    ``iotdefender-<random>``, one per node): not devices, whichever node reads the events."""
+    """The MQTT connection of the cluster's reader of an external broker (``--mqtt-url``:
+    ``iotdefender-intake``, whichever broker node reads): not a device, whichever node reads the events."""
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.startswith("iotdefender-")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -495,7 +497,8 @@ def test_two_broker_nodes_on_one_external_broker_answer_each_report_once_and_tak
     """Two nodes given ``--mqtt-url`` of the same (operator's) Mosquitto: one reads the reports at a
     time (cluster_serve.external_intake), so each report is answered once — both used to subscribe
     to every report and answer it twice. When the reading node is killed, the other takes over and
-    the devices, still connected to their broker, are answered again."""
+    the devices, still connected to their broker, are answered again, also for the reports they
+    published while no node read (the intake's persistent session)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tests.support.processes import Mosquitto
@@ -527,18 +530,30 @@ def test_two_broker_nodes_on_one_external_broker_answer_each_report_once_and_tak
         assert [device.replies.qsize() for device in devices] == [0, 0, 0, 0]
         assert not intake_started(standby)
 
-        reader.kill9()
-        killed = time.monotonic()
+        # Reports published while no node reads wait in the operator's broker for the intake's
+        # session: the standby is held (SIGSTOP) so that they are published before it can take over.
+        os.kill(standby.process.pid, signal.SIGSTOP)
+        try:
+            reader.kill9()
+            killed = time.monotonic()
+            for device in devices:  # still connected to the operator's broker
+                device.publish(json.dumps(report(4, [443])).encode())
+            time.sleep(1.0)
+        finally:
+            os.kill(standby.process.pid, signal.SIGCONT)
         wait_for(lambda: intake_started(standby), 15, "the standby reading the reports")
         took_over = time.monotonic() - killed
-        for device in devices:  # still connected to the operator's broker: answered by the standby now
-            device.publish(json.dumps(report(4, [443])).encode())
+        for device in devices:  # answered by the standby, from the session the broker kept
+            assert device.reply(timeout=15)[0] == "json/accepted"
+        for device in devices:  # and what they publish now
+            device.publish(json.dumps(report(5, [443])).encode())
             assert device.reply(timeout=15)[0] == "json/accepted"
         for device in devices:
             stored = iot.list_metric_values(thingName=device.thing, metricName="aws:listening-tcp-ports",
                                             **window())["metricDatumList"]
-            assert len(stored) == 4
-        print(f"external broker: the standby node reads the reports {took_over:.1f}s after the reader's kill -9")
+            assert len(stored) == 5
+        print(f"external broker: the standby node reads the reports {took_over:.1f}s after the reader's kill -9 "
+              "(held 1 s)")
     finally:
         for device in devices:
             device.close()

@@ -85,3 +85,32 @@ def test_service_reconnects_after_the_broker_restarts(tmp_path):
     finally:
         svc.stop()
         broker.stop()
+
+
+def test_a_report_published_while_the_service_restarts_is_answered_after_it(tmp_path):
+    """The service reads the operator's broker in a persistent session (brokers/external.py), so the
+    broker keeps the reports published while the service is down and hands them over when it is
+    back: the device is answered without publishing again (with a clean session it never was)."""
+    from tests.support.processes import Mosquitto
+
+    broker = Mosquitto()
+    broker.start()
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--mqtt-url", f"mqtt://127.0.0.1:{broker.port}",
+                                                        "--report-min-interval", "0"])
+    dev = None
+    try:
+        svc.start()
+        dev = Device(broker.port, "restarting")
+        assert dev.report(report(1, [443]))[0] == "json/accepted"
+        svc.stop()
+        dev.publish(json.dumps(report(2, [443])).encode())  # nobody reads now
+        time.sleep(0.5)
+        assert dev.replies.empty()
+        svc.start()
+        topic, reply = dev.reply(timeout=15)
+        assert topic == "json/accepted" and reply["reportId"] == 2
+    finally:
+        if dev is not None:
+            dev.close()
+        svc.stop()
+        broker.stop()

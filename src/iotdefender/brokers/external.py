@@ -8,6 +8,13 @@ Reconnection: gmqtt retries on its own with a fixed delay; we grow that delay ex
 (1 s, 2 s, 4 s … 30 s) on every disconnect and reset it on connect, and subscriptions are renewed
 on every (re)connection. A report is answered ``accepted`` only once it is durable, whatever
 happened to the connection in between (the reply is published on the live connection).
+
+The reader of an operator's broker keeps one persistent session (``INTAKE_CLIENT_ID``, clean
+session off): while no reader is connected — the service restarting, a cluster's intake moving
+to another broker node — the broker keeps the subscriptions and queues the QoS 1 reports for the
+session (MQTT 3.1.1 §3.1.2.4; Mosquitto up to ``max_queued_messages``, 1,000 by default), and
+the next reader, connecting with the same client id, gets them. A clean session lost every report
+published in that gap (AWS's Device Defender agent does not resend a report left unanswered).
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from iotdefender.brokers.listeners import ReportSink
 log = structlog.get_logger("iotdefender.broker.external")
 
 REPORT_FILTERS = ("$aws/things/+/defender/metrics/json", "$aws/things/+/defender/metrics/cbor")
+#: The reports' reader's client id on an operator's broker: one persistent session whichever
+#: process reads (a cluster's broker nodes take turns; ``iotdefender-`` marks it as not a device).
+INTAKE_CLIENT_ID = "iotdefender-intake"
 _MAX_DELAY_S = 30.0
 
 
@@ -61,10 +71,11 @@ class ExternalBroker:
                  client_id: str | None = None, report_filters: tuple[str, ...] = REPORT_FILTERS,
                  other_filters: tuple[str, ...] = (),
                  on_other: Callable[[str, bytes], None] | None = None,
-                 on_connected: Callable[[], None] | None = None) -> None:
+                 on_connected: Callable[[], None] | None = None, persistent: bool = False) -> None:
         """``other_filters`` are subscribed too, their messages go to ``on_other``; ``on_connected``
         runs on every (re)connection (the default broker uses both for its plugin's channel, which
-        also carries the reports, so it subscribes to no ``report_filters``)."""
+        also carries the reports, so it subscribes to no ``report_filters``). ``persistent``: the
+        broker keeps the session (its subscriptions and queued messages) while this client is away."""
         self._url = url
         self._report_filters = report_filters
         self._sink = sink
@@ -72,6 +83,7 @@ class ExternalBroker:
         self._on_other = on_other
         self._on_connected = on_connected
         self._ca_file = ca_file
+        self._persistent = persistent
         self.client_id = client_id or f"iotdefender-{uuid.uuid4().hex[:12]}"
         self._client = self._new_client()
         self._connected = asyncio.Event()
@@ -81,7 +93,7 @@ class ExternalBroker:
         """A gmqtt client of its own per start: one that was disconnected and told to stop
         reconnecting is not reused (cluster mode stops and starts the intake of an external broker
         as a node takes and loses the intake lock)."""
-        client = Client(self.client_id, clean_session=True)
+        client = Client(self.client_id, clean_session=not self._persistent)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
