@@ -44,6 +44,7 @@ from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher
 from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cluster.alone import run_while_held
 from iotdefender.cluster.control import ControlNotices
+from iotdefender.cluster.database_reach import GRACE_TTLS, DatabaseReach
 from iotdefender.cluster.fleet_statistics import KvSharedWindows
 from iotdefender.cluster.health import ClusterHealth
 from iotdefender.cluster.shared_settings import SettingsMismatch, SharedSettings, shared_values
@@ -288,29 +289,33 @@ def cloud_collector(settings: Settings, engine: Engine, monitoring: MonitoringIn
 
 
 def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
-                monitoring: MonitoringIndex, routes: AlertRoutes, alerts: AlertDelivery
+                monitoring: MonitoringIndex, routes: AlertRoutes, alerts: AlertDelivery, health: DatabaseHealth
                 ) -> tuple[DetectConsumer, DetectionService, list[Coroutine[Any, Any, None]]]:
     """The consumer of this node's partitions, its detection (control notices reach its ML
-    models) and the loops a detect node runs (not yet started)."""
+    models) and the loops a detect node runs (not yet started). Cut off from the database for
+    longer than its grace, the node stands aside (cluster/database_reach.py)."""
     detection = DetectionService(engine, monitoring, routes, settings.effective_invalidation_period,
                                  settings.time_scale)
     store = PartitionBatchStore(monitoring, detection, counting(alerts.wake), OutcomeSender(nc))
+    reach = DatabaseReach(health.check, grace_s=GRACE_TTLS * topology.lease_ttl_s)
     owned: list[DetectConsumer] = []  # the collector reads the consumer's partitions, built after it
     cloud = cloud_collector(settings, engine, monitoring, detection, counting(alerts.wake),
                             lambda: owned[0].ownership.kept() if owned else {})
     consumer = (DetectConsumer(nc.jetstream(), topology, node_id, cloud.handler(store.handle),
                                on_acquired=cloud_acquired(cloud, store.on_acquired),
                                on_released=cloud_released(cloud, store.on_released),
-                               on_retoken=store.on_retoken)
+                               on_retoken=store.on_retoken, stand_aside=reach.cut_off)
                 if cloud is not None else
                 DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
-                               on_released=store.on_released, on_retoken=store.on_retoken))
+                               on_released=store.on_released, on_retoken=store.on_retoken,
+                               stand_aside=reach.cut_off))
     owned.append(consumer)
     # History compaction on every detect node, one at a time across the cluster (store/history.py).
     start_compaction(engine, history_interval(settings), ClusterCompactor(engine))
     shared = KvSharedWindows(node_id)
     detection.evaluator.share_statistics(shared)
-    loops = [share_statistics(shared, nc, topology, detection), *([cloud.run()] if cloud is not None else []), alerts.run(),
+    loops = [reach.run(), share_statistics(shared, nc, topology, detection),
+             *([cloud.run()] if cloud is not None else []), alerts.run(),
              sweep_loop(store.sweep, settings.effective_invalidation_period, consumer.ownership.owned),
              retention_loop(engine, settings.effective_metric_retention, settings.effective_violation_retention)]
     return consumer, detection, loops
@@ -387,7 +392,8 @@ async def serve_cluster(settings: Settings) -> None:
         await nc.close()
         raise ConfigurationError(f"cluster: {error}") from None
     alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale)
-    consumer, detection, loops = (detect_role(settings, nc, topology, node_id, engine, monitoring, routes, alerts)
+    consumer, detection, loops = (detect_role(settings, nc, topology, node_id, engine, monitoring, routes, alerts,
+                                              health)
                                   if "detect" in roles else (None, None, []))
     notices.append(ControlNotices(nc, node_id, [monitoring.invalidate] +
                                   ([detection.invalidate_models] if detection is not None else [])))

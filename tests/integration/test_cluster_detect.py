@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import nats
@@ -27,6 +26,7 @@ from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, St
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
 from iotdefender.store.database import create_engine
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -40,13 +40,6 @@ PATTERN = [5, 5, 5, 1, 1, 1, 5, 5, 5, 5]
 EXPECTED = [("in-alarm", 1), ("alarm-cleared", 4), ("in-alarm", 7)]
 POISONED = THINGS[0]  # a message in its partition that is not a report
 A, B = "detect-1", "detect-2"  # with 4 partitions, A's share is 1 and 2 (7 of the things), B's 0 and 3
-
-
-async def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
 
 
 def _stored(engine: sa.Engine) -> int:
@@ -90,7 +83,7 @@ def test_a_node_cut_off_mid_stream_is_taken_over_and_every_report_is_stored_once
             await node.start()
         share = assignment(list(nodes), PARTITIONS)
         assert share[A] and share[B]
-        await _wait(lambda: all(set(n.ownership.owned()) == share[name] for name, n in nodes.items()), 15, "split")
+        await eventually(lambda: all(set(n.ownership.owned()) == share[name] for name, n in nodes.items()), 15, "split")
         publisher = ReportPublisher(nc_b.jetstream(), topology)
 
         async def publish(report: int) -> None:
@@ -101,7 +94,7 @@ def test_a_node_cut_off_mid_stream_is_taken_over_and_every_report_is_stored_once
 
         for report in (1, 2):
             await publish(report)
-        await _wait(lambda: _stored(engine) == 2 * len(THINGS), 15, "the first reports stored")
+        await eventually(lambda: _stored(engine) == 2 * len(THINGS), 15, "the first reports stored")
         assert detections[0].evaluator.alarms(), "node a holds alarms of its partitions"
         await nc_b.jetstream().publish(topology.subject_of(partition_of(POISONED, PARTITIONS)), b"\xc1garbage",
                                        headers={THING_HEADER: POISONED})
@@ -111,11 +104,11 @@ def test_a_node_cut_off_mid_stream_is_taken_over_and_every_report_is_stored_once
         cut = time.monotonic()
         for report in range(5, REPORTS + 1):
             await publish(report)
-        await _wait(lambda: len(nodes[B].ownership.owned()) == PARTITIONS, 15, "b owns every partition")
+        await eventually(lambda: len(nodes[B].ownership.owned()) == PARTITIONS, 15, "b owns every partition")
         takeover = time.monotonic() - cut
         # a counted its leases lost and gave its partitions up: it forgot their things' alarms
-        await _wait(lambda: not detections[0].evaluator.alarms(), 5, "a forgot its partitions' states")
-        await _wait(lambda: _stored(engine) == REPORTS * len(THINGS), 20, "every report stored")
+        await eventually(lambda: not detections[0].evaluator.alarms(), 5, "a forgot its partitions' states")
+        await eventually(lambda: _stored(engine) == REPORTS * len(THINGS), 20, "every report stored")
         js = nc_b.jetstream()
 
         async def left_in_stream() -> int:

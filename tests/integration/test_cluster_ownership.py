@@ -23,6 +23,7 @@ from iotdefender.cluster.topology import Topology, count_servers, ensure, replic
 from iotdefender.store.database import create_engine, upgrade_to_head
 from iotdefender.store.schema import cluster_partition_fences
 from tests.support.jetstream import JetStreamCluster
+from tests.support.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,15 +38,6 @@ def cluster():
 
 async def _nothing(partition: int, token: int, batch: Sequence[Delivery]) -> None:
     return None
-
-
-async def _wait(predicate, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.05)
-    return time.monotonic() - start
 
 
 def _start_node(urls: list[str], node_id: str, database_url: str, logs: Path, ttl: float, hold: float = 0.0,
@@ -81,20 +73,20 @@ def test_nodes_split_the_partitions_a_joiner_takes_its_share_and_no_partition_ha
 
         sampler = asyncio.create_task(sample())
         await nodes[0].start()
-        await _wait(lambda: len(nodes[0].ownership.owned()) == PARTITION_COUNT, 15, "node-0 owns all")
+        await eventually(lambda: len(nodes[0].ownership.owned()) == PARTITION_COUNT, 15, "node-0 owns all")
         await nodes[1].start()
         await nodes[2].start()
 
         def balanced() -> bool:  # every node holds exactly its computed share
             share = assignment([n.ownership.node_id for n in nodes])
             return all(set(n.ownership.owned()) == share[n.ownership.node_id] for n in nodes)
-        await _wait(balanced, 15, "three nodes share the partitions")
+        await eventually(balanced, 15, "three nodes share the partitions")
         shares = [len(n.ownership.owned()) for n in nodes]
         assert set(nodes[2].readers) == set(nodes[2].ownership.owned())  # a reader per owned partition
         # A clean leave hands its partitions over at once (no lease to wait out).
         await nodes[2].stop()
         left = time.monotonic()
-        await _wait(lambda: sum(len(n.ownership.owned()) for n in nodes[:2]) == PARTITION_COUNT, 10, "handover")
+        await eventually(lambda: sum(len(n.ownership.owned()) for n in nodes[:2]) == PARTITION_COUNT, 10, "handover")
         handover = time.monotonic() - left
         sampling = False
         await sampler
@@ -126,13 +118,13 @@ def test_a_node_cut_off_from_nats_stops_owning_before_another_node_takes_over(cl
 
         b = DetectConsumer(nc_b.jetstream(), topology, "b", _nothing, on_acquired=on_acquired_b)
         await a.start()
-        await _wait(lambda: len(a.ownership.owned()) == PARTITION_COUNT, 15, "a owns all")
+        await eventually(lambda: len(a.ownership.owned()) == PARTITION_COUNT, 15, "a owns all")
         await b.start()
-        await _wait(lambda: b.ownership.owned() and len(a.ownership.owned()) < PARTITION_COUNT, 15, "b joined")
+        await eventually(lambda: b.ownership.owned() and len(a.ownership.owned()) < PARTITION_COUNT, 15, "b joined")
         a_share = set(a.ownership.owned())
         await nc_a.close()  # a is cut off: no renewals, no clean release
         cut = time.monotonic()
-        await _wait(lambda: len(b.ownership.owned()) == PARTITION_COUNT, 15, "b takes over")
+        await eventually(lambda: len(b.ownership.owned()) == PARTITION_COUNT, 15, "b takes over")
         took = time.monotonic() - cut
         print(f"cut off from NATS -> the other node owned everything {took:.2f}s later (lease {topology.lease_ttl_s}s)")
         assert violations == [] and a.ownership.owned() == {}
@@ -275,7 +267,7 @@ def test_killing_the_leases_leader_moves_no_partition_and_keeps_the_fences_with_
             share = assignment([n.ownership.node_id for n in nodes])
             return all(set(n.ownership.owned()) == share[n.ownership.node_id] == set(n.readers)
                        and all(r.reading for r in n.readers.values()) for n in nodes)
-        await _wait(settled, 30, "two nodes share the partitions")
+        await eventually(settled, 30, "two nodes share the partitions")
         before = [set(n.ownership.owned()) for n in nodes]
         counts = [(len(f.acquired), len(f.released)) for f in fences]
         gaps: list[int] = []
@@ -303,7 +295,7 @@ def test_killing_the_leases_leader_moves_no_partition_and_keeps_the_fences_with_
         killed = time.monotonic()
         sampler = asyncio.create_task(sample())
         # The bucket answers again and every lease is confirmed (or created again) by its owner.
-        await _wait(lambda: time.monotonic() - killed > 3 and not any(n.ownership.in_doubt() for n in nodes),
+        await eventually(lambda: time.monotonic() - killed > 3 and not any(n.ownership.in_doubt() for n in nodes),
                     40, "every lease confirmed after the election")
         await asyncio.sleep(3 * topology.lease_ttl_s / 5)  # a few more rounds: nothing may move late
         readers = [all(r.reading for r in n.readers.values()) for n in nodes]
@@ -356,7 +348,7 @@ def test_after_the_lease_buckets_are_created_again_a_node_takes_every_partition_
         node = DetectConsumer(js, topology, "node-1", _nothing, on_acquired=first.on_acquired,
                               on_released=first.on_released)
         await node.start()
-        await _wait(lambda: len(node.ownership.owned()) == 8, 20, "the first node owns every partition")
+        await eventually(lambda: len(node.ownership.owned()) == 8, 20, "the first node owns every partition")
         await node.stop()
         for bucket in (topology.members_bucket, topology.leases_bucket, topology.nodes_bucket):
             await js.delete_key_value(bucket)
@@ -366,7 +358,7 @@ def test_after_the_lease_buckets_are_created_again_a_node_takes_every_partition_
         node = DetectConsumer(js, topology, "node-2", _nothing, on_acquired=again.on_acquired,
                               on_released=again.on_released)
         await node.start()
-        took = await _wait(lambda: len(node.ownership.owned()) == 8 and len(again.acquired) == 8, 20,
+        took = await eventually(lambda: len(node.ownership.owned()) == 8 and len(again.acquired) == 8, 20,
                            "the new node owns every partition")
         print(f"every partition taken {took:.1f}s after the start on new buckets")
         assert again.refused == [] and sorted(again.acquired) == list(range(8))  # each claimed at once

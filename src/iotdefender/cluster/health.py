@@ -41,7 +41,9 @@ LAG = Gauge("iotdefender_cluster_consumer_lag", "Reports not yet delivered in an
             ["partition"])
 IN_DOUBT = Gauge("iotdefender_cluster_leases_in_doubt",
                  "Leases this detect node keeps while their bucket does not answer (a NATS election)")
-DETECT_GAUGES = (OWNED, ASSIGNED, MEMBERS, LAG, IN_DOUBT)
+STANDING_ASIDE = Gauge("iotdefender_cluster_standing_aside",
+                       "1 while this detect node stands aside: its database unreachable, its partitions handed over")
+DETECT_GAUGES = (OWNED, ASSIGNED, MEMBERS, LAG, IN_DOUBT, STANDING_ASIDE)
 
 
 class ClusterHealth:
@@ -70,7 +72,9 @@ class ClusterHealth:
             missing["nats"] = "disconnected"
         if self._consumer is not None:
             owned, share = self._shares()
-            if not share:
+            if self._consumer.ownership.standing_aside:
+                missing["partitions"] = "standing aside: the database does not answer; the other detect nodes hold them"
+            elif not share:
                 missing["partitions"] = "not yet a member of the detect nodes"
             elif owned != share and self._differs_too_long():
                 missing["partitions"] = {"owned": len(owned), "assigned": len(share),
@@ -121,6 +125,7 @@ class ClusterHealth:
         ASSIGNED.set(len(ownership.share()))
         MEMBERS.set(len(ownership.members))
         IN_DOUBT.set(len(ownership.in_doubt()))
+        STANDING_ASIDE.set(1 if ownership.standing_aside else 0)
 
     async def _refresh_lag(self) -> None:
         if self._consumer is None:

@@ -75,6 +75,11 @@ UNAVAILABLE = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRes
                nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError)
 
 
+def never() -> bool:
+    """The default ``stand_aside``: a node that says nothing of its database never stands aside."""
+    return False
+
+
 async def give_up(partition: int, old: int, new: int) -> bool:
     """The default ``Retokened``: a node that does not say how to move its fence releases a lease
     that had to be created again, and takes it afresh (claim, reload), as before leases were kept
@@ -178,10 +183,14 @@ class Ownership:
     def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, acquired: Acquired,
                  released: Released, clock: Callable[[], float] = time.monotonic,
                  tick_s: float | None = None, safety_margin_s: float = 0.5,
-                 retoken: Retokened = give_up) -> None:
+                 retoken: Retokened = give_up, stand_aside: Callable[[], bool] = never) -> None:
+        """``stand_aside``: while it says True and another node is a member, this node leaves the
+        membership and hands its partitions over, and joins again once it says False (a node cut
+        off from its database: database_reach.py)."""
         self._js, self._topology, self.node_id = js, topology, node_id
         self._acquired, self._released, self._clock = acquired, released, clock
-        self._retoken = retoken
+        self._retoken, self._stand_aside = retoken, stand_aside
+        self._aside = False  # standing aside (``stand_aside``): not a member, holding nothing
         self._tick_s = tick_s if tick_s is not None else topology.lease_ttl_s / 5
         # A renewal unanswered within a tick is in doubt; renewals run concurrently, so one round
         # of 64 takes at most this long even when the bucket answers nothing.
@@ -219,6 +228,11 @@ class Ownership:
         created again after an election), or None if it holds none."""
         lease = self._leases.get(partition)
         return lease.token if lease is not None else None
+
+    @property
+    def standing_aside(self) -> bool:
+        """Whether this node stands aside (out of the membership, its partitions handed over)."""
+        return self._aside
 
     def in_doubt(self) -> list[int]:
         """Partitions whose last renewal got no answer (kept while the bucket is unavailable)."""
@@ -268,7 +282,7 @@ class Ownership:
     async def _keepalive(self) -> None:
         """Heartbeat the membership and renew every lease (compare-and-set on its last revision)."""
         assert self._members_kv is not None
-        if not self._leaving:
+        if not self._leaving and not await self._aside_now():
             try:
                 await asyncio.wait_for(self._members_kv.put(self.node_id, b""), self._request_s)
                 self._view.put_answered(self._clock())
@@ -277,6 +291,25 @@ class Ownership:
                 log.warning("cluster.heartbeat_failed", node=self.node_id, error=repr(err))
         # Concurrently: a bucket that answers nothing costs one request timeout, not one per lease.
         await asyncio.gather(*(self._renew_logged(p, lease) for p, lease in list(self._leases.items())))
+
+    async def _aside_now(self) -> bool:
+        """Whether this node stands aside now; entering it removes the node's member entry at once
+        (the others rebalance on their next round, not a TTL later). Only with another member to
+        take over: a node alone keeps its partitions whatever its database does."""
+        others = any(member != self.node_id for member in self._view.members)
+        aside = self._stand_aside() and (self._aside or others)
+        if aside and not self._aside:
+            log.error("cluster.standing_aside", node=self.node_id, partitions=len(self._leases),
+                      reason="the database has not answered: its partitions go to the other detect nodes")
+            assert self._members_kv is not None
+            try:
+                await asyncio.wait_for(self._members_kv.delete(self.node_id), self._request_s)
+            except (nats.errors.Error, asyncio.TimeoutError) as err:  # the entry expires after the TTL
+                log.warning("cluster.leave_failed", node=self.node_id, error=repr(err))
+        elif self._aside and not aside:
+            log.warning("cluster.rejoining", node=self.node_id)
+        self._aside = aside
+        return aside
 
     async def _renew_logged(self, partition: int, lease: Lease) -> None:
         try:
@@ -389,7 +422,7 @@ class Ownership:
             await self._released(partition)
         # No rebalance on a list that cannot be read (it raises): the view keeps the last one.
         keys = await asyncio.wait_for(bucket_keys(self._members_kv), self._topology.lease_ttl_s / 2)
-        self._view.read(keys, self._clock(), leaving=self._leaving)
+        self._view.read(keys, self._clock(), leaving=self._leaving or self._aside)
         share = self.share()
         # Concurrently: a release waits for its reader's batch, an acquisition for its consumer.
         await asyncio.gather(*(self._release(p) for p in sorted(set(self._leases) - share)))
