@@ -46,3 +46,50 @@ def test_the_lock_is_released_when_the_work_fails(postgres):
 def test_sqlite_runs_the_work(tmp_path):
     from iotdefender.store.database import sqlite_url
     assert run_alone(create_engine(sqlite_url(tmp_path)), KEY, lambda: 7) == 7
+
+
+def test_a_singleton_that_loses_its_lock_stops_a_standby_takes_over_and_it_runs_again_later(postgres):
+    """cluster/alone.run_while_held: the holder's lock connection ends (here: its backend is
+    terminated, as when PostgreSQL restarts or cuts it) -> it stops its service; the standby takes
+    the lock and starts; when the standby goes away, the first node starts its service again."""
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from iotdefender.cluster.alone import run_while_held
+    from tests.support.waiting import eventually
+
+    url = postgres.create_database(f"adv{time.time_ns()}")
+    events: list[tuple[str, str]] = []
+
+    def service(node: str):  # type: ignore[no-untyped-def]
+        async def start() -> None:
+            events.append(("start", node))
+
+        async def stop() -> None:
+            events.append(("stop", node))
+        return start, stop
+
+    async def go() -> None:
+        engines = {node: create_engine(url) for node in "ab"}
+        tasks = {node: asyncio.create_task(run_while_held(engines[node], KEY, "test", *service(node), check_s=0.1,
+                                                          node=node)) for node in "ab"}
+        await eventually(lambda: [e for e in events if e[0] == "start"], 10, "one node started")
+        holder = events[0][1]
+        standby = "b" if holder == "a" else "a"
+        await asyncio.sleep(0.5)
+        assert events == [("start", holder)]  # the standby waits
+        with engines[standby].connect() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND "
+                                 "granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"))
+        await eventually(lambda: ("stop", holder) in events and ("start", standby) in events, 10, "taken over")
+        tasks[standby].cancel()  # the standby goes away: its finally stops its service and frees the lock
+        await asyncio.gather(tasks[standby], return_exceptions=True)
+        await eventually(lambda: events.count(("start", holder)) == 2, 10, "the first node started again")
+        tasks[holder].cancel()
+        await asyncio.gather(tasks[holder], return_exceptions=True)
+        assert events[-1] == ("stop", holder)
+        for engine in engines.values():
+            engine.dispose()
+
+    asyncio.run(asyncio.wait_for(go(), 60))
