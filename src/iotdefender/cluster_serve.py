@@ -46,7 +46,7 @@ from iotdefender.cluster.alone import run_while_held
 from iotdefender.cluster.control import ControlNotices
 from iotdefender.cluster.fleet_statistics import KvSharedWindows
 from iotdefender.cluster.health import ClusterHealth, without_detect_gauges
-from iotdefender.cluster.shared_settings import SettingsMismatch, SharedSettings, shared_values
+from iotdefender.cluster.shared_settings import SettingsMismatch, SharedSettings, announcements, shared_values
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.node_id import new_node_id
 from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
@@ -207,13 +207,16 @@ def external_intake(engine: Engine, devices: BrokerRole, node_id: str) -> Corout
 
 
 async def broker_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
-                      monitoring: MonitoringIndex, health: DatabaseHealth) -> BrokerRole:
+                      monitoring: MonitoringIndex, health: DatabaseHealth,
+                      message_version: Callable[[], int]) -> BrokerRole:
+    """``message_version``: the report message version every live node reads (rolling upgrades)."""
     auth = mqtt_auth(settings)
     waiters = OutcomeWaiters()
     await waiters.subscribe(nc, reply_subject(node_id))
     publisher = ReportPublisher(nc.jetstream(), topology)
     committer = JetStreamCommitter(publisher, waiters, reply_subject(node_id), engine,
-                                   outcome_timeout_s=settings.cluster_outcome_timeout)
+                                   outcome_timeout_s=settings.cluster_outcome_timeout,
+                                   message_version=message_version)
     ingest, replies = build_ingest(settings, engine, monitoring, committer, health)
     cloud = cloud_publisher(settings, publisher, node_id)
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=cloud.intake if cloud else NULL_OBSERVER)
@@ -374,7 +377,7 @@ async def serve_cluster(settings: Settings) -> None:
 
     nc = await connect(settings.cluster_urls, node_id, reconnected)
     topology = Topology(replicas=replicas_for(count_servers(nc)), lease_ttl_s=settings.cluster_lease_ttl)
-    flags = SharedSettings(nc.jetstream(), topology, node_id, shared_values(settings))
+    flags = SharedSettings(nc.jetstream(), topology, node_id, shared_values(settings), announcements())
     try:
         await ensure(nc.jetstream(), topology)
         await flags.check()
@@ -390,7 +393,8 @@ async def serve_cluster(settings: Settings) -> None:
     if detection is not None:
         loops.append(ml_training(settings, engine, monitoring, on_published=published_models(detection, notices[0]),
                                  alone=True))
-    devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health)
+    devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health,
+                                 lambda: flags.report_version())
                if "broker" in roles else None)
     cluster_health = ClusterHealth(nc, topology, consumer)
     if "detect" not in roles:

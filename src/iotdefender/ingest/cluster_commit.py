@@ -27,7 +27,7 @@ rejected with the detect node's code. Never ``accepted`` without that outcome:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -40,7 +40,7 @@ from iotdefender.cluster.report_stream import ReportPublisher, report_message_id
 from iotdefender.ingest.commit import AcceptedReport
 from iotdefender.ingest.report import RejectCode, ReportRejected
 from iotdefender.pipeline.batch_isolation import Isolated
-from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, encode
+from iotdefender.pipeline.report_message import VERSION, ReportMessage, ReportOutcome, encode
 
 log = structlog.get_logger("iotdefender.cluster")
 
@@ -66,8 +66,11 @@ class JetStreamCommitter:
 
     def __init__(self, publisher: ReportPublisher, waiters: OutcomeWaiters, reply_to: str, engine: Engine,
                  outcome_timeout_s: float = 10.0, settle_poll_s: float = 0.2, pipeline_depth: int = 4096,
-                 batch_max: int = 1, outcome_patience_s: float = 2.0) -> None:
+                 batch_max: int = 1, outcome_patience_s: float = 2.0,
+                 message_version: Callable[[], int] = lambda: VERSION) -> None:
         self._publisher, self._waiters, self._reply_to = publisher, waiters, reply_to
+        # The version every live detect node reads (SharedSettings.report_version): rolling upgrades.
+        self._message_version = message_version
         self._timeout_s = outcome_timeout_s
         self._patience_s = min(outcome_patience_s, outcome_timeout_s)
         self._committed = CommittedWatch(stored_report_ids(engine), settle_poll_s)
@@ -106,7 +109,8 @@ class JetStreamCommitter:
             message = ReportMessage(item.thing, item.report.datapoints, item.received_at, report_id,
                                     item.encoding, self._reply_to)  # type: ignore[arg-type]
             try:
-                ack = await self._publisher.publish(item.thing, encode(message), report_message_id(*key))
+                ack = await self._publisher.publish(item.thing, encode(message, self._message_version()),
+                                                    report_message_id(*key))
             except Exception as error:  # nats-py's timeouts and JetStream errors: not stored (as far as we know)
                 UNANSWERED.labels("no-puback").inc()
                 log.warning("cluster.publish_failed", thing=item.thing, report_id=report_id, error=repr(error))
