@@ -48,6 +48,7 @@ from iotdefender.cluster.fleet_statistics import KvSharedWindows
 from iotdefender.cluster.health import ClusterHealth, without_detect_gauges
 from iotdefender.cluster.shared_settings import SettingsMismatch, SharedSettings, announcements, shared_values
 from iotdefender.cluster.node import DetectConsumer
+from iotdefender.cluster.ownership import BareTokenMembers
 from iotdefender.cluster.node_id import new_node_id
 from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
 from iotdefender.ingest.cluster_commit import JetStreamCommitter
@@ -286,10 +287,12 @@ def cloud_collector(settings: Settings, engine: Engine, monitoring: MonitoringIn
 
 
 def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
-                monitoring: MonitoringIndex, routes: AlertRoutes, alerts: AlertDelivery
+                monitoring: MonitoringIndex, routes: AlertRoutes, alerts: AlertDelivery,
+                bare_token_members: BareTokenMembers | None = None
                 ) -> tuple[DetectConsumer, DetectionService, list[Coroutine[Any, Any, None]]]:
     """The consumer of this node's partitions, its detection (control notices reach its ML
-    models) and the loops a detect node runs (not yet started)."""
+    models) and the loops a detect node runs (not yet started). ``bare_token_members``: rolling
+    upgrades from a release whose fencing tokens are bare revisions (ownership.py)."""
     detection = DetectionService(engine, monitoring, routes, settings.effective_invalidation_period,
                                  settings.time_scale)
     store = PartitionBatchStore(monitoring, detection, counting(alerts.wake), OutcomeSender(nc))
@@ -299,10 +302,11 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     consumer = (DetectConsumer(nc.jetstream(), topology, node_id, cloud.handler(store.handle),
                                on_acquired=cloud_acquired(cloud, store.on_acquired),
                                on_released=cloud_released(cloud, store.on_released),
-                               on_retoken=store.on_retoken)
+                               on_retoken=store.on_retoken, bare_token_members=bare_token_members)
                 if cloud is not None else
                 DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
-                               on_released=store.on_released, on_retoken=store.on_retoken))
+                               on_released=store.on_released, on_retoken=store.on_retoken,
+                               bare_token_members=bare_token_members))
     owned.append(consumer)
     # History compaction on every detect node, one at a time across the cluster (store/history.py).
     start_compaction(engine, history_interval(settings), ClusterCompactor(engine))
@@ -385,7 +389,8 @@ async def serve_cluster(settings: Settings) -> None:
         await nc.close()
         raise ConfigurationError(f"cluster: {error}") from None
     alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale)
-    consumer, detection, loops = (detect_role(settings, nc, topology, node_id, engine, monitoring, routes, alerts)
+    consumer, detection, loops = (detect_role(settings, nc, topology, node_id, engine, monitoring, routes, alerts,
+                                              flags.unannounced)
                                   if "detect" in roles else (None, None, []))
     notices.append(ControlNotices(nc, node_id, [monitoring.invalidate] +
                                   ([detection.invalidate_models] if detection is not None else [])))

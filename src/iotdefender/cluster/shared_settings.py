@@ -121,6 +121,16 @@ class SharedSettings:
                 found[node] = differ
         return found
 
+    async def unannounced(self, members: list[str]) -> bool:
+        """Whether any of ``members`` (detect nodes) has no entry here: a node of a release before
+        this bucket (28ec2af and older), whose fencing tokens are bare revisions (ownership.py,
+        ``BareTokenMembers``). Every later release puts its entry before it becomes a member and
+        removes it after it has left."""
+        if not members:
+            return False
+        announced = set(await bucket_keys(await self._bucket()))
+        return any(member not in announced for member in members)
+
     def report_version(self, writes: Collection[int] = READS) -> int:
         """The report message version to write: the highest of ``writes`` every live node reads, as
         they announced at the last read (a node of a release before the announcement reads 1)."""
