@@ -102,3 +102,23 @@ def test_the_previous_release_writes_its_partition_progress_through_the_upgrade(
     with engine.begin() as conn:
         conn.execute(sa.text(progress))
     engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_node_of_the_previous_release_starts_on_a_database_a_later_release_migrated(backend, request):
+    """Rolling upgrades: once the first node of the next release has migrated the database, a node
+    of this release that (re)starts — after a crash, or to stop the upgrade — finds a revision it
+    does not know. The next release's migrations only add, so it runs on that schema instead of
+    refusing to start (it raised "Can't locate revision identified by ...")."""
+    import sqlalchemy as sa
+
+    url = (request.getfixturevalue("postgres").create_database(f"mig{time.time_ns()}") if backend == "postgresql"
+           else sqlite_url(Path(tempfile.mkdtemp())))
+    engine = create_engine(url)
+    upgrade_to_head(engine)
+    with engine.begin() as conn:  # what the next release's first node leaves: its own head
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9001'"))
+    upgrade_to_head(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "9001"
+    engine.dispose()
