@@ -409,9 +409,9 @@ class Ownership:
 
     async def _choose_tokens(self, members: list[str]) -> None:
         """Bare revisions as tokens while a member of a release that uses them lives (so that it can
-        still claim what this node gives up, and the upgrade can be stopped and reversed); the
-        epoch from the first round that sees none, and from then on for good (an epoch token is
-        above every bare one, so switching never refuses anyone; switching back would)."""
+        still claim what this node gives up: a rolling upgrade from such a release); the epoch from
+        the first round that sees none, and from then on for good (an epoch token is above every
+        bare one, so switching never refuses anyone; switching back would)."""
         if self._epoch_for_good or self._bare_token_members is None:
             return
         try:
