@@ -47,8 +47,9 @@ from iotdefender.cluster.control import ControlNotices
 from iotdefender.cluster.database_reach import GRACE_TTLS, DatabaseReach
 from iotdefender.cluster.fleet_statistics import KvSharedWindows
 from iotdefender.cluster.health import ClusterHealth
-from iotdefender.cluster.shared_settings import SettingsMismatch, SharedSettings, shared_values
+from iotdefender.cluster.shared_settings import SettingsMismatch, SharedSettings, announcements, shared_values
 from iotdefender.cluster.node import DetectConsumer
+from iotdefender.cluster.ownership import BareTokenMembers
 from iotdefender.cluster.node_id import new_node_id
 from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
 from iotdefender.ingest.cluster_commit import JetStreamCommitter
@@ -213,13 +214,16 @@ def external_intake(engine: Engine, devices: BrokerRole, node_id: str) -> Corout
 
 
 async def broker_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
-                      monitoring: MonitoringIndex, health: DatabaseHealth) -> BrokerRole:
+                      monitoring: MonitoringIndex, health: DatabaseHealth,
+                      message_version: Callable[[], int]) -> BrokerRole:
+    """``message_version``: the report message version every live node reads (rolling upgrades)."""
     auth = mqtt_auth(settings)
     waiters = OutcomeWaiters()
     await waiters.subscribe(nc, reply_subject(node_id))
     publisher = ReportPublisher(nc.jetstream(), topology)
     committer = JetStreamCommitter(publisher, waiters, reply_subject(node_id), engine,
-                                   outcome_timeout_s=settings.cluster_outcome_timeout)
+                                   outcome_timeout_s=settings.cluster_outcome_timeout,
+                                   message_version=message_version)
     ingest, replies = build_ingest(settings, engine, monitoring, committer, health)
     cloud = cloud_publisher(settings, publisher, node_id)
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=cloud.intake if cloud else NULL_OBSERVER)
@@ -289,11 +293,14 @@ def cloud_collector(settings: Settings, engine: Engine, monitoring: MonitoringIn
 
 
 def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
-                monitoring: MonitoringIndex, routes: AlertRoutes, alerts: AlertDelivery, health: DatabaseHealth
+                monitoring: MonitoringIndex, routes: AlertRoutes, alerts: AlertDelivery, health: DatabaseHealth,
+                bare_token_members: BareTokenMembers | None = None
                 ) -> tuple[DetectConsumer, DetectionService, list[Coroutine[Any, Any, None]]]:
     """The consumer of this node's partitions, its detection (control notices reach its ML
     models) and the loops a detect node runs (not yet started). Cut off from the database for
-    longer than its grace, the node stands aside (cluster/database_reach.py)."""
+    longer than its grace, the node stands aside (cluster/database_reach.py).
+    ``bare_token_members``: rolling upgrades from a release whose fencing tokens are bare
+    revisions (ownership.py)."""
     detection = DetectionService(engine, monitoring, routes, settings.effective_invalidation_period,
                                  settings.time_scale)
     store = PartitionBatchStore(monitoring, detection, counting(alerts.wake), OutcomeSender(nc))
@@ -304,11 +311,12 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     consumer = (DetectConsumer(nc.jetstream(), topology, node_id, cloud.handler(store.handle),
                                on_acquired=cloud_acquired(cloud, store.on_acquired),
                                on_released=cloud_released(cloud, store.on_released),
-                               on_retoken=store.on_retoken, stand_aside=reach.cut_off)
+                               on_retoken=store.on_retoken, stand_aside=reach.cut_off,
+                               bare_token_members=bare_token_members)
                 if cloud is not None else
                 DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
                                on_released=store.on_released, on_retoken=store.on_retoken,
-                               stand_aside=reach.cut_off))
+                               stand_aside=reach.cut_off, bare_token_members=bare_token_members))
     owned.append(consumer)
     # History compaction on every detect node, one at a time across the cluster (store/history.py).
     start_compaction(engine, history_interval(settings), ClusterCompactor(engine))
@@ -384,7 +392,7 @@ async def serve_cluster(settings: Settings) -> None:
 
     nc = await connect(settings.cluster_urls, node_id, reconnected)
     topology = Topology(replicas=replicas_for(count_servers(nc)), lease_ttl_s=settings.cluster_lease_ttl)
-    flags = SharedSettings(nc.jetstream(), topology, node_id, shared_values(settings))
+    flags = SharedSettings(nc.jetstream(), topology, node_id, shared_values(settings), announcements())
     try:
         await ensure(nc.jetstream(), topology)
         await flags.check()
@@ -393,7 +401,7 @@ async def serve_cluster(settings: Settings) -> None:
         raise ConfigurationError(f"cluster: {error}") from None
     alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale)
     consumer, detection, loops = (detect_role(settings, nc, topology, node_id, engine, monitoring, routes, alerts,
-                                              health)
+                                              health, flags.unannounced)
                                   if "detect" in roles else (None, None, []))
     notices.append(ControlNotices(nc, node_id, [monitoring.invalidate] +
                                   ([detection.invalidate_models] if detection is not None else [])))
@@ -401,7 +409,8 @@ async def serve_cluster(settings: Settings) -> None:
     if detection is not None:
         loops.append(ml_training(settings, engine, monitoring, on_published=published_models(detection, notices[0]),
                                  alone=True))
-    devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health)
+    devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health,
+                                 lambda: flags.report_version())
                if "broker" in roles else None)
     cluster_health = ClusterHealth(nc, topology, consumer)
     export_only(roles)

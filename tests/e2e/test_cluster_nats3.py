@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.fleet import RETRYABLE, Fleet, audit, prepare
+from tests.support.fleet import RETRYABLE, Fleet, audit, per_device, prepare
 from tests.support.jetstream import JetStreamCluster, lead_from
 from tests.support.processes import ServiceProcess, wait_for
 
@@ -85,14 +85,6 @@ def every_device_accepted_since(fleets: list[Fleet], before: dict[str, int], mor
     """Each device has ``more`` reports accepted beyond ``before`` (its count at some moment)."""
     counts = per_device(fleets)
     return all(counts[thing] >= before[thing] + more for thing in counts)
-
-
-def per_device(fleets: list[Fleet]) -> dict[str, int]:
-    counts = {thing: 0 for f in fleets for thing in f.things}
-    for f in fleets:
-        for thing, _ in f.book.accepted():
-            counts[thing] += 1
-    return counts
 
 
 def move(fleet: Fleet, port: int) -> None:

@@ -20,13 +20,13 @@ from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
 from iotdefender.ingest.cluster_commit import JetStreamCommitter
-from iotdefender.cluster.report_stream import Delivery, ReportPublisher
+from iotdefender.cluster.report_stream import Delivery, ReportPublisher, report_message_id
 from iotdefender.cluster.topology import Topology, ensure
 from iotdefender.ingest.service import IngestService
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.partition_store import PartitionBatchStore
-from iotdefender.pipeline.report_message import ReportOutcome, Status, decode
+from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, Status, decode, encode
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
 from iotdefender.store import metric_values
@@ -58,6 +58,32 @@ async def stop_all(ingest: IngestService, detect: DetectConsumer, *connections: 
     await detect.stop()
     for nc in connections:
         await nc.close()
+
+
+def database(postgres: Any, tmp_path: Path) -> tuple[Any, Any, MonitoringIndex]:
+    """A test's service over a new PostgreSQL database: (api, engine, monitoring)."""
+    api = build_api(Settings(data_dir=tmp_path, database_url=postgres.create_database(f"broker{time.monotonic_ns()}")))
+    return api, api.context.engine, MonitoringIndex(api.context.engine, api.context.arn(""))
+
+
+async def connections(jetstream: Any, topology: Topology) -> tuple[Any, Any]:
+    """The broker node's and the detect node's NATS connections, the topology in place."""
+    broker_nc = await nats.connect(servers=jetstream.urls)
+    detect_nc = await nats.connect(servers=jetstream.urls)
+    await ensure(broker_nc.jetstream(), topology)
+    return broker_nc, detect_nc
+
+
+async def broker_ingest(broker_nc: Any, topology: Topology, engine: Any, monitoring: MonitoringIndex,
+                        publish: Any, **timeouts: float) -> IngestService:
+    """Broker node ``broker-1``'s ingest, started: its reports committed through JetStream."""
+    waiters = OutcomeWaiters()
+    await waiters.subscribe(broker_nc, reply_subject("broker-1"))
+    committer = JetStreamCommitter(ReportPublisher(broker_nc.jetstream(), topology, timeout_s=1.0), waiters,
+                                   reply_subject("broker-1"), engine, **timeouts)
+    ingest = IngestService(engine, monitoring, committer, publish, report_min_interval=0.0)
+    await ingest.start()
+    return ingest
 
 
 def run(go: Any, engine: Any) -> None:
@@ -92,15 +118,8 @@ def test_a_broker_node_answers_from_the_detect_nodes_commit(jetstream, postgres,
 
     async def go() -> None:
         topology = Topology(replicas=1, partitions=PARTITIONS, lease_ttl_s=2.0)
-        broker_nc = await nats.connect(servers=jetstream.urls)
-        detect_nc = await nats.connect(servers=jetstream.urls)
-        await ensure(broker_nc.jetstream(), topology)
-        waiters = OutcomeWaiters()
-        await waiters.subscribe(broker_nc, reply_subject("broker-1"))
-        committer = JetStreamCommitter(ReportPublisher(broker_nc.jetstream(), topology, timeout_s=1.0), waiters,
-                                       reply_subject("broker-1"), engine, outcome_timeout_s=1.0)
-        ingest = IngestService(engine, monitoring, committer, publish, report_min_interval=0.0)
-        await ingest.start()
+        broker_nc, detect_nc = await connections(jetstream, topology)
+        ingest = await broker_ingest(broker_nc, topology, engine, monitoring, publish, outcome_timeout_s=1.0)
 
         # No detect node: the report is in the stream but not committed -> never `accepted`.
         assert await answer(ingest, "dev-1", 1) == ("ServiceUnavailable", None)
@@ -170,12 +189,7 @@ def test_a_report_is_answered_on_its_own_outcome_not_the_slowest_of_its_batch(je
         detect = DetectConsumer(detect_nc.jetstream(), topology, "detect-1", commit)
         await detect.start()
         await until(lambda: len(detect.readers) == PARTITIONS)
-        waiters = OutcomeWaiters()
-        await waiters.subscribe(broker_nc, reply_subject("broker-1"))
-        committer = JetStreamCommitter(ReportPublisher(broker_nc.jetstream(), topology, timeout_s=1.0), waiters,
-                                       reply_subject("broker-1"), engine, outcome_timeout_s=5.0)
-        ingest = IngestService(engine, monitoring, committer, publish, report_min_interval=0.0)
-        await ingest.start()
+        ingest = await broker_ingest(broker_nc, topology, engine, monitoring, publish, outcome_timeout_s=5.0)
         sent = time.monotonic()
         ingest.submit(slow, "json", payload(1))
         ingest.submit(fast, "json", payload(1))
@@ -196,10 +210,7 @@ def test_a_committed_report_whose_outcome_is_lost_is_accepted_from_postgresql(je
     once: lost with a server that died). After the usual wait the broker node reads PostgreSQL and
     answers ``accepted`` — not ``ServiceUnavailable`` after the whole outcome timeout (10 s here),
     which made every device of a NATS server's death wait that long and resend."""
-    url = postgres.create_database(f"broker{time.monotonic_ns()}")
-    api = build_api(Settings(data_dir=tmp_path, database_url=url))
-    engine = api.context.engine
-    monitoring = MonitoringIndex(engine, api.context.arn(""))
+    api, engine, monitoring = database(postgres, tmp_path)
     heard: list[tuple[str, float]] = []
 
     def publish(topic: str, body: bytes) -> None:
@@ -207,28 +218,75 @@ def test_a_committed_report_whose_outcome_is_lost_is_accepted_from_postgresql(je
 
     async def go() -> None:
         topology = Topology(replicas=1, partitions=PARTITIONS, lease_ttl_s=2.0)
-        broker_nc = await nats.connect(servers=jetstream.urls)
-        detect_nc = await nats.connect(servers=jetstream.urls)
-        await ensure(broker_nc.jetstream(), topology)
+        broker_nc, detect_nc = await connections(jetstream, topology)
         detection = DetectionService(engine, MonitoringIndex(engine, api.context.arn("")), AlertRoutes(), 172800.0)
         store = PartitionBatchStore(monitoring, detection, lambda events: None, partitions=PARTITIONS)  # tells no one
         detect = DetectConsumer(detect_nc.jetstream(), topology, "detect-1", store.handle,
                                 on_acquired=store.on_acquired, on_released=store.on_released)
         await detect.start()
         await until(lambda: len(detect.readers) == PARTITIONS)
-        waiters = OutcomeWaiters()
-        await waiters.subscribe(broker_nc, reply_subject("broker-1"))
-        committer = JetStreamCommitter(ReportPublisher(broker_nc.jetstream(), topology, timeout_s=1.0), waiters,
-                                       reply_subject("broker-1"), engine, outcome_timeout_s=10.0,
-                                       outcome_patience_s=0.5)
-        ingest = IngestService(engine, monitoring, committer, publish, report_min_interval=0.0)
-        await ingest.start()
+        ingest = await broker_ingest(broker_nc, topology, engine, monitoring, publish, outcome_timeout_s=10.0,
+                                     outcome_patience_s=0.5)
         sent = time.monotonic()
         for thing in ("lost-1", "lost-2", "lost-3"):
             ingest.submit(thing, "json", payload(1))
         await until(lambda: len(heard) == 3)
         assert [answer for answer, _ in heard] == ["ACCEPTED"] * 3
         assert max(at for _, at in heard) - sent < 5.0  # not the 10 s outcome timeout
+        await stop_all(ingest, detect, broker_nc, detect_nc)
+
+    run(go, engine)
+
+
+def test_a_resend_of_a_report_rejected_to_a_connection_the_device_left_is_answered(jetstream, postgres,
+                                                                                 tmp_path: Path):
+    """The rolling-upgrade trial's stall: a detect node rejected a report (``InternalError``) and
+    answered it through the broker node the device was leaving; the device resent it through
+    another node, where JetStream held it (duplicate), its first outcome was gone and nothing was
+    stored, so each resend was answered ``ServiceUnavailable`` for the whole duplicate window
+    (120 s). Now the resend is published again under its own message id after the patience and
+    answered from that copy (here stored: accepted), within seconds."""
+    api, engine, monitoring = database(postgres, tmp_path)
+    heard: list[tuple[str, float]] = []
+    seen: list[tuple[str, int, str]] = []
+
+    def publish(topic: str, body: bytes) -> None:
+        heard.append((outcome(orjson.loads(body)), time.monotonic()))
+
+    async def go() -> None:
+        topology = Topology(replicas=1, partitions=PARTITIONS, lease_ttl_s=2.0)
+        broker_nc, detect_nc = await connections(jetstream, topology)
+        send = OutcomeSender(detect_nc)
+
+        async def commit(partition: int, token: int, deliveries: Sequence[Delivery]) -> None:
+            # A detect node that refuses the first copy of a report and stores any later one.
+            outcomes = []
+            for d in deliveries:
+                m = decode(d.payload)
+                first = all((t, r) != (m.thing, m.report_id) for t, r, _ in seen)
+                seen.append((m.thing, m.report_id, m.reply_to))
+                outcomes.append(ReportOutcome(d.stream_sequence, m.thing, Status.REJECTED if first else Status.STORED,
+                                              m.report_id, m.encoding, m.reply_to,
+                                              error_code="InternalError" if first else None))
+            await send(outcomes)
+
+        detect = DetectConsumer(detect_nc.jetstream(), topology, "detect-1", commit)
+        await detect.start()
+        await until(lambda: len(detect.readers) == PARTITIONS)
+        # The first copy, published by the node the device has left: its rejection goes there.
+        await ReportPublisher(broker_nc.jetstream(), topology).publish(
+            "mover", encode(ReportMessage("mover", {}, time.time(), 1, "json", reply_subject("broker-left"))),
+            report_message_id("mover", 1))
+        await until(lambda: len(seen) == 1)
+        ingest = await broker_ingest(broker_nc, topology, engine, monitoring, publish, outcome_timeout_s=5.0,
+                                     outcome_patience_s=0.5)
+        sent = time.monotonic()
+        ingest.submit("mover", "json", payload(1))  # the device's resend through this node
+        await until(lambda: len(heard) == 1)
+        assert heard[0][0] == "ACCEPTED", heard
+        assert heard[0][1] - sent < 3.0  # not the 5 s outcome timeout, nor the duplicate window
+        assert [(t, r, to) for t, r, to in seen] == [("mover", 1, reply_subject("broker-left")),
+                                                     ("mover", 1, reply_subject("broker-1"))]
         await stop_all(ingest, detect, broker_nc, detect_nc)
 
     run(go, engine)

@@ -369,3 +369,39 @@ def test_after_the_lease_buckets_are_created_again_a_node_takes_every_partition_
         asyncio.run(asyncio.wait_for(go(), 90))
     finally:
         engine.dispose()
+
+
+def test_while_a_node_of_a_release_with_bare_revision_tokens_lives_tokens_are_bare_revisions(jetstream):
+    """Rolling upgrades from 28ec2af or older, whose fencing tokens are bare revisions: such a node
+    cannot claim a partition whose fence an epoch token raised (the trial: 821 refused claims in
+    20 s, 17 partitions unowned, after a new node restarted while two old ones ran). Such a node is
+    a member without an entry in the nodes bucket; while one is, tokens are bare revisions; once
+    none is, the epoch for good."""
+    from iotdefender.cluster.ownership import TOKEN_EPOCH_BITS
+    from iotdefender.cluster.shared_settings import SharedSettings, announcements, shared_values
+    from iotdefender.settings import Settings
+
+    async def go() -> None:
+        nc = await nats.connect(servers=jetstream.urls)
+        js = nc.jetstream()
+        topology = Topology(partitions=8, lease_ttl_s=2.0)
+        await ensure(js, topology)
+        members = await js.key_value(topology.members_bucket)
+        flags = SharedSettings(js, topology, "node-new", shared_values(Settings()), announcements())
+        await flags.check()
+        await members.put("node-old", b"")  # a member that announces nothing: a release before the bucket
+        node = DetectConsumer(js, topology, "node-new", _nothing, bare_token_members=flags.unannounced)
+        await node.start()
+        share = assignment(["node-new", "node-old"], 8)["node-new"]
+        await eventually(lambda: set(node.ownership.owned()) == share, 20, "the new node owns its share")
+        bare = dict(node.ownership.owned())
+        assert all(token < 1 << TOKEN_EPOCH_BITS for token in bare.values()), bare
+        await members.delete("node-old")  # the old node left
+        await eventually(lambda: len(node.ownership.owned()) == 8, 20, "the new node owns every partition")
+        later = {p: t for p, t in node.ownership.owned().items() if p not in share}
+        assert later and all(token >= 1 << TOKEN_EPOCH_BITS for token in later.values()), later
+        await node.stop()
+        await flags.leave()
+        await nc.close()
+
+    asyncio.run(asyncio.wait_for(go(), 60))

@@ -8,7 +8,13 @@ import asyncio
 import nats
 import pytest
 
-from iotdefender.cluster.shared_settings import SettingsMismatch, SharedSettings, shared_values
+from iotdefender.cluster.shared_settings import (
+    REPORT_MESSAGE_READS,
+    SettingsMismatch,
+    SharedSettings,
+    announcements,
+    shared_values,
+)
 from iotdefender.cluster.topology import Topology, ensure
 from iotdefender.settings import Settings
 
@@ -30,6 +36,36 @@ def test_a_node_with_other_values_is_refused_until_the_other_node_has_left(jetst
             await other.check()
         await SharedSettings(js, topology, "node-b", {}).leave()
         await other.check()  # every node with the old value left cleanly: the new value starts at once
+        await nc.close()
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_a_broker_node_writes_the_report_version_every_live_node_announces_it_reads(jetstream):
+    """Rolling upgrades: each node announces the report message versions it reads in its entry. A
+    node of a next release that reads and writes versions 1 and 2 writes 1 while a node of this
+    release (reads 1) or of a release before the announcement (an entry of flags only) lives, and
+    2 once they have left. The announcement is not compared as a flag."""
+    async def go() -> None:
+        nc = await nats.connect(servers=jetstream.urls)
+        js = nc.jetstream()
+        topology = Topology(partitions=2, lease_ttl_s=30.0)
+        await ensure(js, topology)
+        values = shared_values(Settings())
+        older = SharedSettings(js, topology, "node-older", values)  # 209be04: flags only
+        this = SharedSettings(js, topology, "node-this", values, announcements())
+        nxt = SharedSettings(js, topology, "node-next", values, {REPORT_MESSAGE_READS: [1, 2]})
+        for node in (older, this, nxt):
+            await node.check()  # different announcements are no reason to refuse a node
+        assert nxt.report_version(writes={1, 2}) == 1
+        await this.leave()
+        await nxt.others()
+        assert nxt.report_version(writes={1, 2}) == 1  # the older node reads only 1
+        await older.leave()
+        await nxt.others()
+        assert nxt.report_version(writes={1, 2}) == 2
+        assert this.report_version() == 1  # this release writes version 1 whatever the others read
+        await nxt.leave()
         await nc.close()
 
     asyncio.run(asyncio.wait_for(go(), 60))

@@ -74,3 +74,51 @@ def test_nodes_migrating_one_postgresql_database_at_once_all_start(postgres):
     with engine.connect() as conn:
         assert conn.execute(text("select count(*) from alembic_version")).scalar() == 1
     engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_previous_release_writes_its_partition_progress_through_the_upgrade(backend, request):
+    """Rolling upgrades (docs/cluster.md): nodes of the release at 0011 write
+    ``cluster_partition_progress`` in every detect transaction while the first node of this release
+    migrates the database; the table stays (its first 0012 dropped it: every such report failed).
+    A database that ran that dropping 0012 still upgrades, and goes back to 0011's schema."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from iotdefender.store.database import alembic_config
+
+    url = (request.getfixturevalue("postgres").create_database(f"mig{time.time_ns()}") if backend == "postgresql"
+           else sqlite_url(Path(tempfile.mkdtemp())))
+    engine = create_engine(url)
+    command.upgrade(alembic_config(engine), "0011")
+    upgrade_to_head(engine)
+    progress = "INSERT INTO cluster_partition_progress (partition, last_sequence) VALUES (3, 17)"
+    with engine.begin() as conn:  # what a node of the previous release does in its detect transaction
+        conn.execute(sa.text(progress))
+    with engine.begin() as conn:  # the first, dropping 0012 ran on this database
+        conn.execute(sa.text("DROP TABLE cluster_partition_progress"))
+    upgrade_to_head(engine)
+    command.downgrade(alembic_config(engine), "0011")
+    with engine.begin() as conn:
+        conn.execute(sa.text(progress))
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_node_of_the_previous_release_starts_on_a_database_a_later_release_migrated(backend, request):
+    """Rolling upgrades: once the first node of the next release has migrated the database, a node
+    of this release that (re)starts — after a crash, or to stop the upgrade — finds a revision it
+    does not know. The next release's migrations only add, so it runs on that schema instead of
+    refusing to start (it raised "Can't locate revision identified by ...")."""
+    import sqlalchemy as sa
+
+    url = (request.getfixturevalue("postgres").create_database(f"mig{time.time_ns()}") if backend == "postgresql"
+           else sqlite_url(Path(tempfile.mkdtemp())))
+    engine = create_engine(url)
+    upgrade_to_head(engine)
+    with engine.begin() as conn:  # what the next release's first node leaves: its own head
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9001'"))
+    upgrade_to_head(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "9001"
+    engine.dispose()

@@ -147,6 +147,15 @@ class Fleet:
                 self._next[thing] = report_id + 1
 
 
+def per_device(fleets: list[Fleet]) -> dict[str, int]:
+    """Reports accepted so far per device of ``fleets``."""
+    counts = {thing: 0 for f in fleets for thing in f.things}
+    for f in fleets:
+        for thing, _ in f.book.accepted():
+            counts[thing] += 1
+    return counts
+
+
 def prepare(iot: Any, alert_topic: str | None = None) -> Any:
     """The profile the fleet's documents are judged by (port 22 violates; ``bytes_out``, the report
     id, retained), attached to every thing; its alerts go to ``alert_topic`` if given."""

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 
-from iotdefender.cluster.ownership import Ownership, give_up, never
+from iotdefender.cluster.ownership import BareTokenMembers, Ownership, give_up, never
 from iotdefender.cluster.report_stream import BatchHandler, PartitionReader
 from iotdefender.cluster.topology import Topology
 
@@ -37,13 +37,14 @@ class DetectConsumer:
                  on_acquired: Callable[[int, int], Awaitable[None]] = _nothing,
                  on_released: Callable[[int], Awaitable[None]] = _forget_nothing, batch: int = 256,
                  on_retoken: Callable[[int, int, int], Awaitable[bool]] = give_up,
-                 stand_aside: Callable[[], bool] = never) -> None:
+                 stand_aside: Callable[[], bool] = never,
+                 bare_token_members: BareTokenMembers | None = None) -> None:
         self._js, self._topology, self._handler = js, topology, handler
         self._on_acquired, self._on_released, self._batch = on_acquired, on_released, batch
         self._on_retoken = on_retoken
         self.readers: dict[int, PartitionReader] = {}
         self.ownership = Ownership(js, topology, node_id, self._acquired, self._released, retoken=self._retoken,
-                                   stand_aside=stand_aside)
+                                   stand_aside=stand_aside, bare_token_members=bare_token_members)
 
     async def start(self) -> None:
         await self.ownership.start()

@@ -177,13 +177,21 @@ def token_epoch(created: datetime.datetime | None) -> int:
     return int(created.timestamp()) << TOKEN_EPOCH_BITS if created is not None else 0
 
 
+#: Whether any of these other members (detect nodes) runs a release whose tokens are bare revisions
+#: (28ec2af and older). Rolling upgrades: such a node cannot claim a partition whose fence an
+#: epoch token raised (its claim is refused until it is upgraded), so while one lives this node
+#: uses bare revisions too; once none is seen, the epoch for good (``Ownership._choose_tokens``).
+BareTokenMembers = Callable[[list[str]], Awaitable[bool]]
+
+
 class Ownership:
     """Keeps this node's share of the partitions, calling ``acquired``/``released`` as it changes."""
 
     def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, acquired: Acquired,
                  released: Released, clock: Callable[[], float] = time.monotonic,
                  tick_s: float | None = None, safety_margin_s: float = 0.5,
-                 retoken: Retokened = give_up, stand_aside: Callable[[], bool] = never) -> None:
+                 retoken: Retokened = give_up, stand_aside: Callable[[], bool] = never,
+                 bare_token_members: BareTokenMembers | None = None) -> None:
         """``stand_aside``: while it says True and another node is a member, this node leaves the
         membership and hands its partitions over, and joins again once it says False (a node cut
         off from its database: database_reach.py)."""
@@ -191,6 +199,7 @@ class Ownership:
         self._acquired, self._released, self._clock = acquired, released, clock
         self._retoken, self._stand_aside = retoken, stand_aside
         self._aside = False  # standing aside (``stand_aside``): not a member, holding nothing
+        self._bare_token_members = bare_token_members  # None: no such release to live with
         self._tick_s = tick_s if tick_s is not None else topology.lease_ttl_s / 5
         # A renewal unanswered within a tick is in doubt; renewals run concurrently, so one round
         # of 64 takes at most this long even when the bucket answers nothing.
@@ -205,6 +214,8 @@ class Ownership:
         self._locks: dict[int, asyncio.Lock] = {}
         self._leaving = False
         self._epoch = 0  # token_epoch of the leases bucket (start)
+        self._base = 0  # added to a revision to make a token: the epoch, or 0 while bare-token nodes live
+        self._epoch_for_good = bare_token_members is None
         self.rebalances = 0
 
     def owned(self) -> dict[int, int]:
@@ -242,6 +253,7 @@ class Ownership:
         self._members_kv = await self._js.key_value(self._topology.members_bucket)
         self._leases_kv = await self._js.key_value(self._topology.leases_bucket)
         self._epoch = token_epoch((await self._js.stream_info(f"KV_{self._topology.leases_bucket}")).created)
+        self._base = self._epoch
         await self._keepalive()
         # Two loops: renewals never wait behind a slow acquisition or a reader finishing its batch
         # (not even the first round, which may start many readers).
@@ -382,7 +394,7 @@ class Ownership:
 
     async def _adopt(self, partition: int, lease: Lease, revision: int) -> bool:
         """Continue the tenure under the re-created key's ``revision`` if the fence moves to it."""
-        old, new = lease.token, self._epoch + revision
+        old, new = lease.token, self._base + revision
         try:
             moved = await self._retoken(partition, old, new)
         except Exception:  # the database is down: release it (safe), the next round acquires it again
@@ -423,10 +435,34 @@ class Ownership:
         # No rebalance on a list that cannot be read (it raises): the view keeps the last one.
         keys = await asyncio.wait_for(bucket_keys(self._members_kv), self._topology.lease_ttl_s / 2)
         self._view.read(keys, self._clock(), leaving=self._leaving or self._aside)
+        await self._choose_tokens(keys)
         share = self.share()
         # Concurrently: a release waits for its reader's batch, an acquisition for its consumer.
         await asyncio.gather(*(self._release(p) for p in sorted(set(self._leases) - share)))
         await asyncio.gather(*(self._acquire(p) for p in sorted(share - set(self._leases))))
+
+    async def _choose_tokens(self, members: list[str]) -> None:
+        """Bare revisions as tokens while a member of a release that uses them lives (so that it can
+        still claim what this node gives up: a rolling upgrade from such a release); the epoch from
+        the first round that sees none, and from then on for good (an epoch token is above every
+        bare one, so switching never refuses anyone; switching back would)."""
+        if self._epoch_for_good or self._bare_token_members is None:
+            return
+        try:
+            bare = await asyncio.wait_for(self._bare_token_members([m for m in members if m != self.node_id]),
+                                          self._request_s)
+        except (nats.errors.Error, asyncio.TimeoutError) as err:  # keep the tokens as they are
+            log.warning("cluster.token_members_unread", node=self.node_id, error=repr(err))
+            return
+        if bare:
+            if self._base != 0:
+                log.warning("cluster.bare_tokens", node=self.node_id,
+                            why="a detect node of a release before 209be04 is a member (rolling upgrade)")
+            self._base = 0
+        else:
+            if self._base != self._epoch:
+                log.info("cluster.epoch_tokens", node=self.node_id)
+            self._base, self._epoch_for_good = self._epoch, True
 
     def _lock(self, partition: int) -> asyncio.Lock:
         return self._locks.setdefault(partition, asyncio.Lock())
@@ -439,7 +475,7 @@ class Ownership:
                 revision = await self._leases_kv.create(lease_key(partition), self.node_id.encode())
             except nats.js.errors.KeyWrongLastSequenceError:
                 return  # still held (its owner is handing it over, or its lease has not run out yet)
-        token = self._epoch + revision
+        token = self._base + revision
         self._leases[partition] = Lease(token=token, revision=revision,
                                         valid_until=sent + self._topology.lease_ttl_s - self._margin_s)
         self.rebalances += 1

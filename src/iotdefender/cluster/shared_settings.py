@@ -13,12 +13,17 @@ pass that check: every node also compares every ``COMPARE_EVERY`` ticks and logs
 ``cluster.settings_differ`` (an error, once per node and difference) so it shows in the logs and
 alerts. To change one of these flags, stop every node (a clean stop removes its entry; a node
 killed leaves it for one lease TTL).
+
+The same entry carries what the node *announces* for rolling upgrades, which is not compared: the
+report message versions it reads (``REPORT_MESSAGE_READS``). A broker node writes the highest
+version every live node reads (``report_version``, pipeline/report_message.py), from the entries
+read at start and at every comparison.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import nats.errors
 import nats.js.errors
@@ -29,6 +34,7 @@ from nats.js.kv import KeyValue
 
 from iotdefender.cluster.ownership import bucket_keys
 from iotdefender.cluster.topology import Topology
+from iotdefender.pipeline.report_message import READS, writable_version
 from iotdefender.settings import Settings
 
 log = structlog.get_logger("iotdefender.cluster")
@@ -37,6 +43,14 @@ log = structlog.get_logger("iotdefender.cluster")
 COMPARE_EVERY = 10
 
 Values = Mapping[str, str | float | int]
+
+#: The entry's key for the report message versions a node reads (absent: a release before it).
+REPORT_MESSAGE_READS = "report-message-reads"
+
+
+def announcements() -> dict[str, list[int]]:
+    """What this release announces to the other nodes besides its flags (not compared)."""
+    return {REPORT_MESSAGE_READS: sorted(READS)}
 
 
 def shared_values(settings: Settings) -> dict[str, str | float | int]:
@@ -73,12 +87,14 @@ class SettingsMismatch(RuntimeError):
 class SharedSettings:
     """Publishes this node's values and compares them with the live nodes' (``check`` at start)."""
 
-    def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, values: Values) -> None:
+    def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, values: Values,
+                 announce: Mapping[str, object] | None = None) -> None:
         self._js, self._topology, self._node_id = js, topology, node_id
-        self._values = dict(values)
-        self._encoded = orjson.dumps(self._values)
+        self._values = dict(values)  # compared; ``announce`` (announcements()) is published only
+        self._encoded = orjson.dumps({**(announce or {}), **self._values})
         self._kv: KeyValue | None = None
         self._reported: set[tuple[str, str]] = set()
+        self._peers: dict[str, dict[str, object]] = {}  # the other live nodes' entries, as last read
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
@@ -88,7 +104,7 @@ class SharedSettings:
     async def others(self) -> dict[str, list[str]]:
         """{node: what differs} for every live node whose values differ from this node's."""
         kv = await self._bucket()
-        found: dict[str, list[str]] = {}
+        peers: dict[str, dict[str, object]] = {}
         for node in await bucket_keys(kv):
             if node == self._node_id:
                 continue
@@ -96,10 +112,30 @@ class SharedSettings:
                 entry = await kv.get(node)
             except nats.js.errors.NotFoundError:  # expired (or deleted) between the listing and the read
                 continue
-            differ = differences(self._values, orjson.loads(entry.value or b"{}"), node)
+            peers[node] = orjson.loads(entry.value or b"{}")
+        self._peers = peers
+        found: dict[str, list[str]] = {}
+        for node, theirs in peers.items():
+            differ = differences(self._values, theirs, node)  # type: ignore[arg-type]
             if differ:
                 found[node] = differ
         return found
+
+    async def unannounced(self, members: list[str]) -> bool:
+        """Whether any of ``members`` (detect nodes) has no entry here: a node of a release before
+        this bucket (28ec2af and older), whose fencing tokens are bare revisions (ownership.py,
+        ``BareTokenMembers``). Every later release puts its entry before it becomes a member and
+        removes it after it has left."""
+        if not members:
+            return False
+        announced = set(await bucket_keys(await self._bucket()))
+        return any(member not in announced for member in members)
+
+    def report_version(self, writes: Collection[int] = READS) -> int:
+        """The report message version to write: the highest of ``writes`` every live node reads, as
+        they announced at the last read (a node of a release before the announcement reads 1)."""
+        announced = [entry.get(REPORT_MESSAGE_READS) for entry in self._peers.values()]
+        return writable_version([reads if isinstance(reads, list) else None for reads in announced], writes)
 
     async def check(self) -> None:
         """Refuse (``SettingsMismatch``) if a live node differs; else publish this node's values."""

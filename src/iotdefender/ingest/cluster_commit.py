@@ -20,14 +20,23 @@ rejected with the detect node's code. Never ``accepted`` without that outcome:
   publish's outcome, if it reaches this node (its waiter is keyed by thing and report id, so a late
   outcome of this node's earlier publish is caught), else PostgreSQL's ``thing_report_state`` is
   polled: a stored report id at or past this one means the report was committed (report ids
-  only grow per thing, as ``LocalBatchStore`` settles an unconfirmed commit). Neither within the
-  bound: ``ServiceUnavailable`` again, and the device retries.
+  only grow per thing, as ``LocalBatchStore`` settles an unconfirmed commit). Neither within
+  ``outcome_patience_s``: the report is published once more under a message id of its own
+  (``Nats-Msg-Id = thing/report id/again-…``) and answered from that copy's outcome. The first
+  copy's outcome may be gone for good: it was a rejection (``InternalError``, ``StaleReportId``)
+  answered to a connection the device had left, and nothing is stored for it, so every resend
+  within JetStream's duplicate window (120 s) was answered ``ServiceUnavailable`` (11 devices for
+  over 2 minutes in the rolling-upgrade trial, docs/cluster.md). The copy is safe: the detect node
+  decides by each thing's stored report id, not by the message id, so it stores the report once
+  (a copy of a stored report is answered ``duplicate``, i.e. accepted). Still nothing by
+  ``outcome_timeout_s``: ``ServiceUnavailable`` again, and the device retries.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -40,7 +49,7 @@ from iotdefender.cluster.report_stream import ReportPublisher, report_message_id
 from iotdefender.ingest.commit import AcceptedReport
 from iotdefender.ingest.report import RejectCode, ReportRejected
 from iotdefender.pipeline.batch_isolation import Isolated
-from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, encode
+from iotdefender.pipeline.report_message import VERSION, ReportMessage, ReportOutcome, encode
 
 log = structlog.get_logger("iotdefender.cluster")
 
@@ -66,8 +75,11 @@ class JetStreamCommitter:
 
     def __init__(self, publisher: ReportPublisher, waiters: OutcomeWaiters, reply_to: str, engine: Engine,
                  outcome_timeout_s: float = 10.0, settle_poll_s: float = 0.2, pipeline_depth: int = 4096,
-                 batch_max: int = 1, outcome_patience_s: float = 2.0) -> None:
+                 batch_max: int = 1, outcome_patience_s: float = 2.0,
+                 message_version: Callable[[], int] = lambda: VERSION) -> None:
         self._publisher, self._waiters, self._reply_to = publisher, waiters, reply_to
+        # The version every live detect node reads (SharedSettings.report_version): rolling upgrades.
+        self._message_version = message_version
         self._timeout_s = outcome_timeout_s
         self._patience_s = min(outcome_patience_s, outcome_timeout_s)
         self._committed = CommittedWatch(stored_report_ids(engine), settle_poll_s)
@@ -106,13 +118,24 @@ class JetStreamCommitter:
             message = ReportMessage(item.thing, item.report.datapoints, item.received_at, report_id,
                                     item.encoding, self._reply_to)  # type: ignore[arg-type]
             try:
-                ack = await self._publisher.publish(item.thing, encode(message), report_message_id(*key))
+                ack = await self._publisher.publish(item.thing, encode(message, self._message_version()),
+                                                    report_message_id(*key))
             except Exception as error:  # nats-py's timeouts and JetStream errors: not stored (as far as we know)
                 UNANSWERED.labels("no-puback").inc()
                 log.warning("cluster.publish_failed", thing=item.thing, report_id=report_id, error=repr(error))
                 return _unavailable(report_id, "the cluster did not confirm storing it")
-            deadline = asyncio.get_running_loop().time() + self._timeout_s
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._timeout_s
             if ack.duplicate and not earlier:
+                settled, answer = await self._settled(key, future, min(deadline, loop.time() + self._patience_s))
+                if settled:
+                    return answer
+                try:  # the first copy's outcome may be gone for good (module docstring): a copy of its own
+                    await self._publisher.publish(item.thing, encode(message, self._message_version()),
+                                                  f"{report_message_id(*key)}/again-{uuid.uuid4().hex[:12]}")
+                except Exception as error:
+                    log.warning("cluster.publish_failed", thing=item.thing, report_id=report_id, error=repr(error))
+                SETTLED.labels("published-again").inc()
                 return await self._settle(key, future, deadline, "duplicate-unsettled",
                                           "an earlier copy of it is not confirmed committed yet")
             try:
@@ -129,6 +152,16 @@ class JetStreamCommitter:
         """A report whose outcome has not come (a resend JetStream already holds, or one waited
         for longer than usual): its outcome if it comes here, else PostgreSQL's word that it was
         committed (``CommittedWatch``), until ``deadline``."""
+        settled, answer = await self._settled(key, future, deadline)
+        if settled:
+            return answer
+        UNANSWERED.labels(unsettled).inc()
+        return _unavailable(key[1], why)
+
+    async def _settled(self, key: OutcomeKey, future: asyncio.Future[ReportOutcome], deadline: float
+                       ) -> tuple[bool, ReportRejected | None]:
+        """(True, the device's answer) once the outcome comes or PostgreSQL shows the report
+        committed, (False, None) if neither by ``deadline``."""
         committed = self._committed.watch(key)
         try:
             remaining = max(0.0, deadline - asyncio.get_running_loop().time())
@@ -138,12 +171,11 @@ class JetStreamCommitter:
             self._committed.forget(key, committed)
         if future.done():
             SETTLED.labels("outcome").inc()
-            return _answer(future.result())
+            return True, _answer(future.result())
         if committed.done():
             SETTLED.labels("database").inc()
-            return None
-        UNANSWERED.labels(unsettled).inc()
-        return _unavailable(key[1], why)
+            return True, None
+        return False, None
 
 
 def _answer(outcome: ReportOutcome) -> ReportRejected | None:

@@ -8,19 +8,35 @@ device's ``/accepted`` or ``/rejected`` (on the topic of the report's encoding, 
 msgpack through msgspec: compact, typed (decoding is validation, as for the device's own report
 in ingest/report.py), and several times faster than JSON for the datapoints' nested maps. The
 ``version`` field lets a later release change the message: a node refuses a version it does not
-know instead of misreading it. Anything that does not decode into a current message raises
-``UndecodableReport``; the detect node answers such a poison message ``InternalError`` and acks
-it, so one bad message cannot wedge its partition (redelivered forever).
+read instead of misreading it. Anything that does not decode into a message of a version this
+release reads raises ``UndecodableReport``; the detect node answers such a poison message
+``InternalError`` and acks it, so one bad message cannot wedge its partition (redelivered forever).
+
+**Versions in a rolling upgrade.** Nodes of two releases share the stream while the cluster is
+upgraded node by node, so a broker node must not write a version that a live detect node does not
+read. Each release reads ``READS`` (its own version and the previous one, once there is one) and
+announces them in the ``iotdefender-nodes`` bucket (cluster/shared_settings.py); a broker node
+writes ``writable_version`` of what the live nodes announce: the highest version it can write that
+every one of them reads. A release that changes the message therefore writes the previous version
+until the last node of the previous release has left, and its own after that. Releases before the
+announcement (up to 209be04) announce nothing and read exactly version 1.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from enum import Enum
 from typing import Any, Literal
 
 import msgspec
 
+#: The version this release writes once every live node reads it.
 VERSION = 1
+#: The versions this release reads (and can write): its own and, when it changes the message, the
+#: previous release's, so that a cluster of both releases keeps working in either direction.
+READS: frozenset[int] = frozenset({1})
+#: What a node reads that announces nothing (a release before the announcement).
+UNANNOUNCED_READS: frozenset[int] = frozenset({1})
 
 
 class UndecodableReport(ValueError):
@@ -51,12 +67,32 @@ _decoder = msgspec.msgpack.Decoder(ReportMessage)
 _envelope = msgspec.msgpack.Decoder(_Envelope)
 
 
-def encode(message: ReportMessage) -> bytes:
-    return _encoder.encode(message)
+def writable_version(announced: Iterable[Collection[int] | None], writes: Collection[int] = READS) -> int:
+    """The version to write: the highest of ``writes`` that every live node reads, by what each one
+    ``announced`` (None: it announced nothing, an older release: ``UNANNOUNCED_READS``). If they
+    share none (a node two releases apart, which the procedure rules out), this release's own."""
+    common = set(writes)
+    for reads in announced:
+        common &= set(UNANNOUNCED_READS if reads is None else reads)
+    return max(common) if common else VERSION
 
 
-def decode(payload: bytes) -> ReportMessage:
-    """The message in ``payload``; ``UndecodableReport`` if it is not a version-1 report."""
+def encode(message: ReportMessage, version: int | None = None) -> bytes:
+    """``message`` as version ``version`` (one of ``READS``, which ``writable_version`` picks), or
+    as the version it carries."""
+    if version is None or version == message.version:
+        return _encoder.encode(message)
+    if version not in READS:
+        raise ValueError(f"report message version {version}: this release writes {_reads(READS)}")
+    return _encoder.encode(msgspec.structs.replace(message, version=version))
+
+
+def _reads(reads: Collection[int]) -> str:
+    return ", ".join(str(v) for v in sorted(reads))
+
+
+def decode(payload: bytes, reads: Collection[int] = READS) -> ReportMessage:
+    """The message in ``payload``; ``UndecodableReport`` if it is not a report of a version in ``reads``."""
     try:
         message = _decoder.decode(payload)
     except msgspec.DecodeError as error:
@@ -64,11 +100,11 @@ def decode(payload: bytes) -> ReportMessage:
             version = _envelope.decode(payload).version
         except msgspec.DecodeError:
             raise UndecodableReport(f"not a report message: {error}") from None
-        if version != VERSION:
-            raise UndecodableReport(f"report message version {version}, this node reads {VERSION}") from None
+        if version not in reads:
+            raise UndecodableReport(f"report message version {version}, this node reads {_reads(reads)}") from None
         raise UndecodableReport(f"malformed report message: {error}") from None
-    if message.version != VERSION:
-        raise UndecodableReport(f"report message version {message.version}, this node reads {VERSION}")
+    if message.version not in reads:
+        raise UndecodableReport(f"report message version {message.version}, this node reads {_reads(reads)}")
     return message
 
 

@@ -13,11 +13,18 @@ from pathlib import Path
 
 import orjson
 import sqlalchemy as sa
+import structlog
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.script.revision import ResolutionError
+from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection, Engine
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+log = structlog.get_logger("iotdefender")
 
 
 def normalize_url(url: str) -> str:
@@ -124,5 +131,30 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+def revision_unknown_here(engine: Engine, config: Config) -> str | None:
+    """The database's revision if this release does not know it (a later release migrated it),
+    else None (at or behind this release's head, or empty)."""
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_heads()
+    scripts = ScriptDirectory.from_config(config)
+    for revision in current:
+        try:
+            scripts.get_revision(revision)
+        except (ResolutionError, CommandError):
+            return revision
+    return None
+
+
 def upgrade_to_head(engine: Engine) -> None:
-    command.upgrade(alembic_config(engine), "head")
+    """Migrate to this release's head. A database a later release has migrated is left as it is:
+    in a rolling upgrade (docs/cluster.md) a node of the previous release may start after the
+    first node of the next one migrated (a crash, a restart, stopping the upgrade), and the next
+    release's migrations only add (tests/unit/test_migration_rules.py), so it runs on that
+    schema; before, it refused to start ("Can't locate revision")."""
+    config = alembic_config(engine)
+    ahead = revision_unknown_here(engine, config)
+    if ahead is not None:
+        log.warning("database_ahead", revision=ahead,
+                    detail="a later release migrated this database; its migrations only add, so this release runs on it")
+        return
+    command.upgrade(config, "head")

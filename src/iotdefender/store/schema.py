@@ -271,6 +271,18 @@ cluster_partition_fences = sa.Table(
     sa.Column("token", sa.BigInteger, nullable=False),
 )
 
+# No longer read or written: the highest stream sequence a committed batch of a partition covered,
+# which nodes of the release before 0012 still write in every detect transaction. Kept so that
+# they run on while a rolling upgrade replaces them (expand/contract, docs/cluster.md); a later
+# release drops it. A database that ran the first, dropping version of 0012 lacks it: nothing
+# here minds.
+cluster_partition_progress = sa.Table(
+    "cluster_partition_progress",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("last_sequence", sa.BigInteger, nullable=False),
+)
+
 # Cloud-side metrics in cluster mode (cloud/cluster_parts.py): the broker nodes' parts of each
 # device's window, kept from their delivery (before the ack) until their window is closed, and how
 # far each partition's windows are closed (``through_thing``: the window is closed for the things
