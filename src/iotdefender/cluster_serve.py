@@ -47,7 +47,7 @@ from iotdefender.cluster.control import ControlNotices
 from iotdefender.cluster.database_reach import GRACE_TTLS, DatabaseReach
 from iotdefender.cluster.fleet_statistics import KvSharedWindows
 from iotdefender.cluster.health import ClusterHealth
-from iotdefender.cluster.shared_settings import SettingsMismatch, SharedSettings, announcements, shared_values
+from iotdefender.cluster.shared_settings import SettingsMismatch, SharedSettings, shared_values
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.ownership import BareTokenMembers
 from iotdefender.cluster.node_id import new_node_id
@@ -63,6 +63,7 @@ from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import start_compaction
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.partition_store import PartitionBatchStore
+from iotdefender.pipeline.report_message import READS_ANNOUNCEMENT, announcement, version_to_write
 from iotdefender.role_metrics import export_only
 from iotdefender.service import (
     Broker,
@@ -392,7 +393,7 @@ async def serve_cluster(settings: Settings) -> None:
 
     nc = await connect(settings.cluster_urls, node_id, reconnected)
     topology = Topology(replicas=replicas_for(count_servers(nc)), lease_ttl_s=settings.cluster_lease_ttl)
-    flags = SharedSettings(nc.jetstream(), topology, node_id, shared_values(settings), announcements())
+    flags = SharedSettings(nc.jetstream(), topology, node_id, shared_values(settings), announcement())
     try:
         await ensure(nc.jetstream(), topology)
         await flags.check()
@@ -410,7 +411,7 @@ async def serve_cluster(settings: Settings) -> None:
         loops.append(ml_training(settings, engine, monitoring, on_published=published_models(detection, notices[0]),
                                  alone=True))
     devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health,
-                                 lambda: flags.report_version())
+                                 lambda: version_to_write(flags.announced(READS_ANNOUNCEMENT)))
                if "broker" in roles else None)
     cluster_health = ClusterHealth(nc, topology, consumer)
     export_only(roles)

@@ -378,7 +378,8 @@ def test_while_a_node_of_a_release_with_bare_revision_tokens_lives_tokens_are_ba
     a member without an entry in the nodes bucket; while one is, tokens are bare revisions; once
     none is, the epoch for good."""
     from iotdefender.cluster.ownership import TOKEN_EPOCH_BITS
-    from iotdefender.cluster.shared_settings import SharedSettings, announcements, shared_values
+    from iotdefender.cluster.shared_settings import SharedSettings, shared_values
+    from iotdefender.pipeline.report_message import announcement
     from iotdefender.settings import Settings
 
     async def go() -> None:
@@ -387,7 +388,7 @@ def test_while_a_node_of_a_release_with_bare_revision_tokens_lives_tokens_are_ba
         topology = Topology(partitions=8, lease_ttl_s=2.0)
         await ensure(js, topology)
         members = await js.key_value(topology.members_bucket)
-        flags = SharedSettings(js, topology, "node-new", shared_values(Settings()), announcements())
+        flags = SharedSettings(js, topology, "node-new", shared_values(Settings()), announcement())
         await flags.check()
         await members.put("node-old", b"")  # a member that announces nothing: a release before the bucket
         node = DetectConsumer(js, topology, "node-new", _nothing, bare_token_members=flags.unannounced)

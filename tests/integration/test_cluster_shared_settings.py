@@ -8,14 +8,9 @@ import asyncio
 import nats
 import pytest
 
-from iotdefender.cluster.shared_settings import (
-    REPORT_MESSAGE_READS,
-    SettingsMismatch,
-    SharedSettings,
-    announcements,
-    shared_values,
-)
+from iotdefender.cluster.shared_settings import SettingsMismatch, SharedSettings, shared_values
 from iotdefender.cluster.topology import Topology, ensure
+from iotdefender.pipeline.report_message import READS_ANNOUNCEMENT, announcement, version_to_write
 from iotdefender.settings import Settings
 
 
@@ -53,18 +48,18 @@ def test_a_broker_node_writes_the_report_version_every_live_node_announces_it_re
         await ensure(js, topology)
         values = shared_values(Settings())
         older = SharedSettings(js, topology, "node-older", values)  # 209be04: flags only
-        this = SharedSettings(js, topology, "node-this", values, announcements())
-        nxt = SharedSettings(js, topology, "node-next", values, {REPORT_MESSAGE_READS: [1, 2]})
+        this = SharedSettings(js, topology, "node-this", values, announcement())
+        nxt = SharedSettings(js, topology, "node-next", values, {READS_ANNOUNCEMENT: [1, 2]})
         for node in (older, this, nxt):
             await node.check()  # different announcements are no reason to refuse a node
-        assert nxt.report_version(writes={1, 2}) == 1
+        assert version_to_write(nxt.announced(READS_ANNOUNCEMENT), writes={1, 2}) == 1
         await this.leave()
         await nxt.others()
-        assert nxt.report_version(writes={1, 2}) == 1  # the older node reads only 1
+        assert version_to_write(nxt.announced(READS_ANNOUNCEMENT), writes={1, 2}) == 1  # the older node reads only 1
         await older.leave()
         await nxt.others()
-        assert nxt.report_version(writes={1, 2}) == 2
-        assert this.report_version() == 1  # this release writes version 1 whatever the others read
+        assert version_to_write(nxt.announced(READS_ANNOUNCEMENT), writes={1, 2}) == 2
+        assert version_to_write(this.announced(READS_ANNOUNCEMENT)) == 1  # this release writes version 1 whatever the others read
         await nxt.leave()
         await nc.close()
 

@@ -14,16 +14,16 @@ pass that check: every node also compares every ``COMPARE_EVERY`` ticks and logs
 alerts. To change one of these flags, stop every node (a clean stop removes its entry; a node
 killed leaves it for one lease TTL).
 
-The same entry carries what the node *announces* for rolling upgrades, which is not compared: the
-report message versions it reads (``REPORT_MESSAGE_READS``). A broker node writes the highest
-version every live node reads (``report_version``, pipeline/report_message.py), from the entries
-read at start and at every comparison.
+The same entry carries what the node *announces* for rolling upgrades, which is not compared
+(``announced``): the report message versions it reads (pipeline/report_message.py,
+``READS_ANNOUNCEMENT``). A broker node writes the highest version every live node reads, from the
+entries read at start and at every comparison.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 
 import nats.errors
 import nats.js.errors
@@ -34,7 +34,6 @@ from nats.js.kv import KeyValue
 
 from iotdefender.cluster.ownership import bucket_keys
 from iotdefender.cluster.topology import Topology
-from iotdefender.pipeline.report_message import READS, writable_version
 from iotdefender.settings import Settings
 
 log = structlog.get_logger("iotdefender.cluster")
@@ -43,15 +42,6 @@ log = structlog.get_logger("iotdefender.cluster")
 COMPARE_EVERY = 10
 
 Values = Mapping[str, str | float | int]
-
-#: The entry's key for the report message versions a node reads (absent: a release before it).
-REPORT_MESSAGE_READS = "report-message-reads"
-
-
-def announcements() -> dict[str, list[int]]:
-    """What this release announces to the other nodes besides its flags (not compared)."""
-    return {REPORT_MESSAGE_READS: sorted(READS)}
-
 
 def shared_values(settings: Settings) -> dict[str, str | float | int]:
     """The flags that must be the same on every node, as they are in effect (scaled periods)."""
@@ -90,7 +80,7 @@ class SharedSettings:
     def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, values: Values,
                  announce: Mapping[str, object] | None = None) -> None:
         self._js, self._topology, self._node_id = js, topology, node_id
-        self._values = dict(values)  # compared; ``announce`` (announcements()) is published only
+        self._values = dict(values)  # compared; ``announce`` (e.g. report_message.announcement()) is published only
         self._encoded = orjson.dumps({**(announce or {}), **self._values})
         self._kv: KeyValue | None = None
         self._reported: set[tuple[str, str]] = set()
@@ -131,11 +121,10 @@ class SharedSettings:
         announced = set(await bucket_keys(await self._bucket()))
         return any(member not in announced for member in members)
 
-    def report_version(self, writes: Collection[int] = READS) -> int:
-        """The report message version to write: the highest of ``writes`` every live node reads, as
-        they announced at the last read (a node of a release before the announcement reads 1)."""
-        announced = [entry.get(REPORT_MESSAGE_READS) for entry in self._peers.values()]
-        return writable_version([reads if isinstance(reads, list) else None for reads in announced], writes)
+    def announced(self, key: str) -> list[object]:
+        """What each live node (but this one) announced under ``key`` at the last read; None for a
+        node that announced nothing there (a release before that announcement)."""
+        return [entry.get(key) for entry in self._peers.values()]
 
     async def check(self) -> None:
         """Refuse (``SettingsMismatch``) if a live node differs; else publish this node's values."""

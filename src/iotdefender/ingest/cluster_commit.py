@@ -78,7 +78,7 @@ class JetStreamCommitter:
                  batch_max: int = 1, outcome_patience_s: float = 2.0,
                  message_version: Callable[[], int] = lambda: VERSION) -> None:
         self._publisher, self._waiters, self._reply_to = publisher, waiters, reply_to
-        # The version every live detect node reads (SharedSettings.report_version): rolling upgrades.
+        # The version every live detect node reads (report_message.version_to_write over SharedSettings.announced): rolling upgrades.
         self._message_version = message_version
         self._timeout_s = outcome_timeout_s
         self._patience_s = min(outcome_patience_s, outcome_timeout_s)

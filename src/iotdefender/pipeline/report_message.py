@@ -67,6 +67,22 @@ _decoder = msgspec.msgpack.Decoder(ReportMessage)
 _envelope = msgspec.msgpack.Decoder(_Envelope)
 
 
+#: The key under which a node announces the versions it reads (cluster/shared_settings.py; absent:
+#: a release before the announcement, which reads ``UNANNOUNCED_READS``).
+READS_ANNOUNCEMENT = "report-message-reads"
+
+
+def announcement() -> dict[str, list[int]]:
+    """What this release announces to the other nodes about report messages."""
+    return {READS_ANNOUNCEMENT: sorted(READS)}
+
+
+def version_to_write(announced: Iterable[object], writes: Collection[int] = READS) -> int:
+    """``writable_version`` over the live nodes' announcements as read (anything but a list of
+    versions: announced nothing)."""
+    return writable_version([reads if isinstance(reads, list) else None for reads in announced], writes)
+
+
 def writable_version(announced: Iterable[Collection[int] | None], writes: Collection[int] = READS) -> int:
     """The version to write: the highest of ``writes`` that every live node reads, by what each one
     ``announced`` (None: it announced nothing, an older release: ``UNANNOUNCED_READS``). If they
