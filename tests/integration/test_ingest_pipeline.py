@@ -282,3 +282,38 @@ def test_started_again_after_a_stop_it_takes_reports_again(pipeline):
         assert [(r["thingName"], outcome(r)) for _, r in replies] == [("before", "ACCEPTED"), ("after", "ACCEPTED")]
 
     run(pipeline, scenario)
+
+
+def test_another_nodes_commit_does_not_tell_this_nodes_database_is_back(pipeline):
+    """Cluster mode: a broker node's outcomes are a detect node's transactions. A broker node cut
+    off from PostgreSQL called its database available whenever another node stored one of its
+    reports, and its /healthz flapped 200/503 every second (an operator's trial). Its own
+    database's state comes from its own probes; the single box's commits still count."""
+    from iotdefender.ingest.commit import LocalCommitter
+    from iotdefender.store.availability import DatabaseHealth
+
+    store, engine, monitoring = pipeline
+
+    class Elsewhere(LocalCommitter):  # committed, as far as ingest knows, by another node
+        def __init__(self) -> None:
+            super().__init__(store)
+            self.commits_here = False
+
+    for committer, available_after in ((Elsewhere(), False), (LocalCommitter(store), True)):
+        health = DatabaseHealth(lambda: None)
+        health.failed("connection refused")
+        replies: list[bytes] = []
+
+        async def main() -> None:
+            ingest = IngestService(engine, monitoring, committer, lambda topic, body: replies.append(body),
+                                   report_min_interval=0.0, health=health)
+            await ingest.start()
+            try:
+                ingest.submit(f"dev-{available_after}", "json", payload(1))
+                await until(lambda: len(replies) == 1)
+            finally:
+                await ingest.stop()
+
+        asyncio.run(main())
+        assert orjson.loads(replies[0])["status"] == "ACCEPTED"
+        assert health.available is available_after

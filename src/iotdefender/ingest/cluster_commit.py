@@ -86,6 +86,7 @@ class JetStreamCommitter:
         # A thing is in one batch in flight at a time (ingest), so depth only adds concurrency.
         self.pipeline_depth = pipeline_depth
         self.batch_max = batch_max
+        self.commits_here = False  # outcomes are the detect nodes' transactions, not this node's database
 
     async def commit(self, batch: Sequence[AcceptedReport]) -> Isolated[Any]:
         """Things concurrently; one thing's reports one after the other, so they enter its

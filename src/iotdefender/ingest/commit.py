@@ -42,6 +42,10 @@ class ReportCommitter(Protocol):
     # The most reports ingest puts in one batch. A batch is answered when all of its reports are
     # settled, so a committer whose reports settle one by one (cluster mode) wants small batches.
     batch_max: int
+    # Whether a commit's outcome tells this process's database is reachable (the single box's own
+    # transaction) or not (cluster mode: another node committed; a broker node cut off from
+    # PostgreSQL must not call its database available because a detect node stored a report).
+    commits_here: bool
 
     async def commit(self, batch: Sequence[AcceptedReport]) -> Isolated[Any]:
         """Commit the batch; what became of each report, by index. Raises only on a defect."""
@@ -56,6 +60,7 @@ class LocalCommitter:
         self._store = store
         self.pipeline_depth = store.pipeline_depth
         self.batch_max = BATCH_MAX  # one transaction per batch: the bigger, the fewer commits
+        self.commits_here = True
 
     async def commit(self, batch: Sequence[AcceptedReport]) -> Isolated[Any]:
         return await anyio.to_thread.run_sync(self._commit, batch)

@@ -242,10 +242,11 @@ class IngestService:
             outcome = Isolated(failed={i: error for i in range(len(batch))})
         finally:
             self._in_flight_things -= things
-        if outcome.outage is not None:
-            self._health.failed(outcome.outage)
-        elif outcome.stored:
-            self._health.succeeded()
+        if self._batches.commits_here:  # another node's commit says nothing of this node's database
+            if outcome.outage is not None:
+                self._health.failed(outcome.outage)
+            elif outcome.stored:
+                self._health.succeeded()
         self._answer(batch, outcome)
 
     def _answer(self, batch: list[AcceptedReport], outcome: Isolated[Any]) -> None:
