@@ -28,7 +28,14 @@ def test_a_node_cut_off_from_its_database_hands_its_partitions_over_and_takes_th
         topology = Topology(replicas=1, lease_ttl_s=2.0)
         await ensure(nc.jetstream(), topology)
         cut_off = {"a": False, "b": False}
+        releases = asyncio.Event()  # b's releases wait for it: b stands aside while it holds leases
+        releases.set()
+
+        async def released(partition: int) -> None:
+            await releases.wait()
+
         nodes = {name: DetectConsumer(nc.jetstream(), topology, name, _nothing,
+                                      on_released=released,
                                       stand_aside=lambda name=name: cut_off[name]) for name in "ab"}
         a, b = nodes["a"], nodes["b"]
 
@@ -45,8 +52,16 @@ def test_a_node_cut_off_from_its_database_hands_its_partitions_over_and_takes_th
         await eventually(lambda: set(b.ownership.owned()) == share["b"] and set(a.ownership.owned()) == share["a"],
                     15, "a and b share the partitions")
 
+        releases.clear()
         cut_off["b"] = True
         cut = time.monotonic()
+        held = dict(b.ownership.owned())
+        await eventually(lambda: b.ownership.standing_aside, 5, "b stands aside")
+        # From then on its readers hand nothing to the writer (the database does not answer),
+        # while its leases are still being released.
+        assert set(held) <= set(b.ownership.kept())
+        assert not any(b.ownership.holds(p, token) for p, token in held.items())
+        releases.set()
         await eventually(lambda: len(a.ownership.owned()) == PARTITION_COUNT, 10, "a takes b's partitions")
         took = time.monotonic() - cut
         assert b.ownership.standing_aside and b.ownership.kept() == {} and b.readers == {}

@@ -73,7 +73,8 @@ class ClusterHealth:
         if self._consumer is not None:
             owned, share = self._shares()
             if self._consumer.ownership.standing_aside:
-                missing["partitions"] = "standing aside: the database does not answer; the other detect nodes hold them"
+                missing["partitions"] = ("standing aside: the database does not answer; its partitions went to the "
+                                         "other detect nodes")
             elif not share:
                 missing["partitions"] = "not yet a member of the detect nodes"
             elif owned != share and self._differs_too_long():

@@ -23,6 +23,8 @@ import structlog
 from prometheus_client import Gauge
 from sqlalchemy.engine import Engine
 
+from iotdefender.store.database import probe_engine
+
 log = structlog.get_logger("iotdefender.database")
 
 AVAILABLE = Gauge("iotdefender_database_available", "1 while the database is reachable, 0 during an outage")
@@ -81,8 +83,10 @@ class DatabaseHealth:
 
     @classmethod
     def of(cls, engine: Engine, probe_interval: float = 1.0) -> DatabaseHealth:
+        probing = probe_engine(engine)
+
         def probe() -> None:
-            with engine.connect() as conn:
+            with probing.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
 
         return cls(probe, probe_interval)

@@ -85,9 +85,31 @@ def create_engine(url: str) -> Engine:
 
         return engine
     # connect_timeout: an unreachable server fails a batch (ServiceUnavailable) in seconds,
-    # instead of holding the writer for the operating system's TCP timeout.
+    # instead of holding the writer for the operating system's TCP timeout. The TCP settings do
+    # the same for a connection already open when the path to the server starts dropping packets
+    # (a firewall rule, a dead route): without them a query, or the pool's pre-ping, waited for
+    # the kernel's retransmissions (~15 min), and an operator's trial saw a node's transactions and
+    # its /healthz hang for the whole of a 40 s cut.
     return sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True,
-                            connect_args={"connect_timeout": 5}, **_JSON)
+                            connect_args={"connect_timeout": 5, **_TCP_LIMITS}, **_JSON)
+
+
+#: libpq's TCP options (PostgreSQL's "Connection Strings"): data sent and not acknowledged for
+#: ``tcp_user_timeout`` ms fails the connection; an idle one is probed after 5 s, every 2 s, 3 times.
+#: A query that runs long sends nothing meanwhile and is not cut by either.
+_TCP_LIMITS = {"tcp_user_timeout": 10_000, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+               "keepalives_count": 3}
+
+
+def probe_engine(engine: Engine) -> Engine:
+    """An engine for asking whether the database answers, in about 2 s whatever the network does:
+    a new connection per probe (an open pooled one may sit on a path that drops packets), a 2 s
+    connect timeout, and 2 s for the query's packets and the query. SQLite: the engine itself."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    return sa.create_engine(engine.url, poolclass=sa.pool.NullPool,
+                            connect_args={"connect_timeout": 2, **_TCP_LIMITS, "tcp_user_timeout": 2_000,
+                                          "options": "-c statement_timeout=2000"})
 
 
 _WRITE_OPTION = "iotdefender_write"
