@@ -36,6 +36,7 @@ from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.api.app import ApiService, create_app, create_operations_app
 from iotdefender.api.extensions import Extensions
 from iotdefender.backtest.jobs import BacktestJobs
+from iotdefender.brokers.external import ExternalBroker
 from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable
 from iotdefender.brokers.observer import NULL_OBSERVER
@@ -186,6 +187,8 @@ class BrokerRole:
         if not self.running:  # a standby intake (below), or stopped already
             return
         self.running = False
+        if isinstance(self.broker, ExternalBroker):
+            self.broker.hand_over()  # an operator's broker: the next reader may take the session at once
         await self.ingest.stop()  # those in flight answered while the broker can still deliver the answers
         await self.broker.stop()
 
@@ -255,14 +258,6 @@ def broker_events(settings: Settings, roles: frozenset[str], devices: BrokerRole
     return None
 
 
-class _ServiceClients:
-    """The MQTT connection of the cluster's reader of an external broker (``--mqtt-url``:
-    ``iotdefender-intake``, whichever broker node reads): not a device, whichever node reads the events."""
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.startswith("iotdefender-")
-
-
 def nats_events(settings: Settings, engine: Engine, intake: CloudEventIntake, node_id: str
                 ) -> Coroutine[Any, Any, None]:
     """An external NATS broker's system events and /connz counters, read by one node at a time
@@ -273,7 +268,8 @@ def nats_events(settings: Settings, engine: Engine, intake: CloudEventIntake, no
 
     async def start() -> None:
         reader = NatsEventReader(settings.nats_events_url or "", settings.nats_monitor_url or "", intake,
-                                 poll_s=min(1.0, settings.effective_metrics_window / 4), ignore=_ServiceClients())
+                                 poll_s=min(1.0, settings.effective_metrics_window / 4),
+                                 ignore=frozenset({settings.mqtt_client_id}))  # the cluster's reader of reports: not a device
         readers.append(reader)
         await reader.start()
 

@@ -26,7 +26,7 @@ from iotdefender.api.credentials import CredentialStore, load_credentials
 from iotdefender.api.extensions import Extensions
 from iotdefender.api.http_limits import BoundedHttpToolsProtocol
 from iotdefender.backtest.jobs import BacktestJobs
-from iotdefender.brokers.external import INTAKE_CLIENT_ID, ExternalBroker, parse_broker_url
+from iotdefender.brokers.external import ExternalBroker, parse_broker_url
 from iotdefender.brokers.gatekeeper import Gatekeeper, check_password_file
 from iotdefender.brokers.listeners import ListenerSettings, ReportSink, check_tls_files
 from iotdefender.brokers.mosquitto.broker import MosquittoBroker
@@ -303,7 +303,7 @@ def build_broker(settings: Settings, gatekeeper: Gatekeeper, submit: ReportSink
     """The device-facing broker (Mosquitto of our own, or an external one we join) and its endpoint."""
     if settings.mqtt_url is not None:
         return (ExternalBroker(parse_broker_url(settings.mqtt_url), submit, settings.mqtt_ca,
-                               client_id=INTAKE_CLIENT_ID, persistent=True),
+                               client_id=settings.mqtt_client_id, persistent=True),
                 settings.mqtt_url_for_logs or settings.mqtt_url)
     listeners = ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
                                  settings.mqtt_cert, settings.mqtt_key)

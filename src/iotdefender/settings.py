@@ -32,6 +32,7 @@ class Settings:
     mqtt_password_file: Path | None = None
     mqtt_acl: str = "own"
     mqtt_url: str | None = None
+    mqtt_client_id: str = "iotdefender-intake"  # brokers/external.py: the reader's persistent session
     time_scale: float = 1.0
     report_min_interval: float | None = None
     metric_retention: float | None = None
@@ -176,6 +177,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     mqtt.add_argument("--mqtt-url", default=None,
                       help="join this broker as a client instead of running Mosquitto: mqtt[s]://user:pass@host:port "
                            "(--mqtt-ca verifies an mqtts broker)")
+    mqtt.add_argument("--mqtt-client-id", default=d.mqtt_client_id,
+                      help="with --mqtt-url: the client id of the service's persistent session there, whose "
+                           "queued reports it reads after a restart (default %(default)s); every node of one "
+                           "cluster uses the same, and two services on one broker each their own")
     mqtt.add_argument("--mqtt-port", type=int, default=d.mqtt_port, help="plain MQTT listener of the service's Mosquitto (default %(default)s)")
     mqtt.add_argument("--mqtt-tls-port", type=int, default=None, help="MQTT over TLS listener (e.g. 8883)")
     mqtt.add_argument("--mqtt-ca", default=None, help="CA certificate file that signs device certificates")

@@ -38,8 +38,9 @@ from iotdefender.brokers.listeners import ReportSink
 log = structlog.get_logger("iotdefender.broker.external")
 
 REPORT_FILTERS = ("$aws/things/+/defender/metrics/json", "$aws/things/+/defender/metrics/cbor")
-#: The reports' reader's client id on an operator's broker: one persistent session whichever
-#: process reads (a cluster's broker nodes take turns; ``iotdefender-`` marks it as not a device).
+#: The reports' reader's default client id on an operator's broker (``--mqtt-client-id``): one
+#: persistent session whichever process reads (a cluster's broker nodes take turns); two services
+#: on one broker must each have their own, or they take the session from each other.
 INTAKE_CLIENT_ID = "iotdefender-intake"
 _MAX_DELAY_S = 30.0
 
@@ -141,9 +142,23 @@ class ExternalBroker:
         await self._client.connect(self._url.host, self._url.port, ssl=context, version=MQTTv311, keepalive=30)
         await asyncio.wait_for(self._connected.wait(), timeout=30)
 
-    async def stop(self) -> None:
-        self._stopping = True  # our own DISCONNECT is not worth a warning
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up (connected and subscribed)."""
+        return self._connected.is_set()
+
+    def hand_over(self) -> None:
+        """Stop taking the connection back: the next reader of the session (the same client id:
+        a cluster's intake moving to another node) may take it from now on, and this one stays
+        disconnected; until then it still delivers the answers of the reports in flight. Without
+        this, a reader that had lost its lock reconnected every 2 s while it answered those, each
+        time taking the session from the new reader (Mosquitto: 7 takeovers in 12 s, the reports
+        that reached it meanwhile answered ServiceUnavailable)."""
+        self._stopping = True
         self._client.stop_reconnect()
+
+    async def stop(self) -> None:
+        self.hand_over()  # our own DISCONNECT is not worth a warning
         await self._client.disconnect()
 
     def publish_now(self, topic: str, payload: bytes, qos: int = 1) -> None:

@@ -59,6 +59,9 @@ def shared_values(settings: Settings) -> dict[str, str | float | int]:
         "--ml-refresh-period": settings.effective_ml_refresh_period,
         "--ml-expiry": settings.effective_ml_expiry,
         "--cloud-metrics": "on" if settings.cloud_metrics else "off",
+        # One session on an operator's broker for the cluster: with two, both would read and
+        # answer every report. Published only by nodes given --mqtt-url (not compared otherwise).
+        **({"--mqtt-client-id": settings.mqtt_client_id} if settings.mqtt_url is not None else {}),
     }
 
 
