@@ -29,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from iotdefender.engine.ml import calibration, discrete, seasonal, shifts, tails
+from iotdefender.engine.ml import calibration, discrete, refit, seasonal, shifts, tails
+from iotdefender.engine.ml.clock import between_table
 from iotdefender.engine.ml.data import TrainingData
 from iotdefender.engine.ml.model import BehaviorModel, DeviceBands, ModelSummary
 from iotdefender.engine.ml.robust import MAD_TO_STD, Segments, clipped_location_and_std
@@ -38,6 +39,9 @@ from iotdefender.engine.ml.settings import TrainingSettings
 _MIN_SAMPLED_PER_DEVICE = 20
 _RHYTHM_CLIP = 4.0
 _HEAVY_CAP = 8.0  # scores are capped here for a device's kurtosis, so one anomaly in training does not decide it
+# Sampled but grouped by device: the rhythm basis from all the datapoints of this many devices
+# (refit.shared_basis; ~12 datapoints a slot each instead of the sample's ~0.7).
+_FULL_BASIS_DEVICES = 5_000
 _DIFFERENCE_CAP = 5.0  # the same for successive differences (tails.py): one capped pair adds 0.3 to 4,000's kurtosis
 
 
@@ -89,7 +93,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     values = data.value if picked is None else data.value[picked]
     nonnegative = bool(np.min(values) >= 0)  # of the sample: one pass less over the full set
     counts = discrete.is_count(values)  # spreads get a Poisson floor (discrete.py)
-    y = _log32(values, nonnegative)
+    y = tails.log32(values, nonnegative)
     del values
     clock = settings.clock
     first, second, fraction = clock.between_all(data.time if picked is None else data.time[picked])
@@ -104,7 +108,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     fleet = _sample(len(y), settings.fleet_sample, rng)
     fleet = np.arange(len(y)) if fleet is None else fleet
     center = fallbacks.median(slot[fleet], y[fleet])
-    residual = y - _between(center.astype(f32), first, second, fraction)
+    residual = y - between_table(center.astype(f32), first, second, fraction)
     del y
     fleet_scale = np.maximum(MAD_TO_STD * fallbacks.median(slot[fleet], np.abs(residual[fleet])), settings.min_scale)
     if counts:
@@ -123,6 +127,8 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
 
     # 3. Each device's rhythm, then its level and spread around it.
     residual -= segments.spread(location)
+    full_fit: refit.FullFit | None = None
+    fitted_on = sampled  # datapoints each device's centre was fitted on
     basis = np.zeros((clock.slots, 0), f32)
     weights = np.zeros((n_devices, 0), f32)
     if settings.rank and own.any():
@@ -130,10 +136,12 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         first_cell, second_cell = row + first, row + second
         del row
         keep = own_point
-        basis64 = seasonal.shared_basis(segments, slot, residual, keep, own, fallbacks, settings.rank)
+        basis64 = refit.shared_basis(data, clock, center, location, own, fallbacks, settings.rank,
+                                     nonnegative=nonnegative, devices=_FULL_BASIS_DEVICES) if all_tails else \
+            seasonal.shared_basis(segments, slot, residual, keep, own, fallbacks, settings.rank)
         weights64 = seasonal.fit_weights(segments, slot, residual, keep, fallbacks, basis64)
         # Refit without the datapoints far from the first fit (anomalies inside the training window).
-        fitted = residual - _between((weights64 @ basis64.T).astype(f32).ravel(), first_cell, second_cell, fraction)
+        fitted = residual - between_table((weights64 @ basis64.T).astype(f32).ravel(), first_cell, second_cell, fraction)
         _, first_spread = clipped_location_and_std(segments, fitted, rounds=1,
                                                    start=(np.zeros(n_devices), spread.astype(np.float64)))
         keep = own_point & (np.abs(fitted) <= segments.spread(
@@ -145,8 +153,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         weights64[~own] = 0.0
         del keep
         basis, weights = basis64.astype(f32), weights64.astype(f32)
-        residual -= _between((weights @ basis.T).ravel(), first_cell, second_cell, fraction)  # [devices, slots]
-        del first_cell, second_cell
+        residual -= between_table((weights @ basis.T).ravel(), first_cell, second_cell, fraction)  # [devices, slots]
         shift, spread2 = clipped_location_and_std(segments, residual, rounds=1,
                                                   start=(np.zeros(n_devices), spread.astype(np.float64)))
         shift = np.where(own, np.nan_to_num(shift), 0.0).astype(f32)
@@ -154,6 +161,21 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         location += shift
         spread = np.where(own, np.maximum(np.nan_to_num(spread2, nan=settings.min_scale), settings.min_scale),
                           spread).astype(f32)
+        if all_tails:
+            # 3a. Sampled, but grouped by device: each device's level, weights and spread again from
+            # all its datapoints (refit.py), from this fit; the sample's residuals follow.
+            full_fit = refit.refit(data, clock, center, basis64, fallbacks,
+                                   refit.SampleFit(location, weights, spread), nonnegative=nonnegative,
+                                   rhythm_clip=_RHYTHM_CLIP, cap=_DIFFERENCE_CAP)
+            refitted = np.where(own, full_fit.location, location).astype(f32)
+            refitted_weights = np.where(own[:, None], full_fit.weights, weights).astype(f32)
+            moved_by = ((refitted_weights - weights) @ basis.T + (refitted - location)[:, None]).astype(f32)
+            residual -= between_table(moved_by.ravel(), first_cell, second_cell, fraction)
+            del moved_by
+            location[:], weights[:] = refitted, refitted_weights
+            spread = np.where(own, np.maximum(full_fit.spread, settings.min_scale), spread).astype(f32)
+            fitted_on = full_fit.datapoints
+        del first_cell, second_cell
 
     if counts:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -163,8 +185,9 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
 
     # 3b. Devices whose level changed inside the window (shifts.py): ``train`` fits again without
     # what follows the change when that is the shorter part. One pass over every datapoint.
-    differences = tails.differences(data.device, data.value, n_devices, spread, cap=_DIFFERENCE_CAP,
-                                    nonnegative=nonnegative) if by_device else None
+    differences = full_fit.differences if full_fit is not None else \
+        tails.differences(data.device, data.value, n_devices, spread, cap=_DIFFERENCE_CAP,
+                          nonnegative=nonnegative) if by_device else None
     moved = np.zeros(n_devices, dtype=bool) if differences is None else \
         shifts.changed(differences.rms, differences.count, own)
 
@@ -196,22 +219,25 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     shares = [share for _, share in settings.exceedance]
     floors = [floor for _, floor in settings.min_scores]
     sorting = np.zeros(len(scores), dtype=bool)
-    sorting[::2] = True
-    # How heavy a tail is: the kurtosis of the scores (3 for a normal distribution), which tells a
-    # spiky device from a smooth one on a few hundred datapoints, where counting rare large scores
-    # cannot.
-    squares = np.minimum(scores, np.float32(_HEAVY_CAP))
-    squares *= squares
-    squares *= sorting
-    n_sorting = segments.sum(sorting)
-    moment2 = segments.sum(squares)
-    squares *= squares
-    moment4 = segments.sum(squares)
-    del squares
-    with np.errstate(invalid="ignore", divide="ignore"):
-        heaviness = np.nan_to_num(moment4 * n_sorting / (moment2 * moment2))
     if all_tails and differences is not None:
+        # How heavy a tail is, from the successive differences of all datapoints (tails.py): no
+        # score sorts, all of them calibrate.
         heaviness = differences.kurtosis
+    else:
+        sorting[::2] = True
+        # How heavy a tail is: the kurtosis of the scores (3 for a normal distribution), which tells a
+        # spiky device from a smooth one on a few hundred datapoints, where counting rare large scores
+        # cannot.
+        squares = np.minimum(scores, np.float32(_HEAVY_CAP))
+        squares *= squares
+        squares *= sorting
+        n_sorting = segments.sum(sorting)
+        moment2 = segments.sum(squares)
+        squares *= squares
+        moment4 = segments.sum(squares)
+        del squares
+        with np.errstate(invalid="ignore", divide="ignore"):
+            heaviness = np.nan_to_num(moment4 * n_sorting / (moment2 * moment2))
     cohort = calibration.cohorts(heaviness, own, settings.tail_cohorts)
     point_cohort = segments.spread(cohort)[~sorting]
     scores = scores[~sorting]
@@ -231,7 +257,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     # thresholds; new datapoints are judged with the spread widened by that factor (6 % at 300
     # datapoints and rank 16, under 1 % at 4,000).
     parameters = 1 + basis.shape[1]
-    spread = (spread * np.sqrt((sampled + parameters) / np.maximum(sampled - parameters, 1))).astype(f32)
+    spread = (spread * np.sqrt((fitted_on + parameters) / np.maximum(fitted_on - parameters, 1))).astype(f32)
 
     bands = DeviceBands(
         center=center, fleet_scale=fleet_scale, shape=shape, basis=basis,
@@ -258,20 +284,3 @@ def _sample(n: int, limit: int, rng: np.random.Generator) -> npt.NDArray[np.int6
     picked += rng.integers(0, block, len(picked), dtype=np.int64)
     np.minimum(picked, n - 1, out=picked)
     return picked
-
-
-def _between(table: npt.NDArray[np.float32], first: npt.NDArray[np.integer], second: npt.NDArray[np.integer],
-             fraction: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """The line between ``table[first]`` and ``table[second]``, ``fraction`` of the way."""
-    low = table[first]
-    result: npt.NDArray[np.float32] = low + fraction * (table[second] - low)
-    return result
-
-
-def _log32(values: npt.NDArray[np.floating], nonnegative: bool) -> npt.NDArray[np.float32]:
-    """``model.to_log`` over an array, in float32 (half the memory and time of float64)."""
-    v = values.astype(np.float32, copy=False)
-    if nonnegative:
-        return np.log1p(v)
-    result: npt.NDArray[np.float32] = np.copysign(np.log1p(np.abs(v)), v)
-    return result
