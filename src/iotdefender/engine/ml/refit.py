@@ -23,7 +23,7 @@ chunks of whole devices that fit the cache fits each device again, starting from
    spreads 2.2 times the noise with it, 1.7 without); on ~4,000 datapoints a device's own data
    decide its 17 numbers to ~6 % of its noise;
 3. the residuals around the corrected fit and their clipped moments (robust.py): the level's last
-   shift and the spread;
+   shift and the spread, one round from the spread around the level alone, as on all datapoints;
 4. with that spread, the moments of the successive differences (tails.py): how heavy the device's
    tail is, and whether its level changed inside the window (shifts.py). The tails pass read every
    value already; this pass replaces it, so the values are read and log-scaled once.
@@ -42,7 +42,7 @@ from iotdefender.engine.ml import tails
 from iotdefender.engine.ml.clock import SeasonalClock
 from iotdefender.engine.ml.data import TrainingData
 from iotdefender.engine.ml.robust import Segments, clipped_location_and_std
-from iotdefender.engine.ml.seasonal import Fallbacks, basis_devices, principal_rhythms, solve_weights
+from iotdefender.engine.ml.seasonal import Fallbacks, NormalEquations, basis_devices, principal_rhythms
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,11 @@ class SampleFit:
 
     location: npt.NDArray[np.floating]  # level relative to the fleet's centre, log scale
     weights: npt.NDArray[np.floating]  # [devices, rank]
-    spread: npt.NDArray[np.floating]
+    spread: npt.NDArray[np.floating]  # around level and rhythm
+    # Around the level alone (wider): the clipped moments around the new fit start from it, as
+    # training's on all datapoints do (a narrower start clips a heavy tail more: 4 % narrower spreads
+    # for the Student-t devices of the benchmark).
+    level_spread: npt.NDArray[np.floating]
 
 
 @dataclass(frozen=True)
@@ -66,12 +70,16 @@ class FullFit:
 
 
 def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float64], basis: npt.NDArray[np.float64],
-          fallbacks: Fallbacks, start: SampleFit, *, nonnegative: bool, rhythm_clip: float, cap: float,
+          fallbacks: Fallbacks, start: SampleFit, sampled: npt.NDArray[np.int64], *, nonnegative: bool, rhythm_clip: float, cap: float,
           clip: float = 3.5, rounds: int = 1) -> FullFit:
     """One pass over ``data`` (grouped by device): ``FullFit`` from the sample's ``start``.
 
-    ``center`` [slots] is the fleet's centre, ``basis`` [slots, rank] its rhythms; ``cap`` is the
-    differences' (tails.py), ``clip`` and ``rounds`` the clipped moments' (robust.py).
+    ``center`` [slots] is the fleet's centre, ``basis`` [slots, rank] its rhythms; ``sampled`` the
+    sample's datapoints (increasing indices into ``data``), whose scores set the thresholds: the
+    differences that say which tail cohort a device is in leave them out (cross-fitted, as training
+    on all datapoints sorts on half and calibrates on the other: a device whose window happened to
+    be light would otherwise bring its light scores to a light cohort and pull its thresholds
+    low). ``cap`` is the differences' (tails.py), ``clip`` and ``rounds`` the clipped moments' (robust.py).
     """
     n_devices = len(data.devices)
     slots, rank = basis.shape
@@ -81,12 +89,15 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
     # One column for the level, then the rhythms: the correction is fitted jointly.
     augmented = np.concatenate((np.ones((slots, 1)), basis), axis=1)
     augmented32 = augmented.astype(f32)
+    equations = NormalEquations(augmented)
     center32 = center.astype(f32)
     location = start.location.astype(f32)
     weights = start.weights.astype(f32)
     spread = start.spread.astype(f32)
+    level_spread = start.level_spread.astype(np.float64)
     m2 = np.zeros(n_devices)
     m4 = np.zeros(n_devices)
+    count = np.zeros(n_devices, dtype=np.int64)
     for a, b in tails.chunks(bounds):
         begin, stop = int(bounds[a]), int(bounds[b])
         if stop == begin:
@@ -113,21 +124,23 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
         # The small ridge, towards the sample's weights: the cohort prior (seasonal.cohort_prior)
         # pulled strong rhythms towards their cohort's mean of first fits on ~235 datapoints,
         # which that fit's ridge shrinks by ~7 %: on 4,000 datapoints their own data decide.
-        step = solve_weights(sums, counts, augmented).astype(f32)
+        step = equations.solve(sums, counts).astype(f32)
         residual -= _along(step[:, :1] + step[:, 1:] @ augmented32[:, 1:].T, cell, fraction)
         location[a:b] += step[:, 0]
         weights[a:b] += step[:, 1:]
         del cell, fraction
-        # 3. Level and spread around the corrected fit (clipped moments, from the sample's spread).
-        shift, std = clipped_location_and_std(segments, residual, clip=clip, rounds=rounds,
-                                              start=(np.zeros(m), spread[a:b].astype(np.float64)))
+        # 3. Level and spread around the corrected fit (clipped moments, as training's on all datapoints).
+        wide = level_spread[a:b]
+        shift, std = clipped_location_and_std(segments, residual, clip=clip, rounds=rounds, start=(np.zeros(m), wide))
         location[a:b] += np.nan_to_num(shift).astype(f32)
         std = np.where(np.isfinite(std), std, spread[a:b])
         spread[a:b] = std.astype(f32)
         # 4. The successive differences with that spread.
         inverse = (1.0 / (np.sqrt(2.0) * np.maximum(std, 1e-9))).astype(f32)
-        m2[a:b], m4[a:b] = tails.run_moments(y, lengths[a:b], inverse, cap)
-    return FullFit(location, weights, spread, lengths, tails.finish(m2, m4, lengths))
+        left_out = np.zeros(stop - begin, dtype=bool)
+        left_out[sampled[np.searchsorted(sampled, begin):np.searchsorted(sampled, stop)] - begin] = True
+        m2[a:b], m4[a:b], count[a:b] = tails.run_moments(y, lengths[a:b], inverse, cap, left_out)
+    return FullFit(location, weights, spread, lengths, tails.finish(m2, m4, count))
 
 
 def _along(table: npt.NDArray[np.float32], cell: npt.NDArray[np.int32],

@@ -132,29 +132,42 @@ def fit_weights(segments: Segments, slot: npt.NDArray[np.int16], residual: npt.N
     empty slots solvable.
     """
     weights = np.zeros((len(segments.counts), basis.shape[1]))
+    equations = NormalEquations(basis)
     for a, b, sums, counts in _tables(segments, slot, residual, keep, fallbacks):
-        weights[a:b] = solve_weights(sums, counts, basis, None if prior is None else (prior[0][a:b], prior[1][a:b]))
+        weights[a:b] = equations.solve(sums, counts, None if prior is None else (prior[0][a:b], prior[1][a:b]))
     return weights
 
 
-def solve_weights(sums: npt.NDArray[np.float64], counts: npt.NDArray[np.float64], basis: npt.NDArray[np.float64],
-                  prior: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
-                  ) -> npt.NDArray[np.float64]:
-    """[devices, rank]: the normal equations of ``fit_weights`` from [devices, slots] residual sums
-    and counts (``Fallbacks.table``), ``prior`` (mean, ridge) for these devices or the small ridge."""
-    slots, rank = basis.shape
-    outer = np.einsum("sk,sl->skl", basis, basis).reshape(slots, rank * rank)
-    gram = (counts @ outer).reshape(len(counts), rank, rank)
-    right = sums @ basis
-    diagonal = np.arange(rank)
-    if prior is None:
-        gram[:, diagonal, diagonal] += RIDGE
-    else:
-        mean, ridge = prior
-        gram[:, diagonal, diagonal] += ridge
-        right += ridge * mean
-    weights: npt.NDArray[np.float64] = np.linalg.solve(gram, right[:, :, None])[:, :, 0]
-    return weights
+class NormalEquations:
+    """``fit_weights``' least squares for one ``basis`` [slots, rank], solved per batch of devices
+    from their [devices, slots] residual sums and counts (``Fallbacks.table``)."""
+
+    def __init__(self, basis: npt.NDArray[np.float64]) -> None:
+        self.basis = basis
+        rank = basis.shape[1]
+        # The Gram matrices are symmetric: the upper triangle only, in float32 (counts of a few
+        # thousand times products of basis entries), a quarter of the work of the whole in float64.
+        self._upper, self._lower = np.triu_indices(rank)
+        self._outer = (basis[:, self._upper] * basis[:, self._lower]).astype(np.float32)
+
+    def solve(self, sums: npt.NDArray[np.float64], counts: npt.NDArray[np.float64],
+              prior: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None) -> npt.NDArray[np.float64]:
+        """[devices, rank]; ``prior`` (mean, ridge) for these devices, else the small ridge."""
+        rank = self.basis.shape[1]
+        triangle = counts.astype(np.float32) @ self._outer
+        gram = np.empty((len(counts), rank, rank))
+        gram[:, self._upper, self._lower] = triangle
+        gram[:, self._lower, self._upper] = triangle
+        right: npt.NDArray[np.float64] = np.asarray(sums @ self.basis, dtype=np.float64)
+        diagonal = np.arange(rank)
+        if prior is None:
+            gram[:, diagonal, diagonal] += RIDGE
+        else:
+            mean, ridge = prior
+            gram[:, diagonal, diagonal] += ridge
+            right += ridge * mean
+        weights: npt.NDArray[np.float64] = np.asarray(np.linalg.solve(gram, right[:, :, None])[:, :, 0], dtype=np.float64)
+        return weights
 
 
 def cohort_prior(weights: npt.NDArray[np.float64], spread: npt.NDArray[np.floating],

@@ -12,11 +12,16 @@ and compare bytes. The steps, on the log scale (model.py says why log):
    around level + rhythm; where that spread is much wider than the noise the device's successive
    differences show, its level changed inside the window (shifts.py), and when the part after the
    change is the shorter, the model is fitted again without it (not when training samples);
+   when training samples and the datapoints come grouped by device (the service's trainer reads
+   them so), each device's level, rhythm weights and spread are fitted again from all its
+   datapoints in one pass, and the rhythm basis comes from all the datapoints of 5,000 devices
+   (refit.py): the sample then serves only what the fleet shares;
 4. the fleet's per-slot multiplier of those spreads (quiet nights, busy mornings);
 5. the thresholds: per cohort of devices with alike tails, the score that the level's share of
    training datapoints reaches, never below a floor (calibration.py). How heavy a device's tail is
    comes from all its datapoints when the statistics had to be sampled and the datapoints come
-   grouped by device (tails.py), else from the sample's scores.
+   grouped by device (tails.py; then every sampled score calibrates), else from every other
+   datapoint's score (the rest calibrate).
 
 Integer data (counts) get a floor on every spread from a Poisson count's (discrete.py), so a
 metric that is 0 most of the time does not get a spread of ``min_scale`` and thresholds of 100,
@@ -98,6 +103,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     clock = settings.clock
     first, second, fraction = clock.between_all(data.time if picked is None else data.time[picked])
     slot = np.where(fraction < 0.5, first, second)  # the slot each datapoint falls in
+    sample_index = picked if all_tails and picked is not None else np.zeros(0, dtype=np.int64)
     del picked
     sampled = np.bincount(device, minlength=n_devices)
     segments = Segments(sampled)
@@ -144,37 +150,40 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         fitted = residual - between_table((weights64 @ basis64.T).astype(f32).ravel(), first_cell, second_cell, fraction)
         _, first_spread = clipped_location_and_std(segments, fitted, rounds=1,
                                                    start=(np.zeros(n_devices), spread.astype(np.float64)))
-        keep = own_point & (np.abs(fitted) <= segments.spread(
-            (_RHYTHM_CLIP * np.nan_to_num(first_spread, nan=1.0)).astype(f32)))
-        del fitted
-        prior = seasonal.cohort_prior(weights64, np.nan_to_num(first_spread, nan=1.0), segments.sum(keep), own,
-                                      clock.slots)
-        weights64 = seasonal.fit_weights(segments, slot, residual, keep, fallbacks, basis64, prior)
-        weights64[~own] = 0.0
-        del keep
-        basis, weights = basis64.astype(f32), weights64.astype(f32)
-        residual -= between_table((weights @ basis.T).ravel(), first_cell, second_cell, fraction)  # [devices, slots]
-        shift, spread2 = clipped_location_and_std(segments, residual, rounds=1,
-                                                  start=(np.zeros(n_devices), spread.astype(np.float64)))
-        shift = np.where(own, np.nan_to_num(shift), 0.0).astype(f32)
-        residual -= segments.spread(shift)
-        location += shift
-        spread = np.where(own, np.maximum(np.nan_to_num(spread2, nan=settings.min_scale), settings.min_scale),
-                          spread).astype(f32)
+        first_spread = np.nan_to_num(first_spread, nan=1.0)
         if all_tails:
-            # 3a. Sampled, but grouped by device: each device's level, weights and spread again from
-            # all its datapoints (refit.py), from this fit; the sample's residuals follow.
+            # 3a. Sampled, but grouped by device: each device's level, weights and spread from all its
+            # datapoints (refit.py), starting from this first fit; the sample's residuals follow.
+            del fitted
+            weights64[~own] = 0.0
+            basis, weights = basis64.astype(f32), weights64.astype(f32)
             full_fit = refit.refit(data, clock, center, basis64, fallbacks,
-                                   refit.SampleFit(location, weights, spread), nonnegative=nonnegative,
-                                   rhythm_clip=_RHYTHM_CLIP, cap=_DIFFERENCE_CAP)
+                                   refit.SampleFit(location, weights, first_spread, spread), sample_index,
+                                   nonnegative=nonnegative, rhythm_clip=_RHYTHM_CLIP, cap=_DIFFERENCE_CAP)
             refitted = np.where(own, full_fit.location, location).astype(f32)
-            refitted_weights = np.where(own[:, None], full_fit.weights, weights).astype(f32)
-            moved_by = ((refitted_weights - weights) @ basis.T + (refitted - location)[:, None]).astype(f32)
+            weights = np.where(own[:, None], full_fit.weights, weights).astype(f32)
+            moved_by = (weights @ basis.T + (refitted - location)[:, None]).astype(f32)
             residual -= between_table(moved_by.ravel(), first_cell, second_cell, fraction)
             del moved_by
-            location[:], weights[:] = refitted, refitted_weights
+            location[:] = refitted
             spread = np.where(own, np.maximum(full_fit.spread, settings.min_scale), spread).astype(f32)
             fitted_on = full_fit.datapoints
+        else:
+            keep = own_point & (np.abs(fitted) <= segments.spread((_RHYTHM_CLIP * first_spread).astype(f32)))
+            del fitted
+            prior = seasonal.cohort_prior(weights64, first_spread, segments.sum(keep), own, clock.slots)
+            weights64 = seasonal.fit_weights(segments, slot, residual, keep, fallbacks, basis64, prior)
+            weights64[~own] = 0.0
+            del keep
+            basis, weights = basis64.astype(f32), weights64.astype(f32)
+            residual -= between_table((weights @ basis.T).ravel(), first_cell, second_cell, fraction)  # [devices, slots]
+            shift, spread2 = clipped_location_and_std(segments, residual, rounds=1,
+                                                      start=(np.zeros(n_devices), spread.astype(np.float64)))
+            shift = np.where(own, np.nan_to_num(shift), 0.0).astype(f32)
+            residual -= segments.spread(shift)
+            location += shift
+            spread = np.where(own, np.maximum(np.nan_to_num(spread2, nan=settings.min_scale), settings.min_scale),
+                              spread).astype(f32)
         del first_cell, second_cell
 
     if counts:
