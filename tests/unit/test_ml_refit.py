@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from iotdefender.engine.ml import TrainingData, TrainingSettings, train
-from iotdefender.engine.ml import tails
+from iotdefender.engine.ml import refit, tails
 
 START = 1_800_000_000.0
 DAY = 86_400.0
@@ -66,12 +66,13 @@ def test_without_grouped_datapoints_training_keeps_the_sample_fit() -> None:
     assert np.median(scores) < 4.75  # the sample's fit, widened for its in-sample bias, as before
 
 
-@pytest.mark.parametrize("chunk", [700, 10_000_000])
+@pytest.mark.parametrize(("chunk", "block"), [(700, 5_000), (5_000, 30_000), (10_000_000, 10_000_000)])
 def test_the_full_fit_does_not_depend_on_how_the_devices_are_chunked(monkeypatch: pytest.MonkeyPatch,
-                                                                     chunk: int) -> None:
+                                                                     chunk: int, block: int) -> None:
     data, normal, sigma, _ = fleet(60)
     base = spike_scores(data, normal, sigma, len(sigma) * SAMPLED)
     monkeypatch.setattr(tails, "_CHUNK", chunk)
+    monkeypatch.setattr(refit, "_BLOCK", block)
     assert spike_scores(data, normal, sigma, len(sigma) * SAMPLED) == pytest.approx(base, rel=1e-4)
 
 

@@ -44,6 +44,8 @@ from iotdefender.engine.ml.data import TrainingData
 from iotdefender.engine.ml.robust import Segments, clipped_location_and_std
 from iotdefender.engine.ml.seasonal import Fallbacks, NormalEquations, basis_devices, principal_rhythms
 
+_BLOCK = 2_000_000  # datapoints whose devices' normal equations are solved together
+
 
 @dataclass(frozen=True)
 class SampleFit:
@@ -98,48 +100,57 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
     m2 = np.zeros(n_devices)
     m4 = np.zeros(n_devices)
     count = np.zeros(n_devices, dtype=np.int64)
-    for a, b in tails.chunks(bounds):
-        begin, stop = int(bounds[a]), int(bounds[b])
-        if stop == begin:
-            continue
+    # Blocks of ~2M datapoints share one solve of the normal equations (a few matrix products: per
+    # chunk of 125k, OpenBLAS's threads woke and spun for each, doubling training's CPU on a busy
+    # machine); within a block, chunks of whole devices that fit the cache.
+    for a, b in tails.chunks(bounds, _BLOCK):
         m = b - a
-        segments = Segments(lengths[a:b])
-        y = tails.log32(data.value[begin:stop], nonnegative)
-        first, fraction = clock.first_of(np.asarray(data.time[begin:stop], dtype=np.float64))
-        row = segments.spread(np.arange(m, dtype=np.int32) * slots)
-        cell = row + first  # the device's slot centre at or before the datapoint
-        # 1. The residual from the sample's fit.
-        residual = y - _along(center32[None, :] + location[a:b, None] + weights[a:b] @ augmented32[:, 1:].T,
-                              cell, fraction)
-        # 2. The correction of level and weights, on the datapoints near the sample's fit.
-        keep = np.abs(residual) <= segments.spread((rhythm_clip * spread[a:b]).astype(f32))
-        cells = _nearest(first, fraction, slots)
-        cells += row
-        cells = cells[keep]
-        del row, first
-        sums, counts = fallbacks.table(
-            np.bincount(cells, weights=residual[keep], minlength=m * slots).astype(np.float64).reshape(m, slots),
-            np.bincount(cells, minlength=m * slots).astype(np.float64).reshape(m, slots))
-        del keep, cells
-        # The small ridge, towards the sample's weights: the cohort prior (seasonal.cohort_prior)
-        # pulled strong rhythms towards their cohort's mean of first fits on ~235 datapoints,
-        # which that fit's ridge shrinks by ~7 %: on 4,000 datapoints their own data decide.
-        step = equations.solve(sums, counts).astype(f32)
-        residual -= _along(step[:, :1] + step[:, 1:] @ augmented32[:, 1:].T, cell, fraction)
+        # 1. Each datapoint's residual from the sample's fit.
+        table = center32[None, :] + location[a:b, None] + weights[a:b] @ augmented32[:, 1:].T
+        sums = np.zeros((m, slots))
+        counts = np.zeros((m, slots))
+        parts = []
+        for c, d in tails.chunks(bounds[a:b + 1]):
+            begin, stop = int(bounds[a + c]), int(bounds[a + d])
+            segments = Segments(lengths[a + c:a + d])
+            y = tails.log32(data.value[begin:stop], nonnegative)
+            first, fraction = clock.first_of(np.asarray(data.time[begin:stop], dtype=np.float64))
+            row = segments.spread(np.arange(d - c, dtype=np.int32) * slots)
+            cell = row + first  # the device's slot centre at or before the datapoint (in the chunk)
+            residual = y - _along(table[c:d], cell, fraction)
+            # 2. Device-slot sums of the datapoints near the sample's fit.
+            keep = np.abs(residual) <= segments.spread((rhythm_clip * spread[a + c:a + d]).astype(f32))
+            cells = _nearest(first, fraction, slots)
+            cells += row
+            cells = cells[keep]
+            size = (d - c) * slots
+            sums[c:d] += np.bincount(cells, weights=residual[keep], minlength=size).reshape(d - c, slots)
+            counts[c:d] += np.bincount(cells, minlength=size).reshape(d - c, slots)
+            parts.append((c, d, begin, stop, segments, y, cell, fraction, residual))
+            del first, row, keep, cells
+        # The correction of level and weights, with the small ridge: the cohort prior
+        # (seasonal.cohort_prior) pulled strong rhythms towards their cohort's mean of first fits on
+        # ~235 datapoints, which that fit's ridge shrinks by ~7 %: on 4,000 datapoints a device's own
+        # data decide.
+        step = equations.solve(*fallbacks.table(sums, counts)).astype(f32)
         location[a:b] += step[:, 0]
         weights[a:b] += step[:, 1:]
-        del cell, fraction
-        # 3. Level and spread around the corrected fit (clipped moments, as training's on all datapoints).
-        wide = level_spread[a:b]
-        shift, std = clipped_location_and_std(segments, residual, clip=clip, rounds=rounds, start=(np.zeros(m), wide))
-        location[a:b] += np.nan_to_num(shift).astype(f32)
-        std = np.where(np.isfinite(std), std, spread[a:b])
-        spread[a:b] = std.astype(f32)
-        # 4. The successive differences with that spread.
-        inverse = (1.0 / (np.sqrt(2.0) * np.maximum(std, 1e-9))).astype(f32)
-        left_out = np.zeros(stop - begin, dtype=bool)
-        left_out[sampled[np.searchsorted(sampled, begin):np.searchsorted(sampled, stop)] - begin] = True
-        m2[a:b], m4[a:b], count[a:b] = tails.run_moments(y, lengths[a:b], inverse, cap, left_out)
+        moved = step[:, :1] + step[:, 1:] @ augmented32[:, 1:].T
+        for c, d, begin, stop, segments, y, cell, fraction, residual in parts:
+            residual -= _along(moved[c:d], cell, fraction)
+            # 3. Level and spread around the corrected fit (clipped moments, as training's on all datapoints).
+            shift, std = clipped_location_and_std(segments, residual, clip=clip, rounds=rounds,
+                                                  start=(np.zeros(d - c), level_spread[a + c:a + d]))
+            location[a + c:a + d] += np.nan_to_num(shift).astype(f32)
+            std = np.where(np.isfinite(std), std, spread[a + c:a + d])
+            spread[a + c:a + d] = std.astype(f32)
+            # 4. The successive differences with that spread.
+            inverse = (1.0 / (np.sqrt(2.0) * np.maximum(std, 1e-9))).astype(f32)
+            left_out = np.zeros(stop - begin, dtype=bool)
+            left_out[sampled[np.searchsorted(sampled, begin):np.searchsorted(sampled, stop)] - begin] = True
+            m2[a + c:a + d], m4[a + c:a + d], count[a + c:a + d] = tails.run_moments(
+                y, lengths[a + c:a + d], inverse, cap, left_out)
+        del parts
     return FullFit(location, weights, spread, lengths, tails.finish(m2, m4, count))
 
 

@@ -75,13 +75,14 @@ def differences(device: npt.NDArray[np.int32], value: npt.NDArray[np.floating], 
     return finish(m2, m4, count)
 
 
-def chunks(bounds: npt.NDArray[np.int64]) -> Iterator[tuple[int, int]]:
-    """Runs of whole devices (a, b) of about ``_CHUNK`` datapoints (one device at least), given each
-    device's first datapoint ``bounds[d]`` and the end ``bounds[-1]``: what fits the cache."""
+def chunks(bounds: npt.NDArray[np.int64], size: int | None = None) -> Iterator[tuple[int, int]]:
+    """Runs of whole devices (a, b) of about ``size`` datapoints (``_CHUNK``: what fits the cache;
+    one device at least), given each device's first datapoint ``bounds[d]`` and the end ``bounds[-1]``."""
+    size = _CHUNK if size is None else size
     n_devices = len(bounds) - 1
     a = 0
     while a < n_devices:
-        b = int(np.searchsorted(bounds, bounds[a] + _CHUNK, side="right")) - 1
+        b = int(np.searchsorted(bounds, bounds[a] + size, side="right")) - 1
         b = min(max(b, a + 1), n_devices)
         yield a, b
         a = b
