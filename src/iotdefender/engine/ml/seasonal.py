@@ -154,11 +154,15 @@ class NormalEquations:
               prior: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None) -> npt.NDArray[np.float64]:
         """[devices, rank]; ``prior`` (mean, ridge) for these devices, else the small ridge."""
         rank = self.basis.shape[1]
-        triangle = counts.astype(np.float32) @ self._outer
+        # numpy's own loops, not BLAS: training's pass over every datapoint solves once per block
+        # of devices (refit.py), and after each BLAS product OpenBLAS's threads spin, waiting for
+        # the next: a core's worth of CPU through the whole pass (26 s of CPU at 100k devices with
+        # one BLAS thread, 43-49 s with the default two).
+        triangle = np.einsum("ds,sk->dk", counts.astype(np.float32), self._outer)
         gram = np.empty((len(counts), rank, rank))
         gram[:, self._upper, self._lower] = triangle
         gram[:, self._lower, self._upper] = triangle
-        right: npt.NDArray[np.float64] = np.asarray(sums @ self.basis, dtype=np.float64)
+        right: npt.NDArray[np.float64] = np.einsum("ds,sk->dk", np.asarray(sums, dtype=np.float64), self.basis)
         diagonal = np.arange(rank)
         if prior is None:
             gram[:, diagonal, diagonal] += RIDGE
