@@ -79,9 +79,9 @@ class SeasonalClock:
         return first, second, fraction
 
     def first_of(self, times: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
-        """``between_all``'s first slot (as int32) and fraction, in half its time: training's pass over
-        every datapoint (refit.py) computes them 400M times. The week's modulo is a look-up in a
-        table over the slots the times span (a remainder per datapoint cost more than the rest)."""
+        """``between_all``'s first slot (as int32) and fraction, for training's pass over every
+        datapoint (refit.py: 400M at 100k devices). The week's modulo is a look-up in a table over
+        the slots the times span (a remainder per datapoint cost 1.1-1.4 ms of ~7 per 500k)."""
         position = np.multiply(times, 1.0 / self.slot_seconds)
         position -= self.origin / self.slot_seconds + 0.5
         whole = np.floor(position)
