@@ -19,7 +19,9 @@ fleet is, and what the trainer's read, ordered by thing and time, gives); otherw
 the kurtosis of the sample's scores. One pass in chunks of whole devices that fit the cache; the
 same pass gives each device's noise against its fitted spread, which tells a level that changed
 inside the window (shifts.py), so training runs it whenever the datapoints come grouped, sampled
-or not.
+or not. When training sampled, the pass that fits each device from all its datapoints (refit.py)
+computes the differences from the same chunks (``run_moments``) with the refitted spread, and
+leaves out those that touch a sampled datapoint (whose scores calibrate the cohorts).
 """
 
 from __future__ import annotations
