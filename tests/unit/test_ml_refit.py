@@ -89,3 +89,16 @@ def test_first_of_is_between_all_quicker() -> None:
             assert np.array_equal(quick[~near_edge], first[~near_edge])
             assert np.all(np.isin(quick[near_edge] - first[near_edge], [-1, 0, 1, clock.slots - 1, 1 - clock.slots]))
             assert np.allclose(quick_fraction[~near_edge], fraction[~near_edge], atol=1e-4)
+
+
+def test_a_negative_value_outside_the_sample_does_not_break_its_device() -> None:
+    data, normal, sigma, _ = fleet(40)
+    values = data.value.copy()
+    values[5 * PER_DEVICE + 1_001] = -50_000.0  # a signed custom metric, negative once, between sampled datapoints
+    signed = TrainingData(data.device, data.devices, data.time, values)
+    model = train(signed, trained_at=float(data.time.max()), settings=TrainingSettings(max_datapoints=40 * 100))
+    assert model.summary().datapoints_used < len(data) / 10
+    at = float(data.time.max()) + 900.0
+    value = float(np.expm1(normal(at)[5, 0]))
+    assert np.isfinite(model.score("thing-5", value, at))
+    assert model.judge("thing-5", value, at) is None

@@ -114,7 +114,7 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
         for c, d in tails.chunks(bounds[a:b + 1]):
             begin, stop = int(bounds[a + c]), int(bounds[a + d])
             segments = Segments(lengths[a + c:a + d])
-            y = tails.log32(data.value[begin:stop], nonnegative)
+            y = _log(data.value[begin:stop], nonnegative)
             first, fraction = clock.first_of(np.asarray(data.time[begin:stop], dtype=np.float64))
             row = segments.spread(np.arange(d - c, dtype=np.int32) * slots)
             cell = row + first  # the device's slot centre at or before the datapoint (in the chunk)
@@ -188,7 +188,7 @@ def shared_basis(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[n
         total = int(counts_of.sum())
         # The chosen devices' runs, one after the other.
         index = np.repeat(bounds[rows[a:b]] - (np.cumsum(counts_of) - counts_of), counts_of) + np.arange(total)
-        y = tails.log32(data.value[index], nonnegative)
+        y = _log(data.value[index], nonnegative)
         first, fraction = clock.first_of(np.asarray(data.time[index], dtype=np.float64))
         y -= _along(center32[None, :], first, fraction)
         y -= np.repeat(location[rows[a:b]], counts_of)
@@ -206,3 +206,9 @@ def _nearest(first: npt.NDArray[np.int32], fraction: npt.NDArray[np.float32], sl
     nearest = first + (fraction >= 0.5).astype(np.int32)
     nearest[nearest == slots] = 0
     return nearest
+
+
+def _log(values: npt.NDArray[np.floating], nonnegative: bool) -> npt.NDArray[np.float32]:
+    """``tails.log32``; ``nonnegative`` came from the sample, and a negative value outside it would
+    give NaN (log1p below -1) and a device's whole fit with it, so each chunk is checked."""
+    return tails.log32(values, nonnegative and (not len(values) or bool(values.min() >= 0)))
