@@ -29,8 +29,9 @@ One run:
 
 2. *Training time.* ``--timing-devices`` (100,000) devices x 14 days of normal reports of one
    metric (403M datapoints), trained once; the figure is ``train``'s wall time (and CPU time:
-   the machine is shared). That model — trained on its sample of 5.9 % of the datapoints, about
-   235 per device, with each device's tail from all of them (engine/ml/tails.py) — is then judged like ``ml`` above on the next ``--test-days`` of the first
+   the machine is shared). That model — the fleet's statistics from its sample of 2.9 % of the
+   datapoints (about 118 per device), each device's level, rhythm, spread and tail from all of
+   them (engine/ml/refit.py) — is then judged like ``ml`` above on the next ``--test-days`` of the first
    ``--devices`` devices of that fleet, with anomalies: the detection figures at scale.
 3. *Scoring.* ``judge`` in a plain loop over 1M datapoints of that model (per call, loop included).
 4. *Memory* per (behavior, device): the stored model's bytes per device, and the Python heap the
@@ -189,7 +190,7 @@ def detection(devices: int, train_days: int, test_days: int, share: float, fores
     ml_flags = detect_ml(model, test)
     agreement = judge_agrees(model, test, ml_flags)
     # As trained at 100k devices: the same share of each device's datapoints (the default
-    # max_datapoints over 100k x 14 days keeps 5.9 %, about 235 per device).
+    # max_datapoints over 100k x 14 days keeps 2.9 %, about 118 per device).
     share_at_scale = min(1.0, settings.max_datapoints / (100_000 * 14 * DAY_POINTS))
     sampled_settings = dataclasses.replace(settings, max_datapoints=max(1, int(len(train_data) * share_at_scale)))
     sampled_model = train(train_data, trained_at=float(train_data.time.max()), settings=sampled_settings)

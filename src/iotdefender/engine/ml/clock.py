@@ -78,6 +78,28 @@ class SeasonalClock:
         second[second == self.slots] = 0
         return first, second, fraction
 
+    def first_of(self, times: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+        """``between_all``'s first slot (as int32) and fraction, for training's pass over every
+        datapoint (refit.py: 400M at 100k devices). The week's modulo is a look-up in a table over
+        the slots the times span (a remainder per datapoint cost 1.1-1.4 ms of ~7 per 500k)."""
+        position = np.multiply(times, 1.0 / self.slot_seconds)
+        position -= self.origin / self.slot_seconds + 0.5
+        whole = np.floor(position)
+        position -= whole
+        fraction = position.astype(np.float32)
+        del position
+        count = whole.astype(np.int64)
+        del whole
+        if not len(count):
+            return count.astype(np.int32), fraction
+        low, high = int(count.min()), int(count.max())
+        if high - low > 1_000_000:  # times over more than ~50 years: the remainder after all
+            first: npt.NDArray[np.int32] = (count % self.slots).astype(np.int32)
+            return first, fraction
+        count -= low
+        first = (np.arange(low, high + 1, dtype=np.int64) % self.slots).astype(np.int32).take(count)
+        return first, fraction
+
     def hour_of_week(self, at: float) -> int:
         """0 = Monday 00:00-01:00 … 167 = Sunday 23:00-24:00."""
         return self.slot(at) // self.slots_per_hour
@@ -87,3 +109,12 @@ class SeasonalClock:
         day, rest = divmod(slot, self.slots_per_day)
         hour, part = divmod(rest, self.slots_per_hour)
         return f"{_DAYS[day]}{'s' if every else ''} {hour:02d}:{part * 60 // self.slots_per_hour:02d}"
+
+
+def between_table(table: npt.NDArray[np.float32], first: npt.NDArray[np.integer], second: npt.NDArray[np.integer],
+                  fraction: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The line between ``table[first]`` and ``table[second]``, ``fraction`` of the way: a value per
+    slot (or per device and slot, flattened) at times between slot centres (``between_all``)."""
+    low = table[first]
+    result: npt.NDArray[np.float32] = low + fraction * (table[second] - low)
+    return result

@@ -26,7 +26,7 @@ from iotdefender.engine.ml.robust import Segments, median_by_group
 _BASIS_DEVICES = 20_000
 _CHUNK_DATAPOINTS = 4_000_000  # device-slot tables are built this many datapoints at a time
 _RHYTHM_COHORTS = 32
-_RIDGE = 0.05  # a weight's pull towards 0, in datapoints per slot (a device's Gram matrix is ~ datapoints per slot x I)
+RIDGE = 0.05  # a weight's pull towards 0, in datapoints per slot (a device's Gram matrix is ~ datapoints per slot x I)
 
 
 class Fallbacks:
@@ -78,6 +78,8 @@ class Fallbacks:
     def table(self, sums: npt.NDArray[np.float64], counts: npt.NDArray[np.float64]) -> tuple[
             npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """Per-device [devices, slots] sums and counts with thin slots replaced by their slot of the day's (or 0)."""
+        if self.week.all():
+            return sums, counts
         n = len(sums)
         day_sums = np.tile(sums.reshape(n, DAYS_PER_WEEK, self.per_day).sum(axis=1), DAYS_PER_WEEK)
         day_counts = np.tile(counts.reshape(n, DAYS_PER_WEEK, self.per_day).sum(axis=1), DAYS_PER_WEEK)
@@ -90,16 +92,29 @@ def shared_basis(segments: Segments, slot: npt.NDArray[np.int16], residual: npt.
                  rank: int) -> npt.NDArray[np.float64]:
     """[slots, rank]: the fleet's main rhythms, from the slot means of the ``eligible`` devices (at
     most 20,000, evenly spread, so it is deterministic and quick)."""
-    rows = np.flatnonzero(eligible)
-    rank = min(rank, len(rows), fallbacks.slots)
+    rows, rank = basis_devices(eligible, rank, fallbacks.slots)
     if rank == 0:
         return np.zeros((fallbacks.slots, 0))
-    rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), _BASIS_DEVICES)).astype(np.int64)]
     chosen = np.zeros(len(segments.counts), dtype=bool)
     chosen[rows] = True
     means = [np.where(c > 0, s / np.maximum(c, 1), 0.0)[chosen[a:b]]
              for a, b, s, c in _tables(segments, slot, residual, keep, fallbacks)]
-    _, _, vt = np.linalg.svd(np.concatenate(means), full_matrices=False)
+    return principal_rhythms(np.concatenate(means), rank)
+
+
+def basis_devices(eligible: npt.NDArray[np.bool_], rank: int, slots: int) -> tuple[npt.NDArray[np.int64], int]:
+    """The devices the basis is computed from (at most 20,000 of the ``eligible``, evenly spread)
+    and the rank it can have."""
+    rows = np.flatnonzero(eligible)
+    rank = min(rank, len(rows), slots)
+    if rank == 0:
+        return rows[:0], 0
+    return rows[np.linspace(0, len(rows) - 1, min(len(rows), _BASIS_DEVICES)).astype(np.int64)], rank
+
+
+def principal_rhythms(means: npt.NDArray[np.float64], rank: int) -> npt.NDArray[np.float64]:
+    """[slots, rank]: the main components of [devices, slots] slot means (an SVD, signs fixed)."""
+    _, _, vt = np.linalg.svd(means, full_matrices=False)
     basis: npt.NDArray[np.float64] = vt[:rank].T
     # An SVD's signs are arbitrary; fix them so the same data always gives the same bytes.
     basis *= np.where(basis[np.abs(basis).argmax(axis=0), np.arange(rank)] < 0, -1.0, 1.0)
@@ -116,21 +131,47 @@ def fit_weights(segments: Segments, slot: npt.NDArray[np.int16], residual: npt.N
     ridge (``cohort_prior``); without, by a small ridge towards 0 that only keeps a device with
     empty slots solvable.
     """
-    slots, rank = basis.shape
-    outer = np.einsum("sk,sl->skl", basis, basis).reshape(slots, rank * rank)
-    weights = np.zeros((len(segments.counts), rank))
-    diagonal = np.arange(rank)
+    weights = np.zeros((len(segments.counts), basis.shape[1]))
+    equations = NormalEquations(basis)
     for a, b, sums, counts in _tables(segments, slot, residual, keep, fallbacks):
-        gram = (counts @ outer).reshape(b - a, rank, rank)
-        right = sums @ basis
+        weights[a:b] = equations.solve(sums, counts, None if prior is None else (prior[0][a:b], prior[1][a:b]))
+    return weights
+
+
+class NormalEquations:
+    """``fit_weights``' least squares for one ``basis`` [slots, rank], solved per batch of devices
+    from their [devices, slots] residual sums and counts (``Fallbacks.table``)."""
+
+    def __init__(self, basis: npt.NDArray[np.float64]) -> None:
+        self.basis = basis
+        rank = basis.shape[1]
+        # The Gram matrices are symmetric: the upper triangle only, in float32 (counts of a few
+        # thousand times products of basis entries), a quarter of the work of the whole in float64.
+        self._upper, self._lower = np.triu_indices(rank)
+        self._outer = (basis[:, self._upper] * basis[:, self._lower]).astype(np.float32)
+
+    def solve(self, sums: npt.NDArray[np.float64], counts: npt.NDArray[np.float64],
+              prior: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None) -> npt.NDArray[np.float64]:
+        """[devices, rank]; ``prior`` (mean, ridge) for these devices, else the small ridge."""
+        rank = self.basis.shape[1]
+        # numpy's own loops, not BLAS: training's pass over every datapoint solves once per block
+        # of devices (refit.py), and after each BLAS product OpenBLAS's threads spin, waiting for
+        # the next: a core's worth of CPU through the whole pass (26 s of CPU at 100k devices with
+        # one BLAS thread, 43-49 s with the default two).
+        triangle = np.einsum("ds,sk->dk", counts.astype(np.float32), self._outer)
+        gram = np.empty((len(counts), rank, rank))
+        gram[:, self._upper, self._lower] = triangle
+        gram[:, self._lower, self._upper] = triangle
+        right: npt.NDArray[np.float64] = np.einsum("ds,sk->dk", np.asarray(sums, dtype=np.float64), self.basis)
+        diagonal = np.arange(rank)
         if prior is None:
-            gram[:, diagonal, diagonal] += _RIDGE
+            gram[:, diagonal, diagonal] += RIDGE
         else:
-            mean, ridge = prior[0][a:b], prior[1][a:b]
+            mean, ridge = prior
             gram[:, diagonal, diagonal] += ridge
             right += ridge * mean
-        weights[a:b] = np.linalg.solve(gram, right[:, :, None])[:, :, 0]
-    return weights
+        weights: npt.NDArray[np.float64] = np.asarray(np.linalg.solve(gram, right[:, :, None])[:, :, 0], dtype=np.float64)
+        return weights
 
 
 def cohort_prior(weights: npt.NDArray[np.float64], spread: npt.NDArray[np.floating],
@@ -148,7 +189,7 @@ def cohort_prior(weights: npt.NDArray[np.float64], spread: npt.NDArray[np.floati
     n, rank = weights.shape
     rows = np.flatnonzero(eligible)
     mean = np.zeros((n, rank))
-    ridge = np.full((n, rank), _RIDGE)
+    ridge = np.full((n, rank), RIDGE)
     if len(rows) < 2 * cohorts or rank == 0:
         return mean, ridge
     points = weights[rows]
@@ -166,7 +207,7 @@ def cohort_prior(weights: npt.NDArray[np.float64], spread: npt.NDArray[np.floati
     noise_per_cohort = np.bincount(label, weights=noise, minlength=cohorts) / np.maximum(counts, 1)
     signal = np.maximum(squares / np.maximum(counts, 1)[:, None] - noise_per_cohort[:, None], 1e-6)
     mean[rows] = centers[label]
-    ridge[rows] = np.maximum(spread[rows].astype(np.float64)[:, None] ** 2 / signal[label], _RIDGE)
+    ridge[rows] = np.maximum(spread[rows].astype(np.float64)[:, None] ** 2 / signal[label], RIDGE)
     return mean, ridge
 
 

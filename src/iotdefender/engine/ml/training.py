@@ -12,11 +12,16 @@ and compare bytes. The steps, on the log scale (model.py says why log):
    around level + rhythm; where that spread is much wider than the noise the device's successive
    differences show, its level changed inside the window (shifts.py), and when the part after the
    change is the shorter, the model is fitted again without it (not when training samples);
+   when training samples and the datapoints come grouped by device (the service's trainer reads
+   them so), each device's level, rhythm weights and spread are fitted again from all its
+   datapoints in one pass, and the rhythm basis comes from all the datapoints of 5,000 devices
+   (refit.py): the sample then serves only what the fleet shares;
 4. the fleet's per-slot multiplier of those spreads (quiet nights, busy mornings);
 5. the thresholds: per cohort of devices with alike tails, the score that the level's share of
    training datapoints reaches, never below a floor (calibration.py). How heavy a device's tail is
    comes from all its datapoints when the statistics had to be sampled and the datapoints come
-   grouped by device (tails.py), else from the sample's scores.
+   grouped by device (tails.py; then every sampled score calibrates), else from every other
+   datapoint's score (the rest calibrate).
 
 Integer data (counts) get a floor on every spread from a Poisson count's (discrete.py), so a
 metric that is 0 most of the time does not get a spread of ``min_scale`` and thresholds of 100,
@@ -29,7 +34,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from iotdefender.engine.ml import calibration, discrete, seasonal, shifts, tails
+from iotdefender.engine.ml import calibration, discrete, refit, seasonal, shifts, tails
+from iotdefender.engine.ml.clock import between_table
 from iotdefender.engine.ml.data import TrainingData
 from iotdefender.engine.ml.model import BehaviorModel, DeviceBands, ModelSummary
 from iotdefender.engine.ml.robust import MAD_TO_STD, Segments, clipped_location_and_std
@@ -38,6 +44,9 @@ from iotdefender.engine.ml.settings import TrainingSettings
 _MIN_SAMPLED_PER_DEVICE = 20
 _RHYTHM_CLIP = 4.0
 _HEAVY_CAP = 8.0  # scores are capped here for a device's kurtosis, so one anomaly in training does not decide it
+# Sampled but grouped by device: the rhythm basis from all the datapoints of this many devices
+# (refit.shared_basis; ~12 datapoints a slot each instead of the sample's ~0.7).
+_FULL_BASIS_DEVICES = 5_000
 _DIFFERENCE_CAP = 5.0  # the same for successive differences (tails.py): one capped pair adds 0.3 to 4,000's kurtosis
 
 
@@ -89,11 +98,12 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     values = data.value if picked is None else data.value[picked]
     nonnegative = bool(np.min(values) >= 0)  # of the sample: one pass less over the full set
     counts = discrete.is_count(values)  # spreads get a Poisson floor (discrete.py)
-    y = _log32(values, nonnegative)
+    y = tails.log32(values, nonnegative)
     del values
     clock = settings.clock
     first, second, fraction = clock.between_all(data.time if picked is None else data.time[picked])
     slot = np.where(fraction < 0.5, first, second)  # the slot each datapoint falls in
+    sample_index = picked if all_tails and picked is not None else np.zeros(0, dtype=np.int64)
     del picked
     sampled = np.bincount(device, minlength=n_devices)
     segments = Segments(sampled)
@@ -104,7 +114,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     fleet = _sample(len(y), settings.fleet_sample, rng)
     fleet = np.arange(len(y)) if fleet is None else fleet
     center = fallbacks.median(slot[fleet], y[fleet])
-    residual = y - _between(center.astype(f32), first, second, fraction)
+    residual = y - between_table(center.astype(f32), first, second, fraction)
     del y
     fleet_scale = np.maximum(MAD_TO_STD * fallbacks.median(slot[fleet], np.abs(residual[fleet])), settings.min_scale)
     if counts:
@@ -123,6 +133,8 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
 
     # 3. Each device's rhythm, then its level and spread around it.
     residual -= segments.spread(location)
+    full_fit: refit.FullFit | None = None
+    fitted_on = sampled  # datapoints each device's centre was fitted on
     basis = np.zeros((clock.slots, 0), f32)
     weights = np.zeros((n_devices, 0), f32)
     if settings.rank and own.any():
@@ -130,30 +142,49 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         first_cell, second_cell = row + first, row + second
         del row
         keep = own_point
-        basis64 = seasonal.shared_basis(segments, slot, residual, keep, own, fallbacks, settings.rank)
+        basis64 = refit.shared_basis(data, clock, center, location, own, fallbacks, settings.rank,
+                                     nonnegative=nonnegative, devices=_FULL_BASIS_DEVICES) if all_tails else \
+            seasonal.shared_basis(segments, slot, residual, keep, own, fallbacks, settings.rank)
         weights64 = seasonal.fit_weights(segments, slot, residual, keep, fallbacks, basis64)
         # Refit without the datapoints far from the first fit (anomalies inside the training window).
-        fitted = residual - _between((weights64 @ basis64.T).astype(f32).ravel(), first_cell, second_cell, fraction)
+        fitted = residual - between_table((weights64 @ basis64.T).astype(f32).ravel(), first_cell, second_cell, fraction)
         _, first_spread = clipped_location_and_std(segments, fitted, rounds=1,
                                                    start=(np.zeros(n_devices), spread.astype(np.float64)))
-        keep = own_point & (np.abs(fitted) <= segments.spread(
-            (_RHYTHM_CLIP * np.nan_to_num(first_spread, nan=1.0)).astype(f32)))
-        del fitted
-        prior = seasonal.cohort_prior(weights64, np.nan_to_num(first_spread, nan=1.0), segments.sum(keep), own,
-                                      clock.slots)
-        weights64 = seasonal.fit_weights(segments, slot, residual, keep, fallbacks, basis64, prior)
-        weights64[~own] = 0.0
-        del keep
-        basis, weights = basis64.astype(f32), weights64.astype(f32)
-        residual -= _between((weights @ basis.T).ravel(), first_cell, second_cell, fraction)  # [devices, slots]
+        first_spread = np.nan_to_num(first_spread, nan=1.0)
+        if all_tails:
+            # 3a. Sampled, but grouped by device: each device's level, weights and spread from all its
+            # datapoints (refit.py), starting from this first fit; the sample's residuals follow.
+            del fitted
+            weights64[~own] = 0.0
+            basis, weights = basis64.astype(f32), weights64.astype(f32)
+            full_fit = refit.refit(data, clock, center, basis64, fallbacks,
+                                   refit.SampleFit(location, weights, first_spread, spread), sample_index,
+                                   nonnegative=nonnegative, rhythm_clip=_RHYTHM_CLIP, cap=_DIFFERENCE_CAP)
+            refitted = np.where(own, full_fit.location, location).astype(f32)
+            weights = np.where(own[:, None], full_fit.weights, weights).astype(f32)
+            moved_by = (weights @ basis.T + (refitted - location)[:, None]).astype(f32)
+            residual -= between_table(moved_by.ravel(), first_cell, second_cell, fraction)
+            del moved_by
+            location[:] = refitted
+            spread = np.where(own, np.maximum(full_fit.spread, settings.min_scale), spread).astype(f32)
+            fitted_on = full_fit.datapoints
+        else:
+            keep = own_point & (np.abs(fitted) <= segments.spread((_RHYTHM_CLIP * first_spread).astype(f32)))
+            del fitted
+            prior = seasonal.cohort_prior(weights64, first_spread, segments.sum(keep), own, clock.slots)
+            weights64 = seasonal.fit_weights(segments, slot, residual, keep, fallbacks, basis64, prior)
+            weights64[~own] = 0.0
+            del keep
+            basis, weights = basis64.astype(f32), weights64.astype(f32)
+            residual -= between_table((weights @ basis.T).ravel(), first_cell, second_cell, fraction)  # [devices, slots]
+            shift, spread2 = clipped_location_and_std(segments, residual, rounds=1,
+                                                      start=(np.zeros(n_devices), spread.astype(np.float64)))
+            shift = np.where(own, np.nan_to_num(shift), 0.0).astype(f32)
+            residual -= segments.spread(shift)
+            location += shift
+            spread = np.where(own, np.maximum(np.nan_to_num(spread2, nan=settings.min_scale), settings.min_scale),
+                              spread).astype(f32)
         del first_cell, second_cell
-        shift, spread2 = clipped_location_and_std(segments, residual, rounds=1,
-                                                  start=(np.zeros(n_devices), spread.astype(np.float64)))
-        shift = np.where(own, np.nan_to_num(shift), 0.0).astype(f32)
-        residual -= segments.spread(shift)
-        location += shift
-        spread = np.where(own, np.maximum(np.nan_to_num(spread2, nan=settings.min_scale), settings.min_scale),
-                          spread).astype(f32)
 
     if counts:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -163,8 +194,9 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
 
     # 3b. Devices whose level changed inside the window (shifts.py): ``train`` fits again without
     # what follows the change when that is the shorter part. One pass over every datapoint.
-    differences = tails.differences(data.device, data.value, n_devices, spread, cap=_DIFFERENCE_CAP,
-                                    nonnegative=nonnegative) if by_device else None
+    differences = full_fit.differences if full_fit is not None else \
+        tails.differences(data.device, data.value, n_devices, spread, cap=_DIFFERENCE_CAP,
+                          nonnegative=nonnegative) if by_device else None
     moved = np.zeros(n_devices, dtype=bool) if differences is None else \
         shifts.changed(differences.rms, differences.count, own)
 
@@ -196,22 +228,25 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     shares = [share for _, share in settings.exceedance]
     floors = [floor for _, floor in settings.min_scores]
     sorting = np.zeros(len(scores), dtype=bool)
-    sorting[::2] = True
-    # How heavy a tail is: the kurtosis of the scores (3 for a normal distribution), which tells a
-    # spiky device from a smooth one on a few hundred datapoints, where counting rare large scores
-    # cannot.
-    squares = np.minimum(scores, np.float32(_HEAVY_CAP))
-    squares *= squares
-    squares *= sorting
-    n_sorting = segments.sum(sorting)
-    moment2 = segments.sum(squares)
-    squares *= squares
-    moment4 = segments.sum(squares)
-    del squares
-    with np.errstate(invalid="ignore", divide="ignore"):
-        heaviness = np.nan_to_num(moment4 * n_sorting / (moment2 * moment2))
     if all_tails and differences is not None:
+        # How heavy a tail is, from the successive differences of all datapoints (tails.py): no
+        # score sorts, all of them calibrate.
         heaviness = differences.kurtosis
+    else:
+        sorting[::2] = True
+        # How heavy a tail is: the kurtosis of the scores (3 for a normal distribution), which tells a
+        # spiky device from a smooth one on a few hundred datapoints, where counting rare large scores
+        # cannot.
+        squares = np.minimum(scores, np.float32(_HEAVY_CAP))
+        squares *= squares
+        squares *= sorting
+        n_sorting = segments.sum(sorting)
+        moment2 = segments.sum(squares)
+        squares *= squares
+        moment4 = segments.sum(squares)
+        del squares
+        with np.errstate(invalid="ignore", divide="ignore"):
+            heaviness = np.nan_to_num(moment4 * n_sorting / (moment2 * moment2))
     cohort = calibration.cohorts(heaviness, own, settings.tail_cohorts)
     point_cohort = segments.spread(cohort)[~sorting]
     scores = scores[~sorting]
@@ -231,7 +266,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     # thresholds; new datapoints are judged with the spread widened by that factor (6 % at 300
     # datapoints and rank 16, under 1 % at 4,000).
     parameters = 1 + basis.shape[1]
-    spread = (spread * np.sqrt((sampled + parameters) / np.maximum(sampled - parameters, 1))).astype(f32)
+    spread = (spread * np.sqrt((fitted_on + parameters) / np.maximum(fitted_on - parameters, 1))).astype(f32)
 
     bands = DeviceBands(
         center=center, fleet_scale=fleet_scale, shape=shape, basis=basis,
@@ -258,20 +293,3 @@ def _sample(n: int, limit: int, rng: np.random.Generator) -> npt.NDArray[np.int6
     picked += rng.integers(0, block, len(picked), dtype=np.int64)
     np.minimum(picked, n - 1, out=picked)
     return picked
-
-
-def _between(table: npt.NDArray[np.float32], first: npt.NDArray[np.integer], second: npt.NDArray[np.integer],
-             fraction: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """The line between ``table[first]`` and ``table[second]``, ``fraction`` of the way."""
-    low = table[first]
-    result: npt.NDArray[np.float32] = low + fraction * (table[second] - low)
-    return result
-
-
-def _log32(values: npt.NDArray[np.floating], nonnegative: bool) -> npt.NDArray[np.float32]:
-    """``model.to_log`` over an array, in float32 (half the memory and time of float64)."""
-    v = values.astype(np.float32, copy=False)
-    if nonnegative:
-        return np.log1p(v)
-    result: npt.NDArray[np.float32] = np.copysign(np.log1p(np.abs(v)), v)
-    return result
