@@ -60,3 +60,53 @@ def test_a_reader_that_hands_over_does_not_take_the_session_back(mosquitto) -> N
         return connected
 
     assert asyncio.run(asyncio.wait_for(go(), 30)) == (False, True)
+
+
+def test_answers_to_a_sessions_backlog_are_sent_once(mosquitto) -> None:
+    """A persistent session's backlog arrives right after the connection; answers published at once
+    (a rejection needs no database) were sent twice: gmqtt replays its unacknowledged QoS 1
+    messages in a task scheduled at CONNACK, which ran after those answers were queued (an
+    operator's trial: every Throttled rejection of a restart's backlog reached the device twice)."""
+    import queue
+
+    import paho.mqtt.client as paho
+
+    from iotdefender.brokers.external import INTAKE_CLIENT_ID
+
+    holder: list[ExternalBroker] = []
+
+    def sink(thing: str, encoding: str, payload: bytes, received_at: float | None = None) -> None:
+        holder[0].publish_now(f"$aws/things/{thing}/defender/metrics/{encoding}/rejected", payload, qos=1)
+
+    answers: queue.Queue[bytes] = queue.Queue()
+    listener = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="backlog-listener")
+    listener.on_message = lambda client, userdata, message: answers.put(message.payload)
+    listener.connect("127.0.0.1", mosquitto.port)
+    listener.subscribe("$aws/things/backlog-device/defender/metrics/json/rejected", qos=1)
+    listener.loop_start()
+
+    async def go() -> None:
+        url = parse_broker_url(f"mqtt://127.0.0.1:{mosquitto.port}")
+        reader = ExternalBroker(url, sink, client_id=f"{INTAKE_CLIENT_ID}-backlog", persistent=True)
+        holder.append(reader)
+        await reader.start()
+        await reader.stop()
+        device = await asyncio.to_thread(Device, mosquitto.port, "backlog-device")
+        for n in range(10):
+            await asyncio.to_thread(device.publish, b'{"queued": %d}' % n)
+        reader = ExternalBroker(url, sink, client_id=f"{INTAKE_CLIENT_ID}-backlog", persistent=True)
+        holder[0] = reader
+        await reader.start()
+        await asyncio.sleep(2.0)
+        await reader.stop()
+        device.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 30))
+    finally:
+        listener.loop_stop()
+        listener.disconnect()
+    got = []
+    while not answers.empty():
+        got.append(answers.get().decode())
+    assert sorted(got) == sorted('{"queued": %d}' % n for n in range(10))

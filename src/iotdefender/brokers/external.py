@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 import structlog
 from gmqtt import Client
 from gmqtt.mqtt.constants import MQTTv311
+from gmqtt.storage import PersistentStorage
 
 from iotdefender.brokers import coalescing
 from iotdefender.brokers.gatekeeper import REPORT_TOPIC
@@ -65,6 +66,27 @@ def parse_broker_url(url: str) -> BrokerUrl:
                      unquote(parts.password) if parts.password else None)
 
 
+class _ReplayOnlyWhatCameBefore(PersistentStorage):
+    """gmqtt's queue of unacknowledged QoS 1 publishes, replayed after a reconnection: only those
+    queued before it. gmqtt 0.8 replays the whole queue in a task it schedules at CONNACK, and a
+    persistent session's backlog is delivered right after the CONNACK, so the answers published
+    to it meanwhile (a rejection needs no database) went out twice (an operator's trial: every
+    ``Throttled`` of a restart's backlog reached its device twice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._replayable: set[int] | None = None
+
+    def connected(self) -> None:
+        """Called on CONNACK (before any message of the new connection): what is queued now is
+        what the replay is for."""
+        self._replayable = {mid for mid, _ in super().get_all()}
+
+    def get_all(self) -> list[tuple[int, bytes]]:
+        queued: list[tuple[int, bytes]] = super().get_all()
+        return queued if self._replayable is None else [(mid, raw) for mid, raw in queued if mid in self._replayable]
+
+
 class ExternalBroker:
     """Broker adapter over a client connection (start, stop, publish_now), also used by ``MosquittoBroker``."""
 
@@ -94,7 +116,8 @@ class ExternalBroker:
         """A gmqtt client of its own per start: one that was disconnected and told to stop
         reconnecting is not reused (cluster mode stops and starts the intake of an external broker
         as a node takes and loses the intake lock)."""
-        client = Client(self.client_id, clean_session=not self._persistent)
+        self._queue = _ReplayOnlyWhatCameBefore()
+        client = Client(self.client_id, clean_session=not self._persistent, persistent_storage=self._queue)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -104,6 +127,7 @@ class ExternalBroker:
         return client
 
     def _on_connect(self, client: Client, flags: Any, rc: int, properties: Any) -> None:
+        self._queue.connected()
         coalescing.install(client)
         client.reconnect_delay = 1
         for topic_filter in self._report_filters:
