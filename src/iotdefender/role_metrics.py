@@ -22,15 +22,17 @@ from iotdefender.cluster.health import DETECT_GAUGES
 from iotdefender.cluster.report_stream import REDELIVERED
 from iotdefender.ingest.cluster_commit import SETTLED, UNANSWERED
 from iotdefender.ingest.service import QUEUE_LIMIT, QUEUED, REJECTIONS, REPORTS
+from iotdefender.pipeline.batch_isolation import ISOLATED, RETRIES
 from iotdefender.pipeline.counters import COUNTERS
 
 # The metrics only a role's code moves; a metric every node moves (NATS connection, database
-# availability, batch isolation) is in none of them.
+# availability) is in none of them.
 ROLE_METRICS: dict[str, tuple[Collector, ...]] = {
     "broker": (REPORTS, REJECTIONS, QUEUED, QUEUE_LIMIT, UNANSWERED, SETTLED, PARTS_PUBLISHED, PARTS_LOST,
                MQTT_DENIALS),
-    # A detect node evaluates (the violation counters), sends the alerts and closes cloud windows.
-    "detect": (*DETECT_GAUGES, REDELIVERED, PARTS_LATE, *COUNTERS.values(), DELIVERIES),
+    # A detect node evaluates (the violation counters), stores (batch isolation: a broker node's
+    # commits are the detect nodes'), sends the alerts and closes cloud windows.
+    "detect": (*DETECT_GAUGES, REDELIVERED, PARTS_LATE, *COUNTERS.values(), DELIVERIES, ISOLATED, RETRIES),
 }
 
 
