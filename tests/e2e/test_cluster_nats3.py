@@ -2,7 +2,7 @@
 two ``iotdefender serve`` nodes with every role, each given all three server URLs (so both choose
 R3), and a fleet of real MQTT devices split over both nodes that reports continuously
 (tests/support/fleet.py). Under that load one NATS server — the one holding most client connections —
-is killed with SIGKILL; then PostgreSQL crashes (``pg_ctl -m immediate``) and is started again 6 s
+is killed with SIGKILL; then PostgreSQL crashes (``pg_ctl -m immediate``) and is started again 3 s
 later; then both serve nodes are restarted one after the other (a rolling restart: A's devices move
 to B while A restarts, then B's to A).
 
@@ -45,7 +45,7 @@ INTERVAL_S = 0.1  # between a device's answer and its next report: ~100 reports/
 #: PostgreSQL down for this long: less than the broker nodes' outcome wait (10 s), so the reports in
 #: flight are answered once the detect nodes' retried batches commit (measured ad hoc with 15 s: 12
 #: of ~1,000 answered ServiceUnavailable and resent, none lost).
-DATABASE_DOWN_S = 6.0
+DATABASE_DOWN_S = 3.0
 
 
 @pytest.fixture
