@@ -102,14 +102,14 @@ _TCP_LIMITS = {"tcp_user_timeout": 10_000, "keepalives": 1, "keepalives_idle": 5
 
 
 def probe_engine(engine: Engine) -> Engine:
-    """An engine for asking whether the database answers, in about 2 s whatever the network does:
+    """An engine for asking whether the database answers, in about 2 s when the network fails:
     a new connection per probe (an open pooled one may sit on a path that drops packets), a 2 s
-    connect timeout, and 2 s for the query's packets and the query. SQLite: the engine itself."""
+    connect timeout, 2 s for the query's packets. (No server-side ``statement_timeout`` startup
+    option: PgBouncer refuses unknown startup parameters by default.) SQLite: the engine itself."""
     if engine.dialect.name != "postgresql":
         return engine
     return sa.create_engine(engine.url, poolclass=sa.pool.NullPool,
-                            connect_args={"connect_timeout": 2, **_TCP_LIMITS, "tcp_user_timeout": 2_000,
-                                          "options": "-c statement_timeout=2000"})
+                            connect_args={"connect_timeout": 2, **_TCP_LIMITS, "tcp_user_timeout": 2_000})
 
 
 _WRITE_OPTION = "iotdefender_write"
