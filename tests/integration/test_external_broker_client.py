@@ -41,15 +41,15 @@ def test_a_reader_that_hands_over_does_not_take_the_session_back(mosquitto) -> N
     new one's connection makes Mosquitto close the old one's; once the old one has handed over, it
     stays disconnected (before, it reconnected within 2 s and took the session back, again and
     again, while it answered the reports it still held)."""
-    from iotdefender.brokers.external import INTAKE_CLIENT_ID
+    from iotdefender.settings import Settings
 
     def sink(thing: str, encoding: str, payload: bytes, received_at: float | None = None) -> None:
         return None
 
     async def go() -> tuple[bool, bool]:
         url = parse_broker_url(f"mqtt://127.0.0.1:{mosquitto.port}")
-        old = ExternalBroker(url, sink, client_id=INTAKE_CLIENT_ID, persistent=True)
-        new = ExternalBroker(url, sink, client_id=INTAKE_CLIENT_ID, persistent=True)
+        old = ExternalBroker(url, sink, client_id=Settings().mqtt_client_id, persistent=True)
+        new = ExternalBroker(url, sink, client_id=Settings().mqtt_client_id, persistent=True)
         await old.start()
         old.hand_over()
         await new.start()
@@ -71,7 +71,7 @@ def test_answers_to_a_sessions_backlog_are_sent_once(mosquitto) -> None:
 
     import paho.mqtt.client as paho
 
-    from iotdefender.brokers.external import INTAKE_CLIENT_ID
+    from iotdefender.settings import Settings
 
     holder: list[ExternalBroker] = []
 
@@ -87,14 +87,14 @@ def test_answers_to_a_sessions_backlog_are_sent_once(mosquitto) -> None:
 
     async def go() -> None:
         url = parse_broker_url(f"mqtt://127.0.0.1:{mosquitto.port}")
-        reader = ExternalBroker(url, sink, client_id=f"{INTAKE_CLIENT_ID}-backlog", persistent=True)
+        reader = ExternalBroker(url, sink, client_id=f"{Settings().mqtt_client_id}-backlog", persistent=True)
         holder.append(reader)
         await reader.start()
         await reader.stop()
         device = await asyncio.to_thread(Device, mosquitto.port, "backlog-device")
         for n in range(10):
             await asyncio.to_thread(device.publish, b'{"queued": %d}' % n)
-        reader = ExternalBroker(url, sink, client_id=f"{INTAKE_CLIENT_ID}-backlog", persistent=True)
+        reader = ExternalBroker(url, sink, client_id=f"{Settings().mqtt_client_id}-backlog", persistent=True)
         holder[0] = reader
         await reader.start()
         await asyncio.sleep(2.0)

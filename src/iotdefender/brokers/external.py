@@ -9,7 +9,7 @@ Reconnection: gmqtt retries on its own with a fixed delay; we grow that delay ex
 on every (re)connection. A report is answered ``accepted`` only once it is durable, whatever
 happened to the connection in between (the reply is published on the live connection).
 
-The reader of an operator's broker keeps one persistent session (``INTAKE_CLIENT_ID``, clean
+The reader of an operator's broker keeps one persistent session (``--mqtt-client-id``, clean
 session off): while no reader is connected — the service restarting, a cluster's intake moving
 to another broker node — the broker keeps the subscriptions and queues the QoS 1 reports for the
 session (MQTT 3.1.1 §3.1.2.4; Mosquitto up to ``max_queued_messages``, 1,000 by default), and
@@ -39,10 +39,6 @@ from iotdefender.brokers.listeners import ReportSink
 log = structlog.get_logger("iotdefender.broker.external")
 
 REPORT_FILTERS = ("$aws/things/+/defender/metrics/json", "$aws/things/+/defender/metrics/cbor")
-#: The reports' reader's default client id on an operator's broker (``--mqtt-client-id``): one
-#: persistent session whichever process reads (a cluster's broker nodes take turns); two services
-#: on one broker must each have their own, or they take the session from each other.
-INTAKE_CLIENT_ID = "iotdefender-intake"
 _MAX_DELAY_S = 30.0
 
 
