@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-import nats
 
 from iotdefender.cluster.ownership import bucket_keys
-from iotdefender.cluster.topology import Topology, ensure
+from iotdefender.cluster.topology import Topology
+from tests.support.jetstream import connected
 
 
 def test_listing_the_members_every_tick_leaves_no_consumer_behind(jetstream):
@@ -16,10 +16,8 @@ def test_listing_the_members_every_tick_leaves_no_consumer_behind(jetstream):
     detect node, and at four nodes the server's limit of 1,000 consumers on the members' stream
     made every rebalance fail. A listing's consumer is now gone about a second after it."""
     async def go() -> None:
-        nc = await nats.connect(servers=jetstream.urls)
-        js = nc.jetstream()
         topology = Topology(replicas=1, partitions=8)
-        await ensure(js, topology)
+        nc, js = await connected(jetstream.urls, topology)
         members = await js.key_value(topology.members_bucket)
         await members.put("node-a", b"")
         await members.put("node-b", b"")

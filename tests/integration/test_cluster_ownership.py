@@ -24,6 +24,7 @@ from iotdefender.store.database import create_engine, upgrade_to_head
 from iotdefender.store.schema import cluster_partition_fences
 from tests.support.jetstream import JetStreamCluster
 from tests.support.waiting import eventually
+from tests.support.jetstream import connected
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -337,10 +338,8 @@ def test_after_the_lease_buckets_are_created_again_a_node_takes_every_partition_
     upgrade_to_head(engine)
 
     async def go() -> None:
-        nc = await nats.connect(servers=jetstream.urls)
-        js = nc.jetstream()
         topology = Topology(partitions=8, lease_ttl_s=2.0)
-        await ensure(js, topology)
+        nc, js = await connected(jetstream.urls, topology)
         leases = await js.key_value(topology.leases_bucket)
         for n in range(100):  # a bucket that has lived: its revisions are far past what a new one starts with
             await leases.put(f"filler-{n % 5}", b"")
@@ -383,10 +382,8 @@ def test_while_a_node_of_a_release_with_bare_revision_tokens_lives_tokens_are_ba
     from iotdefender.settings import Settings
 
     async def go() -> None:
-        nc = await nats.connect(servers=jetstream.urls)
-        js = nc.jetstream()
         topology = Topology(partitions=8, lease_ttl_s=2.0)
-        await ensure(js, topology)
+        nc, js = await connected(jetstream.urls, topology)
         members = await js.key_value(topology.members_bucket)
         flags = SharedSettings(js, topology, "node-new", shared_values(Settings()), announcement())
         await flags.check()

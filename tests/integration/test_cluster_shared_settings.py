@@ -12,6 +12,7 @@ from iotdefender.cluster.shared_settings import SettingsMismatch, SharedSettings
 from iotdefender.cluster.topology import Topology, ensure
 from iotdefender.pipeline.report_message import READS_ANNOUNCEMENT, announcement, version_to_write
 from iotdefender.settings import Settings
+from tests.support.jetstream import connected
 
 
 def test_a_node_with_other_values_is_refused_until_the_other_node_has_left(jetstream):
@@ -42,10 +43,8 @@ def test_a_broker_node_writes_the_report_version_every_live_node_announces_it_re
     release (reads 1) or of a release before the announcement (an entry of flags only) lives, and
     2 once they have left. The announcement is not compared as a flag."""
     async def go() -> None:
-        nc = await nats.connect(servers=jetstream.urls)
-        js = nc.jetstream()
         topology = Topology(partitions=2, lease_ttl_s=30.0)
-        await ensure(js, topology)
+        nc, js = await connected(jetstream.urls, topology)
         values = shared_values(Settings())
         older = SharedSettings(js, topology, "node-older", values)  # 209be04: flags only
         this = SharedSettings(js, topology, "node-this", values, announcement())

@@ -8,14 +8,14 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-import nats
 
 from iotdefender.cluster.health import ClusterHealth
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.partitions import PARTITION_COUNT, assignment
 from iotdefender.cluster.report_stream import Delivery
-from iotdefender.cluster.topology import Topology, ensure
+from iotdefender.cluster.topology import Topology
 from tests.support.waiting import eventually
+from tests.support.jetstream import connected
 
 
 async def _nothing(partition: int, token: int, batch: Sequence[Delivery]) -> None:
@@ -24,9 +24,8 @@ async def _nothing(partition: int, token: int, batch: Sequence[Delivery]) -> Non
 
 def test_a_node_cut_off_from_its_database_hands_its_partitions_over_and_takes_them_back(jetstream):
     async def go() -> None:
-        nc = await nats.connect(servers=jetstream.urls)
         topology = Topology(replicas=1, lease_ttl_s=2.0)
-        await ensure(nc.jetstream(), topology)
+        nc, _ = await connected(jetstream.urls, topology)
         cut_off = {"a": False, "b": False}
         releases = asyncio.Event()  # b's releases wait for it: b stands aside while it holds leases
         releases.set()

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import httpx
 import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 
+from iotdefender.cluster.topology import Topology, ensure
 from tests.support.processes import free_port, wait_for
 
 
@@ -177,3 +180,11 @@ def lead_from(urls: list[str], stream: str, server: str, patience_s: float = 30.
         finally:
             await nc.close()
     asyncio.run(go())
+
+
+async def connected(urls: list[str], topology: Topology) -> tuple[Client, JetStreamContext]:
+    """A connection to ``urls``, its JetStream context, and the topology's streams and buckets made."""
+    nc = await nats.connect(servers=urls)
+    js = nc.jetstream()
+    await ensure(js, topology)
+    return nc, js
