@@ -19,13 +19,13 @@ as the live sweep does.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from iotdefender.engine.alarm import AlarmStatus, EventType, counting_ids, due_for_invalidation
 from iotdefender.engine.compare import scalar_of
@@ -36,6 +36,8 @@ from iotdefender.engine.series import behavior_series
 from iotdefender.engine.vectorised import (alarm_transitions, alarms_raised, order_by_thing_and_time, supports,
                                            violating, windowed_sums)
 from iotdefender.store import history, ml_models
+
+T = TypeVar("T")
 
 Progress = Callable[[float, str], None]
 BACKTEST_PROFILE = "backtest"
@@ -222,6 +224,14 @@ class ModelTimeline:
         return self._versions.get(key, [])
 
 
+def _between_reads(conn: Connection, batches: Iterator[T]) -> Iterator[T]:
+    """``batches``, each handed on after its read transaction ended: replaying one takes seconds,
+    and PostgreSQL ends a session left idle inside a transaction (store/database.py)."""
+    for batch in batches:
+        conn.commit()
+        yield batch
+
+
 def _replayed(request: BacktestRequest, behaviors: list[dict[str, Any]], reports: Iterable[list[tuple]],
               total: int, progress: Progress, models: ModelTimeline | None = None) -> list[BehaviorOutcome]:
     """The per-datapoint engine over reports in time order, with the live sweep's invalidation
@@ -317,13 +327,15 @@ def run_backtest(engine: Engine, request: BacktestRequest, progress: Progress = 
         for i, (behavior, threshold) in enumerate(fast):
             progress(i / max(steps, 1), f"reading {_series_of(behavior)}")
             points = history.read_series(conn, _series_of(behavior), request.start, request.end)
+            conn.commit()  # evaluated with no transaction open (idle ones are bounded: store/database.py)
             progress((i + 0.5) / max(steps, 1), f"evaluating {behavior['name']} over {len(points)} datapoints")
             outcomes.append(_vectorised(request, behavior, points, threshold))
         if slow:
             total = history.count_reports(conn, request.start, request.end)
             base = len(fast) / max(steps, 1)
-            outcomes.extend(_replayed(request, slow, history.iter_reports(conn, request.start, request.end),
-                                      total, lambda f, m: progress(base + f / max(steps, 1), m), timeline))
+            reports = _between_reads(conn, history.iter_reports(conn, request.start, request.end))
+            outcomes.extend(_replayed(request, slow, reports, total,
+                                      lambda f, m: progress(base + f / max(steps, 1), m), timeline))
     by_name = {o.behavior["name"]: o for o in outcomes}
     results = []
     for behavior in request.behaviors:
