@@ -31,7 +31,9 @@ from iotdefender.pipeline.partition_store import OutcomeListener, PartitionBatch
 from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, Status, encode
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
+from iotdefender.store.availability import StoreUnavailable
 from iotdefender.store.database import create_engine
+from tests.support.processes import PostgresCluster
 
 pytestmark = pytest.mark.postgres
 
@@ -51,6 +53,7 @@ class Node:
     detection: DetectionService
     store: PartitionBatchStore
     events: list[EventSummary]
+    engine: sa.Engine
 
     def alarmed(self) -> set[str]:
         return {key[0] for key, _ in self.detection.evaluator.alarms()}
@@ -58,8 +61,12 @@ class Node:
 
 @pytest.fixture
 def database(postgres, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    url = postgres.create_database(f"part{time.monotonic_ns()}")
-    api = build_api(Settings(data_dir=tmp_path, database_url=url))  # migrated, with one profile on every thing
+    yield prepared(postgres.create_database(f"part{time.monotonic_ns()}"), tmp_path)
+
+
+def prepared(url: str, tmp_path: Path) -> str:
+    """The database at ``url`` migrated, with one profile on every thing."""
+    api = build_api(Settings(data_dir=tmp_path, database_url=url))
     api.invoke("CreateSecurityProfile", {
         "securityProfileName": "p",
         "behaviors": [{"name": "few-ports", "metric": PORTS,
@@ -68,7 +75,7 @@ def database(postgres, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-unty
     api.invoke("AttachSecurityProfile", {"securityProfileName": "p",
                                          "securityProfileTargetArn": api.context.arn("all/things")})
     api.context.engine.dispose()
-    yield url
+    return url
 
 
 @pytest.fixture
@@ -76,14 +83,15 @@ def node(database: str) -> Iterator[Any]:
     engines: list[sa.Engine] = []
 
     def make(listener: Callable[[list[EventSummary]], None] | None = None,
-             outcomes: OutcomeListener = ignore_outcomes) -> Node:
-        engine = create_engine(database)
+             outcomes: OutcomeListener = ignore_outcomes, url: str = database) -> Node:
+        engine = create_engine(url)
         engines.append(engine)
         monitoring = MonitoringIndex(engine, f"arn:aws:iot:us-east-1:{ACCOUNT}:")
         detection = DetectionService(engine, monitoring, AlertRoutes({TOPIC: [Webhook("http://127.0.0.1:9/h", "s")]}),
                                      172800.0)
         events: list[EventSummary] = []
-        return Node(detection, PartitionBatchStore(monitoring, detection, listener or events.extend, outcomes), events)
+        return Node(detection, PartitionBatchStore(monitoring, detection, listener or events.extend, outcomes), events,
+                    engine)
 
     yield make
     for engine in engines:
@@ -378,3 +386,34 @@ def test_one_partition_twice_among_the_waiting_batches_is_stored_once_under_its_
     assert isinstance(results[0], Fenced)  # the old reader's batch: not stored, nakked
     assert [o.status for o in results[1]] == [Status.STORED] * 3  # type: ignore[union-attr]
     assert counts(database) == {"metric_values": 3, "violation_events": 3, "alert_outbox": 3}
+
+
+def test_an_outage_fails_the_waiting_batches_at_once_and_loses_none(node, tmp_path: Path):
+    """Batches that fail together because the database is away are not tried again one by one:
+    each try costs a connection timeout when packets are dropped (5 s), and a node letting its
+    partitions go waits for the batches in flight. Every batch is answered unavailable (not
+    acked: redelivered), and stored once when the database is back."""
+    cluster = PostgresCluster()
+    cluster.start()
+    try:
+        url = prepared(cluster.create_database("outage"), tmp_path)
+        a = node(url=url)
+        R = 7
+        tokens = {P: 10, Q: 11, R: 12}
+        for partition, token in tokens.items():
+            a.store.acquire(partition, token)
+        batches = [(p, tokens[p], [delivery(thing, i + 1, ports=5) for i, thing in
+                                   enumerate(things_in(p, 2, prefix=f"u{p}"))]) for p in (P, Q, R)]
+        attempts: list[object] = []
+        sa.event.listen(a.engine, "do_connect", lambda *args: attempts.append(args))
+        cluster.halt()
+        a.engine.dispose()  # the pooled connections died with the server
+        results = a.store.store_many(batches)
+        assert [type(r) for r in results] == [StoreUnavailable] * 3
+        assert len(attempts) == 1  # one try for the three, not one more for each
+        cluster.resume()
+        results = a.store.store_many(batches)
+        assert [[o.status for o in r] for r in results] == [[Status.STORED] * 2] * 3  # type: ignore[union-attr]
+        assert counts(url)["metric_values"] == 6
+    finally:
+        cluster.stop()
