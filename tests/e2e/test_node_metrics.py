@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -31,6 +32,16 @@ def samples(endpoint: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float
 
 def value(endpoint: str, name: str, **labels: str) -> float:
     return samples(endpoint).get((name, frozenset(labels.items())), 0.0)
+
+
+def since(endpoint: str) -> Callable[..., float]:
+    """How much a sample (name, labels) moved from now to when the returned function is called."""
+    before = samples(endpoint)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return samples(endpoint).get(key, 0.0) - before.get(key, 0.0)
+    return moved
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +82,7 @@ def test_connected_clients_follow_the_open_connections(service):
 
 
 def test_each_report_is_timed_from_receipt_to_answer_and_counted_in_its_transaction(service):
-    before = samples(service.endpoint)
-
-    def moved(name: str, **labels: str) -> float:
-        key = (name, frozenset(labels.items()))
-        return samples(service.endpoint).get(key, 0.0) - before.get(key, 0.0)
-
+    moved = since(service.endpoint)
     devices = [Device(service.mqtt_port, f"lat-{i}-{uuid.uuid4().hex[:6]}") for i in range(3)]
     try:
         for report_id in (1, 2):
@@ -102,12 +108,7 @@ def test_each_report_is_timed_from_receipt_to_answer_and_counted_in_its_transact
 
 
 def test_api_requests_are_counted_by_operation_and_status(service):
-    before = samples(service.endpoint)
-
-    def moved(name: str, **labels: str) -> float:
-        key = (name, frozenset(labels.items()))
-        return samples(service.endpoint).get(key, 0.0) - before.get(key, 0.0)
-
+    moved = since(service.endpoint)
     iot = service.client()
     iot.list_security_profiles()
     iot.list_security_profiles()
