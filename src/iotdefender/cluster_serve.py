@@ -65,7 +65,7 @@ from iotdefender.pipeline.local_store import start_compaction
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.partition_store import PartitionBatchStore
 from iotdefender.pipeline.report_message import READS_ANNOUNCEMENT, announcement, version_to_write
-from iotdefender.role_metrics import export_only
+from iotdefender.role_metrics import describe_node, export_only
 from iotdefender.service import (
     Broker,
     ConfigurationError,
@@ -410,7 +410,8 @@ async def serve_cluster(settings: Settings) -> None:
                                  lambda: version_to_write(flags.announced(READS_ANNOUNCEMENT)))
                if "broker" in roles else None)
     cluster_health = ClusterHealth(nc, topology, consumer)
-    export_only(roles)
+    export_only(roles, embedded_broker=settings.mqtt_url is None)
+    describe_node(node_id, roles)
     events = broker_events(settings, roles, devices, nc, topology, node_id)
     if "api" in roles:
         backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -47,6 +48,7 @@ from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.worker import WorkerConfig
 from iotdefender.pipeline.worker_client import WorkerBatchStore
 from iotdefender.net_address import check_port_free
+from iotdefender.role_metrics import ROLE_ORDER, describe_node, export_only
 from iotdefender.settings import Settings
 from iotdefender.store import history, metric_values, violations
 from iotdefender.store.advisory import ML_TRAINING, run_alone
@@ -255,6 +257,8 @@ async def serve(settings: Settings) -> None:
     ]
 
     server = http_server(settings, create_app(api, create_console(api, monitoring, settings.time_scale)))
+    export_only(ROLE_ORDER, embedded_broker=settings.mqtt_url is None)  # every role's metrics: one box is all three
+    describe_node(socket.gethostname(), ROLE_ORDER)
     # Everything built so far (botocore's service model, the broker, caches) lives as long as the
     # service: move it out of the collector's reach, so that collections triggered by per-report
     # allocations do not walk it every time (measured: parsing took twice as long with a large heap).

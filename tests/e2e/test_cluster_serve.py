@@ -31,6 +31,7 @@ from botocore.credentials import Credentials
 import pytest
 import sqlalchemy as sa
 
+from iotdefender import __version__
 from iotdefender.cluster.partitions import PARTITION_COUNT, assignment, partition_of
 from iotdefender.store import history
 from iotdefender.store.database import create_engine
@@ -181,6 +182,21 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
             assert "iotdefender_cluster_members" not in metrics.text  # the detect role's gauges: not here
             assert "iotdefender_cluster_redeliveries_total" not in metrics.text  # nor its counters
             assert 'iotdefender_reports_total{outcome="accepted"} 1.0' in metrics.text  # the broker's are
+            # The operators' series of its role: the answer timed while it waited for a detect node's
+            # commit, its one MQTT client, what it is; no detect transaction, no HTTP request series.
+            assert 'iotdefender_report_answer_seconds_count{outcome="accepted"} 1.0' in metrics.text
+            wait_for(lambda: gauge(c, "iotdefender_mqtt_connected_clients") == 1, 5, "node C's one client")
+            assert (f'iotdefender_node_info{{node="{node_id(c)}",roles="broker",version="{__version__}"}} 1.0'
+                    in metrics.text)
+            assert "iotdefender_detect_transaction_seconds" not in metrics.text
+            assert "iotdefender_http_requests_total" not in metrics.text
+            # The detect nodes timed the transactions of the 15 reports stored so far (a redelivery
+            # would count again), and node B counted the API calls it answered, by operation.
+            assert gauge(a, "iotdefender_detect_transaction_reports_sum") + \
+                gauge(b, "iotdefender_detect_transaction_reports_sum") >= 15
+            assert gauge(a, "iotdefender_detect_transaction_seconds_count") > 0
+            b_text = httpx.get(b.endpoint + "/metrics").text
+            assert 'iotdefender_http_requests_total{code="200",operation="ListViolationEvents"} 2.0' in b_text
             assert httpx.get(c.endpoint + "/2017-05-01/security-profiles").status_code == 404  # no API here
             assert gauge(a, "iotdefender_cluster_members") == 2  # not a detect member
         finally:

@@ -178,6 +178,10 @@ def test_rejections_are_counted_for_the_operator(service, monitored):
     metrics = httpx.get(service.endpoint + "/metrics").text
     assert 'iotdefender_report_rejections_total{reason="InvalidPayload"}' in metrics
     assert 'iotdefender_reports_total{outcome="accepted"}' in metrics
+    assert 'iotdefender_report_answer_seconds_count{outcome="rejected"}' in metrics
+    # Connected clients come from the embedded broker's plugin: joined to an external broker the
+    # service sees no connect, and a gauge stuck at 0 would say "no device", so it is not exported.
+    assert ("iotdefender_mqtt_connected_clients" in metrics) == ("--mqtt-url" not in service.extra_args)
     log = service.log_path.read_text()
     assert '"event": "report_rejected"' in log and '"code": "DuplicateReportId"' in log
 

@@ -122,3 +122,18 @@ def test_a_failed_transaction_releases_the_detection_lock_and_leaves_memory_alon
     worker.join(10)
     assert stored == [[("in-alarm", "failing", "few-ports")]]
     assert len(pipeline.detection.evaluator.alarms()) == 1
+
+
+def test_only_committed_transactions_of_device_reports_are_timed(tmp_path):
+    """``iotdefender_detect_transaction_*``: a batch of reports is observed once with its report
+    count; a cloud-side window's batch (no report id) and a transaction that fails are not."""
+    pipeline = Pipeline(tmp_path, "timed")
+    timed: list[tuple[float, int]] = []
+    store = LocalBatchStore(pipeline.engine, pipeline.monitoring, pipeline.detection, lambda events: None,
+                            on_transaction=lambda seconds, reports: timed.append((seconds, reports)))
+    store.store_batch([("dev-1", violating(), time.time(), 1), ("dev-2", violating(), time.time(), 1)])
+    store.store_batch([("dev-3", violating(), time.time(), None)])  # a cloud-side window
+    with pytest.raises(Exception):
+        store.store_batch([("dev-4", {PORTS: {"count": object()}}, time.time(), 1)])  # not storable
+    assert [reports for _, reports in timed] == [2]
+    assert 0 < timed[0][0] < 10

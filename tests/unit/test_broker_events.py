@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry, Gauge
+
 from iotdefender.brokers.gatekeeper import Gatekeeper
+from iotdefender.brokers.mosquitto.connections import ConnectedClients
 from iotdefender.brokers.mosquitto.events import apply_events
 from iotdefender.brokers.observer import NULL_OBSERVER
 
@@ -34,12 +37,16 @@ def batch(*records: tuple[str, ...]) -> bytes:
     return b"".join("\0".join(r).encode() + b"\0" for r in records)
 
 
+def connections() -> ConnectedClients:
+    return ConnectedClients(Gauge("connected", "connected clients", registry=CollectorRegistry()))
+
+
 def test_every_record_type_in_one_batch():
     observer, denials = Recorder(), Recorder()
     payload = batch(("C", "cam-1", "10.0.0.7", "1", ""), ("C", "cam-2", "10.0.0.8", "0", "auth_bad_password"),
                     ("A", "cam-1", "$aws/things/x/shadow", "publish_denied"), ("S", "cam-1", "212", "t/é"),
                     ("R", "cam-1", "cmd/cam-1"), ("D", "cam-1"))
-    assert apply_events(payload, observer, denials) == 6
+    assert apply_events(payload, observer, denials, connections()) == 6
     assert observer.calls == [("connect", "cam-1", "10.0.0.7", True), ("connect", "cam-2", "10.0.0.8", False),
                               ("sent", "cam-1", "t/é", 212), ("received", "cam-1", "cmd/cam-1"),
                               ("disconnect", "cam-1")]
@@ -50,14 +57,14 @@ def test_every_record_type_in_one_batch():
 def test_without_cloud_metrics_only_refusals_are_counted():
     denials = Recorder()
     payload = batch(("C", "cam-2", "", "0", "auth_client_id_mismatch"), ("S", "cam-1", "3", "t"), ("D", "cam-1"))
-    assert apply_events(payload, NULL_OBSERVER, denials) == 3
+    assert apply_events(payload, NULL_OBSERVER, denials, connections()) == 3
     assert denials.calls == [("denial", "cam-2", "auth_client_id_mismatch")]
 
 
 def test_an_unknown_or_truncated_record_ends_the_batch():
     observer, denials = Recorder(), Recorder()
-    assert apply_events(batch(("R", "a", "t")) + b"S\0b\0", observer, denials) == 1
-    assert apply_events(batch(("X", "a"), ("R", "a", "t")), observer, denials) == 0
+    assert apply_events(batch(("R", "a", "t")) + b"S\0b\0", observer, denials, connections()) == 1
+    assert apply_events(batch(("X", "a"), ("R", "a", "t")), observer, denials, connections()) == 0
     assert observer.calls == [("received", "a", "t")]
 
 
@@ -73,3 +80,19 @@ def test_the_gatekeeper_asks_for_traffic_events_only_when_someone_observes_them(
     watched.record_denial("cam-2", "auth_bad_password")  # a refused CONNECT: no topic, no authorization failure
     assert watched.observes_traffic
     assert observer.calls == [("authorization-failure", "cam-1", "$aws/things/x/shadow")]
+
+
+def test_connected_clients_follow_successful_connects_and_their_disconnects():
+    """A refused CONNECT is no connection; a takeover (the same client id connecting again) is
+    reported as a second connect without a disconnect of the first, so it must not count twice;
+    the plugin reports the disconnect only of the connection that owns the client id."""
+    registry = CollectorRegistry()
+    connected = ConnectedClients(Gauge("connected", "connected clients", registry=registry))
+    events = batch(("C", "cam-1", "10.0.0.7", "1", ""), ("C", "cam-2", "10.0.0.8", "1", ""),
+                   ("C", "cam-3", "10.0.0.9", "0", "auth_bad_password"), ("C", "cam-1", "10.0.0.7", "1", ""))
+    apply_events(events, NULL_OBSERVER, Recorder(), connected)
+    assert registry.get_sample_value("connected") == 2
+    apply_events(batch(("D", "cam-1")), NULL_OBSERVER, Recorder(), connected)
+    assert registry.get_sample_value("connected") == 1
+    connected.reset()  # Mosquitto restarted: its connections are gone without a disconnect each
+    assert registry.get_sample_value("connected") == 0

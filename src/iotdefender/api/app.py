@@ -22,12 +22,14 @@ import orjson
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 
 from iotdefender.api.credentials import CredentialStore
 from iotdefender.api.extensions import BacktestJobs, Extensions
+from iotdefender.api.http_metrics import HttpMetrics, extension_label, name_operation
 from iotdefender.contract.errors import ApiError, invalid_request
 from iotdefender.api.protocol import parse_request, serialize_response
 from iotdefender.api.routing import RouteNotFound, Router
@@ -99,6 +101,7 @@ class ApiService:
             )
             if raw_path.startswith(EXTENSION_PREFIX):
                 operation_name = raw_path
+                name_operation(request.scope, extension_label(raw_path))
                 output = await anyio.to_thread.run_sync(self._extension, request.method, raw_path, body,
                                                         limiter=self._limiter)
                 response = Response(orjson.dumps(output), media_type="application/json",
@@ -113,6 +116,7 @@ class ApiService:
                 raise invalid_request("The request path is not valid UTF-8 percent-encoding") from None
             operation = match.operation
             operation_name = operation.name
+            name_operation(request.scope, operation_name)
             self.dispatcher.implementation(operation_name)  # 501 before any input error, as before
             params = parse_request(operation, match.path_params, raw_query, headers, body)
             output = await anyio.to_thread.run_sync(self.dispatcher.call, operation, params, limiter=self._limiter)
@@ -239,5 +243,6 @@ def create_app(service: ApiService, console: Starlette | None = None, readiness:
             *operations_routes(service.database_health(), readiness),
             *console_routes,
             Route("/{path:path}", service.handle, methods=methods),
-        ]
+        ],
+        middleware=[Middleware(HttpMetrics)],  # requests by operation and status (api/http_metrics.py)
     )

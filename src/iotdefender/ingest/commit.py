@@ -34,6 +34,7 @@ class AcceptedReport:
     encoding: str
     report: ParsedReport
     received_at: float
+    arrived: float  # when the broker received it (its stamp if it gives one): the answer's latency starts here
 
 
 class ReportCommitter(Protocol):

@@ -19,6 +19,7 @@ from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSummary, summaries
 from iotdefender.pipeline.detection import DetectionService, DetectionTransaction
 from iotdefender.pipeline.monitoring import MonitoringIndex
+from iotdefender.pipeline.transaction_metrics import TransactionObserver, observe, timed
 from iotdefender.store import metric_values
 from iotdefender.store.availability import StoreUnavailable, is_unavailable, log_unless_outage
 
@@ -67,11 +68,12 @@ class LocalBatchStore:
     pipeline_depth = 1  # one transaction at a time: the engine's state is this process's
 
     def __init__(self, engine: Engine, monitoring: MonitoringIndex, detection: DetectionService,
-                 on_events: EventListener) -> None:
+                 on_events: EventListener, on_transaction: TransactionObserver = observe) -> None:
         self.engine = engine
         self.monitoring = monitoring
         self.detection = detection
         self._on_events = on_events
+        self._on_transaction = on_transaction  # each committed transaction's seconds and reports
         # thing -> the highest report id of an unconfirmed transaction: perhaps stored, perhaps not
         self._maybe_stored: dict[str, int] = {}
 
@@ -86,7 +88,8 @@ class LocalBatchStore:
         self.monitoring.prime([item[0] for item in items])
         run = None
         try:
-            with self.detection.transaction() as run:
+            reports = sum(1 for item in items if item[3] is not None)  # not the cloud-side windows
+            with timed(reports, self._on_transaction), self.detection.transaction() as run:
                 marks = store_reports(run, self.monitoring, self._not_yet_stored(run.conn, items))
                 run.commit_check = (lambda conn: metric_values.reports_stored(conn, marks)) if marks else None
         except Exception as error:
@@ -145,11 +148,11 @@ def start_compaction(engine: Engine, interval_s: float, compactor: Compactor | N
 
 
 def open_local_store(engine: Engine, config: PipelineConfig, monitoring: MonitoringIndex,
-                     on_events: EventListener) -> LocalBatchStore:
+                     on_events: EventListener, on_transaction: TransactionObserver = observe) -> LocalBatchStore:
     """Detection with the alarm states loaded from the database, history compaction running, and
     the store over them (blocking: call it from a thread, not the event loop)."""
     detection = DetectionService(engine, monitoring, config.alert_routes, config.invalidation_period,
                                  config.time_scale)
     detection.load()
     start_compaction(engine, config.history_interval)
-    return LocalBatchStore(engine, monitoring, detection, on_events)
+    return LocalBatchStore(engine, monitoring, detection, on_events, on_transaction)

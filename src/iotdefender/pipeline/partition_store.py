@@ -67,6 +67,7 @@ from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import store_reports
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, Status, UndecodableReport, decode
+from iotdefender.pipeline.transaction_metrics import TransactionObserver, observe, timed
 from iotdefender.store import metric_values
 from iotdefender.store.availability import StoreUnavailable, is_unavailable
 
@@ -104,10 +105,12 @@ class PartitionBatchStore:
     detection lock), as the engine's state is this process's."""
 
     def __init__(self, monitoring: MonitoringIndex, detection: DetectionService, on_events: EventListener,
-                 on_outcomes: OutcomeListener = ignore_outcomes, partitions: int = PARTITION_COUNT) -> None:
+                 on_outcomes: OutcomeListener = ignore_outcomes, partitions: int = PARTITION_COUNT,
+                 on_transaction: TransactionObserver = observe) -> None:
         self._monitoring = monitoring
         self._detection = detection
         self._on_events = on_events
+        self._on_transaction = on_transaction  # each committed transaction's seconds and reports
         self._on_outcomes = on_outcomes
         self._partitions = partitions
         # Batches handed over by the partitions' readers and not yet taken by the writer (handle).
@@ -319,7 +322,8 @@ class PartitionBatchStore:
         locked in partition order (two nodes never wait on each other in a cycle)."""
         parts = sorted(parts, key=lambda part: part[0])
         self._monitoring.prime([report.message.thing for _, _, reports in parts for report in reports])
-        with self._detection.transaction() as run:
+        reports = sum(len(part_reports) for _, _, part_reports in parts)
+        with timed(reports, self._on_transaction), self._detection.transaction() as run:
             fencing.check_all(run.conn, {partition: token for partition, token, _ in parts})
             fresh, stale = _in_report_order(run.conn, [report for _, _, reports in parts for report in reports])
             marks = store_reports(run, self._monitoring, [(r.message.thing, r.message.datapoints,

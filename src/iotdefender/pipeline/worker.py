@@ -11,7 +11,8 @@ one picklable ``WorkerConfig``; it dies with its parent (PR_SET_PDEATHSIG), so a
 the service never leaves a writer behind that could commit after a restart.
 
 Requests on the pipe are ``(kind, request id, body)``; replies ``(status, request id, result)``
-with status ``ok``, ``error`` or ``unavailable`` (a database outage).
+with status ``ok``, ``error`` or ``unavailable`` (a database outage). A ``store`` request's result
+is ``(events, timings)``: the transactions' (seconds, reports), observed by the parent.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from iotdefender.child_process import die_with_parent
 from iotdefender.pipeline.batch_store import ignore_events
 from iotdefender.pipeline.local_store import PipelineConfig, open_local_store
 from iotdefender.pipeline.monitoring import MonitoringIndex
+from iotdefender.pipeline.transaction_metrics import Timings
 from iotdefender.store.availability import is_unavailable
 
 log = structlog.get_logger("iotdefender.batch_store")
@@ -51,9 +53,11 @@ def worker_main(pipe: Pipe, config: WorkerConfig) -> None:
 
     configure_logging(config.log_format)
     engine = create_engine(config.database_url)
-    # The parent counts the events it is sent back: counted here, they would never be scraped.
+    # The parent counts the events and observes the timings it is sent back: counted here, they
+    # would never be scraped.
+    timings = Timings()
     store = open_local_store(engine, config.pipeline, MonitoringIndex(engine, config.pipeline.arn_prefix),
-                             on_events=ignore_events)
+                             on_events=ignore_events, on_transaction=timings)
     gc.freeze()  # as the service does: long-lived startup objects stay out of every collection
     pipe.send(("ready", 0, None))
     while True:
@@ -63,7 +67,7 @@ def worker_main(pipe: Pipe, config: WorkerConfig) -> None:
             return
         try:
             if kind == "store":
-                result: Any = store.store_batch(body)
+                result: Any = (store.store_batch(body), timings.take())
             elif kind == "sweep":
                 result = store.sweep(body)
             elif kind == "invalidate":

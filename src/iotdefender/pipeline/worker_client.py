@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSummary
+from iotdefender.pipeline.transaction_metrics import TransactionObserver, observe
 from iotdefender.pipeline.worker import WorkerConfig, worker_main
 from iotdefender.store.availability import StoreUnavailable
 
@@ -51,9 +52,11 @@ class WorkerBatchStore:
 
     START_TIMEOUT_S = 60.0
 
-    def __init__(self, config: WorkerConfig, on_events: EventListener) -> None:
+    def __init__(self, config: WorkerConfig, on_events: EventListener,
+                 on_transaction: TransactionObserver = observe) -> None:
         self._config = config
         self._on_events = on_events
+        self._on_transaction = on_transaction  # the child's timings, observed here where /metrics is
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()  # sending and (re)starting
         self._calls: dict[int, _Call] = {}
@@ -156,7 +159,10 @@ class WorkerBatchStore:
         return result
 
     def store_batch(self, items: Sequence[BatchItem]) -> list[EventSummary]:
-        return self._counted(self._call("store", list(items)))
+        events, timings = self._call("store", list(items))
+        for seconds, reports in timings:
+            self._on_transaction(seconds, reports)
+        return self._counted(events)
 
     def sweep(self, now: float) -> list[EventSummary]:
         return self._counted(self._call("sweep", now))

@@ -34,6 +34,7 @@ from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.listeners import ListenerSettings, ReportSink
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable, default_cache_dir, mosquitto_executable, plugin_library
 from iotdefender.brokers.mosquitto.config import PluginOptions, render_config
+from iotdefender.brokers.mosquitto.connections import ConnectedClients
 from iotdefender.brokers.mosquitto.events import apply_events
 from iotdefender.brokers.mosquitto.frames import ReplyBatcher, decode_reports
 from iotdefender.child_process import die_with_parent
@@ -67,13 +68,14 @@ class MosquittoBroker:
 
     def __init__(self, listeners: ListenerSettings, gatekeeper: Gatekeeper, sink: ReportSink,
                  password_file: Path | None = None, cache_dir: Path | None = None,
-                 runtime_dir: Path | None = None) -> None:
+                 runtime_dir: Path | None = None, connections: ConnectedClients | None = None) -> None:
         """``runtime_dir`` holds mosquitto.conf (with the service's secret, so mode 0700): the data
         directory's ``mosquitto/`` for the service, rewritten at each start, so that a killed
         service leaves nothing behind in /tmp; a temporary directory when not given."""
         self._listeners = listeners
         self._gatekeeper = gatekeeper
         self._sink = sink
+        self.connections = connections if connections is not None else ConnectedClients()
         # Absolute: Mosquitto runs in the runtime directory, where a relative path (the default
         # --data-dir is ./data) would name something else.
         self._password_file = password_file.resolve() if password_file is not None else None
@@ -152,7 +154,9 @@ class MosquittoBroker:
     def _spawn(self, executable: str, config: Path) -> None:
         """Started from the event loop's thread, which lives as long as the service: PR_SET_PDEATHSIG
         follows the forking thread (child_process.die_with_parent). In a session of its own, so that
-        Ctrl-C in a terminal stops the service, which then stops Mosquitto after the last replies."""
+        Ctrl-C in a terminal stops the service, which then stops Mosquitto after the last replies.
+        A new process has no connections: the ones counted were the previous process's."""
+        self.connections.reset()
         self._process = subprocess.Popen([executable, "-c", str(config)], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          preexec_fn=die_with_parent, start_new_session=True,
@@ -212,7 +216,7 @@ class MosquittoBroker:
             for thing, encoding, report, received in decode_reports(payload):
                 self._sink(thing, encoding, report, received)
         elif topic == EVENTS_TOPIC:
-            apply_events(payload, self._gatekeeper.observer, self._gatekeeper)
+            apply_events(payload, self._gatekeeper.observer, self._gatekeeper, self.connections)
 
     def _control(self, verb: str, client_id: str) -> None:
         if self._client is None:

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import structlog
 
+from iotdefender.brokers.mosquitto.connections import ConnectedClients
 from iotdefender.brokers.observer import BrokerObserver
 
 log = structlog.get_logger("iotdefender.broker")
@@ -23,8 +24,10 @@ class DenialCounter(Protocol):
     def record_denial(self, client_id: str | None, reason: str, topic: str | None = None) -> None: ...
 
 
-def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounter) -> int:
-    """Apply one batch; returns the number of events applied. A malformed tail is ignored."""
+def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounter,
+                 connections: ConnectedClients) -> int:
+    """Apply one batch; returns the number of events applied. A malformed tail is ignored.
+    ``connections`` follows the successful connects and the disconnects (connections.py)."""
     fields = payload.decode("utf-8", "replace").split("\0")
     end = len(fields) - 1  # the batch ends with a NUL
     index = applied = 0
@@ -41,6 +44,8 @@ def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounte
             if ok != "1":
                 denials.record_denial(client, reason)  # a refused CONNECT has no topic
                 log.info("mqtt_auth_refused", client_id=client, address=address, reason=reason)
+            else:
+                connections.connected(client)
             observer.connect_attempt(client, address or None, ok == "1")
         elif kind == "A":
             denials.record_denial(record[0], record[2], record[1])
@@ -51,5 +56,6 @@ def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounte
         elif kind == "R":
             observer.message_received(record[0], record[1])
         else:
+            connections.disconnected(record[0])
             observer.disconnect(record[0])
     return applied
