@@ -146,4 +146,4 @@ def _bulk_of(data: TrainingData, rows: npt.NDArray[np.int64], starts: npt.NDArra
 
 def _bounds(data: TrainingData, n_devices: int) -> npt.NDArray[np.int64]:
     """Each device's first datapoint in ``data`` (grouped), and the end."""
-    return np.searchsorted(data.device, np.arange(n_devices + 1, dtype=np.int64)).astype(np.int64)
+    return np.searchsorted(data.device, np.arange(n_devices + 1, dtype=data.device.dtype)).astype(np.int64)

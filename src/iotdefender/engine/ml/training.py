@@ -348,11 +348,17 @@ def _refit_before_changes(data: TrainingData, full_fit: refit.FullFit, sample_fi
 
 def _center_at(clock: SeasonalClock, center: npt.NDArray[np.float64],
                ) -> Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]:
-    """The fleet's ``center`` (per slot of the week) at any times: the line between slot centres."""
+    """The fleet's ``center`` (per slot of the week) at any times: the line between slot centres
+    (``clock.first_of`` and float32, as refit.py's pass: shifts.bulk reads ~35M datapoints at
+    100k devices with a fifth contaminated)."""
+    table = center.astype(np.float32)
+    slope = np.roll(table, -1) - table
+
     def at(times: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        first, second, fraction = clock.between_all(times)
-        result: npt.NDArray[np.float64] = center[first] + fraction * (center[second] - center[first])
-        return result
+        first, fraction = clock.first_of(times)
+        result = table.take(first)
+        result += fraction * slope.take(first)
+        return result.astype(np.float64)
     return at
 
 
