@@ -210,7 +210,8 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         spread = discrete.floor(spread, float(np.median(center)) + location, np.nan_to_num(plain)).astype(f32)
 
     # 3b. Devices whose level changed inside the window (shifts.py): ``train`` fits again without
-    # what follows the change when that is the shorter part. One pass over every datapoint.
+    # what follows the change when that is the shorter part (not sampled; sampled and grouped, 3a'
+    # did). One pass over every datapoint.
     differences = full_fit.differences if full_fit is not None else \
         tails.differences(data.device, data.value, n_devices, spread, cap=_DIFFERENCE_CAP,
                           nonnegative=nonnegative) if by_device else None
