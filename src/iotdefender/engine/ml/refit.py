@@ -31,7 +31,9 @@ chunks of whole devices that fit the cache fits each device again, starting from
 A device's datapoints need not be regular in time: every datapoint's slot is computed from its time.
 Training runs the pass a second time over the devices whose level changed inside the window, on
 their datapoints before the change alone (shifts.Bulk, ``FullFit.with_part``): the same fit from
-the same start, without the part the band should not cover.
+the same start, without the part the band should not cover, and with ``prior`` (their rhythm
+cohort's weights: those days may miss part of the week, which the small ridge alone left to the
+first fit over both levels).
 """
 
 from __future__ import annotations

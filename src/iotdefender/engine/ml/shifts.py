@@ -33,9 +33,10 @@ training from 30 s to 72 s (before refit.py, on a sample of 25M). At 5,000 devic
 contaminated the cut devices' spreads went from 2.3-5.6 times their noise to 1.0-1.2, and MEDIUM's
 recall and false alarms both improved (bench/README.md, "Level shifts when training samples").
 Sampled without the datapoints grouped (no differences, no refit) nothing is taken for changed.
-Taking the longer side
-as the device's clean new level was tried: the benchmark's devices return to their old level after
-the training window, and that model alarmed on the return all week (bench/README.md).
+
+Taking the longer side as the device's clean new level was tried: the benchmark's devices return
+to their old level after the training window, and that model alarmed on the return all week
+(bench/README.md).
 """
 
 from __future__ import annotations
