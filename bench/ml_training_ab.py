@@ -7,6 +7,11 @@ run), generated once and kept as .npy files so each run only loads it:
     .venv/bin/python bench/ml_training_ab.py --generate DIR
     PYTHONPATH=/work/main/src .venv/bin/python bench/ml_training_ab.py DIR [--max-datapoints N]
     PYTHONPATH=src .venv/bin/python bench/ml_training_ab.py DIR
+    PYTHONPATH=src .venv/bin/python bench/ml_training_ab.py DIR --share 0.2
+
+``--share`` plants anomalies in that share of the devices' window after loading (bench/ml_fleet.py's
+kinds, seed 7 as bench/ml_detect.py's trained-with-anomalies rows): the level shifts and drifts
+that training fits a second time without (engine/ml/shifts.py).
 
 Prints one JSON line: wall and CPU seconds of ``train``, the load average before and after, the
 median thresholds (equal thresholds: the same model).
@@ -33,6 +38,7 @@ def main() -> None:
     parser.add_argument("directory", type=Path)
     parser.add_argument("--generate", action="store_true")
     parser.add_argument("--max-datapoints", type=int, help="TrainingSettings.max_datapoints (default: its default)")
+    parser.add_argument("--share", type=float, default=0.0, help="share of devices with anomalies planted in the window")
     args = parser.parse_args()
     columns = {name: args.directory / f"{name}.npy" for name in ("device", "time", "value")}
     if args.generate:
@@ -43,13 +49,20 @@ def main() -> None:
             np.save(path, getattr(period, name))
         return
     device, times, values = (np.load(path) for path in columns.values())
-    data = TrainingData(device, [f"thing-{i:06d}" for i in range(int(device.max()) + 1)], times, values)
+    n_devices = int(device.max()) + 1
+    planted = 0
+    if args.share:
+        fleet = ml_fleet.make_devices(n_devices, seed=21)
+        planted = len(ml_fleet.inject(fleet, ml_fleet.Period(device, times, values, len(device) // n_devices),
+                                      args.share, seed=7))
+    data = TrainingData(device, [f"thing-{i:06d}" for i in range(n_devices)], times, values)
     settings = TrainingSettings() if args.max_datapoints is None else TrainingSettings(max_datapoints=args.max_datapoints)
     load = os.getloadavg()[0]
     started, cpu = time.perf_counter(), time.process_time()
     model = train(data, trained_at=float(times[-1]), settings=settings)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     print(json.dumps({"code": os.environ.get("PYTHONPATH", ""), "max_datapoints": settings.max_datapoints,
+                      "share_with_anomalies": args.share, "anomalies_planted": planted,
                       "train_seconds": round(seconds, 2), "train_cpu_seconds": round(cpu, 2),
                       "load_average_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
                       "datapoints_used": model.summary().datapoints_used,

@@ -102,3 +102,59 @@ def test_a_negative_value_outside_the_sample_does_not_break_its_device() -> None
     value = float(np.expm1(normal(at)[5, 0]))
     assert np.isfinite(model.score("thing-5", value, at))
     assert model.judge("thing-5", value, at) is None
+
+
+def test_a_prior_holds_the_rhythm_the_datapoints_do_not_show() -> None:
+    """A device fitted again from weekdays alone (its days before a level change, shifts.py): on
+    weekdays the level and a weekday rhythm are the same thing, so with the small ridge alone the
+    correction of its level splits between them and its weekend, which no datapoint shows, moves
+    with it; with its rhythm cohort's prior (seasonal.nearest_cohort_prior) the weekend is the cohort's."""
+    from iotdefender.engine.ml.clock import SeasonalClock
+    from iotdefender.engine.ml.seasonal import Fallbacks
+
+    clock = SeasonalClock()
+    weekend = (np.arange(clock.slots) // clock.slots_per_day) >= 5
+    basis = np.stack([(~weekend).astype(float), weekend.astype(float)], axis=1)  # weekdays, weekend
+    level, quiet = 5.0, -0.6  # its level, and its weekends that much lower
+    t = clock.origin + 3_000 * 7 * DAY + np.arange(5 * 288) * 300.0  # Monday to Friday
+    y = level + 0.05 * np.random.default_rng(2).standard_normal(len(t))
+    data = TrainingData(np.zeros(len(t), dtype=np.int32), ["thing-0"], t, np.expm1(y))
+    # Its first fit covered both levels: half a unit high, its weekend bent up by as much.
+    start = refit.SampleFit(np.array([level + 0.5]), np.array([[0.0, quiet + 0.5]]), np.array([0.2]), np.array([0.5]))
+
+    def weekend_error(prior: tuple[np.ndarray, np.ndarray] | None) -> float:
+        fit = refit.refit(data, clock, np.zeros(clock.slots), basis, Fallbacks(np.full(clock.slots, 1e3), 20),
+                          start, np.zeros(0, dtype=np.int64), nonnegative=True, rhythm_clip=4.0, cap=5.0,
+                          prior=prior)
+        assert abs(float(fit.location[0] + fit.weights[0, 0]) - level) < 0.01  # its weekdays, either way
+        return abs(float(fit.location[0] + fit.weights[0, 1]) - (level + quiet))
+
+    assert weekend_error(None) > 0.4
+    assert weekend_error((np.array([[0.0, quiet]]), np.array([[100.0, 100.0]]))) < 0.05
+
+
+def test_a_changed_device_takes_the_rhythm_of_the_unchanged_devices_nearest_it() -> None:
+    """seasonal.nearest_cohort_prior: the cohorts come from the eligible (unchanged) devices only,
+    and each member takes the one nearest its own weights; too few eligible devices, no pull."""
+    from iotdefender.engine.ml.seasonal import RIDGE, nearest_cohort_prior
+
+    rng = np.random.default_rng(4)
+    n = 400
+    kind = np.arange(n) % 2
+    weights = np.stack([np.where(kind == 0, 1.0, -1.0), np.where(kind == 0, 0.0, 0.5)], axis=1)
+    weights += 0.01 * rng.standard_normal((n, 2))
+    members = np.array([0, 1, 2, 3])
+    weights[members] += np.array([[0.3, 0.2]])  # bent by a change: their own fits are off
+    spread, datapoints = np.full(n, 0.1), np.full(n, 4_000.0)
+    eligible = np.ones(n, dtype=bool)
+    eligible[members] = False
+    mean, ridge = nearest_cohort_prior(weights, spread, datapoints, eligible, members, slots=336)
+    expected = np.where((kind[members] == 0)[:, None], [1.0, 0.0], [-1.0, 0.5])
+    # The cohort nearest (32 of them split the two kinds: the nearest is on the side it bent to).
+    assert np.allclose(mean, expected, atol=0.05)
+    assert (np.abs(mean - weights[members]).max(axis=1) > 0.25).all()
+    assert (ridge >= RIDGE).all()
+    few = np.zeros(n, dtype=bool)
+    few[:10] = True
+    mean, ridge = nearest_cohort_prior(weights, spread, datapoints, few, members, slots=336)
+    assert (mean == 0).all() and (ridge == RIDGE).all()

@@ -29,11 +29,17 @@ chunks of whole devices that fit the cache fits each device again, starting from
    value already; this pass replaces it, so the values are read and log-scaled once.
 
 A device's datapoints need not be regular in time: every datapoint's slot is computed from its time.
+Training runs the pass a second time over the devices whose level changed inside the window, on
+their datapoints before the change alone (shifts.Bulk, ``FullFit.with_part``): the same fit from
+the same start, without the part the band should not cover, and with ``prior`` (their rhythm
+cohort's weights: those days may miss part of the week, which the small ridge alone left to the
+first fit over both levels).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -42,8 +48,9 @@ from iotdefender.engine.ml import tails
 from iotdefender.engine.ml.clock import SeasonalClock
 from iotdefender.engine.ml.data import TrainingData
 from iotdefender.engine.ml.robust import Segments, clipped_location_and_std
-from iotdefender.engine.ml.seasonal import Fallbacks, NormalEquations, basis_devices, principal_rhythms
+from iotdefender.engine.ml.seasonal import RIDGE, Fallbacks, NormalEquations, basis_devices, principal_rhythms
 
+_N = TypeVar("_N", bound=np.generic)
 _BLOCK = 500_000  # datapoints whose devices' normal equations are solved together (4 chunks)
 
 
@@ -70,10 +77,25 @@ class FullFit:
     datapoints: npt.NDArray[np.int64]
     differences: tails.Differences
 
+    def with_part(self, devices: npt.NDArray[np.int64], part: FullFit) -> FullFit:
+        """This fit with the entries of ``devices`` taken from ``part`` (a fit of those devices
+        alone, device ``i`` of it being ``devices[i]``: shifts.Bulk)."""
+        def merged(mine: npt.NDArray[_N], theirs: npt.NDArray[_N]) -> npt.NDArray[_N]:
+            result = mine.copy()
+            result[devices] = theirs
+            return result
+
+        d, p = self.differences, part.differences
+        return FullFit(merged(self.location, part.location), merged(self.weights, part.weights),
+                       merged(self.spread, part.spread), merged(self.datapoints, part.datapoints),
+                       tails.Differences(merged(d.kurtosis, p.kurtosis), merged(d.count, p.count),
+                                         merged(d.rms, p.rms)))
+
 
 def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float64], basis: npt.NDArray[np.float64],
           fallbacks: Fallbacks, start: SampleFit, sampled: npt.NDArray[np.int64], *, nonnegative: bool, rhythm_clip: float, cap: float,
-          clip: float = 3.5, rounds: int = 1) -> FullFit:
+          clip: float = 3.5, rounds: int = 1,
+          prior: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None) -> FullFit:
     """One pass over ``data`` (grouped by device): ``FullFit`` from the sample's ``start``.
 
     ``center`` [slots] is the fleet's centre, ``basis`` [slots, rank] its rhythms; ``sampled`` the
@@ -82,6 +104,9 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
     on all datapoints sorts on half and calibrates on the other: a device whose window happened to
     be light would otherwise bring its light scores to a light cohort and pull its thresholds
     low). ``cap`` is the differences' (tails.py), ``clip`` and ``rounds`` the clipped moments' (robust.py).
+    ``prior`` (mean, ridge), both [devices, rank], pulls the weights towards the mean as
+    ``seasonal.fit_weights``' does (the level keeps the small ridge); without it, only the small
+    ridge holds the correction.
     """
     n_devices = len(data.devices)
     slots, rank = basis.shape
@@ -133,7 +158,10 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
         # (seasonal.cohort_prior) pulled strong rhythms towards their cohort's mean of first fits on
         # ~235 datapoints, which that fit's ridge shrinks by ~7 %: on 4,000 datapoints a device's own
         # data decide.
-        step = equations.solve(*fallbacks.table(sums, counts)).astype(f32)
+        towards = None if prior is None else (
+            np.concatenate((np.zeros((m, 1)), prior[0][a:b] - weights[a:b]), axis=1),
+            np.concatenate((np.full((m, 1), RIDGE), prior[1][a:b]), axis=1))
+        step = equations.solve(*fallbacks.table(sums, counts), towards).astype(f32)
         location[a:b] += step[:, 0]
         weights[a:b] += step[:, 1:]
         moved = step[:, :1] + np.einsum("dk,sk->ds", step[:, 1:], augmented32[:, 1:])  # not BLAS (seasonal.py)

@@ -11,11 +11,13 @@ and compare bytes. The steps, on the log scale (model.py says why log):
 3. its own rhythm, as weights on the fleet's main rhythms (seasonal.py), then level and spread again
    around level + rhythm; where that spread is much wider than the noise the device's successive
    differences show, its level changed inside the window (shifts.py), and when the part after the
-   change is the shorter, the model is fitted again without it (not when training samples);
+   change is the shorter, the model is fitted again without it;
    when training samples and the datapoints come grouped by device (the service's trainer reads
    them so), each device's level, rhythm weights and spread are fitted again from all its
    datapoints in one pass, and the rhythm basis comes from all the datapoints of 5,000 devices
-   (refit.py): the sample then serves only what the fleet shares;
+   (refit.py): the sample then serves only what the fleet shares; there the second fit is of
+   the changed devices alone, from all their datapoints before the change, and their sampled
+   datapoints after it leave the sample (3a');
 4. the fleet's per-slot multiplier of those spreads (quiet nights, busy mornings);
 5. the thresholds: per cohort of devices with alike tails, the score that the level's share of
    training datapoints reaches, never below a floor (calibration.py). How heavy a device's tail is
@@ -31,11 +33,13 @@ and small ones a step 4 that is a mean shrunk by its sampling noise instead of a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
 from iotdefender.engine.ml import calibration, discrete, refit, seasonal, shifts, tails
-from iotdefender.engine.ml.clock import between_table
+from iotdefender.engine.ml.clock import SeasonalClock, between_table
 from iotdefender.engine.ml.data import TrainingData
 from iotdefender.engine.ml.model import BehaviorModel, DeviceBands, ModelSummary
 from iotdefender.engine.ml.robust import MAD_TO_STD, Segments, clipped_location_and_std
@@ -54,26 +58,27 @@ def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) 
     """Raises ``ValueError`` without datapoints (the service waits for its minimum before training).
 
     When a device's level changed inside the window and what follows the change is the shorter
-    part (shifts.py), the model is fitted a second time without that part, unless the window was
-    too large not to be sampled; the summary still counts every datapoint of the window.
+    part (shifts.py), the model is fitted a second time without that part: the whole window again
+    when training did not sample; when it sampled and the datapoints come grouped by device, those
+    devices alone from all their datapoints before the change (``_refit_before_changes``), which
+    costs a pass over their datapoints instead of a second training. The summary still counts
+    every datapoint of the window.
     """
     if len(data) == 0:
         raise ValueError("no datapoints to train on")
     model, moved, center = _fit(data, trained_at, settings, len(data))
     summary = model.summary()
-    # Not when training had to sample: at 100k devices x 14 days with a fifth of them contaminated
-    # the second fit took training from 30 s to 72 s (bench/README.md).
+    # Sampled: done inside ``_fit`` when the datapoints come grouped (3a'); a whole second training
+    # at 100k devices x 14 days with a fifth of them contaminated took 72 s instead of 30 s
+    # (bench/README.md). Sampled without that pass (not grouped: nothing is found changed; rank 0),
+    # the first fit stays.
     if not moved.any() or summary.datapoints_used < summary.datapoints:
         return model
     clock = settings.clock
-
-    def fleet_center(times: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        first, second, fraction = clock.between_all(times)
-        return center[first] + fraction * (center[second] - center[first])
-
-    keep = shifts.bulk_datapoints(data, moved, fleet_center, margin=clock.hour_seconds * 24)
-    if keep.all():
+    part = shifts.bulk(data, moved, _center_at(clock, center), margin=clock.hour_seconds * 24)
+    if not len(part.devices):
         return model
+    keep = part.keep(data)
     bulk = TrainingData(data.device[keep], data.devices, data.time[keep], data.value[keep])
     return _fit(bulk, trained_at, settings, len(data))[0]
 
@@ -134,6 +139,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     # 3. Each device's rhythm, then its level and spread around it.
     residual -= segments.spread(location)
     full_fit: refit.FullFit | None = None
+    left_out = np.zeros(0, dtype=np.int64)  # sampled datapoints after a change (3a')
     fitted_on = sampled  # datapoints each device's centre was fitted on
     basis = np.zeros((clock.slots, 0), f32)
     weights = np.zeros((n_devices, 0), f32)
@@ -157,9 +163,12 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
             del fitted
             weights64[~own] = 0.0
             basis, weights = basis64.astype(f32), weights64.astype(f32)
-            full_fit = refit.refit(data, clock, center, basis64, fallbacks,
-                                   refit.SampleFit(location, weights, first_spread, spread), sample_index,
+            sample_fit = refit.SampleFit(location, weights, first_spread, spread)
+            full_fit = refit.refit(data, clock, center, basis64, fallbacks, sample_fit, sample_index,
                                    nonnegative=nonnegative, rhythm_clip=_RHYTHM_CLIP, cap=_DIFFERENCE_CAP)
+            # 3a'. Devices whose level changed inside the window, fitted again before the change.
+            full_fit, left_out = _refit_before_changes(data, full_fit, sample_fit, own, segments, sample_index,
+                                                       settings, center, basis64, fallbacks, nonnegative=nonnegative)
             refitted = np.where(own, full_fit.location, location).astype(f32)
             weights = np.where(own[:, None], full_fit.weights, weights).astype(f32)
             moved_by = (weights @ basis.T + (refitted - location)[:, None]).astype(f32)
@@ -185,6 +194,14 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
             spread = np.where(own, np.maximum(np.nan_to_num(spread2, nan=settings.min_scale), settings.min_scale),
                               spread).astype(f32)
         del first_cell, second_cell
+    if len(left_out):
+        kept = np.ones(len(residual), dtype=bool)
+        kept[left_out] = False
+        residual, slot, own_point, device = residual[kept], slot[kept], own_point[kept], device[kept]
+        first, second, fraction = first[kept], second[kept], fraction[kept]
+        sampled = np.bincount(device, minlength=n_devices)
+        segments = Segments(sampled)
+        del kept
 
     if counts:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -193,7 +210,8 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         spread = discrete.floor(spread, float(np.median(center)) + location, np.nan_to_num(plain)).astype(f32)
 
     # 3b. Devices whose level changed inside the window (shifts.py): ``train`` fits again without
-    # what follows the change when that is the shorter part. One pass over every datapoint.
+    # what follows the change when that is the shorter part (not sampled; sampled and grouped, 3a'
+    # did). One pass over every datapoint.
     differences = full_fit.differences if full_fit is not None else \
         tails.differences(data.device, data.value, n_devices, spread, cap=_DIFFERENCE_CAP,
                           nonnegative=nonnegative) if by_device else None
@@ -281,6 +299,68 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         thresholds={level.value: round(float(np.median([t[i] for t in per_cohort[1:]] or [per_cohort[0][i]])), 4)
                     for i, (level, _) in enumerate(settings.exceedance)})
     return BehaviorModel(settings.clock, bands, summary), moved, center
+
+
+def _refit_before_changes(data: TrainingData, full_fit: refit.FullFit, sample_fit: refit.SampleFit,
+                          own: npt.NDArray[np.bool_], segments: Segments, sample_index: npt.NDArray[np.int64],
+                          settings: TrainingSettings, center: npt.NDArray[np.float64], basis: npt.NDArray[np.float64],
+                          fallbacks: seasonal.Fallbacks, *, nonnegative: bool,
+                          ) -> tuple[refit.FullFit, npt.NDArray[np.int64]]:
+    """Sampled but grouped by device (refit.py): the devices whose level changed inside the window
+    and whose part after the change is the shorter (shifts.py) fitted again, alone, from all their
+    datapoints before it, from the sample's same start; and which sampled datapoints (positions in
+    the sample, ``sample_index`` being their indices into ``data``) fall after it, to leave the
+    sample as they leave the window when training does not sample.
+
+    Only those devices: the fleet's statistics (centre, rhythms, slot shape) are the sample's, which
+    a fifth of the fleet moving barely moves, and fitting the whole window again doubled training's
+    time at 100k devices (bench/README.md). Their tail cohort follows from the new differences.
+    """
+    none = np.zeros(0, dtype=np.int64)
+    changed = shifts.changed(full_fit.differences.rms, full_fit.differences.count, own)
+    if not changed.any():
+        return full_fit, none
+    clock = settings.clock
+    part = shifts.bulk(data, changed, _center_at(clock, center), margin=clock.hour_seconds * 24)
+    if not len(part.devices):
+        return full_fit, none
+    cut = part.devices
+    is_cut = np.zeros(len(own), dtype=bool)
+    is_cut[cut] = True
+    candidates = np.flatnonzero(segments.spread(is_cut))  # their sampled datapoints
+    at = sample_index[candidates]
+    position = np.minimum(np.searchsorted(part.index, at), len(part.index) - 1)
+    kept = part.index[position] == at
+    # The rhythm is pulled towards the nearest rhythm cohort of the devices that did not change
+    # (seasonal.nearest_cohort_prior), as the fit of a window not sampled pulls it towards its
+    # cohort's: the days before the change may not hold every day of the week, and with the small
+    # ridge alone, a level step on weekdays split between the level and a weekday-weekend rhythm
+    # (alike on weekdays): a cohort of devices that shifted together on day 6.35 got a Sunday 2.7-3
+    # of their noise off, 40 MEDIUM alarms a device in the week after (bench/README.md).
+    prior = seasonal.nearest_cohort_prior(full_fit.weights.astype(np.float64), full_fit.spread,
+                                          full_fit.datapoints.astype(np.float64), own & ~changed, cut,
+                                          settings.clock.slots)
+    start = refit.SampleFit(sample_fit.location[cut], sample_fit.weights[cut], sample_fit.spread[cut],
+                            sample_fit.level_spread[cut])
+    again = refit.refit(part.data(data), clock, center, basis, fallbacks, start, position[kept],
+                        nonnegative=nonnegative, rhythm_clip=_RHYTHM_CLIP, cap=_DIFFERENCE_CAP, prior=prior)
+    return full_fit.with_part(cut, again), candidates[~kept]
+
+
+def _center_at(clock: SeasonalClock, center: npt.NDArray[np.float64],
+               ) -> Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]:
+    """The fleet's ``center`` (per slot of the week) at any times: the line between slot centres
+    (``clock.first_of`` and float32, as refit.py's pass: shifts.bulk reads ~35M datapoints at
+    100k devices with a fifth contaminated)."""
+    table = center.astype(np.float32)
+    slope = np.roll(table, -1) - table
+
+    def at(times: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        first, fraction = clock.first_of(times)
+        result = table.take(first)
+        result += fraction * slope.take(first)
+        return result.astype(np.float64)
+    return at
 
 
 def _sample(n: int, limit: int, rng: np.random.Generator) -> npt.NDArray[np.int64] | None:
