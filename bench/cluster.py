@@ -23,6 +23,7 @@ Then the single box (``iotdefender serve`` on PostgreSQL, its default broker) un
 and load, for the ratio. Scaling efficiency = (reports per detect CPU-second with N) / (with 1).
 
     .venv/bin/python bench/cluster.py [--devices 3000] [--rate 1000] [--seconds 10] [--detect 1 2] [--quick]
+        [--brokers 2] [--no-single-box] [--no-takeover]
 
 Results: bench/results/cluster-<date>.json (not with --quick, which prints one line).
 """
