@@ -23,6 +23,7 @@ Then the single box (``iotdefender serve`` on PostgreSQL, its default broker) un
 and load, for the ratio. Scaling efficiency = (reports per detect CPU-second with N) / (with 1).
 
     .venv/bin/python bench/cluster.py [--devices 3000] [--rate 1000] [--seconds 10] [--detect 1 2] [--quick]
+        [--brokers 2] [--no-single-box] [--no-takeover]
 
 Results: bench/results/cluster-<date>.json (not with --quick, which prints one line).
 """
@@ -75,13 +76,13 @@ def listening(port: int) -> bool:
 class Cluster:
     """Two broker nodes and ``detect`` detect nodes on one nats-server and a fresh database."""
 
-    def __init__(self, nats_url: str, database_url: str, detect: int) -> None:
+    def __init__(self, nats_url: str, database_url: str, detect: int, brokers: int = 2) -> None:
         cluster = ["--cluster-url", nats_url, *DEVICE_ARGS]
         self.root = root = Path(tempfile.mkdtemp(prefix="iotdefender-cluster-bench-"))
         self.detect = [ServiceProcess(data_dir=root / f"detect{i}", database_url=database_url,
                                       extra_args=[*cluster, "--roles", "detect"]) for i in range(detect)]
         self.brokers = [ServiceProcess(data_dir=root / f"broker{i}", database_url=database_url,
-                                       extra_args=[*cluster, "--roles", "broker,api"]) for i in range(2)]
+                                       extra_args=[*cluster, "--roles", "broker,api"]) for i in range(brokers)]
 
     def start(self) -> None:
         for node in [*self.detect, *self.brokers]:
@@ -126,7 +127,7 @@ def postmaster_pid(postgres: PostgresCluster) -> int:
 
 def measure_cluster(nats: SingleJetStream, postgres: PostgresCluster, detect: int,
                     args: argparse.Namespace) -> dict[str, Any]:
-    cluster = Cluster(nats.urls[0], postgres.create_database(f"cluster{detect}"), detect)
+    cluster = Cluster(nats.urls[0], postgres.create_database(f"cluster{detect}"), detect, args.brokers)
     fleet = None
     try:
         cluster.start()
@@ -153,7 +154,7 @@ def measure_cluster(nats: SingleJetStream, postgres: PostgresCluster, detect: in
                 round(1000 * load["cpu_s"][f"detect{i}"] / (answered * shares[i] / PARTITIONS), 3)
                 if answered and shares[i] else None for i in range(detect)],
             "broker_node_cpu_s_per_1000_reports": round(
-                1000 * sum(load["cpu_s"][f"broker{i}"] for i in range(2)) / answered, 3) if answered else None,
+                1000 * sum(load["cpu_s"][f"broker{i}"] for i in range(len(cluster.brokers))) / answered, 3) if answered else None,
             "reports_per_detect_cpu_s": round(answered / detect_cpu, 1) if detect_cpu else None,
             # Everything the cluster ran on (not the load generators), against the single box's figure.
             "all_cpu_s_per_1000_reports": round(1000 * sum(load["cpu_s"].values()) / answered, 3) if answered else None,
@@ -240,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             nats = SingleJetStream()
             nats.start()
             configurations.append(measure_cluster(nats, postgres, count, args))
-        single = measure_single_box(postgres, args)
+        single = None if args.no_single_box else measure_single_box(postgres, args)
     finally:
         nats.stop()
         postgres.stop()
@@ -248,6 +249,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     one = next((c for c in configurations if c["detect_nodes"] == 1), None)
     for c in configurations:
         base = one and one["reports_per_detect_cpu_s"]
+        if single is None:
+            c["scaling_efficiency"] = round(c["reports_per_detect_cpu_s"] / base, 3) \
+                if base and c["reports_per_detect_cpu_s"] else None
+            continue
         c["scaling_efficiency"] = round(c["reports_per_detect_cpu_s"] / base, 3) \
             if base and c["reports_per_detect_cpu_s"] else None
         single_p99 = single["offered_load"]["p99_ms"]
@@ -276,8 +281,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
                          "scaling_efficiency": c["scaling_efficiency"],
                          "takeover_s": (c.get("takeover") or {}).get("takeover_s")}
                         for c in result["cluster"]],
-            "single_box": {"p50_ms": result["single_box"]["offered_load"]["p50_ms"],
-                           "p99_ms": result["single_box"]["offered_load"]["p99_ms"]}}
+            "single_box": result["single_box"] and {"p50_ms": result["single_box"]["offered_load"]["p50_ms"],
+                                                    "p99_ms": result["single_box"]["offered_load"]["p99_ms"]}}
 
 
 def main() -> None:
@@ -286,10 +291,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="offered reports/s, spread over all devices")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of the offered load")
     parser.add_argument("--detect", type=int, nargs="+", default=[1, 2], help="detect node counts to run")
+    parser.add_argument("--brokers", type=int, default=2, help="broker nodes (the fleet is spread over them)")
     parser.add_argument("--drain-seconds", type=float, default=15.0)
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--per-process", type=int, default=2000, help="connections per load-generator process")
     parser.add_argument("--no-takeover", action="store_true")
+    parser.add_argument("--no-single-box", action="store_true", help="measure only the cluster")
     parser.add_argument("--max-seconds", type=int, default=600, help="the whole run is stopped after this")
     parser.add_argument("--quick", action="store_true", help="1,000 devices at 500/s, 4 s phases, no takeover")
     parser.add_argument("--output", type=Path, help="the results file (default bench/results/cluster-<date>.json)")

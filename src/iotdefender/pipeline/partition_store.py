@@ -162,6 +162,13 @@ class PartitionBatchStore:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+            # Let the readers just answered run before taking the next batches: each acks and hands
+            # over what its pull request delivered meanwhile without awaiting anything else (nor
+            # does ``handle``), so one turn of the loop is enough. Without it the writer took only
+            # the batches of the other partitions (``Event.wait`` returns at once when set) and
+            # these waited one transaction more (at 1,000 reports/s most partitions are in every
+            # transaction, bench/README.md, cluster latency).
+            await asyncio.sleep(0)
 
     async def on_acquired(self, partition: int, token: int) -> None:
         await asyncio.to_thread(self.acquire, partition, token)
