@@ -11,7 +11,9 @@ Where a cohort has too few scores to read a quantile that far out, the tail abov
 is fitted with a generalised Pareto distribution (method of moments — the peaks-over-threshold
 method of extreme value theory) and the threshold read from the fit. A first model has no previous
 model to leave the anomalies of its training window out, and a few of them outnumber HIGH's share:
-the fit leaves out the excesses a robust (quantile) fit of the same tail says it cannot hold.
+the fit leaves out the excesses a robust (quantile) fit of the same tail says it cannot hold, and
+when training sampled, the devices that crowd a cohort's tail are found (``crowding_devices``) and
+calibrated apart.
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ and compare bytes. The steps, on the log scale (model.py says why log):
    training datapoints reaches, never below a floor (calibration.py). How heavy a device's tail is
    comes from all its datapoints when the statistics had to be sampled and the datapoints come
    grouped by device (tails.py; then every sampled score calibrates), else from every other
-   datapoint's score (the rest calibrate).
+   datapoint's score (the rest calibrate). In the first case a lasting anomaly inside the window
+   (a nightly bump, a level that moved) does not show in how heavy the tail is, so the devices that
+   crowd a near-normal cohort's tail get a cohort of their own (calibration.crowding_devices).
 
 Integer data (counts) get a floor on every spread from a Poisson count's (discrete.py), so a
 metric that is 0 most of the time does not get a spread of ``min_scale`` and thresholds of 100,
@@ -283,7 +285,9 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     # crowd a cohort's tail (calibration.crowding_devices) leave it for a cohort of their own, after
     # the others, as the scores' own kurtosis sends them to the heaviest cohorts when training does
     # not sample. Only in cohorts of alike, near-normal tails (``_ALIKE_KURTOSIS``).
-    owner = device[by_cohort] if all_tails and settings.tail_cohorts < 255 else None  # all_tails: none sorts
+    # (all_tails: no score sorts, so ``device`` is every score's; their cohort is one more row, and a
+    # cohort is a byte.)
+    owner = device[by_cohort] if all_tails and settings.tail_cohorts < 255 else None
     alike = np.ones(settings.tail_cohorts + 1, dtype=bool)
     np.logical_and.at(alike, cohort[own], heaviness[own] <= _ALIKE_KURTOSIS)
     crowding = np.zeros(n_devices, dtype=bool)
