@@ -105,8 +105,25 @@ def test_a_sampled_window_with_nightly_bumps_on_some_devices_keeps_clean_high_th
     bumped = train(data, trained_at=START + 14 * DAY, settings=settings)
     assert bumped.summary().datapoints_used < bumped.summary().datapoints / 3
     assert clean.summary().thresholds[high] < 5.0
-    # Before the crowding devices left the cohorts' tails: 4.78 -> 7.17 (16 cohorts of 50 devices: 4.75 -> 5.48).
-    assert bumped.summary().thresholds[high] == pytest.approx(clean.summary().thresholds[high], abs=0.4)
+    # Before the crowding devices left the cohorts' tails: 4.78 -> 7.17; found by the sample's
+    # scores alone 5.01, with the counts from all datapoints 4.81.
+    assert bumped.summary().thresholds[high] == pytest.approx(clean.summary().thresholds[high], abs=0.2)
     # The bumped devices found crowding got a cohort of their own, with thresholds their nights reach.
     theirs = [bumped.thresholds(data.devices[d])[ConfidenceLevel.HIGH] for d in chosen.tolist()]
     assert np.median(theirs) > clean.summary().thresholds[high] + 1
+
+
+def test_devices_with_many_datapoints_far_off_their_fit_are_found_by_their_counts() -> None:
+    rng = np.random.default_rng(2)
+    devices = 600
+    outside = np.full(devices, 3_900, dtype=np.int64)
+    beyond = rng.poisson(3_900 * 6e-5, devices).astype(np.int64)  # normal noise beyond 4 spreads
+    cohort = (1 + np.arange(devices) % 3).astype(np.uint8)
+    tested = np.ones(devices, dtype=bool)
+    assert not calibration.crowding_by_counts(beyond, outside, cohort, tested).any()
+    bumped = beyond.copy()
+    bumped[:30] += rng.integers(20, 120, 30)  # a bump most nights: 5 % of the devices
+    found = calibration.crowding_by_counts(bumped, outside, cohort, tested)
+    assert found[:30].all() and not found[30:].any()
+    tested[:3] = False  # devices of a cohort not tested (heavy tails) are never found
+    assert not calibration.crowding_by_counts(bumped, outside, cohort, tested)[:3].any()

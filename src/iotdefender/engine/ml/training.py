@@ -25,7 +25,9 @@ and compare bytes. The steps, on the log scale (model.py says why log):
    grouped by device (tails.py; then every sampled score calibrates), else from every other
    datapoint's score (the rest calibrate). In the first case a lasting anomaly inside the window
    (a nightly bump, a level that moved) does not show in how heavy the tail is, so the devices that
-   crowd a near-normal cohort's tail get a cohort of their own (calibration.crowding_devices).
+   crowd a near-normal cohort's tail get a cohort of their own: those with many datapoints far off
+   their fit (refit.py counts them outside the sample: calibration.crowding_by_counts), then those
+   whose sampled scores crowd it (calibration.crowding_devices).
 
 Integer data (counts) get a floor on every spread from a Poisson count's (discrete.py), so a
 metric that is 0 most of the time does not get a spread of ``min_scale`` and thresholds of 100,
@@ -290,7 +292,9 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     owner = device[by_cohort] if all_tails and settings.tail_cohorts < 255 else None
     alike = np.ones(settings.tail_cohorts + 1, dtype=bool)
     np.logical_and.at(alike, cohort[own], heaviness[own] <= _ALIKE_KURTOSIS)
-    crowding = np.zeros(n_devices, dtype=bool)
+    # All its datapoints outside the sample first (refit.py), then the sample's scores.
+    crowding = calibration.crowding_by_counts(full_fit.beyond, full_fit.outside, cohort, own & alike[cohort]) \
+        if owner is not None and full_fit is not None else np.zeros(n_devices, dtype=bool)
     crowded_scores = []
     own_scores = grouped[bounds[1]:]
     fleet_basis = fleet_scores if len(fleet_scores) >= 1_000 or not len(own_scores) else own_scores
@@ -299,7 +303,8 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         members = grouped[bounds[c]:bounds[c + 1]]
         if owner is not None and alike[c]:
             whose = owner[bounds[c]:bounds[c + 1]]
-            crowding[calibration.crowding_devices(members, whose)] = True
+            rest = ~crowding[whose]
+            crowding[calibration.crowding_devices(members[rest], whose[rest])] = True
             leaving = crowding[whose]
             crowded_scores.append(members[leaving])
             members = members[~leaving]
