@@ -58,9 +58,10 @@ _FULL_BASIS_DEVICES = 5_000
 _DIFFERENCE_CAP = 5.0  # the same for successive differences (tails.py): one capped pair adds 0.3 to 4,000's kurtosis
 # Sampled and grouped: a tail cohort whose devices' difference kurtosis all stay below this (noise
 # of kurtosis 4 at most: near normal) has alike tails, and the devices crowding its tail leave it
-# (calibration.without_crowded_devices). The heaviest cohorts span normal to Student-t noise (3.4-6.3
-# in the benchmark), where the test took the spikiest devices' noise for anomalies: HIGH's false
-# alarms on the clean 5,000-device fleet 0.71 -> 2.8 per 1,000 device-days (bench/README.md).
+# (calibration.crowding_by_counts, crowding_devices). Their tests assume alike tails; the heaviest
+# cohorts span normal to Student-t noise (3.4-6.3 in the benchmark), where they would take the
+# spikiest devices' noise for crowding (a synthetic cohort with a sixth of its devices Student-t:
+# 565-729 of their scores taken; not measured on the benchmark without this limit).
 _ALIKE_KURTOSIS = 3.5
 
 
