@@ -52,3 +52,78 @@ def test_a_first_model_trained_with_spikes_in_its_window_keeps_clean_high_thresh
     assert clean.summary().thresholds[high] < 5.5
     # Before outliers were left out of the tail fit: 4.75 -> 8.29 (the median over tail cohorts).
     assert spiky.summary().thresholds[high] == pytest.approx(clean.summary().thresholds[high], abs=0.5)
+
+
+def test_the_devices_crowding_a_cohorts_tail_are_found_and_a_clean_cohort_has_none() -> None:
+    rng = np.random.default_rng(1)
+    devices, per = 125, 1_300
+    owner = np.repeat(np.arange(devices), per)
+    clean = np.abs(rng.normal(size=devices * per)).astype(np.float32)
+    crowded = clean.copy()
+    for d in range(5):  # 4 % of the devices, 30 large scores each (a bump most nights)
+        crowded[d * per + rng.choice(per, 30, replace=False)] = rng.uniform(5.0, 8.0, 30)
+    assert len(calibration.crowding_devices(clean, owner)) == 0
+    found = calibration.crowding_devices(crowded, owner)
+    assert found.tolist() == [0, 1, 2, 3, 4]
+    high_clean = calibration.thresholds(clean, SHARES, FLOORS)[2]
+    assert calibration.thresholds(crowded, SHARES, FLOORS)[2] > 15  # what the cohort got before
+    rest = crowded[~np.isin(owner, found)]
+    assert calibration.thresholds(rest, SHARES, FLOORS)[2] == pytest.approx(high_clean, abs=0.2)
+
+
+def _bumped_fleet(bumped: int) -> tuple[TrainingData, np.ndarray]:
+    """800 devices x 14 days with a daily rhythm, every tenth Student-t; ``bumped`` of the others get
+    a bump of 6 standard deviations at an hour of their own every night from day 4 (a new behaviour
+    that lasts): many large scores a device, which its successive differences barely show."""
+    rng = np.random.default_rng(5)
+    n, per = 800, int(14 * DAY / STEP)
+    heavy = np.arange(n) % 10 == 0
+    t = START + np.arange(per) * STEP
+    level = rng.normal(10.0, 0.8, n)
+    sigma = np.exp(rng.uniform(np.log(0.05), np.log(0.4), n))
+    noise = rng.standard_normal((n, per))
+    noise[heavy] = rng.standard_t(5, (int(heavy.sum()), per)) / np.sqrt(5 / 3)
+    chosen = np.zeros(0, dtype=np.int64)
+    if bumped:
+        chosen = rng.choice(np.flatnonzero(~heavy), bumped, replace=False)
+        hour = (t - START) % DAY / 3_600.0
+        away = (hour[None, :] - rng.uniform(0, 24, bumped)[:, None] + 12) % 24 - 12
+        noise[chosen] += 6.0 * np.exp(-0.5 * (away / 0.5) ** 2) * (t >= START + 4 * DAY)[None, :]
+    y = level[:, None] + 0.5 * np.sin(t / DAY * 2 * np.pi)[None, :] + sigma[:, None] * noise
+    data = TrainingData(np.repeat(np.arange(n, dtype=np.int32), per), [f"thing-{i}" for i in range(n)],
+                        np.tile(t, n), np.expm1(y).ravel())
+    return data, chosen
+
+
+def test_a_sampled_window_with_nightly_bumps_on_some_devices_keeps_clean_high_thresholds() -> None:
+    # Sampled (a quarter of the datapoints) and grouped by device: the cohorts come from the
+    # successive differences (tails.py); 4 cohorts of 200 devices, as 16 of a 3,200-device fleet.
+    settings = TrainingSettings(max_datapoints=1_040_000, tail_cohorts=4)
+    high = ConfidenceLevel.HIGH.value
+    clean = train(_bumped_fleet(0)[0], trained_at=START + 14 * DAY, settings=settings)
+    data, chosen = _bumped_fleet(40)
+    bumped = train(data, trained_at=START + 14 * DAY, settings=settings)
+    assert bumped.summary().datapoints_used < bumped.summary().datapoints / 3
+    assert clean.summary().thresholds[high] < 5.0
+    # Before the crowding devices left the cohorts' tails: 4.78 -> 7.17; found by the sample's
+    # scores alone 5.01, with the counts from all datapoints 4.81.
+    assert bumped.summary().thresholds[high] == pytest.approx(clean.summary().thresholds[high], abs=0.2)
+    # The bumped devices found crowding got a cohort of their own, with thresholds their nights reach.
+    theirs = [bumped.thresholds(data.devices[d])[ConfidenceLevel.HIGH] for d in chosen.tolist()]
+    assert np.median(theirs) > clean.summary().thresholds[high] + 1
+
+
+def test_devices_with_many_datapoints_far_off_their_fit_are_found_by_their_counts() -> None:
+    rng = np.random.default_rng(2)
+    devices = 600
+    outside = np.full(devices, 3_900, dtype=np.int64)
+    beyond = rng.poisson(3_900 * 6e-5, devices).astype(np.int64)  # normal noise beyond 4 spreads
+    cohort = (1 + np.arange(devices) % 3).astype(np.uint8)
+    tested = np.ones(devices, dtype=bool)
+    assert not calibration.crowding_by_counts(beyond, outside, cohort, tested).any()
+    bumped = beyond.copy()
+    bumped[:30] += rng.integers(20, 120, 30)  # a bump most nights: 5 % of the devices
+    found = calibration.crowding_by_counts(bumped, outside, cohort, tested)
+    assert found[:30].all() and not found[30:].any()
+    tested[:3] = False  # devices of a cohort not tested (heavy tails) are never found
+    assert not calibration.crowding_by_counts(bumped, outside, cohort, tested)[:3].any()

@@ -158,3 +158,31 @@ def test_a_changed_device_takes_the_rhythm_of_the_unchanged_devices_nearest_it()
     few[:10] = True
     mean, ridge = nearest_cohort_prior(weights, spread, datapoints, few, members, slots=336)
     assert (mean == 0).all() and (ridge == RIDGE).all()
+
+
+def test_the_pass_counts_each_devices_datapoints_far_off_its_fit_outside_the_sample() -> None:
+    """FullFit.beyond / outside (calibration.crowding_by_counts): a device with 40 datapoints 10
+    spreads up (a bump on some nights) has them counted, less those the sample holds; one with
+    normal noise next to none."""
+    from iotdefender.engine.ml.clock import SeasonalClock
+    from iotdefender.engine.ml.seasonal import Fallbacks
+
+    clock = SeasonalClock()
+    per = 2_000
+    t = clock.origin + 3_000 * 7 * DAY + np.arange(per) * 300.0
+    rng = np.random.default_rng(4)
+    y = 5.0 + 0.05 * rng.standard_normal((2, per))
+    bumped = np.sort(rng.choice(per, 40, replace=False))
+    y[1, bumped] += 0.5
+    data = TrainingData(np.repeat(np.arange(2, dtype=np.int32), per), ["thing-0", "thing-1"], np.tile(t, 2),
+                        np.expm1(y).ravel())
+    sampled = np.sort(np.concatenate((np.arange(0, 2 * per, 20), per + bumped[:10])))
+    sampled = np.unique(sampled)
+    start = refit.SampleFit(np.array([5.0, 5.0]), np.zeros((2, 0)), np.array([0.05, 0.05]), np.array([0.05, 0.05]))
+    fit = refit.refit(data, clock, np.zeros(clock.slots), np.zeros((clock.slots, 0)),
+                      Fallbacks(np.full(clock.slots, 1e3), 20), start, sampled, nonnegative=True,
+                      rhythm_clip=4.0, cap=5.0)
+    in_sample = np.bincount(np.searchsorted([per], sampled, side="right"), minlength=2)
+    assert fit.outside.tolist() == (per - in_sample).tolist()
+    assert fit.beyond[0] <= 2  # normal noise: ~0.1 expected
+    assert fit.beyond[1] == 40 - len(np.intersect1d(sampled - per, bumped))

@@ -11,7 +11,9 @@ Where a cohort has too few scores to read a quantile that far out, the tail abov
 is fitted with a generalised Pareto distribution (method of moments — the peaks-over-threshold
 method of extreme value theory) and the threshold read from the fit. A first model has no previous
 model to leave the anomalies of its training window out, and a few of them outnumber HIGH's share:
-the fit leaves out the excesses a robust (quantile) fit of the same tail says it cannot hold.
+the fit leaves out the excesses a robust (quantile) fit of the same tail says it cannot hold, and
+when training sampled, the devices that crowd a cohort's tail are found (``crowding_devices``) and
+calibrated apart.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ _TAIL_POINTS = 50  # read a quantile directly when at least this many scores lie
 _FIT_POINTS = 2_000  # else fit the tail on this many of the largest scores (at most 5 % of them)
 _UPPER = 0.95  # the robust tail fit's shape comes from this quantile of the excesses and their median
 _OUTLIER = 1e-3  # an excess with less than this chance in a tail of its size under the robust fit is left out
+# A device whose r largest scores sit higher in its cohort than alike devices' would with a chance
+# below this crowds the cohort's tail (``crowding_devices``).
+_CROWDED = 1e-4
 
 
 def cohorts(rate: npt.NDArray[np.float64], members: npt.NDArray[np.bool_], n_cohorts: int) -> npt.NDArray[np.uint8]:
@@ -44,6 +49,92 @@ def thresholds(scores: npt.NDArray[np.float32], exceedance: list[float], floors:
     for share, floor in zip(exceedance, floors):
         value = _tail_quantile(scores, share) if n else floor
         result.append(max(value, floor, normal_quantile(share), result[-1] if result else floor))
+    return result
+
+
+def crowding_devices(scores: npt.NDArray[np.float32], owner: npt.NDArray[np.integer]) -> npt.NDArray[np.integer]:
+    """The devices (values of ``owner``, each score's device) that crowd a cohort's tail: far more
+    of their ``scores`` are among the cohort's largest than alike tails would put there —
+    anomalies that last inside the training window, or a device the model does not fit.
+
+    A level shift, a drift or a new behaviour (a bump every night) gives its device dozens of
+    large scores. When training samples, the cohorts come from how heavy each device's noise is
+    (tails.py: the kurtosis of successive differences, which such a change barely moves), so those
+    devices land in every cohort and their scores became the cohorts' tails: HIGH's median threshold
+    12.7-13 at 5,000 devices with a fifth of them contaminated, against 5.16 on the same window
+    not sampled, where the scores' own kurtosis sends those devices to the heaviest cohorts
+    (bench/README.md). ``_without_outliers`` does not see them: they are many and alike.
+
+    Within a cohort of alike tails, how many of a device's n_d scores are among the cohort's R
+    largest (of n) is about Poisson with mean m = n_d R / n. Each of the largest scores the tail
+    fit reads is tested: being its device's r-th largest at cohort rank R has a chance of at most
+    m^r e^-m / r! / (1 - m / (r + 1)); a device below ``_CROWDED`` at some r crowds. The tests ask
+    about devices, not scores: a single spike (r = 1) never fails, that is ``_without_outliers``'
+    work. Where the cohort's tails are not alike (a cohort spanning normal and Student-t noise), the
+    spikiest devices fail by their noise alone: training asks only of cohorts of near-normal noise
+    (training._ALIKE_KURTOSIS).
+    """
+    n = len(scores)
+    k = max(10, min(_FIT_POINTS, n // 20))  # the tail ``_tail_quantile`` fits
+    if k >= n:
+        return owner[:0]
+    top = np.argpartition(scores, n - k)[n - k:]
+    top = top[np.argsort(scores[top], kind="stable")[::-1]]  # the k largest, largest first
+    device = owner[top]
+    per_device = np.bincount(owner)[device]  # one pass, no sort of the cohort's scores
+    # Each top score's rank within its device (1: its largest): a stable sort by device keeps their order.
+    by_device = np.argsort(device, kind="stable")
+    sorted_device = device[by_device]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_device[1:] != sorted_device[:-1])))
+    r = np.empty(k, dtype=np.float64)
+    r[by_device] = np.arange(k) - np.repeat(starts, np.diff(np.append(starts, k))) + 1.0
+    m = per_device * np.arange(1, k + 1, dtype=np.float64) / n
+    crowded = (r >= 2) & _unlikely(r, m)
+    result: npt.NDArray[np.integer] = np.unique(device[crowded])
+    return result
+
+
+def crowding_by_counts(beyond: npt.NDArray[np.int64], outside: npt.NDArray[np.int64],
+                       cohort: npt.NDArray[np.uint8], tested: npt.NDArray[np.bool_], rounds: int = 3,
+                       ) -> npt.NDArray[np.bool_]:
+    """Per device: whether far more of its datapoints outside the sample lie far off its fit
+    (``beyond`` of ``outside``: refit.FullFit) than its cohort's rate, among the ``tested``
+    devices (cohorts of alike tails).
+
+    ``crowding_devices`` tests the sample's scores, ~117 a device at 100k devices: a device with a
+    bump every night has ~5 of them sampled, too few to tell when ~200 such devices share a cohort
+    (HIGH's median there 15.8 -> 11.3 only). All its datapoints tell at once: ~100 far off against
+    ~0.25 for normal noise. The cohort's rate is pooled over its devices not yet found (``rounds``
+    times, so the crowding devices do not lift the rate they are judged by); the chance is the same
+    Poisson bound as ``crowding_devices``'.
+    """
+    found = np.zeros(len(beyond), dtype=bool)
+    count = beyond.astype(np.float64)
+    size = outside.astype(np.float64)
+    for _ in range(rounds):
+        kept = tested & ~found
+        far = np.bincount(cohort[kept], weights=count[kept], minlength=256)
+        seen = np.bincount(cohort[kept], weights=size[kept], minlength=256)
+        rate = np.where(seen > 0, far / np.maximum(seen, 1.0), 0.0)
+        now = tested & (count >= 2) & _unlikely(np.maximum(count, 1.0), np.maximum(size * rate[cohort], 1e-12))
+        if not (now & ~found).any():
+            break
+        found |= now
+    return found
+
+
+def _unlikely(r: npt.NDArray[np.float64], m: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Whether a Poisson count of mean ``m`` reaches ``r`` with a chance below ``_CROWDED``, by
+    the bound m^r e^-m / r! / (1 - m / (r + 1)) (for r + 1 > m; else never)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_chance = r * np.log(m) - m - _log_factorial(r) - np.log1p(-m / (r + 1))
+    result: npt.NDArray[np.bool_] = (m < r + 1) & (log_chance < math.log(_CROWDED))
+    return result
+
+
+def _log_factorial(r: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """log(r!) by Stirling's series (off by less than 3e-3 from r = 1)."""
+    result: npt.NDArray[np.float64] = r * np.log(r) - r + 0.5 * np.log(2 * np.pi * r) + 1 / (12 * r)
     return result
 
 

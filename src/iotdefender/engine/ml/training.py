@@ -23,7 +23,11 @@ and compare bytes. The steps, on the log scale (model.py says why log):
    training datapoints reaches, never below a floor (calibration.py). How heavy a device's tail is
    comes from all its datapoints when the statistics had to be sampled and the datapoints come
    grouped by device (tails.py; then every sampled score calibrates), else from every other
-   datapoint's score (the rest calibrate).
+   datapoint's score (the rest calibrate). In the first case a lasting anomaly inside the window
+   (a nightly bump, a level that moved) does not show in how heavy the tail is, so the devices that
+   crowd a near-normal cohort's tail get a cohort of their own: those with many datapoints far off
+   their fit (refit.py counts them outside the sample: calibration.crowding_by_counts), then those
+   whose sampled scores crowd it (calibration.crowding_devices).
 
 Integer data (counts) get a floor on every spread from a Poisson count's (discrete.py), so a
 metric that is 0 most of the time does not get a spread of ``min_scale`` and thresholds of 100,
@@ -52,6 +56,13 @@ _HEAVY_CAP = 8.0  # scores are capped here for a device's kurtosis, so one anoma
 # (refit.shared_basis; ~12 datapoints a slot each instead of the sample's ~0.7).
 _FULL_BASIS_DEVICES = 5_000
 _DIFFERENCE_CAP = 5.0  # the same for successive differences (tails.py): one capped pair adds 0.3 to 4,000's kurtosis
+# Sampled and grouped: a tail cohort whose devices' difference kurtosis all stay below this (noise
+# of kurtosis 4 at most: near normal) has alike tails, and the devices crowding its tail leave it
+# (calibration.crowding_by_counts, crowding_devices). Their tests assume alike tails; the heaviest
+# cohorts span normal to Student-t noise (3.4-6.3 in the benchmark), where they would take the
+# spikiest devices' noise for crowding (a synthetic cohort with a sixth of its devices Student-t:
+# 565-729 of their scores taken; not measured on the benchmark without this limit).
+_ALIKE_KURTOSIS = 3.5
 
 
 def train(data: TrainingData, *, trained_at: float, settings: TrainingSettings) -> BehaviorModel:
@@ -272,12 +283,37 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     by_cohort = np.argsort(point_cohort, kind="stable")  # a radix sort of bytes
     bounds = np.concatenate(([0], np.cumsum(np.bincount(point_cohort, minlength=settings.tail_cohorts + 1))))
     grouped = scores[by_cohort]
+    # Sampled, the cohorts say how heavy a device's noise is, not whether its window held a lasting
+    # anomaly (a new behaviour, a level that moved) or the model misses part of it: the devices that
+    # crowd a cohort's tail (calibration.crowding_devices) leave it for a cohort of their own, after
+    # the others, as the scores' own kurtosis sends them to the heaviest cohorts when training does
+    # not sample. Only in cohorts of alike, near-normal tails (``_ALIKE_KURTOSIS``).
+    # (all_tails: no score sorts, so ``device`` is every score's; their cohort is one more row, and a
+    # cohort is a byte.)
+    owner = device[by_cohort] if all_tails and settings.tail_cohorts < 255 else None
+    alike = np.ones(settings.tail_cohorts + 1, dtype=bool)
+    np.logical_and.at(alike, cohort[own], heaviness[own] <= _ALIKE_KURTOSIS)
+    # All its datapoints outside the sample first (refit.py), then the sample's scores.
+    crowding = calibration.crowding_by_counts(full_fit.beyond, full_fit.outside, cohort, own & alike[cohort]) \
+        if owner is not None and full_fit is not None else np.zeros(n_devices, dtype=bool)
+    crowded_scores = []
     own_scores = grouped[bounds[1]:]
     fleet_basis = fleet_scores if len(fleet_scores) >= 1_000 or not len(own_scores) else own_scores
     per_cohort = [calibration.thresholds(fleet_basis, shares, floors)]
     for c in range(1, settings.tail_cohorts + 1):
         members = grouped[bounds[c]:bounds[c + 1]]
+        if owner is not None and alike[c]:
+            whose = owner[bounds[c]:bounds[c + 1]]
+            rest = ~crowding[whose]
+            crowding[calibration.crowding_devices(members[rest], whose[rest])] = True
+            leaving = crowding[whose]
+            crowded_scores.append(members[leaving])
+            members = members[~leaving]
         per_cohort.append(calibration.thresholds(members, shares, floors) if len(members) else per_cohort[0])
+    tail_rows = per_cohort[1:]  # the summary's median: over the tail cohorts, not the crowding devices'
+    if crowding.any():
+        per_cohort.append(calibration.thresholds(np.concatenate(crowded_scores), shares, floors))
+        cohort[crowding] = settings.tail_cohorts + 1
 
     # The scores above are in-sample: a fit of (1 + rank) numbers to a device's n datapoints leaves
     # residuals smaller than a new datapoint's by about sqrt((n - p) / (n + p)). Their shape sets the
@@ -296,7 +332,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     summary = ModelSummary(
         datapoints=window, datapoints_used=len(device), devices=int(np.count_nonzero(full)),
         devices_with_own_band=int(own.sum()), window_start=start, window_end=end, trained_at=trained_at,
-        thresholds={level.value: round(float(np.median([t[i] for t in per_cohort[1:]] or [per_cohort[0][i]])), 4)
+        thresholds={level.value: round(float(np.median([t[i] for t in tail_rows] or [per_cohort[0][i]])), 4)
                     for i, (level, _) in enumerate(settings.exceedance)})
     return BehaviorModel(settings.clock, bands, summary), moved, center
 
