@@ -4,8 +4,9 @@ A level is a share of normal datapoints allowed to reach it (``TrainingSettings.
 about 2 per million, one false alarm per 1,000 device-days at 288 reports a day). One threshold for
 the fleet does not work: some devices are spiky by nature (heavy tails), and a threshold that keeps
 them quiet is blind on the smooth ones, while one that fits the smooth ones alarms on the spiky all
-day. So devices are put into ``cohorts`` by how heavy their tail is (the share of their training
-scores above 3) and each cohort gets its own thresholds from the pooled scores of its devices.
+day. So devices are put into ``cohorts`` by how heavy their tail is (the kurtosis of their
+training scores, or of their successive differences when training sampled: tails.py) and each
+cohort gets its own thresholds from the pooled scores of its devices.
 
 Where a cohort has too few scores to read a quantile that far out, the tail above a high quantile
 is fitted with a generalised Pareto distribution (method of moments — the peaks-over-threshold
