@@ -98,7 +98,7 @@ class LocalBatchStore:
                     if report_id is not None:
                         self._maybe_stored[thing] = max(report_id, self._maybe_stored.get(thing, report_id))
             if is_unavailable(error):
-                raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+                raise StoreUnavailable.caused_by(error) from error
             raise
         for thing, _, _, _ in items:
             self._maybe_stored.pop(thing, None)  # committed: this thing's stored report id was read or advanced

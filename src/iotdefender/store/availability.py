@@ -50,6 +50,13 @@ _OUTAGE_TYPES = _driver_outage_types()
 class StoreUnavailable(RuntimeError):
     """The database could not be used for this batch: nothing of it was stored; retry later."""
 
+    @classmethod
+    def caused_by(cls, outage: BaseException) -> StoreUnavailable:
+        """One naming the outage, with it as its cause (a new one per batch that fails of it)."""
+        error = cls(f"{type(outage).__name__}: {outage}")
+        error.__cause__ = outage
+        return error
+
 
 def is_unavailable(error: BaseException) -> bool:
     """True for errors that say the database cannot be used right now (retry later), as opposed

@@ -62,7 +62,7 @@ _JSON = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 def create_engine(url: str, *, idle_in_transaction_s: float | None = None) -> Engine:
     """An engine for ``url``; on PostgreSQL each session ends a transaction its client leaves idle
-    for ``idle_in_transaction_s`` (default ``IDLE_IN_TRANSACTION_S``; see ``_SERVER_LIMITS``)."""
+    for ``idle_in_transaction_s`` (default ``IDLE_IN_TRANSACTION_S``; see ``_server_limits``)."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         # A fixed pool: opening SQLite connections (and their PRAGMAs) per request showed up in
@@ -106,25 +106,31 @@ _TCP_LIMITS = {"tcp_user_timeout": 10_000, "keepalives": 1, "keepalives_idle": 5
                "keepalives_count": 3}
 
 
-#: ``_server_limits``: the same limits on the server's side of each connection, and a bound on a transaction left
-#: open by a client that went silent. The client's own limits end its side; without these the
-#: server keeps the session, its transaction and their locks until its kernel gives up on the
-#: peer (~2 h of keepalive by default): a detect node cut off by dropped packets kept the fence
-#: rows of its partitions locked, and the nodes taking them over waited for those locks (a
-#: trial moved 58 of 64 partitions within a 40 s cut). The keepalives end a session whose client
-#: is gone about 11 s after its last packet; ``idle_in_transaction_session_timeout`` covers what
-#: they cannot see, a client behind a proxy or a pooler (PgBouncer) that stays up. Every
-#: transaction here is a few statements issued back to back (none waits on anything but its
-#: own statements), so 30 s idle inside one means its client is gone.
-#: Set per session rather than as startup ``options``: PgBouncer refuses unknown startup
-#: parameters by default. All four are user-settable and ignored on Unix-domain sockets.
+#: How long a transaction may stay idle before the server ends its session (``_server_limits``).
 IDLE_IN_TRANSACTION_S = 30.0
 
 
 def _server_limits(idle_in_transaction_s: float) -> str:
-    return ("SELECT set_config('tcp_keepalives_idle', '5', false), set_config('tcp_keepalives_interval', '2', false),"
-            " set_config('tcp_keepalives_count', '3', false), set_config('tcp_user_timeout', '10000', false),"
-            f" set_config('idle_in_transaction_session_timeout', '{round(idle_in_transaction_s * 1000)}', false)")
+    """The statement that sets ``_TCP_LIMITS`` on the server's side of a connection too, and a bound
+    on a transaction left open by a client that went silent.
+
+    The client's own limits end its side; without these the server keeps the session, its
+    transaction and their locks until its kernel gives up on the peer (~2 h of keepalive by
+    default): a detect node cut off by dropped packets kept the fence rows of its partitions
+    locked, and the nodes taking them over waited for those locks (a trial moved 58 of 64
+    partitions within a 40 s cut). The keepalives end a session whose client is gone about 11 s
+    after its last packet; ``idle_in_transaction_session_timeout`` covers what they cannot see, a
+    client behind a proxy or a pooler (PgBouncer) that stays up. Every transaction here is a few
+    statements issued back to back (none waits on anything but its own statements), so 30 s idle
+    inside one means its client is gone. Set per session rather than as startup ``options``:
+    PgBouncer refuses unknown startup parameters by default. All five are user-settable, and the
+    TCP ones are ignored on Unix-domain sockets."""
+    settings = {"tcp_keepalives_idle": _TCP_LIMITS["keepalives_idle"],
+                "tcp_keepalives_interval": _TCP_LIMITS["keepalives_interval"],
+                "tcp_keepalives_count": _TCP_LIMITS["keepalives_count"],
+                "tcp_user_timeout": _TCP_LIMITS["tcp_user_timeout"],
+                "idle_in_transaction_session_timeout": round(idle_in_transaction_s * 1000)}
+    return "SELECT " + ", ".join(f"set_config('{name}', '{value}', false)" for name, value in settings.items())
 
 
 def _set_on_connect(limits: str, dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
