@@ -154,7 +154,7 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
             first, fraction = clock.first_of(np.asarray(data.time[begin:stop], dtype=np.float64))
             row = segments.spread(np.arange(d - c, dtype=np.int32) * slots)
             cell = row + first  # the device's slot centre at or before the datapoint (in the chunk)
-            residual = y - _along(table[c:d], cell, fraction)
+            residual = y - along(table[c:d], cell, fraction)
             # 2. Device-slot sums of the datapoints near the sample's fit.
             keep = np.abs(residual) <= segments.spread((rhythm_clip * spread[a + c:a + d]).astype(f32))
             cells = _nearest(first, fraction, slots)
@@ -177,7 +177,7 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
         weights[a:b] += step[:, 1:]
         moved = step[:, :1] + np.einsum("dk,sk->ds", step[:, 1:], augmented32[:, 1:])  # not BLAS (seasonal.py)
         for c, d, begin, stop, segments, y, cell, fraction, residual in parts:
-            residual -= _along(moved[c:d], cell, fraction)
+            residual -= along(moved[c:d], cell, fraction)
             # 3. Level and spread around the corrected fit (clipped moments, as training's on all datapoints).
             shift, std = clipped_location_and_std(segments, residual, clip=clip, rounds=rounds,
                                                   start=(np.zeros(d - c), level_spread[a + c:a + d]))
@@ -201,7 +201,7 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
     return FullFit(location, weights, spread, lengths, tails.finish(m2, m4, count), beyond, outside)
 
 
-def _along(table: npt.NDArray[np.float32], cell: npt.NDArray[np.int32],
+def along(table: npt.NDArray[np.float32], cell: npt.NDArray[np.int32],
            fraction: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """[devices, slots] ``table`` at each datapoint: the line from its device's slot centre ``cell``
     (flat index) to the next slot's (the week wraps), ``fraction`` of the way (``clock.between_table``
@@ -236,7 +236,7 @@ def shared_basis(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[n
         index = np.repeat(bounds[rows[a:b]] - (np.cumsum(counts_of) - counts_of), counts_of) + np.arange(total)
         y = _log(data.value[index], nonnegative)
         first, fraction = clock.first_of(np.asarray(data.time[index], dtype=np.float64))
-        y -= _along(center32[None, :], first, fraction)
+        y -= along(center32[None, :], first, fraction)
         y -= np.repeat(location[rows[a:b]], counts_of)
         cells = _nearest(first, fraction, slots)
         cells += np.repeat(np.arange(b - a, dtype=np.int32) * slots, counts_of)

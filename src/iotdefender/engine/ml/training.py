@@ -385,17 +385,14 @@ def _refit_before_changes(data: TrainingData, full_fit: refit.FullFit, sample_fi
 
 def _center_at(clock: SeasonalClock, center: npt.NDArray[np.float64],
                ) -> Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]:
-    """The fleet's ``center`` (per slot of the week) at any times: the line between slot centres
-    (``clock.first_of`` and float32, as refit.py's pass: shifts.bulk reads ~35M datapoints at
+    """The fleet's ``center`` (per slot of the week) at any times: the line between slot centres,
+    as refit.py's pass reads it (``refit.along``, float32: shifts.bulk reads ~35M datapoints at
     100k devices with a fifth contaminated)."""
-    table = center.astype(np.float32)
-    slope = np.roll(table, -1) - table
+    table = center.astype(np.float32)[None, :]
 
     def at(times: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         first, fraction = clock.first_of(times)
-        result = table.take(first)
-        result += fraction * slope.take(first)
-        return result.astype(np.float64)
+        return refit.along(table, first, fraction).astype(np.float64)
     return at
 
 
