@@ -120,7 +120,7 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
     n_devices = len(data.devices)
     slots, rank = basis.shape
     f32 = np.float32
-    bounds = np.searchsorted(data.device, np.arange(n_devices + 1, dtype=data.device.dtype)).astype(np.int64)
+    bounds = tails.device_bounds(data.device, n_devices)
     lengths = np.diff(bounds)
     # One column for the level, then the rhythms: the correction is fitted jointly.
     augmented = np.concatenate((np.ones((slots, 1)), basis), axis=1)
@@ -224,7 +224,7 @@ def shared_basis(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[n
     if rank == 0:
         return np.zeros((clock.slots, 0))
     slots = clock.slots
-    bounds = np.searchsorted(data.device, np.arange(len(data.devices) + 1, dtype=data.device.dtype)).astype(np.int64)
+    bounds = tails.device_bounds(data.device, len(data.devices))
     lengths = bounds[rows + 1] - bounds[rows]
     center32 = center.astype(np.float32)
     location = location.astype(np.float32)

@@ -59,13 +59,18 @@ def difference_kurtosis(device: npt.NDArray[np.int32], value: npt.NDArray[np.flo
     return result.kurtosis, result.count
 
 
+def device_bounds(device: npt.NDArray[np.integer], n_devices: int) -> npt.NDArray[np.int64]:
+    """Where each device's datapoints start in ``device`` (grouped, ``grouped``), and the end."""
+    return np.searchsorted(device, np.arange(n_devices + 1, dtype=device.dtype)).astype(np.int64)
+
+
 def differences(device: npt.NDArray[np.int32], value: npt.NDArray[np.floating], n_devices: int,
                 spread: npt.NDArray[np.floating], *, cap: float, nonnegative: bool) -> Differences:
     """One pass over every datapoint: each device's ``Differences``.
 
     ``device`` must be grouped (``grouped``); a device with fewer than two datapoints gets 0.
     """
-    bounds = np.searchsorted(device, np.arange(n_devices + 1, dtype=device.dtype)).astype(np.int64)
+    bounds = device_bounds(device, n_devices)
     inverse = (1.0 / (np.sqrt(2.0) * np.maximum(np.asarray(spread, dtype=np.float64), 1e-9))).astype(np.float32)
     m2 = np.zeros(n_devices)
     m4 = np.zeros(n_devices)
