@@ -148,4 +148,3 @@ def _bulk_of(data: TrainingData, rows: npt.NDArray[np.int64], starts: npt.NDArra
     cut = n_before > np.add.reduceat(after, offsets, dtype=np.int64)  # else its new normal, all kept
     before &= np.repeat(cut, lengths)
     return rows[cut].astype(np.int64), np.sort(index[before]), n_before[cut]
-
