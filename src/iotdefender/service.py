@@ -45,6 +45,7 @@ from iotdefender.pipeline.counters import counting
 from iotdefender.pipeline.local_store import PipelineConfig, open_local_store
 from iotdefender.pipeline.ml_training import MlTrainer, TrainingSchedule, training_loop
 from iotdefender.pipeline.monitoring import MonitoringIndex
+from iotdefender.pipeline.sweep_wake import SweepWake
 from iotdefender.pipeline.worker import WorkerConfig
 from iotdefender.pipeline.worker_client import WorkerBatchStore
 from iotdefender.net_address import check_port_free
@@ -149,13 +150,22 @@ def history_interval(settings: Settings) -> float:
     return min(max(settings.effective_metrics_window / 4, 1.0), 30.0)
 
 
-async def sweep_loop(sweep: Callable[..., object], invalidation_s: float, *taken: Callable[[], object]) -> None:
+async def sweep_loop(sweep: Callable[..., object], invalidation_s: float, *taken: Callable[[], object],
+                     wake: SweepWake | None = None) -> None:
     """Invalidate silent or unmonitored alarms; often enough to be prompt, rarely enough to be cheap.
 
     ``sweep(now, *values)`` runs in a worker thread; ``taken`` are read on the event loop before
-    each round (cluster mode: the partitions this node owns, which the event loop changes)."""
+    each round (cluster mode: the partitions this node owns, which the event loop changes).
+    ``wake`` (a control-plane change: a detach, a deleted profile, ...) starts a round at once,
+    so the alarms the change ended are invalidated when it is made, not up to a period later."""
+    if wake is not None:
+        wake.bind()
+    period = min(max(invalidation_s / 20, 0.5), 60.0)
     while True:
-        await asyncio.sleep(min(max(invalidation_s / 20, 0.5), 60.0))
+        if wake is None:
+            await asyncio.sleep(period)
+        else:
+            await wake.wait(period)
         try:
             await anyio.to_thread.run_sync(sweep, time.time(), *(take() for take in taken))
         except Exception as error:
@@ -222,7 +232,8 @@ async def serve(settings: Settings) -> None:
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl,
                             observer=cloud if settings.cloud_metrics else NULL_OBSERVER)
     backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)
-    api = ApiService(context, credentials, on_change=(monitoring.invalidate, store.invalidate), health=health,
+    swept = SweepWake()  # after the caches are dropped: the sweep reads the changed control plane
+    api = ApiService(context, credentials, on_change=(monitoring.invalidate, store.invalidate, swept), health=health,
                      extensions=Extensions(broker_events=cloud.ingest_events, dead_letters=alerts.dead_letters,
                                            backtests=backtests))
     broker, mqtt_endpoint = build_broker(settings, gatekeeper, ingest.submit)
@@ -250,7 +261,8 @@ async def serve(settings: Settings) -> None:
     background = [
         asyncio.create_task(retention_loop(engine, settings.effective_metric_retention,
                                            settings.effective_violation_retention), name="retention"),
-        asyncio.create_task(sweep_loop(store.sweep, settings.effective_invalidation_period), name="invalidation"),
+        asyncio.create_task(sweep_loop(store.sweep, settings.effective_invalidation_period, wake=swept),
+                            name="invalidation"),
         asyncio.create_task(alerts.run(), name="alerts"),
         asyncio.create_task(cloud.run(), name="cloud-metrics"),
         asyncio.create_task(ml_training(settings, engine, monitoring, store.invalidate), name="ml-training"),

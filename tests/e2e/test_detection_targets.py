@@ -69,6 +69,43 @@ def test_every_target_kind_monitors_the_right_things(quick):
     assert [e["violationEventType"] for e in events] == ["in-alarm", "alarm-invalidated"]
 
 
+@pytest.mark.parametrize("detection_worker", ["on", "off"])
+def test_a_detach_or_a_deleted_profile_invalidates_at_once(tmp_path, detection_worker):
+    """At the default time scale the sweep runs once a minute: a detached profile's violations
+    stayed active until then. The change wakes it; the service here is younger than a minute, so
+    without that no sweep has run yet when the test looks."""
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--report-min-interval", "0",
+                                                         "--detection-worker", detection_worker])
+    svc.start()
+    try:
+        started, iot = time.monotonic(), svc.client()
+        for name in ("detached", "deleted"):
+            iot.create_security_profile(securityProfileName=name, behaviors=[PORTS])
+            iot.attach_security_profile(securityProfileName=name, securityProfileTargetArn=ARN + "all/things")
+        dev = Device(svc.mqtt_port, "now-1")
+        assert dev.report(report(1, [22]))[0] == "json/accepted"
+        dev.close()
+        active = {v["securityProfileName"] for v in iot.list_active_violations()["activeViolations"]}
+        assert active == {"detached", "deleted"}
+
+        def invalidated_within(profile: str, seconds: float) -> list[str]:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and any(
+                    v["securityProfileName"] == profile for v in iot.list_active_violations()["activeViolations"]):
+                time.sleep(0.1)
+            now = dt.datetime.now(dt.timezone.utc)
+            return [e["violationEventType"] for e in iot.list_violation_events(
+                securityProfileName=profile, startTime=now - dt.timedelta(hours=1), endTime=now)["violationEvents"]]
+
+        iot.detach_security_profile(securityProfileName="detached", securityProfileTargetArn=ARN + "all/things")
+        assert invalidated_within("detached", 3) == ["in-alarm", "alarm-invalidated"]
+        iot.delete_security_profile(securityProfileName="deleted")
+        assert invalidated_within("deleted", 3) == ["in-alarm", "alarm-invalidated"]
+        assert time.monotonic() - started < 50  # before the first periodic sweep (60 s after start)
+    finally:
+        svc.stop()
+
+
 def test_silent_device_is_invalidated_and_pagination_covers_all(quick):
     svc, iot = quick
     iot.create_security_profile(securityProfileName="fleet", behaviors=[PORTS])
