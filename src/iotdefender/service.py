@@ -223,7 +223,8 @@ async def serve(settings: Settings) -> None:
     engine = context.engine
     health = DatabaseHealth.of(engine)
     monitoring = MonitoringIndex(engine, context.arn(""))
-    alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale)
+    alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale,
+                           sole_deliverer=True)
     store = await open_batch_store(settings, engine, pipeline_config(settings, context, routes), monitoring,
                                    on_events=counting(alerts.wake))
 

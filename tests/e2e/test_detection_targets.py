@@ -131,6 +131,38 @@ def test_silent_device_is_invalidated_and_pagination_covers_all(quick):
         assert kinds == ["in-alarm", "alarm-invalidated"]
 
 
+def test_an_alert_being_sent_when_the_service_is_killed_is_sent_again_at_restart(tmp_path):
+    """kill -9 while a webhook is being sent: the row stayed claimed for 120 s, so the restarted
+    service sent it only two minutes later. On one box the service's own claims are taken back at
+    start: the alert arrives within seconds of the restart (a second time: at least once)."""
+    slow = WebhookReceiver("s", delay_s=3.0)
+    subscriptions = tmp_path / "subs.json"
+    topic = "arn:aws:sns:us-east-1:123456789012:alerts"
+    subscriptions.write_text(json.dumps({topic: [{"webhook": slow.url, "secret": "s"}]}))
+    svc = ServiceProcess(data_dir=tmp_path / "data", extra_args=[
+        "--report-min-interval", "0", "--alert-subscriptions", str(subscriptions)])
+    svc.start()
+    try:
+        iot = svc.client()
+        iot.create_security_profile(securityProfileName="p", behaviors=[PORTS], alertTargets={
+            "SNS": {"alertTargetArn": topic, "roleArn": "arn:aws:iam::123456789012:role/r"}})
+        iot.attach_security_profile(securityProfileName="p", securityProfileTargetArn=ARN + "all/things")
+        dev = Device(svc.mqtt_port, "cam")
+        assert dev.report(report(1, [22]))[0] == "json/accepted"
+        dev.close()
+        slow.arrived.get(timeout=15)  # the send is under way; the receiver answers 3 s later
+        svc.restart(hard=True)
+        restarted = time.monotonic()
+        first = slow.next(timeout=10)["message"]  # the killed attempt's request, which the receiver had
+        again = slow.next(timeout=15)["message"]  # sent again by the restarted service
+        assert time.monotonic() - restarted < 15
+        assert first["violationId"] == again["violationId"] and again["violationEventType"] == "in-alarm"
+        assert '"alerts_reclaimed"' in svc.log_path.read_text()
+    finally:
+        svc.stop()
+        slow.close()
+
+
 def test_failing_webhook_is_retried_then_dead_lettered(tmp_path):
     flaky, dead = WebhookReceiver("s", fail_first=2), "http://127.0.0.1:9/unreachable"
     subscriptions = tmp_path / "subs.json"
