@@ -131,25 +131,38 @@ def test_silent_device_is_invalidated_and_pagination_covers_all(quick):
         assert kinds == ["in-alarm", "alarm-invalidated"]
 
 
+ALERTS_TOPIC = "arn:aws:sns:us-east-1:123456789012:alerts"
+
+
+def alerting_service(tmp_path, webhooks: list[str], *args: str) -> ServiceProcess:
+    """A started service whose topic ALERTS_TOPIC goes to ``webhooks`` (secret "s")."""
+    subscriptions = tmp_path / "subs.json"
+    subscriptions.write_text(json.dumps({ALERTS_TOPIC: [{"webhook": url, "secret": "s"} for url in webhooks]}))
+    svc = ServiceProcess(data_dir=tmp_path / "data", extra_args=[
+        "--report-min-interval", "0", "--alert-subscriptions", str(subscriptions), *args])
+    svc.start()
+    return svc
+
+
+def alarm_on_cam(svc: ServiceProcess) -> None:
+    """A profile alerting to ALERTS_TOPIC on every thing, and the device "cam" in alarm on it."""
+    iot = svc.client()
+    iot.create_security_profile(securityProfileName="p", behaviors=[PORTS], alertTargets={
+        "SNS": {"alertTargetArn": ALERTS_TOPIC, "roleArn": "arn:aws:iam::123456789012:role/r"}})
+    iot.attach_security_profile(securityProfileName="p", securityProfileTargetArn=ARN + "all/things")
+    dev = Device(svc.mqtt_port, "cam")
+    assert dev.report(report(1, [22]))[0] == "json/accepted"
+    dev.close()
+
+
 def test_an_alert_being_sent_when_the_service_is_killed_is_sent_again_at_restart(tmp_path):
     """kill -9 while a webhook is being sent: the row stayed claimed for 120 s, so the restarted
     service sent it only two minutes later. On one box the service's own claims are taken back at
     start: the alert arrives within seconds of the restart (a second time: at least once)."""
     slow = WebhookReceiver("s", delay_s=3.0)
-    subscriptions = tmp_path / "subs.json"
-    topic = "arn:aws:sns:us-east-1:123456789012:alerts"
-    subscriptions.write_text(json.dumps({topic: [{"webhook": slow.url, "secret": "s"}]}))
-    svc = ServiceProcess(data_dir=tmp_path / "data", extra_args=[
-        "--report-min-interval", "0", "--alert-subscriptions", str(subscriptions)])
-    svc.start()
+    svc = alerting_service(tmp_path, [slow.url])
     try:
-        iot = svc.client()
-        iot.create_security_profile(securityProfileName="p", behaviors=[PORTS], alertTargets={
-            "SNS": {"alertTargetArn": topic, "roleArn": "arn:aws:iam::123456789012:role/r"}})
-        iot.attach_security_profile(securityProfileName="p", securityProfileTargetArn=ARN + "all/things")
-        dev = Device(svc.mqtt_port, "cam")
-        assert dev.report(report(1, [22]))[0] == "json/accepted"
-        dev.close()
+        alarm_on_cam(svc)
         slow.arrived.get(timeout=15)  # the send is under way; the receiver answers 3 s later
         svc.restart(hard=True)
         restarted = time.monotonic()
@@ -165,21 +178,9 @@ def test_an_alert_being_sent_when_the_service_is_killed_is_sent_again_at_restart
 
 def test_failing_webhook_is_retried_then_dead_lettered(tmp_path):
     flaky, dead = WebhookReceiver("s", fail_first=2), "http://127.0.0.1:9/unreachable"
-    subscriptions = tmp_path / "subs.json"
-    topic = "arn:aws:sns:us-east-1:123456789012:alerts"
-    subscriptions.write_text(json.dumps({topic: [{"webhook": flaky.url, "secret": "s"},
-                                                 {"webhook": dead, "secret": "s"}]}))
-    svc = ServiceProcess(data_dir=tmp_path / "data", extra_args=[  # retries back off from 1 s / 20
-        "--report-min-interval", "0", "--time-scale", "20", "--alert-subscriptions", str(subscriptions)])
-    svc.start()
+    svc = alerting_service(tmp_path, [flaky.url, dead], "--time-scale", "20")  # retries back off from 1 s / 20
     try:
-        iot = svc.client()
-        iot.create_security_profile(securityProfileName="p", behaviors=[PORTS], alertTargets={
-            "SNS": {"alertTargetArn": topic, "roleArn": "arn:aws:iam::123456789012:role/r"}})
-        iot.attach_security_profile(securityProfileName="p", securityProfileTargetArn=ARN + "all/things")
-        dev = Device(svc.mqtt_port, "cam")
-        assert dev.report(report(1, [22]))[0] == "json/accepted"
-        dev.close()
+        alarm_on_cam(svc)
         message = flaky.next(timeout=30)["message"]  # two 503s, then delivered
         assert message["violationEventType"] == "in-alarm" and message["thingName"] == "cam"
         metrics = httpx.get(svc.endpoint + "/metrics").text
