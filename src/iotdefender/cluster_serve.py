@@ -76,6 +76,7 @@ from iotdefender.service import (
     history_interval,
     http_server,
     load_alert_routes,
+    metrics_token,
     ml_training,
     mqtt_auth,
     open_context,
@@ -374,6 +375,7 @@ def cloud_released(cloud: WindowCollector, then: Callable[[int], Awaitable[None]
 
 async def serve_cluster(settings: Settings) -> None:
     validate(settings)
+    token = metrics_token(settings)
     roles = cluster_roles(settings)
     check_api_port(settings)
     if "broker" in roles:
@@ -423,9 +425,10 @@ async def serve_cluster(settings: Settings) -> None:
         api = ApiService(context, credentials, on_change=(monitoring.invalidate, notices[0].changed), health=health,
                          extensions=Extensions(broker_events=events.intake.ingest_events if events else None,
                                                dead_letters=alerts.dead_letters, backtests=backtests))
-        app = create_app(api, create_console(api, monitoring, settings.time_scale), cluster_health.readiness)
+        app = create_app(api, create_console(api, monitoring, settings.time_scale), cluster_health.readiness,
+                         metrics_token=token)
     else:
-        app = create_operations_app(health, cluster_health.readiness)
+        app = create_operations_app(health, cluster_health.readiness, metrics_token=token)
     server = http_server(settings, app)
 
     if devices is not None and settings.mqtt_url is not None:

@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from iotdefender.alerts.outbox import AlertDelivery
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.alerts.subscriptions import load_subscriptions
+from iotdefender.api import metrics_access
 from iotdefender.api.app import ApiService, create_app
 from iotdefender.api.credentials import CredentialStore, load_credentials
 from iotdefender.api.extensions import Extensions
@@ -123,6 +124,16 @@ def validate(settings: Settings) -> None:
             raise ConfigurationError(f"MQTT TLS listener: {error}") from None
 
 
+def metrics_token(settings: Settings) -> str | None:
+    """The token ``/metrics`` asks for, or None (open); a file that cannot give one refuses to start."""
+    if settings.metrics_token_file is None:
+        return None
+    try:
+        return metrics_access.load_token(settings.metrics_token_file)
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise ConfigurationError(f"--metrics-token-file: {error}") from None
+
+
 def _purge(engine: Engine, delete_batch: Callable[[Connection, float], int], cutoff: float) -> int:
     return in_batches(engine, lambda conn: delete_batch(conn, cutoff))
 
@@ -216,6 +227,7 @@ async def open_batch_store(settings: Settings, engine: Engine, config: PipelineC
 
 async def serve(settings: Settings) -> None:
     validate(settings)
+    token = metrics_token(settings)
     check_api_port(settings)
     auth = mqtt_auth(settings)
     routes = load_alert_routes(settings)
@@ -269,7 +281,8 @@ async def serve(settings: Settings) -> None:
         asyncio.create_task(ml_training(settings, engine, monitoring, store.invalidate), name="ml-training"),
     ]
 
-    server = http_server(settings, create_app(api, create_console(api, monitoring, settings.time_scale)))
+    server = http_server(settings, create_app(api, create_console(api, monitoring, settings.time_scale),
+                                              metrics_token=token))
     export_only(ROLE_ORDER, embedded_broker=settings.mqtt_url is None)  # every role's metrics: one box is all three
     describe_node(socket.gethostname(), ROLE_ORDER)
     # Everything built so far (botocore's service model, the broker, caches) lives as long as the
