@@ -2,7 +2,7 @@
 hierarchy, members and attached profiles) and their tags.
 
 Lists and details read through the AWS operations (ListCustomMetrics, DescribeDimension,
-ListThingsInThingGroup, ...) and every form runs one (CreateCustomMetric, AddThingToThingGroup,
+ListThingGroups, ...) and every form runs one (CreateCustomMetric, AddThingToThingGroup,
 AttachSecurityProfile, ...) through the API, so the console accepts and refuses exactly what the
 API does; a refused form comes back as typed, with the reason by it. Two reads go to the store: the
 group outline, and a group's members, which page back as well as forth by name
