@@ -7,13 +7,16 @@ stayed active for up to a minute after the API had answered. The change wakes th
 
 Not the request path: the API's listener only sets a flag on the event loop; the sweep runs as
 ever, in its loop, off the loop's thread. Its cost is the active alarms (in memory), not the fleet,
-and when none is due it writes nothing. Changes that come while a sweep runs are coalesced into one
-more sweep after it.
+and when none is due it writes nothing. A burst of changes (a script registering things, each call
+a change) is one sweep: the sweep starts ``SETTLE_S`` after the first change, taking every change
+made meanwhile, and changes made while it runs make one more after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+
+SETTLE_S = 0.1  # at most ten woken sweeps a second, each 0.1 s after the change it is for
 
 
 class SweepWake:
@@ -36,12 +39,14 @@ class SweepWake:
             return
         loop.call_soon_threadsafe(event.set)
 
-    async def wait(self, timeout: float) -> bool:
-        """Until woken or ``timeout`` seconds passed; True when woken."""
+    async def wait(self, timeout: float, settle: float = SETTLE_S) -> bool:
+        """Until woken (and ``settle`` seconds more, for the rest of a burst) or ``timeout``
+        seconds passed; True when woken."""
         assert self._event is not None, "bind() first"
         try:
             await asyncio.wait_for(self._event.wait(), timeout)
         except TimeoutError:
             return False
+        await asyncio.sleep(settle)
         self._event.clear()
         return True
