@@ -63,6 +63,7 @@ from iotdefender.pipeline.counters import counting
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import start_compaction
 from iotdefender.pipeline.monitoring import MonitoringIndex
+from iotdefender.pipeline.sweep_wake import SweepWake
 from iotdefender.pipeline.partition_store import PartitionBatchStore
 from iotdefender.pipeline.report_message import READS_ANNOUNCEMENT, announcement, version_to_write
 from iotdefender.role_metrics import describe_node, export_only
@@ -75,6 +76,7 @@ from iotdefender.service import (
     history_interval,
     http_server,
     load_alert_routes,
+    metrics_token,
     ml_training,
     mqtt_auth,
     open_context,
@@ -291,13 +293,15 @@ def cloud_collector(settings: Settings, engine: Engine, monitoring: MonitoringIn
 
 def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
                 monitoring: MonitoringIndex, routes: AlertRoutes, alerts: AlertDelivery, health: DatabaseHealth,
-                bare_token_members: BareTokenMembers | None = None
+                bare_token_members: BareTokenMembers | None = None, swept: SweepWake | None = None
                 ) -> tuple[DetectConsumer, DetectionService, list[Coroutine[Any, Any, None]]]:
     """The consumer of this node's partitions, its detection (control notices reach its ML
     models) and the loops a detect node runs (not yet started). Cut off from the database for
     longer than its grace, the node stands aside (cluster/database_reach.py).
     ``bare_token_members``: rolling upgrades from a release whose fencing tokens are bare
-    revisions (ownership.py)."""
+    revisions (ownership.py). ``swept``: woken on every control notice, the sweep invalidates at
+    once the alarms a change ended, each node those of its own partitions (their fences make it
+    once)."""
     detection = DetectionService(engine, monitoring, routes, settings.effective_invalidation_period,
                                  settings.time_scale)
     store = PartitionBatchStore(monitoring, detection, counting(alerts.wake), OutcomeSender(nc))
@@ -321,7 +325,7 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     detection.evaluator.share_statistics(shared)
     loops = [reach.run(), share_statistics(shared, nc, topology, detection),
              *([cloud.run()] if cloud is not None else []), alerts.run(),
-             sweep_loop(store.sweep, settings.effective_invalidation_period, consumer.ownership.owned),
+             sweep_loop(store.sweep, settings.effective_invalidation_period, consumer.ownership.owned, wake=swept),
              retention_loop(engine, settings.effective_metric_retention, settings.effective_violation_retention)]
     return consumer, detection, loops
 
@@ -371,6 +375,7 @@ def cloud_released(cloud: WindowCollector, then: Callable[[int], Awaitable[None]
 
 async def serve_cluster(settings: Settings) -> None:
     validate(settings)
+    token = metrics_token(settings)
     roles = cluster_roles(settings)
     check_api_port(settings)
     if "broker" in roles:
@@ -397,11 +402,13 @@ async def serve_cluster(settings: Settings) -> None:
         await nc.close()
         raise ConfigurationError(f"cluster: {error}") from None
     alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale)
+    swept = SweepWake()
     consumer, detection, loops = (detect_role(settings, nc, topology, node_id, engine, monitoring, routes, alerts,
-                                              health, flags.unannounced)
+                                              health, flags.unannounced, swept)
                                   if "detect" in roles else (None, None, []))
+    # The sweep last: it reads the control plane the caches before it were dropped for.
     notices.append(ControlNotices(nc, node_id, [monitoring.invalidate] +
-                                  ([detection.invalidate_models] if detection is not None else [])))
+                                  ([detection.invalidate_models, swept] if detection is not None else [])))
     await notices[0].start()
     if detection is not None:
         loops.append(ml_training(settings, engine, monitoring, on_published=published_models(detection, notices[0]),
@@ -418,9 +425,10 @@ async def serve_cluster(settings: Settings) -> None:
         api = ApiService(context, credentials, on_change=(monitoring.invalidate, notices[0].changed), health=health,
                          extensions=Extensions(broker_events=events.intake.ingest_events if events else None,
                                                dead_letters=alerts.dead_letters, backtests=backtests))
-        app = create_app(api, create_console(api, monitoring, settings.time_scale), cluster_health.readiness)
+        app = create_app(api, create_console(api, monitoring, settings.time_scale), cluster_health.readiness,
+                         metrics_token=token)
     else:
-        app = create_operations_app(health, cluster_health.readiness)
+        app = create_operations_app(health, cluster_health.readiness, metrics_token=token)
     server = http_server(settings, app)
 
     if devices is not None and settings.mqtt_url is not None:

@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from iotdefender.alerts.outbox import AlertDelivery
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.alerts.subscriptions import load_subscriptions
+from iotdefender.api import metrics_access
 from iotdefender.api.app import ApiService, create_app
 from iotdefender.api.credentials import CredentialStore, load_credentials
 from iotdefender.api.extensions import Extensions
@@ -45,6 +46,7 @@ from iotdefender.pipeline.counters import counting
 from iotdefender.pipeline.local_store import PipelineConfig, open_local_store
 from iotdefender.pipeline.ml_training import MlTrainer, TrainingSchedule, training_loop
 from iotdefender.pipeline.monitoring import MonitoringIndex
+from iotdefender.pipeline.sweep_wake import SweepWake
 from iotdefender.pipeline.worker import WorkerConfig
 from iotdefender.pipeline.worker_client import WorkerBatchStore
 from iotdefender.net_address import check_port_free
@@ -122,6 +124,16 @@ def validate(settings: Settings) -> None:
             raise ConfigurationError(f"MQTT TLS listener: {error}") from None
 
 
+def metrics_token(settings: Settings) -> str | None:
+    """The token ``/metrics`` asks for, or None (open); a file that cannot give one refuses to start."""
+    if settings.metrics_token_file is None:
+        return None
+    try:
+        return metrics_access.load_token(settings.metrics_token_file)
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise ConfigurationError(f"--metrics-token-file: {error}") from None
+
+
 def _purge(engine: Engine, delete_batch: Callable[[Connection, float], int], cutoff: float) -> int:
     return in_batches(engine, lambda conn: delete_batch(conn, cutoff))
 
@@ -149,13 +161,22 @@ def history_interval(settings: Settings) -> float:
     return min(max(settings.effective_metrics_window / 4, 1.0), 30.0)
 
 
-async def sweep_loop(sweep: Callable[..., object], invalidation_s: float, *taken: Callable[[], object]) -> None:
+async def sweep_loop(sweep: Callable[..., object], invalidation_s: float, *taken: Callable[[], object],
+                     wake: SweepWake | None = None) -> None:
     """Invalidate silent or unmonitored alarms; often enough to be prompt, rarely enough to be cheap.
 
     ``sweep(now, *values)`` runs in a worker thread; ``taken`` are read on the event loop before
-    each round (cluster mode: the partitions this node owns, which the event loop changes)."""
+    each round (cluster mode: the partitions this node owns, which the event loop changes).
+    ``wake`` (a control-plane change: a detach, a deleted profile, ...) starts a round at once,
+    so the alarms the change ended are invalidated when it is made, not up to a period later."""
+    if wake is not None:
+        wake.bind()
+    period = min(max(invalidation_s / 20, 0.5), 60.0)
     while True:
-        await asyncio.sleep(min(max(invalidation_s / 20, 0.5), 60.0))
+        if wake is None:
+            await asyncio.sleep(period)
+        else:
+            await wake.wait(period)
         try:
             await anyio.to_thread.run_sync(sweep, time.time(), *(take() for take in taken))
         except Exception as error:
@@ -206,6 +227,7 @@ async def open_batch_store(settings: Settings, engine: Engine, config: PipelineC
 
 async def serve(settings: Settings) -> None:
     validate(settings)
+    token = metrics_token(settings)
     check_api_port(settings)
     auth = mqtt_auth(settings)
     routes = load_alert_routes(settings)
@@ -213,7 +235,8 @@ async def serve(settings: Settings) -> None:
     engine = context.engine
     health = DatabaseHealth.of(engine)
     monitoring = MonitoringIndex(engine, context.arn(""))
-    alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale)
+    alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale,
+                           sole_deliverer=True)
     store = await open_batch_store(settings, engine, pipeline_config(settings, context, routes), monitoring,
                                    on_events=counting(alerts.wake))
 
@@ -222,7 +245,8 @@ async def serve(settings: Settings) -> None:
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl,
                             observer=cloud if settings.cloud_metrics else NULL_OBSERVER)
     backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)
-    api = ApiService(context, credentials, on_change=(monitoring.invalidate, store.invalidate), health=health,
+    swept = SweepWake()  # after the caches are dropped: the sweep reads the changed control plane
+    api = ApiService(context, credentials, on_change=(monitoring.invalidate, store.invalidate, swept), health=health,
                      extensions=Extensions(broker_events=cloud.ingest_events, dead_letters=alerts.dead_letters,
                                            backtests=backtests))
     broker, mqtt_endpoint = build_broker(settings, gatekeeper, ingest.submit)
@@ -250,13 +274,15 @@ async def serve(settings: Settings) -> None:
     background = [
         asyncio.create_task(retention_loop(engine, settings.effective_metric_retention,
                                            settings.effective_violation_retention), name="retention"),
-        asyncio.create_task(sweep_loop(store.sweep, settings.effective_invalidation_period), name="invalidation"),
+        asyncio.create_task(sweep_loop(store.sweep, settings.effective_invalidation_period, wake=swept),
+                            name="invalidation"),
         asyncio.create_task(alerts.run(), name="alerts"),
         asyncio.create_task(cloud.run(), name="cloud-metrics"),
         asyncio.create_task(ml_training(settings, engine, monitoring, store.invalidate), name="ml-training"),
     ]
 
-    server = http_server(settings, create_app(api, create_console(api, monitoring, settings.time_scale)))
+    server = http_server(settings, create_app(api, create_console(api, monitoring, settings.time_scale),
+                                              metrics_token=token))
     export_only(ROLE_ORDER, embedded_broker=settings.mqtt_url is None)  # every role's metrics: one box is all three
     describe_node(socket.gethostname(), ROLE_ORDER)
     # Everything built so far (botocore's service model, the broker, caches) lives as long as the

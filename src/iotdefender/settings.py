@@ -21,6 +21,7 @@ class Settings:
     account_id: str = "123456789012"
     credentials_file: Path | None = None
     log_format: str = "auto"
+    metrics_token_file: Path | None = None
     detection_worker: bool = True
     ingest_queue_limit: int = 10_000
     mqtt_port: int = 1883
@@ -164,6 +165,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--account-id", default=d.account_id, help="account id in every ARN (default %(default)s)")
     parser.add_argument("--credentials", dest="credentials_file", type=Path, default=None,
                         help="AWS-style credentials file with the access keys the API accepts")
+    parser.add_argument("--metrics-token-file", type=Path, default=None,
+                        help="file holding a token /metrics then asks for as 'Authorization: Bearer <token>' "
+                             "(Prometheus: authorization.credentials_file); default: /metrics is open, as "
+                             "Prometheus exporters usually are (docs/api-behaviour.md)")
     parser.add_argument("--log-format", choices=("auto", "json", "console"), default=d.log_format,
                         help="log lines as JSON or readable for a terminal; auto (default): readable when "
                              "stderr is a terminal, JSON otherwise (files, journald, log shippers)")

@@ -248,6 +248,37 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
             device.close()
 
 
+def test_a_detach_through_one_node_invalidates_both_nodes_alarms_at_once_and_once(pair):
+    """Each detect node sweeps its own partitions once a minute (the default time scale): a
+    detach left the violations active until then. The control notice wakes every detect node's
+    sweep; each invalidates the alarms of the partitions it owns (their fences), so every
+    violation gets one alarm-invalidated, not one per node."""
+    a, b = pair
+    members = sorted([node_id(a), node_id(b)])
+    iot_a, iot_b = a.client(), b.client()
+    iot_a.create_security_profile(securityProfileName="leaving", behaviors=[PORTS])
+    iot_a.attach_security_profile(securityProfileName="leaving", securityProfileTargetArn=ALL_THINGS)
+    time.sleep(1.0)  # the attachment reaches every node (control notices)
+    things = owned_by(node_id(a), members, 2, "det-a") + owned_by(node_id(b), members, 2, "det-b")
+    for thing in things:
+        device = Device(b.mqtt_port, thing)
+        try:
+            assert device.report(report(1, [443, 22]))[0] == "json/accepted"
+        finally:
+            device.close()
+    assert len(iot_a.list_active_violations(securityProfileName="leaving")["activeViolations"]) == len(things)
+    iot_b.detach_security_profile(securityProfileName="leaving", securityProfileTargetArn=ALL_THINGS)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and iot_a.list_active_violations(
+            securityProfileName="leaving")["activeViolations"]:
+        time.sleep(0.1)
+    assert iot_a.list_active_violations(securityProfileName="leaving")["activeViolations"] == []
+    time.sleep(1.0)  # a second node's duplicate would come now
+    events = iot_a.list_violation_events(**window(), securityProfileName="leaving")["violationEvents"]
+    assert Counter((e["thingName"], e["violationEventType"]) for e in events) == Counter(
+        {(thing, kind): 1 for thing in things for kind in ("in-alarm", "alarm-invalidated")})
+
+
 def roam(a: ServiceProcess, b: ServiceProcess, iot: Any, roamer: str, devices: list[Device]) -> tuple[float, float]:
     """A device sends 4 messages through node A, moves to node B and sends 3 more, all in one
     cloud-side window. Returns how long the 7 messages took (they must fit in the window) and the

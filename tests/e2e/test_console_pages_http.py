@@ -257,3 +257,53 @@ def test_new_pages_need_a_session_and_new_forms_the_csrf_token(service):
     iot = service.client()
     assert "csrf-x" not in iot.list_custom_metrics()["metricNames"]
     assert "csrf-x" not in [g["groupName"] for g in iot.list_thing_groups()["thingGroups"]]
+
+
+def _field(page: str, form_id: str, name: str) -> str | None:
+    """The value an input of a form is shown with (None: the input is empty)."""
+    form = re.search(rf'<form[^>]*id="{form_id}".*?</form>', page, re.S)
+    assert form, form_id
+    found = re.search(rf'<input name="{name}"[^>]*value="([^"]*)"', form.group(0))
+    return html.unescape(found.group(1)) if found and found.group(1) else None
+
+
+def test_a_refused_thing_group_form_comes_back_as_typed(service):
+    """A refusal used to be a page of its own with a 'Back' link: what was typed was gone."""
+    client, token = logged_in(service)
+    service.client().create_thing_group(thingGroupName="rt-site")
+    refused = post(client, token, "/console/thing-groups", thingGroupName="rt bad!", parentGroupName="rt-site",
+                   description="north <wing>")
+    assert refused.status_code == 400 and "InvalidRequestException" in refused.text
+    assert _field(refused.text, "group-form", "thingGroupName") == "rt bad!"
+    assert _field(refused.text, "group-form", "description") == "north <wing>"
+    assert "<option selected>rt-site</option>" in refused.text and 'id="group-tree"' in refused.text
+
+    unregistered = post(client, token, "/console/thing-groups/rt-site/add-thing", thingName="rt-dev-9")
+    assert unregistered.status_code == 404 and "register it first" in unregistered.text
+    assert "<h1>Thing group rt-site</h1>" in unregistered.text  # the group page, not a message page
+    assert _field(unregistered.text, "add-thing-form", "thingName") == "rt-dev-9"
+    assert _field(client.get("/console/thing-groups/rt-site").text, "add-thing-form", "thingName") is None
+
+
+def test_every_member_of_a_large_thing_group_is_reached_page_by_page(service):
+    """The group page showed the first 250 members and no way to the others."""
+    client, _ = logged_in(service)
+    iot = service.client()
+    iot.create_thing_group(thingGroupName="pg-big")
+    names = sorted(f"pg-dev-{i:03d}" for i in range(263))
+    for name in names:
+        iot.create_thing(thingName=name)
+        iot.add_thing_to_thing_group(thingGroupName="pg-big", thingName=name)
+
+    def members(page: str) -> list[str]:
+        return re.findall(r'<a href="/console/things/(pg-dev-\d+)">', page)
+
+    first = client.get("/console/thing-groups/pg-big").text
+    assert "Members (263)" in first and len(members(first)) == 250 and 'rel="prev"' not in first
+    following = re.search(r'href="(\?after=[^"]+)" rel="next"', first).group(1)
+    second = client.get(f"/console/thing-groups/pg-big{html.unescape(following)}").text
+    assert members(first) + members(second) == names and 'rel="next"' not in second
+    back = re.search(r'href="(\?before=[^"]+)" rel="prev"', second).group(1)
+    again = client.get(f"/console/thing-groups/pg-big{html.unescape(back)}").text
+    assert members(again) == names[:250]  # the 250 before the second page's first member
+    assert client.get("/console/thing-groups/pg-big?after=no%20such!").status_code == 400

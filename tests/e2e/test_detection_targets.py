@@ -69,6 +69,43 @@ def test_every_target_kind_monitors_the_right_things(quick):
     assert [e["violationEventType"] for e in events] == ["in-alarm", "alarm-invalidated"]
 
 
+@pytest.mark.parametrize("detection_worker", ["on", "off"])
+def test_a_detach_or_a_deleted_profile_invalidates_at_once(tmp_path, detection_worker):
+    """At the default time scale the sweep runs once a minute: a detached profile's violations
+    stayed active until then. The change wakes it; the service here is younger than a minute, so
+    without that no sweep has run yet when the test looks."""
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--report-min-interval", "0",
+                                                         "--detection-worker", detection_worker])
+    svc.start()
+    try:
+        started, iot = time.monotonic(), svc.client()
+        for name in ("detached", "deleted"):
+            iot.create_security_profile(securityProfileName=name, behaviors=[PORTS])
+            iot.attach_security_profile(securityProfileName=name, securityProfileTargetArn=ARN + "all/things")
+        dev = Device(svc.mqtt_port, "now-1")
+        assert dev.report(report(1, [22]))[0] == "json/accepted"
+        dev.close()
+        active = {v["securityProfileName"] for v in iot.list_active_violations()["activeViolations"]}
+        assert active == {"detached", "deleted"}
+
+        def invalidated_within(profile: str, seconds: float) -> list[str]:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and any(
+                    v["securityProfileName"] == profile for v in iot.list_active_violations()["activeViolations"]):
+                time.sleep(0.1)
+            now = dt.datetime.now(dt.timezone.utc)
+            return [e["violationEventType"] for e in iot.list_violation_events(
+                securityProfileName=profile, startTime=now - dt.timedelta(hours=1), endTime=now)["violationEvents"]]
+
+        iot.detach_security_profile(securityProfileName="detached", securityProfileTargetArn=ARN + "all/things")
+        assert invalidated_within("detached", 3) == ["in-alarm", "alarm-invalidated"]
+        iot.delete_security_profile(securityProfileName="deleted")
+        assert invalidated_within("deleted", 3) == ["in-alarm", "alarm-invalidated"]
+        assert time.monotonic() - started < 50  # before the first periodic sweep (60 s after start)
+    finally:
+        svc.stop()
+
+
 def test_silent_device_is_invalidated_and_pagination_covers_all(quick):
     svc, iot = quick
     iot.create_security_profile(securityProfileName="fleet", behaviors=[PORTS])
@@ -94,23 +131,56 @@ def test_silent_device_is_invalidated_and_pagination_covers_all(quick):
         assert kinds == ["in-alarm", "alarm-invalidated"]
 
 
+ALERTS_TOPIC = "arn:aws:sns:us-east-1:123456789012:alerts"
+
+
+def alerting_service(tmp_path, webhooks: list[str], *args: str) -> ServiceProcess:
+    """A started service whose topic ALERTS_TOPIC goes to ``webhooks`` (secret "s")."""
+    subscriptions = tmp_path / "subs.json"
+    subscriptions.write_text(json.dumps({ALERTS_TOPIC: [{"webhook": url, "secret": "s"} for url in webhooks]}))
+    svc = ServiceProcess(data_dir=tmp_path / "data", extra_args=[
+        "--report-min-interval", "0", "--alert-subscriptions", str(subscriptions), *args])
+    svc.start()
+    return svc
+
+
+def alarm_on_cam(svc: ServiceProcess) -> None:
+    """A profile alerting to ALERTS_TOPIC on every thing, and the device "cam" in alarm on it."""
+    iot = svc.client()
+    iot.create_security_profile(securityProfileName="p", behaviors=[PORTS], alertTargets={
+        "SNS": {"alertTargetArn": ALERTS_TOPIC, "roleArn": "arn:aws:iam::123456789012:role/r"}})
+    iot.attach_security_profile(securityProfileName="p", securityProfileTargetArn=ARN + "all/things")
+    dev = Device(svc.mqtt_port, "cam")
+    assert dev.report(report(1, [22]))[0] == "json/accepted"
+    dev.close()
+
+
+def test_an_alert_being_sent_when_the_service_is_killed_is_sent_again_at_restart(tmp_path):
+    """kill -9 while a webhook is being sent: the row stayed claimed for 120 s, so the restarted
+    service sent it only two minutes later. On one box the service's own claims are taken back at
+    start: the alert arrives within seconds of the restart (a second time: at least once)."""
+    slow = WebhookReceiver("s", delay_s=3.0)
+    svc = alerting_service(tmp_path, [slow.url])
+    try:
+        alarm_on_cam(svc)
+        slow.arrived.get(timeout=15)  # the send is under way; the receiver answers 3 s later
+        svc.restart(hard=True)
+        restarted = time.monotonic()
+        first = slow.next(timeout=10)["message"]  # the killed attempt's request, which the receiver had
+        again = slow.next(timeout=15)["message"]  # sent again by the restarted service
+        assert time.monotonic() - restarted < 15
+        assert first["violationId"] == again["violationId"] and again["violationEventType"] == "in-alarm"
+        assert '"alerts_reclaimed"' in svc.log_path.read_text()
+    finally:
+        svc.stop()
+        slow.close()
+
+
 def test_failing_webhook_is_retried_then_dead_lettered(tmp_path):
     flaky, dead = WebhookReceiver("s", fail_first=2), "http://127.0.0.1:9/unreachable"
-    subscriptions = tmp_path / "subs.json"
-    topic = "arn:aws:sns:us-east-1:123456789012:alerts"
-    subscriptions.write_text(json.dumps({topic: [{"webhook": flaky.url, "secret": "s"},
-                                                 {"webhook": dead, "secret": "s"}]}))
-    svc = ServiceProcess(data_dir=tmp_path / "data", extra_args=[  # retries back off from 1 s / 20
-        "--report-min-interval", "0", "--time-scale", "20", "--alert-subscriptions", str(subscriptions)])
-    svc.start()
+    svc = alerting_service(tmp_path, [flaky.url, dead], "--time-scale", "20")  # retries back off from 1 s / 20
     try:
-        iot = svc.client()
-        iot.create_security_profile(securityProfileName="p", behaviors=[PORTS], alertTargets={
-            "SNS": {"alertTargetArn": topic, "roleArn": "arn:aws:iam::123456789012:role/r"}})
-        iot.attach_security_profile(securityProfileName="p", securityProfileTargetArn=ARN + "all/things")
-        dev = Device(svc.mqtt_port, "cam")
-        assert dev.report(report(1, [22]))[0] == "json/accepted"
-        dev.close()
+        alarm_on_cam(svc)
         message = flaky.next(timeout=30)["message"]  # two 503s, then delivered
         assert message["violationEventType"] == "in-alarm" and message["thingName"] == "cam"
         metrics = httpx.get(svc.endpoint + "/metrics").text

@@ -18,6 +18,7 @@ class WebhookReceiver:
     def __init__(self, secret: str, fail_first: int = 0, delay_s: float = 0.0) -> None:
         self.secret = secret
         self.received: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.arrived: queue.Queue[float] = queue.Queue()  # when each request came in, before its delay
         self.fail_remaining = fail_first
         self.port = free_port()
         receiver = self
@@ -25,6 +26,7 @@ class WebhookReceiver:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.arrived.put(time.monotonic())
                 time.sleep(delay_s)  # a slow destination
                 if receiver.fail_remaining > 0:
                     receiver.fail_remaining -= 1

@@ -232,3 +232,45 @@ def test_window_sums_saturate_at_the_largest_count():
         commit(evaluator, evaluation)
         values += [e.metric_value for e in evaluation.events]
     assert values == [{"count": COUNT_MAX}]  # one in-alarm, its value a 64-bit count
+
+
+@given(st.sampled_from(["less-than", "less-than-equals", "greater-than", "greater-than-equals"]),
+       st.floats(min_value=0, max_value=1e6, allow_nan=False), st.integers(min_value=0, max_value=10**6 + 2))
+def test_a_count_threshold_is_whole_and_judges_every_count_as_the_percentile_does(operator, percentile, count):
+    from iotdefender.engine.compare import statistical_threshold
+
+    threshold = statistical_threshold(operator, {"count": 1}, percentile)
+    assert type(threshold["count"]) is int  # MetricValue.count is a Long
+    assert compliant(operator, threshold, {"count": count}) == compliant(operator, {"number": percentile},
+                                                                         {"count": count})
+
+
+def test_a_statistical_count_threshold_is_written_as_a_whole_count():
+    """p90 of a count metric is a fraction more often than not (18.2 ports); the evidence (served as
+    JSON, shown by the console) carried it as ``{"count": 18.2}`` (``18.0`` when whole), which is
+    no Long and read "18.2 ports"."""
+    import orjson
+
+    metric = "aws:num-listening-tcp-ports"
+    profile = {"name": "s", "behaviors": [{"name": "ports", "metric": metric, "criteria": {
+        "comparisonOperator": "less-than-equals", "statisticalThreshold": {"statistic": "p90"},
+        "durationSeconds": 300}}]}
+    evaluator = Evaluator(counting_ids())
+    for i in range(10):  # window 0: 2, 4, ..., 20 ports; p90 = 18.2
+        commit(evaluator, evaluator.evaluate(f"d{i}", [profile], {metric: {"count": (i + 1) * 2}}, 10.0 + i))
+    on_edge = evaluator.evaluate("d0", [profile], {metric: {"count": 18}}, 310.0)
+    commit(evaluator, on_edge)
+    loud = evaluator.evaluate("d1", [profile], {metric: {"count": 19}}, 311.0)
+    assert on_edge.events == [] and [e.event_type.value for e in loud.events] == ["in-alarm"]
+    assert b'"threshold":{"count":18}' in orjson.dumps(loud.events[0].evidence)
+
+
+def test_a_statistical_number_threshold_stays_a_number():
+    metric = "temperature"
+    profile = {"name": "s", "behaviors": [{"name": "hot", "metric": metric, "criteria": {
+        "comparisonOperator": "less-than", "statisticalThreshold": {"statistic": "p50"}, "durationSeconds": 300}}]}
+    evaluator = Evaluator(counting_ids())
+    for i in range(5):  # 1.5 .. 5.5: p50 = 3.5
+        commit(evaluator, evaluator.evaluate(f"d{i}", [profile], {metric: {"number": i + 1.5}}, 10.0 + i))
+    hot = evaluator.evaluate("d1", [profile], {metric: {"number": 3.5}}, 311.0)
+    assert hot.events[0].evidence["threshold"] == {"number": 3.5}

@@ -70,13 +70,16 @@ class AlertDelivery:
 
     def __init__(self, engine: Engine, routes: AlertRoutes, region: str, rate_per_destination: float = 20.0,
                  retry_base_s: float = 1.0, claim_hold_s: float = CLAIM_HOLD_S,
-                 send_timeout_s: float = SEND_TIMEOUT_S) -> None:
+                 send_timeout_s: float = SEND_TIMEOUT_S, sole_deliverer: bool = False) -> None:
         self._engine = engine
         self._routes = routes
         self._region = region
         self._rate = rate_per_destination
         self._retry_base = retry_base_s
         self._hold_s, self._send_timeout_s = claim_hold_s, send_timeout_s
+        # One box: this process is the outbox's only deliverer, so a claim found at start is its
+        # previous life's (killed mid-send) and is taken back at once rather than after the hold.
+        self._reclaim_pending = sole_deliverer
         self._buckets: dict[str, TokenBucket] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -95,6 +98,8 @@ class AlertDelivery:
         try:
             while True:
                 try:
+                    if self._reclaim_pending:
+                        await anyio.to_thread.run_sync(self._reclaim)
                     delivered = await self._deliver_due()
                 except Exception as error:  # the outbox is durable: delivery resumes when the database is back
                     log_unless_outage(log, "alert_delivery_failed", error)
@@ -111,6 +116,14 @@ class AlertDelivery:
     def _due(self, limit: int = 200) -> Sequence[Any]:
         with writing(self._engine) as conn:
             return alert_outbox.claim(conn, time.time(), limit, self._hold_s)
+
+    def _reclaim(self) -> None:
+        with writing(self._engine) as conn:
+            taken = alert_outbox.reclaim(conn, time.time())
+        self._reclaim_pending = False  # once, and only once it committed (an outage retries it)
+        if taken:
+            log.warning("alerts_reclaimed", rows=taken,
+                        reason="claimed by this service before it stopped without sending them; sent again")
 
     def _release(self, row_ids: list[int]) -> None:
         with writing(self._engine) as conn:

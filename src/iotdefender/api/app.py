@@ -24,9 +24,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 
+from iotdefender.api import metrics_access
 from iotdefender.api.credentials import CredentialStore
 from iotdefender.api.extensions import BacktestJobs, Extensions
 from iotdefender.api.http_metrics import HttpMetrics, extension_label, name_operation
@@ -209,8 +210,10 @@ class ApiService:
 Readiness = Callable[[], dict[str, Any] | None]
 
 
-def operations_routes(health: DatabaseHealth, readiness: Readiness | None = None) -> list[Route]:
-    """``/healthz`` and ``/metrics``: what every node serves, with or without the API."""
+def operations_routes(health: DatabaseHealth, readiness: Readiness | None = None,
+                      metrics_token: str | None = None) -> list[Route]:
+    """``/healthz`` and ``/metrics``: what every node serves, with or without the API; with
+    ``metrics_token``, ``/metrics`` only to its bearer (api/metrics_access.py)."""
     async def healthz(_: Request) -> Response:
         """Readiness: 503 while the database is unreachable (a probe, at most one a second), or
         while a cluster node does not hold what it should (``readiness``)."""
@@ -221,18 +224,23 @@ def operations_routes(health: DatabaseHealth, readiness: Readiness | None = None
             return JSONResponse({"status": "unavailable", **missing}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    async def metrics(_: Request) -> Response:
+    async def metrics(request: Request) -> Response:
+        if not metrics_access.allowed(request, metrics_token):
+            return PlainTextResponse("/metrics needs Authorization: Bearer <the --metrics-token-file token>\n",
+                                     status_code=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return [Route("/healthz", healthz, methods=["GET"]), Route("/metrics", metrics, methods=["GET"])]
 
 
-def create_operations_app(health: DatabaseHealth, readiness: Readiness | None = None) -> Starlette:
+def create_operations_app(health: DatabaseHealth, readiness: Readiness | None = None,
+                          metrics_token: str | None = None) -> Starlette:
     """A cluster node without the ``api`` role: only the probes."""
-    return Starlette(routes=operations_routes(health, readiness))
+    return Starlette(routes=operations_routes(health, readiness, metrics_token))
 
 
-def create_app(service: ApiService, console: Starlette | None = None, readiness: Readiness | None = None) -> Starlette:
+def create_app(service: ApiService, console: Starlette | None = None, readiness: Readiness | None = None,
+               metrics_token: str | None = None) -> Starlette:
     async def to_console(_: Request) -> Response:
         return RedirectResponse("/console/", status_code=307)
 
@@ -240,7 +248,7 @@ def create_app(service: ApiService, console: Starlette | None = None, readiness:
     console_routes = [Route("/console", to_console, methods=["GET"]), Mount("/console", console)] if console else []
     return Starlette(
         routes=[
-            *operations_routes(service.database_health(), readiness),
+            *operations_routes(service.database_health(), readiness, metrics_token),
             *console_routes,
             Route("/{path:path}", service.handle, methods=methods),
         ],

@@ -2,9 +2,11 @@
 hierarchy, members and attached profiles) and their tags.
 
 Lists and details read through the AWS operations (ListCustomMetrics, DescribeDimension,
-ListThingsInThingGroup, ...) and every form runs one (CreateCustomMetric, AddThingToThingGroup,
-AttachSecurityProfile, ...) through ``writes.perform``, so the console accepts and refuses exactly
-what the API does.
+ListThingGroups, ...) and every form runs one (CreateCustomMetric, AddThingToThingGroup,
+AttachSecurityProfile, ...) through the API, so the console accepts and refuses exactly what the
+API does; a refused form comes back as typed, with the reason by it. Two reads go to the store: the
+group outline, and a group's members, which page back as well as forth by name
+(``registry.member_page``), which ListThingsInThingGroup's forward-only token cannot.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from iotdefender.contract.errors import ApiError
+from iotdefender.contract.service_model import service_model
+from iotdefender.contract.validation import validate_value
 from iotdefender.console.auth import Page, login_required
 from iotdefender.console.context import ConsoleContext
 from iotdefender.console.writes import lines, perform, refusal, run, text
@@ -23,6 +27,7 @@ from iotdefender.store import registry
 
 METRIC_TYPES = ["string-list", "ip-address-list", "number-list", "number"]
 MAX = 250
+MEMBERS_PAGE = 250  # members per page of a thing group
 
 
 def request_token(form: Any) -> str:
@@ -104,75 +109,111 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
 
     @login_required
     async def thing_groups(request: Request) -> Response:
+        typed: dict[str, str] = {}
         if request.method == "POST":
             form = await request.form()
-            params: dict[str, Any] = {"thingGroupName": text(form, "thingGroupName")}
-            if text(form, "parentGroupName"):
-                params["parentGroupName"] = text(form, "parentGroupName")
-            if text(form, "description"):
-                params["thingGroupProperties"] = {"thingGroupDescription": text(form, "description")}
-            return await perform(console, request, "Thing groups", [("CreateThingGroup", params)],
-                                 "/console/thing-groups")
+            typed = {key: text(form, key) for key in ("thingGroupName", "parentGroupName", "description")}
+            params: dict[str, Any] = {"thingGroupName": typed["thingGroupName"]}
+            if typed["parentGroupName"]:
+                params["parentGroupName"] = typed["parentGroupName"]
+            if typed["description"]:
+                params["thingGroupProperties"] = {"thingGroupDescription": typed["description"]}
+            try:
+                await run(console, api.invoke, "CreateThingGroup", params)
+                return RedirectResponse("/console/thing-groups", status_code=303)
+            except ApiError as error:
+                problem: ApiError | None = error  # the form again, as typed, with AWS's reason
+        else:
+            problem = None
 
         def read() -> list[tuple[str, int]]:
             with console.engine.connect() as conn:
                 return group_tree(registry.all_group_parents(conn))
 
-        return console.render(request, "thing_groups.html", tree=await run(console, read))
+        return console.render(request, "thing_groups.html", status_code=problem.status if problem else 200,
+                              tree=await run(console, read), typed=typed,
+                              problem=f"{problem.code}: {problem.message}" if problem else None)
+
+    def read_group(name: str, after: str | None, before: str | None) -> dict[str, Any]:
+        """The group page's contents: one page of members (MEMBERS_PAGE, by name), its
+        attached profiles, child groups and tags."""
+        described = api.invoke("DescribeThingGroup", {"thingGroupName": name})
+        arn = described["thingGroupArn"]
+        attached = api.invoke("ListSecurityProfilesForTarget", {"securityProfileTargetArn": arn})
+        with console.engine.connect() as conn:
+            members, earlier, later = registry.member_page(conn, name, MEMBERS_PAGE, after=after, before=before)
+            total = registry.count_members(conn, name)
+        return {"group": described,
+                "children": [g["groupName"] for g in list_all("ListThingGroups", "thingGroups", {"parentGroup": name})],
+                "members": members, "member_count": total, "earlier": earlier, "later": later,
+                "attached": [m["securityProfileIdentifier"]["name"] for m in attached["securityProfileTargetMappings"]],
+                "profile_names": [p["name"] for p in list_all("ListSecurityProfiles", "securityProfileIdentifiers")],
+                "tags": api.invoke("ListTagsForResource", {"resourceArn": arn})["tags"]}
+
+    async def show_group(request: Request, name: str, after: str | None = None, before: str | None = None,
+                         refused: tuple[str, ApiError] | None = None, typed: dict[str, Any] | None = None
+                         ) -> Response:
+        """The group page; after a refused form (``refused``: the form's action and AWS's error)
+        the same page with that form as typed and the reason by it, or, when the group itself
+        cannot be read (it does not exist), the refusal alone."""
+        try:
+            data = await run(console, read_group, name, after, before)
+        except ApiError as error:
+            return refusal(console, request, "Thing group", refused[1] if refused else error)
+        problem = None
+        if refused is not None:
+            action, error = refused
+            problem = {"form": action, "message": f"{error.code}: {error.message}"}
+        return console.render(request, "thing_group.html", status_code=refused[1].status if refused else 200,
+                              name=name, problem=problem, typed=typed or {}, **data)
 
     @login_required
     async def thing_group(request: Request) -> Response:
-        name = request.path_params["name"]
-
-        def read() -> dict[str, Any]:
-            described = api.invoke("DescribeThingGroup", {"thingGroupName": name})
-            arn = described["thingGroupArn"]
-            attached = api.invoke("ListSecurityProfilesForTarget", {"securityProfileTargetArn": arn})
-            members = api.invoke("ListThingsInThingGroup", {"thingGroupName": name, "maxResults": MAX})
-            return {"group": described,
-                    "children": [g["groupName"] for g in list_all("ListThingGroups", "thingGroups",
-                                                                  {"parentGroup": name})],
-                    "members": members["things"], "more_members": bool(members.get("nextToken")),
-                    "attached": [m["securityProfileIdentifier"]["name"]
-                                 for m in attached["securityProfileTargetMappings"]],
-                    "profile_names": [p["name"] for p in list_all("ListSecurityProfiles",
-                                                                  "securityProfileIdentifiers")],
-                    "tags": api.invoke("ListTagsForResource", {"resourceArn": arn})["tags"]}
-
+        q = request.query_params
+        after, before = q.get("after"), q.get("before")
         try:
-            data = await run(console, read)
+            for key, value in (("after", after), ("before", before)):
+                if value is not None:
+                    validate_value(service_model().shape_for("ThingName"), value, key)
         except ApiError as error:
             return refusal(console, request, "Thing group", error)
-        return console.render(request, "thing_group.html", name=name, **data)
+        return await show_group(request, request.path_params["name"], after, None if after else before)
 
     @login_required
     async def thing_group_action(request: Request) -> Response:
-        """Members, attached profiles and deletion of one group, each one AWS operation."""
+        """Members, attached profiles and deletion of one group, each one AWS operation; a
+        refusal shows the group again with what was typed."""
         name, action = request.path_params["name"], request.path_params["action"]
         form = await request.form()
         back = f"/console/thing-groups/{name}"
         arn = console.arn(f"thinggroup/{name}")
+        typed = {"thingName": text(form, "thingName"), "register": bool(form.get("register")),
+                 "securityProfileName": text(form, "securityProfileName")}
         calls = {
-            "add-thing": ("AddThingToThingGroup", {"thingGroupName": name, "thingName": text(form, "thingName")}),
-            "remove-thing": ("RemoveThingFromThingGroup", {"thingGroupName": name, "thingName": text(form, "thingName")}),
-            "attach": ("AttachSecurityProfile", {"securityProfileName": text(form, "securityProfileName"),
+            "add-thing": ("AddThingToThingGroup", {"thingGroupName": name, "thingName": typed["thingName"]}),
+            "remove-thing": ("RemoveThingFromThingGroup", {"thingGroupName": name, "thingName": typed["thingName"]}),
+            "attach": ("AttachSecurityProfile", {"securityProfileName": typed["securityProfileName"],
                                                  "securityProfileTargetArn": arn}),
-            "detach": ("DetachSecurityProfile", {"securityProfileName": text(form, "securityProfileName"),
+            "detach": ("DetachSecurityProfile", {"securityProfileName": typed["securityProfileName"],
                                                  "securityProfileTargetArn": arn}),
             "delete": ("DeleteThingGroup", {"thingGroupName": name}),
         }
         if action not in calls:
             return console.render(request, "message.html", status_code=404, title="Thing group",
                                   message=f"No action {action!r}: use one of {', '.join(calls)}.")
-        if action == "add-thing":
-            return await add_thing(request, name, text(form, "thingName"), bool(form.get("register")), back)
-        return await perform(console, request, "Thing group", [calls[action]],
-                             "/console/thing-groups" if action == "delete" else back)
+        try:
+            if action == "add-thing":
+                await run(console, add_thing, name, typed["thingName"], typed["register"])
+            else:
+                await run(console, api.invoke, *calls[action])
+        except ApiError as error:
+            return await show_group(request, name, refused=(action, error), typed=typed)
+        return RedirectResponse("/console/thing-groups" if action == "delete" else back, status_code=303)
 
-    async def add_thing(request: Request, group: str, thing: str, register: bool, back: str) -> Response:
+    def add_thing(group: str, thing: str, register: bool) -> None:
         """AWS groups hold registered things only, and a device that reports is not registered
         until someone does it: with ``register`` the thing is registered first when it is not."""
-        def add() -> None:
+        try:
             if register:
                 try:
                     api.invoke("DescribeThing", {"thingName": thing})
@@ -181,15 +222,11 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                         raise
                     api.invoke("CreateThing", {"thingName": thing})
             api.invoke("AddThingToThingGroup", {"thingGroupName": group, "thingName": thing})
-
-        try:
-            await run(console, add)
         except ApiError as error:
             if error.code == "ResourceNotFoundException" and not register and "Thing " in error.message:
-                error = ApiError(error.code, f"{error.message.rstrip('.')}. Groups hold registered things only: "
-                                             f"tick 'register it first' to register {thing} and add it.")
-            return refusal(console, request, "Thing group", error)
-        return RedirectResponse(back, status_code=303)
+                raise ApiError(error.code, f"{error.message.rstrip('.')}. Groups hold registered things only: "
+                                           f"tick 'register it first' to register {thing} and add it.") from None
+            raise
 
     return {"custom_metrics": custom_metrics, "delete_custom_metric": delete_custom_metric,
             "dimensions": dimensions, "delete_dimension": delete_dimension, "thing_groups": thing_groups,

@@ -15,6 +15,8 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from iotdefender.metrics_catalog import COUNT_MAX
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NUMERIC: dict[str, Callable[[float, float], bool]] = {
@@ -31,6 +33,22 @@ def scalar_of(value: Mapping[str, Any]) -> float | None:
         if value.get(key) is not None:
             return float(value[key])
     return None
+
+
+
+def statistical_threshold(operator: str, measured: Mapping[str, Any], percentile: float) -> dict[str, Any]:
+    """A fleet percentile as the MetricValue a datapoint like ``measured`` is compared with.
+
+    A count's threshold is a count (``MetricValue.count`` is a Long in AWS's model, and evidence,
+    alerts and the console write it in the metric's units: "18 ports", not "18.2" or "18.0"): the
+    whole number that gives every whole count the verdict the percentile gives it. ``n <= 18.2``
+    holds exactly when ``n <= 18``, ``n < 18.2`` exactly when ``n < 19``. A ``number`` stays as
+    computed.
+    """
+    if measured.get("count") is None or not math.isfinite(percentile):
+        return {"number": percentile}
+    whole = math.floor(percentile) if operator in ("less-than-equals", "greater-than") else math.ceil(percentile)
+    return {"count": max(0, min(whole, COUNT_MAX))}
 
 
 @functools.lru_cache(maxsize=4096)

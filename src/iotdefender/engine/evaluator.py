@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType, IdFactory, Transition, advance, invalidate
-from iotdefender.engine.compare import Check, compile_check, compliant, offending, scalar_of
+from iotdefender.engine.compare import Check, compile_check, compliant, offending, scalar_of, statistical_threshold
 from iotdefender.engine.ml import ConfidenceLevel
 from iotdefender.engine.ml_behavior import ActiveModel, MlModels
 from iotdefender.engine.ml_behavior import evidence as ml_evidence
@@ -360,7 +360,8 @@ class Evaluator:
         if resolved is None:
             return None, {}
         value, population = resolved
-        return {"count": value}, {"threshold": {"count": value}, "statistic": statistic, "devices": population}
+        threshold = statistical_threshold(rule.operator, measured, value)
+        return threshold, {"threshold": threshold, "statistic": statistic, "devices": population}
 
     def _event(self, key: StateKey, behavior: Mapping[str, Any], transition: Transition,
                evidence: dict[str, Any]) -> ViolationEvent:

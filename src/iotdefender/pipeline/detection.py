@@ -303,7 +303,13 @@ class DetectionService:
         """The alarms to invalidate, with why, and the current behavior of each alarm."""
         stale: dict[StateKey, str] = {}
         behaviors: dict[StateKey, Mapping[str, Any]] = {}
-        for key, state in self.evaluator.alarms():
+        alarms = list(self.evaluator.alarms())
+        # The registry facts of every alarmed thing in a few queries, not one each: after a change
+        # (which drops them) the sweep runs at once (pipeline/sweep_wake.py).
+        alarmed = [key[0] for key, _ in alarms if owns is None or owns(key[0])]
+        if alarmed:
+            self._monitoring.prime(alarmed)
+        for key, state in alarms:
             thing, profile_name, behavior_name, _ = key
             if owns is not None and not owns(thing):
                 continue

@@ -18,28 +18,45 @@ def insert_pending(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
                                              for row in rows])
 
 
+# A claimed row is "sending" until its attempt is marked (delivered, pending again, dead) or it is
+# released; its next_attempt_at is when the claim lapses. Rows the previous release claimed stay
+# "pending" (it knows no other status) and are taken as before once due.
+SENDING = "sending"
+
+
 def claim(conn: Connection, now: float, limit: int, hold_s: float) -> Sequence[Row[Any]]:
-    """Pending rows whose next attempt is due, oldest first, claimed for ``hold_s`` seconds.
+    """Pending rows whose next attempt is due, and claims that lapsed, oldest first, claimed for
+    ``hold_s`` seconds.
 
     Several nodes deliver from one outbox in cluster mode: the rows are read ``FOR UPDATE SKIP
-    LOCKED`` (PostgreSQL; SQLite has one writer and ignores it) and their next attempt moved past
-    the hold in the same transaction, so another node's claim neither waits for them nor takes
-    them, and no alert is sent twice. A node that dies while sending leaves its rows due again
-    after the hold (at least once, as any delivery that cannot know whether its request arrived)."""
-    rows = conn.execute(sa.select(alert_outbox).where(alert_outbox.c.status == "pending",
+    LOCKED`` (PostgreSQL; SQLite has one writer and ignores it), marked ``sending`` and their next
+    attempt moved past the hold in the same transaction, so another node's claim neither waits for
+    them nor takes them, and no alert is sent twice. A node that dies while sending leaves its rows
+    due again after the hold (at least once, as any delivery that cannot know whether its request
+    arrived); on one box a restart takes them back at once (``reclaim``)."""
+    rows = conn.execute(sa.select(alert_outbox).where(alert_outbox.c.status.in_(("pending", SENDING)),
                                                       alert_outbox.c.next_attempt_at <= now)
                         .order_by(alert_outbox.c.id).limit(limit).with_for_update(skip_locked=True)).all()
     if rows:
         conn.execute(alert_outbox.update().where(alert_outbox.c.id.in_([row.id for row in rows]))
-                     .values(next_attempt_at=now + hold_s))
+                     .values(status=SENDING, next_attempt_at=now + hold_s))
     return rows
+
+
+def reclaim(conn: Connection, now: float) -> int:
+    """Every claimed row due at ``now``: for the one process of a single box, at its start, whose
+    claims can only be its previous life's (killed while sending). Not in cluster mode, where a
+    claim may be a live node's. Returns how many."""
+    return conn.execute(alert_outbox.update().where(alert_outbox.c.status == SENDING)
+                        .values(status="pending", next_attempt_at=now)).rowcount
 
 
 def release(conn: Connection, row_ids: Sequence[int], due_at: float) -> None:
     """Claimed rows not attempted (rate-limited): due again at ``due_at``."""
     if row_ids:
         conn.execute(alert_outbox.update().where(alert_outbox.c.id.in_(list(row_ids)),
-                                                 alert_outbox.c.status == "pending").values(next_attempt_at=due_at))
+                                                 alert_outbox.c.status.in_(("pending", SENDING)))
+                     .values(status="pending", next_attempt_at=due_at))
 
 
 def mark(conn: Connection, row_id: int, **values: Any) -> None:

@@ -127,6 +127,36 @@ def remove_member(conn: Connection, group_name: str, thing_name: str) -> None:
     )
 
 
+def member_page(conn: Connection, group_name: str, limit: int, *, after: str | None = None,
+                before: str | None = None) -> tuple[list[str], bool, bool]:
+    """One page of a group's direct members in name order (those after ``after``, or the last
+    ``limit`` before ``before``), and whether members come before and after it.
+
+    Both directions go by key, not offset, so the console can page back as well as forth and a
+    member added or removed meanwhile shifts no page by one; each is an index range of the
+    (group, thing) primary key.
+    """
+    name = thing_group_members.c.thing_name
+    members = sa.select(name).where(thing_group_members.c.group_name == group_name)
+    if before is not None:
+        names = [r[0] for r in conn.execute(members.where(name < before).order_by(name.desc()).limit(limit))][::-1]
+    else:
+        ahead = members if after is None else members.where(name > after)
+        names = [r[0] for r in conn.execute(ahead.order_by(name).limit(limit))]
+
+    def any_where(condition: sa.ColumnElement[bool]) -> bool:
+        return bool(conn.execute(sa.select(sa.exists(members.where(condition)))).scalar())
+
+    if names:
+        return names, any_where(name < names[0]), any_where(name > names[-1])
+    # Past either end (the members there were removed meanwhile): the way back is still offered.
+    return [], after is not None and any_where(name <= after), before is not None and any_where(name >= before)
+
+
+def count_members(conn: Connection, group_name: str) -> int:
+    return conn.execute(sa.select(sa.func.count()).where(thing_group_members.c.group_name == group_name)).scalar_one()
+
+
 def scan_members(conn: Connection, group_names: list[str], after: str | None) -> Iterator[str]:
     """Distinct thing names that are direct members of any of ``group_names``, in name order."""
     query = (

@@ -219,7 +219,7 @@ alert_outbox = sa.Table(
     sa.Column("created_at", EPOCH, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("next_attempt_at", EPOCH, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),  # pending|delivered|dead
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),  # pending|sending|delivered|dead
     sa.Column("last_error", sa.Text),
     sa.Index("ix_alert_outbox_due", "status", "next_attempt_at"),
 )
