@@ -162,8 +162,8 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             return refusal(console, request, "Thing group", refused[1] if refused else error)
         problem = None
         if refused is not None:
-            action, error = refused
-            problem = {"form": action, "message": f"{error.code}: {error.message}"}
+            action, reason = refused
+            problem = {"form": action, "message": f"{reason.code}: {reason.message}"}
         return console.render(request, "thing_group.html", status_code=refused[1].status if refused else 200,
                               name=name, problem=problem, typed=typed or {}, **data)
 
