@@ -72,3 +72,13 @@ def test_difference_kurtosis_matches_a_plain_computation_across_chunks(monkeypat
         assert count[i] == max(n - 1, 0)
         expected = (d ** 4).sum() * len(d) / (d ** 2).sum() ** 2 if len(d) and (d ** 2).sum() > 0 else 0.0
         assert kurtosis[i] == pytest.approx(expected, rel=1e-4), i
+
+
+def test_grouped_sees_a_step_back_anywhere_also_between_its_chunks() -> None:
+    n = 2 * tails._GROUPED_CHUNK + 5
+    device = np.repeat(np.arange(n // 1000 + 1, dtype=np.int32), 1000)[:n]
+    assert tails.grouped(device) and tails.grouped(device[:1]) and tails.grouped(device[:0])
+    for at in (1, tails._GROUPED_CHUNK - 1, tails._GROUPED_CHUNK, tails._GROUPED_CHUNK + 1, n - 1):
+        broken = device.copy()
+        broken[at] = broken[at - 1] - 1
+        assert not tails.grouped(broken), at
