@@ -87,7 +87,9 @@ def clipped_location_and_std(segments: Segments, values: npt.NDArray[np.float32]
     correction = _clipped_std_factor(clip)
     for _ in range(rounds):
         base = np.nan_to_num(location).astype(np.float32)
-        centered = values - segments.spread(base)
+        # From a location of +0 (refit.py's every chunk) the values themselves: a pass less.
+        zero = not base.any() and not np.signbit(base).any()
+        centered = values.copy() if zero else values - segments.spread(base)
         keep = np.abs(centered) <= segments.spread(np.nan_to_num(clip * std).astype(np.float32))
         centered *= keep
         n = segments.sum(keep)
