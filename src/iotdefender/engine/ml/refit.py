@@ -47,7 +47,7 @@ import numpy.typing as npt
 from iotdefender.engine.ml import tails
 from iotdefender.engine.ml.clock import SeasonalClock
 from iotdefender.engine.ml.data import TrainingData
-from iotdefender.engine.ml.robust import Segments, clipped_location_and_std
+from iotdefender.engine.ml.robust import Segments, clipped_location_and_std, finite
 from iotdefender.engine.ml.seasonal import RIDGE, Fallbacks, NormalEquations, basis_devices, principal_rhythms
 
 _N = TypeVar("_N", bound=np.generic)
@@ -160,8 +160,7 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
             residual = y - along(table[c:d], cell, fraction, table_slope[c:d])
             # 2. Device-slot sums of the datapoints near the sample's fit.
             keep = np.abs(residual) <= segments.spread((rhythm_clip * spread[a + c:a + d]).astype(f32))
-            cells = row + _nearest(first, fraction, slots)
-            cells = cells[keep]
+            cells = _nearest(cell, first, fraction, slots)[keep]
             size = (d - c) * slots
             sums[c:d] += np.bincount(cells, weights=residual[keep], minlength=size).reshape(d - c, slots)
             counts[c:d] += np.bincount(cells, minlength=size).reshape(d - c, slots)
@@ -184,7 +183,7 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
             # 3. Level and spread around the corrected fit (clipped moments, as training's on all datapoints).
             shift, std = clipped_location_and_std(segments, residual, clip=clip, rounds=rounds,
                                                   start=(np.zeros(d - c), level_spread[a + c:a + d]))
-            location[a + c:a + d] += np.nan_to_num(shift).astype(f32)
+            location[a + c:a + d] += finite(shift).astype(f32)
             std = np.where(np.isfinite(std), std, spread[a + c:a + d])
             spread[a + c:a + d] = std.astype(f32)
             # 4. The successive differences with that spread.
@@ -196,7 +195,7 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
             # 5. How many datapoints outside the sample lie far off the fit. Far ones are rare (6e-5
             # of normal noise): counted from their positions, not by per-device sums over every
             # datapoint (two such sums and a mask cost ~1 s at 100k devices x 14 days).
-            residual -= segments.spread(np.nan_to_num(shift).astype(f32))
+            residual -= segments.spread(finite(shift).astype(f32))
             np.abs(residual, out=residual)
             far = np.flatnonzero(residual > segments.spread((BEYOND * std).astype(f32)))
             far = far[~left_out[far]]
@@ -250,7 +249,7 @@ def shared_basis(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[n
         first, fraction = clock.first_of(np.asarray(data.time[index], dtype=np.float64))
         y -= along(center32[None, :], first, fraction)
         y -= np.repeat(location[rows[a:b]], counts_of)
-        cells = np.repeat(np.arange(b - a, dtype=np.intp) * slots, counts_of) + _nearest(first, fraction, slots)
+        cells = _nearest(np.repeat(np.arange(b - a, dtype=np.intp) * slots, counts_of) + first, first, fraction, slots)
         sums, counts = fallbacks.table(
             np.bincount(cells, weights=y, minlength=(b - a) * slots).astype(np.float64).reshape(b - a, slots),
             np.bincount(cells, minlength=(b - a) * slots).astype(np.float64).reshape(b - a, slots))
@@ -258,10 +257,16 @@ def shared_basis(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[n
     return principal_rhythms(np.concatenate(means), rank)
 
 
-def _nearest(first: npt.NDArray[np.int32], fraction: npt.NDArray[np.float32], slots: int) -> npt.NDArray[np.int32]:
-    """The slot each datapoint falls in: its first slot's centre or the next one's, whichever is nearer."""
-    nearest = first + (fraction >= 0.5).astype(np.int32)
-    nearest[nearest == slots] = 0
+def _nearest(cell: npt.NDArray[np.signedinteger], first: npt.NDArray[np.int32], fraction: npt.NDArray[np.float32],
+             slots: int) -> npt.NDArray[np.signedinteger]:
+    """The device-slot cell each datapoint falls in, given ``cell``, the flat index of its device's
+    slot ``first`` (whose centre is at or before it): that one or the next, whichever centre is
+    nearer. The next of a week's last slot is the week's first: rare (1 in ``slots``), so found
+    from the last slot's datapoints, not by a comparison over every cell."""
+    nearest = cell + (fraction >= 0.5)
+    last = np.flatnonzero(first == slots - 1)
+    last = last[fraction[last] >= 0.5]
+    nearest[last] -= slots
     return nearest
 
 
