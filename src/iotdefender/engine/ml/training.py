@@ -155,7 +155,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     basis = np.zeros((clock.slots, 0), f32)
     weights = np.zeros((n_devices, 0), f32)
     if settings.rank and own.any():
-        row = segments.spread(np.arange(n_devices, dtype=np.intp) * clock.slots)  # intp: quicker gathers than int32
+        row = segments.spread(np.arange(n_devices, dtype=np.int32) * clock.slots)
         first_cell, second_cell = row + first, row + second
         del row
         keep = own_point
