@@ -15,8 +15,9 @@ that training fits a second time without (engine/ml/shifts.py).
 
 Prints one JSON line: wall and CPU seconds of ``train``, the load average before and after, the
 median thresholds (equal thresholds: the same model), and memory: the process's resident set
-before training (the loaded columns: 16 bytes a datapoint) and its high-water mark
-(``resource.getrusage``' ru_maxrss, loading included), so training's own peak is their difference.
+before training (the loaded columns: 16 bytes a datapoint), its high-water mark
+(``resource.getrusage``' ru_maxrss, loading included; training's own peak is their difference)
+and the stored model's size.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main() -> None:
                       "train_seconds": round(seconds, 2), "train_cpu_seconds": round(cpu, 2),
                       "load_average_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
                       "rss_before_training_mb": resident,
+                      "model_bytes": len(model.to_bytes()),
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                       "datapoints_used": model.summary().datapoints_used,
                       "thresholds_median_over_tail_cohorts": model.summary().thresholds}))
