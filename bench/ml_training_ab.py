@@ -14,7 +14,10 @@ kinds, seed 7 as bench/ml_detect.py's trained-with-anomalies rows): the level sh
 that training fits a second time without (engine/ml/shifts.py).
 
 Prints one JSON line: wall and CPU seconds of ``train``, the load average before and after, the
-median thresholds (equal thresholds: the same model).
+median thresholds (equal thresholds: the same model), and memory: the process's resident set
+before training (the loaded columns: 16 bytes a datapoint), its high-water mark
+(``resource.getrusage``' ru_maxrss, loading included; training's own peak is their difference)
+and the stored model's size.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -58,6 +62,7 @@ def main() -> None:
     data = TrainingData(device, [f"thing-{i:06d}" for i in range(n_devices)], times, values)
     settings = TrainingSettings() if args.max_datapoints is None else TrainingSettings(max_datapoints=args.max_datapoints)
     load = os.getloadavg()[0]
+    resident = _resident_mb()
     started, cpu = time.perf_counter(), time.process_time()
     model = train(data, trained_at=float(times[-1]), settings=settings)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -65,8 +70,19 @@ def main() -> None:
                       "share_with_anomalies": args.share, "anomalies_planted": planted,
                       "train_seconds": round(seconds, 2), "train_cpu_seconds": round(cpu, 2),
                       "load_average_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
+                      "rss_before_training_mb": resident,
+                      "model_bytes": len(model.to_bytes()),
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                       "datapoints_used": model.summary().datapoints_used,
                       "thresholds_median_over_tail_cohorts": model.summary().thresholds}))
+
+
+def _resident_mb() -> float:
+    """The process's resident set now (VmRSS), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 if __name__ == "__main__":

@@ -72,3 +72,35 @@ def test_difference_kurtosis_matches_a_plain_computation_across_chunks(monkeypat
         assert count[i] == max(n - 1, 0)
         expected = (d ** 4).sum() * len(d) / (d ** 2).sum() ** 2 if len(d) and (d ** 2).sum() > 0 else 0.0
         assert kurtosis[i] == pytest.approx(expected, rel=1e-4), i
+
+
+def test_grouped_sees_a_step_back_anywhere_also_between_its_chunks() -> None:
+    n = 2 * tails._GROUPED_CHUNK + 5
+    device = np.repeat(np.arange(n // 1000 + 1, dtype=np.int32), 1000)[:n]
+    assert tails.grouped(device) and tails.grouped(device[:1]) and tails.grouped(device[:0])
+    for at in (1, tails._GROUPED_CHUNK - 1, tails._GROUPED_CHUNK, tails._GROUPED_CHUNK + 1, n - 1):
+        broken = device.copy()
+        broken[at] = broken[at - 1] - 1
+        assert not tails.grouped(broken), at
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_run_moments_leave_out_the_differences_touching_left_out_datapoints_as_a_plain_loop(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    lengths = rng.choice([0, 0, 1, 2, 3, 50, 400], 40).astype(np.int64)
+    n = int(lengths.sum())
+    y = rng.normal(5.0, 0.3, n).astype(np.float32)
+    inverse = rng.uniform(1.0, 5.0, len(lengths)).astype(np.float32)
+    left_out = np.sort(rng.choice(n, n // 7, replace=False)).astype(np.int64)
+    left_out = np.union1d(left_out, [0, n - 1])  # the first and last datapoints too
+    out = np.zeros(n, dtype=bool)
+    out[left_out] = True
+    m2, m4, count = tails.run_moments(y, lengths, inverse, 5.0, out)
+    start = 0
+    for i, k in enumerate(lengths):
+        pairs = [(j, j + 1) for j in range(start, start + k - 1) if not (out[j] or out[j + 1])]
+        d = np.array([min(abs(float(y[b]) - float(y[a])) * float(inverse[i]), 5.0) for a, b in pairs])
+        assert count[i] == len(pairs), i
+        assert m2[i] == pytest.approx((d ** 2).sum(), rel=1e-5, abs=1e-9), i
+        assert m4[i] == pytest.approx((d ** 4).sum(), rel=1e-5, abs=1e-9), i
+        start += k

@@ -35,6 +35,13 @@ def median_by_group(groups: npt.NDArray[np.int16], values: npt.NDArray[np.floati
     return medians, counts
 
 
+def finite(values: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
+    """``np.nan_to_num(values)``, without its cost when every value is finite already: refit.py
+    calls it on a few dozen devices' values 13,000 times at 100k devices, where nan_to_num's own
+    work (~15 us a call: finfo look-ups, three masks) was ~4 % of the pass."""
+    return values if bool(np.isfinite(values).all()) else np.nan_to_num(values)
+
+
 class Segments:
     """Datapoints grouped by device, each device's contiguous: per-device sums are ``np.add.reduceat``.
 
@@ -86,10 +93,17 @@ def clipped_location_and_std(segments: Segments, values: npt.NDArray[np.float32]
         np.asarray(start[0], dtype=np.float64), np.asarray(start[1], dtype=np.float64))
     correction = _clipped_std_factor(clip)
     for _ in range(rounds):
-        base = np.nan_to_num(location).astype(np.float32)
-        centered = values - segments.spread(base)
-        keep = np.abs(centered) <= segments.spread(np.nan_to_num(clip * std).astype(np.float32))
-        centered *= keep
+        base = finite(location).astype(np.float32)
+        limit = segments.spread(finite(clip * std).astype(np.float32))
+        if not base.any() and not np.signbit(base).any():
+            # From a location of +0 (refit.py's every chunk) the values themselves: two passes less.
+            keep = np.abs(values) <= limit
+            centered = values * keep
+        else:
+            centered = values - segments.spread(base)
+            keep = np.abs(centered) <= limit
+            centered *= keep
+        del limit
         n = segments.sum(keep)
         total = segments.sum(centered)
         centered *= centered

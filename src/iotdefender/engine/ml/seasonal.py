@@ -262,7 +262,8 @@ def _tables(segments: Segments, slot: npt.NDArray[np.int16], residual: npt.NDArr
         b = int(np.searchsorted(ends, start + _CHUNK_DATAPOINTS, side="right"))
         b = max(b, a + 1)
         stop = int(ends[b - 1])
-        local = np.repeat(np.arange(b - a, dtype=np.int32) * slots, segments.counts[a:b]) + slot[start:stop]
+        # intp: bincount converts int32 cells first (~3x the time of the count itself).
+        local = np.repeat(np.arange(b - a, dtype=np.intp) * slots, segments.counts[a:b]) + slot[start:stop]
         mask = keep[start:stop]
         cells = local[mask]
         sums = np.asarray(np.bincount(cells, weights=residual[start:stop][mask], minlength=(b - a) * slots),

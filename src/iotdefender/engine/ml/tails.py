@@ -33,11 +33,20 @@ import numpy as np
 import numpy.typing as npt
 
 _CHUNK = 125_000  # 0.5 MB a float32 column: the chunk's passes run in the cache (refit.py: 10 % less CPU than 500k)
+_GROUPED_CHUNK = 1 << 18  # codes compared at a time by ``grouped``
 
 
 def grouped(device: npt.NDArray[np.int32]) -> bool:
-    """Whether the datapoints come grouped by device (non-decreasing codes)."""
-    return len(device) < 2 or bool(np.all(device[1:] >= device[:-1]))
+    """Whether the datapoints come grouped by device (non-decreasing codes).
+
+    In chunks that fit the cache, overlapping by one: the whole column at once wrote a mask of
+    403M bytes at 100k devices x 14 days (1.2 s; chunked ~0.3 s), and a chunk out of order ends it."""
+    n = len(device)
+    for start in range(0, n - 1, _GROUPED_CHUNK):
+        part = device[start:start + _GROUPED_CHUNK + 1]
+        if not bool(np.all(part[1:] >= part[:-1])):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
