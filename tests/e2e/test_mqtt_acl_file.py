@@ -206,3 +206,13 @@ def test_an_unreadable_file_is_refused_at_start(tmp_path):
                              str(tmp_path), "--mqtt-acl-file", str(tmp_path / "missing.acl")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--mqtt-acl-file" in result.stderr, result.stderr
+
+
+def test_a_malformed_file_stops_the_start_with_mosquittos_reason(tmp_path):
+    """Mosquitto parses the file: its complaint, naming the bad line's word, reaches the operator."""
+    (tmp_path / "bad.acl").write_text("pattern readwrit devices/%c/#\n")
+    result = subprocess.run([sys.executable, "-m", "iotdefender", "serve", "--api-port", "0", "--mqtt-port", "0",
+                             "--data-dir", str(tmp_path / "data"), "--mqtt-acl-file", str(tmp_path / "bad.acl")],
+                            capture_output=True, text=True, timeout=90)
+    assert result.returncode == 2, result.stderr
+    assert 'Invalid topic access type "readwrit"' in result.stderr, result.stderr

@@ -186,7 +186,11 @@ class MosquittoBroker:
             assert self._process is not None
             if self._process.poll() is not None:
                 await asyncio.sleep(0.1)  # let the relay thread read the last lines
-                detail = self._output[-1] if self._output else f"exit status {self._process.returncode}"
+                # Every error line: Mosquitto says what is wrong (a line of --mqtt-acl-file) on one,
+                # and only that it gave up on the next.
+                errors = [line for line in self._output if "Error" in line]
+                detail = "; ".join(errors) if errors else (
+                    self._output[-1] if self._output else f"exit status {self._process.returncode}")
                 raise OSError(f"mosquitto exited at start: {detail}")
             try:
                 _, writer = await asyncio.open_connection(host, self._listeners.port)
