@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import queue
+import ssl
 import subprocess
 import sys
 import time
@@ -20,8 +21,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from tests.support.certificates import Pki
 from tests.support.mqtt import Device, mqtt_denials, report
-from tests.support.processes import ServiceProcess, wait_until
+from tests.support.processes import ServiceProcess, free_port, wait_until
 
 WINDOW = 2.0
 DEVICES = ("dev-a", "dev-b", "dev-c", "dev-d", "dev-e", "dev-f")
@@ -31,12 +33,15 @@ PER_THING = "# the usual AWS IoT per-thing policy: devices/<thing>/... is its ow
 class App:
     """A device's application connection: subscribes to one filter and collects what arrives."""
 
-    def __init__(self, port: int, name: str, topic_filter: str) -> None:
+    def __init__(self, port: int, name: str, topic_filter: str, username: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.received: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.disconnected = False
         acked: queue.Queue[list[int]] = queue.Queue()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, reconnect_on_failure=False)
-        self.client.username_pw_set(name, f"pw-{name}")
+        self.client.username_pw_set(username or name, f"pw-{name}")
+        if tls is not None:
+            self.client.tls_set_context(tls)
         self.client.on_message = lambda c, u, m: self.received.put((m.topic, m.payload))
         self.client.on_subscribe = lambda c, u, mid, reasons, p: acked.put([r.value for r in reasons])
         self.client.on_disconnect = lambda *a: setattr(self, "disconnected", True)
@@ -216,3 +221,27 @@ def test_a_malformed_file_stops_the_start_with_mosquittos_reason(tmp_path):
                             capture_output=True, text=True, timeout=90)
     assert result.returncode == 2, result.stderr
     assert 'Invalid topic access type "readwrit"' in result.stderr, result.stderr
+
+
+def test_under_cert_auth_the_username_is_the_certificates_name(tmp_path):
+    """A device cannot borrow another's ``user`` block or ``%u`` by sending its username: under
+    ``--mqtt-auth cert`` the username is replaced by the verified certificate name."""
+    (tmp_path / "pki").mkdir()
+    pki = Pki(tmp_path / "pki", "127.0.0.1")
+    (tmp_path / "devices.acl").write_text("pattern readwrite devices/%u/#\nuser ops\ntopic readwrite ops/#\n")
+    svc = ServiceProcess(data_dir=tmp_path / "data", extra_args=[
+        "--mqtt-auth", "cert", "--mqtt-tls-port", str(tls_port := free_port()), "--mqtt-ca", str(pki.ca_cert),
+        "--mqtt-cert", str(pki.server_cert), "--mqtt-key", str(pki.server_key),
+        "--mqtt-acl-file", str(tmp_path / "devices.acl")])
+    svc.start()
+    try:
+        context = ssl.create_default_context(cafile=str(pki.ca_cert))
+        context.load_cert_chain(*map(str, pki.issue("dev-a")))
+        device = App(tls_port, "dev-a", "#", username="ops", tls=context)  # claims to be "ops"
+        device.publish("devices/dev-a/state", b"1")  # %u is dev-a, not ops
+        assert device.drain() == [("devices/dev-a/state", b"1")]
+        device.publish("ops/command", b"reboot")  # ops's block is not dev-a's
+        assert wait_until(lambda: device.disconnected)
+        device.client.loop_stop()
+    finally:
+        svc.stop()

@@ -6,7 +6,8 @@
  * It is the whole MQTT policy (brokers/gatekeeper.py holds its settings and counts the refusals
  * this plugin reports):
  *  - identity: the client id must be non-empty and equal the identity (username for
- *    auth=password, certificate common name for auth=cert, nothing else for auth=none);
+ *    auth=password, certificate common name for auth=cert, nothing else for auth=none); under
+ *    auth=cert the username becomes the certificate's common name;
  *  - ACL: a `$` topic may be published only if it is a Device Defender report topic, subscribed
  *    only if it is a reply filter, under the client's own thing unless acl=any; retained messages
  *    on `$` topics are refused; a Last Will is checked like a PUBLISH when it is about to be sent;
@@ -425,6 +426,10 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		cert_name = certificate_name(ed->client);
 		if(!cert_name) reason = "auth_no_certificate";
 		else if(strcmp(cert_name, client_id)) reason = "auth_client_id_mismatch";
+		/* The username a device sends is not verified in this mode (the AWS SDKs send "?SDK=..."):
+		 * the certificate's name replaces it, so that an ACL file's `%u` and `user` blocks name the
+		 * verified identity, as Mosquitto's use_identity_as_username would. */
+		else if(mosquitto_set_username(ed->client, cert_name) != MOSQ_ERR_SUCCESS) reason = "auth_internal_error";
 	}
 	free(cert_name);
 	record("C", client_id, address ? address : "", reason ? "0" : "1", reason ? reason : "");
