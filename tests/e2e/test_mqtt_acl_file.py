@@ -245,3 +245,34 @@ def test_under_cert_auth_the_username_is_the_certificates_name(tmp_path):
         device.client.loop_stop()
     finally:
         svc.stop()
+
+
+def test_a_cluster_broker_node_applies_the_file_and_a_node_with_another_is_refused(jetstream, postgres, tmp_path):
+    """Cluster mode builds the same broker: the file applies on a broker node, and a second broker
+    node whose file says something else is refused at start (a device moving between nodes must
+    find the same policy)."""
+    url = postgres.create_database(f"acl{time.time_ns()}")
+    (tmp_path / "same.acl").write_text(PER_THING)
+    (tmp_path / "other.acl").write_text("pattern readwrite #\n")
+    args = ["--cluster-url", jetstream.urls[0], "--report-min-interval", "0"]
+    node = ServiceProcess(data_dir=tmp_path / "a", database_url=url,
+                          extra_args=[*args, "--mqtt-acl-file", str(tmp_path / "same.acl")])
+    node.start()
+    try:
+        port = node.mqtt_port
+        spy = App(port, "dev-b", "#")
+        owner = App(port, "dev-a", "devices/dev-a/#")
+        owner.publish("devices/dev-a/auth", b"secret")
+        assert owner.drain() == [("devices/dev-a/auth", b"secret")]
+        assert spy.drain(0) == []
+        d = Device(port, "dev-c")
+        assert wait_until(lambda: d.report(report(1, [22]))[0] == "json/accepted", timeout=20)
+        for c in (spy, owner, d):
+            c.close()
+        other = ServiceProcess(data_dir=tmp_path / "b", database_url=url,
+                               extra_args=[*args, "--mqtt-acl-file", str(tmp_path / "other.acl")])
+        with pytest.raises(RuntimeError, match="--mqtt-acl-file is 'sha256:"):
+            other.start()
+        other.stop()
+    finally:
+        node.stop()
