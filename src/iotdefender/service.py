@@ -117,6 +117,14 @@ def validate(settings: Settings) -> None:
             parse_broker_url(settings.mqtt_url)
         except ValueError as error:
             raise ConfigurationError(str(error)) from None
+    if settings.mqtt_acl_file is not None:
+        if settings.mqtt_url is not None:
+            raise ConfigurationError("--mqtt-acl-file applies to the service's own broker; with --mqtt-url, "
+                                     "give the ACL to that broker")
+        try:
+            settings.mqtt_acl_file.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigurationError(f"--mqtt-acl-file: {error}") from None
     if settings.mqtt_tls_port is not None:
         try:
             check_tls_files(settings.mqtt_ca, settings.mqtt_cert, settings.mqtt_key)
@@ -338,7 +346,7 @@ def build_broker(settings: Settings, gatekeeper: Gatekeeper, submit: ReportSink
     listeners = ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
                                  settings.mqtt_cert, settings.mqtt_key)
     return (MosquittoBroker(listeners, gatekeeper, submit, settings.mqtt_password_file,
-                            runtime_dir=Path(settings.data_dir) / "mosquitto"),
+                            runtime_dir=Path(settings.data_dir) / "mosquitto", acl_file=settings.mqtt_acl_file),
             f"mqtt://{settings.host}:{settings.mqtt_port}")
 
 

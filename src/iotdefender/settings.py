@@ -32,6 +32,7 @@ class Settings:
     mqtt_auth: str | None = None
     mqtt_password_file: Path | None = None
     mqtt_acl: str = "own"
+    mqtt_acl_file: Path | None = None  # Mosquitto acl_file for application topics (docs/mqtt-policy.md)
     mqtt_url: str | None = None
     mqtt_client_id: str = "iotdefender-intake"  # brokers/external.py: the reader's persistent session
     time_scale: float = 1.0
@@ -197,6 +198,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                       help="username:password lines for --mqtt-auth password ($argon2 hashes accepted)")
     mqtt.add_argument("--mqtt-acl", choices=("own", "any"), default=d.mqtt_acl,
                       help="'own': a device reports only under its own thing name (default); 'any': for any thing")
+    mqtt.add_argument("--mqtt-acl-file", type=Path, default=None,
+                      help="Mosquitto ACL file (acl_file syntax, e.g. 'pattern readwrite devices/%%c/#') governing "
+                           "devices' application topics; without it they are open to every authenticated device. "
+                           "Read at start: a change needs a restart (docs/mqtt-policy.md)")
     mqtt.add_argument("--no-cloud-metrics", dest="cloud_metrics", action="store_false",
                       help="do not account broker events (cloud-side metrics) on the service's broker")
     mqtt.add_argument("--nats-events-url", default=None,

@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.support.mqtt import Device, mqtt_denials, report
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +27,6 @@ def service(tmp_path_factory):
     svc.start()
     yield svc
     svc.stop()
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def listener(port: int, client_id: str, topic_filter: str) -> tuple[mqtt.Client, queue.Queue]:

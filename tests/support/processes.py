@@ -43,6 +43,16 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
     raise TimeoutError(f"{what} not ready after {timeout}s")
 
 
+def wait_until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it holds or ``timeout`` passes; its last answer (for an assert)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
 class PostgresCluster:
     """``initdb`` + ``pg_ctl`` as the ``postgres`` system user (PostgreSQL refuses to run as root)."""
 

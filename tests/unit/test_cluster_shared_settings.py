@@ -23,3 +23,18 @@ def test_equal_values_differ_in_nothing_and_a_flag_the_other_node_lacks_is_not_c
     assert differences(values, older, "n2") == []
     assert differences(values, {**older, "--region": "eu-west-1"}, "n2") == [
         "--region is 'us-east-1' on this node but 'eu-west-1' on node n2"]
+
+
+def test_broker_nodes_compare_the_device_policy_by_the_acl_files_content(tmp_path):
+    (tmp_path / "a.acl").write_text("pattern readwrite devices/%c/#\n")
+    (tmp_path / "b.acl").write_text("pattern readwrite devices/%c/#\n")  # same content, another path
+    (tmp_path / "c.acl").write_text("pattern readwrite #\n")
+    a, b, c = (shared_values(Settings(mqtt_acl_file=tmp_path / f"{n}.acl")) for n in "abc")
+    assert differences(a, b, "n2") == []
+    assert [d.split(" is ")[0] for d in differences(a, c, "n2")] == ["--mqtt-acl-file"]
+    assert shared_values(Settings())["--mqtt-acl-file"] == "none"
+    assert differences(shared_values(Settings()), shared_values(Settings(mqtt_acl="any")), "n2") == [
+        "--mqtt-acl is 'own' on this node but 'any' on node n2"]
+    # Nodes without a Mosquitto of their own do not publish it: an api node has no device policy.
+    assert "--mqtt-acl-file" not in shared_values(Settings(roles="api,detect", mqtt_acl_file=tmp_path / "a.acl"))
+    assert "--mqtt-acl-file" not in shared_values(Settings(mqtt_url="mqtt://broker:1883"))

@@ -36,3 +36,10 @@ def test_client_certificates_are_required_only_when_they_are_the_identity(auth, 
 def test_a_value_cannot_add_a_line():
     with pytest.raises(ValueError):
         render_config(ListenerSettings("127.0.0.1\nplugin /tmp/evil.so", 1883), options())
+
+
+def test_an_acl_file_is_mosquittos_and_the_plugin_asks_it_about_application_topics(tmp_path):
+    lines = render_config(ListenerSettings("127.0.0.1", 1883), options(acl_file=tmp_path / "devices.acl")).splitlines()
+    assert f"acl_file {(tmp_path / 'devices.acl').resolve()}" in lines and "plugin_opt_app_acl file" in lines
+    plain = render_config(ListenerSettings("127.0.0.1", 1883), options()).splitlines()
+    assert not any(line.startswith(("acl_file", "plugin_opt_app_acl")) for line in plain)

@@ -23,6 +23,7 @@ entries read at start and at every comparison.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Mapping
 
 import nats.errors
@@ -62,7 +63,20 @@ def shared_values(settings: Settings) -> dict[str, str | float | int]:
         # One session on an operator's broker for the cluster: with two, both would read and
         # answer every report. Published only by nodes given --mqtt-url (not compared otherwise).
         **({"--mqtt-client-id": settings.mqtt_client_id} if settings.mqtt_url is not None else {}),
+        **device_policy(settings),
     }
+
+
+def device_policy(settings: Settings) -> dict[str, str]:
+    """What a device may do on a broker node's own Mosquitto: a device reconnecting to another node
+    must find the same policy there. The ACL file is compared by its content (nodes keep it at paths
+    of their own), as a digest. Published only by broker nodes running Mosquitto."""
+    if "broker" not in settings.role_set or settings.mqtt_url is not None:
+        return {}
+    acl_file = "none"
+    if settings.mqtt_acl_file is not None:
+        acl_file = "sha256:" + hashlib.sha256(settings.mqtt_acl_file.read_bytes()).hexdigest()[:16]
+    return {"--mqtt-acl": settings.mqtt_acl, "--mqtt-acl-file": acl_file}
 
 
 def differences(mine: Values, theirs: Values, node: str) -> list[str]:

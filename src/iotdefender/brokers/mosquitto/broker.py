@@ -68,8 +68,10 @@ class MosquittoBroker:
 
     def __init__(self, listeners: ListenerSettings, gatekeeper: Gatekeeper, sink: ReportSink,
                  password_file: Path | None = None, cache_dir: Path | None = None,
-                 runtime_dir: Path | None = None, connections: ConnectedClients | None = None) -> None:
-        """``runtime_dir`` holds mosquitto.conf (with the service's secret, so mode 0700): the data
+                 runtime_dir: Path | None = None, connections: ConnectedClients | None = None,
+                 acl_file: Path | None = None) -> None:
+        """``acl_file`` (Mosquitto's syntax) governs devices' application topics; read by Mosquitto at
+        its start. ``runtime_dir`` holds mosquitto.conf (with the service's secret, so mode 0700): the data
         directory's ``mosquitto/`` for the service, rewritten at each start, so that a killed
         service leaves nothing behind in /tmp; a temporary directory when not given."""
         self._listeners = listeners
@@ -79,6 +81,7 @@ class MosquittoBroker:
         # Absolute: Mosquitto runs in the runtime directory, where a relative path (the default
         # --data-dir is ./data) would name something else.
         self._password_file = password_file.resolve() if password_file is not None else None
+        self._acl_file = acl_file.resolve() if acl_file is not None else None
         self._cache_dir = (cache_dir or default_cache_dir()).resolve()
         self.client_id = f"iotdefender-{secrets.token_hex(6)}"
         self._secret = secrets.token_urlsafe(32)
@@ -111,7 +114,7 @@ class MosquittoBroker:
         config = self._runtime / "mosquitto.conf"
         config.write_text(render_config(self._listeners, PluginOptions(
             library=library, service_id=self.client_id, service_secret=self._secret, auth=self._gatekeeper.auth,
-            acl=self._gatekeeper.acl, password_file=self._password_file,
+            acl=self._gatekeeper.acl, password_file=self._password_file, acl_file=self._acl_file,
             report_traffic=self._gatekeeper.observes_traffic)))
         config.chmod(0o600)
         self._spawn(executable, config)
@@ -183,7 +186,11 @@ class MosquittoBroker:
             assert self._process is not None
             if self._process.poll() is not None:
                 await asyncio.sleep(0.1)  # let the relay thread read the last lines
-                detail = self._output[-1] if self._output else f"exit status {self._process.returncode}"
+                # Every error line: Mosquitto says what is wrong (a line of --mqtt-acl-file) on one,
+                # and only that it gave up on the next.
+                errors = [line for line in self._output if "Error" in line]
+                detail = "; ".join(errors) if errors else (
+                    self._output[-1] if self._output else f"exit status {self._process.returncode}")
                 raise OSError(f"mosquitto exited at start: {detail}")
             try:
                 _, writer = await asyncio.open_connection(host, self._listeners.port)

@@ -26,6 +26,7 @@ class PluginOptions:
     auth: str  # none | password | cert
     acl: str  # own | any
     password_file: Path | None = None
+    acl_file: Path | None = None  # Mosquitto's acl_file, for application (non-`$`) topics
     report_traffic: bool = True  # message sent/received events (cloud-side metrics)
     flush_ms: int = 50
 
@@ -65,6 +66,10 @@ def render_config(listeners: ListenerSettings, plugin: PluginOptions) -> str:
     ]
     if plugin.password_file is not None:
         lines.append(f"plugin_opt_password_file {_value(str(plugin.password_file.resolve()))}")
+    if plugin.acl_file is not None:
+        # Mosquitto parses and applies the file; the plugin asks it about application topics only
+        # (the `$` topics stay the plugin's, whatever the file says: defender_plugin.c).
+        lines += [f"acl_file {_value(str(plugin.acl_file.resolve()))}", "plugin_opt_app_acl file"]
     lines += ["", f"listener {listeners.port} {_value(listeners.host)}"]
     if listeners.tls_port is not None:
         lines += ["", f"listener {listeners.tls_port} {_value(listeners.host)}",

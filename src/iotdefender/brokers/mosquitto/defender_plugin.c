@@ -6,12 +6,15 @@
  * It is the whole MQTT policy (brokers/gatekeeper.py holds its settings and counts the refusals
  * this plugin reports):
  *  - identity: the client id must be non-empty and equal the identity (username for
- *    auth=password, certificate common name for auth=cert, nothing else for auth=none);
+ *    auth=password, certificate common name for auth=cert, nothing else for auth=none); under
+ *    auth=cert the username becomes the certificate's common name;
  *  - ACL: a `$` topic may be published only if it is a Device Defender report topic, subscribed
  *    only if it is a reply filter, under the client's own thing unless acl=any; retained messages
  *    on `$` topics are refused; a Last Will is checked like a PUBLISH when it is about to be sent;
- *    other topics are free for authenticated clients. A refused PUBLISH closes the connection
- *    (as AWS IoT does, once the PUBACK is out); a refused SUBSCRIBE gets a failure code.
+ *    other (application) topics are free for authenticated clients, unless app_acl=file: then
+ *    Mosquitto's own acl_file decides their PUBLISH and delivery (see app_topic_check). A refused
+ *    PUBLISH closes the connection (as AWS IoT does, once the PUBACK is out); a refused SUBSCRIBE
+ *    gets a failure code.
  *  - the service's own connection (service_id + a per-start secret) may do anything; it alone
  *    may publish on the control topic and it receives the event batches.
  *
@@ -51,6 +54,7 @@
  *   allow   accept it again.
  */
 #include <argon2.h>
+#include <dlfcn.h>
 #include <openssl/x509.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -186,6 +190,19 @@ static char *service_secret;
 static enum auth_mode auth_mode = AUTH_NONE;
 static bool acl_any = false;
 static bool report_traffic = true; /* S and R events (off with --no-cloud-metrics) */
+
+/* Mosquitto's own ACL check (src/security.c), which runs every ACL_CHECK callback in registration
+ * order and stops at the first that does not defer. Ours is registered before the acl_file's (plugins
+ * load before Mosquitto's default security), so answering SUCCESS for an application topic would
+ * skip the acl_file altogether; deferring would let it decide without us learning the verdict, which
+ * the events (messages received, authorization failures) and the disconnect need. So, with
+ * app_acl=file, the callback asks Mosquitto once more and defers while that nested check runs.
+ * Not in the plugin API: the same signature in every 2.0.x, exported by Debian's build, looked up at
+ * start so that a build without it fails at start rather than at the first message. */
+typedef int (*broker_acl_check_fn)(struct mosquitto *client, const char *topic, uint32_t payloadlen,
+		void *payload, uint8_t qos, bool retain, int access);
+static broker_acl_check_fn broker_acl_check; /* non-NULL when app_acl=file */
+static bool asking_broker;                   /* inside that nested check (Mosquitto is single-threaded) */
 static long flush_ns = 50L * 1000 * 1000;
 
 static struct table passwords;     /* username -> secret (plain or $argon2 PHC string) */
@@ -409,6 +426,10 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		cert_name = certificate_name(ed->client);
 		if(!cert_name) reason = "auth_no_certificate";
 		else if(strcmp(cert_name, client_id)) reason = "auth_client_id_mismatch";
+		/* The username a device sends is not verified in this mode (the AWS SDKs send "?SDK=..."):
+		 * the certificate's name replaces it, so that an ACL file's `%u` and `user` blocks name the
+		 * verified identity, as Mosquitto's use_identity_as_username would. */
+		else if(mosquitto_set_username(ed->client, cert_name) != MOSQ_ERR_SUCCESS) reason = "auth_internal_error";
 	}
 	free(cert_name);
 	record("C", client_id, address ? address : "", reason ? "0" : "1", reason ? reason : "");
@@ -417,6 +438,19 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	 * refused CONNECT, or the older connection closed by a takeover, is not a disconnect. */
 	table_put(&authenticated, client_id, ed->client);
 	return MOSQ_ERR_SUCCESS;
+}
+
+/* An application (non-`$`) topic's PUBLISH or delivery: free unless app_acl=file, then the verdict
+ * of Mosquitto's acl_file, taken through the nested check (see broker_acl_check). */
+static int app_topic_check(struct mosquitto_evt_acl_check *ed)
+{
+	int rc;
+	if(!broker_acl_check) return MOSQ_ERR_SUCCESS;
+	asking_broker = true;
+	rc = broker_acl_check(ed->client, ed->topic, ed->payloadlen, (void *)ed->payload, ed->qos, ed->retain,
+			ed->access);
+	asking_broker = false;
+	return rc == MOSQ_ERR_SUCCESS ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 }
 
 /* ACL_CHECK: every PUBLISH from a client (and its Will when it is about to be sent), every
@@ -428,6 +462,7 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	char thing[256];
 	(void)event; (void)userdata;
 
+	if(asking_broker) return MOSQ_ERR_PLUGIN_DEFER; /* our own nested question: the acl_file answers */
 	if(!client_id) return MOSQ_ERR_ACL_DENIED;
 	if(is_service(client_id)) return MOSQ_ERR_SUCCESS;
 
@@ -439,11 +474,15 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 					|| !strncmp(ed->topic, "$iotdefender/", 13))){
 				return MOSQ_ERR_ACL_DENIED;
 			}
+			/* Another device's topic the acl_file does not let this one read: not delivered, and
+			 * not counted (the subscription itself was allowed, as Mosquitto allows them all). */
+			if(ed->topic[0] != '$' && app_topic_check(ed) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_ACL_DENIED;
 			if(report_traffic) record("R", client_id, ed->topic, NULL, NULL);
 			return MOSQ_ERR_SUCCESS;
 		case MOSQ_ACL_WRITE:
-			if(ed->topic[0] != '$') return MOSQ_ERR_SUCCESS;
-			if(!ed->retain && report_topic(ed->topic, thing, sizeof(thing)) && own_or_any(thing, client_id)){
+			if(ed->topic[0] != '$'){
+				if(app_topic_check(ed) == MOSQ_ERR_SUCCESS) return MOSQ_ERR_SUCCESS;
+			}else if(!ed->retain && report_topic(ed->topic, thing, sizeof(thing)) && own_or_any(thing, client_id)){
 				return MOSQ_ERR_SUCCESS;
 			}
 			record("A", client_id, ed->topic, "publish_denied", NULL);
@@ -647,6 +686,14 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data,
 			: !strcmp(value, "cert") ? AUTH_CERT : AUTH_NONE;
 		else if(!strcmp(key, "acl")) acl_any = !strcmp(value, "any");
 		else if(!strcmp(key, "report_traffic")) report_traffic = strcmp(value, "0") != 0;
+		else if(!strcmp(key, "app_acl") && !strcmp(value, "file")){
+			broker_acl_check = (broker_acl_check_fn)dlsym(RTLD_DEFAULT, "mosquitto_acl_check");
+			if(!broker_acl_check){
+				mosquitto_log_printf(MOSQ_LOG_ERR, "iotdefender: this Mosquitto build does not export "
+						"mosquitto_acl_check, which an ACL file for application topics needs");
+				return MOSQ_ERR_INVAL;
+			}
+		}
 		else if(!strcmp(key, "flush_ms")) flush_ns = atol(value) * 1000000L;
 		else if(!strcmp(key, "password_file")){
 			rc = load_passwords(value);
