@@ -284,8 +284,18 @@ class Ownership:
         self._tasks = []
 
     async def _every(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` every tick, a tick after the previous round *started*.
+
+        Counting the tick from a round's end made the rounds 2 s apart while the leases' bucket
+        elected a leader (an unanswered round lasts its 1 s request timeout), and a renewal sent
+        just before the election is never answered: leases were confirmed 0.3-2.6 s after the
+        bucket had a leader again (bench/nats_stall.py), their readers paused meanwhile. A round
+        that takes longer than a tick is followed by the next at once."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self._tick_s
         while True:
-            await asyncio.sleep(self._tick_s)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due = loop.time() + self._tick_s
             try:
                 await step()
             except (nats.errors.Error, asyncio.TimeoutError) as err:
