@@ -53,6 +53,10 @@ REDELIVERED = Counter("iotdefender_cluster_redeliveries", "Reports a detect node
 #: either: with nats-py's default (5 s) a reader resumed up to 5 s after its consumer had a leader
 #: again, and after two unlucky checks 10 s after the kill (bench/nats_stall.py).
 CONSUMER_CHECK_TIMEOUT_S = 1.0
+#: The same for the first check, when the reader starts (nats-py's default, as before): a start that
+#: fails gives the lease back and the partition is acquired again (fence claimed, states loaded), so
+#: a busy server answering 64 starts at once is given more time.
+START_CHECK_TIMEOUT_S = 5.0
 
 
 def report_message_id(thing_name: str, report_id: int) -> str:
@@ -142,15 +146,16 @@ class PartitionReader:
         (docs.nats.io, JetStream model deep dive, WorkQueuePolicy), which is what makes the
         rewound consumer start at the first unacked one.
         """
-        sub = await self._bind(None)
+        sub = await self._bind(None, START_CHECK_TIMEOUT_S)
         self._task = asyncio.create_task(self._run(sub), name=f"partition-{self._partition}")
 
-    async def _bind(self, sub: PullStream | None) -> PullStream:
+    async def _bind(self, sub: PullStream | None, timeout: float) -> PullStream:
         """``sub`` if the consumer has nothing delivered and unacknowledged, else a new binding to
         the consumer rewound (see ``start``). Called only when this reader holds no batch, so
         what the consumer counts unacknowledged was lost on its way (a previous owner's, or a
-        delivery in flight when a NATS server died: it would come back only after ``ack_wait``)."""
-        name, timeout = self._topology.consumer_of(self._partition), self._check_timeout_s
+        delivery in flight when a NATS server died: it would come back only after ``ack_wait``).
+        Each JetStream request waits ``timeout`` for its answer."""
+        name = self._topology.consumer_of(self._partition)
         try:
             info = await self._js.consumer_info(self._topology.stream, name, timeout=timeout)
             pending = info.num_ack_pending
@@ -204,7 +209,7 @@ class PartitionReader:
                     continue
                 if sub is None or disturbed:
                     try:
-                        sub = await self._bind(sub)
+                        sub = await self._bind(sub, self._check_timeout_s)
                     except nats.errors.ConnectionClosedError:
                         return
                     except (nats.errors.Error, asyncio.TimeoutError) as err:
