@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -270,6 +271,7 @@ def main() -> None:
             print(json.dumps(summary), flush=True)
     finally:
         postgres.stop()
+        shutil.rmtree(root, ignore_errors=True)
     if args.out:
         args.out.write_text(json.dumps({"benchmark": "nats_stall", "label": args.label, "date": time.strftime(
             "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv), "args": {
