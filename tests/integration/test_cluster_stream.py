@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import httpx
@@ -13,7 +14,7 @@ from iotdefender.cluster.ownership import Ownership, lease_key
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import Delivery, PartitionReader, ReportPublisher, report_message_id
 from iotdefender.cluster.topology import Topology, TopologyMismatch, count_servers, ensure, replicas_for
-from tests.support.jetstream import JetStreamCluster, SingleJetStream
+from tests.support.jetstream import JetStreamCluster, SingleJetStream, make_leader
 
 
 @pytest.fixture
@@ -455,3 +456,62 @@ def test_a_reader_sends_one_pull_request_per_expiry_not_one_or_two_per_batch(sin
         assert requests <= elapsed / 0.5 + 2, f"{requests} pull requests for {reports} reports in {elapsed:.1f} s"
         await nc.close()
     run(go())
+
+
+#: Consumers led by the server that is killed: each elects its new leader at its own moment (4-9 s).
+STALL_PARTITIONS = 8
+#: A reader must hand over a report at most this long after its consumer's new leader was elected.
+#: Its consumer check asks every ~1.2 s (1 s timeout + 0.2 s pause), so ~1.3 s is the most it
+#: should take; the rest is room for a loaded machine. With nats-py's 5 s default a check sent
+#: just before the election was never answered and the reader resumed up to ~5 s after it.
+RESUME_BOUND_S = 3.0
+
+
+def test_a_reader_resumes_about_a_second_after_its_consumer_elects_a_leader_not_a_request_timeout_later():
+    servers = JetStreamCluster()
+    servers.start()
+    victim, keeper = servers.servers[0], servers.servers[1]
+    try:
+        async def go() -> None:
+            # The reader's connection is not on the victim, and the stream is not led by it: publishing
+            # goes on; only the consumers (all led by the victim) must elect.
+            nc, js = await _connect([s.url for s in servers.servers[1:]])
+            topology = Topology(replicas=3, partitions=STALL_PARTITIONS, stream="STALL", subject_prefix="stall",
+                                members_bucket="stall-members", leases_bucket="stall-leases")
+            await ensure(js, topology)
+            await make_leader(js, topology.stream, keeper.name)
+            for p in range(STALL_PARTITIONS):
+                await make_leader(js, topology.stream, victim.name, consumer=topology.consumer_of(p))
+            handled: dict[int, float] = {}
+
+            async def handler(p: int, token: int, batch: Sequence[Delivery]) -> None:
+                handled.setdefault(p, time.time())
+
+            readers = [PartitionReader(js, topology, p, handler, token=1, still_owner=lambda: True)
+                       for p in range(STALL_PARTITIONS)]
+            for reader in readers:
+                await reader.start()
+            things = {partition_of(f"thing-{n}", STALL_PARTITIONS): f"thing-{n}" for n in range(200)}
+            assert sorted(things) == list(range(STALL_PARTITIONS))
+            victim.kill9()
+            killed = time.time()
+            publisher = ReportPublisher(js, topology, timeout_s=1.0)
+            for thing in things.values():
+                await publisher.publish(thing, b"{}", report_message_id(thing, 1))
+            while len(handled) < STALL_PARTITIONS and time.time() < killed + 40:
+                await asyncio.sleep(0.05)
+            for reader in readers:
+                await reader.stop()
+            await nc.close()
+            elected: dict[str, float] = {}
+            for when, kind, name in sorted(e for s in servers.servers[1:] for e in s.leader_elections()):
+                if kind == "consumer" and when > killed:
+                    elected.setdefault(name, when)  # the first election after the kill
+            lags = {p: round(handled[p] - elected[f"STALL > {topology.consumer_of(p)}"], 2) for p in handled}
+            print(f"consumers elected {sorted(round(t - killed, 2) for t in elected.values())} s after the kill; "
+                  f"each reader handed its report over {sorted(lags.values())} s after its consumer's election")
+            assert len(handled) == STALL_PARTITIONS, f"partitions never read again: {set(range(8)) - set(handled)}"
+            assert max(lags.values()) < RESUME_BOUND_S, lags
+        run(go())
+    finally:
+        servers.stop()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +27,9 @@ from nats.js import JetStreamContext
 
 from iotdefender.cluster.topology import Topology, ensure
 from tests.support.processes import free_port, wait_for
+
+_LOG_LINE = re.compile(r"^\[\d+\] (\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d+) \[\w+\] (.*)$")
+_LEADER = re.compile(r"new (stream|consumer) leader for '[^>]*> ([^']*)'|new (metadata) leader")
 
 
 def nats_server_binary() -> str:
@@ -78,6 +83,21 @@ class JetStreamServer:
         assert self.process is not None
         self.process.kill()
         self.process.wait()
+
+    def leader_elections(self) -> list[tuple[float, str, str]]:
+        """(wall-clock time, ``stream``/``consumer``/``meta``, name) of each Raft group this server
+        became the leader of, from its log (``new stream leader for '$G > NAME'``, times in local
+        time as nats-server writes them). A consumer's name is ``STREAM > CONSUMER``."""
+        found = []
+        for line in (self.root / "nats.log").read_text(errors="replace").splitlines():
+            match = _LOG_LINE.match(line)
+            leader = _LEADER.search(match.group(2)) if match else None
+            if match and leader:
+                when = time.mktime(time.strptime(match.group(1)[:19], "%Y/%m/%d %H:%M:%S"))
+                when += float("0" + match.group(1)[19:])
+                kind, name = (leader.group(1), leader.group(2)) if leader.group(1) else ("meta", "_meta_")
+                found.append((when, kind, name))
+        return found
 
     def connections(self) -> int:
         """Client connections open on this server (its monitoring ``/connz``)."""
@@ -159,27 +179,38 @@ class JetStreamCluster:
 
 
 def lead_from(urls: list[str], stream: str, server: str, patience_s: float = 30.0) -> None:
-    """Make ``server`` (its name) the leader of ``stream``'s Raft group: a leader step-down with a
-    preferred placement (``$JS.API.STREAM.LEADER.STEPDOWN``, nats-server 2.11+), repeated until the
-    stream info names it. A test kills that server next to make the group elect a new leader."""
+    """Make ``server`` (its name) the leader of ``stream``'s Raft group (``make_leader``). A test
+    kills that server next to make the group elect a new leader."""
     async def go() -> None:
         nc = await nats.connect(servers=urls)
-        js = nc.jetstream()
-        deadline = asyncio.get_running_loop().time() + patience_s
         try:
-            while (await js.stream_info(stream)).cluster.leader != server:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise TimeoutError(f"{server} did not become the leader of {stream}")
-                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
-                                 json.dumps({"placement": {"preferred": server}}).encode(), timeout=5)
-                for _ in range(20):
-                    await asyncio.sleep(0.25)
-                    info = await js.stream_info(stream)
-                    if info.cluster.leader is not None:
-                        break
+            await make_leader(nc.jetstream(), stream, server, patience_s=patience_s)
         finally:
             await nc.close()
     asyncio.run(go())
+
+
+async def make_leader(js: JetStreamContext, stream: str, server: str, consumer: str | None = None,
+                      patience_s: float = 30.0) -> None:
+    """Make ``server`` the leader of ``stream``'s Raft group, or of its ``consumer``'s: a leader
+    step-down with a preferred placement (``$JS.API.STREAM|CONSUMER.LEADER.STEPDOWN``, nats-server
+    2.11+), repeated until the stream's or consumer's info names it."""
+    async def leader() -> str | None:
+        info = await (js.consumer_info(stream, consumer) if consumer else js.stream_info(stream))
+        return info.cluster.leader if info.cluster is not None else None
+
+    subject = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}" if consumer else \
+        f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience_s
+    while await leader() != server:
+        if loop.time() > deadline:
+            raise TimeoutError(f"{server} did not become the leader of {consumer or stream}")
+        await js._nc.request(subject, json.dumps({"placement": {"preferred": server}}).encode(), timeout=5)
+        for _ in range(20):
+            await asyncio.sleep(0.25)
+            if await leader() is not None:
+                break
 
 
 async def connected(urls: list[str], topology: Topology) -> tuple[Client, JetStreamContext]:

@@ -261,7 +261,7 @@ class Ownership:
         await self._keepalive()
         # Two loops: renewals never wait behind a slow acquisition or a reader finishing its batch
         # (not even the first round, which may start many readers).
-        keepalive = asyncio.create_task(self._every(self._keepalive), name="ownership-keepalive")
+        keepalive = asyncio.create_task(self._every(self._keepalive, from_start=True), name="ownership-keepalive")
         await self.rebalance()
         self._tasks = [asyncio.create_task(self._every(self.rebalance), name="ownership-rebalance"), keepalive]
 
@@ -283,9 +283,22 @@ class Ownership:
         await cancel_and_wait([keepalive])
         self._tasks = []
 
-    async def _every(self, step: Callable[[], Awaitable[None]]) -> None:
+    async def _every(self, step: Callable[[], Awaitable[None]], from_start: bool = False) -> None:
+        """Run ``step`` every tick: a tick after the previous round ended, or ``from_start``, after
+        it *started* (the renewals).
+
+        Counting the tick from a renewal round's end made the rounds 2 s apart while the leases'
+        bucket elected a leader (an unanswered round lasts its 1 s request timeout), and a renewal
+        sent just before the election is never answered: leases were confirmed 0.3-2.6 s after the
+        bucket had a leader again (bench/nats_stall.py), their readers paused meanwhile. A renewal
+        round that takes longer than a tick is followed by the next at once. Rebalance rounds keep
+        a tick's rest after each (one may take seconds: readers stopping, consumers checked), so
+        a slow one is not followed by listing the members again at once."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self._tick_s
         while True:
-            await asyncio.sleep(self._tick_s)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due = loop.time() + self._tick_s
             try:
                 await step()
             except (nats.errors.Error, asyncio.TimeoutError) as err:
@@ -294,6 +307,8 @@ class Ownership:
                 log.warning("cluster.step_failed", node=self.node_id, step=step.__name__, error=repr(err))
             except Exception:  # a loop that dies would silently stop renewing or rebalancing
                 log.exception("cluster.step_failed", node=self.node_id, step=step.__name__)
+            if not from_start:
+                due = loop.time() + self._tick_s
 
     async def _keepalive(self) -> None:
         """Heartbeat the membership and renew every lease (compare-and-set on its last revision)."""

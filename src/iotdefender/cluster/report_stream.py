@@ -38,13 +38,25 @@ from prometheus_client import Counter
 
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.pull import PullStream
-from iotdefender.cluster.topology import Topology, ensure_consumer
+from iotdefender.cluster.topology import Topology, ensure_consumer, rewind_consumer
 
 log = structlog.get_logger("iotdefender.cluster")
 
 THING_HEADER = "Iotdefender-Thing"
 
 REDELIVERED = Counter("iotdefender_cluster_redeliveries", "Reports a detect node received more than once")
+
+#: Seconds a reader waits for an answer to each JetStream API request of its consumer check (info,
+#: and on a reset the rewind or create); it asks again ``retry_pause_s`` later. Normally answered in
+#: milliseconds. While the consumer's Raft group elects a leader (one NATS server of three died) a
+#: request gets no answer at all, and one sent just before the leader is elected is not answered
+#: either: with nats-py's default (5 s) a reader resumed up to 5 s after its consumer had a leader
+#: again, and after two unlucky checks 10 s after the kill (bench/nats_stall.py).
+CONSUMER_CHECK_TIMEOUT_S = 1.0
+#: The same for the first check, when the reader starts (nats-py's default, as before): a start that
+#: fails gives the lease back and the partition is acquired again (fence claimed, states loaded), so
+#: a busy server answering 64 starts at once is given more time.
+START_CHECK_TIMEOUT_S = 5.0
 
 
 def report_message_id(thing_name: str, report_id: int) -> str:
@@ -100,12 +112,14 @@ class PartitionReader:
 
     def __init__(self, js: JetStreamContext, topology: Topology, partition: int, handler: BatchHandler,
                  token: int, still_owner: Callable[[], bool], batch: int = 256, fetch_wait_s: float = 0.5,
-                 retry_pause_s: float = 0.2, idle_check_s: float = 10.0) -> None:
+                 retry_pause_s: float = 0.2, idle_check_s: float = 10.0,
+                 check_timeout_s: float = CONSUMER_CHECK_TIMEOUT_S) -> None:
         self._js, self._topology, self._partition = js, topology, partition
         self._handler, self._still_owner = handler, still_owner
         self.token = token  # the fencing token its batches carry (moved when the lease is re-created)
         self._batch, self._fetch_wait_s, self._retry_pause_s = batch, fetch_wait_s, retry_pause_s
-        self._idle_check_s = idle_check_s
+        self._idle_check_s, self._check_timeout_s = idle_check_s, check_timeout_s
+        self._check_failures, self._check_failing_since = 0, 0.0  # the consumer checks failing in a row
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # The consumer sequence the next delivery must carry (None: not known yet). JetStream numbers
@@ -118,9 +132,10 @@ class PartitionReader:
         """Bind to the partition's consumer and start reading.
 
         If the consumer has reports delivered but not acknowledged (a previous owner died with a
-        batch in hand), it is recreated first, so that batch is read again at once and before any
-        newer report of the same things, not after ``ack_wait`` and out of order: in a work-queue
-        stream the recreated consumer starts at the oldest report not yet acknowledged. (A previous
+        batch in hand), it is rewound first (``topology.rewind_consumer``: to its ack floor; on a
+        server before 2.14 deleted and created again), so that batch is read again at once and
+        before any newer report of the same things, not after ``ack_wait`` and out of order: in a
+        work-queue stream the rewound consumer starts at the oldest report not yet acknowledged. (A previous
         owner's pull requests expire within ``fetch_wait_s``, far shorter than a lease, so none is
         left to take reports after this check.)
 
@@ -129,19 +144,20 @@ class PartitionReader:
         ordering": a batch fetched by a consumer that died comes back after newer messages). And a
         work-queue stream keeps a report "until consumed [...] and explicitly acknowledged"
         (docs.nats.io, JetStream model deep dive, WorkQueuePolicy), which is what makes the
-        recreated consumer start at the first unacked one.
+        rewound consumer start at the first unacked one.
         """
-        sub = await self._bind(None)
+        sub = await self._bind(None, START_CHECK_TIMEOUT_S)
         self._task = asyncio.create_task(self._run(sub), name=f"partition-{self._partition}")
 
-    async def _bind(self, sub: PullStream | None) -> PullStream:
+    async def _bind(self, sub: PullStream | None, timeout: float) -> PullStream:
         """``sub`` if the consumer has nothing delivered and unacknowledged, else a new binding to
-        the consumer recreated (see ``start``). Called only when this reader holds no batch, so
+        the consumer rewound (see ``start``). Called only when this reader holds no batch, so
         what the consumer counts unacknowledged was lost on its way (a previous owner's, or a
-        delivery in flight when a NATS server died: it would come back only after ``ack_wait``)."""
+        delivery in flight when a NATS server died: it would come back only after ``ack_wait``).
+        Each JetStream request waits ``timeout`` for its answer."""
         name = self._topology.consumer_of(self._partition)
         try:
-            info = await self._js.consumer_info(self._topology.stream, name)
+            info = await self._js.consumer_info(self._topology.stream, name, timeout=timeout)
             pending = info.num_ack_pending
             delivered = (info.delivered.consumer_seq or 0) if info.delivered is not None else 0
         except nats.js.errors.NotFoundError:
@@ -151,11 +167,13 @@ class PartitionReader:
         if sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+        # A rewind or create that timed out may still happen on the server: the next check finds
+        # the consumer there without deliveries unacknowledged (bound as it is), or rewinds it again.
         if pending:
             log.info("cluster.consumer_reset", partition=self._partition, unacked=pending)
-            await self._js.delete_consumer(self._topology.stream, name)
-        if pending is None or pending:
-            await ensure_consumer(self._js, self._topology, self._partition)
+            delivered = await rewind_consumer(self._js, self._topology, self._partition, timeout)
+        elif pending is None:
+            await ensure_consumer(self._js, self._topology, self._partition, timeout)
             delivered = 0  # a new consumer numbers its deliveries from 1
         self._next_delivery = delivered + 1
         # nats-py 2.16.0 (pinned) keeps the context's connection and API prefix in these attributes.
@@ -191,14 +209,15 @@ class PartitionReader:
                     continue
                 if sub is None or disturbed:
                     try:
-                        sub = await self._bind(sub)
+                        sub = await self._bind(sub, self._check_timeout_s)
                     except nats.errors.ConnectionClosedError:
                         return
                     except (nats.errors.Error, asyncio.TimeoutError) as err:
-                        log.warning("cluster.consumer_check_failed", partition=self._partition, error=repr(err))
+                        self._check_failed(err, loop.time())
                         sub = None  # bind again next round (its old binding may be gone)
                         await asyncio.sleep(self._retry_pause_s)
                         continue
+                    self._check_passed(loop.time())
                     disturbed, next_check = False, loop.time() + self._idle_check_s
                 try:
                     msgs = await sub.fetch(self._batch, timeout=self._fetch_wait_s)
@@ -221,6 +240,20 @@ class PartitionReader:
             if sub is not None:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
+
+    def _check_failed(self, err: Exception, now: float) -> None:
+        """The first failure of a streak is logged; the others (one a second or so while the
+        consumer elects a leader) are counted and told when the check passes again."""
+        if not self._check_failures:
+            self._check_failing_since = now
+            log.warning("cluster.consumer_check_failed", partition=self._partition, error=repr(err))
+        self._check_failures += 1
+
+    def _check_passed(self, now: float) -> None:
+        if self._check_failures:
+            log.info("cluster.consumer_check_passed", partition=self._partition, failed=self._check_failures,
+                     after_s=round(now - self._check_failing_since, 2))
+        self._check_failures = 0
 
     def _in_order(self, msgs: list[Msg]) -> list[Msg]:
         """The leading ``msgs`` that follow the last delivery without a gap in consumer sequence.
