@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from iotdefender.cloud.aggregator import Aggregator, DimensionSpec, dimension_specs
-from iotdefender.cloud.topic_filter import filter_problem, matches
+from iotdefender.cloud.topic_filter import matches
+from iotdefender.contract.topic_filters import filter_problem
 
 
 @pytest.mark.parametrize("topic_filter, topic, expected", [

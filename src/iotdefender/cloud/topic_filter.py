@@ -2,13 +2,7 @@
 
 Filters support the single-level ``+`` and multi-level ``#`` wildcards and the substitution
 variable ``${iot:ClientId}``. Matching follows MQTT 3.1.1 §4.7: ``#`` matches the parent level
-too (``a/#`` matches ``a``).
-
-``filter_problem`` refuses, when a dimension is created or updated, the filters that MQTT 3.1.1
-§4.7.1 forbids (``a/#/b``, ``a/b#``, ``a/b+``): a broker refuses to subscribe with them and no
-topic can match them as written, so a dimension holding one would silently count nothing. AWS
-does not document whether CreateDimension checks its stringValues; refusing is our choice
-(docs/api-behaviour.md).
+too (``a/#`` matches ``a``). Dimensions hold only filters MQTT allows (``contract/topic_filters.py``).
 """
 
 from __future__ import annotations
@@ -27,21 +21,6 @@ def matches(topic_filter: str, topic: str, client_id: str = "") -> bool:
         if level != "+" and level != parts[index]:
             return False
     return len(parts) == len(levels)
-
-
-FILTER_CONSTRAINT = ("Member must be an MQTT topic filter: the multi-level wildcard # only as the whole "
-                     "last level, the single-level wildcard + only as a whole level")
-
-
-def filter_problem(topic_filter: str) -> str | None:
-    """Why ``topic_filter`` is not a valid MQTT topic filter (FILTER_CONSTRAINT), or None."""
-    levels = topic_filter.split("/")
-    for index, level in enumerate(levels):
-        if "#" in level and (level != "#" or index != len(levels) - 1):
-            return FILTER_CONSTRAINT
-        if "+" in level and level != "+":
-            return FILTER_CONSTRAINT
-    return None
 
 
 def counted(topic: str | None, filters: Iterable[str], operator: str, client_id: str) -> bool:

@@ -76,54 +76,59 @@ def _type_constraint(valid_types: list[str]) -> str:
 
 
 class _AwsWordedErrors(ValidationErrors):
-    """botocore's collected errors, formatted as AWS formats validation problems."""
+    """botocore's collected errors (``(kind, name, details)`` in ``_errors``, botocore 1.44),
+    formatted as AWS formats validation problems."""
 
     def problems(self) -> list[str]:
-        return [self._format_error(error) for error in self._errors]
+        collected: list[tuple[str, str, dict[str, Any]]] = getattr(self, "_errors")
+        return [_aws_wording(kind, name, extra) for kind, name, extra in collected]
 
-    def _format_error(self, error: tuple[str, str, dict[str, Any]]) -> str:
-        kind, name, extra = error
-        where = self._get_name(name)
-        if kind == "missing required field":
-            member = extra["required_name"]
-            return problem(None, f"{name.lstrip('.')}.{member}" if name else member, "Member must not be null")
-        if kind == "unknown field":
-            return problem(extra["unknown_param"], where,
-                           "Member must be one of the parameters " + ", ".join(extra["valid_names"]))
-        if kind == "invalid type":
-            return problem(extra["param"], where, _type_constraint(extra["valid_types"]))
-        if kind == "invalid timestamp":
-            return problem(extra["param"], where, extra["constraint"])
-        if kind == "invalid range":
-            return problem(extra["param"], where,
-                           f"Member must have value greater than or equal to {extra['min_allowed']}")
-        if kind == "invalid length":
-            return problem(extra["param"], where,
-                           f"Member must have length greater than or equal to {extra['min_allowed']}")
-        if kind in ("more than one input", "empty input"):
-            return problem(None, where, "Member must set exactly one of " + ", ".join(extra["members"]))
-        return problem(extra.get("param"), where, "Member must be a valid value")
+
+def _aws_wording(kind: str, name: str, extra: dict[str, Any]) -> str:
+    where = name.lstrip(".") or "input"  # botocore's names start with "." below the top level
+    if kind == "missing required field":
+        member = extra["required_name"]
+        return problem(None, f"{where}.{member}" if name else member, "Member must not be null")
+    if kind == "unknown field":
+        return problem(extra["unknown_param"], where,
+                       "Member must be one of the parameters " + ", ".join(extra["valid_names"]))
+    if kind == "invalid type":
+        return problem(extra["param"], where, _type_constraint(extra["valid_types"]))
+    if kind == "invalid timestamp":
+        return problem(extra["param"], where, extra["constraint"])
+    if kind == "invalid range":
+        return problem(extra["param"], where, f"Member must have value greater than or equal to {extra['min_allowed']}")
+    if kind == "invalid length":
+        return problem(extra["param"], where, f"Member must have length greater than or equal to {extra['min_allowed']}")
+    if kind in ("more than one input", "empty input"):
+        return problem(None, where, "Member must set exactly one of " + ", ".join(extra["members"]))
+    return problem(extra.get("param"), where, "Member must be a valid value")
 
 
 class _AwsParamValidator(ParamValidator):
-    """botocore's validator with AWS wording and a timestamp check that cannot raise."""
+    """botocore's validator with AWS wording and a timestamp check that cannot raise.
+
+    botocore dispatches each shape to ``_validate_<type>`` (``ParamValidator._validate``); the
+    overrides below are those hooks, reached through ``getattr`` because its type stubs declare
+    only the public ``validate``.
+    """
 
     def validate(self, params: Any, shape: Shape) -> _AwsWordedErrors:
         errors = _AwsWordedErrors()
-        self._validate(params, shape, errors, name="")
+        getattr(self, "_validate")(params, shape, errors, "")
         return errors
 
     def _validate_integer(self, param: Any, shape: Shape, errors: ValidationErrors, name: str) -> None:
         if isinstance(param, bool):  # a bool is an int to Python, not to JSON or to AWS
             errors.report(name, "invalid type", param=param, valid_types=[str(int)])
             return
-        super()._validate_integer(param, shape, errors, name)
+        getattr(super(), "_validate_integer")(param, shape, errors, name)
 
     def _validate_long(self, param: Any, shape: Shape, errors: ValidationErrors, name: str) -> None:
         if isinstance(param, bool):
             errors.report(name, "invalid type", param=param, valid_types=[str(int)])
             return
-        super()._validate_long(param, shape, errors, name)
+        getattr(super(), "_validate_long")(param, shape, errors, name)
 
     def _validate_timestamp(self, param: Any, shape: Shape, errors: ValidationErrors, name: str) -> None:
         try:

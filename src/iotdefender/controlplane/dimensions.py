@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotdefender.cloud.topic_filter import filter_problem
+from iotdefender.contract.topic_filters import filter_problem
 from iotdefender.contract.validation_report import problem, validation_error
 from iotdefender.controlplane import catalog_entries
 from iotdefender.controlplane.context import ServiceContext
