@@ -145,6 +145,9 @@ def test_bad_backtest_requests_get_aws_shaped_errors(replayed):
     for spec, code, status in [
         ({"behaviors": [bad]}, "InvalidRequestException", 400),
         ({"behaviors": [COUNT], "startTime": 10, "endTime": 5}, "InvalidRequestException", 400),
+        # instants no API timestamp can hold: refused, not queued as a job that fails later
+        ({"behaviors": [COUNT], "startTime": -1e20}, "InvalidRequestException", 400),
+        ({"behaviors": [COUNT], "startTime": 0, "endTime": 1e20}, "InvalidRequestException", 400),
         ({"behaviors": [{"name": "x" * 200, "metric": "aws:num-listening-tcp-ports"}]}, "InvalidRequestException",
          400),
         ({"securityProfileName": "missing"}, "ResourceNotFoundException", 404),

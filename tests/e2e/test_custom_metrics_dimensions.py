@@ -69,6 +69,24 @@ def test_dimension_lifecycle_and_in_use_guard(iot):
         iot.describe_dimension(name=name)
 
 
+@pytest.mark.parametrize("bad", ["a/#/b", "a/b+", "a/b#", "#/a", "a/+x/c"])
+def test_topic_filters_mqtt_forbids_are_refused(iot, bad):
+    """A filter no MQTT topic can match (# not the whole last level, + not a whole level) would make
+    a dimension that silently counts nothing: refused on create and on update, naming the value."""
+    name = unique("filters")
+    with pytest.raises(iot.exceptions.InvalidRequestException) as exc:
+        iot.create_dimension(name=name, type="TOPIC_FILTER", stringValues=["ok/#", bad])
+    message = exc.value.response["Error"]["Message"]
+    assert f"Value '{bad}' at 'stringValues[1]'" in message and "MQTT topic filter" in message, message
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.describe_dimension(name=name)
+    iot.create_dimension(name=name, type="TOPIC_FILTER", stringValues=["+/#", "a/+/c", "${iot:ClientId}/#"])
+    with pytest.raises(iot.exceptions.InvalidRequestException):
+        iot.update_dimension(name=name, stringValues=[bad])
+    assert iot.describe_dimension(name=name)["stringValues"] == ["+/#", "a/+/c", "${iot:ClientId}/#"]
+    iot.delete_dimension(name=name)
+
+
 def test_quotas_are_limit_exceeded_410(fresh_service):
     iot = fresh_service.client()
     for i in range(10):

@@ -87,7 +87,8 @@ def test_validation_adds_max_pattern_enum_to_botocore():
     assert "pattern" in exc.value.message
     with pytest.raises(ApiError) as exc:
         validate_input(op.input_shape, {"securityProfileName": "ok", "behaviors": "not a list"})
-    assert "Invalid type" in exc.value.message
+    assert "Value 'not a list' at 'behaviors' failed to satisfy constraint: Member must be a JSON array" in \
+        exc.value.message
     # Java's \p{Graph} is ASCII only: AWS refuses non-ASCII descriptions, so do we.
     with pytest.raises(ApiError):
         validate_input(op.input_shape, {"securityProfileName": "ok", "securityProfileDescription": "café"})

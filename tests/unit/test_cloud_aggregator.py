@@ -6,6 +6,7 @@ import pytest
 
 from iotdefender.cloud.aggregator import Aggregator, DimensionSpec, dimension_specs
 from iotdefender.cloud.topic_filter import matches
+from iotdefender.contract.topic_filters import filter_problem
 
 
 @pytest.mark.parametrize("topic_filter, topic, expected", [
@@ -15,6 +16,14 @@ from iotdefender.cloud.topic_filter import matches
 ])
 def test_topic_filters(topic_filter, topic, expected):
     assert matches(topic_filter, topic, "dev1") is expected
+
+
+@pytest.mark.parametrize("topic_filter, valid", [
+    ("#", True), ("a/#", True), ("+", True), ("+/+/#", True), ("a//b", True), ("things/${iot:ClientId}/#", True),
+    ("a/#/b", False), ("a/b#", False), ("#/", False), ("a/b+", False), ("+a", False), ("a/++/b", False),
+])
+def test_filters_mqtt_forbids_are_named(topic_filter, valid):
+    assert (filter_problem(topic_filter) is None) is valid
 
 
 def test_every_window_closes_and_idle_devices_get_zero():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import math
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -19,27 +18,23 @@ import orjson
 from botocore.model import ListShape, MapShape, OperationModel, Shape, StructureShape
 
 from iotdefender.contract.errors import invalid_request
+from iotdefender.contract.timestamps import epoch_seconds
+from iotdefender.contract.validation_report import problem, validation_error
 
 
 def parse_timestamp(value: Any) -> float:
-    """Accept what botocore and the AWS CLI send: ISO-8601 strings or epoch seconds."""
-    if isinstance(value, bool):
-        raise ValueError("boolean is not a timestamp")
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise ValueError("timestamp must be finite")
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.timestamp()
-    raise ValueError(f"not a timestamp: {value!r}")
+    """Accept what botocore and the AWS CLI send: ISO-8601 strings or epoch seconds, within the
+    range ``contract/timestamps.py`` allows (ValueError naming the constraint otherwise)."""
+    return epoch_seconds(value)
+
+
+_TEXT_CONSTRAINTS = {
+    "integer": "Member must be an integer",
+    "long": "Member must be an integer",
+    "double": "Member must be a finite number",
+    "float": "Member must be a finite number",
+    "boolean": "Member must be true or false",
+}
 
 
 def _scalar_from_text(shape: Shape, text: str, where: str) -> Any:
@@ -60,8 +55,9 @@ def _scalar_from_text(shape: Shape, text: str, where: str) -> Any:
             return text.lower() == "true"
         if kind == "timestamp":
             return parse_timestamp(text)
-    except ValueError:
-        raise invalid_request(f"Invalid value for {where}: {text!r} is not a valid {kind}") from None
+    except ValueError as refusal:
+        constraint = str(refusal) if kind == "timestamp" else _TEXT_CONSTRAINTS[kind]
+        raise validation_error([problem(text, where, constraint)]) from None
     raise invalid_request(f"Unsupported parameter type {kind} for {where}")
 
 
@@ -73,8 +69,8 @@ def _body_value(shape: Shape, value: Any, where: str) -> Any:
     if kind == "timestamp":
         try:
             return parse_timestamp(value)
-        except ValueError:
-            raise invalid_request(f"Invalid timestamp for {where}") from None
+        except ValueError as refusal:
+            raise validation_error([problem(value, where, str(refusal))]) from None
     if kind == "blob" and isinstance(value, str):
         try:
             return base64.b64decode(value, validate=True)

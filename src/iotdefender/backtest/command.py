@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from iotdefender.contract.timestamps import epoch_seconds
 from iotdefender.english import count_of
 from iotdefender.backtest.client import ExtensionClient, ExtensionError
 
@@ -28,14 +29,10 @@ def parse_time(text: str, now: float) -> float:
     if text and text[-1] in _UNITS and text[:-1].replace(".", "", 1).isdigit():
         return now - float(text[:-1]) * _UNITS[text[-1]]
     try:
-        return float(text)
+        return epoch_seconds(text)  # the API's own reading, so the service will not refuse it later
     except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a time: {text!r} (epoch seconds, ISO-8601 or an age like 7d)")
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (epoch seconds, ISO-8601 or an age like 7d)"
+                                         ) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

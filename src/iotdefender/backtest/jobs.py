@@ -26,6 +26,8 @@ import structlog
 
 from iotdefender.contract.errors import invalid_request, not_found
 from iotdefender.contract.service_model import service_model
+from iotdefender.contract.timestamps import epoch_seconds
+from iotdefender.contract.validation_report import problem, validation_error
 from iotdefender.contract.validation import validate_input, validate_value
 from iotdefender.backtest.runner import BACKTEST_PROFILE, BacktestRequest, run_backtest
 from iotdefender.controlplane.context import ServiceContext
@@ -59,10 +61,14 @@ class Job:
 
 
 def _number(spec: dict[str, Any], key: str, default: float) -> float:
+    """An instant of the request: epoch seconds in the range every API timestamp has."""
     value = spec.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise invalid_request(f"{key} must be a number of epoch seconds")
-    return float(value)
+    try:
+        return epoch_seconds(value)
+    except ValueError as refusal:
+        raise validation_error([problem(value, key, str(refusal))]) from None
 
 
 def resolve_request(ctx: ServiceContext, monitoring: MonitoringIndex, spec: Any, now: float,

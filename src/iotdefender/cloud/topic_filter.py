@@ -2,7 +2,7 @@
 
 Filters support the single-level ``+`` and multi-level ``#`` wildcards and the substitution
 variable ``${iot:ClientId}``. Matching follows MQTT 3.1.1 §4.7: ``#`` matches the parent level
-too (``a/#`` matches ``a``).
+too (``a/#`` matches ``a``). Dimensions hold only filters MQTT allows (``contract/topic_filters.py``).
 """
 
 from __future__ import annotations

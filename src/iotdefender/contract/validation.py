@@ -3,7 +3,8 @@
 botocore validates only what a client can (required members, types, ``min``) and deliberately
 skips ``max``, ``pattern`` and ``enum`` (``botocore/validate.py``), so a server that trusted
 its clients would accept ``consecutiveDatapointsToAlarm: 100000``. We run botocore's own
-``ParamValidator`` first, then walk the shapes for the constraints it leaves to the service.
+``ParamValidator`` first (its findings reworded as AWS words them: ``validation_report.py``),
+then walk the shapes for the constraints it leaves to the service.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 
 import regex
 from botocore.model import ListShape, MapShape, Shape, StringShape, StructureShape
-from botocore.validate import ParamValidator
 
 from iotdefender.contract.errors import invalid_request
+from iotdefender.contract.validation_report import model_problems, validation_error
 
 # The model's patterns are Java regexes. Java's POSIX classes are US-ASCII only
 # (java.util.regex.Pattern, "POSIX character classes (US-ASCII only)"), while the ``regex``
@@ -116,10 +117,8 @@ def validate_input(shape: Shape | None, params: dict[str, Any], constraints: boo
     """
     if shape is None:
         return
-    report = ParamValidator().validate(params, shape)
-    if report.has_errors():
-        raise invalid_request(report.generate_report().replace("\n", "; "))
-    if constraints:
+    problems = model_problems(shape, params)
+    if not problems and constraints:
         problems = constraint_problems(shape, params)
-        if problems:
-            raise invalid_request("; ".join(problems))
+    if problems:
+        raise validation_error(problems)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from iotdefender.contract.topic_filters import filter_problem
+from iotdefender.contract.validation_report import problem, validation_error
 from iotdefender.controlplane import catalog_entries
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
@@ -25,8 +27,17 @@ def _describe(row: dict[str, Any]) -> Params:
     }
 
 
+def _check_filters(string_values: list[str]) -> None:
+    """TOPIC_FILTER is the only dimension type: every value must be a filter MQTT allows."""
+    problems = [problem(value, f"stringValues[{index}]", reason) for index, value in enumerate(string_values)
+                if (reason := filter_problem(value)) is not None]
+    if problems:
+        raise validation_error(problems)
+
+
 @operation("CreateDimension")
 def create_dimension(ctx: ServiceContext, params: Params) -> Params:
+    _check_filters(params["stringValues"])
     values = {"type": params["type"], "string_values": params["stringValues"]}
     row = catalog_entries.create(ctx, KIND, params["name"], params.get("clientRequestToken"), MAX_DIMENSIONS,
                                  values, params.get("tags") or [])
@@ -41,6 +52,7 @@ def describe_dimension(ctx: ServiceContext, params: Params) -> Params:
 
 @operation("UpdateDimension")
 def update_dimension(ctx: ServiceContext, params: Params) -> Params:
+    _check_filters(params["stringValues"])
     return _describe(catalog_entries.update(ctx, KIND, params["name"], {"string_values": params["stringValues"]}))
 
 
