@@ -133,6 +133,15 @@ def cluster_roles(settings: Settings) -> frozenset[str]:
     return roles
 
 
+# A server that stops answering without closing the connection (a frozen process, a path cut
+# without a reset) is noticed only by the client's pings. nats-py's defaults (a ping every 120 s,
+# stale after 2 unanswered) took minutes, and all that time every report through this node was
+# answered ServiceUnavailable; pinging every 2 s, the node gives up on such a server after about
+# 8 s and reconnects to another. The cost is one PING/PONG per node every 2 s.
+PING_INTERVAL_S = 2
+MAX_OUTSTANDING_PINGS = 3
+
+
 async def connect(urls: list[str], node_id: str, reconnected: Callable[[], None],
                   first_connect_s: float = 10.0) -> Client:
     async def on_reconnect() -> None:
@@ -153,7 +162,8 @@ async def connect(urls: list[str], node_id: str, reconnected: Callable[[], None]
     nc = Client()
     try:
         await asyncio.wait_for(nc.connect(servers=urls, name=node_id, connect_timeout=2, max_reconnect_attempts=-1,
-                                          reconnect_time_wait=1, reconnected_cb=on_reconnect,
+                                          reconnect_time_wait=1, ping_interval=PING_INTERVAL_S,
+                                          max_outstanding_pings=MAX_OUTSTANDING_PINGS, reconnected_cb=on_reconnect,
                                           disconnected_cb=on_disconnect, error_cb=on_error), first_connect_s)
     except (nats.errors.Error, OSError, TimeoutError) as error:
         with contextlib.suppress(Exception):
