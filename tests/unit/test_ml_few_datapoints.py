@@ -74,6 +74,7 @@ def test_only_the_rhythms_that_stand_out_of_the_noise_are_kept() -> None:
 
 
 def test_tail_cohorts_are_no_more_than_the_devices_and_scores_fill() -> None:
-    assert shrinkage.tail_cohorts(16, 20, 4_000) == 2
+    assert shrinkage.tail_cohorts(16, 20, 20_000) == 1
+    assert shrinkage.tail_cohorts(16, 200, 38_400) == 7
     assert shrinkage.tail_cohorts(16, 2_000, 4_000_000) == 16
     assert shrinkage.tail_cohorts(16, 3, 100) == 1
