@@ -33,6 +33,11 @@ Integer data (counts) get a floor on every spread from a Poisson count's (discre
 metric that is 0 most of the time does not get a spread of ``min_scale`` and thresholds of 100,
 and small ones a step 4 that is a mean shrunk by its sampling noise instead of a median
 (discrete.py).
+
+Few datapoints per device and slot (a small fleet trained over a week and a bit): the fleet's
+per-slot centres and spreads (step 1) and the slot multipliers (step 4) keep only what stands out
+of their sampling noise, the rhythm basis (step 3, not sampled) only the components above its
+noise, and the tail cohorts (step 5) are no more than the devices and scores fill (shrinkage.py).
 """
 
 from __future__ import annotations
