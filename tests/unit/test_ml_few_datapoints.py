@@ -56,6 +56,15 @@ def test_per_slot_values_of_noise_alone_shrink_to_their_mean() -> None:
     assert abs(float(shrunk.mean()) - float(values.mean())) < 1e-9
 
 
+def test_a_slot_without_datapoints_goes_to_the_mean_of_the_others() -> None:
+    counts = np.full(336, 30.0)
+    counts[7] = 0.0
+    values = 10.0 + np.sin(np.arange(336) / 336 * 14 * np.pi)
+    shrunk = shrinkage.toward(values, shrinkage.per_count(0.01, counts), counts)
+    assert np.isfinite(shrunk).all()
+    assert shrunk[7] == pytest.approx(float(np.average(np.delete(values, 7))))
+
+
 def test_per_slot_values_far_above_their_noise_are_kept_as_they_are() -> None:
     rhythm = 10.0 + np.sin(np.arange(336) / 336 * 14 * np.pi)  # a daily rhythm of amplitude 1
     assert shrinkage.toward(rhythm, np.full(336, 1e-4)) is rhythm

@@ -49,15 +49,27 @@ def toward(values: npt.NDArray[np.float64], noise: npt.NDArray[np.float64],
     """``values`` (one per slot) shrunk towards their weighted mean, each by noise / (noise + signal):
     ``noise`` its sampling variance, the signal the variance across slots beyond the mean noise."""
     w = np.ones(len(values)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if not len(values) or w.sum() <= 0:
+    # A slot with no datapoints behind it (infinite noise) has no say and goes to the mean.
+    known = (w > 0) & np.isfinite(noise)
+    if not known.any():
         return values
-    mean = float(np.average(values, weights=w))
-    signal = max(float(np.average((values - mean) ** 2, weights=w)) - float(np.average(noise, weights=w)), 0.0)
+    mean = float(np.average(values[known], weights=w[known]))
+    signal = max(float(np.average((values[known] - mean) ** 2, weights=w[known]))
+                 - float(np.average(noise[known], weights=w[known])), 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        keep = np.where(signal + noise > 0, signal / (signal + noise), 1.0)
+        keep = np.where(~np.isfinite(noise), 0.0, np.where(signal + noise > 0, signal / (signal + noise), 1.0))
     if keep.min() >= _NEGLIGIBLE:
         return values  # the same array: nothing to redo downstream
     result: npt.NDArray[np.float64] = mean + keep * (values - mean)
+    return result
+
+
+def per_count(variance: npt.NDArray[np.float64] | float, counts: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The sampling variance of a statistic of ``counts`` datapoints with ``variance`` for one:
+    variance / counts, infinite where there are none (``toward`` sends those to the mean)."""
+    numerator = np.broadcast_to(np.asarray(variance, dtype=np.float64), counts.shape)
+    result: npt.NDArray[np.float64] = np.divide(numerator, counts, out=np.full(counts.shape, np.inf),
+                                                where=counts > 0)
     return result
 
 
@@ -70,7 +82,8 @@ def supported_rank(whitened: npt.NDArray[np.float64], rank: int) -> int:
         return 0
     small, large = sorted((rows, columns))
     beta = small / large
-    limit = math.sqrt(2 * (beta + 1) + 8 * beta / (beta + 1 + math.sqrt(beta * beta + 14 * beta + 1))) * math.sqrt(large)
+    threshold = math.sqrt(2 * (beta + 1) + 8 * beta / (beta + 1 + math.sqrt(beta * beta + 14 * beta + 1)))
+    limit = threshold * math.sqrt(large)
     singular = np.linalg.svd(whitened, compute_uv=False)
     return min(rank, int(np.count_nonzero(singular > limit)))
 

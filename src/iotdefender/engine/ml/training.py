@@ -141,11 +141,12 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     # Few datapoints a slot: the centres and spreads keep of their slot-to-slot differences only
     # what stands out of their sampling noise (shrinkage.py; a median's variance is pi/2 a mean's).
     behind = fallbacks.counts(slot[fleet])
-    shrunk = shrinkage.toward(center, np.pi / 2 * np.square(fleet_scale) / behind, behind)
+    shrunk = shrinkage.toward(center, shrinkage.per_count(np.pi / 2 * np.square(fleet_scale), behind), behind)
     if shrunk is not center:
         residual -= between_table((shrunk - center).astype(f32), first, second, fraction)
         center = shrunk
-    fleet_scale = np.exp(shrinkage.toward(np.log(fleet_scale), shrinkage.LOG_MAD_NOISE / behind, behind))
+    fleet_scale = np.exp(shrinkage.toward(np.log(fleet_scale), shrinkage.per_count(shrinkage.LOG_MAD_NOISE, behind),
+                                          behind))
     if counts:
         fleet_scale = discrete.floor(fleet_scale, center, float(np.std(residual[fleet])))
 
@@ -263,8 +264,8 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
             spread_of = typical > 0
             behind = fallbacks.counts(slot[some])
             log_shape = np.log(np.where(spread_of, MAD_TO_STD * typical, 1.0))
-            log_shape[spread_of] = shrinkage.toward(log_shape[spread_of], shrinkage.LOG_MAD_NOISE / behind[spread_of],
-                                                    behind[spread_of])
+            log_shape[spread_of] = shrinkage.toward(
+                log_shape[spread_of], shrinkage.per_count(shrinkage.LOG_MAD_NOISE, behind[spread_of]), behind[spread_of])
             shape = np.where(spread_of, np.clip(np.exp(log_shape), 0.25, 4.0), 1.0)
     scores = standardised
     scores /= shape.astype(f32)[slot]
