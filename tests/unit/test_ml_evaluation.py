@@ -139,10 +139,12 @@ def test_a_count_is_in_or_out_of_the_band_with_its_edges_rounded():
                 assert ml_violates(active, level, "d7", float(k), at) == outside, (at, level, k, low, high)
                 checked += outside
     assert checked  # some counts are outside some bands
-    # Values the fleet reports one time in four each: the model's own band flags 111 of 10,400 at
-    # LOW (1.1 %, for a level meant to flag about 1 in 100 of *all* datapoints), the corrected 19.
+    # Values the fleet reports one time in four each: the model's own band flagged 111 of 10,400 at
+    # LOW (1.1 %, for a level meant to flag about 1 in 1,000), the corrected 19; since the per-slot
+    # centres and spreads are shrunk by their sampling noise (engine/ml/shrinkage.py) the band
+    # flags none of them, and the correction must not add any.
     flagged = {True: 0, False: 0}
     for d, k, at in itertools.product(range(20), (2, 3, 4, 5), np.arange(400.0, 568.0, 1.3)):
         flagged[True] += ml_violates(active, ConfidenceLevel.LOW, f"d{d}", float(k), at)
         flagged[False] += ConfidenceLevel.LOW.reached_by(active.model.judge(f"d{d}", float(k), at))
-    assert flagged[True] * 2 < flagged[False]
+    assert flagged[True] <= flagged[False] and flagged[True] <= 10, flagged

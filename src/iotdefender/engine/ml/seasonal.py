@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 
+from iotdefender.engine.ml import shrinkage
 from iotdefender.engine.ml.clock import DAYS_PER_WEEK
 from iotdefender.engine.ml.robust import Segments, median_by_group
 
@@ -50,6 +51,12 @@ class Fallbacks:
         day, _ = median_by_group((slot % self.per_day).astype(np.int16), values, self.per_day)
         whole = float(np.median(values)) if default is None else default
         return np.nan_to_num(self._choose(week, day, whole), nan=whole)
+
+    def counts(self, slot: npt.NDArray[np.int16]) -> npt.NDArray[np.float64]:
+        """Per slot of the week, how many of ``slot``'s datapoints its statistic is of (``median``'s)."""
+        week = np.bincount(slot, minlength=self.slots).astype(np.float64)
+        day = week.reshape(DAYS_PER_WEEK, self.per_day).sum(axis=0)
+        return self._choose(week, day, float(len(slot)))
 
     def mean(self, slot: npt.NDArray[np.int16], values: npt.NDArray[np.floating]) -> tuple[
             npt.NDArray[np.float64], npt.NDArray[np.float64]]:
@@ -90,16 +97,47 @@ class Fallbacks:
 def shared_basis(segments: Segments, slot: npt.NDArray[np.int16], residual: npt.NDArray[np.float32],
                  keep: npt.NDArray[np.bool_], eligible: npt.NDArray[np.bool_], fallbacks: Fallbacks,
                  rank: int) -> npt.NDArray[np.float64]:
-    """[slots, rank]: the fleet's main rhythms, from the slot means of the ``eligible`` devices (at
-    most 20,000, evenly spread, so it is deterministic and quick)."""
+    """[slots, rank or fewer]: the fleet's main rhythms, from the slot means of the ``eligible``
+    devices (at most 20,000, evenly spread, so it is deterministic and quick); only as many as stand
+    out of the means' noise (``shrinkage.supported_rank``: 14 of 16 for the benchmark's 2,000
+    devices, none for 20 devices without a rhythm)."""
     rows, rank = basis_devices(eligible, rank, fallbacks.slots)
     if rank == 0:
         return np.zeros((fallbacks.slots, 0))
     chosen = np.zeros(len(segments.counts), dtype=bool)
     chosen[rows] = True
-    means = [np.where(c > 0, s / np.maximum(c, 1), 0.0)[chosen[a:b]]
-             for a, b, s, c in _tables(segments, slot, residual, keep, fallbacks)]
+    noise = _cell_noise(segments, slot, residual, keep, fallbacks.slots)
+    means, whitened = [], []
+    for a, b, s, c in _tables(segments, slot, residual, keep, fallbacks):
+        means.append(np.where(c > 0, s / np.maximum(c, 1), 0.0)[chosen[a:b]])
+        # Each mean over its sampling noise (its device's noise / sqrt(its count)): unit variance.
+        whitened.append((s / np.sqrt(np.maximum(c, 1)) / noise[a:b, None])[chosen[a:b]])
+    # Only the rhythms that stand out of the means' noise (shrinkage.py): with few datapoints a
+    # device-slot mean is mostly noise, and a basis of its top components fits each device's own.
+    rank = shrinkage.supported_rank(np.concatenate(whitened), rank)
     return principal_rhythms(np.concatenate(means), rank)
+
+
+def _cell_noise(segments: Segments, slot: npt.NDArray[np.int16], residual: npt.NDArray[np.float32],
+                keep: npt.NDArray[np.bool_], slots: int) -> npt.NDArray[np.float64]:
+    """Per device, the standard deviation of its kept ``residual`` within its slots of the week
+    (pooled): its noise without its rhythm. Devices with fewer than 10 degrees of freedom get the
+    fleet's median."""
+    n = len(segments.counts)
+    between = np.zeros(n)
+    freedom = np.zeros(n)
+    for a, b, sums, counts in _tables(segments, slot, residual, keep, None, slots):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            between[a:b] = np.where(counts > 0, sums * sums / np.maximum(counts, 1), 0.0).sum(axis=1)
+        freedom[a:b] = counts.sum(axis=1) - (counts > 0).sum(axis=1)
+    kept = np.where(keep, residual, np.float32(0.0))
+    total = segments.sum(kept * kept)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variance = np.maximum(total - between, 0.0) / freedom
+    enough = (freedom >= 10) & (variance > 0)
+    fallback = float(np.median(variance[enough])) if enough.any() else 1.0
+    result: npt.NDArray[np.float64] = np.sqrt(np.where(enough, variance, fallback))
+    return result
 
 
 def basis_devices(eligible: npt.NDArray[np.bool_], rank: int, slots: int) -> tuple[npt.NDArray[np.int64], int]:
@@ -251,10 +289,11 @@ def _nearest_center(points: npt.NDArray[np.float64], centers: npt.NDArray[np.flo
 
 
 def _tables(segments: Segments, slot: npt.NDArray[np.int16], residual: npt.NDArray[np.float32],
-            keep: npt.NDArray[np.bool_], fallbacks: Fallbacks) -> Iterator[
+            keep: npt.NDArray[np.bool_], fallbacks: Fallbacks | None, slots: int = 0) -> Iterator[
                 tuple[int, int, npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
-    """Per chunk of devices (a, b): their [b - a, slots] residual sums and counts (with the fallbacks)."""
-    slots = fallbacks.slots
+    """Per chunk of devices (a, b): their [b - a, slots] residual sums and counts (with the
+    fallbacks; without, each slot of the week's own, of ``slots``)."""
+    slots = fallbacks.slots if fallbacks is not None else slots
     ends = np.cumsum(segments.counts)
     a = 0
     while a < len(ends):
@@ -269,6 +308,7 @@ def _tables(segments: Segments, slot: npt.NDArray[np.int16], residual: npt.NDArr
         sums = np.asarray(np.bincount(cells, weights=residual[start:stop][mask], minlength=(b - a) * slots),
                           dtype=np.float64)
         counts = np.bincount(cells, minlength=(b - a) * slots).astype(np.float64)
-        table_sums, table_counts = fallbacks.table(sums.reshape(b - a, slots), counts.reshape(b - a, slots))
+        table_sums, table_counts = (sums.reshape(b - a, slots), counts.reshape(b - a, slots)) if fallbacks is None \
+            else fallbacks.table(sums.reshape(b - a, slots), counts.reshape(b - a, slots))
         yield a, b, table_sums, table_counts
         a = b

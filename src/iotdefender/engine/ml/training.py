@@ -33,6 +33,11 @@ Integer data (counts) get a floor on every spread from a Poisson count's (discre
 metric that is 0 most of the time does not get a spread of ``min_scale`` and thresholds of 100,
 and small ones a step 4 that is a mean shrunk by its sampling noise instead of a median
 (discrete.py).
+
+Few datapoints per device and slot (a small fleet trained over a week and a bit): the fleet's
+per-slot centres and spreads (step 1) and the slot multipliers (step 4) keep only what stands out
+of their sampling noise, the rhythm basis (step 3, not sampled) only the components above its
+noise, and the tail cohorts (step 5) are no more than the devices and scores fill (shrinkage.py).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from iotdefender.engine.ml import calibration, discrete, refit, seasonal, shifts, tails
+from iotdefender.engine.ml import calibration, discrete, refit, seasonal, shifts, shrinkage, tails
 from iotdefender.engine.ml.clock import SeasonalClock, between_table
 from iotdefender.engine.ml.data import TrainingData
 from iotdefender.engine.ml.model import BehaviorModel, DeviceBands, ModelSummary
@@ -133,6 +138,15 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     residual = y - between_table(center.astype(f32), first, second, fraction)
     del y
     fleet_scale = np.maximum(MAD_TO_STD * fallbacks.median(slot[fleet], np.abs(residual[fleet])), settings.min_scale)
+    # Few datapoints a slot: the centres and spreads keep of their slot-to-slot differences only
+    # what stands out of their sampling noise (shrinkage.py; a median's variance is pi/2 a mean's).
+    behind = fallbacks.counts(slot[fleet])
+    shrunk = shrinkage.toward(center, shrinkage.per_count(np.pi / 2 * np.square(fleet_scale), behind), behind)
+    if shrunk is not center:
+        residual -= between_table((shrunk - center).astype(f32), first, second, fraction)
+        center = shrunk
+    fleet_scale = np.exp(shrinkage.toward(np.log(fleet_scale), shrinkage.per_count(shrinkage.LOG_MAD_NOISE, behind),
+                                          behind))
     if counts:
         fleet_scale = discrete.floor(fleet_scale, center, float(np.std(residual[fleet])))
 
@@ -245,7 +259,14 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
             typical = fallbacks.median(slot[some], standardised[some], default=1 / MAD_TO_STD)
             # A slot where most datapoints sit exactly on the fit (a constant metric, a step-shaped
             # rhythm's flat parts) has no spread of its own to scale by: it keeps the device's.
-            shape = np.where(typical > 0, np.clip(MAD_TO_STD * typical, 0.25, 4.0), 1.0)
+            # Few datapoints a slot: only as much of the slots' differences as stands out of their
+            # sampling noise (shrinkage.py).
+            spread_of = typical > 0
+            behind = fallbacks.counts(slot[some])
+            log_shape = np.log(np.where(spread_of, MAD_TO_STD * typical, 1.0))
+            log_shape[spread_of] = shrinkage.toward(
+                log_shape[spread_of], shrinkage.per_count(shrinkage.LOG_MAD_NOISE, behind[spread_of]), behind[spread_of])
+            shape = np.where(spread_of, np.clip(np.exp(log_shape), 0.25, 4.0), 1.0)
     scores = standardised
     scores /= shape.astype(f32)[slot]
     del standardised, slot, first, second, fraction
@@ -276,12 +297,15 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         del squares
         with np.errstate(invalid="ignore", divide="ignore"):
             heaviness = np.nan_to_num(moment4 * n_sorting / (moment2 * moment2))
-    cohort = calibration.cohorts(heaviness, own, settings.tail_cohorts)
+    # No more cohorts than the devices and their calibrating scores fill (shrinkage.py).
+    n_cohorts = shrinkage.tail_cohorts(settings.tail_cohorts, int(own.sum()),
+                                       int(np.count_nonzero(own_point & ~sorting)))
+    cohort = calibration.cohorts(heaviness, own, n_cohorts)
     point_cohort = segments.spread(cohort)[~sorting]
     scores = scores[~sorting]
     del sorting
     by_cohort = np.argsort(point_cohort, kind="stable")  # a radix sort of bytes
-    bounds = np.concatenate(([0], np.cumsum(np.bincount(point_cohort, minlength=settings.tail_cohorts + 1))))
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(point_cohort, minlength=n_cohorts + 1))))
     grouped = scores[by_cohort]
     # Sampled, the cohorts say how heavy a device's noise is, not whether its window held a lasting
     # anomaly (a new behaviour, a level that moved) or the model misses part of it: the devices that
@@ -290,8 +314,8 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     # not sample. Only in cohorts of alike, near-normal tails (``_ALIKE_KURTOSIS``).
     # (all_tails: no score sorts, so ``device`` is every score's; their cohort is one more row, and a
     # cohort is a byte.)
-    owner = device[by_cohort] if all_tails and settings.tail_cohorts < 255 else None
-    alike = np.ones(settings.tail_cohorts + 1, dtype=bool)
+    owner = device[by_cohort] if all_tails and n_cohorts < 255 else None
+    alike = np.ones(n_cohorts + 1, dtype=bool)
     np.logical_and.at(alike, cohort[own], heaviness[own] <= _ALIKE_KURTOSIS)
     # All its datapoints outside the sample first (refit.py), then the sample's scores.
     crowding = calibration.crowding_by_counts(full_fit.beyond, full_fit.outside, cohort, own & alike[cohort]) \
@@ -300,7 +324,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     own_scores = grouped[bounds[1]:]
     fleet_basis = fleet_scores if len(fleet_scores) >= 1_000 or not len(own_scores) else own_scores
     per_cohort = [calibration.thresholds(fleet_basis, shares, floors)]
-    for c in range(1, settings.tail_cohorts + 1):
+    for c in range(1, n_cohorts + 1):
         members = grouped[bounds[c]:bounds[c + 1]]
         if owner is not None and alike[c]:
             whose = owner[bounds[c]:bounds[c + 1]]
@@ -313,7 +337,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     tail_rows = per_cohort[1:]  # the summary's median: over the tail cohorts, not the crowding devices'
     if crowding.any():
         per_cohort.append(calibration.thresholds(np.concatenate(crowded_scores), shares, floors))
-        cohort[crowding] = settings.tail_cohorts + 1
+        cohort[crowding] = n_cohorts + 1
 
     # The scores above are in-sample: a fit of (1 + rank) numbers to a device's n datapoints leaves
     # residuals smaller than a new datapoint's by about sqrt((n - p) / (n + p)). Their shape sets the
