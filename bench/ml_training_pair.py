@@ -13,6 +13,7 @@ Prints one JSON line: each run's CPU and wall seconds and the 1-minute load aver
 the medians, the per-pair differences (after - before, runs i and i+1 of each version in the same
 order-alternated pair) and the machine.
 """
+import importlib
 import json
 import os
 import sys
@@ -24,7 +25,8 @@ import numpy as np
 sys.path.insert(0, sys.argv[4])
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import environment  # noqa: E402
-from iotdefender_old.engine import ml as old  # noqa: E402
+# The code before exists only in OLD_DIR, put on the path above: imported by name at run time.
+old = importlib.import_module("iotdefender_old.engine.ml")
 from iotdefender.engine import ml as new  # noqa: E402
 
 d = sys.argv[1]; k = int(sys.argv[2]); reps = int(sys.argv[3])
