@@ -5,7 +5,8 @@ times over between runs of the same code (other processes take the cores). This 
 detect node's part that decides how many transactions a report waits for: ``PartitionBatchStore``
 (the writer: one transaction at a time over every partition batch waiting) fed the way
 ``PartitionReader`` feeds it (each partition hands over everything that arrived while its previous
-batch was being committed, and waits for that batch's commit). Reports arrive evenly spaced at
+batch was being committed, and waits for that batch's commit; what arrives while its batch waits
+for the writer joins it when the writer takes it). Reports arrive evenly spaced at
 ``--rate`` over ``--devices`` things (bench/fleet_workload.py's 1.8 KB report, its 3 profiles x 10
 behaviors), in one process: no NATS, no broker node.
 
@@ -76,15 +77,26 @@ async def offered(store: PartitionBatchStore, args: argparse.Namespace, first_id
     loop = asyncio.get_running_loop()
     total = int(args.rate * args.seconds)
 
-    async def reader(partition: int) -> None:  # as PartitionReader: all that came, then wait for its commit
+    async def reader(partition: int) -> None:
+        # As PartitionReader: all that came, then wait for its commit, what came meanwhile joining
+        # the batch until the writer takes it (``more``), up to the reader's batch size.
         while True:
             await arrived[partition].wait()
             arrived[partition].clear()
-            taken = list(queues[partition])
-            queues[partition].clear()
+            taken = list(queues[partition])[:args.batch]
+            for _ in taken:
+                queues[partition].popleft()
             if not taken:
                 continue
-            await store.handle(partition, 1, [delivery for _, delivery in taken])
+
+            def more(accept: Any, taken: list[tuple[float, Delivery]] = taken) -> list[Delivery]:
+                added: list[Delivery] = []
+                while queues[partition] and len(taken) < args.batch and accept(queues[partition][0][1]):
+                    taken.append(queues[partition].popleft())
+                    added.append(taken[-1][1])
+                return added
+
+            await store.handle(partition, 1, [delivery for _, delivery in taken], more)
             now = loop.time()
             latencies.extend(now - at for at, _ in taken)
             if queues[partition]:
@@ -156,6 +168,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--devices", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=256, help="a reader's batch size (DetectConsumer's)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     bounded(300)
