@@ -450,6 +450,25 @@ def test_reports_that_reach_a_waiting_batch_are_stored_in_the_same_next_transact
     assert event_types(database, first) == event_types(database, second) == ["in-alarm"]
 
 
+def test_a_batch_whose_reader_fails_to_add_to_it_is_stored_as_handed_and_the_writer_goes_on(database, node):
+    """``More`` is the reader's code, called by the writer: should it raise, the batch is stored as
+    handed over and the writer keeps serving the other batches (a dead writer would leave every
+    reader waiting for ever)."""
+    a = node()
+    first, second = things_in(P, 2, prefix="r")
+    a.store.acquire(P, 10)
+
+    def broken(accept: Callable[[Delivery], bool]) -> list[Delivery]:
+        raise RuntimeError("the reader's defect")
+
+    async def run() -> None:
+        await asyncio.wait_for(a.store.handle(P, 10, [delivery(first, 1, ports=5)], broken), 10)
+        await asyncio.wait_for(a.store.handle(P, 10, [delivery(second, 2, ports=5)]), 10)
+
+    asyncio.run(run())
+    assert counts(database)["metric_values"] == 2
+
+
 def test_one_partition_twice_among_the_waiting_batches_is_stored_once_under_its_own_tokens(database, node):
     """A partition re-acquired by the same node while its old reader's batch still waits: both
     readers hand over the same deliveries (the new consumer starts at the oldest unacked). Stored

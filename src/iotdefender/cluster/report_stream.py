@@ -264,9 +264,14 @@ class PartitionReader:
         this batch), nor while this reader stops or its lease is not valid."""
         if self._gap or self._stopping.is_set() or not self._still_owner():
             return []
-        fetched = sub.take_delivered(self._batch - len(msgs),
-                                     lambda msg: accept(_delivery(self._partition, msg)))
-        in_order = self._in_order(fetched)
+        try:
+            fetched = sub.take_delivered(self._batch - len(msgs),
+                                         lambda msg: accept(_delivery(self._partition, msg)))
+            in_order = self._in_order(fetched)
+        except Exception:  # what it took is lost to this reader: reset the consumer after the batch
+            log.exception("cluster.batch_not_extended", partition=self._partition)
+            self._gap = True
+            return []
         self._gap = len(in_order) < len(fetched)
         added = [_delivery(self._partition, msg) for msg in in_order]
         msgs.extend(in_order)

@@ -157,12 +157,15 @@ class PartitionBatchStore:
             taken, self._waiting = self._waiting, []
             if not taken:
                 continue
-            for (_, _, deliveries), more, _ in taken:
+            for (partition, _, deliveries), more, _ in taken:
                 # What each partition's reader received since it handed its batch over joins it
                 # now, as the transaction starts: it used to wait for the next one (the reader
                 # hands a batch once, then waits for its commit). In stream order, after the
                 # batch, within the reader's batch size; acked, kept or nakked with the batch.
-                deliveries.extend(more(_everything))
+                try:
+                    deliveries.extend(more(_everything))
+                except Exception:  # a defect of the reader's: its batch goes as handed, the writer on
+                    log.exception("partition_batch_not_extended", partition=partition)
             try:
                 results = await asyncio.to_thread(self.store_many, [batch for batch, _, _ in taken])
             except Exception as error:  # store_many answers each batch; this would be a defect of ours
