@@ -5,12 +5,17 @@ times over between runs of the same code (other processes take the cores). This 
 detect node's part that decides how many transactions a report waits for: ``PartitionBatchStore``
 (the writer: one transaction at a time over every partition batch waiting) fed the way
 ``PartitionReader`` feeds it (each partition hands over everything that arrived while its previous
-batch was being committed, and waits for that batch's commit). Reports arrive evenly spaced at
+batch was being committed, and waits for that batch's commit; what arrives while its batch waits
+for the writer joins it when the writer takes it). Reports arrive evenly spaced at
 ``--rate`` over ``--devices`` things (bench/fleet_workload.py's 1.8 KB report, its 3 profiles x 10
 behaviors), in one process: no NATS, no broker node.
 
 Measured: arrival -> committed (the handler returned: the outcome is sent at that moment) p50/p99,
-transactions, reports per transaction, and this process's CPU-seconds per 1,000 reports.
+transactions, reports per transaction, this process's CPU-seconds per 1,000 reports, and per
+report the commits from its arrival to its own, that one included (``commits_waited``: 2 is the
+transaction in progress when it arrived, then its own; 3 or more, a batch that waited while the
+report could not join it). Run with an older tree's ``src`` (a store whose ``handle`` takes no
+``more``), it feeds batches as the reader did then: for A/B runs.
 
     PYTHONPATH=src .venv/bin/python bench/cluster_writer.py [--rate 1000] [--seconds 10] [--devices 3000]
 """
@@ -19,7 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import bisect
+import inspect
 import statistics
 import sys
 import tempfile
@@ -31,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import fleet_workload  # noqa: E402
-from bench.common import bounded, environment  # noqa: E402
+from bench.common import bounded, environment, report  # noqa: E402
 from iotdefender.alerts.routes import AlertRoutes  # noqa: E402
 from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of  # noqa: E402
 from iotdefender.cluster.report_stream import Delivery  # noqa: E402
@@ -66,27 +72,45 @@ def prepared(url: str, data_dir: Path) -> str:
     return url
 
 
-async def offered(store: PartitionBatchStore, args: argparse.Namespace, first_id: int) -> dict[str, Any]:
+async def offered(store: PartitionBatchStore, args: argparse.Namespace, first_id: int,
+                  commits: list[float]) -> dict[str, Any]:
     things = [f"bench-{i}" for i in range(args.devices)]
     datapoints = parse_report(fleet_workload.report(1), "json", {"cpu": "number", "temperature": "number",
                                                                   "firmware": "string-list"}).datapoints
     queues: dict[int, deque[tuple[float, Delivery]]] = {p: deque() for p in range(PARTITION_COUNT)}
     arrived = {p: asyncio.Event() for p in range(PARTITION_COUNT)}
     latencies: list[float] = []
+    waited: list[int] = []  # per report: the commits from its arrival to its own, that one included
     loop = asyncio.get_running_loop()
+    adds = "more" in inspect.signature(store.handle).parameters
     total = int(args.rate * args.seconds)
 
-    async def reader(partition: int) -> None:  # as PartitionReader: all that came, then wait for its commit
+    async def reader(partition: int) -> None:
+        # As PartitionReader: all that came, then wait for its commit, what came meanwhile joining
+        # the batch until the writer takes it (``more``), up to the reader's batch size.
         while True:
             await arrived[partition].wait()
             arrived[partition].clear()
-            taken = list(queues[partition])
-            queues[partition].clear()
+            taken = list(queues[partition])[:args.batch]
+            for _ in taken:
+                queues[partition].popleft()
             if not taken:
                 continue
-            await store.handle(partition, 1, [delivery for _, delivery in taken])
+
+            def more(accept: Any, taken: list[tuple[float, Delivery]] = taken) -> list[Delivery]:
+                added: list[Delivery] = []
+                while queues[partition] and len(taken) < args.batch and accept(queues[partition][0][1]):
+                    taken.append(queues[partition].popleft())
+                    added.append(taken[-1][1])
+                return added
+
+            if adds:
+                await store.handle(partition, 1, [delivery for _, delivery in taken], more)
+            else:  # a PartitionBatchStore from before readers could add to a waiting batch (A/B runs)
+                await store.handle(partition, 1, [delivery for _, delivery in taken])
             now = loop.time()
             latencies.extend(now - at for at, _ in taken)
+            waited.extend(bisect.bisect_right(commits, now) - bisect.bisect_right(commits, at) for at, _ in taken)
             if queues[partition]:
                 arrived[partition].set()
 
@@ -107,7 +131,10 @@ async def offered(store: PartitionBatchStore, args: argparse.Namespace, first_id
         task.cancel()
     await asyncio.gather(*readers, return_exceptions=True)
     ordered = sorted(latencies)
-    return {"reports": total, "committed": len(ordered),
+    return {"reports": total, "committed": len(ordered), "reader_adds_to_waiting_batch": adds,
+            "commits_waited_mean": round(statistics.fmean(waited), 2) if waited else None,
+            "commits_waited_share": {f">={n}": round(sum(1 for w in waited if w >= n) / len(waited), 3)
+                                     for n in (2, 3)} if waited else None,
             "p50_ms": round(1000 * ordered[len(ordered) // 2], 1) if ordered else None,
             "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1) if ordered else None,
             "mean_ms": round(1000 * statistics.fmean(ordered), 1) if ordered else None}
@@ -124,8 +151,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             detection = DetectionService(engine, monitoring, AlertRoutes({}), 172800.0)
             transactions: list[int] = []
 
+            commits: list[float] = []  # when each transaction's outcomes were told (committed)
+
             async def told(outcomes: list[ReportOutcome]) -> None:
                 transactions.append(len(outcomes))
+                commits.append(asyncio.get_running_loop().time())
 
             store = PartitionBatchStore(monitoring, detection, lambda events: None, told)
             for partition in range(PARTITION_COUNT):
@@ -133,10 +163,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             warm = argparse.Namespace(**{**vars(args), "seconds": max(1.0, args.devices / args.rate)})
 
             async def both() -> tuple[dict[str, Any], float]:  # one loop: the store's writer lives in it
-                await offered(store, warm, 1_000)  # every thing's first report (first sight), not measured
+                await offered(store, warm, 1_000, commits)  # every thing's first report (first sight), not measured
                 transactions.clear()
                 cpu = time.process_time()
-                measured = await offered(store, args, 1_000_000)
+                measured = await offered(store, args, 1_000_000, commits)
                 return measured, time.process_time() - cpu
 
             measured, cpu = asyncio.run(both())
@@ -156,13 +186,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--devices", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=256, help="a reader's batch size (DetectConsumer's)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     bounded(300)
-    result = run(args)
-    if args.output:
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("machine", "command")}))
+    report(run(args), args.output)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
 
 PACKAGES = ("iotdefender", "gmqtt", "msgspec", "cbor2", "SQLAlchemy", "botocore", "starlette", "uvicorn",
             "numpy", "paho-mqtt")
@@ -30,3 +33,10 @@ def bounded(seconds: int) -> None:
     signal.signal(signal.SIGALRM, expire)
     signal.signal(signal.SIGTERM, expire)
     signal.alarm(seconds)
+
+
+def report(result: dict[str, Any], output: Path | None, hidden: tuple[str, ...] = ("machine", "command")) -> None:
+    """Write the whole result to ``output`` (if given) and print it without the ``hidden`` keys."""
+    if output:
+        output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in hidden}))

@@ -20,7 +20,7 @@ from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
 from iotdefender.ingest.cluster_commit import JetStreamCommitter
-from iotdefender.cluster.report_stream import Delivery, ReportPublisher, report_message_id
+from iotdefender.cluster.report_stream import Delivery, More, ReportPublisher, report_message_id
 from iotdefender.cluster.topology import Topology, ensure
 from iotdefender.ingest.service import IngestService
 from iotdefender.pipeline.detection import DetectionService
@@ -178,7 +178,7 @@ def test_a_report_is_answered_on_its_own_outcome_not_the_slowest_of_its_batch(je
         await ensure(broker_nc.jetstream(), topology)
         send = OutcomeSender(detect_nc)
 
-        async def commit(partition: int, token: int, deliveries: Sequence[Delivery]) -> None:
+        async def commit(partition: int, token: int, deliveries: Sequence[Delivery], more: More) -> None:
             # A detect node whose commit of the slow thing's partition takes 1.5 s.
             messages = [(d, decode(d.payload)) for d in deliveries]
             if any(m.thing == slow for _, m in messages):
@@ -258,7 +258,7 @@ def test_a_resend_of_a_report_rejected_to_a_connection_the_device_left_is_answer
         broker_nc, detect_nc = await connections(jetstream, topology)
         send = OutcomeSender(detect_nc)
 
-        async def commit(partition: int, token: int, deliveries: Sequence[Delivery]) -> None:
+        async def commit(partition: int, token: int, deliveries: Sequence[Delivery], more: More) -> None:
             # A detect node that refuses the first copy of a report and stores any later one.
             outcomes = []
             for d in deliveries:

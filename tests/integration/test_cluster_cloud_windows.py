@@ -15,7 +15,7 @@ import asyncio
 import json
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,12 @@ from iotdefender.pipeline.batch_store import EventSummary
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.partition_store import PartitionBatchStore
+from iotdefender.pipeline.report_message import ReportMessage
+from iotdefender.pipeline.report_message import encode as encode_report
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
 from iotdefender.store.availability import StoreUnavailable
+from iotdefender.store import metric_values
 from iotdefender.store.database import create_engine
 
 pytestmark = pytest.mark.postgres
@@ -169,6 +172,51 @@ def test_a_device_that_moves_between_broker_nodes_keeps_one_series(database):
     assert event_types(database, mover) == ["in-alarm:sent", "alarm-cleared:sent"]
     assert [p["aws:disconnect-duration"]["count"] for _, p in datapoints(database, leaver)] == [4, 9]
     detect.engine.dispose()
+
+
+def stored_report_id(detect: Detect, thing: str) -> int | None:
+    with detect.engine.connect() as conn:
+        state = metric_values.load_report_states(conn, {thing}).get(thing)
+    return state[0] if state is not None else None
+
+
+def test_reports_that_join_a_waiting_batch_stop_at_a_window_part(database):
+    """What a reader received after handing its batch over joins the reports (``More``) only up
+    to the first cloud window part: a part among them would be read as a report (poison:
+    answered and acked, the part lost); it and what follows come in the reader's next batch,
+    whose handler stores the part first."""
+    clock = Clock(W * WINDOW_S + 10)
+    detect = Detect(database, clock)
+    detect.acquire(P, 7)
+    thing = things_in(P, 1, "join")[0]
+    parts: list[Delivery] = []
+    a = broker("node-a", clock, parts)
+    a.intake.connect_attempt(thing, "10.0.0.1", True)
+    clock.now = (W + 1) * WINDOW_S + 0.2
+    assert asyncio.run(a.publish_due()) == 1
+
+    def report(report_id: int) -> Delivery:
+        message = ReportMessage(thing, {"aws:num-listening-tcp-ports": {"count": 1}}, clock.now, report_id,
+                                "json", "iotdefender.replies.b1")
+        return Delivery(P, thing, encode_report(message), 10 + report_id, 1)
+
+    received = [report(2), Delivery(P, thing, parts[0].payload, 20, 1), report(3)]
+
+    def more(accept: Callable[[Delivery], bool]) -> list[Delivery]:  # as PartitionReader's: in order
+        taken = list(itertools.takewhile(accept, received))
+        del received[:len(taken)]
+        return taken
+
+    async def reader() -> None:  # one event loop, as a node's
+        await detect.handle(P, 7, [report(1)], more)
+        assert [d.stream_sequence for d in received] == [20, 13]  # the part and what follows it: left
+        assert stored_report_id(detect, thing) == 2  # reports 1 and 2, in one batch
+        await detect.handle(P, 7, received)  # the reader's next batch
+        assert stored_report_id(detect, thing) == 3
+
+    asyncio.run(reader())
+    with detect.engine.connect() as conn:
+        assert [part.thing for part in cluster_parts.load(conn, P)[1]] == [thing]  # the part: stored as one
 
 
 def test_a_superseded_owner_stores_nothing_and_the_next_owner_closes_the_window_from_every_part_kept(database):

@@ -13,13 +13,13 @@ from prometheus_client import REGISTRY
 from iotdefender.cluster.health import ClusterHealth
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.partitions import assignment
-from iotdefender.cluster.report_stream import Delivery
+from iotdefender.cluster.report_stream import Delivery, More
 from iotdefender.cluster.topology import Topology, ensure
 
 PARTITIONS = 8
 
 
-async def nothing(partition: int, token: int, batch: Sequence[Delivery]) -> None:
+async def nothing(partition: int, token: int, batch: Sequence[Delivery], more: More) -> None:
     return None
 
 

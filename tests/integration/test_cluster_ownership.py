@@ -18,7 +18,7 @@ from iotdefender.cluster import fencing
 from iotdefender.cluster.health import ClusterHealth
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.partitions import PARTITION_COUNT, assignment
-from iotdefender.cluster.report_stream import Delivery, ReportPublisher, report_message_id
+from iotdefender.cluster.report_stream import Delivery, More, ReportPublisher, report_message_id
 from iotdefender.cluster.topology import Topology, count_servers, ensure, replicas_for
 from iotdefender.store.database import create_engine, upgrade_to_head
 from iotdefender.store.schema import cluster_partition_fences
@@ -37,7 +37,7 @@ def cluster():
     servers.stop()
 
 
-async def _nothing(partition: int, token: int, batch: Sequence[Delivery]) -> None:
+async def _nothing(partition: int, token: int, batch: Sequence[Delivery], more: More) -> None:
     return None
 
 

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from iotdefender.cluster.health import ClusterHealth
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.partitions import PARTITION_COUNT, assignment
-from iotdefender.cluster.report_stream import Delivery
+from iotdefender.cluster.report_stream import Delivery, More
 from iotdefender.cluster.topology import Topology
 from tests.support.waiting import eventually
 from tests.support.jetstream import connected
 
 
-async def _nothing(partition: int, token: int, batch: Sequence[Delivery]) -> None:
+async def _nothing(partition: int, token: int, batch: Sequence[Delivery], more: More) -> None:
     return None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 import nats
@@ -12,7 +12,7 @@ import pytest
 
 from iotdefender.cluster.ownership import Ownership, lease_key
 from iotdefender.cluster.partitions import partition_of
-from iotdefender.cluster.report_stream import Delivery, PartitionReader, ReportPublisher, report_message_id
+from iotdefender.cluster.report_stream import Delivery, More, PartitionReader, ReportPublisher, report_message_id
 from iotdefender.cluster.topology import Topology, TopologyMismatch, count_servers, ensure, replicas_for
 from tests.support.jetstream import JetStreamCluster, SingleJetStream, make_leader
 
@@ -104,7 +104,7 @@ def test_reader_hands_batches_in_order_acks_after_the_handler_and_retries_a_fail
         seen: list[Delivery] = []
         calls = 0
 
-        async def handler(p: int, token: int, batch: Sequence[Delivery]) -> None:
+        async def handler(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
             nonlocal calls
             calls += 1
             info = await js.consumer_info(topology.stream, topology.consumer_of(p))
@@ -145,7 +145,7 @@ def test_a_delivery_lost_while_the_reader_paused_comes_back_at_once_not_after_ac
         valid = False
         handled: list[Delivery] = []
 
-        async def handler(p: int, token: int, batch: Sequence[Delivery]) -> None:
+        async def handler(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
             handled.extend(batch)
 
         reader = PartitionReader(js, topology, partition, handler, token=1, still_owner=lambda: valid,
@@ -188,7 +188,7 @@ def test_a_failed_batch_comes_back_before_the_reports_the_reader_already_held_af
         handled: list[int] = []
         failed = False
 
-        async def handler(p: int, token: int, batch: Sequence[Delivery]) -> None:
+        async def handler(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
             nonlocal failed
             if not failed:
                 failed = True
@@ -211,6 +211,62 @@ def test_a_failed_batch_comes_back_before_the_reports_the_reader_already_held_af
     run(go())
 
 
+def test_reports_delivered_while_a_batch_waits_join_it_in_order_within_the_batch_size(single):
+    """``more`` (what the writer calls as its transaction starts) adds what was delivered after the
+    batch in hand: in stream order, no more than the batch size, up to the first delivery refused;
+    acked with the batch after the handler returns, and kept with it when the handler fails. The
+    rest comes in the next batch, in order. A reader whose pull request was used up opens another
+    as it hands a batch over, so that reports arriving meanwhile are delivered and can join it."""
+    async def go() -> None:
+        nc, js, topology, publisher = await _two_partitions(single.urls)
+        thing = _thing_in(1, 2, "more")
+        batches: list[list[int]] = []  # each handler call's batch as handed over
+        added: list[list[int]] = []  # what each call of ``more`` added to it
+
+        async def publish(*report_ids: int) -> None:
+            for report_id in report_ids:
+                await publisher.publish(thing, str(report_id).encode(), report_message_id(thing, report_id))
+            await asyncio.sleep(0.3)  # delivered to the reader's open pull request meanwhile
+
+        def more_of(more: More, accept: Callable[[Delivery], bool] = lambda d: True) -> None:
+            added.append([int(d.payload) for d in more(accept)])
+
+        async def handler(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
+            call = len(batches)
+            batches.append([int(d.payload) for d in batch])
+            if call == 0:
+                await publish(*range(1, 9))
+                more_of(more)
+                more_of(more)  # the batch is full (6)
+                info = await js.consumer_info(topology.stream, topology.consumer_of(p))
+                assert info.num_ack_pending == 6  # nothing acked before the handler returns
+            elif call == 1:
+                await publish(9, 10, 11, 12)
+                more_of(more, lambda d: d.payload != b"11")
+            elif call == 2:  # its request was used up (6 delivered): another is open, 12 arrives
+                await publish(13)
+                more_of(more)
+                raise RuntimeError("the transaction failed")
+
+        reader = PartitionReader(js, topology, 1, handler, token=1, still_owner=lambda: True, batch=6,
+                                 retry_pause_s=0.05)
+        await reader.start()
+        await publisher.publish(thing, b"0", report_message_id(thing, 0))
+        for _ in range(200):
+            if reader.handled >= 14:
+                break
+            await asyncio.sleep(0.05)
+        await reader.stop()
+        assert added == [[1, 2, 3, 4, 5], [], [9, 10], [12, 13]]
+        # Each batch starts where the additions to the one before ended; the failed batch is
+        # handed over again with what was added to it, before anything after it.
+        assert batches == [[0], [6, 7, 8], [11], [11, 12, 13]]
+        assert reader.handled == 14
+        assert (await js.stream_info(topology.stream)).state.messages == 0  # every one acked
+        await nc.close()
+    run(go())
+
+
 def test_a_delivery_taken_by_another_pull_request_is_handled_before_the_next_one(single):
     """While the reader handles a batch, another binding of the partition's consumer (the previous
     owner's last pull request; or a delivery lost with a NATS server) takes the next report and
@@ -223,7 +279,7 @@ def test_a_delivery_taken_by_another_pull_request_is_handled_before_the_next_one
         handled: list[int] = []
         in_hand, go_on = asyncio.Event(), asyncio.Event()
 
-        async def handler(p: int, token: int, batch: Sequence[Delivery]) -> None:
+        async def handler(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
             handled.extend(int(d.payload) for d in batch)
             in_hand.set()
             await go_on.wait()
@@ -283,7 +339,7 @@ def test_losing_one_server_of_three_loses_no_stored_report_and_retries_are_store
             assert info.state.messages == 400 and info.config.num_replicas == 3
             seen: set[int] = set()
 
-            async def store(p: int, token: int, batch: Sequence[Delivery]) -> None:
+            async def store(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
                 seen.update(d.stream_sequence for d in batch)
 
             readers = [PartitionReader(js, topology, p, store, token=1, still_owner=lambda: True) for p in range(4)]
@@ -432,7 +488,7 @@ def test_a_reader_sends_one_pull_request_per_expiry_not_one_or_two_per_batch(sin
         thing = next(f"t-{i}" for i in range(100) if partition_of(f"t-{i}", 4) == 2)
         seen: list[int] = []
 
-        async def handler(p: int, token: int, batch: Sequence[Delivery]) -> None:
+        async def handler(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
             seen.extend(int(d.payload) for d in batch)
 
         def received() -> int:
@@ -484,7 +540,7 @@ def test_a_reader_resumes_about_a_second_after_its_consumer_elects_a_leader_not_
                 await make_leader(js, topology.stream, victim.name, consumer=topology.consumer_of(p))
             handled: dict[int, float] = {}
 
-            async def handler(p: int, token: int, batch: Sequence[Delivery]) -> None:
+            async def handler(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
                 handled.setdefault(p, time.time())
 
             readers = [PartitionReader(js, topology, p, handler, token=1, still_owner=lambda: True)

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from iotdefender.cluster import fencing
 from iotdefender.cluster.node import DetectConsumer
-from iotdefender.cluster.report_stream import Delivery
+from iotdefender.cluster.report_stream import Delivery, More
 from iotdefender.cluster.topology import Topology, count_servers, ensure, replicas_for
 from iotdefender.store.schema import cluster_partition_fences
 
@@ -65,7 +65,7 @@ async def main(urls: list[str], node_id: str, database_url: str, ttl: float, hol
     async def on_acquired(partition: int, token: int) -> None:
         await asyncio.to_thread(claim, partition, token)
 
-    async def handle(partition: int, token: int, deliveries: Sequence[Delivery]) -> None:
+    async def handle(partition: int, token: int, deliveries: Sequence[Delivery], more: More) -> None:
         await asyncio.to_thread(commit, partition, token, deliveries)
         await asyncio.sleep(hold)
 

@@ -46,7 +46,7 @@ from iotdefender.cloud.service import CloudEventIntake, CloudMetricsService
 from iotdefender.cluster import fencing
 from iotdefender.ingest.report import ReportRejected, check_thing_name
 from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of
-from iotdefender.cluster.report_stream import BatchHandler, Delivery
+from iotdefender.cluster.report_stream import BatchHandler, Delivery, More, nothing_more
 from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSummary, summaries
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import store_reports
@@ -89,9 +89,14 @@ def encode(message: CloudWindowMessage) -> bytes:
     return _encoder.encode(message)
 
 
+def _marked(payload: bytes) -> bool:
+    """Whether ``payload`` is a cloud window part's, without decoding it."""
+    return payload[1:1 + len(_MARK)] == _MARK
+
+
 def decode(payload: bytes) -> CloudWindowMessage | None:
     """The cloud window in ``payload``, or None if it is not one (a report, for the report store)."""
-    if payload[1:1 + len(_MARK)] != _MARK:
+    if not _marked(payload):
         return None
     try:
         message = _decoder.decode(payload)
@@ -293,7 +298,8 @@ class WindowCollector:
     def handler(self, reports: BatchHandler) -> BatchHandler:
         """The partitions' handler: cloud window parts stored and held here, the rest handed to
         ``reports``; raises (the batch is nakked) if the parts cannot be stored."""
-        async def handle(partition: int, token: int, deliveries: Sequence[Delivery]) -> None:
+        async def handle(partition: int, token: int, deliveries: Sequence[Delivery],
+                         more: More = nothing_more) -> None:
             rest, parts = [], []
             for delivery in deliveries:
                 message = decode(delivery.payload)
@@ -306,7 +312,12 @@ class WindowCollector:
                 for message in parts:
                     self.add(partition, message)  # unless its window was closed meanwhile (late)
             if rest:
-                await reports(partition, token, rest)
+                # What arrives meanwhile joins the reports up to the first part (parts are stored
+                # here, before the batch is acked: the next batch takes that one).
+                def more_reports(accept: Callable[[Delivery], bool]) -> list[Delivery]:
+                    return more(lambda delivery: not _marked(delivery.payload) and accept(delivery))
+
+                await reports(partition, token, rest, more_reports)
         return handle
 
     def load(self, partition: int) -> tuple[Mark | None, list[StoredPart]]:

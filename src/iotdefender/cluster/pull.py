@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+from collections.abc import Callable
 
 import nats.errors
 from nats.aio.client import Client
@@ -72,15 +73,8 @@ class PullStream:
             now = loop.time()
             if now >= deadline:
                 raise asyncio.TimeoutError
-            if self._left <= 0 or now >= self._expires_at:
-                # The request ends by this fetch's deadline, so none outlives the ownership check the
-                # reader made before calling fetch by more than ``timeout`` (as nats-py's did).
-                expires = min(self._expires_s, deadline - now)
-                if expires < 0.01:
-                    raise asyncio.TimeoutError
-                self._left, self._requested_at, self._expires_at = self._batch, now, now + expires
-                request = json.dumps({"batch": self._batch, "expires": int(expires * 1e9)}).encode()
-                await self._nc.publish(self._next_subject, request, reply=self._inbox)
+            if (self._left <= 0 or now >= self._expires_at) and not await self._request(now, deadline):
+                raise asyncio.TimeoutError
             self._arrived.clear()
             if self._queue:
                 continue
@@ -89,11 +83,41 @@ class PullStream:
             except asyncio.TimeoutError:
                 pass
 
-    def _take(self, msgs: list[Msg], batch: int, now: float) -> None:
+    async def keep_open(self, timeout: float) -> None:
+        """A request open for up to ``timeout`` (sent unless one is): a reader calls it as it hands
+        a batch over, so what arrives while that batch waits for the writer is delivered and can
+        join it (``take_delivered``) rather than wait for the reader's next ``fetch``."""
+        now = asyncio.get_running_loop().time()
+        if self._left <= 0 or now >= self._expires_at:
+            await self._request(now, now + timeout)
+
+    async def _request(self, now: float, deadline: float) -> bool:
+        """Send a request that ends by ``deadline`` (False if too little time is left), so none
+        outlives the ownership check the reader made before calling by more than its timeout (as
+        nats-py's did)."""
+        expires = min(self._expires_s, deadline - now)
+        if expires < 0.01:
+            return False
+        self._left, self._requested_at, self._expires_at = self._batch, now, now + expires
+        request = json.dumps({"batch": self._batch, "expires": int(expires * 1e9)}).encode()
+        await self._nc.publish(self._next_subject, request, reply=self._inbox)
+        return True
+
+    def take_delivered(self, limit: int, accept: Callable[[Msg], bool]) -> list[Msg]:
+        """The reports delivered so far (at most ``limit``), without waiting or asking for more,
+        up to the first that ``accept`` refuses or a status that is an error: both are left for
+        the next ``fetch``. For a reader adding to a batch that has not been taken yet."""
+        msgs: list[Msg] = []
+        self._take(msgs, limit, asyncio.get_running_loop().time(), accept)
+        return msgs
+
+    def _take(self, msgs: list[Msg], batch: int, now: float, accept: Callable[[Msg], bool] | None = None) -> None:
         while self._queue and len(msgs) < batch:
             msg = self._queue[0]
             status = msg.headers.get(STATUS) if msg.headers else None
             if not status:
+                if accept is not None and not accept(msg):
+                    return
                 msgs.append(self._queue.popleft())
                 self._left -= 1
                 continue
@@ -107,7 +131,7 @@ class PullStream:
                 if status != REQUEST_TIMEOUT or now >= self._requested_at + 0.8 * (self._expires_at - self._requested_at):
                     self._left = 0
                 continue
-            if msgs:  # hand over what came before it first; raise on the next fetch
+            if msgs or accept is not None:  # hand over what came before it first; raise on the next fetch
                 return
             self._queue.popleft()
             self._left = 0

@@ -11,7 +11,8 @@ Reading (``PartitionReader``): one pull consumer per partition, read by one node
 (ownership.py), so the stream order of a partition, and with it the order of each thing's reports,
 is the order the handler sees. A batch is acked only after the handler returns (where the
 transaction will commit); if the handler raises, the reader keeps the batch and hands it over
-again (below). A process that dies before acking leaves its batch unacked; the next owner resets the
+again (below). Until the handler's writer takes the batch, what the reader's open pull request
+delivers meanwhile can join it (``More``), in order, up to the batch size. A process that dies before acking leaves its batch unacked; the next owner resets the
 consumer (``PartitionReader.start``) and, the stream being a work queue that removes acked messages only, reads
 again from the first report not acknowledged. A batch whose handler fails is kept and handed over
 again, never passed; and a reader never reads past a delivery it did not get (a gap in the
@@ -96,8 +97,21 @@ class Delivery:
     delivered: int
 
 
-#: The detect node's work: called with (partition, fencing token, batch); returns once committed.
-BatchHandler = Callable[[int, int, Sequence[Delivery]], Awaitable[None]]
+#: What the partition's reader received after the batch it handed over: ``more(accept)`` takes
+#: it, in stream order and without waiting, up to the first delivery ``accept`` refuses (left for
+#: the reader's next batch) and within the reader's batch size; what it returns joins the batch
+#: (acked with it, handed back with it). The writer calls it when its transaction starts, so a
+#: report that reached a partition whose batch was still waiting for the writer is stored with
+#: that batch instead of one transaction later (pipeline/partition_store.py).
+More = Callable[[Callable[[Delivery], bool]], list[Delivery]]
+
+#: The detect node's work: called with (partition, fencing token, batch, more); returns once committed.
+BatchHandler = Callable[[int, int, Sequence[Delivery], More], Awaitable[None]]
+
+
+def nothing_more(accept: Callable[[Delivery], bool]) -> list[Delivery]:
+    """The ``More`` of a batch that nothing can be added to (tests, tools, a redelivered batch)."""
+    return []
 
 
 def _delivery(partition: int, msg: Msg) -> Delivery:
@@ -125,6 +139,7 @@ class PartitionReader:
         # The consumer sequence the next delivery must carry (None: not known yet). JetStream numbers
         # a consumer's deliveries 1, 2, 3... (redeliveries too); a jump means one went elsewhere.
         self._next_delivery: int | None = None
+        self._gap = False  # a delivery went missing after the batch in hand: add nothing to it
         self.handled = 0
         self.redelivered = 0
 
@@ -232,10 +247,11 @@ class PartitionReader:
                     await asyncio.sleep(self._retry_pause_s)
                     continue
                 in_order = self._in_order(msgs)
+                self._gap = len(in_order) < len(msgs)  # a delivery went missing before msgs[len(in_order)]
                 if in_order:  # nats-py's fetch can end with no message (only status replies): nothing to hand
-                    disturbed = not await self._handle(in_order)
-                if len(in_order) < len(msgs):
-                    disturbed = True  # a delivery went missing before msgs[len(in_order)]: reset first
+                    disturbed = not await self._handle(sub, in_order)
+                if self._gap:
+                    disturbed = True  # reset the consumer first (_bind), so the missing one comes next
         finally:
             if sub is not None:
                 with contextlib.suppress(nats.errors.Error):
@@ -273,7 +289,29 @@ class PartitionReader:
             self._next_delivery = sequence + 1
         return msgs
 
-    async def _handle(self, msgs: list[Msg]) -> bool:
+    def _more(self, sub: PullStream, msgs: list[Msg], deliveries: list[Delivery],
+              accept: Callable[[Delivery], bool]) -> list[Delivery]:
+        """The ``More`` of the batch in hand (``msgs``): what the open pull request delivered since,
+        in order, added to ``msgs`` and ``deliveries`` (so acked, kept or nakked with them), at most
+        up to the batch size. Nothing once a delivery went missing (the consumer is reset after
+        this batch), nor while this reader stops or its lease is not valid."""
+        if self._gap or self._stopping.is_set() or not self._still_owner():
+            return []
+        try:
+            fetched = sub.take_delivered(self._batch - len(msgs),
+                                         lambda msg: accept(_delivery(self._partition, msg)))
+            in_order = self._in_order(fetched)
+        except Exception:  # what it took is lost to this reader: reset the consumer after the batch
+            log.exception("cluster.batch_not_extended", partition=self._partition)
+            self._gap = True
+            return []
+        self._gap = len(in_order) < len(fetched)
+        added = [_delivery(self._partition, msg) for msg in in_order]
+        msgs.extend(in_order)
+        deliveries.extend(added)
+        return added
+
+    async def _handle(self, sub: PullStream, msgs: list[Msg]) -> bool:
         """Hand the batch over and ack it once the handler returns; False if it was handed back
         (nakked) instead, and the reader must check its consumer before reading on (``_bind``).
 
@@ -285,6 +323,10 @@ class PartitionReader:
         must stop or its lease is no longer valid."""
         deliveries = [_delivery(self._partition, msg) for msg in msgs]
         attempt = 0
+
+        def more(accept: Callable[[Delivery], bool]) -> list[Delivery]:
+            return self._more(sub, msgs, deliveries, accept)
+
         while True:
             if not self._still_owner() or (attempt and self._stopping.is_set()):
                 # The lease ran out (in doubt, or lost): hand the batch back rather than commit as a
@@ -296,7 +338,10 @@ class PartitionReader:
                 return False
             attempt += 1
             try:
-                await self._handler(self._partition, self.token, deliveries)
+                if len(msgs) < self._batch and not self._gap:
+                    with contextlib.suppress(nats.errors.Error):  # nothing joins the batch then
+                        await sub.keep_open(self._fetch_wait_s)
+                await self._handler(self._partition, self.token, list(deliveries), more)
                 break
             except Exception as error:
                 if attempt == 1:

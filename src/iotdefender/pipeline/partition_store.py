@@ -40,7 +40,12 @@ node at a time reads a partition.
 Batches of several partitions that wait at the same time (each partition's reader hands one over
 and waits) are committed together in one transaction (``store_many``): one commit instead of one
 per partition, each partition still fenced and its progress advanced; when that transaction fails
-for any reason, each batch is stored on its own as described above.
+for any reason, each batch is stored on its own as described above. When the writer takes the
+waiting batches, each takes with it what its reader received since handing it over (the reader's
+``More``: in stream order, within the reader's batch size), so a report that reaches a partition
+whose batch waits is stored in the next transaction, not the one after it. The batch is still one
+reader's unit: acked after its commit, kept whole and handed over again when it fails, so nothing
+later of its partition is stored before it.
 
 Taking over a partition (``acquire``): the fence is claimed in its own transaction, then the alarm
 states of exactly that partition's things are loaded from the database, leaving the other
@@ -60,7 +65,7 @@ from sqlalchemy.engine import Connection
 
 from iotdefender.cluster import fencing
 from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of
-from iotdefender.cluster.report_stream import Delivery
+from iotdefender.cluster.report_stream import Delivery, More, nothing_more
 from iotdefender.pipeline.batch_isolation import store_isolating
 from iotdefender.pipeline.batch_store import EventListener, EventSummary, summaries
 from iotdefender.pipeline.detection import DetectionService
@@ -78,6 +83,8 @@ STALE_REPORT_ID = "StaleReportId"  # ingest.report.RejectCode.STALE_REPORT_ID
 
 #: (partition, fencing token, deliveries): one reader's batch.
 PartitionBatch = tuple[int, int, Sequence[Delivery]]
+#: A batch handed over and not yet taken by the writer: its reader's ``More`` may still add to it.
+_Growing = tuple[int, int, list[Delivery]]
 
 #: Told, once per transaction, the outcomes of every batch it answered (each batch's in delivery
 #: order): the broker nodes' replies, so that they can go out as one message per broker node.
@@ -86,6 +93,10 @@ OutcomeListener = Callable[[list[ReportOutcome]], Awaitable[None]]
 
 async def ignore_outcomes(outcomes: list[ReportOutcome]) -> None:
     """The listener of a node that answers no broker node (tests, tools)."""
+
+
+def _everything(delivery: Delivery) -> bool:
+    return True
 
 
 @dataclass(frozen=True)
@@ -114,17 +125,19 @@ class PartitionBatchStore:
         self._on_outcomes = on_outcomes
         self._partitions = partitions
         # Batches handed over by the partitions' readers and not yet taken by the writer (handle).
-        self._waiting: list[tuple[PartitionBatch, asyncio.Future[list[ReportOutcome]]]] = []
+        self._waiting: list[tuple[_Growing, More, asyncio.Future[list[ReportOutcome]]]] = []
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
 
     # -- for DetectConsumer ----------------------------------------------------------------------
-    async def handle(self, partition: int, token: int, deliveries: Sequence[Delivery]) -> None:
-        """The ``BatchHandler``: store (with the other partitions' batches waiting now), then tell
-        the outcomes; raises (the batch is not acked) when fenced or when the database is unavailable."""
+    async def handle(self, partition: int, token: int, deliveries: Sequence[Delivery],
+                     more: More = nothing_more) -> None:
+        """The ``BatchHandler``: store (with the other partitions' batches waiting now, and what
+        ``more`` brought until the writer took it), then tell the outcomes; raises (the batch is
+        not acked) when fenced or when the database is unavailable."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[ReportOutcome]] = loop.create_future()
-        self._waiting.append(((partition, token, deliveries), future))
+        self._waiting.append(((partition, token, list(deliveries)), more, future))
         if self._wake is None:
             self._wake = asyncio.Event()
         self._wake.set()
@@ -144,8 +157,17 @@ class PartitionBatchStore:
             taken, self._waiting = self._waiting, []
             if not taken:
                 continue
+            for (partition, _, deliveries), more, _ in taken:
+                # What each partition's reader received since it handed its batch over joins it
+                # now, as the transaction starts: it used to wait for the next one (the reader
+                # hands a batch once, then waits for its commit). In stream order, after the
+                # batch, within the reader's batch size; acked, kept or nakked with the batch.
+                try:
+                    deliveries.extend(more(_everything))
+                except Exception:  # a defect of the reader's: its batch goes as handed, the writer on
+                    log.exception("partition_batch_not_extended", partition=partition)
             try:
-                results = await asyncio.to_thread(self.store_many, [batch for batch, _ in taken])
+                results = await asyncio.to_thread(self.store_many, [batch for batch, _, _ in taken])
             except Exception as error:  # store_many answers each batch; this would be a defect of ours
                 log.exception("partition_writer_failed", batches=len(taken))
                 results = [error] * len(taken)
@@ -155,7 +177,7 @@ class PartitionBatchStore:
                     await self._on_outcomes(answered)
                 except Exception:  # committed already: an answer lost costs the device a retry, not the ack
                     log.exception("partition_outcomes_not_told", outcomes=len(answered))
-            for (_, future), result in zip(taken, results):
+            for (_, _, future), result in zip(taken, results):
                 if future.done():
                     continue
                 if isinstance(result, BaseException):
