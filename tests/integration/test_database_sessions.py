@@ -114,13 +114,18 @@ def test_a_pooled_connection_used_just_before_is_not_pinged_and_its_death_is_an_
 def test_a_backtest_holds_no_transaction_open_while_it_evaluates(postgres, monkeypatch):
     """Evaluating a series or replaying a batch takes seconds on a large history: with a read
     transaction open meanwhile, the server's bound on idle transactions would end the backtest."""
-    engine = create_engine(postgres.create_database(f"sess{time.time_ns()}"), idle_in_transaction_s=0.3)
-    upgrade_to_head(engine)
-    with writing(engine) as conn:
+    url = postgres.create_database(f"sess{time.time_ns()}")
+    # The schema and the history are laid down without the bound: on a loaded machine a migration's
+    # transaction can sit idle between its statements for longer than 0.3 s.
+    setup = create_engine(url)
+    upgrade_to_head(setup)
+    with writing(setup) as conn:
         insert_reports(conn, [RetainedReport(f"t{i % 3}", 1000.0 + i, {"cpu": {"number": float(i)},
                                                                      "aws:num-connections": {"count": i % 4},
                                                                      "aws:message-byte-size": {"count": 100 + i}})
                               for i in range(12)])
+    setup.dispose()
+    engine = create_engine(url, idle_in_transaction_s=0.3)
     monkeypatch.setattr(history, "iter_reports", functools.partial(history.iter_reports, batch=4))
     fast = [{"name": "cpu", "metric": "cpu", "criteria": {"comparisonOperator": "greater-than",
                                                          "value": {"number": 5}}},
