@@ -107,12 +107,16 @@ def _consumer_config(topology: Topology, partition: int) -> ConsumerConfig:
         max_deliver=-1, max_ack_pending=topology.max_ack_pending, num_replicas=topology.replicas)
 
 
+NO_PEERS_FOR_PLACEMENT = 10005  # nats-server's JSClusterNoPeersErr
+
+
 async def ensure(js: JetStreamContext, topology: Topology, patience_s: float = 30.0) -> None:
     """Create the stream, consumers and buckets if missing; refuse if they exist with other settings.
 
     A cluster that has just formed, or is electing a leader, answers JetStream API requests with
-    timeouts or 503s for a few seconds (seen in the tests on a fresh 3-server cluster): every step
-    is idempotent, so the whole is retried for up to ``patience_s``. A mismatch is never retried.
+    timeouts or 503s for a few seconds (seen in the tests on a fresh 3-server cluster), and refuses
+    to place replicated streams until enough servers are known online: every step is idempotent,
+    so the whole is retried for up to ``patience_s``. A mismatch is never retried.
     """
     deadline = asyncio.get_running_loop().time() + patience_s
     while True:
@@ -121,7 +125,13 @@ async def ensure(js: JetStreamContext, topology: Topology, patience_s: float = 3
         except (asyncio.TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
             if asyncio.get_running_loop().time() > deadline:
                 raise
-            await asyncio.sleep(0.5)
+        except nats.js.errors.BadRequestError as error:
+            # "no suitable peers for placement": fewer servers than the replicas are known online
+            # to the meta leader yet (a cluster still forming, a server restarting); seen once on
+            # a fresh 3-server cluster whose servers all answered /healthz.
+            if error.err_code != NO_PEERS_FOR_PLACEMENT or asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.5)
 
 
 async def _ensure_all(js: JetStreamContext, topology: Topology) -> None:
