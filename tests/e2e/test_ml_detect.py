@@ -137,13 +137,16 @@ def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service, page: 
     odd = fleet.devices[0]
     for _ in range(2):
         fleet.send(odd, list(range(1000, 1060)), 5000.0)
-    # A burst of messages in two windows at least: a few a window is its normal. Trained on ~140
-    # windows of 0 to 4 messages, all judged against the fleet, the model's HIGH band reaches about a
-    # thousand: far beyond it.
-    for _ in range(2):
-        for _ in range(5_000):
+    # A burst of messages over four windows: a few a window is its normal. Trained on ~140 windows
+    # of 0 to 4 messages, all judged against the fleet, the model's HIGH band reaches about a
+    # thousand: far beyond it. Sent with no pause longer than a small part of a window, so that two
+    # consecutive windows are full: two bursts 0.3 s apart (more than a 0.25 s window) could leave
+    # an empty window between them when each burst was quick, and the alarm never came.
+    burst_until = time.monotonic() + 1.0
+    while time.monotonic() < burst_until:
+        for _ in range(250):
             odd.client.publish(f"telemetry/{DEVICES[0]}", b"x", qos=0)
-        time.sleep(0.3)
+        time.sleep(0.01)
     wait_until(lambda: any(e["behavior"]["name"] == "sent-ml" for e in events(iot, thingName=DEVICES[0])), 10)
     active = iot.list_active_violations(behaviorCriteriaType="MACHINE_LEARNING",
                                         thingName=DEVICES[0])["activeViolations"]
