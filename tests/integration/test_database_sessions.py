@@ -17,7 +17,6 @@ from sqlalchemy.exc import DBAPIError
 
 from iotdefender.backtest.runner import BacktestRequest, run_backtest
 from iotdefender.store import history
-from iotdefender.store.availability import is_unavailable
 from iotdefender.store.database import IDLE_IN_TRANSACTION_S, create_engine, upgrade_to_head, writing
 from iotdefender.store.metric_values import RetainedReport, insert_reports
 
@@ -60,55 +59,6 @@ def test_a_transaction_left_idle_frees_its_row_locks_for_the_next_session(postgr
     left.close()
     stalled.dispose()
     taker.dispose()
-
-
-def _backend_pid(engine: sa.Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
-
-
-def _terminate(url: str, *pids: int) -> None:
-    """End sessions from the server's side (as a restart, a failover or an administrator does)."""
-    admin = create_engine(url)
-    with writing(admin) as conn:
-        for pid in pids:
-            assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
-    admin.dispose()
-
-
-def test_a_pooled_connection_idle_past_the_ping_threshold_whose_session_ended_is_replaced_at_checkout(postgres):
-    """Pinged at checkout (idle 0.3 s, threshold 0.2 s): the dead connection is replaced before
-    use, and the caller never sees the server's restart or termination."""
-    url = postgres.create_database(f"sess{time.time_ns()}")
-    engine = create_engine(url, ping_after_idle_s=0.2)
-    before = _backend_pid(engine)
-    _terminate(url, before)
-    time.sleep(0.3)
-    assert _backend_pid(engine) != before  # a new session, no error
-    engine.dispose()
-
-
-def test_a_pooled_connection_used_just_before_is_not_pinged_and_its_death_is_an_outage_then_replaced(postgres):
-    """No round trip to ping a connection checked in moments ago (it was one per transaction):
-    should its session have ended meanwhile, its first statement fails as an outage that callers
-    retry (``is_unavailable``), and every connection pooled before it is replaced, so the retry
-    and the other pooled connections get new sessions rather than failing one by one."""
-    url = postgres.create_database(f"sess{time.time_ns()}")
-    engine = create_engine(url, ping_after_idle_s=60)
-    with engine.connect() as first, engine.connect() as second:  # two pooled connections
-        pids = [int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()) for conn in (first, second)]
-        first.commit()
-        second.commit()
-    _terminate(url, *pids)  # e.g. the server restarted
-    with pytest.raises(DBAPIError) as failed:
-        _backend_pid(engine)
-    assert failed.value.connection_invalidated and is_unavailable(failed.value)
-    with engine.connect() as first, engine.connect() as second:
-        now = {int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()) for conn in (first, second)}
-        first.commit()
-        second.commit()
-    assert not now & set(pids) and len(now) == 2
-    engine.dispose()
 
 
 def test_a_backtest_holds_no_transaction_open_while_it_evaluates(postgres, monkeypatch):

@@ -22,8 +22,6 @@ from alembic.script.revision import ResolutionError
 from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection, Engine
 
-from iotdefender.store.idle_ping import PING_AFTER_IDLE_S, ping_when_idle
-
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 log = structlog.get_logger("iotdefender")
@@ -62,11 +60,9 @@ def _json_dumps(value: object) -> str:
 _JSON = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 
-def create_engine(url: str, *, idle_in_transaction_s: float | None = None,
-                  ping_after_idle_s: float = PING_AFTER_IDLE_S) -> Engine:
+def create_engine(url: str, *, idle_in_transaction_s: float | None = None) -> Engine:
     """An engine for ``url``; on PostgreSQL each session ends a transaction its client leaves idle
-    for ``idle_in_transaction_s`` (default ``IDLE_IN_TRANSACTION_S``; see ``_server_limits``), and a
-    pooled connection is pinged before use only after ``ping_after_idle_s`` idle (idle_ping.py)."""
+    for ``idle_in_transaction_s`` (default ``IDLE_IN_TRANSACTION_S``; see ``_server_limits``)."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         # A fixed pool: opening SQLite connections (and their PRAGMAs) per request showed up in
@@ -93,12 +89,11 @@ def create_engine(url: str, *, idle_in_transaction_s: float | None = None,
     # connect_timeout: an unreachable server fails a batch (ServiceUnavailable) in seconds,
     # instead of holding the writer for the operating system's TCP timeout. The TCP settings do
     # the same for a connection already open when the path to the server starts dropping packets
-    # (a firewall rule, a dead route): without them a query, or the pool's ping, waited for
+    # (a firewall rule, a dead route): without them a query, or the pool's pre-ping, waited for
     # the kernel's retransmissions (~15 min), and an operator's trial saw a node's transactions and
     # its /healthz hang for the whole of a 40 s cut.
-    engine = sa.create_engine(url, pool_size=8, max_overflow=8,
+    engine = sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True,
                               connect_args={"connect_timeout": 5, **_TCP_LIMITS}, **_JSON)
-    ping_when_idle(engine, ping_after_idle_s)
     limits = _server_limits(IDLE_IN_TRANSACTION_S if idle_in_transaction_s is None else idle_in_transaction_s)
     sa.event.listen(engine, "connect", functools.partial(_set_on_connect, limits))
     return engine
