@@ -11,7 +11,8 @@ from botocore.credentials import Credentials
 
 from iotdefender.api.credentials import AccessKey, CredentialStore
 from iotdefender.contract.errors import ApiError
-from iotdefender.api.protocol import parse_request, parse_timestamp, serialize_response
+from iotdefender.api.protocol import parse_request, serialize_response
+from iotdefender.contract.timestamps import epoch_seconds
 from iotdefender.api.routing import RouteNotFound, Router
 from iotdefender.contract.service_model import service_model
 from iotdefender.api.sigv4 import SignedRequest, verify
@@ -100,7 +101,7 @@ def test_output_timestamps_are_epoch_seconds_with_milliseconds():
     status, headers, body = serialize_response(op, {"securityProfileName": "sp", "creationDate": 1560278102.52849,
                                                     "behaviors": None})
     assert status == 200 and body == b'{"securityProfileName":"sp","creationDate":1560278102.528}'
-    assert parse_timestamp("2019-06-11T18:35:02.528Z") == pytest.approx(1560278102.528)
+    assert epoch_seconds("2019-06-11T18:35:02.528Z") == pytest.approx(1560278102.528)
 
 
 STORE = CredentialStore([AccessKey("AKIDUNITTEST00000000", "unit-secret")])

@@ -22,12 +22,6 @@ from iotdefender.contract.timestamps import epoch_seconds
 from iotdefender.contract.validation_report import problem, validation_error
 
 
-def parse_timestamp(value: Any) -> float:
-    """Accept what botocore and the AWS CLI send: ISO-8601 strings or epoch seconds, within the
-    range ``contract/timestamps.py`` allows (ValueError naming the constraint otherwise)."""
-    return epoch_seconds(value)
-
-
 _TEXT_CONSTRAINTS = {
     "integer": "Member must be an integer",
     "long": "Member must be an integer",
@@ -54,7 +48,7 @@ def _scalar_from_text(shape: Shape, text: str, where: str) -> Any:
                 raise ValueError
             return text.lower() == "true"
         if kind == "timestamp":
-            return parse_timestamp(text)
+            return epoch_seconds(text)
     except ValueError as refusal:
         constraint = str(refusal) if kind == "timestamp" else _TEXT_CONSTRAINTS[kind]
         raise validation_error([problem(text, where, constraint)]) from None
@@ -68,7 +62,7 @@ def _body_value(shape: Shape, value: Any, where: str) -> Any:
         return None
     if kind == "timestamp":
         try:
-            return parse_timestamp(value)
+            return epoch_seconds(value)
         except ValueError as refusal:
             raise validation_error([problem(value, where, str(refusal))]) from None
     if kind == "blob" and isinstance(value, str):
