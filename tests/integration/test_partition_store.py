@@ -513,3 +513,29 @@ def test_an_outage_fails_the_waiting_batches_at_once_and_loses_none(node, tmp_pa
         assert counts(url)["metric_values"] == 6
     finally:
         cluster.stop()
+
+
+def test_fence_moves_asked_for_together_commit_in_one_transaction(database, node):
+    """After a leases bucket's election a node re-creates its expired leases in one renewal round:
+    their fence moves go in one transaction (each used to take one), the one claimed by another
+    node meanwhile is refused alone, and the moved ones store under their new tokens."""
+    a, b = node(), node()
+    partitions = [2, 3, 5, 7, 11, 13]
+    for partition in partitions:
+        a.store.acquire(partition, 10 + partition)
+    b.store.acquire(7, 100)  # claimed by b meanwhile: a must release it
+    commits: list[int] = []
+    sa.event.listen(a.engine, "commit", lambda conn: commits.append(1))
+
+    async def renewal_round() -> list[bool]:
+        return list(await asyncio.gather(*(a.store.on_retoken(p, 10 + p, 50 + p) for p in partitions)))
+
+    assert asyncio.run(renewal_round()) == [p != 7 for p in partitions]
+    assert len(commits) == 1
+    with a.engine.connect() as conn:
+        fences = dict(conn.execute(sa.text("SELECT partition, token FROM cluster_partition_fences")).all())
+    assert fences == {**{p: 50 + p for p in partitions}, 7: 100}
+    thing = things_in(3, 1)[0]
+    assert [o.status for o in a.store.store(3, 53, [delivery(thing, 1, ports=5)])] == [Status.STORED]
+    with pytest.raises(Fenced):
+        a.store.store(3, 13, [delivery(thing, 2, ports=5)])

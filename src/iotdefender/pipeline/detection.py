@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy.engine import Connection, Engine
@@ -46,6 +46,7 @@ from iotdefender.store import violations
 from iotdefender.store.database import write_connection, writing
 
 log = structlog.get_logger("iotdefender.detection")
+T = TypeVar("T")
 
 
 # Asked, in a later transaction, whether an unconfirmed transaction's writes are in the database.
@@ -161,10 +162,10 @@ class DetectionService:
             log.info("things_taken_over", alarm_states=self.evaluator.remembered())
             return settled
 
-    def rewrite(self, step: Callable[[Connection], bool]) -> bool:
+    def rewrite(self, step: Callable[[Connection], T]) -> T:
         """Run ``step`` in a write transaction of its own, between two batches (the detection lock),
-        keeping every state in memory (cluster mode: move a partition's fence to the token of a
-        lease re-created after a NATS election, when nobody else committed for it meanwhile)."""
+        keeping every state in memory (cluster mode: move partitions' fences to the tokens of
+        leases re-created after a NATS election, when nobody else committed for them meanwhile)."""
         with self._lock:
             with writing(self._engine) as conn:
                 return step(conn)

@@ -128,6 +128,9 @@ class PartitionBatchStore:
         self._waiting: list[tuple[_Growing, More, asyncio.Future[list[ReportOutcome]]]] = []
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
+        # Fence moves asked for (on_retoken) and not yet in a transaction, and the task running them.
+        self._moves: list[tuple[tuple[int, int, int], asyncio.Future[bool]]] = []
+        self._mover: asyncio.Task[None] | None = None
 
     # -- for DetectConsumer ----------------------------------------------------------------------
     async def handle(self, partition: int, token: int, deliveries: Sequence[Delivery],
@@ -199,7 +202,32 @@ class PartitionBatchStore:
         await asyncio.to_thread(self.release, partition)
 
     async def on_retoken(self, partition: int, old: int, new: int) -> bool:
-        return await asyncio.to_thread(self.retoken, partition, old, new)
+        """``retoken`` with the other moves asked for meanwhile, in one transaction.
+
+        After a leases bucket's election a node re-creates every lease that expired meanwhile, all
+        in one renewal round, and each needs its fence moved before its reader goes on. One
+        transaction per partition, each behind the detection lock and a commit, took ~1.5 s for 34
+        partitions at a load of 12; moves that arrive while a transaction runs now wait for it and
+        go together in the next one (group commit)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._moves.append(((partition, old, new), future))
+        if self._mover is None or self._mover.done():
+            self._mover = asyncio.create_task(self._move_loop(), name="fence-mover")
+        return await future
+
+    async def _move_loop(self) -> None:
+        while self._moves:
+            taken, self._moves = self._moves, []
+            try:
+                moved = await asyncio.to_thread(self.retoken_many, [move for move, _ in taken])
+            except Exception as error:  # the database is down: each caller releases its partition
+                for _, future in taken:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), result in zip(taken, moved):
+                if not future.done():
+                    future.set_result(result)
 
     # -- the work --------------------------------------------------------------------------------
     def acquire(self, partition: int, token: int) -> None:
@@ -212,11 +240,17 @@ class PartitionBatchStore:
         if settled:
             self._on_events(summaries(settled))
 
-    def retoken(self, partition: int, old: int, new: int) -> bool:
-        """The lease expired while NATS elected a leader and this node created it again: move the
-        fence from ``old`` to ``new`` if nobody claimed it meanwhile (then nobody committed for the
-        partition and its states in memory are current: nothing is reloaded). False: release it."""
-        return self._detection.rewrite(lambda conn: fencing.move(conn, partition, old, new))
+    def retoken_many(self, moves: Sequence[tuple[int, int, int]]) -> list[bool]:
+        """Leases expired while NATS elected a leader and this node created them again: move each
+        (partition, old, new) fence from ``old`` to ``new`` if nobody claimed it meanwhile (then
+        nobody committed for the partition and its states in memory are current: nothing is
+        reloaded); False for one to release. One transaction, the rows locked in partition order
+        as ``fencing.check_all`` locks them (no cycle with a batch's transaction)."""
+        def move_all(conn: Connection) -> dict[int, bool]:
+            return {i: fencing.move(conn, *moves[i]) for i in sorted(range(len(moves)), key=lambda i: moves[i][0])}
+
+        moved = self._detection.rewrite(move_all)
+        return [moved[i] for i in range(len(moves))]
 
     def release(self, partition: int) -> None:
         """Forget the partition's things: their next owner loads them from the database."""
