@@ -93,6 +93,8 @@ def refusal(call) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("count, constraint", [(2**64, "Member must be an integer"),
+                                               (2**63, "Member must have value less than or equal to 9223372036854775807"),
+                                               (2**64 - 1, "Member must have value less than or equal to"),
                                                ("12", "Member must be an integer"),
                                                (-1, "Member must have value greater than or equal to 0")])
 def test_mistyped_members_name_the_member_and_the_constraint(unchecked, count, constraint):

@@ -17,6 +17,7 @@ from botocore.model import ListShape, MapShape, Shape, StringShape, StructureSha
 
 from iotdefender.contract.errors import invalid_request
 from iotdefender.contract.validation_report import model_problems, validation_error
+from iotdefender.contract.validation_report import problem as worded_problem
 
 # The model's patterns are Java regexes. Java's POSIX classes are US-ASCII only
 # (java.util.regex.Pattern, "POSIX character classes (US-ASCII only)"), while the ``regex``
@@ -41,6 +42,11 @@ _JAVA_POSIX = {
 _THING_NAME_SHAPES = frozenset({"DeviceDefenderThingName"})
 _NO_CONTROL = regex.compile(r"[\p{Cc}]")
 _NO_CONTROL_EXCEPT_SPACING = regex.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+# AWS reads the model's integers and longs as Java's int and long: a JSON number outside their
+# range cannot be one (2**63 parses here as a Python int, so the bound is checked, not assumed).
+_JAVA_RANGE = {"integer": (-2**31, 2**31 - 1), "long": (-2**63, 2**63 - 1)}
 
 
 def _unpatterned_problem(shape: Shape, value: str, where: str) -> str | None:
@@ -75,7 +81,11 @@ def _check(shape: Shape, value: Any, where: str, problems: list[str]) -> None:
             if problem:
                 problems.append(problem)
     elif shape.type_name in ("integer", "long") and isinstance(value, int):
-        if "max" in meta and value > meta["max"]:
+        low, high = _JAVA_RANGE[shape.type_name]
+        if not low <= value <= high:
+            problems.append(worded_problem(value, where, f"Member must have value {'less' if value > high else 'greater'} "
+                                                         f"than or equal to {high if value > high else low}"))
+        elif "max" in meta and value > meta["max"]:
             problems.append(f"{where.rsplit('.', 1)[-1]} {value} should be in range[{meta.get('min', '')},{meta['max']}]")
     elif isinstance(shape, ListShape) and isinstance(value, list):
         if "max" in meta and len(value) > meta["max"]:
