@@ -125,6 +125,12 @@ def test_misbehaving_clients_produce_datapoints_and_violations(cloud):
                                        endTime=now + dt.timedelta(minutes=5))["violationEvents"]
     flood = [e["violationEventType"] for e in events if e["behavior"]["name"] == "flood"]
     assert flood[:2] == ["in-alarm", "alarm-cleared"]
+    # Each window's transaction is timed as a window's, in the process that serves /metrics (the
+    # detection worker, a child process, sends its timings back).
+    metrics = httpx.get(svc.endpoint + "/metrics", timeout=5).text
+    window_things = [float(line.split()[-1]) for line in metrics.splitlines()
+                     if line.startswith("iotdefender_cloud_window_transaction_things_sum ")]
+    assert window_things and window_things[0] >= 5  # the five devices of the profile, each window
     flooder.loop_stop()
     forbidden.loop_stop()
 

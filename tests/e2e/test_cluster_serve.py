@@ -370,6 +370,9 @@ def test_broker_events_posted_to_two_nodes_are_one_window_of_the_device(pair):
     assert post_broker_events(b, [publish] * 3) == {"accepted": 3, "refused": []}
     assert time.monotonic() - began < CLOUD_WINDOW_S - 0.3, "not in one window"
     assert_one_window_of_seven(iot, thing, 3 * CLOUD_WINDOW_S)
+    # The window's transaction is timed on the detect node that closed it, as a window's, not a report's.
+    assert sum(gauge(node, "iotdefender_cloud_window_transaction_things_sum") for node in pair) >= 1
+    assert sum(gauge(node, "iotdefender_cloud_window_transaction_seconds_count") for node in pair) >= 1
 
 
 class Reporter:

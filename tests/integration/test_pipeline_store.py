@@ -124,16 +124,17 @@ def test_a_failed_transaction_releases_the_detection_lock_and_leaves_memory_alon
     assert len(pipeline.detection.evaluator.alarms()) == 1
 
 
-def test_only_committed_transactions_of_device_reports_are_timed(tmp_path):
+def test_only_committed_transactions_are_timed_each_as_reports_or_a_window(tmp_path):
     """``iotdefender_detect_transaction_*``: a batch of reports is observed once with its report
-    count; a cloud-side window's batch (no report id) and a transaction that fails are not."""
+    count; ``iotdefender_cloud_window_transaction_*``: a cloud-side window's batch (no report id)
+    with its things; a transaction that fails is not observed."""
     pipeline = Pipeline(tmp_path, "timed")
-    timed: list[tuple[float, int]] = []
+    timed: list[tuple[float, int, int]] = []
     store = LocalBatchStore(pipeline.engine, pipeline.monitoring, pipeline.detection, lambda events: None,
-                            on_transaction=lambda seconds, reports: timed.append((seconds, reports)))
+                            on_transaction=lambda seconds, reports, windows: timed.append((seconds, reports, windows)))
     store.store_batch([("dev-1", violating(), time.time(), 1), ("dev-2", violating(), time.time(), 1)])
-    store.store_batch([("dev-3", violating(), time.time(), None)])  # a cloud-side window
+    store.store_batch([("dev-3", violating(), time.time(), None), ("dev-5", violating(), time.time(), None)])
     with pytest.raises(Exception):
         store.store_batch([("dev-4", {PORTS: {"count": object()}}, time.time(), 1)])  # not storable
-    assert [reports for _, reports in timed] == [2]
-    assert 0 < timed[0][0] < 10
+    assert [(reports, windows) for _, reports, windows in timed] == [(2, 0), (0, 2)]
+    assert all(0 < seconds < 10 for seconds, _, _ in timed)

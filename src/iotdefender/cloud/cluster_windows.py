@@ -51,6 +51,7 @@ from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSumm
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import store_reports
 from iotdefender.pipeline.monitoring import MonitoringIndex
+from iotdefender.pipeline.transaction_metrics import TransactionObserver, observe, timed
 from iotdefender.store.availability import log_unless_outage
 from iotdefender.store.database import writing
 
@@ -185,10 +186,11 @@ class FencedCloudStore:
 
     def __init__(self, detection: DetectionService, monitoring: MonitoringIndex, on_events: EventListener,
                  owned: Callable[[], Mapping[int, int]], floors: Mapping[int, Mark], window_s: float,
-                 partitions: int = PARTITION_COUNT) -> None:
+                 partitions: int = PARTITION_COUNT, on_transaction: TransactionObserver = observe) -> None:
         self._detection, self._monitoring, self._on_events = detection, monitoring, on_events
         self._owned, self._floors, self._window_s = owned, floors, window_s
         self._partitions = partitions
+        self._on_transaction = on_transaction  # each committed transaction's seconds and things
 
     def store_batch(self, items: Sequence[BatchItem]) -> list[EventSummary]:
         if not items:
@@ -209,7 +211,7 @@ class FencedCloudStore:
         # window is closed up to its last thing.
         through = max(item[0] for item in items)
         self._monitoring.prime([item[0] for item in kept])
-        with self._detection.transaction() as run:
+        with timed(0, self._on_transaction, len(kept)), self._detection.transaction() as run:
             fencing.check_all(run.conn, fences)
             store_reports(run, self._monitoring, kept)
             cluster_parts.advance(run.conn, {partition: Mark(window, through) for partition in fences})

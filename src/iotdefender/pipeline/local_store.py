@@ -89,7 +89,7 @@ class LocalBatchStore:
         run = None
         try:
             reports = sum(1 for item in items if item[3] is not None)  # not the cloud-side windows
-            with timed(reports, self._on_transaction), self.detection.transaction() as run:
+            with timed(reports, self._on_transaction, len(items) - reports), self.detection.transaction() as run:
                 marks = store_reports(run, self.monitoring, self._not_yet_stored(run.conn, items))
                 run.commit_check = (lambda conn: metric_values.reports_stored(conn, marks)) if marks else None
         except Exception as error:

@@ -160,8 +160,8 @@ class WorkerBatchStore:
 
     def store_batch(self, items: Sequence[BatchItem]) -> list[EventSummary]:
         events, timings = self._call("store", list(items))
-        for seconds, reports in timings:
-            self._on_transaction(seconds, reports)
+        for seconds, reports, windows in timings:
+            self._on_transaction(seconds, reports, windows)
         return self._counted(events)
 
     def sweep(self, now: float) -> list[EventSummary]:
