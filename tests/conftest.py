@@ -7,11 +7,19 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import hypothesis  # noqa: F401  (imported at start: see below)
 import pytest
 
 from tests.support.processes import Mosquitto, PostgresCluster, ServiceProcess
 
 _db_counter = itertools.count()
+
+# hypothesis's pytest plugin imports hypothesis at the session's end when no test used it, and
+# pytest rewrites each of its modules with ``ast.parse``. CPython 3.11's AST construction can fail
+# there with a spurious "SystemError: AST constructor recursion depth mismatch"
+# (python/cpython#106905, pytest-dev/pytest#10763): seen here after every test had passed (the run
+# exited non-zero), in runs of one module whose test left a failed task behind. Imported here, at
+# collection, hypothesis is never parsed that late.
 
 
 @pytest.fixture(scope="session")
