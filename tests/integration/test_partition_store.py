@@ -539,3 +539,26 @@ def test_fence_moves_asked_for_together_commit_in_one_transaction(database, node
     assert [o.status for o in a.store.store(3, 53, [delivery(thing, 1, ports=5)])] == [Status.STORED]
     with pytest.raises(Fenced):
         a.store.store(3, 13, [delivery(thing, 2, ports=5)])
+
+
+def test_the_writer_serves_a_second_event_loop(database, node):
+    """A store outlives the event loop that first handed it a batch (``asyncio.run`` twice, as a
+    command or a test does): the next loop's batches get a writer of their own."""
+    a = node()
+    thing = things_in(P, 1)[0]
+    a.store.acquire(P, 10)
+    sequences = itertools.count(1)
+
+    failures: list[dict[str, Any]] = []
+
+    async def two_batches() -> None:  # the second waits for a writer that went back to its event
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: failures.append(context))
+        for _ in range(2):
+            await asyncio.wait_for(a.store.handle(P, 10, [delivery(thing, next(sequences), ports=5)]), 30)
+
+    asyncio.run(two_batches())
+    asyncio.run(two_batches())
+    assert counts(database)["metric_values"] == 4
+    # The writer lived on: before, each batch of the second loop got a writer that then died on the
+    # first loop's event ("Task exception was never retrieved").
+    assert [context.get("exception") for context in failures] == []

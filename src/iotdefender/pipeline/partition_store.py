@@ -141,11 +141,12 @@ class PartitionBatchStore:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[ReportOutcome]] = loop.create_future()
         self._waiting.append(((partition, token, list(deliveries)), more, future))
-        if self._wake is None:
+        if self._wake is None or self._writer is None or self._writer.done():
+            # A new writer gets a new event: one that a writer of an earlier event loop waited on
+            # is bound to that loop (asyncio.Event, Python 3.10+) and fails in this one.
             self._wake = asyncio.Event()
-        self._wake.set()
-        if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_loop(), name="partition-writer")
+        self._wake.set()
         await future
 
     async def _write_loop(self) -> None:
