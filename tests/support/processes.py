@@ -90,6 +90,22 @@ class PostgresCluster:
         """An outage: stop the server at once (``-m immediate``, like a crash), keeping its data."""
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
 
+    def freeze(self) -> None:
+        """A server that stops answering without closing anything (its processes stopped, as a hung
+        disk would): SIGSTOP to the postmaster and every backend; the kernel still acknowledges."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self._processes():
+            os.kill(pid, signal.SIGCONT)
+
+    def _processes(self) -> list[int]:
+        """The postmaster and its children (no new ones appear while it is stopped)."""
+        postmaster = int((self.datadir / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+        return [postmaster, *map(int, children)]
+
     def create_database(self, name: str) -> str:
         import psycopg
 
