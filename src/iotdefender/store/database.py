@@ -232,6 +232,34 @@ def probe_engine(engine: Engine) -> Engine:
                             connect_args={"connect_timeout": 2, **_TCP_LIMITS, "tcp_user_timeout": 2_000})
 
 
+def session_of(conn: Connection) -> int | None:
+    """The server process of ``conn``'s session (PostgreSQL's backend pid; read locally, no round
+    trip), for ``end_session`` should its connection be lost mid-COMMIT; None on SQLite."""
+    if conn.dialect.name != "postgresql":
+        return None
+    return conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+
+
+#: How long ``end_session`` waits for the session it ended to be gone.
+END_SESSION_WAIT_MS = 500
+
+
+def end_session(conn: Connection, session: int) -> bool:
+    """End ``session`` (``session_of`` a connection that was lost) and return whether it is gone.
+
+    A COMMIT whose answer was lost may still be ahead of its session: a server that was frozen
+    (``BoundedConnection`` gave the connection up) reads it from its socket and commits when it
+    runs again, possibly after a new session asked whether it had. Once the session has ended its
+    transaction is settled for good: committed or rolled back. Only a session of this database
+    and user is ended (PgBouncer hands out its own process ids: one that names nothing is gone).
+    ``pg_terminate_backend``'s wait needs PostgreSQL 14."""
+    return bool(conn.execute(sa.text(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = :pid"
+        " AND datname = current_database() AND usename = current_user)"
+        " THEN pg_terminate_backend(:pid, :wait) ELSE true END"),
+        {"pid": session, "wait": END_SESSION_WAIT_MS}).scalar())
+
+
 _WRITE_OPTION = "iotdefender_write"
 
 
