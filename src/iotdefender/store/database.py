@@ -222,14 +222,17 @@ def _set_on_connect(limits: str, dbapi_connection, _record) -> None:  # type: ig
 
 
 def probe_engine(engine: Engine) -> Engine:
-    """An engine for asking whether the database answers, in about 2 s when the network fails:
-    a new connection per probe (an open pooled one may sit on a path that drops packets), a 2 s
-    connect timeout, 2 s for the query's packets. (No server-side ``statement_timeout`` startup
-    option: PgBouncer refuses unknown startup parameters by default.) SQLite: the engine itself."""
+    """An engine for asking whether the database answers, in about 2 s when the network fails or
+    the server stops answering: a new connection per probe (an open pooled one may sit on a path
+    that drops packets), a 2 s connect timeout, 2 s for the query's packets and for its answer.
+    (No server-side ``statement_timeout`` startup option: PgBouncer refuses unknown startup
+    parameters by default.) SQLite: the engine itself."""
     if engine.dialect.name != "postgresql":
         return engine
-    return sa.create_engine(engine.url, poolclass=sa.pool.NullPool,
-                            connect_args={"connect_timeout": 2, **_TCP_LIMITS, "tcp_user_timeout": 2_000})
+    probing = sa.create_engine(engine.url, poolclass=sa.pool.NullPool,
+                               connect_args={"connect_timeout": 2, **_TCP_LIMITS, "tcp_user_timeout": 2_000})
+    sa.event.listen(probing, "do_connect", functools.partial(_connect_bounded, 2.0))  # a server that stops answering
+    return probing
 
 
 def session_of(conn: Connection) -> int | None:
