@@ -93,18 +93,20 @@ class PostgresCluster:
     def freeze(self) -> None:
         """A server that stops answering without closing anything (its processes stopped, as a hung
         disk would): SIGSTOP to the postmaster and every backend; the kernel still acknowledges."""
-        for pid in self._processes():
+        os.kill(self._postmaster(), signal.SIGSTOP)  # first: it forks no backend while stopped
+        for pid in self._children():
             os.kill(pid, signal.SIGSTOP)
 
     def thaw(self) -> None:
-        for pid in self._processes():
+        for pid in [*self._children(), self._postmaster()]:
             os.kill(pid, signal.SIGCONT)
 
-    def _processes(self) -> list[int]:
-        """The postmaster and its children (no new ones appear while it is stopped)."""
-        postmaster = int((self.datadir / "postmaster.pid").read_text().split()[0])
-        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
-        return [postmaster, *map(int, children)]
+    def _postmaster(self) -> int:
+        return int((self.datadir / "postmaster.pid").read_text().split()[0])
+
+    def _children(self) -> list[int]:
+        found = subprocess.run(["pgrep", "-P", str(self._postmaster())], capture_output=True, text=True)
+        return [int(pid) for pid in found.stdout.split()]
 
     def create_database(self, name: str) -> str:
         import psycopg
