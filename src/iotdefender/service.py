@@ -55,7 +55,7 @@ from iotdefender.settings import Settings
 from iotdefender.store import history, metric_values, violations
 from iotdefender.store.advisory import ML_TRAINING, run_alone
 from iotdefender.store.availability import DatabaseHealth, log_unless_outage
-from iotdefender.store.database import create_engine, in_batches, sqlite_url, upgrade_to_head
+from iotdefender.store.database import create_engine, in_batches, long_statements, sqlite_url, upgrade_to_head
 
 log = structlog.get_logger("iotdefender")
 
@@ -71,8 +71,9 @@ def open_context(settings: Settings) -> tuple[ServiceContext, CredentialStore]:
     """Open (and migrate) the database and load the access keys."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.database_url or sqlite_url(settings.data_dir)
-    engine = create_engine(url)
-    upgrade_to_head(engine)
+    engine = create_engine(url, round_trip_timeout_s=settings.database_timeout)
+    with long_statements():  # a migration may build an index over a large table
+        upgrade_to_head(engine)
     credentials, generated = load_credentials(settings.credentials_file, settings.data_dir, dict(os.environ))
     if generated is not None:
         log.info("credentials", file=str(generated.resolve()),
@@ -228,7 +229,8 @@ async def open_batch_store(settings: Settings, engine: Engine, config: PipelineC
     if not settings.detection_worker:
         return await anyio.to_thread.run_sync(open_local_store, engine, config, monitoring, on_events)
     store = WorkerBatchStore(WorkerConfig(database_url=engine.url.render_as_string(hide_password=False),
-                                          log_format=settings.log_format, pipeline=config), on_events)
+                                          log_format=settings.log_format, pipeline=config,
+                                          database_timeout=settings.database_timeout), on_events)
     await anyio.to_thread.run_sync(store.start)
     return store
 

@@ -17,6 +17,7 @@ class Settings:
     api_port: int = 8080
     data_dir: Path = Path("./data")
     database_url: str | None = None
+    database_timeout: float = 10.0  # store/database.py ROUND_TRIP_TIMEOUT_S
     region: str = "us-east-1"
     account_id: str = "123456789012"
     credentials_file: Path | None = None
@@ -162,6 +163,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="state directory: the SQLite database and generated credentials (default %(default)s)")
     parser.add_argument("--database-url", default=d.database_url,
                         help="use this database instead of SQLite, e.g. postgresql://user:pass@host/db")
+    parser.add_argument("--database-timeout", type=float, default=d.database_timeout,
+                        help="PostgreSQL: seconds one statement may go unanswered before its connection is "
+                             "given up and the batch answered ServiceUnavailable (a frozen server or a hung "
+                             "disk); backtests, ML training reads and migrations are exempt; 0 = no bound "
+                             "(default %(default)s; docs/durability.md)")
     parser.add_argument("--region", default=d.region, help="region in every ARN and SigV4 scope (default %(default)s)")
     parser.add_argument("--account-id", default=d.account_id, help="account id in every ARN (default %(default)s)")
     parser.add_argument("--credentials", dest="credentials_file", type=Path, default=None,

@@ -17,7 +17,9 @@ from sqlalchemy.exc import DBAPIError
 
 from iotdefender.backtest.runner import BacktestRequest, run_backtest
 from iotdefender.store import history
-from iotdefender.store.database import IDLE_IN_TRANSACTION_S, create_engine, upgrade_to_head, writing
+from iotdefender.store.availability import is_unavailable
+from iotdefender.store.database import (IDLE_IN_TRANSACTION_S, create_engine, long_statements, upgrade_to_head,
+                                        writing)
 from iotdefender.store.metric_values import RetainedReport, insert_reports
 
 
@@ -32,6 +34,25 @@ def test_every_session_carries_the_server_side_limits(postgres):
                              "tcp_user_timeout": "10000",
                              "idle_in_transaction_session_timeout": f"{round(IDLE_IN_TRANSACTION_S)}s"}
             conn.commit()
+    engine.dispose()
+
+
+def test_a_round_trip_without_an_answer_ends_its_connection_as_an_outage(postgres):
+    """A server that does not answer (here busy in pg_sleep; frozen, it would be silent the same
+    way while the kernel acknowledges) fails the statement after the bound, as an outage."""
+    engine = create_engine(postgres.create_database(f"sess{time.time_ns()}"), round_trip_timeout_s=0.5)
+    with pytest.raises(DBAPIError) as raised, writing(engine) as conn:
+        conn.execute(sa.text("SELECT pg_sleep(3)"))
+    assert is_unavailable(raised.value) and "no answer from PostgreSQL within 0.5 s" in str(raised.value)
+    with engine.connect() as conn:  # the closed connection left the pool; a new one works
+        assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+    engine.dispose()
+
+
+def test_long_statements_are_not_bounded(postgres):
+    engine = create_engine(postgres.create_database(f"sess{time.time_ns()}"), round_trip_timeout_s=0.5)
+    with long_statements(), engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_sleep(1), 1")).one()[1] == 1
     engine.dispose()
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import os
+import signal
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,8 +52,8 @@ class Pipeline:
     store: LocalBatchStore
 
 
-def pipeline(data_dir: Path) -> Pipeline:
-    api = build_api(Settings(data_dir=data_dir))
+def pipeline(data_dir: Path, **settings: Any) -> Pipeline:
+    api = build_api(Settings(data_dir=data_dir, **settings))
     engine = api.context.engine
     api.invoke("CreateSecurityProfile", {"securityProfileName": "p", "behaviors": BEHAVIORS})
     api.invoke("AttachSecurityProfile", {"securityProfileName": "p",
@@ -171,3 +173,41 @@ def test_a_sweep_whose_commit_answer_was_lost_does_not_invalidate_twice(tmp_path
         failing.detection.sweep(later)
     assert failing.detection.sweep(later + 1) is None  # the alarm states were reloaded: nothing due
     assert [e[2] for e in events(failing)] == ["in-alarm", "alarm-invalidated"]
+
+
+def test_a_commit_a_stopped_backend_received_is_settled_once_that_backend_ended(tmp_path: Path, postgres) -> None:
+    """PostgreSQL's backend stops (SIGSTOP: a frozen server, a hung disk) with the COMMIT received:
+    the round trip bound (``--database-timeout``) gives the connection up, and the backend commits
+    when it runs again. The device's resend, arriving while it is still stopped, must not be judged
+    as if that commit had not happened (the transaction's own session is ended first)."""
+    failing = pipeline(tmp_path / "failing", database_url=postgres.create_database(f"stopped{os.getpid()}"),
+                       database_timeout=1.0)
+    control = pipeline(tmp_path / "control")
+    for each in (failing, control):
+        assert each.store.store_batch(WARM_UP) == [("in-alarm", "p", "ports")]
+    engine = failing.api.context.engine
+    stopped: list[int] = []
+
+    def stop_backend(conn: sa.Connection) -> None:  # SQLAlchemy's "commit": just before the COMMIT is sent
+        if not stopped:
+            stopped.append(conn.connection.dbapi_connection.info.backend_pid)  # type: ignore[union-attr]
+            os.kill(stopped[0], signal.SIGSTOP)
+
+    sa.event.listen(engine, "commit", stop_backend)
+    try:
+        with pytest.raises(StoreUnavailable):
+            failing.store.store_batch(FAILED)
+        sa.event.remove(engine, "commit", stop_backend)
+        with pytest.raises(StoreUnavailable):  # the resend, while the backend is still stopped
+            failing.store.store_batch(FAILED)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+
+    expected = control.store.store_batch(FAILED)
+    assert expected
+    assert failing.store.store_batch(FAILED) == expected  # found stored: the stopped backend committed it
+    assert failing.store.store_batch(NEXT) == control.store.store_batch(NEXT)
+    assert events(failing) == events(control)
+    assert datapoints(failing) == datapoints(control)
+    assert alarm_states(failing) == alarm_states(control)

@@ -90,6 +90,24 @@ class PostgresCluster:
         """An outage: stop the server at once (``-m immediate``, like a crash), keeping its data."""
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
 
+    def freeze(self) -> None:
+        """A server that stops answering without closing anything (its processes stopped, as a hung
+        disk would): SIGSTOP to the postmaster and every backend; the kernel still acknowledges."""
+        os.kill(self._postmaster(), signal.SIGSTOP)  # first: it forks no backend while stopped
+        for pid in self._children():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in [*self._children(), self._postmaster()]:
+            os.kill(pid, signal.SIGCONT)
+
+    def _postmaster(self) -> int:
+        return int((self.datadir / "postmaster.pid").read_text().split()[0])
+
+    def _children(self) -> list[int]:
+        found = subprocess.run(["pgrep", "-P", str(self._postmaster())], capture_output=True, text=True)
+        return [int(pid) for pid in found.stdout.split()]
+
     def create_database(self, name: str) -> str:
         import psycopg
 

@@ -30,6 +30,7 @@ from iotdefender.backtest.runner import BacktestRequest, _measured, _series_of, 
 from iotdefender.engine.evaluator import DELTA_METRICS
 from iotdefender.engine.vectorised import alarms_raised, violating
 from iotdefender.store import history
+from iotdefender.store.database import long_statements
 
 MAX_PREPARED = 2
 # The service keeps at most this much prepared history (a week of 10k devices is ~400 MB a series;
@@ -127,7 +128,7 @@ class BacktestPreview:
             if found is not None:
                 self._prepared.move_to_end(key)
                 return key, found, True
-            with self._engine.connect() as conn:
+            with long_statements(), self._engine.connect() as conn:
                 points = history.read_series(conn, key[0], request.start, request.end)
             things, times, measured = _measured(points, behavior, request.time_scale)
             present = np.bincount(things, minlength=len(points.things)).astype(bool) if len(things) else \

@@ -36,6 +36,7 @@ from iotdefender.engine.series import behavior_series
 from iotdefender.engine.vectorised import (alarm_transitions, alarms_raised, order_by_thing_and_time, supports,
                                            violating, windowed_sums)
 from iotdefender.store import history, ml_models
+from iotdefender.store.database import long_statements
 
 T = TypeVar("T")
 
@@ -304,6 +305,7 @@ def _utc(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@long_statements()  # reads of the whole period, one statement each
 def run_backtest(engine: Engine, request: BacktestRequest, progress: Progress = lambda f, m: None
                  ) -> dict[str, Any]:
     """Replay [start, end] for every behavior of the request; returns the result document."""

@@ -8,9 +8,11 @@ commit (``transaction`` applies the batch's change set; a failed batch's is drop
 
 A commit whose answer never comes back (the connection to PostgreSQL drops while COMMIT is on
 its way: the server may or may not have committed) is *unconfirmed*. Its change set is kept, and
-before the next transaction or sweep the database is asked which it was: the transaction's own
-check (``CommitCheck``: the batch store asks whether its report states are there) decides between
-applying the change set and dropping it; without a check the alarm states are reloaded. Either
+before the next transaction or sweep the database is asked which it was, on PostgreSQL once the
+session the COMMIT was sent on has ended (a server that was frozen commits what it had received
+when it runs again, possibly after the asking). The transaction's own check (``CommitCheck``: the
+batch store asks whether its report states are there) decides between applying the change set
+and dropping it; without a check the alarm states are reloaded. Either
 way memory matches the database again before anything else is evaluated, so the device's resend
 of a report answered ``ServiceUnavailable`` is never judged from an alarm state that is behind
 the stored events (which duplicated its transition once under load).
@@ -43,7 +45,8 @@ from iotdefender.engine.ml_behavior import confidence_of
 from iotdefender.pipeline.ml_registry import ModelRegistry
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import violations
-from iotdefender.store.database import write_connection, writing
+from iotdefender.store.availability import StoreUnavailable
+from iotdefender.store.database import end_session, session_of, write_connection, writing
 
 log = structlog.get_logger("iotdefender.detection")
 T = TypeVar("T")
@@ -103,6 +106,7 @@ class _Unconfirmed:
 
     pending: PendingDetection
     check: CommitCheck | None
+    session: int | None  # the server's session it was sent on, ended before the check (store.database.end_session)
 
 
 class DetectionService:
@@ -206,6 +210,7 @@ class DetectionService:
         committing = False
         try:
             with write_connection(self._engine) as conn, conn.begin():
+                session = session_of(conn)
                 settled = self._settle(conn)
                 run = DetectionTransaction(self, conn, settled)
                 yield run
@@ -213,7 +218,7 @@ class DetectionService:
         except BaseException:
             if committing:
                 run.commit_unconfirmed = True
-                self._unconfirmed = _Unconfirmed(run.pending, run.commit_check)
+                self._unconfirmed = _Unconfirmed(run.pending, run.commit_check, session)
             raise
         self._after_commit(run.pending)
 
@@ -224,6 +229,8 @@ class DetectionService:
         if unconfirmed is None:
             return []
         try:
+            if unconfirmed.session is not None and not end_session(conn, unconfirmed.session):
+                raise StoreUnavailable("the session of an unconfirmed commit has not ended yet")
             if unconfirmed.check is None:
                 self.evaluator.load(violations.load_alarm_states(conn))
                 log.warning("unconfirmed_commit_settled", outcome="alarm states reloaded")

@@ -43,7 +43,7 @@ from iotdefender.pipeline.ml_exclusion import without_anomalies
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import history, ml_models, profiles
 from iotdefender.store.availability import is_unavailable
-from iotdefender.store.database import writing
+from iotdefender.store.database import long_statements, writing
 from iotdefender.store.ml_models import ACTIVE, EXPIRED, PENDING_BUILD, BehaviorKey, ModelVersion, Training
 
 log = structlog.get_logger("iotdefender.ml")
@@ -227,7 +227,7 @@ class MlTrainer:
     def _training_data(self, behavior: MlBehavior, now: float) -> ml.TrainingData:
         """The trailing period's datapoints of the behavior's series, from the devices its profile
         monitors now (a device that left the profile's targets does not shape its model)."""
-        with self._engine.connect() as conn:
+        with long_statements(), self._engine.connect() as conn:  # the whole training period
             points = history.read_series(conn, behavior.series, now - self._schedule.training_period, now)
         self._monitoring.prime(points.things)
         profile = behavior.key[0]

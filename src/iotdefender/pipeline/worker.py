@@ -42,6 +42,7 @@ class WorkerConfig:
     database_url: str
     log_format: str
     pipeline: PipelineConfig
+    database_timeout: float | None = None  # store/database.py ROUND_TRIP_TIMEOUT_S when None
 
 
 def worker_main(pipe: Pipe, config: WorkerConfig) -> None:
@@ -52,7 +53,7 @@ def worker_main(pipe: Pipe, config: WorkerConfig) -> None:
     from iotdefender.store.database import create_engine
 
     configure_logging(config.log_format)
-    engine = create_engine(config.database_url)
+    engine = create_engine(config.database_url, round_trip_timeout_s=config.database_timeout)
     # The parent counts the events and observes the timings it is sent back: counted here, they
     # would never be scraped.
     timings = Timings()

@@ -7,9 +7,11 @@ databases, so a user's existing data directory is carried forward by every relea
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
@@ -21,6 +23,9 @@ from alembic.script import ScriptDirectory
 from alembic.script.revision import ResolutionError
 from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection, Engine
+
+if TYPE_CHECKING:
+    import psycopg
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -60,9 +65,12 @@ def _json_dumps(value: object) -> str:
 _JSON = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 
-def create_engine(url: str, *, idle_in_transaction_s: float | None = None) -> Engine:
+def create_engine(url: str, *, idle_in_transaction_s: float | None = None,
+                  round_trip_timeout_s: float | None = None) -> Engine:
     """An engine for ``url``; on PostgreSQL each session ends a transaction its client leaves idle
-    for ``idle_in_transaction_s`` (default ``IDLE_IN_TRANSACTION_S``; see ``_server_limits``)."""
+    for ``idle_in_transaction_s`` (default ``IDLE_IN_TRANSACTION_S``; see ``_server_limits``), and
+    a round trip that gets no answer for ``round_trip_timeout_s`` fails its connection (default
+    ``ROUND_TRIP_TIMEOUT_S``; see ``BoundedConnection``)."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         # A fixed pool: opening SQLite connections (and their PRAGMAs) per request showed up in
@@ -94,9 +102,79 @@ def create_engine(url: str, *, idle_in_transaction_s: float | None = None) -> En
     # its /healthz hang for the whole of a 40 s cut.
     engine = sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True,
                               connect_args={"connect_timeout": 5, **_TCP_LIMITS}, **_JSON)
+    bound = ROUND_TRIP_TIMEOUT_S if round_trip_timeout_s is None else round_trip_timeout_s
+    sa.event.listen(engine, "do_connect", functools.partial(_connect_bounded, bound))
     limits = _server_limits(IDLE_IN_TRANSACTION_S if idle_in_transaction_s is None else idle_in_transaction_s)
     sa.event.listen(engine, "connect", functools.partial(_set_on_connect, limits))
     return engine
+
+
+#: How long one round trip to PostgreSQL (a statement and its result, a COPY block, a COMMIT) may
+#: go unanswered before its connection is given up (``BoundedConnection``); ``serve
+#: --database-timeout``. Every statement of the service's own transactions takes milliseconds
+#: (history compaction and retention work in bounded chunks); the long ones (backtests' and ML
+#: training's reads of a whole period, migrations) run under ``long_statements``.
+ROUND_TRIP_TIMEOUT_S = 10.0
+
+_unbounded: ContextVar[bool] = ContextVar("iotdefender_long_statements", default=False)
+
+
+@contextmanager
+def long_statements() -> Iterator[None]:
+    """Round trips made by this thread (or task) inside the block are not bounded by
+    ``ROUND_TRIP_TIMEOUT_S``: for work whose single statements may legitimately take longer (a
+XX.
+    Such work then waits for a frozen server as it did before; the TCP limits still end it when
+    the server's machine stops acknowledging."""
+    token = _unbounded.set(True)
+    try:
+        yield
+    finally:
+        _unbounded.reset(token)
+
+
+@functools.lru_cache(maxsize=None)
+def _bounded_class(bound: float | None) -> type[psycopg.Connection[Any]]:
+    """``BoundedConnection`` with ``bound`` (None: unbounded), defined on first use: SQLite-only
+    processes never import psycopg."""
+    import psycopg
+    from psycopg import errors
+
+    class BoundedConnection(psycopg.Connection):  # type: ignore[type-arg]
+        """A psycopg connection whose round trips end after ``round_trip_timeout`` seconds
+        without an answer: the connection is closed and ``psycopg.OperationalError`` raised,
+        which the callers already treat as an outage (store/availability.py).
+
+        Why: a PostgreSQL that stops answering without closing its connections (its processes
+        stopped, a disk that hangs) leaves the kernel acknowledging every packet, so neither the
+        TCP keepalives nor ``tcp_user_timeout`` fire, psycopg has no query timeout of its own,
+        and ``cancel()`` needs the server to answer. Each statement, COPY block and COMMIT is
+        one call to ``wait``, the only place psycopg blocks on the socket; psycopg's own
+        ``timeout`` there (``_WaitTimeout``) bounds it. Closing the socket is what a lost
+        connection does anyway: the server, when it runs again, reads end-of-file after what it
+        had received and ends the session (an unfinished transaction rolls back; a COMMIT it had
+        received commits: the caller treats that commit as unconfirmed, pipeline/detection.py).
+        """
+
+        round_trip_timeout = bound
+
+        def wait(self, gen, interval=0.1, timeout=None):  # type: ignore[no-untyped-def]
+            limit = self.round_trip_timeout
+            if timeout is not None or limit is None or _unbounded.get():
+                return super().wait(gen, interval=interval, timeout=timeout)
+            try:
+                return super().wait(gen, interval=interval, timeout=limit)
+            except errors._WaitTimeout:
+                self.pgconn.finish()  # the server's state is unknown: this session is over
+                raise psycopg.OperationalError(
+                    f"no answer from PostgreSQL within {limit:g} s (--database-timeout); connection closed"
+                ) from None
+
+    return BoundedConnection
+
+
+def _connect_bounded(bound: float, _dialect, _record, cargs, cparams):  # type: ignore[no-untyped-def]
+    return _bounded_class(bound if bound > 0 else None).connect(*cargs, **cparams)
 
 
 #: libpq's TCP options (PostgreSQL's "Connection Strings"): data sent and not acknowledged for
@@ -144,14 +222,45 @@ def _set_on_connect(limits: str, dbapi_connection, _record) -> None:  # type: ig
 
 
 def probe_engine(engine: Engine) -> Engine:
-    """An engine for asking whether the database answers, in about 2 s when the network fails:
-    a new connection per probe (an open pooled one may sit on a path that drops packets), a 2 s
-    connect timeout, 2 s for the query's packets. (No server-side ``statement_timeout`` startup
-    option: PgBouncer refuses unknown startup parameters by default.) SQLite: the engine itself."""
+    """An engine for asking whether the database answers, in about 2 s when the network fails or
+    the server stops answering: a new connection per probe (an open pooled one may sit on a path
+    that drops packets), a 2 s connect timeout, 2 s for the query's packets and for its answer.
+    (No server-side ``statement_timeout`` startup option: PgBouncer refuses unknown startup
+    parameters by default.) SQLite: the engine itself."""
     if engine.dialect.name != "postgresql":
         return engine
-    return sa.create_engine(engine.url, poolclass=sa.pool.NullPool,
-                            connect_args={"connect_timeout": 2, **_TCP_LIMITS, "tcp_user_timeout": 2_000})
+    probing = sa.create_engine(engine.url, poolclass=sa.pool.NullPool,
+                               connect_args={"connect_timeout": 2, **_TCP_LIMITS, "tcp_user_timeout": 2_000})
+    sa.event.listen(probing, "do_connect", functools.partial(_connect_bounded, 2.0))  # a server that stops answering
+    return probing
+
+
+def session_of(conn: Connection) -> int | None:
+    """The server process of ``conn``'s session (PostgreSQL's backend pid; read locally, no round
+    trip), for ``end_session`` should its connection be lost mid-COMMIT; None on SQLite."""
+    if conn.dialect.name != "postgresql":
+        return None
+    return conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+
+
+#: How long ``end_session`` waits for the session it ended to be gone.
+END_SESSION_WAIT_MS = 500
+
+
+def end_session(conn: Connection, session: int) -> bool:
+    """End ``session`` (``session_of`` a connection that was lost) and return whether it is gone.
+
+    A COMMIT whose answer was lost may still be ahead of its session: a server that was frozen
+    (``BoundedConnection`` gave the connection up) reads it from its socket and commits when it
+    runs again, possibly after a new session asked whether it had. Once the session has ended its
+    transaction is settled for good: committed or rolled back. Only a session of this database
+    and user is ended (PgBouncer hands out its own process ids: one that names nothing is gone).
+    ``pg_terminate_backend``'s wait needs PostgreSQL 14."""
+    return bool(conn.execute(sa.text(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = :pid"
+        " AND datname = current_database() AND usename = current_user)"
+        " THEN pg_terminate_backend(:pid, :wait) ELSE true END"),
+        {"pid": session, "wait": END_SESSION_WAIT_MS}).scalar())
 
 
 _WRITE_OPTION = "iotdefender_write"
