@@ -31,6 +31,7 @@ from iotdefender.pipeline.partition_store import OutcomeListener, PartitionBatch
 from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, Status, encode
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
+from iotdefender.store import database as database_module
 from iotdefender.store.availability import StoreUnavailable
 from iotdefender.store.database import create_engine
 from tests.support.processes import PostgresCluster
@@ -484,7 +485,7 @@ def test_one_partition_twice_among_the_waiting_batches_is_stored_once_under_its_
     assert counts(database) == {"metric_values": 3, "violation_events": 3, "alert_outbox": 3}
 
 
-def test_an_outage_fails_the_waiting_batches_at_once_and_loses_none(node, tmp_path: Path):
+def test_an_outage_fails_the_waiting_batches_at_once_and_loses_none(node, tmp_path: Path, monkeypatch):
     """Batches that fail together because the database is away are not tried again one by one:
     each try costs a connection timeout when packets are dropped (5 s), and a node letting its
     partitions go waits for the batches in flight. Every batch is answered unavailable (not
@@ -501,7 +502,11 @@ def test_an_outage_fails_the_waiting_batches_at_once_and_loses_none(node, tmp_pa
         batches = [(p, tokens[p], [delivery(thing, i + 1, ports=5) for i, thing in
                                    enumerate(things_in(p, 2, prefix=f"u{p}"))]) for p in (P, Q, R)]
         attempts: list[object] = []
-        sa.event.listen(a.engine, "do_connect", lambda *args: attempts.append(args))
+        # Each connection attempt goes through the engine's own do_connect listener, which ends
+        # the listeners' chain (it returns the connection): counted where it makes the connection.
+        bounded_class = database_module._bounded_class
+        monkeypatch.setattr(database_module, "_bounded_class",
+                            lambda bound: attempts.append(bound) or bounded_class(bound))
         cluster.halt()
         a.engine.dispose()  # the pooled connections died with the server
         results = a.store.store_many(batches)

@@ -123,7 +123,7 @@ _unbounded: ContextVar[bool] = ContextVar("iotdefender_long_statements", default
 def long_statements() -> Iterator[None]:
     """Round trips made by this thread (or task) inside the block are not bounded by
     ``ROUND_TRIP_TIMEOUT_S``: for work whose single statements may legitimately take longer (a
-XX.
+    read of a whole period or of every alarm state, a migration's index build).
     Such work then waits for a frozen server as it did before; the TCP limits still end it when
     the server's machine stops acknowledging."""
     token = _unbounded.set(True)
@@ -150,7 +150,9 @@ def _bounded_class(bound: float | None) -> type[psycopg.Connection[Any]]:
         TCP keepalives nor ``tcp_user_timeout`` fire, psycopg has no query timeout of its own,
         and ``cancel()`` needs the server to answer. Each statement, COPY block and COMMIT is
         one call to ``wait``, the only place psycopg blocks on the socket; psycopg's own
-        ``timeout`` there (``_WaitTimeout``) bounds it. Closing the socket is what a lost
+        ``timeout`` there (``_WaitTimeout``) bounds it. Both are psycopg's internals, which is
+        one reason it is pinned exactly (pyproject.toml); test_database_sessions.py fails if they
+        change. Closing the socket is what a lost
         connection does anyway: the server, when it runs again, reads end-of-file after what it
         had received and ends the session (an unfinished transaction rolls back; a COMMIT it had
         received commits: the caller treats that commit as unconfirmed, pipeline/detection.py).

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType
 from iotdefender.engine.evaluator import StateKey, ViolationEvent
+from iotdefender.store.database import long_statements
 from iotdefender.store.rows import insert_many, json_text
 from iotdefender.store.schema import active_violations, alarm_states, violation_events, violation_verification
 
@@ -34,7 +35,11 @@ def _state_of(document: Mapping[str, Any]) -> AlarmState:
 
 
 def load_alarm_states(conn: Connection) -> dict[StateKey, AlarmState]:
-    rows = conn.execute(sa.select(alarm_states))
+    """Every stored alarm state: one statement whose answer grows with the fleet (a detect node
+    taking partitions over, the detection worker starting), so not bounded by
+    ``--database-timeout``."""
+    with long_statements():
+        rows = conn.execute(sa.select(alarm_states)).all()
     return {(r.thing_name, r.profile_name, r.behavior_name, r.dimension): _state_of(r.state) for r in rows}
 
 
