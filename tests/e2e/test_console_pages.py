@@ -172,3 +172,62 @@ def test_evidence_charts_devices_and_bulk_verification(console_service, page: Pa
     expect(page.locator("#devices tbody tr").last).to_contain_text("pv-ok")
     expect(page.locator("#devices tbody tr").first).to_contain_text("2 active violations")
     shot(page, "28-devices")
+
+
+def test_refused_forms_come_back_as_typed(console_service, page: Page):  # noqa: F811
+    """A refused custom-metric, dimension or tag form came back as a page of its own with a
+    'Back' link: what was typed was gone."""
+    svc = console_service
+    base = svc.endpoint
+    iot = svc.client()
+    log_in(page, base)
+    iot.create_custom_metric(metricName="rf-temp", metricType="number", clientRequestToken="rf-temp-token")
+
+    page.goto(f"{base}/console/custom-metrics")
+    page.fill("#custom-metric-form input[name=metricName]", "rf-temp")
+    page.select_option("#custom-metric-form select[name=metricType]", "ip-address-list")
+    page.fill("#custom-metric-form input[name=displayName]", "Peers")
+    page.click("#custom-metric-form button[type=submit]")
+    expect(page.locator("p.error[role=alert]")).to_contain_text("ResourceAlreadyExistsException")
+    expect(page.locator("#custom-metric-form input[name=metricName]")).to_have_value("rf-temp")
+    expect(page.locator("#custom-metric-form select[name=metricType]")).to_have_value("ip-address-list")
+    expect(page.locator("#custom-metric-form input[name=displayName]")).to_have_value("Peers")
+    shot(page, "30-custom-metric-refused")
+    page.fill("#custom-metric-form input[name=metricName]", "rf-peers")  # corrected, sent again
+    page.click("#custom-metric-form button[type=submit]")
+    expect(page.locator("#custom-metrics")).to_contain_text("rf-peers")
+    assert iot.describe_custom_metric(metricName="rf-peers")["metricType"] == "ip-address-list"
+
+    page.goto(f"{base}/console/dimensions")
+    page.fill("#dimension-form input[name=name]", "rf-topics")
+    page.fill("#dimension-form textarea[name=stringValues]", "telemetry/#\na/#/b")
+    page.click("#dimension-form button[type=submit]")
+    expect(page.locator("p.error[role=alert]")).to_contain_text("InvalidRequestException")
+    expect(page.locator("#dimension-form input[name=name]")).to_have_value("rf-topics")
+    expect(page.locator("#dimension-form textarea[name=stringValues]")).to_have_value("telemetry/#\na/#/b")
+    shot(page, "31-dimension-refused")
+    page.fill("#dimension-form textarea[name=stringValues]", "telemetry/#\na/+/b")
+    page.click("#dimension-form button[type=submit]")
+    expect(page.locator("#dimensions")).to_contain_text("a/+/b")
+    edit = page.locator('form[data-dimension="rf-topics"]')
+    edit.locator("textarea[name=stringValues]").fill("telemetry/#\nx/#/y")
+    edit.locator("button[type=submit]").click()
+    expect(page.locator("#dimensions p.error[role=alert]")).to_contain_text("x/#/y")
+    expect(page.locator('form[data-dimension="rf-topics"] textarea[name=stringValues]')).to_have_value(
+        "telemetry/#\nx/#/y")
+    assert iot.describe_dimension(name="rf-topics")["stringValues"] == ["telemetry/#", "a/+/b"]
+
+    iot.create_security_profile(securityProfileName="rf-prof", behaviors=[FEW_PORTS])
+    page.goto(f"{base}/console/profiles/rf-prof/detail")
+    page.fill("#retained-form textarea[name=retained]", "aws:all-bytes-out\naws:no-such-metric")
+    page.click("#retained-form button[type=submit]")
+    expect(page.locator("#retained-form p.error[role=alert]")).to_contain_text("InvalidRequestException")
+    expect(page.locator("#retained-form textarea[name=retained]")).to_have_value(
+        "aws:all-bytes-out\naws:no-such-metric")
+    page.fill(".add-tag input[name=key]", "team!")  # not a character a tag key can have
+    page.fill(".add-tag input[name=value]", "field-ops")
+    page.click(".add-tag button[type=submit]")
+    expect(page.locator("p.error[role=alert]").last).to_contain_text("InvalidRequestException")
+    expect(page.locator(".add-tag input[name=key]")).to_have_value("team!")
+    expect(page.locator(".add-tag input[name=value]")).to_have_value("field-ops")
+    shot(page, "32-tag-refused")
