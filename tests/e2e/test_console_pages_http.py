@@ -226,6 +226,25 @@ def test_evidence_devices_list_and_bulk_verification(service):
 
         listing = client.get("/console/violations?profile=bv-prof").text
         assert listing.count('class="pick"') == 2 and re.search(r'<td class="duration" data-age="[0-9.]+">\d+ (s|min)</td>', listing)
+        # Refused, the list comes back as filtered with the form as typed: the picked row, the
+        # state, the note; one row's own form likewise, in its row.
+        back = "/console/violations?profile=bv-prof"
+        refused = client.post("/console/violations/verification", data={
+            "csrf": token, "violationId": [first["violationId"]], "state": "MAYBE", "description": "lab", "next": back})
+        assert refused.status_code == 400 and "InvalidRequestException" in refused.text
+        assert re.findall(r'value="([^"]+)" form="bulk-verify" class="pick" checked', refused.text) == [
+            first["violationId"]]
+        assert _selected(refused.text, 'id="bulk-verify"', "state") == ["MAYBE"]
+        assert _field(refused.text, "bulk-verify", "description") == "lab"
+        note = "n" * 1001  # AWS takes 1000 characters at most
+        row = client.post(f"/console/violations/{first['violationId']}/verification", data={
+            "csrf": token, "state": "TRUE_POSITIVE", "description": note, "next": back})
+        assert row.status_code == 400 and row.text.count('class="pick"') == 2
+        form = f'action="/console/violations/{first["violationId"]}/verification"'
+        assert _field(row.text, form, "description") == note
+        assert _selected(row.text, form, "state") == ["TRUE_POSITIVE"]
+        assert re.search(form + r'.*?</form><p class="error field" role="alert">InvalidRequestException', row.text,
+                         re.S)
         done = client.post("/console/violations/verification", data={
             "csrf": token, "violationId": [v["violationId"] for v in violations], "state": "BENIGN_POSITIVE",
             "description": "lab devices", "next": "/console/violations?profile=bv-prof"})
