@@ -95,7 +95,7 @@ durability: $(TEST_STAMP) system-deps broker-deps ## kill -9 and PostgreSQL outa
 		tests/unit/test_batch_isolation.py tests/integration/test_ingest_pipeline.py $(ARGS)
 	@cat durability.jsonl
 
-# The service, a sample profile and a simulated fleet with misbehaving devices (about 90 s;
+# The service, a sample profile and a simulated fleet with misbehaving devices (100 s to 2 min;
 # ARGS='--api-port 9000 --mqtt-port 1884' where 8080 or 1883 are taken).
 demo: $(STAMP) broker-deps ## the service, a sample profile and a simulated fleet with misbehaving devices
 	$(BIN)/iotdefender demo $(ARGS)

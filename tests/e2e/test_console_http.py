@@ -48,8 +48,10 @@ def test_nothing_is_readable_without_a_session(service):
 
 def test_login_cookie_and_redirects(service):
     client = httpx.Client(base_url=service.endpoint, follow_redirects=False)
-    refused = client.post("/console/login", data={"access_key_id": ACCESS_KEY, "secret_access_key": "nope"})
+    refused = client.post("/console/login", data={"access_key_id": ACCESS_KEY, "secret_access_key": "nope-typed"})
     assert refused.status_code == 401 and "wrong secret" in refused.text
+    assert f'name="access_key_id" autocomplete="username" required autofocus value="{ACCESS_KEY}"' in refused.text
+    assert "nope-typed" not in refused.text  # the key ID comes back as typed, never the secret
     unknown = client.post("/console/login", data={"access_key_id": "AKIDNOBODY", "secret_access_key": SECRET_KEY})
     assert unknown.status_code == 401
     answer = client.post("/console/login", data={"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY,

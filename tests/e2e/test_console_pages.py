@@ -172,3 +172,56 @@ def test_evidence_charts_devices_and_bulk_verification(console_service, page: Pa
     expect(page.locator("#devices tbody tr").last).to_contain_text("pv-ok")
     expect(page.locator("#devices tbody tr").first).to_contain_text("2 active violations")
     shot(page, "28-devices")
+
+
+def refused_as_typed(tab: Page, form: str, values: dict[str, str], reason: str) -> None:
+    """Fill ``form`` (fields by name), send it, and check that it comes back refused with
+    ``reason`` shown and every field as it was typed."""
+    for name, value in values.items():
+        field = tab.locator(f"{form} [name={name}]")
+        if field.evaluate("element => element.tagName") == "SELECT":
+            field.select_option(value)
+        else:
+            field.fill(value)
+    tab.locator(f"{form} button[type=submit]").click()
+    expect(tab.locator("p.error[role=alert]", has_text=reason)).to_be_visible()
+    for name, value in values.items():
+        expect(tab.locator(f"{form} [name={name}]")).to_have_value(value)
+
+
+def test_refused_forms_come_back_as_typed(console_service, page: Page):  # noqa: F811
+    """A refused custom-metric, dimension, retained-metrics or tag form came back as a page of its
+    own with a 'Back' link: what was typed was gone."""
+    svc = console_service
+    base = svc.endpoint
+    iot = svc.client()
+    log_in(page, base)
+    iot.create_custom_metric(metricName="rf-temp", metricType="number", clientRequestToken="rf-temp-token")
+
+    page.goto(f"{base}/console/custom-metrics")
+    refused_as_typed(page, "#custom-metric-form", {"metricName": "rf-temp", "metricType": "ip-address-list",
+                                                   "displayName": "Peers"}, "ResourceAlreadyExistsException")
+    shot(page, "30-custom-metric-refused")
+    page.fill("#custom-metric-form input[name=metricName]", "rf-peers")  # corrected, sent again
+    page.click("#custom-metric-form button[type=submit]")
+    expect(page.locator("#custom-metrics")).to_contain_text("rf-peers")
+    assert iot.describe_custom_metric(metricName="rf-peers")["metricType"] == "ip-address-list"
+
+    page.goto(f"{base}/console/dimensions")
+    refused_as_typed(page, "#dimension-form", {"name": "rf-topics", "stringValues": "telemetry/#\na/#/b"},
+                     "InvalidRequestException")
+    shot(page, "31-dimension-refused")
+    page.fill("#dimension-form textarea[name=stringValues]", "telemetry/#\na/+/b")
+    page.click("#dimension-form button[type=submit]")
+    expect(page.locator("#dimensions")).to_contain_text("a/+/b")
+    refused_as_typed(page, 'form[data-dimension="rf-topics"]', {"stringValues": "telemetry/#\nx/#/y"}, "x/#/y")
+    assert iot.describe_dimension(name="rf-topics")["stringValues"] == ["telemetry/#", "a/+/b"]
+
+    iot.create_security_profile(securityProfileName="rf-prof", behaviors=[FEW_PORTS])
+    page.goto(f"{base}/console/profiles/rf-prof/detail")
+    refused_as_typed(page, "#retained-form", {"retained": "aws:all-bytes-out\naws:no-such-metric"},
+                     "InvalidRequestException")
+    refused_as_typed(page, ".add-tag", {"key": "team!", "value": "field-ops"},  # ! is no character of a key
+                     "InvalidRequestException")
+    shot(page, "32-tag-refused")
+    assert iot.list_tags_for_resource(resourceArn=f"{ARN}:securityprofile/rf-prof")["tags"] == []

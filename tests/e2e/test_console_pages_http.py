@@ -226,6 +226,25 @@ def test_evidence_devices_list_and_bulk_verification(service):
 
         listing = client.get("/console/violations?profile=bv-prof").text
         assert listing.count('class="pick"') == 2 and re.search(r'<td class="duration" data-age="[0-9.]+">\d+ (s|min)</td>', listing)
+        # Refused, the list comes back as filtered with the form as typed: the picked row, the
+        # state, the note; one row's own form likewise, in its row.
+        back = "/console/violations?profile=bv-prof"
+        refused = client.post("/console/violations/verification", data={
+            "csrf": token, "violationId": [first["violationId"]], "state": "MAYBE", "description": "lab", "next": back})
+        assert refused.status_code == 400 and "InvalidRequestException" in refused.text
+        assert re.findall(r'value="([^"]+)" form="bulk-verify" class="pick" checked', refused.text) == [
+            first["violationId"]]
+        assert _selected(refused.text, 'id="bulk-verify"', "state") == ["MAYBE"]
+        assert _field(refused.text, "bulk-verify", "description") == "lab"
+        note = "n" * 1001  # AWS takes 1000 characters at most
+        row = client.post(f"/console/violations/{first['violationId']}/verification", data={
+            "csrf": token, "state": "TRUE_POSITIVE", "description": note, "next": back})
+        assert row.status_code == 400 and row.text.count('class="pick"') == 2
+        form = f'action="/console/violations/{first["violationId"]}/verification"'
+        assert _field(row.text, form, "description") == note
+        assert _selected(row.text, form, "state") == ["TRUE_POSITIVE"]
+        assert re.search(form + r'.*?</form><p class="error field" role="alert">InvalidRequestException', row.text,
+                         re.S)
         done = client.post("/console/violations/verification", data={
             "csrf": token, "violationId": [v["violationId"] for v in violations], "state": "BENIGN_POSITIVE",
             "description": "lab devices", "next": "/console/violations?profile=bv-prof"})
@@ -260,8 +279,10 @@ def test_new_pages_need_a_session_and_new_forms_the_csrf_token(service):
 
 
 def _field(page: str, form_id: str, name: str) -> str | None:
-    """The value an input of a form is shown with (None: the input is empty)."""
-    form = re.search(rf'<form[^>]*id="{form_id}".*?</form>', page, re.S)
+    """The value an input of a form (by its id, or a part of its <form> tag) is shown with (None:
+    the input is empty)."""
+    attrs = form_id if "=" in form_id else f'id="{form_id}"'
+    form = re.search(rf'<form[^>]*{attrs}.*?</form>', page, re.S)
     assert form, form_id
     found = re.search(rf'<input name="{name}"[^>]*value="([^"]*)"', form.group(0))
     return html.unescape(found.group(1)) if found and found.group(1) else None
@@ -283,6 +304,142 @@ def test_a_refused_thing_group_form_comes_back_as_typed(service):
     assert "<h1>Thing group rt-site</h1>" in unregistered.text  # the group page, not a message page
     assert _field(unregistered.text, "add-thing-form", "thingName") == "rt-dev-9"
     assert _field(client.get("/console/thing-groups/rt-site").text, "add-thing-form", "thingName") is None
+
+
+def _textarea(page: str, form_attrs: str, name: str) -> str:
+    """The text a textarea of a form is shown with (``form_attrs``: a part of its <form> tag)."""
+    form = re.search(rf'<form[^>]*{form_attrs}.*?</form>', page, re.S)
+    assert form, form_attrs
+    found = re.search(rf'<textarea name="{name}"[^>]*>(.*?)</textarea>', form.group(0), re.S)
+    assert found, name
+    return html.unescape(found.group(1))
+
+
+def _selected(page: str, form_attrs: str, name: str) -> list[str]:
+    """The options of a form's select shown selected."""
+    form = re.search(rf'<form[^>]*{form_attrs}.*?</form>', page, re.S)
+    assert form, form_attrs
+    select = re.search(rf'<select name="{name}"[^>]*>(.*?)</select>', form.group(0), re.S)
+    assert select, name
+    return [html.unescape(o) for o in re.findall(r"<option[^>]*\bselected\b[^>]*>([^<]*)</option>", select.group(1))]
+
+
+def _reasons(page: str) -> list[str]:
+    return [html.unescape(r) for r in re.findall(r'<p class="error[^"]*" role="alert">(.*?)</p>', page, re.S)]
+
+
+def test_refused_custom_metric_forms_come_back_as_typed(service):
+    """A refused custom-metric form was a page of its own with a 'Back' link: what was typed was gone."""
+    client, token = logged_in(service)
+    iot = service.client()
+    iot.create_custom_metric(metricName="rc-temp", metricType="number", displayName="Temperature",
+                             clientRequestToken="rc-temp-token")
+
+    duplicate = post(client, token, "/console/custom-metrics", metricName="rc-temp", metricType="string-list",
+                     displayName="Room <temp>")
+    assert duplicate.status_code == 409 and 'id="custom-metrics"' in duplicate.text
+    assert any(r.startswith("ResourceAlreadyExistsException: ") for r in _reasons(duplicate.text))
+    assert _field(duplicate.text, "custom-metric-form", "metricName") == "rc-temp"
+    assert _field(duplicate.text, "custom-metric-form", "displayName") == "Room <temp>"
+    assert _selected(duplicate.text, 'id="custom-metric-form"', "metricType") == ["string-list"]
+
+    bad_type = post(client, token, "/console/custom-metrics", metricName="rc-new", metricType="percent")
+    assert bad_type.status_code == 400 and any(r.startswith("InvalidRequestException: ") for r in _reasons(bad_type.text))
+    assert _field(bad_type.text, "custom-metric-form", "metricName") == "rc-new"
+    assert _selected(bad_type.text, 'id="custom-metric-form"', "metricType") == ["percent"]
+    assert "rc-new" not in iot.list_custom_metrics()["metricNames"]
+
+    # Its display name, edited in place: refused (too long) it comes back in its row as typed.
+    assert post(client, token, "/console/custom-metrics/rc-temp/update", displayName="Air temperature"
+                ).status_code == 303
+    assert iot.describe_custom_metric(metricName="rc-temp")["displayName"] == "Air temperature"
+    long_name = "T" * 129
+    too_long = post(client, token, "/console/custom-metrics/rc-temp/update", displayName=long_name)
+    assert too_long.status_code == 400 and any("displayName" in r for r in _reasons(too_long.text))
+    assert _field(too_long.text, 'data-metric="rc-temp"', "displayName") == long_name
+    assert iot.describe_custom_metric(metricName="rc-temp")["displayName"] == "Air temperature"
+    assert _field(client.get("/console/custom-metrics").text, "custom-metric-form", "metricName") is None
+
+    # Deleting one a profile uses: refused, on the list, with the reason.
+    iot.create_security_profile(securityProfileName="rc-prof", additionalMetricsToRetainV2=[{"metric": "rc-temp"}])
+    in_use = post(client, token, "/console/custom-metrics/rc-temp/delete")
+    assert in_use.status_code == 400 and 'id="custom-metrics"' in in_use.text
+    assert any("used by security profile rc-prof" in r for r in _reasons(in_use.text))
+    iot.delete_security_profile(securityProfileName="rc-prof")
+    assert post(client, token, "/console/custom-metrics/rc-temp/delete").status_code == 303
+    assert post(client, token, "/console/custom-metrics/rc-temp/rename").status_code == 404
+
+
+def test_refused_dimension_forms_come_back_as_typed(service):
+    client, token = logged_in(service)
+    iot = service.client()
+    invalid = post(client, token, "/console/dimensions", name="rd-topics", stringValues="telemetry/#\na/#/b")
+    assert invalid.status_code == 400 and any(r.startswith("InvalidRequestException: ") for r in _reasons(invalid.text))
+    assert _field(invalid.text, "dimension-form", "name") == "rd-topics"
+    assert _textarea(invalid.text, 'id="dimension-form"', "stringValues") == "telemetry/#\na/#/b"
+    assert "rd-topics" not in iot.list_dimensions()["dimensionNames"]
+
+    many = "\n".join(f"site/{i}/#" for i in range(101))  # AWS takes 100 at most
+    too_many = post(client, token, "/console/dimensions", name="rd-many", stringValues=many)
+    assert too_many.status_code == 400 and _textarea(too_many.text, 'id="dimension-form"', "stringValues") == many
+
+    iot.create_dimension(name="rd-cmds", type="TOPIC_FILTER", stringValues=["commands/+"],
+                         clientRequestToken="rd-cmds-token")
+    duplicate = post(client, token, "/console/dimensions", name="rd-cmds", stringValues="other/#")
+    assert duplicate.status_code == 409 and _field(duplicate.text, "dimension-form", "name") == "rd-cmds"
+    assert _textarea(duplicate.text, 'id="dimension-form"', "stringValues") == "other/#"
+
+    # Its topic filters, edited in place: a refused edit comes back in its row as typed.
+    assert post(client, token, "/console/dimensions/rd-cmds/update", stringValues="commands/+\nconfig/#"
+                ).status_code == 303
+    assert iot.describe_dimension(name="rd-cmds")["stringValues"] == ["commands/+", "config/#"]
+    refused = post(client, token, "/console/dimensions/rd-cmds/update", stringValues="commands/+\nx/#/y")
+    assert refused.status_code == 400 and any("x/#/y" in r for r in _reasons(refused.text))
+    assert _textarea(refused.text, 'data-dimension="rd-cmds"', "stringValues") == "commands/+\nx/#/y"
+    assert iot.describe_dimension(name="rd-cmds")["stringValues"] == ["commands/+", "config/#"]
+
+    iot.create_security_profile(securityProfileName="rd-prof", additionalMetricsToRetainV2=[
+        {"metric": "aws:num-messages-sent", "metricDimension": {"dimensionName": "rd-cmds"}}])
+    in_use = post(client, token, "/console/dimensions/rd-cmds/delete")
+    assert in_use.status_code == 400 and any("used by security profile rd-prof" in r for r in _reasons(in_use.text))
+    assert 'id="dimensions"' in in_use.text
+    iot.delete_security_profile(securityProfileName="rd-prof")
+    assert post(client, token, "/console/dimensions/rd-cmds/delete").status_code == 303
+
+
+def test_refused_profile_detail_tags_and_verification_forms_come_back_as_typed(service):
+    client, token = logged_in(service)
+    iot = service.client()
+    iot.create_security_profile(securityProfileName="rp-prof", behaviors=[FEW_PORTS])
+    iot.create_thing_group(thingGroupName="rp-group")
+
+    retained = post(client, token, "/console/profiles/rp-prof/retained", retained="aws:all-bytes-out\naws:nope",
+                    version="1")
+    assert retained.status_code == 400 and "<h1>Security profile rp-prof</h1>" in retained.text
+    assert _textarea(retained.text, 'id="retained-form"', "retained") == "aws:all-bytes-out\naws:nope"
+    assert any(r.startswith("InvalidRequestException: ") for r in _reasons(retained.text))
+
+    for page, arn in (("/console/profiles/rp-prof/detail", f"{ARN}:securityprofile/rp-prof"),
+                      ("/console/thing-groups/rp-group", f"{ARN}:thinggroup/rp-group")):
+        refused = post(client, token, "/console/tags", resourceArn=arn, next=page, key="team", value="v" * 257)
+        assert refused.status_code == 400 and any(r.startswith("InvalidRequestException: ")
+                                                  for r in _reasons(refused.text)), page
+        assert 'class="tags"' in refused.text and ("<h1>Security profile rp-prof</h1>" in refused.text
+                                                   or "<h1>Thing group rp-group</h1>" in refused.text)
+        assert _field(refused.text, 'class="filters add-tag"', "key") == "team"
+        assert _field(refused.text, 'class="filters add-tag"', "value") == "v" * 257
+
+    back = "/console/violations?view=active&profile=rp-prof"
+    bulk = post(client, token, "/console/violations/verification", state="MAYBE", description="a <burst>",
+                next=back)
+    assert bulk.status_code == 400 and 'id="violations-table"' in bulk.text
+    assert any("choose at least one violation" in r for r in _reasons(bulk.text))
+    assert _selected(bulk.text, 'id="bulk-verify"', "state") == ["MAYBE"]
+    assert _field(bulk.text, "bulk-verify", "description") == "a <burst>"
+    assert f'name="next" value="{html.escape(back)}"' in bulk.text  # still the list as it was filtered
+    one = post(client, token, "/console/violations/gone/verification", state="TRUE_POSITIVE", next=back)
+    assert one.status_code == 400 and 'id="violations-table"' in one.text
+    assert any("Violation gone does not exist" in r for r in _reasons(one.text))
 
 
 def test_every_member_of_a_large_thing_group_is_reached_page_by_page(service):

@@ -85,14 +85,14 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         wait = console.throttle.retry_after(subjects)
         if wait is not None:
             log.warning("console_login_throttled", access_key_id=key_id, address=address, retry_after_s=wait)
-            response = console.render(request, "login.html", status_code=429, next=target,
+            response = console.render(request, "login.html", status_code=429, next=target, access_key_id=key_id,
                                       error=f"Too many failed logins; try again in {wait} s.")
             response.headers["Retry-After"] = str(wait)
             return response
         if not console.api.credentials.check_secret(key_id, secret):
             console.throttle.failed(subjects)
             log.warning("console_login_failed", access_key_id=key_id, address=address)
-            return console.render(request, "login.html", status_code=401, next=target,
+            return console.render(request, "login.html", status_code=401, next=target, access_key_id=key_id,
                                   error="Unknown access key ID or wrong secret access key.")
         console.throttle.succeeded(subjects[0])
         await console.sessions.end(request.session.get("sid"))

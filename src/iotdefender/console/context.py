@@ -3,11 +3,14 @@ the templates, and the time settings that decide default ranges."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from jinja2 import pass_context
+from jinja2.runtime import Context
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
@@ -70,6 +73,31 @@ def measured(value: Any, metric: str | None = None) -> str:
     return metric_value(value)
 
 
+@pass_context
+def refusal_for(context: Context, form: str) -> Any:
+    """The page's refused form (``refused``, a ``writes.Refused``) when it is ``form``, else None."""
+    refused = context.get("refused")
+    return refused if refused is not None and refused.form == form else None
+
+
+@pass_context
+def typed(context: Context, form: str, field: str, default: Any = "") -> Any:
+    """What was typed in ``field`` of the refused ``form`` (its last value), else ``default``."""
+    refused = refusal_for(context, form)
+    if refused is None:
+        return default
+    values = refused.typed.get(field)
+    return values[-1] if values else ""
+
+
+@pass_context
+def typed_list(context: Context, form: str, field: str, default: Any = ()) -> list[str]:
+    """Every value sent for ``field`` of the refused ``form`` (checkboxes, multiple selects), else
+    ``default``."""
+    refused = refusal_for(context, form)
+    return list(default) if refused is None else list(refused.typed.get(field, []))
+
+
 @dataclass
 class ConsoleContext:
     api: ApiService
@@ -77,6 +105,10 @@ class ConsoleContext:
     sessions: SessionRegistry
     time_scale: float = 1.0
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    # The page that holds a resource's forms shown again with a refused one, by the resource type
+    # of its ARN (securityprofile, thinggroup): (request, name, writes.Refused) -> response. The
+    # tags form is the same on every such page.
+    refused_pages: dict[str, Callable[[Request, str, Any], Awaitable[Response]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
@@ -86,6 +118,7 @@ class ConsoleContext:
         self.templates.env.filters["duration"] = duration
         self.templates.env.filters["count_of"] = count_of
         self.templates.env.globals["time_scale"] = self.time_scale
+        self.templates.env.globals.update(refusal_for=refusal_for, typed=typed, typed_list=typed_list)
 
     @property
     def engine(self) -> Any:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from iotdefender.contract.errors import ApiError
-from iotdefender.console.auth import Page, login_required, safe_next
+from iotdefender.console.auth import Page, login_required
 from iotdefender.console.context import ConsoleContext
 from iotdefender.console.writes import refusal, run
 from iotdefender.store import insights
@@ -159,19 +159,4 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             return refusal(console, request, "Security profile", error)
         return RedirectResponse("/console/profiles", status_code=303)
 
-    @login_required
-    async def set_verification(request: Request) -> Response:
-        form = await request.form()
-        params: dict[str, Any] = {"violationId": request.path_params["violation_id"],
-                                  "verificationState": str(form.get("state", ""))}
-        if form.get("description"):
-            params["verificationStateDescription"] = str(form["description"])
-        try:
-            await run(console, api.invoke, "PutVerificationStateOnViolation", params)
-        except ApiError as error:
-            return console.render(request, "message.html", status_code=error.status, title="Verification state",
-                                  message=f"{error.code}: {error.message}")
-        return RedirectResponse(safe_next(str(form.get("next", ""))), status_code=303)
-
-    return {"new_profile": new_profile, "edit_profile": edit_profile, "delete_profile": delete_profile,
-            "set_verification": set_verification}
+    return {"new_profile": new_profile, "edit_profile": edit_profile, "delete_profile": delete_profile}

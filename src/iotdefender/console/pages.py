@@ -8,8 +8,9 @@ event loop also carries the MQTT client of the broker, and a page must never sta
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode
 
 import anyio.to_thread
 import orjson
@@ -22,6 +23,7 @@ from iotdefender.console.auth import Page, login_required
 from iotdefender.console.chart_marks import add_model_bands, chart_marks
 from iotdefender.controlplane.behavior_models import model_history_of
 from iotdefender.console.context import ConsoleContext
+from iotdefender.console.writes import Refused
 from iotdefender.controlplane import hierarchy
 from iotdefender.metrics_catalog import BUILTIN_METRICS
 from iotdefender.store import history, insights, metric_values, registry
@@ -33,9 +35,10 @@ VERIFICATION_STATES = ["UNKNOWN", "BENIGN_POSITIVE", "FALSE_POSITIVE", "TRUE_POS
 CRITERIA_TYPES = ["STATIC", "STATISTICAL", "MACHINE_LEARNING"]
 
 
-def span(console: ConsoleContext, request: Request, default: str = "24h") -> tuple[str, float, float]:
+def span(console: ConsoleContext, request: Request | Mapping[str, str], default: str = "24h"
+         ) -> tuple[str, float, float]:
     """The chosen range (1h .. 14d of AWS time, i.e. divided by --time-scale) ending now."""
-    name = request.query_params.get("range", default)
+    name = (request.query_params if isinstance(request, Request) else request).get("range", default)
     seconds = RANGES.get(name, RANGES[default]) / console.time_scale
     now = time.time()
     return (name if name in RANGES else default), now - seconds, now
@@ -197,9 +200,9 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
 
         return console.render(request, "profiles.html", profiles=await sync(read))
 
-    @login_required
-    async def violations(request: Request) -> Response:
-        q = request.query_params
+    async def violations_page(request: Request, q: Mapping[str, str], refused: Refused | None = None) -> Response:
+        """The violations list for the query ``q``; after a refused verification form, the same
+        list with that form as typed and AWS's reason by it."""
         view = q.get("view", "active")
         if view not in ("active", "history"):
             return console.render(request, "message.html", status_code=400, title="Violations",
@@ -212,7 +215,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         if q.get("token"):
             filters["nextToken"] = q["token"]
         behavior = q.get("behavior", "")
-        range_name, start, end = span(console, request, "7d")
+        range_name, start, end = span(console, q, "7d")
 
         def read() -> dict[str, Any]:
             by_behavior = {"behavior_name": behavior} if behavior else {}
@@ -233,9 +236,18 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         except ApiError as failure:
             data, error = {"rows": [], "next_token": None, "profile_names": []}, failure.message
         args = {k: v for k, v in q.items() if k != "token"}
-        return console.render(request, "violations.html", view=view, query=args, behavior=behavior, now=time.time(),
-                              range_name=range_name, ranges=list(RANGES), states=VERIFICATION_STATES,
-                              criteria_types=CRITERIA_TYPES, error=error, **data)
+        return console.render(request, "violations.html", status_code=refused.status if refused else 200, view=view,
+                              query=args, here="/console/violations?" + urlencode(list(q.items())),
+                              behavior=behavior, now=time.time(), range_name=range_name, ranges=list(RANGES),
+                              states=VERIFICATION_STATES, criteria_types=CRITERIA_TYPES, error=error,
+                              refused=refused, **data)
+
+    console.refused_pages["violations"] = lambda request, query, refused: violations_page(
+        request, dict(parse_qsl(query)), refused)
+
+    @login_required
+    async def violations(request: Request) -> Response:
+        return await violations_page(request, request.query_params)
 
     @login_required
     async def backtest(request: Request) -> Response:

@@ -18,7 +18,7 @@ from iotdefender.contract.errors import ApiError, invalid_request
 from iotdefender.console.auth import Page, login_required
 from iotdefender.console.context import ConsoleContext
 from iotdefender.console.wording import alarm_sentence, model_status
-from iotdefender.console.writes import perform, refusal, run, text
+from iotdefender.console.writes import Refused, perform, refusal, run, text
 from iotdefender.store import profiles as profile_store
 
 
@@ -93,21 +93,29 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                 "sentences": [alarm_sentence(b) for b in described.get("behaviors") or []],
                 "retained_text": retained_as_text(described.get("additionalMetricsToRetainV2") or [])}
 
-    @login_required
-    async def detail(request: Request) -> Response:
-        name = request.path_params["name"]
-        q = request.query_params
-        try:
-            versions = [int(q[k]) if q.get(k) else None for k in ("from", "to")]
-        except ValueError:
-            return console.render(request, "message.html", status_code=400, title="Security profile",
-                                  message="InvalidRequestException: versions are whole numbers")
+    async def show_detail(request: Request, name: str, versions: tuple[int | None, int | None] = (None, None),
+                          refused: Refused | None = None) -> Response:
+        """The detail page; after a refused form (retained metrics, tags) the same page with that
+        form as typed and AWS's reason by it."""
         try:
             data = await run(console, read, name, versions[0], versions[1])
         except ApiError as error:
-            return refusal(console, request, "Security profile", error)
-        return console.render(request, "profile_detail.html", name=name, diff_from=versions[0],
-                              diff_to=versions[1], **data)
+            return refusal(console, request, "Security profile", refused or error)
+        return console.render(request, "profile_detail.html", status_code=refused.status if refused else 200,
+                              name=name, diff_from=versions[0], diff_to=versions[1], refused=refused, **data)
+
+    console.refused_pages["securityprofile"] = lambda request, name, refused: show_detail(request, name,
+                                                                                          refused=refused)
+
+    @login_required
+    async def detail(request: Request) -> Response:
+        q = request.query_params
+        try:
+            versions = (int(q["from"]) if q.get("from") else None, int(q["to"]) if q.get("to") else None)
+        except ValueError:
+            return console.render(request, "message.html", status_code=400, title="Security profile",
+                                  message="InvalidRequestException: versions are whole numbers")
+        return await show_detail(request, request.path_params["name"], versions)
 
     @login_required
     async def save_retained(request: Request) -> Response:
@@ -121,12 +129,14 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             params["deleteAdditionalMetricsToRetain"] = True
         if text(form, "version").isdigit():
             params["expectedVersion"] = int(text(form, "version"))
-        return await perform(console, request, "Retained metrics", [("UpdateSecurityProfile", params)],
-                             f"/console/profiles/{name}/detail")
+        return await perform(console, request, "retained", [("UpdateSecurityProfile", params)],
+                             f"/console/profiles/{name}/detail", lambda refused: show_detail(request, name,
+                                                                                            refused=refused))
 
     @login_required
     async def tag(request: Request) -> Response:
-        """Add (key and value) or remove (remove=key) one tag of any taggable resource."""
+        """Add (key and value) or remove (remove=key) one tag of any taggable resource; a refusal
+        shows the page of the resource again (by its ARN) with the form as typed."""
         form = await request.form()
         arn = text(form, "resourceArn")
         call: tuple[str, dict[str, Any]]
@@ -135,8 +145,14 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         else:
             call = ("TagResource", {"resourceArn": arn, "tags": [{"Key": text(form, "key"),
                                                                    "Value": str(form.get("value", ""))}]})
-        return await perform(console, request, "Tags", [call], "/console/")
+        kind, _, name = arn.split(":", 5)[-1].partition("/")
+        page = console.refused_pages.get(kind)
+
+        async def show(refused: Refused) -> Response:
+            if page is None or not name:
+                return refusal(console, request, "Tags", refused)
+            return await page(request, name, refused)
+
+        return await perform(console, request, "untag" if form.get("remove") else "tag", [call], "/console/", show)
 
     return {"detail": detail, "save_retained": save_retained, "tag": tag}
-
-

@@ -15,14 +15,14 @@ import uuid
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
 from iotdefender.contract.errors import ApiError
 from iotdefender.contract.service_model import service_model
 from iotdefender.contract.validation import validate_value
 from iotdefender.console.auth import Page, login_required
 from iotdefender.console.context import ConsoleContext
-from iotdefender.console.writes import lines, perform, refusal, run, text
+from iotdefender.console.writes import Calls, Refused, lines, perform, refusal, run, text
 from iotdefender.store import registry
 
 METRIC_TYPES = ["string-list", "ip-address-list", "number-list", "number"]
@@ -63,76 +63,93 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             if not token:
                 return items
 
-    @login_required
-    async def custom_metrics(request: Request) -> Response:
-        if request.method == "POST":
-            form = await request.form()
-            params = {"metricName": text(form, "metricName"), "metricType": text(form, "metricType"),
-                      "clientRequestToken": request_token(form)}
-            if text(form, "displayName"):
-                params["displayName"] = text(form, "displayName")
-            return await perform(console, request, "Custom metrics", [("CreateCustomMetric", params)],
-                                 "/console/custom-metrics")
-
+    async def custom_metrics_page(request: Request, refused: Refused | None = None) -> Response:
         def read() -> list[dict[str, Any]]:
             return [api.invoke("DescribeCustomMetric", {"metricName": n})
                     for n in list_all("ListCustomMetrics", "metricNames")]
 
-        return console.render(request, "custom_metrics.html", metrics=await run(console, read), types=METRIC_TYPES,
-                              request_token=str(uuid.uuid4()))
+        return console.render(request, "custom_metrics.html", status_code=refused.status if refused else 200,
+                              metrics=await run(console, read), types=METRIC_TYPES, request_token=str(uuid.uuid4()),
+                              refused=refused)
 
     @login_required
-    async def delete_custom_metric(request: Request) -> Response:
-        return await perform(console, request, "Custom metrics",
-                             [("DeleteCustomMetric", {"metricName": request.path_params["name"]})],
-                             "/console/custom-metrics")
+    async def custom_metrics(request: Request) -> Response:
+        if request.method != "POST":
+            return await custom_metrics_page(request)
+        form = await request.form()
+        params = {"metricName": text(form, "metricName"), "metricType": text(form, "metricType"),
+                  "clientRequestToken": request_token(form)}
+        if text(form, "displayName"):
+            params["displayName"] = text(form, "displayName")
+        return await perform(console, request, "create", [("CreateCustomMetric", params)], "/console/custom-metrics",
+                             lambda refused: custom_metrics_page(request, refused))
 
     @login_required
-    async def dimensions(request: Request) -> Response:
-        if request.method == "POST":
-            form = await request.form()
-            params = {"name": text(form, "name"), "type": "TOPIC_FILTER",
-                      "stringValues": lines(str(form.get("stringValues", ""))),
-                      "clientRequestToken": request_token(form)}
-            return await perform(console, request, "Dimensions", [("CreateDimension", params)], "/console/dimensions")
+    async def custom_metric_action(request: Request) -> Response:
+        """Update (its display name) or delete one custom metric."""
+        name, action = request.path_params["name"], request.path_params["action"]
+        form = await request.form()
+        calls = {"update": ("UpdateCustomMetric", {"metricName": name, "displayName": text(form, "displayName")}),
+                 "delete": ("DeleteCustomMetric", {"metricName": name})}
+        if action not in calls:
+            return unknown_action(request, "Custom metrics", action, calls)
+        return await perform(console, request, f"{action}:{name}", [calls[action]], "/console/custom-metrics",
+                             lambda refused: custom_metrics_page(request, refused))
 
+    async def dimensions_page(request: Request, refused: Refused | None = None) -> Response:
         def read() -> list[dict[str, Any]]:
             return [api.invoke("DescribeDimension", {"name": n}) for n in list_all("ListDimensions", "dimensionNames")]
 
-        return console.render(request, "dimensions.html", dimensions=await run(console, read),
-                              request_token=str(uuid.uuid4()))
+        return console.render(request, "dimensions.html", status_code=refused.status if refused else 200,
+                              dimensions=await run(console, read), request_token=str(uuid.uuid4()), refused=refused)
 
     @login_required
-    async def delete_dimension(request: Request) -> Response:
-        return await perform(console, request, "Dimensions", [("DeleteDimension", {"name": request.path_params["name"]})],
-                             "/console/dimensions")
+    async def dimensions(request: Request) -> Response:
+        if request.method != "POST":
+            return await dimensions_page(request)
+        form = await request.form()
+        params = {"name": text(form, "name"), "type": "TOPIC_FILTER",
+                  "stringValues": lines(str(form.get("stringValues", ""))), "clientRequestToken": request_token(form)}
+        return await perform(console, request, "create", [("CreateDimension", params)], "/console/dimensions",
+                             lambda refused: dimensions_page(request, refused))
 
     @login_required
-    async def thing_groups(request: Request) -> Response:
-        typed: dict[str, str] = {}
-        if request.method == "POST":
-            form = await request.form()
-            typed = {key: text(form, key) for key in ("thingGroupName", "parentGroupName", "description")}
-            params: dict[str, Any] = {"thingGroupName": typed["thingGroupName"]}
-            if typed["parentGroupName"]:
-                params["parentGroupName"] = typed["parentGroupName"]
-            if typed["description"]:
-                params["thingGroupProperties"] = {"thingGroupDescription": typed["description"]}
-            try:
-                await run(console, api.invoke, "CreateThingGroup", params)
-                return RedirectResponse("/console/thing-groups", status_code=303)
-            except ApiError as error:
-                problem: ApiError | None = error  # the form again, as typed, with AWS's reason
-        else:
-            problem = None
+    async def dimension_action(request: Request) -> Response:
+        """Update (its topic filters) or delete one dimension."""
+        name, action = request.path_params["name"], request.path_params["action"]
+        form = await request.form()
+        calls = {"update": ("UpdateDimension", {"name": name,
+                                                "stringValues": lines(str(form.get("stringValues", "")))}),
+                 "delete": ("DeleteDimension", {"name": name})}
+        if action not in calls:
+            return unknown_action(request, "Dimensions", action, calls)
+        return await perform(console, request, f"{action}:{name}", [calls[action]], "/console/dimensions",
+                             lambda refused: dimensions_page(request, refused))
 
+    def unknown_action(request: Request, title: str, action: str, actions: dict[str, Any]) -> Response:
+        return console.render(request, "message.html", status_code=404, title=title,
+                              message=f"No action {action!r}: use one of {', '.join(actions)}.")
+
+    async def thing_groups_page(request: Request, refused: Refused | None = None) -> Response:
         def read() -> list[tuple[str, int]]:
             with console.engine.connect() as conn:
                 return group_tree(registry.all_group_parents(conn))
 
-        return console.render(request, "thing_groups.html", status_code=problem.status if problem else 200,
-                              tree=await run(console, read), typed=typed,
-                              problem=f"{problem.code}: {problem.message}" if problem else None)
+        return console.render(request, "thing_groups.html", status_code=refused.status if refused else 200,
+                              tree=await run(console, read), refused=refused)
+
+    @login_required
+    async def thing_groups(request: Request) -> Response:
+        if request.method != "POST":
+            return await thing_groups_page(request)
+        form = await request.form()
+        params: dict[str, Any] = {"thingGroupName": text(form, "thingGroupName")}
+        if text(form, "parentGroupName"):
+            params["parentGroupName"] = text(form, "parentGroupName")
+        if text(form, "description"):
+            params["thingGroupProperties"] = {"thingGroupDescription": text(form, "description")}
+        return await perform(console, request, "create", [("CreateThingGroup", params)], "/console/thing-groups",
+                             lambda refused: thing_groups_page(request, refused))
 
     def read_group(name: str, after: str | None, before: str | None) -> dict[str, Any]:
         """The group page's contents: one page of members (MEMBERS_PAGE, by name), its
@@ -151,21 +168,17 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                 "tags": api.invoke("ListTagsForResource", {"resourceArn": arn})["tags"]}
 
     async def show_group(request: Request, name: str, after: str | None = None, before: str | None = None,
-                         refused: tuple[str, ApiError] | None = None, typed: dict[str, Any] | None = None
-                         ) -> Response:
-        """The group page; after a refused form (``refused``: the form's action and AWS's error)
-        the same page with that form as typed and the reason by it, or, when the group itself
-        cannot be read (it does not exist), the refusal alone."""
+                         refused: Refused | None = None) -> Response:
+        """The group page; after a refused form the same page with that form as typed and the
+        reason by it, or, when the group itself cannot be read (it does not exist), the refusal alone."""
         try:
             data = await run(console, read_group, name, after, before)
         except ApiError as error:
-            return refusal(console, request, "Thing group", refused[1] if refused else error)
-        problem = None
-        if refused is not None:
-            action, reason = refused
-            problem = {"form": action, "message": f"{reason.code}: {reason.message}"}
-        return console.render(request, "thing_group.html", status_code=refused[1].status if refused else 200,
-                              name=name, problem=problem, typed=typed or {}, **data)
+            return refusal(console, request, "Thing group", refused or error)
+        return console.render(request, "thing_group.html", status_code=refused.status if refused else 200,
+                              name=name, refused=refused, **data)
+
+    console.refused_pages["thinggroup"] = lambda request, name, refused: show_group(request, name, refused=refused)
 
     @login_required
     async def thing_group(request: Request) -> Response:
@@ -185,30 +198,20 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         refusal shows the group again with what was typed."""
         name, action = request.path_params["name"], request.path_params["action"]
         form = await request.form()
-        back = f"/console/thing-groups/{name}"
         arn = console.arn(f"thinggroup/{name}")
-        typed = {"thingName": text(form, "thingName"), "register": bool(form.get("register")),
-                 "securityProfileName": text(form, "securityProfileName")}
-        calls = {
-            "add-thing": ("AddThingToThingGroup", {"thingGroupName": name, "thingName": typed["thingName"]}),
-            "remove-thing": ("RemoveThingFromThingGroup", {"thingGroupName": name, "thingName": typed["thingName"]}),
-            "attach": ("AttachSecurityProfile", {"securityProfileName": typed["securityProfileName"],
-                                                 "securityProfileTargetArn": arn}),
-            "detach": ("DetachSecurityProfile", {"securityProfileName": typed["securityProfileName"],
-                                                 "securityProfileTargetArn": arn}),
-            "delete": ("DeleteThingGroup", {"thingGroupName": name}),
+        thing, profile = text(form, "thingName"), text(form, "securityProfileName")
+        calls: dict[str, Calls] = {
+            "add-thing": lambda: add_thing(name, thing, bool(form.get("register"))),
+            "remove-thing": [("RemoveThingFromThingGroup", {"thingGroupName": name, "thingName": thing})],
+            "attach": [("AttachSecurityProfile", {"securityProfileName": profile, "securityProfileTargetArn": arn})],
+            "detach": [("DetachSecurityProfile", {"securityProfileName": profile, "securityProfileTargetArn": arn})],
+            "delete": [("DeleteThingGroup", {"thingGroupName": name})],
         }
         if action not in calls:
-            return console.render(request, "message.html", status_code=404, title="Thing group",
-                                  message=f"No action {action!r}: use one of {', '.join(calls)}.")
-        try:
-            if action == "add-thing":
-                await run(console, add_thing, name, typed["thingName"], typed["register"])
-            else:
-                await run(console, api.invoke, *calls[action])
-        except ApiError as error:
-            return await show_group(request, name, refused=(action, error), typed=typed)
-        return RedirectResponse("/console/thing-groups" if action == "delete" else back, status_code=303)
+            return unknown_action(request, "Thing group", action, calls)
+        back = "/console/thing-groups" if action == "delete" else f"/console/thing-groups/{name}"
+        return await perform(console, request, action, calls[action], back,
+                             lambda refused: show_group(request, name, refused=refused))
 
     def add_thing(group: str, thing: str, register: bool) -> None:
         """AWS groups hold registered things only, and a device that reports is not registered
@@ -228,6 +231,6 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                                            f"tick 'register it first' to register {thing} and add it.") from None
             raise
 
-    return {"custom_metrics": custom_metrics, "delete_custom_metric": delete_custom_metric,
-            "dimensions": dimensions, "delete_dimension": delete_dimension, "thing_groups": thing_groups,
+    return {"custom_metrics": custom_metrics, "custom_metric_action": custom_metric_action,
+            "dimensions": dimensions, "dimension_action": dimension_action, "thing_groups": thing_groups,
             "thing_group": thing_group, "thing_group_action": thing_group_action}

@@ -1,15 +1,21 @@
-"""One way for the console's small forms to run an AWS operation and answer.
+"""One way for the console's forms to run AWS operations and answer.
 
-A form posts, the operation runs through ``ApiService.invoke`` (the API's own validation and
-handlers), and the operator lands back on the page they came from, or on a page that says what
-AWS would have said (its exception name and HTTP status), never a 500.
+A form posts, the operations run through ``ApiService.invoke`` (the API's own validation and
+handlers), and the operator lands back on the page they came from; when the API refuses, the page
+that holds the form is shown again (``show``) with that form as it was typed and AWS's reason by it
+(its exception name, with the HTTP status), never a 500 and never a page that loses what was typed.
+Templates read a refused form through the globals ``typed``, ``typed_list`` and ``refusal_for``
+(``console.context``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -23,24 +29,58 @@ async def run(console: ConsoleContext, function: Any, *args: Any, **kwargs: Any)
     return await anyio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=console.api._limiter)
 
 
-def refusal(console: ConsoleContext, request: Request, title: str, error: ApiError) -> Response:
+def refusal(console: ConsoleContext, request: Request, title: str, error: ApiError | Refused) -> Response:
+    """A page of its own that says what AWS said: for what no page can show again (a read, or a
+    form whose page cannot be read)."""
     return console.render(request, "message.html", status_code=error.status, title=title,
-                          message=f"{error.code}: {error.message}")
+                          message=error.reason if isinstance(error, Refused) else f"{error.code}: {error.message}")
 
 
-async def perform(console: ConsoleContext, request: Request, title: str, calls: list[tuple[str, dict[str, Any]]],
-                  back: str) -> Response:
-    """Run the operations in order; on success go to ``back`` (or the form's ``next``)."""
+@dataclass(frozen=True)
+class Refused:
+    """A form the API refused: which form of its page (``form``: a page can hold several), every
+    value typed in it (a list each, as a field can be sent more than once: checkboxes, multiple
+    selects) and AWS's reason."""
+    form: str
+    typed: dict[str, list[str]]
+    reason: str
+    status: int
+
+    @classmethod
+    def of(cls, form: str, posted: FormData, error: ApiError | None = None, reason: str = "", status: int = 400
+           ) -> Refused:
+        """``posted`` refused by ``error``, or by what the console checks before any operation
+        (``reason``, ``status``)."""
+        typed: dict[str, list[str]] = {}
+        for key, value in posted.multi_items():
+            if key != "csrf" and isinstance(value, str):
+                typed.setdefault(key, []).append(value)
+        if error is not None:
+            reason, status = f"{error.code}: {error.message}", error.status
+        return cls(form, typed, reason, status)
+
+
+Show = Callable[[Refused], Awaitable[Response]]
+Calls = Sequence[tuple[str, dict[str, Any]]] | Callable[[], Any]
+
+
+async def perform(console: ConsoleContext, request: Request, form: str, calls: Calls, back: str, show: Show
+                  ) -> Response:
+    """Run the operations in order (or the function ``calls``); on success go to ``back`` (or the
+    form's ``next``), on a refusal answer ``show(Refused)``: the page again, the form as typed."""
     def invoke_all() -> None:
+        if callable(calls):
+            calls()
+            return
         for operation, params in calls:
             console.api.invoke(operation, params)
 
+    posted = await request.form()
     try:
         await run(console, invoke_all)
     except ApiError as error:
-        return refusal(console, request, title, error)
-    form = await request.form()
-    return RedirectResponse(safe_next(str(form.get("next", "")) or back), status_code=303)
+        return await show(Refused.of(form, posted, error))
+    return RedirectResponse(safe_next(str(posted.get("next", "")) or back), status_code=303)
 
 
 def text(form: Any, name: str) -> str:
