@@ -122,3 +122,30 @@ def test_tags_on_every_taggable_resource(iot):
         iot.list_tags_for_resource(resourceArn="arn:aws:s3:::bucket")
     with pytest.raises(iot.exceptions.InvalidRequestException):
         iot.tag_resource(resourceArn=arns[0], tags=[{"Key": f"k{i}", "Value": "v"} for i in range(51)])
+
+
+def test_tag_keys_beginning_with_aws_are_reserved(iot):
+    """AWS keeps ``aws:`` tag keys (any case) for itself: no operation that takes tags sets or
+    removes one, and nothing is created by a create call that carries one."""
+    reserved = [{"Key": "AWS:CloudFormation:stack-name", "Value": "x"}]
+    arn = iot.create_custom_metric(metricName=unique("cm"), metricType="number")["metricArn"]
+    creates = {
+        "security profile": lambda name: iot.create_security_profile(securityProfileName=name, tags=reserved),
+        "thing group": lambda name: iot.create_thing_group(thingGroupName=name, tags=reserved),
+        "custom metric": lambda name: iot.create_custom_metric(metricName=name, metricType="number", tags=reserved),
+        "dimension": lambda name: iot.create_dimension(name=name, type="TOPIC_FILTER", stringValues=["a"],
+                                                       tags=reserved),
+    }
+    for what, create in creates.items():
+        with pytest.raises(iot.exceptions.InvalidRequestException, match="reserved"):
+            create(unique("reserved"))
+    with pytest.raises(iot.exceptions.InvalidRequestException, match="reserved"):
+        iot.tag_resource(resourceArn=arn, tags=[{"Key": "team", "Value": "ot"}, {"Key": "aws:owner", "Value": "me"}])
+    with pytest.raises(iot.exceptions.InvalidRequestException, match="reserved"):
+        iot.untag_resource(resourceArn=arn, tagKeys=["aws:owner"])
+    assert iot.list_tags_for_resource(resourceArn=arn)["tags"] == []  # the allowed key was not set either
+    names = {p["name"] for p in iot.list_security_profiles()["securityProfileIdentifiers"]}
+    assert not any(name.startswith("reserved") for name in names)
+    with pytest.raises(iot.exceptions.InvalidRequestException):
+        iot.create_custom_metric(metricName=unique("cm"), metricType="number",
+                                 tags=[{"Key": f"k{i}", "Value": "v"} for i in range(51)])

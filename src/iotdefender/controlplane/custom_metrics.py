@@ -8,6 +8,7 @@ from iotdefender.contract.errors import invalid_request
 from iotdefender.controlplane import catalog_entries
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
+from iotdefender.controlplane.tag_rules import checked_tags
 
 operation = OperationTable()
 
@@ -33,7 +34,7 @@ def create_custom_metric(ctx: ServiceContext, params: Params) -> Params:
         raise invalid_request(f"Custom metric name {name} can't begin with aws:")
     values = {"metric_type": params["metricType"], "display_name": params.get("displayName")}
     row = catalog_entries.create(ctx, KIND, name, params.get("clientRequestToken"), MAX_CUSTOM_METRICS,
-                                 values, params.get("tags") or [])
+                                 values, checked_tags(params.get("tags")))
     return {"metricName": row["name"], "metricArn": row["arn"]}
 
 

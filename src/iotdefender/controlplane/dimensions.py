@@ -9,6 +9,7 @@ from iotdefender.contract.validation_report import problem, validation_error
 from iotdefender.controlplane import catalog_entries
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
+from iotdefender.controlplane.tag_rules import checked_tags
 
 operation = OperationTable()
 
@@ -40,7 +41,7 @@ def create_dimension(ctx: ServiceContext, params: Params) -> Params:
     _check_filters(params["stringValues"])
     values = {"type": params["type"], "string_values": params["stringValues"]}
     row = catalog_entries.create(ctx, KIND, params["name"], params.get("clientRequestToken"), MAX_DIMENSIONS,
-                                 values, params.get("tags") or [])
+                                 values, checked_tags(params.get("tags")))
     return {"name": row["name"], "arn": row["arn"]}
 
 

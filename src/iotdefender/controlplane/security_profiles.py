@@ -14,10 +14,10 @@ from iotdefender.controlplane.versioning import check_expected_version
 from iotdefender.store import catalog, profiles, tags
 from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.tag_rules import checked_tags
 
 operation = OperationTable()
 
-MAX_TAGS = 50  # CloudFormation AWS::IoT::SecurityProfile: at most 50 tags
 
 # API member -> column, for the members Update replaces whole and the delete* flags clear.
 _REPLACEABLE = {
@@ -70,9 +70,7 @@ def describe_row(row: dict[str, Any]) -> Params:
 @operation("CreateSecurityProfile")
 def create_security_profile(ctx: ServiceContext, params: Params) -> Params:
     name = params["securityProfileName"]
-    tag_list = params.get("tags") or []
-    if len(tag_list) > MAX_TAGS:
-        raise invalid_request(f"A security profile can have at most {MAX_TAGS} tags")
+    tag_list = checked_tags(params.get("tags"))
     with writing(ctx.engine) as conn:
         existing = profiles.get(conn, name)
         if existing is not None:

@@ -10,10 +10,10 @@ from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.store import catalog, profiles, registry, tags
 from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token
+from iotdefender.controlplane.tag_rules import MAX_TAGS, refuse_reserved
 
 operation = OperationTable()
 
-MAX_TAGS = 50
 
 
 def _require_resource(ctx: ServiceContext, conn: Any, arn: str) -> None:
@@ -32,6 +32,7 @@ def _require_resource(ctx: ServiceContext, conn: Any, arn: str) -> None:
 @operation("TagResource")
 def tag_resource(ctx: ServiceContext, params: Params) -> Params:
     arn = params["resourceArn"]
+    refuse_reserved(tag["Key"] for tag in params["tags"])
     with writing(ctx.engine) as conn:
         _require_resource(ctx, conn, arn)
         tags.put(conn, arn, params["tags"])
@@ -43,6 +44,7 @@ def tag_resource(ctx: ServiceContext, params: Params) -> Params:
 @operation("UntagResource")
 def untag_resource(ctx: ServiceContext, params: Params) -> Params:
     arn = params["resourceArn"]
+    refuse_reserved(params["tagKeys"])
     with writing(ctx.engine) as conn:
         _require_resource(ctx, conn, arn)
         tags.remove(conn, arn, params["tagKeys"])

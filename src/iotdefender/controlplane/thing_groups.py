@@ -18,6 +18,7 @@ from iotdefender.controlplane.versioning import check_expected_version, merge_at
 from iotdefender.store import profiles, registry, tags
 from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.tag_rules import checked_tags
 
 operation = OperationTable()
 
@@ -45,6 +46,7 @@ def create_thing_group(ctx: ServiceContext, params: Params) -> Params:
     props = params.get("thingGroupProperties") or {}
     description = props.get("thingGroupDescription")
     attributes = (props.get("attributePayload") or {}).get("attributes") or {}
+    tag_list = checked_tags(params.get("tags"))
     with writing(ctx.engine) as conn:
         existing = registry.get_group(conn, name)
         if existing is not None:
@@ -72,7 +74,7 @@ def create_thing_group(ctx: ServiceContext, params: Params) -> Params:
             creation_date=ctx.now(),
         )
         registry.insert_group(conn, **row)
-        tags.replace(conn, row["arn"], params.get("tags") or [])
+        tags.replace(conn, row["arn"], tag_list)
     return _created(row)
 
 
