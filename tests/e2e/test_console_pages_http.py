@@ -464,3 +464,25 @@ def test_every_member_of_a_large_thing_group_is_reached_page_by_page(service):
     again = client.get(f"/console/thing-groups/pg-big{html.unescape(back)}").text
     assert members(again) == names[:250]  # the 250 before the second page's first member
     assert client.get("/console/thing-groups/pg-big?after=no%20such!").status_code == 400
+
+
+def test_a_profile_created_whose_target_is_refused_comes_back_as_its_edit_form(service):
+    """The profile is created, then attaching a target is refused: the form used to come back as a
+    create form, and sending it again was ResourceAlreadyExistsException. It comes back as the new
+    profile's edit form (its version, its URL), so sending it again saves."""
+    client, token = logged_in(service)
+    iot = service.client()
+    missing = f"{ARN}:thinggroup/pt-no-such-group"
+    refused = client.post("/console/profiles/new", data={
+        "csrf": token, "name": "pt-made", "description": "typed", "behaviors": "[]", "targets": [missing]})
+    assert refused.status_code == 400 and "ResourceNotFoundException" in refused.text
+    assert "The profile was created, but not every target was changed" in refused.text
+    assert 'action="/console/profiles/pt-made"' in refused.text and '<input type="hidden" name="version" value="1">' \
+        in refused.text
+    assert iot.describe_security_profile(securityProfileName="pt-made")["securityProfileDescription"] == "typed"
+    saved = client.post("/console/profiles/pt-made", data={
+        "csrf": token, "description": "typed again", "behaviors": "[]", "version": "1",
+        "targets": [f"{ARN}:all/things"]}, follow_redirects=False)
+    assert saved.status_code == 303 and saved.headers["location"].endswith("?saved=1")
+    assert [t["arn"] for t in iot.list_targets_for_security_profile(
+        securityProfileName="pt-made")["securityProfileTargets"]] == [f"{ARN}:all/things"]

@@ -24,9 +24,12 @@ FLEET_TARGETS = ("all/things", "all/registered-things", "all/unregistered-things
 
 
 class FormProblem(Exception):
-    def __init__(self, field: str, message: str) -> None:
+    """A refusal to show by its field. ``saved``: the profile itself was created or updated before
+    the refusal (its targets were not), so the form comes back as the profile's edit form."""
+
+    def __init__(self, field: str, message: str, saved: bool = False) -> None:
         super().__init__(message)
-        self.field, self.message = field, message
+        self.field, self.message, self.saved = field, message, saved
 
 
 def _behaviors(text: str) -> list[Any]:
@@ -113,7 +116,9 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                 api.invoke("DetachSecurityProfile", {"securityProfileName": values["name"],
                                                      "securityProfileTargetArn": arn})
         except ApiError as error:
-            raise FormProblem("targets", f"{error.code}: {error.message}") from None
+            done = "created" if creating else "saved"
+            raise FormProblem("targets", f"The profile was {done}, but not every target was changed: "
+                                         f"{error.code}: {error.message}", saved=True) from None
 
     async def show(request: Request, values: dict[str, Any], creating: bool, problem: FormProblem | None = None
                    ) -> Response:
@@ -127,6 +132,9 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         try:
             await run(console, save, values, creating)
         except FormProblem as problem:
+            if problem.saved:  # sent again, the form must update the profile now, not create it anew
+                values["version"] = (await run(console, load, values["name"]))["version"]
+                creating = False
             return await show(request, values, creating, problem)
         return RedirectResponse(f"/console/profiles/{values['name']}" + ("?created=1" if creating else "?saved=1"),
                                 status_code=303)
