@@ -1,0 +1,90 @@
+"""Cluster mode with PostgreSQL frozen under load (its processes stopped with SIGSTOP: connections
+stay open and the kernel acknowledges every packet, as with a hung disk), end to end: one
+nats-server, two ``serve`` nodes with every role and ``--database-timeout 2``, a fleet of real MQTT
+devices on each node reporting continuously (tests/support/fleet.py).
+
+While it is frozen both nodes say 503 on ``/healthz`` (the reachability probe opens a connection
+whose startup the frozen server never answers) and devices are answered ``ServiceUnavailable``
+(after the broker nodes' 10 s outcome wait: a detect node whose batch failed retries it and tells
+nobody); once it runs again every device is accepted again, and the books hold: no
+report answered ``accepted`` is missing from storage or stored twice, the violation events are
+exactly the stored reports' transitions, and every report got a final answer. A COMMIT the frozen
+server had received commits when it runs again: the writer settles it once that session has ended
+(pipeline/detection.py), so a resend is not judged from a state behind the stored events.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cluster_nats3 import healthz, not_answered_for_good
+from tests.support.fleet import Fleet, audit, per_device, prepare
+from tests.support.processes import PostgresCluster, ServiceProcess, wait_for
+
+pytestmark = pytest.mark.postgres
+
+DEVICES_PER_NODE = 5
+ROUND_TRIP_BOUND_S = 2.0
+FREEZE_S = 12.0
+
+
+def test_postgresql_frozen_under_load_in_a_cluster(jetstream, tmp_path: Path):
+    database = PostgresCluster()  # its own: frozen, it must not stall the other tests' databases
+    database.start()
+    url = database.create_database("clfrozen")
+    args = ["--cluster-url", jetstream.urls[0], "--report-min-interval", "0",
+            "--database-timeout", str(ROUND_TRIP_BOUND_S)]
+    a = ServiceProcess(data_dir=tmp_path / "a", database_url=url, extra_args=args)
+    b = ServiceProcess(data_dir=tmp_path / "b", database_url=url, extra_args=args)
+    fleets: list[Fleet] = []
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(ServiceProcess.start, (a, b)))
+        iot = prepare(a.client())
+        fleets = [Fleet(node.mqtt_port, [f"frz{name}-{n}" for n in range(DEVICES_PER_NODE)], 0.1)
+                  for name, node in (("a", a), ("b", b))]
+        for fleet in fleets:
+            fleet.start()
+        wait_for(lambda: min(per_device(fleets).values()) >= 5, 20, "every device accepted under load")
+
+        unavailable_before = sum(f.book.outcomes()["ServiceUnavailable"] for f in fleets)
+        database.freeze()
+        frozen = time.monotonic()
+        try:
+            wait_for(lambda: healthz(a) == 503 and healthz(b) == 503, FREEZE_S - 2,
+                     "/healthz 503 on both nodes while PostgreSQL is frozen")
+            told = time.monotonic() - frozen
+            wait_for(lambda: sum(f.book.outcomes()["ServiceUnavailable"] for f in fleets) > unavailable_before,
+                     max(0.5, FREEZE_S - (time.monotonic() - frozen)),
+                     "a ServiceUnavailable answer while PostgreSQL is frozen")
+            first_unavailable = time.monotonic() - frozen
+            time.sleep(max(0.0, FREEZE_S - (time.monotonic() - frozen)))
+        finally:
+            database.thaw()
+        thawed = time.monotonic()
+        before = per_device(fleets)
+        wait_for(lambda: all(n >= before[thing] + 3 for thing, n in per_device(fleets).items()), 40,
+                 "every device accepted again after the thaw")
+        accepted_again = time.monotonic() - thawed
+        wait_for(lambda: healthz(a) == 200 and healthz(b) == 200, 20, "/healthz 200 on both nodes again")
+        for fleet in fleets:
+            fleet.drain()
+        assert [f.book.unanswered for f in fleets] == [0, 0]
+        assert [not_answered_for_good(f) for f in fleets] == [[], []]
+        figures = [audit(iot, f) for f in fleets]
+        for f in figures:
+            assert f["lost"] == 0 and f["duplicated_events"] == 0 and f["missing_events"] == 0, figures
+        print(f"cluster frozen: /healthz 503 on both {told:.1f}s after the freeze, first ServiceUnavailable "
+              f"{first_unavailable:.1f}s; every device accepted 3 more {accepted_again:.1f}s after the thaw; "
+              f"books {figures}")
+    finally:
+        for fleet in fleets:
+            fleet.pause()
+            fleet.close()
+        b.stop()
+        a.stop()
+        database.stop()
