@@ -520,6 +520,49 @@ def test_an_outage_fails_the_waiting_batches_at_once_and_loses_none(node, tmp_pa
         cluster.stop()
 
 
+
+def test_the_devices_of_batches_the_database_did_not_take_are_told_at_once(node, tmp_path: Path):
+    """The database away: each batch handed over fails (not acked, read again) and its devices are
+    told ``ServiceUnavailable`` now, not when their broker node's outcome wait runs out (10 s); a
+    poison message among them is not answered for it. Back, the same deliveries are stored once."""
+    told: list[ReportOutcome] = []
+
+    async def tell(outcomes: list[ReportOutcome]) -> None:
+        told.extend(outcomes)
+
+    cluster = PostgresCluster()
+    cluster.start()
+    try:
+        url = prepared(cluster.create_database("unavailable"), tmp_path)
+        a = node(outcomes=tell, url=url)
+        tokens = {P: 10, Q: 11}
+        for partition, token in tokens.items():
+            a.store.acquire(partition, token)
+        batches = {p: [delivery(thing, i + 1, ports=5) for i, thing in enumerate(things_in(p, 2, prefix=f"v{p}"))]
+                   for p in tokens}
+        poison = Delivery(P, things_in(P, 1, prefix="vp")[0], b"not a report", 99, 1)
+
+        async def handed_over() -> list[Any]:
+            return await asyncio.gather(*(a.store.handle(p, tokens[p], batches[p] + ([poison] if p == P else []))
+                                          for p in tokens), return_exceptions=True)
+
+        cluster.halt()
+        a.engine.dispose()  # the pooled connections died with the server
+        assert [type(r) for r in asyncio.run(handed_over())] == [StoreUnavailable] * 2
+        expected = sorted((d.thing_name, d.stream_sequence) for p in tokens for d in batches[p])
+        assert sorted((o.thing, o.stream_sequence) for o in told) == expected
+        assert {(o.status, o.error_code, o.reply_to) for o in told} == {
+            (Status.REJECTED, "ServiceUnavailable", "iotdefender.replies.b1")}
+        assert all("send it again with the same report id" in (o.error_message or "") for o in told)
+        told.clear()
+        cluster.resume()
+        assert asyncio.run(handed_over()) == [None, None]
+        assert sorted((o.thing, o.status) for o in told if o.report_id is not None) == sorted(
+            (thing, Status.STORED) for thing, _ in expected)
+        assert counts(url)["metric_values"] == 4
+    finally:
+        cluster.stop()
+
 def test_fence_moves_asked_for_together_commit_in_one_transaction(database, node):
     """After a leases bucket's election a node re-creates its expired leases in one renewal round:
     their fence moves go in one transaction (each used to take one), the one claimed by another

@@ -80,6 +80,7 @@ log = structlog.get_logger("iotdefender.partition_store")
 
 INTERNAL_ERROR = "InternalError"  # ingest.report.RejectCode.INTERNAL_ERROR (ingest sits above this layer)
 STALE_REPORT_ID = "StaleReportId"  # ingest.report.RejectCode.STALE_REPORT_ID
+SERVICE_UNAVAILABLE = "ServiceUnavailable"  # ingest.report.RejectCode.SERVICE_UNAVAILABLE
 
 #: (partition, fencing token, deliveries): one reader's batch.
 PartitionBatch = tuple[int, int, Sequence[Delivery]]
@@ -176,6 +177,9 @@ class PartitionBatchStore:
                 log.exception("partition_writer_failed", batches=len(taken))
                 results = [error] * len(taken)
             answered = [outcome for result in results if not isinstance(result, BaseException) for outcome in result]
+            answered += [outcome for (batch, _, _), result in zip(taken, results)
+                         if isinstance(result, BaseException) and is_unavailable(result)
+                         for outcome in self._unavailable(batch)]
             if answered:
                 try:
                     await self._on_outcomes(answered)
@@ -372,6 +376,26 @@ class PartitionBatchStore:
             outcomes[report.sequence] = _outcome(
                 report, Status.REJECTED, f"The report could not be stored ({failure}); the other reports were")
         return [outcomes[delivery.stream_sequence] for delivery in deliveries]
+
+    def _unavailable(self, batch: PartitionBatch) -> list[ReportOutcome]:
+        """The outcomes of a batch the database did not take (it is down, frozen, or its COMMIT
+        went unanswered): its devices are told ``ServiceUnavailable`` now, as the single box tells
+        them, instead of when their broker node's outcome wait (10 s) runs out. The batch is not
+        acked and is read again; a resend of one of its reports is stored once (each thing's
+        report id decides) and answered ``accepted``. A rejection, not a new status: a broker node
+        of the previous release answers it as well (rolling upgrades)."""
+        partition, _, deliveries = batch
+        outcomes = []
+        for delivery in deliveries:
+            try:
+                message = self._decode(partition, delivery)
+            except UndecodableReport:
+                continue  # answered as poison when the batch is read again
+            outcomes.append(ReportOutcome(delivery.stream_sequence, message.thing, Status.REJECTED, message.report_id,
+                                          message.encoding, message.reply_to, SERVICE_UNAVAILABLE,
+                                          "The report is not confirmed stored: the database did not answer; "
+                                          "send it again with the same report id"))
+        return outcomes
 
     def _decode(self, partition: int, delivery: Delivery) -> ReportMessage:
         message = decode(delivery.payload)

@@ -7,6 +7,7 @@ databases, so a user's existing data directory is carried forward by every relea
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
@@ -100,9 +101,14 @@ def create_engine(url: str, *, idle_in_transaction_s: float | None = None,
     # (a firewall rule, a dead route): without them a query, or the pool's pre-ping, waited for
     # the kernel's retransmissions (~15 min), and an operator's trial saw a node's transactions and
     # its /healthz hang for the whole of a 40 s cut.
-    engine = sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True,
-                              connect_args={"connect_timeout": 5, **_TCP_LIMITS}, **_JSON)
+    # A connection's start is a round trip too: a server that accepts TCP connections and never
+    # answers their startup (frozen) holds one for connect_timeout, so a bound shorter than 5 s
+    # shortens it as well (libpq's minimum is 2 s); a batch whose pre-ping was stuck then fails
+    # within two bounds, not one bound and 5 s.
     bound = ROUND_TRIP_TIMEOUT_S if round_trip_timeout_s is None else round_trip_timeout_s
+    connect_timeout = 5 if bound <= 0 else max(2, min(5, math.ceil(bound)))
+    engine = sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True,
+                              connect_args={"connect_timeout": connect_timeout, **_TCP_LIMITS}, **_JSON)
     sa.event.listen(engine, "do_connect", functools.partial(_connect_bounded, bound))
     limits = _server_limits(IDLE_IN_TRANSACTION_S if idle_in_transaction_s is None else idle_in_transaction_s)
     sa.event.listen(engine, "connect", functools.partial(_set_on_connect, limits))
