@@ -56,3 +56,26 @@ def test_the_gram_matrices_are_einsums() -> None:
     gram = np.einsum("ds,si,sk->dik", counts.astype(np.float64), basis, basis) + 0.05 * np.eye(6)
     np.testing.assert_allclose(equations.solve(sums, counts.astype(np.float64)),
                                np.linalg.solve(gram, (sums @ basis)[:, :, None])[:, :, 0], rtol=1e-4, atol=1e-6)
+
+
+def test_residual_sums_slots_are_first_ofs_whatever_the_order_of_the_times() -> None:
+    """The loop carries the start of the week from one datapoint to the next (a device's come in time
+    order); times out of order, weeks apart or years apart take the division, with the same slots."""
+    rng = np.random.default_rng(6)
+    clock = SeasonalClock()
+    lengths = np.array([4_000, 0, 1, 3_000, 2_500], dtype=np.int64)
+    times = np.concatenate([np.sort(clock.origin + 2_900 * 7 * 86_400 + rng.uniform(0, 21 * 86_400, k))
+                            for k in lengths])
+    times[10:2_000] = rng.permutation(times[10:2_000])  # out of order within a device
+    times[5_000:5_020] += 86_400 * 365 * 3  # years later
+    times[6_000:6_010] -= 86_400 * 365 * 30  # before the origin of the epoch's first Monday + 2,900 weeks
+    n = len(times)
+    y = rng.normal(8, 1, n).astype(np.float32)
+    table = rng.normal(8, 1, (len(lengths), clock.slots)).astype(np.float32)
+    first, fraction, residual = np.empty(n, np.int32), np.empty(n, np.float32), np.empty(n, np.float32)
+    kernels.residual_sums(y, times, lengths, table, np.full(len(lengths), 0.5, np.float32), 1 / clock.slot_seconds,
+                          clock.origin / clock.slot_seconds + 0.5, first, fraction, residual,
+                          np.zeros(table.shape), np.zeros(table.shape))
+    expected_first, expected_fraction = clock.first_of(times)
+    assert np.array_equal(first, expected_first)
+    assert np.array_equal(fraction, expected_fraction)

@@ -61,6 +61,7 @@ def residual_sums(y: npt.NDArray[np.float32], time: npt.NDArray[np.float64], len
     slots = table.shape[1]
     i = 0
     half = np.float32(0.5)
+    week = np.int64(0)  # the slot count at the start of the week of the device's last datapoint
     for j in range(len(lengths)):
         bound = limit[j]
         for _ in range(lengths[j]):
@@ -68,9 +69,17 @@ def residual_sums(y: npt.NDArray[np.float32], time: npt.NDArray[np.float64], len
             position -= offset
             whole = math.floor(position)
             f = np.float32(position - whole)
-            # The week's remainder in floating point (exact for whole numbers of slots under 2^52 /
-            # slots); an integer division cost 1.8 ns a datapoint, this 0.35.
-            s = np.int64(whole - slots * math.floor(whole / slots))
+            # The slot of the week: from the start of the last datapoint's week (a device's
+            # datapoints come in time order, so it is that week or the next), else the remainder of
+            # a division (~2.5 ns a datapoint, half of this loop's time when it was done for each).
+            count = np.int64(whole)
+            s = count - week
+            if s >= slots and s < 2 * slots:
+                s -= slots
+                week += slots
+            elif s < 0 or s >= slots:
+                s = np.int64(whole - slots * math.floor(whole / slots))
+                week = count - s
             nxt = s + 1 if s + 1 < slots else 0
             low = table[j, s]
             r = y[i] - (low + f * (table[j, nxt] - low))
