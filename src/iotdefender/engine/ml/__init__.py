@@ -1,7 +1,8 @@
 """ML Detect's model: learn each device's normal band per hour of the week, judge datapoints against it.
 
-Pure (numpy and msgspec only, time passed in): the service trains in the background on stored
-datapoints, stores ``to_bytes()``, and calls ``judge`` on the ingest path.
+Pure (numpy, msgspec, and numba for training's compiled loops, whose on-disk cache is its only I/O;
+time passed in): the service trains in the background on stored datapoints, stores ``to_bytes()``,
+and calls ``judge`` on the ingest path.
 """
 
 from iotdefender.engine.ml.clock import SeasonalClock

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from iotdefender.engine.ml import kernels
+
 HOURS_PER_DAY = 24
 DAYS_PER_WEEK = 7
 HOURS_PER_WEEK = HOURS_PER_DAY * DAYS_PER_WEEK
@@ -68,14 +70,13 @@ class SeasonalClock:
 
     def between_all(self, times: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int16],
                                                                     npt.NDArray[np.float32]]:
-        """``between`` over an array."""
-        position = (times - self.origin) / self.slot_seconds - 0.5
-        floor = np.floor(position)
-        fraction = (position - floor).astype(np.float32)
-        floor -= self.slots * np.floor(floor / self.slots)
-        first = floor.astype(np.int16)
-        second = first + np.int16(1)
-        second[second == self.slots] = 0
+        """``between`` over an array (float64 epoch seconds, as ``TrainingData.time``): one compiled
+        loop, the same arithmetic as ``between`` (kernels.between_all)."""
+        seconds: npt.NDArray[np.float64] = np.ascontiguousarray(times, dtype=np.float64)
+        first = np.empty(len(seconds), dtype=np.int16)
+        second = np.empty(len(seconds), dtype=np.int16)
+        fraction = np.empty(len(seconds), dtype=np.float32)
+        kernels.between_all(seconds, self.origin, self.slot_seconds, self.slots, first, second, fraction)
         return first, second, fraction
 
     def first_of(self, times: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:

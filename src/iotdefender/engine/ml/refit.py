@@ -44,10 +44,10 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from iotdefender.engine.ml import tails
+from iotdefender.engine.ml import kernels, tails
 from iotdefender.engine.ml.clock import SeasonalClock
 from iotdefender.engine.ml.data import TrainingData
-from iotdefender.engine.ml.robust import Segments, clipped_location_and_std, finite
+from iotdefender.engine.ml.robust import clipped_std_factor, finite
 from iotdefender.engine.ml.seasonal import RIDGE, Fallbacks, NormalEquations, basis_devices, principal_rhythms
 
 _N = TypeVar("_N", bound=np.generic)
@@ -103,7 +103,7 @@ class FullFit:
 
 def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float64], basis: npt.NDArray[np.float64],
           fallbacks: Fallbacks, start: SampleFit, sampled: npt.NDArray[np.int64], *, nonnegative: bool, rhythm_clip: float, cap: float,
-          clip: float = 3.5, rounds: int = 1,
+          clip: float = 3.5,
           prior: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None) -> FullFit:
     """One pass over ``data`` (grouped by device): ``FullFit`` from the sample's ``start``.
 
@@ -112,7 +112,7 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
     differences that say which tail cohort a device is in leave them out (cross-fitted, as training
     on all datapoints sorts on half and calibrates on the other: a device whose window happened to
     be light would otherwise bring its light scores to a light cohort and pull its thresholds
-    low). ``cap`` is the differences' (tails.py), ``clip`` and ``rounds`` the clipped moments' (robust.py).
+    low). ``cap`` is the differences' (tails.py), ``clip`` the clipped moments' (robust.py: one round).
     ``prior`` (mean, ridge), both [devices, rank], pulls the weights towards the mean as
     ``seasonal.fit_weights``' does (the level keeps the small ridge); without it, only the small
     ridge holds the correction.
@@ -136,36 +136,26 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
     count = np.zeros(n_devices, dtype=np.int64)
     beyond = np.zeros(n_devices, dtype=np.int64)
     outside = np.zeros(n_devices, dtype=np.int64)
-    # Blocks of ~500k datapoints share one solve of the normal equations (it has a fixed cost); within
-    # a block, chunks of whole devices that fit the cache, whose arrays (16 bytes a datapoint) are
-    # kept until the block's devices are solved. Measured at 20k devices: 3.2 s of CPU with blocks
-    # of 500k, 3.5 with 2M, 3.3 with 125k.
+    scale = 1.0 / clock.slot_seconds
+    offset = clock.origin / clock.slot_seconds + 0.5
+    correction = clipped_std_factor(clip)
+    # Blocks of ~500k datapoints share one solve of the normal equations (it has a fixed cost); the
+    # datapoints' columns (17 bytes a datapoint) are kept until the block's devices are solved.
     for a, b in tails.chunks(bounds, _BLOCK):
         m = b - a
-        # 1. Each datapoint's residual from the sample's fit.
+        begin, stop = int(bounds[a]), int(bounds[b])
+        run = lengths[a:b]
+        # 1-2. Each datapoint's residual from the sample's fit; device-slot sums of those near it.
         table = center32[None, :] + location[a:b, None] + np.einsum("dk,sk->ds", weights[a:b], augmented32[:, 1:])
-        table_slope = _slope(table)  # once a block: per chunk, np.roll's overhead cost ~0.5 s at 100k devices
+        y = _log(data.value[begin:stop], nonnegative)
+        first = np.empty(stop - begin, dtype=np.int32)
+        fraction = np.empty(stop - begin, dtype=f32)
+        residual = np.empty(stop - begin, dtype=f32)
         sums = np.zeros((m, slots))
         counts = np.zeros((m, slots))
-        parts = []
-        for c, d in tails.chunks(bounds[a:b + 1]):
-            begin, stop = int(bounds[a + c]), int(bounds[a + d])
-            segments = Segments(lengths[a + c:a + d])
-            y = _log(data.value[begin:stop], nonnegative)
-            first, fraction = clock.first_of(np.asarray(data.time[begin:stop], dtype=np.float64))
-            # Flat indices as intp: numpy's take and bincount convert int32 indices first (bincount
-            # with int32 cells took ~3x as long at 125k datapoints).
-            row = segments.spread(np.arange(d - c, dtype=np.intp) * slots)
-            cell = row + first  # the device's slot centre at or before the datapoint (in the chunk)
-            residual = y - along(table[c:d], cell, fraction, table_slope[c:d])
-            # 2. Device-slot sums of the datapoints near the sample's fit.
-            keep = np.abs(residual) <= segments.spread((rhythm_clip * spread[a + c:a + d]).astype(f32))
-            cells = _nearest(cell, first, fraction, slots)[keep]
-            size = (d - c) * slots
-            sums[c:d] += np.bincount(cells, weights=residual[keep], minlength=size).reshape(d - c, slots)
-            counts[c:d] += np.bincount(cells, minlength=size).reshape(d - c, slots)
-            parts.append((c, d, begin, stop, segments, y, cell, fraction, residual))
-            del first, row, keep, cells
+        kernels.residual_sums(y, np.asarray(data.time[begin:stop], dtype=np.float64), run,
+                              table, (rhythm_clip * spread[a:b]).astype(f32), scale, offset,
+                              first, fraction, residual, sums, counts)
         # The correction of level and weights, with the small ridge: the cohort prior
         # (seasonal.cohort_prior) pulled strong rhythms towards their cohort's mean of first fits on
         # ~235 datapoints, which that fit's ridge shrinks by ~7 %: on 4,000 datapoints a device's own
@@ -177,32 +167,18 @@ def refit(data: TrainingData, clock: SeasonalClock, center: npt.NDArray[np.float
         location[a:b] += step[:, 0]
         weights[a:b] += step[:, 1:]
         moved = step[:, :1] + np.einsum("dk,sk->ds", step[:, 1:], augmented32[:, 1:])  # not BLAS (seasonal.py)
-        moved_slope = _slope(moved)
-        for c, d, begin, stop, segments, y, cell, fraction, residual in parts:
-            residual -= along(moved[c:d], cell, fraction, moved_slope[c:d])
-            # 3. Level and spread around the corrected fit (clipped moments, as training's on all datapoints).
-            shift, std = clipped_location_and_std(segments, residual, clip=clip, rounds=rounds,
-                                                  start=(np.zeros(d - c), level_spread[a + c:a + d]))
-            location[a + c:a + d] += finite(shift).astype(f32)
-            std = np.where(np.isfinite(std), std, spread[a + c:a + d])
-            spread[a + c:a + d] = std.astype(f32)
-            # 4. The successive differences with that spread.
-            inverse = (1.0 / (np.sqrt(2.0) * np.maximum(std, 1e-9))).astype(f32)
-            left_out = np.zeros(stop - begin, dtype=bool)
-            left_out[sampled[np.searchsorted(sampled, begin):np.searchsorted(sampled, stop)] - begin] = True
-            m2[a + c:a + d], m4[a + c:a + d], count[a + c:a + d] = tails.run_moments(
-                y, lengths[a + c:a + d], inverse, cap, left_out)
-            # 5. How many datapoints outside the sample lie far off the fit. Far ones are rare (6e-5
-            # of normal noise): counted from their positions, not by per-device sums over every
-            # datapoint (two such sums and a mask cost ~1 s at 100k devices x 14 days).
-            residual -= segments.spread(finite(shift).astype(f32))
-            np.abs(residual, out=residual)
-            far = np.flatnonzero(residual > segments.spread((BEYOND * std).astype(f32)))
-            far = far[~left_out[far]]
-            edges = bounds[a + c:a + d + 1]
-            beyond[a + c:a + d] = np.diff(np.searchsorted(far, edges - begin))
-            outside[a + c:a + d] = lengths[a + c:a + d] - np.diff(np.searchsorted(sampled, edges))
-        del parts
+        # 3-5. Level and spread around the corrected fit (clipped moments, as training's on all
+        # datapoints), the successive differences with that spread, the far datapoints outside the sample.
+        left_out = np.zeros(stop - begin, dtype=bool)
+        left_out[sampled[np.searchsorted(sampled, begin):np.searchsorted(sampled, stop)] - begin] = True
+        shift = np.empty(m)
+        std = np.empty(m)
+        kernels.fit_moments(y, first, fraction, residual, run, moved, finite(clip * level_spread[a:b]).astype(f32),
+                            level_spread[a:b], spread[a:b].copy(), left_out, correction, cap, BEYOND,
+                            shift, std, m2[a:b], m4[a:b], count[a:b], beyond[a:b], outside[a:b])
+        location[a:b] += shift.astype(f32)
+        spread[a:b] = std.astype(f32)
+        del y, first, fraction, residual, left_out
     return FullFit(location, weights, spread, lengths, tails.finish(m2, m4, count), beyond, outside)
 
 

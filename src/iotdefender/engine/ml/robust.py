@@ -91,7 +91,7 @@ def clipped_location_and_std(segments: Segments, values: npt.NDArray[np.float32]
     """
     location, std = _histogram_median_and_std(segments, values) if start is None else (
         np.asarray(start[0], dtype=np.float64), np.asarray(start[1], dtype=np.float64))
-    correction = _clipped_std_factor(clip)
+    correction = clipped_std_factor(clip)
     for _ in range(rounds):
         base = finite(location).astype(np.float32)
         limit = segments.spread(finite(clip * std).astype(np.float32))
@@ -154,7 +154,7 @@ def _histogram_median_and_std(segments: Segments,
     return median, std
 
 
-def _clipped_std_factor(clip: float) -> float:
+def clipped_std_factor(clip: float) -> float:
     """The standard deviation of a standard normal clipped to ±clip (what clipped moments underestimate by)."""
     mass = math.erf(clip / math.sqrt(2))
     density = math.exp(-clip * clip / 2) / math.sqrt(2 * math.pi)
