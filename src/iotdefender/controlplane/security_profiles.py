@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
+
 from iotdefender.contract.errors import already_exists, invalid_request, not_found, version_conflict
 from iotdefender.contract.service_model import service_model
 from iotdefender.contract.validation import constraint_problems
@@ -15,6 +17,8 @@ from iotdefender.store import catalog, profiles, tags
 from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, page_size, take_page
 from iotdefender.controlplane.tag_rules import checked_tags
+
+log = structlog.get_logger("iotdefender.controlplane")
 
 operation = OperationTable()
 
@@ -86,7 +90,17 @@ def create_security_profile(ctx: ServiceContext, params: Params) -> Params:
                 row[column] = params.get(member)
         profiles.insert(conn, **row)
         tags.replace(conn, row["arn"], tag_list)
+    _warn_if_export_asked(name, row["metrics_export_config"], behaviors)
     return {"securityProfileName": name, "securityProfileArn": row["arn"]}
+
+
+def _warn_if_export_asked(name: str, export_config: dict[str, Any] | None, behaviors: list[dict[str, Any]]) -> None:
+    """Metrics export is accepted and stored as AWS does, but not carried out (docs/api-behaviour.md):
+    say so where an operator who asked for it would look."""
+    exported = [b.get("name") for b in behaviors if b.get("exportMetric")]
+    if export_config or exported:
+        log.warning("metrics_export_not_supported", profile=name, topic=(export_config or {}).get("mqttTopic"),
+                    behaviors=exported, reason="the profile is stored; nothing is published to the export topic")
 
 
 @operation("DescribeSecurityProfile")
@@ -119,6 +133,7 @@ def update_security_profile(ctx: ServiceContext, params: Params) -> Params:
         if not profiles.update(conn, name, row["version"], **changes):
             raise version_conflict(f"Security profile {name} was modified concurrently; retry the update")
         merged.update(changes, version=row["version"] + 1)
+    _warn_if_export_asked(name, merged["metrics_export_config"], merged["behaviors"] or [])
     return describe_row(merged)
 
 
