@@ -7,6 +7,7 @@ a transaction left idle ends after a bound whatever sits between client and serv
 
 from __future__ import annotations
 
+import datetime
 import functools
 import threading
 import time
@@ -18,8 +19,8 @@ from sqlalchemy.exc import DBAPIError
 from iotdefender.backtest.runner import BacktestRequest, run_backtest
 from iotdefender.store import history
 from iotdefender.store.availability import is_unavailable
-from iotdefender.store.database import (IDLE_IN_TRANSACTION_S, create_engine, long_statements, upgrade_to_head,
-                                        writing)
+from iotdefender.store.database import (IDLE_IN_TRANSACTION_S, create_engine, end_session, long_statements,
+                                        session_of, upgrade_to_head, writing)
 from iotdefender.store.metric_values import RetainedReport, insert_reports
 
 
@@ -46,6 +47,22 @@ def test_a_round_trip_without_an_answer_ends_its_connection_as_an_outage(postgre
     assert is_unavailable(raised.value) and "no answer from PostgreSQL within 0.5 s" in str(raised.value)
     with engine.connect() as conn:  # the closed connection left the pool; a new one works
         assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+    engine.dispose()
+
+
+def test_only_the_lost_session_itself_is_ended_not_a_later_one_with_its_process_id(postgres):
+    """``end_session`` names a session by its process id and its start: a session that reuses the
+    id (another node's, once the lost one is gone) is left alone and the lost one counts as gone."""
+    engine = create_engine(postgres.create_database(f"sess{time.time_ns()}"))
+    with engine.connect() as lost, engine.connect() as asking:
+        pid, started = session_of(lost)  # type: ignore[misc]
+        assert started is not None
+        later = started + datetime.timedelta(seconds=1)  # what a reused process id would show
+        assert end_session(asking, (pid, later)) is True
+        assert lost.execute(sa.text("SELECT 1")).scalar() == 1  # left alone
+        assert end_session(asking, (pid, started)) is True
+        with pytest.raises(DBAPIError):  # this one was ended
+            lost.execute(sa.text("SELECT 1"))
     engine.dispose()
 
 

@@ -46,7 +46,7 @@ from iotdefender.pipeline.ml_registry import ModelRegistry
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import violations
 from iotdefender.store.availability import StoreUnavailable
-from iotdefender.store.database import end_session, session_of, write_connection, writing
+from iotdefender.store.database import Session, end_session, session_of, write_connection, writing
 
 log = structlog.get_logger("iotdefender.detection")
 T = TypeVar("T")
@@ -106,7 +106,7 @@ class _Unconfirmed:
 
     pending: PendingDetection
     check: CommitCheck | None
-    session: int | None  # the server's session it was sent on, ended before the check (store.database.end_session)
+    session: Session | None  # the server's session it was sent on, ended before the check (store.database.end_session)
 
 
 class DetectionService:

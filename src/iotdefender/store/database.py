@@ -6,6 +6,7 @@ databases, so a user's existing data directory is carried forward by every relea
 
 from __future__ import annotations
 
+import datetime
 import functools
 import math
 from collections.abc import Callable, Iterator
@@ -219,12 +220,17 @@ def _server_limits(idle_in_transaction_s: float) -> str:
     return "SELECT " + ", ".join(f"set_config('{name}', '{value}', false)" for name, value in settings.items())
 
 
-def _set_on_connect(limits: str, dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _set_on_connect(limits: str, dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
     autocommit = dbapi_connection.autocommit
     dbapi_connection.autocommit = True  # a setting made outside a transaction lasts the session
     try:
         with dbapi_connection.cursor() as cursor:
             cursor.execute(limits)
+            # With the process id, when the session started: what names this session and no later
+            # one that reuses its process id (``end_session``).
+            cursor.execute("SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+            row = cursor.fetchone()
+            record.info["backend_start"] = row[0] if row else None
     finally:
         dbapi_connection.autocommit = autocommit
 
@@ -243,32 +249,40 @@ def probe_engine(engine: Engine) -> Engine:
     return probing
 
 
-def session_of(conn: Connection) -> int | None:
-    """The server process of ``conn``'s session (PostgreSQL's backend pid; read locally, no round
-    trip), for ``end_session`` should its connection be lost mid-COMMIT; None on SQLite."""
+#: A PostgreSQL session: its server process id and when it started (None if it could not be read).
+Session = tuple[int, datetime.datetime | None]
+
+
+def session_of(conn: Connection) -> Session | None:
+    """``conn``'s session (its backend pid, read locally, and its start, read when it connected),
+    for ``end_session`` should its connection be lost mid-COMMIT; None on SQLite."""
     if conn.dialect.name != "postgresql":
         return None
-    return conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+    pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+    return pid, conn.connection.info.get("backend_start")
 
 
 #: How long ``end_session`` waits for the session it ended to be gone.
 END_SESSION_WAIT_MS = 500
 
 
-def end_session(conn: Connection, session: int) -> bool:
+def end_session(conn: Connection, session: Session) -> bool:
     """End ``session`` (``session_of`` a connection that was lost) and return whether it is gone.
 
     A COMMIT whose answer was lost may still be ahead of its session: a server that was frozen
     (``BoundedConnection`` gave the connection up) reads it from its socket and commits when it
     runs again, possibly after a new session asked whether it had. Once the session has ended its
     transaction is settled for good: committed or rolled back. Only a session of this database
-    and user is ended (PgBouncer hands out its own process ids: one that names nothing is gone).
-    ``pg_terminate_backend``'s wait needs PostgreSQL 14."""
+    and user, started when that session did: a later session that reuses the process id (another
+    node's, say) is not the lost one, and is left alone (PgBouncer hands out its own process ids:
+    one that names nothing is gone). ``pg_terminate_backend``'s wait needs PostgreSQL 14."""
+    pid, started = session
     return bool(conn.execute(sa.text(
         "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = :pid"
-        " AND datname = current_database() AND usename = current_user)"
+        " AND datname = current_database() AND usename = current_user"
+        " AND (CAST(:started AS timestamptz) IS NULL OR backend_start = CAST(:started AS timestamptz)))"
         " THEN pg_terminate_backend(:pid, :wait) ELSE true END"),
-        {"pid": session, "wait": END_SESSION_WAIT_MS}).scalar())
+        {"pid": pid, "started": started, "wait": END_SESSION_WAIT_MS}).scalar())
 
 
 _WRITE_OPTION = "iotdefender_write"
