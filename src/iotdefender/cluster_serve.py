@@ -76,6 +76,7 @@ from iotdefender.service import (
     history_interval,
     http_server,
     load_alert_routes,
+    warn_unreached_topics,
     metrics_token,
     ml_training,
     mqtt_auth,
@@ -432,10 +433,12 @@ async def serve_cluster(settings: Settings) -> None:
     events = broker_events(settings, roles, devices, nc, topology, node_id)
     if "api" in roles:
         backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)
+        warn_unreached_topics(engine, routes)
         api = ApiService(context, credentials, on_change=(monitoring.invalidate, notices[0].changed), health=health,
+                         on_write=(routes.profile_written,),
                          extensions=Extensions(broker_events=events.intake.ingest_events if events else None,
                                                dead_letters=alerts.dead_letters, backtests=backtests))
-        app = create_app(api, create_console(api, monitoring, settings.time_scale), cluster_health.readiness,
+        app = create_app(api, create_console(api, monitoring, settings.time_scale, routes), cluster_health.readiness,
                          metrics_token=token)
     else:
         app = create_operations_app(health, cluster_health.readiness, metrics_token=token)

@@ -52,7 +52,7 @@ from iotdefender.pipeline.worker_client import WorkerBatchStore
 from iotdefender.net_address import check_port_free
 from iotdefender.role_metrics import ROLE_ORDER, describe_node, export_only
 from iotdefender.settings import Settings
-from iotdefender.store import history, metric_values, violations
+from iotdefender.store import history, metric_values, profiles, violations
 from iotdefender.store.advisory import ML_TRAINING, run_alone
 from iotdefender.store.availability import DatabaseHealth, log_unless_outage
 from iotdefender.store.database import create_engine, in_batches, long_statements, sqlite_url, upgrade_to_head
@@ -217,6 +217,15 @@ def load_alert_routes(settings: Settings) -> AlertRoutes:
     return AlertRoutes(subscriptions, settings.sns_endpoint_url)
 
 
+def warn_unreached_topics(engine: Engine, routes: AlertRoutes) -> None:
+    """At start: one warning per SNS topic of the stored profiles that goes nowhere (a migration
+    that kept the AWS topics, a destination removed from the settings)."""
+    with engine.connect() as conn:
+        unreached = routes.unreached_topics(profiles.all_profiles(conn))
+    for topic, names in unreached.items():
+        log.warning("alert_target_unreached", topic=topic, profiles=names, reason=routes.undeliverable(topic))
+
+
 def pipeline_config(settings: Settings, context: ServiceContext, routes: AlertRoutes) -> PipelineConfig:
     return PipelineConfig(arn_prefix=context.arn(""), invalidation_period=settings.effective_invalidation_period,
                           time_scale=settings.time_scale, alert_routes=routes,
@@ -256,8 +265,9 @@ async def serve(settings: Settings) -> None:
                             observer=cloud if settings.cloud_metrics else NULL_OBSERVER)
     backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)
     swept = SweepWake()  # after the caches are dropped: the sweep reads the changed control plane
+    warn_unreached_topics(engine, routes)
     api = ApiService(context, credentials, on_change=(monitoring.invalidate, store.invalidate, swept), health=health,
-                     extensions=Extensions(broker_events=cloud.ingest_events, dead_letters=alerts.dead_letters,
+                     on_write=(routes.profile_written,), extensions=Extensions(broker_events=cloud.ingest_events, dead_letters=alerts.dead_letters,
                                            backtests=backtests))
     broker, mqtt_endpoint = build_broker(settings, gatekeeper, ingest.submit)
     replies.broker = broker
@@ -291,7 +301,7 @@ async def serve(settings: Settings) -> None:
         asyncio.create_task(ml_training(settings, engine, monitoring, store.invalidate), name="ml-training"),
     ]
 
-    server = http_server(settings, create_app(api, create_console(api, monitoring, settings.time_scale),
+    server = http_server(settings, create_app(api, create_console(api, monitoring, settings.time_scale, routes),
                                               metrics_token=token))
     export_only(ROLE_ORDER, embedded_broker=settings.mqtt_url is None)  # every role's metrics: one box is all three
     describe_node(socket.gethostname(), ROLE_ORDER)

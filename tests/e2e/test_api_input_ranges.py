@@ -109,3 +109,19 @@ def test_missing_and_mistyped_inputs_are_each_counted(unchecked):
     assert message.startswith("2 validation errors detected: ")
     assert "Value null at 'metricType' failed to satisfy constraint: Member must not be null" in message
     assert "Value '5' at 'displayName' failed to satisfy constraint: Member must be a string" in message
+
+
+@pytest.mark.parametrize("role, quoted", [("short", "'short'"), ("", "''")])
+def test_a_too_short_string_is_quoted_itself(unchecked, role, quoted):
+    """botocore's range check gave the length as the value: 'short' was quoted as '5', '' as '0'."""
+    message = refusal(lambda: unchecked.create_security_profile(securityProfileName="range-role", alertTargets={
+        "SNS": {"alertTargetArn": "arn:aws:sns:us-east-1:123456789012:t", "roleArn": role}}))
+    assert f"Value {quoted} at 'alertTargets.SNS.roleArn' failed to satisfy constraint: Member must have length " \
+           "greater than or equal to 20" in message, message
+
+
+def test_an_empty_list_is_quoted_as_a_list(unchecked):
+    message = refusal(lambda: unchecked.create_dimension(name="range-dim", type="TOPIC_FILTER", stringValues=[],
+                                                         clientRequestToken="range-dim-token"))
+    assert "Value '[]' at 'stringValues' failed to satisfy constraint: Member must have length greater than or " \
+           "equal to 1" in message, message

@@ -486,3 +486,18 @@ def test_a_profile_created_whose_target_is_refused_comes_back_as_its_edit_form(s
     assert saved.status_code == 303 and saved.headers["location"].endswith("?saved=1")
     assert [t["arn"] for t in iot.list_targets_for_security_profile(
         securityProfileName="pt-made")["securityProfileTargets"]] == [f"{ARN}:all/things"]
+
+
+@pytest.mark.parametrize("topic, role, missing", [("arn:aws:sns:us-east-1:123456789012:t", "", "Role ARN"),
+                                                  ("", "arn:aws:iam::123456789012:role/r", "Topic ARN")])
+def test_an_sns_target_with_one_arn_says_which_is_missing(service, topic, role, missing):
+    """Saving a topic without a role showed AWS's length constraint on the empty member, quoted as
+    "Value '0'": the form now says which ARN is missing, by the alert target's fields."""
+    client, token = logged_in(service)
+    refused = client.post("/console/profiles/new", data={
+        "csrf": token, "name": "pt-half-target", "behaviors": "[]", "alert_topic": topic, "alert_role": role})
+    text = html.unescape(refused.text)
+    assert refused.status_code == 400 and "An SNS alert target needs both ARNs" in text and f"Fill in {missing}" in text
+    assert "Value '0'" not in text and f'value="{topic}"' in text and f'value="{role}"' in text
+    with pytest.raises(Exception, match="ResourceNotFoundException"):
+        service.client().describe_security_profile(securityProfileName="pt-half-target")

@@ -144,12 +144,25 @@ def alerting_service(tmp_path, webhooks: list[str], *args: str) -> ServiceProces
     return svc
 
 
+def alerting_profile(iot, topic: str) -> None:  # type: ignore[no-untyped-def]
+    """The profile "p" on every thing, alerting to ``topic``."""
+    iot.create_security_profile(securityProfileName="p", behaviors=[PORTS], alertTargets={
+        "SNS": {"alertTargetArn": topic, "roleArn": "arn:aws:iam::123456789012:role/r"}})
+    iot.attach_security_profile(securityProfileName="p", securityProfileTargetArn=ARN + "all/things")
+
+
+def dead_letters(svc: ServiceProcess) -> list[dict]:
+    """``GET /_iotdefender/alerts/dead``, signed."""
+    request = AWSRequest(method="GET", url=svc.endpoint + "/_iotdefender/alerts/dead")
+    SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "iot", REGION).add_auth(request)
+    answer = httpx.get(request.url, headers=dict(request.headers))
+    assert answer.status_code == 200, answer.text
+    return answer.json()["deadLetters"]
+
+
 def alarm_on_cam(svc: ServiceProcess) -> None:
     """A profile alerting to ALERTS_TOPIC on every thing, and the device "cam" in alarm on it."""
-    iot = svc.client()
-    iot.create_security_profile(securityProfileName="p", behaviors=[PORTS], alertTargets={
-        "SNS": {"alertTargetArn": ALERTS_TOPIC, "roleArn": "arn:aws:iam::123456789012:role/r"}})
-    iot.attach_security_profile(securityProfileName="p", securityProfileTargetArn=ARN + "all/things")
+    alerting_profile(svc.client(), ALERTS_TOPIC)
     dev = Device(svc.mqtt_port, "cam")
     assert dev.report(report(1, [22]))[0] == "json/accepted"
     dev.close()
@@ -190,11 +203,7 @@ def test_failing_webhook_is_retried_then_dead_lettered(tmp_path):
         deadline, letters = time.time() + 30, []
         while time.time() < deadline and not letters:
             time.sleep(0.5)
-            fresh = AWSRequest(method="GET", url=svc.endpoint + "/_iotdefender/alerts/dead")
-            SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "iot", REGION).add_auth(fresh)
-            answer = httpx.get(fresh.url, headers=dict(fresh.headers))
-            assert answer.status_code == 200, answer.text
-            letters = answer.json()["deadLetters"]
+            letters = dead_letters(svc)
         assert len(letters) == 1 and letters[0]["destination"] == f"webhook:{dead}"
         assert letters[0]["attempts"] == 8 and json.loads(letters[0]["message"])["thingName"] == "cam"
         assert 'iotdefender_alert_deliveries_total{kind="webhook",outcome="dead"} 1.0' in httpx.get(
@@ -216,10 +225,7 @@ def test_a_burst_of_alerts_is_delivered_whole(tmp_path):
                                                                  "--alert-subscriptions", str(subscriptions)])
     svc.start()
     try:
-        iot = svc.client()
-        iot.create_security_profile(securityProfileName="p", behaviors=[PORTS], alertTargets={
-            "SNS": {"alertTargetArn": topic, "roleArn": "arn:aws:iam::123456789012:role/r"}})
-        iot.attach_security_profile(securityProfileName="p", securityProfileTargetArn=ARN + "all/things")
+        alerting_profile(svc.client(), topic)
         devices = [Device(svc.mqtt_port, f"burst-{i:02d}") for i in range(30)]
         for dev in devices:
             dev.publish(json.dumps(report(1, [22])).encode())

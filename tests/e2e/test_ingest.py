@@ -202,3 +202,33 @@ def test_throttling_one_report_per_interval(tmp_path):
         dev.close()
     finally:
         svc.stop()
+
+
+def test_a_flood_of_rejected_reports_is_a_few_log_lines_and_exact_counters(tmp_path):
+    """One device publishing 300 reports at once: 299 are Throttled. Each used to be a
+    report_rejected line (the log grew fastest under a flood); now a few are logged in full and the
+    rest summed up (report_rejected_summary), while /metrics counts every one."""
+    import json as json_module
+
+    from tests.support.processes import ServiceProcess
+
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--log-format", "json"])  # 300 s between reports
+    svc.start()
+    try:
+        dev = device(svc)
+        for n in range(1, 301):
+            dev.publish(json_module.dumps(report(n, [22])).encode())
+        replies = [dev.reply() for _ in range(300)]
+        dev.close()
+        assert sum(1 for topic, _ in replies if topic == "json/rejected") == 299
+        metrics = httpx.get(svc.endpoint + "/metrics").text
+        assert 'iotdefender_report_rejections_total{reason="Throttled"} 299.0' in metrics
+        svc.stop()  # the summary of the interval under way is written at exit
+        events = [json_module.loads(line) for line in svc.log_path.read_text().splitlines() if line.startswith("{")]
+        full = [e for e in events if e["event"] == "report_rejected"]
+        summaries = [e for e in events if e["event"] == "report_rejected_summary"]
+        assert 0 < len(full) < 50 and all(e["code"] == "Throttled" for e in full)
+        assert len(full) + sum(s["not_logged"].get("Throttled", 0) for s in summaries) == 299
+        assert all(s["exact_totals"] == "iotdefender_report_rejections_total" for s in summaries)
+    finally:
+        svc.stop()

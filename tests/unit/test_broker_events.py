@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Gauge
+from structlog.testing import capture_logs
 
 from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.mosquitto.connections import ConnectedClients
@@ -96,3 +97,15 @@ def test_connected_clients_follow_successful_connects_and_their_disconnects():
     assert registry.get_sample_value("connected") == 1
     connected.reset()  # Mosquitto restarted: its connections are gone without a disconnect each
     assert registry.get_sample_value("connected") == 0
+
+
+def test_a_device_refused_in_a_loop_is_a_few_log_lines_and_every_denial_counted():
+    """A device reconnecting with a wrong password 1,000 times wrote 1,000 mqtt_auth_refused lines."""
+    denials = Recorder()
+    payload = batch(*[("C", "cam-9", "10.0.0.9", "0", "auth_bad_password")] * 1000,
+                    *[("A", "cam-9", "$aws/things/x/shadow", "publish_denied")] * 1000)
+    with capture_logs() as logs:
+        assert apply_events(payload, NULL_OBSERVER, denials, connections()) == 2000
+    assert len(denials.calls) == 2000
+    events = [entry["event"] for entry in logs]
+    assert events.count("mqtt_auth_refused") <= 10 and events.count("mqtt_publish_refused") <= 10

@@ -155,3 +155,24 @@ def test_mistyped_query_values_are_worded_as_aws(query, constraint):
     with pytest.raises(ApiError) as refused:
         parse_request(operation, {}, "startTime=0&endTime=1&" + query, {}, b"")
     assert aws_worded(refused.value.message) and constraint in refused.value.message
+
+
+@pytest.mark.parametrize("operation_name, params, quoted, where", [
+    ("CreateSecurityProfile", {"securityProfileName": "p", "alertTargets": {"SNS": {
+        "alertTargetArn": "arn:aws:sns:us-east-1:123456789012:t", "roleArn": "short"}}}, "'short'",
+     "alertTargets.SNS.roleArn"),
+    ("CreateSecurityProfile", {"securityProfileName": "p", "alertTargets": {"SNS": {
+        "alertTargetArn": "arn:aws:sns:us-east-1:123456789012:t", "roleArn": ""}}}, "''", "alertTargets.SNS.roleArn"),
+    ("CreateDimension", {"name": "d", "type": "TOPIC_FILTER", "stringValues": [], "clientRequestToken": "x"},
+     "'[]'", "stringValues"),
+    ("CreateDimension", {"name": "d", "type": "TOPIC_FILTER", "stringValues": ["a/b", ""],
+                         "clientRequestToken": "x"}, "''", "stringValues[1]"),
+])
+def test_a_length_problem_quotes_the_value_not_its_length(operation_name, params, quoted, where):
+    """botocore's range check reports len(value) as the value: 'short' was quoted as '5'."""
+    with pytest.raises(ApiError) as caught:
+        validate_input(MODEL.operation_model(operation_name).input_shape, params)
+    message = caught.value.message
+    assert f"Value {quoted} at '{where}' failed to satisfy constraint: Member must have length greater than or " \
+           "equal to" in message, message
+    assert message.startswith("1 validation error detected: ")

@@ -4,6 +4,8 @@ Delivery runs in its own task and never blocks evaluation: due rows are sent, fa
 with exponential backoff, and a row that exhausts its attempts is kept as a dead letter (listed by
 ``GET /_iotdefender/alerts/dead``).
 A burst is rate-limited per destination (token bucket), never dropped: what waits stays pending.
+A row for a topic without a destination (``routes.NO_DESTINATION``) is dead on arrival: marked with
+the reason, counted as ``no_destination``, its topic logged once.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import structlog
 from prometheus_client import Counter
 from sqlalchemy.engine import Engine
 
-from iotdefender.alerts.routes import SNS_PREFIX, AlertRoutes
+from iotdefender.alerts.routes import NO_DESTINATION, SNS_PREFIX, AlertRoutes
 from iotdefender.alerts.subscriptions import Webhook
 from iotdefender.store import alert_outbox
 from iotdefender.store.availability import log_unless_outage
@@ -85,6 +87,7 @@ class AlertDelivery:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: httpx.AsyncClient | None = None
         self._sns: Any = None
+        self._unreached_logged: set[str] = set()  # topics without a destination, logged once each
 
     # -- delivery ---------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -133,10 +136,30 @@ class AlertDelivery:
         with writing(self._engine) as conn:
             alert_outbox.mark(conn, row_id, **values)
 
+    def _bury(self, rows: Sequence[Any]) -> None:
+        """Rows whose topic has no destination: dead at once, with why and how to fix it."""
+        with writing(self._engine) as conn:
+            for row in rows:
+                alert_outbox.mark(conn, row.id, status="dead",
+                                  last_error=self._routes.undeliverable(row.target_arn) or f"SNS topic {row.target_arn} had no destination when the alert was raised")
+
+    async def _undeliverable(self, rows: Sequence[Any]) -> None:
+        await anyio.to_thread.run_sync(self._bury, rows)
+        DELIVERIES.labels("sns", "no_destination").inc(len(rows))
+        for topic in sorted({row.target_arn for row in rows} - self._unreached_logged):
+            self._unreached_logged.add(topic)
+            log.warning("alert_undeliverable", topic=topic, reason=self._routes.undeliverable(topic),
+                        note="logged once per topic; counted by iotdefender_alert_deliveries_total"
+                             '{outcome="no_destination"}')
+
     async def _deliver_due(self) -> int:
         claimed = time.monotonic()
         rows = await anyio.to_thread.run_sync(self._due)
-        sent = 0
+        unreached = [row for row in rows if row.destination == NO_DESTINATION]
+        if unreached:
+            await self._undeliverable(unreached)
+            rows = [row for row in rows if row.destination != NO_DESTINATION]
+        sent = len(unreached)  # handled: the loop goes on at once with the next rows
         limited: list[int] = []  # claimed and not attempted: released for the next round
         for index, row in enumerate(rows):
             if time.monotonic() - claimed > self._hold_s - 1.5 * self._send_timeout_s:

@@ -64,14 +64,17 @@ class ApiService:
 
     def __init__(self, context: ServiceContext, credentials: CredentialStore,
                  on_change: Sequence[Callable[[], None]] = (), extensions: Extensions = Extensions(),
-                 health: DatabaseHealth | None = None) -> None:
+                 health: DatabaseHealth | None = None,
+                 on_write: Sequence[Callable[[str, dict[str, Any]], None]] = ()) -> None:
         self.context = context
         self.credentials = credentials
         self.router = Router(service_model())
         # Called after every successful write, so caches of the control plane stay exact.
         self.on_change = tuple(on_change)
+        # Then with the operation and its input (the alert routes warn of a topic that goes nowhere).
+        self.on_write = tuple(on_write)
         # The one dispatch path (validate -> run -> after-change) of the API and the console.
-        self.dispatcher = Dispatcher(context, IMPLEMENTED, after_change=self._changed)
+        self.dispatcher = Dispatcher(context, IMPLEMENTED, after_change=self._changed, after_write=self._written)
         self.dead_letters = extensions.dead_letters
         self.broker_events = extensions.broker_events
         self.backtests = extensions.backtests
@@ -204,6 +207,10 @@ class ApiService:
     def _changed(self) -> None:
         for listener in self.on_change:
             listener()
+
+    def _written(self, operation_name: str, params: dict[str, Any]) -> None:
+        for listener in self.on_write:
+            listener(operation_name, params)
 
 
 #: Cluster mode's readiness beyond the database: None when ready, else what is not (for the probe's body).

@@ -98,16 +98,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         client = ExtensionClient(args.endpoint_url, args.region, args.aws_profile)
         job = client.call("POST", "backtests", _request(args, time.time()))
+        # Progress is for a person at a terminal; written to a file or a pipe it was a line of
+        # "0.0% queued" before the result, and one more every 2 s.
         interactive = sys.stderr.isatty()
         while job["status"] in ("QUEUED", "RUNNING"):
-            line = f"\r{job['progress'] * 100:5.1f}% {job['message'][:60]:<60}"
-            sys.stderr.write(line if interactive else line.strip() + "\n")
-            sys.stderr.flush()
+            if interactive:
+                sys.stderr.write(f"\r{job['progress'] * 100:5.1f}% {job['message'][:60]:<60}")
+                sys.stderr.flush()
             time.sleep(0.5 if interactive else 2.0)
             job = client.call("GET", f"backtests/{job['backtestId']}")
         if interactive:
             sys.stderr.write("\r" + " " * 70 + "\r")
-    except (ExtensionError, OSError, httpx.HTTPError) as error:  # e.g. nothing listening on the endpoint
+    except (httpx.TransportError, OSError) as error:  # e.g. nothing listening on the endpoint
+        sys.stderr.write(f"iotdefender backtest: cannot reach the service's API at {args.endpoint_url} ({error}); "
+                         "is `iotdefender serve` running there? Give its address with --endpoint-url URL\n")
+        return 2
+    except (ExtensionError, httpx.HTTPError) as error:
         sys.stderr.write(f"iotdefender backtest: {error}\n")
         return 2
     if job["status"] != "SUCCEEDED":

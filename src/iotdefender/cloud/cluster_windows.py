@@ -45,6 +45,7 @@ from iotdefender.cloud.cluster_parts import Mark, StoredPart
 from iotdefender.cloud.service import CloudEventIntake, CloudMetricsService
 from iotdefender.cluster import fencing
 from iotdefender.ingest.report import ReportRejected, check_thing_name
+from iotdefender.log_limits import LimitedLog
 from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of
 from iotdefender.cluster.report_stream import BatchHandler, Delivery, More, nothing_more
 from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSummary, summaries
@@ -56,6 +57,8 @@ from iotdefender.store.availability import log_unless_outage
 from iotdefender.store.database import writing
 
 log = structlog.get_logger("iotdefender.cloud")
+# One line per connection of a client whose id cannot be a thing's would follow its reconnections.
+_CLIENT_ID_REFUSED_LOG = LimitedLog(log, "cloud_window_client_id_refused", None)
 
 VERSION = 1
 KIND = "cloud-window"
@@ -120,7 +123,7 @@ def _thing_name(client_id: str) -> bool:
     try:
         check_thing_name(client_id)
     except ReportRejected:
-        log.info("cloud_window_client_id_refused", client_id=repr(client_id)[:140])
+        _CLIENT_ID_REFUSED_LOG("client_id", client_id=repr(client_id)[:140])
         return False
     return True
 

@@ -8,6 +8,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.api.app import ApiService
 from iotdefender.console import (auth, builder, bulk_verification, devices, evidence, forms, live, pages,
                                  profile_detail, resources)
@@ -19,8 +20,10 @@ from iotdefender.pipeline.monitoring import MonitoringIndex
 SESSION_MAX_AGE_S = 12 * 3600
 
 
-def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: float = 1.0) -> Starlette:
-    console = ConsoleContext(api, monitoring, SessionRegistry(api.context.engine, SESSION_MAX_AGE_S), time_scale)
+def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: float = 1.0,
+                   alert_routes: AlertRoutes | None = None) -> Starlette:
+    console = ConsoleContext(api, monitoring, SessionRegistry(api.context.engine, SESSION_MAX_AGE_S), time_scale,
+                             alert_routes=alert_routes)
     a, p, f, lv = auth.routes(console), pages.routes(console), forms.routes(console), live.routes(console)
     d, r, dv = profile_detail.routes(console), resources.routes(console), devices.routes(console)
     ev, bv = evidence.routes(console), bulk_verification.routes(console)

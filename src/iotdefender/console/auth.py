@@ -19,9 +19,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from iotdefender.console.context import ConsoleContext
+from iotdefender.log_limits import LimitedLog
 
 Page = Callable[[Request], Awaitable[Response]]
 log = structlog.get_logger("iotdefender.console")
+# Attempts refused by the throttle are not checked at all: a few lines and a summary per interval.
+THROTTLED_LOG = LimitedLog(log, "console_login_throttled", None, level="warning")
 
 
 def safe_next(target: str | None) -> str:
@@ -84,7 +87,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         subjects = [f"address:{address}", f"key:{key_id}"]
         wait = console.throttle.retry_after(subjects)
         if wait is not None:
-            log.warning("console_login_throttled", access_key_id=key_id, address=address, retry_after_s=wait)
+            THROTTLED_LOG("login", access_key_id=key_id, address=address, retry_after_s=wait)
             response = console.render(request, "login.html", status_code=429, next=target, access_key_id=key_id,
                                       error=f"Too many failed logins; try again in {wait} s.")
             response.headers["Retry-After"] = str(wait)

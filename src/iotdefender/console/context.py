@@ -17,6 +17,7 @@ from starlette.templating import Jinja2Templates
 
 from iotdefender.english import count_of, quantity
 from iotdefender.metrics_catalog import METRIC_UNITS
+from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.api.app import ApiService
 from iotdefender.console.sessions import SessionRegistry
 from iotdefender.console.throttle import LoginThrottle
@@ -109,6 +110,9 @@ class ConsoleContext:
     # of its ARN (securityprofile, thinggroup): (request, name, writes.Refused) -> response. The
     # tags form is the same on every such page.
     refused_pages: dict[str, Callable[[Request, str, Any], Awaitable[Response]]] = field(default_factory=dict)
+    # Where the profiles' SNS topics go (--sns-endpoint-url, --alert-subscriptions): a profile page
+    # says so when its topic goes nowhere. None: the console does not know (tests of other parts).
+    alert_routes: AlertRoutes | None = None
 
     def __post_init__(self) -> None:
         self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))

@@ -88,6 +88,12 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         params: dict[str, Any] = {"securityProfileName": values["name"], "behaviors": behaviors}
         if values["description"] or not creating:  # an emptied description is cleared, not kept
             params["securityProfileDescription"] = values["description"]
+        if bool(values["alert_topic"]) != bool(values["alert_role"]):
+            # AWS's answer would be a length constraint on the empty member ("Value '' at
+            # 'alertTargets.SNS.roleArn' ... length greater than or equal to 20"): say what is missing.
+            raise FormProblem("alert", "An SNS alert target needs both ARNs: the topic's and the role's that may "
+                                       "publish to it. Fill in " + ("Role ARN" if values["alert_topic"] else "Topic ARN")
+                              + ", or empty both for no alert target")
         if values["alert_topic"] or values["alert_role"]:
             params["alertTargets"] = {"SNS": {"alertTargetArn": values["alert_topic"],
                                               "roleArn": values["alert_role"]}}

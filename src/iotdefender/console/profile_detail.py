@@ -88,7 +88,10 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             token = page.get("nextToken")
             if not token:
                 break
-        return {"profile": described, "models": models, "targets": [target_label(t["arn"]) for t in targets["securityProfileTargets"]],
+        sns = (described.get("alertTargets") or {}).get("SNS")
+        unreached = (console.alert_routes.undeliverable(sns["alertTargetArn"])
+                     if sns and console.alert_routes is not None else None)
+        return {"profile": described, "models": models, "alert_unreached": unreached, "targets": [target_label(t["arn"]) for t in targets["securityProfileTargets"]],
                 "tags": tags, "history": history, "diff": diff,
                 "sentences": [alarm_sentence(b) for b in described.get("behaviors") or []],
                 "retained_text": retained_as_text(described.get("additionalMetricsToRetainV2") or [])}

@@ -41,12 +41,22 @@ _TYPE_WORDS = {
 }
 
 
+def _text(value: Any) -> str:
+    """A value as AWS's (Java) services write it: a list as ``[a, b]``, a boolean as ``true``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join("null" if item is None else _text(item) for item in value) + "]"
+    return str(value)
+
+
 def shown(value: Any) -> str:
     """A value as AWS quotes it in a message ('...'), cut short when long; None is ``null``."""
     if value is None:
         return "null"
-    text = value if isinstance(value, str) else ("true" if value is True else "false" if value is False
-                                                  else str(value))
+    text = _text(value)
     if len(text) > _SHOWN_VALUE_CHARS:
         text = text[:_SHOWN_VALUE_CHARS] + "..."
     return f"'{text}'"
@@ -105,6 +115,20 @@ def _aws_wording(kind: str, name: str, extra: dict[str, Any]) -> str:
     return problem(extra.get("param"), where, "Member must be a valid value")
 
 
+class _QuotingTheValue:
+    """botocore's errors as ``range_check`` reaches them, with the checked value itself in a length
+    problem of the member at ``name``: botocore passes ``len(param)`` as the value (made for its
+    client-side report, "Invalid length for parameter x, value: 5"), and AWS quotes the value."""
+
+    def __init__(self, errors: ValidationErrors, name: str, value: Any) -> None:
+        self._errors, self._name, self._value = errors, name, value
+
+    def report(self, name: str, reason: str, **kwargs: Any) -> None:
+        if reason == "invalid length" and name == self._name:
+            kwargs["param"] = self._value
+        self._errors.report(name, reason, **kwargs)
+
+
 class _AwsParamValidator(ParamValidator):
     """botocore's validator with AWS wording and a timestamp check that cannot raise.
 
@@ -129,6 +153,13 @@ class _AwsParamValidator(ParamValidator):
             errors.report(name, "invalid type", param=param, valid_types=[str(int)])
             return
         getattr(super(), "_validate_long")(param, shape, errors, name)
+
+    def _validate_string(self, param: Any, shape: Shape, errors: ValidationErrors, name: str) -> None:
+        getattr(super(), "_validate_string")(param, shape, _QuotingTheValue(errors, name, param), name)
+
+    def _validate_list(self, param: Any, shape: Shape, errors: ValidationErrors, name: str) -> None:
+        # The items are validated inside with the same errors: only this list's own length is requoted.
+        getattr(super(), "_validate_list")(param, shape, _QuotingTheValue(errors, name, param), name)
 
     def _validate_timestamp(self, param: Any, shape: Shape, errors: ValidationErrors, name: str) -> None:
         try:

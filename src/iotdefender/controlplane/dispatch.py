@@ -25,12 +25,15 @@ class Dispatcher:
     """Validate → run → after-change, for the API and the console alike."""
 
     def __init__(self, context: ServiceContext, implementations: Mapping[str, Implementation],
-                 after_change: Callable[[], None]) -> None:
+                 after_change: Callable[[], None],
+                 after_write: Callable[[str, Params], None] | None = None) -> None:
         """``after_change`` runs after every successful write (a non-GET operation), so caches of
-        the control plane (which profiles monitor a thing) stay exact."""
+        the control plane (which profiles monitor a thing) stay exact; ``after_write`` then gets
+        the operation's name and input (warnings about what was written, in the log)."""
         self.context = context
         self._implementations = implementations
         self._after_change = after_change
+        self._after_write = after_write
 
     def implementation(self, operation_name: str) -> Implementation:
         """The operation's implementation; NotImplementedException (501) for model operations
@@ -52,6 +55,8 @@ class Dispatcher:
         output = self._run(handler, params)
         if operation.http.get("method") != "GET":
             self._after_change()
+            if self._after_write is not None:
+                self._after_write(operation.name, params)
         return output
 
     def call_by_name(self, operation_name: str, params: Params, **extra: Any) -> Params:

@@ -41,6 +41,7 @@ from iotdefender.ingest.report import (
     parse_report,
     report_id_hint,
 )
+from iotdefender.log_limits import LimitedLog
 from iotdefender.pipeline.batch_isolation import Isolated
 from iotdefender.pipeline.batch_store import BATCH_MAX, BatchStore
 from iotdefender.pipeline.monitoring import MonitoringIndex
@@ -51,6 +52,8 @@ log = structlog.get_logger("iotdefender.ingest")
 
 REPORTS = Counter("iotdefender_reports", "Device metrics reports by outcome", ["outcome"])
 REJECTIONS = Counter("iotdefender_report_rejections", "Rejected device metrics reports by reason", ["reason"])
+# A flood of rejections (one device's burst, a full queue) is a few lines and a summary, not a line each.
+REJECTED_LOG = LimitedLog(log, "report_rejected", "iotdefender_report_rejections_total")
 QUEUED = Gauge("iotdefender_ingest_queue_reports", "Reports accepted for storage and not yet answered")
 QUEUE_LIMIT = Gauge("iotdefender_ingest_queue_limit", "Reports that may wait; beyond it: ServiceOverloaded")
 # What a device waits: from the broker's receipt of its report (the plugin's stamp) to the
@@ -162,8 +165,8 @@ class IngestService:
             report_id = rejection.report_id if rejection.report_id is not None else report_id_hint(payload, encoding)
             REPORTS.labels("rejected").inc()
             REJECTIONS.labels(rejection.code.value).inc()
-            log.info("report_rejected", thing=thing, code=rejection.code.value, reason=rejection.message,
-                     report_id=report_id)
+            REJECTED_LOG(rejection.code.value, thing=thing, code=rejection.code.value, reason=rejection.message,
+                         report_id=report_id)
             if rejection.code is RejectCode.INVALID_THING_NAME:
                 return  # there is no valid thing topic to answer on
             body = reply_payload(thing, encoding, report_id, int(now * 1000),

@@ -13,8 +13,13 @@ import structlog
 
 from iotdefender.brokers.mosquitto.connections import ConnectedClients
 from iotdefender.brokers.observer import BrokerObserver
+from iotdefender.log_limits import LimitedLog
 
 log = structlog.get_logger("iotdefender.broker")
+# A device reconnecting in a loop with a wrong password, or publishing where it may not, would
+# otherwise write a line each time: a few per reason and interval, then a summary (log_limits.py).
+AUTH_REFUSED_LOG = LimitedLog(log, "mqtt_auth_refused", "iotdefender_mqtt_denials_total")
+PUBLISH_REFUSED_LOG = LimitedLog(log, "mqtt_publish_refused", "iotdefender_mqtt_denials_total")
 
 # Fields per record type, the type included.
 _SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3}
@@ -43,14 +48,14 @@ def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounte
             client, address, ok, reason = record
             if ok != "1":
                 denials.record_denial(client, reason)  # a refused CONNECT has no topic
-                log.info("mqtt_auth_refused", client_id=client, address=address, reason=reason)
+                AUTH_REFUSED_LOG(reason, client_id=client, address=address, reason=reason)
             else:
                 connections.connected(client)
             observer.connect_attempt(client, address or None, ok == "1")
         elif kind == "A":
             denials.record_denial(record[0], record[2], record[1])
             if record[2] == "publish_denied":
-                log.info("mqtt_publish_refused", client_id=record[0], topic=record[1])
+                PUBLISH_REFUSED_LOG("publish_denied", client_id=record[0], topic=record[1])
         elif kind == "S":
             observer.message_sent(record[0], record[2], int(record[1]))
         elif kind == "R":
