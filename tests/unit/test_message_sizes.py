@@ -6,7 +6,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from iotdefender.controlplane.behavior_rules import validate_profile_behaviors
 from iotdefender.cloud.aggregator import Aggregator, ClientWindow, DimensionSpec, merge_windows
+from iotdefender.cloud.cluster_windows import CloudWindowMessage, decode, encode
 from iotdefender.engine.alarm import counting_ids
 from iotdefender.engine.evaluator import Evaluator
 from iotdefender.engine.series import behavior_series
@@ -95,6 +97,31 @@ def test_a_part_from_a_node_without_the_smallest_takes_its_largest():
     assert window_points(agg, 0)[SMALLEST] == {"count": 80}
 
 
+class OlderClientWindow(msgspec.Struct):
+    """A device's window part as the release before the smallest read it."""
+
+    sent: dict[str | None, int] = {}
+    sent_max_bytes: dict[str | None, int] = {}
+
+
+class OlderMessage(msgspec.Struct, tag_field="kind", tag="cloud-window"):
+    thing: str
+    window: int
+    window_s: float
+    node: str
+    part: OlderClientWindow
+    version: int = 1
+
+
+def test_the_smallest_travels_between_nodes_and_a_node_of_the_release_before_reads_the_part():
+    part = ClientWindow(sent={"t": 2}, sent_max_bytes={"t": 100}, sent_min_bytes={"t": 1})
+    message = CloudWindowMessage("dev", 3, 2.0, "node-a", part)
+    assert decode(encode(message)) == message
+
+    older = msgspec.msgpack.decode(encode(message), type=OlderMessage)
+    assert older.part.sent_max_bytes == {"t": 100}
+
+
 @pytest.mark.parametrize("operator, series", [
     ("less-than", SIZE), ("less-than-equals", SIZE), ("greater-than", SMALLEST), ("greater-than-equals", SMALLEST)])
 def test_at_least_behaviors_read_the_smallest_and_at_most_ones_the_largest(operator, series):
@@ -115,6 +142,14 @@ def test_ml_and_retained_sizes_read_the_largest_and_only_numeric_operators_apply
     assert size_series("aws:message-byte-size|t|IN|smallest") == ("aws:message-byte-size|t|IN",
                                                                   "aws:message-byte-size|t|IN|smallest")
     assert BUILTIN_METRICS[SIZE].operators == NUMERIC_OPERATORS  # no set operators for a count
+
+
+@pytest.mark.parametrize("operator, value", [("in-set", {"numbers": [1]}), ("not-in-set", {"numbers": [1]}),
+                                             ("in-cidr-set", {"cidrs": ["10.0.0.0/8"]}),
+                                             ("in-port-set", {"ports": [80]})])
+def test_set_operators_are_refused_for_the_message_size(operator, value):
+    behavior = {"name": "b", "metric": SIZE, "criteria": {"comparisonOperator": operator, "value": value}}
+    assert validate_profile_behaviors([behavior], {}, {})
 
 
 def run(agg: Aggregator, evaluator: Evaluator, profile, until: float, thing: str = "d"):  # type: ignore[no-untyped-def]
