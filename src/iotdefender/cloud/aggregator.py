@@ -32,7 +32,7 @@ import msgspec
 from typing import Any
 
 from iotdefender.cloud.topic_filter import counted
-from iotdefender.metrics_catalog import series_key, smallest_series
+from iotdefender.metrics_catalog import COUNT_MAX, series_key, smallest_series
 
 CLOUD_METRICS = ("aws:num-connection-attempts", "aws:num-disconnects", "aws:num-authorization-failures",
                  "aws:num-messages-sent", "aws:num-messages-received", "aws:message-byte-size",
@@ -176,11 +176,15 @@ class Aggregator:
 
     @staticmethod
     def _sent(window: ClientWindow, topic: str | None, count: int, size: int) -> None:
-        window.sent[topic] = window.sent.get(topic, 0) + count
+        sent = window.sent.get(topic)
+        if sent is None:  # the first on the topic: the largest and the smallest
+            window.sent[topic] = count
+            window.sent_max_bytes[topic] = window.sent_min_bytes[topic] = size
+            return
+        window.sent[topic] = sent + count
         if size > window.sent_max_bytes.get(topic, -1):
             window.sent_max_bytes[topic] = size
-        smallest = window.sent_min_bytes.get(topic)
-        if smallest is None or size < smallest:
+        elif size < window.sent_min_bytes.get(topic, COUNT_MAX):  # (never above the largest)
             window.sent_min_bytes[topic] = size
 
     def message_received(self, client_id: str, topic: str, at: float) -> None:
