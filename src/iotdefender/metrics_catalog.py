@@ -98,6 +98,34 @@ def series_key(metric: str, dimension_name: str | None = None, operator: str | N
     return metric if dimension_name is None else f"{metric}|{dimension_name}|{operator or 'IN'}"
 
 
+# aws:message-byte-size is "the number of bytes in a message", for "the maximum or minimum size (in
+# bytes) of each message transmitted from a device" (AWS, detect-cloud-side-metrics.html). A
+# cloud-side window holds many messages, so it keeps two: its largest, in the metric's own series
+# (what "at most" behaviors and ML Detect read), and its smallest, in a companion series (what
+# "at least" behaviors read). Every message of the window is then judged: the largest is under a
+# maximum iff all are, the smallest over a minimum iff all are. A window without messages has no
+# message size: no datapoint in either series (docs/cloud-metrics.md).
+SIZE_METRICS = frozenset({"aws:message-byte-size"})
+AT_LEAST_OPERATORS = frozenset({"greater-than", "greater-than-equals"})
+_SMALLEST = "|smallest"
+
+
+def smallest_series(series: str) -> str:
+    """The companion series of a size series (``metric`` or ``metric|dimension|operator``): each
+    window's smallest message. Three ``|``-separated parts are a dimension, so two or four are not."""
+    return series + _SMALLEST
+
+
+def is_smallest_series(series: str) -> bool:
+    return series.endswith(_SMALLEST) and series.split("|", 1)[0] in SIZE_METRICS
+
+
+def size_series(series: str) -> tuple[str, str]:
+    """The largest and smallest series of a size series given either of them."""
+    largest = series[:-len(_SMALLEST)] if is_smallest_series(series) else series
+    return largest, smallest_series(largest)
+
+
 # What a built-in metric's value counts (reference §3.1), for people reading or writing behaviors.
 METRIC_UNITS: Mapping[str, str] = MappingProxyType({
     "aws:message-byte-size": "bytes",

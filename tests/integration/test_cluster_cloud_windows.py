@@ -72,7 +72,8 @@ def database(postgres, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-unty
         "behaviors": [{"name": "sent", "metric": "aws:num-messages-sent",
                        "criteria": {"comparisonOperator": "less-than-equals", "value": {"count": 5}}},
                       {"name": "away", "metric": "aws:disconnect-duration",
-                       "criteria": {"comparisonOperator": "less-than", "value": {"count": 60}}}]})
+                       "criteria": {"comparisonOperator": "less-than", "value": {"count": 60}}}],
+        "additionalMetricsToRetainV2": [{"metric": "aws:message-byte-size"}]})
     api.invoke("AttachSecurityProfile", {"securityProfileName": "chatty",
                                          "securityProfileTargetArn": api.context.arn("all/things")})
     api.context.engine.dispose()
@@ -158,6 +159,9 @@ def test_a_device_that_moves_between_broker_nodes_keeps_one_series(database):
     assert ts == end
     assert points["aws:num-messages-sent"] == {"count": 7}
     assert points["aws:disconnect-duration"] == {"count": 0}  # it ended the window connected, on B
+    # Its messages: 10 bytes on A, 20 on B; the parts merge the largest and the smallest of both.
+    assert (points["aws:message-byte-size"], points["aws:message-byte-size|smallest"]) == ({"count": 20},
+                                                                                           {"count": 10})
     assert event_types(database, mover) == ["in-alarm:sent"]
     [(_, left)] = datapoints(database, leaver)
     assert left["aws:num-messages-sent"] == {"count": 1}
@@ -169,6 +173,8 @@ def test_a_device_that_moves_between_broker_nodes_keeps_one_series(database):
     clock.now += WINDOW_S
     detect.collector.close_due()  # the next window: idle for both, 0 messages; the mover's alarm clears
     assert [p["aws:num-messages-sent"]["count"] for _, p in datapoints(database, mover)] == [7, 0]
+    assert [sorted(k for k in p if k.startswith("aws:message-byte-size")) for _, p in datapoints(database, mover)] \
+        == [["aws:message-byte-size", "aws:message-byte-size|smallest"], []]  # no message, no message size
     assert event_types(database, mover) == ["in-alarm:sent", "alarm-cleared:sent"]
     assert [p["aws:disconnect-duration"]["count"] for _, p in datapoints(database, leaver)] == [4, 9]
     detect.engine.dispose()

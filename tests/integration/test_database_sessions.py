@@ -120,7 +120,7 @@ def test_a_backtest_holds_no_transaction_open_while_it_evaluates(postgres, monke
             {"name": "connections", "metric": "aws:num-connections",
              "criteria": {"comparisonOperator": "greater-than", "value": {"count": 2}}}]
     slow = [{"name": "largest-message", "metric": "aws:message-byte-size",  # a window's maximum: replayed
-             "criteria": {"comparisonOperator": "greater-than", "value": {"count": 105}, "durationSeconds": 300}}]
+             "criteria": {"comparisonOperator": "less-than", "value": {"count": 105}, "durationSeconds": 300}}]
     for behaviors, method in ((fast, "vectorised"), (slow, "engine")):
         request = BacktestRequest(behaviors, 0.0, 2000.0, covers=lambda t: True, invalidation_period=1e9)
         result = run_backtest(engine, request, lambda f, m: time.sleep(0.6))  # each step outlasts the bound

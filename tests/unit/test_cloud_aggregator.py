@@ -45,6 +45,7 @@ def test_every_window_closes_and_idle_devices_get_zero():
     assert d2["aws:num-authorization-failures"] == {"count": 1} and d2["aws:num-connection-attempts"] == {"count": 1}
     idle = agg.datapoints("d1", agg.take(1).get("d1"), 20)
     assert all(v in ({"count": 0}, {"cidrs": []}) for v in idle.values())
+    assert not any(key.startswith("aws:message-byte-size") for key in idle)  # no message, no message size
     assert agg.closed_windows(36) == []  # nothing closes twice
 
 

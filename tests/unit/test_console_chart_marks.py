@@ -86,3 +86,14 @@ def test_a_counts_band_is_drawn_as_detection_applies_it():
     (band,) = add_model_bands({}, [("p", behavior, model, 1, None)], "d", 1000.0, 1300.0)[
         "aws:num-established-tcp-connections"]["bands"]
     assert band["points"] and all(p[1] == int(p[1]) and p[2] == int(p[2]) for p in band["points"])
+
+
+def test_a_message_size_behavior_is_drawn_on_the_series_it_reads():
+    sizes = {"name": "s", "behaviors": [
+        {"name": "min", "metric": "aws:message-byte-size",
+         "criteria": {"comparisonOperator": "greater-than-equals", "value": {"count": 5}}},
+        {"name": "max", "metric": "aws:message-byte-size",
+         "criteria": {"comparisonOperator": "less-than", "value": {"count": 900}}}]}
+    marks = chart_marks([sizes], [], end=50.0)
+    assert marks["aws:message-byte-size|smallest"]["thresholds"] == [{"label": "s/min", "value": 5.0}]
+    assert marks["aws:message-byte-size"]["thresholds"] == [{"label": "s/max", "value": 900.0}]

@@ -27,6 +27,9 @@ from iotdefender.console.wording import alarm_sentence
     ({"name": "s", "metric": "aws:message-byte-size", "criteria": {
         "comparisonOperator": "less-than", "durationSeconds": 600, "value": {"count": 1024}}},
      "alarms when aws:message-byte-size (the largest in 600 s) is 1024 or more"),
+    ({"name": "s", "metric": "aws:message-byte-size", "criteria": {
+        "comparisonOperator": "greater-than-equals", "durationSeconds": 600, "value": {"count": 5}}},
+     "alarms when aws:message-byte-size (the smallest in 600 s) is below 5"),
     ({"name": "m", "metric": "aws:num-messages-sent", "criteria": {"mlDetectionConfig": {"confidenceLevel": "HIGH"}},
       "suppressAlerts": True},
      "alarms when the ML model finds aws:num-messages-sent anomalous with HIGH confidence (alerts suppressed)"),

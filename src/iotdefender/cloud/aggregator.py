@@ -1,9 +1,10 @@
 """Broker events -> per-client, per-window accumulators -> cloud-side datapoints (pure, no I/O).
 
 Per-message cost is a few dictionary updates: messages are counted per (client, window, topic)
-with the largest size, never kept one by one, as stack-measurements recommends for fleet scale.
-When a window closes, every monitored device gets a datapoint for every cloud-side metric, 0 when
-it was idle (AWS reports count 0 for a monitored device with no events, reference §3.3).
+with the largest and smallest size, never kept one by one, as stack-measurements recommends for
+fleet scale. When a window closes, every monitored device gets a datapoint for every cloud-side
+metric, 0 when it was idle (AWS reports count 0 for a monitored device with no events, reference
+§3.3) — except the message size, which a window without messages does not have.
 
 Metric definitions (reference §3.3, choices where AWS is silent marked *):
 - num-connection-attempts: CONNECTs, successful or not;
@@ -11,7 +12,13 @@ Metric definitions (reference §3.3, choices where AWS is silent marked *):
 - num-authorization-failures: refused requests: a refused CONNECT*, a PUBLISH or SUBSCRIBE outside
   the ACL;
 - num-messages-sent / -received: PUBLISHes from the device / deliveries to it;
-- message-byte-size: the largest payload the device published in the window*;
+- message-byte-size: AWS: "The number of bytes in a message. Use this metric to specify the maximum
+  or minimum size (in bytes) of each message transmitted from a device to AWS IoT"
+  (https://docs.aws.amazon.com/iot-device-defender/latest/devguide/detect-cloud-side-metrics.html).
+  AWS judges messages, so a window gives the largest payload the device published in it (the
+  metric's series: "at most" behaviors, ML Detect) and the smallest (``smallest_series``: "at
+  least" behaviors)*; a window in which it published nothing has no message to judge: no
+  datapoint of either (a 0 would read as an empty message and alarm "at least" behaviors)*;
 - source-ip-address: the addresses the device connected from in the window;
 - disconnect-duration: minutes since the device disconnected, while it is disconnected*, else 0.
 """
@@ -25,11 +32,12 @@ import msgspec
 from typing import Any
 
 from iotdefender.cloud.topic_filter import counted
-from iotdefender.metrics_catalog import series_key
+from iotdefender.metrics_catalog import COUNT_MAX, series_key, smallest_series
 
 CLOUD_METRICS = ("aws:num-connection-attempts", "aws:num-disconnects", "aws:num-authorization-failures",
                  "aws:num-messages-sent", "aws:num-messages-received", "aws:message-byte-size",
                  "aws:source-ip-address", "aws:disconnect-duration")
+SIZE_METRIC = "aws:message-byte-size"
 
 
 class ClientWindow(msgspec.Struct, gc=False):
@@ -39,7 +47,7 @@ class ClientWindow(msgspec.Struct, gc=False):
     the service's garbage collector traversed (15,000 devices: about 90,000 of its 180,000
     tracked objects, full collections of 45-100 ms): the struct is untracked (``gc=False``), and
     every field is an int or a dict holding only strings, ``None`` and ints, which CPython leaves
-    untracked too. Hence two dicts for the messages sent instead of ``[count, max bytes]`` lists,
+    untracked too. Hence three dicts for the messages sent instead of ``[count, max, min]`` lists,
     and a dict for the source addresses (sets are always tracked; the values are unused).
     """
 
@@ -48,6 +56,10 @@ class ClientWindow(msgspec.Struct, gc=False):
     auth_failures: dict[str | None, int] = {}  # topic (None: CONNECT) -> count
     sent: dict[str | None, int] = {}  # topic (None: unknown) -> messages
     sent_max_bytes: dict[str | None, int] = {}  # topic -> the largest payload
+    # topic -> the smallest payload. Parts travel as msgpack maps (cluster mode): one encoded by a
+    # node of the release before this field decodes with it empty, its topics' smallest unknown,
+    # and ``smallest_of`` takes their largest, the one size known; an older node ignores it.
+    sent_min_bytes: dict[str | None, int] = {}
     received: dict[str | None, int] = {}
     source_ips: dict[str, None] = {}  # an insertion-ordered set
     # When the device last connected successfully / disconnected in the window (0: not in it).
@@ -57,9 +69,16 @@ class ClientWindow(msgspec.Struct, gc=False):
     last_disconnect: float = 0.0
 
 
+def smallest_of(window: ClientWindow, topic: str | None) -> int:
+    """The smallest payload sent on ``topic`` in the window (one it has a count of)."""
+    size = window.sent_min_bytes.get(topic)
+    return window.sent_max_bytes[topic] if size is None else size
+
+
 def merge_windows(parts: Iterable[ClientWindow]) -> ClientWindow:
     """One device's window from its parts, observed by several broker nodes: counts add up, the
-    largest payload is the largest of the parts, the addresses are the union."""
+    largest payload is the largest of the parts, the smallest the smallest of them, the addresses
+    are the union."""
     merged = ClientWindow()
     for part in parts:
         merged.connection_attempts += part.connection_attempts
@@ -71,6 +90,10 @@ def merge_windows(parts: Iterable[ClientWindow]) -> ClientWindow:
         for topic, size in part.sent_max_bytes.items():
             if size > merged.sent_max_bytes.get(topic, -1):
                 merged.sent_max_bytes[topic] = size
+            smallest = smallest_of(part, topic)
+            known = merged.sent_min_bytes.get(topic)
+            if known is None or smallest < known:
+                merged.sent_min_bytes[topic] = smallest
         merged.source_ips.update(part.source_ips)
         merged.last_connect_ok = max(merged.last_connect_ok, part.last_connect_ok)
         merged.last_disconnect = max(merged.last_disconnect, part.last_disconnect)
@@ -153,9 +176,16 @@ class Aggregator:
 
     @staticmethod
     def _sent(window: ClientWindow, topic: str | None, count: int, size: int) -> None:
-        window.sent[topic] = window.sent.get(topic, 0) + count
+        sent = window.sent.get(topic)
+        if sent is None:  # the first on the topic: the largest and the smallest
+            window.sent[topic] = count
+            window.sent_max_bytes[topic] = window.sent_min_bytes[topic] = size
+            return
+        window.sent[topic] = sent + count
         if size > window.sent_max_bytes.get(topic, -1):
             window.sent_max_bytes[topic] = size
+        elif size < window.sent_min_bytes.get(topic, COUNT_MAX):  # (never above the largest)
+            window.sent_min_bytes[topic] = size
 
     def message_received(self, client_id: str, topic: str, at: float) -> None:
         received = self._client(client_id, at).received
@@ -181,7 +211,8 @@ class Aggregator:
 
     def datapoints(self, client_id: str, window: ClientWindow | None, end: float,
                    dimensions: Iterable[DimensionSpec] = ()) -> dict[str, dict[str, Any]]:
-        """Every cloud-side series of one device for one window ending at ``end`` (0 when idle)."""
+        """Every cloud-side series of one device for one window ending at ``end`` (0 when idle;
+        no message size when it sent no message)."""
         w = window or ClientWindow()
         since = self.disconnected_at.get(client_id)
         points: dict[str, dict[str, Any]] = {
@@ -190,10 +221,10 @@ class Aggregator:
             "aws:num-authorization-failures": {"count": sum(w.auth_failures.values())},
             "aws:num-messages-sent": {"count": sum(w.sent.values())},
             "aws:num-messages-received": {"count": sum(w.received.values())},
-            "aws:message-byte-size": {"count": max(w.sent_max_bytes.values(), default=0)},
             "aws:source-ip-address": {"cidrs": sorted(w.source_ips)},
             "aws:disconnect-duration": {"count": int((end - since) // 60) if since is not None else 0},
         }
+        _sizes(points, SIZE_METRIC, w, list(w.sent_max_bytes))
         for spec in dimensions:
             key = series_key(spec.metric, spec.name, spec.operator)
             keep = lambda topic: counted(topic, spec.filters, spec.operator, client_id)  # noqa: E731
@@ -203,13 +234,21 @@ class Aggregator:
                 points[key] = {"count": sum(c for t, c in w.sent.items() if keep(t))}
             elif spec.metric == "aws:num-messages-received":
                 points[key] = {"count": sum(c for t, c in w.received.items() if keep(t))}
-            elif spec.metric == "aws:message-byte-size":
-                points[key] = {"count": max((m for t, m in w.sent_max_bytes.items() if keep(t)), default=0)}
+            elif spec.metric == SIZE_METRIC:
+                _sizes(points, key, w, [t for t in w.sent_max_bytes if keep(t)])
             elif spec.metric == "aws:source-ip-address":
                 # Addresses of connections that published on matching topics: the broker knows
                 # one address per connection, so a matching message keeps the window's addresses.
                 points[key] = {"cidrs": sorted(w.source_ips) if any(keep(t) for t in w.sent) else []}
         return points
+
+
+def _sizes(points: dict[str, dict[str, Any]], series: str, window: ClientWindow, topics: list[str | None]) -> None:
+    """The largest and smallest message on ``topics`` in the series and its companion; nothing
+    when there is none (docs/cloud-metrics.md)."""
+    if topics:
+        points[series] = {"count": max(window.sent_max_bytes[t] for t in topics)}
+        points[smallest_series(series)] = {"count": min(smallest_of(window, t) for t in topics)}
 
 
 def dimension_specs(profiles: Iterable[Mapping[str, Any]], dimensions: Mapping[str, list[str]]) -> list[DimensionSpec]:

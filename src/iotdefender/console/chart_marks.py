@@ -9,14 +9,16 @@ from typing import Any
 
 from iotdefender.engine.ml import BehaviorModel, ConfidenceLevel
 from iotdefender.engine.ml_behavior import ActiveModel, band
+from iotdefender.engine.series import behavior_series as series_read
 from iotdefender.metrics_catalog import series_key
 
 Marks = dict[str, dict[str, list[Any]]]
 
 
 def behavior_series(behavior: dict[str, Any]) -> str:
-    dimension = behavior.get("metricDimension") or {}
-    return series_key(str(behavior.get("metric")), dimension.get("dimensionName"), dimension.get("operator"))
+    """The chart a behavior's marks go on: the series it reads (a message size behavior whose
+    normal is "at least X" reads each window's smallest message, in its own series)."""
+    return series_read(behavior) or series_key(str(behavior.get("metric")))
 
 
 def _scalar(value: Any) -> float | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from iotdefender.console.context import metric_value, when
 from iotdefender.engine.evaluator import DELTA_METRICS, MAX_METRICS
+from iotdefender.metrics_catalog import AT_LEAST_OPERATORS
 
 # The operator states what is normal; the phrase says what alarms.
 ALARM_PHRASES = {
@@ -47,16 +48,17 @@ def _datapoints(criteria: dict[str, Any]) -> str:
     return text
 
 
-def _window(metric: str, seconds: Any) -> str:
+def _window(metric: str, seconds: Any, operator: str = "") -> str:
     """What durationSeconds does to the value judged (docs/detection.md): counts of bytes and
-    packets are summed over it, the message size is its largest; any other metric is judged on
-    its latest value (for a statistical behavior durationSeconds is the percentile's window)."""
+    packets are summed over it, the message size is its largest (its smallest for an "at least"
+    behavior); any other metric is judged on its latest value (for a statistical behavior
+    durationSeconds is the percentile's window)."""
     if not seconds:
         return ""
     if metric in DELTA_METRICS:
         return f" summed over {seconds} s"
     if metric in MAX_METRICS:
-        return f" (the largest in {seconds} s)"
+        return f" (the {'smallest' if operator in AT_LEAST_OPERATORS else 'largest'} in {seconds} s)"
     return ""
 
 
@@ -67,8 +69,8 @@ def alarm_sentence(behavior: dict[str, Any]) -> str:
     if not criteria:
         return f"retains {metric} without alarming (no criteria)"
     seconds = criteria.get("durationSeconds")
-    over = _window(behavior.get("metric", ""), seconds)
     operator = criteria.get("comparisonOperator", "")
+    over = _window(behavior.get("metric", ""), seconds, operator)
     statistical = criteria.get("statisticalThreshold") or {}
     if criteria.get("mlDetectionConfig") is not None:
         level = (criteria.get("mlDetectionConfig") or {}).get("confidenceLevel", "?")

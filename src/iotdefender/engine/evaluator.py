@@ -27,14 +27,16 @@ from iotdefender.engine.ml_behavior import evidence as ml_evidence
 from iotdefender.engine.ml_behavior import violates as ml_violates
 from iotdefender.engine.series import behavior_series
 from iotdefender.engine.statistics import FleetStatistics, SeriesKey, SharedWindows, StatisticsChanges
-from iotdefender.metrics_catalog import COUNT_MAX
+from iotdefender.metrics_catalog import COUNT_MAX, SIZE_METRICS, is_smallest_series
 
 # Counts per report (device side) or per window (cloud side): summed over durationSeconds.
 DELTA_METRICS = frozenset({"aws:all-bytes-in", "aws:all-bytes-out", "aws:all-packets-in", "aws:all-packets-out",
                            "aws:num-connection-attempts", "aws:num-disconnects", "aws:num-authorization-failures",
                            "aws:num-messages-sent", "aws:num-messages-received"})
-# The largest message of the windows inside durationSeconds.
-MAX_METRICS = frozenset({"aws:message-byte-size"})
+# Message sizes: the largest message of the windows inside durationSeconds, or the smallest for
+# the companion series an "at least" behavior reads (metrics_catalog.smallest_series). Windows
+# without messages have no datapoint, so they are not inside: no message, nothing to judge.
+MAX_METRICS = SIZE_METRICS
 DEFAULT_WINDOW_S = 300.0
 
 StateKey = tuple[str, str, str, str]  # (thing, profile, behavior, dimension)
@@ -258,7 +260,10 @@ class Evaluator:
         if history[0][0] <= now - horizon:
             history[:] = [(t, v) for t, v in history if t > now - horizon]
         inside = [(t, v) for t, v in history if t > now - window_s]
-        combined = max(v for _, v in inside) if metric in MAX_METRICS else sum(v for _, v in inside)
+        if metric in MAX_METRICS:
+            combined = (min if is_smallest_series(series) else max)(v for _, v in inside)
+        else:
+            combined = sum(v for _, v in inside)
         # Saturate: two counts near COUNT_MAX sum past it, and (as floats) COUNT_MAX itself rounds
         # up to 2**63; a count the store cannot encode failed the whole batch it was in.
         return {"count": min(int(combined), COUNT_MAX)}, inside

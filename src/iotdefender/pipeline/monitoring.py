@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from iotdefender.controlplane import hierarchy
 from iotdefender.controlplane.behavior_rules import metric_names_used
 from iotdefender.engine.series import behavior_series
+from iotdefender.metrics_catalog import SIZE_METRICS, size_series
 from iotdefender.store import catalog, profiles, registry
 
 
@@ -130,5 +131,9 @@ class MonitoringIndex:
                 name = behavior_series(item)
                 if item.get("metricDimension") and name is not None:
                     series.add(name)
+        # A message size series is kept with its companion, whichever a behavior reads: each
+        # window's largest and smallest message, for ListMetricValues and backtests of either
+        # kind of behavior.
+        series |= {part for s in series if s.split("|", 1)[0] in SIZE_METRICS for part in size_series(s)}
         snapshot.retained[names] = frozenset(series)
         return snapshot.retained[names]

@@ -66,6 +66,14 @@ def reports_stored(conn: Connection, marks: Mapping[str, int]) -> bool:
 def series_page(conn: Connection, thing: str, key: str, start: float, end: float,
                 after: tuple[float, int] | None, limit: int) -> list[tuple[int, float, dict[str, Any]]]:
     """(id, ts, value) of one series in [start, end], oldest first, after the (ts, id) key."""
+    return [(row_id, ts, values[key]) for row_id, ts, values in series_rows(conn, thing, (key,), start, end, after,
+                                                                            limit)]
+
+
+def series_rows(conn: Connection, thing: str, keys: Sequence[str], start: float, end: float,
+                after: tuple[float, int] | None, limit: int) -> list[tuple[int, float, dict[str, Any]]]:
+    """(id, ts, {key: value}) of the rows holding any of ``keys`` in [start, end], oldest first,
+    after the (ts, id) key."""
     found: list[tuple[int, float, dict[str, Any]]] = []
     while len(found) < limit:
         query = sa.select(metric_values.c.id, metric_values.c.ts, metric_values.c.datapoints).where(
@@ -76,8 +84,9 @@ def series_page(conn: Connection, thing: str, key: str, start: float, end: float
                                        sa.and_(metric_values.c.ts == ts, metric_values.c.id > row_id)))
         rows = conn.execute(query.order_by(metric_values.c.ts, metric_values.c.id).limit(500)).all()
         for row_id, ts, datapoints in rows:
-            if key in datapoints:
-                found.append((row_id, ts, datapoints[key]))
+            values = {key: datapoints[key] for key in keys if key in datapoints}
+            if values:
+                found.append((row_id, ts, values))
                 if len(found) == limit:
                     break
         if len(rows) < 500:
