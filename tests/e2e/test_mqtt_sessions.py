@@ -10,12 +10,12 @@ import queue
 import signal
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 
-from tests.support.processes import ServiceProcess, wait_for
+from tests.support.processes import ServiceProcess, mosquitto_children, wait_for
 
 
 class PersistentDevice:
@@ -82,19 +82,6 @@ def port_free(port: int) -> bool:
     return True
 
 
-def mosquitto_pid(service: ServiceProcess) -> int:
-    assert service.process is not None
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            if f"\nPPid:\t{service.process.pid}\n" in status and status.startswith("Name:\tmosquitto\n"):
-                return int(entry.name)
-    raise AssertionError("the service runs no mosquitto")
-
-
 def subscribed_device(service: ServiceProcess, thing: str) -> PersistentDevice:
     """A device with its reply subscription and one on an application topic, answered once, then away."""
     device = PersistentDevice(service.mqtt_port, thing)
@@ -119,28 +106,18 @@ def resumes(device: PersistentDevice) -> None:
     device.close()
 
 
-def test_a_persistent_session_survives_a_graceful_restart(tmp_path):
+@pytest.mark.parametrize("stop", ["SIGTERM", "kill -9"])
+def test_a_persistent_session_survives_a_restart_of_the_service(tmp_path, stop):
+    """SIGTERM stops Mosquitto after the service; kill -9 of the service sends Mosquitto SIGTERM (not
+    SIGKILL), and it saves its sessions before it exits and frees the MQTT port."""
     service = ServiceProcess(data_dir=tmp_path, extra_args=["--report-min-interval", "0.5"])
     service.start()
     try:
         device = subscribed_device(service, "camera-1")
         publish_once(service.mqtt_port, "camera-1/commands", b"reboot")  # queued: camera-1 is away
-        service.restart()  # SIGTERM, then a new start on the same data directory
-        resumes(device)
-    finally:
-        service.stop()
-
-
-def test_a_persistent_session_survives_a_killed_service(tmp_path):
-    """kill -9 of the service: its Mosquitto is told to stop (SIGTERM, not SIGKILL) and saves its sessions."""
-    service = ServiceProcess(data_dir=tmp_path, extra_args=["--report-min-interval", "0.5"])
-    service.start()
-    try:
-        device = subscribed_device(service, "camera-2")
-        publish_once(service.mqtt_port, "camera-2/commands", b"reboot")
-        service.kill9()
+        service.stop() if stop == "SIGTERM" else service.kill9()
         wait_for(lambda: port_free(service.mqtt_port), 10, "the old Mosquitto to exit")
-        service.start()
+        service.start()  # on the same data directory
         resumes(device)
     finally:
         service.stop()
@@ -159,7 +136,9 @@ def test_a_persistent_session_survives_a_crash_of_mosquitto(tmp_path):
         wait_for(lambda: database.exists() and database.stat().st_mtime > queued_at + 0.1, 10, "an autosave")
         assert service.log_path is not None
         connections = service.log_path.read_text().count("mqtt_client_connected")
-        os.kill(mosquitto_pid(service), signal.SIGKILL)
+        assert service.process is not None
+        (broker,) = mosquitto_children(service.process.pid)
+        os.kill(broker, signal.SIGKILL)
         wait_for(lambda: service.log_path.read_text().count("mqtt_client_connected") > connections, 15,
                  "the service connected to the restarted Mosquitto")
         resumes(device)
