@@ -173,3 +173,20 @@ def test_a_restored_session_gets_only_what_the_policy_of_now_allows(tmp_path):
         watcher.close()
     finally:
         service.stop()
+
+
+def test_an_unreadable_session_file_is_set_aside_and_the_broker_starts_without_it(tmp_path):
+    """Mosquitto does not start on a mosquitto.db it cannot read; the service renames the file and
+    starts it again, rather than not starting at all."""
+    runtime = tmp_path / "mosquitto"
+    runtime.mkdir(mode=0o700)
+    (runtime / "mosquitto.db").write_bytes(b"\x00" * 64)
+    service = ServiceProcess(data_dir=tmp_path, extra_args=["--report-min-interval", "0.5"])
+    service.start()
+    try:
+        assert [p.name.startswith("mosquitto.db.unreadable-") for p in runtime.glob("mosquitto.db.*")] == [True]
+        assert service.log_path is not None and "mqtt_sessions_unreadable" in service.log_path.read_text()
+        subscribed_device(service, "camera-5")  # the broker works, with a session file of its own again
+    finally:
+        service.stop()
+    assert (runtime / "mosquitto.db").exists()

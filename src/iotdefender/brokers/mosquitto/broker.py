@@ -126,7 +126,13 @@ class MosquittoBroker:
             Persistence(self._runtime, self._session_expiry_s, self._autosave_s)))
         config.chmod(0o600)
         self._spawn(executable, config)
-        await self._wait_until_listening()
+        try:
+            await self._wait_until_listening()
+        except OSError:
+            if not self._set_aside_unreadable_sessions():
+                raise
+            self._spawn(executable, config)
+            await self._wait_until_listening()
         host = _WILDCARD_HOSTS.get(self._listeners.host, self._listeners.host)
         self._client = ExternalBroker(
             BrokerUrl(host, self._listeners.port, False, self.client_id, self._secret), self._sink,
@@ -213,6 +219,20 @@ class MosquittoBroker:
                                   f"within {_READY_TIMEOUT_S:.0f} s") from None
                 await asyncio.sleep(0.05)
 
+    def _set_aside_unreadable_sessions(self) -> bool:
+        """Mosquitto refuses to start on a mosquitto.db it cannot read ("Couldn't open database"):
+        rename it (kept for a look) so that the broker starts without the sessions rather than not at
+        all. Whether it did."""
+        database = self._runtime / "mosquitto.db" if self._runtime is not None else None
+        if database is None or not database.exists() or not any("open database" in line for line in self._output):
+            return False
+        aside = database.with_name(f"mosquitto.db.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+        database.rename(aside)
+        log.error("mqtt_sessions_unreadable", set_aside=str(aside),
+                  detail="; ".join(line for line in self._output if "Error" in line))
+        self._output.clear()
+        return True
+
     async def _supervise(self, executable: str, config: Path) -> None:
         """Restart Mosquitto if it dies on its own (devices and the service's client reconnect; the
         persistent sessions are those of its last save)."""
@@ -226,6 +246,7 @@ class MosquittoBroker:
                       restart_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
+            self._set_aside_unreadable_sessions()
             if not self._stopping:
                 self._spawn(executable, config)
 
