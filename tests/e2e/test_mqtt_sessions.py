@@ -1,6 +1,7 @@
 """Persistent MQTT sessions (clean session off) outlive the service and its Mosquitto, as AWS IoT keeps
-them for an hour: a device that reconnects finds its subscriptions (it does not subscribe again, as
-AWS's agents do not when the CONNACK says the session is present) and the QoS 1 messages queued for it."""
+them for an hour: a device that reconnects finds its subscriptions (it does not subscribe again: AWS
+IoT tells devices to do so only when the CONNACK says the session is gone) and the QoS 1 messages
+queued for it."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.support.processes import ServiceProcess, mosquitto_children, wait_for
 
 
 class PersistentDevice:
-    """A paho client with clean_session=False (MQTT 3.1.1, as AWS's Device Defender agents connect)."""
+    """A paho client with clean_session=False, MQTT 3.1.1."""
 
     def __init__(self, port: int, client_id: str) -> None:
         self.port = port

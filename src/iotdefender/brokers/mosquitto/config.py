@@ -38,9 +38,9 @@ class Persistence:
     subscriptions and the QoS 1 messages queued for them) and retained messages, in
     ``directory/mosquitto.db``, written at every graceful stop and every ``autosave_s``, read at start.
 
-    AWS IoT keeps a persistent session for an hour after its device disconnects, and AWS's Device
-    Defender agents subscribe only when the CONNACK says the session is gone: without persistence, a
-    restart of the service lost every session and such a device no longer heard its replies.
+    AWS IoT keeps a persistent session for an hour after its device disconnects, and tells devices to
+    subscribe again only when the CONNACK says the session is gone: without persistence, a restart of
+    the service lost every session and a device relying on its subscriptions no longer heard its replies.
     Mosquitto counts ``persistent_client_expiration`` in whole hours, so ``session_expiry_s`` is
     rounded up to one (--time-scale cannot make it shorter than an hour)."""
 
