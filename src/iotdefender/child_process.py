@@ -7,14 +7,14 @@ import signal
 import sys
 
 
-def die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG = 1).
+def die_with_parent(death_signal: int = signal.SIGKILL) -> None:
+    """Linux: send this process ``death_signal`` when its parent dies (prctl PR_SET_PDEATHSIG = 1).
 
     Caveat: "parent" is the *thread* that forked the child; start children from a thread that
     lives as long as the service (the event loop's, or a dedicated one), never from a pool thread.
     """
     if sys.platform.startswith("linux"):
         try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+            ctypes.CDLL(None, use_errno=True).prctl(1, death_signal, 0, 0, 0)
         except (OSError, AttributeError):
             pass

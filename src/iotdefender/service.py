@@ -358,7 +358,9 @@ def build_broker(settings: Settings, gatekeeper: Gatekeeper, submit: ReportSink
     listeners = ListenerSettings(settings.host, settings.mqtt_port, settings.mqtt_tls_port, settings.mqtt_ca,
                                  settings.mqtt_cert, settings.mqtt_key)
     return (MosquittoBroker(listeners, gatekeeper, submit, settings.mqtt_password_file,
-                            runtime_dir=Path(settings.data_dir) / "mosquitto", acl_file=settings.mqtt_acl_file),
+                            runtime_dir=Path(settings.data_dir) / "mosquitto", acl_file=settings.mqtt_acl_file,
+                            session_expiry_s=settings.effective_mqtt_session_expiry,
+                            autosave_s=settings.effective_mqtt_autosave_interval),
             f"mqtt://{settings.host}:{settings.mqtt_port}")
 
 

@@ -86,6 +86,16 @@ class Settings:
         return self.scaled(self.report_min_interval, 300.0)  # AWS: one report per 5 minutes per device
 
     @property
+    def effective_mqtt_session_expiry(self) -> float:
+        # AWS: a persistent session is kept 1 hour after its device disconnects. The default broker
+        # counts it in whole hours (brokers/mosquitto/config.py), so at most that is scaled.
+        return self.scaled(None, 3600.0)
+
+    @property
+    def effective_mqtt_autosave_interval(self) -> float:
+        return self.scaled(None, 60.0)  # the default broker's sessions saved to disk (not an AWS period)
+
+    @property
     def effective_metric_retention(self) -> float:
         return self.scaled(self.metric_retention, 14 * DAY)  # AWS: detect metrics kept 14 days
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,9 +33,7 @@ def test_readme_walkthrough_with_generated_credentials():
         assert (service.data_dir / "credentials").stat().st_mode & 0o077 == 0
 
         created = aws(service, "create-security-profile", "--security-profile-name", "PortsProfile",
-                      "--behaviors", json.dumps([{"name": "ListeningPorts", "metric": "aws:listening-tcp-ports",
-                                                  "criteria": {"comparisonOperator": "in-port-set",
-                                                               "value": {"ports": [443]}}}]))
+                      "--behaviors", readme_behaviors("PortsProfile"))
         assert created["securityProfileArn"] == "arn:aws:iot:us-east-1:123456789012:securityprofile/PortsProfile"
         listed = aws(service, "list-security-profiles")
         assert listed["securityProfileIdentifiers"] == [{"name": "PortsProfile", "arn": created["securityProfileArn"]}]
@@ -54,5 +53,41 @@ def test_readme_walkthrough_with_generated_credentials():
         service.restart()
         assert (service.data_dir / "credentials").read_text() == credentials
         assert aws(service, "describe-security-profile", "--security-profile-name", "PortsProfile")["version"] == 1
+    finally:
+        service.stop()
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_behaviors(profile: str) -> str:
+    """The ``--behaviors`` JSON of the README's ``create-security-profile`` for ``profile``."""
+    found = re.search(r"create-security-profile --security-profile-name " + profile + r" \\\s*--behaviors '([^']*)'",
+                      README.read_text())
+    assert found, f"the README creates no {profile}"
+    return " ".join(found.group(1).split())
+
+
+def test_readme_profile_with_the_readme_fleet_shows_only_the_anomaly(tmp_path):
+    """The README's PortsProfile on the README's simulated fleet: only the new-port device alarms. With
+    the ports {443, 8883} it once allowed, every device (listening on 22 too) was in alarm at its first report."""
+    service = ServiceProcess(data_dir=tmp_path, env={}, extra_args=["--report-min-interval", "0.5"])
+    service.start()
+    try:
+        aws(service, "create-security-profile", "--security-profile-name", "PortsProfile",
+            "--behaviors", readme_behaviors("PortsProfile"))
+        aws(service, "attach-security-profile", "--security-profile-name", "PortsProfile",
+            "--security-profile-target-arn", "arn:aws:iot:us-east-1:123456789012:all/things")
+        run = subprocess.run(
+            [sys.executable, "-m", "iotdefender", "simulate", "--mqtt-url", f"mqtt://127.0.0.1:{service.mqtt_port}",
+             "--devices", "5", "--interval", "1", "--duration", "4", "--no-custom-metrics",
+             "--anomaly", "new-port:device-0003", "--anomaly-start", "0"],
+            capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        summary = json.loads(run.stdout.strip().splitlines()[-1])
+        assert summary["reports_sent"] >= 15 and summary["accepted"] == summary["reports_sent"], summary
+        active = aws(service, "list-active-violations")["activeViolations"]
+        assert {(v["thingName"], v["behavior"]["name"]) for v in active} == {("device-0003", "ListeningPorts")}
+        assert active[0]["lastViolationValue"]["ports"] == [22, 443, 4444, 8883]
     finally:
         service.stop()

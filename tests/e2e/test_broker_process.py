@@ -13,20 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import ServiceProcess, free_port
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            if f"\nPPid:\t{pid}\n" in status and status.startswith("Name:\tmosquitto\n"):
-                found.append(int(entry.name))
-    return found
+from tests.support.processes import ServiceProcess, free_port, mosquitto_children
 
 
 def alive(pid: int) -> bool:
@@ -42,7 +29,7 @@ def test_mosquitto_dies_with_the_service_on_kill_9(tmp_path):
     svc.start()
     try:
         assert svc.process is not None
-        brokers = children(svc.process.pid)
+        brokers = mosquitto_children(svc.process.pid)
         assert len(brokers) == 1
         # Its configuration (which holds the service's secret) lives in the data directory, 0700:
         # a killed service leaves nothing behind elsewhere, and the next start rewrites it.
@@ -100,7 +87,7 @@ def test_a_stop_signal_stops_everything_cleanly(tmp_path, how):
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        brokers = children(serve.pid)
+        brokers = mosquitto_children(serve.pid)
         assert brokers, "the service runs Mosquitto"
         if how == "ctrl-c":
             os.killpg(serve.pid, signal.SIGINT)  # to the group, as a terminal's Ctrl-C

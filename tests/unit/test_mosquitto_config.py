@@ -1,5 +1,5 @@
 """mosquitto.conf as the service writes it: listeners, client certificates only as identity, no
-injected lines."""
+injected lines, persistent sessions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from iotdefender.brokers.listeners import ListenerSettings
-from iotdefender.brokers.mosquitto.config import PluginOptions, render_config
+from iotdefender.brokers.mosquitto.config import Persistence, PluginOptions, render_config
 
 
 def options(auth: str = "none", **kwargs) -> PluginOptions:  # type: ignore[no-untyped-def]
@@ -43,3 +43,18 @@ def test_an_acl_file_is_mosquittos_and_the_plugin_asks_it_about_application_topi
     assert f"acl_file {(tmp_path / 'devices.acl').resolve()}" in lines and "plugin_opt_app_acl file" in lines
     plain = render_config(ListenerSettings("127.0.0.1", 1883), options()).splitlines()
     assert not any(line.startswith(("acl_file", "plugin_opt_app_acl")) for line in plain)
+
+
+@pytest.mark.parametrize("expiry_s, autosave_s, hours, autosave", [
+    (3600.0, 60.0, 1, 60),  # AWS's hour; a minute of sessions at most lost to a crash of Mosquitto itself
+    (3600.0 / 30, 60.0 / 30, 1, 2),  # --time-scale 30: Mosquitto counts the expiry in whole hours
+    (3600.0 / 0.5, 60.0 / 3600, 2, 1),
+    (7200.5, 60.0, 3, 60),
+])
+def test_persistent_sessions_are_saved_in_the_runtime_directory(tmp_path, expiry_s, autosave_s, hours, autosave):
+    text = render_config(ListenerSettings("127.0.0.1", 1883), options(), Persistence(tmp_path, expiry_s, autosave_s))
+    lines = text.splitlines()
+    assert "persistence true" in lines and "persistence false" not in lines
+    assert f"persistence_location {tmp_path.resolve()}/" in lines and "persistence_file mosquitto.db" in lines
+    assert f"persistent_client_expiration {hours}h" in lines and f"autosave_interval {autosave}" in lines
+    assert lines.index("persistence true") < lines.index("listener 1883 127.0.0.1")  # global, not per listener

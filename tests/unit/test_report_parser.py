@@ -217,3 +217,17 @@ def test_bytes_spliced_into_a_valid_json_report_get_a_verdict(position, junk):
     payload = json.dumps(VALID).encode()
     position %= len(payload)
     verdict(payload[:position] + junk + payload[position:], "json")
+
+
+@pytest.mark.parametrize("tags", [1, 2])
+def test_a_self_described_cbor_report_is_the_report_it_wraps(tags):
+    """RFC 8949 section 3.4.6: tag 55799 only says "this is CBOR"; it was rejected as "must be a map"."""
+    document = VALID
+    for _ in range(tags):
+        document = cbor2.CBORTag(55799, document)
+    payload = cbor2.dumps(document)
+    assert payload.startswith(b"\xd9\xd9\xf7")
+    parsed = parse_report(payload, "cbor", TYPES)
+    assert parsed.report_id == 1530304554
+    assert parsed.datapoints == parse_report(cbor2.dumps(VALID), "cbor", TYPES).datapoints
+    assert report_id_hint(cbor2.dumps(cbor2.CBORTag(55799, {"header": {"report_id": 7}})), "cbor") == 7

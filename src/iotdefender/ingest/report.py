@@ -170,6 +170,18 @@ def _decode(payload: bytes, encoding: str) -> Any:
         raise malformed(f"not valid UTF-8 ({error})") from None
 
 
+SELF_DESCRIBED_CBOR = b"\xd9\xd9\xf7"  # the head of tag 55799 (RFC 8949 section 3.4.6)
+
+
+def cbor_document(payload: bytes) -> Any:
+    """The CBOR item of a report, past any self-describe tag: RFC 8949 makes tag 55799 mean only "this
+    is CBOR", so the item it wraps is the report. Its head is removed, not left to cbor2, which
+    decodes a tagged item as immutable (its maps are not dicts, so the report was "not a map")."""
+    while payload.startswith(SELF_DESCRIBED_CBOR):
+        payload = payload[len(SELF_DESCRIBED_CBOR):]
+    return cbor2.loads(payload)
+
+
 def _decode_typed(payload: bytes, encoding: str) -> Any:
     if encoding == "json":
         short = b'"hed"' in payload and b'"header"' not in payload
@@ -186,7 +198,7 @@ def _decode_typed(payload: bytes, encoding: str) -> Any:
         except msgspec.DecodeError as error:  # the typed pass stopped at a type error before reaching it
             raise malformed(f"not valid JSON ({error})") from None
     try:
-        document = cbor2.loads(payload)
+        document = cbor_document(payload)
     except Exception as error:  # cbor2 raises several unrelated types for bad input
         raise malformed(f"not valid CBOR ({type(error).__name__}: {error})") from None
     if not isinstance(document, dict):
@@ -313,7 +325,7 @@ def parse_report(payload: bytes, encoding: str, custom_metric_types: Mapping[str
 def report_id_hint(payload: bytes, encoding: str) -> int | None:
     """Best-effort report id of a rejected report, so the reply can echo it."""
     try:
-        document = msgspec.json.decode(payload) if encoding == "json" else cbor2.loads(payload)
+        document = msgspec.json.decode(payload) if encoding == "json" else cbor_document(payload)
     except Exception:
         return None
     return _report_id_of(document)

@@ -9,16 +9,19 @@ topic only it can write.
 
 Why a child process and not a system service: ``make run`` and the tests need a broker with this
 plugin and these listeners and nothing else; the child dies with the service (PR_SET_PDEATHSIG) and
-is restarted if it dies alone.
+is restarted if it dies alone. Devices' persistent sessions outlive both (config.Persistence): saved
+in the runtime directory when Mosquitto stops, and every autosave period.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import resource
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -33,7 +36,7 @@ from iotdefender.brokers.external import BrokerUrl, ExternalBroker
 from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.listeners import ListenerSettings, ReportSink
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable, default_cache_dir, mosquitto_executable, plugin_library
-from iotdefender.brokers.mosquitto.config import PluginOptions, render_config
+from iotdefender.brokers.mosquitto.config import Persistence, PluginOptions, render_config
 from iotdefender.brokers.mosquitto.connections import ConnectedClients
 from iotdefender.brokers.mosquitto.events import apply_events
 from iotdefender.brokers.mosquitto.frames import ReplyBatcher, decode_reports
@@ -69,11 +72,13 @@ class MosquittoBroker:
     def __init__(self, listeners: ListenerSettings, gatekeeper: Gatekeeper, sink: ReportSink,
                  password_file: Path | None = None, cache_dir: Path | None = None,
                  runtime_dir: Path | None = None, connections: ConnectedClients | None = None,
-                 acl_file: Path | None = None) -> None:
+                 acl_file: Path | None = None, session_expiry_s: float = 3600.0, autosave_s: float = 60.0) -> None:
         """``acl_file`` (Mosquitto's syntax) governs devices' application topics; read by Mosquitto at
         its start. ``runtime_dir`` holds mosquitto.conf (with the service's secret, so mode 0700): the data
         directory's ``mosquitto/`` for the service, rewritten at each start, so that a killed
-        service leaves nothing behind in /tmp; a temporary directory when not given."""
+        service leaves nothing behind in /tmp; a temporary directory when not given. It also holds
+        mosquitto.db, the persistent sessions (kept for ``session_expiry_s`` after their device left,
+        saved every ``autosave_s`` and at each stop), which the next start on that directory restores."""
         self._listeners = listeners
         self._gatekeeper = gatekeeper
         self._sink = sink
@@ -94,6 +99,8 @@ class MosquittoBroker:
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
         self._output: collections.deque[str] = collections.deque(maxlen=20)
+        self._session_expiry_s = session_expiry_s
+        self._autosave_s = autosave_s
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -115,10 +122,17 @@ class MosquittoBroker:
         config.write_text(render_config(self._listeners, PluginOptions(
             library=library, service_id=self.client_id, service_secret=self._secret, auth=self._gatekeeper.auth,
             acl=self._gatekeeper.acl, password_file=self._password_file, acl_file=self._acl_file,
-            report_traffic=self._gatekeeper.observes_traffic)))
+            report_traffic=self._gatekeeper.observes_traffic),
+            Persistence(self._runtime, self._session_expiry_s, self._autosave_s)))
         config.chmod(0o600)
         self._spawn(executable, config)
-        await self._wait_until_listening()
+        try:
+            await self._wait_until_listening()
+        except OSError:
+            if not self._set_aside_unreadable_sessions():
+                raise
+            self._spawn(executable, config)
+            await self._wait_until_listening()
         host = _WILDCARD_HOSTS.get(self._listeners.host, self._listeners.host)
         self._client = ExternalBroker(
             BrokerUrl(host, self._listeners.port, False, self.client_id, self._secret), self._sink,
@@ -158,11 +172,14 @@ class MosquittoBroker:
         """Started from the event loop's thread, which lives as long as the service: PR_SET_PDEATHSIG
         follows the forking thread (child_process.die_with_parent). In a session of its own, so that
         Ctrl-C in a terminal stops the service, which then stops Mosquitto after the last replies.
+        A service that dies (kill -9) sends it SIGTERM, not SIGKILL: Mosquitto then saves the sessions
+        before it exits, and frees the MQTT port only after that, so that the next start reads them all.
         A new process has no connections: the ones counted were the previous process's."""
         self.connections.reset()
         self._process = subprocess.Popen([executable, "-c", str(config)], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         preexec_fn=die_with_parent, start_new_session=True,
+                                         preexec_fn=functools.partial(die_with_parent, signal.SIGTERM),
+                                         start_new_session=True,
                                          cwd=str(self._runtime))
         assert self._process.stdout is not None
         threading.Thread(target=self._relay_output, args=(self._process.stdout,), name="mosquitto-log",
@@ -202,8 +219,23 @@ class MosquittoBroker:
                                   f"within {_READY_TIMEOUT_S:.0f} s") from None
                 await asyncio.sleep(0.05)
 
+    def _set_aside_unreadable_sessions(self) -> bool:
+        """Mosquitto refuses to start on a mosquitto.db it cannot read ("Couldn't open database"):
+        rename it (kept for a look) so that the broker starts without the sessions rather than not at
+        all. Whether it did."""
+        database = self._runtime / "mosquitto.db" if self._runtime is not None else None
+        if database is None or not database.exists() or not any("open database" in line for line in self._output):
+            return False
+        aside = database.with_name(f"mosquitto.db.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+        database.rename(aside)
+        log.error("mqtt_sessions_unreadable", set_aside=str(aside),
+                  detail="; ".join(line for line in self._output if "Error" in line))
+        self._output.clear()
+        return True
+
     async def _supervise(self, executable: str, config: Path) -> None:
-        """Restart Mosquitto if it dies on its own (devices and the service's client reconnect)."""
+        """Restart Mosquitto if it dies on its own (devices and the service's client reconnect; the
+        persistent sessions are those of its last save)."""
         delay = 1.0
         while not self._stopping:
             await asyncio.sleep(0.5)
@@ -214,6 +246,7 @@ class MosquittoBroker:
                       restart_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
+            self._set_aside_unreadable_sessions()
             if not self._stopping:
                 self._spawn(executable, config)
 

@@ -1,13 +1,14 @@
 """mosquitto.conf for the default broker: the listeners the operator asked for, and the plugin.
 
-Settings chosen for a fleet (docs/architecture.md): no persistence (the service stores what
-matters; sessions are rebuilt by reconnecting devices), only errors and warnings logged (one line
-per connection would be 15,000 lines on a restart), Nagle off (replies are small and awaited), and
-a deep queue for the service's own connection, which receives every report.
+Settings chosen for a fleet (docs/architecture.md): persistent sessions saved to disk (``Persistence``),
+only errors and warnings logged (one line per connection would be 15,000 lines on a restart), Nagle
+off (replies are small and awaited), and a deep queue for the service's own connection, which
+receives every report.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +32,39 @@ class PluginOptions:
     flush_ms: int = 50
 
 
+@dataclass(frozen=True)
+class Persistence:
+    """Mosquitto's saved state: the sessions of clients connected with clean session off (their
+    subscriptions and the QoS 1 messages queued for them) and retained messages, in
+    ``directory/mosquitto.db``, written at every graceful stop and every ``autosave_s``, read at start.
+
+    AWS IoT keeps a persistent session for an hour after its device disconnects, and tells devices to
+    subscribe again only when the CONNACK says the session is gone: without persistence, a restart of
+    the service lost every session and a device relying on its subscriptions no longer heard its replies.
+    Mosquitto counts ``persistent_client_expiration`` in whole hours, so ``session_expiry_s`` is
+    rounded up to one (--time-scale cannot make it shorter than an hour)."""
+
+    directory: Path
+    session_expiry_s: float = 3600.0  # AWS IoT's default for a persistent session
+    autosave_s: float = 60.0  # what a crash of Mosquitto itself can lose (a stop saves everything)
+
+    def lines(self) -> list[str]:
+        hours = max(1, math.ceil(self.session_expiry_s / 3600.0 - 1e-9))
+        return ["persistence true",
+                f"persistence_location {_value(str(self.directory.resolve()))}/",
+                "persistence_file mosquitto.db",
+                f"autosave_interval {max(1, round(self.autosave_s))}",
+                f"persistent_client_expiration {hours}h"]
+
+
 def _value(text: str) -> str:
     if "\n" in text or "\r" in text:
         raise ValueError(f"a mosquitto.conf value cannot span lines: {text!r}")
     return text
 
 
-def render_config(listeners: ListenerSettings, plugin: PluginOptions) -> str:
+def render_config(listeners: ListenerSettings, plugin: PluginOptions, persistence: Persistence | None = None) -> str:
+    """``persistence`` None: sessions live only as long as the Mosquitto process."""
     lines = ["# Written by iotdefender serve at each start; edits are lost."]
     if os.geteuid() == 0:
         # Mosquitto started as root switches to the user "mosquitto" unless told otherwise, and
@@ -47,7 +74,6 @@ def render_config(listeners: ListenerSettings, plugin: PluginOptions) -> str:
         "per_listener_settings false",
         "allow_anonymous true",  # the plugin decides who connects
         "allow_zero_length_clientid false",  # identity is the client id: it must be given
-        "persistence false",
         "log_dest stdout",
         "log_type error",
         "log_type warning",
@@ -64,6 +90,7 @@ def render_config(listeners: ListenerSettings, plugin: PluginOptions) -> str:
         f"plugin_opt_report_traffic {1 if plugin.report_traffic else 0}",
         f"plugin_opt_flush_ms {plugin.flush_ms}",
     ]
+    lines += persistence.lines() if persistence is not None else ["persistence false"]
     if plugin.password_file is not None:
         lines.append(f"plugin_opt_password_file {_value(str(plugin.password_file.resolve()))}")
     if plugin.acl_file is not None:

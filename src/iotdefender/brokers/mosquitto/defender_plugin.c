@@ -14,7 +14,8 @@
  *    other (application) topics are free for authenticated clients, unless app_acl=file: then
  *    Mosquitto's own acl_file decides their PUBLISH and delivery (see app_topic_check). A refused
  *    PUBLISH closes the connection (as AWS IoT does, once the PUBACK is out); a refused SUBSCRIBE
- *    gets a failure code.
+ *    gets a failure code. Deliveries are checked too (READ), so that a subscription restored from
+ *    mosquitto.db (persistent sessions) gets only what the policy of this start allows.
  *  - the service's own connection (service_id + a per-start secret) may do anything; it alone
  *    may publish on the control topic and it receives the event batches.
  *
@@ -472,6 +473,11 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 			 * read the service's topics: such deliveries are dropped without counting them. */
 			if(ed->topic[0] == '$' && (report_topic(ed->topic, thing, sizeof(thing))
 					|| !strncmp(ed->topic, "$iotdefender/", 13))){
+				return MOSQ_ERR_ACL_DENIED;
+			}
+			/* Another thing's reply, under acl=own: its SUBSCRIBE was refused, but a persistent
+			 * session restored from mosquitto.db keeps what an earlier start allowed (acl=any). */
+			if(ed->topic[0] == '$' && defender_topic(ed->topic, thing, sizeof(thing)) && !own_or_any(thing, client_id)){
 				return MOSQ_ERR_ACL_DENIED;
 			}
 			/* Another device's topic the acl_file does not let this one read: not delivered, and
