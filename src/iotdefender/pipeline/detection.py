@@ -153,7 +153,7 @@ class DetectionService:
         if not wanted:
             return {}
         now = self._clock()
-        found = history.read_many(conn, wanted, now - self.evaluator.window_horizon, now)
+        found = history.read_many(conn, wanted, now - self.evaluator.window_horizon, now, owns)
         by_thing: dict[str, dict[str, list[tuple[float, float]]]] = {}
         for series, points in found.items():
             if not len(points):
@@ -164,8 +164,7 @@ class DetectionService:
             cuts = (np.flatnonzero(index[1:] != index[:-1]) + 1).tolist()
             for first, last in zip([0, *cuts], [*cuts, len(index)]):
                 thing = points.things[int(index[first])]
-                if owns is None or owns(thing):
-                    by_thing.setdefault(thing, {})[series] = list(zip(times[first:last], values[first:last]))
+                by_thing.setdefault(thing, {})[series] = list(zip(times[first:last], values[first:last]))
         if not by_thing:
             return by_thing
         # Only the series a thing's own profiles sum (another profile may merely retain them).
