@@ -472,6 +472,9 @@ async def serve_cluster(settings: Settings) -> None:
     finally:
         if devices is not None:
             await devices.stop()
+        if events is not None:  # the window open now is not lost with this node (docs/cloud-metrics.md)
+            with contextlib.suppress(Exception):
+                await events.publish_open()
         if consumer is not None:
             await consumer.stop()  # a clean leave: partitions handed over at once, not after the lease
         await cancel_and_wait(background)

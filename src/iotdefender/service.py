@@ -278,6 +278,9 @@ async def serve(settings: Settings) -> None:
         ignore = frozenset({broker.client_id}) if isinstance(broker, ExternalBroker) else frozenset()
         nats_reader = NatsEventReader(settings.nats_events_url, settings.nats_monitor_url, cloud,
                                       poll_s=min(1.0, settings.effective_metrics_window / 4), ignore=ignore)
+    # The windows the last graceful stop kept: before the broker, so that none of its events is
+    # counted in a window before the window's earlier counts are back.
+    await anyio.to_thread.run_sync(cloud.resume)
     await ingest.start()
     try:
         await broker.start()
@@ -324,6 +327,10 @@ async def serve(settings: Settings) -> None:
             await nats_reader.stop()
         await ingest.stop()  # those in flight answered while the broker can still deliver the answers
         await broker.stop()
+        try:
+            await anyio.to_thread.run_sync(cloud.suspend)  # after the broker: its last events are in
+        except Exception as error:
+            log_unless_outage(log, "cloud_windows_not_kept", error)
         await anyio.to_thread.run_sync(store.close)
         engine.dispose()
 

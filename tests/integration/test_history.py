@@ -83,3 +83,21 @@ def test_segments_plus_tail_equal_the_rows(engine, monkeypatch):
         assert history.delete_segments_older_than(conn, 2000.0) > 0
     with engine.connect() as conn:
         assert len(history.read_series(conn, "cpu", 0, 1e9)) == 0
+
+
+def test_read_many_reads_several_series_and_selects_things(engine, monkeypatch):
+    """What a restart refills its windows from: several series at once, segments and rows alike,
+    only the selected things' datapoints."""
+    monkeypatch.setattr(history, "ROWS_PER_SEGMENT", 7)
+    rows = reports(0, 30)
+    with writing(engine) as conn:
+        insert_reports(conn, rows[:20])
+    history.compact_until(engine, 14)  # some in segments, the rest still rows
+    with writing(engine) as conn:
+        insert_reports(conn, rows[20:])
+    wanted = ("aws:num-listening-tcp-ports", "cpu")
+    selected = {"thing-1", "thing-2"}
+    with engine.connect() as conn:
+        found = history.read_many(conn, wanted, 1003.0, 1026.0, lambda thing: thing in selected)
+    for series in wanted:
+        assert as_set(found[series]) == {p for p in expected(rows, series, 1003.0, 1026.0) if p[0] in selected}

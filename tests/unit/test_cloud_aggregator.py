@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iotdefender.cloud.aggregator import Aggregator, DimensionSpec, dimension_specs
+from iotdefender.cloud.aggregator import Aggregator, DimensionSpec, dimension_specs, pack, unpack
 from iotdefender.cloud.topic_filter import matches
 from iotdefender.contract.topic_filters import filter_problem
 
@@ -100,3 +100,23 @@ def test_statistical_threshold_on_a_cloud_side_metric():
     assert raised["d4"] == []
     # p90 of 1..10 is 9.1; at most 9.1 messages is at most 9, a count's threshold
     assert raised["d3"] == [("in-alarm", {"count": 9})]
+
+
+def test_a_window_kept_at_a_stop_and_restored_adds_to_the_new_events():
+    """The window open at a graceful stop, packed and restored into a fresh aggregator that has
+    seen events of the same window meanwhile: one window with both."""
+    before = Aggregator(300.0)
+    for _ in range(4):
+        before.message_sent("dev", "t/1", 10, 610.0)
+    before.connect_attempt("dev", "10.0.0.1", True, 601.0)
+    kept = {w: {c: pack(p) for c, p in clients.items()} for w, clients in before.open_windows().items()}
+    after = Aggregator(300.0)
+    after.message_sent("dev", "t/2", 99, 700.0)
+    for window, clients in kept.items():
+        for client, data in clients.items():
+            after.restore(window, client, unpack(data))
+    points = after.datapoints("dev", after.take(2)["dev"], 900.0)
+    assert points["aws:num-messages-sent"] == {"count": 5}
+    assert points["aws:message-byte-size"] == {"count": 99}
+    assert points["aws:source-ip-address"] == {"cidrs": ["10.0.0.1"]}
+    assert "dev" in after.seen

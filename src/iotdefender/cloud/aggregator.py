@@ -75,6 +75,19 @@ def smallest_of(window: ClientWindow, topic: str | None) -> int:
     return window.sent_max_bytes[topic] if size is None else size
 
 
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(ClientWindow)
+
+
+def pack(window: ClientWindow) -> bytes:
+    """A device's window as bytes, to keep it (cluster parts, a window open at a graceful stop)."""
+    return _encoder.encode(window)
+
+
+def unpack(data: bytes) -> ClientWindow:
+    return _decoder.decode(data)
+
+
 def merge_windows(parts: Iterable[ClientWindow]) -> ClientWindow:
     """One device's window from its parts, observed by several broker nodes: counts add up, the
     largest payload is the largest of the parts, the smallest the smallest of them, the addresses
@@ -161,6 +174,16 @@ class Aggregator:
             self.disconnected_at[client_id] = part.last_disconnect
         elif part.last_connect_ok:
             self.disconnected_at.pop(client_id, None)
+
+    def restore(self, window: int, client_id: str, part: ClientWindow) -> None:
+        """A window kept at a graceful stop, back where it was: added to anything the window holds
+        already, as a part observed elsewhere is."""
+        held = self.windows.get(window, {}).get(client_id)
+        self.add_window(window, client_id, part if held is None else merge_windows((held, part)))
+
+    def open_windows(self) -> dict[int, dict[str, ClientWindow]]:
+        """Every window not closed yet (the current one, and one that ended and awaits closing)."""
+        return {window: dict(clients) for window, clients in self.windows.items() if clients}
 
     def message_sent(self, client_id: str, topic: str, size: int, at: float) -> None:
         self._sent(self._client(client_id, at), topic, 1, size)

@@ -20,17 +20,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from iotdefender.cloud.aggregator import ClientWindow
+from iotdefender.cloud.aggregator import ClientWindow, pack, unpack
 from iotdefender.store.rows import upsert
 from iotdefender.store.schema import cluster_cloud_parts as parts_table
 from iotdefender.store.schema import cluster_cloud_progress as progress_table
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(ClientWindow)
 
 
 @dataclass(frozen=True)
@@ -60,7 +56,7 @@ class Mark:
 def keep(conn: Connection, partition: int, parts: Iterable[StoredPart]) -> None:
     """Store parts (a redelivered one replaces its copy: same window, thing and broker node)."""
     rows = [{"partition": partition, "window_index": p.window, "thing": p.thing, "node": p.node,
-             "part": _encoder.encode(p.part)} for p in parts]
+             "part": pack(p.part)} for p in parts]
     if not rows:
         return
     stmt = upsert(conn, parts_table)
@@ -74,7 +70,7 @@ def load(conn: Connection, partition: int) -> tuple[Mark | None, list[StoredPart
     found = conn.execute(sa.select(progress_table.c.window_index, progress_table.c.through_thing)
                          .where(progress_table.c.partition == partition)).first()
     mark = Mark(int(found[0]), found[1]) if found is not None else None
-    kept = [StoredPart(int(window), thing, node, _decoder.decode(part)) for window, thing, node, part in conn.execute(
+    kept = [StoredPart(int(window), thing, node, unpack(part)) for window, thing, node, part in conn.execute(
         sa.select(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node, parts_table.c.part)
         .where(parts_table.c.partition == partition)
         .order_by(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node))]

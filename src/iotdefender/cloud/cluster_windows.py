@@ -151,13 +151,27 @@ class WindowPublisher:
     async def publish_due(self) -> int:
         """Every ended window's parts; returns how many were published."""
         aggregator = self.intake.aggregator
+        return await self._publish_windows(aggregator.closed_windows(self._clock()))
+
+    async def _publish_windows(self, windows: Sequence[int]) -> int:
+        aggregator = self.intake.aggregator
         messages = [CloudWindowMessage(thing, window, aggregator.window_s, self._node, part)
-                    for window in aggregator.closed_windows(self._clock())
+                    for window in windows
                     for thing, part in aggregator.take(window).items() if _thing_name(thing)]
         done = 0
         for start in range(0, len(messages), self._concurrency):
             results = await asyncio.gather(*(self._send(m) for m in messages[start:start + self._concurrency]))
             done += sum(results)
+        return done
+
+    async def publish_open(self) -> int:
+        """At a graceful stop, once this node's broker stopped (no event comes any more): the parts
+        of every window not published yet, the one still open included, now. The detect node keeps
+        them with the other nodes' parts and closes the window at its end as usual; a restarted
+        node is a new member (node_id.py), so its own parts of the same window add to these."""
+        done = await self._publish_windows(sorted(self.intake.aggregator.open_windows()))
+        if done:
+            log.info("cloud_windows_handed_over", parts=done)
         return done
 
     async def _send(self, message: CloudWindowMessage) -> bool:

@@ -5,11 +5,19 @@ or from an operator's broker through ``POST /_iotdefender/broker-events`` (``ing
 each window boundary the closed window becomes datapoints for every monitored device — those seen
 by the broker since the service started and every registered thing — 0 for the idle ones. They are
 stored (retained series) and evaluated in one transaction, exactly like a device report.
+
+A graceful stop keeps the windows not closed yet (``suspend``: each device's accumulators, in the
+database) and the next start takes them back (``resume``): a window still open then carries on,
+its counts and the new events together in one datapoint at its end; one that ended while the
+service was down is closed at once, with the datapoint at its own end on the grid. So a restart
+loses no window and adds none (docs/cloud-metrics.md). A crash (``kill -9``) still loses the
+window open at the crash: its events were only in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,14 +26,15 @@ import anyio.to_thread
 import structlog
 from sqlalchemy.engine import Engine
 
-from iotdefender.cloud.aggregator import CLOUD_METRICS, Aggregator, dimension_specs
+from iotdefender.cloud.aggregator import CLOUD_METRICS, Aggregator, ClientWindow, dimension_specs, pack, unpack
 from iotdefender.ingest.report import ReportRejected, check_thing_name
 from iotdefender.net_address import ip_of_endpoint
 from iotdefender.pipeline.batch_isolation import store_isolating
 from iotdefender.pipeline.batch_store import BATCH_MAX, BatchStore
 from iotdefender.pipeline.monitoring import MonitoringIndex
-from iotdefender.store import registry
+from iotdefender.store import open_windows, registry
 from iotdefender.store.availability import log_unless_outage
+from iotdefender.store.database import writing
 
 log = structlog.get_logger("iotdefender.cloud")
 
@@ -145,6 +154,7 @@ class CloudMetricsService(CloudEventIntake):
         self._monitoring = monitoring
         self._store = store
         self._owns = owns
+        self._closing = threading.Lock()  # a window is closed, kept or resumed by one thread at a time
 
     # -- window closing (worker thread) ----------------------------------------------------------
     async def run(self) -> None:
@@ -167,9 +177,58 @@ class CloudMetricsService(CloudEventIntake):
     def close_due(self) -> int:
         """Turn every closed window into datapoints, store and evaluate them; returns devices done."""
         done = 0
-        for window in self.aggregator.closed_windows(self._clock()):
-            done += self.close_window(window, self.aggregator.take(window))
+        with self._closing:
+            for window in self.aggregator.closed_windows(self._clock()):
+                done += self.close_window(window, self.aggregator.take(window))
         return done
+
+    # -- a graceful stop and the next start (worker thread) ---------------------------------------
+    def suspend(self) -> int:
+        """At a graceful stop, once the broker stopped (no event comes any more): keep every window
+        not closed yet in the database for ``resume``; returns how many device windows were kept."""
+        with self._closing:
+            rows = [(window, thing, pack(part)) for window, clients in self.aggregator.open_windows().items()
+                    for thing, part in clients.items()]
+            with writing(self._engine) as conn:
+                kept = open_windows.keep(conn, rows)
+            self.aggregator.windows.clear()
+        log.info("cloud_windows_kept", devices=kept, windows=len({row[0] for row in rows}))
+        return kept
+
+    def resume(self) -> int:
+        """At start, before the broker runs: take back the windows the last graceful stop kept. The
+        window open now carries on; one that ended meanwhile is closed now, its datapoints at its
+        own end. Returns how many device windows were taken back."""
+        with self._closing:
+            with writing(self._engine) as conn:
+                rows = open_windows.take(conn)
+            current = self.aggregator.index(self._clock())
+            ended: dict[int, dict[str, ClientWindow]] = {}
+            for window, thing, data in rows:
+                part = unpack(data)
+                if window >= current:
+                    self.aggregator.restore(window, thing, part)
+                else:
+                    ended.setdefault(window, {})[thing] = part
+            for window in sorted(ended):
+                for thing, part in ended[window].items():  # what they say of connections counts too
+                    self.aggregator.restore(window, thing, part)
+                try:
+                    self.close_window(window, self.aggregator.take(window))
+                except Exception:
+                    # Kept again for the next start rather than lost (the database went away).
+                    with writing(self._engine) as conn:
+                        open_windows.keep(conn, [(w, t, pack(p)) for w, found in ended.items() if w >= window
+                                                 for t, p in found.items()])
+                    raise
+            if rows:
+                # The window this start falls in is closed at its end for every monitored device,
+                # idle or not, as it would have been without the stop (windows wholly inside the
+                # stop were observed by nobody and get no datapoint).
+                self.aggregator.last_closed = current - 1
+        if rows:
+            log.info("cloud_windows_resumed", devices=len(rows), closed_now=sorted(ended))
+        return len(rows)
 
     def close_window(self, window: int, clients: Mapping[str, Any], owns: Callable[[str], bool] | None = None) -> int:
         """One window's datapoints for every monitored device (``owns``, if given, narrows them

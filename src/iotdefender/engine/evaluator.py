@@ -11,6 +11,11 @@ time and the violation ids (``new_id``) are passed in.
 Device-side datapoints and ``durationSeconds`` (AWS leaves the construction undocumented,
 reference §10): the delta metrics of ``network_stats`` (bytes and packets in/out) are summed over
 the trailing ``durationSeconds``; every other metric is evaluated on its latest value.
+
+The windows of ``durationSeconds`` are the stored datapoints of the trailing hour: after a restart
+(or when a cluster node takes partitions over) the caller reads them back from the retained
+history and hands them to ``load`` / ``load_things`` (``windowed_series`` says which series), so a
+window that spans a restart sums exactly what it would have summed without one.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ DELTA_METRICS = frozenset({"aws:all-bytes-in", "aws:all-bytes-out", "aws:all-pac
 # without messages have no datapoint, so they are not inside: no message, nothing to judge.
 MAX_METRICS = SIZE_METRICS
 DEFAULT_WINDOW_S = 300.0
+WINDOW_HORIZON_S = 3600.0  # the longest durationSeconds (the model's maximum): how far windows reach back
+
+# thing -> series -> (time, value) datapoints, as stored: what a restart refills the windows from.
+StoredWindows = Mapping[str, Mapping[str, Iterable[tuple[float, float]]]]
 
 StateKey = tuple[str, str, str, str]  # (thing, profile, behavior, dimension)
 
@@ -168,24 +177,60 @@ class Evaluator:
         return active if active is not None and active.series == behavior_series(behavior) else None
 
     # -- the state: loaded, asked about, changed only by apply -----------------------------------
-    def load(self, states: Mapping[StateKey, AlarmState]) -> None:
-        """Start from durable alarm states (after a restart); windows and statistics start empty."""
+    @property
+    def window_horizon(self) -> float:
+        """How far back the windows of ``durationSeconds`` reach (the longest duration, scaled)."""
+        return WINDOW_HORIZON_S / self.time_scale
+
+    def windowed_series(self, profiles: Iterable[Mapping[str, Any]]) -> set[str]:
+        """The series whose datapoints these profiles sum (or take the maximum of) over
+        ``durationSeconds``: those a restart refills the windows of."""
+        return {rule.series for profile in profiles for rule in self._rules_of(profile)
+                if rule.series is not None and rule.window_s is not None
+                and (rule.metric in DELTA_METRICS or rule.metric in MAX_METRICS)}
+
+    def load(self, states: Mapping[StateKey, AlarmState], windows: StoredWindows | None = None) -> None:
+        """Start from durable alarm states (after a restart) and, if given, the windows of
+        ``durationSeconds`` from the stored datapoints (``windows``, each thing's series in any
+        order); the fleet statistics start empty."""
         self._states = {key: state for key, state in states.items() if not state.is_idle}
+        if windows is not None:
+            self._history = {}
+            self._refill(windows)
         self._generation += 1
 
-    def load_things(self, owns: Callable[[str], bool], states: Mapping[StateKey, AlarmState]) -> None:
+    def load_things(self, owns: Callable[[str], bool], states: Mapping[StateKey, AlarmState],
+                    windows: StoredWindows | None = None) -> None:
         """Start the things ``owns`` selects (a cluster partition a node took over) from durable
-        alarm states, leaving every other thing's state alone.
+        alarm states and the stored datapoints of their windows, leaving every other thing's state
+        alone.
 
-        Their windows start empty, as after a restart; the fleet statistics are this evaluator's
-        own observations and are not reloaded (docs/cluster.md). ``states`` may hold other things'
-        states too (only the selected things' are taken). Change sets built before this one are
-        stale: the caller holds the lock that excludes a batch in flight and has settled any
+        Their windows are refilled as after a restart; the fleet statistics are this evaluator's
+        own observations and are not reloaded (docs/cluster.md). ``states`` and ``windows`` may hold
+        other things' too (only the selected things' are taken). Change sets built before this one
+        are stale: the caller holds the lock that excludes a batch in flight and has settled any
         unconfirmed one first.
         """
         self._drop(owns)
         self._states.update({key: state for key, state in states.items() if owns(key[0]) and not state.is_idle})
+        if windows is not None:
+            self._refill({thing: series for thing, series in windows.items() if owns(thing)})
         self._generation += 1
+
+    def _refill(self, windows: StoredWindows) -> None:
+        """The windows as ``_measure`` would have built them from these datapoints: in time order,
+        a second datapoint at the same time as the previous one adding nothing."""
+        for thing, by_series in windows.items():
+            filled: dict[str, tuple[tuple[float, float], ...]] = {}
+            for series, points in by_series.items():
+                kept: list[tuple[float, float]] = []
+                for t, v in sorted(points, key=lambda point: point[0]):
+                    if not kept or kept[-1][0] != t:
+                        kept.append((t, v))
+                if kept:
+                    filled[series] = tuple(kept)
+            if filled:
+                self._history[thing] = filled
 
     def forget_things(self, owns: Callable[[str], bool]) -> None:
         """Drop the alarm states and windows of the things ``owns`` selects (a partition this
@@ -256,7 +301,7 @@ class Evaluator:
             history = changes.windows[(thing, series)] = list((committed or {}).get(series) or ())
         if not history or history[-1][0] != now:
             history.append((now, scalar_of(value) or 0.0))
-        horizon = 3600.0 / self.time_scale  # the longest durationSeconds
+        horizon = self.window_horizon
         if history[0][0] <= now - horizon:
             history[:] = [(t, v) for t, v in history if t > now - horizon]
         inside = [(t, v) for t, v in history if t > now - window_s]

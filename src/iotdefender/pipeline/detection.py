@@ -17,6 +17,12 @@ way memory matches the database again before anything else is evaluated, so the 
 of a report answered ``ServiceUnavailable`` is never judged from an alarm state that is behind
 the stored events (which duplicated its transition once under load).
 
+The windows of ``durationSeconds`` (a device-side sum of bytes, a cloud-side sum of windows) are
+refilled from the retained datapoints of the trailing hour whenever alarm states are loaded (the
+service's or the detection worker's start, a cluster node taking partitions over): the series a
+monitoring profile evaluates are always retained, so a window that spans a restart sums exactly
+what it would have without one, and what a backtest over the same range computes.
+
 Invalidation (alarm-invalidated) — the choices, since AWS documents only the first:
 - the device sent no datapoint for the invalidation period (2 days / time scale);
 - the behavior was removed from its profile (a behavior edited in place keeps its alarm, judged
@@ -29,12 +35,14 @@ Invalidation (alarm-invalidated) — the choices, since AWS documents only the f
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
@@ -42,11 +50,13 @@ from iotdefender.alerts.routes import Alert, AlertRoutes, alert_target
 from iotdefender.engine.alarm import IdFactory, due_for_invalidation
 from iotdefender.engine.evaluator import ChangeSet, Evaluation, Evaluator, StateKey, ViolationEvent
 from iotdefender.engine.ml_behavior import confidence_of
+from iotdefender.engine.vectorised import order_by_thing_and_time
 from iotdefender.pipeline.ml_registry import ModelRegistry
 from iotdefender.pipeline.monitoring import MonitoringIndex
-from iotdefender.store import violations
+from iotdefender.store import history, violations
 from iotdefender.store.availability import StoreUnavailable
-from iotdefender.store.database import Session, end_session, session_of, write_connection, writing
+from iotdefender.store.database import (Session, end_session, long_statements, session_of, write_connection,
+                                        writing)
 
 log = structlog.get_logger("iotdefender.detection")
 T = TypeVar("T")
@@ -112,8 +122,9 @@ class _Unconfirmed:
 class DetectionService:
     def __init__(self, engine: Engine, monitoring: MonitoringIndex, alerts: AlertRoutes,
                  invalidation_period: float, time_scale: float = 1.0, new_id: IdFactory = new_violation_id,
-                 models: ModelRegistry | None = None) -> None:
+                 models: ModelRegistry | None = None, clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
+        self._clock = clock
         self._models = models if models is not None else ModelRegistry()
         self._models_stale = True  # the ML models are (re)loaded before the next evaluation
         self._monitoring = monitoring
@@ -124,10 +135,54 @@ class DetectionService:
         self._unconfirmed: _Unconfirmed | None = None
 
     def load(self) -> None:
+        started = time.perf_counter()
         with self._engine.connect() as conn:
-            self.evaluator.load(violations.load_alarm_states(conn))
+            windows = self._stored_windows(conn)
+            self.evaluator.load(violations.load_alarm_states(conn), windows)
+        log.info("detection_loaded", alarm_states=self.evaluator.remembered(), windows_of_things=len(windows),
+                 seconds=round(time.perf_counter() - started, 3))
         with self._lock:
             self._refresh_models()
+
+    def _stored_windows(self, conn: Connection, owns: Callable[[str], bool] | None = None
+                        ) -> dict[str, dict[str, list[tuple[float, float]]]]:
+        """The retained datapoints of the trailing hour of every series some profile sums over
+        ``durationSeconds``, by thing (those ``owns`` selects) and series, for things a profile
+        with such a behavior monitors: what the evaluator's windows held before the restart."""
+        profiles = self._monitoring.all_profiles()
+        wanted = self.evaluator.windowed_series(profiles)
+        if not wanted:
+            return {}
+        now = self._clock()
+        with long_statements():  # an hour of the fleet's datapoints: not bounded by --database-timeout
+            found = history.read_many(conn, wanted, now - self.evaluator.window_horizon, now, owns)
+        by_thing: dict[str, dict[str, list[tuple[float, float]]]] = {}
+        for series, points in found.items():
+            if not len(points):
+                continue
+            order = order_by_thing_and_time(points.thing_index, points.times)
+            index = points.thing_index[order]
+            times, values = points.times[order].tolist(), points.values[order].tolist()
+            cuts = (np.flatnonzero(index[1:] != index[:-1]) + 1).tolist()
+            for first, last in zip([0, *cuts], [*cuts, len(index)]):
+                thing = points.things[int(index[first])]
+                by_thing.setdefault(thing, {})[series] = list(zip(times[first:last], values[first:last]))
+        if not by_thing:
+            return by_thing
+        # Only the series a thing's own profiles sum (another profile may merely retain them).
+        self._monitoring.prime(list(by_thing))
+        used: dict[tuple[str, ...], set[str]] = {}
+        windows: dict[str, dict[str, list[tuple[float, float]]]] = {}
+        for thing, by_series in by_thing.items():
+            monitors = self._monitoring.profiles_for(thing)
+            names = tuple(profile["name"] for profile in monitors)
+            summed = used.get(names)
+            if summed is None:
+                summed = used[names] = self.evaluator.windowed_series(monitors)
+            kept = {series: points for series, points in by_series.items() if series in summed}
+            if kept:
+                windows[thing] = kept
+        return windows
 
     # -- ML Detect's models -----------------------------------------------------------------------
     def invalidate_models(self) -> None:
@@ -162,7 +217,7 @@ class DetectionService:
                 first(conn)
             with self._engine.connect() as conn, conn.begin():
                 settled = self._settle(conn)
-                self.evaluator.load_things(owns, violations.load_alarm_states(conn))
+                self.evaluator.load_things(owns, violations.load_alarm_states(conn), self._stored_windows(conn, owns))
             log.info("things_taken_over", alarm_states=self.evaluator.remembered())
             return settled
 

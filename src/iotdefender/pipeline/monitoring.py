@@ -107,6 +107,10 @@ class MonitoringIndex:
             known = snapshot.monitors[facts] = [snapshot.profiles[n] for n in sorted(names) if n in snapshot.profiles]
         return known
 
+    def all_profiles(self) -> list[dict[str, Any]]:
+        """Every security profile, attached or not."""
+        return list(self._current().profiles.values())
+
     def profile(self, name: str) -> dict[str, Any] | None:
         return self._current().profiles.get(name)
 

@@ -25,7 +25,7 @@ a PostgreSQL advisory lock), and the cursor row is locked while a chunk is writt
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,28 +237,46 @@ def _merge(parts: list[SeriesPoints]) -> SeriesPoints:
 
 def read_series(conn: Connection, series: str, start: float, end: float) -> SeriesPoints:
     """Every numeric datapoint of ``series`` with start <= ts <= end: segments, then the rows after them."""
+    return read_many(conn, (series,), start, end)[series]
+
+
+def read_many(conn: Connection, series: Iterable[str], start: float, end: float,
+              things: Callable[[str], bool] | None = None) -> dict[str, SeriesPoints]:
+    """``read_series`` of several series, the rows not compacted yet read and decoded once for all;
+    with ``things``, only the datapoints of the things it selects (the others' rows not decoded)."""
+    wanted = list(dict.fromkeys(series))
     compacted = last_compacted_id(conn)
-    parts: list[SeriesPoints] = []
-    query = sa.select(metric_segments.c.things, metric_segments.c.thing_index, metric_segments.c.times,
-                      metric_segments.c.vals).where(
-        metric_segments.c.series == series, metric_segments.c.max_ts >= start, metric_segments.c.min_ts <= end)
-    names_blob, names = b"", []
-    for things, thing_index, times, vals in conn.execute(query.order_by(metric_segments.c.min_ts,
-                                                                        metric_segments.c.id)):
-        if things != names_blob:  # most segments of a stable fleet list the same devices: decode once
-            names_blob, names = things, orjson.loads(things)
+    parts: dict[str, list[SeriesPoints]] = {name: [] for name in wanted}
+    query = sa.select(metric_segments.c.series, metric_segments.c.things, metric_segments.c.thing_index,
+                      metric_segments.c.times, metric_segments.c.vals).where(
+        metric_segments.c.series.in_(wanted), metric_segments.c.max_ts >= start, metric_segments.c.min_ts <= end)
+    names_blob, names, selected = b"", [], np.empty(0, dtype=bool)
+    chosen: dict[bytes, Any] = {}  # names blob -> which of them ``things`` selects
+    for name, blob, thing_index, times, vals in conn.execute(query.order_by(metric_segments.c.min_ts,
+                                                                            metric_segments.c.id)):
+        if blob != names_blob:  # most segments of a stable fleet list the same devices: decode once
+            names_blob, names = blob, orjson.loads(blob)
+            if things is not None:
+                if blob not in chosen:
+                    chosen[blob] = np.fromiter((things(n) for n in names), dtype=bool, count=len(names))
+                selected = chosen[blob]
         part = SeriesPoints(names, np.frombuffer(thing_index, dtype="<i4"),
                             np.frombuffer(times, dtype="<f8"), np.frombuffer(vals, dtype="<f8"))
         keep = (part.times >= start) & (part.times <= end)
+        if things is not None:
+            keep &= selected[part.thing_index]
         if not keep.all():
             part = SeriesPoints(part.things, part.thing_index[keep], part.times[keep], part.values[keep])
-        parts.append(part)
-    tail = [(t, ts, d) for _, t, ts, d in _raw_rows(conn, compacted, None) if start <= ts <= end]
+        parts[name].append(part)
+    tail = [(t, ts, d) for _, t, ts, d in _raw_rows(conn, compacted, None)
+            if start <= ts <= end and (things is None or things(t))] if wanted else []
     if tail:
-        column = _columns(tail).get(series)
-        if column is not None:
-            parts.append(column)
-    return _merge(parts)
+        columns = _columns(tail)
+        for name in wanted:
+            column = columns.get(name)
+            if column is not None:
+                parts[name].append(column)
+    return {name: _merge(found) for name, found in parts.items()}
 
 
 def count_reports(conn: Connection, start: float, end: float) -> int:

@@ -306,6 +306,16 @@ cluster_cloud_progress = sa.Table(
     sa.Column("through_thing", sa.String(128), nullable=True),
 )
 
+# The single box's cloud-side windows still open at a graceful stop (cloud/service.py): each
+# device's accumulators (a msgpack ``ClientWindow``) by window, resumed at the next start.
+cloud_open_windows = sa.Table(
+    "cloud_open_windows",
+    metadata,
+    sa.Column("window_index", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("thing", sa.String(128), primary_key=True),
+    sa.Column("part", sa.LargeBinary, nullable=False),
+)
+
 # ML Detect (docs/detection.md). ``ml_training`` is the progress of one ML behavior of a profile
 # (one model per (profile, behavior); a behavior has at most one dimension): when its data
 # collection started (kept across restarts, so a restart resumes instead of starting the training
