@@ -610,3 +610,34 @@ def test_the_writer_serves_a_second_event_loop(database, node):
     # The writer lived on: before, each batch of the second loop got a writer that then died on the
     # first loop's event ("Task exception was never retrieved").
     assert [context.get("exception") for context in failures] == []
+
+
+def test_acquisitions_of_one_round_claim_and_load_together(database, node):
+    """A node acquiring its share acquires dozens of partitions at once: their fences are claimed
+    in one transaction and their things' states and windows loaded in one read (one take-over),
+    a partition a newer owner claimed already refused alone."""
+    a, b = node(), node()
+    partitions = [2, 3, 5, 7, 11, 13]
+    b.store.acquire(7, 100)  # a newer owner holds 7
+    take_overs: list[int] = []
+    take_over = a.detection.take_over
+
+    def counted(owns, first):  # type: ignore[no-untyped-def]
+        take_overs.append(1)
+        return take_over(owns, first)
+
+    a.detection.take_over = counted  # type: ignore[method-assign]
+
+    async def round_of_acquisitions() -> list[Any]:
+        return await asyncio.gather(*(a.store.on_acquired(p, 10 + p) for p in partitions), return_exceptions=True)
+
+    results = asyncio.run(round_of_acquisitions())
+    assert [type(r) for r in results] == [type(None) if p != 7 else Fenced for p in partitions]
+    assert len(take_overs) == 1
+    for p in partitions:
+        thing = things_in(p, 1, prefix="acq")[0]
+        if p == 7:
+            with pytest.raises(Fenced):
+                a.store.store(p, 17, [delivery(thing, 1, ports=5)])
+        else:
+            assert [o.status for o in a.store.store(p, 10 + p, [delivery(thing, 1, ports=5)])] == [Status.STORED]

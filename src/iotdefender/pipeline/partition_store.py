@@ -69,6 +69,7 @@ from iotdefender.cluster.report_stream import Delivery, More, nothing_more
 from iotdefender.pipeline.batch_isolation import store_isolating
 from iotdefender.pipeline.batch_store import EventListener, EventSummary, summaries
 from iotdefender.pipeline.detection import DetectionService
+from iotdefender.pipeline.group_commit import GroupCommit
 from iotdefender.pipeline.local_store import store_reports
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, Status, UndecodableReport, decode
@@ -129,9 +130,10 @@ class PartitionBatchStore:
         self._waiting: list[tuple[_Growing, More, asyncio.Future[list[ReportOutcome]]]] = []
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
-        # Fence moves asked for (on_retoken) and not yet in a transaction, and the task running them.
-        self._moves: list[tuple[tuple[int, int, int], asyncio.Future[bool]]] = []
-        self._mover: asyncio.Task[None] | None = None
+        # Acquisitions and fence moves of one ownership round, each group in as few transactions as
+        # arrive while one runs (pipeline/group_commit.py).
+        self._acquisitions: GroupCommit[tuple[int, int], None] = GroupCommit(self.acquire_many, "partition-acquirer")
+        self._moves: GroupCommit[tuple[int, int, int], bool] = GroupCommit(self.retoken_many, "fence-mover")
 
     # -- for DetectConsumer ----------------------------------------------------------------------
     async def handle(self, partition: int, token: int, deliveries: Sequence[Delivery],
@@ -201,49 +203,47 @@ class PartitionBatchStore:
             await asyncio.sleep(0)
 
     async def on_acquired(self, partition: int, token: int) -> None:
-        await asyncio.to_thread(self.acquire, partition, token)
+        """``acquire`` with the other acquisitions of the round: one claim transaction and one
+        read of the alarm states and windows for all (a read of the trailing hour per partition
+        took 0.2-2.2 s each at 20,000 things, bench/README.md "Restart: refilling the windows")."""
+        await self._acquisitions((partition, token))
 
     async def on_released(self, partition: int) -> None:
         await asyncio.to_thread(self.release, partition)
 
     async def on_retoken(self, partition: int, old: int, new: int) -> bool:
-        """``retoken`` with the other moves asked for meanwhile, in one transaction.
-
-        After a leases bucket's election a node re-creates every lease that expired meanwhile, all
-        in one renewal round, and each needs its fence moved before its reader goes on. One
-        transaction per partition, each behind the detection lock and a commit, took ~1.5 s for 34
-        partitions at a load of 12; moves that arrive while a transaction runs now wait for it and
-        go together in the next one (group commit)."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._moves.append(((partition, old, new), future))
-        if self._mover is None or self._mover.done():
-            self._mover = asyncio.create_task(self._move_loop(), name="fence-mover")
-        return await future
-
-    async def _move_loop(self) -> None:
-        while self._moves:
-            taken, self._moves = self._moves, []
-            try:
-                moved = await asyncio.to_thread(self.retoken_many, [move for move, _ in taken])
-            except Exception as error:  # the database is down: each caller releases its partition
-                for _, future in taken:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for (_, future), result in zip(taken, moved):
-                if not future.done():
-                    future.set_result(result)
+        """``retoken_many`` with the other moves of the renewal round (after a leases bucket's
+        election a node re-creates every lease that expired meanwhile, each needing its fence moved
+        before its reader goes on); the database down fails them all, and each caller releases
+        its partition."""
+        return await self._moves((partition, old, new))
 
     # -- the work --------------------------------------------------------------------------------
     def acquire(self, partition: int, token: int) -> None:
-        """Claim the partition's fence with ``token``, then load its things' alarm states."""
-        def claim(conn: Connection) -> None:
-            if not fencing.claim(conn, partition, token):
-                raise fencing.Fenced(f"partition {partition}: claimed past token {token} by a newer owner")
+        """Claim the partition's fence with ``token``, then load its things' alarm states and windows."""
+        (refused,) = self.acquire_many([(partition, token)])
+        if refused is not None:
+            raise refused
 
-        settled = self._detection.take_over(self._owns(partition), claim)
+    def acquire_many(self, acquisitions: Sequence[tuple[int, int]]) -> list[fencing.Fenced | None]:
+        """Claim each (partition, token)'s fence in one transaction, in partition order, then load
+        the alarm states and windows of the claimed partitions' things in one read. Per
+        acquisition: None, or ``Fenced`` if a newer owner had claimed its partition already."""
+        claimed: set[int] = set()
+        refused: dict[tuple[int, int], fencing.Fenced] = {}
+
+        def claim_all(conn: Connection) -> None:
+            for partition, token in sorted(acquisitions):
+                if fencing.claim(conn, partition, token):
+                    claimed.add(partition)
+                else:
+                    refused[(partition, token)] = fencing.Fenced(
+                        f"partition {partition}: claimed past token {token} by a newer owner")
+
+        settled = self._detection.take_over(lambda thing: partition_of(thing, self._partitions) in claimed, claim_all)
         if settled:
             self._on_events(summaries(settled))
+        return [refused.get(acquisition) for acquisition in acquisitions]
 
     def retoken_many(self, moves: Sequence[tuple[int, int, int]]) -> list[bool]:
         """Leases expired while NATS elected a leader and this node created them again: move each
