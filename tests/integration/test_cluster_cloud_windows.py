@@ -26,7 +26,7 @@ from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.cloud.service import CloudEventIntake
 from iotdefender.cloud import cluster_parts
 from iotdefender.cloud import service as cloud_service
-from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher
+from iotdefender.cloud.cluster_windows import PARTS_LATE, WindowCollector, WindowPublisher
 from iotdefender.cluster.fencing import Fenced
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import Delivery
@@ -376,6 +376,92 @@ def test_a_window_whose_close_failed_in_an_outage_is_closed_once_the_database_is
     detect.collector.close_due()
     assert [(ts, p["aws:num-messages-sent"]["count"]) for ts, p in datapoints(database, thing)] == [
         ((W + 1) * WINDOW_S, 6), ((W + 2) * WINDOW_S, 1)]
+    detect.engine.dispose()
+
+
+def test_a_part_redelivered_after_a_close_failed_in_an_outage_is_not_late(database, monkeypatch):
+    """The database went down as a window ended: its parts could not be kept (nakked, redelivered
+    later) and its close failed. A part redelivered once the database is back, before the partition
+    is resumed from its mark, belongs to a window that is not closed: it used to be dropped as late
+    (most of such a window's counts were lost in an operator's trial), and is now kept and counted."""
+    clock = Clock(W * WINDOW_S + 10)
+    detect = Detect(database, clock)
+    detect.acquire(P, 7)
+    thing, other = things_in(P, 2, "rd")
+    sent: list[Delivery] = []
+    a = broker("node-a", clock, sent)
+    for _ in range(6):
+        a.intake.message_sent(thing, "t/x", 10)
+    a.intake.message_sent(other, "t/x", 10)
+    clock.now = (W + 1) * WINDOW_S + 0.2
+    asyncio.run(a.publish_due())
+    kept_in_time = [d for d in sent if d.thing_name == other]
+    sent[:] = [d for d in sent if d.thing_name == thing]  # not kept yet: the database went down
+    asyncio.run(detect.handle(P, 7, kept_in_time))
+    clock.now += detect.collector.grace_s + 0.1
+    store = detect.collector.cloud._store
+
+    def down(items):  # type: ignore[no-untyped-def]
+        raise StoreUnavailable("the database is down")
+    monkeypatch.setattr(store, "store_batch", down)
+    closings = detect.collector.merge_due()
+    with pytest.raises(StoreUnavailable):
+        detect.collector.close(closings)
+    detect.collector.failed(closings)
+    monkeypatch.undo()
+    late = PARTS_LATE._value.get()
+    asyncio.run(detect.handle(P, 7, sent))  # redelivered: the database answers again
+    assert PARTS_LATE._value.get() == late
+    asyncio.run(detect.collector.recover())
+    clock.now += detect.collector.grace_s
+    detect.collector.close_due()
+    assert [(ts, p["aws:num-messages-sent"]["count"]) for ts, p in datapoints(database, thing)] == [
+        ((W + 1) * WINDOW_S, 6)]
+    detect.engine.dispose()
+
+
+def test_a_part_of_a_closed_window_kept_while_a_partition_was_stale_is_not_counted_again(database, monkeypatch):
+    """While a partition's closing is unknown (stale) its parts are kept; one of a window its mark
+    shows closed (a redelivered copy) is dropped when the partition is resumed, not counted twice."""
+    clock = Clock(W * WINDOW_S + 10)
+    detect = Detect(database, clock)
+    detect.acquire(P, 7)
+    [thing] = things_in(P, 1, "st")
+    sent: list[Delivery] = []
+    a = broker("node-a", clock, sent)
+    for _ in range(3):
+        a.intake.message_sent(thing, "t/x", 10)
+    clock.now = (W + 1) * WINDOW_S + 0.2
+    asyncio.run(a.publish_due())
+    part_of_w = list(sent)
+    asyncio.run(detect.handle(P, 7, part_of_w))
+    clock.now += detect.collector.grace_s + 0.1
+    detect.collector.close_due()  # W closed: 3
+    a.intake.message_sent(thing, "t/x", 10)
+    clock.now = (W + 2) * WINDOW_S + 0.2
+    del sent[:]
+    asyncio.run(a.publish_due())
+    asyncio.run(detect.handle(P, 7, sent))
+    clock.now += detect.collector.grace_s + 0.1
+    store = detect.collector.cloud._store
+
+    def down(items):  # type: ignore[no-untyped-def]
+        raise StoreUnavailable("the database is down")
+    monkeypatch.setattr(store, "store_batch", down)
+    closings = detect.collector.merge_due()
+    with pytest.raises(StoreUnavailable):
+        detect.collector.close(closings)
+    detect.collector.failed(closings)
+    monkeypatch.undo()
+    asyncio.run(detect.handle(P, 7, part_of_w))  # W's part again, while the partition is stale
+    asyncio.run(detect.collector.recover())
+    clock.now += detect.collector.grace_s
+    detect.collector.close_due()
+    clock.now += WINDOW_S
+    detect.collector.close_due()
+    counts = [(ts, p["aws:num-messages-sent"]["count"]) for ts, p in datapoints(database, thing)]
+    assert counts[:2] == [((W + 1) * WINDOW_S, 3), ((W + 2) * WINDOW_S, 1)], counts
+    assert [ts for ts, _ in counts].count((W + 1) * WINDOW_S) == 1
     detect.engine.dispose()
 
 
