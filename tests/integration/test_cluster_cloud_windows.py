@@ -340,6 +340,18 @@ def test_a_clean_hand_over_gives_the_next_owner_the_parts_of_the_open_window(dat
     new.engine.dispose()
 
 
+def close_in_an_outage(detect: Detect, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The windows due now fail to close (the database down), as ``run`` handles it."""
+    def down(items):  # type: ignore[no-untyped-def]
+        raise StoreUnavailable("the database is down")
+    monkeypatch.setattr(detect.collector.cloud._store, "store_batch", down)
+    closings = detect.collector.merge_due()
+    with pytest.raises(StoreUnavailable):
+        detect.collector.close(closings)
+    detect.collector.failed(closings)  # what run() does when a close raises
+    monkeypatch.undo()
+
+
 def test_a_window_whose_close_failed_in_an_outage_is_closed_once_the_database_is_back(database, monkeypatch):
     clock = Clock(W * WINDOW_S + 10)
     detect = Detect(database, clock)
@@ -353,16 +365,7 @@ def test_a_window_whose_close_failed_in_an_outage_is_closed_once_the_database_is
     asyncio.run(a.publish_due())
     asyncio.run(detect.handle(P, 7, sent))
     clock.now += detect.collector.grace_s + 0.1
-    store = detect.collector.cloud._store
-
-    def down(items):  # type: ignore[no-untyped-def]
-        raise StoreUnavailable("the database is down")
-    monkeypatch.setattr(store, "store_batch", down)
-    closings = detect.collector.merge_due()
-    with pytest.raises(StoreUnavailable):
-        detect.collector.close(closings)
-    detect.collector.failed(closings)  # what run() does when a close raises
-    monkeypatch.undo()
+    close_in_an_outage(detect, monkeypatch)
 
     a.intake.message_sent(thing, "t/x", 10)  # window W+1
     clock.now = (W + 2) * WINDOW_S + 0.2
@@ -399,16 +402,7 @@ def test_a_part_redelivered_after_a_close_failed_in_an_outage_is_not_late(databa
     sent[:] = [d for d in sent if d.thing_name == thing]  # not kept yet: the database went down
     asyncio.run(detect.handle(P, 7, kept_in_time))
     clock.now += detect.collector.grace_s + 0.1
-    store = detect.collector.cloud._store
-
-    def down(items):  # type: ignore[no-untyped-def]
-        raise StoreUnavailable("the database is down")
-    monkeypatch.setattr(store, "store_batch", down)
-    closings = detect.collector.merge_due()
-    with pytest.raises(StoreUnavailable):
-        detect.collector.close(closings)
-    detect.collector.failed(closings)
-    monkeypatch.undo()
+    close_in_an_outage(detect, monkeypatch)
     late = PARTS_LATE._value.get()
     asyncio.run(detect.handle(P, 7, sent))  # redelivered: the database answers again
     assert PARTS_LATE._value.get() == late
@@ -443,16 +437,7 @@ def test_a_part_of_a_closed_window_kept_while_a_partition_was_stale_is_not_count
     asyncio.run(a.publish_due())
     asyncio.run(detect.handle(P, 7, sent))
     clock.now += detect.collector.grace_s + 0.1
-    store = detect.collector.cloud._store
-
-    def down(items):  # type: ignore[no-untyped-def]
-        raise StoreUnavailable("the database is down")
-    monkeypatch.setattr(store, "store_batch", down)
-    closings = detect.collector.merge_due()
-    with pytest.raises(StoreUnavailable):
-        detect.collector.close(closings)
-    detect.collector.failed(closings)
-    monkeypatch.undo()
+    close_in_an_outage(detect, monkeypatch)
     asyncio.run(detect.handle(P, 7, part_of_w))  # W's part again, while the partition is stale
     asyncio.run(detect.collector.recover())
     clock.now += detect.collector.grace_s
