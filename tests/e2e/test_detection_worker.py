@@ -97,6 +97,28 @@ def test_the_service_survives_its_worker(service):
     device.close()
 
 
+def test_a_stop_signal_to_the_whole_process_group_leaves_the_worker_to_the_service(service):
+    """Ctrl-C in a terminal and systemd's default stop signal every process of the service, the
+    worker too: the worker used to die of SIGTERM at once (an error logged at every stop, and the
+    batches of the service's graceful stop, the open cloud windows among them, had no worker). It
+    ignores the signal; the service stops it when it is done with it."""
+    device = Device(service.mqtt_port, "g-1")
+    assert device.report(report(1, [443]))[0] == "json/accepted"
+    worker = worker_of(service)
+    os.kill(worker, signal.SIGTERM)  # what the group signal gives the worker
+    time.sleep(0.5)
+    assert alive(worker)
+    assert device.report(report(2, [443]))[0] == "json/accepted"
+    assert worker_of(service) == worker
+    device.close()
+    os.kill(worker, signal.SIGTERM)  # the group signal again, with the service this time
+    service.process.send_signal(signal.SIGTERM)
+    service.process.wait(30)
+    assert service.log_path is not None
+    log = service.log_path.read_text()
+    assert '"stopped"' in log and "detection_worker_exited" not in log
+
+
 def test_the_worker_dies_with_the_service(service):
     worker = worker_of(service)
     service.kill9()

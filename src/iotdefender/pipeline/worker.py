@@ -48,7 +48,12 @@ class WorkerConfig:
 def worker_main(pipe: Pipe, config: WorkerConfig) -> None:
     """The child: requests in, replies out, one at a time, until the pipe closes."""
     die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # The parent decides when to stop: Ctrl-C and systemd's default stop (KillMode=control-group)
+    # signal every process of the service, and the worker dying of it at once logged an error at
+    # every stop and left the parent's graceful stop without a worker. The parent's death still
+    # kills it (SIGKILL, die_with_parent).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from iotdefender.logging_setup import configure_logging
     from iotdefender.store.database import create_engine
 
