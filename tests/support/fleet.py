@@ -213,3 +213,22 @@ def stored_report_ids(iot: Any, thing: str) -> set[int]:
         thingName=thing, metricName="aws:all-bytes-out", startTime=now - dt.timedelta(hours=1),
         endTime=now + dt.timedelta(minutes=5))
     return {d["value"]["count"] for page in pages for d in page["metricDatumList"]}
+
+
+def not_answered_for_good(fleet: Fleet) -> list[tuple[str, int]]:
+    """Reports whose last answer is not a final one (accepted or a non-retryable rejection)."""
+    return [key for key in fleet.book.sent if not fleet.book.answers.get(key)
+            or fleet.book.answers[key][-1] in RETRYABLE]
+
+
+def exact_books(iot: Any, fleets: list[Fleet]) -> list[dict[str, Any]]:
+    """Drain the fleets, then hold them to exact books: every report answered for good, none given
+    up on, no accepted report lost, no violation event duplicated or missing; each fleet's audit."""
+    for fleet in fleets:
+        fleet.drain()
+    assert [f.book.unanswered for f in fleets] == [0] * len(fleets)
+    assert [not_answered_for_good(f) for f in fleets] == [[]] * len(fleets)
+    figures = [audit(iot, f) for f in fleets]
+    for f in figures:
+        assert f["lost"] == 0 and f["duplicated_events"] == 0 and f["missing_events"] == 0, figures
+    return figures
