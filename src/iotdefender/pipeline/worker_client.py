@@ -8,6 +8,7 @@ reloads the alarm states from the database.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import multiprocessing
 import queue
@@ -69,8 +70,19 @@ class WorkerBatchStore:
 
     def start(self) -> None:
         self._spawner.start()
+        # The worker ignores SIGTERM (worker.py); multiprocessing's own exit handler stops daemon
+        # children with SIGTERM and then joins them without a timeout, so a service that exits
+        # without ``close`` (a failed start: a busy port, a malformed ACL file) waited for ever.
+        # Registered after multiprocessing's, this one runs first (atexit is last in, first out).
+        atexit.register(self._kill_at_exit)
         with self._lock:
             self._start_locked()
+
+    def _kill_at_exit(self) -> None:
+        process = self._process
+        if process is not None and process.is_alive():
+            process.kill()
+            process.join(5)
 
     def _spawn_loop(self) -> None:
         """Starts every child, and lives as long as the store. PR_SET_PDEATHSIG fires when the
