@@ -41,6 +41,7 @@ from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable
 from iotdefender.brokers.observer import NULL_OBSERVER
 from iotdefender.cloud.service import CloudEventIntake
+from iotdefender.cloud import cluster_windows
 from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher
 from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cluster.alone import run_while_held
@@ -232,8 +233,9 @@ def external_intake(engine: Engine, devices: BrokerRole, node_id: str) -> Corout
 
 async def broker_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
                       monitoring: MonitoringIndex, health: DatabaseHealth,
-                      message_version: Callable[[], int]) -> BrokerRole:
-    """``message_version``: the report message version every live node reads (rolling upgrades)."""
+                      message_version: Callable[[], int], ends_readable: Callable[[], bool]) -> BrokerRole:
+    """``message_version``: the report message version every live node reads; ``ends_readable``:
+    whether every live node reads cloud windows' ends (rolling upgrades)."""
     auth = mqtt_auth(settings)
     waiters = OutcomeWaiters()
     await waiters.subscribe(nc, reply_subject(node_id))
@@ -242,23 +244,27 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
                                    outcome_timeout_s=settings.cluster_outcome_timeout,
                                    message_version=message_version)
     ingest, replies = build_ingest(settings, engine, monitoring, committer, health)
-    cloud = cloud_publisher(settings, publisher, node_id)
+    cloud = cloud_publisher(settings, publisher, node_id, ends_readable)
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=cloud.intake if cloud else NULL_OBSERVER)
     broker, endpoint = build_broker(settings, gatekeeper, ingest.submit)
     replies.broker = broker
     return BrokerRole(ingest, broker, gatekeeper, endpoint, cloud)
 
 
-def cloud_publisher(settings: Settings, publisher: ReportPublisher, node_id: str) -> WindowPublisher | None:
+def cloud_publisher(settings: Settings, publisher: ReportPublisher, node_id: str,
+                    ends_readable: Callable[[], bool]) -> WindowPublisher | None:
     """A broker node's cloud-side metrics: its broker's events into windows, each device's part
-    published to the thing's partition when the window ends (cloud/cluster_windows.py)."""
+    published to the thing's partition when the window ends, then its end of the window in every
+    partition (cloud/cluster_windows.py)."""
     if not settings.cloud_metrics:
         return None
-    return WindowPublisher(CloudEventIntake(settings.effective_metrics_window), publisher.publish, node_id)
+    return WindowPublisher(CloudEventIntake(settings.effective_metrics_window), publisher.publish, node_id,
+                           publish_end=publisher.publish_to, partitions=publisher.partitions,
+                           ends_readable=ends_readable)
 
 
 def broker_events(settings: Settings, roles: frozenset[str], devices: BrokerRole | None, nc: Client,
-                  topology: Topology, node_id: str) -> WindowPublisher | None:
+                  topology: Topology, node_id: str, ends_readable: Callable[[], bool]) -> WindowPublisher | None:
     """Where this node's cloud-side events go: its broker's, and on an ``api`` node those posted to
     ``POST /_iotdefender/broker-events`` (an external broker's events; the same intake, so a
     device's events posted to several nodes are parts of its window that its detect node sums,
@@ -267,7 +273,7 @@ def broker_events(settings: Settings, roles: frozenset[str], devices: BrokerRole
     if devices is not None:
         return devices.cloud
     if "api" in roles:
-        return cloud_publisher(settings, ReportPublisher(nc.jetstream(), topology), node_id)
+        return cloud_publisher(settings, ReportPublisher(nc.jetstream(), topology), node_id, ends_readable)
     return None
 
 
@@ -405,7 +411,11 @@ async def serve_cluster(settings: Settings) -> None:
 
     nc = await connect(settings.cluster_urls, node_id, reconnected)
     topology = Topology(replicas=replicas_for(count_servers(nc)), lease_ttl_s=settings.cluster_lease_ttl)
-    flags = SharedSettings(nc.jetstream(), topology, node_id, shared_values(settings), announcement())
+    flags = SharedSettings(nc.jetstream(), topology, node_id, shared_values(settings),
+                           {**announcement(), **cluster_windows.announcement()})
+
+    def readable_ends() -> bool:
+        return cluster_windows.ends_readable(flags.announced(cluster_windows.ENDS_ANNOUNCEMENT))
     try:
         await ensure(nc.jetstream(), topology)
         await flags.check()
@@ -425,12 +435,12 @@ async def serve_cluster(settings: Settings) -> None:
         loops.append(ml_training(settings, engine, monitoring, on_published=published_models(detection, notices[0]),
                                  alone=True))
     devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health,
-                                 lambda: version_to_write(flags.announced(READS_ANNOUNCEMENT)))
+                                 lambda: version_to_write(flags.announced(READS_ANNOUNCEMENT)), readable_ends)
                if "broker" in roles else None)
     cluster_health = ClusterHealth(nc, topology, consumer)
     export_only(roles, embedded_broker=settings.mqtt_url is None)
     describe_node(node_id, roles)
-    events = broker_events(settings, roles, devices, nc, topology, node_id)
+    events = broker_events(settings, roles, devices, nc, topology, node_id, readable_ends)
     if "api" in roles:
         backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)
         warn_unreached_topics(engine, routes)

@@ -23,7 +23,7 @@ from iotdefender.alerts.outbox import DELIVERIES
 from iotdefender.api.http_metrics import HTTP_REQUESTS, HTTP_SECONDS
 from iotdefender.brokers.gatekeeper import MQTT_DENIALS
 from iotdefender.brokers.mosquitto.connections import MQTT_CONNECTED
-from iotdefender.cloud.cluster_windows import PARTS_LATE, PARTS_LOST, PARTS_PUBLISHED
+from iotdefender.cloud.cluster_windows import PARTS_LATE, PARTS_LOST, PARTS_PUBLISHED, WINDOWS_INCOMPLETE
 from iotdefender.cluster.health import DETECT_GAUGES
 from iotdefender.cluster.report_stream import REDELIVERED
 from iotdefender.ingest.cluster_commit import SETTLED, UNANSWERED
@@ -45,7 +45,7 @@ ROLE_METRICS: dict[str, tuple[Collector, ...]] = {
     "api": (HTTP_REQUESTS, HTTP_SECONDS),
     # A detect node evaluates (the violation counters), stores (batch isolation: a broker node's
     # commits are the detect nodes'), sends the alerts and closes cloud windows.
-    "detect": (*DETECT_GAUGES, REDELIVERED, PARTS_LATE, *COUNTERS.values(), DELIVERIES, ISOLATED, RETRIES,
+    "detect": (*DETECT_GAUGES, REDELIVERED, PARTS_LATE, WINDOWS_INCOMPLETE, *COUNTERS.values(), DELIVERIES, ISOLATED, RETRIES,
                TRANSACTION_SECONDS, TRANSACTION_REPORTS),
 }
 

@@ -26,7 +26,7 @@ from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.cloud.service import CloudEventIntake
 from iotdefender.cloud import cluster_parts
 from iotdefender.cloud import service as cloud_service
-from iotdefender.cloud.cluster_windows import PARTS_LATE, WindowCollector, WindowPublisher
+from iotdefender.cloud.cluster_windows import PARTS_LATE, WINDOWS_INCOMPLETE, WindowCollector, WindowPublisher
 from iotdefender.cluster.fencing import Fenced
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import Delivery
@@ -461,3 +461,196 @@ def test_a_closing_mark_never_goes_back_to_an_earlier_window(database):
         cluster_parts.advance(conn, {P: cluster_parts.Mark(5, None)})
         assert cluster_parts.load(conn, P)[0] == cluster_parts.Mark(5, None)
     engine.dispose()
+
+
+# -- ends of window: a window a publisher did not hand over whole gives no 0 (cloud/window_ends.py) --
+
+class Unreachable(Exception):
+    """NATS did not store a message (its server killed, an election)."""
+
+
+class EndingBroker:
+    """A broker node that ends its windows, whose publishing of parts or ends can fail (``down``)."""
+
+    def __init__(self, node: str, clock: Clock, sent: list[Delivery]) -> None:
+        self.down: set[str] = set()
+        self.sent = sent
+
+        async def publish(thing: str, payload: bytes, message_id: str) -> None:
+            self._store("part", partition_of(thing), thing, payload)
+
+        async def publish_end(partition: int, payload: bytes, message_id: str) -> None:
+            self._store("end", partition, "", payload)
+        self.publisher = WindowPublisher(CloudEventIntake(WINDOW_S, clock), publish, node, clock=clock,
+                                         retry_s=0.3, publish_end=publish_end)
+        self.intake = self.publisher.intake
+
+    def _store(self, kind: str, partition: int, thing: str, payload: bytes) -> None:
+        if kind in self.down:
+            raise Unreachable("nats: timeout")
+        if partition == P:  # the detect node of these tests reads partition P
+            self.sent.append(Delivery(partition, thing, payload, len(self.sent) + 1, 1))
+
+    def publish_due(self) -> int:
+        return asyncio.run(self.publisher.publish_due())
+
+
+def sent_counts(url: str, thing: str) -> list[tuple[int, int]]:
+    """(window, messages sent) of each datapoint of the thing."""
+    return [(round(ts / WINDOW_S) - 1, p["aws:num-messages-sent"]["count"]) for ts, p in datapoints(url, thing)]
+
+
+def deliver(detect: Detect, sent: list[Delivery], token: int = 7) -> None:
+    asyncio.run(detect.handle(P, token, sent))
+    del sent[:]
+
+
+def two_ending_brokers(url: str, prefix: str, count: int) -> tuple[Clock, Detect, list[str], EndingBroker, EndingBroker]:
+    """A detect node owning P in window W, ``count`` of P's things, broker nodes A and B."""
+    clock = Clock(W * WINDOW_S + 10)
+    detect = Detect(url, clock)
+    detect.acquire(P, 7)
+    sent: list[Delivery] = []
+    return clock, detect, things_in(P, count, prefix), EndingBroker("node-a", clock, sent), \
+        EndingBroker("node-b", clock, sent)
+
+
+def one_message_each_in_w(clock: Clock, *sending: tuple[EndingBroker, str]) -> None:
+    """Each thing sends one message through its broker node in W; W ends and they publish."""
+    for broker_node, thing in sending:
+        broker_node.intake.message_sent(thing, "t/x", 10)
+    clock.now = (W + 1) * WINDOW_S + 0.2
+    for broker_node, _ in sending:
+        broker_node.publish_due()
+
+
+def window_ended(window: int, clock: Clock, detect: Detect, brokers: list[EndingBroker], token: int = 7) -> int:
+    """``window`` ends: the brokers publish (0.2 s after), the detect node reads it all and, its
+    grace later, closes what is due; returns the devices stored."""
+    clock.now = (window + 1) * WINDOW_S + 0.2
+    for broker_node in brokers:
+        broker_node.publish_due()
+    deliver(detect, brokers[0].sent, token)
+    clock.now += detect.collector.grace_s
+    return detect.collector.close_due()
+
+
+def test_a_window_whose_parts_a_broker_node_could_not_publish_gives_its_devices_no_datapoint_not_0(database):
+    clock, detect, (on_a, on_b, idle), a, b = two_ending_brokers(database, "lost", 3)
+    a.intake.connect_attempt(idle, "10.0.0.1", True)
+    for _ in range(2):
+        a.intake.message_sent(on_a, "t/x", 10)
+    for _ in range(3):
+        b.intake.message_sent(on_b, "t/x", 10)
+    assert window_ended(W, clock, detect, [a, b]) == 3  # every publisher's end came: complete
+
+    # Window W+1: B cannot publish its part (NATS away longer than its retries); its end, published
+    # once NATS is back, says so.
+    a.intake.message_sent(on_a, "t/x", 10)
+    for _ in range(3):
+        b.intake.message_sent(on_b, "t/x", 10)
+    clock.now = (W + 2) * WINDOW_S + 0.2
+    assert a.publish_due() == 1
+    b.down = {"part"}
+    assert b.publish_due() == 0
+    b.down = set()
+    deliver(detect, a.sent)
+    clock.now += detect.collector.grace_s
+    assert detect.collector.close_due() == 1  # incomplete: the devices with parts only
+
+    # Window W+2: B publishes again; its end vouches for W+2 (not W+1): complete again.
+    b.intake.message_sent(on_b, "t/x", 10)
+    assert window_ended(W + 2, clock, detect, [a, b]) == 3
+
+    assert sent_counts(database, on_a) == [(W, 2), (W + 1, 1), (W + 2, 0)]
+    assert sent_counts(database, on_b) == [(W, 3), (W + 2, 1)]  # no 0 for W+1, when it sent 3 through B
+    assert sent_counts(database, idle) == [(W, 0), (W + 2, 0)]  # it may have been on B: no datapoint
+    detect.engine.dispose()
+
+
+def test_a_window_waits_for_a_silent_broker_node_then_closes_incomplete_and_a_new_owner_waits_too(database):
+    clock, old, (on_a, on_b), a, b = two_ending_brokers(database, "silent", 2)
+    sent = a.sent
+    one_message_each_in_w(clock, (a, on_a), (b, on_b))
+    deliver(old, sent)  # acked: the parts and the ends are kept in PostgreSQL
+
+    # The owner dies (kill -9) before closing W; B is killed during W+1 (it ends nothing more).
+    new = Detect(database, clock)
+    new.acquire(P, 8)
+    clock.now += new.collector.grace_s
+    assert new.collector.close_due() == 2  # W: both ends, loaded with the partition
+    a.intake.message_sent(on_a, "t/x", 10)
+    assert window_ended(W + 1, clock, new, [a], 8) == 0  # W+1 waits for B's end
+    clock.now += new.collector.wait_s - 0.5
+    assert new.collector.close_due() == 0
+    clock.now += 0.5
+    assert new.collector.close_due() == 1  # waited out: incomplete, A's device only
+
+    # W+2: B was silent for longer than the wait: no longer expected, the window is complete.
+    assert window_ended(W + 2, clock, new, [a], 8) == 2
+
+    assert sent_counts(database, on_a) == [(W, 1), (W + 1, 1), (W + 2, 0)]
+    assert sent_counts(database, on_b) == [(W, 1), (W + 2, 0)]
+    for detect in (old, new):
+        detect.engine.dispose()
+
+
+def test_a_broker_node_that_stops_cleanly_is_not_waited_for(database):
+    clock, detect, (on_a, on_b), a, b = two_ending_brokers(database, "stop", 2)
+    sent = a.sent
+    one_message_each_in_w(clock, (a, on_a), (b, on_b))
+    clock.now += 60
+    b.intake.message_sent(on_b, "t/x", 10)
+    asyncio.run(b.publisher.publish_open())  # a graceful stop in W+1: its last end
+    deliver(detect, sent)
+    clock.now = (W + 1) * WINDOW_S + detect.collector.grace_s
+    assert detect.collector.close_due() == 2
+    assert window_ended(W + 1, clock, detect, [a]) == 2  # W+1: B vouched for it, last
+    assert window_ended(W + 2, clock, detect, [a]) == 2  # W+2: B is gone, not waited for
+    assert sent_counts(database, on_b) == [(W, 1), (W + 1, 1), (W + 2, 0)]
+    detect.engine.dispose()
+
+
+def test_a_publisher_sends_no_end_while_a_live_node_cannot_read_one(database):
+    clock = Clock(W * WINDOW_S + 10)
+    sent: list[Delivery] = []
+    readable = [False]
+
+    async def publish(thing: str, payload: bytes, message_id: str) -> None:
+        sent.append(Delivery(partition_of(thing), thing, payload, len(sent) + 1, 1))
+
+    async def publish_end(partition: int, payload: bytes, message_id: str) -> None:
+        sent.append(Delivery(partition, "", payload, len(sent) + 1, 1))
+    publisher = WindowPublisher(CloudEventIntake(WINDOW_S, clock), publish, "node-a", clock=clock,
+                                publish_end=publish_end, partitions=4, ends_readable=lambda: readable[0])
+    clock.now = (W + 1) * WINDOW_S + 0.2
+    asyncio.run(publisher.publish_due())
+    assert sent == []
+    readable[0] = True
+    clock.now += WINDOW_S
+    asyncio.run(publisher.publish_due())
+    assert sorted(d.partition for d in sent) == [0, 1, 2, 3]  # one end per partition
+
+
+def test_a_broker_node_that_begins_later_lost_none_of_the_windows_before(database):
+    """A node that starts (or starts again: a new publisher) during W+1 ends W+1 with a run that
+    begins there; a detect node that closes W only then (it lagged) must not read that as W lost."""
+    clock = Clock(W * WINDOW_S + 10)
+    detect = Detect(database, clock)
+    detect.acquire(P, 7)
+    busy, idle = things_in(P, 2, "begin")
+    sent: list[Delivery] = []
+    a = EndingBroker("node-a", clock, sent)
+    a.intake.message_sent(busy, "t/x", 10)
+    a.intake.connect_attempt(idle, "10.0.0.1", True)
+    clock.now = (W + 1) * WINDOW_S + 0.2
+    a.publish_due()
+    clock.now += 30
+    c = EndingBroker("node-c", clock, sent)
+    c.intake.message_sent(busy, "t/x", 10)
+    incomplete = WINDOWS_INCOMPLETE._value.get()
+    assert window_ended(W + 1, clock, detect, [a, c]) == 4
+    assert WINDOWS_INCOMPLETE._value.get() == incomplete  # W and W+1, both complete
+    assert sent_counts(database, busy) == [(W, 1), (W + 1, 1)]
+    assert sent_counts(database, idle) == [(W, 0), (W + 1, 0)]
+    detect.engine.dispose()

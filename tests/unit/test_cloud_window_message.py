@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from iotdefender.cloud.aggregator import Aggregator, ClientWindow, merge_windows
-from iotdefender.cloud.cluster_windows import CloudWindowMessage, WindowPublisher, decode, encode
+from iotdefender.cloud.cluster_windows import (CloudWindowEnd, CloudWindowMessage, WindowPublisher, decode, encode,
+                                               ends_readable)
 from iotdefender.cloud.service import CloudEventIntake
 from iotdefender.pipeline.report_message import ReportMessage, encode as encode_report
 
@@ -18,6 +19,17 @@ def test_a_report_is_not_a_cloud_window_even_for_a_thing_named_like_one():
     message = CloudWindowMessage("t", 3, 2.0, "node-a", part)
     assert decode(encode(message)) == message
     assert decode(encode(message)[:-3]) is None  # truncated: logged, not a report either
+
+
+def test_an_end_of_window_is_told_apart_from_a_part_and_a_report():
+    end = CloudWindowEnd("node-a", 1, 3, 5, 2.0, last=True)
+    assert decode(encode(end)) == end
+    assert decode(encode_report(ReportMessage("cloud-window-end", {}, 1.0, 1, "json", "r"))) is None
+
+
+def test_ends_are_sent_only_when_every_live_node_announces_it_reads_them():
+    assert ends_readable([]) and ends_readable([1, 1])
+    assert not ends_readable([1, None])  # a node of the release before: it would read an end as a report
 
 
 def test_parts_merge_into_one_window_and_the_later_of_connect_and_disconnect_wins():

@@ -13,6 +13,10 @@ Closing is recorded too (``cluster_cloud_progress``): a window is closed in seve
 window closed for every thing (``through_thing`` NULL) and deletes its parts. A successor resumes
 right after the mark: no window, nor a thing's share of one, is stored twice, and every window
 after it is closed, with every part received before the ack.
+
+The publishers' ends of window (cloud/window_ends.py) are kept beside the parts, in the same
+transaction (each publisher's latest per partition), so a successor knows whose parts it waits
+for; closing a window deletes those that can no longer matter.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from iotdefender.cloud.aggregator import ClientWindow, pack, unpack
+from iotdefender.cloud.window_ends import End
 from iotdefender.store.rows import upsert
+from iotdefender.store.schema import cluster_cloud_ends as ends_table
 from iotdefender.store.schema import cluster_cloud_parts as parts_table
 from iotdefender.store.schema import cluster_cloud_progress as progress_table
 
@@ -63,6 +69,35 @@ def keep(conn: Connection, partition: int, parts: Iterable[StoredPart]) -> None:
     conn.execute(stmt.on_conflict_do_update(
         index_elements=[parts_table.c.partition, parts_table.c.window_index, parts_table.c.thing, parts_table.c.node],
         set_={"part": stmt.excluded.part}), rows)
+
+
+def keep_ends(conn: Connection, partition: int, ends: Iterable[End]) -> None:
+    """Store publishers' ends (a publisher's latest replaces an earlier one, never a later one)."""
+    rows = [{"partition": partition, "node": e.node, "began_window": e.began, "since_window": e.since,
+             "window_index": e.window, "last": e.last} for e in ends]
+    if not rows:
+        return
+    stmt = upsert(conn, ends_table)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[ends_table.c.partition, ends_table.c.node],
+        set_={"began_window": stmt.excluded.began_window, "since_window": stmt.excluded.since_window,
+              "window_index": stmt.excluded.window_index, "last": stmt.excluded.last},
+        where=ends_table.c.window_index <= stmt.excluded.window_index), rows)
+
+
+def load_ends(conn: Connection, partition: int) -> list[End]:
+    """The partition's publishers' latest ends."""
+    return [End(node, int(began), int(since), int(window), bool(last)) for node, began, since, window, last in conn.execute(
+        sa.select(ends_table.c.node, ends_table.c.began_window, ends_table.c.since_window, ends_table.c.window_index,
+                  ends_table.c.last)
+        .where(ends_table.c.partition == partition).order_by(ends_table.c.node))]
+
+
+def forget_ends(conn: Connection, before: Mapping[int, int]) -> None:
+    """Delete ends older than a window per partition ({partition: window}): they expect nothing of it."""
+    for partition, window in sorted(before.items()):
+        conn.execute(ends_table.delete().where(ends_table.c.partition == partition,
+                                               ends_table.c.window_index < window))
 
 
 def load(conn: Connection, partition: int) -> tuple[Mark | None, list[StoredPart]]:

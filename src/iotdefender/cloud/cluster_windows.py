@@ -20,6 +20,13 @@ window is closed twice. Idempotent on redelivery: a part is keyed by (window, th
 so a redelivered part replaces itself; a part of a window already closed is late and dropped
 (``iotdefender_cluster_cloud_parts_late_total``).
 
+Complete or not (cloud/window_ends.py): each publisher ends every window in every partition with a
+``CloudWindowEnd`` after its parts, so the detect node knows whether it has every part: a window
+that an expected publisher lost (it could not publish a part, or was killed) gives datapoints to
+the devices with parts only, never a 0 to a device that may have sent through it. Sent only once
+every live node reads them (announced as ``cloud-window-ends`` in the nodes bucket: a detect node
+of the release before would take one for a report it cannot read).
+
 Why on the report stream: it is already partitioned by thing, read in order by one owner, with
 JetStream's de-duplication (``Nats-Msg-Id = cloud/<node>/<thing>/<window>``) and the fence; a
 second stream would need its own consumers and ownership. A detect node tells the two kinds of
@@ -30,6 +37,7 @@ message apart by the message's first field (``kind``: a tagged msgspec struct, v
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -43,6 +51,7 @@ from iotdefender.cloud.aggregator import ClientWindow, merge_windows
 from iotdefender.cloud import cluster_parts
 from iotdefender.cloud.cluster_parts import Mark, StoredPart
 from iotdefender.cloud.service import CloudEventIntake, CloudMetricsService
+from iotdefender.cloud.window_ends import End, Verdict, WindowEnds, horizon_for
 from iotdefender.cluster import fencing
 from iotdefender.ingest.report import ReportRejected, check_thing_name
 from iotdefender.log_limits import LimitedLog
@@ -67,6 +76,9 @@ PARTS_PUBLISHED = Counter("iotdefender_cluster_cloud_parts_published",
                           "Device windows a broker node handed to their detect node")
 PARTS_LOST = Counter("iotdefender_cluster_cloud_parts_unpublished",
                      "Device windows a broker node could not publish (NATS unavailable): not counted")
+WINDOWS_INCOMPLETE = Counter("iotdefender_cluster_cloud_windows_incomplete",
+                             "Partition windows closed without every publisher's parts (one lost them, or its end "
+                             "did not come in time): only the devices with parts got a datapoint")
 PARTS_LATE = Counter("iotdefender_cluster_cloud_parts_late",
                      "Device windows that reached their detect node after it closed the window: not counted")
 
@@ -82,24 +94,55 @@ class CloudWindowMessage(msgspec.Struct, frozen=True, tag_field="kind", tag=KIND
     version: int = VERSION
 
 
+END_KIND = "cloud-window-end"
+#: What a node announces (shared_settings.py) when it reads ``CloudWindowEnd``s: a publisher sends
+#: them only once every live node does.
+ENDS_ANNOUNCEMENT = "cloud-window-ends"
+
+
+class CloudWindowEnd(msgspec.Struct, frozen=True, tag_field="kind", tag=END_KIND):
+    """A publisher's end of window in one partition (cloud/window_ends.py, ``End``)."""
+
+    node: str
+    began: int
+    since: int
+    window: int
+    window_s: float
+    last: bool = False
+    version: int = VERSION
+
+    def end(self) -> End:
+        return End(self.node, self.began, self.since, self.window, self.last)
+
+
+def announcement() -> dict[str, int]:
+    return {ENDS_ANNOUNCEMENT: VERSION}
+
+
+def ends_readable(announced: Sequence[object]) -> bool:
+    """Whether every other live node (their announcements as read) reads ends of window."""
+    return all(value == VERSION for value in announced)
+
+
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(CloudWindowMessage)
+_decoder = msgspec.msgpack.Decoder(CloudWindowMessage | CloudWindowEnd)
 # A tagged struct is encoded with its tag first, right after the map's header; a ReportMessage
-# starts with its "thing" field, so this prefix tells the two kinds apart without decoding.
-_MARK = _encoder.encode("kind") + _encoder.encode(KIND)
+# starts with its "thing" field, so these prefixes tell the kinds apart without decoding.
+_MARKS = tuple(_encoder.encode("kind") + _encoder.encode(kind) for kind in (KIND, END_KIND))
 
 
-def encode(message: CloudWindowMessage) -> bytes:
+def encode(message: CloudWindowMessage | CloudWindowEnd) -> bytes:
     return _encoder.encode(message)
 
 
 def _marked(payload: bytes) -> bool:
-    """Whether ``payload`` is a cloud window part's, without decoding it."""
-    return payload[1:1 + len(_MARK)] == _MARK
+    """Whether ``payload`` is a cloud window part's or end's, without decoding it."""
+    return any(payload[1:1 + len(mark)] == mark for mark in _MARKS)
 
 
-def decode(payload: bytes) -> CloudWindowMessage | None:
-    """The cloud window in ``payload``, or None if it is not one (a report, for the report store)."""
+def decode(payload: bytes) -> CloudWindowMessage | CloudWindowEnd | None:
+    """The cloud window part or end in ``payload``, or None if it is neither (a report, for the
+    report store)."""
     if not _marked(payload):
         return None
     try:
@@ -117,6 +160,10 @@ def message_id(node: str, thing: str, window: int) -> str:
     return f"cloud/{node}/{thing}/{window}"
 
 
+def end_message_id(node: str, partition: int, window: int) -> str:
+    return f"cloud-end/{node}/{partition}/{window}"
+
+
 def _thing_name(client_id: str) -> bool:
     """Whether a client id can be a thing's name (and so a NATS header and message id): one with a
     control character could not, and is not counted, as ``ingest_events`` refuses it on one box."""
@@ -130,15 +177,35 @@ def _thing_name(client_id: str) -> bool:
 
 #: (thing, payload, Nats-Msg-Id) -> stored: ``ReportPublisher.publish``.
 Publish = Callable[[str, bytes, str], Awaitable[Any]]
+#: (partition, payload, Nats-Msg-Id) -> stored: ``ReportPublisher.publish_to``.
+PublishTo = Callable[[int, bytes, str], Awaitable[Any]]
+
+
+def _always() -> bool:
+    return True
 
 
 class WindowPublisher:
-    """A broker node's side: its intake's windows, each device's part published when it ends."""
+    """A broker node's side: its intake's windows, each device's part published when it ends, then
+    this node's end of the window in every partition (``publish_end``; None: no ends, tests of parts).
+
+    A part is tried again until ``retry_s`` after its window's round began (the same message id:
+    JetStream keeps one copy), long enough for a NATS server's failover; past it the round's
+    remaining parts are given up without trying (NATS is away: trying each for its publish timeout
+    would hold the next windows' parts for minutes at fleet size) and counted unpublished. A
+    partition in which a part or the end was not published is not vouched for that window
+    (cloud/window_ends.py): its detect node gives datapoints only to the devices with parts."""
 
     def __init__(self, intake: CloudEventIntake, publish: Publish, node: str, delay_s: float = 0.2,
-                 concurrency: int = 256, attempts: int = 3, clock: Callable[[], float] = time.time) -> None:
+                 concurrency: int = 256, retry_s: float = 8.0, clock: Callable[[], float] = time.time,
+                 publish_end: PublishTo | None = None, partitions: int = PARTITION_COUNT,
+                 ends_readable: Callable[[], bool] = _always) -> None:
         self.intake, self._publish, self._node = intake, publish, node
-        self._delay_s, self._concurrency, self._attempts, self._clock = delay_s, concurrency, attempts, clock
+        self._delay_s, self._concurrency, self._retry_s, self._clock = delay_s, concurrency, retry_s, clock
+        self._publish_end, self._partitions, self._ends_readable = publish_end, partitions, ends_readable
+        # Per partition, the first window of this node's current unbroken run of published windows.
+        self._began = intake.aggregator.index(clock())
+        self._since = dict.fromkeys(range(partitions), self._began)
 
     async def run(self) -> None:
         """Publish each window shortly after its end, forever."""
@@ -149,48 +216,93 @@ class WindowPublisher:
             await self.publish_due()
 
     async def publish_due(self) -> int:
-        """Every ended window's parts; returns how many were published."""
+        """Every ended window's parts, then the ends; returns how many parts were published."""
         aggregator = self.intake.aggregator
-        return await self._publish_windows(aggregator.closed_windows(self._clock()))
+        now = self._clock()
+        return await self._publish_windows(aggregator.closed_windows(now), aggregator.index(now) - 1)
 
-    async def _publish_windows(self, windows: Sequence[int]) -> int:
+    async def _publish_windows(self, windows: Sequence[int], through: int, last: bool = False) -> int:
+        """The parts of ``windows``, then this node's end of every window through ``through``."""
         aggregator = self.intake.aggregator
         messages = [CloudWindowMessage(thing, window, aggregator.window_s, self._node, part)
                     for window in windows
                     for thing, part in aggregator.take(window).items() if _thing_name(thing)]
-        done = 0
+        deadline = time.monotonic() + self._retry_s
+        failures: list[BaseException] = []
         for start in range(0, len(messages), self._concurrency):
-            results = await asyncio.gather(*(self._send(m) for m in messages[start:start + self._concurrency]))
-            done += sum(results)
-        return done
+            chunk = messages[start:start + self._concurrency]
+            errors = await asyncio.gather(*(self._send(functools.partial(
+                self._publish, m.thing, encode(m), message_id(self._node, m.thing, m.window)), deadline) for m in chunk))
+            for message, error in zip(chunk, errors):
+                if error is not None:  # this node no longer vouches for that window in that partition
+                    failures.append(error)
+                    partition = partition_of(message.thing, self._partitions)
+                    self._since[partition] = max(self._since[partition], message.window + 1)
+        PARTS_PUBLISHED.inc(len(messages) - len(failures))
+        if failures:
+            PARTS_LOST.inc(len(failures))
+            log.warning("cloud_window_unpublished", parts=len(failures), of=len(messages), windows=list(windows),
+                        error=_described(failures[-1]))
+        await self._end(through, last, deadline)
+        return len(messages) - len(failures)
+
+    async def _end(self, window: int, last: bool, deadline: float) -> None:
+        """This node's end of ``window`` in every partition; one not published breaks its run."""
+        if self._publish_end is None or not self._ends_readable():
+            return
+        window_s = self.intake.aggregator.window_s
+        partitions = range(self._partitions)
+        errors = await asyncio.gather(*(self._send(functools.partial(
+            self._publish_end, partition,
+            encode(CloudWindowEnd(self._node, self._began, self._since[partition], window, window_s, last)),
+            end_message_id(self._node, partition, window)), deadline) for partition in partitions))
+        for partition, error in zip(partitions, errors):
+            if error is not None:
+                self._since[partition] = max(self._since[partition], window + 1)
+        failed = [error for error in errors if error is not None]
+        if failed:
+            log.warning("cloud_window_end_unpublished", partitions=len(failed), window=window,
+                        error=_described(failed[-1]))
 
     async def publish_open(self) -> int:
         """At a graceful stop, once this node's broker stopped (no event comes any more): the parts
-        of every window not published yet, the one still open included, now. The detect node keeps
-        them with the other nodes' parts and closes the window at its end as usual; a restarted
-        node is a new member (node_id.py), so its own parts of the same window add to these."""
-        done = await self._publish_windows(sorted(self.intake.aggregator.open_windows()))
+        of every window not published yet, the one still open included, now, and this node's last
+        end. The detect node keeps them with the other nodes' parts and closes the window at its
+        end as usual; a restarted node is a new member (node_id.py), so its own parts of the same
+        window add to these."""
+        aggregator = self.intake.aggregator
+        done = await self._publish_windows(sorted(aggregator.open_windows()), aggregator.index(self._clock()),
+                                           last=True)
         if done:
             log.info("cloud_windows_handed_over", parts=done)
         return done
 
-    async def _send(self, message: CloudWindowMessage) -> bool:
-        payload = encode(message)
-        for attempt in range(self._attempts):
+    @staticmethod
+    async def _send(publish: Callable[[], Awaitable[Any]], deadline: float) -> BaseException | None:
+        """Publish until it is stored (None) or ``deadline`` (monotonic) passes (the last error;
+        nothing is tried past it). The same message id on every try: JetStream keeps one copy."""
+        pause = 0.25
+        error: BaseException = TimeoutError("no time left to publish in this round")
+        while time.monotonic() < deadline:
             try:
-                await self._publish(message.thing, payload, message_id(self._node, message.thing, message.window))
-                PARTS_PUBLISHED.inc()
-                return True
-            except Exception as error:  # the same id on retry: JetStream keeps one copy
-                if attempt == self._attempts - 1:
-                    log.warning("cloud_window_unpublished", thing=message.thing, window=message.window,
-                                error=f"{type(error).__name__}: {error}")
-        PARTS_LOST.inc()
-        return False
+                await publish()
+                return None
+            except Exception as failed:
+                error = failed
+                if time.monotonic() + pause >= deadline:
+                    break
+                await asyncio.sleep(pause)
+                pause = min(2.0, pause * 2)
+        return error
 
 
-#: A window to close for some partitions: (window, partitions, each device's merged part).
-Closing = tuple[int, frozenset[int], dict[str, ClientWindow]]
+def _described(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+#: A window to close for some partitions: (window, partitions, each device's merged part, the
+#: partitions among them whose window is incomplete: datapoints for the devices with parts only).
+Closing = tuple[int, frozenset[int], dict[str, ClientWindow], frozenset[int]]
 
 
 class FencedCloudStore:
@@ -253,12 +365,20 @@ class WindowCollector:
 
     A partition acquired late in (or after) a window is closed from ``grace_s`` after its
     acquisition at the earliest: the parts its previous owner had not acked are redelivered to
-    this node first."""
+    this node first.
+
+    A window whose publishers' ends have not all come by then waits for them up to ``wait_s``
+    more (cloud/window_ends.py; the broker nodes try their parts for 8 s), and is then closed as
+    incomplete; the partition's later windows wait behind it."""
 
     def __init__(self, detection: DetectionService, monitoring: MonitoringIndex, on_events: EventListener,
                  owned: Callable[[], Mapping[int, int]], window_s: float, engine: Engine, grace_s: float | None = None,
-                 clock: Callable[[], float] = time.time, partitions: int = PARTITION_COUNT) -> None:
+                 clock: Callable[[], float] = time.time, partitions: int = PARTITION_COUNT,
+                 wait_s: float = 10.0) -> None:
         self.grace_s = grace_s if grace_s is not None else min(2.0, window_s / 2)
+        self.wait_s = wait_s
+        self.ends = WindowEnds(horizon_for(wait_s, window_s))
+        self._waiting: set[int] = set()  # partitions whose next window waits for publishers' ends
         self._clock = clock
         self._engine = engine
         self._owned = owned
@@ -315,29 +435,39 @@ class WindowCollector:
         self._parts.setdefault((message.window, message.thing), {})[message.node] = message.part
         return True
 
-    def keep(self, partition: int, token: int, messages: Sequence[CloudWindowMessage]) -> None:
-        """Store parts in PostgreSQL, fenced (a superseded owner raises ``Fenced``: not acked, its
-        successor reads them again); in a worker thread, before the deliveries are acked."""
+    def keep(self, partition: int, token: int, messages: Sequence[CloudWindowMessage],
+             ends: Sequence[End] = ()) -> None:
+        """Store parts and ends in PostgreSQL, fenced (a superseded owner raises ``Fenced``: not
+        acked, its successor reads them again); in a worker thread, before the deliveries are acked."""
         with writing(self._engine) as conn:
             fencing.check(conn, partition, token)
             cluster_parts.keep(conn, partition, [StoredPart(m.window, m.thing, m.node, m.part) for m in messages])
+            cluster_parts.keep_ends(conn, partition, ends)
 
     def handler(self, reports: BatchHandler) -> BatchHandler:
         """The partitions' handler: cloud window parts stored and held here, the rest handed to
         ``reports``; raises (the batch is nakked) if the parts cannot be stored."""
         async def handle(partition: int, token: int, deliveries: Sequence[Delivery],
                          more: More = nothing_more) -> None:
-            rest, parts = [], []
+            rest, parts, ends = [], [], []
             for delivery in deliveries:
                 message = decode(delivery.payload)
                 if message is None:
                     rest.append(delivery)
+                elif isinstance(message, CloudWindowEnd):
+                    if message.window_s == self._window_s:
+                        ends.append(message.end())
+                    else:
+                        log.error("cloud_window_end_refused", node=message.node, window_s=message.window_s)
                 elif self.accept(partition, message):
                     parts.append(message)
-            if parts:
-                await asyncio.to_thread(self.keep, partition, token, parts)
+            if parts or ends:
+                await asyncio.to_thread(self.keep, partition, token, parts, ends)
                 for message in parts:
                     self.add(partition, message)  # unless its window was closed meanwhile (late)
+                if partition in self._next:
+                    for end in ends:
+                        self.ends.record(partition, end)
             if rest:
                 # What arrives meanwhile joins the reports up to the first part (parts are stored
                 # here, before the batch is acked: the next batch takes that one).
@@ -347,15 +477,15 @@ class WindowCollector:
                 await reports(partition, token, rest, more_reports)
         return handle
 
-    def load(self, partition: int) -> tuple[Mark | None, list[StoredPart]]:
+    def load(self, partition: int) -> tuple[Mark | None, list[StoredPart], list[End]]:
         """What the partition's previous owners left (blocking: a worker thread)."""
         with self._engine.connect() as conn:
-            return cluster_parts.load(conn, partition)
+            return (*cluster_parts.load(conn, partition), cluster_parts.load_ends(conn, partition))
 
-    def resume(self, partition: int, mark: Mark | None, parts: Sequence[StoredPart]) -> None:
+    def resume(self, partition: int, mark: Mark | None, parts: Sequence[StoredPart], ends: Sequence[End] = ()) -> None:
         """Take the partition over from its mark: the windows after it (the one it stops in, for
-        the things after it) are this node's to close, with the parts kept of them. Never
-        closed before: from the oldest part kept, or the window open now."""
+        the things after it) are this node's to close, with the parts kept of them and the
+        publishers' ends. Never closed before: from the oldest part kept, or the window open now."""
         current = self.cloud.aggregator.index(self._lagged())
         self._floors.pop(partition, None)
         if mark is None:
@@ -367,6 +497,7 @@ class WindowCollector:
             self._floors[partition] = mark
         self._next[partition] = max(first, current - self.cloud.aggregator.max_catch_up)
         self._ready[partition] = self._clock()
+        self.ends.replace(partition, ends)
         for key in [key for key in self._parts if self._partition(key[1]) == partition
                     and self._closed(partition, *key)]:
             del self._parts[key]  # held while its closing was unknown (a stale partition's): closed
@@ -385,6 +516,8 @@ class WindowCollector:
         """Forget the partition; its parts stay in PostgreSQL for its next owner."""
         for state in (self._next, self._ready, self._floors):
             state.pop(partition, None)
+        self.ends.forget(partition)
+        self._waiting.discard(partition)
         for key in [key for key in self._parts if self._partition(key[1]) == partition]:
             del self._parts[key]
 
@@ -396,20 +529,33 @@ class WindowCollector:
         lagged = self._lagged()
         current = self.cloud.aggregator.index(lagged)
         owned = self._owned()
-        due: dict[int, set[int]] = {}
+        due: dict[int, dict[int, Verdict]] = {}
+        self._waiting.clear()
         for partition, first in list(self._next.items()):
             if partition not in owned or lagged < self._ready[partition] or partition in self._stale:
                 continue  # a stale partition's later windows wait: its mark must not pass the failed one
-            for window in range(max(first, current - self.cloud.aggregator.max_catch_up), current):
-                due.setdefault(window, set()).add(partition)
-            self._next[partition] = max(first, current)
+            window = max(first, current - self.cloud.aggregator.max_catch_up)
+            while window < current:
+                waited_out = lagged >= (window + 1) * self._window_s + self.wait_s
+                verdict = self.ends.verdict(partition, window, waited_out)
+                if verdict is Verdict.WAIT:
+                    self._waiting.add(partition)
+                    break
+                due.setdefault(window, {})[partition] = verdict
+                window += 1
+            self._next[partition] = max(first, window)
         closings: list[Closing] = []
         for window in sorted(due):
             partitions = frozenset(due[window])
+            incomplete = frozenset(p for p, verdict in due[window].items() if verdict is Verdict.INCOMPLETE)
             clients = {thing: merge_windows(self._parts.pop((w, thing)).values())
                        for w, thing in [key for key in self._parts
                                         if key[0] == window and self._partition(key[1]) in partitions]}
-            closings.append((window, partitions, clients))
+            if incomplete:
+                WINDOWS_INCOMPLETE.inc(len(incomplete))
+                log.warning("cloud_window_incomplete", window=window, partitions=len(incomplete),
+                            publishers=sorted({node for p in incomplete for node in self.ends.short(p, window)}))
+            closings.append((window, partitions, clients, incomplete))
         return closings
 
     def close(self, closings: Sequence[Closing]) -> int:
@@ -418,10 +564,13 @@ class WindowCollector:
         aggregator = self.cloud.aggregator
         closed: dict[int, int] = {}  # partition -> the last window closed for it here
         try:
-            for window, partitions, clients in closings:
+            for window, partitions, clients, incomplete in closings:
                 for thing, part in clients.items():
                     aggregator.add_window(window, thing, part)  # what it says of the device's connection
-                done += self.cloud.close_window(window, aggregator.take(window), owns=self._among(partitions))
+                taken = aggregator.take(window)
+                done += self.cloud.close_window(window, taken, owns=self._among(partitions - incomplete))
+                if incomplete:
+                    done += self.cloud.close_window(window, taken, owns=self._among(incomplete), seen_only=True)
                 closed.update(dict.fromkeys(partitions, window))
         finally:
             # One mark per partition for all the windows closed here (short windows close several
@@ -442,9 +591,12 @@ class WindowCollector:
                 with writing(self._engine) as conn:
                     fencing.check_all(conn, held)
                     cluster_parts.advance(conn, {partition: Mark(closed[partition], None) for partition in held})
+                    cluster_parts.forget_ends(conn, {partition: self.ends.forgettable_before(closed[partition] + 1)
+                                                     for partition in held})
             except fencing.Fenced as error:
                 log.info("cloud_window_mark_fenced", error=str(error))
         for partition, window in closed.items():
+            self.ends.prune(partition, window + 1)
             floor = self._floors.get(partition)
             if floor is not None and floor.window <= window:
                 del self._floors[partition]
@@ -459,12 +611,13 @@ class WindowCollector:
         now = self._clock()
         due = [max((first + 1) * self._window_s, self._ready[partition]) + self.grace_s
                for partition, first in self._next.items() if partition not in self._stale]  # those: each 1 s
-        return min([now + 1.0, *due])
+        waiting = [now + 0.1] if self._waiting else []  # for publishers' ends, which come any moment
+        return min([now + 1.0, *due, *waiting])
 
     def failed(self, closings: Sequence[Closing]) -> None:
         """A close raised (the database is down): what it did not commit is still in the database
         (the parts, the marks), so its partitions are resumed from there by ``recover``."""
-        for _, partitions, _ in closings:
+        for _, partitions, _, _ in closings:
             self._stale |= partitions
 
     async def recover(self) -> None:

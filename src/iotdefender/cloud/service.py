@@ -230,14 +230,17 @@ class CloudMetricsService(CloudEventIntake):
             log.info("cloud_windows_resumed", devices=len(rows), closed_now=sorted(ended))
         return len(rows)
 
-    def close_window(self, window: int, clients: Mapping[str, Any], owns: Callable[[str], bool] | None = None) -> int:
+    def close_window(self, window: int, clients: Mapping[str, Any], owns: Callable[[str], bool] | None = None,
+                     seen_only: bool = False) -> int:
         """One window's datapoints for every monitored device (``owns``, if given, narrows them
-        further: a cluster's detect node closes a window for some of its partitions at a time),
+        further: a cluster's detect node closes a window for some of its partitions at a time;
+        ``seen_only``: for the devices in ``clients`` only, a window known to be incomplete),
         handed to the store in chunks of things in name order; returns devices stored."""
         end = (window + 1) * self.aggregator.window_s
         dimensions = self._monitoring.dimensions()
         items: list[tuple[str, dict[str, dict[str, Any]], float, None]] = []
-        for thing in sorted(self._monitored(owns if owns is not None else self._owns)):
+        monitored = self._monitored(owns if owns is not None else self._owns)
+        for thing in sorted(monitored & clients.keys() if seen_only else monitored):
             profiles = self._monitoring.profiles_for(thing)
             retained = self._monitoring.retained_metrics(thing)
             uses_cloud = any(b.get("metric") in CLOUD_METRICS for p in profiles for b in p.get("behaviors") or [])

@@ -79,7 +79,17 @@ class ReportPublisher:
         not be told ``accepted``.
         """
         partition = partition_of(thing_name, self._topology.partitions)
-        headers = {"Nats-Msg-Id": message_id, THING_HEADER: thing_name}
+        return await self._store(partition, payload, {"Nats-Msg-Id": message_id, THING_HEADER: thing_name})
+
+    async def publish_to(self, partition: int, payload: bytes, message_id: str) -> PubAck:
+        """Store ``payload`` in a partition, for no thing (a broker node's end of a cloud window)."""
+        return await self._store(partition, payload, {"Nats-Msg-Id": message_id})
+
+    @property
+    def partitions(self) -> int:
+        return self._topology.partitions
+
+    async def _store(self, partition: int, payload: bytes, headers: dict[str, str]) -> PubAck:
         return await self._js.publish(self._topology.subject_of(partition), payload, timeout=self._timeout_s,
                                       stream=self._topology.stream, headers=headers)
 

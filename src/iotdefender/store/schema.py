@@ -306,6 +306,19 @@ cluster_cloud_progress = sa.Table(
     sa.Column("through_thing", sa.String(128), nullable=True),
 )
 
+# Each publisher's latest end of window in each partition (cloud/window_ends.py): which windows
+# it has handed all its parts of, so a detect node that takes the partition over knows who to wait for.
+cluster_cloud_ends = sa.Table(
+    "cluster_cloud_ends",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("node", sa.String(200), primary_key=True),
+    sa.Column("began_window", sa.BigInteger, nullable=False),
+    sa.Column("since_window", sa.BigInteger, nullable=False),
+    sa.Column("window_index", sa.BigInteger, nullable=False),
+    sa.Column("last", sa.Boolean, nullable=False),
+)
+
 # The single box's cloud-side windows still open at a graceful stop (cloud/service.py): each
 # device's accumulators (a msgpack ``ClientWindow``) by window, resumed at the next start.
 cloud_open_windows = sa.Table(
