@@ -482,7 +482,7 @@ class EndingBroker:
         async def publish_end(partition: int, payload: bytes, message_id: str) -> None:
             self._store("end", partition, "", payload)
         self.publisher = WindowPublisher(CloudEventIntake(WINDOW_S, clock), publish, node, clock=clock,
-                                         retry_s=0.3, publish_end=publish_end)
+                                         retry_s=0.3, publish_end=publish_end, end_interval_s=0.0)
         self.intake = self.publisher.intake
 
     def _store(self, kind: str, partition: int, thing: str, payload: bytes) -> None:
@@ -611,7 +611,7 @@ def test_a_broker_node_that_stops_cleanly_is_not_waited_for(database):
     detect.engine.dispose()
 
 
-def test_a_publisher_sends_no_end_while_a_live_node_cannot_read_one(database):
+def test_a_publisher_sends_no_end_while_a_live_node_cannot_read_one_and_at_most_one_per_interval(database):
     clock = Clock(W * WINDOW_S + 10)
     sent: list[Delivery] = []
     readable = [False]
@@ -622,7 +622,8 @@ def test_a_publisher_sends_no_end_while_a_live_node_cannot_read_one(database):
     async def publish_end(partition: int, payload: bytes, message_id: str) -> None:
         sent.append(Delivery(partition, "", payload, len(sent) + 1, 1))
     publisher = WindowPublisher(CloudEventIntake(WINDOW_S, clock), publish, "node-a", clock=clock,
-                                publish_end=publish_end, partitions=4, ends_readable=lambda: readable[0])
+                                publish_end=publish_end, partitions=4, ends_readable=lambda: readable[0],
+                                end_interval_s=60.0)
     clock.now = (W + 1) * WINDOW_S + 0.2
     asyncio.run(publisher.publish_due())
     assert sent == []
@@ -630,6 +631,11 @@ def test_a_publisher_sends_no_end_while_a_live_node_cannot_read_one(database):
     clock.now += WINDOW_S
     asyncio.run(publisher.publish_due())
     assert sorted(d.partition for d in sent) == [0, 1, 2, 3]  # one end per partition
+    clock.now += WINDOW_S
+    asyncio.run(publisher.publish_due())  # within the interval: the next end vouches for this window too
+    assert len(sent) == 4
+    asyncio.run(publisher.publish_open())  # a stop: the last end, whatever the interval
+    assert len(sent) == 8
 
 
 def test_a_broker_node_that_begins_later_lost_none_of_the_windows_before(database):
