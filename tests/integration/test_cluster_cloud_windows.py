@@ -591,6 +591,8 @@ def test_a_window_waits_for_a_silent_broker_node_then_closes_incomplete_and_a_ne
 
     assert sent_counts(database, on_a) == [(W, 1), (W + 1, 1), (W + 2, 0)]
     assert sent_counts(database, on_b) == [(W, 1), (W + 2, 0)]
+    with new.engine.connect() as conn:  # B's end expects nothing any more: deleted, A's kept
+        assert [end.node for end in cluster_parts.load_ends(conn, P)] == ["node-a"]
     for detect in (old, new):
         detect.engine.dispose()
 

@@ -95,8 +95,11 @@ def load_ends(conn: Connection, partition: int) -> list[End]:
 
 def forget_ends(conn: Connection, before: Mapping[int, int]) -> None:
     """Delete ends older than a window per partition ({partition: window}): they expect nothing of it."""
-    for partition, window in sorted(before.items()):
-        conn.execute(ends_table.delete().where(ends_table.c.partition == partition,
+    by_window: dict[int, list[int]] = {}
+    for partition, window in before.items():
+        by_window.setdefault(window, []).append(partition)
+    for window, partitions in sorted(by_window.items()):  # one statement a round, as a round closes one window
+        conn.execute(ends_table.delete().where(ends_table.c.partition.in_(sorted(partitions)),
                                                ends_table.c.window_index < window))
 
 
