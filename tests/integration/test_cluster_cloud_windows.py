@@ -536,35 +536,38 @@ def window_ended(window: int, clock: Clock, detect: Detect, brokers: list[Ending
 
 
 def test_a_window_whose_parts_a_broker_node_could_not_publish_gives_its_devices_no_datapoint_not_0(database):
-    clock, detect, (on_a, on_b, idle), a, b = two_ending_brokers(database, "lost", 3)
+    clock, detect, (on_a, on_b, idle, mover), a, b = two_ending_brokers(database, "lost", 4)
     a.intake.connect_attempt(idle, "10.0.0.1", True)
     for _ in range(2):
         a.intake.message_sent(on_a, "t/x", 10)
     for _ in range(3):
         b.intake.message_sent(on_b, "t/x", 10)
-    assert window_ended(W, clock, detect, [a, b]) == 3  # every publisher's end came: complete
+    assert window_ended(W, clock, detect, [a, b]) == 3  # every publisher's end came: complete (the mover unseen)
 
     # Window W+1: B cannot publish its part (NATS away longer than its retries); its end, published
     # once NATS is back, says so.
     a.intake.message_sent(on_a, "t/x", 10)
     for _ in range(3):
         b.intake.message_sent(on_b, "t/x", 10)
+    a.intake.connect_attempt(mover, "10.0.0.4", True)  # from B, maybe: its count on A may be a part
+    a.intake.message_sent(mover, "t/x", 10)
     clock.now = (W + 2) * WINDOW_S + 0.2
-    assert a.publish_due() == 1
+    assert a.publish_due() == 2
     b.down = {"part"}
     assert b.publish_due() == 0
     b.down = set()
     deliver(detect, a.sent)
     clock.now += detect.collector.grace_s
-    assert detect.collector.close_due() == 1  # incomplete: the devices with parts only
+    assert detect.collector.close_due() == 1  # incomplete: the devices with whole parts only
 
     # Window W+2: B publishes again; its end vouches for W+2 (not W+1): complete again.
     b.intake.message_sent(on_b, "t/x", 10)
-    assert window_ended(W + 2, clock, detect, [a, b]) == 3
+    assert window_ended(W + 2, clock, detect, [a, b]) == 4
 
     assert sent_counts(database, on_a) == [(W, 2), (W + 1, 1), (W + 2, 0)]
     assert sent_counts(database, on_b) == [(W, 3), (W + 2, 1)]  # no 0 for W+1, when it sent 3 through B
     assert sent_counts(database, idle) == [(W, 0), (W + 2, 0)]  # it may have been on B: no datapoint
+    assert sent_counts(database, mover) == [(W + 2, 0)]  # it connected to A in W+1: maybe from B
     detect.engine.dispose()
 
 

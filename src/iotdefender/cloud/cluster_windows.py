@@ -304,6 +304,14 @@ class WindowPublisher:
         return error
 
 
+def _unmoved(parts: Mapping[str, ClientWindow]) -> dict[str, ClientWindow]:
+    """The devices of an incomplete window whose parts are whole: those that made no connection
+    attempt in it. One that (re)connected may have spent the rest of the window on the publisher
+    whose parts are missing (the node killed, its devices moving to another): its counts would be
+    a part, a wrong value ("too few" messages) rather than a missing one."""
+    return {thing: part for thing, part in parts.items() if part.connection_attempts == 0}
+
+
 def _described(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
@@ -578,7 +586,8 @@ class WindowCollector:
                 taken = aggregator.take(window)
                 done += self.cloud.close_window(window, taken, owns=self._among(partitions - incomplete))
                 if incomplete:
-                    done += self.cloud.close_window(window, taken, owns=self._among(incomplete), seen_only=True)
+                    done += self.cloud.close_window(window, _unmoved(taken), owns=self._among(incomplete),
+                                                    seen_only=True)
                 closed.update(dict.fromkeys(partitions, window))
         finally:
             # One mark per partition for all the windows closed here (short windows close several
