@@ -12,7 +12,7 @@ ListMetricValues returns (tests/support/fleet.audit); every warning and error of
 counted by event, per step.
 
     .venv/bin/python bench/rolling_upgrade.py --old-src /path/to/old/src --new-src /path/to/new/src
-        [--devices 20] [--interval 1] [--settle 15] [--bounce-new] [--keep]
+        [--devices 20] [--interval 1] [--settle 15] [--bounce-new] [--keep] [--metrics-window S]
 
 Each node runs ``python -m iotdefender`` with ``PYTHONPATH`` set to its tree, so the two versions
 must be importable from their ``src`` directories (a ``git worktree`` of each commit).
@@ -100,6 +100,8 @@ def main() -> int:
     parser.add_argument("--bounce-new", action="store_true",
                         help="restart node C once more (new to new) while A and B still run the old version")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' logs (their directory is printed)")
+    parser.add_argument("--metrics-window", type=float, default=None,
+                        help="the nodes' --metrics-window in seconds (cloud-side windows closing during the run)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="iotdefender-rolling-"))
@@ -111,7 +113,8 @@ def main() -> int:
         nats.start()
         postgres.start()
         url = postgres.create_database("iotd")
-        common = ["--cluster-url", nats.urls[0], "--report-min-interval", "0", "--log-format", "json"]
+        common = ["--cluster-url", nats.urls[0], "--report-min-interval", "0", "--log-format", "json",
+                  *(["--metrics-window", str(args.metrics_window)] if args.metrics_window else [])]
         for name in ("a", "b", "c"):
             nodes[name] = node(root, name, url, common, args.old_src)
             nodes[name].start()

@@ -665,3 +665,23 @@ def test_a_broker_node_that_begins_later_lost_none_of_the_windows_before(databas
     assert sent_counts(database, busy) == [(W, 1), (W + 1, 1)]
     assert sent_counts(database, idle) == [(W, 0), (W + 1, 0)]
     detect.engine.dispose()
+
+
+def test_no_window_waits_for_ends_while_a_live_node_cannot_read_them(database):
+    """A rolling upgrade: a node of the release before joins, the publishers stop sending ends, and
+    a detect node that knew them must not wait for their next ones (nor close windows incomplete)."""
+    clock, detect, (on_a, on_b), a, b = two_ending_brokers(database, "mixed", 2)
+    in_use = [True]
+    detect.collector._ends_in_use = lambda: in_use[0]
+    one_message_each_in_w(clock, (a, on_a), (b, on_b))
+    deliver(detect, a.sent)
+    clock.now += detect.collector.grace_s
+    assert detect.collector.close_due() == 2
+    in_use[0] = False
+    b.publisher._ends_readable = lambda: False  # B stops sending ends (A's stay: it closes W+1 either way)
+    b.intake.message_sent(on_b, "t/x", 10)
+    incomplete = WINDOWS_INCOMPLETE._value.get()
+    assert window_ended(W + 1, clock, detect, [a, b]) == 2  # at its grace, B's part in
+    assert WINDOWS_INCOMPLETE._value.get() == incomplete
+    assert sent_counts(database, on_b) == [(W, 1), (W + 1, 1)]
+    detect.engine.dispose()

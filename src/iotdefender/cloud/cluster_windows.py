@@ -385,14 +385,16 @@ class WindowCollector:
 
     A window whose publishers' ends have not all come by then waits for them up to ``wait_s``
     more (cloud/window_ends.py; the broker nodes try their parts for 8 s), and is then closed as
-    incomplete; the partition's later windows wait behind it."""
+    incomplete; the partition's later windows wait behind it. Not while ``ends_in_use`` says a live
+    node cannot read ends (a rolling upgrade: the publishers stop sending them, and a window closes
+    at its grace, as before ends)."""
 
     def __init__(self, detection: DetectionService, monitoring: MonitoringIndex, on_events: EventListener,
                  owned: Callable[[], Mapping[int, int]], window_s: float, engine: Engine, grace_s: float | None = None,
                  clock: Callable[[], float] = time.time, partitions: int = PARTITION_COUNT,
-                 wait_s: float = 10.0) -> None:
+                 wait_s: float = 10.0, ends_in_use: Callable[[], bool] = _always) -> None:
         self.grace_s = grace_s if grace_s is not None else min(2.0, window_s / 2)
-        self.wait_s = wait_s
+        self.wait_s, self._ends_in_use = wait_s, ends_in_use
         self.ends = WindowEnds(horizon_for(wait_s, window_s))
         self._waiting: set[int] = set()  # partitions whose next window waits for publishers' ends
         self._clock = clock
@@ -547,6 +549,7 @@ class WindowCollector:
         owned = self._owned()
         due: dict[int, dict[int, Verdict]] = {}
         self._waiting.clear()
+        waiting_for_ends = self._ends_in_use()
         for partition, first in list(self._next.items()):
             if partition not in owned or lagged < self._ready[partition] or partition in self._stale:
                 continue  # a stale partition's later windows wait: its mark must not pass the failed one
@@ -554,6 +557,8 @@ class WindowCollector:
             while window < current:
                 waited_out = lagged >= (window + 1) * self._window_s + self.wait_s
                 verdict = self.ends.verdict(partition, window, waited_out)
+                if verdict is Verdict.WAIT and not waiting_for_ends:
+                    verdict = Verdict.COMPLETE  # nobody sends ends now: closed at its grace, as before them
                 if verdict is Verdict.WAIT:
                     self._waiting.add(partition)
                     break

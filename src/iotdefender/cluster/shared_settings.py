@@ -9,7 +9,7 @@ Each node puts its values under its node id in the ``iotdefender-nodes`` bucket 
 entries expire with the lease TTL, like the members'), so the bucket holds the live nodes'. A node
 that starts reads them first and is refused (exit 2) if any live node differs, naming the flag,
 both values and the node. Two nodes started at the same moment with different values may both
-pass that check: every node also compares every ``COMPARE_EVERY`` ticks and logs
+pass that check: every node also compares at every tick and logs
 ``cluster.settings_differ`` (an error, once per node and difference) so it shows in the logs and
 alerts. To change one of these flags, stop every node (a clean stop removes its entry; a node
 killed leaves it for one lease TTL).
@@ -38,9 +38,6 @@ from iotdefender.cluster.topology import Topology
 from iotdefender.settings import Settings
 
 log = structlog.get_logger("iotdefender.cluster")
-
-#: Ticks between two comparisons while running (a put every tick keeps this node's entry alive).
-COMPARE_EVERY = 10
 
 Values = Mapping[str, str | float | int]
 
@@ -160,18 +157,17 @@ class SharedSettings:
         await (await self._bucket()).delete(self._node_id)
 
     async def run(self, tick_s: float) -> None:
-        """Keep this node's entry alive; compare with the others every ``COMPARE_EVERY`` ticks."""
-        ticks = 0
+        """Keep this node's entry alive; read the others' every tick (what they announce decides
+        what this node may send them: a rolling upgrade's node of the release before is seen within
+        a tick) and log each difference once."""
         while True:
             await asyncio.sleep(tick_s)
-            ticks += 1
             try:
                 await self.publish()
-                if ticks % COMPARE_EVERY == 0:
-                    for node, differ in (await self.others()).items():
-                        for sentence in differ:
-                            if (node, sentence) not in self._reported:
-                                self._reported.add((node, sentence))
-                                log.error("cluster.settings_differ", node=self._node_id, other=node, detail=sentence)
+                for node, differ in (await self.others()).items():
+                    for sentence in differ:
+                        if (node, sentence) not in self._reported:
+                            self._reported.add((node, sentence))
+                            log.error("cluster.settings_differ", node=self._node_id, other=node, detail=sentence)
             except (nats.errors.Error, asyncio.TimeoutError) as error:
                 log.warning("cluster.settings_publish_failed", node=self._node_id, error=repr(error))
