@@ -41,21 +41,29 @@ class MonitoringIndex:
         self._arn_prefix = arn_prefix  # "arn:aws:iot:{region}:{account}:"
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
+        self._changes = 0  # invalidations so far
 
     def invalidate(self) -> None:
         with self._lock:
             self._snapshot = None
+            self._changes += 1
 
     def _current(self) -> Snapshot:
+        """The cached snapshot, or a new read of the control plane. A read during which a change
+        was announced is used by its caller but not cached: it may predate the change (it began
+        before the change committed), and cached it would hide the change until the next one."""
         snapshot = self._snapshot
         if snapshot is not None:
             return snapshot
+        changes = self._changes  # before the read: a change announced from now on is seen below
         with self._engine.connect() as conn:
             rows = {p["name"]: p for p in profiles.all_profiles(conn)}
             snapshot = Snapshot(rows, profiles.attachments(conn), registry.all_group_parents(conn),
                                 catalog.custom_metric_types(conn),
                                 catalog.dimension_values(conn))
         with self._lock:
+            if self._changes != changes:
+                return snapshot
             if self._snapshot is None:
                 self._snapshot = snapshot
             return self._snapshot
