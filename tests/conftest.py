@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import shutil
 import tempfile
 from pathlib import Path
 
 import hypothesis  # noqa: F401  (imported at start: see below)
 import pytest
 
-from tests.support.processes import Mosquitto, PostgresCluster, ServiceProcess
+from tests.support.processes import Mosquitto, PostgresCluster, ServiceProcess, running
 
 _db_counter = itertools.count()
 
@@ -43,23 +42,15 @@ def _service_for(backend: str, request) -> ServiceProcess:  # type: ignore[no-un
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def service(request):
     """One live service per test module and storage backend; tests use distinct names."""
-    yield from _running(_service_for(request.param, request))
+    with running(_service_for(request.param, request)) as svc:
+        yield svc
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def fresh_service(request):
     """A live service of its own, for tests that restart it or count everything in it."""
-    yield from _running(_service_for(request.param, request))
-
-
-def _running(svc: ServiceProcess):  # type: ignore[no-untyped-def]
-    """Start, hand out, stop, and remove the service's data directory (each run left one in /tmp)."""
-    svc.start()
-    try:
+    with running(_service_for(request.param, request)) as svc:
         yield svc
-    finally:
-        svc.stop()
-        shutil.rmtree(svc.data_dir, ignore_errors=True)
 
 
 @pytest.fixture

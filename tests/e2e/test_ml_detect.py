@@ -7,10 +7,10 @@ model and its collection start survive a restart; the extension shows the learne
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import html
 import itertools
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +23,7 @@ from tests.e2e.test_console_http import logged_in
 from tests.e2e.test_console_pages import log_in
 from tests.support.browser import shot
 from tests.support.mqtt import Device, report
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, running
 from tests.support.signing import send_signed
 
 ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
@@ -45,13 +45,15 @@ BEHAVIORS = [behavior("ports-ml", "aws:num-listening-tcp-ports"), behavior("load
              behavior("sent-ml", "aws:num-messages-sent")]
 
 
+def service_with(args: list[str]) -> contextlib.AbstractContextManager[ServiceProcess]:
+    """A started ``serve`` on a data directory of its own, stopped and removed afterwards."""
+    return running(ServiceProcess(data_dir=Path(tempfile.mkdtemp(prefix="iotdefender-ml-")), extra_args=args))
+
+
 @pytest.fixture
 def ml_service():
-    svc = ServiceProcess(data_dir=Path(tempfile.mkdtemp(prefix="iotdefender-ml-")), extra_args=ARGS)
-    svc.start()
-    yield svc
-    svc.stop()
-    shutil.rmtree(svc.data_dir, ignore_errors=True)
+    with service_with(ARGS) as svc:
+        yield svc
 
 
 class Fleet:
@@ -217,11 +219,9 @@ def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service, page: 
 
 
 def test_a_model_whose_devices_stop_reporting_expires_and_its_alarms_are_invalidated():
-    svc = ServiceProcess(data_dir=Path(tempfile.mkdtemp(prefix="iotdefender-ml-")), extra_args=[
-        "--report-min-interval", "0", "--time-scale", "36000", "--ml-training-period", "2",
-        "--ml-min-datapoints", "60", "--ml-refresh-period", "1", "--ml-expiry", "3", "--no-cloud-metrics"])
-    svc.start()
-    try:
+    with service_with(["--report-min-interval", "0", "--time-scale", "36000", "--ml-training-period", "2",
+                       "--ml-min-datapoints", "60", "--ml-refresh-period", "1", "--ml-expiry", "3",
+                       "--no-cloud-metrics"]) as svc:
         iot = svc.client()
         iot.create_custom_metric(metricName="load", metricType="number", clientRequestToken="load-1")
         iot.create_security_profile(securityProfileName="ml",
@@ -240,6 +240,3 @@ def test_a_model_whose_devices_stop_reporting_expires_and_its_alarms_are_invalid
         wait_until(lambda: not iot.list_active_violations()["activeViolations"], 10)
         assert [e["violationEventType"] for e in events(iot, thingName=DEVICES[0])] == ["in-alarm",
                                                                                       "alarm-invalidated"]
-    finally:
-        svc.stop()
-        shutil.rmtree(svc.data_dir, ignore_errors=True)

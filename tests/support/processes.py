@@ -6,6 +6,7 @@ the suite runs the same on a fresh machine, in CI, and next to another run.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,6 +136,17 @@ class PostgresCluster:
             self._run(str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(svc: ServiceProcess) -> Iterator[ServiceProcess]:
+    """Start, hand out, stop, and remove the service's data directory (each run left one in /tmp)."""
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+        shutil.rmtree(svc.data_dir, ignore_errors=True)
 
 
 @dataclass
