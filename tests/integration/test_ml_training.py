@@ -473,3 +473,42 @@ def test_the_model_is_trained_on_datapoints_grouped_by_device_in_time_order(plac
     for code in set(data.device.tolist()):
         times = data.time[data.device == code]
         assert (times[1:] >= times[:-1]).all()
+
+
+def test_a_message_size_model_never_learns_the_idle_zeros_of_older_releases(place):
+    """Releases before the smallest message was kept stored 0 for a window without messages, in the
+    largest's series alone: the model learns without them (not that "no message" is a normal
+    size), and keeps a window whose messages were all empty (its smallest is 0 too)."""
+    size, smallest = "aws:message-byte-size", "aws:message-byte-size|smallest"
+    service = Service(place)
+    service.api.invoke("CreateSecurityProfile", {"securityProfileName": "p",
+                                                 "behaviors": [ml_behavior(metric=size)]})
+    service.api.invoke("AttachSecurityProfile", {"securityProfileName": "p", "securityProfileTargetArn": ALL_THINGS})
+    service.monitoring.invalidate()
+    service.trainer.run_once(T0)
+    upgraded, kept, report_id = T0 + 100, 0, itertools.count()
+    for step in range(400):
+        at = T0 + step / 2
+        batch = []
+        for i, name in enumerate(DEVICES):
+            largest = int(normal(i, at) / 4)
+            if at < upgraded:  # the older release: the largest alone, 0 when idle (one window of two)
+                points = {size: {"count": largest if step % 2 else 0}}
+                kept += step % 2
+            elif name == "dev-9" and step % 10 == 0:  # an empty message (0 bytes) and nothing else
+                points = {size: {"count": 0}, smallest: {"count": 0}}
+                kept += 1
+            else:
+                points = {size: {"count": largest}, smallest: {"count": largest - 50}}
+                kept += 1
+            batch.append((name, points, at, next(report_id)))
+        service.store.store_batch(batch)
+    service.trainer.run_once(T0 + 200)
+    assert service.training().status == "ACTIVE"
+    with service.engine.connect() as conn:
+        stored = ml_models.load_model(conn, ("p", "bytes-ml"), 1)
+    assert stored is not None and stored.datapoints == kept == 3000
+    model = BehaviorModel.from_bytes(stored.model)
+    for i in range(9):
+        low, high = model.band(f"dev-{i}", T0 + 200, ConfidenceLevel.HIGH)
+        assert normal(i, T0 + 200) / 4 / 2 < low < high < normal(i, T0 + 200) / 4 * 2, (i, low, high)
