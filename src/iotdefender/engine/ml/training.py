@@ -22,8 +22,9 @@ and compare bytes. The steps, on the log scale (model.py says why log):
 5. the thresholds: per cohort of devices with alike tails, the score that the level's share of
    training datapoints reaches, never below a floor (calibration.py). How heavy a device's tail is
    comes from all its datapoints when the statistics had to be sampled and the datapoints come
-   grouped by device (tails.py; then every sampled score calibrates), else from every other
-   datapoint's score (the rest calibrate). In the first case a lasting anomaly inside the window
+   grouped by device (tails.py; then every sampled score calibrates), else from its scores: every
+   other one places the device in the pool whose thresholds the rest calibrate, and all of them
+   choose the cohort that judges it. In the first case a lasting anomaly inside the window
    (a nightly bump, a level that moved) does not show in how heavy the tail is, so the devices that
    crowd a near-normal cohort's tail get a cohort of their own: those with many datapoints far off
    their fit (refit.py counts them outside the sample: calibration.crowding_by_counts), then those
@@ -272,36 +273,28 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     del standardised, slot, first, second, fraction
 
     # 5. Thresholds per tail cohort (0: devices judged against the fleet). Cross-fitted: every other
-    # datapoint of a device says how heavy its tail is, the others set its cohort's thresholds —
-    # sorting devices by the same scores that calibrate them would make the light cohorts look
-    # lighter than their devices' next datapoints will be.
+    # datapoint of a device says which cohort's thresholds the others help set — sorting devices by
+    # the same scores that calibrate them would make the light cohorts look lighter than their
+    # devices' next datapoints will be. Which cohort judges a device is read from all its scores:
+    # its next datapoints are none of them, so no bias, and half its scores misplaced devices with
+    # few datapoints (bench/README.md, "Which cohort judges a device").
     shares = [share for _, share in settings.exceedance]
     floors = [floor for _, floor in settings.min_scores]
     sorting = np.zeros(len(scores), dtype=bool)
     if all_tails and differences is not None:
         # How heavy a tail is, from the successive differences of all datapoints (tails.py): no
         # score sorts, all of them calibrate.
-        heaviness = differences.kurtosis
+        heaviness = pooled_by = differences.kurtosis
     else:
         sorting[::2] = True
-        # How heavy a tail is: the kurtosis of the scores (3 for a normal distribution), which tells a
-        # spiky device from a smooth one on a few hundred datapoints, where counting rare large scores
-        # cannot.
-        squares = np.minimum(scores, np.float32(_HEAVY_CAP))
-        squares *= squares
-        squares *= sorting
-        n_sorting = segments.sum(sorting)
-        moment2 = segments.sum(squares)
-        squares *= squares
-        moment4 = segments.sum(squares)
-        del squares
-        with np.errstate(invalid="ignore", divide="ignore"):
-            heaviness = np.nan_to_num(moment4 * n_sorting / (moment2 * moment2))
+        pooled_by = _kurtosis(scores, segments, sorting)
+        heaviness = _kurtosis(scores, segments, None)
     # No more cohorts than the devices and their calibrating scores fill (shrinkage.py).
     n_cohorts = shrinkage.tail_cohorts(settings.tail_cohorts, int(own.sum()),
                                        int(np.count_nonzero(own_point & ~sorting)))
     cohort = calibration.cohorts(heaviness, own, n_cohorts)
-    point_cohort = segments.spread(cohort)[~sorting]
+    pool = cohort if pooled_by is heaviness else calibration.cohorts(pooled_by, own, n_cohorts)
+    point_cohort = segments.spread(pool)[~sorting]
     scores = scores[~sorting]
     del sorting
     by_cohort = np.argsort(point_cohort, kind="stable")  # a radix sort of bytes
@@ -359,6 +352,24 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         thresholds={level.value: round(float(np.median([t[i] for t in tail_rows] or [per_cohort[0][i]])), 4)
                     for i, (level, _) in enumerate(settings.exceedance)})
     return BehaviorModel(settings.clock, bands, summary), moved, center
+
+
+def _kurtosis(scores: npt.NDArray[np.float32], segments: Segments, which: npt.NDArray[np.bool_] | None,
+              ) -> npt.NDArray[np.float64]:
+    """Per device the kurtosis of its scores (of ``which`` of them, or all; capped at ``_HEAVY_CAP``),
+    3 for a normal distribution: it tells a spiky device from a smooth one on a few hundred
+    datapoints, where counting rare large scores cannot."""
+    squares = np.minimum(scores, np.float32(_HEAVY_CAP))
+    squares *= squares
+    if which is not None:
+        squares *= which
+    n = segments.sum(which) if which is not None else segments.counts.astype(np.float64)
+    moment2 = segments.sum(squares)
+    squares *= squares
+    moment4 = segments.sum(squares)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result: npt.NDArray[np.float64] = np.nan_to_num(moment4 * n / (moment2 * moment2))
+    return result
 
 
 def _refit_before_changes(data: TrainingData, full_fit: refit.FullFit, sample_fit: refit.SampleFit,
