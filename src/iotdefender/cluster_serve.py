@@ -301,14 +301,14 @@ def nats_events(settings: Settings, engine: Engine, intake: CloudEventIntake, no
 
 def cloud_collector(settings: Settings, engine: Engine, monitoring: MonitoringIndex, detection: DetectionService,
                     on_events: EventListener, owned: Callable[[], Mapping[int, int]],
-                    ends_in_use: Callable[[], bool]) -> WindowCollector | None:
+                    ends_in_use: Callable[[], bool], read_through: Callable[[int], float]) -> WindowCollector | None:
     """A detect node's cloud-side metrics: the broker nodes' parts of its partitions' windows,
     merged, closed and evaluated (cloud/cluster_windows.py); ``ends_in_use``: whether every live
     node reads ends of window (rolling upgrades: publishers send none while one does not)."""
     if not settings.cloud_metrics:
         return None
     return WindowCollector(detection, monitoring, on_events, owned, settings.effective_metrics_window, engine,
-                           ends_in_use=ends_in_use)
+                           ends_in_use=ends_in_use, read_through=read_through)
 
 
 def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
@@ -329,7 +329,8 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     reach = DatabaseReach(health.check, grace_s=GRACE_TTLS * topology.lease_ttl_s)
     owned: list[DetectConsumer] = []  # the collector reads the consumer's partitions, built after it
     cloud = cloud_collector(settings, engine, monitoring, detection, counting(alerts.wake),
-                            lambda: owned[0].ownership.kept() if owned else {}, ends_in_use)
+                            lambda: owned[0].ownership.kept() if owned else {}, ends_in_use,
+                            lambda partition: owned[0].read_through(partition) if owned else float("-inf"))
     consumer = (DetectConsumer(nc.jetstream(), topology, node_id, cloud.handler(store.handle),
                                on_acquired=cloud_acquired(cloud, store.on_acquired),
                                on_released=cloud_released(cloud, store.on_released),

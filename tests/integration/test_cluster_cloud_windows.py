@@ -685,3 +685,46 @@ def test_no_window_waits_for_ends_while_a_live_node_cannot_read_them(database):
     assert WINDOWS_INCOMPLETE._value.get() == incomplete
     assert sent_counts(database, on_b) == [(W, 1), (W + 1, 1)]
     detect.engine.dispose()
+
+
+def test_a_window_waits_while_its_partition_is_not_read_through_then_at_most_the_longest_wait(database):
+    """A detect node behind its backlog has not read a publisher's end yet: that is no reason to
+    close the window without its parts (an operator's trial: 36 % of device-windows 0 under load)."""
+    clock = Clock(W * WINDOW_S + 10)
+    detect = Detect(database, clock)
+    detect.acquire(P, 7)
+    read_through = [float("-inf")]
+    detect.collector._read_through = lambda partition: read_through[0]
+    on_a, on_b = things_in(P, 2, "behind")
+    backlog: list[Delivery] = []
+    a, b = EndingBroker("node-a", clock, []), EndingBroker("node-b", clock, backlog)
+    one_message_each_in_w(clock, (a, on_a), (b, on_b))
+    deliver(detect, a.sent)
+    deliver(detect, backlog)
+    clock.now += detect.collector.grace_s
+    assert detect.collector.close_due() == 2
+
+    a.intake.message_sent(on_a, "t/x", 10)
+    b.intake.message_sent(on_b, "t/x", 10)
+    clock.now = (W + 2) * WINDOW_S + 0.2
+    a.publish_due()
+    b.publish_due()
+    deliver(detect, a.sent)  # B's part and end of W+1 are still in the partition, behind a backlog
+    clock.now += detect.collector.grace_s + detect.collector.wait_s + 1
+    assert detect.collector.close_due() == 0  # the wait is over, but the partition was not read through
+    deliver(detect, backlog)
+    read_through[0] = clock.now
+    assert detect.collector.close_due() == 2  # complete: B's part was there
+    assert sent_counts(database, on_b) == [(W, 1), (W + 1, 1)]
+
+    # W+2: B is killed; the reader never catches up (saturated): the longest wait closes it.
+    a.intake.message_sent(on_a, "t/x", 10)
+    clock.now = (W + 3) * WINDOW_S + 0.2
+    a.publish_due()
+    deliver(detect, a.sent)
+    clock.now += detect.collector.grace_s + detect.collector.wait_s + 1
+    assert detect.collector.close_due() == 0
+    clock.now = (W + 3) * WINDOW_S + detect.collector.grace_s + 120
+    assert detect.collector.close_due() == 1  # incomplete: A's device only
+    assert sent_counts(database, on_b) == [(W, 1), (W + 1, 1)]
+    detect.engine.dispose()

@@ -131,6 +131,39 @@ def test_reader_hands_batches_in_order_acks_after_the_handler_and_retries_a_fail
     run(go())
 
 
+def test_a_reader_is_read_through_a_time_only_once_it_handled_everything_stored_before_it(single):
+    """``read_through``: what a detect node waiting for a publisher's end of a cloud window asks
+    (cloud/cluster_windows.py): not while a backlog stored before that time is unhandled."""
+    async def go() -> None:
+        nc, js = await _connect(single.urls)
+        topology = Topology(partitions=1)
+        await ensure(js, topology)
+        publisher = ReportPublisher(js, topology)
+        for report_id in range(40):
+            await publisher.publish("t", str(report_id).encode(), report_message_id("t", report_id))
+        stored = time.time()
+        slow = asyncio.Event()
+        handled: list[int] = []
+
+        async def handler(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
+            await slow.wait()  # a backlog: the first batches wait
+            handled.extend(int(d.payload) for d in batch)
+
+        reader = PartitionReader(js, topology, 0, handler, token=1, still_owner=lambda: True, batch=10)
+        await reader.start()
+        await asyncio.sleep(0.5)
+        assert reader.read_through < stored  # 40 stored before, none handled yet
+        slow.set()
+        while len(handled) < 40:
+            await asyncio.sleep(0.05)
+        while reader.read_through < stored:  # the next fetch finds nothing more: read through
+            await asyncio.sleep(0.05)
+        assert len(handled) == 40
+        await reader.stop()
+        await nc.close()
+    run(go())
+
+
 def test_a_delivery_lost_while_the_reader_paused_comes_back_at_once_not_after_ack_wait(single):
     """A report delivered but never acked by anyone (in flight when a NATS server died, here taken
     by another binding of the consumer that drops it) while the reader's lease was in doubt: when

@@ -383,18 +383,23 @@ class WindowCollector:
     acquisition at the earliest: the parts its previous owner had not acked are redelivered to
     this node first.
 
-    A window whose publishers' ends have not all come by then waits for them up to ``wait_s``
-    more (cloud/window_ends.py; the broker nodes try their parts for 8 s), and is then closed as
-    incomplete; the partition's later windows wait behind it. Not while ``ends_in_use`` says a live
+    A window whose publishers' ends have not all come by then waits for them ``wait_s`` more
+    (cloud/window_ends.py; the broker nodes try their parts for 8 s), and, once the partition's
+    reader has handled everything stored until then (``read_through``: a detect node behind its
+    backlog has not read the ends yet; a publisher killed sent none), is closed as incomplete;
+    at most ``longest_wait_s`` after the grace whatever the backlog. The partition's later
+    windows wait behind it. Not while ``ends_in_use`` says a live
     node cannot read ends (a rolling upgrade: the publishers stop sending them, and a window closes
     at its grace, as before ends)."""
 
     def __init__(self, detection: DetectionService, monitoring: MonitoringIndex, on_events: EventListener,
                  owned: Callable[[], Mapping[int, int]], window_s: float, engine: Engine, grace_s: float | None = None,
                  clock: Callable[[], float] = time.time, partitions: int = PARTITION_COUNT,
-                 wait_s: float = 10.0, ends_in_use: Callable[[], bool] = _always) -> None:
+                 wait_s: float = 10.0, ends_in_use: Callable[[], bool] = _always,
+                 read_through: Callable[[int], float] | None = None, longest_wait_s: float = 120.0) -> None:
         self.grace_s = grace_s if grace_s is not None else min(2.0, window_s / 2)
         self.wait_s, self._ends_in_use = wait_s, ends_in_use
+        self._read_through, self._longest_wait_s = read_through, longest_wait_s
         self.ends = WindowEnds(horizon_for(wait_s, window_s))
         self._waiting: set[int] = set()  # partitions whose next window waits for publishers' ends
         self._clock = clock
@@ -555,7 +560,7 @@ class WindowCollector:
                 continue  # a stale partition's later windows wait: its mark must not pass the failed one
             window = max(first, current - self.cloud.aggregator.max_catch_up)
             while window < current:
-                waited_out = lagged >= (window + 1) * self._window_s + self.wait_s
+                waited_out = self._waited_out(partition, (window + 1) * self._window_s, lagged)
                 verdict = self.ends.verdict(partition, window, waited_out)
                 if verdict is Verdict.WAIT and not waiting_for_ends:
                     verdict = Verdict.COMPLETE  # nobody sends ends now: closed at its grace, as before them
@@ -578,6 +583,16 @@ class WindowCollector:
                             publishers=sorted({node for p in incomplete for node in self.ends.short(p, window)}))
             closings.append((window, partitions, clients, incomplete))
         return closings
+
+    def _waited_out(self, partition: int, end: float, lagged: float) -> bool:
+        """Whether a window ended at ``end`` has waited long enough for its publishers' ends: the
+        wait is over and the partition was read through its end (an end published by then has
+        been read), or the longest wait is over."""
+        deadline = end + self.wait_s
+        if lagged < deadline:
+            return False
+        read = self._read_through is None or self._read_through(partition) >= deadline + self.grace_s
+        return read or lagged >= end + self._longest_wait_s
 
     def close(self, closings: Sequence[Closing]) -> int:
         """Close the windows ``merge_due`` took, in order (in a worker thread); returns devices stored."""

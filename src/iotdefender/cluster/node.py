@@ -49,6 +49,12 @@ class DetectConsumer:
     async def start(self) -> None:
         await self.ownership.start()
 
+    def read_through(self, partition: int) -> float:
+        """When the partition's reader last had everything stored before handled (``-inf``: never,
+        or not this node's)."""
+        reader = self.readers.get(partition)
+        return reader.read_through if reader is not None else float("-inf")
+
     async def stop(self) -> None:
         await self.ownership.stop()
 

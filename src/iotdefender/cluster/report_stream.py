@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -152,6 +153,11 @@ class PartitionReader:
         self._gap = False  # a delivery went missing after the batch in hand: add nothing to it
         self.handled = 0
         self.redelivered = 0
+        # Everything stored in the partition before this time (wall clock) has been handled: a fetch
+        # asked then got fewer than a batch (or nothing) and its messages were handled. A detect
+        # node that waits for a broker node's end of a cloud window tells a publisher that sent
+        # none (killed) from a backlog it has not read yet by it (cloud/cluster_windows.py).
+        self.read_through = float("-inf")
 
     async def start(self) -> None:
         """Bind to the partition's consumer and start reading.
@@ -244,10 +250,12 @@ class PartitionReader:
                         continue
                     self._check_passed(loop.time())
                     disturbed, next_check = False, loop.time() + self._idle_check_s
+                requested = time.time()
                 try:
                     msgs = await sub.fetch(self._batch, timeout=self._fetch_wait_s)
                 except asyncio.TimeoutError:  # nats.errors.TimeoutError is one too: nothing to read
                     disturbed = loop.time() >= next_check
+                    self.read_through = requested
                     continue
                 except nats.errors.ConnectionClosedError:
                     return
@@ -262,6 +270,8 @@ class PartitionReader:
                     disturbed = not await self._handle(sub, in_order)
                 if self._gap:
                     disturbed = True  # reset the consumer first (_bind), so the missing one comes next
+                elif not disturbed and len(msgs) < self._batch:
+                    self.read_through = requested  # fewer than asked for: nothing else was stored then
         finally:
             if sub is not None:
                 with contextlib.suppress(nats.errors.Error):
