@@ -68,6 +68,9 @@ from iotdefender.store.database import writing
 log = structlog.get_logger("iotdefender.cloud")
 # One line per connection of a client whose id cannot be a thing's would follow its reconnections.
 _CLIENT_ID_REFUSED_LOG = LimitedLog(log, "cloud_window_client_id_refused", None)
+# A part first delivered after its window was closed was not counted: a publisher or a detect node
+# slower than the wait for ends (a redelivered copy of a counted part is not one: logged at info).
+_LATE_LOG = LimitedLog(log, "cloud_window_late", "iotdefender_cluster_cloud_parts_late_total", level="warning")
 
 VERSION = 1
 KIND = "cloud-window"
@@ -439,15 +442,20 @@ class WindowCollector:
         return floor is not None and floor.closed(window, thing)
 
     # -- on the event loop: the partitions' deliveries --------------------------------------------
-    def accept(self, partition: int, message: CloudWindowMessage) -> bool:
+    def accept(self, partition: int, message: CloudWindowMessage, redelivered: bool = False) -> bool:
         """Whether to keep a part: False if it is not this partition's (a broker node of another
-        configuration) or came too late (its window is closed)."""
+        configuration) or came too late (its window is closed; ``redelivered``: a copy JetStream
+        delivers again, most likely of a part counted already)."""
         if self._partition(message.thing) != partition or message.window_s != self._window_s:
             log.error("cloud_window_refused", thing=message.thing, partition=partition, window_s=message.window_s)
             return False
         if self._closed(partition, message.window, message.thing):
             PARTS_LATE.inc()
-            log.info("cloud_window_late", thing=message.thing, window=message.window, node=message.node)
+            if redelivered:
+                log.info("cloud_window_late", thing=message.thing, window=message.window, node=message.node,
+                         redelivered=True)
+            else:
+                _LATE_LOG("late", thing=message.thing, window=message.window, node=message.node)
             return False
         return True
 
@@ -482,7 +490,7 @@ class WindowCollector:
                         ends.append(message.end())
                     else:
                         log.error("cloud_window_end_refused", node=message.node, window_s=message.window_s)
-                elif self.accept(partition, message):
+                elif self.accept(partition, message, redelivered=delivery.delivered > 1):
                     parts.append(message)
             if parts or ends:
                 await asyncio.to_thread(self.keep, partition, token, parts, ends)
