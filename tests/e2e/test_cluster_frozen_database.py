@@ -17,14 +17,14 @@ server had received commits when it runs again: the writer settles it once that 
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.e2e.test_cluster_nats3 import healthz
-from tests.support.fleet import Fleet, exact_books, per_device, prepare
+from tests.support.cluster_fleets import two_nodes_under_load
+from tests.support.fleet import exact_books, per_device
 from tests.support.processes import PostgresCluster, ServiceProcess, wait_for
 
 pytestmark = pytest.mark.postgres
@@ -49,53 +49,37 @@ def test_postgresql_frozen_under_load_in_a_cluster(jetstream, tmp_path: Path):
     url = database.create_database("clfrozen")
     args = ["--cluster-url", jetstream.urls[0], "--report-min-interval", "0",
             "--database-timeout", str(ROUND_TRIP_BOUND_S)]
-    a = ServiceProcess(data_dir=tmp_path / "a", database_url=url, extra_args=args)
-    b = ServiceProcess(data_dir=tmp_path / "b", database_url=url, extra_args=args)
-    fleets: list[Fleet] = []
     try:
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(ServiceProcess.start, (a, b)))
-        iot = prepare(a.client())
-        fleets = [Fleet(node.mqtt_port, [f"frz{name}-{n}" for n in range(DEVICES_PER_NODE)], 0.1)
-                  for name, node in (("a", a), ("b", b))]
-        for fleet in fleets:
-            fleet.start()
-        wait_for(lambda: min(per_device(fleets).values()) >= 5, 20, "every device accepted under load")
-
-        unavailable_before = sum(f.book.outcomes()["ServiceUnavailable"] for f in fleets)
-        timed_out_before = broker_timeouts(a, b)
-        database.freeze()
-        frozen = time.monotonic()
-        try:
-            wait_for(lambda: healthz(a) == 503 and healthz(b) == 503, FREEZE_S - 2,
-                     "/healthz 503 on both nodes while PostgreSQL is frozen")
-            told = time.monotonic() - frozen
-            wait_for(lambda: sum(f.book.outcomes()["ServiceUnavailable"] for f in fleets) > unavailable_before,
-                     max(0.5, FREEZE_S - (time.monotonic() - frozen)),
-                     "a ServiceUnavailable answer while PostgreSQL is frozen")
-            first_unavailable = time.monotonic() - frozen
-            time.sleep(max(0.0, FREEZE_S - (time.monotonic() - frozen)))
-            unavailable = sum(f.book.outcomes()["ServiceUnavailable"] for f in fleets) - unavailable_before
-            timed_out = broker_timeouts(a, b) - timed_out_before
-        finally:
-            database.thaw()
-        # Told by the detect nodes: more ServiceUnavailable answers than broker nodes' waits that ran
-        # out (each of those is one such answer; before, they were all of them).
-        assert unavailable > timed_out, (unavailable, timed_out)
-        thawed = time.monotonic()
-        before = per_device(fleets)
-        wait_for(lambda: all(n >= before[thing] + 3 for thing, n in per_device(fleets).items()), 40,
-                 "every device accepted again after the thaw")
-        accepted_again = time.monotonic() - thawed
-        wait_for(lambda: healthz(a) == 200 and healthz(b) == 200, 20, "/healthz 200 on both nodes again")
-        figures = exact_books(iot, fleets)
-        print(f"cluster frozen: /healthz 503 on both {told:.1f}s after the freeze, first ServiceUnavailable "
-              f"{first_unavailable:.1f}s, {unavailable} while frozen of which {timed_out} the brokers' waits; every device accepted 3 more {accepted_again:.1f}s after the thaw; "
-              f"books {figures}")
+        with two_nodes_under_load(url, args, tmp_path, "frz", DEVICES_PER_NODE, 0.1) as (a, b, iot, fleets):
+            unavailable_before = sum(f.book.outcomes()["ServiceUnavailable"] for f in fleets)
+            timed_out_before = broker_timeouts(a, b)
+            database.freeze()
+            frozen = time.monotonic()
+            try:
+                wait_for(lambda: healthz(a) == 503 and healthz(b) == 503, FREEZE_S - 2,
+                         "/healthz 503 on both nodes while PostgreSQL is frozen")
+                told = time.monotonic() - frozen
+                wait_for(lambda: sum(f.book.outcomes()["ServiceUnavailable"] for f in fleets) > unavailable_before,
+                         max(0.5, FREEZE_S - (time.monotonic() - frozen)),
+                         "a ServiceUnavailable answer while PostgreSQL is frozen")
+                first_unavailable = time.monotonic() - frozen
+                time.sleep(max(0.0, FREEZE_S - (time.monotonic() - frozen)))
+                unavailable = sum(f.book.outcomes()["ServiceUnavailable"] for f in fleets) - unavailable_before
+                timed_out = broker_timeouts(a, b) - timed_out_before
+            finally:
+                database.thaw()
+            # Told by the detect nodes: more ServiceUnavailable answers than broker nodes' waits that ran
+            # out (each of those is one such answer; before, they were all of them).
+            assert unavailable > timed_out, (unavailable, timed_out)
+            thawed = time.monotonic()
+            before = per_device(fleets)
+            wait_for(lambda: all(n >= before[thing] + 3 for thing, n in per_device(fleets).items()), 40,
+                     "every device accepted again after the thaw")
+            accepted_again = time.monotonic() - thawed
+            wait_for(lambda: healthz(a) == 200 and healthz(b) == 200, 20, "/healthz 200 on both nodes again")
+            figures = exact_books(iot, fleets)
+            print(f"cluster frozen: /healthz 503 on both {told:.1f}s after the freeze, first ServiceUnavailable "
+                  f"{first_unavailable:.1f}s, {unavailable} while frozen of which {timed_out} the brokers' waits; every device accepted 3 more {accepted_again:.1f}s after the thaw; "
+                  f"books {figures}")
     finally:
-        for fleet in fleets:
-            fleet.pause()
-            fleet.close()
-        b.stop()
-        a.stop()
         database.stop()
