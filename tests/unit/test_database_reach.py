@@ -43,3 +43,23 @@ def test_a_probe_that_raises_counts_as_unreachable() -> None:
 
     asyncio.run(one_round())
     assert reach.cut_off()
+
+
+def test_it_answers_from_the_latest_probe_and_is_steady_only_after_answers_in_a_row() -> None:
+    clock = Clock()
+    reach = DatabaseReach(lambda: True, grace_s=15.0, clock=clock, steady_s=5.0)
+    assert reach.answers() and not reach.steady()  # started on it; nothing probed yet
+    reach.observe(True)
+    clock.now += 4.9
+    reach.observe(True)
+    assert reach.answers() and not reach.steady()
+    clock.now += 0.1
+    assert reach.steady()
+    reach.observe(False)  # one failed probe: it neither answers nor is steady
+    assert not reach.answers() and not reach.steady()
+    clock.now += 20.0
+    assert reach.cut_off()
+    reach.observe(True)  # back: it answers at once, and is steady only 5 s later
+    assert reach.answers() and not reach.cut_off() and not reach.steady()
+    clock.now += 5.0
+    assert reach.steady()
