@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iotdefender.cluster.members import MemberView
+from iotdefender.cluster.members import MemberView, member_entry, reaches_database
 
 
 def test_a_list_is_taken_as_read_outside_an_outage_and_always_holds_the_node_itself():
@@ -44,3 +44,13 @@ def test_one_slow_put_is_not_an_outage_and_does_not_delay_dropping_a_dead_node()
     view.put_answered(now=2.0)
     view.put_failed()  # another, later, after an answer: not two in a row
     assert view.read(["a", "b"], now=6.0) == ["a", "b"]  # c was killed: dropped one TTL after its last put
+
+
+def test_a_member_entry_says_whether_its_node_reaches_the_database_or_nothing():
+    assert reaches_database(member_entry(True)) is True
+    assert reaches_database(member_entry(False)) is False
+    # A node that says nothing, as every node of a release before the field (its entry is empty):
+    # the others count it as reaching the database, as that release counted every member.
+    assert member_entry(None) == b"" and reaches_database(b"") is None
+    for unreadable in (b"{", b"[]", b'{"reaches_database": "yes"}', b'{"other": true}'):
+        assert reaches_database(unreadable) is None

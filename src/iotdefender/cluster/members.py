@@ -17,9 +17,14 @@ test_cluster_nats3: reads came back, without the entries that had expired, while
 failed, and a node that counted those answers as the end of the outage took the other's partitions).
 The node itself is always a member while it is not leaving (it is alive: it is computing this).
 Outside an outage a list is taken as read, so a killed node is still dropped one TTL after its last put.
+
+Each entry's value says whether its node steadily reaches the database (``member_entry``), so that
+a node cut off from it stands aside only for a member that can do better (ownership.py).
 """
 
 from __future__ import annotations
+
+import orjson
 
 #: This node's heartbeats in a row without an answer that make an outage (one is a slow moment).
 OUTAGE_FAILURES = 2
@@ -56,3 +61,25 @@ class MemberView:
             current |= kept  # entries that expired during the outage: their nodes re-put first
         self.members = sorted(current)
         return self.members
+
+
+#: The field of a member entry that says whether its node steadily reaches the database.
+REACHES_DATABASE = "reaches_database"
+
+
+def member_entry(reaches_database: bool | None) -> bytes:
+    """The value a node puts as its member entry: whether it steadily reaches the database
+    (database_reach.py), or nothing (``None``: a node that says nothing of its database, as every
+    node of a release before this field did)."""
+    return b"" if reaches_database is None else orjson.dumps({REACHES_DATABASE: reaches_database})
+
+
+def reaches_database(entry: bytes) -> bool | None:
+    """What a member entry says of its node's database: True, False, or None if it says nothing
+    (an empty entry, a release before the field, or one this release cannot read)."""
+    try:
+        said = orjson.loads(entry) if entry else None
+    except orjson.JSONDecodeError:
+        return None
+    value = said.get(REACHES_DATABASE) if isinstance(said, dict) else None
+    return value if isinstance(value, bool) else None
