@@ -318,7 +318,8 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
                 ) -> tuple[DetectConsumer, DetectionService, list[Coroutine[Any, Any, None]]]:
     """The consumer of this node's partitions, its detection (control notices reach its ML
     models) and the loops a detect node runs (not yet started). Cut off from the database for
-    longer than its grace, the node stands aside (cluster/database_reach.py).
+    longer than its grace, the node stands aside if another detect node reaches it
+    (cluster/database_reach.py).
     ``bare_token_members``: rolling upgrades from a release whose fencing tokens are bare
     revisions (ownership.py). ``swept``: woken on every control notice, the sweep invalidates at
     once the alarms a change ended, each node those of its own partitions (their fences make it
@@ -334,12 +335,12 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     consumer = (DetectConsumer(nc.jetstream(), topology, node_id, cloud.handler(store.handle),
                                on_acquired=cloud_acquired(cloud, store.on_acquired),
                                on_released=cloud_released(cloud, store.on_released),
-                               on_retoken=store.on_retoken, stand_aside=reach.cut_off,
+                               on_retoken=store.on_retoken, database=reach,
                                bare_token_members=bare_token_members)
                 if cloud is not None else
                 DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
                                on_released=store.on_released, on_retoken=store.on_retoken,
-                               stand_aside=reach.cut_off, bare_token_members=bare_token_members))
+                               database=reach, bare_token_members=bare_token_members))
     owned.append(consumer)
     # History compaction on every detect node, one at a time across the cluster (store/history.py).
     start_compaction(engine, history_interval(settings), ClusterCompactor(engine))

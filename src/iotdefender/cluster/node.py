@@ -7,8 +7,8 @@ first). On losing one it stops the reader (the batch in hand finishes and is ack
 ``on_released`` (the pipeline forgets the partition's states), before the lease is freed for the
 next owner. When the lease had to be created again after a NATS election (ownership.py), the
 node moves the fence to the new token (``on_retoken``) and the reader goes on under it: nothing is
-stopped or reloaded. While ``stand_aside`` says so (its database unreachable: database_reach.py)
-the node hands every partition over and takes its share again afterwards.
+stopped or reloaded. Cut off from its database while another member reaches it
+(database_reach.py) the node hands every partition over and takes its share again afterwards.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 
-from iotdefender.cluster.ownership import BareTokenMembers, Ownership, give_up, never
+from iotdefender.cluster.database_reach import DatabaseReach
+from iotdefender.cluster.ownership import BareTokenMembers, Ownership, give_up
 from iotdefender.cluster.report_stream import BatchHandler, PartitionReader
 from iotdefender.cluster.topology import Topology
 
@@ -37,14 +38,14 @@ class DetectConsumer:
                  on_acquired: Callable[[int, int], Awaitable[None]] = _nothing,
                  on_released: Callable[[int], Awaitable[None]] = _forget_nothing, batch: int = 256,
                  on_retoken: Callable[[int, int, int], Awaitable[bool]] = give_up,
-                 stand_aside: Callable[[], bool] = never,
+                 database: DatabaseReach | None = None,
                  bare_token_members: BareTokenMembers | None = None) -> None:
         self._js, self._topology, self._handler = js, topology, handler
         self._on_acquired, self._on_released, self._batch = on_acquired, on_released, batch
         self._on_retoken = on_retoken
         self.readers: dict[int, PartitionReader] = {}
         self.ownership = Ownership(js, topology, node_id, self._acquired, self._released, retoken=self._retoken,
-                                   stand_aside=stand_aside, bare_token_members=bare_token_members)
+                                   database=database, bare_token_members=bare_token_members)
 
     async def start(self) -> None:
         await self.ownership.start()

@@ -6,6 +6,8 @@ reads ``Nats-Pin-Id``. So ownership uses what nats-py does support, the key-valu
 
 - membership: each node ``put``s ``iotdefender-members/<node>`` every tick; the bucket's max age
   (``Topology.lease_ttl_s``) removes the entry of a node that stopped (kill -9, partitioned away);
+  its value says whether the node steadily reaches the database (members.py), which decides who
+  stands aside for whom (``Ownership._aside_now``);
 - assignment: every node computes the same owner for every partition from the live member list
   (rendezvous hashing, partitions.py), with no messages exchanged;
 - leases: a node takes ``iotdefender-leases/p.<n>`` with ``create`` (succeeds only if absent),
@@ -54,7 +56,8 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from iotdefender.cancellation import cancel_and_wait
-from iotdefender.cluster.members import MemberView
+from iotdefender.cluster.database_reach import DatabaseReach
+from iotdefender.cluster.members import MemberView, member_entry, reaches_database
 from iotdefender.cluster.partitions import assignment
 from iotdefender.cluster.topology import Topology
 
@@ -73,11 +76,6 @@ Retokened = Callable[[int, int, int], Awaitable[bool]]
 UNAVAILABLE = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
                nats.js.errors.ServiceUnavailableError, nats.js.errors.NoStreamResponseError,
                nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError)
-
-
-def never() -> bool:
-    """The default ``stand_aside``: a node that says nothing of its database never stands aside."""
-    return False
 
 
 async def give_up(partition: int, old: int, new: int) -> bool:
@@ -113,7 +111,14 @@ LATE_ENTRIES_WAIT_S = 0.25
 
 
 async def bucket_keys(kv: KeyValue) -> list[str]:
-    """The keys of ``kv`` (none: an empty list), read without leaving a consumer behind.
+    """The keys of ``kv`` (none: an empty list), read without leaving a consumer behind
+    (``bucket_entries``)."""
+    return list(await bucket_entries(kv, values=False))
+
+
+async def bucket_entries(kv: KeyValue, values: bool = True) -> dict[str, bytes]:
+    """{key: value} of ``kv``'s entries (``values=False``: the keys only, every value ``b""``),
+    read without leaving a consumer behind.
 
     Each listing reads through an ephemeral ordered consumer. nats-py's ``KeyValue.keys()`` creates
     it with an inactivity threshold of 5 minutes, so a detect node listing the members every tick
@@ -127,34 +132,35 @@ async def bucket_keys(kv: KeyValue) -> list[str]:
     their keys (seen in the test of this function, and as nodes giving up all their partitions
     for a second). An end before any entry is therefore followed by a short wait for late entries.
     """
-    watcher = await kv.watchall(ignore_deletes=True, meta_only=True, inactive_threshold=LISTING_CONSUMER_LINGER_S)
-    keys: list[str] = []
+    watcher = await kv.watchall(ignore_deletes=True, meta_only=not values,
+                                inactive_threshold=LISTING_CONSUMER_LINGER_S)
+    entries: dict[str, bytes] = {}
     try:
         async for entry in watcher:
             if entry is not None:
-                keys.append(entry.key)
+                entries[entry.key] = entry.value or b""
                 continue
-            if not keys:
-                keys = await _late_entries(watcher)
+            if not entries:
+                entries = await _late_entries(watcher)
             break
     finally:
         await watcher.stop()
-    return keys
+    return entries
 
 
-async def _late_entries(watcher: KeyValue.KeyWatcher) -> list[str]:
+async def _late_entries(watcher: KeyValue.KeyWatcher) -> dict[str, bytes]:
     """Entries that come after an early end: until the one with nothing pending after it, or a pause."""
-    keys: list[str] = []
+    entries: dict[str, bytes] = {}
     while True:
         try:
             entry = await watcher.updates(timeout=LATE_ENTRIES_WAIT_S)
         except nats.errors.TimeoutError:
-            return keys
+            return entries
         if entry is None:
             continue
-        keys.append(entry.key)
+        entries[entry.key] = entry.value or b""
         if entry.delta == 0:
-            return keys
+            return entries
 
 
 def lease_key(partition: int) -> str:
@@ -190,15 +196,19 @@ class Ownership:
     def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, acquired: Acquired,
                  released: Released, clock: Callable[[], float] = time.monotonic,
                  tick_s: float | None = None, safety_margin_s: float = 0.5,
-                 retoken: Retokened = give_up, stand_aside: Callable[[], bool] = never,
+                 retoken: Retokened = give_up, database: DatabaseReach | None = None,
                  bare_token_members: BareTokenMembers | None = None) -> None:
-        """``stand_aside``: while it says True and another node is a member, this node leaves the
-        membership and hands its partitions over, and joins again once it says False (a node cut
-        off from its database: database_reach.py)."""
+        """``database``: how this node reaches its database (None: it says nothing of it, never
+        stands aside and always takes its share). Cut off from it while another member steadily
+        reaches it, this node leaves the membership and hands its partitions over, and joins again
+        once its database answers (``_aside_now``); while its latest probe failed it takes no
+        partition (``rebalance``); its member entry tells the others whether it steadily reaches it."""
         self._js, self._topology, self.node_id = js, topology, node_id
         self._acquired, self._released, self._clock = acquired, released, clock
-        self._retoken, self._stand_aside = retoken, stand_aside
-        self._aside = False  # standing aside (``stand_aside``): not a member, holding nothing
+        self._retoken, self._database = retoken, database
+        self._aside = False  # standing aside: not a member, holding nothing
+        self._reaches: dict[str, bool | None] = {}  # what each member's entry says of its database
+        self._deferring = False  # partitions of its share left untaken: its database does not answer
         self._bare_token_members = bare_token_members  # None: no such release to live with
         self._tick_s = tick_s if tick_s is not None else topology.lease_ttl_s / 5
         # A renewal unanswered within a tick is in doubt; renewals run concurrently, so one round
@@ -315,7 +325,8 @@ class Ownership:
         assert self._members_kv is not None
         if not self._leaving and not await self._aside_now():
             try:
-                await asyncio.wait_for(self._members_kv.put(self.node_id, b""), self._request_s)
+                entry = member_entry(self._database.steady() if self._database is not None else None)
+                await asyncio.wait_for(self._members_kv.put(self.node_id, entry), self._request_s)
                 self._view.put_answered(self._clock())
             except (nats.errors.Error, asyncio.TimeoutError) as err:  # the leases are still worth renewing
                 self._view.put_failed()
@@ -325,13 +336,21 @@ class Ownership:
 
     async def _aside_now(self) -> bool:
         """Whether this node stands aside now; entering it removes the node's member entry at once
-        (the others rebalance on their next round, not a TTL later). Only with another member to
-        take over: a node alone keeps its partitions whatever its database does."""
-        others = any(member != self.node_id for member in self._view.members)
-        aside = self._stand_aside() and (self._aside or others)
+        (the others rebalance on their next round, not a TTL later).
+
+        It enters only for another member that reaches the database better: one whose entry says
+        it steadily reaches it, or says nothing of it (a release before the field: as that release
+        did, for any member). When the database is away for everyone nobody stands aside, and the
+        partitions stay where they are (before, the nodes stood aside in turn and handed them to
+        nodes that could not claim them either, which took and gave them back every round). A node
+        alone keeps its partitions whatever its database does. Once aside it stays aside until its
+        own database answers, whatever the others say meanwhile: coming back cut off would only
+        move its partitions to a node that cannot claim them."""
+        cut_off = self._database is not None and self._database.cut_off()
+        aside = cut_off and (self._aside or self._someone_reaches_the_database())
         if aside and not self._aside:
             log.error("cluster.standing_aside", node=self.node_id, partitions=len(self._leases),
-                      reason="the database has not answered: its partitions go to the other detect nodes")
+                      reason="the database has not answered: its partitions go to a detect node that reaches it")
             assert self._members_kv is not None
             try:
                 await asyncio.wait_for(self._members_kv.delete(self.node_id), self._request_s)
@@ -341,6 +360,10 @@ class Ownership:
             log.warning("cluster.rejoining", node=self.node_id)
         self._aside = aside
         return aside
+
+    def _someone_reaches_the_database(self) -> bool:
+        """Whether another member's entry says it steadily reaches the database, or says nothing."""
+        return any(self._reaches.get(member) is not False for member in self._view.members if member != self.node_id)
 
     async def _renew_logged(self, partition: int, lease: Lease) -> None:
         try:
@@ -452,13 +475,34 @@ class Ownership:
             log.warning("cluster.partition_expired", node=self.node_id, partition=partition)
             await self._released(partition)
         # No rebalance on a list that cannot be read (it raises): the view keeps the last one.
-        keys = await asyncio.wait_for(bucket_keys(self._members_kv), self._topology.lease_ttl_s / 2)
+        entries = await asyncio.wait_for(bucket_entries(self._members_kv), self._topology.lease_ttl_s / 2)
+        keys = list(entries)
+        # A member kept through a bucket outage (MemberView) keeps what its entry said last.
+        self._reaches.update((member, reaches_database(entry)) for member, entry in entries.items())
         self._view.read(keys, self._clock(), leaving=self._leaving or self._aside)
+        self._reaches = {member: self._reaches.get(member) for member in self._view.members}
         await self._choose_tokens(keys)
         share = self.share()
         # Concurrently: a release waits for its reader's batch, an acquisition for its consumer.
         await asyncio.gather(*(self._release(p) for p in sorted(set(self._leases) - share)))
-        await asyncio.gather(*(self._acquire(p) for p in sorted(share - set(self._leases))))
+        await asyncio.gather(*(self._acquire(p) for p in self._to_take(sorted(share - set(self._leases)))))
+
+    def _to_take(self, missing: list[int]) -> list[int]:
+        """The partitions of ``missing`` to acquire now: none while this node's database does not
+        answer. Acquiring one claims its fence in the database first; without it the claim fails
+        and the partition is given back, to be taken and given back again every round (the churn
+        of a node that takes the partitions of one standing aside, of one that died or left,
+        while the database is away for it too). Left free, they are taken on the first round
+        after its database answers again, or by another node if this one stands aside."""
+        answers = self._database is None or self._database.answers()
+        if not answers and missing and not self._deferring:
+            log.warning("cluster.acquisitions_deferred", node=self.node_id, partitions=len(missing),
+                        reason="the database does not answer: a partition taken now could not claim its fence")
+            self._deferring = True
+        elif answers and self._deferring:
+            log.info("cluster.acquisitions_resumed", node=self.node_id, partitions=len(missing))
+            self._deferring = False
+        return missing if answers else []
 
     async def _choose_tokens(self, members: list[str]) -> None:
         """Bare revisions as tokens while a member of a release that uses them lives (so that it can

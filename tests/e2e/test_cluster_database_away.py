@@ -1,0 +1,67 @@
+"""Cluster mode with PostgreSQL down for every detect node for longer than the stand-aside grace
+(cluster/database_reach.py), end to end: one nats-server, two ``serve`` nodes with every role and
+a 1 s lease (a 3 s grace), a fleet of real MQTT devices on each node.
+
+No node can reach the database any better than the other, so none stands aside and no partition
+moves while it is down: before, the nodes stood aside in turn and handed their partitions to a
+node that could not claim them either, which took them, failed to start them and gave them back
+every round (hundreds of acquisitions and releases a minute, each a rebalance in the logs and a
+claim attempt). Once the database is back every device is accepted again and the books hold.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cluster_nats3 import every_device_accepted_since, healthz
+from tests.support.cluster_fleets import two_nodes_under_load
+from tests.support.fleet import exact_books, per_device
+from tests.support.processes import PostgresCluster, ServiceProcess, wait_for
+
+pytestmark = pytest.mark.postgres
+
+DEVICES_PER_NODE = 3
+LEASE_TTL_S = 1.0  # the grace is 3 TTLs: 3 s
+OUTAGE_S = 12.0  # four graces
+MOVES = ("cluster.partition_acquired", "cluster.partition_released", "cluster.partition_expired")
+
+
+def moves(node: ServiceProcess) -> int:
+    """Acquisitions, releases and expiries this node has logged so far."""
+    assert node.log_path is not None
+    text = node.log_path.read_text(errors="replace")
+    return sum(text.count(event) for event in MOVES)
+
+
+def test_postgresql_down_for_every_node_moves_no_partition(jetstream, tmp_path: Path):
+    database = PostgresCluster()  # its own: it is stopped
+    database.start()
+    url = database.create_database("claway")
+    args = ["--cluster-url", jetstream.urls[0], "--report-min-interval", "0", "--database-timeout", "2",
+            "--cluster-lease-ttl", str(LEASE_TTL_S)]
+    try:
+        with two_nodes_under_load(url, args, tmp_path, "away", DEVICES_PER_NODE, 0.2, accepted=3) as (a, b, iot, fleets):
+            wait_for(lambda: healthz(a) == 200 and healthz(b) == 200, 20, "both nodes hold their share")
+            before = moves(a) + moves(b)
+            database.halt()
+            try:
+                time.sleep(OUTAGE_S)
+                during = moves(a) + moves(b) - before
+            finally:
+                database.resume()
+            back = time.monotonic()
+            accepted = per_device(fleets)
+            wait_for(lambda: every_device_accepted_since(fleets, accepted, 3), 30,
+                     "every device accepted again once the database is back")
+            accepted_again = time.monotonic() - back
+            wait_for(lambda: healthz(a) == 200 and healthz(b) == 200, 20, "/healthz 200 on both nodes again")
+            figures = exact_books(iot, fleets)
+            print(f"database away for both nodes {OUTAGE_S:.0f}s (grace {3 * LEASE_TTL_S:.0f}s): {during} partition "
+                  f"acquisitions/releases/expiries while it was down; every device accepted 3 more "
+                  f"{accepted_again:.1f}s after it was back; books {figures}")
+            assert during == 0, f"{during} partition moves while no node could reach the database"
+    finally:
+        database.stop()
