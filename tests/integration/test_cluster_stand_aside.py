@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 from nats.aio.client import Client
+from prometheus_client import REGISTRY
 
 from iotdefender.cluster.database_reach import DatabaseReach
 from iotdefender.cluster.health import ClusterHealth
@@ -81,6 +82,12 @@ async def _sharing(jetstream, names: str = "ab"
 def _moves(nodes: dict[str, DetectConsumer]) -> int:
     """Acquisitions, releases and expiries so far, on every node."""
     return sum(node.ownership.rebalances for node in nodes.values())
+
+
+def _counted() -> float:
+    """The same as ``iotdefender_cluster_partition_changes_total`` counts them (every node of the process)."""
+    return sum(REGISTRY.get_sample_value("iotdefender_cluster_partition_changes_total", {"change": change}) or 0.0
+               for change in ("acquired", "released", "expired"))
 
 
 async def _shared(nodes: dict[str, DetectConsumer]) -> None:
@@ -184,7 +191,7 @@ def test_partitions_move_once_to_the_node_that_reaches_the_database_and_stay_whe
         nc, nodes, databases = await _sharing(jetstream)
         a, b = nodes["a"], nodes["b"]
         share = assignment(["a", "b"])
-        before = _moves(nodes)
+        before, counted = _moves(nodes), _counted()
 
         databases["a"].away()  # b steadily reaches it: a stands aside, b takes a's share once
         await eventually(lambda: len(b.ownership.owned()) == PARTITION_COUNT, 10, "b takes a's partitions")
@@ -202,6 +209,7 @@ def test_partitions_move_once_to_the_node_that_reaches_the_database_and_stay_whe
         moved = _moves(nodes) - before
         print(f"a cut off, then b too, then both back: {moved} partition moves for a's {len(share['a'])}")
         assert moved == 4 * len(share["a"]), moved
+        assert _counted() - counted == moved  # what /metrics says
         assert sum(database.claims for database in databases.values()) == 0
         for node in nodes.values():
             await node.stop()

@@ -53,6 +53,7 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
+from prometheus_client import Counter
 from nats.js.kv import KeyValue
 
 from iotdefender.cancellation import cancel_and_wait
@@ -62,6 +63,13 @@ from iotdefender.cluster.partitions import assignment
 from iotdefender.cluster.topology import Topology
 
 log = structlog.get_logger("iotdefender.cluster")
+
+#: Every change of this node's partitions; each acquisition claims a fence and loads states, so a
+#: rate that stays up while nothing joins or leaves is churn (a database away for everyone was).
+PARTITION_CHANGES = Counter("iotdefender_cluster_partition_changes",
+                            "Partitions this detect node acquired, released, or saw expire", ["change"])
+for _change in ("acquired", "released", "expired"):
+    PARTITION_CHANGES.labels(_change)
 
 #: Called when this node gains a partition (partition, fencing token) and when it must stop one.
 Acquired = Callable[[int, int], Awaitable[None]]
@@ -471,7 +479,7 @@ class Ownership:
             await self._release(partition)  # re-created, but someone committed meanwhile: free our key
         for partition in [p for p, lease in self._leases.items() if not lease.kept(now)]:
             del self._leases[partition]
-            self.rebalances += 1
+            self._changed("expired")
             log.warning("cluster.partition_expired", node=self.node_id, partition=partition)
             await self._released(partition)
         # No rebalance on a list that cannot be read (it raises): the view keeps the last one.
@@ -527,6 +535,10 @@ class Ownership:
                 log.info("cluster.epoch_tokens", node=self.node_id)
             self._base, self._epoch_for_good = self._epoch, True
 
+    def _changed(self, change: str) -> None:
+        self.rebalances += 1
+        PARTITION_CHANGES.labels(change).inc()
+
     def _lock(self, partition: int) -> asyncio.Lock:
         return self._locks.setdefault(partition, asyncio.Lock())
 
@@ -541,7 +553,7 @@ class Ownership:
         token = self._base + revision
         self._leases[partition] = Lease(token=token, revision=revision,
                                         valid_until=sent + self._topology.lease_ttl_s - self._margin_s)
-        self.rebalances += 1
+        self._changed("acquired")
         log.info("cluster.partition_acquired", node=self.node_id, partition=partition, token=token)
         try:
             await self._acquired(partition, token)
@@ -555,7 +567,7 @@ class Ownership:
         lease = self._leases[partition]
         await self._released(partition)  # the reader stops and acks (renewals go on) before the key is freed
         del self._leases[partition]
-        self.rebalances += 1
+        self._changed("released")
         log.info("cluster.partition_released", node=self.node_id, partition=partition)
         async with self._lock(partition):
             try:
