@@ -29,6 +29,7 @@ from nats.aio.client import Client
 from prometheus_client import Gauge
 
 from iotdefender.cluster.node import DetectConsumer
+from iotdefender.cluster.ownership import PARTITION_CHANGES
 from iotdefender.cluster.topology import Topology
 
 log = structlog.get_logger("iotdefender.cluster")
@@ -43,7 +44,8 @@ IN_DOUBT = Gauge("iotdefender_cluster_leases_in_doubt",
                  "Leases this detect node keeps while their bucket does not answer (a NATS election)")
 STANDING_ASIDE = Gauge("iotdefender_cluster_standing_aside",
                        "1 while this detect node stands aside: its database unreachable, its partitions handed over")
-DETECT_GAUGES = (OWNED, ASSIGNED, MEMBERS, LAG, IN_DOUBT, STANDING_ASIDE)
+#: What only a detect node moves (role_metrics.py); with the counter of its partition changes.
+DETECT_GAUGES = (OWNED, ASSIGNED, MEMBERS, LAG, IN_DOUBT, STANDING_ASIDE, PARTITION_CHANGES)
 
 
 class ClusterHealth:
