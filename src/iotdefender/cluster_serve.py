@@ -428,6 +428,11 @@ async def serve_cluster(settings: Settings) -> None:
     except (TopologyMismatch, SettingsMismatch) as error:
         await nc.close()
         raise ConfigurationError(f"cluster: {error}") from None
+    # Kept alive from now: the entry expires after a lease TTL, and the start below (Mosquitto, the
+    # consumer) may take longer on a loaded machine. A node whose member entry is seen without its
+    # entry here is taken for a release before 209be04 (ownership.py, bare tokens): the other node
+    # then claimed with bare revisions, refused (Fenced) 42 times at a start under load.
+    entry_kept = asyncio.create_task(flags.run(topology.lease_ttl_s / 5), name="node-entry")
     alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale)
     swept = SweepWake()
     consumer, detection, loops = (detect_role(settings, nc, topology, node_id, engine, monitoring, routes, alerts,
@@ -466,6 +471,7 @@ async def serve_cluster(settings: Settings) -> None:
         try:
             await devices.start()
         except ConfigurationError:
+            await cancel_and_wait([entry_kept])
             await nc.close()
             raise
     if consumer is not None:
@@ -474,8 +480,7 @@ async def serve_cluster(settings: Settings) -> None:
         loops.append(events.run())
         if settings.nats_events_url is not None:
             loops.append(nats_events(settings, engine, events.intake, node_id))
-    background = [asyncio.create_task(loop) for loop in
-                  [*loops, cluster_health.run(), flags.run(topology.lease_ttl_s / 5)]]
+    background = [entry_kept, *(asyncio.create_task(loop) for loop in [*loops, cluster_health.run()])]
     gc.freeze()
     log.info("ready", node=node_id, roles=",".join(sorted(roles)), cluster=settings.cluster_url_for_logs,
              replicas=topology.replicas, partitions=topology.partitions,
