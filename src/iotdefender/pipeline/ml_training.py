@@ -39,7 +39,6 @@ from sqlalchemy.engine import Engine
 
 from iotdefender.engine import ml
 from iotdefender.engine.series import behavior_series
-from iotdefender.metrics_catalog import SIZE_METRICS, smallest_series
 from iotdefender.pipeline.ml_exclusion import without_anomalies
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import history, ml_models, profiles
@@ -228,12 +227,8 @@ class MlTrainer:
     def _training_data(self, behavior: MlBehavior, now: float) -> ml.TrainingData:
         """The trailing period's datapoints of the behavior's series, from the devices its profile
         monitors now (a device that left the profile's targets does not shape its model)."""
-        start = now - self._schedule.training_period
         with long_statements(), self._engine.connect() as conn:  # the whole training period
-            points = history.read_series(conn, behavior.series, start, now)
-            if behavior.series.split("|", 1)[0] in SIZE_METRICS:  # ML Detect reads the largest
-                points = without_idle_zeros(points, lambda: history.read_series(
-                    conn, smallest_series(behavior.series), start, now))
+            points = history.read_as_evaluated(conn, behavior.series, now - self._schedule.training_period, now)
         self._monitoring.prime(points.things)
         profile = behavior.key[0]
         monitored = np.fromiter((any(p["name"] == profile for p in self._monitoring.profiles_for(thing))
@@ -271,30 +266,6 @@ class MlTrainer:
             current = ml_models.load_trainings(conn, training.profile_name).get(training.key)
             if current is not None and current.fingerprint == training.fingerprint:
                 ml_models.save_training(conn, training)
-
-
-def without_idle_zeros(points: history.SeriesPoints, smallest: Callable[[], history.SeriesPoints]
-                       ) -> history.SeriesPoints:
-    """A message size series without the 0s that releases before the smallest was kept stored for
-    idle windows (docs/cloud-metrics.md): a model trained on them would learn that "no message" is
-    a normal size, for a training period after an upgrade. Such a 0 is told from a window whose
-    only messages were empty by its companion series: that window has its smallest (0) at the same
-    time, an idle window of those releases has none. The companion is read only when there are 0s."""
-    zero = points.values == 0
-    if not zero.any():
-        return points
-    companion = smallest()
-    empty = companion.values == 0
-    messages = {(companion.things[i], t) for i, t in zip(companion.thing_index[empty].tolist(),
-                                                            companion.times[empty].tolist())}
-    rows = np.flatnonzero(zero)
-    idle = [row for row, i, t in zip(rows.tolist(), points.thing_index[rows].tolist(), points.times[rows].tolist())
-            if (points.things[i], t) not in messages]
-    if not idle:
-        return points
-    keep = np.ones(len(points), dtype=bool)
-    keep[idle] = False
-    return history.SeriesPoints(points.things, points.thing_index[keep], points.times[keep], points.values[keep])
 
 
 def ml_settings(time_scale: float) -> ml.TrainingSettings:

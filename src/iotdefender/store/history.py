@@ -34,6 +34,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from iotdefender.metrics_catalog import SIZE_METRICS, is_smallest_series, smallest_series
 from iotdefender.store.advisory import HISTORY_COMPACTION, run_alone
 from iotdefender.store.database import writing
 from iotdefender.store.schema import history_compaction, metric_segments, metric_values
@@ -277,6 +278,63 @@ def read_many(conn: Connection, series: Iterable[str], start: float, end: float,
             if column is not None:
                 parts[name].append(column)
     return {name: _merge(found) for name, found in parts.items()}
+
+
+# Message sizes stored by releases before the smallest message was kept (docs/cloud-metrics.md):
+# a window without messages got a 0 in the largest's series, where today's live evaluation has no
+# datapoint at all. Such a 0 is told from a window whose only messages were empty by the companion
+# series: that window has its smallest (0) at the same time, an idle window of those releases none.
+# Whatever judges stored history as live evaluation would (ML training, backtests) reads a size
+# series through ``read_as_evaluated`` or ``report_as_evaluated``; what lists what was stored
+# (ListMetricValues, the console's chart) reads it as it is.
+
+def _idle_zero(largest: float | None, smallest: float | None) -> bool:
+    """Is a window's stored largest message an older release's idle window (no datapoint today)?"""
+    return largest == 0 and smallest is None
+
+
+def _reads_largest_size(series: str) -> bool:
+    return series.split("|", 1)[0] in SIZE_METRICS and not is_smallest_series(series)
+
+
+def without_idle_zeros(points: SeriesPoints, smallest: Callable[[], SeriesPoints]) -> SeriesPoints:
+    """A largest message size series without the 0s of idle windows of older releases; its companion
+    series (``smallest``) is read only when there are 0s."""
+    zero = points.values == 0
+    if not zero.any():
+        return points
+    companion = smallest()
+    empty = companion.values == 0  # a 0 largest has a 0 smallest, if it has one
+    smallest_at = {(companion.things[i], t): 0.0 for i, t in zip(companion.thing_index[empty].tolist(),
+                                                                  companion.times[empty].tolist())}
+    rows = np.flatnonzero(zero)
+    idle = [row for row, i, t, v in zip(rows.tolist(), points.thing_index[rows].tolist(),
+                                        points.times[rows].tolist(), points.values[rows].tolist())
+            if _idle_zero(v, smallest_at.get((points.things[i], t)))]
+    if not idle:
+        return points
+    keep = np.ones(len(points), dtype=bool)
+    keep[idle] = False
+    return SeriesPoints(points.things, points.thing_index[keep], points.times[keep], points.values[keep])
+
+
+def read_as_evaluated(conn: Connection, series: str, start: float, end: float) -> SeriesPoints:
+    """``read_series`` as live evaluation has the datapoints today: a largest message size series
+    without the 0s older releases stored for idle windows."""
+    points = read_series(conn, series, start, end)
+    if not _reads_largest_size(series):
+        return points
+    return without_idle_zeros(points, lambda: read_series(conn, smallest_series(series), start, end))
+
+
+def report_as_evaluated(datapoints: dict[str, Any], sizes: Iterable[str]) -> dict[str, Any]:
+    """One stored report's datapoints as live evaluation has them today: without the 0 older
+    releases stored for an idle window in any of the largest message size series ``sizes``."""
+    idle = [key for key in sizes if key in datapoints and _reads_largest_size(key)
+            and _idle_zero(_scalar(datapoints[key]), _scalar(datapoints.get(smallest_series(key))))]
+    if not idle:
+        return datapoints
+    return {key: value for key, value in datapoints.items() if key not in idle}
 
 
 def count_reports(conn: Connection, start: float, end: float) -> int:
