@@ -32,6 +32,7 @@ from iotdefender.store import ml_models
 ACCOUNT = "123456789012"
 ALL_THINGS = f"arn:aws:iot:us-east-1:{ACCOUNT}:all/things"
 METRIC = "aws:all-bytes-out"
+SIZE, SMALLEST = "aws:message-byte-size", "aws:message-byte-size|smallest"
 DEVICES = [f"dev-{i}" for i in range(10)]
 T0 = 1_000_000.0
 # --time-scale 3600: an hour lasts a second, a day 24 s, a week 168 s.
@@ -104,9 +105,10 @@ class Service:
         return self.api.invoke("GetBehaviorModelTrainingSummaries", {"securityProfileName": "p"})["summaries"]
 
 
-def make_service(place: Any, level: str = "HIGH") -> Service:
+def make_service(place: Any, level: str = "HIGH", metric: str = METRIC) -> Service:
     service = Service(place)
-    service.api.invoke("CreateSecurityProfile", {"securityProfileName": "p", "behaviors": [ml_behavior(level)]})
+    service.api.invoke("CreateSecurityProfile", {"securityProfileName": "p",
+                                                 "behaviors": [ml_behavior(level, metric)]})
     service.api.invoke("AttachSecurityProfile", {"securityProfileName": "p", "securityProfileTargetArn": ALL_THINGS})
     service.monitoring.invalidate()
     return service
@@ -479,12 +481,7 @@ def test_a_message_size_model_never_learns_the_idle_zeros_of_older_releases(plac
     """Releases before the smallest message was kept stored 0 for a window without messages, in the
     largest's series alone: the model learns without them (not that "no message" is a normal
     size), and keeps a window whose messages were all empty (its smallest is 0 too)."""
-    size, smallest = "aws:message-byte-size", "aws:message-byte-size|smallest"
-    service = Service(place)
-    service.api.invoke("CreateSecurityProfile", {"securityProfileName": "p",
-                                                 "behaviors": [ml_behavior(metric=size)]})
-    service.api.invoke("AttachSecurityProfile", {"securityProfileName": "p", "securityProfileTargetArn": ALL_THINGS})
-    service.monitoring.invalidate()
+    service = make_service(place, metric=SIZE)
     service.trainer.run_once(T0)
     upgraded, kept, report_id = T0 + 100, 0, itertools.count()
     for step in range(400):
@@ -493,13 +490,13 @@ def test_a_message_size_model_never_learns_the_idle_zeros_of_older_releases(plac
         for i, name in enumerate(DEVICES):
             largest = int(normal(i, at) / 4)
             if at < upgraded:  # the older release: the largest alone, 0 when idle (one window of two)
-                points = {size: {"count": largest if step % 2 else 0}}
+                points = {SIZE: {"count": largest if step % 2 else 0}}
                 kept += step % 2
             elif name == "dev-9" and step % 10 == 0:  # an empty message (0 bytes) and nothing else
-                points = {size: {"count": 0}, smallest: {"count": 0}}
+                points = {SIZE: {"count": 0}, SMALLEST: {"count": 0}}
                 kept += 1
             else:
-                points = {size: {"count": largest}, smallest: {"count": largest - 50}}
+                points = {SIZE: {"count": largest}, SMALLEST: {"count": largest - 50}}
                 kept += 1
             batch.append((name, points, at, next(report_id)))
         service.store.store_batch(batch)
@@ -512,3 +509,31 @@ def test_a_message_size_model_never_learns_the_idle_zeros_of_older_releases(plac
     for i in range(9):
         low, high = model.band(f"dev-{i}", T0 + 200, ConfidenceLevel.HIGH)
         assert normal(i, T0 + 200) / 4 / 2 < low < high < normal(i, T0 + 200) / 4 * 2, (i, low, high)
+
+
+def test_a_backtest_of_a_message_size_model_over_an_older_releases_history_ignores_its_idle_zeros(place):
+    """A backtest over history an older release stored (the largest alone, 0 for a window without
+    messages) judges what live evaluation judges today: an idle window is no datapoint, so its 0 is
+    neither a datapoint of the outcome nor an anomaly, however far below the model's band it is."""
+    service = make_service(place, metric=SIZE)
+    service.trainer.run_once(T0)
+    report_id = itertools.count()
+    for step in range(400):
+        at = T0 + step / 2
+        service.store.store_batch([(name, {SIZE: {"count": int(normal(i, at) / 4)},
+                                           SMALLEST: {"count": int(normal(i, at) / 4) - 50}}, at, next(report_id))
+                                   for i, name in enumerate(DEVICES)])
+    service.trainer.run_once(T0 + 200)
+    assert service.training().status == "ACTIVE"
+    sent = 0
+    for step in range(40):  # the older release after the model was built: two idle windows of four
+        at = T0 + 200 + step / 2 + 0.25
+        idle = step % 4 < 2
+        sent += 0 if idle else len(DEVICES)
+        service.store.store_batch([(name, {SIZE: {"count": 0 if idle else int(normal(i, at) / 4)}}, at,
+                                    next(report_id)) for i, name in enumerate(DEVICES)])
+    request = BacktestRequest([ml_behavior(metric=SIZE)], T0 + 200, T0 + 220, covers=lambda thing: True,
+                              profile_name="p", time_scale=3600.0, invalidation_period=10_000.0)
+    (outcome,) = run_backtest(service.engine, request)["behaviors"]
+    assert outcome["method"] == "engine" and "model versions 1 to 1" in outcome["note"]
+    assert outcome["datapoints"] == sent == 200 and outcome["alarms"] == 0, outcome["events"][:3]

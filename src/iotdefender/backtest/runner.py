@@ -10,6 +10,10 @@ Two paths, one semantics (the alarm state machine of ``engine.alarm``, the windo
   evaluation runs. An ML behavior of a saved profile is replayed with the stored model version that
   was active at each moment (``ModelTimeline``): no verdict before its first model was built.
 
+Stored history is read as live evaluation has it today (``history.read_as_evaluated``): the 0s that
+releases before the smallest message was kept stored for idle windows of ``aws:message-byte-size``
+are no datapoints (docs/cloud-metrics.md).
+
 What a backtest assumes, stated in every result: every replayed alarm starts NORMAL at ``start``;
 things are covered by the targets as they are now (the registry keeps no membership history); an
 alarm of a device that goes silent is invalidated ``invalidation period`` after its last datapoint,
@@ -241,6 +245,7 @@ def _replayed(request: BacktestRequest, behaviors: list[dict[str, Any]], reports
     profile = {"name": request.profile_name, "behaviors": behaviors}
     outcomes = {b["name"]: BehaviorOutcome(b, "engine") for b in behaviors}
     series = {b["name"]: _series_of(b) for b in behaviors}
+    sizes = set(series.values())  # report_as_evaluated drops an older release's idle 0s of those it reads
     in_alarm: dict[str, set[StateKey]] = {}
     covered: dict[str, bool] = {}
     done = 0
@@ -251,6 +256,7 @@ def _replayed(request: BacktestRequest, behaviors: list[dict[str, Any]], reports
                 ok = covered[thing] = request.covers(thing)
             if not ok:
                 continue
+            datapoints = history.report_as_evaluated(datapoints, sizes)
             _invalidate_silent(evaluator, in_alarm.get(thing), at, outcomes, request.invalidation_period)
             if models is not None and (current := models.advance(at)) is not None:
                 evaluator.use_models(current)
@@ -328,7 +334,7 @@ def run_backtest(engine: Engine, request: BacktestRequest, progress: Progress = 
     with engine.connect() as conn:
         for i, (behavior, threshold) in enumerate(fast):
             progress(i / max(steps, 1), f"reading {_series_of(behavior)}")
-            points = history.read_series(conn, _series_of(behavior), request.start, request.end)
+            points = history.read_as_evaluated(conn, _series_of(behavior), request.start, request.end)
             conn.commit()  # evaluated with no transaction open (idle ones are bounded: store/database.py)
             progress((i + 0.5) / max(steps, 1), f"evaluating {behavior['name']} over {len(points)} datapoints")
             outcomes.append(_vectorised(request, behavior, points, threshold))
