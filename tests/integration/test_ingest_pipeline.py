@@ -317,3 +317,48 @@ def test_another_nodes_commit_does_not_tell_this_nodes_database_is_back(pipeline
         asyncio.run(main())
         assert orjson.loads(replies[0])["status"] == "ACCEPTED"
         assert health.available is available_after
+
+
+def test_a_resend_of_a_report_in_flight_gets_the_first_copys_answer(pipeline):
+    """paho resends an unacknowledged QoS 1 report when it reconnects, often while the first copy
+    is still being stored: the resend was refused DuplicateReportId, and the first copy answered
+    accepted a moment later, a contradictory pair. Now each copy is answered with the outcome of
+    the first, and the report is stored once."""
+    store, engine, _ = pipeline
+
+    async def scenario(ingest, replies):
+        store.gate.clear()  # the first copy is in flight
+        ingest.submit("dev-1", "json", payload(5))
+        await until(lambda: store.calls == 0 and ingest._outstanding == 1)
+        ingest.submit("dev-1", "json", payload(5))  # the resend, before the first is answered
+        await asyncio.sleep(0.05)
+        assert replies == []  # not answered before the first copy is
+        store.gate.set()
+        await until(lambda: len(replies) == 2)
+        assert [(outcome(r), r["reportId"], topic) for topic, r in replies] == [
+            ("ACCEPTED", 5, "dev-1/defender/metrics/json/accepted")] * 2
+        assert store.calls == 1
+        ingest.submit("dev-1", "json", payload(5))  # a repeat of a report stored earlier: as before
+        await until(lambda: len(replies) == 3)
+        assert outcome(replies[2][1]) == "DuplicateReportId"
+
+    run(pipeline, scenario)
+
+
+def test_a_resend_of_a_report_in_flight_that_fails_gets_the_same_failure(pipeline):
+    store = pipeline[0]
+
+    async def scenario(ingest, replies):
+        store.gate.clear()
+        store.down = True
+        ingest.submit("dev-1", "json", payload(5))
+        ingest.submit("dev-1", "json", payload(5))
+        store.gate.set()
+        await until(lambda: len(replies) == 2)
+        assert [outcome(r) for _, r in replies] == ["ServiceUnavailable"] * 2
+        store.down = False
+        ingest.submit("dev-1", "json", payload(5))  # the order did not advance: the next resend is taken
+        await until(lambda: len(replies) == 3)
+        assert outcome(replies[2][1]) == "ACCEPTED"
+
+    run(pipeline, scenario)

@@ -1,12 +1,14 @@
 """Report-id order and throttling per thing, advanced only by reports that were stored.
 
-Report ids are "monotonically increasing" (reference §4.5): a report id equal to the last one is
-a duplicate (a QoS 1 redelivery), a lower one is stale, and a thing's next report must wait
-``min_interval`` after its previous one. Reports waiting to be stored count too (a redelivery of
-a report still in the queue is a duplicate), but only until their batch ends: a report whose
-batch failed — the database was down, the queue was full — is forgotten, so the device's resend
-of it is taken as new. (Before, a failed report could leave the thing's order advanced, and the
-resends after a PostgreSQL outage were refused as StaleReportId: lost for good.)
+Report ids are "monotonically increasing" (reference §4.5): a report id equal to the last stored
+one is a duplicate (a QoS 1 redelivery), a lower one is stale, and a thing's next report must wait
+``min_interval`` after its previous one. Reports waiting to be stored count too, but only until
+their batch ends: a report whose batch failed — the database was down, the queue was full — is
+forgotten, so the device's resend of it is taken as new. (Before, a failed report could leave the
+thing's order advanced, and the resends after a PostgreSQL outage were refused as StaleReportId:
+lost for good.) A copy of a report still waiting (``in_flight``: paho resends an unacknowledged
+QoS 1 report on reconnecting, often before the first copy is answered) is not judged here at all:
+ingest answers it with the first copy's outcome.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ class ReportOrder:
                                  f"Thing {thing} may report once every {self._min_interval:g} s "
                                  f"(up to {self._min_interval - self._min_gap:g} s early); "
                                  f"retry in {max(wait, 0.1):.1f} s", report_id)
+
+    def in_flight(self, thing: str, report_id: int) -> bool:
+        """A report with this id passed ``check`` and its batch has not ended: this is a resend of it."""
+        return any(mark[0] == report_id for mark in self._pending.get(thing, ()))
 
     def queued(self, thing: str, report_id: int, now: float) -> None:
         """The report passed ``check`` and waits to be stored."""

@@ -16,7 +16,10 @@ Every report gets exactly one answer, whatever happens (docs/ingest-rejections.m
   (or the service's own client, with an external broker) an exception would end.
 
 Ordering and idempotence per thing: see ingest/order.py; a report that was not stored never
-advances its thing's order.
+advances its thing's order. A copy of a report that is still waiting to be stored and answered (a
+QoS 1 resend after a reconnection) is answered with the first copy's outcome when it comes, not
+refused ``DuplicateReportId``: before, the device got ``rejected`` for the resend and ``accepted``
+for the first copy a moment later, on the single box and on a cluster broker node alike.
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ class IngestService:
         self._health = health if health is not None else DatabaseHealth.of(engine)
         self._writer: asyncio.Task[None] | None = None
         self._in_flight_things: set[str] = set()  # things with a report in a batch being stored
+        # Copies of a report waiting to be stored, by (thing, report id): (encoding, received) each.
+        self._resends: dict[tuple[str, int], list[tuple[str, float]]] = {}
         self._stopping = False
         QUEUE_LIMIT.set(queue_limit)
 
@@ -141,6 +146,9 @@ class IngestService:
         try:
             thing = check_thing_name(thing_raw)
             report = parse_report(payload, encoding, self._monitoring.custom_metric_types())
+            if self._order.in_flight(thing, report.report_id):  # answered with the first copy
+                self._resends.setdefault((thing, report.report_id), []).append((encoding, received))
+                return
             self._order.check(thing, report.report_id, received)
             if self._stopping:
                 raise ReportRejected(RejectCode.SERVICE_UNAVAILABLE,
@@ -268,21 +276,28 @@ class IngestService:
         for index, item in enumerate(batch):
             try:
                 self._order.finished(item.thing, item.report.report_id, index in stored)
-                if index in stored:
-                    REPORTS.labels("accepted").inc()
-                    now = self._clock()
-                    body = reply_payload(item.thing, item.encoding, item.report.report_id, int(now * 1000))
-                    self._publish(reply_topic(item.thing, item.encoding, accepted=True), body)
-                    _ANSWERED_ACCEPTED.observe(max(0.0, now - item.arrived))
-                else:
-                    self._reject(item.thing, item.encoding, b"", self._not_stored(item, index, outcome),
-                                 self._clock(), item.arrived)
+                copies = [(item.encoding, item.arrived),
+                          *self._resends.pop((item.thing, item.report.report_id), ())]
+                rejection = None if index in stored else self._not_stored(item, index, outcome)
+                for encoding, arrived in copies:
+                    self._answer_one(item, encoding, arrived, rejection)
             except Exception:  # a reply that cannot be sent is lost like any QoS 0/1 message in flight
                 log.exception("reply_failed", thing=item.thing)
             finally:
                 self._outstanding -= 1
                 QUEUED.set(self._outstanding)
                 self._queue.task_done()
+
+    def _answer_one(self, item: AcceptedReport, encoding: str, arrived: float,
+                    rejection: ReportRejected | None) -> None:
+        if rejection is not None:
+            self._reject(item.thing, encoding, b"", rejection, self._clock(), arrived)
+            return
+        REPORTS.labels("accepted").inc()
+        now = self._clock()
+        body = reply_payload(item.thing, encoding, item.report.report_id, int(now * 1000))
+        self._publish(reply_topic(item.thing, encoding, accepted=True), body)
+        _ANSWERED_ACCEPTED.observe(max(0.0, now - arrived))
 
     @staticmethod
     def _not_stored(item: AcceptedReport, index: int, outcome: Isolated[Any]) -> ReportRejected:
