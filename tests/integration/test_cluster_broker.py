@@ -290,3 +290,33 @@ def test_a_resend_of_a_report_rejected_to_a_connection_the_device_left_is_answer
         await stop_all(ingest, detect, broker_nc, detect_nc)
 
     run(go, engine)
+
+
+def test_a_resend_of_a_report_in_flight_on_the_same_broker_node_gets_the_first_copys_answer(
+        jetstream, postgres, tmp_path: Path):
+    """The device resends its unacknowledged report to the same broker node while the first copy
+    waits for its detect node: it was refused DuplicateReportId, then the first copy was accepted."""
+    api, engine, monitoring = database(postgres, tmp_path)
+    topology = Topology(replicas=1, partitions=PARTITIONS, lease_ttl_s=2.0)
+    replies: list[dict[str, Any]] = []
+
+    def publish(topic: str, body: bytes) -> None:
+        replies.append(orjson.loads(body))
+
+    async def go() -> None:
+        broker_nc, detect_nc = await connections(jetstream, topology)
+        ingest = await broker_ingest(broker_nc, topology, engine, monitoring, publish, outcome_timeout_s=20.0)
+        ingest.submit("dev-1", "json", payload(3))  # no detect node yet: the first copy waits
+        await until(lambda: ingest._outstanding == 1)
+        ingest.submit("dev-1", "json", payload(3))  # the resend
+        detection = DetectionService(engine, MonitoringIndex(engine, api.context.arn("")), AlertRoutes(), 172800.0)
+        store = PartitionBatchStore(monitoring, detection, lambda events: None, OutcomeSender(detect_nc),
+                                    partitions=PARTITIONS)
+        detect = DetectConsumer(detect_nc.jetstream(), topology, "detect-1", store.handle,
+                                on_acquired=store.on_acquired, on_released=store.on_released)
+        await detect.start()
+        await until(lambda: len(replies) == 2)
+        assert [(outcome(r), r["reportId"]) for r in replies] == [("ACCEPTED", 3)] * 2
+        await stop_all(ingest, detect, broker_nc, detect_nc)
+
+    run(go, engine)
