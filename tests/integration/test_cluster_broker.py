@@ -86,6 +86,18 @@ async def broker_ingest(broker_nc: Any, topology: Topology, engine: Any, monitor
     return ingest
 
 
+async def detect_node(api: Any, engine: Any, monitoring: MonitoringIndex, detect_nc: Any,
+                      topology: Topology) -> DetectConsumer:
+    """Detect node ``detect-1``, started: it commits every partition's reports to PostgreSQL."""
+    detection = DetectionService(engine, MonitoringIndex(engine, api.context.arn("")), AlertRoutes(), 172800.0)
+    store = PartitionBatchStore(monitoring, detection, lambda events: None, OutcomeSender(detect_nc),
+                                partitions=PARTITIONS)
+    detect = DetectConsumer(detect_nc.jetstream(), topology, "detect-1", store.handle,
+                            on_acquired=store.on_acquired, on_released=store.on_released)
+    await detect.start()
+    return detect
+
+
 def run(go: Any, engine: Any) -> None:
     try:
         asyncio.run(asyncio.wait_for(go(), 60))
@@ -124,12 +136,7 @@ def test_a_broker_node_answers_from_the_detect_nodes_commit(jetstream, postgres,
         # No detect node: the report is in the stream but not committed -> never `accepted`.
         assert await answer(ingest, "dev-1", 1) == ("ServiceUnavailable", None)
 
-        detection = DetectionService(engine, MonitoringIndex(engine, api.context.arn("")), AlertRoutes(), 172800.0)
-        store = PartitionBatchStore(monitoring, detection, lambda events: None, OutcomeSender(detect_nc),
-                                    partitions=PARTITIONS)
-        detect = DetectConsumer(detect_nc.jetstream(), topology, "detect-1", store.handle,
-                                on_acquired=store.on_acquired, on_released=store.on_released)
-        await detect.start()
+        detect = await detect_node(api, engine, monitoring, detect_nc, topology)
         await until(lambda: stored_id("dev-1") == 1)  # the detect node committed the first copy
 
         # The device's resend: JetStream holds it already (duplicate), PostgreSQL says it is committed.
@@ -309,12 +316,7 @@ def test_a_resend_of_a_report_in_flight_on_the_same_broker_node_gets_the_first_c
         ingest.submit("dev-1", "json", payload(3))  # no detect node yet: the first copy waits
         await until(lambda: ingest._outstanding == 1)
         ingest.submit("dev-1", "json", payload(3))  # the resend
-        detection = DetectionService(engine, MonitoringIndex(engine, api.context.arn("")), AlertRoutes(), 172800.0)
-        store = PartitionBatchStore(monitoring, detection, lambda events: None, OutcomeSender(detect_nc),
-                                    partitions=PARTITIONS)
-        detect = DetectConsumer(detect_nc.jetstream(), topology, "detect-1", store.handle,
-                                on_acquired=store.on_acquired, on_released=store.on_released)
-        await detect.start()
+        detect = await detect_node(api, engine, monitoring, detect_nc, topology)
         await until(lambda: len(replies) == 2)
         assert [(outcome(r), r["reportId"]) for r in replies] == [("ACCEPTED", 3)] * 2
         await stop_all(ingest, detect, broker_nc, detect_nc)
