@@ -56,3 +56,13 @@ def test_a_short_interval_tolerates_a_busy_machines_jitter_but_not_a_burst():
     with pytest.raises(ReportRejected):
         tiny.check("cam", 2, 10.009)
     stored(tiny, "cam", 2, 10.0101)
+
+
+def test_a_report_is_in_flight_from_queued_until_its_batch_ends():
+    order = ReportOrder(0.0)
+    assert not order.in_flight("cam", 5)
+    order.check("cam", 5, 1.0)
+    order.queued("cam", 5, 1.0)
+    assert order.in_flight("cam", 5) and not order.in_flight("cam", 4) and not order.in_flight("cat", 5)
+    order.finished("cam", 5, True)
+    assert not order.in_flight("cam", 5)  # stored: a copy now is a duplicate (test_ids_must_increase)
