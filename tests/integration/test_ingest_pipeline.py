@@ -21,7 +21,7 @@ from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.pipeline.batch_store import BatchItem, ignore_events
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import LocalBatchStore
-from iotdefender.ingest.service import IngestService
+from iotdefender.ingest.service import MAX_HELD_COPIES, IngestService
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store.availability import StoreUnavailable
 from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head
@@ -360,5 +360,24 @@ def test_a_resend_of_a_report_in_flight_that_fails_gets_the_same_failure(pipelin
         ingest.submit("dev-1", "json", payload(5))  # the order did not advance: the next resend is taken
         await until(lambda: len(replies) == 3)
         assert outcome(replies[2][1]) == "ACCEPTED"
+
+    run(pipeline, scenario)
+
+
+def test_copies_of_a_report_in_flight_beyond_a_few_are_refused_as_duplicates(pipeline):
+    """They are held in memory until the first copy is answered: a device repeating one report
+    while the database stalls must not pile them up."""
+    store = pipeline[0]
+
+    async def scenario(ingest, replies):
+        store.gate.clear()
+        for _ in range(1 + MAX_HELD_COPIES + 2):
+            ingest.submit("dev-1", "json", payload(5))
+        await until(lambda: len(replies) == 2)
+        assert [outcome(r) for _, r in replies] == ["DuplicateReportId"] * 2  # the two beyond the cap
+        store.gate.set()
+        await until(lambda: len(replies) == 2 + 1 + MAX_HELD_COPIES)
+        assert [outcome(r) for _, r in replies[2:]] == ["ACCEPTED"] * (1 + MAX_HELD_COPIES)
+        assert store.calls == 1
 
     run(pipeline, scenario)

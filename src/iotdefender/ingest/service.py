@@ -74,6 +74,9 @@ _BATCH_WAIT_S = 0.002
 DEFAULT_QUEUE_LIMIT = 10 * BATCH_MAX
 
 
+#: Copies of one report held for the first copy's answer (paho resends once per reconnection).
+MAX_HELD_COPIES = 4
+
 class IngestService:
     def __init__(self, engine: Engine, monitoring: MonitoringIndex, reports: BatchStore | ReportCommitter,
                  publish: Publisher,
@@ -146,8 +149,11 @@ class IngestService:
         try:
             thing = check_thing_name(thing_raw)
             report = parse_report(payload, encoding, self._monitoring.custom_metric_types())
-            if self._order.in_flight(thing, report.report_id):  # answered with the first copy
-                self._resends.setdefault((thing, report.report_id), []).append((encoding, received))
+            held = self._resends.get((thing, report.report_id), [])
+            if self._order.in_flight(thing, report.report_id) and len(held) < MAX_HELD_COPIES:
+                # Answered with the first copy; a device sending it again and again while the
+                # database stalls is refused as before beyond a few (they are held in memory).
+                self._resends[(thing, report.report_id)] = [*held, (encoding, received)]
                 return
             self._order.check(thing, report.report_id, received)
             if self._stopping:
