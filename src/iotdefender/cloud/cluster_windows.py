@@ -266,7 +266,7 @@ class WindowPublisher:
         errors = await asyncio.gather(*(self._send(functools.partial(
             self._publish_end, partition,
             encode(CloudWindowEnd(self._node, self._began, self._since[partition], window, window_s, last)),
-            end_message_id(self._node, partition, window)), deadline) for partition in partitions))
+            end_message_id(self._node, partition, window)), deadline, at_least_once=True) for partition in partitions))
         for partition, error in zip(partitions, errors):
             if error is not None:
                 self._since[partition] = max(self._since[partition], window + 1)
@@ -289,12 +289,17 @@ class WindowPublisher:
         return done
 
     @staticmethod
-    async def _send(publish: Callable[[], Awaitable[Any]], deadline: float) -> BaseException | None:
+    async def _send(publish: Callable[[], Awaitable[Any]], deadline: float,
+                    at_least_once: bool = False) -> BaseException | None:
         """Publish until it is stored (None) or ``deadline`` (monotonic) passes (the last error;
-        nothing is tried past it). The same message id on every try: JetStream keeps one copy."""
+        nothing is tried past it, but once if ``at_least_once``: an end, 64 at once, costs one
+        publish timeout at most, and without it a slow round left a whole window unvouched).
+        The same message id on every try: JetStream keeps one copy."""
         pause = 0.25
         error: BaseException = TimeoutError("no time left to publish in this round")
-        while time.monotonic() < deadline:
+        tries = 0
+        while time.monotonic() < deadline or (at_least_once and tries == 0):
+            tries += 1
             try:
                 await publish()
                 return None
