@@ -10,6 +10,7 @@ import contextlib
 import glob
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -30,7 +31,29 @@ SECRET_KEY = "test-secret-key-0123456789abcdefghijklmn"
 REGION = "us-east-1"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A port free now, below the kernel's ephemeral range when it can: the kernel's own choice
+    (``bind(0)``) is in that range, where every outgoing connection takes its local port too, so
+    a service started (or restarted) on it later could find it taken by some client's socket (a
+    full run beside a trial of thousands of MQTT devices had four services refused "port already
+    in use")."""
+    low, _ = _ephemeral_range()
+    for _ in range(50):
+        port = random.randint(10_000, max(10_001, low - 1))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
