@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import nats.js.errors
 
 from iotdefender.cluster.ownership import bucket_keys
 from iotdefender.cluster.topology import Topology
@@ -33,3 +34,40 @@ def test_listing_the_members_every_tick_leaves_no_consumer_behind(jetstream):
         await nc.close()
 
     asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_a_listing_whose_consumer_the_server_removed_is_read_again():
+    """The server removes a listing's consumer after a second without its reader (a node starved of
+    CPU): the listing raised NotFoundError and the ownership round failed; now it lists again."""
+    class Gone(nats.js.errors.NotFoundError):
+        pass
+
+    class Watcher:
+        def __init__(self, keys: list[str], fail: bool) -> None:
+            self._keys, self._fail = keys, fail
+
+        def __aiter__(self):  # type: ignore[no-untyped-def]
+            return self._entries()
+
+        async def _entries(self):  # type: ignore[no-untyped-def]
+            if self._fail:
+                raise Gone()
+            for key in self._keys:
+                yield type("Entry", (), {"key": key, "value": b"", "delta": 0})()
+            yield None
+
+        async def stop(self) -> None:
+            if self._fail:
+                raise Gone()  # unsubscribing deletes a consumer that is gone too
+
+    class Bucket:
+        def __init__(self) -> None:
+            self.listings = 0
+
+        async def watchall(self, **_: object) -> Watcher:
+            self.listings += 1
+            return Watcher(["node-a", "node-b"], fail=self.listings == 1)
+
+    bucket = Bucket()
+    assert sorted(asyncio.run(bucket_keys(bucket))) == ["node-a", "node-b"]  # type: ignore[arg-type]
+    assert bucket.listings == 2
