@@ -536,38 +536,42 @@ def window_ended(window: int, clock: Clock, detect: Detect, brokers: list[Ending
 
 
 def test_a_window_whose_parts_a_broker_node_could_not_publish_gives_its_devices_no_datapoint_not_0(database):
-    clock, detect, (on_a, on_b, idle, mover), a, b = two_ending_brokers(database, "lost", 4)
+    clock, detect, (on_a, on_b, idle, mover, newcomer), a, b = two_ending_brokers(database, "lost", 5)
     a.intake.connect_attempt(idle, "10.0.0.1", True)
     for _ in range(2):
         a.intake.message_sent(on_a, "t/x", 10)
     for _ in range(3):
         b.intake.message_sent(on_b, "t/x", 10)
-    assert window_ended(W, clock, detect, [a, b]) == 3  # every publisher's end came: complete (the mover unseen)
+    b.intake.message_sent(mover, "t/x", 10)
+    assert window_ended(W, clock, detect, [a, b]) == 4  # every publisher's end came: complete
 
     # Window W+1: B cannot publish its part (NATS away longer than its retries); its end, published
     # once NATS is back, says so.
     a.intake.message_sent(on_a, "t/x", 10)
     for _ in range(3):
         b.intake.message_sent(on_b, "t/x", 10)
-    a.intake.connect_attempt(mover, "10.0.0.4", True)  # from B, maybe: its count on A may be a part
+    a.intake.connect_attempt(mover, "10.0.0.4", True)  # from B: its count on A is the rest of its window
     a.intake.message_sent(mover, "t/x", 10)
+    a.intake.connect_attempt(newcomer, "10.0.0.5", True)  # on no other node before: its part is whole
+    a.intake.message_sent(newcomer, "t/x", 10)
     clock.now = (W + 2) * WINDOW_S + 0.2
-    assert a.publish_due() == 2
+    assert a.publish_due() == 3
     b.down = {"part"}
     assert b.publish_due() == 0
     b.down = set()
     deliver(detect, a.sent)
     clock.now += detect.collector.grace_s
-    assert detect.collector.close_due() == 1  # incomplete: the devices with whole parts only
+    assert detect.collector.close_due() == 2  # incomplete: the devices with whole parts only
 
     # Window W+2: B publishes again; its end vouches for W+2 (not W+1): complete again.
     b.intake.message_sent(on_b, "t/x", 10)
-    assert window_ended(W + 2, clock, detect, [a, b]) == 4
+    assert window_ended(W + 2, clock, detect, [a, b]) == 5
 
     assert sent_counts(database, on_a) == [(W, 2), (W + 1, 1), (W + 2, 0)]
     assert sent_counts(database, on_b) == [(W, 3), (W + 2, 1)]  # no 0 for W+1, when it sent 3 through B
     assert sent_counts(database, idle) == [(W, 0), (W + 2, 0)]  # it may have been on B: no datapoint
-    assert sent_counts(database, mover) == [(W + 2, 0)]  # it connected to A in W+1: maybe from B
+    assert sent_counts(database, mover) == [(W, 1), (W + 2, 0)]  # on B in W: its W+1 on A is a part
+    assert sent_counts(database, newcomer) == [(W + 1, 1), (W + 2, 0)]
     detect.engine.dispose()
 
 
@@ -747,3 +751,24 @@ def test_ends_are_tried_even_when_the_parts_took_the_whole_round(database):
     clock.now = (W + 1) * WINDOW_S + 0.2
     assert asyncio.run(publisher.publish_due()) == 1
     assert sorted(ends) == [0, 1, 2, 3]
+
+
+def test_a_device_seen_by_a_publisher_that_went_silent_gets_no_part_count_without_reconnecting(database):
+    """An external broker's events reader taken over by another node: the devices stay connected to
+    the broker, and the new reader counts only what follows its start; a device the silent reader
+    saw in the window before has only a part in the new reader's, though it made no connection."""
+    clock, detect, (steady, later), a, b = two_ending_brokers(database, "reader", 2)
+    for _ in range(5):
+        a.intake.message_sent(steady, "t/x", 10)
+    b.publish_due()  # B publishes ends too (it has nothing to read yet)
+    assert window_ended(W, clock, detect, [a, b]) == 1
+    for _ in range(2):  # A is killed in W+1; B reads from then on: the rest of steady's window
+        b.intake.message_sent(steady, "t/x", 10)
+    b.intake.connect_attempt(later, "10.0.0.9", True)
+    b.intake.message_sent(later, "t/x", 10)
+    assert window_ended(W + 1, clock, detect, [b]) == 0  # waits for A's end
+    clock.now += detect.collector.wait_s
+    assert detect.collector.close_due() == 1
+    assert sent_counts(database, steady) == [(W, 5)]  # not 2: A held the rest of its W+1
+    assert sent_counts(database, later) == [(W + 1, 1)]
+    detect.engine.dispose()

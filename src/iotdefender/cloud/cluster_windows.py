@@ -312,21 +312,14 @@ class WindowPublisher:
         return error
 
 
-def _unmoved(parts: Mapping[str, ClientWindow]) -> dict[str, ClientWindow]:
-    """The devices of an incomplete window whose parts are whole: those that made no connection
-    attempt in it. One that (re)connected may have spent the rest of the window on the publisher
-    whose parts are missing (the node killed, its devices moving to another): its counts would be
-    a part, a wrong value ("too few" messages) rather than a missing one."""
-    return {thing: part for thing, part in parts.items() if part.connection_attempts == 0}
-
-
 def _described(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
 #: A window to close for some partitions: (window, partitions, each device's merged part, the
-#: partitions among them whose window is incomplete: datapoints for the devices with parts only).
-Closing = tuple[int, frozenset[int], dict[str, ClientWindow], frozenset[int]]
+#: partitions among them whose window is incomplete, and the things of those whose parts are whole:
+#: the only ones given a datapoint there).
+Closing = tuple[int, frozenset[int], dict[str, ClientWindow], frozenset[int], frozenset[str]]
 
 
 class FencedCloudStore:
@@ -410,6 +403,9 @@ class WindowCollector:
         self._read_through, self._longest_wait_s = read_through, longest_wait_s
         self.ends = WindowEnds(horizon_for(wait_s, window_s))
         self._waiting: set[int] = set()  # partitions whose next window waits for publishers' ends
+        # partition -> (the last window merged here, each of its things' publishers in it): who may
+        # hold the rest of a device's window when a publisher's parts are missing (``_whole``).
+        self._seen: dict[int, tuple[int, dict[str, frozenset[str]]]] = {}
         self._clock = clock
         self._engine = engine
         self._owned = owned
@@ -550,7 +546,7 @@ class WindowCollector:
 
     def released(self, partition: int) -> None:
         """Forget the partition; its parts stay in PostgreSQL for its next owner."""
-        for state in (self._next, self._ready, self._floors):
+        for state in (self._next, self._ready, self._floors, self._seen):
             state.pop(partition, None)
         self.ends.forget(partition)
         self._waiting.discard(partition)
@@ -587,15 +583,35 @@ class WindowCollector:
         for window in sorted(due):
             partitions = frozenset(due[window])
             incomplete = frozenset(p for p, verdict in due[window].items() if verdict is Verdict.INCOMPLETE)
-            clients = {thing: merge_windows(self._parts.pop((w, thing)).values())
-                       for w, thing in [key for key in self._parts
-                                        if key[0] == window and self._partition(key[1]) in partitions]}
+            by_node = {thing: self._parts.pop((w, thing)) for w, thing in [
+                key for key in self._parts if key[0] == window and self._partition(key[1]) in partitions]}
+            clients = {thing: merge_windows(parts.values()) for thing, parts in by_node.items()}
+            whole = frozenset(thing for thing in clients if self._partition(thing) in incomplete
+                              and self._whole(thing, window, clients[thing]))
             if incomplete:
                 WINDOWS_INCOMPLETE.inc(len(incomplete))
                 log.warning("cloud_window_incomplete", window=window, partitions=len(incomplete),
                             publishers=sorted({node for p in incomplete for node in self.ends.short(p, window)}))
-            closings.append((window, partitions, clients, incomplete))
+            for partition in partitions:
+                self._seen[partition] = (window, {})
+            for thing, parts in by_node.items():
+                self._seen[self._partition(thing)][1][thing] = frozenset(parts)
+            closings.append((window, partitions, clients, incomplete, whole))
         return closings
+
+    def _whole(self, thing: str, window: int, part: ClientWindow) -> bool:
+        """Whether a device's part of an incomplete window is all of its window: none of the
+        publishers whose parts are missing (killed, cut off) saw it in the window before (it was not
+        on them: a device moving off a killed broker node has only the rest of the window on the
+        node it moved to, a part of the truth that raised "too few" alarms; and a takeover of an
+        external broker's events reader counts only what follows it). Not known after a takeover
+        of the partition (its previous window was merged elsewhere): whole if it made no connection
+        attempt in the window (one that did may come from a missing publisher)."""
+        partition = self._partition(thing)
+        seen = self._seen.get(partition)
+        if seen is None or seen[0] != window - 1:
+            return part.connection_attempts == 0
+        return not seen[1].get(thing, frozenset()) & set(self.ends.short(partition, window))
 
     def _waited_out(self, partition: int, end: float, lagged: float) -> bool:
         """Whether a window ended at ``end`` has waited long enough for its publishers' ends: the
@@ -613,14 +629,14 @@ class WindowCollector:
         aggregator = self.cloud.aggregator
         closed: dict[int, int] = {}  # partition -> the last window closed for it here
         try:
-            for window, partitions, clients, incomplete in closings:
+            for window, partitions, clients, incomplete, whole in closings:
                 for thing, part in clients.items():
                     aggregator.add_window(window, thing, part)  # what it says of the device's connection
                 taken = aggregator.take(window)
                 done += self.cloud.close_window(window, taken, owns=self._among(partitions - incomplete))
                 if incomplete:
-                    done += self.cloud.close_window(window, _unmoved(taken), owns=self._among(incomplete),
-                                                    seen_only=True)
+                    done += self.cloud.close_window(window, {t: p for t, p in taken.items() if t in whole},
+                                                    owns=self._among(incomplete), seen_only=True)
                 closed.update(dict.fromkeys(partitions, window))
         finally:
             # One mark per partition for all the windows closed here (short windows close several
@@ -667,7 +683,7 @@ class WindowCollector:
     def failed(self, closings: Sequence[Closing]) -> None:
         """A close raised (the database is down): what it did not commit is still in the database
         (the parts, the marks), so its partitions are resumed from there by ``recover``."""
-        for _, partitions, _, _ in closings:
+        for _, partitions, _, _, _ in closings:
             self._stale |= partitions
 
     async def recover(self) -> None:
