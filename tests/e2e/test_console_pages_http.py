@@ -501,3 +501,33 @@ def test_an_sns_target_with_one_arn_says_which_is_missing(service, topic, role, 
     assert "Value '0'" not in text and f'value="{topic}"' in text and f'value="{role}"' in text
     with pytest.raises(Exception, match="ResourceNotFoundException"):
         service.client().describe_security_profile(securityProfileName="pt-half-target")
+
+
+def test_a_refused_profile_update_comes_back_as_typed_with_the_reason_by_its_field(service):
+    """A refused edit of a profile shows the form as it was typed (behaviors, description, targets,
+    alert target), the same version, and AWS's reason by the field it concerns: an invalid behavior
+    by the behaviors, a stale version above the form."""
+    client, token = logged_in(service)
+    iot = service.client()
+    iot.create_security_profile(securityProfileName="pu-prof", behaviors=[FEW_PORTS])
+    topic, role = "arn:aws:sns:us-east-1:123456789012:pu-topic", "arn:aws:iam::123456789012:role/pu-role"
+    typed = '[{"name": "pu-typed", "metric": "aws:num-listening-tcp-ports", "criteria": {"value": {"count": 2}}}]'
+    refused = client.post("/console/profiles/pu-prof", data={
+        "csrf": token, "version": "1", "description": "typed words", "behaviors": typed,
+        "targets": [f"{ARN}:all/registered-things"], "alert_topic": topic, "alert_role": role})
+    assert refused.status_code == 400
+    page = refused.text
+    assert _textarea(page, 'id="profile-form"', "behaviors") == typed
+    assert _field(page, "profile-form", "description") == "typed words"
+    assert _field(page, "profile-form", "alert_topic") == topic and _field(page, "profile-form", "alert_role") == role
+    assert re.findall(r'value="([^"]*)" checked', page) == [f"{ARN}:all/registered-things"]
+    assert '<input type="hidden" name="version" value="1">' in page
+    by_behaviors = re.search(r'</textarea></label>\s*</div>\s*<p class="error field" role="alert">(.*?)</p>', page, re.S)
+    assert by_behaviors and html.unescape(by_behaviors.group(1)).startswith("InvalidRequestException: ")
+    assert iot.describe_security_profile(securityProfileName="pu-prof")["behaviors"] == [FEW_PORTS]
+
+    stale = client.post("/console/profiles/pu-prof", data={
+        "csrf": token, "version": "7", "description": "stale words", "behaviors": "[]"})
+    assert stale.status_code == 400 and _field(stale.text, "profile-form", "description") == "stale words"
+    above = re.search(r'<p class="error" role="alert">(.*?)</p>\s*<form method="post" class="profile"', stale.text, re.S)
+    assert above and above.group(1).startswith("VersionConflictException: ")
