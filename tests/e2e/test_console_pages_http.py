@@ -477,6 +477,8 @@ def test_a_profile_created_whose_target_is_refused_comes_back_as_its_edit_form(s
         "csrf": token, "name": "pt-made", "description": "typed", "behaviors": "[]", "targets": [missing]})
     assert refused.status_code == 400 and "ResourceNotFoundException" in refused.text
     assert "The profile was created, but not every target was changed" in refused.text
+    assert re.search(r'<legend>Targets</legend>.*?</fieldset>\s*<p class="error field" role="alert">The profile was '
+                     r'created', refused.text, re.S)  # by the targets
     assert 'action="/console/profiles/pt-made"' in refused.text and '<input type="hidden" name="version" value="1">' \
         in refused.text
     assert iot.describe_security_profile(securityProfileName="pt-made")["securityProfileDescription"] == "typed"
@@ -499,6 +501,8 @@ def test_an_sns_target_with_one_arn_says_which_is_missing(service, topic, role, 
     text = html.unescape(refused.text)
     assert refused.status_code == 400 and "An SNS alert target needs both ARNs" in text and f"Fill in {missing}" in text
     assert "Value '0'" not in text and f'value="{topic}"' in text and f'value="{role}"' in text
+    assert re.search(r'<legend>SNS alert target.*?</fieldset>\s*<p class="error field" role="alert">An SNS alert',
+                     text, re.S)  # by the alert target's fields
     with pytest.raises(Exception, match="ResourceNotFoundException"):
         service.client().describe_security_profile(securityProfileName="pt-half-target")
 

@@ -2,7 +2,8 @@
 
 Each form runs the same AWS operations as the API (CreateSecurityProfile, UpdateSecurityProfile,
 AttachSecurityProfile, ...) with the same validation, so the console can never store a profile the
-API would refuse; a refusal is shown next to the field it concerns, with the form as it was typed.
+API would refuse; a refusal comes back through ``writes.perform`` as every console form's does, the
+form as it was typed with the reason next to the field it concerns.
 """
 
 from __future__ import annotations
@@ -17,30 +18,28 @@ from starlette.responses import RedirectResponse, Response
 from iotdefender.contract.errors import ApiError
 from iotdefender.console.auth import Page, login_required
 from iotdefender.console.context import ConsoleContext
-from iotdefender.console.writes import refusal, run
+from iotdefender.console.writes import Refused, Rejected, perform, refusal, run
 from iotdefender.store import insights
 
 FLEET_TARGETS = ("all/things", "all/registered-things", "all/unregistered-things")
 
 
-class FormProblem(Exception):
-    """A refusal to show by its field. ``saved``: the profile itself was created or updated before
-    the refusal (its targets were not), so the form comes back as the profile's edit form."""
-
-    def __init__(self, field: str, message: str, saved: bool = False) -> None:
-        super().__init__(message)
-        self.field, self.message, self.saved = field, message, saved
+FORM = "profile"
+# A refusal of the targets comes after the profile itself was created or updated (only its targets
+# were not): the form comes back as the profile's edit form.
+TARGETS = "targets"
 
 
 def _behaviors(text: str) -> list[Any]:
     try:
         document = orjson.loads(text or "[]")
     except orjson.JSONDecodeError as error:
-        raise FormProblem("behaviors", f"Behaviors are not valid JSON: {error}") from None
+        raise Rejected(f"Behaviors are not valid JSON: {error}", field="behaviors") from None
     if isinstance(document, dict) and "behaviors" in document:
         document = document["behaviors"]
     if not isinstance(document, list):
-        raise FormProblem("behaviors", "Behaviors must be a JSON list of behaviors (as in create-security-profile)")
+        raise Rejected("Behaviors must be a JSON list of behaviors (as in create-security-profile)",
+                       field="behaviors")
     return document
 
 
@@ -91,9 +90,9 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         if bool(values["alert_topic"]) != bool(values["alert_role"]):
             # AWS's answer would be a length constraint on the empty member ("Value '' at
             # 'alertTargets.SNS.roleArn' ... length greater than or equal to 20"): say what is missing.
-            raise FormProblem("alert", "An SNS alert target needs both ARNs: the topic's and the role's that may "
-                                       "publish to it. Fill in " + ("Role ARN" if values["alert_topic"] else "Topic ARN")
-                              + ", or empty both for no alert target")
+            raise Rejected("An SNS alert target needs both ARNs: the topic's and the role's that may publish to it. "
+                           "Fill in " + ("Role ARN" if values["alert_topic"] else "Topic ARN")
+                           + ", or empty both for no alert target", field="alert")
         if values["alert_topic"] or values["alert_role"]:
             params["alertTargets"] = {"SNS": {"alertTargetArn": values["alert_topic"],
                                               "roleArn": values["alert_role"]}}
@@ -110,7 +109,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                     params["deleteBehaviors"] = True
                 api.invoke("UpdateSecurityProfile", params)
         except ApiError as error:
-            raise FormProblem(_field_of(error), f"{error.code}: {error.message}") from None
+            raise Rejected(f"{error.code}: {error.message}", field=_field_of(error)) from None
         listed = api.invoke("ListTargetsForSecurityProfile", {"securityProfileName": values["name"]})
         current = {t["arn"] for t in listed["securityProfileTargets"]}
         wanted = set(values["targets"])
@@ -123,27 +122,31 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                                                      "securityProfileTargetArn": arn})
         except ApiError as error:
             done = "created" if creating else "saved"
-            raise FormProblem("targets", f"The profile was {done}, but not every target was changed: "
-                                         f"{error.code}: {error.message}", saved=True) from None
+            raise Rejected(f"The profile was {done}, but not every target was changed: "
+                           f"{error.code}: {error.message}", field=TARGETS) from None
 
-    async def show(request: Request, values: dict[str, Any], creating: bool, problem: FormProblem | None = None
+    async def show(request: Request, values: dict[str, Any], creating: bool, refused: Refused | None = None
                    ) -> Response:
-        return console.render(request, "profile_edit.html", status_code=400 if problem else 200, values=values,
-                              creating=creating, problem=problem, choices=await run(console, target_choices))
+        """The form: ``values`` (a profile's, or the new profile's defaults), or after a refusal the
+        form as typed (``refused``) with the reason by its field; ``values`` name the profile the
+        form saves and the version it edits."""
+        return console.render(request, "profile_edit.html", status_code=refused.status if refused else 200,
+                              values=values, creating=creating, refused=refused, form=FORM,
+                              choices=await run(console, target_choices))
 
     async def submit(request: Request, name: str | None) -> Response:
         """Save the posted form; on a refusal show it again as typed, with the reason by its field."""
         creating = name is None
         values = from_form(await request.form(), name)
-        try:
-            await run(console, save, values, creating)
-        except FormProblem as problem:
-            if problem.saved:  # sent again, the form must update the profile now, not create it anew
-                values["version"] = (await run(console, load, values["name"]))["version"]
-                creating = False
-            return await show(request, values, creating, problem)
-        return RedirectResponse(f"/console/profiles/{values['name']}" + ("?created=1" if creating else "?saved=1"),
-                                status_code=303)
+
+        async def show_refused(refused: Refused) -> Response:
+            if refused.field == TARGETS:  # sent again, the form must update the profile now, not create it anew
+                saved = {**values, "version": (await run(console, load, values["name"]))["version"]}
+                return await show(request, saved, False, refused)
+            return await show(request, values, creating, refused)
+
+        back = f"/console/profiles/{values['name']}" + ("?created=1" if creating else "?saved=1")
+        return await perform(console, request, FORM, lambda: save(values, creating), back, show_refused)
 
     @login_required
     async def new_profile(request: Request) -> Response:

@@ -5,7 +5,8 @@ handlers), and the operator lands back on the page they came from; when the API 
 that holds the form is shown again (``show``) with that form as it was typed and AWS's reason by it
 (its exception name, with the HTTP status), never a 500 and never a page that loses what was typed.
 Templates read a refused form through the globals ``typed``, ``typed_list`` and ``refusal_for``
-(``console.context``).
+(``console.context``) and place its reason with the macro ``reason`` (``_refused.html``): by the
+form, or by the field the refusal concerns (``Refused.field``) on a form that says so.
 """
 
 from __future__ import annotations
@@ -40,15 +41,16 @@ def refusal(console: ConsoleContext, request: Request, title: str, error: ApiErr
 class Refused:
     """A form the API refused: which form of its page (``form``: a page can hold several), every
     value typed in it (a list each, as a field can be sent more than once: checkboxes, multiple
-    selects) and AWS's reason."""
+    selects), AWS's reason and the field it concerns (``field``; empty: the form as a whole)."""
     form: str
     typed: dict[str, list[str]]
     reason: str
     status: int
+    field: str = ""
 
     @classmethod
-    def of(cls, form: str, posted: FormData, error: ApiError | None = None, reason: str = "", status: int = 400
-           ) -> Refused:
+    def of(cls, form: str, posted: FormData, error: ApiError | None = None, reason: str = "", status: int = 400,
+           field: str = "") -> Refused:
         """``posted`` refused by ``error``, or by what the console checks before any operation
         (``reason``, ``status``)."""
         typed: dict[str, list[str]] = {}
@@ -57,7 +59,16 @@ class Refused:
                 typed.setdefault(key, []).append(value)
         if error is not None:
             reason, status = f"{error.code}: {error.message}", error.status
-        return cls(form, typed, reason, status)
+        return cls(form, typed, reason, status, field)
+
+
+class Rejected(Exception):
+    """A refusal the console words itself, raised by a form's ``calls``: what it checks before any
+    operation, or AWS's refusal placed by the ``field`` it concerns."""
+
+    def __init__(self, reason: str, status: int = 400, field: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.status, self.field = reason, status, field
 
 
 Show = Callable[[Refused], Awaitable[Response]]
@@ -66,8 +77,9 @@ Calls = Sequence[tuple[str, dict[str, Any]]] | Callable[[], Any]
 
 async def perform(console: ConsoleContext, request: Request, form: str, calls: Calls, back: str, show: Show
                   ) -> Response:
-    """Run the operations in order (or the function ``calls``); on success go to ``back`` (or the
-    form's ``next``), on a refusal answer ``show(Refused)``: the page again, the form as typed."""
+    """Run the operations in order (or the function ``calls``, which may raise ``Rejected``); on
+    success go to ``back`` (or the form's ``next``), on a refusal answer ``show(Refused)``: the page
+    again, the form as typed."""
     def invoke_all() -> None:
         if callable(calls):
             calls()
@@ -80,6 +92,9 @@ async def perform(console: ConsoleContext, request: Request, form: str, calls: C
         await run(console, invoke_all)
     except ApiError as error:
         return await show(Refused.of(form, posted, error))
+    except Rejected as rejected:
+        return await show(Refused.of(form, posted, reason=rejected.reason, status=rejected.status,
+                                     field=rejected.field))
     return RedirectResponse(safe_next(str(posted.get("next", "")) or back), status_code=303)
 
 
