@@ -535,3 +535,13 @@ def test_a_refused_profile_update_comes_back_as_typed_with_the_reason_by_its_fie
     assert stale.status_code == 400 and _field(stale.text, "profile-form", "description") == "stale words"
     above = re.search(r'<p class="error" role="alert">(.*?)</p>\s*<form method="post" class="profile"', stale.text, re.S)
     assert above and above.group(1).startswith("VersionConflictException: ")
+
+
+def test_a_refused_name_on_the_edit_form_is_shown_above_it(service):
+    """The edit form has no name field: a refusal of the name (here too long for a profile) was
+    placed by that field and so shown nowhere; it shows above the form."""
+    client, token = logged_in(service)
+    refused = client.post("/console/profiles/" + "n" * 200, data={"csrf": token, "description": "kept",
+                                                                   "behaviors": "[]"})
+    assert refused.status_code == 400 and _field(refused.text, "profile-form", "description") == "kept"
+    assert any("securityProfileName" in r for r in _reasons(refused.text)), _reasons(refused.text)
