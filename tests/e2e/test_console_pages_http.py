@@ -479,6 +479,7 @@ def test_a_profile_created_whose_target_is_refused_comes_back_as_its_edit_form(s
     assert "The profile was created, but not every target was changed" in refused.text
     assert re.search(r'<legend>Targets</legend>.*?</fieldset>\s*<p class="error field" role="alert">The profile was '
                      r'created', refused.text, re.S)  # by the targets
+    assert re.findall(r'value="([^"]*)" checked', refused.text) == [missing]  # as typed, though no choice
     assert 'action="/console/profiles/pt-made"' in refused.text and '<input type="hidden" name="version" value="1">' \
         in refused.text
     assert iot.describe_security_profile(securityProfileName="pt-made")["securityProfileDescription"] == "typed"
