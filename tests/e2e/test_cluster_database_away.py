@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cluster_nats3 import every_device_accepted_since, healthz
-from tests.support.cluster_fleets import two_nodes_under_load
-from tests.support.fleet import exact_books, per_device
+from tests.support.cluster_fleets import back_after, two_nodes_under_load
 from tests.support.processes import PostgresCluster, ServiceProcess, wait_for
 
 pytestmark = pytest.mark.postgres
@@ -44,7 +42,7 @@ def test_postgresql_down_for_every_node_moves_no_partition(jetstream, tmp_path: 
             "--cluster-lease-ttl", str(LEASE_TTL_S)]
     try:
         with two_nodes_under_load(url, args, tmp_path, "away", DEVICES_PER_NODE, 0.2, accepted=3) as (a, b, iot, fleets):
-            wait_for(lambda: healthz(a) == 200 and healthz(b) == 200, 20, "both nodes hold their share")
+            wait_for(lambda: a.healthz() == 200 and b.healthz() == 200, 20, "both nodes hold their share")
             before = moves(a) + moves(b)
             database.halt()
             try:
@@ -52,13 +50,7 @@ def test_postgresql_down_for_every_node_moves_no_partition(jetstream, tmp_path: 
                 during = moves(a) + moves(b) - before
             finally:
                 database.resume()
-            back = time.monotonic()
-            accepted = per_device(fleets)
-            wait_for(lambda: every_device_accepted_since(fleets, accepted, 3), 30,
-                     "every device accepted again once the database is back")
-            accepted_again = time.monotonic() - back
-            wait_for(lambda: healthz(a) == 200 and healthz(b) == 200, 20, "/healthz 200 on both nodes again")
-            figures = exact_books(iot, fleets)
+            accepted_again, figures = back_after(iot, a, b, fleets, time.monotonic(), "once the database is back")
             print(f"database away for both nodes {OUTAGE_S:.0f}s (grace {3 * LEASE_TTL_S:.0f}s): {during} partition "
                   f"acquisitions/releases/expiries while it was down; every device accepted 3 more "
                   f"{accepted_again:.1f}s after it was back; books {figures}")

@@ -22,9 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_cluster_nats3 import healthz
-from tests.support.cluster_fleets import two_nodes_under_load
-from tests.support.fleet import exact_books, per_device
+from tests.support.cluster_fleets import back_after, two_nodes_under_load
 from tests.support.processes import PostgresCluster, ServiceProcess, wait_for
 
 pytestmark = pytest.mark.postgres
@@ -56,7 +54,7 @@ def test_postgresql_frozen_under_load_in_a_cluster(jetstream, tmp_path: Path):
             database.freeze()
             frozen = time.monotonic()
             try:
-                wait_for(lambda: healthz(a) == 503 and healthz(b) == 503, FREEZE_S - 2,
+                wait_for(lambda: a.healthz() == 503 and b.healthz() == 503, FREEZE_S - 2,
                          "/healthz 503 on both nodes while PostgreSQL is frozen")
                 told = time.monotonic() - frozen
                 wait_for(lambda: sum(f.book.outcomes()["ServiceUnavailable"] for f in fleets) > unavailable_before,
@@ -71,13 +69,7 @@ def test_postgresql_frozen_under_load_in_a_cluster(jetstream, tmp_path: Path):
             # Told by the detect nodes: more ServiceUnavailable answers than broker nodes' waits that ran
             # out (each of those is one such answer; before, they were all of them).
             assert unavailable > timed_out, (unavailable, timed_out)
-            thawed = time.monotonic()
-            before = per_device(fleets)
-            wait_for(lambda: all(n >= before[thing] + 3 for thing, n in per_device(fleets).items()), 40,
-                     "every device accepted again after the thaw")
-            accepted_again = time.monotonic() - thawed
-            wait_for(lambda: healthz(a) == 200 and healthz(b) == 200, 20, "/healthz 200 on both nodes again")
-            figures = exact_books(iot, fleets)
+            accepted_again, figures = back_after(iot, a, b, fleets, time.monotonic(), "after the thaw", 40)
             print(f"cluster frozen: /healthz 503 on both {told:.1f}s after the freeze, first ServiceUnavailable "
                   f"{first_unavailable:.1f}s, {unavailable} while frozen of which {timed_out} the brokers' waits; every device accepted 3 more {accepted_again:.1f}s after the thaw; "
                   f"books {figures}")

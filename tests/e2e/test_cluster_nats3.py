@@ -32,7 +32,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.support.fleet import Fleet, exact_books, not_answered_for_good, per_device, prepare
@@ -139,12 +138,6 @@ def messages_sent_around(iot: Any, things: list[str], start: float, end: float) 
     return found
 
 
-def healthz(svc: ServiceProcess) -> int:
-    try:
-        return httpx.get(svc.endpoint + "/healthz", timeout=10).status_code
-    except httpx.HTTPError:
-        return 0
-
 
 def test_one_nats_server_killed_postgresql_crashed_then_rolling_restart_under_load(nats3, postgres, tmp_path: Path):
     started = time.monotonic()
@@ -228,7 +221,7 @@ def test_one_nats_server_killed_postgresql_crashed_then_rolling_restart_under_lo
         postgres.halt()
         halted = time.monotonic()
         try:
-            wait_for(lambda: healthz(a) == 503 and healthz(b) == 503, DATABASE_DOWN_S, "/healthz 503 on both nodes")
+            wait_for(lambda: a.healthz() == 503 and b.healthz() == 503, DATABASE_DOWN_S, "/healthz 503 on both nodes")
             time.sleep(max(0.0, DATABASE_DOWN_S - (time.monotonic() - halted)))
         finally:
             postgres.resume()
@@ -237,7 +230,7 @@ def test_one_nats_server_killed_postgresql_crashed_then_rolling_restart_under_lo
                  "every device accepted again after PostgreSQL's restart")
         print(f"nats3: PostgreSQL down {resumed - halted:.1f}s; every device accepted 3 more "
               f"{time.monotonic() - resumed:.1f}s after it was back")
-        wait_for(lambda: healthz(a) == 200 and healthz(b) == 200, 20, "/healthz 200 on both nodes again")
+        wait_for(lambda: a.healthz() == 200 and b.healthz() == 200, 20, "/healthz 200 on both nodes again")
 
         # Rolling restart under load: A's devices move to B while A restarts and come back, then B's.
         rolled = time.monotonic()

@@ -18,7 +18,6 @@ import json
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support.figures import publish_figures
@@ -77,12 +76,6 @@ def test_kill9_under_load_loses_and_repeats_nothing(backend, request, tmp_path):
         assert figures["lost"] == 0 and figures["duplicated_events"] == 0 and figures["missing_events"] == 0
 
 
-def healthz(svc: ServiceProcess) -> int:
-    try:
-        return httpx.get(svc.endpoint + "/healthz", timeout=5).status_code
-    except httpx.HTTPError:
-        return 0
-
 
 def test_postgresql_stopped_under_load(tmp_path):
     cluster = PostgresCluster()
@@ -102,13 +95,13 @@ def outage(cluster: PostgresCluster, svc: ServiceProcess, iot, fleet: Fleet,  # 
     time.sleep(3)
     cluster.halt()
     halted = time.monotonic()
-    wait_for(lambda: healthz(svc) == 503, 10, "/healthz 503 during the outage")
+    wait_for(lambda: svc.healthz(5) == 503, 10, "/healthz 503 during the outage")
     with pytest.raises(iot.exceptions.ServiceUnavailableException):
         iot.list_security_profiles()
     time.sleep(max(0.0, 10 - (time.monotonic() - halted)))
     during = fleet.book.outcomes()
     cluster.resume()
-    wait_for(lambda: healthz(svc) == 200, 30, "/healthz 200 after the outage")
+    wait_for(lambda: svc.healthz(5) == 200, 30, "/healthz 200 after the outage")
     while not hook.received.empty():  # alerts from before the outage
         hook.received.get()
     hook.next(timeout=20)  # alert delivery resumed by itself (its loop used to die with the outage)
@@ -174,7 +167,7 @@ def test_postgresql_frozen_under_load(tmp_path):
                 wait_for(lambda: count(fleet, "ServiceUnavailable") > 0, FREEZE_S - 1,
                          "a ServiceUnavailable answer while PostgreSQL is frozen")
                 first_unavailable = time.monotonic() - frozen
-                wait_for(lambda: healthz(svc) == 503, 5, "/healthz 503 while PostgreSQL is frozen")
+                wait_for(lambda: svc.healthz(5) == 503, 5, "/healthz 503 while PostgreSQL is frozen")
                 time.sleep(max(0.0, FREEZE_S - (time.monotonic() - frozen)))
                 accepted_frozen = count(fleet, "ACCEPTED")
                 unavailable_frozen = count(fleet, "ServiceUnavailable")

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.support.fleet import Fleet, per_device, prepare
+from tests.support.fleet import Fleet, exact_books, per_device, prepare
 from tests.support.processes import ServiceProcess, wait_for
 
 
@@ -39,3 +40,16 @@ def two_nodes_under_load(database_url: str, args: list[str], root: Path, prefix:
             fleet.close()
         b.stop()
         a.stop()
+
+
+def back_after(iot: Any, a: ServiceProcess, b: ServiceProcess, fleets: list[Fleet], since: float,
+               what: str, timeout: float = 30) -> tuple[float, list[dict[str, Any]]]:
+    """Once the database is back (at ``since``, monotonic): the seconds until every device had 3
+    more reports accepted, after both nodes answer /healthz 200 again, and the fleets' books
+    (``exact_books``: nothing lost or duplicated)."""
+    before = per_device(fleets)
+    wait_for(lambda: all(n >= before[thing] + 3 for thing, n in per_device(fleets).items()), timeout,
+             f"every device accepted again {what}")
+    seconds = time.monotonic() - since
+    wait_for(lambda: a.healthz() == 200 and b.healthz() == 200, 20, "/healthz 200 on both nodes again")
+    return seconds, exact_books(iot, fleets)

@@ -214,6 +214,13 @@ class ServiceProcess:
 
         wait_for(healthy, 60, "iotdefender serve")
 
+    def healthz(self, timeout: float = 10) -> int:
+        """The status of ``GET /healthz`` (0: no answer)."""
+        try:
+            return httpx.get(self.endpoint + "/healthz", timeout=timeout).status_code
+        except httpx.HTTPError:
+            return 0
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
