@@ -402,7 +402,6 @@ class WindowCollector:
         self.wait_s, self._ends_in_use = wait_s, ends_in_use
         self._read_through, self._longest_wait_s = read_through, longest_wait_s
         self.ends = WindowEnds(horizon_for(wait_s, window_s))
-        self._waiting: set[int] = set()  # partitions whose next window waits for publishers' ends
         # partition -> (the last window merged here, each of its things' publishers in it): who may
         # hold the rest of a device's window when a publisher's parts are missing (``_whole``).
         self._seen: dict[int, tuple[int, dict[str, frozenset[str]]]] = {}
@@ -549,7 +548,6 @@ class WindowCollector:
         for state in (self._next, self._ready, self._floors, self._seen):
             state.pop(partition, None)
         self.ends.forget(partition)
-        self._waiting.discard(partition)
         for key in [key for key in self._parts if self._partition(key[1]) == partition]:
             del self._parts[key]
 
@@ -562,7 +560,6 @@ class WindowCollector:
         current = self.cloud.aggregator.index(lagged)
         owned = self._owned()
         due: dict[int, dict[int, Verdict]] = {}
-        self._waiting.clear()
         waiting_for_ends = self._ends_in_use()
         for partition, first in list(self._next.items()):
             if partition not in owned or lagged < self._ready[partition] or partition in self._stale:
@@ -574,7 +571,6 @@ class WindowCollector:
                 if verdict is Verdict.WAIT and not waiting_for_ends:
                     verdict = Verdict.COMPLETE  # nobody sends ends now: closed at its grace, as before them
                 if verdict is Verdict.WAIT:
-                    self._waiting.add(partition)
                     break
                 due.setdefault(window, {})[partition] = verdict
                 window += 1
@@ -673,12 +669,12 @@ class WindowCollector:
 
     def _next_due(self) -> float:
         """When the next window of a held partition is due (clock time), at most 1 s from now so a
-        partition acquired meanwhile is seen."""
+        partition acquired meanwhile is seen. A window waiting for publishers' ends is due already:
+        the loop looks again 0.05 s later, as the ends may come any moment."""
         now = self._clock()
         due = [max((first + 1) * self._window_s, self._ready[partition]) + self.grace_s
                for partition, first in self._next.items() if partition not in self._stale]  # those: each 1 s
-        waiting = [now + 0.1] if self._waiting else []  # for publishers' ends, which come any moment
-        return min([now + 1.0, *due, *waiting])
+        return min([now + 1.0, *due])
 
     def failed(self, closings: Sequence[Closing]) -> None:
         """A close raised (the database is down): what it did not commit is still in the database
