@@ -222,6 +222,32 @@ def test_the_next_owner_takes_over_the_alarms_of_exactly_that_partition(database
     assert a.alarmed() == set()
 
 
+def test_partitions_released_together_are_forgotten_in_one_pass_over_the_things_held(database, node):
+    """A node giving several partitions away at once (a node joined) forgets them in one pass over
+    what it holds, not one pass each (each pass hashes every held thing's name), and only them."""
+    a = node()
+    alarms_in_p_and_q(a)
+    r = 7
+    kept = things_in(r, 1)[0]
+    a.store.acquire(r, 12)
+    a.store.store(r, 12, [delivery(kept, 1, ports=5)])
+    passes: list[int] = []
+    give_up = a.detection.give_up
+
+    def counted(owns: Callable[[str], bool]) -> None:
+        passes.append(1)
+        give_up(owns)
+
+    a.detection.give_up = counted  # type: ignore[method-assign]
+
+    async def released_together() -> None:
+        await asyncio.gather(a.store.on_released(P), a.store.on_released(Q))
+
+    asyncio.run(released_together())
+    assert a.alarmed() == {kept}
+    assert len(passes) == 1
+
+
 def test_taking_a_partition_over_keeps_the_other_partitions_states_in_memory(database, node):
     b = node()
     other = things_in(Q, 1)[0]

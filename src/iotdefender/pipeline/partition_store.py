@@ -134,6 +134,7 @@ class PartitionBatchStore:
         # arrive while one runs (pipeline/group_commit.py).
         self._acquisitions: GroupCommit[tuple[int, int], None] = GroupCommit(self.acquire_many, "partition-acquirer")
         self._moves: GroupCommit[tuple[int, int, int], bool] = GroupCommit(self.retoken_many, "fence-mover")
+        self._releases: GroupCommit[int, None] = GroupCommit(self.release_many, "partition-releaser")
 
     # -- for DetectConsumer ----------------------------------------------------------------------
     async def handle(self, partition: int, token: int, deliveries: Sequence[Delivery],
@@ -209,7 +210,8 @@ class PartitionBatchStore:
         await self._acquisitions((partition, token))
 
     async def on_released(self, partition: int) -> None:
-        await asyncio.to_thread(self.release, partition)
+        """``release`` with the other releases of the round, in one pass over the things held."""
+        await self._releases(partition)
 
     async def on_retoken(self, partition: int, old: int, new: int) -> bool:
         """``retoken_many`` with the other moves of the renewal round (after a leases bucket's
@@ -259,7 +261,16 @@ class PartitionBatchStore:
 
     def release(self, partition: int) -> None:
         """Forget the partition's things: their next owner loads them from the database."""
-        self._detection.give_up(self._owns(partition))
+        self.release_many([partition])
+
+    def release_many(self, partitions: Sequence[int]) -> list[None]:
+        """Forget the things of every partition given: one pass over the things held, under the
+        detection lock. A pass per partition hashed every held thing's name once per partition
+        (~1 µs each): a node giving 32 partitions away with 100k devices' windows held the lock,
+        and so every partition's batches, for ~2 s."""
+        gone = frozenset(partitions)
+        self._detection.give_up(lambda thing: partition_of(thing, self._partitions) in gone)
+        return [None] * len(partitions)
 
     def sweep(self, now: float, owned: Mapping[int, int]) -> list[EventSummary]:
         """The invalidation sweep over the things of the partitions this node owns ({partition:
@@ -422,9 +433,6 @@ class PartitionBatchStore:
             run.commit_check = lambda conn: metric_values.reports_stored(conn, marks) if marks else True
         self._on_events(summaries(run.settled + run.events))
         return _Committed(frozenset(report.sequence for report in fresh), stale)
-
-    def _owns(self, partition: int) -> Callable[[str], bool]:
-        return lambda thing: partition_of(thing, self._partitions) == partition
 
 
 def _in_report_order(conn: Connection, reports: list[_Report]) -> tuple[list[_Report], frozenset[int]]:

@@ -1,12 +1,16 @@
-"""What a detect node's event loop spends on the cloud-side window parts it holds when partitions
-move: a take-over resumes partitions (``WindowCollector.resume``), a node joining makes another
-release them (``released``), and every window is merged once (``merge_due``). These run on the
-loop, so their time is a stall of every partition's reports on the node.
+"""What a detect node spends on what it holds of its devices when partitions move.
 
-No broker, database or network: parts of one open window for ``--devices`` devices spread over the
-64 partitions, as a node holds them between two windows.
+* The cloud-side window parts: a take-over resumes partitions (``WindowCollector.resume``), a node
+  joining makes another release them (``released``), and every window is merged once
+  (``merge_due``). These run on the event loop, so their time stalls every partition's reports.
+* The evaluator's windows (behaviors over ``durationSeconds``): a partition given away is
+  forgotten under the detection lock (``PartitionBatchStore.release_many``), which every
+  partition's batches wait for; 32 partitions released one by one, then together.
 
-    .venv/bin/python bench/window_parts.py [--devices 100000] [--output PATH]
+No broker, database or network: parts of one open window and one window of datapoints for
+``--devices`` devices spread over the 64 partitions.
+
+    .venv/bin/python bench/partition_moves.py [--devices 100000] [--output PATH]
 
 Compare two versions by running it with each one's ``src`` first on ``PYTHONPATH``.
 """
@@ -26,8 +30,44 @@ from iotdefender.cloud.aggregator import ClientWindow  # noqa: E402
 from iotdefender.cloud.cluster_parts import StoredPart  # noqa: E402
 from iotdefender.cloud.cluster_windows import WindowCollector  # noqa: E402
 from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of  # noqa: E402
+from iotdefender.engine.evaluator import Evaluator  # noqa: E402
+from iotdefender.pipeline.partition_store import PartitionBatchStore  # noqa: E402
 
 WINDOW_S = 300.0
+
+
+class Detection:
+    """The part of ``DetectionService`` a release reaches: its evaluator's ``forget_things``."""
+
+    def __init__(self, devices: int) -> None:
+        self.evaluator = Evaluator(lambda: "id")
+        self.devices = devices
+        self.fill()
+
+    def fill(self) -> None:
+        """Every device with one window of datapoints, as after a restart's refill."""
+        windows = {f"device-{index:07d}": {"aws:all-bytes-out": [(1.0, 2.0)]} for index in range(self.devices)}
+        self.evaluator.load_things(lambda thing: True, {}, windows)
+
+    def give_up(self, owns: object) -> None:
+        self.evaluator.forget_things(owns)  # type: ignore[arg-type]
+
+
+def releases(devices: int) -> dict:
+    detection = Detection(devices)
+    store = PartitionBatchStore(None, detection, lambda events: None)  # type: ignore[arg-type]
+    half = range(PARTITION_COUNT // 2)
+    started = time.perf_counter()
+    for partition in half:
+        store.release(partition)
+    one_by_one = time.perf_counter() - started
+    detection.fill()
+    started = time.perf_counter()
+    if hasattr(store, "release_many"):
+        store.release_many(list(half))
+    together = time.perf_counter() - started if hasattr(store, "release_many") else None
+    return {"release_32_evaluator_partitions_one_by_one_s": round(one_by_one, 3),
+            "release_32_evaluator_partitions_together_s": None if together is None else round(together, 3)}
 
 
 class Clock:
@@ -78,8 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    result = {"benchmark": "window_parts", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-              "command": " ".join(sys.argv), "machine": environment(), **measure(args.devices)}
+    result = {"benchmark": "partition_moves", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+              "command": " ".join(sys.argv), "machine": environment(), **measure(args.devices),
+              **releases(args.devices)}
     if args.output:
         args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({key: value for key, value in result.items() if key != "machine"}))
