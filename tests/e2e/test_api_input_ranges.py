@@ -25,7 +25,7 @@ from tests.support.signing import send_signed
 MODEL = service_model()
 BAD_TIMES = ["1e20", "-1e20", "inf", "-inf", "nan", "1e308", "", "abc", "253402300800", "1e15", "10000-01-01"]
 AWS_WORDING = re.compile(r"^\d+ validation errors? detected: Value .* at '[^']+' failed to satisfy constraint: "
-                         r"Member must ")
+                         r"(Member|Map keys|Map value) must ")
 #: Valid values of the other members of the served operations with timestamp inputs.
 VALID = {"thingName": "dev-1", "metricName": "aws:all-bytes-out"}
 
@@ -125,3 +125,54 @@ def test_an_empty_list_is_quoted_as_a_list(unchecked):
                                                          clientRequestToken="range-dim-token"))
     assert "Value '[]' at 'stringValues' failed to satisfy constraint: Member must have length greater than or " \
            "equal to 1" in message, message
+
+
+# The constraints botocore leaves to the service (max, pattern, enum; it checks min only), which
+# therefore reach AWS CLI and boto3 users from the server: worded as AWS words them
+# (``contract/validation.py`` cites where each wording comes from).
+
+def test_a_too_long_name_is_refused_in_aws_words(unchecked):
+    message = refusal(lambda: unchecked.create_security_profile(securityProfileName="n" * 129))
+    assert message == (f"1 validation error detected: Value '{'n' * 100}...' at 'securityProfileName' failed to "
+                       "satisfy constraint: Member must have length less than or equal to 128")
+
+
+def test_a_name_off_its_pattern_is_refused_in_aws_words(unchecked):
+    behavior = {"name": "bad name!", "metric": "aws:num-messages-sent",
+                "criteria": {"comparisonOperator": "less-than", "value": {"count": 1}}}
+    message = refusal(lambda: unchecked.create_security_profile(securityProfileName="range-pattern",
+                                                                behaviors=[behavior]))
+    assert message == ("1 validation error detected: Value 'bad name!' at 'behaviors[0].name' failed to satisfy "
+                       "constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9:_-]+")
+
+
+def test_a_value_outside_its_enum_is_refused_in_aws_words(unchecked):
+    message = refusal(lambda: unchecked.create_dimension(name="range-enum", type="TOPIC", stringValues=["a/#"],
+                                                         clientRequestToken="range-enum-token"))
+    assert message == ("1 validation error detected: Value 'TOPIC' at 'type' failed to satisfy constraint: "
+                       "Member must satisfy enum value set: [TOPIC_FILTER]")
+
+
+def test_a_list_over_its_max_is_refused_in_aws_words(unchecked):
+    topics = [f"site/{i}/#" for i in range(101)]
+    message = refusal(lambda: unchecked.create_dimension(name="range-list", type="TOPIC_FILTER", stringValues=topics,
+                                                         clientRequestToken="range-list-token"))
+    shown = ("[" + ", ".join(topics))[:100]
+    assert message == (f"1 validation error detected: Value '{shown}...' at 'stringValues' failed to satisfy "
+                       "constraint: Member must have length less than or equal to 100")
+
+
+def test_map_keys_are_refused_at_the_map_in_aws_words(unchecked):
+    """AWS IoT's answer to the same attributes on UpdateThing (aws/aws-sdk-java#666)."""
+    message = refusal(lambda: unchecked.create_thing(thingName="range-thing",
+                                                     attributePayload={"attributes": {'"state"': "on"}}))
+    assert message == ("""1 validation error detected: Value '{"state"=on}' at 'attributePayload.attributes' """
+                       "failed to satisfy constraint: Map keys must satisfy constraint: [Member must have length "
+                       "less than or equal to 128, Member must satisfy regular expression pattern: "
+                       "[a-zA-Z0-9_.,@/:#-]+]")
+
+
+def test_a_page_size_over_its_max_is_refused_in_aws_words(unchecked):
+    message = refusal(lambda: unchecked.list_active_violations(maxResults=251))
+    assert message == ("1 validation error detected: Value '251' at 'maxResults' failed to satisfy constraint: "
+                       "Member must have value less than or equal to 250")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from botocore.auth import SigV4Auth
@@ -16,7 +17,7 @@ from iotdefender.contract.timestamps import epoch_seconds
 from iotdefender.api.routing import RouteNotFound, Router
 from iotdefender.contract.service_model import service_model
 from iotdefender.api.sigv4 import SignedRequest, verify
-from iotdefender.contract.validation import validate_input
+from iotdefender.contract.validation import behavior_problems, validate_input, validate_value
 
 SERVICE_MODEL = service_model()
 
@@ -78,22 +79,92 @@ def test_body_errors_are_invalid_request():
         assert exc.value.code == "InvalidRequestException"
 
 
+def refusal(operation: str, params: dict[str, Any]) -> str:
+    with pytest.raises(ApiError) as exc:
+        validate_input(SERVICE_MODEL.operation_model(operation).input_shape, params)
+    assert (exc.value.code, exc.value.status) == ("InvalidRequestException", 400)
+    return exc.value.message
+
+
 def test_validation_adds_max_pattern_enum_to_botocore():
-    op = SERVICE_MODEL.operation_model("CreateSecurityProfile")
-    with pytest.raises(ApiError) as exc:
-        validate_input(op.input_shape, {"securityProfileName": "x" * 129})
-    assert "at most 128" in exc.value.message
-    with pytest.raises(ApiError) as exc:
-        validate_input(op.input_shape, {"securityProfileName": "ok", "securityProfileDescription": "tab\there"})
-    assert "pattern" in exc.value.message
-    with pytest.raises(ApiError) as exc:
-        validate_input(op.input_shape, {"securityProfileName": "ok", "behaviors": "not a list"})
+    assert refusal("CreateSecurityProfile", {"securityProfileName": "x" * 129}) == (
+        f"1 validation error detected: Value '{'x' * 100}...' at 'securityProfileName' failed to satisfy "
+        "constraint: Member must have length less than or equal to 128")
+    assert refusal("CreateSecurityProfile", {"securityProfileName": "ok", "securityProfileDescription": "tab\there"}) == (
+        "1 validation error detected: Value 'tab\there' at 'securityProfileDescription' failed to satisfy "
+        "constraint: Member must satisfy regular expression pattern: [\\p{Graph}\\x20]*")
     assert "Value 'not a list' at 'behaviors' failed to satisfy constraint: Member must be a JSON array" in \
-        exc.value.message
+        refusal("CreateSecurityProfile", {"securityProfileName": "ok", "behaviors": "not a list"})
     # Java's \p{Graph} is ASCII only: AWS refuses non-ASCII descriptions, so do we.
-    with pytest.raises(ApiError):
-        validate_input(op.input_shape, {"securityProfileName": "ok", "securityProfileDescription": "café"})
-    validate_input(op.input_shape, {"securityProfileName": "ok", "securityProfileDescription": "plain text!"})
+    assert "regular expression pattern" in refusal(
+        "CreateSecurityProfile", {"securityProfileName": "ok", "securityProfileDescription": "café"})
+    validate_input(SERVICE_MODEL.operation_model("CreateSecurityProfile").input_shape,
+                   {"securityProfileName": "ok", "securityProfileDescription": "plain text!"})
+
+
+def test_each_broken_constraint_is_worded_as_aws_words_it():
+    behavior = {"name": "bad name!", "metric": "aws:num-messages-sent",
+                "criteria": {"comparisonOperator": "below", "value": {"count": 1}}}
+    assert refusal("CreateSecurityProfile", {"securityProfileName": "a b", "behaviors": [behavior]}) == (
+        "3 validation errors detected: "
+        "Value 'a b' at 'securityProfileName' failed to satisfy constraint: Member must satisfy regular "
+        "expression pattern: [a-zA-Z0-9:_-]+; "
+        "Value 'bad name!' at 'behaviors[0].name' failed to satisfy constraint: Member must satisfy regular "
+        "expression pattern: [a-zA-Z0-9:_-]+; "
+        "Value 'below' at 'behaviors[0].criteria.comparisonOperator' failed to satisfy constraint: Member must "
+        "satisfy enum value set: [less-than, less-than-equals, greater-than, greater-than-equals, in-cidr-set, "
+        "not-in-cidr-set, in-port-set, not-in-port-set, in-set, not-in-set]")
+    topics = [f"t/{i}" for i in range(101)]
+    assert refusal("CreateDimension", {"name": "d", "type": "TOPIC_FILTER", "stringValues": topics,
+                                       "clientRequestToken": "x"}) == (
+        f"1 validation error detected: Value '{('[' + ', '.join(topics))[:100]}...' at 'stringValues' failed to "
+        "satisfy constraint: Member must have length less than or equal to 100")
+    assert refusal("ListActiveViolations", {"maxResults": 251}) == (
+        "1 validation error detected: Value '251' at 'maxResults' failed to satisfy constraint: Member must have "
+        "value less than or equal to 250")
+
+
+def test_map_keys_and_values_are_reported_at_the_map_as_aws_iot_does():
+    """AWS IoT's own answer to UpdateThing (aws/aws-sdk-java#666), on the same shapes."""
+    message = refusal("CreateThing", {"thingName": "t", "attributePayload": {"attributes": {
+        '"state"': '{"reported":{"device_id":"ABCD"}}'}}})
+    quoted = '''Value '{"state"={"reported":{"device_id":"ABCD"}}}' at 'attributePayload.attributes' '''
+    assert message == (
+        f"2 validation errors detected: {quoted}failed to satisfy constraint: Map keys must satisfy constraint: "
+        "[Member must have length less than or equal to 128, Member must satisfy regular expression pattern: "
+        "[a-zA-Z0-9_.,@/:#-]+]; "
+        f"{quoted}failed to satisfy constraint: Map value must satisfy constraint: [Member must have length less "
+        "than or equal to 800, Member must satisfy regular expression pattern: [a-zA-Z0-9_.,@/:#=\\[\\]-]*]")
+    assert refusal("CreateSecurityProfile", {"securityProfileName": "p", "alertTargets": {"EMAIL": {
+        "alertTargetArn": "arn:aws:sns:us-east-1:123456789012:t", "roleArn": "arn:aws:iam::123456789012:role/r"}}}
+                   ).endswith("at 'alertTargets' failed to satisfy constraint: Map keys must satisfy constraint: "
+                              "[Member must satisfy enum value set: [SNS]]")
+
+
+def test_a_map_over_its_max_is_quoted_as_a_map():
+    tags = {f"k{i}": "v" for i in range(51)}
+    with pytest.raises(ApiError) as exc:
+        validate_value(SERVICE_MODEL.shape_for("TagMap"), tags, "tags")
+    assert exc.value.message == (
+        f"1 validation error detected: Value '{('{' + ', '.join(f'k{i}=v' for i in range(51)))[:100]}...' at "
+        "'tags' failed to satisfy constraint: Member must have length less than or equal to 50")
+    validate_value(SERVICE_MODEL.shape_for("TagMap"), dict(list(tags.items())[:50]), "tags")
+
+
+def test_a_range_inside_a_behavior_is_refused_in_the_behavior_checks_words():
+    """AWS answers ValidateSecurityProfileBehaviors with "Behavior Authorization is malformed.
+    consecutiveDatapointsToAlarm 100000 should be in range[1,10]" (AWS CLI example): its request
+    validation let that through, so Create refuses it in those words too, after the request's own."""
+    behavior = {"name": "Authorization", "metric": "aws:num-authorization-failures",
+                "criteria": {"comparisonOperator": "greater-than", "value": {"count": 12},
+                             "consecutiveDatapointsToAlarm": 100000}}
+    assert refusal("CreateSecurityProfile", {"securityProfileName": "p", "behaviors": [behavior]}) == (
+        "Behavior Authorization is malformed. consecutiveDatapointsToAlarm 100000 should be in range[1,10]")
+    assert refusal("CreateSecurityProfile", {"securityProfileName": "p q", "behaviors": [behavior]}).startswith(
+        "1 validation error detected: Value 'p q' at 'securityProfileName'")
+    assert behavior_problems(SERVICE_MODEL.shape_for("Behavior"), {**behavior, "name": "a b"}) == [
+        "Behavior a b is malformed. name 'a b' does not match the pattern [a-zA-Z0-9:_-]+",
+        "Behavior a b is malformed. consecutiveDatapointsToAlarm 100000 should be in range[1,10]"]
 
 
 def test_output_timestamps_are_epoch_seconds_with_milliseconds():

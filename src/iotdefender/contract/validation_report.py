@@ -42,13 +42,19 @@ _TYPE_WORDS = {
 
 
 def _text(value: Any) -> str:
-    """A value as AWS's (Java) services write it: a list as ``[a, b]``, a boolean as ``true``."""
+    """A value as AWS's (Java) services write it: a list as ``[a, b]``, a map as ``{k=v}`` (AWS IoT's
+    UpdateThing quotes its attributes ``'{"state"={"reported":…}}'``, aws/aws-sdk-java#666), a
+    boolean as ``true``."""
+    if value is None:
+        return "null"
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join("null" if item is None else _text(item) for item in value) + "]"
+        return "[" + ", ".join(_text(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_text(key)}={_text(item)}" for key, item in value.items()) + "}"
     return str(value)
 
 

@@ -8,7 +8,7 @@ import structlog
 
 from iotdefender.contract.errors import already_exists, invalid_request, not_found, version_conflict
 from iotdefender.contract.service_model import service_model
-from iotdefender.contract.validation import constraint_problems
+from iotdefender.contract.validation import behavior_problems
 from iotdefender.controlplane import behavior_rules
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
@@ -179,10 +179,7 @@ def list_security_profiles(ctx: ServiceContext, params: Params) -> Params:
 @operation("ValidateSecurityProfileBehaviors", checks_constraints=True)
 def validate_security_profile_behaviors(ctx: ServiceContext, params: Params) -> Params:
     behavior_shape = service_model().shape_for("Behavior")
-    problems = []
-    for behavior in params["behaviors"]:
-        for problem in constraint_problems(behavior_shape, behavior):
-            problems.append(f"Behavior {behavior.get('name')} is malformed. {problem}")
+    problems = [problem for behavior in params["behaviors"] for problem in behavior_problems(behavior_shape, behavior)]
     if not problems:
         with ctx.engine.connect() as conn:
             problems = behavior_rules.validate_profile_behaviors(
