@@ -233,9 +233,9 @@ def external_intake(engine: Engine, devices: BrokerRole, node_id: str) -> Corout
 
 async def broker_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
                       monitoring: MonitoringIndex, health: DatabaseHealth,
-                      message_version: Callable[[], int], ends_readable: Callable[[], bool]) -> BrokerRole:
-    """``message_version``: the report message version every live node reads; ``ends_readable``:
-    whether every live node reads cloud windows' ends (rolling upgrades)."""
+                      message_version: Callable[[], int], peers_read: cluster_windows.PeersRead) -> BrokerRole:
+    """``message_version``: the report message version every live node reads; ``peers_read``:
+    which cloud window messages (ends, batched parts) every live node reads (rolling upgrades)."""
     auth = mqtt_auth(settings)
     waiters = OutcomeWaiters()
     await waiters.subscribe(nc, reply_subject(node_id))
@@ -244,7 +244,7 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
                                    outcome_timeout_s=settings.cluster_outcome_timeout,
                                    message_version=message_version)
     ingest, replies = build_ingest(settings, engine, monitoring, committer, health)
-    cloud = cloud_publisher(settings, publisher, node_id, ends_readable)
+    cloud = cloud_publisher(settings, publisher, node_id, peers_read)
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=cloud.intake if cloud else NULL_OBSERVER)
     broker, endpoint = build_broker(settings, gatekeeper, ingest.submit)
     replies.broker = broker
@@ -252,7 +252,7 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
 
 
 def cloud_publisher(settings: Settings, publisher: ReportPublisher, node_id: str,
-                    ends_readable: Callable[[], bool]) -> WindowPublisher | None:
+                    peers_read: cluster_windows.PeersRead) -> WindowPublisher | None:
     """A broker node's cloud-side metrics: its broker's events into windows, each device's part
     published to the thing's partition when the window ends, then its end of the window in every
     partition (cloud/cluster_windows.py)."""
@@ -260,11 +260,12 @@ def cloud_publisher(settings: Settings, publisher: ReportPublisher, node_id: str
         return None
     return WindowPublisher(CloudEventIntake(settings.effective_metrics_window), publisher.publish, node_id,
                            publish_end=publisher.publish_to, partitions=publisher.partitions,
-                           ends_readable=ends_readable)
+                           ends_readable=peers_read.ends, publish_parts=publisher.publish_to,
+                           batches_readable=peers_read.batches)
 
 
 def broker_events(settings: Settings, roles: frozenset[str], devices: BrokerRole | None, nc: Client,
-                  topology: Topology, node_id: str, ends_readable: Callable[[], bool]) -> WindowPublisher | None:
+                  topology: Topology, node_id: str, peers_read: cluster_windows.PeersRead) -> WindowPublisher | None:
     """Where this node's cloud-side events go: its broker's, and on an ``api`` node those posted to
     ``POST /_iotdefender/broker-events`` (an external broker's events; the same intake, so a
     device's events posted to several nodes are parts of its window that its detect node sums,
@@ -273,7 +274,7 @@ def broker_events(settings: Settings, roles: frozenset[str], devices: BrokerRole
     if devices is not None:
         return devices.cloud
     if "api" in roles:
-        return cloud_publisher(settings, ReportPublisher(nc.jetstream(), topology), node_id, ends_readable)
+        return cloud_publisher(settings, ReportPublisher(nc.jetstream(), topology), node_id, peers_read)
     return None
 
 
@@ -420,8 +421,7 @@ async def serve_cluster(settings: Settings) -> None:
     flags = SharedSettings(nc.jetstream(), topology, node_id, shared_values(settings),
                            {**announcement(), **cluster_windows.announcement()})
 
-    def readable_ends() -> bool:
-        return cluster_windows.ends_readable(flags.announced(cluster_windows.ENDS_ANNOUNCEMENT))
+    peers_read = cluster_windows.PeersRead(flags.announced)
     try:
         await ensure(nc.jetstream(), topology)
         await flags.check()
@@ -436,7 +436,7 @@ async def serve_cluster(settings: Settings) -> None:
     alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale)
     swept = SweepWake()
     consumer, detection, loops = (detect_role(settings, nc, topology, node_id, engine, monitoring, routes, alerts,
-                                              health, flags.unannounced, swept, readable_ends)
+                                              health, flags.unannounced, swept, peers_read.ends)
                                   if "detect" in roles else (None, None, []))
     # The sweep last: it reads the control plane the caches before it were dropped for.
     notices.append(ControlNotices(nc, node_id, [monitoring.invalidate] +
@@ -446,12 +446,12 @@ async def serve_cluster(settings: Settings) -> None:
         loops.append(ml_training(settings, engine, monitoring, on_published=published_models(detection, notices[0]),
                                  alone=True))
     devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health,
-                                 lambda: version_to_write(flags.announced(READS_ANNOUNCEMENT)), readable_ends)
+                                 lambda: version_to_write(flags.announced(READS_ANNOUNCEMENT)), peers_read)
                if "broker" in roles else None)
     cluster_health = ClusterHealth(nc, topology, consumer)
     export_only(roles, embedded_broker=settings.mqtt_url is None)
     describe_node(node_id, roles)
-    events = broker_events(settings, roles, devices, nc, topology, node_id, readable_ends)
+    events = broker_events(settings, roles, devices, nc, topology, node_id, peers_read)
     if "api" in roles:
         backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)
         warn_unreached_topics(engine, routes)

@@ -118,19 +118,27 @@ def event_types(url: str, thing: str) -> list[str]:
     return found
 
 
-def broker(node: str, clock: Clock, sent: list[Delivery]) -> WindowPublisher:
+def broker(node: str, clock: Clock, sent: list[Delivery], batched: bool = False) -> WindowPublisher:
+    """A broker node's publisher, its messages appended to ``sent``: a part per device, or batches
+    of a partition's parts (``batched``: every live node reads them)."""
     async def publish(thing: str, payload: bytes, message_id: str) -> None:
         sent.append(Delivery(partition_of(thing), thing, payload, len(sent) + 1, 1))
-    return WindowPublisher(CloudEventIntake(WINDOW_S, clock), publish, node, clock=clock)
+
+    async def publish_parts(partition: int, payload: bytes, message_id: str) -> None:
+        sent.append(Delivery(partition, "", payload, len(sent) + 1, 1))
+    return WindowPublisher(CloudEventIntake(WINDOW_S, clock), publish, node, clock=clock,
+                           publish_parts=publish_parts if batched else None)
 
 
-def test_a_device_that_moves_between_broker_nodes_keeps_one_series(database):
+@pytest.mark.parametrize("batched", [(False, False), (True, True), (True, False)],
+                         ids=["a-part-per-message", "batches", "batches-and-a-node-of-the-release-before"])
+def test_a_device_that_moves_between_broker_nodes_keeps_one_series(database, batched):
     clock = Clock(W * WINDOW_S + 10)
     detect = Detect(database, clock)
     detect.acquire(P, 7)
     mover, leaver = things_in(P, 2, "cw")
     sent: list[Delivery] = []
-    a, b = broker("node-a", clock, sent), broker("node-b", clock, sent)
+    a, b = broker("node-a", clock, sent, batched[0]), broker("node-b", clock, sent, batched[1])
     # The mover: 4 messages on A, reconnects to B, 3 more (7 > 5 in all; neither node saw more than 5).
     a.intake.connect_attempt(mover, "10.0.0.1", True)
     for _ in range(4):
@@ -148,6 +156,7 @@ def test_a_device_that_moves_between_broker_nodes_keeps_one_series(database):
 
     clock.now = (W + 1) * WINDOW_S + 0.2  # the window ended; each broker node publishes its parts
     assert asyncio.run(a.publish_due()) == 1 and asyncio.run(b.publish_due()) == 2
+    assert len(sent) == 1 + (1 if batched[1] else 2)  # B's two devices of P: one batch, or one message each
     asyncio.run(detect.handle(P, 7, sent))
     asyncio.run(detect.handle(P, 7, sent))  # redelivered (a lost ack): each part replaces itself
     assert detect.collector.close_due() == 0  # within the grace: not closed yet

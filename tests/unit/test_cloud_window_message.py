@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 
 from iotdefender.cloud.aggregator import Aggregator, ClientWindow, merge_windows
-from iotdefender.cloud.cluster_windows import (CloudWindowEnd, CloudWindowMessage, WindowPublisher, decode, encode,
-                                               ends_readable)
+from iotdefender.cloud.cluster_windows import (PARTS_MAX_BYTES, PARTS_PER_MESSAGE, CloudWindowEnd, CloudWindowMessage,
+                                               CloudWindowParts, DevicePart, PeersRead, WindowPublisher, batched,
+                                               decode, encode, ends_readable)
+from iotdefender.cluster.partitions import partition_of
 from iotdefender.cloud.service import CloudEventIntake
 from iotdefender.pipeline.report_message import ReportMessage, encode as encode_report
 
@@ -63,3 +65,90 @@ def test_a_broker_node_publishes_one_part_per_device_seen_and_none_for_a_client_
     now[0] = 1200.0 + 0.2  # the window [900, 1200) ended
     assert asyncio.run(publisher.publish_due()) == 2
     assert sorted(sent) == [("dev-1", "cloud/node-a/dev-1/3"), ("dev-2", "cloud/node-a/dev-2/3")]
+
+
+def test_a_partitions_parts_go_in_batches_split_by_count_and_by_size_and_decode_to_one_message_a_device():
+    small = [DevicePart(f"dev-{i}", ClientWindow(sent={"t": i}, sent_max_bytes={"t": 9}, sent_min_bytes={"t": 1}))
+             for i in range(2 * PARTS_PER_MESSAGE + 500)]
+    batches = batched("node-a", 3, 7, 300.0, small)
+    assert [len(b.parts) for b in batches] == [PARTS_PER_MESSAGE, PARTS_PER_MESSAGE, 500]
+    assert [m for b in batches for m in b.messages()] == [
+        CloudWindowMessage(d.thing, 7, 300.0, "node-a", d.part) for d in small]
+    assert decode(encode(batches[0])) == batches[0]
+    assert decode(encode_report(ReportMessage("cloud-window-parts", {}, 1.0, 1, "json", "r"))) is None
+    # Devices with many addresses: a thousand of them would not fit in one NATS message.
+    big = [DevicePart(f"dev-{i}", ClientWindow(source_ips={f"10.0.{j}.{i % 250}": None for j in range(100)}))
+           for i in range(PARTS_PER_MESSAGE)]
+    split = batched("node-a", 3, 7, 300.0, big)
+    assert len(split) > 1 and all(len(encode(b)) <= PARTS_MAX_BYTES for b in split)
+    assert [d for b in split for d in b.parts] == big
+
+
+def test_a_broker_node_batches_its_parts_only_while_every_live_node_reads_batches():
+    now = [1000.0]
+    batches: list[tuple[int, str, CloudWindowParts]] = []
+    singles: list[str] = []
+    readable = [True]
+
+    async def publish(thing: str, payload: bytes, message_id: str) -> None:
+        singles.append(thing)
+
+    async def publish_parts(partition: int, payload: bytes, message_id: str) -> None:
+        message = decode(payload)
+        assert isinstance(message, CloudWindowParts)
+        batches.append((partition, message_id, message))
+
+    intake = CloudEventIntake(300.0, lambda: now[0])
+    publisher = WindowPublisher(intake, publish, "node-a", clock=lambda: now[0], publish_parts=publish_parts,
+                                batches_readable=lambda: readable[0])
+    things = [f"dev-{i}" for i in range(40)]
+    for thing in things:
+        intake.message_sent(thing, "t", 3)
+    now[0] = 1200.0 + 0.2
+    assert asyncio.run(publisher.publish_due()) == 40 and singles == []
+    assert sorted(d.thing for _, _, b in batches for d in b.parts) == sorted(things)
+    assert all(partition_of(d.thing) == partition == b.partition for partition, _, b in batches for d in b.parts)
+    assert len(batches) == len({partition_of(thing) for thing in things})  # one batch per partition
+    assert all(message_id == f"cloud-parts/node-a/{partition}/3/0" for partition, message_id, _ in batches)
+    readable[0] = False  # a node of the release before joined: one message per device again
+    intake.message_sent("dev-1", "t", 3)
+    now[0] = 1500.0 + 0.2
+    assert asyncio.run(publisher.publish_due()) == 1 and singles == ["dev-1"]
+
+
+def test_a_batch_not_published_loses_its_devices_and_its_partitions_window_is_not_vouched_for():
+    now = [1000.0]
+    ends: dict[int, CloudWindowEnd] = {}
+    things = [f"dev-{i}" for i in range(40)]
+    failing = partition_of(things[0], 4)
+
+    async def publish(thing: str, payload: bytes, message_id: str) -> None:
+        raise AssertionError("batched")
+
+    async def publish_parts(partition: int, payload: bytes, message_id: str) -> None:
+        if partition == failing:
+            raise TimeoutError("nats away")
+
+    async def publish_end(partition: int, payload: bytes, message_id: str) -> None:
+        end = decode(payload)
+        assert isinstance(end, CloudWindowEnd)
+        ends[partition] = end
+
+    intake = CloudEventIntake(300.0, lambda: now[0])
+    publisher = WindowPublisher(intake, publish, "node-a", clock=lambda: now[0], retry_s=0.05, partitions=4,
+                                publish_end=publish_end, publish_parts=publish_parts, end_interval_s=0.0)
+    for thing in things:
+        intake.message_sent(thing, "t", 3)
+    now[0] = 1200.0 + 0.2
+    lost = sum(1 for thing in things if partition_of(thing, 4) == failing)
+    assert asyncio.run(publisher.publish_due()) == 40 - lost
+    assert ends[failing].since == 4  # no longer vouches for window 3 there
+    assert all(end.since <= 3 for partition, end in ends.items() if partition != failing)
+
+
+def test_batches_are_sent_only_when_every_live_node_announces_it_reads_them():
+    announced = {"cloud-window-ends": [1, 1], "cloud-window-parts": [1, None]}
+    peers = PeersRead(lambda key: announced[key])
+    assert peers.ends() and not peers.batches()  # a node of the release before: it reads one part a message
+    announced["cloud-window-parts"] = [1, 1]
+    assert peers.batches()

@@ -40,6 +40,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -97,6 +98,43 @@ class CloudWindowMessage(msgspec.Struct, frozen=True, tag_field="kind", tag=KIND
     version: int = VERSION
 
 
+PARTS_KIND = "cloud-window-parts"
+#: What a node announces when it reads ``CloudWindowParts``: a publisher batches its parts only
+#: once every live node does (a detect node of the release before reads one part per message).
+PARTS_ANNOUNCEMENT = "cloud-window-parts"
+#: A batch holds at most this many devices' parts, and is split further above ``PARTS_MAX_BYTES``
+#: (NATS refuses a message over its ``max_payload``, 1 MB by default).
+PARTS_PER_MESSAGE = 1000
+PARTS_MAX_BYTES = 512 * 1024
+
+
+class DevicePart(msgspec.Struct, frozen=True, array_like=True):
+    """One device's part in a ``CloudWindowParts``."""
+
+    thing: str
+    part: ClientWindow
+
+
+class CloudWindowParts(msgspec.Struct, frozen=True, tag_field="kind", tag=PARTS_KIND):
+    """One broker node's parts of one window for many devices of one partition.
+
+    One message per device and window was one JetStream publish each: a broker node took 7.7 s to
+    publish 100k devices' parts, and gave up 107k of 200k when its 8 s retry time passed
+    (bench/cloud_parts.py); batched, a node publishes a few messages per partition a window."""
+
+    node: str
+    partition: int
+    window: int
+    window_s: float
+    parts: list[DevicePart]
+    version: int = VERSION
+
+    def messages(self) -> list[CloudWindowMessage]:
+        """The batch as the one-device messages it stands for."""
+        return [CloudWindowMessage(device.thing, self.window, self.window_s, self.node, device.part)
+                for device in self.parts]
+
+
 END_KIND = "cloud-window-end"
 #: What a node announces (shared_settings.py) when it reads ``CloudWindowEnd``s: a publisher sends
 #: them only once every live node does.
@@ -119,7 +157,7 @@ class CloudWindowEnd(msgspec.Struct, frozen=True, tag_field="kind", tag=END_KIND
 
 
 def announcement() -> dict[str, int]:
-    return {ENDS_ANNOUNCEMENT: VERSION}
+    return {ENDS_ANNOUNCEMENT: VERSION, PARTS_ANNOUNCEMENT: VERSION}
 
 
 def ends_readable(announced: Sequence[object]) -> bool:
@@ -127,14 +165,28 @@ def ends_readable(announced: Sequence[object]) -> bool:
     return all(value == VERSION for value in announced)
 
 
+@dataclass(frozen=True)
+class PeersRead:
+    """Which of this module's messages every other live node reads, from what they announce
+    (``SharedSettings.announced``): a publisher sends a kind only while all of them do."""
+
+    announced: Callable[[str], Sequence[object]]
+
+    def ends(self) -> bool:
+        return ends_readable(self.announced(ENDS_ANNOUNCEMENT))
+
+    def batches(self) -> bool:
+        return all(value == VERSION for value in self.announced(PARTS_ANNOUNCEMENT))
+
+
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(CloudWindowMessage | CloudWindowEnd)
+_decoder = msgspec.msgpack.Decoder(CloudWindowMessage | CloudWindowParts | CloudWindowEnd)
 # A tagged struct is encoded with its tag first, right after the map's header; a ReportMessage
 # starts with its "thing" field, so these prefixes tell the kinds apart without decoding.
-_MARKS = tuple(_encoder.encode("kind") + _encoder.encode(kind) for kind in (KIND, END_KIND))
+_MARKS = tuple(_encoder.encode("kind") + _encoder.encode(kind) for kind in (KIND, PARTS_KIND, END_KIND))
 
 
-def encode(message: CloudWindowMessage | CloudWindowEnd) -> bytes:
+def encode(message: CloudWindowMessage | CloudWindowParts | CloudWindowEnd) -> bytes:
     return _encoder.encode(message)
 
 
@@ -143,9 +195,9 @@ def _marked(payload: bytes) -> bool:
     return any(payload[1:1 + len(mark)] == mark for mark in _MARKS)
 
 
-def decode(payload: bytes) -> CloudWindowMessage | CloudWindowEnd | None:
-    """The cloud window part or end in ``payload``, or None if it is neither (a report, for the
-    report store)."""
+def decode(payload: bytes) -> CloudWindowMessage | CloudWindowParts | CloudWindowEnd | None:
+    """The cloud window part, parts or end in ``payload``, or None if it is none of them (a report,
+    for the report store)."""
     if not _marked(payload):
         return None
     try:
@@ -165,6 +217,28 @@ def message_id(node: str, thing: str, window: int) -> str:
 
 def end_message_id(node: str, partition: int, window: int) -> str:
     return f"cloud-end/{node}/{partition}/{window}"
+
+
+def parts_message_id(node: str, partition: int, window: int, batch: int) -> str:
+    return f"cloud-parts/{node}/{partition}/{window}/{batch}"
+
+
+def batched(node: str, partition: int, window: int, window_s: float,
+            devices: Sequence[DevicePart]) -> list[CloudWindowParts]:
+    """A partition's parts of a window in batches of at most ``PARTS_PER_MESSAGE`` devices, each
+    split in halves while it encodes over ``PARTS_MAX_BYTES`` (devices with many topics or
+    addresses), in a fixed order: a round's retries publish the same batches under the same ids."""
+    pending = [devices[start:start + PARTS_PER_MESSAGE] for start in range(0, len(devices), PARTS_PER_MESSAGE)]
+    done: list[CloudWindowParts] = []
+    while pending:
+        chunk = pending.pop(0)
+        message = CloudWindowParts(node, partition, window, window_s, list(chunk))
+        if len(chunk) > 1 and len(encode(message)) > PARTS_MAX_BYTES:
+            half = len(chunk) // 2
+            pending[:0] = [chunk[:half], chunk[half:]]
+        else:
+            done.append(message)
+    return done
 
 
 def _thing_name(client_id: str) -> bool:
@@ -201,13 +275,18 @@ class WindowPublisher:
 
     Ends are published at most every ``end_interval_s`` (an end vouches for every window since the
     last): windows shortened by ``--time-scale`` (8 ms at 36,000) would otherwise cost 64
-    publishes per window, thousands a second; their detect node waits for the next end instead."""
+    publishes per window, thousands a second; their detect node waits for the next end instead.
+
+    Parts go in batches (``CloudWindowParts``, through ``publish_parts``) while every live node
+    reads them (``batches_readable``), else one message per device (``publish``), as before."""
 
     def __init__(self, intake: CloudEventIntake, publish: Publish, node: str, delay_s: float = 0.2,
                  concurrency: int = 256, retry_s: float = 8.0, clock: Callable[[], float] = time.time,
                  publish_end: PublishTo | None = None, partitions: int = PARTITION_COUNT,
-                 ends_readable: Callable[[], bool] = _always, end_interval_s: float = 1.0) -> None:
+                 ends_readable: Callable[[], bool] = _always, end_interval_s: float = 1.0,
+                 publish_parts: PublishTo | None = None, batches_readable: Callable[[], bool] = _always) -> None:
         self.intake, self._publish, self._node = intake, publish, node
+        self._publish_parts, self._batches_readable = publish_parts, batches_readable
         self._delay_s, self._concurrency, self._retry_s, self._clock = delay_s, concurrency, retry_s, clock
         self._publish_end, self._partitions, self._ends_readable = publish_end, partitions, ends_readable
         # Per partition, the first window of this node's current unbroken run of published windows.
@@ -232,27 +311,48 @@ class WindowPublisher:
     async def _publish_windows(self, windows: Sequence[int], through: int, last: bool = False) -> int:
         """The parts of ``windows``, then this node's end of every window through ``through``."""
         aggregator = self.intake.aggregator
-        messages = [CloudWindowMessage(thing, window, aggregator.window_s, self._node, part)
-                    for window in windows
-                    for thing, part in aggregator.take(window).items() if _thing_name(thing)]
+        taken = [(window, thing, part) for window in windows
+                 for thing, part in aggregator.take(window).items() if _thing_name(thing)]
+        units = self._batches(taken) if self._publish_parts is not None and self._batches_readable() \
+            else self._one_by_one(taken)
         deadline = time.monotonic() + self._retry_s
         failures: list[BaseException] = []
-        for start in range(0, len(messages), self._concurrency):
-            chunk = messages[start:start + self._concurrency]
-            errors = await asyncio.gather(*(self._send(functools.partial(
-                self._publish, m.thing, encode(m), message_id(self._node, m.thing, m.window)), deadline) for m in chunk))
-            for message, error in zip(chunk, errors):
+        lost = 0
+        for start in range(0, len(units), self._concurrency):
+            chunk = units[start:start + self._concurrency]
+            errors = await asyncio.gather(*(self._send(unit.publish, deadline) for unit in chunk))
+            for unit, error in zip(chunk, errors):
                 if error is not None:  # this node no longer vouches for that window in that partition
                     failures.append(error)
-                    partition = partition_of(message.thing, self._partitions)
-                    self._since[partition] = max(self._since[partition], message.window + 1)
-        PARTS_PUBLISHED.inc(len(messages) - len(failures))
+                    lost += unit.parts
+                    self._since[unit.partition] = max(self._since[unit.partition], unit.window + 1)
+        PARTS_PUBLISHED.inc(len(taken) - lost)
         if failures:
-            PARTS_LOST.inc(len(failures))
-            log.warning("cloud_window_unpublished", parts=len(failures), of=len(messages), windows=list(windows),
+            PARTS_LOST.inc(lost)
+            log.warning("cloud_window_unpublished", parts=lost, of=len(taken), windows=list(windows),
                         error=_described(failures[-1]))
         await self._end(through, last, deadline)
-        return len(messages) - len(failures)
+        return len(taken) - lost
+
+    def _one_by_one(self, taken: Sequence[tuple[int, str, ClientWindow]]) -> list[_Unit]:
+        """A message per device (what a node of the release before batches reads)."""
+        window_s = self.intake.aggregator.window_s
+        return [_Unit(partition_of(thing, self._partitions), window, 1, functools.partial(
+            self._publish, thing, encode(CloudWindowMessage(thing, window, window_s, self._node, part)),
+            message_id(self._node, thing, window))) for window, thing, part in taken]
+
+    def _batches(self, taken: Sequence[tuple[int, str, ClientWindow]]) -> list[_Unit]:
+        """A few messages per partition and window (``batched``)."""
+        assert self._publish_parts is not None
+        window_s = self.intake.aggregator.window_s
+        grouped: dict[tuple[int, int], list[DevicePart]] = {}
+        for window, thing, part in taken:
+            grouped.setdefault((partition_of(thing, self._partitions), window), []).append(DevicePart(thing, part))
+        return [_Unit(partition, window, len(message.parts), functools.partial(
+                    self._publish_parts, partition, encode(message),
+                    parts_message_id(self._node, partition, window, index)))
+                for (partition, window), devices in grouped.items()
+                for index, message in enumerate(batched(self._node, partition, window, window_s, devices))]
 
     async def _end(self, window: int, last: bool, deadline: float) -> None:
         """This node's end of ``window`` in every partition; one not published breaks its run."""
@@ -310,6 +410,16 @@ class WindowPublisher:
                 await asyncio.sleep(pause)
                 pause = min(2.0, pause * 2)
         return error
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One publish of a round: ``parts`` devices' parts of ``window`` in ``partition``."""
+
+    partition: int
+    window: int
+    parts: int
+    publish: Callable[[], Awaitable[Any]]
 
 
 def _described(error: BaseException) -> str:
@@ -501,7 +611,9 @@ class WindowCollector:
         ``reports``; raises (the batch is nakked) if the parts cannot be stored."""
         async def handle(partition: int, token: int, deliveries: Sequence[Delivery],
                          more: More = nothing_more) -> None:
-            rest, parts, ends = [], [], []
+            rest: list[Delivery] = []
+            parts: list[CloudWindowMessage] = []
+            ends: list[End] = []
             for delivery in deliveries:
                 message = decode(delivery.payload)
                 if message is None:
@@ -511,8 +623,10 @@ class WindowCollector:
                         ends.append(message.end())
                     else:
                         log.error("cloud_window_end_refused", node=message.node, window_s=message.window_s)
-                elif self.accept(partition, message, redelivered=delivery.delivered > 1):
-                    parts.append(message)
+                else:
+                    parts.extend(one for one in (message.messages() if isinstance(message, CloudWindowParts)
+                                                 else [message])
+                                 if self.accept(partition, one, redelivered=delivery.delivered > 1))
             if parts or ends:
                 await asyncio.to_thread(self.keep, partition, token, parts, ends)
                 for message in parts:

@@ -1,0 +1,191 @@
+"""A cluster's cloud-side metrics at fleet size: what a broker node's window parts cost when a
+window ends (cloud/cluster_windows.py).
+
+A broker node publishes, when a window ends, its part of the window of every device it saw in it
+to the device's partition on the report stream: one message per device (``one-by-one``, what a
+node of a release before batches reads) or a few batches per partition (``batched``:
+``CloudWindowParts``). Each partition's detect node keeps the parts in PostgreSQL
+(``cluster_parts.keep``, fenced) before it acks the messages, one transaction per reader batch
+(256 messages). Both must be done well within the window, and the publishing within the
+publisher's 8 s retry time: parts left when it passes are given up
+(``…_parts_unpublished_total``) and the window is incomplete for their partitions.
+
+What runs: one ``nats-server -js`` and one PostgreSQL (fsync on) on loopback, the project's
+stream (``topology.ensure``). ``--devices`` devices each with one message in one window, then, for
+each ``--modes`` on fresh servers:
+
+1. **publish**: ``WindowPublisher.publish_due`` through a ``ReportPublisher`` (as a broker node
+   does), wall time, parts published and given up, this process's and nats-server's CPU;
+2. **keep**: the same messages decoded and kept as a detect node keeps them
+   (``WindowCollector.keep``: fence check and upsert per batch of 256 of one partition), wall
+   time and PostgreSQL's CPU.
+
+    .venv/bin/python bench/cloud_parts.py [--devices 20000 100000 200000] [--modes one-by-one batched] [--output PATH]
+
+Writes bench/results/cloud-parts-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import bounded, environment  # noqa: E402
+from bench.process_usage import cpu_seconds, tree  # noqa: E402
+from iotdefender.cloud.cluster_windows import (PARTS_LOST, CloudWindowMessage, CloudWindowParts,  # noqa: E402
+                                               WindowCollector, WindowPublisher, decode)
+from iotdefender.cloud.service import CloudEventIntake  # noqa: E402
+from iotdefender.cluster import fencing  # noqa: E402
+from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of  # noqa: E402
+from iotdefender.cluster.report_stream import ReportPublisher  # noqa: E402
+from iotdefender.cluster.topology import Topology, ensure  # noqa: E402
+from iotdefender.service import build_api  # noqa: E402
+from iotdefender.settings import Settings  # noqa: E402
+from iotdefender.store.database import create_engine, writing  # noqa: E402
+from tests.support.jetstream import SingleJetStream  # noqa: E402
+from tests.support.processes import PostgresCluster  # noqa: E402
+
+RESULTS = Path(__file__).with_name("results")
+WINDOW_S = 300.0
+READER_BATCH = 256
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+async def publish(devices: int, batched: bool, urls: list[str], nats_pid: int
+                  ) -> tuple[dict[str, Any], list[tuple[int, bytes]]]:
+    nc = await nats.connect(urls)
+    try:
+        js = nc.jetstream()
+        topology = Topology()
+        await ensure(js, topology)
+        publisher = ReportPublisher(js, topology)
+        sent: list[tuple[int, bytes]] = []
+
+        async def publish_part(thing: str, payload: bytes, message_id: str) -> Any:
+            acked = await publisher.publish(thing, payload, message_id)
+            sent.append((partition_of(thing), payload))
+            return acked
+
+        async def publish_parts(partition: int, payload: bytes, message_id: str) -> Any:
+            acked = await publisher.publish_to(partition, payload, message_id)
+            sent.append((partition, payload))
+            return acked
+
+        clock = Clock(1_000_000 * WINDOW_S + 10)
+        window_publisher = WindowPublisher(CloudEventIntake(WINDOW_S, clock), publish_part, "node-a", clock=clock,
+                                           publish_end=publisher.publish_to,
+                                           publish_parts=publish_parts if batched else None)
+        for index in range(devices):
+            window_publisher.intake.message_sent(f"device-{index:07d}", "telemetry", 200)
+        clock.now = (1_000_000 + 1) * WINDOW_S + 0.2
+        lost_before = PARTS_LOST._value.get()
+        own, server = _cpu([os.getpid()]), _cpu([nats_pid])
+        started = time.perf_counter()
+        published = await window_publisher.publish_due()
+        elapsed = time.perf_counter() - started
+        return {"devices": devices, "mode": "batched" if batched else "one-by-one", "messages": len(sent),
+                "published": published,
+                "given_up": int(PARTS_LOST._value.get() - lost_before), "publish_s": round(elapsed, 2),
+                "parts_per_s": round(published / elapsed) if elapsed else None,
+                "publisher_cpu_s": round(_cpu([os.getpid()]) - own, 2),
+                "nats_server_cpu_s": round(_cpu([nats_pid]) - server, 2)}, sent
+    finally:
+        await nc.close()
+
+
+def keep(url: str, sent: list[tuple[int, bytes]], postmaster: int) -> dict[str, Any]:
+    engine = create_engine(url)
+    try:
+        with writing(engine) as conn:
+            for partition in range(PARTITION_COUNT):
+                fencing.claim(conn, partition, 1)
+        # A reader batch is 256 messages, each one device's part or a batch of a partition's parts.
+        batches: list[tuple[int, list[CloudWindowMessage]]] = []
+        by_partition: dict[int, list[bytes]] = {}
+        for partition, payload in sent:
+            by_partition.setdefault(partition, []).append(payload)
+        for partition, payloads in by_partition.items():
+            for start in range(0, len(payloads), READER_BATCH):
+                messages: list[CloudWindowMessage] = []
+                for payload in payloads[start:start + READER_BATCH]:
+                    message = decode(payload)
+                    assert isinstance(message, (CloudWindowMessage, CloudWindowParts))
+                    messages.extend(message.messages() if isinstance(message, CloudWindowParts) else [message])
+                batches.append((partition, messages))
+        postgres_pids = tree(postmaster)  # with this engine's connection open: its backend is among them
+        collector = WindowCollector(None, None, lambda events: None, lambda: {}, WINDOW_S, engine)  # type: ignore[arg-type]
+        own, database = _cpu([os.getpid()]), _cpu(postgres_pids)
+        started = time.perf_counter()
+        for partition, messages in batches:
+            collector.keep(partition, 1, messages)
+        elapsed = time.perf_counter() - started
+        kept = sum(len(messages) for _, messages in batches)
+        return {"kept": kept, "transactions": len(batches), "keep_s": round(elapsed, 2),
+                "parts_kept_per_s": round(kept / elapsed) if elapsed else None,
+                "keeper_cpu_s": round(_cpu([os.getpid()]) - own, 2),
+                "postgresql_cpu_s": round(_cpu(postgres_pids) - database, 2)}
+    finally:
+        engine.dispose()
+
+
+def run(devices: int, mode: str) -> dict[str, Any]:
+    jetstream, postgres = SingleJetStream(), PostgresCluster()
+    jetstream.start()
+    postgres.start()
+    try:
+        assert jetstream.server.process is not None
+        url = postgres.create_database(f"parts{devices}")
+        with tempfile.TemporaryDirectory() as data_dir:
+            build_api(Settings(data_dir=Path(data_dir), database_url=url)).context.engine.dispose()  # migrations
+        published, sent = asyncio.run(publish(devices, mode == "batched", jetstream.urls,
+                                              jetstream.server.process.pid))
+        postmaster = int((postgres.datadir / "postmaster.pid").read_text().split()[0])
+        return {**published, **keep(url, sent, postmaster)}
+    finally:
+        jetstream.stop()
+        postgres.stop()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, nargs="+", default=[20_000, 100_000, 200_000])
+    parser.add_argument("--modes", nargs="+", choices=["one-by-one", "batched"], default=["one-by-one", "batched"])
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--max-seconds", type=int, default=900)
+    args = parser.parse_args(argv)
+    bounded(args.max_seconds)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    result = {"benchmark": "cloud_parts", "date": started.isoformat(), "command": " ".join(sys.argv),
+              "machine": environment(), "load_average_before": os.getloadavg(),
+              "runs": [run(devices, mode) for devices in args.devices for mode in args.modes],
+              "load_average_after": os.getloadavg()}
+    output = args.output or RESULTS / f"cloud-parts-{started:%Y-%m-%d}.json"
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({key: value for key, value in result.items() if key != "machine"}))
+    return result
+
+
+if __name__ == "__main__":
+    main()
