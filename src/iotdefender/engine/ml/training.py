@@ -24,7 +24,8 @@ and compare bytes. The steps, on the log scale (model.py says why log):
    comes from all its datapoints when the statistics had to be sampled and the datapoints come
    grouped by device (tails.py; then every sampled score calibrates), else from its scores: every
    other one places the device in the pool whose thresholds the rest calibrate, and all of them
-   choose the cohort that judges it. In the first case a lasting anomaly inside the window
+   choose the cohort that judges it (whose thresholds are then never below those its judged
+   devices' calibrating scores give). In the first case a lasting anomaly inside the window
    (a nightly bump, a level that moved) does not show in how heavy the tail is, so the devices that
    crowd a near-normal cohort's tail get a cohort of their own: those with many datapoints far off
    their fit (refit.py counts them outside the sample: calibration.crowding_by_counts), then those
@@ -295,6 +296,8 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     cohort = calibration.cohorts(heaviness, own, n_cohorts)
     pool = cohort if pooled_by is heaviness else calibration.cohorts(pooled_by, own, n_cohorts)
     point_cohort = segments.spread(pool)[~sorting]
+    # Each calibrating score's judging cohort, where it differs from its pool (below).
+    judged_point = None if pool is cohort else segments.spread(cohort)[~sorting]
     scores = scores[~sorting]
     del sorting
     by_cohort = np.argsort(point_cohort, kind="stable")  # a radix sort of bytes
@@ -327,16 +330,42 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
             crowded_scores.append(members[leaving])
             members = members[~leaving]
         per_cohort.append(calibration.thresholds(members, shares, floors) if len(members) else per_cohort[0])
+    if judged_point is not None:
+        # A cohort's thresholds are the higher of those its pool calibrates and those the devices it
+        # judges calibrate. The pool is unbiased for its devices (placed by the other half of their
+        # scores) but not for the cohort's: all its scores place a device better than half of them,
+        # so the heaviest cohort judges Student-t devices that half their scores placed lighter (4
+        # of its 11 in one training of 200 devices x 384 datapoints), and its pool's tail is lighter
+        # than its devices'. The judged members' calibrating scores helped place them, which biases
+        # a light cohort's thresholds low and a heavy one's high: neither is taken lower than the
+        # other (bench/README.md, "The thresholds' own uncertainty").
+        by_judged = np.argsort(judged_point, kind="stable")
+        judged_bounds = np.concatenate(([0], np.cumsum(np.bincount(judged_point, minlength=n_cohorts + 1))))
+        judged_scores = scores[by_judged]
+        del by_judged, judged_point
+        for c in range(1, n_cohorts + 1):
+            members = judged_scores[judged_bounds[c]:judged_bounds[c + 1]]
+            if len(members):
+                per_cohort[c] = [max(a, b) for a, b in zip(per_cohort[c], calibration.thresholds(members, shares, floors))]
+        del judged_scores
     tail_rows = per_cohort[1:]  # the summary's median: over the tail cohorts, not the crowding devices'
     if crowding.any():
         per_cohort.append(calibration.thresholds(np.concatenate(crowded_scores), shares, floors))
         cohort[crowding] = n_cohorts + 1
 
-    # The scores above are in-sample: a fit of (1 + rank) numbers to a device's n datapoints leaves
-    # residuals smaller than a new datapoint's by about sqrt((n - p) / (n + p)). Their shape sets the
+    # The scores above are in-sample: a fit of p numbers to a device's n datapoints leaves residuals
+    # smaller than a new datapoint's by about sqrt((n - p) / (n + p)). Their shape sets the
     # thresholds; new datapoints are judged with the spread widened by that factor (6 % at 300
-    # datapoints and rank 16, under 1 % at 4,000).
-    parameters = 1 + basis.shape[1]
+    # datapoints and rank 16, under 1 % at 4,000). p is the device's level and rank weights, and its
+    # share of the basis, which was fitted to the same datapoints: a rank-k basis of the slot means
+    # of d devices has k (slots - k) degrees of freedom, k (slots - k) / d a device — 18 more on
+    # 200 devices at rank 11, where fresh normal datapoints came out 3.6 % wider than the spread
+    # widened for 12 and reached LOW 1.4 and HIGH 3 times as often as stated (bench/README.md,
+    # "The thresholds' own uncertainty"); 1-2 more at 2,000 devices and more, under 0.1 % wider.
+    rank = basis.shape[1]
+    fitted_by = min(len(seasonal.basis_devices(own, rank, clock.slots)[0]),
+                    _FULL_BASIS_DEVICES if all_tails else len(own)) if rank else 0
+    parameters = 1 + rank + (rank * (clock.slots - rank) / fitted_by if fitted_by else 0.0)
     spread = (spread * np.sqrt((fitted_on + parameters) / np.maximum(fitted_on - parameters, 1))).astype(f32)
 
     bands = DeviceBands(
