@@ -9,7 +9,7 @@ roles need, over the shared PostgreSQL and NATS JetStream (docs/cluster.md):
 - ``detect``: a ``DetectConsumer`` over a ``PartitionBatchStore`` in this process (the single
   box's detection child process is not used), the outcomes sent back to each report's broker
   node, the invalidation sweep over the owned partitions, alert delivery (outbox rows claimed, so
-  two nodes never send one alert twice), retention;
+  two nodes never send one alert twice), retention (one node's round at a time: an advisory lock);
 - ``api``: the AWS API and the console; every control-plane write is announced on NATS so every
   node drops its caches (cluster/control.py). A node without ``api`` serves only ``/healthz``
   and ``/metrics`` on ``--api-port``.

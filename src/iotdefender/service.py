@@ -53,7 +53,7 @@ from iotdefender.net_address import check_port_free
 from iotdefender.role_metrics import ROLE_ORDER, describe_node, export_only
 from iotdefender.settings import Settings
 from iotdefender.store import history, metric_values, profiles, violations
-from iotdefender.store.advisory import ML_TRAINING, run_alone
+from iotdefender.store.advisory import ML_TRAINING, RETENTION, run_alone
 from iotdefender.store.availability import DatabaseHealth, log_unless_outage
 from iotdefender.store.database import create_engine, in_batches, long_statements, sqlite_url, upgrade_to_head
 
@@ -147,20 +147,30 @@ def _purge(engine: Engine, delete_batch: Callable[[Connection, float], int], cut
     return in_batches(engine, lambda conn: delete_batch(conn, cutoff))
 
 
+def retention_round(engine: Engine, now: float, metrics_s: float, violations_s: float) -> tuple[int, int, int] | None:
+    """Delete what expired (datapoints, violation events, history segments), in small batches;
+    how many of each, or None when another process of the cluster is doing it. Every detect node
+    runs the loop; one at a time deletes (a PostgreSQL advisory lock: ``store/advisory.py``), where
+    each deleted the same rows, its deletes waiting on the others' row locks."""
+    def purge_all() -> tuple[int, int, int]:
+        return (_purge(engine, metric_values.delete_older_than, now - metrics_s),
+                _purge(engine, violations.delete_events_older_than, now - violations_s),
+                _purge(engine, history.delete_segments_older_than, now - metrics_s))
+    return run_alone(engine, RETENTION, purge_all)
+
+
 async def retention_loop(engine: Engine, metrics_s: float, violations_s: float) -> None:
-    """Delete expired datapoints and violation events, in small batches, a few times per period."""
+    """``retention_round`` a few times per period."""
     while True:
         await asyncio.sleep(min(max(min(metrics_s, violations_s) / 10, 1.0), 3600.0))
-        now = time.time()
         try:
-            metrics = await anyio.to_thread.run_sync(_purge, engine, metric_values.delete_older_than, now - metrics_s)
-            events = await anyio.to_thread.run_sync(_purge, engine, violations.delete_events_older_than,
-                                                    now - violations_s)
-            segments = await anyio.to_thread.run_sync(_purge, engine, history.delete_segments_older_than,
-                                                      now - metrics_s)
+            deleted = await anyio.to_thread.run_sync(retention_round, engine, time.time(), metrics_s, violations_s)
         except Exception as error:  # the next round retries; the loop must outlive a database outage
             log_unless_outage(log, "retention_failed", error)
             continue
+        if deleted is None:
+            continue
+        metrics, events, segments = deleted
         if metrics or events or segments:
             log.info("retention", metric_values_deleted=metrics, violation_events_deleted=events,
                      metric_segments_deleted=segments)

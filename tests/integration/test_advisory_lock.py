@@ -93,3 +93,32 @@ def test_a_singleton_that_loses_its_lock_stops_a_standby_takes_over_and_it_runs_
             engine.dispose()
 
     asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_one_node_at_a_time_deletes_what_expired(postgres, tmp_path):
+    """Every detect node runs the retention loop; a round finds the lock held by another node's
+    round and deletes nothing (it used to delete the same rows as the other, waiting on its row
+    locks), and the next round after it deletes what is left."""
+    from iotdefender.service import build_api, retention_round
+    from iotdefender.settings import Settings
+    from iotdefender.store import metric_values
+    from iotdefender.store.advisory import RETENTION
+
+    url = postgres.create_database(f"ret{time.time_ns()}")
+    build_api(Settings(data_dir=tmp_path, database_url=url)).context.engine.dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        metric_values.insert_reports(conn, [metric_values.RetainedReport("t", 100.0, {"m": {"count": 1}})] * 3)
+    inside, release = threading.Event(), threading.Event()
+
+    def other_nodes_round() -> None:
+        inside.set()
+        release.wait(10)
+
+    holder = threading.Thread(target=lambda: run_alone(create_engine(url), RETENTION, other_nodes_round))
+    holder.start()
+    assert inside.wait(10)
+    assert retention_round(engine, 10_000.0, 3600.0, 3600.0) is None
+    release.set()
+    holder.join()
+    assert retention_round(engine, 10_000.0, 3600.0, 3600.0) == (3, 0, 0)
