@@ -577,6 +577,10 @@ class WindowCollector:
         if self._partition(message.thing) != partition or message.window_s != self._window_s:
             log.error("cloud_window_refused", thing=message.thing, partition=partition, window_s=message.window_s)
             return False
+        return not self._late(partition, message, redelivered)
+
+    def _late(self, partition: int, message: CloudWindowMessage, redelivered: bool = False) -> bool:
+        """Whether the part's window was closed (counted and logged as late)."""
         if self._closed(partition, message.window, message.thing):
             PARTS_LATE.inc()
             if redelivered:
@@ -584,8 +588,8 @@ class WindowCollector:
                          redelivered=True)
             else:
                 _LATE_LOG("late", thing=message.thing, window=message.window, node=message.node)
-            return False
-        return True
+            return True
+        return False
 
     def add(self, partition: int, message: CloudWindowMessage) -> bool:
         """Hold one part in memory (replacing an earlier copy of it); False if not ``accept``-ed."""
@@ -629,8 +633,9 @@ class WindowCollector:
                                  if self.accept(partition, one, redelivered=delivery.delivered > 1))
             if parts or ends:
                 await asyncio.to_thread(self.keep, partition, token, parts, ends)
-                for message in parts:
-                    self.add(partition, message)  # unless its window was closed meanwhile (late)
+                for message in parts:  # accepted above; held unless its window was closed meanwhile
+                    if not self._late(partition, message):
+                        self._hold(partition, message.window, message.thing, message.node, message.part)
                 if partition in self._next:
                     for end in ends:
                         self.ends.record(partition, end)
