@@ -75,7 +75,7 @@ def test_writes_need_the_csrf_token(service):
     created = client.post("/console/profiles/new", data={**form, "csrf": token})
     assert created.status_code == 303 and created.headers["location"] == "/console/profiles/csrf-check?created=1"
     again = client.post("/console/profiles/new", data={**form, "csrf": token})
-    assert again.status_code == 400 and "ResourceAlreadyExistsException" in again.text
+    assert again.status_code == 409 and "ResourceAlreadyExistsException" in again.text  # AWS's status, as other forms
     broken = client.post("/console/profiles/csrf-check", data={"behaviors": "[{", "csrf": token})
     assert broken.status_code == 400 and "not valid JSON" in broken.text and "[{" in broken.text
     assert client.post("/console/profiles/csrf-check/delete", data={"csrf": token}).status_code == 303

@@ -475,7 +475,7 @@ def test_a_profile_created_whose_target_is_refused_comes_back_as_its_edit_form(s
     missing = f"{ARN}:thinggroup/pt-no-such-group"
     refused = client.post("/console/profiles/new", data={
         "csrf": token, "name": "pt-made", "description": "typed", "behaviors": "[]", "targets": [missing]})
-    assert refused.status_code == 400 and "ResourceNotFoundException" in refused.text
+    assert refused.status_code == 404 and "ResourceNotFoundException" in refused.text  # the refusing call's status
     assert "The profile was created, but not every target was changed" in refused.text
     assert re.search(r'<legend>Targets</legend>.*?</fieldset>\s*<p class="error field" role="alert">The profile was '
                      r'created', refused.text, re.S)  # by the targets
@@ -533,7 +533,7 @@ def test_a_refused_profile_update_comes_back_as_typed_with_the_reason_by_its_fie
 
     stale = client.post("/console/profiles/pu-prof", data={
         "csrf": token, "version": "7", "description": "stale words", "behaviors": "[]"})
-    assert stale.status_code == 400 and _field(stale.text, "profile-form", "description") == "stale words"
+    assert stale.status_code == 409 and _field(stale.text, "profile-form", "description") == "stale words"
     above = re.search(r'<p class="error" role="alert">(.*?)</p>\s*<form method="post" class="profile"', stale.text, re.S)
     assert above and above.group(1).startswith("VersionConflictException: ")
 

@@ -109,7 +109,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                     params["deleteBehaviors"] = True
                 api.invoke("UpdateSecurityProfile", params)
         except ApiError as error:
-            raise Rejected(f"{error.code}: {error.message}", field=_field_of(error)) from None
+            raise Rejected(f"{error.code}: {error.message}", status=error.status, field=_field_of(error)) from None
         listed = api.invoke("ListTargetsForSecurityProfile", {"securityProfileName": values["name"]})
         current = {t["arn"] for t in listed["securityProfileTargets"]}
         wanted = set(values["targets"])
@@ -123,7 +123,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         except ApiError as error:
             done = "created" if creating else "saved"
             raise Rejected(f"The profile was {done}, but not every target was changed: "
-                           f"{error.code}: {error.message}", field=TARGETS) from None
+                           f"{error.code}: {error.message}", status=error.status, field=TARGETS) from None
 
     async def show(request: Request, values: dict[str, Any], creating: bool, refused: Refused | None = None
                    ) -> Response:
