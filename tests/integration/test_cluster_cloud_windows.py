@@ -781,3 +781,24 @@ def test_a_device_seen_by_a_publisher_that_went_silent_gets_no_part_count_withou
     assert sent_counts(database, steady) == [(W, 5)]  # not 2: A held the rest of its W+1
     assert sent_counts(database, later) == [(W + 1, 1)]
     detect.engine.dispose()
+
+
+def test_a_batch_part_of_another_partition_is_refused_and_the_rest_of_the_batch_counted(database):
+    """A node of another configuration (another partition count) batches a thing that is not this
+    partition's: that part is refused (logged at most a few times per interval, not once per part)
+    and the batch's other parts count."""
+    from iotdefender.cloud.aggregator import ClientWindow
+    from iotdefender.cloud.cluster_windows import CloudWindowParts, DevicePart, encode
+
+    clock = Clock(W * WINDOW_S + 10)
+    detect = Detect(database, clock)
+    detect.acquire(P, 7)
+    (ours,), (stranger,) = things_in(P, 1, "bp"), things_in(P + 1, 1, "bp")
+    part = ClientWindow(sent={"t": 6}, sent_max_bytes={"t": 10}, sent_min_bytes={"t": 10})
+    batch = CloudWindowParts("node-x", P, W, WINDOW_S, [DevicePart(stranger, part), DevicePart(ours, part)])
+    asyncio.run(detect.handle(P, 7, [Delivery(P, "", encode(batch), 1, 1)]))
+    clock.now = (W + 1) * WINDOW_S + detect.collector.grace_s + 0.1
+    detect.collector.close_due()
+    [(_, points)] = datapoints(database, ours)
+    assert points["aws:num-messages-sent"] == {"count": 6}
+    assert datapoints(database, stranger) == []

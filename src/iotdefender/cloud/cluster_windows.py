@@ -72,6 +72,9 @@ _CLIENT_ID_REFUSED_LOG = LimitedLog(log, "cloud_window_client_id_refused", None)
 # A part first delivered after its window was closed was not counted: a publisher or a detect node
 # slower than the wait for ends (a redelivered copy of a counted part is not one: logged at info).
 _LATE_LOG = LimitedLog(log, "cloud_window_late", "iotdefender_cluster_cloud_parts_late_total", level="warning")
+# A part of another partition or window length (a node of another configuration): each of a batch's
+# 1,000 parts would be a line.
+_REFUSED_LOG = LimitedLog(log, "cloud_window_refused", None, level="error")
 
 VERSION = 1
 KIND = "cloud-window"
@@ -575,7 +578,7 @@ class WindowCollector:
         configuration) or came too late (its window is closed; ``redelivered``: a copy JetStream
         delivers again, most likely of a part counted already)."""
         if self._partition(message.thing) != partition or message.window_s != self._window_s:
-            log.error("cloud_window_refused", thing=message.thing, partition=partition, window_s=message.window_s)
+            _REFUSED_LOG("refused", thing=message.thing, partition=partition, window_s=message.window_s)
             return False
         return not self._late(partition, message, redelivered)
 
