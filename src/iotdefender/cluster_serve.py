@@ -244,7 +244,7 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
                                    outcome_timeout_s=settings.cluster_outcome_timeout,
                                    message_version=message_version)
     ingest, replies = build_ingest(settings, engine, monitoring, committer, health)
-    cloud = cloud_publisher(settings, publisher, node_id, peers_read)
+    cloud = cloud_publisher(settings, publisher, node_id, peers_read, nc.max_payload)
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=cloud.intake if cloud else NULL_OBSERVER)
     broker, endpoint = build_broker(settings, gatekeeper, ingest.submit)
     replies.broker = broker
@@ -252,7 +252,7 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
 
 
 def cloud_publisher(settings: Settings, publisher: ReportPublisher, node_id: str,
-                    peers_read: cluster_windows.PeersRead) -> WindowPublisher | None:
+                    peers_read: cluster_windows.PeersRead, max_payload: int) -> WindowPublisher | None:
     """A broker node's cloud-side metrics: its broker's events into windows, each device's part
     published to the thing's partition when the window ends, then its end of the window in every
     partition (cloud/cluster_windows.py)."""
@@ -261,7 +261,8 @@ def cloud_publisher(settings: Settings, publisher: ReportPublisher, node_id: str
     return WindowPublisher(CloudEventIntake(settings.effective_metrics_window), publisher.publish, node_id,
                            publish_end=publisher.publish_to, partitions=publisher.partitions,
                            ends_readable=peers_read.ends, publish_parts=publisher.publish_to,
-                           batches_readable=peers_read.batches)
+                           batches_readable=peers_read.batches,
+                           parts_max_bytes=cluster_windows.parts_limit(max_payload))
 
 
 def broker_events(settings: Settings, roles: frozenset[str], devices: BrokerRole | None, nc: Client,
@@ -274,7 +275,8 @@ def broker_events(settings: Settings, roles: frozenset[str], devices: BrokerRole
     if devices is not None:
         return devices.cloud
     if "api" in roles:
-        return cloud_publisher(settings, ReportPublisher(nc.jetstream(), topology), node_id, peers_read)
+        return cloud_publisher(settings, ReportPublisher(nc.jetstream(), topology), node_id, peers_read,
+                               nc.max_payload)
     return None
 
 

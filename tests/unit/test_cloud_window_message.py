@@ -8,7 +8,7 @@ import asyncio
 from iotdefender.cloud.aggregator import Aggregator, ClientWindow, merge_windows
 from iotdefender.cloud.cluster_windows import (PARTS_MAX_BYTES, PARTS_PER_MESSAGE, CloudWindowEnd, CloudWindowMessage,
                                                CloudWindowParts, DevicePart, PeersRead, WindowPublisher, batched,
-                                               decode, encode, ends_readable)
+                                               decode, encode, ends_readable, parts_limit)
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cloud.service import CloudEventIntake
 from iotdefender.pipeline.report_message import ReportMessage, encode as encode_report
@@ -82,6 +82,12 @@ def test_a_partitions_parts_go_in_batches_split_by_count_and_by_size_and_decode_
     split = batched("node-a", 3, 7, 300.0, big)
     assert len(split) > 1 and all(len(encode(b)) <= PARTS_MAX_BYTES for b in split)
     assert [d for b in split for d in b.parts] == big
+    # A NATS server configured for 64 KB messages: batches within it, headers included.
+    limit = parts_limit(64 * 1024)
+    assert limit <= 60 * 1024 and parts_limit(8 * 1024 * 1024) == PARTS_MAX_BYTES
+    smaller = batched("node-a", 3, 7, 300.0, small, limit)
+    assert len(smaller) > 3 and all(len(encode(b)) <= limit for b in smaller)
+    assert [d for b in smaller for d in b.parts] == small
 
 
 def test_a_broker_node_batches_its_parts_only_while_every_live_node_reads_batches():

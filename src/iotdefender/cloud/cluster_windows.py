@@ -106,7 +106,8 @@ PARTS_KIND = "cloud-window-parts"
 #: once every live node does (a detect node of the release before reads one part per message).
 PARTS_ANNOUNCEMENT = "cloud-window-parts"
 #: A batch holds at most this many devices' parts, and is split further above ``PARTS_MAX_BYTES``
-#: (NATS refuses a message over its ``max_payload``, 1 MB by default).
+#: (NATS refuses a message over its ``max_payload``, 1 MB by default; a server configured lower
+#: lowers it: ``parts_limit``).
 PARTS_PER_MESSAGE = 1000
 PARTS_MAX_BYTES = 512 * 1024
 
@@ -226,17 +227,24 @@ def parts_message_id(node: str, partition: int, window: int, batch: int) -> str:
     return f"cloud-parts/{node}/{partition}/{window}/{batch}"
 
 
+def parts_limit(max_payload: int) -> int:
+    """The bytes a batch may encode to on a server whose messages carry at most ``max_payload``
+    bytes (its INFO): ``PARTS_MAX_BYTES``, less on a server configured below 1 MB, leaving room for
+    the headers (``Nats-Msg-Id``)."""
+    return max(1024, min(PARTS_MAX_BYTES, max_payload - 4096))
+
+
 def batched(node: str, partition: int, window: int, window_s: float,
-            devices: Sequence[DevicePart]) -> list[CloudWindowParts]:
+            devices: Sequence[DevicePart], max_bytes: int = PARTS_MAX_BYTES) -> list[CloudWindowParts]:
     """A partition's parts of a window in batches of at most ``PARTS_PER_MESSAGE`` devices, each
-    split in halves while it encodes over ``PARTS_MAX_BYTES`` (devices with many topics or
-    addresses), in a fixed order: a round's retries publish the same batches under the same ids."""
+    split in halves while it encodes over ``max_bytes`` (devices with many topics or addresses), in
+    a fixed order: a round's retries publish the same batches under the same ids."""
     pending = [devices[start:start + PARTS_PER_MESSAGE] for start in range(0, len(devices), PARTS_PER_MESSAGE)]
     done: list[CloudWindowParts] = []
     while pending:
         chunk = pending.pop(0)
         message = CloudWindowParts(node, partition, window, window_s, list(chunk))
-        if len(chunk) > 1 and len(encode(message)) > PARTS_MAX_BYTES:
+        if len(chunk) > 1 and len(encode(message)) > max_bytes:
             half = len(chunk) // 2
             pending[:0] = [chunk[:half], chunk[half:]]
         else:
@@ -287,9 +295,11 @@ class WindowPublisher:
                  concurrency: int = 256, retry_s: float = 8.0, clock: Callable[[], float] = time.time,
                  publish_end: PublishTo | None = None, partitions: int = PARTITION_COUNT,
                  ends_readable: Callable[[], bool] = _always, end_interval_s: float = 1.0,
-                 publish_parts: PublishTo | None = None, batches_readable: Callable[[], bool] = _always) -> None:
+                 publish_parts: PublishTo | None = None, batches_readable: Callable[[], bool] = _always,
+                 parts_max_bytes: int = PARTS_MAX_BYTES) -> None:
         self.intake, self._publish, self._node = intake, publish, node
         self._publish_parts, self._batches_readable = publish_parts, batches_readable
+        self._parts_max_bytes = parts_max_bytes
         self._delay_s, self._concurrency, self._retry_s, self._clock = delay_s, concurrency, retry_s, clock
         self._publish_end, self._partitions, self._ends_readable = publish_end, partitions, ends_readable
         # Per partition, the first window of this node's current unbroken run of published windows.
@@ -355,7 +365,8 @@ class WindowPublisher:
                     self._publish_parts, partition, encode(message),
                     parts_message_id(self._node, partition, window, index)))
                 for (partition, window), devices in grouped.items()
-                for index, message in enumerate(batched(self._node, partition, window, window_s, devices))]
+                for index, message in enumerate(batched(self._node, partition, window, window_s, devices,
+                                                         self._parts_max_bytes))]
 
     async def _end(self, window: int, last: bool, deadline: float) -> None:
         """This node's end of ``window`` in every partition; one not published breaks its run."""
