@@ -25,21 +25,30 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, ...]] = []
+        self.stamps: list[tuple[float | None, float]] = []  # each event's time from the broker, and when told
 
-    def connect_attempt(self, client_id: str, address: str | None, ok: bool) -> None:
+    def _stamped(self, at: float | None) -> None:
+        self.stamps.append((at, time.time()))
+
+    def connect_attempt(self, client_id: str, address: str | None, ok: bool, at: float | None = None) -> None:
         self.events.append(("connect", client_id, str(address), str(ok)))
+        self._stamped(at)
 
-    def disconnect(self, client_id: str) -> None:
+    def disconnect(self, client_id: str, at: float | None = None) -> None:
         self.events.append(("disconnect", client_id))
+        self._stamped(at)
 
-    def authorization_failure(self, client_id: str, topic: str | None) -> None:
+    def authorization_failure(self, client_id: str, topic: str | None, at: float | None = None) -> None:
         self.events.append(("authorization_failure", client_id, str(topic)))
+        self._stamped(at)
 
-    def message_sent(self, client_id: str, topic: str, size: int) -> None:
+    def message_sent(self, client_id: str, topic: str, size: int, at: float | None = None) -> None:
         self.events.append(("sent", client_id, topic, str(size)))
+        self._stamped(at)
 
-    def message_received(self, client_id: str, topic: str) -> None:
+    def message_received(self, client_id: str, topic: str, at: float | None = None) -> None:
         self.events.append(("received", client_id, topic))
+        self._stamped(at)
 
 
 def connect(port: int, client_id: str) -> tuple[mqtt.Client, queue.Queue[int], queue.Queue[bool]]:
@@ -89,6 +98,9 @@ def test_reports_reach_the_sink_and_events_the_observer(tmp_path):
             await asyncio.sleep(0.05)
         assert reports == [("sensor-1", "json", b"{}")]
         assert ("connect", "sensor-1", "127.0.0.1", "True") in recorder.events
+        # Every event carries the time the broker saw it (its batch's "T" record), at most when told.
+        assert recorder.stamps and all(at is not None and told - 5 < at <= told + 0.002
+                                       for at, told in recorder.stamps), recorder.stamps
         client.loop_stop()
         client.disconnect()
         for _ in range(100):

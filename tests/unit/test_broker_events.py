@@ -12,26 +12,22 @@ from iotdefender.brokers.observer import NULL_OBSERVER
 
 
 class Recorder:
+    """Stands in for the observer and the denial counter: every call by its short name, with its
+    time (``at``) last when the batch gave one."""
+
+    NAMES = {"connect_attempt": "connect", "authorization_failure": "authorization-failure",
+             "disconnect": "disconnect", "message_sent": "sent", "message_received": "received",
+             "record_denial": "denial"}
+
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def connect_attempt(self, *args) -> None:  # type: ignore[no-untyped-def]
-        self.calls.append(("connect", *args))
+    def __getattr__(self, method: str):  # type: ignore[no-untyped-def]
+        name = self.NAMES[method]
 
-    def authorization_failure(self, *args) -> None:  # type: ignore[no-untyped-def]
-        self.calls.append(("authorization-failure", *args))
-
-    def disconnect(self, *args) -> None:  # type: ignore[no-untyped-def]
-        self.calls.append(("disconnect", *args))
-
-    def message_sent(self, *args) -> None:  # type: ignore[no-untyped-def]
-        self.calls.append(("sent", *args))
-
-    def message_received(self, *args) -> None:  # type: ignore[no-untyped-def]
-        self.calls.append(("received", *args))
-
-    def record_denial(self, *args) -> None:  # type: ignore[no-untyped-def]
-        self.calls.append(("denial", *args))
+        def call(*args, at=None) -> None:  # type: ignore[no-untyped-def]
+            self.calls.append((name, *args) if at is None else (name, *args, at))
+        return call
 
 
 def batch(*records: tuple[str, ...]) -> bytes:
@@ -109,3 +105,13 @@ def test_a_device_refused_in_a_loop_is_a_few_log_lines_and_every_denial_counted(
     assert len(denials.calls) == 2000
     events = [entry["event"] for entry in logs]
     assert events.count("mqtt_auth_refused") <= 10 and events.count("mqtt_publish_refused") <= 10
+
+
+def test_records_carry_the_time_of_the_t_record_before_them():
+    observer, denials = Recorder(), Recorder()
+    payload = batch(("T", "1700000000123"), ("S", "cam-1", "5", "t"), ("C", "cam-2", "", "0", "auth_bad_password"),
+                    ("T", "1700000000124"), ("R", "cam-1", "c"), ("T", "not a time"), ("D", "cam-1"))
+    assert apply_events(payload, observer, denials, connections()) == 4  # the T records are no events
+    assert observer.calls == [("sent", "cam-1", "t", 5, 1700000000.123), ("connect", "cam-2", None, False, 1700000000.123),
+                              ("received", "cam-1", "c", 1700000000.124), ("disconnect", "cam-1")]
+    assert denials.calls == [("denial", "cam-2", "auth_bad_password", 1700000000.123)]

@@ -158,3 +158,18 @@ def test_batches_are_sent_only_when_every_live_node_announces_it_reads_them():
     assert peers.ends() and not peers.batches()  # a node of the release before: it reads one part a message
     announced["cloud-window-parts"] = [1, 1]
     assert peers.batches()
+
+
+def test_an_event_counts_in_the_window_the_broker_saw_it_in_unless_that_window_was_closed_since():
+    now = [1199.95]
+    intake = CloudEventIntake(300.0, lambda: now[0])
+    aggregator = intake.aggregator
+    intake.message_sent("dev-1", "t", 3)  # unstamped: counted when told
+    now[0] = 1200.08  # its batch applied after the window [900, 1200) ended, not yet closed
+    intake.message_sent("dev-1", "t", 3, at=1199.97)
+    intake.message_sent("dev-1", "t", 3, at=1200.01)
+    intake.message_sent("dev-1", "t", 3, at=1260.0)  # from the future (a clock stepped back): now
+    assert aggregator.closed_windows(now[0]) == [3]
+    assert aggregator.take(3)["dev-1"].sent == {"t": 2}
+    intake.message_sent("dev-1", "t", 3, at=1199.99)  # its window was handed over: in the open one
+    assert aggregator.take(4)["dev-1"].sent == {"t": 3}

@@ -49,9 +49,10 @@ class Gatekeeper:
     def observes_traffic(self) -> bool:
         return observes_traffic(self.observer)
 
-    def record_denial(self, client_id: str | None, reason: str, topic: str | None = None) -> None:
+    def record_denial(self, client_id: str | None, reason: str, topic: str | None = None,
+                      at: float | None = None) -> None:
         """Count a refusal by reason; a refused PUBLISH or SUBSCRIBE (with its topic) is also an
-        authorization failure for the cloud-side metrics."""
+        authorization failure for the cloud-side metrics (``at``: when the broker saw it)."""
         MQTT_DENIALS.labels(reason).inc()
         if topic is not None:
-            self.observer.authorization_failure(client_id, topic)
+            self.observer.authorization_failure(client_id, topic, at=at)

@@ -12,33 +12,35 @@ from typing import Protocol
 
 
 class BrokerObserver(Protocol):
-    def connect_attempt(self, client_id: str | None, address: str | None, ok: bool) -> None: ...
+    """``at``: when the broker saw the event (epoch seconds), if it says; else when it is told."""
 
-    def authorization_failure(self, client_id: str | None, topic: str | None) -> None: ...
+    def connect_attempt(self, client_id: str | None, address: str | None, ok: bool, at: float | None = None) -> None: ...
 
-    def disconnect(self, client_id: str | None) -> None: ...
+    def authorization_failure(self, client_id: str | None, topic: str | None, at: float | None = None) -> None: ...
 
-    def message_sent(self, client_id: str | None, topic: str, size: int) -> None: ...
+    def disconnect(self, client_id: str | None, at: float | None = None) -> None: ...
 
-    def message_received(self, client_id: str | None, topic: str) -> None: ...
+    def message_sent(self, client_id: str | None, topic: str, size: int, at: float | None = None) -> None: ...
+
+    def message_received(self, client_id: str | None, topic: str, at: float | None = None) -> None: ...
 
 
 class NullObserver:
     """Observes nothing: the broker's events are counted (refusals) but feed no metrics."""
 
-    def connect_attempt(self, client_id: str | None, address: str | None, ok: bool) -> None:
+    def connect_attempt(self, client_id: str | None, address: str | None, ok: bool, at: float | None = None) -> None:
         pass
 
-    def authorization_failure(self, client_id: str | None, topic: str | None) -> None:
+    def authorization_failure(self, client_id: str | None, topic: str | None, at: float | None = None) -> None:
         pass
 
-    def disconnect(self, client_id: str | None) -> None:
+    def disconnect(self, client_id: str | None, at: float | None = None) -> None:
         pass
 
-    def message_sent(self, client_id: str | None, topic: str, size: int) -> None:
+    def message_sent(self, client_id: str | None, topic: str, size: int, at: float | None = None) -> None:
         pass
 
-    def message_received(self, client_id: str | None, topic: str) -> None:
+    def message_received(self, client_id: str | None, topic: str, at: float | None = None) -> None:
         pass
 
 

@@ -54,29 +54,41 @@ class CloudEventIntake:
         self.aggregator = Aggregator(window_s)
 
     # -- event intake (event loop) ----------------------------------------------------------------
-    def connect_attempt(self, client_id: str | None, address: str | None, ok: bool) -> None:
-        if client_id:
-            self.aggregator.connect_attempt(client_id, address, ok, self._clock())
+    def _time(self, at: float | None) -> float:
+        """When an event counts: when the broker saw it (``at``, the plugin's stamp) unless its
+        window was closed meanwhile (a batch applied late: it counts now, in the open window, as
+        an unstamped event does), else now. Unstamped, an event counted when its batch was applied
+        (every 50 ms, plus the event loop's delay): a message sent 50-100 ms before a window's end
+        counted in the next one (0.7 % of device-windows in an operator's trial)."""
+        now = self._clock()
+        if at is None or at > now:
+            return now
+        closed = self.aggregator.last_closed
+        return at if closed is None or self.aggregator.index(at) > closed else now
 
-    def authorization_failure(self, client_id: str | None, topic: str | None) -> None:
+    def connect_attempt(self, client_id: str | None, address: str | None, ok: bool, at: float | None = None) -> None:
         if client_id:
-            self.aggregator.authorization_failure(client_id, topic, self._clock())
+            self.aggregator.connect_attempt(client_id, address, ok, self._time(at))
 
-    def disconnect(self, client_id: str | None) -> None:
+    def authorization_failure(self, client_id: str | None, topic: str | None, at: float | None = None) -> None:
         if client_id:
-            self.aggregator.disconnect(client_id, self._clock())
+            self.aggregator.authorization_failure(client_id, topic, self._time(at))
 
-    def message_sent(self, client_id: str | None, topic: str, size: int) -> None:
+    def disconnect(self, client_id: str | None, at: float | None = None) -> None:
         if client_id:
-            self.aggregator.message_sent(client_id, topic, size, self._clock())
+            self.aggregator.disconnect(client_id, self._time(at))
+
+    def message_sent(self, client_id: str | None, topic: str, size: int, at: float | None = None) -> None:
+        if client_id:
+            self.aggregator.message_sent(client_id, topic, size, self._time(at))
 
     def message_counts(self, client_id: str | None, sent: int, sent_bytes: int, received: int) -> None:
         if client_id:
             self.aggregator.message_counts(client_id, sent, sent_bytes, received, self._clock())
 
-    def message_received(self, client_id: str | None, topic: str) -> None:
+    def message_received(self, client_id: str | None, topic: str, at: float | None = None) -> None:
         if client_id:
-            self.aggregator.message_received(client_id, topic, self._clock())
+            self.aggregator.message_received(client_id, topic, self._time(at))
 
     def ingest_events(self, document: Any) -> dict[str, Any]:
         """The broker-event intake: ``{"events": [{"type": ..., "clientId": ..., ...}]}``.

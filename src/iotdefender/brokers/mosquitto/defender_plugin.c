@@ -28,6 +28,8 @@
  *   D client                disconnect of an authenticated client
  *   S client bytes topic    PUBLISH from a client (message sent)
  *   R client topic          delivery to a client (message received)
+ *   T milliseconds          when the records after it happened (CLOCK_REALTIME since the epoch):
+ *                           first in every batch, again whenever the millisecond changes
  * No field can contain NUL: MQTT forbids U+0000 in client ids and topics, and Mosquitto checks
  * (packet__read_string validates UTF-8 and refuses control characters).
  *
@@ -269,8 +271,28 @@ static void append_field(const char *field)
 	buffer_append(&events, field, strlen(field) + 1);
 }
 
+/* A "T" record (milliseconds since the epoch, CLOCK_REALTIME) before the first record of a batch
+ * and of each millisecond: the service counts each event in the window of when it happened here,
+ * not of when its batch reached it (up to flush_ms and the service's event loop later, which moved
+ * a message sent just before a window's end into the next window). */
+static long long last_stamp_ms = -1;
+
+static void stamp(void)
+{
+	struct timespec now;
+	char text[24];
+	clock_gettime(CLOCK_REALTIME, &now);
+	long long ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+	if(events.len && ms == last_stamp_ms) return;
+	snprintf(text, sizeof(text), "%lld", ms);
+	append_field("T");
+	append_field(text);
+	last_stamp_ms = ms;
+}
+
 static void record(const char *type, const char *a, const char *b, const char *c, const char *d)
 {
+	stamp();
 	append_field(type);
 	append_field(a);
 	if(b) append_field(b);

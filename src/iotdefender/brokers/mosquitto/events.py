@@ -21,12 +21,13 @@ log = structlog.get_logger("iotdefender.broker")
 AUTH_REFUSED_LOG = LimitedLog(log, "mqtt_auth_refused", "iotdefender_mqtt_denials_total")
 PUBLISH_REFUSED_LOG = LimitedLog(log, "mqtt_publish_refused", "iotdefender_mqtt_denials_total")
 
-# Fields per record type, the type included.
-_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3}
+# Fields per record type, the type included ("T": the time of the records after it).
+_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3, "T": 2}
 
 
 class DenialCounter(Protocol):
-    def record_denial(self, client_id: str | None, reason: str, topic: str | None = None) -> None: ...
+    def record_denial(self, client_id: str | None, reason: str, topic: str | None = None,
+                      at: float | None = None) -> None: ...
 
 
 def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounter,
@@ -36,6 +37,7 @@ def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounte
     fields = payload.decode("utf-8", "replace").split("\0")
     end = len(fields) - 1  # the batch ends with a NUL
     index = applied = 0
+    at: float | None = None  # when the broker saw the records that follow (a "T" record: milliseconds)
     while index < end:
         kind = fields[index]
         size = _SIZES.get(kind)
@@ -43,24 +45,27 @@ def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounte
             break
         record = fields[index + 1:index + size]
         index += size
+        if kind == "T":
+            at = int(record[0]) / 1000 if record[0].isdigit() else None
+            continue
         applied += 1
         if kind == "C":
             client, address, ok, reason = record
             if ok != "1":
-                denials.record_denial(client, reason)  # a refused CONNECT has no topic
+                denials.record_denial(client, reason, at=at)  # a refused CONNECT has no topic
                 AUTH_REFUSED_LOG(reason, client_id=client, address=address, reason=reason)
             else:
                 connections.connected(client)
-            observer.connect_attempt(client, address or None, ok == "1")
+            observer.connect_attempt(client, address or None, ok == "1", at=at)
         elif kind == "A":
-            denials.record_denial(record[0], record[2], record[1])
+            denials.record_denial(record[0], record[2], record[1], at=at)
             if record[2] == "publish_denied":
                 PUBLISH_REFUSED_LOG("publish_denied", client_id=record[0], topic=record[1])
         elif kind == "S":
-            observer.message_sent(record[0], record[2], int(record[1]))
+            observer.message_sent(record[0], record[2], int(record[1]), at=at)
         elif kind == "R":
-            observer.message_received(record[0], record[1])
+            observer.message_received(record[0], record[1], at=at)
         else:
             connections.disconnected(record[0])
-            observer.disconnect(record[0])
+            observer.disconnect(record[0], at=at)
     return applied
