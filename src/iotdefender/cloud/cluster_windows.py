@@ -4,7 +4,9 @@ A device is connected to one broker node at a time, but over a window it may be 
 (it reconnects elsewhere). So a broker node does not turn its windows into datapoints: when a
 window ends it publishes, for every device it saw in it, its *part* of that device's window (the
 ``ClientWindow`` accumulators: counts, largest payloads, addresses, last connect and disconnect)
-to the thing's partition on the report stream, as a ``CloudWindowMessage``. The partition's detect
+to the thing's partition on the report stream: a partition's parts in a few ``CloudWindowParts``
+batches, or one ``CloudWindowMessage`` per device while a node of a release before batches lives
+(``PeersRead``). The partition's detect
 node collects the parts and, ``grace_s`` after the window's end, merges them (counts add up: a
 device that moved keeps one series and nothing is counted twice), makes the datapoints exactly as
 the single box does (``CloudMetricsService``: every monitored thing of its partitions, 0 when
@@ -28,7 +30,8 @@ every live node reads them (announced as ``cloud-window-ends`` in the nodes buck
 of the release before would take one for a report it cannot read).
 
 Why on the report stream: it is already partitioned by thing, read in order by one owner, with
-JetStream's de-duplication (``Nats-Msg-Id = cloud/<node>/<thing>/<window>``) and the fence; a
+JetStream's de-duplication (``Nats-Msg-Id = cloud/<node>/<thing>/<window>``, a batch's
+``cloud-parts/<node>/<partition>/<window>/<n>``) and the fence; a
 second stream would need its own consumers and ownership. A detect node tells the two kinds of
 message apart by the message's first field (``kind``: a tagged msgspec struct, versioned like
 ``ReportMessage``).
