@@ -253,9 +253,9 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
 
 def cloud_publisher(settings: Settings, publisher: ReportPublisher, node_id: str,
                     peers_read: cluster_windows.PeersRead, max_payload: int) -> WindowPublisher | None:
-    """A broker node's cloud-side metrics: its broker's events into windows, each device's part
-    published to the thing's partition when the window ends, then its end of the window in every
-    partition (cloud/cluster_windows.py)."""
+    """A broker node's cloud-side metrics: its broker's events into windows, the devices' parts
+    published to their partitions when the window ends (batched within the NATS server's
+    ``max_payload``), then its end of the window in every partition (cloud/cluster_windows.py)."""
     if not settings.cloud_metrics:
         return None
     return WindowPublisher(CloudEventIntake(settings.effective_metrics_window), publisher.publish, node_id,
