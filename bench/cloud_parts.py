@@ -41,7 +41,7 @@ from typing import Any
 import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import bounded, environment  # noqa: E402
+from bench.common import SetClock, bounded, environment  # noqa: E402
 from bench.process_usage import cpu_seconds, tree  # noqa: E402
 from iotdefender.cloud.cluster_windows import (PARTS_LOST, CloudWindowMessage, CloudWindowParts,  # noqa: E402
                                                WindowCollector, WindowPublisher, decode)
@@ -59,14 +59,6 @@ from tests.support.processes import PostgresCluster  # noqa: E402
 RESULTS = Path(__file__).with_name("results")
 WINDOW_S = 300.0
 READER_BATCH = 256
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _cpu(pids: list[int]) -> float:
@@ -93,7 +85,7 @@ async def publish(devices: int, batched: bool, urls: list[str], nats_pid: int
             sent.append((partition, payload))
             return acked
 
-        clock = Clock(1_000_000 * WINDOW_S + 10)
+        clock = SetClock(1_000_000 * WINDOW_S + 10)
         window_publisher = WindowPublisher(CloudEventIntake(WINDOW_S, clock), publish_part, "node-a", clock=clock,
                                            publish_end=publisher.publish_to,
                                            publish_parts=publish_parts if batched else None)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import environment  # noqa: E402
+from bench.common import SetClock, environment  # noqa: E402
 from iotdefender.cloud.aggregator import ClientWindow  # noqa: E402
 from iotdefender.cloud.cluster_parts import StoredPart  # noqa: E402
 from iotdefender.cloud.cluster_windows import WindowCollector  # noqa: E402
@@ -70,16 +70,8 @@ def releases(devices: int) -> dict:
             "release_32_evaluator_partitions_together_s": None if together is None else round(together, 3)}
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def measure(devices: int) -> dict:
-    clock = Clock(1_000_000 * WINDOW_S + 10)
+    clock = SetClock(1_000_000 * WINDOW_S + 10)
     owned = {partition: 1 for partition in range(PARTITION_COUNT)}
     # Only the parts' bookkeeping runs here: no detection, monitoring or database is reached.
     collector = WindowCollector(None, None, lambda events: None, lambda: owned,  # type: ignore[arg-type]

@@ -608,14 +608,8 @@ class WindowCollector:
             return True
         return False
 
-    def add(self, partition: int, message: CloudWindowMessage) -> bool:
-        """Hold one part in memory (replacing an earlier copy of it); False if not ``accept``-ed."""
-        if not self.accept(partition, message):
-            return False
-        self._hold(partition, message.window, message.thing, message.node, message.part)
-        return True
-
     def _hold(self, partition: int, window: int, thing: str, node: str, part: ClientWindow) -> None:
+        """Hold one part in memory (replacing an earlier copy of it)."""
         self._parts.setdefault(partition, {}).setdefault(window, {}).setdefault(thing, {})[node] = part
 
     def keep(self, partition: int, token: int, messages: Sequence[CloudWindowMessage],

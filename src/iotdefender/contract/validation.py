@@ -127,6 +127,14 @@ def _longest(meta: dict[str, Any]) -> str:
     return f"Member must have length less than or equal to {meta['max']}"
 
 
+def _pattern_words(meta: dict[str, Any]) -> str:
+    return f"Member must satisfy regular expression pattern: {meta['pattern']}"
+
+
+def _enum_words(enum: list[str]) -> str:
+    return f"Member must satisfy enum value set: [{', '.join(enum)}]"
+
+
 def _string_constraints(shape: Shape, broken: list[Violation]) -> list[str]:
     """Every constraint of a string shape, in the order AWS lists a map key's (max, min, pattern);
     ours on strings without a pattern only when ``broken`` breaks it."""
@@ -138,9 +146,9 @@ def _string_constraints(shape: Shape, broken: list[Violation]) -> list[str]:
     if "min" in meta:
         out.append(f"Member must have length greater than or equal to {meta['min']}")
     if "pattern" in meta:
-        out.append(f"Member must satisfy regular expression pattern: {meta['pattern']}")
+        out.append(_pattern_words(meta))
     if enum:
-        out.append(f"Member must satisfy enum value set: [{', '.join(enum)}]")
+        out.append(_enum_words(enum))
     if any(v.constraint.startswith(_NO_CONTROL_WORDS) for v in broken):
         out.append(_NO_CONTROL_WORDS)
     return out
@@ -152,11 +160,11 @@ def _check_string(shape: StringShape, value: str, where: str, found: list[Violat
         found.append(Violation(where, value, _longest(meta),
                                f"{where} must be at most {meta['max']} characters long", behavior))
     if shape.enum and value not in shape.enum:
-        found.append(Violation(where, value, f"Member must satisfy enum value set: [{', '.join(shape.enum)}]",
+        found.append(Violation(where, value, _enum_words(shape.enum),
                                f"{where} must be one of: {', '.join(shape.enum)}", behavior))
     if "pattern" in meta:
         if not _compiled(meta["pattern"]).fullmatch(value):
-            found.append(Violation(where, value, f"Member must satisfy regular expression pattern: {meta['pattern']}",
+            found.append(Violation(where, value, _pattern_words(meta),
                                    f"{where} {value!r} does not match the pattern {meta['pattern']}", behavior))
     elif not shape.enum:
         character = _control_character(shape, value)
