@@ -274,8 +274,8 @@ def test_a_superseded_owner_stores_nothing_and_the_next_owner_closes_the_window_
     third.collector.close_due()  # W was closed by `new` (its mark): only W+1, from the kept part
     assert [(ts, p["aws:num-messages-sent"]["count"]) for ts, p in datapoints(database, thing)] == [
         ((W + 1) * WINDOW_S, 7), ((W + 2) * WINDOW_S, 1)]
-    with third.engine.connect() as conn:  # closed windows' parts are deleted
-        assert conn.execute(sa.text("SELECT count(*) FROM cluster_cloud_parts")).scalar() == 0
+    with third.engine.connect() as conn:  # closed windows' parts are deleted, but the last's: who saw whom
+        assert conn.execute(sa.text("SELECT window_index, node FROM cluster_cloud_parts")).all() == [(W + 1, "node-a")]
     for node in (old, new, third):
         node.engine.dispose()
 
@@ -472,6 +472,33 @@ def test_a_closing_mark_never_goes_back_to_an_earlier_window(database):
     engine.dispose()
 
 
+def test_who_saw_whom_is_known_only_for_the_window_before_the_next_to_close(database):
+    """The parts of the last window closed whole are kept as who saw whom in it, also while the
+    next window is closed in part; a window closed by a release before them (which deletes them and
+    names no seen window) leaves none assumed, not an empty one (every device whole)."""
+    from iotdefender.cloud.aggregator import ClientWindow
+    engine = create_engine(database)
+    part = ClientWindow()
+    with engine.begin() as conn:
+        cluster_parts.keep(conn, P, [cluster_parts.StoredPart(5, "t1", "node-a", part),
+                                     cluster_parts.StoredPart(5, "t1", "node-b", part),
+                                     cluster_parts.StoredPart(5, "t2", "node-b", part),
+                                     cluster_parts.StoredPart(6, "t1", "node-a", part)])
+        cluster_parts.advance(conn, {P: cluster_parts.Mark(5, None)})
+        mark, parts, seen = cluster_parts.load(conn, P)
+        assert [(p.window, p.thing, p.node) for p in parts] == [(6, "t1", "node-a")]
+        assert seen == cluster_parts.Seen(5, {"t1": frozenset({"node-a", "node-b"}), "t2": frozenset({"node-b"})})
+        cluster_parts.advance(conn, {P: cluster_parts.Mark(6, "t1")})
+        assert cluster_parts.load(conn, P)[2] == seen  # W 6 closed in part: W 5 still the one before
+        # A release before 0015 closes window 6: it deletes through 6 and sets no seen window.
+        conn.execute(sa.text("UPDATE cluster_cloud_progress SET window_index = 6, through_thing = NULL"))
+        conn.execute(sa.text("DELETE FROM cluster_cloud_parts WHERE window_index <= 6"))
+        assert cluster_parts.load(conn, P)[2] is None
+        cluster_parts.advance(conn, {P: cluster_parts.Mark(7, None)})  # this release again: 7 kept, none of it
+        assert cluster_parts.load(conn, P)[2] == cluster_parts.Seen(7, {})
+    engine.dispose()
+
+
 # -- ends of window: a window a publisher did not hand over whole gives no 0 (cloud/window_ends.py) --
 
 class Unreachable(Exception):
@@ -582,6 +609,39 @@ def test_a_window_whose_parts_a_broker_node_could_not_publish_gives_its_devices_
     assert sent_counts(database, mover) == [(W, 1), (W + 2, 0)]  # on B in W: its W+1 on A is a part
     assert sent_counts(database, newcomer) == [(W + 1, 1), (W + 2, 0)]
     detect.engine.dispose()
+
+
+def test_a_new_owner_knows_who_saw_whom_in_the_window_its_predecessor_closed_last(database):
+    """The detect node dies right after closing W; in W+1 broker node B is killed and its devices
+    reconnect to A. The successor closes W+1 incomplete knowing, from the parts of W kept in
+    PostgreSQL, which devices B saw: a device that moved off B gets no datapoint (A has only the
+    rest of its window), one that reconnected to A after being on A, and a new device, get theirs."""
+    clock, old, (steady, mover, back, newcomer), a, b = two_ending_brokers(database, "seen", 4)
+    a.intake.message_sent(steady, "t/x", 10)
+    a.intake.message_sent(back, "t/x", 10)
+    b.intake.message_sent(mover, "t/x", 10)
+    assert window_ended(W, clock, old, [a, b]) == 3  # closed by the old owner, which then dies
+
+    a.intake.message_sent(steady, "t/x", 10)
+    for thing in (mover, back, newcomer):  # B is killed in W+1: its devices reconnect to A
+        a.intake.connect_attempt(thing, "10.0.0.7", True)
+        a.intake.message_sent(thing, "t/x", 10)
+    clock.now = (W + 2) * WINDOW_S + 0.2
+    assert a.publish_due() == 4
+    new = Detect(database, clock)
+    new.acquire(P, 8)
+    deliver(new, a.sent, 8)
+    clock.now += new.collector.grace_s
+    assert new.collector.close_due() == 0  # waits for B's end
+    clock.now += new.collector.wait_s
+    assert new.collector.close_due() == 3  # incomplete: every device but the one B saw in W
+
+    assert sent_counts(database, steady) == [(W, 1), (W + 1, 1)]
+    assert sent_counts(database, mover) == [(W, 1)]  # its W+1 on A is a part: none, not 1
+    assert sent_counts(database, back) == [(W, 1), (W + 1, 1)]
+    assert sent_counts(database, newcomer) == [(W + 1, 1)]
+    for detect in (old, new):
+        detect.engine.dispose()
 
 
 def test_a_window_waits_for_a_silent_broker_node_then_closes_incomplete_and_a_new_owner_waits_too(database):

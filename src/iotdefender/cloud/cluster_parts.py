@@ -10,9 +10,18 @@ partition.
 Closing is recorded too (``cluster_cloud_progress``): a window is closed in several transactions
 (chunks of things in name order, cloud/service.py), each advancing its partitions' mark to
 (window, last thing of the chunk) with the datapoints it stores; a last transaction marks the
-window closed for every thing (``through_thing`` NULL) and deletes its parts. A successor resumes
-right after the mark: no window, nor a thing's share of one, is stored twice, and every window
-after it is closed, with every part received before the ack.
+window closed for every thing (``through_thing`` NULL) and deletes the parts of the windows before
+it. A successor resumes right after the mark: no window, nor a thing's share of one, is stored
+twice, and every window after it is closed, with every part received before the ack.
+
+The parts of the window that last transaction closed stay until the next window is closed
+(``seen_window`` names it): who saw which device in it. Without them a successor closing an
+incomplete window (a broker node killed) could not tell a device that moved off the missing
+publisher (its part here is only the rest of its window: no datapoint) from one that was never on
+it (its part is all of it), and gave every device with a connection attempt in that window no
+datapoint, new devices too. The cost is rows, not writes: the table holds two windows' parts
+instead of one. A release before this one ignores them (closed by the mark) and deletes them with
+the next window it closes; a window it closed names no ``seen_window``, so none is assumed.
 
 The publishers' ends of window (cloud/window_ends.py) are kept beside the parts, in the same
 transaction (each publisher's latest per partition), so a successor knows whose parts it waits
@@ -103,33 +112,58 @@ def forget_ends(conn: Connection, before: Mapping[int, int]) -> None:
                                                ends_table.c.window_index < window))
 
 
-def load(conn: Connection, partition: int) -> tuple[Mark | None, list[StoredPart]]:
-    """The partition's mark (None: no window of it was ever closed) and its parts not closed yet."""
-    found = conn.execute(sa.select(progress_table.c.window_index, progress_table.c.through_thing)
+@dataclass(frozen=True)
+class Seen:
+    """Who saw which device in a window closed for all things: each thing's publishers."""
+
+    window: int
+    publishers: dict[str, frozenset[str]]
+
+
+def load(conn: Connection, partition: int) -> tuple[Mark | None, list[StoredPart], Seen | None]:
+    """The partition's mark (None: no window of it was ever closed), its parts not closed yet, and
+    who saw whom in the window before the first one left to close (None: not kept)."""
+    found = conn.execute(sa.select(progress_table.c.window_index, progress_table.c.through_thing,
+                                   progress_table.c.seen_window)
                          .where(progress_table.c.partition == partition)).first()
     mark = Mark(int(found[0]), found[1]) if found is not None else None
-    kept = [StoredPart(int(window), thing, node, unpack(part)) for window, thing, node, part in conn.execute(
-        sa.select(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node, parts_table.c.part)
-        .where(parts_table.c.partition == partition)
-        .order_by(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node))]
-    return mark, [p for p in kept if mark is None or not mark.closed(p.window, p.thing)]
+    # The window the next one closed follows: the mark's, or the one before a window closed in part.
+    before = None if mark is None else mark.window if mark.through is None else mark.window - 1
+    kept_seen = found is not None and found[2] is not None and int(found[2]) == before
+    parts: list[StoredPart] = []
+    seen: dict[str, set[str]] = {}
+    for window, thing, node, part in conn.execute(
+            sa.select(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node, parts_table.c.part)
+            .where(parts_table.c.partition == partition)
+            .order_by(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node)):
+        if mark is None or not mark.closed(int(window), thing):
+            parts.append(StoredPart(int(window), thing, node, unpack(part)))
+        elif kept_seen and window == before:
+            seen.setdefault(thing, set()).add(node)
+    if not kept_seen or before is None:
+        return mark, parts, None
+    return mark, parts, Seen(before, {thing: frozenset(nodes) for thing, nodes in seen.items()})
 
 
 def advance(conn: Connection, marks: Mapping[int, Mark]) -> None:
     """Record how far partitions' windows are closed ({partition: mark}), in the closing transaction
     (a mark of an earlier window than the one recorded changes nothing); a mark for a whole window
-    also deletes the partition's parts of it and of earlier windows."""
+    also deletes the partition's parts of earlier windows and names it the seen window."""
     if not marks:
         return
     stmt = upsert(conn, progress_table)
     # Never back to an earlier window (a window closed in part, then the mark of the ones before it).
+    # A window closed in part keeps the seen window named before (the one before it).
     conn.execute(stmt.on_conflict_do_update(index_elements=[progress_table.c.partition],
                                             set_={"window_index": stmt.excluded.window_index,
-                                                  "through_thing": stmt.excluded.through_thing},
+                                                  "through_thing": stmt.excluded.through_thing,
+                                                  "seen_window": sa.func.coalesce(stmt.excluded.seen_window,
+                                                                                  progress_table.c.seen_window)},
                                             where=progress_table.c.window_index <= stmt.excluded.window_index),
-                 [{"partition": p, "window_index": m.window, "through_thing": m.through}
+                 [{"partition": p, "window_index": m.window, "through_thing": m.through,
+                   "seen_window": m.window if m.through is None else None}
                   for p, m in sorted(marks.items())])
     whole = [(p, m.window) for p, m in sorted(marks.items()) if m.through is None]
-    for partition, window in whole:
+    for partition, window in whole:  # the window's own parts stay: who saw whom in it
         conn.execute(parts_table.delete().where(parts_table.c.partition == partition,
-                                                parts_table.c.window_index <= window))
+                                                parts_table.c.window_index < window))

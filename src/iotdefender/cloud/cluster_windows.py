@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,7 @@ from sqlalchemy.engine import Engine
 
 from iotdefender.cloud.aggregator import ClientWindow, merge_windows
 from iotdefender.cloud import cluster_parts
-from iotdefender.cloud.cluster_parts import Mark, StoredPart
+from iotdefender.cloud.cluster_parts import Mark, Seen, StoredPart
 from iotdefender.cloud.service import CloudEventIntake, CloudMetricsService
 from iotdefender.cloud.window_ends import End, Verdict, WindowEnds, horizon_for
 from iotdefender.cluster import fencing
@@ -659,15 +659,18 @@ class WindowCollector:
                 await reports(partition, token, rest, more_reports)
         return handle
 
-    def load(self, partition: int) -> tuple[Mark | None, list[StoredPart], list[End]]:
+    def load(self, partition: int) -> tuple[Mark | None, list[StoredPart], list[End], Seen | None]:
         """What the partition's previous owners left (blocking: a worker thread)."""
         with self._engine.connect() as conn:
-            return (*cluster_parts.load(conn, partition), cluster_parts.load_ends(conn, partition))
+            mark, parts, seen = cluster_parts.load(conn, partition)
+            return mark, parts, cluster_parts.load_ends(conn, partition), seen
 
-    def resume(self, partition: int, mark: Mark | None, parts: Sequence[StoredPart], ends: Sequence[End] = ()) -> None:
+    def resume(self, partition: int, mark: Mark | None, parts: Sequence[StoredPart], ends: Sequence[End] = (),
+               seen: Seen | None = None) -> None:
         """Take the partition over from its mark: the windows after it (the one it stops in, for
-        the things after it) are this node's to close, with the parts kept of them and the
-        publishers' ends. Never closed before: from the oldest part kept, or the window open now."""
+        the things after it) are this node's to close, with the parts kept of them, the
+        publishers' ends and who saw whom in the window before (``_whole``). Never closed before:
+        from the oldest part kept, or the window open now."""
         current = self.cloud.aggregator.index(self._lagged())
         self._floors.pop(partition, None)
         if mark is None:
@@ -680,6 +683,10 @@ class WindowCollector:
         self._next[partition] = max(first, current - self.cloud.aggregator.max_catch_up)
         self._ready[partition] = self._clock()
         self.ends.replace(partition, ends)
+        if seen is None:
+            self._seen.pop(partition, None)  # also what this node merged of a window whose close failed
+        else:
+            self._seen[partition] = (seen.window, {thing: self._publishers(nodes) for thing, nodes in seen.publishers.items()})
         held = self._parts.get(partition, {})
         for window, things in list(held.items()):
             for thing in [thing for thing in things if self._closed(partition, window, thing)]:
@@ -745,13 +752,13 @@ class WindowCollector:
             closings.append((window, partitions, clients, incomplete, whole))
         return closings
 
-    def _publishers(self, parts: Mapping[str, ClientWindow]) -> frozenset[str]:
-        """The publishers of a device's parts; one publisher's set is shared by all its devices (a
+    def _publishers(self, nodes: Collection[str]) -> frozenset[str]:
+        """A device's publishers (its parts' nodes); one publisher's set is shared by all its devices (a
         new set for each of 100k devices a window took a quarter of a second of the event loop,
         mostly in the garbage collections their allocations ran)."""
-        if len(parts) != 1:
-            return frozenset(parts)
-        (node,) = parts
+        if len(nodes) != 1:
+            return frozenset(nodes)
+        (node,) = nodes
         shared = self._single_publishers.get(node)
         if shared is None:
             shared = self._single_publishers[node] = frozenset((node,))
@@ -762,9 +769,10 @@ class WindowCollector:
         publishers whose parts are missing (killed, cut off) saw it in the window before (it was not
         on them: a device moving off a killed broker node has only the rest of the window on the
         node it moved to, a part of the truth that raised "too few" alarms; and a takeover of an
-        external broker's events reader counts only what follows it). Not known after a takeover
-        of the partition (its previous window was merged elsewhere): whole if it made no connection
-        attempt in the window (one that did may come from a missing publisher)."""
+        external broker's events reader counts only what follows it). After a takeover, from the
+        parts of the window before kept in PostgreSQL (``cluster_parts.Seen``); when those are not
+        known (closed by a release before them, or a window far behind): whole if it made no
+        connection attempt in the window (one that did may come from a missing publisher)."""
         seen = self._seen.get(partition)
         if seen is None or seen[0] != window - 1:
             return part.connection_attempts == 0

@@ -288,6 +288,9 @@ cluster_partition_progress = sa.Table(
 # far each partition's windows are closed (``through_thing``: the window is closed for the things
 # named up to it; NULL: closed for all), so a detect node's successor after a crash closes the
 # window open at the crash from every part, and never closes a window, or a thing's share of one, twice.
+# The parts of the last window closed for all things are kept until the next is (``seen_window``
+# names it; NULL: not kept, as by a release before 0015): who saw which device in it tells the
+# successor which devices of an incomplete window may have the rest of it on a missing publisher.
 cluster_cloud_parts = sa.Table(
     "cluster_cloud_parts",
     metadata,
@@ -304,6 +307,7 @@ cluster_cloud_progress = sa.Table(
     sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("window_index", sa.BigInteger, nullable=False),
     sa.Column("through_thing", sa.String(128), nullable=True),
+    sa.Column("seen_window", sa.BigInteger, nullable=True),
 )
 
 # Each publisher's latest end of window in each partition (cloud/window_ends.py): which windows
