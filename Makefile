@@ -70,7 +70,7 @@ system-deps: ## install the test-only Debian packages (PostgreSQL, Mosquitto, na
 # pyproject.toml (deptry: the service's code against its dependencies, the tests and benchmarks
 # against those and the test extra), and the type checker (strict on the engine and the contract).
 guards: $(TEST_STAMP) ## the layer contract, declared dependencies and the type checker (make test runs them)
-	$(BIN)/ruff check --select F,E9 src tests bench
+	$(BIN)/ruff check --select E,F,W --ignore E501 src tests bench
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/deptry src
 	$(BIN)/deptry tests bench --exclude '\.git' --ignore DEP002,DEP004

@@ -29,7 +29,7 @@ from bench.common import environment  # noqa: E402
 old = importlib.import_module("iotdefender_old.engine.ml")
 from iotdefender.engine import ml as new  # noqa: E402
 
-d = sys.argv[1]; k = int(sys.argv[2]); reps = int(sys.argv[3])
+d, k, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 device, times, values = (np.load(f"{d}/{n}.npy", mmap_mode="r") for n in ("device", "time", "value"))
 stop = int(np.searchsorted(device, k)) if k < 100_000 else len(device)
 device, times, values = np.array(device[:stop]), np.array(times[:stop]), np.array(values[:stop])

@@ -1,7 +1,7 @@
 """control plane: security profiles, targets, custom metrics, dimensions, tags, registry
 
 Revision ID: 0001
-Revises: 
+Revises:
 """
 
 import sqlalchemy as sa
