@@ -15,11 +15,14 @@ is 403M datapoints. Every device is, on the log scale:
 * ``noise``: between 0.05 and 0.4 (log-uniform), Gaussian for 90 % of devices and Student-t with
   5 degrees of freedom (scaled to the same spread) for 10 %: some devices are spiky by nature.
 
-Anomalies (only in the evaluation period, each on its own device, ``sigma`` = the device's noise):
+Anomalies (only in the evaluation period, each on its own device, ``sigma`` = the standard
+deviation of the device's noise):
 
 * ``spike``: one datapoint ``k`` sigma above the device's normal value (its level and rhythm,
-  without noise), k in 3, 4, 5, 6, 8, 10, 15 — "a spike of k MAD" with the MAD scaled to a
-  standard deviation (1.4826 x the raw MAD);
+  without noise), k in 3, 4, 5, 6, 8, 10, 15. On a device with Gaussian noise that is "a spike of k
+  MAD" with the MAD scaled to a standard deviation (1.4826 x the raw MAD). On a Student-t device
+  the scaled MAD of its noise is 0.8345 sigma (``robust_scale``), so the same spike is 1.198 k of
+  its own MADs (``spike_size_in_mad``): 3, 4, 5, ... sigma are 3.6, 4.8, 6.0, ... MAD;
 * ``level-shift``: from a moment on, 4 to 10 sigma up or down, to the end;
 * ``drift``: a ramp from 0 to 12 sigma over two days, then held;
 * ``new-behaviour``: activity at 03:00 local time, when the device was idle: a two-hour bump of
@@ -29,6 +32,7 @@ Anomalies (only in the evaluation period, each on its own device, ``sigma`` = th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +90,36 @@ def make_devices(n: int, seed: int) -> Devices:
         heavy=rng.random(n) < 0.1,
         phase=rng.uniform(0.0, STEP, n),
     )
+
+
+# 1.4826 x the MAD of Student-t noise with 5 degrees of freedom scaled to unit variance: the
+# t(5) distribution's upper quartile, 0.726687, over its standard deviation, sqrt(5/3).
+STUDENT_T_ROBUST_SCALE = 1.4826 * 0.7266868438004226 / math.sqrt(5 / 3)
+
+
+def robust_scale(devices: Devices) -> np.ndarray:
+    """Each device's own robust scale on the log scale: 1.4826 x the MAD of its noise (of the
+    distribution it is drawn from, not an estimate): sigma for Gaussian noise, 0.8345 sigma for
+    Student-t noise."""
+    return devices.sigma * np.where(devices.heavy, STUDENT_T_ROBUST_SCALE, 1.0)
+
+
+def spike_size_in_mad(devices: Devices, anomaly: Anomaly) -> float:
+    """A spike's size in its device's own robust scale (``robust_scale``)."""
+    return anomaly.magnitude / (STUDENT_T_ROBUST_SCALE if devices.heavy[anomaly.device] else 1.0)
+
+
+def noise_exceedance(k: float, heavy: bool) -> float:
+    """The chance that one datapoint's noise is more than ``k`` sigma above the device's normal
+    value: Gaussian, or Student-t with 5 degrees of freedom scaled to unit variance (its
+    distribution function in closed form, for 5 degrees of freedom)."""
+    if math.isinf(k):
+        return 0.0
+    if not heavy:
+        return 0.5 * math.erfc(k / math.sqrt(2.0))
+    theta = math.atan(k * math.sqrt(5 / 3) / math.sqrt(5.0))
+    c = math.cos(theta)
+    return (1.0 - 2.0 / math.pi * (theta + math.sin(theta) * (c + 2.0 / 3.0 * c ** 3))) / 2.0
 
 
 def first(devices: Devices, n: int) -> Devices:

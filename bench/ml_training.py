@@ -13,7 +13,9 @@ loading it the way detection does (``ModelRegistry.load``) and judging one datap
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,7 @@ BEHAVIOR = {"name": "bytes-ml", "metric": BYTES, "criteria": {"mlDetectionConfig
 
 def main() -> None:
     args = fleet_arguments("--judged", 200_000)
+    load_before = os.getloadavg()[0]
     data_dir, engine = empty_history("iotdefender-bench-ml-")
     started = time.perf_counter()
     points, _ = lay_down(engine, args.devices, args.days, START, np.arange(0))
@@ -57,6 +60,7 @@ def main() -> None:
     started = time.perf_counter()
     (training,) = trainer.run_once(end)
     look = time.perf_counter() - started
+    load_after_look = os.getloadavg()[0]
     assert training.status == "ACTIVE", training
     with engine.connect() as conn:
         stored = ml_models.load_model(conn, training.key, training.active_version or 0)
@@ -74,7 +78,10 @@ def main() -> None:
     alarms = sum(violates(active, level, d, v, t) for d, v, t in zip(devices, values, times))
     judged = time.perf_counter() - started
     result = {
-        "benchmark": "ml_training", "environment": environment(),
+        "benchmark": "ml_training", "command": " ".join(["bench/ml_training.py", *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment(),
+        "load_average_1min_before": round(load_before, 2), "load_average_1min_after_the_look": round(load_after_look, 2),
         "devices": args.devices, "days": args.days, "datapoints": points, "lay_down_s": round(laid, 1),
         "training_look_s": round(look, 2), "model_bytes": len(stored.model),
         "model_bytes_per_device": round(len(stored.model) / args.devices, 1),
@@ -84,7 +91,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"ml-training-{args.devices}x{args.days}d.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"ml-training-{args.devices}x{args.days}d-{datetime.date.today().isoformat()}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

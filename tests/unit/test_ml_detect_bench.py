@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bench import ml_detect
+import numpy as np
+
+from bench import ml_detect, ml_fleet
 
 
 def test_the_smallest_benchmark_runs_and_the_model_beats_the_static_threshold() -> None:
@@ -25,6 +27,48 @@ def test_the_smallest_benchmark_runs_and_the_model_beats_the_static_threshold() 
     assert ml["HIGH"]["recall"] > results["static"]["HIGH"]["recall"]
     assert all(ml[level]["f1"] > results["static"][level]["f1"] for level in ("LOW", "MEDIUM", "HIGH"))
     assert ml["LOW"]["recall_spikes_5_sigma_or_more"] == 1.0
+    assert ml["LOW"]["recall_spikes_5_mad_or_more"] == 1.0
+    assert 0 < detection["reachable_recall_spikes_5_mad_or_more_at_1_false_alarm_per_1000_device_days"]["recall"] <= 1
     timing = output["training_time"]
     assert timing["datapoints"] == 200 * 2 * 288 and timing["scoring"]["microseconds_per_datapoint"] > 0
     assert timing["memory"]["stored_bytes_per_device"] > 0
+
+
+def _fleet(heavy: list[bool]) -> ml_fleet.Devices:
+    n = len(heavy)
+    return ml_fleet.Devices(names=[f"d{i}" for i in range(n)], level=np.full(n, np.log(40_000.0)),
+                            kind=np.full(n, 3), zone=np.zeros(n, dtype=np.int64), amplitude=np.zeros(n),
+                            sigma=np.full(n, 0.2), heavy=np.array(heavy), phase=np.zeros(n))
+
+
+def test_spikes_are_measured_in_each_devices_own_robust_scale() -> None:
+    # The fleet's own noise: 1.4826 x the MAD of what generate() draws around the normal value is the
+    # device's robust scale: sigma for Gaussian noise, 0.8345 sigma for Student-t noise.
+    fleet = _fleet([False, True])
+    period = ml_fleet.generate(fleet, 0, 700, seed=5)  # 201,600 datapoints a device
+    residual = (np.log1p(period.value.astype(np.float64))
+                - ml_fleet.normal_log(fleet, period.device, period.time)).reshape(2, -1)
+    mad = 1.4826 * np.median(np.abs(residual), axis=1)
+    assert np.allclose(mad, ml_fleet.robust_scale(fleet), rtol=0.01)
+    assert abs(ml_fleet.robust_scale(fleet)[1] / 0.2 - 0.8345) < 1e-3
+    # A 5-sigma spike is 5 MAD on a Gaussian device, 6 on a Student-t one; a 4-sigma one stays under 5.
+    spikes = [ml_fleet.Anomaly("spike", d, 0, 1, m) for d in (0, 1) for m in (4.0, 5.0)]
+    sizes = [round(ml_fleet.spike_size_in_mad(fleet, a), 2) for a in spikes]
+    assert sizes == [4.0, 5.0, 4.79, 5.99]
+    # The noise's exceedances: the share of the drawn noise beyond 3 sigma.
+    for device, heavy in ((0, False), (1, True)):
+        beyond = float(np.mean(residual[device] > 3 * 0.2))
+        assert abs(beyond - ml_fleet.noise_exceedance(3.0, heavy)) < 0.1 * ml_fleet.noise_exceedance(3.0, heavy)
+
+
+def test_the_reachable_recall_gives_the_student_t_devices_only_what_the_budget_allows() -> None:
+    # 9 Gaussian devices and 1 Student-t: at 1 false alarm per 1,000 device-days a detector that knows
+    # the noise can flag Gaussian devices from 5 sigma (0.07 false alarms) and the Student-t one from
+    # 10 sigma (0.72), not from 8 (2.1).
+    fleet = _fleet([False] * 9 + [True])
+    spikes = [ml_fleet.Anomaly("spike", d, 0, 1, m) for d, m in ((0, 5.0), (1, 6.0), (9, 5.0), (9, 8.0), (9, 10.0))]
+    spikes.append(ml_fleet.Anomaly("spike", 2, 0, 1, 4.0))  # under 5 MAD: not counted
+    reachable = ml_detect.reachable_spike_recall(spikes, fleet)
+    assert reachable["of"] == 5 and reachable["found"] == 3
+    assert reachable["cut_sigma"] == {"normal noise": 5.0, "student-t": 10.0}
+    assert 0.7 < reachable["false_alarms_per_1000_device_days"] <= 1.0
