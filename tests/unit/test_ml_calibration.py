@@ -4,6 +4,8 @@ the anomalies a window can hold."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -144,3 +146,25 @@ def test_devices_with_many_datapoints_far_off_their_fit_are_found_by_their_count
     assert found[:30].all() and not found[30:].any()
     tested[:3] = False  # devices of a cohort not tested (heavy tails) are never found
     assert not calibration.crowding_by_counts(bumped, outside, cohort, tested)[:3].any()
+
+
+def test_a_hidden_share_of_heavy_tails_lifts_the_thresholds_to_the_mixtures_quantiles() -> None:
+    # 6,000 scores of a normal |z| with 1 % of devices whose tail is Student-t (5 degrees of freedom,
+    # unit variance) among them: the mixture reaches HIGH's 2e-6 far further out than the normal part.
+    rng = np.random.default_rng(3)
+    normal = np.abs(rng.standard_normal(6_000)).astype(np.float32)
+    heavy = np.abs(rng.standard_t(5, 6_000) / np.sqrt(5 / 3)).astype(np.float32)
+    shares, floors = [1e-3, 1e-4, 2e-6], [0.0, 0.0, 0.0]
+
+    def mixture_beyond(x: float) -> float:
+        theta = math.atan(x * math.sqrt(5 / 3) / math.sqrt(5))
+        c = math.cos(theta)
+        student = 1 - 2 / math.pi * (theta + math.sin(theta) * (c + 2 / 3 * c ** 3))
+        return 0.99 * math.erfc(x / math.sqrt(2)) + 0.01 * student
+
+    plain = calibration.thresholds(normal, shares, floors)
+    mixed = calibration.mixed_thresholds(normal, heavy, 0.01, shares, floors)
+    assert mixture_beyond(plain[2]) > 4 * 2e-6  # the normal part's HIGH: passed far more often than stated
+    for share, threshold in zip(shares, mixed):
+        assert 0.3 * share < mixture_beyond(threshold) < 3 * share, (share, threshold)
+    assert calibration.mixed_thresholds(normal, heavy, 0.0, shares, floors) == pytest.approx(plain, rel=1e-6)

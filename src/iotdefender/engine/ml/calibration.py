@@ -22,6 +22,7 @@ calibrated apart.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +56,26 @@ def thresholds(scores: npt.NDArray[np.float32], exceedance: list[float], floors:
     for share, floor in zip(exceedance, floors):
         value = _tail_quantile(scores, share) if n else floor
         result.append(max(value, floor, normal_quantile(share), result[-1] if result else floor))
+    return result
+
+
+def mixed_thresholds(scores: npt.NDArray[np.float32], other: npt.NDArray[np.float32], weight: float,
+                     exceedance: list[float], floors: list[float]) -> list[float]:
+    """``thresholds`` of a mixture: ``scores``' tail with a share ``weight`` of ``other``'s in it —
+    per level the score that the two tails together exceed with ``exceedance`` (between the
+    thresholds each gives alone), at least ``floors``, non-decreasing."""
+    own, them = Tail(scores), Tail(other)
+    result: list[float] = []
+    for share, floor in zip(exceedance, floors):
+        low = _tail_quantile(scores, share) if len(scores) else floor
+        high = max(low, _tail_quantile(other, share))
+        for _ in range(60):
+            middle = (low + high) / 2
+            if (1 - weight) * own.beyond(middle) + weight * them.beyond(middle) > share:
+                low = middle
+            else:
+                high = middle
+        result.append(max(high, floor, normal_quantile(share), result[-1] if result else floor))
     return result
 
 
@@ -161,32 +182,75 @@ def _tail_quantile(scores: npt.NDArray[np.float32], share: float) -> float:
     n = len(scores)
     if n * share >= _TAIL_POINTS:
         return float(np.quantile(scores, 1 - share))
-    k = max(10, min(_FIT_POINTS, n // 20))
-    if k >= n:
-        return float(scores.max())
-    top = np.partition(scores, n - k - 1)[n - k - 1:].astype(np.float64)
-    u = top[0]
-    excess = top[1:] - u
-    if k >= _TAIL_POINTS:
-        excess = _without_outliers(excess)
-    mean, var = float(excess.mean()), float(excess.var())
-    if mean <= 0:
-        return float(u)
-    ratio = (k / n) / share
-    # Generalised Pareto by moments: shape xi, scale sigma; P(S > u + x) = (k/n) (1 + xi x / sigma)^(-1/xi).
-    xi = 0.5 * (1 - mean * mean / var) if var > 0 else 0.0
-    # On fewer than _TAIL_POINTS tail scores (a model trained on a few hundred datapoints) a shape
-    # is noise, and a positive one read from 10 tied scores of a small count reached 150 standard
-    # deviations at HIGH: a tail that short is taken to be at most exponential.
-    xi = min(max(xi, -0.5), 0.5 if k >= _TAIL_POINTS else 0.0)
-    # The scale is the moments' for the shape as clamped, mean (1 - xi) (mean excess = sigma /
-    # (1 - xi)); the unclamped formula, 0.5 mean (mean^2 / var + 1), is the same before clamping but grows without bound as
-    # tied scores make var small, which put a threshold 10 standard deviations above the largest score.
-    if k < _TAIL_POINTS:
+    fit = _TailFit.of(scores)
+    if fit.pareto is None:
+        return fit.u
+    ratio = (fit.k / n) / share
+    xi, mean = fit.pareto
+    if fit.k < _TAIL_POINTS:
         # Too few excesses for their estimates' sampling distributions (ties of a small count's
         # scores: a few distinct values); the clamp above and the floors bound the threshold.
-        return _pareto_quantile(float(u), xi, mean * (1 - xi), ratio)
-    return _predictive_quantile(float(u), mean, xi, k, ratio)
+        return _pareto_quantile(fit.u, xi, mean * (1 - xi), ratio)
+    return _predictive_quantile(fit.u, mean, xi, fit.k, ratio)
+
+
+class _TailFit:
+    """The generalised Pareto fit of a set of scores' largest that ``_tail_quantile`` reads: above
+    ``u``, the ``k``-th largest score, a shape and mean excess (None: no tail above ``u``)."""
+
+    __slots__ = ("u", "k", "pareto")
+
+    def __init__(self, u: float, k: int, pareto: tuple[float, float] | None) -> None:
+        self.u, self.k, self.pareto = u, k, pareto
+
+    @classmethod
+    def of(cls, scores: npt.NDArray[np.float32]) -> _TailFit:
+        n = len(scores)
+        k = max(10, min(_FIT_POINTS, n // 20))
+        if k >= n:
+            return cls(float(scores.max()), k, None)
+        top = np.partition(scores, n - k - 1)[n - k - 1:].astype(np.float64)
+        u = top[0]
+        excess = top[1:] - u
+        if k >= _TAIL_POINTS:
+            excess = _without_outliers(excess)
+        mean, var = float(excess.mean()), float(excess.var())
+        if mean <= 0:
+            return cls(float(u), k, None)
+        # Generalised Pareto by moments: shape xi, scale sigma; P(S > u + x) = (k/n) (1 + xi x / sigma)^(-1/xi).
+        xi = 0.5 * (1 - mean * mean / var) if var > 0 else 0.0
+        # On fewer than _TAIL_POINTS tail scores (a model trained on a few hundred datapoints) a shape
+        # is noise, and a positive one read from 10 tied scores of a small count reached 150 standard
+        # deviations at HIGH: a tail that short is taken to be at most exponential.
+        xi = min(max(xi, -0.5), 0.5 if k >= _TAIL_POINTS else 0.0)
+        # The scale is the moments' for the shape as clamped, mean (1 - xi) (mean excess = sigma /
+        # (1 - xi)); the unclamped formula, 0.5 mean (mean^2 / var + 1), is the same before clamping but grows without bound as
+        # tied scores make var small, which put a threshold 10 standard deviations above the largest score.
+        return cls(float(u), k, (xi, mean))
+
+
+class Tail:
+    """The share of a set of scores' distribution beyond any score, as ``thresholds`` reads its
+    quantiles: the scores themselves where at least ``_TAIL_POINTS`` lie beyond, further out the
+    tail fit (averaged over its uncertainty, as ``_predictive_quantile``)."""
+
+    def __init__(self, scores: npt.NDArray[np.float32]) -> None:
+        self._sorted = np.sort(scores.astype(np.float64))
+        self._fit = _TailFit.of(scores) if len(scores) else None
+        self._excess_beyond: Callable[[float], float] | None = None
+        if self._fit is not None and self._fit.pareto is not None:
+            xi, mean = self._fit.pareto
+            self._excess_beyond = _predictive_beyond(mean, xi, self._fit.k if self._fit.k >= _TAIL_POINTS else 0)
+
+    def beyond(self, x: float) -> float:
+        n = len(self._sorted)
+        if not n:
+            return 0.0
+        count = n - int(np.searchsorted(self._sorted, x, side="right"))
+        fit = self._fit
+        if count >= _TAIL_POINTS or fit is None or fit.k >= n or x <= fit.u:
+            return count / n
+        return fit.k / n * self._excess_beyond(x - fit.u) if self._excess_beyond is not None else 0.0
 
 
 def _predictive_quantile(u: float, mean: float, xi: float, k: int, ratio: float) -> float:
@@ -208,13 +272,38 @@ def _predictive_quantile(u: float, mean: float, xi: float, k: int, ratio: float)
     within its clamp. With 2,000 excesses (the benchmark's cohorts) the threshold moves by a few
     hundredths.
     """
+    beyond = _predictive_beyond(mean, xi, k)
+    shapes, scales = _nodes(mean, xi, k)
+    target = 1 / ratio
+    low, high = 0.0, max(_pareto_quantile(0.0, float(a), float(b), ratio) for a, b in zip(shapes, scales))
+    for _ in range(60):  # beyond() decreases; the answer lies below the largest of the nodes' quantiles
+        middle = (low + high) / 2
+        if beyond(middle) > target:
+            low = middle
+        else:
+            high = middle
+    return u + high
+
+
+def _nodes(mean: float, xi: float, k: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Every pair of a shape node and a mean-excess node (the shape's node i, the mean's j at i *
+    nodes + j) as shapes and scales: Hosking and Wallis' standard deviation of the moments' shape
+    (read at a shape of 1/5 at most), the mean excess' relative one 1 / ((1 - 2 xi) k); ``k`` = 0:
+    the point estimate."""
     near = min(max(xi, -0.5), 0.2)
     shape_sd = math.sqrt((1 - near) ** 2 * (1 - 2 * near) ** 2 * (1 - near + 6 * near * near)
-                         / ((1 - 3 * near) * (1 - 4 * near)) / k)
-    mean_sd = math.sqrt(1 / ((1 - 2 * near) * k))
-    # Every pair of a shape node and a mean node (the shape's node i, the mean's j at i * nodes + j).
+                         / ((1 - 3 * near) * (1 - 4 * near)) / k) if k else 0.0
+    mean_sd = math.sqrt(1 / ((1 - 2 * near) * k)) if k else 0.0
     shapes = np.repeat(np.clip(xi + shape_sd * _NODES, -0.5, 0.5), len(_NODES))
     scales = np.tile(mean * np.exp(mean_sd * _NODES), len(_NODES)) * (1 - shapes)
+    return shapes, scales
+
+
+def _predictive_beyond(mean: float, xi: float, k: int) -> Callable[[float], float]:
+    """The share of a generalised Pareto tail's excesses beyond an excess, averaged over the
+    sampling distributions of its shape ``xi`` and mean excess ``mean`` read from ``k`` excesses
+    (``_predictive_quantile``; ``k`` = 0: the point estimate's)."""
+    shapes, scales = _nodes(mean, xi, k)
     weights = np.outer(_WEIGHTS, _WEIGHTS).ravel()
     exponential = np.abs(shapes) < 1e-6
     inverse = -1 / np.where(exponential, 1.0, shapes)
@@ -226,15 +315,7 @@ def _predictive_quantile(u: float, mean: float, xi: float, k: int, ratio: float)
             share = np.where(exponential, np.exp(-x / scales), np.where(base > 0, base ** inverse, 0.0))
         return float(np.dot(weights, share))
 
-    target = 1 / ratio
-    low, high = 0.0, max(_pareto_quantile(0.0, float(a), float(b), ratio) for a, b in zip(shapes, scales))
-    for _ in range(60):  # beyond() decreases; the answer lies below the largest of the nodes' quantiles
-        middle = (low + high) / 2
-        if beyond(middle) > target:
-            low = middle
-        else:
-            high = middle
-    return u + high
+    return beyond
 
 
 def _pareto_quantile(u: float, xi: float, sigma: float, ratio: float) -> float:
