@@ -72,6 +72,13 @@ class Segments:
             result[self._present] = np.add.reduceat(values, self._starts, dtype=np.float64)
         return result
 
+    def max(self, values: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        """Per group, the largest of its ``values`` (0 for an empty group)."""
+        result = np.zeros(len(self.counts))
+        if len(self._starts):
+            result[self._present] = np.maximum.reduceat(values, self._starts)
+        return result
+
     def spread(self, per_group: npt.NDArray[_T]) -> npt.NDArray[_T]:
         """``per_group[group of each datapoint]`` without a gather."""
         result: npt.NDArray[_T] = np.repeat(per_group, self.counts)
