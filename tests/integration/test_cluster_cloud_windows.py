@@ -39,7 +39,7 @@ from iotdefender.pipeline.report_message import encode as encode_report
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
 from iotdefender.store.availability import StoreUnavailable
-from iotdefender.store import metric_values
+from iotdefender.store import disconnections, metric_values
 from iotdefender.store.database import create_engine
 
 pytestmark = pytest.mark.postgres
@@ -485,7 +485,8 @@ def test_who_saw_whom_is_known_only_for_the_window_before_the_next_to_close(data
                                      cluster_parts.StoredPart(5, "t2", "node-b", part),
                                      cluster_parts.StoredPart(6, "t1", "node-a", part)])
         cluster_parts.advance(conn, {P: cluster_parts.Mark(5, None)})
-        mark, parts, seen = cluster_parts.load(conn, P)
+        mark, parts, seen, closed_in_part = cluster_parts.load(conn, P)
+        assert closed_in_part == []
         assert [(p.window, p.thing, p.node) for p in parts] == [(6, "t1", "node-a")]
         assert seen == cluster_parts.Seen(5, {"t1": frozenset({"node-a", "node-b"}), "t2": frozenset({"node-b"})})
         cluster_parts.advance(conn, {P: cluster_parts.Mark(6, "t1")})
@@ -641,6 +642,114 @@ def test_a_new_owner_knows_who_saw_whom_in_the_window_its_predecessor_closed_las
     assert sent_counts(database, back) == [(W, 1), (W + 1, 1)]
     assert sent_counts(database, newcomer) == [(W + 1, 1)]
     for detect in (old, new):
+        detect.engine.dispose()
+
+
+def away_minutes(url: str, thing: str) -> list[tuple[int, int]]:
+    """(window, aws:disconnect-duration) of each datapoint of the thing."""
+    return [(round(ts / WINDOW_S) - 1, p["aws:disconnect-duration"]["count"]) for ts, p in datapoints(url, thing)]
+
+
+def test_a_device_that_stays_away_keeps_its_disconnect_duration_across_takeovers(database):
+    """The owner dies after closing the window a device left in: its successor counts the device's
+    minutes away on from its disconnection (it gave 0, a false "alarm-cleared" for a device still
+    offline, until it came back and left again). A node that gets the partition back after the
+    device came back elsewhere does not take it as away any more."""
+    clock, old, (leaver, steady), a, b = two_ending_brokers(database, "away", 2)
+    a.intake.connect_attempt(leaver, "10.0.0.3", True)
+    a.intake.connect_attempt(steady, "10.0.0.4", True)
+    clock.now = W * WINDOW_S + 60
+    a.intake.disconnect(leaver)  # 4 minutes before the window's end
+    assert window_ended(W, clock, old, [a, b]) == 2
+    a.intake.message_sent(steady, "t/x", 10)  # steady sends a message in every later window
+
+    new = Detect(database, clock)  # the old owner dies (kill -9) once W is closed
+    new.acquire(P, 8)
+    assert window_ended(W + 1, clock, new, [a, b], 8) == 2  # the leaver, unregistered: known from its state
+    assert away_minutes(database, leaver) == [(W, 4), (W + 1, 9)]  # not 0: it never came back
+
+    new.owned.pop(P)  # handed over to a third node, where the device comes back in W+2
+    new.collector.released(P)
+    third = Detect(database, clock)
+    third.acquire(P, 9)
+    b.intake.connect_attempt(leaver, "10.0.0.5", True)
+    a.intake.message_sent(steady, "t/x", 10)
+    assert window_ended(W + 2, clock, third, [a, b], 9) == 2
+    third.owned.pop(P)
+    third.collector.released(P)
+    new.acquire(P, 10)  # and back: what `new` knew of the device then is stale
+    a.intake.message_sent(steady, "t/x", 10)
+    assert window_ended(W + 3, clock, new, [a, b], 10) == 2
+    assert away_minutes(database, leaver) == [(W, 4), (W + 1, 9), (W + 2, 0), (W + 3, 0)]
+    assert away_minutes(database, steady) == [(W, 0), (W + 1, 0), (W + 2, 0), (W + 3, 0)]
+    for detect in (old, new, third):
+        detect.engine.dispose()
+
+
+def test_connections_recorded_before_a_release_that_does_not_record_them_are_not_trusted(database):
+    """A rolling upgrade's node of the release before closed the partition's last window: it
+    records no connections, so a device recorded away may have come back meanwhile. The next
+    owner takes none of them as away (as before this record) and deletes them with its first close."""
+    clock, old, (leaver,), a, b = two_ending_brokers(database, "trust", 1)
+    a.intake.connect_attempt(leaver, "10.0.0.3", True)
+    clock.now = W * WINDOW_S + 60
+    a.intake.disconnect(leaver)
+    assert window_ended(W, clock, old, [a, b]) == 1
+    with old.engine.begin() as conn:  # what the release before does when it closes W+1: no seen window
+        conn.execute(sa.text("UPDATE cluster_cloud_progress SET window_index = :w"), {"w": W + 1})
+        assert disconnections.load(conn, P) == {leaver: W * WINDOW_S + 60}
+    new = Detect(database, clock)
+    new.acquire(P, 8)
+    # It came back on B in W+1 (closed by the release before) and sends in W+2.
+    clock.now = (W + 2) * WINDOW_S + 5
+    b.intake.message_sent(leaver, "t/x", 10)
+    assert window_ended(W + 2, clock, new, [a, b], 8) == 1
+    assert away_minutes(database, leaver) == [(W, 4), (W + 2, 0)]  # not 14
+    with new.engine.connect() as conn:
+        assert disconnections.load(conn, P) == {}
+    for detect in (old, new):
+        detect.engine.dispose()
+
+
+def test_a_device_that_left_in_a_window_closed_in_part_before_a_crash_stays_away(database, monkeypatch):
+    """The owner stored a window's datapoints for the first things and died before the window's
+    last transaction (which records the devices' connections): its successor reads what the
+    closed things' parts, still kept, say of their connections."""
+    monkeypatch.setattr(cloud_service, "BATCH_MAX", 1)  # a window closed in transactions of one thing
+    clock, old, things, a, b = two_ending_brokers(database, "part", 2)
+    first, second = sorted(things)
+    for thing in (first, second):
+        a.intake.connect_attempt(thing, "10.0.0.6", True)
+    clock.now = W * WINDOW_S + 60
+    a.intake.disconnect(first)
+    store = old.collector.cloud._store
+    stored = []
+
+    def dies_after_the_first_thing(items):  # type: ignore[no-untyped-def]
+        if stored:
+            raise Crash()
+        stored.append(items)
+        return type(store).store_batch(store, items)
+    monkeypatch.setattr(store, "store_batch", dies_after_the_first_thing)
+    with pytest.raises(Crash):
+        window_ended(W, clock, old, [a, b])
+    assert away_minutes(database, first) == [(W, 4)]
+
+    new = Detect(database, clock)
+    new.acquire(P, 8)
+    clock.now += new.collector.grace_s
+    new.collector.close_due()  # W for the second thing
+    assert away_minutes(database, first) == [(W, 4)] and away_minutes(database, second) == [(W, 0)]
+    a.intake.message_sent(second, "t/x", 10)
+    assert window_ended(W + 1, clock, new, [a, b], 8) == 2
+    assert away_minutes(database, first) == [(W, 4), (W + 1, 9)]
+    assert away_minutes(database, second) == [(W, 0), (W + 1, 0)]
+    newest = Detect(database, clock)  # recorded with the successor's close: a third owner knows it too
+    newest.acquire(P, 9)
+    a.intake.message_sent(second, "t/x", 10)
+    assert window_ended(W + 2, clock, newest, [a, b], 9) == 2
+    assert away_minutes(database, first)[-1] == (W + 2, 14)
+    for detect in (old, new, newest):
         detect.engine.dispose()
 
 

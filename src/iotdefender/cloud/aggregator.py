@@ -79,6 +79,20 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ClientWindow)
 
 
+def connection_changes(clients: Mapping[str, ClientWindow]) -> dict[str, float | None]:
+    """What a window's parts say of each device's connection at its end ({thing: disconnected
+    since, or None: connected}); the devices that neither connected nor disconnected in it are
+    left out (their state carries on). Kept so that ``aws:disconnect-duration`` outlives the
+    process (store/disconnections.py)."""
+    return {thing: _ended(part) for thing, part in clients.items() if part.last_disconnect or part.last_connect_ok}
+
+
+def _ended(part: ClientWindow) -> float | None:
+    """For a part with a connection or a disconnection in it: since when its device was
+    disconnected at the window's end, None if it was connected (the later of the two)."""
+    return part.last_disconnect if part.last_disconnect > part.last_connect_ok else None
+
+
 def pack(window: ClientWindow) -> bytes:
     """A device's window as bytes, to keep it (cluster parts, a window open at a graceful stop)."""
     return _encoder.encode(window)
@@ -170,10 +184,12 @@ class Aggregator:
         parts), with what it says of the device's connection at the window's end."""
         self.seen.add(client_id)
         self.windows.setdefault(window, {})[client_id] = part
-        if part.last_disconnect > part.last_connect_ok:
-            self.disconnected_at[client_id] = part.last_disconnect
-        elif part.last_connect_ok:
-            self.disconnected_at.pop(client_id, None)
+        if part.last_disconnect or part.last_connect_ok:
+            since = _ended(part)
+            if since is None:
+                self.disconnected_at.pop(client_id, None)
+            else:
+                self.disconnected_at[client_id] = since
 
     def restore(self, window: int, client_id: str, part: ClientWindow) -> None:
         """A window kept at a graceful stop, back where it was: added to anything the window holds

@@ -120,9 +120,11 @@ class Seen:
     publishers: dict[str, frozenset[str]]
 
 
-def load(conn: Connection, partition: int) -> tuple[Mark | None, list[StoredPart], Seen | None]:
-    """The partition's mark (None: no window of it was ever closed), its parts not closed yet, and
-    who saw whom in the window before the first one left to close (None: not kept)."""
+def load(conn: Connection, partition: int) -> tuple[Mark | None, list[StoredPart], Seen | None, list[StoredPart]]:
+    """The partition's mark (None: no window of it was ever closed), its parts not closed yet, who
+    saw whom in the window before the first one left to close (None: not kept), and the parts of
+    a window closed in part for the things it was closed for: what they say of their devices'
+    connections was to be recorded with the window's last transaction, which never came."""
     found = conn.execute(sa.select(progress_table.c.window_index, progress_table.c.through_thing,
                                    progress_table.c.seen_window)
                          .where(progress_table.c.partition == partition)).first()
@@ -131,6 +133,7 @@ def load(conn: Connection, partition: int) -> tuple[Mark | None, list[StoredPart
     before = None if mark is None else mark.window if mark.through is None else mark.window - 1
     kept_seen = found is not None and found[2] is not None and int(found[2]) == before
     parts: list[StoredPart] = []
+    closed_in_part: list[StoredPart] = []
     seen: dict[str, set[str]] = {}
     for window, thing, node, part in conn.execute(
             sa.select(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node, parts_table.c.part)
@@ -138,11 +141,13 @@ def load(conn: Connection, partition: int) -> tuple[Mark | None, list[StoredPart
             .order_by(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node)):
         if mark is None or not mark.closed(int(window), thing):
             parts.append(StoredPart(int(window), thing, node, unpack(part)))
+        elif mark.through is not None and window == mark.window:
+            closed_in_part.append(StoredPart(int(window), thing, node, unpack(part)))
         elif kept_seen and window == before:
             seen.setdefault(thing, set()).add(node)
     if not kept_seen or before is None:
-        return mark, parts, None
-    return mark, parts, Seen(before, {thing: frozenset(nodes) for thing, nodes in seen.items()})
+        return mark, parts, None, closed_in_part
+    return mark, parts, Seen(before, {thing: frozenset(nodes) for thing, nodes in seen.items()}), closed_in_part
 
 
 def advance(conn: Connection, marks: Mapping[int, Mark]) -> None:

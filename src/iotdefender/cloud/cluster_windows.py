@@ -51,7 +51,7 @@ import structlog
 from prometheus_client import Counter
 from sqlalchemy.engine import Engine
 
-from iotdefender.cloud.aggregator import ClientWindow, merge_windows
+from iotdefender.cloud.aggregator import ClientWindow, connection_changes, merge_windows
 from iotdefender.cloud import cluster_parts
 from iotdefender.cloud.cluster_parts import Mark, Seen, StoredPart
 from iotdefender.cloud.service import CloudEventIntake, CloudMetricsService
@@ -67,6 +67,7 @@ from iotdefender.pipeline.local_store import store_reports
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.transaction_metrics import TransactionObserver, observe, timed
 from iotdefender.store.availability import log_unless_outage
+from iotdefender.store import disconnections
 from iotdefender.store.database import writing
 
 log = structlog.get_logger("iotdefender.cloud")
@@ -545,6 +546,13 @@ class WindowCollector:
         # partition -> (the last window merged here, each of its things' publishers in it): who may
         # hold the rest of a device's window when a publisher's parts are missing (``_whole``).
         self._seen: dict[int, tuple[int, dict[str, frozenset[str]]]] = {}
+        # partition -> its devices this node took as disconnected (loaded or merged), forgotten with
+        # it: on a detect node the aggregator's ``disconnected_at`` is filled only from those two.
+        self._away: dict[int, set[str]] = {}
+        # partition -> connection changes of a window its previous owner closed in part, not
+        # recorded yet (``resume``): recorded with this node's next close of the partition.
+        self._unrecorded: dict[int, dict[str, float | None]] = {}
+        self._distrusted: set[int] = set()  # partitions whose recorded connections a close deletes first
         self._single_publishers: dict[str, frozenset[str]] = {}
         self._clock = clock
         self._engine = engine
@@ -659,18 +667,24 @@ class WindowCollector:
                 await reports(partition, token, rest, more_reports)
         return handle
 
-    def load(self, partition: int) -> tuple[Mark | None, list[StoredPart], list[End], Seen | None]:
+    def load(self, partition: int) -> tuple[Mark | None, list[StoredPart], list[End], Seen | None, dict[str, float],
+                                            list[StoredPart]]:
         """What the partition's previous owners left (blocking: a worker thread)."""
         with self._engine.connect() as conn:
-            mark, parts, seen = cluster_parts.load(conn, partition)
-            return mark, parts, cluster_parts.load_ends(conn, partition), seen
+            mark, parts, seen, closed_in_part = cluster_parts.load(conn, partition)
+            return (mark, parts, cluster_parts.load_ends(conn, partition), seen, disconnections.load(conn, partition),
+                    closed_in_part)
 
     def resume(self, partition: int, mark: Mark | None, parts: Sequence[StoredPart], ends: Sequence[End] = (),
-               seen: Seen | None = None) -> None:
+               seen: Seen | None = None, away: Mapping[str, float] | None = None,
+               closed_in_part: Sequence[StoredPart] = ()) -> None:
         """Take the partition over from its mark: the windows after it (the one it stops in, for
         the things after it) are this node's to close, with the parts kept of them, the
-        publishers' ends and who saw whom in the window before (``_whole``). Never closed before:
-        from the oldest part kept, or the window open now."""
+        publishers' ends, who saw whom in the window before (``_whole``) and which of its devices
+        were disconnected, since when (``aws:disconnect-duration``: as recorded with the last
+        window closed whole, then what the parts of a window closed in part say, recorded with
+        this node's next close). Never closed before: from the oldest part kept, or the window
+        open now."""
         current = self.cloud.aggregator.index(self._lagged())
         self._floors.pop(partition, None)
         if mark is None:
@@ -683,6 +697,30 @@ class WindowCollector:
         self._next[partition] = max(first, current - self.cloud.aggregator.max_catch_up)
         self._ready[partition] = self._clock()
         self.ends.replace(partition, ends)
+        self._forget_away(partition)  # also what this node merged of windows whose close failed
+        disconnected_at = self.cloud.aggregator.disconnected_at
+        if mark is not None and seen is None:
+            # Its last window closed for all things was closed by a release that records neither
+            # who saw whom nor connections (a rolling upgrade): a device may have come back then.
+            # Distrusted, and deleted with this node's first close of the partition.
+            self._distrusted.add(partition)
+            away = None
+        if away:  # a device known away is monitored, registered or not (as the previous owner did)
+            disconnected_at.update(away)
+            self.cloud.aggregator.seen.update(away)
+            self._away[partition] = set(away)
+        by_thing: dict[str, list[ClientWindow]] = {}
+        for stored in closed_in_part:
+            by_thing.setdefault(stored.thing, []).append(stored.part)
+        unrecorded = connection_changes({thing: merge_windows(found) for thing, found in by_thing.items()})
+        self._unrecorded[partition] = unrecorded
+        for thing, since in unrecorded.items():
+            if since is None:
+                disconnected_at.pop(thing, None)
+            else:
+                disconnected_at[thing] = since
+                self.cloud.aggregator.seen.add(thing)
+                self._away.setdefault(partition, set()).add(thing)
         if seen is None:
             self._seen.pop(partition, None)  # also what this node merged of a window whose close failed
         else:
@@ -706,10 +744,19 @@ class WindowCollector:
 
     def released(self, partition: int) -> None:
         """Forget the partition; its parts stay in PostgreSQL for its next owner."""
-        for state in (self._next, self._ready, self._floors, self._seen):
+        for state in (self._next, self._ready, self._floors, self._seen, self._unrecorded):
             state.pop(partition, None)
+        self._distrusted.discard(partition)
         self.ends.forget(partition)
         self._parts.pop(partition, None)
+        self._forget_away(partition)
+
+    def _forget_away(self, partition: int) -> None:
+        """Forget when the partition's devices disconnected: its next owner knows better (a device
+        that came back meanwhile would otherwise count as away from then on)."""
+        disconnected_at = self.cloud.aggregator.disconnected_at
+        for thing in self._away.pop(partition, ()):
+            disconnected_at.pop(thing, None)
 
     # -- closing -------------------------------------------------------------------------------------
     def merge_due(self) -> list[Closing]:
@@ -793,6 +840,7 @@ class WindowCollector:
         done = 0
         aggregator = self.cloud.aggregator
         closed: dict[int, int] = {}  # partition -> the last window closed for it here
+        changes: dict[str, float | None] = {}  # the devices' connections at the end of those windows
         try:
             for window, partitions, clients, incomplete, whole in closings:
                 for thing, part in clients.items():
@@ -803,20 +851,27 @@ class WindowCollector:
                     done += self.cloud.close_window(window, {t: p for t, p in taken.items() if t in whole},
                                                     owns=self._among(incomplete), seen_only=True)
                 closed.update(dict.fromkeys(partitions, window))
+                changes.update(connection_changes(clients))
         finally:
             # One mark per partition for all the windows closed here (short windows close several
             # at a time: a transaction per window was measurable); not past one that failed.
-            self._complete(closed)
+            self._complete(closed, changes)
         return done
 
     def _among(self, partitions: frozenset[int]) -> Callable[[str], bool]:
         return lambda thing: self._partition(thing) in partitions
 
-    def _complete(self, closed: Mapping[int, int]) -> None:
+    def _complete(self, closed: Mapping[int, int], changes: Mapping[str, float | None]) -> None:
         """Mark each partition's windows closed through the given one ({partition: window}) for
-        every thing, for the partitions still owned, their parts deleted."""
+        every thing, for the partitions still owned, their parts deleted, with their devices'
+        connection changes in those windows ({thing: disconnected since, or None})."""
         owned = self._owned()
         held = {partition: owned[partition] for partition in closed if partition in owned}
+        kept = {thing: since for partition in held for thing, since in self._unrecorded.get(partition, {}).items()}
+        kept.update((thing, since) for thing, since in changes.items() if self._partition(thing) in held)
+        for thing, since in kept.items():
+            if since is not None:
+                self._away.setdefault(self._partition(thing), set()).add(thing)
         if held:
             try:
                 with writing(self._engine) as conn:
@@ -824,6 +879,11 @@ class WindowCollector:
                     cluster_parts.advance(conn, {partition: Mark(closed[partition], None) for partition in held})
                     cluster_parts.forget_ends(conn, {partition: self.ends.forgettable_before(closed[partition] + 1)
                                                      for partition in held})
+                    disconnections.forget(conn, sorted(self._distrusted & held.keys()))
+                    disconnections.apply(conn, kept, self._partition)
+                for partition in held:
+                    self._unrecorded.pop(partition, None)
+                    self._distrusted.discard(partition)
             except fencing.Fenced as error:
                 log.info("cloud_window_mark_fenced", error=str(error))
         for partition, window in closed.items():

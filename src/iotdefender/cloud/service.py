@@ -26,13 +26,15 @@ import anyio.to_thread
 import structlog
 from sqlalchemy.engine import Engine
 
-from iotdefender.cloud.aggregator import CLOUD_METRICS, Aggregator, ClientWindow, dimension_specs, pack, unpack
+from iotdefender.cloud.aggregator import (CLOUD_METRICS, Aggregator, ClientWindow, connection_changes, dimension_specs,
+                                         pack, unpack)
+from iotdefender.cluster.partitions import partition_of
 from iotdefender.ingest.report import ReportRejected, check_thing_name
 from iotdefender.net_address import ip_of_endpoint
 from iotdefender.pipeline.batch_isolation import store_isolating
 from iotdefender.pipeline.batch_store import BATCH_MAX, BatchStore
 from iotdefender.pipeline.monitoring import MonitoringIndex
-from iotdefender.store import open_windows, registry
+from iotdefender.store import disconnections, open_windows, registry
 from iotdefender.store.availability import log_unless_outage
 from iotdefender.store.database import writing
 
@@ -191,8 +193,17 @@ class CloudMetricsService(CloudEventIntake):
         done = 0
         with self._closing:
             for window in self.aggregator.closed_windows(self._clock()):
-                done += self.close_window(window, self.aggregator.take(window))
+                done += self._close_recorded(window, self.aggregator.take(window))
         return done
+
+    def _close_recorded(self, window: int, clients: dict[str, ClientWindow]) -> int:
+        """Close a window of this process's own observation, its devices' connection changes kept
+        first (store/disconnections.py: true whether or not the datapoints are stored then)."""
+        changes = connection_changes(clients)
+        if changes:
+            with writing(self._engine) as conn:
+                disconnections.apply(conn, changes, partition_of)
+        return self.close_window(window, clients)
 
     # -- a graceful stop and the next start (worker thread) ---------------------------------------
     def suspend(self) -> int:
@@ -214,6 +225,11 @@ class CloudMetricsService(CloudEventIntake):
         with self._closing:
             with writing(self._engine) as conn:
                 rows = open_windows.take(conn)
+                # Who was away at the last window closed (the kept windows below say what changed
+                # since); monitored, registered or not, as before the stop.
+                away = disconnections.load(conn)
+            self.aggregator.disconnected_at.update(away)
+            self.aggregator.seen.update(away)
             current = self.aggregator.index(self._clock())
             ended: dict[int, dict[str, ClientWindow]] = {}
             for window, thing, data in rows:
@@ -226,7 +242,7 @@ class CloudMetricsService(CloudEventIntake):
                 for thing, part in ended[window].items():  # what they say of connections counts too
                     self.aggregator.restore(window, thing, part)
                 try:
-                    self.close_window(window, self.aggregator.take(window))
+                    self._close_recorded(window, self.aggregator.take(window))
                 except Exception:
                     # Kept again for the next start rather than lost (the database went away).
                     with writing(self._engine) as conn:

@@ -333,6 +333,19 @@ cloud_open_windows = sa.Table(
     sa.Column("part", sa.LargeBinary, nullable=False),
 )
 
+# The devices disconnected at the end of the last window closed, and since when (cloud/service.py,
+# cloud/cluster_windows.py): ``aws:disconnect-duration`` of a device that stays away counts from
+# its disconnection across a restart or a detect node's takeover, instead of restarting at 0 (a
+# false "alarm-cleared" for a device still offline). Rows are written only when a device's
+# connection changes; ``partition`` is its cluster partition (loaded with it by a new owner).
+cloud_disconnected = sa.Table(
+    "cloud_disconnected",
+    metadata,
+    sa.Column("thing", sa.String(128), primary_key=True),
+    sa.Column("partition", sa.Integer, nullable=False, index=True),
+    sa.Column("since", EPOCH, nullable=False),
+)
+
 # ML Detect (docs/detection.md). ``ml_training`` is the progress of one ML behavior of a profile
 # (one model per (profile, behavior); a behavior has at most one dimension): when its data
 # collection started (kept across restarts, so a restart resumes instead of starting the training

@@ -1,0 +1,86 @@
+"""aws:disconnect-duration across a restart of the service (one box, SQLite): a device that stays
+away keeps counting from its disconnection, instead of starting again at 0 (which cleared its
+alarm while it was still offline, and kept it at 0 until it came back and left again)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iotdefender.alerts.routes import AlertRoutes
+from iotdefender.cloud.service import CloudMetricsService
+from iotdefender.pipeline.batch_store import ignore_events
+from iotdefender.pipeline.detection import DetectionService
+from iotdefender.pipeline.local_store import LocalBatchStore
+from iotdefender.pipeline.monitoring import MonitoringIndex
+from iotdefender.service import build_api
+from iotdefender.settings import Settings
+from iotdefender.store import disconnections
+
+ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
+WINDOW_S = 60.0
+
+
+def started(api: Any, clock: Any) -> CloudMetricsService:
+    """The cloud-side closer of a freshly started process: its own detection state, loaded, and the
+    windows and connections the last run left taken back."""
+    engine = api.context.engine
+    monitoring = MonitoringIndex(engine, api.context.arn(""))
+    detection = DetectionService(engine, monitoring, AlertRoutes(), 172800.0)
+    detection.load()
+    cloud = CloudMetricsService(engine, monitoring, LocalBatchStore(engine, monitoring, detection, ignore_events),
+                                window_s=WINDOW_S, clock=clock)
+    cloud.resume()
+    return cloud
+
+
+def test_a_device_away_keeps_its_disconnect_duration_across_a_restart(tmp_path):
+    api = build_api(Settings(data_dir=tmp_path))
+    api.invoke("CreateSecurityProfile", {"securityProfileName": "offline", "behaviors": [
+        {"name": "away", "metric": "aws:disconnect-duration",
+         "criteria": {"comparisonOperator": "less-than", "value": {"count": 5}}}]})
+    api.invoke("AttachSecurityProfile", {"securityProfileName": "offline", "securityProfileTargetArn": ALL_THINGS})
+    for thing in ("gone", "steady"):
+        api.invoke("CreateThing", {"thingName": thing})
+    now = [1000 * WINDOW_S + 1]
+    clock = lambda: now[0]  # noqa: E731
+    cloud = started(api, clock)
+    cloud.connect_attempt("gone", "10.0.0.1", True)
+    cloud.connect_attempt("steady", "10.0.0.2", True)
+    now[0] += 9
+    cloud.disconnect("gone")  # at 1000 windows + 10 s
+    for _ in range(6):  # windows 1000-1005 close: 0, 1, 2, 3, 4, 5 minutes away
+        now[0] += WINDOW_S
+        cloud.close_due()
+
+    def away(thing: str) -> list[int]:
+        out = api.invoke("ListMetricValues", {"thingName": thing, "metricName": "aws:disconnect-duration",
+                                              "startTime": 0, "endTime": 10**10})
+        return [d["value"]["count"] for d in out["metricDatumList"]]
+
+    def events() -> list[str]:
+        out = api.invoke("ListViolationEvents", {"startTime": 0, "endTime": 10**10})
+        return [f"{e['thingName']}:{e['violationEventType']}" for e in out["violationEvents"]]
+
+    assert away("gone") == [0, 1, 2, 3, 4, 5]
+    assert events() == ["gone:in-alarm"]
+
+    cloud = started(api, clock)  # a restart (the same after kill -9: the state is kept per window)
+    cloud.connect_attempt("steady", "10.0.0.2", True)  # its broker restarted too: steady reconnects
+    now[0] += WINDOW_S
+    cloud.close_due()
+    assert away("gone") == [0, 1, 2, 3, 4, 5, 6]  # not 0: still offline
+    assert away("steady")[-1] == 0
+    assert events() == ["gone:in-alarm"]  # no alarm-cleared while it is away
+
+    cloud.connect_attempt("gone", "10.0.0.1", True)  # back
+    now[0] += WINDOW_S
+    cloud.close_due()
+    cloud = started(api, clock)  # restarted again: both reconnect to its broker
+    for thing in ("gone", "steady"):
+        cloud.connect_attempt(thing, "10.0.0.3", True)
+    now[0] += WINDOW_S
+    cloud.close_due()
+    assert away("gone") == [0, 1, 2, 3, 4, 5, 6, 0, 0]
+    assert sorted(events()) == ["gone:alarm-cleared", "gone:in-alarm"]
+    with api.context.engine.connect() as conn:
+        assert disconnections.load(conn) == {}
