@@ -214,6 +214,7 @@ class CloudMetricsService(CloudEventIntake):
                     for thing, part in clients.items()]
             with writing(self._engine) as conn:
                 kept = open_windows.keep(conn, rows)
+                open_windows.keep_open_window(conn, self.aggregator.index(self._clock()))
             self.aggregator.windows.clear()
         log.info("cloud_windows_kept", devices=kept, windows=len({row[0] for row in rows}))
         return kept
@@ -221,10 +222,12 @@ class CloudMetricsService(CloudEventIntake):
     def resume(self) -> int:
         """At start, before the broker runs: take back the windows the last graceful stop kept. The
         window open now carries on; one that ended meanwhile is closed now, its datapoints at its
-        own end. Returns how many device windows were taken back."""
+        own end (the window open at the stop too when no device had an event in it: every
+        monitored device gets its 0). Returns how many device windows were taken back."""
         with self._closing:
             with writing(self._engine) as conn:
                 rows = open_windows.take(conn)
+                open_at = open_windows.take_open_window(conn)
                 # Who was away at the last window closed (the kept windows below say what changed
                 # since); monitored, registered or not, as before the stop.
                 away = disconnections.load(conn)
@@ -232,6 +235,13 @@ class CloudMetricsService(CloudEventIntake):
             self.aggregator.seen.update(away)
             current = self.aggregator.index(self._clock())
             ended: dict[int, dict[str, ClientWindow]] = {}
+            # The window open at the stop carries on, or is closed now for every monitored device,
+            # idle or not, as are those with kept events. Only if the stop was in this window or
+            # the one before: a mark older than that may be one a release before this one left
+            # behind (it neither writes nor deletes it) and whose windows it closed itself.
+            graceful = open_at is not None and current - 1 <= open_at <= current
+            if graceful and open_at is not None and open_at < current:
+                ended[open_at] = {}
             for window, thing, data in rows:
                 part = unpack(data)
                 if window >= current:
@@ -248,14 +258,16 @@ class CloudMetricsService(CloudEventIntake):
                     with writing(self._engine) as conn:
                         open_windows.keep(conn, [(w, t, pack(p)) for w, found in ended.items() if w >= window
                                                  for t, p in found.items()])
+                        if open_at is not None:
+                            open_windows.keep_open_window(conn, open_at)
                     raise
-            if rows:
+            if rows or graceful:
                 # The window this start falls in is closed at its end for every monitored device,
                 # idle or not, as it would have been without the stop (windows wholly inside the
                 # stop were observed by nobody and get no datapoint).
                 self.aggregator.last_closed = current - 1
-        if rows:
-            log.info("cloud_windows_resumed", devices=len(rows), closed_now=sorted(ended))
+        if rows or graceful:
+            log.info("cloud_windows_resumed", devices=len(rows), closed_now=sorted(ended), open_at_stop=open_at)
         return len(rows)
 
     def close_window(self, window: int, clients: Mapping[str, Any], owns: Callable[[str], bool] | None = None,

@@ -1,5 +1,5 @@
 """SQL for the cloud-side windows a graceful stop leaves open (cloud/service.py): kept at the stop,
-taken back (read and deleted) at the next start."""
+taken back (read and deleted) at the next start, with the window open then (kept even when idle)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from iotdefender.store.rows import upsert
-from iotdefender.store.schema import cloud_open_windows
+from iotdefender.store.schema import cloud_open_grid, cloud_open_windows
 
 
 def keep(conn: Connection, parts: Iterable[tuple[int, str, bytes]]) -> int:
@@ -32,3 +32,17 @@ def take(conn: Connection) -> list[tuple[int, str, bytes]]:
     if rows:
         conn.execute(sa.delete(cloud_open_windows))
     return rows
+
+
+def keep_open_window(conn: Connection, window: int) -> None:
+    """Record the window open at a graceful stop (replacing any recorded before)."""
+    conn.execute(sa.delete(cloud_open_grid))
+    conn.execute(sa.insert(cloud_open_grid).values(window_index=window))
+
+
+def take_open_window(conn: Connection) -> int | None:
+    """The window open at the last graceful stop (None: the last stop was not graceful, or was
+    by a release that did not record it), deleted in the same transaction."""
+    found = conn.execute(sa.select(sa.func.max(cloud_open_grid.c.window_index))).scalar()
+    conn.execute(sa.delete(cloud_open_grid))
+    return None if found is None else int(found)

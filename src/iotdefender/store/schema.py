@@ -333,6 +333,15 @@ cloud_open_windows = sa.Table(
     sa.Column("part", sa.LargeBinary, nullable=False),
 )
 
+# The window open at the last graceful stop, kept even when no device had an event in it
+# (cloud/service.py ``suspend``): the next start closes it, and the window it starts in, for every
+# monitored device (0 when idle), as the grid would have without the stop.
+cloud_open_grid = sa.Table(
+    "cloud_open_grid",
+    metadata,
+    sa.Column("window_index", sa.BigInteger, primary_key=True, autoincrement=False),
+)
+
 # The devices disconnected at the end of the last window closed, and since when (cloud/service.py,
 # cloud/cluster_windows.py): ``aws:disconnect-duration`` of a device that stays away counts from
 # its disconnection across a restart or a detect node's takeover, instead of restarting at 0 (a

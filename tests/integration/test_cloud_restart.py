@@ -1,10 +1,17 @@
-"""aws:disconnect-duration across a restart of the service (one box, SQLite): a device that stays
-away keeps counting from its disconnection, instead of starting again at 0 (which cleared its
-alarm while it was still offline, and kept it at 0 until it came back and left again)."""
+"""Cloud-side metrics across a restart of the service (one box, SQLite).
+
+- aws:disconnect-duration: a device that stays away keeps counting from its disconnection,
+  instead of starting again at 0 (which cleared its alarm while it was still offline, and kept it
+  at 0 until it came back and left again).
+- A graceful restart drops no window of the grid, idle or not: when no device had an event in
+  the window open at the stop, nothing was kept of it, and the next start neither closed it nor
+  the window it started in; the devices got no datapoint for either."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import pytest
 
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.cloud.service import CloudMetricsService
@@ -14,7 +21,7 @@ from iotdefender.pipeline.local_store import LocalBatchStore
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
-from iotdefender.store import disconnections
+from iotdefender.store import disconnections, open_windows
 
 ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
 WINDOW_S = 60.0
@@ -84,3 +91,37 @@ def test_a_device_away_keeps_its_disconnect_duration_across_a_restart(tmp_path):
     assert sorted(events()) == ["gone:alarm-cleared", "gone:in-alarm"]
     with api.context.engine.connect() as conn:
         assert disconnections.load(conn) == {}
+
+
+def attempts(api: Any, thing: str) -> list[tuple[int, int]]:
+    out = api.invoke("ListMetricValues", {"thingName": thing, "metricName": "aws:num-connection-attempts",
+                                          "startTime": 0, "endTime": 10**10})
+    return [(round(d["timestamp"] / WINDOW_S), d["value"]["count"]) for d in out["metricDatumList"]]
+
+
+@pytest.mark.parametrize("restart_after", [10.0, WINDOW_S], ids=["within-the-window", "after-its-end"])
+def test_an_idle_window_at_a_graceful_stop_is_closed_for_every_device(tmp_path, restart_after):
+    api = build_api(Settings(data_dir=tmp_path))
+    api.invoke("CreateSecurityProfile", {"securityProfileName": "cloud", "behaviors": [
+        {"name": "attempts", "metric": "aws:num-connection-attempts",
+         "criteria": {"comparisonOperator": "greater-than", "value": {"count": 100}}}]})
+    api.invoke("AttachSecurityProfile", {"securityProfileName": "cloud", "securityProfileTargetArn": ALL_THINGS})
+    api.invoke("CreateThing", {"thingName": "idle"})
+    now = [1000 * WINDOW_S + 1]
+    clock = lambda: now[0]  # noqa: E731
+    cloud = started(api, clock)
+    cloud.connect_attempt("idle", "10.0.0.1", True)
+    now[0] += WINDOW_S
+    cloud.close_due()  # window 1000: its connection
+    now[0] += WINDOW_S
+    cloud.close_due()  # window 1001: idle, 0
+    now[0] += 20
+    cloud.suspend()  # a graceful stop 21 s into window 1002, in which nothing happened
+    now[0] += restart_after
+    cloud = started(api, clock)
+    with api.context.engine.connect() as conn:
+        assert open_windows.take_open_window(conn) is None  # taken
+    now[0] = 1004 * WINDOW_S + 1
+    cloud.close_due()
+    # Datapoints are at each window's end: 1001 for window 1000, ... 1004 for window 1003.
+    assert attempts(api, "idle") == [(1001, 1), (1002, 0), (1003, 0), (1004, 0)]
