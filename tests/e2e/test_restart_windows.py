@@ -246,12 +246,13 @@ def test_a_window_open_at_a_graceful_stop_is_closed_at_its_end_after_the_restart
     """Stopped with SIGTERM 3 s after the messages, started again after their window ended: the
     window is stored at its own end with its 4 messages, and the grid has no hole after it."""
     svc, iot, since = monitored(SCALE)
-    index = wait_for_window_start(WINDOW, room=6)  # the messages, 3 s, the stop
+    index = wait_for_window_start(WINDOW, room=7)  # the messages, 3 s, the stop
     device = publisher(svc.mqtt_port, "open-1")
     publish(device, 4)
     time.sleep(3)
     close(device)
     svc.stop()  # SIGTERM, in the middle of window `index`
+    assert time.time() < (index + 1) * WINDOW, "the stop came after the window's end"
     time.sleep(max(0.0, (index + 1) * WINDOW + 0.5 - time.time()))  # the window ends while stopped
     svc.start()
     wait_for(lambda: index + 1 in grid(iot, "open-1", since, WINDOW), 3 * WINDOW, "the window after the restart")
