@@ -868,10 +868,16 @@ class WindowCollector:
         owned = self._owned()
         held = {partition: owned[partition] for partition in closed if partition in owned}
         kept = {thing: since for partition in held for thing, since in self._unrecorded.get(partition, {}).items()}
-        kept.update((thing, since) for thing, since in changes.items() if self._partition(thing) in held)
-        for thing, since in kept.items():
-            if since is not None:
-                self._away.setdefault(self._partition(thing), set()).add(thing)
+        for thing, since in changes.items():
+            partition = self._partition(thing)
+            if partition in held:
+                kept[thing] = since
+            # What the merge told the aggregator, followed even for a partition released meanwhile:
+            # forgotten when it is resumed.
+            if since is None:
+                self._away.get(partition, set()).discard(thing)
+            else:
+                self._away.setdefault(partition, set()).add(thing)
         if held:
             try:
                 with writing(self._engine) as conn:
