@@ -284,6 +284,19 @@ class Crash(BaseException):
     """The detect node's process ends here (kill -9): nothing after it runs."""
 
 
+def dies_after_the_first_chunk(detect: Detect, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The detect node's process ends (``Crash``) as its cloud store is given a window's second chunk."""
+    store = detect.collector.cloud._store
+    chunks: list[Any] = []
+
+    def store_batch(items):  # type: ignore[no-untyped-def]
+        if chunks:
+            raise Crash()
+        chunks.append(items)
+        return type(store).store_batch(store, items)
+    monkeypatch.setattr(store, "store_batch", store_batch)
+
+
 def test_a_window_closed_in_part_before_a_crash_is_closed_for_the_other_things_only(database, monkeypatch):
     monkeypatch.setattr(cloud_service, "BATCH_MAX", 2)  # a window closed in transactions of two things
     clock = Clock(W * WINDOW_S + 10)
@@ -299,15 +312,7 @@ def test_a_window_closed_in_part_before_a_crash_is_closed_for_the_other_things_o
     asyncio.run(a.publish_due())
     asyncio.run(old.handle(P, 7, sent))
     clock.now += old.collector.grace_s + 0.1
-    store = old.collector.cloud._store
-    chunks = []
-
-    def dies_after_the_first_chunk(items):  # type: ignore[no-untyped-def]
-        if chunks:
-            raise Crash()
-        chunks.append(items)
-        return type(store).store_batch(store, items)
-    monkeypatch.setattr(store, "store_batch", dies_after_the_first_chunk)
+    dies_after_the_first_chunk(old, monkeypatch)
     with pytest.raises(Crash):
         old.collector.close_due()
     assert [len(datapoints(database, thing)) for thing in things] == [1, 1, 0, 0, 0]
@@ -722,15 +727,7 @@ def test_a_device_that_left_in_a_window_closed_in_part_before_a_crash_stays_away
         a.intake.connect_attempt(thing, "10.0.0.6", True)
     clock.now = W * WINDOW_S + 60
     a.intake.disconnect(first)
-    store = old.collector.cloud._store
-    stored = []
-
-    def dies_after_the_first_thing(items):  # type: ignore[no-untyped-def]
-        if stored:
-            raise Crash()
-        stored.append(items)
-        return type(store).store_batch(store, items)
-    monkeypatch.setattr(store, "store_batch", dies_after_the_first_thing)
+    dies_after_the_first_chunk(old, monkeypatch)
     with pytest.raises(Crash):
         window_ended(W, clock, old, [a, b])
     assert away_minutes(database, first) == [(W, 4)]

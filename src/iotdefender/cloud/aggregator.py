@@ -185,11 +185,15 @@ class Aggregator:
         self.seen.add(client_id)
         self.windows.setdefault(window, {})[client_id] = part
         if part.last_disconnect or part.last_connect_ok:
-            since = _ended(part)
-            if since is None:
-                self.disconnected_at.pop(client_id, None)
-            else:
-                self.disconnected_at[client_id] = since
+            self.connection_ended(client_id, _ended(part))
+
+    def connection_ended(self, client_id: str, since: float | None) -> None:
+        """What a window said of a device's connection at its end: disconnected since ``since``,
+        or connected (None)."""
+        if since is None:
+            self.disconnected_at.pop(client_id, None)
+        else:
+            self.disconnected_at[client_id] = since
 
     def restore(self, window: int, client_id: str, part: ClientWindow) -> None:
         """A window kept at a graceful stop, back where it was: added to anything the window holds

@@ -715,10 +715,8 @@ class WindowCollector:
         unrecorded = connection_changes({thing: merge_windows(found) for thing, found in by_thing.items()})
         self._unrecorded[partition] = unrecorded
         for thing, since in unrecorded.items():
-            if since is None:
-                disconnected_at.pop(thing, None)
-            else:
-                disconnected_at[thing] = since
+            self.cloud.aggregator.connection_ended(thing, since)
+            if since is not None:
                 self.cloud.aggregator.seen.add(thing)
                 self._away.setdefault(partition, set()).add(thing)
         if seen is None:

@@ -240,7 +240,7 @@ class CloudMetricsService(CloudEventIntake):
             # the one before: a mark older than that may be one a release before this one left
             # behind (it neither writes nor deletes it) and whose windows it closed itself.
             graceful = open_at is not None and current - 1 <= open_at <= current
-            if graceful and open_at is not None and open_at < current:
+            if open_at == current - 1:
                 ended[open_at] = {}
             for window, thing, data in rows:
                 part = unpack(data)
