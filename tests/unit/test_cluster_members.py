@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iotdefender.cluster.members import MemberView, member_entry, reaches_database
+from iotdefender.cluster.members import MemberView, member_entry, reaches_database, splits_evenly
 
 
 def test_a_list_is_taken_as_read_outside_an_outage_and_always_holds_the_node_itself():
@@ -49,8 +49,15 @@ def test_one_slow_put_is_not_an_outage_and_does_not_delay_dropping_a_dead_node()
 def test_a_member_entry_says_whether_its_node_reaches_the_database_or_nothing():
     assert reaches_database(member_entry(True)) is True
     assert reaches_database(member_entry(False)) is False
-    # A node that says nothing, as every node of a release before the field (its entry is empty):
-    # the others count it as reaching the database, as that release counted every member.
-    assert member_entry(None) == b"" and reaches_database(b"") is None
+    # A node that says nothing of its database, as every node of a release before the field (its
+    # entry was empty): the others count it as reaching the database, as that release counted every member.
+    assert reaches_database(member_entry(None)) is None and reaches_database(b"") is None
     for unreadable in (b"{", b"[]", b'{"reaches_database": "yes"}', b'{"other": true}'):
         assert reaches_database(unreadable) is None
+
+
+def test_a_member_entry_says_its_node_splits_evenly_and_an_older_ones_does_not():
+    assert all(splits_evenly(member_entry(reach)) for reach in (True, False, None))
+    # Entries of releases before the even split: empty, or only the database field.
+    for older in (b"", b'{"reaches_database": true}', b'{"reaches_database": false}', b"{", b'{"splits_evenly": 1}'):
+        assert not splits_evenly(older)

@@ -65,21 +65,38 @@ class MemberView:
 
 #: The field of a member entry that says whether its node steadily reaches the database.
 REACHES_DATABASE = "reaches_database"
+#: The field of a member entry that says its node splits the partitions evenly (partitions.py's
+#: ``even_assignment``); a release before the even split writes no such field.
+SPLITS_EVENLY = "splits_evenly"
 
 
 def member_entry(reaches_database: bool | None) -> bytes:
     """The value a node puts as its member entry: whether it steadily reaches the database
-    (database_reach.py), or nothing (``None``: a node that says nothing of its database, as every
-    node of a release before this field did)."""
-    return b"" if reaches_database is None else orjson.dumps({REACHES_DATABASE: reaches_database})
+    (database_reach.py), when it says (``None``: a node that says nothing of its database), and
+    that it splits the partitions evenly. Every node of a release before the even split put an
+    empty entry or only the database field."""
+    said: dict[str, bool] = {SPLITS_EVENLY: True}
+    if reaches_database is not None:
+        said[REACHES_DATABASE] = reaches_database
+    return orjson.dumps(said)
+
+
+def _said(entry: bytes) -> dict[str, object]:
+    """A member entry's fields; none for an empty entry or one this release cannot read."""
+    try:
+        said = orjson.loads(entry) if entry else None
+    except orjson.JSONDecodeError:
+        return {}
+    return said if isinstance(said, dict) else {}
 
 
 def reaches_database(entry: bytes) -> bool | None:
     """What a member entry says of its node's database: True, False, or None if it says nothing
     (an empty entry, a release before the field, or one this release cannot read)."""
-    try:
-        said = orjson.loads(entry) if entry else None
-    except orjson.JSONDecodeError:
-        return None
-    value = said.get(REACHES_DATABASE) if isinstance(said, dict) else None
+    value = _said(entry).get(REACHES_DATABASE)
     return value if isinstance(value, bool) else None
+
+
+def splits_evenly(entry: bytes) -> bool:
+    """Whether a member entry's node splits the partitions evenly (False for a release before it)."""
+    return _said(entry).get(SPLITS_EVENLY) is True

@@ -7,9 +7,10 @@ reads ``Nats-Pin-Id``. So ownership uses what nats-py does support, the key-valu
 - membership: each node ``put``s ``iotdefender-members/<node>`` every tick; the bucket's max age
   (``Topology.lease_ttl_s``) removes the entry of a node that stopped (kill -9, partitioned away);
   its value says whether the node steadily reaches the database (members.py), which decides who
-  stands aside for whom (``Ownership._aside_now``);
+  stands aside for whom (``Ownership._aside_now``), and that it splits the partitions evenly;
 - assignment: every node computes the same owner for every partition from the live member list
-  (rendezvous hashing, partitions.py), with no messages exchanged;
+  (rendezvous hashing with bounded loads, partitions.py; plain rendezvous while a member of a
+  release before the even split lives, ``Ownership._choose_split``), with no messages exchanged;
 - leases: a node takes ``iotdefender-leases/p.<n>`` with ``create`` (succeeds only if absent),
   renews it with ``update(last=revision)`` (compare-and-set: fails if anyone else wrote it), and
   gives it up with ``delete(last=revision)`` after its reader stopped and acked. The bucket's max
@@ -59,7 +60,7 @@ from nats.js.kv import KeyValue
 
 from iotdefender.cancellation import cancel_and_wait
 from iotdefender.cluster.database_reach import DatabaseReach
-from iotdefender.cluster.members import MemberView, member_entry, reaches_database
+from iotdefender.cluster.members import MemberView, member_entry, reaches_database, splits_evenly
 from iotdefender.cluster.partitions import assignment
 from iotdefender.cluster.topology import Topology
 
@@ -234,6 +235,8 @@ class Ownership:
         self._retoken, self._database = retoken, database
         self._aside = False  # standing aside: not a member, holding nothing
         self._reaches: dict[str, bool | None] = {}  # what each member's entry says of its database
+        self._splits_evenly: dict[str, bool] = {}  # whether each member's entry says it splits evenly
+        self._even = True  # the split in use: even unless a member of a release before it lives
         self._deferring = False  # partitions of its share left untaken: its database does not answer
         self._bare_token_members = bare_token_members  # None: no such release to live with
         self._tick_s = tick_s if tick_s is not None else topology.lease_ttl_s / 5
@@ -484,7 +487,20 @@ class Ownership:
 
     def share(self) -> set[int]:
         """The partitions the live member list assigns this node (what it should hold)."""
-        return assignment(self.members, self._topology.partitions).get(self.node_id, set())
+        return assignment(self.members, self._topology.partitions, even=self._even).get(self.node_id, set())
+
+    def _choose_split(self) -> None:
+        """The even split (partitions.py) once every member says it splits evenly; plain rendezvous
+        while a member of a release before it lives (a rolling upgrade), since nodes computing
+        different splits would each leave some partitions to the other and nobody would read them.
+        Every node decides from the same entries, so they switch together, within a round of each
+        other, when the last such member leaves (the moves that makes are those of a rebalance)."""
+        even = all(self._splits_evenly.get(member, False) for member in self._view.members if member != self.node_id)
+        if even != self._even:
+            log.info("cluster.split_changed", node=self.node_id, split="even" if even else "rendezvous",
+                     why=("every member splits evenly" if even
+                          else "a detect node of a release before the even split is a member (rolling upgrade)"))
+            self._even = even
 
     def _assigned(self, partition: int) -> bool:
         return partition in self.share()
@@ -505,8 +521,11 @@ class Ownership:
         keys = list(entries)
         # A member kept through a bucket outage (MemberView) keeps what its entry said last.
         self._reaches.update((member, reaches_database(entry)) for member, entry in entries.items())
+        self._splits_evenly.update((member, splits_evenly(entry)) for member, entry in entries.items())
         self._view.read(keys, self._clock(), leaving=self._leaving or self._aside)
         self._reaches = {member: self._reaches.get(member) for member in self._view.members}
+        self._splits_evenly = {member: self._splits_evenly.get(member, False) for member in self._view.members}
+        self._choose_split()
         await self._choose_tokens(keys)
         share = self.share()
         # Concurrently: a release waits for its reader's batch, an acquisition for its consumer.

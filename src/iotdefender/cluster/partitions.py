@@ -52,8 +52,13 @@ def rendezvous_owner(partition: int, members: Iterable[str]) -> str | None:
     return None if best is None else best[1]
 
 
-def assignment(members: Iterable[str], partitions: int = PARTITION_COUNT) -> dict[str, set[int]]:
-    """Every member's share: ``{member: {partition, ...}}`` (members with no partition included)."""
+def rendezvous_assignment(members: Iterable[str], partitions: int = PARTITION_COUNT) -> dict[str, set[int]]:
+    """Every member's share by plain rendezvous hashing (``rendezvous_owner`` per partition).
+
+    What releases before the even split computed, kept for a cluster that still has such a member
+    (``assignment``). Its shares are uneven: each partition goes to a member independently, so with
+    64 partitions four members got 21/20/15/8 in a benchmark, and eight members 4 to 13 in a
+    simulation; the busiest node sets the cluster's capacity."""
     names = sorted(set(members))
     share: dict[str, set[int]] = {name: set() for name in names}
     for partition in range(partitions):
@@ -61,3 +66,44 @@ def assignment(members: Iterable[str], partitions: int = PARTITION_COUNT) -> dic
         if owner is not None:
             share[owner].add(partition)
     return share
+
+
+def even_assignment(members: Iterable[str], partitions: int = PARTITION_COUNT) -> dict[str, set[int]]:
+    """Every member's share, as even as whole partitions allow: ``partitions // n`` each, and one
+    more for ``partitions % n`` of them (64 over 3: 22/21/21; over 7: 10 and six of 9).
+
+    Rendezvous hashing with bounded loads, greedily over every (partition, member) pair, highest
+    weight first: a pair is taken when the partition is still free and the member has room. Still
+    computed by every node alike from the member list alone, with no messages; each partition
+    goes to the member that wants it most among those with room, so a join or a departure moves
+    a little more than the minimum (about 1.2x the newcomer's share on a join, and about two
+    partitions between the survivors on a departure, in a simulation of 1 to 9 members), in
+    exchange for shares that differ by one at most. Complete: the rooms add up to ``partitions``
+    and every free partition meets every member, so none is left out."""
+    names = sorted(set(members))
+    share: dict[str, set[int]] = {name: set() for name in names}
+    if not names:
+        return share
+    base, larger = divmod(partitions, len(names))
+    pairs = sorted(((_stable_hash(f"{partition}/{member}"), member, partition)
+                    for partition in range(partitions) for member in names), reverse=True)
+    taken: set[int] = set()
+    for _, member, partition in pairs:
+        held = len(share[member])
+        if partition in taken or held > base or (held == base and larger == 0):
+            continue
+        if held == base:
+            larger -= 1
+        share[member].add(partition)
+        taken.add(partition)
+    return share
+
+
+def assignment(members: Iterable[str], partitions: int = PARTITION_COUNT, even: bool = True) -> dict[str, set[int]]:
+    """Every member's share: ``{member: {partition, ...}}`` (members with no partition included).
+
+    ``even`` (the default) splits the partitions evenly (``even_assignment``); ``even=False`` is plain
+    rendezvous hashing (``rendezvous_assignment``), what every node must compute while a member of a
+    release before the even split is alive, or the two kinds of node would each leave partitions to
+    the other (ownership.py decides from the member entries)."""
+    return even_assignment(members, partitions) if even else rendezvous_assignment(members, partitions)
