@@ -9,7 +9,8 @@ device, client id = thing name, its own QoS 1 reply subscription, ``--mqtt-acl o
 Per configuration (N = 1, 2, ... detect nodes, each on a fresh database):
 
 1. the fleet connects; every device sends one report (first sight of each thing, not measured);
-2. the offered load: ``--rate`` reports/s for ``--seconds``: p50/p99 publish -> accepted, and the
+2. ``--idle-seconds`` (10) with nothing sent: each process's CPU-seconds per second (its fixed cost);
+   then the offered load: ``--rate`` reports/s for ``--seconds``: p50/p99 publish -> accepted, and the
    CPU-seconds each detect node and each broker node used (bench/process_usage.py: /proc, whole
    process trees, as bench/pipeline.py measures);
    CPU-seconds per 1,000 reports (all detect nodes; and each node over its partitions' share of
@@ -113,6 +114,17 @@ def loaded(fleet: Fleet, args: argparse.Namespace, base: int, pids: dict[str, in
     return load
 
 
+def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """CPU-seconds per second each named process tree uses while the fleet is connected and sends
+    nothing (heartbeats, lease renewals, pull requests, cloud windows): the fixed cost that more
+    detect nodes add, which the per-report figures include."""
+    if seconds <= 0:
+        return {}
+    before = {name: tree_cpu(pid) for name, pid in pids.items()}
+    time.sleep(seconds)
+    return {name: round((tree_cpu(pid) - before[name]) / seconds, 4) for name, pid in pids.items()}
+
+
 def nats_messages(nats: SingleJetStream) -> dict[str, int]:
     """nats-server's message counters (monitoring ``/varz``): every publish, PubAck, pull request,
     delivery, ack and outcome message is one in and (when someone receives it) one out."""
@@ -139,6 +151,7 @@ def measure_cluster(nats: SingleJetStream, postgres: PostgresCluster, detect: in
                 **{f"broker{i}": n.process.pid for i, n in enumerate(cluster.brokers)},
                 "nats_server": nats.server.process.pid, "postgresql": postmaster_pid(postgres)}
         shares = [int(gauge(n, "iotdefender_cluster_owned_partitions")) for n in cluster.detect]
+        idle = idle_cpu(pids, args.idle_seconds)
         messages_before = nats_messages(nats)
         load = loaded(fleet, args, LOAD_IDS, pids)
         messages = {k: v - messages_before[k] for k, v in nats_messages(nats).items()}
@@ -148,8 +161,10 @@ def measure_cluster(nats: SingleJetStream, postgres: PostgresCluster, detect: in
             "detect_nodes": detect, "broker_nodes": len(cluster.brokers), "connect": connect,
             "offered_load": load,
             "detect_cpu_s_per_1000_reports": round(1000 * detect_cpu / answered, 3) if answered else None,
-            # Each node's CPU over the reports of its partitions (its share of 64, rendezvous-hashed).
+            # Each node's CPU over the reports of its partitions (its share of 64).
             "detect_partitions": shares,
+            # What each process uses with the fleet connected and nothing sent: a node's fixed cost.
+            "idle_cpu_s_per_s": idle,
             "detect_cpu_s_per_1000_own_reports": [
                 round(1000 * load["cpu_s"][f"detect{i}"] / (answered * shares[i] / PARTITIONS), 3)
                 if answered and shares[i] else None for i in range(detect)],
@@ -295,6 +310,8 @@ def main() -> None:
     parser.add_argument("--drain-seconds", type=float, default=15.0)
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--per-process", type=int, default=2000, help="connections per load-generator process")
+    parser.add_argument("--idle-seconds", type=float, default=10.0,
+                        help="seconds with the fleet connected and idle, for each process's fixed cost (0: skip)")
     parser.add_argument("--no-takeover", action="store_true")
     parser.add_argument("--no-single-box", action="store_true", help="measure only the cluster")
     parser.add_argument("--max-seconds", type=int, default=600, help="the whole run is stopped after this")
