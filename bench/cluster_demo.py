@@ -93,6 +93,7 @@ def main() -> int:
             print(f"node {name.upper()}: API {node.endpoint}, MQTT 127.0.0.1:{node.mqtt_port}", flush=True)
         a, b, c = nodes
         wait_for(lambda: all(healthy(n) for n in nodes), 30, "three nodes own their partitions")
+        print(f"partitions owned: A {owned(a)}, B {owned(b)}, C {owned(c)} (of 64)", flush=True)
         iot = a.client()
         iot.create_security_profile(securityProfileName="fleet", behaviors=BEHAVIORS)
         iot.attach_security_profile(securityProfileName="fleet", securityProfileTargetArn=ALL_THINGS)
@@ -111,8 +112,8 @@ def main() -> int:
         print(f"[{killed - began:4.0f}s] node C killed (kill -9)", flush=True)
         wait_for(lambda: owned(a) + owned(b) == 64, 30, "the survivors own every partition")
         takeover = time.monotonic() - killed
-        print(f"[{time.monotonic() - began:4.0f}s] nodes A and B own all 64 partitions: takeover {takeover:.1f} s",
-              flush=True)
+        print(f"[{time.monotonic() - began:4.0f}s] nodes A and B own all 64 partitions ({owned(a)} and {owned(b)}): "
+              f"takeover {takeover:.1f} s", flush=True)
         summaries = []
         for sim in sims:
             out, _ = sim.communicate(timeout=args.duration + 60)
