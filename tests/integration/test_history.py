@@ -101,3 +101,5 @@ def test_read_many_reads_several_series_and_selects_things(engine, monkeypatch):
         found = history.read_many(conn, wanted, 1003.0, 1026.0, lambda thing: thing in selected)
     for series in wanted:
         assert as_set(found[series]) == {p for p in expected(rows, series, 1003.0, 1026.0) if p[0] in selected}
+        # Only the selected things' names are carried (a segment lists every device it holds).
+        assert set(found[series].things) == selected, found[series].things
