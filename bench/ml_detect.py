@@ -42,7 +42,15 @@ One run:
 4. *Memory* per (behavior, device): the stored model's bytes per device, and the Python heap the
    loaded model holds per device (tracemalloc around ``from_bytes``).
 
-    .venv/bin/python bench/ml_detect.py [--devices 2000] [--timing-devices 100000] [--quick]
+One evaluation has ~95 spikes of 5 MAD or more, so its recall on them has a standard error of ~3
+points. ``--seed-sets N`` repeats the detection of ``ml`` and ``static`` (what the targets name) on
+N - 1 more independent draws of the same kind — fleet, training and evaluation periods, anomalies,
+each from its own seeds — with the same sizes, kinds and shares, and pools them
+(``pooled``): per level the spikes of 5 MAD or more found / counted (all, normal noise,
+Student-t), the false alarms per 1,000 device-days per seed set and pooled, F1 per seed set and
+pooled, and the pooled bound of ``reachable_spike_recall``. The first seed set is the run's own.
+
+    .venv/bin/python bench/ml_detect.py [--devices 2000] [--timing-devices 100000] [--seed-sets 1] [--quick]
 
 Writes bench/results/ml-detect-<date>.json (``--quick``: ml-detect-quick-<date>.json).
 """
@@ -69,6 +77,15 @@ from iotdefender.engine.ml import LEVELS, BehaviorModel, TrainingData, TrainingS
 
 RESULTS = Path(__file__).with_name("results")
 DAY_POINTS = int(ml_fleet.DAY / ml_fleet.STEP)
+# The seeds of the detection run (fleet, training period, evaluation period, anomalies); seed set i
+# of ``--seed-sets`` adds 1,000 i to each.
+SEEDS = (1, 2, 3, 4)
+
+
+def seeds_of(seed_set: int) -> tuple[int, int, int, int]:
+    """The seeds of the ``seed_set``-th draw (0: the run's own, ``SEEDS``)."""
+    fleet, training, evaluation, anomalies = (seed + 1_000 * seed_set for seed in SEEDS)
+    return fleet, training, evaluation, anomalies
 
 
 def as_training(period: ml_fleet.Period, names: list[str]) -> TrainingData:
@@ -215,12 +232,21 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 # -- the parts of a run --------------------------------------------------------------------------
 
+def draw(seed_set: int, devices: int, train_days: int, test_days: int, share: float,
+         ) -> tuple[ml_fleet.Devices, TrainingData, ml_fleet.Period, list[ml_fleet.Anomaly]]:
+    """The ``seed_set``-th fleet (``seeds_of``), its training period, its evaluation period with
+    anomalies on ``share`` of the devices, and their labels."""
+    fleet_seed, train_seed, test_seed, anomaly_seed = seeds_of(seed_set)
+    fleet = ml_fleet.make_devices(devices, seed=fleet_seed)
+    train_data = as_training(ml_fleet.generate(fleet, 0, train_days, seed=train_seed), fleet.names)
+    test_period = ml_fleet.generate(fleet, train_days, test_days, seed=test_seed)
+    anomalies = ml_fleet.inject(fleet, test_period, share, seed=anomaly_seed)
+    return fleet, train_data, test_period, anomalies
+
+
 def detection(devices: int, train_days: int, test_days: int, share: float, forest_sample: int,
               settings: TrainingSettings) -> dict:
-    fleet = ml_fleet.make_devices(devices, seed=1)
-    train_data = as_training(ml_fleet.generate(fleet, 0, train_days, seed=2), fleet.names)
-    test_period = ml_fleet.generate(fleet, train_days, test_days, seed=3)
-    anomalies = ml_fleet.inject(fleet, test_period, share, seed=4)
+    fleet, train_data, test_period, anomalies = draw(0, devices, train_days, test_days, share)
     test = as_training(test_period, fleet.names)
     quantiles = [1 - share for _, share in settings.exceedance]
 
@@ -239,7 +265,7 @@ def detection(devices: int, train_days: int, test_days: int, share: float, fores
     detectors = {"ml": ml_flags, "ml-sampled-as-at-100k": detect_ml(sampled_model, test), "static": detect_static(bands, test), "isolation-forest": forest_flags}
     # The same fleet's training period with anomalies of the same kinds and share inside it (on
     # other devices, chosen with another seed): how much do they move what is learned?
-    contaminated = ml_fleet.generate(fleet, 0, train_days, seed=2)
+    contaminated = ml_fleet.generate(fleet, 0, train_days, seed=seeds_of(0)[1])
     planted = ml_fleet.inject(fleet, contaminated, share, seed=7)
     dirty = as_training(contaminated, fleet.names)
     dirty_model = train(dirty, trained_at=float(dirty.time.max()), settings=settings)
@@ -276,7 +302,79 @@ def detection(devices: int, train_days: int, test_days: int, share: float, fores
         "targets": targets(results),
         "reachable_recall_spikes_5_mad_or_more_at_1_false_alarm_per_1000_device_days":
             reachable_spike_recall(anomalies, fleet),
+        "seed_set": seed_set_figures(0, {"ml": results["ml"], "static": results["static"]}, anomalies, fleet),
     }
+
+
+# -- repeated over independent draws (``--seed-sets``) ---------------------------------------------
+
+def seed_set_figures(seed_set: int, results: dict, anomalies: list[ml_fleet.Anomaly], fleet: ml_fleet.Devices) -> dict:
+    """What one seed set contributes to ``pooled``: its seeds, per detector and level ``evaluate``'s
+    counts, and the bound of ``reachable_spike_recall`` on its spikes."""
+    return {"seed_set": seed_set, "seeds": dict(zip(("fleet", "training", "evaluation", "anomalies"), seeds_of(seed_set))),
+            "heavy_devices": int(np.count_nonzero(fleet.heavy)),
+            "results": results, "reachable": reachable_spike_recall(anomalies, fleet)}
+
+
+def repeated_detection(seed_set: int, devices: int, train_days: int, test_days: int, share: float,
+                       settings: TrainingSettings) -> dict:
+    """``detection``'s ``ml`` and ``static`` on the ``seed_set``-th draw (``seeds_of``): a fleet of
+    the same size and make-up, its own periods and anomalies of the same kinds and share."""
+    fleet, train_data, test_period, anomalies = draw(seed_set, devices, train_days, test_days, share)
+    test = as_training(test_period, fleet.names)
+    quantiles = [1 - share for _, share in settings.exceedance]
+    model = train(train_data, trained_at=float(train_data.time.max()), settings=settings)
+    detectors = {"ml": detect_ml(model, test), "static": detect_static(static_bands(train_data, quantiles), test)}
+    per = test_period.per_device
+    results = {name: {level.value: evaluate(f, anomalies, devices, per, test_days, fleet)
+                      for level, f in zip(LEVELS, flags)}
+               for name, flags in detectors.items()}
+    figures = seed_set_figures(seed_set, results, anomalies, fleet)
+    figures["ml_thresholds_median_over_tail_cohorts"] = model.summary().thresholds
+    return figures
+
+
+def pooled(sets: list[dict], device_days: float) -> dict:
+    """Per detector and level, the seed sets' figures side by side and pooled: spikes of 5 MAD or
+    more found / counted (all, normal noise, Student-t) summed over the sets, false alarms per
+    1,000 device-days per set and over all of them (``device_days`` each), F1 per set and of the
+    summed alarms and anomalies; the bound of ``reachable_spike_recall`` summed over the sets."""
+    result: dict = {"seed_sets": len(sets), "device_days_per_set": device_days}
+    for name in sets[0]["results"]:
+        per_level = {}
+        for level in LEVELS:
+            rows = [s["results"][name][level.value] for s in sets]
+            spikes = {k: [sum(r["spikes_5_mad_or_more_found"][k][0] for r in rows),
+                          sum(r["spikes_5_mad_or_more_found"][k][1] for r in rows)]
+                      for k in ("all", "normal noise", "student-t")}
+            false_alarms = sum(r["false_alarms"] for r in rows)
+            alarms = sum(r["alarms"] for r in rows)
+            per_level[level.value] = {
+                "recall_spikes_5_mad_or_more": {k: round(f / n, 4) if n else None for k, (f, n) in spikes.items()},
+                "spikes_5_mad_or_more_found": spikes,
+                "recall_spikes_5_mad_or_more_per_set": [r["recall_spikes_5_mad_or_more"] for r in rows],
+                "false_alarms_per_1000_device_days": round(false_alarms / (device_days * len(rows)) * 1000, 3),
+                "false_alarms_per_1000_device_days_per_set": [r["false_alarms_per_1000_device_days"] for r in rows],
+                "false_alarms_per_1000_device_days_worst_set": max(r["false_alarms_per_1000_device_days"] for r in rows),
+                "precision": round((alarms - false_alarms) / alarms, 4) if alarms else 0.0,
+                "f1_per_set": [r["f1"] for r in rows],
+                "f1_mean": round(float(np.mean([r["f1"] for r in rows])), 4),
+            }
+        result[name] = per_level
+    found = sum(s["reachable"].get("found", 0) for s in sets)
+    counted = sum(s["reachable"].get("of", 0) for s in sets)
+    result["reachable_recall_spikes_5_mad_or_more_at_1_false_alarm_per_1000_device_days"] = {
+        "recall": round(found / counted, 4) if counted else None, "found": found, "of": counted,
+        "per_set": [s["reachable"].get("recall") for s in sets]}
+    ml, static = result["ml"], result["static"]
+    result["targets"] = {
+        "high_false_alarms_per_1000_device_days_at_most_1_in_every_set":
+            ml["HIGH"]["false_alarms_per_1000_device_days_worst_set"] <= 1,
+        "high_recall_spikes_5_mad_at_least_0.9_pooled": (ml["HIGH"]["recall_spikes_5_mad_or_more"]["all"] or 0) >= 0.9,
+        "f1_above_static_at_every_level_in_every_set": all(
+            a > b for level in LEVELS for a, b in zip(ml[level.value]["f1_per_set"], static[level.value]["f1_per_set"])),
+    }
+    return result
 
 
 def false_alarms_by_planted_kind(flags: list[np.ndarray], anomalies: list[ml_fleet.Anomaly],
@@ -406,6 +504,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--forest-sample", type=int, default=200_000)
     parser.add_argument("--timing-devices", type=int, default=100_000, help="0 skips the training-time run")
     parser.add_argument("--timing-days", type=int, default=14)
+    parser.add_argument("--seed-sets", type=int, default=1,
+                        help="repeat the detection of ml and static on this many independent draws in all, and pool them")
     parser.add_argument("--max-datapoints", type=int, help="TrainingSettings.max_datapoints (default: its default)")
     parser.add_argument("--rank", type=int, help="TrainingSettings.rank (default: its default)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 200 devices, timing on 2,000")
@@ -435,6 +535,12 @@ def main(argv: list[str] | None = None) -> dict:
         "detection": detection(args.devices, args.train_days, args.test_days, args.share, args.forest_sample,
                                settings),
     }
+    if args.seed_sets > 1:
+        sets = [output["detection"]["seed_set"]]
+        for i in range(1, args.seed_sets):
+            sets.append(repeated_detection(i, args.devices, args.train_days, args.test_days, args.share, settings))
+            print(f"seed set {i}: {_set_line(sets[-1])}", file=sys.stderr, flush=True)
+        output["seed_sets"] = {"sets": sets, "pooled": pooled(sets, args.devices * args.test_days)}
     if args.timing_devices:
         output["training_time"] = training_time(args.timing_devices, args.timing_days, settings, args.devices,
                                                 args.test_days, args.share)
@@ -445,6 +551,12 @@ def main(argv: list[str] | None = None) -> dict:
         path.write_text(json.dumps(output, indent=2) + "\n")
     print(json.dumps(_headline(output), indent=2))
     return output
+
+
+def _set_line(figures: dict) -> str:
+    high = figures["results"]["ml"]["HIGH"]
+    return (f"HIGH FA/1000dd {high['false_alarms_per_1000_device_days']:g} >=5 MAD {high['spikes_5_mad_or_more_found']} "
+            f"reachable {figures['reachable'].get('found')}/{figures['reachable'].get('of')}")
 
 
 def _headline(output: dict) -> dict:
@@ -459,6 +571,16 @@ def _headline(output: dict) -> dict:
                 "spikes_ml": d["spike_recall_by_sigma"]["ml"], "recall_by_kind_ml_high": d["results"]["ml"]["HIGH"]["recall_by_kind"],
                 "judge_agrees": d["judge_matches_vectorised_scoring"],
                 "reachable": d["reachable_recall_spikes_5_mad_or_more_at_1_false_alarm_per_1000_device_days"]}
+    if "seed_sets" in output:
+        p = output["seed_sets"]["pooled"]
+        headline["seed_sets"] = {
+            "per_set": [_set_line(s) for s in output["seed_sets"]["sets"]],
+            "pooled": {name: {level: {k: r[k] for k in ("spikes_5_mad_or_more_found", "recall_spikes_5_mad_or_more",
+                                                       "false_alarms_per_1000_device_days",
+                                                       "false_alarms_per_1000_device_days_worst_set", "f1_per_set")}
+                              for level, r in p[name].items()} for name in ("ml", "static")},
+            "reachable": p["reachable_recall_spikes_5_mad_or_more_at_1_false_alarm_per_1000_device_days"],
+            "targets": p["targets"]}
     if "training_time" in output:
         t = output["training_time"]
         headline["training"] = {k: t[k] for k in ("devices", "datapoints", "train_seconds", "train_cpu_seconds",

@@ -8,7 +8,7 @@ from bench import ml_detect, ml_fleet
 
 
 def test_the_smallest_benchmark_runs_and_the_model_beats_the_static_threshold() -> None:
-    output = ml_detect.main(["--smallest", "--no-write"])
+    output = ml_detect.main(["--smallest", "--no-write", "--seed-sets", "2"])
     detection = output["detection"]
     assert detection["judge_matches_vectorised_scoring"]
     assert detection["training_datapoints"] == 60 * 7 * 288
@@ -29,6 +29,21 @@ def test_the_smallest_benchmark_runs_and_the_model_beats_the_static_threshold() 
     assert ml["LOW"]["recall_spikes_5_sigma_or_more"] == 1.0
     assert ml["LOW"]["recall_spikes_5_mad_or_more"] == 1.0
     assert 0 < detection["reachable_recall_spikes_5_mad_or_more_at_1_false_alarm_per_1000_device_days"]["recall"] <= 1
+    # The second seed set is another draw of the same make-up, and the pooled figures add the two up.
+    first, second = output["seed_sets"]["sets"]
+    assert first["results"]["ml"] == results["ml"] and second["seeds"] != first["seeds"]
+    pooled = output["seed_sets"]["pooled"]
+    for level in ("LOW", "MEDIUM", "HIGH"):
+        rows = [s["results"]["ml"][level] for s in (first, second)]
+        for kind in ("all", "normal noise", "student-t"):
+            assert pooled["ml"][level]["spikes_5_mad_or_more_found"][kind] == [
+                sum(r["spikes_5_mad_or_more_found"][kind][i] for r in rows) for i in (0, 1)]
+        assert pooled["ml"][level]["false_alarms_per_1000_device_days_per_set"] == [
+            r["false_alarms_per_1000_device_days"] for r in rows]
+        assert pooled["ml"][level]["false_alarms_per_1000_device_days"] == round(
+            sum(r["false_alarms"] for r in rows) / (2 * 60 * 2) * 1000, 3)
+    reachable = pooled["reachable_recall_spikes_5_mad_or_more_at_1_false_alarm_per_1000_device_days"]
+    assert reachable["of"] == sum(s["reachable"]["of"] for s in (first, second))
     timing = output["training_time"]
     assert timing["datapoints"] == 200 * 2 * 288 and timing["scoring"]["microseconds_per_datapoint"] > 0
     assert timing["memory"]["stored_bytes_per_device"] > 0
