@@ -87,3 +87,9 @@ def test_the_reachable_recall_gives_the_student_t_devices_only_what_the_budget_a
     assert reachable["of"] == 5 and reachable["found"] == 3
     assert reachable["cut_sigma"] == {"normal noise": 5.0, "student-t": 10.0}
     assert 0.7 < reachable["false_alarms_per_1000_device_days"] <= 1.0
+    # Flagging drops as well (as the model's levels do) at HIGH's stated rate (0.58 false alarms per
+    # 1,000 device-days): the Student-t device's cut could be no lower than 15 sigma, so none of its
+    # spikes (of 5, 8 and 10) is found.
+    two_sided = ml_detect.reachable_spike_recall(spikes, fleet, budget=ml_detect.HIGH_RATE_BUDGET, two_sided=True)
+    assert two_sided["found"] == 2 and two_sided["cut_sigma"] == {"normal noise": 5.0, "student-t": float("inf")}
+    assert two_sided["false_alarms_per_1000_device_days"] <= ml_detect.HIGH_RATE_BUDGET
