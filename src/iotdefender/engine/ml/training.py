@@ -31,7 +31,9 @@ and compare bytes. The steps, on the log scale (model.py says why log):
    (a nightly bump, a level that moved) does not show in how heavy the tail is, so the devices that
    crowd a near-normal cohort's tail get a cohort of their own: those with many datapoints far off
    their fit (refit.py counts them outside the sample: calibration.crowding_by_counts), then those
-   whose sampled scores crowd it (calibration.crowding_devices).
+   whose sampled scores crowd it (calibration.crowding_devices). With 1,000 values a device or more,
+   the devices whose tail a test tells apart as heavier than normal noise's get cohorts of their
+   own (calibration.Layout).
 
 Integer data (counts) get a floor on every spread from a Poisson count's (discrete.py), so a
 metric that is 0 most of the time does not get a spread of ``min_scale`` and thresholds of 100,
@@ -288,15 +290,28 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         # How heavy a tail is, from the successive differences of all datapoints (tails.py): no
         # score sorts, all of them calibrate.
         heaviness = pooled_by = differences.kurtosis
+        told, told_pool = (calibration.heavier_than_normal(differences.kurtosis, differences.count),) * 2
+        counted: npt.NDArray[np.number] = differences.count
     else:
         sorting[::2] = True
         pooled_by = _kurtosis(scores, segments, sorting)
         heaviness = _kurtosis(scores, segments, None)
-    # No more cohorts than the devices and their calibrating scores fill (shrinkage.py).
-    n_cohorts = shrinkage.tail_cohorts(settings.tail_cohorts, int(own.sum()),
-                                       int(np.count_nonzero(own_point & ~sorting)))
-    cohort = calibration.cohorts(heaviness, own, n_cohorts)
-    pool = cohort if pooled_by is heaviness else calibration.cohorts(pooled_by, own, n_cohorts)
+        # Told apart as heavy on all the scores but the largest: one anomaly in the window is not a
+        # heavy tail (a spike planted in a first build's window made its device "heavy" and left the
+        # near-normal cohorts' tails to the half of the scores that held it).
+        counted = segments.counts
+        told = calibration.heavier_than_normal(_kurtosis(scores, segments, None, without_largest=True),
+                                               np.maximum(counted - 1, 0))
+        told_pool = calibration.heavier_than_normal(_kurtosis(scores, segments, sorting, without_largest=True),
+                                                    np.maximum(segments.sum(sorting) - 1, 0))
+    # No more cohorts than the devices and their calibrating scores fill (shrinkage.py); no cohort
+    # holds both devices whose tail is told apart from normal noise and devices whose is not
+    # (calibration.Layout).
+    layout = calibration.Layout(told, counted, own, shrinkage.tail_cohorts(
+        settings.tail_cohorts, int(own.sum()), int(np.count_nonzero(own_point & ~sorting))))
+    n_cohorts = layout.n_cohorts
+    cohort = layout.cohorts(heaviness, own)
+    pool = cohort if pooled_by is heaviness else layout.cohorts(pooled_by, own, told_pool)
     point_cohort = segments.spread(pool)[~sorting]
     # Each calibrating score's judging cohort, where it differs from its pool (below).
     judged_point = None if pool is cohort else segments.spread(cohort)[~sorting]
