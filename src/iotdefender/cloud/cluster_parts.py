@@ -135,10 +135,15 @@ def load(conn: Connection, partition: int) -> tuple[Mark | None, list[StoredPart
     parts: list[StoredPart] = []
     closed_in_part: list[StoredPart] = []
     seen: dict[str, set[str]] = {}
+    # Of the seen window (and any before it) only who saw whom is read, not the parts themselves:
+    # at a partition's share of a large fleet that is most of the rows. All rows are fetched at
+    # once: iterating the result fetched them one by one.
+    part_column = (parts_table.c.part if before is None else
+                   sa.case((parts_table.c.window_index <= before, sa.null()), else_=parts_table.c.part))
     for window, thing, node, part in conn.execute(
-            sa.select(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node, parts_table.c.part)
+            sa.select(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node, part_column)
             .where(parts_table.c.partition == partition)
-            .order_by(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node)):
+            .order_by(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node)).all():
         if mark is None or not mark.closed(int(window), thing):
             parts.append(StoredPart(int(window), thing, node, unpack(part)))
         elif mark.through is not None and window == mark.window:
