@@ -30,6 +30,20 @@ def log_events(svc: ServiceProcess, name: str) -> list[dict]:
             if line.startswith("{") and f'"{name}"' in line]
 
 
+def training_story(*nodes: ServiceProcess) -> list[str]:
+    """What the nodes' logs say of training and of their errors, in order: what a failure shows
+    (the model stayed PENDING_BUILD twice in full runs on a slow machine, and passed alone)."""
+    lines = []
+    for label, svc in zip("ABCDEFGH", nodes):
+        assert svc.log_path is not None
+        for line in svc.log_path.read_text().splitlines():
+            if line.startswith("{") and ('"ml_' in line or '"level": "error"' in line or '"level":"error"' in line):
+                said = json.loads(line)
+                lines.append(f"{said.get('timestamp', '')} {label} {said.get('event')} "
+                             f"{ {k: v for k, v in said.items() if k not in ('timestamp', 'event', 'level', 'logger')} }")
+    return sorted(lines)[-40:]
+
+
 def test_one_node_trains_and_every_node_judges_with_the_model(jetstream, postgres, tmp_path: Path):
     url = postgres.create_database(f"clml{time.time_ns()}")
     args = ["--cluster-url", jetstream.urls[0], *ML_ARGS]
@@ -68,7 +82,7 @@ def test_one_node_trains_and_every_node_judges_with_the_model(jetstream, postgre
                 ports = [443, 80, 22, 8080, 8443][: 3 + k % 3]
                 assert device.report(report(next(ids), ports))[0] == "json/accepted"
             time.sleep(0.05)
-        assert status() == "ACTIVE", (summary(), k)
+        assert status() == "ACTIVE", (summary(), k, training_story(a, b))
         started = log_events(a, "ml_collection_started") + log_events(b, "ml_collection_started")
         # Attaching the profile after creating it changes the behavior's targets: if a trainer looked
         # in between, collection starts over once (a reset), which is not a second trainer.
