@@ -27,23 +27,23 @@ ML_ARGS = ["--report-min-interval", "0", "--time-scale", "36000", "--ml-training
            "--ml-min-datapoints", "80", "--ml-refresh-period", "60", "--ml-expiry", "600"]
 
 
-def log_events(svc: ServiceProcess, name: str) -> list[dict]:
+def logged(svc: ServiceProcess) -> list[dict]:
+    """Every JSON line of the node's log."""
     assert svc.log_path is not None
-    return [json.loads(line) for line in svc.log_path.read_text().splitlines()
-            if line.startswith("{") and f'"{name}"' in line]
+    return [json.loads(line) for line in svc.log_path.read_text().splitlines() if line.startswith("{")]
+
+
+def log_events(svc: ServiceProcess, name: str) -> list[dict]:
+    return [said for said in logged(svc) if said.get("event") == name]
 
 
 def training_story(*nodes: ServiceProcess) -> list[str]:
     """What the nodes' logs say of training and of their errors, in order: what a failure shows
     (the model stayed PENDING_BUILD twice in full runs on a slow machine, and passed alone)."""
-    lines = []
-    for label, svc in zip("ABCDEFGH", nodes):
-        assert svc.log_path is not None
-        for line in svc.log_path.read_text().splitlines():
-            if line.startswith("{") and ('"ml_' in line or '"level": "error"' in line or '"level":"error"' in line):
-                said = json.loads(line)
-                lines.append(f"{said.get('timestamp', '')} {label} {said.get('event')} "
-                             f"{ {k: v for k, v in said.items() if k not in ('timestamp', 'event', 'level', 'logger')} }")
+    lines = [f"{said.get('timestamp', '')} {label} {said.get('event')} "
+             f"{ {k: v for k, v in said.items() if k not in ('timestamp', 'event', 'level', 'logger')} }"
+             for label, svc in zip("ABCDEFGH", nodes) for said in logged(svc)
+             if str(said.get("event", "")).startswith("ml_") or said.get("level") == "error"]
     return sorted(lines)[-40:]
 
 
