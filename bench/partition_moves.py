@@ -41,6 +41,7 @@ class Detection:
 
     def __init__(self, devices: int) -> None:
         self.evaluator = Evaluator(lambda: "id")
+        self.partition_of = partition_of
         self.devices = devices
         self.fill()
 

@@ -55,6 +55,7 @@ from iotdefender.cluster.ownership import BareTokenMembers
 from iotdefender.cluster.node_id import new_node_id
 from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
 from iotdefender.ingest.cluster_commit import JetStreamCommitter
+from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import ReportPublisher
 from iotdefender.cluster.topology import Topology, TopologyMismatch, count_servers, ensure, replicas_for
 from iotdefender.console.app import create_console
@@ -346,7 +347,7 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
                                database=reach, bare_token_members=bare_token_members))
     owned.append(consumer)
     # History compaction on every detect node, one at a time across the cluster (store/history.py).
-    start_compaction(engine, history_interval(settings), ClusterCompactor(engine))
+    start_compaction(engine, history_interval(settings), ClusterCompactor(engine, partition_of))
     shared = KvSharedWindows(node_id)
     detection.evaluator.share_statistics(shared)
     loops = [reach.run(), share_statistics(shared, nc, topology, detection),

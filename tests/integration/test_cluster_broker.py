@@ -6,6 +6,7 @@ already holds is settled from PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,9 +90,9 @@ async def broker_ingest(broker_nc: Any, topology: Topology, engine: Any, monitor
 async def detect_node(api: Any, engine: Any, monitoring: MonitoringIndex, detect_nc: Any,
                       topology: Topology) -> DetectConsumer:
     """Detect node ``detect-1``, started: it commits every partition's reports to PostgreSQL."""
-    detection = DetectionService(engine, MonitoringIndex(engine, api.context.arn("")), AlertRoutes(), 172800.0)
-    store = PartitionBatchStore(monitoring, detection, lambda events: None, OutcomeSender(detect_nc),
-                                partitions=PARTITIONS)
+    detection = DetectionService(engine, MonitoringIndex(engine, api.context.arn("")), AlertRoutes(), 172800.0,
+                                 partition_of=partial(partition_of, partitions=PARTITIONS))
+    store = PartitionBatchStore(monitoring, detection, lambda events: None, OutcomeSender(detect_nc))
     detect = DetectConsumer(detect_nc.jetstream(), topology, "detect-1", store.handle,
                             on_acquired=store.on_acquired, on_released=store.on_released)
     await detect.start()
@@ -226,8 +227,9 @@ def test_a_committed_report_whose_outcome_is_lost_is_accepted_from_postgresql(je
     async def go() -> None:
         topology = Topology(replicas=1, partitions=PARTITIONS, lease_ttl_s=2.0)
         broker_nc, detect_nc = await connections(jetstream, topology)
-        detection = DetectionService(engine, MonitoringIndex(engine, api.context.arn("")), AlertRoutes(), 172800.0)
-        store = PartitionBatchStore(monitoring, detection, lambda events: None, partitions=PARTITIONS)  # tells no one
+        detection = DetectionService(engine, MonitoringIndex(engine, api.context.arn("")), AlertRoutes(), 172800.0,
+                                     partition_of=partial(partition_of, partitions=PARTITIONS))
+        store = PartitionBatchStore(monitoring, detection, lambda events: None)  # tells no one
         detect = DetectConsumer(detect_nc.jetstream(), topology, "detect-1", store.handle,
                                 on_acquired=store.on_acquired, on_released=store.on_released)
         await detect.start()

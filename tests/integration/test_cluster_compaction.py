@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from iotdefender.cluster import fencing
+from iotdefender.cluster.partitions import partition_of
 from iotdefender.store import history
 from iotdefender.store.database import create_engine, upgrade_to_head, writing
 from iotdefender.store.metric_values import RetainedReport, insert_reports
@@ -60,7 +61,7 @@ def url(postgres) -> str:  # type: ignore[no-untyped-def]
 
 def test_a_row_of_an_open_transaction_is_not_passed_and_is_compacted_once_it_commits(url):
     writer, node_a, node_b = create_engine(url), create_engine(url), create_engine(url)
-    a, b = history.ClusterCompactor(node_a), history.ClusterCompactor(node_b)
+    a, b = history.ClusterCompactor(node_a, partition_of), history.ClusterCompactor(node_b, partition_of)
     with writing(writer) as conn:
         insert_reports(conn, rows(0, 10))
     for _ in range(2):
@@ -102,7 +103,7 @@ def test_nodes_compacting_at_the_same_time_compact_each_row_once(url, monkeypatc
     monkeypatch.setattr(history, "ROWS_PER_SEGMENT", 13)
     writer = create_engine(url)
     nodes = [create_engine(url) for _ in range(3)]
-    compactors = [history.ClusterCompactor(engine) for engine in nodes]
+    compactors = [history.ClusterCompactor(engine, partition_of) for engine in nodes]
     stop = threading.Event()
     written: list[RetainedReport] = []
 

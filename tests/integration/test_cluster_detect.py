@@ -6,6 +6,7 @@ and the violation events must be exactly each thing's transitions, in order."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 import itertools
 import time
 from pathlib import Path
@@ -61,13 +62,14 @@ def test_a_node_cut_off_mid_stream_is_taken_over_and_every_report_is_stored_once
     def detect_node() -> PartitionBatchStore:  # what one detect process holds: its own engine and state
         node_engine = create_engine(url)
         monitoring = MonitoringIndex(node_engine, api.context.arn(""))
-        detection = DetectionService(node_engine, monitoring, AlertRoutes(), 172800.0)
+        detection = DetectionService(node_engine, monitoring, AlertRoutes(), 172800.0,
+                                     partition_of=partial(partition_of, partitions=PARTITIONS))
         detections.append(detection)
 
         async def told(batch: list[ReportOutcome]) -> None:
             outcomes.extend(batch)
 
-        return PartitionBatchStore(monitoring, detection, lambda events: None, told, partitions=PARTITIONS)
+        return PartitionBatchStore(monitoring, detection, lambda events: None, told)
 
     async def go() -> None:
         nc_a = await nats.connect(servers=jetstream.urls, allow_reconnect=False)

@@ -11,11 +11,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
+import sqlalchemy as sa
 
 from iotdefender.store import history
 from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head, writing
 from iotdefender.store.metric_values import RetainedReport, insert_reports
+from iotdefender.store.partition_selection import PartitionSelection
+from iotdefender.store.schema import metric_segments
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -39,6 +43,11 @@ def reports(first: int, count: int) -> list[RetainedReport]:
             datapoints.pop("cpu")  # not every report carries every metric
         out.append(RetainedReport(f"thing-{i % 4}", 1000.0 + i, datapoints))
     return out
+
+
+def thing_number(thing: str) -> int:
+    """The things' partitions here: thing-N is in partition N."""
+    return int(thing.rsplit("-", 1)[1])
 
 
 def as_set(points: history.SeriesPoints) -> set[tuple[str, float, float]]:
@@ -95,11 +104,41 @@ def test_read_many_reads_several_series_and_selects_things(engine, monkeypatch):
     history.compact_until(engine, 14)  # some in segments, the rest still rows
     with writing(engine) as conn:
         insert_reports(conn, rows[20:])
+    read_things_1_and_2(engine, rows, 1003.0, 1026.0)
+
+
+def read_things_1_and_2(engine, rows: list[RetainedReport], start: float, end: float) -> None:  # type: ignore[no-untyped-def]
+    """read_many of partitions 1 and 2 (thing-1, thing-2) gives exactly their datapoints."""
     wanted = ("aws:num-listening-tcp-ports", "cpu")
     selected = {"thing-1", "thing-2"}
     with engine.connect() as conn:
-        found = history.read_many(conn, wanted, 1003.0, 1026.0, lambda thing: thing in selected)
+        found = history.read_many(conn, wanted, start, end, PartitionSelection(frozenset({1, 2}), thing_number))
     for series in wanted:
-        assert as_set(found[series]) == {p for p in expected(rows, series, 1003.0, 1026.0) if p[0] in selected}
+        assert as_set(found[series]) == {p for p in expected(rows, series, start, end) if p[0] in selected}
         # Only the selected things' names are carried (a segment lists every device it holds).
         assert set(found[series].things) == selected, found[series].things
+
+
+def test_a_takeover_reads_only_its_partitions_segments_and_the_whole_fleets(engine, monkeypatch):
+    """Compacted per partition (a cluster's compactor), a read of some partitions takes only their
+    segments, and the segments of the whole fleet written before partitions were kept (or by a node
+    of that release), picking their things; the rows not compacted yet too. The other partitions'
+    segments are made unreadable: reading one of them would fail."""
+    monkeypatch.setattr(history, "ROWS_PER_SEGMENT", 7)
+    rows = reports(0, 40)
+    with writing(engine) as conn:
+        insert_reports(conn, rows[:12])
+    history.compact_until(engine, 12)  # a release before partitions: segments of the whole fleet
+    with writing(engine) as conn:
+        insert_reports(conn, rows[12:])
+    history.compact_until(engine, 34, thing_number)  # the cluster's compactor; the last rows stay in the tail
+    with engine.connect() as conn:
+        kept = conn.execute(sa.select(metric_segments.c.partition, metric_segments.c.things)).all()
+    assert {partition for partition, _ in kept} == {None, 0, 1, 2, 3}
+    for partition, names in kept:
+        if partition is not None:  # a segment of one partition lists only its things
+            assert {thing_number(name) for name in orjson.loads(names)} == {partition}
+    with writing(engine) as conn:
+        conn.execute(metric_segments.update().where(metric_segments.c.partition.in_([0, 3]))
+                     .values(things=b"not json", thing_index=b"", times=b"", vals=b""))
+    read_things_1_and_2(engine, rows, 1000.0, 1040.0)

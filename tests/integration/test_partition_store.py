@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, St
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
 from iotdefender.store import database as database_module
+from iotdefender.store import violations
 from iotdefender.store.availability import StoreUnavailable
 from iotdefender.store.database import create_engine
 from tests.support.processes import PostgresCluster
@@ -41,7 +43,7 @@ pytestmark = pytest.mark.postgres
 ACCOUNT = "123456789012"
 TOPIC = f"arn:aws:sns:us-east-1:{ACCOUNT}:ops"
 PORTS = "aws:num-listening-tcp-ports"
-P, Q = 3, 5  # two partitions of the default 64
+P, Q, R = 3, 5, 9  # partitions of the default 64
 
 
 def things_in(partition: int, count: int, prefix: str = "dev") -> list[str]:
@@ -257,6 +259,51 @@ def test_taking_a_partition_over_keeps_the_other_partitions_states_in_memory(dat
         conn.execute(sa.text("DELETE FROM alarm_states"))
     b.store.acquire(P, 20)
     assert b.alarmed() == {other}
+
+
+def test_a_takeover_reads_outside_the_detection_lock_and_the_owned_partitions_go_on(database, node, monkeypatch):
+    """Taking a partition over reads its alarm states and windows (seconds at a large fleet's
+    share) while the partitions the node owns already are stored and evaluated: the read is held
+    open here, and a batch of an owned partition must commit meanwhile."""
+    a, b = node(), node()
+    thing, other = alarms_in_p_and_q(b)  # b's alarms, in P and Q
+    mine = things_in(R, 1)[0]
+    a.store.acquire(R, 30)
+    reading, go_on = threading.Event(), threading.Event()
+    load = violations.load_alarm_states
+
+    def held_open(*args: Any) -> Any:
+        reading.set()
+        assert go_on.wait(30)
+        return load(*args)
+
+    monkeypatch.setattr(violations, "load_alarm_states", held_open)
+    taking = threading.Thread(target=a.store.acquire, args=(P, 20))
+    taking.start()
+    assert reading.wait(10)
+    stored = threading.Thread(target=a.store.store, args=(R, 30, [delivery(mine, 1, ports=5)]))
+    stored.start()
+    stored.join(10)
+    committed = not stored.is_alive()
+    go_on.set()
+    taking.join(30)
+    stored.join(30)
+    assert committed, "a batch of an owned partition waited for another partition's takeover read"
+    assert a.alarmed() == {mine, thing}  # P's alarm loaded, Q's left to its owner
+    assert event_types(database, mine) == ["in-alarm"]
+
+
+def test_a_state_written_without_its_partition_is_taken_over_with_its_thing(database, node):
+    """A node of the release before writes alarm states without their partition (a rolling
+    upgrade): the next owner of the thing's partition still takes the alarm over, and only it."""
+    a, b = node(), node()
+    thing, other = alarms_in_p_and_q(a)
+    with create_engine(database).begin() as conn:
+        conn.execute(sa.text("UPDATE alarm_states SET partition = NULL"))
+    b.store.acquire(P, 20)
+    assert b.alarmed() == {thing}
+    b.store.store(P, 20, [delivery(thing, 2, ports=1)])  # compliant: the alarm it took over clears
+    assert event_types(database, thing) == ["in-alarm", "alarm-cleared"]
 
 
 def test_a_report_the_database_refuses_is_set_aside_and_the_rest_stored_once(database, node):
@@ -648,9 +695,9 @@ def test_acquisitions_of_one_round_claim_and_load_together(database, node):
     take_overs: list[int] = []
     take_over = a.detection.take_over
 
-    def counted(owns, first):  # type: ignore[no-untyped-def]
+    def counted(claim):  # type: ignore[no-untyped-def]
         take_overs.append(1)
-        return take_over(owns, first)
+        return take_over(claim)
 
     a.detection.take_over = counted  # type: ignore[method-assign]
 

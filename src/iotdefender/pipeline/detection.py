@@ -37,7 +37,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -47,6 +47,7 @@ import structlog
 from sqlalchemy.engine import Connection, Engine
 
 from iotdefender.alerts.routes import Alert, AlertRoutes, alert_target
+from iotdefender.cluster.partitions import partition_of
 from iotdefender.engine.alarm import IdFactory, due_for_invalidation
 from iotdefender.engine.evaluator import ChangeSet, Evaluation, Evaluator, StateKey, ViolationEvent
 from iotdefender.engine.ml_behavior import confidence_of
@@ -55,6 +56,7 @@ from iotdefender.pipeline.ml_registry import ModelRegistry
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import history, violations
 from iotdefender.store.availability import StoreUnavailable
+from iotdefender.store.partition_selection import PartitionSelection
 from iotdefender.store.database import (Session, end_session, long_statements, session_of, write_connection,
                                         writing)
 
@@ -122,8 +124,12 @@ class _Unconfirmed:
 class DetectionService:
     def __init__(self, engine: Engine, monitoring: MonitoringIndex, alerts: AlertRoutes,
                  invalidation_period: float, time_scale: float = 1.0, new_id: IdFactory = new_violation_id,
-                 models: ModelRegistry | None = None, clock: Callable[[], float] = time.time) -> None:
+                 models: ModelRegistry | None = None, clock: Callable[[], float] = time.time,
+                 partition_of: Callable[[str], int] = partition_of) -> None:
         self._engine = engine
+        # Kept with each alarm state, so a detect node taking partitions over reads only theirs;
+        # the cluster's function (the single box's states are then ready for a cluster too).
+        self.partition_of = partition_of
         self._clock = clock
         self._models = models if models is not None else ModelRegistry()
         self._models_stale = True  # the ML models are (re)loaded before the next evaluation
@@ -144,11 +150,12 @@ class DetectionService:
         with self._lock:
             self._refresh_models()
 
-    def _stored_windows(self, conn: Connection, owns: Callable[[str], bool] | None = None
+    def _stored_windows(self, conn: Connection, owns: PartitionSelection | None = None
                         ) -> dict[str, dict[str, list[tuple[float, float]]]]:
         """The retained datapoints of the trailing hour of every series some profile sums over
-        ``durationSeconds``, by thing (those ``owns`` selects) and series, for things a profile
-        with such a behavior monitors: what the evaluator's windows held before the restart."""
+        ``durationSeconds``, by thing (those of the partitions ``owns`` selects) and series, for
+        things a profile with such a behavior monitors: what the evaluator's windows held before
+        the restart."""
         profiles = self._monitoring.all_profiles()
         wanted = self.evaluator.windowed_series(profiles)
         if not wanted:
@@ -203,22 +210,40 @@ class DetectionService:
             raise
 
     # -- a share of the things (cluster mode: a partition), taken over and given up ---------------
-    def take_over(self, owns: Callable[[str], bool], first: Callable[[Connection], None]) -> list[ViolationEvent]:
-        """Run ``first`` in a write transaction of its own (cluster mode: claim the partition's
-        fence), then load the alarm states of the things ``owns`` selects, leaving the others'.
+    def take_over(self, claim: Callable[[Connection], Collection[int]]) -> list[ViolationEvent]:
+        """Run ``claim`` in a write transaction of its own (cluster mode: claim partitions' fences;
+        it returns the partitions it claimed), then load the alarm states and windows of those
+        partitions' things, leaving the others'.
 
-        Under the detection lock, so no batch is evaluated in between; an unconfirmed commit is
-        settled before the load (its change set could not be applied after it). Returns the events
-        that settling found committed, for the caller's listener. The load comes after ``first``
-        committed, so it sees whatever a previous owner committed before the claim fenced it.
+        The load comes after ``claim`` committed, so it sees whatever a previous owner committed
+        before the claim fenced it. It reads only those partitions' rows (store/partition_selection.py)
+        and reads them *outside* the detection lock: the node's other partitions go on being
+        evaluated meanwhile (a takeover read grows with the partitions taken, tens of seconds at a
+        large fleet's share, and held every partition's batches while it ran). Nothing of these
+        things is evaluated here in between: their partitions' readers start after this returns,
+        and a batch of an older token is fenced by the claim. Only an unconfirmed commit of this
+        node may have written their states (a partition taken back): it is settled under the lock
+        first, and the read done again there. Returns the events that settling found committed,
+        for the caller's listener.
         """
         with self._lock:
             with writing(self._engine) as conn:
-                first(conn)
+                claimed = claim(conn)
+        selection = PartitionSelection(frozenset(claimed), self.partition_of)
+        started = time.perf_counter()
+        with self._engine.connect() as conn, conn.begin():
+            states, windows = violations.load_alarm_states(conn, selection), self._stored_windows(conn, selection)
+        read_s = time.perf_counter() - started
+        with self._lock:
             with self._engine.connect() as conn, conn.begin():
+                unsettled = self._unconfirmed is not None
                 settled = self._settle(conn)
-                self.evaluator.load_things(owns, violations.load_alarm_states(conn), self._stored_windows(conn, owns))
-            log.info("things_taken_over", alarm_states=self.evaluator.remembered())
+                if unsettled:
+                    states, windows = violations.load_alarm_states(conn, selection), self._stored_windows(conn, selection)
+            self.evaluator.load_things(selection, states, windows)
+            log.info("things_taken_over", partitions=len(selection.partitions), alarm_states=len(states),
+                     windows_of_things=len(windows), read_s=round(read_s, 3), read_again=unsettled,
+                     remembered=self.evaluator.remembered())
             return settled
 
     def rewrite(self, step: Callable[[Connection], T]) -> T:
@@ -318,7 +343,7 @@ class DetectionService:
 
     def _persist(self, conn: Connection, pending: PendingDetection) -> None:
         violations.record_events(conn, pending.events)
-        violations.save_alarm_states(conn, pending.changes.states)
+        violations.save_alarm_states(conn, pending.changes.states, self.partition_of)
         self._alerts.enqueue(conn, pending.alerts())
 
     def _after_commit(self, pending: PendingDetection) -> None:

@@ -64,7 +64,6 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from iotdefender.cluster import fencing
-from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of
 from iotdefender.cluster.report_stream import Delivery, More, nothing_more
 from iotdefender.pipeline.batch_isolation import store_isolating
 from iotdefender.pipeline.batch_store import EventListener, EventSummary, summaries
@@ -118,14 +117,14 @@ class PartitionBatchStore:
     detection lock), as the engine's state is this process's."""
 
     def __init__(self, monitoring: MonitoringIndex, detection: DetectionService, on_events: EventListener,
-                 on_outcomes: OutcomeListener = ignore_outcomes, partitions: int = PARTITION_COUNT,
-                 on_transaction: TransactionObserver = observe) -> None:
+                 on_outcomes: OutcomeListener = ignore_outcomes, on_transaction: TransactionObserver = observe
+                 ) -> None:
         self._monitoring = monitoring
         self._detection = detection
         self._on_events = on_events
         self._on_transaction = on_transaction  # each committed transaction's seconds and reports
         self._on_outcomes = on_outcomes
-        self._partitions = partitions
+        self._partition_of = detection.partition_of  # the cluster's: one function for what is read and written
         # Batches handed over by the partitions' readers and not yet taken by the writer (handle).
         self._waiting: list[tuple[_Growing, More, asyncio.Future[list[ReportOutcome]]]] = []
         self._wake: asyncio.Event | None = None
@@ -231,18 +230,20 @@ class PartitionBatchStore:
         """Claim each (partition, token)'s fence in one transaction, in partition order, then load
         the alarm states and windows of the claimed partitions' things in one read. Per
         acquisition: None, or ``Fenced`` if a newer owner had claimed its partition already."""
-        claimed: set[int] = set()
         refused: dict[tuple[int, int], fencing.Fenced] = {}
 
-        def claim_all(conn: Connection) -> None:
+        def claim_all(conn: Connection) -> set[int]:
+            claimed: set[int] = set()
+            refused.clear()
             for partition, token in sorted(acquisitions):
                 if fencing.claim(conn, partition, token):
                     claimed.add(partition)
                 else:
                     refused[(partition, token)] = fencing.Fenced(
                         f"partition {partition}: claimed past token {token} by a newer owner")
+            return claimed
 
-        settled = self._detection.take_over(lambda thing: partition_of(thing, self._partitions) in claimed, claim_all)
+        settled = self._detection.take_over(claim_all)
         if settled:
             self._on_events(summaries(settled))
         return [refused.get(acquisition) for acquisition in acquisitions]
@@ -269,7 +270,7 @@ class PartitionBatchStore:
         (~1 µs each): a node giving 32 partitions away with 100k devices' windows held the lock,
         and so every partition's batches, for ~2 s."""
         gone = frozenset(partitions)
-        self._detection.give_up(lambda thing: partition_of(thing, self._partitions) in gone)
+        self._detection.give_up(lambda thing: self._partition_of(thing) in gone)
         return [None] * len(partitions)
 
     def sweep(self, now: float, owned: Mapping[int, int]) -> list[EventSummary]:
@@ -283,7 +284,7 @@ class PartitionBatchStore:
         def fenced(conn: Connection) -> None:
             fencing.check_all(conn, owned)
 
-        pending = self._detection.sweep(now, lambda thing: partition_of(thing, self._partitions) in owned, fenced)
+        pending = self._detection.sweep(now, lambda thing: self._partition_of(thing) in owned, fenced)
         events = summaries(pending.events) if pending is not None else []
         self._on_events(events)
         return events
@@ -410,7 +411,7 @@ class PartitionBatchStore:
 
     def _decode(self, partition: int, delivery: Delivery) -> ReportMessage:
         message = decode(delivery.payload)
-        if partition_of(message.thing, self._partitions) != partition:
+        if self._partition_of(message.thing) != partition:
             # Evaluating it here would give its thing two evaluators (its own partition's owner too).
             raise UndecodableReport(f"thing {message.thing!r} does not belong to partition {partition}")
         return message

@@ -37,11 +37,15 @@ from sqlalchemy.engine import Connection, Engine
 from iotdefender.metrics_catalog import SIZE_METRICS, is_smallest_series, smallest_series
 from iotdefender.store.advisory import HISTORY_COMPACTION, run_alone
 from iotdefender.store.database import writing
+from iotdefender.store.partition_selection import PartitionSelection
 from iotdefender.store.schema import history_compaction, metric_segments, metric_values
 
 _COMPACTOR = "metric_segments"
 # Rows per segment: a chunk's decoding happens outside the write lock, its insert inside it.
 ROWS_PER_SEGMENT = 50_000
+# Names lists of partitions' segments a read keeps decoded: a chunk's worth at 64 partitions and a
+# few series (each list is ~1/64 of a chunk's devices, so this is bounded whatever the fleet).
+_RECENT_NAMES = 512
 
 
 @dataclass
@@ -113,14 +117,26 @@ def _set_compacted(conn: Connection, row_id: int) -> None:
         conn.execute(history_compaction.insert().values(name=_COMPACTOR, last_row_id=row_id))
 
 
-def write_segment(conn: Connection, series: str, points: SeriesPoints) -> None:
-    """Store one packed segment (also used by bench/backtest.py to lay down a week quickly)."""
-    if len(points) == 0:
-        return
-    conn.execute(metric_segments.insert().values(
-        series=series, min_ts=float(points.times.min()), max_ts=float(points.times.max()), points=len(points),
-        things=orjson.dumps(points.things), thing_index=points.thing_index.astype("<i4").tobytes(),
-        times=points.times.astype("<f8").tobytes(), vals=points.values.astype("<f8").tobytes()))
+#: (series, partition or None for the whole fleet, its points): one segment to write.
+Segment = tuple[str, int | None, SeriesPoints]
+
+
+def write_segment(conn: Connection, series: str, points: SeriesPoints, partition: int | None = None) -> None:
+    """Store one packed segment (also used by bench/backtest.py to lay down a week quickly); with
+    ``partition``, every thing in it is of that partition (cluster mode)."""
+    write_segments(conn, [(series, partition, points)])
+
+
+def write_segments(conn: Connection, segments: Iterable[Segment]) -> None:
+    """Store packed segments in one executemany: a cluster's chunk is a segment per series and
+    partition (~128 at two series), and a statement each cost ~1 ms of SQLAlchemy and a round trip."""
+    rows = [{"series": series, "partition": partition, "min_ts": float(points.times.min()),
+             "max_ts": float(points.times.max()), "points": len(points), "things": orjson.dumps(points.things),
+             "thing_index": points.thing_index.astype("<i4").tobytes(), "times": points.times.astype("<f8").tobytes(),
+             "vals": points.values.astype("<f8").tobytes()}
+            for series, partition, points in segments if len(points)]
+    if rows:
+        conn.execute(metric_segments.insert(), rows)
 
 
 def _columns(rows: list[tuple[str, float, Any]]) -> dict[str, SeriesPoints]:
@@ -162,8 +178,36 @@ def _raw_rows(conn: Connection, after_id: int, up_to_id: int | None, limit: int 
     return [tuple(r) for r in conn.execute(query)]
 
 
-def compact_until(engine: Engine, up_to_id: int) -> int:
+def _by_partition(columns: dict[str, SeriesPoints], partition_of: Callable[[str], int] | None) -> list[Segment]:
+    """A chunk's series as segments: one per series, or with ``partition_of`` one per series and
+    partition, each listing only its own things (renumbered). The partition of each of the chunk's
+    things is computed once (the series share one names list), and the split is numpy's."""
+    if partition_of is None:
+        return [(series, None, points) for series, points in columns.items()]
+    segments: list[Segment] = []
+    of_name: dict[int, np.ndarray] = {}  # id(names list) -> each name's partition
+    for series, points in columns.items():
+        partitions = of_name.get(id(points.things))
+        if partitions is None:
+            partitions = of_name[id(points.things)] = np.fromiter(
+                (partition_of(name) for name in points.things), dtype=np.int32, count=len(points.things))
+        by_point = partitions[points.thing_index]
+        order = np.argsort(by_point, kind="stable")  # each partition's points keep their order
+        cuts = np.flatnonzero(np.diff(by_point[order])) + 1
+        for group in np.split(order, cuts):
+            if not len(group):
+                continue
+            kept, index = np.unique(points.thing_index[group], return_inverse=True)
+            names = [points.things[i] for i in kept.tolist()]
+            segments.append((series, int(by_point[group[0]]), SeriesPoints(
+                names, index.astype(np.int32), points.times[group], points.values[group])))
+    return segments
+
+
+def compact_until(engine: Engine, up_to_id: int, partition_of: Callable[[str], int] | None = None) -> int:
     """Copy the numeric datapoints of rows up to ``up_to_id`` into segments; returns rows copied.
+    With ``partition_of`` (cluster mode), one segment per series and partition of each chunk, so a
+    takeover reads its partitions' segments only (store/partition_selection.py).
 
     Rows are read and decoded outside any write transaction (the decoding is most of the work);
     each chunk then takes the writer only to insert its segments and advance the cursor, so
@@ -177,13 +221,12 @@ def compact_until(engine: Engine, up_to_id: int) -> int:
             if up_to_id <= after:
                 return total
             rows = _raw_rows(conn, after, up_to_id, ROWS_PER_SEGMENT)
-        columns = _columns([(t, ts, d) for _, t, ts, d in rows])
+        segments = _by_partition(_columns([(t, ts, d) for _, t, ts, d in rows]), partition_of)
         reached = rows[-1][0] if len(rows) == ROWS_PER_SEGMENT else up_to_id
         with writing(engine) as conn:
             if last_compacted_id(conn, lock=True) != after:
                 continue
-            for series, points in columns.items():
-                write_segment(conn, series, points)
+            write_segments(conn, segments)
             _set_compacted(conn, reached)
         total += len(rows)
 
@@ -193,15 +236,16 @@ class Compactor:
     of a transaction that had taken its id but not committed are never skipped; on PostgreSQL a
     horizon whose transactions have not all ended waits for a later run (module docstring)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, partition_of: Callable[[str], int] | None = None) -> None:
         self._engine = engine
+        self._partition_of = partition_of  # segments per partition (cluster mode), or of the whole fleet
         self._horizon = Horizon(0)
 
     def run_once(self) -> int:
         with self._engine.connect() as conn:
             if not horizon_settled(conn, self._horizon):
                 return 0  # kept: a newer horizon would wait for newer transactions too, and could starve
-        copied = compact_until(self._engine, self._horizon.row_id)
+        copied = compact_until(self._engine, self._horizon.row_id, self._partition_of)
         with self._engine.connect() as conn:
             self._horizon = observe_horizon(conn)
         return copied
@@ -210,7 +254,11 @@ class Compactor:
 class ClusterCompactor(Compactor):
     """A cluster's compaction: every detect node runs one, one at a time across the cluster (a
     PostgreSQL advisory lock; a node killed mid-run frees it), so each row range is compacted once.
-    A node that finds the lock held skips the run (its horizon stays, still a safe one)."""
+    A node that finds the lock held skips the run (its horizon stays, still a safe one). Segments
+    are written per partition (``partition_of``: the cluster's), for the takeovers' reads."""
+
+    def __init__(self, engine: Engine, partition_of: Callable[[str], int]) -> None:
+        super().__init__(engine, partition_of)
 
     def run_once(self) -> int:
         return run_alone(self._engine, HISTORY_COMPACTION, super().run_once) or 0
@@ -242,11 +290,19 @@ def _merge(parts: list[SeriesPoints]) -> SeriesPoints:
     previous: list[str] | None = None
     remap = np.empty(0, dtype=np.int32)
     identity = False
+    # Each names list's renumbering, by the list (parts hold them alive): a cluster's segments
+    # alternate partitions, so the same list recurs, but never right after itself.
+    remaps: dict[int, tuple[np.ndarray, bool]] = {}
     for part in parts:
         if part.things is not previous and part.things != previous:  # a stable fleet: the same list
-            remap = np.fromiter((names.setdefault(n, len(names)) for n in part.things), dtype=np.int32,
-                                count=len(part.things))
-            identity = bool(np.array_equal(remap, np.arange(len(remap))))
+            known = remaps.get(id(part.things))
+            if known is None:
+                if len(remaps) >= _RECENT_NAMES:
+                    del remaps[next(iter(remaps))]
+                remap = np.fromiter((names.setdefault(n, len(names)) for n in part.things), dtype=np.int32,
+                                    count=len(part.things))
+                known = remaps[id(part.things)] = (remap, bool(np.array_equal(remap, np.arange(len(remap)))))
+            remap, identity = known
             previous = part.things
         indexes.append(part.thing_index if identity or not len(part.things) else remap[part.thing_index])
         times.append(part.times)
@@ -262,31 +318,43 @@ def read_series(conn: Connection, series: str, start: float, end: float) -> Seri
 
 
 def read_many(conn: Connection, series: Iterable[str], start: float, end: float,
-              things: Callable[[str], bool] | None = None) -> dict[str, SeriesPoints]:
+              things: PartitionSelection | None = None) -> dict[str, SeriesPoints]:
     """``read_series`` of several series, the rows not compacted yet read and decoded once for all;
-    with ``things``, only the datapoints of the things it selects (the others' rows not decoded)."""
+    with ``things``, only the datapoints of the things of its partitions: their segments (and the
+    whole fleet's segments, written before segments kept partitions, filtered by thing) and the
+    rows not compacted yet (the others' not decoded)."""
     wanted = list(dict.fromkeys(series))
     compacted = last_compacted_id(conn)
     parts: dict[str, list[SeriesPoints]] = {name: [] for name in wanted}
-    query = sa.select(metric_segments.c.series, metric_segments.c.things, metric_segments.c.thing_index,
-                      metric_segments.c.times, metric_segments.c.vals).where(
+    query = sa.select(metric_segments.c.series, metric_segments.c.partition, metric_segments.c.things,
+                      metric_segments.c.thing_index, metric_segments.c.times, metric_segments.c.vals).where(
         metric_segments.c.series.in_(wanted), metric_segments.c.max_ts >= start, metric_segments.c.min_ts <= end)
+    if things is not None:
+        query = query.where(things.where(metric_segments.c.partition))
     names_blob, names, renumbered = b"", [], np.empty(0, dtype=np.int32)
     chosen: dict[bytes, Any] = {}  # names blob -> (the names ``things`` selects, each name's new index)
-    for name, blob, thing_index, times, vals in conn.execute(query.order_by(metric_segments.c.min_ts,
-                                                                            metric_segments.c.id)):
-        if blob != names_blob:  # most segments of a stable fleet list the same devices: decode once
-            names_blob = blob
-            if things is None:
-                names = orjson.loads(blob)
-            else:
-                if blob not in chosen:
-                    chosen[blob] = _selection(orjson.loads(blob), things)
-                names, renumbered = chosen[blob]
+    recent: dict[bytes, list[str]] = {}  # the partitions' last names lists, decoded once (the same object)
+    for name, partition, blob, thing_index, times, vals in conn.execute(
+            query.order_by(metric_segments.c.min_ts, metric_segments.c.id)):
+        whole = things is None or partition is not None  # every thing in it is wanted
+        if things is not None and partition is None:  # a segment of the whole fleet: pick its things
+            if blob not in chosen:
+                chosen[blob] = _selection(orjson.loads(blob), things)
+            names, renumbered = chosen[blob]
+            names_blob = b""
+        elif partition is not None:  # one list per partition and chunk, recurring in a stable fleet
+            listed = recent.get(blob)
+            if listed is None:
+                if len(recent) >= _RECENT_NAMES:
+                    del recent[next(iter(recent))]
+                listed = recent[blob] = orjson.loads(blob)
+            names = listed
+        elif blob != names_blob:  # most segments of a stable fleet list the same devices: decode once
+            names_blob, names = blob, orjson.loads(blob)
         part = SeriesPoints(names, np.frombuffer(thing_index, dtype="<i4"),
                             np.frombuffer(times, dtype="<f8"), np.frombuffer(vals, dtype="<f8"))
         keep = (part.times >= start) & (part.times <= end)
-        if things is not None:
+        if not whole:
             index = renumbered[part.thing_index]
             keep &= index >= 0
             part = SeriesPoints(names, index[keep], part.times[keep], part.values[keep])

@@ -156,6 +156,10 @@ alarm_states = sa.Table(
     sa.Column("behavior_name", NAME, primary_key=True),
     sa.Column("dimension", sa.String(140), primary_key=True),
     sa.Column("state", sa.JSON, nullable=False),
+    # The thing's partition (cluster/partitions.py): a detect node taking partitions over reads only
+    # theirs. NULL in rows written before it was kept (and by nodes of that release): read by all.
+    sa.Column("partition", sa.Integer, nullable=True),
+    sa.Index("ix_alarm_states_partition", "partition"),
 )
 
 active_violations = sa.Table(
@@ -241,7 +245,12 @@ metric_segments = sa.Table(
     sa.Column("thing_index", sa.LargeBinary, nullable=False),  # int32, little endian
     sa.Column("times", sa.LargeBinary, nullable=False),  # float64
     sa.Column("vals", sa.LargeBinary, nullable=False),  # float64
+    # Cluster mode: the partition of every thing in the segment (a compaction run writes one segment
+    # per series and partition), so a takeover reads its partitions' hour, not the fleet's. NULL: a
+    # segment of the whole fleet (the single box, and releases before partitions were kept).
+    sa.Column("partition", sa.Integer, nullable=True),
     sa.Index("ix_metric_segments_series_time", "series", "min_ts", "max_ts"),
+    sa.Index("ix_metric_segments_series_partition_time", "series", "partition", "max_ts"),
 )
 
 history_compaction = sa.Table(

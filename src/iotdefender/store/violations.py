@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType
 from iotdefender.engine.evaluator import StateKey, ViolationEvent
 from iotdefender.store.database import long_statements
+from iotdefender.store.partition_selection import PartitionSelection
 from iotdefender.store.rows import insert_many, json_text
 from iotdefender.store.schema import active_violations, alarm_states, violation_events, violation_verification
 
@@ -34,13 +35,19 @@ def _state_of(document: Mapping[str, Any]) -> AlarmState:
     return AlarmState(**{**document, "status": AlarmStatus(document["status"]), "streak_points": points})
 
 
-def load_alarm_states(conn: Connection) -> dict[StateKey, AlarmState]:
-    """Every stored alarm state: one statement whose answer grows with the fleet (a detect node
-    taking partitions over, the detection worker starting), so not bounded by
+def load_alarm_states(conn: Connection, selection: PartitionSelection | None = None) -> dict[StateKey, AlarmState]:
+    """Every stored alarm state, or those of the things ``selection`` picks (a detect node taking
+    partitions over: only their rows, and the rows of no recorded partition, picked by thing). One
+    statement whose answer grows with the fleet, or its partitions' share, so not bounded by
     ``--database-timeout``."""
+    query = sa.select(alarm_states.c.thing_name, alarm_states.c.profile_name, alarm_states.c.behavior_name,
+                      alarm_states.c.dimension, alarm_states.c.state, alarm_states.c.partition)
+    if selection is not None:
+        query = query.where(selection.where(alarm_states.c.partition))
     with long_statements():
-        rows = conn.execute(sa.select(alarm_states)).all()
-    return {(r.thing_name, r.profile_name, r.behavior_name, r.dimension): _state_of(r.state) for r in rows}
+        rows = conn.execute(query).all()
+    return {(r.thing_name, r.profile_name, r.behavior_name, r.dimension): _state_of(r.state) for r in rows
+            if selection is None or r.partition is not None or selection(r.thing_name)}
 
 
 _KEY = ("thing_name", "profile_name", "behavior_name", "dimension")
@@ -58,13 +65,17 @@ _ACTIVE_COLUMNS = ("violation_id", "thing_name", "profile_name", "behavior_name"
 _END_ACTIVE = active_violations.delete().where(active_violations.c.violation_id == sa.bindparam("k_violation_id"))
 
 
-def save_alarm_states(conn: Connection, states: Mapping[StateKey, AlarmState]) -> None:
-    """Persist changed states: idle ones are deleted, others replaced; open violations follow."""
+def save_alarm_states(conn: Connection, states: Mapping[StateKey, AlarmState],
+                      partition_of: Callable[[str], int]) -> None:
+    """Persist changed states: idle ones are deleted, others replaced, each with its thing's
+    partition (``partition_of``; read by partition when a detect node takes partitions over); open
+    violations follow."""
     if not states:
         return
     conn.execute(_DELETE_STATE, [{f"k_{k}": v for k, v in zip(_KEY, key)} for key in states])
-    insert_many(conn, alarm_states, (*_KEY, "state"),
-                [(*key, json_text(_state_json(state))) for key, state in states.items() if not state.is_idle])
+    insert_many(conn, alarm_states, (*_KEY, "state", "partition"),
+                [(*key, json_text(_state_json(state)), partition_of(key[0]))
+                 for key, state in states.items() if not state.is_idle])
     touched = [{"k_violation_id": s.violation_id, "k_value": s.last_violation_value, "k_time": s.last_violation_time}
                for s in states.values() if s.status is AlarmStatus.IN_ALARM and s.violation_id is not None]
     if touched:
