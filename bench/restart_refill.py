@@ -7,9 +7,15 @@ windows read back from the retained history — as the service's (or detection w
 it, once with the hour compacted into columnar segments (the steady state: the compactor runs every
 ``--history-interval``) and once with none of it compacted (the worst case: every row decoded from
 its JSON document). Also the engine's own share (``Evaluator.load`` of the windows read), and a
-cluster node's ``take_over`` of one partition of 64 (it reads the same hour, keeps the partition's).
+cluster node's ``take_over`` of one partition of 64: with ``--partitioned`` the hour is compacted as
+a cluster's compactor does (a segment per series and partition), and the takeover reads only its
+partition's segments; without it, segments of the whole fleet (the single box's, and a cluster's
+before segments kept partitions), which a takeover reads whole and filters.
 
-    .venv/bin/python bench/restart_refill.py [--devices 20000] [--database-url URL] [--output FILE]
+    .venv/bin/python bench/restart_refill.py [--devices 20000] [--partitioned]
+        [--database-url URL | --postgres] [--output FILE]
+
+``--postgres`` starts a throwaway PostgreSQL (the tests' Debian binaries) for the run.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +37,7 @@ from iotdefender.pipeline.detection import DetectionService  # noqa: E402
 from iotdefender.pipeline.monitoring import MonitoringIndex  # noqa: E402
 from iotdefender.store import history, metric_values, profiles  # noqa: E402
 from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head, writing  # noqa: E402
+from tests.support.processes import PostgresCluster  # noqa: E402
 
 ARN = "arn:aws:iot:us-east-1:123456789012:"
 INTERVAL = 300.0
@@ -65,6 +73,7 @@ def lay_down(engine, devices: int, now: float) -> int:  # type: ignore[no-untype
 
 
 def timed_load(engine, now: float) -> dict:  # type: ignore[no-untyped-def]
+    """The single box's whole load, then a cluster node's takeover of partition 0."""
     monitoring = MonitoringIndex(engine, ARN)
     detection = DetectionService(engine, monitoring, AlertRoutes(), 2 * 86400.0, clock=lambda: now)
     started = time.perf_counter()
@@ -77,33 +86,44 @@ def timed_load(engine, now: float) -> dict:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     detection.evaluator.load({}, windows)
     engine_s = time.perf_counter() - started
+    node = DetectionService(engine, monitoring, AlertRoutes(), 2 * 86400.0, clock=lambda: now)  # a node holding nothing
     started = time.perf_counter()
-    detection.take_over(lambda thing: partition_of(thing) == 0, lambda conn: None)
+    node.take_over(lambda conn: {0})
     take_over_s = time.perf_counter() - started
+    taken = node.evaluator._history
     return {"load_s": round(took, 3), "engine_load_s": round(engine_s, 3), "things": len(history_of),
-            "datapoints": points, "take_over_one_partition_s": round(take_over_s, 3)}
+            "datapoints": points, "take_over_one_partition_s": round(take_over_s, 3),
+            "take_over_things": len(taken),
+            "take_over_datapoints": sum(len(p) for by_series in taken.values() for p in by_series.values())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=20_000)
     parser.add_argument("--database-url")
+    parser.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL for the run")
+    parser.add_argument("--partitioned", action="store_true", help="compact per partition, as a cluster does")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, ExitStack() as stack:
         url = args.database_url or sqlite_url(Path(scratch))
+        if args.postgres:
+            server = PostgresCluster()
+            server.start()
+            stack.callback(server.stop)
+            url = server.create_database("refill")
         engine = create_engine(url)
         upgrade_to_head(engine)
         now = float(int(time.time() // INTERVAL) * INTERVAL) + 1.0
         rows = lay_down(engine, args.devices, now)
         uncompacted = timed_load(engine, now)
         started = time.perf_counter()
-        history.compact_until(engine, history.max_row_id(engine.connect()))
+        history.compact_until(engine, history.max_row_id(engine.connect()), partition_of if args.partitioned else None)
         compaction_s = time.perf_counter() - started
         compacted = timed_load(engine, now)
         engine.dispose()
-    report({"benchmark": "restart_refill", "database": "postgresql" if args.database_url else "sqlite",
-            "devices": args.devices, "rows": rows, "compaction_s": round(compaction_s, 2),
+    report({"benchmark": "restart_refill", "database": "sqlite" if url.startswith("sqlite") else "postgresql",
+            "devices": args.devices, "segments": "per partition" if args.partitioned else "whole fleet", "rows": rows, "compaction_s": round(compaction_s, 2),
             "uncompacted": uncompacted, "compacted": compacted, "machine": environment(),
             "command": " ".join(sys.argv)}, args.output)
 
