@@ -270,14 +270,14 @@ def test_a_takeover_reads_outside_the_detection_lock_and_the_owned_partitions_go
     mine = things_in(R, 1)[0]
     a.store.acquire(R, 30)
     reading, go_on = threading.Event(), threading.Event()
-    load = violations.load_alarm_states
+    fetch = violations.fetch_alarm_states
 
     def held_open(*args: Any) -> Any:
         reading.set()
         assert go_on.wait(30)
-        return load(*args)
+        return fetch(*args)
 
-    monkeypatch.setattr(violations, "load_alarm_states", held_open)
+    monkeypatch.setattr(violations, "fetch_alarm_states", held_open)
     taking = threading.Thread(target=a.store.acquire, args=(P, 20))
     taking.start()
     assert reading.wait(10)

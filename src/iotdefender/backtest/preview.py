@@ -129,7 +129,8 @@ class BacktestPreview:
                 self._prepared.move_to_end(key)
                 return key, found, True
             with long_statements(), self._engine.connect() as conn:
-                points = history.read_as_evaluated(conn, key[0], request.start, request.end)
+                fetched = history.fetch_as_evaluated(conn, key[0], request.start, request.end)
+            points = history.as_evaluated(fetched, key[0])  # decoded with no transaction open (history.Fetched)
             things, times, measured = _measured(points, behavior, request.time_scale)
             present = np.bincount(things, minlength=len(points.things)).astype(bool) if len(things) else \
                 np.zeros(len(points.things), dtype=bool)

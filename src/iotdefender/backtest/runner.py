@@ -334,8 +334,9 @@ def run_backtest(engine: Engine, request: BacktestRequest, progress: Progress = 
     with engine.connect() as conn:
         for i, (behavior, threshold) in enumerate(fast):
             progress(i / max(steps, 1), f"reading {_series_of(behavior)}")
-            points = history.read_as_evaluated(conn, _series_of(behavior), request.start, request.end)
-            conn.commit()  # evaluated with no transaction open (idle ones are bounded: store/database.py)
+            fetched = history.fetch_as_evaluated(conn, _series_of(behavior), request.start, request.end)
+            conn.commit()  # decoded and evaluated with no transaction open (idle ones are bounded: store/database.py)
+            points = history.as_evaluated(fetched, _series_of(behavior))
             progress((i + 0.5) / max(steps, 1), f"evaluating {behavior['name']} over {len(points)} datapoints")
             outcomes.append(_vectorised(request, behavior, points, threshold))
         if slow:

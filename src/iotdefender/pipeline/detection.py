@@ -48,7 +48,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from iotdefender.alerts.routes import Alert, AlertRoutes, alert_target
 from iotdefender.cluster.partitions import partition_of
-from iotdefender.engine.alarm import IdFactory, due_for_invalidation
+from iotdefender.engine.alarm import AlarmState, IdFactory, due_for_invalidation
 from iotdefender.engine.evaluator import ChangeSet, Evaluation, Evaluator, StateKey, ViolationEvent
 from iotdefender.engine.ml_behavior import confidence_of
 from iotdefender.engine.vectorised import order_by_thing_and_time
@@ -142,27 +142,41 @@ class DetectionService:
 
     def load(self) -> None:
         started = time.perf_counter()
-        with self._engine.connect() as conn:
-            windows = self._stored_windows(conn)
-            self.evaluator.load(violations.load_alarm_states(conn), windows)
+        states, windows = self._read_stored(None)
+        self.evaluator.load(states, windows)
         log.info("detection_loaded", alarm_states=self.evaluator.remembered(), windows_of_things=len(windows),
                  seconds=round(time.perf_counter() - started, 3))
         with self._lock:
             self._refresh_models()
 
-    def _stored_windows(self, conn: Connection, owns: PartitionSelection | None = None
-                        ) -> dict[str, dict[str, list[tuple[float, float]]]]:
-        """The retained datapoints of the trailing hour of every series some profile sums over
-        ``durationSeconds``, by thing (those of the partitions ``owns`` selects) and series, for
-        things a profile with such a behavior monitors: what the evaluator's windows held before
-        the restart."""
-        profiles = self._monitoring.all_profiles()
-        wanted = self.evaluator.windowed_series(profiles)
+    def _read_stored(self, owns: PartitionSelection | None
+                     ) -> tuple[dict[StateKey, AlarmState], dict[str, dict[str, list[tuple[float, float]]]]]:
+        """The alarm states and windows of every thing, or of the things of the partitions ``owns``
+        selects, from the database: the statements back to back, the decoding once the read's
+        transaction has ended (``history.Fetched``). Decoded in between, a partition's share of a
+        large fleet left the transaction idle past PostgreSQL's 30 s, which ended the session."""
+        with self._engine.connect() as conn:
+            fetched = self._fetch_windows(conn, owns)
+            rows = violations.fetch_alarm_states(conn, owns)
+        return violations.alarm_states_of(rows, owns), self._stored_windows(fetched)
+
+    def _fetch_windows(self, conn: Connection, owns: PartitionSelection | None) -> history.Fetched | None:
+        """The statements of ``_stored_windows``: the trailing hour of every series some profile
+        sums over ``durationSeconds`` (of the things of the partitions ``owns`` selects); None when
+        no profile has such a behavior."""
+        wanted = self.evaluator.windowed_series(self._monitoring.all_profiles())
         if not wanted:
-            return {}
+            return None
         now = self._clock()
         with long_statements():  # an hour of the fleet's datapoints: not bounded by --database-timeout
-            found = history.read_many(conn, wanted, now - self.evaluator.window_horizon, now, owns)
+            return history.fetch_many(conn, wanted, now - self.evaluator.window_horizon, now, owns)
+
+    def _stored_windows(self, fetched: history.Fetched | None) -> dict[str, dict[str, list[tuple[float, float]]]]:
+        """The retained datapoints fetched, by thing and series, for things a profile with such a
+        behavior monitors: what the evaluator's windows held before the restart."""
+        if fetched is None:
+            return {}
+        found = fetched.decoded()
         by_thing: dict[str, dict[str, list[tuple[float, float]]]] = {}
         for series, points in found.items():
             if not len(points):
@@ -231,15 +245,14 @@ class DetectionService:
                 claimed = claim(conn)
         selection = PartitionSelection(frozenset(claimed), self.partition_of)
         started = time.perf_counter()
-        with self._engine.connect() as conn, conn.begin():
-            states, windows = violations.load_alarm_states(conn, selection), self._stored_windows(conn, selection)
+        states, windows = self._read_stored(selection)
         read_s = time.perf_counter() - started
         with self._lock:
             with self._engine.connect() as conn, conn.begin():
                 unsettled = self._unconfirmed is not None
                 settled = self._settle(conn)
-                if unsettled:
-                    states, windows = violations.load_alarm_states(conn, selection), self._stored_windows(conn, selection)
+            if unsettled:
+                states, windows = self._read_stored(selection)
             self.evaluator.load_things(selection, states, windows)
             log.info("things_taken_over", partitions=len(selection.partitions), alarm_states=len(states),
                      windows_of_things=len(windows), read_s=round(read_s, 3), read_again=unsettled,

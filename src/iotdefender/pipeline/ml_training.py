@@ -228,7 +228,8 @@ class MlTrainer:
         """The trailing period's datapoints of the behavior's series, from the devices its profile
         monitors now (a device that left the profile's targets does not shape its model)."""
         with long_statements(), self._engine.connect() as conn:  # the whole training period
-            points = history.read_as_evaluated(conn, behavior.series, now - self._schedule.training_period, now)
+            fetched = history.fetch_as_evaluated(conn, behavior.series, now - self._schedule.training_period, now)
+        points = history.as_evaluated(fetched, behavior.series)  # decoded once the transaction has ended
         self._monitoring.prime(points.things)
         profile = behavior.key[0]
         monitored = np.fromiter((any(p["name"] == profile for p in self._monitoring.profiles_for(thing))

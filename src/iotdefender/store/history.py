@@ -323,54 +323,90 @@ def read_many(conn: Connection, series: Iterable[str], start: float, end: float,
     with ``things``, only the datapoints of the things of its partitions: their segments (and the
     whole fleet's segments, written before segments kept partitions, filtered by thing) and the
     rows not compacted yet (the others' not decoded)."""
+    return fetch_many(conn, series, start, end, things).decoded()
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What a read of several series took from the database, not decoded yet (``fetch_many``).
+
+    The statements of a read run back to back and the decoding comes after, so a caller can end its
+    transaction (leave the ``connect`` block) before decoding. Decoding a large read between two
+    statements left the transaction idle for its duration, and PostgreSQL ends a session idle in a
+    transaction for 30 s (store/database.py ``IDLE_IN_TRANSACTION_S``): the hour of a partition's
+    share of 10M devices took longer than that to decode, and the read after it failed
+    (``IdleInTransactionSessionTimeout``)."""
+
+    wanted: list[str]
+    start: float
+    end: float
+    things: PartitionSelection | None
+    segments: list[Any]  # (series, partition, names blob, thing_index, times, vals), oldest first
+    tail: list[tuple[int, str, float, object]]  # the rows not compacted yet
+
+    def decoded(self, only: Iterable[str] | None = None) -> dict[str, SeriesPoints]:
+        """Each wanted series' points (or only those of ``only``)."""
+        start, end, things = self.start, self.end, self.things
+        chosen_series = None if only is None else set(only)
+        wanted = self.wanted if chosen_series is None else [name for name in self.wanted if name in chosen_series]
+        parts: dict[str, list[SeriesPoints]] = {name: [] for name in wanted}
+        names_blob, names, renumbered = b"", [], np.empty(0, dtype=np.int32)
+        chosen: dict[bytes, Any] = {}  # names blob -> (the names ``things`` selects, each name's new index)
+        recent: dict[bytes, list[str]] = {}  # the partitions' last names lists, decoded once (the same object)
+        for name, partition, blob, thing_index, times, vals in self.segments:
+            if name not in parts:
+                continue
+            whole = things is None or partition is not None  # every thing in it is wanted
+            if things is not None and partition is None:  # a segment of the whole fleet: pick its things
+                if blob not in chosen:
+                    chosen[blob] = _selection(orjson.loads(blob), things)
+                names, renumbered = chosen[blob]
+                names_blob = b""
+            elif partition is not None:  # one list per partition and chunk, recurring in a stable fleet
+                listed = recent.get(blob)
+                if listed is None:
+                    if len(recent) >= _RECENT_NAMES:
+                        del recent[next(iter(recent))]
+                    listed = recent[blob] = orjson.loads(blob)
+                names = listed
+            elif blob != names_blob:  # most segments of a stable fleet list the same devices: decode once
+                names_blob, names = blob, orjson.loads(blob)
+            part = SeriesPoints(names, np.frombuffer(thing_index, dtype="<i4"),
+                                np.frombuffer(times, dtype="<f8"), np.frombuffer(vals, dtype="<f8"))
+            keep = (part.times >= start) & (part.times <= end)
+            if not whole:
+                index = renumbered[part.thing_index]
+                keep &= index >= 0
+                part = SeriesPoints(names, index[keep], part.times[keep], part.values[keep])
+            elif not keep.all():
+                part = SeriesPoints(part.things, part.thing_index[keep], part.times[keep], part.values[keep])
+            parts[name].append(part)
+        picked: dict[str, bool] = {}  # each device's answer once, not once per row (a device has many)
+        tail = [(t, ts, d) for _, t, ts, d in self.tail
+                if start <= ts <= end and (things is None or _picked(picked, things, t))] if wanted else []
+        if tail:
+            columns = _columns(tail)
+            for name in wanted:
+                column = columns.get(name)
+                if column is not None:
+                    parts[name].append(column)
+        return {name: _merge(found) for name, found in parts.items()}
+
+
+def fetch_many(conn: Connection, series: Iterable[str], start: float, end: float,
+               things: PartitionSelection | None = None) -> Fetched:
+    """The statements of ``read_many``, back to back; ``Fetched.decoded`` does the rest."""
     wanted = list(dict.fromkeys(series))
+    if not wanted:
+        return Fetched(wanted, start, end, things, [], [])
     compacted = last_compacted_id(conn)
-    parts: dict[str, list[SeriesPoints]] = {name: [] for name in wanted}
     query = sa.select(metric_segments.c.series, metric_segments.c.partition, metric_segments.c.things,
                       metric_segments.c.thing_index, metric_segments.c.times, metric_segments.c.vals).where(
         metric_segments.c.series.in_(wanted), metric_segments.c.max_ts >= start, metric_segments.c.min_ts <= end)
     if things is not None:
         query = query.where(things.where(metric_segments.c.partition))
-    names_blob, names, renumbered = b"", [], np.empty(0, dtype=np.int32)
-    chosen: dict[bytes, Any] = {}  # names blob -> (the names ``things`` selects, each name's new index)
-    recent: dict[bytes, list[str]] = {}  # the partitions' last names lists, decoded once (the same object)
-    for name, partition, blob, thing_index, times, vals in conn.execute(
-            query.order_by(metric_segments.c.min_ts, metric_segments.c.id)):
-        whole = things is None or partition is not None  # every thing in it is wanted
-        if things is not None and partition is None:  # a segment of the whole fleet: pick its things
-            if blob not in chosen:
-                chosen[blob] = _selection(orjson.loads(blob), things)
-            names, renumbered = chosen[blob]
-            names_blob = b""
-        elif partition is not None:  # one list per partition and chunk, recurring in a stable fleet
-            listed = recent.get(blob)
-            if listed is None:
-                if len(recent) >= _RECENT_NAMES:
-                    del recent[next(iter(recent))]
-                listed = recent[blob] = orjson.loads(blob)
-            names = listed
-        elif blob != names_blob:  # most segments of a stable fleet list the same devices: decode once
-            names_blob, names = blob, orjson.loads(blob)
-        part = SeriesPoints(names, np.frombuffer(thing_index, dtype="<i4"),
-                            np.frombuffer(times, dtype="<f8"), np.frombuffer(vals, dtype="<f8"))
-        keep = (part.times >= start) & (part.times <= end)
-        if not whole:
-            index = renumbered[part.thing_index]
-            keep &= index >= 0
-            part = SeriesPoints(names, index[keep], part.times[keep], part.values[keep])
-        elif not keep.all():
-            part = SeriesPoints(part.things, part.thing_index[keep], part.times[keep], part.values[keep])
-        parts[name].append(part)
-    picked: dict[str, bool] = {}  # each device's answer once, not once per row (a device has many)
-    tail = [(t, ts, d) for _, t, ts, d in _raw_rows(conn, compacted, None)
-            if start <= ts <= end and (things is None or _picked(picked, things, t))] if wanted else []
-    if tail:
-        columns = _columns(tail)
-        for name in wanted:
-            column = columns.get(name)
-            if column is not None:
-                parts[name].append(column)
-    return {name: _merge(found) for name, found in parts.items()}
+    segments = conn.execute(query.order_by(metric_segments.c.min_ts, metric_segments.c.id)).all()
+    return Fetched(wanted, start, end, things, list(segments), _raw_rows(conn, compacted, None))
 
 
 # Message sizes stored by releases before the smallest message was kept (docs/cloud-metrics.md):
@@ -414,10 +450,22 @@ def without_idle_zeros(points: SeriesPoints, smallest: Callable[[], SeriesPoints
 def read_as_evaluated(conn: Connection, series: str, start: float, end: float) -> SeriesPoints:
     """``read_series`` as live evaluation has the datapoints today: a largest message size series
     without the 0s older releases stored for idle windows."""
-    points = read_series(conn, series, start, end)
+    return as_evaluated(fetch_as_evaluated(conn, series, start, end), series)
+
+
+def fetch_as_evaluated(conn: Connection, series: str, start: float, end: float) -> Fetched:
+    """The statements of ``read_as_evaluated`` (with a size series, its companion's too, in the same
+    statements); ``as_evaluated`` decodes, after the caller's transaction if it likes (``Fetched``)."""
+    return fetch_many(conn, [series, smallest_series(series)] if _reads_largest_size(series) else [series],
+                      start, end)
+
+
+def as_evaluated(fetched: Fetched, series: str) -> SeriesPoints:
+    """``read_as_evaluated`` of what ``fetch_as_evaluated`` fetched for ``series``."""
+    points = fetched.decoded([series])[series]
     if not _reads_largest_size(series):
         return points
-    return without_idle_zeros(points, lambda: read_series(conn, smallest_series(series), start, end))
+    return without_idle_zeros(points, lambda: fetched.decoded([smallest_series(series)])[smallest_series(series)])
 
 
 def report_as_evaluated(datapoints: dict[str, Any], sizes: Iterable[str]) -> dict[str, Any]:

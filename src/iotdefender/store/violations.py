@@ -40,12 +40,23 @@ def load_alarm_states(conn: Connection, selection: PartitionSelection | None = N
     partitions over: only their rows, and the rows of no recorded partition, picked by thing). One
     statement whose answer grows with the fleet, or its partitions' share, so not bounded by
     ``--database-timeout``."""
+    return alarm_states_of(fetch_alarm_states(conn, selection), selection)
+
+
+def fetch_alarm_states(conn: Connection, selection: PartitionSelection | None = None) -> list[Any]:
+    """The statement of ``load_alarm_states``; ``alarm_states_of`` decodes its rows, after the
+    caller's transaction if it likes (a transaction idle while a large read is decoded is ended by
+    PostgreSQL after 30 s: store/history.py ``Fetched``)."""
     query = sa.select(alarm_states.c.thing_name, alarm_states.c.profile_name, alarm_states.c.behavior_name,
                       alarm_states.c.dimension, alarm_states.c.state, alarm_states.c.partition)
     if selection is not None:
         query = query.where(selection.where(alarm_states.c.partition))
     with long_statements():
-        rows = conn.execute(query).all()
+        return list(conn.execute(query).all())
+
+
+def alarm_states_of(rows: Iterable[Any], selection: PartitionSelection | None = None) -> dict[StateKey, AlarmState]:
+    """The states of ``fetch_alarm_states``' rows (of the things ``selection`` picks)."""
     return {(r.thing_name, r.profile_name, r.behavior_name, r.dimension): _state_of(r.state) for r in rows
             if selection is None or r.partition is not None or selection(r.thing_name)}
 
