@@ -51,6 +51,37 @@ StoredWindows = Mapping[str, Mapping[str, Iterable[tuple[float, float]]]]
 StateKey = tuple[str, str, str, str]  # (thing, profile, behavior, dimension)
 
 
+@dataclass(frozen=True)
+class RefilledWindows:
+    """Stored windows already in the evaluator's form (``refilled``): built before the caller takes
+    the lock that excludes evaluation, so only installing them happens under it (a takeover of a
+    partition's share of 10M devices spent ~2 s building them)."""
+
+    by_thing: dict[str, dict[str, tuple[tuple[float, float], ...]]]
+
+
+def refilled(windows: StoredWindows) -> RefilledWindows:
+    """The windows as ``_measure`` would have built them from these datapoints: in time order,
+    a second datapoint at the same time as the previous one adding nothing."""
+    by_thing: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
+    for thing, by_series in windows.items():
+        filled: dict[str, tuple[tuple[float, float], ...]] = {}
+        for series, points in by_series.items():
+            kept: list[tuple[float, float]] = []
+            for t, v in sorted(points, key=lambda point: point[0]):
+                if not kept or kept[-1][0] != t:
+                    kept.append((t, v))
+            if kept:
+                filled[series] = tuple(kept)
+        if filled:
+            by_thing[thing] = filled
+    return RefilledWindows(by_thing)
+
+
+def _refilled(windows: StoredWindows | RefilledWindows) -> RefilledWindows:
+    return windows if isinstance(windows, RefilledWindows) else refilled(windows)
+
+
 def criteria_type(behavior: Mapping[str, Any]) -> str:
     criteria = behavior.get("criteria") or {}
     if criteria.get("mlDetectionConfig"):
@@ -189,18 +220,18 @@ class Evaluator:
                 if rule.series is not None and rule.window_s is not None
                 and (rule.metric in DELTA_METRICS or rule.metric in MAX_METRICS)}
 
-    def load(self, states: Mapping[StateKey, AlarmState], windows: StoredWindows | None = None) -> None:
+    def load(self, states: Mapping[StateKey, AlarmState], windows: StoredWindows | RefilledWindows | None = None
+             ) -> None:
         """Start from durable alarm states (after a restart) and, if given, the windows of
         ``durationSeconds`` from the stored datapoints (``windows``, each thing's series in any
-        order); the fleet statistics start empty."""
+        order, or ``refilled`` already); the fleet statistics start empty."""
         self._states = {key: state for key, state in states.items() if not state.is_idle}
         if windows is not None:
-            self._history = {}
-            self._refill(windows)
+            self._history = dict(_refilled(windows).by_thing)
         self._generation += 1
 
     def load_things(self, owns: Callable[[str], bool], states: Mapping[StateKey, AlarmState],
-                    windows: StoredWindows | None = None) -> None:
+                    windows: StoredWindows | RefilledWindows | None = None) -> None:
         """Start the things ``owns`` selects (a cluster partition a node took over) from durable
         alarm states and the stored datapoints of their windows, leaving every other thing's state
         alone.
@@ -214,23 +245,9 @@ class Evaluator:
         self._drop(owns)
         self._states.update({key: state for key, state in states.items() if owns(key[0]) and not state.is_idle})
         if windows is not None:
-            self._refill({thing: series for thing, series in windows.items() if owns(thing)})
+            self._history.update({thing: by_series for thing, by_series in _refilled(windows).by_thing.items()
+                                  if owns(thing)})
         self._generation += 1
-
-    def _refill(self, windows: StoredWindows) -> None:
-        """The windows as ``_measure`` would have built them from these datapoints: in time order,
-        a second datapoint at the same time as the previous one adding nothing."""
-        for thing, by_series in windows.items():
-            filled: dict[str, tuple[tuple[float, float], ...]] = {}
-            for series, points in by_series.items():
-                kept: list[tuple[float, float]] = []
-                for t, v in sorted(points, key=lambda point: point[0]):
-                    if not kept or kept[-1][0] != t:
-                        kept.append((t, v))
-                if kept:
-                    filled[series] = tuple(kept)
-            if filled:
-                self._history[thing] = filled
 
     def forget_things(self, owns: Callable[[str], bool]) -> None:
         """Drop the alarm states and windows of the things ``owns`` selects (a partition this

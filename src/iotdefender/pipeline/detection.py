@@ -49,7 +49,8 @@ from sqlalchemy.engine import Connection, Engine
 from iotdefender.alerts.routes import Alert, AlertRoutes, alert_target
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.engine.alarm import AlarmState, IdFactory, due_for_invalidation
-from iotdefender.engine.evaluator import ChangeSet, Evaluation, Evaluator, StateKey, ViolationEvent
+from iotdefender.engine.evaluator import (ChangeSet, Evaluation, Evaluator, RefilledWindows, StateKey, ViolationEvent,
+                                         refilled)
 from iotdefender.engine.ml_behavior import confidence_of
 from iotdefender.engine.vectorised import order_by_thing_and_time
 from iotdefender.pipeline.ml_registry import ModelRegistry
@@ -144,13 +145,12 @@ class DetectionService:
         started = time.perf_counter()
         states, windows = self._read_stored(None)
         self.evaluator.load(states, windows)
-        log.info("detection_loaded", alarm_states=self.evaluator.remembered(), windows_of_things=len(windows),
+        log.info("detection_loaded", alarm_states=self.evaluator.remembered(), windows_of_things=len(windows.by_thing),
                  seconds=round(time.perf_counter() - started, 3))
         with self._lock:
             self._refresh_models()
 
-    def _read_stored(self, owns: PartitionSelection | None
-                     ) -> tuple[dict[StateKey, AlarmState], dict[str, dict[str, list[tuple[float, float]]]]]:
+    def _read_stored(self, owns: PartitionSelection | None) -> tuple[dict[StateKey, AlarmState], RefilledWindows]:
         """The alarm states and windows of every thing, or of the things of the partitions ``owns``
         selects, from the database: the statements back to back, the decoding once the read's
         transaction has ended (``history.Fetched``). Decoded in between, a partition's share of a
@@ -158,7 +158,8 @@ class DetectionService:
         with self._engine.connect() as conn:
             fetched = self._fetch_windows(conn, owns)
             rows = violations.fetch_alarm_states(conn, owns)
-        return violations.alarm_states_of(rows, owns), self._stored_windows(fetched)
+        # The windows in the evaluator's form here, before any lock (``refilled``).
+        return violations.alarm_states_of(rows, owns), refilled(self._stored_windows(fetched))
 
     def _fetch_windows(self, conn: Connection, owns: PartitionSelection | None) -> history.Fetched | None:
         """The statements of ``_stored_windows``: the trailing hour of every series some profile
@@ -255,7 +256,7 @@ class DetectionService:
                 states, windows = self._read_stored(selection)
             self.evaluator.load_things(selection, states, windows)
             log.info("things_taken_over", partitions=len(selection.partitions), alarm_states=len(states),
-                     windows_of_things=len(windows), read_s=round(read_s, 3), read_again=unsettled,
+                     windows_of_things=len(windows.by_thing), read_s=round(read_s, 3), read_again=unsettled,
                      remembered=self.evaluator.remembered())
             return settled
 

@@ -208,7 +208,8 @@ def _server_limits(idle_in_transaction_s: float) -> str:
     partitions within a 40 s cut). The keepalives end a session whose client is gone about 11 s
     after its last packet; ``idle_in_transaction_session_timeout`` covers what they cannot see, a
     client behind a proxy or a pooler (PgBouncer) that stays up. Every transaction here is a few
-    statements issued back to back (none waits on anything but its own statements), so 30 s idle
+    statements issued back to back (none waits on anything but its own statements; large reads
+    decode their rows once the transaction has ended, store/history.py ``Fetched``), so 30 s idle
     inside one means its client is gone. Set per session rather than as startup ``options``:
     PgBouncer refuses unknown startup parameters by default. All five are user-settable, and the
     TCP ones are ignored on Unix-domain sockets."""
