@@ -26,7 +26,8 @@ from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.cloud.service import CloudEventIntake
 from iotdefender.cloud import cluster_parts
 from iotdefender.cloud import service as cloud_service
-from iotdefender.cloud.cluster_windows import PARTS_LATE, WINDOWS_INCOMPLETE, WindowCollector, WindowPublisher
+from iotdefender.cloud.cluster_windows import (PARTS_LATE, WINDOWS_INCOMPLETE, CloudWindowEnd, WindowCollector,
+                                               WindowPublisher, encode)
 from iotdefender.cluster.fencing import Fenced
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import Delivery
@@ -968,3 +969,34 @@ def test_a_batch_part_of_another_partition_is_refused_and_the_rest_of_the_batch_
     [(_, points)] = datapoints(database, ours)
     assert points["aws:num-messages-sent"] == {"count": 6}
     assert datapoints(database, stranger) == []
+
+
+def test_ends_handed_over_at_once_by_many_partitions_are_kept_in_one_transaction_each_partition_fenced(database):
+    """Every publisher ends a window in all 64 partitions at once, so their readers hand the ends
+    over together. Kept one transaction each, 64 commits queued per publisher and end, and a report
+    behind its partition's end waited for that queue (bench/README.md, one device, one report at a
+    time). Those handed over while a keep runs are kept together in one transaction; a partition a
+    newer owner claimed is refused on its own (``Fenced``) and the others are kept."""
+    clock = Clock(W * WINDOW_S + 10)
+    detect, newer = Detect(database, clock), Detect(database, clock)
+    partitions = list(range(8))
+    for partition in partitions:
+        detect.acquire(partition, 7)
+    newer.acquire(5, 8)  # partition 5 moved on: this node's token 7 is superseded
+    commits: list[int] = []
+    sa.event.listen(detect.engine, "commit", lambda conn: commits.append(1))
+
+    def end(partition: int) -> Delivery:
+        return Delivery(partition, "", encode(CloudWindowEnd("node-a", W, W, W, WINDOW_S)), 100 + partition, 1)
+
+    async def readers() -> list[BaseException | None]:  # one event loop, as a node's
+        return await asyncio.gather(*(detect.handle(p, 7, [end(p)]) for p in partitions), return_exceptions=True)
+
+    answers = asyncio.run(readers())
+    assert [type(answer) for answer in answers] == [type(None)] * 5 + [Fenced] + [type(None)] * 2
+    assert len(commits) <= 2  # the first end alone, the others with it or in one more
+    with detect.engine.connect() as conn:
+        kept = {p: [e.node for e in cluster_parts.load_ends(conn, p)] for p in partitions}
+    assert kept == {p: ([] if p == 5 else ["node-a"]) for p in partitions}
+    for node in (detect, newer):
+        node.engine.dispose()
