@@ -42,6 +42,8 @@ from iotdefender.settings import Settings
 from iotdefender.store.availability import StoreUnavailable
 from iotdefender.store import disconnections, metric_values
 from iotdefender.store.database import create_engine
+from tests.support import connection_attempts
+from tests.support.processes import PostgresCluster
 
 pytestmark = pytest.mark.postgres
 
@@ -66,6 +68,11 @@ class Clock:
 
 @pytest.fixture
 def database(postgres, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    yield prepared(postgres, tmp_path)
+
+
+def prepared(postgres: PostgresCluster, tmp_path: Path) -> str:
+    """A new database of ``postgres`` with the schema and a profile of two cloud-side behaviors."""
     url = postgres.create_database(f"cloudw{time.monotonic_ns()}")
     api = build_api(Settings(data_dir=tmp_path, database_url=url))
     api.invoke("CreateSecurityProfile", {
@@ -78,7 +85,7 @@ def database(postgres, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-unty
     api.invoke("AttachSecurityProfile", {"securityProfileName": "chatty",
                                          "securityProfileTargetArn": api.context.arn("all/things")})
     api.context.engine.dispose()
-    yield url
+    return url
 
 
 class Detect:
@@ -987,7 +994,7 @@ def test_ends_handed_over_at_once_by_many_partitions_are_kept_in_one_transaction
     sa.event.listen(detect.engine, "commit", lambda conn: commits.append(1))
 
     def end(partition: int) -> Delivery:
-        return Delivery(partition, "", encode(CloudWindowEnd("node-a", W, W, W, WINDOW_S)), 100 + partition, 1)
+        return Delivery(partition, "", end_of_w(), 100 + partition, 1)
 
     async def readers() -> list[BaseException | None]:  # one event loop, as a node's
         return await asyncio.gather(*(detect.handle(p, 7, [end(p)]) for p in partitions), return_exceptions=True)
@@ -1000,3 +1007,34 @@ def test_ends_handed_over_at_once_by_many_partitions_are_kept_in_one_transaction
     assert kept == {p: ([] if p == 5 else ["node-a"]) for p in partitions}
     for node in (detect, newer):
         node.engine.dispose()
+
+
+def end_of_w() -> bytes:
+    return encode(CloudWindowEnd("node-a", W, W, W, WINDOW_S))
+
+
+def test_ends_kept_together_in_an_outage_fail_at_once_and_are_kept_once_it_is_over(tmp_path: Path, monkeypatch):
+    """Items that fail together because the database is away are not tried again one by one (each
+    try would cost a connection timeout when packets are dropped, as for report batches,
+    test_partition_store): every one is answered unavailable, and kept when the database is back."""
+    cluster = PostgresCluster()
+    cluster.start()
+    try:
+        url = prepared(cluster, tmp_path)
+        detect = Detect(url, Clock(W * WINDOW_S + 10))
+        partitions = [1, 2, 3]
+        for partition in partitions:
+            detect.acquire(partition, 7)
+        ends = [(p, 7, [], [CloudWindowEnd("node-a", W, W, W, WINDOW_S).end()]) for p in partitions]
+        attempts = connection_attempts.counted(monkeypatch)
+        cluster.halt()
+        detect.engine.dispose()  # the pooled connections died with the server
+        assert [type(answer) for answer in detect.collector.keep_many(ends)] == [StoreUnavailable] * 3
+        assert len(attempts) == 1  # one try for the three, not one more for each
+        cluster.resume()
+        assert detect.collector.keep_many(ends) == [None] * 3
+        with detect.engine.connect() as conn:
+            assert [[e.node for e in cluster_parts.load_ends(conn, p)] for p in partitions] == [["node-a"]] * 3
+        detect.engine.dispose()
+    finally:
+        cluster.stop()

@@ -32,10 +32,10 @@ from iotdefender.pipeline.partition_store import OutcomeListener, PartitionBatch
 from iotdefender.pipeline.report_message import ReportMessage, ReportOutcome, Status, encode
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
-from iotdefender.store import database as database_module
 from iotdefender.store import violations
 from iotdefender.store.availability import StoreUnavailable
 from iotdefender.store.database import create_engine
+from tests.support import connection_attempts
 from tests.support.processes import PostgresCluster
 
 pytestmark = pytest.mark.postgres
@@ -574,12 +574,7 @@ def test_an_outage_fails_the_waiting_batches_at_once_and_loses_none(node, tmp_pa
             a.store.acquire(partition, token)
         batches = [(p, tokens[p], [delivery(thing, i + 1, ports=5) for i, thing in
                                    enumerate(things_in(p, 2, prefix=f"u{p}"))]) for p in (P, Q, R)]
-        attempts: list[object] = []
-        # Each connection attempt goes through the engine's own do_connect listener, which ends
-        # the listeners' chain (it returns the connection): counted where it makes the connection.
-        bounded_class = database_module._bounded_class
-        monkeypatch.setattr(database_module, "_bounded_class",
-                            lambda bound: attempts.append(bound) or bounded_class(bound))
+        attempts = connection_attempts.counted(monkeypatch)
         cluster.halt()
         a.engine.dispose()  # the pooled connections died with the server
         results = a.store.store_many(batches)

@@ -77,7 +77,7 @@ from iotdefender.pipeline.group_commit import GroupCommit
 from iotdefender.pipeline.local_store import store_reports
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.transaction_metrics import TransactionObserver, observe, timed
-from iotdefender.store.availability import log_unless_outage
+from iotdefender.store.availability import StoreUnavailable, is_unavailable, log_unless_outage
 from iotdefender.store import disconnections
 from iotdefender.store.database import writing
 
@@ -651,10 +651,13 @@ class WindowCollector:
         partition order (fence rows locked in the order ``fencing.check_all`` locks them: no cycle
         with a report batch's or a window close's transaction). Per item: None, or ``Fenced`` for a
         partition a newer owner claimed (nothing of it kept; the others are). When the transaction
-        fails (the database is away, a row it refuses), each item is kept on its own, so one item's
-        fault fails only its own partition's batch, as before items were kept together."""
+        fails for a reason of its own (a row the database refuses), each item is kept on its own, so
+        one item's fault fails only its own partition's batch, as before items were kept together.
+        Not when the database is unavailable, which is no item's fault: each would wait out one more
+        connection timeout (``PartitionBatchStore.store_many``); every item fails at once, as do
+        those kept apart after an outage shows."""
         if len(keeps) == 1:
-            return [self._keep_alone(keeps[0])]
+            return self._keep_apart(keeps)
         results: list[Exception | None] = [None] * len(keeps)
         try:
             with writing(self._engine) as conn:
@@ -668,16 +671,27 @@ class WindowCollector:
                     cluster_parts.keep(conn, partition, [StoredPart(m.window, m.thing, m.node, m.part)
                                                          for m in messages])
                     cluster_parts.keep_ends(conn, partition, ends)
-        except Exception:
-            return [self._keep_alone(keep) for keep in keeps]
+        except Exception as error:
+            if is_unavailable(error):
+                return [StoreUnavailable.caused_by(error) for _ in keeps]  # each waiter raises its own
+            return self._keep_apart(keeps)
         return results
 
-    def _keep_alone(self, keep: Keep) -> Exception | None:
-        try:
-            self.keep(*keep)
-        except Exception as error:
-            return error
-        return None
+    def _keep_apart(self, keeps: Sequence[Keep]) -> list[Exception | None]:
+        results: list[Exception | None] = []
+        outage: BaseException | None = None
+        for keep in keeps:
+            if outage is not None:
+                results.append(StoreUnavailable.caused_by(outage))
+                continue
+            try:
+                self.keep(*keep)
+                results.append(None)
+            except Exception as error:
+                if is_unavailable(error):
+                    outage = error
+                results.append(error)
+        return results
 
     def handler(self, reports: BatchHandler) -> BatchHandler:
         """The partitions' handler: cloud window parts stored and held here, the rest handed to
