@@ -30,7 +30,8 @@ second or less; ``--time-scale 36000`` makes them 8 ms), a device sending one re
 after 61-76 ms on average, 8-14% of its reports after more than 0.2 s; with the parts and ends
 handed over while one such transaction runs kept in the next, 29-37 ms and 3-5% (one run, 2 cores,
 bench/README.md "One device, one report at a time"). Each partition is fenced on its own; when
-the transaction fails, each is kept on its own as before.
+the transaction fails for a reason of its own, each is kept on its own as before; with the
+database away, all fail at once.
 
 Complete or not (cloud/window_ends.py): each publisher ends every window in every partition with a
 ``CloudWindowEnd`` after its parts, so the detect node knows whether it has every part: a window
