@@ -7,10 +7,11 @@ windows read back from the retained history — as the service's (or detection w
 it, once with the hour compacted into columnar segments (the steady state: the compactor runs every
 ``--history-interval``) and once with none of it compacted (the worst case: every row decoded from
 its JSON document). Also the engine's own share (``Evaluator.load`` of the windows read), and a
-cluster node's ``take_over`` of one partition of 64: with ``--partitioned`` the hour is compacted as
-a cluster's compactor does (a segment per series and partition), and the takeover reads only its
-partition's segments; without it, segments of the whole fleet (the single box's, and a cluster's
-before segments kept partitions), which a takeover reads whole and filters.
+cluster node's ``take_over`` of one partition of 64: with ``--partitioned`` the rows carry their
+partition and the hour is compacted as a cluster's compactor does (a segment per series and
+partition), and the takeover reads only its partition's rows and segments; without it, rows and
+segments of the whole fleet (as releases before 0018/0019 wrote them), which a takeover reads whole
+and filters.
 
     .venv/bin/python bench/restart_refill.py [--devices 20000] [--partitioned]
         [--database-url URL | --postgres] [--output FILE]
@@ -52,8 +53,10 @@ BEHAVIORS = [
 ]
 
 
-def lay_down(engine, devices: int, now: float, only_partition: int | None = None) -> int:  # type: ignore[no-untyped-def]
-    """The trailing hour of ``devices`` devices, or of those among them in ``only_partition``."""
+def lay_down(engine, devices: int, now: float, only_partition: int | None = None,  # type: ignore[no-untyped-def]
+             partitioned: bool = False) -> int:
+    """The trailing hour of ``devices`` devices, or of those among them in ``only_partition``;
+    ``partitioned``: each row with its thing's partition, as this release's ingest writes them."""
     rng = np.random.default_rng(7)
     offsets = rng.uniform(0, INTERVAL, devices)
     kept = range(devices) if only_partition is None else \
@@ -74,7 +77,7 @@ def lay_down(engine, devices: int, now: float, only_partition: int | None = None
                                                       {"aws:num-messages-sent": {"count": 12}}))
         for first in range(0, len(batch), 50_000):  # transactions within --database-timeout
             with writing(engine) as conn:
-                metric_values.insert_reports(conn, batch[first:first + 50_000])
+                metric_values.insert_reports(conn, batch[first:first + 50_000], partition_of if partitioned else None)
         rows += len(batch)
     return rows
 
@@ -125,7 +128,7 @@ def main() -> None:
         engine = create_engine(url)
         upgrade_to_head(engine)
         now = float(int(time.time() // INTERVAL) * INTERVAL) + 1.0
-        rows = lay_down(engine, args.devices, now, args.only_partition)
+        rows = lay_down(engine, args.devices, now, args.only_partition, args.partitioned)
         uncompacted = timed_load(engine, now)
         started = time.perf_counter()
         history.compact_until(engine, history.max_row_id(engine.connect()), partition_of if args.partitioned else None)

@@ -19,7 +19,7 @@ from iotdefender.store import history
 from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head, writing
 from iotdefender.store.metric_values import RetainedReport, insert_reports
 from iotdefender.store.partition_selection import PartitionSelection
-from iotdefender.store.schema import metric_segments
+from iotdefender.store.schema import metric_segments, metric_values
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -142,3 +142,26 @@ def test_a_takeover_reads_only_its_partitions_segments_and_the_whole_fleets(engi
         conn.execute(metric_segments.update().where(metric_segments.c.partition.in_([0, 3]))
                      .values(things=b"not json", thing_index=b"", times=b"", vals=b""))
     read_things_1_and_2(engine, rows, 1000.0, 1040.0)
+
+
+def test_a_takeover_leaves_the_other_partitions_rows_not_compacted_yet_in_the_server(engine):
+    """Rows carry their thing's partition (when written with it): the read of some partitions asks
+    the server for theirs, and for rows of no recorded partition, picked by thing. One row of a
+    selected thing is recorded under another partition here: a read that filtered only by thing
+    would return it."""
+    rows = reports(0, 20)
+    with writing(engine) as conn:
+        insert_reports(conn, rows[:12], thing_number)
+        insert_reports(conn, rows[12:])  # a node of the release before: no partition
+        stored = dict(conn.execute(sa.select(metric_values.c.id, metric_values.c.partition)).all())
+        assert list(stored.values()).count(None) == 8
+        mislabelled = conn.execute(sa.select(sa.func.min(metric_values.c.id))
+                                   .where(metric_values.c.thing_name == "thing-1")).scalar_one()
+        conn.execute(metric_values.update().where(metric_values.c.id == mislabelled).values(partition=0))
+    moved = next(r for r in rows if r.thing_name == "thing-1")
+    with engine.connect() as conn:
+        found = history.read_many(conn, ("cpu", "aws:num-listening-tcp-ports"), 0.0, 1e9,
+                                  PartitionSelection(frozenset({1, 2}), thing_number))
+    for series, points in found.items():
+        assert as_set(points) == {p for p in expected([r for r in rows if r is not moved], series, 0.0, 1e9)
+                                  if p[0] in {"thing-1", "thing-2"}}

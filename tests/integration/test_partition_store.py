@@ -306,6 +306,16 @@ def test_a_state_written_without_its_partition_is_taken_over_with_its_thing(data
     assert event_types(database, thing) == ["in-alarm", "alarm-cleared"]
 
 
+def test_stored_rows_keep_their_things_partition(database, node):
+    """What a takeover reads by partition: the alarm states and the retained reports."""
+    a = node()
+    thing, other = alarms_in_p_and_q(a)
+    with create_engine(database).begin() as conn:
+        for table in ("metric_values", "alarm_states"):
+            found = set(conn.execute(sa.text(f"SELECT thing_name, partition FROM {table}")).all())
+            assert found == {(thing, P), (other, Q)}, table
+
+
 def test_a_report_the_database_refuses_is_set_aside_and_the_rest_stored_once(database, node):
     a = node()
     good, bad = things_in(P, 2)

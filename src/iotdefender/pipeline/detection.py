@@ -104,6 +104,11 @@ class DetectionTransaction:
         self.commit_check: CommitCheck | None = None
         self.commit_unconfirmed = False  # set when the commit was sent and its answer lost
 
+    @property
+    def partition_of(self) -> Callable[[str], int]:
+        """The thing's partition, kept with its rows (``DetectionService.partition_of``)."""
+        return self._service.partition_of
+
     def evaluate_in(self, reports: Iterable[tuple[str, Mapping[str, dict[str, Any]], float]]) -> None:
         """Evaluate the reports; their events, alarm states and alert rows join the transaction."""
         self._service._evaluate_in(self.conn, reports, self.pending)

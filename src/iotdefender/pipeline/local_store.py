@@ -56,7 +56,7 @@ def store_reports(run: DetectionTransaction, monitoring: MonitoringIndex, items:
             reports.append(metric_values.RetainedReport(thing, at, kept))
         if report_id is not None:
             states[thing] = (thing, report_id, at)
-    metric_values.insert_reports(run.conn, reports)
+    metric_values.insert_reports(run.conn, reports, run.partition_of)
     metric_values.upsert_report_states(run.conn, states.values())
     run.evaluate_in([(t, d, at) for t, d, at, _ in items])
     return {thing: report_id for thing, report_id, _ in states.values()}

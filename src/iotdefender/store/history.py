@@ -163,13 +163,16 @@ def _columns(rows: list[tuple[str, float, Any]]) -> dict[str, SeriesPoints]:
             for series, (i, t, v) in builders.items()}
 
 
-def _raw_rows(conn: Connection, after_id: int, up_to_id: int | None, limit: int | None = None
-              ) -> list[tuple[int, str, float, object]]:
+def _raw_rows(conn: Connection, after_id: int, up_to_id: int | None, limit: int | None = None,
+              things: PartitionSelection | None = None) -> list[tuple[int, str, float, object]]:
     # The JSON column is read as text and decoded here with orjson: several times faster than
-    # the dialects' JSON result processing for wide scans.
+    # the dialects' JSON result processing for wide scans. With ``things``, the other partitions'
+    # rows stay in the server (rows of no recorded partition come, and are picked by thing).
     text = sa.cast(metric_values.c.datapoints, sa.Text)
     query = sa.select(metric_values.c.id, metric_values.c.thing_name, metric_values.c.ts, text).where(
         metric_values.c.id > after_id)
+    if things is not None:
+        query = query.where(things.where(metric_values.c.partition))
     if up_to_id is not None:
         query = query.where(metric_values.c.id <= up_to_id)
     query = query.order_by(metric_values.c.id)
@@ -406,7 +409,7 @@ def fetch_many(conn: Connection, series: Iterable[str], start: float, end: float
     if things is not None:
         query = query.where(things.where(metric_segments.c.partition))
     segments = conn.execute(query.order_by(metric_segments.c.min_ts, metric_segments.c.id)).all()
-    return Fetched(wanted, start, end, things, list(segments), _raw_rows(conn, compacted, None))
+    return Fetched(wanted, start, end, things, list(segments), _raw_rows(conn, compacted, None, things=things))
 
 
 # Message sizes stored by releases before the smallest message was kept (docs/cloud-metrics.md):

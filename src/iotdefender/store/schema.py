@@ -134,6 +134,10 @@ metric_values = sa.Table(
     sa.Column("thing_name", NAME, nullable=False),
     sa.Column("ts", EPOCH, nullable=False),
     sa.Column("datapoints", sa.JSON, nullable=False),
+    # The thing's partition (cluster/partitions.py), so a takeover's read of the rows not compacted
+    # yet leaves the other partitions' rows in the server (no index: they are read by id). NULL in
+    # rows of releases before it.
+    sa.Column("partition", sa.Integer, nullable=True),
     sa.Index("ix_metric_values_thing_ts", "thing_name", "ts"),
     sa.Index("ix_metric_values_ts", "ts"),
 )
