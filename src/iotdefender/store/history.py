@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 from iotdefender.metrics_catalog import SIZE_METRICS, is_smallest_series, smallest_series
 from iotdefender.store.advisory import HISTORY_COMPACTION, run_alone
 from iotdefender.store.database import writing
-from iotdefender.store.partition_selection import PartitionSelection
+from iotdefender.store.partition_selection import PartitionSelection, once_per_thing
 from iotdefender.store.schema import history_compaction, metric_segments, metric_values
 
 _COMPACTOR = "metric_segments"
@@ -267,14 +267,6 @@ class ClusterCompactor(Compactor):
         return run_alone(self._engine, HISTORY_COMPACTION, super().run_once) or 0
 
 
-def _picked(picked: dict[str, bool], things: Callable[[str], bool], thing: str) -> bool:
-    """``things(thing)``, remembered in ``picked``."""
-    found = picked.get(thing)
-    if found is None:
-        found = picked[thing] = things(thing)
-    return found
-
-
 def _selection(names: list[str], things: Callable[[str], bool]) -> tuple[list[str], np.ndarray]:
     """Of a segment's ``names``, those ``things`` selects, and each name's index in that shorter
     list (-1: not selected). A segment lists every device it holds a datapoint of (tens of
@@ -384,9 +376,9 @@ class Fetched:
             elif not keep.all():
                 part = SeriesPoints(part.things, part.thing_index[keep], part.times[keep], part.values[keep])
             parts[name].append(part)
-        picked: dict[str, bool] = {}  # each device's answer once, not once per row (a device has many)
+        picked = None if things is None else once_per_thing(things)  # a device has many rows: asked once
         tail = [(t, ts, d) for _, t, ts, d in self.tail
-                if start <= ts <= end and (things is None or _picked(picked, things, t))] if wanted else []
+                if start <= ts <= end and (picked is None or picked(t))] if wanted else []
         if tail:
             columns = _columns(tail)
             for name in wanted:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from iotdefender.metrics_catalog import series_key  # noqa: F401  (re-exported for ListMetricValues)
+from iotdefender.store.partition_selection import once_per_thing
 from iotdefender.store.rows import insert_many, upsert
 from iotdefender.store.schema import metric_values, thing_report_state
 
@@ -34,13 +35,10 @@ def insert_reports(conn: Connection, reports: Sequence[RetainedReport],
     bench/pipeline.py); the driver's executemany with ready tuples is several times cheaper, and
     the statement is the same plain INSERT on SQLite and PostgreSQL.
     """
-    if partition_of is None:
-        insert_many(conn, metric_values, ("thing_name", "ts", "datapoints"),
-                    [(r.thing_name, r.ts, orjson.dumps(r.datapoints).decode()) for r in reports])
-        return
+    partition = once_per_thing(partition_of) if partition_of is not None else None
     insert_many(conn, metric_values, ("thing_name", "ts", "datapoints", "partition"),
-                [(r.thing_name, r.ts, orjson.dumps(r.datapoints).decode(), partition_of(r.thing_name))
-                 for r in reports])
+                [(r.thing_name, r.ts, orjson.dumps(r.datapoints).decode(),
+                  None if partition is None else partition(r.thing_name)) for r in reports])
 
 
 def upsert_report_states(conn: Connection, states: Iterable[tuple[str, int, float]]) -> None:

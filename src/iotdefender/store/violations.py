@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType
 from iotdefender.engine.evaluator import StateKey, ViolationEvent
 from iotdefender.store.database import long_statements
-from iotdefender.store.partition_selection import PartitionSelection
+from iotdefender.store.partition_selection import PartitionSelection, once_per_thing
 from iotdefender.store.rows import insert_many, json_text
 from iotdefender.store.schema import active_violations, alarm_states, violation_events, violation_verification
 
@@ -84,10 +84,9 @@ def save_alarm_states(conn: Connection, states: Mapping[StateKey, AlarmState],
     if not states:
         return
     conn.execute(_DELETE_STATE, [{f"k_{k}": v for k, v in zip(_KEY, key)} for key in states])
-    partitions: dict[str, int] = {}  # a thing's states change together: its partition computed once
+    partition = once_per_thing(partition_of)  # a thing's states change together
     insert_many(conn, alarm_states, (*_KEY, "state", "partition"),
-                [(*key, json_text(_state_json(state)),
-                  partitions[key[0]] if key[0] in partitions else partitions.setdefault(key[0], partition_of(key[0])))
+                [(*key, json_text(_state_json(state)), partition(key[0]))
                  for key, state in states.items() if not state.is_idle])
     touched = [{"k_violation_id": s.violation_id, "k_value": s.last_violation_value, "k_time": s.last_violation_time}
                for s in states.values() if s.status is AlarmStatus.IN_ALARM and s.violation_id is not None]
