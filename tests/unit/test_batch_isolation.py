@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iotdefender.pipeline.batch_isolation import store_isolating
+from iotdefender.pipeline.batch_isolation import store_isolating, together_or_apart
 from iotdefender.store.availability import StoreUnavailable
 
 
@@ -89,3 +89,64 @@ def test_a_fatal_error_is_raised_at_once_not_bisected():
     with pytest.raises(Fenced):
         store_isolating(store, list(range(8)), fatal=(Fenced,))
     assert calls == [list(range(8))]
+
+
+class Items:
+    """Several items stored together in one transaction or each on its own (together_or_apart)."""
+
+    def __init__(self, refuse: frozenset[int] = frozenset(), down: bool = False, down_after: int | None = None) -> None:
+        self.rows: list[int] = []
+        self.transactions = 0
+        self._refuse, self._down, self._down_after = refuse, down, down_after
+
+    def _begin(self) -> None:
+        self.transactions += 1
+        if self._down or (self._down_after is not None and self.transactions > self._down_after):
+            raise sqlite3.OperationalError("unable to open database file")
+
+    def together(self, items: Sequence[int]) -> list[int]:
+        self._begin()
+        if self._refuse & set(items):
+            raise TypeError("a row the database refuses")
+        self.rows += items
+        return list(items)
+
+    def apart(self, item: int) -> int:
+        return self.together([item])[0]
+
+
+def test_items_that_can_share_a_transaction_pay_one():
+    items = Items()
+    assert together_or_apart([1, 2, 3], items.together, items.apart) == [1, 2, 3]
+    assert (items.rows, items.transactions) == ([1, 2, 3], 1)
+
+
+def test_one_items_fault_fails_only_that_item_and_says_why_they_went_apart():
+    items, heard = Items(refuse=frozenset({2})), []
+    results = together_or_apart([1, 2, 3], items.together, items.apart, on_apart=heard.append)
+    assert results[0] == 1 and isinstance(results[1], TypeError) and results[2] == 3
+    assert items.rows == [1, 3] and [type(error) for error in heard] == [TypeError]
+
+
+def test_an_outage_fails_every_item_at_once_each_with_its_own_error():
+    items = Items(down=True)
+    results = together_or_apart([1, 2, 3], items.together, items.apart)
+    assert [type(result) for result in results] == [StoreUnavailable] * 3
+    assert len({id(result) for result in results}) == 3
+    assert all(isinstance(result.__cause__, sqlite3.OperationalError) for result in results)
+    assert items.transactions == 1  # not one more connection attempt per item
+
+
+def test_an_outage_while_apart_fails_the_items_still_waiting_without_trying_them():
+    items = Items(refuse=frozenset({1}), down_after=2)  # together fails on item 1, item 1 alone, then down
+    results = together_or_apart([1, 2, 3, 4], items.together, items.apart)
+    assert isinstance(results[0], TypeError)
+    assert isinstance(results[1], sqlite3.OperationalError)
+    assert [type(result) for result in results[2:]] == [StoreUnavailable] * 2
+    assert items.transactions == 3 and items.rows == []
+
+
+def test_items_that_cannot_share_a_transaction_are_stored_apart():
+    items = Items()
+    assert together_or_apart([1, 2], None, items.apart) == [1, 2]
+    assert items.transactions == 2

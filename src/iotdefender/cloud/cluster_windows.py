@@ -74,11 +74,12 @@ from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of
 from iotdefender.cluster.report_stream import BatchHandler, Delivery, More, nothing_more
 from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSummary, summaries
 from iotdefender.pipeline.detection import DetectionService
+from iotdefender.pipeline.batch_isolation import together_or_apart
 from iotdefender.pipeline.group_commit import GroupCommit
 from iotdefender.pipeline.local_store import store_reports
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.transaction_metrics import TransactionObserver, observe, timed
-from iotdefender.store.availability import StoreUnavailable, is_unavailable, log_unless_outage
+from iotdefender.store.availability import log_unless_outage
 from iotdefender.store import disconnections
 from iotdefender.store.database import writing
 
@@ -657,41 +658,21 @@ class WindowCollector:
         Not when the database is unavailable, which is no item's fault: each would wait out one more
         connection timeout (``PartitionBatchStore.store_many``); every item fails at once, as do
         those kept apart after an outage shows."""
-        if len(keeps) == 1:
-            return self._keep_apart(keeps)
-        results: list[Exception | None] = [None] * len(keeps)
-        try:
-            with writing(self._engine) as conn:
-                for index in sorted(range(len(keeps)), key=lambda i: keeps[i][0]):
-                    partition, token, messages, ends = keeps[index]
-                    try:
-                        fencing.check(conn, partition, token)
-                    except fencing.Fenced as error:  # raised before anything of it was written
-                        results[index] = error
-                        continue
-                    cluster_parts.keep(conn, partition, [StoredPart(m.window, m.thing, m.node, m.part)
-                                                         for m in messages])
-                    cluster_parts.keep_ends(conn, partition, ends)
-        except Exception as error:
-            if is_unavailable(error):
-                return [StoreUnavailable.caused_by(error) for _ in keeps]  # each waiter raises its own
-            return self._keep_apart(keeps)
-        return results
+        return together_or_apart(keeps, self._keep_together, lambda keep: self.keep(*keep))
 
-    def _keep_apart(self, keeps: Sequence[Keep]) -> list[Exception | None]:
-        results: list[Exception | None] = []
-        outage: BaseException | None = None
-        for keep in keeps:
-            if outage is not None:
-                results.append(StoreUnavailable.caused_by(outage))
-                continue
-            try:
-                self.keep(*keep)
-                results.append(None)
-            except Exception as error:
-                if is_unavailable(error):
-                    outage = error
-                results.append(error)
+    def _keep_together(self, keeps: Sequence[Keep]) -> list[Exception | None]:
+        results: list[Exception | None] = [None] * len(keeps)
+        with writing(self._engine) as conn:
+            for index in sorted(range(len(keeps)), key=lambda i: keeps[i][0]):
+                partition, token, messages, ends = keeps[index]
+                try:
+                    fencing.check(conn, partition, token)
+                except fencing.Fenced as error:  # raised before anything of it was written
+                    results[index] = error
+                    continue
+                cluster_parts.keep(conn, partition, [StoredPart(m.window, m.thing, m.node, m.part)
+                                                     for m in messages])
+                cluster_parts.keep_ends(conn, partition, ends)
         return results
 
     def handler(self, reports: BatchHandler) -> BatchHandler:

@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 
 from prometheus_client import Counter
 
-from iotdefender.store.availability import is_unavailable
+from iotdefender.store.availability import StoreUnavailable, is_unavailable
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -76,3 +76,47 @@ def store_isolating(store: Callable[[Sequence[Item]], Result], items: Sequence[I
             continue
         outcome.stored.extend(indices)
     return outcome
+
+
+def together_or_apart(items: Sequence[Item],
+                      together: Callable[[Sequence[Item]], Sequence[Result | Exception]] | None,
+                      apart: Callable[[Item], Result],
+                      on_apart: Callable[[Exception], None] = lambda error: None) -> list[Result | Exception]:
+    """Each item's result, or the exception it fails with: all items in one transaction
+    (``together``), and only if that fails for a reason of its own, each on its own (``apart``).
+
+    Why one transaction: several partitions' small batches waiting together pay one commit
+    instead of one each. Why apart after a failure: one item's fault (a fenced partition, a row
+    the database refuses) then fails only that item. Not after an outage (``is_unavailable``):
+    that is no item's fault, and trying each apart would cost every item one more connection
+    timeout (with packets dropped, 4 batches held a node's partitions 25 s before it could let
+    them go), so every item fails at once, as does each item still waiting after an outage shows
+    while they are tried apart. Each item gets its own ``StoreUnavailable`` (its waiter raises it).
+    ``together`` None: the items cannot share a transaction; ``on_apart`` hears why they are tried
+    apart.
+    """
+    if together is not None and len(items) > 1:
+        try:
+            return list(together(items))
+        except Exception as error:
+            if is_unavailable(error):
+                return [StoreUnavailable.caused_by(_outage_of(error)) for _ in items]
+            on_apart(error)
+    results: list[Result | Exception] = []
+    outage: BaseException | None = None
+    for item in items:
+        if outage is not None:
+            results.append(StoreUnavailable.caused_by(outage))
+            continue
+        try:
+            results.append(apart(item))
+        except Exception as error:
+            if is_unavailable(error):
+                outage = _outage_of(error)
+            results.append(error)
+    return results
+
+
+def _outage_of(error: BaseException) -> BaseException:
+    """The database's own error behind a ``StoreUnavailable`` (or the error itself)."""
+    return (error.__cause__ or error) if isinstance(error, StoreUnavailable) else error

@@ -65,7 +65,7 @@ from sqlalchemy.engine import Connection
 
 from iotdefender.cluster import fencing
 from iotdefender.cluster.report_stream import Delivery, More, nothing_more
-from iotdefender.pipeline.batch_isolation import store_isolating
+from iotdefender.pipeline.batch_isolation import store_isolating, together_or_apart
 from iotdefender.pipeline.batch_store import EventListener, EventSummary, summaries
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.group_commit import GroupCommit
@@ -304,27 +304,11 @@ class PartitionBatchStore:
         # One partition twice (re-acquired while its old reader's batch waited: the same
         # deliveries under two tokens) is stored apart, each batch under its own token: together,
         # one fence check would stand for both and the shared deliveries be stored twice.
-        if len(batches) > 1 and len({partition for partition, _, _ in batches}) == len(batches):
-            try:
-                return list(self._store_together(batches))
-            except Exception as error:
-                if is_unavailable(error):
-                    return [StoreUnavailable.caused_by(error) for _ in batches]  # each waiter raises its own
-                log.info("partition_batches_apart", batches=len(batches), error=f"{type(error).__name__}: {error}")
-        results: list[list[ReportOutcome] | Exception] = []
-        outage: BaseException | None = None
-        for partition, token, deliveries in batches:
-            if outage is not None:
-                results.append(StoreUnavailable.caused_by(outage))
-                continue
-            try:
-                results.append(self.store(partition, token, deliveries))
-            except StoreUnavailable as error:
-                outage = error.__cause__ or error
-                results.append(error)
-            except Exception as error:
-                results.append(error)
-        return results
+        distinct = len({partition for partition, _, _ in batches}) == len(batches)
+        return together_or_apart(
+            batches, self._store_together if distinct else None, lambda batch: self.store(*batch),
+            on_apart=lambda error: log.info("partition_batches_apart", batches=len(batches),
+                                            error=f"{type(error).__name__}: {error}"))
 
     def _store_together(self, batches: Sequence[PartitionBatch]) -> list[list[ReportOutcome]]:
         read = [(partition, token, deliveries, *self._read(partition, deliveries))
