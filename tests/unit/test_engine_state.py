@@ -153,6 +153,28 @@ def test_loading_some_things_replaces_exactly_their_states_and_windows():
     assert windows[("d0", "aws:all-bytes-out")] == [(10.0, 100.0), (320.0, 100.0), (330.0, 900.0)]  # kept
 
 
+def test_loading_with_the_held_things_named_drops_only_those_and_asks_nobody_about_the_rest():
+    """A takeover names what it held of the chosen things (found outside its lock): only those
+    are dropped, and the selection is not asked about any thing held here."""
+    evaluator = warmed_up()
+    in_alarm = dict(evaluator.alarms())[("d0", "p", "ports", "")]
+    assert {"d0", "d1"} <= set(evaluator.things_held())
+    asked: list[str] = []
+
+    def owns(thing: str) -> bool:
+        asked.append(thing)
+        return thing == "d1"
+
+    evaluator.load_things(owns, {("d1", "p", "ports", ""): in_alarm}, held=["d1"], selected=True)
+    assert asked == []
+    assert sorted(key[:3] for key, _ in evaluator.alarms()) == [("d0", "p", "ports"), ("d1", "p", "ports")]
+    assert evaluator.remembered() == 2  # d1's streak on bytes is gone, d0's alarm kept
+    windows = evaluator.evaluate("d1", [PROFILE], report([443], 500, 10), 330.0).changes.windows
+    assert windows[("d1", "aws:all-bytes-out")] == [(330.0, 500.0)]  # its window started empty
+    windows = evaluator.evaluate("d0", [PROFILE], report([22], 900, 10), 330.0).changes.windows
+    assert windows[("d0", "aws:all-bytes-out")] == [(10.0, 100.0), (320.0, 100.0), (330.0, 900.0)]  # kept
+
+
 def test_forgetting_some_things_drops_only_their_states_and_windows():
     evaluator = warmed_up()
     evaluator.forget_things(lambda thing: thing == "d0")

@@ -20,7 +20,7 @@ window that spans a restart sums exactly what it would have summed without one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,23 +231,37 @@ class Evaluator:
         self._generation += 1
 
     def load_things(self, owns: Callable[[str], bool], states: Mapping[StateKey, AlarmState],
-                    windows: StoredWindows | RefilledWindows | None = None) -> None:
+                    windows: StoredWindows | RefilledWindows | None = None, *,
+                    held: Collection[str] | None = None, selected: bool = False) -> None:
         """Start the things ``owns`` selects (a cluster partition a node took over) from durable
         alarm states and the stored datapoints of their windows, leaving every other thing's state
         alone.
 
         Their windows are refilled as after a restart; the fleet statistics are this evaluator's
         own observations and are not reloaded (docs/cluster.md). ``states`` and ``windows`` may hold
-        other things' too (only the selected things' are taken). Change sets built before this one
-        are stale: the caller holds the lock that excludes a batch in flight and has settled any
-        unconfirmed one first.
+        other things' too (only the selected things' are taken), unless ``selected`` says they are
+        the selected things' only. Change sets built before this one are stale: the caller holds
+        the lock that excludes a batch in flight and has settled any unconfirmed one first.
+
+        What this evaluator held of the selected things is dropped first. ``held``, when given,
+        names them: the caller filtered ``things_held`` with ``owns`` before it took its lock, and
+        knows nothing of theirs was added since. Asking ``owns`` (a hash of the thing's name, ~1.4
+        µs) about every thing held here, under the lock, cost ~0.5 s at a 10M fleet's share.
         """
-        self._drop(owns)
-        self._states.update({key: state for key, state in states.items() if owns(key[0]) and not state.is_idle})
+        if held is None:
+            self._drop(owns)
+        else:
+            self._drop_things(set(held))
+        self._states.update({key: state for key, state in states.items()
+                             if (selected or owns(key[0])) and not state.is_idle})
         if windows is not None:
             self._history.update({thing: by_series for thing, by_series in _refilled(windows).by_thing.items()
-                                  if owns(thing)})
+                                  if selected or owns(thing)})
         self._generation += 1
+
+    def things_held(self) -> list[str]:
+        """The things with an alarm state or a window held here now."""
+        return list({key[0] for key in self._states}.union(self._history))
 
     def forget_things(self, owns: Callable[[str], bool]) -> None:
         """Drop the alarm states and windows of the things ``owns`` selects (a partition this
@@ -255,10 +269,15 @@ class Evaluator:
         self._drop(owns)
 
     def _drop(self, owns: Callable[[str], bool]) -> None:
-        for key in [key for key in self._states if owns(key[0])]:
+        self._drop_things({thing for thing in self.things_held() if owns(thing)})
+
+    def _drop_things(self, things: set[str]) -> None:
+        if not things:
+            return
+        for key in [key for key in self._states if key[0] in things]:
             del self._states[key]
-        for thing in [thing for thing in self._history if owns(thing)]:
-            del self._history[thing]
+        for thing in things:
+            self._history.pop(thing, None)
 
     def alarms(self, keys: Iterable[StateKey] | None = None) -> list[tuple[StateKey, AlarmState]]:
         """The committed alarms in alarm, all of them or those among ``keys``."""

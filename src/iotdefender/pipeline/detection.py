@@ -243,23 +243,29 @@ class DetectionService:
         things is evaluated here in between: their partitions' readers start after this returns,
         and a batch of an older token is fenced by the claim. Only an unconfirmed commit of this
         node may have written their states (a partition taken back): it is settled under the lock
-        first, and the read done again there. Returns the events that settling found committed,
+        first, and the read done again there. So which held things are theirs (stale, to be
+        replaced) is found outside the lock as well, from a list of the things held taken at the
+        claim, unless settling ran. Returns the events that settling found committed,
         for the caller's listener.
         """
         with self._lock:
             with writing(self._engine) as conn:
                 claimed = claim(conn)
+            held = self.evaluator.things_held()
         selection = PartitionSelection(frozenset(claimed), self.partition_of)
         started = time.perf_counter()
+        # What this node still holds of them (a partition taken back), found outside the lock too.
+        stale = [thing for thing in held if selection(thing)]
         states, windows = self._read_stored(selection)
         read_s = time.perf_counter() - started
         with self._lock:
             with self._engine.connect() as conn, conn.begin():
                 unsettled = self._unconfirmed is not None
                 settled = self._settle(conn)
-            if unsettled:
+            if unsettled:  # settling may have added states of theirs: read, and look at every thing, again
                 states, windows = self._read_stored(selection)
-            self.evaluator.load_things(selection, states, windows)
+            self.evaluator.load_things(selection, states, windows, held=None if unsettled else stale,
+                                       selected=True)
             log.info("things_taken_over", partitions=len(selection.partitions), alarm_states=len(states),
                      windows_of_things=len(windows.by_thing), read_s=round(read_s, 3), read_again=unsettled,
                      remembered=self.evaluator.remembered())
