@@ -18,9 +18,14 @@ each ``--modes`` on fresh servers:
    does), wall time, parts published and given up, this process's and nats-server's CPU;
 2. **keep**: the same messages decoded and kept as a detect node keeps them
    (``WindowCollector.keep``: fence check and upsert per batch of 256 of one partition), wall
-   time and PostgreSQL's CPU.
+   time and PostgreSQL's CPU;
+3. **grouped keep**: the same parts again (under a new fence token) through the group commit the
+   partitions' handler uses (``keep_many``): every partition's reader hands its batches over
+   one after the other, all partitions at once, and the batches waiting together go in one
+   transaction.
 
-    .venv/bin/python bench/cloud_parts.py [--devices 20000 100000 200000] [--modes one-by-one batched] [--output PATH]
+    .venv/bin/python bench/cloud_parts.py [--devices 20000 100000 200000] [--modes one-by-one batched]
+        [--parts-per-transaction N] [--output PATH]
 
 Writes bench/results/cloud-parts-<date>.json.
 """
@@ -36,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -44,12 +50,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import SetClock, bounded, environment  # noqa: E402
 from bench.process_usage import cpu_seconds, tree  # noqa: E402
 from iotdefender.cloud.cluster_windows import (PARTS_LOST, CloudWindowMessage, CloudWindowParts,  # noqa: E402
-                                               WindowCollector, WindowPublisher, decode)
+                                               Keep, WindowCollector, WindowPublisher, decode)
 from iotdefender.cloud.service import CloudEventIntake  # noqa: E402
+from iotdefender.cloud import cluster_windows  # noqa: E402
 from iotdefender.cluster import fencing  # noqa: E402
 from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of  # noqa: E402
 from iotdefender.cluster.report_stream import ReportPublisher  # noqa: E402
 from iotdefender.cluster.topology import Topology, ensure  # noqa: E402
+from iotdefender.pipeline.group_commit import GroupCommit  # noqa: E402
 from iotdefender.service import build_api  # noqa: E402
 from iotdefender.settings import Settings  # noqa: E402
 from iotdefender.store.database import create_engine, writing  # noqa: E402
@@ -134,12 +142,58 @@ def keep(url: str, sent: list[tuple[int, bytes]], postmaster: int) -> dict[str, 
             collector.keep(partition, 1, messages)
         elapsed = time.perf_counter() - started
         kept = sum(len(messages) for _, messages in batches)
-        return {"kept": kept, "transactions": len(batches), "keep_s": round(elapsed, 2),
-                "parts_kept_per_s": round(kept / elapsed) if elapsed else None,
-                "keeper_cpu_s": round(_cpu([os.getpid()]) - own, 2),
-                "postgresql_cpu_s": round(_cpu(postgres_pids) - database, 2)}
+        result = {"kept": kept, "transactions": len(batches), "keep_s": round(elapsed, 2),
+                  "parts_kept_per_s": round(kept / elapsed) if elapsed else None,
+                  "keeper_cpu_s": round(_cpu([os.getpid()]) - own, 2),
+                  "postgresql_cpu_s": round(_cpu(postgres_pids) - database, 2)}
+        with writing(engine) as conn:  # the same parts again, grouped: each replaces its copy
+            for partition in range(PARTITION_COUNT):
+                fencing.claim(conn, partition, 2)
+        own, database = _cpu([os.getpid()]), _cpu(postgres_pids)
+        started = time.perf_counter()
+        held = asyncio.run(keep_grouped(collector, batches))
+        elapsed = time.perf_counter() - started
+        return {**result, "grouped_transactions": len(held), "grouped_longest_transaction_s": round(max(held), 2),
+                "grouped_keep_s": round(elapsed, 2),
+                "grouped_parts_kept_per_s": round(kept / elapsed) if elapsed else None,
+                "grouped_keeper_cpu_s": round(_cpu([os.getpid()]) - own, 2),
+                "grouped_postgresql_cpu_s": round(_cpu(postgres_pids) - database, 2)}
     finally:
         engine.dispose()
+
+
+async def keep_grouped(collector: WindowCollector, batches: list[tuple[int, list[CloudWindowMessage]]]
+                       ) -> list[float]:
+    """Every partition's reader hands its batches over one after the other, all partitions at once,
+    through the collector's group commit (``keep_many``), as the partitions' handler does; returns
+    how long each transaction took."""
+    # Each transaction timed: it holds the fence rows of its partitions, which their report
+    # batches wait for (the instance's own method wrapped, this process only).
+    held: list[float] = []
+
+    def timed(transaction: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return transaction(*args)
+            finally:
+                held.append(time.perf_counter() - started)
+        return run
+
+    # several keeps together, or one alone
+    collector._keep_together = timed(collector._keep_together)  # type: ignore[method-assign]
+    collector.keep = timed(collector.keep)  # type: ignore[method-assign]
+    group: GroupCommit[Keep, None] = GroupCommit(collector.keep_many, "bench-window-part-keeper")
+    by_partition: dict[int, list[list[CloudWindowMessage]]] = {}
+    for partition, messages in batches:
+        by_partition.setdefault(partition, []).append(messages)
+
+    async def reader(partition: int, its_batches: list[list[CloudWindowMessage]]) -> None:
+        for messages in its_batches:
+            await group((partition, 2, messages, []))
+
+    await asyncio.gather(*(reader(partition, its) for partition, its in by_partition.items()))
+    return held
 
 
 def run(devices: int, mode: str) -> dict[str, Any]:
@@ -165,12 +219,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--devices", type=int, nargs="+", default=[20_000, 100_000, 200_000])
     parser.add_argument("--modes", nargs="+", choices=["one-by-one", "batched"], default=["one-by-one", "batched"])
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--parts-per-transaction", type=int,
+                        help="the grouped keep's bound (cluster_windows.PARTS_PER_TRANSACTION; 1000000000: one "
+                             "transaction for all that wait, as before the bound)")
     parser.add_argument("--max-seconds", type=int, default=900)
     args = parser.parse_args(argv)
     bounded(args.max_seconds)
+    if args.parts_per_transaction is not None:
+        cluster_windows.PARTS_PER_TRANSACTION = args.parts_per_transaction
     started = datetime.datetime.now(datetime.timezone.utc)
     result = {"benchmark": "cloud_parts", "date": started.isoformat(), "command": " ".join(sys.argv),
               "machine": environment(), "load_average_before": os.getloadavg(),
+              "parts_per_transaction": cluster_windows.PARTS_PER_TRANSACTION,
               "runs": [run(devices, mode) for devices in args.devices for mode in args.modes],
               "load_average_after": os.getloadavg()}
     output = args.output or RESULTS / f"cloud-parts-{started:%Y-%m-%d}.json"

@@ -1009,6 +1009,41 @@ def test_ends_handed_over_at_once_by_many_partitions_are_kept_in_one_transaction
         node.engine.dispose()
 
 
+def test_parts_handed_over_at_once_by_many_partitions_go_in_bounded_transactions(database, monkeypatch):
+    """At a window's end every partition hands its devices' parts over at once. Kept in one
+    transaction, the parts of 200,000 devices held every fence row of the node (which the
+    partitions' report batches wait for) for 15 s (bench/cloud_parts.py); at most
+    ``PARTS_PER_TRANSACTION`` parts now go in one, and every part is kept."""
+    from iotdefender.cloud import cluster_windows
+    from iotdefender.cloud.aggregator import ClientWindow
+    from iotdefender.cloud.cluster_windows import CloudWindowParts, DevicePart, encode
+
+    monkeypatch.setattr(cluster_windows, "PARTS_PER_TRANSACTION", 5)
+    clock = Clock(W * WINDOW_S + 10)
+    detect = Detect(database, clock)
+    partitions = list(range(6))
+    for partition in partitions:
+        detect.acquire(partition, 7)
+    part = ClientWindow(sent={"t": 2}, sent_max_bytes={"t": 10}, sent_min_bytes={"t": 10})
+    things = {p: things_in(p, 3, "bounded") for p in partitions}
+    commits: list[int] = []
+    sa.event.listen(detect.engine, "commit", lambda conn: commits.append(1))
+
+    def parts(partition: int) -> Delivery:
+        batch = CloudWindowParts("node-a", partition, W, WINDOW_S, [DevicePart(t, part) for t in things[partition]])
+        return Delivery(partition, "", encode(batch), 200 + partition, 1)
+
+    async def readers() -> list[BaseException | None]:
+        return await asyncio.gather(*(detect.handle(p, 7, [parts(p)]) for p in partitions), return_exceptions=True)
+
+    assert asyncio.run(readers()) == [None] * len(partitions)
+    assert len(commits) == len(partitions)  # 3 parts each, at most 5 in one transaction: one each
+    with detect.engine.connect() as conn:
+        kept = {p: sorted(stored.thing for stored in cluster_parts.load(conn, p)[1]) for p in partitions}
+    assert kept == {p: sorted(things[p]) for p in partitions}
+    detect.engine.dispose()
+
+
 def end_of_w() -> bytes:
     return encode(CloudWindowEnd("node-a", W, W, W, WINDOW_S))
 

@@ -150,3 +150,20 @@ def test_items_that_cannot_share_a_transaction_are_stored_apart():
     items = Items()
     assert together_or_apart([1, 2], None, items.apart) == [1, 2]
     assert items.transactions == 2
+
+
+def test_at_most_so_many_go_in_one_transaction_in_order():
+    items = Items()
+    weights = {1: 3, 2: 3, 3: 9, 4: 1, 5: 1}
+    assert together_or_apart([1, 2, 3, 4, 5], items.together, items.apart, most=6,
+                             size=weights.__getitem__) == [1, 2, 3, 4, 5]
+    assert items.transactions == 3  # [1, 2], [3] (larger than 6: alone), [4, 5]
+    assert items.rows == [1, 2, 3, 4, 5]
+
+
+def test_an_outage_in_one_run_fails_the_later_runs_without_trying_them():
+    items = Items(down_after=1)
+    results = together_or_apart([1, 2, 3, 4], items.together, items.apart, most=2)
+    assert results[:2] == [1, 2]
+    assert [type(result) for result in results[2:]] == [StoreUnavailable] * 2
+    assert items.transactions == 2 and items.rows == [1, 2]

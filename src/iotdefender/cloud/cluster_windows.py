@@ -531,6 +531,9 @@ def _merged(parts: Mapping[str, ClientWindow]) -> ClientWindow:
 
 #: What one partition's batch keeps: (partition, fencing token, parts, ends).
 Keep = tuple[int, int, Sequence[CloudWindowMessage], Sequence[End]]
+#: The most window parts ``WindowCollector.keep_many`` keeps in one transaction (its docstring).
+PARTS_PER_TRANSACTION = 5_000
+
 
 
 class WindowCollector:
@@ -657,8 +660,14 @@ class WindowCollector:
         one item's fault fails only its own partition's batch, as before items were kept together.
         Not when the database is unavailable, which is no item's fault: each would wait out one more
         connection timeout (``PartitionBatchStore.store_many``); every item fails at once, as do
-        those kept apart after an outage shows."""
-        return together_or_apart(keeps, self._keep_together, lambda keep: self.keep(*keep))
+        those kept apart after an outage shows.
+
+        At most ``PARTS_PER_TRANSACTION`` parts go in one transaction: it holds the fence row of
+        every partition in it, and those partitions' report batches wait for it. At a window's end
+        every partition hands its parts over at once, and 200,000 devices' parts in one transaction
+        held every fence of the node for 15 s (``bench/cloud_parts.py``, grouped keep)."""
+        return together_or_apart(keeps, self._keep_together, lambda keep: self.keep(*keep),
+                                 most=PARTS_PER_TRANSACTION, size=lambda keep: len(keep[2]) + len(keep[3]))
 
     def _keep_together(self, keeps: Sequence[Keep]) -> list[Exception | None]:
         results: list[Exception | None] = [None] * len(keeps)

@@ -81,8 +81,10 @@ def store_isolating(store: Callable[[Sequence[Item]], Result], items: Sequence[I
 def together_or_apart(items: Sequence[Item],
                       together: Callable[[Sequence[Item]], Sequence[Result | Exception]] | None,
                       apart: Callable[[Item], Result],
-                      on_apart: Callable[[Exception], None] = lambda error: None) -> list[Result | Exception]:
-    """Each item's result, or the exception it fails with: all items in one transaction
+                      on_apart: Callable[[Exception], None] = lambda error: None,
+                      most: int | None = None, size: Callable[[Item], int] = lambda item: 1
+                      ) -> list[Result | Exception]:
+    """Each item's result, or the exception it fails with: the items in one transaction
     (``together``), and only if that fails for a reason of its own, each on its own (``apart``).
 
     Why one transaction: several partitions' small batches waiting together pay one commit
@@ -93,8 +95,43 @@ def together_or_apart(items: Sequence[Item],
     them go), so every item fails at once, as does each item still waiting after an outage shows
     while they are tried apart. Each item gets its own ``StoreUnavailable`` (its waiter raises it).
     ``together`` None: the items cannot share a transaction; ``on_apart`` hears why they are tried
-    apart.
+    apart. ``most``: the items are cut, in order, into runs of at most that ``size`` (an item
+    larger stands alone), one transaction each, when one long transaction would hold what others
+    wait for.
     """
+    results: list[Result | Exception] = []
+    outage: BaseException | None = None
+    for run in _runs(items, most, size):
+        if outage is not None:
+            results += [StoreUnavailable.caused_by(outage) for _ in run]
+            continue
+        done = _together_or_apart(run, together, apart, on_apart)
+        results += done
+        failed = next((r for r in done if isinstance(r, Exception) and is_unavailable(r)), None)
+        outage = _outage_of(failed) if failed is not None else None
+    return results
+
+
+def _runs(items: Sequence[Item], most: int | None, size: Callable[[Item], int]) -> list[Sequence[Item]]:
+    if most is None:
+        return [items]
+    runs: list[Sequence[Item]] = []
+    start = held = 0
+    for index, item in enumerate(items):
+        weight = size(item)
+        if index > start and held + weight > most:
+            runs.append(items[start:index])
+            start, held = index, 0
+        held += weight
+    if start < len(items):
+        runs.append(items[start:])
+    return runs
+
+
+def _together_or_apart(items: Sequence[Item],
+                       together: Callable[[Sequence[Item]], Sequence[Result | Exception]] | None,
+                       apart: Callable[[Item], Result],
+                       on_apart: Callable[[Exception], None]) -> list[Result | Exception]:
     if together is not None and len(items) > 1:
         try:
             return list(together(items))
