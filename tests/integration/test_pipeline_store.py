@@ -138,3 +138,21 @@ def test_only_committed_transactions_are_timed_each_as_reports_or_a_window(tmp_p
         store.store_batch([("dev-4", {PORTS: {"count": object()}}, time.time(), 1)])  # not storable
     assert [(reports, windows) for _, reports, windows in timed] == [(2, 0), (0, 2)]
     assert all(0 < seconds < 10 for seconds, _, _ in timed)
+
+
+def test_a_things_partition_is_computed_once_per_transaction_for_its_rows_and_its_states(tmp_path):
+    """A report's row and its thing's alarm states both carry the thing's partition; hashing the
+    name (BLAKE2b, ~1.4 µs) for each of them cost a single box a measurable share of its ingest
+    (bench/README.md, "A regression found and fixed")."""
+    pipeline = Pipeline(tmp_path, "hashing")
+    asked: list[str] = []
+    partition_of = pipeline.detection.partition_of
+
+    def counted_partition_of(thing: str) -> int:
+        asked.append(thing)
+        return partition_of(thing)
+
+    pipeline.detection.partition_of = counted_partition_of
+    events = pipeline.store.store_batch([("dev-1", violating(), time.time(), 1), ("dev-2", violating(), time.time(), 1)])
+    assert len(events) == 2  # an alarm state changed for each: rows and states of both stored
+    assert sorted(asked) == ["dev-1", "dev-2"]

@@ -57,7 +57,7 @@ from iotdefender.pipeline.ml_registry import ModelRegistry
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import history, violations
 from iotdefender.store.availability import StoreUnavailable
-from iotdefender.store.partition_selection import PartitionSelection
+from iotdefender.store.partition_selection import PartitionSelection, once_per_thing
 from iotdefender.store.database import (Session, end_session, long_statements, session_of, write_connection,
                                         writing)
 
@@ -103,15 +103,13 @@ class DetectionTransaction:
         # How to tell, should this transaction's commit go unanswered, whether it happened.
         self.commit_check: CommitCheck | None = None
         self.commit_unconfirmed = False  # set when the commit was sent and its answer lost
-
-    @property
-    def partition_of(self) -> Callable[[str], int]:
-        """The thing's partition, kept with its rows (``DetectionService.partition_of``)."""
-        return self._service.partition_of
+        # The thing's partition, kept with its rows (``DetectionService.partition_of``), once per
+        # thing for the whole transaction: its report rows and its alarm states ask for it.
+        self.partition_of = once_per_thing(service.partition_of)
 
     def evaluate_in(self, reports: Iterable[tuple[str, Mapping[str, dict[str, Any]], float]]) -> None:
         """Evaluate the reports; their events, alarm states and alert rows join the transaction."""
-        self._service._evaluate_in(self.conn, reports, self.pending)
+        self._service._evaluate_in(self.conn, reports, self.pending, self.partition_of)
 
     @property
     def events(self) -> list[ViolationEvent]:
@@ -352,7 +350,7 @@ class DetectionService:
             raise
 
     def _evaluate_in(self, conn: Connection, reports: Iterable[tuple[str, Mapping[str, dict[str, Any]], float]],
-                     pending: PendingDetection) -> None:
+                     pending: PendingDetection, partition_of: Callable[[str], int]) -> None:
         for thing, datapoints, at in reports:
             profiles = self._monitoring.profiles_for(thing)
             evaluation = self.evaluator.evaluate(thing, profiles, datapoints, at, pending.changes)
@@ -360,15 +358,15 @@ class DetectionService:
             if evaluation.events:
                 by_name = {p["name"]: p for p in profiles}
                 pending.note_targets(evaluation.events, by_name.get)
-        self._persist(conn, pending)
+        self._persist(conn, pending, partition_of)
 
     @staticmethod
     def _collect(pending: PendingDetection, evaluation: Evaluation) -> None:
         pending.events.extend(evaluation.events)
 
-    def _persist(self, conn: Connection, pending: PendingDetection) -> None:
+    def _persist(self, conn: Connection, pending: PendingDetection, partition_of: Callable[[str], int]) -> None:
         violations.record_events(conn, pending.events)
-        violations.save_alarm_states(conn, pending.changes.states, self.partition_of)
+        violations.save_alarm_states(conn, pending.changes.states, partition_of)
         self._alerts.enqueue(conn, pending.alerts())
 
     def _after_commit(self, pending: PendingDetection) -> None:
@@ -408,7 +406,7 @@ class DetectionService:
                                                                          run.pending.changes))
                 self._fill_behaviors(run.conn, run.pending)
                 run.pending.note_targets(run.pending.events, self._monitoring.profile)
-                self._persist(run.conn, run.pending)
+                self._persist(run.conn, run.pending, run.partition_of)
             return run.pending if stale else None
 
     def _stale(self, now: float, owns: Callable[[str], bool] | None = None
