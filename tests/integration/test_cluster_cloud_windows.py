@@ -1011,8 +1011,8 @@ def test_ends_handed_over_at_once_by_many_partitions_are_kept_in_one_transaction
 
 def test_parts_handed_over_at_once_by_many_partitions_go_in_bounded_transactions(database, monkeypatch):
     """At a window's end every partition hands its devices' parts over at once. Kept in one
-    transaction, the parts of 200,000 devices held every fence row of the node (which the
-    partitions' report batches wait for) for 15 s (bench/cloud_parts.py); at most
+    transaction, the parts of 200,000 devices held every fence row of the node (which a node
+    claiming a partition, window closes and sweeps wait for) for 15 s (bench/cloud_parts.py); at most
     ``PARTS_PER_TRANSACTION`` parts now go in one, and every part is kept."""
     from iotdefender.cloud import cluster_windows
     from iotdefender.cloud.aggregator import ClientWindow

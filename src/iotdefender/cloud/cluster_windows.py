@@ -663,9 +663,12 @@ class WindowCollector:
         those kept apart after an outage shows.
 
         At most ``PARTS_PER_TRANSACTION`` parts go in one transaction: it holds the fence row of
-        every partition in it, and those partitions' report batches wait for it. At a window's end
-        every partition hands its parts over at once, and 200,000 devices' parts in one transaction
-        held every fence of the node for 15 s (``bench/cloud_parts.py``, grouped keep)."""
+        every partition in it, and whatever else needs one of those rows waits for it (a node
+        claiming the partition, this node's window closes, sweeps and fence moves). At a window's
+        end every partition hands its parts over at once, and 200,000 devices' parts in one
+        transaction held every fence of the node for 15 s (``bench/cloud_parts.py``, grouped keep).
+        The readers still wait for the whole call, every run of it: their reports are answered
+        after it either way (the parts' rows are the cost, docs/cluster.md)."""
         return together_or_apart(keeps, self._keep_together, lambda keep: self.keep(*keep),
                                  most=PARTS_PER_TRANSACTION, size=lambda keep: len(keep[2]) + len(keep[3]))
 
