@@ -485,6 +485,27 @@ def test_a_closing_mark_never_goes_back_to_an_earlier_window(database):
     engine.dispose()
 
 
+def test_parts_kept_replace_their_copies_even_twice_in_one_batch(database):
+    """A part redelivered replaces its copy (same window, thing and broker node), in a later batch
+    or in the same one: the parts are kept in one statement, which may not touch a row twice."""
+    from iotdefender.cloud.aggregator import ClientWindow
+    engine = create_engine(database)
+
+    def sent(count: int) -> ClientWindow:
+        return ClientWindow(sent={"t": count}, sent_max_bytes={"t": 10}, sent_min_bytes={"t": 10})
+
+    with engine.begin() as conn:
+        cluster_parts.keep(conn, P, [cluster_parts.StoredPart(5, "t1", "node-a", sent(1)),
+                                     cluster_parts.StoredPart(5, "t2", "node-a", sent(2))])
+        cluster_parts.keep(conn, P, [cluster_parts.StoredPart(5, "t1", "node-a", sent(3)),
+                                     cluster_parts.StoredPart(5, "t3", "node-b", sent(4)),
+                                     cluster_parts.StoredPart(5, "t3", "node-b", sent(5))])
+        _, parts, _, _ = cluster_parts.load(conn, P)
+    assert sorted((p.thing, p.node, p.part.sent["t"]) for p in parts) == [
+        ("t1", "node-a", 3), ("t2", "node-a", 2), ("t3", "node-b", 5)]
+    engine.dispose()
+
+
 def test_who_saw_whom_is_known_only_for_the_window_before_the_next_to_close(database):
     """The parts of the last window closed whole are kept as who saw whom in it, also while the
     next window is closed in part; a window closed by a release before them (which deletes them and
