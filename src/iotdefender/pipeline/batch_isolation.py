@@ -13,6 +13,10 @@ failure 2n times, so the items not yet stored are reported as unavailable at onc
 A ``fatal`` error (cluster mode's ``Fenced``: this node may no longer store anything for the
 batch) is no item's fault either, and not a reason to answer anyone: it is raised to the caller
 as it happens, with what was stored before it committed (the caller knows how to recognise that).
+
+``together_or_apart`` is the same idea one level up, for several partitions' batches waiting
+together (cluster mode's report batches and window parts): one transaction for all, each on its
+own if that fails for a reason of its own, every one failed at once on an outage.
 """
 
 from __future__ import annotations
