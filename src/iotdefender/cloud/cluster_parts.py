@@ -76,8 +76,8 @@ def keep(conn: Connection, partition: int, parts: Iterable[StoredPart]) -> None:
         return
     if conn.dialect.name == "postgresql":
         # One statement over arrays: a row per device's part, at every window's end, and
-        # SQLAlchemy's statement for a list of rows cost ~50 µs of this process a part, the server
-        # twice what it costs now (bench/README.md, "Cloud-side parts at fleet size").
+        # SQLAlchemy's statement for a list of rows cost this process 30-45 µs a part and the
+        # server 1.5-2 times its CPU now (bench/README.md, "Cloud-side parts at fleet size").
         windows, things, nodes = zip(*latest)
         conn.exec_driver_sql(_KEEP_ARRAYS, (partition, list(windows), list(things), list(nodes),
                                             [pack(part) for part in latest.values()]))

@@ -73,8 +73,8 @@ from iotdefender.log_limits import LimitedLog
 from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of
 from iotdefender.cluster.report_stream import BatchHandler, Delivery, More, nothing_more
 from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSummary, summaries
-from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.batch_isolation import together_or_apart
+from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.group_commit import GroupCommit
 from iotdefender.pipeline.local_store import store_reports
 from iotdefender.pipeline.monitoring import MonitoringIndex
@@ -533,7 +533,6 @@ def _merged(parts: Mapping[str, ClientWindow]) -> ClientWindow:
 Keep = tuple[int, int, Sequence[CloudWindowMessage], Sequence[End]]
 #: The most window parts ``WindowCollector.keep_many`` keeps in one transaction (its docstring).
 PARTS_PER_TRANSACTION = 5_000
-
 
 
 class WindowCollector:
