@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.support.certificates import Pki
+from tests.support.mqtt import stop_network_loop
 from tests.support.processes import ServiceProcess, free_port
 
 
@@ -103,7 +104,7 @@ def test_certificate_must_match_the_client_id(tls_service, case):
     except (ssl.SSLError, OSError):
         codes.append(-1)  # refused during the handshake: just as refused
     finally:
-        client.loop_stop()
+        stop_network_loop(client)
     assert codes and codes[0] != 0, codes
 
 
@@ -115,6 +116,6 @@ def test_matching_certificate_connects(tls_service):
     deadline = time.time() + 5
     while not codes and time.time() < deadline:
         time.sleep(0.05)
-    client.loop_stop()
+    stop_network_loop(client)
     client.disconnect()
     assert codes == [0]

@@ -10,6 +10,8 @@ import time
 
 import paho.mqtt.client as mqtt
 
+from tests.support.mqtt import stop_network_loop
+
 SERVICE_ARGS = ["--report-min-interval", "0", "--mqtt-acl", "any"]
 
 
@@ -45,7 +47,7 @@ class Client:
         return sorted(topics)
 
     def close(self) -> None:
-        self.client.loop_stop()
+        stop_network_loop(self.client)
         self.client.disconnect()
 
 

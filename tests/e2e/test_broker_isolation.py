@@ -17,7 +17,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.support.mqtt import Device, mqtt_denials, report
+from tests.support.mqtt import Device, mqtt_denials, report, stop_network_loop
 from tests.support.processes import ServiceProcess, wait_until
 
 
@@ -76,18 +76,18 @@ def test_a_will_on_another_things_reply_topic_is_never_delivered(service):
     attacker.connect("127.0.0.1", port)
     attacker.loop_start()
     time.sleep(0.3)
-    attacker.loop_stop()
+    stop_network_loop(attacker)
     attacker.socket().close()  # dropped without DISCONNECT: the broker sends the Will if allowed
     assert wait_until(lambda: mqtt_denials(service.endpoint, "publish_denied") > before), "the Will was not checked"
     time.sleep(0.5)
     assert received.empty()
-    victim.loop_stop()
+    stop_network_loop(victim)
     victim.disconnect()
     # Nor was it retained: the victim subscribing again gets nothing either.
     again, again_received = listener(port, "victim", "$aws/things/victim/defender/metrics/json/accepted")
     time.sleep(0.5)
     assert again_received.empty()
-    again.loop_stop()
+    stop_network_loop(again)
     again.disconnect()
 
 
@@ -100,10 +100,10 @@ def test_a_will_where_a_publish_is_allowed_is_delivered(service):
     owner.connect("127.0.0.1", port)
     owner.loop_start()
     time.sleep(0.3)
-    owner.loop_stop()
+    stop_network_loop(owner)
     owner.socket().close()
     assert received.get(timeout=10) == ("status/will-owner", b"offline", False)
-    watcher.loop_stop()
+    stop_network_loop(watcher)
     watcher.disconnect()
 
 
@@ -126,7 +126,7 @@ def test_retained_reports_are_refused_and_never_retained(service):
     reader, received = listener(port, "retainer-3", "sensors/retainer-2/state")
     assert received.get(timeout=5) == ("sensors/retainer-2/state", b"on", True)
     for c in (publisher, reader):
-        c.loop_stop()
+        stop_network_loop(c)
         c.disconnect()
 
 
@@ -142,7 +142,7 @@ def test_a_second_connection_with_the_same_client_id_takes_the_session_over(serv
     assert older_received.empty(), "the older connection received the newer one's reply"
     assert not newer.disconnected
     newer.close()
-    older.loop_stop()
+    stop_network_loop(older)
 
 
 @pytest.mark.parametrize("topic", [b"sensors/+/temp", b"sensors/#", b"$aws/things/+/defender/metrics/json"])
@@ -168,5 +168,5 @@ def test_devices_do_not_receive_reports_through_a_wildcard_reply_filter(service)
     assert topic == "$aws/things/plus-filter/defender/metrics/json/accepted"
     time.sleep(0.5)
     assert received.empty(), "the report itself was delivered back to the device"
-    watcher.loop_stop()
+    stop_network_loop(watcher)
     watcher.disconnect()

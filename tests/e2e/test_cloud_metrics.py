@@ -13,6 +13,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from tests.support.mqtt import stop_network_loop
 from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess
 
 WINDOW = 2.0
@@ -97,7 +98,7 @@ def test_misbehaving_clients_produce_datapoints_and_violations(cloud):
     for _ in range(6):
         bouncer = client(port, "bouncer", username="bouncer", password="pw-bouncer")
         bouncer.disconnect()
-        bouncer.loop_stop()
+        stop_network_loop(bouncer)
 
     assert wait_for_window(iot, "flooder", "aws:num-messages-sent")[0] == {"count": 80}
     assert wait_for_window(iot, "intruder", "aws:num-authorization-failures")[0] == {"count": 1}
@@ -131,8 +132,8 @@ def test_misbehaving_clients_produce_datapoints_and_violations(cloud):
     window_things = [float(line.split()[-1]) for line in metrics.splitlines()
                      if line.startswith("iotdefender_cloud_window_transaction_things_sum ")]
     assert window_things and window_things[0] >= 5  # the five devices of the profile, each window
-    flooder.loop_stop()
-    forbidden.loop_stop()
+    stop_network_loop(flooder)
+    stop_network_loop(forbidden)
 
 
 def test_broker_event_intake_gives_the_same_violations(tmp_path):

@@ -11,6 +11,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.e2e.test_cloud_metrics import active, client
+from tests.support.mqtt import stop_network_loop
 from tests.support.processes import ServiceProcess
 
 WINDOW = 2.0
@@ -55,7 +56,7 @@ def start_of_window() -> None:
 def stop(*clients: mqtt.Client) -> None:
     for c in clients:
         c.disconnect()
-        c.loop_stop()
+        stop_network_loop(c)
 
 
 def test_one_message_then_idle_raises_no_alarm(service):

@@ -13,6 +13,7 @@ import pytest
 
 from tests.e2e.test_cloud_metrics import client
 from tests.e2e.test_ml_detect import events, service_with
+from tests.support.mqtt import stop_network_loop
 from tests.support.processes import ServiceProcess
 from tests.support.signing import send_signed
 
@@ -70,7 +71,7 @@ class Fleet:
     def close(self) -> None:
         for c in self.clients.values():
             c.disconnect()
-            c.loop_stop()
+            stop_network_loop(c)
 
 
 def summaries(iot) -> dict[str, dict]:  # type: ignore[no-untyped-def]

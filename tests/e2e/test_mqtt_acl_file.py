@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.support.certificates import Pki
-from tests.support.mqtt import Device, mqtt_denials, report
+from tests.support.mqtt import Device, mqtt_denials, report, stop_network_loop
 from tests.support.processes import ServiceProcess, free_port, wait_until
 
 WINDOW = 2.0
@@ -62,7 +62,7 @@ class App:
 
     def close(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_network_loop(self.client)
 
 
 def start_service(root: Path, acl: str | None) -> ServiceProcess:
@@ -131,7 +131,7 @@ def test_a_device_cannot_publish_to_another_devices_topics(per_thing):
     assert victim.drain() == []
     assert not victim.disconnected
     victim.close()
-    intruder.client.loop_stop()
+    stop_network_loop(intruder.client)
 
 
 def test_reports_and_replies_work_whatever_the_file_says(per_thing):
@@ -184,7 +184,7 @@ def test_cloud_side_counts_follow_what_the_file_allows(per_thing):
     assert window_count(iot, "dev-f", "aws:num-messages-received", start) == 0
     assert window_count(iot, "dev-f", "aws:num-messages-sent", start) == 0
     owner.close()
-    spy.client.loop_stop()
+    stop_network_loop(spy.client)
 
 
 def test_a_deny_all_file_leaves_reports_replies_and_the_service_working(tmp_path):
@@ -200,7 +200,7 @@ def test_a_deny_all_file_leaves_reports_replies_and_the_service_working(tmp_path
         assert wait_until(lambda: app.disconnected)
         assert app.drain(0) == []
         assert d.report(report(2, [22]))[0] == "json/accepted"  # the report device is still connected
-        app.client.loop_stop()
+        stop_network_loop(app.client)
         d.close()
     finally:
         svc.stop()
@@ -242,7 +242,7 @@ def test_under_cert_auth_the_username_is_the_certificates_name(tmp_path):
         assert device.drain() == [("devices/dev-a/state", b"1")]
         device.publish("ops/command", b"reboot")  # ops's block is not dev-a's
         assert wait_until(lambda: device.disconnected)
-        device.client.loop_stop()
+        stop_network_loop(device.client)
     finally:
         svc.stop()
 

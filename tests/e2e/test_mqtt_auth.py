@@ -10,7 +10,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from pwdlib import PasswordHash
 
-from tests.support.mqtt import mqtt_denials
+from tests.support.mqtt import mqtt_denials, stop_network_loop
 from tests.support.processes import ServiceProcess
 
 
@@ -25,7 +25,7 @@ def connect_code(port: int, client_id: str, username: str | None = None, passwor
     deadline = time.time() + 5
     while not codes and time.time() < deadline:
         time.sleep(0.05)
-    client.loop_stop()
+    stop_network_loop(client)
     client.disconnect()
     return codes[0] if codes else -1
 

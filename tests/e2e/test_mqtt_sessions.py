@@ -16,6 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from tests.support.mqtt import stop_network_loop
 from tests.support.processes import ServiceProcess, mosquitto_children, wait_for
 
 
@@ -58,7 +59,7 @@ class PersistentDevice:
 
     def close(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_network_loop(self.client)
 
 
 def publish_once(port: int, topic: str, payload: bytes) -> None:
@@ -70,7 +71,7 @@ def publish_once(port: int, topic: str, payload: bytes) -> None:
         sender.publish(topic, payload, qos=1).wait_for_publish(5)
     finally:
         sender.disconnect()
-        sender.loop_stop()
+        stop_network_loop(sender)
 
 
 def port_free(port: int) -> bool:

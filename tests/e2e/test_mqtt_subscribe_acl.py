@@ -17,6 +17,8 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
+from tests.support.mqtt import stop_network_loop
+
 ALLOWED = ["$aws/things/sub-dev/defender/metrics/json/accepted", "$aws/things/sub-dev/defender/metrics/cbor/rejected",
            "$aws/things/sub-dev/defender/metrics/json/+", "$aws/things/sub-dev/defender/metrics/+/+",
            "$aws/things/sub-dev/defender/metrics/+", "plain/topic/#"]
@@ -40,7 +42,7 @@ def subscribe_codes(port: int, protocol: int, filters: list[str]) -> tuple[list[
         return codes, client.is_connected()
     finally:
         client.disconnect()
-        client.loop_stop()
+        stop_network_loop(client)
 
 
 def denials(service) -> float:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ import pytest
 
 from iotdefender.backtest.client import ExtensionClient
 from tests.e2e.test_cluster_serve import node_id, owned_by, ready
-from tests.support.mqtt import Device, report
+from tests.support.mqtt import Device, report, stop_network_loop
 from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess, wait_for
 
 SCALE = 30
@@ -65,7 +65,7 @@ def publish(client: mqtt.Client, count: int) -> None:
 
 def close(client: mqtt.Client) -> None:
     client.disconnect()
-    client.loop_stop()
+    stop_network_loop(client)
 
 
 def values(iot, thing: str, metric: str, since: dt.datetime) -> list[tuple[float, int]]:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from tests.support.mqtt import report
+from tests.support.mqtt import report, stop_network_loop
 from tests.support.processes import ServiceProcess
 
 DEVICES = 20
@@ -47,7 +47,7 @@ class EagerDevice:
         client.loop_start()
         if done.wait(2) and result[0]:
             return client
-        client.loop_stop()
+        stop_network_loop(client)
         client.disconnect()
         return None
 
@@ -66,7 +66,7 @@ class EagerDevice:
         self.acknowledged = info.is_published()
         self._answered.wait(15)
         client.disconnect()
-        client.loop_stop()
+        stop_network_loop(client)
 
 
 def test_every_report_acknowledged_while_the_service_starts_is_answered(tmp_path):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from iotdefender.brokers.external import ExternalBroker, parse_broker_url
-from tests.support.mqtt import Device
+from tests.support.mqtt import Device, stop_network_loop
 
 
 def test_stopped_and_started_again_it_reads_reports_again(mosquitto) -> None:
@@ -104,7 +104,7 @@ def test_answers_to_a_sessions_backlog_are_sent_once(mosquitto) -> None:
     try:
         asyncio.run(asyncio.wait_for(go(), 30))
     finally:
-        listener.loop_stop()
+        stop_network_loop(listener)
         listener.disconnect()
     got = []
     while not answers.empty():

@@ -17,6 +17,7 @@ import pytest
 from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.listeners import ListenerSettings
 from iotdefender.brokers.mosquitto.broker import MosquittoBroker
+from tests.support.mqtt import stop_network_loop
 from tests.support.processes import free_port
 
 
@@ -101,7 +102,7 @@ def test_reports_reach_the_sink_and_events_the_observer(tmp_path):
         # Every event carries the time the broker saw it (its batch's "T" record), at most when told.
         assert recorder.stamps and all(at is not None and told - 5 < at <= told + 0.002
                                        for at, told in recorder.stamps), recorder.stamps
-        client.loop_stop()
+        stop_network_loop(client)
         client.disconnect()
         for _ in range(100):
             if ("disconnect", "sensor-1") in recorder.events:
@@ -118,27 +119,27 @@ def test_disconnect_refuse_and_allow_a_device(tmp_path):
         assert await in_thread(codes.get, True, 5) == 0
         await broker.disconnect("rogue")
         assert await in_thread(gone.get, True, 5)
-        first.loop_stop()
+        stop_network_loop(first)
 
         second, codes, gone = connect(port, "rogue")
         assert await in_thread(codes.get, True, 5) == 0, "after a disconnect the device may come back"
         await broker.refuse("rogue")
         assert await in_thread(gone.get, True, 5)
-        second.loop_stop()
+        stop_network_loop(second)
 
         third, codes, _ = connect(port, "rogue")
         assert await in_thread(codes.get, True, 5) == 135, "a refused device is not authorised to connect"
-        third.loop_stop()
+        stop_network_loop(third)
         neighbour, codes, _ = connect(port, "neighbour")
         assert await in_thread(codes.get, True, 5) == 0, "refusing one device leaves the others alone"
-        neighbour.loop_stop()
+        stop_network_loop(neighbour)
         neighbour.disconnect()
 
         await broker.allow("rogue")
         await asyncio.sleep(0.2)
         fourth, codes, _ = connect(port, "rogue")
         assert await in_thread(codes.get, True, 5) == 0
-        fourth.loop_stop()
+        stop_network_loop(fourth)
         fourth.disconnect()
         assert ("connect", "rogue", "127.0.0.1", "False") in recorder.events
 
@@ -183,7 +184,7 @@ def test_mosquitto_comes_back_if_it_dies_alone_and_still_refuses_who_was_refused
         while time.monotonic() < deadline and code != 0:
             client, codes, _ = connect(port, "after-restart")
             code = await in_thread(codes.get, True, 5)
-            client.loop_stop()
+            stop_network_loop(client)
             client.disconnect()
             if code != 0:
                 await asyncio.sleep(0.2)
@@ -194,7 +195,7 @@ def test_mosquitto_comes_back_if_it_dies_alone_and_still_refuses_who_was_refused
         while time.monotonic() < deadline:
             rogue, codes, _ = connect(port, "rogue")
             code = await in_thread(codes.get, True, 5)
-            rogue.loop_stop()
+            stop_network_loop(rogue)
             rogue.disconnect()
             if code == 135:
                 break
