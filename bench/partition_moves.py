@@ -31,6 +31,10 @@ from iotdefender.cloud.cluster_parts import StoredPart  # noqa: E402
 from iotdefender.cloud.cluster_windows import WindowCollector  # noqa: E402
 from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of  # noqa: E402
 from iotdefender.engine.evaluator import Evaluator  # noqa: E402
+try:
+    from iotdefender.engine.evaluator import HeldThings
+except ImportError:  # a version before it: its releases asked about every thing under the lock
+    HeldThings = None  # type: ignore[assignment,misc]
 from iotdefender.pipeline.partition_store import PartitionBatchStore  # noqa: E402
 
 WINDOW_S = 300.0
@@ -51,7 +55,12 @@ class Detection:
         self.evaluator.load_things(lambda thing: True, {}, windows)
 
     def give_up(self, owns: object) -> None:
-        self.evaluator.forget_things(owns)  # type: ignore[arg-type]
+        """As ``DetectionService.give_up``: listed, sorted, and dropped (no lock here)."""
+        if HeldThings is None:
+            self.evaluator.forget_things(owns)  # type: ignore[arg-type]
+            return
+        theirs = HeldThings.sorted_by(self.evaluator.things_held(), owns)  # type: ignore[arg-type]
+        self.evaluator.forget_things(owns, theirs)  # type: ignore[arg-type]
 
 
 def releases(devices: int) -> dict:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotdefender.engine.alarm import counting_ids
-from iotdefender.engine.evaluator import Evaluator, StaleChanges
+from iotdefender.engine.evaluator import Evaluator, HeldThings, StaleChanges
 
 PROFILE = {"name": "p", "behaviors": [
     {"name": "ports", "metric": "aws:listening-tcp-ports",
@@ -165,7 +165,8 @@ def test_loading_with_the_held_things_named_drops_only_those_and_asks_nobody_abo
         asked.append(thing)
         return thing == "d1"
 
-    evaluator.load_things(owns, {("d1", "p", "ports", ""): in_alarm}, held=["d1"], selected=True)
+    held = HeldThings(evaluator.things_held(), ["d1"], may_have_grown=False)
+    evaluator.load_things(owns, {("d1", "p", "ports", ""): in_alarm}, held=held, selected=True)
     assert asked == []
     assert sorted(key[:3] for key, _ in evaluator.alarms()) == [("d0", "p", "ports"), ("d1", "p", "ports")]
     assert evaluator.remembered() == 2  # d1's streak on bytes is gone, d0's alarm kept
@@ -173,6 +174,28 @@ def test_loading_with_the_held_things_named_drops_only_those_and_asks_nobody_abo
     assert windows[("d1", "aws:all-bytes-out")] == [(330.0, 500.0)]  # its window started empty
     windows = evaluator.evaluate("d0", [PROFILE], report([22], 900, 10), 330.0).changes.windows
     assert windows[("d0", "aws:all-bytes-out")] == [(10.0, 100.0), (320.0, 100.0), (330.0, 900.0)]  # kept
+
+
+def test_held_things_that_may_have_grown_ask_about_only_the_things_added_since_the_listing():
+    """A node giving partitions up sorts the things it held outside its lock; a thing added since
+    (a batch still in a group commit) is asked about at the drop, the listed ones are not."""
+    evaluator = warmed_up()
+    listed = evaluator.things_held()
+    assert listed == {f"d{i}" for i in range(6)}
+    held = HeldThings.sorted_by(listed, lambda thing: thing in ("d1", "d6"))
+    assert list(held.selected) == ["d1"]
+    for late in ("d6", "d7"):  # added after the listing
+        evaluator.apply(evaluator.evaluate(late, [PROFILE], report([22], 900, 10), 330.0).changes)
+    asked: list[str] = []
+
+    def owns(thing: str) -> bool:
+        asked.append(thing)
+        return thing in ("d1", "d6")
+
+    evaluator.forget_things(owns, held)
+    assert sorted(asked) == ["d6", "d7"]
+    assert evaluator.things_held() == {"d0", "d2", "d3", "d4", "d5", "d7"}
+    assert not HeldThings(listed, ["d1"], may_have_grown=False).may_have_grown
 
 
 def test_forgetting_some_things_drops_only_their_states_and_windows():

@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -49,8 +49,8 @@ from sqlalchemy.engine import Connection, Engine
 from iotdefender.alerts.routes import Alert, AlertRoutes, alert_target
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.engine.alarm import AlarmState, IdFactory, due_for_invalidation
-from iotdefender.engine.evaluator import (ChangeSet, Evaluation, Evaluator, RefilledWindows, StateKey, ViolationEvent,
-                                         refilled)
+from iotdefender.engine.evaluator import (ChangeSet, Evaluation, Evaluator, HeldThings, RefilledWindows, StateKey,
+                                         ViolationEvent, refilled)
 from iotdefender.engine.ml_behavior import confidence_of
 from iotdefender.engine.vectorised import order_by_thing_and_time
 from iotdefender.pipeline.ml_registry import ModelRegistry
@@ -243,8 +243,8 @@ class DetectionService:
         node may have written their states (a partition taken back): it is settled under the lock
         first, and the read done again there. So which held things are theirs (stale, to be
         replaced) is found outside the lock as well, from a list of the things held taken at the
-        claim, unless settling ran. Returns the events that settling found committed,
-        for the caller's listener.
+        claim; if settling ran, the things it added are asked about under the lock. Returns the
+        events that settling found committed, for the caller's listener.
         """
         with self._lock:
             with writing(self._engine) as conn:
@@ -253,17 +253,17 @@ class DetectionService:
         selection = PartitionSelection(frozenset(claimed), self.partition_of)
         started = time.perf_counter()
         # What this node still holds of them (a partition taken back), found outside the lock too.
-        stale = [thing for thing in held if selection(thing)]
+        stale = HeldThings.sorted_by(held, selection, may_have_grown=False)
         states, windows = self._read_stored(selection)
         read_s = time.perf_counter() - started
         with self._lock:
             with self._engine.connect() as conn, conn.begin():
                 unsettled = self._unconfirmed is not None
                 settled = self._settle(conn)
-            if unsettled:  # settling may have added states of theirs: read, and look at every thing, again
+            if unsettled:  # settling may have added states of theirs: read, and look at what it added, again
                 states, windows = self._read_stored(selection)
-            self.evaluator.load_things(selection, states, windows, held=None if unsettled else stale,
-                                       selected=True)
+                stale = replace(stale, may_have_grown=True)
+            self.evaluator.load_things(selection, states, windows, held=stale, selected=True)
             log.info("things_taken_over", partitions=len(selection.partitions), alarm_states=len(states),
                      windows_of_things=len(windows.by_thing), read_s=round(read_s, 3), read_again=unsettled,
                      remembered=self.evaluator.remembered())
@@ -285,9 +285,17 @@ class DetectionService:
 
     def give_up(self, owns: Callable[[str], bool]) -> None:
         """Forget the alarm states and windows of the things ``owns`` selects (their next owner
-        loads them from the database); under the detection lock, between two batches."""
+        loads them from the database); under the detection lock, between two batches.
+
+        Which held things are theirs is found outside the lock, from a list taken under it, as for
+        a takeover (``HeldThings``). What was added in between is asked about under the lock: the
+        partitions' readers have stopped, but a batch of theirs may still be in a group commit,
+        and a commit may be settled."""
         with self._lock:
-            self.evaluator.forget_things(owns)
+            listed = self.evaluator.things_held()
+        theirs = HeldThings.sorted_by(listed, owns)
+        with self._lock:
+            self.evaluator.forget_things(owns, theirs)
 
     # -- live evaluation, inside the caller's transaction -----------------------------------------
     @contextmanager
