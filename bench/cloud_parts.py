@@ -22,7 +22,12 @@ each ``--modes`` on fresh servers:
 3. **grouped keep**: the same parts again (under a new fence token) through the group commit the
    partitions' handler uses (``keep_many``): every partition's reader hands its batches over
    one after the other, all partitions at once, and the batches waiting together go in one
-   transaction.
+   transaction;
+4. **reports beside the parts**: the grouped keep twice more, each reader batch carrying reports
+   too, stored in a transaction that checks the fences of the partitions whose reports wait
+   together (as ``PartitionBatchStore.store_many`` does; the report rows themselves are left out):
+   ``after`` the batch's parts are kept (before) and ``meanwhile`` (``all_of``, what the
+   partitions' handler does now). Timed: each batch's wait for its reports to commit.
 
     .venv/bin/python bench/cloud_parts.py [--devices 20000 100000 200000] [--modes one-by-one batched]
         [--parts-per-transaction N] [--output PATH]
@@ -37,11 +42,12 @@ import asyncio
 import datetime
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import nats
@@ -51,6 +57,10 @@ from bench.common import SetClock, bounded, environment  # noqa: E402
 from bench.process_usage import cpu_seconds, tree  # noqa: E402
 from iotdefender.cloud.cluster_windows import (PARTS_LOST, CloudWindowMessage, CloudWindowParts,  # noqa: E402
                                                Keep, WindowCollector, WindowPublisher, decode)
+try:
+    from iotdefender.cloud.cluster_windows import all_of
+except ImportError:  # a version before it: its reports waited for the parts
+    all_of = None  # type: ignore[assignment]
 from iotdefender.cloud.service import CloudEventIntake  # noqa: E402
 from iotdefender.cloud import cluster_windows  # noqa: E402
 from iotdefender.cluster import fencing  # noqa: E402
@@ -153,13 +163,61 @@ def keep(url: str, sent: list[tuple[int, bytes]], postmaster: int) -> dict[str, 
         started = time.perf_counter()
         held = asyncio.run(keep_grouped(collector, batches))
         elapsed = time.perf_counter() - started
-        return {**result, "grouped_transactions": len(held), "grouped_longest_transaction_s": round(max(held), 2),
-                "grouped_keep_s": round(elapsed, 2),
-                "grouped_parts_kept_per_s": round(kept / elapsed) if elapsed else None,
-                "grouped_keeper_cpu_s": round(_cpu([os.getpid()]) - own, 2),
-                "grouped_postgresql_cpu_s": round(_cpu(postgres_pids) - database, 2)}
+        result.update({"grouped_transactions": len(held), "grouped_longest_transaction_s": round(max(held), 2),
+                       "grouped_keep_s": round(elapsed, 2),
+                       "grouped_parts_kept_per_s": round(kept / elapsed) if elapsed else None,
+                       "grouped_keeper_cpu_s": round(_cpu([os.getpid()]) - own, 2),
+                       "grouped_postgresql_cpu_s": round(_cpu(postgres_pids) - database, 2)})
+        token = 2
+        for order in ("after", "meanwhile") if all_of is not None else ("after",):
+            token += 1
+            with writing(engine) as conn:
+                for partition in range(PARTITION_COUNT):
+                    fencing.claim(conn, partition, token)
+            waits = asyncio.run(reports_beside_parts(collector, engine, batches, token, order == "meanwhile"))
+            result[f"reports_{order}_parts_wait_s"] = {
+                "median": round(statistics.median(waits), 3),
+                "p99": round(statistics.quantiles(waits, n=100)[98], 3) if len(waits) > 1 else round(waits[0], 3),
+                "max": round(max(waits), 3), "batches": len(waits)}
+        return result
     finally:
         engine.dispose()
+
+
+async def reports_beside_parts(collector: WindowCollector, engine: Any,
+                               batches: list[tuple[int, list[CloudWindowMessage]]], token: int,
+                               meanwhile: bool) -> list[float]:
+    """Every partition's reader hands its batches over one after the other, all partitions at once;
+    each batch's reports are stored after its parts are kept, or meanwhile. Returns, per batch, the
+    seconds from its handing over to its reports' commit."""
+    def store_reports(partitions: Sequence[int]) -> list[None]:
+        with writing(engine) as conn:  # the fences the report group's transaction locks
+            fencing.check_all(conn, {partition: token for partition in partitions})
+        return [None] * len(partitions)
+
+    keeps: GroupCommit[Keep, None] = GroupCommit(collector.keep_many, "bench-window-part-keeper")
+    reports: GroupCommit[int, None] = GroupCommit(store_reports, "bench-reports")
+    waits: list[float] = []
+    by_partition: dict[int, list[list[CloudWindowMessage]]] = {}
+    for partition, messages in batches:
+        by_partition.setdefault(partition, []).append(messages)
+
+    async def reader(partition: int, its_batches: list[list[CloudWindowMessage]]) -> None:
+        for messages in its_batches:
+            started = time.perf_counter()
+
+            async def stored() -> None:
+                await reports(partition)
+                waits.append(time.perf_counter() - started)
+
+            if meanwhile:
+                await all_of([keeps((partition, token, messages, [])), stored()])
+            else:
+                await keeps((partition, token, messages, []))
+                await stored()
+
+    await asyncio.gather(*(reader(partition, its) for partition, its in by_partition.items()))
+    return waits
 
 
 async def keep_grouped(collector: WindowCollector, batches: list[tuple[int, list[CloudWindowMessage]]]
