@@ -204,27 +204,34 @@ def stored_report_id(detect: Detect, thing: str) -> int | None:
     return state[0] if state is not None else None
 
 
-def test_reports_that_join_a_waiting_batch_stop_at_a_window_part(database):
-    """What a reader received after handing its batch over joins the reports (``More``) only up
-    to the first cloud window part: a part among them would be read as a report (poison:
-    answered and acked, the part lost); it and what follows come in the reader's next batch,
-    whose handler stores the part first."""
+def a_part_published(database: str, prefix: str) -> tuple[Clock, Detect, str, bytes]:
+    """A detect node owning P (token 7) and one device of P's window part, published by a broker
+    node as the window ended: the clock, the node, the device and the part's payload."""
     clock = Clock(W * WINDOW_S + 10)
     detect = Detect(database, clock)
     detect.acquire(P, 7)
-    thing = things_in(P, 1, "join")[0]
+    thing = things_in(P, 1, prefix)[0]
     parts: list[Delivery] = []
     a = broker("node-a", clock, parts)
     a.intake.connect_attempt(thing, "10.0.0.1", True)
     clock.now = (W + 1) * WINDOW_S + 0.2
     assert asyncio.run(a.publish_due()) == 1
+    return clock, detect, thing, parts[0].payload
+
+
+def test_reports_that_join_a_waiting_batch_stop_at_a_window_part(database):
+    """What a reader received after handing its batch over joins the reports (``More``) only up
+    to the first cloud window part: a part among them would be read as a report (poison:
+    answered and acked, the part lost); it and what follows come in the reader's next batch,
+    whose handler stores the part first."""
+    clock, detect, thing, part = a_part_published(database, "join")
 
     def report(report_id: int) -> Delivery:
         message = ReportMessage(thing, {"aws:num-listening-tcp-ports": {"count": 1}}, clock.now, report_id,
                                 "json", "iotdefender.replies.b1")
         return Delivery(P, thing, encode_report(message), 10 + report_id, 1)
 
-    received = [report(2), Delivery(P, thing, parts[0].payload, 20, 1), report(3)]
+    received = [report(2), Delivery(P, thing, part, 20, 1), report(3)]
 
     def more(accept: Callable[[Delivery], bool]) -> list[Delivery]:  # as PartitionReader's: in order
         taken = list(itertools.takewhile(accept, received))
@@ -248,18 +255,10 @@ def test_a_batch_s_reports_are_stored_while_its_window_parts_are_kept_and_it_end
     seconds at a large fleet's share (bench/cloud_parts.py): a batch's reports are stored
     meanwhile, not after. The batch is done (acked) only once both are; a keep that fails fails
     the batch (redelivered, the report is found stored already)."""
-    clock = Clock(W * WINDOW_S + 10)
-    detect = Detect(database, clock)
-    detect.acquire(P, 7)
-    thing = things_in(P, 1, "beside")[0]
-    parts: list[Delivery] = []
-    a = broker("node-a", clock, parts)
-    a.intake.connect_attempt(thing, "10.0.0.1", True)
-    clock.now = (W + 1) * WINDOW_S + 0.2
-    assert asyncio.run(a.publish_due()) == 1
+    clock, detect, thing, part = a_part_published(database, "beside")
     message = ReportMessage(thing, {"aws:num-listening-tcp-ports": {"count": 1}}, clock.now, 1, "json",
                             "iotdefender.replies.b1")
-    batch = [Delivery(P, thing, parts[0].payload, 20, 1), Delivery(P, thing, encode_report(message), 21, 1)]
+    batch = [Delivery(P, thing, part, 20, 1), Delivery(P, thing, encode_report(message), 21, 1)]
     keep_many = detect.collector.keep_many
     report_stored_during_the_keep: list[bool] = []
     failing = [True]
