@@ -179,6 +179,9 @@ def test_builder_creates_edits_validates_and_previews(service, page: Page):
     page.click("[data-view=json]")  # JSON that does not parse is said to be so, and changes nothing
     page.fill("textarea[name=behaviors]", "[{")
     expect(page.locator(".builder-errors")).to_contain_text("not a list of behaviors")
+    page.wait_for_timeout(1000)  # a check of the last behaviors that parsed, due or in flight, keeps it
+    expect(page.locator(".builder-errors")).to_contain_text("not a list of behaviors")
+    expect(page.locator("#behavior-builder")).to_have_attribute("data-valid", "false")
     page.fill("textarea[name=behaviors]", json.dumps(edited))
     page.click("[data-view=builder]")
     expect(page.locator("fieldset.behavior")).to_have_count(len(EXPECTED))

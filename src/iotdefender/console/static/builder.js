@@ -116,9 +116,16 @@
     }
 
     // The textarea was edited: rebuild the cards from it (when it parses).
+    // While it does not parse, no check of the behaviors before it may clear that error: one
+    // scheduled or in flight from an earlier edit answered after it and hid it (seen on a slow machine).
     fromJson() {
       const parsed = this.parse(this.textarea.value);
-      if (!parsed) { this.setErrors(["The JSON is not a list of behaviors (as in create-security-profile --behaviors)."]); return; }
+      this.unparsed = !parsed;
+      if (!parsed) {
+        this.setErrors(["The JSON is not a list of behaviors (as in create-security-profile --behaviors)."]);
+        this.root.dataset.valid = "false";
+        return;
+      }
       this.behaviors = parsed;
       this.render();
       this.changed(false);
@@ -285,12 +292,13 @@
 
     // The API's verdict, each message by the behavior it names (the rest above the list).
     async validate() {
+      if (this.unparsed) return;
       if (!this.behaviors.length) { this.setErrors([]); this.root.dataset.valid = "true"; return; }
       const local = this.localErrors();
       if (local.size) { this.setErrors([], local); this.root.dataset.valid = "false"; return; }
       const sent = JSON.stringify(this.behaviors);
       const response = await post("/console/api/builder/validate", { behaviors: this.behaviors });
-      if (JSON.stringify(this.behaviors) !== sent) return;  // changed meanwhile: a newer check follows
+      if (this.unparsed || JSON.stringify(this.behaviors) !== sent) return;  // changed meanwhile: a newer check follows
       const verdict = await response.json();
       const general = [];
       const per = new Map();
