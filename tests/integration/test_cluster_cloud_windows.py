@@ -32,7 +32,6 @@ from iotdefender.cluster.fencing import Fenced
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import Delivery
 from iotdefender.pipeline.batch_store import EventSummary
-from iotdefender.pipeline.group_commit import GroupCommit
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.partition_store import PartitionBatchStore
@@ -44,7 +43,7 @@ from iotdefender.store.availability import StoreUnavailable
 from iotdefender.store import disconnections, metric_values
 from iotdefender.store.database import create_engine
 from tests.support import connection_attempts
-from tests.support.processes import PostgresCluster, wait_until
+from tests.support.processes import PostgresCluster
 
 pytestmark = pytest.mark.postgres
 
@@ -248,36 +247,6 @@ def test_reports_that_join_a_waiting_batch_stop_at_a_window_part(database):
     asyncio.run(reader())
     with detect.engine.connect() as conn:
         assert [part.thing for part in cluster_parts.load(conn, P)[1]] == [thing]  # the part: stored as one
-
-
-def test_a_batch_s_reports_are_stored_while_its_window_parts_are_kept_and_it_ends_after_both(database):
-    """At a window's end every partition hands its parts over at once, and keeping them takes
-    seconds at a large fleet's share (bench/cloud_parts.py): a batch's reports are stored
-    meanwhile, not after. The batch is done (acked) only once both are; a keep that fails fails
-    the batch (redelivered, the report is found stored already)."""
-    clock, detect, thing, part = a_part_published(database, "beside")
-    message = ReportMessage(thing, {"aws:num-listening-tcp-ports": {"count": 1}}, clock.now, 1, "json",
-                            "iotdefender.replies.b1")
-    batch = [Delivery(P, thing, part, 20, 1), Delivery(P, thing, encode_report(message), 21, 1)]
-    keep_many = detect.collector.keep_many
-    report_stored_during_the_keep: list[bool] = []
-    failing = [True]
-
-    def held_keep_many(keeps: Any) -> Any:
-        report_stored_during_the_keep.append(wait_until(lambda: stored_report_id(detect, thing) == 1, 5))
-        if failing.pop():
-            raise RuntimeError("a row the database refused")
-        return keep_many(keeps)
-
-    detect.collector._keeps = GroupCommit(held_keep_many, "held-window-part-keeper")  # type: ignore[assignment]
-    with pytest.raises(RuntimeError):  # the batch fails only once both are done
-        asyncio.run(detect.handle(P, 7, batch))
-    assert report_stored_during_the_keep == [True]
-    failing.append(False)
-    asyncio.run(detect.handle(P, 7, batch))  # redelivered
-    assert report_stored_during_the_keep == [True, True]
-    with detect.engine.connect() as conn:
-        assert [part.thing for part in cluster_parts.load(conn, P)[1]] == [thing]
 
 
 def test_a_superseded_owner_stores_nothing_and_the_next_owner_closes_the_window_from_every_part_kept(database):

@@ -535,18 +535,6 @@ Keep = tuple[int, int, Sequence[CloudWindowMessage], Sequence[End]]
 PARTS_PER_TRANSACTION = 5_000
 
 
-async def all_of(steps: Sequence[Awaitable[None]]) -> None:
-    """Run ``steps`` at once, wait for every one of them, then raise the first one's error: a
-    batch is acked after all of them, or nakked if one failed, never while one still runs
-    (``asyncio.gather`` alone returns at the first error and leaves the others running)."""
-    if len(steps) == 1:
-        await steps[0]
-        return
-    for outcome in await asyncio.gather(*steps, return_exceptions=True):
-        if isinstance(outcome, BaseException):
-            raise outcome
-
-
 class WindowCollector:
     """A detect node's side: the parts of its partitions' windows, kept in PostgreSQL before they
     are acked, merged and closed ``grace_s`` after each window's end (the broker nodes publish
@@ -678,8 +666,8 @@ class WindowCollector:
         claiming the partition, this node's window closes, sweeps and fence moves). At a window's
         end every partition hands its parts over at once, and 200,000 devices' parts in one
         transaction held every fence of the node for 15 s (``bench/cloud_parts.py``, grouped keep).
-        Each reader's batch still waits for the whole call, every run of it, before it is acked;
-        its reports are stored meanwhile (``handler``)."""
+        The readers still wait for the whole call, every run of it: their reports are answered
+        after it either way (the parts' rows are the cost, docs/cluster.md)."""
         return together_or_apart(keeps, self._keep_together, lambda keep: self.keep(*keep),
                                  most=PARTS_PER_TRANSACTION, size=lambda keep: len(keep[2]) + len(keep[3]))
 
@@ -719,33 +707,22 @@ class WindowCollector:
                     parts.extend(one for one in (message.messages() if isinstance(message, CloudWindowParts)
                                                  else [message])
                                  if self.accept(partition, one, redelivered=delivery.delivered > 1))
-            # The parts are kept and the reports stored at once: at a window's end every partition
-            # hands its parts over together, and a batch's reports waited for all of them (~6 s
-            # at 200,000 devices a node, bench/cloud_parts.py); now only for the fence rows they
-            # share with a transaction of parts in progress. Either may be redelivered without the
-            # other: both are idempotent (parts replace their copies, reports are deduplicated).
-            steps: list[Awaitable[None]] = []
             if parts or ends:
-                steps.append(self._keep_and_hold(partition, token, parts, ends))
+                await self._keeps((partition, token, parts, ends))
+                for message in parts:  # accepted above; held unless its window was closed meanwhile
+                    if not self._late(partition, message):
+                        self._hold(partition, message.window, message.thing, message.node, message.part)
+                if partition in self._next:
+                    for end in ends:
+                        self.ends.record(partition, end)
             if rest:
                 # What arrives meanwhile joins the reports up to the first part (parts are stored
                 # here, before the batch is acked: the next batch takes that one).
                 def more_reports(accept: Callable[[Delivery], bool]) -> list[Delivery]:
                     return more(lambda delivery: not _marked(delivery.payload) and accept(delivery))
 
-                steps.append(reports(partition, token, rest, more_reports))
-            await all_of(steps)
+                await reports(partition, token, rest, more_reports)
         return handle
-
-    async def _keep_and_hold(self, partition: int, token: int, parts: Sequence[CloudWindowMessage],
-                             ends: Sequence[End]) -> None:
-        await self._keeps((partition, token, parts, ends))
-        for message in parts:  # accepted above; held unless its window was closed meanwhile
-            if not self._late(partition, message):
-                self._hold(partition, message.window, message.thing, message.node, message.part)
-        if partition in self._next:
-            for end in ends:
-                self.ends.record(partition, end)
 
     def load(self, partition: int) -> tuple[Mark | None, list[StoredPart], list[End], Seen | None, dict[str, float],
                                             list[StoredPart]]:
