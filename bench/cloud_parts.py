@@ -31,7 +31,7 @@ each ``--modes`` on fresh servers:
    its next batch once that is done. Timed: each report's wait from its arrival to its commit.
 
     .venv/bin/python bench/cloud_parts.py [--devices 20000 100000 200000] [--modes one-by-one batched]
-        [--parts-per-transaction N] [--output PATH]
+        [--parts-per-transaction N] [--kept rows|sets] [--output PATH]
 
 Writes bench/results/cloud-parts-<date>.json.
 """
@@ -74,6 +74,7 @@ from tests.support.processes import PostgresCluster  # noqa: E402
 RESULTS = Path(__file__).with_name("results")
 WINDOW_S = 300.0
 READER_BATCH = 256
+KEPT = "sets"  # --kept: how a detect node keeps the parts (a row per part: the release before)
 REPORT_EVERY_S = 0.1  # per partition: ~640 reports/s a node, 200,000 devices reporting every 5 min
 
 
@@ -143,7 +144,8 @@ def keep(url: str, sent: list[tuple[int, bytes]], postmaster: int) -> dict[str, 
                     messages.extend(message.messages() if isinstance(message, CloudWindowParts) else [message])
                 batches.append((partition, messages))
         postgres_pids = tree(postmaster)  # with this engine's connection open: its backend is among them
-        collector = WindowCollector(None, None, lambda events: None, lambda: {}, WINDOW_S, engine)  # type: ignore[arg-type]
+        collector = WindowCollector(None, None, lambda events: None, lambda: {}, WINDOW_S, engine,  # type: ignore[arg-type]
+                                    sets_readable=lambda: KEPT == "sets")
         own, database = _cpu([os.getpid()]), _cpu(postgres_pids)
         started = time.perf_counter()
         for partition, messages in batches:
@@ -288,14 +290,18 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the grouped keep's bound (cluster_windows.PARTS_PER_TRANSACTION; 1000000000: one "
                              "transaction for all that wait, as before the bound)")
     parser.add_argument("--max-seconds", type=int, default=900)
+    parser.add_argument("--kept", choices=["rows", "sets"], default="sets",
+                        help="parts kept a row per part (as while a node of the release before lives) or a set per row")
     args = parser.parse_args(argv)
+    global KEPT
+    KEPT = args.kept
     bounded(args.max_seconds)
     if args.parts_per_transaction is not None:
         cluster_windows.PARTS_PER_TRANSACTION = args.parts_per_transaction
     started = datetime.datetime.now(datetime.timezone.utc)
     result = {"benchmark": "cloud_parts", "date": started.isoformat(), "command": " ".join(sys.argv),
               "machine": environment(), "load_average_before": os.getloadavg(),
-              "parts_per_transaction": cluster_windows.PARTS_PER_TRANSACTION,
+              "parts_per_transaction": cluster_windows.PARTS_PER_TRANSACTION, "kept": KEPT,
               "runs": [run(devices, mode) for devices in args.devices for mode in args.modes],
               "load_average_after": os.getloadavg()}
     output = args.output or RESULTS / f"cloud-parts-{started:%Y-%m-%d}.json"

@@ -305,20 +305,22 @@ def nats_events(settings: Settings, engine: Engine, intake: CloudEventIntake, no
 
 def cloud_collector(settings: Settings, engine: Engine, monitoring: MonitoringIndex, detection: DetectionService,
                     on_events: EventListener, owned: Callable[[], Mapping[int, int]],
-                    ends_in_use: Callable[[], bool], read_through: Callable[[int], float]) -> WindowCollector | None:
+                    ends_in_use: Callable[[], bool], read_through: Callable[[int], float],
+                    sets_readable: Callable[[], bool] = lambda: True) -> WindowCollector | None:
     """A detect node's cloud-side metrics: the broker nodes' parts of its partitions' windows,
     merged, closed and evaluated (cloud/cluster_windows.py); ``ends_in_use``: whether every live
-    node reads ends of window (rolling upgrades: publishers send none while one does not)."""
+    node reads ends of window (rolling upgrades: publishers send none while one does not);
+    ``sets_readable``: whether every live node reads parts kept a set per row."""
     if not settings.cloud_metrics:
         return None
     return WindowCollector(detection, monitoring, on_events, owned, settings.effective_metrics_window, engine,
-                           ends_in_use=ends_in_use, read_through=read_through)
+                           ends_in_use=ends_in_use, read_through=read_through, sets_readable=sets_readable)
 
 
 def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
                 monitoring: MonitoringIndex, routes: AlertRoutes, alerts: AlertDelivery, health: DatabaseHealth,
                 bare_token_members: BareTokenMembers | None = None, swept: SweepWake | None = None,
-                ends_in_use: Callable[[], bool] = lambda: True
+                ends_in_use: Callable[[], bool] = lambda: True, sets_readable: Callable[[], bool] = lambda: True
                 ) -> tuple[DetectConsumer, DetectionService, list[Coroutine[Any, Any, None]]]:
     """The consumer of this node's partitions, its detection (control notices reach its ML
     models) and the loops a detect node runs (not yet started). Cut off from the database for
@@ -335,7 +337,8 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     owned: list[DetectConsumer] = []  # the collector reads the consumer's partitions, built after it
     cloud = cloud_collector(settings, engine, monitoring, detection, counting(alerts.wake),
                             lambda: owned[0].ownership.kept() if owned else {}, ends_in_use,
-                            lambda partition: owned[0].read_through(partition) if owned else float("-inf"))
+                            lambda partition: owned[0].read_through(partition) if owned else float("-inf"),
+                            sets_readable)
     consumer = (DetectConsumer(nc.jetstream(), topology, node_id, cloud.handler(store.handle),
                                on_acquired=cloud_acquired(cloud, store.on_acquired),
                                on_released=cloud_released(cloud, store.on_released),
@@ -439,7 +442,8 @@ async def serve_cluster(settings: Settings) -> None:
     alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale)
     swept = SweepWake()
     consumer, detection, loops = (detect_role(settings, nc, topology, node_id, engine, monitoring, routes, alerts,
-                                              health, flags.unannounced, swept, peers_read.ends)
+                                              health, flags.unannounced, swept, peers_read.ends,
+                                              peers_read.part_sets)
                                   if "detect" in roles else (None, None, []))
     # The sweep last: it reads the control plane the caches before it were dropped for.
     notices.append(ControlNotices(nc, node_id, [monitoring.invalidate] +

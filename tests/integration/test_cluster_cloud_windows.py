@@ -26,8 +26,9 @@ from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.cloud.service import CloudEventIntake
 from iotdefender.cloud import cluster_parts
 from iotdefender.cloud import service as cloud_service
-from iotdefender.cloud.cluster_windows import (PARTS_LATE, WINDOWS_INCOMPLETE, CloudWindowEnd, WindowCollector,
-                                               WindowPublisher, encode)
+from iotdefender.cloud.aggregator import ClientWindow
+from iotdefender.cloud.cluster_windows import (PARTS_LATE, WINDOWS_INCOMPLETE, CloudWindowEnd, CloudWindowMessage,
+                                               WindowCollector, WindowPublisher, encode)
 from iotdefender.cluster.fencing import Fenced
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import Delivery
@@ -91,7 +92,7 @@ def prepared(postgres: PostgresCluster, tmp_path: Path) -> str:
 class Detect:
     """One detect node: its detection, partition store and cloud window collector."""
 
-    def __init__(self, url: str, clock: Clock) -> None:
+    def __init__(self, url: str, clock: Clock, sets_readable: Callable[[], bool] = lambda: True) -> None:
         self.engine = create_engine(url)
         monitoring = MonitoringIndex(self.engine, f"arn:aws:iot:us-east-1:{ACCOUNT}:")
         self.detection = DetectionService(self.engine, monitoring, AlertRoutes({}), 172800.0)
@@ -99,7 +100,7 @@ class Detect:
         self.store = PartitionBatchStore(monitoring, self.detection, self.events.extend)
         self.owned: dict[int, int] = {}
         self.collector = WindowCollector(self.detection, monitoring, self.events.extend, lambda: self.owned,
-                                         WINDOW_S, self.engine, clock=clock)
+                                         WINDOW_S, self.engine, clock=clock, sets_readable=sets_readable)
         self.handle = self.collector.handler(self.store.handle)
 
     def acquire(self, partition: int, token: int) -> None:
@@ -290,7 +291,9 @@ def test_a_superseded_owner_stores_nothing_and_the_next_owner_closes_the_window_
     assert [(ts, p["aws:num-messages-sent"]["count"]) for ts, p in datapoints(database, thing)] == [
         ((W + 1) * WINDOW_S, 7), ((W + 2) * WINDOW_S, 1)]
     with third.engine.connect() as conn:  # closed windows' parts are deleted, but the last's: who saw whom
-        assert conn.execute(sa.text("SELECT window_index, node FROM cluster_cloud_parts")).all() == [(W + 1, "node-a")]
+        assert conn.execute(sa.text("SELECT window_index, node FROM cluster_cloud_part_sets")).all() == [
+            (W + 1, "node-a")]
+        assert conn.execute(sa.text("SELECT count(*) FROM cluster_cloud_parts")).scalar() == 0
     for node in (old, new, third):
         node.engine.dispose()
 
@@ -492,39 +495,90 @@ def test_a_closing_mark_never_goes_back_to_an_earlier_window(database):
     engine.dispose()
 
 
-def test_parts_kept_replace_their_copies_even_twice_in_one_batch(database):
+KEEPERS = pytest.mark.parametrize("keeper", [cluster_parts.keep, cluster_parts.keep_sets],
+                                  ids=["a-row-per-part", "a-set-per-row"])
+
+
+def sent(count: int) -> ClientWindow:
+    return ClientWindow(sent={"t": count}, sent_max_bytes={"t": 10}, sent_min_bytes={"t": 10})
+
+
+@KEEPERS
+def test_parts_kept_replace_their_copies_even_twice_in_one_batch(database, keeper):
     """A part redelivered replaces its copy (same window, thing and broker node), in a later batch
     or in the same one: the parts are kept in one statement, which may not touch a row twice."""
-    from iotdefender.cloud.aggregator import ClientWindow
     engine = create_engine(database)
-
-    def sent(count: int) -> ClientWindow:
-        return ClientWindow(sent={"t": count}, sent_max_bytes={"t": 10}, sent_min_bytes={"t": 10})
-
     with engine.begin() as conn:
-        cluster_parts.keep(conn, P, [cluster_parts.StoredPart(5, "t1", "node-a", sent(1)),
-                                     cluster_parts.StoredPart(5, "t2", "node-a", sent(2))])
-        cluster_parts.keep(conn, P, [cluster_parts.StoredPart(5, "t1", "node-a", sent(3)),
-                                     cluster_parts.StoredPart(5, "t3", "node-b", sent(4)),
-                                     cluster_parts.StoredPart(5, "t3", "node-b", sent(5))])
+        keeper(conn, P, [cluster_parts.StoredPart(5, "t1", "node-a", sent(1)),
+                         cluster_parts.StoredPart(5, "t2", "node-a", sent(2))])
+        keeper(conn, P, [cluster_parts.StoredPart(5, "t1", "node-a", sent(3)),
+                         cluster_parts.StoredPart(5, "t3", "node-b", sent(4)),
+                         cluster_parts.StoredPart(5, "t3", "node-b", sent(5))])
         _, parts, _, _ = cluster_parts.load(conn, P)
     assert sorted((p.thing, p.node, p.part.sent["t"]) for p in parts) == [
         ("t1", "node-a", 3), ("t2", "node-a", 2), ("t3", "node-b", 5)]
     engine.dispose()
 
 
-def test_who_saw_whom_is_known_only_for_the_window_before_the_next_to_close(database):
+def test_a_set_received_again_replaces_its_row_and_overlapping_sets_agree_the_later_wins(database):
+    """Parts kept a set per row: the same set received again (a redelivery) replaces its row; a
+    set cut differently (a batch redelivered with other boundaries) is another row holding the
+    same parts, and the row written later wins when they are read back. Parts kept a row each by
+    the release before are read too, and a set written after them wins. Closing the window
+    deletes from both tables."""
+    engine = create_engine(database)
+    with engine.begin() as conn:
+        cluster_parts.keep(conn, P, [cluster_parts.StoredPart(5, "t0", "node-a", sent(1)),
+                                     cluster_parts.StoredPart(5, "t1", "node-a", sent(1))])  # the release before
+        first = [cluster_parts.StoredPart(5, "t1", "node-a", sent(2)), cluster_parts.StoredPart(5, "t2", "node-a", sent(2))]
+        cluster_parts.keep_sets(conn, P, first)
+        cluster_parts.keep_sets(conn, P, first)  # received again
+        assert conn.execute(sa.text("SELECT count(*) FROM cluster_cloud_part_sets")).scalar() == 1
+        cluster_parts.keep_sets(conn, P, [cluster_parts.StoredPart(5, "t2", "node-a", sent(3)),
+                                          cluster_parts.StoredPart(5, "t3", "node-a", sent(3))])
+        _, parts, _, _ = cluster_parts.load(conn, P)
+        assert [(p.thing, p.part.sent["t"]) for p in parts] == [("t0", 1), ("t1", 2), ("t2", 3), ("t3", 3)]
+        cluster_parts.advance(conn, {P: cluster_parts.Mark(6, None)})
+        assert cluster_parts.load(conn, P)[1] == []
+        assert conn.execute(sa.text("SELECT (SELECT count(*) FROM cluster_cloud_parts) + "
+                                    "(SELECT count(*) FROM cluster_cloud_part_sets)")).scalar() == 0
+    engine.dispose()
+
+
+def test_a_node_keeps_sets_only_once_every_live_node_reads_them(database):
+    """Rolling upgrades: while a node of the release before lives (it reads only a row per part),
+    a detect node keeps a row per part; once they all read sets, a set per row."""
+    clock = Clock(W * WINDOW_S + 10)
+    readable = [False]
+    detect = Detect(database, clock, sets_readable=lambda: readable[0])
+    detect.acquire(P, 7)
+    thing, other = things_in(P, 2, "upg")
+
+    def part_of(name: str) -> CloudWindowMessage:
+        return CloudWindowMessage(name, W, WINDOW_S, "node-a", sent(1))
+
+    detect.collector.keep(P, 7, [part_of(thing)])
+    readable[0] = True
+    detect.collector.keep(P, 7, [part_of(other)])
+    with detect.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT thing FROM cluster_cloud_parts")).scalars().all() == [thing]
+        assert conn.execute(sa.text("SELECT count(*) FROM cluster_cloud_part_sets")).scalar() == 1
+        assert sorted(p.thing for p in cluster_parts.load(conn, P)[1]) == sorted([thing, other])
+    detect.engine.dispose()
+
+
+@KEEPERS
+def test_who_saw_whom_is_known_only_for_the_window_before_the_next_to_close(database, keeper):
     """The parts of the last window closed whole are kept as who saw whom in it, also while the
     next window is closed in part; a window closed by a release before them (which deletes them and
     names no seen window) leaves none assumed, not an empty one (every device whole)."""
-    from iotdefender.cloud.aggregator import ClientWindow
     engine = create_engine(database)
     part = ClientWindow()
     with engine.begin() as conn:
-        cluster_parts.keep(conn, P, [cluster_parts.StoredPart(5, "t1", "node-a", part),
-                                     cluster_parts.StoredPart(5, "t1", "node-b", part),
-                                     cluster_parts.StoredPart(5, "t2", "node-b", part),
-                                     cluster_parts.StoredPart(6, "t1", "node-a", part)])
+        keeper(conn, P, [cluster_parts.StoredPart(5, "t1", "node-a", part),
+                         cluster_parts.StoredPart(5, "t1", "node-b", part),
+                         cluster_parts.StoredPart(5, "t2", "node-b", part),
+                         cluster_parts.StoredPart(6, "t1", "node-a", part)])
         cluster_parts.advance(conn, {P: cluster_parts.Mark(5, None)})
         mark, parts, seen, closed_in_part = cluster_parts.load(conn, P)
         assert closed_in_part == []
@@ -989,7 +1043,6 @@ def test_a_batch_part_of_another_partition_is_refused_and_the_rest_of_the_batch_
     """A node of another configuration (another partition count) batches a thing that is not this
     partition's: that part is refused (logged at most a few times per interval, not once per part)
     and the batch's other parts count."""
-    from iotdefender.cloud.aggregator import ClientWindow
     from iotdefender.cloud.cluster_windows import CloudWindowParts, DevicePart, encode
 
     clock = Clock(W * WINDOW_S + 10)
@@ -1043,7 +1096,6 @@ def test_parts_handed_over_at_once_by_many_partitions_go_in_bounded_transactions
     claiming a partition, window closes and sweeps wait for) for 15 s (bench/cloud_parts.py); at most
     ``PARTS_PER_TRANSACTION`` parts now go in one, and every part is kept."""
     from iotdefender.cloud import cluster_windows
-    from iotdefender.cloud.aggregator import ClientWindow
     from iotdefender.cloud.cluster_windows import CloudWindowParts, DevicePart, encode
 
     monkeypatch.setattr(cluster_windows, "PARTS_PER_TRANSACTION", 5)

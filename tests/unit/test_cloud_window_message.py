@@ -8,7 +8,7 @@ import asyncio
 from iotdefender.cloud.aggregator import Aggregator, ClientWindow, merge_windows
 from iotdefender.cloud.cluster_windows import (PARTS_MAX_BYTES, PARTS_PER_MESSAGE, CloudWindowEnd, CloudWindowMessage,
                                                CloudWindowParts, DevicePart, PeersRead, WindowPublisher, batched,
-                                               decode, encode, ends_readable, parts_limit)
+                                               announcement, decode, encode, ends_readable, parts_limit)
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cloud.service import CloudEventIntake
 from iotdefender.pipeline.report_message import ReportMessage, encode as encode_report
@@ -158,6 +158,15 @@ def test_batches_are_sent_only_when_every_live_node_announces_it_reads_them():
     assert peers.ends() and not peers.batches()  # a node of the release before: it reads one part a message
     announced["cloud-window-parts"] = [1, 1]
     assert peers.batches()
+
+
+def test_parts_are_kept_a_set_per_row_only_when_every_live_node_announces_it_reads_them():
+    announced = {"cloud-part-sets": [1, None]}  # a node of the release before announces nothing of it
+    peers = PeersRead(lambda key: announced[key])
+    assert not peers.part_sets()
+    announced["cloud-part-sets"] = [1, 1]
+    assert peers.part_sets()
+    assert announcement()["cloud-part-sets"] == 1
 
 
 def test_an_event_counts_in_the_window_the_broker_saw_it_in_unless_that_window_was_closed_since():

@@ -26,13 +26,24 @@ the next window it closes; a window it closed names no ``seen_window``, so none 
 The publishers' ends of window (cloud/window_ends.py) are kept beside the parts, in the same
 transaction (each publisher's latest per partition), so a successor knows whose parts it waits
 for; closing a window deletes those that can no longer matter.
+
+**A set per row** (``keep_sets``, ``cluster_cloud_part_sets``). A row per device's part was
+PostgreSQL's work at every window's end: ~6 s of one transaction after another at 200,000
+devices a node, which every report of the node waited for (bench/README.md, "What the reports
+wait for at a window's end"). Once every live node reads them, a detect node keeps a broker node's
+parts of one window a set per row instead, as its readers' batches bring them (one
+``CloudWindowParts`` holds up to 1,000 devices). A set received again (a redelivery: the same
+things) replaces its row; sets that overlap (a batch cut differently when redelivered) hold the
+same parts, and the later row wins when they are read back. ``load`` reads both tables.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -40,6 +51,7 @@ from iotdefender.cloud.aggregator import ClientWindow, pack, unpack
 from iotdefender.cloud.window_ends import End
 from iotdefender.store.rows import upsert
 from iotdefender.store.schema import cluster_cloud_ends as ends_table
+from iotdefender.store.schema import cluster_cloud_part_sets as sets_table
 from iotdefender.store.schema import cluster_cloud_parts as parts_table
 from iotdefender.store.schema import cluster_cloud_progress as progress_table
 
@@ -69,7 +81,8 @@ class Mark:
 
 
 def keep(conn: Connection, partition: int, parts: Iterable[StoredPart]) -> None:
-    """Store parts (a redelivered one replaces its copy: same window, thing and broker node)."""
+    """Store parts a row each (a redelivered one replaces its copy: same window, thing and broker
+    node): what the release before reads, so kept this way while one of its nodes lives."""
     # One statement may not touch a row twice: a part handed over twice in the batch keeps its last.
     latest = {(p.window, p.thing, p.node): p.part for p in parts}
     if not latest:
@@ -94,6 +107,43 @@ _KEEP_ARRAYS = (
     "INSERT INTO cluster_cloud_parts (partition, window_index, thing, node, part) "
     "SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bytea[]) "
     "ON CONFLICT (partition, window_index, thing, node) DO UPDATE SET part = excluded.part")
+
+
+class _ThingPart(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One device's part in a kept set."""
+
+    thing: str
+    part: ClientWindow
+
+
+_SET_ENCODER = msgspec.msgpack.Encoder()
+#: The most parts in one row: a reader's batch (256 messages of up to 1,000 parts) of one broker
+#: node and window would otherwise be one row of tens of MB, rewritten whole when received again.
+SET_MOST = 10_000
+_SET_DECODER = msgspec.msgpack.Decoder(list[_ThingPart])
+
+
+def keep_sets(conn: Connection, partition: int, parts: Iterable[StoredPart]) -> None:
+    """Store parts a set per (window, broker node) per row (the module docstring): a set received
+    again, the same things, replaces its row."""
+    sets: dict[tuple[int, str], dict[str, ClientWindow]] = {}
+    for p in parts:
+        sets.setdefault((p.window, p.node), {})[p.thing] = p.part  # a part twice in one batch: its last
+    if not sets:
+        return
+    rows = []
+    for (window, node), by_thing in sets.items():
+        things = list(by_thing)
+        for start in range(0, len(things), SET_MOST):
+            chosen = things[start:start + SET_MOST]
+            digest = hashlib.blake2b("\n".join(sorted(chosen)).encode(), digest_size=16).digest()
+            rows.append({"partition": partition, "window_index": window, "node": node, "things_digest": digest,
+                         "parts": _SET_ENCODER.encode([_ThingPart(thing, by_thing[thing]) for thing in chosen])})
+    stmt = upsert(conn, sets_table)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[sets_table.c.partition, sets_table.c.window_index, sets_table.c.node,
+                        sets_table.c.things_digest],
+        set_={"parts": stmt.excluded.parts}), rows)
 
 
 def keep_ends(conn: Connection, partition: int, ends: Iterable[End]) -> None:
@@ -151,6 +201,29 @@ def load(conn: Connection, partition: int) -> tuple[Mark | None, list[StoredPart
     parts: list[StoredPart] = []
     closed_in_part: list[StoredPart] = []
     seen: dict[str, set[str]] = {}
+    for (window, thing, node), part in _kept(conn, partition, before).items():
+        if mark is None or not mark.closed(window, thing):
+            parts.append(StoredPart(window, thing, node, _window(part)))
+        elif mark.through is not None and window == mark.window:
+            closed_in_part.append(StoredPart(window, thing, node, _window(part)))
+        elif kept_seen and window == before:
+            seen.setdefault(thing, set()).add(node)
+    if not kept_seen or before is None:
+        return mark, parts, None, closed_in_part
+    return mark, parts, Seen(before, {thing: frozenset(nodes) for thing, nodes in seen.items()}), closed_in_part
+
+
+def _window(part: bytes | ClientWindow | None) -> ClientWindow:
+    return part if isinstance(part, ClientWindow) else unpack(part)  # type: ignore[arg-type]
+
+
+def _kept(conn: Connection, partition: int, before: int | None
+          ) -> dict[tuple[int, str, str], bytes | ClientWindow | None]:
+    """Every part kept of the partition, in (window, thing, node) order: the rows of a part each
+    (a release before writes them) first, then the sets in the order they were written (a later
+    copy of a part wins). A part as kept (bytes), decoded (from a set), or None (of the seen
+    window or one before it, whose parts are not needed)."""
+    kept: dict[tuple[int, str, str], bytes | ClientWindow | None] = {}
     # Of the seen window (and any before it) only who saw whom is read, not the parts themselves:
     # at a partition's share of a large fleet that is most of the rows. All rows are fetched at
     # once: iterating the result fetched them one by one.
@@ -158,17 +231,14 @@ def load(conn: Connection, partition: int) -> tuple[Mark | None, list[StoredPart
                    sa.case((parts_table.c.window_index <= before, sa.null()), else_=parts_table.c.part))
     for window, thing, node, part in conn.execute(
             sa.select(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node, part_column)
-            .where(parts_table.c.partition == partition)
-            .order_by(parts_table.c.window_index, parts_table.c.thing, parts_table.c.node)).all():
-        if mark is None or not mark.closed(int(window), thing):
-            parts.append(StoredPart(int(window), thing, node, unpack(part)))
-        elif mark.through is not None and window == mark.window:
-            closed_in_part.append(StoredPart(int(window), thing, node, unpack(part)))
-        elif kept_seen and window == before:
-            seen.setdefault(thing, set()).add(node)
-    if not kept_seen or before is None:
-        return mark, parts, None, closed_in_part
-    return mark, parts, Seen(before, {thing: frozenset(nodes) for thing, nodes in seen.items()}), closed_in_part
+            .where(parts_table.c.partition == partition)).all():
+        kept[(int(window), thing, node)] = part
+    for window, node, data in conn.execute(
+            sa.select(sets_table.c.window_index, sets_table.c.node, sets_table.c.parts)
+            .where(sets_table.c.partition == partition).order_by(sets_table.c.id)).all():
+        for one in _SET_DECODER.decode(data):
+            kept[(int(window), one.thing, node)] = one.part
+    return dict(sorted(kept.items()))
 
 
 def advance(conn: Connection, marks: Mapping[int, Mark]) -> None:
@@ -191,5 +261,5 @@ def advance(conn: Connection, marks: Mapping[int, Mark]) -> None:
                   for p, m in sorted(marks.items())])
     whole = [(p, m.window) for p, m in sorted(marks.items()) if m.through is None]
     for partition, window in whole:  # the window's own parts stay: who saw whom in it
-        conn.execute(parts_table.delete().where(parts_table.c.partition == partition,
-                                                parts_table.c.window_index < window))
+        for table in (parts_table, sets_table):
+            conn.execute(table.delete().where(table.c.partition == partition, table.c.window_index < window))

@@ -60,7 +60,7 @@ from typing import Any
 import msgspec
 import structlog
 from prometheus_client import Counter
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from iotdefender.cloud.aggregator import ClientWindow, connection_changes, merge_windows
 from iotdefender.cloud import cluster_parts
@@ -177,8 +177,13 @@ class CloudWindowEnd(msgspec.Struct, frozen=True, tag_field="kind", tag=END_KIND
         return End(self.node, self.began, self.since, self.window, self.last)
 
 
+#: What a node announces when it reads the parts kept a set per row (cluster_parts.keep_sets): a
+#: detect node keeps them so only once every live node does.
+SETS_ANNOUNCEMENT = "cloud-part-sets"
+
+
 def announcement() -> dict[str, int]:
-    return {ENDS_ANNOUNCEMENT: VERSION, PARTS_ANNOUNCEMENT: VERSION}
+    return {ENDS_ANNOUNCEMENT: VERSION, PARTS_ANNOUNCEMENT: VERSION, SETS_ANNOUNCEMENT: VERSION}
 
 
 def ends_readable(announced: Sequence[object]) -> bool:
@@ -198,6 +203,9 @@ class PeersRead:
 
     def batches(self) -> bool:
         return all(value == VERSION for value in self.announced(PARTS_ANNOUNCEMENT))
+
+    def part_sets(self) -> bool:
+        return all(value == VERSION for value in self.announced(SETS_ANNOUNCEMENT))
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -557,9 +565,11 @@ class WindowCollector:
                  owned: Callable[[], Mapping[int, int]], window_s: float, engine: Engine, grace_s: float | None = None,
                  clock: Callable[[], float] = time.time, partitions: int = PARTITION_COUNT,
                  wait_s: float = 10.0, ends_in_use: Callable[[], bool] = _always,
-                 read_through: Callable[[int], float] | None = None, longest_wait_s: float = 120.0) -> None:
+                 read_through: Callable[[int], float] | None = None, longest_wait_s: float = 120.0,
+                 sets_readable: Callable[[], bool] = _always) -> None:
         self.grace_s = grace_s if grace_s is not None else min(2.0, window_s / 2)
         self.wait_s, self._ends_in_use = wait_s, ends_in_use
+        self._sets_readable = sets_readable
         self._read_through, self._longest_wait_s = read_through, longest_wait_s
         self.ends = WindowEnds(horizon_for(wait_s, window_s))
         # partition -> (the last window merged here, each of its things' publishers in it): who may
@@ -645,10 +655,15 @@ class WindowCollector:
              ends: Sequence[End] = ()) -> None:
         """Store parts and ends in PostgreSQL, fenced (a superseded owner raises ``Fenced``: not
         acked, its successor reads them again); in a worker thread, before the deliveries are acked."""
+        keep_parts = self._parts_keeper()
         with writing(self._engine) as conn:
             fencing.check(conn, partition, token)
-            cluster_parts.keep(conn, partition, [StoredPart(m.window, m.thing, m.node, m.part) for m in messages])
+            keep_parts(conn, partition, [StoredPart(m.window, m.thing, m.node, m.part) for m in messages])
             cluster_parts.keep_ends(conn, partition, ends)
+
+    def _parts_keeper(self) -> Callable[[Connection, int, Sequence[StoredPart]], None]:
+        """A set per row once every live node reads them (rolling upgrades), else a row per part."""
+        return cluster_parts.keep_sets if self._sets_readable() else cluster_parts.keep
 
     def keep_many(self, keeps: Sequence[Keep]) -> list[Exception | None]:
         """``keep`` for several partitions' (partition, token, parts, ends) in one transaction, in
@@ -673,6 +688,7 @@ class WindowCollector:
 
     def _keep_together(self, keeps: Sequence[Keep]) -> list[Exception | None]:
         results: list[Exception | None] = [None] * len(keeps)
+        keep_parts = self._parts_keeper()
         with writing(self._engine) as conn:
             for index in sorted(range(len(keeps)), key=lambda i: keeps[i][0]):
                 partition, token, messages, ends = keeps[index]
@@ -681,8 +697,7 @@ class WindowCollector:
                 except fencing.Fenced as error:  # raised before anything of it was written
                     results[index] = error
                     continue
-                cluster_parts.keep(conn, partition, [StoredPart(m.window, m.thing, m.node, m.part)
-                                                     for m in messages])
+                keep_parts(conn, partition, [StoredPart(m.window, m.thing, m.node, m.part) for m in messages])
                 cluster_parts.keep_ends(conn, partition, ends)
         return results
 

@@ -314,6 +314,26 @@ cluster_cloud_parts = sa.Table(
     sa.Column("part", sa.LargeBinary, nullable=False),
 )
 
+# The same parts, a set per row (migration 0020): a broker node's parts of one window for many devices
+# of a partition, as one detect node batch received them (``parts``: msgpack of (thing, part)
+# pairs). A row per device's part cost each detect node ~6 s of PostgreSQL writes at every window's
+# end at 200,000 devices a node, and its reports waited for them; a row per set is a few hundred.
+# ``things_digest`` (of the set's things) makes a set received again replace itself; ``id`` orders
+# them (a later copy of a part wins). Written once every live node reads them (``cloud-part-sets``):
+# a node of the release before reads only ``cluster_cloud_parts``.
+cluster_cloud_part_sets = sa.Table(
+    "cluster_cloud_part_sets",
+    metadata,
+    sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("window_index", sa.BigInteger, nullable=False),
+    sa.Column("node", sa.String(200), nullable=False),
+    sa.Column("things_digest", sa.LargeBinary, nullable=False),
+    sa.Column("parts", sa.LargeBinary, nullable=False),
+    sa.UniqueConstraint("partition", "window_index", "node", "things_digest",
+                        name="uq_cluster_cloud_part_sets_set"),
+)
+
 cluster_cloud_progress = sa.Table(
     "cluster_cloud_progress",
     metadata,
