@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 
-from iotdefender.cluster.ownership import Ownership
+from iotdefender.cluster.ownership import Ownership, members_listed
 from iotdefender.cluster.topology import Topology
 
 
@@ -45,3 +45,26 @@ def test_a_rebalance_round_rests_a_tick_after_it_ends():
     tick = 0.4
     gaps = _round_starts(from_start=False, tick=tick)
     assert len(gaps) >= 2 and min(gaps) >= 2 * tick - 0.02, gaps
+
+
+def test_a_member_missing_from_one_listing_is_kept_if_the_next_lists_it():
+    """A listing that misses a live member (a late entry) is not taken for the members: it is
+    listed again, and a member is dropped only when both listings miss it."""
+    listings = [{"node-a": b"", "node-b": b""}, {"node-a": b"", "node-b": b"", "node-old": b"{}"}]
+    calls: list[int] = []
+
+    async def list_once() -> dict[str, bytes]:
+        calls.append(1)
+        return listings[len(calls) - 1]
+
+    entries = asyncio.run(members_listed(list_once, ["node-b", "node-old"]))
+    assert entries == {"node-a": b"", "node-b": b"", "node-old": b"{}"} and len(calls) == 2
+
+    calls.clear()
+    listings = [{"node-a": b""}, {"node-a": b""}]  # node-old left: both listings miss it
+    assert asyncio.run(members_listed(list_once, ["node-old"])) == {"node-a": b""} and len(calls) == 2
+
+    calls.clear()
+    listings = [{"node-a": b"", "node-old": b""}]  # nobody missing: one listing
+    assert asyncio.run(members_listed(list_once, ["node-old"])) == {"node-a": b"", "node-old": b""}
+    assert len(calls) == 1
