@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from iotdefender import __version__
 from iotdefender.logging_setup import configure_logging
-from iotdefender.settings import add_serve_arguments, settings_from
+from iotdefender.settings import Settings, add_serve_arguments, settings_from
+
+if TYPE_CHECKING:
+    from iotdefender.pipeline.worker_standby import WorkerStandby
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,22 +67,35 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(args.data_dir, args.api_port, args.mqtt_port, args.duration, keep_running=not args.exit)
 
     if args.command == "serve":
-        from iotdefender.service import ConfigurationError, run
-
         settings = settings_from(args)
-        configure_logging(settings.log_format)
-        try:
-            if settings.cluster_url is not None:
-                from iotdefender.cluster_serve import serve_cluster
+        standby = None
+        if settings.cluster_url is None and settings.detection_worker:
+            from iotdefender.pipeline.worker_standby import WorkerStandby
 
-                run(settings, serve_cluster)
-            else:
-                run(settings)
-        except (ConfigurationError, FileNotFoundError) as error:
-            parser.exit(2, f"iotdefender: error: {error}\n")
-        except KeyboardInterrupt:
-            pass
+            standby = WorkerStandby.spawn()  # it imports while this process imports the service
+        try:
+            _serve(parser, settings, standby)
+        finally:
+            if standby is not None:
+                standby.discard()  # if the service never took it
     return 0
+
+
+def _serve(parser: argparse.ArgumentParser, settings: Settings, standby: WorkerStandby | None) -> None:
+    from iotdefender.service import ConfigurationError, run, serve
+
+    configure_logging(settings.log_format)
+    try:
+        if settings.cluster_url is not None:
+            from iotdefender.cluster_serve import serve_cluster
+
+            run(settings, serve_cluster)
+        else:
+            run(settings, functools.partial(serve, standby=standby))
+    except (ConfigurationError, FileNotFoundError) as error:
+        parser.exit(2, f"iotdefender: error: {error}\n")
+    except KeyboardInterrupt:
+        pass
 
 
 def _simulate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

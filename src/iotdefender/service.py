@@ -49,6 +49,7 @@ from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.sweep_wake import SweepWake
 from iotdefender.pipeline.worker import WorkerConfig
 from iotdefender.pipeline.worker_client import WorkerBatchStore
+from iotdefender.pipeline.worker_standby import WorkerStandby
 from iotdefender.net_address import check_port_free
 from iotdefender.role_metrics import ROLE_ORDER, describe_node, export_only
 from iotdefender.settings import Settings
@@ -243,18 +244,21 @@ def pipeline_config(settings: Settings, context: ServiceContext, routes: AlertRo
 
 
 async def open_batch_store(settings: Settings, engine: Engine, config: PipelineConfig, monitoring: MonitoringIndex,
-                           on_events: EventListener) -> BatchStore:
-    """Storage and detection of batches: in a child process (default) or in this one."""
+                           on_events: EventListener, standby: WorkerStandby | None = None) -> BatchStore:
+    """Storage and detection of batches: in a child process (default) or in this one.
+
+    ``standby``: the worker the command line started before importing the service, if it did."""
     if not settings.detection_worker:
         return await anyio.to_thread.run_sync(open_local_store, engine, config, monitoring, on_events)
     store = WorkerBatchStore(WorkerConfig(database_url=engine.url.render_as_string(hide_password=False),
                                           log_format=settings.log_format, pipeline=config,
-                                          database_timeout=settings.database_timeout), on_events)
+                                          database_timeout=settings.database_timeout), on_events,
+                             standby=standby)
     await anyio.to_thread.run_sync(store.start)
     return store
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, standby: WorkerStandby | None = None) -> None:
     validate(settings)
     token = metrics_token(settings)
     check_api_port(settings)
@@ -267,7 +271,7 @@ async def serve(settings: Settings) -> None:
     alerts = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale,
                            sole_deliverer=True)
     store = await open_batch_store(settings, engine, pipeline_config(settings, context, routes), monitoring,
-                                   on_events=counting(alerts.wake))
+                                   on_events=counting(alerts.wake), standby=standby)
 
     ingest, replies = build_ingest(settings, engine, monitoring, store, health)
     cloud = CloudMetricsService(engine, monitoring, store, settings.effective_metrics_window)

@@ -91,3 +91,54 @@ def test_the_service_counts_the_events_the_worker_reports_back(tmp_path):
         store.close()
     assert events == [("in-alarm", "in-worker", "few-ports")] * 3
     assert counter._value.get() - before == 3 and woken == [1]
+
+
+def test_the_first_worker_is_the_standby_started_before_the_store():
+    """``serve`` spawns a worker before importing itself (worker_standby.py); the store's first start
+    hands that child its config instead of spawning another, and the child stores batches."""
+    from iotdefender.pipeline.worker_standby import WorkerStandby
+
+    url = sqlite_url(Path(tempfile.mkdtemp()))
+    upgrade_to_head(create_engine(url))
+    standby = WorkerStandby.spawn()
+    store = WorkerBatchStore(WorkerConfig(database_url=url, log_format="json", pipeline=PIPELINE),
+                             on_events=lambda events: None, standby=standby)
+    try:
+        store.start()
+        assert store._process is standby._process
+        assert store.store_batch([("t-1", {"aws:num-listening-tcp-ports": {"count": 1}}, time.time(), 1)]) == []
+        assert store._process is standby._process
+    finally:
+        store.close()
+    assert not standby._process.is_alive()
+
+
+def test_a_standby_that_died_is_replaced_by_a_worker_started_as_usual():
+    from iotdefender.pipeline.worker_standby import WorkerStandby
+
+    url = sqlite_url(Path(tempfile.mkdtemp()))
+    upgrade_to_head(create_engine(url))
+    standby = WorkerStandby.spawn()
+    standby._process.kill()
+    standby._process.join()
+    store = WorkerBatchStore(WorkerConfig(database_url=url, log_format="json", pipeline=PIPELINE),
+                             on_events=lambda events: None, standby=standby)
+    try:
+        store.start()
+        assert store._process is not standby._process and store._process.is_alive()
+        assert store.store_batch([("t-1", {"aws:num-listening-tcp-ports": {"count": 1}}, time.time(), 1)]) == []
+    finally:
+        store.close()
+
+
+def test_a_standby_never_taken_ends_when_discarded_or_when_the_store_closes():
+    from iotdefender.pipeline.worker_standby import WorkerStandby
+
+    discarded = WorkerStandby.spawn()
+    discarded.discard()
+    assert not discarded._process.is_alive()
+    unused = WorkerStandby.spawn()
+    store = WorkerBatchStore(WorkerConfig(database_url="sqlite://", log_format="json", pipeline=PIPELINE),
+                             on_events=lambda events: None, standby=unused)
+    store.close()  # never started
+    assert not unused._process.is_alive()

@@ -23,6 +23,7 @@ import structlog
 from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSummary
 from iotdefender.pipeline.transaction_metrics import TransactionObserver, observe
 from iotdefender.pipeline.worker import WorkerConfig, worker_main
+from iotdefender.pipeline.worker_standby import WorkerStandby
 from iotdefender.store.availability import StoreUnavailable
 
 log = structlog.get_logger("iotdefender.batch_store")
@@ -54,8 +55,9 @@ class WorkerBatchStore:
     START_TIMEOUT_S = 60.0
 
     def __init__(self, config: WorkerConfig, on_events: EventListener,
-                 on_transaction: TransactionObserver = observe) -> None:
+                 on_transaction: TransactionObserver = observe, standby: WorkerStandby | None = None) -> None:
         self._config = config
+        self._standby = standby  # the first start's child, already importing (worker_standby.py)
         self._on_events = on_events
         self._on_transaction = on_transaction  # the child's timings, observed here where /metrics is
         self._context = multiprocessing.get_context("spawn")
@@ -102,13 +104,23 @@ class WorkerBatchStore:
             except BaseException as error:
                 done.put(error)
 
-    def _start_locked(self) -> None:
+    def _started_child(self) -> tuple[Pipe, multiprocessing.process.BaseProcess]:
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            try:
+                return standby.take(self._config)
+            except (OSError, ValueError):
+                pass  # it died while importing: start one the usual way
         done: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._spawn_requests.put(done)
         outcome = done.get()
         if isinstance(outcome, BaseException):
             raise WorkerStartFailed(f"the detection worker could not start ({outcome})")
         parent, process = outcome
+        return parent, process
+
+    def _start_locked(self) -> None:
+        parent, process = self._started_child()
         if not parent.poll(self.START_TIMEOUT_S):
             process.kill()
             raise WorkerStartFailed("the detection worker did not start")
@@ -202,4 +214,6 @@ class WorkerBatchStore:
             process.join(10)
             if process.is_alive():
                 process.kill()
+        if self._standby is not None:
+            self._standby.discard()
         self._spawn_requests.put(None)
