@@ -172,6 +172,10 @@ def running(svc: ServiceProcess) -> Iterator[ServiceProcess]:
         shutil.rmtree(svc.data_dir, ignore_errors=True)
 
 
+class _PortTaken(RuntimeError):
+    """The service exited because a port it was given was in use."""
+
+
 @dataclass
 class ServiceProcess:
     """A live ``iotdefender serve`` in a subprocess, reached only over HTTP like a user would."""
@@ -192,6 +196,20 @@ class ServiceProcess:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
+        """Start and wait until healthy. Ports of free_port() are free when chosen, not when bound: on a
+        first start whose port was taken meanwhile (another test's process chose it too: seen once in a
+        full run), new ports are chosen. A restart keeps its ports, as its clients expect."""
+        first_start = self.process is None
+        for attempt in range(3):
+            try:
+                self._start_once()
+                return
+            except _PortTaken:
+                if not first_start or attempt == 2:
+                    raise
+                self.port, self.mqtt_port = free_port(), free_port()
+
+    def _start_once(self) -> None:
         args = [sys.executable, "-m", "iotdefender", "serve", "--host", self.host, "--api-port", str(self.port),
                 "--mqtt-port", str(self.mqtt_port), "--data-dir", str(self.data_dir), *self.extra_args]
         if self.database_url:
@@ -201,12 +219,15 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / "service.log"
         log = open(self.log_path, "ab")
+        log_start = self.log_path.stat().st_size  # this start's lines come after it
         self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
         def healthy() -> bool:
             if self.process.poll() is not None:
-                raise RuntimeError(f"iotdefender serve exited: {self.log_path.read_text()[-3000:]}")
+                tail = self.log_path.read_text()[-3000:]
+                taken = "already in use" in self.log_path.read_bytes()[log_start:].decode(errors="replace")
+                raise (_PortTaken if taken else RuntimeError)(f"iotdefender serve exited: {tail}")
             try:
                 return httpx.get(self.endpoint + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
