@@ -298,8 +298,9 @@
       if (local.size) { this.setErrors([], local); this.root.dataset.valid = "false"; return; }
       const sent = JSON.stringify(this.behaviors);
       const response = await post("/console/api/builder/validate", { behaviors: this.behaviors });
-      if (this.unparsed || JSON.stringify(this.behaviors) !== sent) return;  // changed meanwhile: a newer check follows
       const verdict = await response.json();
+      // After the last await: an edit during either one (the body arrives after the headers) is newer.
+      if (this.unparsed || JSON.stringify(this.behaviors) !== sent) return;  // changed meanwhile: a newer check follows
       const general = [];
       const per = new Map();
       for (const { errorMessage } of verdict.validationErrors || []) {
