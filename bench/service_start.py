@@ -3,7 +3,8 @@
 A start imports the service (~1.5 s on an idle core) and its detection worker (a spawned child,
 ~0.9 s), then migrates, starts Mosquitto and listens. The test suite starts the service a few hundred
 times, and a user restarting it waits for it. Since the worker standby (pipeline/worker_standby.py)
-the child imports while the service does. ``--before`` is the ``src`` of another checkout (e.g. a
+the child imports while the service does, and neither imports what it does not use (alembic in the
+worker, psycopg on SQLite). ``--before`` is the ``src`` of another checkout (e.g. a
 ``git worktree`` of the commit before); both trees start alternately, so the ratio is of one run on
 this shared machine.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -28,17 +30,24 @@ from bench.common import environment, report  # noqa: E402
 from tests.support.processes import ServiceProcess  # noqa: E402
 
 
-def one_start(src: Path) -> tuple[float, float]:
-    """Seconds to healthy, and to stopped, of one start of the service from ``src``."""
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def one_start(src: Path) -> tuple[float, float, float]:
+    """Seconds to healthy and to stopped of one start of the service from ``src``, and the CPU
+    seconds of its processes (the service, its worker and Mosquitto: each waited for by its parent)."""
     os.environ["PYTHONPATH"] = str(src)  # before the editable install's path on sys.path
     data_dir = Path(tempfile.mkdtemp(prefix="iotdefender-start-"))
     service = ServiceProcess(data_dir=data_dir)
+    cpu = children_cpu()
     try:
         began = time.perf_counter()
         service.start()
         healthy = time.perf_counter()
         service.stop()
-        return healthy - began, time.perf_counter() - healthy
+        return healthy - began, time.perf_counter() - healthy, children_cpu() - cpu
     finally:
         service.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -56,7 +65,7 @@ def main() -> None:
     trees = {"before": args.before.resolve(), "this": Path(__file__).resolve().parents[1] / "src"}
     for src in trees.values():
         one_start(src)  # warm the bytecode cache and the page cache
-    seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
+    seconds: dict[str, list[tuple[float, float, float]]] = {name: [] for name in trees}
     load = [os.getloadavg()[0]]
     for _ in range(args.starts):
         for name, src in trees.items():
@@ -64,12 +73,14 @@ def main() -> None:
     load.append(os.getloadavg()[0])
     result = {"machine": environment(), "command": " ".join(sys.argv), "load_average": load, "trees": {
         name: {"src": str(trees[name]),
-               "to_healthy_s": {"median": round(statistics.median(s for s, _ in runs), 3),
-                                "each": [round(s, 3) for s, _ in runs]},
-               "to_stopped_s": {"median": round(statistics.median(s for _, s in runs), 3)}}
+               "to_healthy_s": {"median": round(statistics.median(s for s, _, _ in runs), 3),
+                                "each": [round(s, 3) for s, _, _ in runs]},
+               "to_stopped_s": {"median": round(statistics.median(s for _, s, _ in runs), 3)},
+               "cpu_s_per_start_and_stop": {"median": round(statistics.median(c for _, _, c in runs), 3)}}
         for name, runs in seconds.items()}}
-    result["this_over_before"] = round(result["trees"]["this"]["to_healthy_s"]["median"]
-                                       / result["trees"]["before"]["to_healthy_s"]["median"], 3)
+    for figure in ("to_healthy_s", "cpu_s_per_start_and_stop"):
+        result[f"this_over_before_{figure}"] = round(result["trees"]["this"][figure]["median"]
+                                                     / result["trees"]["before"][figure]["median"], 3)
     report(result, args.output)
 
 

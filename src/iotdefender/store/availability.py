@@ -12,7 +12,9 @@ balancer or an orchestrator stops sending traffic while the service cannot store
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,21 +32,23 @@ log = structlog.get_logger("iotdefender.database")
 AVAILABLE = Gauge("iotdefender_database_available", "1 while the database is reachable, 0 during an outage")
 
 
+_BASE_OUTAGE_TYPES: tuple[type[BaseException], ...] = (sqlite3.OperationalError, sqlalchemy.exc.OperationalError,
+                                                        sqlalchemy.exc.InterfaceError)
+
+
+@functools.cache
+def _with_psycopg() -> tuple[type[BaseException], ...]:
+    import psycopg
+
+    return (*_BASE_OUTAGE_TYPES, psycopg.OperationalError, psycopg.InterfaceError)
+
+
 def _driver_outage_types() -> tuple[type[BaseException], ...]:
     """The drivers' own connection-level errors: the hot path writes through driver cursors
-    (store/rows.py), whose exceptions SQLAlchemy does not wrap."""
-    types: list[type[BaseException]] = [sqlite3.OperationalError, sqlalchemy.exc.OperationalError,
-                                         sqlalchemy.exc.InterfaceError]
-    try:
-        import psycopg
-
-        types += [psycopg.OperationalError, psycopg.InterfaceError]
-    except ImportError:  # pragma: no cover - psycopg is a dependency; SQLite-only installs still work
-        pass
-    return tuple(types)
-
-
-_OUTAGE_TYPES = _driver_outage_types()
+    (store/rows.py), whose exceptions SQLAlchemy does not wrap. psycopg's only once it is imported
+    (a PostgreSQL engine imports it): no psycopg error can exist before, and a SQLite service's
+    processes start ~0.1 s sooner without it."""
+    return _with_psycopg() if "psycopg" in sys.modules else _BASE_OUTAGE_TYPES
 
 
 class StoreUnavailable(RuntimeError):
@@ -65,7 +69,7 @@ def is_unavailable(error: BaseException) -> bool:
         return True
     if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
         return True
-    return isinstance(error, _OUTAGE_TYPES)
+    return isinstance(error, _driver_outage_types())
 
 
 def log_unless_outage(logger: structlog.stdlib.BoundLogger, event: str, error: BaseException) -> None:

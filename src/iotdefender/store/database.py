@@ -18,16 +18,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import sqlalchemy as sa
 import structlog
-from alembic import command
-from alembic.config import Config
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.script.revision import ResolutionError
-from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection, Engine
 
 if TYPE_CHECKING:
     import psycopg
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -320,7 +315,11 @@ def in_batches(engine: Engine, step: Callable[[Connection], int]) -> int:
             return total
 
 
+# alembic is imported where it is used: only the process that migrates needs it, not the detection
+# worker (~0.1 s of each of its starts; bench/service_start.py).
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["engine"] = engine
@@ -330,6 +329,11 @@ def alembic_config(engine: Engine) -> Config:
 def revision_unknown_here(engine: Engine, config: Config) -> str | None:
     """The database's revision if this release does not know it (a later release migrated it),
     else None (at or behind this release's head, or empty)."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import ResolutionError
+    from alembic.util.exc import CommandError
+
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_heads()
     scripts = ScriptDirectory.from_config(config)
@@ -347,6 +351,8 @@ def upgrade_to_head(engine: Engine) -> None:
     first node of the next one migrated (a crash, a restart, stopping the upgrade), and the next
     release's migrations only add (tests/unit/test_migration_rules.py), so it runs on that
     schema; before, it refused to start ("Can't locate revision")."""
+    from alembic import command
+
     config = alembic_config(engine)
     ahead = revision_unknown_here(engine, config)
     if ahead is not None:
