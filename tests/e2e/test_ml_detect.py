@@ -220,7 +220,7 @@ def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service, page: 
 
 def test_a_model_whose_devices_stop_reporting_expires_and_its_alarms_are_invalidated():
     with service_with(["--report-min-interval", "0", "--time-scale", "36000", "--ml-training-period", "2",
-                       "--ml-min-datapoints", "60", "--ml-refresh-period", "1", "--ml-expiry", "3",
+                       "--ml-min-datapoints", "60", "--ml-refresh-period", "1", "--ml-expiry", "6",
                        "--no-cloud-metrics"]) as svc:
         iot = svc.client()
         iot.create_custom_metric(metricName="load", metricType="number", clientRequestToken="load-1")
@@ -235,7 +235,7 @@ def test_a_model_whose_devices_stop_reporting_expires_and_its_alarms_are_invalid
         for _ in range(2):
             fleet.send(fleet.devices[0], list(range(1000, 1060)), 50.0)
         assert iot.list_active_violations(behaviorCriteriaType="MACHINE_LEARNING")["activeViolations"]
-        fleet.close()  # every device goes quiet: no rebuild finds its minimum, the model expires after 3 s
+        fleet.close()  # every device goes quiet: no rebuild finds its minimum, the model expires after 6 s
         wait_until(lambda: summaries(iot)["ports-ml"]["modelStatus"] == "EXPIRED", 15)
         wait_until(lambda: not iot.list_active_violations()["activeViolations"], 10)
         assert [e["violationEventType"] for e in events(iot, thingName=DEVICES[0])] == ["in-alarm",
