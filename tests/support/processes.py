@@ -225,9 +225,9 @@ class ServiceProcess:
 
         def healthy() -> bool:
             if self.process.poll() is not None:
-                tail = self.log_path.read_text()[-3000:]
-                taken = "already in use" in self.log_path.read_bytes()[log_start:].decode(errors="replace")
-                raise (_PortTaken if taken else RuntimeError)(f"iotdefender serve exited: {tail}")
+                this_start = self.log_path.read_bytes()[log_start:].decode(errors="replace")
+                taken = "already in use" in this_start
+                raise (_PortTaken if taken else RuntimeError)(f"iotdefender serve exited: {this_start[-3000:]}")
             try:
                 return httpx.get(self.endpoint + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
