@@ -1,12 +1,11 @@
 """How long ``iotdefender serve`` takes from launch to a healthy ``/healthz``, against another tree.
 
-A start imports the service (~1.5 s on an idle core) and its detection worker (a spawned child,
-~0.9 s), then migrates, starts Mosquitto and listens. The test suite starts the service a few hundred
-times, and a user restarting it waits for it. Since the worker standby (pipeline/worker_standby.py)
-the child imports while the service does, and neither imports what it does not use (alembic in the
-worker, psycopg on SQLite). ``--before`` is the ``src`` of another checkout (e.g. a
-``git worktree`` of the commit before); both trees start alternately, so the ratio is of one run on
-this shared machine.
+A start imports the service (~1.4 s on an idle core), migrates, starts Mosquitto and listens; its
+detection worker is a child started before the service imports itself (pipeline/worker_standby.py:
+forked once the worker's modules are imported, so it imports nothing again). The test suite starts
+the service a few hundred times, and a user restarting it waits for it. ``--before`` is the
+``src`` of another checkout (e.g. a ``git worktree`` of the commit before); both trees start
+alternately, so the ratio is of one run on this shared machine.
 
     git worktree add --detach /tmp/before <commit>
     .venv/bin/python bench/service_start.py --before /tmp/before/src [--starts 10] [--output FILE]

@@ -18,3 +18,18 @@ def die_with_parent(death_signal: int = signal.SIGKILL) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, death_signal, 0, 0, 0)
         except (OSError, AttributeError):
             pass
+
+
+#: The detection worker's name in ``ps``, ``top`` and ``/proc/PID/comm`` (Linux keeps 15 bytes).
+#: A forked worker has the service's command line, a spawned one Python's multiprocessing line;
+#: this tells an operator (and the tests) which process is the worker either way.
+DETECTION_WORKER_NAME = "iotd-detection"
+
+
+def name_this_process(name: str) -> None:
+    """Linux: set this process's name as ``ps -o comm`` and ``top`` show it (prctl PR_SET_NAME = 15)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(15, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if settings.cluster_url is None and settings.detection_worker:
             from iotdefender.pipeline.worker_standby import WorkerStandby
 
-            standby = WorkerStandby.spawn()  # it imports while this process imports the service
+            standby = WorkerStandby.start()  # it runs while this process imports the service
         try:
             _serve(parser, settings, standby)
         finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from iotdefender.child_process import DETECTION_WORKER_NAME
 from tests.support.mqtt import Device, report
 from tests.support.processes import ServiceProcess
 
@@ -42,10 +43,16 @@ def children(pid: int) -> dict[int, str]:
 
 
 def worker_of(svc: ServiceProcess) -> int:
-    workers = [p for p, cmd in children(svc.process.pid).items()
-               if "multiprocessing" in cmd and "resource_tracker" not in cmd]
+    workers = [p for p in children(svc.process.pid) if process_name(p) == DETECTION_WORKER_NAME]
     assert len(workers) == 1, children(svc.process.pid)
     return workers[0]
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def alive(pid: int) -> bool:
@@ -133,7 +140,8 @@ def test_single_process_mode():
                          extra_args=["--report-min-interval", "0", "--detection-worker", "off"])
     svc.start()
     try:
-        assert [cmd for cmd in children(svc.process.pid).values() if "multiprocessing" in cmd] == []
+        # The broker is its only child: no worker, forked (the service's command line) or spawned.
+        assert [process_name(p) for p in children(svc.process.pid)] == ["mosquitto"]
         iot = svc.client()
         iot.create_security_profile(securityProfileName="p", behaviors=[PORTS])
         iot.attach_security_profile(securityProfileName="p", securityProfileTargetArn=ALL_THINGS)

@@ -100,7 +100,7 @@ def test_the_first_worker_is_the_standby_started_before_the_store():
 
     url = sqlite_url(Path(tempfile.mkdtemp()))
     upgrade_to_head(create_engine(url))
-    standby = WorkerStandby.spawn()
+    standby = WorkerStandby.start()
     store = WorkerBatchStore(WorkerConfig(database_url=url, log_format="json", pipeline=PIPELINE),
                              on_events=lambda events: None, standby=standby)
     try:
@@ -118,7 +118,7 @@ def test_a_standby_that_died_is_replaced_by_a_worker_started_as_usual():
 
     url = sqlite_url(Path(tempfile.mkdtemp()))
     upgrade_to_head(create_engine(url))
-    standby = WorkerStandby.spawn()
+    standby = WorkerStandby.start()
     standby._process.kill()
     standby._process.join()
     store = WorkerBatchStore(WorkerConfig(database_url=url, log_format="json", pipeline=PIPELINE),
@@ -134,11 +134,74 @@ def test_a_standby_that_died_is_replaced_by_a_worker_started_as_usual():
 def test_a_standby_never_taken_ends_when_discarded_or_when_the_store_closes():
     from iotdefender.pipeline.worker_standby import WorkerStandby
 
-    discarded = WorkerStandby.spawn()
+    discarded = WorkerStandby.start()
     discarded.discard()
     assert not discarded._process.is_alive()
-    unused = WorkerStandby.spawn()
+    unused = WorkerStandby.start()
     store = WorkerBatchStore(WorkerConfig(database_url="sqlite://", log_format="json", pipeline=PIPELINE),
                              on_events=lambda events: None, standby=unused)
     store.close()  # never started
     assert not unused._process.is_alive()
+
+
+
+# Each runs in an interpreter of its own, as the command line: a lone main thread (a test runner
+# has threads of its own, and a standby is then spawned).
+FORKED_STANDBY_STORES = """
+import tempfile, time
+from pathlib import Path
+from iotdefender.pipeline.worker_standby import WorkerStandby
+
+standby = WorkerStandby.start()  # as the command line does: before anything else runs
+assert standby.forked, "a lone main thread on Linux forks"
+from iotdefender.pipeline.worker import WorkerConfig
+from iotdefender.pipeline.worker_client import WorkerBatchStore
+from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head
+from tests.integration.test_batch_store_process import PIPELINE
+
+url = sqlite_url(Path(tempfile.mkdtemp()))
+upgrade_to_head(create_engine(url))
+store = WorkerBatchStore(WorkerConfig(database_url=url, log_format="json", pipeline=PIPELINE),
+                         on_events=lambda events: None, standby=standby)
+store.start()
+assert store._process is standby._process
+assert store.store_batch([("t-1", {"aws:num-listening-tcp-ports": {"count": 1}}, time.time(), 1)]) == []
+store.close()
+assert standby._process.exitcode == 0, standby._process.exitcode
+assert not WorkerStandby.start().forked, "the store's thread runs: a fork now would not be safe"
+print("ok")
+"""
+
+FORKED_STANDBY_ENDS_AT_EOF = """
+from iotdefender.pipeline.worker_standby import WorkerStandby
+
+idle = WorkerStandby.start()
+assert idle.forked
+idle._pipe.close()
+idle._process.join(10)
+assert idle._process.exitcode == 0, idle._process.exitcode
+print("ok")
+"""
+
+
+def _run_alone(script: str) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1:] == ["ok"], done.stdout
+
+
+def test_the_command_line_forks_its_standby_which_imports_nothing_again_and_stores_batches():
+    """Started from a lone main thread (the command line), the standby is forked after importing the
+    worker's modules; it stores batches like a spawned one. Once other threads run, a standby is
+    spawned instead."""
+    _run_alone(FORKED_STANDBY_STORES)
+
+
+def test_a_forked_standby_ends_when_the_parent_closes_its_end_of_the_pipe():
+    """The fork copied the parent's end of the pipe into the child; the child closes that copy, or the
+    parent closing its own would never reach it as the end of the pipe."""
+    _run_alone(FORKED_STANDBY_ENDS_AT_EOF)

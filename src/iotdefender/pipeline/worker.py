@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from iotdefender.child_process import die_with_parent
+from iotdefender.child_process import DETECTION_WORKER_NAME, die_with_parent, name_this_process
 from iotdefender.pipeline.batch_store import ignore_events
 from iotdefender.pipeline.local_store import PipelineConfig, open_local_store
 from iotdefender.pipeline.monitoring import MonitoringIndex
@@ -48,6 +48,7 @@ class WorkerConfig:
 def worker_main(pipe: Pipe, config: WorkerConfig) -> None:
     """The child: requests in, replies out, one at a time, until the pipe closes."""
     die_with_parent()
+    name_this_process(DETECTION_WORKER_NAME)
     # The parent decides when to stop: Ctrl-C and systemd's default stop (KillMode=control-group)
     # signal every process of the service, and the worker dying of it at once logged an error at
     # every stop and left the parent's graceful stop without a worker. The parent's death still

@@ -1,33 +1,48 @@
 """A detection worker started before the service has imported itself, told its config later.
 
-Why: the worker is a spawned interpreter that imports the storage and detection modules (~0.9 s on
-an idle core), and the service's own imports take ~1.5 s before it could start one. Started first,
-the two import side by side, so a start of ``serve`` waits for the longer of the two instead of
-both (bench/service_start.py measures it). The standby imports those modules and then waits on its
-pipe for the ``WorkerConfig``; after that it is exactly the worker ``WorkerBatchStore`` would have
-started. This module stays light on purpose: the parent imports it before anything heavy.
+Why: the worker needs the storage and detection modules (~0.6 s of imports on an idle core), and
+the service's own imports take ~1.4 s before it could start one. The command line starts this
+standby first, so a start of ``serve`` waits for the longer of the two instead of both
+(bench/service_start.py measures it). After the ``WorkerConfig`` arrives on its pipe it is exactly
+the worker ``WorkerBatchStore`` would have started.
+
+**Forked, not spawned, where it can be.** A spawned child is a new interpreter that imports those
+modules again: ~0.6 s of CPU at every start, on top of the service's own, and a multiprocessing
+resource tracker process beside it. Instead, ``start`` imports the worker's modules in this
+process (the service imports them anyway) and forks: the child has them already. Forking is safe
+only while this process is one thread with nothing open but its standard streams (a fork copies
+no other thread, so a lock another thread held would stay held in the child forever): the command
+line calls ``start`` before it configures logging or starts anything. Elsewhere (other threads
+already running, as under a test runner, or not Linux) the standby is spawned as before. Workers
+started later, after a crash, are always spawned: the service has threads by then.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import sys
+import threading
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.process import BaseProcess
 
 
-def standby_main(pipe: Pipe) -> None:
-    """The child: die with the parent's thread, import the worker, wait for its config, run it."""
+def standby_main(pipe: Pipe, parent_end: Pipe | None = None) -> None:
+    """The child: die with the parent's thread, import the worker, wait for its config, run it.
+
+    ``parent_end``: the parent's end of the pipe, which a forked child holds a copy of. Closed here,
+    or the child would never see the parent close it (the worker ends on that EOF)."""
     import signal
 
     from iotdefender.child_process import die_with_parent
 
+    if parent_end is not None:
+        parent_end.close()
     die_with_parent()
     # Ctrl-C reaches every process of the terminal's group; the parent decides (worker.py). SIGTERM
     # stays: multiprocessing stops an unused daemon child with it at the parent's exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from iotdefender.logging_setup import configure_logging  # noqa: F401  (imported now, used by the worker)
+    _import_the_worker()
     from iotdefender.pipeline.worker import worker_main
-    from iotdefender.store.database import create_engine  # noqa: F401  (the same)
 
     try:
         config = pipe.recv()
@@ -36,25 +51,43 @@ def standby_main(pipe: Pipe) -> None:
     worker_main(pipe, config)
 
 
-class WorkerStandby:
-    """One spawned standby worker, handed to ``WorkerBatchStore`` for its first start.
+def _import_the_worker() -> None:
+    """Import what the worker runs on (in the child when spawned, in the parent before a fork)."""
+    from iotdefender.logging_setup import configure_logging  # noqa: F401  (used by the worker)
+    from iotdefender.pipeline.worker import worker_main  # noqa: F401
+    from iotdefender.store.database import create_engine  # noqa: F401  (the same)
 
-    Spawn it from a thread that lives as long as the service (the main thread): the child's
+
+def can_fork() -> bool:
+    """Whether a fork here would be safe: Linux, and this process is its main thread alone."""
+    return sys.platform.startswith("linux") and threading.active_count() == 1
+
+
+class WorkerStandby:
+    """One standby worker, handed to ``WorkerBatchStore`` for its first start.
+
+    Start it from a thread that lives as long as the service (the main thread): the child's
     death signal follows the thread that started it (child_process.die_with_parent)."""
 
-    def __init__(self, pipe: Pipe, process: BaseProcess) -> None:
+    def __init__(self, pipe: Pipe, process: BaseProcess, forked: bool) -> None:
         self._pipe = pipe
         self._process = process
         self._taken = False
+        self.forked = forked
 
     @classmethod
-    def spawn(cls) -> WorkerStandby:
-        context = multiprocessing.get_context("spawn")
+    def start(cls) -> WorkerStandby:
+        """Fork the standby if ``can_fork``, after importing the worker's modules here; else spawn it."""
+        forked = can_fork()
+        if forked:
+            _import_the_worker()
+        context = multiprocessing.get_context("fork") if forked else multiprocessing.get_context("spawn")
         parent, child = context.Pipe(duplex=True)
-        process = context.Process(target=standby_main, args=(child,), name="iotdefender-detection", daemon=True)
+        process = context.Process(target=standby_main, args=(child, parent if forked else None),
+                                  name="iotdefender-detection", daemon=True)
         process.start()
         child.close()
-        return cls(parent, process)
+        return cls(parent, process, forked)
 
     def take(self, config: object) -> tuple[Pipe, BaseProcess]:
         """Send the child its config; from then on the caller owns the child and its pipe.
