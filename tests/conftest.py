@@ -36,7 +36,7 @@ def postgres():
     cluster = PostgresCluster()
     cluster.start()
     yield cluster
-    cluster.stop()
+    cluster.stop(remove_later=True)  # its files are deleted after the run (remove_in_background)
 
 
 def _service_for(backend: str, request) -> ServiceProcess:  # type: ignore[no-untyped-def]

@@ -154,11 +154,27 @@ class PostgresCluster:
             conn.execute(f'CREATE DATABASE "{name}"')
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
-    def stop(self) -> None:
+    def stop(self, remove_later: bool = False) -> None:
+        """Stop the server and delete its files: at once, or (``remove_later``) by a detached ``rm``
+        that the caller does not wait for."""
         try:
             self._run(str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "stop")
         finally:
-            shutil.rmtree(self.root, ignore_errors=True)
+            if remove_later:
+                remove_in_background(self.root)
+            else:
+                shutil.rmtree(self.root, ignore_errors=True)
+
+
+def remove_in_background(path: Path) -> None:
+    """Delete ``path`` in a detached ``rm -rf`` that outlives the caller.
+
+    For the suite's shared PostgreSQL at the end of a run: by then it holds ~80 databases and their
+    WAL (1.1 GB, 35,000 files), and deleting them took 6.7 s on this machine's disk (ext4 mounted
+    with online ``discard``), twice at once with two pytest workers: most of the 11-20 s each
+    worker spent in its last teardown. Nothing waits for those files to go, so the run need not."""
+    subprocess.Popen(["rm", "-rf", "--", str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 @contextlib.contextmanager
