@@ -16,7 +16,7 @@ import pytest
 from tests.e2e.test_cluster_serve import node_id, owned_by, ready
 from tests.e2e.test_ml_detect import behavior, events, wait_until
 from tests.support.mqtt import Device, report
-from tests.support.processes import ServiceProcess, wait_for
+from tests.support.processes import ServiceProcess, start_together, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -59,8 +59,7 @@ def test_one_node_trains_and_every_node_judges_with_the_model(jetstream, postgre
     b = ServiceProcess(data_dir=tmp_path / "b", database_url=url, extra_args=args)
     devices: list[Device] = []
     try:
-        a.start()
-        b.start()
+        start_together(a, b)
         wait_for(lambda: ready(a) and ready(b), 20, "both nodes ready")
         members = sorted([node_id(a), node_id(b)])
         iot_a, iot_b = a.client(), b.client()

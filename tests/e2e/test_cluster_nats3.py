@@ -28,7 +28,6 @@ import json
 import threading
 import time
 from datetime import datetime, timezone
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ import pytest
 from tests.support.fleet import Fleet, exact_books, not_answered_for_good, per_device, prepare
 from tests.support.jetstream import JetStreamCluster, lead_from
 from tests.support.mqtt import Device
-from tests.support.processes import ServiceProcess, wait_for
+from tests.support.processes import ServiceProcess, start_together, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -149,8 +148,7 @@ def test_one_nats_server_killed_postgresql_crashed_then_rolling_restart_under_lo
     fleets: list[Fleet] = []
     chatters: list[Chatter] = []
     try:
-        with ThreadPoolExecutor(2) as pool:  # together, as the docs allow (migrations under a lock)
-            list(pool.map(ServiceProcess.start, (a, b)))
+        start_together(a, b)
         print(f"nats3: both nodes ready {time.monotonic() - started:.1f}s after the start")
         assert ready_line(a)["replicas"] == 3 and ready_line(b)["replicas"] == 3
         iot = prepare(a.client())

@@ -20,7 +20,7 @@ import pytest
 from iotdefender.backtest.client import ExtensionClient
 from tests.e2e.test_cluster_serve import node_id, owned_by, ready
 from tests.support.mqtt import Device, report, stop_network_loop
-from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess, wait_for
+from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess, start_together, wait_for
 
 SCALE = 30
 WINDOW = 300 / SCALE
@@ -190,8 +190,7 @@ def pair(jetstream, postgres, tmp_path):  # type: ignore[no-untyped-def]
     a = ServiceProcess(data_dir=tmp_path / "a", database_url=url, extra_args=args)
     b = ServiceProcess(data_dir=tmp_path / "b", database_url=url, extra_args=args)
     try:
-        a.start()
-        b.start()
+        start_together(a, b)
         wait_for(lambda: ready(a) and ready(b), 20, "both nodes ready")
         yield a, b
     finally:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from tests.support.fleet import Fleet, exact_books, per_device, prepare
-from tests.support.processes import ServiceProcess, wait_for
+from tests.support.processes import ServiceProcess, start_together, wait_for
 
 
 @contextlib.contextmanager
@@ -25,8 +24,7 @@ def two_nodes_under_load(database_url: str, args: list[str], root: Path, prefix:
     b = ServiceProcess(data_dir=root / "b", database_url=database_url, extra_args=args)
     fleets: list[Fleet] = []
     try:
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(ServiceProcess.start, (a, b)))
+        start_together(a, b)
         iot = prepare(a.client())
         fleets = [Fleet(node.mqtt_port, [f"{prefix}{name}-{n}" for n in range(devices)], interval)
                   for name, node in (("a", a), ("b", b))]

@@ -177,6 +177,16 @@ def remove_in_background(path: Path) -> None:
                      stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def start_together(*services: ServiceProcess) -> None:
+    """Start every service at once and return when all are healthy, as an operator's nodes start
+    (cluster mode creates its streams and migrates its database safely from any number of nodes at
+    once: docs/cluster.md). Each waits for its own start, so one after another cost the sum."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(services)) as pool:
+        list(pool.map(ServiceProcess.start, services))
+
+
 @contextlib.contextmanager
 def running(svc: ServiceProcess) -> Iterator[ServiceProcess]:
     """Start, hand out, stop, and remove the service's data directory (each run left one in /tmp)."""
