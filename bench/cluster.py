@@ -52,6 +52,7 @@ from bench.fleet import Fleet  # noqa: E402
 from bench.process_usage import cpu_seconds, split, tree  # noqa: E402
 from tests.support.jetstream import SingleJetStream  # noqa: E402
 from tests.support.processes import PostgresCluster, ServiceProcess, wait_for  # noqa: E402
+from tests.support import plain_http  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 FIRST_IDS, LOAD_IDS, TAKEOVER_IDS = 500_000_000, 1_000_000_000, 1_500_000_000
@@ -64,7 +65,7 @@ def tree_cpu(pid: int) -> float:
 
 
 def gauge(node: ServiceProcess, name: str) -> float:
-    text = httpx.get(node.endpoint + "/metrics", timeout=2).text
+    text = plain_http.get(node.endpoint + "/metrics", timeout=2).text
     return sum(float(line.split()[-1]) for line in text.splitlines()
                if line.startswith(name + " ") or line.startswith(name + "{"))
 
@@ -128,7 +129,7 @@ def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
 def nats_messages(nats: SingleJetStream) -> dict[str, int]:
     """nats-server's message counters (monitoring ``/varz``): every publish, PubAck, pull request,
     delivery, ack and outcome message is one in and (when someone receives it) one out."""
-    varz = httpx.get(f"http://127.0.0.1:{nats.server.http_port}/varz", timeout=5).json()
+    varz = plain_http.get(f"http://127.0.0.1:{nats.server.http_port}/varz", timeout=5).json()
     return {"in": int(varz["in_msgs"]), "out": int(varz["out_msgs"])}
 
 

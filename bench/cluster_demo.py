@@ -25,6 +25,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support.jetstream import SingleJetStream  # noqa: E402
 from tests.support.processes import PostgresCluster, ServiceProcess, wait_for  # noqa: E402
+from tests.support import plain_http  # noqa: E402
 
 ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
 WINDOW_S = 10.0
@@ -38,7 +39,7 @@ BEHAVIORS = [
 
 def healthy(node: ServiceProcess) -> bool:
     try:
-        return httpx.get(node.endpoint + "/healthz", timeout=1).status_code == 200
+        return plain_http.get(node.endpoint + "/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -46,7 +47,7 @@ def healthy(node: ServiceProcess) -> bool:
 def owned(node: ServiceProcess) -> int:
     """The node's ``iotdefender_cluster_owned_partitions`` gauge (0 if it does not answer)."""
     try:
-        text = httpx.get(node.endpoint + "/metrics", timeout=1).text
+        text = plain_http.get(node.endpoint + "/metrics", timeout=1).text
     except httpx.HTTPError:
         return 0
     return sum(int(float(line.split()[-1])) for line in text.splitlines()

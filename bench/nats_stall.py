@@ -45,6 +45,7 @@ from bench.common import bounded, environment  # noqa: E402
 from tests.support.fleet import Fleet, per_device, prepare  # noqa: E402
 from tests.support.jetstream import JetStreamCluster, JetStreamServer, lead_from  # noqa: E402
 from tests.support.processes import PostgresCluster, ServiceProcess, wait_for  # noqa: E402
+from tests.support import plain_http  # noqa: E402
 
 #: Node log events whose first and last time after the kill the timeline shows.
 NODE_EVENTS = ("cluster.nats_disconnected", "cluster.nats_reconnected", "cluster.publish_failed",
@@ -85,7 +86,7 @@ def leaderless(server: JetStreamServer, dead: str) -> tuple[int, int] | None:
     """(streams, consumers) whose leader is none or the ``dead`` server as this server's ``/jsz``
     sees them; None if it did not answer."""
     try:
-        body = httpx.get(f"http://127.0.0.1:{server.http_port}/jsz?streams=true&consumers=true",
+        body = plain_http.get(f"http://127.0.0.1:{server.http_port}/jsz?streams=true&consumers=true",
                          timeout=1).json()
     except (httpx.HTTPError, ValueError):
         return None
@@ -102,7 +103,7 @@ def leaderless(server: JetStreamServer, dead: str) -> tuple[int, int] | None:
 
 def leaders_of(server: JetStreamServer) -> dict[str, str]:
     """{stream or stream/consumer: leader name} from one server's ``/jsz``."""
-    body = httpx.get(f"http://127.0.0.1:{server.http_port}/jsz?streams=true&consumers=true", timeout=2).json()
+    body = plain_http.get(f"http://127.0.0.1:{server.http_port}/jsz?streams=true&consumers=true", timeout=2).json()
     out = {"_meta_": (body.get("meta_cluster") or {}).get("leader") or ""}
     for account in body.get("account_details") or []:
         for stream in account.get("stream_detail") or []:

@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,6 +44,7 @@ from tests.e2e.test_cluster_serve import node_id  # noqa: E402
 from tests.support.jetstream import SingleJetStream  # noqa: E402
 from tests.support.mqtt import Device, report as metrics_report  # noqa: E402
 from tests.support.processes import PostgresCluster, ServiceProcess, wait_for  # noqa: E402
+from tests.support import plain_http  # noqa: E402
 
 DEVICE_ARGS = ["--report-min-interval", "0"]
 
@@ -55,7 +55,7 @@ def owned_thing(owner: str, members: list[str], prefix: str) -> str:
 
 
 def owned_partitions(node: ServiceProcess) -> float:
-    return sum(float(line.split()[-1]) for line in httpx.get(node.endpoint + "/metrics", timeout=5).text.splitlines()
+    return sum(float(line.split()[-1]) for line in plain_http.get(node.endpoint + "/metrics", timeout=5).text.splitlines()
                if line.startswith("iotdefender_cluster_owned_partitions"))
 
 

@@ -10,12 +10,12 @@ import html
 import json
 import time
 
-import httpx
 
 from tests.e2e.test_console_http import logged_in
 from tests.e2e.test_detection_targets import alerting_profile, dead_letters
 from tests.support.mqtt import Device, report
 from tests.support.processes import ServiceProcess
+from tests.support import plain_http
 
 NOWHERE = "arn:aws:sns:us-east-1:123456789012:nowhere"
 
@@ -48,7 +48,7 @@ def test_alerts_to_a_topic_without_destination_are_visible(tmp_path):
         assert len(letters) == 3
         assert {json.loads(letter["message"])["thingName"] for letter in letters} == {"cam-1", "cam-2", "cam-3"}
         assert all(letter["target_arn"] == NOWHERE and "no destination" in letter["last_error"] for letter in letters)
-        metrics = httpx.get(svc.endpoint + "/metrics").text
+        metrics = plain_http.get(svc.endpoint + "/metrics").text
         assert 'iotdefender_alert_deliveries_total{kind="sns",outcome="no_destination"} 3.0' in metrics
         dropped = log_events(svc, "alert_undeliverable")
         assert len(dropped) == 1 and dropped[0]["topic"] == NOWHERE and dropped[0]["level"] == "warning"

@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from iotdefender.contract.service_model import service_model
 from iotdefender.controlplane.registry import IMPLEMENTED
 from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY
+from tests.support import plain_http
 
 SERVICE_MODEL = service_model()
 
@@ -137,7 +138,7 @@ def test_signed_garbage_never_breaks_the_api(service, tally, method, prefix, seg
     except Exception:
         return  # a request botocore itself cannot sign is not one a client can send
     try:
-        response = httpx.request(method, request.url, headers=dict(request.headers.items()), content=payload,
+        response = plain_http.request(method, request.url, headers=dict(request.headers.items()), content=payload,
                                  timeout=30)
     except (httpx.InvalidURL, httpx.LocalProtocolError):
         return  # nor is one the HTTP client refuses to put on the wire
@@ -163,7 +164,7 @@ def test_unsigned_or_missigned_requests_are_403(service, tally, prefix, authoriz
     if amz_date is not None:
         headers["X-Amz-Date"] = amz_date
     try:  # as bytes, so that non-ASCII reaches the server as a client could send it
-        response = httpx.get(service.endpoint + prefix, headers={k: v.encode(encoding) for k, v in headers.items()},
+        response = plain_http.get(service.endpoint + prefix, headers={k: v.encode(encoding) for k, v in headers.items()},
                              timeout=30)
     except (httpx.InvalidURL, httpx.LocalProtocolError, UnicodeEncodeError):
         return  # the client refused to send such headers
@@ -305,7 +306,7 @@ def test_nul_in_every_string_input_is_refused(service, fuzz_client, tally):
 
 
 def test_service_is_healthy_after_fuzzing(service, tally):
-    assert httpx.get(service.endpoint + "/healthz").status_code == 200
+    assert plain_http.get(service.endpoint + "/healthz").status_code == 200
     assert service.process.poll() is None
     assert tally.server_errors == []
 
@@ -314,6 +315,6 @@ def test_service_is_healthy_after_fuzzing(service, tally):
 def test_bad_percent_encoding(service, path):
     request = AWSRequest(method="GET", url=service.endpoint + path)
     SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "iot", REGION).add_auth(request)
-    response = httpx.get(service.endpoint + path, headers=dict(request.headers.items()))
+    response = plain_http.get(service.endpoint + path, headers=dict(request.headers.items()))
     _check(response)
     assert response.status_code in (400, 403, 404)

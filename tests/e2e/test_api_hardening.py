@@ -20,6 +20,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.support.signing import send_signed, signed_headers
+from tests.support import plain_http
 
 NUL = "dev\x00ice"
 DAY = 86400
@@ -82,7 +83,7 @@ def test_non_ascii_bytes_in_the_signature_are_a_403(service):
     headers = signed_headers("GET", url)
     authorization = headers["Authorization"].rsplit("Signature=", 1)[0] + "Signature=\u00e9t\u00e9"
     for encoding in ("latin-1", "utf-8"):
-        answer = httpx.get(url, headers={**headers, "Authorization": authorization.encode(encoding)}, timeout=30)
+        answer = plain_http.get(url, headers={**headers, "Authorization": authorization.encode(encoding)}, timeout=30)
         assert answer.status_code == 403, answer.text
         assert answer.headers["x-amzn-ErrorType"] == "InvalidSignatureException"
 
@@ -132,17 +133,17 @@ def test_an_endless_header_is_refused_with_431_early(service):
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
     assert b"must not exceed 16384 bytes" in answer
     assert sent <= 4 * 1024 * 1024  # refused long before the 64 MB were sent
-    assert httpx.get(service.endpoint + "/healthz").status_code == 200
+    assert plain_http.get(service.endpoint + "/healthz").status_code == 200
 
 
 def test_header_limit_applies_to_heads_read_in_one_piece(service):
     url = service.endpoint + "/security-profiles"
-    big = httpx.get(url, headers={**signed_headers("GET", url), "X-Pad": "p" * 17000}, timeout=30)
+    big = plain_http.get(url, headers={**signed_headers("GET", url), "X-Pad": "p" * 17000}, timeout=30)
     assert big.status_code == 431
-    many = httpx.get(service.endpoint + "/healthz", headers={f"X-Pad-{i}": "p" * 100 for i in range(200)})
+    many = plain_http.get(service.endpoint + "/healthz", headers={f"X-Pad-{i}": "p" * 100 for i in range(200)})
     assert many.status_code == 431
     # Heads below the limit, signed ones included, are served as before.
-    assert httpx.get(url, headers={**signed_headers("GET", url), "X-Pad": "p" * 12000}, timeout=30).status_code == 200
+    assert plain_http.get(url, headers={**signed_headers("GET", url), "X-Pad": "p" * 12000}, timeout=30).status_code == 200
     with httpx.Client(base_url=service.endpoint) as keep_alive:  # several requests on one connection
         for _ in range(3):
             assert keep_alive.get("/healthz", headers={"X-Pad": "p" * 8000}).status_code == 200

@@ -14,6 +14,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess
+from tests.support import plain_http
 
 
 def signed(method: str, url: str, body: bytes = b"", service: str = "iot", secret: str = SECRET_KEY,
@@ -26,7 +27,7 @@ def signed(method: str, url: str, body: bytes = b"", service: str = "iot", secre
 def send(request: AWSRequest, **changes: object) -> httpx.Response:
     url = changes.get("url", request.url)
     body = changes.get("body", request.body or b"")
-    return httpx.request(request.method, url, headers=dict(request.headers.items()), content=body)
+    return plain_http.request(request.method, url, headers=dict(request.headers.items()), content=body)
 
 
 def assert_refused(response: httpx.Response, code: str) -> None:
@@ -44,7 +45,7 @@ def test_both_signing_names_are_accepted(service):
 
 
 def test_unsigned_request_is_missing_authentication_token(service):
-    response = httpx.get(service.endpoint + "/security-profiles")
+    response = plain_http.get(service.endpoint + "/security-profiles")
     assert_refused(response, "MissingAuthenticationTokenException")
 
 

@@ -15,12 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from iotdefender.backtest.client import ExtensionClient, ExtensionError
 from tests.support.mqtt import Device, report
 from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess, free_port
+from tests.support import plain_http
 
 ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
 COUNT = {"name": "few-ports", "metric": "aws:num-listening-tcp-ports",
@@ -160,4 +160,4 @@ def test_bad_backtest_requests_get_aws_shaped_errors(replayed):
     with pytest.raises(ExtensionError) as raised:
         client.call("GET", "backtests/nope")
     assert raised.value.status == 404
-    assert httpx.post(svc.endpoint + "/_iotdefender/backtests", json={"behaviors": [COUNT]}).status_code == 403
+    assert plain_http.post(svc.endpoint + "/_iotdefender/backtests", json={"behaviors": [COUNT]}).status_code == 403

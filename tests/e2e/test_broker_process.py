@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import ServiceProcess, free_port, mosquitto_children
+from tests.support import plain_http
 
 
 def alive(pid: int) -> bool:
@@ -83,7 +84,7 @@ def test_a_stop_signal_stops_everything_cleanly(tmp_path, how):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=1).status_code == 200:
+                if plain_http.get(f"http://127.0.0.1:{api_port}/healthz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
@@ -120,7 +121,7 @@ def test_the_default_relative_data_directory_starts_the_broker(tmp_path):
         healthy = False
         while time.monotonic() < deadline and serve.poll() is None and not healthy:
             try:
-                healthy = httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=1).status_code == 200
+                healthy = plain_http.get(f"http://127.0.0.1:{api_port}/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 time.sleep(0.2)
         assert healthy, serve.stdout.read()[-3000:] if serve.poll() is not None else "no /healthz within 60 s"

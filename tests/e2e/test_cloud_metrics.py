@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from botocore.auth import SigV4Auth
@@ -15,6 +14,7 @@ from botocore.credentials import Credentials
 
 from tests.support.mqtt import stop_network_loop
 from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess
+from tests.support import plain_http
 
 WINDOW = 2.0
 ALL = "arn:aws:iot:us-east-1:123456789012:all/things"
@@ -128,7 +128,7 @@ def test_misbehaving_clients_produce_datapoints_and_violations(cloud):
     assert flood[:2] == ["in-alarm", "alarm-cleared"]
     # Each window's transaction is timed as a window's, in the process that serves /metrics (the
     # detection worker, a child process, sends its timings back).
-    metrics = httpx.get(svc.endpoint + "/metrics", timeout=5).text
+    metrics = plain_http.get(svc.endpoint + "/metrics", timeout=5).text
     window_things = [float(line.split()[-1]) for line in metrics.splitlines()
                      if line.startswith("iotdefender_cloud_window_transaction_things_sum ")]
     assert window_things and window_things[0] >= 5  # the five devices of the profile, each window
@@ -155,7 +155,7 @@ def test_broker_event_intake_gives_the_same_violations(tmp_path):
                              data=__import__("json").dumps({"events": events}).encode(),
                              headers={"Content-Type": "application/json"})
         SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "iot", REGION).add_auth(request)
-        answer = httpx.post(request.url, content=request.body, headers=dict(request.headers.items()))
+        answer = plain_http.post(request.url, content=request.body, headers=dict(request.headers.items()))
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"accepted": len(events) - 1, "refused": [
             {"index": len(events) - 1, "reason": "type must be one of connect, authorization-failure, disconnect, "
@@ -168,7 +168,7 @@ def test_broker_event_intake_gives_the_same_violations(tmp_path):
             time.sleep(0.3)
         assert expected <= active(iot)
         assert ("flooder", "network") not in active(iot)  # 10.1.2.3 is in 10.0.0.0/8
-        unsigned = httpx.post(svc.endpoint + "/_iotdefender/broker-events", json={"events": []})
+        unsigned = plain_http.post(svc.endpoint + "/_iotdefender/broker-events", json={"events": []})
         assert unsigned.status_code == 403
     finally:
         svc.stop()

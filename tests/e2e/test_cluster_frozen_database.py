@@ -19,11 +19,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support.cluster_fleets import back_after, two_nodes_under_load
 from tests.support.processes import PostgresCluster, ServiceProcess, wait_for
+from tests.support import plain_http
 
 pytestmark = pytest.mark.postgres
 
@@ -37,7 +37,7 @@ def broker_timeouts(*nodes: ServiceProcess) -> float:
     in time: ingest/cluster_commit.py), summed over the nodes."""
     name = "iotdefender_cluster_reports_unconfirmed_total"
     return sum(float(line.split()[-1]) for node in nodes
-               for line in httpx.get(node.endpoint + "/metrics", timeout=5).text.splitlines()
+               for line in plain_http.get(node.endpoint + "/metrics", timeout=5).text.splitlines()
                if line.startswith(name + "{") or line.startswith(name + " "))
 
 

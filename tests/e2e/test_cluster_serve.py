@@ -38,6 +38,7 @@ from iotdefender.store.database import create_engine
 from tests.support.mqtt import Device, report
 from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess, start_together, wait_for
 from tests.support.webhook import WebhookReceiver
+from tests.support import plain_http
 
 pytestmark = pytest.mark.postgres
 
@@ -61,11 +62,11 @@ def node_id(svc: ServiceProcess) -> str:
 
 
 def ready(svc: ServiceProcess) -> bool:
-    return httpx.get(svc.endpoint + "/healthz", timeout=2).status_code == 200
+    return plain_http.get(svc.endpoint + "/healthz", timeout=2).status_code == 200
 
 
 def gauge(svc: ServiceProcess, name: str) -> float:
-    values = [float(line.split()[-1]) for line in httpx.get(svc.endpoint + "/metrics", timeout=2).text.splitlines()
+    values = [float(line.split()[-1]) for line in plain_http.get(svc.endpoint + "/metrics", timeout=2).text.splitlines()
               if line.startswith(name + " ") or line.startswith(name + "{")]
     return sum(values)
 
@@ -176,7 +177,7 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
             devices.append(device)
             assert device.report(report(2, [443]))[0] == "json/accepted"
             assert iot_b.list_active_violations(thingName=on_a[1])["activeViolations"] == []  # cleared
-            metrics = httpx.get(c.endpoint + "/metrics")
+            metrics = plain_http.get(c.endpoint + "/metrics")
             assert metrics.status_code == 200 and "iotdefender_cluster_nats_connected 1.0" in metrics.text
             assert "iotdefender_cluster_members" not in metrics.text  # the detect role's gauges: not here
             assert "iotdefender_cluster_redeliveries_total" not in metrics.text  # nor its counters
@@ -194,9 +195,9 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
             assert gauge(a, "iotdefender_detect_transaction_reports_sum") + \
                 gauge(b, "iotdefender_detect_transaction_reports_sum") >= 15
             assert gauge(a, "iotdefender_detect_transaction_seconds_count") > 0
-            b_text = httpx.get(b.endpoint + "/metrics").text
+            b_text = plain_http.get(b.endpoint + "/metrics").text
             assert 'iotdefender_http_requests_total{code="200",operation="ListViolationEvents"} 2.0' in b_text
-            assert httpx.get(c.endpoint + "/2017-05-01/security-profiles").status_code == 404  # no API here
+            assert plain_http.get(c.endpoint + "/2017-05-01/security-profiles").status_code == 404  # no API here
             assert gauge(a, "iotdefender_cluster_members") == 2  # not a detect member
         finally:
             c.stop()
@@ -349,7 +350,7 @@ def post_broker_events(svc: ServiceProcess, events: list[dict[str, Any]]) -> dic
     request = AWSRequest(method="POST", url=svc.endpoint + "/_iotdefender/broker-events",
                          data=json.dumps({"events": events}).encode(), headers={"Content-Type": "application/json"})
     SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "iot", REGION).add_auth(request)
-    answer = httpx.post(request.url, content=request.body, headers=dict(request.headers.items()))
+    answer = plain_http.post(request.url, content=request.body, headers=dict(request.headers.items()))
     assert answer.status_code == 200, answer.text
     return answer.json()
 

@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.mqtt import Device, report
 from tests.support.processes import ACCESS_KEY, SECRET_KEY
+from tests.support import plain_http
 
 SERVICE_ARGS = ["--report-min-interval", "0", "--time-scale", "100"]
 PAGES = ["/console/", "/console/metrics", "/console/things", "/console/things/x", "/console/profiles",
@@ -163,7 +164,7 @@ def test_security_headers_on_every_console_response(service):
     client, _ = logged_in(service)
     for answer in (client.get("/console/"), client.get("/console/login"), client.get("/console/profiles/new"),
                    client.get("/console/static/console.js"), client.get("/console/api/backtests/x"),
-                   httpx.get(service.endpoint + "/console/violations", follow_redirects=False)):
+                   plain_http.get(service.endpoint + "/console/violations", follow_redirects=False)):
         policy = answer.headers.get("content-security-policy", "")
         assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy, answer.url
         assert "unsafe-inline" not in policy
@@ -205,7 +206,7 @@ def test_failed_logins_and_console_writes_are_logged(service):
     client, token = logged_in(service)
     client.post("/console/profiles/new", data={"name": "logged-write", "behaviors": "[]", "csrf": token})
     client.post("/console/profiles/new", data={"name": "logged-write-2", "behaviors": "[]", "csrf": "forged"})
-    httpx.post(service.endpoint + "/console/login", data={"access_key_id": "AKIDLOGGED0000000000",
+    plain_http.post(service.endpoint + "/console/login", data={"access_key_id": "AKIDLOGGED0000000000",
                                                           "secret_access_key": "nope"})
     lines = service.log_path.read_text().splitlines()
     assert any("console_write" in line and "/console/profiles/new" in line and ACCESS_KEY in line

@@ -8,7 +8,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -17,6 +16,7 @@ from botocore.credentials import Credentials
 from tests.support.mqtt import Device, report
 from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess
 from tests.support.webhook import WebhookReceiver
+from tests.support import plain_http
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:dd-alerts"
 ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
@@ -87,7 +87,7 @@ def test_violation_lifecycle_alert_and_counters(detecting):
         ("in-alarm", violation["violationId"]), ("alarm-cleared", violation["violationId"])]
     assert hook.next()["message"]["violationEventType"] == "alarm-cleared"
 
-    metrics = httpx.get(svc.endpoint + "/metrics").text
+    metrics = plain_http.get(svc.endpoint + "/metrics").text
     assert 'Violations_total{BehaviorName="ports",SecurityProfileName="fleet"} 1.0' in metrics
     assert 'ViolationsCleared_total{BehaviorName="ports",SecurityProfileName="fleet"} 1.0' in metrics
     assert "camera-1" not in metrics  # never labelled by thing
@@ -125,11 +125,11 @@ def test_filters_verification_and_evidence(detecting):
 
     request = AWSRequest(method="GET", url=f"{svc.endpoint}/_iotdefender/violations/{vid}/evidence")
     SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "iot", REGION).add_auth(request)
-    evidence = httpx.get(request.url, headers=dict(request.headers)).json()
+    evidence = plain_http.get(request.url, headers=dict(request.headers)).json()
     (raised,) = evidence["events"]
     assert raised["evidence"]["offendingValues"] == [8080]
     assert raised["evidence"]["threshold"] == {"ports": [443]}
-    assert httpx.get(f"{svc.endpoint}/_iotdefender/violations/{vid}/evidence").status_code == 403
+    assert plain_http.get(f"{svc.endpoint}/_iotdefender/violations/{vid}/evidence").status_code == 403
     dev.close()
 
 

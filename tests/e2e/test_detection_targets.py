@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import time
 
-import httpx
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -15,6 +14,7 @@ from botocore.credentials import Credentials
 from tests.support.mqtt import Device, report
 from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess
 from tests.support.webhook import WebhookReceiver
+from tests.support import plain_http
 
 ARN = "arn:aws:iot:us-east-1:123456789012:"
 PORTS = {"name": "ports", "metric": "aws:listening-tcp-ports",
@@ -155,7 +155,7 @@ def dead_letters(svc: ServiceProcess) -> list[dict]:
     """``GET /_iotdefender/alerts/dead``, signed."""
     request = AWSRequest(method="GET", url=svc.endpoint + "/_iotdefender/alerts/dead")
     SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "iot", REGION).add_auth(request)
-    answer = httpx.get(request.url, headers=dict(request.headers))
+    answer = plain_http.get(request.url, headers=dict(request.headers))
     assert answer.status_code == 200, answer.text
     return answer.json()["deadLetters"]
 
@@ -196,7 +196,7 @@ def test_failing_webhook_is_retried_then_dead_lettered(tmp_path):
         alarm_on_cam(svc)
         message = flaky.next(timeout=30)["message"]  # two 503s, then delivered
         assert message["violationEventType"] == "in-alarm" and message["thingName"] == "cam"
-        metrics = httpx.get(svc.endpoint + "/metrics").text
+        metrics = plain_http.get(svc.endpoint + "/metrics").text
         assert 'iotdefender_alert_deliveries_total{kind="webhook",outcome="retry"}' in metrics
         assert 'iotdefender_alert_deliveries_total{kind="webhook",outcome="delivered"} 1.0' in metrics
         # The unreachable hook: 8 attempts backing off 0.05 s .. 6.4 s, then a dead letter.
@@ -206,7 +206,7 @@ def test_failing_webhook_is_retried_then_dead_lettered(tmp_path):
             letters = dead_letters(svc)
         assert len(letters) == 1 and letters[0]["destination"] == f"webhook:{dead}"
         assert letters[0]["attempts"] == 8 and json.loads(letters[0]["message"])["thingName"] == "cam"
-        assert 'iotdefender_alert_deliveries_total{kind="webhook",outcome="dead"} 1.0' in httpx.get(
+        assert 'iotdefender_alert_deliveries_total{kind="webhook",outcome="dead"} 1.0' in plain_http.get(
             svc.endpoint + "/metrics").text
         log = svc.log_path.read_text()
         assert '"event": "alert_delivery_failed"' in log and "unreachable" in log

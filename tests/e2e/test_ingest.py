@@ -8,10 +8,10 @@ import time
 import uuid
 
 import cbor2
-import httpx
 import pytest
 
 from tests.support.mqtt import Device, report
+from tests.support import plain_http
 
 SERVICE_ARGS = ["--report-min-interval", "0"]
 ACCOUNT_ARN = "arn:aws:iot:us-east-1:123456789012:"
@@ -175,7 +175,7 @@ def test_registered_and_unregistered_devices(service, monitored):
 
 
 def test_rejections_are_counted_for_the_operator(service, monitored):
-    metrics = httpx.get(service.endpoint + "/metrics").text
+    metrics = plain_http.get(service.endpoint + "/metrics").text
     assert 'iotdefender_report_rejections_total{reason="InvalidPayload"}' in metrics
     assert 'iotdefender_reports_total{outcome="accepted"}' in metrics
     assert 'iotdefender_report_answer_seconds_count{outcome="rejected"}' in metrics
@@ -221,7 +221,7 @@ def test_a_flood_of_rejected_reports_is_a_few_log_lines_and_exact_counters(tmp_p
         replies = [dev.reply() for _ in range(300)]
         dev.close()
         assert sum(1 for topic, _ in replies if topic == "json/rejected") == 299
-        metrics = httpx.get(svc.endpoint + "/metrics").text
+        metrics = plain_http.get(svc.endpoint + "/metrics").text
         assert 'iotdefender_report_rejections_total{reason="Throttled"} 299.0' in metrics
         svc.stop()  # the summary of the interval under way is written at exit
         events = [json_module.loads(line) for line in svc.log_path.read_text().splitlines() if line.startswith("{")]

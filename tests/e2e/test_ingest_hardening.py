@@ -11,13 +11,13 @@ import uuid
 from collections import Counter
 
 import cbor2
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.figures import publish_figures
 from tests.support.mqtt import Device
+from tests.support import plain_http
 
 SERVICE_ARGS = ["--report-min-interval", "0"]
 ALL_THINGS = "arn:aws:iot:us-east-1:123456789012:all/things"
@@ -156,6 +156,6 @@ def fuzz_device(service):
     time.sleep(0.5)
     assert device.replies.empty(), "a report was answered twice"
     device.close()
-    assert httpx.get(service.endpoint + "/healthz").status_code == 200
+    assert plain_http.get(service.endpoint + "/healthz").status_code == 200
     publish_figures(f"live-fuzz-{'postgresql' if service.database_url else 'sqlite'}", dict(FUZZ))
     FUZZ.clear()

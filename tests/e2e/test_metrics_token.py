@@ -6,9 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import httpx
 
 from tests.support.processes import ServiceProcess
+from tests.support import plain_http
 
 TOKEN = "scrape-9f1c2e7d4b6a8350"
 
@@ -19,14 +19,14 @@ def test_metrics_ask_for_the_token_and_healthz_stays_open(tmp_path):
     svc = ServiceProcess(data_dir=tmp_path / "data", extra_args=["--metrics-token-file", str(token_file)])
     svc.start()
     try:
-        anonymous = httpx.get(svc.endpoint + "/metrics")
+        anonymous = plain_http.get(svc.endpoint + "/metrics")
         assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("Bearer")
         assert "iotdefender_" not in anonymous.text
         for wrong in ("Bearer " + TOKEN[:-1], "Bearer " + TOKEN + "x", "Basic " + TOKEN, TOKEN):
-            assert httpx.get(svc.endpoint + "/metrics", headers={"Authorization": wrong}).status_code == 401, wrong
-        scraped = httpx.get(svc.endpoint + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert plain_http.get(svc.endpoint + "/metrics", headers={"Authorization": wrong}).status_code == 401, wrong
+        scraped = plain_http.get(svc.endpoint + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
         assert scraped.status_code == 200 and "iotdefender_reports_total" in scraped.text
-        assert httpx.get(svc.endpoint + "/healthz").status_code == 200  # probes need no token
+        assert plain_http.get(svc.endpoint + "/healthz").status_code == 200  # probes need no token
     finally:
         svc.stop()
 

@@ -13,11 +13,11 @@ import re
 import time
 from typing import Any
 
-import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
 from tests.support.mqtt import stop_network_loop
+from tests.support import plain_http
 
 ALLOWED = ["$aws/things/sub-dev/defender/metrics/json/accepted", "$aws/things/sub-dev/defender/metrics/cbor/rejected",
            "$aws/things/sub-dev/defender/metrics/json/+", "$aws/things/sub-dev/defender/metrics/+/+",
@@ -46,7 +46,7 @@ def subscribe_codes(port: int, protocol: int, filters: list[str]) -> tuple[list[
 
 
 def denials(service) -> float:  # type: ignore[no-untyped-def]
-    text = httpx.get(service.endpoint + "/metrics").text
+    text = plain_http.get(service.endpoint + "/metrics").text
     found = re.search(r'^iotdefender_mqtt_denials_total\{reason="subscribe_denied"\} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
 

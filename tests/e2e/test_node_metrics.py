@@ -13,7 +13,6 @@ import json
 import uuid
 from collections.abc import Callable
 
-import httpx
 import pytest
 from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,11 +20,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from iotdefender import __version__
 from tests.support.mqtt import Device, report
 from tests.support.processes import ServiceProcess, wait_for
+from tests.support import plain_http
 
 
 def samples(endpoint: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample of ``/metrics``: (name, labels) -> value."""
-    text = httpx.get(endpoint + "/metrics").text
+    text = plain_http.get(endpoint + "/metrics").text
     return {(sample.name, frozenset(sample.labels.items())): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
@@ -116,8 +116,8 @@ def test_api_requests_are_counted_by_operation_and_status(service):
         iot.describe_security_profile(securityProfileName=f"missing-{uuid.uuid4().hex[:6]}")
     with pytest.raises(ClientError):
         service.client(secret="not-the-secret").list_security_profiles()
-    assert httpx.get(service.endpoint + "/console/login").status_code == 200
-    assert httpx.get(service.endpoint + f"/console/no-such-page-{uuid.uuid4().hex[:6]}").status_code in (303, 307, 404)
+    assert plain_http.get(service.endpoint + "/console/login").status_code == 200
+    assert plain_http.get(service.endpoint + f"/console/no-such-page-{uuid.uuid4().hex[:6]}").status_code in (303, 307, 404)
 
     assert moved("iotdefender_http_requests_total", operation="ListSecurityProfiles", code="200") == 2
     assert moved("iotdefender_http_requests_total", operation="DescribeSecurityProfile", code="404") == 1
@@ -128,4 +128,4 @@ def test_api_requests_are_counted_by_operation_and_status(service):
     operations = {dict(labels)["operation"] for name, labels in samples(service.endpoint)
                   if name == "iotdefender_http_requests_total"}
     assert not any("missing-" in op or "no-such-page" in op or op.startswith("/") for op in operations), operations
-    assert json.loads(httpx.get(service.endpoint + "/healthz").text)["status"] == "ok"
+    assert json.loads(plain_http.get(service.endpoint + "/healthz").text)["status"] == "ok"

@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-import httpx
 import nats
 import pytest
 
@@ -15,6 +14,7 @@ from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import Delivery, More, PartitionReader, ReportPublisher, report_message_id
 from iotdefender.cluster.topology import Topology, TopologyMismatch, count_servers, ensure, replicas_for
 from tests.support.jetstream import JetStreamCluster, SingleJetStream, make_leader
+from tests.support import plain_http
 
 
 @pytest.fixture
@@ -525,7 +525,7 @@ def test_a_reader_sends_one_pull_request_per_expiry_not_one_or_two_per_batch(sin
             seen.extend(int(d.payload) for d in batch)
 
         def received() -> int:
-            return int(httpx.get(f"http://127.0.0.1:{single.server.http_port}/varz", timeout=5).json()["in_msgs"])
+            return int(plain_http.get(f"http://127.0.0.1:{single.server.http_port}/varz", timeout=5).json()["in_msgs"])
 
         reader = PartitionReader(js, topology, 2, handler, token=1, still_owner=lambda: True, fetch_wait_s=0.5)
         await reader.start()

@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 
 from iotdefender.cluster.topology import Topology, ensure
 from tests.support.processes import free_port, wait_for
+from tests.support import plain_http
 
 _LOG_LINE = re.compile(r"^\[\d+\] (\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d+) \[\w+\] (.*)$")
 _LEADER = re.compile(r"new (stream|consumer) leader for '[^>]*> ([^']*)'|new (metadata) leader")
@@ -74,7 +75,7 @@ class JetStreamServer:
         if self.process is None or self.process.poll() is not None:
             raise RuntimeError(f"nats-server {self.name} exited: {(self.root / 'nats.log').read_text()[-2000:]}")
         try:
-            return httpx.get(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1).status_code == 200
+            return plain_http.get(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -101,7 +102,7 @@ class JetStreamServer:
 
     def connections(self) -> int:
         """Client connections open on this server (its monitoring ``/connz``)."""
-        return int(httpx.get(f"http://127.0.0.1:{self.http_port}/connz", timeout=2).json()["num_connections"])
+        return int(plain_http.get(f"http://127.0.0.1:{self.http_port}/connz", timeout=2).json()["num_connections"])
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

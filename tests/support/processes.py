@@ -26,6 +26,8 @@ import boto3
 import httpx
 from botocore.config import Config
 
+from tests.support import plain_http
+
 ACCESS_KEY = "AKIDIOTDEFENDERTEST1"
 SECRET_KEY = "test-secret-key-0123456789abcdefghijklmn"
 REGION = "us-east-1"
@@ -255,7 +257,7 @@ class ServiceProcess:
                 taken = "already in use" in this_start
                 raise (_PortTaken if taken else RuntimeError)(f"iotdefender serve exited: {this_start[-3000:]}")
             try:
-                return httpx.get(self.endpoint + "/healthz", timeout=1).status_code == 200
+                return plain_http.get(self.endpoint + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -264,7 +266,7 @@ class ServiceProcess:
     def healthz(self, timeout: float = 10) -> int:
         """The status of ``GET /healthz`` (0: no answer)."""
         try:
-            return httpx.get(self.endpoint + "/healthz", timeout=timeout).status_code
+            return plain_http.get(self.endpoint + "/healthz", timeout=timeout).status_code
         except httpx.HTTPError:
             return 0
 
@@ -366,7 +368,7 @@ class MotoServer:
 
         def up() -> bool:
             try:
-                return httpx.get(self.endpoint + "/moto-api/", timeout=1).status_code < 500
+                return plain_http.get(self.endpoint + "/moto-api/", timeout=1).status_code < 500
             except httpx.HTTPError:
                 return False
 

@@ -8,6 +8,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY
+from tests.support import plain_http
 
 
 def signed_headers(method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None) -> dict[str, str]:
@@ -18,4 +19,4 @@ def signed_headers(method: str, url: str, body: bytes = b"", headers: dict[str, 
 
 
 def send_signed(method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.request(method, url, headers=signed_headers(method, url, body, headers), content=body, timeout=30)
+    return plain_http.request(method, url, headers=signed_headers(method, url, body, headers), content=body, timeout=30)
