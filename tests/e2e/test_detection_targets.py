@@ -12,7 +12,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from tests.support.mqtt import Device, report
-from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess
+from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess, wait_for
 from tests.support.webhook import WebhookReceiver
 from tests.support import plain_http
 
@@ -196,9 +196,11 @@ def test_failing_webhook_is_retried_then_dead_lettered(tmp_path):
         alarm_on_cam(svc)
         message = flaky.next(timeout=30)["message"]  # two 503s, then delivered
         assert message["violationEventType"] == "in-alarm" and message["thingName"] == "cam"
-        metrics = plain_http.get(svc.endpoint + "/metrics").text
-        assert 'iotdefender_alert_deliveries_total{kind="webhook",outcome="retry"}' in metrics
-        assert 'iotdefender_alert_deliveries_total{kind="webhook",outcome="delivered"} 1.0' in metrics
+        # The receiver has the message before the service has its answer and counts the delivery.
+        delivered = 'iotdefender_alert_deliveries_total{kind="webhook",outcome="delivered"} 1.0'
+        wait_for(lambda: delivered in plain_http.get(svc.endpoint + "/metrics").text, 10, "the delivery counted")
+        assert 'iotdefender_alert_deliveries_total{kind="webhook",outcome="retry"}' in plain_http.get(
+            svc.endpoint + "/metrics").text
         # The unreachable hook: 8 attempts backing off 0.05 s .. 6.4 s, then a dead letter.
         deadline, letters = time.time() + 30, []
         while time.time() < deadline and not letters:
