@@ -78,9 +78,9 @@ class WorkerStandby:
     @classmethod
     def start(cls) -> WorkerStandby:
         """Fork the standby if ``can_fork``, after importing the worker's modules here; else spawn it."""
-        forked = can_fork()
-        if forked:
-            _import_the_worker()
+        if can_fork():
+            _import_the_worker()  # the service imports them anyway
+        forked = can_fork()  # checked again: an import that started a thread makes a fork unsafe
         context = multiprocessing.get_context("fork") if forked else multiprocessing.get_context("spawn")
         parent, child = context.Pipe(duplex=True)
         process = context.Process(target=standby_main, args=(child, parent if forked else None),
