@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -101,6 +102,7 @@ async def broker_rate(accounting: bool, messages: int) -> float:
         return received.rate()
     finally:
         service.stop()
+        shutil.rmtree(service.data_dir, ignore_errors=True)
 
 
 def main() -> None:

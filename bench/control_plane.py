@@ -169,6 +169,7 @@ def main() -> None:
         }
     finally:
         service.stop()
+        shutil.rmtree(service.data_dir, ignore_errors=True)
         if cluster is not None:
             cluster.stop()
     RESULTS.mkdir(exist_ok=True)

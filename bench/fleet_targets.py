@@ -8,6 +8,7 @@ into broker and service by bench/process_usage.py).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -126,6 +127,7 @@ class ServiceTarget:
 
     def stop(self) -> None:
         self.service.stop()
+        shutil.rmtree(self.service.data_dir, ignore_errors=True)  # its database: tens of MB a run
         if self.broker:
             self.broker.stop()
 
