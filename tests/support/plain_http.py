@@ -1,6 +1,6 @@
 """httpx's one-call functions (``httpx.get`` and the rest) without their TLS setup at every call.
 
-Each ``plain_http.get()`` builds a client, and with it an SSL context that loads certifi's CA bundle,
+Each ``httpx.get()`` builds a client, and with it an SSL context that loads certifi's CA bundle,
 even for a plain ``http://`` URL: ~48 ms of CPU a call on this machine, against ~0.8 ms with the
 context built once. The suite polls ``/healthz``, ``/metrics`` and the like every 0.05 s while a
 service starts or a cluster settles, so those calls alone kept the test process busy on one of two

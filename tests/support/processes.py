@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,8 +184,6 @@ def start_together(*services: ServiceProcess) -> None:
     """Start every service at once and return when all are healthy, as an operator's nodes start
     (cluster mode creates its streams and migrates its database safely from any number of nodes at
     once: docs/cluster.md). Each waits for its own start, so one after another cost the sum."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(len(services)) as pool:
         list(pool.map(ServiceProcess.start, services))
 
