@@ -6,18 +6,26 @@ import ctypes
 import signal
 import sys
 
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+
+def _prctl(option: int, argument: int | ctypes.c_char_p) -> None:
+    """Linux's ``prctl`` for this process; nothing elsewhere, or if libc will not say."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(option, argument, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
 
 def die_with_parent(death_signal: int = signal.SIGKILL) -> None:
-    """Linux: send this process ``death_signal`` when its parent dies (prctl PR_SET_PDEATHSIG = 1).
+    """Linux: send this process ``death_signal`` when its parent dies (PR_SET_PDEATHSIG).
 
     Caveat: "parent" is the *thread* that forked the child; start children from a thread that
     lives as long as the service (the event loop's, or a dedicated one), never from a pool thread.
     """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, death_signal, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
+    _prctl(PR_SET_PDEATHSIG, death_signal)
 
 
 #: The detection worker's name in ``ps``, ``top`` and ``/proc/PID/comm`` (Linux keeps 15 bytes).
@@ -27,9 +35,5 @@ DETECTION_WORKER_NAME = "iotd-detection"
 
 
 def name_this_process(name: str) -> None:
-    """Linux: set this process's name as ``ps -o comm`` and ``top`` show it (prctl PR_SET_NAME = 15)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(15, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
+    """Linux: set this process's name as ``ps -o comm`` and ``top`` show it (PR_SET_NAME)."""
+    _prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
