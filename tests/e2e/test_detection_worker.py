@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench.process_usage import name as process_name
 from iotdefender.child_process import DETECTION_WORKER_NAME
 from tests.support.mqtt import Device, report
 from tests.support.processes import ServiceProcess
@@ -46,13 +47,6 @@ def worker_of(svc: ServiceProcess) -> int:
     workers = [p for p in children(svc.process.pid) if process_name(p) == DETECTION_WORKER_NAME]
     assert len(workers) == 1, children(svc.process.pid)
     return workers[0]
-
-
-def process_name(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 def alive(pid: int) -> bool:

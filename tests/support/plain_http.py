@@ -29,15 +29,3 @@ def get(url: str, **kwargs: Any) -> httpx.Response:
 
 def post(url: str, **kwargs: Any) -> httpx.Response:
     return request("POST", url, **kwargs)
-
-
-def put(url: str, **kwargs: Any) -> httpx.Response:
-    return request("PUT", url, **kwargs)
-
-
-def delete(url: str, **kwargs: Any) -> httpx.Response:
-    return request("DELETE", url, **kwargs)
-
-
-def head(url: str, **kwargs: Any) -> httpx.Response:
-    return request("HEAD", url, **kwargs)
