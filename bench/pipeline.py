@@ -52,7 +52,7 @@ from bench import fleet_workload  # noqa: E402
 from bench.common import bounded, environment  # noqa: E402
 from bench.fleet import Fleet  # noqa: E402
 from bench.fleet_targets import BareTarget, ServiceTarget  # noqa: E402
-from bench.process_usage import cpu_seconds, rss_bytes, split  # noqa: E402
+from bench.process_usage import by_role, cpu_seconds, rss_bytes, split  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 FIRST_IDS, OPEN_LOOP_IDS, CLOSED_LOOP_IDS = 500_000_000, 1_000_000_000, 2_000_000_000
@@ -78,14 +78,20 @@ def measure(target: BareTarget | ServiceTarget, args: argparse.Namespace) -> dic
                                               for k in idle} if connected else None}
         first = fleet.open_loop(args.rate, max(1.0, args.devices / args.rate), FIRST_IDS, args.drain_seconds)
         cpu_before, generator_before = split(target.pids(), cpu_seconds), sum(map(cpu_seconds, fleet.pids))
+        roles_before = by_role(target.pids(), cpu_seconds)
         started = time.monotonic()
         load = fleet.open_loop(args.rate, args.seconds, OPEN_LOOP_IDS, args.drain_seconds)
         elapsed = time.monotonic() - started
-        cpu_after = split(target.pids(), cpu_seconds)
+        cpu_after, roles_after = split(target.pids(), cpu_seconds), by_role(target.pids(), cpu_seconds)
+        generator = sum(map(cpu_seconds, fleet.pids)) - generator_before
         # Share of one core each side used during the offered load (2 cores = 2.0 in all).
         load["cores_used"] = {**{k: round((cpu_after[k] - cpu_before[k]) / elapsed, 2) for k in cpu_after},
-                              "load_generator": round((sum(map(cpu_seconds, fleet.pids)) - generator_before)
-                                                      / elapsed, 2)}
+                              "load_generator": round(generator / elapsed, 2)}
+        # CPU per report answered, by process: steadier than latency on a shared machine, and what
+        # a change to the code moves (the drain after the load is included: it answers the same reports).
+        answered = load["answered"] or 1  # accepted and rejected replies alike
+        load["cpu_us_per_answer"] = {**{k: round((roles_after[k] - roles_before[k]) / answered * 1e6)
+                                        for k in roles_after}, "load_generator": round(generator / answered * 1e6)}
         ceiling = fleet.closed_loop(args.ceiling_seconds, CLOSED_LOOP_IDS)
         storm = None
         if not args.no_storm:
@@ -160,6 +166,7 @@ def main() -> None:
     parser.add_argument("--per-process", type=int, default=4000, help="connections per load-generator process")
     parser.add_argument("--max-seconds", type=int, default=1500, help="the whole run is stopped after this")
     parser.add_argument("--quick", action="store_true", help="1,500 devices at 1,500/s, short phases (< 90 s)")
+    parser.add_argument("--output", type=Path, help="the results file (default bench/results/pipeline-<broker>-<devices>.json)")
     args = parser.parse_args()
     if args.quick:
         args.devices, args.rate, args.seconds, args.ceiling_seconds = 1500, 1500.0, 4.0, 3.0
@@ -170,8 +177,9 @@ def main() -> None:
     if args.quick:
         print(json.dumps(summary(result)))
         return
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"pipeline-{args.broker}-{args.devices}.json").write_text(json.dumps(result, indent=2) + "\n")
+    output = args.output or RESULTS / f"pipeline-{args.broker}-{args.devices}.json"
+    output.parent.mkdir(exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 BROKER_NAMES = frozenset({"mosquitto"})
+DETECTION_WORKER = "iotd-detection"  # iotdefender.child_process.DETECTION_WORKER_NAME
 
 
 def tree(pid: int) -> list[int]:
@@ -50,6 +51,19 @@ def split(pids: list[int], measure: Callable[[int], float]) -> dict[str, float]:
     for root in pids:
         for pid in tree(root):
             totals["broker" if name(pid) in BROKER_NAMES else "service"] += measure(pid)
+    return totals
+
+
+def by_role(pids: list[int], measure: Callable[[int], float]) -> dict[str, float]:
+    """`measure` over the trees of `pids` by role: 'broker' (Mosquitto), 'detection_worker' (the
+    service's worker, by its process name) and 'main' (the rest: the service's own process, or a
+    bare responder). Which process is busy says more than their sum: each is one core at most."""
+    totals = {"main": 0.0, "detection_worker": 0.0, "broker": 0.0}
+    for root in pids:
+        for pid in tree(root):
+            process = name(pid)
+            role = "broker" if process in BROKER_NAMES else "detection_worker" if process == DETECTION_WORKER else "main"
+            totals[role] += measure(pid)
     return totals
 
 
