@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType, advance, counting_ids, invalidate
-from iotdefender.engine.compare import compliant, offending
+from iotdefender.engine.compare import compile_check, compliant, offending
 from iotdefender.engine.evaluator import Evaluator
 from iotdefender.engine.statistics import FleetStatistics
 
@@ -46,6 +46,36 @@ from iotdefender.engine.statistics import FleetStatistics
 )
 def test_every_operator_and_value_type(operator, threshold, observed, expected):
     assert compliant(operator, threshold, observed) is expected
+    assert compile_check(operator, threshold)(observed) is expected  # what live evaluation calls
+
+
+_SET_OPERATORS = ("in-port-set", "not-in-port-set", "in-set", "not-in-set")
+
+
+def _verdict(check, observed):
+    try:
+        return check(observed)
+    except (ValueError, TypeError) as error:
+        return type(error)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operator=st.sampled_from(_SET_OPERATORS),
+       key=st.sampled_from(("ports", "numbers", "strings")),
+       allowed=st.lists(st.integers(0, 12), max_size=6),
+       observed=st.lists(st.integers(0, 12), max_size=8),
+       observed_key=st.sampled_from(("ports", "numbers", "strings", "count")))
+def test_a_compiled_set_check_answers_as_compliant_does(operator, key, allowed, observed, observed_key):
+    """The compiled set check (C set operations) gives compliant's verdict, or raises as it does."""
+    def shaped(name, values):
+        if name == "strings":
+            return {name: [str(v) for v in values]}
+        if name == "numbers":
+            return {name: [float(v) for v in values]}
+        return {name: values if name == "ports" else len(values)}
+    threshold, value = shaped(key, allowed), shaped(observed_key, observed)
+    assert _verdict(compile_check(operator, threshold), value) == \
+        _verdict(lambda v: compliant(operator, threshold, v), value)
 
 
 def test_incomparable_values_raise():
@@ -274,3 +304,19 @@ def test_a_statistical_number_threshold_stays_a_number():
         commit(evaluator, evaluator.evaluate(f"d{i}", [profile], {metric: {"number": i + 1.5}}, 10.0 + i))
     hot = evaluator.evaluate("d1", [profile], {metric: {"number": 3.5}}, 311.0)
     assert hot.events[0].evidence["threshold"] == {"number": 3.5}
+
+
+_ADDRESSES = ("10.1.2.3", "192.168.1.7", "8.8.8.8", "2001:db8::1", "::1", "not-an-address")
+
+
+@settings(max_examples=200, deadline=None)
+@given(operator=st.sampled_from(("in-cidr-set", "not-in-cidr-set")),
+       allowed=st.lists(st.sampled_from(("10.0.0.0/8", "192.168.1.0/24", "2001:db8::/32", "8.8.8.8")), max_size=3),
+       batches=st.lists(st.lists(st.sampled_from(_ADDRESSES), max_size=5), min_size=1, max_size=4))
+def test_a_compiled_cidr_check_answers_as_compliant_does_with_addresses_seen_before(operator, allowed, batches):
+    """Datapoints in a row through one compiled check (its memory of addresses filling up) get
+    compliant's verdict each, a bad address raising as it does."""
+    check = compile_check(operator, {"cidrs": allowed})
+    for observed in batches:
+        value = {"cidrs": observed}
+        assert _verdict(check, value) == _verdict(lambda v: compliant(operator, {"cidrs": allowed}, v), value)

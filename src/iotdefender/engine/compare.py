@@ -29,10 +29,12 @@ _NUMERIC: dict[str, Callable[[float, float], bool]] = {
 
 def scalar_of(value: Mapping[str, Any]) -> float | None:
     """The number of a ``count`` or ``number`` MetricValue."""
-    for key in ("count", "number"):
-        if value.get(key) is not None:
-            return float(value[key])
-    return None
+    number = value.get("count")
+    if number is None:
+        number = value.get("number")
+        if number is None:
+            return None
+    return float(number)
 
 
 
@@ -66,8 +68,11 @@ def _in_networks(address: str, networks: Iterable[Network]) -> bool:
     return any(ip.version == net.version and ip in net for net in networks)
 
 
+_ELEMENT_KEYS = ("ports", "cidrs", "numbers", "strings")
+
+
 def _elements(value: Mapping[str, Any]) -> tuple[str, list[Any]] | None:
-    for key in ("ports", "cidrs", "numbers", "strings"):
+    for key in _ELEMENT_KEYS:
         if value.get(key) is not None:
             return key, list(value[key])
     return None
@@ -144,33 +149,46 @@ def compile_check(operator: str, threshold: Mapping[str, Any]) -> Check:
                                            "in-set", "not-in-set"):
         return lambda observed: compliant(operator, threshold, observed)
     want_inside = operator.startswith("in-")
-    inside: Callable[[Any], bool]
-    if operator in ("in-cidr-set", "not-in-cidr-set"):
-        networks = _networks(tuple(allowed[1]))
-        # A fleet talks to the same few addresses: remember each one's answer for this set.
-        memo: dict[str, bool] = {}
+    if operator not in ("in-cidr-set", "not-in-cidr-set"):
+        members = frozenset(allowed[1])
 
-        def cidr_inside(address: Any) -> bool:
-            known = memo.get(address)
-            if known is None:
-                known = _in_networks(address, networks)  # raises for a bad address, never memoised
-                if len(memo) >= _MEMO_MAX:
-                    memo.clear()
-                memo[address] = known
-            return known
+        def set_membership(observed: Mapping[str, Any]) -> bool:
+            for key in _ELEMENT_KEYS:
+                got = observed.get(key)
+                if got is not None:
+                    break
+            else:
+                return compliant(operator, threshold, observed)  # raises the same ValueError
+            # In C, without a list per datapoint: ports, strings and numbers cannot raise here
+            # (an unhashable element raises TypeError either way, as compliant's lookup does).
+            return members.issuperset(got) if want_inside else members.isdisjoint(got)
 
-        inside = cidr_inside
-    else:
-        members = set(allowed[1])
-        inside = members.__contains__
+        return set_membership
 
-    def membership(observed: Mapping[str, Any]) -> bool:
-        got = _elements(observed)
-        if got is None:
+    networks = _networks(tuple(allowed[1]))
+    # A fleet talks to the same few addresses: remember each one's answer for this set.
+    memo: dict[str, bool] = {}
+
+    def cidr_inside(address: Any) -> bool:
+        known = memo.get(address)
+        if known is None:
+            known = _in_networks(address, networks)  # raises for a bad address, never memoised
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            memo[address] = known
+        return known
+
+    def cidr_membership(observed: Mapping[str, Any]) -> bool:
+        got = observed.get("cidrs")
+        if got is not None and observed.get("ports") is None:
+            # Every address answered before, the common case: looked up in C.
+            known = list(map(memo.get, got))
+            if None not in known:
+                return all(known) if want_inside else not any(known)
+        elements = _elements(observed)
+        if elements is None:
             return compliant(operator, threshold, observed)  # raises the same ValueError
-        if not got[1]:
-            return True
-        results = [inside(e) for e in got[1]]  # every element, as compliant does: a bad address raises
+        results = [cidr_inside(e) for e in elements[1]]  # every element, as compliant does: a bad address raises
         return all(results) if want_inside else not any(results)
 
-    return membership
+    return cidr_membership

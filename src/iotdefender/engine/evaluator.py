@@ -414,8 +414,11 @@ class Evaluator:
                     ok = not ml_violates(active, rule.confidence, thing, number, now)
                     measured, window_points, threshold, statistics = value, None, rule.threshold, None
                 else:
-                    measured, window_points = self._measure(thing, rule.metric, rule.series, value, rule.window_s,
-                                                            now, changes)
+                    if rule.window_s is None:  # most behaviors: the datapoint itself, without a call
+                        measured, window_points = value, None
+                    else:
+                        measured, window_points = self._measure(thing, rule.metric, rule.series, value,
+                                                                rule.window_s, now, changes)
                     if rule.statistical:
                         threshold, statistics = self._threshold(thing, profile_name, rule, measured, now, changes)
                         if threshold is None:
