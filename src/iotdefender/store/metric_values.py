@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from iotdefender.metrics_catalog import series_key  # noqa: F401  (re-exported for ListMetricValues)
 from iotdefender.store.partition_selection import once_per_thing
-from iotdefender.store.rows import insert_many, upsert
+from iotdefender.store.rows import insert_many, upsert_many
 from iotdefender.store.schema import metric_values, thing_report_state
 
 
@@ -42,15 +42,10 @@ def insert_reports(conn: Connection, reports: Sequence[RetainedReport],
 
 
 def upsert_report_states(conn: Connection, states: Iterable[tuple[str, int, float]]) -> None:
-    rows = [{"thing_name": t, "last_report_id": r, "last_report_at": a} for t, r, a in states]
-    if not rows:
-        return
-    stmt = upsert(conn, thing_report_state)
-    stmt = stmt.on_conflict_do_update(  # one cached statement, executed for many rows
-        index_elements=[thing_report_state.c.thing_name],
-        set_={"last_report_id": stmt.excluded.last_report_id, "last_report_at": stmt.excluded.last_report_at},
-    )
-    conn.execute(stmt, rows)
+    """The last report id and time of each thing (one row a thing), on every batch: the driver's
+    executemany with ready tuples, as ``insert_reports``."""
+    upsert_many(conn, thing_report_state, "thing_name", ("thing_name", "last_report_id", "last_report_at"),
+                list(states))
 
 
 def load_report_states(conn: Connection, things: Iterable[str] | None = None) -> dict[str, tuple[int, float]]:

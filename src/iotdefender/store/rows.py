@@ -42,6 +42,20 @@ def insert_many(conn: Connection, table: sa.Table, columns: Sequence[str], rows:
     conn.exec_driver_sql(sql, list(rows))
 
 
+def upsert_many(conn: Connection, table: sa.Table, key: str, columns: Sequence[str],
+                rows: Sequence[Sequence[Any]]) -> None:
+    """``insert_many`` that replaces the other columns of a row whose ``key`` exists: the same
+    ``ON CONFLICT (key) DO UPDATE SET c = excluded.c`` on SQLite (3.24+) and PostgreSQL, for the
+    same reason (SQLAlchemy's per-row processing of an upsert's parameters, on every report)."""
+    if not rows:
+        return
+    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    updated = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
+    sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))}) "
+           f"ON CONFLICT ({key}) DO UPDATE SET {updated}")
+    conn.exec_driver_sql(sql, list(rows))
+
+
 def json_text(value: Any) -> str | None:
     """A JSON column's value as insert_many wants it (NULL stays NULL)."""
     return None if value is None else orjson.dumps(value).decode()
