@@ -151,7 +151,9 @@ def test_mutated_valid_reports_always_get_a_verdict(path, replacement, delete, e
 
 
 @pytest.mark.parametrize("name, ok", [("dev-1", True), ("x" * 128, True), ("é" * 64, True), ("é" * 65, False),
-                                      ("", False), ("bad\x01name", False), (b"\xff\xfe", False)])
+                                      ("", False), ("bad\x01name", False), (b"\xff\xfe", False),
+                                      ("del\x7f", False), ("c1\x85", False), ("c1\x9f", False), ("\x1f", False),
+                                      ("nbsp\xa0", True), ("tilde~", True)])
 def test_thing_names(name, ok):
     if ok:
         assert check_thing_name(name) == name

@@ -65,7 +65,10 @@ class ReportOrder:
 
     def in_flight(self, thing: str, report_id: int) -> bool:
         """A report with this id passed ``check`` and its batch has not ended: this is a resend of it."""
-        return any(mark[0] == report_id for mark in self._pending.get(thing, ()))
+        queued = self._pending.get(thing)
+        if not queued:  # the common case, without a generator per report
+            return False
+        return any(mark[0] == report_id for mark in queued)
 
     def queued(self, thing: str, report_id: int, now: float) -> None:
         """The report passed ``check`` and waits to be stored."""
@@ -75,7 +78,7 @@ class ReportOrder:
         """The report's batch ended: stored (the order advances) or not (it is forgotten)."""
         queued = self._pending.get(thing)
         if queued:
-            mark = next((m for m in queued if m[0] == report_id), None)
+            mark = queued[0] if queued[0][0] == report_id else next((m for m in queued if m[0] == report_id), None)
             if mark is not None:
                 queued.remove(mark)
                 if stored:
