@@ -146,6 +146,46 @@ def test_disconnect_refuse_and_allow_a_device(tmp_path):
     run_with_broker(body, tmp_path)
 
 
+async def _counted(broker: MosquittoBroker, clients: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(broker.connections) == clients:
+            return True
+        await asyncio.sleep(0.05)
+    return len(broker.connections) == clients
+
+
+def test_the_connected_count_is_right_again_after_batches_the_service_missed(tmp_path):
+    """The service's own connection is taken over (a client logging in with its id and secret) and
+    comes back a second later; two devices connect and one disconnects meanwhile, and their event
+    batches reach nobody. A count kept from those events stayed at 1 (the device that left, the two
+    that came unseen); the plugin's count says 2 as soon as the service is back."""
+    async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
+        first, codes, _ = connect(port, "cam-1")
+        assert await in_thread(codes.get, True, 5) == 0
+        assert await _counted(broker, 1)
+        impostor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=broker.client_id,
+                               reconnect_on_failure=False)
+        impostor.username_pw_set(broker.client_id, broker._secret)
+        taken: queue.Queue[int] = queue.Queue()
+        impostor.on_connect = lambda c, u, f, reason, p: taken.put(reason.value)
+        impostor.connect("127.0.0.1", port)
+        impostor.loop_start()
+        assert await in_thread(taken.get, True, 5) == 0  # the service's connection is closed now
+        second, codes_2, _ = connect(port, "cam-2")
+        third, codes_3, _ = connect(port, "cam-3")
+        assert await in_thread(codes_2.get, True, 5) == 0 and await in_thread(codes_3.get, True, 5) == 0
+        stop_network_loop(first)
+        first.disconnect()
+        await asyncio.sleep(0.3)  # the batches of those events go to the impostor's session
+        assert await _counted(broker, 2, timeout=15), f"counted {len(broker.connections)}"
+        for client in (impostor, second, third):
+            stop_network_loop(client)
+            client.disconnect()
+
+    run_with_broker(body, tmp_path)
+
+
 def test_a_port_in_use_is_one_clear_error(tmp_path):
     async def main() -> None:
         with socket.socket() as holder:

@@ -1,15 +1,15 @@
-"""The MQTT clients connected to this node's Mosquitto, from the plugin's connect and disconnect events.
+"""The MQTT clients connected to this node's Mosquitto, as the plugin counts them.
 
-The plugin reports a successful CONNECT (``C`` with ok ``1``) for every device (never the service's
-own connection) and a DISCONNECT only for the connection that owns its client id: a refused
-CONNECT is no connection, and the older connection closed by a takeover (a device reconnecting
-with its client id) is not reported at all, the newer one replacing it. A set of client ids
-follows that exactly; counting +1/-1 would drift by one per takeover.
+The plugin knows exactly which connection owns each client id (a refused CONNECT is none, and a
+takeover, a device reconnecting with its client id, replaces the older connection rather than adding
+one) and tells the number in its event batches (an ``N`` record, defender_plugin.c): in the batch
+after any change, and after every (re)connection of the service's client.
 
-Mosquitto restarted by the supervisor has lost every connection without a DISCONNECT: the broker
-``reset``s the set when it starts a process. The events arrive in batches up to ~50 ms after the
-fact, and a batch the service's connection missed (it was reconnecting) is lost: the gauge is
-then off until those clients come and go again.
+Before, the service kept a set of client ids from the connect and disconnect events. A batch the
+service's connection missed (it was reconnecting) was lost with its events, and the gauge stayed off
+until those clients came and went again; the plugin's count is right again with its next batch.
+Mosquitto restarted by the supervisor has lost every connection: the broker ``reset``s the count
+when it starts a process. The count arrives up to ~50 ms (a batch) after the fact.
 """
 
 from __future__ import annotations
@@ -21,25 +21,21 @@ MQTT_CONNECTED = Gauge("iotdefender_mqtt_connected_clients",
 
 
 class ConnectedClients:
-    """The client ids connected now, their number on ``iotdefender_mqtt_connected_clients``."""
+    """The number of clients connected now, on ``iotdefender_mqtt_connected_clients``."""
 
     def __init__(self, gauge: Gauge = MQTT_CONNECTED) -> None:
         self._gauge = gauge
-        self._clients: set[str] = set()
+        self._count = 0
         gauge.set(0)
 
-    def connected(self, client_id: str) -> None:
-        self._clients.add(client_id)
-        self._gauge.set(len(self._clients))
-
-    def disconnected(self, client_id: str) -> None:
-        self._clients.discard(client_id)
-        self._gauge.set(len(self._clients))
+    def counted(self, clients: int) -> None:
+        """The plugin's count (an ``N`` record)."""
+        self._count = clients
+        self._gauge.set(clients)
 
     def reset(self) -> None:
         """Mosquitto (re)started: nobody is connected."""
-        self._clients.clear()
-        self._gauge.set(0)
+        self.counted(0)
 
     def __len__(self) -> int:
-        return len(self._clients)
+        return self._count

@@ -30,6 +30,10 @@
  *   R client topic          delivery to a client (message received)
  *   T milliseconds          when the records after it happened (CLOCK_REALTIME since the epoch):
  *                           first in every batch, again whenever the millisecond changes
+ *   N count                 the clients connected now, each owning its client id (the service's
+ *                           own connection not counted): in the batch after any change, and after
+ *                           every "ready" (the batches sent while the service's connection was
+ *                           down are lost: the count, unlike a set kept from C and D, heals at once)
  * No field can contain NUL: MQTT forbids U+0000 in client ids and topics, and Mosquitto checks
  * (packet__read_string validates UTF-8 and refuses control characters).
  *
@@ -231,6 +235,7 @@ struct buffer {
 static struct buffer events;
 static struct buffer reports;
 static long last_flush_s, last_flush_ns;
+static long count_told = -1; /* the last N record's count; -1: tell it at the next flush */
 
 /* ---- batches to the service ----------------------------------------------------------------- */
 
@@ -299,6 +304,16 @@ static void record(const char *type, const char *a, const char *b, const char *c
 	if(c) append_field(c);
 	if(d) append_field(d);
 	if(events.len >= FLUSH_BYTES) flush_events();
+}
+
+/* An N record when the number of connected clients changed since the last one told. */
+static void tell_count(void)
+{
+	char text[24];
+	if((long)authenticated.count == count_told) return;
+	count_told = (long)authenticated.count; /* first: record() may flush, which must not come back here */
+	snprintf(text, sizeof(text), "%ld", count_told);
+	record("N", text, NULL, NULL, NULL);
 }
 
 static void schedule_kick(const char *client_id, struct mosquitto *client)
@@ -608,7 +623,10 @@ static void run_command(const char *payload, size_t len)
 	if(!target) return;
 	if(!strcmp(payload, "refuse")) table_put(&refused, target, (void *)1);
 	if(!strcmp(payload, "allow")) table_del(&refused, target);
-	if(!strcmp(payload, "ready")) service_ready = true;
+	if(!strcmp(payload, "ready")){
+		service_ready = true;
+		count_told = -1; /* the service's connection is new: what it missed includes the count */
+	}
 	if(!strcmp(payload, "kick") || !strcmp(payload, "refuse")){
 		mosquitto_kick_client_by_clientid(target, false);
 	}
@@ -665,6 +683,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	long elapsed = (long)(now.tv_sec - last_flush_s) * 1000000000L + (now.tv_nsec - last_flush_ns);
 	if(elapsed >= flush_ns){
+		tell_count();
 		flush_events();
 		run_kicks();
 		last_flush_s = (long)now.tv_sec;

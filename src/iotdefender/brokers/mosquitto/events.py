@@ -22,7 +22,7 @@ AUTH_REFUSED_LOG = LimitedLog(log, "mqtt_auth_refused", "iotdefender_mqtt_denial
 PUBLISH_REFUSED_LOG = LimitedLog(log, "mqtt_publish_refused", "iotdefender_mqtt_denials_total")
 
 # Fields per record type, the type included ("T": the time of the records after it).
-_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3, "T": 2}
+_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3, "T": 2, "N": 2}
 
 
 class DenialCounter(Protocol):
@@ -33,7 +33,7 @@ class DenialCounter(Protocol):
 def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounter,
                  connections: ConnectedClients) -> int:
     """Apply one batch; returns the number of events applied. A malformed tail is ignored.
-    ``connections`` follows the successful connects and the disconnects (connections.py)."""
+    ``connections`` takes the plugin's count of connected clients (connections.py)."""
     fields = payload.decode("utf-8", "replace").split("\0")
     end = len(fields) - 1  # the batch ends with a NUL
     index = applied = 0
@@ -48,14 +48,16 @@ def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounte
         if kind == "T":
             at = int(record[0]) / 1000 if record[0].isdigit() else None
             continue
+        if kind == "N":  # not an event: how many clients are connected now
+            if record[0].isdigit():
+                connections.counted(int(record[0]))
+            continue
         applied += 1
         if kind == "C":
             client, address, ok, reason = record
             if ok != "1":
                 denials.record_denial(client, reason, at=at)  # a refused CONNECT has no topic
                 AUTH_REFUSED_LOG(reason, client_id=client, address=address, reason=reason)
-            else:
-                connections.connected(client)
             observer.connect_attempt(client, address or None, ok == "1", at=at)
         elif kind == "A":
             denials.record_denial(record[0], record[2], record[1], at=at)
@@ -66,6 +68,5 @@ def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounte
         elif kind == "R":
             observer.message_received(record[0], record[1], at=at)
         else:
-            connections.disconnected(record[0])
             observer.disconnect(record[0], at=at)
     return applied
