@@ -123,7 +123,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             "bare_per_s": bare["ceiling"]["answered_per_s"], "ratio": result["ratio"],
             "bare_p99_ms": bare["offered_load"]["p99_ms"],
             "storm_s": storm.get("all_back_after_restart_s"),
-            "per_device_kb": service["memory"]["per_connected_device_kb"]}
+            "per_device_kb": service["memory"]["per_connected_device_kb"],
+            "cpu_us_per_report": service["offered_load"]["cpu_us_per_answer"]}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
