@@ -71,11 +71,18 @@ def _in_networks(address: str, networks: Iterable[Network]) -> bool:
 _ELEMENT_KEYS = ("ports", "cidrs", "numbers", "strings")
 
 
-def _elements(value: Mapping[str, Any]) -> tuple[str, list[Any]] | None:
+def _element_values(value: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """The list a MetricValue holds, as it is (the compiled checks read it without a copy)."""
     for key in _ELEMENT_KEYS:
-        if value.get(key) is not None:
-            return key, list(value[key])
+        got = value.get(key)
+        if got is not None:
+            return key, got
     return None
+
+
+def _elements(value: Mapping[str, Any]) -> tuple[str, list[Any]] | None:
+    found = _element_values(value)
+    return None if found is None else (found[0], list(found[1]))
 
 
 def compliant(operator: str, threshold: Mapping[str, Any], observed: Mapping[str, Any]) -> bool:
@@ -153,15 +160,12 @@ def compile_check(operator: str, threshold: Mapping[str, Any]) -> Check:
         members = frozenset(allowed[1])
 
         def set_membership(observed: Mapping[str, Any]) -> bool:
-            for key in _ELEMENT_KEYS:
-                got = observed.get(key)
-                if got is not None:
-                    break
-            else:
+            found = _element_values(observed)
+            if found is None:
                 return compliant(operator, threshold, observed)  # raises the same ValueError
             # In C, without a list per datapoint: ports, strings and numbers cannot raise here
             # (an unhashable element raises TypeError either way, as compliant's lookup does).
-            return members.issuperset(got) if want_inside else members.isdisjoint(got)
+            return members.issuperset(found[1]) if want_inside else members.isdisjoint(found[1])
 
         return set_membership
 
@@ -179,16 +183,12 @@ def compile_check(operator: str, threshold: Mapping[str, Any]) -> Check:
         return known
 
     def cidr_membership(observed: Mapping[str, Any]) -> bool:
-        got = observed.get("cidrs")
-        if got is not None and observed.get("ports") is None:
-            # Every address answered before, the common case: looked up in C.
-            known = list(map(memo.get, got))
-            if None not in known:
-                return all(known) if want_inside else not any(known)
-        elements = _elements(observed)
-        if elements is None:
+        found = _element_values(observed)
+        if found is None:
             return compliant(operator, threshold, observed)  # raises the same ValueError
-        results = [cidr_inside(e) for e in elements[1]]  # every element, as compliant does: a bad address raises
-        return all(results) if want_inside else not any(results)
+        known = list(map(memo.get, found[1]))  # in C: every address answered before, the common case
+        if None in known:  # every element, as compliant does: a bad address raises
+            known = [cidr_inside(e) for e in found[1]]
+        return all(known) if want_inside else not any(known)
 
     return cidr_membership

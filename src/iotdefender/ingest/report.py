@@ -241,6 +241,26 @@ def _ip_of(remote_addr: str) -> str:
     return ip_of_endpoint(remote_addr)
 
 
+# A custom metric's type -> the CustomMetricValue field that carries its values.
+_VALUE_FIELD = {"number": "number", "number-list": "number_list", "string-list": "string_list",
+                "ip-address-list": "ip_list"}
+
+
+def _the_one_value(name: str, value: CustomMetricValue, report_id: int) -> tuple[str, Any]:
+    """(field, content) of the one field a custom metric value carries; none or several is malformed."""
+    number, strings = value.number, value.string_list
+    if value.number_list is None and value.ip_list is None and (number is None) != (strings is None):
+        # The common values (a number, a list of strings) without a list of the given fields: with
+        # three custom metrics a report, building it was ~10% of parse_report.
+        return ("number", number) if number is not None else ("string_list", strings)
+    given = [(field_name, content) for field_name in ("number", "number_list", "string_list", "ip_list")
+             if (content := getattr(value, field_name)) is not None]
+    if len(given) != 1:
+        raise malformed(f"custom metric {name} must carry exactly one of number, number_list, "
+                        "string_list, ip_list", report_id)
+    return given[0]
+
+
 def _custom_datapoint(name: str, raw: Any, metric_type: str | None, report_id: int) -> dict[str, Any]:
     if metric_type is None:
         raise ReportRejected(RejectCode.UNKNOWN_CUSTOM_METRIC,
@@ -249,28 +269,13 @@ def _custom_datapoint(name: str, raw: Any, metric_type: str | None, report_id: i
     if not isinstance(raw, list) or len(raw) != 1:
         raise malformed(f"custom metric {name} must be a one-element array", report_id)
     value = raw[0]
-    if type(value) is CustomMetricValue and value.number_list is None and value.ip_list is None:
-        # The common cases (a number, a list of strings), decided without building the dictionary
-        # of given fields below; what they do not settle goes the general way.
-        if metric_type == "number" and value.number is not None and value.string_list is None:
-            if not math.isfinite(value.number):
-                raise malformed(f"custom metric {name} is not a finite number", report_id)
-            return {"number": value.number}
-        if metric_type == "string-list" and value.string_list is not None and value.number is None:
-            return {"strings": value.string_list}
     if not isinstance(value, CustomMetricValue):  # the untyped decode (a report with a bad custom metric)
         try:
             value = msgspec.convert(value, CustomMetricValue)
         except msgspec.ValidationError as error:
             raise malformed(f"custom metric {name}: {error}", report_id) from None
-    given = {k: getattr(value, k) for k in ("number", "number_list", "string_list", "ip_list")
-             if getattr(value, k) is not None}
-    if len(given) != 1:
-        raise malformed(f"custom metric {name} must carry exactly one of number, number_list, "
-                        "string_list, ip_list", report_id)
-    (kind, content), = given.items()
-    expected = {"number": "number", "number-list": "number_list", "string-list": "string_list",
-                "ip-address-list": "ip_list"}[metric_type]
+    kind, content = _the_one_value(name, value, report_id)
+    expected = _VALUE_FIELD[metric_type]
     if kind != expected:
         raise ReportRejected(RejectCode.CUSTOM_METRIC_TYPE_MISMATCH,
                              f"Custom metric {name} is of type {metric_type}; the report sent {kind}", report_id)
