@@ -37,9 +37,12 @@ def insert_many(conn: Connection, table: sa.Table, columns: Sequence[str], rows:
     """
     if not rows:
         return
+    conn.exec_driver_sql(_insert_sql(conn, table, columns), list(rows))
+
+
+def _insert_sql(conn: Connection, table: sa.Table, columns: Sequence[str]) -> str:
     marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
-    conn.exec_driver_sql(sql, list(rows))
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
 
 
 def upsert_many(conn: Connection, table: sa.Table, key: str, columns: Sequence[str],
@@ -49,11 +52,8 @@ def upsert_many(conn: Connection, table: sa.Table, key: str, columns: Sequence[s
     same reason (SQLAlchemy's per-row processing of an upsert's parameters, on every report)."""
     if not rows:
         return
-    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     updated = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
-    sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))}) "
-           f"ON CONFLICT ({key}) DO UPDATE SET {updated}")
-    conn.exec_driver_sql(sql, list(rows))
+    conn.exec_driver_sql(f"{_insert_sql(conn, table, columns)} ON CONFLICT ({key}) DO UPDATE SET {updated}", list(rows))
 
 
 def json_text(value: Any) -> str | None:
