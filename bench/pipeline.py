@@ -52,7 +52,7 @@ from bench import fleet_workload  # noqa: E402
 from bench.common import bounded, environment  # noqa: E402
 from bench.fleet import Fleet  # noqa: E402
 from bench.fleet_targets import BareTarget, ServiceTarget  # noqa: E402
-from bench.process_usage import by_role, cpu_seconds, rss_bytes, split  # noqa: E402
+from bench.process_usage import by_role, cpu_seconds, rss_bytes, sides, split  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 FIRST_IDS, OPEN_LOOP_IDS, CLOSED_LOOP_IDS = 500_000_000, 1_000_000_000, 2_000_000_000
@@ -77,12 +77,12 @@ def measure(target: BareTarget | ServiceTarget, args: argparse.Namespace) -> dic
                   "per_connected_device_kb": {k: round((idle[k] - baseline[k]) / connected / 1024, 2)
                                               for k in idle} if connected else None}
         first = fleet.open_loop(args.rate, max(1.0, args.devices / args.rate), FIRST_IDS, args.drain_seconds)
-        cpu_before, generator_before = split(target.pids(), cpu_seconds), sum(map(cpu_seconds, fleet.pids))
-        roles_before = by_role(target.pids(), cpu_seconds)
+        roles_before, generator_before = by_role(target.pids(), cpu_seconds), sum(map(cpu_seconds, fleet.pids))
         started = time.monotonic()
         load = fleet.open_loop(args.rate, args.seconds, OPEN_LOOP_IDS, args.drain_seconds)
         elapsed = time.monotonic() - started
-        cpu_after, roles_after = split(target.pids(), cpu_seconds), by_role(target.pids(), cpu_seconds)
+        roles_after = by_role(target.pids(), cpu_seconds)
+        cpu_before, cpu_after = sides(roles_before), sides(roles_after)
         generator = sum(map(cpu_seconds, fleet.pids)) - generator_before
         # Share of one core each side used during the offered load (2 cores = 2.0 in all).
         load["cores_used"] = {**{k: round((cpu_after[k] - cpu_before[k]) / elapsed, 2) for k in cpu_after},

@@ -47,11 +47,12 @@ def rss_bytes(pid: int) -> int:
 
 def split(pids: list[int], measure: Callable[[int], float]) -> dict[str, float]:
     """{'broker': total, 'service': total} of `measure` (rss_bytes, cpu_seconds) over the trees of `pids`."""
-    totals = {"broker": 0.0, "service": 0.0}
-    for root in pids:
-        for pid in tree(root):
-            totals["broker" if name(pid) in BROKER_NAMES else "service"] += measure(pid)
-    return totals
+    return sides(by_role(pids, measure))
+
+
+def sides(roles: dict[str, float]) -> dict[str, float]:
+    """``by_role``'s totals as broker and service (the service's process and its worker)."""
+    return {"broker": roles["broker"], "service": roles["main"] + roles["detection_worker"]}
 
 
 def by_role(pids: list[int], measure: Callable[[int], float]) -> dict[str, float]:
