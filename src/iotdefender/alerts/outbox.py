@@ -5,7 +5,10 @@ with exponential backoff, and a row that exhausts its attempts is kept as a dead
 ``GET /_iotdefender/alerts/dead``).
 A burst is rate-limited per destination (token bucket), never dropped: what waits stays pending.
 A row for a topic without a destination (``routes.NO_DESTINATION``) is dead on arrival: marked with
-the reason, counted as ``no_destination``, its topic logged once.
+the reason, counted as ``no_destination``, its topic logged once. A row whose kind of destination
+this release does not know (``routes.KINDS``: a newer release wrote it into the shared outbox during
+a rolling upgrade) is not attempted: it is given back, due again in ``FOREIGN_RECHECK_S``, for a
+node that knows the kind, and the kind is logged once; nothing is lost or dead-lettered for it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import structlog
 from prometheus_client import Counter
 from sqlalchemy.engine import Engine
 
-from iotdefender.alerts.routes import NO_DESTINATION, SNS_PREFIX, AlertRoutes
+from iotdefender.alerts.routes import KINDS, NO_DESTINATION, SNS_PREFIX, AlertRoutes, kind_of
 from iotdefender.alerts.subscriptions import Webhook
 from iotdefender.store import alert_outbox
 from iotdefender.store.availability import log_unless_outage
@@ -40,6 +43,9 @@ SEND_TIMEOUT_S = 10.0  # a webhook's HTTP timeout
 # once less than 1.5 send timeouts are left of its hold, and gives the rest back, so no row is
 # still being sent here when another node may claim it.
 CLAIM_HOLD_S = 120.0
+# How long a row of a kind this release does not know waits before this node looks at it again
+# (another node of the newer release that wrote it normally sends it meanwhile).
+FOREIGN_RECHECK_S = 30.0
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -88,6 +94,7 @@ class AlertDelivery:
         self._http: httpx.AsyncClient | None = None
         self._sns: Any = None
         self._unreached_logged: set[str] = set()  # topics without a destination, logged once each
+        self._foreign_logged: set[str] = set()  # kinds of destination unknown here, logged once each
 
     # -- delivery ---------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -128,9 +135,9 @@ class AlertDelivery:
             log.warning("alerts_reclaimed", rows=taken,
                         reason="claimed by this service before it stopped without sending them; sent again")
 
-    def _release(self, row_ids: list[int]) -> None:
+    def _release(self, row_ids: list[int], after_s: float = 0.0) -> None:
         with writing(self._engine) as conn:
-            alert_outbox.release(conn, row_ids, time.time())
+            alert_outbox.release(conn, row_ids, time.time() + after_s)
 
     def _mark(self, row_id: int, **values: Any) -> None:
         with writing(self._engine) as conn:
@@ -152,13 +159,29 @@ class AlertDelivery:
                         note="logged once per topic; counted by iotdefender_alert_deliveries_total"
                              '{outcome="no_destination"}')
 
+    async def _leave_foreign(self, rows: Sequence[Any]) -> None:
+        """Rows of a kind of destination this release cannot send: given back unattempted."""
+        ids = [row.id for row in rows]
+        await anyio.to_thread.run_sync(lambda: self._release(ids, FOREIGN_RECHECK_S))
+        for kind in sorted({kind_of(row.destination) for row in rows} - self._foreign_logged):
+            self._foreign_logged.add(kind)
+            log.warning("alert_destination_unknown", kind=kind,
+                        rows=sum(1 for row in rows if kind_of(row.destination) == kind),
+                        reason="written by a newer release sharing the outbox; left pending for a node that "
+                               f"knows it, looked at again every {FOREIGN_RECHECK_S:g} s here",
+                        note="logged once per kind")
+
     async def _deliver_due(self) -> int:
         claimed = time.monotonic()
         rows = await anyio.to_thread.run_sync(self._due)
         unreached = [row for row in rows if row.destination == NO_DESTINATION]
+        foreign = [row for row in rows if kind_of(row.destination) not in KINDS]
+        if foreign:
+            await self._leave_foreign(foreign)
+        if unreached or foreign:
+            rows = [row for row in rows if row.destination != NO_DESTINATION and kind_of(row.destination) in KINDS]
         if unreached:
             await self._undeliverable(unreached)
-            rows = [row for row in rows if row.destination != NO_DESTINATION]
         sent = len(unreached)  # handled: the loop goes on at once with the next rows
         limited: list[int] = []  # claimed and not attempted: released for the next round
         for index, row in enumerate(rows):
@@ -170,7 +193,7 @@ class AlertDelivery:
             if not bucket.take():
                 limited.append(row.id)  # rate-limited: stays pending, goes in a later round
                 continue
-            kind = row.destination.split(":", 1)[0]
+            kind = kind_of(row.destination)
             try:
                 await self._send(row)
             except Exception as error:  # any failure of the destination: retry later
@@ -199,8 +222,12 @@ class AlertDelivery:
             await anyio.to_thread.run_sync(self._notify_apprise, row.destination[len("apprise:"):], row.message)
             return
         url = row.destination[len("webhook:"):]
-        hook = next(h for h in self._routes.subscriptions.get(row.target_arn, [])
-                    if isinstance(h, Webhook) and h.url == url)
+        hook = next((h for h in self._routes.subscriptions.get(row.target_arn, [])
+                     if isinstance(h, Webhook) and h.url == url), None)
+        if hook is None:  # the subscriptions changed since the alert was routed (a restart, another node's file)
+            raise LookupError(f"webhook {url} is not in this node's --alert-subscriptions for topic "
+                              f"{row.target_arn} any more, so its signing secret is unknown here; retried, "
+                              "and sent by whichever node has it")
         timestamp = str(int(time.time()))
         assert self._http is not None
         response = await self._http.post(url, content=body, headers={

@@ -32,6 +32,15 @@ log = structlog.get_logger("iotdefender.alerts")
 SNS_PREFIX = "sns:"
 # The destination of an alert whose topic has none: never sent, dead on arrival (outbox.py).
 NO_DESTINATION = "none:"
+# Every kind of destination this release writes and sends (``kind:`` before the address). A row of
+# another kind was written by a newer release sharing the outbox (cluster mode, rolling upgrade):
+# the delivery leaves it for a node that knows the kind (outbox.py).
+KINDS = frozenset({"sns", "webhook", "apprise", "none"})
+
+
+def kind_of(destination: str) -> str:
+    """The kind of an outbox row's ``destination`` (``webhook`` of ``webhook:https://…``)."""
+    return destination.split(":", 1)[0]
 
 
 @dataclass(frozen=True)
