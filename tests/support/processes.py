@@ -199,6 +199,17 @@ def running(svc: ServiceProcess) -> Iterator[ServiceProcess]:
         shutil.rmtree(svc.data_dir, ignore_errors=True)
 
 
+# What every iotdefender process the tests start loads first (its docstring says why).
+SERVICE_SITE = Path(__file__).resolve().parent / "service_site"
+
+
+def service_environment(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for an ``iotdefender`` process: its ``PYTHONPATH`` (a tree under test first, if it
+    names one) then ``SERVICE_SITE``, so the process runs with what ``make run`` installs."""
+    paths = [path for path in env.get("PYTHONPATH", "").split(os.pathsep) if path and path != str(SERVICE_SITE)]
+    return {**env, "PYTHONPATH": os.pathsep.join([*paths, str(SERVICE_SITE)])}
+
+
 class _PortTaken(RuntimeError):
     """The service exited because a port it was given was in use."""
 
@@ -242,7 +253,7 @@ class ServiceProcess:
         if self.database_url:
             args += ["--database-url", self.database_url]
         env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDEFENDER_")}
-        env.update(self.env)
+        env = service_environment({**env, **self.env})
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / "service.log"
         log = open(self.log_path, "ab")
