@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from iotdefender.store.database import MIGRATIONS_DIR
+from iotdefender.store.database import HEAD_REVISION, MIGRATIONS_DIR
 
 VERSIONS = sorted((MIGRATIONS_DIR / "versions").glob("*.py"))
 
@@ -114,3 +114,14 @@ def test_the_rule_sees_what_breaks_the_previous_release():
     assert destructive_operations(allowed) == []
     assert contract_reason("contract = 'drops p; unused since 0012'\n") == "drops p; unused since 0012"
     assert contract_reason("revision = '0013'\n") is None
+
+
+def test_the_head_a_start_checks_for_is_alembics():
+    """``upgrade_to_head`` skips Alembic for a database at ``HEAD_REVISION``: a new migration must
+    move it, or a start would run on the schema before it."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(config).get_heads() == [HEAD_REVISION]
