@@ -25,6 +25,8 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType, IdFactory, Transition, advance, invalidate
 from iotdefender.engine.compare import Check, compile_check, compliant, offending, scalar_of, statistical_threshold
 from iotdefender.engine.ml import ConfidenceLevel
@@ -33,6 +35,7 @@ from iotdefender.engine.ml_behavior import evidence as ml_evidence
 from iotdefender.engine.ml_behavior import violates as ml_violates
 from iotdefender.engine.series import behavior_series
 from iotdefender.engine.statistics import FleetStatistics, SeriesKey, SharedWindows, StatisticsChanges
+from iotdefender.engine.vectorised import order_by_thing_and_time
 from iotdefender.metrics_catalog import COUNT_MAX, SIZE_METRICS, is_smallest_series
 
 # Counts per report (device side) or per window (cloud side): summed over durationSeconds.
@@ -77,6 +80,28 @@ def refilled(windows: StoredWindows) -> RefilledWindows:
         if filled:
             by_thing[thing] = filled
     return RefilledWindows(by_thing)
+
+
+def refilled_series(things: list[str], thing_index: np.ndarray, times: np.ndarray, values: np.ndarray
+                    ) -> dict[str, tuple[tuple[float, float], ...]]:
+    """One series' stored datapoints (columns: each point's thing as an index into ``things``,
+    in any order) as ``refilled`` gives each thing's window of it: sorted by thing and time
+    (stable), and a datapoint at the same time as the one before it left out, in numpy. A
+    takeover of a partition's share of 10M devices spent ~2 s in ``refilled`` sorting and
+    comparing every datapoint in Python."""
+    if not len(thing_index):
+        return {}
+    order = order_by_thing_and_time(thing_index, times)
+    index, ordered_times = thing_index[order], times[order]
+    repeated = np.zeros(len(index), dtype=bool)
+    repeated[1:] = (index[1:] == index[:-1]) & (ordered_times[1:] == ordered_times[:-1])
+    if repeated.any():
+        kept = ~repeated
+        order, index, ordered_times = order[kept], index[kept], ordered_times[kept]
+    time_list, value_list = ordered_times.tolist(), values[order].tolist()
+    cuts = (np.flatnonzero(index[1:] != index[:-1]) + 1).tolist()
+    return {things[int(index[first])]: tuple(zip(time_list[first:last], value_list[first:last]))
+            for first, last in zip([0, *cuts], [*cuts, len(index)])}
 
 
 def _refilled(windows: StoredWindows | RefilledWindows) -> RefilledWindows:

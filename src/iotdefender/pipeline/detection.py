@@ -42,7 +42,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-import numpy as np
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
@@ -50,9 +49,8 @@ from iotdefender.alerts.routes import Alert, AlertRoutes, alert_target
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.engine.alarm import AlarmState, IdFactory, due_for_invalidation
 from iotdefender.engine.evaluator import (ChangeSet, Evaluation, Evaluator, HeldThings, RefilledWindows, StateKey,
-                                         ViolationEvent, refilled)
+                                         ViolationEvent, refilled_series)
 from iotdefender.engine.ml_behavior import confidence_of
-from iotdefender.engine.vectorised import order_by_thing_and_time
 from iotdefender.pipeline.ml_registry import ModelRegistry
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import history, violations
@@ -161,8 +159,8 @@ class DetectionService:
         with self._engine.connect() as conn:
             fetched = self._fetch_windows(conn, owns)
             rows = violations.fetch_alarm_states(conn, owns)
-        # The windows in the evaluator's form here, before any lock (``refilled``).
-        return violations.alarm_states_of(rows, owns), refilled(self._stored_windows(fetched))
+        # The windows in the evaluator's form here, before any lock.
+        return violations.alarm_states_of(rows, owns), self._stored_windows(fetched)
 
     def _fetch_windows(self, conn: Connection, owns: PartitionSelection | None) -> history.Fetched | None:
         """The statements of ``_stored_windows``: the trailing hour of every series some profile
@@ -175,29 +173,23 @@ class DetectionService:
         with long_statements():  # an hour of the fleet's datapoints: not bounded by --database-timeout
             return history.fetch_many(conn, wanted, now - self.evaluator.window_horizon, now, owns)
 
-    def _stored_windows(self, fetched: history.Fetched | None) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    def _stored_windows(self, fetched: history.Fetched | None) -> RefilledWindows:
         """The retained datapoints fetched, by thing and series, for things a profile with such a
-        behavior monitors: what the evaluator's windows held before the restart."""
+        behavior monitors: what the evaluator's windows held before the restart, in its form
+        (``refilled_series``)."""
         if fetched is None:
-            return {}
-        found = fetched.decoded()
-        by_thing: dict[str, dict[str, list[tuple[float, float]]]] = {}
-        for series, points in found.items():
-            if not len(points):
-                continue
-            order = order_by_thing_and_time(points.thing_index, points.times)
-            index = points.thing_index[order]
-            times, values = points.times[order].tolist(), points.values[order].tolist()
-            cuts = (np.flatnonzero(index[1:] != index[:-1]) + 1).tolist()
-            for first, last in zip([0, *cuts], [*cuts, len(index)]):
-                thing = points.things[int(index[first])]
-                by_thing.setdefault(thing, {})[series] = list(zip(times[first:last], values[first:last]))
+            return RefilledWindows({})
+        by_thing: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
+        for series, points in fetched.decoded().items():
+            for thing, window in refilled_series(points.things, points.thing_index, points.times,
+                                                 points.values).items():
+                by_thing.setdefault(thing, {})[series] = window
         if not by_thing:
-            return by_thing
+            return RefilledWindows(by_thing)
         # Only the series a thing's own profiles sum (another profile may merely retain them).
         self._monitoring.prime(list(by_thing))
         used: dict[tuple[str, ...], set[str]] = {}
-        windows: dict[str, dict[str, list[tuple[float, float]]]] = {}
+        windows: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
         for thing, by_series in by_thing.items():
             monitors = self._monitoring.profiles_for(thing)
             names = tuple(profile["name"] for profile in monitors)
@@ -207,7 +199,7 @@ class DetectionService:
             kept = {series: points for series, points in by_series.items() if series in summed}
             if kept:
                 windows[thing] = kept
-        return windows
+        return RefilledWindows(windows)
 
     # -- ML Detect's models -----------------------------------------------------------------------
     def invalidate_models(self) -> None:
