@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from iotdefender.store.pagination import scan_rows
-from iotdefender.store.rows import get_by_name, update_versioned
+from iotdefender.store.rows import get_by_name, name_among, names_in_chunks, update_versioned
 from iotdefender.store.schema import thing_group_members, thing_groups, things
 
 
@@ -85,15 +85,14 @@ def groups_of_thing(conn: Connection, thing_name: str) -> list[str]:
 
 
 def registry_facts(conn: Connection, thing_names: list[str]) -> dict[str, tuple[bool, tuple[str, ...]]]:
-    """(registered, groups in name order) of many things in two queries (chunks of 500 names)."""
+    """(registered, groups in name order) of many things in two queries (per ``names_in_chunks``)."""
     facts: dict[str, tuple[bool, tuple[str, ...]]] = {}
-    for start in range(0, len(thing_names), 500):
-        chunk = thing_names[start:start + 500]
-        registered = set(conn.execute(sa.select(things.c.name).where(things.c.name.in_(chunk))).scalars())
+    for chunk in names_in_chunks(conn, thing_names):
+        registered = set(conn.execute(sa.select(things.c.name).where(name_among(conn, things.c.name, chunk))).scalars())
         groups: dict[str, list[str]] = {}
         if registered:
             rows = conn.execute(sa.select(thing_group_members.c.thing_name, thing_group_members.c.group_name)
-                                .where(thing_group_members.c.thing_name.in_(registered))
+                                .where(name_among(conn, thing_group_members.c.thing_name, sorted(registered)))
                                 .order_by(thing_group_members.c.group_name))
             for thing, group in rows:
                 groups.setdefault(thing, []).append(group)
