@@ -7,8 +7,8 @@ A burst is rate-limited per destination (token bucket), never dropped: what wait
 A row for a topic without a destination (``routes.NO_DESTINATION``) is dead on arrival: marked with
 the reason, counted as ``no_destination``, its topic logged once. A row whose kind of destination
 this release does not know (``routes.KINDS``: a newer release wrote it into the shared outbox during
-a rolling upgrade) is not attempted: it is given back, due again in ``FOREIGN_RECHECK_S``, for a
-node that knows the kind, and the kind is logged once; nothing is lost or dead-lettered for it.
+a rolling upgrade) is never claimed here (``alert_outbox.claim``), so a node that knows the kind
+sends it without waiting for this node; nothing is lost or dead-lettered for it.
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ SEND_TIMEOUT_S = 10.0  # a webhook's HTTP timeout
 # once less than 1.5 send timeouts are left of its hold, and gives the rest back, so no row is
 # still being sent here when another node may claim it.
 CLAIM_HOLD_S = 120.0
-# How long a row of a kind this release does not know waits before this node looks at it again
-# (another node of the newer release that wrote it normally sends it meanwhile).
-FOREIGN_RECHECK_S = 30.0
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -94,7 +91,6 @@ class AlertDelivery:
         self._http: httpx.AsyncClient | None = None
         self._sns: Any = None
         self._unreached_logged: set[str] = set()  # topics without a destination, logged once each
-        self._foreign_logged: set[str] = set()  # kinds of destination unknown here, logged once each
 
     # -- delivery ---------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -122,10 +118,11 @@ class AlertDelivery:
         finally:
             if self._http is not None:
                 await self._http.aclose()
+                self._http = None  # a later run() makes a new one
 
     def _due(self, limit: int = 200) -> Sequence[Any]:
         with writing(self._engine) as conn:
-            return alert_outbox.claim(conn, time.time(), limit, self._hold_s)
+            return alert_outbox.claim(conn, time.time(), limit, self._hold_s, KINDS)
 
     def _reclaim(self) -> None:
         with writing(self._engine) as conn:
@@ -159,29 +156,13 @@ class AlertDelivery:
                         note="logged once per topic; counted by iotdefender_alert_deliveries_total"
                              '{outcome="no_destination"}')
 
-    async def _leave_foreign(self, rows: Sequence[Any]) -> None:
-        """Rows of a kind of destination this release cannot send: given back unattempted."""
-        ids = [row.id for row in rows]
-        await anyio.to_thread.run_sync(lambda: self._release(ids, FOREIGN_RECHECK_S))
-        for kind in sorted({kind_of(row.destination) for row in rows} - self._foreign_logged):
-            self._foreign_logged.add(kind)
-            log.warning("alert_destination_unknown", kind=kind,
-                        rows=sum(1 for row in rows if kind_of(row.destination) == kind),
-                        reason="written by a newer release sharing the outbox; left pending for a node that "
-                               f"knows it, looked at again every {FOREIGN_RECHECK_S:g} s here",
-                        note="logged once per kind")
-
     async def _deliver_due(self) -> int:
         claimed = time.monotonic()
         rows = await anyio.to_thread.run_sync(self._due)
         unreached = [row for row in rows if row.destination == NO_DESTINATION]
-        foreign = [row for row in rows if kind_of(row.destination) not in KINDS]
-        if foreign:
-            await self._leave_foreign(foreign)
-        if unreached or foreign:
-            rows = [row for row in rows if row.destination != NO_DESTINATION and kind_of(row.destination) in KINDS]
         if unreached:
             await self._undeliverable(unreached)
+            rows = [row for row in rows if row.destination != NO_DESTINATION]
         sent = len(unreached)  # handled: the loop goes on at once with the next rows
         limited: list[int] = []  # claimed and not attempted: released for the next round
         for index, row in enumerate(rows):
@@ -226,8 +207,8 @@ class AlertDelivery:
                      if isinstance(h, Webhook) and h.url == url), None)
         if hook is None:  # the subscriptions changed since the alert was routed (a restart, another node's file)
             raise LookupError(f"webhook {url} is not in this node's --alert-subscriptions for topic "
-                              f"{row.target_arn} any more, so its signing secret is unknown here; retried, "
-                              "and sent by whichever node has it")
+                              f"{row.target_arn} any more, so its signing secret is unknown here; retried like any failed "
+                              "send, so a node whose file has it may send it")
         timestamp = str(int(time.time()))
         if self._http is None:  # made at the first webhook: its TLS context loads the CA bundle (~50 ms of CPU)
             self._http = httpx.AsyncClient(timeout=self._send_timeout_s)

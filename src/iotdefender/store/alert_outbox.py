@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,7 +24,8 @@ def insert_pending(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
 SENDING = "sending"
 
 
-def claim(conn: Connection, now: float, limit: int, hold_s: float) -> Sequence[Row[Any]]:
+def claim(conn: Connection, now: float, limit: int, hold_s: float,
+          kinds: Iterable[str] | None = None) -> Sequence[Row[Any]]:
     """Pending rows whose next attempt is due, and claims that lapsed, oldest first, claimed for
     ``hold_s`` seconds.
 
@@ -33,10 +34,15 @@ def claim(conn: Connection, now: float, limit: int, hold_s: float) -> Sequence[R
     attempt moved past the hold in the same transaction, so another node's claim neither waits for
     them nor takes them, and no alert is sent twice. A node that dies while sending leaves its rows
     due again after the hold (at least once, as any delivery that cannot know whether its request
-    arrived); on one box a restart takes them back at once (``reclaim``)."""
-    rows = conn.execute(sa.select(alert_outbox).where(alert_outbox.c.status.in_(("pending", SENDING)),
-                                                      alert_outbox.c.next_attempt_at <= now)
-                        .order_by(alert_outbox.c.id).limit(limit).with_for_update(skip_locked=True)).all()
+    arrived); on one box a restart takes them back at once (``reclaim``). With ``kinds``, only rows
+    whose destination is of one of them (``kind:address``): a newer release's kinds are left to its
+    nodes, never held up by a claim here."""
+    query = sa.select(alert_outbox).where(alert_outbox.c.status.in_(("pending", SENDING)),
+                                          alert_outbox.c.next_attempt_at <= now)
+    if kinds is not None:
+        query = query.where(sa.or_(*(alert_outbox.c.destination.startswith(f"{kind}:", autoescape=True)
+                                     for kind in sorted(kinds))))
+    rows = conn.execute(query.order_by(alert_outbox.c.id).limit(limit).with_for_update(skip_locked=True)).all()
     if rows:
         conn.execute(alert_outbox.update().where(alert_outbox.c.id.in_([row.id for row in rows]))
                      .values(status=SENDING, next_attempt_at=now + hold_s))

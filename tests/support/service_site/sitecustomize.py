@@ -1,5 +1,6 @@
-"""Loaded at the start of every ``iotdefender`` process the tests launch (``PYTHONPATH``, set by
-``tests/support/processes.py``): it hides the packages that only the test extra installs and that
+"""Loaded at the start of every ``iotdefender serve`` that ``ServiceProcess`` launches (its
+``PYTHONPATH``, ``tests/support/processes.py``; the few tests that run the command line themselves
+do without it): it hides the packages that only the test extra installs and that
 the service's libraries import on their own when they find them, so that the service runs with what
 ``make run`` installs, as a user's does.
 
