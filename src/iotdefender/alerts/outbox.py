@@ -132,9 +132,9 @@ class AlertDelivery:
             log.warning("alerts_reclaimed", rows=taken,
                         reason="claimed by this service before it stopped without sending them; sent again")
 
-    def _release(self, row_ids: list[int], after_s: float = 0.0) -> None:
+    def _release(self, row_ids: list[int]) -> None:
         with writing(self._engine) as conn:
-            alert_outbox.release(conn, row_ids, time.time() + after_s)
+            alert_outbox.release(conn, row_ids, time.time())
 
     def _mark(self, row_id: int, **values: Any) -> None:
         with writing(self._engine) as conn:
