@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--anomaly-start", type=float, default=60.0, help="seconds after start (default 60)")
     simulate.add_argument("--anomaly-stop", type=float, default=180.0, help="seconds after start (default 180)")
     backtest = commands.add_parser("backtest", help="replay retained history through behaviors before saving them")
-    from iotdefender.backtest.command import add_arguments as add_backtest_arguments
+    from iotdefender.backtest.arguments import add_arguments as add_backtest_arguments
 
     add_backtest_arguments(backtest)
     demo = commands.add_parser("demo", help="serve + a sample profile + a misbehaving simulated fleet")

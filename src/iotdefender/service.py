@@ -34,7 +34,6 @@ from iotdefender.brokers.listeners import ListenerSettings, ReportSink, check_tl
 from iotdefender.brokers.mosquitto.broker import MosquittoBroker
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable
 from iotdefender.brokers.observer import NULL_OBSERVER
-from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cloud.service import CloudMetricsService
 from iotdefender.console.app import create_console
 from iotdefender.controlplane.context import ServiceContext
@@ -289,6 +288,9 @@ async def serve(settings: Settings, standby: WorkerStandby | None = None) -> Non
     if settings.nats_events_url is not None:
         if settings.nats_monitor_url is None:
             raise ConfigurationError("--nats-events-url needs --nats-monitor-url (the client ids come from /connz)")
+        # Imported here: nats-py and httpx (~0.1 s of every start) only for a NATS broker's events.
+        from iotdefender.cloud.nats_events import NatsEventReader
+
         ignore = frozenset({broker.client_id}) if isinstance(broker, ExternalBroker) else frozenset()
         nats_reader = NatsEventReader(settings.nats_events_url, settings.nats_monitor_url, cloud,
                                       poll_s=min(1.0, settings.effective_metrics_window / 4), ignore=ignore)

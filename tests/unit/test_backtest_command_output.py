@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from iotdefender.backtest import command
+from iotdefender.backtest.arguments import add_arguments
 from tests.support.processes import free_port
 
 RESULT = {"startTime": 0.0, "endTime": 60.0, "devicesEvaluated": 0, "elapsedSeconds": 0.1, "behaviors": []}
@@ -13,7 +14,7 @@ RESULT = {"startTime": 0.0, "endTime": 60.0, "devicesEvaluated": 0, "elapsedSeco
 
 def arguments(*extra: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
+    add_arguments(parser)
     return parser.parse_args(["--security-profile-name", "p", *extra])
 
 

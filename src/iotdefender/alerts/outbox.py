@@ -20,10 +20,9 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-import httpx
 import structlog
 from prometheus_client import Counter
 from sqlalchemy.engine import Engine
@@ -33,6 +32,9 @@ from iotdefender.alerts.subscriptions import Webhook
 from iotdefender.store import alert_outbox
 from iotdefender.store.availability import log_unless_outage
 from iotdefender.store.database import writing
+
+if TYPE_CHECKING:
+    import httpx
 
 log = structlog.get_logger("iotdefender.alerts")
 
@@ -210,7 +212,9 @@ class AlertDelivery:
                               f"{row.target_arn} any more, so its signing secret is unknown here; retried like any failed "
                               "send, so a node whose file has it may send it")
         timestamp = str(int(time.time()))
-        if self._http is None:  # made at the first webhook: its TLS context loads the CA bundle (~50 ms of CPU)
+        if self._http is None:  # made at the first webhook: httpx (~0.06 s to import) and its TLS context
+            import httpx          # (the CA bundle, ~0.05 s) are paid by services that send webhooks only
+
             self._http = httpx.AsyncClient(timeout=self._send_timeout_s)
         response = await self._http.post(url, content=body, headers={
             "Content-Type": "application/json", "X-Iotdefender-Timestamp": timestamp,

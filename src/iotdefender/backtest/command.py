@@ -12,7 +12,6 @@ import json
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -33,22 +32,6 @@ def parse_time(text: str, now: float) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a time: {text!r} (epoch seconds, ISO-8601 or an age like 7d)"
                                          ) from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--endpoint-url", default="http://127.0.0.1:8080", help="the service's API (default %(default)s)")
-    parser.add_argument("--region", default="us-east-1")
-    parser.add_argument("--profile", dest="aws_profile", default=None, help="AWS credentials profile to sign with")
-    parser.add_argument("--security-profile-name", help="backtest this profile (its behaviors and targets)")
-    parser.add_argument("--behaviors", type=Path, metavar="FILE",
-                        help="JSON: a list of behaviors, or an object with 'behaviors' (as for create-security-profile)")
-    parser.add_argument("--target", action="append", dest="targets", metavar="ARN",
-                        help="security profile target ARN (repeatable; default: the profile's, or all things)")
-    parser.add_argument("--start", default="1d", help="epoch seconds, ISO-8601 or an age like 7d (default 1d)")
-    parser.add_argument("--end", default=None, help="default: now")
-    parser.add_argument("--threshold", action="append", default=[], metavar="BEHAVIOR=V1,V2,...",
-                        help="thresholds to sweep for a behavior (default: percentiles of its values)")
-    parser.add_argument("--json", action="store_true", help="print the whole result document")
 
 
 def _request(args: argparse.Namespace, now: float) -> dict[str, Any]:
