@@ -1,5 +1,5 @@
 """Registry facts looked up in bulk (MonitoringIndex.prime) equal the one-thing-at-a-time lookups,
-on SQLite (names in chunks of parameters) and PostgreSQL (one array parameter)."""
+on SQLite (one JSON array parameter) and PostgreSQL (one array parameter)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ def test_prime_matches_single_lookups(backend, request):
         api.invoke("CreateThing", {"thingName": f"t{i}"})
     for thing, group in (("t1", "child"), ("t2", "parent"), ("t2", "other"), ("t3", "other"), ("t5", "child")):
         api.invoke("AddThingToThingGroup", {"thingGroupName": group, "thingName": thing})
-    # Beyond one SQLite chunk (500 names), with names that need quoting in SQL.
-    things = [f"t{i}" for i in range(8)] + ["unregistered-1", "unregistered-2", "o'brien", 'say "x"', "a,b"] + \
+    # Beyond the 500 names of SQLite's chunks before, with names that need quoting in SQL or JSON.
+    things = [f"t{i}" for i in range(8)] + ["unregistered-1", "unregistered-2", "o'brien", 'say "x"', "a,b",
+                                            "back\\slash", "ünïcode", "[1]"] + \
         [f"unregistered-{n}" for n in range(3, 1200)]
     primed, plain = MonitoringIndex(engine, ctx.arn("")), MonitoringIndex(engine, ctx.arn(""))
     primed.prime(things + ["t1"])

@@ -17,8 +17,8 @@ from sqlalchemy.engine import Connection
 def names_in_chunks(conn: Connection, names: Sequence[str]) -> list[Sequence[str]]:
     """``names`` cut into the lists that ``name_among`` takes in one statement on ``conn``'s database:
     50,000 at a time on PostgreSQL (one array parameter; a bounded statement, well within
-    ``--database-timeout``, at any fleet size), 500 on SQLite (a parameter each)."""
-    size = 50_000 if conn.dialect.name == "postgresql" else 500
+    ``--database-timeout``, at any fleet size), as on SQLite (one JSON parameter)."""
+    size = 50_000
     return [names[start:start + size] for start in range(0, len(names), size)]
 
 
@@ -26,10 +26,14 @@ def name_among(conn: Connection, column: sa.ColumnElement[str], names: Sequence[
     """``column IN names``. On PostgreSQL one array parameter (``= ANY(%s::VARCHAR[])``), not a
     parameter per name: a list of 500 rendered by SQLAlchemy and parsed again by psycopg at each
     statement (beyond psycopg's 4 KB statement cache) cost a takeover of a partition's share of
-    10M devices over 2 s for its 156,000 names (``registry_facts``)."""
+    10M devices over 2 s for its 156,000 names (``registry_facts``). On SQLite one JSON array
+    parameter read by ``json_each`` (built in since SQLite 3.38, and in Python's builds before):
+    a parameter per name needed statements of at most 500 (SQLite's limit was 999 before 3.32),
+    0.56 s for 100,000 names (half registered, a quarter in a group) against 0.36 s now (medians of 9, alternating)."""
     if conn.dialect.name == "postgresql":
         return column == sa.any_(sa.bindparam(None, list(names), type_=ARRAY(sa.String)))
-    return column.in_(list(names))
+    listed = sa.func.json_each(sa.bindparam(None, orjson.dumps(list(names)).decode(), type_=sa.String))
+    return column.in_(sa.select(listed.table_valued("value").c.value))
 
 
 def get_by_name(conn: Connection, table: sa.Table, name: str) -> dict[str, Any] | None:
