@@ -326,8 +326,9 @@ def test_a_compiled_cidr_check_answers_as_compliant_does_with_addresses_seen_bef
 @given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from([0.0, 1.0, 2.5, 3.0, 300.0, 300.5]),
                           st.floats(-1e6, 1e6, allow_nan=False)), max_size=60))
 def test_a_series_refilled_from_columns_is_what_refilled_makes_of_its_points(points):
-    """``refilled_series`` (numpy, a takeover's read) builds each thing's window as ``refilled``
-    (Python, from points in any order) does: time order, a repeated time's first point only."""
+    """``refilled_series`` (numpy, a takeover's read) and ``refilled`` (per-thing points, built on
+    it) build each thing's window as ``_measure`` does, by the rule written out here: time order
+    (stable), a repeated time's first point only."""
     import numpy as np
 
     from iotdefender.engine.evaluator import refilled, refilled_series
@@ -336,9 +337,16 @@ def test_a_series_refilled_from_columns_is_what_refilled_makes_of_its_points(poi
     by_thing: dict[str, list[tuple[float, float]]] = {}
     for thing, t, v in points:
         by_thing.setdefault(things[thing], []).append((t, v))
-    expected = {thing: windows["s"] for thing, windows in
-                refilled({thing: {"s": listed} for thing, listed in by_thing.items()}).by_thing.items()}
+    expected: dict[str, tuple[tuple[float, float], ...]] = {}
+    for thing, listed in by_thing.items():
+        kept: list[tuple[float, float]] = []
+        for t, v in sorted(listed, key=lambda point: point[0]):
+            if not kept or kept[-1][0] != t:
+                kept.append((t, v))
+        expected[thing] = tuple(kept)
     got = refilled_series(things, np.array([p[0] for p in points], dtype=np.int32),
                           np.array([p[1] for p in points], dtype=np.float64),
                           np.array([p[2] for p in points], dtype=np.float64))
     assert got == expected
+    assert refilled({thing: {"s": listed, "empty": []} for thing, listed in by_thing.items()}).by_thing == \
+        {thing: {"s": window} for thing, window in expected.items()}

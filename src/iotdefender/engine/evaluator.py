@@ -66,26 +66,29 @@ class RefilledWindows:
 
 def refilled(windows: StoredWindows) -> RefilledWindows:
     """The windows as ``_measure`` would have built them from these datapoints: in time order,
-    a second datapoint at the same time as the previous one adding nothing."""
-    by_thing: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
-    for thing, by_series in windows.items():
-        filled: dict[str, tuple[tuple[float, float], ...]] = {}
+    a second datapoint at the same time as the previous one adding nothing. Each series' points
+    are put in columns and refilled by ``refilled_series``, the one implementation of the rule."""
+    things = list(windows)
+    columns: dict[str, tuple[list[int], list[float], list[float]]] = {}
+    for index, by_series in enumerate(windows.values()):
         for series, points in by_series.items():
-            kept: list[tuple[float, float]] = []
-            for t, v in sorted(points, key=lambda point: point[0]):
-                if not kept or kept[-1][0] != t:
-                    kept.append((t, v))
-            if kept:
-                filled[series] = tuple(kept)
-        if filled:
-            by_thing[thing] = filled
-    return RefilledWindows(by_thing)
+            column = columns.setdefault(series, ([], [], []))
+            for t, v in points:
+                column[0].append(index)
+                column[1].append(t)
+                column[2].append(v)
+    by_thing: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
+    for series, (thing_index, times, values) in columns.items():
+        for thing, window in refilled_series(things, np.array(thing_index, dtype=np.int64), np.array(times, dtype=np.float64),
+                                             np.array(values, dtype=np.float64)).items():
+            by_thing.setdefault(thing, {})[series] = window
+    return RefilledWindows({thing: by_thing[thing] for thing in things if thing in by_thing})
 
 
 def refilled_series(things: list[str], thing_index: np.ndarray, times: np.ndarray, values: np.ndarray
                     ) -> dict[str, tuple[tuple[float, float], ...]]:
     """One series' stored datapoints (columns: each point's thing as an index into ``things``,
-    in any order) as ``refilled`` gives each thing's window of it: sorted by thing and time
+    in any order) as each thing's window of it: sorted by thing and time
     (stable), and a datapoint at the same time as the one before it left out, in numpy. A
     takeover of a partition's share of 10M devices spent ~2 s in ``refilled`` sorting and
     comparing every datapoint in Python."""
