@@ -21,7 +21,8 @@ from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
 from iotdefender.ingest.cluster_commit import JetStreamCommitter
-from iotdefender.cluster.report_stream import Delivery, More, ReportPublisher, report_message_id
+from iotdefender.cluster.report_stream import (REPLY_HEADER, REPORT_ID_HEADER, Delivery, More, ReportPublisher,
+                                              report_message_id)
 from iotdefender.cluster.topology import Topology, ensure
 from iotdefender.ingest.service import IngestService
 from iotdefender.pipeline.detection import DetectionService
@@ -136,6 +137,10 @@ def test_a_broker_node_answers_from_the_detect_nodes_commit(jetstream, postgres,
 
         # No detect node: the report is in the stream but not committed -> never `accepted`.
         assert await answer(ingest, "dev-1", 1) == ("ServiceUnavailable", None)
+        # its headers say whom to answer, should a detect node be unable to read the payload
+        held = await broker_nc.jetstream().get_last_msg(topology.stream, topology.subject_of(partition_of("dev-1", PARTITIONS)))
+        assert (held.headers or {}).get(REPLY_HEADER) == reply_subject("broker-1")
+        assert (held.headers or {}).get(REPORT_ID_HEADER) == "1"
 
         detect = await detect_node(api, engine, monitoring, detect_nc, topology)
         await until(lambda: stored_id("dev-1") == 1)  # the detect node committed the first copy

@@ -375,13 +375,18 @@ def test_a_poison_message_is_answered_and_the_partition_keeps_flowing(database, 
     a = node()
     thing = things_in(P, 1)[0]
     a.store.acquire(P, 10)
-    poison = [Delivery(P, thing, b"\xc1 not msgpack", 2, 1),
-              Delivery(P, thing, encode(ReportMessage(thing, {}, 1.0, 9, "json", "r", version=2)), 3, 1),
-              Delivery(P, thing, encode(ReportMessage(things_in(Q, 1)[0], {}, 1.0, 9, "json", "r")), 4, 1)]
+    poison = [Delivery(P, thing, b"\xc1 not msgpack", 2, 1, reply_to="replies.b", report_id=2),
+              Delivery(P, thing, encode(ReportMessage(thing, {}, 1.0, 9, "json", "r", version=2)), 3, 1,
+                       reply_to="replies.b", report_id=3),
+              Delivery(P, thing, encode(ReportMessage(things_in(Q, 1)[0], {}, 1.0, 9, "json", "r")), 4, 1),
+              Delivery(P, thing, b"\xc1 from a release before the reply headers", 6, 1)]
     outcomes = a.store.store(P, 10, [delivery(thing, 1, ports=5), *poison, delivery(thing, 5, ports=1)])
     assert [o.status for o in outcomes] == [Status.STORED, Status.REJECTED, Status.REJECTED, Status.REJECTED,
-                                            Status.STORED]
-    assert {o.error_code for o in outcomes[1:4]} == {"InternalError"}
+                                            Status.REJECTED, Status.STORED]
+    assert {o.error_code for o in outcomes[1:5]} == {"InternalError"}
+    # the device is told through its broker node when the headers name them, else no one can be
+    assert [(o.reply_to, o.report_id) for o in outcomes[1:5]] == [("replies.b", 2), ("replies.b", 3),
+                                                                   (None, None), (None, None)]
     assert "version 2" in (outcomes[2].error_message or "")
     assert "does not belong to partition" in (outcomes[3].error_message or "")
     assert event_types(database, thing) == ["in-alarm", "alarm-cleared"]

@@ -45,6 +45,13 @@ from iotdefender.cluster.topology import Topology, ensure_consumer, rewind_consu
 log = structlog.get_logger("iotdefender.cluster")
 
 THING_HEADER = "Iotdefender-Thing"
+#: Who to tell about a report, outside its payload: a detect node that cannot read the payload (a
+#: message of a version it does not read, a corrupt one, a thing of another partition) still
+#: answers the device, through its broker node, with the report's id, instead of leaving it to
+#: wait for an outcome that never comes (``cluster_commit``: 10 s, then ``ServiceUnavailable``
+#: for every resend).
+REPLY_HEADER = "Iotdefender-Reply"
+REPORT_ID_HEADER = "Iotdefender-Report-Id"
 
 REDELIVERED = Counter("iotdefender_cluster_redeliveries", "Reports a detect node received more than once")
 
@@ -73,14 +80,19 @@ class ReportPublisher:
     def __init__(self, js: JetStreamContext, topology: Topology, timeout_s: float = 5.0) -> None:
         self._js, self._topology, self._timeout_s = js, topology, timeout_s
 
-    async def publish(self, thing_name: str, payload: bytes, message_id: str) -> PubAck:
+    async def publish(self, thing_name: str, payload: bytes, message_id: str, reply_to: str | None = None,
+                      report_id: int | None = None) -> PubAck:
         """Store ``payload``; returns the PubAck (``duplicate`` set when JetStream already had it).
+        ``reply_to`` and ``report_id`` (a report's) go in headers too (``REPLY_HEADER``).
 
         Raises on a timeout or a JetStream error: the report is then NOT stored and the device must
         not be told ``accepted``.
         """
         partition = partition_of(thing_name, self._topology.partitions)
-        return await self._store(partition, payload, {"Nats-Msg-Id": message_id, THING_HEADER: thing_name})
+        headers = {"Nats-Msg-Id": message_id, THING_HEADER: thing_name}
+        if reply_to is not None and report_id is not None:
+            headers[REPLY_HEADER], headers[REPORT_ID_HEADER] = reply_to, str(report_id)
+        return await self._store(partition, payload, headers)
 
     async def publish_to(self, partition: int, payload: bytes, message_id: str) -> PubAck:
         """Store ``payload`` in a partition, for no thing (a broker node's end of a cloud window)."""
@@ -106,6 +118,10 @@ class Delivery:
     stream_sequence: int
     #: 1 on first delivery, more when JetStream redelivers (after a crash, or a batch handed back).
     delivered: int
+    #: The broker node's reply subject and the report's id from the headers (``REPLY_HEADER``):
+    #: None from a broker node of a release before them, or on a message that is not a report.
+    reply_to: str | None = None
+    report_id: int | None = None
 
 
 #: What the partition's reader received after the batch it handed over: ``more(accept)`` takes
@@ -127,9 +143,12 @@ def nothing_more(accept: Callable[[Delivery], bool]) -> list[Delivery]:
 
 def _delivery(partition: int, msg: Msg) -> Delivery:
     meta = msg.metadata
-    thing = (msg.headers or {}).get(THING_HEADER, "")
-    return Delivery(partition=partition, thing_name=thing, payload=msg.data, stream_sequence=meta.sequence.stream,
-                    delivered=meta.num_delivered)
+    headers = msg.headers or {}
+    report_id = headers.get(REPORT_ID_HEADER, "")
+    return Delivery(partition=partition, thing_name=headers.get(THING_HEADER, ""), payload=msg.data,
+                    stream_sequence=meta.sequence.stream, delivered=meta.num_delivered,
+                    reply_to=headers.get(REPLY_HEADER) or None,
+                    report_id=int(report_id) if report_id.isdigit() else None)
 
 
 class PartitionReader:

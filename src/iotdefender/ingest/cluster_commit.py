@@ -120,7 +120,7 @@ class JetStreamCommitter:
                                     item.encoding, self._reply_to)  # type: ignore[arg-type]
             try:
                 ack = await self._publisher.publish(item.thing, encode(message, self._message_version()),
-                                                    report_message_id(*key))
+                                                    report_message_id(*key), self._reply_to, report_id)
             except Exception as error:  # nats-py's timeouts and JetStream errors: not stored (as far as we know)
                 UNANSWERED.labels("no-puback").inc()
                 log.warning("cluster.publish_failed", thing=item.thing, report_id=report_id, error=repr(error))
@@ -133,7 +133,8 @@ class JetStreamCommitter:
                     return answer
                 try:  # the first copy's outcome may be gone for good (module docstring): a copy of its own
                     await self._publisher.publish(item.thing, encode(message, self._message_version()),
-                                                  f"{report_message_id(*key)}/again-{uuid.uuid4().hex[:12]}")
+                                                  f"{report_message_id(*key)}/again-{uuid.uuid4().hex[:12]}",
+                                                  self._reply_to, report_id)
                 except Exception as error:
                     log.warning("cluster.publish_failed", thing=item.thing, report_id=report_id, error=repr(error))
                 SETTLED.labels("published-again").inc()

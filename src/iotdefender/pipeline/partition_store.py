@@ -34,7 +34,8 @@ is set aside (answered ``InternalError``) and the others are stored, in index or
 
 A message that does not decode (``report_message.UndecodableReport``) or whose thing belongs to
 another partition is answered ``InternalError`` and acked: a poison message must not wedge its
-partition. Per-thing order holds because a partition's deliveries come in stream order and one
+partition. Its device is told through its broker node when the message's headers name the reply
+subject and the report id (``report_stream.REPLY_HEADER``), as a broker node's reports do. Per-thing order holds because a partition's deliveries come in stream order and one
 node at a time reads a partition.
 
 Batches of several partitions that wait at the same time (each partition's reader hands one over
@@ -341,7 +342,8 @@ class PartitionBatchStore:
                 log.error("report_message_undecodable", partition=partition, sequence=delivery.stream_sequence,
                           thing=delivery.thing_name, error=str(error))
                 unread[delivery.stream_sequence] = ReportOutcome(
-                    delivery.stream_sequence, delivery.thing_name, Status.REJECTED, error_code=INTERNAL_ERROR,
+                    delivery.stream_sequence, delivery.thing_name, Status.REJECTED, report_id=delivery.report_id,
+                    reply_to=delivery.reply_to, error_code=INTERNAL_ERROR,
                     error_message=f"The report could not be read by the detect node ({error})")
         return unread, reports
 

@@ -134,7 +134,8 @@ class ReportOutcome(msgspec.Struct, frozen=True):
     """What became of one delivery: everything the broker node needs for the device's reply.
 
     ``thing`` comes from the stream's header when the message itself could not be decoded; then
-    ``report_id``, ``encoding`` and ``reply_to`` are unknown (None) and no device can be answered.
+    ``report_id`` and ``reply_to`` come from the headers too (None from a broker node of a release
+    before them: no device can be answered), and ``encoding`` is unknown (None).
     """
 
     stream_sequence: int

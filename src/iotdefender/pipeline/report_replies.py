@@ -53,7 +53,7 @@ class OutcomeSender:
     async def __call__(self, outcomes: list[ReportOutcome]) -> None:
         by_subject: dict[str, list[ReportOutcome]] = defaultdict(list)
         for outcome in outcomes:
-            if outcome.reply_to:  # a poison message's is unknown: no one can be told
+            if outcome.reply_to:  # unknown for a poison message without the reply headers: no one can be told
                 by_subject[outcome.reply_to].append(outcome)
         for subject, batch in by_subject.items():
             try:
