@@ -8,7 +8,7 @@ import time
 
 import nats
 
-from iotdefender.cluster.fleet_statistics import KvSharedWindows
+from iotdefender.cluster.fleet_statistics import KvSharedWindows, values_limit
 
 KEY = ("fleet profile", "bytes:out")  # names the KV key cannot carry as they are
 
@@ -47,3 +47,32 @@ def test_window_values_published_by_one_node_reach_the_others(jetstream):
     asyncio.run(asyncio.wait_for(go(), 30))
 
 
+
+
+def test_a_nodes_values_beyond_one_nats_message_reach_the_others_in_parts(jetstream):
+    """300,000 devices' values of one window (a detect node's share of a 10M fleet): ~6 MB, more
+    than NATS carries in one message (1 MB), go in parts and arrive whole; republished in fewer
+    parts, the parts left over from before are not counted."""
+    async def go() -> None:
+        nc_a, nc_b = await nats.connect(servers=jetstream.urls), await nats.connect(servers=jetstream.urls)
+        a = KvSharedWindows("a", values_limit(nc_a.max_payload))
+        b = KvSharedWindows("b", values_limit(nc_b.max_payload))
+        await a.start(nc_a.jetstream(), 1)
+        await b.start(nc_b.jetstream(), 1)
+        many = {f"device-{n:07d}": float(n) for n in range(300_000)}
+        await a.publish(KEY, 7, many)
+        await _until(lambda: len(b.others(KEY, 7)[1]) == len(many), 20)
+        assert b.others(KEY, 7)[1] == many
+        fewer = {f"device-{n:07d}": -1.0 for n in range(30_000)}
+        await a.publish(KEY, 7, fewer)
+        await _until(lambda: b.others(KEY, 7)[1] == fewer, 20)
+        late = KvSharedWindows("c")  # a node that starts now reads the bucket: the republish wins
+        nc_c = await nats.connect(servers=jetstream.urls)
+        await late.start(nc_c.jetstream(), 1)
+        await _until(lambda: late.others(KEY, 7)[1] == fewer, 20)
+        for shared in (a, b, late):
+            await shared.stop()
+        for nc in (nc_a, nc_b, nc_c):
+            await nc.close()
+
+    asyncio.run(asyncio.wait_for(go(), 60))

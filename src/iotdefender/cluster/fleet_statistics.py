@@ -11,9 +11,16 @@ Exact, not approximated: the union of the nodes' values is the one box's populat
 in one partition), so once every node has published, every node computes the single box's
 percentile. Until then (the first moments of a window: a node publishes within ``period_s`` of
 the window's end, on a timer) a node's threshold is over the values it has; a device evaluated in
-that interval is judged against it. The price is one value per device per window on the wire;
-a KV entry is at most 1 MB (NATS' default max payload): about 40,000 devices per node per series.
+that interval is judged against it. The price is one value per device per window on the wire.
 A device that moved between nodes within a window may be in two nodes' values: one is kept.
+
+A node's values of one window go in one KV entry while they encode to at most ``VALUES_MAX_BYTES``
+(512 KB, less on a server whose ``max_payload`` is below 1 MB), about 20,000 devices; above that in
+several parts (``part`` of ``parts``; part 0 at the one entry's key, the others at ``.<part>``
+after it). NATS refuses a message over its ``max_payload``: one entry per node held at most ~40,000
+devices, and a node of a 10M fleet's sizing (300,000-450,000 devices) could not publish at all,
+so every other node's threshold left its devices out. A node of the release before the parts reads
+each part as the node's whole values (it keeps the last part it read).
 """
 
 from __future__ import annotations
@@ -41,16 +48,39 @@ BUCKET = "iotdefender_stats"
 TTL_S = 7200.0  # the longest statistical window AWS allows is far shorter; entries only need one window
 
 
-class WindowValues(msgspec.Struct, frozen=True):
+#: A KV entry's encoded values at most (NATS' default ``max_payload`` is 1 MB; ``values_limit``).
+VALUES_MAX_BYTES = 512 * 1024
+
+
+class WindowValues(msgspec.Struct, frozen=True, omit_defaults=True):
     profile: str
     behavior: str
     window: int
     node: str
     values: dict[str, float]
+    #: This entry's part of the node's values of the window, and how many parts there are
+    #: (absent when one entry holds them all, as the release before wrote them).
+    part: int = 0
+    parts: int = 1
+
+
+def values_limit(max_payload: int) -> int:
+    """The bytes one entry's values may encode to on a server whose messages carry at most
+    ``max_payload`` bytes, leaving room for the key and headers."""
+    return max(1024, min(VALUES_MAX_BYTES, max_payload - 4096))
 
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(WindowValues)
+
+
+def _chunks(items: list[tuple[str, float]], max_bytes: int) -> list[list[tuple[str, float]]]:
+    """``items`` in runs whose values encode to at most ``max_bytes`` each (halved until they do;
+    a single value always fits: thing names are at most 128 bytes)."""
+    if len(items) <= 1 or len(_encoder.encode(dict(items))) <= max_bytes:
+        return [items]
+    half = len(items) // 2
+    return _chunks(items[:half], max_bytes) + _chunks(items[half:], max_bytes)
 
 
 def _digest(key: SeriesKey) -> str:
@@ -64,10 +94,11 @@ def _token(node: str) -> str:
 class KvSharedWindows:
     """The engine's ``SharedWindows`` over a NATS KV bucket, and this node's publisher to it."""
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, max_bytes: int = VALUES_MAX_BYTES) -> None:
         self._node = node
-        # (series, window) -> node -> values; and a version per (series, window) for the engine.
-        self._values: dict[tuple[SeriesKey, int], dict[str, dict[str, float]]] = {}
+        self._max_bytes = max_bytes
+        # (series, window) -> node -> part -> values; and a version per (series, window) for the engine.
+        self._values: dict[tuple[SeriesKey, int], dict[str, dict[int, dict[str, float]]]] = {}
         self._versions: dict[tuple[SeriesKey, int], int] = {}
         self._kv: object | None = None
         self._watcher: object | None = None
@@ -79,9 +110,10 @@ class KvSharedWindows:
         if not by_node:
             return 0, {}
         merged: dict[str, float] = {}
-        for node, values in list(by_node.items()):
+        for node, parts in list(by_node.items()):
             if node != self._node:
-                merged.update(values)
+                for values in list(parts.values()):
+                    merged.update(values)
         return self._versions.get((key, window), 0), merged
 
     def version(self, key: SeriesKey, window: int) -> int:
@@ -90,7 +122,10 @@ class KvSharedWindows:
     def received(self, message: WindowValues) -> None:
         """Another node's (or this node's, ignored by ``others``) values of one window."""
         slot = ((message.profile, message.behavior), message.window)
-        self._values.setdefault(slot, {})[message.node] = message.values
+        parts = self._values.setdefault(slot, {}).setdefault(message.node, {})
+        for stale in [part for part in parts if part >= message.parts]:  # a republish in fewer parts
+            del parts[stale]
+        parts[message.part] = message.values
         self._versions[slot] = self._versions.get(slot, 0) + 1
         newest = message.window
         for old in [s for s in self._values if s[0] == slot[0] and s[1] < newest - 2]:
@@ -125,9 +160,13 @@ class KvSharedWindows:
                 log.error("fleet_statistics_undecodable", key=entry.key, error=str(error))
 
     async def publish(self, key: SeriesKey, window: int, values: dict[str, float]) -> None:
+        """This node's values of one window: one entry, or several parts when they do not fit."""
         assert self._kv is not None
-        payload = _encoder.encode(WindowValues(key[0], key[1], window, self._node, values))
-        await self._kv.put(f"s.{_digest(key)}.{window}.{_token(self._node)}", payload)  # type: ignore[attr-defined]
+        chunks = _chunks(list(values.items()), self._max_bytes)
+        entry = f"s.{_digest(key)}.{window}.{_token(self._node)}"
+        for part, chunk in enumerate(chunks):
+            payload = _encoder.encode(WindowValues(key[0], key[1], window, self._node, dict(chunk), part, len(chunks)))
+            await self._kv.put(entry if part == 0 else f"{entry}.{part}", payload)  # type: ignore[attr-defined]
 
     async def run(self, ended_windows: Callable[[float], list[tuple[SeriesKey, int, dict[str, float]]]],
                   period_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
