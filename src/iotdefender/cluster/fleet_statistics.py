@@ -14,13 +14,13 @@ the window's end, on a timer) a node's threshold is over the values it has; a de
 that interval is judged against it. The price is one value per device per window on the wire.
 A device that moved between nodes within a window may be in two nodes' values: one is kept.
 
-A node's values of one window go in one KV entry while they encode to at most ``VALUES_MAX_BYTES``
-(512 KB, less on a server whose ``max_payload`` is below 1 MB), about 20,000 devices; above that in
-several parts (``part`` of ``parts``; part 0 at the one entry's key, the others at ``.<part>``
-after it). NATS refuses a message over its ``max_payload``: one entry per node held at most ~40,000
-devices, and a node of a 10M fleet's sizing (300,000-450,000 devices) could not publish at all,
-so every other node's threshold left its devices out. A node of the release before the parts reads
-each part as the node's whole values (it keeps the last part it read).
+A node's values of one window go in one KV entry while they fit in a NATS message (the server's
+``max_payload``, 1 MB by default: about 40,000 devices; ``values_limit``), in several parts
+beyond (``part`` of ``parts``; part 0 at the one entry's key, the others at ``.<part>`` after it).
+Before the parts, a node of a 10M fleet's sizing (300,000-450,000 devices) could not publish at
+all, so every other node's threshold left its devices out. Up to one message the entry is the
+release before's, byte for byte; a node of that release reads parts as the node's whole values
+(it keeps the last part it read), where it got nothing before.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ BUCKET = "iotdefender_stats"
 TTL_S = 7200.0  # the longest statistical window AWS allows is far shorter; entries only need one window
 
 
-#: A KV entry's encoded values at most (NATS' default ``max_payload`` is 1 MB; ``values_limit``).
-VALUES_MAX_BYTES = 512 * 1024
+#: A KV entry's encoded values at most on a server of NATS' default ``max_payload`` (1 MB), leaving
+#: room for the key and headers (``values_limit``).
+VALUES_MAX_BYTES = 1024 * 1024 - 4096
 
 
 class WindowValues(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -67,7 +68,7 @@ class WindowValues(msgspec.Struct, frozen=True, omit_defaults=True):
 def values_limit(max_payload: int) -> int:
     """The bytes one entry's values may encode to on a server whose messages carry at most
     ``max_payload`` bytes, leaving room for the key and headers."""
-    return max(1024, min(VALUES_MAX_BYTES, max_payload - 4096))
+    return max(1024, max_payload - 4096)
 
 
 _encoder = msgspec.msgpack.Encoder()
