@@ -19,7 +19,7 @@ import pytest
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.cluster.node import DetectConsumer
 from iotdefender.cluster.partitions import partition_of
-from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, reply_subject
+from iotdefender.pipeline.report_replies import OutcomeSender, OutcomeWaiters, decode_outcomes, reply_subject
 from iotdefender.ingest.cluster_commit import JetStreamCommitter
 from iotdefender.cluster.report_stream import (REPLY_HEADER, REPORT_ID_HEADER, Delivery, More, ReportPublisher,
                                               report_message_id)
@@ -329,3 +329,30 @@ def test_a_resend_of_a_report_in_flight_on_the_same_broker_node_gets_the_first_c
         await stop_all(ingest, detect, broker_nc, detect_nc)
 
     run(go, engine)
+
+
+def test_a_transactions_outcomes_beyond_one_nats_message_all_reach_the_broker_node(jetstream):
+    """20,000 outcomes for one broker node (~3 MB; a detect node catching up takes up to 256
+    reports a partition into one transaction) pass NATS' 1 MB message: they go in several
+    messages, in order, and every one arrives."""
+    async def go() -> None:
+        broker_nc, detect_nc = await nats.connect(servers=jetstream.urls), await nats.connect(servers=jetstream.urls)
+        received: list[ReportOutcome] = []
+        messages = 0
+
+        async def arrived(msg: Any) -> None:
+            nonlocal messages
+            messages += 1
+            received.extend(decode_outcomes(msg.data))
+
+        await broker_nc.subscribe(reply_subject("broker-1"), cb=arrived)
+        await broker_nc.flush()
+        sent = [ReportOutcome(n, f"device-{n:07d}", Status.STORED, report_id=1_764_000_000 + n, encoding="json",
+                              reply_to=reply_subject("broker-1")) for n in range(20_000)]
+        await OutcomeSender(detect_nc)(sent)
+        await until(lambda: len(received) >= len(sent))
+        assert received == sent and messages > 1
+        await broker_nc.close()
+        await detect_nc.close()
+
+    asyncio.run(asyncio.wait_for(go(), 60))

@@ -70,6 +70,7 @@ from iotdefender.cloud.window_ends import End, Verdict, WindowEnds, horizon_for
 from iotdefender.cluster import fencing
 from iotdefender.ingest.report import ReportRejected, check_thing_name
 from iotdefender.log_limits import LimitedLog
+from iotdefender.message_size import fitting, payload_limit
 from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of
 from iotdefender.cluster.report_stream import BatchHandler, Delivery, More, nothing_more
 from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSummary, summaries
@@ -256,7 +257,7 @@ def parts_limit(max_payload: int) -> int:
     """The bytes a batch may encode to on a server whose messages carry at most ``max_payload``
     bytes (its INFO): ``PARTS_MAX_BYTES``, less on a server configured below 1 MB, leaving room for
     the headers (``Nats-Msg-Id``)."""
-    return max(1024, min(PARTS_MAX_BYTES, max_payload - 4096))
+    return payload_limit(max_payload, PARTS_MAX_BYTES)
 
 
 def batched(node: str, partition: int, window: int, window_s: float,
@@ -264,17 +265,11 @@ def batched(node: str, partition: int, window: int, window_s: float,
     """A partition's parts of a window in batches of at most ``PARTS_PER_MESSAGE`` devices, each
     split in halves while it encodes over ``max_bytes`` (devices with many topics or addresses), in
     a fixed order: a round's retries publish the same batches under the same ids."""
-    pending = [devices[start:start + PARTS_PER_MESSAGE] for start in range(0, len(devices), PARTS_PER_MESSAGE)]
-    done: list[CloudWindowParts] = []
-    while pending:
-        chunk = pending.pop(0)
-        message = CloudWindowParts(node, partition, window, window_s, list(chunk))
-        if len(chunk) > 1 and len(encode(message)) > max_bytes:
-            half = len(chunk) // 2
-            pending[:0] = [chunk[:half], chunk[half:]]
-        else:
-            done.append(message)
-    return done
+    def message(run: Sequence[DevicePart]) -> CloudWindowParts:
+        return CloudWindowParts(node, partition, window, window_s, list(run))
+
+    return [message(piece) for start in range(0, len(devices), PARTS_PER_MESSAGE)
+            for piece, _ in fitting(devices[start:start + PARTS_PER_MESSAGE], lambda run: encode(message(run)), max_bytes)]
 
 
 def _thing_name(client_id: str) -> bool:

@@ -29,7 +29,7 @@ import asyncio
 import hashlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio.to_thread
 import msgspec
@@ -41,6 +41,7 @@ from nats.js.api import KeyValueConfig, StorageType
 
 from iotdefender.cancellation import cancel_and_wait
 from iotdefender.engine.statistics import SeriesKey
+from iotdefender.message_size import fitting, payload_limit
 
 log = structlog.get_logger("iotdefender.cluster")
 
@@ -66,22 +67,12 @@ class WindowValues(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 def values_limit(max_payload: int) -> int:
-    """The bytes one entry's values may encode to on a server whose messages carry at most
-    ``max_payload`` bytes, leaving room for the key and headers."""
-    return max(1024, max_payload - 4096)
+    """The bytes one entry may encode to on a server whose messages carry at most ``max_payload``."""
+    return payload_limit(max_payload)
 
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(WindowValues)
-
-
-def _chunks(items: list[tuple[str, float]], max_bytes: int) -> list[list[tuple[str, float]]]:
-    """``items`` in runs whose values encode to at most ``max_bytes`` each (halved until they do;
-    a single value always fits: thing names are at most 128 bytes)."""
-    if len(items) <= 1 or len(_encoder.encode(dict(items))) <= max_bytes:
-        return [items]
-    half = len(items) // 2
-    return _chunks(items[:half], max_bytes) + _chunks(items[half:], max_bytes)
 
 
 def _digest(key: SeriesKey) -> str:
@@ -163,11 +154,14 @@ class KvSharedWindows:
     async def publish(self, key: SeriesKey, window: int, values: dict[str, float]) -> None:
         """This node's values of one window: one entry, or several parts when they do not fit."""
         assert self._kv is not None
-        chunks = _chunks(list(values.items()), self._max_bytes)
+        def encoded(chunk: Sequence[tuple[str, float]], part: int = 0, parts: int = 1) -> bytes:
+            return _encoder.encode(WindowValues(key[0], key[1], window, self._node, dict(chunk), part, parts))
+
+        chunks = [chunk for chunk, _ in fitting(list(values.items()), encoded, self._max_bytes)]
         entry = f"s.{_digest(key)}.{window}.{_token(self._node)}"
-        for part, chunk in enumerate(chunks):
-            payload = _encoder.encode(WindowValues(key[0], key[1], window, self._node, dict(chunk), part, len(chunks)))
-            await self._kv.put(entry if part == 0 else f"{entry}.{part}", payload)  # type: ignore[attr-defined]
+        for part, chunk in enumerate(chunks):  # encoded again: each part says how many there are
+            await self._kv.put(entry if part == 0 else f"{entry}.{part}",  # type: ignore[attr-defined]
+                               encoded(chunk, part, len(chunks)))
 
     async def run(self, ended_windows: Callable[[float], list[tuple[SeriesKey, int, dict[str, float]]]],
                   period_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:

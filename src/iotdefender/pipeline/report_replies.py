@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Sequence
 
 import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from iotdefender.message_size import fitting, payload_limit
 from iotdefender.pipeline.report_message import ReportOutcome
 
 log = structlog.get_logger("iotdefender.cluster")
@@ -35,7 +37,7 @@ def reply_subject(node_id: str) -> str:
     return f"{REPLY_PREFIX}.{node_id}"
 
 
-def encode_outcomes(outcomes: list[ReportOutcome]) -> bytes:
+def encode_outcomes(outcomes: Sequence[ReportOutcome]) -> bytes:
     return _encoder.encode(outcomes)
 
 
@@ -55,11 +57,17 @@ class OutcomeSender:
         for outcome in outcomes:
             if outcome.reply_to:  # unknown for a poison message without the reply headers: no one can be told
                 by_subject[outcome.reply_to].append(outcome)
+        # A transaction's outcomes for one broker node can pass a NATS message (~6,500 of them in
+        # 1 MB: a detect node catching up takes up to 256 reports a partition into a transaction),
+        # and nats-py refuses the whole message: its devices then waited for the broker node's
+        # poll of PostgreSQL. Sent in as many messages as they need.
+        limit = payload_limit(self._nc.max_payload)
         for subject, batch in by_subject.items():
-            try:
-                await self._nc.publish(subject, encode_outcomes(batch))
-            except Exception as error:  # the batch is committed: a lost answer only costs the device a retry
-                log.warning("cluster.outcomes_not_sent", subject=subject, outcomes=len(batch), error=repr(error))
+            for piece, payload in fitting(batch, encode_outcomes, limit):
+                try:
+                    await self._nc.publish(subject, payload)
+                except Exception as error:  # the batch is committed: a lost answer only costs the device a retry
+                    log.warning("cluster.outcomes_not_sent", subject=subject, outcomes=len(piece), error=repr(error))
 
 
 class OutcomeWaiters:
