@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from iotdefender.metrics_catalog import series_key  # noqa: F401  (re-exported for ListMetricValues)
 from iotdefender.store.partition_selection import once_per_thing
-from iotdefender.store.rows import insert_many, upsert_many
+from iotdefender.store.rows import insert_many, name_among, names_in_chunks, upsert_many
 from iotdefender.store.schema import metric_values, thing_report_state
 
 
@@ -49,12 +49,19 @@ def upsert_report_states(conn: Connection, states: Iterable[tuple[str, int, floa
 
 
 def load_report_states(conn: Connection, things: Iterable[str] | None = None) -> dict[str, tuple[int, float]]:
-    """The last stored report id and time of every thing, or of each of ``things`` that has one."""
+    """The last stored report id and time of every thing, or of each of ``things`` that has one.
+
+    The things are asked in one array parameter (``rows.name_among``): a detect node asks for every
+    thing of each transaction, and a broker node for every report it waits on, five times a second."""
     query = sa.select(thing_report_state.c.thing_name, thing_report_state.c.last_report_id,
                       thing_report_state.c.last_report_at)
-    if things is not None:
-        query = query.where(thing_report_state.c.thing_name.in_(list(things)))
-    return {t: (r, a) for t, r, a in conn.execute(query)}
+    if things is None:
+        return {t: (r, a) for t, r, a in conn.execute(query)}
+    found: dict[str, tuple[int, float]] = {}
+    for chunk in names_in_chunks(conn, list(things)):
+        found.update({t: (r, a) for t, r, a in
+                      conn.execute(query.where(name_among(conn, thing_report_state.c.thing_name, chunk)))})
+    return found
 
 
 def reports_stored(conn: Connection, marks: Mapping[str, int]) -> bool:
