@@ -82,3 +82,24 @@ def test_a_threshold_is_recomputed_as_the_other_nodes_values_arrive():
         c.received(message)
     observe(stats_c, "c-0", 1.0, after)
     assert threshold(stats_c, after) == found
+
+
+def test_a_nodes_parts_are_those_of_its_latest_publish_in_any_order_of_arrival():
+    """A node's window in parts: the parts of one publish add up; a newer publish replaces them
+    all, even when its later parts never arrive (no mix of two publishes); a part of an older
+    publish arriving late is ignored; an entry of the release before (no generation) replaces."""
+    shared = KvSharedWindows("me")
+
+    def part(generation: int, part: int, parts: int, values: dict[str, float]) -> WindowValues:
+        return WindowValues(KEY[0], KEY[1], 7, "other", values, part, parts, generation)
+
+    shared.received(part(100, 0, 2, {"a": 1.0}))
+    shared.received(part(100, 1, 2, {"b": 2.0}))
+    assert shared.others(KEY, 7)[1] == {"a": 1.0, "b": 2.0}
+    shared.received(part(200, 0, 2, {"a": 5.0}))  # republished; its part 1 is lost on the way
+    assert shared.others(KEY, 7)[1] == {"a": 5.0}
+    shared.received(part(100, 1, 2, {"b": 2.0}))  # the earlier publish's part, late
+    assert shared.others(KEY, 7)[1] == {"a": 5.0}
+    version = shared.others(KEY, 7)[0]
+    shared.received(WindowValues(KEY[0], KEY[1], 7, "other", {"c": 3.0}))  # the release before's entry
+    assert shared.others(KEY, 7) == (version + 1, {"c": 3.0})

@@ -18,8 +18,9 @@ A node's values of one window go in one KV entry while they fit in a NATS messag
 ``max_payload``, 1 MB by default: about 40,000 devices; ``values_limit``), in several parts
 beyond (``part`` of ``parts``; part 0 at the one entry's key, the others at ``.<part>`` after it).
 Before the parts, a node of a 10M fleet's sizing (300,000-450,000 devices) could not publish at
-all, so every other node's threshold left its devices out. Up to one message the entry is the
-release before's, byte for byte; a node of that release reads parts as the node's whole values
+all, so every other node's threshold left its devices out. Each part carries its publish's
+``generation``: a receiver keeps the latest publish's parts only. A node of the release before
+reads a one-part entry as before (it ignores the new fields) and parts as the node's whole values
 (it keeps the last part it read), where it got nothing before.
 """
 
@@ -30,6 +31,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import anyio.to_thread
 import msgspec
@@ -64,6 +66,18 @@ class WindowValues(msgspec.Struct, frozen=True, omit_defaults=True):
     #: (absent when one entry holds them all, as the release before wrote them).
     part: int = 0
     parts: int = 1
+    #: Which publish of the node's window the part belongs to (the publisher's clock in ns; 0 from
+    #: the release before): a receiver keeps the parts of the latest publish only, so a republish
+    #: whose later parts were not delivered is never mixed with an earlier publish's.
+    generation: int = 0
+
+
+class _Published(NamedTuple):
+    """What one node published of one window, as far as it has arrived. Replaced, never changed
+    in place: the detection thread reads it while the event loop receives."""
+
+    generation: int
+    parts: dict[int, dict[str, float]]
 
 
 def values_limit(max_payload: int) -> int:
@@ -89,8 +103,8 @@ class KvSharedWindows:
     def __init__(self, node: str, max_bytes: int = VALUES_MAX_BYTES) -> None:
         self._node = node
         self._max_bytes = max_bytes
-        # (series, window) -> node -> part -> values; and a version per (series, window) for the engine.
-        self._values: dict[tuple[SeriesKey, int], dict[str, dict[int, dict[str, float]]]] = {}
+        # (series, window) -> node -> its parts; and a version per (series, window) for the engine.
+        self._values: dict[tuple[SeriesKey, int], dict[str, _Published]] = {}
         self._versions: dict[tuple[SeriesKey, int], int] = {}
         self._kv: object | None = None
         self._watcher: object | None = None
@@ -98,15 +112,19 @@ class KvSharedWindows:
 
     # -- the engine's side (detection thread) ------------------------------------------------------
     def others(self, key: SeriesKey, window: int) -> tuple[int, dict[str, float]]:
+        # The version first: values that arrive while these are merged move it past the one
+        # returned, so the engine merges again. Read after, it could name values not merged, and
+        # the engine would keep a threshold short of them for the window.
+        version = self._versions.get((key, window), 0)
         by_node = self._values.get((key, window))
         if not by_node:
-            return 0, {}
+            return version, {}
         merged: dict[str, float] = {}
-        for node, parts in list(by_node.items()):
+        for node, published in list(by_node.items()):
             if node != self._node:
-                for values in list(parts.values()):
+                for values in list(published.parts.values()):
                     merged.update(values)
-        return self._versions.get((key, window), 0), merged
+        return version, merged
 
     def version(self, key: SeriesKey, window: int) -> int:
         return self._versions.get((key, window), 0)
@@ -114,10 +132,15 @@ class KvSharedWindows:
     def received(self, message: WindowValues) -> None:
         """Another node's (or this node's, ignored by ``others``) values of one window."""
         slot = ((message.profile, message.behavior), message.window)
-        parts = self._values.setdefault(slot, {}).setdefault(message.node, {})
-        for stale in [part for part in parts if part >= message.parts]:  # a republish in fewer parts
-            del parts[stale]
+        by_node = self._values.setdefault(slot, {})
+        held = by_node.get(message.node)
+        if held is not None and message.generation and held.generation > message.generation:
+            return  # a part of an earlier publish, after the later one's
+        parts: dict[int, dict[str, float]] = {}
+        if held is not None and message.generation and held.generation == message.generation:
+            parts = {part: values for part, values in held.parts.items() if part < message.parts}
         parts[message.part] = message.values
+        by_node[message.node] = _Published(message.generation, parts)
         self._versions[slot] = self._versions.get(slot, 0) + 1
         newest = message.window
         for old in [s for s in self._values if s[0] == slot[0] and s[1] < newest - 2]:
@@ -154,8 +177,11 @@ class KvSharedWindows:
     async def publish(self, key: SeriesKey, window: int, values: dict[str, float]) -> None:
         """This node's values of one window: one entry, or several parts when they do not fit."""
         assert self._kv is not None
+        generation = time.time_ns()
+
         def encoded(chunk: Sequence[tuple[str, float]], part: int = 0, parts: int = 1) -> bytes:
-            return _encoder.encode(WindowValues(key[0], key[1], window, self._node, dict(chunk), part, parts))
+            return _encoder.encode(WindowValues(key[0], key[1], window, self._node, dict(chunk), part, parts,
+                                                generation))
 
         chunks = [chunk for chunk, _ in fitting(list(values.items()), encoded, self._max_bytes)]
         entry = f"s.{_digest(key)}.{window}.{_token(self._node)}"

@@ -144,11 +144,18 @@ def nothing_more(accept: Callable[[Delivery], bool]) -> list[Delivery]:
 def _delivery(partition: int, msg: Msg) -> Delivery:
     meta = msg.metadata
     headers = msg.headers or {}
-    report_id = headers.get(REPORT_ID_HEADER, "")
     return Delivery(partition=partition, thing_name=headers.get(THING_HEADER, ""), payload=msg.data,
                     stream_sequence=meta.sequence.stream, delivered=meta.num_delivered,
-                    reply_to=headers.get(REPLY_HEADER) or None,
-                    report_id=int(report_id) if report_id.isdigit() else None)
+                    reply_to=headers.get(REPLY_HEADER) or None, report_id=_report_id(headers.get(REPORT_ID_HEADER)))
+
+
+def _report_id(header: str | None) -> int | None:
+    """The report id header's value; None when absent or not a decimal number (a corrupt header
+    must not stop the partition's reader)."""
+    try:
+        return int(header) if header is not None and header.isascii() else None
+    except ValueError:
+        return None
 
 
 class PartitionReader:
