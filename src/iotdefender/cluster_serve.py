@@ -47,7 +47,8 @@ from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cluster.alone import run_while_held
 from iotdefender.cluster.control import ControlNotices
 from iotdefender.cluster.database_reach import GRACE_TTLS, DatabaseReach
-from iotdefender.cluster.fleet_statistics import KvSharedWindows, values_limit
+from iotdefender.cluster.fleet_statistics import KvSharedWindows
+from iotdefender.message_size import payload_limit
 from iotdefender.cluster.health import ClusterHealth
 from iotdefender.cluster.shared_settings import SettingsMismatch, SharedSettings, shared_values
 from iotdefender.cluster.node import DetectConsumer
@@ -351,7 +352,7 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     owned.append(consumer)
     # History compaction on every detect node, one at a time across the cluster (store/history.py).
     start_compaction(engine, history_interval(settings), ClusterCompactor(engine, partition_of))
-    shared = KvSharedWindows(node_id, values_limit(nc.max_payload))
+    shared = KvSharedWindows(node_id, payload_limit(nc.max_payload))
     detection.evaluator.share_statistics(shared)
     loops = [reach.run(), share_statistics(shared, nc, topology, detection),
              *([cloud.run()] if cloud is not None else []), alerts.run(),

@@ -8,7 +8,8 @@ import time
 
 import nats
 
-from iotdefender.cluster.fleet_statistics import KvSharedWindows, values_limit
+from iotdefender.cluster.fleet_statistics import KvSharedWindows
+from iotdefender.message_size import payload_limit
 
 KEY = ("fleet profile", "bytes:out")  # names the KV key cannot carry as they are
 
@@ -55,8 +56,8 @@ def test_a_nodes_values_beyond_one_nats_message_reach_the_others_in_parts(jetstr
     parts, the parts left over from before are not counted."""
     async def go() -> None:
         nc_a, nc_b = await nats.connect(servers=jetstream.urls), await nats.connect(servers=jetstream.urls)
-        a = KvSharedWindows("a", values_limit(nc_a.max_payload))
-        b = KvSharedWindows("b", values_limit(nc_b.max_payload))
+        a = KvSharedWindows("a", payload_limit(nc_a.max_payload))
+        b = KvSharedWindows("b", payload_limit(nc_b.max_payload))
         await a.start(nc_a.jetstream(), 1)
         await b.start(nc_b.jetstream(), 1)
         many = {f"device-{n:07d}": float(n) for n in range(300_000)}

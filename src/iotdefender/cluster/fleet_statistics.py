@@ -15,7 +15,7 @@ that interval is judged against it. The price is one value per device per window
 A device that moved between nodes within a window may be in two nodes' values: one is kept.
 
 A node's values of one window go in one KV entry while they fit in a NATS message (the server's
-``max_payload``, 1 MB by default: about 40,000 devices; ``values_limit``), in several parts
+``max_payload``, 1 MB by default: about 40,000 devices), in several parts
 beyond (``part`` of ``parts``; part 0 at the one entry's key, the others at ``.<part>`` after it).
 Before the parts, a node of a 10M fleet's sizing (300,000-450,000 devices) could not publish at
 all, so every other node's threshold left its devices out. Each part carries its publish's
@@ -51,9 +51,9 @@ BUCKET = "iotdefender_stats"
 TTL_S = 7200.0  # the longest statistical window AWS allows is far shorter; entries only need one window
 
 
-#: A KV entry's encoded values at most on a server of NATS' default ``max_payload`` (1 MB), leaving
-#: room for the key and headers (``values_limit``).
-VALUES_MAX_BYTES = 1024 * 1024 - 4096
+#: A KV entry's encoded values at most on a server of NATS' default ``max_payload`` (1 MB); a node
+#: passes ``message_size.payload_limit`` of its server's.
+VALUES_MAX_BYTES = payload_limit(1024 * 1024)
 
 
 class WindowValues(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -78,11 +78,6 @@ class _Published(NamedTuple):
 
     generation: int
     parts: dict[int, dict[str, float]]
-
-
-def values_limit(max_payload: int) -> int:
-    """The bytes one entry may encode to on a server whose messages carry at most ``max_payload``."""
-    return payload_limit(max_payload)
 
 
 _encoder = msgspec.msgpack.Encoder()
