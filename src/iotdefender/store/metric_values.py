@@ -58,7 +58,7 @@ def load_report_states(conn: Connection, things: Iterable[str] | None = None) ->
     if things is None:
         return {t: (r, a) for t, r, a in conn.execute(query)}
     found: dict[str, tuple[int, float]] = {}
-    for chunk in names_in_chunks(conn, list(things)):
+    for chunk in names_in_chunks(list(things)):
         found.update({t: (r, a) for t, r, a in
                       conn.execute(query.where(name_among(conn, thing_report_state.c.thing_name, chunk)))})
     return found

@@ -87,7 +87,7 @@ def groups_of_thing(conn: Connection, thing_name: str) -> list[str]:
 def registry_facts(conn: Connection, thing_names: list[str]) -> dict[str, tuple[bool, tuple[str, ...]]]:
     """(registered, groups in name order) of many things in two queries (per ``names_in_chunks``)."""
     facts: dict[str, tuple[bool, tuple[str, ...]]] = {}
-    for chunk in names_in_chunks(conn, thing_names):
+    for chunk in names_in_chunks(thing_names):
         registered = set(conn.execute(sa.select(things.c.name).where(name_among(conn, things.c.name, chunk))).scalars())
         groups: dict[str, list[str]] = {}
         if registered:

@@ -14,12 +14,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 
-def names_in_chunks(conn: Connection, names: Sequence[str]) -> list[Sequence[str]]:
-    """``names`` cut into the lists that ``name_among`` takes in one statement on ``conn``'s database:
-    50,000 at a time on PostgreSQL (one array parameter; a bounded statement, well within
-    ``--database-timeout``, at any fleet size), as on SQLite (one JSON parameter)."""
-    size = 50_000
-    return [names[start:start + size] for start in range(0, len(names), size)]
+#: Names ``name_among`` takes in one statement (one parameter on either database): a bounded
+#: statement, well within ``--database-timeout``, at any fleet size.
+NAMES_PER_STATEMENT = 50_000
+
+
+def names_in_chunks(names: Sequence[str]) -> list[Sequence[str]]:
+    """``names`` cut into the lists that ``name_among`` takes in one statement."""
+    return [names[start:start + NAMES_PER_STATEMENT] for start in range(0, len(names), NAMES_PER_STATEMENT)]
 
 
 def name_among(conn: Connection, column: sa.ColumnElement[str], names: Sequence[str]) -> sa.ColumnElement[bool]:
