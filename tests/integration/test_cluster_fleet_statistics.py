@@ -8,7 +8,7 @@ import time
 
 import nats
 
-from iotdefender.cluster.fleet_statistics import KvSharedWindows
+from iotdefender.cluster.fleet_statistics import BUCKET, KvSharedWindows
 from iotdefender.message_size import payload_limit
 
 KEY = ("fleet profile", "bytes:out")  # names the KV key cannot carry as they are
@@ -77,3 +77,34 @@ def test_a_nodes_values_beyond_one_nats_message_reach_the_others_in_parts(jetstr
             await nc.close()
 
     asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_a_node_leaves_in_the_bucket_only_the_windows_still_read(jetstream):
+    """A threshold is the previous window's percentile, so of a node's windows only the newest two
+    are read. Older windows, and the parts left over when a window is published again in fewer,
+    are deleted: kept for the bucket's 2 h, a 5-minute series held 24 windows of every node's
+    values (GBs at a 10M fleet), which every node that starts reads through its watch."""
+    async def go() -> None:
+        nc = await nats.connect(servers=jetstream.urls)
+        a = KvSharedWindows("a", 600)  # small messages: each window below goes in several parts
+        await a.start(nc.jetstream(), 1)
+        values = {f"device-{n:03d}": float(n) for n in range(60)}
+        for window in range(1, 6):
+            await a.publish(KEY, window, values)
+        kv = await nc.jetstream().key_value(BUCKET)
+        parts = len([key for key in await kv.keys() if key.split(".")[2] == "5"])
+        assert parts > 2
+        assert {key.split(".")[2] for key in await kv.keys()} == {"4", "5"}
+        await a.publish(KEY, 5, {"device-000": 9.0})  # again, in one part
+        assert sorted(key.split(".")[2] for key in await kv.keys()) == ["4"] * parts + ["5"]
+        late = KvSharedWindows("c")
+        nc_late = await nats.connect(servers=jetstream.urls)
+        await late.start(nc_late.jetstream(), 1)
+        await _until(lambda: late.others(KEY, 5)[1] == {"device-000": 9.0} and late.others(KEY, 4)[1] == values, 5)
+        assert late.others(KEY, 3) == (0, {})
+        for shared in (a, late):
+            await shared.stop()
+        for client in (nc, nc_late):
+            await client.close()
+
+    asyncio.run(asyncio.wait_for(go(), 30))

@@ -84,22 +84,65 @@ def test_a_threshold_is_recomputed_as_the_other_nodes_values_arrive():
     assert threshold(stats_c, after) == found
 
 
-def test_a_nodes_parts_are_those_of_its_latest_publish_in_any_order_of_arrival():
-    """A node's window in parts: the parts of one publish add up; a newer publish replaces them
-    all, even when its later parts never arrive (no mix of two publishes); a part of an older
-    publish arriving late is ignored; an entry of the release before (no generation) replaces."""
+def test_a_nodes_values_count_once_its_publish_is_whole_and_the_latest_whole_one_wins():
+    """A node's window in parts counts once all of its parts arrived, and moves the version once
+    (the engine computes the percentile again at each move, over the whole fleet); a newer publish
+    replaces the earlier one only once it is whole (never a mix of two publishes); a part of an
+    older publish arriving late is ignored; an entry of the release before (no generation) replaces."""
     shared = KvSharedWindows("me")
 
     def part(generation: int, part: int, parts: int, values: dict[str, float]) -> WindowValues:
         return WindowValues(KEY[0], KEY[1], 7, "other", values, part, parts, generation)
 
-    shared.received(part(100, 0, 2, {"a": 1.0}))
-    shared.received(part(100, 1, 2, {"b": 2.0}))
-    assert shared.others(KEY, 7)[1] == {"a": 1.0, "b": 2.0}
-    shared.received(part(200, 0, 2, {"a": 5.0}))  # republished; its part 1 is lost on the way
-    assert shared.others(KEY, 7)[1] == {"a": 5.0}
-    shared.received(part(100, 1, 2, {"b": 2.0}))  # the earlier publish's part, late
-    assert shared.others(KEY, 7)[1] == {"a": 5.0}
-    version = shared.others(KEY, 7)[0]
+    shared.received(part(100, 1, 3, {"b": 2.0}))
+    shared.received(part(100, 0, 3, {"a": 1.0}))
+    assert shared.others(KEY, 7) == (0, {})  # a part still missing: nothing counts yet
+    shared.received(part(100, 2, 3, {"c": 4.0}))
+    assert shared.others(KEY, 7) == (1, {"a": 1.0, "b": 2.0, "c": 4.0})
+    shared.received(part(100, 2, 3, {"c": 4.0}))  # delivered again: no change
+    shared.received(part(200, 0, 2, {"a": 5.0}))  # republished; its part 1 is not here yet
+    assert shared.others(KEY, 7) == (1, {"a": 1.0, "b": 2.0, "c": 4.0})
+    shared.received(part(100, 1, 3, {"b": 2.0}))  # the earlier publish's part, late
+    shared.received(part(200, 1, 2, {"d": 6.0}))
+    assert shared.others(KEY, 7) == (2, {"a": 5.0, "d": 6.0})
+    shared.received(part(100, 0, 3, {"a": 1.0}))  # the earlier publish's part, later still
+    assert shared.others(KEY, 7) == (2, {"a": 5.0, "d": 6.0})
     shared.received(WindowValues(KEY[0], KEY[1], 7, "other", {"c": 3.0}))  # the release before's entry
-    assert shared.others(KEY, 7) == (version + 1, {"c": 3.0})
+    assert shared.others(KEY, 7) == (3, {"c": 3.0})
+
+
+def test_the_population_grown_publish_by_publish_is_the_merge_of_every_nodes_values():
+    """``population`` adds each node's publish to what it merged before (at fleet size merging
+    every node's values again at each arrival cost seconds under the detection lock). Against the
+    plain rule, in random orders: the other nodes' values merged in the order they became whole,
+    a later node's value of a device winning, this node's own values winning over all; a node
+    that publishes again replaces its values; the same own values asked again as more arrive."""
+    rng = random.Random(11)
+    for trial in range(300):
+        shared = KvSharedWindows("me")
+        devices = [f"d{i}" for i in range(rng.randint(1, 30))]
+        whole: dict[str, dict[str, float]] = {}  # node -> its latest whole publish, in order of becoming whole
+        generation = 0
+        own: dict[str, float] | None = None
+        for _ in range(rng.randint(1, 12)):
+            node = rng.choice(["a", "b", "c", "me"])
+            values = {device: rng.choice([1.0, 2.0, 3.0, 4.0, 5.0]) for device in rng.sample(devices, rng.randint(0, len(devices)))}
+            items = list(values.items())
+            cuts = sorted(rng.sample(range(1, len(items)), min(rng.randint(0, 3), max(0, len(items) - 1)))) if items else []
+            chunks = [dict(items[a:b]) for a, b in zip([0, *cuts], [*cuts, len(items)])] or [{}]
+            generation += 1
+            for index in rng.sample(range(len(chunks)), len(chunks)):
+                shared.received(WindowValues(KEY[0], KEY[1], 7, node, chunks[index], index, len(chunks), generation))
+            whole.pop(node, None)
+            whole[node] = values
+            if rng.random() < 0.7:
+                if own is None or rng.random() < 0.5:  # else the same closed window, asked again
+                    own = {device: rng.choice([10.0, 20.0]) for device in rng.sample(devices, rng.randint(0, len(devices)))}
+                expected: dict[str, float] = {}
+                for other, published in whole.items():
+                    if other != "me":
+                        expected.update(published)
+                expected.update(own)
+                version, population = shared.population(KEY, 7, own)
+                assert version == shared.version(KEY, 7)
+                assert sorted(population.tolist()) == sorted(expected.values()), trial

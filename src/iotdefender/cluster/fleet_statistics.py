@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import anyio.to_thread
 import msgspec
 import nats.errors
 import nats.js.errors
+import numpy as np
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
@@ -72,12 +74,95 @@ class WindowValues(msgspec.Struct, frozen=True, omit_defaults=True):
     generation: int = 0
 
 
-class _Published(NamedTuple):
-    """What one node published of one window, as far as it has arrived. Replaced, never changed
-    in place: the detection thread reads it while the event loop receives."""
+class _Arriving(NamedTuple):
+    """The parts of one node's publish of one window received so far, while some are missing.
+    Replaced, never changed in place: the detection thread reads while the event loop receives."""
 
     generation: int
     parts: dict[int, dict[str, float]]
+
+
+class _Complete(NamedTuple):
+    """One node's whole publish of one window: its devices, and their values in the same order."""
+
+    generation: int
+    names: list[str]
+    values: np.ndarray
+
+
+_NOT_PUBLISHED = _Complete(-1, [], np.empty(0))
+
+
+class _Window:
+    """Every node's publishes of one series' window, as received (event loop) and read (detection thread).
+
+    ``version`` moves once per node's *complete* publish, not per part: the engine computes the
+    percentile again at each move, over the whole fleet, so a move per part (a node of a 10M
+    fleet's sizing publishes ~8 parts, 30 such nodes ~250) cost quadratic time in the parts.
+    """
+
+    def __init__(self) -> None:
+        self.complete: dict[str, _Complete] = {}  # replaced on change (copy on write), never mutated
+        self.arriving: dict[str, _Arriving] = {}
+        self.version = 0
+
+
+class _Merged:
+    """The other nodes' complete publishes of one window as one population, grown as they arrive.
+
+    Built and read by the detection thread only. Adding a node's publish costs that publish, not the
+    fleet: at 10M devices the engine merged every node's dictionary into a new one at each version
+    (seconds each, under the detection lock). A device in two nodes' values (it moved within the
+    window) counts once: the later added wins, as when ``KvSharedWindows.others`` merges in order.
+    """
+
+    def __init__(self) -> None:
+        self.included: dict[str, int] = {}  # node -> generation added
+        self._index: dict[str, int] = {}  # device -> its position in the concatenated values
+        self._names: list[list[str]] = []  # each added publish's devices, in the order added
+        self._chunks: list[np.ndarray] = []  # and their values
+        self._dead: list[int] = []  # positions of values a later node's replaced
+        self._size = 0
+        self._live: np.ndarray | None = None
+        # This node's own devices found among the added publishes (``without``): for which ``own``,
+        # how many publishes were looked through, and the positions found.
+        self._own: Mapping[str, float] | None = None
+        self._own_seen = 0
+        self._own_found: list[int] = []
+
+    def add(self, node: str, published: _Complete) -> None:
+        index = self._index
+        before = len(index)
+        index.update(zip(published.names, itertools.count(self._size)))
+        self._names.append(published.names)
+        self._chunks.append(published.values)
+        self._size += len(published.names)
+        self.included[node] = published.generation
+        self._live = None
+        if len(index) - before != len(published.names):  # a device of an earlier node's (rare): where it was
+            self._dead = [position for position, name in enumerate(itertools.chain.from_iterable(self._names))
+                          if index[name] != position]
+
+    def without(self, own: Mapping[str, float]) -> np.ndarray:
+        """The values of the devices not in ``own`` (this node's own values win). ``own`` is the
+        engine's closed window, never changed: each publish is looked through for it once."""
+        if self._live is None:
+            values = np.concatenate(self._chunks) if self._chunks else np.empty(0)
+            self._live = np.delete(values, self._dead) if self._dead else values
+        if own is not self._own:
+            self._own, self._own_seen, self._own_found = own, 0, []
+        start = sum(len(names) for names in self._names[:self._own_seen])
+        for names in self._names[self._own_seen:]:
+            if not own.keys().isdisjoint(names):
+                self._own_found.extend(start + offset for offset, name in enumerate(names) if name in own)
+            start += len(names)
+        self._own_seen = len(self._names)
+        if not self._own_found:
+            return self._live
+        keep = np.ones(self._size, dtype=bool)
+        keep[self._dead] = False
+        keep[self._own_found] = False
+        return np.concatenate(self._chunks)[keep]
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -98,49 +183,83 @@ class KvSharedWindows:
     def __init__(self, node: str, max_bytes: int = VALUES_MAX_BYTES) -> None:
         self._node = node
         self._max_bytes = max_bytes
-        # (series, window) -> node -> its parts; and a version per (series, window) for the engine.
-        self._values: dict[tuple[SeriesKey, int], dict[str, _Published]] = {}
-        self._versions: dict[tuple[SeriesKey, int], int] = {}
+        self._windows: dict[tuple[SeriesKey, int], _Window] = {}  # changed by the event loop
+        self._merged: dict[tuple[SeriesKey, int], _Merged] = {}  # the detection thread's
+        # This node's keys in the bucket, per series and window, to delete what no one reads any more.
+        self._mine: dict[SeriesKey, dict[int, list[str]]] = {}
         self._kv: object | None = None
         self._watcher: object | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- the engine's side (detection thread) ------------------------------------------------------
-    def others(self, key: SeriesKey, window: int) -> tuple[int, dict[str, float]]:
-        # The version first: values that arrive while these are merged move it past the one
+    def population(self, key: SeriesKey, window: int, own: Mapping[str, float]) -> tuple[int, np.ndarray]:
+        """(version, the values of every device of the window: ``own``, and the other nodes' devices
+        not in it). Costs the publishes that arrived since the last call, plus ``own``."""
+        slot = (key, window)
+        found = self._windows.get(slot)
+        # The version first: a publish completed while these are merged moves it past the one
         # returned, so the engine merges again. Read after, it could name values not merged, and
         # the engine would keep a threshold short of them for the window.
-        version = self._versions.get((key, window), 0)
-        by_node = self._values.get((key, window))
-        if not by_node:
-            return version, {}
+        version = found.version if found is not None else 0
+        complete = found.complete if found is not None else {}
+        others = {node: published for node, published in complete.items() if node != self._node}
+        merged = self._merged.get(slot)
+        if merged is None or any(others.get(node, _NOT_PUBLISHED).generation != generation
+                                 for node, generation in merged.included.items()):
+            merged = _Merged()  # a node published the window again: its earlier values go
+        for node, published in others.items():
+            if node not in merged.included:
+                merged.add(node, published)
+        self._merged[slot] = merged
+        for old in [s for s in self._merged if s[0] == key and s[1] < window - 2]:
+            del self._merged[old]
+        mine = np.fromiter(own.values(), dtype=float, count=len(own))
+        return version, np.concatenate([merged.without(own), mine])
+
+    def others(self, key: SeriesKey, window: int) -> tuple[int, dict[str, float]]:
+        """(version, the other nodes' values of the window by device): what ``population`` counts
+        besides this node's own devices, for reading and tests."""
+        found = self._windows.get((key, window))
+        if found is None:
+            return 0, {}
         merged: dict[str, float] = {}
-        for node, published in list(by_node.items()):
+        for node, published in found.complete.items():
             if node != self._node:
-                for values in list(published.parts.values()):
-                    merged.update(values)
-        return version, merged
+                merged.update(zip(published.names, published.values.tolist()))
+        return found.version, merged
 
     def version(self, key: SeriesKey, window: int) -> int:
-        return self._versions.get((key, window), 0)
+        found = self._windows.get((key, window))
+        return found.version if found is not None else 0
 
     def received(self, message: WindowValues) -> None:
-        """Another node's (or this node's, ignored by ``others``) values of one window."""
+        """A part of another node's (or this node's, which ``population`` leaves out) values of one window."""
         slot = ((message.profile, message.behavior), message.window)
-        by_node = self._values.setdefault(slot, {})
-        held = by_node.get(message.node)
-        if held is not None and message.generation and held.generation > message.generation:
-            return  # a part of an earlier publish, after the later one's
+        window = self._windows.setdefault(slot, _Window())
+        generation = message.generation
+        whole, arriving = window.complete.get(message.node), window.arriving.get(message.node)
+        if generation and ((whole is not None and whole.generation >= generation)
+                           or (arriving is not None and arriving.generation > generation)):
+            return  # a part of an earlier publish (or one received already), after the later one's
         parts: dict[int, dict[str, float]] = {}
-        if held is not None and message.generation and held.generation == message.generation:
-            parts = {part: values for part, values in held.parts.items() if part < message.parts}
+        if arriving is not None and generation and arriving.generation == generation:
+            parts = dict(arriving.parts)
         parts[message.part] = message.values
-        by_node[message.node] = _Published(message.generation, parts)
-        self._versions[slot] = self._versions.get(slot, 0) + 1
+        if all(part in parts for part in range(message.parts)):
+            names = [name for part in range(message.parts) for name in parts[part]]
+            values = np.fromiter((value for part in range(message.parts) for value in parts[part].values()),
+                                 dtype=float, count=len(names))
+            # In the order the publishes became whole, which is the order they are merged in.
+            complete = {node: held for node, held in window.complete.items() if node != message.node}
+            complete[message.node] = _Complete(generation, names, values)
+            window.complete = complete
+            window.arriving = {node: held for node, held in window.arriving.items() if node != message.node}
+            window.version += 1
+        else:
+            window.arriving = {**window.arriving, message.node: _Arriving(generation, parts)}
         newest = message.window
-        for old in [s for s in self._values if s[0] == slot[0] and s[1] < newest - 2]:
-            self._values.pop(old, None)
-            self._versions.pop(old, None)
+        for old in [s for s in self._windows if s[0] == slot[0] and s[1] < newest - 2]:
+            self._windows.pop(old, None)
 
     # -- NATS -------------------------------------------------------------------------------------
     async def start(self, js: JetStreamContext, replicas: int) -> None:
@@ -180,9 +299,28 @@ class KvSharedWindows:
 
         chunks = [chunk for chunk, _ in fitting(list(values.items()), encoded, self._max_bytes)]
         entry = f"s.{_digest(key)}.{window}.{_token(self._node)}"
-        for part, chunk in enumerate(chunks):  # encoded again: each part says how many there are
-            await self._kv.put(entry if part == 0 else f"{entry}.{part}",  # type: ignore[attr-defined]
-                               encoded(chunk, part, len(chunks)))
+        keys = [entry if part == 0 else f"{entry}.{part}" for part in range(len(chunks))]
+        for part, (entry_key, chunk) in enumerate(zip(keys, chunks)):  # encoded again: each part says how many
+            await self._kv.put(entry_key, encoded(chunk, part, len(chunks)))  # type: ignore[attr-defined]
+        await self._forget_older(key, window, keys)
+
+    async def _forget_older(self, key: SeriesKey, window: int, keys: list[str]) -> None:
+        """Delete this node's entries no one reads any more: its windows before the one before
+        ``window`` (a threshold is the previous window's percentile) and the parts of an earlier
+        publish of ``window`` beyond this one's. Left to the bucket's TTL (2 h), a 5-minute series
+        kept 24 windows of every node's values: at 10M devices several GB a series, which every
+        node that starts reads through its watch. What a failed delete leaves, the TTL removes."""
+        assert self._kv is not None
+        mine = self._mine.setdefault(key, {})
+        stale = [old for earlier, held in mine.items() if earlier < window - 1 for old in held]
+        stale += [old for old in mine.get(window, []) if old not in keys]
+        self._mine[key] = {earlier: held for earlier, held in mine.items() if earlier >= window - 1}
+        self._mine[key][window] = keys
+        for old in stale:
+            try:
+                await self._kv.delete(old)  # type: ignore[attr-defined]
+            except (nats.errors.Error, OSError, TimeoutError) as error:
+                log.warning("fleet_statistics_not_deleted", key=old, error=repr(error))
 
     async def run(self, ended_windows: Callable[[float], list[tuple[SeriesKey, int, dict[str, float]]]],
                   period_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:

@@ -18,6 +18,7 @@ only the devices the batch observed, so a batch costs what it observes, not the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
@@ -38,12 +39,13 @@ class SharedWindows(Protocol):
     own partitions' devices). Chosen over a sketch: the fleet's percentile is then exactly the one
     box's, at the cost of sending each device's value once per window (cluster/fleet_statistics.py)."""
 
-    def others(self, key: SeriesKey, window: int) -> tuple[int, dict[str, float]]:
-        """(a version that changes whenever more values arrive, the other nodes' values by device)."""
+    def population(self, key: SeriesKey, window: int, own: Mapping[str, float]) -> tuple[int, np.ndarray]:
+        """(a version that changes whenever more values arrive, every device's value of the window:
+        ``own`` and the other nodes' devices not in it)."""
         ...
 
     def version(self, key: SeriesKey, window: int) -> int:
-        """The version ``others`` would give, without merging the values (asked at every evaluation)."""
+        """The version ``population`` would give, without merging the values (asked at every evaluation)."""
         ...
 
 
@@ -124,14 +126,14 @@ class FleetStatistics:
     def _compute(self, key: SeriesKey, series: _Series, statistic: str) -> None:
         """The threshold of ``series.threshold_window``: the percentile of the window before it,
         over this node's devices and (cluster mode) the other nodes' known so far."""
-        values = series.closed
         if self.shared is not None and series.threshold_window is not None:
-            series.shared_version, others = self.shared.others(key, series.threshold_window - 1)
-            values = {**others, **values}
-        if len(values) >= self.min_devices:
-            series.threshold = float(np.percentile(np.fromiter(values.values(), float),
-                                                   statistic_to_percent(statistic)))
-            series.population = len(values)
+            series.shared_version, population = self.shared.population(key, series.threshold_window - 1,
+                                                                       series.closed)
+        else:
+            population = np.fromiter(series.closed.values(), dtype=float, count=len(series.closed))
+        if len(population) >= self.min_devices:
+            series.threshold = float(np.percentile(population, statistic_to_percent(statistic)))
+            series.population = len(population)
         else:
             series.threshold = None
             series.population = 0
