@@ -9,6 +9,7 @@ a device cannot publish for another thing on either node.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,21 @@ def window() -> dict[str, dt.datetime]:
     return {"startTime": now - dt.timedelta(hours=1), "endTime": now + dt.timedelta(hours=1)}
 
 
+@contextlib.contextmanager
+def two_nodes(database_url: str, tmp_path: Path, args: list[str]) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+    """Two serve nodes with every role and ``args`` on one database, both ready (each once it owns
+    its share); stopped when the block ends."""
+    a = ServiceProcess(data_dir=tmp_path / "a", database_url=database_url, extra_args=args)
+    b = ServiceProcess(data_dir=tmp_path / "b", database_url=database_url, extra_args=args)
+    try:
+        start_together(a, b)
+        wait_for(lambda: ready(a) and ready(b), 20, "both nodes ready")
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()
+
+
 @pytest.fixture
 def hook():  # type: ignore[no-untyped-def]
     receiver = WebhookReceiver("hook-secret")
@@ -98,15 +115,8 @@ def pair(jetstream, postgres, hook, tmp_path: Path):  # type: ignore[no-untyped-
     subscriptions.write_text(json.dumps({TOPIC: [{"webhook": hook.url, "secret": "hook-secret"}]}))
     args = ["--cluster-url", jetstream.urls[0], "--report-min-interval", "0", "--alert-subscriptions",
             str(subscriptions), "--metrics-window", str(CLOUD_WINDOW_S)]
-    a = ServiceProcess(data_dir=tmp_path / "a", database_url=url, extra_args=args)
-    b = ServiceProcess(data_dir=tmp_path / "b", database_url=url, extra_args=args)
-    try:
-        start_together(a, b)  # each ready once it owns its share
-        wait_for(lambda: ready(a) and ready(b), 20, "both nodes ready")
-        yield a, b
-    finally:
-        b.stop()
-        a.stop()
+    with two_nodes(url, tmp_path, args) as nodes:
+        yield nodes
 
 
 def test_two_serve_nodes_share_detection_and_the_control_plane(pair):

@@ -18,9 +18,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from iotdefender.backtest.client import ExtensionClient
-from tests.e2e.test_cluster_serve import node_id, owned_by, ready
+from tests.e2e.test_cluster_serve import node_id, owned_by, two_nodes
 from tests.support.mqtt import Device, report, stop_network_loop
-from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess, start_together, wait_for
+from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess, wait_for
 
 SCALE = 30
 WINDOW = 300 / SCALE
@@ -187,15 +187,8 @@ def pair(jetstream, postgres, tmp_path):  # type: ignore[no-untyped-def]
     """Two serve nodes with every role, at time scale SCALE, on one nats-server and one database."""
     url = postgres.create_database(f"rw{time.time_ns()}")
     args = ["--cluster-url", jetstream.urls[0], "--report-min-interval", "0", "--time-scale", str(SCALE)]
-    a = ServiceProcess(data_dir=tmp_path / "a", database_url=url, extra_args=args)
-    b = ServiceProcess(data_dir=tmp_path / "b", database_url=url, extra_args=args)
-    try:
-        start_together(a, b)
-        wait_for(lambda: ready(a) and ready(b), 20, "both nodes ready")
-        yield a, b
-    finally:
-        b.stop()
-        a.stop()
+    with two_nodes(url, tmp_path, args) as nodes:
+        yield nodes
 
 
 def wait_for_window_start(window: float, room: float, after: float = 0.3) -> int:
