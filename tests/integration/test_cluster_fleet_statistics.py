@@ -108,3 +108,36 @@ def test_a_node_leaves_in_the_bucket_only_the_windows_still_read(jetstream):
             await client.close()
 
     asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_a_window_whose_publish_failed_is_published_at_the_next_try(jetstream):
+    """A node's values count for the others only once its whole publish arrived, so a publish that
+    failed (here: the bucket is gone for a moment) is tried again each period until it goes through."""
+    async def go() -> None:
+        nc = await nats.connect(servers=jetstream.urls)
+        js = nc.jetstream()
+        a = KvSharedWindows("a")
+        await a.start(js, 1)
+        config = (await js.stream_info(f"KV_{BUCKET}")).config
+        await js.delete_key_value(BUCKET)
+        values = {f"device-{n}": float(n) for n in range(10)}
+        handed = [[(KEY, 5, values)]]  # the engine hands each ended window out once
+
+        def ended(now: float) -> list:
+            return handed.pop() if handed else []
+
+        runner = asyncio.create_task(a.run(ended, period_s=0.1))
+        await asyncio.sleep(0.6)  # a few tries fail
+        assert not handed and not runner.done()
+        await js.add_stream(config)  # the bucket is back
+        late = KvSharedWindows("c")
+        nc_late = await nats.connect(servers=jetstream.urls)
+        await late.start(nc_late.jetstream(), 1)
+        await _until(lambda: late.others(KEY, 5)[1] == values, 5)
+        runner.cancel()
+        for shared in (a, late):
+            await shared.stop()
+        for client in (nc, nc_late):
+            await client.close()
+
+    asyncio.run(asyncio.wait_for(go(), 30))

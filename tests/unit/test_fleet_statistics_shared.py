@@ -146,3 +146,41 @@ def test_the_population_grown_publish_by_publish_is_the_merge_of_every_nodes_val
                 version, population = shared.population(KEY, 7, own)
                 assert version == shared.version(KEY, 7)
                 assert sorted(population.tolist()) == sorted(expected.values()), trial
+
+
+def test_the_population_is_the_plain_merge_whatever_arrives_in_whatever_order():
+    """Parts of several publishes interleaved, delivered twice, late, entries of the release before
+    (generation 0, one part) and this node's own values asked again or anew: ``population`` is
+    always what ``others`` merges plainly, overridden by the node's own values, at the same version."""
+    for trial in range(1500):
+        rng = random.Random(trial)
+        shared = KvSharedWindows("me")
+        devices = [f"d{i}" for i in range(rng.randint(1, 15))]
+        undelivered: list[WindowValues] = []
+        generation = 0
+        own: dict[str, float] = {}
+        for _ in range(rng.randint(1, 40)):
+            draw = rng.random()
+            if draw < 0.3:
+                node = rng.choice(["a", "b", "c", "me"])
+                items = [(device, float(rng.randint(1, 9)))
+                         for device in rng.sample(devices, rng.randint(0, len(devices)))]
+                if rng.random() < 0.1:
+                    release_before, parts = True, 1
+                else:
+                    generation += 1
+                    release_before, parts = False, rng.randint(1, 3)
+                undelivered += [WindowValues(KEY[0], KEY[1], 7, node, dict(items[part::parts]), part, parts,
+                                             0 if release_before else generation) for part in range(parts)]
+            elif draw < 0.8 and undelivered:
+                message = undelivered.pop(rng.randrange(len(undelivered)))
+                shared.received(message)
+                if rng.random() < 0.2:
+                    undelivered.append(message)  # delivered again later
+            else:
+                if rng.random() < 0.3:
+                    own = {device: rng.choice([10.0, 20.0]) for device in rng.sample(devices, rng.randint(0, len(devices)))}
+                version, population = shared.population(KEY, 7, own)
+                plain_version, others = shared.others(KEY, 7)
+                assert version == plain_version == shared.version(KEY, 7), trial
+                assert sorted(population.tolist()) == sorted({**others, **own}.values()), trial

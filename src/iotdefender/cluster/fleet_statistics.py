@@ -4,8 +4,9 @@ A ``statisticalThreshold`` behavior's threshold is a percentile of the previous 
 value of every device the profile monitors (engine/statistics.py). In a cluster each detect node
 holds its own partitions' devices, so each node publishes, once a window of a series has ended,
 its devices' values of that window to the NATS KV bucket ``iotdefender_stats`` (key
-``s.<series digest>.<window>.<node>``), and watches the bucket: ``others`` gives the engine the
-other nodes' values, and the engine recomputes the threshold whenever more arrive (a version).
+``s.<series digest>.<window>.<node>``), and watches the bucket: ``population`` gives the engine
+every device's value of a window, and the engine recomputes the threshold whenever another node's
+values arrive whole (a version).
 
 Exact, not approximated: the union of the nodes' values is the one box's population (a device is
 in one partition), so once every node has published, every node computes the single box's
@@ -19,7 +20,8 @@ A node's values of one window go in one KV entry while they fit in a NATS messag
 beyond (``part`` of ``parts``; part 0 at the one entry's key, the others at ``.<part>`` after it).
 Before the parts, a node of a 10M fleet's sizing (300,000-450,000 devices) could not publish at
 all, so every other node's threshold left its devices out. Each part carries its publish's
-``generation``: a receiver keeps the latest publish's parts only. A node of the release before
+``generation``: a receiver counts a node's latest publish whose parts all arrived, never a mix of
+two publishes. A node of the release before
 reads a one-part entry as before (it ignores the new fields) and parts as the node's whole values
 (it keeps the last part it read), where it got nothing before.
 """
@@ -90,9 +92,6 @@ class _Complete(NamedTuple):
     values: np.ndarray
 
 
-_NOT_PUBLISHED = _Complete(-1, [], np.empty(0))
-
-
 class _Window:
     """Every node's publishes of one series' window, as received (event loop) and read (detection thread).
 
@@ -104,7 +103,8 @@ class _Window:
     def __init__(self) -> None:
         self.complete: dict[str, _Complete] = {}  # replaced on change (copy on write), never mutated
         self.arriving: dict[str, _Arriving] = {}
-        self.version = 0
+        self.version = 0  # from one counter for all windows: a window dropped and received again never repeats one
+        self.received_at = 0.0  # monotonic
 
 
 class _Merged:
@@ -117,7 +117,7 @@ class _Merged:
     """
 
     def __init__(self) -> None:
-        self.included: dict[str, int] = {}  # node -> generation added
+        self.included: dict[str, _Complete] = {}  # node -> the publish added (a publish received again is another)
         self._index: dict[str, int] = {}  # device -> its position in the concatenated values
         self._names: list[list[str]] = []  # each added publish's devices, in the order added
         self._chunks: list[np.ndarray] = []  # and their values
@@ -132,16 +132,15 @@ class _Merged:
 
     def add(self, node: str, published: _Complete) -> None:
         index = self._index
-        before = len(index)
+        repeated = index.keys() & published.names  # devices that moved from an earlier node: where they were
+        if repeated:
+            self._dead.extend(index[name] for name in repeated)
         index.update(zip(published.names, itertools.count(self._size)))
         self._names.append(published.names)
         self._chunks.append(published.values)
         self._size += len(published.names)
-        self.included[node] = published.generation
+        self.included[node] = published
         self._live = None
-        if len(index) - before != len(published.names):  # a device of an earlier node's (rare): where it was
-            self._dead = [position for position, name in enumerate(itertools.chain.from_iterable(self._names))
-                          if index[name] != position]
 
     def without(self, own: Mapping[str, float]) -> np.ndarray:
         """The values of the devices not in ``own`` (this node's own values win). ``own`` is the
@@ -185,6 +184,7 @@ class KvSharedWindows:
         self._max_bytes = max_bytes
         self._windows: dict[tuple[SeriesKey, int], _Window] = {}  # changed by the event loop
         self._merged: dict[tuple[SeriesKey, int], _Merged] = {}  # the detection thread's
+        self._versions = itertools.count(1)
         # This node's keys in the bucket, per series and window, to delete what no one reads any more.
         self._mine: dict[SeriesKey, dict[int, list[str]]] = {}
         self._kv: object | None = None
@@ -194,7 +194,8 @@ class KvSharedWindows:
     # -- the engine's side (detection thread) ------------------------------------------------------
     def population(self, key: SeriesKey, window: int, own: Mapping[str, float]) -> tuple[int, np.ndarray]:
         """(version, the values of every device of the window: ``own``, and the other nodes' devices
-        not in it). Costs the publishes that arrived since the last call, plus ``own``."""
+        not in it). Merging costs the publishes that arrived whole since the last call (all of them
+        again after a node published the window anew); the values returned are a new array."""
         slot = (key, window)
         found = self._windows.get(slot)
         # The version first: a publish completed while these are merged moves it past the one
@@ -204,15 +205,14 @@ class KvSharedWindows:
         complete = found.complete if found is not None else {}
         others = {node: published for node, published in complete.items() if node != self._node}
         merged = self._merged.get(slot)
-        if merged is None or any(others.get(node, _NOT_PUBLISHED).generation != generation
-                                 for node, generation in merged.included.items()):
+        if merged is None or any(others.get(node) is not published for node, published in merged.included.items()):
             merged = _Merged()  # a node published the window again: its earlier values go
         for node, published in others.items():
             if node not in merged.included:
                 merged.add(node, published)
         self._merged[slot] = merged
-        for old in [s for s in self._merged if s[0] == key and s[1] < window - 2]:
-            del self._merged[old]
+        for old in [s for s in self._merged if s != slot and ((s[0] == key and s[1] < window) or s not in self._windows)]:
+            del self._merged[old]  # the engine asks for the window before its current one only
         mine = np.fromiter(own.values(), dtype=float, count=len(own))
         return version, np.concatenate([merged.without(own), mine])
 
@@ -222,20 +222,26 @@ class KvSharedWindows:
         found = self._windows.get((key, window))
         if found is None:
             return 0, {}
+        version, complete = found.version, found.complete  # the version first, as in ``population``
         merged: dict[str, float] = {}
-        for node, published in found.complete.items():
+        for node, published in complete.items():
             if node != self._node:
                 merged.update(zip(published.names, published.values.tolist()))
-        return found.version, merged
+        return version, merged
 
     def version(self, key: SeriesKey, window: int) -> int:
         found = self._windows.get((key, window))
         return found.version if found is not None else 0
 
-    def received(self, message: WindowValues) -> None:
-        """A part of another node's (or this node's, which ``population`` leaves out) values of one window."""
+    def received(self, message: WindowValues, now: float | None = None) -> None:
+        """A part of another node's values of one window (this node's own, read back, are skipped:
+        the engine has them)."""
+        if message.node == self._node:
+            return
+        now = time.monotonic() if now is None else now
         slot = ((message.profile, message.behavior), message.window)
         window = self._windows.setdefault(slot, _Window())
+        window.received_at = now
         generation = message.generation
         whole, arriving = window.complete.get(message.node), window.arriving.get(message.node)
         if generation and ((whole is not None and whole.generation >= generation)
@@ -254,12 +260,13 @@ class KvSharedWindows:
             complete[message.node] = _Complete(generation, names, values)
             window.complete = complete
             window.arriving = {node: held for node, held in window.arriving.items() if node != message.node}
-            window.version += 1
+            window.version = next(self._versions)
         else:
             window.arriving = {**window.arriving, message.node: _Arriving(generation, parts)}
         newest = message.window
-        for old in [s for s in self._windows if s[0] == slot[0] and s[1] < newest - 2]:
-            self._windows.pop(old, None)
+        for old in [s for s, held in self._windows.items()
+                    if (s[0] == slot[0] and s[1] < newest - 2) or now - held.received_at > TTL_S]:
+            self._windows.pop(old, None)  # windows read no more, and series no longer published (a deleted behavior)
 
     # -- NATS -------------------------------------------------------------------------------------
     async def start(self, js: JetStreamContext, replicas: int) -> None:
@@ -300,39 +307,47 @@ class KvSharedWindows:
         chunks = [chunk for chunk, _ in fitting(list(values.items()), encoded, self._max_bytes)]
         entry = f"s.{_digest(key)}.{window}.{_token(self._node)}"
         keys = [entry if part == 0 else f"{entry}.{part}" for part in range(len(chunks))]
+        stale = self._superseded(key, window, keys)
         for part, (entry_key, chunk) in enumerate(zip(keys, chunks)):  # encoded again: each part says how many
             await self._kv.put(entry_key, encoded(chunk, part, len(chunks)))  # type: ignore[attr-defined]
-        await self._forget_older(key, window, keys)
-
-    async def _forget_older(self, key: SeriesKey, window: int, keys: list[str]) -> None:
-        """Delete this node's entries no one reads any more: its windows before the one before
-        ``window`` (a threshold is the previous window's percentile) and the parts of an earlier
-        publish of ``window`` beyond this one's. Left to the bucket's TTL (2 h), a 5-minute series
-        kept 24 windows of every node's values: at 10M devices several GB a series, which every
-        node that starts reads through its watch. What a failed delete leaves, the TTL removes."""
-        assert self._kv is not None
-        mine = self._mine.setdefault(key, {})
-        stale = [old for earlier, held in mine.items() if earlier < window - 1 for old in held]
-        stale += [old for old in mine.get(window, []) if old not in keys]
-        self._mine[key] = {earlier: held for earlier, held in mine.items() if earlier >= window - 1}
-        self._mine[key][window] = keys
         for old in stale:
             try:
                 await self._kv.delete(old)  # type: ignore[attr-defined]
             except (nats.errors.Error, OSError, TimeoutError) as error:
                 log.warning("fleet_statistics_not_deleted", key=old, error=repr(error))
 
+    def _superseded(self, key: SeriesKey, window: int, keys: list[str]) -> list[str]:
+        """This node's entries no one reads once ``keys`` (window ``window``) are put: its windows
+        before the one before (a threshold is the previous window's percentile) and the parts of an
+        earlier publish of ``window`` beyond this one's; ``keys`` are recorded first, so a publish
+        cut short is deleted in turn. Left to the bucket's TTL (2 h), a 5-minute series kept 24
+        windows of every node's values: at 10M devices several GB a series, which every node that
+        starts reads through its watch. What a failed delete or a restart leaves, the TTL removes."""
+        mine = self._mine.setdefault(key, {})
+        stale = [old for earlier, held in mine.items() if earlier < window - 1 for old in held]
+        stale += [old for old in mine.get(window, []) if old not in keys]
+        self._mine[key] = {earlier: held for earlier, held in mine.items() if earlier >= window - 1}
+        self._mine[key][window] = keys
+        return stale
+
     async def run(self, ended_windows: Callable[[float], list[tuple[SeriesKey, int, dict[str, float]]]],
                   period_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
         """Hand this node's ended windows (``DetectionService.ended_statistics``) to the others,
         every ``period_s``, forever."""
+        failed: dict[SeriesKey, tuple[int, dict[str, float]]] = {}  # a series' latest window not published
         while True:
             await asyncio.sleep(period_s)
             ended = await anyio.to_thread.run_sync(ended_windows, clock())
             for key, window, values in ended:
+                if key not in failed or failed[key][0] <= window:
+                    failed[key] = (window, values)  # a later window's values replace an earlier one's
+            for key, (window, values) in list(failed.items()):
                 try:
                     await self.publish(key, window, values)
+                    del failed[key]
                 except (nats.errors.Error, OSError, TimeoutError) as error:
+                    # Tried again next period: a node's values count only once its publish is whole,
+                    # so a publish cut short would leave all of them out of every other node's threshold.
                     log.warning("fleet_statistics_unpublished", profile=key[0], behavior=key[1], window=window,
                                 error=repr(error))
 

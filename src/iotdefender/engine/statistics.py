@@ -40,8 +40,8 @@ class SharedWindows(Protocol):
     box's, at the cost of sending each device's value once per window (cluster/fleet_statistics.py)."""
 
     def population(self, key: SeriesKey, window: int, own: Mapping[str, float]) -> tuple[int, np.ndarray]:
-        """(a version that changes whenever more values arrive, every device's value of the window:
-        ``own`` and the other nodes' devices not in it)."""
+        """(a version that changes whenever another node's values of the window arrive whole, every
+        device's value of the window: ``own`` and the other nodes' devices not in it)."""
         ...
 
     def version(self, key: SeriesKey, window: int) -> int:
