@@ -88,3 +88,35 @@ def test_a_fleet_window_is_stored_in_transactions_of_at_most_the_batch_limit(tmp
     now[0] = 1001.5
     assert cloud.close_due() == devices
     assert store.sizes == [BATCH_MAX, BATCH_MAX, 5]
+
+
+def test_a_window_close_asks_the_registry_in_a_few_statements_whatever_the_fleet(tmp_path):
+    """Every registered device gets its window's datapoints (an idle one its 0). The registry's
+    facts of devices the monitoring cache has not seen since the last change of the control plane
+    were asked one device at a time (a connection and two queries each: at a fleet's size, longer
+    than the window), and the registry was read whole, attributes and all, in pages."""
+    import sqlalchemy as sa
+
+    now = [1000.2]
+    api, _, cloud = cloud_metrics(tmp_path, lambda store: store, lambda: now[0])
+    registered = 400
+    for n in range(registered):
+        api.invoke("CreateThing", {"thingName": f"idle-{n:03d}", "attributePayload": {"attributes": {"site": "x"}}})
+    for client in ("busy-1", "busy-2"):
+        cloud.connect_attempt(client, "10.0.0.1", True)
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(api.context.engine, "before_cursor_execute", count)
+    try:
+        now[0] = 1001.5
+        assert cloud.close_due() == registered + 2
+    finally:
+        sa.event.remove(api.context.engine, "before_cursor_execute", count)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(reads) < 20, f"{len(reads)} reads for {registered} devices"  # 3 here, 803 before
+    out = api.invoke("ListMetricValues", {"thingName": "idle-007", "metricName": "aws:num-connection-attempts",
+                                          "startTime": 0, "endTime": 10**10})
+    assert [d["value"] for d in out["metricDatumList"]] == [{"count": 0}]

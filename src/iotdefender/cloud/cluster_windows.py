@@ -907,14 +907,18 @@ class WindowCollector:
         closed: dict[int, int] = {}  # partition -> the last window closed for it here
         changes: dict[str, float | None] = {}  # the devices' connections at the end of those windows
         try:
+            monitored = self.cloud.monitored() if closings else set()  # the registry read once for them all
             for window, partitions, clients, incomplete, whole in closings:
                 for thing, part in clients.items():
                     aggregator.add_window(window, thing, part)  # what it says of the device's connection
+                monitored |= clients.keys()  # seen now (``aggregator.seen`` has them too)
                 taken = aggregator.take(window)
-                done += self.cloud.close_window(window, taken, owns=self._among(partitions - incomplete))
+                done += self.cloud.close_window(window, taken, owns=self._among(partitions - incomplete),
+                                                monitored=monitored)
                 if incomplete:
                     done += self.cloud.close_window(window, {t: p for t, p in taken.items() if t in whole},
-                                                    owns=self._among(incomplete), seen_only=True)
+                                                    owns=self._among(incomplete), seen_only=True,
+                                                    monitored=monitored)
                 closed.update(dict.fromkeys(partitions, window))
                 changes.update(connection_changes(clients))
         finally:

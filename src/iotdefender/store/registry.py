@@ -37,6 +37,12 @@ def scan_things(conn: Connection, after: str | None, thing_type_name: str | None
     return scan_rows(conn, query, things.c.name, after)
 
 
+def thing_names(conn: Connection) -> set[str]:
+    """Every registered thing's name: one statement of the names only, streamed (a server-side
+    cursor on PostgreSQL), where ``scan_things`` reads whole rows (attributes included) in pages."""
+    return set(conn.execution_options(yield_per=10_000).execute(sa.select(things.c.name)).scalars())
+
+
 def get_group(conn: Connection, name: str) -> dict[str, Any] | None:
     return get_by_name(conn, thing_groups, name)
 
