@@ -27,13 +27,12 @@ import hashlib
 from collections.abc import Mapping
 
 import nats.errors
-import nats.js.errors
 import orjson
 import structlog
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from iotdefender.cluster.ownership import bucket_keys
+from iotdefender.cluster.ownership import bucket_entries, bucket_keys
 from iotdefender.cluster.topology import Topology
 from iotdefender.settings import Settings
 
@@ -107,16 +106,11 @@ class SharedSettings:
 
     async def others(self) -> dict[str, list[str]]:
         """{node: what differs} for every live node whose values differ from this node's."""
-        kv = await self._bucket()
-        peers: dict[str, dict[str, object]] = {}
-        for node in await bucket_keys(kv):
-            if node == self._node_id:
-                continue
-            try:
-                entry = await kv.get(node)
-            except nats.js.errors.NotFoundError:  # expired (or deleted) between the listing and the read
-                continue
-            peers[node] = orjson.loads(entry.value or b"{}")
+        # The entries with their values in one listing: a read per node after listing the keys
+        # made every node ask the bucket's leader once per other node each tick (N x N requests a
+        # second across the cluster, one after the other on each node's event loop).
+        entries = await bucket_entries(await self._bucket())
+        peers = {node: orjson.loads(value or b"{}") for node, value in entries.items() if node != self._node_id}
         self._peers = peers
         found: dict[str, list[str]] = {}
         for node, theirs in peers.items():
