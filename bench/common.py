@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import signal
+import subprocess
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -50,3 +53,29 @@ def report(result: dict[str, Any], output: Path | None, hidden: tuple[str, ...] 
     if output:
         output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in hidden}))
+
+
+def run_in_tree(tree: Path, script: str, arguments: list[str]) -> dict[str, Any]:
+    """Run ``script --worker ARGUMENTS`` in a fresh process with ``tree``'s ``src`` first on the path
+    (another tree than this one: the code before a change, say); its last line of output is JSON."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=f"{tree.resolve() / 'src'}{os.pathsep}{root}")
+    done = subprocess.run([sys.executable, script, "--worker", *arguments], env=env, check=True,
+                          capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def tree_revision(tree: Path) -> str:
+    """The tree's commit, and whether its ``src`` differs from it."""
+    def git(*arguments: str) -> str:
+        return subprocess.run(["git", "-C", str(tree), *arguments], capture_output=True, text=True).stdout.strip()
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted" if git("status", "--porcelain", "src") else "")
+
+
+def tree_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
+    """The arguments of a benchmark whose trees take turns (``run_in_tree``): the trees, the
+    repeats, the output file, and the worker's own (hidden)."""
+    parser.add_argument("--trees", type=Path, nargs="+", default=[Path(__file__).resolve().parents[1]])
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)

@@ -25,13 +25,15 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import environment, report, run_in_tree, tree_arguments, tree_revision  # noqa: E402
 KEY = ("fleet", "bytes-out")
 WINDOW_S = 300.0
 
@@ -130,22 +132,12 @@ async def bucket(url: str, devices: int, windows: int) -> dict[str, Any]:
     return result
 
 
-def run_worker(tree: Path, arguments: list[str]) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=f"{tree.resolve() / 'src'}{os.pathsep}{ROOT}")
-    done = subprocess.run([sys.executable, __file__, "--worker", *arguments], env=env, check=True,
-                          capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trees", type=Path, nargs="+", default=[ROOT])
     parser.add_argument("--sizes", nargs="+", default=["1000000:4", "2000000:8"], help="fleet:detect nodes")
     parser.add_argument("--bucket-devices", type=int, default=300_000)
     parser.add_argument("--windows", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", type=Path)
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    tree_arguments(parser, repeats=3)
     args = parser.parse_args()
     if args.worker:
         kind, *rest = args.worker
@@ -155,8 +147,6 @@ def main() -> None:
             print(json.dumps(asyncio.run(bucket(rest[0], int(rest[1]), int(rest[2])))))
         return
 
-    sys.path.insert(0, str(ROOT))
-    from bench.common import environment, report
     from tests.support.jetstream import SingleJetStream
 
     trees = {str(tree): tree for tree in args.trees}
@@ -165,7 +155,7 @@ def main() -> None:
         fleet, nodes = size.split(":")
         for _ in range(args.repeats):
             for name, tree in trees.items():
-                measured = run_worker(tree, ["detection", fleet, nodes])
+                measured = run_in_tree(tree, __file__, ["detection", fleet, nodes])
                 runs[name]["detection"].setdefault(size, []).append(measured)
                 print(name, measured, file=sys.stderr, flush=True)
     server = SingleJetStream()
@@ -173,7 +163,7 @@ def main() -> None:
     try:
         for _ in range(args.repeats):
             for name, tree in trees.items():
-                measured = run_worker(tree, ["bucket", server.urls[0], str(args.bucket_devices), str(args.windows)])
+                measured = run_in_tree(tree, __file__, ["bucket", server.urls[0], str(args.bucket_devices), str(args.windows)])
                 runs[name]["bucket"].append(measured)
                 print(name, measured, file=sys.stderr, flush=True)
     finally:
@@ -189,12 +179,7 @@ def main() -> None:
                        for field in ("bucket_bytes", "bucket_messages", "late_node_newest_window_whole_s",
                                      "late_node_cpu_s", "publish_all_s")}}
     report({"machine": environment(), "command": " ".join(sys.argv), "load_average": list(os.getloadavg()[:2]),
-            "trees": {name: subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-                                           capture_output=True, text=True).stdout.strip() + (
-                                               " + uncommitted" if subprocess.run(
-                                                   ["git", "-C", str(tree), "status", "--porcelain", "src"],
-                                                   capture_output=True, text=True).stdout.strip() else "")
-                      for name, tree in trees.items()},
+            "trees": {name: tree_revision(tree) for name, tree in trees.items()},
             "summary": summary, "runs": runs}, args.output)
 
 
