@@ -26,6 +26,9 @@ from iotdefender.cancellation import cancel_and_wait
 
 log = structlog.get_logger("iotdefender.cloud.nats")
 
+#: Open connections asked for per /connz request (nats-server pages them, 1,024 by default).
+CONNZ_PAGE = 10_000
+
 SUBJECTS = ("$SYS.ACCOUNT.*.CONNECT", "$SYS.ACCOUNT.*.DISCONNECT", "$SYS.SERVER.*.CLIENT.AUTH.ERR")
 
 
@@ -39,11 +42,12 @@ class _Connection:
 
 class NatsEventReader:
     def __init__(self, events_url: str, monitor_url: str, sink: Any, poll_s: float = 1.0,
-                 ignore: Container[str] = frozenset()) -> None:
+                 ignore: Container[str] = frozenset(), connz_page: int = CONNZ_PAGE) -> None:
         self._events_url = events_url
         self._monitor = monitor_url.rstrip("/")
         self._sink = sink
         self._poll_s = poll_s
+        self._connz_page = connz_page
         self._ignore = ignore
         self._connections: dict[int, _Connection] = {}
         self._nc: Any = None
@@ -115,11 +119,22 @@ class NatsEventReader:
         while True:
             await asyncio.sleep(self._poll_s)
             try:
-                response = await self._http.get(f"{self._monitor}/connz", params={"state": "open", "limit": 100000})
-                for connection in response.json().get("connections") or []:
-                    known = self._connections.get(connection.get("cid"))
-                    if known is not None:
-                        self._count(known, connection.get("in_msgs", 0), connection.get("in_bytes", 0),
-                                    connection.get("out_msgs", 0))
+                offset = 0
+                while True:  # in pages: one request of at most 100,000 left the connections beyond uncounted
+                    response = await self._http.get(f"{self._monitor}/connz", params={
+                        "state": "open", "offset": offset, "limit": self._connz_page})
+                    page = orjson.loads(response.content)
+                    connections = page.get("connections") or []
+                    for connection in connections:
+                        known = self._connections.get(connection.get("cid"))
+                        if known is not None:
+                            self._count(known, connection.get("in_msgs", 0), connection.get("in_bytes", 0),
+                                        connection.get("out_msgs", 0))
+                    # Connections that open or close between pages shift the rest: one may be read
+                    # twice (its counters moved by 0 the second time) or wait for the next poll
+                    # (they are cumulative, so nothing is lost).
+                    offset += len(connections)
+                    if not connections or offset >= page.get("total", 0):
+                        break
             except Exception:
                 log.warning("nats_connz_poll_failed", exc_info=True)
