@@ -82,6 +82,7 @@ from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.transaction_metrics import TransactionObserver, observe, timed
 from iotdefender.store.availability import log_unless_outage
 from iotdefender.store import disconnections
+from iotdefender.store.partition_selection import PartitionSelection
 from iotdefender.store.database import writing
 
 log = structlog.get_logger("iotdefender.cloud")
@@ -910,7 +911,9 @@ class WindowCollector:
         closed: dict[int, int] = {}  # partition -> the last window closed for it here
         changes: dict[str, float | None] = {}  # the devices' connections at the end of those windows
         try:
-            monitored = self.cloud.monitored() if closings else set()  # the registry read once for them all
+            # The registry read once for them all, for their partitions only.
+            monitored = (self.cloud.monitored(PartitionSelection(frozenset().union(*(c[1] for c in closings)),
+                                                                 self._partition)) if closings else set())
             for window, partitions, clients, incomplete, whole in closings:
                 for thing, part in clients.items():
                     aggregator.add_window(window, thing, part)  # what it says of the device's connection

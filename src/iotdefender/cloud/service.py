@@ -37,11 +37,15 @@ from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import disconnections, open_windows, registry
 from iotdefender.store.availability import log_unless_outage
 from iotdefender.store.database import writing
+from iotdefender.store.partition_selection import PartitionSelection
 
 log = structlog.get_logger("iotdefender.cloud")
 
 _EVENT_TYPES = ("connect", "authorization-failure", "disconnect", "publish", "deliver")
 MAX_INTAKE_EVENTS = 10_000
+#: Things given their partition per round of closing (cluster mode): a fleet registered before the
+#: registry kept partitions is done in rounds (10M: ~100 windows), reads staying complete meanwhile.
+PARTITIONS_RECORDED_PER_ROUND = 100_000
 
 
 class CloudEventIntake:
@@ -182,13 +186,18 @@ class CloudMetricsService(CloudEventIntake):
             except Exception as error:
                 log_unless_outage(log, "cloud_window_failed", error)
 
-    def monitored(self) -> set[str]:
-        """The devices a window gives datapoints: every registered thing (an idle one gets its 0)
-        and every client seen. Read once per round of closing and handed to ``close_window``: at a
-        10M fleet the registry is 10M names, which each window and each of its calls read before
-        (whole rows, in pages)."""
+    def monitored(self, selection: PartitionSelection | None = None) -> set[str]:
+        """The devices a window gives datapoints: every registered thing (an idle one gets its 0),
+        or those of ``selection``'s partitions (a cluster's detect node), and every client seen.
+        Read once per round of closing and handed to ``close_window``: at a 10M fleet the registry
+        is 10M names, which each window and each of its calls read before (whole rows, in pages).
+        With ``selection``, the partitions of things registered since are recorded first, a bounded
+        number a round, so each node reads its share of the registry only."""
+        if selection is not None:
+            with writing(self._engine) as conn:
+                registry.record_partitions(conn, selection.partition_of, PARTITIONS_RECORDED_PER_ROUND)
         with self._engine.connect() as conn:
-            monitored = registry.thing_names(conn)
+            monitored = registry.thing_names(conn, selection)
         monitored |= self.aggregator.seen
         return monitored
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from iotdefender.store.pagination import scan_rows
+from iotdefender.store.partition_selection import PartitionSelection
 from iotdefender.store.rows import get_by_name, name_among, names_in_chunks, update_versioned
 from iotdefender.store.schema import thing_group_members, thing_groups, things
 
@@ -37,10 +38,29 @@ def scan_things(conn: Connection, after: str | None, thing_type_name: str | None
     return scan_rows(conn, query, things.c.name, after)
 
 
-def thing_names(conn: Connection) -> set[str]:
-    """Every registered thing's name: one statement of the names only, streamed (a server-side
-    cursor on PostgreSQL), where ``scan_things`` reads whole rows (attributes included) in pages."""
-    return set(conn.execution_options(yield_per=10_000).execute(sa.select(things.c.name)).scalars())
+def thing_names(conn: Connection, selection: PartitionSelection | None = None) -> set[str]:
+    """Every registered thing's name, or (``selection``) those of some partitions: one statement of
+    the names only, streamed (a server-side cursor on PostgreSQL), where ``scan_things`` reads
+    whole rows (attributes included) in pages. Things whose partition is not recorded yet are
+    read too and picked by name."""
+    if selection is None:
+        return set(conn.execution_options(yield_per=10_000).execute(sa.select(things.c.name)).scalars())
+    rows = conn.execution_options(yield_per=10_000).execute(
+        sa.select(things.c.name, things.c.partition).where(selection.where(things.c.partition)))
+    return {name for name, partition in rows if partition is not None or selection(name)}
+
+
+def record_partitions(conn: Connection, partition_of: Callable[[str], int], limit: int) -> int:
+    """Record the partition of at most ``limit`` things that have none (registered since the last
+    time, by any node); returns how many. In name order, so two nodes doing it at once wait for
+    each other rather than deadlock."""
+    names = list(conn.execute(sa.select(things.c.name).where(things.c.partition.is_(None))
+                              .order_by(things.c.name).limit(limit)).scalars())
+    if names:
+        conn.execute(things.update().where(things.c.name == sa.bindparam("k_name"), things.c.partition.is_(None))
+                     .values(partition=sa.bindparam("k_partition")),
+                     [{"k_name": name, "k_partition": partition_of(name)} for name in names])
+    return len(names)
 
 
 def get_group(conn: Connection, name: str) -> dict[str, Any] | None:

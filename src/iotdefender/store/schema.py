@@ -96,6 +96,11 @@ things = sa.Table(
     sa.Column("attributes", sa.JSON, nullable=False),
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Column("creation_date", EPOCH, nullable=False),
+    # Cluster mode: the thing's partition (cluster/partitions.py), filled in by the detect nodes
+    # closing cloud-side windows (registry.record_partitions), so each reads its partitions'
+    # registered names only. NULL until then (and on the single box): read by all, picked by name.
+    sa.Column("partition", sa.Integer, nullable=True),
+    sa.Index("ix_things_partition", "partition"),
 )
 
 thing_groups = sa.Table(
