@@ -27,8 +27,9 @@ class Dispatcher:
     def __init__(self, context: ServiceContext, implementations: Mapping[str, Implementation],
                  after_change: Callable[[], None],
                  after_write: Callable[[str, Params], None] | None = None) -> None:
-        """``after_change`` runs after every successful write (a non-GET operation), so caches of
-        the control plane (which profiles monitor a thing) stay exact; ``after_write`` then gets
+        """``after_change`` runs after every successful write (a non-GET operation) that changes
+        what detection reads (``Implementation.changes_monitoring``), so caches of the control
+        plane (which profiles monitor a thing) stay exact; ``after_write`` then gets
         the operation's name and input (warnings about what was written, in the log)."""
         self.context = context
         self._implementations = implementations
@@ -54,7 +55,8 @@ class Dispatcher:
         handler = functools.partial(implementation.handler, **extra) if extra else implementation.handler
         output = self._run(handler, params)
         if operation.http.get("method") != "GET":
-            self._after_change()
+            if implementation.changes_monitoring:
+                self._after_change()
             if self._after_write is not None:
                 self._after_write(operation.name, params)
         return output

@@ -29,6 +29,12 @@ class Implementation:
 
     handler: Handler
     checks_constraints: bool = False
+    #: False for a write that changes nothing detection reads (profiles, their targets, the
+    #: registry and groups, custom metrics, dimensions): no cache is dropped and no sweep runs
+    #: after it. The console's behavior builder validates as an operator types, and a bulk
+    #: verification writes a hundred at once: each made every alarm be swept under the detection
+    #: lock and every process drop its control-plane snapshot.
+    changes_monitoring: bool = True
 
 
 class OperationTable:
@@ -37,13 +43,14 @@ class OperationTable:
     def __init__(self) -> None:
         self.implementations: dict[str, Implementation] = {}
 
-    def __call__(self, name: str, *, checks_constraints: bool = False) -> Callable[[H], H]:
+    def __call__(self, name: str, *, checks_constraints: bool = False,
+                 changes_monitoring: bool = True) -> Callable[[H], H]:
         """Declare the decorated function as the implementation of the model operation ``name``."""
 
         def register(fn: H) -> H:
             if name in self.implementations:
                 raise RuntimeError(f"operation {name} declared twice")
-            self.implementations[name] = Implementation(fn, checks_constraints)
+            self.implementations[name] = Implementation(fn, checks_constraints, changes_monitoring)
             return fn
 
         return register

@@ -176,7 +176,7 @@ def list_security_profiles(ctx: ServiceContext, params: Params) -> Params:
     }
 
 
-@operation("ValidateSecurityProfileBehaviors", checks_constraints=True)
+@operation("ValidateSecurityProfileBehaviors", checks_constraints=True, changes_monitoring=False)
 def validate_security_profile_behaviors(ctx: ServiceContext, params: Params) -> Params:
     behavior_shape = service_model().shape_for("Behavior")
     problems = [problem for behavior in params["behaviors"] for problem in behavior_problems(behavior_shape, behavior)]

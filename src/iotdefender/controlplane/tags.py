@@ -29,7 +29,7 @@ def _require_resource(ctx: ServiceContext, conn: Any, arn: str) -> None:
         raise not_found(f"Resource {arn} does not exist or is not taggable")
 
 
-@operation("TagResource")
+@operation("TagResource", changes_monitoring=False)
 def tag_resource(ctx: ServiceContext, params: Params) -> Params:
     arn = params["resourceArn"]
     refuse_reserved(tag["Key"] for tag in params["tags"])
@@ -41,7 +41,7 @@ def tag_resource(ctx: ServiceContext, params: Params) -> Params:
     return {}
 
 
-@operation("UntagResource")
+@operation("UntagResource", changes_monitoring=False)
 def untag_resource(ctx: ServiceContext, params: Params) -> Params:
     arn = params["resourceArn"]
     refuse_reserved(params["tagKeys"])

@@ -97,7 +97,7 @@ def list_violation_events(ctx: ServiceContext, params: Params, behavior_name: st
     }
 
 
-@operation("PutVerificationStateOnViolation")
+@operation("PutVerificationStateOnViolation", changes_monitoring=False)
 def put_verification_state_on_violation(ctx: ServiceContext, params: Params) -> Params:
     violation_id = params["violationId"]
     with writing(ctx.engine) as conn:
