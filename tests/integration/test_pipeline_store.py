@@ -156,3 +156,20 @@ def test_a_things_partition_is_computed_once_per_transaction_for_its_rows_and_it
     events = pipeline.store.store_batch([("dev-1", violating(), time.time(), 1), ("dev-2", violating(), time.time(), 1)])
     assert len(events) == 2  # an alarm state changed for each: rows and states of both stored
     assert sorted(asked) == ["dev-1", "dev-2"]
+
+
+def test_alarms_of_a_removed_behavior_are_invalidated_with_the_behavior_as_it_was(tmp_path):
+    """The profile no longer has the behavior, so the invalidation events carry the one their
+    alarms were raised under (read for all of them at once)."""
+    pipeline = Pipeline(tmp_path, "removed")
+    things = [f"dev-{n}" for n in range(30)]
+    pipeline.store.store_batch([(thing, violating(), time.time(), 1) for thing in things])
+    pipeline.api.invoke("UpdateSecurityProfile", {"securityProfileName": "removed", "behaviors": []})
+    pipeline.store.invalidate()
+    assert pipeline.store.sweep(time.time()) == [("alarm-invalidated", "removed", "few-ports")] * len(things)
+    for thing in things[:3]:
+        (_, invalidated) = pipeline.api.invoke("ListViolationEvents", {
+            "startTime": 0, "endTime": time.time() + 60, "thingName": thing})["violationEvents"]
+        assert invalidated["violationEventType"] == "alarm-invalidated"
+        assert invalidated["behavior"]["metric"] == PORTS
+        assert invalidated["behavior"]["criteria"]["value"] == {"count": 3}

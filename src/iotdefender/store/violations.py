@@ -13,7 +13,7 @@ from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType
 from iotdefender.engine.evaluator import StateKey, ViolationEvent
 from iotdefender.store.database import long_statements
 from iotdefender.store.partition_selection import PartitionSelection, once_per_thing
-from iotdefender.store.rows import insert_many, json_text
+from iotdefender.store.rows import insert_many, json_text, name_among, names_in_chunks
 from iotdefender.store.schema import active_violations, alarm_states, violation_events, violation_verification
 
 
@@ -192,6 +192,18 @@ def events_page(conn: Connection, filters: ViolationFilter, start: float, end: f
 def events_of(conn: Connection, violation_id: str) -> Sequence[Any]:
     query = sa.select(violation_events).where(violation_events.c.violation_id == violation_id)
     return conn.execute(query.order_by(violation_events.c.event_time, violation_events.c.id)).all()
+
+
+def first_events(conn: Connection, violation_ids: Iterable[str]) -> dict[str, Any]:
+    """The first event of each of ``violation_ids`` that has one (the in-alarm event, which
+    carries the behavior as it was), in a statement per ``names_in_chunks`` of ids."""
+    first: dict[str, Any] = {}
+    for chunk in names_in_chunks(list(dict.fromkeys(violation_ids))):
+        query = (sa.select(violation_events).where(name_among(conn, violation_events.c.violation_id, chunk))
+                 .order_by(violation_events.c.event_time, violation_events.c.id))
+        for row in conn.execute(query):
+            first.setdefault(row.violation_id, row)
+    return first
 
 
 def set_verification(conn: Connection, violation_id: str, state: str, description: str | None) -> None:
