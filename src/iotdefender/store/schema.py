@@ -209,6 +209,9 @@ violation_events = sa.Table(
     sa.Index("ix_violation_events_violation", "violation_id"),
     # A device's history (ListViolationEvents thingName, the console's device page) without a scan.
     sa.Index("ix_violation_events_thing_time", "thing_name", "event_time"),
+    # ListViolationEvents securityProfileName and the console's behavior filter, likewise (0022).
+    sa.Index("ix_violation_events_profile_time", "profile_name", "event_time"),
+    sa.Index("ix_violation_events_behavior_time", "behavior_name", "event_time"),
 )
 
 # The verification state belongs to the violation (all its events share it).
