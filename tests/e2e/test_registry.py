@@ -76,6 +76,17 @@ def test_list_things_filters_and_paginates(fresh_service):
                                maxResults=100)["things"]
     assert [t["thingName"] for t in prefixed] == ["t02", "t20", "t21", "t22", "t23", "t24", "t25", "t26", "t27",
                                                    "t28", "t29"]
+    # Filtered by the database now: names with dots, a LIKE wildcard in a prefix, presence alone,
+    # a value alone (any attribute's), and pages through the matches.
+    iot.create_thing(thingName="dotted", attributePayload={"attributes": {"site.name": "a_b", "zone": "z1"}})
+    iot.create_thing(thingName="plain", attributePayload={"attributes": {"site.name": "axb"}})
+    assert [t["thingName"] for t in iot.list_things(attributeName="site.name", attributeValue="a_",
+                                                    usePrefixAttributeValue=True)["things"]] == ["dotted"]
+    assert [t["thingName"] for t in iot.list_things(attributeName="site.name")["things"]] == ["dotted", "plain"]
+    assert [t["thingName"] for t in iot.list_things(attributeValue="axb")["things"]] == ["plain"]
+    paged = [t["thingName"] for page in iot.get_paginator("list_things").paginate(
+        attributeName="zone", attributeValue="z1", PaginationConfig={"PageSize": 4}) for t in page["things"]]
+    assert paged == ["dotted"] + [f"t{i:02d}" for i in range(30) if i % 3 == 1]
     with pytest.raises(iot.exceptions.InvalidRequestException):
         iot.list_things(maxResults=251)
     with pytest.raises(iot.exceptions.InvalidRequestException):

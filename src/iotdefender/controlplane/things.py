@@ -128,7 +128,10 @@ def list_things(ctx: ServiceContext, params: Params) -> Params:
         return True
 
     with ctx.engine.connect() as conn:
-        rows = registry.scan_things(conn, decode_token(params.get("nextToken")), params.get("thingTypeName"))
+        # The database narrows by the named attribute; ``matches`` keeps the rule (a value alone
+        # may be any attribute's).
+        rows = registry.scan_things(conn, decode_token(params.get("nextToken")), params.get("thingTypeName"),
+                                    attribute_name, attribute_value, prefix)
         page, token = take_page((r for r in rows if matches(r)), page_size(params.get("maxResults")),
                                 lambda r: r.name)
     return {

@@ -31,10 +31,23 @@ def delete_thing(conn: Connection, name: str) -> None:
     conn.execute(things.delete().where(things.c.name == name))
 
 
-def scan_things(conn: Connection, after: str | None, thing_type_name: str | None) -> Iterator[Any]:
+def scan_things(conn: Connection, after: str | None, thing_type_name: str | None,
+                attribute_name: str | None = None, attribute_value: str | None = None,
+                prefix: bool = False) -> Iterator[Any]:
+    """Things in name order after ``after``; with ``attribute_name``, only those that have it
+    (equal to ``attribute_value``, or starting with it if ``prefix``), decided by the database:
+    ListThings with an attribute filter read the whole registry into Python to find a few."""
     query = sa.select(things)
     if thing_type_name is not None:
         query = query.where(things.c.thing_type_name == thing_type_name)
+    if attribute_name is not None:
+        value = things.c.attributes[attribute_name].as_string()
+        if attribute_value is None:
+            query = query.where(value.is_not(None))
+        elif prefix:
+            query = query.where(value.startswith(attribute_value, autoescape=True))
+        else:
+            query = query.where(value == attribute_value)
     return scan_rows(conn, query, things.c.name, after)
 
 
