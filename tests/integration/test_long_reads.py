@@ -84,5 +84,5 @@ def test_training_data_that_take_long_to_decode_are_read(url, slow_decoding) -> 
     engine = create_engine(url, idle_in_transaction_s=1.0)
     trainer = MlTrainer(engine, MonitoringIndex(engine, ARN), TrainingSchedule(86400.0, 10, 3600.0, 86400.0),
                         on_published=lambda: None)
-    data = trainer._training_data(MlBehavior(("hourly", "bytes-1h"), "aws:all-bytes-out", "", ""), NOW)
+    data = trainer._training_data(MlBehavior(("hourly", "bytes-1h"), "aws:all-bytes-out", "", ""), NOW - 86400.0, NOW)
     assert len(data.time) == 20

@@ -282,6 +282,28 @@ def test_a_pending_behavior_is_counted_every_hundredth_of_the_period(place):
     assert service.training().datapoints == 510
 
 
+def test_a_pending_behavior_past_its_minimum_is_counted_from_its_newest_datapoints_only(place):
+    """Collecting, the percentage needs the datapoints only up to the minimum: they are read newest
+    first in growing slices of the period (a thousandth, a hundredth, a tenth, all), not the whole
+    period each time (at 100,000 devices hundreds of millions of datapoints every hundredth of it)."""
+    service = make_service(place)
+    trainer = MlTrainer(service.engine, service.monitoring,
+                        TrainingSchedule(training_period=200.0, min_datapoints=100, refresh_period=50.0,
+                                         expiry=150.0, time_scale=3600.0), on_published=lambda: None)
+    trainer.run_once(T0)
+    service.report(T0, T0 + 100)  # 1,000 datapoints, 10 a second
+    trainer.run_once(T0 + 100)
+    collecting = service.training()
+    assert collecting.status == "PENDING_BUILD" and collecting.datapoints_percentage == 50.0  # the time's half
+    assert 100 <= collecting.datapoints <= 210  # the newest 20 s were enough: not the 1,000 of the period
+    service.report(T0 + 100, T0 + 200)
+    trainer.run_once(T0 + 200)  # a build reads the whole period
+    assert service.training().status == "ACTIVE"
+    with service.engine.connect() as conn:
+        stored = ml_models.load_model(conn, ("p", "bytes-ml"), 1)
+    assert stored is not None and stored.datapoints == 2000
+
+
 def test_summaries_page_by_profile_and_behavior_and_refuse_bad_input(place):
     service = make_service(place)
     static = {"name": "static", "metric": METRIC, "criteria": {"comparisonOperator": "less-than",

@@ -186,18 +186,43 @@ class MlTrainer:
         schedule = self._schedule
         if not self._due(training, now):
             return self._expire_if_stale(training, now)
-        data, left_out = without_anomalies(self._model_in_use(training), self._training_data(behavior, now))
-        if left_out:
-            log.info("ml_training_left_out_anomalies", profile=behavior.key[0], behavior=behavior.key[1],
-                     datapoints=left_out, version=training.active_version)
         elapsed = now - training.collection_start
-        count = len(data.value)
+        if training.status == PENDING_BUILD and elapsed < schedule.training_period:
+            # No build yet, only the percentage: the datapoints are counted, not all read.
+            count = self._collected(behavior, training, now)
+        else:
+            data = self._usable(behavior, training, now - schedule.training_period, now)
+            count = len(data.value)
+            if elapsed >= schedule.training_period and count >= schedule.min_datapoints:
+                return self._build(behavior, training, data, now)
         percentage = collection_percentage(elapsed, count, schedule)
-        if elapsed >= schedule.training_period and count >= schedule.min_datapoints:
-            return self._build(behavior, training, data, now)
         updated = replace(training, datapoints=count, last_attempt_at=now,
                           datapoints_percentage=percentage)
         return self._expire_if_stale(updated, now, store=True)
+
+    def _usable(self, behavior: MlBehavior, training: Training, start: float, now: float) -> ml.TrainingData:
+        """The behavior's datapoints since ``start`` that a model may learn from: the anomalies the
+        model in use (if any) finds are left out."""
+        data, left_out = without_anomalies(self._model_in_use(training), self._training_data(behavior, start, now))
+        if left_out:
+            log.info("ml_training_left_out_anomalies", profile=behavior.key[0], behavior=behavior.key[1],
+                     datapoints=left_out, version=training.active_version)
+        return data
+
+    def _collected(self, behavior: MlBehavior, training: Training, now: float) -> int:
+        """The usable datapoints of the trailing training period, or at least ``min_datapoints`` of
+        them: read newest first, over a thousandth of the period, then ten times more at each
+        step, until that many are found. The percentage needs no more (it is the lesser of the
+        period's and the datapoints' fractions), and a fleet of 100,000 devices read its whole
+        period (hundreds of millions of datapoints, tens of GB at 14 days) every hundredth of it."""
+        period = self._schedule.training_period
+        span = period / 1000
+        while True:
+            span = min(span, period)
+            count = len(self._usable(behavior, training, now - span, now).value)
+            if count >= self._schedule.min_datapoints or span >= period:
+                return count
+            span *= 10
 
     def _model_in_use(self, training: Training) -> ml.BehaviorModel | None:
         """The behavior's latest model (active, or expired: still the best judge of what was
@@ -224,11 +249,11 @@ class MlTrainer:
             self._save(training)
         return training
 
-    def _training_data(self, behavior: MlBehavior, now: float) -> ml.TrainingData:
-        """The trailing period's datapoints of the behavior's series, from the devices its profile
+    def _training_data(self, behavior: MlBehavior, start: float, now: float) -> ml.TrainingData:
+        """The datapoints of the behavior's series since ``start``, from the devices its profile
         monitors now (a device that left the profile's targets does not shape its model)."""
-        with long_statements(), self._engine.connect() as conn:  # the whole training period
-            fetched = history.fetch_as_evaluated(conn, behavior.series, now - self._schedule.training_period, now)
+        with long_statements(), self._engine.connect() as conn:  # up to the whole training period
+            fetched = history.fetch_as_evaluated(conn, behavior.series, start, now)
         points = history.as_evaluated(fetched, behavior.series)  # decoded once the transaction has ended
         self._monitoring.prime(points.things)
         profile = behavior.key[0]
