@@ -64,3 +64,24 @@ def test_an_expired_models_last_version_is_not_drawn_on(engine):
         ml_models.save_training(conn, replace(training, status=ml_models.EXPIRED))
     with engine.connect() as conn:
         assert [(h[3], h[4]) for h in model_history_of(conn, [PROFILE], 0.0, 400.0)] == [(1, 200.0), (2, 300.0)]
+
+
+def test_only_the_versions_drawn_are_read_whole(engine):
+    """Each version is a fleet's model (87 MB at 1M devices) and up to 15 are kept: the page read
+    them all to draw one or two."""
+    import sqlalchemy as sa
+
+    engine, _ = engine
+    read: list[str] = []
+
+    def note(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        read.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        with engine.connect() as conn:
+            assert [h[3] for h in model_history_of(conn, [PROFILE], 350.0, 400.0)] == [3]
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+    whole = [s for s in read if "ml_models.model" in s]
+    assert len(whole) == 1 and "ml_models.version = " in whole[0]  # version 3's, not every version's

@@ -113,10 +113,12 @@ def delete_versions_before(conn: Connection, key: BehaviorKey, keep_from: int) -
         ml_models.c.version < keep_from)).rowcount
 
 
-def versions_of(conn: Connection, key: BehaviorKey, trained_before: float) -> list[ModelVersion]:
+def versions_of(conn: Connection, key: BehaviorKey, trained_before: float, models: bool = True) -> list[ModelVersion]:
     """Every kept version of a behavior built before ``trained_before``, oldest first (a backtest
-    replays each moment with the version that was active then)."""
-    query = sa.select(ml_models).where(
+    replays each moment with the version that was active then); without ``models``, what each was
+    trained on only (``model`` empty: a fleet's model is tens of MB, and up to 15 are kept)."""
+    columns = [column for column in ml_models.c if models or column.name != "model"]
+    query = sa.select(*columns).where(
         ml_models.c.profile_name == key[0], ml_models.c.behavior_name == key[1],
         ml_models.c.trained_at <= trained_before).order_by(ml_models.c.trained_at, ml_models.c.version)
-    return [ModelVersion(**row) for row in conn.execute(query).mappings()]
+    return [ModelVersion(**{"model": b"", **row}) for row in conn.execute(query).mappings()]
