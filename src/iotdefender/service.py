@@ -52,7 +52,7 @@ from iotdefender.pipeline.worker_standby import WorkerStandby
 from iotdefender.net_address import check_port_free
 from iotdefender.role_metrics import ROLE_ORDER, describe_node, export_only
 from iotdefender.settings import Settings
-from iotdefender.store import history, metric_values, profiles, violations
+from iotdefender.store import alert_outbox, history, metric_values, profiles, violations
 from iotdefender.store.advisory import ML_TRAINING, RETENTION, run_alone
 from iotdefender.store.availability import DatabaseHealth, log_unless_outage
 from iotdefender.store.database import create_engine, in_batches, long_statements, sqlite_url, upgrade_to_head
@@ -147,15 +147,18 @@ def _purge(engine: Engine, delete_batch: Callable[[Connection, float], int], cut
     return in_batches(engine, lambda conn: delete_batch(conn, cutoff))
 
 
-def retention_round(engine: Engine, now: float, metrics_s: float, violations_s: float) -> tuple[int, int, int] | None:
-    """Delete what expired (datapoints, violation events, history segments), in small batches;
-    how many of each, or None when another process of the cluster is doing it. Every detect node
-    runs the loop; one at a time deletes (a PostgreSQL advisory lock: ``store/advisory.py``), where
-    each deleted the same rows, its deletes waiting on the others' row locks."""
-    def purge_all() -> tuple[int, int, int]:
+def retention_round(engine: Engine, now: float, metrics_s: float, violations_s: float
+                    ) -> tuple[int, int, int, int] | None:
+    """Delete what expired (datapoints, violation events, history segments, alerts delivered or
+    dead as long ago as the events), in small batches; how many of each, or None when another
+    process of the cluster is doing it. Every detect node runs the loop; one at a time deletes (a
+    PostgreSQL advisory lock: ``store/advisory.py``), where each deleted the same rows, its deletes
+    waiting on the others' row locks."""
+    def purge_all() -> tuple[int, int, int, int]:
         return (_purge(engine, metric_values.delete_older_than, now - metrics_s),
                 _purge(engine, violations.delete_events_older_than, now - violations_s),
-                _purge(engine, history.delete_segments_older_than, now - metrics_s))
+                _purge(engine, history.delete_segments_older_than, now - metrics_s),
+                _purge(engine, alert_outbox.delete_finished_before, now - violations_s))
     return run_alone(engine, RETENTION, purge_all)
 
 
@@ -170,10 +173,10 @@ async def retention_loop(engine: Engine, metrics_s: float, violations_s: float) 
             continue
         if deleted is None:
             continue
-        metrics, events, segments = deleted
-        if metrics or events or segments:
+        metrics, events, segments, alerts = deleted
+        if metrics or events or segments or alerts:
             log.info("retention", metric_values_deleted=metrics, violation_events_deleted=events,
-                     metric_segments_deleted=segments)
+                     metric_segments_deleted=segments, alerts_deleted=alerts)
 
 
 def history_interval(settings: Settings) -> float:

@@ -76,3 +76,13 @@ def dead_letters(conn: Connection, limit: int) -> list[dict[str, Any]]:
                         .order_by(alert_outbox.c.id.desc()).limit(limit)).mappings().all()
     # Row keys are SQLAlchemy quoted_name (a str subclass), which orjson refuses as keys.
     return [{str(k): v for k, v in r.items()} for r in rows]
+
+
+def delete_finished_before(conn: Connection, cutoff: float, batch: int = 5000) -> int:
+    """Delete up to ``batch`` rows delivered or dead whose last attempt was before ``cutoff`` (the
+    violation events they announced are gone by then); returns how many. They were kept forever:
+    every alert ever sent stayed a row. Through the index on (status, next attempt)."""
+    ids = (sa.select(alert_outbox.c.id).where(alert_outbox.c.status.in_(("delivered", "dead")),
+                                             alert_outbox.c.next_attempt_at < cutoff)
+           .limit(batch).scalar_subquery())
+    return conn.execute(alert_outbox.delete().where(alert_outbox.c.id.in_(ids))).rowcount
