@@ -1153,3 +1153,32 @@ def test_ends_kept_together_in_an_outage_fail_at_once_and_are_kept_once_it_is_ov
         detect.engine.dispose()
     finally:
         cluster.stop()
+
+
+def test_a_released_partitions_devices_leave_the_clients_seen_at_the_next_close(database):
+    """A detect node kept the devices of every partition it ever owned among the clients seen, all
+    read at each close and hashed to be left out: towards the whole fleet with each rebalance."""
+    clock = Clock(W * WINDOW_S + 10)
+    detect = Detect(database, clock)
+    other = P + 1
+    detect.acquire(P, 7)
+    detect.acquire(other, 7)
+    (kept,), (gone,) = things_in(P, 1, "seen"), things_in(other, 1, "seen")
+    sent: list[Delivery] = []
+    a = broker("node-a", clock, sent)
+    for thing in (kept, gone):
+        a.intake.connect_attempt(thing, "10.0.0.1", True)
+    clock.now = (W + 1) * WINDOW_S + 0.2
+    assert asyncio.run(a.publish_due()) == 2
+    for partition in (P, other):
+        asyncio.run(detect.handle(partition, 7, [d for d in sent if d.partition == partition]))
+    clock.now = (W + 1) * WINDOW_S + detect.collector.grace_s + 0.1
+    assert detect.collector.close_due() == 2
+    assert {kept, gone} <= detect.collector.cloud.aggregator.seen
+    detect.owned.pop(other)
+    detect.collector.released(other)
+    clock.now += WINDOW_S  # the next window: idle; the device of P still gets its 0
+    assert detect.collector.close_due() == 1
+    assert kept in detect.collector.cloud.aggregator.seen and gone not in detect.collector.cloud.aggregator.seen
+    assert [p["aws:num-messages-sent"]["count"] for _, p in datapoints(database, kept)] == [0, 0]
+    detect.engine.dispose()

@@ -593,6 +593,7 @@ class WindowCollector:
         self._ready: dict[int, float] = {}  # partition -> when this node acquired it
         self._floors: dict[int, Mark] = {}  # partition -> its previous owner's mark within a window
         self._stale: set[int] = set()  # partitions whose closing failed: resumed from the database
+        self._released: set[int] = set()  # since the last close: their devices leave ``aggregator.seen``
         # The parts and ends the partitions' readers hand over meanwhile, kept in one transaction.
         self._keeps: GroupCommit[Keep, None] = GroupCommit(self.keep_many, "window-part-keeper")
         store = FencedCloudStore(detection, monitoring, on_events, owned, self._floors, window_s, partitions)
@@ -809,13 +810,31 @@ class WindowCollector:
         self.resume(partition, *await asyncio.to_thread(self.load, partition))
 
     def released(self, partition: int) -> None:
-        """Forget the partition; its parts stay in PostgreSQL for its next owner."""
+        """Forget the partition; its parts stay in PostgreSQL for its next owner. Its devices leave
+        the clients seen at the next close (``_forget_seen``, off the event loop)."""
         for state in (self._next, self._ready, self._floors, self._seen, self._unrecorded):
             state.pop(partition, None)
         self._distrusted.discard(partition)
         self.ends.forget(partition)
         self._parts.pop(partition, None)
         self._forget_away(partition)
+        self._released.add(partition)
+
+    def _forget_seen(self) -> None:
+        """Drop from the clients seen the devices of the partitions released since the last close
+        and not owned again. They stayed: a node that ever owned a partition kept its devices, every
+        one of them read at each close (``CloudMetricsService.monitored``) and hashed to be left
+        out, growing towards the fleet with each rebalance. One pass over the clients seen, in the
+        closing thread (a pass per release on the event loop was ~0.2 s per partition at 300,000)."""
+        if not self._released:
+            return
+        released = set(self._released)
+        self._released.difference_update(released)
+        gone = released - set(self._owned())
+        if not gone:
+            return
+        seen = self.cloud.aggregator.seen
+        seen.difference_update([thing for thing in list(seen) if self._partition(thing) in gone])
 
     def _forget_away(self, partition: int) -> None:
         """Forget when the partition's devices disconnected: its next owner knows better (a device
@@ -910,6 +929,7 @@ class WindowCollector:
         aggregator = self.cloud.aggregator
         closed: dict[int, int] = {}  # partition -> the last window closed for it here
         changes: dict[str, float | None] = {}  # the devices' connections at the end of those windows
+        self._forget_seen()
         try:
             # The registry read once for them all, for their partitions only.
             monitored = (self.cloud.monitored(PartitionSelection(frozenset().union(*(c[1] for c in closings)),
