@@ -173,3 +173,18 @@ def test_alarms_of_a_removed_behavior_are_invalidated_with_the_behavior_as_it_wa
         assert invalidated["violationEventType"] == "alarm-invalidated"
         assert invalidated["behavior"]["metric"] == PORTS
         assert invalidated["behavior"]["criteria"]["value"] == {"count": 3}
+
+
+def test_a_sweep_drops_the_windows_of_devices_silent_past_the_horizon(tmp_path):
+    pipeline = Pipeline(tmp_path, "windows")
+    pipeline.api.invoke("UpdateSecurityProfile", {"securityProfileName": "windows", "behaviors": [
+        {"name": "bytes", "metric": "aws:all-bytes-out",
+         "criteria": {"comparisonOperator": "less-than", "value": {"count": 1000}, "durationSeconds": 300}}]})
+    pipeline.store.invalidate()
+    start = time.time()
+    pipeline.store.store_batch([("quiet", {"aws:all-bytes-out": {"count": 10}}, start, 1)])
+    assert pipeline.detection.evaluator.things_held() == {"quiet"}
+    pipeline.store.sweep(start + 60)  # within the hour: kept
+    assert pipeline.detection.evaluator.things_held() == {"quiet"}
+    pipeline.store.sweep(start + 3700)  # an hour after the last sweep that dropped any: past the horizon
+    assert pipeline.detection.evaluator.things_held() == set()

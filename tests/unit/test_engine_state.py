@@ -205,3 +205,19 @@ def test_forgetting_some_things_drops_only_their_states_and_windows():
     assert evaluator.evaluate("d0", [PROFILE], report([443], 100, 10), 330.0).events == []  # nothing to clear
     changes = evaluator.evaluate("d1", [PROFILE], report([443], 100, 10), 331.0).changes
     assert [v for _, v in changes.windows[("d1", "aws:all-bytes-out")]] == [100.0, 1200.0, 100.0]  # kept
+
+
+def test_the_windows_of_a_device_silent_past_the_horizon_are_dropped_and_nothing_it_is_judged_on_changes():
+    """A window is trimmed when its device reports: one that never did again kept its last hour
+    forever. Dropped, the device's next report is judged as with the window it would have had."""
+    kept, pruned = Evaluator(counting_ids()), Evaluator(counting_ids())
+    for evaluator in (kept, pruned):
+        evaluator.apply(evaluator.evaluate("silent", [PROFILE], report([443], 900, 10), 10.0).changes)
+        evaluator.apply(evaluator.evaluate("busy", [PROFILE], report([443], 900, 10), 3000.0).changes)
+    assert pruned.forget_expired_windows(3000.0) == 0  # "silent" is 2,990 s old: within the hour
+    assert pruned.forget_expired_windows(3700.0) == 1
+    assert pruned.things_held() == {"busy"} and kept.things_held() == {"silent", "busy"}
+    for thing in ("silent", "busy"):
+        judged = [evaluator.evaluate(thing, [PROFILE], report([443], 900, 10), 3710.0) for evaluator in (kept, pruned)]
+        assert judged[0].events == judged[1].events
+        assert judged[0].changes.windows == judged[1].changes.windows

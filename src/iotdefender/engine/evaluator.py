@@ -304,6 +304,19 @@ class Evaluator:
                                   if selected or owns(thing)})
         self._generation += 1
 
+    def forget_expired_windows(self, now: float) -> int:
+        """Drop the windows of the things whose every datapoint is past the horizon at ``now`` (a
+        device that stopped reporting); returns how many things. A window is trimmed when its
+        device reports, so a device that never did again kept its last hour forever: memory that
+        grew with every device ever seen. Nothing a later datapoint would find changes (it keeps
+        nothing past the horizon either), so change sets built before stay valid."""
+        horizon = now - self.window_horizon
+        gone = [thing for thing, by_series in self._history.items()
+                if all(not window or window[-1][0] <= horizon for window in by_series.values())]
+        for thing in gone:
+            del self._history[thing]
+        return len(gone)
+
     def things_held(self) -> set[str]:
         """The things with an alarm state or a window held here now."""
         return {key[0] for key in self._states}.union(self._history)

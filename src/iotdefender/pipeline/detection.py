@@ -141,6 +141,7 @@ class DetectionService:
         self._lock = threading.Lock()  # one evaluation at a time: ingest batches and sweeps
         self.evaluator = Evaluator(new_id, time_scale)
         self._unconfirmed: _Unconfirmed | None = None
+        self._windows_pruned_at = float("-inf")  # the last sweep that dropped silent devices' windows
 
     def load(self) -> None:
         started = time.perf_counter()
@@ -394,6 +395,9 @@ class DetectionService:
         partition meanwhile stores nothing for it."""
         with self._lock:
             self._refresh_models()
+            if now - self._windows_pruned_at >= self.evaluator.window_horizon:  # a pass over every thing held
+                self.evaluator.forget_expired_windows(now)
+                self._windows_pruned_at = now
             if self._unconfirmed is None and not self._stale(now, owns)[0]:
                 return None  # the usual case: no write transaction at all
             with self._transaction() as run:
