@@ -1155,9 +1155,9 @@ def test_ends_kept_together_in_an_outage_fail_at_once_and_are_kept_once_it_is_ov
         cluster.stop()
 
 
-def test_a_released_partitions_devices_leave_the_clients_seen_at_the_next_close(database):
-    """A detect node kept the devices of every partition it ever owned among the clients seen, all
-    read at each close and hashed to be left out: towards the whole fleet with each rebalance."""
+def two_partitions_seen(database: str, away: bool = False) -> tuple[Clock, Detect, int, str, str]:
+    """A detect node owning P and the next partition, one device of each seen in a closed window
+    (the second one's left in it if ``away``): the clock, the node, the second partition and the devices."""
     clock = Clock(W * WINDOW_S + 10)
     detect = Detect(database, clock)
     other = P + 1
@@ -1168,6 +1168,9 @@ def test_a_released_partitions_devices_leave_the_clients_seen_at_the_next_close(
     a = broker("node-a", clock, sent)
     for thing in (kept, gone):
         a.intake.connect_attempt(thing, "10.0.0.1", True)
+    if away:
+        clock.now += 5
+        a.intake.disconnect(gone)
     clock.now = (W + 1) * WINDOW_S + 0.2
     assert asyncio.run(a.publish_due()) == 2
     for partition in (P, other):
@@ -1175,10 +1178,45 @@ def test_a_released_partitions_devices_leave_the_clients_seen_at_the_next_close(
     clock.now = (W + 1) * WINDOW_S + detect.collector.grace_s + 0.1
     assert detect.collector.close_due() == 2
     assert {kept, gone} <= detect.collector.cloud.aggregator.seen
-    detect.owned.pop(other)
-    detect.collector.released(other)
+    return clock, detect, other, kept, gone
+
+
+def test_a_released_partitions_devices_leave_the_clients_seen_at_the_next_close(database):
+    """A detect node kept the devices of every partition it ever owned among the clients seen, all
+    read at each close and hashed to be left out: towards the whole fleet with each rebalance."""
+    clock, detect, other, kept, gone = two_partitions_seen(database)
+    detect.collector.released(other)  # its lease is let go after (ownership._release): still "owned" then
     clock.now += WINDOW_S  # the next window: idle; the device of P still gets its 0
     assert detect.collector.close_due() == 1
+    detect.owned.pop(other)
     assert kept in detect.collector.cloud.aggregator.seen and gone not in detect.collector.cloud.aggregator.seen
     assert [p["aws:num-messages-sent"]["count"] for _, p in datapoints(database, kept)] == [0, 0]
+    detect.engine.dispose()
+
+
+def test_a_partition_taken_again_while_a_close_forgets_it_keeps_its_devices(database):
+    """Taken again while the close hashes the clients seen (the event loop runs ``resume``
+    meanwhile): the device it knows away stays seen and keeps getting its datapoints."""
+    clock, detect, other, _, gone = two_partitions_seen(database, away=True)
+    detect.owned.pop(other)
+    detect.collector.released(other)
+    collector = detect.collector
+    hashing = collector._partition
+    taken: list[bool] = []
+
+    def taken_again_at_the_first_hash(thing: str) -> int:
+        if not taken:
+            taken.append(True)
+            detect.acquire(other, 8)
+        return hashing(thing)
+
+    collector._partition = taken_again_at_the_first_hash  # type: ignore[method-assign]
+    clock.now += WINDOW_S
+    collector.close_due()
+    collector._partition = hashing  # type: ignore[method-assign]
+    assert taken and gone in collector.cloud.aggregator.seen
+    for _ in range(2):
+        clock.now += WINDOW_S
+        collector.close_due()
+    assert [ts for ts, _ in datapoints(database, gone)] == [(W + n) * WINDOW_S for n in range(1, 5)]  # every window
     detect.engine.dispose()

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -594,6 +595,7 @@ class WindowCollector:
         self._floors: dict[int, Mark] = {}  # partition -> its previous owner's mark within a window
         self._stale: set[int] = set()  # partitions whose closing failed: resumed from the database
         self._released: set[int] = set()  # since the last close: their devices leave ``aggregator.seen``
+        self._seen_lock = threading.Lock()  # ``_forget_seen``'s last check and removal against ``resume``
         # The parts and ends the partitions' readers hand over meanwhile, kept in one transaction.
         self._keeps: GroupCommit[Keep, None] = GroupCommit(self.keep_many, "window-part-keeper")
         store = FencedCloudStore(detection, monitoring, on_events, owned, self._floors, window_s, partitions)
@@ -763,7 +765,8 @@ class WindowCollector:
         else:
             first = mark.window
             self._floors[partition] = mark
-        self._next[partition] = max(first, current - self.cloud.aggregator.max_catch_up)
+        with self._seen_lock:  # a close forgetting the partition's devices sees it owned again
+            self._next[partition] = max(first, current - self.cloud.aggregator.max_catch_up)
         self._ready[partition] = self._clock()
         self.ends.replace(partition, ends)
         self._forget_away(partition)  # also what this node merged of windows whose close failed
@@ -822,19 +825,25 @@ class WindowCollector:
 
     def _forget_seen(self) -> None:
         """Drop from the clients seen the devices of the partitions released since the last close
-        and not owned again. They stayed: a node that ever owned a partition kept its devices, every
+        and not taken again. They stayed: a node that ever owned a partition kept its devices, every
         one of them read at each close (``CloudMetricsService.monitored``) and hashed to be left
         out, growing towards the fleet with each rebalance. One pass over the clients seen, in the
-        closing thread (a pass per release on the event loop was ~0.2 s per partition at 300,000)."""
+        closing thread (a pass per release on the event loop was ~0.2 s per partition at 300,000).
+        Owned means in ``_next`` (``released`` removes it, ``resume`` sets it, under ``_seen_lock``):
+        the leases' view lags a release, and a partition taken again during the pass keeps the
+        devices its ``resume`` added."""
         if not self._released:
             return
         released = set(self._released)
-        self._released.difference_update(released)
-        gone = released - set(self._owned())
+        self._released.difference_update(released)  # those taken again since are owned: nothing to forget
+        gone = {partition for partition in released if partition not in self._next}
         if not gone:
             return
         seen = self.cloud.aggregator.seen
-        seen.difference_update([thing for thing in list(seen) if self._partition(thing) in gone])
+        found = [(thing, partition) for thing in list(seen) if (partition := self._partition(thing)) in gone]
+        with self._seen_lock:
+            still = {partition for partition in gone if partition not in self._next}
+            seen.difference_update([thing for thing, partition in found if partition in still])
 
     def _forget_away(self, partition: int) -> None:
         """Forget when the partition's devices disconnected: its next owner knows better (a device

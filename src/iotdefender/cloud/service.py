@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio.to_thread
+import sqlalchemy.exc
 import structlog
 from sqlalchemy.engine import Engine
 
@@ -194,8 +195,13 @@ class CloudMetricsService(CloudEventIntake):
         With ``selection``, the partitions of things registered since are recorded first, a bounded
         number a round, so each node reads its share of the registry only."""
         if selection is not None:
-            with writing(self._engine) as conn:
-                registry.record_partitions(conn, selection.partition_of, PARTITIONS_RECORDED_PER_ROUND)
+            try:
+                with writing(self._engine) as conn:
+                    registry.record_partitions(conn, selection.partition_of, PARTITIONS_RECORDED_PER_ROUND)
+            except sqlalchemy.exc.DBAPIError as error:
+                # Only an optimisation: the things without one are read and picked by name below
+                # (an outage fails that read as it would have).
+                log_unless_outage(log, "registry_partitions_not_recorded", error)
         with self._engine.connect() as conn:
             monitored = registry.thing_names(conn, selection)
         monitored |= self.aggregator.seen

@@ -65,15 +65,16 @@ def thing_names(conn: Connection, selection: PartitionSelection | None = None) -
 
 def record_partitions(conn: Connection, partition_of: Callable[[str], int], limit: int) -> int:
     """Record the partition of at most ``limit`` things that have none (registered since the last
-    time, by any node); returns how many. In name order, so two nodes doing it at once wait for
-    each other rather than deadlock."""
+    time, by any node); returns how many. The rows are locked as they are read, skipping those
+    another node is recording (PostgreSQL; SQLite has one writer): two nodes take different rows
+    instead of the second waiting for the first's and then changing nothing."""
     names = list(conn.execute(sa.select(things.c.name).where(things.c.partition.is_(None))
-                              .order_by(things.c.name).limit(limit)).scalars())
-    if names:
-        conn.execute(things.update().where(things.c.name == sa.bindparam("k_name"), things.c.partition.is_(None))
-                     .values(partition=sa.bindparam("k_partition")),
-                     [{"k_name": name, "k_partition": partition_of(name)} for name in names])
-    return len(names)
+                              .order_by(things.c.name).limit(limit).with_for_update(skip_locked=True)).scalars())
+    if not names:
+        return 0
+    return conn.execute(things.update().where(things.c.name == sa.bindparam("k_name"), things.c.partition.is_(None))
+                        .values(partition=sa.bindparam("k_partition")),
+                        [{"k_name": name, "k_partition": partition_of(name)} for name in names]).rowcount
 
 
 def get_group(conn: Connection, name: str) -> dict[str, Any] | None:
