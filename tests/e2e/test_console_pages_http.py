@@ -6,6 +6,7 @@ through boto3), and bad input on every new page gets an AWS-shaped refusal, neve
 from __future__ import annotations
 
 import html
+import json
 import re
 import time
 
@@ -546,3 +547,54 @@ def test_a_refused_name_on_the_edit_form_is_shown_above_it(service):
                                                                    "behaviors": "[]"})
     assert refused.status_code == 400 and _field(refused.text, "profile-form", "description") == "kept"
     assert any("securityProfileName" in r for r in _reasons(refused.text)), _reasons(refused.text)
+
+
+def _metrics_data(page: str) -> dict:
+    found = re.search(r'<script type="application/json" id="metrics-data">(.*?)</script>', page, re.S)
+    return json.loads(found.group(1))
+
+
+def test_fleet_metrics_show_each_devices_latest_value_of_a_group(service):
+    """The distribution is of each device's latest value (not its highest, not its first), only
+    the group's devices count, and the charts of the highest devices hold their datapoints in
+    time order; the answer stays the same once the history is compacted and folded."""
+    client, _ = logged_in(service)
+    iot = service.client()
+    iot.create_thing_group(thingGroupName="fm-group")
+    iot.create_security_profile(securityProfileName="fm-prof", behaviors=[dict(FEW_PORTS, criteria={
+        "comparisonOperator": "less-than-equals", "value": {"count": 1000}})])
+    iot.attach_security_profile(securityProfileName="fm-prof", securityProfileTargetArn=f"{ARN}:thinggroup/fm-group")
+    for i in range(4):
+        iot.create_thing(thingName=f"fm-dev-{i}")
+        iot.add_thing_to_thing_group(thingGroupName="fm-group", thingName=f"fm-dev-{i}")
+    iot.create_thing_group(thingGroupName="fm-other")  # a device of another group reports too
+    iot.create_thing(thingName="fm-outside")
+    iot.add_thing_to_thing_group(thingGroupName="fm-other", thingName="fm-outside")
+    iot.attach_security_profile(securityProfileName="fm-prof", securityProfileTargetArn=f"{ARN}:thinggroup/fm-other")
+    sent: dict[str, list[int]] = {}
+    for name in [f"fm-dev-{i}" for i in range(4)] + ["fm-outside"]:
+        device = Device(service.mqtt_port, name)
+        counts = sent[name] = [9, 6, 1 + int(name[-1]) if name[-1].isdigit() else 50]
+        for k, count in enumerate(counts, 1):
+            assert device.report(report(k, list(range(1, count + 1))))[0] == "json/accepted"
+        device.close()
+    path = "/console/metrics?metric=aws:num-listening-tcp-ports&range=1h&group=fm-group"
+
+    def shown() -> dict:
+        data = _metrics_data(client.get(path).text)
+        return data if data["distribution"] and data["distribution"]["devices"] == 4 else {}
+
+    data = wait_for(shown)
+    assert data, "the group's four devices never showed"
+    distribution = data["distribution"]
+    assert [(e["thingName"], e["value"]) for e in distribution["highest"]] == [
+        ("fm-dev-3", 4.0), ("fm-dev-2", 3.0), ("fm-dev-1", 2.0), ("fm-dev-0", 1.0)]
+    assert set(data["series"]) == {"fm-dev-3", "fm-dev-2", "fm-dev-1"}
+    for name, points in data["series"].items():
+        assert [value for _, value in points] == sent[name]
+        assert [t for t, _ in points] == sorted(t for t, _ in points)
+    time.sleep(3)  # history compaction and the latest values' fold run every second at this scale
+    again = _metrics_data(client.get(path).text)
+    assert again["distribution"] == distribution and again["series"] == data["series"]
+    whole = _metrics_data(client.get("/console/metrics?metric=aws:num-listening-tcp-ports&range=1h").text)
+    assert {"fm-outside": 50.0}.items() <= {e["thingName"]: e["value"] for e in whole["distribution"]["highest"]}.items()

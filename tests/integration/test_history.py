@@ -6,32 +6,16 @@ datapoints of metric_values in the range — compacted or not yet — and nothin
 
 from __future__ import annotations
 
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 import orjson
-import pytest
 import sqlalchemy as sa
 
 from iotdefender.store import history
-from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head, writing
+from iotdefender.store.database import writing
 from iotdefender.store.metric_values import RetainedReport, insert_reports
 from iotdefender.store.partition_selection import PartitionSelection
 from iotdefender.store.schema import metric_segments, metric_values
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request):
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres").create_database(f"hist{time.time_ns()}")
-    else:
-        url = sqlite_url(Path(tempfile.mkdtemp()))
-    engine = create_engine(url)
-    upgrade_to_head(engine)
-    yield engine
-    engine.dispose()
 
 
 def reports(first: int, count: int) -> list[RetainedReport]:

@@ -1,6 +1,6 @@
-"""Fleet distributions for the metrics page: the latest value of each device, and its percentiles.
+"""Fleet distributions for the metrics page: the percentiles of each device's latest value.
 
-Pure numpy over the columnar history (store/history.py): a 100k-device fleet is a few arrays of
+Pure numpy over the latest values (store/latest_values.py): a 100k-device fleet is an array of
 100k numbers, sorted once.
 """
 
@@ -10,27 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from iotdefender.store.history import SeriesPoints
 
 PERCENTILES = (0, 10, 25, 50, 75, 90, 99, 100)
 
 
-def latest_per_thing(points: SeriesPoints, only: set[str] | None = None) -> tuple[list[str], np.ndarray]:
-    """Each device's most recent value (the last one at its latest time)."""
-    if len(points) == 0:
-        return [], np.empty(0)
-    order = np.lexsort((points.times, points.thing_index))
-    things = points.thing_index[order]
-    last = np.ones(len(order), dtype=bool)
-    last[:-1] = things[1:] != things[:-1]
-    chosen = order[last]
-    names = [points.things[i] for i in points.thing_index[chosen].tolist()]
-    values = points.values[chosen]
-    if only is not None:
-        keep = np.fromiter((n in only for n in names), dtype=bool, count=len(names))
-        names = [n for n, k in zip(names, keep) if k]
-        values = values[keep]
-    return names, values
+def among(names: list[str], values: np.ndarray, members: set[str]) -> tuple[list[str], np.ndarray]:
+    """The devices of ``members`` (a thing group's), and their values."""
+    keep = np.fromiter((name in members for name in names), dtype=bool, count=len(names))
+    return [name for name, kept in zip(names, keep) if kept], values[keep]
 
 
 def distribution(names: list[str], values: np.ndarray, bins: int = 20, extremes: int = 10) -> dict[str, Any]:
@@ -47,17 +34,3 @@ def distribution(names: list[str], values: np.ndarray, bins: int = 20, extremes:
         "highest": [{"thingName": names[i], "value": float(values[i])} for i in order[::-1][:extremes].tolist()],
         "lowest": [{"thingName": names[i], "value": float(values[i])} for i in order[:extremes].tolist()],
     }
-
-
-def series_of_things(points: SeriesPoints, wanted: list[str]) -> dict[str, list[list[float]]]:
-    """[[time, value], ...] in time order for each wanted device that has datapoints."""
-    index = {name: i for i, name in enumerate(points.things)}
-    out: dict[str, list[list[float]]] = {}
-    for name in wanted:
-        i = index.get(name)
-        if i is None:
-            continue
-        mask = points.thing_index == i
-        order = np.argsort(points.times[mask], kind="stable")
-        out[name] = np.column_stack((points.times[mask][order], points.values[mask][order])).tolist()
-    return out

@@ -26,10 +26,12 @@ from iotdefender.console.context import ConsoleContext
 from iotdefender.console.writes import Refused
 from iotdefender.controlplane import hierarchy
 from iotdefender.metrics_catalog import BUILTIN_METRICS
-from iotdefender.store import history, insights, metric_values, registry
+from iotdefender.store import history, insights, latest_values, metric_values, registry
 
 T = TypeVar("T")
 PAGE_SIZE = 50
+# Datapoints a device's chart draws at most per series: two weeks of 5-minute reports (4,032).
+CHART_POINTS = 5000
 RANGES = {"1h": 3600.0, "6h": 6 * 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "14d": 14 * 86400.0}
 VERIFICATION_STATES = ["UNKNOWN", "BENIGN_POSITIVE", "FALSE_POSITIVE", "TRUE_POSITIVE"]
 CRITERIA_TYPES = ["STATIC", "STATISTICAL", "MACHINE_LEARNING"]
@@ -82,15 +84,15 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                 if group and group not in groups:  # a stale link: say so rather than show an empty fleet
                     out["error"] = f"ResourceNotFoundException: Thing group {group} does not exist"
                 elif metric:
-                    points = history.read_series(conn, metric, start, end)
-                    only = None
+                    names, values = latest_values.read_latest(conn, metric, start, end)
                     if group:  # the group with its child groups, as a profile attached to it covers
                         parents = registry.all_group_parents(conn)
-                        only = insights.members_of(conn, [group, *hierarchy.descendants(group, parents)])
-                    names, values = fleet.latest_per_thing(points, only)
+                        names, values = fleet.among(names, values, insights.members_of(
+                            conn, [group, *hierarchy.descendants(group, parents)]))
                     out["distribution"] = fleet.distribution(names, values)
                     wanted = chosen or [e["thingName"] for e in out["distribution"]["highest"][:3]]
-                    out["series"] = fleet.series_of_things(points, wanted)
+                    charts = {thing: _chart(conn, thing, metric, start, end)[0] for thing in wanted}
+                    out["series"] = {thing: points for thing, points in charts.items() if points}
                     out["marks"] = _fleet_marks(metric, list(out["series"]), start, end)
                 return out
 
@@ -119,6 +121,20 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             "thingName": thing, "startTime": start, "endTime": end + 1, "maxResults": 100})["violationEvents"]]
         return chart_marks(profiles, events, end).get(metric, {})
 
+    def _chart(conn: Any, thing: str, key: str, start: float, end: float
+               ) -> tuple[list[list[float]], tuple[float, Any] | None]:
+        """A device's numeric datapoints of one series in the range, the newest ``CHART_POINTS``
+        (oldest first), and its latest other datapoint (a list, a CIDR set: shown as text)."""
+        points: list[list[float]] = []
+        other = None
+        for _, ts, value in metric_values.newest_page(conn, thing, key, start, end, CHART_POINTS):
+            number = value.get("count", value.get("number")) if isinstance(value, dict) else None
+            if isinstance(number, (int, float)) and not isinstance(number, bool):
+                points.append([ts, number])
+            else:
+                other = (ts, value)
+        return points, other
+
     def _recent_series(conn: Any) -> set[str]:
         latest = next(iter(history.iter_reports(conn, time.time() - 900.0 / console.time_scale, time.time(),
                                                 batch=200)), [])
@@ -141,13 +157,11 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             with console.engine.connect() as conn:
                 last_report = insights.last_report_at(conn, name)
                 for key in sorted(console.monitoring.retained_metrics(name)):
-                    rows = metric_values.series_page(conn, name, key, start, end, None, 2000)
-                    for _, ts, value in rows:
-                        number = value.get("count", value.get("number")) if isinstance(value, dict) else None
-                        if isinstance(number, (int, float)):
-                            series.setdefault(key, []).append([ts, number])
-                        else:
-                            other[key] = (ts, value)
+                    points, last_other = _chart(conn, name, key, start, end)
+                    if points:
+                        series[key] = points
+                    if last_other is not None:
+                        other[key] = last_other
             try:
                 described = api.invoke("DescribeThing", {"thingName": name})
             except ApiError:

@@ -129,18 +129,22 @@ class LocalBatchStore:
 
 
 def start_compaction(engine: Engine, interval_s: float, compactor: Compactor | None = None) -> None:
-    """History compaction (store/history.py) on a thread of whichever process stores the batches:
+    """History compaction (store/history.py), then the latest values' refresh
+    (store/latest_values.py), on a thread of whichever process stores the batches:
     with the detection worker on, that keeps the decoding of new rows off the broker's process. A
     cluster's detect node passes a ``ClusterCompactor`` (one compactor at a time across nodes)."""
     from iotdefender.store.history import Compactor as SingleCompactor
+    from iotdefender.store.latest_values import LatestValues
 
     compactor = compactor if compactor is not None else SingleCompactor(engine)
+    latest = LatestValues(engine)  # the devices' latest values, folded from the new segments
 
     def run() -> None:
         while True:
             time.sleep(interval_s)
             try:
                 compactor.run_once()
+                latest.refresh()
             except Exception as error:
                 log_unless_outage(log, "history_compaction_failed", error)
 

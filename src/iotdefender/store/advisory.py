@@ -23,6 +23,7 @@ HISTORY_COMPACTION = 0x696F7464_68636D70  # 'iotd' 'hcmp'
 NATS_EVENTS = 0x696F7464_6E617473  # 'iotd' 'nats'
 EXTERNAL_INTAKE = 0x696F7464_6D717474  # 'iotd' 'mqtt'
 RETENTION = 0x696F7464_72657465  # 'iotd' 'rete'
+LATEST_VALUES = 0x696F7464_6C617374  # 'iotd' 'last'
 
 
 def run_alone(engine: Engine, key: int, work: Callable[[], T]) -> T | None:

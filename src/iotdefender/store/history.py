@@ -181,6 +181,14 @@ def _raw_rows(conn: Connection, after_id: int, up_to_id: int | None, limit: int 
     return [tuple(r) for r in conn.execute(query)]
 
 
+def uncompacted_points(conn: Connection, after_id: int, series: str, start: float, end: float) -> SeriesPoints:
+    """The datapoints of ``series`` with start <= ts <= end in the rows after ``after_id`` (a
+    ``last_compacted_id`` read before the segments it completes)."""
+    rows = [(t, ts, d) for _, t, ts, d in _raw_rows(conn, after_id, None) if start <= ts <= end]
+    found = _columns(rows).get(series) if rows else None
+    return found if found is not None else SeriesPoints([], np.empty(0, np.int32), np.empty(0), np.empty(0))
+
+
 def _by_partition(columns: dict[str, SeriesPoints], partition_of: Callable[[str], int] | None) -> list[Segment]:
     """A chunk's series as segments: one per series, or with ``partition_of`` one per series and
     partition, each listing only its own things (renumbered). The partition of each of the chunk's

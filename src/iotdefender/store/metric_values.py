@@ -103,6 +103,28 @@ def series_rows(conn: Connection, thing: str, keys: Sequence[str], start: float,
     return found
 
 
+def newest_page(conn: Connection, thing: str, key: str, start: float, end: float,
+                limit: int) -> list[tuple[int, float, Any]]:
+    """(id, ts, value) of the newest ``limit`` datapoints of one series in [start, end], oldest
+    first: a chart of a range holding more datapoints than it draws shows the range's end, where
+    an operator looks first, rather than stopping partway."""
+    found: list[tuple[int, float, Any]] = []
+    before: tuple[float, int] | None = None
+    while len(found) < limit:
+        query = sa.select(metric_values.c.id, metric_values.c.ts, metric_values.c.datapoints).where(
+            metric_values.c.thing_name == thing, metric_values.c.ts >= start, metric_values.c.ts <= end)
+        if before is not None:
+            ts, row_id = before
+            query = query.where(sa.or_(metric_values.c.ts < ts,
+                                       sa.and_(metric_values.c.ts == ts, metric_values.c.id < row_id)))
+        rows = conn.execute(query.order_by(metric_values.c.ts.desc(), metric_values.c.id.desc()).limit(500)).all()
+        found.extend((row_id, ts, datapoints[key]) for row_id, ts, datapoints in rows if key in datapoints)
+        if len(rows) < 500:
+            break
+        before = (rows[-1].ts, rows[-1].id)
+    return found[:limit][::-1]
+
+
 def delete_older_than(conn: Connection, cutoff: float, batch: int = 5000) -> int:
     """Delete one batch of expired datapoints; returns how many went (0 when done)."""
     ids = sa.select(metric_values.c.id).where(metric_values.c.ts < cutoff).limit(batch).scalar_subquery()

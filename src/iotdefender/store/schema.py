@@ -263,6 +263,22 @@ metric_segments = sa.Table(
     sa.Column("partition", sa.Integer, nullable=True),
     sa.Index("ix_metric_segments_series_time", "series", "min_ts", "max_ts"),
     sa.Index("ix_metric_segments_series_partition_time", "series", "partition", "max_ts"),
+    sa.Index("ix_metric_segments_series_id", "series", "id"),  # a series' segments after a latest-values fold
+)
+
+# Each device's latest datapoint of a numeric series, folded from its segments up to
+# ``up_to_segment`` (store/latest_values.py): the console's fleet distribution reads this and the
+# segments after it, not every segment of the range. One row per series, packed like a segment
+# (names, times, values: one entry per device). The row with the empty series name keeps the
+# highest segment id whose series were looked for.
+metric_latest = sa.Table(
+    "metric_latest",
+    metadata,
+    sa.Column("series", sa.String(400), primary_key=True),
+    sa.Column("up_to_segment", sa.BigInteger, nullable=False),
+    sa.Column("things", sa.LargeBinary, nullable=False),  # orjson list of thing names
+    sa.Column("times", sa.LargeBinary, nullable=False),  # float64, little endian
+    sa.Column("vals", sa.LargeBinary, nullable=False),  # float64
 )
 
 history_compaction = sa.Table(

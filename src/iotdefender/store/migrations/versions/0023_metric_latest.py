@@ -1,0 +1,35 @@
+"""latest values: each device's latest datapoint per numeric series
+
+Expand only: a new table and an index on ``metric_segments`` (written by the compactor alone, so
+building it holds up no report). Releases before it neither read nor write the table; this
+release's readers fold the segments after what the table holds, so a table that is behind, or
+empty, gives the same answer, later.
+
+Revision ID: 0023
+Revises: 0022
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0023'
+down_revision = '0022'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table('metric_latest',
+    sa.Column('series', sa.String(length=400), nullable=False),
+    sa.Column('up_to_segment', sa.BigInteger(), nullable=False),
+    sa.Column('things', sa.LargeBinary(), nullable=False),
+    sa.Column('times', sa.LargeBinary(), nullable=False),
+    sa.Column('vals', sa.LargeBinary(), nullable=False),
+    sa.PrimaryKeyConstraint('series')
+    )
+    op.create_index('ix_metric_segments_series_id', 'metric_segments', ['series', 'id'])
+
+
+def downgrade() -> None:
+    op.drop_index('ix_metric_segments_series_id', table_name='metric_segments')
+    op.drop_table('metric_latest')
