@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio.to_thread
 import structlog
@@ -147,18 +147,29 @@ def _purge(engine: Engine, delete_batch: Callable[[Connection, float], int], cut
     return in_batches(engine, lambda conn: delete_batch(conn, cutoff))
 
 
-def retention_round(engine: Engine, now: float, metrics_s: float, violations_s: float
-                    ) -> tuple[int, int, int, int] | None:
+class Deleted(NamedTuple):
+    """What a retention round deleted."""
+
+    metric_values: int
+    violation_events: int
+    metric_segments: int
+    alerts: int
+    verifications: int
+
+
+def retention_round(engine: Engine, now: float, metrics_s: float, violations_s: float) -> Deleted | None:
     """Delete what expired (datapoints, violation events, history segments, alerts delivered or
-    dead as long ago as the events), in small batches; how many of each, or None when another
-    process of the cluster is doing it. Every detect node runs the loop; one at a time deletes (a
-    PostgreSQL advisory lock: ``store/advisory.py``), where each deleted the same rows, its deletes
-    waiting on the others' row locks."""
-    def purge_all() -> tuple[int, int, int, int]:
-        return (_purge(engine, metric_values.delete_older_than, now - metrics_s),
-                _purge(engine, violations.delete_events_older_than, now - violations_s),
-                _purge(engine, history.delete_segments_older_than, now - metrics_s),
-                _purge(engine, alert_outbox.delete_finished_before, now - violations_s))
+    dead as long ago as the events, verification states of violations left without events), in
+    small batches; how many of each, or None when another process of the cluster is doing it.
+    Every detect node runs the loop; one at a time deletes (a PostgreSQL advisory lock:
+    ``store/advisory.py``), where each deleted the same rows, its deletes waiting on the others'
+    row locks."""
+    def purge_all() -> Deleted:
+        return Deleted(_purge(engine, metric_values.delete_older_than, now - metrics_s),
+                       _purge(engine, violations.delete_events_older_than, now - violations_s),
+                       _purge(engine, history.delete_segments_older_than, now - metrics_s),
+                       _purge(engine, alert_outbox.delete_finished_before, now - violations_s),
+                       in_batches(engine, violations.delete_orphan_verifications))
     return run_alone(engine, RETENTION, purge_all)
 
 
@@ -173,10 +184,8 @@ async def retention_loop(engine: Engine, metrics_s: float, violations_s: float) 
             continue
         if deleted is None:
             continue
-        metrics, events, segments, alerts = deleted
-        if metrics or events or segments or alerts:
-            log.info("retention", metric_values_deleted=metrics, violation_events_deleted=events,
-                     metric_segments_deleted=segments, alerts_deleted=alerts)
+        if any(deleted):
+            log.info("retention", **{f"{name}_deleted": count for name, count in deleted._asdict().items()})
 
 
 def history_interval(settings: Settings) -> float:

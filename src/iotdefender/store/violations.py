@@ -223,6 +223,17 @@ def violation_exists(conn: Connection, violation_id: str) -> bool:
     return conn.execute(query).first() is not None
 
 
+def delete_orphan_verifications(conn: Connection, batch: int = 5000) -> int:
+    """Delete one batch of verification states whose violation has no event left (retention
+    deleted them) and is not active: nothing lists or sets them again (PutVerificationStateOnViolation
+    refuses a violation without events), and they were kept forever."""
+    table = violation_verification
+    orphans = sa.select(table.c.violation_id).where(
+        ~sa.exists().where(violation_events.c.violation_id == table.c.violation_id),
+        ~sa.exists().where(active_violations.c.violation_id == table.c.violation_id)).limit(batch).scalar_subquery()
+    return conn.execute(table.delete().where(table.c.violation_id.in_(orphans))).rowcount
+
+
 def delete_events_older_than(conn: Connection, cutoff: float, batch: int = 5000) -> int:
     ids = sa.select(violation_events.c.id).where(violation_events.c.event_time < cutoff).limit(batch).scalar_subquery()
     return conn.execute(violation_events.delete().where(violation_events.c.id.in_(ids))).rowcount
