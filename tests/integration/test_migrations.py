@@ -122,3 +122,90 @@ def test_a_node_of_the_previous_release_starts_on_a_database_a_later_release_mig
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "9001"
     engine.dispose()
+
+
+def test_an_index_is_built_while_the_previous_release_keeps_inserting(postgres):
+    """In a rolling upgrade nodes of the previous release keep writing while the first node of the
+    next migrates. 0022 indexes violation_events: built with a plain CREATE INDEX, it queued a lock
+    behind a running insert's transaction, and every insert after it waited for the whole build
+    (here, until the lock timeout). Built concurrently, they go on."""
+    import threading
+
+    import sqlalchemy as sa
+    from alembic import command
+
+    from iotdefender.store.database import alembic_config, long_statements
+    from iotdefender.store.schema import violation_events
+    from tests.integration.test_verification_retention import event
+
+    url = postgres.create_database(f"mig{time.time_ns()}")
+    engine = create_engine(url)
+    command.upgrade(alembic_config(engine), "0021")
+    running = engine.connect()  # a node of the previous release, in the middle of a transaction
+    running.execute(violation_events.insert().values(event("v-running", "in-alarm", 1.0)))
+    failed: list[BaseException] = []
+
+    def upgrade() -> None:
+        try:
+            with long_statements():  # as the service migrates: an index build may take long
+                upgrade_to_head(create_engine(url))
+        except BaseException as error:  # noqa: BLE001 (reported by the test)
+            failed.append(error)
+
+    upgrading = threading.Thread(target=upgrade)
+    upgrading.start()
+    building = sa.text("SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'CREATE INDEX%violation_events%' "
+                       "AND wait_event_type = 'Lock'")
+    deadline = time.monotonic() + 30
+    while True:  # a connection per look: pg_stat_activity is read once per transaction
+        with engine.connect() as probe:
+            if probe.execute(building).scalar():
+                break
+        assert time.monotonic() < deadline and upgrading.is_alive(), failed
+        time.sleep(0.05)
+    with engine.connect() as other:  # another node of the previous release inserts now
+        other.execute(sa.text("SET lock_timeout = '3s'"))
+        other.execute(violation_events.insert().values(event("v-during", "in-alarm", 2.0)))
+        other.commit()
+    running.commit()
+    running.close()
+    upgrading.join(60)
+    assert not upgrading.is_alive() and failed == []
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0023"
+        invalid = conn.execute(sa.text("SELECT count(*) FROM pg_index WHERE NOT indisvalid")).scalar()
+        names = {row[0] for row in conn.execute(sa.text(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'violation_events'"))}
+    engine.dispose()
+    assert invalid == 0 and {"ix_violation_events_profile_time", "ix_violation_events_behavior_time"} <= names
+
+
+def test_an_index_build_cut_short_is_built_again(postgres):
+    """A node killed during a concurrent build leaves the index invalid (PostgreSQL keeps it, unused
+    and maintained): the next upgrade drops it and builds it again instead of keeping it."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from iotdefender.store.database import alembic_config
+    from iotdefender.store.schema import violation_events
+    from tests.integration.test_verification_retention import event
+
+    url = postgres.create_database(f"mig{time.time_ns()}")
+    engine = create_engine(url)
+    command.upgrade(alembic_config(engine), "0021")
+    with engine.begin() as conn:
+        conn.execute(violation_events.insert(), [event("v", "in-alarm", 1.0), event("v", "in-alarm", 1.0)])
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        with pytest.raises(sa.exc.IntegrityError):  # a failed concurrent build: left behind, invalid
+            conn.execute(sa.text("CREATE UNIQUE INDEX CONCURRENTLY ix_violation_events_profile_time "
+                                 "ON violation_events (profile_name, event_time)"))
+    invalid = sa.text("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+    with engine.connect() as conn:
+        assert conn.execute(invalid).scalar() == 1
+    upgrade_to_head(engine)
+    with engine.connect() as conn:
+        assert conn.execute(invalid).scalar() == 0
+        unique = conn.execute(sa.text("SELECT indisunique FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                                      "WHERE c.relname = 'ix_violation_events_profile_time'")).scalar()
+    engine.dispose()
+    assert unique is False  # the migration's own index, not the leftover

@@ -11,6 +11,8 @@ Revises: 0020
 import sqlalchemy as sa
 from alembic import op
 
+from iotdefender.store.online_index import create_index_online
+
 revision = '0021'
 down_revision = '0020'
 branch_labels = None
@@ -19,7 +21,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column('things', sa.Column('partition', sa.Integer(), nullable=True))
-    op.create_index('ix_things_partition', 'things', ['partition'])
+    create_index_online('ix_things_partition', 'things', ['partition'])
 
 
 def downgrade() -> None:

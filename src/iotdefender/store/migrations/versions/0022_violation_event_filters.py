@@ -2,13 +2,16 @@
 
 Expand only: two indexes. ListViolationEvents with ``securityProfileName`` and the console's
 behavior filter read every event of the time range to find a profile's or a behavior's; with an
-index per filter (and the time after it, as the thing's) they read those events only.
+index per filter (and the time after it, as the thing's) they read those events only. Built
+concurrently on PostgreSQL (store/online_index.py): the previous release's nodes keep inserting events.
 
 Revision ID: 0022
 Revises: 0021
 """
 
 from alembic import op
+
+from iotdefender.store.online_index import create_index_online
 
 revision = '0022'
 down_revision = '0021'
@@ -17,8 +20,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index('ix_violation_events_profile_time', 'violation_events', ['profile_name', 'event_time'])
-    op.create_index('ix_violation_events_behavior_time', 'violation_events', ['behavior_name', 'event_time'])
+    create_index_online('ix_violation_events_profile_time', 'violation_events', ['profile_name', 'event_time'])
+    create_index_online('ix_violation_events_behavior_time', 'violation_events', ['behavior_name', 'event_time'])
 
 
 def downgrade() -> None:

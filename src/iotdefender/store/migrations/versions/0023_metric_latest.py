@@ -1,7 +1,7 @@
 """latest values: each device's latest datapoint per numeric series
 
-Expand only: a new table and an index on ``metric_segments`` (written by the compactor alone, so
-building it holds up no report). Releases before it neither read nor write the table; this
+Expand only: a new table and an index on ``metric_segments``, built concurrently on PostgreSQL
+(store/online_index.py). Releases before it neither read nor write the table; this
 release's readers fold the segments after what the table holds, so a table that is behind, or
 empty, gives the same answer, later.
 
@@ -11,6 +11,8 @@ Revises: 0022
 
 import sqlalchemy as sa
 from alembic import op
+
+from iotdefender.store.online_index import create_index_online
 
 revision = '0023'
 down_revision = '0022'
@@ -27,7 +29,7 @@ def upgrade() -> None:
     sa.Column('vals', sa.LargeBinary(), nullable=False),
     sa.PrimaryKeyConstraint('series')
     )
-    op.create_index('ix_metric_segments_series_id', 'metric_segments', ['series', 'id'])
+    create_index_online('ix_metric_segments_series_id', 'metric_segments', ['series', 'id'])
 
 
 def downgrade() -> None:
