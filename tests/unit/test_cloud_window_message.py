@@ -182,3 +182,28 @@ def test_an_event_counts_in_the_window_the_broker_saw_it_in_unless_that_window_w
     assert aggregator.take(3)["dev-1"].sent == {"t": 2}
     intake.message_sent("dev-1", "t", 3, at=1199.99)  # its window was handed over: in the open one
     assert aggregator.take(4)["dev-1"].sent == {"t": 3}
+
+
+def test_a_broker_node_keeps_no_device_once_its_windows_are_handed_on():
+    """A broker node only hands its windows on: it kept every client id that ever connected (and
+    each one's last disconnection), read by nothing there, towards the fleet with every device
+    that moved or left. Its parts still say when each device connected and disconnected."""
+    now = [1000.0]
+    sent: dict[str, bytes] = {}
+
+    async def publish(thing: str, payload: bytes, message_id: str) -> None:
+        sent[thing] = payload
+
+    intake = CloudEventIntake(300.0, lambda: now[0])
+    publisher = WindowPublisher(intake, publish, "node-a", clock=lambda: now[0])
+    for i in range(1000):
+        intake.connect_attempt(f"dev-{i}", "10.0.0.1", True)
+        intake.disconnect(f"dev-{i}")
+    now[0] = 1200.0 + 0.2
+    assert asyncio.run(publisher.publish_due()) == 1000
+    assert intake.aggregator.seen == set() and intake.aggregator.disconnected_at == {}
+    part = decode(sent["dev-7"])
+    assert isinstance(part, CloudWindowMessage) and part.part.last_disconnect == 1000.0
+    closer = Aggregator(300.0)  # what closes windows keeps them, as before
+    closer.disconnect("dev-1", 1000.0)
+    assert closer.seen == {"dev-1"} and closer.disconnected_at == {"dev-1": 1000.0}

@@ -145,12 +145,17 @@ class Aggregator:
     seen: set[str] = field(default_factory=set)
     last_closed: int | None = None
     max_catch_up: int = 12  # after a long pause, older empty windows are not replayed one by one
+    # Whether the devices seen and their disconnections are kept: what closes the windows reads
+    # them (every monitored device gets a datapoint; the disconnect duration); a cluster's broker
+    # node only hands its windows on, and kept every client id that ever connected to it.
+    keeps_devices: bool = True
 
     def index(self, at: float) -> int:
         return int(at // self.window_s)
 
     def _client(self, client_id: str, at: float) -> ClientWindow:
-        self.seen.add(client_id)
+        if self.keeps_devices:
+            self.seen.add(client_id)
         by_client = self.windows.setdefault(self.index(at), {})
         window = by_client.get(client_id)
         if window is None:
@@ -177,7 +182,8 @@ class Aggregator:
         window = self._client(client_id, at)
         window.disconnects += 1
         window.last_disconnect = at
-        self.disconnected_at[client_id] = at
+        if self.keeps_devices:
+            self.disconnected_at[client_id] = at
 
     def add_window(self, window: int, client_id: str, part: ClientWindow) -> None:
         """A window of this device observed elsewhere (cluster mode: merged from the broker nodes'

@@ -56,9 +56,11 @@ class CloudEventIntake:
     node hands each closed window to the thing's detect node instead (cloud/cluster_windows.py).
     """
 
-    def __init__(self, window_s: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.time, closes_windows: bool = False
+                 ) -> None:
         self._clock = clock
-        self.aggregator = Aggregator(window_s)
+        # Only what closes the windows keeps the devices seen (``Aggregator.keeps_devices``).
+        self.aggregator = Aggregator(window_s, keeps_devices=closes_windows)
 
     # -- event intake (event loop) ----------------------------------------------------------------
     def _time(self, at: float | None) -> float:
@@ -168,7 +170,7 @@ class CloudMetricsService(CloudEventIntake):
 
     def __init__(self, engine: Engine, monitoring: MonitoringIndex, store: BatchStore, window_s: float,
                  clock: Callable[[], float] = time.time, owns: Callable[[str], bool] | None = None) -> None:
-        super().__init__(window_s, clock)
+        super().__init__(window_s, clock, closes_windows=True)
         self._engine = engine
         self._monitoring = monitoring
         self._store = store
