@@ -12,8 +12,10 @@ import sqlalchemy as sa
 from iotdefender.store import history
 from iotdefender.store.database import writing
 from iotdefender.store.latest_values import LatestValues, read_latest
+from iotdefender.store import metric_values
 from iotdefender.store.metric_values import RetainedReport, insert_reports
 from iotdefender.store.schema import metric_latest, metric_segments
+from tests.integration.test_history import as_set
 
 PORTS = "aws:num-listening-tcp-ports"
 CPU = "cpu"
@@ -48,9 +50,10 @@ def expected(stored: list[RetainedReport], series: str, start: float, end: float
     return {thing: value for thing, (_, value) in latest.items()}
 
 
-def read(engine, series: str, start: float, end: float) -> dict[str, float]:
+def read(engine, series: str, start: float, end: float = 1e12) -> dict[str, float]:
+    assert end == 1e12  # a range ending now (read_latest has no end)
     with engine.connect() as conn:
-        names, values = read_latest(conn, series, start, end)
+        names, values = read_latest(conn, series, start)
     assert len(names) == len(set(names))
     return dict(zip(names, values.tolist()))
 
@@ -75,7 +78,7 @@ def test_every_state_of_the_table_reads_the_same_latest_values(engine, monkeypat
     monkeypatch.setattr(history, "ROWS_PER_SEGMENT", 37)  # many segments
     rng = random.Random(5)
     stored: list[RetainedReport] = []
-    latest = LatestValues(engine, points_per_step=60, budget_s=0.0)  # a couple of segments a refresh
+    latest = LatestValues(engine, points_per_step=60, budget_s=0.0)  # a couple of segments a refresh, one series
     checks = 0
     for step in range(8):
         batch = fleet_reports(rng, 1000.0 + 400 * step, 300, devices=25 if step < 4 else 12)  # then 13 stop
@@ -178,3 +181,34 @@ def test_a_chart_of_more_datapoints_than_it_draws_shows_the_newest(engine) -> No
         assert len(whole) == 1050
         ranged = newest_page(conn, "dev-0", PORTS, 200.0, 300.0, 5000)
         assert [value["count"] for _, _, value in ranged] == [i for i in range(100, 201) if i % 4]
+
+
+def test_after_retention_took_everything_new_datapoints_are_compacted_and_folded(engine) -> None:
+    """SQLite gives a new row the highest id + 1: once retention deleted every row and segment (a
+    silence as long as the retention), new rows and segments took ids the compaction cursor and the
+    fold had passed, and were never compacted, read or folded. PostgreSQL never reuses ids; the
+    test runs on both."""
+    latest = LatestValues(engine)
+    store(engine, [RetainedReport(f"old-{i}", 100.0 + i, {PORTS: {"count": i}}) for i in range(40)])
+    compact(engine)
+    store(engine, [RetainedReport("old-0", 200.0, {PORTS: {"count": 7}})])
+    compact(engine)
+    latest.refresh()
+    assert kept_rows(engine)[PORTS] > 0
+    with writing(engine) as conn:  # retention: everything expired
+        assert metric_values.delete_older_than(conn, 1000.0) == 41
+        while history.delete_segments_older_than(conn, 1000.0):
+            pass
+    new = [RetainedReport(f"new-{i}", 2000.0 + i, {PORTS: {"count": 100 + i}}) for i in range(3)]
+    store(engine, new)
+    assert read(engine, PORTS, 0.0) == expected(new, PORTS, 0.0, 1e12)  # not compacted yet
+    compact(engine)
+    with engine.connect() as conn:
+        assert as_set(history.read_series(conn, PORTS, 0.0, 1e12)) == {
+            (r.thing_name, r.ts, float(r.datapoints[PORTS]["count"])) for r in new}
+    assert read(engine, PORTS, 0.0) == expected(new, PORTS, 0.0, 1e12)
+    latest.refresh()  # not due (3 datapoints for a row of 40 devices): the reader leaves the expired out
+    assert read(engine, PORTS, 0.0) == expected(new, PORTS, 0.0, 1e12)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.max(metric_latest.c.up_to_segment))).scalar() <= conn.execute(
+            sa.select(sa.func.max(metric_segments.c.id))).scalar()

@@ -84,7 +84,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                 if group and group not in groups:  # a stale link: say so rather than show an empty fleet
                     out["error"] = f"ResourceNotFoundException: Thing group {group} does not exist"
                 elif metric:
-                    names, values = latest_values.read_latest(conn, metric, start, end)
+                    names, values = latest_values.read_latest(conn, metric, start)
                     if group:  # the group with its child groups, as a profile attached to it covers
                         parents = registry.all_group_parents(conn)
                         names, values = fleet.among(names, values, insights.members_of(

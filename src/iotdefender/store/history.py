@@ -38,7 +38,7 @@ from iotdefender.metrics_catalog import SIZE_METRICS, is_smallest_series, smalle
 from iotdefender.store.advisory import HISTORY_COMPACTION, run_alone
 from iotdefender.store.database import writing
 from iotdefender.store.partition_selection import PartitionSelection, once_per_thing
-from iotdefender.store.schema import history_compaction, metric_segments, metric_values
+from iotdefender.store.schema import history_compaction, metric_latest, metric_segments, metric_values
 
 _COMPACTOR = "metric_segments"
 # Rows per segment: a chunk's decoding happens outside the write lock, its insert inside it.
@@ -515,4 +515,24 @@ def series_present(conn: Connection, start: float, end: float) -> set[str]:
 
 def delete_segments_older_than(conn: Connection, cutoff: float, batch: int = 500) -> int:
     ids = sa.select(metric_segments.c.id).where(metric_segments.c.max_ts < cutoff).limit(batch).scalar_subquery()
-    return conn.execute(metric_segments.delete().where(metric_segments.c.id.in_(ids))).rowcount
+    deleted = conn.execute(metric_segments.delete().where(metric_segments.c.id.in_(ids))).rowcount
+    _not_past(conn, metric_latest.update(), metric_latest.c.up_to_segment, metric_segments.c.id)
+    return deleted
+
+
+def compaction_cursor_not_past(conn: Connection) -> None:
+    """After a delete of ``metric_values`` rows: the compaction cursor back to the highest row left."""
+    _not_past(conn, history_compaction.update().where(history_compaction.c.name == _COMPACTOR),
+              history_compaction.c.last_row_id, metric_values.c.id)
+
+
+def _not_past(conn: Connection, update: sa.Update, cursor: Any, ids: Any) -> None:
+    """Move a cursor over a table's ids back to its highest id left, in the transaction of a delete.
+
+    SQLite gives a new row the highest id + 1 (no AUTOINCREMENT): once a delete took the newest rows
+    (retention, after a silence as long as it), new rows take ids at or below a cursor that had
+    passed them, and whatever reads only the ids after the cursor never sees them. No id between the
+    highest left and the cursor exists any more, so the cursor loses nothing by coming back. (On
+    PostgreSQL new ids pass every id ever given: the same statement changes nothing that matters.)"""
+    highest = sa.select(sa.func.coalesce(sa.func.max(ids), 0)).scalar_subquery()
+    conn.execute(update.where(cursor > highest).values({cursor.key: highest}))

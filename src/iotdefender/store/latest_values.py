@@ -6,14 +6,17 @@ to 14 days. Read from the segments (store/history.py), that is every datapoint o
 process, which ran out of memory. Here the compactor's segments are folded, series by series, into
 one row per series holding each device's latest (time, value) up to a segment id (``refresh``,
 after compaction, in bounded steps). A reader (``read_latest``) takes that row, folds the segments
-written after it and the rows not compacted yet, and keeps the devices whose latest datapoint lies
-in the range.
+written after it and the rows not compacted yet, and keeps the devices whose latest datapoint is at
+or after the range's start.
 
-That answer is the one a fold of the whole range gives, whatever state the table is in (behind,
-empty, or not written by an older release): a device's newest datapoint is its newest in every
-range ending now that holds it. (A range that ends before a device's newest datapoint would miss
-the device's earlier ones: the console's ranges end now.) A device whose newest datapoint is older
-than the series' oldest retained segment has no datapoint left in the history, and is dropped.
+That is the newest value of every device with a datapoint in the range (which ends now; a report
+that arrives while the page is read counts too), whatever state the table is in: behind, empty, or
+not written by an older release. (SQLite gives a new row the highest id + 1: once retention deleted
+the newest segments, new ones would take ids the table reached already. Retention moves the
+table's segment ids back with its delete: ``history.delete_segments_older_than``.) A device whose newest
+datapoint is older than the series' oldest retained segment has no datapoint left in the history,
+and is dropped. The cost: a row is rewritten whole, about as many bytes as its devices' datapoints
+since the last write (``LatestValues._due``).
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ from iotdefender.store.schema import metric_latest, metric_segments
 
 _CURSOR = ""  # the row keeping the highest segment id whose series were looked for
 # The first refresh after an upgrade meets the whole retained history (hundreds of millions of
-# datapoints at 100,000 devices): it is folded in steps of this many datapoints, each written, for
-# at most the budget per refresh (the compaction thread's), the rest at the next ones.
-POINTS_PER_STEP = 5_000_000
+# datapoints at 100,000 devices): it is folded in steps of this many datapoints (about a second
+# each), each written, for at most the budget per refresh (the compaction thread's), the rest at
+# the next ones.
+POINTS_PER_STEP = 2_000_000
 REFRESH_BUDGET_S = 10.0
 _SEGMENTS_PER_READ = 100  # segments fetched at once (~50,000 datapoints each at most)
 
@@ -131,19 +135,34 @@ def _segments_after(series: str, after_id: int) -> sa.Select:
         metric_segments.c.series == series, metric_segments.c.id > after_id).order_by(metric_segments.c.id)
 
 
-def read_latest(conn: Connection, series: str, start: float, end: float) -> tuple[list[str], np.ndarray]:
-    """Each device's latest value of ``series`` among its datapoints in [start, end] (the range
-    ending now: module docstring), with memory bounded by the devices, not the datapoints."""
+def _oldest_retained(conn: Connection, series: str) -> float | None:
+    """The time of the series' oldest datapoint still held in a segment (retention deletes the
+    older ones): what the fold holds from before it has no datapoint left in the history."""
+    oldest = conn.execute(sa.select(sa.func.min(metric_segments.c.min_ts)).where(metric_segments.c.series == series)
+                          ).scalar()
+    return None if oldest is None else float(oldest)
+
+
+def read_latest(conn: Connection, series: str, since: float) -> tuple[list[str], np.ndarray]:
+    """Each device's latest value of ``series``, for the devices with a datapoint at or after
+    ``since``; memory bounded by the devices, not the datapoints.
+
+    No end: a range that ends now ends before the reports that arrive while the page is read, and
+    a device whose newest datapoint came after the end would have been left out of the fold (its
+    newest is what the fold keeps), though it had datapoints in the range."""
     compacted = last_compacted_id(conn)  # before the segments: they then cover every row up to it
     latest, up_to = _kept(conn, series)
-    query = _segments_after(series, up_to).where(metric_segments.c.max_ts >= start, metric_segments.c.min_ts <= end)
+    oldest = _oldest_retained(conn, series)  # retention may have passed since the row was written
+    latest = Latest() if oldest is None else latest.without_older_than(oldest)
+    query = _segments_after(series, up_to).where(metric_segments.c.max_ts >= since).execution_options(
+        stream_results=True, yield_per=_SEGMENTS_PER_READ)
     # Streamed: a table far behind (just upgraded) leaves the whole range to fold here, one
     # fetch at a time, each decoded and folded before the next.
     segments = _Segments()
-    for row in conn.execution_options(stream_results=True, yield_per=_SEGMENTS_PER_READ).execute(query):
+    for row in conn.execute(query):
         latest.fold(segments.points(row.things, row.thing_index, row.times, row.vals))
-    latest.fold(uncompacted_points(conn, compacted, series, start, end))
-    return latest.within(start, end)
+    latest.fold(uncompacted_points(conn, compacted, series, since, float("inf")))
+    return latest.within(since, float("inf"))
 
 
 class LatestValues:
@@ -156,6 +175,7 @@ class LatestValues:
         self._engine = engine
         self._points_per_step = points_per_step
         self._budget_s = budget_s
+        self._next = 0  # the series the next refresh starts from
 
     def refresh(self) -> int:
         """Fold each due series' new segments, a step (one write) at a time, until caught up or the
@@ -165,16 +185,26 @@ class LatestValues:
     def _refresh(self) -> int:
         self._note_new_series()
         with self._engine.connect() as conn:
-            every = [s for (s,) in conn.execute(sa.select(metric_latest.c.series)
-                                                .where(metric_latest.c.series != _CURSOR))]
+            every = sorted(s for (s,) in conn.execute(sa.select(metric_latest.c.series)
+                                                      .where(metric_latest.c.series != _CURSOR)))
+        if not every:
+            return 0
+        # Round robin from where the last refresh stopped, so that a series behind the others'
+        # backlog gets its turn; the budget holds across series (a step may pass it once).
+        first = self._next % len(every)
         deadline = time.monotonic() + self._budget_s
         folded = 0
-        for series in every:  # one step each at least, so no series waits for the others' backlog
+        for turn in range(len(every)):
+            series = every[(first + turn) % len(every)]
+            if folded and time.monotonic() > deadline:
+                self._next = first + turn
+                return folded
             if not self._due(series):
                 continue
             folded += 1
             while self._step(series) and time.monotonic() <= deadline:
                 pass
+        self._next = first
         return folded
 
     def _note_new_series(self) -> None:
@@ -230,10 +260,9 @@ class LatestValues:
         if reached == up_to:
             return False
         with self._engine.connect() as conn:
-            oldest = conn.execute(sa.select(sa.func.min(metric_segments.c.min_ts))
-                                  .where(metric_segments.c.series == series)).scalar()
+            oldest = _oldest_retained(conn, series)
         if oldest is not None:
-            latest = latest.without_older_than(float(oldest))
+            latest = latest.without_older_than(oldest)
         with writing(self._engine) as conn:
             written = conn.execute(metric_latest.update().where(
                 metric_latest.c.series == series, metric_latest.c.up_to_segment == up_to).values(

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from iotdefender.metrics_catalog import series_key  # noqa: F401  (re-exported for ListMetricValues)
+from iotdefender.store.history import compaction_cursor_not_past
 from iotdefender.store.partition_selection import once_per_thing
 from iotdefender.store.rows import insert_many, name_among, names_in_chunks, upsert_many
 from iotdefender.store.schema import metric_values, thing_report_state
@@ -126,6 +127,9 @@ def newest_page(conn: Connection, thing: str, key: str, start: float, end: float
 
 
 def delete_older_than(conn: Connection, cutoff: float, batch: int = 5000) -> int:
-    """Delete one batch of expired datapoints; returns how many went (0 when done)."""
+    """Delete one batch of expired datapoints; returns how many went (0 when done). The history's
+    compaction cursor comes back to the highest id left (``history._not_past``)."""
     ids = sa.select(metric_values.c.id).where(metric_values.c.ts < cutoff).limit(batch).scalar_subquery()
-    return conn.execute(metric_values.delete().where(metric_values.c.id.in_(ids))).rowcount
+    deleted = conn.execute(metric_values.delete().where(metric_values.c.id.in_(ids))).rowcount
+    compaction_cursor_not_past(conn)
+    return deleted
