@@ -209,3 +209,61 @@ def test_an_index_build_cut_short_is_built_again(postgres):
                                       "WHERE c.relname = 'ix_violation_events_profile_time'")).scalar()
     engine.dispose()
     assert unique is False  # the migration's own index, not the leftover
+
+
+@pytest.mark.parametrize(("before", "index"), [("0020", "ix_things_partition"),
+                                               ("0021", "ix_violation_events_profile_time"),
+                                               ("0022", "ix_metric_segments_series_id")])
+def test_an_upgrade_cut_short_during_an_index_build_runs_again(postgres, before, index):
+    """A concurrent build commits what its migration did before it (a column, a table) without the
+    revision; cut short (cancelled here, as a node killed or a failover would), the next start runs
+    the migration again: it must find what was committed and build the index, not fail on it."""
+    import threading
+
+    import sqlalchemy as sa
+    from alembic import command
+
+    from iotdefender.store.database import alembic_config, long_statements
+
+    url = postgres.create_database(f"mig{time.time_ns()}")
+    engine = create_engine(url)
+    command.upgrade(alembic_config(engine), before)
+    # A build waits for the transactions holding a snapshot: one (on a table no migration locks)
+    # keeps it waiting until it is cancelled.
+    old_snapshot = engine.connect().execution_options(isolation_level="REPEATABLE READ")
+    old_snapshot.execute(sa.text("SELECT count(*) FROM security_profiles"))
+    failed: list[BaseException] = []
+
+    def upgrade() -> None:
+        try:
+            with long_statements():
+                upgrade_to_head(create_engine(url))
+        except Exception as error:  # noqa: BLE001 (what the test expects)
+            failed.append(error)
+
+    upgrading = threading.Thread(target=upgrade)
+    upgrading.start()
+    deadline = time.monotonic() + 30
+    while True:
+        with engine.connect() as probe:
+            cancelled = probe.execute(sa.text(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query ILIKE :pattern"),
+                {"pattern": f"CREATE INDEX CONCURRENTLY%{index}%"}).scalars().all()
+        if cancelled:
+            break
+        assert time.monotonic() < deadline and upgrading.is_alive(), failed
+        time.sleep(0.05)
+    upgrading.join(30)
+    old_snapshot.rollback()
+    old_snapshot.close()
+    assert len(failed) == 1 and "cancel" in str(failed[0]).lower()
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == before
+    with long_statements():
+        upgrade_to_head(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0023"
+        assert conn.execute(sa.text("SELECT count(*) FROM pg_index WHERE NOT indisvalid")).scalar() == 0
+        differences = compare_metadata(MigrationContext.configure(conn), metadata)
+    engine.dispose()
+    assert differences == []

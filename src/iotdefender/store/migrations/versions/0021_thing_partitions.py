@@ -20,7 +20,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column('things', sa.Column('partition', sa.Integer(), nullable=True))
+    # The index is built after a commit (store/online_index.py): an upgrade cut short during the
+    # build committed the column without the revision, and its next run finds the column there.
+    if 'partition' not in {column['name'] for column in sa.inspect(op.get_bind()).get_columns('things')}:
+        op.add_column('things', sa.Column('partition', sa.Integer(), nullable=True))
     create_index_online('ix_things_partition', 'things', ['partition'])
 
 

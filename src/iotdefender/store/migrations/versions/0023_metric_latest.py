@@ -21,6 +21,14 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # The index is built after a commit (store/online_index.py): an upgrade cut short during the
+    # build committed the table without the revision, and its next run finds the table there.
+    if not sa.inspect(op.get_bind()).has_table('metric_latest'):
+        _create_table()
+    create_index_online('ix_metric_segments_series_id', 'metric_segments', ['series', 'id'])
+
+
+def _create_table() -> None:
     op.create_table('metric_latest',
     sa.Column('series', sa.String(length=400), nullable=False),
     sa.Column('up_to_segment', sa.BigInteger(), nullable=False),
@@ -29,7 +37,6 @@ def upgrade() -> None:
     sa.Column('vals', sa.LargeBinary(), nullable=False),
     sa.PrimaryKeyConstraint('series')
     )
-    create_index_online('ix_metric_segments_series_id', 'metric_segments', ['series', 'id'])
 
 
 def downgrade() -> None:
