@@ -461,7 +461,8 @@ async def serve_cluster(settings: Settings) -> None:
     describe_node(node_id, roles)
     events = broker_events(settings, roles, devices, nc, topology, node_id, peers_read)
     if "api" in roles:
-        backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)
+        backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period,
+                                 settings.backtest_max_datapoints)
         warn_unreached_topics(engine, routes)
         api = ApiService(context, credentials, on_change=(monitoring.invalidate, notices[0].changed), health=health,
                          on_write=(routes.profile_written,),

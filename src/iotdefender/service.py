@@ -288,7 +288,8 @@ async def serve(settings: Settings, standby: WorkerStandby | None = None) -> Non
     cloud = CloudMetricsService(engine, monitoring, store, settings.effective_metrics_window)
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl,
                             observer=cloud if settings.cloud_metrics else NULL_OBSERVER)
-    backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period)
+    backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period,
+                             settings.backtest_max_datapoints)
     swept = SweepWake()  # after the caches are dropped: the sweep reads the changed control plane
     warn_unreached_topics(engine, routes)
     api = ApiService(context, credentials, on_change=(monitoring.invalidate, store.invalidate, swept), health=health,

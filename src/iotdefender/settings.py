@@ -18,6 +18,7 @@ class Settings:
     data_dir: Path = Path("./data")
     database_url: str | None = None
     database_timeout: float = 10.0  # store/database.py ROUND_TRIP_TIMEOUT_S
+    backtest_max_datapoints: int | None = None  # backtest/read_budget.py: None, a quarter of the memory
     region: str = "us-east-1"
     account_id: str = "123456789012"
     credentials_file: Path | None = None
@@ -178,6 +179,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "given up and the batch answered ServiceUnavailable (a frozen server or a hung "
                              "disk); backtests, ML training reads and migrations are exempt; 0 = no bound "
                              "(default %(default)s; docs/durability.md)")
+    parser.add_argument("--backtest-max-datapoints", type=int, default=d.backtest_max_datapoints,
+                        help="datapoints of one metric a backtest or the console's preview reads at once; a range "
+                             "holding more is refused (InvalidRequestException) rather than run out of memory; "
+                             "0 = no bound (default: a quarter of this machine's memory at 120 bytes a datapoint)")
     parser.add_argument("--region", default=d.region, help="region in every ARN and SigV4 scope (default %(default)s)")
     parser.add_argument("--account-id", default=d.account_id, help="account id in every ARN (default %(default)s)")
     parser.add_argument("--credentials", dest="credentials_file", type=Path, default=None,

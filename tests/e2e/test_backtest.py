@@ -161,3 +161,40 @@ def test_bad_backtest_requests_get_aws_shaped_errors(replayed):
         client.call("GET", "backtests/nope")
     assert raised.value.status == 404
     assert plain_http.post(svc.endpoint + "/_iotdefender/backtests", json={"behaviors": [COUNT]}).status_code == 403
+
+
+def test_a_range_holding_more_than_a_backtest_reads_at_once_is_refused_before_anything_is_read(monkeypatch):
+    """A backtest's fast path reads every datapoint of the range into the service process (about 120
+    bytes each): at 100,000 devices a week outgrew the machine's memory and the service died. Past
+    ``--backtest-max-datapoints`` a request is refused at once, saying what to change; a shorter
+    range runs, and behaviors replayed report by report (streamed) are not bounded by it."""
+    svc = ServiceProcess(data_dir=Path(tempfile.mkdtemp()), extra_args=[
+        "--report-min-interval", "0", "--time-scale", "1000", "--backtest-max-datapoints", "12"])
+    svc.start()
+    try:
+        iot = svc.client()
+        iot.create_security_profile(securityProfileName="budget", behaviors=[COUNT, PORTS])
+        iot.attach_security_profile(securityProfileName="budget", securityProfileTargetArn=ALL_THINGS)
+        device = Device(svc.mqtt_port, "budget-dev")
+        times = []
+        for k in range(1, 21):
+            times.append(time.time())
+            assert device.report(report(k, [443]))[0] == "json/accepted"
+            time.sleep(0.01)
+        device.close()
+        for key, value in {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                           "AWS_DEFAULT_REGION": REGION}.items():
+            monkeypatch.setenv(key, value)
+        client = ExtensionClient(svc.endpoint, REGION)
+        whole = {"startTime": times[0] - 1, "endTime": times[-1] + 1}
+        with pytest.raises(ExtensionError) as raised:
+            client.call("POST", "backtests", {"behaviors": [COUNT], **whole})
+        assert (raised.value.code, raised.value.status) == ("InvalidRequestException", 400)
+        assert "about 20 datapoints of aws:num-listening-tcp-ports" in str(raised.value)
+        assert "--backtest-max-datapoints" in str(raised.value)
+        for spec in ({"behaviors": [COUNT], "startTime": times[0] - 1, "endTime": times[10]},  # the first 10
+                     {"behaviors": [PORTS], **whole}):
+            (result,) = run_to_end(client, spec)["behaviors"]
+            assert result["datapoints"] == (10 if spec["behaviors"] == [COUNT] else 20)
+    finally:
+        svc.stop()

@@ -29,7 +29,9 @@ from iotdefender.contract.service_model import service_model
 from iotdefender.contract.timestamps import epoch_seconds
 from iotdefender.contract.validation_report import problem, validation_error
 from iotdefender.contract.validation import validate_input, validate_value
-from iotdefender.backtest.runner import BACKTEST_PROFILE, BacktestRequest, run_backtest
+from iotdefender.backtest.read_budget import check_readable, default_max_datapoints
+from iotdefender.backtest.runner import (BACKTEST_PROFILE, BacktestRequest, _series_of, fast_path_threshold,
+                                         run_backtest)
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.security_profiles import validate_security_profile_behaviors
 from iotdefender.pipeline.monitoring import MonitoringIndex
@@ -72,8 +74,9 @@ def _number(spec: dict[str, Any], key: str, default: float) -> float:
 
 
 def resolve_request(ctx: ServiceContext, monitoring: MonitoringIndex, spec: Any, now: float,
-                    time_scale: float, invalidation_period: float) -> BacktestRequest:
-    """Check a request document and turn it into a runnable request (InvalidRequest otherwise)."""
+                    time_scale: float, invalidation_period: float, max_datapoints: int = 0) -> BacktestRequest:
+    """Check a request document and turn it into a runnable request (InvalidRequest otherwise,
+    also when its range holds more datapoints than a backtest reads at once: read_budget.py)."""
     if not isinstance(spec, dict):
         raise invalid_request("The backtest request must be a JSON object")
     name = spec.get("securityProfileName")
@@ -121,6 +124,10 @@ def resolve_request(ctx: ServiceContext, monitoring: MonitoringIndex, spec: Any,
     if unknown:  # a mistyped name would otherwise sweep nothing, silently
         raise invalid_request(f"thresholds name behaviors that are not in this backtest: {', '.join(unknown)} "
                               f"(its behaviors: {', '.join(names) or 'none'})")
+    read_at_once = [_series_of(b) for b in behaviors if b.get("metric") and fast_path_threshold(b) is not None]
+    if read_at_once and max_datapoints > 0:
+        with ctx.engine.connect() as conn:
+            check_readable(conn, read_at_once, start, end, max_datapoints)
     wanted = set(targets)
     everything = ctx.arn("all/things") in wanted
 
@@ -137,7 +144,9 @@ def resolve_request(ctx: ServiceContext, monitoring: MonitoringIndex, spec: Any,
 
 class BacktestJobs:
     def __init__(self, ctx: ServiceContext, monitoring: MonitoringIndex, time_scale: float,
-                 invalidation_period: float) -> None:
+                 invalidation_period: float, max_datapoints: int | None = None) -> None:
+        """``max_datapoints``: the read budget (read_budget.py); None: a quarter of the memory; 0: none."""
+        self._max_datapoints = default_max_datapoints() if max_datapoints is None else max_datapoints
         self._ctx = ctx
         self._monitoring = monitoring
         self._time_scale = time_scale
@@ -151,7 +160,7 @@ class BacktestJobs:
     def resolve(self, spec: Any) -> BacktestRequest:
         """Check a request document as ``submit`` does, without queueing it (the console's preview)."""
         return resolve_request(self._ctx, self._monitoring, spec, time.time(), self._time_scale,
-                               self._invalidation_period)
+                               self._invalidation_period, self._max_datapoints)
 
     def submit(self, spec: Any) -> Job:
         job = Job(uuid.uuid4().hex, self.resolve(spec))

@@ -481,6 +481,18 @@ def report_as_evaluated(datapoints: dict[str, Any], sizes: Iterable[str]) -> dic
     return {key: value for key, value in datapoints.items() if key not in idle}
 
 
+def datapoints_between(conn: Connection, series: str, start: float, end: float) -> int:
+    """About how many datapoints of ``series`` a read of [start, end] decodes: the points of the
+    segments that overlap it (some may lie outside) and the rows not compacted yet in it (all
+    their series: an upper bound). Two index reads, nothing decoded."""
+    segments = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(metric_segments.c.points), 0)).where(
+        metric_segments.c.series == series, metric_segments.c.max_ts >= start,
+        metric_segments.c.min_ts <= end)).scalar()
+    rows = conn.execute(sa.select(sa.func.count()).select_from(metric_values).where(
+        metric_values.c.id > last_compacted_id(conn), metric_values.c.ts >= start, metric_values.c.ts <= end)).scalar()
+    return int(segments or 0) + int(rows or 0)
+
+
 def count_reports(conn: Connection, start: float, end: float) -> int:
     return int(conn.execute(sa.select(sa.func.count()).select_from(metric_values)
                             .where(metric_values.c.ts >= start, metric_values.c.ts <= end)).scalar() or 0)
