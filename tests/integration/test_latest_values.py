@@ -212,3 +212,41 @@ def test_after_retention_took_everything_new_datapoints_are_compacted_and_folded
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.max(metric_latest.c.up_to_segment))).scalar() <= conn.execute(
             sa.select(sa.func.max(metric_segments.c.id))).scalar()
+
+
+def test_only_series_read_within_a_week_are_kept_folded(engine) -> None:
+    """Every row rewritten costs about as many bytes as its datapoints: a series no one read for a
+    week is emptied and left, its reads stay exact (they fold the segments themselves), and a read
+    has it kept folded again."""
+    from iotdefender.store.latest_values import KEEP_FOLDED_S, mark_read
+
+    now = [1_000_000.0]
+    latest = LatestValues(engine, clock=lambda: now[0])
+    rng = random.Random(9)
+    stored = fleet_reports(rng, 1000.0, 200, devices=10)
+    store(engine, stored)
+    compact(engine)
+    assert latest.refresh() == 2  # both series, new: kept folded for a week unread
+    now[0] += KEEP_FOLDED_S / 2
+    mark_read(engine, PORTS, now[0])  # PORTS read; CPU not
+    now[0] += KEEP_FOLDED_S / 2 + 1
+    more = fleet_reports(rng, 2000.0, 200, devices=10)
+    store(engine, more)
+    compact(engine)
+    stored += more
+    assert latest.refresh() == 1  # PORTS only
+    rows = kept_rows(engine)
+    with engine.connect() as conn:
+        held = dict(conn.execute(sa.select(metric_latest.c.series, sa.func.length(metric_latest.c.times) / 8)).all())
+    assert rows[CPU] == 0 and held[CPU] == 0 and rows[PORTS] > 0 and held[PORTS] == 10
+    for series in (PORTS, CPU):
+        assert read(engine, series, 0.0) == expected(stored, series, 0.0, 1e12)
+    mark_read(engine, CPU, now[0])
+    assert latest.refresh() == 1 and kept_rows(engine)[CPU] > 0
+    assert read(engine, CPU, 0.0) == expected(stored, CPU, 0.0, 1e12)
+    with writing(engine) as conn:  # a row made before the column: counts as read at the next refresh
+        conn.execute(metric_latest.update().where(metric_latest.c.series == CPU).values(read_at=None))
+    now[0] += KEEP_FOLDED_S - 10
+    latest.refresh()
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(metric_latest.c.read_at).where(metric_latest.c.series == CPU)).scalar() == now[0]

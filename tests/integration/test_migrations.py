@@ -10,7 +10,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from iotdefender.store.database import create_engine, sqlite_url, upgrade_to_head
+from iotdefender.store.database import HEAD_REVISION, create_engine, sqlite_url, upgrade_to_head
 from iotdefender.store.schema import metadata
 
 
@@ -172,7 +172,7 @@ def test_an_index_is_built_while_the_previous_release_keeps_inserting(postgres):
     upgrading.join(60)
     assert not upgrading.is_alive() and failed == []
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0023"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION
         invalid = conn.execute(sa.text("SELECT count(*) FROM pg_index WHERE NOT indisvalid")).scalar()
         names = {row[0] for row in conn.execute(sa.text(
             "SELECT indexname FROM pg_indexes WHERE tablename = 'violation_events'"))}
@@ -262,7 +262,7 @@ def test_an_upgrade_cut_short_during_an_index_build_runs_again(postgres, before,
     with long_statements():
         upgrade_to_head(engine)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0023"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION
         assert conn.execute(sa.text("SELECT count(*) FROM pg_index WHERE NOT indisvalid")).scalar() == 0
         differences = compare_metadata(MigrationContext.configure(conn), metadata)
     engine.dispose()

@@ -85,6 +85,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                     out["error"] = f"ResourceNotFoundException: Thing group {group} does not exist"
                 elif metric:
                     names, values = latest_values.read_latest(conn, metric, start)
+                    latest_values.mark_read(console.engine, metric, end)  # kept folded while read
                     if group:  # the group with its child groups, as a profile attached to it covers
                         parents = registry.all_group_parents(conn)
                         names, values = fleet.among(names, values, insights.members_of(

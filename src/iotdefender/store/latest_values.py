@@ -16,12 +16,15 @@ the newest segments, new ones would take ids the table reached already. Retentio
 table's segment ids back with its delete: ``history.delete_segments_older_than``.) A device whose newest
 datapoint is older than the series' oldest retained segment has no datapoint left in the history,
 and is dropped. The cost: a row is rewritten whole, about as many bytes as its devices' datapoints
-since the last write (``LatestValues._due``).
+since the last write (``LatestValues._due``), so only the series the console read within a week
+(or first seen within a week) are kept folded; the others are emptied, and their first read folds
+the segments itself (slower, in the same bounded memory) and marks them again.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +44,12 @@ _CURSOR = ""  # the row keeping the highest segment id whose series were looked 
 # the next ones.
 POINTS_PER_STEP = 2_000_000
 REFRESH_BUDGET_S = 10.0
+# A series' row is kept folded while the console read it (or the row was made) within this long;
+# then it is emptied and left until read again. Every row rewritten costs about as many bytes as
+# its series' datapoints (``_due``): at 10M devices, all series kept folded doubled the history's
+# writes, for series no one looked at. A read marks its row at most this often.
+KEEP_FOLDED_S = 7 * 86400.0
+MARK_READ_EVERY_S = 3600.0
 _SEGMENTS_PER_READ = 100  # segments fetched at once (~50,000 datapoints each at most)
 
 
@@ -165,13 +174,25 @@ def read_latest(conn: Connection, series: str, since: float) -> tuple[list[str],
     return latest.within(since, float("inf"))
 
 
+def mark_read(engine: Engine, series: str, now: float) -> None:
+    """The console read ``series``: its row is kept folded for ``KEEP_FOLDED_S`` more (a write at
+    most every ``MARK_READ_EVERY_S``). A series without a row gets one at the next refresh."""
+    with engine.connect() as conn:
+        read_at = conn.execute(sa.select(metric_latest.c.read_at).where(metric_latest.c.series == series)).first()
+    if read_at is None or (read_at[0] is not None and read_at[0] >= now - MARK_READ_EVERY_S):
+        return
+    with writing(engine) as conn:
+        conn.execute(metric_latest.update().where(metric_latest.c.series == series).values(read_at=now))
+
+
 class LatestValues:
     """Keeps ``metric_latest`` folded up to the newest segments (``refresh``, after each compaction
     run). In a cluster one node refreshes at a time (a PostgreSQL advisory lock), and a row is
     written only over the one it was folded from, so a refresh that raced another is dropped."""
 
-    def __init__(self, engine: Engine, points_per_step: int = POINTS_PER_STEP, budget_s: float = REFRESH_BUDGET_S
-                 ) -> None:
+    def __init__(self, engine: Engine, points_per_step: int = POINTS_PER_STEP, budget_s: float = REFRESH_BUDGET_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._engine = engine
         self._points_per_step = points_per_step
         self._budget_s = budget_s
@@ -183,10 +204,12 @@ class LatestValues:
         return run_alone(self._engine, LATEST_VALUES, self._refresh) or 0
 
     def _refresh(self) -> int:
-        self._note_new_series()
+        now = self._clock()
+        self._note_new_series(now)
+        self._empty_unread(now)
         with self._engine.connect() as conn:
-            every = sorted(s for (s,) in conn.execute(sa.select(metric_latest.c.series)
-                                                      .where(metric_latest.c.series != _CURSOR)))
+            every = sorted(s for (s,) in conn.execute(sa.select(metric_latest.c.series).where(
+                metric_latest.c.series != _CURSOR, metric_latest.c.read_at >= now - KEEP_FOLDED_S)))
         if not every:
             return 0
         # Round robin from where the last refresh stopped, so that a series behind the others'
@@ -207,8 +230,22 @@ class LatestValues:
         self._next = first
         return folded
 
-    def _note_new_series(self) -> None:
-        """Series with segments after the cursor get a row (empty at first); the cursor moves on."""
+    def _empty_unread(self, now: float) -> None:
+        """Rows of releases before ``read_at`` count as read now; rows not read for
+        ``KEEP_FOLDED_S`` are emptied, once (a read folds the segments itself, and marks the row)."""
+        unmarked = metric_latest.c.read_at.is_(None)
+        lapsed = sa.and_(metric_latest.c.series != _CURSOR, metric_latest.c.read_at < now - KEEP_FOLDED_S,
+                         metric_latest.c.up_to_segment > 0)
+        with self._engine.connect() as conn:  # read first: most refreshes have nothing to write here
+            if conn.execute(sa.select(sa.func.count()).where(sa.or_(unmarked, lapsed))).scalar() == 0:
+                return
+        with writing(self._engine) as conn:
+            conn.execute(metric_latest.update().where(unmarked).values(read_at=now))
+            conn.execute(metric_latest.update().where(lapsed).values(up_to_segment=0, **Latest().encoded()))
+
+    def _note_new_series(self, now: float) -> None:
+        """Series with segments after the cursor get a row (empty at first, as read now: a new
+        series is kept folded for a week unread); the cursor moves on."""
         with self._engine.connect() as conn:
             cursor = conn.execute(sa.select(metric_latest.c.up_to_segment)
                                   .where(metric_latest.c.series == _CURSOR)).scalar()
@@ -221,12 +258,12 @@ class LatestValues:
         empty = Latest().encoded()
         with writing(self._engine) as conn:
             if found - known:
-                conn.execute(metric_latest.insert(), [{"series": s, "up_to_segment": 0, **empty}
+                conn.execute(metric_latest.insert(), [{"series": s, "up_to_segment": 0, "read_at": now, **empty}
                                                       for s in sorted(found - known)])
             moved = conn.execute(metric_latest.update().where(metric_latest.c.series == _CURSOR)
                                  .values(up_to_segment=top)).rowcount
             if not moved:
-                conn.execute(metric_latest.insert().values(series=_CURSOR, up_to_segment=top, **empty))
+                conn.execute(metric_latest.insert().values(series=_CURSOR, up_to_segment=top, read_at=now, **empty))
 
     def _due(self, series: str) -> bool:
         """Whether the series' segments after its row hold at least as many datapoints as the row

@@ -279,6 +279,9 @@ metric_latest = sa.Table(
     sa.Column("things", sa.LargeBinary, nullable=False),  # orjson list of thing names
     sa.Column("times", sa.LargeBinary, nullable=False),  # float64, little endian
     sa.Column("vals", sa.LargeBinary, nullable=False),  # float64
+    # When the console last read the series (or the row was made): only series read within a week
+    # are kept folded (migration 0024). NULL in rows made before it.
+    sa.Column("read_at", EPOCH, nullable=True),
 )
 
 history_compaction = sa.Table(
