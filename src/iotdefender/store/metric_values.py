@@ -80,18 +80,21 @@ def series_page(conn: Connection, thing: str, key: str, start: float, end: float
 
 
 def series_rows(conn: Connection, thing: str, keys: Sequence[str], start: float, end: float,
-                after: tuple[float, int] | None, limit: int) -> list[tuple[int, float, dict[str, Any]]]:
-    """(id, ts, {key: value}) of the rows holding any of ``keys`` in [start, end], oldest first,
-    after the (ts, id) key."""
+                after: tuple[float, int] | None, limit: int, newest_first: bool = False
+                ) -> list[tuple[int, float, dict[str, Any]]]:
+    """(id, ts, {key: value}) of the rows holding any of ``keys`` in [start, end], oldest first
+    after the (ts, id) key (or newest first before it)."""
     found: list[tuple[int, float, dict[str, Any]]] = []
+    ts_column, id_column = metric_values.c.ts, metric_values.c.id
     while len(found) < limit:
         query = sa.select(metric_values.c.id, metric_values.c.ts, metric_values.c.datapoints).where(
-            metric_values.c.thing_name == thing, metric_values.c.ts >= start, metric_values.c.ts <= end)
+            metric_values.c.thing_name == thing, ts_column >= start, ts_column <= end)
         if after is not None:
             ts, row_id = after
-            query = query.where(sa.or_(metric_values.c.ts > ts,
-                                       sa.and_(metric_values.c.ts == ts, metric_values.c.id > row_id)))
-        rows = conn.execute(query.order_by(metric_values.c.ts, metric_values.c.id).limit(500)).all()
+            query = query.where(sa.or_(ts_column < ts, sa.and_(ts_column == ts, id_column < row_id)) if newest_first
+                                else sa.or_(ts_column > ts, sa.and_(ts_column == ts, id_column > row_id)))
+        order = (ts_column.desc(), id_column.desc()) if newest_first else (ts_column, id_column)
+        rows = conn.execute(query.order_by(*order).limit(500)).all()
         for row_id, ts, datapoints in rows:
             values = {key: datapoints[key] for key in keys if key in datapoints}
             if values:
@@ -109,21 +112,8 @@ def newest_page(conn: Connection, thing: str, key: str, start: float, end: float
     """(id, ts, value) of the newest ``limit`` datapoints of one series in [start, end], oldest
     first: a chart of a range holding more datapoints than it draws shows the range's end, where
     an operator looks first, rather than stopping partway."""
-    found: list[tuple[int, float, Any]] = []
-    before: tuple[float, int] | None = None
-    while len(found) < limit:
-        query = sa.select(metric_values.c.id, metric_values.c.ts, metric_values.c.datapoints).where(
-            metric_values.c.thing_name == thing, metric_values.c.ts >= start, metric_values.c.ts <= end)
-        if before is not None:
-            ts, row_id = before
-            query = query.where(sa.or_(metric_values.c.ts < ts,
-                                       sa.and_(metric_values.c.ts == ts, metric_values.c.id < row_id)))
-        rows = conn.execute(query.order_by(metric_values.c.ts.desc(), metric_values.c.id.desc()).limit(500)).all()
-        found.extend((row_id, ts, datapoints[key]) for row_id, ts, datapoints in rows if key in datapoints)
-        if len(rows) < 500:
-            break
-        before = (rows[-1].ts, rows[-1].id)
-    return found[:limit][::-1]
+    return [(row_id, ts, values[key]) for row_id, ts, values in
+            series_rows(conn, thing, (key,), start, end, None, limit, newest_first=True)][::-1]
 
 
 def delete_older_than(conn: Connection, cutoff: float, batch: int = 5000) -> int:
