@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from iotdefender.controlplane.behavior_rules import validate_profile_behaviors
-from iotdefender.cloud.aggregator import Aggregator, ClientWindow, DimensionSpec, merge_windows
+from iotdefender.cloud.aggregator import Aggregator, ClientWindow, DimensionSpec, merge_windows, pack, unpack
 from iotdefender.cloud.cluster_windows import CloudWindowMessage, decode, encode
 from iotdefender.engine.alarm import counting_ids
 from iotdefender.engine.evaluator import Evaluator
@@ -120,6 +120,42 @@ def test_the_smallest_travels_between_nodes_and_a_node_of_the_release_before_rea
 
     older = msgspec.msgpack.decode(encode(message), type=OlderMessage)
     assert older.part.sent_max_bytes == {"t": 100}
+
+
+class FullClientWindow(msgspec.Struct):
+    """A device's window part as the release before idle fields were left out reads and writes it:
+    every field, always encoded."""
+
+    connection_attempts: int = 0
+    disconnects: int = 0
+    auth_failures: dict[str | None, int] = {}
+    sent: dict[str | None, int] = {}
+    sent_max_bytes: dict[str | None, int] = {}
+    sent_min_bytes: dict[str | None, int] = {}
+    received: dict[str | None, int] = {}
+    source_ips: dict[str, None] = {}
+    last_connect_ok: float = 0.0
+    last_disconnect: float = 0.0
+
+
+def test_a_part_leaves_out_its_idle_fields_and_both_releases_read_each_others():
+    """A window's parts cross a detect node's one NATS connection all at once at the window's end,
+    ahead of the reports published meanwhile (bench/window_end_reports.py). A device that only sent
+    messages was 211 bytes with every field's name; the idle ones are now left out, and a node of
+    the release before, which encodes them all, reads the parts as before (msgspec fills a missing
+    field with its default), and is read."""
+    part = ClientWindow(sent={"telemetry": 3}, sent_max_bytes={"telemetry": 200}, sent_min_bytes={"telemetry": 120})
+    packed = pack(part)
+    assert len(packed) < 100
+    assert b"source_ips" not in packed and b"connection_attempts" not in packed
+    assert msgspec.msgpack.decode(packed, type=FullClientWindow) == FullClientWindow(
+        sent={"telemetry": 3}, sent_max_bytes={"telemetry": 200}, sent_min_bytes={"telemetry": 120})
+    full = FullClientWindow(connection_attempts=1, sent={"t": 2}, sent_max_bytes={"t": 9}, sent_min_bytes={"t": 9},
+                            source_ips={"10.0.0.1": None}, last_connect_ok=12.5)
+    assert unpack(msgspec.msgpack.encode(full)) == ClientWindow(
+        connection_attempts=1, sent={"t": 2}, sent_max_bytes={"t": 9}, sent_min_bytes={"t": 9},
+        source_ips={"10.0.0.1": None}, last_connect_ok=12.5)
+    assert unpack(pack(ClientWindow())) == ClientWindow()
 
 
 @pytest.mark.parametrize("operator, series", [
