@@ -344,7 +344,7 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
                                on_acquired=cloud_acquired(cloud, store.on_acquired),
                                on_released=cloud_released(cloud, store.on_released),
                                on_retoken=store.on_retoken, database=reach,
-                               bare_token_members=bare_token_members)
+                               bare_token_members=bare_token_members, aside=cloud.aside())
                 if cloud is not None else
                 DetectConsumer(nc.jetstream(), topology, node_id, store.handle, on_acquired=store.on_acquired,
                                on_released=store.on_released, on_retoken=store.on_retoken,

@@ -11,7 +11,8 @@ import pytest
 
 from iotdefender.cluster.ownership import Ownership, lease_key
 from iotdefender.cluster.partitions import partition_of
-from iotdefender.cluster.report_stream import Delivery, More, PartitionReader, ReportPublisher, report_message_id
+from iotdefender.cluster.report_stream import (Aside, Delivery, More, PartitionReader, ReportPublisher,
+                                               report_message_id)
 from iotdefender.cluster.topology import Topology, TopologyMismatch, count_servers, ensure, replicas_for
 from tests.support.jetstream import JetStreamCluster, SingleJetStream, make_leader
 from tests.support import plain_http
@@ -335,6 +336,172 @@ def test_a_delivery_taken_by_another_pull_request_is_handled_before_the_next_one
             await asyncio.sleep(0.05)
         await reader.stop()
         assert handled == [0, 1, 2]
+        await nc.close()
+    run(go())
+
+
+def _part(payload: bytes) -> bool:
+    return payload.startswith(b"part")
+
+
+async def _until(condition: Callable[[], bool], within_s: float = 10.0) -> None:
+    started = asyncio.get_running_loop().time()
+    while not condition():
+        assert asyncio.get_running_loop().time() - started < within_s, "not within the time"
+        await asyncio.sleep(0.05)
+
+
+def test_reports_behind_deliveries_set_aside_are_handled_and_acked_while_those_wait(single):
+    """``Aside``: what it takes (a cloud window's parts, kept in PostgreSQL before they are acked)
+    is settled beside the batches. The reports behind it are handled and acked at once instead of
+    waiting for it; it stays unacked until its handler returns, ``read_through`` does not pass it
+    meanwhile, and set-aside deliveries are handed over in order, one call at a time."""
+    async def go() -> None:
+        nc, js, topology, publisher = await _two_partitions(single.urls)
+        thing = _thing_in(1, 2, "aside")
+        reports: list[int] = []
+        set_aside: list[list[bytes]] = []
+        calls_running = 0
+        most_running = 0
+        release = asyncio.Event()
+
+        async def handle_reports(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
+            assert not any(_part(d.payload) for d in batch)
+            reports.extend(int(d.payload) for d in batch)
+            assert not any(_part(d.payload) for d in more(lambda d: True))  # nothing set aside joins
+
+        async def handle_parts(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
+            nonlocal calls_running, most_running
+            calls_running += 1
+            most_running = max(most_running, calls_running)
+            set_aside.append([d.payload for d in batch])
+            await release.wait()
+            calls_running -= 1
+
+        async def publish(payload: bytes, key: str) -> None:
+            await publisher.publish(thing, payload, report_message_id(thing, hash(key) & 0xffff))
+
+        reader = PartitionReader(js, topology, 1, handle_reports, token=1, still_owner=lambda: True, batch=4,
+                                 retry_pause_s=0.05, aside=Aside(lambda d: _part(d.payload), handle_parts))
+        await reader.start()
+        await publish(b"0", "r0")
+        await publish(b"part-a", "pa")
+        for report_id in (1, 2, 3):
+            await publish(str(report_id).encode(), f"r{report_id}")
+        await _until(lambda: len(reports) == 4)
+        await publish(b"part-b", "pb")
+        await publish(b"4", "r4")
+        await _until(lambda: len(reports) == 5)
+        stored = time.time()
+        await asyncio.sleep(1.2)  # fetches that find nothing more: read through, but for the parts
+        assert reports == [0, 1, 2, 3, 4]
+        assert set_aside == [[b"part-a"]]  # part-b waits for the call before it to return
+        info = await js.consumer_info(topology.stream, topology.consumer_of(1))
+        assert info.num_ack_pending == 2  # the reports are acked; both parts are not
+        assert (await js.stream_info(topology.stream)).state.messages == 2
+        assert reader.read_through < stored
+        release.set()
+        await _until(lambda: reader.read_through >= stored)
+        assert set_aside == [[b"part-a"], [b"part-b"]] and most_running == 1
+        assert (await js.stream_info(topology.stream)).state.messages == 0
+        assert reader.handled == 7
+        await reader.stop()
+        await nc.close()
+    run(go())
+
+
+def test_deliveries_set_aside_that_fail_are_retried_in_order_and_handed_back_when_the_reader_stops(single):
+    """A keep that fails (the database is away) is retried, and what was set aside after it waits
+    for it; a reader asked to stop meanwhile hands it back (nakked, for the next owner) instead
+    of leaving it unacked until ``ack_wait``."""
+    async def go() -> None:
+        nc, js, topology, publisher = await _two_partitions(single.urls)
+        thing = _thing_in(0, 2, "retry")
+        handled: list[bytes] = []
+        failures = 2
+        tried = asyncio.Event()
+
+        async def handle_reports(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
+            handled.extend(d.payload for d in batch)
+
+        async def handle_parts(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
+            nonlocal failures
+            tried.set()
+            if failures:
+                failures -= 1
+                raise RuntimeError("the database is away")
+            handled.extend(d.payload for d in batch)
+
+        reader = PartitionReader(js, topology, 0, handle_reports, token=1, still_owner=lambda: True, batch=1,
+                                 retry_pause_s=0.3, aside=Aside(lambda d: _part(d.payload), handle_parts))
+        await reader.start()
+        for n, payload in enumerate((b"part-1", b"part-2", b"r")):
+            await publisher.publish(thing, payload, report_message_id(thing, n))
+        await _until(lambda: b"r" in handled)
+        assert handled == [b"r"]  # both parts wait for the first one's retries
+        await _until(lambda: len(handled) == 3)
+        assert handled == [b"r", b"part-1", b"part-2"]
+        assert (await js.stream_info(topology.stream)).state.messages == 0
+
+        failures, tried = 1_000, asyncio.Event()
+        await publisher.publish(thing, b"part-3", report_message_id(thing, 3))
+        await asyncio.wait_for(tried.wait(), 10)
+        await asyncio.wait_for(reader.stop(), 5)
+        assert (await js.stream_info(topology.stream)).state.messages == 1
+        assert handled == [b"r", b"part-1", b"part-2"]
+        failures = 0
+        successor = PartitionReader(js, topology, 0, handle_reports, token=2, still_owner=lambda: True,
+                                    aside=Aside(lambda d: _part(d.payload), handle_parts))
+        await successor.start()
+        await _until(lambda: len(handled) == 4, within_s=8)  # handed back: not after the 30 s ack_wait
+        assert handled[-1] == b"part-3"
+        await successor.stop()
+        await nc.close()
+    run(go())
+
+
+def test_a_new_owner_gets_the_deliveries_its_predecessor_had_set_aside_first(single):
+    """A node killed while it keeps a window's parts: the reports behind them were acked (gone from
+    the work queue), the parts were not. The next owner's reader resets the consumer and gets the
+    parts at once, not after ``ack_wait``, and no report again."""
+    async def go() -> None:
+        nc, js, topology, publisher = await _two_partitions(single.urls)
+        thing = _thing_in(1, 2, "killed")
+        first: list[bytes] = []
+        never = asyncio.Event()
+
+        async def first_reports(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
+            first.extend(d.payload for d in batch)
+
+        async def stuck_parts(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
+            await never.wait()
+
+        killed = await nats.connect(servers=single.urls)
+        old = PartitionReader(killed.jetstream(), topology, 1, first_reports, token=1, still_owner=lambda: True,
+                              aside=Aside(lambda d: _part(d.payload), stuck_parts))
+        await old.start()
+        for n, payload in enumerate((b"part-1", b"r1", b"r2")):
+            await publisher.publish(thing, payload, report_message_id(thing, n))
+        await _until(lambda: first == [b"r1", b"r2"])
+        await asyncio.sleep(0.3)  # their acks reach the server
+        assert (await js.stream_info(topology.stream)).state.messages == 1  # the part, unacked
+        assert old._task is not None
+        old._task.cancel()  # the node dies: nothing of it runs again
+        await killed.close()
+
+        second: list[bytes] = []
+
+        async def second_handler(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
+            second.extend(d.payload for d in batch)
+
+        new = PartitionReader(js, topology, 1, second_handler, token=2, still_owner=lambda: True,
+                              aside=Aside(lambda d: _part(d.payload), second_handler))
+        await new.start()
+        await _until(lambda: second == [b"part-1"], within_s=8)  # ack_wait is 30 s
+        await asyncio.sleep(0.5)
+        assert second == [b"part-1"]
+        assert (await js.stream_info(topology.stream)).state.messages == 0
+        await new.stop()
         await nc.close()
     run(go())
 

@@ -73,7 +73,7 @@ from iotdefender.ingest.report import ReportRejected, check_thing_name
 from iotdefender.log_limits import LimitedLog
 from iotdefender.message_size import fitting, payload_limit
 from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of
-from iotdefender.cluster.report_stream import BatchHandler, Delivery, More, nothing_more
+from iotdefender.cluster.report_stream import Aside, BatchHandler, Delivery, More, nothing_more
 from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSummary, summaries
 from iotdefender.pipeline.batch_isolation import together_or_apart
 from iotdefender.pipeline.detection import DetectionService
@@ -702,33 +702,13 @@ class WindowCollector:
 
     def handler(self, reports: BatchHandler) -> BatchHandler:
         """The partitions' handler: cloud window parts stored and held here, the rest handed to
-        ``reports``; raises (the batch is nakked) if the parts cannot be stored."""
+        ``reports``; raises (the batch is nakked) if the parts cannot be stored. A reader given
+        ``aside`` hands this handler reports only."""
         async def handle(partition: int, token: int, deliveries: Sequence[Delivery],
                          more: More = nothing_more) -> None:
-            rest: list[Delivery] = []
-            parts: list[CloudWindowMessage] = []
-            ends: list[End] = []
-            for delivery in deliveries:
-                message = decode(delivery.payload)
-                if message is None:
-                    rest.append(delivery)
-                elif isinstance(message, CloudWindowEnd):
-                    if message.window_s == self._window_s:
-                        ends.append(message.end())
-                    else:
-                        log.error("cloud_window_end_refused", node=message.node, window_s=message.window_s)
-                else:
-                    parts.extend(one for one in (message.messages() if isinstance(message, CloudWindowParts)
-                                                 else [message])
-                                 if self.accept(partition, one, redelivered=delivery.delivered > 1))
-            if parts or ends:
-                await self._keeps((partition, token, parts, ends))
-                for message in parts:  # accepted above; held unless its window was closed meanwhile
-                    if not self._late(partition, message):
-                        self._hold(partition, message.window, message.thing, message.node, message.part)
-                if partition in self._next:
-                    for end in ends:
-                        self.ends.record(partition, end)
+            rest = [delivery for delivery in deliveries if not _marked(delivery.payload)]
+            if len(rest) < len(deliveries):
+                await self._keep_parts(partition, token, [d for d in deliveries if _marked(d.payload)])
             if rest:
                 # What arrives meanwhile joins the reports up to the first part (parts are stored
                 # here, before the batch is acked: the next batch takes that one).
@@ -737,6 +717,42 @@ class WindowCollector:
 
                 await reports(partition, token, rest, more_reports)
         return handle
+
+    def aside(self) -> Aside:
+        """What the partitions' readers set aside (report_stream.Aside): the parts and ends of
+        windows, kept while the reports behind them are handled."""
+        async def keep(partition: int, token: int, deliveries: Sequence[Delivery], more: More = nothing_more) -> None:
+            await self._keep_parts(partition, token, deliveries)
+        return Aside(lambda delivery: _marked(delivery.payload), keep)
+
+    async def _keep_parts(self, partition: int, token: int, deliveries: Sequence[Delivery]) -> None:
+        """Store the parts and ends of windows in ``deliveries`` (fenced, with what the other
+        partitions hand over meanwhile), then hold the parts and record the ends. One that cannot
+        be decoded (logged by ``decode``) is dropped: no report either."""
+        parts: list[CloudWindowMessage] = []
+        ends: list[End] = []
+        for delivery in deliveries:
+            message = decode(delivery.payload)
+            if message is None:
+                continue
+            if isinstance(message, CloudWindowEnd):
+                if message.window_s == self._window_s:
+                    ends.append(message.end())
+                else:
+                    log.error("cloud_window_end_refused", node=message.node, window_s=message.window_s)
+            else:
+                parts.extend(one for one in (message.messages() if isinstance(message, CloudWindowParts)
+                                             else [message])
+                             if self.accept(partition, one, redelivered=delivery.delivered > 1))
+        if not parts and not ends:
+            return
+        await self._keeps((partition, token, parts, ends))
+        for one in parts:  # accepted above; held unless its window was closed meanwhile
+            if not self._late(partition, one):
+                self._hold(partition, one.window, one.thing, one.node, one.part)
+        if partition in self._next:
+            for end in ends:
+                self.ends.record(partition, end)
 
     def load(self, partition: int) -> tuple[Mark | None, list[StoredPart], list[End], Seen | None, dict[str, float],
                                             list[StoredPart]]:

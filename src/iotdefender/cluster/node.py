@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 
 from iotdefender.cluster.database_reach import DatabaseReach
 from iotdefender.cluster.ownership import BareTokenMembers, Ownership, give_up
-from iotdefender.cluster.report_stream import BatchHandler, PartitionReader
+from iotdefender.cluster.report_stream import Aside, BatchHandler, PartitionReader
 from iotdefender.cluster.topology import Topology
 
 
@@ -32,15 +32,16 @@ async def _forget_nothing(partition: int) -> None:
 
 
 class DetectConsumer:
-    """Runs a ``PartitionReader`` for every partition this node owns."""
+    """Runs a ``PartitionReader`` for every partition this node owns (``aside``: what its readers
+    settle beside their batches, report_stream.Aside)."""
 
     def __init__(self, js: JetStreamContext, topology: Topology, node_id: str, handler: BatchHandler,
                  on_acquired: Callable[[int, int], Awaitable[None]] = _nothing,
                  on_released: Callable[[int], Awaitable[None]] = _forget_nothing, batch: int = 256,
                  on_retoken: Callable[[int, int, int], Awaitable[bool]] = give_up,
                  database: DatabaseReach | None = None,
-                 bare_token_members: BareTokenMembers | None = None) -> None:
-        self._js, self._topology, self._handler = js, topology, handler
+                 bare_token_members: BareTokenMembers | None = None, aside: Aside | None = None) -> None:
+        self._js, self._topology, self._handler, self._aside = js, topology, handler, aside
         self._on_acquired, self._on_released, self._batch = on_acquired, on_released, batch
         self._on_retoken = on_retoken
         self.readers: dict[int, PartitionReader] = {}
@@ -64,7 +65,8 @@ class DetectConsumer:
         # The lease may have been created again (a new token, the fence moved) while the claim ran.
         current = self.ownership.token_of(partition) or token
         reader = PartitionReader(self._js, self._topology, partition, self._handler, current,
-                                 lambda: self.ownership.holds(partition, reader.token), batch=self._batch)
+                                 lambda: self.ownership.holds(partition, reader.token), batch=self._batch,
+                                 aside=self._aside)
         self.readers[partition] = reader
         await reader.start()
 

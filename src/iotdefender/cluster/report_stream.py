@@ -141,6 +141,41 @@ def nothing_more(accept: Callable[[Delivery], bool]) -> list[Delivery]:
     return []
 
 
+@dataclass(frozen=True)
+class Aside:
+    """Deliveries a reader settles beside its batches instead of in them: those ``takes`` says are
+    handed to ``handler`` (in stream order, one call at a time, with ``nothing_more``) and acked
+    when it returns, while the reader goes on reading and hands the rest to the batch handler.
+
+    Why: a detect node keeps cloud window parts in PostgreSQL before it acks them (a set per
+    broker node and window, cloud/cluster_parts.py), and at a window's end every partition's parts
+    arrive at once. Kept in the batch, they made every report behind them wait for all of them:
+    up to ~1.8 s at 200,000 devices a node (bench/README.md, "A set per row"). Nothing a report
+    does needs the parts kept (they only count in the window's close, ``grace`` after its end,
+    which waits for their publishers' ends, themselves set aside behind them), so the reports
+    behind them are handled at once.
+
+    Correct after a crash because the stream is a work queue: a report acked after a part still
+    unacked is gone, the part stays, and the next owner's reset consumer delivers it again first
+    (``start``); its handler is idempotent (a part is keyed by window, thing and broker node).
+    A partition's set-aside deliveries are handled in order, so an end of window is never held
+    before the parts it follows. ``read_through`` does not pass what is set aside until it is
+    settled, and the reader settles everything set aside before it checks or resets its consumer
+    (``_bind``: a delivery still set aside is not one lost) and before it stops."""
+
+    takes: Callable[[Delivery], bool]
+    handler: BatchHandler
+
+
+@dataclass
+class _SetAside:
+    """One call of an ``Aside`` handler in progress: its settling task, and the ``read_through``
+    that holds once it is settled (everything stored before it was handled, but for this)."""
+
+    task: asyncio.Task[bool]
+    read_through: float | None = None
+
+
 def _delivery(partition: int, msg: Msg) -> Delivery:
     meta = msg.metadata
     headers = msg.headers or {}
@@ -164,9 +199,13 @@ class PartitionReader:
     def __init__(self, js: JetStreamContext, topology: Topology, partition: int, handler: BatchHandler,
                  token: int, still_owner: Callable[[], bool], batch: int = 256, fetch_wait_s: float = 0.5,
                  retry_pause_s: float = 0.2, idle_check_s: float = 10.0,
-                 check_timeout_s: float = CONSUMER_CHECK_TIMEOUT_S) -> None:
+                 check_timeout_s: float = CONSUMER_CHECK_TIMEOUT_S, aside: Aside | None = None) -> None:
         self._js, self._topology, self._partition = js, topology, partition
-        self._handler, self._still_owner = handler, still_owner
+        self._handler, self._still_owner, self._aside = handler, still_owner, aside
+        # The newest call of ``aside``'s handler (each waits for the one before), and whether one
+        # was handed back (nakked): the consumer is then reset, so it comes back in order.
+        self._set_aside: _SetAside | None = None
+        self._aside_handed_back = False
         self.token = token  # the fencing token its batches carry (moved when the lease is re-created)
         self._batch, self._fetch_wait_s, self._retry_pause_s = batch, fetch_wait_s, retry_pause_s
         self._idle_check_s, self._check_timeout_s = idle_check_s, check_timeout_s
@@ -264,7 +303,11 @@ class PartitionReader:
                     disturbed = True
                     await asyncio.sleep(self._retry_pause_s)
                     continue
+                if self._aside_handed_back:
+                    disturbed = True
                 if sub is None or disturbed:
+                    await self._settle_aside()  # still set aside is not lost: not for the check to reset
+                    self._aside_handed_back = False
                     try:
                         sub = await self._bind(sub, self._check_timeout_s)
                     except nats.errors.ConnectionClosedError:
@@ -281,7 +324,7 @@ class PartitionReader:
                     msgs = await sub.fetch(self._batch, timeout=self._fetch_wait_s)
                 except asyncio.TimeoutError:  # nats.errors.TimeoutError is one too: nothing to read
                     disturbed = loop.time() >= next_check
-                    self.read_through = requested
+                    self._read_through(requested)
                     continue
                 except nats.errors.ConnectionClosedError:
                     return
@@ -297,11 +340,53 @@ class PartitionReader:
                 if self._gap:
                     disturbed = True  # reset the consumer first (_bind), so the missing one comes next
                 elif not disturbed and len(msgs) < self._batch:
-                    self.read_through = requested  # fewer than asked for: nothing else was stored then
+                    self._read_through(requested)  # fewer than asked for: nothing else was stored then
         finally:
+            await self._settle_aside()  # acked once handled, or handed back: never left unacked here
             if sub is not None:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
+
+    def _read_through(self, requested: float) -> None:
+        """Everything stored before ``requested`` was fetched, and is handled once what is set
+        aside now is settled: at once if nothing is."""
+        newest = self._set_aside
+        if newest is None or newest.task.done():
+            self.read_through = max(self.read_through, requested)
+        else:
+            newest.read_through = requested
+
+    async def _settle_aside(self) -> None:
+        """Wait until everything set aside is settled (acked or handed back)."""
+        newest = self._set_aside
+        if newest is not None:
+            await asyncio.wait([newest.task])
+
+    def _put_aside(self, msgs: list[Msg], deliveries: list[Delivery]) -> None:
+        """Settle ``msgs`` with the ``Aside`` handler after what was set aside before them."""
+        assert self._aside is not None
+        before = self._set_aside
+        handler = self._aside.handler
+
+        async def settle() -> bool:
+            try:
+                if before is not None and not await before.task:  # handed back: these must follow it
+                    for msg in msgs:
+                        await msg.nak()
+                    return False
+                settled = await self._settle(msgs, deliveries, handler, nothing_more)
+            except nats.errors.Error as error:  # an ack or nak lost: the consumer check finds them
+                log.warning("cluster.aside_not_settled", partition=self._partition, error=repr(error))
+                settled = False
+            if not settled:
+                self._aside_handed_back = True
+            elif this.read_through is not None:
+                self.read_through = max(self.read_through, this.read_through)
+            return settled
+
+        # ``settle`` reads ``this`` only after its first await: the task has not run before this line.
+        this = _SetAside(asyncio.create_task(settle(), name=f"partition-{self._partition}-aside"))
+        self._set_aside = this
 
     def _check_failed(self, err: Exception, now: float) -> None:
         """The first failure of a streak is logged; the others (one a second or so while the
@@ -343,9 +428,13 @@ class PartitionReader:
         this batch), nor while this reader stops or its lease is not valid."""
         if self._gap or self._stopping.is_set() or not self._still_owner():
             return []
+        aside = self._aside
+
+        def joins(delivery: Delivery) -> bool:  # what is set aside is never in a batch
+            return (aside is None or not aside.takes(delivery)) and accept(delivery)
+
         try:
-            fetched = sub.take_delivered(self._batch - len(msgs),
-                                         lambda msg: accept(_delivery(self._partition, msg)))
+            fetched = sub.take_delivered(self._batch - len(msgs), lambda msg: joins(_delivery(self._partition, msg)))
             in_order = self._in_order(fetched)
         except Exception:  # what it took is lost to this reader: reset the consumer after the batch
             log.exception("cluster.batch_not_extended", partition=self._partition)
@@ -360,19 +449,38 @@ class PartitionReader:
     async def _handle(self, sub: PullStream, msgs: list[Msg]) -> bool:
         """Hand the batch over and ack it once the handler returns; False if it was handed back
         (nakked) instead, and the reader must check its consumer before reading on (``_bind``).
-
-        A batch whose handler fails (the database is away) stays in hand and is handed over again
-        after ``retry_pause_s``, its ack deadline extended each time (``in_progress``): nakking it
-        let the reports the open pull request had already brought be handled before it came back
-        (per-thing order broken), and resetting the consumer after every nak would churn
-        JetStream for as long as the database is away. It is handed back only when this reader
-        must stop or its lease is no longer valid."""
-        deliveries = [_delivery(self._partition, msg) for msg in msgs]
-        attempt = 0
+        What ``aside`` takes is set aside first (``_put_aside``), the rest is the batch."""
+        if self._aside is not None:
+            takes = self._aside.takes
+            deliveries = [_delivery(self._partition, msg) for msg in msgs]
+            aside = [msg for msg, delivery in zip(msgs, deliveries) if takes(delivery)]
+            if aside:
+                self._put_aside(aside, [delivery for delivery in deliveries if takes(delivery)])
+                kept = [(msg, delivery) for msg, delivery in zip(msgs, deliveries) if not takes(delivery)]
+                if not kept:
+                    return True
+                msgs, deliveries = [msg for msg, _ in kept], [delivery for _, delivery in kept]
+        else:
+            deliveries = [_delivery(self._partition, msg) for msg in msgs]
 
         def more(accept: Callable[[Delivery], bool]) -> list[Delivery]:
             return self._more(sub, msgs, deliveries, accept)
 
+        return await self._settle(msgs, deliveries, self._handler, more, sub)
+
+    async def _settle(self, msgs: list[Msg], deliveries: list[Delivery], handler: BatchHandler, more: More,
+                      sub: PullStream | None = None) -> bool:
+        """Call ``handler`` until it returns, then ack ``msgs``; False if they were handed back
+        (nakked) instead. With ``sub`` (a batch, which ``more`` extends), its pull request is kept
+        open while the handler runs, so what arrives meanwhile can join.
+
+        Deliveries whose handler fails (the database is away) stay in hand and are handed over
+        again after ``retry_pause_s``, their ack deadline extended each time (``in_progress``):
+        nakking them let the reports the open pull request had already brought be handled before
+        they came back (per-thing order broken), and resetting the consumer after every nak would
+        churn JetStream for as long as the database is away. They are handed back only when this
+        reader must stop or its lease is no longer valid."""
+        attempt = 0
         while True:
             if not self._still_owner() or (attempt and self._stopping.is_set()):
                 # The lease ran out (in doubt, or lost): hand the batch back rather than commit as a
@@ -384,10 +492,10 @@ class PartitionReader:
                 return False
             attempt += 1
             try:
-                if len(msgs) < self._batch and not self._gap:
+                if sub is not None and len(msgs) < self._batch and not self._gap:
                     with contextlib.suppress(nats.errors.Error):  # nothing joins the batch then
                         await sub.keep_open(self._fetch_wait_s)
-                await self._handler(self._partition, self.token, list(deliveries), more)
+                await handler(self._partition, self.token, list(deliveries), more)
                 break
             except Exception as error:
                 if attempt == 1:
