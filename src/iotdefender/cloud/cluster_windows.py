@@ -45,7 +45,8 @@ JetStream's de-duplication (``Nats-Msg-Id = cloud/<node>/<thing>/<window>``, a b
 ``cloud-parts/<node>/<partition>/<window>/<n>``) and the fence; a
 second stream would need its own consumers and ownership. A detect node tells the two kinds of
 message apart by the message's first field (``kind``: a tagged msgspec struct, versioned like
-``ReportMessage``).
+``ReportMessage``), and its readers set the parts and ends aside (``WindowCollector.aside``,
+report_stream.Aside): they are kept while the reports behind them are handled.
 """
 
 from __future__ import annotations
@@ -680,8 +681,8 @@ class WindowCollector:
         claiming the partition, this node's window closes, sweeps and fence moves). At a window's
         end every partition hands its parts over at once, and 200,000 devices' parts in one
         transaction held every fence of the node for 15 s (``bench/cloud_parts.py``, grouped keep).
-        The readers still wait for the whole call, every run of it: their reports are answered
-        after it either way (the parts' rows are the cost, docs/cluster.md)."""
+        The readers set the parts aside (``aside``): the reports behind them do not wait for
+        this call, only the partition's later parts and ends do (docs/cluster.md)."""
         return together_or_apart(keeps, self._keep_together, lambda keep: self.keep(*keep),
                                  most=PARTS_PER_TRANSACTION, size=lambda keep: len(keep[2]) + len(keep[3]))
 
