@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 import sqlalchemy as sa
 
@@ -31,7 +33,8 @@ from iotdefender.cloud.cluster_windows import (PARTS_LATE, WINDOWS_INCOMPLETE, C
                                                WindowCollector, WindowPublisher, encode)
 from iotdefender.cluster.fencing import Fenced
 from iotdefender.cluster.partitions import partition_of
-from iotdefender.cluster.report_stream import Delivery
+from iotdefender.cluster.report_stream import Delivery, PartitionReader, ReportPublisher, report_message_id
+from iotdefender.cluster.topology import Topology, ensure
 from iotdefender.pipeline.batch_store import EventSummary
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.monitoring import MonitoringIndex
@@ -1219,4 +1222,82 @@ def test_a_partition_taken_again_while_a_close_forgets_it_keeps_its_devices(data
         clock.now += WINDOW_S
         collector.close_due()
     assert [ts for ts, _ in datapoints(database, gone)] == [(W + n) * WINDOW_S for n in range(1, 5)]  # every window
+    detect.engine.dispose()
+
+
+def test_a_reader_stores_the_reports_behind_a_window_part_while_the_part_waits_to_be_kept(database, jetstream,
+                                                                                         monkeypatch):
+    """The partitions' readers set a window's parts aside (``WindowCollector.aside``, as ``serve``
+    builds them). At a window's end every partition's parts are kept one transaction after another;
+    here Q's keep is slow, and P's part waits behind it. A report of P published after P's part is
+    stored meanwhile: before, it waited for its partition's part, and so for Q's keep. Once Q's keep
+    ends, P's part is kept, held for the window's close, and acked."""
+    clock = Clock(W * WINDOW_S + 10)
+    detect = Detect(database, clock)
+    q = next(partition for partition in range(64) if partition != P)
+    detect.acquire(P, 7)
+    detect.acquire(q, 7)
+    (on_p,), (on_q,) = things_in(P, 1, "aside"), things_in(q, 1, "aside")
+    sent: list[Delivery] = []
+    publisher_a = broker("node-a", clock, sent)
+    for thing in (on_q, on_p):
+        publisher_a.intake.connect_attempt(thing, "10.0.0.1", True)
+    clock.now = (W + 1) * WINDOW_S + 0.2
+    assert asyncio.run(publisher_a.publish_due()) == 2
+    payloads = {delivery.thing_name: delivery.payload for delivery in sent}
+    release, q_waits = threading.Event(), threading.Event()
+    keep_sets = cluster_parts.keep_sets
+
+    def slow_for_q(conn: Any, partition: int, parts: Any) -> None:
+        if partition == q:
+            q_waits.set()
+            assert release.wait(30)
+        keep_sets(conn, partition, parts)
+
+    monkeypatch.setattr(cluster_parts, "keep_sets", slow_for_q)
+
+    async def go() -> None:
+        nc = await nats.connect(servers=jetstream.urls)
+        js = nc.jetstream()
+        topology = Topology()
+        await ensure(js, topology)
+        publisher = ReportPublisher(js, topology)
+        readers = [PartitionReader(js, topology, partition, detect.handle, 7, lambda: True,
+                                   aside=detect.collector.aside()) for partition in (P, q)]
+        for reader in readers:
+            await reader.start()
+        await publisher.publish(on_q, payloads[on_q], "cloud/node-a/q")
+        while not q_waits.is_set():
+            await asyncio.sleep(0.02)
+        await publisher.publish(on_p, payloads[on_p], "cloud/node-a/p")
+        await asyncio.sleep(0.3)  # P's part is set aside, its keep queued behind Q's
+        report = ReportMessage(on_p, {"aws:num-listening-tcp-ports": {"count": 1}}, clock.now, 1, "json",
+                               "iotdefender.replies.b1")
+        await publisher.publish(on_p, encode_report(report), report_message_id(on_p, 1))
+        for _ in range(200):
+            if stored_report_id(detect, on_p) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert stored_report_id(detect, on_p) == 1  # stored while P's part waits
+        with detect.engine.connect() as conn:
+            assert cluster_parts.load(conn, P)[1] == []  # not kept yet
+        assert (await js.stream_info(topology.stream)).state.messages == 2  # the report acked, the parts not
+        release.set()
+        for _ in range(200):
+            if (await js.stream_info(topology.stream)).state.messages == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (await js.stream_info(topology.stream)).state.messages == 0
+        for reader in readers:
+            await reader.stop()
+        await nc.close()
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+    with detect.engine.connect() as conn:
+        assert [part.thing for part in cluster_parts.load(conn, P)[1]] == [on_p]
+    assert detect.collector.close_due() == 0  # within the grace
+    clock.now = (W + 1) * WINDOW_S + detect.collector.grace_s + 0.1
+    assert detect.collector.close_due() == 2  # both devices' windows, from the parts held
+    [(_, points)] = datapoints(database, on_p)
+    assert points["aws:num-messages-sent"] == {"count": 0}  # its window, closed from its part
     detect.engine.dispose()
