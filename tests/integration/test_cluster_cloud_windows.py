@@ -1158,24 +1158,33 @@ def test_ends_kept_together_in_an_outage_fail_at_once_and_are_kept_once_it_is_ov
         cluster.stop()
 
 
-def two_partitions_seen(database: str, away: bool = False) -> tuple[Clock, Detect, int, str, str]:
-    """A detect node owning P and the next partition, one device of each seen in a closed window
-    (the second one's left in it if ``away``): the clock, the node, the second partition and the devices."""
+def two_partitions_published(database: str, prefix: str, away: bool = False
+                             ) -> tuple[Clock, Detect, int, str, str, list[Delivery]]:
+    """A detect node owning P and the next partition, one device of each connected in window W,
+    whose parts a broker node published as it ended (the second device left in it if ``away``):
+    the clock, the node, the second partition, the devices and the parts' messages."""
     clock = Clock(W * WINDOW_S + 10)
     detect = Detect(database, clock)
     other = P + 1
     detect.acquire(P, 7)
     detect.acquire(other, 7)
-    (kept,), (gone,) = things_in(P, 1, "seen"), things_in(other, 1, "seen")
+    (first,), (second,) = things_in(P, 1, prefix), things_in(other, 1, prefix)
     sent: list[Delivery] = []
     a = broker("node-a", clock, sent)
-    for thing in (kept, gone):
+    for thing in (first, second):
         a.intake.connect_attempt(thing, "10.0.0.1", True)
     if away:
         clock.now += 5
-        a.intake.disconnect(gone)
+        a.intake.disconnect(second)
     clock.now = (W + 1) * WINDOW_S + 0.2
     assert asyncio.run(a.publish_due()) == 2
+    return clock, detect, other, first, second, sent
+
+
+def two_partitions_seen(database: str, away: bool = False) -> tuple[Clock, Detect, int, str, str]:
+    """A detect node owning P and the next partition, one device of each seen in a closed window
+    (the second one's left in it if ``away``): the clock, the node, the second partition and the devices."""
+    clock, detect, other, kept, gone, sent = two_partitions_published(database, "seen", away)
     for partition in (P, other):
         asyncio.run(detect.handle(partition, 7, [d for d in sent if d.partition == partition]))
     clock.now = (W + 1) * WINDOW_S + detect.collector.grace_s + 0.1
@@ -1232,18 +1241,7 @@ def test_a_reader_stores_the_reports_behind_a_window_part_while_the_part_waits_t
     here Q's keep is slow, and P's part waits behind it. A report of P published after P's part is
     stored meanwhile: before, it waited for its partition's part, and so for Q's keep. Once Q's keep
     ends, P's part is kept, held for the window's close, and acked."""
-    clock = Clock(W * WINDOW_S + 10)
-    detect = Detect(database, clock)
-    q = next(partition for partition in range(64) if partition != P)
-    detect.acquire(P, 7)
-    detect.acquire(q, 7)
-    (on_p,), (on_q,) = things_in(P, 1, "aside"), things_in(q, 1, "aside")
-    sent: list[Delivery] = []
-    publisher_a = broker("node-a", clock, sent)
-    for thing in (on_q, on_p):
-        publisher_a.intake.connect_attempt(thing, "10.0.0.1", True)
-    clock.now = (W + 1) * WINDOW_S + 0.2
-    assert asyncio.run(publisher_a.publish_due()) == 2
+    clock, detect, q, on_p, on_q, sent = two_partitions_published(database, "aside")
     payloads = {delivery.thing_name: delivery.payload for delivery in sent}
     release, q_waits = threading.Event(), threading.Event()
     keep_sets = cluster_parts.keep_sets
