@@ -460,6 +460,60 @@ def test_deliveries_set_aside_that_fail_are_retried_in_order_and_handed_back_whe
     run(go())
 
 
+def test_deliveries_handed_back_while_the_lease_was_in_doubt_are_kept_once_it_is_confirmed(single):
+    """A keep fails (the database blinked) and, at its retry, the lease is in doubt: the part is
+    handed back (nakked), and so is every one set aside after it. Once the lease is confirmed the
+    consumer is reset and they are kept, each delivered a few times, not nakked again for good
+    (they were, in a loop, until the reader was replaced). ``read_through`` never passes a part
+    that was handed back and not kept since."""
+    async def go() -> None:
+        nc, js, topology, publisher = await _two_partitions(single.urls)
+        thing = _thing_in(0, 2, "doubt")
+        owner, failing = True, True
+        kept: list[bytes] = []
+        attempts = 0
+        passed_unkept: list[float] = []
+
+        async def handle_reports(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
+            return None
+
+        async def handle_parts(p: int, token: int, batch: Sequence[Delivery], more: More) -> None:
+            nonlocal attempts
+            attempts += 1
+            if failing:
+                raise RuntimeError("the database is away")
+            kept.extend(d.payload for d in batch)
+
+        reader = PartitionReader(js, topology, 0, handle_reports, token=1, still_owner=lambda: owner, batch=8,
+                                 retry_pause_s=0.2, aside=Aside(lambda d: _part(d.payload), handle_parts))
+        await reader.start()
+        published = time.time()
+        await publisher.publish(thing, b"part-1", report_message_id(thing, 1))
+        await _until(lambda: attempts > 0)
+        owner = False  # in doubt at the retry: handed back
+        for _ in range(10):
+            await asyncio.sleep(0.05)
+            if reader.read_through >= published and b"part-1" not in kept:
+                passed_unkept.append(reader.read_through)
+        await publisher.publish(thing, b"part-2", report_message_id(thing, 2))
+        owner, failing = True, False  # confirmed; the database is back
+        for _ in range(100):
+            if reader.read_through >= published and b"part-1" not in kept:
+                passed_unkept.append(reader.read_through)
+            if kept == [b"part-1", b"part-2"] and (await js.stream_info(topology.stream)).state.messages == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert kept == [b"part-1", b"part-2"]
+        assert (await js.stream_info(topology.stream)).state.messages == 0
+        delivered = (await js.consumer_info(topology.stream, topology.consumer_of(0))).delivered.consumer_seq
+        assert delivered < 20, delivered  # a few redeliveries, not a loop
+        assert not passed_unkept
+        await _until(lambda: reader.read_through >= published)
+        await reader.stop()
+        await nc.close()
+    run(go())
+
+
 def test_a_new_owner_gets_the_deliveries_its_predecessor_had_set_aside_first(single):
     """A node killed while it keeps a window's parts: the reports behind them were acked (gone from
     the work queue), the parts were not. The next owner's reader resets the consumer and gets the

@@ -29,6 +29,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -43,6 +44,7 @@ from iotdefender.cluster.pull import PullStream
 from iotdefender.cluster.topology import Topology, ensure_consumer, rewind_consumer
 
 log = structlog.get_logger("iotdefender.cluster")
+T = TypeVar("T")
 
 THING_HEADER = "Iotdefender-Thing"
 #: Who to tell about a report, outside its payload: a detect node that cannot read the payload (a
@@ -176,6 +178,11 @@ class _SetAside:
     read_through: float | None = None
 
 
+def _settled(task: asyncio.Task[bool]) -> bool:
+    """Whether a set-aside call that is done was settled (acked), not handed back."""
+    return not task.cancelled() and task.exception() is None and task.result()
+
+
 def _delivery(partition: int, msg: Msg) -> Delivery:
     meta = msg.metadata
     headers = msg.headers or {}
@@ -206,6 +213,7 @@ class PartitionReader:
         # was handed back (nakked): the consumer is then reset, so it comes back in order.
         self._set_aside: _SetAside | None = None
         self._aside_handed_back = False
+        self._taken = 0  # deliveries the last batch took, with those set aside and those ``more`` added
         self.token = token  # the fencing token its batches carry (moved when the lease is re-created)
         self._batch, self._fetch_wait_s, self._retry_pause_s = batch, fetch_wait_s, retry_pause_s
         self._idle_check_s, self._check_timeout_s = idle_check_s, check_timeout_s
@@ -307,7 +315,8 @@ class PartitionReader:
                     disturbed = True
                 if sub is None or disturbed:
                     await self._settle_aside()  # still set aside is not lost: not for the check to reset
-                    self._aside_handed_back = False
+                    # What was handed back comes again from the reset consumer, after nothing.
+                    self._set_aside, self._aside_handed_back = None, False
                     try:
                         sub = await self._bind(sub, self._check_timeout_s)
                     except nats.errors.ConnectionClosedError:
@@ -323,7 +332,9 @@ class PartitionReader:
                 try:
                     msgs = await sub.fetch(self._batch, timeout=self._fetch_wait_s)
                 except asyncio.TimeoutError:  # nats.errors.TimeoutError is one too: nothing to read
-                    disturbed = loop.time() >= next_check
+                    # Not while something is set aside: the check would wait for it, and so would
+                    # the reports that arrive meanwhile (it is checked once that is settled).
+                    disturbed = loop.time() >= next_check and not self._aside_pending()
                     self._read_through(requested)
                     continue
                 except nats.errors.ConnectionClosedError:
@@ -335,11 +346,12 @@ class PartitionReader:
                     continue
                 in_order = self._in_order(msgs)
                 self._gap = len(in_order) < len(msgs)  # a delivery went missing before msgs[len(in_order)]
+                self._taken = len(in_order)
                 if in_order:  # nats-py's fetch can end with no message (only status replies): nothing to hand
                     disturbed = not await self._handle(sub, in_order)
                 if self._gap:
                     disturbed = True  # reset the consumer first (_bind), so the missing one comes next
-                elif not disturbed and len(msgs) < self._batch:
+                elif not disturbed and max(len(msgs), self._taken) < self._batch:
                     self._read_through(requested)  # fewer than asked for: nothing else was stored then
         finally:
             await self._settle_aside()  # acked once handled, or handed back: never left unacked here
@@ -349,18 +361,39 @@ class PartitionReader:
 
     def _read_through(self, requested: float) -> None:
         """Everything stored before ``requested`` was fetched, and is handled once what is set
-        aside now is settled: at once if nothing is."""
+        aside now is settled: at once if nothing is. Not at all once something set aside was handed
+        back: it comes again after the consumer is reset (``_run``)."""
+        if self._aside_handed_back:
+            return
         newest = self._set_aside
-        if newest is None or newest.task.done():
+        if newest is None:
             self.read_through = max(self.read_through, requested)
-        else:
+        elif not newest.task.done():
             newest.read_through = requested
+        elif _settled(newest.task):
+            self.read_through = max(self.read_through, requested)
+
+    def _aside_pending(self) -> bool:
+        return self._set_aside is not None and not self._set_aside.task.done()
 
     async def _settle_aside(self) -> None:
         """Wait until everything set aside is settled (acked or handed back)."""
         newest = self._set_aside
         if newest is not None:
             await asyncio.wait([newest.task])
+
+    async def _extending(self, task: asyncio.Future[T], msgs: list[Msg]) -> T:
+        """``task``'s result, the ack deadline of ``msgs`` extended (``in_progress``) every third
+        of ``ack_wait`` meanwhile: deliveries set aside wait for those before them and for their
+        keep, and past ``ack_wait`` JetStream would deliver them again, to be kept twice."""
+        period = self._topology.ack_wait_s / 3
+        while True:
+            done, _ = await asyncio.wait([task], timeout=period)
+            if done:
+                return task.result()
+            with contextlib.suppress(nats.errors.Error):
+                for msg in msgs:
+                    await msg.in_progress()
 
     def _put_aside(self, msgs: list[Msg], deliveries: list[Delivery]) -> None:
         """Settle ``msgs`` with the ``Aside`` handler after what was set aside before them."""
@@ -369,15 +402,15 @@ class PartitionReader:
         handler = self._aside.handler
 
         async def settle() -> bool:
+            settled = False
             try:
-                if before is not None and not await before.task:  # handed back: these must follow it
-                    for msg in msgs:
+                if before is not None and not await self._extending(before.task, msgs):
+                    for msg in msgs:  # the one before was handed back: these must follow it
                         await msg.nak()
-                    return False
-                settled = await self._settle(msgs, deliveries, handler, nothing_more)
+                else:
+                    settled = await self._settle(msgs, deliveries, handler, nothing_more, extend=True)
             except nats.errors.Error as error:  # an ack or nak lost: the consumer check finds them
                 log.warning("cluster.aside_not_settled", partition=self._partition, error=repr(error))
-                settled = False
             if not settled:
                 self._aside_handed_back = True
             elif this.read_through is not None:
@@ -449,7 +482,9 @@ class PartitionReader:
     async def _handle(self, sub: PullStream, msgs: list[Msg]) -> bool:
         """Hand the batch over and ack it once the handler returns; False if it was handed back
         (nakked) instead, and the reader must check its consumer before reading on (``_bind``).
-        What ``aside`` takes is set aside first (``_put_aside``), the rest is the batch."""
+        What ``aside`` takes is set aside first (``_put_aside``), the rest is the batch. Sets
+        ``_taken``: how many deliveries it took in all (with what ``more`` added)."""
+        fetched = len(msgs)
         if self._aside is not None:
             takes = self._aside.takes
             deliveries = [_delivery(self._partition, msg) for msg in msgs]
@@ -466,13 +501,17 @@ class PartitionReader:
         def more(accept: Callable[[Delivery], bool]) -> list[Delivery]:
             return self._more(sub, msgs, deliveries, accept)
 
-        return await self._settle(msgs, deliveries, self._handler, more, sub)
+        in_batch = len(msgs)
+        settled = await self._settle(msgs, deliveries, self._handler, more, sub)
+        self._taken = fetched + len(msgs) - in_batch
+        return settled
 
     async def _settle(self, msgs: list[Msg], deliveries: list[Delivery], handler: BatchHandler, more: More,
-                      sub: PullStream | None = None) -> bool:
+                      sub: PullStream | None = None, extend: bool = False) -> bool:
         """Call ``handler`` until it returns, then ack ``msgs``; False if they were handed back
         (nakked) instead. With ``sub`` (a batch, which ``more`` extends), its pull request is kept
-        open while the handler runs, so what arrives meanwhile can join.
+        open while the handler runs, so what arrives meanwhile can join. ``extend``: their ack
+        deadline is extended while the handler runs (``_extending``).
 
         Deliveries whose handler fails (the database is away) stay in hand and are handed over
         again after ``retry_pause_s``, their ack deadline extended each time (``in_progress``):
@@ -495,7 +534,8 @@ class PartitionReader:
                 if sub is not None and len(msgs) < self._batch and not self._gap:
                     with contextlib.suppress(nats.errors.Error):  # nothing joins the batch then
                         await sub.keep_open(self._fetch_wait_s)
-                await handler(self._partition, self.token, list(deliveries), more)
+                call = handler(self._partition, self.token, list(deliveries), more)
+                await (self._extending(asyncio.ensure_future(call), msgs) if extend else call)
                 break
             except Exception as error:
                 if attempt == 1:
