@@ -417,7 +417,7 @@ class PartitionReader:
                 self.read_through = max(self.read_through, this.read_through)
             return settled
 
-        # ``settle`` reads ``this`` only after its first await: the task has not run before this line.
+        # ``settle`` reads ``this``: the task first runs when this coroutine next yields, after this line.
         this = _SetAside(asyncio.create_task(settle(), name=f"partition-{self._partition}-aside"))
         self._set_aside = this
 
