@@ -25,7 +25,7 @@ from iotdefender.brokers.gatekeeper import MQTT_DENIALS
 from iotdefender.brokers.mosquitto.connections import MQTT_CONNECTED
 from iotdefender.cloud.cluster_windows import PARTS_LATE, PARTS_LOST, PARTS_PUBLISHED, WINDOWS_INCOMPLETE
 from iotdefender.cluster.health import DETECT_GAUGES
-from iotdefender.cluster.report_stream import REDELIVERED
+from iotdefender.cluster.report_stream import REDELIVERED, SET_ASIDE
 from iotdefender.ingest.cluster_commit import SETTLED, UNANSWERED
 from iotdefender.ingest.service import ANSWER_SECONDS, QUEUE_LIMIT, QUEUED, REJECTIONS, REPORTS
 from iotdefender.pipeline.batch_isolation import ISOLATED, RETRIES
@@ -45,7 +45,7 @@ ROLE_METRICS: dict[str, tuple[Collector, ...]] = {
     "api": (HTTP_REQUESTS, HTTP_SECONDS),
     # A detect node evaluates (the violation counters), stores (batch isolation: a broker node's
     # commits are the detect nodes'), sends the alerts and closes cloud windows.
-    "detect": (*DETECT_GAUGES, REDELIVERED, PARTS_LATE, WINDOWS_INCOMPLETE, *COUNTERS.values(), DELIVERIES, ISOLATED, RETRIES,
+    "detect": (*DETECT_GAUGES, REDELIVERED, SET_ASIDE, PARTS_LATE, WINDOWS_INCOMPLETE, *COUNTERS.values(), DELIVERIES, ISOLATED, RETRIES,
                TRANSACTION_SECONDS, TRANSACTION_REPORTS),
 }
 

@@ -191,6 +191,12 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
             assert metrics.status_code == 200 and "iotdefender_cluster_nats_connected 1.0" in metrics.text
             assert "iotdefender_cluster_members" not in metrics.text  # the detect role's gauges: not here
             assert "iotdefender_cluster_redeliveries_total" not in metrics.text  # nor its counters
+            assert "iotdefender_cluster_set_aside_total" not in metrics.text
+            # Both detect nodes' readers set the ends of cloud windows aside (one a window and
+            # partition from each broker node), as ``serve`` builds them: kept beside the reports.
+            wait_for(lambda: gauge(a, "iotdefender_cluster_set_aside_total") > 0
+                     and gauge(b, "iotdefender_cluster_set_aside_total") > 0, 2 * CLOUD_WINDOW_S + 5,
+                     "parts and ends set aside on both detect nodes")
             assert 'iotdefender_reports_total{outcome="accepted"} 1.0' in metrics.text  # the broker's are
             # The operators' series of its role: the answer timed while it waited for a detect node's
             # commit, its one MQTT client, what it is; no detect transaction, no HTTP request series.

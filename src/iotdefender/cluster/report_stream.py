@@ -56,6 +56,7 @@ REPLY_HEADER = "Iotdefender-Reply"
 REPORT_ID_HEADER = "Iotdefender-Report-Id"
 
 REDELIVERED = Counter("iotdefender_cluster_redeliveries", "Reports a detect node received more than once")
+SET_ASIDE = Counter("iotdefender_cluster_set_aside", "Deliveries a detect node's readers set aside (cloud window parts and ends): kept while the reports behind them were handled")
 
 #: Seconds a reader waits for an answer to each JetStream API request of its consumer check (info,
 #: and on a reset the rewind or create); it asks again ``retry_pause_s`` later. Normally answered in
@@ -400,6 +401,7 @@ class PartitionReader:
         assert self._aside is not None
         before = self._set_aside
         handler = self._aside.handler
+        SET_ASIDE.inc(len(msgs))
 
         async def settle() -> bool:
             settled = False
