@@ -487,18 +487,16 @@ class PartitionReader:
         What ``aside`` takes is set aside first (``_put_aside``), the rest is the batch. Sets
         ``_taken``: how many deliveries it took in all (with what ``more`` added)."""
         fetched = len(msgs)
+        deliveries = [_delivery(self._partition, msg) for msg in msgs]
         if self._aside is not None:
-            takes = self._aside.takes
-            deliveries = [_delivery(self._partition, msg) for msg in msgs]
-            aside = [msg for msg, delivery in zip(msgs, deliveries) if takes(delivery)]
-            if aside:
-                self._put_aside(aside, [delivery for delivery in deliveries if takes(delivery)])
-                kept = [(msg, delivery) for msg, delivery in zip(msgs, deliveries) if not takes(delivery)]
-                if not kept:
+            taken = [self._aside.takes(delivery) for delivery in deliveries]
+            if any(taken):
+                self._put_aside([m for m, aside in zip(msgs, taken) if aside],
+                                [d for d, aside in zip(deliveries, taken) if aside])
+                msgs = [m for m, aside in zip(msgs, taken) if not aside]
+                deliveries = [d for d, aside in zip(deliveries, taken) if not aside]
+                if not msgs:
                     return True
-                msgs, deliveries = [msg for msg, _ in kept], [delivery for _, delivery in kept]
-        else:
-            deliveries = [_delivery(self._partition, msg) for msg in msgs]
 
         def more(accept: Callable[[Delivery], bool]) -> list[Delivery]:
             return self._more(sub, msgs, deliveries, accept)
