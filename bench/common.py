@@ -79,3 +79,26 @@ def tree_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
     parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--output", type=Path)
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+
+
+def migrated_and_owned(postgres: Any, prefix: str, token: int) -> tuple[str, Any]:
+    """A fresh database of ``postgres`` (a tests.support PostgresCluster), migrated as ``serve``
+    migrates it, with every partition's fence claimed with ``token`` (this process owns them all,
+    as one detect node would): its URL and an engine on it."""
+    import tempfile
+    import time
+
+    from iotdefender.cluster import fencing
+    from iotdefender.cluster.partitions import PARTITION_COUNT
+    from iotdefender.service import build_api
+    from iotdefender.settings import Settings
+    from iotdefender.store.database import create_engine, writing
+
+    url = postgres.create_database(f"{prefix}{int(time.time())}")
+    with tempfile.TemporaryDirectory() as data_dir:
+        build_api(Settings(data_dir=Path(data_dir), database_url=url)).context.engine.dispose()  # migrations
+    engine = create_engine(url)
+    with writing(engine) as conn:
+        for partition in range(PARTITION_COUNT):
+            fencing.claim(conn, partition, token)
+    return url, engine

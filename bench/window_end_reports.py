@@ -40,7 +40,6 @@ import multiprocessing
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,7 +49,7 @@ import nats
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import SetClock, bounded, environment  # noqa: E402
+from bench.common import SetClock, bounded, environment, migrated_and_owned  # noqa: E402
 from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher  # noqa: E402
 from iotdefender.cloud.service import CloudEventIntake  # noqa: E402
 from iotdefender.cluster import fencing  # noqa: E402
@@ -58,9 +57,7 @@ from iotdefender.cluster.partitions import PARTITION_COUNT, partition_of  # noqa
 from iotdefender.cluster.report_stream import Delivery, More, PartitionReader, ReportPublisher  # noqa: E402
 from iotdefender.cluster.topology import Topology, ensure  # noqa: E402
 from iotdefender.pipeline.group_commit import GroupCommit  # noqa: E402
-from iotdefender.service import build_api  # noqa: E402
-from iotdefender.settings import Settings  # noqa: E402
-from iotdefender.store.database import create_engine, writing  # noqa: E402
+from iotdefender.store.database import writing  # noqa: E402
 from tests.support.jetstream import SingleJetStream  # noqa: E402
 from tests.support.processes import PostgresCluster  # noqa: E402
 
@@ -214,13 +211,7 @@ def run(devices: int, aside: bool, seconds: float, parts_after: float, every_s: 
     postgres.start()
     spawn = multiprocessing.get_context("spawn")
     try:
-        url = postgres.create_database(f"windowend{int(time.time())}")
-        with tempfile.TemporaryDirectory() as data_dir:
-            build_api(Settings(data_dir=Path(data_dir), database_url=url)).context.engine.dispose()  # migrations
-        engine = create_engine(url)
-        with writing(engine) as conn:
-            for partition in range(PARTITION_COUNT):
-                fencing.claim(conn, partition, TOKEN)
+        url, engine = migrated_and_owned(postgres, "windowend", TOKEN)
 
         async def topology() -> None:
             nc = await nats.connect(jetstream.urls)

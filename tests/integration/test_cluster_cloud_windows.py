@@ -339,6 +339,9 @@ def test_a_window_closed_in_part_before_a_crash_is_closed_for_the_other_things_o
     assert [len(datapoints(database, thing)) for thing in things] == [1, 1, 0, 0, 0]
 
     new.acquire(P, 8)
+    late = PARTS_LATE._value.get()
+    asyncio.run(new.handle(P, 8, sent))  # the window's parts again: late for the two things closed only
+    assert PARTS_LATE._value.get() == late + 2
     clock.now += new.collector.grace_s
     new.collector.close_due()
     assert [[p["aws:num-messages-sent"]["count"] for _, p in datapoints(database, thing)] for thing in things] == [

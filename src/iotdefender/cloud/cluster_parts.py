@@ -40,8 +40,9 @@ same parts, and the later row wins when they are read back. ``load`` reads both 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 import sqlalchemy as sa
@@ -54,6 +55,22 @@ from iotdefender.store.schema import cluster_cloud_ends as ends_table
 from iotdefender.store.schema import cluster_cloud_part_sets as sets_table
 from iotdefender.store.schema import cluster_cloud_parts as parts_table
 from iotdefender.store.schema import cluster_cloud_progress as progress_table
+
+
+class PartOfWindow(Protocol):
+    """What is kept of a broker node's part of one device's window: a ``StoredPart``, or a
+    received message as it is (at a window's end a detect node keeps 200,000 devices' parts at a
+    time; a copy of each cost as much as the rest of its keeping on this process, and every
+    report waits for this process's turns then)."""
+
+    @property
+    def window(self) -> int: ...
+    @property
+    def thing(self) -> str: ...
+    @property
+    def node(self) -> str: ...
+    @property
+    def part(self) -> ClientWindow: ...
 
 
 @dataclass(frozen=True)
@@ -75,12 +92,21 @@ class Mark:
     through: str | None
 
     def closed(self, window: int, thing: str) -> bool:
+        closed = self.closed_in(window)
+        return closed if isinstance(closed, bool) else closed(thing)
+
+    def closed_in(self, window: int) -> bool | Callable[[str], bool]:
+        """``closed`` for every thing of ``window`` at once (True: all, False: none), or per thing
+        in the window closed up to ``through``."""
         if window != self.window:
             return window < self.window
-        return self.through is None or thing <= self.through
+        through = self.through
+        if through is None:
+            return True
+        return lambda thing: thing <= through
 
 
-def keep(conn: Connection, partition: int, parts: Iterable[StoredPart]) -> None:
+def keep(conn: Connection, partition: int, parts: Iterable[PartOfWindow]) -> None:
     """Store parts a row each (a redelivered one replaces its copy: same window, thing and broker
     node): what the release before reads, so kept this way while one of its nodes lives."""
     # One statement may not touch a row twice: a part handed over twice in the batch keeps its last.
@@ -123,7 +149,7 @@ SET_MOST = 10_000
 _SET_DECODER = msgspec.msgpack.Decoder(list[_ThingPart])
 
 
-def keep_sets(conn: Connection, partition: int, parts: Iterable[StoredPart]) -> None:
+def keep_sets(conn: Connection, partition: int, parts: Iterable[PartOfWindow]) -> None:
     """Store parts a set per (window, broker node) per row (the module docstring): a set received
     again, the same things, replaces its row."""
     sets: dict[tuple[int, str], dict[str, ClientWindow]] = {}

@@ -55,7 +55,7 @@ import asyncio
 import functools
 import threading
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -541,6 +541,30 @@ Keep = tuple[int, int, Sequence[CloudWindowMessage], Sequence[End]]
 PARTS_PER_TRANSACTION = 5_000
 
 
+class _ClosedIn:
+    """``WindowCollector._closed`` of one partition, asked of the collector once per window: what
+    closes windows does not run between two calls (the event loop's turn, or a worker thread's
+    call that holds no await)."""
+
+    def __init__(self, collector: WindowCollector, partition: int) -> None:
+        self._collector, self._partition = collector, partition
+        self._windows: dict[int, bool | Callable[[str], bool]] = {}
+
+    def __call__(self, window: int, thing: str) -> bool:
+        closed = self._of(window)
+        return closed if isinstance(closed, bool) else closed(thing)
+
+    def none_of(self, window: int) -> bool:
+        """Whether no thing of ``window`` is closed (a window's parts as they come: one question)."""
+        return self._of(window) is False
+
+    def _of(self, window: int) -> bool | Callable[[str], bool]:
+        closed = self._windows.get(window)
+        if closed is None:
+            closed = self._windows[window] = self._collector._closed_in(self._partition, window)
+        return closed
+
+
 class WindowCollector:
     """A detect node's side: the parts of its partitions' windows, kept in PostgreSQL before they
     are acked, merged and closed ``grace_s`` after each window's end (the broker nodes publish
@@ -617,27 +641,49 @@ class WindowCollector:
         the parts of those windows that could not be kept meanwhile come back then. Dropped as
         late, most of such a window's counts were lost (an operator's trial: 230 of 600 messages);
         kept, ``resume`` sorts them out."""
+        closed = self._closed_in(partition, window)
+        return closed if isinstance(closed, bool) else closed(thing)
+
+    def _closed_in(self, partition: int, window: int) -> bool | Callable[[str], bool]:
+        """``_closed`` for every thing of the window at once (True: all, False: none), or, for the
+        one window a partition's closing is in the middle of, per thing. At a window's end a node
+        receives every device's part at once (200,000 at a time), on the event loop the reports
+        wait behind: one answer per window, not one per part."""
         if partition in self._stale:
             return False
         first = self._next.get(partition)
         if first is None or window < first:
             return True
         floor = self._floors.get(partition)
-        return floor is not None and floor.closed(window, thing)
+        return False if floor is None else floor.closed_in(window)
 
     # -- on the event loop: the partitions' deliveries --------------------------------------------
-    def accept(self, partition: int, message: CloudWindowMessage, redelivered: bool = False) -> bool:
-        """Whether to keep a part: False if it is not this partition's (a broker node of another
-        configuration) or came too late (its window is closed; ``redelivered``: a copy JetStream
-        delivers again, most likely of a part counted already)."""
-        if self._partition(message.thing) != partition or message.window_s != self._window_s:
-            _REFUSED_LOG("refused", thing=message.thing, partition=partition, window_s=message.window_s)
-            return False
-        return not self._late(partition, message, redelivered)
+    def _accepted(self, partition: int, messages: Sequence[CloudWindowMessage],
+                  redelivered: bool = False) -> Sequence[CloudWindowMessage]:
+        """The parts to keep: not those of another partition (a broker node of another
+        configuration) or that came too late (their window is closed; ``redelivered``: copies
+        JetStream delivers again, most likely of parts counted already)."""
+        mine = [message for message in messages
+                if self._partition(message.thing) == partition and message.window_s == self._window_s]
+        if len(mine) < len(messages):
+            for message in messages:
+                if self._partition(message.thing) != partition or message.window_s != self._window_s:
+                    _REFUSED_LOG("refused", thing=message.thing, partition=partition, window_s=message.window_s)
+        return self._on_time(partition, mine, redelivered)
 
-    def _late(self, partition: int, message: CloudWindowMessage, redelivered: bool = False) -> bool:
+    def _on_time(self, partition: int, messages: Sequence[CloudWindowMessage],
+                 redelivered: bool = False) -> Sequence[CloudWindowMessage]:
+        """Those of ``messages`` whose window is not closed; the others are counted and logged as
+        late. Asked per window, then per part only in a window closed in part or whole."""
+        closed = _ClosedIn(self, partition)
+        if all(closed.none_of(window) for window in {message.window for message in messages}):
+            return messages
+        return [message for message in messages if not self._late(message, closed, redelivered)]
+
+    @staticmethod
+    def _late(message: CloudWindowMessage, closed: _ClosedIn, redelivered: bool = False) -> bool:
         """Whether the part's window was closed (counted and logged as late)."""
-        if self._closed(partition, message.window, message.thing):
+        if closed(message.window, message.thing):
             PARTS_LATE.inc()
             if redelivered:
                 log.info("cloud_window_late", thing=message.thing, window=message.window, node=message.node,
@@ -658,10 +704,10 @@ class WindowCollector:
         keep_parts = self._parts_keeper()
         with writing(self._engine) as conn:
             fencing.check(conn, partition, token)
-            keep_parts(conn, partition, [StoredPart(m.window, m.thing, m.node, m.part) for m in messages])
+            keep_parts(conn, partition, messages)
             cluster_parts.keep_ends(conn, partition, ends)
 
-    def _parts_keeper(self) -> Callable[[Connection, int, Sequence[StoredPart]], None]:
+    def _parts_keeper(self) -> Callable[[Connection, int, Iterable[cluster_parts.PartOfWindow]], None]:
         """A set per row once every live node reads them (rolling upgrades), else a row per part."""
         return cluster_parts.keep_sets if self._sets_readable() else cluster_parts.keep
 
@@ -697,7 +743,7 @@ class WindowCollector:
                 except fencing.Fenced as error:  # raised before anything of it was written
                     results[index] = error
                     continue
-                keep_parts(conn, partition, [StoredPart(m.window, m.thing, m.node, m.part) for m in messages])
+                keep_parts(conn, partition, messages)
                 cluster_parts.keep_ends(conn, partition, ends)
         return results
 
@@ -742,15 +788,15 @@ class WindowCollector:
                 else:
                     log.error("cloud_window_end_refused", node=message.node, window_s=message.window_s)
             else:
-                parts.extend(one for one in (message.messages() if isinstance(message, CloudWindowParts)
-                                             else [message])
-                             if self.accept(partition, one, redelivered=delivery.delivered > 1))
+                parts.extend(self._accepted(partition, message.messages() if isinstance(message, CloudWindowParts)
+                                            else [message], redelivered=delivery.delivered > 1))
         if not parts and not ends:
             return
         await self._keeps((partition, token, parts, ends))
-        for one in parts:  # accepted above; held unless its window was closed meanwhile
-            if not self._late(partition, one):
-                self._hold(partition, one.window, one.thing, one.node, one.part)
+        on_time = self._on_time(partition, parts)  # accepted above; held unless closed meanwhile
+        held = self._parts.setdefault(partition, {}) if on_time else {}
+        for one in on_time:
+            held.setdefault(one.window, {}).setdefault(one.thing, {})[one.node] = one.part
         if partition in self._next:
             for end in ends:
                 self.ends.record(partition, end)
