@@ -2,12 +2,12 @@
 
 ``--things`` registered things with three attributes each (``bench/window_close.py``'s fleet), one of
 them with a rare site; ListThings ``attributeName=site, attributeValue=<rare>`` through the
-operation's handler, in fresh processes of each tree taking turns (``--trees``: this one and, say,
+operation's handler (``--value-only``: ``attributeValue=<rare>`` alone, any attribute's), in fresh processes of each tree taking turns (``--trees``: this one and, say,
 a worktree of the code before, which filtered every row in Python); wall and CPU time per call,
 medians. PostgreSQL and SQLite.
 
     .venv/bin/python bench/list_things_filter.py --trees . /tmp/before [--things 200000] [--repeats 3]
-        [--output FILE]
+        [--value-only] [--output FILE]
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from bench.common import environment, report, run_in_tree, tree_arguments, tree_
 RARE = "site-rare"
 
 
-def call(url: str) -> dict[str, Any]:
+def call(url: str, value_only: bool = False) -> dict[str, Any]:
     from iotdefender.controlplane.context import ServiceContext
     from iotdefender.controlplane.things import list_things
     from iotdefender.store.database import create_engine
 
     context = ServiceContext(engine=create_engine(url), region="us-east-1", account_id="123456789012")
-    params = {"attributeName": "site", "attributeValue": RARE, "maxResults": 25}
+    params = {"attributeValue": RARE, "maxResults": 25} if value_only else {
+        "attributeName": "site", "attributeValue": RARE, "maxResults": 25}
     list_things(context, params)  # connections and statements warmed alike
     wall, cpu = time.perf_counter(), time.process_time()
     found = list_things(context, params)
@@ -64,6 +65,7 @@ def lay_down(url: str, things: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--things", type=int, default=200_000)
+    parser.add_argument("--value-only", action="store_true", help="filter by the value alone (no attributeName)")
     tree_arguments(parser, repeats=3)
     args = parser.parse_args()
     if args.worker:
@@ -72,7 +74,7 @@ def main() -> None:
             lay_down(url, int(rest[0]))
             print(json.dumps({}))
         else:
-            print(json.dumps(call(url)))
+            print(json.dumps(call(url, value_only=rest == ["value-only"])))
         return
 
     from tests.support.processes import PostgresCluster
@@ -88,7 +90,7 @@ def main() -> None:
             run_in_tree(ROOT, __file__, ["lay-down", url, str(args.things)])
             for _ in range(args.repeats):
                 for name, tree in trees.items():
-                    measured = run_in_tree(tree, __file__, ["call", url])
+                    measured = run_in_tree(tree, __file__, ["call", url, *(["value-only"] if args.value_only else [])])
                     runs[name].setdefault(backend, []).append(measured)
                     print(name, backend, measured, file=sys.stderr, flush=True)
     finally:
@@ -96,7 +98,7 @@ def main() -> None:
     summary = {name: {backend: {field: statistics.median(run[field] for run in done) for field in ("wall_s", "cpu_s", "found")}
                       for backend, done in by_backend.items()} for name, by_backend in runs.items()}
     report({"machine": environment(), "command": " ".join(sys.argv), "load_average": list(os.getloadavg()[:2]),
-            "things": args.things, "trees": {name: tree_revision(tree) for name, tree in trees.items()},
+            "things": args.things, "value_only": args.value_only, "trees": {name: tree_revision(tree) for name, tree in trees.items()},
             "summary": summary, "runs": runs}, args.output)
 
 

@@ -56,3 +56,30 @@ def test_a_nodes_share_of_the_registry_is_read_by_partition_once_recorded(backen
         assert registry.thing_names(conn, mine) == expected | ({"late-comer"} if mine("late-comer") else set())
     assert api.invoke("DescribeThing", {"thingName": names[0]})["thingName"] == names[0]
     assert "partition" not in api.invoke("DescribeThing", {"thingName": names[0]})
+
+
+def test_listthings_by_a_value_alone_is_decided_by_the_database(engine):
+    """ListThings with ``attributeValue`` and no name: things with any attribute of that value (or
+    starting with it), chosen in the database (SQLite's ``json_each``, PostgreSQL's
+    ``json_each_text``): a rare value among many things used to read every row into Python."""
+    api = ApiService(ServiceContext(engine=engine, region="us-east-1", account_id="123456789012"), CredentialStore([]))
+    attributes = {"a": {"zone": "z1", "model": "m-1"}, "b": {"site": "z1"}, "c": {"zone": "z10"},
+                  "d": {}, "e": {"zone": "z_x"}, "f": {"model": "z1x", "zone": "q"},
+                  "g": {"z1": "k"}}
+    for name, found in attributes.items():
+        api.invoke("CreateThing", {"thingName": name, "attributePayload": {"attributes": found}})
+    with engine.connect() as conn:
+        def names(value: str, prefix: bool = False) -> list[str]:
+            return [row.name for row in registry.scan_things(conn, None, None, None, value, prefix)]
+
+        assert names("z1") == ["a", "b"]
+        assert names("z1", prefix=True) == ["a", "b", "c", "f"]
+        assert names("z_", prefix=True) == ["e"]  # a LIKE wildcard in the value is the character
+        assert names("nothing") == []
+        assert names("b", prefix=False) == []  # a thing's name is not an attribute
+        assert names("k") == ["g"]  # an attribute's name is not its value: "z1" above is not g's
+    listed = api.invoke("ListThings", {"attributeValue": "z1", "usePrefixAttributeValue": True, "maxResults": 2})
+    assert [t["thingName"] for t in listed["things"]] == ["a", "b"] and listed["nextToken"]
+    rest = api.invoke("ListThings", {"attributeValue": "z1", "usePrefixAttributeValue": True,
+                                     "nextToken": listed["nextToken"]})
+    assert [t["thingName"] for t in rest["things"]] == ["c", "f"]

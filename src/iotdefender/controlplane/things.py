@@ -128,8 +128,8 @@ def list_things(ctx: ServiceContext, params: Params) -> Params:
         return True
 
     with ctx.engine.connect() as conn:
-        # The database narrows by the named attribute; ``matches`` keeps the rule (a value alone
-        # may be any attribute's).
+        # The database narrows by the attribute (named, or any attribute's value); ``matches``
+        # states the rule again for the rows it returns.
         rows = registry.scan_things(conn, decode_token(params.get("nextToken")), params.get("thingTypeName"),
                                     attribute_name, attribute_value, prefix)
         page, token = take_page((r for r in rows if matches(r)), page_size(params.get("maxResults")),

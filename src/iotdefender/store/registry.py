@@ -35,20 +35,36 @@ def scan_things(conn: Connection, after: str | None, thing_type_name: str | None
                 attribute_name: str | None = None, attribute_value: str | None = None,
                 prefix: bool = False) -> Iterator[Any]:
     """Things in name order after ``after``; with ``attribute_name``, only those that have it
-    (equal to ``attribute_value``, or starting with it if ``prefix``), decided by the database:
-    ListThings with an attribute filter read the whole registry into Python to find a few."""
+    (equal to ``attribute_value``, or starting with it if ``prefix``), and with ``attribute_value``
+    alone, those with any attribute of that value: decided by the database. ListThings with an
+    attribute filter read the whole registry into Python to find a few."""
     query = sa.select(things)
     if thing_type_name is not None:
         query = query.where(things.c.thing_type_name == thing_type_name)
     if attribute_name is not None:
         value = things.c.attributes[attribute_name].as_string()
-        if attribute_value is None:
-            query = query.where(value.is_not(None))
-        elif prefix:
-            query = query.where(value.startswith(attribute_value, autoescape=True))
-        else:
-            query = query.where(value == attribute_value)
+        query = query.where(value.is_not(None) if attribute_value is None else _matching(value, attribute_value, prefix))
+    elif attribute_value is not None:
+        query = query.where(_any_attribute(conn, attribute_value, prefix))
     return scan_rows(conn, query, things.c.name, after)
+
+
+def _matching(value: Any, attribute_value: str, prefix: bool) -> Any:
+    return value.startswith(attribute_value, autoescape=True) if prefix else value == attribute_value
+
+
+def _any_attribute(conn: Connection, attribute_value: str, prefix: bool) -> Any:
+    """A thing has an attribute of this value (or starting with it): the attributes' values as a
+    table (``json_each_text`` on PostgreSQL, ``json_each`` on SQLite; AWS's values are strings)."""
+    each = (sa.func.json_each_text if conn.dialect.name == "postgresql" else sa.func.json_each)
+    attribute = each(things.c.attributes).table_valued("value").alias("attribute")
+    # Only the rows whose JSON text holds the value behind a quote are taken apart: AWS's values
+    # have no character JSON escapes (``[a-zA-Z0-9_.,@/:#=\[\]-]*``) and orjson writes them as
+    # they are. Parsing every row's attributes took 0.7 s at 500,000 things on PostgreSQL.
+    quoted = sa.cast(things.c.attributes, sa.Text).contains(f'"{attribute_value}' + ("" if prefix else '"'),
+                                                             autoescape=True)
+    return sa.and_(quoted, sa.exists().select_from(attribute).where(_matching(attribute.c.value, attribute_value,
+                                                                              prefix)))
 
 
 def thing_names(conn: Connection, selection: PartitionSelection | None = None) -> set[str]:
