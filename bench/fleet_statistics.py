@@ -3,7 +3,7 @@
 Two measurements, each of two source trees taking turns in fresh processes (``--trees``: this one
 and, say, a worktree of the code before), so a shared machine's noise hits both alike:
 
-* **detection**: a detect node holding ``fleet / nodes`` devices receives the other nodes' values of
+* **detection**: a detect node holding ``fleet / nodes`` devices (those of its partitions) receives the other nodes' values of
   the window that just ended, in the parts ``KvSharedWindows.publish`` cuts them into (NATS' 1 MB
   ``max_payload``), the nodes' parts interleaved as if they published at once, and between two
   parts one datapoint asks for the threshold (the engine's ``FleetStatistics.threshold``, under the
@@ -39,23 +39,33 @@ WINDOW_S = 300.0
 
 
 def detection(fleet: int, nodes: int) -> dict[str, Any]:
+    import inspect
+
     import numpy as np
 
     from iotdefender.cluster.fleet_statistics import VALUES_MAX_BYTES, KvSharedWindows, WindowValues, _decoder, _encoder
+    from iotdefender.cluster.partitions import partition_of
     from iotdefender.engine.statistics import FleetStatistics, StatisticsChanges
     from iotdefender.message_size import fitting
 
+    # As in a cluster: each node holds the devices of its partitions (node i: partitions p with
+    # p % nodes == i). A tree whose publishes name their partitions is given them, as serve does.
     rng = random.Random(1)
-    share = fleet // nodes
-    shared = KvSharedWindows("node-0")
+    devices: list[list[str]] = [[] for _ in range(nodes)]
+    for n in range(fleet):
+        name = f"thing-{n:08d}"
+        devices[partition_of(name) % nodes].append(name)
+    named = "partitions" in WindowValues.__struct_fields__
+    options = {"partition_of": partition_of} if "partition_of" in inspect.signature(KvSharedWindows).parameters else {}
+    shared = KvSharedWindows("node-0", **options)
     stats = FleetStatistics(shared=shared)
     window = 10
     changes: StatisticsChanges = {}
     everyone: list[float] = []
-    for n in range(share):
+    for name in devices[0]:
         value = rng.lognormvariate(8, 1)
         everyone.append(value)
-        stats.observe(KEY, "p90", WINDOW_S, f"thing-{n:08d}", value, window * WINDOW_S + 5, changes)
+        stats.observe(KEY, "p90", WINDOW_S, name, value, window * WINDOW_S + 5, changes)
     stats.apply(changes)
     now = (window + 1) * WINDOW_S + 1
 
@@ -68,12 +78,15 @@ def detection(fleet: int, nodes: int) -> dict[str, Any]:
     threshold()
     queues: list[list[bytes]] = []
     for node in range(1, nodes):
-        values = {f"thing-{node * share + n:08d}": rng.lognormvariate(8, 1) for n in range(share)}
+        values = {name: rng.lognormvariate(8, 1) for name in devices[node]}
         everyone.extend(values.values())
+        partitions = sorted({partition_of(name) for name in values})
 
-        def encoded(chunk: Any, part: int = 0, parts: int = 1, node: int = node) -> bytes:
+        def encoded(chunk: Any, part: int = 0, parts: int = 1, node: int = node, partitions: list[int] = partitions
+                    ) -> bytes:
+            extra = {"partitions": partitions} if named else {}
             return _encoder.encode(WindowValues(KEY[0], KEY[1], window, f"node-{node}", dict(chunk), part, parts,
-                                                1_000 + node))
+                                                1_000 + node, **extra))
 
         chunks = [chunk for chunk, _ in fitting(list(values.items()), encoded, VALUES_MAX_BYTES)]
         queues.append([encoded(chunk, part, len(chunks)) for part, chunk in enumerate(chunks)])

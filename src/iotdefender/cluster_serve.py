@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -352,7 +353,8 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     owned.append(consumer)
     # History compaction on every detect node, one at a time across the cluster (store/history.py).
     start_compaction(engine, history_interval(settings), ClusterCompactor(engine, partition_of))
-    shared = KvSharedWindows(node_id, payload_limit(nc.max_payload))
+    shared = KvSharedWindows(node_id, payload_limit(nc.max_payload),
+                             partition_of=functools.partial(partition_of, partitions=topology.partitions))
     detection.evaluator.share_statistics(shared)
     loops = [reach.run(), share_statistics(shared, nc, topology, detection),
              *([cloud.run()] if cloud is not None else []), alerts.run(),

@@ -9,6 +9,7 @@ import time
 import nats
 
 from iotdefender.cluster.fleet_statistics import BUCKET, KvSharedWindows
+from iotdefender.cluster.partitions import partition_of
 from iotdefender.message_size import payload_limit
 
 KEY = ("fleet profile", "bytes:out")  # names the KV key cannot carry as they are
@@ -56,7 +57,7 @@ def test_a_nodes_values_beyond_one_nats_message_reach_the_others_in_parts(jetstr
     parts, the parts left over from before are not counted."""
     async def go() -> None:
         nc_a, nc_b = await nats.connect(servers=jetstream.urls), await nats.connect(servers=jetstream.urls)
-        a = KvSharedWindows("a", payload_limit(nc_a.max_payload))
+        a = KvSharedWindows("a", payload_limit(nc_a.max_payload), partition_of=partition_of)
         b = KvSharedWindows("b", payload_limit(nc_b.max_payload))
         await a.start(nc_a.jetstream(), 1)
         await b.start(nc_b.jetstream(), 1)
@@ -64,6 +65,8 @@ def test_a_nodes_values_beyond_one_nats_message_reach_the_others_in_parts(jetstr
         await a.publish(KEY, 7, many)
         await _until(lambda: len(b.others(KEY, 7)[1]) == len(many), 20)
         assert b.others(KEY, 7)[1] == many
+        # Every part names the publish's partitions, which the receiver keeps with its values.
+        assert b._windows[(KEY, 7)].complete["a"].partitions == frozenset(map(partition_of, many))
         fewer = {f"device-{n:07d}": -1.0 for n in range(30_000)}
         await a.publish(KEY, 7, fewer)
         await _until(lambda: b.others(KEY, 7)[1] == fewer, 20)

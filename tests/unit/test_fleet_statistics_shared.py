@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from iotdefender.cluster.fleet_statistics import KvSharedWindows, WindowValues
 from iotdefender.engine.statistics import FleetStatistics, StatisticsChanges
 
@@ -145,16 +147,23 @@ def test_the_population_grown_publish_by_publish_is_the_merge_of_every_nodes_val
                 expected.update(own)
                 version, population = shared.population(KEY, 7, own)
                 assert version == shared.version(KEY, 7)
-                assert sorted(population.tolist()) == sorted(expected.values()), trial
+                assert sorted(population.values().tolist()) == sorted(expected.values()), trial
 
 
-def test_the_population_is_the_plain_merge_whatever_arrives_in_whatever_order():
+def device_partition(device: str) -> int:
+    return int(device[1:]) % 4
+
+
+@pytest.mark.parametrize("partitioned", [False, True], ids=["partitions-unnamed", "partitions-named"])
+def test_the_population_is_the_plain_merge_whatever_arrives_in_whatever_order(partitioned):
     """Parts of several publishes interleaved, delivered twice, late, entries of the release before
     (generation 0, one part) and this node's own values asked again or anew: ``population`` is
-    always what ``others`` merges plainly, overridden by the node's own values, at the same version."""
+    always what ``others`` merges plainly, overridden by the node's own values, at the same version.
+    ``partitioned``: publishes name their devices' partitions (but the release before's), and
+    moved devices are looked for only between publishes, and among this node's own, that share one."""
     for trial in range(1500):
         rng = random.Random(trial)
-        shared = KvSharedWindows("me")
+        shared = KvSharedWindows("me", partition_of=device_partition if partitioned else None)
         devices = [f"d{i}" for i in range(rng.randint(1, 15))]
         undelivered: list[WindowValues] = []
         generation = 0
@@ -170,8 +179,10 @@ def test_the_population_is_the_plain_merge_whatever_arrives_in_whatever_order():
                 else:
                     generation += 1
                     release_before, parts = False, rng.randint(1, 3)
+                named = sorted({device_partition(device) for device, _ in items}) if partitioned else []
                 undelivered += [WindowValues(KEY[0], KEY[1], 7, node, dict(items[part::parts]), part, parts,
-                                             0 if release_before else generation) for part in range(parts)]
+                                             0 if release_before else generation,
+                                             [] if release_before else named) for part in range(parts)]
             elif draw < 0.8 and undelivered:
                 message = undelivered.pop(rng.randrange(len(undelivered)))
                 shared.received(message)
@@ -183,4 +194,4 @@ def test_the_population_is_the_plain_merge_whatever_arrives_in_whatever_order():
                 version, population = shared.population(KEY, 7, own)
                 plain_version, others = shared.others(KEY, 7)
                 assert version == plain_version == shared.version(KEY, 7), trial
-                assert sorted(population.tolist()) == sorted({**others, **own}.values()), trial
+                assert sorted(population.values().tolist()) == sorted({**others, **own}.values()), trial

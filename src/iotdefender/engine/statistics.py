@@ -23,6 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
+from iotdefender.engine.sorted_runs import SortedRuns
+
 MIN_DEVICES = 5
 
 
@@ -37,9 +39,11 @@ SeriesKey = tuple[str, str]  # (profile, behavior)
 class SharedWindows(Protocol):
     """Cluster mode: the other detect nodes' values of a series' ended window (each node holds its
     own partitions' devices). Chosen over a sketch: the fleet's percentile is then exactly the one
-    box's, at the cost of sending each device's value once per window (cluster/fleet_statistics.py)."""
+    box's, at the cost of sending each device's value once per window (cluster/fleet_statistics.py).
+    The population comes as sorted runs, one per node, whose percentile is numpy's without merging
+    them (engine/sorted_runs.py)."""
 
-    def population(self, key: SeriesKey, window: int, own: Mapping[str, float]) -> tuple[int, np.ndarray]:
+    def population(self, key: SeriesKey, window: int, own: Mapping[str, float]) -> tuple[int, SortedRuns]:
         """(a version that changes whenever another node's values of the window arrive whole, every
         device's value of the window: ``own`` and the other nodes' devices not in it)."""
         ...
@@ -126,13 +130,17 @@ class FleetStatistics:
     def _compute(self, key: SeriesKey, series: _Series, statistic: str) -> None:
         """The threshold of ``series.threshold_window``: the percentile of the window before it,
         over this node's devices and (cluster mode) the other nodes' known so far."""
+        percent = statistic_to_percent(statistic)
+        population: SortedRuns | np.ndarray
         if self.shared is not None and series.threshold_window is not None:
+            # Sorted runs, one per node: their percentile without merging them (engine/sorted_runs.py).
             series.shared_version, population = self.shared.population(key, series.threshold_window - 1,
                                                                        series.closed)
         else:
             population = np.fromiter(series.closed.values(), dtype=float, count=len(series.closed))
         if len(population) >= self.min_devices:
-            series.threshold = float(np.percentile(population, statistic_to_percent(statistic)))
+            series.threshold = (population.percentile(percent) if isinstance(population, SortedRuns)
+                                else float(np.percentile(population, percent)))
             series.population = len(population)
         else:
             series.threshold = None
