@@ -7,7 +7,8 @@ detect nodes, 9.1 s of the detection thread a window and series (bench/README.md
 values are sorted once when they arrive instead, and the percentile is found from the sorted runs
 by counting (``np.searchsorted``): a few thousand binary searches, whatever the population.
 
-The answer is ``np.percentile``'s (method ``linear``) to the bit: the two order statistics it
+The answer is ``np.percentile``'s (method ``linear``), the same float (a zero's sign aside: numpy's
+own sort does not keep it either): the two order statistics it
 interpolates between are found exactly, and the interpolation repeats numpy's own arithmetic
 (``numpy/lib/_function_base_impl.py``: ``_get_indexes``, ``_get_gamma``, ``_lerp``; numpy is
 pinned in pyproject.toml, and tests/unit/test_sorted_runs.py compares the two on random
@@ -87,7 +88,7 @@ class SortedRuns:
             else:
                 low = middle + 1
         found = _from_ordered(low)
-        for run in self._runs:  # the value as stored (-0.0 and 0.0 count alike)
+        for run in self._runs:  # a value as stored (-0.0 and 0.0 count alike: either may come back)
             at = int(np.searchsorted(run, found, side="left"))
             if at < len(run) and run[at] == found:
                 return np.float64(run[at])
