@@ -94,6 +94,10 @@ def main() -> int:
             print(f"node {name.upper()}: API {node.endpoint}, MQTT 127.0.0.1:{node.mqtt_port}", flush=True)
         a, b, c = nodes
         wait_for(lambda: all(healthy(n) for n in nodes), 30, "three nodes own their partitions")
+        # The gauges are refreshed every 0.5 s, after the readiness they follow: printed at once,
+        # they showed a node that had just taken its share with 0.
+        wait_for(lambda: sum(owned(n) for n in nodes) == 64 and all(owned(n) for n in nodes), 10,
+                 "the nodes' gauges show every partition owned")
         print(f"partitions owned: A {owned(a)}, B {owned(b)}, C {owned(c)} (of 64)", flush=True)
         iot = a.client()
         iot.create_security_profile(securityProfileName="fleet", behaviors=BEHAVIORS)
