@@ -43,10 +43,9 @@ def detection(fleet: int, nodes: int) -> dict[str, Any]:
 
     import numpy as np
 
-    from iotdefender.cluster.fleet_statistics import VALUES_MAX_BYTES, KvSharedWindows, WindowValues, _decoder, _encoder
+    from iotdefender.cluster.fleet_statistics import VALUES_MAX_BYTES, KvSharedWindows, _decoder
     from iotdefender.cluster.partitions import partition_of
     from iotdefender.engine.statistics import FleetStatistics, StatisticsChanges
-    from iotdefender.message_size import fitting
 
     # As in a cluster: each node holds the devices of its partitions (node i: partitions p with
     # p % nodes == i). A tree whose publishes name their partitions is given them, as serve does.
@@ -55,8 +54,10 @@ def detection(fleet: int, nodes: int) -> dict[str, Any]:
     for n in range(fleet):
         name = f"thing-{n:08d}"
         devices[partition_of(name) % nodes].append(name)
-    named = "partitions" in WindowValues.__struct_fields__
-    options = {"partition_of": partition_of} if "partition_of" in inspect.signature(KvSharedWindows).parameters else {}
+    parameters = inspect.signature(KvSharedWindows).parameters
+    options: dict[str, Any] = {"partition_of": partition_of} if "partition_of" in parameters else {}
+    if "compact" in parameters:
+        options["compact"] = lambda: True  # every node of the tree reads it
     shared = KvSharedWindows("node-0", **options)
     stats = FleetStatistics(shared=shared)
     window = 10
@@ -77,19 +78,21 @@ def detection(fleet: int, nodes: int) -> dict[str, Any]:
 
     threshold()
     queues: list[list[bytes]] = []
+
+    class Bucket:  # what a node puts in the KV bucket, in order
+        def __init__(self) -> None:
+            self.put_values: list[bytes] = []
+
+        async def put(self, key: str, value: bytes) -> None:
+            self.put_values.append(value)
+
     for node in range(1, nodes):
         values = {name: rng.lognormvariate(8, 1) for name in devices[node]}
         everyone.extend(values.values())
-        partitions = sorted({partition_of(name) for name in values})
-
-        def encoded(chunk: Any, part: int = 0, parts: int = 1, node: int = node, partitions: list[int] = partitions
-                    ) -> bytes:
-            extra = {"partitions": partitions} if named else {}
-            return _encoder.encode(WindowValues(KEY[0], KEY[1], window, f"node-{node}", dict(chunk), part, parts,
-                                                1_000 + node, **extra))
-
-        chunks = [chunk for chunk, _ in fitting(list(values.items()), encoded, VALUES_MAX_BYTES)]
-        queues.append([encoded(chunk, part, len(chunks)) for part, chunk in enumerate(chunks)])
+        publisher = KvSharedWindows(f"node-{node}", VALUES_MAX_BYTES, **options)
+        publisher._kv = bucket = Bucket()  # the node's own publish, as serve makes it
+        asyncio.run(publisher.publish(KEY, window, values))
+        queues.append(bucket.put_values)
     arrivals = [index for index, queue in enumerate(queues) for _ in queue]
     rng.shuffle(arrivals)  # each node's parts in order, the nodes' interleaved
     receiving = thresholds = 0.0

@@ -48,6 +48,7 @@ from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cluster.alone import run_while_held
 from iotdefender.cluster.control import ControlNotices
 from iotdefender.cluster.database_reach import GRACE_TTLS, DatabaseReach
+from iotdefender.cluster import fleet_statistics
 from iotdefender.cluster.fleet_statistics import KvSharedWindows
 from iotdefender.message_size import payload_limit
 from iotdefender.cluster.health import ClusterHealth
@@ -322,7 +323,8 @@ def cloud_collector(settings: Settings, engine: Engine, monitoring: MonitoringIn
 def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
                 monitoring: MonitoringIndex, routes: AlertRoutes, alerts: AlertDelivery, health: DatabaseHealth,
                 bare_token_members: BareTokenMembers | None = None, swept: SweepWake | None = None,
-                ends_in_use: Callable[[], bool] = lambda: True, sets_readable: Callable[[], bool] = lambda: True
+                ends_in_use: Callable[[], bool] = lambda: True, sets_readable: Callable[[], bool] = lambda: True,
+                statistics_compact: Callable[[], bool] = lambda: True
                 ) -> tuple[DetectConsumer, DetectionService, list[Coroutine[Any, Any, None]]]:
     """The consumer of this node's partitions, its detection (control notices reach its ML
     models) and the loops a detect node runs (not yet started). Cut off from the database for
@@ -354,7 +356,8 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     # History compaction on every detect node, one at a time across the cluster (store/history.py).
     start_compaction(engine, history_interval(settings), ClusterCompactor(engine, partition_of))
     shared = KvSharedWindows(node_id, payload_limit(nc.max_payload),
-                             partition_of=functools.partial(partition_of, partitions=topology.partitions))
+                             partition_of=functools.partial(partition_of, partitions=topology.partitions),
+                             compact=statistics_compact)
     detection.evaluator.share_statistics(shared)
     loops = [reach.run(), share_statistics(shared, nc, topology, detection),
              *([cloud.run()] if cloud is not None else []), alerts.run(),
@@ -428,7 +431,7 @@ async def serve_cluster(settings: Settings) -> None:
     nc = await connect(settings.cluster_urls, node_id, reconnected)
     topology = Topology(replicas=replicas_for(count_servers(nc)), lease_ttl_s=settings.cluster_lease_ttl)
     flags = SharedSettings(nc.jetstream(), topology, node_id, shared_values(settings),
-                           {**announcement(), **cluster_windows.announcement()})
+                           {**announcement(), **cluster_windows.announcement(), **fleet_statistics.announcement()})
 
     peers_read = cluster_windows.PeersRead(flags.announced)
     try:
@@ -446,7 +449,9 @@ async def serve_cluster(settings: Settings) -> None:
     swept = SweepWake()
     consumer, detection, loops = (detect_role(settings, nc, topology, node_id, engine, monitoring, routes, alerts,
                                               health, flags.unannounced, swept, peers_read.ends,
-                                              peers_read.part_sets)
+                                              peers_read.part_sets,
+                                              lambda: fleet_statistics.compact_readable(
+                                                  flags.announced(fleet_statistics.COMPACT_ANNOUNCEMENT)))
                                   if "detect" in roles else (None, None, []))
     # The sweep last: it reads the control plane the caches before it were dropped for.
     notices.append(ControlNotices(nc, node_id, [monitoring.invalidate] +

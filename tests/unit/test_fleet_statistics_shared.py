@@ -4,11 +4,14 @@ compute the very threshold one box computes from all the devices."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
+import numpy as np
 import pytest
 
-from iotdefender.cluster.fleet_statistics import KvSharedWindows, WindowValues
+from iotdefender.cluster.fleet_statistics import (COMPACT_VERSION, KvSharedWindows, WindowValues, _decoder,
+                                                 compact_readable)
 from iotdefender.engine.statistics import FleetStatistics, StatisticsChanges
 
 KEY = ("fleet", "bytes")
@@ -154,13 +157,25 @@ def device_partition(device: str) -> int:
     return int(device[1:]) % 4
 
 
+def window_values(node: str, items: list[tuple[str, float]], part: int, parts: int, generation: int,
+                  partitions: list[int], compact: bool) -> WindowValues:
+    if not compact:
+        return WindowValues(KEY[0], KEY[1], 7, node, dict(items), part, parts, generation, partitions)
+    return WindowValues(KEY[0], KEY[1], 7, node, part=part, parts=parts, generation=generation, partitions=partitions,
+                        names="\n".join(name for name, _ in items),
+                        packed=np.array([value for _, value in items], dtype="<f8").tobytes())
+
+
+@pytest.mark.parametrize("form", ["map", "compact", "either"])
 @pytest.mark.parametrize("partitioned", [False, True], ids=["partitions-unnamed", "partitions-named"])
-def test_the_population_is_the_plain_merge_whatever_arrives_in_whatever_order(partitioned):
+def test_the_population_is_the_plain_merge_whatever_arrives_in_whatever_order(partitioned, form):
     """Parts of several publishes interleaved, delivered twice, late, entries of the release before
     (generation 0, one part) and this node's own values asked again or anew: ``population`` is
     always what ``others`` merges plainly, overridden by the node's own values, at the same version.
     ``partitioned``: publishes name their devices' partitions (but the release before's), and
-    moved devices are looked for only between publishes, and among this node's own, that share one."""
+    moved devices are looked for only between publishes, and among this node's own, that share one.
+    ``form``: publishes carry a map of values, the compact form (names and packed values), or
+    either (the release before's always a map)."""
     for trial in range(1500):
         rng = random.Random(trial)
         shared = KvSharedWindows("me", partition_of=device_partition if partitioned else None)
@@ -180,9 +195,10 @@ def test_the_population_is_the_plain_merge_whatever_arrives_in_whatever_order(pa
                     generation += 1
                     release_before, parts = False, rng.randint(1, 3)
                 named = sorted({device_partition(device) for device, _ in items}) if partitioned else []
-                undelivered += [WindowValues(KEY[0], KEY[1], 7, node, dict(items[part::parts]), part, parts,
-                                             0 if release_before else generation,
-                                             [] if release_before else named) for part in range(parts)]
+                compact = not release_before and (form == "compact" or (form == "either" and rng.random() < 0.5))
+                undelivered += [window_values(node, items[part::parts], part, parts,
+                                              0 if release_before else generation,
+                                              [] if release_before else named, compact) for part in range(parts)]
             elif draw < 0.8 and undelivered:
                 message = undelivered.pop(rng.randrange(len(undelivered)))
                 shared.received(message)
@@ -195,3 +211,48 @@ def test_the_population_is_the_plain_merge_whatever_arrives_in_whatever_order(pa
                 plain_version, others = shared.others(KEY, 7)
                 assert version == plain_version == shared.version(KEY, 7), trial
                 assert sorted(population.values().tolist()) == sorted({**others, **own}.values()), trial
+
+
+def test_a_compact_publish_is_cut_to_fit_and_read_whole():
+    """The compact form, cut in one pass by the bytes each device costs: every part fits the
+    message limit, and a receiver reads the same values back (names with separators and long ones,
+    values of every kind)."""
+    rng = random.Random(5)
+    for limit in (300, 1000, 2000):
+        values = {f"d{n}-{'x' * rng.randint(0, 60)}": rng.choice([0.0, -1.5, 1e300, float(n), 2.5e-300])
+                  for n in range(rng.randint(200, 400))}
+        sent: list[bytes] = []
+
+        class Bucket:
+            async def put(self, key: str, value: bytes) -> None:
+                sent.append(value)
+
+        publisher = KvSharedWindows("a", limit, partition_of=device_partition_any, compact=lambda: True)
+        publisher._kv = Bucket()
+        asyncio.run(publisher.publish(KEY, 7, values))
+        assert len(sent) > 1 and all(len(part) <= limit for part in sent), (limit, [len(part) for part in sent])
+        receiver = KvSharedWindows("b")
+        for part in sent:
+            message = _decoder.decode(part)
+            assert message.names and not message.values
+            receiver.received(message)
+        assert receiver.others(KEY, 7)[1] == values
+
+
+def device_partition_any(device: str) -> int:
+    return int(device[1:].split("-")[0]) % 4
+
+
+def test_a_compact_part_whose_values_do_not_match_its_names_is_dropped():
+    receiver = KvSharedWindows("b")
+    receiver.received(WindowValues(KEY[0], KEY[1], 7, "a", names="d1\nd2", packed=np.array([1.0]).tobytes()))
+    receiver.received(WindowValues(KEY[0], KEY[1], 7, "a", {"d3": 1.0}, names="d1", packed=np.array([1.0]).tobytes()))
+    assert receiver.others(KEY, 7) == (0, {})
+    receiver.received(WindowValues(KEY[0], KEY[1], 7, "a", names="d1\nd2", packed=np.array([1.0, 2.0]).tobytes()))
+    assert receiver.others(KEY, 7)[1] == {"d1": 1.0, "d2": 2.0}
+
+
+def test_the_compact_form_is_used_only_once_every_other_live_node_announces_it():
+    assert compact_readable([COMPACT_VERSION, COMPACT_VERSION])
+    assert compact_readable([])
+    assert not compact_readable([COMPACT_VERSION, None])  # a node of the release before
