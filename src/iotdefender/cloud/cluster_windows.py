@@ -663,11 +663,13 @@ class WindowCollector:
         """The parts to keep: not those of another partition (a broker node of another
         configuration) or that came too late (their window is closed; ``redelivered``: copies
         JetStream delivers again, most likely of parts counted already)."""
-        mine = [message for message in messages
-                if self._partition(message.thing) == partition and message.window_s == self._window_s]
+        def ours(message: CloudWindowMessage) -> bool:
+            return self._partition(message.thing) == partition and message.window_s == self._window_s
+
+        mine = [message for message in messages if ours(message)]
         if len(mine) < len(messages):
             for message in messages:
-                if self._partition(message.thing) != partition or message.window_s != self._window_s:
+                if not ours(message):
                     _REFUSED_LOG("refused", thing=message.thing, partition=partition, window_s=message.window_s)
         return self._on_time(partition, mine, redelivered)
 
@@ -693,9 +695,11 @@ class WindowCollector:
             return True
         return False
 
-    def _hold(self, partition: int, window: int, thing: str, node: str, part: ClientWindow) -> None:
-        """Hold one part in memory (replacing an earlier copy of it)."""
-        self._parts.setdefault(partition, {}).setdefault(window, {}).setdefault(thing, {})[node] = part
+    def _hold(self, partition: int, parts: Iterable[cluster_parts.PartOfWindow]) -> None:
+        """Hold parts in memory (each replacing an earlier copy of it)."""
+        held = self._parts.setdefault(partition, {})
+        for one in parts:
+            held.setdefault(one.window, {}).setdefault(one.thing, {})[one.node] = one.part
 
     def keep(self, partition: int, token: int, messages: Sequence[CloudWindowMessage],
              ends: Sequence[End] = ()) -> None:
@@ -794,9 +798,8 @@ class WindowCollector:
             return
         await self._keeps((partition, token, parts, ends))
         on_time = self._on_time(partition, parts)  # accepted above; held unless closed meanwhile
-        held = self._parts.setdefault(partition, {}) if on_time else {}
-        for one in on_time:
-            held.setdefault(one.window, {}).setdefault(one.thing, {})[one.node] = one.part
+        if on_time:
+            self._hold(partition, on_time)
         if partition in self._next:
             for end in ends:
                 self.ends.record(partition, end)
@@ -864,9 +867,9 @@ class WindowCollector:
                 del things[thing]  # held while its closing was unknown (a stale partition's): closed
             if not things:
                 del held[window]
-        for part in parts:
-            if not self._closed(partition, part.window, part.thing):
-                self._hold(partition, part.window, part.thing, part.node, part.part)
+        kept = [part for part in parts if not self._closed(partition, part.window, part.thing)]
+        if kept:
+            self._hold(partition, kept)
 
     def acquire(self, partition: int) -> None:
         """``load`` and ``resume`` in the calling thread (tests)."""
