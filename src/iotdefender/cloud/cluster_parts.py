@@ -92,8 +92,7 @@ class Mark:
     through: str | None
 
     def closed(self, window: int, thing: str) -> bool:
-        closed = self.closed_in(window)
-        return closed if isinstance(closed, bool) else closed(thing)
+        return closed_for(self.closed_in(window), thing)
 
     def closed_in(self, window: int) -> bool | Callable[[str], bool]:
         """``closed`` for every thing of ``window`` at once (True: all, False: none), or per thing
@@ -104,6 +103,11 @@ class Mark:
         if through is None:
             return True
         return lambda thing: thing <= through
+
+
+def closed_for(closed: bool | Callable[[str], bool], thing: str) -> bool:
+    """A ``Mark.closed_in`` answer (for all things, or per thing) for one thing."""
+    return closed if isinstance(closed, bool) else closed(thing)
 
 
 def keep(conn: Connection, partition: int, parts: Iterable[PartOfWindow]) -> None:

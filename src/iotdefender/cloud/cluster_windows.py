@@ -551,8 +551,7 @@ class _ClosedIn:
         self._windows: dict[int, bool | Callable[[str], bool]] = {}
 
     def __call__(self, window: int, thing: str) -> bool:
-        closed = self._of(window)
-        return closed if isinstance(closed, bool) else closed(thing)
+        return cluster_parts.closed_for(self._of(window), thing)
 
     def none_of(self, window: int) -> bool:
         """Whether no thing of ``window`` is closed (a window's parts as they come: one question)."""
@@ -641,8 +640,7 @@ class WindowCollector:
         the parts of those windows that could not be kept meanwhile come back then. Dropped as
         late, most of such a window's counts were lost (an operator's trial: 230 of 600 messages);
         kept, ``resume`` sorts them out."""
-        closed = self._closed_in(partition, window)
-        return closed if isinstance(closed, bool) else closed(thing)
+        return cluster_parts.closed_for(self._closed_in(partition, window), thing)
 
     def _closed_in(self, partition: int, window: int) -> bool | Callable[[str], bool]:
         """``_closed`` for every thing of the window at once (True: all, False: none), or, for the
