@@ -45,6 +45,12 @@ SEND_TIMEOUT_S = 10.0  # a webhook's HTTP timeout
 # once less than 1.5 send timeouts are left of its hold, and gives the rest back, so no row is
 # still being sent here when another node may claim it.
 CLAIM_HOLD_S = 120.0
+# Rows claimed a round: a node killed mid-round leaves them to the others only after CLAIM_HOLD_S,
+# so a round claims about what it can send (one destination's burst at the default rate), and
+# never rows of a destination whose bucket is empty (alert_outbox.claim's ``skip``). A round that
+# sent something is followed at once by the next, so the batch bounds the delay a kill causes, not
+# the throughput (each send is its own round trip and its own mark anyway).
+CLAIM_BATCH = 20
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -62,14 +68,22 @@ class TokenBucket:
     def __post_init__(self) -> None:
         self.tokens = self.burst
 
+    def empty(self) -> bool:
+        """Whether a send now would be refused (the tokens refilled up to now first)."""
+        self._refill()
+        return self.tokens < 1
+
     def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.updated) * self.rate)
-        self.updated = now
+        self._refill()
         if self.tokens >= 1:
             self.tokens -= 1
             return True
         return False
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.updated) * self.rate)
+        self.updated = now
 
 
 class AlertDelivery:
@@ -122,9 +136,10 @@ class AlertDelivery:
                 await self._http.aclose()
                 self._http = None  # a later run() makes a new one
 
-    def _due(self, limit: int = 200) -> Sequence[Any]:
+    def _due(self, limit: int = CLAIM_BATCH) -> Sequence[Any]:
+        limited = [destination for destination, bucket in self._buckets.items() if bucket.empty()]
         with writing(self._engine) as conn:
-            return alert_outbox.claim(conn, time.time(), limit, self._hold_s, KINDS)
+            return alert_outbox.claim(conn, time.time(), limit, self._hold_s, KINDS, skip=limited)
 
     def _reclaim(self) -> None:
         with writing(self._engine) as conn:

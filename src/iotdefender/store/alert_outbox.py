@@ -25,7 +25,7 @@ SENDING = "sending"
 
 
 def claim(conn: Connection, now: float, limit: int, hold_s: float,
-          kinds: Iterable[str] | None = None) -> Sequence[Row[Any]]:
+          kinds: Iterable[str] | None = None, skip: Iterable[str] = ()) -> Sequence[Row[Any]]:
     """Pending rows whose next attempt is due, and claims that lapsed, oldest first, claimed for
     ``hold_s`` seconds.
 
@@ -36,12 +36,17 @@ def claim(conn: Connection, now: float, limit: int, hold_s: float,
     due again after the hold (at least once, as any delivery that cannot know whether its request
     arrived); on one box a restart takes them back at once (``reclaim``). With ``kinds``, only rows
     whose destination is of one of them (``kind:address``): a newer release's kinds are left to its
-    nodes, never held up by a claim here."""
+    nodes, never held up by a claim here. Rows for the destinations in ``skip`` (at their rate
+    limit) are left for a later claim, so they neither fill the claim ahead of other destinations'
+    rows nor sit claimed while they cannot be sent."""
     query = sa.select(alert_outbox).where(alert_outbox.c.status.in_(("pending", SENDING)),
                                           alert_outbox.c.next_attempt_at <= now)
     if kinds is not None:
         query = query.where(sa.or_(*(alert_outbox.c.destination.startswith(f"{kind}:", autoescape=True)
                                      for kind in sorted(kinds))))
+    skipped = sorted(set(skip))
+    if skipped:
+        query = query.where(alert_outbox.c.destination.not_in(skipped))
     rows = conn.execute(query.order_by(alert_outbox.c.id).limit(limit).with_for_update(skip_locked=True)).all()
     if rows:
         conn.execute(alert_outbox.update().where(alert_outbox.c.id.in_([row.id for row in rows]))
