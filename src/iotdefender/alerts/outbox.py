@@ -4,6 +4,8 @@ Delivery runs in its own task and never blocks evaluation: due rows are sent, fa
 with exponential backoff, and a row that exhausts its attempts is kept as a dead letter (listed by
 ``GET /_iotdefender/alerts/dead``).
 A burst is rate-limited per destination (token bucket), never dropped: what waits stays pending.
+Each destination's rows are sent by a lane of its own, in order, beside the other destinations':
+one that is slow or hangs until the send timeout delays only its own alerts.
 A row for a topic without a destination (``routes.NO_DESTINATION``) is dead on arrival: marked with
 the reason, counted as ``no_destination``, its topic logged once. A row whose kind of destination
 this release does not know (``routes.KINDS``: a newer release wrote it into the shared outbox during
@@ -45,11 +47,12 @@ SEND_TIMEOUT_S = 10.0  # a webhook's HTTP timeout
 # once less than 1.5 send timeouts are left of its hold, and gives the rest back, so no row is
 # still being sent here when another node may claim it.
 CLAIM_HOLD_S = 120.0
-# Rows claimed a round: a node killed mid-round leaves them to the others only after CLAIM_HOLD_S,
-# so a round claims about what it can send (one destination's burst at the default rate), and
-# never rows of a destination whose bucket is empty (alert_outbox.claim's ``skip``). A round that
-# sent something is followed at once by the next, so the batch bounds the delay a kill causes, not
-# the throughput (each send is its own round trip and its own mark anyway).
+# Rows claimed at once: a node killed while it holds them leaves them to the others only after
+# CLAIM_HOLD_S, so a claim takes about what a destination can send (its burst at the default
+# rate), never rows of a destination whose bucket is empty or whose lane is still sending
+# (alert_outbox.claim's ``skip``): at most one batch a destination is held. A lane that finishes
+# wakes the next claim at once, so the batch bounds the delay a kill causes, not the throughput
+# (each send is its own round trip and its own mark anyway).
 CLAIM_BATCH = 20
 
 
@@ -107,6 +110,7 @@ class AlertDelivery:
         self._http: httpx.AsyncClient | None = None
         self._sns: Any = None
         self._unreached_logged: set[str] = set()  # topics without a destination, logged once each
+        self._lanes: dict[str, asyncio.Task[None]] = {}  # destination -> its lane sending its claimed rows
 
     # -- delivery ---------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -132,14 +136,19 @@ class AlertDelivery:
                         pass
                     self._wake.clear()
         finally:
+            lanes = list(self._lanes.values())
+            for lane in lanes:  # their unsent rows are due again after the hold (one box: at the next start)
+                lane.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
             if self._http is not None:
                 await self._http.aclose()
                 self._http = None  # a later run() makes a new one
 
     def _due(self, limit: int = CLAIM_BATCH) -> Sequence[Any]:
-        limited = [destination for destination, bucket in self._buckets.items() if bucket.empty()]
+        """Claimed due rows, but none of a destination whose lane is at work or whose bucket is empty."""
+        skipped = set(self._lanes) | {destination for destination, bucket in self._buckets.items() if bucket.empty()}
         with writing(self._engine) as conn:
-            return alert_outbox.claim(conn, time.time(), limit, self._hold_s, KINDS, skip=limited)
+            return alert_outbox.claim(conn, time.time(), limit, self._hold_s, KINDS, skip=skipped)
 
     def _reclaim(self) -> None:
         with writing(self._engine) as conn:
@@ -174,42 +183,65 @@ class AlertDelivery:
                              '{outcome="no_destination"}')
 
     async def _deliver_due(self) -> int:
+        """Claim the due rows of the destinations without a lane at work and hand each
+        destination's rows to a lane of its own; how many rows were claimed (0: the loop rests)."""
         claimed = time.monotonic()
         rows = await anyio.to_thread.run_sync(self._due)
         unreached = [row for row in rows if row.destination == NO_DESTINATION]
         if unreached:
             await self._undeliverable(unreached)
-            rows = [row for row in rows if row.destination != NO_DESTINATION]
-        sent = len(unreached)  # handled: the loop goes on at once with the next rows
-        limited: list[int] = []  # claimed and not attempted: released for the next round
-        for index, row in enumerate(rows):
-            if time.monotonic() - claimed > self._hold_s - 1.5 * self._send_timeout_s:
-                # The hold is running out: give the rest back rather than send what another node may take.
-                limited += [r.id for r in rows[index:]]
-                break
-            bucket = self._buckets.setdefault(row.destination, TokenBucket(self._rate, self._rate))
-            if not bucket.take():
-                limited.append(row.id)  # rate-limited: stays pending, goes in a later round
-                continue
-            kind = kind_of(row.destination)
-            try:
-                await self._send(row)
-            except Exception as error:  # any failure of the destination: retry later
-                attempts, reason = row.attempts + 1, str(error)[:2000]
-                dead = attempts >= MAX_ATTEMPTS
-                await anyio.to_thread.run_sync(lambda: self._mark(
-                    row.id, attempts=attempts, status="dead" if dead else "pending", last_error=reason,
-                    next_attempt_at=time.time() + self._retry_base * 2 ** (attempts - 1)))
-                DELIVERIES.labels(kind, "dead" if dead else "retry").inc()
-                log.warning("alert_delivery_failed", destination=row.destination, attempts=attempts, dead=dead,
-                            error=reason[:300])
-                continue
-            await anyio.to_thread.run_sync(lambda: self._mark(row.id, attempts=row.attempts + 1, status="delivered"))
-            DELIVERIES.labels(kind, "delivered").inc()
-            sent += 1
-        if limited:
-            await anyio.to_thread.run_sync(self._release, limited)
-        return sent
+        by_destination: dict[str, list[Any]] = {}
+        for row in rows:
+            if row.destination != NO_DESTINATION:
+                by_destination.setdefault(row.destination, []).append(row)
+        for destination, its_rows in by_destination.items():
+            self._lanes[destination] = asyncio.create_task(self._lane(destination, its_rows, claimed),
+                                                           name=f"alert-lane {kind_of(destination)}")
+        return len(rows)
+
+    async def _lane(self, destination: str, rows: Sequence[Any], claimed: float) -> None:
+        """One destination's claimed rows, sent one after the other (in order), beside the other
+        destinations' lanes: sends were one at a time over every destination, so one that hung
+        until the send timeout held every other's alerts to one per timeout. The claim skips a
+        destination while its lane works (``_due``), so a destination has one lane at a time here."""
+        limited: list[int] = []  # claimed and not attempted: released for a later claim
+        try:
+            bucket = self._buckets.setdefault(destination, TokenBucket(self._rate, self._rate))
+            for index, row in enumerate(rows):
+                if time.monotonic() - claimed > self._hold_s - 1.5 * self._send_timeout_s:
+                    # The hold is running out: give the rest back rather than send what another node may take.
+                    limited += [r.id for r in rows[index:]]
+                    break
+                if not bucket.take():
+                    limited.append(row.id)  # rate-limited: stays pending, goes in a later claim
+                    continue
+                await self._attempt(row)
+            if limited:
+                await anyio.to_thread.run_sync(self._release, limited)
+        except Exception as error:  # the outbox is durable: unmarked rows are due again after the hold
+            log_unless_outage(log, "alert_delivery_failed", error)
+        finally:
+            self._lanes.pop(destination, None)
+            self._wake.set()  # its next rows may be due: claim them now, not at the next rest's end
+
+    async def _attempt(self, row: Any) -> None:
+        """Send one row and mark the outcome: delivered, or pending again after its backoff (dead
+        once it exhausted its attempts)."""
+        kind = kind_of(row.destination)
+        try:
+            await self._send(row)
+        except Exception as error:  # any failure of the destination: retry later
+            attempts, reason = row.attempts + 1, str(error)[:2000]
+            dead = attempts >= MAX_ATTEMPTS
+            await anyio.to_thread.run_sync(lambda: self._mark(
+                row.id, attempts=attempts, status="dead" if dead else "pending", last_error=reason,
+                next_attempt_at=time.time() + self._retry_base * 2 ** (attempts - 1)))
+            DELIVERIES.labels(kind, "dead" if dead else "retry").inc()
+            log.warning("alert_delivery_failed", destination=row.destination, attempts=attempts, dead=dead,
+                        error=reason[:300])
+            return
+        await anyio.to_thread.run_sync(lambda: self._mark(row.id, attempts=row.attempts + 1, status="delivered"))
+        DELIVERIES.labels(kind, "delivered").inc()
 
     async def _send(self, row: Any) -> None:
         body = row.message.encode()
