@@ -10,6 +10,7 @@ their operation and status code, and the node's info series.
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from collections.abc import Callable
 
@@ -129,3 +130,19 @@ def test_api_requests_are_counted_by_operation_and_status(service):
                   if name == "iotdefender_http_requests_total"}
     assert not any("missing-" in op or "no-such-page" in op or op.startswith("/") for op in operations), operations
     assert json.loads(plain_http.get(service.endpoint + "/healthz").text)["status"] == "ok"
+
+
+def test_a_client_that_leaves_before_its_body_is_no_internal_failure(service):
+    """A request whose client closes the connection before its body arrived is the client's doing:
+    counted as 499 (nginx's "client closed request"), never as a 500 with an error logged, which
+    anyone could send by the thousand (50 such requests were 50 counted 500s and 50 tracebacks)."""
+    moved = since(service.endpoint)
+    host, port = service.endpoint.removeprefix("http://").split(":")
+    for _ in range(3):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /security-profiles/x HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n{")
+    wait_for(lambda: moved("iotdefender_http_requests_total", operation="unknown", code="499") == 3, 10,
+             "the three requests counted")
+    assert moved("iotdefender_http_requests_total", operation="unknown", code="500") == 0
+    assert service.log_path is not None and "internal_failure" not in service.log_path.read_text()
+    assert service.client().list_security_profiles()["ResponseMetadata"]["HTTPStatusCode"] == 200
