@@ -22,6 +22,8 @@ def test_custom_metric_lifecycle(iot):
                        "ResponseMetadata": created["ResponseMetadata"]}
     repeat = iot.create_custom_metric(metricName=name, metricType="number", clientRequestToken="token-1")
     assert repeat["metricArn"] == created["metricArn"]  # same token: idempotent
+    with pytest.raises(iot.exceptions.ResourceAlreadyExistsException, match="different metric type"):
+        iot.create_custom_metric(metricName=name, metricType="string-list", clientRequestToken="token-1")
     with pytest.raises(iot.exceptions.ResourceAlreadyExistsException):
         iot.create_custom_metric(metricName=name, metricType="number", clientRequestToken="token-2")
     described = iot.describe_custom_metric(metricName=name)
@@ -48,8 +50,13 @@ def test_custom_metric_validation(iot, kwargs):
 
 def test_dimension_lifecycle_and_in_use_guard(iot):
     name = unique("topics")
-    created = iot.create_dimension(name=name, type="TOPIC_FILTER", stringValues=["telemetry/#", "cmd/+/set"])
+    created = iot.create_dimension(name=name, type="TOPIC_FILTER", stringValues=["telemetry/#", "cmd/+/set"],
+                                   clientRequestToken="dim-1")
     assert created["arn"] == ARN + f"dimension/{name}"
+    assert iot.create_dimension(name=name, type="TOPIC_FILTER", stringValues=["telemetry/#", "cmd/+/set"],
+                                clientRequestToken="dim-1")["arn"] == created["arn"]  # a retry
+    with pytest.raises(iot.exceptions.ResourceAlreadyExistsException, match="different string values"):
+        iot.create_dimension(name=name, type="TOPIC_FILTER", stringValues=["other/#"], clientRequestToken="dim-1")
     described = iot.describe_dimension(name=name)
     assert described["type"] == "TOPIC_FILTER" and described["stringValues"] == ["telemetry/#", "cmd/+/set"]
     assert iot.update_dimension(name=name, stringValues=["only/#"])["stringValues"] == ["only/#"]

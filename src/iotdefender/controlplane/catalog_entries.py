@@ -24,17 +24,26 @@ def require(conn: Any, kind: str, name: str) -> dict[str, Any]:
 
 
 def create(ctx: ServiceContext, kind: str, name: str, token: str | None, quota: int,
-           values: dict[str, Any], tag_list: list[dict[str, str]]) -> dict[str, Any]:
+           values: dict[str, Any], tag_list: list[dict[str, str]], defining: tuple[str, ...]) -> dict[str, Any]:
     """Insert the entry, or return the existing one when the same request is repeated.
 
     The model's clientRequestToken makes creation idempotent: the same name with the same token
     (boto3 reuses the token on retries) returns the original; a different token is a conflict.
+    So is the same token asking for something else in the ``defining`` members (a custom
+    metric's type, a dimension's filters): returning the original would tell the caller it has
+    what it asked for. AWS documents nothing for a token reused so; IoT's own rule for
+    CreateThing ("the same thing name but different configuration": ResourceAlreadyExists) is
+    followed. The other members (a display name) are not compared: a retry may leave them out.
     """
     with writing(ctx.engine) as conn:
         existing = catalog.get(conn, kind, name)
         if existing is not None:
             if token is not None and existing["client_request_token"] == token:
-                return existing
+                differing = [key for key in defining if existing[key] != values[key]]
+                if not differing:
+                    return existing
+                raise already_exists(f"{LABEL[kind]} {name} already exists with a different "
+                                     f"{', '.join(key.replace('_', ' ') for key in differing)}", name, existing["arn"])
             raise already_exists(f"{LABEL[kind]} {name} already exists", name, existing["arn"])
         if catalog.count(conn, kind) >= quota:
             raise limit_exceeded(f"The account already has {quota} {LABEL[kind].lower()}s, the maximum")

@@ -34,7 +34,7 @@ def create_custom_metric(ctx: ServiceContext, params: Params) -> Params:
         raise invalid_request(f"Custom metric name {name} can't begin with aws:")
     values = {"metric_type": params["metricType"], "display_name": params.get("displayName")}
     row = catalog_entries.create(ctx, KIND, name, params.get("clientRequestToken"), MAX_CUSTOM_METRICS,
-                                 values, checked_tags(params.get("tags")))
+                                 values, checked_tags(params.get("tags")), defining=("metric_type",))
     return {"metricName": row["name"], "metricArn": row["arn"]}
 
 

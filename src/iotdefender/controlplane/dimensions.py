@@ -41,7 +41,7 @@ def create_dimension(ctx: ServiceContext, params: Params) -> Params:
     _check_filters(params["stringValues"])
     values = {"type": params["type"], "string_values": params["stringValues"]}
     row = catalog_entries.create(ctx, KIND, params["name"], params.get("clientRequestToken"), MAX_DIMENSIONS,
-                                 values, checked_tags(params.get("tags")))
+                                 values, checked_tags(params.get("tags")), defining=("type", "string_values"))
     return {"name": row["name"], "arn": row["arn"]}
 
 
