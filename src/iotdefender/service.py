@@ -79,7 +79,8 @@ def open_context(settings: Settings) -> tuple[ServiceContext, CredentialStore]:
         log.info("credentials", file=str(generated.resolve()),
                  hint=f"AWS_SHARED_CREDENTIALS_FILE={generated.resolve()} aws iot ... "
                       f"--endpoint-url http://{settings.host}:{settings.api_port}")
-    context = ServiceContext(engine=engine, region=settings.region, account_id=settings.account_id)
+    context = ServiceContext(engine=engine, region=settings.region, account_id=settings.account_id,
+                             endpoint_address=settings.endpoint_address)
     log.info("storage", dialect=engine.dialect.name,
              database=str(engine.url.render_as_string(hide_password=True)))
     return context, credentials

@@ -28,6 +28,7 @@ class Settings:
     ingest_queue_limit: int = 10_000
     mqtt_port: int = 1883
     mqtt_tls_port: int | None = None
+    endpoint_address: str | None = None
     mqtt_ca: str | None = None
     mqtt_cert: str | None = None
     mqtt_key: str | None = None
@@ -210,6 +211,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                            "cluster uses the same, and two services on one broker each their own")
     mqtt.add_argument("--mqtt-port", type=int, default=d.mqtt_port, help="plain MQTT listener of the service's Mosquitto (default %(default)s)")
     mqtt.add_argument("--mqtt-tls-port", type=int, default=None, help="MQTT over TLS listener (e.g. 8883)")
+    mqtt.add_argument("--endpoint-address", default=None,
+                      help="the host name devices connect to, answered by DescribeEndpoint (default: the host "
+                           "the API request was addressed to)")
     mqtt.add_argument("--mqtt-ca", default=None, help="CA certificate file that signs device certificates")
     mqtt.add_argument("--mqtt-cert", default=None, help="server certificate file for the TLS listener")
     mqtt.add_argument("--mqtt-key", default=None, help="server private key file for the TLS listener")

@@ -49,8 +49,11 @@ def test_unmodified_aws_agent_gets_accepted_replies(tls_service):
     iot.attach_security_profile(securityProfileName="agent-profile",
                                 securityProfileTargetArn="arn:aws:iot:us-east-1:123456789012:all/things")
     cert, key = pki.issue("agent-thing")
+    # Where to connect, found as AWS's samples find it: the host the API was reached at.
+    endpoint = iot.describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
+    assert endpoint == address
     agent = subprocess.Popen(
-        [sys.executable, "-m", "AWSIoTDeviceDefenderAgentSDK.agent", "-e", address, "-r", str(pki.ca_cert),
+        [sys.executable, "-m", "AWSIoTDeviceDefenderAgentSDK.agent", "-e", endpoint, "-r", str(pki.ca_cert),
          "-c", str(cert), "-k", str(key), "-id", "agent-thing", "-f", "json", "-i", "2", "-cm"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     accepted, output = [], []

@@ -9,6 +9,7 @@ InternalFailureException, never as a bare 500 page.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -123,7 +124,10 @@ class ApiService:
             name_operation(request.scope, operation_name)
             self.dispatcher.implementation(operation_name)  # 501 before any input error, as before
             params = parse_request(operation, match.path_params, raw_query, headers, body)
-            output = await anyio.to_thread.run_sync(self.dispatcher.call, operation, params, limiter=self._limiter)
+            # DescribeEndpoint answers the host this request was addressed to (controlplane/endpoint.py).
+            extra = {"request_host": headers.get("host", "")} if operation_name == "DescribeEndpoint" else {}
+            output = await anyio.to_thread.run_sync(functools.partial(self.dispatcher.call, operation, params, **extra),
+                                                    limiter=self._limiter)
             status, out_headers, payload = serialize_response(operation, output)
             out_headers["x-amzn-RequestId"] = request_id
             response = Response(payload, status_code=status, media_type="application/json", headers=out_headers)

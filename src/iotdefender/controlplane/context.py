@@ -15,6 +15,7 @@ class ServiceContext:
     region: str = "us-east-1"
     account_id: str = "123456789012"
     clock: Callable[[], float] = field(default=time.time)
+    endpoint_address: str | None = None  # DescribeEndpoint's answer (--endpoint-address); None: the request's host
 
     def arn(self, resource: str) -> str:
         """``arn:aws:iot:{region}:{account}:{resource}``, the form every AWS IoT ARN takes."""

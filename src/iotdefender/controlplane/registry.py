@@ -12,6 +12,7 @@ from iotdefender.controlplane import (
     behavior_models,
     custom_metrics,
     dimensions,
+    endpoint,
     metric_values,
     security_profiles,
     tags,
@@ -22,7 +23,7 @@ from iotdefender.controlplane import (
 )
 from iotdefender.controlplane.operations import Implementation
 
-HANDLER_MODULES = (behavior_models, custom_metrics, dimensions, metric_values, security_profiles, tags, targets, thing_groups,
+HANDLER_MODULES = (behavior_models, custom_metrics, dimensions, endpoint, metric_values, security_profiles, tags, targets, thing_groups,
                    things, violations)
 
 
