@@ -139,6 +139,10 @@ def test_validate_reports_one_error_per_problem(iot):
     assert messages[0] == "Behavior MessagesSent is malformed. consecutiveDatapointsToAlarm 100000 should be in range[1,10]"
     assert len(messages) == 1  # model-level problems are reported first, as AWS's example shows
     assert iot.validate_security_profile_behaviors(behaviors=[bad2])["valid"] is False
+    bad3 = {**bad2, "name": "Ports3"}
+    with pytest.raises(iot.exceptions.InvalidRequestException) as refused:  # several problems, told apart
+        iot.create_security_profile(securityProfileName=unique("sp"), behaviors=[bad2, bad3])
+    assert "; Behavior Ports3 is malformed. " in refused.value.response["Error"]["Message"]
     ok = iot.validate_security_profile_behaviors(behaviors=[PORTS_BEHAVIOR, MESSAGES_BEHAVIOR, STATISTICAL_BEHAVIOR])
     assert ok == {"valid": True, "validationErrors": [], "ResponseMetadata": ok["ResponseMetadata"]}
 

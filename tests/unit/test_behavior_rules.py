@@ -109,6 +109,9 @@ def rule(behavior_patch=None, criteria_patch=None, base=DOCUMENTED[3]):
     (rule(base={"name": "peers", "metric": "peers", "criteria": {"comparisonOperator": "in-set",
                                                                   "value": {"cidrs": ["10.0.0.0/8"]}}}),
      "in-set can't be used with metric peers (a custom metric of type ip-address-list)"),
+    (rule(base={"name": "battery", "metric": "batteryPercentage", "criteria": {
+        "comparisonOperator": "less-than", "value": {"strings": ["1"]}}}),
+     "exactly the member 'number' for metric batteryPercentage (a custom metric of type number)"),
 ])
 def test_each_rule_names_the_behavior_and_the_problem(behavior, fragment):
     found = problems(behavior)

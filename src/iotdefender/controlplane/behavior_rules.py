@@ -25,10 +25,11 @@ def _as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _value_problems(spec: MetricSpec, value: Mapping[str, Any]) -> list[str]:
+def _value_problems(spec: MetricSpec, value: Mapping[str, Any], what: str) -> list[str]:
+    """What is wrong with a criteria's value for the metric, named ``what`` as the user wrote it."""
     given = [m for m in _VALUE_MEMBERS if value.get(m) is not None]
     if given != [spec.value_member]:
-        return [f"value must carry exactly the member '{spec.value_member}' for metric {spec.name}"
+        return [f"value must carry exactly the member '{spec.value_member}' for metric {what}"
                 f" (got {', '.join(given) or 'none'})"]
     content = value[spec.value_member]
     problems: list[str] = []
@@ -119,7 +120,7 @@ def _criteria_problems(spec: MetricSpec, criteria: Mapping[str, Any], metric: st
     elif value is None:
         problems.append("value is required (or statisticalThreshold or mlDetectionConfig)")
     else:
-        problems += _value_problems(spec, _as_dict(value))
+        problems += _value_problems(spec, _as_dict(value), what)
     if duration is not None:
         if not spec.duration:
             problems.append(f"durationSeconds can't be used with metric {what}")

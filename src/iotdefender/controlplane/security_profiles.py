@@ -48,11 +48,11 @@ def require_profile(conn: Any, name: str) -> dict[str, Any]:
 
 
 def _check_behaviors(conn: Any, behaviors: list[Any], v1: list[Any], v2: list[Any]) -> None:
-    """InvalidRequestException naming each behavior and the rule it breaks."""
+    """InvalidRequestException naming each behavior and the rule it breaks (several: "; " between)."""
     problems = behavior_rules.validate_profile_behaviors(
         behaviors, catalog.custom_metric_types(conn), catalog.dimension_names(conn), v1, v2)
     if problems:
-        raise invalid_request(" ".join(problems))
+        raise invalid_request("; ".join(problems))
 
 
 def describe_row(row: dict[str, Any]) -> Params:
