@@ -138,11 +138,14 @@ def test_a_client_that_leaves_before_its_body_is_no_internal_failure(service):
     anyone could send by the thousand (50 such requests were 50 counted 500s and 50 tracebacks)."""
     moved = since(service.endpoint)
     host, port = service.endpoint.removeprefix("http://").split(":")
-    for _ in range(3):
+    for path in ["/security-profiles/x"] * 3 + ["/console/login"]:
         with socket.create_connection((host, int(port)), timeout=10) as sock:
-            sock.sendall(b"POST /security-profiles/x HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n{")
-    wait_for(lambda: moved("iotdefender_http_requests_total", operation="unknown", code="499") == 3, 10,
-             "the three requests counted")
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: h\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                         "Content-Length: 1000\r\n\r\n{".encode())
+    wait_for(lambda: moved("iotdefender_http_requests_total", operation="unknown", code="499") == 3
+             and moved("iotdefender_http_requests_total", operation="console", code="499") == 1, 10,
+             "the four requests counted")
     assert moved("iotdefender_http_requests_total", operation="unknown", code="500") == 0
+    assert moved("iotdefender_http_requests_total", operation="console", code="500") == 0
     assert service.log_path is not None and "internal_failure" not in service.log_path.read_text()
     assert service.client().list_security_profiles()["ResponseMetadata"]["HTTPStatusCode"] == 200

@@ -31,7 +31,7 @@ from starlette.routing import Mount, Route
 from iotdefender.api import metrics_access
 from iotdefender.api.credentials import CredentialStore
 from iotdefender.api.extensions import BacktestJobs, Extensions
-from iotdefender.api.http_metrics import HttpMetrics, extension_label, name_operation
+from iotdefender.api.http_metrics import EXCEPTION_HANDLERS, HttpMetrics, extension_label, name_operation
 from iotdefender.contract.errors import ApiError, invalid_request
 from iotdefender.api.protocol import parse_request, serialize_response
 from iotdefender.api.routing import RouteNotFound, Router
@@ -134,10 +134,7 @@ class ApiService:
         except ApiError as error:
             response = _error_response(error, request_id)
         except ClientDisconnect:
-            # The client closed its connection before its body arrived: nobody to answer and no
-            # defect of ours, so no 500 and no traceback (anyone could send them by the thousand).
-            # Counted as nginx's 499, "client closed request"; the response goes nowhere.
-            response = Response(status_code=499)
+            raise  # the client left before its body arrived: no defect (http_metrics.client_left, 499)
         except Exception as error:
             if is_unavailable(error):  # an outage, not a defect: 503 as AWS does, logged once per outage
                 self.database_health().failed(error)
@@ -269,4 +266,5 @@ def create_app(service: ApiService, console: Starlette | None = None, readiness:
             Route("/{path:path}", service.handle, methods=methods),
         ],
         middleware=[Middleware(HttpMetrics)],  # requests by operation and status (api/http_metrics.py)
+        exception_handlers=EXCEPTION_HANDLERS,
     )

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from prometheus_client import Counter, Histogram
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 
 HTTP_REQUESTS = Counter("iotdefender_http_requests", "HTTP requests answered, by AWS operation and status code",
                         ["operation", "code"])
@@ -25,6 +27,18 @@ HTTP_SECONDS = Histogram("iotdefender_http_request_seconds",
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 
 UNKNOWN = "unknown"
+CLIENT_CLOSED = 499  # nginx's status for a request whose client left before it was answered
+
+
+async def client_left(request: Request, error: Exception) -> Response:
+    """A client that closed its connection before its body arrived (any route reading one: the API,
+    the console's forms): nobody to answer and no defect of ours, so no 500 and no traceback, which
+    anyone could cause by the thousand. Answered (to nobody) and counted as nginx's 499."""
+    return Response(status_code=CLIENT_CLOSED)
+
+
+#: For every Starlette app of the service (``exception_handlers=``): the API's and the console's.
+EXCEPTION_HANDLERS = {ClientDisconnect: client_left}
 _SCOPE_KEY = "iotdefender.operation"
 # The extension endpoints (api/app.py, docs/api-behaviour.md), by the first segment after /_iotdefender/.
 _EXTENSIONS = frozenset({"broker-events", "violations", "behavior-models", "alerts", "backtests"})
@@ -93,7 +107,7 @@ class HttpMetrics:
         try:
             await self._app(scope, receive, counted)
         except Exception:
-            if not answered:  # the server answers 500 (or nothing, if the client left)
+            if not answered:  # the server answers 500
                 _observe(operation.name, 500, time.perf_counter() - started)
             raise
 

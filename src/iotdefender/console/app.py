@@ -10,6 +10,7 @@ from starlette.staticfiles import StaticFiles
 
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.api.app import ApiService
+from iotdefender.api.http_metrics import EXCEPTION_HANDLERS
 from iotdefender.console import (auth, builder, bulk_verification, devices, evidence, forms, live, pages,
                                  profile_detail, resources)
 from iotdefender.console.context import STATIC_DIR, ConsoleContext
@@ -70,6 +71,7 @@ def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: flo
                     Middleware(SessionMiddleware, secret_key=api.credentials.derive_secret("console-session"),
                                session_cookie="iotdefender_console", max_age=SESSION_MAX_AGE_S,
                                same_site="strict", path="/console")],
+        exception_handlers=EXCEPTION_HANDLERS,  # a client gone before its form arrived: 499, not 500
     )
     app.state.console = console  # for login_required, which guards the pages of every module
     return app
