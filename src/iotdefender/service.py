@@ -54,7 +54,7 @@ from iotdefender.role_metrics import ROLE_ORDER, describe_node, export_only
 from iotdefender.settings import Settings
 from iotdefender.store import alert_outbox, history, metric_values, profiles, violations
 from iotdefender.store.advisory import ML_TRAINING, RETENTION, run_alone
-from iotdefender.store.availability import DatabaseHealth, log_unless_outage
+from iotdefender.store.availability import DatabaseHealth, is_unavailable, log_unless_outage
 from iotdefender.store.database import create_engine, in_batches, long_statements, sqlite_url, upgrade_to_head
 
 log = structlog.get_logger("iotdefender")
@@ -72,18 +72,48 @@ def open_context(settings: Settings) -> tuple[ServiceContext, CredentialStore]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.database_url or sqlite_url(settings.data_dir)
     engine = create_engine(url, round_trip_timeout_s=settings.database_timeout)
-    with long_statements():  # a migration may build an index over a large table
-        upgrade_to_head(engine)
+    _migrate_when_reachable(engine)
     credentials, generated = load_credentials(settings.credentials_file, settings.data_dir, dict(os.environ))
     if generated is not None:
         log.info("credentials", file=str(generated.resolve()),
                  hint=f"AWS_SHARED_CREDENTIALS_FILE={generated.resolve()} aws iot ... "
                       f"--endpoint-url http://{settings.host}:{settings.api_port}")
+        if settings.cluster_url is not None:  # keys are not compared between nodes (secrets): say it here
+            log.warning("credentials_of_this_node_only", file=str(generated.resolve()),
+                        reason="no --credentials: this node made access keys of its own, which the other nodes "
+                               "do not know (their API answers UnrecognizedClientException); give every node "
+                               "the same file (docs/cluster.md, Running a cluster)")
     context = ServiceContext(engine=engine, region=settings.region, account_id=settings.account_id,
                              endpoint_address=settings.endpoint_address)
     log.info("storage", dialect=engine.dialect.name,
              database=str(engine.url.render_as_string(hide_password=True)))
     return context, credentials
+
+
+# How long a service starting beside its database (a reboot, a compose file) waits for it before
+# saying so and exiting 2, as it waits for NATS in cluster mode (cluster_serve.connect).
+DATABASE_FIRST_CONNECT_S = 10.0
+
+
+def _migrate_when_reachable(engine: Engine, patience_s: float = DATABASE_FIRST_CONNECT_S) -> None:
+    """Bring the schema to head once the database answers; a database that does not answer within
+    ``patience_s`` is a ConfigurationError naming it (password hidden) and why, not a traceback
+    of a hundred lines ending in exit 1."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            with long_statements():  # a migration may build an index over a large table
+                upgrade_to_head(engine)
+            return
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            if time.monotonic() >= deadline:
+                reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+                raise ConfigurationError(
+                    f"--database-url: cannot reach the database at "
+                    f"{engine.url.render_as_string(hide_password=True)} within {patience_s:g} s ({reason})") from None
+            time.sleep(1.0)
 
 
 def build_api(settings: Settings) -> ApiService:
