@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from structlog.testing import capture_logs
 import sqlalchemy as sa
 
 from iotdefender.cluster import fencing
@@ -99,7 +100,13 @@ def test_nodes_split_the_partitions_a_joiner_takes_its_share_and_no_partition_ha
             await node.stop()
         for nc in connections:
             await nc.close()
-    asyncio.run(asyncio.wait_for(go(), 90))
+    with capture_logs() as logs:
+        asyncio.run(asyncio.wait_for(go(), 90))
+    # node-0's log names who joined and who left, not only the partitions that moved.
+    changes = [(e["joined"], e["left"]) for e in logs if e["event"] == "cluster.members_changed" and e["node"] == "node-0"]
+    assert changes[0] == (["node-0"], []), changes
+    assert sorted(m for joined, _ in changes for m in joined) == ["node-0", "node-1", "node-2"], changes
+    assert (["node-2"] in [left for _, left in changes]), changes
 
 
 def test_a_node_cut_off_from_nats_stops_owning_before_another_node_takes_over(cluster):
