@@ -144,9 +144,14 @@ class AlertDelivery:
                 await self._http.aclose()
                 self._http = None  # a later run() makes a new one
 
-    def _due(self, limit: int = CLAIM_BATCH) -> Sequence[Any]:
-        """Claimed due rows, but none of a destination whose lane is at work or whose bucket is empty."""
-        skipped = set(self._lanes) | {destination for destination, bucket in self._buckets.items() if bucket.empty()}
+    def _busy(self) -> set[str]:
+        """The destinations not to claim for now: a lane at work, or an empty bucket. Read on the
+        event loop, which alone changes the lanes and the buckets (a worker thread iterating them
+        could meet a lane ending: "dictionary changed size during iteration")."""
+        return set(self._lanes) | {destination for destination, bucket in self._buckets.items() if bucket.empty()}
+
+    def _due(self, skipped: set[str], limit: int = CLAIM_BATCH) -> Sequence[Any]:
+        """Claimed due rows, but none of the ``skipped`` destinations."""
         with writing(self._engine) as conn:
             return alert_outbox.claim(conn, time.time(), limit, self._hold_s, KINDS, skip=skipped)
 
@@ -186,7 +191,7 @@ class AlertDelivery:
         """Claim the due rows of the destinations without a lane at work and hand each
         destination's rows to a lane of its own; how many rows were claimed (0: the loop rests)."""
         claimed = time.monotonic()
-        rows = await anyio.to_thread.run_sync(self._due)
+        rows = await anyio.to_thread.run_sync(self._due, self._busy())
         unreached = [row for row in rows if row.destination == NO_DESTINATION]
         if unreached:
             await self._undeliverable(unreached)
