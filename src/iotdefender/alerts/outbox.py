@@ -120,6 +120,10 @@ class AlertDelivery:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # An event of this loop: one an earlier run() waited on is bound to that run's loop
+        # (asyncio.Event, Python 3.10+), and waiting on it here raised, ending this run with its
+        # lanes cancelled mid-send.
+        self._wake = asyncio.Event()
         try:
             while True:
                 try:
@@ -140,6 +144,9 @@ class AlertDelivery:
             for lane in lanes:  # their unsent rows are due again after the hold (one box: at the next start)
                 lane.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
+            # A lane cancelled before its first step never ran its ``finally``: without this its
+            # destination would stay busy, never claimed again by a later run() of this deliverer.
+            self._lanes.clear()
             if self._http is not None:
                 await self._http.aclose()
                 self._http = None  # a later run() makes a new one
@@ -148,7 +155,8 @@ class AlertDelivery:
         """The destinations not to claim for now: a lane at work, or an empty bucket. Read on the
         event loop, which alone changes the lanes and the buckets (a worker thread iterating them
         could meet a lane ending: "dictionary changed size during iteration")."""
-        return set(self._lanes) | {destination for destination, bucket in self._buckets.items() if bucket.empty()}
+        return {destination for destination, lane in self._lanes.items() if not lane.done()} | \
+            {destination for destination, bucket in self._buckets.items() if bucket.empty()}
 
     def _due(self, skipped: set[str], limit: int = CLAIM_BATCH) -> Sequence[Any]:
         """Claimed due rows, but none of the ``skipped`` destinations."""
