@@ -146,6 +146,34 @@ def thresholds(scores: npt.NDArray[np.float32], exceedance: list[float], floors:
     return result
 
 
+#: How far above the bulk (its 90th percentile) the largest of a fleet's scores must stand to be a
+#: cluster of its own rather than the end of a tail. Student-t noise of 5 degrees of freedom (the
+#: benchmark's heaviest) puts its largest of 1,000 scores ~3 times its 90th percentile, of a million
+#: ~12 times (where its largest is past HIGH's quantile already, so the cap below never binds); one
+#: device at 300 times the fleet's level, in a fleet of 5 % noise, ~40 times.
+_APART_FROM_BULK = 10.0
+
+
+def within_reach(levels: list[float], scores: npt.NDArray[np.float32], exceedance: list[float],
+                 floors: list[float]) -> list[float]:
+    """``levels`` (``thresholds`` of ``scores``) no further than the largest of ``scores`` plus each
+    level's floor (never below the floor or the normal quantile ``thresholds`` keeps), when that
+    largest stands apart from the bulk (``_APART_FROM_BULK``): for the fleet's scores
+    (training.py), which hold how far each device's level is from the fleet's, not only noise. One
+    device at another level is a cluster of alike scores among the few largest, which the tail fit
+    reads as a tail and extrapolates thousands of times further out (a HIGH of 288-1,825 robust
+    standard deviations, bands of 1e13-1e66 bytes, a 2,500x jump judged normal); the fit has
+    nothing beyond the farthest training datapoint. A heavy tail's largest is not apart, and keeps
+    its fit."""
+    if not len(scores):
+        return levels
+    reach = float(scores.max())
+    if reach <= _APART_FROM_BULK * float(np.quantile(scores, 0.9)):
+        return levels
+    return [min(value, max(reach + floor, normal_quantile(share)))
+            for value, share, floor in zip(levels, exceedance, floors)]
+
+
 def mixed_thresholds(scores: npt.NDArray[np.float32], other: npt.NDArray[np.float32], weight: float,
                      exceedance: list[float], floors: list[float]) -> list[float]:
     """``thresholds`` of a mixture: ``scores``' tail with a share ``weight`` of ``other``'s in it —

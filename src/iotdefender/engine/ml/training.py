@@ -341,6 +341,8 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     own_scores = grouped[bounds[1]:]
     fleet_basis = fleet_scores if len(fleet_scores) >= 1_000 or not len(own_scores) else own_scores
     per_cohort = [calibration.thresholds(fleet_basis, shares, floors)]
+    if fleet_basis is fleet_scores:  # devices' levels among them, not only noise (calibration.within_reach)
+        per_cohort[0] = calibration.within_reach(per_cohort[0], fleet_scores, shares, floors)
     for c in range(1, n_cohorts + 1):
         members = grouped[bounds[c]:bounds[c + 1]]
         if owner is not None and alike[c]:
