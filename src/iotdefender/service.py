@@ -111,7 +111,7 @@ def _migrate_when_reachable(engine: Engine, patience_s: float = DATABASE_FIRST_C
             if time.monotonic() >= deadline:
                 reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
                 raise ConfigurationError(
-                    f"--database-url: cannot reach the database at "
+                    f"--database-url: cannot connect to the database at "
                     f"{engine.url.render_as_string(hide_password=True)} within {patience_s:g} s ({reason})") from None
             time.sleep(1.0)
 

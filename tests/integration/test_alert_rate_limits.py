@@ -86,3 +86,38 @@ def test_a_slow_destination_delays_only_its_own_alerts(tmp_path: Path):
     alerts to one per timeout). Order, not time: a loaded machine slows both."""
     slow_sent, _ = _backlog_then_one(tmp_path, WebhookReceiver("s", delay_s=2.0), 10, WebhookReceiver("s"))
     assert slow_sent <= 1, f"the quick webhook's alert came after {slow_sent} slow ones"
+
+
+def test_a_webhook_that_times_out_is_recorded_with_a_reason(tmp_path: Path):
+    """str() of httpx's ReadTimeout is empty: the row's last error and the log said nothing, and
+    an operator could not tell a timeout from anything else."""
+    url = f"sqlite:///{tmp_path / 'outbox.db'}"
+    build_api(Settings(data_dir=tmp_path, database_url=url)).context.engine.dispose()  # migrated
+    hanging = WebhookReceiver("s", delay_s=3.0)
+    engine = create_engine(url)
+    with writing(engine) as conn:
+        alert_outbox.insert_pending(conn, [{"target_arn": BUSY, "destination": f"webhook:{hanging.url}",
+                                            "message": json.dumps({"n": 0}), "created_at": 1000.0}])
+
+    async def deliver() -> None:
+        node = AlertDelivery(engine, AlertRoutes({BUSY: [Webhook(hanging.url, "s")]}), "us-east-1",
+                             send_timeout_s=0.5, retry_base_s=60.0)
+        task = asyncio.create_task(node.run())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            with engine.connect() as conn:
+                if conn.execute(sa.text("SELECT attempts FROM alert_outbox")).scalar():
+                    break
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        asyncio.run(deliver())
+        with engine.connect() as conn:
+            status, attempts, last_error = conn.execute(sa.text("SELECT status, attempts, last_error FROM alert_outbox")).one()
+    finally:
+        hanging.close()
+        engine.dispose()
+    assert (status, attempts) == ("pending", 1)
+    assert last_error == "ReadTimeout", last_error

@@ -23,7 +23,7 @@ def test_a_database_that_never_answers_is_a_configuration_error_without_its_pass
         _migrate_when_reachable(engine, patience_s=1.5)
     message = str(refused.value)
     assert time.monotonic() - started >= 1.5  # it waited for the database first
-    assert message.startswith("--database-url: cannot reach the database at ") and "Connection refused" in message
+    assert message.startswith("--database-url: cannot connect to the database at ") and "Connection refused" in message
     assert "s3cret" not in message and "iot:***@" in message, message
     engine.dispose()
 
@@ -35,5 +35,5 @@ def test_serve_exits_2_with_one_line(tmp_path: Path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
-    assert lines[-1].startswith("iotdefender: error: --database-url: cannot reach the database"), lines[-5:]
+    assert lines[-1].startswith("iotdefender: error: --database-url: cannot connect to the database"), lines[-5:]
     assert "Traceback" not in done.stderr and "s3cret" not in done.stderr

@@ -244,7 +244,8 @@ class AlertDelivery:
         try:
             await self._send(row)
         except Exception as error:  # any failure of the destination: retry later
-            attempts, reason = row.attempts + 1, str(error)[:2000]
+            # Some errors say nothing of themselves (str() of httpx's ReadTimeout is ""): their name then.
+            attempts, reason = row.attempts + 1, (str(error) or type(error).__name__)[:2000]
             dead = attempts >= MAX_ATTEMPTS
             await anyio.to_thread.run_sync(lambda: self._mark(
                 row.id, attempts=attempts, status="dead" if dead else "pending", last_error=reason,

@@ -13,6 +13,8 @@ from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, page_size, take_page
 
 LABEL = {"custom_metric": "Custom metric", "dimension": "Dimension"}
+_DIFFERENT = {"metric_type": "a different metric type", "type": "a different type",
+              "string_values": "different string values"}
 ARN_KIND = {"custom_metric": "custommetric", "dimension": "dimension"}
 
 
@@ -42,8 +44,8 @@ def create(ctx: ServiceContext, kind: str, name: str, token: str | None, quota: 
                 differing = [key for key in defining if existing[key] != values[key]]
                 if not differing:
                     return existing
-                raise already_exists(f"{LABEL[kind]} {name} already exists with a different "
-                                     f"{', '.join(key.replace('_', ' ') for key in differing)}", name, existing["arn"])
+                raise already_exists(f"{LABEL[kind]} {name} already exists with "
+                                     f"{' and '.join(_DIFFERENT[key] for key in differing)}", name, existing["arn"])
             raise already_exists(f"{LABEL[kind]} {name} already exists", name, existing["arn"])
         if catalog.count(conn, kind) >= quota:
             raise limit_exceeded(f"The account already has {quota} {LABEL[kind].lower()}s, the maximum")
