@@ -71,7 +71,7 @@ from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.sweep_wake import SweepWake
 from iotdefender.pipeline.partition_store import PartitionBatchStore
 from iotdefender.pipeline.report_message import READS_ANNOUNCEMENT, announcement, version_to_write
-from iotdefender.role_metrics import ROLE_ORDER, describe_node, export_only
+from iotdefender.role_metrics import describe_node, export_only, roles_text
 from iotdefender.service import (
     Broker,
     ConfigurationError,
@@ -519,7 +519,7 @@ async def serve_cluster(settings: Settings) -> None:
             loops.append(nats_events(settings, engine, events.intake, node_id))
     background = [entry_kept, *(asyncio.create_task(loop) for loop in [*loops, cluster_health.run()])]
     gc.freeze()
-    log.info("ready", node=node_id, roles=",".join(r for r in ROLE_ORDER if r in roles), cluster=settings.cluster_url_for_logs,
+    log.info("ready", node=node_id, roles=roles_text(roles), cluster=settings.cluster_url_for_logs,
              replicas=topology.replicas, partitions=topology.partitions,
              api=f"http://{settings.host}:{settings.api_port}", mqtt=devices.endpoint if devices else None,
              mqtt_auth=devices.gatekeeper.auth if devices else None, region=settings.region,

@@ -68,9 +68,14 @@ def export_only(roles: Collection[str], registry: CollectorRegistry = REGISTRY, 
     _unregister([*not_exported(roles), *(() if embedded_broker else EMBEDDED_BROKER_METRICS)], registry)
 
 
+def roles_text(roles: Collection[str]) -> str:
+    """The roles in ``ROLE_ORDER``, comma-separated: as ``iotdefender_node_info`` and the ``ready`` line give them."""
+    return ",".join(role for role in ROLE_ORDER if role in roles)
+
+
 def describe_node(node: str, roles: Collection[str], version: str = __version__, info: Info = NODE_INFO) -> None:
-    """``iotdefender_node_info{node, roles, version} 1``: roles in ``ROLE_ORDER``, comma-separated."""
-    info.info({"node": node, "roles": ",".join(role for role in ROLE_ORDER if role in roles), "version": version})
+    """``iotdefender_node_info{node, roles, version} 1``."""
+    info.info({"node": node, "roles": roles_text(roles), "version": version})
 
 
 def _unregister(metrics: Iterable[Collector], registry: CollectorRegistry) -> None:

@@ -122,10 +122,9 @@ class ApiService:
             operation = match.operation
             operation_name = operation.name
             name_operation(request.scope, operation_name)
-            self.dispatcher.implementation(operation_name)  # 501 before any input error, as before
+            implementation = self.dispatcher.implementation(operation_name)  # 501 before any input error
             params = parse_request(operation, match.path_params, raw_query, headers, body)
-            # DescribeEndpoint answers the host this request was addressed to (controlplane/endpoint.py).
-            extra = {"request_host": headers.get("host", "")} if operation_name == "DescribeEndpoint" else {}
+            extra = {"request_host": headers.get("host", "")} if implementation.takes_request_host else {}
             output = await anyio.to_thread.run_sync(functools.partial(self.dispatcher.call, operation, params, **extra),
                                                     limiter=self._limiter)
             status, out_headers, payload = serialize_response(operation, output)

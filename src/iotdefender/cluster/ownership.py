@@ -544,12 +544,12 @@ class Ownership:
         self._reaches.update((member, reaches_database(entry)) for member, entry in entries.items())
         self._splits_evenly.update((member, splits_evenly(entry)) for member, entry in entries.items())
         before = set(self._view.members)
-        self._view.read(keys, self._clock(), leaving=self._leaving or self._aside)
-        if set(self._view.members) != before:
+        after = set(self._view.read(keys, self._clock(), leaving=self._leaving or self._aside))
+        if after != before:
             # Who came and who went, from this node's view: a survivor's log names the node that
             # died (its entry expired), not only the partitions it then took.
-            log.info("cluster.members_changed", node=self.node_id, joined=sorted(set(self._view.members) - before),
-                     left=sorted(before - set(self._view.members)), members=self._view.members)
+            log.info("cluster.members_changed", node=self.node_id, joined=sorted(after - before),
+                     left=sorted(before - after), members=self._view.members)
         self._reaches = {member: self._reaches.get(member) for member in self._view.members}
         self._splits_evenly = {member: self._splits_evenly.get(member, False) for member in self._view.members}
         self._choose_split()

@@ -21,7 +21,7 @@ DATA_TYPES = ("iot:Data", "iot:Data-ATS")  # AWS's default (no type given) is io
 OTHER_TYPES = ("iot:CredentialProvider", "iot:Jobs")
 
 
-@operation("DescribeEndpoint")  # a read: no write hooks run after it
+@operation("DescribeEndpoint", takes_request_host=True)
 def describe_endpoint(ctx: ServiceContext, params: Params, request_host: str = "") -> Params:
     endpoint_type = params.get("endpointType") or "iot:Data"
     if endpoint_type in OTHER_TYPES:

@@ -35,6 +35,8 @@ class Implementation:
     #: verification writes a hundred at once: each made every alarm be swept under the detection
     #: lock and every process drop its control-plane snapshot.
     changes_monitoring: bool = True
+    #: The handler takes ``request_host=``: the host the request was addressed to (DescribeEndpoint).
+    takes_request_host: bool = False
 
 
 class OperationTable:
@@ -44,13 +46,13 @@ class OperationTable:
         self.implementations: dict[str, Implementation] = {}
 
     def __call__(self, name: str, *, checks_constraints: bool = False,
-                 changes_monitoring: bool = True) -> Callable[[H], H]:
+                 changes_monitoring: bool = True, takes_request_host: bool = False) -> Callable[[H], H]:
         """Declare the decorated function as the implementation of the model operation ``name``."""
 
         def register(fn: H) -> H:
             if name in self.implementations:
                 raise RuntimeError(f"operation {name} declared twice")
-            self.implementations[name] = Implementation(fn, checks_constraints, changes_monitoring)
+            self.implementations[name] = Implementation(fn, checks_constraints, changes_monitoring, takes_request_host)
             return fn
 
         return register
