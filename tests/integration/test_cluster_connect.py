@@ -53,9 +53,10 @@ def guarded_server(tmp_path: Path) -> Iterator[str]:
     yield from served(nats_server_binary(), tmp_path, "--user", "nu", "--pass", "right-pw")
 
 
-def refusal(urls: list[str], first_connect_s: float = 10.0) -> str:
+def refusal(urls: list[str], first_connect_s: float = 10.0, within_s: float | None = None) -> str:
+    """The ConfigurationError's message; with ``within_s``, it must come that soon (else TimeoutError)."""
     with pytest.raises(ConfigurationError) as refused:
-        asyncio.run(connect(urls, "node-t", lambda: None, first_connect_s))
+        asyncio.run(asyncio.wait_for(connect(urls, "node-t", lambda: None, first_connect_s), within_s))
     return str(refused.value)
 
 
@@ -71,6 +72,15 @@ def test_a_refused_login_says_so_and_never_shows_the_password(guarded_server: st
     nowhere = refusal([f"nats://nu:wrong-pw@127.0.0.1:{free_port()}"], first_connect_s=2)
     assert "no server answered" in nowhere and "wrong-pw" not in nowhere and "nu:***@" in nowhere, nowhere
     asyncio.run(_connects(f"nats://nu:right-pw@{guarded_server}"))
+
+
+def test_a_refused_login_exits_without_waiting_out_the_first_connection_budget(guarded_server: str):
+    """A refusal is final (retrying with the same password is refused again): the node used to wait
+    its whole first-connection budget (10 s) before saying so. Two URLs, both refusing: the answer
+    comes once each has refused, well inside a budget of 60 s."""
+    urls = [f"nats://nu:wrong-pw@{guarded_server}", f"nats://nu:wrong-pw@{guarded_server}"]
+    message = refusal(urls, first_connect_s=60, within_s=20)
+    assert "refused the connection" in message and "Authorization Violation" in message, message
 
 
 async def _connects(url: str) -> None:
