@@ -55,6 +55,8 @@ def test_dimension_lifecycle_and_in_use_guard(iot):
     assert created["arn"] == ARN + f"dimension/{name}"
     assert iot.create_dimension(name=name, type="TOPIC_FILTER", stringValues=["telemetry/#", "cmd/+/set"],
                                 clientRequestToken="dim-1")["arn"] == created["arn"]  # a retry
+    assert iot.create_dimension(name=name, type="TOPIC_FILTER", stringValues=["cmd/+/set", "telemetry/#"],
+                                clientRequestToken="dim-1")["arn"] == created["arn"]  # the same filters in another order
     with pytest.raises(iot.exceptions.ResourceAlreadyExistsException, match="different string values"):
         iot.create_dimension(name=name, type="TOPIC_FILTER", stringValues=["other/#"], clientRequestToken="dim-1")
     described = iot.describe_dimension(name=name)

@@ -41,7 +41,7 @@ def create(ctx: ServiceContext, kind: str, name: str, token: str | None, quota: 
         existing = catalog.get(conn, kind, name)
         if existing is not None:
             if token is not None and existing["client_request_token"] == token:
-                differing = [key for key in defining if existing[key] != values[key]]
+                differing = [key for key in defining if _compared(existing[key]) != _compared(values[key])]
                 if not differing:
                     return existing
                 raise already_exists(f"{LABEL[kind]} {name} already exists with "
@@ -55,6 +55,12 @@ def create(ctx: ServiceContext, kind: str, name: str, token: str | None, quota: 
         catalog.insert(conn, kind, **row)
         tags.replace(conn, row["arn"], tag_list)
     return row
+
+
+def _compared(value: Any) -> Any:
+    """A defining member as a retry is compared on: a dimension's filters in any order are the
+    same filters (a script that builds them from a set may send them in another order)."""
+    return sorted(value) if isinstance(value, list) else value
 
 
 def update(ctx: ServiceContext, kind: str, name: str, values: dict[str, Any]) -> dict[str, Any]:
