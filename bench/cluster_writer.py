@@ -140,6 +140,14 @@ async def offered(store: PartitionBatchStore, args: argparse.Namespace, first_id
             "mean_ms": round(1000 * statistics.fmean(ordered), 1) if ordered else None}
 
 
+def _percentiles(seconds: list[float]) -> dict[str, float] | None:
+    """p50 / p90 / p99 in ms."""
+    if not seconds:
+        return None
+    ordered = sorted(seconds)
+    return {f"p{q}": round(1000 * ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))], 2) for q in (50, 90, 99)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     postgres = PostgresCluster()
     postgres.start()
@@ -157,7 +165,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 transactions.append(len(outcomes))
                 commits.append(asyncio.get_running_loop().time())
 
-            store = PartitionBatchStore(monitoring, detection, lambda events: None, told)
+            transaction_seconds: list[float] = []  # each committed transaction, from its start to its COMMIT's answer
+
+            def timed_transaction(seconds: float, reports: int, windows: int = 0) -> None:
+                transaction_seconds.append(seconds)
+
+            store = PartitionBatchStore(monitoring, detection, lambda events: None, told,
+                                        on_transaction=timed_transaction)
             for partition in range(PARTITION_COUNT):
                 store.acquire(partition, 1)
             warm = argparse.Namespace(**{**vars(args), "seconds": max(1.0, args.devices / args.rate)})
@@ -165,6 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             async def both() -> tuple[dict[str, Any], float]:  # one loop: the store's writer lives in it
                 await offered(store, warm, 1_000, commits)  # every thing's first report (first sight), not measured
                 transactions.clear()
+                transaction_seconds.clear()
                 cpu = time.process_time()
                 measured = await offered(store, args, 1_000_000, commits)
                 return measured, time.process_time() - cpu
@@ -177,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "machine": environment(), "rate": args.rate, "seconds": args.seconds, "devices": args.devices,
             **measured, "transactions": len(transactions),
             "reports_per_transaction": round(sum(transactions) / len(transactions), 1) if transactions else None,
+            "transaction_ms": _percentiles(transaction_seconds),
             "cpu_s_per_1000_reports": round(1000 * cpu / measured["committed"], 3) if measured["committed"] else None,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
