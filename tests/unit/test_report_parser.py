@@ -233,3 +233,30 @@ def test_a_self_described_cbor_report_is_the_report_it_wraps(tags):
     assert parsed.report_id == 1530304554
     assert parsed.datapoints == parse_report(cbor2.dumps(VALID), "cbor", TYPES).datapoints
     assert report_id_hint(cbor2.dumps(cbor2.CBORTag(55799, {"header": {"report_id": 7}})), "cbor") == 7
+
+
+def _shared_strings(document: dict) -> dict:
+    """The string-list's first string marked shareable (tag 28), the others references to it (tag 29)."""
+    first, *others = document["custom_metrics"]["sl"][0]["string_list"]
+    shared = [cbor2.CBORTag(28, first)] + [cbor2.CBORTag(29, 0)] * len(others)
+    return {**document, "custom_metrics": {"sl": [{"string_list": shared}]}}
+
+
+@pytest.mark.parametrize("encoder", [
+    pytest.param(lambda document: cbor2.dumps(_shared_strings(document)), id="shared values (tags 28, 29)"),
+    pytest.param(lambda document: cbor2.dumps(document, string_referencing=True), id="string references (tags 256, 25)"),
+])
+def test_a_cbor_report_with_references_is_refused_not_expanded(encoder):
+    """One 4 KB string and 999 references to it was a 4 MB string-list once decoded (with a 120 KB
+    string, 120 million characters stored from a 123 KB report: found by an outside-in test)."""
+    long = "x" * 4096
+    document = {"header": {"report_id": 9, "version": "1.0"}, "metrics": {},
+                "custom_metrics": {"sl": [{"string_list": [long] * 1000}]}}
+    payload = encoder(document)
+    assert len(payload) < 8 * 1024, len(payload)  # the references are really there
+    with pytest.raises(ReportRejected) as refused:
+        parse_report(payload, "cbor", TYPES)
+    assert refused.value.code == RejectCode.INVALID_PAYLOAD and "is not accepted in a report" in refused.value.message
+    assert refused.value.report_id is None or refused.value.report_id == 9
+    assert parse_report(cbor2.dumps({**document, "custom_metrics": {"sl": [{"string_list": ["a", "a"]}]}}),
+                        "cbor", TYPES).report_id == 9  # the same values written out are a report

@@ -17,10 +17,10 @@ import functools
 import ipaddress
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import cbor2
 import msgspec
@@ -185,7 +185,29 @@ def cbor_document(payload: bytes) -> Any:
     decodes a tagged item as immutable (its maps are not dicts, so the report was "not a map")."""
     while payload.startswith(SELF_DESCRIBED_CBOR):
         payload = payload[len(SELF_DESCRIBED_CBOR):]
-    return cbor2.loads(payload)
+    return cbor2.loads(payload, semantic_decoders=_NO_REFERENCES)
+
+
+# Tags that make one encoded item stand for several decoded ones: value sharing (28 marks an item,
+# 29 refers to it) and string references (256 opens a namespace, 25 refers to an earlier string),
+# all of which cbor2 decodes. A 123 KB report of one 120 KB string and 999 references to it was
+# accepted as a string-list of 120 million characters and stored so (found by an outside-in test).
+# No Device Defender agent writes them; a report that holds one is refused as malformed.
+_REFERENCE_TAGS = {25: "a string reference", 256: "a string reference namespace",
+                   28: "a shared value", 29: "a shared value reference"}
+
+
+class ReferenceRefused(ValueError):
+    """A report's CBOR holds one of ``_REFERENCE_TAGS`` (cbor2 raises it as the cause of its own error)."""
+
+
+def _refused(tag: int, what: str) -> Callable[..., NoReturn]:
+    def refuse(*decoding: object) -> NoReturn:  # (the decoder, ...): cbor2 6.3 passes two, its docs say one
+        raise ReferenceRefused(f"CBOR tag {tag} ({what}) is not accepted in a report: each value must be written out")
+    return refuse
+
+
+_NO_REFERENCES = {tag: _refused(tag, what) for tag, what in _REFERENCE_TAGS.items()}
 
 
 def _decode_typed(payload: bytes, encoding: str) -> Any:
@@ -208,6 +230,8 @@ def _decode_typed(payload: bytes, encoding: str) -> Any:
     try:
         document = cbor_document(payload)
     except Exception as error:  # cbor2 raises several unrelated types for bad input
+        if isinstance(error.__cause__, ReferenceRefused):
+            raise malformed(str(error.__cause__)) from None
         raise malformed(f"not valid CBOR ({type(error).__name__}: {error})") from None
     if not isinstance(document, dict):
         raise malformed("the report must be a map")
