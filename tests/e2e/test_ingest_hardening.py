@@ -98,6 +98,25 @@ HOSTILE = {
 }
 
 
+def test_a_packet_past_the_brokers_limit_closes_its_connection_and_costs_no_one_else(service, iot):
+    """A 4 MB PUBLISH on the device's own report topic: Mosquitto used to read it whole and hand it
+    on (answered ``PayloadTooLarge`` seconds later; at 200 MB the service's own connection lost its
+    heartbeat and other devices' reports went unanswered). Now the connection closes at its header."""
+    big, honest = fleet(service, "oversize", 2)
+    big.client.publish(f"$aws/things/{big.thing}/defender/metrics/json", b"{" + b" " * (4 * 1024 * 1024) + b"}", qos=1)
+    deadline = time.monotonic() + 10
+    while not big.disconnected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert big.disconnected
+    assert big.replies.empty(), "the oversized packet was read and answered"
+    topic, reply = honest.report({"header": {"report_id": 1, "version": "1.0"},
+                                  "metrics": {"network_stats": {"bytes_in": 5, "bytes_out": 1, "packets_in": 1,
+                                                                "packets_out": 1}}})
+    assert topic == "json/accepted", reply
+    for device in (big, honest):
+        device.close()
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_payloads_are_rejected_and_the_session_survives(service, iot, case):
     device = Device(service.mqtt_port, f"hostile-{uuid.uuid4().hex[:6]}")

@@ -17,6 +17,13 @@ from iotdefender.brokers.listeners import ListenerSettings
 
 SERVICE_QUEUE = 100_000  # messages Mosquitto holds for a slow client before dropping (QoS 1)
 SERVICE_INFLIGHT = 1_000  # unacknowledged QoS 1 deliveries per client
+#: The largest MQTT packet a client may send; a larger one closes its connection when its header
+#: is read, before its body is. AWS IoT Core takes payloads of at most 128 KB, and a report a
+#: little over that is still answered ``PayloadTooLarge`` by the service (ingest/report.py), so the
+#: bound is twice that. Without it Mosquitto read a 200 MB PUBLISH whole (208 MB of memory), its
+#: loop held every other client's messages meanwhile, and the service's own connection lost its
+#: heartbeat (found by an outside-in test).
+MAX_PACKET_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ def render_config(listeners: ListenerSettings, plugin: PluginOptions, persistenc
         "set_tcp_nodelay true",
         f"max_queued_messages {SERVICE_QUEUE}",
         f"max_inflight_messages {SERVICE_INFLIGHT}",
+        f"max_packet_size {MAX_PACKET_BYTES}",
         f"plugin {_value(str(plugin.library))}",
         f"plugin_opt_service_id {_value(plugin.service_id)}",
         f"plugin_opt_service_secret {_value(plugin.service_secret)}",
