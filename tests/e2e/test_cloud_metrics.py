@@ -51,14 +51,15 @@ def setup_profile(iot) -> None:  # type: ignore[no-untyped-def]
 
 def wait_for_window(iot, thing: str, metric: str, timeout: float = 20.0) -> list:  # type: ignore[no-untyped-def]
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while True:
         now = dt.datetime.now(dt.timezone.utc)
         values = iot.list_metric_values(thingName=thing, metricName=metric, startTime=now - dt.timedelta(minutes=5),
                                         endTime=now + dt.timedelta(minutes=1))["metricDatumList"]
         if values:
             return [v["value"] for v in values]
+        if time.time() >= deadline:
+            return []
         time.sleep(0.3)
-    return []
 
 
 def active(iot) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -82,14 +83,17 @@ def test_misbehaving_clients_produce_datapoints_and_violations(cloud):
     svc, iot = cloud
     port = svc.mqtt_port
     time.sleep(WINDOW - time.time() % WINDOW + 0.1)  # start at the beginning of a window
-    # 1. fails authentication; 2. publishes to a forbidden topic; 3. floods; 4. reconnects in a loop
-    bad = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="intruder")
-    bad.username_pw_set("intruder", "wrong")
-    try:
-        bad.connect("127.0.0.1", port)
-        bad.loop(timeout=1)
-    finally:
-        bad.disconnect()
+    # 1. fails authentication (as the registered thing "intruder", and as a name no device has);
+    # 2. publishes to a forbidden topic; 3. floods; 4. reconnects in a loop
+    iot.create_thing(thingName="intruder")
+    for name in ("intruder", "phantom-of-nobody"):
+        bad = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
+        bad.username_pw_set(name, "wrong")
+        try:
+            bad.connect("127.0.0.1", port)
+            bad.loop(timeout=1)
+        finally:
+            bad.disconnect()
     forbidden = client(port, "quiet", username="quiet", password="pw-quiet")
     forbidden.publish("$aws/things/someone-else/shadow/update", b"{}", qos=1)
     flooder = client(port, "flooder", username="flooder", password="pw-flooder")
@@ -102,6 +106,11 @@ def test_misbehaving_clients_produce_datapoints_and_violations(cloud):
 
     assert wait_for_window(iot, "flooder", "aws:num-messages-sent")[0] == {"count": 80}
     assert wait_for_window(iot, "intruder", "aws:num-authorization-failures")[0] == {"count": 1}
+    # A refused CONNECT is not a connection: the registered device's addresses are its own ones
+    # (none in that window); and a name that is no device's gets no datapoints at all (anyone
+    # could create devices by the thousand, without credentials).
+    assert wait_for_window(iot, "intruder", "aws:source-ip-address")[0] == {"cidrs": []}
+    assert wait_for_window(iot, "phantom-of-nobody", "aws:num-connection-attempts", timeout=0) == []  # same window
     assert wait_for_window(iot, "quiet", "aws:num-authorization-failures")[0] == {"count": 1}
     assert wait_for_window(iot, "bouncer", "aws:num-connection-attempts")[0] == {"count": 6}
     assert wait_for_window(iot, "flooder", "aws:source-ip-address")[0] == {"cidrs": ["127.0.0.1"]}
@@ -117,6 +126,7 @@ def test_misbehaving_clients_produce_datapoints_and_violations(cloud):
     assert {("intruder", "auth"), ("quiet", "auth"), ("flooder", "flood"), ("flooder", "telemetry"),
             ("bouncer", "reconnects"), ("flooder", "network")} <= violations
     assert ("idle-sensor", "flood") not in violations
+    assert not any(thing == "phantom-of-nobody" for thing, _ in violations)
     # The flood stops: the next window clears it.
     deadline = time.time() + 15
     while time.time() < deadline and ("flooder", "flood") in active(iot):
@@ -142,6 +152,7 @@ def test_broker_event_intake_gives_the_same_violations(tmp_path):
     try:
         iot = svc.client()
         setup_profile(iot)
+        iot.create_thing(thingName="intruder")  # someone trying to log in as a registered device
         time.sleep(WINDOW - time.time() % WINDOW + 0.1)
         events = ([{"type": "connect", "clientId": "intruder", "ip": "203.0.113.9", "success": False}]
                   + [{"type": "connect", "clientId": "flooder", "ip": "10.1.2.3", "success": True}]
@@ -163,11 +174,12 @@ def test_broker_event_intake_gives_the_same_violations(tmp_path):
         assert wait_for_window(iot, "flooder", "aws:num-messages-sent")[0] == {"count": 80}
         deadline = time.time() + 10
         expected = {("intruder", "auth"), ("quiet", "auth"), ("flooder", "flood"), ("flooder", "telemetry"),
-                    ("bouncer", "reconnects"), ("intruder", "network")}
+                    ("bouncer", "reconnects")}
         while time.time() < deadline and not expected <= active(iot):
             time.sleep(0.3)
         assert expected <= active(iot)
         assert ("flooder", "network") not in active(iot)  # 10.1.2.3 is in 10.0.0.0/8
+        assert ("intruder", "network") not in active(iot)  # its CONNECT was refused: it did not connect from there
         unsigned = plain_http.post(svc.endpoint + "/_iotdefender/broker-events", json={"events": []})
         assert unsigned.status_code == 403
     finally:

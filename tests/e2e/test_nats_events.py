@@ -56,6 +56,7 @@ def test_nats_events_produce_cloud_side_violations(tmp_path):
         # window holds 4 of them (5 spaced by a fixed 0.5 s could fall 3 + 2 across two 2-s windows).
         for _ in range(BOUNCES):
             bounce(server.mqtt_port)
+        iot.create_thing(thingName="intruder")  # a refused CONNECT counts for a device only (aggregator.py)
         intruder = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="intruder")
         intruder.username_pw_set("dev", "wrong")
         intruder.connect("127.0.0.1", server.mqtt_port)

@@ -120,3 +120,27 @@ def test_a_window_kept_at_a_stop_and_restored_adds_to_the_new_events():
     assert points["aws:message-byte-size"] == {"count": 99}
     assert points["aws:source-ip-address"] == {"cidrs": ["10.0.0.1"]}
     assert "dev" in after.seen
+
+
+def test_a_refused_connect_makes_no_device_and_no_address_of_one():
+    """A refused CONNECT counts for the device it claims (an attempt, an authorization failure) but
+    makes no monitored device of an unknown name, alone or as a cluster part, and adds no address
+    to a device's ``aws:source-ip-address``: it was not a connection. Anyone reaching the port made
+    a device per refused CONNECT before (20,000 in 5 s in an outside-in test)."""
+    agg = Aggregator(window_s=10, keeps_devices=True)
+    agg.connect_attempt("known", "10.0.0.1", True, at=1)
+    agg.connect_attempt("known", "203.0.113.9", False, at=2)
+    agg.connect_attempt("phantom", "203.0.113.9", False, at=3)
+    assert agg.seen == {"known"}
+    window = agg.take(0)
+    known = agg.datapoints("known", window["known"], 10)
+    assert known["aws:num-connection-attempts"] == {"count": 2}
+    assert known["aws:num-authorization-failures"] == {"count": 1}
+    assert known["aws:source-ip-address"] == {"cidrs": ["10.0.0.1"]}
+    # A registered thing never seen counts its refusals too: its window is read when it is monitored.
+    assert agg.datapoints("phantom", window["phantom"], 10)["aws:num-authorization-failures"] == {"count": 1}
+    # The same in cluster mode: a part of refused CONNECTs only makes no device; any other part does.
+    detect = Aggregator(window_s=10, keeps_devices=True)
+    detect.add_window(0, "phantom", unpack(pack(window["phantom"])))
+    detect.add_window(0, "known", unpack(pack(window["known"])))
+    assert detect.seen == {"known"}

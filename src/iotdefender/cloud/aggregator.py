@@ -9,8 +9,8 @@ metric, 0 when it was idle (AWS reports count 0 for a monitored device with no e
 Metric definitions (reference §3.3, choices where AWS is silent marked *):
 - num-connection-attempts: CONNECTs, successful or not;
 - num-disconnects: disconnections;
-- num-authorization-failures: refused requests: a refused CONNECT*, a PUBLISH or SUBSCRIBE outside
-  the ACL;
+- num-authorization-failures: refused requests: a refused CONNECT* (of a device already monitored:
+  ``Aggregator.connect_attempt``), a PUBLISH or SUBSCRIBE outside the ACL;
 - num-messages-sent / -received: PUBLISHes from the device / deliveries to it;
 - message-byte-size: AWS: "The number of bytes in a message. Use this metric to specify the maximum
   or minimum size (in bytes) of each message transmitted from a device to AWS IoT"
@@ -19,7 +19,8 @@ Metric definitions (reference §3.3, choices where AWS is silent marked *):
   metric's series: "at most" behaviors, ML Detect) and the smallest (``smallest_series``: "at
   least" behaviors)*; a window in which it published nothing has no message to judge: no
   datapoint of either (a 0 would read as an empty message and alarm "at least" behaviors)*;
-- source-ip-address: the addresses the device connected from in the window;
+- source-ip-address: the addresses the device connected from in the window (refused CONNECTs not:
+  see ``Aggregator.connect_attempt``);
 - disconnect-duration: minutes since the device disconnected, while it is disconnected*, else 0.
 """
 
@@ -100,6 +101,12 @@ def _ended(part: ClientWindow) -> float | None:
     return part.last_disconnect if part.last_disconnect > part.last_connect_ok else None
 
 
+def only_refused(window: ClientWindow) -> bool:
+    """Whether all the window holds of its client is refused CONNECTs (nothing it did connected)."""
+    return (not window.last_connect_ok and not window.disconnects and not window.sent and not window.received
+            and not window.source_ips and all(topic is None for topic in window.auth_failures))
+
+
 def pack(window: ClientWindow) -> bytes:
     """A device's window as bytes, to keep it (cluster parts, a window open at a graceful stop)."""
     return _encoder.encode(window)
@@ -160,8 +167,9 @@ class Aggregator:
     def index(self, at: float) -> int:
         return int(at // self.window_s)
 
-    def _client(self, client_id: str, at: float) -> ClientWindow:
-        if self.keeps_devices:
+    def _client(self, client_id: str, at: float, seen: bool = True) -> ClientWindow:
+        """The client's window at ``at``; ``seen``: the event makes it a monitored device."""
+        if self.keeps_devices and seen:
             self.seen.add(client_id)
         by_client = self.windows.setdefault(self.index(at), {})
         window = by_client.get(client_id)
@@ -171,11 +179,19 @@ class Aggregator:
 
     # -- events -------------------------------------------------------------------------------
     def connect_attempt(self, client_id: str, address: str | None, ok: bool, at: float) -> None:
-        window = self._client(client_id, at)
+        """A CONNECT claiming ``client_id``. A refused one counts for that device (an attempt and an
+        authorization failure) only if it is a device already (registered, or seen connected): it
+        makes no device of its own, and its address is not one the device connected from. Before,
+        anyone who could reach the port could create a monitored device per refused CONNECT (20,000
+        in 5 s: datapoints for each every window, and a violation storm) and put addresses in a
+        registered device's ``aws:source-ip-address`` without its credentials (an outside-in test).
+        AWS: "The IP address from which a device has connected"; "Successful and unsuccessful
+        attempts are counted" (reference §3.3)."""
+        window = self._client(client_id, at, seen=ok)
         window.connection_attempts += 1
-        if address:
-            window.source_ips[address] = None
         if ok:
+            if address:
+                window.source_ips[address] = None
             self.disconnected_at.pop(client_id, None)
             window.last_connect_ok = at
         else:
@@ -194,8 +210,10 @@ class Aggregator:
 
     def add_window(self, window: int, client_id: str, part: ClientWindow) -> None:
         """A window of this device observed elsewhere (cluster mode: merged from the broker nodes'
-        parts), with what it says of the device's connection at the window's end."""
-        self.seen.add(client_id)
+        parts), with what it says of the device's connection at the window's end. A part of
+        refused CONNECTs only makes no device (``connect_attempt``)."""
+        if not only_refused(part):
+            self.seen.add(client_id)
         self.windows.setdefault(window, {})[client_id] = part
         if part.last_disconnect or part.last_connect_ok:
             self.connection_ended(client_id, _ended(part))
