@@ -81,7 +81,8 @@ def aggregator_rate(events: int) -> float:
 
 
 async def broker_rate(accounting: bool, messages: int) -> float:
-    extra = [] if accounting else ["--no-cloud-metrics"]
+    # One connection publishes as fast as it can (the broker's own rate is measured): no per-connection limit.
+    extra = ["--mqtt-publish-rate", "0"] + ([] if accounting else ["--no-cloud-metrics"])
     service = ServiceProcess(data_dir=Path(tempfile.mkdtemp(prefix="iotdefender-bench-")), extra_args=extra)
     service.start()
     try:

@@ -295,7 +295,8 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
                                    message_version=message_version)
     ingest, replies = build_ingest(settings, engine, monitoring, committer, health)
     cloud = cloud_publisher(settings, publisher, node_id, peers_read, nc.max_payload)
-    gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=cloud.intake if cloud else NULL_OBSERVER)
+    gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=cloud.intake if cloud else NULL_OBSERVER,
+                            publish_rate=settings.mqtt_publish_rate)
     broker, endpoint = build_broker(settings, gatekeeper, ingest.submit)
     replies.broker = broker
     return BrokerRole(ingest, broker, gatekeeper, endpoint, cloud)

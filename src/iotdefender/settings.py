@@ -36,6 +36,7 @@ class Settings:
     mqtt_password_file: Path | None = None
     mqtt_acl: str = "own"
     mqtt_acl_file: Path | None = None  # Mosquitto acl_file for application topics (docs/mqtt-policy.md)
+    mqtt_publish_rate: float = 100.0  # PUBLISHes a second per connection (AWS IoT Core's limit); 0: none
     mqtt_url: str | None = None
     mqtt_client_id: str = "iotdefender-intake"  # brokers/external.py: the reader's persistent session
     time_scale: float = 1.0
@@ -227,6 +228,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                       help="Mosquitto ACL file (acl_file syntax, e.g. 'pattern readwrite devices/%%c/#') governing "
                            "devices' application topics; without it they are open to every authenticated device. "
                            "Read at start: a change needs a restart (docs/mqtt-policy.md)")
+    mqtt.add_argument("--mqtt-publish-rate", type=float, default=d.mqtt_publish_rate,
+                      help="PUBLISHes a second one device connection may make on the service's broker; beyond "
+                           "them its messages are dropped, as AWS IoT Core drops them past its 100 a second "
+                           "(default 100; 0: no limit; docs/mqtt-policy.md)")
     mqtt.add_argument("--no-cloud-metrics", dest="cloud_metrics", action="store_false",
                       help="do not account broker events (cloud-side metrics) on the service's broker")
     mqtt.add_argument("--nats-events-url", default=None,

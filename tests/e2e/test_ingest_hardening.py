@@ -117,6 +117,34 @@ def test_a_packet_past_the_brokers_limit_closes_its_connection_and_costs_no_one_
         device.close()
 
 
+def throttled_total(service) -> float:
+    metrics = plain_http.get(service.endpoint + "/metrics", timeout=5).text
+    return sum(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith("iotdefender_mqtt_publishes_throttled_total "))
+
+
+def test_a_connection_past_its_publish_rate_has_the_rest_dropped_and_stays_connected(service, iot):
+    """2,000 messages at once from one connection: at most ``--mqtt-publish-rate`` (100) a second
+    pass, the others are dropped and counted, as AWS IoT Core drops a connection's publishes past
+    its 100 a second; the device stays connected and its next report, a second later, is answered.
+    One device flooding used to cost other devices' reports their answers (an outside-in test)."""
+    flooder, honest = fleet(service, "rate", 2)
+    before = throttled_total(service)
+    for n in range(2000):
+        flooder.client.publish(f"telemetry/{flooder.thing}", b"x", qos=0)
+    time.sleep(1.5)
+    dropped = throttled_total(service) - before
+    assert 1000 <= dropped <= 1900, dropped  # the burst (100) and the refill while they arrived passed
+    assert not flooder.disconnected
+    for device, report_id in ((flooder, 1), (honest, 1)):
+        topic, reply = device.report({"header": {"report_id": report_id, "version": "1.0"},
+                                      "metrics": {"network_stats": {"bytes_in": 5, "bytes_out": 1, "packets_in": 1,
+                                                                    "packets_out": 1}}})
+        assert topic == "json/accepted", reply
+    for device in (flooder, honest):
+        device.close()
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_payloads_are_rejected_and_the_session_survives(service, iot, case):
     device = Device(service.mqtt_port, f"hostile-{uuid.uuid4().hex[:6]}")

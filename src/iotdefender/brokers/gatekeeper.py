@@ -23,6 +23,8 @@ from iotdefender.brokers.observer import NULL_OBSERVER, BrokerObserver, observes
 REPORT_TOPIC = re.compile(r"^\$aws/things/([^/]+)/defender/metrics/(json|cbor)$")
 
 MQTT_DENIALS = PromCounter("iotdefender_mqtt_denials", "MQTT requests refused by the gatekeeper", ["reason"])
+MQTT_THROTTLED = PromCounter("iotdefender_mqtt_publishes_throttled",
+                             "PUBLISHes dropped because their connection was past --mqtt-publish-rate")
 
 
 def check_password_file(path: Path) -> int:
@@ -44,10 +46,16 @@ class Gatekeeper:
     auth: str = "none"  # none | password | cert
     acl: str = "own"  # own | any
     observer: BrokerObserver = NULL_OBSERVER  # cloud-side metrics: told of every refused PUBLISH or SUBSCRIBE
+    publish_rate: float = 100.0  # PUBLISHes a second per connection; beyond them dropped (0: no limit)
 
     @property
     def observes_traffic(self) -> bool:
         return observes_traffic(self.observer)
+
+    def record_throttled(self, client_id: str | None, topic: str) -> None:
+        """A PUBLISH the broker dropped for its connection's rate: counted, not a failure (AWS IoT
+        Core drops them so too, and the device did nothing it may not do)."""
+        MQTT_THROTTLED.inc()
 
     def record_denial(self, client_id: str | None, reason: str, topic: str | None = None,
                       at: float | None = None) -> None:

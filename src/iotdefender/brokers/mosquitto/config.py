@@ -37,6 +37,7 @@ class PluginOptions:
     acl_file: Path | None = None  # Mosquitto's acl_file, for application (non-`$`) topics
     report_traffic: bool = True  # message sent/received events (cloud-side metrics)
     flush_ms: int = 50
+    publish_rate: float = 0.0  # PUBLISHes a second per connection (defender_plugin.c); 0: no limit
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ def render_config(listeners: ListenerSettings, plugin: PluginOptions, persistenc
         f"plugin_opt_acl {plugin.acl}",
         f"plugin_opt_report_traffic {1 if plugin.report_traffic else 0}",
         f"plugin_opt_flush_ms {plugin.flush_ms}",
+        f"plugin_opt_publish_rate {plugin.publish_rate:g}",
     ]
     lines += persistence.lines() if persistence is not None else ["persistence false"]
     if plugin.password_file is not None:

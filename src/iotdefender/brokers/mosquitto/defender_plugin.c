@@ -16,6 +16,10 @@
  *    PUBLISH closes the connection (as AWS IoT does, once the PUBACK is out); a refused SUBSCRIBE
  *    gets a failure code. Deliveries are checked too (READ), so that a subscription restored from
  *    mosquitto.db (persistent sessions) gets only what the policy of this start allows.
+ *  - rate: with publish_rate > 0, a connection's PUBLISHes beyond that many a second (a bucket of
+ *    one second's worth) are dropped, as AWS IoT Core drops a connection's publishes beyond its
+ *    100 a second; the connection stays. One device flooding used to push the service's own
+ *    connection past its queue, and other devices' reports, acknowledged, were never answered.
  *  - the service's own connection (service_id + a per-start secret) may do anything; it alone
  *    may publish on the control topic and it receives the event batches.
  *
@@ -25,6 +29,7 @@
  * broker's work. Record layouts (first field is the type):
  *   C client ip ok reason   connection attempt (ok "1"/"0"; reason when refused)
  *   A client topic reason   refused PUBLISH/SUBSCRIBE (authorization failure)
+ *   L client topic          PUBLISH dropped: the connection is past publish_rate (not a failure)
  *   D client                disconnect of an authenticated client
  *   S client bytes topic    PUBLISH from a client (message sent)
  *   R client topic          delivery to a client (message received)
@@ -213,10 +218,18 @@ typedef int (*broker_acl_check_fn)(struct mosquitto *client, const char *topic, 
 static broker_acl_check_fn broker_acl_check; /* non-NULL when app_acl=file */
 static bool asking_broker;                   /* inside that nested check (Mosquitto is single-threaded) */
 static long flush_ns = 50L * 1000 * 1000;
+static double publish_rate = 0; /* PUBLISHes a second per connection (0: no limit), see publish_allowed */
 
 static struct table passwords;     /* username -> secret (plain or $argon2 PHC string) */
 static struct table authenticated; /* client id -> its current authenticated connection */
 static struct table refused;       /* client id -> (void *)1 while refused */
+static struct table buckets;       /* client id -> its struct bucket, while it is connected */
+
+/* A connection's PUBLISH allowance: tokens refill at publish_rate a second, up to one second's worth. */
+struct bucket {
+	double tokens;
+	double at; /* CLOCK_MONOTONIC seconds of the last refill */
+};
 
 /* Connections to close at the next flush, after a refused PUBLISH (see on_acl_check). */
 struct kick {
@@ -499,6 +512,41 @@ static int app_topic_check(struct mosquitto_evt_acl_check *ed)
 	return rc == MOSQ_ERR_SUCCESS ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 }
 
+/* Whether the client may publish one more message now (publish_rate). Only the connection that owns
+ * its client id has a bucket (a Will sent after its disconnect is not limited: its bucket is gone). */
+static bool publish_allowed(const char *client_id, struct mosquitto *client)
+{
+	struct timespec now;
+	double seconds;
+	struct bucket *b;
+	if(publish_rate <= 0 || table_get(&authenticated, client_id) != client) return true;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	seconds = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+	b = table_get(&buckets, client_id);
+	if(!b){
+		b = malloc(sizeof(*b));
+		if(!b) return true;
+		b->tokens = publish_rate;
+		b->at = seconds;
+		table_put(&buckets, client_id, b);
+		if(table_get(&buckets, client_id) != b){ free(b); return true; }
+	}
+	b->tokens += (seconds - b->at) * publish_rate;
+	if(b->tokens > publish_rate) b->tokens = publish_rate;
+	b->at = seconds;
+	if(b->tokens < 1.0) return false;
+	b->tokens -= 1.0;
+	return true;
+}
+
+static void forget_bucket(const char *client_id)
+{
+	struct bucket *b = table_get(&buckets, client_id);
+	if(!b) return;
+	table_del(&buckets, client_id);
+	free(b);
+}
+
 /* ACL_CHECK: every PUBLISH from a client (and its Will when it is about to be sent), every
  * SUBSCRIBE, and every delivery to a client (READ). */
 static int on_acl_check(int event, void *event_data, void *userdata)
@@ -531,6 +579,10 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 			if(report_traffic) record("R", client_id, ed->topic, NULL, NULL);
 			return MOSQ_ERR_SUCCESS;
 		case MOSQ_ACL_WRITE:
+			if(!publish_allowed(client_id, ed->client)){
+				record("L", client_id, ed->topic, NULL, NULL);
+				return MOSQ_ERR_ACL_DENIED; /* dropped, not a failure: no kick, not counted as one */
+			}
 			if(ed->topic[0] != '$'){
 				if(app_topic_check(ed) == MOSQ_ERR_SUCCESS) return MOSQ_ERR_SUCCESS;
 			}else if(!ed->retain && report_topic(ed->topic, thing, sizeof(thing)) && own_or_any(thing, client_id)){
@@ -668,6 +720,7 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 
 	if(!client_id || table_get(&authenticated, client_id) != ed->client) return MOSQ_ERR_SUCCESS;
 	table_del(&authenticated, client_id);
+	forget_bucket(client_id);
 	record("D", client_id, NULL, NULL, NULL);
 	return MOSQ_ERR_SUCCESS;
 }
@@ -751,6 +804,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data,
 			}
 		}
 		else if(!strcmp(key, "flush_ms")) flush_ns = atol(value) * 1000000L;
+		else if(!strcmp(key, "publish_rate")) publish_rate = atof(value);
 		else if(!strcmp(key, "password_file")){
 			rc = load_passwords(value);
 			if(rc) return rc;
@@ -778,6 +832,7 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *options, int
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, on_tick, NULL);
 	table_clear(&passwords);
 	table_clear(&refused);
+	table_clear(&buckets);
 	/* authenticated holds Mosquitto's pointers: drop the entries, not what they point to. */
 	{
 		size_t k;

@@ -20,14 +20,17 @@ log = structlog.get_logger("iotdefender.broker")
 # otherwise write a line each time: a few per reason and interval, then a summary (log_limits.py).
 AUTH_REFUSED_LOG = LimitedLog(log, "mqtt_auth_refused", "iotdefender_mqtt_denials_total")
 PUBLISH_REFUSED_LOG = LimitedLog(log, "mqtt_publish_refused", "iotdefender_mqtt_denials_total")
+PUBLISH_THROTTLED_LOG = LimitedLog(log, "mqtt_publish_throttled", "iotdefender_mqtt_publishes_throttled_total")
 
 # Fields per record type, the type included ("T": the time of the records after it).
-_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3, "T": 2, "N": 2}
+_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3, "T": 2, "N": 2, "L": 3}
 
 
 class DenialCounter(Protocol):
     def record_denial(self, client_id: str | None, reason: str, topic: str | None = None,
                       at: float | None = None) -> None: ...
+
+    def record_throttled(self, client_id: str | None, topic: str) -> None: ...
 
 
 def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounter,
@@ -63,6 +66,9 @@ def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounte
             denials.record_denial(record[0], record[2], record[1], at=at)
             if record[2] == "publish_denied":
                 PUBLISH_REFUSED_LOG("publish_denied", client_id=record[0], topic=record[1])
+        elif kind == "L":
+            denials.record_throttled(record[0], record[1])
+            PUBLISH_THROTTLED_LOG("publish_throttled", client_id=record[0], topic=record[1])
         elif kind == "S":
             observer.message_sent(record[0], record[2], int(record[1]), at=at)
         elif kind == "R":
