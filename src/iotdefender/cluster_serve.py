@@ -296,7 +296,7 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
     ingest, replies = build_ingest(settings, engine, monitoring, committer, health)
     cloud = cloud_publisher(settings, publisher, node_id, peers_read, nc.max_payload)
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=cloud.intake if cloud else NULL_OBSERVER,
-                            publish_rate=settings.mqtt_publish_rate)
+                            publish_rate=settings.effective_mqtt_publish_rate)
     broker, endpoint = build_broker(settings, gatekeeper, ingest.submit)
     replies.broker = broker
     return BrokerRole(ingest, broker, gatekeeper, endpoint, cloud)

@@ -319,7 +319,7 @@ async def serve(settings: Settings, standby: WorkerStandby | None = None) -> Non
     cloud = CloudMetricsService(engine, monitoring, store, settings.effective_metrics_window)
     gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl,
                             observer=cloud if settings.cloud_metrics else NULL_OBSERVER,
-                            publish_rate=settings.mqtt_publish_rate)
+                            publish_rate=settings.effective_mqtt_publish_rate)
     backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period,
                              settings.backtest_max_datapoints)
     swept = SweepWake()  # after the caches are dropped: the sweep reads the changed control plane

@@ -103,6 +103,12 @@ class Settings:
         return self.scaled(self.metric_retention, 14 * DAY)  # AWS: detect metrics kept 14 days
 
     @property
+    def effective_mqtt_publish_rate(self) -> float:
+        """PUBLISHes a second per connection: a rate, so --time-scale multiplies it (a flood of a
+        scaled window's messages is no more limited than one of a real 5-minute window)."""
+        return self.mqtt_publish_rate * self.time_scale
+
+    @property
     def effective_metrics_window(self) -> float:
         return self.scaled(self.metrics_window, 300.0)  # AWS: cloud-side metrics on a 5-minute grid
 
@@ -231,7 +237,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     mqtt.add_argument("--mqtt-publish-rate", type=float, default=d.mqtt_publish_rate,
                       help="PUBLISHes a second one device connection may make on the service's broker; beyond "
                            "them its messages are dropped, as AWS IoT Core drops them past its 100 a second "
-                           "(default 100; 0: no limit; docs/mqtt-policy.md)")
+                           "(default 100, multiplied by --time-scale; 0: no limit; docs/mqtt-policy.md)")
     mqtt.add_argument("--no-cloud-metrics", dest="cloud_metrics", action="store_false",
                       help="do not account broker events (cloud-side metrics) on the service's broker")
     mqtt.add_argument("--nats-events-url", default=None,

@@ -50,6 +50,11 @@ def stored(iot, thing: str, metric: str = "aws:all-bytes-in") -> list:
     return [d["value"] for page in pages for d in page["metricDatumList"]]
 
 
+def assert_accepted(device: Device, report_id: int) -> None:
+    topic, reply = device.report(json.loads(network(report_id, 5)))
+    assert topic == "json/accepted", reply
+
+
 def fleet(service, prefix: str, size: int) -> list[Device]:
     return [Device(service.mqtt_port, f"{prefix}-{uuid.uuid4().hex[:6]}-{n}") for n in range(size)]
 
@@ -109,11 +114,25 @@ def test_a_packet_past_the_brokers_limit_closes_its_connection_and_costs_no_one_
         time.sleep(0.05)
     assert big.disconnected
     assert big.replies.empty(), "the oversized packet was read and answered"
-    topic, reply = honest.report({"header": {"report_id": 1, "version": "1.0"},
-                                  "metrics": {"network_stats": {"bytes_in": 5, "bytes_out": 1, "packets_in": 1,
-                                                                "packets_out": 1}}})
-    assert topic == "json/accepted", reply
+    assert_accepted(honest, 1)
     for device in (big, honest):
+        device.close()
+
+
+def test_replies_that_quote_a_huge_name_reach_their_device_and_cost_no_one_else(service, iot):
+    """Ten reports at once, each naming an unknown custom metric of 120,000 characters: each
+    rejection quoted the name, the replies of one loop pass went as one 1.2 MB message, and the
+    broker closed the service's own connection for it (256 KiB packets at most), so these replies
+    and every other device's answers of the moment were lost (an outside-in test)."""
+    noisy, honest = fleet(service, "bigname", 2)
+    for report_id in range(1, 11):
+        noisy.client.publish(f"$aws/things/{noisy.thing}/defender/metrics/json", json.dumps(
+            {"header": {"report_id": report_id, "version": "1.0"},
+             "custom_metrics": {"m" * 120_000: [{"number": 1}]}}).encode(), qos=1)
+    codes = Counter(noisy.reply(timeout=15)[1]["statusDetails"]["ErrorCode"] for _ in range(10))
+    assert sum(codes.values()) == 10, codes  # every one answered (rejected: unknown metric, or throttled)
+    assert_accepted(honest, 1)
+    for device in (noisy, honest):
         device.close()
 
 
@@ -136,11 +155,8 @@ def test_a_connection_past_its_publish_rate_has_the_rest_dropped_and_stays_conne
     dropped = throttled_total(service) - before
     assert 1000 <= dropped <= 1900, dropped  # the burst (100) and the refill while they arrived passed
     assert not flooder.disconnected
-    for device, report_id in ((flooder, 1), (honest, 1)):
-        topic, reply = device.report({"header": {"report_id": report_id, "version": "1.0"},
-                                      "metrics": {"network_stats": {"bytes_in": 5, "bytes_out": 1, "packets_in": 1,
-                                                                    "packets_out": 1}}})
-        assert topic == "json/accepted", reply
+    for device in (flooder, honest):
+        assert_accepted(device, 1)
     for device in (flooder, honest):
         device.close()
 

@@ -70,3 +70,33 @@ def test_a_reply_from_another_thread_wakes_the_loop():
         assert sent == [encode_reply("t/x", b"z", 1)]
 
     asyncio.run(scenario())
+
+
+def test_replies_of_one_iteration_leave_in_messages_under_the_brokers_packet_limit():
+    """The service's connection is bound by the broker's packet limit like any client: one message
+    of 383 KB (twenty flooding devices' replies) closed it, and every device's answers were lost
+    until it reconnected (an outside-in test). The frames stay whole and in order."""
+    from iotdefender.brokers.mosquitto.config import MAX_PACKET_BYTES
+    sent: list[bytes] = []
+    frames = [encode_reply(f"t/{n}", bytes([n % 256]) * 10_000, 1) for n in range(100)]  # ~1 MB in all
+
+    async def scenario() -> None:
+        batcher = ReplyBatcher(asyncio.get_running_loop(), sent.append)
+        for n in range(100):
+            batcher.add(f"t/{n}", bytes([n % 256]) * 10_000, 1)
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert len(sent) > 1 and all(len(message) < MAX_PACKET_BYTES - 512 for message in sent)
+    assert b"".join(sent) == b"".join(frames)
+
+
+def test_a_reply_quoting_what_the_device_sent_is_bounded():
+    """A rejection quoting a 120,000-character custom metric name was a 120 KB reply."""
+    import json
+
+    from iotdefender.ingest.replies import MAX_ERROR_MESSAGE_CHARS, reply_payload
+    reply = json.loads(reply_payload("t", "json", 1, 0, ("UnknownCustomMetric", "x" * 120_000)))
+    message = reply["statusDetails"]["ErrorMessage"]
+    assert len(message) == MAX_ERROR_MESSAGE_CHARS and message.endswith("…")
+    assert json.loads(reply_payload("t", "json", 1, 0, ("C", "short")))["statusDetails"]["ErrorMessage"] == "short"

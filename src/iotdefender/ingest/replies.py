@@ -12,6 +12,13 @@ def reply_topic(thing_name: str, encoding: str, accepted: bool) -> str:
     return f"$aws/things/{thing_name}/defender/metrics/{encoding}/{'accepted' if accepted else 'rejected'}"
 
 
+#: The longest ErrorMessage a reply carries. A message may quote what the device sent (an unknown
+#: custom metric's name): a report naming one of 120,000 characters was answered with a 120 KB reply,
+#: and a few of those in one batch of replies passed the broker's packet limit, which closed the
+#: service's own connection (every device's answers lost meanwhile; an outside-in test).
+MAX_ERROR_MESSAGE_CHARS = 1024
+
+
 def reply_payload(thing_name: str, encoding: str, report_id: int | None, now_ms: int,
                   error: tuple[str, str] | None = None) -> bytes:
     """``{thingName, reportId, status, [statusDetails{ErrorCode, ErrorMessage}], timestamp(ms)}``."""
@@ -22,6 +29,9 @@ def reply_payload(thing_name: str, encoding: str, report_id: int | None, now_ms:
         document["reportId"] = report_id
     document["status"] = "ACCEPTED" if error is None else "REJECTED"
     if error is not None:
-        document["statusDetails"] = {"ErrorCode": error[0], "ErrorMessage": error[1]}
+        message = error[1]
+        if len(message) > MAX_ERROR_MESSAGE_CHARS:
+            message = message[:MAX_ERROR_MESSAGE_CHARS - 1] + "…"
+        document["statusDetails"] = {"ErrorCode": error[0], "ErrorMessage": message}
     document["timestamp"] = now_ms
     return orjson.dumps(document) if encoding == "json" else cbor2.dumps(document)

@@ -658,10 +658,12 @@ static void publish_replies(const unsigned char *at, size_t len)
 	while(len >= 7){
 		int qos = at[0];
 		size_t topic_len = get_u16(at + 1), payload_len = get_u32(at + 3);
-		if(qos > 2 || topic_len == 0 || topic_len >= sizeof(topic) || 7 + topic_len + payload_len > len) return;
-		memcpy(topic, at + 7, topic_len);
-		topic[topic_len] = '\0';
-		mosquitto_broker_publish_copy(NULL, topic, (int)payload_len, at + 7 + topic_len, qos, false, NULL);
+		if(qos > 2 || topic_len == 0 || 7 + topic_len + payload_len > len) return;
+		if(topic_len < sizeof(topic)){ /* a longer one is skipped alone, not the replies after it */
+			memcpy(topic, at + 7, topic_len);
+			topic[topic_len] = '\0';
+			mosquitto_broker_publish_copy(NULL, topic, (int)payload_len, at + 7 + topic_len, qos, false, NULL);
+		}
 		at += 7 + topic_len + payload_len;
 		len -= 7 + topic_len + payload_len;
 	}

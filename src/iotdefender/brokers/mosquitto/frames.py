@@ -13,9 +13,16 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 
+from iotdefender.brokers.mosquitto.config import MAX_PACKET_BYTES
+
 _REPORT_HEAD = struct.Struct(">cHIQ")  # encoding, thing length, payload length, received (µs since the epoch)
 _REPLY_HEAD = struct.Struct(">BHI")  # qos, topic length, payload length
 _ENCODINGS = {b"j": "json", b"c": "cbor"}
+#: The most reply frames' bytes one message carries: the service's connection is a client of the
+#: broker like any other, so its packets are bound by ``MAX_PACKET_BYTES`` too (room left for the
+#: MQTT header and topic). One message a loop iteration passed it under load (replies of 20
+#: flooding devices, 383 KB) and the broker closed the service's connection (an outside-in test).
+MAX_REPLIES_BYTES = MAX_PACKET_BYTES - 1024
 
 
 def decode_reports(batch: bytes) -> Iterator[tuple[str, str, bytes, float]]:
@@ -69,5 +76,20 @@ class ReplyBatcher:
     def _flush(self) -> None:
         with self._lock:
             frames, self._frames = self._frames, []
-        if frames:
-            self._send(b"".join(frames))
+        for message in _messages(frames):
+            self._send(message)
+
+
+def _messages(frames: list[bytes]) -> Iterator[bytes]:
+    """The frames in order, as few messages as hold at most ``MAX_REPLIES_BYTES`` each (a frame
+    is never cut: one reply is far smaller, its error message bounded by ``replies.py``)."""
+    chunk: list[bytes] = []
+    size = 0
+    for frame in frames:
+        if chunk and size + len(frame) > MAX_REPLIES_BYTES:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+        chunk.append(frame)
+        size += len(frame)
+    if chunk:
+        yield b"".join(chunk)
