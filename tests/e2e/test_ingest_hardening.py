@@ -131,6 +131,8 @@ def test_replies_that_quote_a_huge_name_reach_their_device_and_cost_no_one_else(
              "custom_metrics": {"m" * 120_000: [{"number": 1}]}}).encode(), qos=1)
     codes = Counter(noisy.reply(timeout=15)[1]["statusDetails"]["ErrorCode"] for _ in range(10))
     assert sum(codes.values()) == 10, codes  # every one answered (rejected: unknown metric, or throttled)
+    longest = max(len(line) for line in service.log_path.read_text(errors="replace").splitlines())
+    assert longest < 10_000, longest  # the rejection's log line quotes the name cut short too
     assert_accepted(honest, 1)
     for device in (noisy, honest):
         device.close()

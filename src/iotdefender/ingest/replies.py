@@ -19,6 +19,11 @@ def reply_topic(thing_name: str, encoding: str, accepted: bool) -> str:
 MAX_ERROR_MESSAGE_CHARS = 1024
 
 
+def bounded(message: str) -> str:
+    """``message`` cut to ``MAX_ERROR_MESSAGE_CHARS`` (its log line too: 120 KB lines otherwise)."""
+    return message if len(message) <= MAX_ERROR_MESSAGE_CHARS else message[:MAX_ERROR_MESSAGE_CHARS - 1] + "…"
+
+
 def reply_payload(thing_name: str, encoding: str, report_id: int | None, now_ms: int,
                   error: tuple[str, str] | None = None) -> bytes:
     """``{thingName, reportId, status, [statusDetails{ErrorCode, ErrorMessage}], timestamp(ms)}``."""
@@ -29,9 +34,6 @@ def reply_payload(thing_name: str, encoding: str, report_id: int | None, now_ms:
         document["reportId"] = report_id
     document["status"] = "ACCEPTED" if error is None else "REJECTED"
     if error is not None:
-        message = error[1]
-        if len(message) > MAX_ERROR_MESSAGE_CHARS:
-            message = message[:MAX_ERROR_MESSAGE_CHARS - 1] + "…"
-        document["statusDetails"] = {"ErrorCode": error[0], "ErrorMessage": message}
+        document["statusDetails"] = {"ErrorCode": error[0], "ErrorMessage": bounded(error[1])}
     document["timestamp"] = now_ms
     return orjson.dumps(document) if encoding == "json" else cbor2.dumps(document)

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Engine
 
 from iotdefender.ingest.commit import AcceptedReport, ReportCommitter, committer_of
 from iotdefender.ingest.order import ReportOrder
-from iotdefender.ingest.replies import reply_payload, reply_topic
+from iotdefender.ingest.replies import bounded, reply_payload, reply_topic
 from iotdefender.ingest.report import (
     RejectCode,
     ReportRejected,
@@ -183,7 +183,7 @@ class IngestService:
             report_id = rejection.report_id if rejection.report_id is not None else report_id_hint(payload, encoding)
             _REPORTS_REJECTED.inc()
             REJECTIONS.labels(rejection.code.value).inc()
-            REJECTED_LOG(rejection.code.value, thing=thing, code=rejection.code.value, reason=rejection.message,
+            REJECTED_LOG(rejection.code.value, thing=thing, code=rejection.code.value, reason=bounded(rejection.message),
                          report_id=report_id)
             if rejection.code is RejectCode.INVALID_THING_NAME:
                 return  # there is no valid thing topic to answer on
