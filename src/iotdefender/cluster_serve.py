@@ -77,6 +77,7 @@ from iotdefender.service import (
     ConfigurationError,
     build_broker,
     build_ingest,
+    gatekeeper_of,
     check_api_port,
     history_interval,
     http_server,
@@ -295,8 +296,7 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
                                    message_version=message_version)
     ingest, replies = build_ingest(settings, engine, monitoring, committer, health)
     cloud = cloud_publisher(settings, publisher, node_id, peers_read, nc.max_payload)
-    gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=cloud.intake if cloud else NULL_OBSERVER,
-                            publish_rate=settings.effective_mqtt_publish_rate)
+    gatekeeper = gatekeeper_of(settings, auth, cloud.intake if cloud else NULL_OBSERVER)
     broker, endpoint = build_broker(settings, gatekeeper, ingest.submit)
     replies.broker = broker
     return BrokerRole(ingest, broker, gatekeeper, endpoint, cloud)

@@ -33,7 +33,7 @@ from iotdefender.brokers.gatekeeper import Gatekeeper, check_password_file
 from iotdefender.brokers.listeners import ListenerSettings, ReportSink, check_tls_files
 from iotdefender.brokers.mosquitto.broker import MosquittoBroker
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable
-from iotdefender.brokers.observer import NULL_OBSERVER
+from iotdefender.brokers.observer import NULL_OBSERVER, BrokerObserver
 from iotdefender.cloud.service import CloudMetricsService
 from iotdefender.console.app import create_console
 from iotdefender.controlplane.context import ServiceContext
@@ -137,6 +137,14 @@ def mqtt_auth(settings: Settings) -> str:
     if auth == "cert" and (settings.mqtt_tls_port is None or not settings.mqtt_ca):
         raise ConfigurationError("--mqtt-auth cert needs --mqtt-tls-port and --mqtt-ca")
     return auth
+
+
+def gatekeeper_of(settings: Settings, auth: str, observer: BrokerObserver) -> Gatekeeper:
+    """The device policy of the settings (``auth`` from ``mqtt_auth``, checked before anything
+    starts), telling ``observer`` what it refuses: one mapping for the single box and a cluster's
+    broker nodes."""
+    return Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=observer,
+                      publish_rate=settings.effective_mqtt_publish_rate)
 
 
 def validate(settings: Settings) -> None:
@@ -317,9 +325,7 @@ async def serve(settings: Settings, standby: WorkerStandby | None = None) -> Non
 
     ingest, replies = build_ingest(settings, engine, monitoring, store, health)
     cloud = CloudMetricsService(engine, monitoring, store, settings.effective_metrics_window)
-    gatekeeper = Gatekeeper(auth=auth, acl=settings.mqtt_acl,
-                            observer=cloud if settings.cloud_metrics else NULL_OBSERVER,
-                            publish_rate=settings.effective_mqtt_publish_rate)
+    gatekeeper = gatekeeper_of(settings, auth, cloud if settings.cloud_metrics else NULL_OBSERVER)
     backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period,
                              settings.backtest_max_datapoints)
     swept = SweepWake()  # after the caches are dropped: the sweep reads the changed control plane
