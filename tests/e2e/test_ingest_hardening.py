@@ -138,10 +138,13 @@ def test_replies_that_quote_a_huge_name_reach_their_device_and_cost_no_one_else(
         device.close()
 
 
-def throttled_total(service) -> float:
+def metric_total(service, name: str) -> float:
     metrics = plain_http.get(service.endpoint + "/metrics", timeout=5).text
-    return sum(float(line.split()[-1]) for line in metrics.splitlines()
-               if line.startswith("iotdefender_mqtt_publishes_throttled_total "))
+    return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name + " "))
+
+
+def throttled_total(service) -> float:
+    return metric_total(service, "iotdefender_mqtt_publishes_throttled_total")
 
 
 def test_a_connection_past_its_publish_rate_has_the_rest_dropped_and_stays_connected(service, iot):
@@ -159,6 +162,42 @@ def test_a_connection_past_its_publish_rate_has_the_rest_dropped_and_stays_conne
     assert not flooder.disconnected
     for device in (flooder, honest):
         assert_accepted(device, 1)
+    for device in (flooder, honest):
+        device.close()
+
+
+@pytest.mark.parametrize("encoding", ["json", "cbor"])
+def test_a_thing_flooding_its_reports_is_answered_by_the_broker_past_those_waiting(service, iot, encoding):
+    """100 reports at once from one thing (what the publish rate lets through in a second): the
+    broker hands the service at most 32 of a thing's reports awaiting their answers and answers the
+    others itself, ``rejected`` Throttled (without a reportId, which would mean parsing the report).
+    Every report is answered once, and the other device's report is accepted meanwhile. A few
+    devices flooding so used to fill the service's connection until the broker dropped whole
+    batches, other devices' reports among them: acknowledged, never answered (an outside-in test)."""
+    flooder, honest = fleet(service, f"flood-{encoding}", 2)
+    shed_before = metric_total(service, "iotdefender_mqtt_reports_shed_total")
+    for report_id in range(1, 101):
+        document = json.loads(network(report_id, 5))
+        payload = json.dumps(document).encode() if encoding == "json" else cbor2.dumps(document)
+        flooder.client.publish(f"$aws/things/{flooder.thing}/defender/metrics/{encoding}", payload, qos=0)
+    replies = [flooder.reply(timeout=15) for _ in range(100)]
+    time.sleep(0.5)
+    assert flooder.replies.empty(), "a report was answered twice"
+    by_service = [body for _, body in replies if "reportId" in body]
+    by_broker = [(topic, body) for topic, body in replies if "reportId" not in body]
+    assert by_broker, "the service was handed all 100 at once"
+    assert len({body["reportId"] for body in by_service}) == len(by_service)
+    for topic, body in by_broker:
+        assert topic == f"{encoding}/rejected"
+        assert body["thingName"] == flooder.thing and body["status"] == "REJECTED"
+        assert body["statusDetails"]["ErrorCode"] == "Throttled", body
+        assert abs(body["timestamp"] - time.time() * 1000) < 60_000
+    deadline = time.monotonic() + 5  # counted from the broker's next batch of events
+    while metric_total(service, "iotdefender_mqtt_reports_shed_total") - shed_before < len(by_broker):
+        assert time.monotonic() < deadline, "the reports answered by the broker were not counted"
+        time.sleep(0.05)
+    assert metric_total(service, "iotdefender_mqtt_reports_shed_total") - shed_before == len(by_broker)
+    assert_accepted(honest, 1)
     for device in (flooder, honest):
         device.close()
 

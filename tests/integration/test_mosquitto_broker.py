@@ -13,6 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from prometheus_client import REGISTRY
 
 from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.listeners import ListenerSettings
@@ -155,6 +156,19 @@ async def _counted(broker: MosquittoBroker, clients: int, timeout: float = 10.0)
     return len(broker.connections) == clients
 
 
+async def take_over_service_connection(broker: MosquittoBroker, port: int) -> mqtt.Client:
+    """A client logging in with the service's id and secret: the service's connection is closed, and
+    the plugin's batches go to this client (which reads none) until the service logs in again."""
+    impostor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=broker.client_id, reconnect_on_failure=False)
+    impostor.username_pw_set(broker.client_id, broker._secret)
+    taken: queue.Queue[int] = queue.Queue()
+    impostor.on_connect = lambda c, u, f, reason, p: taken.put(reason.value)
+    impostor.connect("127.0.0.1", port)
+    impostor.loop_start()
+    assert await in_thread(taken.get, True, 5) == 0
+    return impostor
+
+
 def test_the_connected_count_is_right_again_after_batches_the_service_missed(tmp_path):
     """The service's own connection is taken over (a client logging in with its id and secret) and
     comes back a second later; two devices connect and one disconnects meanwhile, and their event
@@ -164,14 +178,7 @@ def test_the_connected_count_is_right_again_after_batches_the_service_missed(tmp
         first, codes, _ = connect(port, "cam-1")
         assert await in_thread(codes.get, True, 5) == 0
         assert await _counted(broker, 1)
-        impostor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=broker.client_id,
-                               reconnect_on_failure=False)
-        impostor.username_pw_set(broker.client_id, broker._secret)
-        taken: queue.Queue[int] = queue.Queue()
-        impostor.on_connect = lambda c, u, f, reason, p: taken.put(reason.value)
-        impostor.connect("127.0.0.1", port)
-        impostor.loop_start()
-        assert await in_thread(taken.get, True, 5) == 0  # the service's connection is closed now
+        impostor = await take_over_service_connection(broker, port)
         second, codes_2, _ = connect(port, "cam-2")
         third, codes_3, _ = connect(port, "cam-3")
         assert await in_thread(codes_2.get, True, 5) == 0 and await in_thread(codes_3.get, True, 5) == 0
@@ -180,6 +187,48 @@ def test_the_connected_count_is_right_again_after_batches_the_service_missed(tmp
         await asyncio.sleep(0.3)  # the batches of those events go to the impostor's session
         assert await _counted(broker, 2, timeout=15), f"counted {len(broker.connections)}"
         for client in (impostor, second, third):
+            stop_network_loop(client)
+            client.disconnect()
+
+    run_with_broker(body, tmp_path)
+
+
+def reports_lost() -> float:
+    return REGISTRY.get_sample_value("iotdefender_broker_reports_lost_total") or 0.0
+
+
+def test_reports_handed_over_while_the_service_was_away_are_counted_lost(tmp_path):
+    """Reports the plugin hands to the service's connection while another client holds its id reach
+    nobody (Mosquitto drops QoS 0 messages it cannot deliver, as it drops them past a full queue):
+    their PUBLISHes were acknowledged and they are never answered. The next batch's head says how
+    many reports came before it, so the service counts what it missed: every report published, less
+    those that reached the sink."""
+    async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
+        device, codes, _ = connect(port, "cam-1")
+        assert await in_thread(codes.get, True, 5) == 0
+        topic = "$aws/things/cam-1/defender/metrics/json"
+        await in_thread(device.publish(topic, b"{}", qos=1).wait_for_publish, 5)
+        for _ in range(100):
+            if reports:
+                break
+            await asyncio.sleep(0.05)
+        assert len(reports) == 1
+        lost_before = reports_lost()
+        impostor = await take_over_service_connection(broker, port)
+        published = 1
+        for n in range(5):
+            await in_thread(device.publish(topic, b'{"n":%d}' % n, qos=1).wait_for_publish, 5)
+            published += 1
+        deadline = time.monotonic() + 15
+        while len(reports) < 2:  # one more report now and then, until the service is back
+            assert time.monotonic() < deadline, "the service's connection did not come back"
+            await in_thread(device.publish(topic, b'{"again":%d}' % published, qos=1).wait_for_publish, 5)
+            published += 1
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)
+        assert published - len(reports) >= 5
+        assert reports_lost() - lost_before == published - len(reports)
+        for client in (impostor, device):
             stop_network_loop(client)
             client.disconnect()
 

@@ -6,7 +6,7 @@ import asyncio
 import struct
 import threading
 
-from iotdefender.brokers.mosquitto.frames import ReplyBatcher, decode_reports, encode_reply
+from iotdefender.brokers.mosquitto.frames import ReplyBatcher, decode_reports, encode_reply, report_batch_head
 
 
 RECEIVED_US = 1_796_000_000_123_456  # when the broker received it, microseconds since the epoch
@@ -17,17 +17,28 @@ def report_frame(encoding: bytes, thing: str, payload: bytes, received_us: int =
     return struct.pack(">cHIQ", encoding, len(name), len(payload), received_us) + name + payload
 
 
+def batch_head(instance: int = 7, before: int = 0) -> bytes:
+    return struct.pack(">II", instance, before)
+
+
 def test_reports_keep_every_byte_and_their_encoding():
     cbor = bytes([0xA1, 0x00, 0x00, 0xFF, 0x0A])  # NULs and newlines are payload, not separators
-    batch = report_frame(b"j", "cam-1", b'{"hed":{}}') + report_frame(b"c", "thermostat-é", cbor, RECEIVED_US + 1)
+    batch = (batch_head() + report_frame(b"j", "cam-1", b'{"hed":{}}')
+             + report_frame(b"c", "thermostat-é", cbor, RECEIVED_US + 1))
     assert list(decode_reports(batch)) == [("cam-1", "json", b'{"hed":{}}', 1_796_000_000.123456),
                                            ("thermostat-é", "cbor", cbor, 1_796_000_000.123457)]
+
+
+def test_the_batch_head_says_which_plugin_and_how_many_reports_came_before():
+    batch = batch_head(0xDEADBEEF, 2**32 - 1) + report_frame(b"j", "a", b"{}")
+    assert report_batch_head(batch) == (0xDEADBEEF, 2**32 - 1)
+    assert report_batch_head(b"\0\0") is None
 
 
 def test_a_truncated_last_frame_is_dropped_and_the_others_kept():
     whole = report_frame(b"j", "a", b"{}")
     cut = report_frame(b"j", "b", b'{"x":1}')[:-2]
-    assert list(decode_reports(whole + cut)) == [("a", "json", b"{}", RECEIVED_US / 1e6)]
+    assert list(decode_reports(batch_head() + whole + cut)) == [("a", "json", b"{}", RECEIVED_US / 1e6)]
     assert list(decode_reports(b"")) == []
 
 

@@ -16,15 +16,24 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 from prometheus_client import Counter as PromCounter
 
 from iotdefender.brokers.observer import NULL_OBSERVER, BrokerObserver, observes_traffic
+from iotdefender.log_limits import LimitedLog
+
+log = structlog.get_logger("iotdefender.broker")
 
 REPORT_TOPIC = re.compile(r"^\$aws/things/([^/]+)/defender/metrics/(json|cbor)$")
 
 MQTT_DENIALS = PromCounter("iotdefender_mqtt_denials", "MQTT requests refused by the gatekeeper", ["reason"])
 MQTT_THROTTLED = PromCounter("iotdefender_mqtt_publishes_throttled",
                              "PUBLISHes dropped because their connection was past --mqtt-publish-rate")
+REPORTS_SHED = PromCounter("iotdefender_mqtt_reports_shed",
+                           "Reports the broker answered rejected Throttled itself: their thing already had as many "
+                           "reports waiting for the service's answers as the broker hands over")
+# One line per thing and batch of events would be a line every 50 ms per flooding device.
+SHED_LOG = LimitedLog(log, "mqtt_reports_shed", "iotdefender_mqtt_reports_shed_total")
 
 
 def check_password_file(path: Path) -> int:
@@ -52,10 +61,17 @@ class Gatekeeper:
     def observes_traffic(self) -> bool:
         return observes_traffic(self.observer)
 
-    def record_throttled(self, client_id: str | None, topic: str) -> None:
-        """A PUBLISH the broker dropped for its connection's rate: counted, not a failure (AWS IoT
+    def record_throttled(self, client_id: str | None, count: int) -> None:
+        """PUBLISHes the broker dropped for their connection's rate: counted, not a failure (AWS IoT
         Core drops them so too, and the device did nothing it may not do)."""
-        MQTT_THROTTLED.inc()
+        MQTT_THROTTLED.inc(count)
+
+    def record_reports_shed(self, thing: str, count: int) -> None:
+        """Reports of ``thing`` the broker answered itself (config.REPORTS_AWAITING_ANSWER)."""
+        REPORTS_SHED.inc(count)
+        SHED_LOG("reports_shed", thing=thing, reports=count,
+                 detail="answered rejected Throttled by the broker: the thing's earlier reports still wait for "
+                        "their answers")
 
     def record_denial(self, client_id: str | None, reason: str, topic: str | None = None,
                       at: float | None = None) -> None:

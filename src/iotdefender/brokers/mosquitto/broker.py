@@ -39,7 +39,8 @@ from iotdefender.brokers.mosquitto.build import BrokerUnavailable, default_cache
 from iotdefender.brokers.mosquitto.config import Persistence, PluginOptions, render_config
 from iotdefender.brokers.mosquitto.connections import ConnectedClients
 from iotdefender.brokers.mosquitto.events import apply_events
-from iotdefender.brokers.mosquitto.frames import ReplyBatcher, decode_reports
+from iotdefender.brokers.mosquitto.frames import ReplyBatcher, decode_reports, report_batch_head
+from iotdefender.brokers.mosquitto.handover import Handover
 from iotdefender.child_process import die_with_parent
 from iotdefender.log_limits import LimitedLog
 from iotdefender.net_address import check_port_free
@@ -96,6 +97,7 @@ class MosquittoBroker:
         self._gatekeeper = gatekeeper
         self._sink = sink
         self.connections = connections if connections is not None else ConnectedClients()
+        self._handover = Handover()  # what the plugin sent that never arrived (handover.py)
         # Absolute: Mosquitto runs in the runtime directory, where a relative path (the default
         # --data-dir is ./data) would name something else.
         self._password_file = password_file.resolve() if password_file is not None else None
@@ -271,10 +273,15 @@ class MosquittoBroker:
     # -- the plugin's channel -------------------------------------------------------------------
     def _on_plugin_message(self, topic: str, payload: bytes) -> None:
         if topic == REPORTS_TOPIC:
+            count = 0
             for thing, encoding, report, received in decode_reports(payload):
                 self._sink(thing, encoding, report, received)
+                count += 1
+            head = report_batch_head(payload)
+            if head is not None:
+                self._handover.reports(*head, count)
         elif topic == EVENTS_TOPIC:
-            apply_events(payload, self._gatekeeper.observer, self._gatekeeper, self.connections)
+            apply_events(payload, self._gatekeeper.observer, self._gatekeeper, self.connections, self._handover)
 
     def _control(self, verb: str, client_id: str) -> None:
         if self._client is None:

@@ -20,6 +20,14 @@
  *    one second's worth) are dropped, as AWS IoT Core drops a connection's publishes beyond its
  *    100 a second; the connection stays. One device flooding used to push the service's own
  *    connection past its queue, and other devices' reports, acknowledged, were never answered.
+ *  - answers: a thing may have at most report_window reports handed to the service and not yet
+ *    answered; a report beyond them is answered here, `rejected` Throttled (without its reportId:
+ *    finding it would mean parsing the report), and counted (O records). The service answers every
+ *    report it gets, so an honest device has one report waiting at most. A few devices flooding
+ *    their report topics used to fill the service's connection faster than the service could read
+ *    it, and Mosquitto dropped whole batches past max_queued_messages, other devices' reports among
+ *    them: acknowledged, never answered, counted nowhere (an outside-in test). Counts of a thing
+ *    whose answers were lost (the service's connection broke) start over after AWAITING_STALE_MS.
  *  - the service's own connection (service_id + a per-start secret) may do anything; it alone
  *    may publish on the control topic and it receives the event batches.
  *
@@ -29,7 +37,8 @@
  * broker's work. Record layouts (first field is the type):
  *   C client ip ok reason   connection attempt (ok "1"/"0"; reason when refused)
  *   A client topic reason   refused PUBLISH/SUBSCRIBE (authorization failure)
- *   L client topic          PUBLISH dropped: the connection is past publish_rate (not a failure)
+ *   L client count          PUBLISHes dropped since the last batch: the connection was past
+ *                           publish_rate (not a failure)
  *   D client                disconnect of an authenticated client
  *   S client bytes topic    PUBLISH from a client (message sent)
  *   R client topic          delivery to a client (message received)
@@ -39,13 +48,20 @@
  *                           own connection not counted): in the batch after any change, and after
  *                           every "ready" (the batches sent while the service's connection was
  *                           down are lost: the count, unlike a set kept from C and D, heals at once)
+ *   O thing count           reports of the thing answered here, not handed to the service (see
+ *                           "answers" above), since the last batch
+ *   Q instance sequence     first in every batch: this plugin instance's number (random at load)
+ *                           and the batch's, from 0, so that the service counts the batches it
+ *                           never got (dropped by Mosquitto, or sent while its connection was down)
  * No field can contain NUL: MQTT forbids U+0000 in client ids and topics, and Mosquitto checks
  * (packet__read_string validates UTF-8 and refuses control characters).
  *
  * Reports: every authorised PUBLISH on `$aws/things/T/defender/metrics/(json|cbor)` is appended to
  * a second buffer, sent to the service as one message on REPORTS_TOPIC at the end of each pass of
  * Mosquitto's main loop (TICK), or at once when the buffer is large. Nothing subscribes to the
- * report topics themselves. Frames, integers big-endian:
+ * report topics themselves. The batch starts with u32 instance (as in Q) and u32 the number of
+ * reports this instance handed over before the batch (modulo 2^32), so that the service counts the
+ * reports it never got. Then frames, integers big-endian:
  *   u8 encoding ('j' json, 'c' cbor)  u16 thing length  u32 payload length
  *   u64 received (microseconds since the epoch, CLOCK_REALTIME)  thing  payload
  * The receive time is the one the service's throttle measures the gap between a thing's reports
@@ -75,6 +91,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
@@ -224,6 +241,24 @@ static struct table passwords;     /* username -> secret (plain or $argon2 PHC s
 static struct table authenticated; /* client id -> its current authenticated connection */
 static struct table refused;       /* client id -> (void *)1 while refused */
 static struct table buckets;       /* client id -> its struct bucket, while it is connected */
+static struct table awaiting;      /* thing -> its struct awaiting, while the service owes it answers */
+static struct table shed;          /* thing -> reports answered here since the last event batch (unsigned long *) */
+static struct table throttled;     /* client id -> PUBLISHes dropped for publish_rate since then (unsigned long *) */
+static unsigned report_window = 0; /* reports a thing may have waiting for the service's answer (0: no limit) */
+static uint32_t instance;          /* this plugin's number, random at load (Q records, report batches) */
+static uint32_t reports_handed;    /* reports handed to the service so far, modulo 2^32 */
+static uint32_t reports_in_batch;
+static uint32_t event_batches;     /* event batches sent so far */
+
+/* Reports of one thing handed to the service and not answered yet. */
+struct awaiting {
+	unsigned count;
+	long long since_ms; /* CLOCK_MONOTONIC: the last answer, or the report that made count 1 */
+};
+/* A count that has not moved for this long lost its answers (the service's connection broke and
+ * the service never got the reports): it starts over rather than refuse the thing for good. The
+ * service answers in milliseconds, or within its database's timeouts while that is slow. */
+#define AWAITING_STALE_MS 30000LL
 
 /* A connection's PUBLISH allowance: tokens refill at publish_rate a second, up to one second's worth. */
 struct bucket {
@@ -281,7 +316,9 @@ static void send_to_service(struct buffer *b, const char *topic)
 
 static void flush_events(void)
 {
+	if(!events.len) return;
 	send_to_service(&events, EVENTS_TOPIC);
+	event_batches++;
 }
 
 static void append_field(const char *field)
@@ -310,6 +347,14 @@ static void stamp(void)
 
 static void record(const char *type, const char *a, const char *b, const char *c, const char *d)
 {
+	if(!events.len){
+		char text[16];
+		append_field("Q");
+		snprintf(text, sizeof(text), "%u", instance);
+		append_field(text);
+		snprintf(text, sizeof(text), "%u", event_batches);
+		append_field(text);
+	}
 	stamp();
 	append_field(type);
 	append_field(a);
@@ -327,6 +372,37 @@ static void tell_count(void)
 	count_told = (long)authenticated.count; /* first: record() may flush, which must not come back here */
 	snprintf(text, sizeof(text), "%ld", count_told);
 	record("N", text, NULL, NULL, NULL);
+}
+
+/* Count one more event of `key` in `counts` (key -> unsigned long *), told at the next flush: a
+ * record each would be one per message of a flood, each decoded in Python (L records were 285,000 a
+ * second from 10 flooding devices, and took the service's whole core). */
+static void count_event(struct table *counts, const char *key)
+{
+	unsigned long *count = table_get(counts, key);
+	if(!count){
+		count = calloc(1, sizeof(*count));
+		if(!count) return;
+		table_put(counts, key, count);
+		if(table_get(counts, key) != count){ free(count); return; }
+	}
+	(*count)++;
+}
+
+/* One `type key count` record per key counted since the last flush; the counts start again. */
+static void tell_counts(struct table *counts, const char *type)
+{
+	size_t i;
+	char text[24];
+	if(!counts->count) return;
+	for(i = 0; i < counts->size; i++){
+		struct entry *e;
+		for(e = counts->buckets[i]; e; e = e->next){
+			snprintf(text, sizeof(text), "%lu", *(unsigned long *)e->value);
+			record(type, e->key, text, NULL, NULL);
+		}
+	}
+	table_clear(counts);
 }
 
 static void schedule_kick(const char *client_id, struct mosquitto *client)
@@ -580,7 +656,7 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 			return MOSQ_ERR_SUCCESS;
 		case MOSQ_ACL_WRITE:
 			if(!publish_allowed(client_id, ed->client)){
-				record("L", client_id, ed->topic, NULL, NULL);
+				count_event(&throttled, client_id);
 				return MOSQ_ERR_ACL_DENIED; /* dropped, not a failure: no kick, not counted as one */
 			}
 			if(ed->topic[0] != '$'){
@@ -629,7 +705,14 @@ static size_t get_u32(const unsigned char *at)
 	return (get_u16(at) << 16) | get_u16(at + 2);
 }
 
-/* One report frame (layout at the top of this file). */
+static void flush_reports(void)
+{
+	send_to_service(&reports, REPORTS_TOPIC);
+	reports_handed += reports_in_batch;
+	reports_in_batch = 0;
+}
+
+/* One report frame (layout at the top of this file), after the batch's head if it is the first. */
 static void append_report(const char *topic, const char *thing, const void *payload, uint32_t payloadlen)
 {
 	unsigned char head[15];
@@ -637,7 +720,13 @@ static void append_report(const char *topic, const char *thing, const void *payl
 	const char *encoding = strrchr(topic, '/') + 1;
 	struct timespec now;
 	uint64_t micros;
-	if(!buffer_reserve(&reports, sizeof(head) + thing_len + payloadlen)) return;
+	if(!buffer_reserve(&reports, 8 + sizeof(head) + thing_len + payloadlen)) return;
+	if(!reports.len){
+		unsigned char batch_head[8];
+		put_u32(batch_head, instance);
+		put_u32(batch_head + 4, reports_handed);
+		buffer_append(&reports, batch_head, sizeof(batch_head));
+	}
 	clock_gettime(CLOCK_REALTIME, &now);
 	micros = (uint64_t)now.tv_sec * 1000000u + (uint64_t)(now.tv_nsec / 1000);
 	head[0] = encoding[0] == 'c' ? 'c' : 'j';
@@ -648,7 +737,146 @@ static void append_report(const char *topic, const char *thing, const void *payl
 	buffer_append(&reports, head, sizeof(head));
 	buffer_append(&reports, thing, thing_len);
 	buffer_append(&reports, payload, payloadlen);
-	if(reports.len >= REPORTS_FLUSH_BYTES) send_to_service(&reports, REPORTS_TOPIC);
+	reports_in_batch++;
+	if(reports.len >= REPORTS_FLUSH_BYTES) flush_reports();
+}
+
+/* ---- answers the service owes ---------------------------------------------------------------- */
+
+static long long monotonic_ms(void)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+/* Whether the thing's report may go to the service (report_window); counted as awaiting if so. */
+static bool report_admitted(const char *thing)
+{
+	struct awaiting *a;
+	long long now;
+	if(!report_window) return true;
+	now = monotonic_ms();
+	a = table_get(&awaiting, thing);
+	if(!a){
+		a = malloc(sizeof(*a));
+		if(!a) return true;
+		a->count = 0;
+		table_put(&awaiting, thing, a);
+		if(table_get(&awaiting, thing) != a){ free(a); return true; }
+	}
+	if(a->count >= report_window){
+		if(now - a->since_ms < AWAITING_STALE_MS) return false;
+		a->count = 0; /* its answers were lost: start over */
+	}
+	if(!a->count) a->since_ms = now;
+	a->count++;
+	return true;
+}
+
+/* The service answered one of the thing's reports (a reply it asked us to publish). */
+static void report_answered(const char *topic)
+{
+	char thing[256];
+	const char *rest = defender_topic(topic, thing, sizeof(thing));
+	struct awaiting *a;
+	if(!report_window || !rest || (strcmp(rest, "json/accepted") && strcmp(rest, "json/rejected")
+			&& strcmp(rest, "cbor/accepted") && strcmp(rest, "cbor/rejected"))) return;
+	a = table_get(&awaiting, thing);
+	if(!a) return;
+	if(a->count > 1){
+		a->count--;
+		a->since_ms = monotonic_ms();
+		return;
+	}
+	table_del(&awaiting, thing);
+	free(a);
+}
+
+/* Forget the counts that have not moved for AWAITING_STALE_MS (their answers were lost), every
+ * AWAITING_STALE_MS: a thing that never reports again would otherwise keep its entry for good. */
+static void sweep_awaiting(void)
+{
+	static long long last_sweep;
+	long long now = monotonic_ms();
+	size_t i;
+	if(now - last_sweep < AWAITING_STALE_MS) return;
+	last_sweep = now;
+	for(i = 0; i < awaiting.size; i++){
+		struct entry *e = awaiting.buckets[i], *next;
+		for(; e; e = next){
+			next = e->next;
+			struct awaiting *a = e->value;
+			if(now - a->since_ms >= AWAITING_STALE_MS){
+				table_del(&awaiting, e->key); /* frees e: next was read first */
+				free(a);
+			}
+		}
+	}
+}
+
+/* The head of a CBOR item (RFC 8949 §3) with an argument below 2^16. */
+static size_t cbor_head(unsigned char *at, unsigned major, size_t value)
+{
+	if(value < 24){ at[0] = (unsigned char)(major << 5 | value); return 1; }
+	if(value < 256){ at[0] = (unsigned char)(major << 5 | 24); at[1] = (unsigned char)value; return 2; }
+	at[0] = (unsigned char)(major << 5 | 25);
+	put_u16(at + 1, value);
+	return 3;
+}
+
+static size_t cbor_text(unsigned char *at, const char *text)
+{
+	size_t len = strlen(text), head = cbor_head(at, 3, len);
+	memcpy(at + head, text, len);
+	return head + len;
+}
+
+/* Answer a report not handed to the service, as the service answers (ingest/replies.py): `rejected`
+ * Throttled, in the report's encoding, on the thing's reply topic. */
+static void answer_shed(const char *topic, const char *thing)
+{
+	static const char message[] = "Too many of this thing's reports are waiting for their answers; "
+		"this one was not processed (a device sends one report per interval)";
+	char reply_topic[512];
+	unsigned char body[1024];
+	size_t len = 0, i;
+	struct timespec now;
+	long long ms;
+	bool cbor = !strcmp(strrchr(topic, '/') + 1, "cbor");
+	if(strlen(thing) > 128) return; /* the service does not answer such a name either (InvalidThingName) */
+	clock_gettime(CLOCK_REALTIME, &now);
+	ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+	snprintf(reply_topic, sizeof(reply_topic), "%s/rejected", topic);
+	if(cbor){
+		body[len++] = 0xa4;
+		len += cbor_text(body + len, "thingName");
+		len += cbor_text(body + len, thing);
+		len += cbor_text(body + len, "status");
+		len += cbor_text(body + len, "REJECTED");
+		len += cbor_text(body + len, "statusDetails");
+		body[len++] = 0xa2;
+		len += cbor_text(body + len, "ErrorCode");
+		len += cbor_text(body + len, "Throttled");
+		len += cbor_text(body + len, "ErrorMessage");
+		len += cbor_text(body + len, message);
+		len += cbor_text(body + len, "timestamp");
+		body[len++] = 0x1b;
+		put_u32(body + len, (size_t)((unsigned long long)ms >> 32));
+		put_u32(body + len + 4, (size_t)((unsigned long long)ms & 0xffffffffu));
+		len += 8;
+	}else{
+		/* Mosquitto refuses control characters in topics: only '"' and '\' need escaping. */
+		len += (size_t)snprintf((char *)body, sizeof(body), "{\"thingName\":\"");
+		for(i = 0; thing[i]; i++){
+			if(thing[i] == '"' || thing[i] == '\\') body[len++] = '\\';
+			body[len++] = (unsigned char)thing[i];
+		}
+		len += (size_t)snprintf((char *)body + len, sizeof(body) - len, "\",\"status\":\"REJECTED\","
+				"\"statusDetails\":{\"ErrorCode\":\"Throttled\",\"ErrorMessage\":\"%s\"},\"timestamp\":%lld}",
+				message, ms);
+	}
+	mosquitto_broker_publish_copy(NULL, reply_topic, (int)len, body, 1, false, NULL);
 }
 
 /* Publish every reply frame of the service's batch; a malformed tail is ignored. */
@@ -663,6 +891,7 @@ static void publish_replies(const unsigned char *at, size_t len)
 			memcpy(topic, at + 7, topic_len);
 			topic[topic_len] = '\0';
 			mosquitto_broker_publish_copy(NULL, topic, (int)payload_len, at + 7 + topic_len, qos, false, NULL);
+			report_answered(topic);
 		}
 		at += 7 + topic_len + payload_len;
 		len -= 7 + topic_len + payload_len;
@@ -680,6 +909,7 @@ static void run_command(const char *payload, size_t len)
 	if(!strcmp(payload, "ready")){
 		service_ready = true;
 		count_told = -1; /* the service's connection is new: what it missed includes the count */
+		table_clear(&awaiting); /* and the reports it had not answered: it never will */
 	}
 	if(!strcmp(payload, "kick") || !strcmp(payload, "refuse")){
 		mosquitto_kick_client_by_clientid(target, false);
@@ -708,7 +938,12 @@ static int on_message(int event, void *event_data, void *userdata)
 		record("S", client_id, size, ed->topic, NULL);
 	}
 	if(ed->topic[0] == '$' && report_topic(ed->topic, thing, sizeof(thing))){
-		append_report(ed->topic, thing, ed->payload, ed->payloadlen);
+		if(report_admitted(thing)){
+			append_report(ed->topic, thing, ed->payload, ed->payloadlen);
+		}else{
+			answer_shed(ed->topic, thing);
+			count_event(&shed, thing);
+		}
 	}
 	return MOSQ_ERR_SUCCESS;
 }
@@ -734,11 +969,14 @@ static int on_tick(int event, void *event_data, void *userdata)
 {
 	struct timespec now;
 	(void)event; (void)event_data; (void)userdata;
-	send_to_service(&reports, REPORTS_TOPIC);
+	flush_reports();
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	long elapsed = (long)(now.tv_sec - last_flush_s) * 1000000000L + (now.tv_nsec - last_flush_ns);
 	if(elapsed >= flush_ns){
 		tell_count();
+		tell_counts(&shed, "O");
+		tell_counts(&throttled, "L");
+		sweep_awaiting();
 		flush_events();
 		run_kicks();
 		last_flush_s = (long)now.tv_sec;
@@ -807,6 +1045,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data,
 		}
 		else if(!strcmp(key, "flush_ms")) flush_ns = atol(value) * 1000000L;
 		else if(!strcmp(key, "publish_rate")) publish_rate = atof(value);
+		else if(!strcmp(key, "report_window")) report_window = (unsigned)strtoul(value, NULL, 10);
 		else if(!strcmp(key, "password_file")){
 			rc = load_passwords(value);
 			if(rc) return rc;
@@ -815,6 +1054,11 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data,
 	if(!service_id || !service_secret){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "iotdefender: plugin_opt_service_id and _service_secret are required");
 		return MOSQ_ERR_INVAL;
+	}
+	{
+		struct timespec now;
+		clock_gettime(CLOCK_REALTIME, &now);
+		instance = (uint32_t)(now.tv_nsec ^ (now.tv_sec << 20)) ^ (uint32_t)getpid() * 2654435761u;
 	}
 	mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL);
 	mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);
@@ -835,6 +1079,9 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *options, int
 	table_clear(&passwords);
 	table_clear(&refused);
 	table_clear(&buckets);
+	table_clear(&awaiting);
+	table_clear(&shed);
+	table_clear(&throttled);
 	/* authenticated holds Mosquitto's pointers: drop the entries, not what they point to. */
 	{
 		size_t k;

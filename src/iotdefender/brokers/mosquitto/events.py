@@ -12,6 +12,7 @@ from typing import Protocol
 import structlog
 
 from iotdefender.brokers.mosquitto.connections import ConnectedClients
+from iotdefender.brokers.mosquitto.handover import Handover
 from iotdefender.brokers.observer import BrokerObserver
 from iotdefender.log_limits import LimitedLog
 
@@ -23,20 +24,23 @@ PUBLISH_REFUSED_LOG = LimitedLog(log, "mqtt_publish_refused", "iotdefender_mqtt_
 PUBLISH_THROTTLED_LOG = LimitedLog(log, "mqtt_publish_throttled", "iotdefender_mqtt_publishes_throttled_total")
 
 # Fields per record type, the type included ("T": the time of the records after it).
-_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3, "T": 2, "N": 2, "L": 3}
+_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3, "T": 2, "N": 2, "L": 3, "O": 3, "Q": 3}
 
 
 class DenialCounter(Protocol):
     def record_denial(self, client_id: str | None, reason: str, topic: str | None = None,
                       at: float | None = None) -> None: ...
 
-    def record_throttled(self, client_id: str | None, topic: str) -> None: ...
+    def record_throttled(self, client_id: str | None, count: int) -> None: ...
+
+    def record_reports_shed(self, thing: str, count: int) -> None: ...
 
 
 def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounter,
-                 connections: ConnectedClients) -> int:
+                 connections: ConnectedClients, handover: Handover | None = None) -> int:
     """Apply one batch; returns the number of events applied. A malformed tail is ignored.
-    ``connections`` takes the plugin's count of connected clients (connections.py)."""
+    ``connections`` takes the plugin's count of connected clients (connections.py); ``handover``
+    the batch's number (handover.py)."""
     fields = payload.decode("utf-8", "replace").split("\0")
     end = len(fields) - 1  # the batch ends with a NUL
     index = applied = 0
@@ -55,6 +59,10 @@ def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounte
             if record[0].isdigit():
                 connections.counted(int(record[0]))
             continue
+        if kind == "Q":  # not an event: which batch this is
+            if handover is not None and record[0].isdigit() and record[1].isdigit():
+                handover.events(int(record[0]), int(record[1]))
+            continue
         applied += 1
         if kind == "C":
             client, address, ok, reason = record
@@ -67,8 +75,12 @@ def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounte
             if record[2] == "publish_denied":
                 PUBLISH_REFUSED_LOG("publish_denied", client_id=record[0], topic=record[1])
         elif kind == "L":
-            denials.record_throttled(record[0], record[1])
-            PUBLISH_THROTTLED_LOG("publish_throttled", client_id=record[0], topic=record[1])
+            if record[1].isdigit():
+                denials.record_throttled(record[0], int(record[1]))
+                PUBLISH_THROTTLED_LOG("publish_throttled", client_id=record[0], dropped=int(record[1]))
+        elif kind == "O":
+            if record[1].isdigit():
+                denials.record_reports_shed(record[0], int(record[1]))
         elif kind == "S":
             observer.message_sent(record[0], record[2], int(record[1]), at=at)
         elif kind == "R":

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 from iotdefender.brokers.mosquitto.config import MAX_PACKET_BYTES
 
+_BATCH_HEAD = struct.Struct(">II")  # plugin instance, reports it handed over before the batch (mod 2^32)
 _REPORT_HEAD = struct.Struct(">cHIQ")  # encoding, thing length, payload length, received (µs since the epoch)
 _REPLY_HEAD = struct.Struct(">BHI")  # qos, topic length, payload length
 _ENCODINGS = {b"j": "json", b"c": "cbor"}
@@ -25,11 +26,17 @@ _ENCODINGS = {b"j": "json", b"c": "cbor"}
 MAX_REPLIES_BYTES = MAX_PACKET_BYTES - 1024
 
 
+def report_batch_head(batch: bytes) -> tuple[int, int] | None:
+    """(plugin instance, reports it handed over before this batch), or None if there is no head."""
+    return _BATCH_HEAD.unpack_from(batch) if len(batch) >= _BATCH_HEAD.size else None
+
+
 def decode_reports(batch: bytes) -> Iterator[tuple[str, str, bytes, float]]:
-    """(thing, encoding, payload, received) for each frame, ``received`` the epoch second the broker
-    received the report at (what the throttle measures); a truncated tail is ignored."""
+    """(thing, encoding, payload, received) for each frame after the batch's head, ``received`` the
+    epoch second the broker received the report at (what the throttle measures); a truncated tail
+    is ignored."""
     view = memoryview(batch)
-    offset, end = 0, len(batch)
+    offset, end = _BATCH_HEAD.size, len(batch)
     head = _REPORT_HEAD.size
     while offset + head <= end:
         encoding, thing_len, payload_len, micros = _REPORT_HEAD.unpack_from(batch, offset)
