@@ -144,3 +144,25 @@ def test_a_refused_connect_makes_no_device_and_no_address_of_one():
     detect.add_window(0, "phantom", unpack(pack(window["phantom"])))
     detect.add_window(0, "known", unpack(pack(window["known"])))
     assert detect.seen == {"known"}
+
+
+def test_refused_connects_of_unknown_ids_are_kept_for_a_bounded_number_of_ids_a_window():
+    """Anyone who reaches the port can send refused CONNECTs, each with a client id of its own, and
+    each id held a window's entry until the close (~1.2 M a window at 4,000 a second). Past
+    ``max_unknown_refused`` ids a window they are not kept; a device seen connected, a registered
+    thing, and an id already kept in the window still count."""
+    agg = Aggregator(window_s=10, max_unknown_refused=3)
+    agg.connect_attempt("cam-1", "10.0.0.1", True, at=0.5)
+    agg.known = {"registered-never-connected"}
+    kept = [agg.connect_attempt(f"forged-{n}", "10.9.9.9", False, at=1) for n in range(5)]
+    assert kept == [True, True, True, False, False]
+    assert agg.connect_attempt("forged-0", "10.9.9.9", False, at=2)  # already kept: counts on
+    assert agg.connect_attempt("cam-1", "10.9.9.9", False, at=3)  # a device seen connected
+    assert agg.connect_attempt("registered-never-connected", "10.9.9.9", False, at=4)
+    assert agg.connect_attempt("forged-9", "10.9.9.9", False, at=11)  # the next window has room again
+    window = agg.windows[0]
+    assert "forged-3" not in window and window["forged-0"].connection_attempts == 2
+    assert window["registered-never-connected"].auth_failures == {None: 1}
+    assert window["cam-1"].connection_attempts == 2
+    assert agg.closed_windows(25) == [0, 1]
+    assert agg.unknown_refused == {}  # forgotten with their windows

@@ -27,6 +27,7 @@ Metric definitions (reference §3.3, choices where AWS is silent marked *):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import msgspec
@@ -163,6 +164,16 @@ class Aggregator:
     # them (every monitored device gets a datapoint; the disconnect duration); a cluster's broker
     # node only hands its windows on, and kept every client id that ever connected to it.
     keeps_devices: bool = True
+    # The things registered when the last window closed (``CloudService.monitored``): a refused
+    # CONNECT of one of them counts although it never connected.
+    known: AbstractSet[str] = frozenset()
+    # Refused CONNECTs of client ids that are no device known here (neither seen nor registered) are
+    # kept for at most this many ids a window: what they count is given at the window's close to the
+    # one that turns out registered. Anyone who reaches the port can make them, and each id held a
+    # window's entry until the close: 4,000 refused CONNECTs a second, each with its own id, made
+    # ~1.2 M entries a 5-minute window (an outside-in test).
+    max_unknown_refused: int = 100_000
+    unknown_refused: dict[int, int] = field(default_factory=dict)  # per window: how many such ids are kept
 
     def index(self, at: float) -> int:
         return int(at // self.window_s)
@@ -178,7 +189,7 @@ class Aggregator:
         return window
 
     # -- events -------------------------------------------------------------------------------
-    def connect_attempt(self, client_id: str, address: str | None, ok: bool, at: float) -> None:
+    def connect_attempt(self, client_id: str, address: str | None, ok: bool, at: float) -> bool:
         """A CONNECT claiming ``client_id``. A refused one counts for that device (an attempt and an
         authorization failure) only if it is a device already (registered, or seen connected): it
         makes no device of its own, and its address is not one the device connected from. Before,
@@ -186,7 +197,9 @@ class Aggregator:
         in 5 s: datapoints for each every window, and a violation storm) and put addresses in a
         registered device's ``aws:source-ip-address`` without its credentials (an outside-in test).
         AWS: "The IP address from which a device has connected"; "Successful and unsuccessful
-        attempts are counted" (reference §3.3)."""
+        attempts are counted" (reference §3.3). Returns False for one not kept (``max_unknown_refused``)."""
+        if not ok and client_id not in self.seen and client_id not in self.known and not self._room_for(client_id, at):
+            return False
         window = self._client(client_id, at, seen=ok)
         window.connection_attempts += 1
         if ok:
@@ -196,6 +209,18 @@ class Aggregator:
             window.last_connect_ok = at
         else:
             window.auth_failures[None] = window.auth_failures.get(None, 0) + 1
+        return True
+
+    def _room_for(self, client_id: str, at: float) -> bool:
+        """Whether a refused CONNECT of an unknown ``client_id`` at ``at`` may be kept."""
+        index = self.index(at)
+        if client_id in self.windows.get(index, {}):
+            return True
+        kept = self.unknown_refused.get(index, 0)
+        if kept >= self.max_unknown_refused:
+            return False
+        self.unknown_refused[index] = kept + 1
+        return True
 
     def authorization_failure(self, client_id: str, topic: str | None, at: float) -> None:
         window = self._client(client_id, at)
@@ -277,6 +302,8 @@ class Aggregator:
         first = max(first, current - self.max_catch_up)
         for stale in [w for w in self.windows if w < first]:
             del self.windows[stale]
+        for past in [w for w in self.unknown_refused if w < current]:
+            del self.unknown_refused[past]
         self.last_closed = current - 1
         return list(range(first, current))
 

@@ -25,12 +25,14 @@ from typing import Any
 import anyio.to_thread
 import sqlalchemy.exc
 import structlog
+from prometheus_client import Counter
 from sqlalchemy.engine import Engine
 
 from iotdefender.cloud.aggregator import (CLOUD_METRICS, Aggregator, ClientWindow, connection_changes, dimension_specs,
                                          pack, unpack)
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.ingest.report import ReportRejected, check_thing_name
+from iotdefender.log_limits import LimitedLog
 from iotdefender.net_address import ip_of_endpoint
 from iotdefender.pipeline.batch_isolation import store_isolating
 from iotdefender.pipeline.batch_store import BATCH_MAX, BatchStore
@@ -41,6 +43,11 @@ from iotdefender.store.database import writing
 from iotdefender.store.partition_selection import PartitionSelection
 
 log = structlog.get_logger("iotdefender.cloud")
+
+REFUSED_NOT_KEPT = Counter("iotdefender_cloud_refused_connects_not_kept",
+                           "Refused CONNECTs of client ids that are no known device, past the number kept a window "
+                           "(Aggregator.max_unknown_refused): counted for no device")
+REFUSED_NOT_KEPT_LOG = LimitedLog(log, "cloud_refused_connect_not_kept", "iotdefender_cloud_refused_connects_not_kept_total")
 
 _EVENT_TYPES = ("connect", "authorization-failure", "disconnect", "publish", "deliver")
 MAX_INTAKE_EVENTS = 10_000
@@ -76,8 +83,11 @@ class CloudEventIntake:
         return at if closed is None or self.aggregator.index(at) > closed else now
 
     def connect_attempt(self, client_id: str | None, address: str | None, ok: bool, at: float | None = None) -> None:
-        if client_id:
-            self.aggregator.connect_attempt(client_id, address, ok, self._time(at))
+        if client_id and not self.aggregator.connect_attempt(client_id, address, ok, self._time(at)):
+            REFUSED_NOT_KEPT.inc()
+            REFUSED_NOT_KEPT_LOG("refused", client_id=client_id, limit=self.aggregator.max_unknown_refused,
+                                 detail="a refused CONNECT of a client id that is no known device, past the "
+                                        "number kept a window: not counted for anyone")
 
     def authorization_failure(self, client_id: str | None, topic: str | None, at: float | None = None) -> None:
         if client_id:
@@ -206,6 +216,7 @@ class CloudMetricsService(CloudEventIntake):
                 log_unless_outage(log, "registry_partitions_not_recorded", error)
         with self._engine.connect() as conn:
             monitored = registry.thing_names(conn, selection)
+        self.aggregator.known = monitored  # the seen devices join it below: they are known too
         monitored |= self.aggregator.seen
         return monitored
 
