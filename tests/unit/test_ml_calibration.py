@@ -5,6 +5,7 @@ the anomalies a window can hold."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -168,3 +169,11 @@ def test_a_hidden_share_of_heavy_tails_lifts_the_thresholds_to_the_mixtures_quan
     for share, threshold in zip(shares, mixed):
         assert 0.3 * share < mixture_beyond(threshold) < 3 * share, (share, threshold)
     assert calibration.mixed_thresholds(normal, heavy, 0.0, shares, floors) == pytest.approx(plain, rel=1e-6)
+
+
+def test_the_kurtosis_of_a_nearly_constant_device_tells_nothing_and_warns_nothing() -> None:
+    """An operator's trial found "overflow encountered in divide" here in the service's log."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        told = calibration.heavier_than_normal(np.array([1e308, 3.0, np.nan]), np.array([1_000_000, 0, 10]))
+    assert told.tolist() == [False, False, False]
