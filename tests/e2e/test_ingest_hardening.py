@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.figures import publish_figures
+from tests.support.metrics import metric_sample
 from tests.support.mqtt import Device
 from tests.support import plain_http
 
@@ -139,8 +140,7 @@ def test_replies_that_quote_a_huge_name_reach_their_device_and_cost_no_one_else(
 
 
 def metric_total(service, name: str) -> float:
-    metrics = plain_http.get(service.endpoint + "/metrics", timeout=5).text
-    return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name + " "))
+    return metric_sample(service.endpoint, name)
 
 
 def throttled_total(service) -> float:

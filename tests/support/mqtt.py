@@ -9,7 +9,7 @@ from typing import Any
 import cbor2
 import paho.mqtt.client as mqtt
 
-from tests.support import plain_http
+from tests.support.metrics import metric_sample
 
 
 class Device:
@@ -81,7 +81,4 @@ def report(report_id: int, ports: list[int] | None = None, **blocks: Any) -> dic
 
 def mqtt_denials(endpoint: str, reason: str) -> float:
     """``iotdefender_mqtt_denials_total{reason}`` from the service's ``/metrics``."""
-    for line in plain_http.get(endpoint + "/metrics").text.splitlines():
-        if line.startswith(f'iotdefender_mqtt_denials_total{{reason="{reason}"}}'):
-            return float(line.split()[-1])
-    return 0.0
+    return metric_sample(endpoint, f'iotdefender_mqtt_denials_total{{reason="{reason}"}}')
