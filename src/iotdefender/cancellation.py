@@ -30,3 +30,17 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[object] | None]) -> None:
     for task in every:
         if not task.cancelled():
             task.exception()  # retrieved: asyncio would log it as never retrieved otherwise
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """``event.wait()`` for at most ``timeout`` seconds; whether it was set. Through
+    ``asyncio.timeout``, which tells its own cancellation from a caller's, instead of ``wait_for``:
+    a loop that waits so between rounds and was cancelled as the event was set went on, and
+    ``task.cancel(); await task`` never returned (an alert deliverer's loop: a 300 s test timeout
+    in a fresh-clone run on a loaded machine; the service's own stop awaits its tasks too)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+        return True
+    except TimeoutError:
+        return False

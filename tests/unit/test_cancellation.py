@@ -1,11 +1,12 @@
-"""cancel_and_wait ends a loop whose first cancellation Python 3.11's asyncio.wait_for swallowed."""
+"""cancel_and_wait ends a loop whose first cancellation Python 3.11's asyncio.wait_for swallowed, and
+wait_event, which waits between a loop's rounds, does not swallow one."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 
-from iotdefender.cancellation import cancel_and_wait
+from iotdefender.cancellation import cancel_and_wait, wait_event
 
 
 async def _loop_through_wait_for(arrived: list[asyncio.Future[int]], rounds: list[int]) -> None:
@@ -45,3 +46,38 @@ def test_tasks_that_end_on_the_first_cancellation_or_have_ended_are_waited_for()
         return [sleeper.cancelled(), finished.done() and not finished.cancelled()]
 
     assert asyncio.run(go()) == [True, True]
+
+
+def test_a_loop_waiting_through_wait_event_ends_on_one_cancellation_as_the_event_is_set() -> None:
+    """The alert deliverer's loop, through wait_for on 3.11, went on after ``task.cancel()`` when
+    its event was set in the same turn (and ``await task`` hung: a 300 s test timeout)."""
+    async def go() -> tuple[bool, list[int]]:
+        event = asyncio.Event()
+        rounds: list[int] = []
+
+        async def loop() -> None:
+            while len(rounds) < 3:
+                await wait_event(event, 10)
+                rounds.append(1)
+                event.clear()
+
+        task = asyncio.create_task(loop())
+        await asyncio.sleep(0)
+        event.set()
+        task.cancel()
+        await asyncio.wait([task], timeout=1)
+        ended = task.cancelled()
+        await cancel_and_wait([task])
+        return ended, rounds
+
+    assert asyncio.run(go()) == (True, [])
+
+
+def test_wait_event_says_whether_the_event_was_set() -> None:
+    async def go() -> tuple[bool, bool]:
+        event = asyncio.Event()
+        late = await wait_event(event, 0.01)
+        asyncio.get_running_loop().call_later(0.01, event.set)
+        return late, await wait_event(event, 5)
+
+    assert asyncio.run(go()) == (False, True)

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Engine
 
 from iotdefender.alerts.routes import KINDS, NO_DESTINATION, SNS_PREFIX, AlertRoutes, kind_of
 from iotdefender.alerts.subscriptions import Webhook
+from iotdefender.cancellation import wait_event
 from iotdefender.store import alert_outbox
 from iotdefender.store.availability import log_unless_outage
 from iotdefender.store.database import writing
@@ -134,10 +135,7 @@ class AlertDelivery:
                     log_unless_outage(log, "alert_delivery_failed", error)
                     delivered = 0
                 if not delivered:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-                    except TimeoutError:
-                        pass
+                    await wait_event(self._wake, 0.5)
                     self._wake.clear()
         finally:
             lanes = list(self._lanes.values())

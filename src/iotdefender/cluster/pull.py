@@ -28,6 +28,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from iotdefender.cancellation import wait_event
+
 STATUS = "Status"
 DESCRIPTION = "Description"
 NO_MESSAGES, REQUEST_TIMEOUT, CONFLICT, HEARTBEAT = "404", "408", "409", "100"
@@ -78,10 +80,7 @@ class PullStream:
             self._arrived.clear()
             if self._queue:
                 continue
-            try:
-                await asyncio.wait_for(self._arrived.wait(), max(0.0, min(deadline, self._expires_at) - now))
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._arrived, max(0.0, min(deadline, self._expires_at) - now))
 
     async def keep_open(self, timeout: float) -> None:
         """A request open for up to ``timeout`` (sent unless one is): a reader calls it as it hands

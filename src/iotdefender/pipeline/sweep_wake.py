@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 
+from iotdefender.cancellation import wait_event
+
 SETTLE_S = 0.1  # at most ten woken sweeps a second, each 0.1 s after the change it is for
 
 
@@ -43,9 +45,7 @@ class SweepWake:
         """Until woken (and ``settle`` seconds more, for the rest of a burst) or ``timeout``
         seconds passed; True when woken."""
         assert self._event is not None, "bind() first"
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except TimeoutError:
+        if not await wait_event(self._event, timeout):
             return False
         await asyncio.sleep(settle)
         self._event.clear()
