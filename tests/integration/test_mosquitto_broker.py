@@ -5,6 +5,7 @@ in one line."""
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import socket
 import time
@@ -17,6 +18,7 @@ from prometheus_client import REGISTRY
 
 from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.listeners import ListenerSettings
+from iotdefender.brokers.mosquitto import config as mosquitto_config
 from iotdefender.brokers.mosquitto.broker import MosquittoBroker
 from tests.support.mqtt import stop_network_loop
 from tests.support.processes import free_port
@@ -69,17 +71,23 @@ async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
 
 
 def run_with_broker(body: Callable[[MosquittoBroker, int, Recorder, list], Awaitable[None]],
-                    tmp_path: Any) -> None:
+                    tmp_path: Any, answer: bool = False) -> None:
+    """``answer``: every report is answered ``accepted`` as the service answers (the broker hands a
+    thing's reports over only while fewer than config.REPORTS_AWAITING_ANSWER wait for theirs)."""
     async def main() -> None:
         port = free_port()
         recorder = Recorder()
         reports: list = []
+        built: list[MosquittoBroker] = []
 
         def sink(thing: str, encoding: str, payload: bytes, received: float | None = None) -> None:
             reports.append((thing, encoding, payload))
+            if answer:
+                built[0].publish_now(f"$aws/things/{thing}/defender/metrics/{encoding}/accepted", b"{}")
 
         gatekeeper = Gatekeeper(observer=recorder)
         broker = MosquittoBroker(ListenerSettings("127.0.0.1", port), gatekeeper, sink, cache_dir=tmp_path / "cache")
+        built.append(broker)
         await broker.start()
         try:
             await body(broker, port, recorder, reports)
@@ -169,70 +177,126 @@ async def take_over_service_connection(broker: MosquittoBroker, port: int) -> mq
     return impostor
 
 
-def test_the_connected_count_is_right_again_after_batches_the_service_missed(tmp_path):
+def test_while_the_service_reconnects_devices_wait_and_the_events_are_held(tmp_path):
     """The service's own connection is taken over (a client logging in with its id and secret) and
-    comes back a second later; two devices connect and one disconnects meanwhile, and their event
-    batches reach nobody. A count kept from those events stayed at 1 (the device that left, the two
-    that came unseen); the plugin's count says 2 as soon as the service is back."""
+    comes back a second later. Meanwhile a device's CONNECT is refused (as before the service's first
+    "ready") and a connected device's disconnection is held, not sent to a connection that is gone:
+    the service gets it once back, and counts 1 device connected."""
     async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
         first, codes, _ = connect(port, "cam-1")
-        assert await in_thread(codes.get, True, 5) == 0
-        assert await _counted(broker, 1)
-        impostor = await take_over_service_connection(broker, port)
         second, codes_2, _ = connect(port, "cam-2")
+        assert await in_thread(codes.get, True, 5) == 0 and await in_thread(codes_2.get, True, 5) == 0
+        assert await _counted(broker, 2)
+        impostor = await take_over_service_connection(broker, port)
         third, codes_3, _ = connect(port, "cam-3")
-        assert await in_thread(codes_2.get, True, 5) == 0 and await in_thread(codes_3.get, True, 5) == 0
+        assert await in_thread(codes_3.get, True, 5) != 0, "a device connected while the service was away"
+        stop_network_loop(third)
         stop_network_loop(first)
         first.disconnect()
-        await asyncio.sleep(0.3)  # the batches of those events go to the impostor's session
-        assert await _counted(broker, 2, timeout=15), f"counted {len(broker.connections)}"
-        for client in (impostor, second, third):
+        assert await _counted(broker, 1, timeout=15), f"counted {len(broker.connections)}"
+        for _ in range(100):
+            if ("disconnect", "cam-1") in recorder.events:
+                break
+            await asyncio.sleep(0.05)
+        assert ("disconnect", "cam-1") in recorder.events
+        for client in (impostor, second):
             stop_network_loop(client)
             client.disconnect()
 
     run_with_broker(body, tmp_path)
 
 
-def reports_lost() -> float:
-    return REGISTRY.get_sample_value("iotdefender_broker_reports_lost_total") or 0.0
+def sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
 
 
-def test_reports_handed_over_while_the_service_was_away_are_counted_lost(tmp_path):
-    """Reports the plugin hands to the service's connection while another client holds its id reach
-    nobody (Mosquitto drops QoS 0 messages it cannot deliver, as it drops them past a full queue):
-    their PUBLISHes were acknowledged and they are never answered. The next batch's head says how
-    many reports came before it, so the service counts what it missed: every report published, less
-    those that reached the sink."""
+ANSWERED_UNAVAILABLE = ("iotdefender_mqtt_reports_answered_by_broker_total", {"code": "ServiceUnavailable"})
+ANSWERED_THROTTLED = ("iotdefender_mqtt_reports_answered_by_broker_total", {"code": "Throttled"})
+
+
+def test_reports_while_the_service_reconnects_are_answered_service_unavailable_by_the_broker(tmp_path):
+    """Handed to the service's connection while another client held its id, reports reached nobody:
+    acknowledged, never answered. The broker now answers them itself, ``rejected`` ServiceUnavailable
+    (retryable), counts them, and hands the service none of them."""
     async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
         device, codes, _ = connect(port, "cam-1")
         assert await in_thread(codes.get, True, 5) == 0
+        answers: queue.Queue[dict] = queue.Queue()
+        device.on_message = lambda c, u, message: answers.put(json.loads(message.payload))
+        subscribed: queue.Queue[int] = queue.Queue()
+        device.on_subscribe = lambda c, u, mid, reasons, p: subscribed.put(mid)
+        device.subscribe("$aws/things/cam-1/defender/metrics/json/rejected", qos=1)
+        await in_thread(subscribed.get, True, 5)
+        answered_before = REGISTRY.get_sample_value(*ANSWERED_UNAVAILABLE) or 0.0
+        lost_before = sample("iotdefender_broker_reports_lost_total")
+        impostor = await take_over_service_connection(broker, port)
         topic = "$aws/things/cam-1/defender/metrics/json"
-        await in_thread(device.publish(topic, b"{}", qos=1).wait_for_publish, 5)
+        for n in range(3):
+            await in_thread(device.publish(topic, b'{"n":%d}' % n, qos=1).wait_for_publish, 5)
+        got = [await in_thread(answers.get, True, 5) for _ in range(3)]
+        assert {(a["thingName"], a["status"], a["statusDetails"]["ErrorCode"]) for a in got} == \
+            {("cam-1", "REJECTED", "ServiceUnavailable")}
+        deadline = time.monotonic() + 15
+        while not reports:  # one more report now and then, until the service is back
+            assert time.monotonic() < deadline, "the service's connection did not come back"
+            await in_thread(device.publish(topic, b'{"again":1}', qos=1).wait_for_publish, 5)
+            await asyncio.sleep(0.3)
+        assert all(payload == b'{"again":1}' for _, _, payload in reports)  # none of the three
         for _ in range(100):
-            if reports:
+            if (REGISTRY.get_sample_value(*ANSWERED_UNAVAILABLE) or 0.0) - answered_before >= 3:
                 break
             await asyncio.sleep(0.05)
-        assert len(reports) == 1
-        lost_before = reports_lost()
-        impostor = await take_over_service_connection(broker, port)
-        published = 1
-        for n in range(5):
-            await in_thread(device.publish(topic, b'{"n":%d}' % n, qos=1).wait_for_publish, 5)
-            published += 1
-        deadline = time.monotonic() + 15
-        while len(reports) < 2:  # one more report now and then, until the service is back
-            assert time.monotonic() < deadline, "the service's connection did not come back"
-            await in_thread(device.publish(topic, b'{"again":%d}' % published, qos=1).wait_for_publish, 5)
-            published += 1
-            await asyncio.sleep(0.3)
-        await asyncio.sleep(0.3)
-        assert published - len(reports) >= 5
-        assert reports_lost() - lost_before == published - len(reports)
+        assert (REGISTRY.get_sample_value(*ANSWERED_UNAVAILABLE) or 0.0) - answered_before >= 3
+        assert sample("iotdefender_broker_reports_lost_total") == lost_before
         for client in (impostor, device):
             stop_network_loop(client)
             client.disconnect()
 
     run_with_broker(body, tmp_path)
+
+
+def test_report_batches_the_broker_drops_for_a_slow_service_are_counted_lost(tmp_path, monkeypatch):
+    """What the broker queues for the service's connection is bounded (``max_queued_messages``, here
+    2); a service that does not read (its event loop blocked for 3 s) has the rest dropped by
+    Mosquitto. Those reports were acknowledged and are never answered: the next batch's head tells
+    the service how many, counted in iotdefender_broker_reports_lost_total (every report published,
+    less those that reached the sink)."""
+    monkeypatch.setattr(mosquitto_config, "SERVICE_QUEUE", 2)
+
+    async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
+        devices = []
+        for n in range(8):
+            device, codes, _ = connect(port, f"cam-{n}")
+            assert await in_thread(codes.get, True, 5) == 0
+            devices.append(device)
+        lost_before = sample("iotdefender_broker_reports_lost_total")
+        throttled_before = REGISTRY.get_sample_value(*ANSWERED_THROTTLED) or 0.0
+        big = b'{"pad":"' + b"x" * 120_000 + b'"}'
+        # 8 devices x 30 reports of 120 KB (29 MB, more than the sockets between the broker and the
+        # service hold), within the publish rate's burst and the 32 reports a thing may have waiting.
+        sent = [device.publish(f"$aws/things/cam-{n}/defender/metrics/json", big, qos=0)
+                for _ in range(30) for n, device in enumerate(devices)]
+        time.sleep(3)  # the service's event loop reads nothing meanwhile
+        for info in sent:
+            await in_thread(info.wait_for_publish, 5)
+        await asyncio.sleep(1)
+        await in_thread(devices[0].publish("$aws/things/cam-0/defender/metrics/json", b'{"last":1}',
+                                           qos=1).wait_for_publish, 5)
+        for _ in range(100):
+            if reports and reports[-1][2] == b'{"last":1}':
+                break
+            await asyncio.sleep(0.05)
+        assert reports[-1][2] == b'{"last":1}'
+        answered_by_broker = (REGISTRY.get_sample_value(*ANSWERED_THROTTLED) or 0.0) - throttled_before
+        handed_over = 8 * 30 + 1 - answered_by_broker
+        lost = sample("iotdefender_broker_reports_lost_total") - lost_before
+        assert lost > 0, "nothing was dropped: the test did not overflow the service's queue"
+        assert lost == handed_over - len(reports), (lost, handed_over, len(reports))
+        for device in devices:
+            stop_network_loop(device)
+            device.disconnect()
+
+    run_with_broker(body, tmp_path, answer=True)
 
 
 def test_a_port_in_use_is_one_clear_error(tmp_path):

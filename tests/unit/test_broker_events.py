@@ -17,7 +17,7 @@ class Recorder:
 
     NAMES = {"connect_attempt": "connect", "authorization_failure": "authorization-failure",
              "disconnect": "disconnect", "message_sent": "sent", "message_received": "received",
-             "record_denial": "denial", "record_reports_shed": "shed",
+             "record_denial": "denial", "record_answered_by_broker": "answered",
              "record_throttled": "throttled"}
 
     def __init__(self) -> None:
@@ -137,8 +137,9 @@ def test_batch_numbers_go_to_the_handover_and_counts_are_told_once_per_batch():
             return super().events(instance, number)
 
     denials, numbers = Recorder(), Numbers()
-    payload = batch(("Q", "4000000000", "17"), ("T", "1700000000000"), ("O", "cam-9", "250"), ("O", "cam-8", "x"),
+    payload = batch(("Q", "4000000000", "17"), ("T", "1700000000000"), ("O", "cam-9", "250"), ("O", "cam-8", "x"), ("U", "cam-5", "3"),
                     ("L", "cam-7", "6000"), ("L", "cam-6", ""))
-    assert apply_events(payload, NULL_OBSERVER, denials, connections(), numbers) == 4  # Q and T are no events
+    assert apply_events(payload, NULL_OBSERVER, denials, connections(), numbers) == 5  # Q and T are no events
     assert numbers.seen == [(4_000_000_000, 17)]
-    assert denials.calls == [("shed", "cam-9", 250), ("throttled", "cam-7", 6000)]  # malformed counts: ignored
+    assert denials.calls == [("answered", "cam-9", "Throttled", 250), ("answered", "cam-5", "ServiceUnavailable", 3),
+                             ("throttled", "cam-7", 6000)]  # malformed counts: ignored

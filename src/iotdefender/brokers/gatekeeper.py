@@ -29,11 +29,13 @@ REPORT_TOPIC = re.compile(r"^\$aws/things/([^/]+)/defender/metrics/(json|cbor)$"
 MQTT_DENIALS = PromCounter("iotdefender_mqtt_denials", "MQTT requests refused by the gatekeeper", ["reason"])
 MQTT_THROTTLED = PromCounter("iotdefender_mqtt_publishes_throttled",
                              "PUBLISHes dropped because their connection was past --mqtt-publish-rate")
-REPORTS_SHED = PromCounter("iotdefender_mqtt_reports_shed",
-                           "Reports the broker answered rejected Throttled itself: their thing already had as many "
-                           "reports waiting for the service's answers as the broker hands over")
+ANSWERED_BY_BROKER = PromCounter(
+    "iotdefender_mqtt_reports_answered_by_broker",
+    "Reports the broker answered rejected itself, by code: Throttled when their thing already had as many reports "
+    "waiting for the service's answers as the broker hands over, ServiceUnavailable while the service's connection "
+    "was away", ["code"])
 # One line per thing and batch of events would be a line every 50 ms per flooding device.
-SHED_LOG = LimitedLog(log, "mqtt_reports_shed", "iotdefender_mqtt_reports_shed_total")
+ANSWERED_LOG = LimitedLog(log, "mqtt_report_answered_by_broker", "iotdefender_mqtt_reports_answered_by_broker_total")
 
 
 def check_password_file(path: Path) -> int:
@@ -66,12 +68,12 @@ class Gatekeeper:
         Core drops them so too, and the device did nothing it may not do)."""
         MQTT_THROTTLED.inc(count)
 
-    def record_reports_shed(self, thing: str, count: int) -> None:
-        """Reports of ``thing`` the broker answered itself (config.REPORTS_AWAITING_ANSWER)."""
-        REPORTS_SHED.inc(count)
-        SHED_LOG("reports_shed", thing=thing, reports=count,
-                 detail="answered rejected Throttled by the broker: the thing's earlier reports still wait for "
-                        "their answers")
+    def record_answered_by_broker(self, thing: str, code: str, count: int) -> None:
+        """Reports of ``thing`` the broker answered ``rejected`` ``code`` itself (defender_plugin.c)."""
+        ANSWERED_BY_BROKER.labels(code).inc(count)
+        ANSWERED_LOG(code, thing=thing, code=code, reports=count,
+                     detail="answered by the broker: the thing's earlier reports still wait for their answers"
+                     if code == "Throttled" else "answered by the broker: the service's connection was away")
 
     def record_denial(self, client_id: str | None, reason: str, topic: str | None = None,
                       at: float | None = None) -> None:

@@ -28,6 +28,10 @@
  *    it, and Mosquitto dropped whole batches past max_queued_messages, other devices' reports among
  *    them: acknowledged, never answered, counted nowhere (an outside-in test). Counts of a thing
  *    whose answers were lost (the service's connection broke) start over after AWAITING_STALE_MS.
+ *  - while the service's connection is away (from its disconnection, or a new connection of
+ *    its, until that one says "ready"), devices' CONNECTs are refused as at start-up, a report is
+ *    answered here `rejected` ServiceUnavailable (retryable; U records) and events are held: handed
+ *    to a connection that is gone they reached nobody, acknowledged and never answered.
  *  - the service's own connection (service_id + a per-start secret) may do anything; it alone
  *    may publish on the control topic and it receives the event batches.
  *
@@ -50,6 +54,8 @@
  *                           down are lost: the count, unlike a set kept from C and D, heals at once)
  *   O thing count           reports of the thing answered here, not handed to the service (see
  *                           "answers" above), since the last batch
+ *   U thing count           reports of the thing answered here ServiceUnavailable, since the
+ *                           last batch: the service's connection was away
  *   Q instance sequence     first in every batch: this plugin instance's number (random at load)
  *                           and the batch's, from 0, so that the service counts the batches it
  *                           never got (dropped by Mosquitto, or sent while its connection was down)
@@ -216,7 +222,8 @@ enum auth_mode { AUTH_NONE, AUTH_PASSWORD, AUTH_CERT };
 
 static mosquitto_plugin_id_t *plugin_id;
 static char *service_id;
-static bool service_ready = false; /* see on_basic_auth */
+static bool service_ready = false; /* see on_basic_auth; false again while the service reconnects */
+static const struct mosquitto *service_client; /* the service's current connection */
 static char *service_secret;
 static enum auth_mode auth_mode = AUTH_NONE;
 static bool acl_any = false;
@@ -244,6 +251,7 @@ static struct table buckets;       /* client id -> its struct bucket, while it i
 static struct table awaiting;      /* thing -> its struct awaiting, while the service owes it answers */
 static struct table shed;          /* thing -> reports answered here since the last event batch (unsigned long *) */
 static struct table throttled;     /* client id -> PUBLISHes dropped for publish_rate since then (unsigned long *) */
+static struct table unavailable;   /* thing -> reports answered here while the service was away (unsigned long *) */
 static unsigned report_window = 0; /* reports a thing may have waiting for the service's answer (0: no limit) */
 static uint32_t instance;          /* this plugin's number, random at load (Q records, report batches) */
 static uint32_t reports_handed;    /* reports handed to the service so far, modulo 2^32 */
@@ -314,9 +322,13 @@ static void send_to_service(struct buffer *b, const char *topic)
 	b->len = 0;
 }
 
+/* Events are held while the service reconnects (sent to its gone connection they would reach
+ * nobody), up to EVENTS_HELD_BYTES; past that the batch goes, lost, and the service counts it. */
+#define EVENTS_HELD_BYTES (16 * 1024 * 1024)
+
 static void flush_events(void)
 {
-	if(!events.len) return;
+	if(!events.len || (!service_ready && events.len < EVENTS_HELD_BYTES)) return;
 	send_to_service(&events, EVENTS_TOPIC);
 	event_batches++;
 }
@@ -544,7 +556,12 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(is_service(client_id)){
 		bool ok = ed->username && ed->password && !strcmp(ed->username, service_id)
 			&& !strcmp(ed->password, service_secret);
-		if(ok) return MOSQ_ERR_SUCCESS;
+		if(ok){
+			/* A new connection of the service's has not subscribed yet: devices wait for its "ready". */
+			service_client = ed->client;
+			service_ready = false;
+			return MOSQ_ERR_SUCCESS;
+		}
 		reason = "auth_bad_password";
 	}else if(!service_ready){
 		/* Mosquitto listens before the service's own client has subscribed: a device's report
@@ -832,12 +849,15 @@ static size_t cbor_text(unsigned char *at, const char *text)
 	return head + len;
 }
 
+static const char THROTTLED_MESSAGE[] = "Too many of this thing's reports are waiting for their answers; "
+	"this one was not processed (a device sends one report per interval)";
+static const char UNAVAILABLE_MESSAGE[] = "The service is reconnecting to the broker; the report was not "
+	"processed: retry later";
+
 /* Answer a report not handed to the service, as the service answers (ingest/replies.py): `rejected`
- * Throttled, in the report's encoding, on the thing's reply topic. */
-static void answer_shed(const char *topic, const char *thing)
+ * with `code`, in the report's encoding, on the thing's reply topic. */
+static void answer_rejected(const char *topic, const char *thing, const char *code, const char *message)
 {
-	static const char message[] = "Too many of this thing's reports are waiting for their answers; "
-		"this one was not processed (a device sends one report per interval)";
 	char reply_topic[512];
 	unsigned char body[1024];
 	size_t len = 0, i;
@@ -857,7 +877,7 @@ static void answer_shed(const char *topic, const char *thing)
 		len += cbor_text(body + len, "statusDetails");
 		body[len++] = 0xa2;
 		len += cbor_text(body + len, "ErrorCode");
-		len += cbor_text(body + len, "Throttled");
+		len += cbor_text(body + len, code);
 		len += cbor_text(body + len, "ErrorMessage");
 		len += cbor_text(body + len, message);
 		len += cbor_text(body + len, "timestamp");
@@ -873,8 +893,8 @@ static void answer_shed(const char *topic, const char *thing)
 			body[len++] = (unsigned char)thing[i];
 		}
 		len += (size_t)snprintf((char *)body + len, sizeof(body) - len, "\",\"status\":\"REJECTED\","
-				"\"statusDetails\":{\"ErrorCode\":\"Throttled\",\"ErrorMessage\":\"%s\"},\"timestamp\":%lld}",
-				message, ms);
+				"\"statusDetails\":{\"ErrorCode\":\"%s\",\"ErrorMessage\":\"%s\"},\"timestamp\":%lld}",
+				code, message, ms);
 	}
 	mosquitto_broker_publish_copy(NULL, reply_topic, (int)len, body, 1, false, NULL);
 }
@@ -938,10 +958,14 @@ static int on_message(int event, void *event_data, void *userdata)
 		record("S", client_id, size, ed->topic, NULL);
 	}
 	if(ed->topic[0] == '$' && report_topic(ed->topic, thing, sizeof(thing))){
-		if(report_admitted(thing)){
+		if(!service_ready){
+			/* Handed to a connection that is gone (or has not subscribed yet), it would reach nobody. */
+			answer_rejected(ed->topic, thing, "ServiceUnavailable", UNAVAILABLE_MESSAGE);
+			count_event(&unavailable, thing);
+		}else if(report_admitted(thing)){
 			append_report(ed->topic, thing, ed->payload, ed->payloadlen);
 		}else{
-			answer_shed(ed->topic, thing);
+			answer_rejected(ed->topic, thing, "Throttled", THROTTLED_MESSAGE);
 			count_event(&shed, thing);
 		}
 	}
@@ -955,6 +979,11 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	const char *client_id = mosquitto_client_id(ed->client);
 	(void)event; (void)userdata;
 
+	if(ed->client == service_client){
+		service_client = NULL;
+		service_ready = false; /* until the service's next connection says "ready" */
+		return MOSQ_ERR_SUCCESS;
+	}
 	if(!client_id || table_get(&authenticated, client_id) != ed->client) return MOSQ_ERR_SUCCESS;
 	table_del(&authenticated, client_id);
 	forget_bucket(client_id);
@@ -975,6 +1004,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 	if(elapsed >= flush_ns){
 		tell_count();
 		tell_counts(&shed, "O");
+		tell_counts(&unavailable, "U");
 		tell_counts(&throttled, "L");
 		sweep_awaiting();
 		flush_events();
@@ -1082,6 +1112,7 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *options, int
 	table_clear(&awaiting);
 	table_clear(&shed);
 	table_clear(&throttled);
+	table_clear(&unavailable);
 	/* authenticated holds Mosquitto's pointers: drop the entries, not what they point to. */
 	{
 		size_t k;
