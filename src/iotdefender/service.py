@@ -144,12 +144,15 @@ def gatekeeper_of(settings: Settings, auth: str, observer: BrokerObserver) -> Ga
     starts), telling ``observer`` what it refuses: one mapping for the single box and a cluster's
     broker nodes."""
     return Gatekeeper(auth=auth, acl=settings.mqtt_acl, observer=observer,
-                      publish_rate=settings.effective_mqtt_publish_rate)
+                      publish_rate=settings.effective_mqtt_publish_rate,
+                      max_subscriptions=settings.mqtt_max_subscriptions)
 
 
 def validate(settings: Settings) -> None:
     if settings.time_scale <= 0:
         raise ConfigurationError("--time-scale must be a positive number")
+    if settings.mqtt_max_subscriptions < 0 or settings.mqtt_publish_rate < 0:
+        raise ConfigurationError("--mqtt-max-subscriptions and --mqtt-publish-rate are 0 (no limit) or more")
     if (ml_problem := settings.ml_problem()) is not None:
         raise ConfigurationError(ml_problem)
     if settings.mqtt_url is not None:

@@ -37,6 +37,7 @@ class Settings:
     mqtt_acl: str = "own"
     mqtt_acl_file: Path | None = None  # Mosquitto acl_file for application topics (docs/mqtt-policy.md)
     mqtt_publish_rate: float = 100.0  # PUBLISHes a second per connection (AWS IoT Core's limit); 0: none
+    mqtt_max_subscriptions: int = 50  # topic filters one connection may hold (AWS IoT Core's quota); 0: none
     mqtt_url: str | None = None
     mqtt_client_id: str = "iotdefender-intake"  # brokers/external.py: the reader's persistent session
     time_scale: float = 1.0
@@ -238,6 +239,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                       help="PUBLISHes a second one device connection may make on the service's broker; beyond "
                            "them its messages are dropped, as AWS IoT Core drops them past its 100 a second "
                            "(default 100, multiplied by --time-scale; 0: no limit; docs/mqtt-policy.md)")
+    mqtt.add_argument("--mqtt-max-subscriptions", type=int, default=d.mqtt_max_subscriptions,
+                      help="topic filters one device connection may hold on the service's broker; a SUBSCRIBE "
+                           "past them is refused, as AWS IoT Core refuses more than its 50 a connection "
+                           "(default 50; 0: no limit; docs/mqtt-policy.md)")
     mqtt.add_argument("--no-cloud-metrics", dest="cloud_metrics", action="store_false",
                       help="do not account broker events (cloud-side metrics) on the service's broker")
     mqtt.add_argument("--nats-events-url", default=None,

@@ -299,6 +299,50 @@ def test_report_batches_the_broker_drops_for_a_slow_service_are_counted_lost(tmp
     run_with_broker(body, tmp_path, answer=True)
 
 
+def test_a_connection_holds_at_most_50_topic_filters(tmp_path):
+    """AWS IoT Core refuses a connection's subscriptions past 50; one connection held 100,000 here
+    (an outside-in test), each in Mosquitto's tree. The 51st filter is refused (SUBACK failure) and
+    counted, not as an authorization failure; subscribing again to a filter held, or after an
+    UNSUBSCRIBE, is not refused; a clean session starts with none."""
+    async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
+        refused_before = sample("iotdefender_mqtt_subscriptions_refused_total")
+        device, codes, _ = connect(port, "cam-1")
+        assert await in_thread(codes.get, True, 5) == 0
+        granted: queue.Queue[list[int]] = queue.Queue()
+        device.on_subscribe = lambda c, u, mid, reasons, p: granted.put([r.value for r in reasons])
+
+        async def subscribe(*filters: str) -> list[int]:
+            device.subscribe([(f, 1) for f in filters])
+            return await in_thread(granted.get, True, 5)
+
+        for start in range(0, 48, 8):  # AWS takes 8 filters a SUBSCRIBE
+            assert await subscribe(*(f"cmd/cam-1/{n}" for n in range(start, start + 8))) == [1] * 8
+        assert await subscribe("$aws/things/cam-1/defender/metrics/json/+", "cmd/cam-1/48") == [1, 1]  # 50
+        assert await subscribe("cmd/cam-1/50", "cmd/cam-1/0") == [0x80, 1]  # the 51st; one held already
+        unsubscribed: queue.Queue[int] = queue.Queue()
+        device.on_unsubscribe = lambda c, u, mid, reasons, p: unsubscribed.put(mid)
+        device.unsubscribe("cmd/cam-1/7")
+        await in_thread(unsubscribed.get, True, 5)
+        assert await subscribe("cmd/cam-1/50") == [1]
+        for _ in range(100):
+            if sample("iotdefender_mqtt_subscriptions_refused_total") - refused_before >= 1:
+                break
+            await asyncio.sleep(0.05)
+        assert sample("iotdefender_mqtt_subscriptions_refused_total") - refused_before == 1
+        assert not any(event[0] == "authorization_failure" for event in recorder.events)
+        stop_network_loop(device)
+        device.disconnect()
+        again, codes, _ = connect(port, "cam-1")  # a clean session: its filters are gone
+        assert await in_thread(codes.get, True, 5) == 0
+        device = again
+        device.on_subscribe = lambda c, u, mid, reasons, p: granted.put([r.value for r in reasons])
+        assert await subscribe(*(f"cmd/cam-1/new-{n}" for n in range(8))) == [1] * 8
+        stop_network_loop(device)
+        device.disconnect()
+
+    run_with_broker(body, tmp_path)
+
+
 def test_a_port_in_use_is_one_clear_error(tmp_path):
     async def main() -> None:
         with socket.socket() as holder:

@@ -34,6 +34,9 @@ ANSWERED_BY_BROKER = PromCounter(
     "Reports the broker answered rejected itself, by code: Throttled when their thing already had as many reports "
     "waiting for the service's answers as the broker hands over, ServiceUnavailable while the service's connection "
     "was away", ["code"])
+SUBSCRIPTIONS_REFUSED = PromCounter("iotdefender_mqtt_subscriptions_refused",
+                                    "Topic filters refused because their connection held --mqtt-max-subscriptions already")
+SUBSCRIPTIONS_LOG = LimitedLog(log, "mqtt_subscriptions_refused", "iotdefender_mqtt_subscriptions_refused_total")
 # One line per thing and batch of events would be a line every 50 ms per flooding device.
 ANSWERED_LOG = LimitedLog(log, "mqtt_report_answered_by_broker", "iotdefender_mqtt_reports_answered_by_broker_total")
 
@@ -58,6 +61,7 @@ class Gatekeeper:
     acl: str = "own"  # own | any
     observer: BrokerObserver = NULL_OBSERVER  # cloud-side metrics: told of every refused PUBLISH or SUBSCRIBE
     publish_rate: float = 100.0  # PUBLISHes a second per connection; beyond them dropped (0: no limit)
+    max_subscriptions: int = 50  # topic filters a connection may hold; a SUBSCRIBE past them refused (0: no limit)
 
     @property
     def observes_traffic(self) -> bool:
@@ -74,6 +78,12 @@ class Gatekeeper:
         ANSWERED_LOG(code, thing=thing, code=code, reports=count,
                      detail="answered by the broker: the thing's earlier reports still wait for their answers"
                      if code == "Throttled" else "answered by the broker: the service's connection was away")
+
+    def record_subscriptions_refused(self, client_id: str, count: int) -> None:
+        """SUBSCRIBEs refused because their connection held ``max_subscriptions`` filters already: not
+        authorization failures (the device may subscribe there; it holds too many)."""
+        SUBSCRIPTIONS_REFUSED.inc(count)
+        SUBSCRIPTIONS_LOG("subscriptions_refused", client_id=client_id, refused=count, limit=self.max_subscriptions)
 
     def record_denial(self, client_id: str | None, reason: str, topic: str | None = None,
                       at: float | None = None) -> None:

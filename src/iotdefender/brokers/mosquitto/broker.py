@@ -137,7 +137,8 @@ class MosquittoBroker:
         config.write_text(render_config(self._listeners, PluginOptions(
             library=library, service_id=self.client_id, service_secret=self._secret, auth=self._gatekeeper.auth,
             acl=self._gatekeeper.acl, password_file=self._password_file, acl_file=self._acl_file,
-            report_traffic=self._gatekeeper.observes_traffic, publish_rate=self._gatekeeper.publish_rate),
+            report_traffic=self._gatekeeper.observes_traffic, publish_rate=self._gatekeeper.publish_rate,
+            max_subscriptions=self._gatekeeper.max_subscriptions),
             Persistence(self._runtime, self._session_expiry_s, self._autosave_s)))
         config.chmod(0o600)
         self._spawn(executable, config)

@@ -47,6 +47,7 @@ class PluginOptions:
     flush_ms: int = 50
     publish_rate: float = 0.0  # PUBLISHes a second per connection (defender_plugin.c); 0: no limit
     report_window: int = REPORTS_AWAITING_ANSWER  # a thing's reports awaiting the service's answer; 0: no limit
+    max_subscriptions: int = 0  # topic filters a connection may hold (defender_plugin.c); 0: no limit
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def render_config(listeners: ListenerSettings, plugin: PluginOptions, persistenc
         f"plugin_opt_flush_ms {plugin.flush_ms}",
         f"plugin_opt_publish_rate {plugin.publish_rate:g}",
         f"plugin_opt_report_window {plugin.report_window}",
+        f"plugin_opt_max_subscriptions {plugin.max_subscriptions}",
     ]
     lines += persistence.lines() if persistence is not None else ["persistence false"]
     if plugin.password_file is not None:

@@ -16,6 +16,12 @@
  *    PUBLISH closes the connection (as AWS IoT does, once the PUBACK is out); a refused SUBSCRIBE
  *    gets a failure code. Deliveries are checked too (READ), so that a subscription restored from
  *    mosquitto.db (persistent sessions) gets only what the policy of this start allows.
+ *  - subscriptions: with max_subscriptions > 0, a connection holds at most that many topic
+ *    filters (AWS IoT Core: 50); a SUBSCRIBE past them gets a failure code, counted (M records),
+ *    not an authorization failure. Filters are followed per client id from its SUBSCRIBEs and
+ *    UNSUBSCRIBEs, forgotten when a clean session starts or ends (a persistent session's are kept;
+ *    those restored from mosquitto.db after a restart are not known, so such a client may add up to
+ *    max_subscriptions more).
  *  - rate: with publish_rate > 0, a connection's PUBLISHes beyond that many a second (a bucket of
  *    one second's worth) are dropped, as AWS IoT Core drops a connection's publishes beyond its
  *    100 a second; the connection stays. One device flooding used to push the service's own
@@ -56,6 +62,7 @@
  *                           "answers" above), since the last batch
  *   U thing count           reports of the thing answered here ServiceUnavailable, since the
  *                           last batch: the service's connection was away
+ *   M client count          topic filters refused past max_subscriptions since the last batch
  *   Q instance sequence     first in every batch: this plugin instance's number (random at load)
  *                           and the batch's, from 0, so that the service counts the batches it
  *                           never got (dropped by Mosquitto, or sent while its connection was down)
@@ -252,6 +259,9 @@ static struct table awaiting;      /* thing -> its struct awaiting, while the se
 static struct table shed;          /* thing -> reports answered here since the last event batch (unsigned long *) */
 static struct table throttled;     /* client id -> PUBLISHes dropped for publish_rate since then (unsigned long *) */
 static struct table unavailable;   /* thing -> reports answered here while the service was away (unsigned long *) */
+static struct table subscriptions; /* client id -> the struct table of its topic filters (values (void *)1) */
+static struct table oversubscribed; /* client id -> filters refused past max_subscriptions since then (unsigned long *) */
+static unsigned max_subscriptions = 0; /* topic filters a connection may hold (0: no limit) */
 static unsigned report_window = 0; /* reports a thing may have waiting for the service's answer (0: no limit) */
 static uint32_t instance;          /* this plugin's number, random at load (Q records, report batches) */
 static uint32_t reports_handed;    /* reports handed to the service so far, modulo 2^32 */
@@ -537,6 +547,44 @@ static char *certificate_name(struct mosquitto *client)
 	return name;
 }
 
+/* ---- subscriptions per connection (max_subscriptions) ---------------------------------------- */
+
+/* Whether the client may hold one more filter; recorded if so. A filter it holds already is no
+ * more (a SUBSCRIBE again replaces it). AWS IoT Core refuses more than 50 a connection; without a
+ * bound one connection held 100,000 (an outside-in test), each in Mosquitto's tree. */
+static bool subscription_allowed(const char *client_id, const char *filter)
+{
+	struct table *filters;
+	if(!max_subscriptions) return true;
+	filters = table_get(&subscriptions, client_id);
+	if(!filters){
+		filters = calloc(1, sizeof(*filters));
+		if(!filters) return true;
+		table_put(&subscriptions, client_id, filters);
+		if(table_get(&subscriptions, client_id) != filters){ free(filters); return true; }
+	}
+	if(table_get(filters, filter)) return true;
+	if(filters->count >= max_subscriptions) return false;
+	table_put(filters, filter, (void *)1);
+	return true;
+}
+
+static void unsubscribed(const char *client_id, const char *filter)
+{
+	struct table *filters = table_get(&subscriptions, client_id);
+	if(filters) table_del(filters, filter);
+}
+
+/* The client's session starts or ends clean: the filters it held are gone with it. */
+static void forget_subscriptions(const char *client_id)
+{
+	struct table *filters = table_get(&subscriptions, client_id);
+	if(!filters) return;
+	table_del(&subscriptions, client_id);
+	table_clear(filters); /* its values are (void *)1: not freed */
+	free(filters);
+}
+
 /* ---- callbacks ------------------------------------------------------------------------------ */
 
 /* BASIC_AUTH: every CONNECT (the plugin is the only authority; allow_anonymous is irrelevant).
@@ -589,6 +637,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	/* The connection that now owns this client id: a DISCONNECT is reported only for it, so a
 	 * refused CONNECT, or the older connection closed by a takeover, is not a disconnect. */
 	table_put(&authenticated, client_id, ed->client);
+	if(mosquitto_client_clean_session(ed->client)) forget_subscriptions(client_id);
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -689,13 +738,17 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 			schedule_kick(client_id, ed->client);
 			return MOSQ_ERR_ACL_DENIED;
 		case MOSQ_ACL_SUBSCRIBE:
-			if(ed->topic[0] != '$') return MOSQ_ERR_SUCCESS;
-			if(reply_filter(ed->topic, thing, sizeof(thing)) && own_or_any(thing, client_id)){
-				return MOSQ_ERR_SUCCESS;
+			if(ed->topic[0] == '$' && !(reply_filter(ed->topic, thing, sizeof(thing)) && own_or_any(thing, client_id))){
+				record("A", client_id, ed->topic, "subscribe_denied", NULL);
+				return MOSQ_ERR_ACL_DENIED;
 			}
-			record("A", client_id, ed->topic, "subscribe_denied", NULL);
-			return MOSQ_ERR_ACL_DENIED;
+			if(!subscription_allowed(client_id, ed->topic)){
+				count_event(&oversubscribed, client_id);
+				return MOSQ_ERR_ACL_DENIED; /* refused (SUBACK failure), not an authorization failure */
+			}
+			return MOSQ_ERR_SUCCESS;
 		default: /* UNSUBSCRIBE */
+			unsubscribed(client_id, ed->topic);
 			return MOSQ_ERR_SUCCESS;
 	}
 }
@@ -987,6 +1040,7 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	if(!client_id || table_get(&authenticated, client_id) != ed->client) return MOSQ_ERR_SUCCESS;
 	table_del(&authenticated, client_id);
 	forget_bucket(client_id);
+	if(mosquitto_client_clean_session(ed->client)) forget_subscriptions(client_id);
 	record("D", client_id, NULL, NULL, NULL);
 	return MOSQ_ERR_SUCCESS;
 }
@@ -1005,6 +1059,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 		tell_count();
 		tell_counts(&shed, "O");
 		tell_counts(&unavailable, "U");
+		tell_counts(&oversubscribed, "M");
 		tell_counts(&throttled, "L");
 		sweep_awaiting();
 		flush_events();
@@ -1076,6 +1131,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data,
 		else if(!strcmp(key, "flush_ms")) flush_ns = atol(value) * 1000000L;
 		else if(!strcmp(key, "publish_rate")) publish_rate = atof(value);
 		else if(!strcmp(key, "report_window")) report_window = (unsigned)strtoul(value, NULL, 10);
+		else if(!strcmp(key, "max_subscriptions")) max_subscriptions = (unsigned)strtoul(value, NULL, 10);
 		else if(!strcmp(key, "password_file")){
 			rc = load_passwords(value);
 			if(rc) return rc;
@@ -1113,6 +1169,15 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *options, int
 	table_clear(&shed);
 	table_clear(&throttled);
 	table_clear(&unavailable);
+	table_clear(&oversubscribed);
+	{
+		size_t k;
+		for(k = 0; k < subscriptions.size; k++){
+			struct entry *e;
+			for(e = subscriptions.buckets[k]; e; e = e->next) table_clear(e->value);
+		}
+		table_clear(&subscriptions); /* frees each filters table itself */
+	}
 	/* authenticated holds Mosquitto's pointers: drop the entries, not what they point to. */
 	{
 		size_t k;

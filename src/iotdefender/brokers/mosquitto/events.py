@@ -24,7 +24,7 @@ PUBLISH_REFUSED_LOG = LimitedLog(log, "mqtt_publish_refused", "iotdefender_mqtt_
 PUBLISH_THROTTLED_LOG = LimitedLog(log, "mqtt_publish_throttled", "iotdefender_mqtt_publishes_throttled_total")
 
 # Fields per record type, the type included ("T": the time of the records after it).
-_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3, "T": 2, "N": 2, "L": 3, "O": 3, "U": 3, "Q": 3}
+_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3, "T": 2, "N": 2, "L": 3, "O": 3, "U": 3, "M": 3, "Q": 3}
 # Reports the broker answered itself, by record type: the code of its answer.
 _ANSWERED = {"O": "Throttled", "U": "ServiceUnavailable"}
 
@@ -36,6 +36,8 @@ class DenialCounter(Protocol):
     def record_throttled(self, client_id: str | None, count: int) -> None: ...
 
     def record_answered_by_broker(self, thing: str, code: str, count: int) -> None: ...
+
+    def record_subscriptions_refused(self, client_id: str, count: int) -> None: ...
 
 
 def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounter,
@@ -80,6 +82,9 @@ def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounte
             if record[1].isdigit():
                 denials.record_throttled(record[0], int(record[1]))
                 PUBLISH_THROTTLED_LOG("publish_throttled", client_id=record[0], dropped=int(record[1]))
+        elif kind == "M":
+            if record[1].isdigit():
+                denials.record_subscriptions_refused(record[0], int(record[1]))
         elif kind in _ANSWERED:
             if record[1].isdigit():
                 denials.record_answered_by_broker(record[0], _ANSWERED[kind], int(record[1]))
