@@ -1,0 +1,197 @@
+"""Devices flooding their report topics, and whether the other devices' reports are still answered.
+
+An outside-in test found that a few devices publishing reports as fast as a socket allows cost other
+devices their answers: the service's connection to its broker filled faster than the service read
+it, Mosquitto dropped whole batches, and honest reports, acknowledged (PUBACK), were never answered
+nor counted. This runs that attack against ``iotdefender serve`` (its default broker, ``--time-scale``
+60 by default, so each connection may publish 6,000 messages a second):
+
+* ``--flooders`` devices, each one raw MQTT connection (client id = thing name) writing QoS 0
+  PUBLISHes of a malformed report (``garbage``: answered InvalidPayload) or of a valid one
+  (``valid``: Throttled) on its own report topic, 500 at a time, as fast as the socket takes them,
+  for ``--seconds``;
+* meanwhile ``--honest`` devices (paho-mqtt, QoS 1, subscribed to their replies) publish a
+  malformed report every ``--every`` seconds, each of which must be answered.
+
+Printed (and written to bench/results/report-flood-<date>.json): the honest reports sent, PUBACKed,
+answered and unanswered 30 s after the flood, their answer times (publish to reply), and the
+service's own counts over the run: reports rejected by the service, answered by the broker
+(Throttled past the reports a thing may have waiting; docs/mqtt-policy.md), publishes dropped for
+the rate, and reports the broker handed over that never reached the service (must be 0).
+
+    .venv/bin/python bench/report_flood.py [--flooders 10] [--seconds 20] [--kind garbage] [--honest 5]
+        [--every 0.25] [--time-scale 60] [--output FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import environment, report  # noqa: E402
+from tests.support.metrics import metric_sample  # noqa: E402
+from tests.support.processes import ServiceProcess  # noqa: E402
+
+COUNTED = {
+    "rejected_by_service": 'iotdefender_reports_total{outcome="rejected"}',
+    "accepted": 'iotdefender_reports_total{outcome="accepted"}',
+    "answered_by_broker_throttled": 'iotdefender_mqtt_reports_answered_by_broker_total{code="Throttled"}',
+    "answered_by_broker_unavailable": 'iotdefender_mqtt_reports_answered_by_broker_total{code="ServiceUnavailable"}',
+    "publishes_dropped_for_rate": "iotdefender_mqtt_publishes_throttled_total",
+    "reports_lost_between_broker_and_service": "iotdefender_broker_reports_lost_total",
+    "event_batches_lost": "iotdefender_broker_event_batches_lost_total",
+    "service_cpu_seconds": "process_cpu_seconds_total",
+}
+
+
+def _remaining(length: int) -> bytes:
+    """MQTT's variable-length "remaining length" (MQTT 3.1.1 §2.2.3)."""
+    out = bytearray()
+    while True:
+        byte, length = length % 128, length // 128
+        out.append(byte | (0x80 if length else 0))
+        if not length:
+            return bytes(out)
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">H", len(raw)) + raw
+
+
+def connect_packet(client_id: str) -> bytes:
+    body = _string("MQTT") + bytes([4, 0x02]) + struct.pack(">H", 60) + _string(client_id)
+    return b"\x10" + _remaining(len(body)) + body
+
+
+def publish_packet(topic: str, payload: bytes) -> bytes:
+    body = _string(topic) + payload
+    return b"\x30" + _remaining(len(body)) + body
+
+
+def flood(port: int, thing: str, payload: bytes, until: float, sent: dict[str, int]) -> None:
+    """One raw connection writing QoS 0 reports as fast as its socket takes them."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(connect_packet(thing))
+        sock.recv(4)  # CONNACK
+        batch = publish_packet(f"$aws/things/{thing}/defender/metrics/json", payload) * 500
+        n = 0
+        while time.monotonic() < until:
+            try:
+                sock.sendall(batch)
+            except OSError:
+                break
+            n += 500
+        sent[thing] = n
+
+
+class Honest:
+    """A paho device publishing a malformed report every ``every`` seconds and timing each answer."""
+
+    def __init__(self, port: int, thing: str) -> None:
+        self.thing = thing
+        self.sent: dict[int, float] = {}
+        self.answered: dict[int, float] = {}
+        self.acked = 0
+        self._lock = threading.Lock()
+        self._next_answer = 0  # malformed on purpose, the reports' answers carry no reportId: they come in order
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=thing)
+        self.client.on_message = self._answer
+        self.client.on_publish = lambda *a: setattr(self, "acked", self.acked + 1)
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.client.subscribe(f"$aws/things/{thing}/defender/metrics/json/rejected", qos=1)
+        if not subscribed.wait(10):
+            raise RuntimeError(f"{thing}: no SUBACK")
+
+    def _answer(self, client: object, userdata: object, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            if self._next_answer in self.sent:
+                self.answered[self._next_answer] = time.monotonic()
+                self._next_answer += 1
+
+    def run(self, until: float, every: float) -> None:
+        n = 0
+        while time.monotonic() < until:
+            with self._lock:
+                self.sent[n] = time.monotonic()
+            self.client.publish(f"$aws/things/{self.thing}/defender/metrics/json", b'{"honest":%d}' % n, qos=1)
+            n += 1
+            time.sleep(every)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def counted(endpoint: str) -> dict[str, float]:
+    return {name: metric_sample(endpoint, sample) for name, sample in COUNTED.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--flooders", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--kind", choices=("garbage", "valid"), default="garbage")
+    parser.add_argument("--honest", type=int, default=5)
+    parser.add_argument("--every", type=float, default=0.25)
+    parser.add_argument("--time-scale", type=float, default=60.0)
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    payload = b"x" * 50 if args.kind == "garbage" else json.dumps(
+        {"header": {"report_id": 10**12, "version": "1.0"},
+         "metrics": {"listening_tcp_ports": {"ports": [{"port": 443}], "total": 1}}}).encode()
+    with tempfile.TemporaryDirectory(prefix="report-flood-") as directory:
+        service = ServiceProcess(data_dir=Path(directory), extra_args=["--time-scale", str(args.time_scale)])
+        service.start()
+        try:
+            honest = [Honest(service.mqtt_port, f"honest-{n}") for n in range(args.honest)]
+            before = counted(service.endpoint)
+            until = time.monotonic() + args.seconds
+            sent: dict[str, int] = {}
+            threads = [threading.Thread(target=flood, args=(service.mqtt_port, f"flooder-{n}", payload, until, sent))
+                       for n in range(args.flooders)]
+            threads += [threading.Thread(target=device.run, args=(until, args.every)) for device in honest]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            time.sleep(30)
+            after = counted(service.endpoint)
+            for device in honest:
+                device.close()
+        finally:
+            service.stop()
+    waits = sorted(device.answered[n] - device.sent[n] for device in honest for n in device.answered)
+    sent_honest = sum(len(device.sent) for device in honest)
+    answered = sum(len(device.answered) for device in honest)
+    result = {
+        "benchmark": "report_flood", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "bench/report_flood.py " + " ".join(sys.argv[1:]), "machine": environment(),
+        "settings": vars(args) | {"output": str(args.output) if args.output else None},
+        "flood": {"devices": args.flooders, "publishes_written": sum(sent.values()), "seconds": args.seconds},
+        "honest": {"devices": args.honest, "sent": sent_honest, "pubacked": sum(device.acked for device in honest),
+                   "answered": answered, "unanswered_30_s_after": sent_honest - answered,
+                   "answer_ms": {"p50": round(1000 * waits[len(waits) // 2], 1) if waits else None,
+                                 "p99": round(1000 * waits[int(len(waits) * 0.99)], 1) if waits else None,
+                                 "max": round(1000 * waits[-1], 1) if waits else None}},
+        "service_counted": {name: round(after[name] - before[name], 1) for name in COUNTED},
+    }
+    report(result, args.output or Path(__file__).with_name("results") / f"report-flood-{datetime.date.today()}.json")
+
+
+if __name__ == "__main__":
+    main()
