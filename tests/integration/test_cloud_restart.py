@@ -125,3 +125,28 @@ def test_an_idle_window_at_a_graceful_stop_is_closed_for_every_device(tmp_path, 
     cloud.close_due()
     # Datapoints are at each window's end: 1001 for window 1000, ... 1004 for window 1003.
     assert attempts(api, "idle") == [(1001, 1), (1002, 0), (1003, 0), (1004, 0)]
+
+
+def test_a_registered_thing_that_never_connected_counts_its_refused_connects_in_the_first_window(tmp_path):
+    """Refused CONNECTs of unknown names are held for a bounded number of names a window; the
+    things registered are known from the start, not only from the first window's close (an
+    outside-in test: a registered thing got 0 authorization failures in the first window after a
+    restart, behind 160,000 refused CONNECTs of forged names)."""
+    api = build_api(Settings(data_dir=tmp_path))
+    api.invoke("CreateSecurityProfile", {"securityProfileName": "auth", "behaviors": [
+        {"name": "failures", "metric": "aws:num-authorization-failures",
+         "criteria": {"comparisonOperator": "less-than", "value": {"count": 100}}}]})
+    api.invoke("AttachSecurityProfile", {"securityProfileName": "auth", "securityProfileTargetArn": ALL_THINGS})
+    api.invoke("CreateThing", {"thingName": "known-a"})
+    now = [1000 * WINDOW_S + 1]
+    cloud = started(api, lambda: now[0])
+    cloud.aggregator.max_unknown_refused = 3
+    for n in range(10):
+        cloud.connect_attempt(f"forged-{n}", "10.9.9.9", False)
+    for _ in range(3):
+        cloud.connect_attempt("known-a", "10.9.9.9", False)
+    now[0] += WINDOW_S
+    cloud.close_due()
+    out = api.invoke("ListMetricValues", {"thingName": "known-a", "metricName": "aws:num-authorization-failures",
+                                          "startTime": 0, "endTime": 10**10})
+    assert [d["value"]["count"] for d in out["metricDatumList"]] == [3]
