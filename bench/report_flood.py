@@ -46,8 +46,8 @@ from tests.support.processes import ServiceProcess  # noqa: E402
 COUNTED = {
     "rejected_by_service": 'iotdefender_reports_total{outcome="rejected"}',
     "accepted": 'iotdefender_reports_total{outcome="accepted"}',
-    "answered_by_broker_throttled": 'iotdefender_mqtt_reports_answered_by_broker_total{code="Throttled"}',
-    "answered_by_broker_unavailable": 'iotdefender_mqtt_reports_answered_by_broker_total{code="ServiceUnavailable"}',
+    "answered_by_broker_throttled": 'iotdefender_mqtt_reports_rejected_by_broker_total{code="Throttled"}',
+    "answered_by_broker_unavailable": 'iotdefender_mqtt_reports_rejected_by_broker_total{code="ServiceUnavailable"}',
     "publishes_dropped_for_rate": "iotdefender_mqtt_publishes_throttled_total",
     "reports_lost_between_broker_and_service": "iotdefender_broker_reports_lost_total",
     "event_batches_lost": "iotdefender_broker_event_batches_lost_total",

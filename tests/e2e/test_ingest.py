@@ -229,7 +229,7 @@ def test_a_flood_of_rejected_reports_is_a_few_log_lines_and_exact_counters(tmp_p
         deadline = time.monotonic() + 5
         while True:
             throttled = metric_sample(svc.endpoint, 'iotdefender_report_rejections_total{reason="Throttled"}')
-            shed = metric_sample(svc.endpoint, 'iotdefender_mqtt_reports_answered_by_broker_total{code="Throttled"}')
+            shed = metric_sample(svc.endpoint, 'iotdefender_mqtt_reports_rejected_by_broker_total{code="Throttled"}')
             if throttled + shed >= 299 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)

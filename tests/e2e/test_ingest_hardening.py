@@ -139,7 +139,7 @@ def test_replies_that_quote_a_huge_name_reach_their_device_and_cost_no_one_else(
         device.close()
 
 
-ANSWERED_THROTTLED = 'iotdefender_mqtt_reports_answered_by_broker_total{code="Throttled"}'
+ANSWERED_THROTTLED = 'iotdefender_mqtt_reports_rejected_by_broker_total{code="Throttled"}'
 
 
 def metric_total(service, name: str) -> float:

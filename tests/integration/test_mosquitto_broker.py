@@ -210,8 +210,8 @@ def sample(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
-ANSWERED_UNAVAILABLE = ("iotdefender_mqtt_reports_answered_by_broker_total", {"code": "ServiceUnavailable"})
-ANSWERED_THROTTLED = ("iotdefender_mqtt_reports_answered_by_broker_total", {"code": "Throttled"})
+ANSWERED_UNAVAILABLE = ("iotdefender_mqtt_reports_rejected_by_broker_total", {"code": "ServiceUnavailable"})
+ANSWERED_THROTTLED = ("iotdefender_mqtt_reports_rejected_by_broker_total", {"code": "Throttled"})
 
 
 def test_reports_while_the_service_reconnects_are_answered_service_unavailable_by_the_broker(tmp_path):
@@ -303,7 +303,8 @@ def test_a_connection_holds_at_most_50_topic_filters(tmp_path):
     """AWS IoT Core refuses a connection's subscriptions past 50; one connection held 100,000 here
     (an outside-in test), each in Mosquitto's tree. The 51st filter is refused (SUBACK failure) and
     counted, not as an authorization failure; subscribing again to a filter held, or after an
-    UNSUBSCRIBE, is not refused; a clean session starts with none."""
+    UNSUBSCRIBE, is not refused; a clean session starts with none, and so does an MQTT 5 session
+    that ended (the filters the plugin followed outlived it and locked the device out)."""
     async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
         refused_before = sample("iotdefender_mqtt_subscriptions_refused_total")
         device, codes, _ = connect(port, "cam-1")
@@ -339,6 +340,20 @@ def test_a_connection_holds_at_most_50_topic_filters(tmp_path):
         assert await subscribe(*(f"cmd/cam-1/new-{n}" for n in range(8))) == [1] * 8
         stop_network_loop(device)
         device.disconnect()
+        # MQTT 5, clean start off, session expiry 0: the session ends with the connection.
+        for round_ in range(2):
+            v5 = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="cam-5", protocol=mqtt.MQTTv5)
+            connected: queue.Queue[int] = queue.Queue()
+            v5.on_connect = lambda c, u, f, reason, p: connected.put(reason.value)
+            v5.on_subscribe = lambda c, u, mid, reasons, p: granted.put([r.value for r in reasons])
+            v5.connect("127.0.0.1", port, clean_start=False)
+            v5.loop_start()
+            assert await in_thread(connected.get, True, 5) == 0
+            device = v5
+            for start in range(0, 48 if round_ == 0 else 8, 8):
+                assert await subscribe(*(f"v5/{round_}/{n}" for n in range(start, start + 8))) == [1] * 8
+            v5.disconnect()
+            stop_network_loop(v5)
 
     run_with_broker(body, tmp_path)
 

@@ -17,7 +17,7 @@ class Recorder:
 
     NAMES = {"connect_attempt": "connect", "authorization_failure": "authorization-failure",
              "disconnect": "disconnect", "message_sent": "sent", "message_received": "received",
-             "record_denial": "denial", "record_answered_by_broker": "answered",
+             "record_denial": "denial", "record_rejected_by_broker": "answered",
              "record_throttled": "throttled"}
 
     def __init__(self) -> None:

@@ -29,16 +29,21 @@ REPORT_TOPIC = re.compile(r"^\$aws/things/([^/]+)/defender/metrics/(json|cbor)$"
 MQTT_DENIALS = PromCounter("iotdefender_mqtt_denials", "MQTT requests refused by the gatekeeper", ["reason"])
 MQTT_THROTTLED = PromCounter("iotdefender_mqtt_publishes_throttled",
                              "PUBLISHes dropped because their connection was past --mqtt-publish-rate")
-ANSWERED_BY_BROKER = PromCounter(
-    "iotdefender_mqtt_reports_answered_by_broker",
-    "Reports the broker answered rejected itself, by code: Throttled when their thing already had as many reports "
-    "waiting for the service's answers as the broker hands over, ServiceUnavailable while the service's connection "
-    "was away", ["code"])
+REJECTED_BY_BROKER = PromCounter(
+    "iotdefender_mqtt_reports_rejected_by_broker",
+    "Reports the broker rejected itself, by code: Throttled when their thing already had as many reports waiting "
+    "for the service's answers as the broker hands over, ServiceUnavailable while the service's connection was "
+    "away (both answered), InvalidThingName for such reports of a name over 128 bytes (not answered)", ["code"])
 SUBSCRIPTIONS_REFUSED = PromCounter("iotdefender_mqtt_subscriptions_refused",
                                     "Topic filters refused because their connection held --mqtt-max-subscriptions already")
 SUBSCRIPTIONS_LOG = LimitedLog(log, "mqtt_subscriptions_refused", "iotdefender_mqtt_subscriptions_refused_total")
 # One line per thing and batch of events would be a line every 50 ms per flooding device.
-ANSWERED_LOG = LimitedLog(log, "mqtt_report_answered_by_broker", "iotdefender_mqtt_reports_answered_by_broker_total")
+REJECTED_LOG = LimitedLog(log, "mqtt_report_rejected_by_broker", "iotdefender_mqtt_reports_rejected_by_broker_total")
+_BROKER_REJECTIONS = {
+    "Throttled": "answered by the broker: the thing's earlier reports still wait for their answers",
+    "ServiceUnavailable": "answered by the broker: the service's connection was away",
+    "InvalidThingName": "not answered: past the reports a thing may have waiting, of a name over 128 bytes",
+}
 
 
 def check_password_file(path: Path) -> int:
@@ -72,12 +77,10 @@ class Gatekeeper:
         Core drops them so too, and the device did nothing it may not do)."""
         MQTT_THROTTLED.inc(count)
 
-    def record_answered_by_broker(self, thing: str, code: str, count: int) -> None:
-        """Reports of ``thing`` the broker answered ``rejected`` ``code`` itself (defender_plugin.c)."""
-        ANSWERED_BY_BROKER.labels(code).inc(count)
-        ANSWERED_LOG(code, thing=thing, code=code, reports=count,
-                     detail="answered by the broker: the thing's earlier reports still wait for their answers"
-                     if code == "Throttled" else "answered by the broker: the service's connection was away")
+    def record_rejected_by_broker(self, thing: str, code: str, count: int) -> None:
+        """Reports of ``thing`` the broker rejected ``code`` itself (defender_plugin.c)."""
+        REJECTED_BY_BROKER.labels(code).inc(count)
+        REJECTED_LOG(code, thing=thing, code=code, reports=count, detail=_BROKER_REJECTIONS.get(code, code))
 
     def record_subscriptions_refused(self, client_id: str, count: int) -> None:
         """SUBSCRIBEs refused because their connection held ``max_subscriptions`` filters already: not

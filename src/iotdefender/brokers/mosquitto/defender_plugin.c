@@ -17,11 +17,8 @@
  *    gets a failure code. Deliveries are checked too (READ), so that a subscription restored from
  *    mosquitto.db (persistent sessions) gets only what the policy of this start allows.
  *  - subscriptions: with max_subscriptions > 0, a connection holds at most that many topic
- *    filters (AWS IoT Core: 50); a SUBSCRIBE past them gets a failure code, counted (M records),
- *    not an authorization failure. Filters are followed per client id from its SUBSCRIBEs and
- *    UNSUBSCRIBEs, forgotten when a clean session starts or ends (a persistent session's are kept;
- *    those restored from mosquitto.db after a restart are not known, so such a client may add up to
- *    max_subscriptions more).
+ *    filters (AWS IoT Core: 50; see subscription_allowed); a SUBSCRIBE past them gets a failure
+ *    code (MQTT 5: 0x87), counted (M records), not an authorization failure.
  *  - rate: with publish_rate > 0, a connection's PUBLISHes beyond that many a second (a bucket of
  *    one second's worth) are dropped, as AWS IoT Core drops a connection's publishes beyond its
  *    100 a second; the connection stays. One device flooding used to push the service's own
@@ -63,6 +60,8 @@
  *   U thing count           reports of the thing answered here ServiceUnavailable, since the
  *                           last batch: the service's connection was away
  *   M client count          topic filters refused past max_subscriptions since the last batch
+ *   I thing count           reports past report_window of a thing name over 128 bytes: not
+ *                           answered (no valid thing to answer on), since the last batch
  *   Q instance sequence     first in every batch: this plugin instance's number (random at load)
  *                           and the batch's, from 0, so that the service counts the batches it
  *                           never got (dropped by Mosquitto, or sent while its connection was down)
@@ -261,6 +260,7 @@ static struct table throttled;     /* client id -> PUBLISHes dropped for publish
 static struct table unavailable;   /* thing -> reports answered here while the service was away (unsigned long *) */
 static struct table subscriptions; /* client id -> the struct table of its topic filters (values (void *)1) */
 static struct table oversubscribed; /* client id -> filters refused past max_subscriptions since then (unsigned long *) */
+static struct table unnamed;       /* thing -> reports past report_window of a name over 128 bytes: not answered */
 static unsigned max_subscriptions = 0; /* topic filters a connection may hold (0: no limit) */
 static unsigned report_window = 0; /* reports a thing may have waiting for the service's answer (0: no limit) */
 static uint32_t instance;          /* this plugin's number, random at load (Q records, report batches) */
@@ -549,13 +549,31 @@ static char *certificate_name(struct mosquitto *client)
 
 /* ---- subscriptions per connection (max_subscriptions) ---------------------------------------- */
 
+/* The client's session starts or ends clean: the filters it held are gone with it. */
+static void forget_subscriptions(const char *client_id)
+{
+	struct table *filters = table_get(&subscriptions, client_id);
+	if(!filters) return;
+	table_del(&subscriptions, client_id);
+	table_clear(filters); /* its values are (void *)1: not freed */
+	free(filters);
+}
+
 /* Whether the client may hold one more filter; recorded if so. A filter it holds already is no
  * more (a SUBSCRIBE again replaces it). AWS IoT Core refuses more than 50 a connection; without a
- * bound one connection held 100,000 (an outside-in test), each in Mosquitto's tree. */
-static bool subscription_allowed(const char *client_id, const char *filter)
+ * bound one connection held 100,000 (an outside-in test), each in Mosquitto's tree.
+ * The filters are followed here from SUBSCRIBEs and UNSUBSCRIBEs; Mosquitto's count of the client's
+ * subscription slots (sub_count: never below the filters it holds, as an UNSUBSCRIBE empties a slot
+ * that the next SUBSCRIBE reuses) tells when they are stale: a session that ended without a clean
+ * start or end (an MQTT 5 session of expiry 0) left them here, and its device was locked out (an
+ * outside-in test). A session restored from mosquitto.db after a restart is not followed: such a
+ * client may add up to max_subscriptions more. */
+static bool subscription_allowed(struct mosquitto *client, const char *client_id, const char *filter)
 {
 	struct table *filters;
 	if(!max_subscriptions) return true;
+	filters = table_get(&subscriptions, client_id);
+	if(filters && filters->count > (size_t)mosquitto_client_sub_count(client)) forget_subscriptions(client_id);
 	filters = table_get(&subscriptions, client_id);
 	if(!filters){
 		filters = calloc(1, sizeof(*filters));
@@ -575,15 +593,6 @@ static void unsubscribed(const char *client_id, const char *filter)
 	if(filters) table_del(filters, filter);
 }
 
-/* The client's session starts or ends clean: the filters it held are gone with it. */
-static void forget_subscriptions(const char *client_id)
-{
-	struct table *filters = table_get(&subscriptions, client_id);
-	if(!filters) return;
-	table_del(&subscriptions, client_id);
-	table_clear(filters); /* its values are (void *)1: not freed */
-	free(filters);
-}
 
 /* ---- callbacks ------------------------------------------------------------------------------ */
 
@@ -742,7 +751,7 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 				record("A", client_id, ed->topic, "subscribe_denied", NULL);
 				return MOSQ_ERR_ACL_DENIED;
 			}
-			if(!subscription_allowed(client_id, ed->topic)){
+			if(!subscription_allowed(ed->client, client_id, ed->topic)){
 				count_event(&oversubscribed, client_id);
 				return MOSQ_ERR_ACL_DENIED; /* refused (SUBACK failure), not an authorization failure */
 			}
@@ -917,7 +926,6 @@ static void answer_rejected(const char *topic, const char *thing, const char *co
 	struct timespec now;
 	long long ms;
 	bool cbor = !strcmp(strrchr(topic, '/') + 1, "cbor");
-	if(strlen(thing) > 128) return; /* the service does not answer such a name either (InvalidThingName) */
 	clock_gettime(CLOCK_REALTIME, &now);
 	ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
 	snprintf(reply_topic, sizeof(reply_topic), "%s/rejected", topic);
@@ -1017,6 +1025,8 @@ static int on_message(int event, void *event_data, void *userdata)
 			count_event(&unavailable, thing);
 		}else if(report_admitted(thing)){
 			append_report(ed->topic, thing, ed->payload, ed->payloadlen);
+		}else if(strlen(thing) > 128){
+			count_event(&unnamed, thing); /* no valid thing to answer, as the service (InvalidThingName) */
 		}else{
 			answer_rejected(ed->topic, thing, "Throttled", THROTTLED_MESSAGE);
 			count_event(&shed, thing);
@@ -1060,6 +1070,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 		tell_counts(&shed, "O");
 		tell_counts(&unavailable, "U");
 		tell_counts(&oversubscribed, "M");
+		tell_counts(&unnamed, "I");
 		tell_counts(&throttled, "L");
 		sweep_awaiting();
 		flush_events();
@@ -1178,6 +1189,7 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *options, int
 		}
 		table_clear(&subscriptions); /* frees each filters table itself */
 	}
+	table_clear(&unnamed);
 	/* authenticated holds Mosquitto's pointers: drop the entries, not what they point to. */
 	{
 		size_t k;

@@ -24,9 +24,10 @@ PUBLISH_REFUSED_LOG = LimitedLog(log, "mqtt_publish_refused", "iotdefender_mqtt_
 PUBLISH_THROTTLED_LOG = LimitedLog(log, "mqtt_publish_throttled", "iotdefender_mqtt_publishes_throttled_total")
 
 # Fields per record type, the type included ("T": the time of the records after it).
-_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3, "T": 2, "N": 2, "L": 3, "O": 3, "U": 3, "M": 3, "Q": 3}
-# Reports the broker answered itself, by record type: the code of its answer.
-_ANSWERED = {"O": "Throttled", "U": "ServiceUnavailable"}
+_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3, "T": 2, "N": 2, "L": 3, "O": 3, "U": 3, "M": 3, "I": 3, "Q": 3}
+# Reports the broker rejected itself, by record type: the code of its answer (none for a thing
+# name over 128 bytes, which has no valid topic to answer on, as the service's InvalidThingName).
+_ANSWERED = {"O": "Throttled", "U": "ServiceUnavailable", "I": "InvalidThingName"}
 
 
 class DenialCounter(Protocol):
@@ -35,7 +36,7 @@ class DenialCounter(Protocol):
 
     def record_throttled(self, client_id: str | None, count: int) -> None: ...
 
-    def record_answered_by_broker(self, thing: str, code: str, count: int) -> None: ...
+    def record_rejected_by_broker(self, thing: str, code: str, count: int) -> None: ...
 
     def record_subscriptions_refused(self, client_id: str, count: int) -> None: ...
 
@@ -87,7 +88,7 @@ def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounte
                 denials.record_subscriptions_refused(record[0], int(record[1]))
         elif kind in _ANSWERED:
             if record[1].isdigit():
-                denials.record_answered_by_broker(record[0], _ANSWERED[kind], int(record[1]))
+                denials.record_rejected_by_broker(record[0], _ANSWERED[kind], int(record[1]))
         elif kind == "S":
             observer.message_sent(record[0], record[2], int(record[1]), at=at)
         elif kind == "R":
