@@ -40,6 +40,18 @@ def started(api: Any, clock: Any) -> CloudMetricsService:
     return cloud
 
 
+def api_watching(tmp_path: Any, metric: str, thing: str) -> Any:
+    """The API of a fresh data directory with one registered ``thing`` and a profile on every thing
+    retaining ``metric`` (a behavior that never alarms: only the datapoints matter)."""
+    api = build_api(Settings(data_dir=tmp_path))
+    api.invoke("CreateSecurityProfile", {"securityProfileName": "watch", "behaviors": [
+        {"name": "watched", "metric": metric,
+         "criteria": {"comparisonOperator": "less-than", "value": {"count": 2**40}}}]})
+    api.invoke("AttachSecurityProfile", {"securityProfileName": "watch", "securityProfileTargetArn": ALL_THINGS})
+    api.invoke("CreateThing", {"thingName": thing})
+    return api
+
+
 def test_a_device_away_keeps_its_disconnect_duration_across_a_restart(tmp_path):
     api = build_api(Settings(data_dir=tmp_path))
     api.invoke("CreateSecurityProfile", {"securityProfileName": "offline", "behaviors": [
@@ -101,12 +113,7 @@ def attempts(api: Any, thing: str) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("restart_after", [10.0, WINDOW_S], ids=["within-the-window", "after-its-end"])
 def test_an_idle_window_at_a_graceful_stop_is_closed_for_every_device(tmp_path, restart_after):
-    api = build_api(Settings(data_dir=tmp_path))
-    api.invoke("CreateSecurityProfile", {"securityProfileName": "cloud", "behaviors": [
-        {"name": "attempts", "metric": "aws:num-connection-attempts",
-         "criteria": {"comparisonOperator": "greater-than", "value": {"count": 100}}}]})
-    api.invoke("AttachSecurityProfile", {"securityProfileName": "cloud", "securityProfileTargetArn": ALL_THINGS})
-    api.invoke("CreateThing", {"thingName": "idle"})
+    api = api_watching(tmp_path, "aws:num-connection-attempts", "idle")
     now = [1000 * WINDOW_S + 1]
     clock = lambda: now[0]  # noqa: E731
     cloud = started(api, clock)
@@ -132,12 +139,7 @@ def test_a_registered_thing_that_never_connected_counts_its_refused_connects_in_
     things registered are known from the start, not only from the first window's close (an
     outside-in test: a registered thing got 0 authorization failures in the first window after a
     restart, behind 160,000 refused CONNECTs of forged names)."""
-    api = build_api(Settings(data_dir=tmp_path))
-    api.invoke("CreateSecurityProfile", {"securityProfileName": "auth", "behaviors": [
-        {"name": "failures", "metric": "aws:num-authorization-failures",
-         "criteria": {"comparisonOperator": "less-than", "value": {"count": 100}}}]})
-    api.invoke("AttachSecurityProfile", {"securityProfileName": "auth", "securityProfileTargetArn": ALL_THINGS})
-    api.invoke("CreateThing", {"thingName": "known-a"})
+    api = api_watching(tmp_path, "aws:num-authorization-failures", "known-a")
     now = [1000 * WINDOW_S + 1]
     cloud = started(api, lambda: now[0])
     cloud.aggregator.max_unknown_refused = 3
