@@ -5,7 +5,7 @@ address (so that 15,000 connections are not capped by one source/destination pai
 ports). gmqtt 0.8.0 opens its socket with ``loop.create_connection(host, port, ssl=...)`` and has
 no way to pass ``local_addr``, and paho needs a thread or a socket poll per client; so the load
 generator speaks the protocol itself over asyncio transports. Only what a device does is here:
-CONNECT, SUBSCRIBE, PUBLISH at QoS 1, PUBACK, and parsing what a broker sends back.
+CONNECT, SUBSCRIBE, PUBLISH at QoS 1 (and 0), PUBACK, and parsing what a broker sends back.
 """
 
 from __future__ import annotations
@@ -46,6 +46,12 @@ def publish_header(topic: str, packet_id: int, payload_length: int) -> bytes:
     """Fixed and variable header of a QoS 1 PUBLISH; the payload follows it on the wire."""
     variable = _string(topic) + struct.pack("!H", packet_id)
     return bytes([0x32]) + _length(len(variable) + payload_length) + variable
+
+
+def publish_qos0(topic: str, payload: bytes) -> bytes:
+    """A whole QoS 0 PUBLISH (no packet id): what a flooding device writes (bench/report_flood.py)."""
+    body = _string(topic) + payload
+    return bytes([0x30]) + _length(len(body)) + body
 
 
 def puback(packet_id: int) -> bytes:

@@ -29,7 +29,6 @@ import argparse
 import datetime
 import json
 import socket
-import struct
 import sys
 import tempfile
 import threading
@@ -39,6 +38,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import mqtt_wire  # noqa: E402
 from bench.common import environment, report  # noqa: E402
 from tests.support.metrics import metric_sample  # noqa: E402
 from tests.support.processes import ServiceProcess  # noqa: E402
@@ -55,37 +55,12 @@ COUNTED = {
 }
 
 
-def _remaining(length: int) -> bytes:
-    """MQTT's variable-length "remaining length" (MQTT 3.1.1 §2.2.3)."""
-    out = bytearray()
-    while True:
-        byte, length = length % 128, length // 128
-        out.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    raw = text.encode()
-    return struct.pack(">H", len(raw)) + raw
-
-
-def connect_packet(client_id: str) -> bytes:
-    body = _string("MQTT") + bytes([4, 0x02]) + struct.pack(">H", 60) + _string(client_id)
-    return b"\x10" + _remaining(len(body)) + body
-
-
-def publish_packet(topic: str, payload: bytes) -> bytes:
-    body = _string(topic) + payload
-    return b"\x30" + _remaining(len(body)) + body
-
-
 def flood(port: int, thing: str, payload: bytes, until: float, sent: dict[str, int]) -> None:
     """One raw connection writing QoS 0 reports as fast as its socket takes them."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(connect_packet(thing))
+        sock.sendall(mqtt_wire.connect(thing, keepalive=60))
         sock.recv(4)  # CONNACK
-        batch = publish_packet(f"$aws/things/{thing}/defender/metrics/json", payload) * 500
+        batch = mqtt_wire.publish_qos0(f"$aws/things/{thing}/defender/metrics/json", payload) * 500
         n = 0
         while time.monotonic() < until:
             try:
