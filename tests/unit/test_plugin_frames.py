@@ -6,9 +6,16 @@ import asyncio
 import struct
 import threading
 
-from iotdefender.brokers.mosquitto.frames import ReplyBatcher, decode_reports, encode_reply, report_batch_head
+from iotdefender.brokers.mosquitto.frames import (
+    ReplyBatcher,
+    decode_reports,
+    encode_reply,
+    encode_taken,
+    report_batch_head,
+)
 
 
+TAKEN_EVERY = 8
 RECEIVED_US = 1_796_000_000_123_456  # when the broker received it, microseconds since the epoch
 
 
@@ -17,8 +24,8 @@ def report_frame(encoding: bytes, thing: str, payload: bytes, received_us: int =
     return struct.pack(">cHIQ", encoding, len(name), len(payload), received_us) + name + payload
 
 
-def batch_head(instance: int = 7, before: int = 0) -> bytes:
-    return struct.pack(">II", instance, before)
+def batch_head(instance: int = 7, number: int = 0, before: int = 0) -> bytes:
+    return struct.pack(">III", instance, number, before)
 
 
 def test_reports_keep_every_byte_and_their_encoding():
@@ -29,9 +36,10 @@ def test_reports_keep_every_byte_and_their_encoding():
                                            ("thermostat-é", "cbor", cbor, 1_796_000_000.123457)]
 
 
-def test_the_batch_head_says_which_plugin_and_how_many_reports_came_before():
-    batch = batch_head(0xDEADBEEF, 2**32 - 1) + report_frame(b"j", "a", b"{}")
-    assert report_batch_head(batch) == (0xDEADBEEF, 2**32 - 1)
+def test_the_batch_head_says_which_plugin_which_batch_and_how_many_reports_came_before():
+    batch = batch_head(0xDEADBEEF, 41, 2**32 - 1) + report_frame(b"j", "a", b"{}")
+    assert report_batch_head(batch) == (0xDEADBEEF, 41, 2**32 - 1)
+    assert list(decode_reports(batch)) == [("a", "json", b"{}", RECEIVED_US / 1e6)]
     assert report_batch_head(b"\0\0") is None
 
 
@@ -61,6 +69,37 @@ def test_replies_of_one_loop_iteration_leave_as_one_message():
         batcher.add("t/3", b"c", 0)
         await asyncio.sleep(0)
         assert sent[1:] == [encode_reply("t/3", b"c", 0)]
+
+    asyncio.run(scenario())
+
+
+def test_the_taken_frame_is_a_reply_frame_of_qos_0xff_without_topic():
+    """defender_plugin.c reads it as TAKEN_FRAME: topic length 0, payload the three numbers."""
+    assert encode_taken(7, 2**32 + 3, 9) == struct.pack(">BHIIII", 0xFF, 0, 12, 7, 3, 9)
+
+
+def test_the_latest_taken_frame_leaves_with_the_next_replies_or_alone_after_some_batches():
+    """TAKEN frames ride on reply messages; alone (a message more) only once ``taken_every``
+    batches were read with no reply to carry them, well before the plugin's unread would stop it."""
+    sent: list[bytes] = []
+
+    async def scenario() -> None:
+        batcher = ReplyBatcher(asyncio.get_running_loop(), sent.append, taken_every=TAKEN_EVERY)
+        batcher.taken(encode_taken(1, 1, 0))
+        await asyncio.sleep(0)
+        assert sent == []  # one batch read, no reply: nothing sent for it yet
+        batcher.add("t/1", b"a", 1)
+        batcher.taken(encode_taken(1, 2, 0))  # says what the first said, and more
+        await asyncio.sleep(0)
+        assert sent == [encode_taken(1, 2, 0) + encode_reply("t/1", b"a", 1)]
+        for n in range(1, TAKEN_EVERY + 1):  # batches read, no reply
+            batcher.taken(encode_taken(1, 2 + n, 0))
+            await asyncio.sleep(0)
+            assert len(sent) == (1 if n < TAKEN_EVERY else 2)
+        assert sent[1] == encode_taken(1, 2 + TAKEN_EVERY, 0)
+        batcher.add("t/2", b"b", 1)
+        await asyncio.sleep(0)
+        assert sent[2] == encode_reply("t/2", b"b", 1)  # told already: not again
 
     asyncio.run(scenario())
 

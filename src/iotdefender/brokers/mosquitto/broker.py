@@ -36,10 +36,11 @@ from iotdefender.brokers.external import BrokerUrl, ExternalBroker
 from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.listeners import ListenerSettings, ReportSink
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable, default_cache_dir, mosquitto_executable, plugin_library
+from iotdefender.brokers.mosquitto import config as mosquitto_config
 from iotdefender.brokers.mosquitto.config import Persistence, PluginOptions, render_config
 from iotdefender.brokers.mosquitto.connections import ConnectedClients
 from iotdefender.brokers.mosquitto.events import apply_events
-from iotdefender.brokers.mosquitto.frames import ReplyBatcher, decode_reports, report_batch_head
+from iotdefender.brokers.mosquitto.frames import ReplyBatcher, decode_reports, encode_taken, report_batch_head
 from iotdefender.brokers.mosquitto.handover import Handover
 from iotdefender.child_process import die_with_parent
 from iotdefender.log_limits import LimitedLog
@@ -156,7 +157,8 @@ class MosquittoBroker:
             on_other=self._on_plugin_message, on_connected=self._on_service_connected)
         client = self._client
         self._replies = ReplyBatcher(asyncio.get_running_loop(),
-                                     lambda batch: client.publish_now(REPLIES_TOPIC, batch, qos=0))
+                                     lambda batch: client.publish_now(REPLIES_TOPIC, batch, qos=0),
+                                     taken_every=max(1, mosquitto_config.BATCHES_IN_FLIGHT // 8))
         await self._client.start()
         self._watcher = asyncio.create_task(self._supervise(executable, config), name="mosquitto-supervisor")
         log.info("mosquitto_started", pid=self._process.pid if self._process else None, open_file_limit=limit,
@@ -283,6 +285,13 @@ class MosquittoBroker:
                 self._handover.reports(*head, count)
         elif topic == EVENTS_TOPIC:
             apply_events(payload, self._gatekeeper.observer, self._gatekeeper, self.connections, self._handover)
+        else:
+            return
+        # Read (its reports submitted, its events applied): the plugin may send one more batch
+        # ("flow" in defender_plugin.c); told with this iteration's replies.
+        taken = self._handover.next_batches()
+        if taken is not None and self._replies is not None:
+            self._replies.taken(encode_taken(*taken))
 
     def _control(self, verb: str, client_id: str) -> None:
         if self._client is None:

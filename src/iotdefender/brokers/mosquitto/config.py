@@ -2,8 +2,8 @@
 
 Settings chosen for a fleet (docs/architecture.md): persistent sessions saved to disk (``Persistence``),
 only errors and warnings logged (one line per connection would be 15,000 lines on a restart), Nagle
-off (replies are small and awaited), and a deep queue for the service's own connection, which
-receives every report.
+off (replies are small and awaited), and what Mosquitto holds for a client that does not read bounded
+as AWS IoT Core bounds it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,29 @@ from pathlib import Path
 
 from iotdefender.brokers.listeners import ListenerSettings
 
-SERVICE_QUEUE = 100_000  # messages Mosquitto holds for a slow client before dropping (QoS 1)
-SERVICE_INFLIGHT = 1_000  # unacknowledged QoS 1 deliveries per client
+#: Messages Mosquitto holds for a client beyond those in flight before it drops the next ones (one
+#: setting for every client). The service's own connection needs few: the plugin sends it at most
+#: ``BATCHES_IN_FLIGHT`` report and as many event batches it has not read yet (defender_plugin.c,
+#: "flow"). It was 100,000
+#: while that connection had a batch per pass of Mosquitto's loop, and so for every device: ten
+#: devices subscribed to their replies and never reading them, flooding their report topics, had
+#: 600 MB of answers queued (bench/report_flood.py --subscribed). 1,000 is Mosquitto's default.
+QUEUED_MESSAGES = 1_000
+#: Unacknowledged QoS 1 deliveries per client (and the Receive Maximum Mosquitto announces to MQTT 5
+#: clients): AWS IoT Core's 100, past which "no new messages are sent to the client until the client
+#: acknowledges the in-flight messages" (its message broker quotas).
+INFLIGHT_MESSAGES = 100
+#: Report batches, and event batches, the plugin sends the service before it has read them
+#: (defender_plugin.c, "flow"); the service says which it has read with its next replies, or alone
+#: after an eighth of them (frames.ReplyBatcher). Measured with bench/pipeline_ab.py (5,000 devices,
+#: 3,000 reports/s): with 16 the plugin waited for the service's word between batches (answers' p99
+#: 98 -> 445 ms, ceiling -16%); told after every batch instead, the service spent 9% more CPU per
+#: report on those messages.
+BATCHES_IN_FLIGHT = 64
+#: Bytes of reports the plugin holds back while the service reads slower than they come; a report
+#: past them is answered ServiceOverloaded by the broker (defender_plugin.c, "flow"). 64 MB is 10 s
+#: and more of reports at the rates the benchmarks reach on one machine.
+REPORTS_HELD_BYTES = 64 * 1024 * 1024
 #: The largest MQTT packet a client may send; a larger one closes its connection when its header
 #: is read, before its body is. AWS IoT Core takes payloads of at most 128 KB, and a report a
 #: little over that is still answered ``PayloadTooLarge`` by the service (ingest/report.py), so the
@@ -98,8 +119,8 @@ def render_config(listeners: ListenerSettings, plugin: PluginOptions, persistenc
         "log_timestamp false",
         "connection_messages false",
         "set_tcp_nodelay true",
-        f"max_queued_messages {SERVICE_QUEUE}",
-        f"max_inflight_messages {SERVICE_INFLIGHT}",
+        f"max_queued_messages {QUEUED_MESSAGES}",
+        f"max_inflight_messages {INFLIGHT_MESSAGES}",
         f"max_packet_size {MAX_PACKET_BYTES}",
         f"plugin {_value(str(plugin.library))}",
         f"plugin_opt_service_id {_value(plugin.service_id)}",
@@ -111,6 +132,8 @@ def render_config(listeners: ListenerSettings, plugin: PluginOptions, persistenc
         f"plugin_opt_publish_rate {plugin.publish_rate:g}",
         f"plugin_opt_report_window {plugin.report_window}",
         f"plugin_opt_max_subscriptions {plugin.max_subscriptions}",
+        f"plugin_opt_reports_held_bytes {REPORTS_HELD_BYTES}",
+        f"plugin_opt_batches_in_flight {BATCHES_IN_FLIGHT}",
     ]
     lines += persistence.lines() if persistence is not None else ["persistence false"]
     if plugin.password_file is not None:

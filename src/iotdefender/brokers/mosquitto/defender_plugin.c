@@ -62,6 +62,8 @@
  *   M client count          topic filters refused past max_subscriptions since the last batch
  *   I thing count           reports past report_window of a thing name over 128 bytes: not
  *                           answered (no valid thing to answer on), since the last batch
+ *   B thing count           reports of the thing answered here ServiceOverloaded, since the last
+ *                           batch: reports_held_bytes were held back for the service (see "flow")
  *   Q instance sequence     first in every batch: this plugin instance's number (random at load)
  *                           and the batch's, from 0, so that the service counts the batches it
  *                           never got (dropped by Mosquitto, or sent while its connection was down)
@@ -70,10 +72,11 @@
  *
  * Reports: every authorised PUBLISH on `$aws/things/T/defender/metrics/(json|cbor)` is appended to
  * a second buffer, sent to the service as one message on REPORTS_TOPIC at the end of each pass of
- * Mosquitto's main loop (TICK), or at once when the buffer is large. Nothing subscribes to the
- * report topics themselves. The batch starts with u32 instance (as in Q) and u32 the number of
- * reports this instance handed over before the batch (modulo 2^32), so that the service counts the
- * reports it never got. Then frames, integers big-endian:
+ * Mosquitto's main loop (TICK), or at once when the buffer is large (both subject to "flow").
+ * Nothing subscribes to the report topics themselves. The batch starts with u32 instance (as in Q),
+ * u32 its number (from 0) and u32 the number of reports this instance put in batches before it
+ * (modulo 2^32), so that the service counts the reports it never got. Then frames, integers
+ * big-endian:
  *   u8 encoding ('j' json, 'c' cbor)  u16 thing length  u32 payload length
  *   u64 received (microseconds since the epoch, CLOCK_REALTIME)  thing  payload
  * The receive time is the one the service's throttle measures the gap between a thing's reports
@@ -83,7 +86,24 @@
  * REPLIES_TOPIC, frames
  *   u8 qos  u16 topic length  u32 payload length  topic  payload
  * and each is published here (mosquitto_broker_publish_copy), to whoever is subscribed, through
- * the normal read ACL. Measured on the fleet benchmark: one MQTT message per report and per reply
+ * the normal read ACL. A frame of "qos" TAKEN_FRAME, topic length 0 and payload length 12 is the
+ * service's TAKEN: u32 instance, u32 the number of the report batch it expects next, u32 that of
+ * the event batch (see "flow").
+ *
+ * Flow: at most batches_in_flight report batches (config.py: 64), and as many event batches, are
+ * sent to the service and not yet read by it (its TAKEN says which it has read: the service tells
+ * it with its next replies, or alone after an eighth of them); meanwhile reports wait here,
+ * in batches that grow to REPORTS_FLUSH_BYTES and are then held in order, and events in their
+ * buffer. Mosquitto bounds what it queues for any client by one setting for all
+ * (max_queued_messages) and drops the rest; without this the service's connection needed a bound
+ * of 100,000 messages (a batch per loop pass under load, thousands a second), and so did every
+ * device: one that subscribed to its replies and never read them had 100,000 answers queued (ten
+ * such devices flooding their report topics took Mosquitto from 8 to 606 MB). Now the service's
+ * connection needs some hundred messages queued, whatever its pauses, and devices get Mosquitto's
+ * usual bound (config.py). Past reports_held_bytes held (the service reads slower than reports
+ * come, for long), a report is answered here `rejected` ServiceOverloaded, as the service answers
+ * past its own queue (B records), rather than held on to wait longer. A slow service also makes
+ * batches larger (fewer messages, less work per report) instead of more numerous. Measured on the fleet benchmark: one MQTT message per report and per reply
  * on the service's connection made the service's MQTT client (Python) the pipeline's limit; one
  * message per loop pass each way removes most of that per-message work, and adds no wait (a pass
  * ends as soon as the ready sockets are served).
@@ -115,6 +135,7 @@
 #define REPLIES_TOPIC "$iotdefender/replies"
 #define FLUSH_BYTES (256 * 1024)
 #define REPORTS_FLUSH_BYTES (1024 * 1024)
+#define TAKEN_FRAME 0xff     /* the "qos" of the frame by which the service says what it has read */
 
 /* ---- a small string-keyed hash table (Mosquitto exports no map to plugins) ------------------ */
 
@@ -261,12 +282,18 @@ static struct table unavailable;   /* thing -> reports answered here while the s
 static struct table subscriptions; /* client id -> the struct table of its topic filters (values (void *)1) */
 static struct table oversubscribed; /* client id -> filters refused past max_subscriptions since then (unsigned long *) */
 static struct table unnamed;       /* thing -> reports past report_window of a name over 128 bytes: not answered */
+static struct table overloaded;    /* thing -> reports answered here past reports_held_max since then (unsigned long *) */
 static unsigned max_subscriptions = 0; /* topic filters a connection may hold (0: no limit) */
 static unsigned report_window = 0; /* reports a thing may have waiting for the service's answer (0: no limit) */
 static uint32_t instance;          /* this plugin's number, random at load (Q records, report batches) */
-static uint32_t reports_handed;    /* reports handed to the service so far, modulo 2^32 */
-static uint32_t reports_in_batch;
+static uint32_t reports_handed;    /* reports put in report batches so far, modulo 2^32 */
+static uint32_t report_batches;    /* report batches begun so far (each one's number) */
+static uint32_t report_batches_sent;  /* ... handed to the service's connection */
+static uint32_t report_batches_taken; /* the service has read the batches numbered below this */
 static uint32_t event_batches;     /* event batches sent so far */
+static uint32_t event_batches_taken;  /* the service has read the event batches numbered below this */
+static size_t reports_held_max = 64 * 1024 * 1024; /* bytes of reports held back (see "flow") */
+static uint32_t batches_in_flight = 64; /* report (and event) batches sent to the service and not read yet */
 
 /* Reports of one thing handed to the service and not answered yet. */
 struct awaiting {
@@ -299,7 +326,15 @@ struct buffer {
 };
 
 static struct buffer events;
-static struct buffer reports;
+static struct buffer reports; /* the report batch being filled */
+
+/* Report batches filled while the service had batches_in_flight unread: sent, in order, as it reads. */
+struct held_batch {
+	struct held_batch *next;
+	struct buffer batch;
+};
+static struct held_batch *held_first, *held_last;
+static size_t held_bytes;
 static long last_flush_s, last_flush_ns;
 static long count_told = -1; /* the last N record's count; -1: tell it at the next flush */
 
@@ -332,13 +367,21 @@ static void send_to_service(struct buffer *b, const char *topic)
 	b->len = 0;
 }
 
+/* Whether one more batch of a kind may go to the service: its connection is ready and has read all
+ * but fewer than batches_in_flight of those sent (see "flow" at the top). */
+static bool may_send(uint32_t sent, uint32_t taken)
+{
+	return service_ready && (uint32_t)(sent - taken) < batches_in_flight;
+}
+
 /* Events are held while the service reconnects (sent to its gone connection they would reach
- * nobody), up to EVENTS_HELD_BYTES; past that the batch goes, lost, and the service counts it. */
+ * nobody) or reads slowly, up to EVENTS_HELD_BYTES; past that the batch goes anyway, and if it is
+ * lost the service counts it. */
 #define EVENTS_HELD_BYTES (16 * 1024 * 1024)
 
 static void flush_events(void)
 {
-	if(!events.len || (!service_ready && events.len < EVENTS_HELD_BYTES)) return;
+	if(!events.len || (!may_send(event_batches, event_batches_taken) && events.len < EVENTS_HELD_BYTES)) return;
 	send_to_service(&events, EVENTS_TOPIC);
 	event_batches++;
 }
@@ -784,11 +827,58 @@ static size_t get_u32(const unsigned char *at)
 	return (get_u16(at) << 16) | get_u16(at + 2);
 }
 
+/* The held report batches, oldest first, while the service may take more; then the batch being
+ * filled, unless batches are held or the service has batches_in_flight unread: then it is held once
+ * it is REPORTS_FLUSH_BYTES (until then it takes the reports that come meanwhile). */
 static void flush_reports(void)
 {
-	send_to_service(&reports, REPORTS_TOPIC);
-	reports_handed += reports_in_batch;
-	reports_in_batch = 0;
+	while(held_first && may_send(report_batches_sent, report_batches_taken)){
+		struct held_batch *h = held_first;
+		held_first = h->next;
+		if(!held_first) held_last = NULL;
+		held_bytes -= h->batch.len;
+		send_to_service(&h->batch, REPORTS_TOPIC);
+		report_batches_sent++;
+		free(h->batch.data);
+		free(h);
+	}
+	if(!reports.len) return;
+	if(!held_first && may_send(report_batches_sent, report_batches_taken)){
+		send_to_service(&reports, REPORTS_TOPIC);
+		report_batches_sent++;
+	}else if(reports.len >= REPORTS_FLUSH_BYTES){
+		struct held_batch *h = malloc(sizeof(*h));
+		if(!h) return; /* filled on: it is sent once the service reads */
+		h->next = NULL;
+		h->batch = reports; /* its bytes move to the held batch; the next batch starts empty */
+		memset(&reports, 0, sizeof(reports));
+		if(held_last) held_last->next = h;
+		else held_first = h;
+		held_last = h;
+		held_bytes += h->batch.len;
+	}
+}
+
+/* Whether the reports held back for the service have reached reports_held_max (see "flow"). */
+static bool reports_held_full(void)
+{
+	return held_bytes + reports.len >= reports_held_max;
+}
+
+/* The service has read the batches numbered below `reports_next` and `events_next` (a TAKEN frame
+ * of its reply batch): as many more may go. A number outside those sent and not yet taken is stale
+ * (from before "ready", or another plugin instance's) and ignored. */
+static void batches_taken(uint32_t of_instance, uint32_t reports_next, uint32_t events_next)
+{
+	if(of_instance != instance) return;
+	if((uint32_t)(reports_next - report_batches_taken) <= (uint32_t)(report_batches_sent - report_batches_taken)){
+		report_batches_taken = reports_next;
+	}
+	if((uint32_t)(events_next - event_batches_taken) <= (uint32_t)(event_batches - event_batches_taken)){
+		event_batches_taken = events_next;
+	}
+	flush_reports();
+	if(events.len >= FLUSH_BYTES) flush_events();
 }
 
 /* One report frame (layout at the top of this file), after the batch's head if it is the first. */
@@ -799,11 +889,12 @@ static void append_report(const char *topic, const char *thing, const void *payl
 	const char *encoding = strrchr(topic, '/') + 1;
 	struct timespec now;
 	uint64_t micros;
-	if(!buffer_reserve(&reports, 8 + sizeof(head) + thing_len + payloadlen)) return;
+	if(!buffer_reserve(&reports, 12 + sizeof(head) + thing_len + payloadlen)) return;
 	if(!reports.len){
-		unsigned char batch_head[8];
+		unsigned char batch_head[12];
 		put_u32(batch_head, instance);
-		put_u32(batch_head + 4, reports_handed);
+		put_u32(batch_head + 4, report_batches++);
+		put_u32(batch_head + 8, reports_handed);
 		buffer_append(&reports, batch_head, sizeof(batch_head));
 	}
 	clock_gettime(CLOCK_REALTIME, &now);
@@ -816,7 +907,7 @@ static void append_report(const char *topic, const char *thing, const void *payl
 	buffer_append(&reports, head, sizeof(head));
 	buffer_append(&reports, thing, thing_len);
 	buffer_append(&reports, payload, payloadlen);
-	reports_in_batch++;
+	reports_handed++;
 	if(reports.len >= REPORTS_FLUSH_BYTES) flush_reports();
 }
 
@@ -915,6 +1006,8 @@ static const char THROTTLED_MESSAGE[] = "Too many of this thing's reports are wa
 	"this one was not processed (a device sends one report per interval)";
 static const char UNAVAILABLE_MESSAGE[] = "The service is reconnecting to the broker; the report was not "
 	"processed: retry later";
+static const char OVERLOADED_MESSAGE[] = "The service is behind in reading reports; this one was not "
+	"processed: retry later";
 
 /* Answer a report not handed to the service, as the service answers (ingest/replies.py): `rejected`
  * with `code`, in the report's encoding, on the thing's reply topic. */
@@ -960,13 +1053,20 @@ static void answer_rejected(const char *topic, const char *thing, const char *co
 	mosquitto_broker_publish_copy(NULL, reply_topic, (int)len, body, 1, false, NULL);
 }
 
-/* Publish every reply frame of the service's batch; a malformed tail is ignored. */
+/* Publish every reply frame of the service's batch, and apply its TAKEN frame; a malformed tail is
+ * ignored. */
 static void publish_replies(const unsigned char *at, size_t len)
 {
 	char topic[1024];
 	while(len >= 7){
 		int qos = at[0];
 		size_t topic_len = get_u16(at + 1), payload_len = get_u32(at + 3);
+		if(qos == TAKEN_FRAME && topic_len == 0 && payload_len == 12 && len >= 19){
+			batches_taken((uint32_t)get_u32(at + 7), (uint32_t)get_u32(at + 11), (uint32_t)get_u32(at + 15));
+			at += 19;
+			len -= 19;
+			continue;
+		}
 		if(qos > 2 || topic_len == 0 || 7 + topic_len + payload_len > len) return;
 		if(topic_len < sizeof(topic)){ /* a longer one is skipped alone, not the replies after it */
 			memcpy(topic, at + 7, topic_len);
@@ -991,6 +1091,9 @@ static void run_command(const char *payload, size_t len)
 		service_ready = true;
 		count_told = -1; /* the service's connection is new: what it missed includes the count */
 		table_clear(&awaiting); /* and the reports it had not answered: it never will */
+		report_batches_taken = report_batches_sent; /* nothing is in flight on a new connection */
+		event_batches_taken = event_batches;
+		flush_reports(); /* those held for the connection that went */
 	}
 	if(!strcmp(payload, "kick") || !strcmp(payload, "refuse")){
 		mosquitto_kick_client_by_clientid(target, false);
@@ -1023,6 +1126,10 @@ static int on_message(int event, void *event_data, void *userdata)
 			/* Handed to a connection that is gone (or has not subscribed yet), it would reach nobody. */
 			answer_rejected(ed->topic, thing, "ServiceUnavailable", UNAVAILABLE_MESSAGE);
 			count_event(&unavailable, thing);
+		}else if(reports_held_full()){
+			/* The service reads slower than reports come, for long: held on, they would only wait longer. */
+			answer_rejected(ed->topic, thing, "ServiceOverloaded", OVERLOADED_MESSAGE);
+			count_event(&overloaded, thing);
 		}else if(report_admitted(thing)){
 			append_report(ed->topic, thing, ed->payload, ed->payloadlen);
 		}else if(strlen(thing) > 128){
@@ -1069,6 +1176,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 		tell_count();
 		tell_counts(&shed, "O");
 		tell_counts(&unavailable, "U");
+		tell_counts(&overloaded, "B");
 		tell_counts(&oversubscribed, "M");
 		tell_counts(&unnamed, "I");
 		tell_counts(&throttled, "L");
@@ -1143,6 +1251,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data,
 		else if(!strcmp(key, "publish_rate")) publish_rate = atof(value);
 		else if(!strcmp(key, "report_window")) report_window = (unsigned)strtoul(value, NULL, 10);
 		else if(!strcmp(key, "max_subscriptions")) max_subscriptions = (unsigned)strtoul(value, NULL, 10);
+		else if(!strcmp(key, "reports_held_bytes")) reports_held_max = (size_t)strtoull(value, NULL, 10);
+		else if(!strcmp(key, "batches_in_flight")) batches_in_flight = (uint32_t)strtoul(value, NULL, 10);
 		else if(!strcmp(key, "password_file")){
 			rc = load_passwords(value);
 			if(rc) return rc;
@@ -1190,6 +1300,13 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *options, int
 		table_clear(&subscriptions); /* frees each filters table itself */
 	}
 	table_clear(&unnamed);
+	table_clear(&overloaded);
+	while(held_first){
+		struct held_batch *h = held_first;
+		held_first = h->next;
+		free(h->batch.data);
+		free(h);
+	}
 	/* authenticated holds Mosquitto's pointers: drop the entries, not what they point to. */
 	{
 		size_t k;

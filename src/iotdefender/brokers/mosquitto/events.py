@@ -24,10 +24,11 @@ PUBLISH_REFUSED_LOG = LimitedLog(log, "mqtt_publish_refused", "iotdefender_mqtt_
 PUBLISH_THROTTLED_LOG = LimitedLog(log, "mqtt_publish_throttled", "iotdefender_mqtt_publishes_throttled_total")
 
 # Fields per record type, the type included ("T": the time of the records after it).
-_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3, "T": 2, "N": 2, "L": 3, "O": 3, "U": 3, "M": 3, "I": 3, "Q": 3}
+_SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3, "T": 2, "N": 2, "L": 3, "O": 3, "U": 3, "M": 3, "I": 3, "Q": 3,
+          "B": 3}
 # Reports the broker rejected itself, by record type: the code of its answer (none for a thing
 # name over 128 bytes, which has no valid topic to answer on, as the service's InvalidThingName).
-_ANSWERED = {"O": "Throttled", "U": "ServiceUnavailable", "I": "InvalidThingName"}
+_ANSWERED = {"O": "Throttled", "U": "ServiceUnavailable", "I": "InvalidThingName", "B": "ServiceOverloaded"}
 
 
 class DenialCounter(Protocol):

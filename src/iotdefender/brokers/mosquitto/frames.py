@@ -4,6 +4,11 @@ Reports arrive as one message per pass of Mosquitto's main loop and replies leav
 event-loop iteration, instead of one MQTT message each: measured on the fleet benchmark, gmqtt's
 per-message work (packet parsing, acknowledgements, in-flight tracking) was the largest share of the
 service's event loop. The frames are length-prefixed because CBOR payloads may hold any byte.
+
+The reply batch also carries the service's TAKEN frame: which report and event batches it has read.
+The plugin sends at most ``config.BATCHES_IN_FLIGHT`` of each kind unread ("flow" in
+defender_plugin.c), so that the broker queues some hundred messages for the service's connection
+whatever its pauses, and can bound what it queues for every client to Mosquitto's usual 1,000.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ from collections.abc import Callable, Iterator
 
 from iotdefender.brokers.mosquitto.config import MAX_PACKET_BYTES
 
-_BATCH_HEAD = struct.Struct(">II")  # plugin instance, reports it handed over before the batch (mod 2^32)
+_BATCH_HEAD = struct.Struct(">III")  # plugin instance, batch number, reports it handed over before (mod 2^32)
 _REPORT_HEAD = struct.Struct(">cHIQ")  # encoding, thing length, payload length, received (µs since the epoch)
 _REPLY_HEAD = struct.Struct(">BHI")  # qos, topic length, payload length
+_TAKEN = struct.Struct(">III")  # plugin instance, next report batch, next event batch
+#: A TAKEN frame: "qos" 0xff, no topic, the three numbers (defender_plugin.c, TAKEN_FRAME).
+_TAKEN_HEAD = _REPLY_HEAD.pack(0xFF, 0, _TAKEN.size)
 _ENCODINGS = {b"j": "json", b"c": "cbor"}
 #: The most reply frames' bytes one message carries: the service's connection is a client of the
 #: broker like any other, so its packets are bound by ``MAX_PACKET_BYTES`` too (room left for the
@@ -26,8 +34,9 @@ _ENCODINGS = {b"j": "json", b"c": "cbor"}
 MAX_REPLIES_BYTES = MAX_PACKET_BYTES - 1024
 
 
-def report_batch_head(batch: bytes) -> tuple[int, int] | None:
-    """(plugin instance, reports it handed over before this batch), or None if there is no head."""
+def report_batch_head(batch: bytes) -> tuple[int, int, int] | None:
+    """(plugin instance, batch number, reports it handed over before this batch), or None if there is
+    no head."""
     return _BATCH_HEAD.unpack_from(batch) if len(batch) >= _BATCH_HEAD.size else None
 
 
@@ -53,18 +62,31 @@ def encode_reply(topic: str, payload: bytes, qos: int) -> bytes:
     return _REPLY_HEAD.pack(qos, len(encoded), len(payload)) + encoded + payload
 
 
+def encode_taken(instance: int, next_report_batch: int, next_event_batch: int) -> bytes:
+    """The TAKEN frame: the service has read the plugin instance's report batches numbered below
+    ``next_report_batch`` and its event batches below ``next_event_batch`` (modulo 2^32)."""
+    return _TAKEN_HEAD + _TAKEN.pack(instance, next_report_batch % 2**32, next_event_batch % 2**32)
+
+
 class ReplyBatcher:
-    """Collects the replies published during one event-loop iteration and sends them as one message.
+    """Collects the replies published during one event-loop iteration and sends them as one message,
+    with the latest TAKEN frame if one was given since.
 
     ``send`` runs on the loop once per iteration that published anything; ``add`` may be called from
     any thread (off the loop it costs a wake-up of the loop, on it nothing but an append). Built on
     the loop's thread.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, send: Callable[[bytes], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, send: Callable[[bytes], None], taken_every: int = 8) -> None:
+        """``taken_every``: batches read after which a TAKEN frame goes even with no reply to carry it
+        (a message more): well below what the plugin may send unread, so that it never waits for
+        the word while the service reads (config.BATCHES_IN_FLIGHT)."""
         self._loop = loop
         self._send = send
+        self._taken_every = taken_every
         self._frames: list[bytes] = []
+        self._taken: bytes | None = None
+        self._read_untold = 0  # batches read since the last TAKEN frame sent
         self._lock = threading.Lock()
         self._loop_thread = threading.get_ident()
 
@@ -73,8 +95,21 @@ class ReplyBatcher:
         with self._lock:
             first = not self._frames
             self._frames.append(frame)
-        if not first:
-            return
+        if first:
+            self._schedule()
+
+    def taken(self, frame: bytes) -> None:
+        """One more batch read, ``frame`` (``encode_taken``) telling all read so far: it goes with the
+        next replies, in place of any earlier one not sent yet (it says everything that one said), or
+        alone at the end of this iteration once ``taken_every`` batches were read untold."""
+        with self._lock:
+            self._taken = frame
+            self._read_untold += 1
+            alone = self._read_untold == self._taken_every and not self._frames
+        if alone:
+            self._schedule()
+
+    def _schedule(self) -> None:
         if threading.get_ident() == self._loop_thread:
             self._loop.call_soon(self._flush)
         else:
@@ -83,6 +118,9 @@ class ReplyBatcher:
     def _flush(self) -> None:
         with self._lock:
             frames, self._frames = self._frames, []
+            if self._taken is not None and (frames or self._read_untold >= self._taken_every):
+                frames.insert(0, self._taken)
+                self._taken, self._read_untold = None, 0
         for message in _messages(frames):
             self._send(message)
 

@@ -7,6 +7,9 @@ acknowledged for: they are never answered. Before the batches were numbered, an 
 lost 55 of 400 honest devices' reports that way, with no counter or log line showing it. Each report
 batch now says how many reports the plugin instance handed over before it, and each event batch its
 number (the plugin's ``Q`` record), so a gap is counted here.
+
+The batches' numbers are also what the service tells the plugin it has read (``next_batches``, sent
+in a TAKEN frame): the plugin sends only so many batches unread ("flow" in defender_plugin.c).
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class Handover:
     """The report and event batches of the plugin, followed."""
 
     def __init__(self) -> None:
+        self._instance: int | None = None
+        self._next_report_batch = 0
+        self._next_event_batch = 0
         self._reports = _Sequence(REPORTS_LOST, "reports",
                                   "reports acknowledged to their devices never reached the service: they are "
                                   "not answered (the broker dropped them)")
@@ -62,14 +68,30 @@ class Handover:
                                  "broker events never reached the service: cloud-side metrics and refusal "
                                  "counts are short")
 
-    def reports(self, instance: int, before: int, count: int) -> int:
-        """A report batch of ``count`` reports, ``before`` handed over before it; returns the reports
-        lost since the previous batch (counted and logged)."""
+    def reports(self, instance: int, number: int, before: int, count: int) -> int:
+        """The report batch ``number`` of ``count`` reports, ``before`` handed over before it; returns
+        the reports lost since the previous batch (counted and logged)."""
+        self._read(instance)
+        self._next_report_batch = (number + 1) % _WRAP
         return self._reports.saw(instance, before, count)
 
     def events(self, instance: int, number: int) -> int:
         """An event batch numbered ``number``; returns the batches lost since the previous one."""
+        self._read(instance)
+        self._next_event_batch = (number + 1) % _WRAP
         return self._events.saw(instance, number, 1)
+
+    def next_batches(self) -> tuple[int, int, int] | None:
+        """(plugin instance, the report batch and the event batch it expects next), once a batch of
+        the instance was read. A kind not read yet from it counts as 0 (the plugin ignores a number
+        it did not send)."""
+        if self._instance is None:
+            return None
+        return self._instance, self._next_report_batch, self._next_event_batch
+
+    def _read(self, instance: int) -> None:
+        if instance != self._instance:  # Mosquitto restarted: its numbers start again
+            self._instance, self._next_report_batch, self._next_event_batch = instance, 0, 0
 
 
 def _gap(expected: int, got: int) -> int:
