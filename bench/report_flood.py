@@ -9,7 +9,9 @@ nor counted. This runs that attack against ``iotdefender serve`` (its default br
 * ``--flooders`` devices, each one raw MQTT connection (client id = thing name) writing QoS 0
   PUBLISHes of a malformed report (``garbage``: answered InvalidPayload) or of a valid one
   (``valid``: Throttled) on its own report topic, 500 at a time, as fast as the socket takes them,
-  for ``--seconds``;
+  for ``--seconds``; with ``--subscribed`` each first subscribes (QoS 1) to its own replies and then
+  never reads its socket, so that every answer to it waits in the broker (bounded per client by
+  ``max_queued_messages`` and the in-flight limit: config.py);
 * meanwhile ``--honest`` devices (paho-mqtt, QoS 1, subscribed to their replies) publish a
   malformed report every ``--every`` seconds, each of which must be answered.
 
@@ -17,10 +19,11 @@ Printed (and written to bench/results/report-flood-<date>.json): the honest repo
 answered and unanswered 30 s after the flood, their answer times (publish to reply), and the
 service's own counts over the run: reports rejected by the service, answered by the broker
 (Throttled past the reports a thing may have waiting; docs/mqtt-policy.md), publishes dropped for
-the rate, and reports the broker handed over that never reached the service (must be 0).
+the rate, and reports the broker handed over that never reached the service (must be 0); and the
+broker's resident memory (Mosquitto's, sampled every half second: the largest, and 30 s after).
 
     .venv/bin/python bench/report_flood.py [--flooders 10] [--seconds 20] [--kind garbage] [--honest 5]
-        [--every 0.25] [--time-scale 60] [--output FILE]
+        [--every 0.25] [--time-scale 60] [--subscribed] [--output FILE]
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import paho.mqtt.client as mqtt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import mqtt_wire  # noqa: E402
 from bench.common import environment, report  # noqa: E402
+from bench.process_usage import rss_bytes, split  # noqa: E402
 from tests.support.metrics import metric_sample  # noqa: E402
 from tests.support.processes import ServiceProcess  # noqa: E402
 
@@ -55,11 +59,15 @@ COUNTED = {
 }
 
 
-def flood(port: int, thing: str, payload: bytes, until: float, sent: dict[str, int]) -> None:
-    """One raw connection writing QoS 0 reports as fast as its socket takes them."""
+def flood(port: int, thing: str, payload: bytes, until: float, sent: dict[str, int], subscribed: bool) -> None:
+    """One raw connection writing QoS 0 reports as fast as its socket takes them; ``subscribed``: to
+    its replies first, which it then never reads."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(mqtt_wire.connect(thing, keepalive=60))
         sock.recv(4)  # CONNACK
+        if subscribed:
+            sock.sendall(mqtt_wire.subscribe(1, f"$aws/things/{thing}/defender/metrics/json/+", qos=1))
+            sock.recv(5)  # SUBACK
         batch = mqtt_wire.publish_qos0(f"$aws/things/{thing}/defender/metrics/json", payload) * 500
         n = 0
         while time.monotonic() < until:
@@ -116,6 +124,28 @@ def counted(endpoint: str) -> dict[str, float]:
     return {name: metric_sample(endpoint, sample) for name, sample in COUNTED.items()}
 
 
+class BrokerMemory:
+    """The broker's resident memory, sampled every half second: the largest seen, in MB."""
+
+    def __init__(self, service_pid: int) -> None:
+        self._pid = service_pid
+        self.largest_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def now_mb(self) -> float:
+        return split([self._pid], rss_bytes)["broker"] / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            self.largest_mb = max(self.largest_mb, self.now_mb())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--flooders", type=int, default=10)
@@ -124,6 +154,8 @@ def main() -> None:
     parser.add_argument("--honest", type=int, default=5)
     parser.add_argument("--every", type=float, default=0.25)
     parser.add_argument("--time-scale", type=float, default=60.0)
+    parser.add_argument("--subscribed", action="store_true",
+                        help="flooders subscribe to their replies and never read them")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     payload = b"x" * 50 if args.kind == "garbage" else json.dumps(
@@ -135,9 +167,12 @@ def main() -> None:
         try:
             honest = [Honest(service.mqtt_port, f"honest-{n}") for n in range(args.honest)]
             before = counted(service.endpoint)
+            memory = BrokerMemory(service.process.pid)
+            memory_before = memory.now_mb()
             until = time.monotonic() + args.seconds
             sent: dict[str, int] = {}
-            threads = [threading.Thread(target=flood, args=(service.mqtt_port, f"flooder-{n}", payload, until, sent))
+            threads = [threading.Thread(target=flood, args=(service.mqtt_port, f"flooder-{n}", payload, until, sent,
+                                                          args.subscribed))
                        for n in range(args.flooders)]
             threads += [threading.Thread(target=device.run, args=(until, args.every)) for device in honest]
             for thread in threads:
@@ -146,6 +181,8 @@ def main() -> None:
                 thread.join()
             time.sleep(30)
             after = counted(service.endpoint)
+            memory.stop()
+            memory_after = memory.now_mb()
             for device in honest:
                 device.close()
         finally:
@@ -163,6 +200,8 @@ def main() -> None:
                    "answer_ms": {"p50": round(1000 * waits[len(waits) // 2], 1) if waits else None,
                                  "p99": round(1000 * waits[int(len(waits) * 0.99)], 1) if waits else None,
                                  "max": round(1000 * waits[-1], 1) if waits else None}},
+        "broker_memory_mb": {"before": round(memory_before, 1), "largest": round(memory.largest_mb, 1),
+                             "30_s_after": round(memory_after, 1)},
         "service_counted": {name: round(after[name] - before[name], 1) for name in COUNTED},
     }
     report(result, args.output or Path(__file__).with_name("results") / f"report-flood-{datetime.date.today()}.json")
