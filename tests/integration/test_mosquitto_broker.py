@@ -357,6 +357,52 @@ def test_reports_past_what_the_broker_holds_for_a_slow_service_are_answered_serv
     run_with_broker(body, tmp_path, answer=True)
 
 
+def test_an_offline_session_holds_at_most_a_few_megabytes_of_messages(tmp_path):
+    """Mosquitto holds at most ``QUEUED_BYTES`` (4 MB) of QoS 1 messages for a client, as well as at
+    most ``QUEUED_MESSAGES``: an outside-in test had one offline session subscribed to ``#`` hold
+    1,000 application messages of 100 KB (Mosquitto 8 -> 104 MB). Here 100 such messages published
+    while the session is away: it gets about 40 when it comes back, not all 100."""
+    async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
+        got: queue.Queue[int] = queue.Queue()
+
+        def session() -> mqtt.Client:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="listener", clean_session=False)
+            client.on_message = lambda c, u, message: got.put(len(message.payload))
+            return client
+
+        listener, connected = session(), queue.Queue()
+        listener.on_connect = lambda c, u, f, reason, p: connected.put(reason.value)
+        listener.connect("127.0.0.1", port)
+        listener.loop_start()
+        assert await in_thread(connected.get, True, 5) == 0
+        subscribed: queue.Queue[int] = queue.Queue()
+        listener.on_subscribe = lambda c, u, mid, reasons, p: subscribed.put(mid)
+        listener.subscribe("apps/#", qos=1)
+        await in_thread(subscribed.get, True, 5)
+        stop_network_loop(listener)
+        listener.disconnect()
+        publisher, codes, _ = connect(port, "publisher")
+        assert await in_thread(codes.get, True, 5) == 0
+        for n in range(100):
+            await in_thread(publisher.publish(f"apps/{n}", b"x" * 100_000, qos=1).wait_for_publish, 5)
+        back = session()
+        back.connect("127.0.0.1", port)
+        back.loop_start()
+        received = []
+        try:
+            while True:
+                received.append(await in_thread(got.get, True, 3))
+        except queue.Empty:
+            pass
+        assert set(received) == {100_000}
+        assert 30 <= len(received) <= 45, len(received)  # 4 MB of 100 KB messages
+        for client in (back, publisher):
+            stop_network_loop(client)
+            client.disconnect()
+
+    run_with_broker(body, tmp_path)
+
+
 def test_a_connection_holds_at_most_50_topic_filters(tmp_path):
     """AWS IoT Core refuses a connection's subscriptions past 50; one connection held 100,000 here
     (an outside-in test), each in Mosquitto's tree. The 51st filter is refused (SUBACK failure) and

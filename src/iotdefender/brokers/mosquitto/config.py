@@ -27,6 +27,15 @@ QUEUED_MESSAGES = 1_000
 #: clients): AWS IoT Core's 100, past which "no new messages are sent to the client until the client
 #: acknowledges the in-flight messages" (its message broker quotas).
 INFLIGHT_MESSAGES = 100
+#: Payload bytes of QoS 1 messages per client, in flight and queued (each bound, in Mosquitto's
+#: ``max_inflight_bytes`` and ``max_queued_bytes``): the counts above bound replies (a few hundred
+#: bytes each) but not application messages of up to ``MAX_PACKET_BYTES``. Without it an outside-in
+#: test had one offline session subscribed to ``#`` hold 1,000 messages of 100 KB (8 -> 104 MB), and
+#: online subscribers that did not read 100 MB each. The service's own connection gets QoS 0 batches
+#: only, which these do not count (Mosquitto counts a QoS 0 message's bytes only until it is written).
+#: Not bounded by Mosquitto 2.0: QoS 0 deliveries to a connected client that does not read (up to
+#: ``QUEUED_MESSAGES`` packets).
+QUEUED_BYTES = 4 * 1024 * 1024
 #: Report batches, and event batches, the plugin sends the service before it has read them
 #: (defender_plugin.c, "flow"); the service says which it has read with its next replies, or alone
 #: after an eighth of them (frames.ReplyBatcher). Measured with bench/pipeline_ab.py (5,000 devices,
@@ -121,6 +130,8 @@ def render_config(listeners: ListenerSettings, plugin: PluginOptions, persistenc
         "set_tcp_nodelay true",
         f"max_queued_messages {QUEUED_MESSAGES}",
         f"max_inflight_messages {INFLIGHT_MESSAGES}",
+        f"max_inflight_bytes {QUEUED_BYTES}",
+        f"max_queued_bytes {QUEUED_BYTES}",
         f"max_packet_size {MAX_PACKET_BYTES}",
         f"plugin {_value(str(plugin.library))}",
         f"plugin_opt_service_id {_value(plugin.service_id)}",
