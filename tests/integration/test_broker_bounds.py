@@ -20,13 +20,13 @@ from tests.support.mqtt import stop_network_loop
 
 
 ANSWERED_OVERLOADED = ("iotdefender_mqtt_reports_rejected_by_broker_total", {"code": "ServiceOverloaded"})
-DEVICES, REPORTS_EACH = 8, 30
+DEVICES, REPORTS_EACH = 6, 25
 
 
 async def stall_under_big_reports(port: int, reports: list, subscribe: bool = False) -> dict[str, Any]:
-    """8 devices publish 30 reports of 120 KB each (29 MB, more than the sockets between the broker
+    """6 devices publish 25 reports of 120 KB each (18 MB, more than the sockets between the broker
     and the service hold), within the publish rate's burst and the 32 reports a thing may have
-    waiting, while the service's event loop reads nothing for 3 s; then one more report, which must
+    waiting, while the service's event loop reads nothing for 2 s; then one more report, which must
     reach the sink. What each counter moved by, and the answers the first device got
     (``subscribe``: to its ``rejected`` topic)."""
     devices, answers = [], queue.Queue()
@@ -46,10 +46,10 @@ async def stall_under_big_reports(port: int, reports: list, subscribe: bool = Fa
     big = b'{"pad":"' + b"x" * 120_000 + b'"}'
     sent = [device.publish(f"$aws/things/cam-{n}/defender/metrics/json", big, qos=0)
             for _ in range(REPORTS_EACH) for n, device in enumerate(devices)]
-    time.sleep(3)  # the service's event loop reads nothing meanwhile
+    time.sleep(2)  # the service's event loop reads nothing meanwhile
     for info in sent:
         await in_thread(info.wait_for_publish, 5)
-    await asyncio.sleep(1)
+    await asyncio.sleep(0.3)
     await in_thread(devices[0].publish("$aws/things/cam-0/defender/metrics/json", b'{"last":1}',
                                        qos=1).wait_for_publish, 5)
     for _ in range(200):
@@ -87,8 +87,8 @@ def test_report_batches_the_broker_drops_are_counted_lost(tmp_path, monkeypatch)
 def test_a_service_that_pauses_loses_no_report_though_the_broker_queues_few_messages(tmp_path, monkeypatch):
     """The plugin sends the service at most ``BATCHES_IN_FLIGHT`` (here 16) report batches and as
     many event batches it has not read (defender_plugin.c, "flow"), and holds the rest: with
-    Mosquitto queueing at most 40 messages for a client, a service that reads nothing for 3 s under
-    29 MB of reports gets every one. Before,
+    Mosquitto queueing at most 40 messages for a client, a service that reads nothing for 2 s under
+    18 MB of reports gets every one. Before,
     the plugin sent a batch per pass of Mosquitto's loop and the service's connection needed
     100,000 queued messages, and so did every device (one that never read its answers had that many
     queued)."""
@@ -107,7 +107,7 @@ def test_reports_past_what_the_broker_holds_for_a_slow_service_are_answered_serv
     """Held back for a service that reads slower than they come, past ``REPORTS_HELD_BYTES`` (here
     2 MB) reports would only wait longer: the broker answers them ``rejected`` ServiceOverloaded
     (retryable, as the service answers past its own queue) and counts them; none is lost. (At most
-    4 batches unread here: 64 would take the 29 MB of the test before any were held.)"""
+    4 batches unread here: 64 would take the 18 MB of the test before any were held.)"""
     monkeypatch.setattr(mosquitto_config, "BATCHES_IN_FLIGHT", 4)
     monkeypatch.setattr(mosquitto_config, "REPORTS_HELD_BYTES", 2 * 1024 * 1024)
 
@@ -155,7 +155,7 @@ def test_an_offline_session_holds_at_most_a_few_megabytes_of_messages(tmp_path):
         received = []
         try:
             while True:
-                received.append(await in_thread(got.get, True, 3))
+                received.append(await in_thread(got.get, True, 1.5))
         except queue.Empty:
             pass
         assert set(received) == {100_000}
