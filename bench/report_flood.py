@@ -13,7 +13,11 @@ nor counted. This runs that attack against ``iotdefender serve`` (its default br
   never reads its socket, so that every answer to it waits in the broker (bounded per client by
   ``max_queued_messages`` and the in-flight limit: config.py);
 * meanwhile ``--honest`` devices (paho-mqtt, QoS 1, subscribed to their replies) publish a
-  malformed report every ``--every`` seconds, each of which must be answered.
+  malformed report every ``--every`` seconds, each of which must be answered;
+* with ``--stop-service-for S`` the service's process is stopped (SIGSTOP) ``--stop-service-at``
+  seconds into the run for S seconds, then continued (SIGCONT): a stalled service (a frozen VM, a
+  long pause). Its broker keeps running; every report published meanwhile must still be answered,
+  by the service once it resumes or by the broker (``--flooders 0`` for the stall alone).
 
 Printed (and written to bench/results/report-flood-<date>.json): the honest reports sent, PUBACKed,
 answered and unanswered 30 s after the flood, their answer times (publish to reply), and the
@@ -23,7 +27,8 @@ the rate, and reports the broker handed over that never reached the service (mus
 broker's resident memory (Mosquitto's, sampled every half second: the largest, and 30 s after).
 
     .venv/bin/python bench/report_flood.py [--flooders 10] [--seconds 20] [--kind garbage] [--honest 5]
-        [--every 0.25] [--time-scale 60] [--subscribed] [--output FILE]
+        [--every 0.25] [--time-scale 60] [--subscribed] [--stop-service-at 5 --stop-service-for 0]
+        [--output FILE]
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import signal
 import socket
 import sys
 import tempfile
@@ -52,6 +59,7 @@ COUNTED = {
     "accepted": 'iotdefender_reports_total{outcome="accepted"}',
     "answered_by_broker_throttled": 'iotdefender_mqtt_reports_rejected_by_broker_total{code="Throttled"}',
     "answered_by_broker_unavailable": 'iotdefender_mqtt_reports_rejected_by_broker_total{code="ServiceUnavailable"}',
+    "answered_by_broker_overloaded": 'iotdefender_mqtt_reports_rejected_by_broker_total{code="ServiceOverloaded"}',
     "publishes_dropped_for_rate": "iotdefender_mqtt_publishes_throttled_total",
     "reports_lost_between_broker_and_service": "iotdefender_broker_reports_lost_total",
     "event_batches_lost": "iotdefender_broker_event_batches_lost_total",
@@ -120,6 +128,17 @@ class Honest:
         self.client.loop_stop()
 
 
+def stall(pid: int, at: float, seconds: float) -> None:
+    """Stop the service's process ``at`` seconds from now for ``seconds`` (its broker, a child in a
+    session of its own, keeps running)."""
+    time.sleep(at)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def counted(endpoint: str) -> dict[str, float]:
     return {name: metric_sample(endpoint, sample) for name, sample in COUNTED.items()}
 
@@ -156,6 +175,9 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=60.0)
     parser.add_argument("--subscribed", action="store_true",
                         help="flooders subscribe to their replies and never read them")
+    parser.add_argument("--stop-service-at", type=float, default=5.0)
+    parser.add_argument("--stop-service-for", type=float, default=0.0,
+                        help="seconds the service's process is stopped (SIGSTOP) during the run; 0: never")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     payload = b"x" * 50 if args.kind == "garbage" else json.dumps(
@@ -175,6 +197,9 @@ def main() -> None:
                                                           args.subscribed))
                        for n in range(args.flooders)]
             threads += [threading.Thread(target=device.run, args=(until, args.every)) for device in honest]
+            if args.stop_service_for > 0:
+                threads.append(threading.Thread(target=stall, args=(service.process.pid, args.stop_service_at,
+                                                                   args.stop_service_for)))
             for thread in threads:
                 thread.start()
             for thread in threads:

@@ -90,11 +90,14 @@ class ExternalBroker:
                  client_id: str | None = None, report_filters: tuple[str, ...] = REPORT_FILTERS,
                  other_filters: tuple[str, ...] = (),
                  on_other: Callable[[str, bytes], None] | None = None,
-                 on_connected: Callable[[], None] | None = None, persistent: bool = False) -> None:
+                 on_connected: Callable[[], None] | None = None, persistent: bool = False,
+                 keepalive_s: int = 30) -> None:
         """``other_filters`` are subscribed too, their messages go to ``on_other``; ``on_connected``
         runs on every (re)connection (the default broker uses both for its plugin's channel, which
         also carries the reports, so it subscribes to no ``report_filters``). ``persistent``: the
-        broker keeps the session (its subscriptions and queued messages) while this client is away."""
+        broker keeps the session (its subscriptions and queued messages) while this client is away.
+        ``keepalive_s``: MQTT keep alive, 0 for none (the broker then never drops the connection
+        for silence)."""
         self._url = url
         self._report_filters = report_filters
         self._sink = sink
@@ -103,6 +106,7 @@ class ExternalBroker:
         self._on_connected = on_connected
         self._ca_file = ca_file
         self._persistent = persistent
+        self._keepalive_s = keepalive_s
         self.client_id = client_id or f"iotdefender-{uuid.uuid4().hex[:12]}"
         self._client = self._new_client()
         self._connected = asyncio.Event()
@@ -159,7 +163,7 @@ class ExternalBroker:
         context: ssl.SSLContext | bool = False
         if self._url.tls:
             context = ssl.create_default_context(cafile=self._ca_file)
-        await self._client.connect(self._url.host, self._url.port, ssl=context, version=MQTTv311, keepalive=30)
+        await self._client.connect(self._url.host, self._url.port, ssl=context, version=MQTTv311, keepalive=self._keepalive_s)
         await asyncio.wait_for(self._connected.wait(), timeout=30)
 
     @property

@@ -66,6 +66,15 @@ REPORTS_TOPIC = "$iotdefender/reports"
 REPLIES_TOPIC = "$iotdefender/replies"
 _READY_TIMEOUT_S = 15.0
 _WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+#: The service's own connection asks for no MQTT keep alive. Mosquitto drops a client silent for
+#: 1.5 keep-alive periods, and a service stalled that long (a long GC pause, a frozen VM, SIGSTOP)
+#: lost its connection: when it resumed, the replies of the reports it had read before the stall
+#: went to the dead socket, unanswered and counted nowhere (an outside-in test: 88 reports stored,
+#: never answered, after 50 s stopped with a keep alive of 30 s). Nothing is gained by the drop:
+#: a service that dies closes its socket (the kernel does it, and Mosquitto dies with it), and
+#: while it is stalled the plugin holds what it cannot send and answers ServiceOverloaded past its
+#: bound (config.REPORTS_HELD_BYTES), as it would with the connection up.
+SERVICE_KEEPALIVE_S = 0
 
 
 def raise_open_file_limit() -> int:
@@ -154,7 +163,8 @@ class MosquittoBroker:
         self._client = ExternalBroker(
             BrokerUrl(host, self._listeners.port, False, self.client_id, self._secret), self._sink,
             client_id=self.client_id, report_filters=(), other_filters=(EVENTS_TOPIC, REPORTS_TOPIC),
-            on_other=self._on_plugin_message, on_connected=self._on_service_connected)
+            on_other=self._on_plugin_message, on_connected=self._on_service_connected,
+            keepalive_s=SERVICE_KEEPALIVE_S)
         client = self._client
         self._replies = ReplyBatcher(asyncio.get_running_loop(),
                                      lambda batch: client.publish_now(REPLIES_TOPIC, batch, qos=0),
