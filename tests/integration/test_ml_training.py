@@ -338,6 +338,8 @@ def test_the_model_document_shows_every_slot_and_level_in_the_metrics_units(plac
     own = device["model"]["bands"][0]
     assert own["LOW"][0] >= own["HIGH"][0] and own["LOW"][1] <= own["HIGH"][1]
     assert own["LOW"][0] > fleet["model"]["bands"][0]["LOW"][0]  # dev-9 reports the most: its own band is higher
+    for side in ("thresholds", "thresholdsBelow"):  # robust standard deviations above and below the normal
+        assert set(device["model"][side]) == {"LOW", "MEDIUM", "HIGH"} and device["model"][side]["HIGH"] >= 4.75
     pending = make_service(place)
     assert behavior_model_document(pending.api.context, "p", "bytes-ml")["model"] is None
     for args, code in ((("p", "nope"), "ResourceNotFoundException"), (("missing", "bytes-ml"),

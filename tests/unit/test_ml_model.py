@@ -287,9 +287,10 @@ def test_a_rhythm_that_rises_within_the_hour_is_followed() -> None:
 def test_no_threshold_is_below_the_normal_distributions_quantile() -> None:
     from iotdefender.engine.ml import calibration
 
-    scores = np.abs(np.random.default_rng(1).normal(size=20_000)).astype(np.float32) * 0.5  # too light a tail
-    low, medium, high = calibration.thresholds(scores, [1e-3, 1e-4, 2e-6], [0.0, 0.0, 0.0])
+    scores = np.random.default_rng(1).normal(size=20_000).astype(np.float32) * 0.5  # too light a tail
+    low, medium, high, *below = calibration.thresholds(scores, [1e-3, 1e-4, 2e-6], [0.0, 0.0, 0.0])
+    assert below == [low, medium, high]
     assert low == pytest.approx(calibration.normal_quantile(1e-3)) == pytest.approx(3.2905, abs=1e-3)
     assert high == pytest.approx(4.7534, abs=1e-3)
     heavy = (np.random.default_rng(2).standard_t(3, size=200_000)).astype(np.float32)
-    assert calibration.thresholds(np.abs(heavy), [2e-6], [0.0])[0] > 10
+    assert calibration.thresholds(heavy, [2e-6], [0.0])[0] > 10

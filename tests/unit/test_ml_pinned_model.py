@@ -21,7 +21,7 @@ from iotdefender.engine.ml import TrainingData, TrainingSettings, train
 DEVICES = 300
 # Per cohort (the fleet's row, the tail cohorts — at 300 devices 13, as each holds at least
 # shrinkage.COHORT_DEVICES devices: 12 near-normal and one of the devices whose tail is told apart
-# as heavy, calibration.Layout — and the crowding devices'): LOW, MEDIUM, HIGH.
+# as heavy, calibration.Layout — and the crowding devices'): LOW, MEDIUM, HIGH (on each side).
 THRESHOLDS = [
     [3.6769399642944336, 5.3374603016842155, 9.53884222692283], [3.2905267314918953, 3.8905918864130946, 5.163132559909169],
     [3.2905267314918953, 3.8905918864130946, 4.9927093150624815], [3.3641128133154434, 4.097546802054868, 5.581735926966453],
@@ -62,7 +62,9 @@ def test_a_small_sampled_training_gives_the_pinned_thresholds_levels_and_spreads
     cohorts = np.bincount(np.frombuffer(stored["cohort"], dtype=np.uint8), minlength=len(THRESHOLDS)).tolist()
     print("thresholds", stored["cohort_thresholds"], "cohorts", cohorts, "offsets", offset.tolist(),
           "scales", scale.tolist())
-    np.testing.assert_allclose(np.array(stored["cohort_thresholds"]), THRESHOLDS, rtol=1e-4)
+    # Above the centre, then below: the same on this fleet, whose noise is symmetric on the log
+    # scale (calibration.symmetric).
+    np.testing.assert_allclose(np.array(stored["cohort_thresholds"]), np.hstack([THRESHOLDS, THRESHOLDS]), rtol=1e-4)
     assert cohorts == COHORT_SIZES
     np.testing.assert_allclose(offset, OFFSETS, rtol=0, atol=1e-4)
     np.testing.assert_allclose(scale, SCALES, rtol=1e-4)

@@ -114,6 +114,7 @@ def behavior_model_document(ctx: ServiceContext, profile_name: str, behavior_nam
         "devicesWithOwnBand": summary.devices_with_own_band, "hourSeconds": clock.hour_seconds,
         "slotSeconds": clock.slot_seconds,
         "thresholds": {level.value: score for level, score in model.thresholds(device).items()},
+        "thresholdsBelow": {level.value: score for level, score in model.thresholds(device, below=True).items()},
         "bands": [_slot_bands(model, device, clock, slot) for slot in range(clock.slots)],
     }
     return document

@@ -6,7 +6,8 @@ the fleet does not work: some devices are spiky by nature (heavy tails), and a t
 them quiet is blind on the smooth ones, while one that fits the smooth ones alarms on the spiky all
 day. So devices are put into ``cohorts`` by how heavy their tail is (the kurtosis of their
 training scores, or of their successive differences when training sampled: tails.py) and each
-cohort gets its own thresholds from the pooled scores of its devices.
+cohort gets its own thresholds from the pooled scores of its devices: one set for both sides of
+the centre where they are alike, one per side where they differ (``symmetric``).
 
 Where a cohort has too few scores to read a quantile that far out, the tail above a high quantile
 is fitted with a generalised Pareto distribution (method of moments — the peaks-over-threshold
@@ -139,12 +140,63 @@ def _kurtosis_z(kurtosis: npt.NDArray[np.float64], count: npt.NDArray[np.number]
     return result
 
 
+#: Sides of the centre are told apart when, beyond any of these quantiles of the scores' distances
+#: (where at least ``_SIDE_POINTS`` lie), the counts above and below differ by more than this many
+#: of their standard deviations under symmetry (binomial, a half each; ``symmetric``).
+_SIDE_QUANTILES = (0.9, 0.99, 0.999)
+_SIDE_POINTS = 20
+_SIDE_APART = 4.0
+
+
+def sides(scores: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Signed ``scores`` as two one-sided sets of the same length: how far each is above the centre
+    (0 for those below), and how far below (0 for those above). Zeros keep the other side's
+    datapoints in the count, so a quantile of either set is a share of all datapoints."""
+    return np.maximum(scores, np.float32(0)), np.maximum(-scores, np.float32(0))
+
+
+def symmetric(scores: npt.NDArray[np.float32]) -> bool:
+    """Whether signed ``scores`` are as many above the centre as below it beyond each of
+    ``_SIDE_QUANTILES`` of their distances (within ``_SIDE_APART`` standard deviations).
+
+    On the log scale a metric's noise is often not symmetric: a percentage's normal noise has a
+    longer lower tail there, a small count's zeros lie far below its centre. One threshold per
+    level read from both sides' distances mirrored the longer side onto the other: on 200 devices x
+    14 days a CPU at 35 +- 4 % had a HIGH band up to 83 %, a count of 3 with 4 % zeros up to 166 (a
+    20-fold flood normal), a Poisson count of 7.5 up to 3,579 (``tests/unit/test_ml_sides.py``). Such sides get thresholds
+    of their own (``thresholds``), each from its half of the exceedances. Where the sides cannot be
+    told apart both are read from all the distances: half of them each made HIGH's threshold of a
+    near-normal cohort of 2,000-8,000 scores a tenth to a third of a standard deviation higher and
+    as much more uncertain (the threshold is averaged over its own uncertainty), blind to more
+    5-sigma spikes. A few anomalies on one side, beyond every tested quantile, do not split it."""
+    distance = np.abs(scores)
+    n = len(distance)
+    for quantile in _SIDE_QUANTILES:
+        if n * (1 - quantile) < _SIDE_POINTS:
+            break
+        edge = np.float32(np.quantile(distance, quantile))
+        above, below = int(np.count_nonzero(scores > edge)), int(np.count_nonzero(scores < -edge))
+        if abs(above - below) > _SIDE_APART * math.sqrt(max(above + below, 1)):
+            return False
+    return True
+
+
 def thresholds(scores: npt.NDArray[np.float32], exceedance: list[float], floors: list[float]) -> list[float]:
-    """Per level the score that ``exceedance`` of ``scores`` reach, at least ``floors``, non-decreasing."""
+    """Per side (above the centre, then below) and level, the distance that the level's
+    ``exceedance`` of signed ``scores`` reach beyond it (half of it on each side when the sides
+    differ: ``symmetric``), at least ``floors`` and the normal distribution's, non-decreasing."""
+    if symmetric(scores):
+        return _side_thresholds(np.abs(scores), exceedance, floors, 1) * 2
+    return [threshold for side in sides(scores) for threshold in _side_thresholds(side, exceedance, floors, 2)]
+
+
+def _side_thresholds(distance: npt.NDArray[np.float32], exceedance: list[float], floors: list[float],
+                     split: int) -> list[float]:
+    """``distance``: of both sides (``split`` 1) or of one (2: the other's as zeros)."""
     result: list[float] = []
-    n = len(scores)
+    n = len(distance)
     for share, floor in zip(exceedance, floors):
-        value = _tail_quantile(scores, share) if n else floor
+        value = _tail_quantile(distance, share / split) if n else floor
         result.append(max(value, floor, normal_quantile(share), result[-1] if result else floor))
     return result
 
@@ -159,37 +211,51 @@ _APART_FROM_BULK = 10.0
 
 def within_reach(levels: list[float], scores: npt.NDArray[np.float32], exceedance: list[float],
                  floors: list[float]) -> list[float]:
-    """``levels`` (``thresholds`` of ``scores``) no further than the largest of ``scores`` plus each
-    level's floor (never below the floor or the normal quantile ``thresholds`` keeps), when that
-    largest stands apart from the bulk (``_APART_FROM_BULK``): for the fleet's scores
-    (training.py), which hold how far each device's level is from the fleet's, not only noise. One
-    device at another level is a cluster of alike scores among the few largest, which the tail fit
-    reads as a tail and extrapolates thousands of times further out (a HIGH of 288-1,825 robust
-    standard deviations, bands of 1e13-1e66 bytes, a 2,500x jump judged normal); the fit has
-    nothing beyond the farthest training datapoint. A heavy tail's largest is not apart, and keeps
-    its fit."""
+    """``levels`` (``thresholds`` of signed ``scores``) no further on each side than that side's
+    largest distance plus each level's floor (never below the floor or the normal quantile
+    ``thresholds`` keeps), when that largest stands apart from the bulk (``_APART_FROM_BULK``):
+    for the fleet's scores (training.py), which hold how far each device's level is from the
+    fleet's, not only noise. One device at another level is a cluster of alike scores among the
+    few largest, which the tail fit reads as a tail and extrapolates thousands of times further out
+    (a HIGH of 288-1,825 robust standard deviations, bands of 1e13-1e66 bytes, a 2,500x jump judged
+    normal); the fit has nothing beyond the farthest training datapoint. A heavy tail's largest is
+    not apart, and keeps its fit."""
     if not len(scores):
         return levels
-    reach = float(scores.max())
-    if reach <= _APART_FROM_BULK * float(np.quantile(scores, 0.9)):
-        return levels
-    return [min(value, max(reach + floor, normal_quantile(share)))
-            for value, share, floor in zip(levels, exceedance, floors)]
+    bulk = _APART_FROM_BULK * float(np.quantile(np.abs(scores), 0.9))
+    one = symmetric(scores)
+    result: list[float] = []
+    for side, side_levels in zip(sides(scores), (levels[:len(exceedance)], levels[len(exceedance):])):
+        reach = float(np.abs(scores).max() if one else side.max())
+        result += side_levels if reach <= bulk else [
+            min(value, max(reach + floor, normal_quantile(share)))
+            for value, share, floor in zip(side_levels, exceedance, floors)]
+    return result
 
 
 def mixed_thresholds(scores: npt.NDArray[np.float32], other: npt.NDArray[np.float32], weight: float,
                      exceedance: list[float], floors: list[float]) -> list[float]:
-    """``thresholds`` of a mixture: ``scores``' tail with a share ``weight`` of ``other``'s in it —
-    per level the score that the two tails together exceed with ``exceedance`` (between the
-    thresholds each gives alone), at least ``floors``, non-decreasing."""
+    """``thresholds`` of a mixture: signed ``scores``' tails with a share ``weight`` of ``other``'s
+    in them — per side and level the distance that the two together exceed with the level's
+    ``exceedance`` (half of it on each side when either set's sides differ: ``symmetric``; between
+    the thresholds each gives alone), at least ``floors``, non-decreasing."""
+    if symmetric(scores) and symmetric(other):
+        return _side_mixed_thresholds(np.abs(scores), np.abs(other), weight, exceedance, floors, 1) * 2
+    return [threshold for own, them in zip(sides(scores), sides(other))
+            for threshold in _side_mixed_thresholds(own, them, weight, exceedance, floors, 2)]
+
+
+def _side_mixed_thresholds(scores: npt.NDArray[np.float32], other: npt.NDArray[np.float32], weight: float,
+                           exceedance: list[float], floors: list[float], split: int) -> list[float]:
     own, them = Tail(scores), Tail(other)
     result: list[float] = []
     for share, floor in zip(exceedance, floors):
-        low = _tail_quantile(scores, share) if len(scores) else floor
-        high = max(low, _tail_quantile(other, share))
+        side_share = share / split
+        low = _tail_quantile(scores, side_share) if len(scores) else floor
+        high = max(low, _tail_quantile(other, side_share))
         for _ in range(60):
             middle = (low + high) / 2
-            if (1 - weight) * own.beyond(middle) + weight * them.beyond(middle) > share:
+            if (1 - weight) * own.beyond(middle) + weight * them.beyond(middle) > side_share:
                 low = middle
             else:
                 high = middle

@@ -12,7 +12,7 @@ The model is a robust seasonal baseline on the log scale (``training.train`` bui
     score = |y - center| / scale         how many robust standard deviations the value is away
 
 A score above a level's threshold is that level; thresholds are per cohort of devices with alike
-tails (calibration.py). A device without enough history is judged against the fleet instead:
+tails, and per side of the centre (above, below: calibration.sides). A device without enough history is judged against the fleet instead:
 center = fleet[t], scale = the fleet's spread in that slot (which includes how far devices
 differ from each other), thresholds of cohort 0.
 
@@ -24,7 +24,7 @@ Memory per (behavior, device) with its own band, for the default rank 16: 73 byt
 bench/ml_detect.py on a 100k-device model with 12-character names: 86 bytes stored
 (``to_bytes``), 284 bytes loaded (the numbers packed behind memoryviews, the name as a
 dictionary key with its index). Devices judged against the fleet cost nothing. Per behavior,
-fixed: (3 + rank) x 336 numbers and 3 thresholds per tail cohort.
+fixed: (3 + rank) x 336 numbers and 6 thresholds per tail cohort (3 levels, 2 sides).
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ from iotdefender.engine.ml.clock import SeasonalClock
 from iotdefender.engine.ml.data import TrainingData
 from iotdefender.engine.ml.levels import LEVELS, ConfidenceLevel
 
-FORMAT_VERSION = 1
+#: 2: thresholds per side of the centre (six per cohort). A model stored in format 1 (one threshold
+#: per level for both sides) is read with the same thresholds on both sides, as it judged.
+FORMAT_VERSION = 2
+_READS = (1, 2)
 
 
 class ModelSummary(msgspec.Struct, frozen=True):
@@ -55,7 +58,8 @@ class ModelSummary(msgspec.Struct, frozen=True):
     window_start: float  # first and last datapoint of the training window, epoch seconds
     window_end: float
     trained_at: float
-    thresholds: dict[str, float]  # per level, in robust standard deviations (the median over tail cohorts)
+    thresholds: dict[str, float]  # per level, in robust standard deviations (the median over tail cohorts), above
+    thresholds_below: dict[str, float] = {}  # the same below the centre (empty for a model of format 1)
 
 
 class _Stored(msgspec.Struct, frozen=True):
@@ -71,7 +75,7 @@ class _Stored(msgspec.Struct, frozen=True):
     shape: list[float]
     rank: int
     basis: bytes  # [slots, rank]
-    cohort_thresholds: list[list[float]]  # per cohort: LOW, MEDIUM, HIGH
+    cohort_thresholds: list[list[float]]  # per cohort: LOW, MEDIUM, HIGH above, then below (format 1: one side)
     devices: list[str]  # devices with their own band
     offset: bytes
     scale: bytes
@@ -103,7 +107,7 @@ class DeviceBands:
     fleet_scale: npt.NDArray[np.float64]  # [slots] fleet robust std per slot of the week
     shape: npt.NDArray[np.float64]  # [slots] per-slot multiplier of a device's own spread
     basis: npt.NDArray[np.float32]  # [slots, rank] the fleet's main rhythms
-    cohort_thresholds: npt.NDArray[np.float64]  # [cohorts + 1, 3] LOW, MEDIUM, HIGH; row 0: the fleet's
+    cohort_thresholds: npt.NDArray[np.float64]  # [cohorts + 1, 6] LOW, MEDIUM, HIGH above, then below; row 0: the fleet's
     devices: list[str]  # devices with their own band
     offset: npt.NDArray[np.float32]  # per such device, log scale, added to center
     scale: npt.NDArray[np.float32]  # per such device, robust std, log scale
@@ -117,7 +121,7 @@ class BehaviorModel:
 
     __slots__ = ("_clock", "_bands", "_summary", "_center", "_fleet_scale", "_shape", "_basis", "_rank",
                  "_slots", "_origin", "_slot_seconds",
-                 "_thresholds", "_index", "_offset", "_scale", "_weights", "_cohort")
+                 "_above", "_below", "_index", "_offset", "_scale", "_weights", "_cohort")
 
     def __init__(self, clock: SeasonalClock, bands: DeviceBands, summary: ModelSummary) -> None:
         n, rank = len(bands.devices), bands.basis.shape[1] if bands.basis.ndim == 2 else -1
@@ -126,9 +130,9 @@ class BehaviorModel:
             raise ValueError("a model has one value per slot of the week")
         if not (len(bands.offset) == len(bands.scale) == len(bands.cohort) == n) or bands.weights.shape != (n, rank):
             raise ValueError("offset, scale, weights and cohort need one entry per device")
-        if bands.cohort_thresholds.ndim != 2 or bands.cohort_thresholds.shape[1] != len(LEVELS) or \
+        if bands.cohort_thresholds.ndim != 2 or bands.cohort_thresholds.shape[1] != 2 * len(LEVELS) or \
                 (n and int(bands.cohort.max()) >= len(bands.cohort_thresholds)):
-            raise ValueError("thresholds need three levels for every cohort")
+            raise ValueError("thresholds need three levels on each side for every cohort")
         self._clock = clock
         self._bands = bands
         self._summary = summary
@@ -140,8 +144,9 @@ class BehaviorModel:
         self._origin = clock.origin
         self._slot_seconds = clock.slot_seconds
         self._rank = rank
-        self._thresholds: list[tuple[float, float, float]] = [
-            (low, medium, high) for low, medium, high in bands.cohort_thresholds.tolist()]
+        rows = bands.cohort_thresholds.tolist()
+        self._above: list[tuple[float, float, float]] = [(row[0], row[1], row[2]) for row in rows]
+        self._below: list[tuple[float, float, float]] = [(row[3], row[4], row[5]) for row in rows]
         self._index: dict[str, int] = {name: i for i, name in enumerate(bands.devices)}
         # Packed float32 behind memoryviews: 4 bytes a number, read back as Python floats.
         self._offset = memoryview(bands.offset.astype("=f4").tobytes()).cast("f")
@@ -165,16 +170,21 @@ class BehaviorModel:
         i = self._index.get(device)
         if i is None:
             scale = self._fleet_scale[nearest]
-            low, medium, high = self._thresholds[0]
+            cohort = 0
         else:
             k = self._rank
             weights = self._weights[i * k:i * k + k]
             r0 = sum(map(mul, weights, self._basis[first]))
             center += self._offset[i] + r0 + fraction * (sum(map(mul, weights, self._basis[second])) - r0)
             scale = self._scale[i] * self._shape[nearest]
-            low, medium, high = self._thresholds[self._cohort[i]]
+            cohort = self._cohort[i]
         y = math.log1p(value) if value >= 0 else -math.log1p(-value)
-        z = abs(y - center) / scale
+        if y >= center:
+            low, medium, high = self._above[cohort]
+            z = (y - center) / scale
+        else:
+            low, medium, high = self._below[cohort]
+            z = (center - y) / scale
         if z <= low:
             return None
         if z <= medium:
@@ -213,10 +223,13 @@ class BehaviorModel:
         else:
             offset, scale = np.zeros(len(first)), b.fleet_scale[nearest]
             cohort = np.zeros(len(first), dtype=np.int64)
-        z = np.abs(to_log_array(data.value) - (center + offset)) / scale
+        distance = to_log_array(data.value) - (center + offset)
+        z = np.abs(distance) / scale
+        side = np.where(distance < 0, len(LEVELS), 0)  # the column of LOW on the value's side
         limits = b.cohort_thresholds[cohort]
-        ranks: npt.NDArray[np.int8] = ((z > limits[:, 0]).astype(np.int8) + (z > limits[:, 1]) + (z > limits[:, 2])
-                                       - 1).astype(np.int8)
+        rows = np.arange(len(z))
+        ranks: npt.NDArray[np.int8] = ((z > limits[rows, side]).astype(np.int8) + (z > limits[rows, side + 1])
+                                       + (z > limits[rows, side + 2]) - 1).astype(np.int8)
         return ranks
 
     # -- reading the model -------------------------------------------------------------------
@@ -224,8 +237,8 @@ class BehaviorModel:
     def band(self, device: str, at: float, level: ConfidenceLevel) -> tuple[float, float]:
         """The normal range at ``level`` in the metric's own units: values inside are not judged ``level``."""
         center, scale = self._center_and_scale(device, at)
-        width = self.thresholds(device)[level] * scale
-        low, high = from_log(center - width), from_log(center + width)
+        low = from_log(center - self.thresholds(device, below=True)[level] * scale)
+        high = from_log(center + self.thresholds(device)[level] * scale)
         if self._bands.nonnegative:
             low = max(0.0, low)
         return (low, high)
@@ -248,10 +261,12 @@ class BehaviorModel:
                 f"(measured {_number(value)}, {self.score(device, value, at):.1f} robust standard deviations "
                 f"from normal, learned from {basis})")
 
-    def thresholds(self, device: str) -> dict[ConfidenceLevel, float]:
-        """Per level, the score (robust standard deviations) above which ``device``'s datapoint is that level."""
+    def thresholds(self, device: str, *, below: bool = False) -> dict[ConfidenceLevel, float]:
+        """Per level, the score (robust standard deviations) above which ``device``'s datapoint is
+        that level: one above its normal (``below``: one below it)."""
         i = self._index.get(device)
-        return dict(zip(LEVELS, self._thresholds[0 if i is None else self._cohort[i]]))
+        cohort = 0 if i is None else self._cohort[i]
+        return dict(zip(LEVELS, (self._below if below else self._above)[cohort]))
 
     def summary(self) -> ModelSummary:
         return self._summary
@@ -281,8 +296,8 @@ class BehaviorModel:
             stored = msgspec.msgpack.decode(data, type=_Stored)
         except msgspec.DecodeError as error:
             raise ValueError(f"not a stored ML model: {error}") from error
-        if stored.version != FORMAT_VERSION:
-            raise ValueError(f"stored ML model format {stored.version}, this version reads {FORMAT_VERSION}")
+        if stored.version not in _READS:
+            raise ValueError(f"stored ML model format {stored.version}, this version reads {_READS}")
         n = len(stored.devices)
         try:
             clock = SeasonalClock(stored.hour_seconds, stored.origin, stored.slots_per_hour)
@@ -297,7 +312,7 @@ class BehaviorModel:
         bands = DeviceBands(
             center=np.array(stored.center), fleet_scale=np.array(stored.fleet_scale), shape=np.array(stored.shape),
             basis=floats(stored.basis, clock.slots * stored.rank).reshape(clock.slots, stored.rank),
-            cohort_thresholds=np.array(stored.cohort_thresholds, dtype=np.float64).reshape(-1, len(LEVELS)),
+            cohort_thresholds=_both_sides(stored),
             devices=stored.devices, offset=floats(stored.offset, n), scale=floats(stored.scale, n),
             weights=floats(stored.weights, n * stored.rank).reshape(n, stored.rank),
             cohort=np.frombuffer(stored.cohort, dtype=np.uint8).copy(), nonnegative=stored.nonnegative)
@@ -315,3 +330,13 @@ class BehaviorModel:
         r0 = sum(map(mul, weights, self._basis[first]))
         r1 = sum(map(mul, weights, self._basis[second]))
         return center + self._offset[i] + r0 + fraction * (r1 - r0), self._scale[i] * self._shape[nearest]
+
+
+def _both_sides(stored: _Stored) -> npt.NDArray[np.float64]:
+    """A stored model's thresholds per cohort, above then below (format 1: the same for both)."""
+    width = len(LEVELS) if stored.version == 1 else 2 * len(LEVELS)
+    try:
+        rows = np.array(stored.cohort_thresholds, dtype=np.float64).reshape(-1, width)
+    except ValueError as error:
+        raise ValueError(f"not a stored ML model: {error}") from error
+    return np.hstack([rows, rows]) if stored.version == 1 else rows

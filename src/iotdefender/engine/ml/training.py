@@ -177,7 +177,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     own_point = segments.spread(own)
     all_own = bool(own_point.all())
     fleet_scores = np.zeros(0, f32) if all_own else \
-        (np.abs(residual[~own_point]) / fleet_scale.astype(f32)[slot[~own_point]]).astype(f32)
+        (residual[~own_point] / fleet_scale.astype(f32)[slot[~own_point]]).astype(f32)  # signed (step 5)
 
     # 3. Each device's rhythm, then its level and spread around it.
     residual -= segments.spread(location)
@@ -262,6 +262,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         shifts.changed(differences.rms, differences.count, own)
 
     # 4. The slot-of-week multiplier of a device's spread.
+    below = residual < 0  # each side of the centre gets thresholds of its own (step 5)
     standardised = np.abs(residual)
     standardised /= segments.spread(spread)
     del residual
@@ -331,8 +332,11 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     # in the window is not a heavy tail).
     heavy_point = None if pool is cohort else \
         segments.spread(own & (_kurtosis(scores, segments, None, without_largest=True) > _ALIKE_KURTOSIS))[~sorting]
+    # The calibrating scores, signed: each side of the centre gets its own thresholds
+    # (calibration.sides); the cohorts above came from the distances alone.
     scores = scores[~sorting]
-    del sorting
+    np.negative(scores, out=scores, where=below[~sorting])
+    del sorting, below
     by_cohort = np.argsort(point_cohort, kind="stable")  # a radix sort of bytes
     bounds = np.concatenate(([0], np.cumsum(np.bincount(point_cohort, minlength=n_cohorts + 1))))
     grouped = scores[by_cohort]
@@ -360,7 +364,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         if owner is not None and alike[c]:
             whose = owner[bounds[c]:bounds[c + 1]]
             rest = ~crowding[whose]
-            crowding[calibration.crowding_devices(members[rest], whose[rest])] = True
+            crowding[calibration.crowding_devices(np.abs(members[rest]), whose[rest])] = True
             leaving = crowding[whose]
             crowded_scores.append(members[leaving])
             members = members[~leaving]
@@ -434,9 +438,15 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     summary = ModelSummary(
         datapoints=window, datapoints_used=len(device), devices=int(np.count_nonzero(full)),
         devices_with_own_band=int(own.sum()), window_start=start, window_end=end, trained_at=trained_at,
-        thresholds={level.value: round(float(np.median([t[i] for t in tail_rows] or [per_cohort[0][i]])), 4)
-                    for i, (level, _) in enumerate(settings.exceedance)})
+        thresholds=_median_thresholds(tail_rows or per_cohort[:1], settings, 0),
+        thresholds_below=_median_thresholds(tail_rows or per_cohort[:1], settings, len(settings.exceedance)))
     return BehaviorModel(settings.clock, bands, summary), moved, center
+
+
+def _median_thresholds(rows: list[list[float]], settings: TrainingSettings, start: int) -> dict[str, float]:
+    """Per level, the median over ``rows`` (cohorts' thresholds) of one side's (from ``start``)."""
+    return {level.value: round(float(np.median([row[start + i] for row in rows])), 4)
+            for i, (level, _) in enumerate(settings.exceedance)}
 
 
 def _kurtosis(scores: npt.NDArray[np.float32], segments: Segments, which: npt.NDArray[np.bool_] | None,
