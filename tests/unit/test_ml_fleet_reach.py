@@ -48,3 +48,31 @@ def test_a_heavy_tail_keeps_its_fitted_thresholds(count: int) -> None:
     fitted = calibration.thresholds(scores, shares, floors)
     assert calibration.within_reach(fitted, scores, shares, floors) == fitted
     assert fitted[2] > float(scores.max()) + floors[2]  # the cap would have bound: the case it must not touch
+
+
+@pytest.mark.parametrize("share_high", [0.05, 0.2, 0.4])
+def test_a_new_device_of_a_fleets_minority_kind_is_normal_at_its_kinds_level(share_high: float) -> None:
+    # 200 devices with a band of their own, a share of them at 100 times the others' level (gateways
+    # among sensors), and new devices of both kinds with 50 datapoints each, judged against the
+    # fleet. The fleet's thresholds came from the devices' noise alone (fewer than 1,000 datapoints
+    # of devices without a band): every normal datapoint of a new device of the minority kind was
+    # HIGH until it had a band of its own.
+    rng = np.random.default_rng(3)
+    step, per, new = 300.0, 2_016, 50
+    high = round(200 * share_high)
+    levels = [200_000.0] * high + [2_000.0] * (200 - high) + [2_000.0] * 5 + [200_000.0] * 5
+    counts = [per] * 200 + [new] * 10
+    device = np.repeat(np.arange(210, dtype=np.int32), counts)
+    times = np.concatenate([START + (per - n + np.arange(n)) * step for n in counts])
+    values = np.repeat(levels, counts) * np.exp(0.2 * rng.standard_normal(len(device)))
+    model = train(TrainingData(device, [f"d{i}" for i in range(210)], times, values),
+                  trained_at=float(times.max()), settings=TrainingSettings())
+    assert model.summary().devices_with_own_band == 200
+    at = float(times.max()) + 3_600
+    fresh = np.exp(0.2 * rng.standard_normal(2_000))
+    for name, level in (("d200", 2_000.0), ("d205", 200_000.0)):
+        judged = [model.judge(name, float(level * f), at) for f in fresh]
+        assert sum(j is not None for j in judged) <= 40, (name, share_high)  # was 2,000 of 2,000 HIGH for d205
+    # Beyond every kind's level the fleet's band still tells: far below the low kind, above the high.
+    assert model.judge("d200", 2_000.0 / 50, at) is ConfidenceLevel.HIGH
+    assert model.judge("d205", 200_000.0 * 5, at) is ConfidenceLevel.HIGH

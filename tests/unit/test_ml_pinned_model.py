@@ -22,8 +22,14 @@ DEVICES = 300
 # Per cohort (the fleet's row, the tail cohorts — at 300 devices 13, as each holds at least
 # shrinkage.COHORT_DEVICES devices: 12 near-normal and one of the devices whose tail is told apart
 # as heavy, calibration.Layout — and the crowding devices'): LOW, MEDIUM, HIGH (on each side).
+# The fleet's row (above, then below), moved on 2026-12-03 when the fleet's thresholds were read
+# from every device's datapoints (levels as well as noise: tests/unit/test_ml_fleet_reach.py), not
+# those of the devices without a band of their own (none here: their noise alone, 3.68 / 5.34 / 9.54
+# on both sides); the tail cohorts' rows are alike on both sides (calibration.symmetric).
+FLEET = [6.936401596884381, 10.820418135445326, 20.588645001343238, 3.5075683906942237, 4.212047438259278,
+         5.184858318988043]
 THRESHOLDS = [
-    [3.6769399642944336, 5.3374603016842155, 9.53884222692283], [3.2905267314918953, 3.8905918864130946, 5.163132559909169],
+    FLEET[:3], [3.2905267314918953, 3.8905918864130946, 5.163132559909169],
     [3.2905267314918953, 3.8905918864130946, 4.9927093150624815], [3.3641128133154434, 4.097546802054868, 5.581735926966453],
     [3.4239111050978224, 4.1913174361123975, 5.811593538773675], [3.2905267314918953, 3.8905918864130946, 4.903370682922837],
     [3.2905267314918953, 3.8905918864130946, 4.753424308822899], [3.470953428262113, 4.3991837848269455, 6.529414274311794],
@@ -62,9 +68,8 @@ def test_a_small_sampled_training_gives_the_pinned_thresholds_levels_and_spreads
     cohorts = np.bincount(np.frombuffer(stored["cohort"], dtype=np.uint8), minlength=len(THRESHOLDS)).tolist()
     print("thresholds", stored["cohort_thresholds"], "cohorts", cohorts, "offsets", offset.tolist(),
           "scales", scale.tolist())
-    # Above the centre, then below: the same on this fleet, whose noise is symmetric on the log
-    # scale (calibration.symmetric).
-    np.testing.assert_allclose(np.array(stored["cohort_thresholds"]), np.hstack([THRESHOLDS, THRESHOLDS]), rtol=1e-4)
+    np.testing.assert_allclose(np.array(stored["cohort_thresholds"]),
+                               [FLEET] + [row + row for row in THRESHOLDS[1:]], rtol=1e-4)
     assert cohorts == COHORT_SIZES
     np.testing.assert_allclose(offset, OFFSETS, rtol=0, atol=1e-4)
     np.testing.assert_allclose(scale, SCALES, rtol=1e-4)

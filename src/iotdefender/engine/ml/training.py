@@ -176,8 +176,14 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     spread = np.maximum(np.nan_to_num(spread, nan=settings.min_scale), settings.min_scale).astype(f32)
     own_point = segments.spread(own)
     all_own = bool(own_point.all())
-    fleet_scores = np.zeros(0, f32) if all_own else \
-        (residual[~own_point] / fleet_scale.astype(f32)[slot[~own_point]]).astype(f32)  # signed (step 5)
+    # How far the fleet's datapoints are from its centre, signed (step 5: the thresholds of the
+    # devices judged against the fleet): every device's level as well as its noise, as a device the
+    # model knows nothing of is any of them. Only the few devices without a band of their own were
+    # taken, and below 1,000 of their datapoints (every fleet whose devices all have their own band)
+    # the devices' noise alone: where a fifth of a fleet sat at 100 times the others' level, every
+    # normal datapoint of a new device of that kind was HIGH until it had a band of its own
+    # (tests/unit/test_ml_fleet_reach.py).
+    fleet_scores = (residual[fleet] / fleet_scale.astype(f32)[slot[fleet]]).astype(f32)
 
     # 3. Each device's rhythm, then its level and spread around it.
     residual -= segments.spread(location)
@@ -354,11 +360,9 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     crowding = calibration.crowding_by_counts(full_fit.beyond, full_fit.outside, cohort, own & alike[cohort]) \
         if owner is not None and full_fit is not None else np.zeros(n_devices, dtype=bool)
     crowded_scores = []
-    own_scores = grouped[bounds[1]:]
-    fleet_basis = fleet_scores if len(fleet_scores) >= 1_000 or not len(own_scores) else own_scores
-    per_cohort = [calibration.thresholds(fleet_basis, shares, floors)]
-    if fleet_basis is fleet_scores:  # devices' levels among them, not only noise (calibration.within_reach)
-        per_cohort[0] = calibration.within_reach(per_cohort[0], fleet_scores, shares, floors)
+    # Devices' levels among the fleet's scores, not only noise (calibration.within_reach).
+    per_cohort = [calibration.within_reach(calibration.thresholds(fleet_scores, shares, floors), fleet_scores,
+                                           shares, floors)]
     for c in range(1, n_cohorts + 1):
         members = grouped[bounds[c]:bounds[c + 1]]
         if owner is not None and alike[c]:
