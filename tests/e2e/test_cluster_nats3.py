@@ -197,11 +197,17 @@ def test_one_nats_server_killed_postgresql_crashed_then_rolling_restart_under_lo
               f"leases created again per node {recreated}")
         assert moves == [[], []], moves  # no partition changed owner, no reader stopped, no state reloaded
         assert recovered < RECOVERY_BOUND_S, recovered
-        time.sleep(12.0)  # the windows of the kill closed (a detect node waits up to 10 s for every part)
         # The windows that began once the chatters chatted (the one they connected in may hold none).
         since = max(killed_at - 2 * METRICS_WINDOW_S, chatting_since + 2 * METRICS_WINDOW_S)
-        sent_counts = messages_sent_around(iot, [c.thing for c in chatters], since, killed_at + recovered)
         windows = round((killed_at + recovered - since) / METRICS_WINDOW_S)
+        # Until the windows of the kill closed: a detect node waits up to 10 s for every part, so 12 s
+        # at most; a window's datapoint is stored when it closes, so all of them there is all closed.
+        deadline = time.monotonic() + 12.0
+        while True:
+            sent_counts = messages_sent_around(iot, [c.thing for c in chatters], since, killed_at + recovered)
+            if len(sent_counts) >= len(chatters) * windows or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
         print(f"nats3: the chatters' messages-sent datapoints of the {windows} windows around the kill "
               f"(window's end from the kill, count): {sorted((round(t - killed_at, 1), n) for t, n in sent_counts)}")
         # They sent all along: a 0 would be a wrong value (a missing datapoint is not: a window closed
