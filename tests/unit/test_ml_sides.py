@@ -78,3 +78,18 @@ def test_a_model_stored_before_sides_is_read_with_its_thresholds_on_both() -> No
     stored["version"] = 3
     with pytest.raises(ValueError, match="format 3"):
         BehaviorModel.from_bytes(msgspec.msgpack.encode(stored))
+
+
+def test_the_heavier_side_is_no_lower_than_both_sides_together() -> None:
+    # The simulator's bytes, normal noise in bytes (longer below on the log scale), 20 devices x
+    # 1,000 datapoints: read from its half of the scores alone, the lower side's HIGH came out at 6.1
+    # in this training (6.4 for both sides together) and 22 of 2M fresh normal datapoints reached it,
+    # where its half of HIGH's share is 2.
+    from bench.ml_small import simulator_fleet
+
+    training, fresh = simulator_fleet(20, 1_000, 100_000, 1)
+    model = train(training, trained_at=float(training.time.max()), settings=TrainingSettings())
+    high = model.levels(fresh) >= 2
+    assert not (high & (fresh.value > 40_000)).any()
+    assert int(np.count_nonzero(high)) <= 10
+    assert model.thresholds("device-0000", below=True)[HIGH] > model.thresholds("device-0000")[HIGH]
