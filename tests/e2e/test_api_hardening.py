@@ -78,6 +78,22 @@ def test_forged_next_tokens_are_an_invalid_request(iot, after):
                                            endTime=now, nextToken=token))
 
 
+def test_a_next_token_belongs_to_the_listing_that_gave_it(iot):
+    # A token was a key to continue after, whatever the listing: one of kind=a's things under
+    # kind=b gave kind=b's things from that name on, and under ListThingGroups its groups.
+    for n, kind in enumerate("aab"):
+        iot.create_thing(thingName=f"token-scope-{n}", attributePayload={"attributes": {"kind": kind}})
+    token = iot.list_things(attributeName="kind", attributeValue="a", maxResults=1)["nextToken"]
+    rest = iot.list_things(attributeName="kind", attributeValue="a", maxResults=5, nextToken=token)  # another page size
+    assert [t["thingName"] for t in rest["things"]] == ["token-scope-1"] and "nextToken" not in rest
+    message = refused(lambda: iot.list_things(attributeName="kind", attributeValue="b", nextToken=token))
+    assert "other parameters" in message
+    refused(lambda: iot.list_things(nextToken=token))
+    refused(lambda: iot.list_thing_groups(nextToken=token))
+    arn = iot.create_security_profile(securityProfileName="token-scope")["securityProfileArn"]
+    refused(lambda: iot.list_tags_for_resource(resourceArn=arn, nextToken=token))
+
+
 def test_non_ascii_bytes_in_the_signature_are_a_403(service):
     url = service.endpoint + "/security-profiles"
     headers = signed_headers("GET", url)

@@ -23,7 +23,7 @@ from iotdefender.contract.service_model import service_model
 from iotdefender.contract.validation import validate_value
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
-from iotdefender.controlplane.pagination import decode_token, encode_token
+from iotdefender.controlplane.pagination import decode_token, encode_token, scope_of
 from iotdefender.engine.ml import LEVELS, BehaviorModel
 from iotdefender.engine.ml.clock import SeasonalClock
 from iotdefender.engine.ml_behavior import confidence_of
@@ -63,7 +63,8 @@ def _summary(profile: str, name: str, training: Training | None) -> Params:
 @operation("GetBehaviorModelTrainingSummaries")
 def get_behavior_model_training_summaries(ctx: ServiceContext, params: Params) -> Params:
     name = params.get("securityProfileName")
-    after = decode_token(params.get("nextToken"), (str, str))
+    scope = scope_of(params)
+    after = decode_token(params.get("nextToken"), scope, (str, str))
     limit = params.get("maxResults") or DEFAULT_SUMMARIES
     with ctx.engine.connect() as conn:
         if name is not None:
@@ -77,7 +78,7 @@ def get_behavior_model_training_summaries(ctx: ServiceContext, params: Params) -
     items = [item for item in _ml_behaviors(rows) if after is None or (item[0], item[1]) > tuple(after)]
     page = items[:limit]
     return {"summaries": [_summary(p, b, _training_of(trainings, p, behavior)) for p, b, behavior in page],
-            "nextToken": encode_token([page[-1][0], page[-1][1]]) if len(items) > limit else None}
+            "nextToken": encode_token([page[-1][0], page[-1][1]], scope) if len(items) > limit else None}
 
 
 def behavior_model_document(ctx: ServiceContext, profile_name: str, behavior_name: str,

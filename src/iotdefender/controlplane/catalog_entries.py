@@ -10,7 +10,7 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params
 from iotdefender.store import catalog, profiles, tags
 from iotdefender.store.database import writing
-from iotdefender.controlplane.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.pagination import decode_token, page_size, scope_of, take_page
 
 LABEL = {"custom_metric": "Custom metric", "dimension": "Dimension"}
 _DIFFERENT = {"metric_type": "a different metric type", "type": "a different type",
@@ -96,7 +96,8 @@ def delete(ctx: ServiceContext, kind: str, name: str) -> None:
 
 
 def list_names(ctx: ServiceContext, kind: str, params: Params) -> tuple[list[str], str | None]:
+    scope = scope_of(params, kind=kind)
     with ctx.engine.connect() as conn:
-        rows = catalog.scan_names(conn, kind, decode_token(params.get("nextToken")))
-        page, token = take_page((r.name for r in rows), page_size(params.get("maxResults")), lambda n: n)
+        rows = catalog.scan_names(conn, kind, decode_token(params.get("nextToken"), scope))
+        page, token = take_page((r.name for r in rows), page_size(params.get("maxResults")), lambda n: n, scope)
     return page, token

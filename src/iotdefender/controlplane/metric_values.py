@@ -15,7 +15,7 @@ from typing import Any
 from iotdefender.contract.errors import invalid_request
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
-from iotdefender.controlplane.pagination import decode_token, encode_token, page_size
+from iotdefender.controlplane.pagination import decode_token, encode_token, page_size, scope_of
 from iotdefender.metrics_catalog import SIZE_METRICS, smallest_series
 from iotdefender.store import metric_values
 
@@ -34,14 +34,15 @@ def list_metric_values(ctx: ServiceContext, params: Params) -> Params:
                                    params.get("dimensionValueOperator"))
     if params["metricName"] in SIZE_METRICS:
         return _sizes(ctx, params, key, start, end, limit)
-    after = decode_token(params.get("nextToken"), (float, int))
+    scope = scope_of(params)
+    after = decode_token(params.get("nextToken"), scope, (float, int))
     with ctx.engine.connect() as conn:
         rows = metric_values.series_page(conn, params["thingName"], key, start, end,
                                          tuple(after) if after else None, limit + 1)
     token = None
     if len(rows) > limit:
         row_id, ts, _ = rows[limit - 1]
-        token = encode_token([ts, row_id])
+        token = encode_token([ts, row_id], scope)
     return {
         "metricDatumList": [{"timestamp": ts, "value": value} for _, ts, value in rows[:limit]],
         "nextToken": token,
@@ -52,7 +53,8 @@ def _sizes(ctx: ServiceContext, params: Params, key: str, start: float, end: flo
     """A message size's datums: each window's smallest then largest message. A page may end
     between the two, so the token is the (ts, id) of the row and the position in it of the last
     datum given."""
-    after = decode_token(params.get("nextToken"), (float, int, int))
+    scope = scope_of(params)
+    after = decode_token(params.get("nextToken"), scope, (float, int, int))
     if after is not None and (after[1] < 1 or after[2] not in (0, 1)):
         raise invalid_request("The nextToken is invalid")
     smallest = smallest_series(key)
@@ -70,7 +72,7 @@ def _sizes(ctx: ServiceContext, params: Params, key: str, start: float, end: flo
         for position, value in enumerate(found):
             if after is None or (ts, row_id, position) > (after[0], after[1], after[2]):
                 datums.append((ts, row_id, position, value))
-    token = encode_token(list(datums[limit - 1][:3])) if len(datums) > limit else None
+    token = encode_token(list(datums[limit - 1][:3]), scope) if len(datums) > limit else None
     return {
         "metricDatumList": [{"timestamp": ts, "value": value} for ts, _, _, value in datums[:limit]],
         "nextToken": token,

@@ -3,7 +3,9 @@
 Tokens encode the last key returned, not an offset, so a page never skips or repeats items when
 others are created or deleted between calls (boto3 paginators resend every original parameter
 plus ``nextToken``). Tokens are base64url JSON; a forged or corrupt one is an
-InvalidRequestException, never a 500.
+InvalidRequestException, never a 500. A token belongs to the listing that gave it (``scope_of``):
+one of another listing's (another profile's violations, another thing type's things) was taken
+as a key to continue after, and gave that listing's items from that name on.
 
 The token is the wire form of a key, so it lives with the operations; storage only scans rows in
 key order (``store.pagination.scan_rows``).
@@ -13,7 +15,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterable
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -24,8 +27,22 @@ T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 25
 
 
-def encode_token(after: Any) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps({"after": after})).decode().rstrip("=")
+#: What a listing is not: the page size may change between its pages (the AWS CLI's
+#: ``--page-size``), and the console lists "the last 7 days" with a range that moves with the
+#: clock between pages (a key in time still continues it).
+_NOT_THE_LISTING = frozenset({"nextToken", "maxResults", "startTime", "endTime"})
+
+
+def scope_of(params: Mapping[str, Any], **options: Any) -> str:
+    """The listing ``params`` ask for (every parameter but those of ``_NOT_THE_LISTING``; ``options``:
+    a caller's own, such as an order), as a short digest its tokens carry."""
+    listing = {key: value for key, value in params.items() if key not in _NOT_THE_LISTING} | options
+    digest = hashlib.sha256(orjson.dumps(listing, option=orjson.OPT_SORT_KEYS, default=str)).digest()
+    return base64.urlsafe_b64encode(digest[:9]).decode()
+
+
+def encode_token(after: Any, scope: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"after": after, "for": scope})).decode().rstrip("=")
 
 
 _INT64 = range(-(2**63), 2**63)
@@ -54,18 +71,22 @@ def _is_key(value: Any, shape: KeyShape) -> bool:
     return False
 
 
-def decode_token(token: str | None, shape: KeyShape = str) -> Any:
-    """The key to continue after (of the shape the operation encodes), or None for the first page."""
+def decode_token(token: str | None, scope: str, shape: KeyShape = str) -> Any:
+    """The key to continue after (of the shape the operation encodes), or None for the first page;
+    ``scope``: the listing asked for now (``scope_of``), which must be the token's."""
     if token is None:
         return None
     try:
         padded = token + "=" * (-len(token) % 4)
         document = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        after = document["after"]
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeEncodeError, orjson.JSONDecodeError):
+        after, issued_for = document["after"], document.get("for")
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeEncodeError, orjson.JSONDecodeError,
+            AttributeError):
         raise invalid_request("The nextToken is invalid") from None
     if not _is_key(after, shape):
         raise invalid_request("The nextToken is invalid")
+    if issued_for != scope:
+        raise invalid_request("The nextToken is invalid: it was given for a request with other parameters")
     return after
 
 
@@ -73,12 +94,12 @@ def page_size(max_results: int | None) -> int:
     return max_results if max_results is not None else DEFAULT_PAGE_SIZE
 
 
-def take_page(items: Iterable[T], limit: int, key_of: Callable[[T], Any]) -> tuple[list[T], str | None]:
-    """First ``limit`` items and the token for the rest (None when nothing is left)."""
+def take_page(items: Iterable[T], limit: int, key_of: Callable[[T], Any], scope: str) -> tuple[list[T], str | None]:
+    """First ``limit`` items and the token for the rest of the listing ``scope`` (None when nothing is left)."""
     page: list[T] = []
     iterator = iter(items)
     for item in iterator:
         if len(page) == limit:
-            return page, encode_token(key_of(page[-1]))
+            return page, encode_token(key_of(page[-1]), scope)
         page.append(item)
     return page, None

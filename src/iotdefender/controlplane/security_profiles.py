@@ -15,7 +15,7 @@ from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.versioning import check_expected_version
 from iotdefender.store import catalog, profiles, tags
 from iotdefender.store.database import writing
-from iotdefender.controlplane.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.pagination import decode_token, page_size, scope_of, take_page
 from iotdefender.controlplane.tag_rules import checked_tags
 
 log = structlog.get_logger("iotdefender.controlplane")
@@ -156,8 +156,9 @@ def list_security_profiles(ctx: ServiceContext, params: Params) -> Params:
     metric = params.get("metricName")
     if dimension is not None and metric is not None:
         raise invalid_request("dimensionName and metricName cannot be used in the same request")
+    scope = scope_of(params)
     with ctx.engine.connect() as conn:
-        after = decode_token(params.get("nextToken"))
+        after = decode_token(params.get("nextToken"), scope)
         if dimension is None and metric is None:
             rows = profiles.scan_names_and_arns(conn, after)
         else:
@@ -169,7 +170,7 @@ def list_security_profiles(ctx: ServiceContext, params: Params) -> Params:
                 return metric in behavior_rules.metric_names_used(row.behaviors, v1, v2)
 
             rows = (r for r in profiles.scan(conn, after) if uses(r))
-        page, token = take_page(rows, page_size(params.get("maxResults")), lambda r: r.name)
+        page, token = take_page(rows, page_size(params.get("maxResults")), lambda r: r.name, scope)
     return {
         "securityProfileIdentifiers": [{"name": r.name, "arn": r.arn} for r in page],
         "nextToken": token,

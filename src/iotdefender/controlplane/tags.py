@@ -9,7 +9,7 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.store import catalog, profiles, registry, tags
 from iotdefender.store.database import writing
-from iotdefender.controlplane.pagination import decode_token
+from iotdefender.controlplane.pagination import decode_token, scope_of
 from iotdefender.controlplane.tag_rules import MAX_TAGS, refuse_reserved
 
 operation = OperationTable()
@@ -57,5 +57,5 @@ def list_tags_for_resource(ctx: ServiceContext, params: Params) -> Params:
     with ctx.engine.connect() as conn:
         _require_resource(ctx, conn, arn)
         if params.get("nextToken") is not None:
-            decode_token(params["nextToken"])
+            decode_token(params["nextToken"], scope_of(params))  # none is given: every tag is on one page
         return {"tags": tags.list_for(conn, arn)}

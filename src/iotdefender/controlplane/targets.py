@@ -17,7 +17,7 @@ from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.security_profiles import require_profile
 from iotdefender.store import profiles, registry
 from iotdefender.store.database import writing
-from iotdefender.controlplane.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.pagination import decode_token, page_size, scope_of, take_page
 
 operation = OperationTable()
 
@@ -82,9 +82,10 @@ def list_targets_for_security_profile(ctx: ServiceContext, params: Params) -> Pa
     name = params["securityProfileName"]
     with ctx.engine.connect() as conn:
         require_profile(conn, name)
-        after = decode_token(params.get("nextToken"))
+        scope = scope_of(params)
+        after = decode_token(params.get("nextToken"), scope)
         arns = [a for a in profiles.targets_of(conn, name) if after is None or a > after]
-    page, token = take_page(arns, page_size(params.get("maxResults")), lambda a: a)
+    page, token = take_page(arns, page_size(params.get("maxResults")), lambda a: a, scope)
     return {"securityProfileTargets": [{"arn": a} for a in page], "nextToken": token}
 
 
@@ -99,10 +100,11 @@ def list_security_profiles_for_target(ctx: ServiceContext, params: Params) -> Pa
                      for g in hierarchy.descendants(target.group_name, registry.all_group_parents(conn))]
         pairs = profiles.profiles_on(conn, arns)
         profile_arns = {name: ctx.arn(f"securityprofile/{name}") for name, _ in pairs}
-    after = decode_token(params.get("nextToken"), (str, str))
+    scope = scope_of(params)
+    after = decode_token(params.get("nextToken"), scope, (str, str))
     keyed = sorted(((t, p) for p, t in pairs))
     keyed = [k for k in keyed if after is None or list(k) > list(after)]
-    page, token = take_page(keyed, page_size(params.get("maxResults")), lambda k: list(k))
+    page, token = take_page(keyed, page_size(params.get("maxResults")), lambda k: list(k), scope)
     return {
         "securityProfileTargetMappings": [
             {"securityProfileIdentifier": {"name": p, "arn": profile_arns[p]}, "target": {"arn": t}}

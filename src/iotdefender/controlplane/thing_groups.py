@@ -17,7 +17,7 @@ from iotdefender.controlplane.things import require_thing
 from iotdefender.controlplane.versioning import check_expected_version, merge_attributes
 from iotdefender.store import profiles, registry, tags
 from iotdefender.store.database import writing
-from iotdefender.controlplane.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.pagination import decode_token, page_size, scope_of, take_page
 from iotdefender.controlplane.tag_rules import checked_tags
 
 operation = OperationTable()
@@ -153,9 +153,10 @@ def list_thing_groups(ctx: ServiceContext, params: Params) -> Params:
             allowed = {g for g, p in parents.items() if p is None}
         else:
             allowed = set(parents)
-        after = decode_token(params.get("nextToken"))
+        scope = scope_of(params)
+        after = decode_token(params.get("nextToken"), scope)
         names = sorted(n for n in allowed if (prefix is None or n.startswith(prefix)) and (after is None or n > after))
-        page, token = take_page(names, page_size(params.get("maxResults")), lambda n: n)
+        page, token = take_page(names, page_size(params.get("maxResults")), lambda n: n, scope)
     return {
         "thingGroups": [{"groupName": n, "groupArn": ctx.arn(f"thinggroup/{n}")} for n in page],
         "nextToken": token,
@@ -223,6 +224,7 @@ def list_things_in_thing_group(ctx: ServiceContext, params: Params) -> Params:
         groups = [name]
         if params.get("recursive"):
             groups += hierarchy.descendants(name, registry.all_group_parents(conn))
-        names = registry.scan_members(conn, groups, decode_token(params.get("nextToken")))
-        page, token = take_page(names, page_size(params.get("maxResults")), lambda n: n)
+        scope = scope_of(params)
+        names = registry.scan_members(conn, groups, decode_token(params.get("nextToken"), scope))
+        page, token = take_page(names, page_size(params.get("maxResults")), lambda n: n, scope)
     return {"things": page, "nextToken": token}

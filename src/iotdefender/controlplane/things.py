@@ -11,7 +11,7 @@ from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.versioning import check_expected_version, merge_attributes
 from iotdefender.store import registry
 from iotdefender.store.database import writing
-from iotdefender.controlplane.pagination import decode_token, page_size, take_page
+from iotdefender.controlplane.pagination import decode_token, page_size, scope_of, take_page
 
 operation = OperationTable()
 
@@ -130,10 +130,11 @@ def list_things(ctx: ServiceContext, params: Params) -> Params:
     with ctx.engine.connect() as conn:
         # The database narrows by the attribute (named, or any attribute's value); ``matches``
         # states the rule again for the rows it returns.
-        rows = registry.scan_things(conn, decode_token(params.get("nextToken")), params.get("thingTypeName"),
+        scope = scope_of(params)
+        rows = registry.scan_things(conn, decode_token(params.get("nextToken"), scope), params.get("thingTypeName"),
                                     attribute_name, attribute_value, prefix)
         page, token = take_page((r for r in rows if matches(r)), page_size(params.get("maxResults")),
-                                lambda r: r.name)
+                                lambda r: r.name, scope)
     return {
         "things": [
             {"thingName": r.name, "thingTypeName": r.thing_type_name, "thingArn": r.arn,
@@ -148,8 +149,9 @@ def list_things(ctx: ServiceContext, params: Params) -> Params:
 def list_thing_groups_for_thing(ctx: ServiceContext, params: Params) -> Params:
     with ctx.engine.connect() as conn:
         require_thing(conn, params["thingName"])
-        after = decode_token(params.get("nextToken"))
+        scope = scope_of(params)
+        after = decode_token(params.get("nextToken"), scope)
         names = [n for n in registry.groups_of_thing(conn, params["thingName"]) if after is None or n > after]
-        page, token = take_page(names, page_size(params.get("maxResults")), lambda n: n)
+        page, token = take_page(names, page_size(params.get("maxResults")), lambda n: n, scope)
         groups = [{"groupName": n, "groupArn": ctx.arn(f"thinggroup/{n}")} for n in page]
     return {"thingGroups": groups, "nextToken": token}

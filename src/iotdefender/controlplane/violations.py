@@ -18,7 +18,7 @@ from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.engine.ml_behavior import additional_info
 from iotdefender.store import violations
 from iotdefender.store.database import writing
-from iotdefender.controlplane.pagination import decode_token, encode_token, page_size
+from iotdefender.controlplane.pagination import decode_token, encode_token, page_size, scope_of
 
 operation = OperationTable()
 
@@ -53,13 +53,14 @@ def list_active_violations(ctx: ServiceContext, params: Params, behavior_name: s
     """Oldest start first (AWS does not document an order); the console asks for ``newest_first``
     and may filter by ``behavior_name`` (AWS's model has no such filter)."""
     filters = _filter(params, behavior_name)
-    after = decode_token(params.get("nextToken"), (float, str))
+    scope = scope_of(params, behavior=behavior_name, newest_first=newest_first)
+    after = decode_token(params.get("nextToken"), scope, (float, str))
     limit = page_size(params.get("maxResults"))
     with ctx.engine.connect() as conn:
         rows = violations.active_page(conn, filters, tuple(after) if after else None, limit + 1,
                                       descending=newest_first)
     last = rows[limit - 1] if len(rows) > limit else None
-    token = encode_token([last.violation_start_time, last.violation_id]) if last is not None else None
+    token = encode_token([last.violation_start_time, last.violation_id], scope) if last is not None else None
     return {
         "activeViolations": [
             {"violationId": r.violation_id, "thingName": r.thing_name, "securityProfileName": r.profile_name,
@@ -80,12 +81,13 @@ def list_violation_events(ctx: ServiceContext, params: Params, behavior_name: st
     if end < start:
         raise invalid_request("endTime must not be earlier than startTime")
     filters = _filter(params, behavior_name)
-    after = decode_token(params.get("nextToken"), (float, int))
+    scope = scope_of(params, behavior=behavior_name, newest_first=newest_first)
+    after = decode_token(params.get("nextToken"), scope, (float, int))
     limit = page_size(params.get("maxResults"))
     with ctx.engine.connect() as conn:
         rows = violations.events_page(conn, filters, start, end, tuple(after) if after else None, limit + 1,
                                       descending=newest_first)
-    token = encode_token([rows[limit - 1].event_time, rows[limit - 1].id]) if len(rows) > limit else None
+    token = encode_token([rows[limit - 1].event_time, rows[limit - 1].id], scope) if len(rows) > limit else None
     return {
         "violationEvents": [
             {"violationId": r.violation_id, "thingName": r.thing_name, "securityProfileName": r.profile_name,
