@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from iotdefender.engine.ml import ConfidenceLevel, TrainingData, TrainingSettings, train
+from iotdefender.engine.ml import ConfidenceLevel, SeasonalClock, TrainingData, TrainingSettings, train
 from iotdefender.engine.ml import shifts
 
 START = 1_800_000_000.0
@@ -145,3 +145,25 @@ def test_the_changes_are_found_at_once_as_device_by_device() -> None:
     subset = part.data(data)
     assert subset.devices == [f"thing-{d}" for d in expected_devices]
     assert np.array_equal(subset.value, data.value[part.index])
+
+
+def test_one_device_with_a_lasting_anomaly_does_not_lift_a_small_fleets_high() -> None:
+    # An outside-in run: 20 devices (too few for more than one tail cohort), 3 connections a report
+    # (Poisson), one of them at 80 for two stretches of its window (the refresh kept it, no single
+    # change to cut at). Its scores were the cohort's tail: HIGH 8.3 for every device, a band up to
+    # 262 connections, and another device's 60 (20x) only MEDIUM.
+    rng = np.random.default_rng(5)
+    devices, per, start = 20, 1_000, 1_800_000_000.0
+    times = start + np.sort(rng.uniform(0, 200, (devices, per)), axis=1)
+    values = rng.poisson(3, (devices, per)).astype(np.float64)
+    values[5, 400:820] = 80.0
+    values[5, 960:] = 80.0
+    data = TrainingData(np.repeat(np.arange(devices, dtype=np.int32), per), [f"dev-{i:02d}" for i in range(devices)],
+                        times.ravel(), values.ravel())
+    model = train(data, trained_at=start + 200, settings=TrainingSettings(clock=SeasonalClock(hour_seconds=1.0)))
+    at = start + 210
+    for name in ("dev-00", "dev-07", "dev-19"):
+        assert model.thresholds(name)[ConfidenceLevel.HIGH] < 6.0, name
+        assert model.band(name, at, ConfidenceLevel.HIGH)[1] < 60
+        assert model.judge(name, 60.0, at) is ConfidenceLevel.HIGH
+        assert model.judge(name, 3.0, at) is None

@@ -342,6 +342,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     # (calibration.sides); the cohorts above came from the distances alone.
     scores = scores[~sorting]
     np.negative(scores, out=scores, where=below[~sorting])
+    calibrating_device = device[~sorting]
     del sorting, below
     by_cohort = np.argsort(point_cohort, kind="stable")  # a radix sort of bytes
     bounds = np.concatenate(([0], np.cumsum(np.bincount(point_cohort, minlength=n_cohorts + 1))))
@@ -350,10 +351,13 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     # anomaly (a new behaviour, a level that moved) or the model misses part of it: the devices that
     # crowd a cohort's tail (calibration.crowding_devices) leave it for a cohort of their own, after
     # the others, as the scores' own kurtosis sends them to the heaviest cohorts when training does
-    # not sample. Only in cohorts of alike, near-normal tails (``_ALIKE_KURTOSIS``).
-    # (all_tails: no score sorts, so ``device`` is every score's; their cohort is one more row, and a
-    # cohort is a byte.)
-    owner = device[by_cohort] if all_tails and n_cohorts < 255 else None
+    # not sample. Only in cohorts of alike, near-normal tails (``_ALIKE_KURTOSIS``) — and, sampled
+    # or not, where the devices are too few for more than one cohort, which no kurtosis can sort:
+    # in an outside-in run of 20 devices one that sat at 26 times its level for two stretches of
+    # its window made the only cohort's HIGH 8.3 for all (a band up to 262 connections around 3,
+    # another device's 20-fold flood only MEDIUM; tests/unit/test_ml_shifts.py). Their cohort is one
+    # more row, and a cohort is a byte.
+    owner = calibrating_device[by_cohort] if n_cohorts < 255 else None
     alike = np.ones(n_cohorts + 1, dtype=bool)
     np.logical_and.at(alike, cohort[own], heaviness[own] <= _ALIKE_KURTOSIS)
     # All its datapoints outside the sample first (refit.py), then the sample's scores.
@@ -365,7 +369,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
                                            shares, floors)]
     for c in range(1, n_cohorts + 1):
         members = grouped[bounds[c]:bounds[c + 1]]
-        if owner is not None and alike[c]:
+        if owner is not None and ((all_tails and alike[c]) or n_cohorts == 1):
             whose = owner[bounds[c]:bounds[c + 1]]
             rest = ~crowding[whose]
             crowding[calibration.crowding_devices(np.abs(members[rest]), whose[rest])] = True
@@ -385,12 +389,15 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         by_judged = np.argsort(judged_point, kind="stable")
         judged_bounds = np.concatenate(([0], np.cumsum(np.bincount(judged_point, minlength=n_cohorts + 1))))
         judged_scores = scores[by_judged]
+        # Without the crowding devices' scores (above), which would lift the cohort's thresholds again.
+        kept_judged = ~crowding[calibrating_device[by_judged]]
         del by_judged
         for c in range(1, n_cohorts + 1):
             members = judged_scores[judged_bounds[c]:judged_bounds[c + 1]]
+            members = members[kept_judged[judged_bounds[c]:judged_bounds[c + 1]]]
             if len(members):
                 per_cohort[c] = [max(a, b) for a, b in zip(per_cohort[c], calibration.thresholds(members, shares, floors))]
-        del judged_scores
+        del judged_scores, kept_judged
         # A heavy-tailed device whose scores look normal is judged by a near-normal cohort and meets
         # its HIGH threshold far more often than stated: no placement tells it from the normal
         # devices (on 200 devices x 384 datapoints, 0.85 Student-t device a training, 16 of 38 HIGH
@@ -404,11 +411,13 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         looked_alike = alike[point_cohort] & (point_cohort > 0)
         hidden = float(np.count_nonzero(looked_alike & heavy_point)) / max(int(np.count_nonzero(looked_alike)), 1)
         if hidden > 0:
-            heavy_scores = scores[heavy_point]
+            heavy_scores = scores[heavy_point & ~crowding[calibrating_device]]
             for c in range(1, n_cohorts + 1):
-                if alike[c] and bounds[c + 1] > bounds[c]:
-                    mixed = calibration.mixed_thresholds(grouped[bounds[c]:bounds[c + 1]], heavy_scores, hidden,
-                                                         shares, floors)
+                members = grouped[bounds[c]:bounds[c + 1]]
+                if owner is not None:
+                    members = members[~crowding[owner[bounds[c]:bounds[c + 1]]]]
+                if alike[c] and len(members):
+                    mixed = calibration.mixed_thresholds(members, heavy_scores, hidden, shares, floors)
                     per_cohort[c] = [max(a, b) for a, b in zip(per_cohort[c], mixed)]
             del heavy_scores
         del judged_point, heavy_point
