@@ -153,7 +153,6 @@ def test_broker_event_intake_gives_the_same_violations(tmp_path):
         iot = svc.client()
         setup_profile(iot)
         iot.create_thing(thingName="intruder")  # someone trying to log in as a registered device
-        time.sleep(WINDOW - time.time() % WINDOW + 0.1)
         events = ([{"type": "connect", "clientId": "intruder", "ip": "203.0.113.9", "success": False}]
                   + [{"type": "connect", "clientId": "flooder", "ip": "10.1.2.3", "success": True}]
                   + [{"type": "publish", "clientId": "flooder", "topic": "telemetry/t" if i < 10 else "x",
@@ -166,6 +165,11 @@ def test_broker_event_intake_gives_the_same_violations(tmp_path):
                              data=__import__("json").dumps({"events": events}).encode(),
                              headers={"Content-Type": "application/json"})
         SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "iot", REGION).add_auth(request)
+        # Every event counts in the window it arrives in: posted just after a window began, and
+        # signed before, so that little stands between the two. A full run once read 0 for the
+        # flooder's first window (not reproduced alone; its load delaying the post past the
+        # window's end is the likeliest cause, not established).
+        time.sleep(WINDOW - time.time() % WINDOW + 0.05)
         answer = plain_http.post(request.url, content=request.body, headers=dict(request.headers.items()))
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"accepted": len(events) - 1, "refused": [
