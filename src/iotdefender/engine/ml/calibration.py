@@ -155,9 +155,10 @@ def sides(scores: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt
     return np.maximum(scores, np.float32(0)), np.maximum(-scores, np.float32(0))
 
 
-def symmetric(scores: npt.NDArray[np.float32]) -> bool:
+def symmetric(scores: npt.NDArray[np.float32], distance: npt.NDArray[np.float32]) -> bool:
     """Whether signed ``scores`` are as many above the centre as below it beyond each of
-    ``_SIDE_QUANTILES`` of their distances (within ``_SIDE_APART`` standard deviations).
+    ``_SIDE_QUANTILES`` of their distances (``distance``: their absolute values, which every caller
+    has at hand) within ``_SIDE_APART`` standard deviations.
 
     On the log scale a metric's noise is often not symmetric: a percentage's normal noise has a
     longer lower tail there, a small count's zeros lie far below its centre. One threshold per
@@ -169,7 +170,6 @@ def symmetric(scores: npt.NDArray[np.float32]) -> bool:
     near-normal cohort of 2,000-8,000 scores a tenth to a third of a standard deviation higher and
     as much more uncertain (the threshold is averaged over its own uncertainty), blind to more
     5-sigma spikes. A few anomalies on one side, beyond every tested quantile, do not split it."""
-    distance = np.abs(scores)
     n = len(distance)
     for quantile in _SIDE_QUANTILES:
         if n * (1 - quantile) < _SIDE_POINTS:
@@ -185,8 +185,9 @@ def thresholds(scores: npt.NDArray[np.float32], exceedance: list[float], floors:
     """Per side (above the centre, then below) and level, the distance that the level's
     ``exceedance`` of signed ``scores`` reach beyond it (half of it on each side when the sides
     differ: ``symmetric``), at least ``floors`` and the normal distribution's, non-decreasing."""
-    both = _side_thresholds(np.abs(scores), exceedance, floors, 1)
-    if symmetric(scores):
+    distance = np.abs(scores)
+    both = _side_thresholds(distance, exceedance, floors, 1)
+    if symmetric(scores, distance):
         return both * 2
     above, below = (_side_thresholds(side, exceedance, floors, 2) for side in sides(scores))
     return _heavier_side_at_least(above, below, both)
@@ -243,11 +244,12 @@ def within_reach(levels: list[float], scores: npt.NDArray[np.float32], exceedanc
     not apart, and keeps its fit."""
     if not len(scores):
         return levels
-    bulk = _APART_FROM_BULK * float(np.quantile(np.abs(scores), 0.9))
-    one = symmetric(scores)
+    distance = np.abs(scores)
+    bulk = _APART_FROM_BULK * float(np.quantile(distance, 0.9))
+    farthest = float(distance.max()) if symmetric(scores, distance) else None
     result: list[float] = []
     for side, side_levels in zip(sides(scores), (levels[:len(exceedance)], levels[len(exceedance):])):
-        reach = float(np.abs(scores).max() if one else side.max())
+        reach = farthest if farthest is not None else float(side.max())
         result += side_levels if reach <= bulk else [
             min(value, max(reach + floor, normal_quantile(share)))
             for value, share, floor in zip(side_levels, exceedance, floors)]
@@ -260,8 +262,9 @@ def mixed_thresholds(scores: npt.NDArray[np.float32], other: npt.NDArray[np.floa
     in them — per side and level the distance that the two together exceed with the level's
     ``exceedance`` (half of it on each side when either set's sides differ: ``symmetric``; between
     the thresholds each gives alone), at least ``floors``, non-decreasing."""
-    both = _side_mixed_thresholds(np.abs(scores), np.abs(other), weight, exceedance, floors, 1)
-    if symmetric(scores) and symmetric(other):
+    distance, other_distance = np.abs(scores), np.abs(other)
+    both = _side_mixed_thresholds(distance, other_distance, weight, exceedance, floors, 1)
+    if symmetric(scores, distance) and symmetric(other, other_distance):
         return both * 2
     above, below = (_side_mixed_thresholds(own, them, weight, exceedance, floors, 2)
                     for own, them in zip(sides(scores), sides(other)))
