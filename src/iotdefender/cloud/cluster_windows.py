@@ -340,15 +340,15 @@ class WindowPublisher:
 
     async def publish_due(self) -> int:
         """Every ended window's parts, then the ends; returns how many parts were published."""
-        aggregator = self.intake.aggregator
         now = self._clock()
-        return await self._publish_windows(aggregator.closed_windows(now), aggregator.index(now) - 1)
+        return await self._publish_windows(self.intake.take_closed(now), self.intake.aggregator.index(now) - 1)
 
-    async def _publish_windows(self, windows: Sequence[int], through: int, last: bool = False) -> int:
-        """The parts of ``windows``, then this node's end of every window through ``through``."""
-        aggregator = self.intake.aggregator
-        taken = [(window, thing, part) for window in windows
-                 for thing, part in aggregator.take(window).items() if _thing_name(thing)]
+    async def _publish_windows(self, windows: Sequence[tuple[int, Mapping[str, ClientWindow]]], through: int,
+                               last: bool = False) -> int:
+        """The parts of ``windows`` (taken from the intake), then this node's end of every window
+        through ``through``."""
+        taken = [(window, thing, part) for window, parts in windows
+                 for thing, part in parts.items() if _thing_name(thing)]
         units = self._batches(taken) if self._publish_parts is not None and self._batches_readable() \
             else self._one_by_one(taken)
         deadline = time.monotonic() + self._retry_s
@@ -365,7 +365,7 @@ class WindowPublisher:
         PARTS_PUBLISHED.inc(len(taken) - lost)
         if failures:
             PARTS_LOST.inc(lost)
-            log.warning("cloud_window_unpublished", parts=lost, of=len(taken), windows=list(windows),
+            log.warning("cloud_window_unpublished", parts=lost, of=len(taken), windows=[w for w, _ in windows],
                         error=_described(failures[-1]))
         await self._end(through, last, deadline)
         return len(taken) - lost
@@ -418,9 +418,8 @@ class WindowPublisher:
         end. The detect node keeps them with the other nodes' parts and closes the window at its
         end as usual; a restarted node is a new member (node_id.py), so its own parts of the same
         window add to these."""
-        aggregator = self.intake.aggregator
-        done = await self._publish_windows(sorted(aggregator.open_windows()), aggregator.index(self._clock()),
-                                           last=True)
+        done = await self._publish_windows(sorted(self.intake.take_open().items()),
+                                           self.intake.aggregator.index(self._clock()), last=True)
         if done:
             log.info("cloud_windows_handed_over", parts=done)
         return done

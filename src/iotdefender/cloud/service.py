@@ -68,8 +68,29 @@ class CloudEventIntake:
         self._clock = clock
         # Only what closes the windows keeps the devices seen (``Aggregator.keeps_devices``).
         self.aggregator = Aggregator(window_s, keeps_devices=closes_windows)
+        # Every event, and every taking of windows, holds this: events come from the event loop
+        # (the plugin's batches) and from worker threads (the HTTP intake runs in one), and one box
+        # takes its closed windows on another. An event is placed in two steps (is its window
+        # closed? then into that window's dict), and a window taken between them lost the event:
+        # it went into a fresh dict of the closed window, deleted unread at the next close. Held
+        # one event at a time, so the event loop never waits for more than one.
+        self._events = threading.Lock()
 
-    # -- event intake (event loop) ----------------------------------------------------------------
+    # -- event intake (event loop, or a worker thread for the HTTP intake) -----------------------
+    def take_closed(self, now: float | None = None) -> list[tuple[int, dict[str, ClientWindow]]]:
+        """Every window ended by ``now`` (default: the clock's) and not taken yet, oldest first,
+        with its devices' parts (none for an idle one): no event counts in them any more (``_time``)."""
+        with self._events:
+            closed = self.aggregator.closed_windows(self._clock() if now is None else now)
+            return [(window, self.aggregator.take(window)) for window in closed]
+
+    def take_open(self) -> dict[int, dict[str, ClientWindow]]:
+        """Every window not taken yet, the one still open included (a graceful stop)."""
+        with self._events:
+            windows = self.aggregator.open_windows()
+            self.aggregator.windows.clear()
+            return windows
+
     def _time(self, at: float | None) -> float:
         """When an event counts: when the broker saw it (``at``, the plugin's stamp) unless its
         window was closed meanwhile (a batch applied late: it counts now, in the open window, as
@@ -83,7 +104,11 @@ class CloudEventIntake:
         return at if closed is None or self.aggregator.index(at) > closed else now
 
     def connect_attempt(self, client_id: str | None, address: str | None, ok: bool, at: float | None = None) -> None:
-        if client_id and not self.aggregator.connect_attempt(client_id, address, ok, self._time(at)):
+        if not client_id:
+            return
+        with self._events:
+            kept = self.aggregator.connect_attempt(client_id, address, ok, self._time(at))
+        if not kept:
             REFUSED_NOT_KEPT.inc()
             REFUSED_NOT_KEPT_LOG("refused", client_id=client_id, limit=self.aggregator.max_unknown_refused,
                                  detail="a refused CONNECT of a client id that is no known device, past the "
@@ -91,23 +116,28 @@ class CloudEventIntake:
 
     def authorization_failure(self, client_id: str | None, topic: str | None, at: float | None = None) -> None:
         if client_id:
-            self.aggregator.authorization_failure(client_id, topic, self._time(at))
+            with self._events:
+                self.aggregator.authorization_failure(client_id, topic, self._time(at))
 
     def disconnect(self, client_id: str | None, at: float | None = None) -> None:
         if client_id:
-            self.aggregator.disconnect(client_id, self._time(at))
+            with self._events:
+                self.aggregator.disconnect(client_id, self._time(at))
 
     def message_sent(self, client_id: str | None, topic: str, size: int, at: float | None = None) -> None:
         if client_id:
-            self.aggregator.message_sent(client_id, topic, size, self._time(at))
+            with self._events:
+                self.aggregator.message_sent(client_id, topic, size, self._time(at))
 
     def message_counts(self, client_id: str | None, sent: int, sent_bytes: int, received: int) -> None:
         if client_id:
-            self.aggregator.message_counts(client_id, sent, sent_bytes, received, self._clock())
+            with self._events:
+                self.aggregator.message_counts(client_id, sent, sent_bytes, received, self._clock())
 
     def message_received(self, client_id: str | None, topic: str, at: float | None = None) -> None:
         if client_id:
-            self.aggregator.message_received(client_id, topic, self._time(at))
+            with self._events:
+                self.aggregator.message_received(client_id, topic, self._time(at))
 
     def ingest_events(self, document: Any) -> dict[str, Any]:
         """The broker-event intake: ``{"events": [{"type": ..., "clientId": ..., ...}]}``.
@@ -217,7 +247,8 @@ class CloudMetricsService(CloudEventIntake):
         with self._engine.connect() as conn:
             monitored = registry.thing_names(conn, selection)
         self.aggregator.known = monitored  # the seen devices join it below: they are known too
-        monitored |= self.aggregator.seen
+        with self._events:  # (an event adds to them meanwhile)
+            monitored |= self.aggregator.seen
         return monitored
 
     def close_due(self) -> int:
@@ -225,9 +256,9 @@ class CloudMetricsService(CloudEventIntake):
         done = 0
         with self._closing:
             monitored: set[str] | None = None
-            for window in self.aggregator.closed_windows(self._clock()):
+            for window, clients in self.take_closed():
                 monitored = self.monitored() if monitored is None else monitored
-                done += self._close_recorded(window, self.aggregator.take(window), monitored)
+                done += self._close_recorded(window, clients, monitored)
         return done
 
     def _close_recorded(self, window: int, clients: dict[str, ClientWindow], monitored: set[str] | None = None) -> int:
@@ -244,12 +275,11 @@ class CloudMetricsService(CloudEventIntake):
         """At a graceful stop, once the broker stopped (no event comes any more): keep every window
         not closed yet in the database for ``resume``; returns how many device windows were kept."""
         with self._closing:
-            rows = [(window, thing, pack(part)) for window, clients in self.aggregator.open_windows().items()
+            rows = [(window, thing, pack(part)) for window, clients in self.take_open().items()
                     for thing, part in clients.items()]
             with writing(self._engine) as conn:
                 kept = open_windows.keep(conn, rows)
                 open_windows.keep_open_window(conn, self.aggregator.index(self._clock()))
-            self.aggregator.windows.clear()
         log.info("cloud_windows_kept", devices=kept, windows=len({row[0] for row in rows}))
         return kept
 
