@@ -197,7 +197,12 @@ async def make_leader(js: JetStreamContext, stream: str, server: str, consumer: 
     step-down with a preferred placement (``$JS.API.STREAM|CONSUMER.LEADER.STEPDOWN``, nats-server
     2.11+), repeated until the stream's or consumer's info names it."""
     async def leader() -> str | None:
-        info = await (js.consumer_info(stream, consumer) if consumer else js.stream_info(stream))
+        try:
+            info = await (js.consumer_info(stream, consumer) if consumer else js.stream_info(stream))
+        except nats.errors.TimeoutError:
+            # Asked mid-election on a loaded machine, the info can go unanswered for its 5 s (a full
+            # run failed its setup so): no leader known yet, asked again until the deadline.
+            return None
         return info.cluster.leader if info.cluster is not None else None
 
     subject = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}" if consumer else \
@@ -207,7 +212,10 @@ async def make_leader(js: JetStreamContext, stream: str, server: str, consumer: 
     while await leader() != server:
         if loop.time() > deadline:
             raise TimeoutError(f"{server} did not become the leader of {consumer or stream}")
-        await js._nc.request(subject, json.dumps({"placement": {"preferred": server}}).encode(), timeout=5)
+        try:
+            await js._nc.request(subject, json.dumps({"placement": {"preferred": server}}).encode(), timeout=5)
+        except nats.errors.TimeoutError:
+            continue  # (likewise) asked again
         for _ in range(20):
             await asyncio.sleep(0.25)
             if await leader() is not None:
