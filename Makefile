@@ -15,7 +15,8 @@ help: ## list the targets
 .PHONY: help run cluster-demo test guards test-unit system-deps broker-deps demo bench bench-pipeline bench-quick clean durability
 
 # The default MQTT broker: Mosquitto and what its plugin is compiled with (headers, libargon2 for
-# $argon2 passwords, OpenSSL for certificate names, a C compiler). Installed only when missing.
+# $argon2 passwords, OpenSSL for certificate names, cJSON and libcbor for the report id of a report
+# the broker answers itself, a C compiler). Installed only when missing.
 broker-deps: ## install Mosquitto and what its plugin is compiled with (apt-get, when missing)
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -23,6 +24,8 @@ broker-deps: ## install Mosquitto and what its plugin is compiled with (apt-get,
 	[ -f /usr/include/mosquitto.h ] || missing="$$missing libmosquitto-dev"; \
 	[ -f /usr/include/argon2.h ] || missing="$$missing libargon2-dev"; \
 	[ -f /usr/include/openssl/x509.h ] || missing="$$missing libssl-dev"; \
+	[ -f /usr/include/cjson/cJSON.h ] || missing="$$missing libcjson-dev"; \
+	[ -f /usr/include/cbor.h ] || missing="$$missing libcbor-dev"; \
 	command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing with apt-get:$$missing"; \

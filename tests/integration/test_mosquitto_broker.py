@@ -10,6 +10,7 @@ import queue
 import socket
 import time
 
+import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 from prometheus_client import REGISTRY
@@ -137,10 +138,75 @@ def test_while_the_service_reconnects_devices_wait_and_the_events_are_held(tmp_p
     run_with_broker(body, tmp_path)
 
 
+#: Reports the broker answers itself, and the reportId each answer must echo (None: the report has
+#: none to echo). AWS's agents match answers by it and drop the others (reference 4.4).
+REPORTS_AND_THEIR_IDS = [
+    ("json", b'{"header":{"report_id":1700000000123,"version":"1.0"},"metrics":{}}', 1700000000123),
+    ("json", b'{"hed":{"rid":42,"v":"1.0"},"met":{}}', 42),
+    ("json", b'{"header":{},"hed":{"rid":7}}', 7),  # an empty header is read as absent, as the service does
+    ("json", b'{"n":2}', None),
+    ("json", b'{"header":{"report_id":"12"}}', None),  # not an integer
+    ("cbor", cbor2.dumps({"hed": {"rid": 2**40 + 7, "v": "1.0"}, "met": {}}), 2**40 + 7),
+    ("cbor", b"\xd9\xd9\xf7" + cbor2.dumps({"header": {"report_id": 5, "version": "1.0"}}), 5),  # self-described
+    ("cbor", b"\xff\x00", None),  # not CBOR
+]
+
+
 def test_reports_while_the_service_reconnects_are_answered_service_unavailable_by_the_broker(tmp_path):
     """Handed to the service's connection while another client held its id, reports reached nobody:
     acknowledged, never answered. The broker now answers them itself, ``rejected`` ServiceUnavailable
-    (retryable), counts them, and hands the service none of them."""
+    (retryable), with each report's id, counts them, and hands the service none of them."""
+    async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
+        device, codes, _ = connect(port, "cam-1")
+        assert await in_thread(codes.get, True, 5) == 0
+        answers: queue.Queue[tuple[str, dict]] = queue.Queue()
+        device.on_message = lambda c, u, message: answers.put(
+            ("cbor", cbor2.loads(message.payload)) if "/cbor/" in message.topic
+            else ("json", json.loads(message.payload)))
+        subscribed: queue.Queue[int] = queue.Queue()
+        device.on_subscribe = lambda c, u, mid, reasons, p: subscribed.put(mid)
+        for encoding in ("json", "cbor"):
+            device.subscribe(f"$aws/things/cam-1/defender/metrics/{encoding}/rejected", qos=1)
+            await in_thread(subscribed.get, True, 5)
+        answered_before = REGISTRY.get_sample_value(*ANSWERED_UNAVAILABLE) or 0.0
+        lost_before = sample("iotdefender_broker_reports_lost_total")
+        impostor = await take_over_service_connection(broker, port)
+        topic = "$aws/things/cam-1/defender/metrics/json"
+        for encoding, payload, _ in REPORTS_AND_THEIR_IDS:
+            await in_thread(device.publish(f"$aws/things/cam-1/defender/metrics/{encoding}", payload,
+                                           qos=1).wait_for_publish, 5)
+        got = [await in_thread(answers.get, True, 5) for _ in REPORTS_AND_THEIR_IDS]
+        assert {(a["thingName"], a["status"], a["statusDetails"]["ErrorCode"]) for _, a in got} == \
+            {("cam-1", "REJECTED", "ServiceUnavailable")}
+        assert sorted((encoding, a.get("reportId", -1)) for encoding, a in got) == \
+            sorted((encoding, -1 if rid is None else rid) for encoding, _, rid in REPORTS_AND_THEIR_IDS)
+        assert all(list(a)[:2] == ["thingName", "reportId"] for _, a in got if "reportId" in a)  # as the service writes it
+        deadline = time.monotonic() + 15
+        while not reports:  # one more report now and then, until the service is back
+            assert time.monotonic() < deadline, "the service's connection did not come back"
+            await in_thread(device.publish(topic, b'{"again":1}', qos=1).wait_for_publish, 5)
+            await asyncio.sleep(0.3)
+        assert all(payload == b'{"again":1}' for _, _, payload in reports)  # none of the three
+        for _ in range(100):
+            if (REGISTRY.get_sample_value(*ANSWERED_UNAVAILABLE) or 0.0) - answered_before >= len(REPORTS_AND_THEIR_IDS):
+                break
+            await asyncio.sleep(0.05)
+        assert (REGISTRY.get_sample_value(*ANSWERED_UNAVAILABLE) or 0.0) - answered_before >= len(REPORTS_AND_THEIR_IDS)
+        assert sample("iotdefender_broker_reports_lost_total") == lost_before
+        for client in (impostor, device):
+            stop_network_loop(client)
+            client.disconnect()
+
+    run_with_broker(body, tmp_path)
+
+
+ID_READ_BYTES_PER_S = 2 * 1024 * 1024  # defender_plugin.c, ID_READ_BYTES_PER_S
+
+
+def test_the_broker_reads_report_ids_within_a_budget_and_answers_every_report(tmp_path):
+    """Reading a report's id costs the broker's one thread per byte (CBOR: 20 ns): a device flooding
+    large reports gets answers without the id once a second's budget of bytes is spent, and every
+    report is still answered."""
     async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
         device, codes, _ = connect(port, "cam-1")
         assert await in_thread(codes.get, True, 5) == 0
@@ -150,27 +216,22 @@ def test_reports_while_the_service_reconnects_are_answered_service_unavailable_b
         device.on_subscribe = lambda c, u, mid, reasons, p: subscribed.put(mid)
         device.subscribe("$aws/things/cam-1/defender/metrics/json/rejected", qos=1)
         await in_thread(subscribed.get, True, 5)
-        answered_before = REGISTRY.get_sample_value(*ANSWERED_UNAVAILABLE) or 0.0
-        lost_before = sample("iotdefender_broker_reports_lost_total")
         impostor = await take_over_service_connection(broker, port)
-        topic = "$aws/things/cam-1/defender/metrics/json"
-        for n in range(3):
-            await in_thread(device.publish(topic, b'{"n":%d}' % n, qos=1).wait_for_publish, 5)
-        got = [await in_thread(answers.get, True, 5) for _ in range(3)]
-        assert {(a["thingName"], a["status"], a["statusDetails"]["ErrorCode"]) for a in got} == \
-            {("cam-1", "REJECTED", "ServiceUnavailable")}
-        deadline = time.monotonic() + 15
-        while not reports:  # one more report now and then, until the service is back
-            assert time.monotonic() < deadline, "the service's connection did not come back"
-            await in_thread(device.publish(topic, b'{"again":1}', qos=1).wait_for_publish, 5)
-            await asyncio.sleep(0.3)
-        assert all(payload == b'{"again":1}' for _, _, payload in reports)  # none of the three
-        for _ in range(100):
-            if (REGISTRY.get_sample_value(*ANSWERED_UNAVAILABLE) or 0.0) - answered_before >= 3:
-                break
-            await asyncio.sleep(0.05)
-        assert (REGISTRY.get_sample_value(*ANSWERED_UNAVAILABLE) or 0.0) - answered_before >= 3
-        assert sample("iotdefender_broker_reports_lost_total") == lost_before
+        size = 240 * 1024
+        count = 40  # 9.4 MB: more than the budget and what it regains while they are sent
+        started = time.monotonic()
+        for n in range(count):
+            head = b'{"header":{"report_id":%d,"version":"1.0"},"pad":"' % (n + 1)
+            payload = head + b"x" * (size - len(head) - 2) + b'"}'
+            device.publish("$aws/things/cam-1/defender/metrics/json", payload, qos=1)
+        got = [await in_thread(answers.get, True, 20) for _ in range(count)]
+        elapsed = time.monotonic() - started
+        with_id = [a["reportId"] for a in got if "reportId" in a]
+        print(f"{len(with_id)} of {count} answers carried their id; sent and answered in {elapsed:.2f} s")
+        assert all(a["statusDetails"]["ErrorCode"] == "ServiceUnavailable" for a in got)
+        assert with_id, "no answer carried its report's id"
+        assert len(with_id) < count, "every 240 KB report was read for its id: no budget"
+        assert len(with_id) * size <= ID_READ_BYTES_PER_S * (1 + elapsed) + size, (len(with_id), elapsed)
         for client in (impostor, device):
             stop_network_loop(client)
             client.disconnect()
