@@ -20,7 +20,8 @@ nor counted. This runs that attack against ``iotdefender serve`` (its default br
   by the service once it resumes or by the broker (``--flooders 0`` for the stall alone).
 
 Printed (and written to bench/results/report-flood-<date>.json): the honest reports sent, PUBACKed,
-answered and unanswered 30 s after the flood, their answer times (publish to reply), and the
+answered and unanswered 30 s after the flood, their answer times (publish to reply, matched by
+reportId; answers matching no report sent are counted, none expected), and the
 service's own counts over the run: reports rejected by the service, answered by the broker
 (Throttled past the reports a thing may have waiting; docs/mqtt-policy.md), publishes dropped for
 the rate, and reports the broker handed over that never reached the service (must be 0); and the
@@ -88,7 +89,11 @@ def flood(port: int, thing: str, payload: bytes, until: float, sent: dict[str, i
 
 
 class Honest:
-    """A paho device publishing a malformed report every ``every`` seconds and timing each answer."""
+    """A paho device publishing a malformed report every ``every`` seconds and timing each answer,
+    matched by its reportId: the service echoes it (the report has a header, no metrics), and so
+    does the broker when it answers itself. Paired in order before, an answer lost during a stall
+    was credited to the next report, and the stalled reports' answer times read short (12-50 s
+    matched by id against a few seconds in order)."""
 
     def __init__(self, port: int, thing: str) -> None:
         self.thing = thing
@@ -96,7 +101,7 @@ class Honest:
         self.answered: dict[int, float] = {}
         self.acked = 0
         self._lock = threading.Lock()
-        self._next_answer = 0  # malformed on purpose, the reports' answers carry no reportId: they come in order
+        self.unmatched = 0  # answers without a reportId of a report sent (none expected)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=thing)
         self.client.on_message = self._answer
         self.client.on_publish = lambda *a: setattr(self, "acked", self.acked + 1)
@@ -109,17 +114,24 @@ class Honest:
             raise RuntimeError(f"{thing}: no SUBACK")
 
     def _answer(self, client: object, userdata: object, message: mqtt.MQTTMessage) -> None:
+        now = time.monotonic()
+        try:
+            n = json.loads(message.payload).get("reportId", 0) - 1
+        except (ValueError, TypeError, AttributeError):
+            n = -1
         with self._lock:
-            if self._next_answer in self.sent:
-                self.answered[self._next_answer] = time.monotonic()
-                self._next_answer += 1
+            if n in self.sent and n not in self.answered:
+                self.answered[n] = now
+            else:
+                self.unmatched += 1
 
     def run(self, until: float, every: float) -> None:
         n = 0
         while time.monotonic() < until:
             with self._lock:
                 self.sent[n] = time.monotonic()
-            self.client.publish(f"$aws/things/{self.thing}/defender/metrics/json", b'{"honest":%d}' % n, qos=1)
+            report = b'{"header":{"report_id":%d,"version":"1.0"},"honest":%d}' % (n + 1, n)  # no metrics: refused
+            self.client.publish(f"$aws/things/{self.thing}/defender/metrics/json", report, qos=1)
             n += 1
             time.sleep(every)
 
@@ -222,6 +234,7 @@ def main() -> None:
         "flood": {"devices": args.flooders, "publishes_written": sum(sent.values()), "seconds": args.seconds},
         "honest": {"devices": args.honest, "sent": sent_honest, "pubacked": sum(device.acked for device in honest),
                    "answered": answered, "unanswered_30_s_after": sent_honest - answered,
+                   "answers_not_matched": sum(device.unmatched for device in honest),
                    "answer_ms": {"p50": round(1000 * waits[len(waits) // 2], 1) if waits else None,
                                  "p99": round(1000 * waits[int(len(waits) * 0.99)], 1) if waits else None,
                                  "max": round(1000 * waits[-1], 1) if waits else None}},
