@@ -29,6 +29,17 @@ import numpy as np
 import numpy.typing as npt
 
 _TAIL_POINTS = 50  # read a quantile directly when at least this many scores lie beyond it
+#: The heaviest tail shape a fit may read (generalised Pareto xi; Student-t of 5 degrees of freedom is
+#: 0.2); ``SMALL_COUNT_SHAPE`` for a small count's scores (``thresholds``' ``max_shape``).
+MAX_SHAPE = 0.5
+#: A small count's tail on the log scale is at most exponential: log(1 + X) of a Poisson or a
+#: negative binomial count has a lighter one, of a Pareto count (on the raw scale) an exponential
+#: one. Its scores sit in clusters, one a whole number (0, 1, 2...), each cluster spread a little by
+#: the devices' and slots' spreads, and a fit's threshold inside a cluster reads many small excesses
+#: and a few whole numbers further out: a heavy tail to the moments and to the quantiles alike. On
+#: 50 devices x 7 days, Poisson counts of mean 0.2, 0.5 and 1 had HIGH's upper edge at 841, 464 and
+#: 104 a window, where their true one-in-a-million is 5, 6 and 8 (tests/unit/test_ml_counts.py).
+SMALL_COUNT_SHAPE = 0.0
 _FIT_POINTS = 2_000  # else fit the tail on this many of the largest scores (at most 5 % of them)
 _UPPER = 0.95  # the robust tail fit's shape comes from this quantile of the excesses and their median
 _OUTLIER = 1e-3  # an excess with less than this chance in a tail of its size under the robust fit is left out
@@ -181,15 +192,17 @@ def symmetric(scores: npt.NDArray[np.float32], distance: npt.NDArray[np.float32]
     return True
 
 
-def thresholds(scores: npt.NDArray[np.float32], exceedance: list[float], floors: list[float]) -> list[float]:
+def thresholds(scores: npt.NDArray[np.float32], exceedance: list[float], floors: list[float],
+               max_shape: float = MAX_SHAPE) -> list[float]:
     """Per side (above the centre, then below) and level, the distance that the level's
     ``exceedance`` of signed ``scores`` reach beyond it (half of it on each side when the sides
-    differ: ``symmetric``), at least ``floors`` and the normal distribution's, non-decreasing."""
+    differ: ``symmetric``), at least ``floors`` and the normal distribution's, non-decreasing; a
+    tail fit reads a shape of at most ``max_shape``."""
     distance = np.abs(scores)
-    both = _side_thresholds(distance, exceedance, floors, 1)
+    both = _side_thresholds(distance, exceedance, floors, 1, max_shape)
     if symmetric(scores, distance):
         return both * 2
-    above, below = (_side_thresholds(side, exceedance, floors, 2) for side in sides(scores))
+    above, below = (_side_thresholds(side, exceedance, floors, 2, max_shape) for side in sides(scores))
     return _heavier_side_at_least(above, below, both)
 
 
@@ -213,12 +226,12 @@ def _heavier_side_at_least(above: list[float], below: list[float], both: list[fl
 
 
 def _side_thresholds(distance: npt.NDArray[np.float32], exceedance: list[float], floors: list[float],
-                     split: int) -> list[float]:
+                     split: int, max_shape: float) -> list[float]:
     """``distance``: of both sides (``split`` 1) or of one (2: the other's as zeros)."""
     result: list[float] = []
     n = len(distance)
     for share, floor in zip(exceedance, floors):
-        value = _tail_quantile(distance, share / split) if n else floor
+        value = _tail_quantile(distance, share / split, max_shape) if n else floor
         result.append(max(value, floor, normal_quantile(share), result[-1] if result else floor))
     return result
 
@@ -257,28 +270,28 @@ def within_reach(levels: list[float], scores: npt.NDArray[np.float32], exceedanc
 
 
 def mixed_thresholds(scores: npt.NDArray[np.float32], other: npt.NDArray[np.float32], weight: float,
-                     exceedance: list[float], floors: list[float]) -> list[float]:
+                     exceedance: list[float], floors: list[float], max_shape: float = MAX_SHAPE) -> list[float]:
     """``thresholds`` of a mixture: signed ``scores``' tails with a share ``weight`` of ``other``'s
     in them — per side and level the distance that the two together exceed with the level's
     ``exceedance`` (half of it on each side when either set's sides differ: ``symmetric``; between
     the thresholds each gives alone), at least ``floors``, non-decreasing."""
     distance, other_distance = np.abs(scores), np.abs(other)
-    both = _side_mixed_thresholds(distance, other_distance, weight, exceedance, floors, 1)
+    both = _side_mixed_thresholds(distance, other_distance, weight, exceedance, floors, 1, max_shape)
     if symmetric(scores, distance) and symmetric(other, other_distance):
         return both * 2
-    above, below = (_side_mixed_thresholds(own, them, weight, exceedance, floors, 2)
+    above, below = (_side_mixed_thresholds(own, them, weight, exceedance, floors, 2, max_shape)
                     for own, them in zip(sides(scores), sides(other)))
     return _heavier_side_at_least(above, below, both)
 
 
 def _side_mixed_thresholds(scores: npt.NDArray[np.float32], other: npt.NDArray[np.float32], weight: float,
-                           exceedance: list[float], floors: list[float], split: int) -> list[float]:
-    own, them = Tail(scores), Tail(other)
+                           exceedance: list[float], floors: list[float], split: int, max_shape: float) -> list[float]:
+    own, them = Tail(scores, max_shape), Tail(other, max_shape)
     result: list[float] = []
     for share, floor in zip(exceedance, floors):
         side_share = share / split
-        low = _tail_quantile(scores, side_share) if len(scores) else floor
-        high = max(low, _tail_quantile(other, side_share))
+        low = _tail_quantile(scores, side_share, max_shape) if len(scores) else floor
+        high = max(low, _tail_quantile(other, side_share, max_shape))
         for _ in range(60):
             middle = (low + high) / 2
             if (1 - weight) * own.beyond(middle) + weight * them.beyond(middle) > side_share:
@@ -388,11 +401,11 @@ def normal_quantile(share: float) -> float:
     return (low + high) / 2
 
 
-def _tail_quantile(scores: npt.NDArray[np.float32], share: float) -> float:
+def _tail_quantile(scores: npt.NDArray[np.float32], share: float, max_shape: float = MAX_SHAPE) -> float:
     n = len(scores)
     if n * share >= _TAIL_POINTS:
         return float(np.quantile(scores, 1 - share))
-    fit = _TailFit.of(scores)
+    fit = _TailFit.of(scores, max_shape)
     if fit.pareto is None:
         return fit.u
     ratio = (fit.k / n) / share
@@ -401,7 +414,7 @@ def _tail_quantile(scores: npt.NDArray[np.float32], share: float) -> float:
         # Too few excesses for their estimates' sampling distributions (ties of a small count's
         # scores: a few distinct values); the clamp above and the floors bound the threshold.
         return _pareto_quantile(fit.u, xi, mean * (1 - xi), ratio)
-    return _predictive_quantile(fit.u, mean, xi, fit.k, ratio)
+    return _predictive_quantile(fit.u, mean, xi, fit.k, ratio, max_shape)
 
 
 class _TailFit:
@@ -414,7 +427,7 @@ class _TailFit:
         self.u, self.k, self.pareto = u, k, pareto
 
     @classmethod
-    def of(cls, scores: npt.NDArray[np.float32]) -> _TailFit:
+    def of(cls, scores: npt.NDArray[np.float32], max_shape: float = MAX_SHAPE) -> _TailFit:
         n = len(scores)
         k = max(10, min(_FIT_POINTS, n // 20))
         if k >= n:
@@ -432,7 +445,7 @@ class _TailFit:
         # On fewer than _TAIL_POINTS tail scores (a model trained on a few hundred datapoints) a shape
         # is noise, and a positive one read from 10 tied scores of a small count reached 150 standard
         # deviations at HIGH: a tail that short is taken to be at most exponential.
-        xi = min(max(xi, -0.5), 0.5 if k >= _TAIL_POINTS else 0.0)
+        xi = min(max(xi, -0.5), max_shape if k >= _TAIL_POINTS else min(max_shape, 0.0))
         # The scale is the moments' for the shape as clamped, mean (1 - xi) (mean excess = sigma /
         # (1 - xi)); the unclamped formula, 0.5 mean (mean^2 / var + 1), is the same before clamping but grows without bound as
         # tied scores make var small, which put a threshold 10 standard deviations above the largest score.
@@ -444,13 +457,14 @@ class Tail:
     quantiles: the scores themselves where at least ``_TAIL_POINTS`` lie beyond, further out the
     tail fit (averaged over its uncertainty, as ``_predictive_quantile``)."""
 
-    def __init__(self, scores: npt.NDArray[np.float32]) -> None:
+    def __init__(self, scores: npt.NDArray[np.float32], max_shape: float = MAX_SHAPE) -> None:
         self._sorted = np.sort(scores.astype(np.float64))
-        self._fit = _TailFit.of(scores) if len(scores) else None
+        self._fit = _TailFit.of(scores, max_shape) if len(scores) else None
         self._excess_beyond: Callable[[float], float] | None = None
         if self._fit is not None and self._fit.pareto is not None:
             xi, mean = self._fit.pareto
-            self._excess_beyond = _predictive_beyond(mean, xi, self._fit.k if self._fit.k >= _TAIL_POINTS else 0)
+            self._excess_beyond = _predictive_beyond(mean, xi, self._fit.k if self._fit.k >= _TAIL_POINTS else 0,
+                                                     max_shape)
 
     def beyond(self, x: float) -> float:
         n = len(self._sorted)
@@ -463,7 +477,7 @@ class Tail:
         return fit.k / n * self._excess_beyond(x - fit.u) if self._excess_beyond is not None else 0.0
 
 
-def _predictive_quantile(u: float, mean: float, xi: float, k: int, ratio: float) -> float:
+def _predictive_quantile(u: float, mean: float, xi: float, k: int, ratio: float, max_shape: float = MAX_SHAPE) -> float:
     """The score above ``u`` that a generalised Pareto tail leaves ``1 / ratio`` of its excesses
     beyond, averaged over what the ``k`` excesses leave unknown of it: the threshold new datapoints
     will meet with the share the level states, not the point estimate's quantile.
@@ -479,11 +493,11 @@ def _predictive_quantile(u: float, mean: float, xi: float, k: int, ratio: float)
     variance is Hosking and Wallis' for the moments' estimator ("Parameter and quantile estimation
     for the generalized Pareto distribution", 1987; its formula holds below a shape of 1/4, so it
     is read there at most), the mean excess' relative variance 1 / ((1 - 2 xi) k); the shape stays
-    within its clamp. With 2,000 excesses (the benchmark's cohorts) the threshold moves by a few
+    within its clamp (``max_shape`` above). With 2,000 excesses (the benchmark's cohorts) the threshold moves by a few
     hundredths.
     """
-    beyond = _predictive_beyond(mean, xi, k)
-    shapes, scales = _nodes(mean, xi, k)
+    beyond = _predictive_beyond(mean, xi, k, max_shape)
+    shapes, scales = _nodes(mean, xi, k, max_shape)
     target = 1 / ratio
     low, high = 0.0, max(_pareto_quantile(0.0, float(a), float(b), ratio) for a, b in zip(shapes, scales))
     for _ in range(60):  # beyond() decreases; the answer lies below the largest of the nodes' quantiles
@@ -495,7 +509,7 @@ def _predictive_quantile(u: float, mean: float, xi: float, k: int, ratio: float)
     return u + high
 
 
-def _nodes(mean: float, xi: float, k: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+def _nodes(mean: float, xi: float, k: int, max_shape: float) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Every pair of a shape node and a mean-excess node (the shape's node i, the mean's j at i *
     nodes + j) as shapes and scales: Hosking and Wallis' standard deviation of the moments' shape
     (read at a shape of 1/5 at most), the mean excess' relative one 1 / ((1 - 2 xi) k); ``k`` = 0:
@@ -504,16 +518,16 @@ def _nodes(mean: float, xi: float, k: int) -> tuple[npt.NDArray[np.float64], npt
     shape_sd = math.sqrt((1 - near) ** 2 * (1 - 2 * near) ** 2 * (1 - near + 6 * near * near)
                          / ((1 - 3 * near) * (1 - 4 * near)) / k) if k else 0.0
     mean_sd = math.sqrt(1 / ((1 - 2 * near) * k)) if k else 0.0
-    shapes = np.repeat(np.clip(xi + shape_sd * _NODES, -0.5, 0.5), len(_NODES))
+    shapes = np.repeat(np.clip(xi + shape_sd * _NODES, -0.5, max_shape), len(_NODES))
     scales = np.tile(mean * np.exp(mean_sd * _NODES), len(_NODES)) * (1 - shapes)
     return shapes, scales
 
 
-def _predictive_beyond(mean: float, xi: float, k: int) -> Callable[[float], float]:
+def _predictive_beyond(mean: float, xi: float, k: int, max_shape: float = MAX_SHAPE) -> Callable[[float], float]:
     """The share of a generalised Pareto tail's excesses beyond an excess, averaged over the
     sampling distributions of its shape ``xi`` and mean excess ``mean`` read from ``k`` excesses
     (``_predictive_quantile``; ``k`` = 0: the point estimate's)."""
-    shapes, scales = _nodes(mean, xi, k)
+    shapes, scales = _nodes(mean, xi, k, max_shape)
     weights = np.outer(_WEIGHTS, _WEIGHTS).ravel()
     exponential = np.abs(shapes) < 1e-6
     inverse = -1 / np.where(exponential, 1.0, shapes)

@@ -304,6 +304,8 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     # few datapoints (bench/README.md, "Which cohort judges a device").
     shares = [share for _, share in settings.exceedance]
     floors = [floor for _, floor in settings.min_scores]
+    # A small count's scores sit in clusters, which a tail fit reads as a heavy tail (calibration.SMALL_COUNT_SHAPE).
+    max_shape = calibration.SMALL_COUNT_SHAPE if counts and discrete.small(center) else calibration.MAX_SHAPE
     sorting = np.zeros(len(scores), dtype=bool)
     if all_tails and differences is not None:
         # How heavy a tail is, from the successive differences of all datapoints (tails.py): no
@@ -365,7 +367,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         if owner is not None and full_fit is not None else np.zeros(n_devices, dtype=bool)
     crowded_scores = []
     # Devices' levels among the fleet's scores, not only noise (calibration.within_reach).
-    per_cohort = [calibration.within_reach(calibration.thresholds(fleet_scores, shares, floors), fleet_scores,
+    per_cohort = [calibration.within_reach(calibration.thresholds(fleet_scores, shares, floors, max_shape), fleet_scores,
                                            shares, floors)]
     for c in range(1, n_cohorts + 1):
         members = grouped[bounds[c]:bounds[c + 1]]
@@ -376,7 +378,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
             leaving = crowding[whose]
             crowded_scores.append(members[leaving])
             members = members[~leaving]
-        per_cohort.append(calibration.thresholds(members, shares, floors) if len(members) else per_cohort[0])
+        per_cohort.append(calibration.thresholds(members, shares, floors, max_shape) if len(members) else per_cohort[0])
     if judged_point is not None and heavy_point is not None:
         # A cohort's thresholds are the higher of those its pool calibrates and those the devices it
         # judges calibrate. The pool is unbiased for its devices (placed by the other half of their
@@ -396,7 +398,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
             members = judged_scores[judged_bounds[c]:judged_bounds[c + 1]]
             members = members[kept_judged[judged_bounds[c]:judged_bounds[c + 1]]]
             if len(members):
-                per_cohort[c] = [max(a, b) for a, b in zip(per_cohort[c], calibration.thresholds(members, shares, floors))]
+                per_cohort[c] = [max(a, b) for a, b in zip(per_cohort[c], calibration.thresholds(members, shares, floors, max_shape))]
         del judged_scores, kept_judged
         # A heavy-tailed device whose scores look normal is judged by a near-normal cohort and meets
         # its HIGH threshold far more often than stated: no placement tells it from the normal
@@ -417,13 +419,13 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
                 if owner is not None:
                     members = members[~crowding[owner[bounds[c]:bounds[c + 1]]]]
                 if alike[c] and len(members):
-                    mixed = calibration.mixed_thresholds(members, heavy_scores, hidden, shares, floors)
+                    mixed = calibration.mixed_thresholds(members, heavy_scores, hidden, shares, floors, max_shape)
                     per_cohort[c] = [max(a, b) for a, b in zip(per_cohort[c], mixed)]
             del heavy_scores
         del judged_point, heavy_point
     tail_rows = per_cohort[1:]  # the summary's median: over the tail cohorts, not the crowding devices'
     if crowding.any():
-        per_cohort.append(calibration.thresholds(np.concatenate(crowded_scores), shares, floors))
+        per_cohort.append(calibration.thresholds(np.concatenate(crowded_scores), shares, floors, max_shape))
         cohort[crowding] = n_cohorts + 1
 
     # The scores above are in-sample: a fit of p numbers to a device's n datapoints leaves residuals
