@@ -79,3 +79,21 @@ def test_residual_sums_slots_are_first_ofs_whatever_the_order_of_the_times() -> 
     expected_first, expected_fraction = clock.first_of(times)
     assert np.array_equal(first, expected_first)
     assert np.array_equal(fraction, expected_fraction)
+
+
+def test_llvm_is_mapped_before_numba_is_imported() -> None:
+    """The first compiled call maps llvmlite's library with the GIL let go, before ``import numba``
+    would map it holding the GIL (1.7-2.1 s of a service's event loop at its first model build;
+    bench/ml_first_import.py). A change of llvmlite's layout would silently undo that: checked in
+    a fresh process, where nothing has imported numba yet."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\n"
+             "from iotdefender.engine.ml import kernels\n"
+             "assert 'numba' not in sys.modules and 'libllvmlite' not in open('/proc/self/maps').read()\n"
+             "kernels._load_llvm_without_the_gil()\n"
+             "print('libllvmlite' in open('/proc/self/maps').read(), 'numba' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"]

@@ -17,15 +17,45 @@ go of the GIL.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import importlib.util
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 
 _F = TypeVar("_F", bound=Callable[..., None])
+
+
+def _load_llvm_without_the_gil() -> None:
+    """Map llvmlite's LLVM library (~160 MB) into the process with the GIL let go.
+
+    ``import numba`` loads it with ``ctypes.CDLL``, whose ``dlopen`` runs with the GIL held: the
+    mapping, its relocations, LLVM's static constructors and, when the file is not in the page
+    cache, the disk reads of their page faults stop every other thread of the process, the
+    service's event loop among them (two services beside each other, at their first model build:
+    1.7 and 2.1 s without a report read or answered). ``dlopen`` called through ctypes as a foreign
+    function runs without the GIL; the import's ``CDLL`` then finds the library loaded
+    (bench/ml_first_import.py). Only an optimisation: any failure leaves the load to the import."""
+    try:
+        spec = importlib.util.find_spec("llvmlite")
+        if spec is None or not spec.submodule_search_locations:
+            return
+        binding = Path(next(iter(spec.submodule_search_locations))) / "binding"
+        libraries = sorted(binding.glob("libllvmlite*.so*"))
+        if not libraries:
+            return
+        libc = ctypes.CDLL(None)
+        libc.dlopen.restype = ctypes.c_void_p
+        libc.dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        libc.dlopen(os.fsencode(libraries[0]), os.RTLD_NOW)  # kept open: the import's CDLL takes it
+    except Exception:  # noqa: BLE001 - the import loads it as before
+        return
 
 
 def _compiled(function: _F) -> _F:
@@ -38,6 +68,7 @@ def _compiled(function: _F) -> _F:
     def call(*args: Any) -> None:
         nonlocal compiled
         if compiled is None:
+            _load_llvm_without_the_gil()
             import numba
 
             compiled = cast(Callable[..., None], numba.njit(cache=True, nogil=True, error_model="numpy")(function))
