@@ -31,6 +31,7 @@ import structlog
 from nats.aio.client import Client
 from sqlalchemy.engine import Engine
 
+from iotdefender import loop_stall
 from iotdefender.alerts.outbox import AlertDelivery
 from iotdefender.cancellation import cancel_and_wait
 from iotdefender.alerts.routes import AlertRoutes
@@ -543,7 +544,7 @@ async def serve_cluster(settings: Settings) -> None:
         loops.append(events.run())
         if settings.nats_events_url is not None:
             loops.append(nats_events(settings, engine, events.intake, node_id))
-    background = [entry_kept, *(asyncio.create_task(loop) for loop in [*loops, cluster_health.run()])]
+    background = [entry_kept, *(asyncio.create_task(loop) for loop in [*loops, cluster_health.run(), loop_stall.watch()])]
     gc.freeze()
     log.info("ready", node=node_id, roles=roles_text(roles), cluster=settings.cluster_url_for_logs,
              replicas=topology.replicas, partitions=topology.partitions,

@@ -37,6 +37,7 @@ from iotdefender.brokers.observer import NULL_OBSERVER, BrokerObserver
 from iotdefender.cloud.service import CloudMetricsService
 from iotdefender.console.app import create_console
 from iotdefender.controlplane.context import ServiceContext
+from iotdefender import loop_stall
 from iotdefender.graceful import GracefulServer
 from iotdefender.ingest.commit import ReportCommitter
 from iotdefender.ingest.service import IngestService
@@ -372,6 +373,7 @@ async def serve(settings: Settings, standby: WorkerStandby | None = None) -> Non
         asyncio.create_task(alerts.run(), name="alerts"),
         asyncio.create_task(cloud.run(), name="cloud-metrics"),
         asyncio.create_task(ml_training(settings, engine, monitoring, store.invalidate), name="ml-training"),
+        asyncio.create_task(loop_stall.watch(), name="event-loop-lag"),
     ]
 
     server = http_server(settings, create_app(api, create_console(api, monitoring, settings.time_scale, routes),

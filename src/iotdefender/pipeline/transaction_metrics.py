@@ -19,7 +19,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import structlog
 from prometheus_client import Histogram
+
+from iotdefender.log_limits import LimitedLog
 
 TRANSACTION_SECONDS = Histogram(
     "iotdefender_detect_transaction_seconds",
@@ -37,13 +40,22 @@ WINDOW_THINGS = Histogram(
     "iotdefender_cloud_window_transaction_things", "Things whose cloud-side metrics one committed transaction held",
     buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000))
 
+SLOW_S = 1.0
+SLOW_LOG = LimitedLog(structlog.get_logger("iotdefender.store"), "transaction_slow",
+                      "iotdefender_detect_transaction_seconds", level="warning")
+
 #: Told (seconds, reports, cloud-side things) of each committed transaction.
 TransactionObserver = Callable[[float, int, int], None]
 
 
 def observe(seconds: float, reports: int, windows: int = 0) -> None:
     """The observer of a store in the process that serves ``/metrics``: a transaction with device
-    reports counts as theirs (a single box's batch may carry a window's things along)."""
+    reports counts as theirs (a single box's batch may carry a window's things along). One that
+    took ``SLOW_S`` or more is logged too: every report behind it waited as long (a disk's sync
+    stalled, the write lock held elsewhere), which only the histogram said before."""
+    if seconds >= SLOW_S:
+        SLOW_LOG("reports" if reports else "cloud_window", seconds=round(seconds, 3), reports=reports,
+                 cloud_things=windows)
     if reports:
         TRANSACTION_SECONDS.observe(seconds)
         TRANSACTION_REPORTS.observe(reports)
