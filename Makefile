@@ -79,13 +79,15 @@ guards: $(TEST_STAMP) ## the layer contract, declared dependencies and the type 
 	$(BIN)/deptry tests bench --exclude '\.git' --ignore DEP002,DEP004
 	$(BIN)/mypy
 
-# Two pytest workers (pytest-xdist), each test file on one of them so a module's service starts once:
-# most of the suite waits on the processes it starts (brokers, databases, services, NATS): on two
-# cores, pytest took 10:13 on two workers against 14:25 in one process (PYTEST_WORKERS= for one).
-# Three workers took 9:47 at load 2-9, but three tests failed (partitions moved in the cluster
-# stand-aside test, a node of the 3-server NATS cluster test exited at start, a log line of two JSON
-# objects in the frozen-PostgreSQL test): two cores do not carry a third.
-PYTEST_WORKERS ?= -n 2 --dist loadfile
+# Three pytest workers (pytest-xdist), each test file on one of them so a module's service starts
+# once (tests/conftest.py gives each file its xdist group): most of the suite waits on the processes
+# it starts (brokers, databases, services, NATS). The files that start clusters of processes under
+# load run in two lanes, one file after another in each, so at most two of them run at once as with
+# two workers: three workers with every file free to run beside any other took 9:47 against 10:13
+# on two, but failed three timing-bound tests of those files (partitions moved in the cluster
+# stand-aside test, a node of the 3-server NATS cluster exited at start, a log line of two JSON
+# objects in the frozen-PostgreSQL test). PYTEST_WORKERS= runs one process.
+PYTEST_WORKERS ?= -n 3 --dist loadgroup
 test: $(TEST_STAMP) system-deps broker-deps guards ## set up and run the whole test suite (ARGS='tests/unit' for a part)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_WORKERS) --durations=25 $(ARGS)
 
