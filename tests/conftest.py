@@ -88,9 +88,9 @@ def mosquitto():
 
 
 # The files that start several processes under load (NATS servers, PostgreSQL, two or three serve
-# nodes, kill -9 and frozen databases), in two lanes balanced by their time in a full run: each lane
-# runs on one worker, one file after another, so at most two of them run at once whatever the
-# number of workers, as with two workers before. Every other file is a group of its own (its module
+# nodes, kill -9 and frozen databases), in two lanes balanced by their time in a full run, and those
+# that drive a browser in a third: each lane runs on one worker, one file after another, so at most
+# two cluster files and one browser run at once whatever the number of workers. Every other file is a group of its own (its module
 # fixtures start once). Three workers with every file free to run beside any other took 9:47 but
 # failed three timing-bound tests of these files (Makefile, PYTEST_WORKERS).
 _LANES = {
@@ -101,6 +101,10 @@ _LANES = {
                 "tests/integration/test_cluster_ownership.py", "tests/integration/test_cluster_stream.py",
                 "tests/integration/test_cluster_cloud_windows.py", "tests/e2e/test_cluster_ml.py",
                 "tests/e2e/test_cluster_statistics.py"),
+    # Chromium's pages: two browsers at once beside two cluster files, at a load of 17, drew a
+    # console chart later than its 5 s expectation.
+    "browser": ("tests/e2e/test_console_browser.py", "tests/e2e/test_console_pages.py",
+                "tests/e2e/test_console_builder.py", "tests/e2e/test_ml_detect.py"),
 }
 _LANE_OF = {path: lane for lane, paths in _LANES.items() for path in paths}
 
