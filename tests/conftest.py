@@ -86,31 +86,3 @@ def mosquitto():
     yield broker
     broker.stop()
 
-
-# The files that start several processes under load (NATS servers, PostgreSQL, two or three serve
-# nodes, kill -9 and frozen databases), in two lanes balanced by their time in a full run, and those
-# that drive a browser in a third: each lane runs on one worker, one file after another, so at most
-# two cluster files and one browser run at once whatever the number of workers. Every other file is a group of its own (its module
-# fixtures start once). Three workers with every file free to run beside any other took 9:47 but
-# failed three timing-bound tests of these files (Makefile, PYTEST_WORKERS).
-_LANES = {
-    "heavy-a": ("tests/e2e/test_cluster_serve.py", "tests/e2e/test_cluster_nats3.py",
-                "tests/integration/test_cluster_stand_aside.py", "tests/e2e/test_cluster_nats_events.py",
-                "tests/e2e/test_cluster_frozen_database.py", "tests/e2e/test_cluster_database_away.py"),
-    "heavy-b": ("tests/e2e/test_restart_windows.py", "tests/e2e/test_durability.py",
-                "tests/integration/test_cluster_ownership.py", "tests/integration/test_cluster_stream.py",
-                "tests/integration/test_cluster_cloud_windows.py", "tests/e2e/test_cluster_ml.py",
-                "tests/e2e/test_cluster_statistics.py"),
-    # Chromium's pages: two browsers at once beside two cluster files, at a load of 17, drew a
-    # console chart later than its 5 s expectation.
-    "browser": ("tests/e2e/test_console_browser.py", "tests/e2e/test_console_pages.py",
-                "tests/e2e/test_console_builder.py", "tests/e2e/test_ml_detect.py"),
-}
-_LANE_OF = {path: lane for lane, paths in _LANES.items() for path in paths}
-
-
-def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
-    """Each test's xdist group (``--dist loadgroup``): its file's lane, or its file."""
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(_LANE_OF.get(path, path)))
