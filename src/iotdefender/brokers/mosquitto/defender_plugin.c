@@ -989,14 +989,17 @@ static void sweep_awaiting(void)
 	}
 }
 
-/* The head of a CBOR item (RFC 8949 §3) with an argument below 2^16. */
-static size_t cbor_head(unsigned char *at, unsigned major, size_t value)
+/* The head of a CBOR item (RFC 8949 §3): its argument in the shortest of the five forms. */
+static size_t cbor_head(unsigned char *at, unsigned major, uint64_t value)
 {
 	if(value < 24){ at[0] = (unsigned char)(major << 5 | value); return 1; }
 	if(value < 256){ at[0] = (unsigned char)(major << 5 | 24); at[1] = (unsigned char)value; return 2; }
-	at[0] = (unsigned char)(major << 5 | 25);
-	put_u16(at + 1, value);
-	return 3;
+	if(value < 65536){ at[0] = (unsigned char)(major << 5 | 25); put_u16(at + 1, (size_t)value); return 3; }
+	if(value <= 0xffffffffu){ at[0] = (unsigned char)(major << 5 | 26); put_u32(at + 1, (size_t)value); return 5; }
+	at[0] = (unsigned char)(major << 5 | 27);
+	put_u32(at + 1, (size_t)(value >> 32));
+	put_u32(at + 5, (size_t)(value & 0xffffffffu));
+	return 9;
 }
 
 static size_t cbor_text(unsigned char *at, const char *text)
@@ -1039,7 +1042,7 @@ static bool cbor_falsy(cbor_item_t *item)
 	if(cbor_isa_array(item)) return cbor_array_size(item) == 0;
 	if(cbor_isa_string(item)) return cbor_string_is_definite(item) && cbor_string_length(item) == 0;
 	if(cbor_isa_bytestring(item)) return cbor_bytestring_is_definite(item) && cbor_bytestring_length(item) == 0;
-	if(cbor_isa_uint(item) || cbor_isa_negint(item)) return cbor_isa_uint(item) && cbor_get_int(item) == 0;
+	if(cbor_isa_uint(item)) return cbor_get_int(item) == 0;
 	if(cbor_isa_float_ctrl(item)){
 		if(cbor_float_ctrl_is_ctrl(item)) return cbor_ctrl_value(item) != CBOR_CTRL_TRUE;
 		return cbor_float_get_float(item) == 0.0;
@@ -1074,17 +1077,23 @@ static bool cbor_report_id(const unsigned char *payload, size_t len, long long *
 	return found;
 }
 
+/* As cbor_falsy, for a JSON item. */
+static bool json_falsy(const cJSON *item)
+{
+	if(!item || cJSON_IsNull(item) || cJSON_IsFalse(item)) return true;
+	if(cJSON_IsObject(item) || cJSON_IsArray(item)) return !item->child;
+	if(cJSON_IsNumber(item)) return item->valuedouble == 0;
+	if(cJSON_IsString(item)) return !item->valuestring[0];
+	return false;
+}
+
 static bool json_report_id(const void *payload, size_t len, long long *id)
 {
 	cJSON *root = cJSON_ParseWithLength(payload, len), *header, *rid;
 	bool found = false;
 	if(!root) return false;
 	header = cJSON_GetObjectItemCaseSensitive(root, "header");
-	if(!header || cJSON_IsNull(header) || cJSON_IsFalse(header) || (cJSON_IsObject(header) && !header->child)
-			|| (cJSON_IsArray(header) && !header->child) || (cJSON_IsNumber(header) && header->valuedouble == 0)
-			|| (cJSON_IsString(header) && !header->valuestring[0])){
-		header = cJSON_GetObjectItemCaseSensitive(root, "hed");
-	}
+	if(json_falsy(header)) header = cJSON_GetObjectItemCaseSensitive(root, "hed");
 	rid = cJSON_IsObject(header) ? cJSON_GetObjectItemCaseSensitive(header, "report_id") : NULL;
 	if(!rid && cJSON_IsObject(header)) rid = cJSON_GetObjectItemCaseSensitive(header, "rid");
 	/* cJSON reads numbers as doubles: an id past 2^53 might not be the one sent, so none is echoed. */
@@ -1131,13 +1140,7 @@ static bool report_id(bool cbor, const void *payload, size_t len, long long *id)
 
 static size_t cbor_integer(unsigned char *at, long long value)
 {
-	unsigned major = value < 0 ? 1 : 0;
-	unsigned long long n = value < 0 ? (unsigned long long)(-1 - value) : (unsigned long long)value;
-	if(n <= 0xffff) return cbor_head(at, major, (size_t)n);
-	at[0] = (unsigned char)(major << 5 | 27);
-	put_u32(at + 1, (size_t)(n >> 32));
-	put_u32(at + 5, (size_t)(n & 0xffffffffu));
-	return 9;
+	return value < 0 ? cbor_head(at, 1, (uint64_t)(-1 - value)) : cbor_head(at, 0, (uint64_t)value);
 }
 
 /* Answer a report not handed to the service, as the service answers (ingest/replies.py): `rejected`
@@ -1172,10 +1175,7 @@ static void answer_rejected(const char *topic, const char *thing, const void *pa
 		len += cbor_text(body + len, "ErrorMessage");
 		len += cbor_text(body + len, message);
 		len += cbor_text(body + len, "timestamp");
-		body[len++] = 0x1b;
-		put_u32(body + len, (size_t)((unsigned long long)ms >> 32));
-		put_u32(body + len + 4, (size_t)((unsigned long long)ms & 0xffffffffu));
-		len += 8;
+		len += cbor_integer(body + len, ms);
 	}else{
 		/* Mosquitto refuses control characters in topics: only '"' and '\' need escaping. */
 		len += (size_t)snprintf((char *)body, sizeof(body), "{\"thingName\":\"");

@@ -401,7 +401,7 @@ def normal_quantile(share: float) -> float:
     return (low + high) / 2
 
 
-def _tail_quantile(scores: npt.NDArray[np.float32], share: float, max_shape: float = MAX_SHAPE) -> float:
+def _tail_quantile(scores: npt.NDArray[np.float32], share: float, max_shape: float) -> float:
     n = len(scores)
     if n * share >= _TAIL_POINTS:
         return float(np.quantile(scores, 1 - share))
@@ -427,7 +427,7 @@ class _TailFit:
         self.u, self.k, self.pareto = u, k, pareto
 
     @classmethod
-    def of(cls, scores: npt.NDArray[np.float32], max_shape: float = MAX_SHAPE) -> _TailFit:
+    def of(cls, scores: npt.NDArray[np.float32], max_shape: float) -> _TailFit:
         n = len(scores)
         k = max(10, min(_FIT_POINTS, n // 20))
         if k >= n:
@@ -457,7 +457,7 @@ class Tail:
     quantiles: the scores themselves where at least ``_TAIL_POINTS`` lie beyond, further out the
     tail fit (averaged over its uncertainty, as ``_predictive_quantile``)."""
 
-    def __init__(self, scores: npt.NDArray[np.float32], max_shape: float = MAX_SHAPE) -> None:
+    def __init__(self, scores: npt.NDArray[np.float32], max_shape: float) -> None:
         self._sorted = np.sort(scores.astype(np.float64))
         self._fit = _TailFit.of(scores, max_shape) if len(scores) else None
         self._excess_beyond: Callable[[float], float] | None = None
@@ -477,7 +477,7 @@ class Tail:
         return fit.k / n * self._excess_beyond(x - fit.u) if self._excess_beyond is not None else 0.0
 
 
-def _predictive_quantile(u: float, mean: float, xi: float, k: int, ratio: float, max_shape: float = MAX_SHAPE) -> float:
+def _predictive_quantile(u: float, mean: float, xi: float, k: int, ratio: float, max_shape: float) -> float:
     """The score above ``u`` that a generalised Pareto tail leaves ``1 / ratio`` of its excesses
     beyond, averaged over what the ``k`` excesses leave unknown of it: the threshold new datapoints
     will meet with the share the level states, not the point estimate's quantile.
@@ -523,7 +523,7 @@ def _nodes(mean: float, xi: float, k: int, max_shape: float) -> tuple[npt.NDArra
     return shapes, scales
 
 
-def _predictive_beyond(mean: float, xi: float, k: int, max_shape: float = MAX_SHAPE) -> Callable[[float], float]:
+def _predictive_beyond(mean: float, xi: float, k: int, max_shape: float) -> Callable[[float], float]:
     """The share of a generalised Pareto tail's excesses beyond an excess, averaged over the
     sampling distributions of its shape ``xi`` and mean excess ``mean`` read from ``k`` excesses
     (``_predictive_quantile``; ``k`` = 0: the point estimate's)."""
