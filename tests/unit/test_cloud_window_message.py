@@ -208,3 +208,31 @@ def test_a_broker_node_keeps_no_device_once_its_windows_are_handed_on():
     closer = Aggregator(300.0)  # what closes windows keeps them, as before
     closer.disconnect("dev-1", 1000.0)
     assert closer.seen == {"dev-1"} and closer.disconnected_at == {"dev-1": 1000.0}
+
+
+def test_a_round_past_its_retry_time_tries_each_part_once_until_one_fails():
+    """The retry time bounds a round against a NATS that is away, not a slow machine: with the
+    deadline gone before the first publish (a process descheduled for longer than ``retry_s``, seen
+    in a loaded CI run), a healthy round still publishes every part; once one fails, the rest of
+    the round is given up untried."""
+    now = [1000.0]
+    tried: list[str] = []
+    away = [False]
+
+    async def publish(thing: str, payload: bytes, message_id: str) -> None:
+        tried.append(thing)
+        if away[0]:
+            raise TimeoutError("nats away")
+
+    intake = CloudEventIntake(300.0, lambda: now[0])
+    publisher = WindowPublisher(intake, publish, "node-a", clock=lambda: now[0], retry_s=0.0, concurrency=1)
+    for thing in ("dev-1", "dev-2", "dev-3"):
+        intake.message_sent(thing, "t", 3)
+    now[0] = 1200.2
+    assert asyncio.run(publisher.publish_due()) == 3 and sorted(tried) == ["dev-1", "dev-2", "dev-3"]
+
+    away[0], tried[:] = True, []
+    for thing in ("dev-1", "dev-2", "dev-3"):
+        intake.message_sent(thing, "t", 3)
+    now[0] = 1500.2
+    assert asyncio.run(publisher.publish_due()) == 0 and len(tried) == 1

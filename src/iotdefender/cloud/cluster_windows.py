@@ -301,9 +301,10 @@ class WindowPublisher:
     this node's end of the window in every partition (``publish_end``; None: no ends, tests of parts).
 
     A part is tried again until ``retry_s`` after its window's round began (the same message id:
-    JetStream keeps one copy), long enough for a NATS server's failover; past it the round's
-    remaining parts are given up without trying (NATS is away: trying each for its publish timeout
-    would hold the next windows' parts for minutes at fleet size) and counted unpublished. A
+    JetStream keeps one copy), long enough for a NATS server's failover; past it, once a publish of
+    the round failed, the round's remaining parts are given up without trying (NATS is away: trying
+    each for its publish timeout would hold the next windows' parts for minutes at fleet size) and
+    counted unpublished. A round in which nothing failed tries every part, however long it took. A
     partition in which a part or the end was not published is not vouched for that window
     (cloud/window_ends.py): its detect node gives datapoints only to the devices with parts.
 
@@ -356,7 +357,10 @@ class WindowPublisher:
         lost = 0
         for start in range(0, len(units), self._concurrency):
             chunk = units[start:start + self._concurrency]
-            errors = await asyncio.gather(*(self._send(unit.publish, deadline) for unit in chunk))
+            # Until a publish of this round failed, NATS is not known to be away: a round slowed by
+            # the machine (a process descheduled past the deadline) tries each part once.
+            errors = await asyncio.gather(*(self._send(unit.publish, deadline, at_least_once=not failures)
+                                            for unit in chunk))
             for unit, error in zip(chunk, errors):
                 if error is not None:  # this node no longer vouches for that window in that partition
                     failures.append(error)
@@ -429,7 +433,9 @@ class WindowPublisher:
                     at_least_once: bool = False) -> BaseException | None:
         """Publish until it is stored (None) or ``deadline`` (monotonic) passes (the last error;
         nothing is tried past it, but once if ``at_least_once``: an end, 64 at once, costs one
-        publish timeout at most, and without it a slow round left a whole window unvouched).
+        publish timeout at most, and without it a slow round left a whole window unvouched; a part
+        while nothing of its round failed, and without it a process descheduled past the deadline
+        gave a healthy round's parts up untried).
         The same message id on every try: JetStream keeps one copy."""
         pause = 0.25
         error: BaseException = TimeoutError("no time left to publish in this round")
