@@ -193,12 +193,14 @@ def symmetric(scores: npt.NDArray[np.float32], distance: npt.NDArray[np.float32]
 
 
 def thresholds(scores: npt.NDArray[np.float32], exceedance: list[float], floors: list[float],
-               max_shape: float = MAX_SHAPE) -> list[float]:
+               max_shape: float = MAX_SHAPE, lightest: list[float] | None = None) -> list[float]:
     """Per side (above the centre, then below) and level, the distance that the level's
     ``exceedance`` of signed ``scores`` reach beyond it (half of it on each side when the sides
-    differ: ``symmetric``), at least ``floors`` and the normal distribution's, non-decreasing; a
-    tail fit reads a shape of at most ``max_shape``."""
+    differ: ``symmetric``), at least ``floors`` and the ``lightest`` tail's (default: the normal
+    distribution's, ``normal_quantiles``), non-decreasing; a tail fit reads a shape of at most
+    ``max_shape``."""
     distance = np.abs(scores)
+    floors = _with_lightest(floors, exceedance, lightest)
     both = _side_thresholds(distance, exceedance, floors, 1, max_shape)
     if symmetric(scores, distance):
         return both * 2
@@ -232,8 +234,18 @@ def _side_thresholds(distance: npt.NDArray[np.float32], exceedance: list[float],
     n = len(distance)
     for share, floor in zip(exceedance, floors):
         value = _tail_quantile(distance, share / split, max_shape) if n else floor
-        result.append(max(value, floor, normal_quantile(share), result[-1] if result else floor))
+        result.append(max(value, floor, result[-1] if result else floor))
     return result
+
+
+def _with_lightest(floors: list[float], exceedance: list[float], lightest: list[float] | None) -> list[float]:
+    """Each level's floor, raised to the lightest tail's quantile of its share."""
+    return [max(floor, light) for floor, light in zip(floors, lightest or normal_quantiles(exceedance))]
+
+
+def normal_quantiles(exceedance: list[float]) -> list[float]:
+    """Per level the score a standard normal's |z| exceeds with its share (``normal_quantile``)."""
+    return [normal_quantile(share) for share in exceedance]
 
 
 #: How far above the bulk (its 90th percentile) the largest of a fleet's scores must stand to be a
@@ -245,7 +257,7 @@ _APART_FROM_BULK = 10.0
 
 
 def within_reach(levels: list[float], scores: npt.NDArray[np.float32], exceedance: list[float],
-                 floors: list[float]) -> list[float]:
+                 floors: list[float], lightest: list[float] | None = None) -> list[float]:
     """``levels`` (``thresholds`` of signed ``scores``) no further on each side than that side's
     largest distance plus each level's floor (never below the floor or the normal quantile
     ``thresholds`` keeps), when that largest stands apart from the bulk (``_APART_FROM_BULK``):
@@ -260,22 +272,24 @@ def within_reach(levels: list[float], scores: npt.NDArray[np.float32], exceedanc
     distance = np.abs(scores)
     bulk = _APART_FROM_BULK * float(np.quantile(distance, 0.9))
     farthest = float(distance.max()) if symmetric(scores, distance) else None
+    light = lightest or normal_quantiles(exceedance)
     result: list[float] = []
     for side, side_levels in zip(sides(scores), (levels[:len(exceedance)], levels[len(exceedance):])):
         reach = farthest if farthest is not None else float(side.max())
         result += side_levels if reach <= bulk else [
-            min(value, max(reach + floor, normal_quantile(share)))
-            for value, share, floor in zip(side_levels, exceedance, floors)]
+            min(value, max(reach + floor, quantile)) for value, quantile, floor in zip(side_levels, light, floors)]
     return result
 
 
 def mixed_thresholds(scores: npt.NDArray[np.float32], other: npt.NDArray[np.float32], weight: float,
-                     exceedance: list[float], floors: list[float], max_shape: float = MAX_SHAPE) -> list[float]:
+                     exceedance: list[float], floors: list[float], max_shape: float = MAX_SHAPE,
+                     lightest: list[float] | None = None) -> list[float]:
     """``thresholds`` of a mixture: signed ``scores``' tails with a share ``weight`` of ``other``'s
     in them — per side and level the distance that the two together exceed with the level's
     ``exceedance`` (half of it on each side when either set's sides differ: ``symmetric``; between
-    the thresholds each gives alone), at least ``floors``, non-decreasing."""
+    the thresholds each gives alone), at least ``floors`` and the ``lightest`` tail's, non-decreasing."""
     distance, other_distance = np.abs(scores), np.abs(other)
+    floors = _with_lightest(floors, exceedance, lightest)
     both = _side_mixed_thresholds(distance, other_distance, weight, exceedance, floors, 1, max_shape)
     if symmetric(scores, distance) and symmetric(other, other_distance):
         return both * 2
@@ -298,7 +312,7 @@ def _side_mixed_thresholds(scores: npt.NDArray[np.float32], other: npt.NDArray[n
                 low = middle
             else:
                 high = middle
-        result.append(max(high, floor, normal_quantile(share), result[-1] if result else floor))
+        result.append(max(high, floor, result[-1] if result else floor))
     return result
 
 

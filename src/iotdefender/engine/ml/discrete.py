@@ -27,6 +27,8 @@ those scores rose from 3.3 to 9-13 standard deviations at LOW.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
@@ -60,6 +62,43 @@ def floor(spread: npt.NDArray[np.floating], center: npt.NDArray[np.floating] | f
     bound = np.minimum(poisson_log_spread(np.asarray(center)), plain_std)
     result: npt.NDArray[np.float64] = np.maximum(np.asarray(spread, dtype=np.float64), bound)
     return result
+
+
+def poisson_scores(center: npt.NDArray[np.floating], exceedance: list[float]) -> list[float]:
+    """Per share, the score on the model's log scale above which a Poisson count at the level of
+    ``center`` (the fleet's median, log scale) lies with at most that share: how far above its
+    centre the lightest tail a count can have reaches (``training``: a small count's floor, where
+    the normal distribution's is too far).
+
+    log(1 + X) of a Poisson count has a far lighter upper tail than a normal's: at a level of 2,
+    one window in a million reaches 11, 2.8 Poisson spreads above, not the normal's 4.75 (which put
+    HIGH's edge at 31 and LOW's, where a thousandth should reach, at 14 instead of 8). The score is
+    read halfway between the last count within the share and the first beyond it, so a count at
+    the edge is on one side whatever the rounding. A median M is that of Poisson means up to
+    M + log 2 (a median of 0: up to log 2, where a 1 is every other window's); the highest of them
+    reaches furthest, and is the one taken."""
+    level = max(float(np.median(center)), 0.0)
+    mean = float(np.expm1(level)) + math.log(2)
+    spread = float(poisson_log_spread(np.asarray(level)))
+    # P(X >= k) from the top of the pmf, in logs: no underflow at shares of 1e-6 and means to 100.
+    top = int(mean + 40 * math.sqrt(mean + 1) + 40)
+    k = np.arange(top + 1, dtype=np.float64)
+    log_pmf = k * math.log(mean) - mean - np.array([math.lgamma(x + 1) for x in k])
+    at_least = np.cumsum(np.exp(log_pmf)[::-1])[::-1]  # at_least[k] = P(X >= k)
+    result = []
+    for share in exceedance:
+        first_beyond = int(np.argmax(at_least <= share))  # the first count reached with at most the share
+        result.append((math.log1p(first_beyond - 0.5) - level) / spread)
+    return result
+
+
+def varies(center: npt.NDArray[np.floating], fleet_std: float) -> bool:
+    """Whether a count's residuals over the fleet (``fleet_std``, log scale) vary at least half as
+    much as a Poisson count's at its level: only then is a Poisson's tail the lightest it can
+    have (``poisson_scores``). A count that does not vary has no tail to read (three listening
+    ports for two weeks), and its thresholds keep their floors: a fourth port is MEDIUM, as the
+    floors mean a change never seen in training to be."""
+    return fleet_std >= 0.5 * float(poisson_log_spread(np.asarray(max(float(np.median(center)), 0.0))))
 
 
 def small(center: npt.NDArray[np.floating]) -> bool:

@@ -165,8 +165,9 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         center = shrunk
     fleet_scale = np.exp(shrinkage.toward(np.log(fleet_scale), shrinkage.per_count(shrinkage.LOG_MAD_NOISE, behind),
                                           behind))
+    fleet_std = float(np.std(residual[fleet])) if counts else 0.0
     if counts:
-        fleet_scale = discrete.floor(fleet_scale, center, float(np.std(residual[fleet])))
+        fleet_scale = discrete.floor(fleet_scale, center, fleet_std)
 
     # 2. Each device's level and spread.
     location, spread = clipped_location_and_std(segments, residual)
@@ -305,7 +306,20 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
     shares = [share for _, share in settings.exceedance]
     floors = [floor for _, floor in settings.min_scores]
     # A small count's scores sit in clusters, which a tail fit reads as a heavy tail (calibration.SMALL_COUNT_SHAPE).
-    max_shape = calibration.SMALL_COUNT_SHAPE if counts and discrete.small(center) else calibration.MAX_SHAPE
+    small_count = counts and discrete.small(center)
+    max_shape = calibration.SMALL_COUNT_SHAPE if small_count else calibration.MAX_SHAPE
+    # Above its centre a small count's lightest tail is a Poisson count's, far lighter on the log
+    # scale than the normal's that bounds the other metrics' thresholds, and lighter than the
+    # floors: those held a count of 2 a window to a HIGH edge of 31 and a LOW one of 14, where a
+    # Poisson count's are 11 and 8 (discrete.poisson_scores). Not a count that barely varies (three
+    # listening ports for two weeks): the floors are what keeps a fourth from HIGH there
+    # (discrete.varies). Below its centre a count stops at 0, a cluster of its own scores (a count
+    # of 3 is 0 in 5 % of its windows): the floors stay there.
+    lightest: list[float] | None = None
+    floors_below = [max(floor, normal) for floor, normal in zip(floors, calibration.normal_quantiles(shares))]
+    if small_count and discrete.varies(center, fleet_std):
+        lightest = [min(normal, poisson) for normal, poisson in zip(floors_below, discrete.poisson_scores(center, shares))]
+        floors = [min(floor, light) for floor, light in zip(floors, lightest)]
     sorting = np.zeros(len(scores), dtype=bool)
     if all_tails and differences is not None:
         # How heavy a tail is, from the successive differences of all datapoints (tails.py): no
@@ -367,8 +381,8 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
         if owner is not None and full_fit is not None else np.zeros(n_devices, dtype=bool)
     crowded_scores = []
     # Devices' levels among the fleet's scores, not only noise (calibration.within_reach).
-    per_cohort = [calibration.within_reach(calibration.thresholds(fleet_scores, shares, floors, max_shape), fleet_scores,
-                                           shares, floors)]
+    per_cohort = [calibration.within_reach(calibration.thresholds(fleet_scores, shares, floors, max_shape, lightest=lightest),
+                                           fleet_scores, shares, floors, lightest=lightest)]
     for c in range(1, n_cohorts + 1):
         members = grouped[bounds[c]:bounds[c + 1]]
         if owner is not None and ((all_tails and alike[c]) or n_cohorts == 1):
@@ -378,7 +392,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
             leaving = crowding[whose]
             crowded_scores.append(members[leaving])
             members = members[~leaving]
-        per_cohort.append(calibration.thresholds(members, shares, floors, max_shape) if len(members) else per_cohort[0])
+        per_cohort.append(calibration.thresholds(members, shares, floors, max_shape, lightest=lightest) if len(members) else per_cohort[0])
     if judged_point is not None and heavy_point is not None:
         # A cohort's thresholds are the higher of those its pool calibrates and those the devices it
         # judges calibrate. The pool is unbiased for its devices (placed by the other half of their
@@ -398,7 +412,7 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
             members = judged_scores[judged_bounds[c]:judged_bounds[c + 1]]
             members = members[kept_judged[judged_bounds[c]:judged_bounds[c + 1]]]
             if len(members):
-                per_cohort[c] = [max(a, b) for a, b in zip(per_cohort[c], calibration.thresholds(members, shares, floors, max_shape))]
+                per_cohort[c] = [max(a, b) for a, b in zip(per_cohort[c], calibration.thresholds(members, shares, floors, max_shape, lightest=lightest))]
         del judged_scores, kept_judged
         # A heavy-tailed device whose scores look normal is judged by a near-normal cohort and meets
         # its HIGH threshold far more often than stated: no placement tells it from the normal
@@ -419,13 +433,17 @@ def _fit(data: TrainingData, trained_at: float, settings: TrainingSettings, wind
                 if owner is not None:
                     members = members[~crowding[owner[bounds[c]:bounds[c + 1]]]]
                 if alike[c] and len(members):
-                    mixed = calibration.mixed_thresholds(members, heavy_scores, hidden, shares, floors, max_shape)
+                    mixed = calibration.mixed_thresholds(members, heavy_scores, hidden, shares, floors, max_shape, lightest=lightest)
                     per_cohort[c] = [max(a, b) for a, b in zip(per_cohort[c], mixed)]
             del heavy_scores
         del judged_point, heavy_point
+    if lightest is not None:  # below the centre, as the other metrics' (above)
+        levels = len(shares)
+        per_cohort = [row[:levels] + [max(value, floor) for value, floor in zip(row[levels:], floors_below)]
+                      for row in per_cohort]
     tail_rows = per_cohort[1:]  # the summary's median: over the tail cohorts, not the crowding devices'
     if crowding.any():
-        per_cohort.append(calibration.thresholds(np.concatenate(crowded_scores), shares, floors, max_shape))
+        per_cohort.append(calibration.thresholds(np.concatenate(crowded_scores), shares, floors, max_shape, lightest=lightest))
         cohort[crowding] = n_cohorts + 1
 
     # The scores above are in-sample: a fit of p numbers to a device's n datapoints leaves residuals
