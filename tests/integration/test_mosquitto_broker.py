@@ -146,6 +146,9 @@ REPORTS_AND_THEIR_IDS = [
     ("json", b'{"header":{},"hed":{"rid":7}}', 7),  # an empty header is read as absent, as the service does
     ("json", b'{"n":2}', None),
     ("json", b'{"header":{"report_id":"12"}}', None),  # not an integer
+    ("json", b'{"header":{"report_id":9007199254740991}}', 2**53 - 1),  # the largest a double holds exactly
+    ("json", b'{"header":{"report_id":9007199254740993}}', None),  # read as 2^53 by cJSON: not echoed as another
+    ("cbor", cbor2.dumps({"hed": {"rid": 2**53 + 1}}), 2**53 + 1),  # CBOR integers are exact
     ("cbor", cbor2.dumps({"hed": {"rid": 2**40 + 7, "v": "1.0"}, "met": {}}), 2**40 + 7),
     ("cbor", b"\xd9\xd9\xf7" + cbor2.dumps({"header": {"report_id": 5, "version": "1.0"}}), 5),  # self-described
     ("cbor", b"\xff\x00", None),  # not CBOR

@@ -1096,8 +1096,9 @@ static bool json_report_id(const void *payload, size_t len, long long *id)
 	if(json_falsy(header)) header = cJSON_GetObjectItemCaseSensitive(root, "hed");
 	rid = cJSON_IsObject(header) ? cJSON_GetObjectItemCaseSensitive(header, "report_id") : NULL;
 	if(!rid && cJSON_IsObject(header)) rid = cJSON_GetObjectItemCaseSensitive(header, "rid");
-	/* cJSON reads numbers as doubles: an id past 2^53 might not be the one sent, so none is echoed. */
-	if(cJSON_IsNumber(rid) && rid->valuedouble == floor(rid->valuedouble) && fabs(rid->valuedouble) <= 9007199254740992.0){
+	/* cJSON reads numbers as doubles: an id from 2^53 on might not be the one sent (2^53 + 1 reads
+	 * as 2^53), so none is echoed. */
+	if(cJSON_IsNumber(rid) && rid->valuedouble == floor(rid->valuedouble) && fabs(rid->valuedouble) < 9007199254740992.0){
 		*id = (long long)rid->valuedouble;
 		found = true;
 	}
