@@ -319,7 +319,10 @@ class Ownership:
         # Two loops: renewals never wait behind a slow acquisition or a reader finishing its batch
         # (not even the first round, which may start many readers).
         keepalive = asyncio.create_task(self._every(self._keepalive, from_start=True), name="ownership-keepalive")
-        await self.rebalance()
+        # A first round that fails (the leases' bucket, created a moment ago by this node, has no
+        # leader yet: "no responders") is tried again a tick later, as every later round is; it
+        # ended the node's start before (a full test run at load 7).
+        await self._step(self.rebalance)
         self._tasks = [asyncio.create_task(self._every(self.rebalance), name="ownership-rebalance"), keepalive]
 
     async def stop(self) -> None:
@@ -356,16 +359,20 @@ class Ownership:
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
             due = loop.time() + self._tick_s
-            try:
-                await step()
-            except (nats.errors.Error, asyncio.TimeoutError) as err:
-                # NATS unreachable or a bucket without a leader: the readers pause once the local
-                # validity runs out (``holds``); leases in doubt are kept until the bucket answers.
-                log.warning("cluster.step_failed", node=self.node_id, step=step.__name__, error=repr(err))
-            except Exception:  # a loop that dies would silently stop renewing or rebalancing
-                log.exception("cluster.step_failed", node=self.node_id, step=step.__name__)
+            await self._step(step)
             if not from_start:
                 due = loop.time() + self._tick_s
+
+    async def _step(self, step: Callable[[], Awaitable[None]]) -> None:
+        """One round of ``step``; a failure is logged, and the next round tries again."""
+        try:
+            await step()
+        except (nats.errors.Error, asyncio.TimeoutError) as err:
+            # NATS unreachable or a bucket without a leader: the readers pause once the local
+            # validity runs out (``holds``); leases in doubt are kept until the bucket answers.
+            log.warning("cluster.step_failed", node=self.node_id, step=step.__name__, error=repr(err))
+        except Exception:  # a loop that dies would silently stop renewing or rebalancing
+            log.exception("cluster.step_failed", node=self.node_id, step=step.__name__)
 
     async def _keepalive(self) -> None:
         """Heartbeat the membership and renew every lease (compare-and-set on its last revision)."""
