@@ -461,9 +461,9 @@ async def serve_cluster(settings: Settings) -> None:
     validate(settings)
     token = metrics_token(settings)
     roles = cluster_roles(settings)
-    check_api_port(settings)
     if "broker" in roles:
         mqtt_auth(settings)  # refused before anything starts
+    check_api_port(settings)  # after what the command itself gets wrong, as serve does
     routes = load_alert_routes(settings)
     context, credentials = open_context(settings)
     engine = context.engine

@@ -315,8 +315,8 @@ async def open_batch_store(settings: Settings, engine: Engine, config: PipelineC
 async def serve(settings: Settings, standby: WorkerStandby | None = None) -> None:
     validate(settings)
     token = metrics_token(settings)
-    check_api_port(settings)
     auth = mqtt_auth(settings)
+    check_api_port(settings)  # after what the command itself gets wrong, which a free port would not fix
     routes = load_alert_routes(settings)
     context, credentials = open_context(settings)
     engine = context.engine
