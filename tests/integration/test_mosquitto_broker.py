@@ -369,3 +369,53 @@ def _listening(port: int, timeout: float) -> bool:
         except OSError:
             time.sleep(0.1)
     return False
+
+
+def test_answers_to_reports_read_before_the_services_connection_broke_reach_the_device_once(tmp_path):
+    """The service read a report, then its connection to the broker broke before its answer went:
+    the answer went into the broken connection, and the report, stored, was never answered (an
+    outside-in test: 131 and 440 of 6,000). Now the reply message is sent again once the service
+    is connected again, and reaches the device once; the plugin skips a message it had published."""
+    async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
+        device, codes, _ = connect(port, "cam-1")
+        assert await in_thread(codes.get, True, 5) == 0
+        answers: queue.Queue[int] = queue.Queue()
+        device.on_message = lambda c, u, message: answers.put(json.loads(message.payload)["reportId"])
+        subscribed: queue.Queue[int] = queue.Queue()
+        device.on_subscribe = lambda c, u, mid, reasons, p: subscribed.put(mid)
+        device.subscribe("$aws/things/cam-1/defender/metrics/json/accepted", qos=1)
+        await in_thread(subscribed.get, True, 5)
+        topic = "$aws/things/cam-1/defender/metrics/json"
+
+        async def read(report_id: int) -> None:
+            await in_thread(device.publish(topic, json.dumps({"header": {"report_id": report_id}}).encode(),
+                                           qos=1).wait_for_publish, 5)
+            deadline = time.monotonic() + 10
+            while len(reports) < report_id:
+                assert time.monotonic() < deadline, f"report {report_id} did not reach the service"
+                await asyncio.sleep(0.02)
+
+        def answer(report_id: int) -> None:
+            broker.publish_now(f"{topic}/accepted", json.dumps({"reportId": report_id}).encode(), qos=1)
+
+        await read(1)
+        answer(1)  # delivered as usual
+        assert await in_thread(answers.get, True, 5) == 1
+        await asyncio.sleep(0.3)  # the plugin's word that it published it (its events, every flush)
+        await read(2)
+        impostor = await take_over_service_connection(broker, port)
+        deadline = time.monotonic() + 10
+        while broker._client is not None and broker._client.connected:
+            assert time.monotonic() < deadline, "the service's connection did not break"
+            await asyncio.sleep(0.02)
+        answer(2)  # into the broken connection
+        assert await in_thread(answers.get, True, 15) == 2  # sent again once the service is back
+        await read(3)
+        answer(3)
+        assert await in_thread(answers.get, True, 5) == 3
+        await asyncio.sleep(0.5)
+        assert answers.empty()  # 1 was not sent again (the plugin said it published it), nor 2 twice
+        for client in (impostor, device):
+            stop_network_loop(client)
+            client.disconnect()
+    run_with_broker(body, tmp_path)

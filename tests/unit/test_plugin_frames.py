@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import threading
+from collections.abc import Callable
 
 from iotdefender.brokers.mosquitto.frames import (
     ReplyBatcher,
@@ -50,6 +51,23 @@ def test_a_truncated_last_frame_is_dropped_and_the_others_kept():
     assert list(decode_reports(b"")) == []
 
 
+SEQUENCE_HEAD = struct.pack(">BHI", 0xFE, 0, 8)  # defender_plugin.c's SEQUENCE_FRAME
+
+
+def numbered(sent: list[bytes]) -> Callable[[bytes], None]:
+    """A ``send`` that checks each message starts with its SEQUENCE frame, numbered 1, 2, 3... by
+    one service process, and keeps what follows it."""
+    seen: list[tuple[int, int]] = []
+
+    def send(message: bytes) -> None:
+        assert message[:7] == SEQUENCE_HEAD
+        of, number = struct.unpack_from(">II", message, 7)
+        assert (not seen or seen[-1][0] == of) and number == len(seen) + 1, (seen, of, number)
+        seen.append((of, number))
+        sent.append(message[15:])
+    return send
+
+
 def test_reply_frame_layout():
     frame = encode_reply("$aws/things/é/defender/metrics/json/accepted", b"{}", 1)
     topic = "$aws/things/é/defender/metrics/json/accepted".encode()
@@ -60,7 +78,7 @@ def test_replies_of_one_loop_iteration_leave_as_one_message():
     sent: list[bytes] = []
 
     async def scenario() -> None:
-        batcher = ReplyBatcher(asyncio.get_running_loop(), sent.append)
+        batcher = ReplyBatcher(asyncio.get_running_loop(), numbered(sent))
         batcher.add("t/1", b"a", 1)
         batcher.add("t/2", b"b", 1)
         assert sent == []  # nothing leaves before the iteration ends
@@ -84,7 +102,7 @@ def test_the_latest_taken_frame_leaves_with_the_next_replies_or_alone_after_some
     sent: list[bytes] = []
 
     async def scenario() -> None:
-        batcher = ReplyBatcher(asyncio.get_running_loop(), sent.append, taken_every=TAKEN_EVERY)
+        batcher = ReplyBatcher(asyncio.get_running_loop(), numbered(sent), taken_every=TAKEN_EVERY)
         batcher.taken(encode_taken(1, 1, 0))
         await asyncio.sleep(0)
         assert sent == []  # one batch read, no reply: nothing sent for it yet
@@ -109,7 +127,7 @@ def test_a_reply_from_another_thread_wakes_the_loop():
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        batcher = ReplyBatcher(loop, sent.append)
+        batcher = ReplyBatcher(loop, numbered(sent))
         thread = threading.Thread(target=batcher.add, args=("t/x", b"z", 1))
         thread.start()
         thread.join()
@@ -131,7 +149,7 @@ def test_replies_of_one_iteration_leave_in_messages_under_the_brokers_packet_lim
     frames = [encode_reply(f"t/{n}", bytes([n % 256]) * 10_000, 1) for n in range(100)]  # ~1 MB in all
 
     async def scenario() -> None:
-        batcher = ReplyBatcher(asyncio.get_running_loop(), sent.append)
+        batcher = ReplyBatcher(asyncio.get_running_loop(), numbered(sent))
         for n in range(100):
             batcher.add(f"t/{n}", bytes([n % 256]) * 10_000, 1)
         await asyncio.sleep(0)
@@ -150,3 +168,29 @@ def test_a_reply_quoting_what_the_device_sent_is_bounded():
     message = reply["statusDetails"]["ErrorMessage"]
     assert len(message) == MAX_ERROR_MESSAGE_CHARS and message.endswith("…")
     assert json.loads(reply_payload("t", "json", 1, 0, ("C", "short")))["statusDetails"]["ErrorMessage"] == "short"
+
+
+def test_reply_messages_are_kept_until_the_plugin_published_them_and_sent_again_on_a_new_connection():
+    """The answers to reports the service had read when its connection broke went into the broken
+    connection (an outside-in test: 131 and 440 of 6,000 reports stored and never answered). Each
+    message is kept until the plugin's P record says it published it, and the rest go again, the
+    same bytes (the plugin skips a number it had), once the service is connected again."""
+    sent: list[bytes] = []
+
+    async def scenario() -> None:
+        batcher = ReplyBatcher(asyncio.get_running_loop(), sent.append, kept_bytes=130)
+        for n in range(3):
+            batcher.add(f"t/{n}", b"x", 1)
+            await asyncio.sleep(0)
+        assert [struct.unpack_from(">II", m, 7) for m in sent] == [(batcher.instance, n) for n in (1, 2, 3)]
+        batcher.published(batcher.instance ^ 1, 3)  # another process of the service's: not ours
+        batcher.published(batcher.instance, 1)
+        assert batcher.send_again() == 2 and sent[3:] == sent[1:3]
+        batcher.published(batcher.instance, 3)
+        assert batcher.send_again() == 0 and len(sent) == 5
+        for n in range(10):  # 130 bytes hold 5 of these 26-byte messages: the oldest are forgotten
+            batcher.add(f"t/{n}", b"x", 1)
+            await asyncio.sleep(0)
+        assert batcher.send_again() == 5 and sent[-5:] == sent[-10:-5]
+
+    asyncio.run(scenario())

@@ -294,7 +294,8 @@ class MosquittoBroker:
             if head is not None:
                 self._handover.reports(*head, count)
         elif topic == EVENTS_TOPIC:
-            apply_events(payload, self._gatekeeper.observer, self._gatekeeper, self.connections, self._handover)
+            apply_events(payload, self._gatekeeper.observer, self._gatekeeper, self.connections, self._handover,
+                         self._replies)
         else:
             return
         # Read (its reports submitted, its events applied): the plugin may send one more batch
@@ -312,10 +313,13 @@ class MosquittoBroker:
         """On every (re)connection of the service's client, once it has asked for its subscriptions
         (sent before this on the same connection, so Mosquitto has them first): a restarted
         Mosquitto forgets its deny list, so give it again; then tell the plugin devices may
-        connect (it refuses them until then: their reports would reach nobody)."""
+        connect (it refuses them until then: their reports would reach nobody); then send again
+        the replies the plugin did not say it published."""
         for client_id in sorted(self._refused):
             self._control("refuse", client_id)
         self._control("ready", self.client_id)
+        if self._replies is not None:  # what the connection that broke did not deliver (frames.py)
+            self._replies.send_again()
 
     # -- the adapter's interface ----------------------------------------------------------------
     def publish_now(self, topic: str, payload: bytes, qos: int = 1) -> None:

@@ -64,6 +64,8 @@
  *                           answered (no valid thing to answer on), since the last batch
  *   B thing count           reports of the thing answered here ServiceOverloaded, since the last
  *                           batch: reports_held_bytes were held back for the service (see "flow")
+ *   P service number        the last reply message published here: the service process's number
+ *                           and the message's (see "Replies" below), within flush_ms of it
  *   Q instance sequence     first in every batch: this plugin instance's number (random at load)
  *                           and the batch's, from 0, so that the service counts the batches it
  *                           never got (dropped by Mosquitto, or sent while its connection was down)
@@ -93,6 +95,15 @@
  * A frame of "qos" TAKEN_FRAME, topic length 0 and payload length 12 is the service's TAKEN: u32
  * instance, u32 the number of the report batch it expects next, u32 that of the event batch (see
  * "flow").
+ * Each message starts with a frame of "qos" SEQUENCE_FRAME, topic length 0 and payload length 8:
+ * u32 the service process's number (random at its start), u32 the message's number. A message
+ * whose number is not past the last one published here (of the same service process) was
+ * published already and is skipped whole; the last number is told back in the events (a P record,
+ * within flush_ms). A message sent on a connection that broke before it arrived is sent again on
+ * the next one: the service keeps what was not told back and sends it again once connected
+ * (frames.py). Before, the replies to the reports the service had read when its connection broke
+ * went into the broken connection: the reports were stored and never answered, counted nowhere (an
+ * outside-in test: 131 and 440 of 6,000 reports, the service's connection cut while it was stopped).
  *
  * Flow: at most batches_in_flight report batches (config.py: 64), and as many event batches, are
  * sent to the service and not yet read by it (its TAKEN says which it has read: the service tells
@@ -140,6 +151,7 @@
 #define FLUSH_BYTES (256 * 1024)
 #define REPORTS_FLUSH_BYTES (1024 * 1024)
 #define TAKEN_FRAME 0xff     /* the "qos" of the frame by which the service says what it has read */
+#define SEQUENCE_FRAME 0xfe  /* the "qos" of the frame that numbers the service's reply message */
 
 /* ---- a small string-keyed hash table (Mosquitto exports no map to plugins) ------------------ */
 
@@ -290,6 +302,9 @@ static struct table overloaded;    /* thing -> reports answered here past report
 static unsigned max_subscriptions = 0; /* topic filters a connection may hold (0: no limit) */
 static unsigned report_window = 0; /* reports a thing may have waiting for the service's answer (0: no limit) */
 static uint32_t instance;          /* this plugin's number, random at load (Q records, report batches) */
+static uint32_t replies_of;        /* the service process whose reply messages were published last */
+static uint32_t replies_done;      /* the number of the last of them */
+static bool replies_untold;        /* replies_done not yet told to the service (a P record) */
 static uint32_t reports_handed;    /* reports put in report batches so far, modulo 2^32 */
 static uint32_t report_batches;    /* report batches begun so far (each one's number) */
 static uint32_t report_batches_sent;  /* ... handed to the service's connection */
@@ -1198,6 +1213,15 @@ static void answer_rejected(const char *topic, const char *thing, const void *pa
 static void publish_replies(const unsigned char *at, size_t len)
 {
 	char topic[1024];
+	if(len >= 15 && at[0] == SEQUENCE_FRAME && get_u16(at + 1) == 0 && get_u32(at + 3) == 8){
+		uint32_t of = (uint32_t)get_u32(at + 7), number = (uint32_t)get_u32(at + 11);
+		if(of == replies_of && (int32_t)(number - replies_done) <= 0) return; /* published already */
+		replies_of = of;
+		replies_done = number;
+		replies_untold = true;
+		at += 15;
+		len -= 15;
+	}
 	while(len >= 7){
 		int qos = at[0];
 		size_t topic_len = get_u16(at + 1), payload_len = get_u32(at + 3);
@@ -1305,6 +1329,17 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 /* TICK: every pass of Mosquitto's main loop (at least every 100 ms): send the reports of the pass,
  * and the event batch when due.
  * Mosquitto 2.0.11 leaves the event's time fields at 0, hence our own monotonic clock. */
+/* A P record: the last reply message published here (the service forgets it and those before). */
+static void tell_replies_done(void)
+{
+	char of[16], number[16];
+	if(!replies_untold) return;
+	snprintf(of, sizeof(of), "%u", replies_of);
+	snprintf(number, sizeof(number), "%u", replies_done);
+	record("P", of, number, NULL, NULL);
+	replies_untold = false;
+}
+
 static int on_tick(int event, void *event_data, void *userdata)
 {
 	struct timespec now;
@@ -1320,6 +1355,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 		tell_counts(&oversubscribed, "M");
 		tell_counts(&unnamed, "I");
 		tell_counts(&throttled, "L");
+		tell_replies_done();
 		sweep_awaiting();
 		flush_events();
 		run_kicks();

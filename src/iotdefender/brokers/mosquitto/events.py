@@ -25,7 +25,7 @@ PUBLISH_THROTTLED_LOG = LimitedLog(log, "mqtt_publish_throttled", "iotdefender_m
 
 # Fields per record type, the type included ("T": the time of the records after it).
 _SIZES = {"C": 5, "A": 4, "D": 2, "S": 4, "R": 3, "T": 2, "N": 2, "L": 3, "O": 3, "U": 3, "M": 3, "I": 3, "Q": 3,
-          "B": 3}
+          "B": 3, "P": 3}
 # Reports the broker rejected itself, by record type: the code of its answer (none for a thing
 # name over 128 bytes, which has no valid topic to answer on, as the service's InvalidThingName).
 _ANSWERED = {"O": "Throttled", "U": "ServiceUnavailable", "I": "InvalidThingName", "B": "ServiceOverloaded"}
@@ -42,11 +42,17 @@ class DenialCounter(Protocol):
     def record_subscriptions_refused(self, client_id: str, count: int) -> None: ...
 
 
+class RepliesPublished(Protocol):
+    def published(self, of: int, number: int) -> None: ...
+
+
 def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounter,
-                 connections: ConnectedClients, handover: Handover | None = None) -> int:
+                 connections: ConnectedClients, handover: Handover | None = None,
+                 replies: RepliesPublished | None = None) -> int:
     """Apply one batch; returns the number of events applied. A malformed tail is ignored.
     ``connections`` takes the plugin's count of connected clients (connections.py); ``handover``
-    the batch's number (handover.py)."""
+    the batch's number (handover.py); ``replies`` the last reply message the plugin published
+    (frames.py)."""
     fields = payload.decode("utf-8", "replace").split("\0")
     end = len(fields) - 1  # the batch ends with a NUL
     index = applied = 0
@@ -68,6 +74,10 @@ def apply_events(payload: bytes, observer: BrokerObserver, denials: DenialCounte
         if kind == "Q":  # not an event: which batch this is
             if handover is not None and record[0].isdigit() and record[1].isdigit():
                 handover.events(int(record[0]), int(record[1]))
+            continue
+        if kind == "P":  # not an event: the reply messages published
+            if replies is not None and record[0].isdigit() and record[1].isdigit():
+                replies.published(int(record[0]), int(record[1]))
             continue
         applied += 1
         if kind == "C":
