@@ -15,7 +15,7 @@ help: ## list the targets
 .PHONY: help run cluster-demo test guards test-unit system-deps broker-deps demo bench bench-pipeline bench-quick clean durability
 
 # The default MQTT broker: Mosquitto and what its plugin is compiled with (headers, libargon2 for
-# $argon2 passwords, OpenSSL for certificate names, cJSON and libcbor for the report id of a report
+# $argon2 passwords, OpenSSL for certificate names, Jansson and libcbor for the report id of a report
 # the broker answers itself, a C compiler). Installed only when missing.
 broker-deps: ## install Mosquitto and what its plugin is compiled with (apt-get, when missing)
 	@missing=""; \
@@ -24,7 +24,7 @@ broker-deps: ## install Mosquitto and what its plugin is compiled with (apt-get,
 	[ -f /usr/include/mosquitto.h ] || missing="$$missing libmosquitto-dev"; \
 	[ -f /usr/include/argon2.h ] || missing="$$missing libargon2-dev"; \
 	[ -f /usr/include/openssl/x509.h ] || missing="$$missing libssl-dev"; \
-	[ -f /usr/include/cjson/cJSON.h ] || missing="$$missing libcjson-dev"; \
+	[ -f /usr/include/jansson.h ] || missing="$$missing libjansson-dev"; \
 	[ -f /usr/include/cbor.h ] || missing="$$missing libcbor-dev"; \
 	command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
 	if [ -n "$$missing" ]; then \

@@ -18,6 +18,8 @@ from prometheus_client import REGISTRY
 from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.listeners import ListenerSettings
 from iotdefender.brokers.mosquitto.broker import MosquittoBroker
+from iotdefender.ingest.replies import reply_payload
+from iotdefender.ingest.report import report_id_hint
 from tests.support.broker_harness import (
     ANSWERED_UNAVAILABLE,
     Recorder,
@@ -146,13 +148,44 @@ REPORTS_AND_THEIR_IDS = [
     ("json", b'{"header":{},"hed":{"rid":7}}', 7),  # an empty header is read as absent, as the service does
     ("json", b'{"n":2}', None),
     ("json", b'{"header":{"report_id":"12"}}', None),  # not an integer
-    ("json", b'{"header":{"report_id":9007199254740991}}', 2**53 - 1),  # the largest a double holds exactly
-    ("json", b'{"header":{"report_id":9007199254740993}}', None),  # read as 2^53 by cJSON: not echoed as another
-    ("cbor", cbor2.dumps({"hed": {"rid": 2**53 + 1}}), 2**53 + 1),  # CBOR integers are exact
+    ("json", b'{"header":{"report_id":5.0}}', None),  # written as a float: not an integer to the service
+    ("json", b'{"header":{"report_id":1e3}}', None),
+    ("json", b'{"header":{"report_id":3}} x', None),  # not JSON: something after the document
+    ("json", b'{"header":{"report_id":1,"report_id":2}}', 2),  # duplicate keys: the last, as a dict keeps
+    ("json", b'{"header":{"report_id":1},"header":{"report_id":4}}', 4),
+    ("json", b'{"header":{"report_id":9007199254740993},"s":"\\u0000"}', 2**53 + 1),  # exact past a double's 2^53
+    ("json", b'{"header":{"report_id":9223372036854775807}}', 2**63 - 1),
+    ("json", b'{"header":{"report_id":-9223372036854775808}}', -(2**63)),
+    ("cbor", cbor2.dumps({"hed": {"rid": 2**53 + 1}}), 2**53 + 1),
     ("cbor", cbor2.dumps({"hed": {"rid": 2**40 + 7, "v": "1.0"}, "met": {}}), 2**40 + 7),
+    ("cbor", cbor2.dumps({"hed": {"rid": 2**64 - 1}}), 2**64 - 1),
+    ("cbor", cbor2.dumps({"hed": {"rid": -(2**63)}}), -(2**63)),
+    ("cbor", cbor2.dumps({"hed": {"rid": -(2**63) - 1}}), None),  # past what the service echoes (64 bits)
     ("cbor", b"\xd9\xd9\xf7" + cbor2.dumps({"header": {"report_id": 5, "version": "1.0"}}), 5),  # self-described
+    ("cbor", b"\xa1\x63hed\xa1\x63rid\xc2\x42\x00\x05", 5),  # a bignum (tag 2) of leading zero and 5
+    ("cbor", b"\xa1\x63hed\xa1\x63rid\xc3\x41\x05", -6),  # a negative bignum (tag 3): -1 - 5
+    ("cbor", b"\xa1\x63hed\xa1\x63rid\xc2\x49\x01" + bytes(8), None),  # 2^64: past 64 bits
+    ("cbor", b"\xa1\x63hed\xa2\x63rid\x01\x63rid\x02", 2),  # duplicate keys: the last
+    ("cbor", b"\xa1\x63hed\xa1\x7f\x62ri\x61d\xff\x09", 9),  # a key in chunks (indefinite length)
     ("cbor", b"\xff\x00", None),  # not CBOR
 ]
+
+#: Ids the service reads and the broker cannot read exactly, so it leaves them out (not another id).
+IDS_THE_BROKER_LEAVES_OUT = [("json", b'{"header":{"report_id":9223372036854775808}}')]  # Jansson: 64-bit signed
+
+
+def service_echo(encoding: str, payload: bytes) -> int | None:
+    """The reportId the service's answer to ``payload`` carries (as it answers a rejected report)."""
+    answer = reply_payload("cam-1", encoding, report_id_hint(payload, encoding), 0, ("X", "y"))
+    return (json.loads(answer) if encoding == "json" else cbor2.loads(answer)).get("reportId")
+
+
+def test_the_table_of_report_ids_is_what_the_service_echoes():
+    """The broker's answers must carry what the service's would: the table above is checked against
+    the service's own reading, so it cannot drift from it."""
+    assert [service_echo(encoding, payload) for encoding, payload, _ in REPORTS_AND_THEIR_IDS] == \
+        [rid for _, _, rid in REPORTS_AND_THEIR_IDS]
+    assert all(service_echo(encoding, payload) is not None for encoding, payload in IDS_THE_BROKER_LEAVES_OUT)
 
 
 def test_reports_while_the_service_reconnects_are_answered_service_unavailable_by_the_broker(tmp_path):
@@ -175,14 +208,15 @@ def test_reports_while_the_service_reconnects_are_answered_service_unavailable_b
         lost_before = sample("iotdefender_broker_reports_lost_total")
         impostor = await take_over_service_connection(broker, port)
         topic = "$aws/things/cam-1/defender/metrics/json"
-        for encoding, payload, _ in REPORTS_AND_THEIR_IDS:
+        sent = REPORTS_AND_THEIR_IDS + [(encoding, payload, None) for encoding, payload in IDS_THE_BROKER_LEAVES_OUT]
+        for encoding, payload, _ in sent:
             await in_thread(device.publish(f"$aws/things/cam-1/defender/metrics/{encoding}", payload,
                                            qos=1).wait_for_publish, 5)
-        got = [await in_thread(answers.get, True, 5) for _ in REPORTS_AND_THEIR_IDS]
+        got = [await in_thread(answers.get, True, 5) for _ in sent]
         assert {(a["thingName"], a["status"], a["statusDetails"]["ErrorCode"]) for _, a in got} == \
             {("cam-1", "REJECTED", "ServiceUnavailable")}
         assert sorted((encoding, a.get("reportId", -1)) for encoding, a in got) == \
-            sorted((encoding, -1 if rid is None else rid) for encoding, _, rid in REPORTS_AND_THEIR_IDS)
+            sorted((encoding, -1 if rid is None else rid) for encoding, _, rid in sent)
         assert all(list(a)[:2] == ["thingName", "reportId"] for _, a in got if "reportId" in a)  # as the service writes it
         deadline = time.monotonic() + 15
         while not reports:  # one more report now and then, until the service is back
@@ -191,12 +225,50 @@ def test_reports_while_the_service_reconnects_are_answered_service_unavailable_b
             await asyncio.sleep(0.3)
         assert all(payload == b'{"again":1}' for _, _, payload in reports)  # none of the three
         for _ in range(100):
-            if (REGISTRY.get_sample_value(*ANSWERED_UNAVAILABLE) or 0.0) - answered_before >= len(REPORTS_AND_THEIR_IDS):
+            if (REGISTRY.get_sample_value(*ANSWERED_UNAVAILABLE) or 0.0) - answered_before >= len(sent):
                 break
             await asyncio.sleep(0.05)
-        assert (REGISTRY.get_sample_value(*ANSWERED_UNAVAILABLE) or 0.0) - answered_before >= len(REPORTS_AND_THEIR_IDS)
+        assert (REGISTRY.get_sample_value(*ANSWERED_UNAVAILABLE) or 0.0) - answered_before >= len(sent)
         assert sample("iotdefender_broker_reports_lost_total") == lost_before
         for client in (impostor, device):
+            stop_network_loop(client)
+            client.disconnect()
+
+    run_with_broker(body, tmp_path)
+
+
+def test_a_report_of_a_thing_name_over_128_bytes_is_not_answered_while_the_service_is_away(tmp_path):
+    """The service answers no report of a thing name over 128 bytes (InvalidThingName: AWS allows
+    none, and its reply topic is no thing's); the broker answered one ServiceUnavailable while the
+    service's connection was away (an outside-in test). Now it counts it, as the service would, and
+    answers nothing; a report of a valid name sent after it is answered."""
+    async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
+        long_name = "d" * 129
+        answers: queue.Queue[str] = queue.Queue()
+        devices = []
+        for name in (long_name, "cam-1"):
+            device, codes, _ = connect(port, name)
+            assert await in_thread(codes.get, True, 5) == 0
+            device.on_message = lambda c, u, message: answers.put(message.topic.split("/")[2])
+            subscribed: queue.Queue[int] = queue.Queue()
+            device.on_subscribe = lambda c, u, mid, reasons, p: subscribed.put(mid)
+            device.subscribe(f"$aws/things/{name}/defender/metrics/json/rejected", qos=1)
+            await in_thread(subscribed.get, True, 5)
+            devices.append(device)
+        invalid = ("iotdefender_mqtt_reports_rejected_by_broker_total", {"code": "InvalidThingName"})
+        invalid_before = REGISTRY.get_sample_value(*invalid) or 0.0
+        impostor = await take_over_service_connection(broker, port)
+        for name, device in zip((long_name, "cam-1"), devices):
+            await in_thread(device.publish(f"$aws/things/{name}/defender/metrics/json",
+                                           b'{"header":{"report_id":1}}', qos=1).wait_for_publish, 5)
+        assert await in_thread(answers.get, True, 5) == "cam-1"
+        for _ in range(100):
+            if (REGISTRY.get_sample_value(*invalid) or 0.0) > invalid_before:
+                break
+            await asyncio.sleep(0.05)
+        assert (REGISTRY.get_sample_value(*invalid) or 0.0) - invalid_before == 1
+        assert answers.empty(), "the report of the long name was answered"
+        for client in (impostor, *devices):
             stop_network_loop(client)
             client.disconnect()
 

@@ -34,7 +34,7 @@ REJECTED_BY_BROKER = PromCounter(
     "Reports the broker rejected itself, by code: Throttled when their thing already had as many reports waiting "
     "for the service's answers as the broker hands over, ServiceUnavailable while the service's connection was "
     "away, ServiceOverloaded while the broker held as many bytes of reports for the service as it may (all three "
-    "answered), InvalidThingName for such reports of a name over 128 bytes (not answered)", ["code"])
+    "answered), InvalidThingName for any of them of a thing name over 128 bytes (not answered)", ["code"])
 SUBSCRIPTIONS_REFUSED = PromCounter("iotdefender_mqtt_subscriptions_refused",
                                     "Topic filters refused because their connection held --mqtt-max-subscriptions already")
 SUBSCRIPTIONS_LOG = LimitedLog(log, "mqtt_subscriptions_refused", "iotdefender_mqtt_subscriptions_refused_total")
@@ -44,7 +44,7 @@ _BROKER_REJECTIONS = {
     "Throttled": "answered by the broker: the thing's earlier reports still wait for their answers",
     "ServiceUnavailable": "answered by the broker: the service's connection was away",
     "ServiceOverloaded": "answered by the broker: it held as many bytes of reports for the service as it may",
-    "InvalidThingName": "not answered: past the reports a thing may have waiting, of a name over 128 bytes",
+    "InvalidThingName": "not answered: a report the broker did not hand to the service, of a name over 128 bytes",
 }
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("defender_plugin.c")
 FLAGS = ("-O2", "-fPIC", "-shared", "-Wall")
-LIBRARIES = ("-largon2", "-lcrypto", "-lcjson", "-lcbor", "-lm")
+LIBRARIES = ("-largon2", "-lcrypto", "-ljansson", "-lcbor", "-lm")
 HEADERS = ("/usr/include/mosquitto_broker.h", "/usr/include/mosquitto.h", "/usr/include/argon2.h",
-           "/usr/include/openssl/x509.h", "/usr/include/cjson/cJSON.h", "/usr/include/cbor.h")
-PACKAGES = "mosquitto mosquitto-dev libmosquitto-dev libargon2-dev libssl-dev libcjson-dev libcbor-dev gcc"
+           "/usr/include/openssl/x509.h", "/usr/include/jansson.h", "/usr/include/cbor.h")
+PACKAGES = "mosquitto mosquitto-dev libmosquitto-dev libargon2-dev libssl-dev libjansson-dev libcbor-dev gcc"
 
 
 class BrokerUnavailable(Exception):

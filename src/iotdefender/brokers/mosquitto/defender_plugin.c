@@ -128,8 +128,8 @@
  */
 #include <argon2.h>
 #include <cbor.h>
-#include <cjson/cJSON.h>
 #include <dlfcn.h>
+#include <jansson.h>
 #include <math.h>
 #include <openssl/x509.h>
 #include <stdbool.h>
@@ -297,7 +297,7 @@ static struct table throttled;     /* client id -> PUBLISHes dropped for publish
 static struct table unavailable;   /* thing -> reports answered here while the service was away (unsigned long *) */
 static struct table subscriptions; /* client id -> the struct table of its topic filters (values (void *)1) */
 static struct table oversubscribed; /* client id -> filters refused past max_subscriptions since then (unsigned long *) */
-static struct table unnamed;       /* thing -> reports past report_window of a name over 128 bytes: not answered */
+static struct table unnamed;       /* thing -> reports of a name over 128 bytes not handed to the service: not answered */
 static struct table overloaded;    /* thing -> reports answered here past reports_held_max since then (unsigned long *) */
 static unsigned max_subscriptions = 0; /* topic filters a connection may hold (0: no limit) */
 static unsigned report_window = 0; /* reports a thing may have waiting for the service's answer (0: no limit) */
@@ -1031,22 +1031,87 @@ static const char UNAVAILABLE_MESSAGE[] = "The service is reconnecting to the br
 static const char OVERLOADED_MESSAGE[] = "The service is behind in reading reports; this one was not "
 	"processed: retry later";
 
-/* The key ``key`` of a CBOR map (a definite text string), or NULL. */
+/* A report id as the service echoes it (ingest/replies.py, reply_payload): an integer from -2^63
+ * to 2^64 - 1, written as CBOR writes it: -1 - argument when negative. */
+struct report_id {
+	bool negative;
+	uint64_t argument; /* at most 2^63 - 1 when negative */
+};
+
+/* The bytes of a definite string (text or bytes) or of each chunk of an indefinite one, in turn:
+ * cbor2 reads both as one string. Returns false as soon as ``visit`` does. */
+static bool cbor_string_pieces(cbor_item_t *item, bool (*visit)(const unsigned char *, size_t, void *), void *state)
+{
+	bool text = cbor_isa_string(item);
+	size_t i, n;
+	cbor_item_t **chunks;
+	if(text ? cbor_string_is_definite(item) : cbor_bytestring_is_definite(item)){
+		return text ? visit(cbor_string_handle(item), cbor_string_length(item), state)
+			: visit(cbor_bytestring_handle(item), cbor_bytestring_length(item), state);
+	}
+	n = text ? cbor_string_chunk_count(item) : cbor_bytestring_chunk_count(item);
+	chunks = text ? cbor_string_chunks_handle(item) : cbor_bytestring_chunks_handle(item);
+	for(i = 0; i < n; i++) if(!cbor_string_pieces(chunks[i], visit, state)) return false;
+	return true;
+}
+
+struct text_match { const char *rest; size_t left; };
+
+static bool match_piece(const unsigned char *at, size_t len, void *state)
+{
+	struct text_match *m = state;
+	if(len > m->left || memcmp(at, m->rest, len)) return false;
+	m->rest += len;
+	m->left -= len;
+	return true;
+}
+
+static bool count_piece(const unsigned char *at, size_t len, void *state)
+{
+	(void)at;
+	*(size_t *)state += len;
+	return true;
+}
+
+/* A big-endian magnitude of at most 64 significant bits: leading zero bytes are skipped. */
+struct magnitude { uint64_t value; bool too_big; };
+
+static bool magnitude_piece(const unsigned char *at, size_t len, void *state)
+{
+	struct magnitude *m = state;
+	size_t i;
+	for(i = 0; i < len; i++){
+		if(m->value >> 56){ m->too_big = true; return false; }
+		m->value = m->value << 8 | at[i];
+	}
+	return true;
+}
+
+static size_t cbor_string_size(cbor_item_t *item)
+{
+	size_t size = 0;
+	cbor_string_pieces(item, count_piece, &size);
+	return size;
+}
+
+/* Whether ``item`` is the text string ``key``, definite or in chunks. */
+static bool cbor_text_is(cbor_item_t *item, const char *key)
+{
+	struct text_match m = {key, strlen(key)};
+	return cbor_isa_string(item) && cbor_string_pieces(item, match_piece, &m) && m.left == 0;
+}
+
+/* The value of ``key`` in a CBOR map, or NULL; of the last pair with it, as cbor2's dict keeps. */
 static cbor_item_t *cbor_member(cbor_item_t *map, const char *key)
 {
-	size_t i, n, key_len = strlen(key);
+	size_t i, n;
 	struct cbor_pair *pairs;
+	cbor_item_t *found = NULL;
 	if(!map || !cbor_isa_map(map)) return NULL;
 	n = cbor_map_size(map);
 	pairs = cbor_map_handle(map);
-	for(i = 0; i < n; i++){
-		cbor_item_t *k = pairs[i].key;
-		if(cbor_isa_string(k) && cbor_string_is_definite(k) && cbor_string_length(k) == key_len
-				&& !memcmp(cbor_string_handle(k), key, key_len)){
-			return pairs[i].value;
-		}
-	}
-	return NULL;
+	for(i = 0; i < n; i++) if(cbor_text_is(pairs[i].key, key)) found = pairs[i].value;
+	return found;
 }
 
 /* Whether Python reads the item as false (``x or y`` takes y): missing, null, false, 0, empty. */
@@ -1055,8 +1120,7 @@ static bool cbor_falsy(cbor_item_t *item)
 	if(!item) return true;
 	if(cbor_isa_map(item)) return cbor_map_size(item) == 0;
 	if(cbor_isa_array(item)) return cbor_array_size(item) == 0;
-	if(cbor_isa_string(item)) return cbor_string_is_definite(item) && cbor_string_length(item) == 0;
-	if(cbor_isa_bytestring(item)) return cbor_bytestring_is_definite(item) && cbor_bytestring_length(item) == 0;
+	if(cbor_isa_string(item) || cbor_isa_bytestring(item)) return cbor_string_size(item) == 0;
 	if(cbor_isa_uint(item)) return cbor_get_int(item) == 0;
 	if(cbor_isa_float_ctrl(item)){
 		if(cbor_float_ctrl_is_ctrl(item)) return cbor_ctrl_value(item) != CBOR_CTRL_TRUE;
@@ -1065,11 +1129,31 @@ static bool cbor_falsy(cbor_item_t *item)
 	return false;
 }
 
-static bool cbor_report_id(const unsigned char *payload, size_t len, long long *id)
+/* An integer item as cbor2 reads it: unsigned, negative, or a bignum (tags 2 and 3, RFC 8949
+ * §3.4.3) of a byte string; within the ids the service echoes. */
+static bool cbor_integer(cbor_item_t *item, struct report_id *id)
+{
+	if(cbor_isa_uint(item) || cbor_isa_negint(item)){
+		id->negative = cbor_isa_negint(item);
+		id->argument = cbor_get_int(item);
+	}else if(cbor_isa_tag(item) && (cbor_tag_value(item) == 2 || cbor_tag_value(item) == 3)){
+		struct magnitude m = {0, false};
+		cbor_item_t *content = cbor_tag_item(item); /* a new reference */
+		cbor_decref(&content); /* held by the tag */
+		if(!cbor_isa_bytestring(content) || !cbor_string_pieces(content, magnitude_piece, &m) || m.too_big) return false;
+		id->negative = cbor_tag_value(item) == 3;
+		id->argument = m.value;
+	}else{
+		return false;
+	}
+	return !id->negative || id->argument <= (uint64_t)INT64_MAX;
+}
+
+static bool cbor_report_id(const unsigned char *payload, size_t len, struct report_id *id)
 {
 	struct cbor_load_result result;
 	cbor_item_t *root = cbor_load(payload, len, &result), *document, *header, *rid;
-	bool found = false;
+	bool found;
 	if(!root) return false;
 	document = root;
 	while(cbor_isa_tag(document) && cbor_tag_value(document) == 55799){ /* "this is CBOR": the report is inside */
@@ -1081,51 +1165,55 @@ static bool cbor_report_id(const unsigned char *payload, size_t len, long long *
 	if(cbor_falsy(header)) header = cbor_member(document, "hed");
 	rid = cbor_member(header, "report_id");
 	if(!rid) rid = cbor_member(header, "rid");
-	if(rid && cbor_isa_uint(rid) && cbor_get_int(rid) <= (uint64_t)INT64_MAX){
-		*id = (long long)cbor_get_int(rid);
-		found = true;
-	}else if(rid && cbor_isa_negint(rid) && cbor_get_int(rid) < (uint64_t)INT64_MAX){
-		*id = -1 - (long long)cbor_get_int(rid);
-		found = true;
-	}
+	found = rid && cbor_integer(rid, id);
 	cbor_decref(&root);
 	return found;
 }
 
 /* As cbor_falsy, for a JSON item. */
-static bool json_falsy(const cJSON *item)
+static bool json_falsy(const json_t *item)
 {
-	if(!item || cJSON_IsNull(item) || cJSON_IsFalse(item)) return true;
-	if(cJSON_IsObject(item) || cJSON_IsArray(item)) return !item->child;
-	if(cJSON_IsNumber(item)) return item->valuedouble == 0;
-	if(cJSON_IsString(item)) return !item->valuestring[0];
+	if(!item || json_is_null(item) || json_is_false(item)) return true;
+	if(json_is_object(item)) return json_object_size(item) == 0;
+	if(json_is_array(item)) return json_array_size(item) == 0;
+	if(json_is_integer(item)) return json_integer_value(item) == 0;
+	if(json_is_real(item)) return json_real_value(item) == 0.0;
+	if(json_is_string(item)) return json_string_length(item) == 0;
 	return false;
 }
 
-static bool json_report_id(const void *payload, size_t len, long long *id)
+/* Jansson reads as the service's msgspec does where the id is concerned: an integer only when
+ * written as one (`5.0` is a real), exactly to 64 bits, the last of duplicate keys, nothing after
+ * the document; NULs in strings allowed, as JSON allows them. It refuses what it cannot hold exactly
+ * (an integer from 2^63 on, anywhere in the report): no id then, rather than another. */
+static bool json_report_id(const void *payload, size_t len, struct report_id *id)
 {
-	cJSON *root = cJSON_ParseWithLength(payload, len), *header, *rid;
+	json_error_t error;
+	json_t *root = json_loadb(payload, len, JSON_ALLOW_NUL, &error), *header, *rid;
+	json_int_t value;
 	bool found = false;
 	if(!root) return false;
-	header = cJSON_GetObjectItemCaseSensitive(root, "header");
-	if(json_falsy(header)) header = cJSON_GetObjectItemCaseSensitive(root, "hed");
-	rid = cJSON_IsObject(header) ? cJSON_GetObjectItemCaseSensitive(header, "report_id") : NULL;
-	if(!rid && cJSON_IsObject(header)) rid = cJSON_GetObjectItemCaseSensitive(header, "rid");
-	/* cJSON reads numbers as doubles: an id from 2^53 on might not be the one sent (2^53 + 1 reads
-	 * as 2^53), so none is echoed. */
-	if(cJSON_IsNumber(rid) && rid->valuedouble == floor(rid->valuedouble) && fabs(rid->valuedouble) < 9007199254740992.0){
-		*id = (long long)rid->valuedouble;
+	header = json_object_get(root, "header");
+	if(json_falsy(header)) header = json_object_get(root, "hed");
+	rid = json_object_get(header, "report_id"); /* NULL when header is not an object */
+	if(!rid) rid = json_object_get(header, "rid");
+	if(json_is_integer(rid)){
+		value = json_integer_value(rid);
+		id->negative = value < 0;
+		id->argument = value < 0 ? (uint64_t)(-(value + 1)) : (uint64_t)value;
 		found = true;
 	}
-	cJSON_Delete(root);
+	json_decref(root);
 	return found;
 }
 
 /* How many bytes of reports answered here are read for their id a second, and at most at once:
- * reading costs about 6 ns a byte of JSON and 20 of CBOR (libcbor builds the whole item), so a few
- * connections flooding 256 KB reports at their publish_rate would cost the broker's one thread far
- * more than receiving them. Past it, answers go without the id, as they all did before. A service
- * reconnecting while 10,000 devices report every 5 minutes asks for ~70 KB a second. */
+ * reading costs about 25 ns a byte of JSON (Jansson builds the whole document; measured on a
+ * 170 KB report of ports and connections) and 20 of CBOR (libcbor does too), so a few connections
+ * flooding 256 KB reports at their publish_rate would cost the broker's one thread far more than
+ * receiving them. Within it, at most ~50 ms of that thread a second; past it, answers go without
+ * the id. A service reconnecting while 10,000 devices report every 5 minutes asks for ~70 KB a
+ * second. */
 #define ID_READ_BYTES_PER_S (2.0 * 1024 * 1024)
 static double id_read_budget = ID_READ_BYTES_PER_S, id_read_at;
 
@@ -1146,17 +1234,11 @@ static bool id_read_allowed(size_t len)
  * (or hed's, or rid), an integer. A rejected answer echoes it, as AWS's does when the report
  * parses (reference 4.4): agents match answers to their reports by it and drop the others (AWS's
  * embedded C defender demo checks it), so an answer without it told the device nothing. Parsed
- * with cJSON (Mosquitto's own dependency) and libcbor rather than by hand, and only for the
- * reports answered here. */
-static bool report_id(bool cbor, const void *payload, size_t len, long long *id)
+ * with Jansson and libcbor rather than by hand, and only for the reports answered here. */
+static bool report_id(bool cbor, const void *payload, size_t len, struct report_id *id)
 {
 	if(!payload || !len || !id_read_allowed(len)) return false;
 	return cbor ? cbor_report_id(payload, len, id) : json_report_id(payload, len, id);
-}
-
-static size_t cbor_integer(unsigned char *at, long long value)
-{
-	return value < 0 ? cbor_head(at, 1, (uint64_t)(-1 - value)) : cbor_head(at, 0, (uint64_t)value);
 }
 
 /* Answer a report not handed to the service, as the service answers (ingest/replies.py): `rejected`
@@ -1168,7 +1250,8 @@ static void answer_rejected(const char *topic, const char *thing, const void *pa
 	unsigned char body[1024];
 	size_t len = 0, i;
 	struct timespec now;
-	long long ms, id = 0;
+	long long ms;
+	struct report_id id = {false, 0};
 	bool cbor = !strcmp(strrchr(topic, '/') + 1, "cbor");
 	bool has_id = report_id(cbor, payload, payload_len, &id);
 	clock_gettime(CLOCK_REALTIME, &now);
@@ -1180,7 +1263,7 @@ static void answer_rejected(const char *topic, const char *thing, const void *pa
 		len += cbor_text(body + len, thing);
 		if(has_id){
 			len += cbor_text(body + len, "reportId");
-			len += cbor_integer(body + len, id);
+			len += cbor_head(body + len, id.negative ? 1 : 0, id.argument);
 		}
 		len += cbor_text(body + len, "status");
 		len += cbor_text(body + len, "REJECTED");
@@ -1191,7 +1274,7 @@ static void answer_rejected(const char *topic, const char *thing, const void *pa
 		len += cbor_text(body + len, "ErrorMessage");
 		len += cbor_text(body + len, message);
 		len += cbor_text(body + len, "timestamp");
-		len += cbor_integer(body + len, ms);
+		len += cbor_head(body + len, 0, (uint64_t)ms);
 	}else{
 		/* Mosquitto refuses control characters in topics: only '"' and '\' need escaping. */
 		len += (size_t)snprintf((char *)body, sizeof(body), "{\"thingName\":\"");
@@ -1200,7 +1283,10 @@ static void answer_rejected(const char *topic, const char *thing, const void *pa
 			body[len++] = (unsigned char)thing[i];
 		}
 		body[len++] = '"';
-		if(has_id) len += (size_t)snprintf((char *)body + len, sizeof(body) - len, ",\"reportId\":%lld", id);
+		if(has_id){ /* -1 - argument: the sign, then argument + 1 (at most 2^63) */
+			len += (size_t)snprintf((char *)body + len, sizeof(body) - len, ",\"reportId\":%s%llu",
+					id.negative ? "-" : "", (unsigned long long)(id.negative ? id.argument + 1 : id.argument));
+		}
 		len += (size_t)snprintf((char *)body + len, sizeof(body) - len, ",\"status\":\"REJECTED\","
 				"\"statusDetails\":{\"ErrorCode\":\"%s\",\"ErrorMessage\":\"%s\"},\"timestamp\":%lld}",
 				code, message, ms);
@@ -1286,18 +1372,20 @@ static int on_message(int event, void *event_data, void *userdata)
 		record("S", client_id, size, ed->topic, NULL);
 	}
 	if(ed->topic[0] == '$' && report_topic(ed->topic, thing, sizeof(thing))){
-		if(!service_ready){
-			/* Handed to a connection that is gone (or has not subscribed yet), it would reach nobody. */
-			answer_rejected(ed->topic, thing, ed->payload, ed->payloadlen, "ServiceUnavailable", UNAVAILABLE_MESSAGE);
-			count_event(&unavailable, thing);
-		}else if(reports_held_full()){
-			/* The service reads slower than reports come, for long: held on, they would only wait longer. */
-			answer_rejected(ed->topic, thing, ed->payload, ed->payloadlen, "ServiceOverloaded", OVERLOADED_MESSAGE);
-			count_event(&overloaded, thing);
-		}else if(report_admitted(thing)){
+		/* Handed to a connection that is gone (or has not subscribed yet), a report would reach
+		 * nobody; held on while the service reads slower than reports come, for long, it would only
+		 * wait longer. Either way, or past the thing's window, it is answered here. */
+		bool away = !service_ready, full = !away && reports_held_full();
+		if(!away && !full && report_admitted(thing)){
 			append_report(ed->topic, thing, ed->payload, ed->payloadlen);
 		}else if(strlen(thing) > 128){
 			count_event(&unnamed, thing); /* no valid thing to answer, as the service (InvalidThingName) */
+		}else if(away){
+			answer_rejected(ed->topic, thing, ed->payload, ed->payloadlen, "ServiceUnavailable", UNAVAILABLE_MESSAGE);
+			count_event(&unavailable, thing);
+		}else if(full){
+			answer_rejected(ed->topic, thing, ed->payload, ed->payloadlen, "ServiceOverloaded", OVERLOADED_MESSAGE);
+			count_event(&overloaded, thing);
 		}else{
 			answer_rejected(ed->topic, thing, ed->payload, ed->payloadlen, "Throttled", THROTTLED_MESSAGE);
 			count_event(&shed, thing);
