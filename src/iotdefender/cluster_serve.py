@@ -365,7 +365,8 @@ def cloud_collector(settings: Settings, engine: Engine, monitoring: MonitoringIn
     if not settings.cloud_metrics:
         return None
     return WindowCollector(detection, monitoring, on_events, owned, settings.effective_metrics_window, engine,
-                           ends_in_use=ends_in_use, read_through=read_through, sets_readable=sets_readable)
+                           ends_in_use=ends_in_use, read_through=read_through, sets_readable=sets_readable,
+                           minute_s=settings.effective_minute)
 
 
 def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,

@@ -328,7 +328,8 @@ async def serve(settings: Settings, standby: WorkerStandby | None = None) -> Non
                                    on_events=counting(alerts.wake), standby=standby)
 
     ingest, replies = build_ingest(settings, engine, monitoring, store, health)
-    cloud = CloudMetricsService(engine, monitoring, store, settings.effective_metrics_window)
+    cloud = CloudMetricsService(engine, monitoring, store, settings.effective_metrics_window,
+                                minute_s=settings.effective_minute)
     gatekeeper = gatekeeper_of(settings, auth, cloud if settings.cloud_metrics else NULL_OBSERVER)
     backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period,
                              settings.backtest_max_datapoints)

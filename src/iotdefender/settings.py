@@ -110,6 +110,11 @@ class Settings:
         return self.mqtt_publish_rate * self.time_scale
 
     @property
+    def effective_minute(self) -> float:
+        """The unit of ``aws:disconnect-duration``."""
+        return self.scaled(None, 60.0)
+
+    @property
     def effective_metrics_window(self) -> float:
         return self.scaled(self.metrics_window, 300.0)  # AWS: cloud-side metrics on a 5-minute grid
 

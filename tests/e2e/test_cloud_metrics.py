@@ -188,3 +188,30 @@ def test_broker_event_intake_gives_the_same_violations(tmp_path):
         assert unsigned.status_code == 403
     finally:
         svc.stop()
+
+
+def test_disconnect_duration_counts_minutes_divided_by_the_time_scale(tmp_path):
+    """At --time-scale 120 a minute lasts 0.5 s, as the 5-minute window lasts 2.5 s: a device away
+    for a few seconds is away several "minutes" and in alarm over a limit of 3. It counted real
+    minutes (0 for the first 60 s at any scale: an outside-in test never saw the alarm)."""
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--time-scale", "120"])
+    svc.start()
+    try:
+        iot = svc.client()
+        iot.create_security_profile(securityProfileName="away", behaviors=[
+            {"name": "away", "metric": "aws:disconnect-duration",
+             "criteria": {"comparisonOperator": "less-than", "value": {"count": 3}}}])
+        iot.attach_security_profile(securityProfileName="away", securityProfileTargetArn=ALL)
+        device = client(svc.mqtt_port, "wanderer")
+        stop_network_loop(device)
+        device.disconnect()
+        left = time.time()
+        deadline = left + 20
+        while time.time() < deadline and ("wanderer", "away") not in active(iot):
+            time.sleep(0.3)
+        assert ("wanderer", "away") in active(iot), wait_for_window(iot, "wanderer", "aws:disconnect-duration")
+        counts = [v["count"] for v in wait_for_window(iot, "wanderer", "aws:disconnect-duration")]
+        # The newest window's count: whole half-seconds since the device left, at its window's end.
+        assert 3 <= max(counts) <= (time.time() - left) / 0.5 + 1, counts
+    finally:
+        svc.stop()

@@ -174,6 +174,9 @@ class Aggregator:
     # ~1.2 M entries a 5-minute window (an outside-in test).
     max_unknown_refused: int = 100_000
     unknown_refused: dict[int, int] = field(default_factory=dict)  # per window: how many such ids are kept
+    # A minute of ``aws:disconnect-duration``, divided by --time-scale as every time constant (at
+    # scale 60 a device away for 10 s is away 10 "minutes"; real minutes before: never in a test).
+    minute_s: float = 60.0
 
     def index(self, at: float) -> int:
         return int(at // self.window_s)
@@ -323,7 +326,7 @@ class Aggregator:
             "aws:num-messages-sent": {"count": sum(w.sent.values())},
             "aws:num-messages-received": {"count": sum(w.received.values())},
             "aws:source-ip-address": {"cidrs": sorted(w.source_ips)},
-            "aws:disconnect-duration": {"count": int((end - since) // 60) if since is not None else 0},
+            "aws:disconnect-duration": {"count": int((end - since) // self.minute_s) if since is not None else 0},
         }
         _sizes(points, SIZE_METRIC, w, list(w.sent_max_bytes))
         for spec in dimensions:

@@ -592,7 +592,7 @@ class WindowCollector:
                  clock: Callable[[], float] = time.time, partitions: int = PARTITION_COUNT,
                  wait_s: float = 10.0, ends_in_use: Callable[[], bool] = _always,
                  read_through: Callable[[int], float] | None = None, longest_wait_s: float = 120.0,
-                 sets_readable: Callable[[], bool] = _always) -> None:
+                 sets_readable: Callable[[], bool] = _always, minute_s: float = 60.0) -> None:
         self.grace_s = grace_s if grace_s is not None else min(2.0, window_s / 2)
         self.wait_s, self._ends_in_use = wait_s, ends_in_use
         self._sets_readable = sets_readable
@@ -629,7 +629,8 @@ class WindowCollector:
         self._keeps: GroupCommit[Keep, None] = GroupCommit(self.keep_many, "window-part-keeper")
         store = FencedCloudStore(detection, monitoring, on_events, owned, self._floors, window_s, partitions)
         self.cloud = CloudMetricsService(engine, monitoring, store, window_s, clock=self._lagged,
-                                         owns=lambda thing: partition_of(thing, partitions) in owned())
+                                         owns=lambda thing: partition_of(thing, partitions) in owned(),
+                                         minute_s=minute_s)
 
     def _lagged(self) -> float:
         return self._clock() - self.grace_s

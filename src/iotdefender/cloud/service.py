@@ -63,11 +63,11 @@ class CloudEventIntake:
     node hands each closed window to the thing's detect node instead (cloud/cluster_windows.py).
     """
 
-    def __init__(self, window_s: float, clock: Callable[[], float] = time.time, closes_windows: bool = False
-                 ) -> None:
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.time, closes_windows: bool = False,
+                 minute_s: float = 60.0) -> None:
         self._clock = clock
         # Only what closes the windows keeps the devices seen (``Aggregator.keeps_devices``).
-        self.aggregator = Aggregator(window_s, keeps_devices=closes_windows)
+        self.aggregator = Aggregator(window_s, keeps_devices=closes_windows, minute_s=minute_s)
         # Every event, and every taking of windows, holds this: events come from the event loop
         # (the plugin's batches) and from worker threads (the HTTP intake runs in one), and one box
         # takes its closed windows on another. An event is placed in two steps (is its window
@@ -209,8 +209,9 @@ class CloudMetricsService(CloudEventIntake):
     """
 
     def __init__(self, engine: Engine, monitoring: MonitoringIndex, store: BatchStore, window_s: float,
-                 clock: Callable[[], float] = time.time, owns: Callable[[str], bool] | None = None) -> None:
-        super().__init__(window_s, clock, closes_windows=True)
+                 clock: Callable[[], float] = time.time, owns: Callable[[str], bool] | None = None,
+                 minute_s: float = 60.0) -> None:
+        super().__init__(window_s, clock, closes_windows=True, minute_s=minute_s)
         self._engine = engine
         self._monitoring = monitoring
         self._store = store
