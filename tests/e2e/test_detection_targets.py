@@ -69,6 +69,35 @@ def test_every_target_kind_monitors_the_right_things(quick):
     assert [e["violationEventType"] for e in events] == ["in-alarm", "alarm-invalidated"]
 
 
+def test_a_thing_moved_out_of_a_profiles_group_by_update_thing_groups_for_thing_is_invalidated(quick):
+    """Moving a thing to another group of the same hierarchy in one UpdateThingGroupsForThing call
+    takes it out of the profile on the group it left: its violation is invalidated, and the profile
+    on the group it joined judges its next report."""
+    svc, iot = quick
+    iot.create_thing_group(thingGroupName="site")
+    for group in ("line-a", "line-b"):
+        iot.create_thing_group(thingGroupName=group, parentGroupName="site")
+        iot.create_security_profile(securityProfileName=f"on-{group}", behaviors=[PORTS])
+        iot.attach_security_profile(securityProfileName=f"on-{group}", securityProfileTargetArn=ARN + f"thinggroup/{group}")
+    iot.create_thing(thingName="mover")
+    iot.update_thing_groups_for_thing(thingName="mover", thingGroupsToAdd=["line-a"])
+    dev = Device(svc.mqtt_port, "mover")
+    assert dev.report(report(1, [22]))[0] == "json/accepted"
+    assert {v["securityProfileName"] for v in iot.list_active_violations()["activeViolations"]} == {"on-line-a"}
+    iot.update_thing_groups_for_thing(thingName="mover", thingGroupsToRemove=["line-a"], thingGroupsToAdd=["line-b"])
+    deadline = time.time() + 15
+    while time.time() < deadline and iot.list_active_violations()["activeViolations"]:
+        time.sleep(0.2)
+    assert iot.list_active_violations()["activeViolations"] == []
+    now = dt.datetime.now(dt.timezone.utc)
+    events = iot.list_violation_events(securityProfileName="on-line-a", startTime=now - dt.timedelta(hours=1),
+                                       endTime=now + dt.timedelta(minutes=1))["violationEvents"]
+    assert [e["violationEventType"] for e in events] == ["in-alarm", "alarm-invalidated"]
+    assert dev.report(report(2, [22]))[0] == "json/accepted"
+    assert {v["securityProfileName"] for v in iot.list_active_violations()["activeViolations"]} == {"on-line-b"}
+    dev.close()
+
+
 @pytest.mark.parametrize("detection_worker", ["on", "off"])
 def test_a_detach_or_a_deleted_profile_invalidates_at_once(tmp_path, detection_worker):
     """At the default time scale the sweep runs once a minute: a detached profile's violations

@@ -161,3 +161,45 @@ def test_ten_groups_per_thing(iot):
     iot.create_thing_group(thingGroupName=extra)
     with pytest.raises(iot.exceptions.InvalidRequestException):
         iot.add_thing_to_thing_group(thingGroupName=extra, thingName=thing)
+
+
+def test_update_thing_groups_for_thing_moves_a_thing_in_one_call(iot):
+    """UpdateThingGroupsForThing (501 before; scripts move devices with it): removals then
+    additions, so a move within a hierarchy is one call; a refused call changes nothing."""
+    root, line_1, line_2, other = unique("plant"), unique("line1"), unique("line2"), unique("other")
+    iot.create_thing_group(thingGroupName=root)
+    for group in (line_1, line_2):
+        iot.create_thing_group(thingGroupName=group, parentGroupName=root)
+    iot.create_thing_group(thingGroupName=other)
+    thing = unique("cam")
+    iot.create_thing(thingName=thing)
+
+    def groups() -> list[str]:
+        return sorted(g["groupName"] for g in iot.list_thing_groups_for_thing(thingName=thing)["thingGroups"])
+
+    assert iot.update_thing_groups_for_thing(thingName=thing, thingGroupsToAdd=[line_1, other])["ResponseMetadata"][
+        "HTTPStatusCode"] == 200
+    assert groups() == sorted([line_1, other])
+    with pytest.raises(iot.exceptions.InvalidRequestException):  # one group per hierarchy: line_1 stays
+        iot.update_thing_groups_for_thing(thingName=thing, thingGroupsToAdd=[line_2])
+    iot.update_thing_groups_for_thing(thingName=thing, thingGroupsToRemove=[line_1], thingGroupsToAdd=[line_2],
+                                      overrideDynamicGroups=True)
+    assert groups() == sorted([line_2, other])
+    with pytest.raises(iot.exceptions.ResourceNotFoundException) as missing:
+        iot.update_thing_groups_for_thing(thingName=thing, thingGroupsToRemove=[other],
+                                          thingGroupsToAdd=[unique("ghost")])
+    assert code_of(missing) == ("ResourceNotFoundException", 404)
+    assert groups() == sorted([line_2, other])  # the removal of the refused call did not happen
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.update_thing_groups_for_thing(thingName=unique("ghost"), thingGroupsToAdd=[other])
+    with pytest.raises(iot.exceptions.InvalidRequestException):
+        iot.update_thing_groups_for_thing(thingGroupsToAdd=[other])  # no thing named
+    many = [unique(f"g{i}") for i in range(9)]
+    for group in many:
+        iot.create_thing_group(thingGroupName=group)
+    with pytest.raises(iot.exceptions.InvalidRequestException):  # 2 + 9 > 10 groups
+        iot.update_thing_groups_for_thing(thingName=thing, thingGroupsToAdd=many)
+    assert groups() == sorted([line_2, other])
+    iot.update_thing_groups_for_thing(thingName=thing, thingGroupsToRemove=[line_2, other])
+    iot.update_thing_groups_for_thing(thingName=thing, thingGroupsToRemove=[line_2])  # not a member: nothing to do
+    assert groups() == []

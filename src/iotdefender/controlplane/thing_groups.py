@@ -1,7 +1,8 @@
 """Static thing groups and membership.
 
 CreateThingGroup (with parentGroupName), DescribeThingGroup, UpdateThingGroup, DeleteThingGroup,
-ListThingGroups, AddThingToThingGroup, RemoveThingFromThingGroup, ListThingsInThingGroup.
+ListThingGroups, AddThingToThingGroup, RemoveThingFromThingGroup, UpdateThingGroupsForThing,
+ListThingsInThingGroup.
 """
 
 from __future__ import annotations
@@ -185,26 +186,27 @@ def _resolve_names(ctx: ServiceContext, conn: Any, params: Params) -> tuple[dict
     return group, require_thing(conn, thing_name)
 
 
+def _join(conn: Any, group: str, thing: str) -> None:
+    """``thing`` into ``group``, within AWS IoT's rules: at most 10 groups, one per hierarchy."""
+    if registry.is_member(conn, group, thing):
+        return
+    current = registry.groups_of_thing(conn, thing)
+    if len(current) >= MAX_GROUPS_PER_THING:
+        raise invalid_request(f"Thing {thing} already belongs to {MAX_GROUPS_PER_THING} thing groups, the maximum")
+    parents = registry.all_group_parents(conn)
+    root = hierarchy.root_of(group, parents)
+    for other in current:
+        if hierarchy.root_of(other, parents) == root:
+            # AWS IoT: a thing can be in at most one group of a given hierarchy.
+            raise invalid_request(f"Thing {thing} is already in thing group {other} of the same hierarchy")
+    registry.add_member(conn, group, thing)
+
+
 @operation("AddThingToThingGroup")
 def add_thing_to_thing_group(ctx: ServiceContext, params: Params) -> Params:
     with writing(ctx.engine) as conn:
         group, thing = _resolve_names(ctx, conn, params)
-        if registry.is_member(conn, group["name"], thing["name"]):
-            return {}
-        current = registry.groups_of_thing(conn, thing["name"])
-        if len(current) >= MAX_GROUPS_PER_THING:
-            raise invalid_request(
-                f"Thing {thing['name']} already belongs to {MAX_GROUPS_PER_THING} thing groups, the maximum"
-            )
-        parents = registry.all_group_parents(conn)
-        root = hierarchy.root_of(group["name"], parents)
-        for other in current:
-            if hierarchy.root_of(other, parents) == root:
-                # AWS IoT: a thing can be in at most one group of a given hierarchy.
-                raise invalid_request(
-                    f"Thing {thing['name']} is already in thing group {other} of the same hierarchy"
-                )
-        registry.add_member(conn, group["name"], thing["name"])
+        _join(conn, group["name"], thing["name"])
     return {}
 
 
@@ -213,6 +215,28 @@ def remove_thing_from_thing_group(ctx: ServiceContext, params: Params) -> Params
     with writing(ctx.engine) as conn:
         group, thing = _resolve_names(ctx, conn, params)
         registry.remove_member(conn, group["name"], thing["name"])
+    return {}
+
+
+@operation("UpdateThingGroupsForThing")
+def update_thing_groups_for_thing(ctx: ServiceContext, params: Params) -> Params:
+    """Removals first, then additions, in one transaction: moving a thing to another group of the
+    same hierarchy is one call, and a refused addition (an unknown group, the 10-group limit) leaves
+    its groups as they were. ``overrideDynamicGroups`` changes nothing: there are no dynamic groups
+    here (AWS: it only drops a dynamic group when the limit is reached)."""
+    thing_name = params.get("thingName")
+    if thing_name is None:
+        raise invalid_request("thingName is required")
+    to_remove = params.get("thingGroupsToRemove") or []
+    to_add = params.get("thingGroupsToAdd") or []
+    with writing(ctx.engine) as conn:
+        thing = require_thing(conn, thing_name)
+        for name in [*to_remove, *to_add]:
+            require_group(conn, name)
+        for name in to_remove:
+            registry.remove_member(conn, name, thing["name"])
+        for name in to_add:
+            _join(conn, name, thing["name"])
     return {}
 
 
