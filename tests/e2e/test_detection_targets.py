@@ -26,6 +26,21 @@ def violating_things(iot) -> set[str]:
     return {v["thingName"] for page in pages for v in page["activeViolations"]}
 
 
+def watch_every_thing(iot, profile: str) -> None:  # type: ignore[no-untyped-def]
+    """A profile of the one ports behavior, on all things."""
+    iot.create_security_profile(securityProfileName=profile, behaviors=[PORTS])
+    iot.attach_security_profile(securityProfileName=profile, securityProfileTargetArn=ARN + "all/things")
+
+
+def report_ports(svc: ServiceProcess, things: list[str], *listening: list[int]) -> None:
+    """Each thing reports each list of listening ports in turn (report ids 1, 2, ...), accepted."""
+    for thing in things:
+        dev = Device(svc.mqtt_port, thing)
+        for number, ports in enumerate(listening, 1):
+            assert dev.report(report(number, ports))[0] == "json/accepted"
+        dev.close()
+
+
 @pytest.fixture
 def quick(tmp_path):
     """A service whose alarms are invalidated after 6 s of silence."""
@@ -98,6 +113,38 @@ def test_a_thing_moved_out_of_a_profiles_group_by_update_thing_groups_for_thing_
     dev.close()
 
 
+def test_every_event_and_datapoint_is_listed_from_its_own_answered_time(quick):
+    """Times are answered in milliseconds and stored in microseconds: a poller resuming from an
+    event's own ``violationEventTime`` (startTime = endTime = it) missed every event stored just
+    below the millisecond it was answered as (35 of 60 in an outside-in test); the same for a
+    datapoint's timestamp in ListMetricValues."""
+    svc, iot = quick
+    watch_every_thing(iot, "ports-only")
+    things = [f"clock-{n}" for n in range(10)]
+    report_ports(svc, things, [22], [443])
+    now = dt.datetime.now(dt.timezone.utc)
+    events = [e for page in iot.get_paginator("list_violation_events").paginate(
+        startTime=now - dt.timedelta(hours=1), endTime=now + dt.timedelta(minutes=1)) for e in page["violationEvents"]]
+    assert len(events) == 20
+    missed = []
+    for event in events:
+        at = event["violationEventTime"]
+        found = iot.list_violation_events(startTime=at, endTime=at, thingName=event["thingName"])["violationEvents"]
+        if (event["violationId"], event["violationEventType"]) not in {
+                (e["violationId"], e["violationEventType"]) for e in found}:
+            missed.append(at.isoformat())
+    assert missed == []
+    for thing in things:
+        values = iot.list_metric_values(thingName=thing, metricName="aws:listening-tcp-ports",
+                                        startTime=now - dt.timedelta(hours=1), endTime=now)["metricDatumList"]
+        assert len(values) == 2
+        for value in values:
+            at = value["timestamp"]
+            again = iot.list_metric_values(thingName=thing, metricName="aws:listening-tcp-ports",
+                                           startTime=at, endTime=at)["metricDatumList"]
+            assert [v["value"] for v in again] == [value["value"]], (thing, at.isoformat())
+
+
 @pytest.mark.parametrize("detection_worker", ["on", "off"])
 def test_a_detach_or_a_deleted_profile_invalidates_at_once(tmp_path, detection_worker):
     """At the default time scale the sweep runs once a minute: a detached profile's violations
@@ -137,13 +184,9 @@ def test_a_detach_or_a_deleted_profile_invalidates_at_once(tmp_path, detection_w
 
 def test_silent_device_is_invalidated_and_pagination_covers_all(quick):
     svc, iot = quick
-    iot.create_security_profile(securityProfileName="fleet", behaviors=[PORTS])
-    iot.attach_security_profile(securityProfileName="fleet", securityProfileTargetArn=ARN + "all/things")
+    watch_every_thing(iot, "fleet")
     things = [f"quiet-{i}" for i in range(5)]
-    for thing in things:
-        dev = Device(svc.mqtt_port, thing)
-        assert dev.report(report(1, [22]))[0] == "json/accepted"
-        dev.close()
+    report_ports(svc, things, [22])
     pages = list(iot.get_paginator("list_active_violations").paginate(PaginationConfig={"PageSize": 2}))
     assert len(pages) == 3 and sorted(v["thingName"] for p in pages for v in p["activeViolations"]) == things
     deadline = time.time() + 30  # 6 s of silence, swept every 0.5 s

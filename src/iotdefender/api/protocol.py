@@ -18,7 +18,7 @@ import orjson
 from botocore.model import ListShape, MapShape, OperationModel, Shape, StructureShape
 
 from iotdefender.contract.errors import invalid_request
-from iotdefender.contract.timestamps import epoch_seconds
+from iotdefender.contract.timestamps import answered, epoch_seconds
 from iotdefender.contract.validation_report import problem, validation_error
 
 
@@ -145,7 +145,7 @@ def _render(shape: Shape, value: Any) -> Any:
     if value is None:
         return None
     if kind == "timestamp":
-        return round(float(value), 3)
+        return answered(float(value))
     if isinstance(shape, StructureShape):
         return {
             k: _render(m, value[k]) for k, m in shape.members.items() if value.get(k) is not None

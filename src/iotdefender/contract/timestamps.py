@@ -11,6 +11,7 @@ botocore's ``RuntimeError("Unable to calculate correct timezone offset")`` escap
 from __future__ import annotations
 
 import math
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from datetime import datetime, timezone
 from typing import Any
 
@@ -62,3 +63,22 @@ def _timestamp(moment: datetime) -> float:
         return moment.timestamp()
     except (OverflowError, OSError, ValueError):  # e.g. 0001-01-01T00:00:00+05:00
         raise ValueError(CONSTRAINT) from None
+
+
+def answered(seconds: float) -> float:
+    """An instant as the API answers it: in milliseconds, as AWS's timestamps are."""
+    return round(seconds, 3)
+
+
+def stored_range(start: float, end: float) -> tuple[float, float]:
+    """The stored instants (microseconds) whose ``answered`` value lies in [start, end].
+
+    A client resumes from the time it was given (ListViolationEvents from an event's own
+    ``violationEventTime``): an event stored at .063791 is answered .064, and compared as stored it
+    fell before its own answered time (35 of 60 events in an outside-in test). The bounds are the
+    milliseconds inside [start, end], widened by the half millisecond that rounds into them; counted
+    in decimal from each bound's shortest text (a float's own product by 1000 is off by more than
+    a microsecond at these magnitudes: 4294967296.711 * 1000 is ...711.0005)."""
+    first_ms = int((Decimal(repr(start)) * 1000).to_integral_value(rounding=ROUND_CEILING))
+    last_ms = int((Decimal(repr(end)) * 1000).to_integral_value(rounding=ROUND_FLOOR))
+    return (first_ms - 0.5) / 1000, (last_ms + 0.5) / 1000

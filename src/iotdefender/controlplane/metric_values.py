@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from iotdefender.contract.errors import invalid_request
+from iotdefender.contract.timestamps import stored_range
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.pagination import decode_token, encode_token, page_size, scope_of
@@ -24,9 +25,9 @@ operation = OperationTable()
 
 @operation("ListMetricValues")
 def list_metric_values(ctx: ServiceContext, params: Params) -> Params:
-    start, end = params["startTime"], params["endTime"]
-    if end < start:
+    if params["endTime"] < params["startTime"]:
         raise invalid_request("endTime must not be earlier than startTime")
+    start, end = stored_range(params["startTime"], params["endTime"])
     if params.get("dimensionValueOperator") is not None and params.get("dimensionName") is None:
         raise invalid_request("dimensionValueOperator requires dimensionName")
     limit = page_size(params.get("maxResults"))

@@ -12,6 +12,7 @@ from typing import Any
 
 from iotdefender.contract.errors import invalid_request, not_found
 from iotdefender.contract.service_model import service_model
+from iotdefender.contract.timestamps import stored_range
 from iotdefender.contract.validation import validate_value
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
@@ -77,9 +78,9 @@ def list_active_violations(ctx: ServiceContext, params: Params, behavior_name: s
 def list_violation_events(ctx: ServiceContext, params: Params, behavior_name: str | None = None,
                           newest_first: bool = False) -> Params:
     """AWS lists oldest first; the console asks for ``newest_first`` (and may filter by behavior)."""
-    start, end = params["startTime"], params["endTime"]
-    if end < start:
+    if params["endTime"] < params["startTime"]:
         raise invalid_request("endTime must not be earlier than startTime")
+    start, end = stored_range(params["startTime"], params["endTime"])
     filters = _filter(params, behavior_name)
     scope = scope_of(params, behavior=behavior_name, newest_first=newest_first)
     after = decode_token(params.get("nextToken"), scope, (float, int))
