@@ -32,6 +32,17 @@ def watch_every_thing(iot, profile: str) -> None:  # type: ignore[no-untyped-def
     iot.attach_security_profile(securityProfileName=profile, securityProfileTargetArn=ARN + "all/things")
 
 
+def events_once_no_alarm_is_left(iot, **selection: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    """The violation events ``selection`` picks, once no violation is active (15 s at most)."""
+    deadline = time.time() + 15
+    while time.time() < deadline and iot.list_active_violations()["activeViolations"]:
+        time.sleep(0.2)
+    assert iot.list_active_violations()["activeViolations"] == []
+    now = dt.datetime.now(dt.timezone.utc)
+    return iot.list_violation_events(startTime=now - dt.timedelta(hours=1), endTime=now + dt.timedelta(minutes=1),
+                                     **selection)["violationEvents"]
+
+
 def report_ports(svc: ServiceProcess, things: list[str], *listening: list[int]) -> None:
     """Each thing reports each list of listening ports in turn (report ids 1, 2, ...), accepted."""
     for thing in things:
@@ -100,13 +111,7 @@ def test_a_thing_moved_out_of_a_profiles_group_by_update_thing_groups_for_thing_
     assert dev.report(report(1, [22]))[0] == "json/accepted"
     assert {v["securityProfileName"] for v in iot.list_active_violations()["activeViolations"]} == {"on-line-a"}
     iot.update_thing_groups_for_thing(thingName="mover", thingGroupsToRemove=["line-a"], thingGroupsToAdd=["line-b"])
-    deadline = time.time() + 15
-    while time.time() < deadline and iot.list_active_violations()["activeViolations"]:
-        time.sleep(0.2)
-    assert iot.list_active_violations()["activeViolations"] == []
-    now = dt.datetime.now(dt.timezone.utc)
-    events = iot.list_violation_events(securityProfileName="on-line-a", startTime=now - dt.timedelta(hours=1),
-                                       endTime=now + dt.timedelta(minutes=1))["violationEvents"]
+    events = events_once_no_alarm_is_left(iot, securityProfileName="on-line-a")
     assert [e["violationEventType"] for e in events] == ["in-alarm", "alarm-invalidated"]
     assert dev.report(report(2, [22]))[0] == "json/accepted"
     assert {v["securityProfileName"] for v in iot.list_active_violations()["activeViolations"]} == {"on-line-b"}
@@ -143,6 +148,37 @@ def test_every_event_and_datapoint_is_listed_from_its_own_answered_time(quick):
             again = iot.list_metric_values(thingName=thing, metricName="aws:listening-tcp-ports",
                                            startTime=at, endTime=at)["metricDatumList"]
             assert [v["value"] for v in again] == [value["value"]], (thing, at.isoformat())
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_behavior_given_another_metric_under_its_name_ends_its_alarm(tmp_path, restart):
+    """A behavior whose metric changes under the same name is another behavior: the alarm raised on
+    the old metric is invalidated (with the behavior it was raised on), not cleared later by a
+    datapoint of the new metric (an outside-in test: an alarm on listening ports "cleared" by a
+    bytes count). After a restart the sweep reads the metric the alarm was raised on back. The
+    invalidation period is AWS's (2 days): no silence ends the alarm meanwhile."""
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--report-min-interval", "0"])
+    svc.start()
+    try:
+        _another_metric_under_the_same_name(svc, svc.client(), restart)
+    finally:
+        svc.stop()
+
+
+def _another_metric_under_the_same_name(svc: ServiceProcess, iot, restart: bool) -> None:  # type: ignore[no-untyped-def]
+    iot.create_security_profile(securityProfileName="renamed-metric", behaviors=[PORTS])
+    iot.attach_security_profile(securityProfileName="renamed-metric", securityProfileTargetArn=ARN + "all/things")
+    report_ports(svc, ["shifty"], [22])
+    assert [v["behavior"]["metric"] for v in iot.list_active_violations()["activeViolations"]] == \
+        ["aws:listening-tcp-ports"]
+    if restart:
+        svc.restart()
+    iot.update_security_profile(securityProfileName="renamed-metric", behaviors=[
+        {"name": "ports", "metric": "aws:all-bytes-out",
+         "criteria": {"comparisonOperator": "less-than", "value": {"count": 1000}, "durationSeconds": 300}}])
+    events = events_once_no_alarm_is_left(iot, thingName="shifty")
+    assert [(e["violationEventType"], e["behavior"]["metric"]) for e in events] == [
+        ("in-alarm", "aws:listening-tcp-ports"), ("alarm-invalidated", "aws:listening-tcp-ports")]
 
 
 @pytest.mark.parametrize("detection_worker", ["on", "off"])

@@ -141,6 +141,12 @@ _IDLE = AlarmState()
 _COMPILED_PROFILES_MAX = 4096
 
 
+def dimension_key_of(behavior: Mapping[str, Any]) -> str:
+    """The last part of an alarm's ``StateKey``: the behavior's dimension name and operator, or ""."""
+    dimension = behavior.get("metricDimension") or {}
+    return f"{dimension.get('dimensionName')}|{dimension.get('operator') or 'IN'}" if dimension else ""
+
+
 @dataclass(frozen=True, slots=True)
 class _Rule:
     """One behavior, with what evaluating it needs worked out once."""
@@ -163,9 +169,7 @@ class _Rule:
     def of(behavior: Mapping[str, Any], time_scale: float) -> _Rule:
         criteria = behavior.get("criteria") or {}
         metric = behavior.get("metric")
-        dimension = behavior.get("metricDimension") or {}
-        dimension_key = (f"{dimension.get('dimensionName')}|{dimension.get('operator') or 'IN'}"
-                         if dimension else "")
+        dimension_key = dimension_key_of(behavior)
         series = behavior_series(behavior)
         statistical = bool(criteria.get("statisticalThreshold"))
         has_window = criteria.get("durationSeconds") is not None or statistical

@@ -47,9 +47,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from iotdefender.alerts.routes import Alert, AlertRoutes, alert_target
 from iotdefender.cluster.partitions import partition_of
-from iotdefender.engine.alarm import AlarmState, IdFactory, due_for_invalidation
+from iotdefender.engine.alarm import AlarmState, EventType, IdFactory, due_for_invalidation
 from iotdefender.engine.evaluator import (ChangeSet, Evaluation, Evaluator, HeldThings, RefilledWindows, StateKey,
-                                         ViolationEvent, refilled_series)
+                                         ViolationEvent, dimension_key_of, refilled_series)
 from iotdefender.engine.ml_behavior import confidence_of
 from iotdefender.pipeline.ml_registry import ModelRegistry
 from iotdefender.pipeline.monitoring import MonitoringIndex
@@ -142,6 +142,9 @@ class DetectionService:
         self.evaluator = Evaluator(new_id, time_scale)
         self._unconfirmed: _Unconfirmed | None = None
         self._windows_pruned_at = float("-inf")  # the last sweep that dropped silent devices' windows
+        # violation id -> the metric its alarm was raised on (None: not known), for the alarms in
+        # alarm: noted from their in-alarm events, else read from them by the next sweep.
+        self._raised_on: dict[str, str | None] = {}
 
     def load(self) -> None:
         started = time.perf_counter()
@@ -381,6 +384,8 @@ class DetectionService:
     def _apply(self, pending: PendingDetection) -> None:
         self.evaluator.apply(pending.changes)
         for event in pending.events:
+            if event.event_type is EventType.IN_ALARM:
+                self._raised_on[event.violation_id] = event.behavior.get("metric")
             log.info("violation_event", event_type=event.event_type.value, violation_id=event.violation_id,
                      thing=event.thing_name, profile=event.profile_name, behavior=event.behavior.get("name"))
 
@@ -424,6 +429,7 @@ class DetectionService:
         alarmed = [key[0] for key, _ in alarms if owns is None or owns(key[0])]
         if alarmed:
             self._monitoring.prime(alarmed)
+        self._note_metrics_raised_on([state for _, state in alarms])
         for key, state in alarms:
             thing, profile_name, behavior_name, _ = key
             if owns is not None and not owns(thing):
@@ -436,6 +442,12 @@ class DetectionService:
                 stale[key] = "the security profile no longer monitors this thing"
             elif behavior is None:
                 stale[key] = "the behavior was removed from the security profile"
+            elif self._raised_on_another_metric(key, state, behavior):
+                # Another behavior under the same name: its datapoints would end this alarm
+                # (alarm-cleared by a bytes count of an alarm on listening ports). Its event
+                # carries the behavior the alarm was raised on (``_fill_behaviors``).
+                stale[key] = "the behavior's metric or dimension changed"
+                continue
             elif confidence_of(behavior) is not None and self.evaluator.model_for(profile_name, behavior) is None:
                 stale[key] = "the behavior's ML model is not active"
             elif due_for_invalidation(state, now, self._invalidation_period):
@@ -443,6 +455,29 @@ class DetectionService:
             if behavior is not None:
                 behaviors[key] = behavior
         return stale, behaviors
+
+    def _note_metrics_raised_on(self, alarms: list[AlarmState]) -> None:
+        """``_raised_on`` for exactly the alarms in alarm: those not noted since this process
+        started or took their partition over (their in-alarm events were stored before) are read
+        from their first events, in one statement per chunk, once."""
+        ids = {state.violation_id for state in alarms if state.violation_id is not None}
+        missing = [violation_id for violation_id in ids if violation_id not in self._raised_on]
+        if missing:
+            with self._engine.connect() as conn:
+                originals = violations.first_events(conn, missing)
+            for violation_id in missing:
+                original = originals.get(violation_id)
+                self._raised_on[violation_id] = (original.behavior or {}).get("metric") if original is not None else None
+        if len(self._raised_on) > len(ids):
+            self._raised_on = {violation_id: metric for violation_id, metric in self._raised_on.items()
+                               if violation_id in ids}
+
+    def _raised_on_another_metric(self, key: StateKey, state: AlarmState, behavior: Mapping[str, Any]) -> bool:
+        """Whether the alarm was raised on another metric or dimension than ``behavior`` has now."""
+        if key[3] != dimension_key_of(behavior):
+            return True
+        raised_on = self._raised_on.get(state.violation_id) if state.violation_id is not None else None
+        return raised_on is not None and raised_on != behavior.get("metric")
 
     @staticmethod
     def _fill_behaviors(conn: Connection, pending: PendingDetection) -> None:
