@@ -26,7 +26,7 @@ from iotdefender.api import metrics_access
 from iotdefender.api.app import ApiService, create_app
 from iotdefender.api.credentials import CredentialStore, load_credentials
 from iotdefender.api.extensions import Extensions
-from iotdefender.api.http_limits import BoundedHttpToolsProtocol
+from iotdefender.api.http_limits import bounded_protocol
 from iotdefender.backtest.jobs import BacktestJobs
 from iotdefender.brokers.external import ExternalBroker, parse_broker_url
 from iotdefender.brokers.gatekeeper import Gatekeeper, check_password_file
@@ -447,7 +447,8 @@ def build_broker(settings: Settings, gatekeeper: Gatekeeper, submit: ReportSink
 def http_server(settings: Settings, app: Starlette) -> GracefulServer:
     # Open console pages keep a live event stream: shutting down does not wait for them for long.
     return GracefulServer(uvicorn.Config(app, host=settings.host, port=settings.api_port, loop="none",
-                                         http=BoundedHttpToolsProtocol, log_config=None, access_log=False,
+                                         http=bounded_protocol(settings.api_read_timeout), log_config=None,
+                                         access_log=False,
                                          lifespan="off", timeout_graceful_shutdown=3))
 
 

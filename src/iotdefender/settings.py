@@ -15,6 +15,7 @@ DAY = 86400.0
 class Settings:
     host: str = "127.0.0.1"
     api_port: int = 8080
+    api_read_timeout: float = 60.0  # api/http_limits.py REQUEST_READ_TIMEOUT_S
     data_dir: Path = Path("./data")
     database_url: str | None = None
     database_timeout: float = 10.0  # store/database.py ROUND_TRIP_TIMEOUT_S
@@ -180,10 +181,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (argparse names the flag in its error)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return seconds
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     d = Settings()
     parser.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
     parser.add_argument("--api-port", type=int, default=d.api_port, help="AWS IoT REST API port (default %(default)s)")
+    parser.add_argument("--api-read-timeout", type=positive_seconds, default=d.api_read_timeout,
+                        help="seconds a request may take to arrive whole (its head and body), from its first byte "
+                             "or the connection's opening or last answer; past them 408 and the connection is "
+                             "closed (default %(default)s)")
     parser.add_argument("--data-dir", type=Path, default=d.data_dir,
                         help="state directory: the SQLite database and generated credentials (default %(default)s)")
     parser.add_argument("--database-url", default=d.database_url,

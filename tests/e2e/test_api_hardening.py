@@ -19,6 +19,7 @@ import orjson
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.support.processes import ServiceProcess
 from tests.support.signing import send_signed, signed_headers
 from tests.support import plain_http
 
@@ -179,3 +180,57 @@ def test_broker_event_addresses_and_client_ids_are_checked(service):
     assert answer.json()["accepted"] == 1 and sorted(reasons) == [1, 2, 3, 4, 5]
     assert "port 999999 is out of range 0-65535" in reasons[1]
     assert "control characters" in reasons[4] and "control characters" in reasons[5]
+
+
+def _answer_within(endpoint: str, sent: bytes, drip: bytes = b"", every_s: float = 0.0,
+                   limit_s: float = 20.0) -> tuple[bytes, float]:
+    """Open a connection, send ``sent`` (then ``drip`` a byte every ``every_s``), and read until the
+    server closes it; the answer and the seconds it took."""
+    host, port = endpoint.removeprefix("http://").split(":")
+    started = time.monotonic()
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=limit_s) as sock:
+        sock.sendall(sent)
+        for byte in drip:
+            if select.select([sock], [], [], every_s)[0]:
+                break
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        while time.monotonic() - started < limit_s:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+    return answer, time.monotonic() - started
+
+
+def test_a_request_that_does_not_arrive_whole_in_time_is_answered_408_and_closed(tmp_path):
+    """A declared body that never comes, a head sent a byte at a time, and a connection that sends
+    nothing were held open as long as the client liked (over 150 s, each a file of the process's
+    20,000: an outside-in test). With --api-read-timeout 2 each is closed after 2 s, the first two
+    with 408; a request sent whole is served as before, on a kept-alive connection too."""
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--api-read-timeout", "2"])
+    svc.start()
+    try:
+        no_body = b"POST /security-profiles/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+        answer, took = _answer_within(svc.endpoint, no_body)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b"RequestTimeoutException" in answer and b"within 2 s" in answer
+        assert 1.5 < took < 10, took
+        answer, took = _answer_within(svc.endpoint, b"GET /healthz HTTP/1.1\r\n", drip=b"X-Slow: " + b"s" * 100,
+                                      every_s=0.3)
+        assert answer.startswith(b"HTTP/1.1 408 ") and 1.5 < took < 10, (answer[:100], took)
+        answer, took = _answer_within(svc.endpoint, b"")
+        assert answer == b"" and 1.5 < took < 10, took
+        with httpx.Client(base_url=svc.endpoint) as keep_alive:
+            for _ in range(2):
+                assert keep_alive.get("/healthz").status_code == 200
+                time.sleep(1.2)  # idle between requests, within the 2 s
+            assert keep_alive.get("/healthz").status_code == 200
+    finally:
+        svc.stop()
