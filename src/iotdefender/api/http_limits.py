@@ -13,8 +13,9 @@ the header list per request: nothing measurable next to a request (see docs/api-
 Nor does uvicorn bound the time a request takes to arrive: a connection that sends nothing, a head
 a byte at a time, or a head whose declared body never comes was held open for as long as the
 client liked (over 150 s in an outside-in test; each holds a file of the process's 20,000). A
-request must arrive whole within ``read_timeout_s`` (``--api-read-timeout``, 60 s as nginx's
-``client_header_timeout`` and ``client_body_timeout``) of its first byte, or of the connection's
+request must arrive whole within ``read_timeout_s`` (``--api-read-timeout``, 60 s: nginx's default
+``client_header_timeout`` and ``client_body_timeout``, which count the gaps between reads, reset
+by a trickle; here the whole request counts) of its first byte, or of the connection's
 opening or its last answer: else ``408 Request Timeout`` (nothing, for a connection that sent
 nothing) and the connection is closed. A timer per request, armed and cancelled with it.
 """

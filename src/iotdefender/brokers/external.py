@@ -144,7 +144,8 @@ class ExternalBroker:
         if self._stopping:
             return
         client.reconnect_delay = min(max(client.reconnect_delay, 1) * 2, _MAX_DELAY_S)
-        log.warning("external_broker_disconnected", retry_in_s=client.reconnect_delay)
+        # Named as its pair above: the broker may be the service's own Mosquitto, not an external one.
+        log.warning("mqtt_client_disconnected", host=self._url.host, port=self._url.port, retry_in_s=client.reconnect_delay)
 
     def _on_message(self, client: Client, topic: str, payload: bytes, qos: int, properties: Any) -> int:
         """Synchronous: gmqtt runs a coroutine callback as one task per message (measured: a few
