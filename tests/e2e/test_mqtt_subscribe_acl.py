@@ -27,10 +27,10 @@ REFUSED = ["$aws/things/other-dev/defender/metrics/json/accepted", "$aws/things/
            "$aws/things/sub-dev/defender/metrics/json/other", "$aws/#", "$SYS/#", "$iotdefender/#"]
 
 
-def subscribe_codes(port: int, protocol: int, filters: list[str]) -> tuple[list[int], bool]:
+def subscribe_codes(port: int, protocol: int, filters: list[str], client_id: str = "sub-dev") -> tuple[list[int], bool]:
     """The SUBACK code of each filter, and whether the connection survived the refusals."""
     acknowledged: queue.Queue[list[Any]] = queue.Queue()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sub-dev", protocol=protocol)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
     client.on_subscribe = lambda c, u, mid, reasons, p: acknowledged.put(reasons)
     client.connect("127.0.0.1", port)
     client.loop_start()
@@ -63,3 +63,14 @@ def test_only_the_own_reply_filters_are_granted_under_dollar_topics(service, pro
         time.sleep(0.05)
     assert denials(service) == before + len(REFUSED)
     assert "$aws/things/other-dev" not in service.log_path.read_text()  # counted, not logged
+
+
+@pytest.mark.parametrize("service", ["sqlite"], indirect=True)
+def test_a_client_whose_id_is_a_wildcard_gets_no_wildcard_reply_filter(service):
+    """A client id of ``+`` (a certificate's CN, say) matched the thing level ``+`` of
+    ``$aws/things/+/defender/metrics/+/+`` as its own, and the SUBACK granted it (an outside-in
+    test; each delivery was still checked). A wildcard thing level is no one's own."""
+    codes, connected = subscribe_codes(service.mqtt_port, mqtt.MQTTv311,
+                                       ["$aws/things/+/defender/metrics/+/+", "$aws/things/+/defender/metrics/json/accepted"],
+                                       client_id="+")
+    assert codes == [0x80, 0x80] and connected

@@ -563,9 +563,13 @@ static bool reply_filter(const char *topic, char *thing, size_t thing_size)
 	return !strcmp(outcome, "accepted") || !strcmp(outcome, "rejected") || !strcmp(outcome, "+");
 }
 
+/* Whether the topic's thing is the client's own (or any thing's, under acl any). A thing level that
+ * is a wildcard is no one's own: a client whose id was `+` (a certificate's CN, say) was granted
+ * `$aws/things/+/defender/metrics/+/+` in the SUBACK (an outside-in test; each delivery was still
+ * checked, so nothing leaked). Topic names carry no wildcards: publishing is not affected. */
 static bool own_or_any(const char *thing, const char *client_id)
 {
-	return acl_any || !strcmp(thing, client_id);
+	return acl_any || (!strcmp(thing, client_id) && !strchr(thing, '+'));
 }
 
 static bool password_ok(const char *username, const char *password)
