@@ -146,7 +146,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-
 def bounded_protocol(read_timeout_s: float) -> type[BoundedHttpToolsProtocol]:
     """The protocol class with ``read_timeout_s`` (uvicorn builds it from the class)."""
     return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"read_timeout_s": read_timeout_s})
