@@ -98,6 +98,21 @@ def series_key(metric: str, dimension_name: str | None = None, operator: str | N
     return metric if dimension_name is None else f"{metric}|{dimension_name}|{operator or 'IN'}"
 
 
+# A device away for a whole cloud-side window (disconnected throughout, no connection attempted)
+# still gets its 0s there, as AWS gives a monitored idle device count 0 (reference §3.3), but those
+# 0s say nothing of how it behaves when it runs: ML Detect must not learn them (docs/detection.md,
+# "A fleet-wide silence"). Such a window carries this series too, 1, so training can tell. Its
+# name holds a "/", which no metric name may (MetricName is [a-zA-Z0-9:_-]+ in the service model),
+# so no custom metric can ever share it; no API lists it.
+AWAY_SERIES = "iotdefender/away"
+CLOUD_SIDE = frozenset(name for name, spec in BUILTIN_METRICS.items() if spec.side == "cloud")
+
+
+def is_cloud_side(series: str) -> bool:
+    """Whether ``series`` (a metric, or a series of one: dimension, smallest message) is cloud-side."""
+    return series.split("|", 1)[0] in CLOUD_SIDE
+
+
 # aws:message-byte-size is "the number of bytes in a message", for "the maximum or minimum size (in
 # bytes) of each message transmitted from a device" (AWS, detect-cloud-side-metrics.html). A
 # cloud-side window holds many messages, so it keeps two: its largest, in the metric's own series

@@ -20,6 +20,7 @@ from iotdefender.contract.errors import ApiError
 from iotdefender.controlplane.behavior_models import behavior_model_document
 from iotdefender.controlplane.violations import violation_evidence
 from iotdefender.engine.ml import BehaviorModel, ConfidenceLevel, train
+from iotdefender.metrics_catalog import AWAY_SERIES
 from iotdefender.pipeline.batch_store import ignore_events
 from iotdefender.pipeline.detection import DetectionService
 from iotdefender.pipeline.local_store import LocalBatchStore
@@ -27,12 +28,13 @@ from iotdefender.pipeline.ml_training import MlTrainer, TrainingSchedule
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
-from iotdefender.store import ml_models
+from iotdefender.store import history, ml_models
 
 ACCOUNT = "123456789012"
 ALL_THINGS = f"arn:aws:iot:us-east-1:{ACCOUNT}:all/things"
 METRIC = "aws:all-bytes-out"
 SIZE, SMALLEST = "aws:message-byte-size", "aws:message-byte-size|smallest"
+SENT = "aws:num-messages-sent"
 DEVICES = [f"dev-{i}" for i in range(10)]
 T0 = 1_000_000.0
 # --time-scale 3600: an hour lasts a second, a day 24 s, a week 168 s.
@@ -475,6 +477,52 @@ def test_a_fleet_wide_silence_across_a_refresh_is_not_learned(place):
         at += 0.5
         report_id += 1
     assert sorted(resumed) == [("alarm-cleared", "p", "bytes-ml")] * len(DEVICES)
+
+
+@pytest.mark.parametrize("away", [True, False], ids=["disconnected", "connected"])
+def test_a_fleet_away_for_more_than_half_the_training_period_is_not_learned(place, away):
+    """The fleet's cloud-side windows from T0 + 200 to T0 + 310 hold 0 messages. Disconnected
+    (the windows say so: ``AWAY_SERIES``, as the aggregator writes them), the 0s are no training
+    data: the refreshes at T0 + 250 and T0 + 300 find 1,500 and 1,000 datapoints, too few, the
+    model stays version 1, and the fleet's return clears the silence's alarms. Connected and
+    silent, the 0s are behaviour: at T0 + 300 they are half of each device's window, its new
+    normal (ml_exclusion.py), version 2 learns them and the silence's alarms clear while the fleet
+    is still silent. Before, a disconnected fleet went that way too (an outside-in run, silent for
+    longer: the model learned nothing but 0s and 15 of 15 devices alarmed at HIGH on return)."""
+    service = make_service(place, metric=SENT)
+    service.trainer.run_once(T0)
+    at, report_id = T0, itertools.count()
+    while at < T0 + 200:
+        service.store.store_batch([(name, {SENT: {"count": int(normal(i, at))}}, at, next(report_id))
+                                   for i, name in enumerate(DEVICES)])
+        at += 1.0
+    service.trainer.run_once(T0 + 200)
+    assert service.training().active_version == 1
+    silence = {SENT: {"count": 0}, AWAY_SERIES: {"count": 1}} if away else {SENT: {"count": 0}}
+    silent = []
+    while at < T0 + 310:
+        silent += service.store.store_batch([(name, silence, at, next(report_id)) for name in DEVICES])
+        if at in (T0 + 250, T0 + 300):
+            service.trainer.run_once(at)
+        if at == T0 + 280:  # what training reads is partly compacted, partly rows not compacted yet
+            with service.engine.connect() as conn:
+                last = history.max_row_id(conn)
+            assert history.compact_until(service.engine, last) > 0
+        at += 1.0
+    raised = [("in-alarm", "p", "bytes-ml")] * len(DEVICES)  # the silence is an anomaly
+    if away:
+        assert silent == raised
+        assert service.training().active_version == 1 and service.training().datapoints == 1000
+    else:  # learned while silent: the alarms clear before the fleet is back
+        assert sorted(silent) == [("alarm-cleared", "p", "bytes-ml")] * len(DEVICES) + raised
+        assert service.training().active_version == 2
+    resumed = []
+    while at < T0 + 320:
+        resumed += service.store.store_batch([(name, {SENT: {"count": int(normal(i, at))}}, at, next(report_id))
+                                              for i, name in enumerate(DEVICES)])
+        at += 1.0
+    # Connected, version 2's bands span both the silence and the normal: nothing to clear, no alarm.
+    assert resumed == ([("alarm-cleared", "p", "bytes-ml")] * len(DEVICES) if away else [])
 
 
 def test_the_model_is_trained_on_datapoints_grouped_by_device_in_time_order(place):

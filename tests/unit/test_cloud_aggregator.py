@@ -7,6 +7,7 @@ import pytest
 from iotdefender.cloud.aggregator import Aggregator, DimensionSpec, dimension_specs, pack, unpack
 from iotdefender.cloud.topic_filter import matches
 from iotdefender.contract.topic_filters import filter_problem
+from iotdefender.metrics_catalog import AWAY_SERIES
 
 
 @pytest.mark.parametrize("topic_filter, topic, expected", [
@@ -57,6 +58,33 @@ def test_disconnect_duration_and_catch_up_limit():
     assert agg.datapoints("d1", None, end=360)["aws:disconnect-duration"] == {"count": 0}
     assert agg.closed_windows(60 * 100) == [97, 98, 99]  # events long ago: at most 3 windows back
     assert agg.closed_windows(60 * 110) == [107, 108, 109]  # a long pause: only the last 3
+
+
+def test_a_window_spent_wholly_away_says_so_and_no_other_does():
+    """Only a window with no connection at any moment and no CONNECT carries ``AWAY_SERIES`` (ML
+    Detect does not learn its 0s); every window keeps its 0s for evaluation."""
+    agg = Aggregator(window_s=10)
+    agg.connect_attempt("connected", None, True, at=1)
+    agg.connect_attempt("leaves", None, True, at=1)
+    agg.disconnect("leaves", at=15)  # in window 1: connected for part of it
+    agg.connect_attempt("refused", None, False, at=2)  # a registered thing, refused in window 0
+    agg.known = frozenset({"refused", "never"})
+    agg.closed_windows(45)
+    windows = [agg.take(w) for w in range(4)]
+
+    def away(thing: str, window: int) -> bool:
+        points = agg.datapoints(thing, windows[window].get(thing), (window + 1) * 10)
+        assert points["aws:num-messages-sent"] == {"count": 0} or thing == "connected"
+        return AWAY_SERIES in points
+
+    assert [away("connected", w) for w in range(4)] == [False] * 4  # connected and idle: behaviour
+    assert [away("leaves", w) for w in range(4)] == [False, False, True, True]
+    assert [away("refused", w) for w in range(4)] == [False, True, True, True]  # it tried in window 0
+    assert [away("never", w) for w in range(4)] == [True] * 4  # registered, never connected
+    assert agg.datapoints("leaves", None, 40)[AWAY_SERIES] == {"count": 1}
+    agg.connect_attempt("leaves", None, True, at=41)  # back: its window is not away, nor the next
+    assert AWAY_SERIES not in agg.datapoints("leaves", agg.windows[4]["leaves"], 50)
+    assert AWAY_SERIES not in agg.datapoints("leaves", None, 60)
 
 
 def test_dimension_specs_from_profiles():

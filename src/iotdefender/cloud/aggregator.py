@@ -22,6 +22,8 @@ Metric definitions (reference §3.3, choices where AWS is silent marked *):
 - source-ip-address: the addresses the device connected from in the window (refused CONNECTs not:
   see ``Aggregator.connect_attempt``);
 - disconnect-duration: minutes since the device disconnected, while it is disconnected*, else 0.
+A window the device spent wholly away (disconnected, no CONNECT) also says so (``AWAY_SERIES``), for
+ML Detect's training alone.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import msgspec
 from typing import Any
 
 from iotdefender.cloud.topic_filter import counted
-from iotdefender.metrics_catalog import COUNT_MAX, series_key, smallest_series
+from iotdefender.metrics_catalog import AWAY_SERIES, COUNT_MAX, series_key, smallest_series
 
 CLOUD_METRICS = ("aws:num-connection-attempts", "aws:num-disconnects", "aws:num-authorization-failures",
                  "aws:num-messages-sent", "aws:num-messages-received", "aws:message-byte-size",
@@ -329,6 +331,8 @@ class Aggregator:
             "aws:disconnect-duration": {"count": int((end - since) // self.minute_s) if since is not None else 0},
         }
         _sizes(points, SIZE_METRIC, w, list(w.sent_max_bytes))
+        if self._away_throughout(client_id, w, end - self.window_s):
+            points[AWAY_SERIES] = {"count": 1}
         for spec in dimensions:
             key = series_key(spec.metric, spec.name, spec.operator)
             keep = lambda topic: counted(topic, spec.filters, spec.operator, client_id)  # noqa: E731
@@ -345,6 +349,21 @@ class Aggregator:
                 # one address per connection, so a matching message keeps the window's addresses.
                 points[key] = {"cidrs": sorted(w.source_ips) if any(keep(t) for t in w.sent) else []}
         return points
+
+
+    def _away_throughout(self, client_id: str, window: ClientWindow, start: float) -> bool:
+        """Whether the device spent the window starting at ``start`` away: disconnected throughout
+        (since before it, or never seen connected since this process started, as a registered
+        thing not deployed yet) and no CONNECT of it, accepted or refused. Its 0s are absence, not
+        behaviour (``metrics_catalog.AWAY_SERIES``). AWS counts ML Detect's minimum of datapoints
+        in devices "connecting and having activity" (60 devices every 45 minutes, 7 every 5:
+        https://docs.aws.amazon.com/iot-device-defender/latest/devguide/dd-detect-ml.html).
+        A device still connected to an external broker across a restart of this process, or to
+        a broker node across a cluster's takeover, counts as never seen until its next event."""
+        if window.connection_attempts or window.disconnects or window.sent or window.received or window.auth_failures:
+            return False
+        since = self.disconnected_at.get(client_id)
+        return since <= start if since is not None else client_id not in self.seen
 
 
 def _sizes(points: dict[str, dict[str, Any]], series: str, window: ClientWindow, topics: list[str | None]) -> None:

@@ -25,7 +25,7 @@ from iotdefender.controlplane.behavior_models import model_history_of
 from iotdefender.console.context import ConsoleContext
 from iotdefender.console.writes import Refused
 from iotdefender.controlplane import hierarchy
-from iotdefender.metrics_catalog import BUILTIN_METRICS
+from iotdefender.metrics_catalog import AWAY_SERIES, BUILTIN_METRICS
 from iotdefender.store import history, insights, latest_values, metric_values, registry
 
 T = TypeVar("T")
@@ -76,8 +76,8 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
 
         def read() -> dict[str, Any]:
             with console.engine.connect() as conn:
-                available = sorted(history.series_present(conn, start - 86400.0 / console.time_scale, end)
-                                   | _recent_series(conn))
+                available = sorted((history.series_present(conn, start - 86400.0 / console.time_scale, end)
+                                    | _recent_series(conn)) - {AWAY_SERIES})  # not a metric
                 groups = insights.group_names(conn)
                 out: dict[str, Any] = {"available": available, "groups": groups, "distribution": None, "series": {},
                                        "unretained": _numeric_metrics(set(available)), "error": None}
@@ -157,7 +157,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             other: dict[str, Any] = {}
             with console.engine.connect() as conn:
                 last_report = insights.last_report_at(conn, name)
-                for key in sorted(console.monitoring.retained_metrics(name)):
+                for key in sorted(console.monitoring.retained_metrics(name) - {AWAY_SERIES}):  # not a metric
                     points, last_other = _chart(conn, name, key, start, end)
                     if points:
                         series[key] = points

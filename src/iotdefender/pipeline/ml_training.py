@@ -251,10 +251,11 @@ class MlTrainer:
 
     def _training_data(self, behavior: MlBehavior, start: float, now: float) -> ml.TrainingData:
         """The datapoints of the behavior's series since ``start``, from the devices its profile
-        monitors now (a device that left the profile's targets does not shape its model)."""
+        monitors now (a device that left the profile's targets does not shape its model), without
+        the windows a device spent away (a cloud-side series: ``history.as_trained``)."""
         with long_statements(), self._engine.connect() as conn:  # up to the whole training period
-            fetched = history.fetch_as_evaluated(conn, behavior.series, start, now)
-        points = history.as_evaluated(fetched, behavior.series)  # decoded once the transaction has ended
+            fetched = history.fetch_for_training(conn, behavior.series, start, now)
+        points = history.as_trained(fetched, behavior.series)  # decoded once the transaction has ended
         self._monitoring.prime(points.things)
         profile = behavior.key[0]
         monitored = np.fromiter((any(p["name"] == profile for p in self._monitoring.profiles_for(thing))

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from iotdefender.controlplane import hierarchy
 from iotdefender.controlplane.behavior_rules import metric_names_used
 from iotdefender.engine.series import behavior_series
-from iotdefender.metrics_catalog import SIZE_METRICS, size_series
+from iotdefender.metrics_catalog import AWAY_SERIES, SIZE_METRICS, is_cloud_side, size_series
 from iotdefender.store import catalog, profiles, registry
 
 
@@ -147,5 +147,9 @@ class MonitoringIndex:
         # window's largest and smallest message, for ListMetricValues and backtests of either
         # kind of behavior.
         series |= {part for s in series if s.split("|", 1)[0] in SIZE_METRICS for part in size_series(s)}
+        # With any cloud-side series, the windows the device spent away, which ML Detect's
+        # training leaves out of every cloud-side series (a behavior added later reads them too).
+        if any(is_cloud_side(s) for s in series):
+            series.add(AWAY_SERIES)
         snapshot.retained[names] = frozenset(series)
         return snapshot.retained[names]

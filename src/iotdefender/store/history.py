@@ -34,7 +34,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from iotdefender.metrics_catalog import SIZE_METRICS, is_smallest_series, smallest_series
+from iotdefender.metrics_catalog import AWAY_SERIES, SIZE_METRICS, is_cloud_side, is_smallest_series, smallest_series
 from iotdefender.store.advisory import HISTORY_COMPACTION, run_alone
 from iotdefender.store.database import writing
 from iotdefender.store.partition_selection import PartitionSelection, once_per_thing
@@ -469,6 +469,47 @@ def as_evaluated(fetched: Fetched, series: str) -> SeriesPoints:
     if not _reads_largest_size(series):
         return points
     return without_idle_zeros(points, lambda: fetched.decoded([smallest_series(series)])[smallest_series(series)])
+
+
+def fetch_for_training(conn: Connection, series: str, start: float, end: float) -> Fetched:
+    """The statements of ``fetch_as_evaluated``, and for a cloud-side series those of the windows
+    its devices spent away (``metrics_catalog.AWAY_SERIES``); ``as_trained`` decodes."""
+    wanted = [series, smallest_series(series)] if _reads_largest_size(series) else [series]
+    return fetch_many(conn, wanted + [AWAY_SERIES] if is_cloud_side(series) else wanted, start, end)
+
+
+def as_trained(fetched: Fetched, series: str) -> SeriesPoints:
+    """What ML Detect learns from of what ``fetch_for_training`` fetched: the series as evaluated,
+    without the datapoints of windows their device spent away. A fleet that went offline for
+    longer than half the training period was learned as silent before: its 0s became the model's
+    normal (docs/detection.md, "A fleet-wide silence")."""
+    points = as_evaluated(fetched, series)
+    if AWAY_SERIES not in fetched.wanted or not len(points):
+        return points
+    return without_windows_away(points, fetched.decoded([AWAY_SERIES])[AWAY_SERIES])
+
+
+def without_windows_away(points: SeriesPoints, away: SeriesPoints) -> SeriesPoints:
+    """``points`` without those of a device at a time ``away`` has a datapoint of it. A window's
+    series are written together, one row per device and window, so the times are the same floats."""
+    if not len(away):
+        return points
+    index = {name: i for i, name in enumerate(points.things)}
+    away_index = np.fromiter((index.get(name, -1) for name in away.things), dtype=np.int64, count=len(away.things))
+    thing = away_index[away.thing_index]
+    known = thing >= 0
+    # (device, time) pairs as complex numbers: exact for both (an index and a float64 time), and
+    # compared as a pair by ``isin``.
+    marks = thing[known].astype(np.float64) + 1j * away.times[known]
+    concerned = np.isin(points.thing_index, np.unique(thing[known]))
+    if not concerned.any():
+        return points
+    keep = np.ones(len(points), dtype=bool)
+    rows = np.flatnonzero(concerned)
+    keep[rows] = ~np.isin(points.thing_index[rows].astype(np.float64) + 1j * points.times[rows], marks)
+    if keep.all():
+        return points
+    return SeriesPoints(points.things, points.thing_index[keep], points.times[keep], points.values[keep])
 
 
 def report_as_evaluated(datapoints: dict[str, Any], sizes: Iterable[str]) -> dict[str, Any]:
