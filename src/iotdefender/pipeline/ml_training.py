@@ -203,7 +203,8 @@ class MlTrainer:
     def _usable(self, behavior: MlBehavior, training: Training, start: float, now: float) -> ml.TrainingData:
         """The behavior's datapoints since ``start`` that a model may learn from: the anomalies the
         model in use (if any) finds are left out."""
-        data, left_out = without_anomalies(self._model_in_use(training), self._training_data(behavior, start, now))
+        data, left_out = without_anomalies(self._model_in_use(training), self._training_data(behavior, start, now),
+                                           settled_by=now - self._schedule.training_period / 2)
         if left_out:
             log.info("ml_training_left_out_anomalies", profile=behavior.key[0], behavior=behavior.key[1],
                      datapoints=left_out, version=training.active_version)
