@@ -100,8 +100,8 @@ def series_key(metric: str, dimension_name: str | None = None, operator: str | N
 
 # A device away for a whole cloud-side window (disconnected throughout, no connection attempted)
 # still gets its 0s there, as AWS gives a monitored idle device count 0 (reference §3.3), but those
-# 0s say nothing of how it behaves when it runs: ML Detect must not learn them (docs/detection.md,
-# "A fleet-wide silence"). Such a window carries this series too, 1, so training can tell. Its
+# 0s say nothing of how it behaves when it runs: ML Detect neither learns nor judges them
+# (docs/detection.md, "A device away is not behaving"). Such a window carries this series too, 1. Its
 # name holds a "/", which no metric name may (MetricName is [a-zA-Z0-9:_-]+ in the service model),
 # so no custom metric can ever share it; no API lists it.
 AWAY_SERIES = "iotdefender/away"

@@ -482,9 +482,10 @@ def test_a_fleet_wide_silence_across_a_refresh_is_not_learned(place):
 @pytest.mark.parametrize("away", [True, False], ids=["disconnected", "connected"])
 def test_a_fleet_away_for_more_than_half_the_training_period_is_not_learned(place, away):
     """The fleet's cloud-side windows from T0 + 200 to T0 + 310 hold 0 messages. Disconnected
-    (the windows say so: ``AWAY_SERIES``, as the aggregator writes them), the 0s are no training
-    data: the refreshes at T0 + 250 and T0 + 300 find 1,500 and 1,000 datapoints, too few, the
-    model stays version 1, and the fleet's return clears the silence's alarms. Connected and
+    (the windows say so: ``AWAY_SERIES``, as the aggregator writes them), the 0s are neither
+    training data nor judged: the refreshes at T0 + 250 and T0 + 300 find 1,500 and 1,000
+    datapoints, too few, the model stays version 1, nothing alarms while the fleet is away nor
+    when it returns, and a flood afterwards alarms. Connected and
     silent, the 0s are behaviour: at T0 + 300 they are half of each device's window, its new
     normal (ml_exclusion.py), version 2 learns them and the silence's alarms clear while the fleet
     is still silent. Before, a disconnected fleet went that way too (an outside-in run, silent for
@@ -510,8 +511,8 @@ def test_a_fleet_away_for_more_than_half_the_training_period_is_not_learned(plac
             assert history.compact_until(service.engine, last) > 0
         at += 1.0
     raised = [("in-alarm", "p", "bytes-ml")] * len(DEVICES)  # the silence is an anomaly
-    if away:
-        assert silent == raised
+    if away:  # no datapoint of the devices' behaviour: no verdict, no alarm (static behaviors do judge them)
+        assert silent == []
         assert service.training().active_version == 1 and service.training().datapoints == 1000
     else:  # learned while silent: the alarms clear before the fleet is back
         assert sorted(silent) == [("alarm-cleared", "p", "bytes-ml")] * len(DEVICES) + raised
@@ -521,8 +522,47 @@ def test_a_fleet_away_for_more_than_half_the_training_period_is_not_learned(plac
         resumed += service.store.store_batch([(name, {SENT: {"count": int(normal(i, at))}}, at, next(report_id))
                                               for i, name in enumerate(DEVICES)])
         at += 1.0
-    # Connected, version 2's bands span both the silence and the normal: nothing to clear, no alarm.
-    assert resumed == ([("alarm-cleared", "p", "bytes-ml")] * len(DEVICES) if away else [])
+    # Version 1 judges the return normal; connected, version 2's bands span both the silence and
+    # the normal. Either way nothing alarms.
+    assert resumed == []
+    if away:  # the model in force still finds what it was built to: a flood of messages
+        flood = [service.store.store_batch([("dev-3", {SENT: {"count": int(normal(3, at + k) * 20)}}, at + k,
+                                             next(report_id))]) for k in range(2)]
+        assert flood == [[], [("in-alarm", "p", "bytes-ml")]]
+
+
+def test_devices_that_connect_now_and_then_are_learned_and_judged_on_their_connections(place):
+    """AWS's own example of ML Detect's minimum: devices that connect every 45 minutes. Here 100
+    devices each connect for one window in eight, sending their usual number of messages, and are
+    away for the other seven (0s marked ``AWAY_SERIES``). The model learns the connections only
+    (2,500 datapoints: the minimum counts them, not the 0s), nothing alarms between them, and a
+    flood in a connection does."""
+    devices = [f"dev-{i}" for i in range(100)]
+    service = make_service(place, metric=SENT)
+    service.trainer.run_once(T0)
+    report_id, events = itertools.count(), []
+
+    def window(at: float, flood: str | None = None) -> None:
+        batch = []
+        for i, name in enumerate(devices):
+            if (int(at - T0) + i) % 8:
+                batch.append((name, {SENT: {"count": 0}, AWAY_SERIES: {"count": 1}}, at, next(report_id)))
+            else:
+                sent = normal(i % 10, at) / 50 * (20 if name == flood else 1)
+                batch.append((name, {SENT: {"count": int(sent)}}, at, next(report_id)))
+        events.extend(service.store.store_batch(batch))
+
+    for step in range(200):
+        window(T0 + step)
+    service.trainer.run_once(T0 + 200)
+    training = service.training()
+    assert (training.status, training.datapoints) == ("ACTIVE", 2500)
+    for step in range(200, 240):
+        window(T0 + step)
+    assert events == []
+    for step in range(240, 256):  # dev-5 floods in each of its two connections
+        window(T0 + step, flood="dev-5")
+    assert events == [("in-alarm", "p", "bytes-ml")]
 
 
 def test_the_model_is_trained_on_datapoints_grouped_by_device_in_time_order(place):

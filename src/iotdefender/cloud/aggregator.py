@@ -23,7 +23,7 @@ Metric definitions (reference §3.3, choices where AWS is silent marked *):
   see ``Aggregator.connect_attempt``);
 - disconnect-duration: minutes since the device disconnected, while it is disconnected*, else 0.
 A window the device spent wholly away (disconnected, no CONNECT) also says so (``AWAY_SERIES``), for
-ML Detect's training alone.
+ML Detect, which neither learns nor judges it.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from iotdefender.engine.ml_behavior import violates as ml_violates
 from iotdefender.engine.series import behavior_series
 from iotdefender.engine.statistics import FleetStatistics, SeriesKey, SharedWindows, StatisticsChanges
 from iotdefender.engine.vectorised import order_by_thing_and_time
-from iotdefender.metrics_catalog import COUNT_MAX, SIZE_METRICS, is_smallest_series
+from iotdefender.metrics_catalog import AWAY_SERIES, COUNT_MAX, SIZE_METRICS, is_cloud_side, is_smallest_series
 
 # Counts per report (device side) or per window (cloud side): summed over durationSeconds.
 DELTA_METRICS = frozenset({"aws:all-bytes-in", "aws:all-bytes-out", "aws:all-packets-in", "aws:all-packets-out",
@@ -164,6 +164,10 @@ class _Rule:
     window_s: float | None  # set when durationSeconds or a statistical threshold applies
     statistical: bool
     confidence: ConfidenceLevel | None  # set for an ML behavior
+
+    @property
+    def cloud_side(self) -> bool:
+        return is_cloud_side(self.metric)
 
     @staticmethod
     def of(behavior: Mapping[str, Any], time_scale: float) -> _Rule:
@@ -452,6 +456,12 @@ class Evaluator:
                 key = (thing, profile_name, rule.name, rule.dimension_key)
                 active: ActiveModel | None = None
                 if rule.confidence is not None:
+                    if AWAY_SERIES in datapoints and rule.cloud_side:
+                        # A window the device spent away: its 0s are no datapoint of how it behaves,
+                        # which training leaves out too (store/history.py ``as_trained``). Judged,
+                        # a device that connects every 45 minutes (AWS's own example of ML Detect's
+                        # minimum) would alarm between its connections on a model of them.
+                        continue
                     active = self._models.get((profile_name, rule.name))
                     number = scalar_of(value)
                     if active is None or active.series != rule.series or number is None:

@@ -482,7 +482,7 @@ def as_trained(fetched: Fetched, series: str) -> SeriesPoints:
     """What ML Detect learns from of what ``fetch_for_training`` fetched: the series as evaluated,
     without the datapoints of windows their device spent away. A fleet that went offline for
     longer than half the training period was learned as silent before: its 0s became the model's
-    normal (docs/detection.md, "A fleet-wide silence")."""
+    normal (docs/detection.md, "A device away is not behaving")."""
     points = as_evaluated(fetched, series)
     if AWAY_SERIES not in fetched.wanted or not len(points):
         return points
