@@ -6,6 +6,7 @@ are written once. Where AWS's documentation is unsure, the choice is noted besid
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -105,6 +106,14 @@ def series_key(metric: str, dimension_name: str | None = None, operator: str | N
 # name holds a "/", which no metric name may (MetricName is [a-zA-Z0-9:_-]+ in the service model),
 # so no custom metric can ever share it; no API lists it.
 AWAY_SERIES = "iotdefender/away"
+# What a metric's name may be (the service model's MetricName): neither a series of one ("|": a
+# dimension, a smallest message) nor AWAY_SERIES is.
+_METRIC_NAME = re.compile(r"[a-zA-Z0-9:_-]+")
+
+
+def is_metric_name(name: str) -> bool:
+    """Whether ``name`` can be a metric's (built-in or custom), not one of the service's own series."""
+    return _METRIC_NAME.fullmatch(name) is not None
 CLOUD_SIDE = frozenset(name for name, spec in BUILTIN_METRICS.items() if spec.side == "cloud")
 
 

@@ -17,7 +17,7 @@ from iotdefender.contract.timestamps import stored_range
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.pagination import decode_token, encode_token, page_size, scope_of
-from iotdefender.metrics_catalog import SIZE_METRICS, smallest_series
+from iotdefender.metrics_catalog import SIZE_METRICS, is_metric_name, smallest_series
 from iotdefender.store import metric_values
 
 operation = OperationTable()
@@ -31,6 +31,11 @@ def list_metric_values(ctx: ServiceContext, params: Params) -> Params:
     if params.get("dimensionValueOperator") is not None and params.get("dimensionName") is None:
         raise invalid_request("dimensionValueOperator requires dimensionName")
     limit = page_size(params.get("maxResults"))
+    if not is_metric_name(params["metricName"]):
+        # metricName has no pattern in the model (BehaviorMetric), so any string reaches here: one
+        # that no metric can have (a series of one, "m|smallest", or iotdefender/away) lists
+        # nothing, as any name that is no metric's, rather than the service's own series.
+        return {"metricDatumList": []}
     key = metric_values.series_key(params["metricName"], params.get("dimensionName"),
                                    params.get("dimensionValueOperator"))
     if params["metricName"] in SIZE_METRICS:
