@@ -359,7 +359,10 @@ class Aggregator:
         in devices "connecting and having activity" (60 devices every 45 minutes, 7 every 5:
         https://docs.aws.amazon.com/iot-device-defender/latest/devguide/dd-detect-ml.html).
         A device still connected to an external broker across a restart of this process, or to
-        a broker node across a cluster's takeover, counts as never seen until its next event."""
+        a broker node across a cluster's takeover, counts as never seen until its next event. The
+        connection state read is the one at the close, not at the window's end: a device that
+        came back between the two (the close's grace, 0.2 s on one box) has the window counted
+        as connected, its 0s judged and learned as before."""
         if window.connection_attempts or window.disconnects or window.sent or window.received or window.auth_failures:
             return False
         since = self.disconnected_at.get(client_id)
