@@ -44,6 +44,7 @@ from iotdefender.pipeline.report_message import encode as encode_report
 from iotdefender.service import build_api
 from iotdefender.settings import Settings
 from iotdefender.store.availability import StoreUnavailable
+from iotdefender.metrics_catalog import AWAY_SERIES
 from iotdefender.store import disconnections, metric_values
 from iotdefender.store.database import create_engine
 from tests.support import connection_attempts
@@ -783,6 +784,10 @@ def test_a_device_that_stays_away_keeps_its_disconnect_duration_across_takeovers
     assert window_ended(W + 3, clock, new, [a, b], 10) == 2
     assert away_minutes(database, leaver) == [(W, 4), (W + 1, 9), (W + 2, 0), (W + 3, 0)]
     assert away_minutes(database, steady) == [(W, 0), (W + 1, 0), (W + 2, 0), (W + 3, 0)]
+    # Windows it spent wholly away are marked so (ML Detect neither learns nor judges them): W+1
+    # only, on the successor that knew it away from the record alone.
+    marked = [[AWAY_SERIES in p for _, p in datapoints(database, thing)] for thing in (leaver, steady)]
+    assert marked == [[False, True, False, False], [False] * 4]
     for detect in (old, new, third):
         detect.engine.dispose()
 
