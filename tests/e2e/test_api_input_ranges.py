@@ -92,7 +92,8 @@ def refusal(call) -> str:  # type: ignore[no-untyped-def]
     return message
 
 
-@pytest.mark.parametrize("count, constraint", [(2**64, "Member must be an integer"),
+@pytest.mark.parametrize("count, constraint", [(2**64, "Member must have value less than or equal to 9223372036854775807"),
+                                               (10**23, "Member must have value less than or equal to 9223372036854775807"),
                                                (2**63, "Member must have value less than or equal to 9223372036854775807"),
                                                (2**64 - 1, "Member must have value less than or equal to"),
                                                ("12", "Member must be an integer"),

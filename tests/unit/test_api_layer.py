@@ -73,10 +73,21 @@ def test_query_timestamps_booleans_and_body_members_are_typed():
 
 def test_body_errors_are_invalid_request():
     op = SERVICE_MODEL.operation_model("CreateSecurityProfile")
-    for body in (b"{not json", b"[1,2]", b'"text"'):
+    for body, words in ((b"{not json", "not valid JSON"), (b"[1,2]", "must be a JSON object"),
+                        (b'"text"', "must be a JSON object"), (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+                        (b'{"behaviors": ' + b"1" * 5000 + b"}", "number out of range"),
+                        (b'{"a": "\\ud800"}', "not valid JSON")):
         with pytest.raises(ApiError) as exc:
             parse_request(op, {"securityProfileName": "sp"}, "", {}, body)
-        assert exc.value.code == "InvalidRequestException"
+        assert exc.value.code == "InvalidRequestException" and words in exc.value.message, exc.value.message
+
+
+def test_a_large_integer_in_a_body_stays_an_integer():
+    """orjson read an integer past 2**64 as a float, refused as "Value '1e+23' ... must be an integer"."""
+    op = SERVICE_MODEL.operation_model("CreateSecurityProfile")
+    body = b'{"behaviors": [{"name": "b", "criteria": {"value": {"count": 100000000000000000000000}}}]}'
+    params = parse_request(op, {"securityProfileName": "sp"}, "", {}, body)
+    assert params["behaviors"][0]["criteria"]["value"]["count"] == 10**23
 
 
 def refusal(operation: str, params: dict[str, Any]) -> str:
