@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import html
+import re
 import itertools
 import tempfile
 import time
@@ -203,6 +204,18 @@ def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service, page: 
     expect(page.locator("p.chart-marks").first).to_contain_text("model version ")  # and when it was trained
     shot(page, "40-ml-band")
     fleet.close()
+    # The fleet away for several cloud-side windows: the device's chart shades them, and nothing
+    # alarms on sent-ml (here its HIGH band reaches 0 anyway; that ML Detect does not judge them is
+    # tested where it matters, test_ml_training.py's devices that connect now and then).
+    sent_before = {d: [e["violationEventType"] for e in events(iot, thingName=d) if e["behavior"]["name"] == "sent-ml"]
+                   for d in DEVICES}
+    time.sleep(2.0)  # 8 windows
+    page.goto(f"{svc.endpoint}/console/things/{DEVICES[0]}?range=14d")
+    sent_chart = page.locator('#thing-charts .chart[data-metric="aws:num-messages-sent"]')
+    expect(sent_chart).to_have_attribute("data-away-periods", re.compile(r"[1-9]"))
+    expect(page.locator("p.chart-marks", has_text="sent-ml")).to_contain_text("the device was disconnected for whole windows")
+    assert {d: [e["violationEventType"] for e in events(iot, thingName=d) if e["behavior"]["name"] == "sent-ml"]
+            for d in DEVICES} == sent_before
 
     svc.restart()
     after = summaries(iot)

@@ -97,3 +97,20 @@ def test_a_message_size_behavior_is_drawn_on_the_series_it_reads():
     marks = chart_marks([sizes], [], end=50.0)
     assert marks["aws:message-byte-size|smallest"]["thresholds"] == [{"label": "s/min", "value": 5.0}]
     assert marks["aws:message-byte-size"]["thresholds"] == [{"label": "s/max", "value": 900.0}]
+
+
+def test_windows_away_are_shaded_on_cloud_side_charts_with_a_learned_band_only():
+    """Runs of adjacent away windows are one period, from the first window's start to the last's
+    end; a chart without a band (no ML behavior) or of a device-side series gets none."""
+    from iotdefender.console.chart_marks import add_away_periods
+
+    sent, size, bytes_out = "aws:num-messages-sent", "aws:message-byte-size", "aws:all-bytes-out"
+    band = {"thresholds": [], "alarms": [], "bands": [{"label": "p/ml"}]}
+    marks = {sent: dict(band), bytes_out: dict(band), "aws:num-disconnects": {"thresholds": [], "alarms": []},
+             size: dict(band)}
+    ends = [300.0 * k for k in range(1, 21)]
+    away = [900.0, 1200.0, 1500.0, 3000.0]  # windows 2-4 (600-1500), then window 9 (2700-3000)
+    add_away_periods(marks, away, {sent: ends, bytes_out: ends, "aws:num-disconnects": ends, size: [600.0]})
+    assert marks[sent]["away"] == [{"start": 600.0, "end": 1500.0}, {"start": 2700.0, "end": 3000.0}]
+    assert "away" not in marks[bytes_out] and "away" not in marks["aws:num-disconnects"]
+    assert "away" not in marks[size]  # one datapoint: no window length to read

@@ -1,6 +1,7 @@
 """What a device's metric charts draw over the data: each behavior's threshold as a line, the
-periods its violations were in alarm as shaded bands, and an ML behavior's learned normal band,
-so a chart shows why a device alarmed.
+periods its violations were in alarm as shaded bands, an ML behavior's learned normal band, and
+the windows the device spent away (which ML Detect neither learns nor judges), so a chart shows
+why a device alarmed, and why a 0 below the band did not.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 from iotdefender.engine.ml import BehaviorModel, ConfidenceLevel
 from iotdefender.engine.ml_behavior import ActiveModel, band
 from iotdefender.engine.series import behavior_series as series_read
-from iotdefender.metrics_catalog import series_key
+from iotdefender.metrics_catalog import is_cloud_side, series_key
 
 Marks = dict[str, dict[str, list[Any]]]
 
@@ -111,4 +112,27 @@ def add_model_bands(marks: Marks, models: list[tuple[str, dict[str, Any], Behavi
             "trainedAt": trained_at, "until": until,
             "points": model_band(ActiveModel(behavior_series(behavior), version, model), thing, level, since, to)
             if since < to else []})
+    return marks
+
+
+def add_away_periods(marks: Marks, away: list[float], window_ends: dict[str, list[float]]) -> Marks:
+    """On the chart of each cloud-side series with a learned band, the periods the device spent
+    away: ``away`` are the ends of its windows marked ``iotdefender/away``, ``window_ends`` each
+    chart's datapoint times. A window is as long as the shortest step between a chart's times (a
+    cloud-side series has one datapoint a window); runs of adjacent windows are one period."""
+    ends = sorted(away)
+    for series, entry in marks.items():
+        times = sorted(window_ends.get(series) or [])
+        if not ends or not entry.get("bands") or not is_cloud_side(series) or len(times) < 2:
+            continue
+        window = min(b - a for a, b in zip(times, times[1:]) if b > a) if times[-1] > times[0] else None
+        if window is None:
+            continue
+        periods: list[dict[str, float]] = []
+        for end in ends:
+            if periods and end - periods[-1]["end"] <= window * 1.5:
+                periods[-1]["end"] = end
+            else:
+                periods.append({"start": end - window, "end": end})
+        entry["away"] = periods
     return marks

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from iotdefender.contract.errors import ApiError
 from iotdefender.console import fleet
 from iotdefender.console.auth import Page, login_required
-from iotdefender.console.chart_marks import add_model_bands, chart_marks
+from iotdefender.console.chart_marks import add_away_periods, add_model_bands, chart_marks
 from iotdefender.controlplane.behavior_models import model_history_of
 from iotdefender.console.context import ConsoleContext
 from iotdefender.console.writes import Refused
@@ -170,6 +170,11 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             with console.engine.connect() as conn:
                 models = model_history_of(conn, profiles, start, end)
             marks = add_model_bands(chart_marks(profiles, events, end), models, name, start, end)
+            if any(entry.get("bands") for entry in marks.values()):
+                with console.engine.connect() as conn:
+                    away = [ts for _, ts, _ in metric_values.newest_page(conn, name, AWAY_SERIES, start, end,
+                                                                         CHART_POINTS)]
+                marks = add_away_periods(marks, away, {key: [p[0] for p in points] for key, points in series.items()})
             return {"profiles": profiles, "active": active, "events": events, "series": series, "marks": marks,
                     "other": other, "described": described, "targets": console.monitoring.targets_of(name),
                     "last_report": last_report}

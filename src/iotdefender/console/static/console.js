@@ -45,11 +45,18 @@ function marksOptions(marks) {
   const thresholds = (marks && marks.thresholds) || [];
   const alarms = (marks && marks.alarms) || [];
   const bands = (marks && marks.bands) || [];
+  const away = (marks && marks.away) || [];
   const draw = (u) => {
     const { ctx } = u;
     const { left, top, width, height } = u.bbox;
     ctx.save();
     ctx.beginPath(); ctx.rect(left, top, width, height); ctx.clip();
+    ctx.fillStyle = "rgba(100, 116, 139, 0.16)";  // away: the device was disconnected for the whole window
+    for (const a of away) {
+      const x0 = Math.max(left, u.valToPos(a.start, "x", true));
+      const x1 = Math.min(left + width, u.valToPos(a.end, "x", true));
+      if (x1 > x0) ctx.fillRect(x0, top, Math.max(x1 - x0, 2), height);
+    }
     ctx.fillStyle = "rgba(22, 163, 74, 0.14)";
     for (const b of bands) {
       const pts = b.points;
@@ -86,7 +93,7 @@ function marksOptions(marks) {
     const pad = (hi - lo) * 0.08 || Math.abs(hi) * 0.1 || 1;
     return [lo - pad, hi + pad];
   };
-  return { draw, range, count: { thresholds: thresholds.length, alarms: alarms.length, bands: bands.length } };
+  return { draw, range, count: { thresholds: thresholds.length, alarms: alarms.length, bands: bands.length, away: away.length } };
 }
 
 // The histogram's x axis is the metric's value: a threshold is a vertical line, and the axis reaches it.
@@ -119,7 +126,8 @@ function describeMarks(el, marks) {
   const note = document.createElement("p"); note.className = "chart-marks hint";
   const parts = (marks.thresholds || []).map((t) => `threshold ${esc(t.label)}: ${esc(t.value)}`).concat(
     (marks.bands || []).map((b) => `<span class="ml-band">learned normal</span> ${esc(b.label)} at ${esc(b.level)} confidence (green): model version ${esc(b.version)}, trained ${utc(b.trainedAt)} UTC, drawn ${b.until == null ? "from then on" : `until ${utc(b.until)} UTC, when the next version replaced it`}`),
-    (marks.alarms || []).map((a) => `<span class="state-alarm">in alarm</span> ${esc(a.label)} ${utc(a.start)} – ${utc(a.end)} UTC (${esc(durationText(a.end - a.start))})`));
+    (marks.alarms || []).map((a) => `<span class="state-alarm">in alarm</span> ${esc(a.label)} ${utc(a.start)} – ${utc(a.end)} UTC (${esc(durationText(a.end - a.start))})`),
+    (marks.away || []).length ? [`<span class="away">away</span> (grey): ${marks.away.length} period${marks.away.length > 1 ? "s" : ""} the device was disconnected for whole windows, ${esc(durationText(marks.away.reduce((s, a) => s + a.end - a.start, 0)))} in all; their 0s are judged by rules, neither learned nor judged by ML Detect`] : []);
   note.innerHTML = parts.join(" · ");
   el.after(note);
 }
@@ -149,6 +157,7 @@ function lineChart(el, title, series, marks, span) {
   if (!labels.length || !window.uPlot) return;
   const m = marksOptions(marks);
   el.dataset.thresholds = m.count.thresholds; el.dataset.alarmPeriods = m.count.alarms; el.dataset.bands = m.count.bands;
+  el.dataset.awayPeriods = m.count.away;
   describeMarks(el, marks);
   const times = [...new Set(labels.flatMap((l) => series[l].map((p) => p[0])))].sort((a, b) => a - b);
   const index = new Map(times.map((t, i) => [t, i]));
