@@ -18,8 +18,8 @@ datapoints are that normal tail and stay; a sustained anomaly (a run) and a sing
 
 **Until it is the device's normal.** A device whose flagged datapoints are half or more of its
 datapoints in the window, the first of them half the training period ago or earlier, has had the
-"anomaly" for half the training period: that is its new normal (a changed workload, a fleet-wide shift, a return after a silence), and its datapoints are
-all kept, so the next model learns it. Without this, a model that had learned a wrong normal could
+"anomaly" for half the training period: that is its new normal (a changed workload, a fleet-wide
+shift, a return after a silence), and its datapoints are all kept, so the next model learns it. Without this, a model that had learned a wrong normal could
 never unlearn it: every new datapoint was judged against it and left out, the builds ran short of
 datapoints, and the behavior expired for good (found end to end: a fleet-wide shift of bytes out
 left every new datapoint out, and a count model trained on a silence kept judging every message
