@@ -126,7 +126,7 @@ def behavior_with_count(count: str) -> bytes:
 
 
 @pytest.mark.parametrize("count, constraint", [
-    (str(2**64), "Member must be an integer"), ("1.5", "Member must be an integer"),
+    (str(2**64), "Member must have value less than or equal to 9223372036854775807"), ("1.5", "Member must be an integer"),
     ('"7"', "Member must be an integer"), ("true", "Member must be an integer"),
     ("-1", "Member must have value greater than or equal to 0")])
 def test_mistyped_body_members_name_the_member_and_the_constraint(count, constraint):
