@@ -36,6 +36,7 @@ from iotdefender.log_limits import LimitedLog
 from iotdefender.net_address import ip_of_endpoint
 from iotdefender.pipeline.batch_isolation import store_isolating
 from iotdefender.pipeline.batch_store import BATCH_MAX, BatchStore
+from iotdefender.metrics_catalog import is_cloud_side
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.store import disconnections, open_windows, registry
 from iotdefender.store.availability import log_unless_outage
@@ -362,7 +363,7 @@ class CloudMetricsService(CloudEventIntake):
             profiles = self._monitoring.profiles_for(thing)
             retained = self._monitoring.retained_metrics(thing)
             uses_cloud = any(b.get("metric") in CLOUD_METRICS for p in profiles for b in p.get("behaviors") or [])
-            if not uses_cloud and not any(s.split("|")[0] in CLOUD_METRICS for s in retained):
+            if not uses_cloud and not any(is_cloud_side(s) for s in retained):
                 continue
             points = self.aggregator.datapoints(thing, clients.get(thing), end, dimension_specs(profiles, dimensions))
             items.append((thing, points, end, None))  # the store keeps the retained series of it

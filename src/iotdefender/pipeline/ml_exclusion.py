@@ -19,11 +19,11 @@ datapoints are that normal tail and stay; a sustained anomaly (a run) and a sing
 **Until it is the device's normal.** A device whose flagged datapoints are half or more of its
 datapoints in the window, the first of them half the training period ago or earlier, has had the
 "anomaly" for half the training period: that is its new normal (a changed workload, a fleet-wide
-shift, a return after a silence), and its datapoints are all kept, so the next model learns it. Without this, a model that had learned a wrong normal could
-never unlearn it: every new datapoint was judged against it and left out, the builds ran short of
-datapoints, and the behavior expired for good (found end to end: a fleet-wide shift of bytes out
-left every new datapoint out, and a count model trained on a silence kept judging every message
-HIGH). The price: an anomaly that lasts half the training period (7 days by default) is learned.
+shift, a return after a silence), and its datapoints are all kept, so the next model learns it.
+Without this, a model that had learned a wrong normal could never unlearn it: every new datapoint
+was judged against it and left out, the builds ran short of datapoints, and the behavior expired
+for good (found end to end: a fleet-wide shift of bytes out left every new datapoint out, and a
+count model trained on a silence kept judging every message HIGH). The price: an anomaly that lasts half the training period (7 days by default) is learned.
 Both conditions: half of the datapoints alone let a device with less history than the period (new
 in the fleet, or reporting with gaps) have an anomaly learned sooner (an outside-in run: learned
 after 37 % of the period, a custom metric's LOW band became 55-160 for a normal of about 30).
