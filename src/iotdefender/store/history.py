@@ -459,8 +459,12 @@ def read_as_evaluated(conn: Connection, series: str, start: float, end: float) -
 def fetch_as_evaluated(conn: Connection, series: str, start: float, end: float) -> Fetched:
     """The statements of ``read_as_evaluated`` (with a size series, its companion's too, in the same
     statements); ``as_evaluated`` decodes, after the caller's transaction if it likes (``Fetched``)."""
-    return fetch_many(conn, [series, smallest_series(series)] if _reads_largest_size(series) else [series],
-                      start, end)
+    return fetch_many(conn, _evaluated_with(series), start, end)
+
+
+def _evaluated_with(series: str) -> list[str]:
+    """The series read to evaluate ``series`` as live evaluation does: a size series with its companion."""
+    return [series, smallest_series(series)] if _reads_largest_size(series) else [series]
 
 
 def as_evaluated(fetched: Fetched, series: str) -> SeriesPoints:
@@ -474,7 +478,7 @@ def as_evaluated(fetched: Fetched, series: str) -> SeriesPoints:
 def fetch_for_training(conn: Connection, series: str, start: float, end: float) -> Fetched:
     """The statements of ``fetch_as_evaluated``, and for a cloud-side series those of the windows
     its devices spent away (``metrics_catalog.AWAY_SERIES``); ``as_trained`` decodes."""
-    wanted = [series, smallest_series(series)] if _reads_largest_size(series) else [series]
+    wanted = _evaluated_with(series)
     return fetch_many(conn, wanted + [AWAY_SERIES] if is_cloud_side(series) else wanted, start, end)
 
 
