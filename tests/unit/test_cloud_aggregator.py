@@ -87,6 +87,38 @@ def test_a_window_spent_wholly_away_says_so_and_no_other_does():
     assert AWAY_SERIES not in agg.datapoints("leaves", None, 60)
 
 
+def test_a_window_closed_after_a_change_of_connection_is_judged_as_it_ended():
+    """A window closes a little after its end (the grace): a device that came back or left in
+    between was still away, or still connected, at the end."""
+    agg = Aggregator(window_s=60)
+    agg.connect_attempt("returns", None, True, at=10)
+    agg.disconnect("returns", at=20)
+    agg.connect_attempt("leaves", None, True, at=10)
+    agg.known = frozenset({"first"})
+    agg.closed_windows(60.2)
+    agg.take(0)
+    agg.connect_attempt("returns", None, True, at=120.1)  # window 1 ended at 120, closes at 120.2
+    agg.disconnect("returns", at=120.15)
+    agg.connect_attempt("returns", None, True, at=120.18)  # a second return: the first one counts
+    agg.disconnect("leaves", at=120.1)
+    agg.connect_attempt("first", None, True, at=120.1)  # a registered thing's first connection
+    assert agg.closed_windows(120.2) == [1]
+    returned = agg.datapoints("returns", None, 120)
+    assert returned[AWAY_SERIES] == {"count": 1}
+    assert returned["aws:disconnect-duration"] == {"count": 1}  # away since 20
+    left = agg.datapoints("leaves", None, 120)
+    assert AWAY_SERIES not in left
+    assert left["aws:disconnect-duration"] == {"count": 0}  # before: -1, its disconnection being after the end
+    assert agg.datapoints("first", None, 120)[AWAY_SERIES] == {"count": 1}
+    assert agg.closed_windows(180.2) == [2]  # the next window: back and connected throughout
+    assert AWAY_SERIES not in agg.datapoints("returns", agg.take(2).get("returns"), 180)
+    assert AWAY_SERIES not in agg.datapoints("first", None, 180)
+    assert agg.datapoints("leaves", None, 180)["aws:disconnect-duration"] == {"count": 0}
+    assert agg.returned == {"returns": (20, 120.1), "first": (None, 120.1)}  # kept until the next close
+    agg.closed_windows(240.2)
+    assert agg.returned == {}
+
+
 def test_dimension_specs_from_profiles():
     profiles = [{"behaviors": [{"metric": "aws:num-messages-sent", "metricDimension": {"dimensionName": "t"}},
                                {"metric": "aws:listening-tcp-ports"}],

@@ -160,6 +160,10 @@ class Aggregator:
     windows: dict[int, dict[str, ClientWindow]] = field(default_factory=dict)
     disconnected_at: dict[str, float] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
+    # A device's first return in the current window: (disconnected since, None: never seen
+    # connected; back at). The windows closed next end before it, and were spent away although
+    # ``disconnected_at`` no longer says so by the close (``_disconnected_at_end``).
+    returned: dict[str, tuple[float | None, float]] = field(default_factory=dict)
     last_closed: int | None = None
     max_catch_up: int = 12  # after a long pause, older empty windows are not replayed one by one
     # Whether the devices seen and their disconnections are kept: what closes the windows reads
@@ -205,6 +209,8 @@ class Aggregator:
         attempts are counted" (reference §3.3). Returns False for one not kept (``max_unknown_refused``)."""
         if not ok and client_id not in self.seen and client_id not in self.known and not self._room_for(client_id, at):
             return False
+        if ok and self.keeps_devices:
+            self._note_return(client_id, at)
         window = self._client(client_id, at, seen=ok)
         window.connection_attempts += 1
         if ok:
@@ -215,6 +221,16 @@ class Aggregator:
         else:
             window.auth_failures[None] = window.auth_failures.get(None, 0) + 1
         return True
+
+    def _note_return(self, client_id: str, at: float) -> None:
+        """Keeps when a device away (or never seen) came back, if it is its first return in this
+        window: a window that ended before it closes after it (the close's grace, or a late close)."""
+        since = self.disconnected_at.get(client_id)
+        if since is None and client_id in self.seen:
+            return  # connected already (a second session taking over the client id)
+        earlier = self.returned.get(client_id)
+        if earlier is None or self.index(earlier[1]) != self.index(at):
+            self.returned[client_id] = (since, at)
 
     def _room_for(self, client_id: str, at: float) -> bool:
         """Whether a refused CONNECT of an unknown ``client_id`` at ``at`` may be kept."""
@@ -305,6 +321,9 @@ class Aggregator:
         else:
             first = self.last_closed + 1
         first = max(first, current - self.max_catch_up)
+        closed_until = first * self.window_s  # windows ending by then are closed: their returns no longer matter
+        for back in [c for c, (_, at) in self.returned.items() if at < closed_until]:
+            del self.returned[back]
         for stale in [w for w in self.windows if w < first]:
             del self.windows[stale]
         for past in [w for w in self.unknown_refused if w < current]:
@@ -320,7 +339,7 @@ class Aggregator:
         """Every cloud-side series of one device for one window ending at ``end`` (0 when idle;
         no message size when it sent no message)."""
         w = window or ClientWindow()
-        since = self.disconnected_at.get(client_id)
+        away, since = self._disconnected_at_end(client_id, end)
         points: dict[str, dict[str, Any]] = {
             "aws:num-connection-attempts": {"count": w.connection_attempts},
             "aws:num-disconnects": {"count": w.disconnects},
@@ -328,10 +347,10 @@ class Aggregator:
             "aws:num-messages-sent": {"count": sum(w.sent.values())},
             "aws:num-messages-received": {"count": sum(w.received.values())},
             "aws:source-ip-address": {"cidrs": sorted(w.source_ips)},
-            "aws:disconnect-duration": {"count": int((end - since) // self.minute_s) if since is not None else 0},
+            "aws:disconnect-duration": {"count": int((end - since) // self.minute_s) if away and since is not None else 0},
         }
         _sizes(points, SIZE_METRIC, w, list(w.sent_max_bytes))
-        if self._away_throughout(client_id, w, end - self.window_s):
+        if away and (since is None or since <= end - self.window_s) and not _has_events(w):
             points[AWAY_SERIES] = {"count": 1}
         for spec in dimensions:
             key = series_key(spec.metric, spec.name, spec.operator)
@@ -351,22 +370,33 @@ class Aggregator:
         return points
 
 
-    def _away_throughout(self, client_id: str, window: ClientWindow, start: float) -> bool:
-        """Whether the device spent the window starting at ``start`` away: disconnected throughout
-        (since before it, or never seen connected since this process started, as a registered
-        thing not deployed yet) and no CONNECT of it, accepted or refused. Its 0s are absence, not
-        behaviour (``metrics_catalog.AWAY_SERIES``). AWS counts ML Detect's minimum of datapoints
-        in devices "connecting and having activity" (60 devices every 45 minutes, 7 every 5:
-        https://docs.aws.amazon.com/iot-device-defender/latest/devguide/dd-detect-ml.html).
-        A device still connected to an external broker across a restart of this process, or to
-        a broker node across a cluster's takeover, counts as never seen until its next event. The
-        connection state read is the one at the close, not at the window's end: a device that
-        came back between the two (the close's grace, 0.2 s on one box) has the window counted
-        as connected, its 0s judged and learned as before."""
-        if window.connection_attempts or window.disconnects or window.sent or window.received or window.auth_failures:
-            return False
+    def _disconnected_at_end(self, client_id: str, end: float) -> tuple[bool, float | None]:
+        """Whether the device was disconnected at ``end`` (a window's end), and since when (None:
+        never seen connected since this process started, as a registered thing not deployed yet).
+
+        Read from the state at the close, which comes after the end: a device that came back in
+        between (``returned``) was still away at the end, and one that disconnected in between
+        (``disconnected_at`` after the end) was still connected. Before, the first had its window
+        counted as connected and the second got a disconnect duration of -1."""
+        back = self.returned.get(client_id)
+        if back is not None and back[1] >= end and (back[0] is None or back[0] <= end):
+            return True, back[0]
         since = self.disconnected_at.get(client_id)
-        return since <= start if since is not None else client_id not in self.seen
+        if since is not None:
+            return (True, since) if since <= end else (False, None)
+        return client_id not in self.seen, None
+
+
+def _has_events(window: ClientWindow) -> bool:
+    """Whether the device did anything in the window. One that did not, and was disconnected
+    throughout (since before it, or never seen connected), spent the window away: its 0s are
+    absence, not behaviour (``metrics_catalog.AWAY_SERIES``). AWS counts ML Detect's minimum of
+    datapoints in devices "connecting and having activity" (60 devices every 45 minutes, 7 every
+    5: https://docs.aws.amazon.com/iot-device-defender/latest/devguide/dd-detect-ml.html). A
+    device still connected to an external broker across a restart of this process, or to a
+    broker node across a cluster's takeover, counts as never seen until its next event."""
+    return bool(window.connection_attempts or window.disconnects or window.sent or window.received
+                or window.auth_failures)
 
 
 def _sizes(points: dict[str, dict[str, Any]], series: str, window: ClientWindow, topics: list[str | None]) -> None:
