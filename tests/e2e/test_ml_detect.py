@@ -216,6 +216,8 @@ def test_ml_behaviors_learn_alarm_clear_and_survive_a_restart(ml_service, page: 
     expect(page.locator("p.chart-marks", has_text="sent-ml")).to_contain_text("the device was disconnected for whole windows")
     assert {d: [e["violationEventType"] for e in events(iot, thingName=d) if e["behavior"]["name"] == "sent-ml"]
             for d in DEVICES} == sent_before
+    away_typed = console.get("/console/metrics?metric=iotdefender/away&range=1h")  # retained, yet no metric
+    assert away_typed.status_code == 404 and "is not a metric" in away_typed.text
 
     svc.restart()
     after = summaries(iot)

@@ -83,6 +83,9 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                                        "unretained": _numeric_metrics(set(available)), "error": None}
                 if group and group not in groups:  # a stale link: say so rather than show an empty fleet
                     out["error"] = f"ResourceNotFoundException: Thing group {group} does not exist"
+                elif metric == AWAY_SERIES:  # a typed URL: the windows a device spent away are no metric
+                    out["error"] = (f"{metric} is not a metric: it marks the windows a device spent away, "
+                                    "shaded on its cloud-side charts")
                 elif metric:
                     names, values = latest_values.read_latest(conn, metric, start)
                     latest_values.mark_read(console.engine, metric, end)  # kept folded while read
