@@ -144,8 +144,10 @@ def test_group_hierarchy_and_membership(iot):
     iot.remove_thing_from_thing_group(thingGroupName=leaf, thingName=thing)
     assert iot.list_things_in_thing_group(thingGroupName=root, recursive=True)["things"] == []
 
-    with pytest.raises(iot.exceptions.InvalidRequestException):
+    with pytest.raises(iot.exceptions.InvalidRequestException) as refused:
         iot.delete_thing_group(thingGroupName=mid)  # it has a child
+    assert refused.value.response["Error"]["Message"] == \
+        f"Cannot delete thing group : {mid} when there are still child groups attached to it."
     iot.delete_thing_group(thingGroupName=leaf)
     iot.delete_thing_group(thingGroupName=leaf)  # already gone: succeeds
 

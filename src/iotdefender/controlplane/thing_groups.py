@@ -130,7 +130,9 @@ def delete_thing_group(ctx: ServiceContext, params: Params) -> Params:
             return {}  # DeleteThingGroup has no ResourceNotFoundException: deleting nothing succeeds
         check_expected_version(params, row, f"Thing group {name}")
         if registry.child_group_names(conn, name):
-            raise invalid_request(f"Cannot delete thing group : {name} when it has child groups")
+            # AWS's words (developer guide, thing-groups.html: "Cannot delete thing group : RedLights
+            # when there are still child groups attached to it.")
+            raise invalid_request(f"Cannot delete thing group : {name} when there are still child groups attached to it.")
         # The group's ARN stops existing, so do the security profiles attached to it and its tags.
         profiles.detach_target(conn, row["arn"])
         tags.replace(conn, row["arn"], [])
