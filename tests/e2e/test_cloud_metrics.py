@@ -4,6 +4,8 @@ closes, and the right datapoints, violations and events appear; the same through
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 import time
 
 import paho.mqtt.client as mqtt
@@ -13,7 +15,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from tests.support.mqtt import stop_network_loop
-from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess
+from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess, mosquitto_children
 from tests.support import plain_http
 
 WINDOW = 2.0
@@ -107,9 +109,10 @@ def test_misbehaving_clients_produce_datapoints_and_violations(cloud):
     assert wait_for_window(iot, "flooder", "aws:num-messages-sent")[0] == {"count": 80}
     assert wait_for_window(iot, "intruder", "aws:num-authorization-failures")[0] == {"count": 1}
     # A refused CONNECT is not a connection: the registered device's addresses are its own ones
-    # (none in that window); and a name that is no device's gets no datapoints at all (anyone
-    # could create devices by the thousand, without credentials).
-    assert wait_for_window(iot, "intruder", "aws:source-ip-address")[0] == {"cidrs": []}
+    # (none: it was never connected, so no datapoint in that closed window); and a name that is no
+    # device's gets no datapoints at all (anyone could create devices by the thousand, without
+    # credentials).
+    assert wait_for_window(iot, "intruder", "aws:source-ip-address", timeout=0) == []
     assert wait_for_window(iot, "phantom-of-nobody", "aws:num-connection-attempts", timeout=0) == []  # same window
     assert wait_for_window(iot, "quiet", "aws:num-authorization-failures")[0] == {"count": 1}
     assert wait_for_window(iot, "bouncer", "aws:num-connection-attempts")[0] == {"count": 6}
@@ -136,6 +139,10 @@ def test_misbehaving_clients_produce_datapoints_and_violations(cloud):
                                        endTime=now + dt.timedelta(minutes=5))["violationEvents"]
     flood = [e["violationEventType"] for e in events if e["behavior"]["name"] == "flood"]
     assert flood[:2] == ["in-alarm", "alarm-cleared"]
+    # Still connected from an address outside the allowed set, windows later: still in alarm
+    # (before, the next window's empty address list cleared it).
+    assert [e["violationEventType"] for e in events if e["behavior"]["name"] == "network"] == ["in-alarm"]
+    assert ("flooder", "network") in active(iot)
     # Each window's transaction is timed as a window's, in the process that serves /metrics (the
     # detection worker, a child process, sends its timings back).
     metrics = plain_http.get(svc.endpoint + "/metrics", timeout=5).text
@@ -190,6 +197,22 @@ def test_broker_event_intake_gives_the_same_violations(tmp_path):
         svc.stop()
 
 
+AWAY = {"name": "away", "metric": "aws:disconnect-duration",
+        "criteria": {"comparisonOperator": "less-than", "value": {"count": 3}}}
+
+
+def away_profile(iot, *others: dict) -> None:  # type: ignore[no-untyped-def]
+    iot.create_security_profile(securityProfileName="away", behaviors=[AWAY, *others])
+    iot.attach_security_profile(securityProfileName="away", securityProfileTargetArn=ALL)
+
+
+def wait_for_away_alarm(iot, thing: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline and (thing, "away") not in active(iot):
+        time.sleep(0.3)
+    assert (thing, "away") in active(iot), wait_for_window(iot, thing, "aws:disconnect-duration")
+
+
 def test_disconnect_duration_counts_minutes_divided_by_the_time_scale(tmp_path):
     """At --time-scale 120 a minute lasts 0.5 s, as the 5-minute window lasts 2.5 s: a device away
     for a few seconds is away several "minutes" and in alarm over a limit of 3. It counted real
@@ -198,20 +221,40 @@ def test_disconnect_duration_counts_minutes_divided_by_the_time_scale(tmp_path):
     svc.start()
     try:
         iot = svc.client()
-        iot.create_security_profile(securityProfileName="away", behaviors=[
-            {"name": "away", "metric": "aws:disconnect-duration",
-             "criteria": {"comparisonOperator": "less-than", "value": {"count": 3}}}])
-        iot.attach_security_profile(securityProfileName="away", securityProfileTargetArn=ALL)
+        away_profile(iot)
         device = client(svc.mqtt_port, "wanderer")
         stop_network_loop(device)
         device.disconnect()
         left = time.time()
-        deadline = left + 20
-        while time.time() < deadline and ("wanderer", "away") not in active(iot):
-            time.sleep(0.3)
-        assert ("wanderer", "away") in active(iot), wait_for_window(iot, "wanderer", "aws:disconnect-duration")
+        wait_for_away_alarm(iot, "wanderer")
         counts = [v["count"] for v in wait_for_window(iot, "wanderer", "aws:disconnect-duration")]
         # The newest window's count: whole half-seconds since the device left, at its window's end.
         assert 3 <= max(counts) <= (time.time() - left) / 0.5 + 1, counts
+    finally:
+        svc.stop()
+
+
+def test_a_device_connected_when_mosquitto_dies_counts_as_disconnected(tmp_path):
+    """Mosquitto killed alone (SIGKILL) tells of no disconnection; the service restarts it and
+    counts every connection it had as ended then. Before, a device that did not come back counted
+    as connected from then on: no disconnect duration, and its address kept as if connected."""
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--time-scale", "120"])
+    svc.start()
+    try:
+        iot = svc.client()
+        away_profile(iot, {"name": "network", "metric": "aws:source-ip-address",
+                           "criteria": {"comparisonOperator": "in-cidr-set", "value": {"cidrs": ["127.0.0.0/8"]}}})
+        device = client(svc.mqtt_port, "stranded")
+        stop_network_loop(device)  # it will not reconnect
+        assert wait_for_window(iot, "stranded", "aws:source-ip-address")[0] == {"cidrs": ["127.0.0.1"]}
+        assert svc.process is not None
+        (broker,) = mosquitto_children(svc.process.pid)
+        os.kill(broker, signal.SIGKILL)
+        killed = time.time()
+        wait_for_away_alarm(iot, "stranded", timeout=25)
+        now = dt.datetime.now(dt.timezone.utc)
+        addresses = iot.list_metric_values(thingName="stranded", metricName="aws:source-ip-address",
+                                           startTime=now - dt.timedelta(minutes=5), endTime=now)["metricDatumList"]
+        assert max(a["timestamp"].timestamp() for a in addresses) < killed + 2 * 2.5  # none once the windows after it closed
     finally:
         svc.stop()

@@ -48,6 +48,10 @@ class Recorder:
         self.events.append(("received", client_id, topic))
         self._stamped(at)
 
+    def connections_lost(self, at: float | None = None) -> None:
+        self.events.append(("connections_lost",))
+        self._stamped(at)
+
 
 def connect(port: int, client_id: str) -> tuple[mqtt.Client, queue.Queue[int], queue.Queue[bool]]:
     codes: queue.Queue[int] = queue.Queue()

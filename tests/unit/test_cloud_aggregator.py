@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iotdefender.cloud.aggregator import Aggregator, DimensionSpec, dimension_specs, pack, unpack
+from iotdefender.cloud.aggregator import Aggregator, DimensionSpec, dimension_specs, merge_windows, pack, unpack
 from iotdefender.cloud.topic_filter import matches
 from iotdefender.contract.topic_filters import filter_problem
 from iotdefender.metrics_catalog import AWAY_SERIES
@@ -45,7 +45,9 @@ def test_every_window_closes_and_idle_devices_get_zero():
     d2 = agg.datapoints("d2", first.get("d2"), 10)
     assert d2["aws:num-authorization-failures"] == {"count": 1} and d2["aws:num-connection-attempts"] == {"count": 1}
     idle = agg.datapoints("d1", agg.take(1).get("d1"), 20)
-    assert all(v in ({"count": 0}, {"cidrs": []}) for v in idle.values())
+    assert idle.pop("aws:source-ip-address") == {"cidrs": ["10.0.0.1"]}  # still connected from there
+    assert all(v == {"count": 0} for v in idle.values())
+    assert "aws:source-ip-address" not in agg.datapoints("d2", None, 20)  # never connected: no address
     assert not any(key.startswith("aws:message-byte-size") for key in idle)  # no message, no message size
     assert agg.closed_windows(36) == []  # nothing closes twice
 
@@ -226,3 +228,73 @@ def test_refused_connects_of_unknown_ids_are_kept_for_a_bounded_number_of_ids_a_
     assert window["cam-1"].connection_attempts == 2
     assert agg.closed_windows(25) == [0, 1]
     assert agg.unknown_refused == {}  # forgotten with their windows
+
+
+def test_the_address_of_a_connection_counts_in_every_window_it_is_open():
+    """A device connected from a denied address stays connected from it: every window it is open
+    says so (an empty list would satisfy any allowed set and clear the alarm), and a window spent
+    away has no address datapoint at all."""
+    agg = Aggregator(window_s=60)
+    agg.connect_attempt("d", "203.0.113.9", True, at=10)
+    agg.connect_attempt("e", "10.0.0.5", True, at=10)
+    agg.message_sent("e", "cmd/x", 10, at=70)
+    assert agg.closed_windows(180.2) == [0, 1, 2]
+    for window in (0, 1, 2):
+        taken = agg.take(window)
+        assert agg.datapoints("d", taken.get("d"), (window + 1) * 60)["aws:source-ip-address"] == {"cidrs": ["203.0.113.9"]}
+    agg.disconnect("d", at=240.1)  # after window 3's end, before its close: connected then
+    agg.disconnect("e", at=250)
+    assert agg.closed_windows(240.2) == [3]
+    assert agg.datapoints("d", None, 240)["aws:source-ip-address"] == {"cidrs": ["203.0.113.9"]}
+    assert agg.closed_windows(300.2) == [4]
+    window = agg.take(4)
+    assert agg.datapoints("d", window.get("d"), 300)["aws:source-ip-address"] == {"cidrs": ["203.0.113.9"]}
+    assert agg.datapoints("e", window.get("e"), 300)["aws:source-ip-address"] == {"cidrs": ["10.0.0.5"]}
+    assert agg.closed_windows(360.2) == [5]
+    assert "aws:source-ip-address" not in agg.datapoints("d", agg.take(5).get("d"), 360)  # away
+    assert agg.left == {}  # forgotten once their windows closed
+    agg.connect_attempt("d", "10.0.0.7", True, at=400)
+    agg.closed_windows(420.2)
+    assert agg.datapoints("d", agg.take(6).get("d"), 420)["aws:source-ip-address"] == {"cidrs": ["10.0.0.7"]}
+
+
+def test_a_topic_scoped_address_needs_a_message_on_the_topics_from_a_connection_of_any_age():
+    agg = Aggregator(window_s=60)
+    spec = DimensionSpec("aws:source-ip-address", "cmd", "IN", ("cmd/#",))
+    agg.connect_attempt("d", "203.0.113.9", True, at=10)
+    agg.message_sent("d", "cmd/open", 10, at=70)  # a window after the connection's
+    agg.message_sent("d", "telemetry", 10, at=130)
+    agg.closed_windows(180.2)
+    agg.take(0)
+    with_command = agg.datapoints("d", agg.take(1).get("d"), 120, [spec])
+    assert with_command["aws:source-ip-address|cmd|IN"] == {"cidrs": ["203.0.113.9"]}  # before: []
+    assert "aws:source-ip-address|cmd|IN" not in agg.datapoints("d", agg.take(2).get("d"), 180, [spec])
+
+
+def test_a_detect_node_takes_the_address_from_the_parts():
+    """Cluster mode: a broker node stamps its parts with the connection's address, and the detect
+    node keeps it for the windows the device is idle in; the parts of a device that moved nodes
+    give both addresses, the later connection's kept."""
+    broker = Aggregator(window_s=60, keeps_devices=False)
+    broker.connect_attempt("d", "10.0.0.1", True, at=10)
+    broker.message_sent("d", "t", 5, at=70)
+    parts = broker.open_windows()
+    assert parts[1]["d"].address == "10.0.0.1" and not parts[1]["d"].source_ips  # connected a window before
+    assert unpack(pack(parts[1]["d"])).address == "10.0.0.1"
+    detect = Aggregator(window_s=60)
+    detect.add_window(0, "d", parts[0]["d"])
+    detect.add_window(1, "d", parts[1]["d"])
+    assert detect.closed_windows(180.2) == [0, 1, 2]
+    assert detect.datapoints("d", None, 180)["aws:source-ip-address"] == {"cidrs": ["10.0.0.1"]}  # idle, connected
+    elsewhere = Aggregator(window_s=60, keeps_devices=False)
+    elsewhere.connect_attempt("d", "10.0.0.2", True, at=200)
+    broker.disconnect("d", at=190)
+    moved = merge_windows([broker.open_windows()[3]["d"], elsewhere.open_windows()[3]["d"]])
+    assert moved.address == "10.0.0.2" and sorted(moved.source_ips) == ["10.0.0.1", "10.0.0.2"]
+    detect.add_window(3, "d", moved)
+    assert detect.datapoints("d", moved, 240)["aws:source-ip-address"] == {"cidrs": ["10.0.0.1", "10.0.0.2"]}
+    assert detect.connected_from["d"] == ("10.0.0.2", 200)
+    gone = elsewhere.open_windows()[3]["d"]
+    elsewhere.disconnect("d", at=250)
+    detect.add_window(4, "d", elsewhere.open_windows()[4]["d"])
+    assert "d" not in detect.connected_from and gone.address == "10.0.0.2"

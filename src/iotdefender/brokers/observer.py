@@ -24,6 +24,10 @@ class BrokerObserver(Protocol):
 
     def message_received(self, client_id: str | None, topic: str, at: float | None = None) -> None: ...
 
+    def connections_lost(self, at: float | None = None) -> None:
+        """Every connection of the broker ended at once: it died, and told of none of them."""
+        ...
+
 
 class NullObserver:
     """Observes nothing: the broker's events are counted (refusals) but feed no metrics."""
@@ -41,6 +45,9 @@ class NullObserver:
         pass
 
     def message_received(self, client_id: str | None, topic: str, at: float | None = None) -> None:
+        pass
+
+    def connections_lost(self, at: float | None = None) -> None:
         pass
 
 

@@ -19,8 +19,13 @@ Metric definitions (reference §3.3, choices where AWS is silent marked *):
   metric's series: "at most" behaviors, ML Detect) and the smallest (``smallest_series``: "at
   least" behaviors)*; a window in which it published nothing has no message to judge: no
   datapoint of either (a 0 would read as an empty message and alarm "at least" behaviors)*;
-- source-ip-address: the addresses the device connected from in the window (refused CONNECTs not:
-  see ``Aggregator.connect_attempt``);
+- source-ip-address: the addresses the device was connected from in the window: those it connected
+  from in it, and that of a connection open since before (refused CONNECTs not: see
+  ``Aggregator.connect_attempt``). AWS: "Use this metric to specify a set of allowed ... or denied
+  ... CIDRs from which each device must or must not connect" (the page above). A window the device
+  spent away has no datapoint of it*: an empty list satisfies any allowed set, so before, a device
+  connected from a denied address was "cleared" by the next window while still connected from
+  there;
 - disconnect-duration: minutes since the device disconnected, while it is disconnected*, else 0.
 A window the device spent wholly away (disconnected, no CONNECT) also says so (``AWAY_SERIES``), for
 ML Detect, which neither learns nor judges it.
@@ -78,6 +83,10 @@ class ClientWindow(msgspec.Struct, gc=False, omit_defaults=True):
     # says whether it ended the window disconnected (aws:disconnect-duration).
     last_connect_ok: float = 0.0
     last_disconnect: float = 0.0
+    # The address of the device's connection on the node that observed the window, when the window
+    # began or since (the last one): what a detect node takes the device to be connected from
+    # while it is idle in later windows (cluster mode). Encoded as "ip": it is in most parts.
+    address: str = msgspec.field(default="", name="ip")
 
 
 def smallest_of(window: ClientWindow, topic: str | None) -> int:
@@ -139,6 +148,10 @@ def merge_windows(parts: Iterable[ClientWindow]) -> ClientWindow:
             if known is None or smallest < known:
                 merged.sent_min_bytes[topic] = smallest
         merged.source_ips.update(part.source_ips)
+        if part.address:
+            merged.source_ips[part.address] = None
+            if not merged.address or part.last_connect_ok >= merged.last_connect_ok:
+                merged.address = part.address  # the latest connection's
         merged.last_connect_ok = max(merged.last_connect_ok, part.last_connect_ok)
         merged.last_disconnect = max(merged.last_disconnect, part.last_disconnect)
     return merged
@@ -164,6 +177,13 @@ class Aggregator:
     # connected; back at). The windows closed next end before it, and were spent away although
     # ``disconnected_at`` no longer says so by the close (``_disconnected_at_end``).
     returned: dict[str, tuple[float | None, float]] = field(default_factory=dict)
+    # The address of each device's open connection, and since when: kept for every connection (a
+    # broker node stamps it on its parts: ``ClientWindow.address``). A detect node fills it from
+    # the parts (``add_window``).
+    connected_from: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # A device's first departure in the current window: (the address, connected since, left at),
+    # as ``returned``: a window that ended before it, closed after, had it connected.
+    left: dict[str, tuple[str, float, float]] = field(default_factory=dict)
     last_closed: int | None = None
     max_catch_up: int = 12  # after a long pause, older empty windows are not replayed one by one
     # Whether the devices seen and their disconnections are kept: what closes the windows reads
@@ -195,6 +215,9 @@ class Aggregator:
         window = by_client.get(client_id)
         if window is None:
             window = by_client[client_id] = ClientWindow()
+            connection = self.connected_from.get(client_id)
+            if connection is not None:
+                window.address = connection[0]
         return window
 
     # -- events -------------------------------------------------------------------------------
@@ -216,6 +239,8 @@ class Aggregator:
         if ok:
             if address:
                 window.source_ips[address] = None
+                window.address = address
+            self.connected_from[client_id] = (address or "", at)
             self.disconnected_at.pop(client_id, None)
             window.last_connect_ok = at
         else:
@@ -251,8 +276,20 @@ class Aggregator:
         window = self._client(client_id, at)
         window.disconnects += 1
         window.last_disconnect = at
+        connection = self.connected_from.pop(client_id, None)
         if self.keeps_devices:
             self.disconnected_at[client_id] = at
+            earlier = self.left.get(client_id)
+            if connection is not None and (earlier is None or self.index(earlier[2]) != self.index(at)):
+                self.left[client_id] = (*connection, at)
+
+    def connections_lost(self, at: float) -> None:
+        """The broker died: every connection it had ended, and it could tell of none (Mosquitto
+        restarted by its supervisor). Each counts as the device's disconnection, as it is one;
+        before, the devices that did not come back counted as connected from then on (no
+        ``aws:disconnect-duration``, no away windows, their last address kept)."""
+        for client_id in list(self.connected_from):
+            self.disconnect(client_id, at)
 
     def add_window(self, window: int, client_id: str, part: ClientWindow) -> None:
         """A window of this device observed elsewhere (cluster mode: merged from the broker nodes'
@@ -263,6 +300,8 @@ class Aggregator:
         self.windows.setdefault(window, {})[client_id] = part
         if part.last_disconnect or part.last_connect_ok:
             self.connection_ended(client_id, _ended(part))
+        if part.address and client_id not in self.disconnected_at:  # connected at the window's end
+            self.connected_from[client_id] = (part.address, part.last_connect_ok or window * self.window_s)
 
     def connection_ended(self, client_id: str, since: float | None) -> None:
         """What a window said of a device's connection at its end: disconnected since ``since``,
@@ -271,6 +310,7 @@ class Aggregator:
             self.disconnected_at.pop(client_id, None)
         else:
             self.disconnected_at[client_id] = since
+            self.connected_from.pop(client_id, None)
 
     def restore(self, window: int, client_id: str, part: ClientWindow) -> None:
         """A window kept at a graceful stop, back where it was: added to anything the window holds
@@ -324,6 +364,8 @@ class Aggregator:
         closed_until = first * self.window_s  # windows ending by then are closed: their returns no longer matter
         for back in [c for c, (_, at) in self.returned.items() if at < closed_until]:
             del self.returned[back]
+        for gone in [c for c, (_, _, at) in self.left.items() if at < closed_until]:
+            del self.left[gone]
         for stale in [w for w in self.windows if w < first]:
             del self.windows[stale]
         for past in [w for w in self.unknown_refused if w < current]:
@@ -346,10 +388,12 @@ class Aggregator:
             "aws:num-authorization-failures": {"count": sum(w.auth_failures.values())},
             "aws:num-messages-sent": {"count": sum(w.sent.values())},
             "aws:num-messages-received": {"count": sum(w.received.values())},
-            "aws:source-ip-address": {"cidrs": sorted(w.source_ips)},
             "aws:disconnect-duration": {"count": int((end - since) // self.minute_s) if away and since is not None else 0},
         }
         _sizes(points, SIZE_METRIC, w, list(w.sent_max_bytes))
+        addresses = self._addresses(client_id, w, end)
+        if addresses:
+            points["aws:source-ip-address"] = {"cidrs": addresses}
         if away and (since is None or since <= end - self.window_s) and not _has_events(w):
             points[AWAY_SERIES] = {"count": 1}
         for spec in dimensions:
@@ -365,10 +409,29 @@ class Aggregator:
                 _sizes(points, key, w, [t for t in w.sent_max_bytes if keep(t)])
             elif spec.metric == "aws:source-ip-address":
                 # Addresses of connections that published on matching topics: the broker knows
-                # one address per connection, so a matching message keeps the window's addresses.
-                points[key] = {"cidrs": sorted(w.source_ips) if any(keep(t) for t in w.sent) else []}
+                # one address per connection, so a matching message keeps the window's addresses;
+                # none, no datapoint (as a window spent away).
+                if addresses and any(keep(t) for t in w.sent):
+                    points[key] = {"cidrs": addresses}
         return points
 
+
+    def _addresses(self, client_id: str, window: ClientWindow, end: float) -> list[str]:
+        """The addresses the device was connected from in the window ending at ``end``: those it
+        connected from in it, and that of the connection open at its end (read as
+        ``_disconnected_at_end`` reads the state: a departure after the end is undone)."""
+        found = dict(window.source_ips)
+        if window.address:
+            found[window.address] = None
+        connection = self.connected_from.get(client_id)
+        if connection is not None and connection[1] < end:
+            found[connection[0]] = None
+        else:
+            departure = self.left.get(client_id)
+            if departure is not None and departure[1] < end <= departure[2]:
+                found[departure[0]] = None
+        found.pop("", None)  # a connection whose address the broker did not say
+        return sorted(found)
 
     def _disconnected_at_end(self, client_id: str, end: float) -> tuple[bool, float | None]:
         """Whether the device was disconnected at ``end`` (a window's end), and since when (None:

@@ -894,8 +894,8 @@ class WindowCollector:
         self._released.add(partition)
 
     def _forget_seen(self) -> None:
-        """Drop from the clients seen the devices of the partitions released since the last close
-        and not taken again. They stayed: a node that ever owned a partition kept its devices, every
+        """Drop from the clients seen (and the addresses they were connected from) the devices of
+        the partitions released since the last close and not taken again. They stayed: a node that ever owned a partition kept its devices, every
         one of them read at each close (``CloudMetricsService.monitored``) and hashed to be left
         out, growing towards the fleet with each rebalance. One pass over the clients seen, in the
         closing thread (a pass per release on the event loop was ~0.2 s per partition at 300,000).
@@ -913,7 +913,11 @@ class WindowCollector:
         found = [(thing, partition) for thing in list(seen) if (partition := self._partition(thing)) in gone]
         with self._seen_lock:
             still = {partition for partition in gone if partition not in self._next}
-            seen.difference_update([thing for thing, partition in found if partition in still])
+            forgotten = [thing for thing, partition in found if partition in still]
+            seen.difference_update(forgotten)
+            connected_from = self.cloud.aggregator.connected_from  # its next owner learns them from the parts
+            for thing in forgotten:
+                connected_from.pop(thing, None)
 
     def _forget_away(self, partition: int) -> None:
         """Forget when the partition's devices disconnected: its next owner knows better (a device

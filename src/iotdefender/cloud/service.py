@@ -125,6 +125,10 @@ class CloudEventIntake:
             with self._events:
                 self.aggregator.disconnect(client_id, self._time(at))
 
+    def connections_lost(self, at: float | None = None) -> None:
+        with self._events:
+            self.aggregator.connections_lost(self._time(at))
+
     def message_sent(self, client_id: str | None, topic: str, size: int, at: float | None = None) -> None:
         if client_id:
             with self._events:

@@ -277,6 +277,7 @@ class MosquittoBroker:
                 continue
             log.error("mosquitto_exited", status=process.returncode, last_line=self._output[-1] if self._output else None,
                       restart_in_s=delay)
+            self._gatekeeper.observer.connections_lost(time.time())
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
             self._set_aside_unreadable_sessions()
