@@ -15,7 +15,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from tests.support.mqtt import stop_network_loop
-from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess, mosquitto_children
+from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess, mosquitto_children, wait_for
 from tests.support import plain_http
 
 WINDOW = 2.0
@@ -213,48 +213,81 @@ def wait_for_away_alarm(iot, thing: str, timeout: float = 20.0) -> None:  # type
     assert (thing, "away") in active(iot), wait_for_window(iot, thing, "aws:disconnect-duration")
 
 
-def test_disconnect_duration_counts_minutes_divided_by_the_time_scale(tmp_path):
+@pytest.fixture
+def scaled(tmp_path):  # type: ignore[no-untyped-def]
+    """A service at --time-scale 120: a minute lasts 0.5 s, a 5-minute window 2.5 s."""
+    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--time-scale", "120"])
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+def test_disconnect_duration_counts_minutes_divided_by_the_time_scale(scaled):
     """At --time-scale 120 a minute lasts 0.5 s, as the 5-minute window lasts 2.5 s: a device away
     for a few seconds is away several "minutes" and in alarm over a limit of 3. It counted real
     minutes (0 for the first 60 s at any scale: an outside-in test never saw the alarm)."""
-    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--time-scale", "120"])
-    svc.start()
-    try:
-        iot = svc.client()
-        away_profile(iot)
-        device = client(svc.mqtt_port, "wanderer")
-        stop_network_loop(device)
-        device.disconnect()
-        left = time.time()
-        wait_for_away_alarm(iot, "wanderer")
-        counts = [v["count"] for v in wait_for_window(iot, "wanderer", "aws:disconnect-duration")]
-        # The newest window's count: whole half-seconds since the device left, at its window's end.
-        assert 3 <= max(counts) <= (time.time() - left) / 0.5 + 1, counts
-    finally:
-        svc.stop()
+    svc = scaled
+    iot = svc.client()
+    away_profile(iot)
+    device = client(svc.mqtt_port, "wanderer")
+    stop_network_loop(device)
+    device.disconnect()
+    left = time.time()
+    wait_for_away_alarm(iot, "wanderer")
+    counts = [v["count"] for v in wait_for_window(iot, "wanderer", "aws:disconnect-duration")]
+    # The newest window's count: whole half-seconds since the device left, at its window's end.
+    assert 3 <= max(counts) <= (time.time() - left) / 0.5 + 1, counts
 
 
-def test_a_device_connected_when_mosquitto_dies_counts_as_disconnected(tmp_path):
+def test_a_device_connected_when_mosquitto_dies_counts_as_disconnected(scaled):
     """Mosquitto killed alone (SIGKILL) tells of no disconnection; the service restarts it and
     counts every connection it had as ended then. Before, a device that did not come back counted
     as connected from then on: no disconnect duration, and its address kept as if connected."""
-    svc = ServiceProcess(data_dir=tmp_path, extra_args=["--time-scale", "120"])
-    svc.start()
-    try:
-        iot = svc.client()
-        away_profile(iot, {"name": "network", "metric": "aws:source-ip-address",
-                           "criteria": {"comparisonOperator": "in-cidr-set", "value": {"cidrs": ["127.0.0.0/8"]}}})
-        device = client(svc.mqtt_port, "stranded")
-        stop_network_loop(device)  # it will not reconnect
-        assert wait_for_window(iot, "stranded", "aws:source-ip-address")[0] == {"cidrs": ["127.0.0.1"]}
-        assert svc.process is not None
-        (broker,) = mosquitto_children(svc.process.pid)
-        os.kill(broker, signal.SIGKILL)
-        killed = time.time()
-        wait_for_away_alarm(iot, "stranded", timeout=25)
+    svc = scaled
+    iot = svc.client()
+    away_profile(iot, {"name": "network", "metric": "aws:source-ip-address",
+                       "criteria": {"comparisonOperator": "in-cidr-set", "value": {"cidrs": ["127.0.0.0/8"]}}})
+    device = client(svc.mqtt_port, "stranded")
+    stop_network_loop(device)  # it will not reconnect
+    assert wait_for_window(iot, "stranded", "aws:source-ip-address")[0] == {"cidrs": ["127.0.0.1"]}
+    assert svc.process is not None
+    (broker,) = mosquitto_children(svc.process.pid)
+    os.kill(broker, signal.SIGKILL)
+    killed = time.time()
+    wait_for_away_alarm(iot, "stranded", timeout=25)
+    now = dt.datetime.now(dt.timezone.utc)
+    addresses = iot.list_metric_values(thingName="stranded", metricName="aws:source-ip-address",
+                                       startTime=now - dt.timedelta(minutes=5), endTime=now)["metricDatumList"]
+    assert max(a["timestamp"].timestamp() for a in addresses) < killed + 2 * 2.5  # none once the windows after it closed
+
+
+def test_a_device_connected_at_a_graceful_stop_that_does_not_come_back_counts_as_disconnected(scaled):
+    """Stopped with SIGTERM, the service stops Mosquitto after its own connection, so no device's
+    disconnection reaches it: each connection counts as ended when the stop began. Before, a device
+    that did not come back after the restart counted as connected from then on (the window kept at
+    the stop said so): no disconnect duration, ever. One that comes back is connected again."""
+    svc = scaled
+    iot = svc.client()
+    away_profile(iot)
+    stranded = client(svc.mqtt_port, "stranded")
+    stop_network_loop(stranded)  # it will not reconnect
+    back = client(svc.mqtt_port, "back")  # paho's loop connects it again after the restart
+    wait_for_window(iot, "stranded", "aws:disconnect-duration")
+    svc.restart()
+    wait_for_away_alarm(iot, "stranded", timeout=25)
+    wait_for(back.is_connected, 20, "back connected again")
+    returned = time.time()
+
+    def latest_away_minutes(thing: str) -> int | None:
         now = dt.datetime.now(dt.timezone.utc)
-        addresses = iot.list_metric_values(thingName="stranded", metricName="aws:source-ip-address",
-                                           startTime=now - dt.timedelta(minutes=5), endTime=now)["metricDatumList"]
-        assert max(a["timestamp"].timestamp() for a in addresses) < killed + 2 * 2.5  # none once the windows after it closed
-    finally:
-        svc.stop()
+        values = iot.list_metric_values(thingName=thing, metricName="aws:disconnect-duration",
+                                        startTime=now - dt.timedelta(minutes=5), endTime=now)["metricDatumList"]
+        value = max(values, key=lambda v: v["timestamp"]) if values else None
+        return value["value"]["count"] if value and value["timestamp"].timestamp() > returned + 2.5 else None
+
+    wait_for(lambda: latest_away_minutes("back") is not None, 20, "a window after back returned")
+    assert latest_away_minutes("back") == 0
+    assert (latest_away_minutes("stranded") or 0) >= 3
+    wait_for(lambda: ("back", "away") not in active(iot), 10, "back's away alarm cleared")
+    assert ("stranded", "away") in active(iot)
+    stop_network_loop(back)

@@ -175,6 +175,13 @@ class MosquittoBroker:
                  plugin=str(library))
 
     async def stop(self) -> None:
+        """Stop Mosquitto; every connection it had ends with it, and is told as such
+        (``connections_lost``): the service's own connection goes first, so the plugin's
+        disconnect events of the devices reach nobody. Before, a device that did not connect again
+        counted as connected from then on (a broker node's devices, to their detect node: no
+        ``aws:disconnect-duration``, no away windows). Dated from the start of the stop: the
+        connections end after it, and a device connects again (to another broker node) later."""
+        stopping_at = time.time()
         self._stopping = True
         if self._watcher is not None:
             self._watcher.cancel()
@@ -190,6 +197,8 @@ class MosquittoBroker:
                 await anyio.to_thread.run_sync(process.wait, 5)
             except subprocess.TimeoutExpired:
                 process.kill()
+        if process is not None:
+            self._gatekeeper.observer.connections_lost(stopping_at)
         if self._runtime is not None:
             if self._temporary_runtime:
                 shutil.rmtree(self._runtime, ignore_errors=True)
