@@ -296,7 +296,10 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
                                    outcome_timeout_s=settings.cluster_outcome_timeout,
                                    message_version=message_version)
     ingest, replies = build_ingest(settings, engine, monitoring, committer, health)
-    cloud = cloud_publisher(settings, publisher, node_id, peers_read, nc.max_payload)
+    # Its devices are connected to its own Mosquitto, and their connections end with it (a detect
+    # node takes them as disconnected when it goes silent): not an operator's broker's.
+    hosts = settings.mqtt_url is None and settings.nats_events_url is None
+    cloud = cloud_publisher(settings, publisher, node_id, peers_read, nc.max_payload, hosts=hosts)
     gatekeeper = gatekeeper_of(settings, auth, cloud.intake if cloud else NULL_OBSERVER)
     broker, endpoint = build_broker(settings, gatekeeper, ingest.submit)
     replies.broker = broker
@@ -304,7 +307,8 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
 
 
 def cloud_publisher(settings: Settings, publisher: ReportPublisher, node_id: str,
-                    peers_read: cluster_windows.PeersRead, max_payload: int) -> WindowPublisher | None:
+                    peers_read: cluster_windows.PeersRead, max_payload: int,
+                    hosts: bool = False) -> WindowPublisher | None:
     """A broker node's cloud-side metrics: its broker's events into windows, the devices' parts
     published to their partitions when the window ends (batched within the NATS server's
     ``max_payload``), then its end of the window in every partition (cloud/cluster_windows.py)."""
@@ -314,7 +318,7 @@ def cloud_publisher(settings: Settings, publisher: ReportPublisher, node_id: str
                            publish_end=publisher.publish_to, partitions=publisher.partitions,
                            ends_readable=peers_read.ends, publish_parts=publisher.publish_to,
                            batches_readable=peers_read.batches,
-                           parts_max_bytes=cluster_windows.parts_limit(max_payload))
+                           parts_max_bytes=cluster_windows.parts_limit(max_payload), hosts=hosts)
 
 
 def broker_events(settings: Settings, roles: frozenset[str], devices: BrokerRole | None, nc: Client,

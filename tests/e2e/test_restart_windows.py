@@ -277,10 +277,15 @@ def test_a_window_open_at_a_graceful_stop_carries_on_after_a_restart_within_it(m
 @pytest.mark.postgres
 def test_a_broker_node_stopped_mid_window_hands_its_part_of_the_window_over(pair):
     """Cluster mode: the device publishes through broker node B, whose thing's detect node is A; B
-    is stopped with SIGTERM in the middle of the window. A stores the window with B's messages."""
+    is stopped with SIGTERM in the middle of the window. A stores the window with B's messages.
+    Another of A's devices, still connected to B, does not reconnect: B stops its Mosquitto after
+    its own connection to it and hears of no disconnection, yet the device counts as disconnected
+    since the stop (it counted as connected for ever: no disconnect duration, no alarm)."""
     a, b = pair
     iot = a.client()
     thing = owned_by(node_id(a), sorted([node_id(a), node_id(b)]), 1, "stays")[0]
+    left = owned_by(node_id(a), sorted([node_id(a), node_id(b)]), 1, "left")[0]
+    stranded, ended = connected_and_left(b, iot, left)
     in_group(iot, thing, "StaysP", MSGS_1H)
     since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
     index = wait_for_window_start(WINDOW, room=8)  # the messages, the stop (a cluster node leaves)
@@ -291,3 +296,45 @@ def test_a_broker_node_stopped_mid_window_hands_its_part_of_the_window_over(pair
     assert time.time() < (index + 1) * WINDOW, "the stop took longer than the window"
     wait_for(lambda: index in grid(iot, thing, since, WINDOW), 3 * WINDOW, "the window")
     assert grid(iot, thing, since, WINDOW)[index] == 4
+    away_alarm_after(iot, left, ended)
+    stranded.socket().close()
+
+
+AWAY = {"name": "away", "metric": "aws:disconnect-duration",
+        "criteria": {"comparisonOperator": "less-than", "value": {"count": 3}}}
+
+
+def connected_and_left(b: ServiceProcess, iot, thing: str) -> tuple[mqtt.Client, dt.datetime]:  # type: ignore[no-untyped-def]
+    """The thing's device connects to broker node B and will not reconnect (its MQTT client's
+    loop stopped; the caller holds the client, whose socket closes when it is collected),
+    monitored for its disconnect duration; once a window is stored with it connected (0),
+    returns it and when B may end."""
+    in_group(iot, thing, f"{thing}-profile", AWAY)
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+    device = publisher(b.mqtt_port, thing)
+    stop_network_loop(device)
+    wait_for(lambda: values(iot, thing, "aws:disconnect-duration", since), 3 * WINDOW, "a window with it connected")
+    assert [count for _, count in values(iot, thing, "aws:disconnect-duration", since)] == [0]
+    return device, dt.datetime.now(dt.timezone.utc)
+
+
+def away_alarm_after(iot, thing: str, ended: dt.datetime) -> None:  # type: ignore[no-untyped-def]
+    """The thing's away alarm comes (at scale 30 a minute is 2 s: away 3 "minutes" raises it)."""
+    wait_for(lambda: violations(iot, thing), 6 * WINDOW, "the away alarm")
+    (violation,) = violations(iot, thing)
+    assert violation["behavior"]["name"] == "away" and violation["violationStartTime"] > ended
+
+
+@pytest.mark.postgres
+def test_a_device_left_on_a_killed_broker_node_counts_as_disconnected(pair):
+    """Cluster mode: a device connected to broker node B, whose thing's detect node is A, does not
+    reconnect when B is killed (kill -9: B tells nothing). Once A no longer waits for B's windows,
+    it counts the device disconnected since B's last window. Before, it counted as connected for
+    ever: no disconnect duration, no alarm."""
+    a, b = pair
+    iot = a.client()
+    thing = owned_by(node_id(a), sorted([node_id(a), node_id(b)]), 1, "killed")[0]
+    stranded, ended = connected_and_left(b, iot, thing)
+    b.kill9()
+    away_alarm_after(iot, thing, ended)
+    stranded.socket().close()

@@ -86,7 +86,7 @@ def prepared(postgres: PostgresCluster, tmp_path: Path) -> str:
                        "criteria": {"comparisonOperator": "less-than-equals", "value": {"count": 5}}},
                       {"name": "away", "metric": "aws:disconnect-duration",
                        "criteria": {"comparisonOperator": "less-than", "value": {"count": 60}}}],
-        "additionalMetricsToRetainV2": [{"metric": "aws:message-byte-size"}]})
+        "additionalMetricsToRetainV2": [{"metric": "aws:message-byte-size"}, {"metric": "aws:source-ip-address"}]})
     api.invoke("AttachSecurityProfile", {"securityProfileName": "chatty",
                                          "securityProfileTargetArn": api.context.arn("all/things")})
     api.context.engine.dispose()
@@ -611,7 +611,7 @@ class Unreachable(Exception):
 class EndingBroker:
     """A broker node that ends its windows, whose publishing of parts or ends can fail (``down``)."""
 
-    def __init__(self, node: str, clock: Clock, sent: list[Delivery]) -> None:
+    def __init__(self, node: str, clock: Clock, sent: list[Delivery], hosts: bool = False) -> None:
         self.down: set[str] = set()
         self.sent = sent
 
@@ -621,7 +621,7 @@ class EndingBroker:
         async def publish_end(partition: int, payload: bytes, message_id: str) -> None:
             self._store("end", partition, "", payload)
         self.publisher = WindowPublisher(CloudEventIntake(WINDOW_S, clock), publish, node, clock=clock,
-                                         retry_s=0.3, publish_end=publish_end, end_interval_s=0.0)
+                                         retry_s=0.3, publish_end=publish_end, end_interval_s=0.0, hosts=hosts)
         self.intake = self.publisher.intake
 
     def _store(self, kind: str, partition: int, thing: str, payload: bytes) -> None:
@@ -876,6 +876,76 @@ def test_a_window_waits_for_a_silent_broker_node_then_closes_incomplete_and_a_ne
     assert sent_counts(database, on_b) == [(W, 1), (W + 2, 0)]
     with new.engine.connect() as conn:  # B's end expects nothing any more: deleted, A's kept
         assert [end.node for end in cluster_parts.load_ends(conn, P)] == ["node-a"]
+    for detect in (old, new):
+        detect.engine.dispose()
+
+
+def connection_points(url: str, thing: str) -> list[tuple[int, int, list[str] | None, bool]]:
+    """(window, aws:disconnect-duration, aws:source-ip-address, marked away) of each datapoint."""
+    return [(round(ts / WINDOW_S) - 1, p["aws:disconnect-duration"]["count"],
+             p.get("aws:source-ip-address", {}).get("cidrs"), AWAY_SERIES in p) for ts, p in datapoints(url, thing)]
+
+
+def test_the_devices_of_a_killed_broker_node_are_disconnected_unless_they_connected_elsewhere(database):
+    """Broker node B is killed in W+1: it tells nobody its devices' connections ended. Once B is
+    no longer waited for, a device that stayed away counts as disconnected since the first window
+    B did not vouch for (it counted as connected, from B's address, for ever); one that moved to A
+    is connected there. B comes back (it was only cut off from NATS): its device's traffic says
+    it is connected after all."""
+    clock = Clock(W * WINDOW_S + 10)
+    detect = Detect(database, clock)
+    detect.acquire(P, 7)
+    sent: list[Delivery] = []
+    stays, mover, steady = things_in(P, 3, "killed")
+    a, b = EndingBroker("node-a", clock, sent, hosts=True), EndingBroker("node-b", clock, sent, hosts=True)
+    b.intake.connect_attempt(stays, "10.0.0.1", True)
+    b.intake.connect_attempt(mover, "10.0.0.2", True)
+    a.intake.connect_attempt(steady, "10.0.0.3", True)
+    assert window_ended(W, clock, detect, [a, b]) == 3
+
+    a.intake.connect_attempt(mover, "10.0.0.4", True)  # B is killed in W+1: one device reconnects to A
+    a.intake.message_sent(steady, "t/x", 10)
+    assert window_ended(W + 1, clock, detect, [a]) == 0  # waits for B's end
+    clock.now += detect.collector.wait_s
+    assert detect.collector.close_due() == 1  # incomplete: steady only; B is no longer waited for
+    with detect.engine.connect() as conn:
+        assert disconnections.load(conn, P) == {stays: (W + 1) * WINDOW_S}
+    assert window_ended(W + 2, clock, detect, [a]) == 3
+
+    assert connection_points(database, stays) == [(W, 0, ["10.0.0.1"], False), (W + 2, 10, None, True)]
+    assert connection_points(database, mover) == [(W, 0, ["10.0.0.2"], False), (W + 2, 0, ["10.0.0.4"], False)]
+    assert connection_points(database, steady) == [(W, 0, ["10.0.0.3"], False), (W + 1, 0, ["10.0.0.3"], False),
+                                                    (W + 2, 0, ["10.0.0.3"], False)]
+
+    b.intake.message_sent(stays, "t/x", 10)  # B is back in W+3, its device still connected to it
+    assert window_ended(W + 3, clock, detect, [a, b]) == 3
+    assert connection_points(database, stays)[-1] == (W + 3, 0, ["10.0.0.1"], False)
+    with detect.engine.connect() as conn:
+        assert disconnections.load(conn, P) == {}
+    detect.engine.dispose()
+
+
+def test_a_new_owner_knows_which_devices_a_killed_broker_node_had_from_the_window_before(database):
+    """The detect node dies after closing W, B is killed in W+1: the successor knows from the parts
+    of W kept in PostgreSQL that the device was on B, and takes it as disconnected too."""
+    clock = Clock(W * WINDOW_S + 10)
+    old = Detect(database, clock)
+    old.acquire(P, 7)
+    sent: list[Delivery] = []
+    stays, steady = things_in(P, 2, "successor")
+    a, b = EndingBroker("node-a", clock, sent, hosts=True), EndingBroker("node-b", clock, sent, hosts=True)
+    b.intake.connect_attempt(stays, "10.0.0.1", True)
+    a.intake.connect_attempt(steady, "10.0.0.3", True)
+    assert window_ended(W, clock, old, [a, b]) == 2
+
+    new = Detect(database, clock)
+    new.acquire(P, 8)
+    a.intake.message_sent(steady, "t/x", 10)
+    assert window_ended(W + 1, clock, new, [a], 8) == 0
+    clock.now += new.collector.wait_s
+    assert new.collector.close_due() == 1
+    assert window_ended(W + 2, clock, new, [a], 8) == 2
+    assert connection_points(database, stays) == [(W, 0, ["10.0.0.1"], False), (W + 2, 10, None, True)]
     for detect in (old, new):
         detect.engine.dispose()
 

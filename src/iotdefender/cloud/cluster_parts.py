@@ -179,22 +179,23 @@ def keep_sets(conn: Connection, partition: int, parts: Iterable[PartOfWindow]) -
 def keep_ends(conn: Connection, partition: int, ends: Iterable[End]) -> None:
     """Store publishers' ends (a publisher's latest replaces an earlier one, never a later one)."""
     rows = [{"partition": partition, "node": e.node, "began_window": e.began, "since_window": e.since,
-             "window_index": e.window, "last": e.last} for e in ends]
+             "window_index": e.window, "last": e.last, "hosts": e.hosts} for e in ends]
     if not rows:
         return
     stmt = upsert(conn, ends_table)
     conn.execute(stmt.on_conflict_do_update(
         index_elements=[ends_table.c.partition, ends_table.c.node],
         set_={"began_window": stmt.excluded.began_window, "since_window": stmt.excluded.since_window,
-              "window_index": stmt.excluded.window_index, "last": stmt.excluded.last},
+              "window_index": stmt.excluded.window_index, "last": stmt.excluded.last, "hosts": stmt.excluded.hosts},
         where=ends_table.c.window_index <= stmt.excluded.window_index), rows)
 
 
 def load_ends(conn: Connection, partition: int) -> list[End]:
     """The partition's publishers' latest ends."""
-    return [End(node, int(began), int(since), int(window), bool(last)) for node, began, since, window, last in conn.execute(
+    return [End(node, int(began), int(since), int(window), bool(last), bool(hosts))
+            for node, began, since, window, last, hosts in conn.execute(
         sa.select(ends_table.c.node, ends_table.c.began_window, ends_table.c.since_window, ends_table.c.window_index,
-                  ends_table.c.last)
+                  ends_table.c.last, ends_table.c.hosts)
         .where(ends_table.c.partition == partition).order_by(ends_table.c.node))]
 
 

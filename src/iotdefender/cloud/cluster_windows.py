@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
@@ -176,9 +177,12 @@ class CloudWindowEnd(msgspec.Struct, frozen=True, tag_field="kind", tag=END_KIND
     window_s: float
     last: bool = False
     version: int = VERSION
+    # Whether its devices' connections end with it (``End.hosts``). A node of the release before
+    # ignores it; one of the release before sends none: its silence ends no connection, as before.
+    hosts: bool = False
 
     def end(self) -> End:
-        return End(self.node, self.began, self.since, self.window, self.last)
+        return End(self.node, self.began, self.since, self.window, self.last, self.hosts)
 
 
 #: What a node announces when it reads the parts kept a set per row (cluster_parts.keep_sets): a
@@ -320,8 +324,9 @@ class WindowPublisher:
                  publish_end: PublishTo | None = None, partitions: int = PARTITION_COUNT,
                  ends_readable: Callable[[], bool] = _always, end_interval_s: float = 1.0,
                  publish_parts: PublishTo | None = None, batches_readable: Callable[[], bool] = _always,
-                 parts_max_bytes: int = PARTS_MAX_BYTES) -> None:
+                 parts_max_bytes: int = PARTS_MAX_BYTES, hosts: bool = False) -> None:
         self.intake, self._publish, self._node = intake, publish, node
+        self._hosts = hosts  # its devices are connected to this node's own broker (``End.hosts``)
         self._publish_parts, self._batches_readable = publish_parts, batches_readable
         self._parts_max_bytes = parts_max_bytes
         self._delay_s, self._concurrency, self._retry_s, self._clock = delay_s, concurrency, retry_s, clock
@@ -406,7 +411,8 @@ class WindowPublisher:
         partitions = range(self._partitions)
         errors = await asyncio.gather(*(self._send(functools.partial(
             self._publish_end, partition,
-            encode(CloudWindowEnd(self._node, self._began, self._since[partition], window, window_s, last)),
+            encode(CloudWindowEnd(self._node, self._began, self._since[partition], window, window_s, last,
+                                  hosts=self._hosts)),
             end_message_id(self._node, partition, window)), deadline, at_least_once=True) for partition in partitions))
         for partition, error in zip(partitions, errors):
             if error is not None:
@@ -471,7 +477,11 @@ def _described(error: BaseException) -> str:
 #: A window to close for some partitions: (window, partitions, each device's merged part, the
 #: partitions among them whose window is incomplete, and the things of those whose parts are whole:
 #: the only ones given a datapoint there).
-Closing = tuple[int, frozenset[int], dict[str, ClientWindow], frozenset[int], frozenset[str]]
+# (window, partitions, merged parts, partitions incomplete, devices whole, each partition's parts
+# by thing and publisher: where each device was connected at the window's end, ``_connection_at_end``,
+# read in the closing thread: ~1 us a device, 0.2 s of the event loop a window at 200,000)
+Closing = tuple[int, frozenset[int], dict[str, ClientWindow], frozenset[int], frozenset[str],
+                list[dict[str, dict[str, ClientWindow]]]]
 
 
 class FencedCloudStore:
@@ -525,6 +535,28 @@ class FencedCloudStore:
 
     def close(self) -> None:
         pass
+
+
+def _connection_at_end(parts: Mapping[str, ClientWindow]) -> tuple[bool, str | None]:
+    """(said, node): whether a device's parts of a window (by publisher) say where its connection
+    was at the window's end, and on whose broker (None: it had disconnected). Its latest
+    connection or disconnection says (a connection on a tie, as ``aggregator.connection_changes``
+    reads the merged part); without either, traffic in a part (messages sent or received, a topic
+    refused) says it was connected there throughout: it made no connection elsewhere."""
+    latest: tuple[float, bool] = (0.0, False)
+    node: str | None = None
+    for publisher, part in parts.items():
+        if part.last_connect_ok and (part.last_connect_ok, True) > latest:
+            latest, node = (part.last_connect_ok, True), publisher
+        if part.last_disconnect and (part.last_disconnect, False) > latest:
+            latest, node = (part.last_disconnect, False), None
+    if latest[0]:
+        return True, node
+    for publisher in sorted(parts):
+        part = parts[publisher]
+        if part.sent or part.received or any(topic is not None for topic in part.auth_failures):
+            return True, publisher
+    return False, None
 
 
 def _merged(parts: Mapping[str, ClientWindow]) -> ClientWindow:
@@ -609,6 +641,9 @@ class WindowCollector:
         self._unrecorded: dict[int, dict[str, float | None]] = {}
         self._distrusted: set[int] = set()  # partitions whose recorded connections a close deletes first
         self._single_publishers: dict[str, frozenset[str]] = {}
+        # thing -> the publisher whose broker its connection is on, as its parts last said: when that
+        # publisher goes silent for good (killed: ``WindowEnds.gone``), the connection ended with it.
+        self._via: dict[str, str] = {}
         self._clock = clock
         self._engine = engine
         self._owned = owned
@@ -865,6 +900,11 @@ class WindowCollector:
             self._seen.pop(partition, None)  # also what this node merged of a window whose close failed
         else:
             self._seen[partition] = (seen.window, {thing: self._publishers(nodes) for thing, nodes in seen.publishers.items()})
+            # Where its devices were connected, until their next parts say: the one broker node each
+            # was seen by in that window, if not away (a device idle since is not known).
+            for thing, nodes in seen.publishers.items():
+                if len(nodes) == 1 and thing not in disconnected_at:
+                    self._via[thing] = sys.intern(next(iter(nodes)))
         held = self._parts.get(partition, {})
         for window, things in list(held.items()):
             for thing in [thing for thing in things if self._closed(partition, window, thing)]:
@@ -918,6 +958,7 @@ class WindowCollector:
             connected_from = self.cloud.aggregator.connected_from  # its next owner learns them from the parts
             for thing in forgotten:
                 connected_from.pop(thing, None)
+                self._via.pop(thing, None)
 
     def _forget_away(self, partition: int) -> None:
         """Forget when the partition's devices disconnected: its next owner knows better (a device
@@ -967,7 +1008,7 @@ class WindowCollector:
                             publishers=sorted(set().union(*short.values())))
             for partition, held in by_partition.items():
                 self._seen[partition] = (window, {thing: self._publishers(parts) for thing, parts in held.items()})
-            closings.append((window, partitions, clients, incomplete, whole))
+            closings.append((window, partitions, clients, incomplete, whole, list(by_partition.values())))
         return closings
 
     def _publishers(self, nodes: Collection[str]) -> frozenset[str]:
@@ -1017,7 +1058,8 @@ class WindowCollector:
             # The registry read once for them all, for their partitions only.
             monitored = (self.cloud.monitored(PartitionSelection(frozenset().union(*(c[1] for c in closings)),
                                                                  self._partition)) if closings else set())
-            for window, partitions, clients, incomplete, whole in closings:
+            for window, partitions, clients, incomplete, whole, parts in closings:
+                changes.update(self._connected_again(clients, parts))
                 for thing, part in clients.items():
                     aggregator.add_window(window, thing, part)  # what it says of the device's connection
                 monitored |= clients.keys()  # seen now (``aggregator.seen`` has them too)
@@ -1036,6 +1078,55 @@ class WindowCollector:
             self._complete(closed, changes)
         return done
 
+    def _connected_again(self, clients: Mapping[str, ClientWindow],
+                         parts: Iterable[Mapping[str, Mapping[str, ClientWindow]]]) -> dict[str, float | None]:
+        """Follow where each device's connection is (``_via``) from a window's parts (by partition,
+        thing and publisher), and return the devices taken as disconnected whose parts now show
+        traffic without a connection: their connection had not ended (a broker node cut off from
+        NATS for longer than its horizon, taken for killed: ``_connections_lost``), so they are
+        connected again ({thing: None}, a connection change)."""
+        again: dict[str, float | None] = {}
+        disconnected_at = self.cloud.aggregator.disconnected_at
+        for held in parts:
+            for thing, by_publisher in held.items():
+                said, node = _connection_at_end(by_publisher)
+                if not said:
+                    continue
+                if node is None:
+                    self._via.pop(thing, None)
+                    continue
+                self._via[thing] = sys.intern(node)  # one string per publisher, not per device
+                part = clients[thing]
+                if not (part.last_connect_ok or part.last_disconnect) and thing in disconnected_at:
+                    self.cloud.aggregator.connection_ended(thing, None)
+                    again[thing] = None
+        return again
+
+    def _connections_lost(self, closed: Mapping[int, int]) -> dict[str, float]:
+        """The devices whose connection was on a broker node that went silent for good (killed; it
+        said nothing of it: ``WindowEnds.gone``), as of the partitions' windows closed now
+        ({partition: window}): disconnected since the first window it did not vouch for (at most a
+        window early), or since their connection there began if that is later. Before, a device
+        that did not connect again counted as connected from then on: no
+        ``aws:disconnect-duration``, no away windows, its last address in ``aws:source-ip-address``."""
+        gone: dict[tuple[int, str], float] = {}
+        for partition, window in closed.items():
+            for end in self.ends.gone(partition, window + 1):
+                gone[(partition, end.node)] = (end.window + 1) * self._window_s
+        if not gone:
+            return {}
+        connected_from = self.cloud.aggregator.connected_from
+        lost: dict[str, float] = {}
+        for thing, node in list(self._via.items()):
+            since = gone.get((self._partition(thing), node))
+            if since is not None:
+                connection = connected_from.get(thing)
+                lost[thing] = max(since, connection[1]) if connection is not None else since
+        for thing in lost:
+            del self._via[thing]
+        log.warning("cloud_connections_lost", devices=len(lost), publishers=sorted({node for _, node in gone}))
+        return lost
+
     def _among(self, partitions: frozenset[int]) -> Callable[[str], bool]:
         return lambda thing: self._partition(thing) in partitions
 
@@ -1046,7 +1137,11 @@ class WindowCollector:
         owned = self._owned()
         held = {partition: owned[partition] for partition in closed if partition in owned}
         kept = {thing: since for partition in held for thing, since in self._unrecorded.get(partition, {}).items()}
-        for thing, since in changes.items():
+        lost = self._connections_lost(closed)
+        for thing, ended in lost.items():  # monitored from then on, registered or not, as a device known away
+            self.cloud.aggregator.connection_ended(thing, ended)
+            self.cloud.aggregator.seen.add(thing)
+        for thing, since in {**changes, **lost}.items():
             partition = self._partition(thing)
             if partition in held:
                 kept[thing] = since
@@ -1092,7 +1187,7 @@ class WindowCollector:
     def failed(self, closings: Sequence[Closing]) -> None:
         """A close raised (the database is down): what it did not commit is still in the database
         (the parts, the marks), so its partitions are resumed from there by ``recover``."""
-        for _, partitions, _, _, _ in closings:
+        for _, partitions, _, _, _, _ in closings:
             self._stale |= partitions
 
     async def recover(self) -> None:

@@ -45,13 +45,16 @@ from enum import Enum
 class End:
     """A publisher (``node``) that began in window ``began`` has published its parts of the windows
     ``since`` .. ``window`` in a partition (``since > window``: none of them: it lost ``window``);
-    ``last``: it publishes no window after ``window`` (it stopped)."""
+    ``last``: it publishes no window after ``window`` (it stopped); ``hosts``: the connections it
+    observes are to its own broker, and end with it (a broker node's embedded Mosquitto; not an
+    ``api`` node's intake of an external broker's events, whose devices stay connected there)."""
 
     node: str
     began: int
     since: int
     window: int
     last: bool = False
+    hosts: bool = False
 
 
 class Verdict(Enum):
@@ -114,6 +117,15 @@ class WindowEnds:
     def forgettable_before(self, window: int) -> int:
         """Ends older than this window expect nothing of ``window`` or later: deletable."""
         return window - self.horizon
+
+    def gone(self, partition: int, window: int) -> list[End]:
+        """The publishers ``prune(partition, window)`` forgets that went silent without saying they
+        stopped and whose devices were connected to them (``hosts``): killed, most likely, and
+        every connection they had ended with them. (One cut off from NATS for that long comes back
+        with its devices' traffic, which says they are connected: ``WindowCollector``.)"""
+        before = self.forgettable_before(window)
+        return [end for end in self._ends.get(partition, {}).values()
+                if end.window < before and end.hosts and not end.last]
 
     def prune(self, partition: int, window: int) -> None:
         """Forget the ends that expect nothing of ``window`` or later (publishers gone: a

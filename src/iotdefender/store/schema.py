@@ -381,6 +381,8 @@ cluster_cloud_ends = sa.Table(
     sa.Column("since_window", sa.BigInteger, nullable=False),
     sa.Column("window_index", sa.BigInteger, nullable=False),
     sa.Column("last", sa.Boolean, nullable=False),
+    # Whether the publisher's devices were connected to its own broker (window_ends.End.hosts).
+    sa.Column("hosts", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 # The single box's cloud-side windows still open at a graceful stop (cloud/service.py): each
