@@ -543,6 +543,11 @@ def _connection_at_end(parts: Mapping[str, ClientWindow]) -> tuple[bool, str | N
     connection or disconnection says (a connection on a tie, as ``aggregator.connection_changes``
     reads the merged part); without either, traffic in a part (messages sent or received, a topic
     refused) says it was connected there throughout: it made no connection elsewhere."""
+    if len(parts) == 1:  # most devices: one broker node saw them (a shortcut, ~2x faster than the loop)
+        ((publisher, part),) = parts.items()
+        if part.last_connect_ok or part.last_disconnect:
+            return True, publisher if part.last_connect_ok >= part.last_disconnect else None
+        return _traffic(part), publisher
     latest: tuple[float, bool] = (0.0, False)
     node: str | None = None
     for publisher, part in parts.items():
@@ -553,10 +558,14 @@ def _connection_at_end(parts: Mapping[str, ClientWindow]) -> tuple[bool, str | N
     if latest[0]:
         return True, node
     for publisher in sorted(parts):
-        part = parts[publisher]
-        if part.sent or part.received or any(topic is not None for topic in part.auth_failures):
+        if _traffic(parts[publisher]):
             return True, publisher
     return False, None
+
+
+def _traffic(part: ClientWindow) -> bool:
+    """Whether the device did something on its connection in the part (refused CONNECTs are not)."""
+    return bool(part.sent or part.received or any(topic is not None for topic in part.auth_failures))
 
 
 def _merged(parts: Mapping[str, ClientWindow]) -> ClientWindow:
@@ -1087,15 +1096,19 @@ class WindowCollector:
         connected again ({thing: None}, a connection change)."""
         again: dict[str, float | None] = {}
         disconnected_at = self.cloud.aggregator.disconnected_at
+        via = self._via
+        named, interned = "", ""  # the publisher's name as decoded from a message, and the one kept
         for held in parts:
             for thing, by_publisher in held.items():
                 said, node = _connection_at_end(by_publisher)
                 if not said:
                     continue
                 if node is None:
-                    self._via.pop(thing, None)
+                    via.pop(thing, None)
                     continue
-                self._via[thing] = sys.intern(node)  # one string per publisher, not per device
+                if node is not named:  # one string per publisher, not per device (or per message)
+                    named, interned = node, sys.intern(node)
+                via[thing] = interned
                 part = clients[thing]
                 if not (part.last_connect_ok or part.last_disconnect) and thing in disconnected_at:
                     self.cloud.aggregator.connection_ended(thing, None)
