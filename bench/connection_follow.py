@@ -58,13 +58,13 @@ def one_round(devices: int) -> dict[str, float]:
     clients = {thing: _merged(by_node) for held in parts for thing, by_node in held.items()}
     merge_s = time.perf_counter() - started
     started = time.perf_counter()
-    collector._connected_again(clients, parts)
+    collector._connected_again(clients, parts, {})
     follow_s = time.perf_counter() - started
     assert len(collector._via) == devices
     for partition in range(PARTITION_COUNT):  # node-b vouched last for the window before: now gone
         collector.ends.record(partition, End("node-b", WINDOW - 5, WINDOW - 5, WINDOW - 1, hosts=True))
     started = time.perf_counter()
-    lost = collector._connections_lost({partition: WINDOW + 1 for partition in range(PARTITION_COUNT)})
+    lost = collector._connections_lost({partition: WINDOW + 1 for partition in range(PARTITION_COUNT)}, set())
     lost_s = time.perf_counter() - started
     assert len(lost) == devices // 2, len(lost)
     return {"merge_s": merge_s, "follow_s": follow_s, "lost_s": lost_s}

@@ -644,14 +644,16 @@ def deliver(detect: Detect, sent: list[Delivery], token: int = 7) -> None:
     del sent[:]
 
 
-def two_ending_brokers(url: str, prefix: str, count: int) -> tuple[Clock, Detect, list[str], EndingBroker, EndingBroker]:
-    """A detect node owning P in window W, ``count`` of P's things, broker nodes A and B."""
+def two_ending_brokers(url: str, prefix: str, count: int, hosts: bool = False
+                       ) -> tuple[Clock, Detect, list[str], EndingBroker, EndingBroker]:
+    """A detect node owning P in window W, ``count`` of P's things, broker nodes A and B (``hosts``:
+    their devices are connected to them, as on broker nodes running Mosquitto)."""
     clock = Clock(W * WINDOW_S + 10)
     detect = Detect(url, clock)
     detect.acquire(P, 7)
     sent: list[Delivery] = []
-    return clock, detect, things_in(P, count, prefix), EndingBroker("node-a", clock, sent), \
-        EndingBroker("node-b", clock, sent)
+    return clock, detect, things_in(P, count, prefix), EndingBroker("node-a", clock, sent, hosts), \
+        EndingBroker("node-b", clock, sent, hosts)
 
 
 def one_message_each_in_w(clock: Clock, *sending: tuple[EndingBroker, str]) -> None:
@@ -892,12 +894,7 @@ def test_the_devices_of_a_killed_broker_node_are_disconnected_unless_they_connec
     B did not vouch for (it counted as connected, from B's address, for ever); one that moved to A
     is connected there. B comes back (it was only cut off from NATS): its device's traffic says
     it is connected after all."""
-    clock = Clock(W * WINDOW_S + 10)
-    detect = Detect(database, clock)
-    detect.acquire(P, 7)
-    sent: list[Delivery] = []
-    stays, mover, steady = things_in(P, 3, "killed")
-    a, b = EndingBroker("node-a", clock, sent, hosts=True), EndingBroker("node-b", clock, sent, hosts=True)
+    clock, detect, (stays, mover, steady), a, b = two_ending_brokers(database, "killed", 3, hosts=True)
     b.intake.connect_attempt(stays, "10.0.0.1", True)
     b.intake.connect_attempt(mover, "10.0.0.2", True)
     a.intake.connect_attempt(steady, "10.0.0.3", True)
@@ -925,15 +922,30 @@ def test_the_devices_of_a_killed_broker_node_are_disconnected_unless_they_connec
     detect.engine.dispose()
 
 
+def test_the_window_closed_with_the_one_a_killed_broker_node_left_incomplete_has_its_devices_away(database):
+    """B is killed in W+1; W+1 waits for B's end, and W+2 ends meanwhile: both close in one round.
+    W+2, wholly after the kill, has B's device away. Before, the devices were taken as
+    disconnected only once the round was over: W+2 had it connected, with its old address."""
+    clock, detect, (stays, steady), a, b = two_ending_brokers(database, "round", 2, hosts=True)
+    sent = a.sent
+    b.intake.connect_attempt(stays, "10.0.0.1", True)
+    a.intake.connect_attempt(steady, "10.0.0.3", True)
+    assert window_ended(W, clock, detect, [a, b]) == 2
+    a.intake.message_sent(steady, "t/x", 10)
+    assert window_ended(W + 1, clock, detect, [a]) == 0  # waits for B's end
+    clock.now = (W + 3) * WINDOW_S + 0.2  # W+2 ends too before the wait is over
+    a.publish_due()
+    deliver(detect, sent)
+    clock.now += detect.collector.grace_s
+    assert detect.collector.close_due() == 3  # W+1 for steady, W+2 for both
+    assert connection_points(database, stays) == [(W, 0, ["10.0.0.1"], False), (W + 2, 10, None, True)]
+    detect.engine.dispose()
+
+
 def test_a_new_owner_knows_which_devices_a_killed_broker_node_had_from_the_window_before(database):
     """The detect node dies after closing W, B is killed in W+1: the successor knows from the parts
     of W kept in PostgreSQL that the device was on B, and takes it as disconnected too."""
-    clock = Clock(W * WINDOW_S + 10)
-    old = Detect(database, clock)
-    old.acquire(P, 7)
-    sent: list[Delivery] = []
-    stays, steady = things_in(P, 2, "successor")
-    a, b = EndingBroker("node-a", clock, sent, hosts=True), EndingBroker("node-b", clock, sent, hosts=True)
+    clock, old, (stays, steady), a, b = two_ending_brokers(database, "successor", 2, hosts=True)
     b.intake.connect_attempt(stays, "10.0.0.1", True)
     a.intake.connect_attempt(steady, "10.0.0.3", True)
     assert window_ended(W, clock, old, [a, b]) == 2
@@ -946,6 +958,37 @@ def test_a_new_owner_knows_which_devices_a_killed_broker_node_had_from_the_windo
     assert new.collector.close_due() == 1
     assert window_ended(W + 2, clock, new, [a], 8) == 2
     assert connection_points(database, stays) == [(W, 0, ["10.0.0.1"], False), (W + 2, 10, None, True)]
+    for detect in (old, new):
+        detect.engine.dispose()
+
+
+def test_a_new_owner_knows_where_its_idle_devices_are_connected_from_the_record(database):
+    """The devices connect in W and are idle after; the owner closes W and W+1 and dies. Its
+    successor reads where their connections are (broker node, address) from the record: B is
+    killed in W+2 and its idle device counts as disconnected; the idle device on A keeps its
+    address. Before, the successor knew neither (the device on B counted as connected for ever,
+    the one on A had no address any more)."""
+    clock, old, (on_b, on_a, steady), a, b = two_ending_brokers(database, "record", 3, hosts=True)
+    b.intake.connect_attempt(on_b, "10.0.0.1", True)
+    a.intake.connect_attempt(on_a, "10.0.0.2", True)
+    a.intake.connect_attempt(steady, "10.0.0.3", True)
+    assert window_ended(W, clock, old, [a, b]) == 3
+    a.intake.message_sent(steady, "t/x", 10)
+    assert window_ended(W + 1, clock, old, [a, b]) == 3
+
+    new = Detect(database, clock)  # the owner dies once W+1 is closed; B is killed in W+2
+    new.acquire(P, 8)
+    a.intake.message_sent(steady, "t/x", 10)
+    assert window_ended(W + 2, clock, new, [a], 8) == 0
+    clock.now += new.collector.wait_s
+    assert new.collector.close_due() == 1  # incomplete: steady only
+    a.intake.message_sent(steady, "t/x", 10)
+    assert window_ended(W + 3, clock, new, [a], 8) == 3
+    assert connection_points(database, on_b)[-1] == (W + 3, 10, None, True)
+    assert connection_points(database, on_a)[-1] == (W + 3, 0, ["10.0.0.2"], False)
+    assert connection_points(database, steady)[-1] == (W + 3, 0, ["10.0.0.3"], False)
+    with new.engine.connect() as conn:
+        assert sorted(cluster_parts.load_connections(conn, P)) == sorted([on_a, steady])
     for detect in (old, new):
         detect.engine.dispose()
 

@@ -40,7 +40,7 @@ same parts, and the later row wins when they are read back. ``load`` reads both 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,6 +51,7 @@ from sqlalchemy.engine import Connection
 from iotdefender.cloud.aggregator import ClientWindow, pack, unpack
 from iotdefender.cloud.window_ends import End
 from iotdefender.store.rows import upsert
+from iotdefender.store.schema import cluster_cloud_connections as connections_table
 from iotdefender.store.schema import cluster_cloud_ends as ends_table
 from iotdefender.store.schema import cluster_cloud_part_sets as sets_table
 from iotdefender.store.schema import cluster_cloud_parts as parts_table
@@ -294,3 +295,36 @@ def advance(conn: Connection, marks: Mapping[int, Mark]) -> None:
     for partition, window in whole:  # the window's own parts stay: who saw whom in it
         for table in (parts_table, sets_table):
             conn.execute(table.delete().where(table.c.partition == partition, table.c.window_index < window))
+
+
+#: Where a device's connection is: (broker node, address, connected since).
+DeviceConnection = tuple[str, str, float]
+
+
+def record_connections(conn: Connection, changes: Mapping[str, DeviceConnection | None],
+                       partition_of: Callable[[str], int]) -> None:
+    """Record where devices' connections are ({thing: (node, address, since)}, None: it has none)."""
+    rows = [{"thing": thing, "partition": partition_of(thing), "node": value[0], "address": value[1][:64],
+             "since": value[2]} for thing, value in sorted(changes.items()) if value is not None]
+    ended = sorted(thing for thing, value in changes.items() if value is None)
+    if rows:
+        stmt = upsert(conn, connections_table)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=[connections_table.c.thing],
+            set_={"partition": stmt.excluded.partition, "node": stmt.excluded.node,
+                  "address": stmt.excluded.address, "since": stmt.excluded.since}), rows)
+    for start in range(0, len(ended), 1000):  # bound the statement's parameters (SQLite: 32,766)
+        conn.execute(connections_table.delete().where(connections_table.c.thing.in_(ended[start:start + 1000])))
+
+
+def forget_connections(conn: Connection, partitions: Sequence[int]) -> None:
+    """Delete what is recorded of some partitions' connections (it can no longer be trusted)."""
+    if partitions:
+        conn.execute(connections_table.delete().where(connections_table.c.partition.in_(list(partitions))))
+
+
+def load_connections(conn: Connection, partition: int) -> dict[str, DeviceConnection]:
+    """Where the partition's devices' connections are, as last recorded."""
+    return {thing: (node, address, float(since)) for thing, node, address, since in conn.execute(
+        sa.select(connections_table.c.thing, connections_table.c.node, connections_table.c.address,
+                  connections_table.c.since).where(connections_table.c.partition == partition))}

@@ -853,23 +853,25 @@ class WindowCollector:
                 self.ends.record(partition, end)
 
     def load(self, partition: int) -> tuple[Mark | None, list[StoredPart], list[End], Seen | None, dict[str, float],
-                                            list[StoredPart]]:
+                                            list[StoredPart], dict[str, cluster_parts.DeviceConnection]]:
         """What the partition's previous owners left (blocking: a worker thread)."""
         with self._engine.connect() as conn:
             mark, parts, seen, closed_in_part = cluster_parts.load(conn, partition)
             return (mark, parts, cluster_parts.load_ends(conn, partition), seen, disconnections.load(conn, partition),
-                    closed_in_part)
+                    closed_in_part, cluster_parts.load_connections(conn, partition))
 
     def resume(self, partition: int, mark: Mark | None, parts: Sequence[StoredPart], ends: Sequence[End] = (),
                seen: Seen | None = None, away: Mapping[str, float] | None = None,
-               closed_in_part: Sequence[StoredPart] = ()) -> None:
+               closed_in_part: Sequence[StoredPart] = (),
+               connections: Mapping[str, cluster_parts.DeviceConnection] | None = None) -> None:
         """Take the partition over from its mark: the windows after it (the one it stops in, for
         the things after it) are this node's to close, with the parts kept of them, the
         publishers' ends, who saw whom in the window before (``_whole``) and which of its devices
         were disconnected, since when (``aws:disconnect-duration``: as recorded with the last
         window closed whole, then what the parts of a window closed in part say, recorded with
         this node's next close). Never closed before: from the oldest part kept, or the window
-        open now."""
+        open now. Where its connected devices are (broker node, address) as last recorded, so that
+        an idle one keeps its address and counts as disconnected if that broker node dies."""
         current = self.cloud.aggregator.index(self._lagged())
         self._floors.pop(partition, None)
         if mark is None:
@@ -909,11 +911,18 @@ class WindowCollector:
             self._seen.pop(partition, None)  # also what this node merged of a window whose close failed
         else:
             self._seen[partition] = (seen.window, {thing: self._publishers(nodes) for thing, nodes in seen.publishers.items()})
-            # Where its devices were connected, until their next parts say: the one broker node each
-            # was seen by in that window, if not away (a device idle since is not known).
+            # Where its devices were connected, until their next parts say, when not recorded (a
+            # release before the record): the one broker node each was seen by in that window.
             for thing, nodes in seen.publishers.items():
-                if len(nodes) == 1 and thing not in disconnected_at:
+                if len(nodes) == 1 and thing not in disconnected_at and thing not in (connections or {}):
                     self._via[thing] = sys.intern(next(iter(nodes)))
+        if connections and partition not in self._distrusted:
+            aggregator = self.cloud.aggregator
+            for thing, (node, address, since) in connections.items():
+                if thing not in disconnected_at:  # connected, as its previous owner had it
+                    self._via[thing] = sys.intern(node)
+                    aggregator.connected_from[thing] = (address, since)
+                    aggregator.seen.add(thing)
         held = self._parts.get(partition, {})
         for window, things in list(held.items()):
             for thing in [thing for thing in things if self._closed(partition, window, thing)]:
@@ -1062,13 +1071,15 @@ class WindowCollector:
         aggregator = self.cloud.aggregator
         closed: dict[int, int] = {}  # partition -> the last window closed for it here
         changes: dict[str, float | None] = {}  # the devices' connections at the end of those windows
+        moved: dict[str, str | None] = {}  # the broker node their connections are on, where that changed
+        gone: set[tuple[int, str]] = set()  # the (partition, publisher) whose devices were taken as lost
         self._forget_seen()
         try:
             # The registry read once for them all, for their partitions only.
             monitored = (self.cloud.monitored(PartitionSelection(frozenset().union(*(c[1] for c in closings)),
                                                                  self._partition)) if closings else set())
             for window, partitions, clients, incomplete, whole, parts in closings:
-                changes.update(self._connected_again(clients, parts))
+                changes.update(self._connected_again(clients, parts, moved))
                 for thing, part in clients.items():
                     aggregator.add_window(window, thing, part)  # what it says of the device's connection
                 monitored |= clients.keys()  # seen now (``aggregator.seen`` has them too)
@@ -1081,19 +1092,27 @@ class WindowCollector:
                                                     monitored=monitored)
                 closed.update(dict.fromkeys(partitions, window))
                 changes.update(connection_changes(clients))
+                # After the window it was found in (one its missing publisher left incomplete): the
+                # next one, closed in this same round when it waited, is judged with it.
+                lost = self._connections_lost(dict.fromkeys(partitions, window), gone)
+                changes.update(lost)
+                moved.update(dict.fromkeys(lost))
         finally:
             # One mark per partition for all the windows closed here (short windows close several
             # at a time: a transaction per window was measurable); not past one that failed.
-            self._complete(closed, changes)
+            self._complete(closed, changes, moved)
         return done
 
     def _connected_again(self, clients: Mapping[str, ClientWindow],
-                         parts: Iterable[Mapping[str, Mapping[str, ClientWindow]]]) -> dict[str, float | None]:
+                         parts: Iterable[Mapping[str, Mapping[str, ClientWindow]]],
+                         moved: dict[str, str | None]) -> dict[str, float | None]:
         """Follow where each device's connection is (``_via``) from a window's parts (by partition,
-        thing and publisher), and return the devices taken as disconnected whose parts now show
-        traffic without a connection: their connection had not ended (a broker node cut off from
-        NATS for longer than its horizon, taken for killed: ``_connections_lost``), so they are
-        connected again ({thing: None}, a connection change)."""
+        thing and publisher), noting in ``moved`` those whose connection changed (another broker
+        node, a new connection, None: ended; recorded with the close: ``_complete``), and return
+        the devices taken as disconnected whose parts now show traffic without a connection: their
+        connection had not ended (a broker node cut off from NATS for longer than its horizon,
+        taken for killed: ``_connections_lost``), so they are connected again ({thing: None}, a
+        connection change)."""
         again: dict[str, float | None] = {}
         disconnected_at = self.cloud.aggregator.disconnected_at
         via = self._via
@@ -1104,30 +1123,36 @@ class WindowCollector:
                 if not said:
                     continue
                 if node is None:
-                    via.pop(thing, None)
+                    if via.pop(thing, None) is not None:
+                        moved[thing] = None
                     continue
                 if node is not named:  # one string per publisher, not per device (or per message)
                     named, interned = node, sys.intern(node)
-                via[thing] = interned
                 part = clients[thing]
+                if via.get(thing) is not interned or part.last_connect_ok:
+                    via[thing] = moved[thing] = interned
                 if not (part.last_connect_ok or part.last_disconnect) and thing in disconnected_at:
                     self.cloud.aggregator.connection_ended(thing, None)
                     again[thing] = None
         return again
 
-    def _connections_lost(self, closed: Mapping[int, int]) -> dict[str, float]:
+    def _connections_lost(self, closed: Mapping[int, int], done: set[tuple[int, str]]) -> dict[str, float]:
         """The devices whose connection was on a broker node that went silent for good (killed; it
         said nothing of it: ``WindowEnds.gone``), as of the partitions' windows closed now
         ({partition: window}): disconnected since the first window it did not vouch for (at most a
         window early), or since their connection there began if that is later. Before, a device
         that did not connect again counted as connected from then on: no
-        ``aws:disconnect-duration``, no away windows, its last address in ``aws:source-ip-address``."""
+        ``aws:disconnect-duration``, no away windows, its last address in ``aws:source-ip-address``.
+        Applied to what the aggregator holds; ``done``: the (partition, publisher) taken as lost
+        already (their ends are forgotten at the round's end), to which these are added."""
         gone: dict[tuple[int, str], float] = {}
         for partition, window in closed.items():
             for end in self.ends.gone(partition, window + 1):
-                gone[(partition, end.node)] = (end.window + 1) * self._window_s
+                if (partition, end.node) not in done:
+                    gone[(partition, end.node)] = (end.window + 1) * self._window_s
         if not gone:
             return {}
+        done.update(gone)
         connected_from = self.cloud.aggregator.connected_from
         lost: dict[str, float] = {}
         for thing, node in list(self._via.items()):
@@ -1135,26 +1160,30 @@ class WindowCollector:
             if since is not None:
                 connection = connected_from.get(thing)
                 lost[thing] = max(since, connection[1]) if connection is not None else since
-        for thing in lost:
+        aggregator = self.cloud.aggregator
+        for thing, since in lost.items():  # monitored from then on, registered or not, as a device known away
             del self._via[thing]
+            aggregator.connection_ended(thing, since)
+            aggregator.seen.add(thing)
         log.warning("cloud_connections_lost", devices=len(lost), publishers=sorted({node for _, node in gone}))
         return lost
 
     def _among(self, partitions: frozenset[int]) -> Callable[[str], bool]:
         return lambda thing: self._partition(thing) in partitions
 
-    def _complete(self, closed: Mapping[int, int], changes: Mapping[str, float | None]) -> None:
+    def _complete(self, closed: Mapping[int, int], changes: Mapping[str, float | None],
+                  moved: Mapping[str, str | None] | None = None) -> None:
         """Mark each partition's windows closed through the given one ({partition: window}) for
         every thing, for the partitions still owned, their parts deleted, with their devices'
-        connection changes in those windows ({thing: disconnected since, or None})."""
+        connection changes in those windows ({thing: disconnected since, or None}) and where their
+        connections are ({thing: broker node, None: none}; ``cluster_parts.record_connections``)."""
         owned = self._owned()
         held = {partition: owned[partition] for partition in closed if partition in owned}
         kept = {thing: since for partition in held for thing, since in self._unrecorded.get(partition, {}).items()}
-        lost = self._connections_lost(closed)
-        for thing, ended in lost.items():  # monitored from then on, registered or not, as a device known away
-            self.cloud.aggregator.connection_ended(thing, ended)
-            self.cloud.aggregator.seen.add(thing)
-        for thing, since in {**changes, **lost}.items():
+        connected_from = self.cloud.aggregator.connected_from
+        connections = {thing: None if node is None else (node, *connected_from.get(thing, ("", 0.0)))
+                       for thing, node in (moved or {}).items() if self._partition(thing) in held}
+        for thing, since in changes.items():
             partition = self._partition(thing)
             if partition in held:
                 kept[thing] = since
@@ -1172,7 +1201,9 @@ class WindowCollector:
                     cluster_parts.forget_ends(conn, {partition: self.ends.forgettable_before(closed[partition] + 1)
                                                      for partition in held})
                     disconnections.forget(conn, sorted(self._distrusted & held.keys()))
+                    cluster_parts.forget_connections(conn, sorted(self._distrusted & held.keys()))
                     disconnections.apply(conn, kept, self._partition)
+                    cluster_parts.record_connections(conn, connections, self._partition)
                 for partition in held:
                     self._unrecorded.pop(partition, None)
                     self._distrusted.discard(partition)

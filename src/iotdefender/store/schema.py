@@ -385,6 +385,20 @@ cluster_cloud_ends = sa.Table(
     sa.Column("hosts", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
+# Cluster mode: the broker node each device's connection is on, its address and since when, as
+# its detect node last recorded them (cloud/cluster_windows.py): the next owner of its partition
+# knows where its idle devices are (a broker node killed later, their address). A row per
+# connected device, written when its connection changes.
+cluster_cloud_connections = sa.Table(
+    "cluster_cloud_connections",
+    metadata,
+    sa.Column("thing", sa.String(128), primary_key=True),
+    sa.Column("partition", sa.Integer, nullable=False, index=True),
+    sa.Column("node", sa.String(200), nullable=False),
+    sa.Column("address", sa.String(64), nullable=False),
+    sa.Column("since", EPOCH, nullable=False),
+)
+
 # The single box's cloud-side windows still open at a graceful stop (cloud/service.py): each
 # device's accumulators (a msgpack ``ClientWindow``) by window, resumed at the next start.
 cloud_open_windows = sa.Table(
