@@ -1,7 +1,7 @@
 """What a detect node spends following where each device's connection is (cluster mode).
 
 A detect node follows, for every device with a part in a window, the broker node its connection is
-on (``WindowCollector._connected_again``, in the closing thread at each window's close), so that
+on (``WindowCollector._follow_connections``, in the closing thread at each window's close), so that
 the devices of a broker node that is killed count as disconnected (``_connections_lost``, once per
 node that dies). This measures both, in one process, against the work every close did already for
 the same devices (merging each device's parts, ``_merged``), so the added cost is a ratio measured
@@ -58,7 +58,7 @@ def one_round(devices: int) -> dict[str, float]:
     clients = {thing: _merged(by_node) for held in parts for thing, by_node in held.items()}
     merge_s = time.perf_counter() - started
     started = time.perf_counter()
-    collector._connected_again(clients, parts, {})
+    collector._follow_connections(clients, parts, {})
     follow_s = time.perf_counter() - started
     assert len(collector._via) == devices
     for partition in range(PARTITION_COUNT):  # node-b vouched last for the window before: now gone

@@ -475,11 +475,10 @@ def _described(error: BaseException) -> str:
 
 
 #: A window to close for some partitions: (window, partitions, each device's merged part, the
-#: partitions among them whose window is incomplete, and the things of those whose parts are whole:
-#: the only ones given a datapoint there).
-# (window, partitions, merged parts, partitions incomplete, devices whole, each partition's parts
-# by thing and publisher: where each device was connected at the window's end, ``_connection_at_end``,
-# read in the closing thread: ~1 us a device, 0.2 s of the event loop a window at 200,000)
+#: partitions among them whose window is incomplete, the things of those whose parts are whole: the
+#: only ones given a datapoint there, and each partition's parts by thing and publisher: where each
+#: device's connection is, read in the closing thread, ``_follow_connections``; ~2 us a device,
+#: 0.2-0.45 s a window at 200,000 that the event loop would spend).
 Closing = tuple[int, frozenset[int], dict[str, ClientWindow], frozenset[int], frozenset[str],
                 list[dict[str, dict[str, ClientWindow]]]]
 
@@ -1079,7 +1078,7 @@ class WindowCollector:
             monitored = (self.cloud.monitored(PartitionSelection(frozenset().union(*(c[1] for c in closings)),
                                                                  self._partition)) if closings else set())
             for window, partitions, clients, incomplete, whole, parts in closings:
-                changes.update(self._connected_again(clients, parts, moved))
+                changes.update(self._follow_connections(clients, parts, moved))
                 for thing, part in clients.items():
                     aggregator.add_window(window, thing, part)  # what it says of the device's connection
                 monitored |= clients.keys()  # seen now (``aggregator.seen`` has them too)
@@ -1103,7 +1102,7 @@ class WindowCollector:
             self._complete(closed, changes, moved)
         return done
 
-    def _connected_again(self, clients: Mapping[str, ClientWindow],
+    def _follow_connections(self, clients: Mapping[str, ClientWindow],
                          parts: Iterable[Mapping[str, Mapping[str, ClientWindow]]],
                          moved: dict[str, str | None]) -> dict[str, float | None]:
         """Follow where each device's connection is (``_via``) from a window's parts (by partition,
@@ -1172,7 +1171,7 @@ class WindowCollector:
         return lambda thing: self._partition(thing) in partitions
 
     def _complete(self, closed: Mapping[int, int], changes: Mapping[str, float | None],
-                  moved: Mapping[str, str | None] | None = None) -> None:
+                  moved: Mapping[str, str | None]) -> None:
         """Mark each partition's windows closed through the given one ({partition: window}) for
         every thing, for the partitions still owned, their parts deleted, with their devices'
         connection changes in those windows ({thing: disconnected since, or None}) and where their
@@ -1182,7 +1181,7 @@ class WindowCollector:
         kept = {thing: since for partition in held for thing, since in self._unrecorded.get(partition, {}).items()}
         connected_from = self.cloud.aggregator.connected_from
         connections = {thing: None if node is None else (node, *connected_from.get(thing, ("", 0.0)))
-                       for thing, node in (moved or {}).items() if self._partition(thing) in held}
+                       for thing, node in moved.items() if self._partition(thing) in held}
         for thing, since in changes.items():
             partition = self._partition(thing)
             if partition in held:
