@@ -361,23 +361,26 @@ def nats_events(settings: Settings, engine: Engine, intake: CloudEventIntake, no
 def cloud_collector(settings: Settings, engine: Engine, monitoring: MonitoringIndex, detection: DetectionService,
                     on_events: EventListener, owned: Callable[[], Mapping[int, int]],
                     ends_in_use: Callable[[], bool], read_through: Callable[[int], float],
-                    sets_readable: Callable[[], bool] = lambda: True) -> WindowCollector | None:
+                    sets_readable: Callable[[], bool] = lambda: True,
+                    is_live: Callable[[str], bool] = lambda node: True) -> WindowCollector | None:
     """A detect node's cloud-side metrics: the broker nodes' parts of its partitions' windows,
     merged, closed and evaluated (cloud/cluster_windows.py); ``ends_in_use``: whether every live
     node reads ends of window (rolling upgrades: publishers send none while one does not);
-    ``sets_readable``: whether every live node reads parts kept a set per row."""
+    ``sets_readable``: whether every live node reads parts kept a set per row; ``is_live``:
+    whether a node is a member (its devices' connections end when it is not)."""
     if not settings.cloud_metrics:
         return None
     return WindowCollector(detection, monitoring, on_events, owned, settings.effective_metrics_window, engine,
                            ends_in_use=ends_in_use, read_through=read_through, sets_readable=sets_readable,
-                           minute_s=settings.effective_minute)
+                           minute_s=settings.effective_minute, is_live=is_live)
 
 
 def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
                 monitoring: MonitoringIndex, routes: AlertRoutes, alerts: AlertDelivery, health: DatabaseHealth,
                 bare_token_members: BareTokenMembers | None = None, swept: SweepWake | None = None,
                 ends_in_use: Callable[[], bool] = lambda: True, sets_readable: Callable[[], bool] = lambda: True,
-                statistics_compact: Callable[[], bool] = lambda: True
+                statistics_compact: Callable[[], bool] = lambda: True,
+                is_live: Callable[[str], bool] = lambda node: True
                 ) -> tuple[DetectConsumer, DetectionService, list[Coroutine[Any, Any, None]]]:
     """The consumer of this node's partitions, its detection (control notices reach its ML
     models) and the loops a detect node runs (not yet started). Cut off from the database for
@@ -395,7 +398,7 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     cloud = cloud_collector(settings, engine, monitoring, detection, counting(alerts.wake),
                             lambda: owned[0].ownership.kept() if owned else {}, ends_in_use,
                             lambda partition: owned[0].read_through(partition) if owned else float("-inf"),
-                            sets_readable)
+                            sets_readable, is_live)
     consumer = (DetectConsumer(nc.jetstream(), topology, node_id, cloud.handler(store.handle),
                                on_acquired=cloud_acquired(cloud, store.on_acquired),
                                on_released=cloud_released(cloud, store.on_released),
@@ -504,7 +507,8 @@ async def serve_cluster(settings: Settings) -> None:
                                               health, flags.unannounced, swept, peers_read.ends,
                                               peers_read.part_sets,
                                               lambda: fleet_statistics.compact_readable(
-                                                  flags.announced(fleet_statistics.COMPACT_ANNOUNCEMENT)))
+                                                  flags.announced(fleet_statistics.COMPACT_ANNOUNCEMENT)),
+                                              flags.is_live)
                                   if "detect" in roles else (None, None, []))
     # The sweep last: it reads the control plane the caches before it were dropped for.
     notices.append(ControlNotices(nc, node_id, [monitoring.invalidate] +

@@ -31,6 +31,7 @@ from iotdefender.cloud import service as cloud_service
 from iotdefender.cloud.aggregator import ClientWindow
 from iotdefender.cloud.cluster_windows import (PARTS_LATE, WINDOWS_INCOMPLETE, CloudWindowEnd, CloudWindowMessage,
                                                WindowCollector, WindowPublisher, encode)
+from iotdefender.cluster import fencing
 from iotdefender.cluster.fencing import Fenced
 from iotdefender.cluster.partitions import partition_of
 from iotdefender.cluster.report_stream import Delivery, PartitionReader, ReportPublisher, report_message_id
@@ -98,13 +99,15 @@ class Detect:
 
     def __init__(self, url: str, clock: Clock, sets_readable: Callable[[], bool] = lambda: True) -> None:
         self.engine = create_engine(url)
+        self.members: set[str] = set()  # the other nodes still members of the cluster (none: all killed)
         monitoring = MonitoringIndex(self.engine, f"arn:aws:iot:us-east-1:{ACCOUNT}:")
         self.detection = DetectionService(self.engine, monitoring, AlertRoutes({}), 172800.0)
         self.events: list[EventSummary] = []
         self.store = PartitionBatchStore(monitoring, self.detection, self.events.extend)
         self.owned: dict[int, int] = {}
         self.collector = WindowCollector(self.detection, monitoring, self.events.extend, lambda: self.owned,
-                                         WINDOW_S, self.engine, clock=clock, sets_readable=sets_readable)
+                                         WINDOW_S, self.engine, clock=clock, sets_readable=sets_readable,
+                                         is_live=lambda node: node in self.members)
         self.handle = self.collector.handler(self.store.handle)
 
     def acquire(self, partition: int, token: int) -> None:
@@ -888,6 +891,18 @@ def connection_points(url: str, thing: str) -> list[tuple[int, int, list[str] | 
              p.get("aws:source-ip-address", {}).get("cidrs"), AWAY_SERIES in p) for ts, p in datapoints(url, thing)]
 
 
+def taken_over_then_b_killed(database: str, clock: Clock, a: EndingBroker, steady: str) -> Detect:
+    """A new owner takes P over after W (its predecessor died); broker node B is killed in W+1:
+    W+1 waits for B's end, then closes incomplete, for the device on A that sent a message."""
+    new = Detect(database, clock)
+    new.acquire(P, 8)
+    a.intake.message_sent(steady, "t/x", 10)
+    assert window_ended(W + 1, clock, new, [a], 8) == 0
+    clock.now += new.collector.wait_s
+    assert new.collector.close_due() == 1
+    return new
+
+
 def test_the_devices_of_a_killed_broker_node_are_disconnected_unless_they_connected_elsewhere(database):
     """Broker node B is killed in W+1: it tells nobody its devices' connections ended. Once B is
     no longer waited for, a device that stayed away counts as disconnected since the first window
@@ -949,13 +964,7 @@ def test_a_new_owner_knows_which_devices_a_killed_broker_node_had_from_the_windo
     b.intake.connect_attempt(stays, "10.0.0.1", True)
     a.intake.connect_attempt(steady, "10.0.0.3", True)
     assert window_ended(W, clock, old, [a, b]) == 2
-
-    new = Detect(database, clock)
-    new.acquire(P, 8)
-    a.intake.message_sent(steady, "t/x", 10)
-    assert window_ended(W + 1, clock, new, [a], 8) == 0
-    clock.now += new.collector.wait_s
-    assert new.collector.close_due() == 1
+    new = taken_over_then_b_killed(database, clock, a, steady)
     assert window_ended(W + 2, clock, new, [a], 8) == 2
     assert connection_points(database, stays) == [(W, 0, ["10.0.0.1"], False), (W + 2, 10, None, True)]
     for detect in (old, new):
@@ -990,6 +999,84 @@ def test_a_new_owner_knows_where_its_idle_devices_are_connected_from_the_record(
     with new.engine.connect() as conn:
         assert sorted(cluster_parts.load_connections(conn, P)) == sorted([on_a, steady])
     for detect in (old, new):
+        detect.engine.dispose()
+
+
+def test_a_broker_node_still_a_member_loses_no_device_and_one_killed_later_does(database):
+    """B's end of W+1 is lost (a JetStream election: B lives, and is still a member): W+1 closes
+    incomplete and B is no longer waited for, but its idle device stays connected, and B's next
+    end clears the suspicion. Before, one lost end took every device of B as disconnected. Then B
+    is killed while still listed as a member (its entry expires a lease TTL later): its device is
+    taken as disconnected at the first close after B is no member any more, since B's last end."""
+    clock, detect, (idle, steady), a, b = two_ending_brokers(database, "member", 2, hosts=True)
+    detect.members = {"node-a", "node-b"}
+    b.intake.connect_attempt(idle, "10.0.0.1", True)
+    a.intake.connect_attempt(steady, "10.0.0.3", True)
+    assert window_ended(W, clock, detect, [a, b]) == 2
+    a.intake.message_sent(steady, "t/x", 10)
+    b.down = {"end"}  # B's end of W+1 is not stored
+    assert window_ended(W + 1, clock, detect, [a, b]) == 0
+    b.down = set()
+    clock.now += detect.collector.wait_s
+    assert detect.collector.close_due() == 1  # incomplete: steady only
+    a.intake.message_sent(steady, "t/x", 10)
+    assert window_ended(W + 2, clock, detect, [a, b]) == 2
+    assert connection_points(database, idle)[-1] == (W + 2, 0, ["10.0.0.1"], False)
+
+    a.intake.message_sent(steady, "t/x", 10)  # B is killed in W+3 and stays a member a while
+    assert window_ended(W + 3, clock, detect, [a]) == 0
+    clock.now += detect.collector.wait_s
+    assert detect.collector.close_due() == 1
+    assert window_ended(W + 4, clock, detect, [a]) == 2  # still a member: not taken as lost yet
+    assert connection_points(database, idle)[-1] == (W + 4, 0, ["10.0.0.1"], False)
+    detect.members = {"node-a"}  # its entry expired
+    assert window_ended(W + 5, clock, detect, [a]) == 2  # lost at this close, since W+3 began
+    assert window_ended(W + 6, clock, detect, [a]) == 2
+    assert connection_points(database, idle)[-1] == (W + 6, 20, None, True)
+    detect.engine.dispose()
+
+
+def test_a_refused_client_id_seen_before_a_takeover_is_not_taken_for_a_device_of_a_killed_node(database):
+    """Someone tries an unknown client id on B (refused) in the window before a takeover; B is
+    killed after it. The id is no device: no datapoint after the window of its refusal, no record
+    of being away.
+    Before, the successor took everyone seen by B in that window for connected through it."""
+    clock, old, (junk, steady), a, b = two_ending_brokers(database, "refused", 2, hosts=True)
+    b.intake.connect_attempt(junk, "10.0.0.9", False)
+    a.intake.connect_attempt(steady, "10.0.0.3", True)
+    assert window_ended(W, clock, old, [a, b]) == 2  # the refused CONNECT counts in W
+    new = taken_over_then_b_killed(database, clock, a, steady)
+    assert window_ended(W + 2, clock, new, [a], 8) == 1
+    assert [window for window, *_ in connection_points(database, junk)] == [W]
+    with new.engine.connect() as conn:
+        assert disconnections.load(conn, P) == {}
+    for detect in (old, new):
+        detect.engine.dispose()
+
+
+def test_a_device_away_when_its_partition_comes_back_keeps_its_disconnection_when_its_old_node_dies(database):
+    """D1 follows the device to B; the partition moves to D2, where the device disconnects, and
+    back to D1 before D1's next close. B is killed: the device stays away since it left, not
+    since B died. Before, D1's stale follow reset its disconnection to B's death."""
+    clock, d1, (leaver,), a, b = two_ending_brokers(database, "stale", 1, hosts=True)
+    b.intake.connect_attempt(leaver, "10.0.0.1", True)
+    assert window_ended(W, clock, d1, [a, b]) == 1
+    d1.owned.pop(P)
+    d1.collector.released(P)
+    d2 = Detect(database, clock)
+    d2.acquire(P, 8)
+    clock.now = (W + 1) * WINDOW_S + 60
+    b.intake.disconnect(leaver)
+    assert window_ended(W + 1, clock, d2, [a, b], 8) == 1
+    d2.owned.pop(P)
+    d2.collector.released(P)
+    d1.acquire(P, 9)  # back before D1 closed anything
+    assert window_ended(W + 2, clock, d1, [a], 9) == 0  # B is killed in W+2
+    clock.now += d1.collector.wait_s
+    d1.collector.close_due()
+    assert window_ended(W + 3, clock, d1, [a], 9) == 1
+    assert connection_points(database, leaver)[-1] == (W + 3, 14, None, True)
+    for detect in (d1, d2):
         detect.engine.dispose()
 
 
@@ -1419,4 +1506,48 @@ def test_a_reader_stores_the_reports_behind_a_window_part_while_the_part_waits_t
     assert detect.collector.close_due() == 2  # both devices' windows, from the parts held
     [(_, points)] = datapoints(database, on_p)
     assert points["aws:num-messages-sent"] == {"count": 0}  # its window, closed from its part
+    detect.engine.dispose()
+
+
+def test_a_partition_claimed_by_another_node_during_a_close_leaves_the_others_records_kept(database):
+    """A window is closed for P and the next partition, and another node claims the next one just
+    before the closing's last transaction: P's mark, its devices' disconnections and where their
+    connections are are kept; the claimed partition's are left to its new owner. Before, the one
+    fenced partition rolled back the whole transaction, P's records included."""
+    clock, detect, other, kept, gone, sent = two_partitions_published(database, "fenced", away=True)
+    for partition in (P, other):
+        asyncio.run(detect.handle(partition, 7, [d for d in sent if d.partition == partition]))
+    with detect.engine.begin() as conn:
+        fencing.claim(conn, other, 99)
+    clock.now = (W + 1) * WINDOW_S + detect.collector.grace_s + 0.1
+    detect.collector.close_due()
+    with detect.engine.connect() as conn:
+        assert cluster_parts.load(conn, P)[0] == cluster_parts.Mark(W, None)
+        assert cluster_parts.load(conn, other)[0] is None
+        assert set(cluster_parts.load_connections(conn, P)) == {kept}
+        assert cluster_parts.load_connections(conn, other) == {}
+        assert disconnections.load(conn, other) == {}  # its device left: its new owner records it
+    detect.engine.dispose()
+
+
+def test_where_connections_are_is_recorded_in_bounded_transactions(database, monkeypatch):
+    """At a node's first windows every connected device is recorded: in transactions of a bounded
+    number of devices (here one), each fenced, before the marks (those hold every partition's
+    fence row while they run)."""
+    from iotdefender.cloud import cluster_windows
+    monkeypatch.setattr(cluster_windows, "PARTS_PER_TRANSACTION", 1)
+    recorded: list[int] = []
+    record = cluster_parts.record_connections
+    monkeypatch.setattr(cluster_parts, "record_connections",
+                        lambda conn, changes, partition_of: recorded.append(len(changes)) or record(conn, changes,
+                                                                                                    partition_of))
+    clock, detect, other, first, second, sent = two_partitions_published(database, "bounded")
+    for partition in (P, other):
+        asyncio.run(detect.handle(partition, 7, [d for d in sent if d.partition == partition]))
+    clock.now = (W + 1) * WINDOW_S + detect.collector.grace_s + 0.1
+    assert detect.collector.close_due() == 2
+    assert recorded == [1, 1]
+    with detect.engine.connect() as conn:
+        assert cluster_parts.load_connections(conn, P) == {first: ("node-a", "10.0.0.1", W * WINDOW_S + 10)}
+        assert cluster_parts.load_connections(conn, other) == {second: ("node-a", "10.0.0.1", W * WINDOW_S + 10)}
     detect.engine.dispose()

@@ -632,8 +632,15 @@ class WindowCollector:
                  clock: Callable[[], float] = time.time, partitions: int = PARTITION_COUNT,
                  wait_s: float = 10.0, ends_in_use: Callable[[], bool] = _always,
                  read_through: Callable[[int], float] | None = None, longest_wait_s: float = 120.0,
-                 sets_readable: Callable[[], bool] = _always, minute_s: float = 60.0) -> None:
+                 sets_readable: Callable[[], bool] = _always, minute_s: float = 60.0,
+                 is_live: Callable[[str], bool] = lambda node: False) -> None:
         self.grace_s = grace_s if grace_s is not None else min(2.0, window_s / 2)
+        # Whether a node is a live member of the cluster (its entry in the nodes bucket): a
+        # publisher no longer waited for is taken as killed only if it is not (``_connections_lost``).
+        self._is_live = is_live
+        # (partition, publisher) no longer waited for, still a member then: since when its devices
+        # would be disconnected, until it is not a member (killed) or ends a window again (alive).
+        self._suspects: dict[tuple[int, str], tuple[int, float]] = {}  # -> (its last window ended, since)
         self.wait_s, self._ends_in_use = wait_s, ends_in_use
         self._sets_readable = sets_readable
         self._read_through, self._longest_wait_s = read_through, longest_wait_s
@@ -910,11 +917,10 @@ class WindowCollector:
             self._seen.pop(partition, None)  # also what this node merged of a window whose close failed
         else:
             self._seen[partition] = (seen.window, {thing: self._publishers(nodes) for thing, nodes in seen.publishers.items()})
-            # Where its devices were connected, until their next parts say, when not recorded (a
-            # release before the record): the one broker node each was seen by in that window.
-            for thing, nodes in seen.publishers.items():
-                if len(nodes) == 1 and thing not in disconnected_at and thing not in (connections or {}):
-                    self._via[thing] = sys.intern(next(iter(nodes)))
+        connected_from = self.cloud.aggregator.connected_from
+        for thing in away or ():  # what this node followed of them before is stale (it held the partition)
+            self._via.pop(thing, None)
+            connected_from.pop(thing, None)
         if connections and partition not in self._distrusted:
             aggregator = self.cloud.aggregator
             for thing, (node, address, since) in connections.items():
@@ -942,6 +948,8 @@ class WindowCollector:
     def released(self, partition: int) -> None:
         """Forget the partition; its parts stay in PostgreSQL for its next owner. Its devices leave
         the clients seen at the next close (``_forget_seen``, off the event loop)."""
+        for suspect in [suspect for suspect in list(self._suspects) if suspect[0] == partition]:
+            self._suspects.pop(suspect, None)
         for state in (self._next, self._ready, self._floors, self._seen, self._unrecorded):
             state.pop(partition, None)
         self._distrusted.discard(partition)
@@ -1144,24 +1152,43 @@ class WindowCollector:
         ``aws:disconnect-duration``, no away windows, its last address in ``aws:source-ip-address``.
         Applied to what the aggregator holds; ``done``: the (partition, publisher) taken as lost
         already (their ends are forgotten at the round's end), to which these are added."""
-        gone: dict[tuple[int, str], float] = {}
-        for partition, window in closed.items():
-            for end in self.ends.gone(partition, window + 1):
+        for partition in closed:
+            for end in self.ends.gone(partition, closed[partition] + 1):
                 if (partition, end.node) not in done:
-                    gone[(partition, end.node)] = (end.window + 1) * self._window_s
+                    self._suspects[(partition, end.node)] = (end.window, (end.window + 1) * self._window_s)
+        gone: dict[tuple[int, str], float] = {}
+        for (partition, node), (last, since) in list(self._suspects.items()):
+            if partition not in closed:
+                continue
+            latest = self.ends.latest(partition, node)
+            if latest is not None and latest.window > last:  # it ended a window again: it was alive
+                del self._suspects[(partition, node)]
+            # One end lost to a JetStream election is enough for a node to be no longer waited for
+            # (a window of 300 s has a horizon of one): alive, it is still a member; a node killed is
+            # one no more a lease TTL later, and is suspected until then.
+            elif not self._is_live(node):
+                del self._suspects[(partition, node)]
+                gone[(partition, node)] = since
         if not gone:
             return {}
         done.update(gone)
-        connected_from = self.cloud.aggregator.connected_from
-        lost: dict[str, float] = {}
-        for thing, node in list(self._via.items()):
-            since = gone.get((self._partition(thing), node))
-            if since is not None:
-                connection = connected_from.get(thing)
-                lost[thing] = max(since, connection[1]) if connection is not None else since
         aggregator = self.cloud.aggregator
+        connected_from, disconnected_at = aggregator.connected_from, aggregator.disconnected_at
+        lost: dict[str, float] = {}
+        stale: list[str] = []
+        for thing, node in list(self._via.items()):
+            ended = gone.get((self._partition(thing), node))
+            if ended is None:
+                continue
+            if thing in disconnected_at:  # away already (known from another owner): since when stands
+                stale.append(thing)
+                continue
+            connection = connected_from.get(thing)
+            lost[thing] = max(ended, connection[1]) if connection is not None else ended
+        for thing in stale:
+            self._via.pop(thing, None)
         for thing, since in lost.items():  # monitored from then on, registered or not, as a device known away
-            del self._via[thing]
+            self._via.pop(thing, None)
             aggregator.connection_ended(thing, since)
             aggregator.seen.add(thing)
         log.warning("cloud_connections_lost", devices=len(lost), publishers=sorted({node for _, node in gone}))
@@ -1193,26 +1220,51 @@ class WindowCollector:
             else:
                 self._away.setdefault(partition, set()).add(thing)
         if held:
-            try:
-                with writing(self._engine) as conn:
-                    fencing.check_all(conn, held)
-                    cluster_parts.advance(conn, {partition: Mark(closed[partition], None) for partition in held})
-                    cluster_parts.forget_ends(conn, {partition: self.ends.forgettable_before(closed[partition] + 1)
-                                                     for partition in held})
-                    disconnections.forget(conn, sorted(self._distrusted & held.keys()))
-                    cluster_parts.forget_connections(conn, sorted(self._distrusted & held.keys()))
-                    disconnections.apply(conn, kept, self._partition)
-                    cluster_parts.record_connections(conn, connections, self._partition)
-                for partition in held:
-                    self._unrecorded.pop(partition, None)
-                    self._distrusted.discard(partition)
-            except fencing.Fenced as error:
-                log.info("cloud_window_mark_fenced", error=str(error))
+            self._record_connections(connections, held)
+            # A partition another node claimed meanwhile is left out, not the whole round: one
+            # fenced partition rolled back the marks and the records of every other.
+            with writing(self._engine) as conn:
+                fenced = fencing.superseded(conn, held)
+                mine = {partition: token for partition, token in held.items() if partition not in fenced}
+                cluster_parts.advance(conn, {partition: Mark(closed[partition], None) for partition in mine})
+                cluster_parts.forget_ends(conn, {partition: self.ends.forgettable_before(closed[partition] + 1)
+                                                 for partition in mine})
+                disconnections.forget(conn, sorted(self._distrusted & mine.keys()))
+                disconnections.apply(conn, {thing: since for thing, since in kept.items()
+                                            if self._partition(thing) in mine}, self._partition)
+            if fenced:
+                log.info("cloud_window_mark_fenced", partitions=sorted(fenced))
+            for partition in mine:
+                self._unrecorded.pop(partition, None)
+                self._distrusted.discard(partition)
         for partition, window in closed.items():
             self.ends.prune(partition, window + 1)
             floor = self._floors.get(partition)
             if floor is not None and floor.window <= window:
                 del self._floors[partition]
+
+    def _record_connections(self, connections: Mapping[str, cluster_parts.DeviceConnection | None],
+                            held: Mapping[int, int]) -> None:
+        """Record where the devices' connections are, in transactions of at most
+        ``PARTS_PER_TRANSACTION`` devices, each fenced (a partition claimed meanwhile is left out),
+        before the marks: a node's first windows record every device connected (200,000 at a
+        node's share of the sizing rule), as does a broker node's death (its devices reconnect
+        elsewhere), and a transaction holds the fence rows of its partitions, which the reports
+        of those partitions wait for (``keep_many``). Advisory: a device's next part says again.
+        What a distrusted partition had recorded (a release before the record owned it) goes first."""
+        distrusted = {partition: held[partition] for partition in self._distrusted & held.keys()}
+        if distrusted:
+            with writing(self._engine) as conn:
+                fenced = fencing.superseded(conn, distrusted)
+                cluster_parts.forget_connections(conn, sorted(distrusted.keys() - fenced))
+        things = sorted(connections, key=self._partition)
+        for start in range(0, len(things), PARTS_PER_TRANSACTION):
+            chunk = {thing: connections[thing] for thing in things[start:start + PARTS_PER_TRANSACTION]}
+            tokens = {partition: held[partition] for partition in {self._partition(thing) for thing in chunk}}
+            with writing(self._engine) as conn:
+                fenced = fencing.superseded(conn, tokens)
+                cluster_parts.record_connections(conn, {thing: value for thing, value in chunk.items()
+                                                        if self._partition(thing) not in fenced}, self._partition)
 
     def close_due(self) -> int:
         """Merge, then close (in the calling thread; tests call it directly)."""

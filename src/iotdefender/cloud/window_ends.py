@@ -124,13 +124,18 @@ class WindowEnds:
         every connection they had ended with them. (One cut off from NATS for that long comes back
         with its devices' traffic, which says they are connected: ``WindowCollector``.)"""
         before = self.forgettable_before(window)
-        return [end for end in self._ends.get(partition, {}).values()
+        # A copy first: read in the closing thread while the event loop records the ends it reads.
+        return [end for end in list(self._ends.get(partition, {}).values())
                 if end.window < before and end.hosts and not end.last]
+
+    def latest(self, partition: int, node: str) -> End | None:
+        """``node``'s latest end in the partition (None: none, or forgotten by ``prune``)."""
+        return self._ends.get(partition, {}).get(node)
 
     def prune(self, partition: int, window: int) -> None:
         """Forget the ends that expect nothing of ``window`` or later (publishers gone: a
         restarted node is a new publisher)."""
         before = self.forgettable_before(window)
         ends = self._ends.get(partition, {})
-        for node in [node for node, end in ends.items() if end.window < before]:
-            del ends[node]
+        for node in [node for node, end in list(ends.items()) if end.window < before]:  # (as ``gone``)
+            ends.pop(node, None)

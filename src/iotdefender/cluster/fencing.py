@@ -60,14 +60,25 @@ def move(conn: Connection, partition: int, old: int, new: int) -> bool:
 def check_all(conn: Connection, tokens: Mapping[int, int]) -> None:
     """``check`` for several partitions ({partition: token}) in one statement, the rows locked in
     partition order (two transactions never wait on each other in a cycle)."""
-    if not tokens:
-        return
-    held = dict(conn.execute(sa.select(fences.c.partition, fences.c.token)
-                             .where(fences.c.partition.in_(sorted(tokens))).order_by(fences.c.partition)
-                             .with_for_update()).all())
+    held = _locked(conn, tokens)
     for partition, token in sorted(tokens.items()):
         if held.get(partition) != token:
             raise Fenced(f"partition {partition}: lease token {token} superseded by {held.get(partition)}")
+
+
+def superseded(conn: Connection, tokens: Mapping[int, int]) -> set[int]:
+    """The partitions of ``tokens`` ({partition: token}) a newer owner claimed, the fence rows of
+    all locked as ``check_all`` locks them: a transaction writes for the others only."""
+    held = _locked(conn, tokens)
+    return {partition for partition, token in tokens.items() if held.get(partition) != token}
+
+
+def _locked(conn: Connection, tokens: Mapping[int, int]) -> dict[int, int]:
+    if not tokens:
+        return {}
+    return dict(conn.execute(sa.select(fences.c.partition, fences.c.token)
+                             .where(fences.c.partition.in_(sorted(tokens))).order_by(fences.c.partition)
+                             .with_for_update()).all())
 
 
 def check(conn: Connection, partition: int, token: int) -> None:

@@ -129,6 +129,11 @@ class SharedSettings:
         announced = set(await bucket_keys(await self._bucket()))
         return any(member not in announced for member in members)
 
+    def is_live(self, node: str) -> bool:
+        """Whether ``node`` had its entry in the bucket at the last read (it expires a lease TTL
+        after the node stopped putting it: killed, or cut off from NATS)."""
+        return node == self._node_id or node in self._peers
+
     def announced(self, key: str) -> list[object]:
         """What each live node (but this one) announced under ``key`` at the last read; None for a
         node that announced nothing there (a release before that announcement)."""
