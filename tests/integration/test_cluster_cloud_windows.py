@@ -957,9 +957,10 @@ def test_the_window_closed_with_the_one_a_killed_broker_node_left_incomplete_has
     detect.engine.dispose()
 
 
-def test_a_new_owner_knows_which_devices_a_killed_broker_node_had_from_the_window_before(database):
-    """The detect node dies after closing W, B is killed in W+1: the successor knows from the parts
-    of W kept in PostgreSQL that the device was on B, and takes it as disconnected too."""
+def test_a_new_owner_knows_which_devices_a_killed_broker_node_had_from_the_record(database):
+    """The detect node dies after closing W, B is killed in W+1: the successor knows from the record
+    of where connections are (written with W's close) that the device was on B, and takes it as
+    disconnected too."""
     clock, old, (stays, steady), a, b = two_ending_brokers(database, "successor", 2, hosts=True)
     b.intake.connect_attempt(stays, "10.0.0.1", True)
     a.intake.connect_attempt(steady, "10.0.0.3", True)
