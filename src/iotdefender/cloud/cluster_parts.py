@@ -50,7 +50,7 @@ from sqlalchemy.engine import Connection
 
 from iotdefender.cloud.aggregator import ClientWindow, pack, unpack
 from iotdefender.cloud.window_ends import End
-from iotdefender.store.rows import upsert
+from iotdefender.store.rows import name_among, names_in_chunks, upsert, upsert_many
 from iotdefender.store.schema import cluster_cloud_connections as connections_table
 from iotdefender.store.schema import cluster_cloud_ends as ends_table
 from iotdefender.store.schema import cluster_cloud_part_sets as sets_table
@@ -303,18 +303,13 @@ DeviceConnection = tuple[str, str, float]
 
 def record_connections(conn: Connection, changes: Mapping[str, DeviceConnection | None],
                        partition_of: Callable[[str], int]) -> None:
-    """Record where devices' connections are ({thing: (node, address, since)}, None: it has none)."""
-    rows = [{"thing": thing, "partition": partition_of(thing), "node": value[0], "address": value[1][:64],
-             "since": value[2]} for thing, value in sorted(changes.items()) if value is not None]
-    ended = sorted(thing for thing, value in changes.items() if value is None)
-    if rows:
-        stmt = upsert(conn, connections_table)
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=[connections_table.c.thing],
-            set_={"partition": stmt.excluded.partition, "node": stmt.excluded.node,
-                  "address": stmt.excluded.address, "since": stmt.excluded.since}), rows)
-    for start in range(0, len(ended), 1000):  # bound the statement's parameters (SQLite: 32,766)
-        conn.execute(connections_table.delete().where(connections_table.c.thing.in_(ended[start:start + 1000])))
+    """Record where devices' connections are ({thing: (node, address, since)}, None: it has none).
+    Through the driver (``upsert_many``): a node's first windows record every connected device."""
+    upsert_many(conn, connections_table, "thing", ("thing", "partition", "node", "address", "since"),
+                [(thing, partition_of(thing), value[0], value[1][:64], value[2])
+                 for thing, value in sorted(changes.items()) if value is not None])
+    for chunk in names_in_chunks(sorted(thing for thing, value in changes.items() if value is None)):
+        conn.execute(connections_table.delete().where(name_among(conn, connections_table.c.thing, chunk)))
 
 
 def forget_connections(conn: Connection, partitions: Sequence[int]) -> None:

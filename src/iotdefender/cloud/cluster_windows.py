@@ -1257,14 +1257,15 @@ class WindowCollector:
             with writing(self._engine) as conn:
                 fenced = fencing.superseded(conn, distrusted)
                 cluster_parts.forget_connections(conn, sorted(distrusted.keys() - fenced))
-        things = sorted(connections, key=self._partition)
+        partition_of = {thing: self._partition(thing) for thing in connections}  # each name hashed once
+        things = sorted(connections, key=partition_of.__getitem__)
         for start in range(0, len(things), PARTS_PER_TRANSACTION):
-            chunk = {thing: connections[thing] for thing in things[start:start + PARTS_PER_TRANSACTION]}
-            tokens = {partition: held[partition] for partition in {self._partition(thing) for thing in chunk}}
+            chunk = things[start:start + PARTS_PER_TRANSACTION]
+            tokens = {partition: held[partition] for partition in {partition_of[thing] for thing in chunk}}
             with writing(self._engine) as conn:
                 fenced = fencing.superseded(conn, tokens)
-                cluster_parts.record_connections(conn, {thing: value for thing, value in chunk.items()
-                                                        if self._partition(thing) not in fenced}, self._partition)
+                cluster_parts.record_connections(conn, {thing: connections[thing] for thing in chunk
+                                                        if partition_of[thing] not in fenced}, partition_of.__getitem__)
 
     def close_due(self) -> int:
         """Merge, then close (in the calling thread; tests call it directly)."""

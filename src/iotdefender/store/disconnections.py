@@ -8,22 +8,16 @@ from collections.abc import Callable, Mapping, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from iotdefender.store.rows import upsert
+from iotdefender.store.rows import name_among, names_in_chunks, upsert_many
 from iotdefender.store.schema import cloud_disconnected
 
 
 def apply(conn: Connection, changes: Mapping[str, float | None], partition_of: Callable[[str], int]) -> None:
     """Record connection changes ({thing: disconnected since, or None: connected again})."""
-    away = [{"thing": thing, "partition": partition_of(thing), "since": since}
-            for thing, since in sorted(changes.items()) if since is not None]
-    back = sorted(thing for thing, since in changes.items() if since is None)
-    if away:
-        stmt = upsert(conn, cloud_disconnected)
-        conn.execute(stmt.on_conflict_do_update(index_elements=[cloud_disconnected.c.thing],
-                                                set_={"partition": stmt.excluded.partition,
-                                                      "since": stmt.excluded.since}), away)
-    for start in range(0, len(back), 1000):  # bound the statement's parameters (SQLite: 32,766)
-        conn.execute(cloud_disconnected.delete().where(cloud_disconnected.c.thing.in_(back[start:start + 1000])))
+    upsert_many(conn, cloud_disconnected, "thing", ("thing", "partition", "since"),
+                [(thing, partition_of(thing), since) for thing, since in sorted(changes.items()) if since is not None])
+    for chunk in names_in_chunks(sorted(thing for thing, since in changes.items() if since is None)):
+        conn.execute(cloud_disconnected.delete().where(name_among(conn, cloud_disconnected.c.thing, chunk)))
 
 
 def forget(conn: Connection, partitions: Sequence[int]) -> None:
