@@ -85,10 +85,16 @@ def test_two_nodes_count_an_external_brokers_messages_once_and_the_standby_takes
         devices.append(second)
         for _ in range(60):
             second.client.publish("telemetry/x", b"z" * 20, qos=0)
+        # The first device, connected before B read, counts from B's start (before: never again
+        # until it reconnected).
+        for _ in range(70):
+            first.client.publish("telemetry/x", b"y" * 50, qos=0)
         # Closed ~12 s after its end: A stays an expected publisher for the wait (10 s).
         wait_for(lambda: sent_total(iot, "nats-second") >= 60, 30, "the 60 messages counted by node B")
+        wait_for(lambda: sent_total(iot, "nats-first") >= counted + 70, 10, "the first device's 70 counted by node B")
         time.sleep(2 * WINDOW_S)
         assert sent_total(iot, "nats-second") == 60
+        assert sent_total(iot, "nats-first") == counted + 70
         raised = {e["thingName"] for e in iot.list_violation_events(
             startTime=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=10),
             endTime=dt.datetime.now(dt.timezone.utc))["violationEvents"] if e["violationEventType"] == "in-alarm"}

@@ -53,14 +53,27 @@ class NatsEventReader:
         self._nc: Any = None
         self._http: httpx.AsyncClient | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._adopted = False  # whether the connections open at the start were read (``_poll_once``)
 
     async def start(self) -> None:
         self._http = httpx.AsyncClient(timeout=5)
         self._nc = await nats.connect(self._events_url, max_reconnect_attempts=-1, reconnect_time_wait=2)
         for subject in SUBJECTS:
             await self._nc.subscribe(subject, cb=self._on_event)
+        # nats-py only queues the SUBs: a connection opened before the server had them gave no
+        # CONNECT event, and its messages were never counted. A flush's PONG says it has them.
+        await self._nc.flush()
+        # The connections open already (a restart, or a standby taking over the reading): counted
+        # from now, at the counters they have; before, they were never counted until they
+        # reconnected, and their DISCONNECT counted their whole life's messages once more.
+        # Until a poll succeeds (the monitoring endpoint may be away), the poller adopts them.
+        try:
+            await self._poll_once(adopt=True)
+            self._adopted = True
+        except Exception:
+            log.warning("nats_connz_poll_failed", exc_info=True)
         self._poller = asyncio.create_task(self._poll_forever(), name="nats-connz")
-        log.info("nats_events_started", monitor=self._monitor)
+        log.info("nats_events_started", monitor=self._monitor, connections=len(self._connections))
 
     async def stop(self) -> None:
         await cancel_and_wait([self._poller])
@@ -93,7 +106,9 @@ class NatsEventReader:
             if not name or name in self._ignore:
                 return
             if msg.subject.endswith(".CONNECT"):
-                self._connections[cid] = _Connection(name)
+                # Read by a poll before its event came: counted from then already (a reset counts
+                # its first messages twice).
+                self._connections.setdefault(cid, _Connection(name))
                 self._sink.connect_attempt(name, client.get("host"), True)
             elif msg.subject.endswith(".AUTH.ERR"):
                 self._sink.connect_attempt(name, client.get("host"), False)
@@ -115,26 +130,49 @@ class NatsEventReader:
             self._sink.message_counts(connection.client_id, sent, sent_bytes, received)
 
     async def _poll_forever(self) -> None:
-        assert self._http is not None
         while True:
             await asyncio.sleep(self._poll_s)
             try:
-                offset = 0
-                while True:  # in pages: one request of at most 100,000 left the connections beyond uncounted
-                    response = await self._http.get(f"{self._monitor}/connz", params={
-                        "state": "open", "offset": offset, "limit": self._connz_page})
-                    page = orjson.loads(response.content)
-                    connections = page.get("connections") or []
-                    for connection in connections:
-                        known = self._connections.get(connection.get("cid"))
-                        if known is not None:
-                            self._count(known, connection.get("in_msgs", 0), connection.get("in_bytes", 0),
-                                        connection.get("out_msgs", 0))
-                    # Connections that open or close between pages shift the rest: one may be read
-                    # twice (its counters moved by 0 the second time) or wait for the next poll
-                    # (they are cumulative, so nothing is lost).
-                    offset += len(connections)
-                    if not connections or offset >= page.get("total", 0):
-                        break
+                await self._poll_once(adopt=not self._adopted)
+                self._adopted = True
             except Exception:
                 log.warning("nats_connz_poll_failed", exc_info=True)
+
+    async def _poll_once(self, adopt: bool) -> None:
+        """Every open connection's counters since the last poll. One not known from an event is
+        followed from here: with ``adopt`` (at the start), from the counters it has (what it sent
+        before was counted by the reader before, or is lost with it); after, from 0: it opened
+        after the start (every open one was read then), and its CONNECT event has not come yet."""
+        assert self._http is not None
+        offset = 0
+        while True:  # in pages: one request of at most 100,000 left the connections beyond uncounted
+            response = await self._http.get(f"{self._monitor}/connz", params={
+                "state": "open", "offset": offset, "limit": self._connz_page})
+            page = orjson.loads(response.content)
+            connections = page.get("connections") or []
+            for connection in connections:
+                cid = connection.get("cid")
+                known = self._connections.get(cid)
+                if known is None:
+                    known = self._follow(cid, connection, adopt)
+                    if known is None:
+                        continue
+                self._count(known, connection.get("in_msgs", 0), connection.get("in_bytes", 0),
+                            connection.get("out_msgs", 0))
+            # Connections that open or close between pages shift the rest: one may be read
+            # twice (its counters moved by 0 the second time) or wait for the next poll
+            # (they are cumulative, so nothing is lost).
+            offset += len(connections)
+            if not connections or offset >= page.get("total", 0):
+                break
+
+    def _follow(self, cid: Any, connection: dict[str, Any], adopt: bool) -> _Connection | None:
+        """A device's connection first read in ``/connz`` (None: no device's)."""
+        name = connection.get("mqtt_client")
+        if not isinstance(cid, int) or not name or name in self._ignore:
+            return None
+        known = self._connections[cid] = _Connection(name)
+        if adopt:
+            known.in_msgs, known.in_bytes = connection.get("in_msgs", 0), connection.get("in_bytes", 0)
+            known.out_msgs = connection.get("out_msgs", 0)
+        return known
