@@ -44,7 +44,9 @@ def test_nats_events_produce_cloud_side_violations(tmp_path):
             {"name": "bounces", "metric": "aws:num-connection-attempts",
              "criteria": {"comparisonOperator": "less-than", "value": {"count": 4}}},
             {"name": "auth", "metric": "aws:num-authorization-failures",
-             "criteria": {"comparisonOperator": "less-than", "value": {"count": 1}}}])
+             "criteria": {"comparisonOperator": "less-than", "value": {"count": 1}}},
+            {"name": "where", "metric": "aws:source-ip-address",  # stored: a behavior uses it
+             "criteria": {"comparisonOperator": "in-cidr-set", "value": {"cidrs": ["127.0.0.0/8"]}}}])
         iot.attach_security_profile(securityProfileName="nats",
                                     securityProfileTargetArn="arn:aws:iot:us-east-1:123456789012:all/things")
         # Reports flow through NATS's MQTT listener too.
@@ -78,6 +80,26 @@ def test_nats_events_produce_cloud_side_violations(tmp_path):
         sent = iot.list_metric_values(thingName="nats-dev", metricName="aws:num-messages-sent",
                                       startTime=now - dt.timedelta(minutes=5), endTime=now)["metricDatumList"]
         assert sum(d["value"]["count"] for d in sent) >= 81  # the report and the 80 telemetry messages
+
+        # A restart while the device stays connected to NATS: read from /connz at the start, it
+        # is connected from its address in every window after, idle as it is (before: never seen
+        # until its next event, no address). Its first messages after count from then on.
+        svc.stop()
+        svc.start()
+        restarted = dt.datetime.now(dt.timezone.utc)
+        for _ in range(7):
+            dev.client.publish("telemetry/x", b"y" * 50, qos=0)
+
+        def since_restart(metric: str) -> list:
+            return iot.list_metric_values(thingName="nats-dev", metricName=metric, startTime=restarted,
+                                          endTime=dt.datetime.now(dt.timezone.utc))["metricDatumList"]
+
+        deadline = time.time() + 20
+        while time.time() < deadline and len(since_restart("aws:source-ip-address")) < 2:
+            time.sleep(0.5)
+        addresses = [d["value"]["cidrs"] for d in since_restart("aws:source-ip-address")]
+        assert len(addresses) >= 2 and all(cidrs == ["127.0.0.1"] for cidrs in addresses), addresses
+        assert sum(d["value"]["count"] for d in since_restart("aws:num-messages-sent")) == 7
         dev.close()
     finally:
         svc.stop()

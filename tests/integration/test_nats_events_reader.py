@@ -20,9 +20,14 @@ class Counts:
 
     def __init__(self) -> None:
         self.sent: dict[str, int] = {}
+        self.found_open: dict[str, Any] = {}  # client id -> address
+        self.connected: list[str] = []
 
     def connect_attempt(self, client_id: str, address: Any, accepted: bool) -> None:
-        pass
+        self.connected.append(client_id)
+
+    def connection_open(self, client_id: str, address: Any) -> None:
+        self.found_open[client_id] = address
 
     def disconnect(self, client_id: str) -> None:
         pass
@@ -98,19 +103,24 @@ def test_every_open_connection_is_counted_across_pages(broker: Broker):
 
 def test_connections_open_at_the_start_count_from_it_and_their_disconnection_adds_nothing_before_it(broker: Broker):
     """A reader that starts while devices are connected (a restart, or a standby taking the reading
-    over) counts what they send from its start, exactly: before, it never counted them until they
-    reconnected, and their disconnection counted every message of the connection's life again."""
+    over) has them connected from their address and counts what they send from its start, exactly:
+    before, it never counted them until they reconnected, and their disconnection counted every
+    message of the connection's life again."""
     devices = [broker.device(f"early-{n}") for n in range(3)]
     for n, device in enumerate(devices):
         send(device, 10 + n)  # before the reader: counted by the one before it, or by none
     counts = Counts()
 
     async def body() -> None:
+        # Connected, from their address, with no connection attempt of theirs: none was seen.
+        assert counts.found_open == {f"early-{n}": "127.0.0.1" for n in range(3)}
+        send(broker.device("late"), 1)  # one that connects after the start is announced by its event
         for n, device in enumerate(devices):
             send(device, n + 1)
-        await counts.until({"early-0": 1, "early-1": 2, "early-2": 3})
+        await counts.until({"early-0": 1, "early-1": 2, "early-2": 3, "late": 1})
+        assert counts.connected == ["late"] and "late" not in counts.found_open
         send(devices[0], 4)
         devices[0].close()  # its DISCONNECT event carries the connection's totals: 15
-        await counts.until({"early-0": 5, "early-1": 2, "early-2": 3})
+        await counts.until({"early-0": 5, "early-1": 2, "early-2": 3, "late": 1})
 
     broker.read(counts, body)

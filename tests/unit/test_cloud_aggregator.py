@@ -258,6 +258,27 @@ def test_the_address_of_a_connection_counts_in_every_window_it_is_open():
     assert agg.datapoints("d", agg.take(6).get("d"), 420)["aws:source-ip-address"] == {"cidrs": ["10.0.0.7"]}
 
 
+def test_a_connection_found_open_is_connected_from_its_address_and_counts_no_attempt():
+    """A reader of a broker's counters that starts among open connections (NATS /connz after a
+    restart): the devices are connected from then, with their address, and idle is behaviour; one
+    away at the last window closed came back meanwhile. Before, both counted as away until their
+    next event, without an address."""
+    agg = Aggregator(window_s=10, last_closed=-1)
+    agg.disconnected_at["was-away"] = -5.0  # as ``disconnections.load`` gives it back at a restart
+    agg.seen.add("was-away")
+    agg.connection_open("idle", "10.0.0.5", at=12)
+    agg.connection_open("was-away", "10.0.0.6", at=12)
+    agg.connection_open("idle", "10.0.0.9", at=13)  # read twice: the first stands
+    assert agg.closed_windows(30.2) == [0, 1, 2]
+    windows = [agg.take(w) for w in range(3)]
+    for thing, address in (("idle", "10.0.0.5"), ("was-away", "10.0.0.6")):
+        before, found, after = (agg.datapoints(thing, windows[w].get(thing), (w + 1) * 10) for w in range(3))
+        assert AWAY_SERIES in before and "aws:source-ip-address" not in before  # not known then
+        assert found["aws:source-ip-address"] == after["aws:source-ip-address"] == {"cidrs": [address]}
+        assert AWAY_SERIES not in after and after["aws:num-connection-attempts"] == {"count": 0}
+        assert after["aws:disconnect-duration"] == {"count": 0}
+
+
 def test_a_topic_scoped_address_needs_a_message_on_the_topics_from_a_connection_of_any_age():
     agg = Aggregator(window_s=60)
     spec = DimensionSpec("aws:source-ip-address", "cmd", "IN", ("cmd/#",))

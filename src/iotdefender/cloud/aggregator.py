@@ -283,6 +283,20 @@ class Aggregator:
             if connection is not None and (earlier is None or self.index(earlier[2]) != self.index(at)):
                 self.left[client_id] = (*connection, at)
 
+    def connection_open(self, client_id: str, address: str | None, at: float) -> None:
+        """A connection found open that no event announced: a reader of the broker's counters
+        (NATS ``/connz``) started while it was open, after a restart or a takeover. The device is
+        connected, from ``address``, and counts no attempt (it may have connected long before).
+        Before, it counted as never seen until its next event: no ``aws:source-ip-address``, and
+        its idle windows taken for absence (on one box), as a device's that never connected."""
+        if client_id in self.connected_from:
+            return
+        if self.keeps_devices:
+            self._note_return(client_id, at)  # away when the last window closed: it came back meanwhile
+            self.seen.add(client_id)
+            self.disconnected_at.pop(client_id, None)
+        self.connected_from[client_id] = (address or "", at)
+
     def connections_lost(self, at: float) -> None:
         """The broker died: every connection it had ended, and it could tell of none (Mosquitto
         restarted by its supervisor). Each counts as the device's disconnection, as it is one;
@@ -457,7 +471,8 @@ def _has_events(window: ClientWindow) -> bool:
     datapoints in devices "connecting and having activity" (60 devices every 45 minutes, 7 every
     5: https://docs.aws.amazon.com/iot-device-defender/latest/devguide/dd-detect-ml.html). A
     device still connected to an external broker across a restart of this process, or to a
-    broker node across a cluster's takeover, counts as never seen until its next event."""
+    broker node across a cluster's takeover, counts as never seen until its next event (except on
+    a NATS broker, whose open connections are read at the start: ``connection_open``)."""
     return bool(window.connection_attempts or window.disconnects or window.sent or window.received
                 or window.auth_failures)
 

@@ -141,8 +141,9 @@ class NatsEventReader:
     async def _poll_once(self, adopt: bool) -> None:
         """Every open connection's counters since the last poll. One not known from an event is
         followed from here: with ``adopt`` (at the start), from the counters it has (what it sent
-        before was counted by the reader before, or is lost with it); after, from 0: it opened
-        after the start (every open one was read then), and its CONNECT event has not come yet."""
+        before was counted by the reader before, or is lost with it), and the device is connected
+        from its address; after, from 0: it opened after the start (every open one was read then),
+        and its CONNECT event, which counts the attempt, has not come yet."""
         assert self._http is not None
         offset = 0
         while True:  # in pages: one request of at most 100,000 left the connections beyond uncounted
@@ -175,4 +176,5 @@ class NatsEventReader:
         if adopt:
             known.in_msgs, known.in_bytes = connection.get("in_msgs", 0), connection.get("in_bytes", 0)
             known.out_msgs = connection.get("out_msgs", 0)
+            self._sink.connection_open(name, connection.get("ip"))
         return known

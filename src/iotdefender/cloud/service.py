@@ -125,6 +125,11 @@ class CloudEventIntake:
             with self._events:
                 self.aggregator.disconnect(client_id, self._time(at))
 
+    def connection_open(self, client_id: str | None, address: str | None) -> None:
+        if client_id:
+            with self._events:
+                self.aggregator.connection_open(client_id, address, self._clock())
+
     def connections_lost(self, at: float | None = None) -> None:
         with self._events:
             self.aggregator.connections_lost(self._time(at))
