@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from iotdefender.cloud.nats_events import NatsEventReader
@@ -124,3 +125,46 @@ def test_connections_open_at_the_start_count_from_it_and_their_disconnection_add
         await counts.until({"early-0": 5, "early-1": 2, "early-2": 3, "late": 1})
 
     broker.read(counts, body)
+
+
+class HeldMonitor(httpx.AsyncBaseTransport):
+    """The NATS monitoring endpoint, reached for real, whose next /connz answer can be held back
+    once it is read: what a slow answer does when a device disconnects meanwhile."""
+
+    def __init__(self) -> None:
+        self._real = httpx.AsyncHTTPTransport()
+        self.hold = False
+        self.held = asyncio.Event()
+        self.released = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._real.handle_async_request(request)
+        await response.aread()
+        if self.hold and request.url.path == "/connz":
+            self.hold = False
+            self.held.set()
+            await self.released.wait()
+        return response
+
+    async def aclose(self) -> None:
+        await self._real.aclose()
+
+
+def test_a_connection_that_ends_while_a_poll_is_answered_counts_once(broker: Broker):
+    """A /connz page read before a device's DISCONNECT event lists it open: it is not followed again
+    from 0 (its whole life counted twice, and followed for ever)."""
+    counts, monitor = Counts(), HeldMonitor()
+    device = broker.device("leaving")
+
+    async def body() -> None:
+        send(device, 5)
+        await counts.until({"leaving": 5})
+        send(device, 3)
+        monitor.hold = True
+        await asyncio.wait_for(monitor.held.wait(), 5)  # a page that has it open with 8, held
+        device.close()
+        await counts.until({"leaving": 8})  # its DISCONNECT: the 3 since the last poll
+        monitor.released.set()
+        await counts.until({"leaving": 8})
+
+    broker.read(counts, body, monitor_transport=monitor)

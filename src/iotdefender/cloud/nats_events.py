@@ -42,7 +42,8 @@ class _Connection:
 
 class NatsEventReader:
     def __init__(self, events_url: str, monitor_url: str, sink: Any, poll_s: float = 1.0,
-                 ignore: Container[str] = frozenset(), connz_page: int = CONNZ_PAGE) -> None:
+                 ignore: Container[str] = frozenset(), connz_page: int = CONNZ_PAGE,
+                 monitor_transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._events_url = events_url
         self._monitor = monitor_url.rstrip("/")
         self._sink = sink
@@ -52,11 +53,15 @@ class NatsEventReader:
         self._connections: dict[int, _Connection] = {}
         self._nc: Any = None
         self._http: httpx.AsyncClient | None = None
+        self._monitor_transport = monitor_transport  # how /connz is reached (None: httpx's own)
         self._poller: asyncio.Task[None] | None = None
         self._adopted = False  # whether the connections open at the start were read (``_poll_once``)
+        # The connections whose DISCONNECT came during the current poll: a page read before it
+        # still lists them open, and following them again counted their whole life twice.
+        self._ended: set[int] = set()
 
     async def start(self) -> None:
-        self._http = httpx.AsyncClient(timeout=5)
+        self._http = httpx.AsyncClient(timeout=5, transport=self._monitor_transport)
         self._nc = await nats.connect(self._events_url, max_reconnect_attempts=-1, reconnect_time_wait=2)
         for subject in SUBJECTS:
             await self._nc.subscribe(subject, cb=self._on_event)
@@ -114,6 +119,7 @@ class NatsEventReader:
                 self._sink.connect_attempt(name, client.get("host"), False)
             elif msg.subject.endswith(".DISCONNECT"):
                 known = self._connections.pop(cid, None) or _Connection(name)
+                self._ended.add(cid)
                 sent, received = event.get("sent") or {}, event.get("received") or {}
                 # From the server's side: "sent" is what the client sent it (connz in_msgs).
                 self._count(known, sent.get("msgs", 0), sent.get("bytes", 0), received.get("msgs", 0))
@@ -145,6 +151,7 @@ class NatsEventReader:
         from its address; after, from 0: it opened after the start (every open one was read then),
         and its CONNECT event, which counts the attempt, has not come yet."""
         assert self._http is not None
+        self._ended.clear()  # a connection that ended before this poll is in none of its pages
         offset = 0
         while True:  # in pages: one request of at most 100,000 left the connections beyond uncounted
             response = await self._http.get(f"{self._monitor}/connz", params={
@@ -155,6 +162,8 @@ class NatsEventReader:
                 cid = connection.get("cid")
                 known = self._connections.get(cid)
                 if known is None:
+                    if cid in self._ended:  # read open, then its DISCONNECT came (counted there)
+                        continue
                     known = self._follow(cid, connection, adopt)
                     if known is None:
                         continue
