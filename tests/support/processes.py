@@ -423,6 +423,14 @@ class NatsServer:
 
         wait_for(listening, 20, "nats-server")
 
+    def restart(self) -> None:
+        """Stopped and started again on its ports (an upgrade): every connection ends without a
+        DISCONNECT event, and the new ones are numbered from 1 again, under a new server id."""
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(10)
+        self.start()
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()

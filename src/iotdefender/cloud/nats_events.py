@@ -50,7 +50,10 @@ class NatsEventReader:
         self._poll_s = poll_s
         self._connz_page = connz_page
         self._ignore = ignore
-        self._connections: dict[int, _Connection] = {}
+        # By (server id, connection id): a restarted nats-server numbers its connections from 1
+        # again, under a new server id.
+        self._connections: dict[tuple[str, int], _Connection] = {}
+        self._server: str | None = None  # the id of the server /connz answered for last
         self._nc: Any = None
         self._http: httpx.AsyncClient | None = None
         self._monitor_transport = monitor_transport  # how /connz is reached (None: httpx's own)
@@ -58,7 +61,7 @@ class NatsEventReader:
         self._adopted = False  # whether the connections open at the start were read (``_poll_once``)
         # The connections whose DISCONNECT came during the current poll: a page read before it
         # still lists them open, and following them again counted their whole life twice.
-        self._ended: set[int] = set()
+        self._ended: set[tuple[str, int]] = set()
 
     async def start(self) -> None:
         self._http = httpx.AsyncClient(timeout=5, transport=self._monitor_transport)
@@ -110,16 +113,17 @@ class NatsEventReader:
             name = client.get("name") or client.get("mqtt_client") or await self._client_id(cid)
             if not name or name in self._ignore:
                 return
+            key = ((event.get("server") or {}).get("id") or "", cid)
             if msg.subject.endswith(".CONNECT"):
                 # Read by a poll before its event came: counted from then already (a reset counts
                 # its first messages twice).
-                self._connections.setdefault(cid, _Connection(name))
+                self._connections.setdefault(key, _Connection(name))
                 self._sink.connect_attempt(name, client.get("host"), True)
             elif msg.subject.endswith(".AUTH.ERR"):
                 self._sink.connect_attempt(name, client.get("host"), False)
             elif msg.subject.endswith(".DISCONNECT"):
-                known = self._connections.pop(cid, None) or _Connection(name)
-                self._ended.add(cid)
+                known = self._connections.pop(key, None) or _Connection(name)
+                self._ended.add(key)
                 sent, received = event.get("sent") or {}, event.get("received") or {}
                 # From the server's side: "sent" is what the client sent it (connz in_msgs).
                 self._count(known, sent.get("msgs", 0), sent.get("bytes", 0), received.get("msgs", 0))
@@ -157,14 +161,15 @@ class NatsEventReader:
             response = await self._http.get(f"{self._monitor}/connz", params={
                 "state": "open", "offset": offset, "limit": self._connz_page})
             page = orjson.loads(response.content)
+            server = self._answering(page.get("server_id") or "")
             connections = page.get("connections") or []
             for connection in connections:
-                cid = connection.get("cid")
-                known = self._connections.get(cid)
+                key = (server, connection.get("cid"))
+                known = self._connections.get(key)
                 if known is None:
-                    if cid in self._ended:  # read open, then its DISCONNECT came (counted there)
+                    if key in self._ended:  # read open, then its DISCONNECT came (counted there)
                         continue
-                    known = self._follow(cid, connection, adopt)
+                    known = self._follow(key, connection, adopt)
                     if known is None:
                         continue
                 self._count(known, connection.get("in_msgs", 0), connection.get("in_bytes", 0),
@@ -176,12 +181,25 @@ class NatsEventReader:
             if not connections or offset >= page.get("total", 0):
                 break
 
-    def _follow(self, cid: Any, connection: dict[str, Any], adopt: bool) -> _Connection | None:
+    def _answering(self, server: str) -> str:
+        """The server that answered /connz. Another than before: the server restarted (its
+        connections before ended with it, without events; their entries are dropped) or the
+        monitor URL now reaches another one. Its connections are new to the reader: counted
+        from 0."""
+        if server != self._server:
+            if self._server is not None:
+                log.warning("nats_server_changed", before=self._server, now=server)
+                for key in [key for key in self._connections if key[0] != server]:
+                    del self._connections[key]
+            self._server = server
+        return server
+
+    def _follow(self, key: tuple[str, Any], connection: dict[str, Any], adopt: bool) -> _Connection | None:
         """A device's connection first read in ``/connz`` (None: no device's)."""
         name = connection.get("mqtt_client")
-        if not isinstance(cid, int) or not name or name in self._ignore:
+        if not isinstance(key[1], int) or not name or name in self._ignore:
             return None
-        known = self._connections[cid] = _Connection(name)
+        known = self._connections[key] = _Connection(name)
         if adopt:
             known.in_msgs, known.in_bytes = connection.get("in_msgs", 0), connection.get("in_bytes", 0)
             known.out_msgs = connection.get("out_msgs", 0)
