@@ -88,6 +88,7 @@ class ApiService:
     async def handle(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
         started = time.perf_counter()
+        began: float | None = None  # when the operation's database work began (``DatabaseHealth.failed``)
         operation_name = "-"
         try:
             body = await request.body()
@@ -125,6 +126,7 @@ class ApiService:
             implementation = self.dispatcher.implementation(operation_name)  # 501 before any input error
             params = parse_request(operation, match.path_params, raw_query, headers, body)
             extra = {"request_host": headers.get("host", "")} if implementation.takes_request_host else {}
+            began = self.database_health().now()
             output = await anyio.to_thread.run_sync(functools.partial(self.dispatcher.call, operation, params, **extra),
                                                     limiter=self._limiter)
             status, out_headers, payload = serialize_response(operation, output)
@@ -136,7 +138,7 @@ class ApiService:
             raise  # the client left before its body arrived: no defect (http_metrics.client_left, 499)
         except Exception as error:
             if is_unavailable(error):  # an outage, not a defect: 503 as AWS does, logged once per outage
-                self.database_health().failed(error)
+                self.database_health().failed(error, began)
                 return self._logged(_error_response(ApiError(
                     "ServiceUnavailableException", "The service's database is unavailable; retry later"),
                     request_id), request, operation_name, started, request_id)

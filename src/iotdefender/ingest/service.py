@@ -278,6 +278,7 @@ class IngestService:
             batch.append(item)
 
     async def _store(self, batch: list[AcceptedReport], things: set[str]) -> None:
+        began = self._health.now()
         try:
             outcome = await self._batches.commit(batch)
         except Exception as error:  # isolation itself failed: answer everyone, lose nothing silently
@@ -287,7 +288,7 @@ class IngestService:
             self._in_flight_things -= things
         if self._batches.commits_here:  # another node's commit says nothing of this node's database
             if outcome.outage is not None:
-                self._health.failed(outcome.outage)
+                self._health.failed(outcome.outage, began)
             elif outcome.stored:
                 self._health.succeeded()
         self._answer(batch, outcome)

@@ -89,6 +89,7 @@ class DatabaseHealth:
         self._clock = clock
         self._lock = threading.Lock()
         self._down_since: float | None = None
+        self._back_at: float | None = None  # when the database was last seen available again
         self._probed_at: float | None = None
         AVAILABLE.set(1)
 
@@ -106,10 +107,20 @@ class DatabaseHealth:
     def available(self) -> bool:
         return self._down_since is None
 
-    def failed(self, error: BaseException | str) -> None:
-        """An outage was observed (logged only if the database was up until now)."""
+    def now(self) -> float:
+        """This health's clock: when an operation begins, for ``failed``."""
+        return self._clock()
+
+    def failed(self, error: BaseException | str, began: float | None = None) -> None:
+        """An outage was observed (logged only if the database was up until now). ``began``: when
+        the failed operation began (``now``). One that began before the database was seen back
+        failed of the outage that is over: a batch in flight at the recovery, its failure handled
+        just after a probe succeeded, was logged as a second outage of a second or so (once in a
+        CI run, PostgreSQL stopped under load). A new outage is told by the operations after."""
         with self._lock:
             if self._down_since is not None:
+                return
+            if began is not None and self._back_at is not None and began < self._back_at:
                 return
             self._down_since = self._clock()
         AVAILABLE.set(0)
@@ -121,7 +132,8 @@ class DatabaseHealth:
         with self._lock:
             if self._down_since is None:
                 return
-            down_for = self._clock() - self._down_since
+            self._back_at = self._clock()
+            down_for = self._back_at - self._down_since
             self._down_since = None
         AVAILABLE.set(1)
         log.warning("database_available", outage_seconds=round(down_for, 1))
