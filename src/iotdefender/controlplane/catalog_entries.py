@@ -9,7 +9,6 @@ from iotdefender.controlplane import behavior_rules
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import Params
 from iotdefender.store import catalog, profiles, tags
-from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, page_size, scope_of, take_page
 
 LABEL = {"custom_metric": "Custom metric", "dimension": "Dimension"}
@@ -37,7 +36,7 @@ def create(ctx: ServiceContext, kind: str, name: str, token: str | None, quota: 
     CreateThing ("the same thing name but different configuration": ResourceAlreadyExists) is
     followed. The other members (a display name) are not compared: a retry may leave them out.
     """
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         existing = catalog.get(conn, kind, name)
         if existing is not None:
             if token is not None and existing["client_request_token"] == token:
@@ -65,7 +64,7 @@ def _compared(value: Any) -> Any:
 
 def update(ctx: ServiceContext, kind: str, name: str, values: dict[str, Any]) -> dict[str, Any]:
     """Change the mutable members of an entry; returns the updated row."""
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         row = require(conn, kind, name)
         row.update(values, last_modified_date=ctx.now())
         catalog.update(conn, kind, name, **values, last_modified_date=row["last_modified_date"])
@@ -74,7 +73,7 @@ def update(ctx: ServiceContext, kind: str, name: str, values: dict[str, Any]) ->
 
 def delete(ctx: ServiceContext, kind: str, name: str) -> None:
     """Refuse while a security profile uses the entry (AWS: remove it from profiles first)."""
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         row = catalog.get(conn, kind, name)
         if row is None:
             return  # neither Delete operation has ResourceNotFoundException: deleting nothing succeeds

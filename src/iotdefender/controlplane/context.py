@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+
+from iotdefender.store.advisory import CONTROL_PLANE, serialize
+from iotdefender.store.database import writing
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,18 @@ class ServiceContext:
     def arn(self, resource: str) -> str:
         """``arn:aws:iot:{region}:{account}:{resource}``, the form every AWS IoT ARN takes."""
         return f"arn:aws:iot:{self.region}:{self.account_id}:{resource}"
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A control-plane write transaction, one at a time across every api node. Each checks AWS's
+        rules against the database and then writes (a thing in at most 10 groups, 50 tags, a
+        custom metric in use not deleted, ``expectedVersion``): on PostgreSQL two concurrent ones
+        both passed the check (a thing joined 14 groups at once; an update and a delete with the
+        same expected version both succeeded). Control-plane writes are few and short; the
+        reports and the detection take no part in this lock."""
+        with writing(self.engine) as conn:
+            serialize(conn, CONTROL_PLANE)
+            yield conn
 
     def now(self) -> float:
         """Epoch seconds rounded to the millisecond, the precision AWS returns."""

@@ -14,7 +14,6 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.versioning import check_expected_version
 from iotdefender.store import catalog, profiles, tags
-from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, page_size, scope_of, take_page
 from iotdefender.controlplane.tag_rules import checked_tags
 
@@ -75,7 +74,7 @@ def describe_row(row: dict[str, Any]) -> Params:
 def create_security_profile(ctx: ServiceContext, params: Params) -> Params:
     name = params["securityProfileName"]
     tag_list = checked_tags(params.get("tags"))
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         existing = profiles.get(conn, name)
         if existing is not None:
             raise already_exists(f"Security profile {name} already exists", name, existing["arn"])
@@ -116,7 +115,7 @@ def update_security_profile(ctx: ServiceContext, params: Params) -> Params:
     for flag, member in _DELETE_FLAGS.items():
         if params.get(flag) and params.get(member) is not None:
             raise invalid_request(f"{flag} cannot be true when {member} is given in the same request")
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         row = require_profile(conn, name)
         check_expected_version(params, row, f"Security profile {name}")
         changes: dict[str, Any] = {}
@@ -140,7 +139,7 @@ def update_security_profile(ctx: ServiceContext, params: Params) -> Params:
 @operation("DeleteSecurityProfile")
 def delete_security_profile(ctx: ServiceContext, params: Params) -> Params:
     name = params["securityProfileName"]
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         row = profiles.get(conn, name)
         if row is None:
             return {}  # DeleteSecurityProfile has no ResourceNotFoundException in the model

@@ -8,7 +8,6 @@ from iotdefender.contract.errors import invalid_request, not_found
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.store import catalog, profiles, registry, tags
-from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, scope_of
 from iotdefender.controlplane.tag_rules import MAX_TAGS, refuse_reserved
 
@@ -33,9 +32,12 @@ def _require_resource(ctx: ServiceContext, conn: Any, arn: str) -> None:
 def tag_resource(ctx: ServiceContext, params: Params) -> Params:
     arn = params["resourceArn"]
     refuse_reserved(tag["Key"] for tag in params["tags"])
-    with writing(ctx.engine) as conn:
+    wanted = list({tag["Key"]: tag for tag in params["tags"]}.values())  # a key given twice: its last value
+    if len(wanted) > MAX_TAGS:  # before the database: 110,000 tags were written one by one (22 s), then refused
+        raise invalid_request(f"A resource can have at most {MAX_TAGS} tags")
+    with ctx.writing() as conn:
         _require_resource(ctx, conn, arn)
-        tags.put(conn, arn, params["tags"])
+        tags.put(conn, arn, wanted)
         if len(tags.list_for(conn, arn)) > MAX_TAGS:
             raise invalid_request(f"A resource can have at most {MAX_TAGS} tags")
     return {}
@@ -45,7 +47,7 @@ def tag_resource(ctx: ServiceContext, params: Params) -> Params:
 def untag_resource(ctx: ServiceContext, params: Params) -> Params:
     arn = params["resourceArn"]
     refuse_reserved(params["tagKeys"])
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         _require_resource(ctx, conn, arn)
         tags.remove(conn, arn, params["tagKeys"])
     return {}

@@ -16,7 +16,6 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.security_profiles import require_profile
 from iotdefender.store import profiles, registry
-from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, page_size, scope_of, take_page
 
 operation = OperationTable()
@@ -51,7 +50,7 @@ def parse_target(ctx: ServiceContext, conn: Any, arn: str) -> Target:
 @operation("AttachSecurityProfile")
 def attach_security_profile(ctx: ServiceContext, params: Params) -> Params:
     name = params["securityProfileName"]
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         require_profile(conn, name)
         target = parse_target(ctx, conn, params["securityProfileTargetArn"])
         profiles.lock_target(conn, target.arn)
@@ -69,7 +68,7 @@ def attach_security_profile(ctx: ServiceContext, params: Params) -> Params:
 def detach_security_profile(ctx: ServiceContext, params: Params) -> Params:
     name = params["securityProfileName"]
     arn = params["securityProfileTargetArn"]
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         require_profile(conn, name)
         if not profiles.is_attached(conn, name, arn):
             raise not_found(f"Security profile {name} is not attached to target {arn}")

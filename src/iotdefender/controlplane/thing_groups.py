@@ -17,7 +17,6 @@ from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.things import require_thing
 from iotdefender.controlplane.versioning import check_expected_version, merge_attributes
 from iotdefender.store import profiles, registry, tags
-from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, page_size, scope_of, take_page
 from iotdefender.controlplane.tag_rules import checked_tags
 
@@ -48,7 +47,7 @@ def create_thing_group(ctx: ServiceContext, params: Params) -> Params:
     description = props.get("thingGroupDescription")
     attributes = (props.get("attributePayload") or {}).get("attributes") or {}
     tag_list = checked_tags(params.get("tags"))
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         existing = registry.get_group(conn, name)
         if existing is not None:
             same = (existing["parent_name"] == parent and existing["description"] == description
@@ -108,7 +107,7 @@ def describe_thing_group(ctx: ServiceContext, params: Params) -> Params:
 def update_thing_group(ctx: ServiceContext, params: Params) -> Params:
     name = params["thingGroupName"]
     props = params["thingGroupProperties"]
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         row = require_group(conn, name)
         check_expected_version(params, row, f"Thing group {name}")
         values: Params = {}
@@ -124,7 +123,7 @@ def update_thing_group(ctx: ServiceContext, params: Params) -> Params:
 @operation("DeleteThingGroup")
 def delete_thing_group(ctx: ServiceContext, params: Params) -> Params:
     name = params["thingGroupName"]
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         row = registry.get_group(conn, name)
         if row is None:
             return {}  # DeleteThingGroup has no ResourceNotFoundException: deleting nothing succeeds
@@ -206,7 +205,7 @@ def _join(conn: Any, group: str, thing: str) -> None:
 
 @operation("AddThingToThingGroup")
 def add_thing_to_thing_group(ctx: ServiceContext, params: Params) -> Params:
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         group, thing = _resolve_names(ctx, conn, params)
         _join(conn, group["name"], thing["name"])
     return {}
@@ -214,7 +213,7 @@ def add_thing_to_thing_group(ctx: ServiceContext, params: Params) -> Params:
 
 @operation("RemoveThingFromThingGroup")
 def remove_thing_from_thing_group(ctx: ServiceContext, params: Params) -> Params:
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         group, thing = _resolve_names(ctx, conn, params)
         registry.remove_member(conn, group["name"], thing["name"])
     return {}
@@ -231,7 +230,7 @@ def update_thing_groups_for_thing(ctx: ServiceContext, params: Params) -> Params
         raise invalid_request("thingName is required")
     to_remove = params.get("thingGroupsToRemove") or []
     to_add = params.get("thingGroupsToAdd") or []
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         thing = require_thing(conn, thing_name)
         for name in [*to_remove, *to_add]:
             require_group(conn, name)

@@ -10,7 +10,6 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.versioning import check_expected_version, merge_attributes
 from iotdefender.store import registry
-from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, page_size, scope_of, take_page
 
 operation = OperationTable()
@@ -31,7 +30,7 @@ def create_thing(ctx: ServiceContext, params: Params) -> Params:
         raise not_found(f"Billing group {params['billingGroupName']} does not exist")
     attributes = (params.get("attributePayload") or {}).get("attributes") or {}
     attributes = {k: v for k, v in attributes.items() if v != ""}
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         existing = registry.get_thing(conn, name)
         if existing is not None:
             # Idempotent when nothing differs (AWS: "If this call is made multiple times using
@@ -86,7 +85,7 @@ def describe_thing(ctx: ServiceContext, params: Params) -> Params:
 def update_thing(ctx: ServiceContext, params: Params) -> Params:
     name = params["thingName"]
     _require_no_thing_type(params.get("thingTypeName"))
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         row = require_thing(conn, name)
         check_expected_version(params, row, f"Thing {name}")
         payload = params.get("attributePayload")
@@ -99,7 +98,7 @@ def update_thing(ctx: ServiceContext, params: Params) -> Params:
 @operation("DeleteThing")
 def delete_thing(ctx: ServiceContext, params: Params) -> Params:
     name = params["thingName"]
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         row = registry.get_thing(conn, name)
         if row is None:
             return {}  # AWS: deleting a thing that does not exist succeeds

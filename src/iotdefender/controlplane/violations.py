@@ -18,7 +18,6 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.engine.ml_behavior import additional_info
 from iotdefender.store import violations
-from iotdefender.store.database import writing
 from iotdefender.controlplane.pagination import decode_token, encode_token, page_size, scope_of
 
 operation = OperationTable()
@@ -103,7 +102,7 @@ def list_violation_events(ctx: ServiceContext, params: Params, behavior_name: st
 @operation("PutVerificationStateOnViolation", changes_monitoring=False)
 def put_verification_state_on_violation(ctx: ServiceContext, params: Params) -> Params:
     violation_id = params["violationId"]
-    with writing(ctx.engine) as conn:
+    with ctx.writing() as conn:
         if not violations.violation_exists(conn, violation_id):
             # The model lists no ResourceNotFoundException here; an unknown id is a bad request.
             raise invalid_request(f"Violation {violation_id} does not exist")

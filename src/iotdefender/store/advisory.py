@@ -24,6 +24,15 @@ NATS_EVENTS = 0x696F7464_6E617473  # 'iotd' 'nats'
 EXTERNAL_INTAKE = 0x696F7464_6D717474  # 'iotd' 'mqtt'
 RETENTION = 0x696F7464_72657465  # 'iotd' 'rete'
 LATEST_VALUES = 0x696F7464_6C617374  # 'iotd' 'last'
+CONTROL_PLANE = 0x696F7464_6374726C  # 'iotd' 'ctrl'
+
+
+def serialize(conn: Connection, key: int) -> None:
+    """Wait until no other transaction holds ``key``, and hold it until this one ends (PostgreSQL's
+    ``pg_advisory_xact_lock``). For writes that check the database and then change it: under READ
+    COMMITTED two of them check at once and both change it. SQLite has one writer already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def run_alone(engine: Engine, key: int, work: Callable[[], T]) -> T | None:
