@@ -110,10 +110,14 @@ class NatsEventReader:
             cid = client.get("id")
             if not isinstance(cid, int):
                 return  # every NATS client event carries its connection id; without one it cannot be followed
-            name = client.get("name") or client.get("mqtt_client") or await self._client_id(cid)
+            key = ((event.get("server") or {}).get("id") or "", cid)
+            # A connection followed already is named: no lookup (one HTTP request per event, in
+            # turn, made a storm of connects count some attempts a window after their messages).
+            followed = self._connections.get(key)
+            name = (client.get("name") or client.get("mqtt_client") or (followed.client_id if followed else None)
+                    or await self._client_id(cid))
             if not name or name in self._ignore:
                 return
-            key = ((event.get("server") or {}).get("id") or "", cid)
             if msg.subject.endswith(".CONNECT"):
                 # Read by a poll before its event came: counted from then already (a reset counts
                 # its first messages twice).
