@@ -23,10 +23,15 @@ def refuse_reserved(keys: Iterable[str]) -> None:
                               f"{', '.join(reserved)}")
 
 
+def refuse_too_many(count: int) -> None:
+    """InvalidRequestException if a resource would have more than ``MAX_TAGS`` tags."""
+    if count > MAX_TAGS:
+        raise invalid_request(f"A resource can have at most {MAX_TAGS} tags")
+
+
 def checked_tags(tag_list: Sequence[dict[str, str]] | None) -> list[dict[str, str]]:
     """The tags of a create request, refused if too many or reserved."""
     found = list(tag_list or [])
-    if len(found) > MAX_TAGS:
-        raise invalid_request(f"A resource can have at most {MAX_TAGS} tags")
+    refuse_too_many(len(found))
     refuse_reserved(tag["Key"] for tag in found)
     return found
