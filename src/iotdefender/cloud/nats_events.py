@@ -75,11 +75,7 @@ class NatsEventReader:
         # from now, at the counters they have; before, they were never counted until they
         # reconnected, and their DISCONNECT counted their whole life's messages once more.
         # Until a poll succeeds (the monitoring endpoint may be away), the poller adopts them.
-        try:
-            await self._poll_once(adopt=True)
-            self._adopted = True
-        except Exception:
-            log.warning("nats_connz_poll_failed", exc_info=True)
+        await self._poll()
         self._poller = asyncio.create_task(self._poll_forever(), name="nats-connz")
         log.info("nats_events_started", monitor=self._monitor, connections=len(self._connections))
 
@@ -146,11 +142,16 @@ class NatsEventReader:
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self._poll_s)
-            try:
-                await self._poll_once(adopt=not self._adopted)
-                self._adopted = True
-            except Exception:
-                log.warning("nats_connz_poll_failed", exc_info=True)
+            await self._poll()
+
+    async def _poll(self) -> None:
+        """One poll, adopting the connections open until one has succeeded; a failure is logged
+        and the next poll tries again."""
+        try:
+            await self._poll_once(adopt=not self._adopted)
+            self._adopted = True
+        except Exception:
+            log.warning("nats_connz_poll_failed", exc_info=True)
 
     async def _poll_once(self, adopt: bool) -> None:
         """Every open connection's counters since the last poll. One not known from an event is
