@@ -79,15 +79,13 @@ guards: $(TEST_STAMP) ## the layer contract, declared dependencies and the type 
 	$(BIN)/deptry tests bench --exclude '\.git' --ignore DEP002,DEP004
 	$(BIN)/mypy
 
-# Two pytest workers (pytest-xdist), each test file on one of them so a module's service starts once:
-# most of the suite waits on the processes it starts (brokers, databases, services, NATS): on two
-# cores, pytest took 10:13 on two workers against 14:25 in one process (PYTEST_WORKERS= for one);
-# 15:03-15:59 on 2026-12-03. Three workers do not hold: every file free to run beside any other took
-# 9:47 but failed three timing-bound cluster tests; with the cluster files in two lanes (at most two
-# at once) and the browser files in a third (--dist loadgroup), 13:07 and 12:29 but 1-2 failures each
-# run (a console chart not drawn within 5 s at load 17 twice, node B's 60 messages not counted within
-# 30 s in the external-broker NATS events test).
-PYTEST_WORKERS ?= -n 2 --dist loadfile
+# Three pytest workers (pytest-xdist): most of the suite waits on the processes it starts (brokers,
+# databases, services, NATS), so a third worker fills two cores' idle time. Each file runs on one
+# worker (its module fixtures start once), and tests/conftest.py's scheduler runs the cluster files
+# in two lanes and the browser files in a third, started first, so no more of them run at once than
+# with two workers. Two workers took 14:17-16:20 on fresh clones on 2026-12-04, over the suite's 15
+# minutes; one process 14:25 when the suite was two thirds of today's. PYTEST_WORKERS= runs one.
+PYTEST_WORKERS ?= -n 3 --dist loadfile --no-loadscope-reorder
 test: $(TEST_STAMP) system-deps broker-deps guards ## set up and run the whole test suite (ARGS='tests/unit' for a part)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_WORKERS) --durations=25 $(ARGS)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hypothesis  # noqa: F401  (imported at start: see below)
 import pytest
+from xdist.scheduler import LoadFileScheduling
 
 from tests.support.processes import Mosquitto, PostgresCluster, ServiceProcess, running
 
@@ -86,3 +87,55 @@ def mosquitto():
     yield broker
     broker.stop()
 
+
+
+
+# The files that start several processes under load (NATS servers, PostgreSQL, two or three serve
+# nodes, kill -9, frozen databases) run in two lanes, and those that drive Chromium in a third: each
+# lane is one unit of work (``LaneScheduling``), its files one after another on one worker, so at
+# most two cluster files and one browser run at once whatever the number of workers. Every other
+# file is a unit of its own, as with ``--dist loadfile``, so its module fixtures start once. The
+# lanes are balanced by their files' time in a full run (~360-400 worker-seconds each on 2026-12-04).
+# Three workers with every file free to run beside any other took 9:47 but failed three
+# timing-bound tests of these files.
+_LANES = {
+    "cluster-a": ("tests/e2e/test_cluster_serve.py", "tests/e2e/test_cluster_nats3.py",
+                  "tests/integration/test_cluster_stand_aside.py", "tests/e2e/test_cluster_nats_events.py",
+                  "tests/e2e/test_cluster_frozen_database.py", "tests/e2e/test_cluster_database_away.py"),
+    "cluster-b": ("tests/e2e/test_restart_windows.py", "tests/e2e/test_durability.py",
+                  "tests/integration/test_cluster_ownership.py", "tests/integration/test_cluster_stream.py",
+                  "tests/integration/test_cluster_cloud_windows.py", "tests/e2e/test_cluster_ml.py",
+                  "tests/e2e/test_cluster_statistics.py"),
+    "browser": ("tests/e2e/test_console_browser.py", "tests/e2e/test_console_pages.py",
+                "tests/e2e/test_console_builder.py", "tests/e2e/test_ml_detect.py"),
+}
+_LANE_OF = {path: lane for lane, paths in _LANES.items() for path in paths}
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+class LaneScheduling(LoadFileScheduling):
+    """``--dist loadfile`` with the lanes above: a lane's files are one unit of work. Written as a
+    scheduler (xdist's ``pytest_xdist_make_scheduler``) rather than with ``xdist_group`` marks:
+    ``--dist loadgroup`` finds the groups in the test ids, which xdist 3.8 writes to an attribute
+    that pytest 9 no longer reads, so every test was a unit of its own there (a file's module
+    fixtures started on several workers, and a test that builds on an earlier one of its file ran
+    without it)."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        path = _file_of(nodeid)
+        return _LANE_OF.get(path, path)
+
+
+def pytest_xdist_make_scheduler(config, log):  # type: ignore[no-untyped-def]
+    return LaneScheduling(config, log) if config.getvalue("dist") == "loadfile" else None
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    """The lanes' tests first, each file's tests in their order: with ``--no-loadscope-reorder``
+    the lanes are the first units of work, one to each worker at the start, so the longest units
+    run side by side rather than one after another at the end."""
+    rank = {lane: n for n, lane in enumerate(_LANES)}
+    items.sort(key=lambda item: rank.get(_LANE_OF.get(_file_of(item.nodeid), ""), len(rank)))
