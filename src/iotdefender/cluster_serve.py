@@ -32,9 +32,10 @@ from nats.aio.client import Client
 from sqlalchemy.engine import Engine
 
 from iotdefender import loop_stall
+from iotdefender.alerts.metrics_export import MQTT_PREFIX
 from iotdefender.alerts.outbox import AlertDelivery
 from iotdefender.cancellation import cancel_and_wait
-from iotdefender.alerts.routes import AlertRoutes
+from iotdefender.alerts.routes import AlertRoutes, kind_of
 from iotdefender.api.app import ApiService, create_app, create_operations_app
 from iotdefender.api.extensions import Extensions
 from iotdefender.backtest.jobs import BacktestJobs
@@ -249,6 +250,10 @@ class BrokerRole:
             raise ConfigurationError(f"MQTT: cannot start ({error})") from None
         self.running = True
 
+    def publish(self, topic: str, payload: bytes) -> None:
+        """A message of the service's own (a metrics export's) on this node's broker."""
+        self.broker.publish_now(topic, payload, qos=1)
+
     async def stop(self) -> None:
         if not self.running:  # a standby intake (below), or stopped already
             return
@@ -281,6 +286,22 @@ def external_intake(engine: Engine, devices: BrokerRole, node_id: str) -> Corout
     broker's reports."""
     return run_while_held(engine, EXTERNAL_INTAKE, "external-broker", devices.start, devices.stop,
                           check_s=EXTERNAL_INTAKE_CHECK_S, node=node_id)
+
+
+def export_delivery(settings: Settings, engine: Engine, routes: AlertRoutes, alerts: AlertDelivery,
+                    devices: BrokerRole, detects: bool) -> list[Coroutine[Any, Any, None]]:
+    """A broker node publishes the metrics export's messages (alerts/metrics_export.py) on its
+    broker while it runs: a detect node's delivery loop takes them besides the alerts; a broker
+    node alone runs a loop of its own for them only. Each message is published on one node: the
+    broker nodes share no subscriptions, so a subscriber of the export topic connects to each
+    (docs/cluster.md); with an external broker, the node reading it."""
+    if detects:
+        alerts.publish_mqtt_with(devices.publish, lambda: devices.running)
+        return []
+    exports = AlertDelivery(engine, routes, settings.region, retry_base_s=1.0 / settings.time_scale,
+                            kinds=frozenset({kind_of(MQTT_PREFIX)}))
+    exports.publish_mqtt_with(devices.publish, lambda: devices.running)
+    return [exports.run()]
 
 
 async def broker_role(settings: Settings, nc: Client, topology: Topology, node_id: str, engine: Engine,
@@ -538,6 +559,8 @@ async def serve_cluster(settings: Settings) -> None:
         app = create_operations_app(health, cluster_health.readiness, metrics_token=token)
     server = http_server(settings, app)
 
+    if devices is not None:
+        loops += export_delivery(settings, engine, routes, alerts, devices, detects="detect" in roles)
     if devices is not None and settings.mqtt_url is not None:
         loops.append(external_intake(engine, devices, node_id))
     elif devices is not None:

@@ -366,6 +366,7 @@ async def serve(settings: Settings, standby: WorkerStandby | None = None) -> Non
             await broker.stop()
         await ingest.stop()
         raise ConfigurationError(f"MQTT: cannot start ({error})") from None
+    alerts.publish_mqtt_with(replies)  # metrics export's messages: on the broker, as the replies
     background = [
         asyncio.create_task(retention_loop(engine, settings.effective_metric_retention,
                                            settings.effective_violation_retention), name="retention"),

@@ -37,7 +37,7 @@ from iotdefender import __version__
 from iotdefender.cluster.partitions import PARTITION_COUNT, assignment, partition_of
 from iotdefender.store import history
 from iotdefender.store.database import create_engine
-from tests.support.mqtt import Device, report
+from tests.support.mqtt import Device, ExportSubscriber, report
 from tests.support.processes import ACCESS_KEY, REGION, SECRET_KEY, ServiceProcess, start_together, wait_for
 from tests.support.webhook import WebhookReceiver
 from tests.support import plain_http
@@ -132,8 +132,13 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
         assert gauge(a, "iotdefender_cluster_owned_partitions") + gauge(b, "iotdefender_cluster_owned_partitions") == 64
         assert gauge(a, "iotdefender_cluster_consumer_lag") == 0
         iot_a, iot_b = a.client(), b.client()
-        iot_b.create_security_profile(securityProfileName="fleet", behaviors=[PORTS])
+        # Its ports are exported too (metrics export): each datapoint published once, on one node's
+        # broker, so the consumer subscribes on each.
+        iot_b.create_security_profile(securityProfileName="fleet", behaviors=[{**PORTS, "exportMetric": True}],
+                                      metricsExportConfig={"mqttTopic": "export/fleet",
+                                                           "roleArn": "arn:aws:iam::123456789012:role/export"})
         iot_b.attach_security_profile(securityProfileName="fleet", securityProfileTargetArn=ALL_THINGS)
+        consumers = [ExportSubscriber(svc.mqtt_port, "export/fleet") for svc in (a, b)]
 
         # Devices on node A whose partitions either node owns: accepted only after commit, so node B's
         # API shows each violation as soon as the device has heard `accepted`.
@@ -158,13 +163,21 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
         for device in b_devices:
             assert device.report(report(1, [443, 22]))[0] == "json/accepted"
         assert len(iot_a.list_active_violations()["activeViolations"]) == len(on_a) + len(on_b)
-        iot_a.update_security_profile(securityProfileName="fleet", behaviors=[ALLOW_22])
+
+        def exported() -> Counter[tuple[str, str, Any]]:
+            return Counter((m["thing"], m["name"], tuple(m["value"]["ports"])) for c in consumers for m in c.received())
+
+        wait_for(lambda: sum(exported().values()) >= len(on_a) + len(on_b), 10, "the exported ports")
+        iot_a.update_security_profile(securityProfileName="fleet", behaviors=[ALLOW_22])  # not exported
         time.sleep(1.0)
         for device in b_devices:
             assert device.report(report(2, [443, 22]))[0] == "json/accepted"
             assert iot_a.list_active_violations(thingName=device.thing)["activeViolations"] == []
         cleared = iot_b.list_violation_events(**window(), thingName=on_b[-1])["violationEvents"]
         assert [e["violationEventType"] for e in cleared] == ["in-alarm", "alarm-cleared"]
+        assert exported() == Counter((thing, "aws:listening-tcp-ports", (22, 443)) for thing in on_a + on_b)
+        for consumer in consumers:
+            consumer.close()
 
         # The ACL holds on both nodes: a device reporting for another thing is refused and stores nothing.
         for svc, thing, victim in ((a, "liar-a", on_a[0]), (b, "liar-b", on_b[0])):

@@ -341,18 +341,3 @@ def test_created_profiles_survive_kill9(fresh_service):
     assert described["version"] == 2 and described["behaviors"] == [MESSAGES_BEHAVIOR]
     assert iot.list_targets_for_security_profile(securityProfileName="durable")["securityProfileTargets"] == [
         {"arn": arn(f"thinggroup/{group}")}]
-
-
-def test_a_profile_asking_for_metrics_export_is_stored_and_the_log_says_nothing_is_exported(service, iot):
-    """Metrics export is accepted and returned as AWS does, but not carried out: the operator who
-    asks for it is told so in the log (create and update), instead of waiting for messages."""
-    name = f"export-{uuid.uuid4().hex[:8]}"
-    export = {"mqttTopic": f"export/{name}", "roleArn": "arn:aws:iam::123456789012:role/export"}
-    behavior = {"name": "ports", "metric": "aws:num-listening-tcp-ports", "exportMetric": True,
-                "criteria": {"comparisonOperator": "less-than", "value": {"count": 5}}}
-    iot.create_security_profile(securityProfileName=name, behaviors=[behavior], metricsExportConfig=export)
-    assert iot.describe_security_profile(securityProfileName=name)["metricsExportConfig"] == export
-    iot.update_security_profile(securityProfileName=name, securityProfileDescription="again")
-    lines = [line for line in service.log_path.read_text().splitlines()
-             if "metrics_export_not_supported" in line and name in line]
-    assert len(lines) == 2 and f"export/{name}" in lines[0] and '"ports"' in lines[0], lines

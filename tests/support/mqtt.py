@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import uuid
 from typing import Any
 
 import cbor2
@@ -82,3 +83,34 @@ def report(report_id: int, ports: list[int] | None = None, **blocks: Any) -> dic
 def mqtt_denials(endpoint: str, reason: str) -> float:
     """``iotdefender_mqtt_denials_total{reason}`` from the service's ``/metrics``."""
     return metric_sample(endpoint, f'iotdefender_mqtt_denials_total{{reason="{reason}"}}')
+
+
+class ExportSubscriber:
+    """A client of a metrics export topic (alerts/metrics_export.py), as an operator's consumer
+    is: every metric it received."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"consumer-{uuid.uuid4().hex[:8]}")
+        self.client.on_message = lambda _c, _u, message: self.messages.put(json.loads(message.payload))
+        subscribed: queue.Queue[int] = queue.Queue()
+        self.client.on_subscribe = lambda c, u, mid, reasons, p: subscribed.put(mid)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.client.subscribe(topic, qos=1)
+        subscribed.get(timeout=10)
+        self.metrics: list[dict[str, Any]] = []
+
+    def received(self) -> list[dict[str, Any]]:
+        """Every metric of the messages so far, each message checked against the schema's envelope."""
+        while True:
+            try:
+                message = self.messages.get_nowait()
+            except queue.Empty:
+                return self.metrics
+            assert message["version"] == "1.0" and set(message) == {"version", "metrics"}, message
+            self.metrics += message["metrics"]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        stop_network_loop(self.client)

@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ import structlog
 from prometheus_client import Counter
 from sqlalchemy.engine import Engine
 
+from iotdefender.alerts.metrics_export import MQTT_PREFIX
 from iotdefender.alerts.routes import KINDS, NO_DESTINATION, SNS_PREFIX, AlertRoutes, kind_of
 from iotdefender.alerts.subscriptions import Webhook
 from iotdefender.cancellation import wait_event
@@ -55,6 +56,10 @@ CLAIM_HOLD_S = 120.0
 # wakes the next claim at once, so the batch bounds the delay a kill causes, not the throughput
 # (each send is its own round trip and its own mark anyway).
 CLAIM_BATCH = 20
+# Messages a second to one MQTT topic (a metrics export): its messages go to the service's own
+# broker, not to a third party whose rate limits the alerts' 20 a second respect. A detection
+# transaction writes one message per export topic (more past 128 KB).
+MQTT_RATE = 1000.0
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -95,8 +100,10 @@ class AlertDelivery:
 
     def __init__(self, engine: Engine, routes: AlertRoutes, region: str, rate_per_destination: float = 20.0,
                  retry_base_s: float = 1.0, claim_hold_s: float = CLAIM_HOLD_S,
-                 send_timeout_s: float = SEND_TIMEOUT_S, sole_deliverer: bool = False) -> None:
+                 send_timeout_s: float = SEND_TIMEOUT_S, sole_deliverer: bool = False,
+                 kinds: frozenset[str] = KINDS) -> None:
         self._engine = engine
+        self._kinds = kinds  # the kinds of destination it sends (a broker node of a cluster: ``mqtt`` alone)
         self._routes = routes
         self._region = region
         self._rate = rate_per_destination
@@ -112,6 +119,15 @@ class AlertDelivery:
         self._sns: Any = None
         self._unreached_logged: set[str] = set()  # topics without a destination, logged once each
         self._lanes: dict[str, asyncio.Task[None]] = {}  # destination -> its lane sending its claimed rows
+        # Publishes a metrics export's message on the broker (``publish_mqtt_with``): until it is
+        # given, and on a node without the broker role, ``mqtt:`` rows are left to another deliverer.
+        self._publish_mqtt: Callable[[str, bytes], None] | None = None
+        self._broker_up: Callable[[], bool] = lambda: False
+
+    def publish_mqtt_with(self, publish: Callable[[str, bytes], None], up: Callable[[], bool] = lambda: True) -> None:
+        """Send the ``mqtt:`` rows (metrics export) with ``publish(topic, payload)`` from now on,
+        while ``up()`` (a cluster's external broker is read by one node at a time)."""
+        self._publish_mqtt, self._broker_up = publish, up
 
     # -- delivery ---------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -159,7 +175,8 @@ class AlertDelivery:
     def _due(self, skipped: set[str], limit: int = CLAIM_BATCH) -> Sequence[Any]:
         """Claimed due rows, but none of the ``skipped`` destinations."""
         with writing(self._engine) as conn:
-            return alert_outbox.claim(conn, time.time(), limit, self._hold_s, KINDS, skip=skipped)
+            kinds = self._kinds if self._broker_up() else self._kinds - {kind_of(MQTT_PREFIX)}
+            return alert_outbox.claim(conn, time.time(), limit, self._hold_s, kinds, skip=skipped)
 
     def _reclaim(self) -> None:
         with writing(self._engine) as conn:
@@ -176,6 +193,10 @@ class AlertDelivery:
     def _mark(self, row_id: int, **values: Any) -> None:
         with writing(self._engine) as conn:
             alert_outbox.mark(conn, row_id, **values)
+
+    def _forget(self, row_id: int) -> None:
+        with writing(self._engine) as conn:
+            alert_outbox.delete(conn, row_id)
 
     def _bury(self, rows: Sequence[Any]) -> None:
         """Rows whose topic has no destination: dead at once, with why and how to fix it."""
@@ -217,7 +238,8 @@ class AlertDelivery:
         destination while its lane works (``_due``), so a destination has one lane at a time here."""
         limited: list[int] = []  # claimed and not attempted: released for a later claim
         try:
-            bucket = self._buckets.setdefault(destination, TokenBucket(self._rate, self._rate))
+            rate = MQTT_RATE if destination.startswith(MQTT_PREFIX) else self._rate
+            bucket = self._buckets.setdefault(destination, TokenBucket(rate, rate))
             for index, row in enumerate(rows):
                 if time.monotonic() - claimed > self._hold_s - 1.5 * self._send_timeout_s:
                     # The hold is running out: give the rest back rather than send what another node may take.
@@ -252,11 +274,19 @@ class AlertDelivery:
             log.warning("alert_delivery_failed", destination=row.destination, attempts=attempts, dead=dead,
                         error=reason[:300])
             return
-        await anyio.to_thread.run_sync(lambda: self._mark(row.id, attempts=row.attempts + 1, status="delivered"))
+        if row.destination.startswith(MQTT_PREFIX):  # an export's message: kept for nobody once sent
+            await anyio.to_thread.run_sync(self._forget, row.id)
+        else:
+            await anyio.to_thread.run_sync(lambda: self._mark(row.id, attempts=row.attempts + 1, status="delivered"))
         DELIVERIES.labels(kind, "delivered").inc()
 
     async def _send(self, row: Any) -> None:
         body = row.message.encode()
+        if row.destination.startswith(MQTT_PREFIX):
+            if self._publish_mqtt is None:  # claimed before this deliverer lost its broker: retried
+                raise RuntimeError("no MQTT broker to publish the metrics export on")
+            self._publish_mqtt(row.destination[len(MQTT_PREFIX):], body)
+            return
         if row.destination.startswith(SNS_PREFIX):
             await anyio.to_thread.run_sync(self._publish_sns, row.destination[len(SNS_PREFIX):], row.message)
             return

@@ -35,7 +35,8 @@ NO_DESTINATION = "none:"
 # Every kind of destination this release writes and sends (``kind:`` before the address). A row of
 # another kind was written by a newer release sharing the outbox (cluster mode, rolling upgrade):
 # the delivery leaves it for a node that knows the kind (outbox.py).
-KINDS = frozenset({"sns", "webhook", "apprise", "none"})
+# ``mqtt``: a metrics export's messages (metrics_export.py), sent by a process that has the broker.
+KINDS = frozenset({"sns", "webhook", "apprise", "none", "mqtt"})
 
 
 def kind_of(destination: str) -> str:

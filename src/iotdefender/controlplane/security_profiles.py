@@ -54,6 +54,28 @@ def _check_behaviors(conn: Any, behaviors: list[Any], v1: list[Any], v2: list[An
         raise invalid_request("; ".join(problems))
 
 
+# The longest export topic, in bytes of UTF-8: the embedded broker's plugin publishes the service's
+# messages from a buffer of 1,024 bytes (brokers/mosquitto/defender_plugin.c, publish_replies), and
+# AWS's 512 characters may take more bytes than that.
+_EXPORT_TOPIC_MAX_BYTES = 1023
+
+
+def _check_export_topic(config: Params | None) -> None:
+    """InvalidRequestException for an export topic no message can be published to: MQTT forbids
+    the wildcards ``+`` and ``#`` and NUL in a topic name (MQTT 3.1.1, 4.7). AWS's pages state only
+    its length (1-512), but its exports could not be published there either; here the datapoints
+    would be dropped by the broker, silently."""
+    topic = (config or {}).get("mqttTopic")
+    if not isinstance(topic, str):
+        return
+    if any(c in topic for c in "+#\0"):
+        raise invalid_request(f"metricsExportConfig.mqttTopic {topic!r} cannot be published to: "
+                              "a topic name holds no wildcard (+, #) and no NUL")
+    if len(topic.encode()) > _EXPORT_TOPIC_MAX_BYTES:
+        raise invalid_request(f"metricsExportConfig.mqttTopic is {len(topic.encode())} bytes of UTF-8; "
+                              f"this service publishes to topics of at most {_EXPORT_TOPIC_MAX_BYTES}")
+
+
 def describe_row(row: dict[str, Any]) -> Params:
     return {
         "securityProfileName": row["name"],
@@ -79,6 +101,7 @@ def create_security_profile(ctx: ServiceContext, params: Params) -> Params:
         if existing is not None:
             raise already_exists(f"Security profile {name} already exists", name, existing["arn"])
         behaviors = params.get("behaviors") or []
+        _check_export_topic(params.get("metricsExportConfig"))
         _check_behaviors(conn, behaviors, params.get("additionalMetricsToRetain") or [],
                          params.get("additionalMetricsToRetainV2") or [])
         now = ctx.now()
@@ -94,12 +117,13 @@ def create_security_profile(ctx: ServiceContext, params: Params) -> Params:
 
 
 def _warn_if_export_asked(name: str, export_config: dict[str, Any] | None, behaviors: list[dict[str, Any]]) -> None:
-    """Metrics export is accepted and stored as AWS does, but not carried out (docs/api-behaviour.md):
-    say so where an operator who asked for it would look."""
+    """Behaviors marked ``exportMetric`` in a profile without a ``metricsExportConfig`` export
+    nothing (there is no topic to publish to; AWS's pages do not say it refuses them, so they are
+    stored): say so where an operator who asked for it would look."""
     exported = [b.get("name") for b in behaviors if b.get("exportMetric")]
-    if export_config or exported:
-        log.warning("metrics_export_not_supported", profile=name, topic=(export_config or {}).get("mqttTopic"),
-                    behaviors=exported, reason="the profile is stored; nothing is published to the export topic")
+    if exported and not export_config:
+        log.warning("metrics_export_without_topic", profile=name, behaviors=exported,
+                    reason="exportMetric is set but the profile has no metricsExportConfig: nothing is exported")
 
 
 @operation("DescribeSecurityProfile")
@@ -115,6 +139,7 @@ def update_security_profile(ctx: ServiceContext, params: Params) -> Params:
     for flag, member in _DELETE_FLAGS.items():
         if params.get(flag) and params.get(member) is not None:
             raise invalid_request(f"{flag} cannot be true when {member} is given in the same request")
+    _check_export_topic(params.get("metricsExportConfig"))
     with ctx.writing() as conn:
         row = require_profile(conn, name)
         check_expected_version(params, row, f"Security profile {name}")

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
+from iotdefender.alerts.metrics_export import export_rows
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.pipeline.batch_store import BatchItem, EventListener, EventSummary, summaries
 from iotdefender.pipeline.detection import DetectionService, DetectionTransaction
 from iotdefender.pipeline.monitoring import MonitoringIndex
 from iotdefender.pipeline.transaction_metrics import TransactionObserver, observe, timed
-from iotdefender.store import metric_values
+from iotdefender.store import alert_outbox, metric_values
 from iotdefender.store.availability import StoreUnavailable, is_unavailable, log_unless_outage
 
 if TYPE_CHECKING:
@@ -44,9 +45,10 @@ class PipelineConfig:
 def store_reports(run: DetectionTransaction, monitoring: MonitoringIndex, items: Sequence[BatchItem]
                   ) -> dict[str, int]:
     """The rows of a batch and its evaluation, in the transaction ``run``: the retained datapoints
-    (the series a monitoring profile uses or retains), the last report id of each thing, and every
-    datapoint evaluated. Returns the report id stored last for each thing (what a ``CommitCheck``
-    of report states looks for). Shared by every batch store that runs the transaction here."""
+    (the series a monitoring profile uses or retains), the last report id of each thing, the
+    metrics export's messages (alerts/metrics_export.py), and every datapoint evaluated. Returns
+    the report id stored last for each thing (what a ``CommitCheck`` of report states looks for).
+    Shared by every batch store that runs the transaction here."""
     reports: list[metric_values.RetainedReport] = []
     states: dict[str, tuple[str, int, float]] = {}
     for thing, datapoints, at, report_id in items:
@@ -58,6 +60,8 @@ def store_reports(run: DetectionTransaction, monitoring: MonitoringIndex, items:
             states[thing] = (thing, report_id, at)
     metric_values.insert_reports(run.conn, reports, run.partition_of)
     metric_values.upsert_report_states(run.conn, states.values())
+    alert_outbox.insert_pending(run.conn, export_rows(items, monitoring.profiles_for,
+                                                      lambda topic: monitoring.arn(f"topic/{topic}"), time.time()))
     run.evaluate_in([(t, d, at) for t, d, at, _ in items])
     return {thing: report_id for thing, report_id, _ in states.values()}
 

@@ -43,6 +43,10 @@ class MonitoringIndex:
         self._snapshot: Snapshot | None = None
         self._changes = 0  # invalidations so far
 
+    def arn(self, resource: str) -> str:
+        """The ARN of one of this account's resources (``topic/<name>``, ``thinggroup/<name>``)."""
+        return self._arn_prefix + resource
+
     def invalidate(self) -> None:
         with self._lock:
             self._snapshot = None

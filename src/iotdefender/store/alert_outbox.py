@@ -75,6 +75,11 @@ def mark(conn: Connection, row_id: int, **values: Any) -> None:
     conn.execute(alert_outbox.update().where(alert_outbox.c.id == row_id).values(**values))
 
 
+def delete(conn: Connection, row_id: int) -> None:
+    """A row sent that nobody needs to list afterwards (a metrics export's message)."""
+    conn.execute(alert_outbox.delete().where(alert_outbox.c.id == row_id))
+
+
 def dead_letters(conn: Connection, limit: int) -> list[dict[str, Any]]:
     """Rows that exhausted their attempts, newest first."""
     rows = conn.execute(sa.select(alert_outbox).where(alert_outbox.c.status == "dead")

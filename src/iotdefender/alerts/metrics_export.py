@@ -1,0 +1,107 @@
+"""Detect metrics export: the datapoints a security profile marks ``exportMetric``, published in
+batches to its ``metricsExportConfig.mqttTopic`` in AWS's metrics export schema.
+
+AWS Device Defender "batches metric values for each configured metric and publishes them to a
+configured MQTT topic" (the developer guide's "Detect metrics export"; the batch's layout is its
+"Metrics export schema", reference §6.3). Here a batch is what one detection transaction stored
+for a topic: its rows are written into the outbox (``mqtt:<topic>`` destinations) by the
+transaction that stores the datapoints, so an exported datapoint is one that was stored, and one
+that was stored is exported even if the service dies right after the commit; the delivery loop
+(``outbox.py``) publishes them on the service's broker, retried like any destination, at least
+once.
+
+What is exported, per profile monitoring the device: the series of its behaviors and of its
+``additionalMetricsToRetainV2`` items with ``exportMetric`` true (a dimension's series with its
+dimension), as long as the profile has a ``metricsExportConfig``. Two profiles exporting the same
+series of a device to one topic send it once. Where the schema leaves the unit open, ``timestamp``
+is in milliseconds since the epoch, as the Device Defender agent's own report timestamps are; a
+datapoint is sent once, so its ``version`` is always 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from iotdefender.metrics_catalog import series_key
+
+#: The kind of outbox destination that is a topic of the service's MQTT broker (``mqtt:<topic>``).
+MQTT_PREFIX = "mqtt:"
+#: The most bytes one export message holds: AWS IoT's largest MQTT message (128 KB). A batch
+#: larger than that is sent as several messages.
+MAX_MESSAGE_BYTES = 128 * 1024
+_ENVELOPE = len(b'{"version":"1.0","metrics":[]}')
+
+# (thing, datapoints by series, time, report id): a detection batch item (pipeline/batch_store.py).
+Item = tuple[str, Mapping[str, Mapping[str, Any]], float, int | None]
+
+
+def exported_series(profile: Mapping[str, Any]) -> dict[str, tuple[str, dict[str, str] | None]]:
+    """{series: (metric name, dimension or None)} that ``profile`` exports; empty without a
+    ``metricsExportConfig``."""
+    if not profile.get("metrics_export_config"):
+        return {}
+    found: dict[str, tuple[str, dict[str, str] | None]] = {}
+    for item in list(profile.get("behaviors") or []) + list(profile.get("additional_metrics_to_retain_v2") or []):
+        metric = item.get("metric") if isinstance(item, Mapping) else None
+        if not item or not item.get("exportMetric") or not isinstance(metric, str):
+            continue
+        dimension = item.get("metricDimension") or {}
+        name, operator = dimension.get("dimensionName"), dimension.get("operator") or "IN"
+        found[series_key(metric, name, operator if name else None)] = (
+            metric, {"name": name, "operator": operator} if name else None)
+    return found
+
+
+def export_rows(items: Iterable[Item], profiles_of: Callable[[str], Sequence[Mapping[str, Any]]],
+                topic_arn: Callable[[str], str], now: float) -> list[dict[str, Any]]:
+    """The outbox rows (``alert_outbox.insert_pending``) exporting what ``items`` hold: per topic,
+    messages of at most ``MAX_MESSAGE_BYTES``."""
+    by_topic: dict[str, dict[tuple[str, str, float], bytes]] = {}
+    plans: dict[int, tuple[str, dict[str, tuple[str, dict[str, str] | None]]]] = {}  # id(profile) -> its plan
+    for thing, datapoints, at, _ in items:
+        for profile in profiles_of(thing):
+            plan = plans.get(id(profile))
+            if plan is None:
+                config = profile.get("metrics_export_config") or {}
+                plan = plans[id(profile)] = (str(config.get("mqttTopic") or ""), exported_series(profile))
+            topic, series = plan
+            if not series:
+                continue
+            entries = by_topic.setdefault(topic, {})
+            for key, (metric, dimension) in series.items():
+                value = datapoints.get(key)
+                if value is None or (thing, key, at) in entries:
+                    continue
+                entry: dict[str, Any] = {"name": metric, "thing": thing, "value": value, "version": 1,
+                                         "timestamp": round(at * 1000)}
+                if dimension is not None:
+                    entry["dimension"] = dimension
+                entries[(thing, key, at)] = orjson.dumps(entry)
+    return [{"target_arn": topic_arn(topic), "destination": MQTT_PREFIX + topic, "message": message,
+             "created_at": now}
+            for topic, entries in by_topic.items() if entries
+            for message in messages(list(entries.values()))]
+
+
+def messages(entries: Sequence[bytes]) -> list[str]:
+    """The export messages carrying ``entries`` (each an encoded metric), in order, each within
+    ``MAX_MESSAGE_BYTES`` (one entry larger than that still goes, alone)."""
+    out: list[str] = []
+    batch: list[bytes] = []
+    size = _ENVELOPE
+    for entry in entries:
+        if batch and size + len(entry) + 1 > MAX_MESSAGE_BYTES:
+            out.append(_message(batch))
+            batch, size = [], _ENVELOPE
+        batch.append(entry)
+        size += len(entry) + 1
+    if batch:
+        out.append(_message(batch))
+    return out
+
+
+def _message(batch: Sequence[bytes]) -> str:
+    return (b'{"version":"1.0","metrics":[' + b",".join(batch) + b"]}").decode()
