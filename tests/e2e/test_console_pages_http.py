@@ -598,3 +598,29 @@ def test_fleet_metrics_show_each_devices_latest_value_of_a_group(service):
     assert again["distribution"] == distribution and again["series"] == data["series"]
     whole = _metrics_data(client.get("/console/metrics?metric=aws:num-listening-tcp-ports&range=1h").text)
     assert {"fm-outside": 50.0}.items() <= {e["thingName"]: e["value"] for e in whole["distribution"]["highest"]}.items()
+
+
+def test_saving_retained_metrics_keeps_their_operators_and_export_and_the_page_shows_the_export(service):
+    """The retained-metrics form writes each item's dimension operator and ``export`` back; before,
+    saving it made a NOT_IN dimension IN and stopped every retained metric's export."""
+    client, token = logged_in(service)
+    iot = service.client()
+    iot.create_dimension(name="pd-topics", type="TOPIC_FILTER", stringValues=["sensors/#"])
+    retained = [{"metric": "aws:num-messages-sent", "metricDimension": {"dimensionName": "pd-topics",
+                                                                        "operator": "NOT_IN"}, "exportMetric": True},
+                {"metric": "aws:all-bytes-out"}]
+    iot.create_security_profile(securityProfileName="pd-export", behaviors=[{**FEW_PORTS, "exportMetric": True}],
+                                additionalMetricsToRetainV2=retained,
+                                metricsExportConfig={"mqttTopic": "export/pd", "roleArn": f"{ARN}:role/export"})
+    page = html.unescape(client.get("/console/profiles/pd-export/detail").text)
+    assert "aws:num-messages-sent pd-topics NOT_IN export\naws:all-bytes-out</textarea>" in page
+    assert re.search(r'id="metrics-export">Metrics export: aws:num-listening-tcp-ports, aws:num-messages-sent to '
+                     r'MQTT topic <code>export/pd</code>', page), page
+    saved = post(client, token, "/console/profiles/pd-export/retained", version="1",
+                 retained="aws:num-messages-sent pd-topics NOT_IN export\naws:all-bytes-out")
+    assert saved.status_code == 303, saved.text
+    assert iot.describe_security_profile(securityProfileName="pd-export")["additionalMetricsToRetainV2"] == retained
+    iot.update_security_profile(securityProfileName="pd-export", deleteMetricsExportConfig=True)
+    page = html.unescape(client.get("/console/profiles/pd-export/detail").text)
+    assert 'class="error" id="metrics-export">aws:num-listening-tcp-ports, aws:num-messages-sent marked for export, ' \
+           "but the profile has no metrics export topic" in page

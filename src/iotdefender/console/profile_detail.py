@@ -45,22 +45,36 @@ def version_diff(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, st
 
 
 def retained_from_text(value: str) -> list[dict[str, Any]]:
-    """One metric a line, optionally followed by a dimension name: ``aws:num-messages-sent topics``."""
+    """One metric a line: ``metric [dimension [IN|NOT_IN]] [export]``, e.g.
+    ``aws:num-messages-sent topics NOT_IN export``. The operator and ``export`` (the item's
+    ``exportMetric``) are written back by ``retained_as_text``: before, saving the form dropped
+    both from every item (a NOT_IN dimension became IN, an exported metric stopped being exported)."""
     retained = []
     for line in value.splitlines():
         words = line.split()
         if not words:
             continue
         entry: dict[str, Any] = {"metric": words[0]}
-        if len(words) > 1:
-            entry["metricDimension"] = {"dimensionName": words[1]}
+        rest = words[1:]
+        if rest and rest[-1].lower() == "export":
+            entry["exportMetric"] = True
+            rest = rest[:-1]
+        if rest:
+            entry["metricDimension"] = {"dimensionName": rest[0]}
+            if len(rest) > 1:
+                entry["metricDimension"]["operator"] = rest[1]  # anything else: refused by the API
         retained.append(entry)
     return retained
 
 
 def retained_as_text(retained: list[dict[str, Any]]) -> str:
-    return "\n".join(" ".join([r["metric"], *([r["metricDimension"]["dimensionName"]]
-                                               if r.get("metricDimension") else [])]) for r in retained)
+    def line(item: dict[str, Any]) -> str:
+        dimension = item.get("metricDimension") or {}
+        words = [item["metric"], *([dimension["dimensionName"]] if dimension else []),
+                 *([dimension["operator"]] if dimension.get("operator") else []),
+                 *(["export"] if item.get("exportMetric") else [])]
+        return " ".join(words)
+    return "\n".join(line(item) for item in retained)
 
 
 def routes(console: ConsoleContext) -> dict[str, Page]:
