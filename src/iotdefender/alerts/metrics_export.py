@@ -59,31 +59,35 @@ def export_rows(items: Iterable[Item], profiles_of: Callable[[str], Sequence[Map
                 topic_arn: Callable[[str], str], now: float) -> list[dict[str, Any]]:
     """The outbox rows (``alert_outbox.insert_pending``) exporting what ``items`` hold: per topic,
     messages of at most ``MAX_MESSAGE_BYTES``."""
-    by_topic: dict[str, dict[tuple[str, str, float], bytes]] = {}
-    plans: dict[int, tuple[str, dict[str, tuple[str, dict[str, str] | None]]]] = {}  # id(profile) -> its plan
+    by_topic: dict[str, list[bytes]] = {}
+    # What a list of profiles exports, by topic, each series once (``profiles_of`` gives every
+    # thing with the same groups the same list): read once per list, not per item and profile.
+    plans: dict[int, list[tuple[list[bytes], dict[str, tuple[str, dict[str, str] | None]]]]] = {}
     for thing, datapoints, at, _ in items:
-        for profile in profiles_of(thing):
-            plan = plans.get(id(profile))
-            if plan is None:
-                config = profile.get("metrics_export_config") or {}
-                plan = plans[id(profile)] = (str(config.get("mqttTopic") or ""), exported_series(profile))
-            topic, series = plan
-            if not series:
-                continue
-            entries = by_topic.setdefault(topic, {})
+        monitoring = profiles_of(thing)
+        plan = plans.get(id(monitoring))
+        if plan is None:
+            merged: dict[str, dict[str, tuple[str, dict[str, str] | None]]] = {}
+            for profile in monitoring:
+                series = exported_series(profile)
+                if series:
+                    merged.setdefault(str(profile["metrics_export_config"].get("mqttTopic") or ""), {}).update(series)
+            plan = plans[id(monitoring)] = [(by_topic.setdefault(topic, []), series) for topic, series in merged.items()]
+        stamp = round(at * 1000)
+        for entries, series in plan:
             for key, (metric, dimension) in series.items():
                 value = datapoints.get(key)
-                if value is None or (thing, key, at) in entries:
+                if value is None:
                     continue
                 entry: dict[str, Any] = {"name": metric, "thing": thing, "value": value, "version": 1,
-                                         "timestamp": round(at * 1000)}
+                                         "timestamp": stamp}
                 if dimension is not None:
                     entry["dimension"] = dimension
-                entries[(thing, key, at)] = orjson.dumps(entry)
+                entries.append(orjson.dumps(entry))
     return [{"target_arn": topic_arn(topic), "destination": MQTT_PREFIX + topic, "message": message,
              "created_at": now}
             for topic, entries in by_topic.items() if entries
-            for message in messages(list(entries.values()))]
+            for message in messages(entries)]
 
 
 def messages(entries: Sequence[bytes]) -> list[str]:
