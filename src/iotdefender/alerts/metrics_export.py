@@ -45,9 +45,9 @@ def exported_series(profile: Mapping[str, Any]) -> dict[str, tuple[str, dict[str
         return {}
     found: dict[str, tuple[str, dict[str, str] | None]] = {}
     for item in list(profile.get("behaviors") or []) + list(profile.get("additional_metrics_to_retain_v2") or []):
-        metric = item.get("metric") if isinstance(item, Mapping) else None
-        if not item or not item.get("exportMetric") or not isinstance(metric, str):
+        if not isinstance(item, Mapping) or not item.get("exportMetric") or not isinstance(item.get("metric"), str):
             continue
+        metric = item["metric"]
         dimension = item.get("metricDimension") or {}
         name, operator = dimension.get("dimensionName"), dimension.get("operator") or "IN"
         found[series_key(metric, name, operator if name else None)] = (
