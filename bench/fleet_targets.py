@@ -78,8 +78,9 @@ class BareTarget:
 class ServiceTarget:
     """``iotdefender serve`` with its default broker (`embedded`) or joined to a separate Mosquitto."""
 
-    def __init__(self, broker: str) -> None:
+    def __init__(self, broker: str, export_topic: str | None = None) -> None:
         self.kind = broker
+        self.export_topic = export_topic  # every behavior's metric exported there (fleet_workload.configure)
         self.label = f"service ({broker})"
         self.broker = Mosquitto(acl=DEVICE_ACL, settings=BROKER_SETTINGS) if broker == "mosquitto" else None
         extra = ["--report-min-interval", "0", "--mqtt-acl", "own"]
@@ -95,7 +96,7 @@ class ServiceTarget:
         if self.broker:
             self.broker.start()
         self.service.start()
-        fleet_workload.configure(self.service.client())
+        fleet_workload.configure(self.service.client(), self.export_topic)
         self._wait_mqtt()
 
     def _wait_mqtt(self) -> None:

@@ -30,13 +30,19 @@ def behaviors(profile: int) -> list[dict]:
     return [{"name": f"{name}{profile}", "metric": metric, "criteria": criteria} for name, metric, criteria in base]
 
 
-def configure(iot) -> None:  # type: ignore[no-untyped-def]
-    """Custom metrics and the three profiles, attached to all things, through the AWS API."""
+def configure(iot, export_topic: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Custom metrics and the three profiles, attached to all things, through the AWS API. With
+    ``export_topic``, every behavior is exported there (Detect metrics export, docs/alerts.md)."""
     iot.create_custom_metric(metricName="cpu", metricType="number")
     iot.create_custom_metric(metricName="temperature", metricType="number")
     iot.create_custom_metric(metricName="firmware", metricType="string-list")
     for p in range(PROFILES):
-        iot.create_security_profile(securityProfileName=f"bench{p}", behaviors=behaviors(p))
+        if export_topic is None:
+            iot.create_security_profile(securityProfileName=f"bench{p}", behaviors=behaviors(p))
+        else:
+            iot.create_security_profile(
+                securityProfileName=f"bench{p}", behaviors=[{**b, "exportMetric": True} for b in behaviors(p)],
+                metricsExportConfig={"mqttTopic": export_topic, "roleArn": "arn:aws:iam::123456789012:role/export"})
         iot.attach_security_profile(securityProfileName=f"bench{p}", securityProfileTargetArn=ALL_THINGS)
 
 

@@ -34,7 +34,7 @@ Phases, each bounded in time:
 
 Results: bench/results/pipeline-<broker>-<devices>.json (not with --quick, which prints one line).
 
-    .venv/bin/python bench/pipeline.py --broker embedded|mosquitto [--devices 5000] [--rate 5000] [--quick]
+    .venv/bin/python bench/pipeline.py --broker embedded|mosquitto [--devices 5000] [--rate 5000] [--export] [--quick]
 """
 
 from __future__ import annotations
@@ -127,9 +127,12 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             "cpu_us_per_report": service["offered_load"]["cpu_us_per_answer"]}
 
 
+EXPORT_TOPIC = "bench/export"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     bare = measure(BareTarget(), args)
-    service = measure(ServiceTarget(args.broker), args)
+    service = measure(ServiceTarget(args.broker, EXPORT_TOPIC if args.export else None), args)
     bare_rate, service_rate = bare["ceiling"]["answered_per_s"], service["ceiling"]["answered_per_s"]
     return {
         "benchmark": "pipeline",
@@ -139,6 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "devices": args.devices,
         "rate": args.rate,
         "profiles_x_behaviors": "3 x 10",
+        "metrics_export": EXPORT_TOPIC if args.export else None,
         "report_bytes": len(fleet_workload.report(OPEN_LOOP_IDS)),
         "ratio": round(service_rate / bare_rate, 3) if bare_rate else None,
         "bare": bare,
@@ -167,6 +171,8 @@ def main() -> None:
     parser.add_argument("--per-process", type=int, default=4000, help="connections per load-generator process")
     parser.add_argument("--max-seconds", type=int, default=1500, help="the whole run is stopped after this")
     parser.add_argument("--quick", action="store_true", help="1,500 devices at 1,500/s, short phases (< 90 s)")
+    parser.add_argument("--export", action="store_true",
+                        help=f"every behavior's metric exported to {EXPORT_TOPIC} (Detect metrics export; no subscriber)")
     parser.add_argument("--output", type=Path, help="the results file (default bench/results/pipeline-<broker>-<devices>.json)")
     args = parser.parse_args()
     if args.quick:
@@ -178,7 +184,7 @@ def main() -> None:
     if args.quick:
         print(json.dumps(summary(result)))
         return
-    output = args.output or RESULTS / f"pipeline-{args.broker}-{args.devices}.json"
+    output = args.output or RESULTS / f"pipeline-{args.broker}-{args.devices}{'-export' if args.export else ''}.json"
     output.parent.mkdir(exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
