@@ -83,8 +83,9 @@ guards: $(TEST_STAMP) ## the layer contract, declared dependencies and the type 
 # databases, services, NATS), so a third worker fills two cores' idle time. Each file runs on one
 # worker (its module fixtures start once), and tests/conftest.py's scheduler runs the cluster files
 # in two lanes and the browser files in a third, started first, so no more of them run at once than
-# with two workers. Two workers took 14:17-16:20 on fresh clones on 2026-12-04, over the suite's 15
-# minutes; one process 14:25 when the suite was two thirds of today's. PYTEST_WORKERS= runs one.
+# with two workers. Fresh clones on 2026-12-04: pytest 10:39, 10:45 and 12:11 (another test run
+# beside it) on three workers, against 14:17-16:20 on two; one process took 14:25 when the suite
+# was two thirds of today's. PYTEST_WORKERS= runs one.
 PYTEST_WORKERS ?= -n 3 --dist loadfile --no-loadscope-reorder
 test: $(TEST_STAMP) system-deps broker-deps guards ## set up and run the whole test suite (ARGS='tests/unit' for a part)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_WORKERS) --durations=25 $(ARGS)
