@@ -149,10 +149,12 @@ def test_export_asked_without_a_topic_is_stored_and_the_log_says_nothing_is_expo
 
 def test_a_topic_no_message_can_be_published_to_is_refused(service, iot):
     name = f"bad-{uuid.uuid4().hex[:8]}"
-    for topic in ("export/#", "export/+/x", "é" * 512):
+    for topic in ("export/#", "export/+/x", "é" * 512, "$aws/things/victim/defender/metrics/json/accepted", "$SYS/x"):
         with pytest.raises(iot.exceptions.InvalidRequestException, match="mqttTopic"):
             iot.create_security_profile(securityProfileName=name,
                                         metricsExportConfig={"mqttTopic": topic, "roleArn": ROLE})
+    iot.create_security_profile(securityProfileName=f"{name}-ingest",  # AWS IoT's Basic Ingest: allowed
+                                metricsExportConfig={"mqttTopic": "$aws/rules/export_rule/dd", "roleArn": ROLE})
     iot.create_security_profile(securityProfileName=name, metricsExportConfig={"mqttTopic": "é" * 511, "roleArn": ROLE})
     with pytest.raises(iot.exceptions.InvalidRequestException, match="wildcard"):
         iot.update_security_profile(securityProfileName=name, metricsExportConfig={"mqttTopic": "a/#", "roleArn": ROLE})

@@ -58,19 +58,27 @@ def _check_behaviors(conn: Any, behaviors: list[Any], v1: list[Any], v2: list[An
 # messages from a buffer of 1,024 bytes (brokers/mosquitto/defender_plugin.c, publish_replies), and
 # AWS's 512 characters may take more bytes than that.
 _EXPORT_TOPIC_MAX_BYTES = 1023
+# AWS IoT's Basic Ingest topics, which AWS's "Detect metrics export" page offers for the export; every
+# other topic beginning with "$" is reserved: a device's Device Defender replies among them, where an
+# export would reach the device as if it were its report's answer (an outside-in test sent one there).
+_BASIC_INGEST = "$aws/rules/"
 
 
 def _check_export_topic(config: Params | None) -> None:
     """InvalidRequestException for an export topic no message can be published to: MQTT forbids
-    the wildcards ``+`` and ``#`` and NUL in a topic name (MQTT 3.1.1, 4.7). AWS's pages state only
-    its length (1-512), but its exports could not be published there either; here the datapoints
-    would be dropped by the broker, silently."""
+    the wildcards ``+`` and ``#`` and NUL in a topic name (MQTT 3.1.1, 4.7), and the topics
+    beginning with ``$`` are the broker's and the service's own, but for Basic Ingest. AWS's pages
+    state only its length (1-512), but its exports could not be published there either; here the
+    datapoints would be dropped by the broker, silently, or sent to a device as its reply."""
     topic = (config or {}).get("mqttTopic")
     if not isinstance(topic, str):
         return
     if any(c in topic for c in "+#\0"):
         raise invalid_request(f"metricsExportConfig.mqttTopic {topic!r} cannot be published to: "
                               "a topic name holds no wildcard (+, #) and no NUL")
+    if topic.startswith("$") and not topic.startswith(_BASIC_INGEST):
+        raise invalid_request(f"metricsExportConfig.mqttTopic {topic!r} is a reserved topic: of the topics beginning "
+                              f"with $, only AWS IoT's Basic Ingest topics ({_BASIC_INGEST}...) may take an export")
     if len(topic.encode()) > _EXPORT_TOPIC_MAX_BYTES:
         raise invalid_request(f"metricsExportConfig.mqttTopic is {len(topic.encode())} bytes of UTF-8; "
                               f"this service publishes to topics of at most {_EXPORT_TOPIC_MAX_BYTES}")
