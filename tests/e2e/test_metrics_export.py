@@ -140,11 +140,16 @@ def test_export_asked_without_a_topic_is_stored_and_the_log_says_nothing_is_expo
                 "criteria": {"comparisonOperator": "less-than", "value": {"count": 5}}}
     iot.create_security_profile(securityProfileName=name, behaviors=[behavior])
     assert iot.describe_security_profile(securityProfileName=name)["behaviors"] == [behavior]
+    iot.create_security_profile(securityProfileName=f"{name}-retained", additionalMetricsToRetainV2=[
+        {"metric": "aws:all-bytes-out", "exportMetric": True}])
     iot.update_security_profile(securityProfileName=name, metricsExportConfig={"mqttTopic": f"t/{name}", "roleArn": ROLE})
     iot.update_security_profile(securityProfileName=name, deleteMetricsExportConfig=True)
     lines = [line for line in service.log_path.read_text().splitlines()
-             if "metrics_export_without_topic" in line and name in line]
+             if "metrics_export_without_topic" in line and f'"profile": "{name}"' in line]
     assert len(lines) == 2 and '"ports"' in lines[0], lines
+    retained = [line for line in service.log_path.read_text().splitlines()
+                if "metrics_export_without_topic" in line and f"{name}-retained" in line]
+    assert len(retained) == 1 and '"aws:all-bytes-out"' in retained[0], retained
 
 
 def test_a_topic_no_message_can_be_published_to_is_refused(service, iot):

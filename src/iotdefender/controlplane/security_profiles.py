@@ -120,17 +120,19 @@ def create_security_profile(ctx: ServiceContext, params: Params) -> Params:
                 row[column] = params.get(member)
         profiles.insert(conn, **row)
         tags.replace(conn, row["arn"], tag_list)
-    _warn_if_export_asked(name, row["metrics_export_config"], behaviors)
+    _warn_if_export_asked(name, row["metrics_export_config"], behaviors, row["additional_metrics_to_retain_v2"] or [])
     return {"securityProfileName": name, "securityProfileArn": row["arn"]}
 
 
-def _warn_if_export_asked(name: str, export_config: dict[str, Any] | None, behaviors: list[dict[str, Any]]) -> None:
-    """Behaviors marked ``exportMetric`` in a profile without a ``metricsExportConfig`` export
-    nothing (there is no topic to publish to; AWS's pages do not say it refuses them, so they are
-    stored): say so where an operator who asked for it would look."""
+def _warn_if_export_asked(name: str, export_config: dict[str, Any] | None, behaviors: list[dict[str, Any]],
+                          retained: list[dict[str, Any]]) -> None:
+    """Behaviors or retained metrics marked ``exportMetric`` in a profile without a
+    ``metricsExportConfig`` export nothing (there is no topic to publish to; AWS's pages do not say
+    it refuses them, so they are stored): say so where an operator who asked for it would look."""
     exported = [b.get("name") for b in behaviors if b.get("exportMetric")]
-    if exported and not export_config:
-        log.warning("metrics_export_without_topic", profile=name, behaviors=exported,
+    exported_retained = [m.get("metric") for m in retained if m.get("exportMetric")]
+    if (exported or exported_retained) and not export_config:
+        log.warning("metrics_export_without_topic", profile=name, behaviors=exported, retained=exported_retained,
                     reason="exportMetric is set but the profile has no metricsExportConfig: nothing is exported")
 
 
@@ -165,7 +167,8 @@ def update_security_profile(ctx: ServiceContext, params: Params) -> Params:
         if not profiles.update(conn, name, row["version"], **changes):
             raise version_conflict(f"Security profile {name} was modified concurrently; retry the update")
         merged.update(changes, version=row["version"] + 1)
-    _warn_if_export_asked(name, merged["metrics_export_config"], merged["behaviors"] or [])
+    _warn_if_export_asked(name, merged["metrics_export_config"], merged["behaviors"] or [],
+                          merged["additional_metrics_to_retain_v2"] or [])
     return describe_row(merged)
 
 
