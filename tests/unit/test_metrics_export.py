@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from iotdefender.alerts.metrics_export import MAX_MESSAGE_BYTES, MQTT_PREFIX, export_rows, exported_series, messages
+from iotdefender.alerts.metrics_export import (MAX_MESSAGE_BYTES, MQTT_PREFIX, export_rows, exported_series, merged,
+                                             messages)
 
 CONFIG = {"mqttTopic": "export/a", "roleArn": "arn:aws:iam::123456789012:role/export"}
 PORTS = {"name": "ports", "metric": "aws:num-listening-tcp-ports", "exportMetric": True}
@@ -50,3 +51,14 @@ def test_a_large_batch_is_cut_into_messages_of_at_most_128_kb_in_order():
     cut = messages(entries)
     assert len(cut) > 1 and all(len(m.encode()) <= MAX_MESSAGE_BYTES for m in cut)
     assert [e["thing"] for m in cut for e in json.loads(m)["metrics"]] == [f"thing-{n:05d}" for n in range(5000)]
+
+
+def test_rows_of_one_topic_are_merged_in_order_into_as_few_messages_as_128_kb_allow():
+    small = [messages([json.dumps({"thing": f"a{row}-{n}"}).encode() for n in range(3)])[0] for row in range(50)]
+    assert len(merged(small)) == 1  # 50 transactions' rows, one message
+    large = messages([json.dumps({"thing": f"b{n:05d}", "pad": "x" * 100}).encode() for n in range(2000)])
+    together = merged(small + large)
+    assert len(together) == len(large) + 1 and all(len(m.encode()) <= MAX_MESSAGE_BYTES for m in together)
+    assert [e["thing"] for m in together for e in json.loads(m)["metrics"]] == \
+        [f"a{row}-{n}" for row in range(50) for n in range(3)] + [f"b{n:05d}" for n in range(2000)]
+    assert merged([]) == []

@@ -32,7 +32,8 @@ MQTT_PREFIX = "mqtt:"
 #: The most bytes one export message holds: AWS IoT's largest MQTT message (128 KB). A batch
 #: larger than that is sent as several messages.
 MAX_MESSAGE_BYTES = 128 * 1024
-_ENVELOPE = len(b'{"version":"1.0","metrics":[]}')
+_HEAD, _TAIL = b'{"version":"1.0","metrics":[', b"]}"
+_ENVELOPE = len(_HEAD) + len(_TAIL)
 
 # (thing, datapoints by series, time, report id): a detection batch item (pipeline/batch_store.py).
 Item = tuple[str, Mapping[str, Mapping[str, Any]], float, int | None]
@@ -91,8 +92,9 @@ def export_rows(items: Iterable[Item], profiles_of: Callable[[str], Sequence[Map
 
 
 def messages(entries: Sequence[bytes]) -> list[str]:
-    """The export messages carrying ``entries`` (each an encoded metric), in order, each within
-    ``MAX_MESSAGE_BYTES`` (one entry larger than that still goes, alone)."""
+    """The export messages carrying ``entries`` (each one encoded metric, or several joined by
+    commas), in order, each within ``MAX_MESSAGE_BYTES`` (one entry larger than that still goes,
+    alone)."""
     out: list[str] = []
     batch: list[bytes] = []
     size = _ENVELOPE
@@ -107,5 +109,12 @@ def messages(entries: Sequence[bytes]) -> list[str]:
     return out
 
 
+def merged(batches: Iterable[str]) -> list[str]:
+    """The messages (``messages``) of several outbox rows of one topic, merged: each row's metrics
+    stay together and in order, and a message holds as many rows as 128 KB allows."""
+    head, tail = len(_HEAD), len(_TAIL)
+    return messages([encoded[head:-tail] for batch in batches if len(encoded := batch.encode()) > head + tail])
+
+
 def _message(batch: Sequence[bytes]) -> str:
-    return (b'{"version":"1.0","metrics":[' + b",".join(batch) + b"]}").decode()
+    return (_HEAD + b",".join(batch) + _TAIL).decode()

@@ -29,7 +29,7 @@ import structlog
 from prometheus_client import Counter
 from sqlalchemy.engine import Engine
 
-from iotdefender.alerts.metrics_export import MQTT_PREFIX
+from iotdefender.alerts.metrics_export import MQTT_PREFIX, merged
 from iotdefender.alerts.routes import KINDS, NO_DESTINATION, SNS_PREFIX, AlertRoutes, kind_of
 from iotdefender.alerts.subscriptions import Webhook
 from iotdefender.cancellation import wait_event
@@ -56,10 +56,14 @@ CLAIM_HOLD_S = 120.0
 # wakes the next claim at once, so the batch bounds the delay a kill causes, not the throughput
 # (each send is its own round trip and its own mark anyway).
 CLAIM_BATCH = 20
-# Messages a second to one MQTT topic (a metrics export): its messages go to the service's own
-# broker, not to a third party whose rate limits the alerts' 20 a second respect. A detection
-# transaction writes one message per export topic (more past 128 KB).
-MQTT_RATE = 1000.0
+# A metrics export topic's rows (``mqtt:`` destinations, one per detection transaction and topic)
+# are published at most once an interval, those written meanwhile merged into as few messages as
+# 128 KB allows (AWS "batches metric values … and publishes them … at regular intervals"), and
+# deleted in one write. Published and deleted one by one, each a claim and a delete of the single
+# writer, exporting every behavior of 3 profiles cost 1.75x the CPU of a report and took p99
+# publish -> accepted from 30 to 269 ms (an outside-in run: 2,000 devices, ~140 reports/s, SQLite).
+EXPORT_INTERVAL_S = 1.0
+EXPORT_CLAIM = 200  # rows of export topics claimed at once (up to 25 MB; the alerts' claim stays CLAIM_BATCH)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -174,9 +178,15 @@ class AlertDelivery:
 
     def _due(self, skipped: set[str], limit: int = CLAIM_BATCH) -> Sequence[Any]:
         """Claimed due rows, but none of the ``skipped`` destinations."""
+        mqtt = kind_of(MQTT_PREFIX)
+        alert_kinds = self._kinds - {mqtt}
         with writing(self._engine) as conn:
-            kinds = self._kinds if self._broker_up() else self._kinds - {kind_of(MQTT_PREFIX)}
-            return alert_outbox.claim(conn, time.time(), limit, self._hold_s, kinds, skip=skipped)
+            now = time.time()
+            rows = list(alert_outbox.claim(conn, now, limit, self._hold_s, alert_kinds, skip=skipped)
+                        if alert_kinds else [])
+            if mqtt in self._kinds and self._broker_up():
+                rows += alert_outbox.claim(conn, now, EXPORT_CLAIM, self._hold_s, {mqtt}, skip=skipped)
+            return rows
 
     def _reclaim(self) -> None:
         with writing(self._engine) as conn:
@@ -194,9 +204,9 @@ class AlertDelivery:
         with writing(self._engine) as conn:
             alert_outbox.mark(conn, row_id, **values)
 
-    def _forget(self, row_id: int) -> None:
+    def _forget(self, row_ids: list[int]) -> None:
         with writing(self._engine) as conn:
-            alert_outbox.delete(conn, row_id)
+            alert_outbox.delete(conn, row_ids)
 
     def _bury(self, rows: Sequence[Any]) -> None:
         """Rows whose topic has no destination: dead at once, with why and how to fix it."""
@@ -238,8 +248,10 @@ class AlertDelivery:
         destination while its lane works (``_due``), so a destination has one lane at a time here."""
         limited: list[int] = []  # claimed and not attempted: released for a later claim
         try:
-            rate = MQTT_RATE if destination.startswith(MQTT_PREFIX) else self._rate
-            bucket = self._buckets.setdefault(destination, TokenBucket(rate, rate))
+            if destination.startswith(MQTT_PREFIX):
+                await self._export(destination[len(MQTT_PREFIX):], rows)
+                return
+            bucket = self._buckets.setdefault(destination, TokenBucket(self._rate, self._rate))
             for index, row in enumerate(rows):
                 if time.monotonic() - claimed > self._hold_s - 1.5 * self._send_timeout_s:
                     # The hold is running out: give the rest back rather than send what another node may take.
@@ -260,33 +272,47 @@ class AlertDelivery:
     async def _attempt(self, row: Any) -> None:
         """Send one row and mark the outcome: delivered, or pending again after its backoff (dead
         once it exhausted its attempts)."""
-        kind = kind_of(row.destination)
         try:
             await self._send(row)
         except Exception as error:  # any failure of the destination: retry later
-            # Some errors say nothing of themselves (str() of httpx's ReadTimeout is ""): their name then.
-            attempts, reason = row.attempts + 1, (str(error) or type(error).__name__)[:2000]
-            dead = attempts >= MAX_ATTEMPTS
-            await anyio.to_thread.run_sync(lambda: self._mark(
-                row.id, attempts=attempts, status="dead" if dead else "pending", last_error=reason,
-                next_attempt_at=time.time() + self._retry_base * 2 ** (attempts - 1)))
-            DELIVERIES.labels(kind, "dead" if dead else "retry").inc()
-            log.warning("alert_delivery_failed", destination=row.destination, attempts=attempts, dead=dead,
-                        error=reason[:300])
+            await self._failed(row, error)
             return
-        if row.destination.startswith(MQTT_PREFIX):  # an export's message: kept for nobody once sent
-            await anyio.to_thread.run_sync(self._forget, row.id)
-        else:
-            await anyio.to_thread.run_sync(lambda: self._mark(row.id, attempts=row.attempts + 1, status="delivered"))
-        DELIVERIES.labels(kind, "delivered").inc()
+        await anyio.to_thread.run_sync(lambda: self._mark(row.id, attempts=row.attempts + 1, status="delivered"))
+        DELIVERIES.labels(kind_of(row.destination), "delivered").inc()
+
+    async def _failed(self, row: Any, error: Exception) -> None:
+        """A send of ``row`` failed: pending again after its backoff, dead once it exhausted its attempts."""
+        # Some errors say nothing of themselves (str() of httpx's ReadTimeout is ""): their name then.
+        attempts, reason = row.attempts + 1, (str(error) or type(error).__name__)[:2000]
+        dead = attempts >= MAX_ATTEMPTS
+        await anyio.to_thread.run_sync(lambda: self._mark(
+            row.id, attempts=attempts, status="dead" if dead else "pending", last_error=reason,
+            next_attempt_at=time.time() + self._retry_base * 2 ** (attempts - 1)))
+        DELIVERIES.labels(kind_of(row.destination), "dead" if dead else "retry").inc()
+        log.warning("alert_delivery_failed", destination=row.destination, attempts=attempts, dead=dead,
+                    error=reason[:300])
+
+    async def _export(self, topic: str, rows: Sequence[Any]) -> None:
+        """A metrics export topic's claimed rows: merged into messages of at most 128 KB,
+        published, deleted in one write (an export's message is kept for nobody once sent); then
+        the topic rests ``EXPORT_INTERVAL_S`` (its lane still at work, so not claimed), and what is
+        written meanwhile goes in the next batch. A broker that refuses them: each row fails as a
+        send does."""
+        try:
+            if self._publish_mqtt is None:  # claimed before this deliverer lost its broker: retried
+                raise RuntimeError("no MQTT broker to publish the metrics export on")
+            for message in merged(row.message for row in rows):
+                self._publish_mqtt(topic, message.encode())
+        except Exception as error:
+            for row in rows:
+                await self._failed(row, error)
+            return
+        await anyio.to_thread.run_sync(self._forget, [row.id for row in rows])
+        DELIVERIES.labels(kind_of(MQTT_PREFIX), "delivered").inc(len(rows))
+        await asyncio.sleep(EXPORT_INTERVAL_S)
 
     async def _send(self, row: Any) -> None:
         body = row.message.encode()
-        if row.destination.startswith(MQTT_PREFIX):
-            if self._publish_mqtt is None:  # claimed before this deliverer lost its broker: retried
-                raise RuntimeError("no MQTT broker to publish the metrics export on")
-            self._publish_mqtt(row.destination[len(MQTT_PREFIX):], body)
-            return
         if row.destination.startswith(SNS_PREFIX):
             await anyio.to_thread.run_sync(self._publish_sns, row.destination[len(SNS_PREFIX):], row.message)
             return

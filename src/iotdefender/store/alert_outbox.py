@@ -75,9 +75,9 @@ def mark(conn: Connection, row_id: int, **values: Any) -> None:
     conn.execute(alert_outbox.update().where(alert_outbox.c.id == row_id).values(**values))
 
 
-def delete(conn: Connection, row_id: int) -> None:
-    """A row sent that nobody needs to list afterwards (a metrics export's message)."""
-    conn.execute(alert_outbox.delete().where(alert_outbox.c.id == row_id))
+def delete(conn: Connection, row_ids: Sequence[int]) -> None:
+    """Rows sent that nobody needs to list afterwards (a metrics export's messages)."""
+    conn.execute(alert_outbox.delete().where(alert_outbox.c.id.in_(row_ids)))
 
 
 def dead_letters(conn: Connection, limit: int) -> list[dict[str, Any]]:
