@@ -307,14 +307,19 @@ AWAY = {"name": "away", "metric": "aws:disconnect-duration",
 def connected_and_left(b: ServiceProcess, iot, thing: str) -> tuple[mqtt.Client, dt.datetime]:  # type: ignore[no-untyped-def]
     """The thing's device connects to broker node B and will not reconnect (its MQTT client's
     loop stopped; the caller holds the client, whose socket closes when it is collected),
-    monitored for its disconnect duration; once a window is stored with it connected (0),
-    returns it and when B may end."""
+    monitored for its disconnect duration; once a window that ended after it connected is stored
+    with it connected (0), returns it and when B may end. (A window that ended before it connected
+    but was closed after, 0 too, is not enough: B's end of it said B hosted none of the partition's
+    devices, and a node killed before its next end is not taken to have had any; the gap is in
+    docs/cluster.md.)"""
     in_group(iot, thing, f"{thing}-profile", AWAY)
     since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
     device = publisher(b.mqtt_port, thing)
+    connected = time.time()
     stop_network_loop(device)
-    wait_for(lambda: values(iot, thing, "aws:disconnect-duration", since), 3 * WINDOW, "a window with it connected")
-    assert [count for _, count in values(iot, thing, "aws:disconnect-duration", since)] == [0]
+    wait_for(lambda: any(at > connected for at, _ in values(iot, thing, "aws:disconnect-duration", since)),
+             4 * WINDOW, "a window that ended with it connected")
+    assert {count for _, count in values(iot, thing, "aws:disconnect-duration", since)} == {0}
     return device, dt.datetime.now(dt.timezone.utc)
 
 
