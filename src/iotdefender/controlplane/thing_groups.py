@@ -189,18 +189,31 @@ def _resolve_names(ctx: ServiceContext, conn: Any, params: Params) -> tuple[dict
 
 def _join(conn: Any, group: str, thing: str) -> None:
     """``thing`` into ``group``, within AWS IoT's rules: at most 10 groups, one per hierarchy."""
-    if registry.is_member(conn, group, thing):
-        return
+    join_all(conn, [group], thing)
+
+
+def join_all(conn: Any, groups: list[str], thing: str) -> bool:
+    """``thing`` into every one of ``groups`` (which exist), or, refused, into none: every rule is
+    checked before the first write (a mitigation action's groups are applied whole or not at all,
+    next to other executions of the same transaction). Whether it joined any."""
     current = registry.groups_of_thing(conn, thing)
-    if len(current) >= MAX_GROUPS_PER_THING:
-        raise invalid_request(f"Thing {thing} already belongs to {MAX_GROUPS_PER_THING} thing groups, the maximum")
+    joining = [group for group in dict.fromkeys(groups) if group not in current]
+    if not joining:
+        return False
+    if len(current) + len(joining) > MAX_GROUPS_PER_THING:
+        raise invalid_request(f"Thing {thing} already belongs to {len(current)} thing groups: "
+                              f"{MAX_GROUPS_PER_THING} is the maximum")
     parents = registry.all_group_parents(conn)
-    root = hierarchy.root_of(group, parents)
-    for other in current:
-        if hierarchy.root_of(other, parents) == root:
+    roots = {hierarchy.root_of(other, parents): other for other in current}
+    for group in joining:
+        root = hierarchy.root_of(group, parents)
+        if root in roots:
             # AWS IoT: a thing can be in at most one group of a given hierarchy.
-            raise invalid_request(f"Thing {thing} is already in thing group {other} of the same hierarchy")
-    registry.add_member(conn, group, thing)
+            raise invalid_request(f"Thing {thing} is already in thing group {roots[root]} of the same hierarchy")
+        roots[root] = group
+    for group in joining:
+        registry.add_member(conn, group, thing)
+    return True
 
 
 @operation("AddThingToThingGroup")
