@@ -79,6 +79,7 @@ from iotdefender.service import (
     ConfigurationError,
     build_broker,
     build_ingest,
+    call_each,
     gatekeeper_of,
     check_api_port,
     history_interval,
@@ -93,6 +94,7 @@ from iotdefender.service import (
     sweep_loop,
     validate,
 )
+from iotdefender.controlplane.mitigation_execution import MitigationRunner
 from iotdefender.settings import Settings, without_password
 from iotdefender.store.advisory import EXTERNAL_INTAKE, NATS_EVENTS
 from iotdefender.store.availability import DatabaseHealth
@@ -439,7 +441,8 @@ def detect_role(settings: Settings, nc: Client, topology: Topology, node_id: str
     loops = [reach.run(), share_statistics(shared, nc, topology, detection),
              *([cloud.run()] if cloud is not None else []), alerts.run(),
              sweep_loop(store.sweep, settings.effective_invalidation_period, consumer.ownership.owned, wake=swept),
-             retention_loop(engine, settings.effective_metric_retention, settings.effective_violation_retention)]
+             retention_loop(engine, settings.effective_metric_retention, settings.effective_violation_retention,
+                            settings.effective_mitigation_task_retention)]
     return consumer, detection, loops
 
 
@@ -549,8 +552,11 @@ async def serve_cluster(settings: Settings) -> None:
         backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period,
                                  settings.backtest_max_datapoints)
         warn_unreached_topics(engine, routes)
-        api = ApiService(context, credentials, on_change=(monitoring.invalidate, notices[0].changed), health=health,
-                         on_write=(routes.profile_written,),
+        changed = (monitoring.invalidate, notices[0].changed)
+        mitigations = MitigationRunner(context, node_id, on_change=lambda: call_each(changed))
+        loops.append(mitigations.run())
+        api = ApiService(context, credentials, on_change=changed, health=health,
+                         on_write=(routes.profile_written, mitigations.wake),
                          extensions=Extensions(broker_events=events.intake.ingest_events if events else None,
                                                dead_letters=alerts.dead_letters, backtests=backtests))
         app = create_app(api, create_console(api, monitoring, settings.time_scale, routes), cluster_health.readiness,

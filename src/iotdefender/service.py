@@ -9,7 +9,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,6 +37,7 @@ from iotdefender.brokers.observer import NULL_OBSERVER, BrokerObserver
 from iotdefender.cloud.service import CloudMetricsService
 from iotdefender.console.app import create_console
 from iotdefender.controlplane.context import ServiceContext
+from iotdefender.controlplane.mitigation_execution import MitigationRunner
 from iotdefender import loop_stall
 from iotdefender.graceful import GracefulServer
 from iotdefender.ingest.commit import ReportCommitter
@@ -53,7 +54,7 @@ from iotdefender.pipeline.worker_standby import WorkerStandby
 from iotdefender.net_address import check_port_free
 from iotdefender.role_metrics import ROLE_ORDER, describe_node, export_only
 from iotdefender.settings import Settings
-from iotdefender.store import alert_outbox, history, metric_values, profiles, violations
+from iotdefender.store import alert_outbox, history, metric_values, mitigation, profiles, violations
 from iotdefender.store.advisory import ML_TRAINING, RETENTION, run_alone
 from iotdefender.store.availability import DatabaseHealth, is_unavailable, log_unless_outage
 from iotdefender.store.database import create_engine, in_batches, long_statements, sqlite_url, upgrade_to_head
@@ -198,11 +199,14 @@ class Deleted(NamedTuple):
     metric_segments: int
     alerts: int
     verifications: int
+    mitigation_tasks: int = 0
 
 
-def retention_round(engine: Engine, now: float, metrics_s: float, violations_s: float) -> Deleted | None:
+def retention_round(engine: Engine, now: float, metrics_s: float, violations_s: float,
+                    tasks_s: float = 90 * 86400.0) -> Deleted | None:
     """Delete what expired (datapoints, violation events, history segments, alerts delivered or
-    dead as long ago as the events, verification states of violations left without events), in
+    dead as long ago as the events, verification states of violations left without events, Detect
+    mitigation tasks that ended ``tasks_s`` ago with their executions), in
     small batches; how many of each, or None when another process of the cluster is doing it.
     Every detect node runs the loop; one at a time deletes (a PostgreSQL advisory lock:
     ``store/advisory.py``), where each deleted the same rows, its deletes waiting on the others'
@@ -212,16 +216,18 @@ def retention_round(engine: Engine, now: float, metrics_s: float, violations_s: 
                        _purge(engine, violations.delete_events_older_than, now - violations_s),
                        _purge(engine, history.delete_segments_older_than, now - metrics_s),
                        _purge(engine, alert_outbox.delete_finished_before, now - violations_s),
-                       in_batches(engine, violations.delete_orphan_verifications))
+                       in_batches(engine, violations.delete_orphan_verifications),
+                       _purge(engine, mitigation.delete_tasks_ended_before, now - tasks_s))
     return run_alone(engine, RETENTION, purge_all)
 
 
-async def retention_loop(engine: Engine, metrics_s: float, violations_s: float) -> None:
+async def retention_loop(engine: Engine, metrics_s: float, violations_s: float, tasks_s: float) -> None:
     """``retention_round`` a few times per period."""
     while True:
         await asyncio.sleep(min(max(min(metrics_s, violations_s) / 10, 1.0), 3600.0))
         try:
-            deleted = await anyio.to_thread.run_sync(retention_round, engine, time.time(), metrics_s, violations_s)
+            deleted = await anyio.to_thread.run_sync(retention_round, engine, time.time(), metrics_s, violations_s,
+                                                     tasks_s)
         except Exception as error:  # the next round retries; the loop must outlive a database outage
             log_unless_outage(log, "retention_failed", error)
             continue
@@ -229,6 +235,11 @@ async def retention_loop(engine: Engine, metrics_s: float, violations_s: float) 
             continue
         if any(deleted):
             log.info("retention", **{f"{name}_deleted": count for name, count in deleted._asdict().items()})
+
+
+def call_each(listeners: Sequence[Callable[[], object]]) -> None:
+    for listener in listeners:
+        listener()
 
 
 def history_interval(settings: Settings) -> float:
@@ -335,8 +346,10 @@ async def serve(settings: Settings, standby: WorkerStandby | None = None) -> Non
                              settings.backtest_max_datapoints)
     swept = SweepWake()  # after the caches are dropped: the sweep reads the changed control plane
     warn_unreached_topics(engine, routes)
-    api = ApiService(context, credentials, on_change=(monitoring.invalidate, store.invalidate, swept), health=health,
-                     on_write=(routes.profile_written,), extensions=Extensions(broker_events=cloud.ingest_events, dead_letters=alerts.dead_letters,
+    changed = (monitoring.invalidate, store.invalidate, swept)
+    mitigations = MitigationRunner(context, socket.gethostname(), on_change=lambda: call_each(changed), sole=True)
+    api = ApiService(context, credentials, on_change=changed, health=health,
+                     on_write=(routes.profile_written, mitigations.wake), extensions=Extensions(broker_events=cloud.ingest_events, dead_letters=alerts.dead_letters,
                                            backtests=backtests))
     broker, mqtt_endpoint = build_broker(settings, gatekeeper, ingest.submit)
     replies.broker = broker
@@ -369,10 +382,12 @@ async def serve(settings: Settings, standby: WorkerStandby | None = None) -> Non
     alerts.publish_mqtt_with(replies)  # metrics export's messages: on the broker, as the replies
     background = [
         asyncio.create_task(retention_loop(engine, settings.effective_metric_retention,
-                                           settings.effective_violation_retention), name="retention"),
+                                           settings.effective_violation_retention,
+                                           settings.effective_mitigation_task_retention), name="retention"),
         asyncio.create_task(sweep_loop(store.sweep, settings.effective_invalidation_period, wake=swept),
                             name="invalidation"),
         asyncio.create_task(alerts.run(), name="alerts"),
+        asyncio.create_task(mitigations.run(), name="mitigation-tasks"),
         asyncio.create_task(cloud.run(), name="cloud-metrics"),
         asyncio.create_task(ml_training(settings, engine, monitoring, store.invalidate), name="ml-training"),
         asyncio.create_task(loop_stall.watch(), name="event-loop-lag"),

@@ -128,6 +128,10 @@ class Settings:
         return self.scaled(self.violation_retention, 30 * DAY)  # AWS: violations kept 30 days
 
     @property
+    def effective_mitigation_task_retention(self) -> float:
+        return self.scaled(None, 90 * DAY)  # AWS: Detect mitigation action tasks kept 90 days
+
+    @property
     def effective_ml_training_period(self) -> float:
         return self.scaled(self.ml_training_period, 14 * DAY)  # AWS: 14 days before the first model
 

@@ -180,6 +180,23 @@ def test_two_serve_nodes_share_detection_and_the_control_plane(pair):
         for consumer in consumers:
             consumer.close()
 
+        # A Detect mitigation task started through node B runs on one of the api nodes: every device
+        # with a violation of the profile joins the quarantine group, each once.
+        iot_a.create_thing_group(thingGroupName="quarantine")
+        for thing in on_a + on_b:  # reporting unregistered so far: a thing joins a group once registered
+            iot_a.create_thing(thingName=thing)
+        iot_a.create_mitigation_action(actionName="quarantine", roleArn="arn:aws:iam::123456789012:role/mitigation",
+                                       actionParams={"addThingsToThingGroupParams": {"thingGroupNames": ["quarantine"]}})
+        iot_b.start_detect_mitigation_actions_task(taskId="quarantine-fleet", target={"securityProfileName": "fleet"},
+                                                   actions=["quarantine"])
+        wait_for(lambda: iot_a.describe_detect_mitigation_actions_task(taskId="quarantine-fleet")["taskSummary"][
+            "taskStatus"] == "SUCCESSFUL", 10, "the mitigation task")
+        statistics = iot_a.describe_detect_mitigation_actions_task(taskId="quarantine-fleet")["taskSummary"]
+        assert statistics["taskStatistics"] == {"actionsExecuted": len(on_a) + len(on_b), "actionsSkipped": 0,
+                                                "actionsFailed": 0}
+        assert sorted(iot_b.list_things_in_thing_group(thingGroupName="quarantine", maxResults=100)["things"]) == \
+            sorted(on_a + on_b)
+
         # The ACL holds on both nodes: a device reporting for another thing is refused and stores nothing.
         for svc, thing, victim in ((a, "liar-a", on_a[0]), (b, "liar-b", on_b[0])):
             liar = Device(svc.mqtt_port, thing)

@@ -121,4 +121,4 @@ def test_one_node_at_a_time_deletes_what_expired(postgres, tmp_path):
     assert retention_round(engine, 10_000.0, 3600.0, 3600.0) is None
     release.set()
     holder.join()
-    assert retention_round(engine, 10_000.0, 3600.0, 3600.0) == (3, 0, 0, 0, 0)
+    assert retention_round(engine, 10_000.0, 3600.0, 3600.0) == (3, 0, 0, 0, 0, 0)

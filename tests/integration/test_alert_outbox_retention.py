@@ -36,7 +36,7 @@ def test_finished_alerts_go_with_their_events_and_the_others_stay(backend, reque
             age, status = message.split("-")
             status = {"sending": alert_outbox.SENDING}.get(status, status)
             alert_outbox.mark(conn, row_id, status=status, next_attempt_at=last_attempt[age])
-    assert retention_round(engine, NOW, RETENTION_S, RETENTION_S) == (0, 0, 0, 2, 0)
+    assert retention_round(engine, NOW, RETENTION_S, RETENTION_S) == (0, 0, 0, 2, 0, 0)
     with engine.connect() as conn:
         left = sorted(conn.execute(sa.select(table.c.message)).scalars())
     assert left == ["old-pending", "old-sending", "recent-dead", "recent-delivered"]

@@ -11,9 +11,11 @@ from types import MappingProxyType
 from iotdefender.controlplane import (
     behavior_models,
     custom_metrics,
+    detect_mitigation_tasks,
     dimensions,
     endpoint,
     metric_values,
+    mitigation_actions,
     security_profiles,
     tags,
     targets,
@@ -23,8 +25,8 @@ from iotdefender.controlplane import (
 )
 from iotdefender.controlplane.operations import Implementation
 
-HANDLER_MODULES = (behavior_models, custom_metrics, dimensions, endpoint, metric_values, security_profiles, tags, targets, thing_groups,
-                   things, violations)
+HANDLER_MODULES = (behavior_models, custom_metrics, detect_mitigation_tasks, dimensions, endpoint, metric_values,
+                   mitigation_actions, security_profiles, tags, targets, thing_groups, things, violations)
 
 
 def _gather() -> Mapping[str, Implementation]:

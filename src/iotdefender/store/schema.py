@@ -472,3 +472,63 @@ ml_models = sa.Table(
     sa.Column("trained_at", EPOCH, nullable=False),
     sa.Column("model", sa.LargeBinary, nullable=False),
 )
+
+# Mitigation actions (CreateMitigationAction …): an account's named actions, of any of AWS's types
+# (audit's too: the API stores and lists them), applied by Detect mitigation tasks.
+mitigation_actions = sa.Table(
+    "mitigation_actions",
+    metadata,
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("arn", ARN, nullable=False),
+    sa.Column("action_id", sa.String(64), nullable=False),
+    sa.Column("action_type", sa.String(40), nullable=False),
+    sa.Column("role_arn", ARN, nullable=False),
+    sa.Column("action_params", sa.JSON, nullable=False),
+    sa.Column("creation_date", EPOCH, nullable=False),
+    sa.Column("last_modified_date", EPOCH, nullable=False),
+)
+
+# Detect mitigation tasks (StartDetectMitigationActionsTask): what was asked, the actions as they
+# were defined when it started (AWS returns them as ``actionsDefinition``), and its progress. A node
+# runs a task under a lease (``claimed_by`` until ``claimed_until``): a node that dies mid-task
+# leaves it to another, which carries on with the executions not done yet.
+detect_mitigation_tasks = sa.Table(
+    "detect_mitigation_tasks",
+    metadata,
+    sa.Column("task_id", NAME, primary_key=True),
+    sa.Column("client_request_token", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # IN_PROGRESS | SUCCESSFUL | FAILED | CANCELED
+    sa.Column("start_time", EPOCH, nullable=False),
+    sa.Column("end_time", EPOCH),
+    sa.Column("target", sa.JSON, nullable=False),
+    sa.Column("occurrence_range", sa.JSON),
+    sa.Column("only_active", sa.Boolean, nullable=False),
+    sa.Column("include_suppressed", sa.Boolean, nullable=False),
+    sa.Column("actions", sa.JSON, nullable=False),
+    sa.Column("planned", sa.Boolean, nullable=False),  # its executions are written
+    sa.Column("claimed_by", sa.String(200)),
+    sa.Column("claimed_until", EPOCH),
+    sa.Index("ix_detect_mitigation_tasks_start", "start_time", "task_id"),
+    sa.Index("ix_detect_mitigation_tasks_status", "status"),
+)
+
+# One action on one violation's thing, in the order the task gives its actions.
+detect_mitigation_executions = sa.Table(
+    "detect_mitigation_executions",
+    metadata,
+    sa.Column("task_id", NAME, sa.ForeignKey("detect_mitigation_tasks.task_id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("violation_id", sa.String(128), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True, autoincrement=False),  # the action's place in the task
+    sa.Column("action_name", NAME, nullable=False),
+    sa.Column("thing_name", NAME, nullable=False),
+    sa.Column("start_date", EPOCH),
+    sa.Column("end_date", EPOCH),
+    sa.Column("status", sa.String(20), nullable=False),  # IN_PROGRESS | SUCCESSFUL | FAILED | SKIPPED
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("message", sa.String(2048)),
+    sa.Column("listed_at", EPOCH, nullable=False),  # the task's start: the listing's order and time filter
+    sa.Index("ix_detect_mitigation_executions_thing", "thing_name", "listed_at"),
+    sa.Index("ix_detect_mitigation_executions_violation", "violation_id"),
+    sa.Index("ix_detect_mitigation_executions_listed", "listed_at", "task_id"),
+)

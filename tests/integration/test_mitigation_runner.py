@@ -1,0 +1,155 @@
+"""Detect mitigation tasks run in the background (controlplane/mitigation_execution.py), on SQLite
+and PostgreSQL with the real operations: a cancel seen between batches, a task left by a node that
+died taken over when its lease runs out (no execution applied twice or lost), two nodes never
+running one task, the limit of five tasks in progress, and tasks deleted 90 days after they end."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from iotdefender.contract.errors import ApiError
+from iotdefender.controlplane import registry
+from iotdefender.controlplane.context import ServiceContext
+from iotdefender.controlplane.dispatch import Dispatcher
+from iotdefender.controlplane.mitigation_execution import MitigationRunner
+from iotdefender.service import retention_round
+from iotdefender.store.schema import detect_mitigation_executions, thing_group_members, violation_events
+
+BEHAVIOR = {"name": "ports", "metric": "aws:num-listening-tcp-ports",
+            "criteria": {"comparisonOperator": "less-than", "value": {"count": 3}}}
+ROLE = "arn:aws:iam::123456789012:role/mitigation"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def setup(engine):
+    """Things t0..t4, each with a violation v0..v4 of profile p, and an action into group q."""
+    clock = Clock()
+    ctx = ServiceContext(engine=engine, clock=clock)
+    dispatcher = Dispatcher(ctx, registry.IMPLEMENTED, lambda: None)
+    call = dispatcher.call_by_name
+    call("CreateSecurityProfile", {"securityProfileName": "p", "behaviors": [BEHAVIOR]})
+    call("CreateThingGroup", {"thingGroupName": "q"})
+    for n in range(5):
+        call("CreateThing", {"thingName": f"t{n}"})
+    with engine.begin() as conn:
+        conn.execute(violation_events.insert(), [
+            {"violation_id": f"v{n}", "event_type": "in-alarm", "thing_name": f"t{n}", "profile_name": "p",
+             "behavior": BEHAVIOR, "behavior_name": "ports", "criteria_type": "STATIC", "suppressed": False,
+             "metric_value": {"count": 5}, "event_time": clock.now - 100 + n, "evidence": {}} for n in range(5)])
+    call("CreateMitigationAction", {"actionName": "a", "roleArn": ROLE, "actionParams": {
+        "addThingsToThingGroupParams": {"thingGroupNames": ["q"]}}})
+    return ctx, call, clock
+
+
+def start(call, task_id: str, **request) -> None:  # type: ignore[no-untyped-def]
+    call("StartDetectMitigationActionsTask", {"taskId": task_id, "clientRequestToken": f"{task_id}-token",
+                                              "target": {"securityProfileName": "p"}, "actions": ["a"], **request})
+
+
+def statuses(engine, task_id: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(detect_mitigation_executions.c.violation_id, detect_mitigation_executions.c.status)
+                            .where(detect_mitigation_executions.c.task_id == task_id)).all()
+    return dict(rows)
+
+
+def quarantined(engine) -> list[str]:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return sorted(conn.execute(sa.select(thing_group_members.c.thing_name)
+                                   .where(thing_group_members.c.group_name == "q")).scalars())
+
+
+def test_a_cancel_between_batches_skips_what_is_left(setup, engine):
+    ctx, call, _ = setup
+    changes: list[int] = []
+    runner = MitigationRunner(ctx, "node-a", on_change=lambda: changes.append(1), batch=2)
+    start(call, "task")
+    with ctx.writing() as conn:
+        from iotdefender.store import mitigation
+        task = mitigation.claim_task(conn, "node-a", ctx.clock(), 30.0)
+    assert task is not None and runner._plan(task)
+    assert runner._next_batch("task", ["a"], {"a": task["actions"][0]})  # v0, v1
+    call("CancelDetectMitigationActionsTask", {"taskId": "task"})
+    assert not runner._next_batch("task", ["a"], {"a": task["actions"][0]})
+    assert statuses(engine, "task") == {"v0": "SUCCESSFUL", "v1": "SUCCESSFUL", "v2": "SKIPPED", "v3": "SKIPPED",
+                                        "v4": "SKIPPED"}
+    assert quarantined(engine) == ["t0", "t1"] and changes == [1]
+    summary = call("DescribeDetectMitigationActionsTask", {"taskId": "task"})["taskSummary"]
+    assert summary["taskStatus"] == "CANCELED"
+    assert summary["taskStatistics"] == {"actionsExecuted": 2, "actionsSkipped": 3, "actionsFailed": 0}
+    with pytest.raises(ApiError, match="in progress"):
+        call("CancelDetectMitigationActionsTask", {"taskId": "task"})
+
+
+def test_a_task_left_by_a_dead_node_is_finished_by_another_once_its_lease_ends(setup, engine):
+    ctx, call, clock = setup
+    start(call, "task")
+    dead = MitigationRunner(ctx, "node-dead", on_change=lambda: None, batch=2, lease_s=30.0)
+    with ctx.writing() as conn:
+        from iotdefender.store import mitigation
+        task = mitigation.claim_task(conn, "node-dead", clock(), 30.0)
+    assert dead._plan(task) and dead._next_batch("task", ["a"], {"a": task["actions"][0]})
+    # The node dies here. Another finds the task held until the lease ends, then finishes it.
+    other = MitigationRunner(ctx, "node-b", on_change=lambda: None, batch=2, lease_s=30.0)
+    assert not other.step()
+    clock.now += 31
+    assert other.step()
+    assert statuses(engine, "task") == dict.fromkeys(["v0", "v1", "v2", "v3", "v4"], "SUCCESSFUL")
+    assert quarantined(engine) == ["t0", "t1", "t2", "t3", "t4"]
+    assert call("DescribeDetectMitigationActionsTask", {"taskId": "task"})["taskSummary"]["taskStatus"] == "SUCCESSFUL"
+    # The dead node, back, no longer holds it: nothing is applied twice.
+    assert not dead._next_batch("task", ["a"], {"a": task["actions"][0]})
+
+
+def test_two_nodes_at_once_run_each_task_once(setup, engine):
+    ctx, call, _ = setup
+    for n in range(3):
+        start(call, f"task{n}", target={"violationIds": [f"v{n}"]})
+    runners = [MitigationRunner(ctx, f"node-{n}", on_change=lambda: None, batch=1) for n in range(2)]
+    barrier = threading.Barrier(2)
+
+    def drain(runner: MitigationRunner) -> None:
+        barrier.wait()
+        while runner.step():
+            pass
+
+    threads = [threading.Thread(target=drain, args=(runner,)) for runner in runners]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for n in range(3):
+        assert statuses(engine, f"task{n}") == {f"v{n}": "SUCCESSFUL"}
+        summary = call("DescribeDetectMitigationActionsTask", {"taskId": f"task{n}"})["taskSummary"]
+        assert summary["taskStatistics"]["actionsExecuted"] == 1 and summary["taskStatus"] == "SUCCESSFUL"
+
+
+def test_five_tasks_in_progress_at_most_and_tasks_go_90_days_after_they_end(setup, engine):
+    ctx, call, clock = setup
+    for n in range(5):
+        start(call, f"task{n}")
+    with pytest.raises(ApiError) as refused:
+        start(call, "task5")
+    assert refused.value.code == "LimitExceededException"
+    runner = MitigationRunner(ctx, "node", on_change=lambda: None, sole=True)
+    while runner.step():
+        pass
+    start(call, "task5")  # the others ended
+    assert retention_round(engine, clock.now + 89 * 86400, 1e9, 1e9).mitigation_tasks == 0
+    assert retention_round(engine, clock.now + 91 * 86400, 1e9, 1e9).mitigation_tasks == 5
+    with pytest.raises(ApiError) as gone:
+        call("DescribeDetectMitigationActionsTask", {"taskId": "task0"})
+    assert gone.value.code == "ResourceNotFoundException"
+    assert statuses(engine, "task0") == {}
+    assert call("DescribeDetectMitigationActionsTask", {"taskId": "task5"})["taskSummary"]["taskStatus"] == "IN_PROGRESS"
