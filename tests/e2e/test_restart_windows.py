@@ -309,8 +309,8 @@ def connected_and_left(b: ServiceProcess, iot, thing: str) -> tuple[mqtt.Client,
     loop stopped; the caller holds the client, whose socket closes when it is collected),
     monitored for its disconnect duration; once a window that ended after it connected is stored
     with it connected (0), returns it and when B may end. (A window that ended before it connected
-    but was closed after, 0 too, is not enough: B's end of it said B hosted none of the partition's
-    devices, and a node killed before its next end is not taken to have had any; the gap is in
+    but was closed after, 0 too, is not enough: a device never seen gets 0 as well, and a node
+    killed before its next end takes the part that held the connection with it; the gap is in
     docs/cluster.md.)"""
     in_group(iot, thing, f"{thing}-profile", AWAY)
     since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
