@@ -153,3 +153,45 @@ def test_five_tasks_in_progress_at_most_and_tasks_go_90_days_after_they_end(setu
     assert gone.value.code == "ResourceNotFoundException"
     assert statuses(engine, "task0") == {}
     assert call("DescribeDetectMitigationActionsTask", {"taskId": "task5"})["taskSummary"]["taskStatus"] == "IN_PROGRESS"
+
+
+def test_a_violation_whose_events_differ_in_suppression_is_planned_once(setup, engine):
+    """A behavior's suppressAlerts changed while it was in alarm: its events carry both values. It
+    counts as suppressed (left out unless asked), and, asked, is acted on once (listed once per
+    value, it was planned twice: a key violation that failed the task at every try)."""
+    ctx, call, clock = setup
+    with engine.begin() as conn:
+        conn.execute(violation_events.insert(), [
+            {"violation_id": "v9", "event_type": kind, "thing_name": "t0", "profile_name": "p", "behavior": BEHAVIOR,
+             "behavior_name": "ports", "criteria_type": "STATIC", "suppressed": suppressed,
+             "metric_value": {"count": 5}, "event_time": clock.now - 50 + n, "evidence": {}}
+            for n, (kind, suppressed) in enumerate([("in-alarm", False), ("alarm-cleared", True)])])
+    start(call, "left-out", target={"violationIds": ["v9"]})
+    start(call, "asked", target={"violationIds": ["v9"]}, includeSuppressedAlerts=True)
+    runner = MitigationRunner(ctx, "node", on_change=lambda: None, sole=True)
+    while runner.step():
+        pass
+    assert statuses(engine, "left-out") == {} and statuses(engine, "asked") == {"v9": "SUCCESSFUL"}
+    assert call("DescribeDetectMitigationActionsTask", {"taskId": "asked"})["taskSummary"]["taskStatus"] == "SUCCESSFUL"
+
+
+def test_a_task_that_keeps_failing_for_a_reason_of_its_own_ends_failed(setup, engine):
+    """A defect (here: a task row whose action lost its parameters) is retried, then the task ends
+    FAILED with what is left SKIPPED and the error said; before, it stayed IN_PROGRESS for ever."""
+    from iotdefender.controlplane.mitigation_execution import GIVE_UP_AFTER
+    from iotdefender.store.schema import detect_mitigation_tasks
+
+    ctx, call, _ = setup
+    start(call, "broken", target={"violationIds": ["v0"]})
+    with engine.begin() as conn:
+        conn.execute(detect_mitigation_tasks.update().values(
+            actions=[{"name": "a", "id": "x", "roleArn": ROLE, "actionParams": {}}]))
+    runner = MitigationRunner(ctx, "node", on_change=lambda: None, sole=True)
+    for _ in range(GIVE_UP_AFTER):
+        with pytest.raises(KeyError):
+            runner.step()
+    assert not runner.step()  # nothing left to run
+    summary = call("DescribeDetectMitigationActionsTask", {"taskId": "broken"})["taskSummary"]
+    assert summary["taskStatus"] == "FAILED" and summary["taskStatistics"]["actionsSkipped"] == 1
+    (execution,) = call("ListDetectMitigationActionsExecutions", {"taskId": "broken"})["actionsExecutions"]
+    assert execution["status"] == "SKIPPED" and "could not run" in execution["message"]

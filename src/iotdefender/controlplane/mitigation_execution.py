@@ -29,13 +29,15 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.things import require_thing
 from iotdefender.controlplane.thing_groups import join_all, require_group
 from iotdefender.store import mitigation
-from iotdefender.store.availability import log_unless_outage
+from iotdefender.store.availability import is_unavailable, log_unless_outage
 
 log = structlog.get_logger("iotdefender")
 
 LEASE_S = 30.0
 #: Violations applied in one transaction: short control-plane writes, a few ms each.
 BATCH = 100
+#: Failures in a row (not outages) after which a task ends FAILED (``MitigationRunner._failed``).
+GIVE_UP_AFTER = 5
 
 
 class MitigationRunner:
@@ -52,6 +54,7 @@ class MitigationRunner:
         self._sole = sole
         self._on_change = on_change
         self._poll_s, self._lease_s, self._batch = poll_s, lease_s, batch
+        self._failures: dict[str, int] = {}  # task -> its failures in a row here
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -86,12 +89,34 @@ class MitigationRunner:
         if task is None:
             return False
         task_id = task["task_id"]
-        if not task["planned"] and not self._plan(task):
-            return True
-        while self._next_batch(task_id, [action["name"] for action in task["actions"]],
-                               {action["name"]: action for action in task["actions"]}):
-            pass
+        try:
+            if not task["planned"] and not self._plan(task):
+                return True
+            while self._next_batch(task_id, [action["name"] for action in task["actions"]],
+                                   {action["name"]: action for action in task["actions"]}):
+                pass
+        except Exception as error:
+            self._failed(task_id, error)
+            raise
+        self._failures.pop(task_id, None)
         return True
+
+    def _failed(self, task_id: str, error: BaseException) -> None:
+        """A task that fails for a reason of its own (not a database outage) ``GIVE_UP_AFTER`` times
+        in a row ends FAILED, what is left SKIPPED with the error: retried every second for ever,
+        it stayed IN_PROGRESS, one of the five a user may run, with an error in the log each time."""
+        if is_unavailable(error):
+            return
+        failures = self._failures[task_id] = self._failures.get(task_id, 0) + 1
+        if failures < GIVE_UP_AFTER:
+            return
+        self._failures.pop(task_id, None)
+        with self._ctx.writing() as conn:
+            if mitigation.holds(conn, task_id, self._node):
+                now = self._ctx.now()
+                mitigation.skip_remaining(conn, task_id, now, f"The task could not run: {error}"[:2048])
+                mitigation.finish_task(conn, task_id, "FAILED", now)
+        log.error("mitigation_task_given_up", task=task_id, failures=failures, error=str(error))
 
     def _plan(self, task: dict[str, Any]) -> bool:
         """Choose the task's violations and write an execution of each action for each."""

@@ -129,11 +129,13 @@ def violations_of(conn: Connection, violation_ids: Sequence[str] | None, profile
     """(violation id, thing) of the violations a task targets: those named, or those of a profile
     (and behavior); with an occurrence range, those with an event in it; only the active ones if
     asked; those of behaviors that suppress alerts only if asked. In the order they began."""
-    first = (sa.select(violation_events.c.violation_id, violation_events.c.thing_name,
-                       violation_events.c.suppressed,
+    # One row per violation whatever its events say: a behavior's suppressAlerts changed while it
+    # was in alarm gives events of both values (suppressed if any is), and a violation listed twice
+    # would be planned twice.
+    suppressed = sa.func.max(sa.case((violation_events.c.suppressed, 1), else_=0))
+    first = (sa.select(violation_events.c.violation_id, sa.func.min(violation_events.c.thing_name).label("thing"),
                        sa.func.min(violation_events.c.event_time).label("began"))
-             .group_by(violation_events.c.violation_id, violation_events.c.thing_name,
-                       violation_events.c.suppressed))
+             .group_by(violation_events.c.violation_id))
     if violation_ids is not None:
         first = first.where(violation_events.c.violation_id.in_(list(violation_ids)))
     if profile is not None:
@@ -144,11 +146,11 @@ def violations_of(conn: Connection, violation_ids: Sequence[str] | None, profile
         first = first.having(sa.func.max(sa.case((violation_events.c.event_time.between(since, until), 1),
                                                  else_=0)) == 1)
     if not include_suppressed:
-        first = first.where(violation_events.c.suppressed == sa.false())
+        first = first.having(suppressed == 0)
     if only_active:
         first = first.where(violation_events.c.violation_id.in_(sa.select(active_violations.c.violation_id)))
     rows = conn.execute(first.order_by("began", violation_events.c.violation_id)).all()
-    return [(row.violation_id, row.thing_name) for row in rows]
+    return [(row.violation_id, row.thing) for row in rows]
 
 
 def known_violations(conn: Connection, violation_ids: Sequence[str]) -> set[str]:
