@@ -45,6 +45,10 @@ def console():
         iot.create_security_profile(securityProfileName="docs-profile")
         iot.create_thing(thingName="docs-thing")
         iot.create_thing_group(thingGroupName="docs-group")
+        iot.create_mitigation_action(actionName="docs-action", roleArn="arn:aws:iam::123456789012:role/docs",
+                                     actionParams={"addThingsToThingGroupParams": {"thingGroupNames": ["docs-group"]}})
+        iot.start_detect_mitigation_actions_task(taskId="docs-task", target={"securityProfileName": "docs-profile"},
+                                                 actions=["docs-action"])
         client = httpx.Client(base_url=svc.endpoint, follow_redirects=False, timeout=30)
         assert client.post("/console/login", data={"access_key_id": ACCESS_KEY,
                                                    "secret_access_key": SECRET_KEY}).status_code == 303
@@ -56,7 +60,7 @@ def console():
 def concrete(address: str) -> str:
     """The address with a real resource for each placeholder, named by the segment before it."""
     examples = {"things": "docs-thing", "profiles": "docs-profile", "thing-groups": "docs-group",
-                "violations": str(uuid.uuid4())}
+                "violations": str(uuid.uuid4()), "tasks": "docs-task"}
     segments = address.split("/")
     for i, segment in enumerate(segments):
         if PLACEHOLDER.match(segment.split("?")[0]):

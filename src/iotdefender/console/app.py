@@ -11,8 +11,8 @@ from starlette.staticfiles import StaticFiles
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.api.app import ApiService
 from iotdefender.api.http_metrics import EXCEPTION_HANDLERS
-from iotdefender.console import (auth, builder, bulk_verification, devices, evidence, forms, live, pages,
-                                 profile_detail, resources)
+from iotdefender.console import (auth, builder, bulk_verification, devices, evidence, forms, live, mitigation,
+                                 pages, profile_detail, resources)
 from iotdefender.console.context import STATIC_DIR, ConsoleContext
 from iotdefender.console.security import SecurityHeaders
 from iotdefender.console.sessions import SessionRegistry
@@ -28,7 +28,7 @@ def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: flo
     a, p, f, lv = auth.routes(console), pages.routes(console), forms.routes(console), live.routes(console)
     d, r, dv = profile_detail.routes(console), resources.routes(console), devices.routes(console)
     ev, bv = evidence.routes(console), bulk_verification.routes(console)
-    b = builder.routes(console)
+    b, m = builder.routes(console), mitigation.routes(console)
 
     app = Starlette(
         routes=[
@@ -57,6 +57,11 @@ def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: flo
             Route("/violations/verification", bv["bulk_verify"], methods=["POST"]),
             Route("/violations/{violation_id}/verification", bv["set_verification"], methods=["POST"]),
             Route("/violations/{violation_id}/evidence", ev["evidence_fragment"]),
+            Route("/mitigation", m["mitigation"], methods=["GET", "POST"]),
+            Route("/mitigation/actions/{name}/delete", m["delete_action"], methods=["POST"]),
+            Route("/mitigation/tasks", m["start_task"], methods=["POST"]),
+            Route("/mitigation/tasks/{task_id}", m["task"]),
+            Route("/mitigation/tasks/{task_id}/cancel", m["cancel_task"], methods=["POST"]),
             Route("/backtest", p["backtest"]),
             Route("/api/events", lv["events"]),
             Route("/api/violations/{violation_id}/evidence", p["evidence"]),

@@ -51,17 +51,23 @@ def group_tree(parents: dict[str, str | None]) -> list[tuple[str, int]]:
     return out
 
 
+def every_page(api: Any, operation: str, key: str, params: dict[str, Any] | None = None) -> list[Any]:
+    """Every item of a listing operation, page after page (blocking: run it off the event loop)."""
+    items: list[Any] = []
+    token = None
+    while True:
+        page = api.invoke(operation, {**(params or {}), "maxResults": MAX, **({"nextToken": token} if token else {})})
+        items += page.get(key) or []
+        token = page.get("nextToken")
+        if not token:
+            return items
+
+
 def routes(console: ConsoleContext) -> dict[str, Page]:
     api = console.api
 
     def list_all(operation: str, key: str, params: dict[str, Any] | None = None) -> list[Any]:
-        items, token = [], None
-        while True:
-            page = api.invoke(operation, {**(params or {}), "maxResults": MAX, **({"nextToken": token} if token else {})})
-            items += page[key]
-            token = page.get("nextToken")
-            if not token:
-                return items
+        return every_page(api, operation, key, params)
 
     async def custom_metrics_page(request: Request, refused: Refused | None = None) -> Response:
         def read() -> list[dict[str, Any]]:
