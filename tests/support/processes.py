@@ -271,7 +271,14 @@ class ServiceProcess:
             except httpx.HTTPError:
                 return False
 
-        wait_for(healthy, 60, "iotdefender serve")
+        try:
+            wait_for(healthy, 60, "iotdefender serve")
+        except TimeoutError:
+            # Not left running: the fixture that started it never reaches its own stop, and on a
+            # loaded machine each such process (its Mosquitto, its database connections) slowed the
+            # next starts until they timed out too (one CI run left eleven behind).
+            self.stop()
+            raise
 
     def healthz(self, timeout: float = 10) -> int:
         """The status of ``GET /healthz`` (0: no answer)."""
