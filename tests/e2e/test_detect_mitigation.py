@@ -156,9 +156,16 @@ def test_a_task_on_named_violations_quarantines_their_things_and_lists_its_execu
     assert sorted((e["thingName"], e["violationId"], e["actionName"], e["status"]) for e in listed) == sorted(
         (v["thingName"], v["violationId"], f"{name}-act", "SUCCESSFUL") for v in chosen)
     assert all(e["executionStartDate"] <= e["executionEndDate"] for e in listed)
-    assert [e["thingName"] for e in executions(iot, thingName=chosen[0]["thingName"])] == [chosen[0]["thingName"]]
-    assert [e["violationId"] for e in executions(iot, violationId=chosen[1]["violationId"])] == [
+    assert [e["thingName"] for e in executions(iot, taskId=task_id, thingName=chosen[0]["thingName"])] == [
+        chosen[0]["thingName"]]
+    assert [e["violationId"] for e in executions(iot, taskId=task_id, violationId=chosen[1]["violationId"])] == [
         chosen[1]["violationId"]]
+    # AWS: "You must specify either the startTime and endTime or the taskId, but not both."
+    assert task_id in {e["taskId"] for e in executions(iot, startTime=started - 60, endTime=time.time() + 60)}
+    with pytest.raises(iot.exceptions.InvalidRequestException, match="not both"):
+        iot.list_detect_mitigation_actions_executions(taskId=task_id, startTime=started - 60, endTime=time.time())
+    with pytest.raises(iot.exceptions.InvalidRequestException, match="either"):
+        iot.list_detect_mitigation_actions_executions(thingName=chosen[0]["thingName"])
     tasks = iot.get_paginator("list_detect_mitigation_actions_tasks").paginate(
         startTime=started - 60, endTime=time.time() + 60).build_full_result()["tasks"]
     assert task_id in {t["taskId"] for t in tasks}
@@ -173,6 +180,10 @@ def test_a_task_on_named_violations_quarantines_their_things_and_lists_its_execu
     with pytest.raises(iot.exceptions.TaskAlreadyExistsException):
         iot.start_detect_mitigation_actions_task(
             taskId=f"{name}-again", target={"violationIds": [chosen[0]["violationId"]]}, actions=[f"{name}-act"])
+    with pytest.raises(iot.exceptions.TaskAlreadyExistsException, match="other parameters"):  # same token, other ids
+        iot.start_detect_mitigation_actions_task(
+            taskId=f"{name}-again", target={"violationIds": [chosen[1]["violationId"]]}, actions=[f"{name}-act"],
+            clientRequestToken=token)
     # A thing already in the group: the action succeeds and changes nothing.
     assert finished(iot, f"{name}-again")["taskStatistics"]["actionsExecuted"] == 1
 

@@ -24,10 +24,13 @@ ROLE = "arn:aws:iam::123456789012:role/mitigation"
 
 
 class Clock:
+    """Moves a millisecond each time it is read, as time does between two steps."""
+
     def __init__(self) -> None:
         self.now = 1_000_000.0
 
     def __call__(self) -> float:
+        self.now += 0.001
         return self.now
 
 
@@ -73,15 +76,12 @@ def quarantined(engine) -> list[str]:  # type: ignore[no-untyped-def]
 def test_a_cancel_between_batches_skips_what_is_left(setup, engine):
     ctx, call, _ = setup
     changes: list[int] = []
-    runner = MitigationRunner(ctx, "node-a", on_change=lambda: changes.append(1), batch=2)
+    runner = MitigationRunner(ctx, "node-a", on_change=lambda: changes.append(1), batch=2, sleep=lambda s: None)
     start(call, "task")
-    with ctx.writing() as conn:
-        from iotdefender.store import mitigation
-        task = mitigation.claim_task(conn, "node-a", ctx.clock(), 30.0)
-    assert task is not None and runner._plan(task)
-    assert runner._next_batch("task", ["a"], {"a": task["actions"][0]})  # v0, v1
+    assert runner.step()  # its violations chosen
+    assert runner.step()  # v0, v1
     call("CancelDetectMitigationActionsTask", {"taskId": "task"})
-    assert not runner._next_batch("task", ["a"], {"a": task["actions"][0]})
+    assert not runner.step()
     assert statuses(engine, "task") == {"v0": "SUCCESSFUL", "v1": "SUCCESSFUL", "v2": "SKIPPED", "v3": "SKIPPED",
                                         "v4": "SKIPPED"}
     assert quarantined(engine) == ["t0", "t1"] and changes == [1]
@@ -95,28 +95,40 @@ def test_a_cancel_between_batches_skips_what_is_left(setup, engine):
 def test_a_task_left_by_a_dead_node_is_finished_by_another_once_its_lease_ends(setup, engine):
     ctx, call, clock = setup
     start(call, "task")
-    dead = MitigationRunner(ctx, "node-dead", on_change=lambda: None, batch=2, lease_s=30.0)
-    with ctx.writing() as conn:
-        from iotdefender.store import mitigation
-        task = mitigation.claim_task(conn, "node-dead", clock(), 30.0)
-    assert dead._plan(task) and dead._next_batch("task", ["a"], {"a": task["actions"][0]})
+    dead = MitigationRunner(ctx, "node-dead", on_change=lambda: None, batch=2, lease_s=30.0, sleep=lambda s: None)
+    assert dead.step() and dead.step()  # chosen, then v0 and v1 applied
     # The node dies here. Another finds the task held until the lease ends, then finishes it.
-    other = MitigationRunner(ctx, "node-b", on_change=lambda: None, batch=2, lease_s=30.0)
+    other = MitigationRunner(ctx, "node-b", on_change=lambda: None, batch=2, lease_s=30.0, sleep=lambda s: None)
     assert not other.step()
     clock.now += 31
-    assert other.step()
+    while other.step():
+        pass
     assert statuses(engine, "task") == dict.fromkeys(["v0", "v1", "v2", "v3", "v4"], "SUCCESSFUL")
     assert quarantined(engine) == ["t0", "t1", "t2", "t3", "t4"]
     assert call("DescribeDetectMitigationActionsTask", {"taskId": "task"})["taskSummary"]["taskStatus"] == "SUCCESSFUL"
-    # The dead node, back, no longer holds it: nothing is applied twice.
-    assert not dead._next_batch("task", ["a"], {"a": task["actions"][0]})
+    # The dead node, back, finds nothing to run: nothing is applied twice.
+    assert not dead.step()
+
+
+def test_a_nodes_tasks_take_turns(setup, engine):
+    """Two tasks of one node advance a batch each in turn (AWS runs up to five at once); before,
+    a task waited for the one before it to end."""
+    ctx, call, _ = setup
+    start(call, "first")
+    start(call, "second")
+    runner = MitigationRunner(ctx, "node", on_change=lambda: None, batch=2, sleep=lambda s: None)
+    for _ in range(4):  # each chosen, then a batch of each
+        assert runner.step()
+    assert sorted(statuses(engine, "first").values()).count("SUCCESSFUL") == 2
+    assert sorted(statuses(engine, "second").values()).count("SUCCESSFUL") == 2
 
 
 def test_two_nodes_at_once_run_each_task_once(setup, engine):
     ctx, call, _ = setup
     for n in range(3):
         start(call, f"task{n}", target={"violationIds": [f"v{n}"]})
-    runners = [MitigationRunner(ctx, f"node-{n}", on_change=lambda: None, batch=1) for n in range(2)]
+    runners = [MitigationRunner(ctx, f"node-{n}", on_change=lambda: None, batch=1, sleep=lambda s: None)
+               for n in range(2)]
     barrier = threading.Barrier(2)
 
     def drain(runner: MitigationRunner) -> None:
@@ -142,7 +154,7 @@ def test_five_tasks_in_progress_at_most_and_tasks_go_90_days_after_they_end(setu
     with pytest.raises(ApiError) as refused:
         start(call, "task5")
     assert refused.value.code == "LimitExceededException"
-    runner = MitigationRunner(ctx, "node", on_change=lambda: None, sole=True)
+    runner = MitigationRunner(ctx, "node", on_change=lambda: None, sole=True, sleep=lambda s: None)
     while runner.step():
         pass
     start(call, "task5")  # the others ended
@@ -168,7 +180,7 @@ def test_a_violation_whose_events_differ_in_suppression_is_planned_once(setup, e
             for n, (kind, suppressed) in enumerate([("in-alarm", False), ("alarm-cleared", True)])])
     start(call, "left-out", target={"violationIds": ["v9"]})
     start(call, "asked", target={"violationIds": ["v9"]}, includeSuppressedAlerts=True)
-    runner = MitigationRunner(ctx, "node", on_change=lambda: None, sole=True)
+    runner = MitigationRunner(ctx, "node", on_change=lambda: None, sole=True, sleep=lambda s: None)
     while runner.step():
         pass
     assert statuses(engine, "left-out") == {} and statuses(engine, "asked") == {"v9": "SUCCESSFUL"}
@@ -186,7 +198,8 @@ def test_a_task_that_keeps_failing_for_a_reason_of_its_own_ends_failed(setup, en
     with engine.begin() as conn:
         conn.execute(detect_mitigation_tasks.update().values(
             actions=[{"name": "a", "id": "x", "roleArn": ROLE, "actionParams": {}}]))
-    runner = MitigationRunner(ctx, "node", on_change=lambda: None, sole=True)
+    runner = MitigationRunner(ctx, "node", on_change=lambda: None, sole=True, sleep=lambda s: None)
+    assert runner.step()  # its violations chosen (which reads no action)
     for _ in range(GIVE_UP_AFTER):
         with pytest.raises(KeyError):
             runner.step()

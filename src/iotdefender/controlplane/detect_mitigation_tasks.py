@@ -20,7 +20,8 @@ Where AWS is silent (docs/api-behaviour.md, "Detect mitigation"):
 - ``clientRequestToken``: the same task id and token again returns the task (a retry); another token
   for an existing task id, or a token another task was started with, is TaskAlreadyExistsException.
 - ListDetectMitigationActionsExecutions's ``startTime``/``endTime`` select by the start of the
-  executions' task.
+  executions' task (AWS: either they or ``taskId``, not both).
+- The same task id and token with other parameters is TaskAlreadyExistsException, not the old task.
 """
 
 from __future__ import annotations
@@ -88,9 +89,12 @@ def start_detect_mitigation_actions_task(ctx: ServiceContext, params: Params) ->
     with ctx.writing() as conn:
         existing = mitigation.get_task(conn, task_id)
         if existing is not None:
-            if existing["client_request_token"] == token:
-                return {"taskId": task_id}  # a retry of the same request
-            raise task_already_exists(f"Task {task_id} already exists")
+            if existing["client_request_token"] != token:
+                raise task_already_exists(f"Task {task_id} already exists")
+            if _asked(existing) != _asked_now(params):
+                raise task_already_exists(f"Task {task_id} was started with this clientRequestToken and other "
+                                          "parameters")
+            return {"taskId": task_id}  # a retry of the same request
         other = mitigation.task_with_token(conn, token)
         if other is not None:
             raise task_already_exists(f"clientRequestToken {token} was given to task {other}")
@@ -104,6 +108,17 @@ def start_detect_mitigation_actions_task(ctx: ServiceContext, params: Params) ->
             only_active=bool(params.get("includeOnlyActiveViolations")),
             include_suppressed=bool(params.get("includeSuppressedAlerts")), actions=actions, planned=False)
     return {"taskId": task_id}
+
+
+def _asked(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What a stored task was asked to do, as ``_asked_now`` reads a request."""
+    return (row["target"], [action["name"] for action in row["actions"]], row["occurrence_range"],
+            row["only_active"], row["include_suppressed"])
+
+
+def _asked_now(params: Params) -> tuple[Any, ...]:
+    return (params["target"], params["actions"], params.get("violationEventOccurrenceRange"),
+            bool(params.get("includeOnlyActiveViolations")), bool(params.get("includeSuppressedAlerts")))
 
 
 def _summary(row: dict[str, Any], counted: dict[str, int]) -> Params:
@@ -149,15 +164,17 @@ def list_detect_mitigation_actions_tasks(ctx: ServiceContext, params: Params) ->
 
 @operation("ListDetectMitigationActionsExecutions")
 def list_detect_mitigation_actions_executions(ctx: ServiceContext, params: Params) -> Params:
+    """AWS: "You must specify either the startTime and endTime or the taskId, but not both"."""
+    ranged = params.get("startTime") is not None or params.get("endTime") is not None
+    if params.get("taskId") is not None and ranged:
+        raise invalid_request("Specify either taskId or startTime and endTime, not both")
+    if params.get("taskId") is None and (params.get("startTime") is None or params.get("endTime") is None):
+        raise invalid_request("Specify either taskId or both startTime and endTime")
     start = end = None
-    if params.get("startTime") is not None and params.get("endTime") is not None:
+    if ranged:
         if params["endTime"] < params["startTime"]:
             raise invalid_request("endTime must not be earlier than startTime")
         start, end = stored_range(params["startTime"], params["endTime"])
-    elif params.get("startTime") is not None:
-        start = stored_range(params["startTime"], params["startTime"])[0]
-    elif params.get("endTime") is not None:
-        end = stored_range(params["endTime"], params["endTime"])[1]
     scope = scope_of(params)
     after = decode_token(params.get("nextToken"), scope, (float, str, str, int))
     limit = page_size(params.get("maxResults"))

@@ -193,17 +193,25 @@ def _join(conn: Any, group: str, thing: str) -> None:
 
 
 def join_all(conn: Any, groups: list[str], thing: str) -> bool:
-    """``thing`` into every one of ``groups`` (which exist), or, refused, into none: every rule is
-    checked before the first write (a mitigation action's groups are applied whole or not at all,
-    next to other executions of the same transaction). Whether it joined any."""
-    current = registry.groups_of_thing(conn, thing)
+    """``thing`` into every one of ``groups`` (which exist), or, refused, into none. Whether it
+    joined any."""
+    joining = groups_to_join(thing, registry.groups_of_thing(conn, thing), groups, registry.all_group_parents(conn))
+    for group in joining:
+        registry.add_member(conn, group, thing)
+    return bool(joining)
+
+
+def groups_to_join(thing: str, current: list[str], groups: list[str], parents: dict[str, str | None]) -> list[str]:
+    """Which of ``groups`` (which exist) ``thing``, in ``current``, joins; InvalidRequestException
+    when AWS IoT's rules refuse one (at most 10 groups, one per hierarchy): every rule is checked
+    before anything is written, so several groups are joined whole or not at all (a mitigation
+    action's). Pure: a mitigation task checks a batch of things against one read of the registry."""
     joining = [group for group in dict.fromkeys(groups) if group not in current]
     if not joining:
-        return False
+        return []
     if len(current) + len(joining) > MAX_GROUPS_PER_THING:
         raise invalid_request(f"Thing {thing} already belongs to {len(current)} thing groups: "
                               f"{MAX_GROUPS_PER_THING} is the maximum")
-    parents = registry.all_group_parents(conn)
     roots = {hierarchy.root_of(other, parents): other for other in current}
     for group in joining:
         root = hierarchy.root_of(group, parents)
@@ -211,9 +219,7 @@ def join_all(conn: Any, groups: list[str], thing: str) -> bool:
             # AWS IoT: a thing can be in at most one group of a given hierarchy.
             raise invalid_request(f"Thing {thing} is already in thing group {roots[root]} of the same hierarchy")
         roots[root] = group
-    for group in joining:
-        registry.add_member(conn, group, thing)
-    return True
+    return joining
 
 
 @operation("AddThingToThingGroup")

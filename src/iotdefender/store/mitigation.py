@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -79,27 +80,24 @@ def tasks_page(conn: Connection, start: float, end: float, after: tuple[float, s
 
 def claim_task(conn: Connection, node: str, now: float, lease_s: float, sole: bool = False) -> dict[str, Any] | None:
     """A task in progress that no live node runs (never claimed, or its lease ran out; ``sole``:
-    any, no other node runs tasks), now this node's until ``now + lease_s``; None when there is
-    none. ``FOR UPDATE SKIP LOCKED`` on PostgreSQL: two nodes looking at once take different tasks
-    (SQLite has one writer)."""
+    any, no other node runs tasks) or that this node runs, now this node's until ``now + lease_s``,
+    with ``previous_holder`` (the node that ran it, if another); None when there is none. The one
+    least recently worked on first (``claimed_until``, renewed at each batch): a node's tasks take
+    turns, as AWS runs up to five at once. ``FOR UPDATE SKIP LOCKED`` on PostgreSQL: two nodes
+    looking at once take different tasks (SQLite has one writer)."""
     free = sa.or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now, tasks.c.claimed_by == node)
     query = (sa.select(tasks.c.task_id)
              .where(tasks.c.status == IN_PROGRESS, *(() if sole else (free,)))
-             .order_by(tasks.c.start_time, tasks.c.task_id).limit(1).with_for_update(skip_locked=True))
+             .order_by(tasks.c.claimed_until.asc().nulls_first(), tasks.c.start_time, tasks.c.task_id)
+             .limit(1).with_for_update(skip_locked=True))
     task_id = conn.execute(query).scalar()
     if task_id is None:
         return None
+    task = get_task(conn, task_id)
+    assert task is not None
     conn.execute(tasks.update().where(tasks.c.task_id == task_id)
                  .values(claimed_by=node, claimed_until=now + lease_s))
-    return get_task(conn, task_id)
-
-
-def holds(conn: Connection, task_id: str, node: str) -> bool:
-    """Whether ``node`` still runs the task (in progress, its lease not taken over), the row locked
-    until the transaction ends: a cancel waits for the batch, a batch sees a cancel before it."""
-    query = sa.select(tasks.c.claimed_by, tasks.c.status).where(tasks.c.task_id == task_id).with_for_update()
-    row = conn.execute(query).first()
-    return row is not None and row.status == IN_PROGRESS and row.claimed_by == node
+    return {**task, "previous_holder": task["claimed_by"] if task["claimed_by"] != node else None}
 
 
 def renew(conn: Connection, task_id: str, until: float) -> None:
@@ -182,12 +180,34 @@ def pending(conn: Connection, task_id: str, limit: int) -> list[Any]:
     return list(conn.execute(query).mappings())
 
 
-def set_execution(conn: Connection, task_id: str, violation_id: str, position: int, status: str,
-                  start: float, end: float, error_code: str | None = None, message: str | None = None) -> None:
-    conn.execute(executions.update().where(executions.c.task_id == task_id,
-                                           executions.c.violation_id == violation_id,
-                                           executions.c.position == position)
-                 .values(status=status, start_date=start, end_date=end, error_code=error_code, message=message))
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one execution."""
+
+    violation_id: str
+    position: int
+    status: str
+    start: float
+    end: float
+    error_code: str | None = None
+    message: str | None = None
+
+
+_SET_EXECUTION = (executions.update()
+                  .where(executions.c.task_id == sa.bindparam("k_task"),
+                         executions.c.violation_id == sa.bindparam("k_violation"),
+                         executions.c.position == sa.bindparam("k_position"))
+                  .values(status=sa.bindparam("v_status"), start_date=sa.bindparam("v_start"),
+                          end_date=sa.bindparam("v_end"), error_code=sa.bindparam("v_code"),
+                          message=sa.bindparam("v_message")))
+
+
+def set_executions(conn: Connection, task_id: str, outcomes: Sequence[Outcome]) -> None:
+    """The executions' outcomes, in one executemany."""
+    if outcomes:
+        conn.execute(_SET_EXECUTION, [
+            {"k_task": task_id, "k_violation": o.violation_id, "k_position": o.position, "v_status": o.status,
+             "v_start": o.start, "v_end": o.end, "v_code": o.error_code, "v_message": o.message} for o in outcomes])
 
 
 def skip_remaining(conn: Connection, task_id: str, at: float, message: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 
 from iotdefender.store.pagination import scan_rows
 from iotdefender.store.partition_selection import PartitionSelection
-from iotdefender.store.rows import get_by_name, name_among, names_in_chunks, update_versioned
+from iotdefender.store.rows import get_by_name, insert_many, name_among, names_in_chunks, update_versioned
 from iotdefender.store.schema import thing_group_members, thing_groups, things
 
 
@@ -171,6 +171,11 @@ def is_member(conn: Connection, group_name: str, thing_name: str) -> bool:
 
 def add_member(conn: Connection, group_name: str, thing_name: str) -> None:
     conn.execute(thing_group_members.insert().values(group_name=group_name, thing_name=thing_name))
+
+
+def add_members(conn: Connection, members: Sequence[tuple[str, str]]) -> None:
+    """(group, thing) pairs, in one executemany."""
+    insert_many(conn, thing_group_members, ("group_name", "thing_name"), members)
 
 
 def remove_member(conn: Connection, group_name: str, thing_name: str) -> None:
