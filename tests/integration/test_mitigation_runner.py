@@ -208,3 +208,24 @@ def test_a_task_that_keeps_failing_for_a_reason_of_its_own_ends_failed(setup, en
     assert summary["taskStatus"] == "FAILED" and summary["taskStatistics"]["actionsSkipped"] == 1
     (execution,) = call("ListDetectMitigationActionsExecutions", {"taskId": "broken"})["actionsExecutions"]
     assert execution["status"] == "SKIPPED" and "could not run" in execution["message"]
+
+
+def test_a_large_plan_is_written_a_part_at_a_time_and_finished_by_the_node_that_takes_over(setup, engine,
+                                                                                            monkeypatch):
+    """The executions are written ``PLAN_ROWS`` at a time, each part its own step (one transaction
+    for all held the database's writing for seconds); a node that takes over mid-plan writes only
+    what is missing: each violation's execution once."""
+    from iotdefender.controlplane import mitigation_execution
+
+    monkeypatch.setattr(mitigation_execution, "PLAN_ROWS", 2)
+    ctx, call, clock = setup
+    start(call, "task")
+    dead = MitigationRunner(ctx, "node-dead", on_change=lambda: None, sleep=lambda s: None)
+    assert dead.step()
+    assert sorted(statuses(engine, "task")) == ["v0", "v1"]  # the first part only
+    other = MitigationRunner(ctx, "node-b", on_change=lambda: None, sleep=lambda s: None)
+    clock.now += 31
+    while other.step():
+        pass
+    assert statuses(engine, "task") == dict.fromkeys(["v0", "v1", "v2", "v3", "v4"], "SUCCESSFUL")
+    assert quarantined(engine) == ["t0", "t1", "t2", "t3", "t4"]

@@ -12,7 +12,7 @@ Where AWS is silent (docs/api-behaviour.md, "Detect mitigation"):
   be one of it): its violations, those with an event in ``violationEventOccurrenceRange`` when given.
   ``includeOnlyActiveViolations`` keeps those active when the task begins; ``includeSuppressedAlerts``
   (default false) adds those of behaviors that suppress alerts. The violations are chosen when a node
-  begins running the task (within a second of its start).
+  begins running the task (within a second of its start; their executions are written a part at a time).
 - An action whose type Detect does not apply (all but ADD_THINGS_TO_THING_GROUP) is refused.
 - ``taskStatistics`` partitions the executions: ``actionsExecuted`` (succeeded), ``actionsFailed``,
   ``actionsSkipped`` (not run: an earlier action on the same violation failed, or the task was

@@ -46,6 +46,8 @@ log = structlog.get_logger("iotdefender")
 LEASE_S = 30.0
 #: Violations applied in one step: a few ms of one transaction.
 BATCH = 100
+#: Executions a planning step writes at most (tens of ms).
+PLAN_ROWS = 2000
 #: The shortest pause between two steps: longer than SQLite's busy handler sleeps between two tries
 #: (up to 100 ms), so a writer waiting for the lock gets it.
 MIN_PAUSE_S = 0.1
@@ -70,6 +72,7 @@ class MitigationRunner:
         self._poll_s, self._lease_s, self._batch = poll_s, lease_s, batch
         self._sleep = sleep
         self._failures: dict[str, int] = {}  # task -> its failures in a row here
+        self._targets: dict[str, list[tuple[str, str]]] = {}  # task being planned -> its (violation, thing)
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -113,6 +116,7 @@ class MitigationRunner:
             with self._ctx.writing() as conn:
                 task = mitigation.claim_task(conn, self._node, self._ctx.clock(), self._lease_s, self._sole)
                 if task is None:
+                    self._targets.clear()  # a task this node was planning would be claimable: none is
                     return False
                 task_id = task["task_id"]
                 if task["previous_holder"] is not None:
@@ -131,17 +135,27 @@ class MitigationRunner:
         return True
 
     def _plan(self, conn: Any, task: dict[str, Any]) -> None:
-        """Choose the task's violations and write an execution of each action for each."""
-        target = task["target"]
-        occurrence = task["occurrence_range"] or {}
-        targets = mitigation.violations_of(
-            conn, target.get("violationIds"), target.get("securityProfileName"), target.get("behaviorName"),
-            occurrence.get("startTime"), occurrence.get("endTime"), task["only_active"], task["include_suppressed"])
-        mitigation.plan(conn, task["task_id"], task["start_time"], targets,
-                        [action["name"] for action in task["actions"]])
-        mitigation.set_planned(conn, task["task_id"])
-        log.info("mitigation_task_planned", task=task["task_id"], violations=len(targets),
-                 actions=len(task["actions"]))
+        """Choose the task's violations (once per node: kept in memory until it is planned), and
+        write an execution of each action for the next ``PLAN_ROWS`` of them (all of a violation's
+        in one step): written in one transaction, a task of 75,000 executions held the database's
+        writing for a second, and more would reach a writer's timeout. A node that takes a task over
+        mid-plan chooses again and writes what is not written yet."""
+        task_id, names = task["task_id"], [action["name"] for action in task["actions"]]
+        targets = self._targets.get(task_id)
+        if targets is None:
+            target, occurrence = task["target"], task["occurrence_range"] or {}
+            targets = self._targets[task_id] = mitigation.violations_of(
+                conn, target.get("violationIds"), target.get("securityProfileName"), target.get("behaviorName"),
+                occurrence.get("startTime"), occurrence.get("endTime"), task["only_active"],
+                task["include_suppressed"])
+        written = mitigation.planned_violations(conn, task_id)
+        left = [(violation, thing) for violation, thing in targets if violation not in written]
+        now = left[:max(1, PLAN_ROWS // len(names))]
+        mitigation.plan(conn, task_id, task["start_time"], now, names)
+        if len(now) == len(left):
+            mitigation.set_planned(conn, task_id)
+            del self._targets[task_id]
+            log.info("mitigation_task_planned", task=task_id, violations=len(written) + len(left), actions=len(names))
 
     def _next_batch(self, conn: Any, task: dict[str, Any]) -> bool:
         """Apply the task's next batch of violations, or end it when none is left; whether a thing

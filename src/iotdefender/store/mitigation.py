@@ -169,6 +169,12 @@ def plan(conn: Connection, task_id: str, listed_at: float, targets: Sequence[tup
         for violation_id, thing in targets for position, name in enumerate(action_names)])
 
 
+def planned_violations(conn: Connection, task_id: str) -> set[str]:
+    """The violations the task has executions of already (its plan is written a part at a time)."""
+    query = sa.select(executions.c.violation_id).where(executions.c.task_id == task_id).distinct()
+    return set(conn.execute(query).scalars())
+
+
 def pending(conn: Connection, task_id: str, limit: int) -> list[Any]:
     """The next violations' executions not done yet (all of each violation's, in action order)."""
     violation_ids = (sa.select(executions.c.violation_id)
