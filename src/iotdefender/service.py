@@ -347,7 +347,9 @@ async def serve(settings: Settings, standby: WorkerStandby | None = None) -> Non
     swept = SweepWake()  # after the caches are dropped: the sweep reads the changed control plane
     warn_unreached_topics(engine, routes)
     changed = (monitoring.invalidate, store.invalidate, swept)
-    mitigations = MitigationRunner(context, socket.gethostname(), on_change=lambda: call_each(changed), sole=True)
+    # This process, not the host: a restart after a kill takes the tasks it ran over, and says so.
+    mitigations = MitigationRunner(context, f"{socket.gethostname()}:{os.getpid()}",
+                                   on_change=lambda: call_each(changed), sole=True)
     api = ApiService(context, credentials, on_change=changed, health=health,
                      on_write=(routes.profile_written, mitigations.wake), extensions=Extensions(broker_events=cloud.ingest_events, dead_letters=alerts.dead_letters,
                                            backtests=backtests))
