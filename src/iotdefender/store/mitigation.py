@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from iotdefender.store.pagination import scan_rows
+from iotdefender.store.pagination import keyset, scan_rows
 from iotdefender.store.rows import get_by_name, insert_many
 from iotdefender.store.schema import (
     active_violations,
@@ -72,10 +72,7 @@ def count_running(conn: Connection) -> int:
 def tasks_page(conn: Connection, start: float, end: float, after: tuple[float, str] | None, limit: int) -> list[Any]:
     """Tasks started in [start, end], oldest first, after the key ``after`` (start time, id)."""
     query = sa.select(tasks).where(tasks.c.start_time >= start, tasks.c.start_time <= end)
-    if after is not None:
-        query = query.where(sa.or_(tasks.c.start_time > after[0],
-                                   sa.and_(tasks.c.start_time == after[0], tasks.c.task_id > after[1])))
-    return list(conn.execute(query.order_by(tasks.c.start_time, tasks.c.task_id).limit(limit)).mappings())
+    return list(conn.execute(keyset(query, tasks.c.start_time, tasks.c.task_id, after).limit(limit)).mappings())
 
 
 def claim_task(conn: Connection, node: str, now: float, lease_s: float, sole: bool = False) -> dict[str, Any] | None:

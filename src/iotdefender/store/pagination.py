@@ -26,3 +26,14 @@ def scan_rows(conn: Connection, query: sa.Select[Any], key: sa.Column[Any], afte
         if len(rows) < _SCAN_BATCH:
             return
         after = getattr(rows[-1], key.key)
+
+
+def keyset(query: sa.Select[Any], time_: sa.Column[Any], id_: sa.Column[Any], after: tuple[Any, Any] | None,
+           descending: bool = False) -> sa.Select[Any]:
+    """``query`` ordered by (time, id), continuing after the key ``after`` in that order: the
+    listings by time (violations, events, mitigation tasks), whose times are not unique."""
+    if after is not None:
+        ts, key = after
+        query = query.where(sa.or_(time_ < ts, sa.and_(time_ == ts, id_ < key)) if descending else
+                            sa.or_(time_ > ts, sa.and_(time_ == ts, id_ > key)))
+    return query.order_by(*((time_.desc(), id_.desc()) if descending else (time_, id_)))

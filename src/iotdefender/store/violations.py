@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 from iotdefender.engine.alarm import AlarmState, AlarmStatus, EventType
 from iotdefender.engine.evaluator import StateKey, ViolationEvent
 from iotdefender.store.database import long_statements
+from iotdefender.store.pagination import keyset
 from iotdefender.store.partition_selection import PartitionSelection, once_per_thing
 from iotdefender.store.rows import insert_many, json_text, name_among, names_in_chunks
 from iotdefender.store.schema import active_violations, alarm_states, violation_events, violation_verification
@@ -164,18 +165,8 @@ def active_page(conn: Connection, filters: ViolationFilter, after: tuple[float, 
     """Active violations by (start time, id), after the key ``after`` in that order (the most
     recent first if ``descending``): listed by id, they looked shuffled."""
     query = _with_verification(active_violations).where(*_filters(active_violations, filters))
-    return conn.execute(_keyset(query, active_violations.c.violation_start_time, active_violations.c.violation_id,
+    return conn.execute(keyset(query, active_violations.c.violation_start_time, active_violations.c.violation_id,
                                 after, descending).limit(limit)).all()
-
-
-def _keyset(query: sa.Select, time_: sa.Column, id_: sa.Column, after: tuple[Any, Any] | None,
-            descending: bool) -> sa.Select:
-    """``query`` ordered by (time, id), continuing after the key ``after`` in that order."""
-    if after is not None:
-        ts, key = after
-        query = query.where(sa.or_(time_ < ts, sa.and_(time_ == ts, id_ < key)) if descending else
-                            sa.or_(time_ > ts, sa.and_(time_ == ts, id_ > key)))
-    return query.order_by(*((time_.desc(), id_.desc()) if descending else (time_, id_)))
 
 
 def events_page(conn: Connection, filters: ViolationFilter, start: float, end: float,
@@ -185,7 +176,7 @@ def events_page(conn: Connection, filters: ViolationFilter, start: float, end: f
     query = _with_verification(violation_events).where(
         violation_events.c.event_time >= start, violation_events.c.event_time <= end,
         *_filters(violation_events, filters))
-    return conn.execute(_keyset(query, violation_events.c.event_time, violation_events.c.id, after, descending)
+    return conn.execute(keyset(query, violation_events.c.event_time, violation_events.c.id, after, descending)
                         .limit(limit)).all()
 
 
