@@ -34,7 +34,7 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.mitigation_actions import ADD_THINGS_TO_THING_GROUP, definition
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.pagination import decode_token, encode_token, page_size, scope_of
-from iotdefender.store import mitigation, profiles
+from iotdefender.store import catalog, mitigation, profiles
 
 operation = OperationTable()
 
@@ -70,7 +70,7 @@ def _check_target(conn: Any, target: Params) -> None:
 def _definitions(conn: Any, names: list[str]) -> list[Params]:
     found = []
     for name in names:
-        row = mitigation.get_action(conn, name)
+        row = catalog.get(conn, "mitigation_action", name)
         if row is None:
             raise invalid_request(f"Mitigation action {name} does not exist")
         if row["action_type"] != ADD_THINGS_TO_THING_GROUP:

@@ -24,7 +24,7 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.pagination import decode_token, page_size, scope_of, take_page
 from iotdefender.controlplane.tag_rules import checked_tags
-from iotdefender.store import mitigation, registry, tags
+from iotdefender.store import catalog, mitigation, registry, tags
 
 operation = OperationTable()
 
@@ -42,7 +42,7 @@ TYPE_OF_PARAMS = {
 
 
 def require_action(conn: Any, name: str) -> dict[str, Any]:
-    row = mitigation.get_action(conn, name)
+    row = catalog.get(conn, "mitigation_action", name)
     if row is None:
         raise not_found(f"Mitigation action {name} does not exist")
     return row
@@ -87,17 +87,17 @@ def create_mitigation_action(ctx: ServiceContext, params: Params) -> Params:
     name = params["actionName"]
     tag_list = checked_tags(params.get("tags"))
     with ctx.writing() as conn:
-        existing = mitigation.get_action(conn, name)
+        existing = catalog.get(conn, "mitigation_action", name)
         if existing is not None:
             raise already_exists(f"Mitigation action {name} already exists", existing["action_id"], existing["arn"])
         action_type = _action_type(conn, params["actionParams"])
-        if mitigation.count_actions(conn) >= MAX_ACTIONS:
+        if catalog.count(conn, "mitigation_action") >= MAX_ACTIONS:
             raise limit_exceeded(f"The account already has {MAX_ACTIONS} mitigation actions, the maximum")
         now = ctx.now()
         row = dict(name=name, arn=ctx.arn(f"mitigationaction/{name}"), action_id=str(uuid.uuid4()),
                    action_type=action_type, role_arn=params["roleArn"], action_params=params["actionParams"],
                    creation_date=now, last_modified_date=now)
-        mitigation.insert_action(conn, **row)
+        catalog.insert(conn, "mitigation_action", **row)
         tags.replace(conn, row["arn"], tag_list)
     return {"actionArn": row["arn"], "actionId": row["action_id"]}
 
@@ -125,7 +125,7 @@ def update_mitigation_action(ctx: ServiceContext, params: Params) -> Params:
                 raise invalid_request(f"Mitigation action {name} is of type {row['action_type']}: its type cannot "
                                       f"change to {action_type} (delete it and create another)")
             values["action_params"] = params["actionParams"]
-        mitigation.update_action(conn, name, **values)
+        catalog.update(conn, "mitigation_action", name, **values)
     return {"actionArn": row["arn"], "actionId": row["action_id"]}
 
 
@@ -133,10 +133,10 @@ def update_mitigation_action(ctx: ServiceContext, params: Params) -> Params:
 def delete_mitigation_action(ctx: ServiceContext, params: Params) -> Params:
     """A task started with the action keeps its definition (``actionsDefinition``) and goes on."""
     with ctx.writing() as conn:
-        row = mitigation.get_action(conn, params["actionName"])
+        row = catalog.get(conn, "mitigation_action", params["actionName"])
         if row is None:
             return {}  # the model has no ResourceNotFoundException here: deleting nothing succeeds
-        mitigation.delete_action(conn, row["name"])
+        catalog.delete(conn, "mitigation_action", row["name"])
         tags.replace(conn, row["arn"], [])
     return {}
 

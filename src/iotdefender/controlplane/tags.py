@@ -7,7 +7,7 @@ from typing import Any
 from iotdefender.contract.errors import not_found
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
-from iotdefender.store import catalog, mitigation, profiles, registry, tags
+from iotdefender.store import catalog, profiles, registry, tags
 from iotdefender.controlplane.pagination import decode_token, scope_of
 from iotdefender.controlplane.tag_rules import refuse_reserved, refuse_too_many
 
@@ -23,7 +23,7 @@ def _require_resource(ctx: ServiceContext, conn: Any, arn: str) -> None:
         "custommetric": lambda: catalog.get(conn, "custom_metric", name) is not None,
         "dimension": lambda: catalog.get(conn, "dimension", name) is not None,
         "thinggroup": lambda: registry.get_group(conn, name) is not None,
-        "mitigationaction": lambda: mitigation.get_action(conn, name) is not None,
+        "mitigationaction": lambda: catalog.get(conn, "mitigation_action", name) is not None,
     }.get(kind)
     if exists is None or not name or not exists():
         raise not_found(f"Resource {arn} does not exist or is not taggable")

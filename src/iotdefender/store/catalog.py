@@ -1,4 +1,5 @@
-"""SQL for the account's custom metrics and dimensions (the names behaviors may refer to)."""
+"""SQL for the account's named entries: custom metrics and dimensions (the names behaviors may refer
+to), and mitigation actions (the names Detect mitigation tasks apply)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from sqlalchemy.engine import Connection
 
 from iotdefender.store.pagination import scan_rows
 from iotdefender.store.rows import get_by_name
-from iotdefender.store.schema import custom_metrics, dimensions
+from iotdefender.store.schema import custom_metrics, dimensions, mitigation_actions
 
-TABLES = {"custom_metric": custom_metrics, "dimension": dimensions}
+TABLES = {"custom_metric": custom_metrics, "dimension": dimensions, "mitigation_action": mitigation_actions}
 
 
 def get(conn: Connection, kind: str, name: str) -> dict[str, Any] | None:

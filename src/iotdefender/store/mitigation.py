@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from iotdefender.store.pagination import keyset, scan_rows
-from iotdefender.store.rows import get_by_name, insert_many
+from iotdefender.store.rows import insert_many
 from iotdefender.store.schema import (
     active_violations,
     detect_mitigation_executions as executions,
@@ -23,26 +23,6 @@ IN_PROGRESS = "IN_PROGRESS"
 
 
 # -- actions ------------------------------------------------------------------------------------------
-def get_action(conn: Connection, name: str) -> dict[str, Any] | None:
-    return get_by_name(conn, actions, name)
-
-
-def insert_action(conn: Connection, **values: Any) -> None:
-    conn.execute(actions.insert().values(**values))
-
-
-def update_action(conn: Connection, name: str, **values: Any) -> None:
-    conn.execute(actions.update().where(actions.c.name == name).values(**values))
-
-
-def delete_action(conn: Connection, name: str) -> None:
-    conn.execute(actions.delete().where(actions.c.name == name))
-
-
-def count_actions(conn: Connection) -> int:
-    return int(conn.execute(sa.select(sa.func.count()).select_from(actions)).scalar_one())
-
-
 def scan_actions(conn: Connection, action_type: str | None, after: str | None) -> Iterator[Any]:
     query = sa.select(actions.c.name, actions.c.arn, actions.c.creation_date)
     if action_type is not None:

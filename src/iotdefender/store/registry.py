@@ -157,18 +157,6 @@ def registry_facts(conn: Connection, thing_names: list[str]) -> dict[str, tuple[
     return facts
 
 
-def is_member(conn: Connection, group_name: str, thing_name: str) -> bool:
-    return (
-        conn.execute(
-            sa.select(sa.literal(1)).where(
-                thing_group_members.c.group_name == group_name,
-                thing_group_members.c.thing_name == thing_name,
-            )
-        ).first()
-        is not None
-    )
-
-
 def add_member(conn: Connection, group_name: str, thing_name: str) -> None:
     conn.execute(thing_group_members.insert().values(group_name=group_name, thing_name=thing_name))
 
