@@ -10,6 +10,7 @@ from types import MappingProxyType
 
 from iotdefender.controlplane import (
     behavior_models,
+    certificates,
     custom_metrics,
     detect_mitigation_tasks,
     dimensions,
@@ -25,7 +26,7 @@ from iotdefender.controlplane import (
 )
 from iotdefender.controlplane.operations import Implementation
 
-HANDLER_MODULES = (behavior_models, custom_metrics, detect_mitigation_tasks, dimensions, endpoint, metric_values,
+HANDLER_MODULES = (behavior_models, certificates, custom_metrics, detect_mitigation_tasks, dimensions, endpoint, metric_values,
                    mitigation_actions, security_profiles, tags, targets, thing_groups, things, violations)
 
 

@@ -532,3 +532,29 @@ detect_mitigation_executions = sa.Table(
     sa.Index("ix_detect_mitigation_executions_violation", "violation_id"),
     sa.Index("ix_detect_mitigation_executions_listed", "listed_at", "task_id"),
 )
+
+# Device certificates registered through the API (RegisterCertificate, RegisterCertificateWithoutCA)
+# and their status, which the broker enforces: a certificate that is not ACTIVE cannot connect
+# (brokers/certificate_gate.py). ``certificate_id`` is the SHA-256 of the DER encoding, as AWS IoT's.
+# A deleted certificate keeps its row as DELETED, hidden from the API and still refused: a device
+# certificate signed by the broker's CA connects unless it is registered in another status, so
+# forgetting a revoked certificate would let it in again.
+certificates = sa.Table(
+    "certificates",
+    metadata,
+    sa.Column("certificate_id", sa.String(64), primary_key=True),
+    sa.Column("arn", ARN, nullable=False),
+    sa.Column("pem", sa.Text, nullable=False),
+    sa.Column("common_name", sa.String(256)),
+    sa.Column("ca_certificate_id", sa.String(64)),
+    sa.Column("status", sa.String(24), nullable=False),  # ACTIVE | INACTIVE | REVOKED | DELETED
+    sa.Column("certificate_mode", sa.String(16), nullable=False),  # DEFAULT (with a CA) | SNI_ONLY
+    sa.Column("not_before", EPOCH, nullable=False),
+    sa.Column("not_after", EPOCH, nullable=False),
+    sa.Column("customer_version", sa.Integer, nullable=False),
+    sa.Column("generation_id", sa.String(64), nullable=False),
+    sa.Column("creation_date", EPOCH, nullable=False),
+    sa.Column("last_modified_date", EPOCH, nullable=False),
+    sa.Index("ix_certificates_created", "creation_date", "certificate_id"),
+    sa.Index("ix_certificates_status", "status"),
+)

@@ -1,0 +1,53 @@
+"""SQL for device certificates (controlplane/certificates.py) and the list the broker refuses
+(brokers/certificate_gate.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from iotdefender.store.pagination import keyset
+from iotdefender.store.schema import certificates
+
+ACTIVE = "ACTIVE"
+#: A deleted certificate's row: hidden from the API, still refused by the broker.
+DELETED = "DELETED"
+
+
+def get(conn: Connection, certificate_id: str, *, deleted_too: bool = False) -> dict[str, Any] | None:
+    query = sa.select(certificates).where(certificates.c.certificate_id == certificate_id)
+    if not deleted_too:
+        query = query.where(certificates.c.status != DELETED)
+    row = conn.execute(query).mappings().first()
+    return dict(row) if row else None
+
+
+def put(conn: Connection, **values: Any) -> None:
+    """Insert the certificate, or replace its deleted row (registered again)."""
+    stored = conn.execute(certificates.update().where(certificates.c.certificate_id == values["certificate_id"],
+                                                      certificates.c.status == DELETED).values(**values))
+    if stored.rowcount == 0:
+        conn.execute(certificates.insert().values(**values))
+
+
+def update(conn: Connection, certificate_id: str, **values: Any) -> None:
+    conn.execute(certificates.update().where(certificates.c.certificate_id == certificate_id).values(**values))
+
+
+def page(conn: Connection, after: tuple[float, str] | None, limit: int, ascending: bool) -> list[dict[str, Any]]:
+    """Certificates by creation date (then id), after the key ``after``; deleted ones left out."""
+    query = sa.select(certificates.c.certificate_id, certificates.c.arn, certificates.c.status,
+                      certificates.c.certificate_mode, certificates.c.creation_date
+                      ).where(certificates.c.status != DELETED)
+    query = keyset(query, certificates.c.creation_date, certificates.c.certificate_id, after, descending=not ascending)
+    return [dict(row) for row in conn.execute(query.limit(limit)).mappings()]
+
+
+def refused(conn: Connection) -> dict[str, str]:
+    """{certificate id: common name ("" if none)} of every certificate that may not connect: any
+    status but ACTIVE, deleted ones included."""
+    rows = conn.execute(sa.select(certificates.c.certificate_id, certificates.c.common_name)
+                        .where(certificates.c.status != ACTIVE))
+    return {certificate_id: common_name or "" for certificate_id, common_name in rows}
