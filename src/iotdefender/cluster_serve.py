@@ -39,6 +39,7 @@ from iotdefender.alerts.routes import AlertRoutes, kind_of
 from iotdefender.api.app import ApiService, create_app, create_operations_app
 from iotdefender.api.extensions import Extensions
 from iotdefender.backtest.jobs import BacktestJobs
+from iotdefender.brokers.certificate_gate import CertificateGate
 from iotdefender.brokers.external import ExternalBroker
 from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.mosquitto.build import BrokerUnavailable
@@ -80,6 +81,7 @@ from iotdefender.service import (
     build_broker,
     build_ingest,
     call_each,
+    certificate_gate,
     gatekeeper_of,
     check_api_port,
     history_interval,
@@ -94,6 +96,7 @@ from iotdefender.service import (
     sweep_loop,
     validate,
 )
+from iotdefender.controlplane.certificates import WRITES as CERTIFICATE_WRITES
 from iotdefender.controlplane.mitigation_execution import MitigationRunner
 from iotdefender.settings import Settings, without_password
 from iotdefender.store.advisory import EXTERNAL_INTAKE, NATS_EVENTS
@@ -239,10 +242,13 @@ class BrokerRole:
     gatekeeper: Gatekeeper
     endpoint: str
     cloud: WindowPublisher | None = None  # cloud-side metrics: this node's windows, to their detect nodes
+    certificates: CertificateGate | None = None  # the certificates its Mosquitto refuses
     running: bool = False
 
     async def start(self) -> None:
         await self.ingest.start()
+        if self.certificates is not None:  # refused from the first CONNECT on
+            await self.certificates.refresh()
         try:
             await self.broker.start()
         except (OSError, TimeoutError, BrokerUnavailable) as error:
@@ -326,7 +332,18 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
     gatekeeper = gatekeeper_of(settings, auth, cloud.intake if cloud else NULL_OBSERVER)
     broker, endpoint = build_broker(settings, gatekeeper, ingest.submit)
     replies.broker = broker
-    return BrokerRole(ingest, broker, gatekeeper, endpoint, cloud)
+    return BrokerRole(ingest, broker, gatekeeper, endpoint, cloud, certificate_gate(engine, broker))
+
+
+CERTIFICATES_SUBJECT = "iotdefender.certificates.changed"
+
+
+def certificates_written(notices: ControlNotices) -> Callable[[str, Any], None]:
+    """The API's write listener that tells every node's broker the certificates changed."""
+    def written(operation_name: str, _params: Any = None) -> None:
+        if operation_name in CERTIFICATE_WRITES:
+            notices.changed()
+    return written
 
 
 def cloud_publisher(settings: Settings, publisher: ReportPublisher, node_id: str,
@@ -544,6 +561,14 @@ async def serve_cluster(settings: Settings) -> None:
     devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health,
                                  lambda: version_to_write(flags.announced(READS_ANNOUNCEMENT)), peers_read)
                if "broker" in roles else None)
+    # Certificates registered or updated through any api node: every broker node's Mosquitto
+    # refuses those not ACTIVE within the notice's delivery (and CertificateGate's period at worst).
+    gate = devices.certificates if devices is not None else None
+    certificate_notices = ControlNotices(nc, node_id, [gate.changed] if gate else [], subject=CERTIFICATES_SUBJECT)
+    notices.append(certificate_notices)
+    await certificate_notices.start()
+    if gate is not None:
+        loops.append(gate.run())
     cluster_health = ClusterHealth(nc, topology, consumer)
     export_only(roles, embedded_broker=settings.mqtt_url is None)
     describe_node(node_id, roles)
@@ -556,7 +581,7 @@ async def serve_cluster(settings: Settings) -> None:
         mitigations = MitigationRunner(context, node_id, on_change=lambda: call_each(changed))
         loops.append(mitigations.run())
         api = ApiService(context, credentials, on_change=changed, health=health,
-                         on_write=(routes.profile_written, mitigations.wake),
+                         on_write=(routes.profile_written, mitigations.wake, certificates_written(certificate_notices)),
                          extensions=Extensions(broker_events=events.intake.ingest_events if events else None,
                                                dead_letters=alerts.dead_letters, backtests=backtests))
         app = create_app(api, create_console(api, monitoring, settings.time_scale, routes), cluster_health.readiness,

@@ -28,6 +28,7 @@ from iotdefender.api.credentials import CredentialStore, load_credentials
 from iotdefender.api.extensions import Extensions
 from iotdefender.api.http_limits import bounded_protocol
 from iotdefender.backtest.jobs import BacktestJobs
+from iotdefender.brokers.certificate_gate import CertificateGate
 from iotdefender.brokers.external import ExternalBroker, parse_broker_url
 from iotdefender.brokers.gatekeeper import Gatekeeper, check_password_file
 from iotdefender.brokers.listeners import ListenerSettings, ReportSink, check_tls_files
@@ -350,11 +351,13 @@ async def serve(settings: Settings, standby: WorkerStandby | None = None) -> Non
     # This process, not the host: a restart after a kill takes the tasks it ran over, and says so.
     mitigations = MitigationRunner(context, f"{socket.gethostname()}:{os.getpid()}",
                                    on_change=lambda: call_each(changed), sole=True)
-    api = ApiService(context, credentials, on_change=changed, health=health,
-                     on_write=(routes.profile_written, mitigations.wake), extensions=Extensions(broker_events=cloud.ingest_events, dead_letters=alerts.dead_letters,
-                                           backtests=backtests))
     broker, mqtt_endpoint = build_broker(settings, gatekeeper, ingest.submit)
     replies.broker = broker
+    gate = certificate_gate(engine, broker)
+    api = ApiService(context, credentials, on_change=changed, health=health,
+                     on_write=(routes.profile_written, mitigations.wake, *([gate.written] if gate else [])),
+                     extensions=Extensions(broker_events=cloud.ingest_events, dead_letters=alerts.dead_letters,
+                                           backtests=backtests))
     nats_reader = None
     if settings.nats_events_url is not None:
         if settings.nats_monitor_url is None:
@@ -369,6 +372,8 @@ async def serve(settings: Settings, standby: WorkerStandby | None = None) -> Non
     # counted in a window before the window's earlier counts are back.
     await anyio.to_thread.run_sync(cloud.resume)
     await ingest.start()
+    if gate is not None:  # the certificates refused from the first CONNECT on
+        await gate.refresh()
     try:
         await broker.start()
         if nats_reader is not None:
@@ -393,6 +398,7 @@ async def serve(settings: Settings, standby: WorkerStandby | None = None) -> Non
         asyncio.create_task(cloud.run(), name="cloud-metrics"),
         asyncio.create_task(ml_training(settings, engine, monitoring, store.invalidate), name="ml-training"),
         asyncio.create_task(loop_stall.watch(), name="event-loop-lag"),
+        *([asyncio.create_task(gate.run(), name="certificates")] if gate else []),
     ]
 
     server = http_server(settings, create_app(api, create_console(api, monitoring, settings.time_scale, routes),
@@ -460,6 +466,12 @@ def build_broker(settings: Settings, gatekeeper: Gatekeeper, submit: ReportSink
                             session_expiry_s=settings.effective_mqtt_session_expiry,
                             autosave_s=settings.effective_mqtt_autosave_interval),
             f"mqtt://{settings.host}:{settings.mqtt_port}")
+
+
+def certificate_gate(engine: Engine, broker: Broker) -> CertificateGate | None:
+    """What makes the broker refuse the certificates registered and not ACTIVE: the embedded
+    Mosquitto's plugin does it; a broker joined with ``--mqtt-url`` has its own authentication."""
+    return CertificateGate(engine, broker) if isinstance(broker, MosquittoBroker) else None
 
 
 def http_server(settings: Settings, app: Starlette) -> GracefulServer:

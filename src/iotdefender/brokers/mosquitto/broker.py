@@ -116,6 +116,7 @@ class MosquittoBroker:
         self.client_id = f"iotdefender-{secrets.token_hex(6)}"
         self._secret = secrets.token_urlsafe(32)
         self._refused: set[str] = set()
+        self._denied_certificates: dict[str, str] = {}  # certificate id -> its common name
         self._process: subprocess.Popen[bytes] | None = None
         self._runtime: Path | None = runtime_dir.resolve() if runtime_dir is not None else None
         self._temporary_runtime = runtime_dir is None
@@ -327,6 +328,8 @@ class MosquittoBroker:
         the replies the plugin did not say it published."""
         for client_id in sorted(self._refused):
             self._control("refuse", client_id)
+        for certificate_id, common_name in sorted(self._denied_certificates.items()):
+            self._control("deny-certificate", certificate_id + common_name)
         self._control("ready", self.client_id)
         if self._replies is not None:  # what the connection that broke did not deliver (frames.py)
             self._replies.send_again()
@@ -354,3 +357,19 @@ class MosquittoBroker:
     @property
     def refused(self) -> frozenset[str]:
         return frozenset(self._refused)
+
+    def deny_certificate(self, certificate_id: str, common_name: str) -> None:
+        """Refuse every CONNECT made with the certificate (``certificate_id``: the lowercase hex
+        SHA-256 of its DER encoding), and close the connection of ``common_name`` (the client id a
+        certificate names under ``--mqtt-auth cert``) if it was made with it."""
+        self._denied_certificates[certificate_id] = common_name
+        if self._client is not None:  # else sent when the service's client connects
+            self._control("deny-certificate", certificate_id + common_name)
+
+    def allow_certificate(self, certificate_id: str) -> None:
+        if self._denied_certificates.pop(certificate_id, None) is not None and self._client is not None:
+            self._control("allow-certificate", certificate_id)
+
+    @property
+    def denied_certificates(self) -> dict[str, str]:
+        return dict(self._denied_certificates)

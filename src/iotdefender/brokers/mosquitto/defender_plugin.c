@@ -124,6 +124,10 @@
  *   kick    disconnect the client now;
  *   refuse  disconnect it and refuse its CONNECTs until "allow";
  *   allow   accept it again;
+ *   deny-certificate   target = a certificate id (64 hex digits, the SHA-256 of its DER encoding)
+ *           then the client id it names (its common name): refuse every CONNECT made with that
+ *           certificate, and close that client's connection if it was made with it;
+ *   allow-certificate  target = a certificate id: accept it again;
  *   ready   the service's client has subscribed to what this plugin hands it: devices may connect.
  */
 #include <argon2.h>
@@ -131,6 +135,7 @@
 #include <dlfcn.h>
 #include <jansson.h>
 #include <math.h>
+#include <openssl/evp.h>
 #include <openssl/x509.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -290,6 +295,8 @@ static double publish_rate = 0; /* PUBLISHes a second per connection (0: no limi
 static struct table passwords;     /* username -> secret (plain or $argon2 PHC string) */
 static struct table authenticated; /* client id -> its current authenticated connection */
 static struct table refused;       /* client id -> (void *)1 while refused */
+static struct table denied_certificates; /* certificate id -> (void *)1: not ACTIVE (see certificate_id) */
+static struct table client_certificates; /* client id -> the certificate id of its connection (char *) */
 static struct table buckets;       /* client id -> its struct bucket, while it is connected */
 static struct table awaiting;      /* thing -> its struct awaiting, while the service owes it answers */
 static struct table shed;          /* thing -> reports answered here since the last event batch (unsigned long *) */
@@ -613,6 +620,41 @@ static char *certificate_name(struct mosquitto *client)
 	return name;
 }
 
+/* The id of the client's verified certificate into ``id`` (65 bytes): the lowercase hex SHA-256 of
+ * its DER encoding, which is how AWS IoT names a certificate (certificateId) and how the service's
+ * certificates table keys it. False when the client has none (only --mqtt-auth cert asks for one). */
+static bool certificate_id(struct mosquitto *client, char id[65])
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int len = 0, i;
+	X509 *cert = mosquitto_client_certificate(client);
+	bool ok;
+	if(!cert) return false;
+	ok = X509_digest(cert, EVP_sha256(), md, &len) == 1 && len == 32;
+	X509_free(cert);
+	if(!ok) return false;
+	for(i = 0; i < len; i++){
+		id[2 * i] = hex[md[i] >> 4];
+		id[2 * i + 1] = hex[md[i] & 15];
+	}
+	id[64] = '\0';
+	return true;
+}
+
+/* The connection that owns client_id was made with certificate ``id`` (NULL: with none). */
+static void remember_certificate(const char *client_id, const char *id)
+{
+	char *old = table_get(&client_certificates, client_id);
+	char *copy = id ? strdup(id) : NULL;
+	if(copy) table_put(&client_certificates, client_id, copy);
+	if(!copy || table_get(&client_certificates, client_id) != copy){
+		free(copy);
+		table_del(&client_certificates, client_id);
+	}
+	if(old != copy) free(old);
+}
+
 /* ---- subscriptions per connection (max_subscriptions) ---------------------------------------- */
 
 /* The client's session starts or ends clean: the filters it held are gone with it. */
@@ -671,6 +713,8 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	const char *address = mosquitto_client_address(ed->client);
 	const char *reason = NULL;
 	char *cert_name = NULL;
+	char cert_id[65];
+	bool has_cert = false;
 	(void)event; (void)userdata;
 
 	if(!client_id || !client_id[0]){
@@ -694,6 +738,10 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_AUTH;
 	}else if(table_get(&refused, client_id)){
 		reason = "auth_refused_client";
+	}else if((has_cert = certificate_id(ed->client, cert_id)) && table_get(&denied_certificates, cert_id)){
+		/* Registered through the API in another status than ACTIVE (UpdateCertificate): refused
+		 * as AWS IoT refuses it, whatever the rest of the checks would say. */
+		reason = "auth_certificate_not_active";
 	}else if(auth_mode == AUTH_PASSWORD){
 		if(!password_ok(ed->username, ed->password)) reason = "auth_bad_password";
 		else if(strcmp(ed->username, client_id)) reason = "auth_client_id_mismatch";
@@ -712,6 +760,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	/* The connection that now owns this client id: a DISCONNECT is reported only for it, so a
 	 * refused CONNECT, or the older connection closed by a takeover, is not a disconnect. */
 	table_put(&authenticated, client_id, ed->client);
+	remember_certificate(client_id, has_cert ? cert_id : NULL);
 	if(mosquitto_client_clean_session(ed->client)) forget_subscriptions(client_id);
 	return MOSQ_ERR_SUCCESS;
 }
@@ -1341,6 +1390,18 @@ static void run_command(const char *payload, size_t len)
 	if(!target) return;
 	if(!strcmp(payload, "refuse")) table_put(&refused, target, (void *)1);
 	if(!strcmp(payload, "allow")) table_del(&refused, target);
+	if(!strcmp(payload, "deny-certificate") && strlen(target) >= 64){
+		char id[65], *in_use;
+		const char *owner = target + 64;
+		memcpy(id, target, 64);
+		id[64] = '\0';
+		table_put(&denied_certificates, id, (void *)1);
+		/* Its device is connected with it: closed now. Under --mqtt-auth cert a client id is
+		 * its certificate's common name, so the one connection it can hold is that name's. */
+		in_use = table_get(&client_certificates, owner);
+		if(in_use && !strcmp(in_use, id)) mosquitto_kick_client_by_clientid(owner, false);
+	}
+	if(!strcmp(payload, "allow-certificate")) table_del(&denied_certificates, target);
 	if(!strcmp(payload, "ready")){
 		service_ready = true;
 		count_told = -1; /* the service's connection is new: what it missed includes the count */
@@ -1412,6 +1473,7 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	}
 	if(!client_id || table_get(&authenticated, client_id) != ed->client) return MOSQ_ERR_SUCCESS;
 	table_del(&authenticated, client_id);
+	remember_certificate(client_id, NULL);
 	forget_bucket(client_id);
 	if(mosquitto_client_clean_session(ed->client)) forget_subscriptions(client_id);
 	record("D", client_id, NULL, NULL, NULL);
@@ -1553,6 +1615,8 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *options, int
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, on_tick, NULL);
 	table_clear(&passwords);
 	table_clear(&refused);
+	table_clear(&denied_certificates);
+	table_clear(&client_certificates);
 	table_clear(&buckets);
 	table_clear(&awaiting);
 	table_clear(&shed);

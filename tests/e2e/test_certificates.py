@@ -1,0 +1,211 @@
+"""Device certificates through boto3, enforced by the broker on real TLS connections.
+
+The operator's answer to a compromised device, as on AWS IoT: UpdateCertificate to INACTIVE or
+REVOKED closes the device's connection and refuses its next CONNECTs, while other devices go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import ssl
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.support.certificates import Pki
+from tests.support.mqtt import stop_network_loop
+from tests.support.processes import ServiceProcess, free_port, wait_for
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def tls_service(request, tmp_path_factory):
+    pki = Pki(tmp_path_factory.mktemp("pki"), "127.0.0.1")
+    url = request.getfixturevalue("postgres").create_database(f"certs{time.time_ns()}") \
+        if request.param == "postgresql" else None
+    tls_port = free_port()
+    service = ServiceProcess(data_dir=tmp_path_factory.mktemp("svc"), database_url=url, extra_args=[
+        "--mqtt-auth", "cert", "--mqtt-tls-port", str(tls_port), "--mqtt-ca", str(pki.ca_cert),
+        "--mqtt-cert", str(pki.server_cert), "--mqtt-key", str(pki.server_key), "--report-min-interval", "0"])
+    service.start()
+    yield service, pki, tls_port
+    service.stop()
+
+
+class TlsDevice:
+    """A device connected with its own certificate; ``refused`` holds the CONNACK's reason when
+    the broker refused it."""
+
+    def __init__(self, port: int, pki: Pki, name: str, files: tuple[Path, Path] | None = None) -> None:
+        self.name = name
+        self.closed, self.connack = False, queue.Queue()
+        self.replies: queue.Queue[dict] = queue.Queue()
+        cert, key = files or pki.issue(name)
+        context = ssl.create_default_context(cafile=str(pki.ca_cert))
+        context.load_cert_chain(str(cert), str(key))
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, reconnect_on_failure=False)
+        self.client.tls_set_context(context)
+        self.client.on_connect = lambda c, u, f, reason, p: self.connack.put(reason.value)
+        self.client.on_disconnect = lambda *a: setattr(self, "closed", True)
+        self.client.on_message = lambda c, u, m: self.replies.put(json.loads(m.payload))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.reason = self.connack.get(timeout=10)
+        if self.reason == 0:
+            self.client.subscribe(f"$aws/things/{name}/defender/metrics/json/+", qos=1)
+        else:
+            stop_network_loop(self.client)
+
+    def report(self, report_id: int) -> str:
+        """The status of the service's answer to one report."""
+        document = {"header": {"report_id": report_id, "version": "1.0"},
+                    "metrics": {"tcp_connections": {"established_connections": {"total": 1}}}}
+        self.client.publish(f"$aws/things/{self.name}/defender/metrics/json", json.dumps(document), qos=1)
+        return self.replies.get(timeout=10)["status"]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        stop_network_loop(self.client)
+
+
+def certificate_id(cert: Path) -> str:
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest()
+
+
+def test_a_certificate_no_longer_active_is_cut_off_and_refused(tls_service):
+    service, pki, port = tls_service
+    iot = service.client()
+    files = pki.issue("cut-off")
+    device, bystander = TlsDevice(port, pki, "cut-off", files), TlsDevice(port, pki, "bystander")
+    assert (device.reason, bystander.reason) == (0, 0)
+    assert device.report(1) == "ACCEPTED"
+
+    registered = iot.register_certificate(certificatePem=files[0].read_text(),
+                                          caCertificatePem=pki.ca_cert.read_text(), status="ACTIVE")
+    cert_id = certificate_id(files[0])
+    assert registered["certificateId"] == cert_id  # AWS's id: SHA-256 of the DER encoding
+    assert registered["certificateArn"] == f"arn:aws:iot:us-east-1:123456789012:cert/{cert_id}"
+    time.sleep(0.5)
+    assert not device.closed and device.report(2) == "ACCEPTED"  # ACTIVE: nothing changes
+
+    iot.update_certificate(certificateId=cert_id, newStatus="INACTIVE")
+    wait_for(lambda: device.closed, 5, "the inactive certificate's connection closed")
+    stop_network_loop(device.client)
+    assert TlsDevice(port, pki, "cut-off", files).reason == 135  # Not authorized (MQTT 3.1.1 rc 5)
+    assert not bystander.closed and bystander.report(1) == "ACCEPTED"
+
+    iot.update_certificate(certificateId=cert_id, newStatus="ACTIVE")
+    connected: list[TlsDevice] = []
+    wait_for(lambda: connected.append(attempt := TlsDevice(port, pki, "cut-off", files)) or attempt.reason == 0, 5,
+             "the certificate accepted again")
+    device = connected[-1]
+    assert device.report(3) == "ACCEPTED"
+
+    iot.update_certificate(certificateId=cert_id, newStatus="REVOKED")
+    wait_for(lambda: device.closed, 5, "the revoked certificate's connection closed")
+    stop_network_loop(device.client)
+    with pytest.raises(iot.exceptions.CertificateStateException):
+        iot.update_certificate(certificateId=cert_id, newStatus="ACTIVE")
+    described = iot.describe_certificate(certificateId=cert_id)["certificateDescription"]
+    assert described["status"] == "REVOKED" and described["customerVersion"] == 4
+    assert described["caCertificateId"] == certificate_id(pki.ca_cert)
+
+    # Deleted, it is unknown to the API and still refused: the CA's signature alone would let it in.
+    iot.delete_certificate(certificateId=cert_id)
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.describe_certificate(certificateId=cert_id)
+    assert TlsDevice(port, pki, "cut-off", files).reason == 135
+
+    # A certificate it does not know is the CA's to decide; a new one for the same thing connects.
+    replacement = TlsDevice(port, pki, "cut-off")
+    assert replacement.reason == 0 and replacement.report(4) == "ACCEPTED"
+    for open_device in (replacement, bystander):
+        open_device.close()
+
+
+def test_a_leaked_certificate_registered_as_revoked_never_connects_and_a_restart_keeps_it(tls_service):
+    service, pki, port = tls_service
+    iot = service.client()
+    files = pki.issue("leaked")
+    device = TlsDevice(port, pki, "leaked", files)
+    assert device.reason == 0
+    iot.register_certificate_without_ca(certificatePem=files[0].read_text(), status="REVOKED")
+    wait_for(lambda: device.closed, 5, "the leaked certificate's connection closed")
+    stop_network_loop(device.client)
+    service.restart()
+    assert TlsDevice(port, pki, "leaked", files).reason == 135
+    described = iot.describe_certificate(certificateId=certificate_id(files[0]))["certificateDescription"]
+    assert (described["status"], described["certificateMode"]) == ("REVOKED", "SNI_ONLY")
+    assert "caCertificateId" not in described
+
+
+def test_certificate_operations_answer_as_aws_does(tls_service):
+    service, pki, _port = tls_service
+    iot = service.client()
+    pems = [pki.issue(f"listed-{n}")[0].read_text() for n in range(5)]
+    ids = [iot.register_certificate_without_ca(certificatePem=pem)["certificateId"] for pem in pems]
+    # Without a status, a registered certificate is INACTIVE (RegisterCertificate's setAsActive too).
+    assert {iot.describe_certificate(certificateId=i)["certificateDescription"]["status"] for i in ids} == {"INACTIVE"}
+    with pytest.raises(iot.exceptions.ResourceAlreadyExistsException):
+        iot.register_certificate_without_ca(certificatePem=pems[0])
+    with pytest.raises(iot.exceptions.CertificateValidationException):
+        iot.register_certificate_without_ca(certificatePem="-----BEGIN CERTIFICATE-----\nnot one\n-----END CERTIFICATE-----")
+    (pki.root / "other").mkdir()
+    other_ca = Pki(pki.root / "other", "127.0.0.1")
+    with pytest.raises(iot.exceptions.CertificateValidationException):
+        iot.register_certificate(certificatePem=other_ca.issue("stranger")[0].read_text(),
+                                 caCertificatePem=pki.ca_cert.read_text())
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.describe_certificate(certificateId="0" * 64)
+    with pytest.raises(iot.exceptions.InvalidRequestException):
+        iot.update_certificate(certificateId=ids[0], newStatus="PENDING_TRANSFER")
+    active = iot.register_certificate(certificatePem=pki.issue("kept")[0].read_text(), setAsActive=True)
+    with pytest.raises(iot.exceptions.CertificateStateException):
+        iot.delete_certificate(certificateId=active["certificateId"])
+
+    # Newest first unless asked; every page continues where the last ended.
+    for ascending in (False, True):
+        listed = [c for page in iot.get_paginator("list_certificates").paginate(
+            ascendingOrder=ascending, PaginationConfig={"PageSize": 2}) for c in page["certificates"]]
+        mine = [c["certificateId"] for c in listed if c["certificateId"] in ids]
+        assert mine == (ids if ascending else ids[::-1])
+        assert len({c["certificateId"] for c in listed}) == len(listed)
+    with pytest.raises(iot.exceptions.InvalidRequestException):
+        iot.list_certificates(pageSize=2, marker="bogus")
+
+
+def test_a_certificate_updated_through_one_node_is_cut_off_on_another(jetstream, postgres, tmp_path):
+    """Cluster mode: every broker node refuses what any api node was told (a NATS notice; each
+    node's Mosquitto holds the list)."""
+    pki = Pki(tmp_path, "127.0.0.1")
+    url = postgres.create_database(f"certcluster{time.time_ns()}")
+    nodes, tls_ports = [], []
+    for name in ("a", "b"):
+        tls_ports.append(free_port())
+        nodes.append(ServiceProcess(data_dir=tmp_path / name, database_url=url, extra_args=[
+            "--cluster-url", jetstream.urls[0], "--mqtt-auth", "cert", "--mqtt-tls-port", str(tls_ports[-1]),
+            "--mqtt-ca", str(pki.ca_cert), "--mqtt-cert", str(pki.server_cert), "--mqtt-key", str(pki.server_key),
+            "--report-min-interval", "0"]))
+    for node in nodes:
+        node.start()
+    try:
+        files = pki.issue("roaming")
+        device = TlsDevice(tls_ports[1], pki, "roaming", files)
+        assert device.reason == 0
+        wait_for(lambda: device.report(1) == "ACCEPTED", 20, "a report accepted through node b")
+        iot = nodes[0].client()
+        cert_id = iot.register_certificate(certificatePem=files[0].read_text(), status="ACTIVE")["certificateId"]
+        iot.update_certificate(certificateId=cert_id, newStatus="REVOKED")
+        wait_for(lambda: device.closed, 5, "node b closed the revoked certificate's connection")
+        stop_network_loop(device.client)
+        for port in tls_ports:
+            assert TlsDevice(port, pki, "roaming", files).reason == 135
+        # A node that starts afterwards reads the list before its first CONNECT.
+        nodes[1].restart()
+        assert TlsDevice(tls_ports[1], pki, "roaming", files).reason == 135
+    finally:
+        for node in nodes:
+            node.stop()
