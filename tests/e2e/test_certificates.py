@@ -209,3 +209,37 @@ def test_a_certificate_updated_through_one_node_is_cut_off_on_another(jetstream,
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_the_console_cuts_a_device_off_from_its_page(tls_service):
+    """The device page lists the certificates registered with the thing's name; its buttons are
+    UpdateCertificate, behind the session and the CSRF token."""
+    from tests.e2e.test_console_http import logged_in
+
+    service, pki, port = tls_service
+    client, token = logged_in(service)
+    iot = service.client()
+    files = pki.issue("console-cut")
+    device = TlsDevice(port, pki, "console-cut", files)
+    assert device.report(1) == "ACCEPTED"
+    cert_id = iot.register_certificate(certificatePem=files[0].read_text(), status="ACTIVE")["certificateId"]
+    page = client.get("/console/things/console-cut")
+    assert page.status_code == 200 and f'data-certificate="{cert_id}"' in page.text
+    assert ">Deactivate</button>" in page.text and ">Revoke</button>" in page.text
+
+    action = f"/console/certificates/{cert_id}/status"
+    assert client.post(action, data={"newStatus": "INACTIVE", "thing": "console-cut"}).status_code == 403
+    refused = client.post(action, data={"csrf": token, "newStatus": "PENDING_TRANSFER", "thing": "console-cut"})
+    assert refused.status_code == 400 and "InvalidRequestException" in refused.text
+    assert not device.closed
+    done = client.post(action, data={"csrf": token, "newStatus": "INACTIVE", "thing": "console-cut"})
+    assert done.status_code == 303 and done.headers["location"] == "/console/things/console-cut"
+    wait_for(lambda: device.closed, 5, "the deactivated certificate's connection closed")
+    stop_network_loop(device.client)
+    page = client.get("/console/things/console-cut")
+    assert '<td class="status">INACTIVE</td>' in page.text and ">Activate</button>" in page.text
+    assert client.post(action, data={"csrf": token, "newStatus": "REVOKED", "thing": "console-cut"}).status_code == 303
+    page = client.get("/console/things/console-cut")
+    assert '<td class="status">REVOKED</td>' in page.text and "</button></form>" not in page.text.split('id="certificates"')[1].split("</table>")[0]
+    unknown = client.post(f"/console/certificates/{'f' * 64}/status", data={"csrf": token, "newStatus": "INACTIVE"})
+    assert unknown.status_code == 404

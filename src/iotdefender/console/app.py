@@ -11,7 +11,7 @@ from starlette.staticfiles import StaticFiles
 from iotdefender.alerts.routes import AlertRoutes
 from iotdefender.api.app import ApiService
 from iotdefender.api.http_metrics import EXCEPTION_HANDLERS
-from iotdefender.console import (auth, builder, bulk_verification, devices, evidence, forms, live, mitigation,
+from iotdefender.console import (auth, builder, bulk_verification, certificates, devices, evidence, forms, live, mitigation,
                                  pages, profile_detail, resources)
 from iotdefender.console.context import STATIC_DIR, ConsoleContext
 from iotdefender.console.security import SecurityHeaders
@@ -28,7 +28,7 @@ def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: flo
     a, p, f, lv = auth.routes(console), pages.routes(console), forms.routes(console), live.routes(console)
     d, r, dv = profile_detail.routes(console), resources.routes(console), devices.routes(console)
     ev, bv = evidence.routes(console), bulk_verification.routes(console)
-    b, m = builder.routes(console), mitigation.routes(console)
+    b, m, c = builder.routes(console), mitigation.routes(console), certificates.routes(console)
 
     app = Starlette(
         routes=[
@@ -39,6 +39,7 @@ def create_console(api: ApiService, monitoring: MonitoringIndex, time_scale: flo
             Route("/metrics", p["metrics"]),
             Route("/things", dv["devices"]),
             Route("/things/{name:path}", p["thing"]),
+            Route("/certificates/{certificate_id}/status", c["update_status"], methods=["POST"]),
             Route("/profiles", p["profiles"]),
             Route("/profiles/new", f["new_profile"], methods=["GET", "POST"]),
             Route("/profiles/{name}/delete", f["delete_profile"], methods=["POST"]),

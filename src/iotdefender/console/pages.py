@@ -26,7 +26,7 @@ from iotdefender.console.context import ConsoleContext
 from iotdefender.console.writes import Refused
 from iotdefender.controlplane import hierarchy
 from iotdefender.metrics_catalog import AWAY_SERIES, BUILTIN_METRICS
-from iotdefender.store import history, insights, latest_values, metric_values, registry
+from iotdefender.store import certificates, history, insights, latest_values, metric_values, registry
 
 T = TypeVar("T")
 PAGE_SIZE = 50
@@ -160,6 +160,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             other: dict[str, Any] = {}
             with console.engine.connect() as conn:
                 last_report = insights.last_report_at(conn, name)
+                held = certificates.of_common_name(conn, name)
                 for key in sorted(console.monitoring.retained_metrics(name) - {AWAY_SERIES}):  # not a metric
                     points, last_other = _chart(conn, name, key, start, end)
                     if points:
@@ -180,7 +181,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
                 marks = add_away_periods(marks, away, {key: [p[0] for p in points] for key, points in series.items()})
             return {"profiles": profiles, "active": active, "events": events, "series": series, "marks": marks,
                     "other": other, "described": described, "targets": console.monitoring.targets_of(name),
-                    "last_report": last_report}
+                    "last_report": last_report, "certificates": held}
 
         try:
             data = await sync(read)

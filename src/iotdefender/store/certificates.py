@@ -45,6 +45,16 @@ def page(conn: Connection, after: tuple[float, str] | None, limit: int, ascendin
     return [dict(row) for row in conn.execute(query.limit(limit)).mappings()]
 
 
+def of_common_name(conn: Connection, common_name: str) -> list[dict[str, Any]]:
+    """The registered certificates naming ``common_name`` (a thing's, under ``--mqtt-auth cert``),
+    newest first; deleted ones left out."""
+    rows = conn.execute(sa.select(certificates.c.certificate_id, certificates.c.status, certificates.c.not_after,
+                                  certificates.c.creation_date)
+                        .where(certificates.c.common_name == common_name, certificates.c.status != DELETED)
+                        .order_by(certificates.c.creation_date.desc()))
+    return [dict(row) for row in rows.mappings()]
+
+
 def refused(conn: Connection) -> dict[str, str]:
     """{certificate id: common name ("" if none)} of every certificate that may not connect: any
     status but ACTIVE, deleted ones included."""

@@ -557,4 +557,5 @@ certificates = sa.Table(
     sa.Column("last_modified_date", EPOCH, nullable=False),
     sa.Index("ix_certificates_created", "creation_date", "certificate_id"),
     sa.Index("ix_certificates_status", "status"),
+    sa.Index("ix_certificates_common_name", "common_name"),
 )

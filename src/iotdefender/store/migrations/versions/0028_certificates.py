@@ -35,9 +35,11 @@ def upgrade() -> None:
     )
     op.create_index('ix_certificates_created', 'certificates', ['creation_date', 'certificate_id'], unique=False)
     op.create_index('ix_certificates_status', 'certificates', ['status'], unique=False)
+    op.create_index('ix_certificates_common_name', 'certificates', ['common_name'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index('ix_certificates_common_name', table_name='certificates')
     op.drop_index('ix_certificates_status', table_name='certificates')
     op.drop_index('ix_certificates_created', table_name='certificates')
     op.drop_table('certificates')
