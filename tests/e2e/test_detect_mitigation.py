@@ -255,6 +255,7 @@ def test_bad_tasks_get_aws_errors_and_a_finished_task_cannot_be_canceled(service
     for request, match in [
         ({"actions": [f"{name}-cert"]}, "ADD_THINGS_TO_THING_GROUP"),
         ({"actions": [f"{name}-none"]}, "does not exist"),
+        ({"actions": [f"{name}-act", f"{name}-act"]}, "more than once"),
         ({"target": {"violationIds": ["no-such-violation"]}}, "no-such-violation"),
         ({"target": {}}, "either"),
         ({"target": {"violationIds": [violation], "securityProfileName": name}}, "either"),

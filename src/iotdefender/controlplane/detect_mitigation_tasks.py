@@ -22,6 +22,7 @@ Where AWS is silent (docs/api-behaviour.md, "Detect mitigation"):
 - ListDetectMitigationActionsExecutions's ``startTime``/``endTime`` select by the start of the
   executions' task (AWS: either they or ``taskId``, not both).
 - The same task id and token with other parameters is TaskAlreadyExistsException, not the old task.
+- An action named twice in ``actions`` is InvalidRequestException.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def _check_target(conn: Any, target: Params) -> None:
 
 
 def _definitions(conn: Any, names: list[str]) -> list[Params]:
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # it would be applied twice to each violation's thing, the second time for nothing
+        raise invalid_request(f"actions lists {', '.join(twice)} more than once")
     found = []
     for name in names:
         row = catalog.get(conn, "mitigation_action", name)
