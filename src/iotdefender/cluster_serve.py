@@ -49,7 +49,7 @@ from iotdefender.cloud import cluster_windows
 from iotdefender.cloud.cluster_windows import WindowCollector, WindowPublisher
 from iotdefender.cloud.nats_events import NatsEventReader
 from iotdefender.cluster.alone import run_while_held
-from iotdefender.cluster.control import ControlNotices
+from iotdefender.cluster.control import ControlNotices, KeyedNotices
 from iotdefender.cluster.database_reach import GRACE_TTLS, DatabaseReach
 from iotdefender.cluster import fleet_statistics
 from iotdefender.cluster.fleet_statistics import KvSharedWindows
@@ -96,7 +96,7 @@ from iotdefender.service import (
     sweep_loop,
     validate,
 )
-from iotdefender.controlplane.certificates import WRITES as CERTIFICATE_WRITES
+from iotdefender.controlplane.certificates import WRITES as CERTIFICATE_WRITES, written_certificate
 from iotdefender.controlplane.mitigation_execution import MitigationRunner
 from iotdefender.settings import Settings, without_password
 from iotdefender.store.advisory import EXTERNAL_INTAKE, NATS_EVENTS
@@ -338,11 +338,16 @@ async def broker_role(settings: Settings, nc: Client, topology: Topology, node_i
 CERTIFICATES_SUBJECT = "iotdefender.certificates.changed"
 
 
-def certificates_written(notices: ControlNotices) -> Callable[[str, Any], None]:
-    """The API's write listener that tells every node's broker the certificates changed."""
-    def written(operation_name: str, _params: Any = None) -> None:
+def ignore_keys(_keys: list[str]) -> None:
+    """A node without a broker has no certificates to refuse."""
+
+
+def certificates_written(notices: KeyedNotices) -> Callable[[str, Any], None]:
+    """The API's write listener that tells every node's broker which certificate changed."""
+    def written(operation_name: str, params: Any = None) -> None:
         if operation_name in CERTIFICATE_WRITES:
-            notices.changed()
+            certificate_id = written_certificate(operation_name, params)
+            notices.publish([certificate_id] if certificate_id is not None else [])
     return written
 
 
@@ -519,7 +524,8 @@ async def serve_cluster(settings: Settings) -> None:
     health = DatabaseHealth.of(engine)
     monitoring = MonitoringIndex(engine, context.arn(""))
     node_id = new_node_id()
-    notices: list[ControlNotices] = []  # the notices need the connection, the connection their reconnect hook
+    # The notices need the connection, the connection their reconnect hook.
+    notices: list[ControlNotices | KeyedNotices] = []
 
     def reconnected() -> None:
         for notice in notices:
@@ -552,11 +558,12 @@ async def serve_cluster(settings: Settings) -> None:
                                               flags.is_live)
                                   if "detect" in roles else (None, None, []))
     # The sweep last: it reads the control plane the caches before it were dropped for.
-    notices.append(ControlNotices(nc, node_id, [monitoring.invalidate] +
-                                  ([detection.invalidate_models, swept] if detection is not None else [])))
-    await notices[0].start()
+    control_notices = ControlNotices(nc, node_id, [monitoring.invalidate] +
+                                     ([detection.invalidate_models, swept] if detection is not None else []))
+    notices.append(control_notices)
+    await control_notices.start()
     if detection is not None:
-        loops.append(ml_training(settings, engine, monitoring, on_published=published_models(detection, notices[0]),
+        loops.append(ml_training(settings, engine, monitoring, on_published=published_models(detection, control_notices),
                                  alone=True))
     devices = (await broker_role(settings, nc, topology, node_id, engine, monitoring, health,
                                  lambda: version_to_write(flags.announced(READS_ANNOUNCEMENT)), peers_read)
@@ -564,7 +571,8 @@ async def serve_cluster(settings: Settings) -> None:
     # Certificates registered or updated through any api node: every broker node's Mosquitto
     # refuses those not ACTIVE within the notice's delivery (and CertificateGate's period at worst).
     gate = devices.certificates if devices is not None else None
-    certificate_notices = ControlNotices(nc, node_id, [gate.changed] if gate else [], subject=CERTIFICATES_SUBJECT)
+    certificate_notices = KeyedNotices(nc, CERTIFICATES_SUBJECT, gate.changed if gate else ignore_keys,
+                                       gate.changed if gate else lambda: None)
     notices.append(certificate_notices)
     await certificate_notices.start()
     if gate is not None:
@@ -577,7 +585,7 @@ async def serve_cluster(settings: Settings) -> None:
         backtests = BacktestJobs(context, monitoring, settings.time_scale, settings.effective_invalidation_period,
                                  settings.backtest_max_datapoints)
         warn_unreached_topics(engine, routes)
-        changed = (monitoring.invalidate, notices[0].changed)
+        changed = (monitoring.invalidate, control_notices.changed)
         mitigations = MitigationRunner(context, node_id, on_change=lambda: call_each(changed))
         loops.append(mitigations.run())
         api = ApiService(context, credentials, on_change=changed, health=health,

@@ -64,3 +64,40 @@ class ControlNotices:
             await self._nc.publish(self._subject, self._node_id.encode())
         except Exception as error:  # this node's caches are dropped already; the others' after their reconnect
             log.warning("cluster.control_notice_not_sent", error=repr(error))
+
+
+class KeyedNotices:
+    """Notices that name what changed (certificate ids, ``brokers/certificate_gate.py``): each node
+    reads again only that. Like ``ControlNotices`` they are at most once, so a node that may have
+    missed some (its NATS connection came back: ``apply``) reads everything again."""
+
+    def __init__(self, nc: Client, subject: str, on_keys: Callable[[list[str]], None],
+                 on_missed: Callable[[], None]) -> None:
+        self._nc, self._subject, self._on_keys, self._on_missed = nc, subject, on_keys, on_missed
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+        async def notice(msg: Msg) -> None:
+            keys = [key for key in msg.data.decode(errors="replace").split(",") if key]
+            self._on_keys(keys) if keys else self._on_missed()
+
+        await self._nc.subscribe(self._subject, cb=notice)
+
+    def apply(self) -> None:
+        """Everything may have changed (the reconnection hook ``ControlNotices`` shares)."""
+        self._on_missed()
+
+    def publish(self, keys: Sequence[str]) -> None:
+        """Tell every node, this one included, that ``keys`` changed (from any thread; none: anything)."""
+        loop = self._loop
+        if loop is not None:
+            payload = ",".join(keys).encode()
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._publish(payload)))
+
+    async def _publish(self, payload: bytes) -> None:
+        try:
+            await self._nc.publish(self._subject, payload)
+        except Exception as error:  # the other nodes read everything again within their period
+            log.warning("cluster.keyed_notice_not_sent", subject=self._subject, error=repr(error))

@@ -56,6 +56,19 @@ def certificate_id_of(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def written_certificate(operation_name: str, params: Params | None) -> str | None:
+    """The id of the certificate a successful write of ``operation_name`` (one of ``WRITES``)
+    changed; None when it cannot be told (the caller then reads every certificate)."""
+    if not params:
+        return None
+    if "certificateId" in params:
+        return _normal_id(str(params["certificateId"]))
+    try:
+        return certificate_id_of(_parsed(params["certificatePem"], "certificatePem").public_bytes(Encoding.DER))
+    except (KeyError, ApiError):
+        return None
+
+
 def _state_error(message: str) -> ApiError:
     return ApiError("CertificateStateException", message)
 
@@ -129,8 +142,13 @@ def register_certificate_without_ca(ctx: ServiceContext, params: Params) -> Para
     return _register(ctx, params, None, "SNI_ONLY")
 
 
+def _normal_id(certificate_id: str) -> str:
+    """The model's pattern ``(0x)?[a-fA-F0-9]+``: stored in lowercase, without the prefix."""
+    return certificate_id.lower().removeprefix("0x")
+
+
 def _require(conn: Any, certificate_id: str) -> dict[str, Any]:
-    row = certificates.get(conn, certificate_id.lower().removeprefix("0x"))
+    row = certificates.get(conn, _normal_id(certificate_id))
     if row is None:
         raise not_found(f"Certificate {certificate_id} does not exist")
     return row

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,6 +15,7 @@ from iotdefender.store.schema import certificates
 ACTIVE = "ACTIVE"
 #: A deleted certificate's row: hidden from the API, still refused by the broker.
 DELETED = "DELETED"
+_IN_BATCH = 500  # ids in one IN (...) list
 
 
 def get(conn: Connection, certificate_id: str, *, deleted_too: bool = False) -> dict[str, Any] | None:
@@ -55,9 +57,14 @@ def of_common_name(conn: Connection, common_name: str) -> list[dict[str, Any]]:
     return [dict(row) for row in rows.mappings()]
 
 
-def refused(conn: Connection) -> dict[str, str]:
-    """{certificate id: common name ("" if none)} of every certificate that may not connect: any
-    status but ACTIVE, deleted ones included."""
-    rows = conn.execute(sa.select(certificates.c.certificate_id, certificates.c.common_name)
-                        .where(certificates.c.status != ACTIVE))
-    return {certificate_id: common_name or "" for certificate_id, common_name in rows}
+def refused(conn: Connection, among: Sequence[str] | None = None) -> dict[str, str]:
+    """{certificate id: common name ("" if none)} of every certificate that may not connect (any
+    status but ACTIVE, deleted ones included), or of those of ``among`` that may not."""
+    query = sa.select(certificates.c.certificate_id, certificates.c.common_name).where(certificates.c.status != ACTIVE)
+    if among is None:
+        return {certificate_id: common_name or "" for certificate_id, common_name in conn.execute(query)}
+    found: dict[str, str] = {}
+    for start in range(0, len(among), _IN_BATCH):
+        rows = conn.execute(query.where(certificates.c.certificate_id.in_(among[start:start + _IN_BATCH])))
+        found.update((certificate_id, common_name or "") for certificate_id, common_name in rows)
+    return found
