@@ -21,7 +21,8 @@ from bench.fleet_worker import WorkerSpec, worker_main
 
 class Fleet:
     def __init__(self, host: str, port: int | Sequence[int], devices: int, payloads: tuple[bytes, bytes],
-                 per_process: int = 4000, min_processes: int = 2) -> None:
+                 per_process: int = 4000, min_processes: int = 2, tls: tuple[str, str] | None = None,
+                 backoff_s: tuple[float, float] | None = None) -> None:
         """``port`` may list several brokers (a cluster's broker nodes): process ``i`` connects to
         ``ports[i % len(ports)]``, so devices and load are spread evenly over them."""
         self.size = devices
@@ -33,7 +34,8 @@ class Fleet:
         for index in range(count):
             things = [f"dev{n}" for n in range(index, devices, count)]
             spec = WorkerSpec(index=index, things=things, source=f"127.0.0.{2 + index}", host=host,
-                              port=ports[index % len(ports)])
+                              port=ports[index % len(ports)], tls=tls,
+                              **({"backoff_s": backoff_s} if backoff_s else {}))
             parent, child = context.Pipe()
             process = context.Process(target=worker_main, args=(child, spec, payloads), daemon=True,
                                       name=f"fleet-{index}")
@@ -112,6 +114,14 @@ class Fleet:
                 raise TimeoutError(f"load generator {process.name} did not answer {command!r} in {timeout:.0f} s")
             answers.append(pipe.recv())
         return answers
+
+    def losses(self) -> dict[str, tuple[float | None, int]]:
+        """{thing: (when its subscribed connection was lost, CLOCK_MONOTONIC; its refused CONNACKs)}
+        of the devices down now."""
+        merged: dict[str, tuple[float | None, int]] = {}
+        for answer in self.ask("losses", timeout=30):
+            merged.update(answer)
+        return merged
 
     def arm_storm(self) -> None:
         self.ask("arm_storm", timeout=10)

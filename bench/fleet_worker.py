@@ -16,6 +16,7 @@ import gc
 import os
 import random
 import re
+import ssl
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -39,6 +40,14 @@ class WorkerSpec:
     host: str
     port: int
     max_handshakes: int = 256  # connects in progress at once in this process (the listen backlog is finite)
+    #: Mutual TLS: (the broker's CA file, a directory of THING.pem and THING.key), each device with
+    #: its own certificate (--mqtt-auth cert); None: plain TCP.
+    tls: tuple[str, str] | None = None
+    #: Reconnect backoff (first delay, cap), doubled after each failure and jittered. The default
+    #: cap is short so that a storm measures the broker, not the devices' waiting; AWS IoT's SDKs
+    #: start at 1 s and stop doubling at 128 s (the iOS SDK's AWSIoTMQTTConfiguration documents it),
+    #: which a refused device then really does.
+    backoff_s: tuple[float, float] = (0.25, BACKOFF_CAP_S)
 
 
 class Device(asyncio.Protocol):
@@ -55,6 +64,12 @@ class Device(asyncio.Protocol):
         self.lost = asyncio.Event()
         self.packet_id = 1
         self.refused = 0
+        self.lost_at: float | None = None  # CLOCK_MONOTONIC: the last time a subscribed connection ended
+        self.tls: ssl.SSLContext | None = None
+        if fleet.spec.tls is not None:
+            ca_file, directory = fleet.spec.tls
+            self.tls = ssl.create_default_context(cafile=ca_file)
+            self.tls.load_cert_chain(os.path.join(directory, f"{thing}.pem"), os.path.join(directory, f"{thing}.key"))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -85,6 +100,8 @@ class Device(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         was_up = self.subscribed.is_set()
+        if was_up:
+            self.lost_at = time.monotonic()
         self.transport = None
         self.subscribed.clear()
         self.lost.set()
@@ -134,7 +151,7 @@ class LocalFleet:
                 self.attempts += 1
                 try:
                     await loop.create_connection(lambda: device, self.spec.host, self.spec.port,
-                                                 local_addr=(self.spec.source, 0))
+                                                 local_addr=(self.spec.source, 0), ssl=device.tls)
                     await asyncio.wait_for(self.wait_up_or_lost(device), HANDSHAKE_TIMEOUT_S)
                 except (OSError, asyncio.TimeoutError):
                     pass
@@ -148,9 +165,9 @@ class LocalFleet:
                 failures_in_row += 1
             if not self.running:
                 return
-            # Jittered exponential backoff (AWS SDK style), capped at BACKOFF_CAP_S so that the storm
-            # measures how fast the broker takes the fleet back rather than how long devices wait.
-            await asyncio.sleep(min(BACKOFF_CAP_S, 0.25 * 2 ** min(failures_in_row, 5)) * random.uniform(0.2, 1.0))
+            # Jittered exponential backoff (AWS SDK style; ``backoff_s``).
+            first, cap = self.spec.backoff_s
+            await asyncio.sleep(min(cap, first * 2 ** min(failures_in_row, 10)) * random.uniform(0.2, 1.0))
 
     @staticmethod
     async def wait_up_or_lost(device: Device) -> None:
@@ -325,6 +342,8 @@ async def _serve(conn: Connection, spec: WorkerSpec, payloads: tuple[bytes, byte
             reply = await fleet.wait_storm(*args)
         elif command == "status":
             reply = {"up": fleet.up_count}
+        elif command == "losses":  # the devices down now: when each lost its connection, its refusals
+            reply = {d.thing: (d.lost_at, d.refused) for d in fleet.devices if not d.up}
         else:
             reply = {"error": f"unknown command {command}"}
         # Between phases, before answering (so outside any measured interval): what the phase left
