@@ -26,6 +26,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import json
+import secrets
 import sys
 import tempfile
 import threading
@@ -44,7 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import environment  # noqa: E402
 from bench.fleet import Fleet, percentile  # noqa: E402
 from bench.fleet_workload import configure, report_template  # noqa: E402
-from tests.support.processes import PostgresCluster, ServiceProcess, free_port  # noqa: E402
+from bench.process_usage import rss_bytes  # noqa: E402
+from iotdefender.store.database import create_engine, sqlite_url  # noqa: E402
+from iotdefender.store.schema import certificates  # noqa: E402
+from tests.support.processes import PostgresCluster, ServiceProcess, free_port, mosquitto_children  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -86,6 +90,21 @@ def register_all(iot: Any, directory: Path, devices: int) -> dict[str, str]:  # 
         return dict(pool.map(register, range(devices)))
 
 
+def add_revoked(url: str, count: int) -> None:
+    """``count`` revoked certificates of devices not in the fleet (random ids), written straight
+    into the database: the list every broker holds, as after years of revocations."""
+    engine = create_engine(url)
+    now = time.time()
+    rows = [{"certificate_id": secrets.token_hex(32), "arn": "arn:aws:iot:us-east-1:123456789012:cert/x",
+             "pem": "-", "common_name": f"gone{n}", "status": "REVOKED", "certificate_mode": "SNI_ONLY",
+             "not_before": now, "not_after": now, "customer_version": 1, "generation_id": "-",
+             "creation_date": now, "last_modified_date": now} for n in range(count)]
+    with engine.begin() as conn:
+        for start in range(0, len(rows), 5000):
+            conn.execute(certificates.insert(), rows[start:start + 5000])
+    engine.dispose()
+
+
 def revoke(make_client: Any, ids: dict[str, str], things: list[str], callers: int) -> dict[str, tuple[float, float]]:
     """UpdateCertificate REVOKED for each thing's certificate, ``callers`` at once: {thing: (start, end)}
     in CLOCK_MONOTONIC (the load generators' clock)."""
@@ -110,6 +129,8 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=4)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--load-seconds", type=float, default=10.0)
+    parser.add_argument("--refused-before", type=int, default=0,
+                        help="revoked certificates of other devices already in the database")
     # A refused device retries: AWS IoT's SDKs from 1 s, doubling to 128 s (bench/fleet_worker.py).
     parser.add_argument("--backoff-first", type=float, default=1.0)
     parser.add_argument("--backoff-cap", type=float, default=128.0)
@@ -134,6 +155,12 @@ def main() -> None:
     service.start()
     fleet = None
     try:
+        # Restarted with the list of refused certificates in the database (read whole at start).
+        service.stop()
+        add_revoked(url or sqlite_url(root / "service"), args.refused_before)
+        started = time.monotonic()
+        service.start()
+        start_s = time.monotonic() - started
         iot = service.client()
         configure(iot)
         started = time.monotonic()
@@ -142,6 +169,7 @@ def main() -> None:
         fleet = Fleet("127.0.0.1", tls_port, args.devices, report_template(), per_process=1000,
                       tls=(str(pki / "ca.pem"), str(pki)), backoff_s=(args.backoff_first, args.backoff_cap))
         connected = fleet.connect(timeout=300)
+        mosquitto_rss = sum(rss_bytes(pid) for pid in mosquitto_children(service.process.pid))
         baseline = fleet.open_loop(args.rate, args.load_seconds, 1, drain_s=20)
 
         revoked = [f"dev{n}" for n in range(0, args.devices, max(1, args.devices // args.revoke))][:args.revoke]
@@ -163,7 +191,8 @@ def main() -> None:
         call_ms = sorted((end - start) * 1000 for start, end in calls.values())
         result = {
             "benchmark": "certificates", "database": args.database, "devices": args.devices,
-            "revoked": len(revoked), "callers": args.callers,
+            "revoked": len(revoked), "callers": args.callers, "refused_before": args.refused_before,
+            "service_start_s": round(start_s, 2), "mosquitto_rss_mb_connected": round(mosquitto_rss / 2**20, 1),
             "pki_s": round(pki_s, 1), "register_s": round(register_s, 1),
             "registrations_per_s": round(args.devices / register_s, 1), "connect": connected,
             "revocation_s": round(max(e for _, e in calls.values()) - min(s for s, _ in calls.values()), 2),
@@ -183,7 +212,8 @@ def main() -> None:
             phase.pop("p99_ms_by_second", None)
         print(json.dumps(result, indent=2))
         RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"certificates-{args.database}-{args.devices}x{len(revoked)}-{result['date']}.json"
+        listed = f"-list{args.refused_before}" if args.refused_before else ""
+        out = RESULTS / f"certificates-{args.database}-{args.devices}x{len(revoked)}{listed}-{result['date']}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"written {out}")
     finally:
