@@ -6,6 +6,7 @@ REVOKED closes the device's connection and refuses its next CONNECTs, while othe
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import queue
@@ -15,6 +16,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.support.certificates import Pki
 from tests.support.mqtt import stop_network_loop
@@ -69,6 +74,16 @@ class TlsDevice:
     def close(self) -> None:
         self.client.disconnect()
         stop_network_loop(self.client)
+
+
+def self_signed(common_name: str) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+                   .sign(key, hashes.SHA256()))
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def certificate_id(cert: Path) -> str:
@@ -160,6 +175,9 @@ def test_certificate_operations_answer_as_aws_does(tls_service):
                                  caCertificatePem=pki.ca_cert.read_text())
     with pytest.raises(iot.exceptions.ResourceNotFoundException):
         iot.describe_certificate(certificateId="0" * 64)
+    # A common name with a NUL (no client can have it; PostgreSQL cannot store it) is registered.
+    odd = iot.register_certificate_without_ca(certificatePem=self_signed("a\x00b"), status="REVOKED")
+    assert iot.describe_certificate(certificateId=odd["certificateId"])["certificateDescription"]["status"] == "REVOKED"
     with pytest.raises(iot.exceptions.InvalidRequestException):
         iot.update_certificate(certificateId=ids[0], newStatus="PENDING_TRANSFER")
     active = iot.register_certificate(certificatePem=pki.issue("kept")[0].read_text(), setAsActive=True)

@@ -90,7 +90,8 @@ def _common_name(certificate: x509.Certificate) -> str | None:
     except ValueError:
         return None
     value = names[0].value if names else None
-    return value if isinstance(value, str) else None
+    # One with a NUL names no client (the plugin refuses such a name), and PostgreSQL cannot store it.
+    return value if isinstance(value, str) and "\x00" not in value else None
 
 
 def _epoch(moment: dt.datetime) -> float:
