@@ -105,6 +105,15 @@ def test_non_ascii_bytes_in_the_signature_are_a_403(service):
         assert answer.headers["x-amzn-ErrorType"] == "InvalidSignatureException"
 
 
+def test_a_body_that_is_not_utf8_is_an_invalid_request(service):
+    """msgspec raises UnicodeDecodeError (not its DecodeError) for such bytes in a string: a 500."""
+    for path, body in (("/certificate/register-no-ca", b'{"certificatePem": "\xff\xfe"}'),
+                       ("/things/utf8", b'{"attributePayload": {"attributes": {"a": "\xc3"}}}')):
+        answer = send_signed("POST", service.endpoint + path, body, {"Content-Type": "application/json"})
+        assert answer.status_code == 400, answer.text
+        assert answer.headers["x-amzn-ErrorType"] == "InvalidRequestException" and "UTF-8" in answer.text
+
+
 def test_extension_endpoints_check_names_too(service):
     evidence = send_signed("GET", service.endpoint + "/_iotdefender/violations/a%00b/evidence")
     assert evidence.status_code == 400 and evidence.headers["x-amzn-ErrorType"] == "InvalidRequestException"

@@ -149,6 +149,8 @@ def _json_body(body: bytes) -> Any:
         raise invalid_request(f"The request body holds a number out of range ({error})") from None
     except msgspec.DecodeError:
         raise invalid_request("The request body is not valid JSON") from None
+    except UnicodeDecodeError:  # msgspec raises it for bytes that are not UTF-8 inside a string
+        raise invalid_request("The request body is not valid UTF-8") from None
     except RecursionError:  # orjson stopped at a depth of 1024; msgspec at Python's recursion limit
         raise invalid_request("The request body is nested too deeply") from None
 
