@@ -30,13 +30,14 @@ class RecordingBroker:
         self.denied: dict[str, str] = {}
         self.commands: list[tuple[str, str]] = []
 
-    def deny_certificate(self, certificate_id: str, common_name: str) -> None:
-        self.denied[certificate_id] = common_name
-        self.commands.append(("deny", certificate_id))
+    def deny_certificates(self, refused: dict[str, str]) -> None:
+        self.denied.update(refused)
+        self.commands += [("deny", certificate_id) for certificate_id in refused]
 
-    def allow_certificate(self, certificate_id: str) -> None:
-        self.denied.pop(certificate_id, None)
-        self.commands.append(("allow", certificate_id))
+    def allow_certificates(self, certificate_ids) -> None:  # type: ignore[no-untyped-def]
+        for certificate_id in certificate_ids:
+            self.denied.pop(certificate_id, None)
+            self.commands.append(("allow", certificate_id))
 
     @property
     def denied_certificates(self) -> dict[str, str]:

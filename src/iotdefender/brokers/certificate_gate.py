@@ -36,9 +36,9 @@ REFUSED_CERTIFICATES = Gauge("iotdefender_mqtt_refused_certificates",
 class RefusingBroker(Protocol):
     """What of the broker this needs (brokers/mosquitto/broker.py)."""
 
-    def deny_certificate(self, certificate_id: str, common_name: str) -> None: ...
+    def deny_certificates(self, refused: dict[str, str]) -> None: ...
 
-    def allow_certificate(self, certificate_id: str) -> None: ...
+    def allow_certificates(self, certificate_ids: Iterable[str]) -> None: ...
 
     @property
     def denied_certificates(self) -> dict[str, str]: ...
@@ -85,20 +85,18 @@ class CertificateGate:
         REFUSED_CERTIFICATES.set(len(self._broker.denied_certificates))
 
     def _apply(self, wanted: dict[str, str | None]) -> None:
-        """``wanted``: certificate id -> its common name if refused, None if not."""
+        """``wanted``: certificate id -> its common name if refused, None if not; what changes is
+        told to the broker in as few messages as hold it."""
         held = self._broker.denied_certificates
-        denied = allowed = 0
-        for certificate_id, common_name in wanted.items():
-            if common_name is None:
-                if certificate_id in held:
-                    self._broker.allow_certificate(certificate_id)
-                    allowed += 1
-            elif held.get(certificate_id) != common_name:
-                self._broker.deny_certificate(certificate_id, common_name)
-                denied += 1
+        denied = {key: name for key, name in wanted.items() if name is not None and held.get(key) != name}
+        allowed = [key for key, name in wanted.items() if name is None and key in held]
+        if denied:
+            self._broker.deny_certificates(denied)
+        if allowed:
+            self._broker.allow_certificates(allowed)
         if denied or allowed:
-            log.info("mqtt_certificates_refused", refused=len(held) + denied - allowed, newly_refused=denied,
-                     accepted_again=allowed)
+            log.info("mqtt_certificates_refused", refused=len(self._broker.denied_certificates),
+                     newly_refused=len(denied), accepted_again=len(allowed))
 
     def _read_all(self) -> dict[str, str]:
         with self._engine.connect() as conn:

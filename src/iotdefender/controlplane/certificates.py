@@ -5,7 +5,7 @@ Why they are here: the response to a Detect alarm on a compromised device is to 
 IoT's way is ``UpdateCertificate`` to INACTIVE or REVOKED, after which "devices cannot use a
 certificate that is not in the ACTIVE state to reconnect" and those connected are disconnected
 (AWS IoT API reference, UpdateCertificate). The broker enforces it here within milliseconds
-(brokers/certificate_gate.py, and the ``deny-certificate`` command of the Mosquitto plugin).
+(brokers/certificate_gate.py, and the ``deny-certificates`` command of the Mosquitto plugin).
 
 What differs from AWS IoT, and why (docs/api-behaviour.md, "Certificates"):
 

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from collections.abc import Iterable
 from typing import IO
 
 import anyio.to_thread
@@ -62,6 +63,8 @@ def _line_kind(line: str) -> str:
 
 EVENTS_TOPIC = "$iotdefender/events"
 CONTROL_TOPIC = "$iotdefender/control"
+#: Bytes of certificate commands in one control message: within the broker's packet limit.
+CONTROL_BATCH_BYTES = mosquitto_config.MAX_PACKET_BYTES - 1024
 REPORTS_TOPIC = "$iotdefender/reports"
 REPLIES_TOPIC = "$iotdefender/replies"
 _READY_TIMEOUT_S = 15.0
@@ -328,8 +331,8 @@ class MosquittoBroker:
         the replies the plugin did not say it published."""
         for client_id in sorted(self._refused):
             self._control("refuse", client_id)
-        for certificate_id, common_name in sorted(self._denied_certificates.items()):
-            self._control("deny-certificate", certificate_id + common_name)
+        self._certificate_commands("deny-certificates", [certificate_id + common_name for certificate_id, common_name
+                                                         in sorted(self._denied_certificates.items())])
         self._control("ready", self.client_id)
         if self._replies is not None:  # what the connection that broke did not deliver (frames.py)
             self._replies.send_again()
@@ -358,17 +361,34 @@ class MosquittoBroker:
     def refused(self) -> frozenset[str]:
         return frozenset(self._refused)
 
-    def deny_certificate(self, certificate_id: str, common_name: str) -> None:
-        """Refuse every CONNECT made with the certificate (``certificate_id``: the lowercase hex
-        SHA-256 of its DER encoding), and close the connection of ``common_name`` (the client id a
-        certificate names under ``--mqtt-auth cert``) if it was made with it."""
-        self._denied_certificates[certificate_id] = common_name
+    def deny_certificates(self, refused: dict[str, str]) -> None:
+        """Refuse every CONNECT made with these certificates ({id: common name}; the id is the
+        lowercase hex SHA-256 of its DER encoding), and close the connection of the common name (the
+        client id a certificate names under ``--mqtt-auth cert``) if it was made with it."""
+        self._denied_certificates.update(refused)
         if self._client is not None:  # else sent when the service's client connects
-            self._control("deny-certificate", certificate_id + common_name)
+            self._certificate_commands("deny-certificates", [key + name for key, name in refused.items()])
 
-    def allow_certificate(self, certificate_id: str) -> None:
-        if self._denied_certificates.pop(certificate_id, None) is not None and self._client is not None:
-            self._control("allow-certificate", certificate_id)
+    def allow_certificates(self, certificate_ids: Iterable[str]) -> None:
+        allowed = [key for key in certificate_ids if self._denied_certificates.pop(key, None) is not None]
+        if self._client is not None:
+            self._certificate_commands("allow-certificates", allowed)
+
+    def _certificate_commands(self, verb: str, targets: list[str]) -> None:
+        """As few messages as hold ``targets`` (defender_plugin.c, "deny-certificates")."""
+        if self._client is None:
+            raise RuntimeError("the broker is not started")
+        chunk: list[bytes] = []
+        size = 0
+        for target in targets:
+            encoded = target.encode()
+            if chunk and size + len(encoded) + 1 > CONTROL_BATCH_BYTES:
+                self._client.publish_now(CONTROL_TOPIC, verb.encode() + b"\0" + b"\0".join(chunk), qos=1)
+                chunk, size = [], 0
+            chunk.append(encoded)
+            size += len(encoded) + 1
+        if chunk:
+            self._client.publish_now(CONTROL_TOPIC, verb.encode() + b"\0" + b"\0".join(chunk), qos=1)
 
     @property
     def denied_certificates(self) -> dict[str, str]:

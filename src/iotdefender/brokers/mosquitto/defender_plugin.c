@@ -124,10 +124,13 @@
  *   kick    disconnect the client now;
  *   refuse  disconnect it and refuse its CONNECTs until "allow";
  *   allow   accept it again;
- *   deny-certificate   target = a certificate id (64 hex digits, the SHA-256 of its DER encoding)
- *           then the client id it names (its common name): refuse every CONNECT made with that
- *           certificate, and close that client's connection if it was made with it;
- *   allow-certificate  target = a certificate id: accept it again;
+ *   deny-certificates   targets, each after a NUL: a certificate id (64 hex digits, the SHA-256 of
+ *           its DER encoding) then the client id it names (its common name): refuse every CONNECT
+ *           made with that certificate, and close that client's connection if it was made with it;
+ *   allow-certificates  targets, each after a NUL: a certificate id: accept it again.
+ *   Many to a message: the list is sent whole at each (re)connection of the service, and one
+ *   QoS 1 message each ran out of the service's 65,535 packet ids at 100,000 certificates, while
+ *   Mosquitto reads one message of the service's a pass of its loop.
  *   ready   the service's client has subscribed to what this plugin hands it: devices may connect.
  */
 #include <argon2.h>
@@ -1382,26 +1385,44 @@ static void publish_replies(const unsigned char *at, size_t len)
 	}
 }
 
+/* deny-certificates / allow-certificates: each target after the verb's NUL (see run_command). */
+static void certificate_commands(bool deny, const char *at, const char *end)
+{
+	while(at < end){
+		const char *next = memchr(at, '\0', (size_t)(end - at));
+		size_t len = (size_t)((next ? next : end) - at);
+		if(len >= 64){
+			char id[65], *owner, *in_use;
+			memcpy(id, at, 64);
+			id[64] = '\0';
+			if(deny){
+				table_put(&denied_certificates, id, (void *)1);
+				/* Its device is connected with it: closed now. Under --mqtt-auth cert a client id
+				 * is its certificate's common name, so the one connection it can hold is that name's. */
+				owner = strndup(at + 64, len - 64);
+				in_use = owner ? table_get(&client_certificates, owner) : NULL;
+				if(in_use && !strcmp(in_use, id)) mosquitto_kick_client_by_clientid(owner, false);
+				free(owner);
+			}else{
+				table_del(&denied_certificates, id);
+			}
+		}
+		at += len + 1;
+	}
+}
+
 static void run_command(const char *payload, size_t len)
 {
 	const char *nul = memchr(payload, '\0', len);
 	if(!nul || nul + 1 >= payload + len) return;
+	if(!strcmp(payload, "deny-certificates") || !strcmp(payload, "allow-certificates")){
+		certificate_commands(payload[0] == 'd', nul + 1, payload + len);
+		return;
+	}
 	char *target = strndup(nul + 1, (size_t)(payload + len - nul - 1));
 	if(!target) return;
 	if(!strcmp(payload, "refuse")) table_put(&refused, target, (void *)1);
 	if(!strcmp(payload, "allow")) table_del(&refused, target);
-	if(!strcmp(payload, "deny-certificate") && strlen(target) >= 64){
-		char id[65], *in_use;
-		const char *owner = target + 64;
-		memcpy(id, target, 64);
-		id[64] = '\0';
-		table_put(&denied_certificates, id, (void *)1);
-		/* Its device is connected with it: closed now. Under --mqtt-auth cert a client id is
-		 * its certificate's common name, so the one connection it can hold is that name's. */
-		in_use = table_get(&client_certificates, owner);
-		if(in_use && !strcmp(in_use, id)) mosquitto_kick_client_by_clientid(owner, false);
-	}
-	if(!strcmp(payload, "allow-certificate")) table_del(&denied_certificates, target);
 	if(!strcmp(payload, "ready")){
 		service_ready = true;
 		count_told = -1; /* the service's connection is new: what it missed includes the count */
