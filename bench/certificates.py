@@ -210,6 +210,11 @@ def main() -> None:
         }
         for phase in result["reports"].values():
             phase.pop("p99_ms_by_second", None)
+            # A report in flight on a connection the revocation closed is never answered (AWS IoT
+            # does the same); any other unanswered report is a loss.
+            unanswered = phase.pop("unanswered_things")
+            phase["unanswered_of_revoked_devices"] = len(set(unanswered) & set(revoked))
+            phase["unanswered_of_other_devices"] = sorted(set(unanswered) - set(revoked))
         print(json.dumps(result, indent=2))
         RESULTS.mkdir(exist_ok=True)
         listed = f"-list{args.refused_before}" if args.refused_before else ""

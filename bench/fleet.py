@@ -91,6 +91,7 @@ class Fleet:
         return {"offered_per_s": rate, "seconds": seconds, "sent": sent,
                 "not_sent_device_down": sum(a["skipped"] for a in answers),
                 "answered": answered, "rejected": sum(a["rejected"] for a in answers), "lost": sent - answered,
+                "unanswered_things": sorted(t for a in answers for t in a["unanswered_things"]),
                 "answered_per_s": round(answered / (last - start_at), 1) if last else 0.0,
                 "p50_ms": percentile(latencies, 0.50), "p99_ms": percentile(latencies, 0.99),
                 "max_ms": round(latencies[-1], 1) if latencies else None,

@@ -129,6 +129,7 @@ class LocalFleet:
         self.up_count = 0
         self.running = True
         self.sent: dict[int, float] = {}
+        self.sent_by: dict[int, str] = {}  # report id -> its device's thing
         self.answered: dict[int, float] = {}
         self.rejected = 0
         self.closed_loop: dict[int, Device] | None = None
@@ -233,6 +234,7 @@ class LocalFleet:
         if not device.up:
             return False
         self.sent[report_id] = time.monotonic()
+        self.sent_by[report_id] = device.thing
         if self.closed_loop is not None:
             self.closed_loop[report_id] = device
         device.publish(self.payload(report_id))
@@ -241,7 +243,7 @@ class LocalFleet:
     async def open_loop(self, rate: float, seconds: float, start_at: float, first_id: int,
                         drain_s: float) -> dict[str, Any]:
         """Reports at `rate`/s spread evenly over this process's devices, then wait for the replies."""
-        self.sent, self.answered, self.rejected = {}, {}, 0
+        self.sent, self.sent_by, self.answered, self.rejected = {}, {}, {}, 0
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         total, skipped, i = int(rate * seconds), 0, 0
         while i < total:
@@ -258,7 +260,7 @@ class LocalFleet:
 
     async def closed_loop_run(self, seconds: float, start_at: float, first_id: int) -> dict[str, Any]:
         """Every connected device keeps one report in flight: the most the system answers."""
-        self.sent, self.answered, self.rejected, self.closed_loop = {}, {}, 0, {}
+        self.sent, self.sent_by, self.answered, self.rejected, self.closed_loop = {}, {}, {}, 0, {}
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         for n, device in enumerate(self.devices):
             self.send(device, first_id + n)
@@ -284,7 +286,8 @@ class LocalFleet:
         return {"answered": len(self.answered), "rejected": self.rejected,
                 "latencies_ms": [latency for _, latency in answered],
                 "sent_at": [sent_at for sent_at, _ in answered],  # CLOCK_MONOTONIC: one clock for all processes
-                "last_answer": max(self.answered.values(), default=None)}
+                "last_answer": max(self.answered.values(), default=None),
+                "unanswered_things": sorted({self.sent_by[r] for r in self.sent if r not in self.answered})}
 
     # -- reconnect storm -----------------------------------------------------------------------
 
