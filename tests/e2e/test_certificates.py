@@ -261,3 +261,38 @@ def test_the_console_cuts_a_device_off_from_its_page(tls_service):
     assert '<td class="status">REVOKED</td>' in page.text and "</button></form>" not in page.text.split('id="certificates"')[1].split("</table>")[0]
     unknown = client.post(f"/console/certificates/{'f' * 64}/status", data={"csrf": token, "newStatus": "INACTIVE"})
     assert unknown.status_code == 404
+
+
+def test_a_list_of_more_certificates_than_mqtt_packet_ids_still_lets_devices_in(tmp_path):
+    """The list is given to the broker at each start: one QoS 1 message a certificate ran out of the
+    service's 65,535 packet ids, its "ready" never went, and no device could connect."""
+    import secrets
+
+    from iotdefender.store.database import create_engine, sqlite_url
+    from iotdefender.store.schema import certificates
+
+    pki = Pki(tmp_path, "127.0.0.1")
+    tls_port = free_port()
+    service = ServiceProcess(data_dir=tmp_path / "svc", extra_args=[
+        "--mqtt-auth", "cert", "--mqtt-tls-port", str(tls_port), "--mqtt-ca", str(pki.ca_cert),
+        "--mqtt-cert", str(pki.server_cert), "--mqtt-key", str(pki.server_key), "--report-min-interval", "0"])
+    service.start()
+    try:
+        files = pki.issue("listed-last")
+        service.client().register_certificate(certificatePem=files[0].read_text(), status="REVOKED")
+        service.stop()
+        engine = create_engine(sqlite_url(tmp_path / "svc"))
+        with engine.begin() as conn:
+            conn.execute(certificates.insert(), [
+                {"certificate_id": secrets.token_hex(32), "arn": "arn", "pem": "-", "common_name": f"gone{n}",
+                 "status": "REVOKED", "certificate_mode": "SNI_ONLY", "not_before": 0, "not_after": 0,
+                 "customer_version": 1, "generation_id": "-", "creation_date": 0, "last_modified_date": 0}
+                for n in range(70_000)])
+        engine.dispose()
+        service.start()
+        device = TlsDevice(tls_port, pki, "unlisted")
+        assert device.reason == 0 and device.report(1) == "ACCEPTED"
+        assert TlsDevice(tls_port, pki, "listed-last", files).reason == 135
+        device.close()
+    finally:
+        service.stop()
