@@ -218,6 +218,8 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         RESULTS.mkdir(exist_ok=True)
         listed = f"-list{args.refused_before}" if args.refused_before else ""
+        if (args.backoff_first, args.backoff_cap) != (1.0, 128.0):
+            listed += f"-backoff{args.backoff_first:g}-{args.backoff_cap:g}"
         out = RESULTS / f"certificates-{args.database}-{args.devices}x{len(revoked)}{listed}-{result['date']}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"written {out}")

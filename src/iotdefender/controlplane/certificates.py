@@ -4,8 +4,9 @@ ListCertificates, UpdateCertificate, DeleteCertificate.
 Why they are here: the response to a Detect alarm on a compromised device is to cut it off, and AWS
 IoT's way is ``UpdateCertificate`` to INACTIVE or REVOKED, after which "devices cannot use a
 certificate that is not in the ACTIVE state to reconnect" and those connected are disconnected
-(AWS IoT API reference, UpdateCertificate). The broker enforces it here within milliseconds
-(brokers/certificate_gate.py, and the ``deny-certificates`` command of the Mosquitto plugin).
+(AWS IoT API reference, UpdateCertificate). The broker enforces it here (brokers/certificate_gate.py,
+and the ``deny-certificates`` command of the Mosquitto plugin): milliseconds on a quiet broker, about
+a second while many refused devices reconnect (bench/README.md, "Certificate revocation").
 
 What differs from AWS IoT, and why (docs/api-behaviour.md, "Certificates"):
 
@@ -189,7 +190,7 @@ def list_certificates(ctx: ServiceContext, params: Params) -> Params:
 @operation("UpdateCertificate", changes_monitoring=False)
 def update_certificate(ctx: ServiceContext, params: Params) -> Params:
     """A certificate no longer ACTIVE is refused at CONNECT, and its device's connection closed, by
-    every broker node within the time a change takes to reach them (milliseconds; AWS: minutes)."""
+    every broker node within the time a change takes to reach them (AWS: minutes)."""
     new_status = params["newStatus"]
     if new_status not in SETTABLE:
         raise invalid_request(f"newStatus must be one of {', '.join(SETTABLE)}, not {new_status}")
