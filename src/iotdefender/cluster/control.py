@@ -81,7 +81,10 @@ class KeyedNotices:
 
         async def notice(msg: Msg) -> None:
             keys = [key for key in msg.data.decode(errors="replace").split(",") if key]
-            self._on_keys(keys) if keys else self._on_missed()
+            if keys:
+                self._on_keys(keys)
+            else:  # the writer could not tell what it changed
+                self._on_missed()
 
         await self._nc.subscribe(self._subject, cb=notice)
 

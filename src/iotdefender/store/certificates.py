@@ -18,10 +18,10 @@ DELETED = "DELETED"
 _IN_BATCH = 500  # ids in one IN (...) list
 
 
-def get(conn: Connection, certificate_id: str, *, deleted_too: bool = False) -> dict[str, Any] | None:
-    query = sa.select(certificates).where(certificates.c.certificate_id == certificate_id)
-    if not deleted_too:
-        query = query.where(certificates.c.status != DELETED)
+def get(conn: Connection, certificate_id: str) -> dict[str, Any] | None:
+    """The certificate, unless it was deleted."""
+    query = sa.select(certificates).where(certificates.c.certificate_id == certificate_id,
+                                          certificates.c.status != DELETED)
     row = conn.execute(query).mappings().first()
     return dict(row) if row else None
 

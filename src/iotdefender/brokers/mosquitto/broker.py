@@ -26,8 +26,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import IO
 
 import anyio.to_thread

@@ -128,9 +128,9 @@
  *           its DER encoding) then the client id it names (its common name): refuse every CONNECT
  *           made with that certificate, and close that client's connection if it was made with it;
  *   allow-certificates  targets, each after a NUL: a certificate id: accept it again.
- *   Many to a message: the list is sent whole at each (re)connection of the service, and one
- *   QoS 1 message each ran out of the service's 65,535 packet ids at 100,000 certificates, while
- *   Mosquitto reads one message of the service's a pass of its loop.
+ *   Many to a message: the list is sent whole at each (re)connection of the service, where one
+ *   QoS 1 message a certificate ran out of the service's 65,535 packet ids at 100,000 of them;
+ *   and Mosquitto reads one of the service's messages a pass of its loop.
  *   ready   the service's client has subscribed to what this plugin hands it: devices may connect.
  */
 #include <argon2.h>
