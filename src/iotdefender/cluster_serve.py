@@ -346,7 +346,7 @@ def certificates_written(notices: KeyedNotices) -> Callable[[str, Any], None]:
     """The API's write listener that tells every node's broker which certificate changed."""
     def written(operation_name: str, params: Any = None) -> None:
         if operation_name in CERTIFICATE_WRITES:
-            certificate_id = written_certificate(operation_name, params)
+            certificate_id = written_certificate(params)
             notices.publish([certificate_id] if certificate_id is not None else [])
     return written
 

@@ -55,7 +55,7 @@ class CertificateGate:
     def written(self, operation_name: str, params: Any = None) -> None:
         """An API write of this process (its ``on_write`` listener, called from a worker thread)."""
         if operation_name in WRITES:
-            certificate_id = written_certificate(operation_name, params)
+            certificate_id = written_certificate(params)
             self.changed(None if certificate_id is None else [certificate_id])
 
     def changed(self, certificate_ids: Iterable[str] | None = None) -> None:

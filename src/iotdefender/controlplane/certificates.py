@@ -27,7 +27,6 @@ What differs from AWS IoT, and why (docs/api-behaviour.md, "Certificates"):
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import uuid
 from typing import Any
@@ -57,9 +56,9 @@ def certificate_id_of(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def written_certificate(operation_name: str, params: Params | None) -> str | None:
-    """The id of the certificate a successful write of ``operation_name`` (one of ``WRITES``)
-    changed; None when it cannot be told (the caller then reads every certificate)."""
+def written_certificate(params: Params | None) -> str | None:
+    """The id of the certificate a successful write (one of ``WRITES``) of ``params`` changed;
+    None when it cannot be told (the caller then reads every certificate)."""
     if not params:
         return None
     if "certificateId" in params:
@@ -95,10 +94,6 @@ def _common_name(certificate: x509.Certificate) -> str | None:
     return value if isinstance(value, str) and "\x00" not in value else None
 
 
-def _epoch(moment: dt.datetime) -> float:
-    return moment.replace(tzinfo=dt.timezone.utc).timestamp() if moment.tzinfo is None else moment.timestamp()
-
-
 def _status_of(params: Params) -> str:
     status = params.get("status")
     if status is None:  # RegisterCertificate's deprecated flag; INACTIVE when neither is given, as AWS
@@ -127,8 +122,8 @@ def _register(ctx: ServiceContext, params: Params, ca: x509.Certificate | None, 
                          pem=certificate.public_bytes(Encoding.PEM).decode(), common_name=_common_name(certificate),
                          ca_certificate_id=certificate_id_of(ca.public_bytes(Encoding.DER)) if ca else None,
                          status=status, certificate_mode=mode,
-                         not_before=_epoch(certificate.not_valid_before_utc),
-                         not_after=_epoch(certificate.not_valid_after_utc), customer_version=1,
+                         not_before=certificate.not_valid_before_utc.timestamp(),
+                         not_after=certificate.not_valid_after_utc.timestamp(), customer_version=1,
                          generation_id=str(uuid.uuid4()), creation_date=now, last_modified_date=now)
     return {"certificateArn": arn, "certificateId": certificate_id}
 
