@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from iotdefender.brokers.gatekeeper import Gatekeeper
 from iotdefender.brokers.listeners import ListenerSettings
+from iotdefender.brokers.mosquitto import broker as broker_module
 from iotdefender.brokers.mosquitto.broker import MosquittoBroker
 from iotdefender.ingest.replies import reply_payload
 from iotdefender.ingest.report import report_id_hint
@@ -490,4 +491,68 @@ def test_answers_to_reports_read_before_the_services_connection_broke_reach_the_
         for client in (impostor, device):
             stop_network_loop(client)
             client.disconnect()
+    run_with_broker(body, tmp_path)
+
+
+async def _until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+def test_the_plugin_confirms_reply_messages_in_the_head_of_its_report_batches(tmp_path, monkeypatch):
+    """The service has at most two reply messages out unconfirmed (frames.REPLY_MESSAGES_IN_FLIGHT),
+    so the word must come soon: the head of the next report batch carries the last one published."""
+    heads: list = []
+    read_head = broker_module.report_batch_head
+    monkeypatch.setattr(broker_module, "report_batch_head", lambda batch: heads.append(read_head(batch)) or heads[-1])
+
+    async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
+        device, codes, _ = connect(port, "cam-1")
+        assert await in_thread(codes.get, True, 5) == 0
+        replies = broker._replies
+        assert replies is not None
+        broker.publish_now("$aws/things/cam-1/defender/metrics/json/accepted", b"{}")
+        await asyncio.sleep(0)  # sent at the end of this iteration
+        assert replies.unconfirmed == 1
+        await _until(lambda: replies.unconfirmed == 0, 5, "the reply message was never confirmed")
+        await in_thread(device.publish("$aws/things/cam-1/defender/metrics/json", b"{}", qos=1).wait_for_publish, 5)
+        await _until(lambda: reports, 5, "the report did not reach the service")
+        assert [(head.replies_of, head.replies_done) for head in heads] == [(replies.instance, 1)]
+        stop_network_loop(device)
+        device.disconnect()
+
+    run_with_broker(body, tmp_path)
+
+
+def test_a_reply_message_sent_again_that_the_plugin_had_published_is_confirmed_again(tmp_path):
+    """The plugin's word that it published a message can be lost (in the batch that went to a
+    connection that broke); the service then sends the message again, and the plugin, which skips it,
+    must say so again: the service sends no more replies until it hears (with no report batch to
+    carry the word, it waited forever)."""
+    async def body(broker: MosquittoBroker, port: int, recorder: Recorder, reports: list) -> None:
+        device, codes, _ = connect(port, "cam-1")
+        assert await in_thread(codes.get, True, 5) == 0
+        answers: queue.Queue[bytes] = queue.Queue()
+        device.on_message = lambda c, u, message: answers.put(message.payload)
+        subscribed: queue.Queue[int] = queue.Queue()
+        device.on_subscribe = lambda c, u, mid, reasons, p: subscribed.put(mid)
+        device.subscribe("$aws/things/cam-1/defender/metrics/json/accepted", qos=1)
+        await in_thread(subscribed.get, True, 5)
+        replies = broker._replies
+        assert replies is not None
+        replies.published = lambda of, number: None  # type: ignore[method-assign]  # the word lost
+        broker.publish_now("$aws/things/cam-1/defender/metrics/json/accepted", b'{"n":1}')
+        assert await in_thread(answers.get, True, 5) == b'{"n":1}'
+        await asyncio.sleep(0.3)  # the plugin told it (a P record): not heard
+        del replies.published
+        assert replies.unconfirmed == 1
+        assert replies.send_again() == 1
+        await _until(lambda: replies.unconfirmed == 0, 5, "the message the plugin skipped was never confirmed")
+        await asyncio.sleep(0.3)
+        assert answers.empty()  # skipped: not published twice
+        stop_network_loop(device)
+        device.disconnect()
+
     run_with_broker(body, tmp_path)

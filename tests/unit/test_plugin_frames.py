@@ -25,8 +25,9 @@ def report_frame(encoding: bytes, thing: str, payload: bytes, received_us: int =
     return struct.pack(">cHIQ", encoding, len(name), len(payload), received_us) + name + payload
 
 
-def batch_head(instance: int = 7, number: int = 0, before: int = 0) -> bytes:
-    return struct.pack(">III", instance, number, before)
+def batch_head(instance: int = 7, number: int = 0, before: int = 0, replies_of: int = 0,
+               replies_done: int = 0) -> bytes:
+    return struct.pack(">IIIII", instance, number, before, replies_of, replies_done)
 
 
 def test_reports_keep_every_byte_and_their_encoding():
@@ -37,9 +38,9 @@ def test_reports_keep_every_byte_and_their_encoding():
                                            ("thermostat-é", "cbor", cbor, 1_796_000_000.123457)]
 
 
-def test_the_batch_head_says_which_plugin_which_batch_and_how_many_reports_came_before():
-    batch = batch_head(0xDEADBEEF, 41, 2**32 - 1) + report_frame(b"j", "a", b"{}")
-    assert report_batch_head(batch) == (0xDEADBEEF, 41, 2**32 - 1)
+def test_the_batch_head_says_which_plugin_which_batch_how_many_reports_came_before_and_the_last_reply_message():
+    batch = batch_head(0xDEADBEEF, 41, 2**32 - 1, 0xC0FFEE, 9) + report_frame(b"j", "a", b"{}")
+    assert report_batch_head(batch) == (0xDEADBEEF, 41, 2**32 - 1, 0xC0FFEE, 9)
     assert list(decode_reports(batch)) == [("a", "json", b"{}", RECEIVED_US / 1e6)]
     assert report_batch_head(b"\0\0") is None
 
@@ -102,7 +103,7 @@ def test_the_latest_taken_frame_leaves_with_the_next_replies_or_alone_after_some
     sent: list[bytes] = []
 
     async def scenario() -> None:
-        batcher = ReplyBatcher(asyncio.get_running_loop(), numbered(sent), taken_every=TAKEN_EVERY)
+        batcher = ReplyBatcher(asyncio.get_running_loop(), numbered(sent), taken_every=TAKEN_EVERY, in_flight=10)
         batcher.taken(encode_taken(1, 1, 0))
         await asyncio.sleep(0)
         assert sent == []  # one batch read, no reply: nothing sent for it yet
@@ -149,7 +150,7 @@ def test_replies_of_one_iteration_leave_in_messages_under_the_brokers_packet_lim
     frames = [encode_reply(f"t/{n}", bytes([n % 256]) * 10_000, 1) for n in range(100)]  # ~1 MB in all
 
     async def scenario() -> None:
-        batcher = ReplyBatcher(asyncio.get_running_loop(), numbered(sent))
+        batcher = ReplyBatcher(asyncio.get_running_loop(), numbered(sent), in_flight=10)
         for n in range(100):
             batcher.add(f"t/{n}", bytes([n % 256]) * 10_000, 1)
         await asyncio.sleep(0)
@@ -173,12 +174,12 @@ def test_a_reply_quoting_what_the_device_sent_is_bounded():
 def test_reply_messages_are_kept_until_the_plugin_published_them_and_sent_again_on_a_new_connection():
     """The answers to reports the service had read when its connection broke went into the broken
     connection (an outside-in test: 131 and 440 of 6,000 reports stored and never answered). Each
-    message is kept until the plugin's P record says it published it, and the rest go again, the
-    same bytes (the plugin skips a number it had), once the service is connected again."""
+    message is kept until the plugin says it published it, and the rest go again, the same bytes
+    (the plugin skips a number it had), once the service is connected again."""
     sent: list[bytes] = []
 
     async def scenario() -> None:
-        batcher = ReplyBatcher(asyncio.get_running_loop(), sent.append, kept_bytes=130)
+        batcher = ReplyBatcher(asyncio.get_running_loop(), sent.append, in_flight=3)
         for n in range(3):
             batcher.add(f"t/{n}", b"x", 1)
             await asyncio.sleep(0)
@@ -188,9 +189,98 @@ def test_reply_messages_are_kept_until_the_plugin_published_them_and_sent_again_
         assert batcher.send_again() == 2 and sent[3:] == sent[1:3]
         batcher.published(batcher.instance, 3)
         assert batcher.send_again() == 0 and len(sent) == 5
-        for n in range(10):  # 130 bytes hold 5 of these 26-byte messages: the oldest are forgotten
+
+    asyncio.run(scenario())
+
+
+def test_while_the_plugin_has_not_taken_two_messages_the_replies_wait_and_leave_together():
+    """Mosquitto reads one message of the service's connection a pass of its loop, and a pass took
+    hundreds of milliseconds under a storm of TLS handshakes: a message per event-loop iteration
+    queued in the socket, and every answer waited for all the messages before it (seconds). With two
+    out unconfirmed, what comes meanwhile leaves in one message once the plugin takes one."""
+    sent: list[bytes] = []
+
+    async def scenario() -> None:
+        batcher = ReplyBatcher(asyncio.get_running_loop(), numbered(sent))
+        for n in range(6):  # six iterations, a reply each
             batcher.add(f"t/{n}", b"x", 1)
             await asyncio.sleep(0)
-        assert batcher.send_again() == 5 and sent[-5:] == sent[-10:-5]
+        assert sent == [encode_reply("t/0", b"x", 1), encode_reply("t/1", b"x", 1)]
+        batcher.published(batcher.instance, 1)
+        await asyncio.sleep(0)
+        assert sent[2:] == [b"".join(encode_reply(f"t/{n}", b"x", 1) for n in range(2, 6))]
+        batcher.published(batcher.instance, 3)  # all taken: the next reply leaves at once
+        batcher.add("t/6", b"x", 1)
+        await asyncio.sleep(0)
+        assert sent[3:] == [encode_reply("t/6", b"x", 1)]
 
+    asyncio.run(scenario())
+
+
+def test_the_taken_frame_leaves_alone_even_past_the_window():
+    """The plugin confirms replies in the report batches the TAKEN frame lets it send: held behind
+    the window, the word and the confirmation would each wait for the other."""
+    sent: list[bytes] = []
+
+    async def scenario() -> None:
+        batcher = ReplyBatcher(asyncio.get_running_loop(), numbered(sent), taken_every=TAKEN_EVERY, in_flight=1)
+        batcher.add("t/0", b"x", 1)
+        await asyncio.sleep(0)
+        batcher.add("t/1", b"x", 1)
+        for n in range(1, TAKEN_EVERY + 1):
+            batcher.taken(encode_taken(1, n, 0))
+            await asyncio.sleep(0)
+        assert sent == [encode_reply("t/0", b"x", 1), encode_taken(1, TAKEN_EVERY, 0)]
+        batcher.published(batcher.instance, 2)
+        await asyncio.sleep(0)
+        assert sent[2:] == [encode_reply("t/1", b"x", 1)]
+
+    asyncio.run(scenario())
+
+
+def test_replies_waiting_past_the_bound_are_dropped_oldest_first_and_counted():
+    from iotdefender.brokers.mosquitto.frames import REPLIES_NOT_SENT
+    sent: list[bytes] = []
+    frame = len(encode_reply("t/0", b"x", 1))
+
+    async def scenario() -> None:
+        batcher = ReplyBatcher(asyncio.get_running_loop(), numbered(sent), in_flight=1, kept_bytes=3 * frame)
+        batcher.add("t/first", b"x", 1)
+        await asyncio.sleep(0)  # out, unconfirmed: the plugin's connection is down
+        before = REPLIES_NOT_SENT._value.get()
+        for n in range(10):
+            batcher.add(f"t/{n}", b"x", 1)
+        await asyncio.sleep(0)
+        assert REPLIES_NOT_SENT._value.get() - before == 7
+        batcher.published(batcher.instance, 1)
+        await asyncio.sleep(0)
+        assert sent[1:] == [b"".join(encode_reply(f"t/{n}", b"x", 1) for n in (7, 8, 9))]
+
+    asyncio.run(scenario())
+
+
+def test_commands_leave_with_the_replies_in_their_order_and_are_never_dropped():
+    """A bulk revocation's commands, a message each on the control topic, took Mosquitto's reads of
+    the service's connection (one message a pass of its loop) from the replies: they ride in the
+    reply messages now, as COMMAND frames ("qos" 0xfd, no topic), in order. Past the bound on what
+    waits, replies are dropped, a revocation never."""
+    from iotdefender.brokers.mosquitto.frames import encode_command
+    sent: list[bytes] = []
+    reply = encode_reply("t/0", b"x", 1)
+
+    async def scenario() -> None:
+        kept = len(encode_command(b"kick\0cam-1")) + 2 * len(reply)  # the command and two replies
+        batcher = ReplyBatcher(asyncio.get_running_loop(), numbered(sent), in_flight=1, kept_bytes=kept)
+        batcher.add("t/0", b"x", 1)
+        await asyncio.sleep(0)  # out, unconfirmed
+        batcher.add("t/1", b"x", 1)
+        batcher.command(b"kick\0cam-1")
+        for n in range(2, 6):
+            batcher.add(f"t/{n}", b"x", 1)
+        batcher.published(batcher.instance, 1)
+        await asyncio.sleep(0)
+        assert sent == [reply, encode_command(b"kick\0cam-1") + encode_reply("t/4", b"x", 1)
+                        + encode_reply("t/5", b"x", 1)]
+
+    assert encode_command(b"kick\0cam-1") == struct.pack(">BHI", 0xFD, 0, 10) + b"kick\0cam-1"
     asyncio.run(scenario())

@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -41,7 +41,13 @@ from iotdefender.brokers.mosquitto import config as mosquitto_config
 from iotdefender.brokers.mosquitto.config import Persistence, PluginOptions, render_config
 from iotdefender.brokers.mosquitto.connections import ConnectedClients
 from iotdefender.brokers.mosquitto.events import apply_events
-from iotdefender.brokers.mosquitto.frames import ReplyBatcher, decode_reports, encode_taken, report_batch_head
+from iotdefender.brokers.mosquitto.frames import (
+    MAX_REPLIES_BYTES,
+    ReplyBatcher,
+    decode_reports,
+    encode_taken,
+    report_batch_head,
+)
 from iotdefender.brokers.mosquitto.handover import Handover
 from iotdefender.child_process import die_with_parent
 from iotdefender.log_limits import LimitedLog
@@ -63,8 +69,9 @@ def _line_kind(line: str) -> str:
 
 EVENTS_TOPIC = "$iotdefender/events"
 CONTROL_TOPIC = "$iotdefender/control"
-#: Bytes of certificate commands in one control message: within the broker's packet limit.
-CONTROL_BATCH_BYTES = mosquitto_config.MAX_PACKET_BYTES - 1024
+#: Bytes of certificate targets in one command: with the verb and the frame's head, within what one
+#: message of the service's carries (frames.MAX_REPLIES_BYTES, under the broker's packet limit).
+CONTROL_BATCH_BYTES = MAX_REPLIES_BYTES - 64
 REPORTS_TOPIC = "$iotdefender/reports"
 REPLIES_TOPIC = "$iotdefender/replies"
 _READY_TIMEOUT_S = 15.0
@@ -306,7 +313,9 @@ class MosquittoBroker:
                 count += 1
             head = report_batch_head(payload)
             if head is not None:
-                self._handover.reports(*head, count)
+                self._handover.reports(head.instance, head.number, head.before, count)
+                if self._replies is not None:
+                    self._replies.published(head.replies_of, head.replies_done)
         elif topic == EVENTS_TOPIC:
             apply_events(payload, self._gatekeeper.observer, self._gatekeeper, self.connections, self._handover,
                          self._replies)
@@ -319,21 +328,31 @@ class MosquittoBroker:
             self._replies.taken(encode_taken(*taken))
 
     def _control(self, verb: str, client_id: str) -> None:
+        """A command with the replies, in their order (frames.ReplyBatcher.command)."""
+        if self._replies is None:
+            raise RuntimeError("the broker is not started")
+        self._replies.command(verb.encode() + b"\0" + client_id.encode())
+
+    def _control_now(self, command: bytes) -> None:
+        """A command on the control topic, ahead of the replies: what a new connection of the service
+        must tell the plugin before anything else (the lists, then "ready": until it, the plugin
+        confirms no reply, and the replies wait for that word)."""
         if self._client is None:
             raise RuntimeError("the broker is not started")
-        self._client.publish_now(CONTROL_TOPIC, verb.encode() + b"\0" + client_id.encode(), qos=1)
+        self._client.publish_now(CONTROL_TOPIC, command, qos=1)
 
     def _on_service_connected(self) -> None:
         """On every (re)connection of the service's client, once it has asked for its subscriptions
         (sent before this on the same connection, so Mosquitto has them first): a restarted
         Mosquitto forgets its deny list, so give it again; then tell the plugin devices may
         connect (it refuses them until then: their reports would reach nobody); then send again
-        the replies the plugin did not say it published."""
+        the replies (and commands) the plugin did not say it published."""
         for client_id in sorted(self._refused):
-            self._control("refuse", client_id)
-        self._certificate_commands("deny-certificates", [certificate_id + common_name for certificate_id, common_name
-                                                         in sorted(self._denied_certificates.items())])
-        self._control("ready", self.client_id)
+            self._control_now(b"refuse\0" + client_id.encode())
+        denied = [certificate_id + name for certificate_id, name in sorted(self._denied_certificates.items())]
+        for command in _certificate_commands("deny-certificates", denied):
+            self._control_now(command)
+        self._control_now(b"ready\0" + self.client_id.encode())
         if self._replies is not None:  # what the connection that broke did not deliver (frames.py)
             self._replies.send_again()
 
@@ -366,30 +385,31 @@ class MosquittoBroker:
         lowercase hex SHA-256 of its DER encoding), and close the connection of the common name (the
         client id a certificate names under ``--mqtt-auth cert``) if it was made with it."""
         self._denied_certificates.update(refused)
-        if self._client is not None:  # else sent when the service's client connects
-            self._certificate_commands("deny-certificates", [key + name for key, name in refused.items()])
+        if self._replies is not None:  # else sent when the service's client connects
+            for command in _certificate_commands("deny-certificates", [key + name for key, name in refused.items()]):
+                self._replies.command(command)
 
     def allow_certificates(self, certificate_ids: Iterable[str]) -> None:
         allowed = [key for key in certificate_ids if self._denied_certificates.pop(key, None) is not None]
-        if self._client is not None:
-            self._certificate_commands("allow-certificates", allowed)
-
-    def _certificate_commands(self, verb: str, targets: list[str]) -> None:
-        """As few messages as hold ``targets`` (defender_plugin.c, "deny-certificates")."""
-        if self._client is None:
-            raise RuntimeError("the broker is not started")
-        chunk: list[bytes] = []
-        size = 0
-        for target in targets:
-            encoded = target.encode()
-            if chunk and size + len(encoded) + 1 > CONTROL_BATCH_BYTES:
-                self._client.publish_now(CONTROL_TOPIC, verb.encode() + b"\0" + b"\0".join(chunk), qos=1)
-                chunk, size = [], 0
-            chunk.append(encoded)
-            size += len(encoded) + 1
-        if chunk:
-            self._client.publish_now(CONTROL_TOPIC, verb.encode() + b"\0" + b"\0".join(chunk), qos=1)
+        if self._replies is not None:
+            for command in _certificate_commands("allow-certificates", allowed):
+                self._replies.command(command)
 
     @property
     def denied_certificates(self) -> dict[str, str]:
         return dict(self._denied_certificates)
+
+
+def _certificate_commands(verb: str, targets: list[str]) -> Iterator[bytes]:
+    """As few commands as hold ``targets`` (defender_plugin.c, "deny-certificates")."""
+    chunk: list[bytes] = []
+    size = 0
+    for target in targets:
+        encoded = target.encode()
+        if chunk and size + len(encoded) + 1 > CONTROL_BATCH_BYTES:
+            yield verb.encode() + b"\0" + b"\0".join(chunk)
+            chunk, size = [], 0
+        chunk.append(encoded)
+        size += len(encoded) + 1
+    if chunk:
+        yield verb.encode() + b"\0" + b"\0".join(chunk)

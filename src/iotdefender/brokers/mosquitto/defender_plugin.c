@@ -77,8 +77,9 @@
  * Mosquitto's main loop (TICK), or at once when the buffer is large (both subject to "flow").
  * Nothing subscribes to the report topics themselves. The batch starts with u32 instance (as in Q),
  * u32 its number (from 0) and u32 the number of reports this instance put in batches before it
- * (modulo 2^32), so that the service counts the reports it never got. Then frames, integers
- * big-endian:
+ * (modulo 2^32), so that the service counts the reports it never got; then u32 u32 the last reply
+ * message published here, as in a P record, written as the batch leaves (see "Replies"). Then
+ * frames, integers big-endian:
  *   u8 encoding ('j' json, 'c' cbor)  u16 thing length  u32 payload length
  *   u64 received (microseconds since the epoch, CLOCK_REALTIME)  thing  payload
  * The receive time is the one the service's throttle measures the gap between a thing's reports
@@ -92,15 +93,22 @@
  * on the service's connection made the service's MQTT client (Python) the pipeline's limit; one
  * message per loop pass each way removes most of that per-message work, and adds no wait (a pass
  * ends as soon as the ready sockets are served).
+ * A frame of "qos" COMMAND_FRAME and topic length 0 holds a command, as on CONTROL_TOPIC (below).
  * A frame of "qos" TAKEN_FRAME, topic length 0 and payload length 12 is the service's TAKEN: u32
  * instance, u32 the number of the report batch it expects next, u32 that of the event batch (see
  * "flow").
  * Each message starts with a frame of "qos" SEQUENCE_FRAME, topic length 0 and payload length 8:
  * u32 the service process's number (random at its start), u32 the message's number. A message
  * whose number is not past the last one published here (of the same service process) was
- * published already and is skipped whole; the last number is told back in the events (a P record,
- * within flush_ms). A message sent on a connection that broke before it arrived is sent again on
- * the next one: the service keeps what was not told back and sends it again once connected
+ * published already and is skipped whole; the last number is told back in the head of the next
+ * report batch, or in the events (a P record, within flush_ms) if no report batch leaves first.
+ * The service keeps at most a few reply messages unconfirmed (frames.REPLY_MESSAGES_IN_FLIGHT) and
+ * gathers the replies that come meanwhile into its next one: Mosquitto reads one message of the
+ * service's (plain) socket a pass of its loop, and a pass grows to hundreds of milliseconds under
+ * a storm of TLS handshakes; a message per event-loop iteration then queued up in the socket, and
+ * every device's answers waited seconds behind each other (and the commands, see below). A message
+ * sent on a connection that broke before it arrived is sent again on the next one: the service
+ * keeps what was not told back and sends it again once connected
  * (frames.py). Before, the replies to the reports the service had read when its connection broke
  * went into the broken connection: the reports were stored and never answered, counted nowhere (an
  * outside-in test: 131 and 440 of 6,000 reports, the service's connection cut while it was stopped).
@@ -120,7 +128,11 @@
  * past its own queue (B records), rather than held on to wait longer. A slow service also makes
  * batches larger (fewer messages, less work per report) instead of more numerous.
  *
- * Control commands from the service on CONTROL_TOPIC, payload "verb\0client":
+ * Control commands from the service, payload "verb\0client": in COMMAND frames of its reply messages,
+ * in order with the replies, but on CONTROL_TOPIC, ahead of them, what each new connection of the
+ * service sends first (the lists below, then "ready"). A message of their own each, a bulk
+ * revocation's hundred commands a second took Mosquitto's reads of the service's connection (one
+ * message a pass of its loop) from the replies, and the answers to every device waited seconds:
  *   kick    disconnect the client now;
  *   refuse  disconnect it and refuse its CONNECTs until "allow";
  *   allow   accept it again;
@@ -158,8 +170,10 @@
 #define REPLIES_TOPIC "$iotdefender/replies"
 #define FLUSH_BYTES (256 * 1024)
 #define REPORTS_FLUSH_BYTES (1024 * 1024)
+#define REPORT_BATCH_HEAD 20 /* instance, number, reports before, replies_of, replies_done: u32 each */
 #define TAKEN_FRAME 0xff     /* the "qos" of the frame by which the service says what it has read */
 #define SEQUENCE_FRAME 0xfe  /* the "qos" of the frame that numbers the service's reply message */
+#define COMMAND_FRAME 0xfd   /* the "qos" of a frame holding a command, as on CONTROL_TOPIC */
 
 /* ---- a small string-keyed hash table (Mosquitto exports no map to plugins) ------------------ */
 
@@ -902,6 +916,17 @@ static size_t get_u32(const unsigned char *at)
 	return (get_u16(at) << 16) | get_u16(at + 2);
 }
 
+/* A report batch to the service, its head telling the last reply message published here as it
+ * leaves (see "Replies" at the top): what lets the service send its next one. */
+static void send_report_batch(struct buffer *batch)
+{
+	put_u32((unsigned char *)batch->data + 12, replies_of);
+	put_u32((unsigned char *)batch->data + 16, replies_done);
+	replies_untold = false;
+	send_to_service(batch, REPORTS_TOPIC);
+	report_batches_sent++;
+}
+
 /* The held report batches, oldest first, while the service may take more; then the batch being
  * filled, unless batches are held or the service has batches_in_flight unread: then it is held once
  * it is REPORTS_FLUSH_BYTES (until then it takes the reports that come meanwhile). */
@@ -912,15 +937,13 @@ static void flush_reports(void)
 		held_first = h->next;
 		if(!held_first) held_last = NULL;
 		held_bytes -= h->batch.len;
-		send_to_service(&h->batch, REPORTS_TOPIC);
-		report_batches_sent++;
+		send_report_batch(&h->batch);
 		free(h->batch.data);
 		free(h);
 	}
 	if(!reports.len) return;
 	if(!held_first && may_send(report_batches_sent, report_batches_taken)){
-		send_to_service(&reports, REPORTS_TOPIC);
-		report_batches_sent++;
+		send_report_batch(&reports);
 	}else if(reports.len >= REPORTS_FLUSH_BYTES){
 		struct held_batch *h = malloc(sizeof(*h));
 		if(!h) return; /* filled on: it is sent once the service reads */
@@ -964,9 +987,9 @@ static void append_report(const char *topic, const char *thing, const void *payl
 	const char *encoding = strrchr(topic, '/') + 1;
 	struct timespec now;
 	uint64_t micros;
-	if(!buffer_reserve(&reports, 12 + sizeof(head) + thing_len + payloadlen)) return;
+	if(!buffer_reserve(&reports, REPORT_BATCH_HEAD + sizeof(head) + thing_len + payloadlen)) return;
 	if(!reports.len){
-		unsigned char batch_head[12];
+		unsigned char batch_head[REPORT_BATCH_HEAD] = {0}; /* the last 8 bytes: written as it leaves */
 		put_u32(batch_head, instance);
 		put_u32(batch_head + 4, report_batches++);
 		put_u32(batch_head + 8, reports_handed);
@@ -1350,14 +1373,21 @@ static void answer_rejected(const char *topic, const char *thing, const void *pa
 	mosquitto_broker_publish_copy(NULL, reply_topic, (int)len, body, 1, false, NULL);
 }
 
-/* Publish every reply frame of the service's batch, and apply its TAKEN frame; a malformed tail is
- * ignored. */
+static void run_command(const char *payload, size_t len);
+
+/* Publish every reply frame of the service's batch, run its commands and apply its TAKEN frame, in
+ * their order; a malformed tail is ignored. */
 static void publish_replies(const unsigned char *at, size_t len)
 {
 	char topic[1024];
 	if(len >= 15 && at[0] == SEQUENCE_FRAME && get_u16(at + 1) == 0 && get_u32(at + 3) == 8){
 		uint32_t of = (uint32_t)get_u32(at + 7), number = (uint32_t)get_u32(at + 11);
-		if(of == replies_of && (int32_t)(number - replies_done) <= 0) return; /* published already */
+		if(of == replies_of && (int32_t)(number - replies_done) <= 0){
+			/* Published already: sent again because the service did not hear so (the word was lost
+			 * with its connection), and it sends no more replies until it does. */
+			replies_untold = true;
+			return;
+		}
 		replies_of = of;
 		replies_done = number;
 		replies_untold = true;
@@ -1371,6 +1401,12 @@ static void publish_replies(const unsigned char *at, size_t len)
 			batches_taken((uint32_t)get_u32(at + 7), (uint32_t)get_u32(at + 11), (uint32_t)get_u32(at + 15));
 			at += 19;
 			len -= 19;
+			continue;
+		}
+		if(qos == COMMAND_FRAME && topic_len == 0 && 7 + payload_len <= len){
+			run_command((const char *)at + 7, payload_len);
+			at += 7 + payload_len;
+			len -= 7 + payload_len;
 			continue;
 		}
 		if(qos > 2 || topic_len == 0 || 7 + topic_len + payload_len > len) return;
