@@ -55,9 +55,13 @@ def test_a_truncated_last_frame_is_dropped_and_the_others_kept():
 SEQUENCE_HEAD = struct.pack(">BHI", 0xFE, 0, 8)  # defender_plugin.c's SEQUENCE_FRAME
 
 
-def numbered(sent: list[bytes]) -> Callable[[bytes], None]:
+CONFIRM = struct.pack(">BHI", 0xFC, 0, 0)  # defender_plugin.c's CONFIRM_FRAME
+
+
+def numbered(sent: list[bytes], confirmed: list[int] | None = None) -> Callable[[bytes], None]:
     """A ``send`` that checks each message starts with its SEQUENCE frame, numbered 1, 2, 3... by
-    one service process, and keeps what follows it."""
+    one service process, and keeps what follows it; the numbers of those that end with a CONFIRM
+    frame (which it strips) go to ``confirmed``."""
     seen: list[tuple[int, int]] = []
 
     def send(message: bytes) -> None:
@@ -65,6 +69,10 @@ def numbered(sent: list[bytes]) -> Callable[[bytes], None]:
         of, number = struct.unpack_from(">II", message, 7)
         assert (not seen or seen[-1][0] == of) and number == len(seen) + 1, (seen, of, number)
         seen.append((of, number))
+        if message.endswith(CONFIRM):
+            message = message[:-len(CONFIRM)]
+            if confirmed is not None:
+                confirmed.append(number)
         sent.append(message[15:])
     return send
 
@@ -199,13 +207,15 @@ def test_while_the_plugin_has_not_taken_two_messages_the_replies_wait_and_leave_
     queued in the socket, and every answer waited for all the messages before it (seconds). With two
     out unconfirmed, what comes meanwhile leaves in one message once the plugin takes one."""
     sent: list[bytes] = []
+    confirmed: list[int] = []
 
     async def scenario() -> None:
-        batcher = ReplyBatcher(asyncio.get_running_loop(), numbered(sent))
+        batcher = ReplyBatcher(asyncio.get_running_loop(), numbered(sent, confirmed))
         for n in range(6):  # six iterations, a reply each
             batcher.add(f"t/{n}", b"x", 1)
             await asyncio.sleep(0)
         assert sent == [encode_reply("t/0", b"x", 1), encode_reply("t/1", b"x", 1)]
+        assert confirmed == [2]  # the message that filled the window asks for the word at once
         batcher.published(batcher.instance, 1)
         await asyncio.sleep(0)
         assert sent[2:] == [b"".join(encode_reply(f"t/{n}", b"x", 1) for n in range(2, 6))]

@@ -102,6 +102,9 @@
  * whose number is not past the last one published here (of the same service process) was
  * published already and is skipped whole; the last number is told back in the head of the next
  * report batch, or in the events (a P record, within flush_ms) if no report batch leaves first.
+ * A message that ends with a frame of "qos" CONFIRM_FRAME (topic and payload length 0) fills the
+ * service's window: it is told back at once, in an event batch, since a burst of reports that has
+ * ended sends no report batch to carry it (answers waited for Mosquitto's idle pass, ~100 ms).
  * The service keeps at most a few reply messages unconfirmed (frames.REPLY_MESSAGES_IN_FLIGHT) and
  * gathers the replies that come meanwhile into its next one: Mosquitto reads one message of the
  * service's (plain) socket a pass of its loop, and a pass grows to hundreds of milliseconds under
@@ -174,6 +177,7 @@
 #define TAKEN_FRAME 0xff     /* the "qos" of the frame by which the service says what it has read */
 #define SEQUENCE_FRAME 0xfe  /* the "qos" of the frame that numbers the service's reply message */
 #define COMMAND_FRAME 0xfd   /* the "qos" of a frame holding a command, as on CONTROL_TOPIC */
+#define CONFIRM_FRAME 0xfc   /* the "qos" of the frame asking that the message be confirmed at once */
 
 /* ---- a small string-keyed hash table (Mosquitto exports no map to plugins) ------------------ */
 
@@ -1374,11 +1378,14 @@ static void answer_rejected(const char *topic, const char *thing, const void *pa
 }
 
 static void run_command(const char *payload, size_t len);
+static void tell_replies_done(void);
 
 /* Publish every reply frame of the service's batch, run its commands and apply its TAKEN frame, in
- * their order; a malformed tail is ignored. */
-static void publish_replies(const unsigned char *at, size_t len)
+ * their order; a malformed tail is ignored. Whether it holds a CONFIRM frame: the service's window
+ * is full, and the word it waits for is to go now, not with a report batch that may never come. */
+static bool publish_replies(const unsigned char *at, size_t len)
 {
+	bool confirm = false;
 	char topic[1024];
 	if(len >= 15 && at[0] == SEQUENCE_FRAME && get_u16(at + 1) == 0 && get_u32(at + 3) == 8){
 		uint32_t of = (uint32_t)get_u32(at + 7), number = (uint32_t)get_u32(at + 11);
@@ -1386,7 +1393,7 @@ static void publish_replies(const unsigned char *at, size_t len)
 			/* Published already: sent again because the service did not hear so (the word was lost
 			 * with its connection), and it sends no more replies until it does. */
 			replies_untold = true;
-			return;
+			return true;
 		}
 		replies_of = of;
 		replies_done = number;
@@ -1403,13 +1410,19 @@ static void publish_replies(const unsigned char *at, size_t len)
 			len -= 19;
 			continue;
 		}
+		if(qos == CONFIRM_FRAME && topic_len == 0 && payload_len == 0){
+			confirm = true;
+			at += 7;
+			len -= 7;
+			continue;
+		}
 		if(qos == COMMAND_FRAME && topic_len == 0 && 7 + payload_len <= len){
 			run_command((const char *)at + 7, payload_len);
 			at += 7 + payload_len;
 			len -= 7 + payload_len;
 			continue;
 		}
-		if(qos > 2 || topic_len == 0 || 7 + topic_len + payload_len > len) return;
+		if(qos > 2 || topic_len == 0 || 7 + topic_len + payload_len > len) return confirm;
 		if(topic_len < sizeof(topic)){ /* a longer one is skipped alone, not the replies after it */
 			memcpy(topic, at + 7, topic_len);
 			topic[topic_len] = '\0';
@@ -1419,6 +1432,7 @@ static void publish_replies(const unsigned char *at, size_t len)
 		at += 7 + topic_len + payload_len;
 		len -= 7 + topic_len + payload_len;
 	}
+	return confirm;
 }
 
 /* deny-certificates / allow-certificates: each target after the verb's NUL (see run_command). */
@@ -1484,7 +1498,10 @@ static int on_message(int event, void *event_data, void *userdata)
 
 	if(!client_id) return MOSQ_ERR_SUCCESS;
 	if(is_service(client_id)){
-		if(!strcmp(ed->topic, REPLIES_TOPIC)) publish_replies(ed->payload, ed->payloadlen);
+		if(!strcmp(ed->topic, REPLIES_TOPIC) && publish_replies(ed->payload, ed->payloadlen)){
+			tell_replies_done();
+			flush_events();
+		}
 		else if(!strcmp(ed->topic, CONTROL_TOPIC) && ed->payloadlen > 0) run_command(ed->payload, ed->payloadlen);
 		return MOSQ_ERR_SUCCESS;
 	}
