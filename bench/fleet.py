@@ -98,6 +98,22 @@ class Fleet:
                 # A stall shows as one bad second; steady queueing as every second high.
                 "p99_ms_by_second": [percentile(sorted(by_second[s]), 0.99) for s in sorted(by_second)]}
 
+    def bursts(self, period: float, rounds: int, base: int, drain_s: float) -> dict[str, Any]:
+        """Every device reports at the same instant, every ``period`` seconds, ``rounds`` times
+        (fleet_worker.LocalFleet.bursts): report -> answer latency of all of them."""
+        start_at = time.monotonic() + 0.5
+        for index, pipe in enumerate(self._pipes):
+            pipe.send(("bursts", period, rounds, start_at, self.first_id(base, index), drain_s))
+        answers = self._collect("bursts", period * rounds + drain_s + 30)
+        latencies = sorted(x for a in answers for x in a["latencies_ms"])
+        sent = sum(a["sent"] for a in answers)
+        answered = sum(a["answered"] for a in answers)
+        return {"period_s": period, "rounds": rounds, "sent": sent,
+                "not_sent_device_down": sum(a["skipped"] for a in answers), "answered": answered,
+                "rejected": sum(a["rejected"] for a in answers), "lost": sent - answered,
+                "p50_ms": percentile(latencies, 0.50), "p90_ms": percentile(latencies, 0.90),
+                "p99_ms": percentile(latencies, 0.99), "max_ms": round(latencies[-1], 1) if latencies else None}
+
     def closed_loop(self, seconds: float, base: int) -> dict[str, Any]:
         start_at = time.monotonic() + 0.5
         for index, pipe in enumerate(self._pipes):

@@ -258,6 +258,20 @@ class LocalFleet:
         await self.drain(drain_s)
         return {"sent": len(self.sent), "skipped": skipped, "publish_end": publish_end, **self.figures()}
 
+    async def bursts(self, period: float, rounds: int, start_at: float, first_id: int, drain_s: float) -> dict[str, Any]:
+        """Every device publishes at once, at ``start_at`` and every ``period`` after (one clock for
+        every process: the whole fleet's bursts coincide), ``rounds`` times; then the replies."""
+        self.sent, self.sent_by, self.answered, self.rejected = {}, {}, {}, 0
+        skipped, report_id = 0, first_id
+        for round_ in range(rounds):
+            await asyncio.sleep(max(0.0, start_at + round_ * period - time.monotonic()))
+            for device in self.devices:
+                if not self.send(device, report_id):
+                    skipped += 1
+                report_id += 1
+        await self.drain(drain_s)
+        return {"sent": len(self.sent), "skipped": skipped, **self.figures()}
+
     async def closed_loop_run(self, seconds: float, start_at: float, first_id: int) -> dict[str, Any]:
         """Every connected device keeps one report in flight: the most the system answers."""
         self.sent, self.sent_by, self.answered, self.rejected, self.closed_loop = {}, {}, {}, 0, {}
@@ -336,6 +350,8 @@ async def _serve(conn: Connection, spec: WorkerSpec, payloads: tuple[bytes, byte
             reply = await fleet.connect_all(*args)
         elif command == "open_loop":
             reply = await fleet.open_loop(*args)
+        elif command == "bursts":
+            reply = await fleet.bursts(*args)
         elif command == "closed_loop":
             reply = await fleet.closed_loop_run(*args)
         elif command == "arm_storm":
