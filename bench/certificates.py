@@ -16,8 +16,15 @@ Measured in one run:
 - report -> accepted latency of the fleet with no revocation (baseline) and during it.
 Results: ``bench/results/certificates-<database>-<devices>x<revoke>-<date>.json``.
 
+``--certificates registered`` runs serve with ``--mqtt-certificates registered`` (only certificates
+registered ACTIVE connect: the broker holds that list too); ``--refused-before`` and
+``--active-before`` put that many REVOKED or ACTIVE certificates of other devices in the database
+before the service's start, so its start, the lists it gives its broker and the reads of them are
+measured at a large registry's size.
+
     .venv/bin/python bench/certificates.py [--database sqlite|postgresql] [--devices 5000]
                                            [--revoke 1000] [--callers 4] [--rate 500]
+                                           [--certificates signed|registered] [--active-before N]
 """
 
 from __future__ import annotations
@@ -90,13 +97,14 @@ def register_all(iot: Any, directory: Path, devices: int) -> dict[str, str]:  # 
         return dict(pool.map(register, range(devices)))
 
 
-def add_revoked(url: str, count: int) -> None:
-    """``count`` revoked certificates of devices not in the fleet (random ids), written straight
-    into the database: the list every broker holds, as after years of revocations."""
+def add_certificates(url: str, count: int, status: str = "REVOKED") -> None:
+    """``count`` certificates of devices not in the fleet (random ids) in ``status``, written straight
+    into the database: REVOKED, the list every broker holds, as after years of revocations; ACTIVE,
+    the list a broker holds under ``--mqtt-certificates registered`` for a large fleet."""
     engine = create_engine(url)
     now = time.time()
     rows = [{"certificate_id": secrets.token_hex(32), "arn": "arn:aws:iot:us-east-1:123456789012:cert/x",
-             "pem": "-", "common_name": f"gone{n}", "status": "REVOKED", "certificate_mode": "SNI_ONLY",
+             "pem": "-", "common_name": f"other{n}", "status": status, "certificate_mode": "SNI_ONLY",
              "not_before": now, "not_after": now, "customer_version": 1, "generation_id": "-",
              "creation_date": now, "last_modified_date": now} for n in range(count)]
     with engine.begin() as conn:
@@ -131,6 +139,10 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=float, default=10.0)
     parser.add_argument("--refused-before", type=int, default=0,
                         help="revoked certificates of other devices already in the database")
+    parser.add_argument("--active-before", type=int, default=0,
+                        help="ACTIVE certificates of other devices already in the database")
+    parser.add_argument("--certificates", choices=("signed", "registered"), default="signed",
+                        help="serve's --mqtt-certificates")
     # A refused device retries: AWS IoT's SDKs from 1 s, doubling to 128 s (bench/fleet_worker.py).
     parser.add_argument("--backoff-first", type=float, default=1.0)
     parser.add_argument("--backoff-cap", type=float, default=128.0)
@@ -151,13 +163,15 @@ def main() -> None:
     service = ServiceProcess(data_dir=root / "service", database_url=url, extra_args=[
         "--mqtt-auth", "cert", "--mqtt-tls-port", str(tls_port), "--mqtt-ca", str(pki / "ca.pem"),
         "--mqtt-cert", str(pki / "server.pem"), "--mqtt-key", str(pki / "server.key"),
-        "--report-min-interval", "0"])  # the phases' reports come faster than AWS's 5 minutes
+        "--report-min-interval", "0",  # the phases' reports come faster than AWS's 5 minutes
+        "--mqtt-certificates", args.certificates])
     service.start()
     fleet = None
     try:
         # Restarted with the list of refused certificates in the database (read whole at start).
         service.stop()
-        add_revoked(url or sqlite_url(root / "service"), args.refused_before)
+        add_certificates(url or sqlite_url(root / "service"), args.refused_before)
+        add_certificates(url or sqlite_url(root / "service"), args.active_before, "ACTIVE")
         started = time.monotonic()
         service.start()
         start_s = time.monotonic() - started
@@ -192,6 +206,7 @@ def main() -> None:
         result = {
             "benchmark": "certificates", "database": args.database, "devices": args.devices,
             "revoked": len(revoked), "callers": args.callers, "refused_before": args.refused_before,
+            "active_before": args.active_before, "certificates": args.certificates,
             "service_start_s": round(start_s, 2), "mosquitto_rss_mb_connected": round(mosquitto_rss / 2**20, 1),
             "pki_s": round(pki_s, 1), "register_s": round(register_s, 1),
             "registrations_per_s": round(args.devices / register_s, 1), "connect": connected,
@@ -218,6 +233,8 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         RESULTS.mkdir(exist_ok=True)
         listed = f"-list{args.refused_before}" if args.refused_before else ""
+        listed += f"-active{args.active_before}" if args.active_before else ""
+        listed += "-registered" if args.certificates == "registered" else ""
         if (args.backoff_first, args.backoff_cap) != (1.0, 128.0):
             listed += f"-backoff{args.backoff_first:g}-{args.backoff_cap:g}"
         out = RESULTS / f"certificates-{args.database}-{args.devices}x{len(revoked)}{listed}-{result['date']}.json"

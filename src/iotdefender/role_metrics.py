@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from iotdefender import __version__
 from iotdefender.alerts.outbox import DELIVERIES
 from iotdefender.api.http_metrics import HTTP_REQUESTS, HTTP_SECONDS
-from iotdefender.brokers.certificate_gate import REFUSED_CERTIFICATES
+from iotdefender.brokers.certificate_gate import ACCEPTED_CERTIFICATES, REFUSED_CERTIFICATES
 from iotdefender.brokers.gatekeeper import MQTT_DENIALS
 from iotdefender.brokers.mosquitto.connections import MQTT_CONNECTED
 from iotdefender.cloud.cluster_windows import PARTS_LATE, PARTS_LOST, PARTS_PUBLISHED, WINDOWS_INCOMPLETE
@@ -42,7 +42,8 @@ NODE_INFO = Info("iotdefender_node", "This node: its id, its roles and the relea
 # availability) is in none of them.
 ROLE_METRICS: dict[str, tuple[Collector, ...]] = {
     "broker": (REPORTS, REJECTIONS, QUEUED, QUEUE_LIMIT, UNANSWERED, SETTLED, PARTS_PUBLISHED, PARTS_LOST,
-               MQTT_DENIALS, ANSWER_SECONDS, MQTT_CONNECTED, REFUSED_CERTIFICATES),
+               MQTT_DENIALS, ANSWER_SECONDS, MQTT_CONNECTED, REFUSED_CERTIFICATES,
+               ACCEPTED_CERTIFICATES),
     "api": (HTTP_REQUESTS, HTTP_SECONDS),
     # A detect node evaluates (the violation counters), stores (batch isolation: a broker node's
     # commits are the detect nodes'), sends the alerts and closes cloud windows.
@@ -52,7 +53,7 @@ ROLE_METRICS: dict[str, tuple[Collector, ...]] = {
 
 # Moved only by the embedded Mosquitto's plugin events: with an external broker (--mqtt-url) the
 # service sees no device connect, and a gauge stuck at 0 would read "no device connected".
-EMBEDDED_BROKER_METRICS: tuple[Collector, ...] = (MQTT_CONNECTED, REFUSED_CERTIFICATES)
+EMBEDDED_BROKER_METRICS: tuple[Collector, ...] = (MQTT_CONNECTED, REFUSED_CERTIFICATES, ACCEPTED_CERTIFICATES)
 
 
 def not_exported(roles: Collection[str]) -> list[Collector]:

@@ -139,6 +139,9 @@ def mqtt_auth(settings: Settings) -> str:
             raise ConfigurationError(f"--mqtt-password-file: {error}") from None
     if auth == "cert" and (settings.mqtt_tls_port is None or not settings.mqtt_ca):
         raise ConfigurationError("--mqtt-auth cert needs --mqtt-tls-port and --mqtt-ca")
+    if settings.mqtt_certificates == "registered" and (auth != "cert" or settings.mqtt_url is not None):
+        raise ConfigurationError("--mqtt-certificates registered needs --mqtt-auth cert and the embedded broker "
+                                 "(not --mqtt-url)")
     return auth
 
 
@@ -464,7 +467,8 @@ def build_broker(settings: Settings, gatekeeper: Gatekeeper, submit: ReportSink
     return (MosquittoBroker(listeners, gatekeeper, submit, settings.mqtt_password_file,
                             runtime_dir=Path(settings.data_dir) / "mosquitto", acl_file=settings.mqtt_acl_file,
                             session_expiry_s=settings.effective_mqtt_session_expiry,
-                            autosave_s=settings.effective_mqtt_autosave_interval),
+                            autosave_s=settings.effective_mqtt_autosave_interval,
+                            registered_certificates_only=settings.mqtt_certificates == "registered"),
             f"mqtt://{settings.host}:{settings.mqtt_port}")
 
 

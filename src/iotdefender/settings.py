@@ -36,6 +36,10 @@ class Settings:
     mqtt_auth: str | None = None
     mqtt_password_file: Path | None = None
     mqtt_acl: str = "own"
+    #: Under --mqtt-auth cert, which certificates connect: "signed" (any the CA signed, unless
+    #: registered in another status than ACTIVE) or "registered" (only those registered ACTIVE, as
+    #: on AWS IoT).
+    mqtt_certificates: str = "signed"
     mqtt_acl_file: Path | None = None  # Mosquitto acl_file for application topics (docs/mqtt-policy.md)
     mqtt_publish_rate: float = 100.0  # PUBLISHes a second per connection (AWS IoT Core's limit); 0: none
     mqtt_max_subscriptions: int = 50  # topic filters one connection may hold (AWS IoT Core's quota); 0: none
@@ -254,6 +258,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                       help="device authentication; 'none' (identity = client id) is the default only on loopback")
     mqtt.add_argument("--mqtt-password-file", type=Path, default=None,
                       help="username:password lines for --mqtt-auth password ($argon2 hashes accepted)")
+    mqtt.add_argument("--mqtt-certificates", choices=("signed", "registered"), default=d.mqtt_certificates,
+                      help="under --mqtt-auth cert: 'signed' (default): any certificate --mqtt-ca signed connects, "
+                           "unless registered in another status than ACTIVE; 'registered': only certificates "
+                           "registered ACTIVE (RegisterCertificate), as on AWS IoT")
     mqtt.add_argument("--mqtt-acl", choices=("own", "any"), default=d.mqtt_acl,
                       help="'own': a device reports only under its own thing name (default); 'any': for any thing")
     mqtt.add_argument("--mqtt-acl-file", type=Path, default=None,

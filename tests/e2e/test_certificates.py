@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support.certificates import Pki
-from tests.support.mqtt import stop_network_loop
+from tests.support.metrics import metric_sample
+from tests.support.mqtt import mqtt_denials, stop_network_loop
 from tests.support.processes import ServiceProcess, free_port, wait_for
 
 
@@ -195,9 +196,11 @@ def test_certificate_operations_answer_as_aws_does(tls_service):
         iot.list_certificates(pageSize=2, marker="bogus")
 
 
-def test_a_certificate_updated_through_one_node_is_cut_off_on_another(jetstream, postgres, tmp_path):
+@pytest.mark.parametrize("certificates", ["signed", "registered"])
+def test_a_certificate_updated_through_one_node_is_cut_off_on_another(jetstream, postgres, tmp_path, certificates):
     """Cluster mode: every broker node refuses what any api node was told (a NATS notice; each
-    node's Mosquitto holds the list)."""
+    node's Mosquitto holds the list); under ``--mqtt-certificates registered`` every node lets in
+    a certificate registered ACTIVE through any of them."""
     pki = Pki(tmp_path, "127.0.0.1")
     url = postgres.create_database(f"certcluster{time.time_ns()}")
     nodes, tls_ports = [], []
@@ -206,24 +209,38 @@ def test_a_certificate_updated_through_one_node_is_cut_off_on_another(jetstream,
         nodes.append(ServiceProcess(data_dir=tmp_path / name, database_url=url, extra_args=[
             "--cluster-url", jetstream.urls[0], "--mqtt-auth", "cert", "--mqtt-tls-port", str(tls_ports[-1]),
             "--mqtt-ca", str(pki.ca_cert), "--mqtt-cert", str(pki.server_cert), "--mqtt-key", str(pki.server_key),
-            "--report-min-interval", "0"]))
+            "--report-min-interval", "0", "--mqtt-certificates", certificates]))
     for node in nodes:
         node.start()
     try:
         files = pki.issue("roaming")
-        device = TlsDevice(tls_ports[1], pki, "roaming", files)
-        assert device.reason == 0
-        wait_for(lambda: device.report(1) == "ACCEPTED", 20, "a report accepted through node b")
         iot = nodes[0].client()
-        cert_id = iot.register_certificate(certificatePem=files[0].read_text(), status="ACTIVE")["certificateId"]
+        if certificates == "registered":
+            assert TlsDevice(tls_ports[1], pki, "roaming", files).reason == 135  # not registered yet
+            cert_id = iot.register_certificate(certificatePem=files[0].read_text(), status="ACTIVE")["certificateId"]
+            connected: list[TlsDevice] = []
+            wait_for(lambda: connected.append(attempt := TlsDevice(tls_ports[1], pki, "roaming", files))
+                     or attempt.reason == 0, 5, "node b let in the certificate registered through node a")
+            device = connected[-1]
+        else:
+            device = TlsDevice(tls_ports[1], pki, "roaming", files)
+            assert device.reason == 0
+        wait_for(lambda: device.report(1) == "ACCEPTED", 20, "a report accepted through node b")
+        if certificates == "signed":
+            cert_id = iot.register_certificate(certificatePem=files[0].read_text(), status="ACTIVE")["certificateId"]
         iot.update_certificate(certificateId=cert_id, newStatus="REVOKED")
         wait_for(lambda: device.closed, 5, "node b closed the revoked certificate's connection")
         stop_network_loop(device.client)
         for port in tls_ports:
             assert TlsDevice(port, pki, "roaming", files).reason == 135
-        # A node that starts afterwards reads the list before its first CONNECT.
+        # A node that starts afterwards reads the lists before its first CONNECT.
+        other = pki.issue("other")
+        iot.register_certificate(certificatePem=other[0].read_text(), status="ACTIVE")
         nodes[1].restart()
         assert TlsDevice(tls_ports[1], pki, "roaming", files).reason == 135
+        let_in = TlsDevice(tls_ports[1], pki, "other", other)
+        assert let_in.reason == 0
+        let_in.close()
     finally:
         for node in nodes:
             node.stop()
@@ -293,6 +310,48 @@ def test_a_list_of_more_certificates_than_mqtt_packet_ids_still_lets_devices_in(
         device = TlsDevice(tls_port, pki, "unlisted")
         assert device.reason == 0 and device.report(1) == "ACCEPTED"
         assert TlsDevice(tls_port, pki, "listed-last", files).reason == 135
+        device.close()
+    finally:
+        service.stop()
+
+
+def test_under_registered_only_a_certificate_connects_once_registered_active(tmp_path):
+    """``--mqtt-certificates registered``: as on AWS IoT, a certificate the CA signed connects only
+    once registered ACTIVE; one made INACTIVE is cut off, and the lists survive a restart."""
+    pki = Pki(tmp_path, "127.0.0.1")
+    tls_port = free_port()
+    service = ServiceProcess(data_dir=tmp_path / "svc", extra_args=[
+        "--mqtt-auth", "cert", "--mqtt-tls-port", str(tls_port), "--mqtt-ca", str(pki.ca_cert),
+        "--mqtt-cert", str(pki.server_cert), "--mqtt-key", str(pki.server_key), "--report-min-interval", "0",
+        "--mqtt-certificates", "registered"])
+    service.start()
+    try:
+        iot = service.client()
+        newcomer, stranger = pki.issue("newcomer"), pki.issue("stranger")
+        assert TlsDevice(tls_port, pki, "newcomer", newcomer).reason == 135  # signed, not registered
+        iot.register_certificate(certificatePem=newcomer[0].read_text(), status="ACTIVE")
+        connected: list[TlsDevice] = []
+        wait_for(lambda: connected.append(attempt := TlsDevice(tls_port, pki, "newcomer", newcomer))
+                 or attempt.reason == 0, 5, "the certificate registered ACTIVE let in")
+        device = connected[-1]
+        assert device.report(1) == "ACCEPTED"
+
+        iot.update_certificate(certificateId=certificate_id(newcomer[0]), newStatus="INACTIVE")
+        wait_for(lambda: device.closed, 5, "the inactive certificate's connection closed")
+        stop_network_loop(device.client)
+        assert TlsDevice(tls_port, pki, "newcomer", newcomer).reason == 135
+        iot.update_certificate(certificateId=certificate_id(newcomer[0]), newStatus="ACTIVE")
+        wait_for(lambda: connected.append(attempt := TlsDevice(tls_port, pki, "newcomer", newcomer))
+                 or attempt.reason == 0, 5, "ACTIVE again, let in again")
+        connected[-1].close()
+
+        service.restart()  # the plugin starts empty: the service gives it the ACTIVE list again
+        device = TlsDevice(tls_port, pki, "newcomer", newcomer)
+        assert device.reason == 0 and device.report(2) == "ACCEPTED"
+        assert TlsDevice(tls_port, pki, "stranger", stranger).reason == 135
+        wait_for(lambda: mqtt_denials(service.endpoint, "auth_certificate_not_registered") == 1, 5,
+                 "the refusal counted (since the restart) under its reason")
+        assert metric_sample(service.endpoint, "iotdefender_mqtt_accepted_certificates") == 1
         device.close()
     finally:
         service.stop()

@@ -1,6 +1,7 @@
-"""CertificateGate keeps the broker's list of refused certificates equal to the database's: a write
-names its certificate and only that one is read again; a missed notice is made good by the whole
-list, read at the next period or when the gate is told anything may have changed.
+"""CertificateGate keeps the broker's list of refused certificates (and, under ``--mqtt-certificates
+registered``, of those registered ACTIVE) equal to the database's: a write names its certificate and
+only that one is read again; a missed notice is made good by the whole list, read at the next period
+or when the gate is told anything may have changed.
 
 The broker here records the commands it is given (the plugin's side is tested end to end in
 tests/e2e/test_certificates.py)."""
@@ -20,28 +21,53 @@ from tests.support.certificates import Pki
 class CountingGate(CertificateGate):
     whole_reads = 0
 
-    def _read_all(self) -> dict[str, str]:
-        self.whole_reads += 1
-        return super()._read_all()
+    def _read(self, among: list[str] | None) -> tuple[dict[str, str], set[str]]:
+        self.whole_reads += among is None
+        return super()._read(among)
 
 
 class RecordingBroker:
-    def __init__(self) -> None:
+    """What MosquittoBroker keeps of the commands it sends its plugin (a deny takes a certificate off
+    the accepted, an accept off the refused, an allow off both)."""
+
+    def __init__(self, registered_certificates_only: bool = False) -> None:
+        self.registered_certificates_only = registered_certificates_only
         self.denied: dict[str, str] = {}
+        self.accepted: set[str] = set()
         self.commands: list[tuple[str, str]] = []
 
     def deny_certificates(self, refused: dict[str, str]) -> None:
         self.denied.update(refused)
+        self.accepted.difference_update(refused)
         self.commands += [("deny", certificate_id) for certificate_id in refused]
 
     def allow_certificates(self, certificate_ids) -> None:  # type: ignore[no-untyped-def]
         for certificate_id in certificate_ids:
             self.denied.pop(certificate_id, None)
+            self.accepted.discard(certificate_id)
             self.commands.append(("allow", certificate_id))
+
+    def accept_certificates(self, certificate_ids) -> None:  # type: ignore[no-untyped-def]
+        for certificate_id in certificate_ids:
+            self.denied.pop(certificate_id, None)
+            self.accepted.add(certificate_id)
+            self.commands.append(("accept", certificate_id))
 
     @property
     def denied_certificates(self) -> dict[str, str]:
         return dict(self.denied)
+
+    @property
+    def accepted_certificates(self) -> frozenset[str]:
+        return frozenset(self.accepted)
+
+
+async def _settled(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(what)
 
 
 def test_each_write_reads_its_certificate_and_a_missed_one_is_made_good(engine, tmp_path):
@@ -95,6 +121,46 @@ def test_each_write_reads_its_certificate_and_a_missed_one_is_made_good(engine, 
             call(operation, params)
             gate.written(operation, params)
         await settled({ids["b"]: "b", d: "d"})
+        assert gate.whole_reads == 2
+        runner.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_under_registered_only_the_broker_is_told_every_active_certificate_and_each_change(engine, tmp_path):
+    """``--mqtt-certificates registered``: only certificates registered ACTIVE connect, so the broker
+    holds those too: all at start, then each write's certificate as it comes in or out of ACTIVE.
+    A certificate never registered is in neither list (the plugin refuses it as unregistered)."""
+    call = Dispatcher(ServiceContext(engine=engine), registry.IMPLEMENTED, lambda: None).call_by_name
+    pki = Pki(tmp_path, "127.0.0.1")
+    ids = {name: call("RegisterCertificateWithoutCA", {"certificatePem": pki.issue(name)[0].read_text(),
+                                                       "status": status})["certificateId"]
+           for name, status in (("a", "ACTIVE"), ("b", "ACTIVE"), ("c", "INACTIVE"))}
+    broker = RecordingBroker(registered_certificates_only=True)
+    gate = CountingGate(engine, broker, period_s=60)
+
+    async def scenario() -> None:
+        runner = asyncio.ensure_future(gate.run())
+        await _settled(lambda: broker.accepted == {ids["a"], ids["b"]} and broker.denied == {ids["c"]: "c"},
+                       f"at start: accepted {broker.accepted}, denied {broker.denied}")
+        broker.commands.clear()
+        for operation, params in (("UpdateCertificate", {"certificateId": ids["a"], "newStatus": "REVOKED"}),
+                                  ("UpdateCertificate", {"certificateId": ids["c"], "newStatus": "ACTIVE"})):
+            call(operation, params)
+            gate.written(operation, params)
+        await _settled(lambda: broker.accepted == {ids["b"], ids["c"]} and broker.denied == {ids["a"]: "a"},
+                       f"after the writes: accepted {broker.accepted}, denied {broker.denied}")
+        assert sorted(broker.commands) == sorted([("deny", ids["a"]), ("accept", ids["c"])])
+        params = {"certificatePem": pki.issue("d")[0].read_text(), "status": "ACTIVE"}
+        d = call("RegisterCertificateWithoutCA", params)["certificateId"]
+        gate.written("RegisterCertificateWithoutCA", params)
+        await _settled(lambda: d in broker.accepted, "a certificate registered ACTIVE was not accepted")
+        # A change this gate was not told of is made good by the whole lists.
+        with engine.begin() as conn:
+            certificates.update(conn, ids["b"], status="INACTIVE")
+        gate.changed()
+        await _settled(lambda: broker.accepted == {ids["c"], d} and set(broker.denied) == {ids["a"], ids["b"]},
+                       f"after the whole read: accepted {broker.accepted}, denied {broker.denied}")
         assert gate.whole_reads == 2
         runner.cancel()
 

@@ -1,8 +1,10 @@
-"""The broker refuses the certificates registered in another status than ACTIVE.
+"""The broker refuses the certificates registered in another status than ACTIVE, and under
+``--mqtt-certificates registered`` every certificate not registered ACTIVE.
 
 The database is the truth (controlplane/certificates.py writes it); the broker's plugin holds the
-list of refused certificate ids and enforces it at every CONNECT, closing a device already
-connected with a certificate as it is refused. This keeps the two equal.
+list of refused certificate ids (and, under ``registered``, of those registered ACTIVE) and enforces
+it at every CONNECT, closing a device already connected with a certificate as it is refused. This
+keeps the two equal.
 
 A write names the certificate it changed (an API write of this process, or another node's notice),
 and only that certificate's row is read again: reading the whole list at every write made a bulk
@@ -15,7 +17,7 @@ notice is made good within that period.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Set as AbstractSet
 from typing import Any, Protocol
 
 import anyio
@@ -31,6 +33,9 @@ log = structlog.get_logger("iotdefender.brokers")
 
 REFUSED_CERTIFICATES = Gauge("iotdefender_mqtt_refused_certificates",
                              "Certificates the broker refuses: registered, and not ACTIVE")
+ACCEPTED_CERTIFICATES = Gauge("iotdefender_mqtt_accepted_certificates",
+                              "Certificates registered ACTIVE, the only ones the broker lets connect under "
+                              "--mqtt-certificates registered (0 otherwise: not tracked)")
 
 
 class RefusingBroker(Protocol):
@@ -40,8 +45,16 @@ class RefusingBroker(Protocol):
 
     def allow_certificates(self, certificate_ids: Iterable[str]) -> None: ...
 
+    def accept_certificates(self, certificate_ids: Iterable[str]) -> None: ...
+
     @property
-    def denied_certificates(self) -> dict[str, str]: ...
+    def registered_certificates_only(self) -> bool: ...
+
+    @property
+    def denied_certificates(self) -> Mapping[str, str]: ...
+
+    @property
+    def accepted_certificates(self) -> AbstractSet[str]: ...
 
 
 class CertificateGate:
@@ -73,38 +86,49 @@ class CertificateGate:
         self._wake.set()
 
     async def refresh(self) -> None:
-        """Make the broker's whole list the database's."""
-        refused = await anyio.to_thread.run_sync(self._read_all)
-        held = self._broker.denied_certificates
-        self._apply({**dict.fromkeys(held.keys() - refused.keys()), **refused})
-        REFUSED_CERTIFICATES.set(len(self._broker.denied_certificates))
+        """Make the broker's whole lists the database's."""
+        refused, active = await anyio.to_thread.run_sync(self._read, None)
+        held = self._broker.denied_certificates.keys() | self._broker.accepted_certificates
+        self._apply(held | refused.keys() | active, refused, active)
 
     async def _refresh_some(self, certificate_ids: set[str]) -> None:
-        found = await anyio.to_thread.run_sync(self._read_some, certificate_ids)
-        self._apply({certificate_id: found.get(certificate_id) for certificate_id in certificate_ids})
-        REFUSED_CERTIFICATES.set(len(self._broker.denied_certificates))
+        refused, active = await anyio.to_thread.run_sync(self._read, sorted(certificate_ids))
+        self._apply(certificate_ids, refused, active)
 
-    def _apply(self, wanted: dict[str, str | None]) -> None:
-        """``wanted``: certificate id -> its common name if refused, None if not; what changes is
-        told to the broker in as few messages as hold it."""
-        held = self._broker.denied_certificates
-        denied = {key: name for key, name in wanted.items() if name is not None and held.get(key) != name}
-        allowed = [key for key, name in wanted.items() if name is None and key in held]
+    def _apply(self, certificate_ids: Iterable[str], refused: dict[str, str], active: set[str]) -> None:
+        """Each of ``certificate_ids`` as the database has it: refused (in ``refused``, with its
+        common name), registered ACTIVE (in ``active``, read only under registered_certificates_only),
+        or neither; what changes is told to the broker in as few messages as hold it."""
+        held_denied, held_accepted = self._broker.denied_certificates, self._broker.accepted_certificates
+        denied: dict[str, str] = {}
+        accepted: list[str] = []
+        allowed: list[str] = []
+        for key in certificate_ids:
+            if key in refused:
+                if held_denied.get(key) != refused[key]:
+                    denied[key] = refused[key]
+            elif key in active:
+                if key not in held_accepted:
+                    accepted.append(key)  # the broker's accept takes it off its refused too
+            elif key in held_denied or key in held_accepted:
+                allowed.append(key)
         if denied:
             self._broker.deny_certificates(denied)
+        if accepted:
+            self._broker.accept_certificates(accepted)
         if allowed:
             self._broker.allow_certificates(allowed)
-        if denied or allowed:
+        if denied or accepted or allowed:
             log.info("mqtt_certificates_refused", refused=len(self._broker.denied_certificates),
-                     newly_refused=len(denied), accepted_again=len(allowed))
+                     newly_refused=len(denied), accepted_again=len(allowed), newly_active=len(accepted))
+        REFUSED_CERTIFICATES.set(len(self._broker.denied_certificates))
+        ACCEPTED_CERTIFICATES.set(len(self._broker.accepted_certificates))
 
-    def _read_all(self) -> dict[str, str]:
+    def _read(self, among: list[str] | None) -> tuple[dict[str, str], set[str]]:
+        """The refused certificates (and, under registered_certificates_only, the ACTIVE ones), all
+        or those of ``among``."""
         with self._engine.connect() as conn:
-            return certificates.refused(conn)
-
-    def _read_some(self, certificate_ids: set[str]) -> dict[str, str]:
-        with self._engine.connect() as conn:
-            return certificates.refused(conn, sorted(certificate_ids))
+            return certificates.standing(conn, among, with_active=self._broker.registered_certificates_only)
 
     async def run(self) -> None:
         self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()

@@ -1,4 +1,4 @@
-"""SQL for device certificates (controlplane/certificates.py) and the list the broker refuses
+"""SQL for device certificates (controlplane/certificates.py) and the lists the broker enforces
 (brokers/certificate_gate.py)."""
 
 from __future__ import annotations
@@ -57,14 +57,22 @@ def of_common_name(conn: Connection, common_name: str) -> list[dict[str, Any]]:
     return [dict(row) for row in rows.mappings()]
 
 
-def refused(conn: Connection, among: Sequence[str] | None = None) -> dict[str, str]:
-    """{certificate id: common name ("" if none)} of every certificate that may not connect (any
-    status but ACTIVE, deleted ones included), or of those of ``among`` that may not."""
-    query = sa.select(certificates.c.certificate_id, certificates.c.common_name).where(certificates.c.status != ACTIVE)
+def standing(conn: Connection, among: Sequence[str] | None = None,
+             with_active: bool = True) -> tuple[dict[str, str], set[str]]:
+    """What the broker enforces, in one read: ({certificate id: common name ("" if none)} of every
+    certificate that may not connect (any status but ACTIVE, deleted ones included), {ids of those
+    registered ACTIVE}), of every certificate or of those of ``among``. ``with_active`` False
+    leaves the ACTIVE ones unread: only ``--mqtt-certificates registered`` needs them, and a
+    whole read of a large fleet's costs (100 ms at 100,000)."""
+    query = sa.select(certificates.c.certificate_id, certificates.c.common_name, certificates.c.status)
+    if not with_active:
+        query = query.where(certificates.c.status != ACTIVE)
+    rows: list[Any] = []
     if among is None:
-        return {certificate_id: common_name or "" for certificate_id, common_name in conn.execute(query)}
-    found: dict[str, str] = {}
-    for start in range(0, len(among), _IN_BATCH):
-        rows = conn.execute(query.where(certificates.c.certificate_id.in_(among[start:start + _IN_BATCH])))
-        found.update((certificate_id, common_name or "") for certificate_id, common_name in rows)
-    return found
+        rows = list(conn.execute(query))
+    else:
+        for start in range(0, len(among), _IN_BATCH):
+            rows += conn.execute(query.where(certificates.c.certificate_id.in_(among[start:start + _IN_BATCH]))).all()
+    refused = {certificate_id: common_name or "" for certificate_id, common_name, status in rows if status != ACTIVE}
+    active = {certificate_id for certificate_id, _, status in rows if status == ACTIVE}
+    return refused, active

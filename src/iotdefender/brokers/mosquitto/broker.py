@@ -26,8 +26,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Set as AbstractSet
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO
 
 import anyio.to_thread
@@ -106,13 +107,16 @@ class MosquittoBroker:
     def __init__(self, listeners: ListenerSettings, gatekeeper: Gatekeeper, sink: ReportSink,
                  password_file: Path | None = None, cache_dir: Path | None = None,
                  runtime_dir: Path | None = None, connections: ConnectedClients | None = None,
-                 acl_file: Path | None = None, session_expiry_s: float = 3600.0, autosave_s: float = 60.0) -> None:
+                 acl_file: Path | None = None, session_expiry_s: float = 3600.0, autosave_s: float = 60.0,
+                 registered_certificates_only: bool = False) -> None:
         """``acl_file`` (Mosquitto's syntax) governs devices' application topics; read by Mosquitto at
         its start. ``runtime_dir`` holds mosquitto.conf (with the service's secret, so mode 0700): the data
         directory's ``mosquitto/`` for the service, rewritten at each start, so that a killed
         service leaves nothing behind in /tmp; a temporary directory when not given. It also holds
         mosquitto.db, the persistent sessions (kept for ``session_expiry_s`` after their device left,
-        saved every ``autosave_s`` and at each stop), which the next start on that directory restores."""
+        saved every ``autosave_s`` and at each stop), which the next start on that directory restores.
+        ``registered_certificates_only``: a certificate connects only once ``accept_certificates``
+        named it (registered ACTIVE), as on AWS IoT; else any the CA signed, unless denied."""
         self._listeners = listeners
         self._gatekeeper = gatekeeper
         self._sink = sink
@@ -127,6 +131,8 @@ class MosquittoBroker:
         self._secret = secrets.token_urlsafe(32)
         self._refused: set[str] = set()
         self._denied_certificates: dict[str, str] = {}  # certificate id -> its common name
+        self.registered_certificates_only = registered_certificates_only
+        self._accepted_certificates: set[str] = set()  # registered ACTIVE (registered_certificates_only)
         self._process: subprocess.Popen[bytes] | None = None
         self._runtime: Path | None = runtime_dir.resolve() if runtime_dir is not None else None
         self._temporary_runtime = runtime_dir is None
@@ -159,7 +165,8 @@ class MosquittoBroker:
             library=library, service_id=self.client_id, service_secret=self._secret, auth=self._gatekeeper.auth,
             acl=self._gatekeeper.acl, password_file=self._password_file, acl_file=self._acl_file,
             report_traffic=self._gatekeeper.observes_traffic, publish_rate=self._gatekeeper.publish_rate,
-            max_subscriptions=self._gatekeeper.max_subscriptions),
+            max_subscriptions=self._gatekeeper.max_subscriptions,
+            certificates="registered" if self.registered_certificates_only else "signed"),
             Persistence(self._runtime, self._session_expiry_s, self._autosave_s)))
         config.chmod(0o600)
         self._spawn(executable, config)
@@ -352,6 +359,8 @@ class MosquittoBroker:
         denied = [certificate_id + name for certificate_id, name in sorted(self._denied_certificates.items())]
         for command in _certificate_commands("deny-certificates", denied):
             self._control_now(command)
+        for command in _certificate_commands("accept-certificates", sorted(self._accepted_certificates)):
+            self._control_now(command)
         self._control_now(b"ready\0" + self.client_id.encode())
         if self._replies is not None:  # what the connection that broke did not deliver (frames.py)
             self._replies.send_again()
@@ -385,19 +394,45 @@ class MosquittoBroker:
         lowercase hex SHA-256 of its DER encoding), and close the connection of the common name (the
         client id a certificate names under ``--mqtt-auth cert``) if it was made with it."""
         self._denied_certificates.update(refused)
+        self._accepted_certificates.difference_update(refused)  # as the plugin's deny does
         if self._replies is not None:  # else sent when the service's client connects
             for command in _certificate_commands("deny-certificates", [key + name for key, name in refused.items()]):
                 self._replies.command(command)
 
     def allow_certificates(self, certificate_ids: Iterable[str]) -> None:
-        allowed = [key for key in certificate_ids if self._denied_certificates.pop(key, None) is not None]
+        """Neither refused for its status nor accepted as registered ACTIVE: ACTIVE again while
+        any certificate the CA signed connects, or its row gone from the database."""
+        allowed = []
+        for key in certificate_ids:
+            denied = self._denied_certificates.pop(key, None) is not None
+            if denied or key in self._accepted_certificates:
+                self._accepted_certificates.discard(key)
+                allowed.append(key)
         if self._replies is not None:
             for command in _certificate_commands("allow-certificates", allowed):
                 self._replies.command(command)
 
+    def accept_certificates(self, certificate_ids: Iterable[str]) -> None:
+        """Registered ACTIVE: under ``registered_certificates_only`` only these connect; no longer
+        refused for their status."""
+        accepted = [key for key in certificate_ids if key not in self._accepted_certificates]
+        for key in accepted:
+            self._accepted_certificates.add(key)
+            self._denied_certificates.pop(key, None)
+        if self._replies is not None:
+            for command in _certificate_commands("accept-certificates", accepted):
+                self._replies.command(command)
+
     @property
-    def denied_certificates(self) -> dict[str, str]:
-        return dict(self._denied_certificates)
+    def denied_certificates(self) -> Mapping[str, str]:
+        """A read-only view (changes with the broker's list): a copy at each of a bulk revocation's
+        writes cost milliseconds at 100,000 certificates."""
+        return MappingProxyType(self._denied_certificates)
+
+    @property
+    def accepted_certificates(self) -> AbstractSet[str]:
+        """The certificates registered ACTIVE, under registered_certificates_only; as above, a view."""
+        return self._accepted_certificates
 
 
 def _certificate_commands(verb: str, targets: list[str]) -> Iterator[bytes]:

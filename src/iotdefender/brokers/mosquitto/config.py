@@ -78,6 +78,7 @@ class PluginOptions:
     publish_rate: float = 0.0  # PUBLISHes a second per connection (defender_plugin.c); 0: no limit
     report_window: int = REPORTS_AWAITING_ANSWER  # a thing's reports awaiting the service's answer; 0: no limit
     max_subscriptions: int = 0  # topic filters a connection may hold (defender_plugin.c); 0: no limit
+    certificates: str = "signed"  # signed | registered: which certificates connect (defender_plugin.c)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def render_config(listeners: ListenerSettings, plugin: PluginOptions, persistenc
         f"plugin_opt_service_secret {_value(plugin.service_secret)}",
         f"plugin_opt_auth {plugin.auth}",
         f"plugin_opt_acl {plugin.acl}",
+        f"plugin_opt_certificates {plugin.certificates}",
         f"plugin_opt_report_traffic {1 if plugin.report_traffic else 0}",
         f"plugin_opt_flush_ms {plugin.flush_ms}",
         f"plugin_opt_publish_rate {plugin.publish_rate:g}",

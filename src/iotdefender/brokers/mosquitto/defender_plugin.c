@@ -142,7 +142,12 @@
  *   deny-certificates   targets, each after a NUL: a certificate id (64 hex digits, the SHA-256 of
  *           its DER encoding) then the client id it names (its common name): refuse every CONNECT
  *           made with that certificate, and close that client's connection if it was made with it;
- *   allow-certificates  targets, each after a NUL: a certificate id: accept it again.
+ *   allow-certificates  targets, each after a NUL: a certificate id: no longer refused for its
+ *           status, nor accepted as registered (with certificates=registered it is then refused
+ *           as any unregistered one);
+ *   accept-certificates targets, each after a NUL: a certificate id registered ACTIVE: with
+ *           certificates=registered, only these connect (as on AWS IoT, where a certificate must
+ *           be registered and ACTIVE); no longer refused for its status.
  *   Many to a message: the list is sent whole at each (re)connection of the service, where one
  *   QoS 1 message a certificate ran out of the service's 65,535 packet ids at 100,000 of them;
  *   and Mosquitto reads one of the service's messages a pass of its loop.
@@ -317,6 +322,10 @@ static struct table passwords;     /* username -> secret (plain or $argon2 PHC s
 static struct table authenticated; /* client id -> its current authenticated connection */
 static struct table refused;       /* client id -> (void *)1 while refused */
 static struct table denied_certificates; /* certificate id -> (void *)1: not ACTIVE (see certificate_id) */
+static struct table accepted_certificates; /* certificate id -> (void *)1: registered ACTIVE */
+/* certificates=registered: a certificate connects only if registered ACTIVE (accepted_certificates),
+ * as on AWS IoT; else (signed) any the CA signed connects unless registered in another status. */
+static bool registered_only;
 static struct table client_certificates; /* client id -> the certificate id of its connection (char *) */
 static struct table buckets;       /* client id -> its struct bucket, while it is connected */
 static struct table awaiting;      /* thing -> its struct awaiting, while the service owes it answers */
@@ -763,6 +772,8 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		/* Registered through the API in another status than ACTIVE (UpdateCertificate): refused
 		 * as AWS IoT refuses it, whatever the rest of the checks would say. */
 		reason = "auth_certificate_not_active";
+	}else if(registered_only && has_cert && !table_get(&accepted_certificates, cert_id)){
+		reason = "auth_certificate_not_registered"; /* signed by the CA, never registered */
 	}else if(auth_mode == AUTH_PASSWORD){
 		if(!password_ok(ed->username, ed->password)) reason = "auth_bad_password";
 		else if(strcmp(ed->username, client_id)) reason = "auth_client_id_mismatch";
@@ -1435,8 +1446,10 @@ static bool publish_replies(const unsigned char *at, size_t len)
 	return confirm;
 }
 
-/* deny-certificates / allow-certificates: each target after the verb's NUL (see run_command). */
-static void certificate_commands(bool deny, const char *at, const char *end)
+enum certificate_verb { CERTIFICATES_DENY, CERTIFICATES_ALLOW, CERTIFICATES_ACCEPT };
+
+/* deny-, allow- and accept-certificates: each target after the verb's NUL (see run_command). */
+static void certificate_commands(enum certificate_verb verb, const char *at, const char *end)
 {
 	while(at < end){
 		const char *next = memchr(at, '\0', (size_t)(end - at));
@@ -1445,16 +1458,21 @@ static void certificate_commands(bool deny, const char *at, const char *end)
 			char id[65], *owner, *in_use;
 			memcpy(id, at, 64);
 			id[64] = '\0';
-			if(deny){
+			if(verb == CERTIFICATES_DENY){
 				table_put(&denied_certificates, id, (void *)1);
+				table_del(&accepted_certificates, id);
 				/* Its device is connected with it: closed now. Under --mqtt-auth cert a client id
 				 * is its certificate's common name, so the one connection it can hold is that name's. */
 				owner = strndup(at + 64, len - 64);
 				in_use = owner ? table_get(&client_certificates, owner) : NULL;
 				if(in_use && !strcmp(in_use, id)) mosquitto_kick_client_by_clientid(owner, false);
 				free(owner);
+			}else if(verb == CERTIFICATES_ACCEPT){
+				table_put(&accepted_certificates, id, (void *)1);
+				table_del(&denied_certificates, id);
 			}else{
 				table_del(&denied_certificates, id);
+				table_del(&accepted_certificates, id);
 			}
 		}
 		at += len + 1;
@@ -1465,8 +1483,16 @@ static void run_command(const char *payload, size_t len)
 {
 	const char *nul = memchr(payload, '\0', len);
 	if(!nul || nul + 1 >= payload + len) return;
-	if(!strcmp(payload, "deny-certificates") || !strcmp(payload, "allow-certificates")){
-		certificate_commands(payload[0] == 'd', nul + 1, payload + len);
+	if(!strcmp(payload, "deny-certificates")){
+		certificate_commands(CERTIFICATES_DENY, nul + 1, payload + len);
+		return;
+	}
+	if(!strcmp(payload, "allow-certificates")){
+		certificate_commands(CERTIFICATES_ALLOW, nul + 1, payload + len);
+		return;
+	}
+	if(!strcmp(payload, "accept-certificates")){
+		certificate_commands(CERTIFICATES_ACCEPT, nul + 1, payload + len);
 		return;
 	}
 	char *target = strndup(nul + 1, (size_t)(payload + len - nul - 1));
@@ -1642,6 +1668,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data,
 		else if(!strcmp(key, "auth")) auth_mode = !strcmp(value, "password") ? AUTH_PASSWORD
 			: !strcmp(value, "cert") ? AUTH_CERT : AUTH_NONE;
 		else if(!strcmp(key, "acl")) acl_any = !strcmp(value, "any");
+		else if(!strcmp(key, "certificates")) registered_only = !strcmp(value, "registered");
 		else if(!strcmp(key, "report_traffic")) report_traffic = strcmp(value, "0") != 0;
 		else if(!strcmp(key, "app_acl") && !strcmp(value, "file")){
 			broker_acl_check = (broker_acl_check_fn)dlsym(RTLD_DEFAULT, "mosquitto_acl_check");
@@ -1690,6 +1717,7 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *options, int
 	table_clear(&passwords);
 	table_clear(&refused);
 	table_clear(&denied_certificates);
+	table_clear(&accepted_certificates);
 	table_clear(&client_certificates);
 	table_clear(&buckets);
 	table_clear(&awaiting);
