@@ -165,3 +165,37 @@ def test_under_registered_only_the_broker_is_told_every_active_certificate_and_e
         runner.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_quiet_period_reads_what_was_written_since_and_every_tenth_the_whole_lists(engine, tmp_path):
+    """A notice lost (another node's write) is made good within a period by reading the
+    certificates written since the last read began; the whole lists, which a large registry makes
+    costly, only every WHOLE_EVERY periods, for what the writers' stamps cannot show."""
+    import time
+
+    from iotdefender.brokers.certificate_gate import WHOLE_EVERY
+
+    call = Dispatcher(ServiceContext(engine=engine), registry.IMPLEMENTED, lambda: None).call_by_name
+    pki = Pki(tmp_path, "127.0.0.1")
+    ids = {name: call("RegisterCertificateWithoutCA", {"certificatePem": pki.issue(name)[0].read_text(),
+                                                       "status": "ACTIVE"})["certificateId"]
+           for name in ("stamped", "by-hand")}
+    broker = RecordingBroker()
+    gate = CountingGate(engine, broker, period_s=0.1)
+
+    async def scenario() -> None:
+        runner = asyncio.ensure_future(gate.run())
+        await _settled(lambda: gate.whole_reads == 1, "the whole lists read at start")
+        with engine.begin() as conn:  # another node's write, its notice lost: stamped as writes are
+            certificates.update(conn, ids["stamped"], status="INACTIVE", last_modified_date=time.time())
+        await _settled(lambda: ids["stamped"] in broker.denied, "the write found by a period's read")
+        assert gate.whole_reads == 1  # ... without reading the whole lists
+        with engine.begin() as conn:  # changed by hand, stamped long before (or by a clock far behind)
+            certificates.update(conn, ids["by-hand"], status="REVOKED", last_modified_date=time.time() - 3600)
+        await asyncio.sleep(0.1 * WHOLE_EVERY / 2)
+        assert ids["by-hand"] not in broker.denied  # a period's read cannot see it
+        await _settled(lambda: ids["by-hand"] in broker.denied, "found by the whole read")
+        assert gate.whole_reads == 2
+        runner.cancel()
+
+    asyncio.run(scenario())

@@ -558,4 +558,5 @@ certificates = sa.Table(
     sa.Index("ix_certificates_created", "creation_date", "certificate_id"),
     sa.Index("ix_certificates_status", "status"),
     sa.Index("ix_certificates_common_name", "common_name"),
+    sa.Index("ix_certificates_modified", "last_modified_date"),  # what a gate's period reads (0029)
 )
