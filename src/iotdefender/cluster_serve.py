@@ -620,7 +620,9 @@ async def serve_cluster(settings: Settings) -> None:
     log.info("ready", node=node_id, roles=roles_text(roles), cluster=settings.cluster_url_for_logs,
              replicas=topology.replicas, partitions=topology.partitions,
              api=f"http://{settings.host}:{settings.api_port}", mqtt=devices.endpoint if devices else None,
-             mqtt_auth=devices.gatekeeper.auth if devices else None, region=settings.region,
+             mqtt_auth=devices.gatekeeper.auth if devices else None,
+             mqtt_certificates=settings.mqtt_certificates if devices and devices.gatekeeper.auth == "cert" else None,
+             region=settings.region,
              account_id=settings.account_id, data_dir=str(Path(settings.data_dir).resolve()),
              report_min_interval_s=settings.effective_report_min_interval, time_scale=settings.time_scale)
     try:

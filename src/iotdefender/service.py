@@ -415,7 +415,8 @@ async def serve(settings: Settings, standby: WorkerStandby | None = None) -> Non
     log.info("ready", api=f"http://{settings.host}:{settings.api_port}",
              console=f"http://{settings.host}:{settings.api_port}/console/",
              mqtt=mqtt_endpoint,
-             mqtt_tls=settings.mqtt_tls_port, mqtt_auth=gatekeeper.auth, region=settings.region,
+             mqtt_tls=settings.mqtt_tls_port, mqtt_auth=gatekeeper.auth,
+             mqtt_certificates=settings.mqtt_certificates if gatekeeper.auth == "cert" else None, region=settings.region,
              account_id=settings.account_id, data_dir=str(Path(settings.data_dir).resolve()),
              report_min_interval_s=settings.effective_report_min_interval, time_scale=settings.time_scale)
     try:

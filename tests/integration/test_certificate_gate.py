@@ -199,3 +199,18 @@ def test_a_quiet_period_reads_what_was_written_since_and_every_tenth_the_whole_l
         runner.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_start_under_registered_only_with_no_active_certificate_says_no_device_can_connect(engine):
+    """The likely mistake: the flag given before the fleet's certificates were registered."""
+    from structlog.testing import capture_logs
+
+    async def scenario() -> list[dict]:
+        with capture_logs() as logs:
+            gate = CertificateGate(engine, RecordingBroker(registered_certificates_only=True), period_s=60)
+            await gate.refresh()
+            await gate.refresh()
+        return logs
+
+    warnings = [entry for entry in asyncio.run(scenario()) if entry["event"] == "mqtt_no_certificate_registered_active"]
+    assert len(warnings) == 1 and "no device can connect" in warnings[0]["detail"]

@@ -81,6 +81,7 @@ class CertificateGate:
         self._recent = False  # read what was written since the last read began, at the next pass
         self._read_began: float | None = None  # when the last whole or recent read began (``clock``)
         self._quiet_periods = 0  # periods that ended without a write since the last whole read
+        self._warned_none_active = False
 
     def written(self, operation_name: str, params: Any = None) -> None:
         """An API write of this process (its ``on_write`` listener, called from a worker thread)."""
@@ -107,6 +108,13 @@ class CertificateGate:
         began = self._clock()
         refused, active = await anyio.to_thread.run_sync(self._read, None)
         self._read_began, self._quiet_periods = began, 0
+        if self._broker.registered_certificates_only and not active and not self._warned_none_active:
+            # Every device is refused: most likely a fleet whose certificates were never registered.
+            log.warning("mqtt_no_certificate_registered_active",
+                        detail="--mqtt-certificates registered lets in only certificates registered ACTIVE, and "
+                               "none is: no device can connect until its certificate is registered "
+                               "(RegisterCertificate or RegisterCertificateWithoutCA with status ACTIVE)")
+            self._warned_none_active = True
         held = self._broker.denied_certificates.keys() | self._broker.accepted_certificates
         self._apply(held | refused.keys() | active, refused, active)
 
