@@ -15,28 +15,83 @@ load of the same rate, for comparison). Report -> answer latency, p50/p90/p99/ma
 ``--trees`` DIR... alternate (a ``git worktree`` of the code before a change, and this one), each
 service started with DIR/src first on its path; ``--repeats`` times.
 
-    .venv/bin/python bench/bursts.py [--sizes 10 30 100 1000] [--period 0.5] [--rounds 40] [--tls]
+``--revoke`` (with ``--tls``): at each burst's instant one more device, outside the fleet and
+connected on its own (paho-mqtt), has its certificate set INACTIVE with boto3: how long after the
+call returns its connection is closed, while the broker and the service are busiest.
+
+    .venv/bin/python bench/bursts.py [--sizes 10 30 100 1000] [--period 0.5] [--rounds 40] [--tls [--revoke]]
         [--trees /tmp/before .] [--repeats 1] [--output bench/results/bursts-<date>.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import ssl
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.certificates import make_pki, register_all  # noqa: E402
 from bench.common import bounded, environment, report, tree_revision  # noqa: E402
-from bench.fleet import Fleet  # noqa: E402
+from bench.fleet import Fleet, percentile  # noqa: E402
 from bench.fleet_workload import configure, report_template  # noqa: E402
 from tests.support.processes import ServiceProcess, free_port  # noqa: E402
 
 FIGURES = ("p50_ms", "p90_ms", "p99_ms", "max_ms")
+
+
+class Victim:
+    """A device outside the fleet, connected with its own certificate, whose certificate is revoked."""
+
+    def __init__(self, port: int, pki: Path, thing: str) -> None:
+        self.thing, self.closed_at = thing, None
+        connected = threading.Event()
+        context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        context.load_cert_chain(str(pki / f"{thing}.pem"), str(pki / f"{thing}.key"))
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=thing, reconnect_on_failure=False)
+        self.client.tls_set_context(context)
+        self.client.on_connect = lambda *a: connected.set()
+        self.client.on_disconnect = lambda *a: setattr(self, "closed_at", self.closed_at or time.monotonic())
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not connected.wait(10):
+            raise RuntimeError(f"{thing} did not connect")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def revoke_at_bursts(iot: Any, ids: dict[str, str], victims: list[Victim], start_at: float,
+                     period: float) -> list[tuple[float, float]]:
+    """One victim's certificate set INACTIVE at each burst's instant: (call start, call end), CLOCK_MONOTONIC."""
+    calls = []
+    for round_, victim in enumerate(victims):
+        time.sleep(max(0.0, start_at + round_ * period - time.monotonic()))
+        began = time.monotonic()
+        iot.update_certificate(certificateId=ids[victim.thing], newStatus="INACTIVE")
+        calls.append((began, time.monotonic()))
+    return calls
+
+
+def revocation_figures(victims: list[Victim], calls: list[tuple[float, float]]) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while any(v.closed_at is None for v in victims) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after_return = sorted((v.closed_at - end) * 1000 for v, (_, end) in zip(victims, calls) if v.closed_at)
+    call_ms = sorted((end - start) * 1000 for start, end in calls)
+    return {"revoked": len(calls), "disconnected": len(after_return),
+            "call_p50_ms": percentile(call_ms, 0.5), "call_p99_ms": percentile(call_ms, 0.99),
+            "return_to_disconnect_p50_ms": percentile(after_return, 0.5),
+            "return_to_disconnect_p90_ms": percentile(after_return, 0.9),
+            "return_to_disconnect_max_ms": round(after_return[-1], 1) if after_return else None}
 
 
 def one_service(tree: Path, sizes: list[int], args: argparse.Namespace, pki: Path | None) -> dict[str, Any]:
@@ -53,8 +108,7 @@ def one_service(tree: Path, sizes: list[int], args: argparse.Namespace, pki: Pat
         try:
             iot = service.client()
             configure(iot)
-            if pki is not None:
-                register_all(iot, pki, max(sizes))
+            ids = register_all(iot, pki, max(sizes) + _victims(sizes, args)) if pki is not None else {}
             runs = {}
             for phase, size in enumerate(sizes):
                 # A thing's report ids only increase (else Duplicate): each phase above the last
@@ -66,8 +120,21 @@ def one_service(tree: Path, sizes: list[int], args: argparse.Namespace, pki: Pat
                     connected = fleet.connect(timeout=300)
                     if connected["connected"] != size:
                         raise RuntimeError(f"{connected['connected']} of {size} devices connected")
+                    victims = [Victim(tls_port, pki, f"dev{max(sizes) + phase * args.rounds + n}")
+                               for n in range(args.rounds)] if args.revoke and pki is not None else []
                     time.sleep(1.0)
-                    bursts = fleet.bursts(args.period, args.rounds, (2 * phase + 1) * 10**9, drain_s=20)
+                    start_at = time.monotonic() + 0.5
+                    calls: list[tuple[float, float]] = []
+                    revoking = threading.Thread(target=lambda: calls.extend(
+                        revoke_at_bursts(service.client(), ids, victims, start_at, args.period)))
+                    revoking.start()
+                    bursts = fleet.bursts(args.period, args.rounds, (2 * phase + 1) * 10**9, drain_s=20,
+                                          start_at=start_at)
+                    revoking.join()
+                    if victims:
+                        bursts["revocations"] = revocation_figures(victims, calls)
+                        for victim in victims:
+                            victim.close()
                     time.sleep(1.0)
                     steady = fleet.open_loop(size / args.period, args.period * args.rounds, (2 * phase + 2) * 10**9,
                                              drain_s=20)
@@ -80,23 +147,32 @@ def one_service(tree: Path, sizes: list[int], args: argparse.Namespace, pki: Pat
             service.stop()
 
 
+def _victims(sizes: list[int], args: argparse.Namespace) -> int:
+    """Devices beyond the largest fleet, for --revoke: one a burst of each size."""
+    return len(sizes) * args.rounds if args.revoke else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 30, 100, 1000])
     parser.add_argument("--period", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--tls", action="store_true", help="mutual TLS, a certificate per device")
+    parser.add_argument("--revoke", action="store_true",
+                        help="with --tls: a device outside the fleet revoked at each burst (UpdateCertificate)")
     parser.add_argument("--trees", type=Path, nargs="+", default=[Path(__file__).resolve().parents[1]])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+    if args.revoke and not args.tls:
+        parser.error("--revoke needs --tls (devices revoked by their certificate)")
     bounded(3600)
 
     with tempfile.TemporaryDirectory(prefix="iotdefender-bench-bursts-pki-") as scratch:
         pki = None
         if args.tls:
             pki = Path(scratch)
-            make_pki(pki, max(args.sizes))
+            make_pki(pki, max(args.sizes) + _victims(args.sizes, args))
         runs: list[dict[str, Any]] = []
         for repeat in range(args.repeats):
             order = args.trees if repeat % 2 == 0 else list(reversed(args.trees))  # alternate who goes first
@@ -112,6 +188,12 @@ def main() -> None:
             phase: {figure: round(statistics.median(run["sizes"][str(size)][phase][figure] for run in mine), 1)
                     for figure in FIGURES if figure in mine[0]["sizes"][str(size)][phase]}
             for phase in ("bursts", "steady")} for size in args.sizes}
+        if args.revoke and args.tls:
+            for size in args.sizes:
+                medians[str(tree)][str(size)]["revocations"] = {
+                    figure: statistics.median(run["sizes"][str(size)]["bursts"]["revocations"][figure] for run in mine)
+                    for figure in ("return_to_disconnect_p50_ms", "return_to_disconnect_p90_ms",
+                                   "return_to_disconnect_max_ms", "call_p50_ms")}
     report({"benchmark": "bursts", "sizes": args.sizes, "period_s": args.period, "rounds": args.rounds,
             "tls": args.tls, "repeats": args.repeats, "medians": medians, "runs": runs,
             "machine": environment(), "command": " ".join(sys.argv)}, args.output, hidden=("machine", "command", "runs"))

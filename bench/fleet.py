@@ -98,10 +98,12 @@ class Fleet:
                 # A stall shows as one bad second; steady queueing as every second high.
                 "p99_ms_by_second": [percentile(sorted(by_second[s]), 0.99) for s in sorted(by_second)]}
 
-    def bursts(self, period: float, rounds: int, base: int, drain_s: float) -> dict[str, Any]:
+    def bursts(self, period: float, rounds: int, base: int, drain_s: float,
+               start_at: float | None = None) -> dict[str, Any]:
         """Every device reports at the same instant, every ``period`` seconds, ``rounds`` times
-        (fleet_worker.LocalFleet.bursts): report -> answer latency of all of them."""
-        start_at = time.monotonic() + 0.5
+        (fleet_worker.LocalFleet.bursts), from ``start_at`` (CLOCK_MONOTONIC; default in 0.5 s):
+        report -> answer latency of all of them."""
+        start_at = time.monotonic() + 0.5 if start_at is None else start_at
         for index, pipe in enumerate(self._pipes):
             pipe.send(("bursts", period, rounds, start_at, self.first_id(base, index), drain_s))
         answers = self._collect("bursts", period * rounds + drain_s + 30)
