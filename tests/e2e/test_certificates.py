@@ -352,6 +352,15 @@ def test_under_registered_only_a_certificate_connects_once_registered_active(tmp
         wait_for(lambda: mqtt_denials(service.endpoint, "auth_certificate_not_registered") == 1, 5,
                  "the refusal counted (since the restart) under its reason")
         assert metric_sample(service.endpoint, "iotdefender_mqtt_accepted_certificates") == 1
-        device.close()
+
+        # Deleted (after INACTIVE, as AWS requires), a certificate is as if never registered.
+        iot.update_certificate(certificateId=certificate_id(newcomer[0]), newStatus="INACTIVE")
+        wait_for(lambda: device.closed, 5, "the inactive certificate's connection closed")
+        stop_network_loop(device.client)
+        iot.delete_certificate(certificateId=certificate_id(newcomer[0]))
+        wait_for(lambda: TlsDevice(tls_port, pki, "newcomer", newcomer).reason == 135
+                 and mqtt_denials(service.endpoint, "auth_certificate_not_registered") >= 2, 5,
+                 "the deleted certificate refused as not registered")
+        assert metric_sample(service.endpoint, "iotdefender_mqtt_refused_certificates") == 0
     finally:
         service.stop()

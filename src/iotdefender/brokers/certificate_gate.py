@@ -166,13 +166,15 @@ class CertificateGate:
         """The refused certificates (and, under registered_certificates_only, the ACTIVE ones), all
         or those of ``among``."""
         with self._engine.connect() as conn:
-            return certificates.standing(conn, among, with_active=self._broker.registered_certificates_only)
+            registered_only = self._broker.registered_certificates_only
+            return certificates.standing(conn, among, with_active=registered_only, deleted_refused=not registered_only)
 
     def _read_since(self, since: float) -> tuple[dict[str, str], set[str]]:
         """Every certificate written at ``since`` or after, ACTIVE ones too (one made ACTIVE again
         leaves the refused list in either mode)."""
         with self._engine.connect() as conn:
-            return certificates.standing(conn, modified_since=since)
+            return certificates.standing(conn, modified_since=since,
+                                         deleted_refused=not self._broker.registered_certificates_only)
 
     async def run(self) -> None:
         self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()

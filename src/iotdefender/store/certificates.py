@@ -58,13 +58,16 @@ def of_common_name(conn: Connection, common_name: str) -> list[dict[str, Any]]:
 
 
 def standing(conn: Connection, among: Sequence[str] | None = None, with_active: bool = True,
-             modified_since: float | None = None) -> tuple[dict[str, str], set[str]]:
+             modified_since: float | None = None, deleted_refused: bool = True) -> tuple[dict[str, str], set[str]]:
     """What the broker enforces, in one read: ({certificate id: common name ("" if none)} of every
     certificate that may not connect (any status but ACTIVE, deleted ones included), {ids of those
     registered ACTIVE}), of every certificate or of those of ``among``. ``with_active`` False
     leaves the ACTIVE ones unread: only ``--mqtt-certificates registered`` needs them, and a
     whole read of a large fleet's costs (100 ms at 100,000). ``modified_since``: only those
-    written (``last_modified_date``) at that epoch second or after."""
+    written (``last_modified_date``) at that epoch second or after. ``deleted_refused`` False: a
+    deleted certificate is in neither list, as if never registered (under ``--mqtt-certificates
+    registered`` that refuses it as AWS IoT would an unknown one; otherwise, any certificate the CA
+    signed connects, so a deleted one must stay on the refused list)."""
     query = sa.select(certificates.c.certificate_id, certificates.c.common_name, certificates.c.status)
     if not with_active:
         query = query.where(certificates.c.status != ACTIVE)
@@ -76,6 +79,7 @@ def standing(conn: Connection, among: Sequence[str] | None = None, with_active: 
     else:
         for start in range(0, len(among), _IN_BATCH):
             rows += conn.execute(query.where(certificates.c.certificate_id.in_(among[start:start + _IN_BATCH]))).all()
-    refused = {certificate_id: common_name or "" for certificate_id, common_name, status in rows if status != ACTIVE}
+    refused = {certificate_id: common_name or "" for certificate_id, common_name, status in rows
+               if status != ACTIVE and (deleted_refused or status != DELETED)}
     active = {certificate_id for certificate_id, _, status in rows if status == ACTIVE}
     return refused, active
