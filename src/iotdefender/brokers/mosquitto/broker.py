@@ -401,7 +401,8 @@ class MosquittoBroker:
 
     def allow_certificates(self, certificate_ids: Iterable[str]) -> None:
         """Neither refused for its status nor accepted as registered ACTIVE: ACTIVE again while
-        any certificate the CA signed connects, or its row gone from the database."""
+        any certificate the CA signed connects; deleted under registered_certificates_only (then
+        refused as never registered); or its row gone from the database."""
         allowed = []
         for key in certificate_ids:
             denied = self._denied_certificates.pop(key, None) is not None
