@@ -159,8 +159,9 @@ class CertificateGate:
         if allowed:
             self._broker.allow_certificates(allowed)
         if denied or accepted or allowed:
-            log.info("mqtt_certificates_refused", refused=len(self._broker.denied_certificates),
-                     newly_refused=len(denied), accepted_again=len(allowed), newly_active=len(accepted))
+            log.info("mqtt_certificate_lists_changed", refused=len(self._broker.denied_certificates),
+                     accepted=len(self._broker.accepted_certificates), newly_refused=len(denied),
+                     newly_active=len(accepted), unlisted=len(allowed))
         REFUSED_CERTIFICATES.set(len(self._broker.denied_certificates))
         ACCEPTED_CERTIFICATES.set(len(self._broker.accepted_certificates))
 
