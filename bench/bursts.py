@@ -188,7 +188,7 @@ def main() -> None:
             phase: {figure: round(statistics.median(run["sizes"][str(size)][phase][figure] for run in mine), 1)
                     for figure in FIGURES if figure in mine[0]["sizes"][str(size)][phase]}
             for phase in ("bursts", "steady")} for size in args.sizes}
-        if args.revoke and args.tls:
+        if args.revoke:  # (--tls too: checked above)
             for size in args.sizes:
                 medians[str(tree)][str(size)]["revocations"] = {
                     figure: statistics.median(run["sizes"][str(size)]["bursts"]["revocations"][figure] for run in mine)

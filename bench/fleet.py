@@ -80,21 +80,15 @@ class Fleet:
             devices = len(range(index, self.size, self.processes))
             pipe.send(("open_loop", share * devices, seconds, start_at, self.first_id(base, index), drain_s))
         answers = self._collect("open_loop", seconds + drain_s + 30)
-        latencies = sorted(x for a in answers for x in a["latencies_ms"])
         by_second: dict[int, list[float]] = {}
         for a in answers:
             for sent_at, latency in zip(a["sent_at"], a["latencies_ms"]):
                 by_second.setdefault(int(sent_at - start_at), []).append(latency)
-        sent = sum(a["sent"] for a in answers)
-        answered = sum(a["answered"] for a in answers)
+        tally = _tally(answers)
         last = max((a["last_answer"] for a in answers if a["last_answer"]), default=None)
-        return {"offered_per_s": rate, "seconds": seconds, "sent": sent,
-                "not_sent_device_down": sum(a["skipped"] for a in answers),
-                "answered": answered, "rejected": sum(a["rejected"] for a in answers), "lost": sent - answered,
+        return {"offered_per_s": rate, "seconds": seconds, **tally,
                 "unanswered_things": sorted(t for a in answers for t in a["unanswered_things"]),
-                "answered_per_s": round(answered / (last - start_at), 1) if last else 0.0,
-                "p50_ms": percentile(latencies, 0.50), "p99_ms": percentile(latencies, 0.99),
-                "max_ms": round(latencies[-1], 1) if latencies else None,
+                "answered_per_s": round(tally["answered"] / (last - start_at), 1) if last else 0.0,
                 # A stall shows as one bad second; steady queueing as every second high.
                 "p99_ms_by_second": [percentile(sorted(by_second[s]), 0.99) for s in sorted(by_second)]}
 
@@ -106,15 +100,7 @@ class Fleet:
         start_at = time.monotonic() + 0.5 if start_at is None else start_at
         for index, pipe in enumerate(self._pipes):
             pipe.send(("bursts", period, rounds, start_at, self.first_id(base, index), drain_s))
-        answers = self._collect("bursts", period * rounds + drain_s + 30)
-        latencies = sorted(x for a in answers for x in a["latencies_ms"])
-        sent = sum(a["sent"] for a in answers)
-        answered = sum(a["answered"] for a in answers)
-        return {"period_s": period, "rounds": rounds, "sent": sent,
-                "not_sent_device_down": sum(a["skipped"] for a in answers), "answered": answered,
-                "rejected": sum(a["rejected"] for a in answers), "lost": sent - answered,
-                "p50_ms": percentile(latencies, 0.50), "p90_ms": percentile(latencies, 0.90),
-                "p99_ms": percentile(latencies, 0.99), "max_ms": round(latencies[-1], 1) if latencies else None}
+        return {"period_s": period, "rounds": rounds, **_tally(self._collect("bursts", period * rounds + drain_s + 30))}
 
     def closed_loop(self, seconds: float, base: int) -> dict[str, Any]:
         start_at = time.monotonic() + 0.5
@@ -169,6 +155,17 @@ class Fleet:
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+def _tally(answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The load generators' answers to a phase of reports, merged: counts and latency percentiles."""
+    latencies = sorted(x for a in answers for x in a["latencies_ms"])
+    sent = sum(a["sent"] for a in answers)
+    answered = sum(a["answered"] for a in answers)
+    return {"sent": sent, "not_sent_device_down": sum(a["skipped"] for a in answers), "answered": answered,
+            "rejected": sum(a["rejected"] for a in answers), "lost": sent - answered,
+            "p50_ms": percentile(latencies, 0.50), "p90_ms": percentile(latencies, 0.90),
+            "p99_ms": percentile(latencies, 0.99), "max_ms": round(latencies[-1], 1) if latencies else None}
 
 
 def percentile(values: list[float], q: float) -> float | None:

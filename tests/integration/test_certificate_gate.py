@@ -21,9 +21,9 @@ from tests.support.certificates import Pki
 class CountingGate(CertificateGate):
     whole_reads = 0
 
-    def _read(self, among: list[str] | None) -> tuple[dict[str, str], set[str]]:
-        self.whole_reads += among is None
-        return super()._read(among)
+    def _read(self, among: list[str] | None, since: float | None = None) -> tuple[dict[str, str], set[str]]:
+        self.whole_reads += among is None and since is None
+        return super()._read(among, since)
 
 
 class RecordingBroker:

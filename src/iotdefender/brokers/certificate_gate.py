@@ -126,7 +126,7 @@ class CertificateGate:
             await self.refresh()
             return
         began = self._clock()
-        refused, active = await anyio.to_thread.run_sync(self._read_since, self._read_began - RECENT_MARGIN_S)
+        refused, active = await anyio.to_thread.run_sync(self._read, None, self._read_began - RECENT_MARGIN_S)
         self._apply(refused.keys() | active, refused, active)
         self._read_began = began
 
@@ -165,19 +165,14 @@ class CertificateGate:
         REFUSED_CERTIFICATES.set(len(self._broker.denied_certificates))
         ACCEPTED_CERTIFICATES.set(len(self._broker.accepted_certificates))
 
-    def _read(self, among: list[str] | None) -> tuple[dict[str, str], set[str]]:
+    def _read(self, among: list[str] | None, since: float | None = None) -> tuple[dict[str, str], set[str]]:
         """The refused certificates (and, under registered_certificates_only, the ACTIVE ones), all
-        or those of ``among``."""
+        or those of ``among``; with ``since``, those written then or after, ACTIVE ones in either mode
+        (one made ACTIVE again leaves the refused list, and only a read of it can say so)."""
+        registered_only = self._broker.registered_certificates_only
         with self._engine.connect() as conn:
-            registered_only = self._broker.registered_certificates_only
-            return certificates.standing(conn, among, with_active=registered_only, deleted_refused=not registered_only)
-
-    def _read_since(self, since: float) -> tuple[dict[str, str], set[str]]:
-        """Every certificate written at ``since`` or after, ACTIVE ones too (one made ACTIVE again
-        leaves the refused list in either mode)."""
-        with self._engine.connect() as conn:
-            return certificates.standing(conn, modified_since=since,
-                                         deleted_refused=not self._broker.registered_certificates_only)
+            return certificates.standing(conn, among, with_active=registered_only or since is not None,
+                                         modified_since=since, deleted_refused=not registered_only)
 
     async def run(self) -> None:
         self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
