@@ -235,12 +235,19 @@ def test_a_certificate_updated_through_one_node_is_cut_off_on_another(jetstream,
             assert TlsDevice(port, pki, "roaming", files).reason == 135
         # A node that starts afterwards reads the lists before its first CONNECT.
         other = pki.issue("other")
-        iot.register_certificate(certificatePem=other[0].read_text(), status="ACTIVE")
+        other_arn = iot.register_certificate(certificatePem=other[0].read_text(), status="ACTIVE")["certificateArn"]
         nodes[1].restart()
         assert TlsDevice(tls_ports[1], pki, "roaming", files).reason == 135
         let_in = TlsDevice(tls_ports[1], pki, "other", other)
         assert let_in.reason == 0
-        let_in.close()
+        # Attached to a thing through node a, it connects as that thing on node b, and no longer
+        # by its common name.
+        iot.create_thing(thingName="pump-1")
+        iot.attach_thing_principal(thingName="pump-1", principal=other_arn)
+        wait_for(lambda: let_in.closed, 5, "node b closed the connection under the common name")
+        stop_network_loop(let_in.client)
+        wait_for(lambda: (attempt := TlsDevice(tls_ports[1], pki, "pump-1", other)).reason == 0
+                 and (attempt.close() or True), 5, "node b let the certificate in as the thing it is attached to")
     finally:
         for node in nodes:
             node.stop()
@@ -364,3 +371,130 @@ def test_under_registered_only_a_certificate_connects_once_registered_active(tmp
         assert metric_sample(service.endpoint, "iotdefender_mqtt_refused_certificates") == 0
     finally:
         service.stop()
+
+
+def test_certificates_attached_to_things_answer_as_aws_does(tls_service):
+    """AttachThingPrincipal and its listings, as a provisioning script uses them, and AWS's rules."""
+    service, pki, _port = tls_service
+    iot = service.client()
+    arns = [iot.register_certificate_without_ca(certificatePem=pki.issue(f"principal-{n}")[0].read_text(),
+                                                status="ACTIVE")["certificateArn"] for n in range(3)]
+    for name in ("sensor-a", "sensor-b", "sensor-c"):
+        iot.create_thing(thingName=name)
+    iot.attach_thing_principal(thingName="sensor-a", principal=arns[0])
+    iot.attach_thing_principal(thingName="sensor-a", principal=arns[0])  # again: nothing changes
+    iot.attach_thing_principal(thingName="sensor-b", principal=arns[0])
+    iot.attach_thing_principal(thingName="sensor-a", principal=arns[1], thingPrincipalType="EXCLUSIVE_THING")
+    assert sorted(iot.list_thing_principals(thingName="sensor-a")["principals"]) == sorted(arns[:2])
+    assert iot.list_principal_things(principal=arns[0])["things"] == ["sensor-a", "sensor-b"]
+    v2 = iot.list_thing_principals_v2(thingName="sensor-a", thingPrincipalType="EXCLUSIVE_THING")
+    assert v2["thingPrincipalObjects"] == [{"principal": arns[1], "thingPrincipalType": "EXCLUSIVE_THING"}]
+    assert iot.list_principal_things_v2(principal=arns[0])["principalThingObjects"] == [
+        {"thingName": "sensor-a", "thingPrincipalType": "NON_EXCLUSIVE_THING"},
+        {"thingName": "sensor-b", "thingPrincipalType": "NON_EXCLUSIVE_THING"}]
+    paged = [thing for page in iot.get_paginator("list_principal_things").paginate(
+        principal=arns[0], PaginationConfig={"PageSize": 1}) for thing in page["things"]]
+    assert paged == ["sensor-a", "sensor-b"]
+
+    # Exclusive: no other thing while it holds, and not over another thing's attachment.
+    with pytest.raises(iot.exceptions.InvalidRequestException, match="exclusively to thing sensor-a"):
+        iot.attach_thing_principal(thingName="sensor-c", principal=arns[1])
+    with pytest.raises(iot.exceptions.InvalidRequestException, match="sensor-a, sensor-b"):
+        iot.attach_thing_principal(thingName="sensor-c", principal=arns[0], thingPrincipalType="EXCLUSIVE_THING")
+    # Unknown thing or certificate, or a principal that is no certificate's ARN.
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.attach_thing_principal(thingName="nobody", principal=arns[2])
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.attach_thing_principal(thingName="sensor-c", principal=arns[2][:-64] + "0" * 64)
+    for principal in ("us-east-1:2f6b9a8e-0000-4000-8000-000000000000", "arn:aws:iot:eu-west-1:123456789012:cert/"
+                      + arns[2][-64:], arns[2] + "0", ""):
+        with pytest.raises(iot.exceptions.InvalidRequestException):
+            iot.attach_thing_principal(thingName="sensor-c", principal=principal)
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.list_thing_principals(thingName="nobody")
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.list_principal_things(principal=arns[2][:-64] + "0" * 64)
+    assert iot.list_principal_things(principal=arns[2])["things"] == []
+
+    # Neither a thing nor a certificate is deleted while attached (AWS's words for the thing).
+    with pytest.raises(iot.exceptions.InvalidRequestException,
+                       match="Cannot delete. Thing sensor-b is still attached to one or more principals"):
+        iot.delete_thing(thingName="sensor-b")
+    certificate_id = arns[0][-64:]
+    iot.update_certificate(certificateId=certificate_id, newStatus="INACTIVE")
+    with pytest.raises(iot.exceptions.DeleteConflictException):
+        iot.delete_certificate(certificateId=certificate_id, forceDelete=True)
+    iot.detach_thing_principal(thingName="sensor-a", principal=arns[0])
+    iot.detach_thing_principal(thingName="sensor-a", principal=arns[0])  # not attached: succeeds
+    iot.detach_thing_principal(thingName="sensor-b", principal=arns[0])
+    iot.delete_thing(thingName="sensor-b")
+    iot.delete_certificate(certificateId=certificate_id)
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):  # deleted: no longer a principal
+        iot.list_principal_things(principal=arns[0])
+    # Once the exclusive attachment is gone, another thing may take the certificate.
+    iot.detach_thing_principal(thingName="sensor-a", principal=arns[1])
+    iot.attach_thing_principal(thingName="sensor-c", principal=arns[1])
+    assert iot.list_principal_things(principal=arns[1])["things"] == ["sensor-c"]
+
+
+def test_a_certificate_attached_to_things_connects_only_as_them(tls_service):
+    """As on AWS IoT, the attachment names the thing a connection is, not the common name: a
+    certificate whose common name is a serial number connects as the thing it is attached to, and
+    only as things it is attached to; detached, the common-name rule again. Revoked, its
+    connection under the thing's name is closed."""
+    service, pki, port = tls_service
+    iot = service.client()
+    files = pki.issue("serial-0042")
+    arn = iot.register_certificate(certificatePem=files[0].read_text(), caCertificatePem=pki.ca_cert.read_text(),
+                                   status="ACTIVE")["certificateArn"]
+    for name in ("boiler-7", "boiler-8"):
+        iot.create_thing(thingName=name)
+    refused_before = mqtt_denials(service.endpoint, "auth_certificate_not_attached")
+    assert TlsDevice(port, pki, "boiler-7", files).reason == 135  # not attached: the common name rules
+    by_name = TlsDevice(port, pki, "serial-0042", files)
+    assert by_name.reason == 0
+
+    iot.attach_thing_principal(thingName="boiler-7", principal=arn)
+    wait_for(lambda: by_name.closed, 5, "the connection under the common name closed once attached elsewhere")
+    stop_network_loop(by_name.client)
+    attempts: list[TlsDevice] = []
+    wait_for(lambda: attempts.append(attempt := TlsDevice(port, pki, "boiler-7", files)) or attempt.reason == 0, 5,
+             "the attached thing let in")
+    device = attempts[-1]
+    assert device.report(1) == "ACCEPTED"  # its own topics, as the thing it is attached to
+    from tests.e2e.test_console_http import logged_in
+    page = logged_in(service)[0].get("/console/things/boiler-7")  # where the operator can cut it off
+    assert page.status_code == 200 and f'data-certificate="{arn[-64:]}"' in page.text
+    assert TlsDevice(port, pki, "serial-0042", files).reason == 135
+    assert TlsDevice(port, pki, "boiler-8", files).reason == 135  # a thing it is not attached to
+    wait_for(lambda: mqtt_denials(service.endpoint, "auth_certificate_not_attached") >= refused_before + 2, 5,
+             "the refusals counted")
+    assert TlsDevice(port, pki, "boiler-8").reason == 0  # boiler-8's own certificate (its common name) still connects
+
+    # Attached to a second thing, it connects as either; detached from the first, that connection closes.
+    iot.attach_thing_principal(thingName="boiler-8", principal=arn)
+    wait_for(lambda: (attempt := TlsDevice(port, pki, "boiler-8", files)).reason == 0 and (attempt.close() or True), 5,
+             "the second thing let in")
+    iot.detach_thing_principal(thingName="boiler-7", principal=arn)
+    wait_for(lambda: device.closed, 5, "the detached thing's connection closed")
+    stop_network_loop(device.client)
+    assert TlsDevice(port, pki, "boiler-7", files).reason == 135
+
+    # Revoked: closed under the thing's name, the only one it is connected as.
+    device = TlsDevice(port, pki, "boiler-8", files)
+    assert device.reason == 0 and device.report(2) == "ACCEPTED"
+    iot.update_certificate(certificateId=arn[-64:], newStatus="REVOKED")
+    wait_for(lambda: device.closed, 5, "the revoked certificate's connection under its thing's name closed")
+    stop_network_loop(device.client)
+    assert TlsDevice(port, pki, "boiler-8", files).reason == 135
+
+    # Detached from everything: its common name again (were it ACTIVE).
+    files2 = pki.issue("serial-0043")
+    arn2 = iot.register_certificate_without_ca(certificatePem=files2[0].read_text(), status="ACTIVE")["certificateArn"]
+    iot.attach_thing_principal(thingName="boiler-7", principal=arn2)
+    wait_for(lambda: (attempt := TlsDevice(port, pki, "boiler-7", files2)).reason == 0 and (attempt.close() or True), 5,
+             "attached")
+    iot.detach_thing_principal(thingName="boiler-7", principal=arn2)
+    wait_for(lambda: (attempt := TlsDevice(port, pki, "serial-0043", files2)).reason == 0 and (attempt.close() or True),
+             5, "the common name let in again")
+    assert TlsDevice(port, pki, "boiler-7", files2).reason == 135

@@ -21,7 +21,7 @@ from tests.support.certificates import Pki
 class CountingGate(CertificateGate):
     whole_reads = 0
 
-    def _read(self, among: list[str] | None, since: float | None = None) -> tuple[dict[str, str], set[str]]:
+    def _read(self, among: list[str] | None, since: float | None = None) -> certificates.Standing:
         self.whole_reads += among is None and since is None
         return super()._read(among, since)
 
@@ -34,6 +34,7 @@ class RecordingBroker:
         self.registered_certificates_only = registered_certificates_only
         self.denied: dict[str, str] = {}
         self.accepted: set[str] = set()
+        self.attached: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.commands: list[tuple[str, str]] = []
 
     def deny_certificates(self, refused: dict[str, str]) -> None:
@@ -52,6 +53,18 @@ class RecordingBroker:
             self.denied.pop(certificate_id, None)
             self.accepted.add(certificate_id)
             self.commands.append(("accept", certificate_id))
+
+    def attach_certificates(self, attachments) -> None:  # type: ignore[no-untyped-def]
+        for certificate_id, (name, things) in attachments.items():
+            if things:
+                self.attached[certificate_id] = (name, things)
+            else:
+                self.attached.pop(certificate_id, None)
+            self.commands.append(("things", certificate_id))
+
+    @property
+    def attached_certificates(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        return dict(self.attached)
 
     @property
     def denied_certificates(self) -> dict[str, str]:
@@ -214,3 +227,48 @@ def test_a_start_under_registered_only_with_no_active_certificate_says_no_device
 
     warnings = [entry for entry in asyncio.run(scenario()) if entry["event"] == "mqtt_no_certificate_registered_active"]
     assert len(warnings) == 1 and "no device can connect" in warnings[0]["detail"]
+
+
+def test_the_broker_is_told_which_things_each_certificate_is_attached_to(engine, tmp_path):
+    """AttachThingPrincipal and DetachThingPrincipal name their certificate, which is read again
+    with its things and common name; one detached from all is told attached to none; an
+    attachment whose notice was lost is found by a period's read (its things_modified_date)."""
+    import time
+
+    call = Dispatcher(ServiceContext(engine=engine), registry.IMPLEMENTED, lambda: None).call_by_name
+    pki = Pki(tmp_path, "127.0.0.1")
+    registered = {name: call("RegisterCertificateWithoutCA", {"certificatePem": pki.issue(name)[0].read_text(),
+                                                              "status": status})
+                  for name, status in (("cn-a", "ACTIVE"), ("cn-b", "INACTIVE"))}
+    arn = {name: answer["certificateArn"] for name, answer in registered.items()}
+    ids = {name: answer["certificateId"] for name, answer in registered.items()}
+    for thing in ("t1", "t2", "t3"):
+        call("CreateThing", {"thingName": thing})
+    call("AttachThingPrincipal", {"thingName": "t1", "principal": arn["cn-a"]})
+    broker = RecordingBroker()
+    gate = CountingGate(engine, broker, period_s=0.1)
+
+    def write(operation: str, params: dict) -> None:
+        call(operation, params)
+        gate.written(operation, params)
+
+    async def scenario() -> None:
+        runner = asyncio.ensure_future(gate.run())
+        await _settled(lambda: broker.attached == {ids["cn-a"]: ("cn-a", ("t1",))}, f"at start: {broker.attached}")
+        write("AttachThingPrincipal", {"thingName": "t2", "principal": arn["cn-a"]})
+        write("AttachThingPrincipal", {"thingName": "t3", "principal": arn["cn-b"]})  # not ACTIVE: told all the same
+        await _settled(lambda: broker.attached == {ids["cn-a"]: ("cn-a", ("t1", "t2")), ids["cn-b"]: ("cn-b", ("t3",))},
+                       f"after attaching: {broker.attached}")
+        broker.commands.clear()
+        write("DetachThingPrincipal", {"thingName": "t3", "principal": arn["cn-b"]})
+        await _settled(lambda: ids["cn-b"] not in broker.attached, f"after detaching: {broker.attached}")
+        assert broker.commands == [("things", ids["cn-b"])]  # only the certificate written
+        # Another node's attachment whose notice was lost: stamped, so a period's read finds it.
+        with engine.begin() as conn:
+            from iotdefender.store import thing_principals
+            thing_principals.detach(conn, "t1", ids["cn-a"], time.time())
+        await _settled(lambda: broker.attached == {ids["cn-a"]: ("cn-a", ("t2",))}, f"after the period: {broker.attached}")
+        assert gate.whole_reads == 1
+        runner.cancel()
+
+    asyncio.run(scenario())

@@ -48,4 +48,5 @@ def test_validating_tagging_and_verifying_change_nothing_detection_reads(tmp_pat
         "ValidateSecurityProfileBehaviors", "TagResource", "UntagResource", "PutVerificationStateOnViolation",
         "CreateMitigationAction", "UpdateMitigationAction", "DeleteMitigationAction",
         "StartDetectMitigationActionsTask", "CancelDetectMitigationActionsTask",
-        "RegisterCertificate", "RegisterCertificateWithoutCA", "UpdateCertificate", "DeleteCertificate"}
+        "RegisterCertificate", "RegisterCertificateWithoutCA", "UpdateCertificate", "DeleteCertificate",
+        "AttachThingPrincipal", "DetachThingPrincipal"}

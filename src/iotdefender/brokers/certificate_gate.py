@@ -1,9 +1,11 @@
 """The broker refuses the certificates registered in another status than ACTIVE, and under
-``--mqtt-certificates registered`` every certificate not registered ACTIVE.
+``--mqtt-certificates registered`` every certificate not registered ACTIVE; a certificate attached
+to things (AttachThingPrincipal) connects only as one of them.
 
 The database is the truth (controlplane/certificates.py writes it); the broker's plugin holds the
-list of refused certificate ids (and, under ``registered``, of those registered ACTIVE) and enforces
-it at every CONNECT, closing a device already connected with a certificate as it is refused. This
+list of refused certificate ids (and, under ``registered``, of those registered ACTIVE, and in every
+mode the things each attached certificate names) and enforces it at every CONNECT, closing a device
+already connected with a certificate as it is refused (or under a name it no longer allows). This
 keeps the two equal.
 
 A write names the certificate it changed (an API write of this process, or another node's notice),
@@ -54,6 +56,8 @@ class RefusingBroker(Protocol):
 
     def accept_certificates(self, certificate_ids: Iterable[str]) -> None: ...
 
+    def attach_certificates(self, attachments: Mapping[str, tuple[str, tuple[str, ...]]]) -> None: ...
+
     @property
     def registered_certificates_only(self) -> bool: ...
 
@@ -63,12 +67,20 @@ class RefusingBroker(Protocol):
     @property
     def accepted_certificates(self) -> AbstractSet[str]: ...
 
+    @property
+    def attached_certificates(self) -> Mapping[str, tuple[str, tuple[str, ...]]]: ...
+
 
 #: A period's read goes back this far before the last read began: the writers' clocks (each node
 #: stamps its writes, ``last_modified_date``) and transactions still open when it began.
 RECENT_MARGIN_S = 60.0
 #: Periods between whole reads (five minutes at the default period).
 WHOLE_EVERY = 10
+
+
+def _named(read: certificates.Standing) -> set[str]:
+    """Every certificate a read found something of."""
+    return read.refused.keys() | read.active | read.attached.keys()
 
 
 class CertificateGate:
@@ -108,17 +120,18 @@ class CertificateGate:
     async def refresh(self) -> None:
         """Make the broker's whole lists the database's."""
         began = self._clock()
-        refused, active = await anyio.to_thread.run_sync(self._read, None)
+        read = await anyio.to_thread.run_sync(self._read, None)
         self._read_began, self._quiet_periods = began, 0
-        if self._broker.registered_certificates_only and not active and not self._warned_none_active:
+        if self._broker.registered_certificates_only and not read.active and not self._warned_none_active:
             # Every device is refused: most likely a fleet whose certificates were never registered.
             log.warning("mqtt_no_certificate_registered_active",
                         detail="--mqtt-certificates registered lets in only certificates registered ACTIVE, and "
                                "none is: no device can connect until its certificate is registered "
                                "(RegisterCertificate or RegisterCertificateWithoutCA with status ACTIVE)")
             self._warned_none_active = True
-        held = self._broker.denied_certificates.keys() | self._broker.accepted_certificates
-        self._apply(held | refused.keys() | active, refused, active)
+        held = (self._broker.denied_certificates.keys() | self._broker.accepted_certificates
+                | self._broker.attached_certificates.keys())
+        self._apply(held | _named(read), read)
 
     async def _refresh_recent(self) -> None:
         """The certificates written since the last read began (less RECENT_MARGIN_S)."""
@@ -126,24 +139,31 @@ class CertificateGate:
             await self.refresh()
             return
         began = self._clock()
-        refused, active = await anyio.to_thread.run_sync(self._read, None, self._read_began - RECENT_MARGIN_S)
-        self._apply(refused.keys() | active, refused, active)
+        read = await anyio.to_thread.run_sync(self._read, None, self._read_began - RECENT_MARGIN_S)
+        self._apply(_named(read), read)
         self._read_began = began
 
     async def _refresh_some(self, certificate_ids: set[str]) -> None:
-        refused, active = await anyio.to_thread.run_sync(self._read, sorted(certificate_ids))
-        self._apply(certificate_ids, refused, active)
+        read = await anyio.to_thread.run_sync(self._read, sorted(certificate_ids))
+        self._apply(certificate_ids, read)
 
-    def _apply(self, certificate_ids: Iterable[str], refused: dict[str, str], active: set[str]) -> None:
-        """Each of ``certificate_ids`` as the database has it: refused (in ``refused``, with its
-        common name), registered ACTIVE (in ``active``, read only under registered_certificates_only),
-        or neither; what changes is told to the broker in as few messages as hold it."""
+    def _apply(self, certificate_ids: Iterable[str], read: certificates.Standing) -> None:
+        """Each of ``certificate_ids`` as the database has it: refused (in ``read.refused``, with its
+        common name), registered ACTIVE (in ``read.active``, read only under
+        registered_certificates_only), or neither; attached to the things of ``read.attached``, or
+        to none; what changes is told to the broker in as few messages as hold it."""
+        refused, active = read.refused, read.active
         held_denied, held_accepted = self._broker.denied_certificates, self._broker.accepted_certificates
+        held_attached = self._broker.attached_certificates
         registered_only = self._broker.registered_certificates_only
         denied: dict[str, str] = {}
         accepted: list[str] = []
         allowed: list[str] = []
+        attachments: dict[str, tuple[str, tuple[str, ...]]] = {}
         for key in certificate_ids:
+            wanted = read.attached.get(key)
+            if wanted != held_attached.get(key) and (wanted is not None or key in held_attached):
+                attachments[key] = wanted or (held_attached[key][0], ())
             if key in refused:
                 if held_denied.get(key) != refused[key]:
                     denied[key] = refused[key]
@@ -152,20 +172,24 @@ class CertificateGate:
                     accepted.append(key)  # the broker's accept takes it off its refused too
             elif key in held_denied or key in held_accepted:
                 allowed.append(key)
+        # Attachments first: a certificate refused next is then also closed under its things' names.
+        if attachments:
+            self._broker.attach_certificates(attachments)
         if denied:
             self._broker.deny_certificates(denied)
         if accepted:
             self._broker.accept_certificates(accepted)
         if allowed:
             self._broker.allow_certificates(allowed)
-        if denied or accepted or allowed:
+        if denied or accepted or allowed or attachments:
             log.info("mqtt_certificate_lists_changed", refused=len(self._broker.denied_certificates),
-                     accepted=len(self._broker.accepted_certificates), newly_refused=len(denied),
-                     newly_active=len(accepted), unlisted=len(allowed))
+                     accepted=len(self._broker.accepted_certificates),
+                     attached=len(self._broker.attached_certificates), newly_refused=len(denied),
+                     newly_active=len(accepted), unlisted=len(allowed), attachments_changed=len(attachments))
         REFUSED_CERTIFICATES.set(len(self._broker.denied_certificates))
         ACCEPTED_CERTIFICATES.set(len(self._broker.accepted_certificates))
 
-    def _read(self, among: list[str] | None, since: float | None = None) -> tuple[dict[str, str], set[str]]:
+    def _read(self, among: list[str] | None, since: float | None = None) -> certificates.Standing:
         """The refused certificates (and, under registered_certificates_only, the ACTIVE ones), all
         or those of ``among``; with ``since``, those written then or after, ACTIVE ones in either mode
         (one made ACTIVE again leaves the refused list, and only a read of it can say so)."""

@@ -160,7 +160,7 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
             other: dict[str, Any] = {}
             with console.engine.connect() as conn:
                 last_report = insights.last_report_at(conn, name)
-                held = certificates.of_common_name(conn, name)
+                held = certificates.of_thing(conn, name)
                 for key in sorted(console.monitoring.retained_metrics(name) - {AWAY_SERIES}):  # not a metric
                     points, last_other = _chart(conn, name, key, start, end)
                     if points:

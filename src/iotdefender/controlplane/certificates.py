@@ -22,12 +22,14 @@ What differs from AWS IoT, and why (docs/api-behaviour.md, "Certificates"):
   no registry of CA certificates, so without it the issuer is not checked.
 - A REVOKED certificate cannot be made ACTIVE or INACTIVE again (CertificateStateException).
 - Certificates cannot be created here (CreateKeysAndCertificate, CreateCertificateFromCsr: the
-  service holds no CA key), nor attached to things or policies.
+  service holds no CA key), nor attached to policies; attached to things, they name the things a
+  device may connect as (controlplane/thing_principals.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from typing import Any
 
@@ -40,7 +42,7 @@ from iotdefender.contract.errors import ApiError, already_exists, invalid_reques
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.pagination import decode_token, encode_token, scope_of
-from iotdefender.store import certificates
+from iotdefender.store import certificates, thing_principals
 
 operation = OperationTable()
 
@@ -49,11 +51,21 @@ SETTABLE = ("ACTIVE", "INACTIVE", "REVOKED")
 REVOKED = "REVOKED"
 DEFAULT_PAGE_SIZE = 25
 #: The writes the broker's list of refused certificates follows (brokers/certificate_gate.py).
-WRITES = frozenset({"RegisterCertificate", "RegisterCertificateWithoutCA", "UpdateCertificate", "DeleteCertificate"})
+WRITES = frozenset({"RegisterCertificate", "RegisterCertificateWithoutCA", "UpdateCertificate", "DeleteCertificate",
+                    "AttachThingPrincipal", "DetachThingPrincipal"})
 
 
 def certificate_id_of(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
+
+
+_CERTIFICATE_ARN = re.compile(r"arn:aws:iot:[^:]*:[^:]*:cert/(?:0x)?([0-9a-fA-F]{64})")
+
+
+def certificate_id_of_arn(arn: str) -> str | None:
+    """The id in a certificate's ARN (``arn:aws:iot:REGION:ACCOUNT:cert/ID``), or None."""
+    match = _CERTIFICATE_ARN.fullmatch(arn)
+    return match.group(1).lower() if match else None
 
 
 def written_certificate(params: Params | None) -> str | None:
@@ -63,6 +75,8 @@ def written_certificate(params: Params | None) -> str | None:
         return None
     if "certificateId" in params:
         return _normal_id(str(params["certificateId"]))
+    if "principal" in params:  # AttachThingPrincipal, DetachThingPrincipal
+        return certificate_id_of_arn(str(params["principal"]))
     try:
         return certificate_id_of(_parsed(params["certificatePem"], "certificatePem").public_bytes(Encoding.DER))
     except (KeyError, ApiError):
@@ -144,7 +158,7 @@ def _normal_id(certificate_id: str) -> str:
     return certificate_id.lower().removeprefix("0x")
 
 
-def _require(conn: Any, certificate_id: str) -> dict[str, Any]:
+def require_certificate(conn: Any, certificate_id: str) -> dict[str, Any]:
     row = certificates.get(conn, _normal_id(certificate_id))
     if row is None:
         raise not_found(f"Certificate {certificate_id} does not exist")
@@ -154,7 +168,7 @@ def _require(conn: Any, certificate_id: str) -> dict[str, Any]:
 @operation("DescribeCertificate")
 def describe_certificate(ctx: ServiceContext, params: Params) -> Params:
     with ctx.engine.connect() as conn:
-        row = _require(conn, params["certificateId"])
+        row = require_certificate(conn, params["certificateId"])
     description = {"certificateArn": row["arn"], "certificateId": row["certificate_id"], "status": row["status"],
                    "certificatePem": row["pem"], "ownedBy": ctx.account_id, "creationDate": row["creation_date"],
                    "lastModifiedDate": row["last_modified_date"], "customerVersion": row["customer_version"],
@@ -190,7 +204,7 @@ def update_certificate(ctx: ServiceContext, params: Params) -> Params:
     if new_status not in SETTABLE:
         raise invalid_request(f"newStatus must be one of {', '.join(SETTABLE)}, not {new_status}")
     with ctx.writing() as conn:
-        row = _require(conn, params["certificateId"])
+        row = require_certificate(conn, params["certificateId"])
         if row["status"] == new_status:
             return {}
         if row["status"] == REVOKED:
@@ -204,9 +218,14 @@ def update_certificate(ctx: ServiceContext, params: Params) -> Params:
 def delete_certificate(ctx: ServiceContext, params: Params) -> Params:
     """Only a certificate that is not ACTIVE (AWS's rule); it stays refused by the broker."""
     with ctx.writing() as conn:
-        row = _require(conn, params["certificateId"])
+        row = require_certificate(conn, params["certificateId"])
         if row["status"] == "ACTIVE":
             raise _state_error(f"Certificate {row['certificate_id']} is ACTIVE: update it to INACTIVE before "
                                "deleting it")
+        attached = sorted(thing_principals.of_certificate(conn, row["certificate_id"]))
+        if attached:  # AWS's rule, whatever forceDelete says (it forces past attached policies only)
+            raise ApiError("DeleteConflictException", f"Certificate {row['certificate_id']} is attached to things "
+                           f"({', '.join(attached[:5])}{' and others' if len(attached) > 5 else ''}): detach them "
+                           "(DetachThingPrincipal) before deleting it")
         certificates.update(conn, row["certificate_id"], status=certificates.DELETED, last_modified_date=ctx.now())
     return {}

@@ -21,13 +21,15 @@ from iotdefender.controlplane import (
     tags,
     targets,
     thing_groups,
+    thing_principals,
     things,
     violations,
 )
 from iotdefender.controlplane.operations import Implementation
 
 HANDLER_MODULES = (behavior_models, certificates, custom_metrics, detect_mitigation_tasks, dimensions, endpoint, metric_values,
-                   mitigation_actions, security_profiles, tags, targets, thing_groups, things, violations)
+                   mitigation_actions, security_profiles, tags, targets, thing_groups, thing_principals, things,
+                   violations)
 
 
 def _gather() -> Mapping[str, Implementation]:

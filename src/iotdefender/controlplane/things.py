@@ -9,7 +9,7 @@ from iotdefender.contract.errors import already_exists, invalid_request, not_fou
 from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.versioning import check_expected_version, merge_attributes
-from iotdefender.store import registry
+from iotdefender.store import registry, thing_principals
 from iotdefender.controlplane.pagination import decode_token, page_size, scope_of, take_page
 
 operation = OperationTable()
@@ -103,6 +103,8 @@ def delete_thing(ctx: ServiceContext, params: Params) -> Params:
         if row is None:
             return {}  # AWS: deleting a thing that does not exist succeeds
         check_expected_version(params, row, f"Thing {name}")
+        if thing_principals.has_certificates(conn, name):  # AWS's rule and words
+            raise invalid_request(f"Cannot delete. Thing {name} is still attached to one or more principals")
         registry.delete_thing(conn, name)
     return {}
 

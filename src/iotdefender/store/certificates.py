@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from iotdefender.store.pagination import keyset
-from iotdefender.store.schema import certificates
+from iotdefender.store import thing_principals as attachments
+from iotdefender.store.schema import certificates, thing_principals
 
 ACTIVE = "ACTIVE"
 #: A deleted certificate's row: hidden from the API, still refused by the broker.
@@ -47,32 +48,49 @@ def page(conn: Connection, after: tuple[float, str] | None, limit: int, ascendin
     return [dict(row) for row in conn.execute(query.limit(limit)).mappings()]
 
 
-def of_common_name(conn: Connection, common_name: str) -> list[dict[str, Any]]:
-    """The registered certificates naming ``common_name`` (a thing's, under ``--mqtt-auth cert``),
-    newest first; deleted ones left out."""
+def of_thing(conn: Connection, thing_name: str) -> list[dict[str, Any]]:
+    """The registered certificates a device of that name may connect with: attached to the thing
+    (AttachThingPrincipal), or naming it as their common name (under ``--mqtt-auth cert``), newest
+    first; deleted ones left out."""
+    attached = sa.select(thing_principals.c.certificate_id).where(thing_principals.c.thing_name == thing_name)
     rows = conn.execute(sa.select(certificates.c.certificate_id, certificates.c.status, certificates.c.not_after,
                                   certificates.c.creation_date)
-                        .where(certificates.c.common_name == common_name, certificates.c.status != DELETED)
+                        .where(sa.or_(certificates.c.common_name == thing_name,
+                                      certificates.c.certificate_id.in_(attached)),
+                               certificates.c.status != DELETED)
                         .order_by(certificates.c.creation_date.desc()))
     return [dict(row) for row in rows.mappings()]
 
 
+class Standing(NamedTuple):
+    """What the broker enforces of some certificates (``standing``)."""
+
+    #: {certificate id: common name ("" if none)} of every certificate that may not connect (any
+    #: status but ACTIVE, deleted ones included unless read with ``deleted_refused`` False).
+    refused: dict[str, str]
+    #: The ids of those registered ACTIVE (only when read ``with_active``).
+    active: set[str]
+    #: {certificate id: (common name, the things it is attached to, sorted)} of those attached to any.
+    attached: dict[str, tuple[str, tuple[str, ...]]]
+
+
 def standing(conn: Connection, among: Sequence[str] | None = None, with_active: bool = True,
-             modified_since: float | None = None, deleted_refused: bool = True) -> tuple[dict[str, str], set[str]]:
-    """What the broker enforces, in one read: ({certificate id: common name ("" if none)} of every
-    certificate that may not connect (any status but ACTIVE, deleted ones included), {ids of those
-    registered ACTIVE}), of every certificate or of those of ``among``. ``with_active`` False
-    leaves the ACTIVE ones unread: only ``--mqtt-certificates registered`` needs them, and a
-    whole read of a large fleet's costs (100 ms at 100,000). ``modified_since``: only those
-    written (``last_modified_date``) at that epoch second or after. ``deleted_refused`` False: a
-    deleted certificate is in neither list, as if never registered (under ``--mqtt-certificates
-    registered`` that refuses it as AWS IoT would an unknown one; otherwise, any certificate the CA
-    signed connects, so a deleted one must stay on the refused list)."""
+             modified_since: float | None = None, deleted_refused: bool = True) -> Standing:
+    """What the broker enforces, of every certificate or of those of ``among``, in two reads (the
+    certificates, then the things attached to them). ``with_active`` False leaves the ACTIVE ones
+    unread (their attachments are read all the same): only ``--mqtt-certificates registered`` needs them, and a whole read of a
+    large fleet's costs (100 ms at 100,000). ``modified_since``: only those written
+    (``last_modified_date``) or attached or detached (``things_modified_date``) at that epoch second
+    or after. ``deleted_refused`` False: a deleted certificate is in neither list, as if never
+    registered (under ``--mqtt-certificates registered`` that refuses it as AWS IoT would an
+    unknown one; otherwise, any certificate the CA signed connects, so a deleted one must stay on
+    the refused list)."""
     query = sa.select(certificates.c.certificate_id, certificates.c.common_name, certificates.c.status)
     if not with_active:
         query = query.where(certificates.c.status != ACTIVE)
     if modified_since is not None:
-        query = query.where(certificates.c.last_modified_date >= modified_since)
+        query = query.where(sa.or_(certificates.c.last_modified_date >= modified_since,
+                                   certificates.c.things_modified_date >= modified_since))
     rows: list[Any] = []
     if among is None:
         rows = list(conn.execute(query))
@@ -82,4 +100,6 @@ def standing(conn: Connection, among: Sequence[str] | None = None, with_active: 
     refused = {certificate_id: common_name or "" for certificate_id, common_name, status in rows
                if status != ACTIVE and (deleted_refused or status != DELETED)}
     active = {certificate_id for certificate_id, _, status in rows if status == ACTIVE}
-    return refused, active
+    # A period's read (``modified_since``) asks for the attachments of the certificates it found.
+    read = among if among is not None else None if modified_since is None else [row[0] for row in rows]
+    return Standing(refused, active, attachments.things_of(conn, read))

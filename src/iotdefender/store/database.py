@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: This release's last migration (tests/unit/test_migration_rules.py checks it is Alembic's head):
 #: a database already there starts without Alembic (``upgrade_to_head``).
-HEAD_REVISION = "0029"
+HEAD_REVISION = "0030"
 
 log = structlog.get_logger("iotdefender")
 

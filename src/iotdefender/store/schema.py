@@ -555,8 +555,26 @@ certificates = sa.Table(
     sa.Column("generation_id", sa.String(64), nullable=False),
     sa.Column("creation_date", EPOCH, nullable=False),
     sa.Column("last_modified_date", EPOCH, nullable=False),
+    # When a thing was last attached to it or detached from it (0030): the broker's gate reads the
+    # certificates whose attachments changed, as it reads those written, without changing the
+    # lastModifiedDate DescribeCertificate answers.
+    sa.Column("things_modified_date", EPOCH),
     sa.Index("ix_certificates_created", "creation_date", "certificate_id"),
     sa.Index("ix_certificates_status", "status"),
     sa.Index("ix_certificates_common_name", "common_name"),
     sa.Index("ix_certificates_modified", "last_modified_date"),  # what a gate's period reads (0029)
+    sa.Index("ix_certificates_things_modified", "things_modified_date"),  # and this (0030)
+)
+
+# Certificates attached to things (AttachThingPrincipal): a device whose certificate is attached to
+# things connects only with one of their names as its client id (brokers/certificate_gate.py).
+# ``exclusive``: attached with EXCLUSIVE_THING, then the only thing the certificate is attached to.
+thing_principals = sa.Table(
+    "thing_principals",
+    metadata,
+    sa.Column("thing_name", NAME, primary_key=True),
+    sa.Column("certificate_id", sa.String(64), primary_key=True),
+    sa.Column("exclusive", sa.Boolean, nullable=False),
+    sa.Column("attached_date", EPOCH, nullable=False),
+    sa.Index("ix_thing_principals_certificate", "certificate_id", "thing_name"),
 )

@@ -133,6 +133,8 @@ class MosquittoBroker:
         self._denied_certificates: dict[str, str] = {}  # certificate id -> its common name
         self.registered_certificates_only = registered_certificates_only
         self._accepted_certificates: set[str] = set()  # registered ACTIVE (registered_certificates_only)
+        # certificate id -> (its common name, the things it is attached to): those attached to any
+        self._certificate_things: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._process: subprocess.Popen[bytes] | None = None
         self._runtime: Path | None = runtime_dir.resolve() if runtime_dir is not None else None
         self._temporary_runtime = runtime_dir is None
@@ -361,6 +363,9 @@ class MosquittoBroker:
             self._control_now(command)
         for command in _certificate_commands("accept-certificates", sorted(self._accepted_certificates)):
             self._control_now(command)
+        for command in _certificate_commands("certificate-things", [
+                _things_target(key, name, things) for key, (name, things) in sorted(self._certificate_things.items())]):
+            self._control_now(command)
         self._control_now(b"ready\0" + self.client_id.encode())
         if self._replies is not None:  # what the connection that broke did not deliver (frames.py)
             self._replies.send_again()
@@ -424,6 +429,27 @@ class MosquittoBroker:
             for command in _certificate_commands("accept-certificates", accepted):
                 self._replies.command(command)
 
+    def attach_certificates(self, attachments: Mapping[str, tuple[str, tuple[str, ...]]]) -> None:
+        """{certificate id: (its common name, the things it is attached to; none: attached to none)}:
+        under ``--mqtt-auth cert`` a certificate attached to things connects only with one of their
+        names as its client id; one attached to none by its common name. A connection it no longer
+        allows is closed."""
+        targets = []
+        for key, (name, things) in attachments.items():
+            if things:
+                self._certificate_things[key] = (name, things)
+            elif self._certificate_things.pop(key, None) is None:
+                continue
+            targets.append(_things_target(key, name, things))
+        if self._replies is not None:
+            for command in _certificate_commands("certificate-things", targets):
+                self._replies.command(command)
+
+    @property
+    def attached_certificates(self) -> Mapping[str, tuple[str, tuple[str, ...]]]:
+        """The certificates attached to things, with their common name; as below, a view."""
+        return MappingProxyType(self._certificate_things)
+
     @property
     def denied_certificates(self) -> Mapping[str, str]:
         """A read-only view (changes with the broker's list): a copy at each of a bulk revocation's
@@ -434,6 +460,11 @@ class MosquittoBroker:
     def accepted_certificates(self) -> AbstractSet[str]:
         """The certificates registered ACTIVE, under registered_certificates_only; as above, a view."""
         return self._accepted_certificates
+
+
+def _things_target(certificate_id: str, common_name: str, things: tuple[str, ...]) -> str:
+    """A certificate-things target (defender_plugin.c): thing names hold no comma nor slash."""
+    return f"{certificate_id}{','.join(things)}/{common_name}"
 
 
 def _certificate_commands(verb: str, targets: list[str]) -> Iterator[bytes]:

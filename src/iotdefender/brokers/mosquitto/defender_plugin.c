@@ -148,6 +148,12 @@
  *   accept-certificates targets, each after a NUL: a certificate id registered ACTIVE: with
  *           certificates=registered, only these connect (as on AWS IoT, where a certificate must
  *           be registered and ACTIVE); no longer refused for its status.
+ *   certificate-things  targets, each after a NUL: a certificate id, the names of the things it is
+ *           attached to (AttachThingPrincipal) joined by commas (none: attached to none), a '/',
+ *           then its common name. Under --mqtt-auth cert a certificate attached to things connects
+ *           only with one of their names as its client id, as AWS IoT takes a connection's thing
+ *           from the attachment; one attached to none keeps the common-name rule. A connection
+ *           made with it under a client id it no longer allows is closed.
  *   Many to a message: the list is sent whole at each (re)connection of the service, where one
  *   QoS 1 message a certificate ran out of the service's 65,535 packet ids at 100,000 of them;
  *   and Mosquitto reads one of the service's messages a pass of its loop.
@@ -326,6 +332,7 @@ static struct table accepted_certificates; /* certificate id -> (void *)1: regis
 /* certificates=registered: a certificate connects only if registered ACTIVE (accepted_certificates),
  * as on AWS IoT; else (signed) any the CA signed connects unless registered in another status. */
 static bool registered_only;
+static struct table certificate_things; /* certificate id -> "thing,thing" (char *): see certificate-things */
 static struct table client_certificates; /* client id -> the certificate id of its connection (char *) */
 static struct table buckets;       /* client id -> its struct bucket, while it is connected */
 static struct table awaiting;      /* thing -> its struct awaiting, while the service owes it answers */
@@ -672,6 +679,20 @@ static bool certificate_id(struct mosquitto *client, char id[65])
 	return true;
 }
 
+/* Whether ``name`` is one of the comma-separated ``names`` (thing names hold no comma). */
+static bool listed(const char *names, const char *name)
+{
+	size_t len = strlen(name);
+	const char *at = names;
+	while(at && *at){
+		const char *comma = strchr(at, ',');
+		size_t item = comma ? (size_t)(comma - at) : strlen(at);
+		if(item == len && !strncmp(at, name, len)) return true;
+		at = comma ? comma + 1 : NULL;
+	}
+	return false;
+}
+
 /* The connection that owns client_id was made with certificate ``id`` (NULL: with none). */
 static void remember_certificate(const char *client_id, const char *id)
 {
@@ -778,13 +799,18 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		if(!password_ok(ed->username, ed->password)) reason = "auth_bad_password";
 		else if(strcmp(ed->username, client_id)) reason = "auth_client_id_mismatch";
 	}else if(auth_mode == AUTH_CERT){
+		/* Attached to things (AttachThingPrincipal), the certificate names them, not its common name. */
+		const char *things = has_cert ? table_get(&certificate_things, cert_id) : NULL;
 		cert_name = certificate_name(ed->client);
-		if(!cert_name) reason = "auth_no_certificate";
+		if(things){
+			if(!listed(things, client_id)) reason = "auth_certificate_not_attached";
+		}else if(!cert_name) reason = "auth_no_certificate";
 		else if(strcmp(cert_name, client_id)) reason = "auth_client_id_mismatch";
 		/* The username a device sends is not verified in this mode (the AWS SDKs send "?SDK=..."):
-		 * the certificate's name replaces it, so that an ACL file's `%u` and `user` blocks name the
-		 * verified identity, as Mosquitto's use_identity_as_username would. */
-		else if(mosquitto_set_username(ed->client, cert_name) != MOSQ_ERR_SUCCESS) reason = "auth_internal_error";
+		 * the verified identity (the client id, now the common name or an attached thing) replaces
+		 * it, so that an ACL file's `%u` and `user` blocks name it, as Mosquitto's
+		 * use_identity_as_username would. */
+		if(!reason && mosquitto_set_username(ed->client, client_id) != MOSQ_ERR_SUCCESS) reason = "auth_internal_error";
 	}
 	free(cert_name);
 	record("C", client_id, address ? address : "", reason ? "0" : "1", reason ? reason : "");
@@ -1448,6 +1474,58 @@ static bool publish_replies(const unsigned char *at, size_t len)
 
 enum certificate_verb { CERTIFICATES_DENY, CERTIFICATES_ALLOW, CERTIFICATES_ACCEPT };
 
+/* Close ``client_id``'s connection if it was made with certificate ``id``. */
+static void kick_if_made_with(const char *client_id, const char *id)
+{
+	char *in_use = table_get(&client_certificates, client_id);
+	if(in_use && !strcmp(in_use, id)) mosquitto_kick_client_by_clientid(client_id, false);
+}
+
+/* Each thing of the comma-separated ``things`` whose connection was made with ``id``, closed
+ * unless ``keep`` (comma-separated, or NULL) still lists it. */
+static void kick_things(const char *things, const char *id, const char *keep)
+{
+	const char *at = things;
+	while(at && *at){
+		const char *comma = strchr(at, ',');
+		char *thing = strndup(at, comma ? (size_t)(comma - at) : strlen(at));
+		if(thing && !(keep && listed(keep, thing))) kick_if_made_with(thing, id);
+		free(thing);
+		at = comma ? comma + 1 : NULL;
+	}
+}
+
+/* certificate-things: one target (see run_command). */
+static void certificate_things_command(const char *target, size_t len)
+{
+	char id[65], *things, *name;
+	const char *slash;
+	char *old;
+	if(len < 65) return;
+	memcpy(id, target, 64);
+	id[64] = '\0';
+	slash = memchr(target + 64, '/', len - 64);
+	if(!slash) return;
+	things = strndup(target + 64, (size_t)(slash - target - 64));
+	name = strndup(slash + 1, (size_t)(target + len - slash - 1));
+	if(!things || !name){ free(things); free(name); return; }
+	old = table_get(&certificate_things, id);
+	if(things[0]){
+		table_put(&certificate_things, id, things);
+		if(table_get(&certificate_things, id) != things){ free(things); things = NULL; }
+	}else{
+		table_del(&certificate_things, id);
+		free(things);
+		things = NULL;
+	}
+	/* Connections it no longer allows: an attached thing it was detached from, or the common
+	 * name's once it is attached to things that do not include it. */
+	if(old) kick_things(old, id, things ? things : (name[0] ? name : NULL));
+	if(things && name[0] && !listed(things, name) && !(old && listed(old, name))) kick_if_made_with(name, id);
+	if(old != things) free(old);
+	free(name);
+}
+
 /* deny-, allow- and accept-certificates: each target after the verb's NUL (see run_command). */
 static void certificate_commands(enum certificate_verb verb, const char *at, const char *end)
 {
@@ -1455,7 +1533,7 @@ static void certificate_commands(enum certificate_verb verb, const char *at, con
 		const char *next = memchr(at, '\0', (size_t)(end - at));
 		size_t len = (size_t)((next ? next : end) - at);
 		if(len >= 64){
-			char id[65], *owner, *in_use;
+			char id[65], *owner;
 			memcpy(id, at, 64);
 			id[64] = '\0';
 			if(verb == CERTIFICATES_DENY){
@@ -1464,9 +1542,10 @@ static void certificate_commands(enum certificate_verb verb, const char *at, con
 				/* Its device is connected with it: closed now. Under --mqtt-auth cert a client id
 				 * is its certificate's common name, so the one connection it can hold is that name's. */
 				owner = strndup(at + 64, len - 64);
-				in_use = owner ? table_get(&client_certificates, owner) : NULL;
-				if(in_use && !strcmp(in_use, id)) mosquitto_kick_client_by_clientid(owner, false);
+				if(owner) kick_if_made_with(owner, id);
 				free(owner);
+				/* Attached to things, it may be held under their names too. */
+				kick_things(table_get(&certificate_things, id), id, NULL);
 			}else if(verb == CERTIFICATES_ACCEPT){
 				table_put(&accepted_certificates, id, (void *)1);
 				table_del(&denied_certificates, id);
@@ -1493,6 +1572,16 @@ static void run_command(const char *payload, size_t len)
 	}
 	if(!strcmp(payload, "accept-certificates")){
 		certificate_commands(CERTIFICATES_ACCEPT, nul + 1, payload + len);
+		return;
+	}
+	if(!strcmp(payload, "certificate-things")){
+		const char *at = nul + 1, *end = payload + len;
+		while(at < end){
+			const char *next = memchr(at, '\0', (size_t)(end - at));
+			size_t target_len = (size_t)((next ? next : end) - at);
+			certificate_things_command(at, target_len);
+			at += target_len + 1;
+		}
 		return;
 	}
 	char *target = strndup(nul + 1, (size_t)(payload + len - nul - 1));
@@ -1718,6 +1807,7 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *options, int
 	table_clear(&refused);
 	table_clear(&denied_certificates);
 	table_clear(&accepted_certificates);
+	table_clear(&certificate_things);
 	table_clear(&client_certificates);
 	table_clear(&buckets);
 	table_clear(&awaiting);
