@@ -38,3 +38,15 @@ def test_broker_nodes_compare_the_device_policy_by_the_acl_files_content(tmp_pat
     # Nodes without a Mosquitto of their own do not publish it: an api node has no device policy.
     assert "--mqtt-acl-file" not in shared_values(Settings(roles="api,detect", mqtt_acl_file=tmp_path / "a.acl"))
     assert "--mqtt-acl-file" not in shared_values(Settings(mqtt_url="mqtt://broker:1883"))
+
+
+def test_broker_nodes_compare_how_devices_authenticate():
+    """A device refused as unregistered on one node must not connect on another (or with a password
+    on one and a certificate on the other)."""
+    signed = shared_values(Settings(mqtt_auth="cert"))
+    registered = shared_values(Settings(mqtt_auth="cert", mqtt_certificates="registered"))
+    assert differences(signed, registered, "n2") == [
+        "--mqtt-certificates is 'signed' on this node but 'registered' on node n2"]
+    assert differences(shared_values(Settings(mqtt_auth="password")), signed, "n2") == [
+        "--mqtt-auth is 'password' on this node but 'cert' on node n2"]  # --mqtt-certificates: cert only
+    assert "--mqtt-auth" not in shared_values(Settings(roles="api,detect", mqtt_auth="cert"))

@@ -72,7 +72,10 @@ def device_policy(settings: Settings) -> dict[str, str]:
     acl_file = "none"
     if settings.mqtt_acl_file is not None:
         acl_file = "sha256:" + hashlib.sha256(settings.mqtt_acl_file.read_bytes()).hexdigest()[:16]
-    return {"--mqtt-acl": settings.mqtt_acl, "--mqtt-acl-file": acl_file}
+    policy = {"--mqtt-acl": settings.mqtt_acl, "--mqtt-acl-file": acl_file, "--mqtt-auth": settings.effective_mqtt_auth}
+    if settings.effective_mqtt_auth == "cert":  # a certificate refused as unregistered on one node, let in on another
+        policy["--mqtt-certificates"] = settings.mqtt_certificates
+    return policy
 
 
 def differences(mine: Values, theirs: Values, node: str) -> list[str]:
