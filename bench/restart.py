@@ -16,6 +16,10 @@ runs with ``PYTHONPATH=<its src>``), on one fleet that stays connected throughou
   so the tree's last 300 s hold reports as the pipeline's restart finds them), then restart it
   and time it: SIGTERM -> exit -> /healthz -> listener, and the storm until every device is back.
 
+``--tls``: every device connects with its own certificate (ECDSA P-256, signed by a CA made for
+the run) over mutual TLS, the service runs ``--mqtt-auth cert`` on a TLS listener, and the storm is
+one TLS handshake a device in Mosquitto's one thread before its CONNECT is even read.
+
 Phases come from the service's own log lines (their wall-clock times, against the moment SIGTERM
 was sent): ``stopping``, ``cloud_windows_kept``, ``stopped``, then ``storage`` (imports, the
 database opened and migrated), ``detection_loaded`` (the worker's refill, with its own seconds),
@@ -24,7 +28,7 @@ the service's client connected and subscribed), ``mosquitto_started``, ``ready``
 load average is recorded with every restart: the machine is shared.
 
     .venv/bin/python bench/restart.py --devices 5000 --rounds 5 --tree new=src --tree old=../old/src \
-        --output FILE
+        [--tls] --output FILE
 
 Results and what they say: bench/README.md ("The service's own restart"),
 bench/results/restart-2026-12-01.json.
@@ -47,6 +51,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import fleet_workload  # noqa: E402
+from bench.certificates import make_pki  # noqa: E402
 from bench.common import bounded, environment, report  # noqa: E402
 from bench.fleet import Fleet  # noqa: E402
 from tests.support.processes import ServiceProcess, free_port, wait_for  # noqa: E402
@@ -80,16 +85,22 @@ def log_events(path: Path, offset: int) -> dict[str, dict[str, Any]]:
 
 
 class Tree:
-    def __init__(self, label: str, src: Path, api_port: int, mqtt_port: int) -> None:
+    def __init__(self, label: str, src: Path, api_port: int, mqtt_port: int, device_port: int,
+                 pki: Path | None = None) -> None:
+        """``device_port``: the port devices connect to (``mqtt_port``, or the TLS listener's with ``pki``)."""
         self.label, self.src = label, src.resolve()
+        extra = ["--report-min-interval", "0", "--mqtt-acl", "own"]
+        if pki is not None:
+            extra += ["--mqtt-auth", "cert", "--mqtt-tls-port", str(device_port), "--mqtt-ca", str(pki / "ca.pem"),
+                      "--mqtt-cert", str(pki / "server.pem"), "--mqtt-key", str(pki / "server.key")]
+        self.device_port = device_port
         self.service = ServiceProcess(data_dir=Path(tempfile.mkdtemp(prefix=f"iotdefender-restart-{label}-")),
-                                      extra_args=["--report-min-interval", "0", "--mqtt-acl", "own"],
-                                      port=api_port, mqtt_port=mqtt_port)
+                                      extra_args=extra, port=api_port, mqtt_port=mqtt_port)
         self.service.env = {**self.service.env, "PYTHONPATH": str(self.src)}
 
     def start(self) -> None:
         self.service.start()
-        wait_for(lambda: listening(self.service.mqtt_port), 60, "the device listener")
+        wait_for(lambda: listening(self.device_port), 60, "the device listener")
 
     def restart(self) -> dict[str, Any]:
         """SIGTERM, exit, start, /healthz, listener: each moment, and the log's phases in between."""
@@ -100,7 +111,7 @@ class Tree:
         exited = time.monotonic()
         self.service.start()
         healthy = time.monotonic()
-        wait_for(lambda: listening(self.service.mqtt_port), 60, "the device listener")
+        wait_for(lambda: listening(self.device_port), 60, "the device listener")
         up = time.monotonic()
         events = log_events(self.service.log_path, offset)
         phases = {name: round(line["at"] - wall, 3) for name, line in events.items()}
@@ -118,9 +129,11 @@ class Tree:
         shutil.rmtree(self.service.data_dir, ignore_errors=True)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, pki: Path | None) -> dict[str, Any]:
     api_port, mqtt_port = free_port(), free_port()
-    trees = [Tree(label, Path(src), api_port, mqtt_port) for label, src in (t.split("=", 1) for t in args.tree)]
+    device_port = free_port() if pki is not None else mqtt_port
+    trees = [Tree(label, Path(src), api_port, mqtt_port, device_port, pki)
+             for label, src in (t.split("=", 1) for t in args.tree)]
     fleet: Fleet | None = None
     samples: list[dict[str, Any]] = []
     current: Tree | None = None
@@ -141,8 +154,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     tree.start()
                     current = tree
                 if fleet is None and args.devices:
-                    fleet = Fleet("127.0.0.1", mqtt_port, args.devices, fleet_workload.report_template(),
-                                  per_process=args.per_process)
+                    fleet = Fleet("127.0.0.1", device_port, args.devices, fleet_workload.report_template(),
+                                  per_process=args.per_process,
+                                  tls=(str(pki / "ca.pem"), str(pki)) if pki is not None else None)
                     connect = fleet.connect(120)
                     if connect["connected"] != args.devices:
                         raise RuntimeError(f"fleet did not connect: {connect}")
@@ -173,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for tree in trees:
             tree.remove()
     return {"benchmark": "restart", "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "machine": environment(), "devices": args.devices, "rate": args.rate,
+            "machine": environment(), "devices": args.devices, "tls": pki is not None, "rate": args.rate,
             "report_seconds": args.report_seconds, "trees": {t.label: str(t.src) for t in trees},
             "summary": summary(samples), "samples": samples,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -189,6 +203,10 @@ def summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
             values = [s["log_s_after_sigterm"].get(event) for s in mine]
             if all(v is not None for v in values):
                 figures[f"log:{event}"] = values
+        for key in ("all_back_after_restart_s", "all_back_after_service_up_s", "refused_connacks"):
+            values = [s["storm"][key] for s in mine if s["storm"] and s["storm"][key] is not None]
+            if values and len(values) == len(mine):
+                figures[f"storm:{key}"] = values
         out[label] = {key: {"median": round(statistics.median(v), 3), "all": v} for key, v in figures.items()}
         out[label]["load_1min"] = [s["load_1_5_15"][0] for s in mine]
     return out
@@ -202,11 +220,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5000.0, help="reports/s over the fleet before each restart")
     parser.add_argument("--report-seconds", type=float, default=4.0)
     parser.add_argument("--per-process", type=int, default=4000)
+    parser.add_argument("--tls", action="store_true", help="mutual TLS, a certificate per device")
     parser.add_argument("--max-seconds", type=int, default=1500)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     bounded(args.max_seconds)
-    report(run(args), args.output, hidden=("machine", "command", "samples"))
+    with tempfile.TemporaryDirectory(prefix="iotdefender-bench-restart-pki-") as scratch:
+        pki = None
+        if args.tls:
+            pki = Path(scratch)
+            make_pki(pki, args.devices)
+        report(run(args, pki), args.output, hidden=("machine", "command", "samples"))
 
 
 if __name__ == "__main__":
