@@ -342,11 +342,11 @@ def ignore_keys(_keys: list[str]) -> None:
     """A node without a broker has no certificates to refuse."""
 
 
-def certificates_written(notices: KeyedNotices) -> Callable[[str, Any], None]:
+def certificates_written(notices: KeyedNotices) -> Callable[[str, Any, Any], None]:
     """The API's write listener that tells every node's broker which certificate changed."""
-    def written(operation_name: str, params: Any = None) -> None:
+    def written(operation_name: str, params: Any = None, output: Any = None) -> None:
         if operation_name in CERTIFICATE_WRITES:
-            certificate_id = written_certificate(params)
+            certificate_id = written_certificate(params, output)
             notices.publish([certificate_id] if certificate_id is not None else [])
     return written
 

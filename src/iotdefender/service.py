@@ -38,6 +38,7 @@ from iotdefender.brokers.observer import NULL_OBSERVER, BrokerObserver
 from iotdefender.cloud.service import CloudMetricsService
 from iotdefender.console.app import create_console
 from iotdefender.controlplane.context import ServiceContext
+from iotdefender.controlplane.issuer import CertificateIssuer
 from iotdefender.controlplane.mitigation_execution import MitigationRunner
 from iotdefender import loop_stall
 from iotdefender.graceful import GracefulServer
@@ -87,7 +88,7 @@ def open_context(settings: Settings) -> tuple[ServiceContext, CredentialStore]:
                                "do not know (their API answers UnrecognizedClientException); give every node "
                                "the same file (docs/cluster.md, Running a cluster)")
     context = ServiceContext(engine=engine, region=settings.region, account_id=settings.account_id,
-                             endpoint_address=settings.endpoint_address)
+                             endpoint_address=settings.endpoint_address, issuer=certificate_issuer(settings))
     log.info("storage", dialect=engine.dialect.name,
              database=str(engine.url.render_as_string(hide_password=True)))
     return context, credentials
@@ -117,6 +118,18 @@ def _migrate_when_reachable(engine: Engine, patience_s: float = DATABASE_FIRST_C
                     f"--database-url: cannot connect to the database at "
                     f"{engine.url.render_as_string(hide_password=True)} within {patience_s:g} s ({reason})") from None
             time.sleep(1.0)
+
+
+def certificate_issuer(settings: Settings) -> CertificateIssuer | None:
+    """The broker's CA with its key, when the operator gave it (ConfigurationError if unusable)."""
+    if settings.mqtt_ca_key is None:
+        return None
+    if not settings.mqtt_ca:
+        raise ConfigurationError("--mqtt-ca-key needs --mqtt-ca, the CA certificate it is the key of")
+    try:
+        return CertificateIssuer.from_files(settings.mqtt_ca, settings.mqtt_ca_key)
+    except (ValueError, OSError) as error:
+        raise ConfigurationError(str(error)) from None
 
 
 def build_api(settings: Settings) -> ApiService:
@@ -174,6 +187,7 @@ def validate(settings: Settings) -> None:
             settings.mqtt_acl_file.read_text()
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigurationError(f"--mqtt-acl-file: {error}") from None
+    certificate_issuer(settings)
     if settings.mqtt_tls_port is not None:
         try:
             check_tls_files(settings.mqtt_ca, settings.mqtt_cert, settings.mqtt_key)

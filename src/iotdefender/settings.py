@@ -31,6 +31,7 @@ class Settings:
     mqtt_tls_port: int | None = None
     endpoint_address: str | None = None
     mqtt_ca: str | None = None
+    mqtt_ca_key: str | None = None  # the key of --mqtt-ca: CreateKeysAndCertificate signs with it (controlplane/issuer.py)
     mqtt_cert: str | None = None
     mqtt_key: str | None = None
     mqtt_auth: str | None = None
@@ -252,6 +253,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the host name devices connect to, answered by DescribeEndpoint (default: the host "
                            "the API request was addressed to)")
     mqtt.add_argument("--mqtt-ca", default=None, help="CA certificate file that signs device certificates")
+    mqtt.add_argument("--mqtt-ca-key", default=None,
+                      help="the unencrypted PEM private key of --mqtt-ca: CreateKeysAndCertificate and "
+                           "CreateCertificateFromCsr then issue device certificates signed by it (default: they "
+                           "answer InvalidRequestException; the service holds no CA key)")
     mqtt.add_argument("--mqtt-cert", default=None, help="server certificate file for the TLS listener")
     mqtt.add_argument("--mqtt-key", default=None, help="server private key file for the TLS listener")
     mqtt.add_argument("--mqtt-auth", choices=("none", "password", "cert"), default=None,

@@ -35,7 +35,8 @@ def tls_service(request, tmp_path_factory):
     tls_port = free_port()
     service = ServiceProcess(data_dir=tmp_path_factory.mktemp("svc"), database_url=url, extra_args=[
         "--mqtt-auth", "cert", "--mqtt-tls-port", str(tls_port), "--mqtt-ca", str(pki.ca_cert),
-        "--mqtt-cert", str(pki.server_cert), "--mqtt-key", str(pki.server_key), "--report-min-interval", "0"])
+        "--mqtt-cert", str(pki.server_cert), "--mqtt-key", str(pki.server_key), "--report-min-interval", "0",
+        "--mqtt-ca-key", str(pki.ca_key)])
     service.start()
     yield service, pki, tls_port
     service.stop()
@@ -498,3 +499,68 @@ def test_a_certificate_attached_to_things_connects_only_as_them(tls_service):
     wait_for(lambda: (attempt := TlsDevice(port, pki, "serial-0043", files2)).reason == 0 and (attempt.close() or True),
              5, "the common name let in again")
     assert TlsDevice(port, pki, "boiler-7", files2).reason == 135
+
+
+
+def test_certificates_created_by_the_service_connect_as_on_aws(tls_service, tmp_path):
+    """With --mqtt-ca-key, AWS IoT's usual provisioning works as written: CreateKeysAndCertificate,
+    CreateThing, AttachThingPrincipal, and the device connects with what the call answered; its
+    certificate names no thing (CN=AWS IoT Certificate), so only the attachment lets it in.
+    CreateCertificateFromCsr signs a device's own key, keeping the CSR's subject."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    service, pki, port = tls_service
+    iot = service.client()
+    made = iot.create_keys_and_certificate(setAsActive=True)
+    cert, key = tmp_path / "made.pem", tmp_path / "made.key"
+    cert.write_text(made["certificatePem"])
+    key.write_text(made["keyPair"]["PrivateKey"])
+    issued = x509.load_pem_x509_certificate(made["certificatePem"].encode())
+    assert issued.subject.rfc4514_string() == "CN=AWS IoT Certificate" and issued.issuer == \
+        x509.load_pem_x509_certificate(pki.ca_cert.read_bytes()).subject
+    assert made["certificateId"] == certificate_id(cert)
+    described = iot.describe_certificate(certificateId=made["certificateId"])["certificateDescription"]
+    assert described["status"] == "ACTIVE" and described["caCertificateId"] == certificate_id(pki.ca_cert)
+    iot.create_thing(thingName="provisioned-1")
+    assert TlsDevice(port, pki, "provisioned-1", (cert, key)).reason == 135  # not attached yet
+    iot.attach_thing_principal(thingName="provisioned-1", principal=made["certificateArn"])
+    attempts: list[TlsDevice] = []
+    wait_for(lambda: attempts.append(a := TlsDevice(port, pki, "provisioned-1", (cert, key))) or a.reason == 0, 5,
+             "the provisioned device let in")
+    assert attempts[-1].report(1) == "ACCEPTED"
+    attempts[-1].close()
+
+    # Without setAsActive it is INACTIVE, as on AWS: refused though the broker's CA signed it.
+    inactive = iot.create_keys_and_certificate()
+    assert iot.describe_certificate(certificateId=inactive["certificateId"])["certificateDescription"][
+        "status"] == "INACTIVE"
+    (tmp_path / "inactive.pem").write_text(inactive["certificatePem"])
+    (tmp_path / "inactive.key").write_text(inactive["keyPair"]["PrivateKey"])
+    iot.attach_thing_principal(thingName="provisioned-1", principal=inactive["certificateArn"])
+    time.sleep(0.3)
+    assert TlsDevice(port, pki, "provisioned-1", (tmp_path / "inactive.pem", tmp_path / "inactive.key")).reason == 135
+
+    # From a CSR: the device's own key, the CSR's subject (its thing's name: no attachment needed).
+    device_key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "csr-device")]))
+           .sign(device_key, hashes.SHA256()))
+    signed = iot.create_certificate_from_csr(
+        certificateSigningRequest=csr.public_bytes(serialization.Encoding.PEM).decode(), setAsActive=True)
+    (tmp_path / "csr.pem").write_text(signed["certificatePem"])
+    (tmp_path / "csr.key").write_bytes(device_key.private_bytes(serialization.Encoding.PEM,
+                                                                serialization.PrivateFormat.PKCS8,
+                                                                serialization.NoEncryption()))
+    device = TlsDevice(port, pki, "csr-device", (tmp_path / "csr.pem", tmp_path / "csr.key"))
+    assert device.reason == 0 and device.report(1) == "ACCEPTED"
+    device.close()
+    again = iot.create_certificate_from_csr(certificateSigningRequest=csr.public_bytes(serialization.Encoding.PEM)
+                                            .decode())
+    assert again["certificateId"] != signed["certificateId"]  # AWS: the same CSR, a distinct certificate
+
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    weak_csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(
+        NameOID.COMMON_NAME, "weak")])).sign(weak, hashes.SHA256()))
+    for request in (weak_csr.public_bytes(serialization.Encoding.PEM).decode(), "not a CSR"):
+        with pytest.raises(iot.exceptions.InvalidRequestException):
+            iot.create_certificate_from_csr(certificateSigningRequest=request)

@@ -49,4 +49,4 @@ def test_validating_tagging_and_verifying_change_nothing_detection_reads(tmp_pat
         "CreateMitigationAction", "UpdateMitigationAction", "DeleteMitigationAction",
         "StartDetectMitigationActionsTask", "CancelDetectMitigationActionsTask",
         "RegisterCertificate", "RegisterCertificateWithoutCA", "UpdateCertificate", "DeleteCertificate",
-        "AttachThingPrincipal", "DetachThingPrincipal"}
+        "AttachThingPrincipal", "DetachThingPrincipal", "CreateKeysAndCertificate", "CreateCertificateFromCsr"}

@@ -87,7 +87,7 @@ class AlertRoutes:
                 out.setdefault(topic, []).append(profile["name"])
         return out
 
-    def profile_written(self, operation: str, params: Mapping[str, Any]) -> None:
+    def profile_written(self, operation: str, params: Mapping[str, Any], _output: Any = None) -> None:
         """After a successful API write: a security profile given a topic that goes nowhere is
         logged (the API answers as AWS does, which accepts any SNS ARN)."""
         if operation not in ("CreateSecurityProfile", "UpdateSecurityProfile"):

@@ -66,7 +66,7 @@ class ApiService:
     def __init__(self, context: ServiceContext, credentials: CredentialStore,
                  on_change: Sequence[Callable[[], None]] = (), extensions: Extensions = Extensions(),
                  health: DatabaseHealth | None = None,
-                 on_write: Sequence[Callable[[str, dict[str, Any]], None]] = ()) -> None:
+                 on_write: Sequence[Callable[[str, dict[str, Any], dict[str, Any]], None]] = ()) -> None:
         self.context = context
         self.credentials = credentials
         self.router = Router(service_model())
@@ -215,9 +215,9 @@ class ApiService:
         for listener in self.on_change:
             listener()
 
-    def _written(self, operation_name: str, params: dict[str, Any]) -> None:
+    def _written(self, operation_name: str, params: dict[str, Any], output: dict[str, Any]) -> None:
         for listener in self.on_write:
-            listener(operation_name, params)
+            listener(operation_name, params, output)
 
 
 #: Cluster mode's readiness beyond the database: None when ready, else what is not (for the probe's body).

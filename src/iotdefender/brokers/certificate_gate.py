@@ -97,10 +97,10 @@ class CertificateGate:
         self._quiet_periods = 0  # periods that ended without a write since the last whole read
         self._warned_none_active = False
 
-    def written(self, operation_name: str, params: Any = None) -> None:
+    def written(self, operation_name: str, params: Any = None, output: Any = None) -> None:
         """An API write of this process (its ``on_write`` listener, called from a worker thread)."""
         if operation_name in WRITES:
-            certificate_id = written_certificate(params)
+            certificate_id = written_certificate(params, output)
             self.changed(None if certificate_id is None else [certificate_id])
 
     def changed(self, certificate_ids: Iterable[str] | None = None) -> None:

@@ -21,13 +21,15 @@ What differs from AWS IoT, and why (docs/api-behaviour.md, "Certificates"):
 - RegisterCertificate checks ``caCertificatePem`` signed the certificate when it is given; there is
   no registry of CA certificates, so without it the issuer is not checked.
 - A REVOKED certificate cannot be made ACTIVE or INACTIVE again (CertificateStateException).
-- Certificates cannot be created here (CreateKeysAndCertificate, CreateCertificateFromCsr: the
-  service holds no CA key), nor attached to policies; attached to things, they name the things a
-  device may connect as (controlplane/thing_principals.py).
+- CreateKeysAndCertificate and CreateCertificateFromCsr issue certificates signed by the broker's
+  CA, only when the operator gives its key (``--mqtt-ca-key``, controlplane/issuer.py).
+- Certificates are not attached to policies; attached to things, they name the things a device may
+  connect as (controlplane/thing_principals.py).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 import uuid
@@ -35,11 +37,13 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from iotdefender.contract.errors import ApiError, already_exists, invalid_request, not_found
 from iotdefender.controlplane.context import ServiceContext
+from iotdefender.controlplane.issuer import AWS_SUBJECT, CertificateIssuer, acceptable_key
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.pagination import decode_token, encode_token, scope_of
 from iotdefender.store import certificates, thing_principals
@@ -52,7 +56,8 @@ REVOKED = "REVOKED"
 DEFAULT_PAGE_SIZE = 25
 #: The writes the broker's list of refused certificates follows (brokers/certificate_gate.py).
 WRITES = frozenset({"RegisterCertificate", "RegisterCertificateWithoutCA", "UpdateCertificate", "DeleteCertificate",
-                    "AttachThingPrincipal", "DetachThingPrincipal"})
+                    "AttachThingPrincipal", "DetachThingPrincipal", "CreateKeysAndCertificate",
+                    "CreateCertificateFromCsr"})
 
 
 def certificate_id_of(der: bytes) -> str:
@@ -68,9 +73,11 @@ def certificate_id_of_arn(arn: str) -> str | None:
     return match.group(1).lower() if match else None
 
 
-def written_certificate(params: Params | None) -> str | None:
-    """The id of the certificate a successful write (one of ``WRITES``) of ``params`` changed;
-    None when it cannot be told (the caller then reads every certificate)."""
+def written_certificate(params: Params | None, output: Params | None = None) -> str | None:
+    """The id of the certificate a successful write (one of ``WRITES``) of ``params`` changed (or
+    made: its ``output`` says); None when it cannot be told (the caller then reads every certificate)."""
+    if output and "certificateId" in output:
+        return _normal_id(str(output["certificateId"]))
     if not params:
         return None
     if "certificateId" in params:
@@ -124,7 +131,12 @@ def _register(ctx: ServiceContext, params: Params, ca: x509.Certificate | None, 
             certificate.verify_directly_issued_by(ca)
         except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
             raise _validation_error("The certificate was not signed by caCertificatePem") from None
-    status = _status_of(params)
+    return _store(ctx, certificate, ca, _status_of(params), mode)
+
+
+def _store(ctx: ServiceContext, certificate: x509.Certificate, ca: x509.Certificate | None, status: str,
+           mode: str) -> Params:
+    """Register ``certificate`` (signed by ``ca`` when given) in ``status``."""
     der = certificate.public_bytes(Encoding.DER)
     certificate_id = certificate_id_of(der)
     arn = ctx.arn(f"cert/{certificate_id}")
@@ -140,6 +152,57 @@ def _register(ctx: ServiceContext, params: Params, ca: x509.Certificate | None, 
                          not_after=certificate.not_valid_after_utc.timestamp(), customer_version=1,
                          generation_id=str(uuid.uuid4()), creation_date=now, last_modified_date=now)
     return {"certificateArn": arn, "certificateId": certificate_id}
+
+
+def _issuer(ctx: ServiceContext) -> CertificateIssuer:
+    if ctx.issuer is None:
+        raise invalid_request("This service issues no certificates: start it with --mqtt-ca-key (the private key "
+                              "of --mqtt-ca), or register certificates of your own PKI (RegisterCertificate)")
+    return ctx.issuer
+
+
+def _issued(ctx: ServiceContext, issuer: CertificateIssuer, public_key: Any, subject: x509.Name,
+            params: Params) -> tuple[Params, x509.Certificate]:
+    """Issue and register (ACTIVE with ``setAsActive``, else INACTIVE, as AWS)."""
+    certificate = issuer.issue(public_key, subject, dt.datetime.fromtimestamp(ctx.now(), dt.timezone.utc))
+    status = "ACTIVE" if params.get("setAsActive") else "INACTIVE"
+    return _store(ctx, certificate, issuer.ca_certificate, status, "DEFAULT"), certificate
+
+
+@operation("CreateKeysAndCertificate", changes_monitoring=False)
+def create_keys_and_certificate(ctx: ServiceContext, params: Params) -> Params:
+    """A 2048-bit RSA key pair, as AWS IoT makes, and its certificate signed by the broker's CA
+    (controlplane/issuer.py). The private key is in this answer only: it is never stored."""
+    issuer = _issuer(ctx)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    registered, certificate = _issued(ctx, issuer, key.public_key(), AWS_SUBJECT, params)
+    return {**registered, "certificatePem": certificate.public_bytes(Encoding.PEM).decode(),
+            "keyPair": {"PublicKey": key.public_key().public_bytes(Encoding.PEM,
+                                                                   PublicFormat.SubjectPublicKeyInfo).decode(),
+                        "PrivateKey": key.private_bytes(Encoding.PEM, PrivateFormat.TraditionalOpenSSL,
+                                                        NoEncryption()).decode()}}
+
+
+@operation("CreateCertificateFromCsr", changes_monitoring=False)
+def create_certificate_from_csr(ctx: ServiceContext, params: Params) -> Params:
+    """A certificate for the CSR's key and subject, signed by the broker's CA; the same CSR again
+    gives another certificate (AWS: "Reusing the same certificate signing request (CSR) results in a
+    distinct certificate")."""
+    issuer = _issuer(ctx)
+    try:
+        request = x509.load_pem_x509_csr(params["certificateSigningRequest"].encode("utf-8", "surrogatepass"))
+        public_key = request.public_key()
+        signed = request.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm, UnicodeEncodeError) as error:
+        raise invalid_request(f"The certificateSigningRequest is not a PEM-encoded certificate signing request: "
+                              f"{error}") from None
+    if not signed:
+        raise invalid_request("The certificateSigningRequest's signature does not verify with its own key")
+    if not acceptable_key(public_key):
+        raise invalid_request("The certificateSigningRequest's key must be RSA of at least 2048 bits or ECC on NIST "
+                              "P-256, P-384 or P-521")
+    registered, certificate = _issued(ctx, issuer, public_key, request.subject, params)
+    return {**registered, "certificatePem": certificate.public_bytes(Encoding.PEM).decode()}
 
 
 @operation("RegisterCertificate", changes_monitoring=False)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection, Engine
 
+from iotdefender.controlplane.issuer import CertificateIssuer
 from iotdefender.store.advisory import CONTROL_PLANE, serialize
 from iotdefender.store.database import writing
 
@@ -20,6 +21,7 @@ class ServiceContext:
     account_id: str = "123456789012"
     clock: Callable[[], float] = field(default=time.time)
     endpoint_address: str | None = None  # DescribeEndpoint's answer (--endpoint-address); None: the request's host
+    issuer: CertificateIssuer | None = None  # the broker's CA with its key (--mqtt-ca-key): CreateKeysAndCertificate
 
     def arn(self, resource: str) -> str:
         """``arn:aws:iot:{region}:{account}:{resource}``, the form every AWS IoT ARN takes."""

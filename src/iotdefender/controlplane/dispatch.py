@@ -26,11 +26,12 @@ class Dispatcher:
 
     def __init__(self, context: ServiceContext, implementations: Mapping[str, Implementation],
                  after_change: Callable[[], None],
-                 after_write: Callable[[str, Params], None] | None = None) -> None:
+                 after_write: Callable[[str, Params, Params], None] | None = None) -> None:
         """``after_change`` runs after every successful write (a non-GET operation) that changes
         what detection reads (``Implementation.changes_monitoring``), so caches of the control
         plane (which profiles monitor a thing) stay exact; ``after_write`` then gets
-        the operation's name and input (warnings about what was written, in the log)."""
+        the operation's name, input and output (warnings about what was written, in the log; the
+        certificate a create made)."""
         self.context = context
         self._implementations = implementations
         self._after_change = after_change
@@ -58,7 +59,7 @@ class Dispatcher:
             if implementation.changes_monitoring:
                 self._after_change()
             if self._after_write is not None:
-                self._after_write(operation.name, params)
+                self._after_write(operation.name, params, output)
         return output
 
     def call_by_name(self, operation_name: str, params: Params, **extra: Any) -> Params:

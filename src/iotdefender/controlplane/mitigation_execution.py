@@ -76,7 +76,7 @@ class MitigationRunner:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def wake(self, operation_name: str = "", _params: Any = None) -> None:
+    def wake(self, operation_name: str = "", _params: Any = None, _output: Any = None) -> None:
         """A task may have started (an API write's listener, called from a worker thread)."""
         if operation_name and operation_name != "StartDetectMitigationActionsTask":
             return
