@@ -272,3 +272,27 @@ def test_the_broker_is_told_which_things_each_certificate_is_attached_to(engine,
         runner.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_certificate_the_service_created_is_read_by_the_id_its_answer_gave(engine, tmp_path):
+    """CreateKeysAndCertificate's input names no certificate: the gate takes the id from its output
+    (else it would read every certificate at each create). Created INACTIVE, it is refused at once."""
+    from iotdefender.controlplane.issuer import CertificateIssuer
+
+    pki = Pki(tmp_path, "127.0.0.1")
+    context = ServiceContext(engine=engine, issuer=CertificateIssuer.from_files(pki.ca_cert, pki.ca_key))
+    call = Dispatcher(context, registry.IMPLEMENTED, lambda: None).call_by_name
+    broker = RecordingBroker()
+    gate = CountingGate(engine, broker, period_s=60)
+
+    async def scenario() -> None:
+        runner = asyncio.ensure_future(gate.run())
+        await _settled(lambda: gate.whole_reads == 1, "the whole lists read at start")
+        output = call("CreateKeysAndCertificate", {})
+        gate.written("CreateKeysAndCertificate", {}, output)
+        await _settled(lambda: broker.denied == {output["certificateId"]: "AWS IoT Certificate"},
+                       f"the created INACTIVE certificate refused: {broker.denied}")
+        assert gate.whole_reads == 1
+        runner.cancel()
+
+    asyncio.run(scenario())
