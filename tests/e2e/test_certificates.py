@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import html
 import json
 import queue
+import re
 import ssl
 import time
 from pathlib import Path
@@ -564,3 +566,57 @@ def test_certificates_created_by_the_service_connect_as_on_aws(tls_service, tmp_
     for request in (weak_csr.public_bytes(serialization.Encoding.PEM).decode(), "not a CSR"):
         with pytest.raises(iot.exceptions.InvalidRequestException):
             iot.create_certificate_from_csr(certificateSigningRequest=request)
+
+
+def test_the_console_lists_certificates_and_attaches_them_to_things(tls_service):
+    """/console/certificates: every certificate with its common name and the things it is attached
+    to; attaching and detaching through it is the API's (a refusal shown by the form, as typed), and
+    a device connects as the thing attached there."""
+    from tests.e2e.test_console_http import logged_in
+
+    service, pki, port = tls_service
+    client, token = logged_in(service)
+    iot = service.client()
+    files = pki.issue("serial-console")
+    cert_id = iot.register_certificate_without_ca(certificatePem=files[0].read_text(), status="ACTIVE")["certificateId"]
+    iot.create_thing(thingName="valve-3")
+    page = client.get("/console/certificates")
+    assert page.status_code == 200 and f'data-certificate="{cert_id}"' in page.text and "serial-console" in page.text
+    assert 'aria-current="page">Certificates' in page.text
+
+    attach = f"/console/certificates/{cert_id}/attach"
+    assert client.post(attach, data={"thingName": "valve-3"}).status_code == 403  # no CSRF token
+    done = client.post(attach, data={"csrf": token, "thingName": "valve-3", "next": "/console/certificates"})
+    assert done.status_code == 303 and done.headers["location"] == "/console/certificates"
+    assert iot.list_principal_things(principal=iot.describe_certificate(certificateId=cert_id)[
+        "certificateDescription"]["certificateArn"])["things"] == ["valve-3"]
+    row = client.get("/console/certificates").text.split(f'data-certificate="{cert_id}"')[1].split("</tr>")[0]
+    assert 'href="/console/things/valve-3"' in row
+    wait_for(lambda: (attempt := TlsDevice(port, pki, "valve-3", files)).reason == 0 and (attempt.close() or True), 5,
+             "the device let in as the thing attached through the console")
+    assert f'data-certificate="{cert_id}"' in client.get("/console/things/valve-3").text  # its device's page
+
+    refused = client.post(attach, data={"csrf": token, "thingName": "no-such-valve", "next": "/console/certificates"})
+    assert refused.status_code == 404 and "ResourceNotFoundException" in refused.text
+    assert 'value="no-such-valve"' in refused.text  # the form as typed
+    detached = client.post(f"/console/certificates/{cert_id}/detach",
+                           data={"csrf": token, "thingName": "valve-3", "next": "/console/certificates"})
+    assert detached.status_code == 303
+    assert 'href="/console/things/valve-3"' not in client.get("/console/certificates").text.split(
+        f'data-certificate="{cert_id}"')[1].split("</tr>")[0]
+    status = client.post(f"/console/certificates/{cert_id}/status",
+                         data={"csrf": token, "newStatus": "INACTIVE", "next": "/console/certificates"})
+    assert status.status_code == 303 and status.headers["location"] == "/console/certificates"
+    assert iot.describe_certificate(certificateId=cert_id)["certificateDescription"]["status"] == "INACTIVE"
+    assert client.get("/console/certificates?marker=bogus").status_code == 400
+    # Page after page, every certificate once, newest first.
+    for n in range(51):
+        iot.register_certificate_without_ca(certificatePem=self_signed(f"paged-{n}"))
+    listed = [c["certificateId"] for p in iot.get_paginator("list_certificates").paginate() for c in p["certificates"]]
+    shown, path = [], "/console/certificates"
+    while path:
+        text = client.get(path).text
+        shown += re.findall(r'<tr data-certificate="([0-9a-f]{64})"', text)
+        found = re.search(r'href="(/console/certificates\?marker=[^"]+)" rel="next"', text)
+        path = html.unescape(found.group(1)) if found else ""
+    assert shown == listed and len(shown) > 50

@@ -18,7 +18,7 @@ from tests.support.processes import ACCESS_KEY, SECRET_KEY
 from tests.support import plain_http
 
 SERVICE_ARGS = ["--report-min-interval", "0", "--time-scale", "100"]
-PAGES = ["/console/", "/console/metrics", "/console/things", "/console/things/x", "/console/profiles",
+PAGES = ["/console/", "/console/metrics", "/console/things", "/console/things/x", "/console/certificates", "/console/profiles",
          "/console/profiles/new", "/console/violations", "/console/backtest", "/console/api/events",
          "/console/api/backtests/x", "/console/api/violations/x/evidence"]
 FEW_PORTS = {"name": "few-ports", "metric": "aws:num-listening-tcp-ports",

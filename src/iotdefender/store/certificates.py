@@ -48,6 +48,17 @@ def page(conn: Connection, after: tuple[float, str] | None, limit: int, ascendin
     return [dict(row) for row in conn.execute(query.limit(limit)).mappings()]
 
 
+def details(conn: Connection, certificate_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """{certificate id: {common_name, not_after}} of those of ``certificate_ids`` (a page's)."""
+    rows: list[Any] = []
+    for start in range(0, len(certificate_ids), _IN_BATCH):
+        chunk = certificate_ids[start:start + _IN_BATCH]
+        rows += conn.execute(sa.select(certificates.c.certificate_id, certificates.c.common_name,
+                                       certificates.c.not_after)
+                             .where(certificates.c.certificate_id.in_(chunk))).all()
+    return {key: {"common_name": name, "not_after": not_after} for key, name, not_after in rows}
+
+
 def of_thing(conn: Connection, thing_name: str) -> list[dict[str, Any]]:
     """The registered certificates a device of that name may connect with: attached to the thing
     (AttachThingPrincipal), or naming it as their common name (under ``--mqtt-auth cert``), newest
