@@ -410,7 +410,7 @@ def test_certificates_attached_to_things_answer_as_aws_does(tls_service):
     with pytest.raises(iot.exceptions.ResourceNotFoundException):
         iot.attach_thing_principal(thingName="sensor-c", principal=arns[2][:-64] + "0" * 64)
     for principal in ("us-east-1:2f6b9a8e-0000-4000-8000-000000000000", "arn:aws:iot:eu-west-1:123456789012:cert/"
-                      + arns[2][-64:], arns[2] + "0", ""):
+                      + arns[2][-64:], arns[2] + "0", "", "ü", arns[2][:-64] + "中ü"):  # UTF-8 headers: judged, not 403
         with pytest.raises(iot.exceptions.InvalidRequestException):
             iot.attach_thing_principal(thingName="sensor-c", principal=principal)
     with pytest.raises(iot.exceptions.ResourceNotFoundException):

@@ -97,7 +97,7 @@ class ApiService:
             raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
             raw_path = raw_path.split("?", 1)[0]
             raw_query = request.scope.get("query_string", b"").decode("latin-1")
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
+            headers = {k.decode("latin-1").lower(): header_text(v) for k, v in request.scope["headers"]}
             host_url = f"{request.url.scheme}://{headers.get('host', '')}"
             verify(
                 SignedRequest(request.method, host_url, raw_path, raw_query, headers, body),
@@ -218,6 +218,17 @@ class ApiService:
     def _written(self, operation_name: str, params: dict[str, Any], output: dict[str, Any]) -> None:
         for listener in self.on_write:
             listener(operation_name, params, output)
+
+
+def header_text(value: bytes) -> str:
+    """A header's value as the client signed it: botocore sends a member bound to a header (the
+    ``x-amzn-principal`` of AttachThingPrincipal) as UTF-8 and signs its text, so decoded as latin-1
+    a non-ASCII value failed the signature (403 InvalidSignatureException) instead of being judged
+    (400). Bytes that are not UTF-8 are taken as latin-1, as HTTP's older rule has it."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 #: Cluster mode's readiness beyond the database: None when ready, else what is not (for the probe's body).
