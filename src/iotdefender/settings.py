@@ -260,7 +260,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     mqtt.add_argument("--mqtt-cert", default=None, help="server certificate file for the TLS listener")
     mqtt.add_argument("--mqtt-key", default=None, help="server private key file for the TLS listener")
     mqtt.add_argument("--mqtt-auth", choices=("none", "password", "cert"), default=None,
-                      help="device authentication; 'none' (identity = client id) is the default only on loopback")
+                      help="device authentication; 'none' (identity = client id) is the default only on loopback; "
+                           "'cert': the client id is the certificate's common name, or a thing it is attached to "
+                           "(AttachThingPrincipal)")
     mqtt.add_argument("--mqtt-password-file", type=Path, default=None,
                       help="username:password lines for --mqtt-auth password ($argon2 hashes accepted)")
     mqtt.add_argument("--mqtt-certificates", choices=("signed", "registered"), default=d.mqtt_certificates,

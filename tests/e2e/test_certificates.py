@@ -472,10 +472,17 @@ def test_a_certificate_attached_to_things_connects_only_as_them(tls_service):
     assert TlsDevice(port, pki, "boiler-8", files).reason == 135  # a thing it is not attached to
     wait_for(lambda: mqtt_denials(service.endpoint, "auth_certificate_not_attached") >= refused_before + 2, 5,
              "the refusals counted")
-    assert TlsDevice(port, pki, "boiler-8").reason == 0  # boiler-8's own certificate (its common name) still connects
+    own = pki.issue("boiler-8")  # boiler-8's own certificate: its common name, attached to nothing
+    by_own = TlsDevice(port, pki, "boiler-8", own)
+    assert by_own.reason == 0  # no certificate is attached to boiler-8 yet
 
-    # Attached to a second thing, it connects as either; detached from the first, that connection closes.
+    # Attached to a second thing, it connects as either; that thing is then its attached
+    # certificates' (AWS's iot:Connection.Thing.IsAttached): its own unattached certificate is cut
+    # off and refused. Detached from the first, that connection closes.
     iot.attach_thing_principal(thingName="boiler-8", principal=arn)
+    wait_for(lambda: by_own.closed, 5, "the unattached certificate's connection closed once boiler-8 was claimed")
+    stop_network_loop(by_own.client)
+    assert TlsDevice(port, pki, "boiler-8", own).reason == 135
     wait_for(lambda: (attempt := TlsDevice(port, pki, "boiler-8", files)).reason == 0 and (attempt.close() or True), 5,
              "the second thing let in")
     iot.detach_thing_principal(thingName="boiler-7", principal=arn)
@@ -490,6 +497,11 @@ def test_a_certificate_attached_to_things_connects_only_as_them(tls_service):
     wait_for(lambda: device.closed, 5, "the revoked certificate's connection under its thing's name closed")
     stop_network_loop(device.client)
     assert TlsDevice(port, pki, "boiler-8", files).reason == 135
+    # Detached from boiler-8 (revoked, still attached until then), the thing is nobody's: its own
+    # certificate connects again by its common name.
+    iot.detach_thing_principal(thingName="boiler-8", principal=arn)
+    wait_for(lambda: (attempt := TlsDevice(port, pki, "boiler-8", own)).reason == 0 and (attempt.close() or True), 5,
+             "boiler-8's own certificate let in once nothing is attached to it")
 
     # Detached from everything: its common name again (were it ACTIVE).
     files2 = pki.issue("serial-0043")

@@ -6,7 +6,8 @@ its thing, and the attachment is how AWS IoT knows which thing a connection is (
 variables, ``iot:Connection.Thing.IsAttached``). Under ``--mqtt-auth cert`` the broker takes it the
 same way (brokers/certificate_gate.py): a device whose certificate is attached to things connects
 only with one of their names as its client id, whatever the certificate's common name; one attached
-to none keeps the common-name rule.
+to none keeps the common-name rule, but not for a thing that has certificates attached (AWS's
+``iot:Connection.Thing.IsAttached``: that thing is theirs).
 
 As on AWS IoT (docs/api-behaviour.md, "Certificates attached to things"):
 

@@ -152,8 +152,10 @@
  *           attached to (AttachThingPrincipal) joined by commas (none: attached to none), a '/',
  *           then its common name. Under --mqtt-auth cert a certificate attached to things connects
  *           only with one of their names as its client id, as AWS IoT takes a connection's thing
- *           from the attachment; one attached to none keeps the common-name rule. A connection
- *           made with it under a client id it no longer allows is closed.
+ *           from the attachment; one attached to none keeps the common-name rule, except for a
+ *           thing some certificate is attached to: that thing is theirs (AWS's
+ *           iot:Connection.Thing.IsAttached). A connection made with a certificate under a client
+ *           id it no longer allows is closed.
  *   Many to a message: the list is sent whole at each (re)connection of the service, where one
  *   QoS 1 message a certificate ran out of the service's 65,535 packet ids at 100,000 of them;
  *   and Mosquitto reads one of the service's messages a pass of its loop.
@@ -333,6 +335,7 @@ static struct table accepted_certificates; /* certificate id -> (void *)1: regis
  * as on AWS IoT; else (signed) any the CA signed connects unless registered in another status. */
 static bool registered_only;
 static struct table certificate_things; /* certificate id -> "thing,thing" (char *): see certificate-things */
+static struct table attached_things; /* thing -> the certificates attached to it (unsigned long *), while any */
 static struct table client_certificates; /* client id -> the certificate id of its connection (char *) */
 static struct table buckets;       /* client id -> its struct bucket, while it is connected */
 static struct table awaiting;      /* thing -> its struct awaiting, while the service owes it answers */
@@ -806,6 +809,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 			if(!listed(things, client_id)) reason = "auth_certificate_not_attached";
 		}else if(!cert_name) reason = "auth_no_certificate";
 		else if(strcmp(cert_name, client_id)) reason = "auth_client_id_mismatch";
+		else if(table_get(&attached_things, client_id)) reason = "auth_certificate_not_attached"; /* its thing's certificates are attached */
 		/* The username a device sends is not verified in this mode (the AWS SDKs send "?SDK=..."):
 		 * the verified identity (the client id, now the common name or an attached thing) replaces
 		 * it, so that an ACL file's `%u` and `user` blocks name it, as Mosquitto's
@@ -1495,6 +1499,49 @@ static void kick_things(const char *things, const char *id, const char *keep)
 	}
 }
 
+/* Count ``delta`` (+1 or -1) certificates attached to each of the comma-separated ``things``. */
+static void count_attached(const char *things, int delta)
+{
+	const char *at = things;
+	while(at && *at){
+		const char *comma = strchr(at, ',');
+		char *thing = strndup(at, comma ? (size_t)(comma - at) : strlen(at));
+		unsigned long *count = thing ? table_get(&attached_things, thing) : NULL;
+		if(thing && delta > 0){
+			if(!count && (count = calloc(1, sizeof(*count)))){
+				table_put(&attached_things, thing, count);
+				if(table_get(&attached_things, thing) != count){ free(count); count = NULL; }
+			}
+			if(count) (*count)++;
+		}else if(count && --(*count) == 0){
+			table_del(&attached_things, thing);
+			free(count);
+		}
+		free(thing);
+		at = comma ? comma + 1 : NULL;
+	}
+}
+
+/* Each thing of ``things`` newly attached to certificate ``id``: a connection under its name made
+ * with a certificate not attached to it is closed (the thing is now its attached certificates'). */
+static void claim_things(const char *things, const char *old, const char *id)
+{
+	const char *at = things;
+	while(at && *at){
+		const char *comma = strchr(at, ',');
+		char *thing = strndup(at, comma ? (size_t)(comma - at) : strlen(at));
+		if(thing && !(old && listed(old, thing))){
+			char *in_use = table_get(&client_certificates, thing);
+			const char *its_things = in_use ? table_get(&certificate_things, in_use) : NULL;
+			if(in_use && strcmp(in_use, id) && !(its_things && listed(its_things, thing))){
+				mosquitto_kick_client_by_clientid(thing, false);
+			}
+		}
+		free(thing);
+		at = comma ? comma + 1 : NULL;
+	}
+}
+
 /* certificate-things: one target (see run_command). */
 static void certificate_things_command(const char *target, size_t len)
 {
@@ -1510,6 +1557,8 @@ static void certificate_things_command(const char *target, size_t len)
 	name = strndup(slash + 1, (size_t)(target + len - slash - 1));
 	if(!things || !name){ free(things); free(name); return; }
 	old = table_get(&certificate_things, id);
+	count_attached(old, -1);
+	count_attached(things, +1);
 	if(things[0]){
 		table_put(&certificate_things, id, things);
 		if(table_get(&certificate_things, id) != things){ free(things); things = NULL; }
@@ -1522,6 +1571,7 @@ static void certificate_things_command(const char *target, size_t len)
 	 * name's once it is attached to things that do not include it. */
 	if(old) kick_things(old, id, things ? things : (name[0] ? name : NULL));
 	if(things && name[0] && !listed(things, name) && !(old && listed(old, name))) kick_if_made_with(name, id);
+	if(things) claim_things(things, old, id);
 	if(old != things) free(old);
 	free(name);
 }
@@ -1808,6 +1858,7 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *options, int
 	table_clear(&denied_certificates);
 	table_clear(&accepted_certificates);
 	table_clear(&certificate_things);
+	table_clear(&attached_things);
 	table_clear(&client_certificates);
 	table_clear(&buckets);
 	table_clear(&awaiting);
