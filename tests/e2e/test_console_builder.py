@@ -237,3 +237,23 @@ def test_builder_creates_edits_validates_and_previews(service, page: Page):
     result = page.locator("#bt-results .bt-behavior").first
     expect(result).to_contain_text("few-ports")
     expect(result.locator(".bt-devices")).to_have_text("1")
+
+
+def test_a_view_chosen_while_the_catalog_loads_is_the_one_shown(service, page: Page):
+    """Clicking JSON before the builder's catalog arrived was lost: the builder then hid the JSON
+    the operator had asked for (a browser test filling it failed under load)."""
+    import time
+
+    base = service.endpoint
+    log_in(page, base)
+
+    def slow_catalog(route) -> None:  # type: ignore[no-untyped-def]
+        time.sleep(1.0)
+        route.continue_()
+
+    page.route("**/console/api/builder/catalog", slow_catalog)
+    page.goto(f"{base}/console/profiles/new", wait_until="domcontentloaded")
+    page.click("[data-view=json]")
+    expect(page.locator("#behavior-builder")).to_have_class(re.compile(r"\bready\b"))
+    expect(page.locator("textarea[name=behaviors]")).to_be_visible()
+    expect(page.locator("[data-view=json]")).to_have_attribute("aria-pressed", "true")

@@ -79,7 +79,7 @@
   const option = (value, label, selected) => `<option value="${esc(value)}"${selected ? " selected" : ""}>${esc(label)}</option>`;
 
   class Builder {
-    constructor(root, catalog, onChange) {
+    constructor(root, catalog, onChange, view = "builder") {
       this.root = root;
       this.catalog = catalog;
       this.onChange = onChange || (() => {});
@@ -96,7 +96,7 @@
       this.cards.addEventListener("change", (e) => this.fromCard(e));
       this.cards.addEventListener("click", (e) => { const r = e.target.closest("[data-remove]"); if (r) this.remove(Number(r.dataset.remove)); });
       this.render();
-      this.show("builder");
+      this.show(view);
       if (this.behaviors.length) this.validateSoon();
     }
 
@@ -371,10 +371,17 @@
   async function start() {
     const root = document.getElementById("behavior-builder");
     if (!root) return;
+    // A view chosen while the catalog loads is the one shown once it has (it was lost: the builder
+    // then showed its cards and hid the JSON the operator had asked for).
+    let view = "builder";
+    const early = (e) => { const b = e.target.closest("[data-view]"); if (b) view = b.dataset.view; };
+    root.addEventListener("click", early);
     const response = await fetch("/console/api/builder/catalog");
-    if (!response.ok) return;  // the raw JSON stays usable
+    if (!response.ok) { root.removeEventListener("click", early); return; }  // the raw JSON stays usable
     root.classList.add("ready");
-    const builder = new Builder(root, await response.json());
+    const catalog = await response.json();
+    root.removeEventListener("click", early);
+    const builder = new Builder(root, catalog, undefined, view);
     window.behaviorBuilder = builder;
     if (document.getElementById("bt-preview-status")) wirePreview(builder);
   }
