@@ -632,3 +632,46 @@ def test_the_console_lists_certificates_and_attaches_them_to_things(tls_service)
         found = re.search(r'href="(/console/certificates\?marker=[^"]+)" rel="next"', text)
         path = html.unescape(found.group(1)) if found else ""
     assert shown == listed and len(shown) > 50
+
+    # A refusal on an older page shows that page, the reason by the form and what was typed (the
+    # exclusive box too); one for a certificate gone meanwhile says so above the list; a status
+    # refused from the list is shown there as well.
+    older = html.unescape(re.search(r'href="(/console/certificates\?marker=[^"]+)" rel="next"',
+                                    client.get("/console/certificates").text).group(1))
+    on_older = re.findall(r'<tr data-certificate="([0-9a-f]{64})"', client.get(older).text)[0]
+    refused = client.post(f"/console/certificates/{on_older}/attach",
+                          data={"csrf": token, "thingName": "typed-thing", "exclusive": "1", "next": older})
+    row = refused.text.split(f'data-certificate="{on_older}"')[1].split("</tr>")[0]
+    assert refused.status_code == 404 and "ResourceNotFoundException" in row and 'value="typed-thing"' in row
+    assert 'value="1" checked' in row
+    gone = listed[-1]
+    iot.delete_certificate(certificateId=gone)
+    stale = client.post(f"/console/certificates/{gone}/attach",
+                        data={"csrf": token, "thingName": "valve-3", "next": "/console/certificates"})
+    assert stale.status_code == 404 and f"Certificate {gone[:16]}…: ResourceNotFoundException" in stale.text
+    wrong = client.post(f"/console/certificates/{listed[0]}/status",
+                        data={"csrf": token, "newStatus": "PENDING_TRANSFER", "next": "/console/certificates"})
+    assert wrong.status_code == 400 and 'id="certificates"' in wrong.text and "InvalidRequestException" in \
+        wrong.text.split(f'data-certificate="{listed[0]}"')[1].split("</tr>")[0]
+
+
+def test_a_certificate_without_a_common_name_is_refused_for_that_reason(tls_service, tmp_path):
+    """It names no client unless attached to a thing (it was counted as no certificate at all)."""
+    service, pki, port = tls_service
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    nameless = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME,
+                                                                                        "no common name")]))
+                .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=1))
+                .sign(ca_key, hashes.SHA256()))
+    files = (tmp_path / "nameless.pem", tmp_path / "nameless.key")
+    files[0].write_bytes(nameless.public_bytes(serialization.Encoding.PEM))
+    files[1].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    before = mqtt_denials(service.endpoint, "auth_certificate_no_common_name")
+    assert TlsDevice(port, pki, "whatever", files).reason == 135
+    wait_for(lambda: mqtt_denials(service.endpoint, "auth_certificate_no_common_name") == before + 1, 5,
+             "the refusal counted under its reason")

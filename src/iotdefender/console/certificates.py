@@ -14,7 +14,7 @@ validity and attached things of each page's certificates come from the store in 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,7 +32,12 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
     api = console.api
 
     async def listing(request: Request, refused: Refused | None = None) -> Response:
+        """The page of ``?marker=``, or, for a refused form, the page the form came from (its ``next``)."""
         marker = request.query_params.get("marker") or None
+        if refused is not None:
+            came_from = urlsplit((refused.typed.get("next") or [""])[0])
+            markers = parse_qs(came_from.query).get("marker") if came_from.path == "/console/certificates" else None
+            marker = markers[0] if markers else None
 
         def read() -> dict[str, Any]:
             page = api.invoke("ListCertificates", {"pageSize": PAGE_SIZE, **({"marker": marker} if marker else {})})
@@ -66,13 +71,14 @@ def routes(console: ConsoleContext) -> dict[str, Page]:
         certificate_id = request.path_params["certificate_id"]
         form = await request.form()
         thing = text(form, "thing")
+        calls = [("UpdateCertificate", {"certificateId": certificate_id, "newStatus": text(form, "newStatus")})]
+        if text(form, "next").startswith("/console/certificates"):  # from the list: refused there, by the form
+            return await write(request, certificate_id, calls)
 
         async def refused(error: Refused) -> Response:
             return refusal(console, request, "Certificate", error)
 
-        return await perform(console, request, f"certificate:{certificate_id}",
-                             [("UpdateCertificate", {"certificateId": certificate_id,
-                                                     "newStatus": text(form, "newStatus")})],
+        return await perform(console, request, f"certificate:{certificate_id}", calls,
                              f"/console/things/{quote(thing, safe='')}" if thing else "/console/things", refused)
 
     @login_required

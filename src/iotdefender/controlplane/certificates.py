@@ -37,13 +37,12 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from iotdefender.contract.errors import ApiError, already_exists, invalid_request, not_found
 from iotdefender.controlplane.context import ServiceContext
-from iotdefender.controlplane.issuer import AWS_SUBJECT, CertificateIssuer, acceptable_key
+from iotdefender.controlplane.issuer import AWS_SUBJECT, CertificateIssuer, acceptable_key, new_key_pair
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.pagination import decode_token, encode_token, scope_of
 from iotdefender.store import certificates, thing_principals
@@ -174,7 +173,7 @@ def create_keys_and_certificate(ctx: ServiceContext, params: Params) -> Params:
     """A 2048-bit RSA key pair, as AWS IoT makes, and its certificate signed by the broker's CA
     (controlplane/issuer.py). The private key is in this answer only: it is never stored."""
     issuer = _issuer(ctx)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = new_key_pair()
     registered, certificate = _issued(ctx, issuer, key.public_key(), AWS_SUBJECT, params)
     return {**registered, "certificatePem": certificate.public_bytes(Encoding.PEM).decode(),
             "keyPair": {"PublicKey": key.public_key().public_bytes(Encoding.PEM,

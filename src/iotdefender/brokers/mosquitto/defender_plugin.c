@@ -807,7 +807,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		cert_name = certificate_name(ed->client);
 		if(things){
 			if(!listed(things, client_id)) reason = "auth_certificate_not_attached";
-		}else if(!cert_name) reason = "auth_no_certificate";
+		}else if(!cert_name) reason = has_cert ? "auth_certificate_no_common_name" : "auth_no_certificate";
 		else if(strcmp(cert_name, client_id)) reason = "auth_client_id_mismatch";
 		else if(table_get(&attached_things, client_id)) reason = "auth_certificate_not_attached"; /* its thing's certificates are attached */
 		/* The username a device sends is not verified in this mode (the AWS SDKs send "?SDK=..."):
