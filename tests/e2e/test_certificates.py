@@ -465,6 +465,7 @@ def test_a_certificate_attached_to_things_connects_only_as_them(tls_service):
              "the attached thing let in")
     device = attempts[-1]
     assert device.report(1) == "ACCEPTED"  # its own topics, as the thing it is attached to
+    assert metric_sample(service.endpoint, "iotdefender_mqtt_attached_certificates") >= 1
     from tests.e2e.test_console_http import logged_in
     page = logged_in(service)[0].get("/console/things/boiler-7")  # where the operator can cut it off
     assert page.status_code == 200 and f'data-certificate="{arn[-64:]}"' in page.text

@@ -45,6 +45,8 @@ REFUSED_CERTIFICATES = Gauge("iotdefender_mqtt_refused_certificates",
 ACCEPTED_CERTIFICATES = Gauge("iotdefender_mqtt_accepted_certificates",
                               "Certificates registered ACTIVE, the only ones the broker lets connect under "
                               "--mqtt-certificates registered (0 otherwise: not tracked)")
+ATTACHED_CERTIFICATES = Gauge("iotdefender_mqtt_attached_certificates",
+                              "Certificates attached to things (AttachThingPrincipal): each connects only as one of them")
 
 
 class RefusingBroker(Protocol):
@@ -188,6 +190,7 @@ class CertificateGate:
                      newly_active=len(accepted), unlisted=len(allowed), attachments_changed=len(attachments))
         REFUSED_CERTIFICATES.set(len(self._broker.denied_certificates))
         ACCEPTED_CERTIFICATES.set(len(self._broker.accepted_certificates))
+        ATTACHED_CERTIFICATES.set(len(self._broker.attached_certificates))
 
     def _read(self, among: list[str] | None, since: float | None = None) -> certificates.Standing:
         """The refused certificates (and, under registered_certificates_only, the ACTIVE ones), all
