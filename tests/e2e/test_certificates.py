@@ -212,7 +212,7 @@ def test_a_certificate_updated_through_one_node_is_cut_off_on_another(jetstream,
         nodes.append(ServiceProcess(data_dir=tmp_path / name, database_url=url, extra_args=[
             "--cluster-url", jetstream.urls[0], "--mqtt-auth", "cert", "--mqtt-tls-port", str(tls_ports[-1]),
             "--mqtt-ca", str(pki.ca_cert), "--mqtt-cert", str(pki.server_cert), "--mqtt-key", str(pki.server_key),
-            "--report-min-interval", "0", "--mqtt-certificates", certificates]))
+            "--report-min-interval", "0", "--mqtt-certificates", certificates, "--mqtt-ca-key", str(pki.ca_key)]))
     for node in nodes:
         node.start()
     try:
@@ -251,6 +251,15 @@ def test_a_certificate_updated_through_one_node_is_cut_off_on_another(jetstream,
         stop_network_loop(let_in.client)
         wait_for(lambda: (attempt := TlsDevice(tls_ports[1], pki, "pump-1", other)).reason == 0
                  and (attempt.close() or True), 5, "node b let the certificate in as the thing it is attached to")
+        # A certificate node a creates (CreateKeysAndCertificate) and attaches connects on node b.
+        made = iot.create_keys_and_certificate(setAsActive=True)
+        created = (tmp_path / "created.pem", tmp_path / "created.key")
+        created[0].write_text(made["certificatePem"])
+        created[1].write_text(made["keyPair"]["PrivateKey"])
+        iot.create_thing(thingName="pump-2")
+        iot.attach_thing_principal(thingName="pump-2", principal=made["certificateArn"])
+        wait_for(lambda: (attempt := TlsDevice(tls_ports[1], pki, "pump-2", created)).reason == 0
+                 and (attempt.close() or True), 5, "node b let in the certificate node a created")
     finally:
         for node in nodes:
             node.stop()
