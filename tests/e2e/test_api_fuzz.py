@@ -23,7 +23,7 @@ import boto3
 import httpx
 import pytest
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
 from botocore.model import Shape
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -250,6 +250,11 @@ def test_every_operation_with_model_shaped_hostile_input(fuzz_client, tally, cal
         assert error.response["Error"].get("Code"), error.response
     except (TypeError, ValueError, KeyError, UnicodeError):
         return  # botocore could not serialise these parameters: not a request anyone can send
+    except HTTPClientError as error:
+        # A member bound to a header (AttachThingPrincipal's x-amzn-principal) holding a line break:
+        # the HTTP client refuses to send it, so no server ever sees it.
+        assert "Invalid header value" in str(error), error
+        return
     tally.count(status, name, f"{params!r} -> {detail}")
     # 501: an empty path label lands on an operation iotdefender does not implement (/things/ is
     # RegisterThing), answered NotImplementedException as the raw-request fuzzing allows.
