@@ -10,13 +10,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from iotdefender.store.pagination import keyset
+from iotdefender.store.rows import rows_among
 from iotdefender.store import thing_principals as attachments
 from iotdefender.store.schema import certificates, thing_principals
 
 ACTIVE = "ACTIVE"
 #: A deleted certificate's row: hidden from the API, still refused by the broker.
 DELETED = "DELETED"
-_IN_BATCH = 500  # ids in one IN (...) list
 
 
 def get(conn: Connection, certificate_id: str) -> dict[str, Any] | None:
@@ -50,12 +50,8 @@ def page(conn: Connection, after: tuple[float, str] | None, limit: int, ascendin
 
 def details(conn: Connection, certificate_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """{certificate id: {common_name, not_after}} of those of ``certificate_ids`` (a page's)."""
-    rows: list[Any] = []
-    for start in range(0, len(certificate_ids), _IN_BATCH):
-        chunk = certificate_ids[start:start + _IN_BATCH]
-        rows += conn.execute(sa.select(certificates.c.certificate_id, certificates.c.common_name,
-                                       certificates.c.not_after)
-                             .where(certificates.c.certificate_id.in_(chunk))).all()
+    rows = rows_among(conn, sa.select(certificates.c.certificate_id, certificates.c.common_name,
+                                      certificates.c.not_after), certificates.c.certificate_id, certificate_ids)
     return {key: {"common_name": name, "not_after": not_after} for key, name, not_after in rows}
 
 
@@ -102,12 +98,10 @@ def standing(conn: Connection, among: Sequence[str] | None = None, with_active: 
     if modified_since is not None:
         query = query.where(sa.or_(certificates.c.last_modified_date >= modified_since,
                                    certificates.c.things_modified_date >= modified_since))
-    rows: list[Any] = []
     if among is None:
-        rows = list(conn.execute(query))
+        rows: list[Any] = list(conn.execute(query))
     else:
-        for start in range(0, len(among), _IN_BATCH):
-            rows += conn.execute(query.where(certificates.c.certificate_id.in_(among[start:start + _IN_BATCH]))).all()
+        rows = rows_among(conn, query, certificates.c.certificate_id, among)
     refused = {certificate_id: common_name or "" for certificate_id, common_name, status in rows
                if status != ACTIVE and (deleted_refused or status != DELETED)}
     active = {certificate_id for certificate_id, _, status in rows if status == ACTIVE}

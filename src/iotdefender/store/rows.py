@@ -24,6 +24,15 @@ def names_in_chunks(names: Sequence[str]) -> list[Sequence[str]]:
     return [names[start:start + NAMES_PER_STATEMENT] for start in range(0, len(names), NAMES_PER_STATEMENT)]
 
 
+def rows_among(conn: Connection, query: sa.Select[Any], column: sa.ColumnElement[str],
+               names: Sequence[str]) -> list[Any]:
+    """The rows of ``query`` whose ``column`` is one of ``names``, a statement per ``names_in_chunks``."""
+    rows: list[Any] = []
+    for chunk in names_in_chunks(names):
+        rows += conn.execute(query.where(name_among(conn, column, chunk))).all()
+    return rows
+
+
 def name_among(conn: Connection, column: sa.ColumnElement[str], names: Sequence[str]) -> sa.ColumnElement[bool]:
     """``column IN names``. On PostgreSQL one array parameter (``= ANY(%s::VARCHAR[])``), not a
     parameter per name: a list of 500 rendered by SQLAlchemy and parsed again by psycopg at each

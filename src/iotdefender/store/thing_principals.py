@@ -9,9 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from iotdefender.store.rows import rows_among
 from iotdefender.store.schema import certificates, thing_principals
-
-_IN_BATCH = 500  # ids in one IN (...) list
 
 
 def of_certificate(conn: Connection, certificate_id: str) -> dict[str, bool]:
@@ -80,13 +79,10 @@ def things_of(conn: Connection, certificate_ids: Sequence[str] | None) -> dict[s
     sorted)} of the certificates attached to any, among ``certificate_ids`` (None: every one)."""
     query = (sa.select(thing_principals.c.certificate_id, certificates.c.common_name, thing_principals.c.thing_name)
              .join(certificates, certificates.c.certificate_id == thing_principals.c.certificate_id))
-    rows: list[Any] = []
     if certificate_ids is None:
-        rows = list(conn.execute(query))
+        rows: list[Any] = list(conn.execute(query))
     else:
-        for start in range(0, len(certificate_ids), _IN_BATCH):
-            chunk = certificate_ids[start:start + _IN_BATCH]
-            rows += conn.execute(query.where(thing_principals.c.certificate_id.in_(chunk))).all()
+        rows = rows_among(conn, query, thing_principals.c.certificate_id, certificate_ids)
     names: dict[str, str] = {}
     attached: dict[str, list[str]] = {}
     for certificate_id, common_name, thing_name in rows:

@@ -1476,7 +1476,20 @@ static bool publish_replies(const unsigned char *at, size_t len)
 	return confirm;
 }
 
-enum certificate_verb { CERTIFICATES_DENY, CERTIFICATES_ALLOW, CERTIFICATES_ACCEPT };
+enum certificate_verb { CERTIFICATES_DENY, CERTIFICATES_ALLOW, CERTIFICATES_ACCEPT, CERTIFICATES_THINGS };
+
+/* ``fn(name, arg)`` for each name of the comma-separated ``names`` (NULL: none). */
+static void each_name(const char *names, void (*fn)(const char *name, void *arg), void *arg)
+{
+	const char *at = names;
+	while(at && *at){
+		const char *comma = strchr(at, ',');
+		char *name = strndup(at, comma ? (size_t)(comma - at) : strlen(at));
+		if(name) fn(name, arg);
+		free(name);
+		at = comma ? comma + 1 : NULL;
+	}
+}
 
 /* Close ``client_id``'s connection if it was made with certificate ``id``. */
 static void kick_if_made_with(const char *client_id, const char *id)
@@ -1485,40 +1498,56 @@ static void kick_if_made_with(const char *client_id, const char *id)
 	if(in_use && !strcmp(in_use, id)) mosquitto_kick_client_by_clientid(client_id, false);
 }
 
+struct kept { const char *id, *keep; };
+
+static void kick_unless_kept(const char *thing, void *arg)
+{
+	struct kept *k = arg;
+	if(!(k->keep && listed(k->keep, thing))) kick_if_made_with(thing, k->id);
+}
+
 /* Each thing of the comma-separated ``things`` whose connection was made with ``id``, closed
  * unless ``keep`` (comma-separated, or NULL) still lists it. */
 static void kick_things(const char *things, const char *id, const char *keep)
 {
-	const char *at = things;
-	while(at && *at){
-		const char *comma = strchr(at, ',');
-		char *thing = strndup(at, comma ? (size_t)(comma - at) : strlen(at));
-		if(thing && !(keep && listed(keep, thing))) kick_if_made_with(thing, id);
-		free(thing);
-		at = comma ? comma + 1 : NULL;
+	struct kept k = { id, keep };
+	each_name(things, kick_unless_kept, &k);
+}
+
+static void count_one(const char *thing, void *arg)
+{
+	int delta = *(int *)arg;
+	unsigned long *count = table_get(&attached_things, thing);
+	if(delta > 0){
+		if(!count && (count = calloc(1, sizeof(*count)))){
+			table_put(&attached_things, thing, count);
+			if(table_get(&attached_things, thing) != count){ free(count); count = NULL; }
+		}
+		if(count) (*count)++;
+	}else if(count && --(*count) == 0){
+		table_del(&attached_things, thing);
+		free(count);
 	}
 }
 
 /* Count ``delta`` (+1 or -1) certificates attached to each of the comma-separated ``things``. */
 static void count_attached(const char *things, int delta)
 {
-	const char *at = things;
-	while(at && *at){
-		const char *comma = strchr(at, ',');
-		char *thing = strndup(at, comma ? (size_t)(comma - at) : strlen(at));
-		unsigned long *count = thing ? table_get(&attached_things, thing) : NULL;
-		if(thing && delta > 0){
-			if(!count && (count = calloc(1, sizeof(*count)))){
-				table_put(&attached_things, thing, count);
-				if(table_get(&attached_things, thing) != count){ free(count); count = NULL; }
-			}
-			if(count) (*count)++;
-		}else if(count && --(*count) == 0){
-			table_del(&attached_things, thing);
-			free(count);
-		}
-		free(thing);
-		at = comma ? comma + 1 : NULL;
+	each_name(things, count_one, &delta);
+}
+
+struct claim { const char *old, *id; };
+
+static void claim_one(const char *thing, void *arg)
+{
+	struct claim *c = arg;
+	char *in_use;
+	const char *its_things;
+	if(c->old && listed(c->old, thing)) return;
+	in_use = table_get(&client_certificates, thing);
+	its_things = in_use ? table_get(&certificate_things, in_use) : NULL;
+	if(in_use && strcmp(in_use, c->id) && !(its_things && listed(its_things, thing))){
+		mosquitto_kick_client_by_clientid(thing, false);
 	}
 }
 
@@ -1526,23 +1555,11 @@ static void count_attached(const char *things, int delta)
  * with a certificate not attached to it is closed (the thing is now its attached certificates'). */
 static void claim_things(const char *things, const char *old, const char *id)
 {
-	const char *at = things;
-	while(at && *at){
-		const char *comma = strchr(at, ',');
-		char *thing = strndup(at, comma ? (size_t)(comma - at) : strlen(at));
-		if(thing && !(old && listed(old, thing))){
-			char *in_use = table_get(&client_certificates, thing);
-			const char *its_things = in_use ? table_get(&certificate_things, in_use) : NULL;
-			if(in_use && strcmp(in_use, id) && !(its_things && listed(its_things, thing))){
-				mosquitto_kick_client_by_clientid(thing, false);
-			}
-		}
-		free(thing);
-		at = comma ? comma + 1 : NULL;
-	}
+	struct claim c = { old, id };
+	each_name(things, claim_one, &c);
 }
 
-/* certificate-things: one target (see run_command). */
+/* certificate-things: one target (see run_command and certificate_commands). */
 static void certificate_things_command(const char *target, size_t len)
 {
 	char id[65], *things, *name;
@@ -1576,13 +1593,16 @@ static void certificate_things_command(const char *target, size_t len)
 	free(name);
 }
 
-/* deny-, allow- and accept-certificates: each target after the verb's NUL (see run_command). */
+/* deny-, allow-, accept-certificates and certificate-things: each target after the verb's NUL
+ * (see run_command). */
 static void certificate_commands(enum certificate_verb verb, const char *at, const char *end)
 {
 	while(at < end){
 		const char *next = memchr(at, '\0', (size_t)(end - at));
 		size_t len = (size_t)((next ? next : end) - at);
-		if(len >= 64){
+		if(verb == CERTIFICATES_THINGS){
+			certificate_things_command(at, len);
+		}else if(len >= 64){
 			char id[65], *owner;
 			memcpy(id, at, 64);
 			id[64] = '\0';
@@ -1625,13 +1645,7 @@ static void run_command(const char *payload, size_t len)
 		return;
 	}
 	if(!strcmp(payload, "certificate-things")){
-		const char *at = nul + 1, *end = payload + len;
-		while(at < end){
-			const char *next = memchr(at, '\0', (size_t)(end - at));
-			size_t target_len = (size_t)((next ? next : end) - at);
-			certificate_things_command(at, target_len);
-			at += target_len + 1;
-		}
+		certificate_commands(CERTIFICATES_THINGS, nul + 1, payload + len);
 		return;
 	}
 	char *target = strndup(nul + 1, (size_t)(payload + len - nul - 1));
