@@ -8,7 +8,7 @@ module, so "1 messages" or "36.2 is above 36.2" cannot come back in one place wh
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -28,6 +28,11 @@ _MAX_DIGITS = 17  # a double's digits: two numbers that still read alike are equ
 def count_of(n: Any, noun: str) -> str:
     """``1 device``, ``2 devices``: counts in sentences read as English ("1 devices" did not)."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def some_of(names: Sequence[str], shown: int = 5) -> str:
+    """``a, b, c``, or its first ``shown`` ``and others``: a list in a message, bounded."""
+    return ", ".join(names[:shown]) + (" and others" if len(names) > shown else "")
 
 
 def unit_words(unit: str) -> tuple[str, str]:

@@ -45,6 +45,7 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.issuer import AWS_SUBJECT, CertificateIssuer, acceptable_key, new_key_pair
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.pagination import decode_token, encode_token, scope_of
+from iotdefender.english import some_of
 from iotdefender.store import certificates, thing_principals
 
 operation = OperationTable()
@@ -287,7 +288,7 @@ def delete_certificate(ctx: ServiceContext, params: Params) -> Params:
         attached = sorted(thing_principals.of_certificate(conn, row["certificate_id"]))
         if attached:  # AWS's rule, whatever forceDelete says (it forces past attached policies only)
             raise ApiError("DeleteConflictException", f"Certificate {row['certificate_id']} is attached to things "
-                           f"({', '.join(attached[:5])}{' and others' if len(attached) > 5 else ''}): detach them "
+                           f"({some_of(attached)}): detach them "
                            "(DetachThingPrincipal) before deleting it")
         certificates.update(conn, row["certificate_id"], status=certificates.DELETED, last_modified_date=ctx.now())
     return {}

@@ -34,6 +34,7 @@ from iotdefender.controlplane.context import ServiceContext
 from iotdefender.controlplane.operations import OperationTable, Params
 from iotdefender.controlplane.pagination import decode_token, encode_token, page_size, scope_of
 from iotdefender.controlplane.things import require_thing
+from iotdefender.english import some_of
 from iotdefender.store import thing_principals
 
 operation = OperationTable()
@@ -77,8 +78,7 @@ def attach_thing_principal(ctx: ServiceContext, params: Params) -> Params:
                                   f"{held[0]}: detach it first")
         if exclusive and others:
             raise invalid_request(f"Certificate {certificate['certificate_id']} cannot be attached exclusively to "
-                                  f"{thing_name}: it is attached to {', '.join(others[:5])}"
-                                  f"{' and others' if len(others) > 5 else ''}")
+                                  f"{thing_name}: it is attached to {some_of(others)}")
         if thing_name not in attached and len(attached) >= MAX_THINGS_PER_CERTIFICATE:
             raise invalid_request(f"Certificate {certificate['certificate_id']} is attached to "
                                   f"{MAX_THINGS_PER_CERTIFICATE} things, the most one may be attached to here")
